@@ -1,0 +1,135 @@
+"""`tensorfleet-agent`: command line and signal handling (the only place that touches signals)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import platformdirs
+
+from tensorfleet_agent.core.version import AGENT_VERSION
+from tensorfleet_agent.discovery.interfaces import ENV_VAR, parse_interfaces
+from tensorfleet_agent.logging_setup import configure_logging
+
+log = logging.getLogger("tensorfleet_agent")
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("tensorfleet", appauthor=False)) / "agent"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tensorfleet-agent",
+        description="TensorFleet agent: runs training tasks on this machine for a TensorFleet controller.",
+    )
+    p.add_argument("--version", action="version", version=f"tensorfleet-agent {AGENT_VERSION}")
+    p.add_argument("--host", default="0.0.0.0", help="address to serve gRPC on (default: 0.0.0.0)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default: 50051)")
+    p.add_argument("--name", default=socket.gethostname(), help="label shown in the fleet (default: hostname)")
+    p.add_argument("--data-dir", type=Path, default=None, help=f"state directory (default: {default_data_dir()})")
+    p.add_argument(
+        "--interfaces",
+        default=None,
+        help=f"comma list of IPv4 addresses or interface names for mDNS (default: ${ENV_VAR} or all)",
+    )
+    p.add_argument("--no-advertise", action="store_true", help="do not announce this agent over mDNS")
+    p.add_argument("--cpu-slots", type=int, default=None, help="task slots on a machine without GPUs "
+                   "(default: max(1, cores // 4)); with GPUs, one slot per GPU")
+    p.add_argument("--drain-timeout", type=float, default=60.0,
+                   help="on SIGTERM, seconds to let running tasks finish before cancelling them (default: 60)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="label for placement constraints (repeatable)")
+    p.add_argument("--blob-cache-gb", type=float, default=20.0, help="blob cache size limit (default: 20 GB)")
+    p.add_argument("--journal-retention-days", type=float, default=7.0,
+                   help="keep finished tasks' journals this long (default: 7)")
+    p.add_argument("--ready-file", type=Path, default=None,
+                   help="write a JSON file with the bound port and node id once serving")
+    p.add_argument("--insecure", action="store_true",
+                   help="plaintext gRPC without pairing (loopback development only)")
+    p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
+    return p
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--label must look like KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--tensorfleet-worker"]:  # frozen builds start workers through this executable
+        from tensorfleet_agent.runtime.worker import main as worker_main
+
+        return worker_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    from tensorfleet_agent.daemon import AgentConfig  # after logging: imports grpc
+
+    try:
+        if not 0 <= args.port <= 65535:
+            raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
+        if args.cpu_slots is not None and args.cpu_slots < 1:
+            raise ValueError(f"--cpu-slots must be at least 1, got {args.cpu_slots}")
+        if args.drain_timeout < 0:
+            raise ValueError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
+        config = AgentConfig(
+            data_dir=args.data_dir or default_data_dir(),
+            host=args.host,
+            port=args.port,
+            name=args.name,
+            interfaces=parse_interfaces(args.interfaces),
+            advertise=not args.no_advertise,
+            cpu_slots=args.cpu_slots,
+            drain_timeout=args.drain_timeout,
+            metrics_port=args.metrics_port,
+            labels=_labels(args.label),
+            blob_cache_bytes=int(args.blob_cache_gb * 2**30),
+            journal_retention_seconds=args.journal_retention_days * 86400,
+            ready_file=args.ready_file,
+        )
+    except ValueError as exc:
+        print(f"tensorfleet-agent: error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: object) -> int:
+    from tensorfleet_agent.daemon import AgentConfig, AgentDaemon
+    from tensorfleet_agent.rpc.server import BindError
+
+    assert isinstance(config, AgentConfig)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Handlers go in before mDNS registration, so a SIGTERM always ends in a goodbye.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    daemon = AgentDaemon(config)
+    try:
+        await daemon.start()
+    except (BindError, OSError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        await daemon.stop(drain=False)
+        return 1
+    await stop.wait()
+    log.info("stop requested: draining (up to %.0fs)", config.drain_timeout)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    await daemon.stop(drain=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Plain dataclasses, enums and errors shared by every layer; no I/O here."""

@@ -1,0 +1,195 @@
+"""The agent's domain model. Protobuf never appears here (see rpc/convert.py)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskState(enum.Enum):
+    ACCEPTED = "ACCEPTED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+class ExitCause:
+    """Why a task ended; stable strings that users and the controller match on."""
+
+    COMPLETED = "completed"
+    EXCEPTION = "exception"
+    EXIT_CODE = "exit_code"
+    SIGNAL = "signal"
+    WORKER_LOST = "worker_lost"
+    TIMEOUT = "timeout"
+    MEMORY_LIMIT = "memory_limit"
+    CANCELLED = "cancelled"
+    AGENT_RESTARTED = "agent_restarted"
+    DRAIN_TIMEOUT = "drain_timeout"
+    SETUP = "setup"
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    master_addr: str
+    master_port: int
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: str
+    job_id: str
+    workload: str
+    params: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+    gpus: int = 0
+    timeout_seconds: float = 0.0
+    memory_limit_bytes: int = 0
+    inputs: tuple[BlobRef, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    attempt: int = 0
+    rendezvous: Rendezvous | None = None
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    uuid: str
+    memory_total_bytes: int
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    protocol_version: int
+    node_id: str
+    name: str
+    hostname: str
+    os: str
+    python_version: str
+    torch_version: str
+    sklearn_version: str
+    cpu_count: int
+    memory_total_bytes: int
+    disk_free_bytes: int
+    gpus: tuple[GpuInfo, ...]
+    workloads: tuple[str, ...]
+    slots_total: int
+    slots_free: int
+    agent_version: str
+    labels: dict[str, str] = field(default_factory=dict)
+    draining: bool = False
+    cluster_id: str = ""
+    cert_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class GpuTelemetry:
+    index: int
+    utilization_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    temperature_celsius: float
+    power_watts: float
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    time: float
+    cpu_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    disk_free_bytes: int
+    gpus: tuple[GpuTelemetry, ...]
+    slots_total: int
+    slots_free: int
+    tasks_running: int
+
+
+# ---- task events: one dataclass per payload kind, wrapped in TaskEvent ----
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    state: TaskState
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class LogLine:
+    stream: str
+    line: str
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    step: int
+    name: str
+    value: float
+    wall_time: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    fraction: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    sha256: str
+    size: int
+    step: int
+    name: str
+
+
+@dataclass(frozen=True)
+class ArtifactReady:
+    sha256: str
+    size: int
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    status: TaskState
+    exit_cause: str
+    error: str = ""
+    duration_seconds: float = 0.0
+
+
+EventPayload = StateChanged | LogLine | MetricPoint | Progress | CheckpointSaved | ArtifactReady | Finished
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    task_id: str
+    seq: int
+    time: float
+    payload: EventPayload
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    task_id: str
+    job_id: str
+    workload: str
+    state: TaskState
+    created_at: float
+    finished_at: float
+    last_seq: int
+    exit_cause: str
+    slot_ids: tuple[int, ...]

@@ -1,0 +1,126 @@
+"""Checks on requests before any work starts; every error names the field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from typing import Any
+
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.types import TaskSpec
+
+MAX_ID = 128
+MAX_PARAMS_JSON = 1 << 20
+MAX_INPUTS = 1000
+MAX_ENV = 256
+MAX_ENV_VALUE = 32 * 1024
+MAX_WORLD = 4096
+MAX_GPUS = 64
+MAX_TIMEOUT = 30 * 86400.0
+MAX_REASON = 4096
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV = ("TENSORFLEET_", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONPATH",
+                 "LD_PRELOAD", "LD_LIBRARY_PATH")
+
+
+def check_id(value: str, field: str, *, required: bool = True) -> str:
+    if not value:
+        if required:
+            raise ValidationError(field, "is required")
+        return value
+    if len(value) > MAX_ID:
+        raise ValidationError(field, f"is {len(value)} characters long; at most {MAX_ID} allowed")
+    if not _ID.match(value):
+        raise ValidationError(field, f"may only hold letters, digits, '.', '_' and '-', got {value[:40]!r}")
+    return value
+
+
+def check_text(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise ValidationError(field, f"is {len(value)} characters long; at most {limit} allowed")
+    return value
+
+
+def parse_params_json(text: str, field: str = "spec.params_json") -> dict[str, Any]:
+    if len(text) > MAX_PARAMS_JSON:
+        raise ValidationError(field, f"is {len(text)} bytes; at most {MAX_PARAMS_JSON} allowed")
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(field, f"is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(field, f"must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def validate_task_spec(spec: TaskSpec) -> TaskSpec:
+    """Check every field; return the spec with the workload's defaults filled in."""
+    from tensorfleet_agent.workloads.registry import get_workload
+
+    check_id(spec.task_id, "spec.task_id")
+    check_id(spec.job_id, "spec.job_id", required=False)
+    if not spec.workload:
+        raise ValidationError("spec.workload", "is required")
+    check_text(spec.workload, "spec.workload", MAX_ID)
+    workload = get_workload(spec.workload, field="spec.workload")
+    if not workload.installed():
+        raise ValidationError(
+            "spec.workload",
+            f"{spec.workload!r} needs {', '.join(workload.requires)}, which this agent does not have installed",
+        )
+    params = workload.schema.validate(spec.params, prefix="spec.params")
+    world = spec.world_size or 1
+    if not 1 <= world <= MAX_WORLD:
+        raise ValidationError("spec.world_size", f"must be between 1 and {MAX_WORLD}, got {spec.world_size}")
+    if not 0 <= spec.rank < world:
+        raise ValidationError("spec.rank", f"must be in [0, world_size={world}), got {spec.rank}")
+    if not 0 <= spec.gpus <= MAX_GPUS:
+        raise ValidationError("spec.gpus", f"must be between 0 and {MAX_GPUS}, got {spec.gpus}")
+    if not math.isfinite(spec.timeout_seconds) or not 0 <= spec.timeout_seconds <= MAX_TIMEOUT:
+        raise ValidationError("spec.timeout_seconds", f"must be between 0 and {MAX_TIMEOUT:g}, got {spec.timeout_seconds}")
+    if spec.memory_limit_bytes < 0:
+        raise ValidationError("spec.memory_limit_bytes", f"must be >= 0, got {spec.memory_limit_bytes}")
+    if spec.attempt < 0:
+        raise ValidationError("spec.attempt", f"must be >= 0, got {spec.attempt}")
+    _check_inputs(spec)
+    _check_env(spec.env)
+    if spec.rendezvous is not None:
+        check_text(spec.rendezvous.master_addr, "spec.rendezvous.master_addr", 255)
+        if not 0 <= spec.rendezvous.master_port <= 65535:
+            raise ValidationError("spec.rendezvous.master_port", f"must be a port number, got {spec.rendezvous.master_port}")
+    return dataclasses.replace(spec, params=params, world_size=world)
+
+
+def _check_inputs(spec: TaskSpec) -> None:
+    from tensorfleet_agent.runtime.blobs import check_sha256
+
+    if len(spec.inputs) > MAX_INPUTS:
+        raise ValidationError("spec.inputs", f"has {len(spec.inputs)} entries; at most {MAX_INPUTS} allowed")
+    seen: set[str] = set()
+    for i, ref in enumerate(spec.inputs):
+        where = f"spec.inputs[{i}]"
+        if not ref.name or ref.name in (".", "..") or "/" in ref.name or "\\" in ref.name or "\0" in ref.name:
+            raise ValidationError(f"{where}.name", f"must be a plain file name, got {ref.name[:40]!r}")
+        check_text(ref.name, f"{where}.name", 255)
+        if ref.name in seen:
+            raise ValidationError(f"{where}.name", f"duplicate input name {ref.name!r}")
+        seen.add(ref.name)
+        check_sha256(ref.sha256, f"{where}.sha256")
+
+
+def _check_env(env: dict[str, str]) -> None:
+    if len(env) > MAX_ENV:
+        raise ValidationError("spec.env", f"has {len(env)} entries; at most {MAX_ENV} allowed")
+    for key, value in env.items():
+        if not _ENV_KEY.match(key) or len(key) > 256:
+            raise ValidationError(f"spec.env[{key[:40]!r}]", "is not a valid environment variable name")
+        if key.startswith(_RESERVED_ENV):
+            raise ValidationError(f"spec.env[{key!r}]", "is set by the agent and cannot be overridden")
+        if len(value) > MAX_ENV_VALUE or "\0" in value:
+            raise ValidationError(f"spec.env[{key!r}]", f"value must be at most {MAX_ENV_VALUE} characters, no NUL")

@@ -1,0 +1,173 @@
+"""Composition root of the agent: wires identity, slots, executor, gRPC, mDNS and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from tensorfleet_agent.core.types import NodeInfo
+from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
+from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser
+from tensorfleet_agent.discovery.interfaces import advertised_addresses
+from tensorfleet_agent.identity import load_or_create_key, node_id_of
+from tensorfleet_agent.metrics import AgentMetrics
+from tensorfleet_agent.rpc.server import create_server
+from tensorfleet_agent.rpc.service import AgentServicer
+from tensorfleet_agent.runtime.blobs import BlobStore
+from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig
+from tensorfleet_agent.runtime.gpus import Gpus
+from tensorfleet_agent.runtime.slots import SlotPool
+from tensorfleet_agent.runtime.telemetry import TelemetrySampler, disk_free, machine_facts
+from tensorfleet_agent.workloads.registry import available_workloads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentConfig:
+    data_dir: Path
+    host: str = "0.0.0.0"
+    port: int = 50051
+    name: str = field(default_factory=socket.gethostname)
+    interfaces: list[str] = field(default_factory=list)  # resolved IPv4 addresses; [] = all
+    advertise: bool = True
+    cpu_slots: int | None = None
+    drain_timeout: float = 60.0
+    metrics_port: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    blob_cache_bytes: int = 20 * 2**30
+    journal_retention_seconds: float = 7 * 86400
+    journal_max_finished: int = 10_000
+    warm_idle_seconds: float = 60.0
+    ready_file: Path | None = None
+    cluster_id: str = ""
+
+
+class AgentDaemon:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.metrics = AgentMetrics()
+        self.gpus = Gpus()
+        self.node_id = ""
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._advertiser: Advertiser | None = None
+        self._facts: dict[str, str | int] = {}
+        self._started = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        t0 = time.monotonic()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        key = await asyncio.to_thread(load_or_create_key, cfg.data_dir / "identity")
+        self.node_id = node_id_of(key)
+        self._facts = await asyncio.to_thread(machine_facts)
+        gpu_list = await asyncio.to_thread(self.gpus.inventory)
+        self.gpu_inventory = gpu_list
+        self.slots = SlotPool(int(self._facts["cpu_count"]), [g.index for g in gpu_list], cfg.cpu_slots)
+        self.blobs = await asyncio.to_thread(BlobStore, cfg.data_dir / "blobs", cfg.blob_cache_bytes)
+        self.executor = Executor(
+            ExecutorConfig(cfg.data_dir, cfg.warm_idle_seconds, cfg.journal_retention_seconds, cfg.journal_max_finished),
+            self.slots,
+            self.blobs,
+            self.metrics,
+        )
+        await self.executor.start()
+        self.sampler = TelemetrySampler(cfg.data_dir, self.gpus)
+        servicer = AgentServicer(self.executor, self.blobs, self.sampler, self.node_info)
+        self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
+        await self._server.start()
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, "127.0.0.1" if _loopback(cfg.host) else cfg.host)
+        log.info(
+            "agent %r (node %s) serving AgentService on %s:%d with %d slot(s)%s",
+            cfg.name, self.node_id, cfg.host, self.port, self.slots.total,
+            f", metrics on :{self.metrics_port}" if self.metrics_port else "",
+        )
+        if cfg.advertise:
+            self._advertiser = Advertiser(cfg.interfaces)
+            await self._advertiser.start(self._advertisement())
+        log.info("agent ready in %.2fs", time.monotonic() - t0)
+        if cfg.ready_file is not None:
+            await asyncio.to_thread(self._write_ready_file)
+        self._started.set()
+
+    def _advertisement(self) -> AdvertisedAgent:
+        cfg = self.config
+        return AdvertisedAgent(
+            node_id=self.node_id,
+            name=cfg.name,
+            port=self.port,
+            addresses=tuple(advertised_addresses(cfg.host, cfg.interfaces)),
+            protocol_version=PROTOCOL_VERSION,
+            gpus=len(self.gpu_inventory),
+            slots=self.slots.total,
+            cluster_id=cfg.cluster_id,
+            agent_version=AGENT_VERSION,
+        )
+
+    def _write_ready_file(self) -> None:
+        assert self.config.ready_file is not None
+        body = {
+            "pid": os.getpid(),
+            "node_id": self.node_id,
+            "name": self.config.name,
+            "host": self.config.host,
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "addresses": list(advertised_addresses(self.config.host, self.config.interfaces)),
+        }
+        tmp = self.config.ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, self.config.ready_file)
+
+    def node_info(self) -> NodeInfo:
+        """Blocking (disk usage): called through asyncio.to_thread by the servicer."""
+        f = self._facts
+        return NodeInfo(
+            protocol_version=PROTOCOL_VERSION,
+            node_id=self.node_id,
+            name=self.config.name,
+            hostname=str(f["hostname"]),
+            os=str(f["os"]),
+            python_version=str(f["python_version"]),
+            torch_version=str(f["torch_version"]),
+            sklearn_version=str(f["sklearn_version"]),
+            cpu_count=int(f["cpu_count"]),
+            memory_total_bytes=int(f["memory_total_bytes"]),
+            disk_free_bytes=disk_free(self.config.data_dir),
+            gpus=self.gpu_inventory,
+            workloads=tuple(w.name for w in available_workloads()),
+            slots_total=self.slots.total,
+            slots_free=self.slots.free,
+            agent_version=AGENT_VERSION,
+            labels=dict(self.config.labels),
+            draining=self.executor.draining,
+            cluster_id=self.config.cluster_id,
+        )
+
+    async def stop(self, drain: bool = True) -> None:
+        """Graceful stop: refuse new work, drain, say goodbye on mDNS, close the server."""
+        if not self._started.is_set():
+            return
+        if drain:
+            await self.executor.drain(self.config.drain_timeout)
+        if self._advertiser is not None:
+            await self._advertiser.stop()
+        if self._server is not None:
+            await self._server.stop(grace=2.0)
+        await self.executor.close()
+        log.info("agent stopped")
+
+
+def _loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("localhost", "::1")

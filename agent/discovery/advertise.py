@@ -1,0 +1,88 @@
+"""Advertise an agent as _tensorfleet._tcp.local. through zeroconf's async API."""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from dataclasses import dataclass
+
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE, mdns_interfaces
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AdvertisedAgent:
+    node_id: str
+    name: str
+    port: int
+    addresses: tuple[str, ...]
+    protocol_version: int
+    gpus: int
+    slots: int
+    cluster_id: str = ""
+    cert_fingerprint: str = ""
+    agent_version: str = ""
+
+    def txt(self) -> dict[str, str]:
+        return {
+            "node_id": self.node_id,
+            "name": self.name,
+            "proto": str(self.protocol_version),
+            "gpus": str(self.gpus),
+            "slots": str(self.slots),
+            "cluster": self.cluster_id,
+            "fp": self.cert_fingerprint,
+            "version": self.agent_version,
+        }
+
+    def instance_name(self) -> str:
+        # Unique per node (derived from the key), so name probing can be skipped safely.
+        label = re.sub(r"[^A-Za-z0-9-]", "-", self.name)[:40].strip("-") or "agent"
+        return f"{label}-{self.node_id[:12]}.{SERVICE_TYPE}"
+
+
+class Advertiser:
+    def __init__(self, interfaces: list[str]) -> None:
+        self._interfaces = interfaces
+        self._zc: AsyncZeroconf | None = None
+        self._info: AsyncServiceInfo | None = None
+
+    async def start(self, agent: AdvertisedAgent) -> None:
+        self._zc = AsyncZeroconf(interfaces=mdns_interfaces(self._interfaces), ip_version=IPVersion.V4Only)
+        self._info = AsyncServiceInfo(
+            SERVICE_TYPE,
+            agent.instance_name(),
+            addresses=[socket.inet_aton(a) for a in agent.addresses],
+            port=agent.port,
+            properties=agent.txt(),
+            server=f"tf-{agent.node_id[:12]}.local.",
+        )
+        await self._zc.async_register_service(self._info, cooperating_responders=True)
+        log.info("advertised %s on %s port %d", agent.instance_name(), ",".join(agent.addresses), agent.port)
+
+    async def update(self, agent: AdvertisedAgent) -> None:
+        if self._zc is None or self._info is None:
+            return
+        self._info = AsyncServiceInfo(
+            SERVICE_TYPE,
+            agent.instance_name(),
+            addresses=[socket.inet_aton(a) for a in agent.addresses],
+            port=agent.port,
+            properties=agent.txt(),
+            server=f"tf-{agent.node_id[:12]}.local.",
+        )
+        await self._zc.async_update_service(self._info)
+
+    async def stop(self) -> None:
+        """Send the mDNS goodbye and close the sockets."""
+        if self._zc is None:
+            return
+        if self._info is not None:
+            await self._zc.async_unregister_service(self._info)
+        await self._zc.async_close()
+        self._zc = None

@@ -1,0 +1,270 @@
+"""Protobuf <-> core dataclasses: the only module where both meet."""
+
+from __future__ import annotations
+
+import json
+
+from tensorfleet_agent._generated import agent_pb2 as pb
+from tensorfleet_agent.core.types import (
+    ArtifactReady,
+    BlobRef,
+    CheckpointSaved,
+    EventPayload,
+    Finished,
+    GpuInfo,
+    GpuTelemetry,
+    LogLine,
+    MetricPoint,
+    NodeInfo,
+    Progress,
+    Rendezvous,
+    StateChanged,
+    TaskEvent,
+    TaskSpec,
+    TaskState,
+    TaskSummary,
+    Telemetry,
+)
+from tensorfleet_agent.core.validation import parse_params_json
+
+_STATE_TO_PB = {
+    TaskState.ACCEPTED: pb.TASK_STATE_ACCEPTED,
+    TaskState.RUNNING: pb.TASK_STATE_RUNNING,
+    TaskState.SUCCEEDED: pb.TASK_STATE_SUCCEEDED,
+    TaskState.FAILED: pb.TASK_STATE_FAILED,
+    TaskState.CANCELLED: pb.TASK_STATE_CANCELLED,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+
+def state_to_pb(state: TaskState) -> pb.TaskState.ValueType:
+    return _STATE_TO_PB[state]
+
+
+def state_from_pb(value: int) -> TaskState:
+    try:
+        return _STATE_FROM_PB[value]  # type: ignore[index]
+    except KeyError:
+        raise ValueError(f"unknown task state {value}") from None
+
+
+# ---- task spec
+
+
+def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
+    msg = pb.TaskSpec(
+        task_id=spec.task_id,
+        job_id=spec.job_id,
+        workload=spec.workload,
+        params_json=json.dumps(spec.params, separators=(",", ":")),
+        rank=spec.rank,
+        world_size=spec.world_size,
+        gpus=spec.gpus,
+        timeout_seconds=spec.timeout_seconds,
+        memory_limit_bytes=spec.memory_limit_bytes,
+        inputs=[pb.BlobRef(name=r.name, sha256=r.sha256) for r in spec.inputs],
+        env=spec.env,
+        attempt=spec.attempt,
+    )
+    if spec.rendezvous is not None:
+        msg.rendezvous.CopyFrom(
+            pb.Rendezvous(master_addr=spec.rendezvous.master_addr, master_port=spec.rendezvous.master_port)
+        )
+    return msg
+
+
+def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
+    """Structural conversion; raises ValidationError only for unparsable params_json."""
+    return TaskSpec(
+        task_id=msg.task_id,
+        job_id=msg.job_id,
+        workload=msg.workload,
+        params=parse_params_json(msg.params_json),
+        rank=msg.rank,
+        world_size=msg.world_size,
+        gpus=msg.gpus,
+        timeout_seconds=msg.timeout_seconds,
+        memory_limit_bytes=msg.memory_limit_bytes,
+        inputs=tuple(BlobRef(r.name, r.sha256) for r in msg.inputs),
+        env=dict(msg.env),
+        attempt=msg.attempt,
+        rendezvous=(
+            Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
+        ),
+    )
+
+
+# ---- node info and telemetry
+
+
+def node_info_to_pb(info: NodeInfo) -> pb.NodeInfo:
+    return pb.NodeInfo(
+        protocol_version=info.protocol_version,
+        node_id=info.node_id,
+        name=info.name,
+        hostname=info.hostname,
+        os=info.os,
+        python_version=info.python_version,
+        torch_version=info.torch_version,
+        sklearn_version=info.sklearn_version,
+        cpu_count=info.cpu_count,
+        memory_total_bytes=info.memory_total_bytes,
+        disk_free_bytes=info.disk_free_bytes,
+        gpus=[pb.GpuInfo(index=g.index, name=g.name, uuid=g.uuid, memory_total_bytes=g.memory_total_bytes)
+              for g in info.gpus],
+        workloads=list(info.workloads),
+        slots_total=info.slots_total,
+        slots_free=info.slots_free,
+        agent_version=info.agent_version,
+        labels=info.labels,
+        draining=info.draining,
+        cluster_id=info.cluster_id,
+        cert_fingerprint=info.cert_fingerprint,
+    )
+
+
+def node_info_from_pb(msg: pb.NodeInfo) -> NodeInfo:
+    return NodeInfo(
+        protocol_version=msg.protocol_version,
+        node_id=msg.node_id,
+        name=msg.name,
+        hostname=msg.hostname,
+        os=msg.os,
+        python_version=msg.python_version,
+        torch_version=msg.torch_version,
+        sklearn_version=msg.sklearn_version,
+        cpu_count=msg.cpu_count,
+        memory_total_bytes=msg.memory_total_bytes,
+        disk_free_bytes=msg.disk_free_bytes,
+        gpus=tuple(GpuInfo(g.index, g.name, g.uuid, g.memory_total_bytes) for g in msg.gpus),
+        workloads=tuple(msg.workloads),
+        slots_total=msg.slots_total,
+        slots_free=msg.slots_free,
+        agent_version=msg.agent_version,
+        labels=dict(msg.labels),
+        draining=msg.draining,
+        cluster_id=msg.cluster_id,
+        cert_fingerprint=msg.cert_fingerprint,
+    )
+
+
+def telemetry_to_pb(t: Telemetry) -> pb.Telemetry:
+    return pb.Telemetry(
+        time=t.time,
+        cpu_percent=t.cpu_percent,
+        memory_used_bytes=t.memory_used_bytes,
+        memory_total_bytes=t.memory_total_bytes,
+        disk_free_bytes=t.disk_free_bytes,
+        gpus=[
+            pb.GpuTelemetry(
+                index=g.index,
+                utilization_percent=g.utilization_percent,
+                memory_used_bytes=g.memory_used_bytes,
+                memory_total_bytes=g.memory_total_bytes,
+                temperature_celsius=g.temperature_celsius,
+                power_watts=g.power_watts,
+            )
+            for g in t.gpus
+        ],
+        slots_total=t.slots_total,
+        slots_free=t.slots_free,
+        tasks_running=t.tasks_running,
+    )
+
+
+def telemetry_from_pb(msg: pb.Telemetry) -> Telemetry:
+    return Telemetry(
+        time=msg.time,
+        cpu_percent=msg.cpu_percent,
+        memory_used_bytes=msg.memory_used_bytes,
+        memory_total_bytes=msg.memory_total_bytes,
+        disk_free_bytes=msg.disk_free_bytes,
+        gpus=tuple(
+            GpuTelemetry(g.index, g.utilization_percent, g.memory_used_bytes, g.memory_total_bytes,
+                         g.temperature_celsius, g.power_watts)
+            for g in msg.gpus
+        ),
+        slots_total=msg.slots_total,
+        slots_free=msg.slots_free,
+        tasks_running=msg.tasks_running,
+    )
+
+
+# ---- task events
+
+
+def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
+    msg = pb.TaskEvent(task_id=event.task_id, seq=event.seq, time=event.time)
+    p = event.payload
+    if isinstance(p, StateChanged):
+        msg.state.CopyFrom(pb.StateChanged(state=state_to_pb(p.state), message=p.message))
+    elif isinstance(p, LogLine):
+        msg.log.CopyFrom(pb.LogLine(stream=p.stream, line=p.line))
+    elif isinstance(p, MetricPoint):
+        msg.metric.CopyFrom(pb.MetricPoint(step=p.step, name=p.name, value=p.value, wall_time=p.wall_time))
+    elif isinstance(p, Progress):
+        msg.progress.CopyFrom(pb.Progress(fraction=p.fraction))
+    elif isinstance(p, CheckpointSaved):
+        msg.checkpoint.CopyFrom(pb.CheckpointSaved(sha256=p.sha256, size=p.size, step=p.step, name=p.name))
+    elif isinstance(p, ArtifactReady):
+        msg.artifact.CopyFrom(pb.ArtifactReady(sha256=p.sha256, size=p.size, kind=p.kind, name=p.name))
+    elif isinstance(p, Finished):
+        msg.finished.CopyFrom(
+            pb.Finished(status=state_to_pb(p.status), exit_cause=p.exit_cause, error=p.error,
+                        duration_seconds=p.duration_seconds)
+        )
+    return msg
+
+
+def event_from_pb(msg: pb.TaskEvent) -> TaskEvent:
+    which = msg.WhichOneof("payload")
+    payload: EventPayload
+    if which == "state":
+        payload = StateChanged(state_from_pb(msg.state.state), msg.state.message)
+    elif which == "log":
+        payload = LogLine(msg.log.stream, msg.log.line)
+    elif which == "metric":
+        m = msg.metric
+        payload = MetricPoint(m.step, m.name, m.value, m.wall_time)
+    elif which == "progress":
+        payload = Progress(msg.progress.fraction)
+    elif which == "checkpoint":
+        c = msg.checkpoint
+        payload = CheckpointSaved(c.sha256, c.size, c.step, c.name)
+    elif which == "artifact":
+        a = msg.artifact
+        payload = ArtifactReady(a.sha256, a.size, a.kind, a.name)
+    elif which == "finished":
+        f = msg.finished
+        payload = Finished(state_from_pb(f.status), f.exit_cause, f.error, f.duration_seconds)
+    else:
+        raise ValueError(f"task event {msg.task_id}#{msg.seq} has no payload")
+    return TaskEvent(msg.task_id, msg.seq, msg.time, payload)
+
+
+def summary_to_pb(s: TaskSummary) -> pb.TaskSummary:
+    return pb.TaskSummary(
+        task_id=s.task_id,
+        job_id=s.job_id,
+        workload=s.workload,
+        state=state_to_pb(s.state),
+        created_at=s.created_at,
+        finished_at=s.finished_at,
+        last_seq=s.last_seq,
+        exit_cause=s.exit_cause,
+        slot_ids=list(s.slot_ids),
+    )
+
+
+def summary_from_pb(msg: pb.TaskSummary) -> TaskSummary:
+    return TaskSummary(
+        task_id=msg.task_id,
+        job_id=msg.job_id,
+        workload=msg.workload,
+        state=state_from_pb(msg.state),
+        created_at=msg.created_at,
+        finished_at=msg.finished_at,
+        last_seq=msg.last_seq,
+        exit_cause=msg.exit_cause,
+        slot_ids=tuple(msg.slot_ids),
+    )

@@ -1,0 +1,196 @@
+"""AgentService: validates each request, calls the executor, maps errors to gRPC statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from tensorfleet_agent._generated import agent_pb2 as pb
+from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
+from tensorfleet_agent.core.errors import (
+    AgentError,
+    AlreadyExists,
+    NotFound,
+    ProtocolMismatch,
+    ResourcesExhausted,
+    Unavailable,
+    ValidationError,
+)
+from tensorfleet_agent.core.types import NodeInfo
+from tensorfleet_agent.core.validation import MAX_REASON, check_id, check_text, validate_task_spec
+from tensorfleet_agent.core.version import PROTOCOL_VERSION
+from tensorfleet_agent.rpc import convert
+from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
+from tensorfleet_agent.runtime.executor import Executor
+from tensorfleet_agent.runtime.telemetry import TelemetrySampler
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[type[AgentError], grpc.StatusCode] = {
+    ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
+    ResourcesExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ProtocolMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+MIN_PERIOD, MAX_PERIOD, DEFAULT_PERIOD = 0.05, 3600.0, 1.0
+MAX_HAS_BLOBS = 10_000
+
+R = TypeVar("R")
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    if isinstance(exc, AgentError):
+        await context.abort(_STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc))
+    log.exception("internal error in RPC")
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal agent error: {type(exc).__name__}: {exc}")
+
+
+def _unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        try:
+            return await fn(self, request, context)
+        except (AgentError, Exception) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    return wrapper
+
+
+def _stream(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[R]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as exc:
+            await _abort(context, exc)
+
+    return wrapper
+
+
+class AgentServicer(pb_grpc.AgentServiceServicer):
+    def __init__(
+        self,
+        executor: Executor,
+        blobs: BlobStore,
+        sampler: TelemetrySampler,
+        node_info: Callable[[], NodeInfo],
+    ) -> None:
+        self.executor = executor
+        self.blobs = blobs
+        self.sampler = sampler
+        self.node_info = node_info
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_AgentServiceServicer_to_server(self, server)
+
+    @_unary
+    async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.NodeInfo:
+        info = await asyncio.to_thread(self.node_info)
+        return convert.node_info_to_pb(info)
+
+    @_stream
+    async def StreamTelemetry(self, request: pb.TelemetryRequest, context: Any) -> AsyncIterator[pb.Telemetry]:
+        period = request.period_seconds or DEFAULT_PERIOD
+        if not math.isfinite(period) or not MIN_PERIOD <= period <= MAX_PERIOD:
+            raise ValidationError(
+                "period_seconds", f"must be between {MIN_PERIOD} and {MAX_PERIOD} seconds, got {period}"
+            )
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            slots = self.executor.slots
+            sample = await asyncio.to_thread(
+                self.sampler.sample, slots.total, slots.free, self.executor.tasks_running
+            )
+            yield convert.telemetry_to_pb(sample)
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    @_unary
+    async def RunTask(self, request: pb.RunTaskRequest, context: Any) -> pb.RunTaskResponse:
+        if request.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolMismatch(
+                f"caller speaks TensorFleet protocol {request.protocol_version or 'unknown (unset)'}, "
+                f"this agent speaks {PROTOCOL_VERSION}; upgrade the older side"
+            )
+        if not request.HasField("spec"):
+            raise ValidationError("spec", "is required")
+        spec = validate_task_spec(convert.task_spec_from_pb(request.spec))
+        slot_ids = await self.executor.run_task(spec)
+        return pb.RunTaskResponse(task_id=spec.task_id, slot_ids=list(slot_ids))
+
+    @_stream
+    async def WatchTask(self, request: pb.WatchTaskRequest, context: Any) -> AsyncIterator[pb.TaskEvent]:
+        check_id(request.task_id, "task_id")
+        if request.after_seq < 0:
+            raise ValidationError("after_seq", f"must be >= 0, got {request.after_seq}")
+        async for event in self.executor.watch(request.task_id, request.after_seq):
+            yield convert.event_to_pb(event)
+
+    @_unary
+    async def CancelTask(self, request: pb.CancelTaskRequest, context: Any) -> pb.CancelTaskResponse:
+        check_id(request.task_id, "task_id")
+        check_text(request.reason, "reason", MAX_REASON)
+        return pb.CancelTaskResponse(was_running=await self.executor.cancel(request.task_id, request.reason))
+
+    @_unary
+    async def ListTasks(self, request: pb.ListTasksRequest, context: Any) -> pb.ListTasksResponse:
+        tasks = self.executor.list_tasks(request.include_finished)
+        return pb.ListTasksResponse(tasks=[convert.summary_to_pb(t) for t in tasks])
+
+    @_unary
+    async def HasBlobs(self, request: pb.HasBlobsRequest, context: Any) -> pb.HasBlobsResponse:
+        if len(request.sha256) > MAX_HAS_BLOBS:
+            raise ValidationError("sha256", f"asks for {len(request.sha256)} blobs; at most {MAX_HAS_BLOBS}")
+        for i, digest in enumerate(request.sha256):
+            check_sha256(digest, f"sha256[{i}]")
+        present = await asyncio.to_thread(lambda: [d for d in request.sha256 if self.blobs.has(d)])
+        return pb.HasBlobsResponse(present=present)
+
+    @_unary
+    async def PutBlob(self, request_iterator: AsyncIterator[pb.BlobChunk], context: Any) -> pb.PutBlobResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise ValidationError("header", "the first message of PutBlob must be a BlobHeader")
+        header = first.header
+        check_sha256(header.sha256, "header.sha256")
+        if await asyncio.to_thread(self.blobs.has, header.sha256):
+            async for _ in request_iterator:  # drain what the client already sent
+                pass
+            return pb.PutBlobResponse(sha256=header.sha256, size=header.size, already_present=True)
+        writer = await asyncio.to_thread(self.blobs.writer, header.sha256, header.size)
+        try:
+            async for chunk in request_iterator:
+                if chunk.WhichOneof("part") != "data":
+                    raise ValidationError("header", "only the first message of PutBlob may be a header")
+                if len(chunk.data) > CHUNK_BYTES:
+                    raise ValidationError("data", f"chunks must be at most {CHUNK_BYTES} bytes, got {len(chunk.data)}")
+                await asyncio.to_thread(writer.write, chunk.data)
+            await asyncio.to_thread(writer.commit)
+        except BaseException:
+            await asyncio.to_thread(writer.abort)
+            raise
+        return pb.PutBlobResponse(sha256=header.sha256, size=header.size)
+
+    @_stream
+    async def GetBlob(self, request: pb.GetBlobRequest, context: Any) -> AsyncIterator[pb.BlobChunk]:
+        check_sha256(request.sha256, "sha256")
+        size = await asyncio.to_thread(self.blobs.size, request.sha256)
+        if not 0 <= request.offset <= size:
+            raise ValidationError("offset", f"must be between 0 and the blob size {size}, got {request.offset}")
+        yield pb.BlobChunk(header=pb.BlobHeader(sha256=request.sha256, size=size))
+        chunks: Iterator[bytes] = await asyncio.to_thread(self.blobs.read, request.sha256, request.offset)
+        while (data := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield pb.BlobChunk(data=data)

@@ -1,0 +1,1 @@
+"""Execution on this machine: slots, worker processes, the journal, blobs and telemetry."""

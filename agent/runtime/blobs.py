@@ -1,0 +1,168 @@
+"""Content-addressed blob cache: datasets in, artifacts and checkpoints out.
+
+Files live at blobs/<sha[:2]>/<sha>. The cache has a byte limit and evicts the
+least recently used blobs that no running task holds. Methods block on disk
+I/O: the RPC layer calls them through asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from tensorfleet_agent.core.errors import NotFound, ValidationError
+
+log = logging.getLogger(__name__)
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+CHUNK_BYTES = 1 << 20
+
+
+def check_sha256(value: str, field: str) -> str:
+    if not SHA256_RE.match(value):
+        raise ValidationError(field, f"must be 64 lowercase hex digits, got {value[:80]!r}")
+    return value
+
+
+class BlobWriter:
+    """An upload in progress; commit() checks size and digest before the blob becomes visible."""
+
+    def __init__(self, store: BlobStore, sha256: str, size: int) -> None:
+        self._store = store
+        self.sha256 = sha256
+        self.size = size
+        self._hasher = hashlib.sha256()
+        self._written = 0
+        self._tmp = store.root / "incoming" / f"{uuid.uuid4().hex}.part"
+        self._tmp.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[bytes] | None = self._tmp.open("wb")
+
+    def write(self, data: bytes) -> None:
+        if self._written + len(data) > self.size:
+            self.abort()
+            raise ValidationError("data", f"blob is larger than the {self.size} bytes announced in header.size")
+        assert self._fh is not None
+        self._fh.write(data)
+        self._hasher.update(data)
+        self._written += len(data)
+
+    def commit(self) -> Path:
+        assert self._fh is not None
+        self._fh.close()
+        self._fh = None
+        if self._written != self.size:
+            self._tmp.unlink(missing_ok=True)
+            raise ValidationError("header.size", f"announced {self.size} bytes but {self._written} arrived")
+        digest = self._hasher.hexdigest()
+        if digest != self.sha256:
+            self._tmp.unlink(missing_ok=True)
+            raise ValidationError("header.sha256", f"content hashes to {digest}, not {self.sha256}")
+        return self._store._adopt(self._tmp, digest)
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._tmp.unlink(missing_ok=True)
+
+
+class BlobStore:
+    def __init__(self, root: Path, limit_bytes: int) -> None:
+        self.root = root
+        self.limit_bytes = limit_bytes
+        self._pins: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in (root / "incoming").glob("*.part"):
+            stale.unlink(missing_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return SHA256_RE.match(sha256) is not None and self.path(sha256).is_file()
+
+    def size(self, sha256: str) -> int:
+        try:
+            return self.path(sha256).stat().st_size
+        except FileNotFoundError:
+            raise NotFound(f"blob {sha256} is not in this agent's cache") from None
+
+    def writer(self, sha256: str, size: int) -> BlobWriter:
+        check_sha256(sha256, "header.sha256")
+        if size < 0:
+            raise ValidationError("header.size", f"must be >= 0, got {size}")
+        if size > self.limit_bytes:
+            raise ValidationError("header.size", f"{size} bytes exceeds the blob cache limit of {self.limit_bytes}")
+        return BlobWriter(self, sha256, size)
+
+    def read(self, sha256: str, offset: int = 0) -> Iterator[bytes]:
+        path = self.path(check_sha256(sha256, "sha256"))
+        try:
+            fh = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {sha256} is not in this agent's cache") from None
+        self.touch(sha256)
+        with fh:
+            fh.seek(offset)
+            yield from iter(lambda: fh.read(CHUNK_BYTES), b"")
+
+    def touch(self, sha256: str) -> None:
+        try:
+            os.utime(self.path(sha256))
+        except FileNotFoundError:
+            pass
+
+    def adopt_existing(self, sha256: str) -> None:
+        """A worker wrote this blob itself (artifact/checkpoint): count it and keep the cache in bounds."""
+        self.touch(sha256)
+        self.evict()
+
+    def pin(self, digests: Iterable[str]) -> None:
+        with self._lock:
+            self._pins.update(digests)
+
+    def unpin(self, digests: Iterable[str]) -> None:
+        with self._lock:
+            self._pins.subtract(digests)
+            self._pins += Counter()  # drop zero counts
+
+    def _adopt(self, tmp: Path, digest: str) -> Path:
+        dest = self.path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        self.evict(keep=digest)
+        return dest
+
+    def evict(self, keep: str | None = None) -> int:
+        """Delete least-recently-used unpinned blobs until the cache fits its limit."""
+        entries = []
+        total = 0
+        for sub in self.root.iterdir():
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for blob in sub.iterdir():
+                st = blob.stat()
+                entries.append((st.st_mtime, blob.name, st.st_size))
+                total += st.st_size
+        freed = 0
+        with self._lock:
+            pinned = set(self._pins)
+        for _mtime, digest, size in sorted(entries):
+            if total <= self.limit_bytes:
+                break
+            if digest in pinned or digest == keep:
+                continue
+            self.path(digest).unlink(missing_ok=True)
+            total -= size
+            freed += size
+            log.info("blob cache: evicted %s (%d bytes)", digest, size)
+        return freed

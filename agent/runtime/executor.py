@@ -1,0 +1,429 @@
+"""Runs accepted tasks in worker processes and journals everything they do.
+
+The executor owns the slots, the warm worker pool and the task lifecycle:
+ACCEPTED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, always ending with one
+Finished event. Nothing here blocks the event loop; disk work goes to threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tensorfleet_agent.core.codec import spec_to_dict
+from tensorfleet_agent.core.errors import AlreadyExists, NotFound, Unavailable
+from tensorfleet_agent.core.types import (
+    ArtifactReady,
+    CheckpointSaved,
+    EventPayload,
+    ExitCause,
+    Finished,
+    LogLine,
+    MetricPoint,
+    Progress,
+    StateChanged,
+    TaskEvent,
+    TaskSpec,
+    TaskState,
+    TaskSummary,
+)
+from tensorfleet_agent.metrics import AgentMetrics
+from tensorfleet_agent.runtime.blobs import BlobStore
+from tensorfleet_agent.runtime.journal import Journal, TaskLog
+from tensorfleet_agent.runtime.process import WorkerProcess
+from tensorfleet_agent.runtime.slots import Slot, SlotPool
+from tensorfleet_agent.workloads.registry import get_workload
+
+log = logging.getLogger(__name__)
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS", "TORCH_NUM_THREADS")
+_WATCHDOG_PERIOD = 0.1
+_CANCEL_GRACE = 1.0
+
+
+@dataclass
+class _Running:
+    spec: TaskSpec
+    slots: tuple[Slot, ...]
+    entry: TaskLog
+    started: float = field(default_factory=time.monotonic)
+    worker: WorkerProcess | None = None
+    kill_cause: str = ""
+    kill_message: str = ""
+    killed: asyncio.Event = field(default_factory=asyncio.Event)
+    runner: asyncio.Task[None] | None = None
+
+
+@dataclass
+class ExecutorConfig:
+    data_dir: Path
+    warm_idle_seconds: float = 60.0
+    journal_retention_seconds: float = 7 * 86400
+    journal_max_finished: int = 10_000
+
+
+class Executor:
+    def __init__(self, config: ExecutorConfig, slots: SlotPool, blobs: BlobStore, metrics: AgentMetrics) -> None:
+        self.config = config
+        self.slots = slots
+        self.blobs = blobs
+        self.metrics = metrics
+        self.journal = Journal(config.data_dir / "tasks")
+        self.draining = False
+        self._running: dict[str, _Running] = {}
+        self._warm: dict[tuple[str, tuple[int | None, ...], int], list[tuple[WorkerProcess, float]]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        metrics.slots_total.set(slots.total)
+
+    # ---- lifecycle
+
+    async def start(self) -> None:
+        loaded = await asyncio.to_thread(self.journal.load)
+        self.journal.start()
+        for entry in loaded:
+            if not entry.finished:
+                log.warning("task %s was running when the agent stopped; marking it FAILED", entry.task_id)
+                self.journal.append(
+                    entry.task_id,
+                    Finished(TaskState.FAILED, ExitCause.AGENT_RESTARTED, "the agent restarted while this task ran"),
+                )
+        pruned = await asyncio.to_thread(
+            self.journal.prune, self.config.journal_retention_seconds, self.config.journal_max_finished
+        )
+        if pruned:
+            log.info("journal retention: removed %d finished task(s)", pruned)
+        self._reaper = asyncio.create_task(self._reap_idle_workers())
+
+    async def drain(self, timeout: float) -> None:
+        """Take no new work; let running tasks finish for `timeout` seconds, then cancel them."""
+        self.draining = True
+        pending = [r.runner for r in self._running.values() if r.runner is not None]
+        if pending:
+            log.info("draining: waiting up to %.0fs for %d task(s)", timeout, len(pending))
+            _done, still = await asyncio.wait(pending, timeout=timeout)
+            for task_id, running in list(self._running.items()):
+                log.warning("drain timeout: cancelling task %s", task_id)
+                self._kill(running, ExitCause.DRAIN_TIMEOUT, f"the agent was stopped; drain timeout {timeout:g}s")
+            if still:
+                await asyncio.wait(still, timeout=10)
+
+    async def close(self) -> None:
+        self.draining = True
+        for running in list(self._running.values()):
+            self._kill(running, ExitCause.CANCELLED, "the agent is shutting down")
+        runners = [r.runner for r in self._running.values() if r.runner is not None]
+        if runners:
+            await asyncio.wait(runners, timeout=10)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for pool in self._warm.values():
+            for worker, _ in pool:
+                await worker.close()
+        self._warm.clear()
+        await self.journal.close()
+
+    # ---- queries
+
+    @property
+    def tasks_running(self) -> int:
+        return len(self._running)
+
+    def list_tasks(self, include_finished: bool) -> list[TaskSummary]:
+        out = []
+        for entry in self.journal.entries():
+            if entry.finished and not include_finished:
+                continue
+            out.append(
+                TaskSummary(
+                    task_id=entry.task_id,
+                    job_id=str(entry.meta.get("spec", {}).get("job_id", "")),
+                    workload=str(entry.meta.get("spec", {}).get("workload", "")),
+                    state=entry.state,
+                    created_at=entry.created_at,
+                    finished_at=entry.finished_at,
+                    last_seq=entry.last_seq,
+                    exit_cause=entry.exit_cause,
+                    slot_ids=tuple(entry.meta.get("slot_ids", ())),
+                )
+            )
+        return sorted(out, key=lambda s: s.created_at)
+
+    async def watch(self, task_id: str, after_seq: int) -> AsyncIterator[TaskEvent]:
+        async for event in self.journal.watch(task_id, after_seq):
+            self.metrics.events_streamed.inc()
+            yield event
+
+    # ---- commands
+
+    async def run_task(self, spec: TaskSpec) -> tuple[int, ...]:
+        """Accept a validated task: take its slots, journal it and start it. Returns slot ids."""
+        existing = self._existing(spec)
+        if existing is not None:
+            return existing
+        if self.draining:
+            raise Unavailable("the agent is draining and accepts no new tasks")
+        missing = [ref.sha256 for ref in spec.inputs if not self.blobs.has(ref.sha256)]
+        if missing:
+            raise NotFound(f"input blob(s) not on this agent, upload them with PutBlob first: {', '.join(missing)}")
+        slots = self.slots.acquire(spec.gpus)
+        try:
+            self.blobs.pin(ref.sha256 for ref in spec.inputs)
+            meta = {"spec": spec_to_dict(spec), "slot_ids": [s.id for s in slots]}
+            entry = await asyncio.to_thread(self.journal.create, spec.task_id, meta)
+        except BaseException:
+            self.slots.release(slots)
+            self.blobs.unpin(ref.sha256 for ref in spec.inputs)
+            raise
+        running = _Running(spec, slots, entry)
+        self._running[spec.task_id] = running
+        self._gauge()
+        self.journal.append(spec.task_id, StateChanged(TaskState.ACCEPTED, f"slots {[s.id for s in slots]}"))
+        running.runner = asyncio.create_task(self._run(running), name=f"task-{spec.task_id}")
+        return tuple(s.id for s in slots)
+
+    def _existing(self, spec: TaskSpec) -> tuple[int, ...] | None:
+        """RunTask is idempotent: the same spec again returns the first acceptance."""
+        try:
+            entry = self.journal.get(spec.task_id)
+        except NotFound:
+            return None
+        if entry.meta.get("spec") != spec_to_dict(spec):
+            raise AlreadyExists(f"task id {spec.task_id!r} is already used by a different task on this agent")
+        return tuple(entry.meta.get("slot_ids", ()))
+
+    async def cancel(self, task_id: str, reason: str) -> bool:
+        running = self._running.get(task_id)
+        if running is None:
+            self.journal.get(task_id)  # NotFound for unknown ids
+            return False
+        self._kill(running, ExitCause.CANCELLED, reason or "cancelled")
+        return True
+
+    def _kill(self, running: _Running, cause: str, message: str) -> None:
+        if running.kill_cause:
+            return
+        running.kill_cause, running.kill_message = cause, message
+        running.killed.set()
+        worker = running.worker
+        if worker is not None and worker.alive:
+            asyncio.create_task(worker.terminate(_CANCEL_GRACE))
+
+    # ---- the task's life
+
+    async def _run(self, running: _Running) -> None:
+        spec = running.spec
+        status, cause, error = TaskState.FAILED, ExitCause.SETUP, ""
+        reusable = False
+        try:
+            workload = get_workload(spec.workload)
+            await asyncio.to_thread(self._link_inputs, running)
+            worker = await self._worker_for(running)
+            if running.kill_cause:
+                await worker.terminate(_CANCEL_GRACE)
+                raise _Killed
+            running.worker = worker
+            worker.on_output = lambda stream, line: self._append(running, LogLine(stream, line))
+            self._append(running, StateChanged(TaskState.RUNNING, f"worker pid {worker.pid}"))
+            worker.send(
+                {
+                    "op": "run",
+                    "entry": workload.entry,
+                    "spec": spec_to_dict(spec),
+                    "task_dir": str(running.entry.directory / "work"),
+                    "blobs_dir": str(self.blobs.root),
+                }
+            )
+            status, cause, error, reusable = await self._follow(running, worker)
+        except _Killed:
+            status, cause, error = self._killed_outcome(running)
+        except Exception as exc:
+            log.exception("task %s could not start", spec.task_id)
+            status, cause, error = TaskState.FAILED, ExitCause.SETUP, f"{type(exc).__name__}: {exc}"
+        finally:
+            if running.worker is not None:
+                running.worker.on_output = None
+                if reusable and not self.draining:
+                    self._park(running, running.worker)
+                elif running.worker.alive:
+                    running.worker.kill()
+                    await running.worker.wait()
+            duration = time.monotonic() - running.started
+            self.journal.append(spec.task_id, Finished(status, cause, error, duration))
+            self._running.pop(spec.task_id, None)
+            self.slots.release(running.slots)
+            self.blobs.unpin(ref.sha256 for ref in spec.inputs)
+            self._gauge()
+            self.metrics.task_duration.labels(spec.workload, status.value).observe(duration)
+            if status is TaskState.SUCCEEDED:
+                self.metrics.completed.labels(spec.workload).inc()
+            else:
+                self.metrics.failed.labels(spec.workload, cause).inc()
+
+    async def _follow(self, running: _Running, worker: WorkerProcess) -> tuple[TaskState, str, str, bool]:
+        """Relay the worker's messages until the task is done or the worker is gone."""
+        watchdog = asyncio.create_task(self._watchdog(running, worker))
+        try:
+            while True:
+                message = await worker.next_message()
+                if message is None:
+                    break
+                kind = message.get("t")
+                if kind == "done":
+                    if running.kill_cause:
+                        break
+                    if message.get("ok"):
+                        return TaskState.SUCCEEDED, ExitCause.COMPLETED, "", True
+                    for line in str(message.get("traceback", "")).rstrip().splitlines():
+                        self._append(running, LogLine("stderr", line))
+                    return TaskState.FAILED, ExitCause.EXCEPTION, str(message.get("error", "")), True
+                payload = _payload(message)
+                if payload is not None:
+                    self._append(running, payload)
+                    if isinstance(payload, ArtifactReady | CheckpointSaved):
+                        await asyncio.to_thread(self.blobs.adopt_existing, payload.sha256)
+        finally:
+            watchdog.cancel()
+        code = await worker.wait()
+        if running.kill_cause:
+            status, cause, error = self._killed_outcome(running)
+            return status, cause, error, False
+        if code < 0:
+            name = _signal_name(-code)
+            return TaskState.FAILED, ExitCause.SIGNAL, f"worker killed by {name}", False
+        if code > 0:
+            return TaskState.FAILED, ExitCause.EXIT_CODE, f"worker exited with code {code}", False
+        return TaskState.FAILED, ExitCause.WORKER_LOST, "worker exited before the workload finished", False
+
+    def _killed_outcome(self, running: _Running) -> tuple[TaskState, str, str]:
+        status = TaskState.CANCELLED if running.kill_cause == ExitCause.CANCELLED else TaskState.FAILED
+        return status, running.kill_cause, running.kill_message
+
+    async def _watchdog(self, running: _Running, worker: WorkerProcess) -> None:
+        spec = running.spec
+        deadline = running.started + spec.timeout_seconds if spec.timeout_seconds > 0 else None
+        while worker.alive and not running.kill_cause:
+            if deadline is not None and time.monotonic() >= deadline:
+                self._kill(running, ExitCause.TIMEOUT, f"wall-clock timeout of {spec.timeout_seconds:g}s exceeded")
+            elif spec.memory_limit_bytes > 0:
+                rss = worker.rss_bytes()
+                if rss > spec.memory_limit_bytes:
+                    self._kill(
+                        running,
+                        ExitCause.MEMORY_LIMIT,
+                        f"memory limit exceeded: {rss / 2**20:.0f} MiB resident > "
+                        f"{spec.memory_limit_bytes / 2**20:.0f} MiB allowed",
+                    )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(running.killed.wait(), _WATCHDOG_PERIOD)
+
+    def _append(self, running: _Running, payload: EventPayload) -> None:
+        if not running.entry.finished:
+            self.journal.append(running.spec.task_id, payload)
+
+    def _link_inputs(self, running: _Running) -> None:
+        inputs = running.entry.directory / "work" / "inputs"
+        inputs.mkdir(parents=True, exist_ok=True)
+        for ref in running.spec.inputs:
+            link = inputs / ref.name
+            link.unlink(missing_ok=True)
+            os.symlink(self.blobs.path(ref.sha256), link)
+
+    # ---- warm workers
+
+    def _pool_key(self, running: _Running) -> tuple[str, tuple[int | None, ...], int]:
+        return (running.spec.job_id, tuple(s.gpu_index for s in running.slots), running.slots[0].threads)
+
+    async def _worker_for(self, running: _Running) -> WorkerProcess:
+        pool = self._warm.get(self._pool_key(running), [])
+        while pool:
+            worker, _ = pool.pop()
+            if worker.alive and not running.spec.env:
+                return worker
+            await worker.close()
+        return await WorkerProcess.spawn(self._worker_env(running), str(running.entry.directory))
+
+    def _park(self, running: _Running, worker: WorkerProcess) -> None:
+        """Keep a finished task's worker for the job's next task (built-in workloads only)."""
+        if running.spec.env:
+            asyncio.create_task(worker.close())
+            return
+        self._warm.setdefault(self._pool_key(running), []).append((worker, time.monotonic()))
+        idle = sorted(
+            ((since, key, w) for key, pool in self._warm.items() for w, since in pool), key=lambda t: t[0]
+        )
+        while len(idle) > self.slots.total:
+            _since, key, oldest = idle.pop(0)
+            self._warm[key] = [(w, s) for w, s in self._warm[key] if w is not oldest]
+            asyncio.create_task(oldest.close())
+
+    async def _reap_idle_workers(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, min(10.0, self.config.warm_idle_seconds / 2)))
+            now = time.monotonic()
+            for key in list(self._warm):
+                keep = []
+                for worker, since in self._warm[key]:
+                    if now - since > self.config.warm_idle_seconds or not worker.alive:
+                        await worker.close()
+                    else:
+                        keep.append((worker, since))
+                if keep:
+                    self._warm[key] = keep
+                else:
+                    del self._warm[key]
+
+    def _worker_env(self, running: _Running) -> dict[str, str]:
+        spec, slots = running.spec, running.slots
+        env = dict(os.environ)
+        threads = str(sum(s.threads for s in slots))
+        for var in _THREAD_VARS:
+            env[var] = threads
+        gpus = [str(s.gpu_index) for s in slots if s.gpu_index is not None]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["TENSORFLEET_JOB_ID"] = spec.job_id
+        env.update(spec.env)
+        return env
+
+    def _gauge(self) -> None:
+        self.metrics.slots_in_use.set(self.slots.total - self.slots.free)
+        self.metrics.tasks_running.set(len(self._running))
+
+
+class _Killed(Exception):
+    pass
+
+
+def _payload(message: dict[str, Any]) -> EventPayload | None:
+    kind = message.get("t")
+    if kind == "log":
+        return LogLine(str(message.get("stream", "stdout")), str(message.get("line", "")))
+    if kind == "metric":
+        return MetricPoint(int(message["step"]), str(message["name"]), float(message["value"]),
+                           float(message["wall_time"]))
+    if kind == "progress":
+        return Progress(float(message["fraction"]))
+    if kind == "artifact":
+        return ArtifactReady(str(message["sha256"]), int(message["size"]), str(message["kind"]), str(message["name"]))
+    if kind == "checkpoint":
+        return CheckpointSaved(str(message["sha256"]), int(message["size"]), int(message["step"]),
+                               str(message["name"]))
+    return None  # "started" and unknown kinds are not task events
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -1,0 +1,271 @@
+"""The on-disk task journal (DESIGN decision 7).
+
+Every task event gets a per-task sequence number and is appended to
+tasks/<task_id>/events.jsonl by one writer thread that group-commits (one
+fdatasync per batch). Watchers only ever see committed events, so anything a
+controller has received is on disk and survives an agent crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from tensorfleet_agent.core.codec import event_from_dict, event_to_dict
+from tensorfleet_agent.core.errors import NotFound
+from tensorfleet_agent.core.types import EventPayload, Finished, StateChanged, TaskEvent, TaskState
+
+log = logging.getLogger(__name__)
+
+EVENTS_FILE = "events.jsonl"
+TASK_FILE = "task.json"
+_KEEP_IN_MEMORY = 64  # finished tasks whose events stay cached for fast replay
+
+
+@dataclass
+class TaskLog:
+    """One task's journal, as the agent knows it."""
+
+    task_id: str
+    directory: Path
+    meta: dict[str, Any]
+    created_at: float
+    events: list[TaskEvent] | None = field(default_factory=list)  # None = only on disk
+    next_seq: int = 1
+    committed_seq: int = 0
+    state: TaskState = TaskState.ACCEPTED
+    finished_at: float = 0.0
+    exit_cause: str = ""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.state.terminal
+
+    @property
+    def last_seq(self) -> int:
+        return self.next_seq - 1
+
+    def _observe(self, event: TaskEvent) -> None:
+        payload = event.payload
+        if isinstance(payload, StateChanged):
+            self.state = payload.state
+        elif isinstance(payload, Finished):
+            self.state = payload.status
+            self.finished_at = event.time
+            self.exit_cause = payload.exit_cause
+
+
+class Journal:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._logs: dict[str, TaskLog] = {}
+        self._cached_finished: OrderedDict[str, None] = OrderedDict()
+        self._queue: queue.SimpleQueue[tuple[TaskLog, bytes, int] | None] = queue.SimpleQueue()
+        self._files: dict[str, IO[bytes]] = {}
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    def load(self) -> list[TaskLog]:
+        """Read every journal on disk (blocking: call before serving or in a thread)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        loaded = []
+        for directory in sorted(self.root.iterdir()):
+            meta_file = directory / TASK_FILE
+            if not meta_file.is_file():
+                continue
+            try:
+                meta = json.loads(meta_file.read_text())
+                events = _read_events(directory.name, directory / EVENTS_FILE, repair=True)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("skipping unreadable journal %s: %s", directory, exc)
+                continue
+            entry = TaskLog(directory.name, directory, meta, float(meta.get("created_at", 0.0)), events=None)
+            for event in events:
+                entry._observe(event)
+            entry.next_seq = (events[-1].seq + 1) if events else 1
+            entry.committed_seq = entry.last_seq
+            if not entry.finished:
+                entry.events = events  # the caller will finish it
+            self._logs[entry.task_id] = entry
+            loaded.append(entry)
+        return loaded
+
+    def prune(self, max_age_seconds: float, max_finished: int) -> int:
+        """Delete finished journals older than the retention or beyond the count (blocking)."""
+        now = time.time()
+        finished = sorted((e for e in self._logs.values() if e.finished), key=lambda e: e.finished_at)
+        doomed = [e for e in finished if now - e.finished_at > max_age_seconds]
+        keep = [e for e in finished if e not in doomed]
+        if len(keep) > max_finished:
+            doomed += keep[: len(keep) - max_finished]
+        for entry in doomed:
+            shutil.rmtree(entry.directory, ignore_errors=True)
+            self._logs.pop(entry.task_id, None)
+            self._cached_finished.pop(entry.task_id, None)
+        return len(doomed)
+
+    # ---- writing
+
+    def create(self, task_id: str, meta: dict[str, Any]) -> TaskLog:
+        """Create the task's directory and metadata file (blocking: call in a thread)."""
+        directory = self.root / task_id
+        directory.mkdir(parents=True, exist_ok=True)
+        created_at = time.time()
+        meta = {**meta, "created_at": created_at}
+        tmp = directory / (TASK_FILE + ".tmp")
+        with tmp.open("w") as fh:
+            json.dump(meta, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / TASK_FILE)
+        (directory / EVENTS_FILE).touch()
+        entry = TaskLog(task_id, directory, meta, created_at)
+        self._logs[task_id] = entry
+        return entry
+
+    def append(self, task_id: str, payload: EventPayload) -> TaskEvent:
+        """Assign the next seq and queue the event for the group commit; never blocks."""
+        entry = self.get(task_id)
+        if entry.finished:
+            raise RuntimeError(f"task {task_id} already finished; event {payload!r} dropped")
+        event = TaskEvent(task_id, entry.next_seq, time.time(), payload)
+        entry.next_seq += 1
+        entry._observe(event)
+        assert entry.events is not None
+        entry.events.append(event)
+        line = (json.dumps(event_to_dict(event), separators=(",", ":")) + "\n").encode()
+        self._queue.put((entry, line, event.seq))
+        return event
+
+    def _writer(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            stop = False
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._commit(batch)
+            if stop:
+                break
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+
+    def _commit(self, batch: list[tuple[TaskLog, bytes, int]]) -> None:
+        touched: dict[str, tuple[TaskLog, int]] = {}
+        for entry, line, seq in batch:
+            fh = self._files.get(entry.task_id)
+            if fh is None:
+                fh = self._files[entry.task_id] = (entry.directory / EVENTS_FILE).open("ab")
+            fh.write(line)
+            touched[entry.task_id] = (entry, seq)
+        for task_id, (entry, _) in touched.items():
+            fh = self._files[task_id]
+            fh.flush()
+            os.fdatasync(fh.fileno())
+            if entry.finished and entry.last_seq == touched[task_id][1]:
+                fh.close()
+                del self._files[task_id]
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._committed, list(touched.values()))
+
+    def _committed(self, updates: list[tuple[TaskLog, int]]) -> None:
+        for entry, seq in updates:
+            entry.committed_seq = max(entry.committed_seq, seq)
+            waiters, entry.changed = entry.changed, asyncio.Event()
+            waiters.set()
+            if entry.finished and entry.committed_seq == entry.last_seq:
+                self._remember_finished(entry)
+
+    def _remember_finished(self, entry: TaskLog) -> None:
+        self._cached_finished[entry.task_id] = None
+        while len(self._cached_finished) > _KEEP_IN_MEMORY:
+            old, _ = self._cached_finished.popitem(last=False)
+            if old in self._logs:
+                self._logs[old].events = None
+
+    # ---- reading
+
+    def get(self, task_id: str) -> TaskLog:
+        try:
+            return self._logs[task_id]
+        except KeyError:
+            raise NotFound(f"unknown task {task_id!r}") from None
+
+    def entries(self) -> list[TaskLog]:
+        return list(self._logs.values())
+
+    async def watch(self, task_id: str, after_seq: int = 0) -> AsyncIterator[TaskEvent]:
+        """Replay committed events with seq > after_seq, then follow until the task finishes."""
+        entry = self.get(task_id)
+        events = entry.events
+        if events is None:  # finished long ago: only on disk
+            for event in await asyncio.to_thread(_read_events, task_id, entry.directory / EVENTS_FILE):
+                if event.seq > after_seq:
+                    yield event
+            return
+        cursor = max(0, after_seq)
+        while True:
+            waiter = entry.changed
+            while cursor < entry.committed_seq:
+                yield events[cursor]
+                cursor += 1
+            if entry.finished and cursor >= entry.last_seq:
+                return
+            await waiter.wait()
+
+
+def _read_events(task_id: str, path: Path, repair: bool = False) -> list[TaskEvent]:
+    """Parse a journal file; a torn last line (crash mid-write) is dropped (and cut off if repair)."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    events: list[TaskEvent] = []
+    good = 0
+    for raw in data.splitlines(keepends=True):
+        if not raw.endswith(b"\n"):
+            break
+        try:
+            events.append(event_from_dict(task_id, json.loads(raw)))
+        except (ValueError, KeyError, TypeError):
+            break
+        good += len(raw)
+    if repair and good < len(data):
+        log.warning("journal %s: dropping %d torn bytes at the end", path, len(data) - good)
+        with path.open("r+b") as fh:
+            fh.truncate(good)
+    return events

@@ -1,0 +1,66 @@
+"""Machine facts (GetInfo) and readings (StreamTelemetry)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import socket
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tensorfleet_agent.core.types import GpuTelemetry, Telemetry
+from tensorfleet_agent.runtime.gpus import Gpus
+
+
+def package_version(name: str) -> str:
+    """Installed version without importing the package (torch takes seconds to import)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def machine_facts() -> dict[str, str | int]:
+    return {
+        "hostname": socket.gethostname(),
+        "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "python_version": sys.version.split()[0],
+        "torch_version": package_version("torch"),
+        "sklearn_version": package_version("scikit-learn"),
+        "cpu_count": os.cpu_count() or 1,
+        "memory_total_bytes": psutil.virtual_memory().total,
+    }
+
+
+def disk_free(path: Path) -> int:
+    try:
+        return int(psutil.disk_usage(str(path)).free)
+    except OSError:
+        return 0
+
+
+class TelemetrySampler:
+    def __init__(self, data_dir: Path, gpus: Gpus) -> None:
+        self.data_dir = data_dir
+        self.gpus = gpus
+        psutil.cpu_percent(None)  # prime the CPU counter: the first real reading is then meaningful
+
+    def sample(self, slots_total: int, slots_free: int, tasks_running: int) -> Telemetry:
+        """Blocking (psutil, NVML): call through asyncio.to_thread."""
+        mem = psutil.virtual_memory()
+        gpus: tuple[GpuTelemetry, ...] = self.gpus.sample()
+        return Telemetry(
+            time=time.time(),
+            cpu_percent=float(psutil.cpu_percent(None)),
+            memory_used_bytes=int(mem.total - mem.available),
+            memory_total_bytes=int(mem.total),
+            disk_free_bytes=disk_free(self.data_dir),
+            gpus=gpus,
+            slots_total=slots_total,
+            slots_free=slots_free,
+            tasks_running=tasks_running,
+        )

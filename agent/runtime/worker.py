@@ -1,0 +1,125 @@
+"""Worker process entry point: `python -m tensorfleet_agent.runtime.worker`.
+
+Started by the agent (never forked from it), in its own process group. Reads
+one JSON command per line from --cmd-fd and reports on --evt-fd. A worker runs
+one task at a time and may be reused for the next task of the same job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import io
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+from tensorfleet_agent import task as task_api
+from tensorfleet_agent.runtime.channel import EventChannel
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL us when the agent dies; close the race with a ppid check."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(70)
+
+
+class _LogStream(io.TextIOBase):
+    """sys.stdout/sys.stderr replacement that turns complete lines into log events."""
+
+    def __init__(self, channel: EventChannel, stream: str) -> None:
+        self._channel = channel
+        self._stream = stream
+        self._buffer = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        while "\n" in self._buffer:
+            line, self._buffer = self._buffer.split("\n", 1)
+            self._channel.send({"t": "log", "stream": self._stream, "line": line})
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._channel.send({"t": "log", "stream": self._stream, "line": self._buffer})
+            self._buffer = ""
+
+
+def _resolve(entry: str) -> Any:
+    module, _, func = entry.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
+    spec = command["spec"]
+    task_dir = Path(command["task_dir"])
+    task_dir.mkdir(parents=True, exist_ok=True)
+    os.chdir(task_dir)
+    context = task_api.TaskContext(spec, task_dir, Path(command["blobs_dir"]), channel)
+    task_api._install(context)
+    saved: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)
+    out, err = _LogStream(channel, "stdout"), _LogStream(channel, "stderr")
+    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+    try:
+        channel.send({"t": "started", "pid": os.getpid()})
+        _resolve(command["entry"])(spec["params"])
+    except SystemExit as exc:  # a workload asked to exit: exit for real, the agent reports it
+        out.flush()
+        err.flush()
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            channel.send({"t": "log", "stream": "stderr", "line": str(exc.code)})
+        os._exit(code)
+    except BaseException as exc:
+        out.flush()
+        err.flush()
+        channel.send(
+            {"t": "done", "ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        )
+    else:
+        out.flush()
+        err.flush()
+        channel.send({"t": "done", "ok": True})
+    finally:
+        sys.stdout, sys.stderr = saved
+        task_api._install(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tensorfleet-worker")
+    parser.add_argument("--cmd-fd", type=int, required=True)
+    parser.add_argument("--evt-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, default=0)
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the agent's terminal is the agent's business
+    channel = EventChannel(args.evt_fd)
+    channel.send({"t": "ready", "pid": os.getpid()})
+    with os.fdopen(args.cmd_fd, "r", encoding="utf-8") as commands:
+        for line in commands:
+            command = json.loads(line)
+            if command.get("op") == "exit":
+                break
+            if command.get("op") == "run":
+                _run_one(command, channel)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""What training code imports: the task runtime.
+
+    from tensorfleet_agent import task
+    task.report(step=10, loss=0.3, accuracy=0.91)
+    task.progress(0.5)
+    task.save_artifact("model.skops", kind="model")
+
+Outside TensorFleet (a script run by hand) every call still works: reports go to
+stderr and paths fall back to the current directory, so scripts stay testable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tensorfleet_agent.runtime.channel import EVENTS_FD_ENV, EventChannel
+
+__all__ = [
+    "checkpoint_dir",
+    "input_path",
+    "inputs_dir",
+    "progress",
+    "rank",
+    "report",
+    "save_artifact",
+    "save_checkpoint",
+    "spec",
+    "world_size",
+]
+
+
+@dataclass
+class TaskContext:
+    """The running task as the worker set it up."""
+
+    spec: dict[str, Any]
+    task_dir: Path
+    blobs_dir: Path | None
+    channel: EventChannel | None
+    artifacts: list[str] = field(default_factory=list)
+
+
+_context: TaskContext | None = None
+
+
+def _install(context: TaskContext | None) -> None:
+    """Called by the worker around each task; not for training code."""
+    global _context
+    _context = context
+
+
+def _current() -> TaskContext:
+    global _context
+    if _context is None:
+        fd = os.environ.get(EVENTS_FD_ENV)
+        channel = EventChannel(int(fd)) if fd and fd.isdigit() else None
+        task_dir = Path(os.environ.get("TENSORFLEET_TASK_DIR", os.getcwd()))
+        blobs = os.environ.get("TENSORFLEET_BLOBS_DIR")
+        spec = {
+            "task_id": os.environ.get("TENSORFLEET_TASK_ID", "local"),
+            "job_id": os.environ.get("TENSORFLEET_JOB_ID", "local"),
+            "rank": int(os.environ.get("RANK", "0")),
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "params": {},
+        }
+        _context = TaskContext(spec, task_dir, Path(blobs) if blobs else None, channel)
+    return _context
+
+
+def _send(message: dict[str, Any]) -> None:
+    ctx = _current()
+    if ctx.channel is not None:
+        ctx.channel.send(message)
+    else:
+        print(f"[tensorfleet] {message}", file=sys.stderr)
+
+
+def spec() -> dict[str, Any]:
+    """The task's spec: task_id, job_id, workload, params, rank, world_size, ..."""
+    return dict(_current().spec)
+
+
+def rank() -> int:
+    return int(_current().spec.get("rank", 0))
+
+
+def world_size() -> int:
+    return int(_current().spec.get("world_size", 1) or 1)
+
+
+def report(step: int, **metrics: float) -> None:
+    """Record metric values at a training step (one point per name)."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    now = time.time()
+    for name, value in metrics.items():
+        number = float(value)
+        if math.isnan(number):
+            raise ValueError(f"metric {name!r} is NaN at step {step}")
+        _send({"t": "metric", "step": step, "name": name, "value": number, "wall_time": now})
+
+
+def progress(fraction: float) -> None:
+    """Fraction of the task done, 0..1 (clamped)."""
+    _send({"t": "progress", "fraction": min(1.0, max(0.0, float(fraction)))})
+
+
+def checkpoint_dir() -> Path:
+    """A directory that survives the task: write checkpoints here, then save_checkpoint()."""
+    path = _current().task_dir / "checkpoints"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def inputs_dir() -> Path:
+    """Where the task's input blobs (datasets) are linked under their names."""
+    return _current().task_dir / "inputs"
+
+
+def input_path(name: str) -> Path:
+    path = inputs_dir() / name
+    if not path.exists():
+        raise FileNotFoundError(f"input {name!r} was not sent with this task")
+    return path
+
+
+def save_artifact(path: str | os.PathLike[str], kind: str = "artifact", name: str | None = None) -> str:
+    """Hand a finished file to the agent; returns its sha256. The controller fetches it."""
+    digest, size = _store(Path(path))
+    _send({"t": "artifact", "sha256": digest, "size": size, "kind": kind, "name": name or Path(path).name})
+    return digest
+
+
+def save_checkpoint(path: str | os.PathLike[str], step: int, name: str | None = None) -> str:
+    """Publish a checkpoint file so that a re-placed task can resume from it."""
+    digest, size = _store(Path(path))
+    _send({"t": "checkpoint", "sha256": digest, "size": size, "step": int(step), "name": name or Path(path).name})
+    return digest
+
+
+def _store(path: Path) -> tuple[str, int]:
+    """Copy the file into the agent's blob store under its sha256 (atomic rename)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    hasher = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(chunk)
+    digest = hasher.hexdigest()
+    size = path.stat().st_size
+    blobs = _current().blobs_dir
+    if blobs is not None:
+        dest = blobs / digest[:2] / digest
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+    return digest, size

@@ -1,0 +1,107 @@
+"""The one namespace of workloads: name -> schema, entry point and requirements.
+
+Entry points are "module:function" strings so that listing and validating
+workloads never imports the heavy libraries they use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.workloads.schema import ParamSpec, WorkloadSchema
+
+
+@dataclass(frozen=True)
+class WorkloadDef:
+    name: str
+    category: str  # "diagnostic" | "sklearn" | "torch" | "script"
+    summary: str
+    schema: WorkloadSchema
+    entry: str  # "package.module:function", called in a worker as fn(params)
+    requires: tuple[str, ...] = ()  # import names that must be installed on the agent
+
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "category": self.category,
+            "summary": self.summary,
+            "params": [p.to_dict() for p in self.schema.params],
+            "requires": list(self.requires),
+        }
+
+
+_DIAG = "tensorfleet_agent.workloads.diagnostic"
+
+_BUILTIN: tuple[WorkloadDef, ...] = (
+    WorkloadDef("noop", "diagnostic", "Does nothing; measures platform overhead.", WorkloadSchema(), f"{_DIAG}:noop"),
+    WorkloadDef(
+        "sleep",
+        "diagnostic",
+        "Sleeps, reporting progress; for scheduling and cancel tests.",
+        WorkloadSchema((ParamSpec("seconds", "float", 1.0, "how long to sleep", minimum=0, maximum=7 * 86400),)),
+        f"{_DIAG}:sleep",
+    ),
+    WorkloadDef(
+        "emit",
+        "diagnostic",
+        "Reports `points` metric points at `rate` per second (0 = as fast as possible).",
+        WorkloadSchema(
+            (
+                ParamSpec("points", "int", 100, "how many metric points", minimum=0, maximum=10_000_000),
+                ParamSpec("rate", "float", 0.0, "points per second; 0 = unthrottled", minimum=0),
+                ParamSpec("name", "str", "value", "metric name"),
+            )
+        ),
+        f"{_DIAG}:emit",
+    ),
+    WorkloadDef(
+        "fail",
+        "diagnostic",
+        "Fails on purpose: raises, exits with a code, or segfaults.",
+        WorkloadSchema(
+            (
+                ParamSpec("mode", "str", "exception", "how to fail", choices=("exception", "exit", "segfault")),
+                ParamSpec("code", "int", 3, "exit code for mode=exit", minimum=0, maximum=255),
+                ParamSpec("message", "str", "failing on purpose", "exception message for mode=exception"),
+            )
+        ),
+        f"{_DIAG}:fail",
+    ),
+    WorkloadDef(
+        "allocate",
+        "diagnostic",
+        "Holds `megabytes` of resident memory for `seconds`; for memory-limit checks.",
+        WorkloadSchema(
+            (
+                ParamSpec("megabytes", "int", 100, "resident memory to touch", minimum=0, maximum=1 << 20),
+                ParamSpec("seconds", "float", 5.0, "how long to hold it", minimum=0, maximum=86400),
+            )
+        ),
+        f"{_DIAG}:allocate",
+    ),
+)
+
+_BY_NAME = {w.name: w for w in _BUILTIN}
+
+
+def all_workloads() -> tuple[WorkloadDef, ...]:
+    return _BUILTIN
+
+
+def available_workloads() -> tuple[WorkloadDef, ...]:
+    """The workloads this machine can run (their requirements are installed)."""
+    return tuple(w for w in _BUILTIN if w.installed())
+
+
+def get_workload(name: str, *, field: str = "workload") -> WorkloadDef:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        known = ", ".join(sorted(_BY_NAME))
+        raise ValidationError(field, f"unknown workload {name!r} (known: {known})") from None

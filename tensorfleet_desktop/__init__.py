@@ -1,0 +1,1 @@
+"""TensorFleet controller, CLI, SDK and desktop app."""
