@@ -62,7 +62,8 @@ class Advertiser:
             properties=agent.txt(),
             server=f"tf-{agent.node_id[:12]}.local.",
         )
-        await self._zc.async_register_service(self._info, cooperating_responders=True)
+        # The first await schedules the announcement, the second waits until it was sent.
+        await (await self._zc.async_register_service(self._info, cooperating_responders=True))
         log.info("advertised %s on %s port %d", agent.instance_name(), ",".join(agent.addresses), agent.port)
 
     async def update(self, agent: AdvertisedAgent) -> None:
@@ -76,13 +77,13 @@ class Advertiser:
             properties=agent.txt(),
             server=f"tf-{agent.node_id[:12]}.local.",
         )
-        await self._zc.async_update_service(self._info)
+        await (await self._zc.async_update_service(self._info))
 
     async def stop(self) -> None:
         """Send the mDNS goodbye and close the sockets."""
         if self._zc is None:
             return
         if self._info is not None:
-            await self._zc.async_unregister_service(self._info)
+            await (await self._zc.async_unregister_service(self._info))
         await self._zc.async_close()
         self._zc = None

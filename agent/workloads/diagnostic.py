@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import time
 from typing import Any
@@ -49,6 +50,19 @@ def fail(params: dict[str, Any]) -> None:
         sys.stderr.flush()
         ctypes.string_at(0)  # reads address 0: SIGSEGV
     raise RuntimeError(str(params["message"]))
+
+
+def artifact(params: dict[str, Any]) -> None:
+    remaining = int(params["bytes"])
+    path = task.checkpoint_dir().parent / "artifact.bin"
+    with path.open("wb") as fh:
+        while remaining > 0:
+            chunk = os.urandom(min(remaining, 1 << 20))
+            fh.write(chunk)
+            remaining -= len(chunk)
+    if params["checkpoint"]:
+        task.save_checkpoint(path, step=1, name="checkpoint.bin")
+    task.save_artifact(path, kind=str(params["kind"]))
 
 
 def allocate(params: dict[str, Any]) -> None:

@@ -74,6 +74,19 @@ _BUILTIN: tuple[WorkloadDef, ...] = (
         f"{_DIAG}:fail",
     ),
     WorkloadDef(
+        "artifact",
+        "diagnostic",
+        "Writes `bytes` random bytes and publishes them as an artifact (and a checkpoint); checks the blob path.",
+        WorkloadSchema(
+            (
+                ParamSpec("bytes", "int", 1024, "size of the file", minimum=0, maximum=1 << 34),
+                ParamSpec("kind", "str", "report", "artifact kind"),
+                ParamSpec("checkpoint", "bool", False, "also publish the file as a checkpoint"),
+            )
+        ),
+        f"{_DIAG}:artifact",
+    ),
+    WorkloadDef(
         "allocate",
         "diagnostic",
         "Holds `megabytes` of resident memory for `seconds`; for memory-limit checks.",

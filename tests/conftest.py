@@ -1,0 +1,34 @@
+"""Shared fixtures. mDNS is always restricted to loopback here (DESIGN decision 14)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TENSORFLEET_MDNS_INTERFACES", "127.0.0.1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers.agents import AgentProcess  # noqa: E402
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[type[AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    class Factory(AgentProcess):
+        def start(self, timeout: float = 30.0) -> AgentProcess:
+            started.append(self)
+            return super().start(timeout)
+
+    yield Factory
+    for agent in started:
+        agent.stop()
+
+
+@pytest.fixture
+def agent(tmp_path: Path, agent_factory: type[AgentProcess]) -> AgentProcess:
+    return agent_factory(tmp_path / "agent").start()

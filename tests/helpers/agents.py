@@ -1,0 +1,83 @@
+"""Start real `tensorfleet-agent` processes on loopback for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class AgentProcess:
+    data_dir: Path
+    name: str = "test-agent"
+    cpu_slots: int = 2
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    info: dict[str, object] = field(default_factory=dict)
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def start(self, timeout: float = 30.0) -> AgentProcess:
+        ready = self.data_dir.parent / f"{self.data_dir.name}.ready"
+        ready.unlink(missing_ok=True)
+        cmd = [
+            sys.executable, "-m", "tensorfleet_agent",
+            "--host", LOOPBACK, "--port", str(self.port),
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--interfaces", LOOPBACK,
+            "--cpu-slots", str(self.cpu_slots),
+            "--ready-file", str(ready),
+            "--insecure",
+            *self.extra_args,
+        ]
+        env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"agent not ready in {timeout}s:\n{self.log_path.read_text()}")
+            time.sleep(0.02)
+        self.info = json.loads(ready.read_text())
+        self.port = int(self.info["port"])  # type: ignore[call-overload]
+        return self
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful drain) and wait; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.terminate(timeout=15)
+        self.kill()
+
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""

@@ -1,0 +1,293 @@
+"""A real agent process on loopback, driven through every AgentService RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+from helpers.agents import AgentProcess
+from tensorfleet_agent._generated import agent_pb2 as pb
+from tensorfleet_agent.core.types import (
+    ArtifactReady,
+    BlobRef,
+    CheckpointSaved,
+    Finished,
+    LogLine,
+    MetricPoint,
+    StateChanged,
+    TaskEvent,
+    TaskSpec,
+    TaskState,
+)
+from tensorfleet_agent.core.version import PROTOCOL_VERSION
+from tensorfleet_agent.discovery.browse import AgentBrowser, DiscoveredAgent
+from tensorfleet_agent.rpc.client import AgentClient
+
+pytestmark = pytest.mark.slow
+
+
+async def run(client: AgentClient, spec: TaskSpec) -> list[TaskEvent]:
+    await client.run_task(spec)
+    return [e async for e in client.watch_task(spec.task_id)]
+
+
+def finished(events: list[TaskEvent]) -> Finished:
+    last = events[-1].payload
+    assert isinstance(last, Finished), events
+    return last
+
+
+async def test_found_over_mdns_on_loopback(agent: AgentProcess) -> None:
+    found: asyncio.Queue[DiscoveredAgent] = asyncio.Queue()
+    browser = AgentBrowser(["127.0.0.1"], lambda _name, a: found.put_nowait(a) if a else None)
+    await browser.start()
+    try:
+        while True:
+            hit = await asyncio.wait_for(found.get(), 10)
+            if hit.node_id == agent.info["node_id"]:
+                break
+    finally:
+        await browser.stop()
+    assert hit.port == agent.port and hit.addresses == ("127.0.0.1",)
+    assert hit.protocol_version == PROTOCOL_VERSION and hit.txt["slots"] == "2" and hit.txt["gpus"] == "0"
+
+
+async def test_get_info_and_telemetry(agent: AgentProcess) -> None:
+    async with AgentClient(agent.address) as client:
+        info = await client.get_info()
+        assert info.node_id == agent.info["node_id"] and info.name == "test-agent"
+        assert info.protocol_version == PROTOCOL_VERSION and info.slots_total == 2 and info.slots_free == 2
+        assert info.cpu_count >= 1 and info.memory_total_bytes > 0 and info.disk_free_bytes > 0
+        assert {"noop", "sleep", "emit", "fail"} <= set(info.workloads)
+        assert info.gpus == ()  # no NVML here: no GPUs, no error
+        samples = []
+        async for sample in client.telemetry(0.2):
+            samples.append(sample)
+            if len(samples) == 4:
+                break
+        gaps = [b.time - a.time for a, b in zip(samples, samples[1:], strict=False)]
+        assert all(0.1 < g < 0.6 for g in gaps), gaps
+        assert all(0 <= s.cpu_percent <= 100 and s.memory_total_bytes > s.memory_used_bytes for s in samples)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in client.telemetry(-1):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "period_seconds" in str(err.value.details())
+
+
+async def test_emit_1000_points_arrive_once_in_order(agent: AgentProcess) -> None:
+    async with AgentClient(agent.address) as client:
+        events = await run(client, TaskSpec("emit-1k", "j", "emit", {"points": 1000}))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    steps = [e.payload.step for e in events if isinstance(e.payload, MetricPoint)]
+    assert steps == list(range(1000))
+    assert finished(events).status is TaskState.SUCCEEDED
+
+
+async def test_watcher_resumes_after_seq_without_gap_or_duplicate(agent: AgentProcess) -> None:
+    async with AgentClient(agent.address) as client:
+        await client.run_task(TaskSpec("resume", "j", "emit", {"points": 600, "rate": 1000}))
+        first: list[TaskEvent] = []
+        async for event in client.watch_task("resume"):
+            first.append(event)
+            if len(first) == 150:
+                break  # the watcher goes away mid-stream
+    async with AgentClient(agent.address) as client:  # a new connection, as after a crash
+        rest = [e async for e in client.watch_task("resume", after_seq=first[-1].seq)]
+        two_watchers = await asyncio.gather(*(_all(client, "resume") for _ in range(3)))
+    seqs = [e.seq for e in first + rest]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert finished(rest).status is TaskState.SUCCEEDED
+    assert all([e.seq for e in w] == seqs for w in two_watchers)
+
+
+async def _all(client: AgentClient, task_id: str) -> list[TaskEvent]:
+    return [e async for e in client.watch_task(task_id)]
+
+
+async def test_cancel_kills_within_two_seconds(agent: AgentProcess) -> None:
+    async with AgentClient(agent.address) as client:
+        await client.run_task(TaskSpec("long", "j", "sleep", {"seconds": 60}))
+        async for event in client.watch_task("long"):
+            if isinstance(event.payload, StateChanged) and event.payload.state is TaskState.RUNNING:
+                break
+        await asyncio.sleep(0.3)
+        asked = time.time()
+        assert await client.cancel_task("long", "user asked") is True
+        events = await _all(client, "long")
+        end = events[-1]
+        assert isinstance(end.payload, Finished) and end.payload.status is TaskState.CANCELLED
+        assert end.payload.exit_cause == "cancelled" and end.payload.error == "user asked"
+        assert end.time - asked < 2.0, f"cancel took {end.time - asked:.2f}s"
+        assert await client.cancel_task("long") is False  # already over
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.cancel_task("never-existed")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert (await client.get_info()).slots_free == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "cause", "error"),
+    [
+        ({"mode": "exception", "message": "kaboom"}, "exception", "RuntimeError: kaboom"),
+        ({"mode": "exit", "code": 7}, "exit_code", "worker exited with code 7"),
+        ({"mode": "segfault"}, "signal", "worker killed by SIGSEGV"),
+    ],
+)
+async def test_fail_modes_become_failed_events(agent: AgentProcess, params: dict[str, object], cause: str,
+                                               error: str) -> None:
+    async with AgentClient(agent.address) as client:
+        events = await run(client, TaskSpec(f"fail-{params['mode']}", "j", "fail", params))
+        end = finished(events)
+        assert (end.status, end.exit_cause, end.error) == (TaskState.FAILED, cause, error)
+        logs = [e.payload.line for e in events if isinstance(e.payload, LogLine)]
+        assert any("fail workload" in line for line in logs)
+        if cause == "exception":
+            assert any("Traceback" in line for line in logs)
+        # the daemon keeps serving
+        assert (await client.get_info()).slots_free == 2
+        assert finished(await run(client, TaskSpec(f"after-{params['mode']}", "j", "noop"))).status \
+            is TaskState.SUCCEEDED
+
+
+async def test_timeout_and_memory_limit(agent: AgentProcess) -> None:
+    async with AgentClient(agent.address) as client:
+        events = await run(client, TaskSpec("slow", "j", "sleep", {"seconds": 30}, timeout_seconds=1.0))
+        end = finished(events)
+        assert (end.status, end.exit_cause) == (TaskState.FAILED, "timeout") and "1s" in end.error
+        assert end.duration_seconds < 3.0
+        events = await run(
+            client,
+            TaskSpec("hungry", "j2", "allocate", {"megabytes": 400, "seconds": 20}, memory_limit_bytes=150 << 20),
+        )
+        end = finished(events)
+        assert (end.status, end.exit_cause) == (TaskState.FAILED, "memory_limit"), end
+        assert "150 MiB" in end.error and end.duration_seconds < 10
+
+
+async def test_warm_worker_reused_within_a_job(agent: AgentProcess) -> None:
+    async with AgentClient(agent.address) as client:
+        pids = []
+        for i, job in enumerate(["same", "same", "other"]):
+            events = await run(client, TaskSpec(f"warm-{i}", job, "noop"))
+            pids += [e.payload.message for e in events
+                     if isinstance(e.payload, StateChanged) and e.payload.state is TaskState.RUNNING]
+    assert pids[0] == pids[1] != pids[2]
+
+
+async def test_list_tasks(agent: AgentProcess) -> None:
+    async with AgentClient(agent.address) as client:
+        await run(client, TaskSpec("listed", "jobx", "noop"))
+        await client.run_task(TaskSpec("running", "jobx", "sleep", {"seconds": 30}))
+        active = await client.list_tasks()
+        everything = await client.list_tasks(include_finished=True)
+        await client.cancel_task("running")
+    assert [t.task_id for t in active] == ["running"]
+    by_id = {t.task_id: t for t in everything}
+    assert by_id["listed"].state is TaskState.SUCCEEDED and by_id["listed"].exit_cause == "completed"
+    assert by_id["listed"].job_id == "jobx" and by_id["listed"].workload == "noop" and by_id["listed"].last_seq >= 3
+
+
+async def test_blobs_round_trip_and_inputs(agent: AgentProcess, tmp_path: Path) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    src = tmp_path / "data.bin"
+    src.write_bytes(data)
+    async with AgentClient(agent.address) as client:
+        digest = await client.put_blob(src)
+        assert digest == hashlib.sha256(data).hexdigest()
+        assert await client.has_blobs([digest, "0" * 64]) == {digest}
+        assert await client.put_blob(src) == digest  # second upload is skipped
+        dest = tmp_path / "back.bin"
+        assert await client.get_blob(digest, dest) == len(data)
+        assert dest.read_bytes() == data
+        # a task that names an input finds it linked under its name
+        events = await run(client, TaskSpec("with-input", "j", "noop", inputs=(BlobRef("data.bin", digest),)))
+        assert finished(events).status is TaskState.SUCCEEDED
+        link = Path(agent.data_dir) / "tasks" / "with-input" / "work" / "inputs" / "data.bin"
+        assert link.read_bytes() == data
+        # missing input blob
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.run_task(TaskSpec("no-input", "j", "noop", inputs=(BlobRef("x.csv", "e" * 64),)))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "PutBlob" in str(err.value.details())
+        # corrupted upload
+        async def corrupt():  # type: ignore[no-untyped-def]
+            yield pb.BlobChunk(header=pb.BlobHeader(sha256="f" * 64, size=4))
+            yield pb.BlobChunk(data=b"abcd")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.stub.PutBlob(corrupt())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.sha256" in str(err.value.details())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.get_blob("d" * 64, tmp_path / "none")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_artifacts_and_checkpoints_are_fetchable(agent: AgentProcess, tmp_path: Path) -> None:
+    """save_artifact()/save_checkpoint() in a task -> events -> GetBlob returns the same bytes."""
+    async with AgentClient(agent.address) as client:
+        events = await run(client, TaskSpec("art", "j", "artifact", {"bytes": 2_500_000, "checkpoint": True}))
+        assert finished(events).status is TaskState.SUCCEEDED
+        (art,) = [e.payload for e in events if isinstance(e.payload, ArtifactReady)]
+        (ckpt,) = [e.payload for e in events if isinstance(e.payload, CheckpointSaved)]
+        assert (art.size, art.kind, ckpt.step, ckpt.sha256) == (2_500_000, "report", 1, art.sha256)
+        dest = tmp_path / "art.bin"
+        assert await client.get_blob(art.sha256, dest) == art.size
+        assert hashlib.sha256(dest.read_bytes()).hexdigest() == art.sha256
+
+
+async def test_bad_requests_are_refused_by_field(agent: AgentProcess) -> None:
+    async with AgentClient(agent.address) as client:
+        cases = [
+            (TaskSpec("a", "j", "no_such_workload"), grpc.StatusCode.INVALID_ARGUMENT, "spec.workload"),
+            (TaskSpec("b", "j", "sleep", {"seconds": -2}), grpc.StatusCode.INVALID_ARGUMENT, "spec.params.seconds"),
+            (TaskSpec("c", "j", "noop", timeout_seconds=-1), grpc.StatusCode.INVALID_ARGUMENT, "spec.timeout_seconds"),
+            (TaskSpec("d" * 300, "j", "noop"), grpc.StatusCode.INVALID_ARGUMENT, "spec.task_id"),
+            (TaskSpec("e", "j", "noop", gpus=1), grpc.StatusCode.RESOURCE_EXHAUSTED, "GPU"),
+        ]
+        for spec, code, text in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.run_task(spec)
+            assert err.value.code() == code and text in str(err.value.details()), err.value
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.stub.RunTask(pb.RunTaskRequest(protocol_version=99, spec=pb.TaskSpec(task_id="x")))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "protocol 99" in str(err.value.details())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.stub.RunTask(pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec" in str(err.value.details())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in client.watch_task("x", after_seq=-1):
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "after_seq" in str(err.value.details())
+        # slots: two long tasks fill the agent, the third is refused
+        await client.run_task(TaskSpec("fill-1", "j", "sleep", {"seconds": 30}))
+        await client.run_task(TaskSpec("fill-2", "j", "sleep", {"seconds": 30}))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.run_task(TaskSpec("fill-3", "j", "noop"))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "0 of 2 free" in str(err.value.details())
+        # same id, same spec: idempotent; same id, other spec: refused
+        assert await client.run_task(TaskSpec("fill-1", "j", "sleep", {"seconds": 30})) is not None
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.run_task(TaskSpec("fill-1", "j", "noop"))
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        await client.cancel_task("fill-1")
+        await client.cancel_task("fill-2")
+        assert (await client.get_info()).slots_total == 2
+
+
+async def test_prometheus_metrics(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
+    agent = agent_factory(tmp_path / "m", extra_args=["--metrics-port", "0"]).start()
+    async with AgentClient(agent.address) as client:
+        await run(client, TaskSpec("m1", "j", "noop"))
+        await run(client, TaskSpec("m2", "j", "fail", {"mode": "exception"}))
+    url = f"http://127.0.0.1:{agent.info['metrics_port']}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert re.search(r'worker_tasks_completed_total\{workload="noop"\} 1\.0', text)
+    assert re.search(r'worker_tasks_failed_total\{cause="exception",workload="fail"\} 1\.0', text)
+    assert "worker_task_duration_seconds_bucket" in text and "worker_slots_in_use 0.0" in text
+    assert re.search(r"worker_events_streamed_total [1-9]", text)

@@ -1,0 +1,73 @@
+"""Arrows point down: the agent never imports Qt or the desktop package (DESIGN decision 2)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN_IN_AGENT = ("PySide6", "pyqtgraph", "tensorfleet_desktop", "shiboken6")
+HEAVY = ("torch", "pymongo", "minio", "PySide6", "pyqtgraph", "safetensors")
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_agent_sources_never_import_qt_or_desktop() -> None:
+    offenders = []
+    for path in (ROOT / "agent").rglob("*.py"):
+        for name in _imports(path):
+            if name.split(".")[0] in FORBIDDEN_IN_AGENT:
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_every_agent_module_imports_without_heavy_packages(tmp_path: Path) -> None:
+    """Import every module with torch, Qt and database drivers made unimportable, then run a daemon."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, importlib, pkgutil, sys, pathlib
+        BLOCKED = {HEAVY!r}
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(f"blocked for this test: {{name}}")
+                return None
+        sys.meta_path.insert(0, Block())
+        import tensorfleet_agent
+        for mod in pkgutil.walk_packages(tensorfleet_agent.__path__, "tensorfleet_agent."):
+            importlib.import_module(mod.name)
+
+        from tensorfleet_agent.daemon import AgentConfig, AgentDaemon
+        from tensorfleet_agent.rpc.client import AgentClient
+        from tensorfleet_agent.core.types import TaskSpec
+
+        async def main():
+            d = AgentDaemon(AgentConfig(data_dir=pathlib.Path({str(tmp_path)!r}), host="127.0.0.1", port=0,
+                                        interfaces=["127.0.0.1"], cpu_slots=1))
+            await d.start()
+            async with AgentClient(f"127.0.0.1:{{d.port}}") as c:
+                await c.get_info()
+                await c.run_task(TaskSpec("t1", "j", "noop"))
+                events = [e async for e in c.watch_task("t1")]
+                assert events[-1].payload.status.value == "SUCCEEDED", events
+            await d.stop()
+        asyncio.run(main())
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED + ("tensorfleet_desktop",))
+        assert not loaded, loaded
+        print("clean")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "clean" in out.stdout

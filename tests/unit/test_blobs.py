@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tensorfleet_agent.core.errors import NotFound, ValidationError
+from tensorfleet_agent.runtime.blobs import BlobStore
+
+
+def _put(store: BlobStore, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    writer = store.writer(digest, len(data))
+    writer.write(data)
+    writer.commit()
+    return digest
+
+
+def test_put_read_round_trip(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, limit_bytes=1 << 20)
+    data = os.urandom(3000)
+    digest = _put(store, data)
+    assert store.has(digest) and b"".join(store.read(digest)) == data
+    assert b"".join(store.read(digest, offset=1000)) == data[1000:]
+
+
+def test_wrong_digest_or_size_is_refused(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, limit_bytes=1 << 20)
+    writer = store.writer("0" * 64, 3)
+    writer.write(b"abc")
+    with pytest.raises(ValidationError, match="header.sha256"):
+        writer.commit()
+    writer = store.writer(hashlib.sha256(b"abcd").hexdigest(), 3)
+    with pytest.raises(ValidationError, match="larger than"):
+        writer.write(b"abcd")
+    assert not any((tmp_path / "incoming").iterdir())
+    with pytest.raises(ValidationError, match="64 lowercase hex"):
+        store.writer("xyz", 1)
+    with pytest.raises(NotFound):
+        list(store.read("1" * 64))
+
+
+def test_lru_eviction_spares_pinned_and_recent(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, limit_bytes=2500)
+    a = _put(store, b"a" * 1000)
+    b = _put(store, b"b" * 1000)
+    os.utime(store.path(a), (1, 1))
+    os.utime(store.path(b), (2, 2))
+    store.pin([a])
+    c = _put(store, b"c" * 1000)  # over the limit: b is the LRU unpinned one
+    assert store.has(a) and not store.has(b) and store.has(c)
+    store.unpin([a])
+    os.utime(store.path(a), (1, 1))
+    d = _put(store, b"d" * 1000)
+    assert not store.has(a) and store.has(c) and store.has(d)

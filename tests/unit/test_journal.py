@@ -1,0 +1,93 @@
+"""The journal: group commit, replay after seq, torn tails, restart recovery, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from tensorfleet_agent.core.types import Finished, MetricPoint, StateChanged, TaskState
+from tensorfleet_agent.runtime.journal import EVENTS_FILE, Journal
+
+
+async def _collect(journal: Journal, task_id: str, after: int = 0) -> list[int]:
+    return [e.seq async for e in journal.watch(task_id, after)]
+
+
+async def test_append_replay_and_follow(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.start()
+    journal.create("t1", {"spec": {}})
+    journal.append("t1", StateChanged(TaskState.RUNNING))
+    follower = asyncio.create_task(_collect(journal, "t1"))
+    for step in range(100):
+        journal.append("t1", MetricPoint(step, "x", float(step), 0.0))
+    journal.append("t1", Finished(TaskState.SUCCEEDED, "completed"))
+    assert await asyncio.wait_for(follower, 5) == list(range(1, 103))
+    assert await _collect(journal, "t1", after=100) == [101, 102]
+    await journal.close()
+    lines = (tmp_path / "t1" / EVENTS_FILE).read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(1, 103))
+
+
+async def test_watchers_only_see_committed_events(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.start()
+    journal.create("t", {})
+    journal.append("t", StateChanged(TaskState.RUNNING))
+    entry = journal.get("t")
+    seen = []
+    async def watch() -> None:
+        async for event in journal.watch("t"):
+            seen.append(event.seq)
+            # whatever a watcher receives must already be on disk
+            on_disk = (tmp_path / "t" / EVENTS_FILE).read_text().count("\n")
+            assert on_disk >= event.seq
+    task = asyncio.create_task(watch())
+    for i in range(50):
+        journal.append("t", MetricPoint(i, "x", 1.0, 0.0))
+        if i % 7 == 0:
+            await asyncio.sleep(0)
+    journal.append("t", Finished(TaskState.SUCCEEDED, "completed"))
+    await asyncio.wait_for(task, 5)
+    assert seen == list(range(1, entry.last_seq + 1))
+    await journal.close()
+
+
+async def test_reload_repairs_torn_tail_and_finds_unfinished(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.start()
+    journal.create("done", {})
+    journal.append("done", Finished(TaskState.SUCCEEDED, "completed"))
+    journal.create("running", {})
+    journal.append("running", StateChanged(TaskState.RUNNING))
+    journal.append("running", MetricPoint(0, "x", 1.0, 0.0))
+    await journal.close()
+    with (tmp_path / "running" / EVENTS_FILE).open("ab") as fh:
+        fh.write(b'{"seq":3,"time":1,"kin')  # crash mid-write
+
+    again = Journal(tmp_path)
+    loaded = {e.task_id: e for e in again.load()}
+    assert loaded["done"].finished and loaded["done"].state is TaskState.SUCCEEDED
+    assert not loaded["running"].finished and loaded["running"].last_seq == 2
+    again.start()
+    again.append("running", Finished(TaskState.FAILED, "agent_restarted"))
+    assert await _collect(again, "running") == [1, 2, 3]
+    assert await _collect(again, "done") == [1]
+    await again.close()
+    assert (tmp_path / "running" / EVENTS_FILE).read_text().count("\n") == 3
+
+
+async def test_prune_by_age_and_count(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.start()
+    for i in range(5):
+        journal.create(f"t{i}", {})
+        journal.append(f"t{i}", Finished(TaskState.SUCCEEDED, "completed"))
+    journal.create("live", {})
+    await journal.close()
+    journal.get("t0").finished_at = time.time() - 3600
+    assert journal.prune(max_age_seconds=60, max_finished=3) == 2
+    remaining = sorted(p.name for p in tmp_path.iterdir())
+    assert remaining == ["live", "t2", "t3", "t4"]

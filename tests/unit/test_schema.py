@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.workloads.registry import all_workloads, available_workloads, get_workload
+
+
+def test_defaults_filled() -> None:
+    assert get_workload("emit").schema.validate({}) == {"points": 100, "rate": 0.0, "name": "value"}
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "text"),
+    [
+        ({"points": -1}, "params.points", ">= 0"),
+        ({"points": "many"}, "params.points", "integer"),
+        ({"points": True}, "params.points", "integer"),
+        ({"rate": float("inf")}, "params.rate", "finite"),
+        ({"bogus": 1}, "params.bogus", "unknown parameter"),
+        ({"name": 3}, "params.name", "string"),
+    ],
+)
+def test_bad_values_name_the_field(params: dict[str, object], field: str, text: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        get_workload("emit").schema.validate(params)
+    assert err.value.field == field and text in err.value.message
+
+
+def test_choices() -> None:
+    with pytest.raises(ValidationError, match="one of exception, exit, segfault"):
+        get_workload("fail").schema.validate({"mode": "explode"})
+
+
+def test_integral_float_accepted_as_int() -> None:
+    assert get_workload("emit").schema.validate({"points": 5.0})["points"] == 5
+
+
+def test_unknown_workload_lists_known() -> None:
+    with pytest.raises(ValidationError, match="known: allocate, artifact, emit, fail, noop, sleep"):
+        get_workload("nope")
+
+
+def test_diagnostics_need_nothing_extra() -> None:
+    names = {w.name for w in available_workloads()}
+    assert {"noop", "sleep", "emit", "fail"} <= names
+    for w in all_workloads():
+        assert w.to_dict()["name"] == w.name
