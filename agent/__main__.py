@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import platformdirs
-
 from tensorfleet_agent.core.version import AGENT_VERSION
 from tensorfleet_agent.discovery.interfaces import ENV_VAR, parse_interfaces
 from tensorfleet_agent.logging_setup import configure_logging
@@ -32,28 +31,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tensorfleet-agent {AGENT_VERSION}")
     p.add_argument("--host", default="0.0.0.0", help="address to serve gRPC on (default: 0.0.0.0)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default: 50051)")
-    p.add_argument("--name", default=socket.gethostname(), help="label shown in the fleet (default: hostname)")
-    p.add_argument("--data-dir", type=Path, default=None, help=f"state directory (default: {default_data_dir()})")
+    p.add_argument(
+        "--name", default=socket.gethostname(), help="label shown in the fleet (default: hostname)"
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help=f"state directory (default: {default_data_dir()})"
+    )
     p.add_argument(
         "--interfaces",
         default=None,
         help=f"comma list of IPv4 addresses or interface names for mDNS (default: ${ENV_VAR} or all)",
     )
     p.add_argument("--no-advertise", action="store_true", help="do not announce this agent over mDNS")
-    p.add_argument("--cpu-slots", type=int, default=None, help="task slots on a machine without GPUs "
-                   "(default: max(1, cores // 4)); with GPUs, one slot per GPU")
-    p.add_argument("--drain-timeout", type=float, default=60.0,
-                   help="on SIGTERM, seconds to let running tasks finish before cancelling them (default: 60)")
+    p.add_argument(
+        "--cpu-slots",
+        type=int,
+        default=None,
+        help="task slots on a machine without GPUs "
+        "(default: max(1, cores // 4)); with GPUs, one slot per GPU",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="on SIGTERM, seconds to let running tasks finish before cancelling them (default: 60)",
+    )
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
-    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                   help="label for placement constraints (repeatable)")
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="label for placement constraints (repeatable)",
+    )
     p.add_argument("--blob-cache-gb", type=float, default=20.0, help="blob cache size limit (default: 20 GB)")
-    p.add_argument("--journal-retention-days", type=float, default=7.0,
-                   help="keep finished tasks' journals this long (default: 7)")
-    p.add_argument("--ready-file", type=Path, default=None,
-                   help="write a JSON file with the bound port and node id once serving")
-    p.add_argument("--insecure", action="store_true",
-                   help="plaintext gRPC without pairing (loopback development only)")
+    p.add_argument(
+        "--journal-retention-days",
+        type=float,
+        default=7.0,
+        help="keep finished tasks' journals this long (default: 7)",
+    )
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="write a JSON file with the bound port and node id once serving",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="plaintext gRPC without pairing (loopback development only)"
+    )
     p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
     return p
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-
 from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
 from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser
@@ -76,7 +75,9 @@ class AgentDaemon:
         self.slots = SlotPool(int(self._facts["cpu_count"]), [g.index for g in gpu_list], cfg.cpu_slots)
         self.blobs = await asyncio.to_thread(BlobStore, cfg.data_dir / "blobs", cfg.blob_cache_bytes)
         self.executor = Executor(
-            ExecutorConfig(cfg.data_dir, cfg.warm_idle_seconds, cfg.journal_retention_seconds, cfg.journal_max_finished),
+            ExecutorConfig(
+                cfg.data_dir, cfg.warm_idle_seconds, cfg.journal_retention_seconds, cfg.journal_max_finished
+            ),
             self.slots,
             self.blobs,
             self.metrics,
@@ -87,10 +88,16 @@ class AgentDaemon:
         self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
         await self._server.start()
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, "127.0.0.1" if _loopback(cfg.host) else cfg.host)
+            self.metrics_port = self.metrics.serve(
+                cfg.metrics_port, "127.0.0.1" if _loopback(cfg.host) else cfg.host
+            )
         log.info(
             "agent %r (node %s) serving AgentService on %s:%d with %d slot(s)%s",
-            cfg.name, self.node_id, cfg.host, self.port, self.slots.total,
+            cfg.name,
+            self.node_id,
+            cfg.host,
+            self.port,
+            self.slots.total,
             f", metrics on :{self.metrics_port}" if self.metrics_port else "",
         )
         if cfg.advertise:

@@ -19,10 +19,15 @@ class AgentMetrics:
             "worker_tasks_completed", "Tasks that finished successfully", ["workload"], registry=self.registry
         )
         self.failed = Counter(
-            "worker_tasks_failed", "Tasks that failed or were cancelled", ["workload", "cause"], registry=self.registry
+            "worker_tasks_failed",
+            "Tasks that failed or were cancelled",
+            ["workload", "cause"],
+            registry=self.registry,
         )
         self.slots_total = Gauge("worker_slots_total", "Slots on this agent", registry=self.registry)
-        self.slots_in_use = Gauge("worker_slots_in_use", "Slots held by running tasks", registry=self.registry)
+        self.slots_in_use = Gauge(
+            "worker_slots_in_use", "Slots held by running tasks", registry=self.registry
+        )
         self.tasks_running = Gauge("worker_tasks_running", "Tasks running now", registry=self.registry)
         self.events_streamed = Counter(
             "worker_events_streamed", "Task events sent to watchers", registry=self.registry

@@ -142,7 +142,15 @@ def save_artifact(path: str | os.PathLike[str], kind: str = "artifact", name: st
 def save_checkpoint(path: str | os.PathLike[str], step: int, name: str | None = None) -> str:
     """Publish a checkpoint file so that a re-placed task can resume from it."""
     digest, size = _store(Path(path))
-    _send({"t": "checkpoint", "sha256": digest, "size": size, "step": int(step), "name": name or Path(path).name})
+    _send(
+        {
+            "t": "checkpoint",
+            "sha256": digest,
+            "size": size,
+            "step": int(step),
+            "name": name or Path(path).name,
+        }
+    )
     return digest
 
 

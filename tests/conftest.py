@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("TENSORFLEET_MDNS_INTERFACES", "127.0.0.1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers.agents import AgentProcess  # noqa: E402
+from helpers.agents import AgentProcess
 
 
 @pytest.fixture

@@ -23,8 +23,15 @@ MAX_REASON = 4096
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RESERVED_ENV = ("TENSORFLEET_", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONPATH",
-                 "LD_PRELOAD", "LD_LIBRARY_PATH")
+_RESERVED_ENV = (
+    "TENSORFLEET_",
+    "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "PYTHONPATH",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+)
 
 
 def check_id(value: str, field: str, *, required: bool = True) -> str:
@@ -72,7 +79,7 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
     if not workload.installed():
         raise ValidationError(
             "spec.workload",
-            f"{spec.workload!r} needs {', '.join(workload.requires)}, which this agent does not have installed",
+            f"{spec.workload!r} needs {', '.join(workload.requires)}, not installed on this agent",
         )
     params = workload.schema.validate(spec.params, prefix="spec.params")
     world = spec.world_size or 1
@@ -83,7 +90,9 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
     if not 0 <= spec.gpus <= MAX_GPUS:
         raise ValidationError("spec.gpus", f"must be between 0 and {MAX_GPUS}, got {spec.gpus}")
     if not math.isfinite(spec.timeout_seconds) or not 0 <= spec.timeout_seconds <= MAX_TIMEOUT:
-        raise ValidationError("spec.timeout_seconds", f"must be between 0 and {MAX_TIMEOUT:g}, got {spec.timeout_seconds}")
+        raise ValidationError(
+            "spec.timeout_seconds", f"must be between 0 and {MAX_TIMEOUT:g}, got {spec.timeout_seconds}"
+        )
     if spec.memory_limit_bytes < 0:
         raise ValidationError("spec.memory_limit_bytes", f"must be >= 0, got {spec.memory_limit_bytes}")
     if spec.attempt < 0:
@@ -93,7 +102,9 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
     if spec.rendezvous is not None:
         check_text(spec.rendezvous.master_addr, "spec.rendezvous.master_addr", 255)
         if not 0 <= spec.rendezvous.master_port <= 65535:
-            raise ValidationError("spec.rendezvous.master_port", f"must be a port number, got {spec.rendezvous.master_port}")
+            raise ValidationError(
+                "spec.rendezvous.master_port", f"must be a port number, got {spec.rendezvous.master_port}"
+            )
     return dataclasses.replace(spec, params=params, world_size=world)
 
 
@@ -123,4 +134,6 @@ def _check_env(env: dict[str, str]) -> None:
         if key.startswith(_RESERVED_ENV):
             raise ValidationError(f"spec.env[{key!r}]", "is set by the agent and cannot be overridden")
         if len(value) > MAX_ENV_VALUE or "\0" in value:
-            raise ValidationError(f"spec.env[{key!r}]", f"value must be at most {MAX_ENV_VALUE} characters, no NUL")
+            raise ValidationError(
+                f"spec.env[{key!r}]", f"value must be at most {MAX_ENV_VALUE} characters, no NUL"
+            )

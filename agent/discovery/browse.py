@@ -12,10 +12,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE, mdns_interfaces
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
-
-from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE, mdns_interfaces
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,9 @@ class AgentBrowser:
             await self._zc.async_close()
         self._browser = self._zc = None
 
-    def _changed(self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+    def _changed(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
         if state_change is ServiceStateChange.Removed:
             self._on_change(name, None)
             return

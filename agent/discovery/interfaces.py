@@ -11,7 +11,7 @@ import os
 import socket
 
 import psutil
-from zeroconf import InterfaceChoice, InterfacesType
+from zeroconf import InterfaceChoice
 
 SERVICE_TYPE = "_tensorfleet._tcp.local."
 ENV_VAR = "TENSORFLEET_MDNS_INTERFACES"
@@ -36,15 +36,17 @@ def parse_interfaces(spec: str | None) -> list[str]:
         except ValueError:
             pass
         if item not in by_name:
-            raise ValueError(f"mDNS interface {item!r} is neither an IPv4 address nor an interface here "
-                             f"(interfaces: {', '.join(sorted(by_name))})")
+            raise ValueError(
+                f"mDNS interface {item!r} is neither an IPv4 address nor an interface here "
+                f"(interfaces: {', '.join(sorted(by_name))})"
+            )
         if not by_name[item]:
             raise ValueError(f"mDNS interface {item!r} has no IPv4 address")
         out.extend(by_name[item])
     return out
 
 
-def mdns_interfaces(addresses: list[str]) -> InterfacesType:
+def mdns_interfaces(addresses: list[str]) -> list[str] | InterfaceChoice:
     return list(addresses) if addresses else InterfaceChoice.All
 
 

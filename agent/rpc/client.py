@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
-
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
 from tensorfleet_agent.core.types import NodeInfo, TaskEvent, TaskSpec, TaskSummary, Telemetry
@@ -44,7 +43,7 @@ class AgentClient:
         self.stub = pb_grpc.AgentServiceStub(self.channel)
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def __aenter__(self) -> AgentClient:
         return self
@@ -69,11 +68,15 @@ class AgentClient:
             yield convert.event_from_pb(msg)
 
     async def cancel_task(self, task_id: str, reason: str = "", timeout: float = 10.0) -> bool:
-        reply = await self.stub.CancelTask(pb.CancelTaskRequest(task_id=task_id, reason=reason), timeout=timeout)
+        reply = await self.stub.CancelTask(
+            pb.CancelTaskRequest(task_id=task_id, reason=reason), timeout=timeout
+        )
         return bool(reply.was_running)
 
     async def list_tasks(self, include_finished: bool = False, timeout: float = 10.0) -> list[TaskSummary]:
-        reply = await self.stub.ListTasks(pb.ListTasksRequest(include_finished=include_finished), timeout=timeout)
+        reply = await self.stub.ListTasks(
+            pb.ListTasksRequest(include_finished=include_finished), timeout=timeout
+        )
         return [convert.summary_from_pb(t) for t in reply.tasks]
 
     async def has_blobs(self, digests: Sequence[str], timeout: float = 10.0) -> set[str]:

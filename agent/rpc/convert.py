@@ -89,7 +89,9 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         env=dict(msg.env),
         attempt=msg.attempt,
         rendezvous=(
-            Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
+            Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port)
+            if msg.HasField("rendezvous")
+            else None
         ),
     )
 
@@ -110,8 +112,10 @@ def node_info_to_pb(info: NodeInfo) -> pb.NodeInfo:
         cpu_count=info.cpu_count,
         memory_total_bytes=info.memory_total_bytes,
         disk_free_bytes=info.disk_free_bytes,
-        gpus=[pb.GpuInfo(index=g.index, name=g.name, uuid=g.uuid, memory_total_bytes=g.memory_total_bytes)
-              for g in info.gpus],
+        gpus=[
+            pb.GpuInfo(index=g.index, name=g.name, uuid=g.uuid, memory_total_bytes=g.memory_total_bytes)
+            for g in info.gpus
+        ],
         workloads=list(info.workloads),
         slots_total=info.slots_total,
         slots_free=info.slots_free,
@@ -180,8 +184,14 @@ def telemetry_from_pb(msg: pb.Telemetry) -> Telemetry:
         memory_total_bytes=msg.memory_total_bytes,
         disk_free_bytes=msg.disk_free_bytes,
         gpus=tuple(
-            GpuTelemetry(g.index, g.utilization_percent, g.memory_used_bytes, g.memory_total_bytes,
-                         g.temperature_celsius, g.power_watts)
+            GpuTelemetry(
+                g.index,
+                g.utilization_percent,
+                g.memory_used_bytes,
+                g.memory_total_bytes,
+                g.temperature_celsius,
+                g.power_watts,
+            )
             for g in msg.gpus
         ),
         slots_total=msg.slots_total,
@@ -210,8 +220,12 @@ def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
         msg.artifact.CopyFrom(pb.ArtifactReady(sha256=p.sha256, size=p.size, kind=p.kind, name=p.name))
     elif isinstance(p, Finished):
         msg.finished.CopyFrom(
-            pb.Finished(status=state_to_pb(p.status), exit_cause=p.exit_cause, error=p.error,
-                        duration_seconds=p.duration_seconds)
+            pb.Finished(
+                status=state_to_pb(p.status),
+                exit_cause=p.exit_cause,
+                error=p.error,
+                duration_seconds=p.duration_seconds,
+            )
         )
     return msg
 

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
 from tensorfleet_agent.core.errors import (
@@ -69,7 +68,9 @@ def _unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
 
 def _stream(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
     @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[R]:
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[R]:
         try:
             async for item in fn(self, request, context):
                 yield item
@@ -101,7 +102,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return convert.node_info_to_pb(info)
 
     @_stream
-    async def StreamTelemetry(self, request: pb.TelemetryRequest, context: Any) -> AsyncIterator[pb.Telemetry]:
+    async def StreamTelemetry(
+        self, request: pb.TelemetryRequest, context: Any
+    ) -> AsyncIterator[pb.Telemetry]:
         period = request.period_seconds or DEFAULT_PERIOD
         if not math.isfinite(period) or not MIN_PERIOD <= period <= MAX_PERIOD:
             raise ValidationError(
@@ -160,7 +163,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return pb.HasBlobsResponse(present=present)
 
     @_unary
-    async def PutBlob(self, request_iterator: AsyncIterator[pb.BlobChunk], context: Any) -> pb.PutBlobResponse:
+    async def PutBlob(
+        self, request_iterator: AsyncIterator[pb.BlobChunk], context: Any
+    ) -> pb.PutBlobResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise ValidationError("header", "the first message of PutBlob must be a BlobHeader")
@@ -176,7 +181,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 if chunk.WhichOneof("part") != "data":
                     raise ValidationError("header", "only the first message of PutBlob may be a header")
                 if len(chunk.data) > CHUNK_BYTES:
-                    raise ValidationError("data", f"chunks must be at most {CHUNK_BYTES} bytes, got {len(chunk.data)}")
+                    raise ValidationError(
+                        "data", f"chunks must be at most {CHUNK_BYTES} bytes, got {len(chunk.data)}"
+                    )
                 await asyncio.to_thread(writer.write, chunk.data)
             await asyncio.to_thread(writer.commit)
         except BaseException:
@@ -189,7 +196,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         check_sha256(request.sha256, "sha256")
         size = await asyncio.to_thread(self.blobs.size, request.sha256)
         if not 0 <= request.offset <= size:
-            raise ValidationError("offset", f"must be between 0 and the blob size {size}, got {request.offset}")
+            raise ValidationError(
+                "offset", f"must be between 0 and the blob size {size}, got {request.offset}"
+            )
         yield pb.BlobChunk(header=pb.BlobHeader(sha256=request.sha256, size=size))
         chunks: Iterator[bytes] = await asyncio.to_thread(self.blobs.read, request.sha256, request.offset)
         while (data := await asyncio.to_thread(next, chunks, None)) is not None:

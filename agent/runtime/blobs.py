@@ -7,6 +7,7 @@ I/O: the RPC layer calls them through asyncio.to_thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -48,7 +49,9 @@ class BlobWriter:
     def write(self, data: bytes) -> None:
         if self._written + len(data) > self.size:
             self.abort()
-            raise ValidationError("data", f"blob is larger than the {self.size} bytes announced in header.size")
+            raise ValidationError(
+                "data", f"blob is larger than the {self.size} bytes announced in header.size"
+            )
         assert self._fh is not None
         self._fh.write(data)
         self._hasher.update(data)
@@ -101,7 +104,9 @@ class BlobStore:
         if size < 0:
             raise ValidationError("header.size", f"must be >= 0, got {size}")
         if size > self.limit_bytes:
-            raise ValidationError("header.size", f"{size} bytes exceeds the blob cache limit of {self.limit_bytes}")
+            raise ValidationError(
+                "header.size", f"{size} bytes exceeds the blob cache limit of {self.limit_bytes}"
+            )
         return BlobWriter(self, sha256, size)
 
     def read(self, sha256: str, offset: int = 0) -> Iterator[bytes]:
@@ -116,10 +121,8 @@ class BlobStore:
             yield from iter(lambda: fh.read(CHUNK_BYTES), b"")
 
     def touch(self, sha256: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.utime(self.path(sha256))
-        except FileNotFoundError:
-            pass
 
     def adopt_existing(self, sha256: str) -> None:
         """A worker wrote this blob itself (artifact/checkpoint): count it and keep the cache in bounds."""

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,14 @@ from tensorfleet_agent.workloads.registry import get_workload
 
 log = logging.getLogger(__name__)
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS", "TORCH_NUM_THREADS")
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "TORCH_NUM_THREADS",
+)
 _WATCHDOG_PERIOD = 0.1
 _CANCEL_GRACE = 1.0
 
@@ -72,7 +78,9 @@ class ExecutorConfig:
 
 
 class Executor:
-    def __init__(self, config: ExecutorConfig, slots: SlotPool, blobs: BlobStore, metrics: AgentMetrics) -> None:
+    def __init__(
+        self, config: ExecutorConfig, slots: SlotPool, blobs: BlobStore, metrics: AgentMetrics
+    ) -> None:
         self.config = config
         self.slots = slots
         self.blobs = blobs
@@ -82,6 +90,7 @@ class Executor:
         self._running: dict[str, _Running] = {}
         self._warm: dict[tuple[str, tuple[int | None, ...], int], list[tuple[WorkerProcess, float]]] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[object]] = set()
         metrics.slots_total.set(slots.total)
 
     # ---- lifecycle
@@ -94,7 +103,9 @@ class Executor:
                 log.warning("task %s was running when the agent stopped; marking it FAILED", entry.task_id)
                 self.journal.append(
                     entry.task_id,
-                    Finished(TaskState.FAILED, ExitCause.AGENT_RESTARTED, "the agent restarted while this task ran"),
+                    Finished(
+                        TaskState.FAILED, ExitCause.AGENT_RESTARTED, "the agent restarted while this task ran"
+                    ),
                 )
         pruned = await asyncio.to_thread(
             self.journal.prune, self.config.journal_retention_seconds, self.config.journal_max_finished
@@ -112,7 +123,9 @@ class Executor:
             _done, still = await asyncio.wait(pending, timeout=timeout)
             for task_id, running in list(self._running.items()):
                 log.warning("drain timeout: cancelling task %s", task_id)
-                self._kill(running, ExitCause.DRAIN_TIMEOUT, f"the agent was stopped; drain timeout {timeout:g}s")
+                self._kill(
+                    running, ExitCause.DRAIN_TIMEOUT, f"the agent was stopped; drain timeout {timeout:g}s"
+                )
             if still:
                 await asyncio.wait(still, timeout=10)
 
@@ -175,7 +188,9 @@ class Executor:
             raise Unavailable("the agent is draining and accepts no new tasks")
         missing = [ref.sha256 for ref in spec.inputs if not self.blobs.has(ref.sha256)]
         if missing:
-            raise NotFound(f"input blob(s) not on this agent, upload them with PutBlob first: {', '.join(missing)}")
+            raise NotFound(
+                f"input blob(s) not on this agent, upload them with PutBlob first: {', '.join(missing)}"
+            )
         slots = self.slots.acquire(spec.gpus)
         try:
             self.blobs.pin(ref.sha256 for ref in spec.inputs)
@@ -217,7 +232,7 @@ class Executor:
         running.killed.set()
         worker = running.worker
         if worker is not None and worker.alive:
-            asyncio.create_task(worker.terminate(_CANCEL_GRACE))
+            self._spawn(worker.terminate(_CANCEL_GRACE))
 
     # ---- the task's life
 
@@ -314,7 +329,9 @@ class Executor:
         deadline = running.started + spec.timeout_seconds if spec.timeout_seconds > 0 else None
         while worker.alive and not running.kill_cause:
             if deadline is not None and time.monotonic() >= deadline:
-                self._kill(running, ExitCause.TIMEOUT, f"wall-clock timeout of {spec.timeout_seconds:g}s exceeded")
+                self._kill(
+                    running, ExitCause.TIMEOUT, f"wall-clock timeout of {spec.timeout_seconds:g}s exceeded"
+                )
             elif spec.memory_limit_bytes > 0:
                 rss = worker.rss_bytes()
                 if rss > spec.memory_limit_bytes:
@@ -356,7 +373,7 @@ class Executor:
     def _park(self, running: _Running, worker: WorkerProcess) -> None:
         """Keep a finished task's worker for the job's next task (built-in workloads only)."""
         if running.spec.env:
-            asyncio.create_task(worker.close())
+            self._spawn(worker.close())
             return
         self._warm.setdefault(self._pool_key(running), []).append((worker, time.monotonic()))
         idle = sorted(
@@ -365,7 +382,7 @@ class Executor:
         while len(idle) > self.slots.total:
             _since, key, oldest = idle.pop(0)
             self._warm[key] = [(w, s) for w, s in self._warm[key] if w is not oldest]
-            asyncio.create_task(oldest.close())
+            self._spawn(oldest.close())
 
     async def _reap_idle_workers(self) -> None:
         while True:
@@ -396,6 +413,12 @@ class Executor:
         env.update(spec.env)
         return env
 
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        """Fire-and-forget, but keep a reference so the task is not garbage-collected mid-flight."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _gauge(self) -> None:
         self.metrics.slots_in_use.set(self.slots.total - self.slots.free)
         self.metrics.tasks_running.set(len(self._running))
@@ -410,15 +433,19 @@ def _payload(message: dict[str, Any]) -> EventPayload | None:
     if kind == "log":
         return LogLine(str(message.get("stream", "stdout")), str(message.get("line", "")))
     if kind == "metric":
-        return MetricPoint(int(message["step"]), str(message["name"]), float(message["value"]),
-                           float(message["wall_time"]))
+        return MetricPoint(
+            int(message["step"]), str(message["name"]), float(message["value"]), float(message["wall_time"])
+        )
     if kind == "progress":
         return Progress(float(message["fraction"]))
     if kind == "artifact":
-        return ArtifactReady(str(message["sha256"]), int(message["size"]), str(message["kind"]), str(message["name"]))
+        return ArtifactReady(
+            str(message["sha256"]), int(message["size"]), str(message["kind"]), str(message["name"])
+        )
     if kind == "checkpoint":
-        return CheckpointSaved(str(message["sha256"]), int(message["size"]), int(message["step"]),
-                               str(message["name"]))
+        return CheckpointSaved(
+            str(message["sha256"]), int(message["size"]), int(message["step"]), str(message["name"])
+        )
     return None  # "started" and unknown kinds are not task events
 
 

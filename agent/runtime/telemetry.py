@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from tensorfleet_agent.core.types import GpuTelemetry, Telemetry
 from tensorfleet_agent.runtime.gpus import Gpus
 

@@ -75,7 +75,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     task_api._install(context)
     saved: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)
     out, err = _LogStream(channel, "stdout"), _LogStream(channel, "stderr")
-    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+    sys.stdout, sys.stderr = out, err
     try:
         channel.send({"t": "started", "pid": os.getpid()})
         _resolve(command["entry"])(spec["params"])
@@ -90,7 +90,12 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
         out.flush()
         err.flush()
         channel.send(
-            {"t": "done", "ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            {
+                "t": "done",
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
         )
     else:
         out.flush()

@@ -39,12 +39,16 @@ class WorkloadDef:
 _DIAG = "tensorfleet_agent.workloads.diagnostic"
 
 _BUILTIN: tuple[WorkloadDef, ...] = (
-    WorkloadDef("noop", "diagnostic", "Does nothing; measures platform overhead.", WorkloadSchema(), f"{_DIAG}:noop"),
+    WorkloadDef(
+        "noop", "diagnostic", "Does nothing; measures platform overhead.", WorkloadSchema(), f"{_DIAG}:noop"
+    ),
     WorkloadDef(
         "sleep",
         "diagnostic",
         "Sleeps, reporting progress; for scheduling and cancel tests.",
-        WorkloadSchema((ParamSpec("seconds", "float", 1.0, "how long to sleep", minimum=0, maximum=7 * 86400),)),
+        WorkloadSchema(
+            (ParamSpec("seconds", "float", 1.0, "how long to sleep", minimum=0, maximum=7 * 86400),)
+        ),
         f"{_DIAG}:sleep",
     ),
     WorkloadDef(
@@ -66,7 +70,9 @@ _BUILTIN: tuple[WorkloadDef, ...] = (
         "Fails on purpose: raises, exits with a code, or segfaults.",
         WorkloadSchema(
             (
-                ParamSpec("mode", "str", "exception", "how to fail", choices=("exception", "exit", "segfault")),
+                ParamSpec(
+                    "mode", "str", "exception", "how to fail", choices=("exception", "exit", "segfault")
+                ),
                 ParamSpec("code", "int", 3, "exit code for mode=exit", minimum=0, maximum=255),
                 ParamSpec("message", "str", "failing on purpose", "exception message for mode=exception"),
             )
@@ -76,7 +82,7 @@ _BUILTIN: tuple[WorkloadDef, ...] = (
     WorkloadDef(
         "artifact",
         "diagnostic",
-        "Writes `bytes` random bytes and publishes them as an artifact (and a checkpoint); checks the blob path.",
+        "Writes `bytes` random bytes as an artifact (and optionally a checkpoint); checks the blob path.",
         WorkloadSchema(
             (
                 ParamSpec("bytes", "int", 1024, "size of the file", minimum=0, maximum=1 << 34),

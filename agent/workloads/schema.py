@@ -65,9 +65,9 @@ def _check(spec: ParamSpec, value: Any, where: str) -> Any:
         if spec.nullable or spec.default is None:
             return None
         raise ValidationError(where, "must not be null")
+    if spec.type == "bool" and not isinstance(value, bool):
+        raise ValidationError(where, f"must be true or false, got {value!r}")
     if spec.type == "bool":
-        if not isinstance(value, bool):
-            raise ValidationError(where, f"must be true or false, got {value!r}")
         return value
     if spec.type == "int":
         if isinstance(value, bool) or not (isinstance(value, int) or _integral_float(value)):
@@ -79,9 +79,8 @@ def _check(spec: ParamSpec, value: Any, where: str) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise ValidationError(where, f"must be finite, got {value!r}")
-    elif spec.type == "str":
-        if not isinstance(value, str):
-            raise ValidationError(where, f"must be a string, got {value!r}")
+    elif spec.type == "str" and not isinstance(value, str):
+        raise ValidationError(where, f"must be a string, got {value!r}")
     if spec.choices and value not in spec.choices:
         allowed = ", ".join(str(c) for c in spec.choices)
         raise ValidationError(where, f"must be one of {allowed}; got {value!r}")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from helpers.agents import AgentProcess
 from tensorfleet_agent.core.types import Finished, StateChanged, TaskSpec, TaskState
 from tensorfleet_agent.discovery.browse import AgentBrowser
@@ -35,7 +34,9 @@ def _gone(pid: int, timeout: float) -> bool:
     return False
 
 
-async def test_restart_keeps_journals_and_fails_orphans(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
+async def test_restart_keeps_journals_and_fails_orphans(
+    agent_factory: type[AgentProcess], tmp_path: Path
+) -> None:
     agent = agent_factory(tmp_path / "a").start()
     async with AgentClient(agent.address) as client:
         await client.run_task(TaskSpec("done", "j", "emit", {"points": 20}))
@@ -61,8 +62,9 @@ async def test_restart_keeps_journals_and_fails_orphans(agent_factory: type[Agen
         assert (await client.get_info()).slots_free == 2
 
 
-async def test_sigterm_drains_running_tasks_and_says_goodbye(agent_factory: type[AgentProcess],
-                                                             tmp_path: Path) -> None:
+async def test_sigterm_drains_running_tasks_and_says_goodbye(
+    agent_factory: type[AgentProcess], tmp_path: Path
+) -> None:
     agent = agent_factory(tmp_path / "d", extra_args=["--drain-timeout", "20"]).start()
     removed = asyncio.Event()
     seen = asyncio.Event()
@@ -91,7 +93,9 @@ async def test_sigterm_drains_running_tasks_and_says_goodbye(agent_factory: type
         await browser.stop()
 
 
-async def test_drain_timeout_cancels_and_exits_zero(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
+async def test_drain_timeout_cancels_and_exits_zero(
+    agent_factory: type[AgentProcess], tmp_path: Path
+) -> None:
     agent = agent_factory(tmp_path / "t", extra_args=["--drain-timeout", "0.5"]).start()
     async with AgentClient(agent.address) as client:
         await client.run_task(TaskSpec("too-long", "j", "sleep", {"seconds": 60}))

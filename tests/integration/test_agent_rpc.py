@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import re
 import time
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from helpers.agents import AgentProcess
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.types import (
@@ -73,13 +73,15 @@ async def test_get_info_and_telemetry(agent: AgentProcess) -> None:
             samples.append(sample)
             if len(samples) == 4:
                 break
-        gaps = [b.time - a.time for a, b in zip(samples, samples[1:], strict=False)]
+        gaps = [b.time - a.time for a, b in itertools.pairwise(samples)]
         assert all(0.1 < g < 0.6 for g in gaps), gaps
         assert all(0 <= s.cpu_percent <= 100 and s.memory_total_bytes > s.memory_used_bytes for s in samples)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in client.telemetry(-1):
                 pass
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "period_seconds" in str(err.value.details())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "period_seconds" in str(
+            err.value.details()
+        )
 
 
 async def test_emit_1000_points_arrive_once_in_order(agent: AgentProcess) -> None:
@@ -141,8 +143,9 @@ async def test_cancel_kills_within_two_seconds(agent: AgentProcess) -> None:
         ({"mode": "segfault"}, "signal", "worker killed by SIGSEGV"),
     ],
 )
-async def test_fail_modes_become_failed_events(agent: AgentProcess, params: dict[str, object], cause: str,
-                                               error: str) -> None:
+async def test_fail_modes_become_failed_events(
+    agent: AgentProcess, params: dict[str, object], cause: str, error: str
+) -> None:
     async with AgentClient(agent.address) as client:
         events = await run(client, TaskSpec(f"fail-{params['mode']}", "j", "fail", params))
         end = finished(events)
@@ -153,8 +156,10 @@ async def test_fail_modes_become_failed_events(agent: AgentProcess, params: dict
             assert any("Traceback" in line for line in logs)
         # the daemon keeps serving
         assert (await client.get_info()).slots_free == 2
-        assert finished(await run(client, TaskSpec(f"after-{params['mode']}", "j", "noop"))).status \
+        assert (
+            finished(await run(client, TaskSpec(f"after-{params['mode']}", "j", "noop"))).status
             is TaskState.SUCCEEDED
+        )
 
 
 async def test_timeout_and_memory_limit(agent: AgentProcess) -> None:
@@ -165,7 +170,9 @@ async def test_timeout_and_memory_limit(agent: AgentProcess) -> None:
         assert end.duration_seconds < 3.0
         events = await run(
             client,
-            TaskSpec("hungry", "j2", "allocate", {"megabytes": 400, "seconds": 20}, memory_limit_bytes=150 << 20),
+            TaskSpec(
+                "hungry", "j2", "allocate", {"megabytes": 400, "seconds": 20}, memory_limit_bytes=150 << 20
+            ),
         )
         end = finished(events)
         assert (end.status, end.exit_cause) == (TaskState.FAILED, "memory_limit"), end
@@ -177,8 +184,11 @@ async def test_warm_worker_reused_within_a_job(agent: AgentProcess) -> None:
         pids = []
         for i, job in enumerate(["same", "same", "other"]):
             events = await run(client, TaskSpec(f"warm-{i}", job, "noop"))
-            pids += [e.payload.message for e in events
-                     if isinstance(e.payload, StateChanged) and e.payload.state is TaskState.RUNNING]
+            pids += [
+                e.payload.message
+                for e in events
+                if isinstance(e.payload, StateChanged) and e.payload.state is TaskState.RUNNING
+            ]
     assert pids[0] == pids[1] != pids[2]
 
 
@@ -192,7 +202,11 @@ async def test_list_tasks(agent: AgentProcess) -> None:
     assert [t.task_id for t in active] == ["running"]
     by_id = {t.task_id: t for t in everything}
     assert by_id["listed"].state is TaskState.SUCCEEDED and by_id["listed"].exit_cause == "completed"
-    assert by_id["listed"].job_id == "jobx" and by_id["listed"].workload == "noop" and by_id["listed"].last_seq >= 3
+    assert (
+        by_id["listed"].job_id == "jobx"
+        and by_id["listed"].workload == "noop"
+        and by_id["listed"].last_seq >= 3
+    )
 
 
 async def test_blobs_round_trip_and_inputs(agent: AgentProcess, tmp_path: Path) -> None:
@@ -216,13 +230,17 @@ async def test_blobs_round_trip_and_inputs(agent: AgentProcess, tmp_path: Path) 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.run_task(TaskSpec("no-input", "j", "noop", inputs=(BlobRef("x.csv", "e" * 64),)))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "PutBlob" in str(err.value.details())
+
         # corrupted upload
         async def corrupt():  # type: ignore[no-untyped-def]
             yield pb.BlobChunk(header=pb.BlobHeader(sha256="f" * 64, size=4))
             yield pb.BlobChunk(data=b"abcd")
+
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.stub.PutBlob(corrupt())
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.sha256" in str(err.value.details())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.sha256" in str(
+            err.value.details()
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.get_blob("d" * 64, tmp_path / "none")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -245,8 +263,16 @@ async def test_bad_requests_are_refused_by_field(agent: AgentProcess) -> None:
     async with AgentClient(agent.address) as client:
         cases = [
             (TaskSpec("a", "j", "no_such_workload"), grpc.StatusCode.INVALID_ARGUMENT, "spec.workload"),
-            (TaskSpec("b", "j", "sleep", {"seconds": -2}), grpc.StatusCode.INVALID_ARGUMENT, "spec.params.seconds"),
-            (TaskSpec("c", "j", "noop", timeout_seconds=-1), grpc.StatusCode.INVALID_ARGUMENT, "spec.timeout_seconds"),
+            (
+                TaskSpec("b", "j", "sleep", {"seconds": -2}),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "spec.params.seconds",
+            ),
+            (
+                TaskSpec("c", "j", "noop", timeout_seconds=-1),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "spec.timeout_seconds",
+            ),
             (TaskSpec("d" * 300, "j", "noop"), grpc.StatusCode.INVALID_ARGUMENT, "spec.task_id"),
             (TaskSpec("e", "j", "noop", gpus=1), grpc.StatusCode.RESOURCE_EXHAUSTED, "GPU"),
         ]
@@ -256,20 +282,26 @@ async def test_bad_requests_are_refused_by_field(agent: AgentProcess) -> None:
             assert err.value.code() == code and text in str(err.value.details()), err.value
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.stub.RunTask(pb.RunTaskRequest(protocol_version=99, spec=pb.TaskSpec(task_id="x")))
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "protocol 99" in str(err.value.details())
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "protocol 99" in str(
+            err.value.details()
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.stub.RunTask(pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec" in str(err.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in client.watch_task("x", after_seq=-1):
                 pass
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "after_seq" in str(err.value.details())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "after_seq" in str(
+            err.value.details()
+        )
         # slots: two long tasks fill the agent, the third is refused
         await client.run_task(TaskSpec("fill-1", "j", "sleep", {"seconds": 30}))
         await client.run_task(TaskSpec("fill-2", "j", "sleep", {"seconds": 30}))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.run_task(TaskSpec("fill-3", "j", "noop"))
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "0 of 2 free" in str(err.value.details())
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "0 of 2 free" in str(
+            err.value.details()
+        )
         # same id, same spec: idempotent; same id, other spec: refused
         assert await client.run_task(TaskSpec("fill-1", "j", "sleep", {"seconds": 30})) is not None
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from tensorfleet_agent.core.errors import NotFound, ValidationError
 from tensorfleet_agent.runtime.blobs import BlobStore
 
@@ -30,7 +29,7 @@ def test_wrong_digest_or_size_is_refused(tmp_path: Path) -> None:
     store = BlobStore(tmp_path, limit_bytes=1 << 20)
     writer = store.writer("0" * 64, 3)
     writer.write(b"abc")
-    with pytest.raises(ValidationError, match="header.sha256"):
+    with pytest.raises(ValidationError, match=r"header\.sha256"):
         writer.commit()
     writer = store.writer(hashlib.sha256(b"abcd").hexdigest(), 3)
     with pytest.raises(ValidationError, match="larger than"):

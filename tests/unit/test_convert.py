@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,
@@ -76,9 +75,28 @@ def test_unparsable_params_json_names_the_field() -> None:
 
 
 def test_node_info_and_telemetry_round_trip() -> None:
-    info = NodeInfo(1, "n" * 20, "box", "host", "Linux", "3.11", "", "1.5", 8, 1 << 34, 1 << 30,
-                    (GpuInfo(0, "A100", "GPU-1", 1 << 35),), ("noop", "sleep"), 4, 3, "0.1.0",
-                    {"rack": "a"}, False, "cluster", "fp")
+    info = NodeInfo(
+        1,
+        "n" * 20,
+        "box",
+        "host",
+        "Linux",
+        "3.11",
+        "",
+        "1.5",
+        8,
+        1 << 34,
+        1 << 30,
+        (GpuInfo(0, "A100", "GPU-1", 1 << 35),),
+        ("noop", "sleep"),
+        4,
+        3,
+        "0.1.0",
+        {"rack": "a"},
+        False,
+        "cluster",
+        "fp",
+    )
     assert convert.node_info_from_pb(convert.node_info_to_pb(info)) == info
     tel = Telemetry(1.0, 12.5, 100, 200, 300, (GpuTelemetry(0, 50.0, 1, 2, 60.0, 250.0),), 4, 3, 1)
     assert convert.telemetry_from_pb(convert.telemetry_to_pb(tel)) == tel

@@ -13,8 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools (dev extra) regenerates the protocol code")
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--out", str(tmp_path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     committed = ROOT / "agent" / "_generated"
     fresh = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()}
     ours = {p.name: p.read_text() for p in committed.iterdir() if p.is_file()}

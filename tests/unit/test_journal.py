@@ -38,12 +38,14 @@ async def test_watchers_only_see_committed_events(tmp_path: Path) -> None:
     journal.append("t", StateChanged(TaskState.RUNNING))
     entry = journal.get("t")
     seen = []
+
     async def watch() -> None:
         async for event in journal.watch("t"):
             seen.append(event.seq)
             # whatever a watcher receives must already be on disk
             on_disk = (tmp_path / "t" / EVENTS_FILE).read_text().count("\n")
             assert on_disk >= event.seq
+
     task = asyncio.create_task(watch())
     for i in range(50):
         journal.append("t", MetricPoint(i, "x", 1.0, 0.0))
@@ -89,5 +91,5 @@ async def test_prune_by_age_and_count(tmp_path: Path) -> None:
     await journal.close()
     journal.get("t0").finished_at = time.time() - 3600
     assert journal.prune(max_age_seconds=60, max_finished=3) == 2
-    remaining = sorted(p.name for p in tmp_path.iterdir())
+    remaining = sorted(p.name for p in await asyncio.to_thread(lambda: list(tmp_path.iterdir())))
     assert remaining == ["live", "t2", "t3", "t4"]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tensorfleet_agent.core.errors import ResourcesExhausted
 from tensorfleet_agent.runtime.slots import SlotPool, default_cpu_slots
 

@@ -7,7 +7,6 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import BlobRef, TaskSpec
@@ -60,7 +59,7 @@ def test_bad_fields_are_named(changes: dict[str, object], field: str) -> None:
 
 def test_oversized_params_json() -> None:
     msg = pb.TaskSpec(task_id="t", workload="noop", params_json=json.dumps({"x": "y" * (2 << 20)}))
-    with pytest.raises(ValidationError, match="spec.params_json"):
+    with pytest.raises(ValidationError, match=r"spec\.params_json"):
         task_spec_from_pb(msg)
 
 
@@ -76,21 +75,25 @@ json_values = st.recursive(
 )
 params_json = st.one_of(
     st.text(max_size=50),
-    st.dictionaries(st.sampled_from(["seconds", "points", "rate", "mode", "code", "x"]), json_values, max_size=4)
-    .map(json.dumps),
+    st.dictionaries(
+        st.sampled_from(["seconds", "points", "rate", "mode", "code", "x"]), json_values, max_size=4
+    ).map(json.dumps),
 )
 task_specs = st.builds(
     pb.TaskSpec,
     task_id=st.text(max_size=140),
     job_id=st.text(max_size=20),
-    workload=st.sampled_from(["noop", "sleep", "emit", "fail", "allocate", "", "nope"]) | st.text(max_size=10),
+    workload=st.sampled_from(["noop", "sleep", "emit", "fail", "allocate", "", "nope"])
+    | st.text(max_size=10),
     params_json=params_json,
     rank=st.integers(-(2**31), 2**31 - 1),
     world_size=st.integers(-(2**31), 2**31 - 1),
     gpus=st.integers(-(2**31), 2**31 - 1),
     timeout_seconds=st.floats(allow_nan=True, allow_infinity=True),
     memory_limit_bytes=st.integers(-(2**63), 2**63 - 1),
-    inputs=st.lists(st.builds(pb.BlobRef, name=st.text(max_size=12), sha256=st.text(max_size=70)), max_size=3),
+    inputs=st.lists(
+        st.builds(pb.BlobRef, name=st.text(max_size=12), sha256=st.text(max_size=70)), max_size=3
+    ),
     env=st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=3),
     attempt=st.integers(-(2**31), 2**31 - 1),
 )

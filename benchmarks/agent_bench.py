@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Agent figures, side by side with a bare-gRPC peer, as one JSON document on stdout.
+
+- start -> advertised: spawn of `tensorfleet-agent` until a zeroconf browser (loopback) resolves it;
+  peer: the same interpreter starting and importing grpc + zeroconf, doing nothing else.
+- idle memory (RSS and PSS) of the daemon, alone and with its warm workers;
+  peer: an idle interpreter with grpc.aio serving an empty server.
+- events/s through WatchTask: an `emit` task of N points followed live, then replayed;
+  peer: a grpc.aio server streaming N prebuilt TaskEvent messages from memory (no worker, no journal).
+
+Usage: python benchmarks/agent_bench.py [--points 20000]. mDNS stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers.agents import AgentProcess  # noqa: E402
+from tensorfleet_agent._generated import agent_pb2 as pb  # noqa: E402
+from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc  # noqa: E402
+from tensorfleet_agent.core.types import Finished, TaskSpec  # noqa: E402
+from tensorfleet_agent.discovery.browse import AgentBrowser  # noqa: E402
+from tensorfleet_agent.rpc.client import AgentClient  # noqa: E402
+from tensorfleet_agent.rpc.server import create_server  # noqa: E402
+
+os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
+
+
+def memory(pids: list[int]) -> dict[str, float]:
+    rss = pss = 0
+    for pid in pids:
+        info = psutil.Process(pid).memory_full_info()
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+    return {"rss_mib": round(rss / 2**20, 1), "pss_mib": round(pss / 2**20, 1)}
+
+
+async def start_to_advertised(tmp: Path, runs: int) -> list[float]:
+    times = []
+    for i in range(runs):
+        found = asyncio.Event()
+        browser = AgentBrowser(["127.0.0.1"], lambda _n, a: found.set() if a is not None else None)
+        await browser.start()
+        agent = AgentProcess(tmp / f"start{i}", name=f"bench{i}")
+        t0 = time.monotonic()
+        await asyncio.to_thread(agent.start)
+        await asyncio.wait_for(found.wait(), 30)
+        times.append(time.monotonic() - t0)
+        await browser.stop()
+        agent.stop()
+    return times
+
+
+def peer_start(runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import grpc, zeroconf, psutil"], check=True)
+        times.append(time.monotonic() - t0)
+    return times
+
+
+async def watch_rate(client: AgentClient, task_id: str, points: int) -> dict[str, float]:
+    await client.run_task(TaskSpec(task_id, "bench", "emit", {"points": points}))
+    t0 = time.monotonic()
+    n = 0
+    async for event in client.watch_task(task_id):
+        n += 1
+        if isinstance(event.payload, Finished):
+            break
+    live = time.monotonic() - t0
+    t0 = time.monotonic()
+    replayed = sum([1 async for _ in client.watch_task(task_id)])
+    replay = time.monotonic() - t0
+    return {"events": n, "live_events_per_s": round(n / live), "replay_events_per_s": round(replayed / replay)}
+
+
+class _Peer(pb_grpc.AgentServiceServicer):
+    def __init__(self, points: int) -> None:
+        self.events = [
+            pb.TaskEvent(task_id="peer", seq=i + 1, time=time.time(),
+                         metric=pb.MetricPoint(step=i, name="value", value=float(i), wall_time=time.time()))
+            for i in range(points)
+        ]
+
+    async def WatchTask(self, request, context):  # type: ignore[no-untyped-def]
+        for event in self.events:
+            yield event
+
+
+async def peer_rate(points: int) -> dict[str, float]:
+    peer = _Peer(points)
+    server, port = create_server([lambda s: pb_grpc.add_AgentServiceServicer_to_server(peer, s)], "127.0.0.1", 0)
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.AgentServiceStub(channel)
+        t0 = time.monotonic()
+        n = 0
+        async for _ in stub.WatchTask(pb.WatchTaskRequest(task_id="peer")):
+            n += 1
+        elapsed = time.monotonic() - t0
+    await server.stop(None)
+    return {"events": n, "events_per_s": round(n / elapsed)}
+
+
+def peer_idle_memory() -> dict[str, float]:
+    code = (
+        "import asyncio, grpc, zeroconf, psutil\n"
+        "async def main():\n"
+        "    s = grpc.aio.server(); s.add_insecure_port('127.0.0.1:0'); await s.start(); await asyncio.sleep(30)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(3)
+        return memory([proc.pid])
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--points", type=int, default=20000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    out: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        starts = await start_to_advertised(tmp, args.runs)
+        peer_starts = peer_start(args.runs)
+        out["start_to_advertised_s"] = {
+            "tensorfleet_agent": {"median": round(sorted(starts)[len(starts) // 2], 3), "runs": [round(t, 3) for t in starts]},
+            "peer_python_import_grpc_zeroconf": {"median": round(sorted(peer_starts)[len(peer_starts) // 2], 3)},
+        }
+        agent = AgentProcess(tmp / "main", cpu_slots=1)
+        await asyncio.to_thread(agent.start)
+        try:
+            assert agent.proc is not None
+            await asyncio.sleep(3)
+            idle = memory([agent.proc.pid])
+            async with AgentClient(agent.address) as client:
+                rates = [await watch_rate(client, f"emit{i}", args.points) for i in range(args.runs)]
+            workers = [c.pid for c in psutil.Process(agent.proc.pid).children()]
+            await asyncio.sleep(1)
+            out["idle_memory"] = {
+                "tensorfleet_agent": idle,
+                "tensorfleet_agent_plus_warm_worker": memory([agent.proc.pid, *workers]),
+                "peer_idle_grpc_server": peer_idle_memory(),
+            }
+        finally:
+            agent.stop()
+        best = max(rates, key=lambda r: r["live_events_per_s"])
+        out["watch_task_events_per_s"] = {
+            "tensorfleet_agent": {"points": args.points, **best, "runs_live": [r["live_events_per_s"] for r in rates]},
+            "peer_grpc_stream_from_memory": await peer_rate(args.points),
+        }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,54 @@
+"""The folder agent/ installs as tensorfleet_agent, from the editable install and from a built wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import pytest
+
+import tensorfleet_agent
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+IMPORT_ALL = """
+import importlib, pkgutil, sys, tensorfleet_agent
+for mod in pkgutil.walk_packages(tensorfleet_agent.__path__, "tensorfleet_agent."):
+    importlib.import_module(mod.name)
+print(tensorfleet_agent.__file__)
+"""
+
+
+def test_editable_install_maps_agent_folder() -> None:
+    assert Path(tensorfleet_agent.__file__).resolve().parent == ROOT / "agent"
+
+
+def test_built_wheel_installs_tensorfleet_agent(tmp_path: Path) -> None:
+    pytest.importorskip("build", reason="the dev extra builds wheels")
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = dist.glob("tensorfleet-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   timeout=300)
+    # Dependencies come from this interpreter's site-packages; a plain path entry does not run its .pth
+    # files, so the editable install of the source tree stays invisible to the fresh venv.
+    site = Path(subprocess.check_output([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        text=True).strip())
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    out = subprocess.run([py, "-c", IMPORT_ALL], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).is_relative_to(env_dir), out.stdout
+    version = subprocess.run([env_dir / "bin" / "tensorfleet-agent", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("tensorfleet-agent "), version
+    generated = site / "tensorfleet_agent" / "_generated"
+    assert (generated / "agent_pb2.py").exists() and (generated / "agent_pb2.pyi").exists()
