@@ -86,14 +86,22 @@ async def watch_rate(client: AgentClient, task_id: str, points: int) -> dict[str
     t0 = time.monotonic()
     replayed = sum([1 async for _ in client.watch_task(task_id)])
     replay = time.monotonic() - t0
-    return {"events": n, "live_events_per_s": round(n / live), "replay_events_per_s": round(replayed / replay)}
+    return {
+        "events": n,
+        "live_events_per_s": round(n / live),
+        "replay_events_per_s": round(replayed / replay),
+    }
 
 
 class _Peer(pb_grpc.AgentServiceServicer):
     def __init__(self, points: int) -> None:
         self.events = [
-            pb.TaskEvent(task_id="peer", seq=i + 1, time=time.time(),
-                         metric=pb.MetricPoint(step=i, name="value", value=float(i), wall_time=time.time()))
+            pb.TaskEvent(
+                task_id="peer",
+                seq=i + 1,
+                time=time.time(),
+                metric=pb.MetricPoint(step=i, name="value", value=float(i), wall_time=time.time()),
+            )
             for i in range(points)
         ]
 
@@ -104,7 +112,9 @@ class _Peer(pb_grpc.AgentServiceServicer):
 
 async def peer_rate(points: int) -> dict[str, float]:
     peer = _Peer(points)
-    server, port = create_server([lambda s: pb_grpc.add_AgentServiceServicer_to_server(peer, s)], "127.0.0.1", 0)
+    server, port = create_server(
+        [lambda s: pb_grpc.add_AgentServiceServicer_to_server(peer, s)], "127.0.0.1", 0
+    )
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.AgentServiceStub(channel)
@@ -144,8 +154,13 @@ async def main() -> None:
         starts = await start_to_advertised(tmp, args.runs)
         peer_starts = peer_start(args.runs)
         out["start_to_advertised_s"] = {
-            "tensorfleet_agent": {"median": round(sorted(starts)[len(starts) // 2], 3), "runs": [round(t, 3) for t in starts]},
-            "peer_python_import_grpc_zeroconf": {"median": round(sorted(peer_starts)[len(peer_starts) // 2], 3)},
+            "tensorfleet_agent": {
+                "median": round(sorted(starts)[len(starts) // 2], 3),
+                "runs": [round(t, 3) for t in starts],
+            },
+            "peer_python_import_grpc_zeroconf": {
+                "median": round(sorted(peer_starts)[len(peer_starts) // 2], 3)
+            },
         }
         agent = AgentProcess(tmp / "main", cpu_slots=1)
         await asyncio.to_thread(agent.start)
@@ -166,7 +181,11 @@ async def main() -> None:
             agent.stop()
         best = max(rates, key=lambda r: r["live_events_per_s"])
         out["watch_task_events_per_s"] = {
-            "tensorfleet_agent": {"points": args.points, **best, "runs_live": [r["live_events_per_s"] for r in rates]},
+            "tensorfleet_agent": {
+                "points": args.points,
+                **best,
+                "runs_live": [r["live_events_per_s"] for r in rates],
+            },
             "peer_grpc_stream_from_memory": await peer_rate(args.points),
         }
     print(json.dumps(out, indent=2))

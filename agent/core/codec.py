@@ -80,4 +80,5 @@ def spec_from_dict(body: dict[str, Any]) -> TaskSpec:
         env=dict(body.get("env", {})),
         attempt=int(body.get("attempt", 0)),
         rendezvous=Rendezvous(**rdv) if rdv else None,
+        dataset=str(body.get("dataset", "")),
     )

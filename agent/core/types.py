@@ -62,6 +62,7 @@ class TaskSpec:
     env: dict[str, str] = field(default_factory=dict)
     attempt: int = 0
     rendezvous: Rendezvous | None = None
+    dataset: str = ""
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,13 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
             f"{spec.workload!r} needs {', '.join(workload.requires)}, not installed on this agent",
         )
     params = workload.schema.validate(spec.params, prefix="spec.params")
+    if workload.datasets and spec.dataset not in workload.datasets:
+        raise ValidationError(
+            "spec.dataset",
+            f"{spec.workload} trains on one of {', '.join(workload.datasets)}; got {spec.dataset or 'none'!r}",
+        )
+    if not workload.datasets and spec.dataset:
+        raise ValidationError("spec.dataset", f"{spec.workload} takes no dataset, got {spec.dataset[:40]!r}")
     world = spec.world_size or 1
     if not 1 <= world <= MAX_WORLD:
         raise ValidationError("spec.world_size", f"must be between 1 and {MAX_WORLD}, got {spec.world_size}")

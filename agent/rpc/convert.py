@@ -65,6 +65,7 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         inputs=[pb.BlobRef(name=r.name, sha256=r.sha256) for r in spec.inputs],
         env=spec.env,
         attempt=spec.attempt,
+        dataset=spec.dataset,
     )
     if spec.rendezvous is not None:
         msg.rendezvous.CopyFrom(
@@ -88,6 +89,7 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         inputs=tuple(BlobRef(r.name, r.sha256) for r in msg.inputs),
         env=dict(msg.env),
         attempt=msg.attempt,
+        dataset=msg.dataset,
         rendezvous=(
             Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port)
             if msg.HasField("rendezvous")

@@ -22,6 +22,7 @@ class WorkloadDef:
     schema: WorkloadSchema
     entry: str  # "package.module:function", called in a worker as fn(params)
     requires: tuple[str, ...] = ()  # import names that must be installed on the agent
+    datasets: tuple[str, ...] = ()  # datasets it trains on; empty = takes none
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
@@ -33,6 +34,7 @@ class WorkloadDef:
             "summary": self.summary,
             "params": [p.to_dict() for p in self.schema.params],
             "requires": list(self.requires),
+            "datasets": list(self.datasets),
         }
 
 
@@ -103,6 +105,50 @@ _BUILTIN: tuple[WorkloadDef, ...] = (
             )
         ),
         f"{_DIAG}:allocate",
+    ),
+)
+
+_SK = "tensorfleet_agent.workloads.sklearn_basic"
+_SK_DATASETS = ("iris", "wine", "breast_cancer", "digits")
+_SEED = ParamSpec("random_state", "int", 42, "seed of the estimator", minimum=0, maximum=2**32 - 1)
+
+
+def _sklearn(name: str, summary: str, *params: ParamSpec) -> WorkloadDef:
+    return WorkloadDef(
+        name, "sklearn", summary, WorkloadSchema(params), f"{_SK}:{name}", ("sklearn", "skops"), _SK_DATASETS
+    )
+
+
+_BUILTIN += (
+    _sklearn(
+        "random_forest",
+        "Random forest classifier (scikit-learn).",
+        ParamSpec("n_estimators", "int", 100, "number of trees", minimum=1, maximum=100_000),
+        ParamSpec("max_depth", "int", None, "maximum tree depth; null = unlimited", minimum=1, nullable=True),
+        ParamSpec("min_samples_split", "int", 2, "samples needed to split a node", minimum=2),
+        _SEED,
+    ),
+    _sklearn(
+        "logistic_regression",
+        "Logistic regression classifier (scikit-learn).",
+        ParamSpec("max_iter", "int", 1000, "solver iterations", minimum=1, maximum=1_000_000),
+        ParamSpec("C", "float", 1.0, "inverse regularisation strength", minimum=1e-12),
+        _SEED,
+    ),
+    _sklearn(
+        "svm",
+        "Support vector classifier (scikit-learn SVC).",
+        ParamSpec("kernel", "str", "rbf", "kernel", choices=("linear", "poly", "rbf", "sigmoid")),
+        ParamSpec("C", "float", 1.0, "regularisation parameter", minimum=1e-12),
+        ParamSpec("gamma", "str", "scale", "kernel coefficient", choices=("scale", "auto")),
+        _SEED,
+    ),
+    _sklearn(
+        "decision_tree",
+        "Decision tree classifier (scikit-learn).",
+        ParamSpec("max_depth", "int", None, "maximum tree depth; null = unlimited", minimum=1, nullable=True),
+        ParamSpec("min_samples_split", "int", 2, "samples needed to split a node", minimum=2),
+        _SEED,
     ),
 )
 

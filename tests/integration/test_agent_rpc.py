@@ -323,3 +323,27 @@ async def test_prometheus_metrics(agent_factory: type[AgentProcess], tmp_path: P
     assert re.search(r'worker_tasks_failed_total\{cause="exception",workload="fail"\} 1\.0', text)
     assert "worker_task_duration_seconds_bucket" in text and "worker_slots_in_use 0.0" in text
     assert re.search(r"worker_events_streamed_total [1-9]", text)
+
+
+@pytest.mark.parametrize("algorithm", ["random_forest", "logistic_regression", "svm", "decision_tree"])
+async def test_sklearn_workloads_report_and_save_a_model(
+    agent: AgentProcess, tmp_path: Path, algorithm: str
+) -> None:
+    from skops.io import get_untrusted_types, load
+
+    async with AgentClient(agent.address) as client:
+        events = await run(client, TaskSpec(f"sk-{algorithm}", "j", algorithm, {}, dataset="iris"))
+        assert finished(events).status is TaskState.SUCCEEDED, events
+        metrics = {e.payload.name: e.payload.value for e in events if isinstance(e.payload, MetricPoint)}
+        assert set(metrics) == {"train_accuracy", "test_accuracy", "training_time"}
+        assert metrics["test_accuracy"] > 0.8
+        (model,) = [e.payload for e in events if isinstance(e.payload, ArtifactReady)]
+        assert model.kind == "model" and model.name == "model.skops"
+        dest = tmp_path / "model.skops"
+        await client.get_blob(model.sha256, dest)
+    untrusted = get_untrusted_types(file=dest)
+    estimator = load(dest, trusted=untrusted)
+    assert type(estimator).__module__.startswith("sklearn.")
+    with pytest.raises(grpc.aio.AioRpcError, match="spec.dataset"):
+        async with AgentClient(agent.address) as client:
+            await client.run_task(TaskSpec(f"sk-{algorithm}-bad", "j", algorithm, {}, dataset="mnist"))
