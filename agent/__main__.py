@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a JSON file with the bound port and node id once serving",
     )
     p.add_argument(
+        "--exit-with-pid",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="drain and exit when process PID ends (the controller that started this local agent)",
+    )
+    p.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC without pairing (loopback development only)"
     )
     p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
@@ -129,10 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"tensorfleet-agent: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(config))
+    return asyncio.run(_serve(config, args.exit_with_pid))
 
 
-async def _serve(config: object) -> int:
+async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
+    import psutil
+
+    while not stop.is_set():
+        try:
+            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            gone = True
+        if gone:
+            log.warning("process %d that started this agent is gone; stopping", pid)
+            stop.set()
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _serve(config: object, exit_with_pid: int | None = None) -> int:
     from tensorfleet_agent.daemon import AgentConfig, AgentDaemon
     from tensorfleet_agent.rpc.server import BindError
 
@@ -149,7 +171,10 @@ async def _serve(config: object) -> int:
         log.error("cannot start: %s", exc)
         await daemon.stop(drain=False)
         return 1
+    watcher = asyncio.create_task(_watch_parent(exit_with_pid, stop)) if exit_with_pid else None
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("stop requested: draining (up to %.0fs)", config.drain_timeout)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)

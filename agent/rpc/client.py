@@ -34,6 +34,13 @@ def create_channel(address: str, credentials: grpc.ChannelCredentials | None = N
     return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
 
 
+def create_sync_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """Blocking twin of create_channel, for the synchronous SDK."""
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
+    return grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+
+
 class AgentClient:
     """AgentService over one channel, speaking core dataclasses."""
 

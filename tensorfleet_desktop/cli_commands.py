@@ -1,0 +1,307 @@
+"""What each `tensorfleet` command does (argument parsing lives in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import signal
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tensorfleet_desktop.cli import (
+    EXIT_INPUT,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    UsageError,
+    _agent_summary,
+    _kv,
+    _print_json,
+    _summary,
+    spec_from_args,
+    write_csv,
+)
+from tensorfleet_desktop.client import TERMINAL, Client
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "demo":
+        from tensorfleet_desktop.demo import run_demo
+
+        return run_demo(args.data_dir, args.json)
+    with Client(args.controller) as client:
+        handler = _HANDLERS[args.command]
+        return handler(client, args)
+
+
+# ---- controller
+
+
+def serve(args: argparse.Namespace) -> int:
+    from tensorfleet_agent.discovery.interfaces import parse_interfaces
+    from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig, default_data_dir
+
+    try:
+        config = ControllerConfig(
+            data_dir=args.data_dir or default_data_dir(), host=args.host, port=args.port,
+            interfaces=parse_interfaces(args.interfaces), mdns=not args.no_mdns,
+            local_agent=not args.no_local_agent, local_agent_slots=args.local_agent_slots, agents=args.agent,
+            store_uri=args.store, blobs_uri=args.blobs, metrics_port=args.metrics_port,
+            telemetry_period=args.telemetry_period, gang_reserve_after=args.gang_reserve_after,
+            ready_file=args.ready_file,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    async def main() -> int:
+        app = ControllerApp(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, app.request_stop)
+        try:
+            await app.start()
+        except (ValueError, RuntimeError, OSError) as exc:
+            err.print(f"tensorfleet serve: cannot start: {exc}")
+            return EXIT_JOB_FAILED
+        err.print(f"TensorFleet controller on {app.address} (data in {config.data_dir}); Ctrl-C stops it")
+        await app.stopped.wait()
+        await app.stop()
+        return EXIT_OK
+
+    return asyncio.run(main())
+
+
+def shutdown(client: Client, args: argparse.Namespace) -> int:
+    client.shutdown()
+    err.print(f"asked the controller at {client.address} to stop")
+    return EXIT_OK
+
+
+# ---- jobs
+
+
+def submit(client: Client, args: argparse.Namespace) -> int:
+    job = client.submit(spec_from_args(args))
+    if not args.wait:
+        if args.json:
+            _print_json(_summary(job))
+        else:
+            out.print(f"submitted {job['id']} ({job['name']}): {job['state']}")
+        return EXIT_OK
+    err.print(f"submitted {job['id']} ({job['name']})")
+    final = follow(client, job["id"])
+    if args.json:
+        _print_json(_summary(final))
+    else:
+        show_job(final)
+    return EXIT_OK if final["state"] == "SUCCEEDED" else EXIT_JOB_FAILED
+
+
+def follow(client: Client, job_id: str) -> dict[str, Any]:
+    """A progress bar on stderr until the job ends."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=err, transient=False) as bar:
+        task = bar.add_task(job_id, total=1.0, state="QUEUED")
+        after = 0
+        while True:
+            for event in client.watch(job_id, after):
+                after = event["seq"]
+                if event["kind"] == "job_state" and "job" in event:
+                    bar.update(task, completed=event["job"]["progress"], state=event["job"]["state"])
+                elif event["kind"] == "progress":
+                    bar.update(task, advance=0)
+            job = client.job(job_id)
+            bar.update(task, completed=job["progress"], state=job["state"])
+            if job["state"] in TERMINAL:
+                return job
+
+
+def jobs(client: Client, args: argparse.Namespace) -> int:
+    items = client.jobs(tuple(s.upper() for s in args.state), args.limit)
+    if args.json:
+        _print_json([_summary(j) for j in items])
+        return EXIT_OK
+    table = Table("ID", "NAME", "STATE", "PROGRESS", "TASKS", "METRIC", "CREATED")
+    for j in items:
+        metric = _best_metric(j)
+        table.add_row(j["id"], j["name"], j["state"], f"{j['progress']:.0%}",
+                      f"{j['tasks']['completed']}/{j['tasks']['total']}", metric, _when(j["created_at"]))
+    out.print(table)
+    return EXIT_OK
+
+
+def _best_metric(job: dict[str, Any]) -> str:
+    for name in ("test_accuracy", "accuracy", "loss"):
+        if name in job["metrics"]:
+            return f"{name}={job['metrics'][name]:.4f}"
+    return ""
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def status(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job)
+    if args.json:
+        _print_json(_summary(job))
+    else:
+        show_job(job)
+    return EXIT_OK
+
+
+def show_job(job: dict[str, Any]) -> None:
+    out.print(f"[bold]{job['id']}[/bold] {job['name']}  {job['state']}  {job['progress']:.0%}")
+    if job["error"]:
+        out.print(f"  error: {job['error']}")
+    for name, value in sorted(job["metrics"].items()):
+        out.print(f"  {name} = {value:.6g}")
+    for t in job["task_list"]:
+        out.print(f"  task {t['index']}: {t['state']} on {t['agent'] or '-'} (attempt {t['attempt']})"
+                  f"{' ' + t['exit_cause'] if t['exit_cause'] else ''}")
+    for a in job["artifacts"]:
+        out.print(f"  artifact {a['name']} ({a['kind']}, {a['size']} bytes) sha256 {a['sha256']}")
+
+
+def _job_action(method: str, verb: str) -> Any:
+    def handler(client: Client, args: argparse.Namespace) -> int:
+        job = getattr(client, method)(args.job)
+        if args.json:
+            _print_json(_summary(job))
+        else:
+            out.print(f"{verb} {job['id']}: {job['state']}")
+        return EXIT_OK
+
+    return handler
+
+
+def resubmit(client: Client, args: argparse.Namespace) -> int:
+    job = client.resubmit(args.job, _kv(args.param, "--param"))
+    if args.json:
+        _print_json(_summary(job))
+    else:
+        out.print(f"resubmitted {args.job} as {job['id']}: {job['state']}")
+    return EXIT_OK
+
+
+def watch(client: Client, args: argparse.Namespace) -> int:
+    events = []
+    after = 0
+    while True:
+        for event in client.watch(args.job, after):
+            after = event["seq"]
+            if args.json:
+                events.append({k: v for k, v in event.items() if k != "job"})
+                continue
+            kind = event["kind"]
+            if kind == "metric":
+                out.print(f"[{event['task_index']}] step {event['step']}: {event['name']} = {event['value']:.6g}")
+            elif kind == "log":
+                out.print(f"[{event['task_index']}] {event['message']}", markup=False)
+            elif kind in ("job_state", "task_state"):
+                who = "job" if kind == "job_state" else f"task {event['task_index']}"
+                out.print(f"{who}: {event['state']} {event['message']}", markup=False)
+        job = client.job(args.job)
+        if job["state"] in TERMINAL:
+            break
+    if args.json:
+        _print_json(events)
+    return EXIT_OK if job["state"] == "SUCCEEDED" else EXIT_JOB_FAILED
+
+
+def metrics(client: Client, args: argparse.Namespace) -> int:
+    rows = client.metrics(args.job, tuple(args.name))
+    if args.json:
+        _print_json(rows)
+    elif args.csv:
+        write_csv(rows)
+    else:
+        table = Table("TASK", "STEP", "NAME", "VALUE")
+        for r in rows:
+            table.add_row(str(r["task_index"]), str(r["step"]), r["name"], f"{r['value']:.6g}")
+        out.print(table)
+    return EXIT_OK
+
+
+def logs(client: Client, args: argparse.Namespace) -> int:
+    rows = client.logs(args.job, args.task)
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            sys.stdout.write(f"[{r['task_index']}] {r['line']}\n")
+    return EXIT_OK
+
+
+# ---- agents and workloads
+
+
+def agents(client: Client, args: argparse.Namespace) -> int:
+    action = args.agents_command
+    if action is None:
+        items = client.agents()
+        if args.json:
+            _print_json([_agent_summary(a) for a in items])
+            return EXIT_OK
+        table = Table("ID", "NAME", "ADDRESS", "STATE", "SOURCE", "SLOTS", "GPUS", "CPU")
+        for a in items:
+            table.add_row(a["id"][:12], a["name"], a["address"], a["state"], a["source"],
+                          f"{a['slots_free']}/{a['slots_total']}", str(a["gpus"]), f"{a['cpu_percent']:.0f}%")
+        out.print(table)
+        return EXIT_OK
+    if action == "add":
+        agent = client.add_agent(args.address)
+    elif action == "drain":
+        agent = client.drain_agent(args.agent)
+    else:
+        agent = client.remove_agent(args.agent)
+    if args.json:
+        _print_json(_agent_summary(agent))
+    else:
+        out.print(f"{action}: {agent['name']} ({agent['id']}) at {agent['address']}: {agent['state']}")
+    return EXIT_OK
+
+
+def algorithms(client: Client, args: argparse.Namespace) -> int:
+    items = client.workloads()
+    if args.json:
+        _print_json(items)
+        return EXIT_OK
+    for w in items:
+        out.print(f"[bold]{w['name']}[/bold] ({w['category']}): {w['summary']}")
+        if w["datasets"]:
+            out.print(f"  datasets: {', '.join(w['datasets'])}")
+        for p in w["params"]:
+            bounds = f" one of {p['choices']}" if p["choices"] else ""
+            out.print(f"  {p['name']}: {p['type']} = {json.dumps(p['default'])}{bounds}  {p['help']}")
+    return EXIT_OK
+
+
+_HANDLERS = {
+    "shutdown": shutdown,
+    "submit": submit,
+    "jobs": jobs,
+    "status": status,
+    "cancel": _job_action("cancel", "cancelled"),
+    "pause": _job_action("pause", "paused"),
+    "resume": _job_action("resume", "resumed"),
+    "retry": _job_action("retry", "retrying"),
+    "resubmit": resubmit,
+    "watch": watch,
+    "metrics": metrics,
+    "logs": logs,
+    "agents": agents,
+    "algorithms": algorithms,
+}
+
+__all__ = ["EXIT_INPUT", "run"]

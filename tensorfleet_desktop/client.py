@@ -1,0 +1,321 @@
+"""The TensorFleet SDK: `Client` (blocking) and `AsyncClient` (asyncio), over ControllerService.
+
+    from tensorfleet_desktop.client import Client
+    with Client() as tf:
+        job = tf.submit({"algorithm": "random_forest", "dataset": "iris"})
+        tf.wait(job["id"])
+
+Jobs, agents and events come back as plain dicts (the same keys as the CLI's --json).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from tensorfleet_agent._generated import controller_pb2 as cpb
+from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
+from tensorfleet_agent.rpc.client import create_channel, create_sync_channel
+from tensorfleet_desktop.controller import convert
+
+DEFAULT_CONTROLLER = "127.0.0.1:50050"
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+T = TypeVar("T")
+
+
+class TensorFleetError(Exception):
+    """Base of SDK errors; `code` is the gRPC status name."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidRequest(TensorFleetError):
+    """The controller refused the input (bad spec, wrong state); the message names the problem."""
+
+
+class NotFound(TensorFleetError):
+    pass
+
+
+class ControllerUnreachable(TensorFleetError):
+    pass
+
+
+def controller_address(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("TENSORFLEET_CONTROLLER") or DEFAULT_CONTROLLER
+
+
+def submitter() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _translate(exc: grpc.RpcError, address: str) -> TensorFleetError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = code.name if code else "UNKNOWN"
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return ControllerUnreachable(f"cannot reach the TensorFleet controller at {address}: {details}", name)
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OUT_OF_RANGE):
+        return InvalidRequest(str(details), name)
+    if code is grpc.StatusCode.NOT_FOUND:
+        return NotFound(str(details), name)
+    return TensorFleetError(f"{name}: {details}", name)
+
+
+def _requests() -> dict[str, Callable[..., Any]]:
+    """How each SDK call builds its request; shared by the sync and async clients."""
+    return {
+        "info": lambda: cpb.ControllerInfoRequest(),
+        "submit": lambda spec, who=None: cpb.SubmitJobRequest(spec_json=json.dumps(spec), submitter=who or submitter()),
+        "jobs": lambda states=(), limit=0: cpb.ListJobsRequest(states=list(states), limit=limit),
+        "job": lambda job_id: cpb.JobRef(job_id=job_id),
+        "resubmit": lambda job_id, params=None: cpb.ResubmitJobRequest(job_id=job_id,
+                                                                      params_json=json.dumps(params or {})),
+        "metrics": lambda job_id, names=(): cpb.GetMetricsRequest(job_id=job_id, names=list(names)),
+        "logs": lambda job_id, task=None: cpb.GetLogsRequest(job_id=job_id, task_index=task or 0,
+                                                             all_tasks=task is None),
+        "add_agent": lambda address: cpb.AddAgentRequest(address=address),
+        "agent_ref": lambda agent: cpb.AgentRefRequest(agent=agent),
+        "watch": lambda job_id, after_seq=0: cpb.WatchJobRequest(job_id=job_id, after_seq=after_seq),
+    }
+
+
+_REQ = _requests()
+
+
+def _metrics(resp: cpb.GetMetricsResponse) -> list[dict[str, Any]]:
+    return [{"task_index": p.task_index, "step": p.step, "name": p.name, "value": p.value,
+             "wall_time": p.wall_time, "agent_task_id": p.agent_task_id, "seq": p.seq} for p in resp.points]
+
+
+def _logs(resp: cpb.GetLogsResponse) -> list[dict[str, Any]]:
+    return [{"task_index": r.task_index, "time": r.time, "stream": r.stream, "line": r.line} for r in resp.lines]
+
+
+def _info(resp: cpb.ControllerInfo) -> dict[str, Any]:
+    return {"protocol_version": resp.protocol_version, "version": resp.version, "data_dir": resp.data_dir,
+            "store": resp.store_uri, "blobs": resp.blobs_uri, "pid": resp.pid, "started_at": resp.started_at,
+            "local_agent_id": resp.local_agent_id}
+
+
+class Client:
+    """Blocking SDK. Every method raises a TensorFleetError subclass with a clear message."""
+
+    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+        self.address = controller_address(address)
+        self.timeout = timeout
+        self._channel = create_sync_channel(self.address)
+        self._stub = cpb_grpc.ControllerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Any, convert_fn: Callable[[Any], T]) -> T:
+        try:
+            return convert_fn(getattr(self._stub, method)(request, timeout=self.timeout))
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.address) from None
+
+    def info(self) -> dict[str, Any]:
+        return self._call("GetInfo", _REQ["info"](), _info)
+
+    def submit(self, spec: dict[str, Any], who: str | None = None) -> dict[str, Any]:
+        return self._call("SubmitJob", _REQ["submit"](spec, who), convert.job_from_pb)
+
+    def jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[dict[str, Any]]:
+        return self._call("ListJobs", _REQ["jobs"](states, limit), lambda r: [convert.job_from_pb(j) for j in r.jobs])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GetJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("CancelJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        return self._call("PauseJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self._call("ResumeJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        return self._call("RetryJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    def resubmit(self, job_id: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._call("ResubmitJob", _REQ["resubmit"](job_id, params), convert.job_from_pb)
+
+    def metrics(self, job_id: str, names: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        return self._call("GetMetrics", _REQ["metrics"](job_id, names), _metrics)
+
+    def logs(self, job_id: str, task: int | None = None) -> list[dict[str, Any]]:
+        return self._call("GetLogs", _REQ["logs"](job_id, task), _logs)
+
+    def agents(self) -> list[dict[str, Any]]:
+        return self._call("ListAgents", cpb.ListAgentsRequest(),
+                          lambda r: [convert.agent_from_pb(a) for a in r.agents])
+
+    def add_agent(self, address: str) -> dict[str, Any]:
+        return self._call("AddAgent", _REQ["add_agent"](address), convert.agent_from_pb)
+
+    def remove_agent(self, agent: str) -> dict[str, Any]:
+        return self._call("RemoveAgent", _REQ["agent_ref"](agent), convert.agent_from_pb)
+
+    def drain_agent(self, agent: str) -> dict[str, Any]:
+        return self._call("DrainAgent", _REQ["agent_ref"](agent), convert.agent_from_pb)
+
+    def workloads(self) -> list[dict[str, Any]]:
+        return self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))
+
+    def shutdown(self, stop_local_agent: bool = True) -> None:
+        self._call("Shutdown", cpb.ShutdownRequest(stop_local_agent=stop_local_agent), lambda r: None)
+
+    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """Job events (job_state, task_state, progress, metric, log, artifact) until the job ends."""
+        try:
+            for msg in self._stub.WatchJob(_REQ["watch"](job_id, after_seq)):
+                yield convert.event_from_pb(msg)
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.address) from None
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job ends (resuming the stream after a blip); returns the final job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = 0
+        while True:
+            try:
+                for event in self.watch(job_id, after):
+                    after = event["seq"]
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"job {job_id} still running after {timeout}s")
+                job = self.job(job_id)
+                if job["state"] in TERMINAL:
+                    return job
+            except ControllerUnreachable:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+
+class AsyncClient:
+    """The asyncio twin of Client (same operations, awaitable)."""
+
+    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+        self.address = controller_address(address)
+        self.timeout = timeout
+        self._channel = create_channel(self.address)
+        self._stub = cpb_grpc.ControllerServiceStub(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: str, request: Any, convert_fn: Callable[[Any], T]) -> T:
+        try:
+            return convert_fn(await getattr(self._stub, method)(request, timeout=self.timeout))
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.address) from None
+
+    async def info(self) -> dict[str, Any]:
+        return await self._call("GetInfo", _REQ["info"](), _info)
+
+    async def submit(self, spec: dict[str, Any], who: str | None = None) -> dict[str, Any]:
+        return await self._call("SubmitJob", _REQ["submit"](spec, who), convert.job_from_pb)
+
+    async def jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[dict[str, Any]]:
+        return await self._call("ListJobs", _REQ["jobs"](states, limit),
+                                lambda r: [convert.job_from_pb(j) for j in r.jobs])
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return await self._call("GetJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self._call("CancelJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    async def pause(self, job_id: str) -> dict[str, Any]:
+        return await self._call("PauseJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    async def resume(self, job_id: str) -> dict[str, Any]:
+        return await self._call("ResumeJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    async def retry(self, job_id: str) -> dict[str, Any]:
+        return await self._call("RetryJob", _REQ["job"](job_id), convert.job_from_pb)
+
+    async def resubmit(self, job_id: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self._call("ResubmitJob", _REQ["resubmit"](job_id, params), convert.job_from_pb)
+
+    async def metrics(self, job_id: str, names: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        return await self._call("GetMetrics", _REQ["metrics"](job_id, names), _metrics)
+
+    async def logs(self, job_id: str, task: int | None = None) -> list[dict[str, Any]]:
+        return await self._call("GetLogs", _REQ["logs"](job_id, task), _logs)
+
+    async def agents(self) -> list[dict[str, Any]]:
+        return await self._call("ListAgents", cpb.ListAgentsRequest(),
+                                lambda r: [convert.agent_from_pb(a) for a in r.agents])
+
+    async def add_agent(self, address: str) -> dict[str, Any]:
+        return await self._call("AddAgent", _REQ["add_agent"](address), convert.agent_from_pb)
+
+    async def remove_agent(self, agent: str) -> dict[str, Any]:
+        return await self._call("RemoveAgent", _REQ["agent_ref"](agent), convert.agent_from_pb)
+
+    async def drain_agent(self, agent: str) -> dict[str, Any]:
+        return await self._call("DrainAgent", _REQ["agent_ref"](agent), convert.agent_from_pb)
+
+    async def workloads(self) -> list[dict[str, Any]]:
+        return await self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))
+
+    async def shutdown(self, stop_local_agent: bool = True) -> None:
+        await self._call("Shutdown", cpb.ShutdownRequest(stop_local_agent=stop_local_agent), lambda r: None)
+
+    async def watch(self, job_id: str, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for msg in self._stub.WatchJob(_REQ["watch"](job_id, after_seq)):
+                yield convert.event_from_pb(msg)
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.address) from None
+
+    async def watch_agents(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for msg in self._stub.WatchAgents(cpb.ListAgentsRequest()):
+                yield {"kind": msg.kind, "time": msg.time, "agent": convert.agent_from_pb(msg.agent)}
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.address) from None
+
+    async def wait(self, job_id: str) -> dict[str, Any]:
+        after = 0
+        while True:
+            try:
+                async for event in self.watch(job_id, after):
+                    after = event["seq"]
+                job = await self.job(job_id)
+                if job["state"] in TERMINAL:
+                    return job
+            except ControllerUnreachable:
+                import asyncio
+
+                await asyncio.sleep(1.0)

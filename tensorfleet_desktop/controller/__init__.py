@@ -1,0 +1,1 @@
+"""The controller core: fleet, scheduler, jobs and ControllerService. Never imports Qt."""

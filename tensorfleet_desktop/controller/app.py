@@ -1,0 +1,178 @@
+"""Composition root of `tensorfleet serve`: store, fleet, discovery, core, gRPC, metrics, local agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import grpc
+import platformdirs
+
+from tensorfleet_agent.discovery.browse import AgentBrowser
+from tensorfleet_agent.rpc.server import create_server
+from tensorfleet_desktop.controller.core import Controller
+from tensorfleet_desktop.controller.fleet import Fleet, FleetError
+from tensorfleet_desktop.controller.metrics import ControllerMetrics
+from tensorfleet_desktop.controller.service import ControllerServicer, controller_info
+from tensorfleet_desktop.store import open_store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 50050
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("tensorfleet", appauthor=False)) / "controller"
+
+
+@dataclass
+class ControllerConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    interfaces: list[str] = field(default_factory=list)
+    mdns: bool = True
+    local_agent: bool = True
+    local_agent_slots: int | None = None
+    agents: list[str] = field(default_factory=list)
+    store_uri: str = ""
+    blobs_uri: str = ""
+    metrics_port: int | None = None
+    telemetry_period: float = 1.0
+    gang_reserve_after: float = 300.0
+    ready_file: Path | None = None
+
+
+class ControllerApp:
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.stopped = asyncio.Event()
+        self.port = 0
+        self.metrics_port: int | None = None
+        self.local_agent_id = ""
+        self._local_agent: subprocess.Popen[bytes] | None = None
+        self._browser: AgentBrowser | None = None
+        self._server: grpc.aio.Server | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._stop_local = True
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        cfg = self.config
+        started = time.time()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        store_uri = cfg.store_uri or f"sqlite:///{cfg.data_dir / 'tensorfleet.db'}"
+        blobs_uri = cfg.blobs_uri or f"file://{cfg.data_dir / 'blobs'}"
+        blobs = urlparse(blobs_uri)
+        if blobs.scheme != "file":
+            raise ValueError(f"unsupported blob store URI {blobs_uri!r}: supported schemes are file://")
+        self.store = open_store(store_uri)
+        await self.store.open()
+        self.metrics = ControllerMetrics()
+        self.fleet = Fleet(cfg.telemetry_period)
+        self.controller = Controller(self.store, self.fleet, Path(blobs.path), self.metrics, cfg.gang_reserve_after)
+        await self.fleet.start()
+        await self.controller.start()
+        servicer = ControllerServicer(
+            self.controller,
+            lambda: controller_info(str(cfg.data_dir), store_uri, blobs_uri, started, self.local_agent_id),
+            self.request_stop,
+        )
+        self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
+        await self._server.start()
+        for node_id, body in (await self.store.load_agents()).items():
+            self.fleet.remember(node_id, body["address"], body.get("source", "manual"), body.get("name", ""))
+        for address in cfg.agents:
+            self._keep_trying(address)
+        if cfg.local_agent:
+            await self._start_local_agent()
+        if cfg.mdns:
+            self._browser = AgentBrowser(cfg.interfaces, self.fleet.on_mdns)
+            await self._browser.start()
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+        log.info("controller serving ControllerService on %s (store %s)", self.address, store_uri)
+        if cfg.ready_file is not None:
+            cfg.ready_file.write_text(json.dumps({"pid": os.getpid(), "address": self.address, "port": self.port,
+                                                  "metrics_port": self.metrics_port,
+                                                  "local_agent_id": self.local_agent_id}))
+
+    def _keep_trying(self, address: str) -> None:
+        async def attempt() -> None:
+            delay = 1.0
+            while True:
+                try:
+                    record = await self.fleet.add(address, "manual")
+                    self.store.save_agent(record.node_id, {"address": address, "source": "manual",
+                                                           "name": record.name})
+                    return
+                except FleetError as exc:
+                    log.warning("--agent %s: %s (retrying)", address, exc)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+
+        task = asyncio.create_task(attempt())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _start_local_agent(self) -> None:
+        cfg = self.config
+        ready = cfg.data_dir / "local-agent.ready"
+        ready.unlink(missing_ok=True)
+        log_file = (cfg.data_dir / "local-agent.log").open("ab")
+        cmd = [
+            sys.executable, "-m", "tensorfleet_agent", "--host", "127.0.0.1", "--port", "0", "--no-advertise",
+            "--name", f"{socket.gethostname()}-local", "--data-dir", str(cfg.data_dir / "local-agent"),
+            "--ready-file", str(ready), "--exit-with-pid", str(os.getpid()), "--insecure",
+        ]
+        if cfg.local_agent_slots is not None:
+            cmd += ["--cpu-slots", str(cfg.local_agent_slots)]
+        self._local_agent = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
+        log_file.close()
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if self._local_agent.poll() is not None:
+                raise RuntimeError(f"the local agent exited ({self._local_agent.returncode}); "
+                                   f"see {cfg.data_dir / 'local-agent.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the local agent did not start within 60 s")
+            await asyncio.sleep(0.05)
+        info = json.loads(ready.read_text())
+        record = await self.fleet.add(f"127.0.0.1:{info['port']}", "local")
+        self.local_agent_id = record.node_id
+
+    def request_stop(self, stop_local_agent: bool = True) -> None:
+        self._stop_local = stop_local_agent
+        self.stopped.set()
+
+    async def stop(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+        if self._browser is not None:
+            await self._browser.stop()
+        await self.controller.stop()
+        await self.fleet.stop()
+        await self.store.close()
+        if self._local_agent is not None and self._local_agent.poll() is None:
+            self._local_agent.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(self._local_agent.wait, 70)
+            if self._local_agent.poll() is None:
+                self._local_agent.kill()
+        log.info("controller stopped")

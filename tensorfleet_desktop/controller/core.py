@@ -1,0 +1,615 @@
+"""The controller core: jobs, their tasks on agents, retries and re-placement. No Qt, no protobuf.
+
+One asyncio loop owns all state here. Agents are dialled through the fleet's
+clients; every agent event is deduplicated by (attempt, seq) against the stored
+cursor, stored through the store's single writer, then fanned out to watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tensorfleet_agent.core.types import (
+    ArtifactReady,
+    CheckpointSaved,
+    Finished,
+    LogLine,
+    MetricPoint,
+    Progress,
+    StateChanged,
+    TaskEvent,
+    TaskSpec,
+    TaskState,
+)
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
+from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
+from tensorfleet_desktop.controller.metrics import ControllerMetrics
+from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
+from tensorfleet_desktop.store.base import JobStore
+
+log = logging.getLogger(__name__)
+
+_TICK = 0.5
+_ORPHAN_GRACE = 15.0  # after a restart, how long an unknown agent may take to reappear
+
+
+class JobError(Exception):
+    """A job request that cannot be honoured in the job's current state."""
+
+
+class NotFoundError(Exception):
+    pass
+
+
+class Controller:
+    def __init__(self, store: JobStore, fleet: Fleet, blobs_dir: Path, metrics: ControllerMetrics,
+                 gang_reserve_after: float = 300.0, max_replacements: int = 5) -> None:
+        self.store = store
+        self.fleet = fleet
+        self.blobs_dir = blobs_dir
+        self.metrics = metrics
+        self.gang_reserve_after = gang_reserve_after
+        self.max_replacements = max_replacements
+        self.jobs: dict[str, Job] = {}
+        self._seq_no = 0
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._subscribers: dict[str, set[asyncio.Queue[JobEventRecord]]] = {}
+        self._job_listeners: set[asyncio.Queue[Job]] = set()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._started = time.monotonic()
+        fleet.subscribe(self._on_fleet)
+
+    # ---- lifecycle
+
+    async def start(self) -> None:
+        for job in await self.store.load_jobs():
+            self.jobs[job.id] = job
+            self._seq_no = max(self._seq_no, job.seq_no)
+        active = [j for j in self.jobs.values() if not j.state.terminal]
+        if active:
+            log.info("restored %d unfinished job(s) from %s", len(active), self.store.uri)
+        self._update_gauges()
+        self._loop_task = asyncio.create_task(self._schedule_loop(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for task in list(self._watchers.values()) + list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._watchers.values(), *self._background, return_exceptions=True)
+        await self.store.flush()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- queries
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            hits = [j for j in self.jobs.values() if len(job_id) >= 4 and j.id.startswith(job_id)]
+            if len(hits) == 1:
+                return hits[0]
+            raise NotFoundError(f"no job {job_id!r}")
+        return job
+
+    def list(self, states: tuple[str, ...] = (), limit: int = 0) -> list[Job]:
+        jobs = sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)
+        if states:
+            jobs = [j for j in jobs if j.state.value in states]
+        return jobs[:limit] if limit > 0 else jobs
+
+    async def watch(self, job_id: str, after_seq: int = 0) -> AsyncIterator[JobEventRecord]:
+        """Replay the stored history after `after_seq`, then follow live until the job ends."""
+        job = self.get(job_id)
+        queue: asyncio.Queue[JobEventRecord] = asyncio.Queue()
+        self._subscribers.setdefault(job.id, set()).add(queue)
+        try:
+            await self.store.flush()
+            last = after_seq
+            for record in await self.store.events(job.id, after_seq):
+                last = record.seq
+                yield record
+            while True:
+                if job.state.terminal and queue.empty() and last >= job.last_event_seq:
+                    return
+                try:
+                    record = await asyncio.wait_for(queue.get(), 1.0)
+                except TimeoutError:
+                    continue
+                if record.seq > last:
+                    last = record.seq
+                    yield record
+        finally:
+            self._subscribers[job.id].discard(queue)
+
+    async def job_updates(self) -> AsyncIterator[Job]:
+        queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._job_listeners.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._job_listeners.discard(queue)
+
+    # ---- commands
+
+    def submit(self, body: dict[str, Any], submitter: str) -> Job:
+        spec = parse_job_spec(body)
+        self._seq_no += 1
+        now = time.time()
+        job = Job(
+            id=f"j{uuid.uuid4().hex[:10]}",
+            spec=spec.to_dict(),
+            submitter=submitter[:200],
+            seq_no=self._seq_no,
+            created_at=now,
+            queued_since=now,
+            tasks=[JobTask(index=i) for i in range(spec.num_workers)],
+        )
+        self.jobs[job.id] = job
+        self.metrics.submissions.inc()
+        log.info("job %s (%s) submitted by %s", job.id, job.name, job.submitter)
+        self._job_changed(job, "submitted")
+        self._wake.set()
+        return job
+
+    def resubmit(self, job_id: str, params: dict[str, Any], submitter: str) -> Job:
+        old = self.get(job_id)
+        body = {k: v for k, v in old.spec.items() if k not in ("epochs",)}
+        hyper = dict(old.spec.get("hyperparameters", {}))
+        hyper.update(params)
+        body["hyperparameters"] = hyper
+        if not body.get("model_name"):
+            body.pop("model_name", None)
+        return self.submit(body, submitter)
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state.terminal:
+            raise JobError(f"job {job.id} already ended ({job.state.value})")
+        self._stop_tasks(job, "cancelled by the user", TaskRunState.CANCELLED)
+        self._finish(job, JobState.CANCELLED, "cancelled by the user")
+        return job
+
+    def pause(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state not in (JobState.QUEUED, JobState.RUNNING):
+            raise JobError(f"only queued or running jobs can be paused; {job.id} is {job.state.value}")
+        self._stop_tasks(job, "paused by the user", TaskRunState.PENDING)
+        job.state = JobState.PAUSED
+        self._job_changed(job, "paused")
+        return job
+
+    def resume(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state is not JobState.PAUSED:
+            raise JobError(f"only paused jobs can be resumed; {job.id} is {job.state.value}")
+        job.state, job.queued_since = JobState.QUEUED, time.time()
+        self._job_changed(job, "resumed")
+        self._wake.set()
+        return job
+
+    def retry(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state not in (JobState.FAILED, JobState.CANCELLED):
+            raise JobError(f"only failed or cancelled jobs can be retried; {job.id} is {job.state.value}")
+        for task in job.tasks:
+            if task.state is not TaskRunState.SUCCEEDED:
+                task.state, task.failures, task.replacements, task.error, task.exit_cause = (
+                    TaskRunState.PENDING, 0, 0, "", "")
+        job.state, job.error, job.finished_at, job.queued_since = JobState.QUEUED, "", 0.0, time.time()
+        self._job_changed(job, "retried")
+        self._wake.set()
+        return job
+
+    def _stop_tasks(self, job: Job, reason: str, new_state: TaskRunState) -> None:
+        for task in job.tasks:
+            if task.state.active:
+                self._abandon_attempt(job, task, reason)
+                task.state = new_state
+                self._task_event(job, task, reason)
+            elif task.state is TaskRunState.PENDING and new_state is TaskRunState.CANCELLED:
+                task.state = new_state
+
+    def _abandon_attempt(self, job: Job, task: JobTask, reason: str) -> None:
+        """Stop caring about the current attempt: cancel it on its agent, never count its result."""
+        attempt, node = task.agent_task_id, task.node_id
+        if not attempt:
+            return
+        task.stale_attempts.append(attempt)
+        watcher = self._watchers.pop(attempt, None)
+        if watcher is not None:
+            watcher.cancel()
+        record = self.fleet.agents.get(node)
+        if record is not None:
+            record.placed.discard(attempt)
+            if record.client is not None and record.state is AgentState.ONLINE:
+                self._spawn(self._cancel_on_agent(record, attempt, reason))
+        task.agent_task_id = ""
+        self._wake.set()
+
+    async def _cancel_on_agent(self, record: AgentRecord, attempt: str, reason: str) -> None:
+        if record.client is None:
+            return
+        try:
+            await record.client.cancel_task(attempt, reason, timeout=5)
+        except grpc.aio.AioRpcError as exc:
+            log.info("could not cancel %s on %s: %s", attempt, record.name, exc.code().name)
+
+    # ---- scheduling
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _TICK)
+            self._wake.clear()
+            try:
+                self._check_timeouts_and_orphans()
+                self._schedule()
+            except Exception:
+                log.exception("scheduler pass failed")
+
+    def _schedule(self) -> None:
+        requests = []
+        for job in self.jobs.values():
+            if job.state not in (JobState.QUEUED, JobState.RUNNING):
+                continue
+            pending = tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING)
+            if not pending:
+                continue
+            gang = len(job.tasks) > 1
+            if gang and len(pending) != len(job.tasks):
+                continue  # wait until every rank of the gang is stopped before re-placing it
+            c = job.spec.get("constraints", {})
+            requests.append(Request(
+                job_id=job.id, priority=job.priority, seq_no=job.seq_no, ranks=pending,
+                workload=str(job.spec["algorithm"]), gpus=int(job.spec.get("gpus", 0)), gang=gang,
+                on=tuple(c.get("on", ())), not_on=tuple(c.get("not_on", ())),
+                labels=tuple(sorted(c.get("labels", {}).items())), waiting_since=job.queued_since,
+            ))
+        if not requests:
+            return
+        capacities = []
+        for record in self.fleet.agents.values():
+            if not record.schedulable or record.info is None:
+                continue
+            tel = record.telemetry
+            gpu_slots = len(record.info.gpus)
+            capacities.append(Capacity(
+                node_id=record.node_id, name=record.name, free_slots=record.slots_free,
+                free_gpu_slots=max(0, gpu_slots - len(record.placed)) if gpu_slots else 0,
+                gpu_free_memory=sum(g.memory_total_bytes - g.memory_used_bytes for g in tel.gpus) if tel else 0,
+                load=tel.cpu_percent if tel else 0.0, labels=dict(record.info.labels),
+                workloads=frozenset(record.info.workloads),
+            ))
+        for placement in plan(requests, capacities, time.time(), self.gang_reserve_after):
+            job = self.jobs[placement.job_id]
+            self._dispatch(job, job.tasks[placement.rank], self.fleet.agents[placement.node_id])
+
+    def _dispatch(self, job: Job, task: JobTask, record: AgentRecord) -> None:
+        task.attempt += 1
+        task.agent_task_id = f"{job.id}-r{task.index}-a{task.attempt}"
+        task.node_id, task.cursor, task.progress = record.node_id, 0, 0.0
+        task.state, task.error, task.exit_cause = TaskRunState.DISPATCHED, "", ""
+        task.started_at, task.finished_at = time.time(), 0.0
+        record.placed.add(task.agent_task_id)
+        if job.state is JobState.QUEUED:
+            job.state = JobState.RUNNING
+            job.started_at = job.started_at or time.time()
+            self._job_changed(job, "started")
+        self._task_event(job, task, f"placed on {record.name}")
+        self._spawn(self._run_attempt(job, task, record, task.agent_task_id))
+
+    def _task_spec(self, job: Job, task: JobTask) -> TaskSpec:
+        spec = job.spec
+        return TaskSpec(
+            task_id=task.agent_task_id, job_id=job.id, workload=str(spec["algorithm"]),
+            params=dict(spec.get("hyperparameters", {})), rank=task.index, world_size=len(job.tasks),
+            gpus=int(spec.get("gpus", 0)), attempt=task.attempt, dataset=str(spec.get("dataset", "")),
+        )
+
+    async def _run_attempt(self, job: Job, task: JobTask, record: AgentRecord, attempt: str) -> None:
+        client = record.client
+        try:
+            if client is None:
+                raise ConnectionError("agent has no connection")
+            await client.run_task(self._task_spec(job, task), timeout=15)
+        except (grpc.aio.AioRpcError, ConnectionError) as exc:
+            if task.agent_task_id != attempt:
+                return
+            record.placed.discard(attempt)
+            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
+            text = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED):
+                log.info("agent %s did not take %s (%s); back to the queue", record.name, attempt, code.name)
+                task.stale_attempts.append(attempt)
+                task.state, task.agent_task_id = TaskRunState.PENDING, ""
+                self._task_event(job, task, f"not accepted by {record.name}: {text}")
+                await asyncio.sleep(0.5)
+                self._wake.set()
+            else:
+                self._task_finished(job, task, Finished(TaskState.FAILED, "rejected", f"{record.name}: {text}"))
+            return
+        self._watch_attempt(job, task, attempt)
+
+    def _watch_attempt(self, job: Job, task: JobTask, attempt: str) -> None:
+        if attempt in self._watchers and not self._watchers[attempt].done():
+            return
+        self._watchers[attempt] = asyncio.create_task(self._follow(job, task, attempt), name=f"watch-{attempt}")
+
+    async def _follow(self, job: Job, task: JobTask, attempt: str) -> None:
+        """Stream the attempt's events from its agent, resuming from the stored cursor after any break."""
+        try:
+            while task.agent_task_id == attempt:
+                record = self.fleet.agents.get(task.node_id)
+                if record is None or record.client is None or record.state is not AgentState.ONLINE:
+                    await asyncio.sleep(0.25)
+                    continue
+                try:
+                    async for event in record.client.watch_task(attempt, after_seq=task.cursor):
+                        if task.agent_task_id != attempt:
+                            return
+                        self._on_agent_event(job, task, event)
+                        if isinstance(event.payload, Finished):
+                            return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.NOT_FOUND and task.agent_task_id == attempt:
+                        self._task_finished(job, task, Finished(TaskState.FAILED, "worker_lost",
+                                                                "the agent no longer knows this task"))
+                        return
+                    await asyncio.sleep(0.25)
+        finally:
+            if self._watchers.get(attempt) is asyncio.current_task():
+                del self._watchers[attempt]
+
+    # ---- agent events
+
+    def _on_agent_event(self, job: Job, task: JobTask, event: TaskEvent) -> None:
+        if event.seq <= task.cursor:
+            return  # already stored: a replay after a reconnect
+        task.cursor = event.seq
+        p = event.payload
+        base = {"attempt_id": event.task_id, "agent_seq": event.seq, "task_index": task.index}
+        if isinstance(p, StateChanged):
+            if p.state is TaskState.RUNNING:
+                task.state = TaskRunState.RUNNING
+            self._record(job, "task_state", base, state=task.state.value, message=p.message)
+        elif isinstance(p, LogLine):
+            self._record(job, "log", base, stream=p.stream, message=p.line)
+        elif isinstance(p, MetricPoint):
+            job.metrics[p.name] = p.value
+            self.metrics.observe_metric(job.id, p.name, p.value)
+            self._record(job, "metric", base, step=p.step, name=p.name, value=p.value, wall_time=p.wall_time)
+        elif isinstance(p, Progress):
+            task.progress = p.fraction
+            self._record(job, "progress", base, value=p.fraction)
+        elif isinstance(p, ArtifactReady | CheckpointSaved):
+            kind = p.kind if isinstance(p, ArtifactReady) else "checkpoint"
+            job.artifacts.append(ArtifactInfo(p.sha256, p.size, kind, p.name, task.index))
+            self._record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))
+            record = self.fleet.agents.get(task.node_id)
+            if record is not None:
+                self._spawn(self._fetch_blob(record, p.sha256))
+        elif isinstance(p, Finished):
+            self._task_finished(job, task, p, base)
+
+    async def _fetch_blob(self, record: AgentRecord, sha256: str) -> None:
+        """Copy an artifact or checkpoint into the controller's blob store, so it outlives its agent."""
+        dest = self.blobs_dir / sha256[:2] / sha256
+        if dest.exists() or record.client is None:
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await record.client.get_blob(sha256, dest)
+        except (grpc.aio.AioRpcError, ValueError, OSError) as exc:
+            log.warning("could not fetch blob %s from %s: %s", sha256[:12], record.name, exc)
+
+    def _task_finished(self, job: Job, task: JobTask, fin: Finished, base: dict[str, Any] | None = None) -> None:
+        attempt = task.agent_task_id
+        record = self.fleet.agents.get(task.node_id)
+        if record is not None:
+            record.placed.discard(attempt)
+        task.exit_cause, task.error, task.finished_at = fin.exit_cause, fin.error, time.time()
+        base = base or {"task_index": task.index}
+        if fin.status is TaskState.SUCCEEDED:
+            task.state, task.progress = TaskRunState.SUCCEEDED, 1.0
+            self._record(job, "task_state", base, state=task.state.value, message="succeeded")
+            if all(t.state is TaskRunState.SUCCEEDED for t in job.tasks):
+                self._finish(job, JobState.SUCCEEDED, "")
+            else:
+                self._job_changed(job, "progress")
+            self._wake.set()
+            return
+        lost = fin.exit_cause in ("agent_restarted", "cancelled", "drain_timeout", "worker_lost")
+        task.state = TaskRunState.FAILED
+        self._record(job, "task_state", base, state=task.state.value, message=f"{fin.exit_cause}: {fin.error}")
+        if lost:
+            self._replace(job, [task], f"rank {task.index} lost ({fin.exit_cause})")
+        else:
+            self._fail_task(job, task, f"rank {task.index} failed ({fin.exit_cause}): {fin.error}")
+        self._wake.set()
+
+    def _fail_task(self, job: Job, task: JobTask, reason: str) -> None:
+        task.failures += 1
+        max_retries = int(job.spec.get("max_retries", 2))
+        if task.failures > max_retries:
+            self._stop_tasks(job, "another rank failed", TaskRunState.CANCELLED)
+            task.state = TaskRunState.FAILED
+            self._finish(job, JobState.FAILED, f"{reason} (after {task.failures} attempt(s))")
+            return
+        log.info("job %s: %s; retry %d of %d", job.id, reason, task.failures, max_retries)
+        self._requeue(job, [task], reason)
+
+    def _replace(self, job: Job, tasks: list[JobTask], reason: str) -> None:
+        """Agent or worker lost: run elsewhere without spending max_retries (a separate budget)."""
+        for task in tasks:
+            task.replacements += 1
+            if task.replacements > self.max_replacements:
+                self._stop_tasks(job, "giving up", TaskRunState.CANCELLED)
+                self._finish(job, JobState.FAILED, f"{reason}; re-placed {self.max_replacements} times, giving up")
+                return
+        self._requeue(job, tasks, reason)
+
+    def _requeue(self, job: Job, tasks: list[JobTask], reason: str) -> None:
+        if job.state.terminal:
+            return
+        if len(job.tasks) > 1:  # a gang restarts as a whole
+            tasks = job.tasks
+        for task in tasks:
+            if task.state.active:
+                self._abandon_attempt(job, task, f"gang restart: {reason}")
+            if task.state is not TaskRunState.PENDING:
+                task.state = TaskRunState.PENDING
+                task.agent_task_id = ""
+                self._task_event(job, task, f"queued again: {reason}")
+        if job.state is JobState.RUNNING and all(t.state is TaskRunState.PENDING for t in job.tasks):
+            job.queued_since = time.time()
+        self._job_changed(job, "requeued")
+
+    # ---- fleet events
+
+    def _on_fleet(self, kind: str, record: AgentRecord) -> None:
+        if kind == "lost":
+            self.metrics.active_workers.set(self._online())
+            for job in list(self.jobs.values()):
+                on_it = [t for t in job.tasks if t.state.active and t.node_id == record.node_id]
+                if on_it and not job.state.terminal:
+                    log.warning("job %s: agent %s lost; re-placing %d task(s)", job.id, record.name, len(on_it))
+                    for task in on_it:
+                        self._abandon_attempt(job, task, "agent lost")
+                        task.state = TaskRunState.FAILED
+                        self._task_event(job, task, f"agent {record.name} lost")
+                    self._replace(job, on_it, f"agent {record.name} lost")
+            self._wake.set()
+        elif kind in ("added", "back"):
+            self.metrics.active_workers.set(self._online())
+            self._spawn(self._reconcile(record))
+            self._wake.set()
+        elif kind == "telemetry" and not record.placed:
+            self._wake.set()
+
+    def _online(self) -> int:
+        return sum(1 for a in self.fleet.agents.values() if a.state is AgentState.ONLINE)
+
+    async def _reconcile(self, record: AgentRecord) -> None:
+        """An agent (re)appeared: re-attach to our current attempts, cancel attempts we moved on from."""
+        current = {}
+        for job in self.jobs.values():
+            for task in job.tasks:
+                if task.state.active and task.node_id == record.node_id and task.agent_task_id:
+                    current[task.agent_task_id] = (job, task)
+        for attempt, (job, task) in current.items():
+            record.placed.add(attempt)
+            self._watch_attempt(job, task, attempt)
+        if record.client is None:
+            return
+        try:
+            running = await record.client.list_tasks(timeout=5)
+        except grpc.aio.AioRpcError:
+            return
+        for summary in running:
+            if summary.task_id in current or not summary.job_id.startswith("j"):
+                continue
+            job = self.jobs.get(summary.job_id)
+            if job is None:
+                continue
+            log.info("cancelling stale attempt %s on %s", summary.task_id, record.name)
+            await self._cancel_on_agent(record, summary.task_id, "superseded by a newer attempt")
+
+    def _check_timeouts_and_orphans(self) -> None:
+        now = time.time()
+        restarted_long_ago = time.monotonic() - self._started > _ORPHAN_GRACE
+        for job in list(self.jobs.values()):
+            if job.state is JobState.RUNNING:
+                limit = job.spec.get("timeout")
+                if limit and job.started_at and now - job.started_at > float(limit):
+                    self._stop_tasks(job, "job timeout", TaskRunState.CANCELLED)
+                    self._finish(job, JobState.FAILED, f"timed out after {float(limit):g}s")
+                    continue
+            if restarted_long_ago and not job.state.terminal:
+                orphans = [t for t in job.tasks if t.state.active and t.node_id not in self.fleet.agents]
+                if orphans:
+                    for task in orphans:
+                        self._abandon_attempt(job, task, "agent unknown after restart")
+                        task.state = TaskRunState.FAILED
+                    self._replace(job, orphans, "its agent did not come back after a controller restart")
+
+    # ---- bookkeeping
+
+    def _finish(self, job: Job, state: JobState, error: str) -> None:
+        job.state, job.error, job.finished_at = state, error, time.time()
+        log.info("job %s %s%s", job.id, state.value, f": {error}" if error else "")
+        self.metrics.job_ended(job.id)
+        self._job_changed(job, state.value.lower())
+
+    def _job_changed(self, job: Job, message: str) -> None:
+        self._record(job, "job_state", {}, state=job.state.value, message=message or job.error)
+        self.store.save_job(job)
+        self._update_gauges()
+        for queue in list(self._job_listeners):
+            queue.put_nowait(job)
+
+    def _task_event(self, job: Job, task: JobTask, message: str) -> None:
+        self._record(job, "task_state", {"task_index": task.index}, state=task.state.value, message=message)
+        self.store.save_job(job)
+
+    def _record(self, job: Job, kind: str, base: dict[str, Any], **fields: Any) -> None:
+        job.last_event_seq += 1
+        record = JobEventRecord(job_id=job.id, seq=job.last_event_seq, time=time.time(), kind=kind,
+                                **{**base, **fields})
+        attempt = base.get("attempt_id", "")
+        self.store.append_events([record], {attempt: int(base["agent_seq"])} if attempt else {})
+        for queue in self._subscribers.get(job.id, ()):
+            queue.put_nowait(record)
+
+    def _update_gauges(self) -> None:
+        self.metrics.active_jobs.set(sum(1 for j in self.jobs.values()
+                                         if j.state in (JobState.QUEUED, JobState.RUNNING)))
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """The keys `tensorfleet status --json` promises."""
+    model = None
+    if job.model:
+        model = dict(job.model)
+    return {
+        "id": job.id,
+        "name": job.name,
+        "state": job.state.value,
+        "progress": round(job.progress, 4),
+        "tasks": {
+            "total": len(job.tasks),
+            "completed": sum(1 for t in job.tasks if t.state is TaskRunState.SUCCEEDED),
+            "failed": sum(1 for t in job.tasks if t.state is TaskRunState.FAILED),
+            "attempts": sum(t.attempt for t in job.tasks),
+        },
+        "metrics": dict(job.metrics),
+        "model": model,
+        "error": job.error,
+        "created_at": job.created_at,
+        "started_at": job.started_at or None,
+        "finished_at": job.finished_at or None,
+    }
+
+
+__all__ = ["Controller", "JobError", "JobSpecError", "NotFoundError", "ValidationError", "dataclasses"]

@@ -1,0 +1,190 @@
+"""The one place that parses job specs: from CLI flags, a YAML/JSON job file, the SDK or the GUI.
+
+The controller re-validates every spec it receives with `parse_job_spec`, so a
+client can never submit something the scheduler does not understand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.workloads.registry import get_workload
+
+FIELDS = (
+    "name", "algorithm", "dataset", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
+    "max_retries", "timeout", "constraints", "sweep", "model_name",
+)  # fmt: skip
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_WORKERS = 256
+MAX_FILE_BYTES = 1 << 20
+
+
+class JobSpecError(ValidationError):
+    """A job spec problem; `field` names the offending key (dotted for nested ones)."""
+
+
+@dataclass(frozen=True)
+class Constraints:
+    on: tuple[str, ...] = ()  # agent ids or names the job may run on
+    not_on: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not (self.on or self.not_on or self.labels)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    algorithm: str
+    dataset: str = ""
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 1
+    epochs: int | None = None
+    gpus: int = 0
+    priority: int = 0
+    max_retries: int = 2
+    timeout: float | None = None
+    constraints: Constraints = field(default_factory=Constraints)
+    model_name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["constraints"] = {
+            "on": list(self.constraints.on),
+            "not_on": list(self.constraints.not_on),
+            "labels": dict(self.constraints.labels),
+        }
+        return body
+
+
+def load_job_file(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON job file; problems are JobSpecError('file', ...)."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise JobSpecError("file", f"{path} is larger than {MAX_FILE_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobSpecError("file", f"cannot read job file {path}: {exc}") from None
+    try:
+        body = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise JobSpecError("file", f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    if not isinstance(body, dict):
+        raise JobSpecError("file", f"{path} must hold a mapping of job spec fields, got {type(body).__name__}")
+    return body
+
+
+def parse_job_spec(body: Any) -> JobSpec:
+    if not isinstance(body, dict):
+        raise JobSpecError("spec", "must be an object of job spec fields")
+    for key in body:
+        if key not in FIELDS:
+            raise JobSpecError(str(key), f"unknown field (allowed: {', '.join(FIELDS)})")
+    algorithm = _str(body, "algorithm", required=True)
+    workload = get_workload(algorithm, field="algorithm")
+    dataset = _str(body, "dataset")
+    if workload.datasets:
+        if not dataset:
+            raise JobSpecError("dataset", f"{algorithm} needs a dataset (one of {', '.join(workload.datasets)})")
+        if dataset not in workload.datasets:
+            raise JobSpecError("dataset", f"unknown dataset {dataset!r} (available: {', '.join(workload.datasets)})")
+    elif dataset:
+        raise JobSpecError("dataset", f"{algorithm} takes no dataset")
+    hyper = body.get("hyperparameters") or {}
+    if not isinstance(hyper, dict):
+        raise JobSpecError("hyperparameters", "must be a mapping of parameter names to values")
+    epochs = _int(body, "epochs", None, minimum=1, maximum=1_000_000, nullable=True)
+    if epochs is not None:
+        if "epochs" not in workload.schema.names():
+            raise JobSpecError("epochs", f"{algorithm} does not train in epochs")
+        hyper = {**hyper, "epochs": epochs}
+    try:
+        hyper = workload.schema.validate(hyper, prefix="hyperparameters")
+    except ValidationError as exc:
+        raise JobSpecError(exc.field, exc.message) from None
+    if body.get("sweep") is not None:
+        raise JobSpecError("sweep", "hyperparameter sweeps are not supported by this controller version yet")
+    name = _str(body, "name") or (f"{algorithm}-{dataset}" if dataset else algorithm)
+    if len(name) > 200:
+        raise JobSpecError("name", f"is {len(name)} characters long; at most 200 allowed")
+    model_name = _str(body, "model_name")
+    if model_name and (len(model_name) > 128 or not _NAME.match(model_name)):
+        raise JobSpecError("model_name", "may only hold letters, digits, '.', '_' and '-' (at most 128)")
+    timeout = body.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout):
+            raise JobSpecError("timeout", f"must be a number of seconds, got {timeout!r}")
+        if timeout <= 0:
+            raise JobSpecError("timeout", f"must be > 0 seconds, got {timeout!r}")
+    return JobSpec(
+        name=name,
+        algorithm=algorithm,
+        dataset=dataset,
+        hyperparameters=hyper,
+        num_workers=_int(body, "num_workers", 1, minimum=1, maximum=MAX_WORKERS),
+        epochs=epochs,
+        gpus=_int(body, "gpus", 0, minimum=0, maximum=64),
+        priority=_int(body, "priority", 0, minimum=-1000, maximum=1000),
+        max_retries=_int(body, "max_retries", 2, minimum=0, maximum=100),
+        timeout=float(timeout) if timeout is not None else None,
+        constraints=_constraints(body.get("constraints")),
+        model_name=model_name,
+    )
+
+
+def _str(body: dict[str, Any], key: str, required: bool = False) -> str:
+    value = body.get(key)
+    if value is None or value == "":
+        if required:
+            raise JobSpecError(key, "is required")
+        return ""
+    if not isinstance(value, str):
+        raise JobSpecError(key, f"must be a string, got {value!r}")
+    return value
+
+
+def _int(body: dict[str, Any], key: str, default: int | None, *, minimum: int, maximum: int,
+         nullable: bool = False) -> Any:
+    value = body.get(key, default)
+    if value is None and (nullable or default is None):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise JobSpecError(key, f"must be an integer, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise JobSpecError(key, f"must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _constraints(value: Any) -> Constraints:
+    if value is None:
+        return Constraints()
+    if not isinstance(value, dict):
+        raise JobSpecError("constraints", "must be a mapping with on, not_on and labels")
+    for key in value:
+        if key not in ("on", "not_on", "labels"):
+            raise JobSpecError(f"constraints.{key}", "unknown constraint (allowed: on, not_on, labels)")
+
+    def names(key: str) -> tuple[str, ...]:
+        raw = value.get(key) or []
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+            raise JobSpecError(f"constraints.{key}", "must be an agent id or name, or a list of them")
+        return tuple(raw)
+
+    labels = value.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise JobSpecError("constraints.labels", "must be a mapping of label keys to string values")
+    return Constraints(names("on"), names("not_on"), dict(labels))

@@ -1,0 +1,130 @@
+"""Jobs and tasks as the controller keeps them (plain, mutable, JSON-serialisable)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class TaskRunState(enum.StrEnum):
+    PENDING = "PENDING"  # waiting for a placement
+    DISPATCHED = "DISPATCHED"  # RunTask sent / accepted, not yet running
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def active(self) -> bool:
+        return self in (TaskRunState.DISPATCHED, TaskRunState.RUNNING)
+
+
+@dataclass
+class ArtifactInfo:
+    sha256: str
+    size: int
+    kind: str
+    name: str
+    task_index: int
+
+
+@dataclass
+class JobTask:
+    index: int  # rank within the job
+    state: TaskRunState = TaskRunState.PENDING
+    attempt: int = 0  # increases on every placement (retry or re-placement)
+    agent_task_id: str = ""  # the current attempt's id on its agent
+    node_id: str = ""
+    cursor: int = 0  # last agent seq stored for the current attempt
+    progress: float = 0.0
+    failures: int = 0  # spends max_retries
+    replacements: int = 0  # agent losses; a separate budget
+    exit_cause: str = ""
+    error: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    stale_attempts: list[str] = field(default_factory=list)  # earlier attempts that must never count
+
+
+@dataclass
+class Job:
+    id: str
+    spec: dict[str, Any]  # the normalised job spec (see jobspec.JobSpec.to_dict)
+    submitter: str
+    seq_no: int  # FIFO order among equal priorities
+    state: JobState = JobState.QUEUED
+    tasks: list[JobTask] = field(default_factory=list)
+    created_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    queued_since: float = 0.0
+    error: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[ArtifactInfo] = field(default_factory=list)
+    model: dict[str, Any] | None = None
+    last_event_seq: int = 0
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.get("name") or self.id)
+
+    @property
+    def priority(self) -> int:
+        return int(self.spec.get("priority", 0))
+
+    @property
+    def progress(self) -> float:
+        if self.state is JobState.SUCCEEDED:
+            return 1.0
+        if not self.tasks:
+            return 0.0
+        return sum(1.0 if t.state is TaskRunState.SUCCEEDED else t.progress for t in self.tasks) / len(self.tasks)
+
+    def to_dict(self) -> dict[str, Any]:
+        body = dataclasses.asdict(self)
+        body["state"] = self.state.value
+        for task in body["tasks"]:
+            task["state"] = str(task["state"])
+        return body
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Job:
+        body = dict(body)
+        tasks = [JobTask(**{**t, "state": TaskRunState(t["state"])}) for t in body.pop("tasks", [])]
+        artifacts = [ArtifactInfo(**a) for a in body.pop("artifacts", [])]
+        return cls(**{**body, "state": JobState(body["state"]), "tasks": tasks, "artifacts": artifacts})
+
+
+@dataclass(frozen=True)
+class JobEventRecord:
+    """One entry of a job's event history (what WatchJob streams and the store keeps)."""
+
+    job_id: str
+    seq: int
+    time: float
+    kind: str  # job_state | task_state | progress | metric | log | artifact
+    task_index: int = -1
+    state: str = ""
+    message: str = ""
+    stream: str = ""
+    step: int = 0
+    name: str = ""
+    value: float = 0.0
+    wall_time: float = 0.0
+    attempt_id: str = ""  # agent task id, for agent-originated events
+    agent_seq: int = 0

@@ -1,0 +1,226 @@
+"""ControllerService: the gRPC face of the controller core."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from tensorfleet_agent._generated import controller_pb2 as cpb
+from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
+from tensorfleet_agent.workloads.registry import all_workloads
+from tensorfleet_desktop.controller import convert
+from tensorfleet_desktop.controller.core import Controller, JobError, NotFoundError
+from tensorfleet_desktop.controller.fleet import FleetError
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+MAX_SPEC_JSON = 1 << 20
+
+
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, ValidationError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, JobError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, FleetError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    log.exception("internal error")
+    return grpc.StatusCode.INTERNAL, f"internal controller error: {type(exc).__name__}: {exc}"
+
+
+def _unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:
+            await context.abort(*_status(exc))
+            raise AssertionError("unreachable") from exc
+
+    return wrapper
+
+
+def _stream(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[R]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as exc:
+            await context.abort(*_status(exc))
+
+    return wrapper
+
+
+def _json_object(text: str, field: str) -> dict[str, Any]:
+    if len(text) > MAX_SPEC_JSON:
+        raise ValidationError(field, f"is larger than {MAX_SPEC_JSON} bytes")
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except ValueError as exc:
+        raise ValidationError(field, f"is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(field, "must be a JSON object")
+    return value
+
+
+class ControllerServicer(cpb_grpc.ControllerServiceServicer):
+    def __init__(self, controller: Controller, info: Callable[[], cpb.ControllerInfo],
+                 shutdown: Callable[[bool], None]) -> None:
+        self.c = controller
+        self.info = info
+        self.shutdown = shutdown
+
+    def register(self, server: grpc.aio.Server) -> None:
+        cpb_grpc.add_ControllerServiceServicer_to_server(self, server)
+
+    def _names(self) -> dict[str, str]:
+        return {a.node_id: a.name for a in self.c.fleet.agents.values()}
+
+    def _job(self, job: Any) -> cpb.Job:
+        return convert.job_to_pb(job, self._names())
+
+    @_unary
+    async def GetInfo(self, request: cpb.ControllerInfoRequest, context: Any) -> cpb.ControllerInfo:
+        return self.info()
+
+    @_unary
+    async def SubmitJob(self, request: cpb.SubmitJobRequest, context: Any) -> cpb.Job:
+        body = _json_object(request.spec_json, "spec_json")
+        return self._job(self.c.submit(body, request.submitter or "unknown"))
+
+    @_unary
+    async def ListJobs(self, request: cpb.ListJobsRequest, context: Any) -> cpb.ListJobsResponse:
+        if request.limit < 0:
+            raise ValidationError("limit", f"must be >= 0, got {request.limit}")
+        jobs = self.c.list(tuple(request.states), request.limit)
+        return cpb.ListJobsResponse(jobs=[self._job(j) for j in jobs])
+
+    @_unary
+    async def GetJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
+        return self._job(self.c.get(request.job_id))
+
+    @_stream
+    async def WatchJob(self, request: cpb.WatchJobRequest, context: Any) -> AsyncIterator[cpb.JobEvent]:
+        if request.after_seq < 0:
+            raise ValidationError("after_seq", f"must be >= 0, got {request.after_seq}")
+        job = self.c.get(request.job_id)
+        async for record in self.c.watch(job.id, request.after_seq):
+            yield convert.event_to_pb(record, job, self._names())
+
+    @_unary
+    async def CancelJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
+        return self._job(self.c.cancel(request.job_id))
+
+    @_unary
+    async def PauseJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
+        return self._job(self.c.pause(request.job_id))
+
+    @_unary
+    async def ResumeJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
+        return self._job(self.c.resume(request.job_id))
+
+    @_unary
+    async def RetryJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
+        return self._job(self.c.retry(request.job_id))
+
+    @_unary
+    async def ResubmitJob(self, request: cpb.ResubmitJobRequest, context: Any) -> cpb.Job:
+        params = _json_object(request.params_json, "params_json")
+        old = self.c.get(request.job_id)
+        return self._job(self.c.resubmit(old.id, params, old.submitter))
+
+    @_unary
+    async def GetMetrics(self, request: cpb.GetMetricsRequest, context: Any) -> cpb.GetMetricsResponse:
+        job = self.c.get(request.job_id)
+        await self.c.store.flush()
+        rows = await self.c.store.events(job.id, 0, ("metric",))
+        names = set(request.names)
+        return cpb.GetMetricsResponse(points=[
+            cpb.MetricRow(task_index=r.task_index, step=r.step, name=r.name, value=r.value, wall_time=r.wall_time,
+                          agent_task_id=r.attempt_id, seq=r.agent_seq)
+            for r in rows if not names or r.name in names
+        ])
+
+    @_unary
+    async def GetLogs(self, request: cpb.GetLogsRequest, context: Any) -> cpb.GetLogsResponse:
+        job = self.c.get(request.job_id)
+        if not request.all_tasks and not 0 <= request.task_index < len(job.tasks):
+            raise ValidationError("task_index", f"job {job.id} has tasks 0..{len(job.tasks) - 1}")
+        await self.c.store.flush()
+        rows = await self.c.store.events(job.id, 0, ("log",), None if request.all_tasks else request.task_index)
+        return cpb.GetLogsResponse(lines=[
+            cpb.LogRow(task_index=r.task_index, time=r.time, stream=r.stream, line=r.message) for r in rows
+        ])
+
+    @_unary
+    async def ListAgents(self, request: cpb.ListAgentsRequest, context: Any) -> cpb.ListAgentsResponse:
+        agents = sorted(self.c.fleet.agents.values(), key=lambda a: (a.name, a.node_id))
+        return cpb.ListAgentsResponse(agents=[convert.agent_to_pb(a) for a in agents])
+
+    @_stream
+    async def WatchAgents(self, request: cpb.ListAgentsRequest, context: Any) -> AsyncIterator[cpb.AgentEvent]:
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=10_000)
+
+        def listener(kind: str, record: Any) -> None:
+            if not queue.full():
+                queue.put_nowait((kind, convert.agent_to_pb(record)))
+
+        for record in list(self.c.fleet.agents.values()):
+            yield cpb.AgentEvent(kind="added", agent=convert.agent_to_pb(record), time=time.time())
+        self.c.fleet.subscribe(listener)
+        try:
+            while True:
+                kind, agent = await queue.get()
+                yield cpb.AgentEvent(kind=kind, agent=agent, time=time.time())
+        finally:
+            self.c.fleet._listeners.remove(listener)
+
+    @_unary
+    async def AddAgent(self, request: cpb.AddAgentRequest, context: Any) -> cpb.Agent:
+        address = request.address.strip()
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValidationError("address", f"must look like HOST:PORT, got {address[:80]!r}")
+        record = await self.c.fleet.add(address, "manual")
+        self.c.store.save_agent(record.node_id, {"address": record.address, "source": "manual", "name": record.name})
+        return convert.agent_to_pb(record)
+
+    @_unary
+    async def RemoveAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
+        record = await self.c.fleet.remove(request.agent)
+        self.c.store.delete_agent(record.node_id)
+        return convert.agent_to_pb(record)
+
+    @_unary
+    async def DrainAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
+        return convert.agent_to_pb(self.c.fleet.drain(request.agent))
+
+    @_unary
+    async def ListWorkloads(self, request: cpb.WorkloadsRequest, context: Any) -> cpb.WorkloadsResponse:
+        return cpb.WorkloadsResponse(workloads_json=json.dumps([w.to_dict() for w in all_workloads()]))
+
+    @_unary
+    async def Shutdown(self, request: cpb.ShutdownRequest, context: Any) -> cpb.ShutdownResponse:
+        log.info("shutdown requested over gRPC")
+        asyncio.get_running_loop().call_later(0.2, self.shutdown, request.stop_local_agent)
+        return cpb.ShutdownResponse()
+
+
+def controller_info(data_dir: str, store_uri: str, blobs_uri: str, started_at: float, local_agent_id: str
+                    ) -> cpb.ControllerInfo:
+    return cpb.ControllerInfo(protocol_version=PROTOCOL_VERSION, version=AGENT_VERSION, data_dir=data_dir,
+                              store_uri=store_uri, blobs_uri=blobs_uri, pid=os.getpid(), started_at=started_at,
+                              local_agent_id=local_agent_id)

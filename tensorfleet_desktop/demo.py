@@ -1,0 +1,130 @@
+"""`tensorfleet demo`: a throw-away cluster on this machine (a controller and two agents found over
+mDNS on loopback) running the seed's demo jobs, with a table of results at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tensorfleet_desktop.client import TERMINAL, AsyncClient
+from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig
+
+DEMO_JOBS: list[dict[str, Any]] = [
+    {"name": "iris-random-forest", "algorithm": "random_forest", "dataset": "iris", "model_name": "iris-rf"},
+    {"name": "wine-logistic-regression", "algorithm": "logistic_regression", "dataset": "wine",
+     "model_name": "wine-logreg"},
+    {"name": "iris-svm", "algorithm": "svm", "dataset": "iris", "model_name": "iris-svm"},
+    {"name": "breast-cancer-decision-tree", "algorithm": "decision_tree", "dataset": "breast_cancer",
+     "model_name": "breast-cancer-tree"},
+]
+LOOPBACK = "127.0.0.1"
+
+
+def run_demo(data_dir: Path | None, as_json: bool) -> int:
+    if data_dir is not None:
+        return asyncio.run(_demo(data_dir, as_json))
+    with tempfile.TemporaryDirectory(prefix="tensorfleet-demo-") as tmp:
+        return asyncio.run(_demo(Path(tmp), as_json))
+
+
+def _start_agent(data_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    ready = data_dir / f"{name}.ready"
+    log = (data_dir / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorfleet_agent", "--host", LOOPBACK, "--port", "0", "--name", name,
+         "--data-dir", str(data_dir / name), "--interfaces", LOOPBACK, "--cpu-slots", "1",
+         "--ready-file", str(ready), "--exit-with-pid", str(os.getpid()), "--insecure"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    return proc, ready
+
+
+async def _demo(data_dir: Path, as_json: bool) -> int:
+    console = Console(stderr=True, highlight=False)
+    started = time.monotonic()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]TensorFleet demo[/bold]: a controller and 2 agents on this machine "
+                  f"(mDNS on {LOOPBACK} only), data in {data_dir}")
+    agents = [_start_agent(data_dir, f"demo-agent-{i + 1}") for i in range(2)]
+    app = ControllerApp(ControllerConfig(data_dir=data_dir / "controller", port=0, interfaces=[LOOPBACK],
+                                         local_agent=False))
+    try:
+        await app.start()
+        async with AsyncClient(f"{LOOPBACK}:{app.port}") as client:
+            await _wait_for_agents(client, 2, agents, console)
+            jobs = [await client.submit(spec) for spec in DEMO_JOBS]
+            final = await _follow(client, [j["id"] for j in jobs], console)
+    finally:
+        await app.stop()
+        for proc, _ in agents:
+            proc.terminate()
+        for proc, _ in agents:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+    elapsed = time.monotonic() - started
+    ok = all(j["state"] == "SUCCEEDED" for j in final)
+    if as_json:
+        sys.stdout.write(json.dumps({"jobs": [_row(j) for j in final], "seconds": round(elapsed, 1)}, indent=2) + "\n")
+    else:
+        table = Table("JOB", "ALGORITHM", "DATASET", "STATE", "TEST ACCURACY", "AGENT", "MODEL (sha256)",
+                      title=f"TensorFleet demo: {len(final)} jobs in {elapsed:.1f}s")
+        for j in final:
+            r = _row(j)
+            acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+            table.add_row(r["name"], r["algorithm"], r["dataset"], r["state"], acc, r["agent"],
+                          (r["model_sha256"] or "-")[:16])
+        Console(highlight=False, width=max(140, Console().width)).print(table)
+    return 0 if ok else 1
+
+
+def _row(job: dict[str, Any]) -> dict[str, Any]:
+    model = next((a for a in job["artifacts"] if a["kind"] == "model"), None)
+    return {"id": job["id"], "name": job["name"], "algorithm": job["algorithm"], "dataset": job["dataset"],
+            "state": job["state"], "test_accuracy": job["metrics"].get("test_accuracy"),
+            "agent": ", ".join(t["agent"] for t in job["task_list"]), "model": job["model"],
+            "model_sha256": model["sha256"] if model else None, "error": job["error"]}
+
+
+async def _wait_for_agents(client: AsyncClient, count: int, agents: list[tuple[subprocess.Popen[bytes], Path]],
+                           console: Console) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        online = [a for a in await client.agents() if a["state"] == "ONLINE"]
+        if len(online) >= count:
+            console.print(f"found {len(online)} agents over mDNS: {', '.join(a['name'] for a in online)}")
+            return
+        for proc, _ in agents:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a demo agent exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(online)} of {count} agents came online in 60 s")
+        await asyncio.sleep(0.1)
+
+
+async def _follow(client: AsyncClient, ids: list[str], console: Console) -> list[dict[str, Any]]:
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[state]:<10}"),
+                  TimeElapsedColumn(), console=console) as bar:
+        rows = {}
+        for job_id in ids:
+            job = await client.job(job_id)
+            rows[job_id] = bar.add_task(job["name"], total=1.0, state=job["state"])
+        while True:
+            jobs = [await client.job(job_id) for job_id in ids]
+            for job in jobs:
+                bar.update(rows[job["id"]], completed=job["progress"], state=job["state"])
+            if all(j["state"] in TERMINAL for j in jobs):
+                return jobs
+            await asyncio.sleep(0.2)

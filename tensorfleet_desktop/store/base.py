@@ -1,0 +1,49 @@
+"""The store contract every backend implements (one contract test suite runs against each)."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from tensorfleet_desktop.controller.model import Job, JobEventRecord
+
+
+class JobStore(abc.ABC):
+    """Writes are queued and never block the event loop; reads are awaitable."""
+
+    uri: str
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def save_job(self, job: Job) -> None:
+        """Queue an upsert of the job (with its tasks)."""
+
+    @abc.abstractmethod
+    def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
+        """Queue events (idempotent on (attempt_id, agent_seq)) and the attempts' cursors, in one transaction."""
+
+    @abc.abstractmethod
+    def save_agent(self, node_id: str, body: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def delete_agent(self, node_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+
+    @abc.abstractmethod
+    async def load_jobs(self) -> list[Job]:
+        """Every job, with task cursors restored from the committed events."""
+
+    @abc.abstractmethod
+    async def load_agents(self) -> dict[str, dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def events(self, job_id: str, after_seq: int = 0, kinds: tuple[str, ...] = (),
+                     task_index: int | None = None) -> list[JobEventRecord]: ...

@@ -1,0 +1,215 @@
+"""SQLite store: WAL, one writer thread, batched commits, idempotent event inserts (DESIGN decision 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tensorfleet_desktop.controller.model import Job, JobEventRecord
+from tensorfleet_desktop.store.base import JobStore
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, created_at REAL NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, created_at);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL,
+    task_index INTEGER NOT NULL, attempt_id TEXT NOT NULL, agent_seq INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq));
+CREATE UNIQUE INDEX IF NOT EXISTS events_once ON events(attempt_id, agent_seq) WHERE attempt_id != '';
+CREATE INDEX IF NOT EXISTS events_by_kind ON events(job_id, kind, seq);
+CREATE TABLE IF NOT EXISTS cursors (attempt_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agents (node_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+"""
+_BATCH_WINDOW = 0.05  # seconds the writer keeps collecting after the first queued write (<= 100 ms)
+_EVENT_FIELDS = [f.name for f in dataclasses.fields(JobEventRecord)]
+_BODY_FIELDS = [f for f in _EVENT_FIELDS if f not in ("job_id", "seq", "time", "kind", "task_index", "attempt_id",
+                                                       "agent_seq")]
+
+Op = Callable[[sqlite3.Connection], None]
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.uri = f"sqlite:///{path}"
+        self._queue: queue.SimpleQueue[Op | threading.Event | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._init)
+        self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _init(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer TensorFleet (schema {row[0]})")
+            conn.commit()
+        finally:
+            conn.close()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    # ---- writes (queued)
+
+    def _put(self, op: Op) -> None:
+        if self._failed is not None:
+            raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
+        self._queue.put(op)
+
+    def save_job(self, job: Job) -> None:
+        body = json.dumps(job.to_dict())
+        row = (job.id, job.state.value, job.created_at, body)
+        self._put(lambda c: c.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", row) and None)
+
+    def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
+        rows = [
+            (e.job_id, e.seq, e.time, e.kind, e.task_index, e.attempt_id, e.agent_seq,
+             json.dumps({k: getattr(e, k) for k in _BODY_FIELDS}))
+            for e in events
+        ]
+        marks = list(cursors.items())
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO cursors VALUES (?, ?) ON CONFLICT(attempt_id) DO UPDATE SET seq=max(seq, excluded.seq)",
+                marks,
+            )
+
+        self._put(op)
+
+    def save_agent(self, node_id: str, body: dict[str, Any]) -> None:
+        row = (node_id, json.dumps(body))
+        self._put(lambda c: c.execute("INSERT OR REPLACE INTO agents VALUES (?, ?)", row) and None)
+
+    def delete_agent(self, node_id: str) -> None:
+        self._put(lambda c: c.execute("DELETE FROM agents WHERE node_id = ?", (node_id,)) and None)
+
+    async def flush(self) -> None:
+        done = threading.Event()
+        self._queue.put(done)
+        await asyncio.to_thread(done.wait)
+        if self._failed is not None:
+            raise RuntimeError(f"the store {self.uri} failed: {self._failed}")
+
+    def _writer(self) -> None:
+        conn = self._connect()
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch: list[Op | threading.Event] = [first]
+                deadline = time.monotonic() + _BATCH_WINDOW
+                stop = False
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        item = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                    if isinstance(item, threading.Event):
+                        break  # someone waits: commit now
+                self._commit(conn, batch)
+                if stop:
+                    break
+        finally:
+            conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[Op | threading.Event]) -> None:
+        waiters = [item for item in batch if isinstance(item, threading.Event)]
+        try:
+            with conn:
+                for item in batch:
+                    if not isinstance(item, threading.Event):
+                        item(conn)
+        except sqlite3.Error as exc:
+            log.critical("store write failed, the controller can no longer save: %s", exc)
+            self._failed = exc
+        for waiter in waiters:
+            waiter.set()
+
+    # ---- reads (threads, own connections)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        conn = self._connect()
+        try:
+            return fn(conn)
+        finally:
+            conn.close()
+
+    async def load_jobs(self) -> list[Job]:
+        def read(conn: sqlite3.Connection) -> list[Job]:
+            cursors = dict(conn.execute("SELECT attempt_id, seq FROM cursors").fetchall())
+            last = dict(conn.execute("SELECT job_id, max(seq) FROM events GROUP BY job_id").fetchall())
+            jobs = []
+            for (body,) in conn.execute("SELECT body FROM jobs ORDER BY created_at"):
+                job = Job.from_dict(json.loads(body))
+                job.last_event_seq = max(job.last_event_seq, int(last.get(job.id, 0)))
+                for task in job.tasks:
+                    task.cursor = max(task.cursor, int(cursors.get(task.agent_task_id, 0)))
+                jobs.append(job)
+            return jobs
+
+        result: list[Job] = await asyncio.to_thread(self._read, read)
+        return result
+
+    async def load_agents(self) -> dict[str, dict[str, Any]]:
+        rows = await asyncio.to_thread(
+            self._read, lambda c: c.execute("SELECT node_id, body FROM agents").fetchall()
+        )
+        return {node_id: json.loads(body) for node_id, body in rows}
+
+    async def events(self, job_id: str, after_seq: int = 0, kinds: tuple[str, ...] = (),
+                     task_index: int | None = None) -> list[JobEventRecord]:
+        sql = "SELECT job_id, seq, time, kind, task_index, attempt_id, agent_seq, body FROM events " \
+              "WHERE job_id = ? AND seq > ?"
+        args: list[Any] = [job_id, after_seq]
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += list(kinds)
+        if task_index is not None:
+            sql += " AND task_index = ?"
+            args.append(task_index)
+        sql += " ORDER BY seq"
+        rows = await asyncio.to_thread(self._read, lambda c: c.execute(sql, args).fetchall())
+        out = []
+        for job, seq, t, kind, index, attempt, agent_seq, body in rows:
+            out.append(JobEventRecord(job_id=job, seq=seq, time=t, kind=kind, task_index=index,
+                                      attempt_id=attempt, agent_seq=agent_seq, **json.loads(body)))
+        return out
