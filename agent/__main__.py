@@ -31,12 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tensorfleet-agent {AGENT_VERSION}")
     p.add_argument("--host", default="0.0.0.0", help="address to serve gRPC on (default: 0.0.0.0)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default: 50051)")
-    p.add_argument(
-        "--name", default=socket.gethostname(), help="label shown in the fleet (default: hostname)"
-    )
-    p.add_argument(
-        "--data-dir", type=Path, default=None, help=f"state directory (default: {default_data_dir()})"
-    )
+    p.add_argument("--name", default=socket.gethostname(), help="label shown in the fleet (default: hostname)")
+    p.add_argument("--data-dir", type=Path, default=None, help=f"state directory (default: {default_data_dir()})")
     p.add_argument(
         "--interfaces",
         default=None,
@@ -47,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-slots",
         type=int,
         default=None,
-        help="task slots on a machine without GPUs "
-        "(default: max(1, cores // 4)); with GPUs, one slot per GPU",
+        help="task slots on a machine without GPUs (default: max(1, cores // 4)); with GPUs, one slot per GPU",
     )
     p.add_argument(
         "--drain-timeout",
@@ -84,9 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PID",
         help="drain and exit when process PID ends (the controller that started this local agent)",
     )
-    p.add_argument(
-        "--insecure", action="store_true", help="plaintext gRPC without pairing (loopback development only)"
-    )
+    p.add_argument("--insecure", action="store_true", help="plaintext gRPC without pairing (loopback development only)")
     p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
     return p
 

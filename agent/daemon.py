@@ -88,9 +88,7 @@ class AgentDaemon:
         self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
         await self._server.start()
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(
-                cfg.metrics_port, "127.0.0.1" if _loopback(cfg.host) else cfg.host
-            )
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, "127.0.0.1" if _loopback(cfg.host) else cfg.host)
         log.info(
             "agent %r (node %s) serving AgentService on %s:%d with %d slot(s)%s",
             cfg.name,

@@ -25,13 +25,9 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.slots_total = Gauge("worker_slots_total", "Slots on this agent", registry=self.registry)
-        self.slots_in_use = Gauge(
-            "worker_slots_in_use", "Slots held by running tasks", registry=self.registry
-        )
+        self.slots_in_use = Gauge("worker_slots_in_use", "Slots held by running tasks", registry=self.registry)
         self.tasks_running = Gauge("worker_tasks_running", "Tasks running now", registry=self.registry)
-        self.events_streamed = Counter(
-            "worker_events_streamed", "Task events sent to watchers", registry=self.registry
-        )
+        self.events_streamed = Counter("worker_events_streamed", "Task events sent to watchers", registry=self.registry)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint in a background thread; returns the bound port."""

@@ -53,7 +53,12 @@ async def start_to_advertised(tmp: Path, runs: int) -> list[float]:
     times = []
     for i in range(runs):
         found = asyncio.Event()
-        browser = AgentBrowser(["127.0.0.1"], lambda _n, a: found.set() if a is not None else None)
+
+        def seen(_name: str, agent: object, found: asyncio.Event = found) -> None:
+            if agent is not None:
+                found.set()
+
+        browser = AgentBrowser(["127.0.0.1"], seen)
         await browser.start()
         agent = AgentProcess(tmp / f"start{i}", name=f"bench{i}")
         t0 = time.monotonic()
@@ -112,9 +117,7 @@ class _Peer(pb_grpc.AgentServiceServicer):
 
 async def peer_rate(points: int) -> dict[str, float]:
     peer = _Peer(points)
-    server, port = create_server(
-        [lambda s: pb_grpc.add_AgentServiceServicer_to_server(peer, s)], "127.0.0.1", 0
-    )
+    server, port = create_server([lambda s: pb_grpc.add_AgentServiceServicer_to_server(peer, s)], "127.0.0.1", 0)
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.AgentServiceStub(channel)
@@ -158,9 +161,7 @@ async def main() -> None:
                 "median": round(sorted(starts)[len(starts) // 2], 3),
                 "runs": [round(t, 3) for t in starts],
             },
-            "peer_python_import_grpc_zeroconf": {
-                "median": round(sorted(peer_starts)[len(peer_starts) // 2], 3)
-            },
+            "peer_python_import_grpc_zeroconf": {"median": round(sorted(peer_starts)[len(peer_starts) // 2], 3)},
         }
         agent = AgentProcess(tmp / "main", cpu_slots=1)
         await asyncio.to_thread(agent.start)

@@ -4,22 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
-
-import yaml
+from typing import NoReturn
 
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.version import AGENT_VERSION
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    pass
+EXIT_INPUT = 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,29 +21,13 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_INPUT)
 
 
-def _kv(items: list[str], flag: str, parse_values: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{flag} must look like KEY=VALUE, got {item!r}")
-        value: Any = raw
-        if parse_values:
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
-            except yaml.YAMLError:
-                value = raw
-            if isinstance(value, dict | list):
-                value = raw
-        out[key.strip()] = value
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tensorfleet", description="TensorFleet: train ML models on the machines you already have.")
     p.add_argument("--version", action="version", version=f"tensorfleet {AGENT_VERSION}")
-    p.add_argument("--controller", help="controller address HOST:PORT (default: $TENSORFLEET_CONTROLLER or "
-                   "127.0.0.1:50050)")
+    p.add_argument(
+        "--controller",
+        help="controller address HOST:PORT (default: $TENSORFLEET_CONTROLLER or 127.0.0.1:50050)",
+    )
     p.add_argument("--log-level", default="WARNING")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -68,8 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blobs", default="", help="file:///path (default: in the data dir)")
     s.add_argument("--metrics-port", type=int)
     s.add_argument("--telemetry-period", type=float, default=1.0)
-    s.add_argument("--gang-reserve-after", type=float, default=300.0,
-                   help="seconds a waiting multi-rank job lets smaller jobs backfill before reserving slots")
+    s.add_argument(
+        "--gang-reserve-after",
+        type=float,
+        default=300.0,
+        help="seconds a waiting multi-rank job lets smaller jobs backfill before reserving slots",
+    )
     s.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
 
     sub.add_parser("shutdown", help="stop the controller (and its local agent)")
@@ -97,8 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state", action="append", default=[])
     s.add_argument("--limit", type=int, default=0)
     s.add_argument("--json", action="store_true")
-    for name, text in (("status", "show a job"), ("cancel", "cancel a job"), ("pause", "pause a job"),
-                       ("resume", "resume a paused job"), ("retry", "retry a failed or cancelled job")):
+    for name, text in (
+        ("status", "show a job"),
+        ("cancel", "cancel a job"),
+        ("pause", "pause a job"),
+        ("resume", "resume a paused job"),
+        ("retry", "retry a failed or cancelled job"),
+    ):
         s = sub.add_parser(name, help=text)
         s.add_argument("job")
         s.add_argument("--json", action="store_true")
@@ -139,50 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Flags and/or a job file -> a job spec dict (validated by the controller's one parser)."""
-    from tensorfleet_desktop.controller.jobspec import load_job_file
-
-    spec: dict[str, Any] = load_job_file(args.file) if args.file else {}
-    for key in ("name", "algorithm", "dataset", "num_workers", "epochs", "gpus", "priority", "max_retries",
-                "timeout", "model_name"):
-        value = getattr(args, key)
-        if value is not None:
-            spec[key] = value
-    if args.param:
-        spec["hyperparameters"] = {**(spec.get("hyperparameters") or {}), **_kv(args.param, "--param")}
-    if args.on or args.not_on or args.label:
-        constraints = dict(spec.get("constraints") or {})
-        if args.on:
-            constraints["on"] = args.on
-        if args.not_on:
-            constraints["not_on"] = args.not_on
-        if args.label:
-            constraints["labels"] = _kv(args.label, "--label", parse_values=False)
-        spec["constraints"] = constraints
-    if not spec:
-        raise UsageError("nothing to submit: give a job file or --algorithm (see tensorfleet submit --help)")
-    return spec
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-def _summary(job: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "name", "state", "progress", "tasks", "metrics", "model", "error", "created_at", "started_at",
-            "finished_at")
-    out = {k: job[k] for k in keys}
-    out["artifacts"] = job.get("artifacts", [])
-    return out
-
-
-def _agent_summary(agent: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "name", "address", "state", "source", "paired", "slots_total", "slots_free", "gpus", "labels",
-            "last_seen", "state_since")
-    return {k: agent[k] for k in keys}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -193,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_INPUT
     from tensorfleet_desktop import cli_commands
+    from tensorfleet_desktop.cli_commands import EXIT_JOB_FAILED, EXIT_UNREACHABLE, UsageError
     from tensorfleet_desktop.client import ControllerUnreachable, InvalidRequest, NotFound, TensorFleetError
 
     try:
@@ -204,21 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tensorfleet: refused: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except ControllerUnreachable as exc:
-        print(f"tensorfleet: {exc}\n  start one with `tensorfleet serve`, or point --controller / "
-              f"TENSORFLEET_CONTROLLER at a running one", file=sys.stderr)
+        print(
+            f"tensorfleet: {exc}\n  start one with `tensorfleet serve`, or point --controller / "
+            f"TENSORFLEET_CONTROLLER at a running one",
+            file=sys.stderr,
+        )
         return EXIT_UNREACHABLE
     except TensorFleetError as exc:
         print(f"tensorfleet: error: {exc}", file=sys.stderr)
         return EXIT_JOB_FAILED
     except KeyboardInterrupt:
         return 130
-
-
-def write_csv(rows: list[dict[str, Any]]) -> None:
-    writer = csv.writer(sys.stdout)
-    writer.writerow(["task_index", "step", "name", "value", "wall_time"])
-    for r in rows:
-        writer.writerow([r["task_index"], r["step"], r["name"], r["value"], r["wall_time"]])
 
 
 if __name__ == "__main__":

@@ -4,31 +4,131 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import datetime as dt
 import json
 import signal
 import sys
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tensorfleet_desktop.cli import (
-    EXIT_INPUT,
-    EXIT_JOB_FAILED,
-    EXIT_OK,
-    UsageError,
-    _agent_summary,
-    _kv,
-    _print_json,
-    _summary,
-    spec_from_args,
-    write_csv,
-)
 from tensorfleet_desktop.client import TERMINAL, Client
 
+EXIT_OK, EXIT_JOB_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+
 out = Console(highlight=False)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _kv(items: list[str], flag: str, parse_values: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} must look like KEY=VALUE, got {item!r}")
+        value: Any = raw
+        if parse_values:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw
+            if isinstance(value, dict | list):
+                value = raw
+        out[key.strip()] = value
+    return out
+
+
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags and/or a job file -> a job spec dict (validated by the controller's one parser)."""
+    from tensorfleet_desktop.controller.jobspec import load_job_file
+
+    spec: dict[str, Any] = load_job_file(args.file) if args.file else {}
+    for key in (
+        "name",
+        "algorithm",
+        "dataset",
+        "num_workers",
+        "epochs",
+        "gpus",
+        "priority",
+        "max_retries",
+        "timeout",
+        "model_name",
+    ):
+        value = getattr(args, key)
+        if value is not None:
+            spec[key] = value
+    if args.param:
+        spec["hyperparameters"] = {**(spec.get("hyperparameters") or {}), **_kv(args.param, "--param")}
+    if args.on or args.not_on or args.label:
+        constraints = dict(spec.get("constraints") or {})
+        if args.on:
+            constraints["on"] = args.on
+        if args.not_on:
+            constraints["not_on"] = args.not_on
+        if args.label:
+            constraints["labels"] = _kv(args.label, "--label", parse_values=False)
+        spec["constraints"] = constraints
+    if not spec:
+        raise UsageError("nothing to submit: give a job file or --algorithm (see tensorfleet submit --help)")
+    return spec
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _summary(job: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "id",
+        "name",
+        "state",
+        "progress",
+        "tasks",
+        "metrics",
+        "model",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )
+    out = {k: job[k] for k in keys}
+    out["artifacts"] = job.get("artifacts", [])
+    return out
+
+
+def _agent_summary(agent: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "id",
+        "name",
+        "address",
+        "state",
+        "source",
+        "paired",
+        "slots_total",
+        "slots_free",
+        "gpus",
+        "labels",
+        "last_seen",
+        "state_since",
+    )
+    return {k: agent[k] for k in keys}
+
+
+def write_csv(rows: list[dict[str, Any]]) -> None:
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["task_index", "step", "name", "value", "wall_time"])
+    for r in rows:
+        writer.writerow([r["task_index"], r["step"], r["name"], r["value"], r["wall_time"]])
+
+
 err = Console(stderr=True, highlight=False)
 
 
@@ -40,8 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_demo(args.data_dir, args.json)
     with Client(args.controller) as client:
-        handler = _HANDLERS[args.command]
-        return handler(client, args)
+        return int(_HANDLERS[args.command](client, args))
 
 
 # ---- controller
@@ -49,15 +148,24 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from tensorfleet_agent.discovery.interfaces import parse_interfaces
+
     from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig, default_data_dir
 
     try:
         config = ControllerConfig(
-            data_dir=args.data_dir or default_data_dir(), host=args.host, port=args.port,
-            interfaces=parse_interfaces(args.interfaces), mdns=not args.no_mdns,
-            local_agent=not args.no_local_agent, local_agent_slots=args.local_agent_slots, agents=args.agent,
-            store_uri=args.store, blobs_uri=args.blobs, metrics_port=args.metrics_port,
-            telemetry_period=args.telemetry_period, gang_reserve_after=args.gang_reserve_after,
+            data_dir=args.data_dir or default_data_dir(),
+            host=args.host,
+            port=args.port,
+            interfaces=parse_interfaces(args.interfaces),
+            mdns=not args.no_mdns,
+            local_agent=not args.no_local_agent,
+            local_agent_slots=args.local_agent_slots,
+            agents=args.agent,
+            store_uri=args.store,
+            blobs_uri=args.blobs,
+            metrics_port=args.metrics_port,
+            telemetry_period=args.telemetry_period,
+            gang_reserve_after=args.gang_reserve_after,
             ready_file=args.ready_file,
         )
     except ValueError as exc:
@@ -109,8 +217,15 @@ def submit(client: Client, args: argparse.Namespace) -> int:
 
 def follow(client: Client, job_id: str) -> dict[str, Any]:
     """A progress bar on stderr until the job ends."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=err, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    ) as bar:
         task = bar.add_task(job_id, total=1.0, state="QUEUED")
         after = 0
         while True:
@@ -134,8 +249,15 @@ def jobs(client: Client, args: argparse.Namespace) -> int:
     table = Table("ID", "NAME", "STATE", "PROGRESS", "TASKS", "METRIC", "CREATED")
     for j in items:
         metric = _best_metric(j)
-        table.add_row(j["id"], j["name"], j["state"], f"{j['progress']:.0%}",
-                      f"{j['tasks']['completed']}/{j['tasks']['total']}", metric, _when(j["created_at"]))
+        table.add_row(
+            j["id"],
+            j["name"],
+            j["state"],
+            f"{j['progress']:.0%}",
+            f"{j['tasks']['completed']}/{j['tasks']['total']}",
+            metric,
+            _when(j["created_at"]),
+        )
     out.print(table)
     return EXIT_OK
 
@@ -167,8 +289,10 @@ def show_job(job: dict[str, Any]) -> None:
     for name, value in sorted(job["metrics"].items()):
         out.print(f"  {name} = {value:.6g}")
     for t in job["task_list"]:
-        out.print(f"  task {t['index']}: {t['state']} on {t['agent'] or '-'} (attempt {t['attempt']})"
-                  f"{' ' + t['exit_cause'] if t['exit_cause'] else ''}")
+        out.print(
+            f"  task {t['index']}: {t['state']} on {t['agent'] or '-'} (attempt {t['attempt']})"
+            f"{' ' + t['exit_cause'] if t['exit_cause'] else ''}"
+        )
     for a in job["artifacts"]:
         out.print(f"  artifact {a['name']} ({a['kind']}, {a['size']} bytes) sha256 {a['sha256']}")
 
@@ -255,8 +379,16 @@ def agents(client: Client, args: argparse.Namespace) -> int:
             return EXIT_OK
         table = Table("ID", "NAME", "ADDRESS", "STATE", "SOURCE", "SLOTS", "GPUS", "CPU")
         for a in items:
-            table.add_row(a["id"][:12], a["name"], a["address"], a["state"], a["source"],
-                          f"{a['slots_free']}/{a['slots_total']}", str(a["gpus"]), f"{a['cpu_percent']:.0f}%")
+            table.add_row(
+                a["id"][:12],
+                a["name"],
+                a["address"],
+                a["state"],
+                a["source"],
+                f"{a['slots_free']}/{a['slots_total']}",
+                str(a["gpus"]),
+                f"{a['cpu_percent']:.0f}%",
+            )
         out.print(table)
         return EXIT_OK
     if action == "add":

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 from tensorfleet_agent.rpc.client import create_channel, create_sync_channel
+
 from tensorfleet_desktop.controller import convert
 
 DEFAULT_CONTROLLER = "127.0.0.1:50050"
@@ -68,8 +68,12 @@ def _translate(exc: grpc.RpcError, address: str) -> TensorFleetError:
     name = code.name if code else "UNKNOWN"
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ControllerUnreachable(f"cannot reach the TensorFleet controller at {address}: {details}", name)
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
-                grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OUT_OF_RANGE):
+    if code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+    ):
         return InvalidRequest(str(details), name)
     if code is grpc.StatusCode.NOT_FOUND:
         return NotFound(str(details), name)
@@ -83,11 +87,13 @@ def _requests() -> dict[str, Callable[..., Any]]:
         "submit": lambda spec, who=None: cpb.SubmitJobRequest(spec_json=json.dumps(spec), submitter=who or submitter()),
         "jobs": lambda states=(), limit=0: cpb.ListJobsRequest(states=list(states), limit=limit),
         "job": lambda job_id: cpb.JobRef(job_id=job_id),
-        "resubmit": lambda job_id, params=None: cpb.ResubmitJobRequest(job_id=job_id,
-                                                                      params_json=json.dumps(params or {})),
+        "resubmit": lambda job_id, params=None: cpb.ResubmitJobRequest(
+            job_id=job_id, params_json=json.dumps(params or {})
+        ),
         "metrics": lambda job_id, names=(): cpb.GetMetricsRequest(job_id=job_id, names=list(names)),
-        "logs": lambda job_id, task=None: cpb.GetLogsRequest(job_id=job_id, task_index=task or 0,
-                                                             all_tasks=task is None),
+        "logs": lambda job_id, task=None: cpb.GetLogsRequest(
+            job_id=job_id, task_index=task or 0, all_tasks=task is None
+        ),
         "add_agent": lambda address: cpb.AddAgentRequest(address=address),
         "agent_ref": lambda agent: cpb.AgentRefRequest(agent=agent),
         "watch": lambda job_id, after_seq=0: cpb.WatchJobRequest(job_id=job_id, after_seq=after_seq),
@@ -98,8 +104,18 @@ _REQ = _requests()
 
 
 def _metrics(resp: cpb.GetMetricsResponse) -> list[dict[str, Any]]:
-    return [{"task_index": p.task_index, "step": p.step, "name": p.name, "value": p.value,
-             "wall_time": p.wall_time, "agent_task_id": p.agent_task_id, "seq": p.seq} for p in resp.points]
+    return [
+        {
+            "task_index": p.task_index,
+            "step": p.step,
+            "name": p.name,
+            "value": p.value,
+            "wall_time": p.wall_time,
+            "agent_task_id": p.agent_task_id,
+            "seq": p.seq,
+        }
+        for p in resp.points
+    ]
 
 
 def _logs(resp: cpb.GetLogsResponse) -> list[dict[str, Any]]:
@@ -107,9 +123,16 @@ def _logs(resp: cpb.GetLogsResponse) -> list[dict[str, Any]]:
 
 
 def _info(resp: cpb.ControllerInfo) -> dict[str, Any]:
-    return {"protocol_version": resp.protocol_version, "version": resp.version, "data_dir": resp.data_dir,
-            "store": resp.store_uri, "blobs": resp.blobs_uri, "pid": resp.pid, "started_at": resp.started_at,
-            "local_agent_id": resp.local_agent_id}
+    return {
+        "protocol_version": resp.protocol_version,
+        "version": resp.version,
+        "data_dir": resp.data_dir,
+        "store": resp.store_uri,
+        "blobs": resp.blobs_uri,
+        "pid": resp.pid,
+        "started_at": resp.started_at,
+        "local_agent_id": resp.local_agent_id,
+    }
 
 
 class Client:
@@ -170,8 +193,7 @@ class Client:
         return self._call("GetLogs", _REQ["logs"](job_id, task), _logs)
 
     def agents(self) -> list[dict[str, Any]]:
-        return self._call("ListAgents", cpb.ListAgentsRequest(),
-                          lambda r: [convert.agent_from_pb(a) for a in r.agents])
+        return self._call("ListAgents", cpb.ListAgentsRequest(), lambda r: [convert.agent_from_pb(a) for a in r.agents])
 
     def add_agent(self, address: str) -> dict[str, Any]:
         return self._call("AddAgent", _REQ["add_agent"](address), convert.agent_from_pb)
@@ -246,8 +268,9 @@ class AsyncClient:
         return await self._call("SubmitJob", _REQ["submit"](spec, who), convert.job_from_pb)
 
     async def jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[dict[str, Any]]:
-        return await self._call("ListJobs", _REQ["jobs"](states, limit),
-                                lambda r: [convert.job_from_pb(j) for j in r.jobs])
+        return await self._call(
+            "ListJobs", _REQ["jobs"](states, limit), lambda r: [convert.job_from_pb(j) for j in r.jobs]
+        )
 
     async def job(self, job_id: str) -> dict[str, Any]:
         return await self._call("GetJob", _REQ["job"](job_id), convert.job_from_pb)
@@ -274,8 +297,9 @@ class AsyncClient:
         return await self._call("GetLogs", _REQ["logs"](job_id, task), _logs)
 
     async def agents(self) -> list[dict[str, Any]]:
-        return await self._call("ListAgents", cpb.ListAgentsRequest(),
-                                lambda r: [convert.agent_from_pb(a) for a in r.agents])
+        return await self._call(
+            "ListAgents", cpb.ListAgentsRequest(), lambda r: [convert.agent_from_pb(a) for a in r.agents]
+        )
 
     async def add_agent(self, address: str) -> dict[str, Any]:
         return await self._call("AddAgent", _REQ["add_agent"](address), convert.agent_from_pb)

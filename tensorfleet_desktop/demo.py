@@ -23,11 +23,19 @@ from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig
 
 DEMO_JOBS: list[dict[str, Any]] = [
     {"name": "iris-random-forest", "algorithm": "random_forest", "dataset": "iris", "model_name": "iris-rf"},
-    {"name": "wine-logistic-regression", "algorithm": "logistic_regression", "dataset": "wine",
-     "model_name": "wine-logreg"},
+    {
+        "name": "wine-logistic-regression",
+        "algorithm": "logistic_regression",
+        "dataset": "wine",
+        "model_name": "wine-logreg",
+    },
     {"name": "iris-svm", "algorithm": "svm", "dataset": "iris", "model_name": "iris-svm"},
-    {"name": "breast-cancer-decision-tree", "algorithm": "decision_tree", "dataset": "breast_cancer",
-     "model_name": "breast-cancer-tree"},
+    {
+        "name": "breast-cancer-decision-tree",
+        "algorithm": "decision_tree",
+        "dataset": "breast_cancer",
+        "model_name": "breast-cancer-tree",
+    },
 ]
 LOOPBACK = "127.0.0.1"
 
@@ -43,10 +51,31 @@ def _start_agent(data_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], Pa
     ready = data_dir / f"{name}.ready"
     log = (data_dir / f"{name}.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorfleet_agent", "--host", LOOPBACK, "--port", "0", "--name", name,
-         "--data-dir", str(data_dir / name), "--interfaces", LOOPBACK, "--cpu-slots", "1",
-         "--ready-file", str(ready), "--exit-with-pid", str(os.getpid()), "--insecure"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tensorfleet_agent",
+            "--host",
+            LOOPBACK,
+            "--port",
+            "0",
+            "--name",
+            name,
+            "--data-dir",
+            str(data_dir / name),
+            "--interfaces",
+            LOOPBACK,
+            "--cpu-slots",
+            "1",
+            "--ready-file",
+            str(ready),
+            "--exit-with-pid",
+            str(os.getpid()),
+            "--insecure",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     log.close()
     return proc, ready
@@ -55,12 +84,15 @@ def _start_agent(data_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], Pa
 async def _demo(data_dir: Path, as_json: bool) -> int:
     console = Console(stderr=True, highlight=False)
     started = time.monotonic()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]TensorFleet demo[/bold]: a controller and 2 agents on this machine "
-                  f"(mDNS on {LOOPBACK} only), data in {data_dir}")
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    console.print(
+        f"[bold]TensorFleet demo[/bold]: a controller and 2 agents on this machine "
+        f"(mDNS on {LOOPBACK} only), data in {data_dir}"
+    )
     agents = [_start_agent(data_dir, f"demo-agent-{i + 1}") for i in range(2)]
-    app = ControllerApp(ControllerConfig(data_dir=data_dir / "controller", port=0, interfaces=[LOOPBACK],
-                                         local_agent=False))
+    app = ControllerApp(
+        ControllerConfig(data_dir=data_dir / "controller", port=0, interfaces=[LOOPBACK], local_agent=False)
+    )
     try:
         await app.start()
         async with AsyncClient(f"{LOOPBACK}:{app.port}") as client:
@@ -79,27 +111,51 @@ async def _demo(data_dir: Path, as_json: bool) -> int:
     if as_json:
         sys.stdout.write(json.dumps({"jobs": [_row(j) for j in final], "seconds": round(elapsed, 1)}, indent=2) + "\n")
     else:
-        table = Table("JOB", "ALGORITHM", "DATASET", "STATE", "TEST ACCURACY", "AGENT", "MODEL (sha256)",
-                      title=f"TensorFleet demo: {len(final)} jobs in {elapsed:.1f}s")
+        table = Table(
+            "JOB",
+            "ALGORITHM",
+            "DATASET",
+            "STATE",
+            "TEST ACCURACY",
+            "AGENT",
+            "MODEL (sha256)",
+            title=f"TensorFleet demo: {len(final)} jobs in {elapsed:.1f}s",
+        )
         for j in final:
             r = _row(j)
             acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
-            table.add_row(r["name"], r["algorithm"], r["dataset"], r["state"], acc, r["agent"],
-                          (r["model_sha256"] or "-")[:16])
+            table.add_row(
+                r["name"],
+                r["algorithm"],
+                r["dataset"],
+                r["state"],
+                acc,
+                r["agent"],
+                (r["model_sha256"] or "-")[:16],
+            )
         Console(highlight=False, width=max(140, Console().width)).print(table)
     return 0 if ok else 1
 
 
 def _row(job: dict[str, Any]) -> dict[str, Any]:
     model = next((a for a in job["artifacts"] if a["kind"] == "model"), None)
-    return {"id": job["id"], "name": job["name"], "algorithm": job["algorithm"], "dataset": job["dataset"],
-            "state": job["state"], "test_accuracy": job["metrics"].get("test_accuracy"),
-            "agent": ", ".join(t["agent"] for t in job["task_list"]), "model": job["model"],
-            "model_sha256": model["sha256"] if model else None, "error": job["error"]}
+    return {
+        "id": job["id"],
+        "name": job["name"],
+        "algorithm": job["algorithm"],
+        "dataset": job["dataset"],
+        "state": job["state"],
+        "test_accuracy": job["metrics"].get("test_accuracy"),
+        "agent": ", ".join(t["agent"] for t in job["task_list"]),
+        "model": job["model"],
+        "model_sha256": model["sha256"] if model else None,
+        "error": job["error"],
+    }
 
 
-async def _wait_for_agents(client: AsyncClient, count: int, agents: list[tuple[subprocess.Popen[bytes], Path]],
-                           console: Console) -> None:
+async def _wait_for_agents(
+    client: AsyncClient, count: int, agents: list[tuple[subprocess.Popen[bytes], Path]], console: Console
+) -> None:
     deadline = time.monotonic() + 60
     while True:
         online = [a for a in await client.agents() if a["state"] == "ONLINE"]
@@ -115,8 +171,13 @@ async def _wait_for_agents(client: AsyncClient, count: int, agents: list[tuple[s
 
 
 async def _follow(client: AsyncClient, ids: list[str], console: Console) -> list[dict[str, Any]]:
-    with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.fields[state]:<10}"),
-                  TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        TextColumn("{task.fields[state]:<10}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         rows = {}
         for job_id in ids:
             job = await client.job(job_id)

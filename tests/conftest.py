@@ -13,6 +13,7 @@ os.environ.setdefault("TENSORFLEET_MDNS_INTERFACES", "127.0.0.1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers.agents import AgentProcess
+from helpers.controller import ControllerProcess
 
 
 @pytest.fixture
@@ -32,3 +33,17 @@ def agent_factory(tmp_path: Path) -> Iterator[type[AgentProcess]]:
 @pytest.fixture
 def agent(tmp_path: Path, agent_factory: type[AgentProcess]) -> AgentProcess:
     return agent_factory(tmp_path / "agent").start()
+
+
+@pytest.fixture
+def controller_factory(tmp_path: Path) -> Iterator[type[ControllerProcess]]:
+    started: list[ControllerProcess] = []
+
+    class Factory(ControllerProcess):
+        def start(self, timeout: float = 60.0) -> ControllerProcess:
+            started.append(self)
+            return super().start(timeout)
+
+    yield Factory
+    for controller in started:
+        controller.stop()

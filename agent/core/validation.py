@@ -141,6 +141,4 @@ def _check_env(env: dict[str, str]) -> None:
         if key.startswith(_RESERVED_ENV):
             raise ValidationError(f"spec.env[{key!r}]", "is set by the agent and cannot be overridden")
         if len(value) > MAX_ENV_VALUE or "\0" in value:
-            raise ValidationError(
-                f"spec.env[{key!r}]", f"value must be at most {MAX_ENV_VALUE} characters, no NUL"
-            )
+            raise ValidationError(f"spec.env[{key!r}]", f"value must be at most {MAX_ENV_VALUE} characters, no NUL")

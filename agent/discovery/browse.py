@@ -58,9 +58,7 @@ class AgentBrowser:
             await self._zc.async_close()
         self._browser = self._zc = None
 
-    def _changed(
-        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
-    ) -> None:
+    def _changed(self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
         if state_change is ServiceStateChange.Removed:
             self._on_change(name, None)
             return

@@ -25,8 +25,7 @@ def parse_interfaces(spec: str | None) -> list[str]:
     if not items or items == ["all"]:
         return []
     by_name = {
-        name: [a.address for a in addrs if a.family == socket.AF_INET]
-        for name, addrs in psutil.net_if_addrs().items()
+        name: [a.address for a in addrs if a.family == socket.AF_INET] for name, addrs in psutil.net_if_addrs().items()
     }
     out: list[str] = []
     for item in items:

@@ -75,15 +75,11 @@ class AgentClient:
             yield convert.event_from_pb(msg)
 
     async def cancel_task(self, task_id: str, reason: str = "", timeout: float = 10.0) -> bool:
-        reply = await self.stub.CancelTask(
-            pb.CancelTaskRequest(task_id=task_id, reason=reason), timeout=timeout
-        )
+        reply = await self.stub.CancelTask(pb.CancelTaskRequest(task_id=task_id, reason=reason), timeout=timeout)
         return bool(reply.was_running)
 
     async def list_tasks(self, include_finished: bool = False, timeout: float = 10.0) -> list[TaskSummary]:
-        reply = await self.stub.ListTasks(
-            pb.ListTasksRequest(include_finished=include_finished), timeout=timeout
-        )
+        reply = await self.stub.ListTasks(pb.ListTasksRequest(include_finished=include_finished), timeout=timeout)
         return [convert.summary_from_pb(t) for t in reply.tasks]
 
     async def has_blobs(self, digests: Sequence[str], timeout: float = 10.0) -> set[str]:

@@ -91,9 +91,7 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         attempt=msg.attempt,
         dataset=msg.dataset,
         rendezvous=(
-            Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port)
-            if msg.HasField("rendezvous")
-            else None
+            Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
         ),
     )
 

@@ -68,9 +68,7 @@ def _unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
 
 def _stream(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
     @functools.wraps(fn)
-    async def wrapper(
-        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[R]:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[R]:
         try:
             async for item in fn(self, request, context):
                 yield item
@@ -102,9 +100,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return convert.node_info_to_pb(info)
 
     @_stream
-    async def StreamTelemetry(
-        self, request: pb.TelemetryRequest, context: Any
-    ) -> AsyncIterator[pb.Telemetry]:
+    async def StreamTelemetry(self, request: pb.TelemetryRequest, context: Any) -> AsyncIterator[pb.Telemetry]:
         period = request.period_seconds or DEFAULT_PERIOD
         if not math.isfinite(period) or not MIN_PERIOD <= period <= MAX_PERIOD:
             raise ValidationError(
@@ -114,9 +110,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         next_at = loop.time()
         while True:
             slots = self.executor.slots
-            sample = await asyncio.to_thread(
-                self.sampler.sample, slots.total, slots.free, self.executor.tasks_running
-            )
+            sample = await asyncio.to_thread(self.sampler.sample, slots.total, slots.free, self.executor.tasks_running)
             yield convert.telemetry_to_pb(sample)
             next_at += period
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -163,9 +157,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return pb.HasBlobsResponse(present=present)
 
     @_unary
-    async def PutBlob(
-        self, request_iterator: AsyncIterator[pb.BlobChunk], context: Any
-    ) -> pb.PutBlobResponse:
+    async def PutBlob(self, request_iterator: AsyncIterator[pb.BlobChunk], context: Any) -> pb.PutBlobResponse:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise ValidationError("header", "the first message of PutBlob must be a BlobHeader")
@@ -181,9 +173,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 if chunk.WhichOneof("part") != "data":
                     raise ValidationError("header", "only the first message of PutBlob may be a header")
                 if len(chunk.data) > CHUNK_BYTES:
-                    raise ValidationError(
-                        "data", f"chunks must be at most {CHUNK_BYTES} bytes, got {len(chunk.data)}"
-                    )
+                    raise ValidationError("data", f"chunks must be at most {CHUNK_BYTES} bytes, got {len(chunk.data)}")
                 await asyncio.to_thread(writer.write, chunk.data)
             await asyncio.to_thread(writer.commit)
         except BaseException:
@@ -196,9 +186,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         check_sha256(request.sha256, "sha256")
         size = await asyncio.to_thread(self.blobs.size, request.sha256)
         if not 0 <= request.offset <= size:
-            raise ValidationError(
-                "offset", f"must be between 0 and the blob size {size}, got {request.offset}"
-            )
+            raise ValidationError("offset", f"must be between 0 and the blob size {size}, got {request.offset}")
         yield pb.BlobChunk(header=pb.BlobHeader(sha256=request.sha256, size=size))
         chunks: Iterator[bytes] = await asyncio.to_thread(self.blobs.read, request.sha256, request.offset)
         while (data := await asyncio.to_thread(next, chunks, None)) is not None:

@@ -49,9 +49,7 @@ class BlobWriter:
     def write(self, data: bytes) -> None:
         if self._written + len(data) > self.size:
             self.abort()
-            raise ValidationError(
-                "data", f"blob is larger than the {self.size} bytes announced in header.size"
-            )
+            raise ValidationError("data", f"blob is larger than the {self.size} bytes announced in header.size")
         assert self._fh is not None
         self._fh.write(data)
         self._hasher.update(data)
@@ -104,9 +102,7 @@ class BlobStore:
         if size < 0:
             raise ValidationError("header.size", f"must be >= 0, got {size}")
         if size > self.limit_bytes:
-            raise ValidationError(
-                "header.size", f"{size} bytes exceeds the blob cache limit of {self.limit_bytes}"
-            )
+            raise ValidationError("header.size", f"{size} bytes exceeds the blob cache limit of {self.limit_bytes}")
         return BlobWriter(self, sha256, size)
 
     def read(self, sha256: str, offset: int = 0) -> Iterator[bytes]:

@@ -78,9 +78,7 @@ class ExecutorConfig:
 
 
 class Executor:
-    def __init__(
-        self, config: ExecutorConfig, slots: SlotPool, blobs: BlobStore, metrics: AgentMetrics
-    ) -> None:
+    def __init__(self, config: ExecutorConfig, slots: SlotPool, blobs: BlobStore, metrics: AgentMetrics) -> None:
         self.config = config
         self.slots = slots
         self.blobs = blobs
@@ -103,9 +101,7 @@ class Executor:
                 log.warning("task %s was running when the agent stopped; marking it FAILED", entry.task_id)
                 self.journal.append(
                     entry.task_id,
-                    Finished(
-                        TaskState.FAILED, ExitCause.AGENT_RESTARTED, "the agent restarted while this task ran"
-                    ),
+                    Finished(TaskState.FAILED, ExitCause.AGENT_RESTARTED, "the agent restarted while this task ran"),
                 )
         pruned = await asyncio.to_thread(
             self.journal.prune, self.config.journal_retention_seconds, self.config.journal_max_finished
@@ -123,9 +119,7 @@ class Executor:
             _done, still = await asyncio.wait(pending, timeout=timeout)
             for task_id, running in list(self._running.items()):
                 log.warning("drain timeout: cancelling task %s", task_id)
-                self._kill(
-                    running, ExitCause.DRAIN_TIMEOUT, f"the agent was stopped; drain timeout {timeout:g}s"
-                )
+                self._kill(running, ExitCause.DRAIN_TIMEOUT, f"the agent was stopped; drain timeout {timeout:g}s")
             if still:
                 await asyncio.wait(still, timeout=10)
 
@@ -188,9 +182,7 @@ class Executor:
             raise Unavailable("the agent is draining and accepts no new tasks")
         missing = [ref.sha256 for ref in spec.inputs if not self.blobs.has(ref.sha256)]
         if missing:
-            raise NotFound(
-                f"input blob(s) not on this agent, upload them with PutBlob first: {', '.join(missing)}"
-            )
+            raise NotFound(f"input blob(s) not on this agent, upload them with PutBlob first: {', '.join(missing)}")
         slots = self.slots.acquire(spec.gpus)
         try:
             self.blobs.pin(ref.sha256 for ref in spec.inputs)
@@ -329,9 +321,7 @@ class Executor:
         deadline = running.started + spec.timeout_seconds if spec.timeout_seconds > 0 else None
         while worker.alive and not running.kill_cause:
             if deadline is not None and time.monotonic() >= deadline:
-                self._kill(
-                    running, ExitCause.TIMEOUT, f"wall-clock timeout of {spec.timeout_seconds:g}s exceeded"
-                )
+                self._kill(running, ExitCause.TIMEOUT, f"wall-clock timeout of {spec.timeout_seconds:g}s exceeded")
             elif spec.memory_limit_bytes > 0:
                 rss = worker.rss_bytes()
                 if rss > spec.memory_limit_bytes:
@@ -376,9 +366,7 @@ class Executor:
             self._spawn(worker.close())
             return
         self._warm.setdefault(self._pool_key(running), []).append((worker, time.monotonic()))
-        idle = sorted(
-            ((since, key, w) for key, pool in self._warm.items() for w, since in pool), key=lambda t: t[0]
-        )
+        idle = sorted(((since, key, w) for key, pool in self._warm.items() for w, since in pool), key=lambda t: t[0])
         while len(idle) > self.slots.total:
             _since, key, oldest = idle.pop(0)
             self._warm[key] = [(w, s) for w, s in self._warm[key] if w is not oldest]
@@ -439,13 +427,9 @@ def _payload(message: dict[str, Any]) -> EventPayload | None:
     if kind == "progress":
         return Progress(float(message["fraction"]))
     if kind == "artifact":
-        return ArtifactReady(
-            str(message["sha256"]), int(message["size"]), str(message["kind"]), str(message["name"])
-        )
+        return ArtifactReady(str(message["sha256"]), int(message["size"]), str(message["kind"]), str(message["name"]))
     if kind == "checkpoint":
-        return CheckpointSaved(
-            str(message["sha256"]), int(message["size"]), int(message["step"]), str(message["name"])
-        )
+        return CheckpointSaved(str(message["sha256"]), int(message["size"]), int(message["step"]), str(message["name"]))
     return None  # "started" and unknown kinds are not task events
 
 

@@ -23,9 +23,7 @@ _MAX_LINE = 64 * 1024
 class WorkerProcess:
     """A spawned worker: a command pipe in, an event pipe out, stdout/stderr as raw log lines."""
 
-    def __init__(
-        self, proc: asyncio.subprocess.Process, cmd: asyncio.WriteTransport, events: asyncio.StreamReader
-    ):
+    def __init__(self, proc: asyncio.subprocess.Process, cmd: asyncio.WriteTransport, events: asyncio.StreamReader):
         self.proc = proc
         self.pid = proc.pid
         self._cmd = cmd

@@ -41,16 +41,12 @@ class WorkloadDef:
 _DIAG = "tensorfleet_agent.workloads.diagnostic"
 
 _BUILTIN: tuple[WorkloadDef, ...] = (
-    WorkloadDef(
-        "noop", "diagnostic", "Does nothing; measures platform overhead.", WorkloadSchema(), f"{_DIAG}:noop"
-    ),
+    WorkloadDef("noop", "diagnostic", "Does nothing; measures platform overhead.", WorkloadSchema(), f"{_DIAG}:noop"),
     WorkloadDef(
         "sleep",
         "diagnostic",
         "Sleeps, reporting progress; for scheduling and cancel tests.",
-        WorkloadSchema(
-            (ParamSpec("seconds", "float", 1.0, "how long to sleep", minimum=0, maximum=7 * 86400),)
-        ),
+        WorkloadSchema((ParamSpec("seconds", "float", 1.0, "how long to sleep", minimum=0, maximum=7 * 86400),)),
         f"{_DIAG}:sleep",
     ),
     WorkloadDef(
@@ -72,9 +68,7 @@ _BUILTIN: tuple[WorkloadDef, ...] = (
         "Fails on purpose: raises, exits with a code, or segfaults.",
         WorkloadSchema(
             (
-                ParamSpec(
-                    "mode", "str", "exception", "how to fail", choices=("exception", "exit", "segfault")
-                ),
+                ParamSpec("mode", "str", "exception", "how to fail", choices=("exception", "exit", "segfault")),
                 ParamSpec("code", "int", 3, "exit code for mode=exit", minimum=0, maximum=255),
                 ParamSpec("message", "str", "failing on purpose", "exception message for mode=exception"),
             )

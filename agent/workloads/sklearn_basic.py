@@ -25,9 +25,7 @@ def load_builtin(name: str) -> tuple[Any, Any, list[str], list[str]]:
         "digits": datasets.load_digits,
     }
     bunch = loaders[name]()
-    features = [
-        str(f) for f in getattr(bunch, "feature_names", [f"x{i}" for i in range(bunch.data.shape[1])])
-    ]
+    features = [str(f) for f in getattr(bunch, "feature_names", [f"x{i}" for i in range(bunch.data.shape[1])])]
     return bunch.data, bunch.target, features, [str(t) for t in bunch.target_names]
 
 
@@ -38,9 +36,7 @@ def _fit(estimator: Any) -> None:
     spec = task.spec()
     dataset = str(spec["dataset"])
     x, y, features, classes = load_builtin(dataset)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=y
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=y)
     print(
         f"{spec['workload']} on {dataset}: {len(x_train)} train / {len(x_test)} test rows, "
         f"{len(features)} features, {len(classes)} classes"

@@ -17,9 +17,9 @@ from urllib.parse import urlparse
 
 import grpc
 import platformdirs
-
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.rpc.server import create_server
+
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -106,9 +106,17 @@ class ControllerApp:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
         log.info("controller serving ControllerService on %s (store %s)", self.address, store_uri)
         if cfg.ready_file is not None:
-            cfg.ready_file.write_text(json.dumps({"pid": os.getpid(), "address": self.address, "port": self.port,
-                                                  "metrics_port": self.metrics_port,
-                                                  "local_agent_id": self.local_agent_id}))
+            cfg.ready_file.write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "address": self.address,
+                        "port": self.port,
+                        "metrics_port": self.metrics_port,
+                        "local_agent_id": self.local_agent_id,
+                    }
+                )
+            )
 
     def _keep_trying(self, address: str) -> None:
         async def attempt() -> None:
@@ -116,8 +124,7 @@ class ControllerApp:
             while True:
                 try:
                     record = await self.fleet.add(address, "manual")
-                    self.store.save_agent(record.node_id, {"address": address, "source": "manual",
-                                                           "name": record.name})
+                    self.store.save_agent(record.node_id, {"address": address, "source": "manual", "name": record.name})
                     return
                 except FleetError as exc:
                     log.warning("--agent %s: %s (retrying)", address, exc)
@@ -128,26 +135,46 @@ class ControllerApp:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _start_local_agent(self) -> None:
+    def _spawn_local_agent(self) -> Path:
         cfg = self.config
         ready = cfg.data_dir / "local-agent.ready"
         ready.unlink(missing_ok=True)
         log_file = (cfg.data_dir / "local-agent.log").open("ab")
         cmd = [
-            sys.executable, "-m", "tensorfleet_agent", "--host", "127.0.0.1", "--port", "0", "--no-advertise",
-            "--name", f"{socket.gethostname()}-local", "--data-dir", str(cfg.data_dir / "local-agent"),
-            "--ready-file", str(ready), "--exit-with-pid", str(os.getpid()), "--insecure",
+            sys.executable,
+            "-m",
+            "tensorfleet_agent",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-advertise",
+            "--name",
+            f"{socket.gethostname()}-local",
+            "--data-dir",
+            str(cfg.data_dir / "local-agent"),
+            "--ready-file",
+            str(ready),
+            "--exit-with-pid",
+            str(os.getpid()),
+            "--insecure",
         ]
         if cfg.local_agent_slots is not None:
             cmd += ["--cpu-slots", str(cfg.local_agent_slots)]
-        self._local_agent = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
+        self._local_agent = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log_file.close()
+        return ready
+
+    async def _start_local_agent(self) -> None:
+        cfg = self.config
+        ready = await asyncio.to_thread(self._spawn_local_agent)
+        assert self._local_agent is not None
         deadline = time.monotonic() + 60
         while not ready.exists():
             if self._local_agent.poll() is not None:
-                raise RuntimeError(f"the local agent exited ({self._local_agent.returncode}); "
-                                   f"see {cfg.data_dir / 'local-agent.log'}")
+                raise RuntimeError(
+                    f"the local agent exited ({self._local_agent.returncode}); see {cfg.data_dir / 'local-agent.log'}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError("the local agent did not start within 60 s")
             await asyncio.sleep(0.05)

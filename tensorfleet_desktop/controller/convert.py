@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
+
 from tensorfleet_desktop.controller.core import job_summary
 from tensorfleet_desktop.controller.fleet import AgentRecord
 from tensorfleet_desktop.controller.model import Job, JobEventRecord, TaskRunState
@@ -31,19 +32,33 @@ def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
         priority=job.priority,
         task_list=[
             cpb.TaskInfo(
-                index=t.index, state=t.state.value, node_id=t.node_id, agent_name=agent_names.get(t.node_id, ""),
-                attempt=t.attempt, progress=1.0 if t.state is TaskRunState.SUCCEEDED else t.progress,
-                exit_cause=t.exit_cause, error=t.error, agent_task_id=t.agent_task_id, failures=t.failures,
+                index=t.index,
+                state=t.state.value,
+                node_id=t.node_id,
+                agent_name=agent_names.get(t.node_id, ""),
+                attempt=t.attempt,
+                progress=1.0 if t.state is TaskRunState.SUCCEEDED else t.progress,
+                exit_cause=t.exit_cause,
+                error=t.error,
+                agent_task_id=t.agent_task_id,
+                failures=t.failures,
                 replacements=t.replacements,
             )
             for t in job.tasks
         ],
-        artifacts=[cpb.Artifact(sha256=a.sha256, size=a.size, kind=a.kind, name=a.name, task_index=a.task_index)
-                   for a in job.artifacts],
+        artifacts=[
+            cpb.Artifact(sha256=a.sha256, size=a.size, kind=a.kind, name=a.name, task_index=a.task_index)
+            for a in job.artifacts
+        ],
     )
     if job.model:
-        msg.model.CopyFrom(cpb.ModelRef(name=str(job.model.get("name", "")), version=int(job.model.get("version", 0)),
-                                        sha256=str(job.model.get("sha256", ""))))
+        msg.model.CopyFrom(
+            cpb.ModelRef(
+                name=str(job.model.get("name", "")),
+                version=int(job.model.get("version", 0)),
+                sha256=str(job.model.get("sha256", "")),
+            )
+        )
     return msg
 
 
@@ -54,8 +69,12 @@ def job_from_pb(msg: cpb.Job) -> dict[str, Any]:
         "name": msg.name,
         "state": msg.state,
         "progress": msg.progress,
-        "tasks": {"total": msg.tasks.total, "completed": msg.tasks.completed, "failed": msg.tasks.failed,
-                  "attempts": msg.tasks.attempts},
+        "tasks": {
+            "total": msg.tasks.total,
+            "completed": msg.tasks.completed,
+            "failed": msg.tasks.failed,
+            "attempts": msg.tasks.attempts,
+        },
         "metrics": dict(msg.metrics),
         "model": ({"name": msg.model.name, "version": msg.model.version} if msg.HasField("model") else None),
         "error": msg.error,
@@ -68,21 +87,42 @@ def job_from_pb(msg: cpb.Job) -> dict[str, Any]:
         "submitter": msg.submitter,
         "spec": json.loads(msg.spec_json) if msg.spec_json else {},
         "task_list": [
-            {"index": t.index, "state": t.state, "node_id": t.node_id, "agent": t.agent_name, "attempt": t.attempt,
-             "progress": t.progress, "exit_cause": t.exit_cause, "error": t.error, "agent_task_id": t.agent_task_id,
-             "failures": t.failures, "replacements": t.replacements}
+            {
+                "index": t.index,
+                "state": t.state,
+                "node_id": t.node_id,
+                "agent": t.agent_name,
+                "attempt": t.attempt,
+                "progress": t.progress,
+                "exit_cause": t.exit_cause,
+                "error": t.error,
+                "agent_task_id": t.agent_task_id,
+                "failures": t.failures,
+                "replacements": t.replacements,
+            }
             for t in msg.task_list
         ],
-        "artifacts": [{"sha256": a.sha256, "size": a.size, "kind": a.kind, "name": a.name,
-                       "task_index": a.task_index} for a in msg.artifacts],
+        "artifacts": [
+            {"sha256": a.sha256, "size": a.size, "kind": a.kind, "name": a.name, "task_index": a.task_index}
+            for a in msg.artifacts
+        ],
     }
 
 
 def event_to_pb(record: JobEventRecord, job: Job | None, agent_names: dict[str, str]) -> cpb.JobEvent:
     msg = cpb.JobEvent(
-        job_id=record.job_id, seq=record.seq, time=record.time, kind=record.kind, task_index=record.task_index,
-        state=record.state, message=record.message, stream=record.stream, step=record.step, name=record.name,
-        value=record.value, wall_time=record.wall_time,
+        job_id=record.job_id,
+        seq=record.seq,
+        time=record.time,
+        kind=record.kind,
+        task_index=record.task_index,
+        state=record.state,
+        message=record.message,
+        stream=record.stream,
+        step=record.step,
+        name=record.name,
+        value=record.value,
+        wall_time=record.wall_time,
     )
     if job is not None and record.kind == "job_state":
         msg.job.CopyFrom(job_to_pb(job, agent_names))
@@ -91,9 +131,18 @@ def event_to_pb(record: JobEventRecord, job: Job | None, agent_names: dict[str, 
 
 def event_from_pb(msg: cpb.JobEvent) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "job_id": msg.job_id, "seq": msg.seq, "time": msg.time, "kind": msg.kind, "task_index": msg.task_index,
-        "state": msg.state, "message": msg.message, "stream": msg.stream, "step": msg.step, "name": msg.name,
-        "value": msg.value, "wall_time": msg.wall_time,
+        "job_id": msg.job_id,
+        "seq": msg.seq,
+        "time": msg.time,
+        "kind": msg.kind,
+        "task_index": msg.task_index,
+        "state": msg.state,
+        "message": msg.message,
+        "stream": msg.stream,
+        "step": msg.step,
+        "name": msg.name,
+        "value": msg.value,
+        "wall_time": msg.wall_time,
     }
     if msg.HasField("job"):
         body["job"] = job_from_pb(msg.job)
@@ -107,10 +156,24 @@ def agent_to_pb(record: AgentRecord) -> cpb.Agent:
 
 def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
     return {
-        "id": msg.id, "name": msg.name, "address": msg.address, "state": msg.state, "source": msg.source,
-        "paired": msg.paired, "slots_total": msg.slots_total, "slots_free": msg.slots_free, "gpus": msg.gpus,
-        "labels": dict(msg.labels), "last_seen": msg.last_seen, "state_since": msg.state_since,
-        "hostname": msg.hostname, "cpu_percent": msg.cpu_percent, "memory_used_bytes": msg.memory_used_bytes,
-        "memory_total_bytes": msg.memory_total_bytes, "tasks_running": msg.tasks_running, "error": msg.error,
-        "agent_version": msg.agent_version, "workloads": list(msg.workloads),
+        "id": msg.id,
+        "name": msg.name,
+        "address": msg.address,
+        "state": msg.state,
+        "source": msg.source,
+        "paired": msg.paired,
+        "slots_total": msg.slots_total,
+        "slots_free": msg.slots_free,
+        "gpus": msg.gpus,
+        "labels": dict(msg.labels),
+        "last_seen": msg.last_seen,
+        "state_since": msg.state_since,
+        "hostname": msg.hostname,
+        "cpu_percent": msg.cpu_percent,
+        "memory_used_bytes": msg.memory_used_bytes,
+        "memory_total_bytes": msg.memory_total_bytes,
+        "tasks_running": msg.tasks_running,
+        "error": msg.error,
+        "agent_version": msg.agent_version,
+        "workloads": list(msg.workloads),
     }

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
+from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,
     CheckpointSaved,
@@ -31,11 +31,18 @@ from tensorfleet_agent.core.types import (
     TaskSpec,
     TaskState,
 )
-from tensorfleet_agent.core.errors import ValidationError
+
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
-from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.model import (
+    ArtifactInfo,
+    Job,
+    JobEventRecord,
+    JobState,
+    JobTask,
+    TaskRunState,
+)
 from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
 from tensorfleet_desktop.store.base import JobStore
 
@@ -54,8 +61,15 @@ class NotFoundError(Exception):
 
 
 class Controller:
-    def __init__(self, store: JobStore, fleet: Fleet, blobs_dir: Path, metrics: ControllerMetrics,
-                 gang_reserve_after: float = 300.0, max_replacements: int = 5) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        fleet: Fleet,
+        blobs_dir: Path,
+        metrics: ControllerMetrics,
+        gang_reserve_after: float = 300.0,
+        max_replacements: int = 5,
+    ) -> None:
         self.store = store
         self.fleet = fleet
         self.blobs_dir = blobs_dir
@@ -111,7 +125,7 @@ class Controller:
             raise NotFoundError(f"no job {job_id!r}")
         return job
 
-    def list(self, states: tuple[str, ...] = (), limit: int = 0) -> list[Job]:
+    def list_jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[Job]:
         jobs = sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)
         if states:
             jobs = [j for j in jobs if j.state.value in states]
@@ -215,7 +229,12 @@ class Controller:
         for task in job.tasks:
             if task.state is not TaskRunState.SUCCEEDED:
                 task.state, task.failures, task.replacements, task.error, task.exit_cause = (
-                    TaskRunState.PENDING, 0, 0, "", "")
+                    TaskRunState.PENDING,
+                    0,
+                    0,
+                    "",
+                    "",
+                )
         job.state, job.error, job.finished_at, job.queued_since = JobState.QUEUED, "", 0.0, time.time()
         self._job_changed(job, "retried")
         self._wake.set()
@@ -280,12 +299,21 @@ class Controller:
             if gang and len(pending) != len(job.tasks):
                 continue  # wait until every rank of the gang is stopped before re-placing it
             c = job.spec.get("constraints", {})
-            requests.append(Request(
-                job_id=job.id, priority=job.priority, seq_no=job.seq_no, ranks=pending,
-                workload=str(job.spec["algorithm"]), gpus=int(job.spec.get("gpus", 0)), gang=gang,
-                on=tuple(c.get("on", ())), not_on=tuple(c.get("not_on", ())),
-                labels=tuple(sorted(c.get("labels", {}).items())), waiting_since=job.queued_since,
-            ))
+            requests.append(
+                Request(
+                    job_id=job.id,
+                    priority=job.priority,
+                    seq_no=job.seq_no,
+                    ranks=pending,
+                    workload=str(job.spec["algorithm"]),
+                    gpus=int(job.spec.get("gpus", 0)),
+                    gang=gang,
+                    on=tuple(c.get("on", ())),
+                    not_on=tuple(c.get("not_on", ())),
+                    labels=tuple(sorted(c.get("labels", {}).items())),
+                    waiting_since=job.queued_since,
+                )
+            )
         if not requests:
             return
         capacities = []
@@ -294,13 +322,18 @@ class Controller:
                 continue
             tel = record.telemetry
             gpu_slots = len(record.info.gpus)
-            capacities.append(Capacity(
-                node_id=record.node_id, name=record.name, free_slots=record.slots_free,
-                free_gpu_slots=max(0, gpu_slots - len(record.placed)) if gpu_slots else 0,
-                gpu_free_memory=sum(g.memory_total_bytes - g.memory_used_bytes for g in tel.gpus) if tel else 0,
-                load=tel.cpu_percent if tel else 0.0, labels=dict(record.info.labels),
-                workloads=frozenset(record.info.workloads),
-            ))
+            capacities.append(
+                Capacity(
+                    node_id=record.node_id,
+                    name=record.name,
+                    free_slots=record.slots_free,
+                    free_gpu_slots=max(0, gpu_slots - len(record.placed)) if gpu_slots else 0,
+                    gpu_free_memory=sum(g.memory_total_bytes - g.memory_used_bytes for g in tel.gpus) if tel else 0,
+                    load=tel.cpu_percent if tel else 0.0,
+                    labels=dict(record.info.labels),
+                    workloads=frozenset(record.info.workloads),
+                )
+            )
         for placement in plan(requests, capacities, time.time(), self.gang_reserve_after):
             job = self.jobs[placement.job_id]
             self._dispatch(job, job.tasks[placement.rank], self.fleet.agents[placement.node_id])
@@ -322,9 +355,15 @@ class Controller:
     def _task_spec(self, job: Job, task: JobTask) -> TaskSpec:
         spec = job.spec
         return TaskSpec(
-            task_id=task.agent_task_id, job_id=job.id, workload=str(spec["algorithm"]),
-            params=dict(spec.get("hyperparameters", {})), rank=task.index, world_size=len(job.tasks),
-            gpus=int(spec.get("gpus", 0)), attempt=task.attempt, dataset=str(spec.get("dataset", "")),
+            task_id=task.agent_task_id,
+            job_id=job.id,
+            workload=str(spec["algorithm"]),
+            params=dict(spec.get("hyperparameters", {})),
+            rank=task.index,
+            world_size=len(job.tasks),
+            gpus=int(spec.get("gpus", 0)),
+            attempt=task.attempt,
+            dataset=str(spec.get("dataset", "")),
         )
 
     async def _run_attempt(self, job: Job, task: JobTask, record: AgentRecord, attempt: str) -> None:
@@ -339,8 +378,11 @@ class Controller:
             record.placed.discard(attempt)
             code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNAVAILABLE
             text = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-            if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
-                        grpc.StatusCode.DEADLINE_EXCEEDED):
+            if code in (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ):
                 log.info("agent %s did not take %s (%s); back to the queue", record.name, attempt, code.name)
                 task.stale_attempts.append(attempt)
                 task.state, task.agent_task_id = TaskRunState.PENDING, ""
@@ -374,8 +416,11 @@ class Controller:
                             return
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.NOT_FOUND and task.agent_task_id == attempt:
-                        self._task_finished(job, task, Finished(TaskState.FAILED, "worker_lost",
-                                                                "the agent no longer knows this task"))
+                        self._task_finished(
+                            job,
+                            task,
+                            Finished(TaskState.FAILED, "worker_lost", "the agent no longer knows this task"),
+                        )
                         return
                     await asyncio.sleep(0.25)
         finally:
@@ -530,8 +575,7 @@ class Controller:
         for summary in running:
             if summary.task_id in current or not summary.job_id.startswith("j"):
                 continue
-            job = self.jobs.get(summary.job_id)
-            if job is None:
+            if summary.job_id not in self.jobs:
                 continue
             log.info("cancelling stale attempt %s on %s", summary.task_id, record.name)
             await self._cancel_on_agent(record, summary.task_id, "superseded by a newer attempt")
@@ -575,16 +619,18 @@ class Controller:
 
     def _record(self, job: Job, kind: str, base: dict[str, Any], **fields: Any) -> None:
         job.last_event_seq += 1
-        record = JobEventRecord(job_id=job.id, seq=job.last_event_seq, time=time.time(), kind=kind,
-                                **{**base, **fields})
+        record = JobEventRecord(
+            job_id=job.id, seq=job.last_event_seq, time=time.time(), kind=kind, **{**base, **fields}
+        )
         attempt = base.get("attempt_id", "")
         self.store.append_events([record], {attempt: int(base["agent_seq"])} if attempt else {})
         for queue in self._subscribers.get(job.id, ()):
             queue.put_nowait(record)
 
     def _update_gauges(self) -> None:
-        self.metrics.active_jobs.set(sum(1 for j in self.jobs.values()
-                                         if j.state in (JobState.QUEUED, JobState.RUNNING)))
+        self.metrics.active_jobs.set(
+            sum(1 for j in self.jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING))
+        )
 
 
 def job_summary(job: Job) -> dict[str, Any]:

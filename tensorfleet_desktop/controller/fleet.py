@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-
 from tensorfleet_agent.core.types import NodeInfo, Telemetry
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.discovery.browse import DiscoveredAgent
@@ -140,8 +139,11 @@ class Fleet:
         """An agent by node id, unique id prefix (6+ characters), name or address."""
         if ref in self.agents:
             return self.agents[ref]
-        hits = [a for a in self.agents.values()
-                if a.name == ref or a.address == ref or (len(ref) >= 6 and a.node_id.startswith(ref))]
+        hits = [
+            a
+            for a in self.agents.values()
+            if a.name == ref or a.address == ref or (len(ref) >= 6 and a.node_id.startswith(ref))
+        ]
         if not hits:
             raise FleetError(f"no agent {ref!r} (known: {', '.join(self.describe()) or 'none'})")
         if len(hits) > 1:
@@ -157,8 +159,13 @@ class Fleet:
         if found is None:
             return  # goodbye or expiry: a hint only; the telemetry stream decides liveness
         if found.protocol_version != PROTOCOL_VERSION:
-            log.warning("ignoring agent %s at %s: it speaks protocol %d, this controller %d",
-                        found.name, found.address, found.protocol_version, PROTOCOL_VERSION)
+            log.warning(
+                "ignoring agent %s at %s: it speaks protocol %d, this controller %d",
+                found.name,
+                found.address,
+                found.protocol_version,
+                PROTOCOL_VERSION,
+            )
             return
         if found.txt.get("cluster", "") != self.cluster_id:
             log.debug("ignoring agent %s of another cluster", found.name)
@@ -175,8 +182,10 @@ class Fleet:
         finally:
             await client.close()
         if info.protocol_version != PROTOCOL_VERSION:
-            raise FleetError(f"agent at {address} speaks protocol {info.protocol_version}, "
-                             f"this controller {PROTOCOL_VERSION}; upgrade the older side")
+            raise FleetError(
+                f"agent at {address} speaks protocol {info.protocol_version}, "
+                f"this controller {PROTOCOL_VERSION}; upgrade the older side"
+            )
         return self._adopt(info.node_id, address, source, info.name)
 
     def remember(self, node_id: str, address: str, source: str, name: str) -> AgentRecord:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.workloads.registry import get_workload
 
@@ -77,7 +76,9 @@ def load_job_file(path: Path) -> dict[str, Any]:
     try:
         body = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise JobSpecError("file", f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        raise JobSpecError(
+            "file", f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
     if not isinstance(body, dict):
         raise JobSpecError("file", f"{path} must hold a mapping of job spec fields, got {type(body).__name__}")
     return body
@@ -152,8 +153,9 @@ def _str(body: dict[str, Any], key: str, required: bool = False) -> str:
     return value
 
 
-def _int(body: dict[str, Any], key: str, default: int | None, *, minimum: int, maximum: int,
-         nullable: bool = False) -> Any:
+def _int(
+    body: dict[str, Any], key: str, default: int | None, *, minimum: int, maximum: int, nullable: bool = False
+) -> Any:
     value = body.get(key, default)
     if value is None and (nullable or default is None):
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 
@@ -24,10 +26,8 @@ class ControllerMetrics:
 
     def job_ended(self, job_id: str) -> None:
         for gauge in (self.loss, self.accuracy):
-            try:
+            with contextlib.suppress(KeyError):
                 gauge.remove(job_id)
-            except KeyError:
-                pass
 
     def serve(self, port: int, host: str) -> int:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

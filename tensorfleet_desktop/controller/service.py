@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
 from tensorfleet_agent.workloads.registry import all_workloads
+
 from tensorfleet_desktop.controller import convert
 from tensorfleet_desktop.controller.core import Controller, JobError, NotFoundError
 from tensorfleet_desktop.controller.fleet import FleetError
@@ -77,8 +77,9 @@ def _json_object(text: str, field: str) -> dict[str, Any]:
 
 
 class ControllerServicer(cpb_grpc.ControllerServiceServicer):
-    def __init__(self, controller: Controller, info: Callable[[], cpb.ControllerInfo],
-                 shutdown: Callable[[bool], None]) -> None:
+    def __init__(
+        self, controller: Controller, info: Callable[[], cpb.ControllerInfo], shutdown: Callable[[bool], None]
+    ) -> None:
         self.c = controller
         self.info = info
         self.shutdown = shutdown
@@ -105,7 +106,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     async def ListJobs(self, request: cpb.ListJobsRequest, context: Any) -> cpb.ListJobsResponse:
         if request.limit < 0:
             raise ValidationError("limit", f"must be >= 0, got {request.limit}")
-        jobs = self.c.list(tuple(request.states), request.limit)
+        jobs = self.c.list_jobs(tuple(request.states), request.limit)
         return cpb.ListJobsResponse(jobs=[self._job(j) for j in jobs])
 
     @_unary
@@ -148,11 +149,21 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         await self.c.store.flush()
         rows = await self.c.store.events(job.id, 0, ("metric",))
         names = set(request.names)
-        return cpb.GetMetricsResponse(points=[
-            cpb.MetricRow(task_index=r.task_index, step=r.step, name=r.name, value=r.value, wall_time=r.wall_time,
-                          agent_task_id=r.attempt_id, seq=r.agent_seq)
-            for r in rows if not names or r.name in names
-        ])
+        return cpb.GetMetricsResponse(
+            points=[
+                cpb.MetricRow(
+                    task_index=r.task_index,
+                    step=r.step,
+                    name=r.name,
+                    value=r.value,
+                    wall_time=r.wall_time,
+                    agent_task_id=r.attempt_id,
+                    seq=r.agent_seq,
+                )
+                for r in rows
+                if not names or r.name in names
+            ]
+        )
 
     @_unary
     async def GetLogs(self, request: cpb.GetLogsRequest, context: Any) -> cpb.GetLogsResponse:
@@ -161,9 +172,9 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             raise ValidationError("task_index", f"job {job.id} has tasks 0..{len(job.tasks) - 1}")
         await self.c.store.flush()
         rows = await self.c.store.events(job.id, 0, ("log",), None if request.all_tasks else request.task_index)
-        return cpb.GetLogsResponse(lines=[
-            cpb.LogRow(task_index=r.task_index, time=r.time, stream=r.stream, line=r.message) for r in rows
-        ])
+        return cpb.GetLogsResponse(
+            lines=[cpb.LogRow(task_index=r.task_index, time=r.time, stream=r.stream, line=r.message) for r in rows]
+        )
 
     @_unary
     async def ListAgents(self, request: cpb.ListAgentsRequest, context: Any) -> cpb.ListAgentsResponse:
@@ -219,8 +230,16 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return cpb.ShutdownResponse()
 
 
-def controller_info(data_dir: str, store_uri: str, blobs_uri: str, started_at: float, local_agent_id: str
-                    ) -> cpb.ControllerInfo:
-    return cpb.ControllerInfo(protocol_version=PROTOCOL_VERSION, version=AGENT_VERSION, data_dir=data_dir,
-                              store_uri=store_uri, blobs_uri=blobs_uri, pid=os.getpid(), started_at=started_at,
-                              local_agent_id=local_agent_id)
+def controller_info(
+    data_dir: str, store_uri: str, blobs_uri: str, started_at: float, local_agent_id: str
+) -> cpb.ControllerInfo:
+    return cpb.ControllerInfo(
+        protocol_version=PROTOCOL_VERSION,
+        version=AGENT_VERSION,
+        data_dir=data_dir,
+        store_uri=store_uri,
+        blobs_uri=blobs_uri,
+        pid=os.getpid(),
+        started_at=started_at,
+        local_agent_id=local_agent_id,
+    )

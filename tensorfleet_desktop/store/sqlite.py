@@ -36,10 +36,18 @@ CREATE TABLE IF NOT EXISTS agents (node_id TEXT PRIMARY KEY, body TEXT NOT NULL)
 """
 _BATCH_WINDOW = 0.05  # seconds the writer keeps collecting after the first queued write (<= 100 ms)
 _EVENT_FIELDS = [f.name for f in dataclasses.fields(JobEventRecord)]
-_BODY_FIELDS = [f for f in _EVENT_FIELDS if f not in ("job_id", "seq", "time", "kind", "task_index", "attempt_id",
-                                                       "agent_seq")]
+_BODY_FIELDS = [
+    f for f in _EVENT_FIELDS if f not in ("job_id", "seq", "time", "kind", "task_index", "attempt_id", "agent_seq")
+]
 
 Op = Callable[[sqlite3.Connection], None]
+
+
+def _statement(sql: str, args: tuple[Any, ...]) -> Op:
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(sql, args)
+
+    return op
 
 
 class SqliteJobStore(JobStore):
@@ -91,12 +99,20 @@ class SqliteJobStore(JobStore):
     def save_job(self, job: Job) -> None:
         body = json.dumps(job.to_dict())
         row = (job.id, job.state.value, job.created_at, body)
-        self._put(lambda c: c.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", row) and None)
+        self._put(_statement("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", row))
 
     def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
         rows = [
-            (e.job_id, e.seq, e.time, e.kind, e.task_index, e.attempt_id, e.agent_seq,
-             json.dumps({k: getattr(e, k) for k in _BODY_FIELDS}))
+            (
+                e.job_id,
+                e.seq,
+                e.time,
+                e.kind,
+                e.task_index,
+                e.attempt_id,
+                e.agent_seq,
+                json.dumps({k: getattr(e, k) for k in _BODY_FIELDS}),
+            )
             for e in events
         ]
         marks = list(cursors.items())
@@ -112,10 +128,10 @@ class SqliteJobStore(JobStore):
 
     def save_agent(self, node_id: str, body: dict[str, Any]) -> None:
         row = (node_id, json.dumps(body))
-        self._put(lambda c: c.execute("INSERT OR REPLACE INTO agents VALUES (?, ?)", row) and None)
+        self._put(_statement("INSERT OR REPLACE INTO agents VALUES (?, ?)", row))
 
     def delete_agent(self, node_id: str) -> None:
-        self._put(lambda c: c.execute("DELETE FROM agents WHERE node_id = ?", (node_id,)) and None)
+        self._put(_statement("DELETE FROM agents WHERE node_id = ?", (node_id,)))
 
     async def flush(self) -> None:
         done = threading.Event()
@@ -190,15 +206,16 @@ class SqliteJobStore(JobStore):
         return result
 
     async def load_agents(self) -> dict[str, dict[str, Any]]:
-        rows = await asyncio.to_thread(
-            self._read, lambda c: c.execute("SELECT node_id, body FROM agents").fetchall()
-        )
+        rows = await asyncio.to_thread(self._read, lambda c: c.execute("SELECT node_id, body FROM agents").fetchall())
         return {node_id: json.loads(body) for node_id, body in rows}
 
-    async def events(self, job_id: str, after_seq: int = 0, kinds: tuple[str, ...] = (),
-                     task_index: int | None = None) -> list[JobEventRecord]:
-        sql = "SELECT job_id, seq, time, kind, task_index, attempt_id, agent_seq, body FROM events " \
-              "WHERE job_id = ? AND seq > ?"
+    async def events(
+        self, job_id: str, after_seq: int = 0, kinds: tuple[str, ...] = (), task_index: int | None = None
+    ) -> list[JobEventRecord]:
+        sql = (
+            "SELECT job_id, seq, time, kind, task_index, attempt_id, agent_seq, body FROM events "
+            "WHERE job_id = ? AND seq > ?"
+        )
         args: list[Any] = [job_id, after_seq]
         if kinds:
             sql += f" AND kind IN ({','.join('?' * len(kinds))})"
@@ -210,6 +227,16 @@ class SqliteJobStore(JobStore):
         rows = await asyncio.to_thread(self._read, lambda c: c.execute(sql, args).fetchall())
         out = []
         for job, seq, t, kind, index, attempt, agent_seq, body in rows:
-            out.append(JobEventRecord(job_id=job, seq=seq, time=t, kind=kind, task_index=index,
-                                      attempt_id=attempt, agent_seq=agent_seq, **json.loads(body)))
+            out.append(
+                JobEventRecord(
+                    job_id=job,
+                    seq=seq,
+                    time=t,
+                    kind=kind,
+                    task_index=index,
+                    attempt_id=attempt,
+                    agent_seq=agent_seq,
+                    **json.loads(body),
+                )
+            )
         return out

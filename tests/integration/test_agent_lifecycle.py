@@ -34,9 +34,7 @@ def _gone(pid: int, timeout: float) -> bool:
     return False
 
 
-async def test_restart_keeps_journals_and_fails_orphans(
-    agent_factory: type[AgentProcess], tmp_path: Path
-) -> None:
+async def test_restart_keeps_journals_and_fails_orphans(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
     agent = agent_factory(tmp_path / "a").start()
     async with AgentClient(agent.address) as client:
         await client.run_task(TaskSpec("done", "j", "emit", {"points": 20}))
@@ -62,9 +60,7 @@ async def test_restart_keeps_journals_and_fails_orphans(
         assert (await client.get_info()).slots_free == 2
 
 
-async def test_sigterm_drains_running_tasks_and_says_goodbye(
-    agent_factory: type[AgentProcess], tmp_path: Path
-) -> None:
+async def test_sigterm_drains_running_tasks_and_says_goodbye(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
     agent = agent_factory(tmp_path / "d", extra_args=["--drain-timeout", "20"]).start()
     removed = asyncio.Event()
     seen = asyncio.Event()
@@ -93,9 +89,7 @@ async def test_sigterm_drains_running_tasks_and_says_goodbye(
         await browser.stop()
 
 
-async def test_drain_timeout_cancels_and_exits_zero(
-    agent_factory: type[AgentProcess], tmp_path: Path
-) -> None:
+async def test_drain_timeout_cancels_and_exits_zero(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
     agent = agent_factory(tmp_path / "t", extra_args=["--drain-timeout", "0.5"]).start()
     async with AgentClient(agent.address) as client:
         await client.run_task(TaskSpec("too-long", "j", "sleep", {"seconds": 60}))

@@ -79,9 +79,7 @@ async def test_get_info_and_telemetry(agent: AgentProcess) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in client.telemetry(-1):
                 pass
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "period_seconds" in str(
-            err.value.details()
-        )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "period_seconds" in str(err.value.details())
 
 
 async def test_emit_1000_points_arrive_once_in_order(agent: AgentProcess) -> None:
@@ -157,8 +155,7 @@ async def test_fail_modes_become_failed_events(
         # the daemon keeps serving
         assert (await client.get_info()).slots_free == 2
         assert (
-            finished(await run(client, TaskSpec(f"after-{params['mode']}", "j", "noop"))).status
-            is TaskState.SUCCEEDED
+            finished(await run(client, TaskSpec(f"after-{params['mode']}", "j", "noop"))).status is TaskState.SUCCEEDED
         )
 
 
@@ -170,9 +167,7 @@ async def test_timeout_and_memory_limit(agent: AgentProcess) -> None:
         assert end.duration_seconds < 3.0
         events = await run(
             client,
-            TaskSpec(
-                "hungry", "j2", "allocate", {"megabytes": 400, "seconds": 20}, memory_limit_bytes=150 << 20
-            ),
+            TaskSpec("hungry", "j2", "allocate", {"megabytes": 400, "seconds": 20}, memory_limit_bytes=150 << 20),
         )
         end = finished(events)
         assert (end.status, end.exit_cause) == (TaskState.FAILED, "memory_limit"), end
@@ -202,11 +197,7 @@ async def test_list_tasks(agent: AgentProcess) -> None:
     assert [t.task_id for t in active] == ["running"]
     by_id = {t.task_id: t for t in everything}
     assert by_id["listed"].state is TaskState.SUCCEEDED and by_id["listed"].exit_cause == "completed"
-    assert (
-        by_id["listed"].job_id == "jobx"
-        and by_id["listed"].workload == "noop"
-        and by_id["listed"].last_seq >= 3
-    )
+    assert by_id["listed"].job_id == "jobx" and by_id["listed"].workload == "noop" and by_id["listed"].last_seq >= 3
 
 
 async def test_blobs_round_trip_and_inputs(agent: AgentProcess, tmp_path: Path) -> None:
@@ -238,9 +229,7 @@ async def test_blobs_round_trip_and_inputs(agent: AgentProcess, tmp_path: Path) 
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.stub.PutBlob(corrupt())
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.sha256" in str(
-            err.value.details()
-        )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.sha256" in str(err.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.get_blob("d" * 64, tmp_path / "none")
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -282,26 +271,20 @@ async def test_bad_requests_are_refused_by_field(agent: AgentProcess) -> None:
             assert err.value.code() == code and text in str(err.value.details()), err.value
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.stub.RunTask(pb.RunTaskRequest(protocol_version=99, spec=pb.TaskSpec(task_id="x")))
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "protocol 99" in str(
-            err.value.details()
-        )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "protocol 99" in str(err.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.stub.RunTask(pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec" in str(err.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in client.watch_task("x", after_seq=-1):
                 pass
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "after_seq" in str(
-            err.value.details()
-        )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "after_seq" in str(err.value.details())
         # slots: two long tasks fill the agent, the third is refused
         await client.run_task(TaskSpec("fill-1", "j", "sleep", {"seconds": 30}))
         await client.run_task(TaskSpec("fill-2", "j", "sleep", {"seconds": 30}))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.run_task(TaskSpec("fill-3", "j", "noop"))
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "0 of 2 free" in str(
-            err.value.details()
-        )
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "0 of 2 free" in str(err.value.details())
         # same id, same spec: idempotent; same id, other spec: refused
         assert await client.run_task(TaskSpec("fill-1", "j", "sleep", {"seconds": 30})) is not None
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -326,9 +309,7 @@ async def test_prometheus_metrics(agent_factory: type[AgentProcess], tmp_path: P
 
 
 @pytest.mark.parametrize("algorithm", ["random_forest", "logistic_regression", "svm", "decision_tree"])
-async def test_sklearn_workloads_report_and_save_a_model(
-    agent: AgentProcess, tmp_path: Path, algorithm: str
-) -> None:
+async def test_sklearn_workloads_report_and_save_a_model(agent: AgentProcess, tmp_path: Path, algorithm: str) -> None:
     from skops.io import get_untrusted_types, load
 
     async with AgentClient(agent.address) as client:
@@ -344,6 +325,6 @@ async def test_sklearn_workloads_report_and_save_a_model(
     untrusted = get_untrusted_types(file=dest)
     estimator = load(dest, trusted=untrusted)
     assert type(estimator).__module__.startswith("sklearn.")
-    with pytest.raises(grpc.aio.AioRpcError, match="spec.dataset"):
+    with pytest.raises(grpc.aio.AioRpcError, match=r"spec\.dataset"):
         async with AgentClient(agent.address) as client:
             await client.run_task(TaskSpec(f"sk-{algorithm}-bad", "j", algorithm, {}, dataset="mnist"))

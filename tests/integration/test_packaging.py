@@ -9,7 +9,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
 import tensorfleet_agent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,9 +39,7 @@ def test_built_wheel_installs_tensorfleet_agent(tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
-    subprocess.run(
-        [py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, timeout=300
-    )
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
     # Dependencies come from this interpreter's site-packages; a plain path entry does not run its .pth
     # files, so the editable install of the source tree stays invisible to the fresh venv.
     site = Path(
@@ -54,9 +51,7 @@ def test_built_wheel_installs_tensorfleet_agent(tmp_path: Path) -> None:
     out = subprocess.run([py, "-c", IMPORT_ALL], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).is_relative_to(env_dir), out.stdout
-    version = subprocess.run(
-        [env_dir / "bin" / "tensorfleet-agent", "--version"], capture_output=True, text=True
-    )
+    version = subprocess.run([env_dir / "bin" / "tensorfleet-agent", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("tensorfleet-agent "), version
     generated = site / "tensorfleet_agent" / "_generated"
     assert (generated / "agent_pb2.py").exists() and (generated / "agent_pb2.pyi").exists()

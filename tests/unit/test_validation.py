@@ -75,25 +75,22 @@ json_values = st.recursive(
 )
 params_json = st.one_of(
     st.text(max_size=50),
-    st.dictionaries(
-        st.sampled_from(["seconds", "points", "rate", "mode", "code", "x"]), json_values, max_size=4
-    ).map(json.dumps),
+    st.dictionaries(st.sampled_from(["seconds", "points", "rate", "mode", "code", "x"]), json_values, max_size=4).map(
+        json.dumps
+    ),
 )
 task_specs = st.builds(
     pb.TaskSpec,
     task_id=st.text(max_size=140),
     job_id=st.text(max_size=20),
-    workload=st.sampled_from(["noop", "sleep", "emit", "fail", "allocate", "", "nope"])
-    | st.text(max_size=10),
+    workload=st.sampled_from(["noop", "sleep", "emit", "fail", "allocate", "", "nope"]) | st.text(max_size=10),
     params_json=params_json,
     rank=st.integers(-(2**31), 2**31 - 1),
     world_size=st.integers(-(2**31), 2**31 - 1),
     gpus=st.integers(-(2**31), 2**31 - 1),
     timeout_seconds=st.floats(allow_nan=True, allow_infinity=True),
     memory_limit_bytes=st.integers(-(2**63), 2**63 - 1),
-    inputs=st.lists(
-        st.builds(pb.BlobRef, name=st.text(max_size=12), sha256=st.text(max_size=70)), max_size=3
-    ),
+    inputs=st.lists(st.builds(pb.BlobRef, name=st.text(max_size=12), sha256=st.text(max_size=70)), max_size=3),
     env=st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=3),
     attempt=st.integers(-(2**31), 2**31 - 1),
 )

@@ -1,0 +1,106 @@
+"""Start a real `tensorfleet serve` process and run real `tensorfleet` CLI commands against it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class ControllerProcess:
+    data_dir: Path
+    extra_args: list[str] = field(default_factory=list)
+    local_agent: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def start(self, timeout: float = 60.0) -> ControllerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.data_dir.parent / f"{self.data_dir.name}.ready"
+        ready.unlink(missing_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "tensorfleet_desktop",
+            "serve",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--interfaces",
+            LOOPBACK,
+            "--ready-file",
+            str(ready),
+            *self.extra_args,
+        ]
+        if not self.local_agent:
+            cmd.append("--no-local-agent")
+        env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"controller exited with {self.proc.returncode}:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"controller not ready in {timeout}s:\n{self.logs()}")
+            time.sleep(0.02)
+        self.info = json.loads(ready.read_text())
+        self.port = int(self.info["port"])
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30)
+        self.kill()
+
+    def logs(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return tensorfleet("--controller", self.address, *args, timeout=timeout)
+
+
+def tensorfleet(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK}
+    return subprocess.run(
+        [sys.executable, "-m", "tensorfleet_desktop", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def cli_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return json.loads(result.stdout)

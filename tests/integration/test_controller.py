@@ -1,0 +1,351 @@
+"""Controller + agents on loopback: real processes, real mDNS on 127.0.0.1, real CLI and SDK."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.agents import AgentProcess
+from helpers.controller import ControllerProcess, cli_json, tensorfleet
+
+from tensorfleet_desktop.client import Client, InvalidRequest
+
+pytestmark = pytest.mark.slow
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess]
+) -> Iterator[tuple[ControllerProcess, list[AgentProcess]]]:
+    agents = [agent_factory(tmp_path / f"agent{i}", name=f"agent-{i}", cpu_slots=1).start() for i in range(2)]
+    controller = controller_factory(tmp_path / "controller").start()
+    with Client(controller.address) as client:
+        wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 2, 20, "2 agents over mDNS")
+    yield controller, agents
+
+
+def online(client: Client) -> dict[str, dict[str, Any]]:
+    return {a["name"]: a for a in client.agents() if a["state"] == "ONLINE"}
+
+
+def test_agents_found_over_mdns_and_listed(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, agents = cluster
+    listed = cli_json(controller.cli("agents", "--json"))
+    assert sorted(a["name"] for a in listed) == ["agent-0", "agent-1"]
+    by_id = {a["id"]: a for a in listed}
+    for agent in agents:
+        entry = by_id[str(agent.info["node_id"])]
+        assert entry["address"] == agent.address and entry["source"] == "mdns" and entry["state"] == "ONLINE"
+        assert entry["slots_total"] == 1 and entry["slots_free"] == 1 and entry["gpus"] == 0
+        assert set(entry) >= {"paired", "labels", "last_seen", "state_since"}
+
+
+def test_submit_from_cli_waits_and_reports(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = cluster
+    job = cli_json(
+        controller.cli(
+            "submit",
+            "--algorithm",
+            "random_forest",
+            "--dataset",
+            "iris",
+            "--param",
+            "n_estimators=20",
+            "--param",
+            "max_depth=null",
+            "--model-name",
+            "iris-rf",
+            "--wait",
+            "--json",
+        )
+    )
+    assert job["state"] == "SUCCEEDED" and job["progress"] == 1.0
+    assert job["tasks"] == {"total": 1, "completed": 1, "failed": 0, "attempts": 1}
+    assert job["metrics"]["test_accuracy"] > 0.8 and "training_time" in job["metrics"]
+    assert job["model"] is None and [a["kind"] for a in job["artifacts"]] == ["model"]
+    assert job["started_at"] and job["finished_at"] and job["error"] == ""
+    status = cli_json(controller.cli("status", job["id"], "--json"))
+    assert status["id"] == job["id"] and status["state"] == "SUCCEEDED"
+    listed = cli_json(controller.cli("jobs", "--json"))
+    assert [j["id"] for j in listed] == [job["id"]]
+    # the controller copied the model artifact into its own blob store
+    sha = job["artifacts"][0]["sha256"]
+    assert wait_until(lambda: (controller.data_dir / "blobs" / sha[:2] / sha).exists(), 10, "artifact copy")
+    logs = controller.cli("logs", job["id"])
+    assert logs.returncode == 0 and "train_accuracy=" in logs.stdout
+    csv_out = controller.cli("metrics", job["id"], "--csv")
+    assert csv_out.stdout.splitlines()[0] == "task_index,step,name,value,wall_time"
+
+
+def test_sdk_submit_emit_stores_every_point_once(
+    cluster: tuple[ControllerProcess, list[AgentProcess]],
+) -> None:
+    controller, _ = cluster
+    with Client(controller.address) as client:
+        job = client.submit({"algorithm": "emit", "hyperparameters": {"points": 500}})
+        final = client.wait(job["id"], timeout=60)
+        assert final["state"] == "SUCCEEDED"
+        steps = [p["step"] for p in client.metrics(job["id"]) if p["name"] == "value"]
+        assert steps == list(range(500))
+        events = list(client.watch(job["id"]))
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert sum(e["kind"] == "metric" for e in events) == 500
+
+
+def test_cancel_pause_resume_resubmit(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = cluster
+    with Client(controller.address) as client:
+        job = client.submit({"algorithm": "sleep", "hyperparameters": {"seconds": 60}})
+        wait_until(lambda: client.job(job["id"])["task_list"][0]["state"] == "RUNNING", 30, "running")
+        cancelled = cli_json(controller.cli("cancel", job["id"], "--json"))
+        assert cancelled["state"] == "CANCELLED"
+        wait_until(lambda: sum(a["slots_free"] for a in client.agents()) == 2, 10, "slots freed")
+        assert controller.cli("cancel", job["id"]).returncode == 2  # already over
+
+        job = client.submit({"algorithm": "sleep", "hyperparameters": {"seconds": 2}})
+        wait_until(lambda: client.job(job["id"])["task_list"][0]["state"] == "RUNNING", 30, "running")
+        assert cli_json(controller.cli("pause", job["id"], "--json"))["state"] == "PAUSED"
+        time.sleep(0.5)
+        paused = client.job(job["id"])
+        assert paused["state"] == "PAUSED" and paused["task_list"][0]["state"] == "PENDING"
+        assert cli_json(controller.cli("resume", job["id"], "--json"))["state"] == "QUEUED"
+        final = client.wait(job["id"], timeout=60)
+        assert final["state"] == "SUCCEEDED" and final["tasks"]["attempts"] == 2
+
+        copy = cli_json(controller.cli("resubmit", job["id"], "--param", "seconds=0.1", "--json"))
+        assert copy["id"] != job["id"]
+        assert client.job(copy["id"])["spec"]["hyperparameters"]["seconds"] == 0.1
+        assert client.wait(copy["id"], timeout=60)["state"] == "SUCCEEDED"
+
+
+def test_failed_job_retries_then_fails_and_can_be_retried(
+    cluster: tuple[ControllerProcess, list[AgentProcess]],
+) -> None:
+    controller, _ = cluster
+    with Client(controller.address) as client:
+        job = client.submit({"algorithm": "fail", "hyperparameters": {"mode": "exit", "code": 9}, "max_retries": 1})
+        final = client.wait(job["id"], timeout=60)
+        assert final["state"] == "FAILED" and "exit_code" in final["error"] and "code 9" in final["error"]
+        assert final["tasks"]["attempts"] == 2 and final["task_list"][0]["failures"] == 2
+        waited = controller.cli("submit", "--algorithm", "fail", "--max-retries", "0", "--wait")
+        assert waited.returncode == 1
+        again = cli_json(controller.cli("retry", job["id"], "--json"))
+        assert again["state"] == "QUEUED"
+        assert client.wait(job["id"], timeout=60)["state"] == "FAILED"
+
+
+def test_agent_killed_is_lost_within_3s_and_job_moves(
+    cluster: tuple[ControllerProcess, list[AgentProcess]],
+) -> None:
+    controller, agents = cluster
+    with Client(controller.address) as client:
+        job = client.submit({"algorithm": "sleep", "hyperparameters": {"seconds": 4}, "max_retries": 0})
+        task = wait_until(
+            lambda: (t := client.job(job["id"])["task_list"][0])["state"] == "RUNNING" and t, 30, "running"
+        )
+        victim = next(a for a in agents if a.info["node_id"] == task["node_id"])
+        killed_at = time.time()
+        victim.kill()
+        lost = wait_until(
+            lambda: next((a for a in client.agents() if a["id"] == task["node_id"] and a["state"] == "LOST"), None),
+            10,
+            "LOST",
+        )
+        assert lost["state_since"] - killed_at < 3.0, f"LOST after {lost['state_since'] - killed_at:.2f}s"
+        final = client.wait(job["id"], timeout=60)
+        assert final["state"] == "SUCCEEDED"
+        t = final["task_list"][0]
+        assert t["node_id"] != task["node_id"] and t["replacements"] == 1 and t["failures"] == 0
+        assert final["tasks"]["attempts"] == 2
+        # the agent comes back with the same identity and is ONLINE again
+        victim.start()
+        wait_until(lambda: online(client).get(victim.name), 20, "agent back")
+
+
+def test_controller_killed_and_restarted_mid_job(
+    cluster: tuple[ControllerProcess, list[AgentProcess]],
+) -> None:
+    controller, _ = cluster
+    with Client(controller.address) as client:
+        job = client.submit({"algorithm": "emit", "hyperparameters": {"points": 400, "rate": 100}})
+        wait_until(lambda: client.job(job["id"])["metrics"].get("value", 0) > 50, 30, "some points")
+    controller.kill()
+    time.sleep(1.0)
+    controller.start()
+    with Client(controller.address) as client:
+        final = client.wait(job["id"], timeout=60)
+        assert final["state"] == "SUCCEEDED" and final["tasks"]["attempts"] == 1  # re-attached, not re-run
+        steps = [p["step"] for p in client.metrics(job["id"]) if p["name"] == "value"]
+        assert steps == list(range(400)), "the stored series has a gap or a duplicate"
+        seqs = [e["seq"] for e in client.watch(job["id"])]
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_gang_waits_for_capacity_while_small_jobs_backfill(
+    cluster: tuple[ControllerProcess, list[AgentProcess]], agent_factory: type[AgentProcess], tmp_path: Path
+) -> None:
+    controller, _ = cluster
+    with Client(controller.address) as client:
+        gang = client.submit(
+            {"algorithm": "sleep", "hyperparameters": {"seconds": 0.5}, "num_workers": 3, "priority": 10}
+        )
+        smalls = [client.submit({"algorithm": "noop"}) for _ in range(3)]
+        for small in smalls:
+            assert client.wait(small["id"], timeout=60)["state"] == "SUCCEEDED"
+        assert client.job(gang["id"])["state"] == "QUEUED"
+        agent_factory(tmp_path / "agent-3", name="agent-3", cpu_slots=1).start()
+        final = client.wait(gang["id"], timeout=60)
+        assert final["state"] == "SUCCEEDED"
+        assert len({t["node_id"] for t in final["task_list"]}) == 3
+
+
+BAD_SPECS: list[tuple[list[str], str]] = [
+    (["--algorithm", "bitcoin_miner"], "unknown workload 'bitcoin_miner'"),
+    (["--algorithm", "random_forest"], "dataset: random_forest needs a dataset"),
+    (["--algorithm", "random_forest", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (
+        ["--algorithm", "random_forest", "--dataset", "iris", "--param", "n_estimators=0"],
+        "hyperparameters.n_estimators: must be >= 1",
+    ),
+    (
+        ["--algorithm", "random_forest", "--dataset", "iris", "--param", "n_estimators=many"],
+        "hyperparameters.n_estimators: must be an integer",
+    ),
+    (
+        ["--algorithm", "random_forest", "--dataset", "iris", "--param", "trees=5"],
+        "hyperparameters.trees: unknown parameter",
+    ),
+    (
+        ["--algorithm", "svm", "--dataset", "iris", "--param", "kernel=cubic"],
+        "hyperparameters.kernel: must be one of",
+    ),
+    (["--algorithm", "noop", "--workers", "0"], "num_workers: must be between 1 and 256"),
+    (["--algorithm", "noop", "--priority", "5000"], "priority: must be between -1000 and 1000"),
+    (["--algorithm", "noop", "--timeout", "-3"], "timeout: must be > 0"),
+    (["--algorithm", "noop", "--epochs", "3"], "epochs: noop does not train in epochs"),
+    (["--algorithm", "noop", "--dataset", "iris"], "dataset: noop takes no dataset"),
+    (["--algorithm", "noop", "--param", "oops"], "--param must look like KEY=VALUE"),
+    (["--algorithm", "noop", "--model-name", "bad name!"], "model_name: may only hold"),
+    ([], "nothing to submit"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_SPECS, ids=[m.split(":")[0][:30] for _, m in BAD_SPECS])
+def test_bad_job_specs_exit_2_with_a_clear_message(
+    controller_factory: type[ControllerProcess], tmp_path: Path, args: list[str], message: str
+) -> None:
+    controller = _shared_controller(controller_factory, tmp_path)
+    result = controller.cli("submit", *args)
+    assert result.returncode == 2, result
+    assert message in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+_shared: dict[str, ControllerProcess] = {}
+
+
+def _shared_controller(factory: type[ControllerProcess], tmp_path: Path) -> ControllerProcess:
+    existing = _shared.get("c")
+    if existing is None or existing.proc is None or existing.proc.poll() is not None:
+        existing = _shared["c"] = ControllerProcess(tmp_path / "bad-spec-controller").start()
+    return existing
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_shared() -> Iterator[None]:
+    yield
+    for controller in _shared.values():
+        controller.stop()
+
+
+def test_bad_job_files(controller_factory: type[ControllerProcess], tmp_path: Path) -> None:
+    controller = _shared_controller(controller_factory, tmp_path)
+    cases = {
+        "missing.yaml": (None, "cannot read job file"),
+        "broken.yaml": ("algorithm: [unclosed", "is not valid YAML"),
+        "list.yaml": ("- 1\n- 2\n", "must hold a mapping"),
+        "unknown.yaml": ("algorithm: noop\nwizard: true\n", "wizard: unknown field"),
+        "broken.json": ('{"algorithm": ', "is not valid JSON"),
+        "type.json": (json.dumps({"algorithm": "noop", "priority": "high"}), "priority: must be an integer"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_text(content)
+        result = controller.cli("submit", str(path))
+        assert result.returncode == 2 and message in result.stderr, (name, result.stderr)
+    good = tmp_path / "good.yaml"
+    good.write_text("name: from-file\nalgorithm: sleep\nhyperparameters:\n  seconds: 0.1\npriority: 3\n")
+    job = cli_json(controller.cli("submit", str(good), "--json"))
+    assert job["name"] == "from-file"
+    with Client(controller.address) as client:
+        with pytest.raises(InvalidRequest, match="wizard"):
+            client.submit({"algorithm": "noop", "wizard": 1})
+        assert client.job(job["id"])["spec"]["priority"] == 3
+
+
+def test_unreachable_controller_exits_3_naming_the_address() -> None:
+    result = tensorfleet("--controller", "127.0.0.1:1", "jobs")
+    assert result.returncode == 3 and "127.0.0.1:1" in result.stderr
+
+
+def test_manual_agents_are_remembered_drained_and_removed(
+    agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess], tmp_path: Path
+) -> None:
+    agent = agent_factory(tmp_path / "manual", name="manual-agent", cpu_slots=1, extra_args=["--no-advertise"]).start()
+    controller = controller_factory(tmp_path / "ctl", extra_args=["--no-mdns"]).start()
+    added = cli_json(controller.cli("agents", "add", agent.address, "--json"))
+    assert added["id"] == agent.info["node_id"] and added["source"] == "manual"
+    assert controller.cli("agents", "add", "127.0.0.1:1").returncode == 2
+    assert controller.cli("agents", "add", "no-port").returncode == 2
+    controller.stop()
+    controller.start()
+    with Client(controller.address) as client:
+        wait_until(lambda: online(client).get("manual-agent"), 20, "remembered agent online")
+        drained = cli_json(controller.cli("agents", "drain", "manual-agent", "--json"))
+        assert drained["state"] == "DRAINING"
+        job = client.submit({"algorithm": "noop"})
+        time.sleep(1.5)
+        assert client.job(job["id"])["state"] == "QUEUED"  # nothing is placed on a draining agent
+        removed = cli_json(controller.cli("agents", "rm", "manual-agent", "--json"))
+        assert removed["id"] == agent.info["node_id"]
+        assert client.agents() == []
+    assert controller.cli("agents", "rm", "manual-agent").returncode == 2
+
+
+def test_serve_runs_a_local_agent_and_shutdown_stops_both(
+    controller_factory: type[ControllerProcess], tmp_path: Path
+) -> None:
+    controller = controller_factory(
+        tmp_path / "embedded", local_agent=True, extra_args=["--no-mdns", "--metrics-port", "0"]
+    )
+    controller.start()
+    with Client(controller.address) as client:
+        local = wait_until(lambda: [a for a in client.agents() if a["source"] == "local"], 20, "local agent")[0]
+        assert local["state"] == "ONLINE" and local["address"].startswith("127.0.0.1:")
+        assert client.info()["local_agent_id"] == local["id"]
+        job = client.submit({"algorithm": "logistic_regression", "dataset": "wine"})
+        assert client.wait(job["id"], timeout=90)["state"] == "SUCCEEDED"
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{controller.info['metrics_port']}/metrics").read().decode()
+    assert "tensorfleet_job_submissions_total 1.0" in text and "tensorfleet_active_workers 1.0" in text
+    assert "tensorfleet_active_jobs 0.0" in text
+    assert 'tensorfleet_training_accuracy{job_id="' not in text  # per-job series removed at the end
+    assert controller.cli("shutdown").returncode == 0
+    assert controller.proc is not None and controller.proc.wait(60) == 0
