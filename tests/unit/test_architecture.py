@@ -71,3 +71,33 @@ def test_every_agent_module_imports_without_heavy_packages(tmp_path: Path) -> No
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "clean" in out.stdout
+
+
+def test_controller_cli_and_sdk_never_import_qt() -> None:
+    """Only tensorfleet_desktop/ui may touch Qt; the controller core, store, SDK and CLI stay headless."""
+    offenders = []
+    for path in (ROOT / "tensorfleet_desktop").rglob("*.py"):
+        if "ui" in path.relative_to(ROOT / "tensorfleet_desktop").parts[:1]:
+            continue
+        for name in _imports(path):
+            if name.split(".")[0] in ("PySide6", "pyqtgraph", "shiboken6"):
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_generated_protobuf_stays_at_the_edge() -> None:
+    """Protobuf types are used only by the conversion, service and client modules."""
+    allowed = {
+        "agent/rpc/convert.py", "agent/rpc/service.py", "agent/rpc/client.py",
+        "tensorfleet_desktop/controller/convert.py", "tensorfleet_desktop/controller/service.py",
+        "tensorfleet_desktop/client.py",
+    }
+    users = set()
+    for folder in ("agent", "tensorfleet_desktop"):
+        for path in (ROOT / folder).rglob("*.py"):
+            rel = str(path.relative_to(ROOT))
+            if rel.startswith("agent/_generated"):
+                continue
+            if any(name.startswith("tensorfleet_agent._generated") for name in _imports(path)):
+                users.add(rel)
+    assert users <= allowed, sorted(users - allowed)

@@ -1,0 +1,102 @@
+"""A simulated LAN: network namespaces on a bridge, real processes in them (DESIGN, test strategy).
+
+Every address used here lives inside namespaces this module creates; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUBNET = "10.213.0"
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def lan_unavailable_reason() -> str | None:
+    if shutil.which("ip") is None:
+        return "iproute2 (`ip`) is not installed"
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    probe = f"tfprobe{os.getpid()}"
+    made = _ip("netns", "add", probe, check=False)
+    if made.returncode != 0:
+        return f"cannot create network namespaces here: {made.stderr.strip()}"
+    _ip("netns", "del", probe, check=False)
+    return None
+
+
+@dataclass
+class Host:
+    name: str
+    netns: str
+    address: str
+    iface: str = "eth0"
+
+    def command(self, *argv: str) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def popen(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with log.open("ab") as fh:
+            return subprocess.Popen(self.command(*argv), stdout=fh, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})})
+
+    def run(self, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(*argv), capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "TENSORFLEET_MDNS_INTERFACES": self.address})
+
+
+@dataclass
+class Lan:
+    """A bridge in its own namespace and one namespace per host, each with eth0 on the bridge."""
+
+    host_names: list[str]
+    prefix: str = field(default_factory=lambda: f"tf{os.getpid() % 100000}")
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    @property
+    def bridge_ns(self) -> str:
+        return f"{self.prefix}-lan"
+
+    def build(self) -> Lan:
+        self.teardown()
+        _ip("netns", "add", self.bridge_ns)
+        _ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        _ip("-n", self.bridge_ns, "link", "set", "br0", "up")
+        for i, name in enumerate(self.host_names):
+            ns = f"{self.prefix}-{name}"
+            peer = f"p{i}-{self.prefix}"[:15]
+            address = f"{SUBNET}.{10 + i}"
+            _ip("netns", "add", ns)
+            _ip("link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", peer, "netns", self.bridge_ns)
+            _ip("-n", self.bridge_ns, "link", "set", peer, "master", "br0", "up")
+            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+            self.hosts[name] = Host(name, ns, address)
+        return self
+
+    def set_link(self, name: str, up: bool) -> None:
+        host = self.hosts[name]
+        _ip("-n", host.netns, "link", "set", "eth0", "up" if up else "down")
+
+    def teardown(self) -> None:
+        listed = _ip("netns", "list", check=False).stdout.split()
+        for ns in [n for n in listed if n.startswith(f"{self.prefix}-")]:
+            pids = _ip("netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), 9)
+            _ip("netns", "del", ns, check=False)
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,87 @@
+"""Agents in two namespaces found by the controller in a third over real multicast mDNS; a job on each."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.lan import Host, Lan, python
+
+pytestmark = [pytest.mark.slow, pytest.mark.lan]
+LAN_HOSTS = ["ctl", "h1", "h2"]
+
+
+def _wait_file(path: Path, timeout: float, proc: Any, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(log.read_text())
+        time.sleep(0.05)
+    return json.loads(path.read_text())
+
+
+def _cli(ctl: Host, address: str, *args: str) -> Any:
+    result = ctl.run([python(), "-m", "tensorfleet_desktop", "--controller", address, *args])
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def cluster(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Host]]:
+    tmp = tmp_path_factory.mktemp("lan")
+    procs = []
+    for name in ("h1", "h2"):
+        host = lan.hosts[name]
+        log, ready = tmp / f"{name}.log", tmp / f"{name}.ready"
+        proc = host.popen([python(), "-m", "tensorfleet_agent", "--host", host.address, "--port", "50051",
+                           "--name", f"agent-{name}", "--data-dir", str(tmp / name), "--interfaces", host.address,
+                           "--cpu-slots", "1", "--ready-file", str(ready), "--insecure"], log)
+        procs.append(proc)
+        _wait_file(ready, 60, proc, log)
+    ctl = lan.hosts["ctl"]
+    log, ready = tmp / "ctl.log", tmp / "ctl.ready"
+    proc = ctl.popen([python(), "-m", "tensorfleet_desktop", "serve", "--host", ctl.address, "--port", "50050",
+                      "--data-dir", str(tmp / "ctl"), "--interfaces", ctl.address, "--no-local-agent",
+                      "--ready-file", str(ready)], log)
+    procs.append(proc)
+    info = _wait_file(ready, 60, proc, log)
+    yield info["address"], ctl
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+
+
+def test_agents_on_other_hosts_found_over_multicast(cluster: tuple[str, Host], lan: Lan) -> None:
+    address, ctl = cluster
+    deadline = time.monotonic() + 20
+    while True:
+        agents = _cli(ctl, address, "agents", "--json")
+        if sum(a["state"] == "ONLINE" for a in agents) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    by_name = {a["name"]: a for a in agents}
+    assert set(by_name) == {"agent-h1", "agent-h2"}
+    for name in ("h1", "h2"):
+        entry = by_name[f"agent-{name}"]
+        assert entry["state"] == "ONLINE" and entry["source"] == "mdns"
+        assert entry["address"] == f"{lan.hosts[name].address}:50051"
+
+
+def test_a_job_runs_on_each_host(cluster: tuple[str, Host]) -> None:
+    address, ctl = cluster
+    for name in ("h1", "h2"):
+        job = _cli(ctl, address, "submit", "--algorithm", "decision_tree", "--dataset", "wine",
+                   "--on", f"agent-{name}", "--wait", "--json")
+        assert job["state"] == "SUCCEEDED" and job["metrics"]["test_accuracy"] > 0.7
+        status = _cli(ctl, address, "status", job["id"], "--json")
+        assert status["state"] == "SUCCEEDED"
+    jobs = _cli(ctl, address, "jobs", "--json")
+    assert len(jobs) == 2

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tensorfleet_desktop.controller.jobspec import JobSpecError, load_job_file, parse_job_spec
+
+
+def test_seed_defaults() -> None:
+    rf = parse_job_spec({"algorithm": "random_forest", "dataset": "iris"})
+    assert rf.hyperparameters == {"n_estimators": 100, "max_depth": None, "min_samples_split": 2, "random_state": 42}
+    assert rf.name == "random_forest-iris" and rf.max_retries == 2 and rf.num_workers == 1
+    svm = parse_job_spec({"algorithm": "svm", "dataset": "wine"})
+    assert svm.hyperparameters == {"kernel": "rbf", "C": 1.0, "gamma": "scale", "random_state": 42}
+    lr = parse_job_spec({"algorithm": "logistic_regression", "dataset": "wine"})
+    assert lr.hyperparameters == {"max_iter": 1000, "C": 1.0, "random_state": 42}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "algorithm"),
+        ({"algorithm": 3}, "algorithm"),
+        ({"algorithm": "noop", "gpus": -1}, "gpus"),
+        ({"algorithm": "noop", "num_workers": True}, "num_workers"),
+        ({"algorithm": "noop", "max_retries": 101}, "max_retries"),
+        ({"algorithm": "noop", "timeout": "soon"}, "timeout"),
+        ({"algorithm": "noop", "constraints": {"near": "x"}}, "constraints.near"),
+        ({"algorithm": "noop", "constraints": {"labels": {"a": 1}}}, "constraints.labels"),
+        ({"algorithm": "noop", "constraints": {"on": [""]}}, "constraints.on"),
+        ({"algorithm": "noop", "hyperparameters": [1]}, "hyperparameters"),
+        ({"algorithm": "noop", "sweep": {"x": "1,2"}}, "sweep"),
+        ({"algorithm": "noop", "name": "x" * 300}, "name"),
+    ],
+)
+def test_errors_name_the_field(body: dict[str, object], field: str) -> None:
+    with pytest.raises(JobSpecError) as err:
+        parse_job_spec(body)
+    assert err.value.field == field
+
+
+def test_constraints_normalised() -> None:
+    spec = parse_job_spec({"algorithm": "noop", "constraints": {"on": "box-1", "labels": {"rack": "a"}}})
+    assert spec.to_dict()["constraints"] == {"on": ["box-1"], "not_on": [], "labels": {"rack": "a"}}
+
+
+def test_job_files(tmp_path: Path) -> None:
+    good = tmp_path / "job.yaml"
+    good.write_text("algorithm: svm\ndataset: iris\nhyperparameters: {C: 2.5}\n")
+    assert parse_job_spec(load_job_file(good)).hyperparameters["C"] == 2.5
+    (tmp_path / "job.json").write_text('{"algorithm": "noop"}')
+    assert load_job_file(tmp_path / "job.json") == {"algorithm": "noop"}
+    with pytest.raises(JobSpecError, match="cannot read"):
+        load_job_file(tmp_path / "nope.yaml")

@@ -1,0 +1,71 @@
+"""Placement rules: priority then FIFO, gangs all-or-nothing, backfill, reservation, constraints."""
+
+from __future__ import annotations
+
+from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
+
+WL = frozenset({"noop", "sleep", "svm"})
+
+
+def cap(node: str, slots: int = 1, **kw: object) -> Capacity:
+    return Capacity(node_id=node, name=f"name-{node}", free_slots=slots, workloads=WL, **kw)  # type: ignore[arg-type]
+
+
+def req(job: str, ranks: int = 1, priority: int = 0, seq: int = 0, **kw: object) -> Request:
+    return Request(job_id=job, priority=priority, seq_no=seq, ranks=tuple(range(ranks)), gang=ranks > 1,
+                   workload="noop", **kw)  # type: ignore[arg-type]
+
+
+def placed(placements: list) -> dict[str, list[str]]:  # type: ignore[type-arg]
+    out: dict[str, list[str]] = {}
+    for p in placements:
+        out.setdefault(p.job_id, []).append(p.node_id)
+    return out
+
+
+def test_priority_then_fifo() -> None:
+    result = placed(plan([req("late", seq=2), req("early", seq=1), req("urgent", priority=5, seq=3)],
+                         [cap("a"), cap("b")], now=0, reserve_after=60))
+    assert set(result) == {"urgent", "early"}
+
+
+def test_gang_is_all_or_nothing_and_smaller_jobs_backfill() -> None:
+    result = placed(plan([req("gang", ranks=3, priority=10, seq=1, waiting_since=0), req("small", seq=2)],
+                         [cap("a"), cap("b")], now=10, reserve_after=60))
+    assert result == {"small": ["a"]} or result == {"small": ["b"]}
+
+
+def test_waiting_gang_reserves_slots() -> None:
+    result = plan([req("gang", ranks=3, priority=10, seq=1, waiting_since=0), req("small", seq=2)],
+                  [cap("a"), cap("b")], now=61, reserve_after=60)
+    assert result == []
+
+
+def test_gang_spreads_over_agents_and_uses_multi_slot_agents() -> None:
+    result = placed(plan([req("gang", ranks=3)], [cap("a", 2), cap("b", 1)], now=0, reserve_after=60))
+    assert sorted(result["gang"]) == ["a", "a", "b"]
+
+
+def test_constraints_on_not_on_labels_and_workloads() -> None:
+    caps = [cap("aaaaaa1"), cap("bbbbbb2", labels={"gpu": "a100"}), cap("cccccc3")]
+    assert placed(plan([req("j", on=("name-cccccc3",))], caps, 0, 60)) == {"j": ["cccccc3"]}
+    assert placed(plan([req("j", on=("bbbbbb",))], caps, 0, 60)) == {"j": ["bbbbbb2"]}  # id prefix
+    assert placed(plan([req("j", labels=(("gpu", "a100"),))], caps, 0, 60)) == {"j": ["bbbbbb2"]}
+    result = placed(plan([req("j", not_on=("aaaaaa1", "cccccc3"))], caps, 0, 60))
+    assert result == {"j": ["bbbbbb2"]}
+    other = Request("x", 0, 0, (0,), workload="torch_mlp")
+    assert plan([other], caps, 0, 60) == []
+
+
+def test_least_loaded_and_most_gpu_memory_first() -> None:
+    caps = [cap("busy", load=90.0), cap("idle", load=5.0)]
+    assert plan([req("j")], caps, 0, 60)[0].node_id == "idle"
+    caps = [cap("small", free_gpu_slots=1, gpu_free_memory=8 << 30),
+            cap("big", free_gpu_slots=1, gpu_free_memory=40 << 30)]
+    assert plan([req("g", gpus=1)], caps, 0, 60)[0].node_id == "big"
+    assert plan([req("g", gpus=2)], caps, 0, 60) == []
+
+
+def test_capacity_is_consumed_across_requests() -> None:
+    result = plan([req(f"j{i}", seq=i) for i in range(5)], [cap("a", 2), cap("b", 1)], 0, 60)
+    assert len(result) == 3

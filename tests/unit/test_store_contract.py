@@ -1,0 +1,79 @@
+"""The store contract, run against every backend available here (SQLite; others join with their issue)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.store import open_store
+from tensorfleet_desktop.store.base import JobStore
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    s = open_store(f"sqlite:///{tmp_path / 'tf.db'}")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def _job(job_id: str = "j1") -> Job:
+    return Job(id=job_id, spec={"algorithm": "noop"}, submitter="me@here", seq_no=1, created_at=1.0,
+               tasks=[JobTask(index=0, state=TaskRunState.RUNNING, agent_task_id=f"{job_id}-r0-a1", attempt=1)])
+
+
+def _metric(seq: int, agent_seq: int, attempt: str = "j1-r0-a1") -> JobEventRecord:
+    return JobEventRecord(job_id="j1", seq=seq, time=float(seq), kind="metric", task_index=0, step=agent_seq,
+                          name="loss", value=1.0 / agent_seq, attempt_id=attempt, agent_seq=agent_seq)
+
+
+async def test_jobs_round_trip(store: JobStore) -> None:
+    job = _job()
+    job.metrics = {"loss": 0.5}
+    store.save_job(job)
+    job.state = JobState.SUCCEEDED
+    store.save_job(job)
+    await store.flush()
+    (loaded,) = await store.load_jobs()
+    assert loaded.to_dict() == job.to_dict()
+
+
+async def test_events_are_idempotent_and_restore_cursors(store: JobStore) -> None:
+    store.save_job(_job())
+    store.append_events([_metric(1, 1), _metric(2, 2)], {"j1-r0-a1": 2})
+    store.append_events([_metric(3, 2)], {"j1-r0-a1": 2})  # a replayed agent event: ignored
+    store.append_events([_metric(3, 3)], {"j1-r0-a1": 3})
+    await store.flush()
+    rows = await store.events("j1", 0, ("metric",))
+    assert [(r.seq, r.agent_seq) for r in rows] == [(1, 1), (2, 2), (3, 3)]
+    assert [r.seq for r in await store.events("j1", 2)] == [3]
+    (loaded,) = await store.load_jobs()
+    assert loaded.tasks[0].cursor == 3 and loaded.last_event_seq == 3
+
+
+async def test_agents(store: JobStore) -> None:
+    store.save_agent("n1", {"address": "10.0.0.1:50051", "source": "manual"})
+    store.save_agent("n2", {"address": "10.0.0.2:50051", "source": "manual"})
+    store.delete_agent("n1")
+    await store.flush()
+    assert await store.load_agents() == {"n2": {"address": "10.0.0.2:50051", "source": "manual"}}
+
+
+async def test_many_writes_do_not_block_the_loop(store: JobStore) -> None:
+    store.save_job(_job())
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(1, 5001):
+        store.append_events([_metric(i, i)], {"j1-r0-a1": i})
+    assert loop.time() - start < 1.0  # queueing only
+    await store.flush()
+    assert len(await store.events("j1", 0)) == 5000
+
+
+def test_unknown_scheme_lists_supported() -> None:
+    with pytest.raises(ValueError, match="supported schemes are sqlite://"):
+        open_store("postgres://db/tf")
