@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import platformdirs
+
 from tensorfleet_agent.core.version import AGENT_VERSION
 from tensorfleet_agent.discovery.interfaces import ENV_VAR, parse_interfaces
 from tensorfleet_agent.logging_setup import configure_logging

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+
 from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
 from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser

@@ -50,12 +50,16 @@ def tree(pid: int) -> list[int]:
 
 def demo_wall_time() -> dict[str, object]:
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "tensorfleet_desktop", "demo", "--json"], capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "tensorfleet_desktop", "demo", "--json"], capture_output=True, text=True, timeout=300
+    )
     elapsed = time.monotonic() - t0
     body = json.loads(out.stdout) if out.returncode == 0 else {}
-    return {"seconds": round(elapsed, 1), "exit_code": out.returncode,
-            "jobs_succeeded": sum(j["state"] == "SUCCEEDED" for j in body.get("jobs", []))}
+    return {
+        "seconds": round(elapsed, 1),
+        "exit_code": out.returncode,
+        "jobs_succeeded": sum(j["state"] == "SUCCEEDED" for j in body.get("jobs", [])),
+    }
 
 
 def cold_start(tmp: Path) -> dict[str, object]:
@@ -123,9 +127,13 @@ def throughput(tmp: Path, jobs: int) -> dict[str, object]:
         peer = time.monotonic() - t0
     latencies.sort()
     return {
-        "tensorfleet": {"jobs": jobs, "jobs_per_s": round(jobs / elapsed, 1), "submit_per_s": round(jobs / submitted),
-                        "latency_p50_s": round(latencies[len(latencies) // 2], 3),
-                        "latency_p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3)},
+        "tensorfleet": {
+            "jobs": jobs,
+            "jobs_per_s": round(jobs / elapsed, 1),
+            "submit_per_s": round(jobs / submitted),
+            "latency_p50_s": round(latencies[len(latencies) // 2], 3),
+            "latency_p99_s": round(latencies[int(len(latencies) * 0.99) - 1], 3),
+        },
         "peer_process_pool_2_workers": {"calls": jobs, "calls_per_s": round(jobs / peer)},
     }
 

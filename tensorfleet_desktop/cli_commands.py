@@ -148,7 +148,6 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from tensorfleet_agent.discovery.interfaces import parse_interfaces
-
     from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig, default_data_dir
 
     try:

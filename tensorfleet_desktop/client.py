@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 from tensorfleet_agent.rpc.client import create_channel, create_sync_channel
-
 from tensorfleet_desktop.controller import convert
 
 DEFAULT_CONTROLLER = "127.0.0.1:50050"

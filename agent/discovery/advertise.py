@@ -7,9 +7,10 @@ import re
 import socket
 from dataclasses import dataclass
 
-from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE, mdns_interfaces
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE, mdns_interfaces
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE, mdns_interfaces
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE, mdns_interfaces
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
+
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
 from tensorfleet_agent.core.types import NodeInfo, TaskEvent, TaskSpec, TaskSummary, Telemetry

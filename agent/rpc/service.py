@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
 from tensorfleet_agent.core.errors import (

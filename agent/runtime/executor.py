@@ -215,6 +215,9 @@ class Executor:
             self.journal.get(task_id)  # NotFound for unknown ids
             return False
         self._kill(running, ExitCause.CANCELLED, reason or "cancelled")
+        if running.runner is not None:
+            # Answer once the slot is free again, so the caller may place work there at once.
+            await asyncio.wait({running.runner}, timeout=_CANCEL_GRACE + 3.0)
         return True
 
     def _kill(self, running: _Running, cause: str, message: str) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from tensorfleet_agent.core.types import GpuTelemetry, Telemetry
 from tensorfleet_agent.runtime.gpus import Gpus
 

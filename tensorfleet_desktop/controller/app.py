@@ -17,9 +17,9 @@ from urllib.parse import urlparse
 
 import grpc
 import platformdirs
+
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.rpc.server import create_server
-
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics

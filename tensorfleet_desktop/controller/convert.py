@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
-
 from tensorfleet_desktop.controller.core import job_summary
 from tensorfleet_desktop.controller.fleet import AgentRecord
 from tensorfleet_desktop.controller.model import Job, JobEventRecord, TaskRunState

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,
@@ -31,7 +32,6 @@ from tensorfleet_agent.core.types import (
     TaskSpec,
     TaskState,
 )
-
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -260,19 +260,23 @@ class Controller:
             watcher.cancel()
         record = self.fleet.agents.get(node)
         if record is not None:
-            record.placed.discard(attempt)
             if record.client is not None and record.state is AgentState.ONLINE:
+                # The slot stays counted as busy until the agent confirms the task has stopped.
                 self._spawn(self._cancel_on_agent(record, attempt, reason))
+            else:
+                record.placed.discard(attempt)
         task.agent_task_id = ""
         self._wake.set()
 
     async def _cancel_on_agent(self, record: AgentRecord, attempt: str, reason: str) -> None:
-        if record.client is None:
-            return
         try:
-            await record.client.cancel_task(attempt, reason, timeout=5)
+            if record.client is not None:
+                await record.client.cancel_task(attempt, reason, timeout=10)
         except grpc.aio.AioRpcError as exc:
             log.info("could not cancel %s on %s: %s", attempt, record.name, exc.code().name)
+        finally:
+            record.placed.discard(attempt)
+            self._wake.set()
 
     # ---- scheduling
 
@@ -387,6 +391,7 @@ class Controller:
                 task.stale_attempts.append(attempt)
                 task.state, task.agent_task_id = TaskRunState.PENDING, ""
                 self._task_event(job, task, f"not accepted by {record.name}: {text}")
+                self._requeue(job, [task], f"rank {task.index} not accepted by {record.name}")
                 await asyncio.sleep(0.5)
                 self._wake.set()
             else:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+
 from tensorfleet_agent.core.types import NodeInfo, Telemetry
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.discovery.browse import DiscoveredAgent

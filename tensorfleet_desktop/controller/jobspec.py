@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.workloads.registry import get_workload
 

@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
 from tensorfleet_agent.workloads.registry import all_workloads
-
 from tensorfleet_desktop.controller import convert
 from tensorfleet_desktop.controller.core import Controller, JobError, NotFoundError
 from tensorfleet_desktop.controller.fleet import FleetError

@@ -45,12 +45,18 @@ class Host:
 
     def popen(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with log.open("ab") as fh:
-            return subprocess.Popen(self.command(*argv), stdout=fh, stderr=subprocess.STDOUT,
-                                    env={**os.environ, **(env or {})})
+            return subprocess.Popen(
+                self.command(*argv), stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
 
     def run(self, argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(*argv), capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "TENSORFLEET_MDNS_INTERFACES": self.address})
+        return subprocess.run(
+            self.command(*argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "TENSORFLEET_MDNS_INTERFACES": self.address},
+        )
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from helpers.agents import AgentProcess
 from tensorfleet_agent.core.types import Finished, StateChanged, TaskSpec, TaskState
 from tensorfleet_agent.discovery.browse import AgentBrowser

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from helpers.agents import AgentProcess
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.types import (

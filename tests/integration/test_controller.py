@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json, tensorfleet
-
 from tensorfleet_desktop.client import Client, InvalidRequest
 
 pytestmark = pytest.mark.slow
@@ -349,3 +349,43 @@ def test_serve_runs_a_local_agent_and_shutdown_stops_both(
     assert 'tensorfleet_training_accuracy{job_id="' not in text  # per-job series removed at the end
     assert controller.cli("shutdown").returncode == 0
     assert controller.proc is not None and controller.proc.wait(60) == 0
+
+
+def test_lost_rank_replaces_the_whole_gang(
+    cluster: tuple[ControllerProcess, list[AgentProcess]], agent_factory: type[AgentProcess], tmp_path: Path
+) -> None:
+    controller, agents = cluster
+    spare = agent_factory(tmp_path / "agent-spare", name="agent-spare", cpu_slots=1).start()
+    with Client(controller.address) as client:
+        wait_until(lambda: len(online(client)) == 3, 20, "3 agents")
+        job = client.submit(
+            {"algorithm": "sleep", "hyperparameters": {"seconds": 3}, "num_workers": 2, "max_retries": 0}
+        )
+        running = wait_until(
+            lambda: (
+                (j := client.job(job["id"]))["task_list"][1]["state"] == "RUNNING"
+                and j["task_list"][0]["state"] == "RUNNING"
+                and j
+            ),
+            30,
+            "gang running",
+        )
+        first_nodes = {t["node_id"] for t in running["task_list"]}
+        victim = next(a for a in [*agents, spare] if a.info["node_id"] == running["task_list"][1]["node_id"])
+        victim.kill()
+        final = client.wait(job["id"], timeout=90)
+    assert final["state"] == "SUCCEEDED"
+    assert [t["attempt"] for t in final["task_list"]] == [2, 2]  # both ranks restarted together
+    assert victim.info["node_id"] not in {t["node_id"] for t in final["task_list"]}
+    assert all(t["failures"] == 0 for t in final["task_list"])
+    assert len(first_nodes) == 2
+
+
+def test_job_wall_clock_timeout(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = cluster
+    with Client(controller.address) as client:
+        job = client.submit({"algorithm": "sleep", "hyperparameters": {"seconds": 60}, "timeout": 1.5})
+        final = client.wait(job["id"], timeout=30)
+        assert final["state"] == "FAILED" and final["error"] == "timed out after 1.5s"
+        assert final["finished_at"] - final["started_at"] < 4
+        wait_until(lambda: sum(a["slots_free"] for a in client.agents()) == 2, 10, "slots freed")

@@ -9,6 +9,7 @@ import venv
 from pathlib import Path
 
 import pytest
+
 import tensorfleet_agent
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -40,16 +40,53 @@ def cluster(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     for name in ("h1", "h2"):
         host = lan.hosts[name]
         log, ready = tmp / f"{name}.log", tmp / f"{name}.ready"
-        proc = host.popen([python(), "-m", "tensorfleet_agent", "--host", host.address, "--port", "50051",
-                           "--name", f"agent-{name}", "--data-dir", str(tmp / name), "--interfaces", host.address,
-                           "--cpu-slots", "1", "--ready-file", str(ready), "--insecure"], log)
+        proc = host.popen(
+            [
+                python(),
+                "-m",
+                "tensorfleet_agent",
+                "--host",
+                host.address,
+                "--port",
+                "50051",
+                "--name",
+                f"agent-{name}",
+                "--data-dir",
+                str(tmp / name),
+                "--interfaces",
+                host.address,
+                "--cpu-slots",
+                "1",
+                "--ready-file",
+                str(ready),
+                "--insecure",
+            ],
+            log,
+        )
         procs.append(proc)
         _wait_file(ready, 60, proc, log)
     ctl = lan.hosts["ctl"]
     log, ready = tmp / "ctl.log", tmp / "ctl.ready"
-    proc = ctl.popen([python(), "-m", "tensorfleet_desktop", "serve", "--host", ctl.address, "--port", "50050",
-                      "--data-dir", str(tmp / "ctl"), "--interfaces", ctl.address, "--no-local-agent",
-                      "--ready-file", str(ready)], log)
+    proc = ctl.popen(
+        [
+            python(),
+            "-m",
+            "tensorfleet_desktop",
+            "serve",
+            "--host",
+            ctl.address,
+            "--port",
+            "50050",
+            "--data-dir",
+            str(tmp / "ctl"),
+            "--interfaces",
+            ctl.address,
+            "--no-local-agent",
+            "--ready-file",
+            str(ready),
+        ],
+        log,
+    )
     procs.append(proc)
     info = _wait_file(ready, 60, proc, log)
     yield info["address"], ctl
@@ -78,8 +115,19 @@ def test_agents_on_other_hosts_found_over_multicast(cluster: tuple[str, Host], l
 def test_a_job_runs_on_each_host(cluster: tuple[str, Host]) -> None:
     address, ctl = cluster
     for name in ("h1", "h2"):
-        job = _cli(ctl, address, "submit", "--algorithm", "decision_tree", "--dataset", "wine",
-                   "--on", f"agent-{name}", "--wait", "--json")
+        job = _cli(
+            ctl,
+            address,
+            "submit",
+            "--algorithm",
+            "decision_tree",
+            "--dataset",
+            "wine",
+            "--on",
+            f"agent-{name}",
+            "--wait",
+            "--json",
+        )
         assert job["state"] == "SUCCEEDED" and job["metrics"]["test_accuracy"] > 0.7
         status = _cli(ctl, address, "status", job["id"], "--json")
         assert status["state"] == "SUCCEEDED"

@@ -88,8 +88,11 @@ def test_controller_cli_and_sdk_never_import_qt() -> None:
 def test_generated_protobuf_stays_at_the_edge() -> None:
     """Protobuf types are used only by the conversion, service and client modules."""
     allowed = {
-        "agent/rpc/convert.py", "agent/rpc/service.py", "agent/rpc/client.py",
-        "tensorfleet_desktop/controller/convert.py", "tensorfleet_desktop/controller/service.py",
+        "agent/rpc/convert.py",
+        "agent/rpc/service.py",
+        "agent/rpc/client.py",
+        "tensorfleet_desktop/controller/convert.py",
+        "tensorfleet_desktop/controller/service.py",
         "tensorfleet_desktop/client.py",
     }
     users = set()

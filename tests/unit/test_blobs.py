@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from tensorfleet_agent.core.errors import NotFound, ValidationError
 from tensorfleet_agent.runtime.blobs import BlobStore
 

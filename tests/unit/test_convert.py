@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,

@@ -12,8 +12,9 @@ def cap(node: str, slots: int = 1, **kw: object) -> Capacity:
 
 
 def req(job: str, ranks: int = 1, priority: int = 0, seq: int = 0, **kw: object) -> Request:
-    return Request(job_id=job, priority=priority, seq_no=seq, ranks=tuple(range(ranks)), gang=ranks > 1,
-                   workload="noop", **kw)  # type: ignore[arg-type]
+    return Request(
+        job_id=job, priority=priority, seq_no=seq, ranks=tuple(range(ranks)), gang=ranks > 1, workload="noop", **kw
+    )  # type: ignore[arg-type]
 
 
 def placed(placements: list) -> dict[str, list[str]]:  # type: ignore[type-arg]
@@ -24,20 +25,36 @@ def placed(placements: list) -> dict[str, list[str]]:  # type: ignore[type-arg]
 
 
 def test_priority_then_fifo() -> None:
-    result = placed(plan([req("late", seq=2), req("early", seq=1), req("urgent", priority=5, seq=3)],
-                         [cap("a"), cap("b")], now=0, reserve_after=60))
+    result = placed(
+        plan(
+            [req("late", seq=2), req("early", seq=1), req("urgent", priority=5, seq=3)],
+            [cap("a"), cap("b")],
+            now=0,
+            reserve_after=60,
+        )
+    )
     assert set(result) == {"urgent", "early"}
 
 
 def test_gang_is_all_or_nothing_and_smaller_jobs_backfill() -> None:
-    result = placed(plan([req("gang", ranks=3, priority=10, seq=1, waiting_since=0), req("small", seq=2)],
-                         [cap("a"), cap("b")], now=10, reserve_after=60))
+    result = placed(
+        plan(
+            [req("gang", ranks=3, priority=10, seq=1, waiting_since=0), req("small", seq=2)],
+            [cap("a"), cap("b")],
+            now=10,
+            reserve_after=60,
+        )
+    )
     assert result == {"small": ["a"]} or result == {"small": ["b"]}
 
 
 def test_waiting_gang_reserves_slots() -> None:
-    result = plan([req("gang", ranks=3, priority=10, seq=1, waiting_since=0), req("small", seq=2)],
-                  [cap("a"), cap("b")], now=61, reserve_after=60)
+    result = plan(
+        [req("gang", ranks=3, priority=10, seq=1, waiting_since=0), req("small", seq=2)],
+        [cap("a"), cap("b")],
+        now=61,
+        reserve_after=60,
+    )
     assert result == []
 
 
@@ -60,8 +77,10 @@ def test_constraints_on_not_on_labels_and_workloads() -> None:
 def test_least_loaded_and_most_gpu_memory_first() -> None:
     caps = [cap("busy", load=90.0), cap("idle", load=5.0)]
     assert plan([req("j")], caps, 0, 60)[0].node_id == "idle"
-    caps = [cap("small", free_gpu_slots=1, gpu_free_memory=8 << 30),
-            cap("big", free_gpu_slots=1, gpu_free_memory=40 << 30)]
+    caps = [
+        cap("small", free_gpu_slots=1, gpu_free_memory=8 << 30),
+        cap("big", free_gpu_slots=1, gpu_free_memory=40 << 30),
+    ]
     assert plan([req("g", gpus=1)], caps, 0, 60)[0].node_id == "big"
     assert plan([req("g", gpus=2)], caps, 0, 60) == []
 

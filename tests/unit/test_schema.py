@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.workloads.registry import all_workloads, available_workloads, get_workload
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tensorfleet_agent.core.errors import ResourcesExhausted
 from tensorfleet_agent.runtime.slots import SlotPool, default_cpu_slots
 

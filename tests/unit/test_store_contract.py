@@ -22,13 +22,29 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 def _job(job_id: str = "j1") -> Job:
-    return Job(id=job_id, spec={"algorithm": "noop"}, submitter="me@here", seq_no=1, created_at=1.0,
-               tasks=[JobTask(index=0, state=TaskRunState.RUNNING, agent_task_id=f"{job_id}-r0-a1", attempt=1)])
+    return Job(
+        id=job_id,
+        spec={"algorithm": "noop"},
+        submitter="me@here",
+        seq_no=1,
+        created_at=1.0,
+        tasks=[JobTask(index=0, state=TaskRunState.RUNNING, agent_task_id=f"{job_id}-r0-a1", attempt=1)],
+    )
 
 
 def _metric(seq: int, agent_seq: int, attempt: str = "j1-r0-a1") -> JobEventRecord:
-    return JobEventRecord(job_id="j1", seq=seq, time=float(seq), kind="metric", task_index=0, step=agent_seq,
-                          name="loss", value=1.0 / agent_seq, attempt_id=attempt, agent_seq=agent_seq)
+    return JobEventRecord(
+        job_id="j1",
+        seq=seq,
+        time=float(seq),
+        kind="metric",
+        task_index=0,
+        step=agent_seq,
+        name="loss",
+        value=1.0 / agent_seq,
+        attempt_id=attempt,
+        agent_seq=agent_seq,
+    )
 
 
 async def test_jobs_round_trip(store: JobStore) -> None:

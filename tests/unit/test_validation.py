@@ -7,6 +7,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import BlobRef, TaskSpec

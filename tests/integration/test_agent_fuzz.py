@@ -1,0 +1,118 @@
+"""Property tests against a live agent: any request message gets a clear status, never a crash or a hang."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers.agents import AgentProcess
+from tensorfleet_agent._generated import agent_pb2 as pb
+from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
+from tensorfleet_agent.rpc.client import create_sync_channel
+
+pytestmark = pytest.mark.slow
+
+OK_CODES = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+}
+texts = st.text(max_size=80) | st.sampled_from(["", "noop", "sleep", "a" * 64, "../../etc/passwd", "t-1"])
+ints = st.integers(-(2**31), 2**31 - 1)
+specs = st.builds(
+    pb.TaskSpec,
+    task_id=texts,
+    job_id=texts,
+    workload=st.sampled_from(["noop", "sleep", "emit", "fail", "random_forest", "nope", ""]),
+    params_json=st.sampled_from(["", "{}", '{"seconds": 0.01}', '{"seconds": -1}', "[", '{"points": 3}', "null"]),
+    rank=ints,
+    world_size=ints,
+    gpus=ints,
+    timeout_seconds=st.floats(allow_nan=True),
+    memory_limit_bytes=st.integers(-(2**63), 2**63 - 1),
+    dataset=st.sampled_from(["", "iris", "mnist"]),
+)
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.AgentServiceStub]:
+    agent = AgentProcess(Path(tmp_path_factory.mktemp("fuzz")) / "agent", cpu_slots=2).start()
+    channel = create_sync_channel(agent.address)
+    yield pb_grpc.AgentServiceStub(channel)
+    channel.close()
+    agent.stop()
+    assert "Traceback" not in agent.logs(), agent.logs()
+
+
+def _code(call: object) -> grpc.StatusCode:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as exc:
+        return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(version=st.sampled_from([0, 1, 2, -1]), spec=specs)
+def test_run_task(stub: pb_grpc.AgentServiceStub, version: int, spec: pb.TaskSpec) -> None:
+    code = _code(lambda: stub.RunTask(pb.RunTaskRequest(protocol_version=version, spec=spec), timeout=10))
+    assert code in OK_CODES
+    if code is grpc.StatusCode.OK:
+        stub.CancelTask(pb.CancelTaskRequest(task_id=spec.task_id), timeout=10)
+
+
+@FUZZ
+@given(task_id=texts, after=st.integers(-(2**63), 2**63 - 1), reason=st.text(max_size=5000))
+def test_watch_and_cancel(stub: pb_grpc.AgentServiceStub, task_id: str, after: int, reason: str) -> None:
+    assert (
+        _code(lambda: list(stub.WatchTask(pb.WatchTaskRequest(task_id=task_id, after_seq=after), timeout=10)))
+        in OK_CODES
+    )
+    assert _code(lambda: stub.CancelTask(pb.CancelTaskRequest(task_id=task_id, reason=reason), timeout=10)) in OK_CODES
+
+
+@FUZZ
+@given(
+    digests=st.lists(texts, max_size=5),
+    offset=st.integers(-(2**63), 2**63 - 1),
+    period=st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_blobs_and_telemetry(stub: pb_grpc.AgentServiceStub, digests: list[str], offset: int, period: float) -> None:
+    assert _code(lambda: stub.HasBlobs(pb.HasBlobsRequest(sha256=digests), timeout=10)) in OK_CODES
+    for digest in digests[:2]:
+        assert (
+            _code(lambda d=digest: list(stub.GetBlob(pb.GetBlobRequest(sha256=d, offset=offset), timeout=10)))
+            in OK_CODES
+        )
+
+    def one_sample() -> None:
+        for _ in stub.StreamTelemetry(pb.TelemetryRequest(period_seconds=period), timeout=10):
+            break
+
+    assert _code(one_sample) in OK_CODES | {grpc.StatusCode.CANCELLED}
+
+
+@FUZZ
+@given(
+    chunks=st.lists(
+        st.one_of(
+            st.builds(pb.BlobChunk, header=st.builds(pb.BlobHeader, sha256=texts, size=st.integers(-10, 10**12))),
+            st.builds(pb.BlobChunk, data=st.binary(max_size=64)),
+        ),
+        max_size=4,
+    )
+)
+def test_put_blob(stub: pb_grpc.AgentServiceStub, chunks: list[pb.BlobChunk]) -> None:
+    assert _code(lambda: stub.PutBlob(iter(chunks), timeout=10)) in OK_CODES
+    assert _code(lambda: stub.GetInfo(pb.GetInfoRequest(), timeout=10)) is grpc.StatusCode.OK
