@@ -27,7 +27,9 @@ def default_data_dir() -> Path:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tensorfleet-agent",
-        description="TensorFleet agent: runs training tasks on this machine for a TensorFleet controller.",
+        description="TensorFleet agent: runs training tasks on this machine for a TensorFleet controller. "
+        "`tensorfleet-agent token` prints a new join token; `tensorfleet-agent unpair FINGERPRINT` revokes a "
+        "controller. TENSORFLEET_CLUSTER_TOKEN pairs automatically with controllers that share it.",
     )
     p.add_argument("--version", action="version", version=f"tensorfleet-agent {AGENT_VERSION}")
     p.add_argument("--host", default="0.0.0.0", help="address to serve gRPC on (default: 0.0.0.0)")
@@ -81,8 +83,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="drain and exit when process PID ends (the controller that started this local agent)",
     )
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC without pairing (loopback development only)")
+    p.add_argument("--no-scripts", action="store_true", help="refuse user-script tasks, even from paired controllers")
     p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
     return p
+
+
+def _admin(argv: list[str]) -> int:
+    """`tensorfleet-agent token` and `tensorfleet-agent unpair FINGERPRINT`, acting on the data dir."""
+    from tensorfleet_agent.security.authority import new_join_token, unpair
+
+    p = argparse.ArgumentParser(prog=f"tensorfleet-agent {argv[0]}")
+    if argv[0] == "unpair":
+        p.add_argument("fingerprint", help="the controller's certificate fingerprint (or its first 8+ characters)")
+    else:
+        p.add_argument("--ttl", type=float, default=3600.0, help="seconds the token stays valid (default: 3600)")
+    p.add_argument("--data-dir", type=Path, default=None, help=f"the agent's state directory ({default_data_dir()})")
+    args = p.parse_args(argv[1:])
+    identity_dir = (args.data_dir or default_data_dir()) / "identity"
+    if argv[0] == "unpair":
+        if not unpair(identity_dir, args.fingerprint):
+            print(f"tensorfleet-agent: no single paired controller matches {args.fingerprint!r}", file=sys.stderr)
+            return 2
+        print(f"unpaired {args.fingerprint}; its sessions end now", file=sys.stderr)
+        return 0
+    if args.ttl <= 0:
+        print("tensorfleet-agent: --ttl must be > 0", file=sys.stderr)
+        return 2
+    print(new_join_token(identity_dir, args.ttl))
+    return 0
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -101,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         from tensorfleet_agent.runtime.worker import main as worker_main
 
         return worker_main(argv[1:])
+    if argv[:1] in (["token"], ["unpair"]):
+        return _admin(argv)
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     from tensorfleet_agent.daemon import AgentConfig  # after logging: imports grpc
@@ -110,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
         if args.cpu_slots is not None and args.cpu_slots < 1:
             raise ValueError(f"--cpu-slots must be at least 1, got {args.cpu_slots}")
+        from tensorfleet_agent.rpc.server import is_loopback
+
+        if args.insecure and not is_loopback(args.host):
+            raise ValueError(
+                f"--insecure serves plaintext without pairing: only allowed on loopback, not on --host {args.host}"
+            )
         if args.drain_timeout < 0:
             raise ValueError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
         config = AgentConfig(
@@ -126,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             blob_cache_bytes=int(args.blob_cache_gb * 2**30),
             journal_retention_seconds=args.journal_retention_days * 86400,
             ready_file=args.ready_file,
+            insecure=args.insecure,
+            cluster_token=os.environ.get("TENSORFLEET_CLUSTER_TOKEN", ""),
+            join_token=os.environ.get("TENSORFLEET_JOIN_TOKEN", ""),
+            allow_scripts=not args.no_scripts,
         )
     except ValueError as exc:
         print(f"tensorfleet-agent: error: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +18,18 @@ from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
 from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser
 from tensorfleet_agent.discovery.interfaces import advertised_addresses
-from tensorfleet_agent.identity import load_or_create_key, node_id_of
+from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.metrics import AgentMetrics
-from tensorfleet_agent.rpc.server import create_server
+from tensorfleet_agent.rpc.server import create_server, is_loopback, tls_server_credentials
 from tensorfleet_agent.rpc.service import AgentServicer
 from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig
 from tensorfleet_agent.runtime.gpus import Gpus
 from tensorfleet_agent.runtime.slots import SlotPool
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler, disk_free, machine_facts
+from tensorfleet_agent.security.authority import Authority, add_join_token, new_join_token
+from tensorfleet_agent.security.interceptor import AuthInterceptor
+from tensorfleet_agent.security.secrets import cluster_id_of, register
 from tensorfleet_agent.workloads.registry import available_workloads
 
 log = logging.getLogger(__name__)
@@ -48,7 +52,14 @@ class AgentConfig:
     journal_max_finished: int = 10_000
     warm_idle_seconds: float = 60.0
     ready_file: Path | None = None
-    cluster_id: str = ""
+    insecure: bool = False  # plaintext, no pairing: loopback development only
+    cluster_token: str = ""  # pairs automatically with controllers started with the same token
+    join_token: str = ""  # a preset one-time join token (the controller's local agent gets one)
+    allow_scripts: bool = True
+
+    @property
+    def cluster_id(self) -> str:
+        return cluster_id_of(self.cluster_token) if self.cluster_token else ""
 
 
 class AgentDaemon:
@@ -68,8 +79,26 @@ class AgentDaemon:
         cfg = self.config
         t0 = time.monotonic()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        key = await asyncio.to_thread(load_or_create_key, cfg.data_dir / "identity")
-        self.node_id = node_id_of(key)
+        if cfg.insecure and not is_loopback(cfg.host):
+            raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
+        self.identity = await asyncio.to_thread(load_or_create_identity, cfg.data_dir / "identity", "agent")
+        self.node_id = self.identity.node_id
+        self.authority: Authority | None = None
+        if not cfg.insecure:
+            self.authority = Authority(cfg.data_dir / "identity", self.identity, cfg.cluster_token)
+            if cfg.join_token:
+                register(cfg.join_token)
+                await asyncio.to_thread(add_join_token, cfg.data_dir / "identity", cfg.join_token, 3600.0)
+            elif not cfg.cluster_token and not self.authority.has_paired_controllers():
+                token = await asyncio.to_thread(new_join_token, cfg.data_dir / "identity")
+                register(token)
+                print(
+                    f"\nThis agent is not paired with any controller yet. Join token (valid 1 h, single use):\n"
+                    f"    {token}\non the controller: tensorfleet agents pair {cfg.name} --token {token}\n"
+                    f"(`tensorfleet-agent token` prints a new one)\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self._facts = await asyncio.to_thread(machine_facts)
         gpu_list = await asyncio.to_thread(self.gpus.inventory)
         self.gpu_inventory = gpu_list
@@ -85,17 +114,27 @@ class AgentDaemon:
         )
         await self.executor.start()
         self.sampler = TelemetrySampler(cfg.data_dir, self.gpus)
-        servicer = AgentServicer(self.executor, self.blobs, self.sampler, self.node_info)
-        self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
+        servicer = AgentServicer(
+            self.executor, self.blobs, self.sampler, self.node_info, self.authority, cfg.allow_scripts
+        )
+        if self.authority is None:
+            self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
+        else:
+            credentials = tls_server_credentials(self.identity.key_pem, self.identity.cert_pem)
+            self._server, self.port = create_server(
+                [servicer.register], cfg.host, cfg.port, credentials, [AuthInterceptor(self.authority)]
+            )
         await self._server.start()
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, "127.0.0.1" if _loopback(cfg.host) else cfg.host)
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, "127.0.0.1" if is_loopback(cfg.host) else cfg.host)
         log.info(
-            "agent %r (node %s) serving AgentService on %s:%d with %d slot(s)%s",
+            "agent %r (node %s, certificate %s) serving AgentService on %s:%d%s with %d slot(s)%s",
             cfg.name,
             self.node_id,
+            self.identity.fingerprint[:16],
             cfg.host,
             self.port,
+            " (INSECURE: plaintext, no pairing)" if cfg.insecure else " over TLS",
             self.slots.total,
             f", metrics on :{self.metrics_port}" if self.metrics_port else "",
         )
@@ -118,6 +157,7 @@ class AgentDaemon:
             gpus=len(self.gpu_inventory),
             slots=self.slots.total,
             cluster_id=cfg.cluster_id,
+            cert_fingerprint="" if cfg.insecure else self.identity.fingerprint,
             agent_version=AGENT_VERSION,
         )
 
@@ -130,6 +170,8 @@ class AgentDaemon:
             "host": self.config.host,
             "port": self.port,
             "metrics_port": self.metrics_port,
+            "fingerprint": self.identity.fingerprint,
+            "insecure": self.config.insecure,
             "addresses": list(advertised_addresses(self.config.host, self.config.interfaces)),
         }
         tmp = self.config.ready_file.with_suffix(".tmp")
@@ -159,6 +201,7 @@ class AgentDaemon:
             labels=dict(self.config.labels),
             draining=self.executor.draining,
             cluster_id=self.config.cluster_id,
+            cert_fingerprint="" if self.config.insecure else self.identity.fingerprint,
         )
 
     async def stop(self, drain: bool = True) -> None:
@@ -173,7 +216,3 @@ class AgentDaemon:
             await self._server.stop(grace=2.0)
         await self.executor.close()
         log.info("agent stopped")
-
-
-def _loopback(host: str) -> bool:
-    return host.startswith("127.") or host in ("localhost", "::1")

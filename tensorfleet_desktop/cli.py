@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds a waiting multi-rank job lets smaller jobs backfill before reserving slots",
     )
+    s.add_argument(
+        "--insecure", action="store_true", help="plaintext to agents without pairing (loopback development only)"
+    )
     s.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
 
     sub.add_parser("shutdown", help="stop the controller (and its local agent)")
@@ -109,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     asub = s.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=_Parser)
     a = asub.add_parser("add", help="add an agent by HOST:PORT")
     a.add_argument("address")
+    a.add_argument("--json", action="store_true")
+    a = asub.add_parser("pair", help="pair with an agent using the join token it printed")
+    a.add_argument("agent", help="id, id prefix or name")
+    a.add_argument("--token", required=True, help="join token (`tensorfleet-agent token` prints a new one)")
+    a.add_argument("--force", action="store_true", help="accept a changed agent certificate (deliberate re-pair)")
     a.add_argument("--json", action="store_true")
     for name in ("drain", "rm"):
         a = asub.add_parser(name, help=f"{name} an agent by id or name")

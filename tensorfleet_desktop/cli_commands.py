@@ -7,6 +7,7 @@ import asyncio
 import csv
 import datetime as dt
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -118,6 +119,9 @@ def _agent_summary(agent: dict[str, Any]) -> dict[str, Any]:
         "labels",
         "last_seen",
         "state_since",
+        "fingerprint",
+        "cluster_id",
+        "error",
     )
     return {k: agent[k] for k in keys}
 
@@ -166,6 +170,9 @@ def serve(args: argparse.Namespace) -> int:
             telemetry_period=args.telemetry_period,
             gang_reserve_after=args.gang_reserve_after,
             ready_file=args.ready_file,
+            insecure=args.insecure,
+            cluster_token=os.environ.get("TENSORFLEET_CLUSTER_TOKEN", ""),
+            client_token=os.environ.get("TENSORFLEET_CONTROLLER_TOKEN", ""),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -376,22 +383,29 @@ def agents(client: Client, args: argparse.Namespace) -> int:
         if args.json:
             _print_json([_agent_summary(a) for a in items])
             return EXIT_OK
-        table = Table("ID", "NAME", "ADDRESS", "STATE", "SOURCE", "SLOTS", "GPUS", "CPU")
+        table = Table("ID", "NAME", "ADDRESS", "STATE", "PAIRED", "SOURCE", "SLOTS", "GPUS", "CPU", "FINGERPRINT")
         for a in items:
             table.add_row(
                 a["id"][:12],
                 a["name"],
                 a["address"],
                 a["state"],
+                "yes" if a["paired"] else "NO",
                 a["source"],
                 f"{a['slots_free']}/{a['slots_total']}",
                 str(a["gpus"]),
                 f"{a['cpu_percent']:.0f}%",
+                a["fingerprint"][:16],
             )
         out.print(table)
+        for a in items:
+            if a["error"]:
+                err.print(f"[yellow]{a['name'] or a['id'][:12]}: {a['error']}[/yellow]", markup=True)
         return EXIT_OK
     if action == "add":
         agent = client.add_agent(args.address)
+    elif action == "pair":
+        agent = client.pair_agent(args.agent, args.token, args.force)
     elif action == "drain":
         agent = client.drain_agent(args.agent)
     else:

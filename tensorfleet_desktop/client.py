@@ -10,19 +10,30 @@ Jobs, agents and events come back as plain dicts (the same keys as the CLI's --j
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import platformdirs
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
-from tensorfleet_agent.rpc.client import create_channel, create_sync_channel
+from tensorfleet_agent.identity import node_id_of_cert
+from tensorfleet_agent.rpc.client import (
+    create_channel,
+    create_sync_channel,
+    fetch_certificate_blocking,
+    pinned_credentials,
+)
+from tensorfleet_agent.rpc.server import is_loopback
+from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.controller import convert
 
 DEFAULT_CONTROLLER = "127.0.0.1:50050"
@@ -72,6 +83,8 @@ def _translate(exc: grpc.RpcError, address: str) -> TensorFleetError:
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.OUT_OF_RANGE,
     ):
         return InvalidRequest(str(details), name)
@@ -97,6 +110,7 @@ def _requests() -> dict[str, Callable[..., Any]]:
         "add_agent": lambda address: cpb.AddAgentRequest(address=address),
         "agent_ref": lambda agent: cpb.AgentRefRequest(agent=agent),
         "watch": lambda job_id, after_seq=0: cpb.WatchJobRequest(job_id=job_id, after_seq=after_seq),
+        "pair": lambda agent, token, force=False: cpb.PairAgentRequest(agent=agent, token=token, force=force),
     }
 
 
@@ -135,13 +149,56 @@ def _info(resp: cpb.ControllerInfo) -> dict[str, Any]:
     }
 
 
+Metadata = tuple[tuple[str, str], ...]
+
+
+def known_controllers_file() -> Path:
+    override = os.environ.get("TENSORFLEET_KNOWN_CONTROLLERS")
+    if override:
+        return Path(override)
+    return Path(platformdirs.user_config_dir("tensorfleet", appauthor=False)) / "known_controllers.json"
+
+
+def channel_security(address: str) -> tuple[grpc.ChannelCredentials | None, str | None, Metadata]:
+    """Loopback: plaintext. Elsewhere: TLS pinned on first use, and the client token as bearer metadata."""
+    host = address.rpartition(":")[0].strip("[]")
+    if is_loopback(host):
+        return None, None, ()
+    token = os.environ.get("TENSORFLEET_CONTROLLER_TOKEN", "")
+    if not token:
+        raise InvalidRequest(
+            f"the controller at {address} is not on loopback: set TENSORFLEET_CONTROLLER_TOKEN to its client token "
+            "(client.token in the controller's data dir)"
+        )
+    register(token)
+    try:
+        cert = fetch_certificate_blocking(address)
+    except OSError as exc:
+        raise ControllerUnreachable(f"cannot reach the TensorFleet controller at {address}: {exc}") from None
+    node_id, fingerprint = node_id_of_cert(cert)
+    path = known_controllers_file()
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    pinned = known.get(address)
+    if pinned and pinned != fingerprint:
+        raise InvalidRequest(
+            f"the controller at {address} presents certificate {fingerprint[:16]}, not {pinned[:16]} seen before: "
+            f"refusing it (if it was re-installed on purpose, remove its entry from {path})"
+        )
+    if not pinned:
+        known[address] = fingerprint
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known, indent=1))
+    return pinned_credentials(cert), node_id, (("authorization", f"Bearer {token}"),)
+
+
 class Client:
     """Blocking SDK. Every method raises a TensorFleetError subclass with a clear message."""
 
     def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
         self.address = controller_address(address)
         self.timeout = timeout
-        self._channel = create_sync_channel(self.address)
+        credentials, target, self._metadata = channel_security(self.address)
+        self._channel = create_sync_channel(self.address, credentials, target)
         self._stub = cpb_grpc.ControllerServiceStub(self._channel)
 
     def close(self) -> None:
@@ -155,7 +212,7 @@ class Client:
 
     def _call(self, method: str, request: Any, convert_fn: Callable[[Any], T]) -> T:
         try:
-            return convert_fn(getattr(self._stub, method)(request, timeout=self.timeout))
+            return convert_fn(getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata))
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
 
@@ -204,6 +261,9 @@ class Client:
     def drain_agent(self, agent: str) -> dict[str, Any]:
         return self._call("DrainAgent", _REQ["agent_ref"](agent), convert.agent_from_pb)
 
+    def pair_agent(self, agent: str, token: str, force: bool = False) -> dict[str, Any]:
+        return self._call("PairAgent", _REQ["pair"](agent, token, force), convert.agent_from_pb)
+
     def workloads(self) -> list[dict[str, Any]]:
         return self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))
 
@@ -213,7 +273,7 @@ class Client:
     def watch(self, job_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
         """Job events (job_state, task_state, progress, metric, log, artifact) until the job ends."""
         try:
-            for msg in self._stub.WatchJob(_REQ["watch"](job_id, after_seq)):
+            for msg in self._stub.WatchJob(_REQ["watch"](job_id, after_seq), metadata=self._metadata):
                 yield convert.event_from_pb(msg)
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
@@ -243,11 +303,21 @@ class AsyncClient:
     def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
         self.address = controller_address(address)
         self.timeout = timeout
-        self._channel = create_channel(self.address)
-        self._stub = cpb_grpc.ControllerServiceStub(self._channel)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_: Any = None
+        self._metadata: Metadata = ()
+
+    async def _stub(self) -> Any:
+        """Connect on first use: fetching and pinning a remote controller's certificate blocks (a thread)."""
+        if self._stub_ is None:
+            credentials, target, self._metadata = await asyncio.to_thread(channel_security, self.address)
+            self._channel = create_channel(self.address, credentials, target)
+            self._stub_ = cpb_grpc.ControllerServiceStub(self._channel)
+        return self._stub_
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        if self._channel is not None:
+            await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -256,8 +326,9 @@ class AsyncClient:
         await self.close()
 
     async def _call(self, method: str, request: Any, convert_fn: Callable[[Any], T]) -> T:
+        stub = await self._stub()
         try:
-            return convert_fn(await getattr(self._stub, method)(request, timeout=self.timeout))
+            return convert_fn(await getattr(stub, method)(request, timeout=self.timeout, metadata=self._metadata))
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
 
@@ -310,6 +381,9 @@ class AsyncClient:
     async def drain_agent(self, agent: str) -> dict[str, Any]:
         return await self._call("DrainAgent", _REQ["agent_ref"](agent), convert.agent_from_pb)
 
+    async def pair_agent(self, agent: str, token: str, force: bool = False) -> dict[str, Any]:
+        return await self._call("PairAgent", _REQ["pair"](agent, token, force), convert.agent_from_pb)
+
     async def workloads(self) -> list[dict[str, Any]]:
         return await self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))
 
@@ -317,15 +391,17 @@ class AsyncClient:
         await self._call("Shutdown", cpb.ShutdownRequest(stop_local_agent=stop_local_agent), lambda r: None)
 
     async def watch(self, job_id: str, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
+        stub = await self._stub()
         try:
-            async for msg in self._stub.WatchJob(_REQ["watch"](job_id, after_seq)):
+            async for msg in stub.WatchJob(_REQ["watch"](job_id, after_seq), metadata=self._metadata):
                 yield convert.event_from_pb(msg)
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
 
     async def watch_agents(self) -> AsyncIterator[dict[str, Any]]:
+        stub = await self._stub()
         try:
-            async for msg in self._stub.WatchAgents(cpb.ListAgentsRequest()):
+            async for msg in stub.WatchAgents(cpb.ListAgentsRequest(), metadata=self._metadata):
                 yield {"kind": msg.kind, "time": msg.time, "agent": convert.agent_from_pb(msg.agent)}
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
@@ -340,6 +416,4 @@ class AsyncClient:
                 if job["state"] in TERMINAL:
                     return job
             except ControllerUnreachable:
-                import asyncio
-
                 await asyncio.sleep(1.0)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,7 @@ def run_demo(data_dir: Path | None, as_json: bool) -> int:
         return asyncio.run(_demo(Path(tmp), as_json))
 
 
-def _start_agent(data_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _start_agent(data_dir: Path, name: str, cluster_token: str) -> tuple[subprocess.Popen[bytes], Path]:
     ready = data_dir / f"{name}.ready"
     log = (data_dir / f"{name}.log").open("ab")
     proc = subprocess.Popen(
@@ -71,8 +72,8 @@ def _start_agent(data_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], Pa
             str(ready),
             "--exit-with-pid",
             str(os.getpid()),
-            "--insecure",
         ],
+        env={**os.environ, "TENSORFLEET_CLUSTER_TOKEN": cluster_token},
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -89,9 +90,11 @@ async def _demo(data_dir: Path, as_json: bool) -> int:
         f"[bold]TensorFleet demo[/bold]: a controller and 2 agents on this machine "
         f"(mDNS on {LOOPBACK} only), data in {data_dir}"
     )
-    agents = [_start_agent(data_dir, f"demo-agent-{i + 1}") for i in range(2)]
+    # A fresh cluster token: the agents pair with this controller for real, over TLS, and with no other.
+    cluster_token = f"tfdemo-{secrets.token_urlsafe(16)}"
+    agents = [_start_agent(data_dir, f"demo-agent-{i + 1}", cluster_token) for i in range(2)]
     app = ControllerApp(
-        ControllerConfig(data_dir=data_dir / "controller", port=0, interfaces=[LOOPBACK], local_agent=False)
+        ControllerConfig(data_dir=data_dir / "controller", port=0, interfaces=[LOOPBACK], local_agent=False, cluster_token=cluster_token)
     )
     try:
         await app.start()

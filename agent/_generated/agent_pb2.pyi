@@ -1012,3 +1012,184 @@ class HasBlobsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HasBlobsResponse: _TypeAlias = HasBlobsResponse  # noqa: Y015
+
+@_typing.final
+class PairBeginRequest(_message.Message):
+    """---------------------------------------------------------------- pairing and authentication
+
+    GetInfo and these four RPCs are public (server TLS only); every other RPC needs
+    "authorization: Bearer <session>" from Authenticate, which only paired controllers get.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_CERT_PEM_FIELD_NUMBER: _builtins.int
+    controller_cert_pem: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        controller_cert_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_cert_pem", b"controller_cert_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairBeginRequest: _TypeAlias = PairBeginRequest  # noqa: Y015
+
+@_typing.final
+class PairBeginResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_NONCE_FIELD_NUMBER: _builtins.int
+    agent_nonce: _builtins.bytes
+    """single use, expires after a minute"""
+    def __init__(
+        self,
+        *,
+        agent_nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_nonce", b"agent_nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairBeginResponse: _TypeAlias = PairBeginResponse  # noqa: Y015
+
+@_typing.final
+class PairFinishRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_CERT_PEM_FIELD_NUMBER: _builtins.int
+    AGENT_NONCE_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    CONTROLLER_NONCE_FIELD_NUMBER: _builtins.int
+    controller_cert_pem: _builtins.bytes
+    agent_nonce: _builtins.bytes
+    proof: _builtins.bytes
+    """HMAC-SHA256(token, "tf-pair-controller" | agent_nonce | controller fingerprint | agent fingerprint):
+    proves the join (or cluster) token without sending it.
+    """
+    controller_nonce: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        controller_cert_pem: _builtins.bytes = ...,
+        agent_nonce: _builtins.bytes = ...,
+        proof: _builtins.bytes = ...,
+        controller_nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_nonce", b"agent_nonce", "controller_cert_pem", b"controller_cert_pem", "controller_nonce", b"controller_nonce", "proof", b"proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairFinishRequest: _TypeAlias = PairFinishRequest  # noqa: Y015
+
+@_typing.final
+class PairFinishResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_PROOF_FIELD_NUMBER: _builtins.int
+    agent_proof: _builtins.bytes
+    """HMAC-SHA256(token, "tf-pair-agent" | controller_nonce | controller fingerprint | agent fingerprint):
+    the agent knows the token too.
+    """
+    def __init__(
+        self,
+        *,
+        agent_proof: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_proof", b"agent_proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairFinishResponse: _TypeAlias = PairFinishResponse  # noqa: Y015
+
+@_typing.final
+class ChallengeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChallengeRequest: _TypeAlias = ChallengeRequest  # noqa: Y015
+
+@_typing.final
+class Challenge(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NONCE_FIELD_NUMBER: _builtins.int
+    nonce: _builtins.bytes
+    """single use, expires after a minute"""
+    def __init__(
+        self,
+        *,
+        nonce: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Challenge: _TypeAlias = Challenge  # noqa: Y015
+
+@_typing.final
+class AuthenticateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_CERT_PEM_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    controller_cert_pem: _builtins.bytes
+    nonce: _builtins.bytes
+    signature: _builtins.bytes
+    """ECDSA-SHA256 over "tf-auth" | nonce | agent node id, with the controller's key"""
+    def __init__(
+        self,
+        *,
+        controller_cert_pem: _builtins.bytes = ...,
+        nonce: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_cert_pem", b"controller_cert_pem", "nonce", b"nonce", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthenticateRequest: _TypeAlias = AuthenticateRequest  # noqa: Y015
+
+@_typing.final
+class AuthenticateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    expires_in_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+        expires_in_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_in_seconds", b"expires_in_seconds", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthenticateResponse: _TypeAlias = AuthenticateResponse  # noqa: Y015

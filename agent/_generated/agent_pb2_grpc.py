@@ -82,6 +82,26 @@ class AgentServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.HasBlobsRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.HasBlobsResponse.FromString,
                 _registered_method=True)
+        self.PairBegin = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/PairBegin',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.PairBeginRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PairBeginResponse.FromString,
+                _registered_method=True)
+        self.PairFinish = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/PairFinish',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.PairFinishRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PairFinishResponse.FromString,
+                _registered_method=True)
+        self.GetChallenge = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/GetChallenge',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.ChallengeRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.Challenge.FromString,
+                _registered_method=True)
+        self.Authenticate = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/Authenticate',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.AuthenticateRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.AuthenticateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -144,6 +164,30 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PairBegin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PairFinish(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChallenge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Authenticate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +235,26 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.HasBlobs,
                     request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.HasBlobsRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_agent__pb2.HasBlobsResponse.SerializeToString,
+            ),
+            'PairBegin': grpc.unary_unary_rpc_method_handler(
+                    servicer.PairBegin,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PairBeginRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.PairBeginResponse.SerializeToString,
+            ),
+            'PairFinish': grpc.unary_unary_rpc_method_handler(
+                    servicer.PairFinish,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PairFinishRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.PairFinishResponse.SerializeToString,
+            ),
+            'GetChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChallenge,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.ChallengeRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.Challenge.SerializeToString,
+            ),
+            'Authenticate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Authenticate,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.AuthenticateRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.AuthenticateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +502,114 @@ class AgentService:
             '/tensorfleet.v1.AgentService/HasBlobs',
             tensorfleet_dot_v1_dot_agent__pb2.HasBlobsRequest.SerializeToString,
             tensorfleet_dot_v1_dot_agent__pb2.HasBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PairBegin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/PairBegin',
+            tensorfleet_dot_v1_dot_agent__pb2.PairBeginRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.PairBeginResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PairFinish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/PairFinish',
+            tensorfleet_dot_v1_dot_agent__pb2.PairFinishRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.PairFinishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/GetChallenge',
+            tensorfleet_dot_v1_dot_agent__pb2.ChallengeRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.Challenge.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Authenticate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/Authenticate',
+            tensorfleet_dot_v1_dot_agent__pb2.AuthenticateRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.AuthenticateResponse.FromString,
             options,
             channel_credentials,
             insecure,

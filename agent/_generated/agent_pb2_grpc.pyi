@@ -49,6 +49,10 @@ class AgentServiceStub:
     GetBlob: _grpc.UnaryStreamMultiCallable[_agent_pb2.GetBlobRequest, _agent_pb2.BlobChunk]
     """First message is a BlobHeader with the blob's digest and size, then data chunks."""
     HasBlobs: _grpc.UnaryUnaryMultiCallable[_agent_pb2.HasBlobsRequest, _agent_pb2.HasBlobsResponse]
+    PairBegin: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PairBeginRequest, _agent_pb2.PairBeginResponse]
+    PairFinish: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PairFinishRequest, _agent_pb2.PairFinishResponse]
+    GetChallenge: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ChallengeRequest, _agent_pb2.Challenge]
+    Authenticate: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AuthenticateRequest, _agent_pb2.AuthenticateResponse]
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -65,6 +69,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     GetBlob: _aio.UnaryStreamMultiCallable[_agent_pb2.GetBlobRequest, _agent_pb2.BlobChunk]  # type: ignore[assignment]
     """First message is a BlobHeader with the blob's digest and size, then data chunks."""
     HasBlobs: _aio.UnaryUnaryMultiCallable[_agent_pb2.HasBlobsRequest, _agent_pb2.HasBlobsResponse]  # type: ignore[assignment]
+    PairBegin: _aio.UnaryUnaryMultiCallable[_agent_pb2.PairBeginRequest, _agent_pb2.PairBeginResponse]  # type: ignore[assignment]
+    PairFinish: _aio.UnaryUnaryMultiCallable[_agent_pb2.PairFinishRequest, _agent_pb2.PairFinishResponse]  # type: ignore[assignment]
+    GetChallenge: _aio.UnaryUnaryMultiCallable[_agent_pb2.ChallengeRequest, _agent_pb2.Challenge]  # type: ignore[assignment]
+    Authenticate: _aio.UnaryUnaryMultiCallable[_agent_pb2.AuthenticateRequest, _agent_pb2.AuthenticateResponse]  # type: ignore[assignment]
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- service"""
@@ -132,5 +140,33 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.HasBlobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.HasBlobsResponse, _abc.Awaitable[_agent_pb2.HasBlobsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PairBegin(
+        self,
+        request: _agent_pb2.PairBeginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PairBeginResponse, _abc.Awaitable[_agent_pb2.PairBeginResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PairFinish(
+        self,
+        request: _agent_pb2.PairFinishRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PairFinishResponse, _abc.Awaitable[_agent_pb2.PairFinishResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetChallenge(
+        self,
+        request: _agent_pb2.ChallengeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.Challenge, _abc.Awaitable[_agent_pb2.Challenge]]: ...
+
+    @_abc_1.abstractmethod
+    def Authenticate(
+        self,
+        request: _agent_pb2.AuthenticateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.AuthenticateResponse, _abc.Awaitable[_agent_pb2.AuthenticateResponse]]: ...
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

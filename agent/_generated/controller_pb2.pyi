@@ -50,6 +50,8 @@ class ControllerInfo(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     LOCAL_AGENT_ID_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     version: _builtins.str
     data_dir: _builtins.str
@@ -58,6 +60,9 @@ class ControllerInfo(_message.Message):
     pid: _builtins.int
     started_at: _builtins.float
     local_agent_id: _builtins.str
+    fingerprint: _builtins.str
+    """the controller's certificate fingerprint"""
+    cluster_id: _builtins.str
     def __init__(
         self,
         *,
@@ -69,10 +74,12 @@ class ControllerInfo(_message.Message):
         pid: _builtins.int = ...,
         started_at: _builtins.float = ...,
         local_agent_id: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        cluster_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_uri", b"blobs_uri", "data_dir", b"data_dir", "local_agent_id", b"local_agent_id", "pid", b"pid", "protocol_version", b"protocol_version", "started_at", b"started_at", "store_uri", b"store_uri", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_uri", b"blobs_uri", "cluster_id", b"cluster_id", "data_dir", b"data_dir", "fingerprint", b"fingerprint", "local_agent_id", b"local_agent_id", "pid", b"pid", "protocol_version", b"protocol_version", "started_at", b"started_at", "store_uri", b"store_uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -713,6 +720,8 @@ class Agent(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     WORKLOADS_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """node id"""
     name: _builtins.str
@@ -735,6 +744,9 @@ class Agent(_message.Message):
     tasks_running: _builtins.int
     error: _builtins.str
     agent_version: _builtins.str
+    fingerprint: _builtins.str
+    """sha256 of the agent's TLS certificate"""
+    cluster_id: _builtins.str
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -762,10 +774,12 @@ class Agent(_message.Message):
         error: _builtins.str = ...,
         agent_version: _builtins.str = ...,
         workloads: _abc.Iterable[_builtins.str] | None = ...,
+        fingerprint: _builtins.str = ...,
+        cluster_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cpu_percent", b"cpu_percent", "error", b"error", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "paired", b"paired", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "workloads", b"workloads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cluster_id", b"cluster_id", "cpu_percent", b"cpu_percent", "error", b"error", "fingerprint", b"fingerprint", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "paired", b"paired", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "workloads", b"workloads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -871,6 +885,34 @@ class AgentRefRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentRefRequest: _TypeAlias = AgentRefRequest  # noqa: Y015
+
+@_typing.final
+class PairAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """node id, unique id prefix, or name"""
+    token: _builtins.str
+    """the agent's join token (sent to this controller only, over TLS or loopback)"""
+    force: _builtins.bool
+    """accept a changed certificate (deliberate re-pairing)"""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        token: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "force", b"force", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairAgentRequest: _TypeAlias = PairAgentRequest  # noqa: Y015
 
 @_typing.final
 class WorkloadsRequest(_message.Message):

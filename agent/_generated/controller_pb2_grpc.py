@@ -120,6 +120,11 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Agent.FromString,
                 _registered_method=True)
+        self.PairAgent = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/PairAgent',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.PairAgentRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Agent.FromString,
+                _registered_method=True)
         self.ListWorkloads = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/ListWorkloads',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.WorkloadsRequest.SerializeToString,
@@ -237,6 +242,12 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PairAgent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkloads(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -335,6 +346,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
             'DrainAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.DrainAgent,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Agent.SerializeToString,
+            ),
+            'PairAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.PairAgent,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.PairAgentRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Agent.SerializeToString,
             ),
             'ListWorkloads': grpc.unary_unary_rpc_method_handler(
@@ -806,6 +822,33 @@ class ControllerService:
             target,
             '/tensorfleet.v1.ControllerService/DrainAgent',
             tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.Agent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PairAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/PairAgent',
+            tensorfleet_dot_v1_dot_controller__pb2.PairAgentRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.Agent.FromString,
             options,
             channel_credentials,

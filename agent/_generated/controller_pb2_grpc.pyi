@@ -53,6 +53,7 @@ class ControllerServiceStub:
     AddAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddAgentRequest, _controller_pb2.Agent]
     RemoveAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]
     DrainAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]
+    PairAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PairAgentRequest, _controller_pb2.Agent]
     ListWorkloads: _grpc.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]
 
@@ -76,6 +77,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     AddAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddAgentRequest, _controller_pb2.Agent]  # type: ignore[assignment]
     RemoveAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]  # type: ignore[assignment]
     DrainAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]  # type: ignore[assignment]
+    PairAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.PairAgentRequest, _controller_pb2.Agent]  # type: ignore[assignment]
     ListWorkloads: _aio.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]  # type: ignore[assignment]
 
@@ -196,6 +198,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     def DrainAgent(
         self,
         request: _controller_pb2.AgentRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Agent, _abc.Awaitable[_controller_pb2.Agent]]: ...
+
+    @_abc_1.abstractmethod
+    def PairAgent(
+        self,
+        request: _controller_pb2.PairAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.Agent, _abc.Awaitable[_controller_pb2.Agent]]: ...
 

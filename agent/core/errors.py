@@ -32,5 +32,9 @@ class AlreadyExists(AgentError):
     """A different task with the same id was already accepted."""
 
 
+class PermissionDenied(AgentError):
+    """Pairing or authentication refused."""
+
+
 class Unavailable(AgentError):
     """The agent is draining or shutting down and takes no new work."""

@@ -1,11 +1,22 @@
-"""The one place that builds gRPC channels, and an async AgentService client over plain dataclasses."""
+"""The one place that builds gRPC channels, and an async AgentService client over plain dataclasses.
+
+A secure client pins the agent's certificate (trust on first use is the caller's decision: see
+`fetch_certificate`), authenticates with the controller's key for a session, and, given a cluster
+token, pairs by itself when the agent does not know it yet.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+import os
+import secrets
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
@@ -13,12 +24,15 @@ from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
 from tensorfleet_agent.core.types import NodeInfo, TaskEvent, TaskSpec, TaskSummary, Telemetry
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
+from tensorfleet_agent.identity import Identity, node_id_of_cert
 from tensorfleet_agent.rpc import convert
 from tensorfleet_agent.rpc.server import MAX_MESSAGE_BYTES
+from tensorfleet_agent.security.secrets import proof, token_key
 
 CHUNK_BYTES = 1 << 20
+T = TypeVar("T")
 
-CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
+CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
@@ -29,26 +43,90 @@ CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
 )
 
 
-def create_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+def _options(target_name: str | None) -> list[tuple[str, Any]]:
+    options = list(CHANNEL_OPTIONS)
+    if target_name:
+        options.append(("grpc.ssl_target_name_override", target_name))
+    return options
+
+
+def create_channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None, target_name: str | None = None
+) -> grpc.aio.Channel:
     if credentials is not None:
-        return grpc.aio.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
-    return grpc.aio.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        return grpc.aio.secure_channel(address, credentials, options=_options(target_name))
+    return grpc.aio.insecure_channel(address, options=_options(None))
 
 
-def create_sync_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+def create_sync_channel(
+    address: str, credentials: grpc.ChannelCredentials | None = None, target_name: str | None = None
+) -> grpc.Channel:
     """Blocking twin of create_channel, for the synchronous SDK."""
     if credentials is not None:
-        return grpc.secure_channel(address, credentials, options=list(CHANNEL_OPTIONS))
-    return grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
+        return grpc.secure_channel(address, credentials, options=_options(target_name))
+    return grpc.insecure_channel(address, options=_options(None))
+
+
+def pinned_credentials(cert_pem: bytes) -> grpc.ChannelCredentials:
+    """TLS that trusts exactly this (self-signed) certificate."""
+    return grpc.ssl_channel_credentials(root_certificates=cert_pem)
+
+
+def fetch_certificate_blocking(address: str, timeout: float = 5.0) -> bytes:
+    """The PEM certificate a TLS server presents (no verification: the caller pins or compares it)."""
+    host, _, port = address.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock,
+        context.wrap_socket(sock, server_hostname=None) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ssl.SSLError(f"{address} presented no certificate")
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+async def fetch_certificate(address: str, timeout: float = 5.0) -> bytes:
+    return await asyncio.to_thread(fetch_certificate_blocking, address, timeout)
+
+
+@dataclass(frozen=True)
+class AgentTrust:
+    """How a controller talks to one agent: the pinned agent certificate and the controller's identity."""
+
+    agent_cert_pem: bytes
+    identity: Identity
+    pair_token: str = ""  # a cluster token: pair automatically when the agent does not know us
+
+    @property
+    def agent_node_id(self) -> str:
+        return node_id_of_cert(self.agent_cert_pem)[0]
+
+    @property
+    def agent_fingerprint(self) -> str:
+        return node_id_of_cert(self.agent_cert_pem)[1]
+
+
+class PairingError(Exception):
+    """Pairing failed: wrong or expired token, or the agent could not prove it knows the token."""
 
 
 class AgentClient:
     """AgentService over one channel, speaking core dataclasses."""
 
-    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(self, address: str, trust: AgentTrust | None = None) -> None:
         self.address = address
-        self.channel = create_channel(address, credentials)
+        self.trust = trust
+        if trust is not None:
+            self.channel = create_channel(address, pinned_credentials(trust.agent_cert_pem), trust.agent_node_id)
+        else:
+            self.channel = create_channel(address)
         self.stub = pb_grpc.AgentServiceStub(self.channel)
+        self._session = ""
+        self._session_lock = asyncio.Lock()
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -59,32 +137,121 @@ class AgentClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # ---- pairing and sessions
+
+    async def pair(self, token: str, timeout: float = 10.0) -> None:
+        """Prove the token to the agent (without sending it) and check the agent knows it too."""
+        if self.trust is None:
+            raise PairingError("this connection is insecure; there is nothing to pair")
+        me = self.trust.identity
+        begin = await self.stub.PairBegin(pb.PairBeginRequest(controller_cert_pem=me.cert_pem), timeout=timeout)
+        key = token_key(token)
+        agent_fp = self.trust.agent_fingerprint
+        controller_nonce = secrets.token_bytes(32)
+        request = pb.PairFinishRequest(
+            controller_cert_pem=me.cert_pem,
+            agent_nonce=begin.agent_nonce,
+            proof=proof(key, b"tf-pair-controller", begin.agent_nonce, me.fingerprint, agent_fp),
+            controller_nonce=controller_nonce,
+        )
+        try:
+            reply = await self.stub.PairFinish(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise PairingError(str(exc.details())) from None
+        expected = proof(key, b"tf-pair-agent", controller_nonce, me.fingerprint, agent_fp)
+        if not secrets.compare_digest(reply.agent_proof, expected):
+            raise PairingError("the agent could not prove it knows the token: refusing it")
+        self._session = ""
+
+    async def authenticate(self, timeout: float = 10.0) -> str:
+        """A session token for work RPCs; pairs first with the cluster token if the agent asks for it."""
+        if self.trust is None:
+            return ""
+        async with self._session_lock:
+            if self._session:
+                return self._session
+            try:
+                self._session = await self._authenticate(timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.PERMISSION_DENIED or not self.trust.pair_token:
+                    raise
+                await self.pair(self.trust.pair_token, timeout)
+                self._session = await self._authenticate(timeout)
+            return self._session
+
+    async def _authenticate(self, timeout: float) -> str:
+        assert self.trust is not None
+        me = self.trust.identity
+        challenge = await self.stub.GetChallenge(pb.ChallengeRequest(), timeout=timeout)
+        signature = me.sign(b"tf-auth|" + challenge.nonce + b"|" + self.trust.agent_node_id.encode())
+        reply = await self.stub.Authenticate(
+            pb.AuthenticateRequest(controller_cert_pem=me.cert_pem, nonce=challenge.nonce, signature=signature),
+            timeout=timeout,
+        )
+        return str(reply.session_token)
+
+    async def session_metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.trust is None:
+            return ()
+        return (("authorization", f"Bearer {await self.authenticate()}"),)
+
+    async def _call(self, fn: Callable[[tuple[tuple[str, str], ...]], Awaitable[T]]) -> T:
+        """A work RPC with the session; after an agent restart the session is renewed once."""
+        try:
+            return await fn(await self.session_metadata())
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED or self.trust is None:
+                raise
+            self._session = ""
+            return await fn(await self.session_metadata())
+
+    async def _stream(self, start: Callable[[tuple[tuple[str, str], ...]], Any]) -> AsyncIterator[Any]:
+        first = True
+        while True:
+            try:
+                async for item in start(await self.session_metadata()):
+                    first = False
+                    yield item
+                return
+            except grpc.aio.AioRpcError as exc:
+                if not first or exc.code() != grpc.StatusCode.UNAUTHENTICATED or self.trust is None:
+                    raise
+                self._session = ""
+                first = False
+
+    # ---- AgentService
+
     async def get_info(self, timeout: float = 10.0) -> NodeInfo:
         return convert.node_info_from_pb(await self.stub.GetInfo(pb.GetInfoRequest(), timeout=timeout))
 
     async def telemetry(self, period_seconds: float = 1.0) -> AsyncIterator[Telemetry]:
-        async for msg in self.stub.StreamTelemetry(pb.TelemetryRequest(period_seconds=period_seconds)):
+        request = pb.TelemetryRequest(period_seconds=period_seconds)
+        async for msg in self._stream(lambda md: self.stub.StreamTelemetry(request, metadata=md)):
             yield convert.telemetry_from_pb(msg)
 
     async def run_task(self, spec: TaskSpec, timeout: float = 30.0) -> tuple[int, ...]:
         request = pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION, spec=convert.task_spec_to_pb(spec))
-        reply = await self.stub.RunTask(request, timeout=timeout)
+        reply = await self._call(lambda md: self.stub.RunTask(request, timeout=timeout, metadata=md))
         return tuple(reply.slot_ids)
 
     async def watch_task(self, task_id: str, after_seq: int = 0) -> AsyncIterator[TaskEvent]:
-        async for msg in self.stub.WatchTask(pb.WatchTaskRequest(task_id=task_id, after_seq=after_seq)):
+        request = pb.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
+        async for msg in self._stream(lambda md: self.stub.WatchTask(request, metadata=md)):
             yield convert.event_from_pb(msg)
 
     async def cancel_task(self, task_id: str, reason: str = "", timeout: float = 10.0) -> bool:
-        reply = await self.stub.CancelTask(pb.CancelTaskRequest(task_id=task_id, reason=reason), timeout=timeout)
+        request = pb.CancelTaskRequest(task_id=task_id, reason=reason)
+        reply = await self._call(lambda md: self.stub.CancelTask(request, timeout=timeout, metadata=md))
         return bool(reply.was_running)
 
     async def list_tasks(self, include_finished: bool = False, timeout: float = 10.0) -> list[TaskSummary]:
-        reply = await self.stub.ListTasks(pb.ListTasksRequest(include_finished=include_finished), timeout=timeout)
+        request = pb.ListTasksRequest(include_finished=include_finished)
+        reply = await self._call(lambda md: self.stub.ListTasks(request, timeout=timeout, metadata=md))
         return [convert.summary_from_pb(t) for t in reply.tasks]
 
     async def has_blobs(self, digests: Sequence[str], timeout: float = 10.0) -> set[str]:
-        reply = await self.stub.HasBlobs(pb.HasBlobsRequest(sha256=list(digests)), timeout=timeout)
+        request = pb.HasBlobsRequest(sha256=list(digests))
+        reply = await self._call(lambda md: self.stub.HasBlobs(request, timeout=timeout, metadata=md))
         return set(reply.present)
 
     async def put_blob(self, path: Path) -> str:
@@ -99,7 +266,7 @@ class AgentClient:
                 while data := await asyncio.to_thread(fh.read, CHUNK_BYTES):
                     yield pb.BlobChunk(data=data)
 
-        await self.stub.PutBlob(chunks())
+        await self._call(lambda md: self.stub.PutBlob(chunks(), metadata=md))
         return digest
 
     async def put_bytes(self, data: bytes) -> str:
@@ -110,16 +277,17 @@ class AgentClient:
             for offset in range(0, len(data), CHUNK_BYTES):
                 yield pb.BlobChunk(data=data[offset : offset + CHUNK_BYTES])
 
-        await self.stub.PutBlob(chunks())
+        await self._call(lambda md: self.stub.PutBlob(chunks(), metadata=md))
         return digest
 
     async def get_blob(self, sha256: str, dest: Path) -> int:
         """Download a blob to `dest`, verifying its sha256; returns its size."""
         hasher = hashlib.sha256()
         size = -1
-        tmp = dest.with_name(dest.name + ".part")
+        tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
+        request = pb.GetBlobRequest(sha256=sha256)
         with tmp.open("wb") as fh:
-            async for chunk in self.stub.GetBlob(pb.GetBlobRequest(sha256=sha256)):
+            async for chunk in self._stream(lambda md: self.stub.GetBlob(request, metadata=md)):
                 if chunk.WhichOneof("part") == "header":
                     size = chunk.header.size
                     continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -26,14 +27,24 @@ class BindError(RuntimeError):
     pass
 
 
+def tls_server_credentials(key_pem: bytes, cert_pem: bytes) -> grpc.ServerCredentials:
+    """Server-side TLS with our self-signed certificate; callers pin it by fingerprint."""
+    return grpc.ssl_server_credentials([(key_pem, cert_pem)], require_client_auth=False)
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("localhost", "::1")
+
+
 def create_server(
     registrations: Sequence[Registration],
     host: str,
     port: int,
     credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.aio.Server, int]:
     """Build a grpc.aio server with our options and bind it; port 0 picks a free one."""
-    server = grpc.aio.server(options=list(SERVER_OPTIONS))
+    server = grpc.aio.server(options=list(SERVER_OPTIONS), interceptors=list(interceptors))
     for register in registrations:
         register(server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -17,6 +17,7 @@ from tensorfleet_agent.core.errors import (
     AgentError,
     AlreadyExists,
     NotFound,
+    PermissionDenied,
     ProtocolMismatch,
     ResourcesExhausted,
     Unavailable,
@@ -29,6 +30,8 @@ from tensorfleet_agent.rpc import convert
 from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
 from tensorfleet_agent.runtime.executor import Executor
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler
+from tensorfleet_agent.security.authority import AuthError, Authority
+from tensorfleet_agent.workloads.registry import get_workload
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ _STATUS: dict[type[AgentError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 MIN_PERIOD, MAX_PERIOD, DEFAULT_PERIOD = 0.05, 3600.0, 1.0
 MAX_HAS_BLOBS = 10_000
@@ -86,11 +90,15 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         blobs: BlobStore,
         sampler: TelemetrySampler,
         node_info: Callable[[], NodeInfo],
+        authority: Authority | None = None,
+        allow_scripts: bool = True,
     ) -> None:
         self.executor = executor
         self.blobs = blobs
         self.sampler = sampler
         self.node_info = node_info
+        self.authority = authority
+        self.allow_scripts = allow_scripts
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_AgentServiceServicer_to_server(self, server)
@@ -126,6 +134,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         if not request.HasField("spec"):
             raise ValidationError("spec", "is required")
         spec = validate_task_spec(convert.task_spec_from_pb(request.spec))
+        if get_workload(spec.workload).category == "script" and not self.allow_scripts:
+            raise ProtocolMismatch("this agent runs no user scripts (started with --no-scripts)")
         slot_ids = await self.executor.run_task(spec)
         return pb.RunTaskResponse(task_id=spec.task_id, slot_ids=list(slot_ids))
 
@@ -181,6 +191,45 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             await asyncio.to_thread(writer.abort)
             raise
         return pb.PutBlobResponse(sha256=header.sha256, size=header.size)
+
+    def _authority(self) -> Authority:
+        if self.authority is None:
+            raise Unavailable("this agent runs with --insecure: no pairing, every caller may run work")
+        return self.authority
+
+    @_unary
+    async def PairBegin(self, request: pb.PairBeginRequest, context: Any) -> pb.PairBeginResponse:
+        return pb.PairBeginResponse(agent_nonce=self._authority().nonce())
+
+    @_unary
+    async def PairFinish(self, request: pb.PairFinishRequest, context: Any) -> pb.PairFinishResponse:
+        authority = self._authority()
+        try:
+            agent_proof = await asyncio.to_thread(
+                authority.pair,
+                request.controller_cert_pem,
+                request.agent_nonce,
+                request.proof,
+                request.controller_nonce,
+            )
+        except AuthError as exc:
+            raise PermissionDenied(str(exc)) from None
+        return pb.PairFinishResponse(agent_proof=agent_proof)
+
+    @_unary
+    async def GetChallenge(self, request: pb.ChallengeRequest, context: Any) -> pb.Challenge:
+        return pb.Challenge(nonce=self._authority().nonce())
+
+    @_unary
+    async def Authenticate(self, request: pb.AuthenticateRequest, context: Any) -> pb.AuthenticateResponse:
+        authority = self._authority()
+        try:
+            token, ttl = await asyncio.to_thread(
+                authority.authenticate, request.controller_cert_pem, request.nonce, request.signature
+            )
+        except AuthError as exc:
+            raise PermissionDenied(str(exc)) from None
+        return pb.AuthenticateResponse(session_token=token, expires_in_seconds=ttl)
 
     @_stream
     async def GetBlob(self, request: pb.GetBlobRequest, context: Any) -> AsyncIterator[pb.BlobChunk]:

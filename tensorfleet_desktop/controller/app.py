@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -19,10 +20,13 @@ import grpc
 import platformdirs
 
 from tensorfleet_agent.discovery.browse import AgentBrowser
-from tensorfleet_agent.rpc.server import create_server
+from tensorfleet_agent.identity import load_or_create_identity
+from tensorfleet_agent.rpc.server import create_server, is_loopback, tls_server_credentials
+from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.controller.core import Controller
-from tensorfleet_desktop.controller.fleet import Fleet, FleetError
+from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
+from tensorfleet_desktop.controller.security import ClientTokenInterceptor
 from tensorfleet_desktop.controller.service import ControllerServicer, controller_info
 from tensorfleet_desktop.store import open_store
 
@@ -51,6 +55,9 @@ class ControllerConfig:
     telemetry_period: float = 1.0
     gang_reserve_after: float = 300.0
     ready_file: Path | None = None
+    insecure: bool = False  # plaintext to agents, no pairing: loopback development only
+    cluster_token: str = ""  # pairs automatically with agents started with the same token
+    client_token: str = ""  # required from clients when ControllerService is not on loopback
 
 
 class ControllerApp:
@@ -65,6 +72,7 @@ class ControllerApp:
         self._server: grpc.aio.Server | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._stop_local = True
+        self._local_join_token = ""
 
     @property
     def address(self) -> str:
@@ -79,22 +87,52 @@ class ControllerApp:
         blobs = urlparse(blobs_uri)
         if blobs.scheme != "file":
             raise ValueError(f"unsupported blob store URI {blobs_uri!r}: supported schemes are file://")
+        if cfg.insecure and not is_loopback(cfg.host):
+            raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
+        if cfg.cluster_token:
+            register(cfg.cluster_token)
+        self.identity = await asyncio.to_thread(load_or_create_identity, cfg.data_dir / "identity", "controller")
         self.store = open_store(store_uri)
         await self.store.open()
         self.metrics = ControllerMetrics()
-        self.fleet = Fleet(cfg.telemetry_period)
+        remembered = await self.store.load_agents()
+        pins = {node: body["fingerprint"] for node, body in remembered.items() if body.get("fingerprint")}
+        self.fleet = Fleet(
+            cfg.telemetry_period,
+            identity=None if cfg.insecure else self.identity,
+            cluster_token=cfg.cluster_token,
+            pins=pins,
+            persist=self._persist_agent,
+        )
         self.controller = Controller(self.store, self.fleet, Path(blobs.path), self.metrics, cfg.gang_reserve_after)
         await self.fleet.start()
         await self.controller.start()
         servicer = ControllerServicer(
             self.controller,
-            lambda: controller_info(str(cfg.data_dir), store_uri, blobs_uri, started, self.local_agent_id),
+            lambda: controller_info(
+                str(cfg.data_dir),
+                store_uri,
+                blobs_uri,
+                started,
+                self.local_agent_id,
+                self.identity.fingerprint,
+                self.fleet.cluster_id,
+            ),
             self.request_stop,
         )
-        self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
+        if is_loopback(cfg.host):
+            self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
+        else:
+            token = cfg.client_token or await asyncio.to_thread(self._client_token)
+            register(token)
+            credentials = tls_server_credentials(self.identity.key_pem, self.identity.cert_pem)
+            self._server, self.port = create_server(
+                [servicer.register], cfg.host, cfg.port, credentials, [ClientTokenInterceptor(token)]
+            )
         await self._server.start()
-        for node_id, body in (await self.store.load_agents()).items():
-            self.fleet.remember(node_id, body["address"], body.get("source", "manual"), body.get("name", ""))
+        for node_id, body in remembered.items():
+            if body.get("source") == "manual":
+                self.fleet.remember(node_id, body["address"], "manual", body.get("name", ""))
         for address in cfg.agents:
             self._keep_trying(address)
         if cfg.local_agent:
@@ -118,13 +156,36 @@ class ControllerApp:
                 )
             )
 
+    def _persist_agent(self, record: AgentRecord) -> None:
+        self.store.save_agent(
+            record.node_id,
+            {
+                "address": record.address,
+                "source": record.source,
+                "name": record.name,
+                "fingerprint": record.fingerprint,
+            },
+        )
+
+    def _client_token(self) -> str:
+        """The token clients must send when ControllerService listens beyond loopback (kept 0600)."""
+        path = self.config.data_dir / "client.token"
+        if path.exists():
+            return path.read_text().strip()
+        token = f"tfc-{secrets.token_urlsafe(24)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        log.warning("clients must send the token in %s (set TENSORFLEET_CONTROLLER_TOKEN on their side)", path)
+        return token
+
     def _keep_trying(self, address: str) -> None:
         async def attempt() -> None:
             delay = 1.0
             while True:
                 try:
                     record = await self.fleet.add(address, "manual")
-                    self.store.save_agent(record.node_id, {"address": address, "source": "manual", "name": record.name})
+                    self._persist_agent(record)
                     return
                 except FleetError as exc:
                     log.warning("--agent %s: %s (retrying)", address, exc)
@@ -157,11 +218,20 @@ class ControllerApp:
             str(ready),
             "--exit-with-pid",
             str(os.getpid()),
-            "--insecure",
         ]
         if cfg.local_agent_slots is not None:
             cmd += ["--cpu-slots", str(cfg.local_agent_slots)]
-        self._local_agent = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        env = dict(os.environ)
+        env.pop("TENSORFLEET_CLUSTER_TOKEN", None)  # the local agent pairs with this controller only
+        if cfg.insecure:
+            cmd.append("--insecure")
+        else:
+            self._local_join_token = f"tfj-{secrets.token_urlsafe(18)}"
+            register(self._local_join_token)
+            env["TENSORFLEET_JOIN_TOKEN"] = self._local_join_token
+        self._local_agent = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
         log_file.close()
         return ready
 
@@ -179,7 +249,7 @@ class ControllerApp:
                 raise RuntimeError("the local agent did not start within 60 s")
             await asyncio.sleep(0.05)
         info = json.loads(ready.read_text())
-        record = await self.fleet.add(f"127.0.0.1:{info['port']}", "local")
+        record = await self.fleet.add(f"127.0.0.1:{info['port']}", "local", pair_token=self._local_join_token)
         self.local_agent_id = record.node_id
 
     def request_stop(self, stop_local_agent: bool = True) -> None:

@@ -175,4 +175,6 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
         "error": msg.error,
         "agent_version": msg.agent_version,
         "workloads": list(msg.workloads),
+        "fingerprint": msg.fingerprint,
+        "cluster_id": msg.cluster_id,
     }

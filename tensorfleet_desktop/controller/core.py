@@ -551,7 +551,7 @@ class Controller:
                         self._task_event(job, task, f"agent {record.name} lost")
                     self._replace(job, on_it, f"agent {record.name} lost")
             self._wake.set()
-        elif kind in ("added", "back"):
+        elif kind in ("added", "back", "paired"):
             self.metrics.active_workers.set(self._online())
             self._spawn(self._reconcile(record))
             self._wake.set()

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import enum
 import logging
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,9 @@ import grpc
 from tensorfleet_agent.core.types import NodeInfo, Telemetry
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.discovery.browse import DiscoveredAgent
-from tensorfleet_agent.rpc.client import AgentClient
+from tensorfleet_agent.identity import Identity, node_id_of_cert
+from tensorfleet_agent.rpc.client import AgentClient, AgentTrust, PairingError, fetch_certificate
+from tensorfleet_agent.security.secrets import cluster_id_of
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +59,15 @@ class AgentRecord:
     placed: set[str] = field(default_factory=set)  # our active attempts on it
     client: AgentClient | None = None
     supervisor: asyncio.Task[None] | None = None
+    paired: bool = False
+    fingerprint: str = ""  # of the certificate this controller pinned (trust on first use, at pairing)
+    warning: str = ""  # sticky security warnings (impersonation, changed certificate)
+    pair_token: str = ""  # a join token to pair with on first contact (the local agent)
     _silence_deadline: float = 0.0
 
     @property
     def schedulable(self) -> bool:
-        return self.state is AgentState.ONLINE and not self.draining and self.info is not None
+        return self.state is AgentState.ONLINE and self.paired and not self.draining and self.info is not None
 
     @property
     def slots_total(self) -> int:
@@ -84,7 +91,7 @@ class AgentRecord:
             "address": self.address,
             "state": self.public_state(),
             "source": self.source,
-            "paired": True,
+            "paired": self.paired,
             "slots_total": self.slots_total,
             "slots_free": self.slots_free,
             "gpus": len(info.gpus) if info else 0,
@@ -96,19 +103,36 @@ class AgentRecord:
             "memory_used_bytes": tel.memory_used_bytes if tel else 0,
             "memory_total_bytes": tel.memory_total_bytes if tel else 0,
             "tasks_running": tel.tasks_running if tel else 0,
-            "error": self.error,
+            "error": "; ".join(x for x in (self.warning, self.error) if x),
             "agent_version": info.agent_version if info else "",
             "workloads": list(info.workloads) if info else [],
+            "fingerprint": self.fingerprint or (info.cert_fingerprint if info else ""),
+            "cluster_id": info.cluster_id if info else "",
         }
 
 
 FleetListener = Callable[[str, AgentRecord], None]  # (added | lost | back | telemetry | updated | removed, agent)
 
 
+class Impersonation(FleetError):
+    """A host presented a certificate that does not belong to the node it claims to be."""
+
+
 class Fleet:
-    def __init__(self, telemetry_period: float = 1.0, cluster_id: str = "") -> None:
+    def __init__(
+        self,
+        telemetry_period: float = 1.0,
+        identity: Identity | None = None,
+        cluster_token: str = "",
+        pins: dict[str, str] | None = None,
+        persist: Callable[[AgentRecord], None] | None = None,
+    ) -> None:
         self.period = telemetry_period
-        self.cluster_id = cluster_id
+        self.identity = identity  # None: --insecure, plaintext and no pairing
+        self.cluster_token = cluster_token
+        self.cluster_id = cluster_id_of(cluster_token) if cluster_token else ""
+        self.pins = dict(pins or {})
+        self._persist = persist
         self.silence_limit = max(3.0, 3 * telemetry_period)
         self.agents: dict[str, AgentRecord] = {}
         self._listeners: list[FleetListener] = []
@@ -173,9 +197,17 @@ class Fleet:
             return
         self._adopt(found.node_id, found.address, "mdns", found.name)
 
-    async def add(self, address: str, source: str = "manual") -> AgentRecord:
-        """Add an agent by address: asks it for its identity first (FleetError if unreachable)."""
-        client = AgentClient(address)
+    def remember(self, node_id: str, address: str, source: str, name: str) -> AgentRecord:
+        """An agent known from an earlier run: supervise it without asking first (it may be down)."""
+        return self._adopt(node_id, address, source, name)
+
+    async def add(self, address: str, source: str = "manual", pair_token: str = "") -> AgentRecord:
+        """Add an agent by address; its certificate must prove the node id it reports."""
+        try:
+            cert = b"" if self.identity is None else await fetch_certificate(address, timeout=5)
+        except (OSError, ssl.SSLError) as exc:
+            raise FleetError(f"cannot reach an agent at {address} over TLS: {exc}") from None
+        client = AgentClient(address, None if self.identity is None else AgentTrust(cert, self.identity))
         try:
             info = await client.get_info(timeout=5)
         except grpc.aio.AioRpcError as exc:
@@ -187,13 +219,17 @@ class Fleet:
                 f"agent at {address} speaks protocol {info.protocol_version}, "
                 f"this controller {PROTOCOL_VERSION}; upgrade the older side"
             )
-        return self._adopt(info.node_id, address, source, info.name)
+        if cert and node_id_of_cert(cert)[0] != info.node_id:
+            raise Impersonation(f"the agent at {address} claims node {info.node_id}; its certificate says otherwise")
+        known = info.node_id in self.agents
+        record = self._adopt(info.node_id, address, source, info.name, verified=True)
+        if pair_token:
+            record.pair_token = pair_token
+        if pair_token or known:
+            self._restart_supervisor(record)
+        return record
 
-    def remember(self, node_id: str, address: str, source: str, name: str) -> AgentRecord:
-        """An agent known from an earlier run: supervise it without asking first (it may be down)."""
-        return self._adopt(node_id, address, source, name)
-
-    def _adopt(self, node_id: str, address: str, source: str, name: str) -> AgentRecord:
+    def _adopt(self, node_id: str, address: str, source: str, name: str, verified: bool = False) -> AgentRecord:
         record = self.agents.get(node_id)
         if record is None:
             record = AgentRecord(node_id, address, source, name)
@@ -202,17 +238,43 @@ class Fleet:
             return record
         if _SOURCE_RANK[source] >= _SOURCE_RANK[record.source]:
             record.source = source
-        if address != record.address and (record.state is not AgentState.ONLINE or source == record.source):
-            log.info("agent %s moved from %s to %s", record.name, record.address, address)
-            record.address = address
-            self._restart_supervisor(record)
+        if address != record.address:
+            if verified or self.identity is None:
+                self._move(record, address)
+            else:
+                self._spawn(self._verify_move(record, address))
         elif record.state is AgentState.LOST:
             self._restart_supervisor(record)  # reconnect now instead of at the next backoff
         return record
 
+    def _move(self, record: AgentRecord, address: str) -> None:
+        log.info("agent %s is now at %s (was %s)", record.name, address, record.address)
+        record.address = address
+        self._restart_supervisor(record)
+
+    async def _verify_move(self, record: AgentRecord, address: str) -> None:
+        """Another address claims a known node: believe it only if its certificate proves the node id."""
+        try:
+            cert = await fetch_certificate(address, timeout=5)
+            node_id, _fp = node_id_of_cert(cert)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.info("ignoring %s for agent %s: %s", address, record.name, exc)
+            return
+        if node_id == record.node_id:
+            if record.state is not AgentState.ONLINE:
+                self._move(record, address)
+            return
+        record.warning = (
+            f"impersonation refused: {address} claims to be this agent (node {record.node_id[:12]}) "
+            f"but presents a certificate for node {node_id[:12]}"
+        )
+        log.warning("agent %s: %s", record.name, record.warning)
+        self._emit("updated", record)
+
     async def remove(self, ref: str) -> AgentRecord:
         record = self.resolve(ref)
         del self.agents[record.node_id]
+        self.pins.pop(record.node_id, None)
         await self._stop_supervisor(record)
         self._emit("removed", record)
         return record
@@ -223,16 +285,83 @@ class Fleet:
         self._emit("updated", record)
         return record
 
+    async def pair(self, ref: str, token: str, force: bool = False) -> AgentRecord:
+        """Pair with an agent using its join token; `force` accepts a changed certificate deliberately."""
+        record = self.resolve(ref)
+        if self.identity is None:
+            raise FleetError("this controller runs with --insecure: there is no pairing")
+        if force:
+            self.pins.pop(record.node_id, None)
+            record.warning = ""
+        await self._stop_supervisor(record)
+        try:
+            client = await self._connect(record)
+        except (OSError, ssl.SSLError) as exc:
+            self._start_supervisor(record)
+            raise FleetError(f"cannot reach {record.name} at {record.address}: {exc}") from None
+        except Impersonation:
+            self._start_supervisor(record)
+            raise
+        try:
+            await client.pair(token)
+            await client.authenticate()
+        except PairingError as exc:
+            raise FleetError(f"pairing with {record.name} failed: {exc}") from None
+        except grpc.aio.AioRpcError as exc:
+            raise FleetError(f"pairing with {record.name} failed: {exc.code().name}: {exc.details()}") from None
+        finally:
+            await client.close()
+            if record.supervisor is None:
+                self._start_supervisor(record)
+        self._trust(record, client)
+        return record
+
+    # ---- trust
+
+    async def _connect(self, record: AgentRecord) -> AgentClient:
+        """A client for the record's address, once its certificate proves the node id (and matches the pin)."""
+        if self.identity is None:
+            return AgentClient(record.address)
+        cert = await fetch_certificate(record.address, timeout=max(2.0, self.period * 2))
+        node_id, fingerprint = node_id_of_cert(cert)
+        if node_id != record.node_id:
+            raise Impersonation(
+                f"{record.address} claims to be node {record.node_id[:12]} but presents a certificate for "
+                f"{node_id[:12]}: refused"
+            )
+        pinned = self.pins.get(node_id)
+        if pinned and pinned != fingerprint:
+            raise Impersonation(
+                f"node {node_id[:12]} now presents certificate {fingerprint[:16]}, not the pinned {pinned[:16]}: "
+                "refused (re-pair deliberately: tensorfleet agents pair AGENT --token TOKEN --force)"
+            )
+        token = record.pair_token or self.cluster_token
+        return AgentClient(record.address, AgentTrust(cert, self.identity, pair_token=token))
+
+    def _trust(self, record: AgentRecord, client: AgentClient) -> None:
+        """Paired: pin the certificate by node id (trust on first use) and remember it."""
+        if client.trust is not None:
+            self.pins.setdefault(record.node_id, client.trust.agent_fingerprint)
+            record.fingerprint = self.pins[record.node_id]
+        newly = not record.paired
+        record.paired, record.pair_token = True, ""
+        if self._persist is not None:
+            self._persist(record)
+        if newly:
+            self._emit("paired", record)
+
     # ---- supervision
 
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     def _start_supervisor(self, record: AgentRecord) -> None:
-        record.client = AgentClient(record.address)
         record.supervisor = asyncio.create_task(self._supervise(record), name=f"agent-{record.node_id[:8]}")
 
     def _restart_supervisor(self, record: AgentRecord) -> None:
-        task = asyncio.create_task(self._restart(record))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._spawn(self._restart(record))
 
     async def _restart(self, record: AgentRecord) -> None:
         await self._stop_supervisor(record)
@@ -252,29 +381,49 @@ class Fleet:
     async def _supervise(self, record: AgentRecord) -> None:
         backoff = 0.5
         while True:
-            client = record.client
-            assert client is not None
             try:
+                if record.client is None:
+                    record.client = await self._connect(record)
+                client = record.client
                 info = await client.get_info(timeout=max(2.0, self.period * 2))
                 if info.node_id != record.node_id:
-                    raise FleetError(f"the agent at {record.address} is {info.node_id}, not {record.node_id}")
+                    raise Impersonation(f"the agent at {record.address} is {info.node_id}, not {record.node_id}")
                 record.info, record.name, record.error = info, info.name, ""
-                record.last_seen = time.time()
-                record._silence_deadline = time.monotonic() + self.silence_limit
+                self._seen(record)
+                try:
+                    await client.authenticate()
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+                        raise
+                    await self._unpaired(record, client, str(exc.details()))
+                    continue
+                if not record.paired or not record.fingerprint:
+                    self._trust(record, client)
                 self._set_state(record, AgentState.ONLINE)
                 backoff = 0.5
                 async for sample in client.telemetry(self.period):
                     record.telemetry = sample
-                    record.last_seen = time.time()
-                    record._silence_deadline = time.monotonic() + self.silence_limit
+                    self._seen(record)
                     if record.state is AgentState.LOST:  # silence ended
                         self._set_state(record, AgentState.ONLINE)
                     self._emit("telemetry", record)
                 raise FleetError("telemetry stream ended")
             except asyncio.CancelledError:
                 raise
-            except (grpc.aio.AioRpcError, FleetError) as exc:
+            except Impersonation as exc:
+                record.warning = str(exc)
+                record.error = ""
+                log.warning("agent %s: %s", record.name or record.node_id[:12], exc)
+                self._set_state(record, AgentState.LOST)
+                backoff = 10.0
+                if record.client is not None:
+                    await record.client.close()
+                    record.client = None
+            except (grpc.aio.AioRpcError, FleetError, OSError, ssl.SSLError) as exc:
                 text = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                if isinstance(exc, OSError | ssl.SSLError) and record.client is not None:
+                    await record.client.close()
+                    record.client = None
                 if record.state is AgentState.ONLINE and backoff == 0.5:
                     backoff = 0.0  # one immediate re-open before declaring the agent lost
                 else:
@@ -282,6 +431,29 @@ class Fleet:
                     self._set_state(record, AgentState.LOST)
                     backoff = min(5.0, max(0.5, backoff * 2))
             await asyncio.sleep(backoff)
+
+    async def _unpaired(self, record: AgentRecord, client: AgentClient, why: str) -> None:
+        """Listed (paired: false) and never scheduled; liveness by polling GetInfo until someone pairs it."""
+        record.paired = False
+        record.error = why
+        self._set_state(record, AgentState.ONLINE)
+        self._emit("updated", record)
+        while True:
+            await asyncio.sleep(self.period)
+            info = await client.get_info(timeout=max(2.0, self.period * 2))
+            record.info = info
+            self._seen(record)
+            try:
+                await client.authenticate()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+                    raise
+                continue
+            return  # paired meanwhile (e.g. `tensorfleet-agent` got our cluster token)
+
+    def _seen(self, record: AgentRecord) -> None:
+        record.last_seen = time.time()
+        record._silence_deadline = time.monotonic() + self.silence_limit
 
     async def _watch_silence(self) -> None:
         while True:
@@ -298,7 +470,7 @@ class Fleet:
         previous = record.state
         record.state, record.state_since = state, time.time()
         if state is AgentState.LOST:
-            log.warning("agent %s (%s) LOST: %s", record.name, record.node_id[:12], record.error)
+            log.warning("agent %s (%s) LOST: %s", record.name, record.node_id[:12], record.error or record.warning)
             self._emit("lost", record)
         elif previous is AgentState.LOST:
             log.info("agent %s (%s) is back", record.name, record.node_id[:12])

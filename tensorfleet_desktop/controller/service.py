@@ -17,6 +17,7 @@ from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
+from tensorfleet_agent.security.secrets import redact, register
 from tensorfleet_agent.workloads.registry import all_workloads
 from tensorfleet_desktop.controller import convert
 from tensorfleet_desktop.controller.core import Controller, JobError, NotFoundError
@@ -220,6 +221,15 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return convert.agent_to_pb(self.c.fleet.drain(request.agent))
 
     @_unary
+    async def PairAgent(self, request: cpb.PairAgentRequest, context: Any) -> cpb.Agent:
+        if not request.token:
+            raise ValidationError(
+                "token", "is required: the agent prints one at first start (`tensorfleet-agent token`)"
+            )
+        register(request.token)
+        return convert.agent_to_pb(await self.c.fleet.pair(request.agent, request.token, request.force))
+
+    @_unary
     async def ListWorkloads(self, request: cpb.WorkloadsRequest, context: Any) -> cpb.WorkloadsResponse:
         return cpb.WorkloadsResponse(workloads_json=json.dumps([w.to_dict() for w in all_workloads()]))
 
@@ -231,15 +241,23 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
 
 def controller_info(
-    data_dir: str, store_uri: str, blobs_uri: str, started_at: float, local_agent_id: str
+    data_dir: str,
+    store_uri: str,
+    blobs_uri: str,
+    started_at: float,
+    local_agent_id: str,
+    fingerprint: str,
+    cluster_id: str,
 ) -> cpb.ControllerInfo:
     return cpb.ControllerInfo(
         protocol_version=PROTOCOL_VERSION,
         version=AGENT_VERSION,
         data_dir=data_dir,
-        store_uri=store_uri,
-        blobs_uri=blobs_uri,
+        store_uri=redact(store_uri),
+        blobs_uri=redact(blobs_uri),
         pid=os.getpid(),
         started_at=started_at,
         local_agent_id=local_agent_id,
+        fingerprint=fingerprint,
+        cluster_id=cluster_id,
     )

@@ -5,14 +5,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tensorfleet_agent.identity import Identity, load_or_create_identity
+from tensorfleet_agent.rpc.client import AgentClient, AgentTrust, fetch_certificate_blocking
+
 LOOPBACK = "127.0.0.1"
+#: Agents and controllers started by the tests share this cluster token, so they pair for real, by themselves.
+CLUSTER_TOKEN = f"test-cluster-{os.getpid()}-{secrets.token_hex(8)}"
+_identity: Identity | None = None
+
+
+def test_controller_identity() -> Identity:
+    """The identity test code uses to talk to agents directly, as a controller would."""
+    global _identity
+    if _identity is None:
+        _identity = load_or_create_identity(Path(tempfile.mkdtemp(prefix="tf-test-controller-")), "controller")
+    return _identity
 
 
 @dataclass
@@ -21,6 +37,7 @@ class AgentProcess:
     name: str = "test-agent"
     cpu_slots: int = 2
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=lambda: {"TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN})
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, object] = field(default_factory=dict)
     port: int = 0
@@ -54,10 +71,9 @@ class AgentProcess:
             str(self.cpu_slots),
             "--ready-file",
             str(ready),
-            "--insecure",
             *self.extra_args,
         ]
-        env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK}
+        env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK, **self.env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
@@ -71,6 +87,12 @@ class AgentProcess:
         self.info = json.loads(ready.read_text())
         self.port = int(self.info["port"])  # type: ignore[call-overload]
         return self
+
+    def client(self, pair_token: str | None = None) -> AgentClient:
+        """A client that pins this agent's certificate and pairs with the cluster token, like a controller."""
+        cert = fetch_certificate_blocking(self.address)
+        token = CLUSTER_TOKEN if pair_token is None else pair_token
+        return AgentClient(self.address, AgentTrust(cert, test_controller_identity(), pair_token=token))
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM (graceful drain) and wait; returns the exit code."""

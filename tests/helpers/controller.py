@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers.agents import CLUSTER_TOKEN
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -21,6 +23,7 @@ class ControllerProcess:
     data_dir: Path
     extra_args: list[str] = field(default_factory=list)
     local_agent: bool = False
+    env: dict[str, str] = field(default_factory=lambda: {"TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN})
     proc: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     port: int = 0
@@ -56,7 +59,7 @@ class ControllerProcess:
         ]
         if not self.local_agent:
             cmd.append("--no-local-agent")
-        env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK}
+        env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK, **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

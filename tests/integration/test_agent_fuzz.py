@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -13,7 +15,8 @@ from hypothesis import strategies as st
 from helpers.agents import AgentProcess
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
-from tensorfleet_agent.rpc.client import create_sync_channel
+from tensorfleet_agent.identity import node_id_of_cert
+from tensorfleet_agent.rpc.client import create_sync_channel, fetch_certificate_blocking, pinned_credentials
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +45,44 @@ specs = st.builds(
 )
 
 
+class _Session(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+               grpc.StreamUnaryClientInterceptor):
+    """Adds a paired controller's session to every call, so the fuzzing reaches the handlers."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_Details(details, self.metadata), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(_Details(details, self.metadata), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(_Details(details, self.metadata), request_iterator)
+
+
+class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+    def __init__(self, base: Any, metadata: Any) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = base.wait_for_ready
+        self.compression = base.compression
+
+
+async def _session(agent: AgentProcess) -> str:
+    async with agent.client() as client:
+        return await client.authenticate()
+
+
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.AgentServiceStub]:
     agent = AgentProcess(Path(tmp_path_factory.mktemp("fuzz")) / "agent", cpu_slots=2).start()
-    channel = create_sync_channel(agent.address)
+    cert = fetch_certificate_blocking(agent.address)
+    channel = create_sync_channel(agent.address, pinned_credentials(cert), node_id_of_cert(cert)[0])
+    channel = grpc.intercept_channel(channel, _Session(asyncio.run(_session(agent))))
     yield pb_grpc.AgentServiceStub(channel)
     channel.close()
     agent.stop()

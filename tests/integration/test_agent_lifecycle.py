@@ -37,7 +37,7 @@ def _gone(pid: int, timeout: float) -> bool:
 
 async def test_restart_keeps_journals_and_fails_orphans(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
     agent = agent_factory(tmp_path / "a").start()
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         await client.run_task(TaskSpec("done", "j", "emit", {"points": 20}))
         done_events = [e async for e in client.watch_task("done")]
         await client.run_task(TaskSpec("orphan", "j", "sleep", {"seconds": 60}))
@@ -48,7 +48,7 @@ async def test_restart_keeps_journals_and_fails_orphans(agent_factory: type[Agen
 
     agent.start()
     assert agent.info["node_id"] == node_id  # identity is stable across restarts
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         tasks = {t.task_id: t for t in await client.list_tasks(include_finished=True)}
         assert tasks["done"].state is TaskState.SUCCEEDED
         assert (tasks["orphan"].state, tasks["orphan"].exit_cause) == (TaskState.FAILED, "agent_restarted")
@@ -73,7 +73,7 @@ async def test_sigterm_drains_running_tasks_and_says_goodbye(agent_factory: type
     await browser.start()
     try:
         await asyncio.wait_for(seen.wait(), 10)
-        async with AgentClient(agent.address) as client:
+        async with agent.client() as client:
             await client.run_task(TaskSpec("finish-me", "j", "sleep", {"seconds": 1.5}))
             await _running_pid(client, "finish-me")
             assert agent.proc is not None
@@ -92,20 +92,20 @@ async def test_sigterm_drains_running_tasks_and_says_goodbye(agent_factory: type
 
 async def test_drain_timeout_cancels_and_exits_zero(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
     agent = agent_factory(tmp_path / "t", extra_args=["--drain-timeout", "0.5"]).start()
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         await client.run_task(TaskSpec("too-long", "j", "sleep", {"seconds": 60}))
         worker = await _running_pid(client, "too-long")
         assert agent.terminate(timeout=20) == 0
     assert _gone(worker, 3)
     agent.start()
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         events = [e async for e in client.watch_task("too-long")]
     end = events[-1].payload
     assert isinstance(end, Finished) and (end.status, end.exit_cause) == (TaskState.FAILED, "drain_timeout")
 
 
 async def test_workers_run_in_their_own_process_group_with_capped_threads(agent: AgentProcess) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         await client.run_task(TaskSpec("pg", "j", "sleep", {"seconds": 30}))
         pid = await _running_pid(client, "pg")
         proc = psutil.Process(pid)

@@ -62,7 +62,7 @@ async def test_found_over_mdns_on_loopback(agent: AgentProcess) -> None:
 
 
 async def test_get_info_and_telemetry(agent: AgentProcess) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         info = await client.get_info()
         assert info.node_id == agent.info["node_id"] and info.name == "test-agent"
         assert info.protocol_version == PROTOCOL_VERSION and info.slots_total == 2 and info.slots_free == 2
@@ -84,7 +84,7 @@ async def test_get_info_and_telemetry(agent: AgentProcess) -> None:
 
 
 async def test_emit_1000_points_arrive_once_in_order(agent: AgentProcess) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         events = await run(client, TaskSpec("emit-1k", "j", "emit", {"points": 1000}))
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     steps = [e.payload.step for e in events if isinstance(e.payload, MetricPoint)]
@@ -93,14 +93,14 @@ async def test_emit_1000_points_arrive_once_in_order(agent: AgentProcess) -> Non
 
 
 async def test_watcher_resumes_after_seq_without_gap_or_duplicate(agent: AgentProcess) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         await client.run_task(TaskSpec("resume", "j", "emit", {"points": 600, "rate": 1000}))
         first: list[TaskEvent] = []
         async for event in client.watch_task("resume"):
             first.append(event)
             if len(first) == 150:
                 break  # the watcher goes away mid-stream
-    async with AgentClient(agent.address) as client:  # a new connection, as after a crash
+    async with agent.client() as client:  # a new connection, as after a crash
         rest = [e async for e in client.watch_task("resume", after_seq=first[-1].seq)]
         two_watchers = await asyncio.gather(*(_all(client, "resume") for _ in range(3)))
     seqs = [e.seq for e in first + rest]
@@ -114,7 +114,7 @@ async def _all(client: AgentClient, task_id: str) -> list[TaskEvent]:
 
 
 async def test_cancel_kills_within_two_seconds(agent: AgentProcess) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         await client.run_task(TaskSpec("long", "j", "sleep", {"seconds": 60}))
         async for event in client.watch_task("long"):
             if isinstance(event.payload, StateChanged) and event.payload.state is TaskState.RUNNING:
@@ -145,7 +145,7 @@ async def test_cancel_kills_within_two_seconds(agent: AgentProcess) -> None:
 async def test_fail_modes_become_failed_events(
     agent: AgentProcess, params: dict[str, object], cause: str, error: str
 ) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         events = await run(client, TaskSpec(f"fail-{params['mode']}", "j", "fail", params))
         end = finished(events)
         assert (end.status, end.exit_cause, end.error) == (TaskState.FAILED, cause, error)
@@ -161,7 +161,7 @@ async def test_fail_modes_become_failed_events(
 
 
 async def test_timeout_and_memory_limit(agent: AgentProcess) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         events = await run(client, TaskSpec("slow", "j", "sleep", {"seconds": 30}, timeout_seconds=1.0))
         end = finished(events)
         assert (end.status, end.exit_cause) == (TaskState.FAILED, "timeout") and "1s" in end.error
@@ -176,7 +176,7 @@ async def test_timeout_and_memory_limit(agent: AgentProcess) -> None:
 
 
 async def test_warm_worker_reused_within_a_job(agent: AgentProcess) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         pids = []
         for i, job in enumerate(["same", "same", "other"]):
             events = await run(client, TaskSpec(f"warm-{i}", job, "noop"))
@@ -189,7 +189,7 @@ async def test_warm_worker_reused_within_a_job(agent: AgentProcess) -> None:
 
 
 async def test_list_tasks(agent: AgentProcess) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         await run(client, TaskSpec("listed", "jobx", "noop"))
         await client.run_task(TaskSpec("running", "jobx", "sleep", {"seconds": 30}))
         active = await client.list_tasks()
@@ -205,7 +205,7 @@ async def test_blobs_round_trip_and_inputs(agent: AgentProcess, tmp_path: Path) 
     data = os.urandom(3 * 1024 * 1024 + 17)
     src = tmp_path / "data.bin"
     src.write_bytes(data)
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         digest = await client.put_blob(src)
         assert digest == hashlib.sha256(data).hexdigest()
         assert await client.has_blobs([digest, "0" * 64]) == {digest}
@@ -229,7 +229,7 @@ async def test_blobs_round_trip_and_inputs(agent: AgentProcess, tmp_path: Path) 
             yield pb.BlobChunk(data=b"abcd")
 
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.stub.PutBlob(corrupt())
+            await client.stub.PutBlob(corrupt(), metadata=await client.session_metadata())
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.sha256" in str(err.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await client.get_blob("d" * 64, tmp_path / "none")
@@ -238,7 +238,7 @@ async def test_blobs_round_trip_and_inputs(agent: AgentProcess, tmp_path: Path) 
 
 async def test_artifacts_and_checkpoints_are_fetchable(agent: AgentProcess, tmp_path: Path) -> None:
     """save_artifact()/save_checkpoint() in a task -> events -> GetBlob returns the same bytes."""
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         events = await run(client, TaskSpec("art", "j", "artifact", {"bytes": 2_500_000, "checkpoint": True}))
         assert finished(events).status is TaskState.SUCCEEDED
         (art,) = [e.payload for e in events if isinstance(e.payload, ArtifactReady)]
@@ -250,7 +250,7 @@ async def test_artifacts_and_checkpoints_are_fetchable(agent: AgentProcess, tmp_
 
 
 async def test_bad_requests_are_refused_by_field(agent: AgentProcess) -> None:
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         cases = [
             (TaskSpec("a", "j", "no_such_workload"), grpc.StatusCode.INVALID_ARGUMENT, "spec.workload"),
             (
@@ -271,10 +271,10 @@ async def test_bad_requests_are_refused_by_field(agent: AgentProcess) -> None:
                 await client.run_task(spec)
             assert err.value.code() == code and text in str(err.value.details()), err.value
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.stub.RunTask(pb.RunTaskRequest(protocol_version=99, spec=pb.TaskSpec(task_id="x")))
+            await client.stub.RunTask(pb.RunTaskRequest(protocol_version=99, spec=pb.TaskSpec(task_id="x")), metadata=await client.session_metadata())
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "protocol 99" in str(err.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.stub.RunTask(pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION))
+            await client.stub.RunTask(pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION), metadata=await client.session_metadata())
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec" in str(err.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in client.watch_task("x", after_seq=-1):
@@ -298,7 +298,7 @@ async def test_bad_requests_are_refused_by_field(agent: AgentProcess) -> None:
 
 async def test_prometheus_metrics(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
     agent = agent_factory(tmp_path / "m", extra_args=["--metrics-port", "0"]).start()
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         await run(client, TaskSpec("m1", "j", "noop"))
         await run(client, TaskSpec("m2", "j", "fail", {"mode": "exception"}))
     url = f"http://127.0.0.1:{agent.info['metrics_port']}/metrics"
@@ -313,7 +313,7 @@ async def test_prometheus_metrics(agent_factory: type[AgentProcess], tmp_path: P
 async def test_sklearn_workloads_report_and_save_a_model(agent: AgentProcess, tmp_path: Path, algorithm: str) -> None:
     from skops.io import get_untrusted_types, load
 
-    async with AgentClient(agent.address) as client:
+    async with agent.client() as client:
         events = await run(client, TaskSpec(f"sk-{algorithm}", "j", algorithm, {}, dataset="iris"))
         assert finished(events).status is TaskState.SUCCEEDED, events
         metrics = {e.payload.name: e.payload.value for e in events if isinstance(e.payload, MetricPoint)}
@@ -327,5 +327,5 @@ async def test_sklearn_workloads_report_and_save_a_model(agent: AgentProcess, tm
     estimator = load(dest, trusted=untrusted)
     assert type(estimator).__module__.startswith("sklearn.")
     with pytest.raises(grpc.aio.AioRpcError, match=r"spec\.dataset"):
-        async with AgentClient(agent.address) as client:
+        async with agent.client() as client:
             await client.run_task(TaskSpec(f"sk-{algorithm}-bad", "j", algorithm, {}, dataset="mnist"))

@@ -336,8 +336,10 @@ def test_serve_runs_a_local_agent_and_shutdown_stops_both(
     )
     controller.start()
     with Client(controller.address) as client:
-        local = wait_until(lambda: [a for a in client.agents() if a["source"] == "local"], 20, "local agent")[0]
-        assert local["state"] == "ONLINE" and local["address"].startswith("127.0.0.1:")
+        local = wait_until(
+            lambda: [a for a in client.agents() if a["source"] == "local" and a["state"] == "ONLINE"], 20, "local agent"
+        )[0]
+        assert local["paired"] is True and local["address"].startswith("127.0.0.1:")
         assert client.info()["local_agent_id"] == local["id"]
         job = client.submit({"algorithm": "logistic_regression", "dataset": "wine"})
         assert client.wait(job["id"], timeout=90)["state"] == "SUCCEEDED"

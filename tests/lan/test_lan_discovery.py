@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,15 @@ def _cli(ctl: Host, address: str, *args: str) -> Any:
 @pytest.fixture(scope="module")
 def cluster(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Host]]:
     tmp = tmp_path_factory.mktemp("lan")
+    # Real security across hosts: agents pair by the shared cluster token; the controller is not on loopback,
+    # so it serves TLS and wants its client token; the CLI pins its certificate in a known-controllers file.
+    secure_env = {
+        "TENSORFLEET_CLUSTER_TOKEN": f"lan-cluster-{secrets.token_hex(8)}",
+        "TENSORFLEET_CONTROLLER_TOKEN": f"lan-client-{secrets.token_hex(8)}",
+        "TENSORFLEET_KNOWN_CONTROLLERS": str(tmp / "known_controllers.json"),
+    }
+    saved = {k: os.environ.get(k) for k in secure_env}
+    os.environ.update(secure_env)
     procs = []
     for name in ("h1", "h2"):
         host = lan.hosts[name]
@@ -59,7 +70,6 @@ def cluster(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
                 "1",
                 "--ready-file",
                 str(ready),
-                "--insecure",
             ],
             log,
         )
@@ -94,6 +104,11 @@ def cluster(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         p.terminate()
     for p in procs:
         p.wait(30)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def test_agents_on_other_hosts_found_over_multicast(cluster: tuple[str, Host], lan: Lan) -> None:
@@ -108,7 +123,8 @@ def test_agents_on_other_hosts_found_over_multicast(cluster: tuple[str, Host], l
     assert set(by_name) == {"agent-h1", "agent-h2"}
     for name in ("h1", "h2"):
         entry = by_name[f"agent-{name}"]
-        assert entry["state"] == "ONLINE" and entry["source"] == "mdns"
+        assert entry["state"] == "ONLINE" and entry["source"] == "mdns" and entry["paired"] is True
+        assert len(entry["fingerprint"]) == 64
         assert entry["address"] == f"{lan.hosts[name].address}:50051"
 
 
@@ -133,3 +149,19 @@ def test_a_job_runs_on_each_host(cluster: tuple[str, Host]) -> None:
         assert status["state"] == "SUCCEEDED"
     jobs = _cli(ctl, address, "jobs", "--json")
     assert len(jobs) == 2
+
+
+def test_remote_controller_needs_tls_and_its_client_token(cluster: tuple[str, Host], tmp_path: Path) -> None:
+    address, ctl = cluster
+    known = json.loads(Path(os.environ["TENSORFLEET_KNOWN_CONTROLLERS"]).read_text())
+    assert len(known[address]) == 64  # pinned on first use
+    wrong = ctl.run(["env", "TENSORFLEET_CONTROLLER_TOKEN=wrong-token", python(), "-m", "tensorfleet_desktop",
+                     "--controller", address, "jobs", "--json"])
+    assert wrong.returncode == 2 and "client token" in wrong.stderr, wrong.stderr
+    missing = ctl.run(["env", "-u", "TENSORFLEET_CONTROLLER_TOKEN", python(), "-m", "tensorfleet_desktop",
+                       "--controller", address, "jobs"])
+    assert missing.returncode == 2 and "TENSORFLEET_CONTROLLER_TOKEN" in missing.stderr, missing.stderr
+    plaintext = ctl.run([python(), "-c", "import grpc, sys; from tensorfleet_agent._generated import "
+                         "controller_pb2 as c, controller_pb2_grpc as g; ch = grpc.insecure_channel(sys.argv[1]); "
+                         "g.ControllerServiceStub(ch).ListJobs(c.ListJobsRequest(), timeout=5)", address])
+    assert plaintext.returncode != 0  # no plaintext beyond loopback

@@ -54,7 +54,8 @@ def test_every_agent_module_imports_without_heavy_packages(tmp_path: Path) -> No
 
         async def main():
             d = AgentDaemon(AgentConfig(data_dir=pathlib.Path({str(tmp_path)!r}), host="127.0.0.1", port=0,
-                                        interfaces=["127.0.0.1"], cpu_slots=1))
+                                        interfaces=["127.0.0.1"], cpu_slots=1,
+                                        insecure=True))  # this test is about imports, not pairing
             await d.start()
             async with AgentClient(f"127.0.0.1:{{d.port}}") as c:
                 await c.get_info()
@@ -91,6 +92,7 @@ def test_generated_protobuf_stays_at_the_edge() -> None:
         "agent/rpc/convert.py",
         "agent/rpc/service.py",
         "agent/rpc/client.py",
+        "agent/security/interceptor.py",
         "tensorfleet_desktop/controller/convert.py",
         "tensorfleet_desktop/controller/service.py",
         "tensorfleet_desktop/client.py",

@@ -1,0 +1,1 @@
+"""Pairing, authentication and secret handling (DESIGN decision 11)."""
