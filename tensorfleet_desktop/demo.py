@@ -94,7 +94,13 @@ async def _demo(data_dir: Path, as_json: bool) -> int:
     cluster_token = f"tfdemo-{secrets.token_urlsafe(16)}"
     agents = [_start_agent(data_dir, f"demo-agent-{i + 1}", cluster_token) for i in range(2)]
     app = ControllerApp(
-        ControllerConfig(data_dir=data_dir / "controller", port=0, interfaces=[LOOPBACK], local_agent=False, cluster_token=cluster_token)
+        ControllerConfig(
+            data_dir=data_dir / "controller",
+            port=0,
+            interfaces=[LOOPBACK],
+            local_agent=False,
+            cluster_token=cluster_token,
+        )
     )
     try:
         await app.start()

@@ -45,8 +45,11 @@ specs = st.builds(
 )
 
 
-class _Session(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-               grpc.StreamUnaryClientInterceptor):
+class _Session(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,
+):
     """Adds a paired controller's session to every call, so the fuzzing reaches the handlers."""
 
     def __init__(self, token: str) -> None:

@@ -271,10 +271,15 @@ async def test_bad_requests_are_refused_by_field(agent: AgentProcess) -> None:
                 await client.run_task(spec)
             assert err.value.code() == code and text in str(err.value.details()), err.value
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.stub.RunTask(pb.RunTaskRequest(protocol_version=99, spec=pb.TaskSpec(task_id="x")), metadata=await client.session_metadata())
+            await client.stub.RunTask(
+                pb.RunTaskRequest(protocol_version=99, spec=pb.TaskSpec(task_id="x")),
+                metadata=await client.session_metadata(),
+            )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "protocol 99" in str(err.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.stub.RunTask(pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION), metadata=await client.session_metadata())
+            await client.stub.RunTask(
+                pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION), metadata=await client.session_metadata()
+            )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec" in str(err.value.details())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in client.watch_task("x", after_seq=-1):

@@ -155,13 +155,42 @@ def test_remote_controller_needs_tls_and_its_client_token(cluster: tuple[str, Ho
     address, ctl = cluster
     known = json.loads(Path(os.environ["TENSORFLEET_KNOWN_CONTROLLERS"]).read_text())
     assert len(known[address]) == 64  # pinned on first use
-    wrong = ctl.run(["env", "TENSORFLEET_CONTROLLER_TOKEN=wrong-token", python(), "-m", "tensorfleet_desktop",
-                     "--controller", address, "jobs", "--json"])
+    wrong = ctl.run(
+        [
+            "env",
+            "TENSORFLEET_CONTROLLER_TOKEN=wrong-token",
+            python(),
+            "-m",
+            "tensorfleet_desktop",
+            "--controller",
+            address,
+            "jobs",
+            "--json",
+        ]
+    )
     assert wrong.returncode == 2 and "client token" in wrong.stderr, wrong.stderr
-    missing = ctl.run(["env", "-u", "TENSORFLEET_CONTROLLER_TOKEN", python(), "-m", "tensorfleet_desktop",
-                       "--controller", address, "jobs"])
+    missing = ctl.run(
+        [
+            "env",
+            "-u",
+            "TENSORFLEET_CONTROLLER_TOKEN",
+            python(),
+            "-m",
+            "tensorfleet_desktop",
+            "--controller",
+            address,
+            "jobs",
+        ]
+    )
     assert missing.returncode == 2 and "TENSORFLEET_CONTROLLER_TOKEN" in missing.stderr, missing.stderr
-    plaintext = ctl.run([python(), "-c", "import grpc, sys; from tensorfleet_agent._generated import "
-                         "controller_pb2 as c, controller_pb2_grpc as g; ch = grpc.insecure_channel(sys.argv[1]); "
-                         "g.ControllerServiceStub(ch).ListJobs(c.ListJobsRequest(), timeout=5)", address])
+    plaintext = ctl.run(
+        [
+            python(),
+            "-c",
+            "import grpc, sys; from tensorfleet_agent._generated import "
+            "controller_pb2 as c, controller_pb2_grpc as g; ch = grpc.insecure_channel(sys.argv[1]); "
+            "g.ControllerServiceStub(ch).ListJobs(c.ListJobsRequest(), timeout=5)",
+            address,
+        ]
+    )
     assert plaintext.returncode != 0  # no plaintext beyond loopback
