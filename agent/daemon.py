@@ -92,13 +92,7 @@ class AgentDaemon:
             elif not cfg.cluster_token and not self.authority.has_paired_controllers():
                 token = await asyncio.to_thread(new_join_token, cfg.data_dir / "identity")
                 register(token)
-                print(
-                    f"\nThis agent is not paired with any controller yet. Join token (valid 1 h, single use):\n"
-                    f"    {token}\non the controller: tensorfleet agents pair {cfg.name} --token {token}\n"
-                    f"(`tensorfleet-agent token` prints a new one)\n",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                self._show_join_token(token)
         self._facts = await asyncio.to_thread(machine_facts)
         gpu_list = await asyncio.to_thread(self.gpus.inventory)
         self.gpu_inventory = gpu_list
@@ -145,6 +139,23 @@ class AgentDaemon:
         if cfg.ready_file is not None:
             await asyncio.to_thread(self._write_ready_file)
         self._started.set()
+
+    def _show_join_token(self, token: str) -> None:
+        """On a terminal, print the token; otherwise (a service, a log file) keep it out of the logs."""
+        if sys.stderr.isatty():
+            print(
+                f"\nThis agent is not paired with any controller yet. Join token (valid 1 h, single use):\n"
+                f"    {token}\non the controller: tensorfleet agents pair {self.config.name} --token {token}\n"
+                f"(`tensorfleet-agent token` prints a new one)\n",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        path = self.config.data_dir / "identity" / "join-token.txt"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        log.warning("not paired with any controller yet: a join token (valid 1 h) is in %s", path)
 
     def _advertisement(self) -> AdvertisedAgent:
         cfg = self.config

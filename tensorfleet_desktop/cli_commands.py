@@ -152,8 +152,11 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from tensorfleet_agent.discovery.interfaces import parse_interfaces
+    from tensorfleet_agent.rpc.server import is_loopback
     from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig, default_data_dir
 
+    if args.insecure and not is_loopback(args.host):
+        raise UsageError(f"--insecure serves plaintext without pairing: only on loopback, not on --host {args.host}")
     try:
         config = ControllerConfig(
             data_dir=args.data_dir or default_data_dir(),

@@ -146,6 +146,8 @@ def _info(resp: cpb.ControllerInfo) -> dict[str, Any]:
         "pid": resp.pid,
         "started_at": resp.started_at,
         "local_agent_id": resp.local_agent_id,
+        "fingerprint": resp.fingerprint,
+        "cluster_id": resp.cluster_id,
     }
 
 

@@ -175,7 +175,10 @@ class AgentClient:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.PERMISSION_DENIED or not self.trust.pair_token:
                     raise
-                await self.pair(self.trust.pair_token, timeout)
+                try:
+                    await self.pair(self.trust.pair_token, timeout)
+                except PairingError:
+                    raise exc from None  # the agent does not share our token: it stays unpaired
                 self._session = await self._authenticate(timeout)
             return self._session
 

@@ -31,6 +31,7 @@ from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
 from tensorfleet_agent.runtime.executor import Executor
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler
 from tensorfleet_agent.security.authority import AuthError, Authority
+from tensorfleet_agent.security.interceptor import bearer
 from tensorfleet_agent.workloads.registry import get_workload
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             )
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        session = bearer(context.invocation_metadata())
         while True:
+            if self.authority is not None and self.authority.check(session) is None:
+                raise PermissionDenied("this controller's session ended: it was unpaired")
             slots = self.executor.slots
             sample = await asyncio.to_thread(self.sampler.sample, slots.total, slots.free, self.executor.tasks_running)
             yield convert.telemetry_to_pb(sample)

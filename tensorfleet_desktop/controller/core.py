@@ -32,6 +32,7 @@ from tensorfleet_agent.core.types import (
     TaskSpec,
     TaskState,
 )
+from tensorfleet_agent.security.secrets import redact, redact_value
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -167,7 +168,7 @@ class Controller:
     # ---- commands
 
     def submit(self, body: dict[str, Any], submitter: str) -> Job:
-        spec = parse_job_spec(body)
+        spec = parse_job_spec(redact_value(body))  # a token pasted into a spec is never stored
         self._seq_no += 1
         now = time.time()
         job = Job(
@@ -624,6 +625,8 @@ class Controller:
 
     def _record(self, job: Job, kind: str, base: dict[str, Any], **fields: Any) -> None:
         job.last_event_seq += 1
+        if "message" in fields:
+            fields["message"] = redact(fields["message"])
         record = JobEventRecord(
             job_id=job.id, seq=job.last_event_seq, time=time.time(), kind=kind, **{**base, **fields}
         )

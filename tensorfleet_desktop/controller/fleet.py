@@ -430,6 +430,11 @@ class Fleet:
                     record.error = text
                     self._set_state(record, AgentState.LOST)
                     backoff = min(5.0, max(0.5, backoff * 2))
+            except Exception as exc:  # never let one agent's surprise end its supervision
+                log.exception("agent %s: unexpected error", record.name or record.node_id[:12])
+                record.error = f"{type(exc).__name__}: {exc}"
+                self._set_state(record, AgentState.LOST)
+                backoff = 5.0
             await asyncio.sleep(backoff)
 
     async def _unpaired(self, record: AgentRecord, client: AgentClient, why: str) -> None:

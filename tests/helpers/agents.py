@@ -23,7 +23,7 @@ CLUSTER_TOKEN = f"test-cluster-{os.getpid()}-{secrets.token_hex(8)}"
 _identity: Identity | None = None
 
 
-def test_controller_identity() -> Identity:
+def controller_identity_for_tests() -> Identity:
     """The identity test code uses to talk to agents directly, as a controller would."""
     global _identity
     if _identity is None:
@@ -92,7 +92,7 @@ class AgentProcess:
         """A client that pins this agent's certificate and pairs with the cluster token, like a controller."""
         cert = fetch_certificate_blocking(self.address)
         token = CLUSTER_TOKEN if pair_token is None else pair_token
-        return AgentClient(self.address, AgentTrust(cert, test_controller_identity(), pair_token=token))
+        return AgentClient(self.address, AgentTrust(cert, controller_identity_for_tests(), pair_token=token))
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM (graceful drain) and wait; returns the exit code."""
