@@ -16,11 +16,25 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 IMPORT_ALL = """
-import importlib, pkgutil, sys, tensorfleet_agent
-for mod in pkgutil.walk_packages(tensorfleet_agent.__path__, "tensorfleet_agent."):
-    importlib.import_module(mod.name)
+import importlib, pkgutil, sys, tensorfleet_agent, tensorfleet_desktop
+for pkg in (tensorfleet_agent, tensorfleet_desktop):
+    for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        if mod.name != "tensorfleet_desktop.__main__":
+            importlib.import_module(mod.name)
 print(tensorfleet_agent.__file__)
 """
+
+
+def test_every_package_folder_is_listed_for_the_wheel() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for folder, name in (("agent", "tensorfleet_agent"), ("tensorfleet_desktop", "tensorfleet_desktop")):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found == listed, f"missing from pyproject: {sorted(found - listed)}; stale: {sorted(listed - found)}"
 
 
 def test_editable_install_maps_agent_folder() -> None:

@@ -194,3 +194,48 @@ def test_remote_controller_needs_tls_and_its_client_token(cluster: tuple[str, Ho
         ]
     )
     assert plaintext.returncode != 0  # no plaintext beyond loopback
+
+
+IMPOSTOR = """
+import asyncio, socket, sys
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE
+from tensorfleet_agent.security.secrets import cluster_id_of
+
+async def main(address, node_id, cluster_token):
+    zc = AsyncZeroconf(interfaces=[address], ip_version=IPVersion.V4Only)
+    info = AsyncServiceInfo(SERVICE_TYPE, f"impostor.{SERVICE_TYPE}", addresses=[socket.inet_aton(address)],
+                            port=50051, server="impostor.local.",
+                            properties={"node_id": node_id, "name": "agent-h1", "proto": "1",
+                                        "cluster": cluster_id_of(cluster_token)})
+    await (await zc.async_register_service(info, cooperating_responders=True))
+    await asyncio.sleep(float(sys.argv[4]))
+    await zc.async_close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
+"""
+
+
+def test_impersonation_across_hosts_is_refused_and_reported(cluster: tuple[str, Host], lan: Lan) -> None:
+    """h2 claims to be h1 over multicast; its certificate proves otherwise, so h1 stays where it is."""
+    address, ctl = cluster
+    agents = {a["name"]: a for a in _cli(ctl, address, "agents", "--json")}
+    h1 = agents["agent-h1"]
+    h2 = lan.hosts["h2"]
+    impostor = h2.popen(
+        [python(), "-c", IMPOSTOR, h2.address, h1["id"], os.environ["TENSORFLEET_CLUSTER_TOKEN"], "15"],
+        Path(os.environ["TENSORFLEET_KNOWN_CONTROLLERS"]).with_name("impostor.log"),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            entry = next(a for a in _cli(ctl, address, "agents", "--json") if a["id"] == h1["id"])
+            if "impersonation refused" in entry["error"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert "impersonation refused" in entry["error"]
+        assert entry["address"] == h1["address"] and entry["state"] == "ONLINE"
+    finally:
+        impostor.kill()
+        impostor.wait(10)
