@@ -169,7 +169,7 @@ async def main() -> None:
             assert agent.proc is not None
             await asyncio.sleep(3)
             idle = memory([agent.proc.pid])
-            async with AgentClient(agent.address) as client:
+            async with agent.client() as client:
                 rates = [await watch_rate(client, f"emit{i}", args.points) for i in range(args.runs)]
             workers = [c.pid for c in psutil.Process(agent.proc.pid).children()]
             await asyncio.sleep(1)
