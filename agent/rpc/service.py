@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -26,7 +25,7 @@ from tensorfleet_agent.core.errors import (
 from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.validation import MAX_REASON, check_id, check_text, validate_task_spec
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
-from tensorfleet_agent.rpc import convert
+from tensorfleet_agent.rpc import convert, handlers
 from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
 from tensorfleet_agent.runtime.executor import Executor
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler
@@ -51,37 +50,15 @@ MAX_HAS_BLOBS = 10_000
 R = TypeVar("R")
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, AgentError):
-        await context.abort(_STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc))
+        return _STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc)
     log.exception("internal error in RPC")
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal agent error: {type(exc).__name__}: {exc}")
+    return grpc.StatusCode.INTERNAL, f"internal agent error: {type(exc).__name__}: {exc}"
 
 
-def _unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
-        try:
-            return await fn(self, request, context)
-        except (AgentError, Exception) as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            await _abort(context, exc)
-            raise AssertionError("unreachable") from exc
-
-    return wrapper
-
-
-def _stream(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[R]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except Exception as exc:
-            await _abort(context, exc)
-
-    return wrapper
+_unary = handlers.unary(_status_of)
+_stream = handlers.stream(_status_of)
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):

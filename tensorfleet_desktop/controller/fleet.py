@@ -390,12 +390,9 @@ class Fleet:
                     raise Impersonation(f"the agent at {record.address} is {info.node_id}, not {record.node_id}")
                 record.info, record.name, record.error = info, info.name, ""
                 self._seen(record)
-                try:
-                    await client.authenticate()
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
-                        raise
-                    await self._unpaired(record, client, str(exc.details()))
+                refused = await self._refusal(client)
+                if refused:
+                    await self._unpaired(record, client, refused)
                     continue
                 if not record.paired or not record.fingerprint:
                     self._trust(record, client)
@@ -448,13 +445,19 @@ class Fleet:
             info = await client.get_info(timeout=max(2.0, self.period * 2))
             record.info = info
             self._seen(record)
-            try:
-                await client.authenticate()
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
-                    raise
-                continue
-            return  # paired meanwhile (e.g. `tensorfleet-agent` got our cluster token)
+            if not await self._refusal(client):
+                return  # paired meanwhile (e.g. `tensorfleet-agent` got our cluster token)
+
+    @staticmethod
+    async def _refusal(client: AgentClient) -> str:
+        """Why the agent refuses us a session ('' when it accepts us)."""
+        try:
+            await client.authenticate()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.PERMISSION_DENIED:
+                raise
+            return str(exc.details())
+        return ""
 
     def _seen(self, record: AgentRecord) -> None:
         record.last_seen = time.time()

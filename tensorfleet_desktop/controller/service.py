@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -17,6 +16,7 @@ from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
+from tensorfleet_agent.rpc import handlers
 from tensorfleet_agent.security.secrets import redact, register
 from tensorfleet_agent.workloads.registry import all_workloads
 from tensorfleet_desktop.controller import convert
@@ -28,7 +28,7 @@ R = TypeVar("R")
 MAX_SPEC_JSON = 1 << 20
 
 
-def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, NotFoundError):
@@ -41,28 +41,8 @@ def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal controller error: {type(exc).__name__}: {exc}"
 
 
-def _unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> R:
-        try:
-            return await fn(self, request, context)
-        except Exception as exc:
-            await context.abort(*_status(exc))
-            raise AssertionError("unreachable") from exc
-
-    return wrapper
-
-
-def _stream(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterator[R]]:
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[R]:
-        try:
-            async for item in fn(self, request, context):
-                yield item
-        except Exception as exc:
-            await context.abort(*_status(exc))
-
-    return wrapper
+_unary = handlers.unary(_status_of)
+_stream = handlers.stream(_status_of)
 
 
 def _json_object(text: str, field: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +12,10 @@ import pytest
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json, tensorfleet
+from helpers.waiting import wait_until
 from tensorfleet_desktop.client import Client, InvalidRequest
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from helpers.agents import CLUSTER_TOKEN, AgentProcess
 from helpers.controller import ControllerProcess, cli_json
+from helpers.waiting import wait_until
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.types import TaskSpec
 from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE
@@ -36,17 +37,6 @@ from tensorfleet_agent.security.secrets import cluster_id_of, proof, token_key
 from tensorfleet_desktop.client import Client
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(predicate, timeout=30.0, what="condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def new_token(agent: AgentProcess, ttl: float = 3600) -> str:
