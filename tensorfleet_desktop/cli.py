@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name")
     s.add_argument("--algorithm", "-a")
     s.add_argument("--dataset", "-d")
+    s.add_argument(
+        "--dataset-param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="synthetic dataset parameter, e.g. n_samples=20000 (repeatable)",
+    )
     s.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="hyperparameter (repeatable)")
     s.add_argument("--workers", type=int, dest="num_workers")
     s.add_argument("--epochs", type=int)

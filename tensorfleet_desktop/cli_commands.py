@@ -68,6 +68,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             spec[key] = value
     if args.param:
         spec["hyperparameters"] = {**(spec.get("hyperparameters") or {}), **_kv(args.param, "--param")}
+    if args.dataset_param:
+        spec["dataset_params"] = {**(spec.get("dataset_params") or {}), **_kv(args.dataset_param, "--dataset-param")}
     if args.on or args.not_on or args.label:
         constraints = dict(spec.get("constraints") or {})
         if args.on:

@@ -81,4 +81,5 @@ def spec_from_dict(body: dict[str, Any]) -> TaskSpec:
         attempt=int(body.get("attempt", 0)),
         rendezvous=Rendezvous(**rdv) if rdv else None,
         dataset=str(body.get("dataset", "")),
+        dataset_params=dict(body.get("dataset_params", {})),
     )

@@ -63,6 +63,7 @@ class TaskSpec:
     attempt: int = 0
     rendezvous: Rendezvous | None = None
     dataset: str = ""
+    dataset_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ def parse_params_json(text: str, field: str = "spec.params_json") -> dict[str, A
 
 def validate_task_spec(spec: TaskSpec) -> TaskSpec:
     """Check every field; return the spec with the workload's defaults filled in."""
+    from tensorfleet_agent.workloads.datasets import check_dataset
     from tensorfleet_agent.workloads.registry import get_workload
 
     check_id(spec.task_id, "spec.task_id")
@@ -82,13 +83,7 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
             f"{spec.workload!r} needs {', '.join(workload.requires)}, not installed on this agent",
         )
     params = workload.schema.validate(spec.params, prefix="spec.params")
-    if workload.datasets and spec.dataset not in workload.datasets:
-        raise ValidationError(
-            "spec.dataset",
-            f"{spec.workload} trains on one of {', '.join(workload.datasets)}; got {spec.dataset or 'none'!r}",
-        )
-    if not workload.datasets and spec.dataset:
-        raise ValidationError("spec.dataset", f"{spec.workload} takes no dataset, got {spec.dataset[:40]!r}")
+    dataset_params = check_dataset(spec.workload, workload.tasks, spec.dataset, spec.dataset_params, "spec.dataset")
     world = spec.world_size or 1
     if not 1 <= world <= MAX_WORLD:
         raise ValidationError("spec.world_size", f"must be between 1 and {MAX_WORLD}, got {spec.world_size}")
@@ -112,7 +107,7 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
             raise ValidationError(
                 "spec.rendezvous.master_port", f"must be a port number, got {spec.rendezvous.master_port}"
             )
-    return dataclasses.replace(spec, params=params, world_size=world)
+    return dataclasses.replace(spec, params=params, world_size=world, dataset_params=dataset_params)
 
 
 def _check_inputs(spec: TaskSpec) -> None:

@@ -66,6 +66,7 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         env=spec.env,
         attempt=spec.attempt,
         dataset=spec.dataset,
+        dataset_params_json=json.dumps(spec.dataset_params, separators=(",", ":")) if spec.dataset_params else "",
     )
     if spec.rendezvous is not None:
         msg.rendezvous.CopyFrom(
@@ -90,6 +91,7 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         env=dict(msg.env),
         attempt=msg.attempt,
         dataset=msg.dataset,
+        dataset_params=parse_params_json(msg.dataset_params_json, "spec.dataset_params_json"),
         rendezvous=(
             Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
         ),

@@ -149,7 +149,12 @@ class BlobStore:
             if len(sub.name) != 2 or not sub.is_dir():
                 continue
             for blob in sub.iterdir():
-                st = blob.stat()
+                if blob.name.startswith("."):
+                    continue  # a worker's upload in flight (renamed into place when complete)
+                try:
+                    st = blob.stat()
+                except FileNotFoundError:
+                    continue  # evicted or replaced meanwhile
                 entries.append((st.st_mtime, blob.name, st.st_size))
                 total += st.st_size
         freed = 0

@@ -301,7 +301,10 @@ class Executor:
                 if payload is not None:
                     self._append(running, payload)
                     if isinstance(payload, ArtifactReady | CheckpointSaved):
-                        await asyncio.to_thread(self.blobs.adopt_existing, payload.sha256)
+                        try:
+                            await asyncio.to_thread(self.blobs.adopt_existing, payload.sha256)
+                        except OSError as exc:  # the cache bookkeeping must never fail the task
+                            log.warning("blob cache: could not account for %s: %s", payload.sha256[:12], exc)
         finally:
             watchdog.cancel()
         code = await worker.wait()

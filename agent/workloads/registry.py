@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.workloads.datasets import CLASSIFICATION, REGRESSION, datasets_for
 from tensorfleet_agent.workloads.schema import ParamSpec, WorkloadSchema
 
 
@@ -22,7 +23,7 @@ class WorkloadDef:
     schema: WorkloadSchema
     entry: str  # "package.module:function", called in a worker as fn(params)
     requires: tuple[str, ...] = ()  # import names that must be installed on the agent
-    datasets: tuple[str, ...] = ()  # datasets it trains on; empty = takes none
+    tasks: tuple[str, ...] = ()  # dataset tasks it learns (classification, regression); empty = takes no dataset
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
@@ -34,7 +35,8 @@ class WorkloadDef:
             "summary": self.summary,
             "params": [p.to_dict() for p in self.schema.params],
             "requires": list(self.requires),
-            "datasets": list(self.datasets),
+            "tasks": list(self.tasks),
+            "datasets": datasets_for(self.tasks),
         }
 
 
@@ -103,35 +105,37 @@ _BUILTIN: tuple[WorkloadDef, ...] = (
 )
 
 _SK = "tensorfleet_agent.workloads.sklearn_basic"
-_SK_DATASETS = ("iris", "wine", "breast_cancer", "digits")
+_BOTH = (CLASSIFICATION, REGRESSION)
 _SEED = ParamSpec("random_state", "int", 42, "seed of the estimator", minimum=0, maximum=2**32 - 1)
+_DEPTH = ParamSpec("max_depth", "int", None, "maximum tree depth; null = unlimited", minimum=1, nullable=True)
 
 
-def _sklearn(name: str, summary: str, *params: ParamSpec) -> WorkloadDef:
-    return WorkloadDef(
-        name, "sklearn", summary, WorkloadSchema(params), f"{_SK}:{name}", ("sklearn", "skops"), _SK_DATASETS
-    )
+def _sklearn(name: str, summary: str, tasks: tuple[str, ...], *params: ParamSpec) -> WorkloadDef:
+    return WorkloadDef(name, "sklearn", summary, WorkloadSchema(params), f"{_SK}:{name}", ("sklearn", "skops"), tasks)
 
 
 _BUILTIN += (
     _sklearn(
         "random_forest",
-        "Random forest classifier (scikit-learn).",
+        "Random forest (scikit-learn); a regressor on regression datasets.",
+        _BOTH,
         ParamSpec("n_estimators", "int", 100, "number of trees", minimum=1, maximum=100_000),
-        ParamSpec("max_depth", "int", None, "maximum tree depth; null = unlimited", minimum=1, nullable=True),
+        _DEPTH,
         ParamSpec("min_samples_split", "int", 2, "samples needed to split a node", minimum=2),
         _SEED,
     ),
     _sklearn(
         "logistic_regression",
         "Logistic regression classifier (scikit-learn).",
+        (CLASSIFICATION,),
         ParamSpec("max_iter", "int", 1000, "solver iterations", minimum=1, maximum=1_000_000),
         ParamSpec("C", "float", 1.0, "inverse regularisation strength", minimum=1e-12),
         _SEED,
     ),
     _sklearn(
         "svm",
-        "Support vector classifier (scikit-learn SVC).",
+        "Support vector machine (SVC; SVR on regression datasets).",
+        _BOTH,
         ParamSpec("kernel", "str", "rbf", "kernel", choices=("linear", "poly", "rbf", "sigmoid")),
         ParamSpec("C", "float", 1.0, "regularisation parameter", minimum=1e-12),
         ParamSpec("gamma", "str", "scale", "kernel coefficient", choices=("scale", "auto")),
@@ -139,9 +143,44 @@ _BUILTIN += (
     ),
     _sklearn(
         "decision_tree",
-        "Decision tree classifier (scikit-learn).",
-        ParamSpec("max_depth", "int", None, "maximum tree depth; null = unlimited", minimum=1, nullable=True),
+        "Decision tree (scikit-learn); a regressor on regression datasets.",
+        _BOTH,
+        _DEPTH,
         ParamSpec("min_samples_split", "int", 2, "samples needed to split a node", minimum=2),
+        _SEED,
+    ),
+    _sklearn(
+        "gradient_boosting",
+        "Histogram gradient boosting (scikit-learn HistGradientBoosting*).",
+        _BOTH,
+        ParamSpec("learning_rate", "float", 0.1, "shrinkage of each tree", minimum=1e-6, maximum=10),
+        ParamSpec("max_iter", "int", 100, "boosting iterations", minimum=1, maximum=100_000),
+        _DEPTH,
+        ParamSpec("max_leaf_nodes", "int", 31, "leaves per tree", minimum=2, maximum=100_000),
+        _SEED,
+    ),
+    _sklearn(
+        "knn",
+        "k-nearest neighbours (scikit-learn KNeighbors*).",
+        _BOTH,
+        ParamSpec("n_neighbors", "int", 5, "neighbours that vote", minimum=1, maximum=100_000),
+        ParamSpec("weights", "str", "uniform", "vote weights", choices=("uniform", "distance")),
+        ParamSpec("p", "int", 2, "Minkowski power (1 = Manhattan, 2 = Euclidean)", minimum=1, maximum=10),
+    ),
+    _sklearn(
+        "mlp",
+        "Multi-layer perceptron (scikit-learn MLP*).",
+        _BOTH,
+        ParamSpec(
+            "hidden_layer_sizes",
+            "str",
+            "100",
+            "comma list of layer widths, e.g. 64,32",
+            pattern=r"[1-9]\d{0,5}(,[1-9]\d{0,5}){0,9}",
+        ),
+        ParamSpec("alpha", "float", 1e-4, "L2 penalty", minimum=0),
+        ParamSpec("learning_rate_init", "float", 1e-3, "initial learning rate", minimum=1e-8, maximum=10),
+        ParamSpec("max_iter", "int", 200, "epochs", minimum=1, maximum=100_000),
         _SEED,
     ),
 )

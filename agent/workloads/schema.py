@@ -6,6 +6,7 @@ One schema per workload; validation fills defaults and names the offending field
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ class ParamSpec:
     maximum: float | None = None
     choices: tuple[Any, ...] = ()
     nullable: bool = False  # None is a meaningful value (e.g. max_depth: None = unlimited)
+    pattern: str = ""  # for strings: a regular expression the whole value must match
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,6 +37,7 @@ class ParamSpec:
             "maximum": self.maximum,
             "choices": list(self.choices),
             "nullable": self.nullable,
+            "pattern": self.pattern,
         }
 
 
@@ -81,6 +84,8 @@ def _check(spec: ParamSpec, value: Any, where: str) -> Any:
             raise ValidationError(where, f"must be finite, got {value!r}")
     elif spec.type == "str" and not isinstance(value, str):
         raise ValidationError(where, f"must be a string, got {value!r}")
+    elif spec.type == "str" and spec.pattern and not re.fullmatch(spec.pattern, value):
+        raise ValidationError(where, f"{value!r} is not of the form {spec.help or spec.pattern}")
     if spec.choices and value not in spec.choices:
         allowed = ", ".join(str(c) for c in spec.choices)
         raise ValidationError(where, f"must be one of {allowed}; got {value!r}")

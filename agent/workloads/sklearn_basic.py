@@ -1,80 +1,128 @@
-"""The seed's four scikit-learn classifiers on the datasets that ship inside scikit-learn.
+"""scikit-learn estimators on the built-in datasets: one code path for every algorithm.
 
-Each reports train_accuracy, test_accuracy and training_time and saves the fitted
-model with skops (a safe format) as the task's "model" artifact.
+Classification reports train/test accuracy, macro F1 and training time and saves a report with the
+confusion matrix; regression reports R², RMSE and MAE. The fitted model is saved with skops (a safe
+format) as the task's "model" artifact; the report carries feature names, classes and the split seed.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tensorfleet_agent import task
+from tensorfleet_agent.workloads.datasets import CLASSIFICATION, get_dataset, load
 
 TEST_SIZE = 0.2
 SPLIT_SEED = 42
 
 
-def load_builtin(name: str) -> tuple[Any, Any, list[str], list[str]]:
-    from sklearn import datasets
-
-    loaders = {
-        "iris": datasets.load_iris,
-        "wine": datasets.load_wine,
-        "breast_cancer": datasets.load_breast_cancer,
-        "digits": datasets.load_digits,
-    }
-    bunch = loaders[name]()
-    features = [str(f) for f in getattr(bunch, "feature_names", [f"x{i}" for i in range(bunch.data.shape[1])])]
-    return bunch.data, bunch.target, features, [str(t) for t in bunch.target_names]
-
-
-def _fit(estimator: Any) -> None:
+def _fit(make: Callable[[str], Any]) -> None:
+    import numpy as np
+    from sklearn import metrics
     from sklearn.model_selection import train_test_split
     from skops.io import dump
 
     spec = task.spec()
-    dataset = str(spec["dataset"])
-    x, y, features, classes = load_builtin(dataset)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=y)
+    name = str(spec["dataset"])
+    kind = get_dataset(name).task
+    x, y, features, classes = load(name, dict(spec.get("dataset_params") or {}))
+    stratify = y if kind == CLASSIFICATION else None
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=stratify
+    )
+    estimator = make(kind)
     print(
-        f"{spec['workload']} on {dataset}: {len(x_train)} train / {len(x_test)} test rows, "
-        f"{len(features)} features, {len(classes)} classes"
+        f"{spec['workload']} ({type(estimator).__name__}) on {name}: {len(x_train)} train / {len(x_test)} test rows, "
+        f"{len(features)} features" + (f", {len(classes)} classes" if classes else "")
     )
     task.progress(0.1)
     start = time.perf_counter()
     estimator.fit(x_train, y_train)
     training_time = time.perf_counter() - start
     task.progress(0.8)
-    train_acc = float(estimator.score(x_train, y_train))
-    test_acc = float(estimator.score(x_test, y_test))
-    task.report(step=0, train_accuracy=train_acc, test_accuracy=test_acc, training_time=training_time)
-    print(f"train_accuracy={train_acc:.4f} test_accuracy={test_acc:.4f} training_time={training_time:.3f}s")
-    path = task.checkpoint_dir().parent / "model.skops"
-    dump(estimator, path)
-    task.save_artifact(path, kind="model")
+    predicted = estimator.predict(x_test)
+    report: dict[str, Any] = {
+        "dataset": name,
+        "task": kind,
+        "features": features,
+        "classes": classes,
+        "split_seed": SPLIT_SEED,
+        "test_size": TEST_SIZE,
+        "estimator": type(estimator).__name__,
+    }
+    if kind == CLASSIFICATION:
+        values = {
+            "train_accuracy": float(estimator.score(x_train, y_train)),
+            "test_accuracy": float(metrics.accuracy_score(y_test, predicted)),
+            "f1_macro": float(metrics.f1_score(y_test, predicted, average="macro")),
+        }
+        report["confusion_matrix"] = metrics.confusion_matrix(y_test, predicted).tolist()
+    else:
+        values = {
+            "train_r2": float(estimator.score(x_train, y_train)),
+            "r2": float(metrics.r2_score(y_test, predicted)),
+            "rmse": float(np.sqrt(metrics.mean_squared_error(y_test, predicted))),
+            "mae": float(metrics.mean_absolute_error(y_test, predicted)),
+        }
+    values["training_time"] = training_time
+    task.report(step=0, **values)
+    print(" ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    report["metrics"] = values
+    workdir = task.checkpoint_dir().parent
+    dump(estimator, workdir / "model.skops")
+    task.save_artifact(workdir / "model.skops", kind="model")
+    (workdir / "report.json").write_text(json.dumps(report, indent=1))
+    task.save_artifact(workdir / "report.json", kind="report")
     task.progress(1.0)
 
 
 def random_forest(params: dict[str, Any]) -> None:
-    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    _fit(RandomForestClassifier(n_jobs=1, **params))
+    _fit(lambda kind: (RandomForestClassifier if kind == CLASSIFICATION else RandomForestRegressor)(n_jobs=1, **params))
 
 
 def logistic_regression(params: dict[str, Any]) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    _fit(LogisticRegression(**params))
+    _fit(lambda kind: LogisticRegression(**params))
 
 
 def svm(params: dict[str, Any]) -> None:
-    from sklearn.svm import SVC
+    from sklearn.svm import SVC, SVR
 
-    _fit(SVC(**params))
+    def make(kind: str) -> Any:
+        if kind == CLASSIFICATION:
+            return SVC(**params)
+        return SVR(**{k: v for k, v in params.items() if k != "random_state"})  # SVR is deterministic
+
+    _fit(make)
 
 
 def decision_tree(params: dict[str, Any]) -> None:
-    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-    _fit(DecisionTreeClassifier(**params))
+    _fit(lambda kind: (DecisionTreeClassifier if kind == CLASSIFICATION else DecisionTreeRegressor)(**params))
+
+
+def gradient_boosting(params: dict[str, Any]) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    cls = HistGradientBoostingClassifier
+    _fit(lambda kind: (cls if kind == CLASSIFICATION else HistGradientBoostingRegressor)(**params))
+
+
+def knn(params: dict[str, Any]) -> None:
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    _fit(lambda kind: (KNeighborsClassifier if kind == CLASSIFICATION else KNeighborsRegressor)(n_jobs=1, **params))
+
+
+def mlp(params: dict[str, Any]) -> None:
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    options = {**params, "hidden_layer_sizes": tuple(int(w) for w in str(params["hidden_layer_sizes"]).split(","))}
+    _fit(lambda kind: (MLPClassifier if kind == CLASSIFICATION else MLPRegressor)(**options))

@@ -369,6 +369,7 @@ class Controller:
             gpus=int(spec.get("gpus", 0)),
             attempt=task.attempt,
             dataset=str(spec.get("dataset", "")),
+            dataset_params=dict(spec.get("dataset_params") or {}),
         )
 
     async def _run_attempt(self, job: Job, task: JobTask, record: AgentRecord, attempt: str) -> None:

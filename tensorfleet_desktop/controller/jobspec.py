@@ -16,10 +16,11 @@ from typing import Any
 import yaml
 
 from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.workloads.datasets import check_dataset
 from tensorfleet_agent.workloads.registry import get_workload
 
 FIELDS = (
-    "name", "algorithm", "dataset", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
+    "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
     "max_retries", "timeout", "constraints", "sweep", "model_name",
 )  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -46,6 +47,7 @@ class JobSpec:
     name: str
     algorithm: str
     dataset: str = ""
+    dataset_params: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 1
     epochs: int | None = None
@@ -94,13 +96,13 @@ def parse_job_spec(body: Any) -> JobSpec:
     algorithm = _str(body, "algorithm", required=True)
     workload = get_workload(algorithm, field="algorithm")
     dataset = _str(body, "dataset")
-    if workload.datasets:
-        if not dataset:
-            raise JobSpecError("dataset", f"{algorithm} needs a dataset (one of {', '.join(workload.datasets)})")
-        if dataset not in workload.datasets:
-            raise JobSpecError("dataset", f"unknown dataset {dataset!r} (available: {', '.join(workload.datasets)})")
-    elif dataset:
-        raise JobSpecError("dataset", f"{algorithm} takes no dataset")
+    raw_params = body.get("dataset_params") or {}
+    if not isinstance(raw_params, dict):
+        raise JobSpecError("dataset_params", "must be a mapping of dataset parameter names to values")
+    try:
+        dataset_params = check_dataset(algorithm, workload.tasks, dataset, raw_params)
+    except ValidationError as exc:
+        raise JobSpecError(exc.field, exc.message) from None
     hyper = body.get("hyperparameters") or {}
     if not isinstance(hyper, dict):
         raise JobSpecError("hyperparameters", "must be a mapping of parameter names to values")
@@ -131,6 +133,7 @@ def parse_job_spec(body: Any) -> JobSpec:
         name=name,
         algorithm=algorithm,
         dataset=dataset,
+        dataset_params=dataset_params,
         hyperparameters=hyper,
         num_workers=_int(body, "num_workers", 1, minimum=1, maximum=MAX_WORKERS),
         epochs=epochs,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import os
 import re
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -314,23 +316,82 @@ async def test_prometheus_metrics(agent_factory: type[AgentProcess], tmp_path: P
     assert re.search(r"worker_events_streamed_total [1-9]", text)
 
 
-@pytest.mark.parametrize("algorithm", ["random_forest", "logistic_regression", "svm", "decision_tree"])
-async def test_sklearn_workloads_report_and_save_a_model(agent: AgentProcess, tmp_path: Path, algorithm: str) -> None:
+CLASSIFIERS = ["random_forest", "logistic_regression", "svm", "decision_tree", "gradient_boosting", "knn", "mlp"]
+CASES = (
+    [(a, "iris", {}) for a in CLASSIFIERS]
+    + [(a, "diabetes", {}) for a in CLASSIFIERS if a != "logistic_regression"]
+    + [
+        (
+            "random_forest",
+            "make_classification",
+            {"n_samples": 300, "n_features": 8, "n_informative": 4, "n_classes": 3},
+        ),
+        ("knn", "make_regression", {"n_samples": 300, "n_features": 5, "n_informative": 3, "noise": 1.0}),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def sk_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """One agent for all the scikit-learn cases: they share a job, so its warm worker imports sklearn once."""
+    agent = AgentProcess(tmp_path_factory.mktemp("sklearn") / "agent", cpu_slots=1).start()
+    yield agent
+    agent.stop()
+
+
+@pytest.mark.parametrize(("algorithm", "dataset", "dataset_params"), CASES, ids=lambda v: str(v)[:24])
+async def test_sklearn_workloads_report_and_save_a_model(
+    sk_agent: AgentProcess, tmp_path: Path, algorithm: str, dataset: str, dataset_params: dict[str, object]
+) -> None:
+    agent = sk_agent
     from skops.io import get_untrusted_types, load
 
+    task_id = f"sk-{algorithm}-{dataset}"
+    params = {"max_iter": 300} if algorithm == "mlp" else {}
     async with agent.client() as client:
-        events = await run(client, TaskSpec(f"sk-{algorithm}", "j", algorithm, {}, dataset="iris"))
+        spec = TaskSpec(task_id, "j", algorithm, params, dataset=dataset, dataset_params=dataset_params)
+        events = await run(client, spec)
         assert finished(events).status is TaskState.SUCCEEDED, events
         metrics = {e.payload.name: e.payload.value for e in events if isinstance(e.payload, MetricPoint)}
-        assert set(metrics) == {"train_accuracy", "test_accuracy", "training_time"}
-        assert metrics["test_accuracy"] > 0.8
-        (model,) = [e.payload for e in events if isinstance(e.payload, ArtifactReady)]
-        assert model.kind == "model" and model.name == "model.skops"
-        dest = tmp_path / "model.skops"
-        await client.get_blob(model.sha256, dest)
-    untrusted = get_untrusted_types(file=dest)
-    estimator = load(dest, trusted=untrusted)
+        regression = dataset in ("diabetes", "make_regression")
+        expected = {"train_r2", "r2", "rmse", "mae"} if regression else {"train_accuracy", "test_accuracy", "f1_macro"}
+        assert set(metrics) == expected | {"training_time"}
+        if not regression:
+            assert metrics["test_accuracy"] > 0.6
+        artifacts = {e.payload.kind: e.payload for e in events if isinstance(e.payload, ArtifactReady)}
+        assert set(artifacts) == {"model", "report"} and artifacts["model"].name == "model.skops"
+        await client.get_blob(artifacts["model"].sha256, tmp_path / "model.skops")
+        await client.get_blob(artifacts["report"].sha256, tmp_path / "report.json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["split_seed"] == 42 and report["dataset"] == dataset and report["features"]
+    if not regression:
+        assert len(report["confusion_matrix"]) == len(report["classes"])
+    estimator = load(tmp_path / "model.skops", trusted=get_untrusted_types(file=tmp_path / "model.skops"))
     assert type(estimator).__module__.startswith("sklearn.")
-    with pytest.raises(grpc.aio.AioRpcError, match=r"spec\.dataset"):
-        async with agent.client() as client:
-            await client.run_task(TaskSpec(f"sk-{algorithm}-bad", "j", algorithm, {}, dataset="mnist"))
+    assert ("Regressor" in type(estimator).__name__ or type(estimator).__name__ == "SVR") == regression
+
+
+async def test_sklearn_refuses_what_it_cannot_learn(agent: AgentProcess) -> None:
+    async with agent.client() as client:
+        cases = [
+            (
+                TaskSpec("b1", "j", "logistic_regression", dataset="diabetes"),
+                "is a classifier; diabetes is a regression",
+            ),
+            (TaskSpec("b2", "j", "svm", dataset="mnist"), "unknown dataset 'mnist'"),
+            (TaskSpec("b3", "j", "knn"), "knn needs a dataset"),
+            (TaskSpec("b4", "j", "noop", dataset="iris"), "noop takes no dataset"),
+            (TaskSpec("b5", "j", "mlp", {"hidden_layer_sizes": "64,x"}, dataset="iris"), "hidden_layer_sizes"),
+            (
+                TaskSpec("b6", "j", "knn", dataset="make_regression", dataset_params={"n_features": 2}),
+                "n_informative: must be at most n_features",
+            ),
+            (
+                TaskSpec("b7", "j", "knn", dataset="make_regression", dataset_params={"rows": 2}),
+                "spec.dataset_params.rows: unknown parameter",
+            ),
+        ]
+        for spec, text in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.run_task(spec)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and text in str(err.value.details()), spec

@@ -67,14 +67,14 @@ def test_submit_from_cli_waits_and_reports(cluster: tuple[ControllerProcess, lis
     assert job["state"] == "SUCCEEDED" and job["progress"] == 1.0
     assert job["tasks"] == {"total": 1, "completed": 1, "failed": 0, "attempts": 1}
     assert job["metrics"]["test_accuracy"] > 0.8 and "training_time" in job["metrics"]
-    assert job["model"] is None and [a["kind"] for a in job["artifacts"]] == ["model"]
+    assert job["model"] is None and sorted(a["kind"] for a in job["artifacts"]) == ["model", "report"]
     assert job["started_at"] and job["finished_at"] and job["error"] == ""
     status = cli_json(controller.cli("status", job["id"], "--json"))
     assert status["id"] == job["id"] and status["state"] == "SUCCEEDED"
     listed = cli_json(controller.cli("jobs", "--json"))
     assert [j["id"] for j in listed] == [job["id"]]
     # the controller copied the model artifact into its own blob store
-    sha = job["artifacts"][0]["sha256"]
+    sha = next(a["sha256"] for a in job["artifacts"] if a["kind"] == "model")
     assert wait_until(lambda: (controller.data_dir / "blobs" / sha[:2] / sha).exists(), 10, "artifact copy")
     logs = controller.cli("logs", job["id"])
     assert logs.returncode == 0 and "train_accuracy=" in logs.stdout
@@ -229,6 +229,12 @@ BAD_SPECS: list[tuple[list[str], str]] = [
     (["--algorithm", "noop", "--timeout", "-3"], "timeout: must be > 0"),
     (["--algorithm", "noop", "--epochs", "3"], "epochs: noop does not train in epochs"),
     (["--algorithm", "noop", "--dataset", "iris"], "dataset: noop takes no dataset"),
+    (["--algorithm", "logistic_regression", "--dataset", "diabetes"], "is a classifier; diabetes is a regression"),
+    (
+        ["--algorithm", "knn", "--dataset", "make_regression", "--dataset-param", "n_samples=5"],
+        "dataset_params.n_samples: must be >= 10",
+    ),
+    (["--algorithm", "mlp", "--dataset", "iris", "--param", "hidden_layer_sizes=wide"], "hidden_layer_sizes"),
     (["--algorithm", "noop", "--param", "oops"], "--param must look like KEY=VALUE"),
     (["--algorithm", "noop", "--model-name", "bad name!"], "model_name: may only hold"),
     ([], "nothing to submit"),
@@ -381,3 +387,34 @@ def test_job_wall_clock_timeout(cluster: tuple[ControllerProcess, list[AgentProc
         assert final["state"] == "FAILED" and final["error"] == "timed out after 1.5s"
         assert final["finished_at"] - final["started_at"] < 4
         wait_until(lambda: sum(a["slots_free"] for a in client.agents()) == 2, 10, "slots freed")
+
+
+def test_synthetic_and_regression_datasets_from_the_cli(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = cluster
+    job = cli_json(
+        controller.cli(
+            "submit",
+            "--algorithm",
+            "gradient_boosting",
+            "--dataset",
+            "make_classification",
+            "--dataset-param",
+            "n_samples=400",
+            "--dataset-param",
+            "n_features=10",
+            "--dataset-param",
+            "n_classes=3",
+            "--param",
+            "max_iter=30",
+            "--wait",
+            "--json",
+        )
+    )
+    assert job["state"] == "SUCCEEDED" and {"test_accuracy", "f1_macro"} <= set(job["metrics"])
+    with Client(controller.address) as client:
+        assert client.job(job["id"])["spec"]["dataset_params"]["n_samples"] == 400
+    job = cli_json(controller.cli("submit", "--algorithm", "knn", "--dataset", "diabetes", "--wait", "--json"))
+    assert job["state"] == "SUCCEEDED" and {"r2", "rmse", "mae"} <= set(job["metrics"])
+    listed = cli_json(controller.cli("algorithms", "--json"))
+    by_name = {w["name"]: w for w in listed}
+    assert "diabetes" not in by_name["logistic_regression"]["datasets"] and "diabetes" in by_name["knn"]["datasets"]

@@ -55,3 +55,12 @@ def test_lru_eviction_spares_pinned_and_recent(tmp_path: Path) -> None:
     os.utime(store.path(a), (1, 1))
     d = _put(store, b"d" * 1000)
     assert not store.has(a) and store.has(c) and store.has(d)
+
+
+def test_eviction_ignores_uploads_in_flight(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, limit_bytes=10)
+    digest = _put(store, b"x" * 8)
+    partial = store.path(digest).parent / f".{digest}.123.tmp"
+    partial.write_bytes(b"y" * 100)  # a worker still copying an artifact in
+    assert store.evict() == 0
+    assert partial.exists() and store.has(digest)

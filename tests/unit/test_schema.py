@@ -38,7 +38,8 @@ def test_integral_float_accepted_as_int() -> None:
 
 def test_unknown_workload_lists_known() -> None:
     with pytest.raises(
-        ValidationError, match=r"known: allocate, artifact, decision_tree, emit, fail, logistic_regression"
+        ValidationError,
+        match=r"known: allocate, artifact, decision_tree, emit, fail, gradient_boosting, knn, logistic_regression",
     ):
         get_workload("nope")
 
