@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--not-on", action="append", default=[], metavar="AGENT")
     s.add_argument("--label", action="append", default=[], metavar="K=V")
     s.add_argument("--model-name")
+    s.add_argument("--cv", type=int, help="k-fold cross-validation: one task per fold, in parallel")
     s.add_argument("--wait", action="store_true", help="follow the job with a progress bar on stderr")
     s.add_argument("--json", action="store_true")
 

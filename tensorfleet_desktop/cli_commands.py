@@ -62,6 +62,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "max_retries",
         "timeout",
         "model_name",
+        "cv",
     ):
         value = getattr(args, key)
         if value is not None:

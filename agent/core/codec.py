@@ -82,4 +82,5 @@ def spec_from_dict(body: dict[str, Any]) -> TaskSpec:
         rendezvous=Rendezvous(**rdv) if rdv else None,
         dataset=str(body.get("dataset", "")),
         dataset_params=dict(body.get("dataset_params", {})),
+        partition=str(body.get("partition", "")),
     )

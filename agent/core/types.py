@@ -64,6 +64,7 @@ class TaskSpec:
     rendezvous: Rendezvous | None = None
     dataset: str = ""
     dataset_params: dict[str, Any] = field(default_factory=dict)
+    partition: str = ""  # "" | "cv": this task is fold `rank` of `world_size` | "gang": a rank of a gang
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ MAX_WORLD = 4096
 MAX_GPUS = 64
 MAX_TIMEOUT = 30 * 86400.0
 MAX_REASON = 4096
+MAX_CV_FOLDS = 50
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -101,6 +102,12 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ValidationError("spec.attempt", f"must be >= 0, got {spec.attempt}")
     _check_inputs(spec)
     _check_env(spec.env)
+    if spec.partition not in ("", "cv", "gang"):
+        raise ValidationError("spec.partition", f"must be '', 'cv' or 'gang', got {spec.partition[:20]!r}")
+    if spec.partition == "cv" and (workload.category != "sklearn" or not 2 <= world <= MAX_CV_FOLDS):
+        raise ValidationError(
+            "spec.partition", f"cross-validation needs a scikit-learn workload and 2..{MAX_CV_FOLDS} folds"
+        )
     if spec.rendezvous is not None:
         check_text(spec.rendezvous.master_addr, "spec.rendezvous.master_addr", 255)
         if not 0 <= spec.rendezvous.master_port <= 65535:

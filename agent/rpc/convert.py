@@ -67,6 +67,7 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         attempt=spec.attempt,
         dataset=spec.dataset,
         dataset_params_json=json.dumps(spec.dataset_params, separators=(",", ":")) if spec.dataset_params else "",
+        partition=spec.partition,
     )
     if spec.rendezvous is not None:
         msg.rendezvous.CopyFrom(
@@ -92,6 +93,7 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         attempt=msg.attempt,
         dataset=msg.dataset,
         dataset_params=parse_params_json(msg.dataset_params_json, "spec.dataset_params_json"),
+        partition=msg.partition,
         rendezvous=(
             Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
         ),

@@ -29,10 +29,13 @@ def _fit(make: Callable[[str], Any]) -> None:
     name = str(spec["dataset"])
     kind = get_dataset(name).task
     x, y, features, classes = load(name, dict(spec.get("dataset_params") or {}))
-    stratify = y if kind == CLASSIFICATION else None
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=stratify
-    )
+    if spec.get("partition") == "cv":
+        x_train, x_test, y_train, y_test = _fold(x, y, kind, int(spec["rank"]), int(spec["world_size"]))
+    else:
+        stratify = y if kind == CLASSIFICATION else None
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=stratify
+        )
     estimator = make(kind)
     print(
         f"{spec['workload']} ({type(estimator).__name__}) on {name}: {len(x_train)} train / {len(x_test)} test rows, "
@@ -53,6 +56,8 @@ def _fit(make: Callable[[str], Any]) -> None:
         "test_size": TEST_SIZE,
         "estimator": type(estimator).__name__,
     }
+    if spec.get("partition") == "cv":
+        report.update(fold=int(spec["rank"]), folds=int(spec["world_size"]), test_size=len(x_test) / len(x))
     if kind == CLASSIFICATION:
         values = {
             "train_accuracy": float(estimator.score(x_train, y_train)),
@@ -77,6 +82,17 @@ def _fit(make: Callable[[str], Any]) -> None:
     (workdir / "report.json").write_text(json.dumps(report, indent=1))
     task.save_artifact(workdir / "report.json", kind="report")
     task.progress(1.0)
+
+
+def _fold(x: Any, y: Any, kind: str, fold: int, folds: int) -> tuple[Any, Any, Any, Any]:
+    """Fold `fold` of a seeded (stratified for classification) k-fold split: the same on every agent."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    splitter = (StratifiedKFold if kind == CLASSIFICATION else KFold)(
+        n_splits=folds, shuffle=True, random_state=SPLIT_SEED
+    )
+    train, test = list(splitter.split(x, y))[fold]
+    return x[train], x[test], y[train], y[test]
 
 
 def random_forest(params: dict[str, Any]) -> None:

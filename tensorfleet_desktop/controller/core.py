@@ -178,7 +178,7 @@ class Controller:
             seq_no=self._seq_no,
             created_at=now,
             queued_since=now,
-            tasks=[JobTask(index=i) for i in range(spec.num_workers)],
+            tasks=[JobTask(index=i) for i in range(spec.cv or spec.num_workers)],
         )
         self.jobs[job.id] = job
         self.metrics.submissions.inc()
@@ -300,7 +300,7 @@ class Controller:
             pending = tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING)
             if not pending:
                 continue
-            gang = len(job.tasks) > 1
+            gang = job.mode == "gang"
             if gang and len(pending) != len(job.tasks):
                 continue  # wait until every rank of the gang is stopped before re-placing it
             c = job.spec.get("constraints", {})
@@ -370,6 +370,7 @@ class Controller:
             attempt=task.attempt,
             dataset=str(spec.get("dataset", "")),
             dataset_params=dict(spec.get("dataset_params") or {}),
+            partition=job.mode,
         )
 
     async def _run_attempt(self, job: Job, task: JobTask, record: AgentRecord, attempt: str) -> None:
@@ -450,6 +451,7 @@ class Controller:
             self._record(job, "log", base, stream=p.stream, message=p.line)
         elif isinstance(p, MetricPoint):
             job.metrics[p.name] = p.value
+            task.metrics[p.name] = p.value
             self.metrics.observe_metric(job.id, p.name, p.value)
             self._record(job, "metric", base, step=p.step, name=p.name, value=p.value, wall_time=p.wall_time)
         elif isinstance(p, Progress):
@@ -487,6 +489,8 @@ class Controller:
             task.state, task.progress = TaskRunState.SUCCEEDED, 1.0
             self._record(job, "task_state", base, state=task.state.value, message="succeeded")
             if all(t.state is TaskRunState.SUCCEEDED for t in job.tasks):
+                if job.mode == "cv":
+                    job.metrics = cv_summary([t.metrics for t in job.tasks])
                 self._finish(job, JobState.SUCCEEDED, "")
             else:
                 self._job_changed(job, "progress")
@@ -525,7 +529,7 @@ class Controller:
     def _requeue(self, job: Job, tasks: list[JobTask], reason: str) -> None:
         if job.state.terminal:
             return
-        if len(job.tasks) > 1:  # a gang restarts as a whole
+        if job.mode == "gang":  # a gang restarts as a whole
             tasks = job.tasks
         for task in tasks:
             if task.state.active:
@@ -640,6 +644,17 @@ class Controller:
         self.metrics.active_jobs.set(
             sum(1 for j in self.jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING))
         )
+
+
+def cv_summary(folds: list[dict[str, float]]) -> dict[str, float]:
+    """Mean and standard deviation of each metric over the folds (the job's result)."""
+    out: dict[str, float] = {}
+    for name in sorted(set().union(*folds)):
+        values = [f[name] for f in folds if name in f]
+        mean = sum(values) / len(values)
+        out[name] = mean
+        out[f"{name}_std"] = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return out
 
 
 def job_summary(job: Job) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from tensorfleet_agent.workloads.registry import get_workload
 
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
-    "max_retries", "timeout", "constraints", "sweep", "model_name",
+    "max_retries", "timeout", "constraints", "sweep", "model_name", "cv",
 )  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_WORKERS = 256
@@ -57,6 +57,7 @@ class JobSpec:
     timeout: float | None = None
     constraints: Constraints = field(default_factory=Constraints)
     model_name: str = ""
+    cv: int | None = None  # k-fold cross-validation: one task per fold
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -115,6 +116,14 @@ def parse_job_spec(body: Any) -> JobSpec:
         hyper = workload.schema.validate(hyper, prefix="hyperparameters")
     except ValidationError as exc:
         raise JobSpecError(exc.field, exc.message) from None
+    cv = _int(body, "cv", None, minimum=2, maximum=50, nullable=True)
+    if cv is not None:
+        if workload.category != "sklearn":
+            raise JobSpecError(
+                "cv", f"cross-validation needs a scikit-learn algorithm; {algorithm} is {workload.category}"
+            )
+        if body.get("num_workers", 1) != 1:
+            raise JobSpecError("cv", "runs one task per fold; leave num_workers at 1")
     if body.get("sweep") is not None:
         raise JobSpecError("sweep", "hyperparameter sweeps are not supported by this controller version yet")
     name = _str(body, "name") or (f"{algorithm}-{dataset}" if dataset else algorithm)
@@ -143,6 +152,7 @@ def parse_job_spec(body: Any) -> JobSpec:
         timeout=float(timeout) if timeout is not None else None,
         constraints=_constraints(body.get("constraints")),
         model_name=model_name,
+        cv=cv,
     )
 
 

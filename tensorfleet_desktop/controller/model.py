@@ -59,6 +59,7 @@ class JobTask:
     started_at: float = 0.0
     finished_at: float = 0.0
     stale_attempts: list[str] = field(default_factory=list)  # earlier attempts that must never count
+    metrics: dict[str, float] = field(default_factory=dict)  # last value per name, from the current attempt
 
 
 @dataclass
@@ -82,6 +83,13 @@ class Job:
     @property
     def name(self) -> str:
         return str(self.spec.get("name") or self.id)
+
+    @property
+    def mode(self) -> str:
+        """How the job's tasks relate: "cv" folds and single tasks run independently, a "gang" all at once."""
+        if self.spec.get("cv"):
+            return "cv"
+        return "gang" if len(self.tasks) > 1 else ""
 
     @property
     def priority(self) -> int:

@@ -418,3 +418,15 @@ def test_synthetic_and_regression_datasets_from_the_cli(cluster: tuple[Controlle
     listed = cli_json(controller.cli("algorithms", "--json"))
     by_name = {w["name"]: w for w in listed}
     assert "diabetes" not in by_name["logistic_regression"]["datasets"] and "diabetes" in by_name["knn"]["datasets"]
+
+
+def test_cross_validation_folds_run_as_parallel_tasks(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _agents = cluster
+    job = cli_json(controller.cli("submit", "--algorithm", "svm", "--dataset", "iris", "--cv", "4", "--wait", "--json"))
+    assert job["state"] == "SUCCEEDED" and job["tasks"]["total"] == 4 and job["tasks"]["completed"] == 4
+    assert 0.8 < job["metrics"]["test_accuracy"] <= 1.0 and "test_accuracy_std" in job["metrics"]
+    with Client(controller.address) as client:
+        detail = client.job(job["id"])
+        assert len({t["node_id"] for t in detail["task_list"]}) == 2  # folds spread over both agents
+        reports = [a for a in detail["artifacts"] if a["kind"] == "report"]
+        assert sorted(a["task_index"] for a in reports) == [0, 1, 2, 3]

@@ -53,3 +53,20 @@ def test_job_files(tmp_path: Path) -> None:
     assert load_job_file(tmp_path / "job.json") == {"algorithm": "noop"}
     with pytest.raises(JobSpecError, match="cannot read"):
         load_job_file(tmp_path / "nope.yaml")
+
+
+def test_cross_validation_spec() -> None:
+    assert parse_job_spec({"algorithm": "svm", "dataset": "iris", "cv": 5}).cv == 5
+    with pytest.raises(JobSpecError, match="scikit-learn"):
+        parse_job_spec({"algorithm": "sleep", "cv": 3})
+    with pytest.raises(JobSpecError, match="between 2 and 50"):
+        parse_job_spec({"algorithm": "svm", "dataset": "iris", "cv": 1})
+    with pytest.raises(JobSpecError, match="num_workers"):
+        parse_job_spec({"algorithm": "svm", "dataset": "iris", "cv": 3, "num_workers": 2})
+
+
+def test_cv_summary_is_mean_and_std() -> None:
+    from tensorfleet_desktop.controller.core import cv_summary
+
+    summary = cv_summary([{"acc": 0.8, "t": 1.0}, {"acc": 1.0, "t": 3.0}])
+    assert summary == pytest.approx({"acc": 0.9, "acc_std": 0.1, "t": 2.0, "t_std": 1.0})
