@@ -81,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", action="append", default=[], metavar="K=V")
     s.add_argument("--model-name")
     s.add_argument("--cv", type=int, help="k-fold cross-validation: one task per fold, in parallel")
+    s.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="PARAM=SPEC",
+        help="sweep a hyperparameter: a,b,c | int:LO:HI | float:LO:HI[:log] (repeatable)",
+    )
+    s.add_argument("--search", choices=("grid", "random", "tpe"), help="sweep search (default: tpe)")
+    s.add_argument("--trials", type=int, help="sweep budget (default: 10; a grid's size for grid search)")
+    s.add_argument("--sweep-timeout", type=float, help="stop starting trials after this many seconds")
+    s.add_argument("--sweep-metric", help="what the sweep optimises (default: test_accuracy, or r2 for regression)")
     s.add_argument("--wait", action="store_true", help="follow the job with a progress bar on stderr")
     s.add_argument("--json", action="store_true")
 
@@ -105,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("watch", help="follow a job's metrics and logs live")
     s.add_argument("job")
     s.add_argument("--json", action="store_true", help="print every event as one JSON array when the job ends")
+    s = sub.add_parser("trials", help="a sweep's trials: parameters, score, state, duration")
+    s.add_argument("job")
+    s.add_argument("--json", action="store_true")
     s = sub.add_parser("metrics", help="a job's metric series")
     s.add_argument("job")
     s.add_argument("--name", action="append", default=[])

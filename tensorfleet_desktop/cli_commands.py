@@ -69,6 +69,19 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             spec[key] = value
     if args.param:
         spec["hyperparameters"] = {**(spec.get("hyperparameters") or {}), **_kv(args.param, "--param")}
+    if args.sweep or args.search or args.trials or args.sweep_timeout or args.sweep_metric:
+        sweep = dict(spec.get("sweep") or {})
+        if args.sweep:
+            sweep["params"] = {**(sweep.get("params") or {}), **_kv(args.sweep, "--sweep", parse_values=False)}
+        for key, value in (
+            ("search", args.search),
+            ("trials", args.trials),
+            ("timeout", args.sweep_timeout),
+            ("metric", args.sweep_metric),
+        ):
+            if value is not None:
+                sweep[key] = value
+        spec["sweep"] = sweep
     if args.dataset_param:
         spec["dataset_params"] = {**(spec.get("dataset_params") or {}), **_kv(args.dataset_param, "--dataset-param")}
     if args.on or args.not_on or args.label:
@@ -355,6 +368,43 @@ def watch(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK if job["state"] == "SUCCEEDED" else EXIT_JOB_FAILED
 
 
+def trials(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job)
+    sweep = job["spec"].get("sweep")
+    if not sweep:
+        raise UsageError(f"job {job['id']} is not a sweep")
+    metric = sweep["metric"]
+    rows = [
+        {
+            "trial": t["index"],
+            "params": {k: (t["params"] or {}).get(k) for k in sweep["params"]},
+            "score": t["metrics"].get(metric),
+            "state": t["state"],
+            "duration": (t["finished_at"] - t["started_at"]) if t["finished_at"] and t["started_at"] else None,
+            "agent": t["agent"],
+        }
+        for t in job["task_list"]
+    ]
+    if args.json:
+        _print_json(
+            {
+                "job": job["id"],
+                "metric": metric,
+                "direction": sweep["direction"],
+                "best_trial": job["metrics"].get("best_trial"),
+                "trials": rows,
+            }
+        )
+        return EXIT_OK
+    table = Table("TRIAL", "PARAMS", metric.upper(), "STATE", "DURATION", "AGENT")
+    for r in rows:
+        score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        took = f"{r['duration']:.1f}s" if r["duration"] is not None else "-"
+        table.add_row(str(r["trial"]), json.dumps(r["params"]), score, r["state"], took, r["agent"])
+    out.print(table)
+    return EXIT_OK
+
+
 def metrics(client: Client, args: argparse.Namespace) -> int:
     rows = client.metrics(args.job, tuple(args.name))
     if args.json:
@@ -450,6 +500,7 @@ _HANDLERS = {
     "resubmit": resubmit,
     "watch": watch,
     "metrics": metrics,
+    "trials": trials,
     "logs": logs,
     "agents": agents,
     "algorithms": algorithms,

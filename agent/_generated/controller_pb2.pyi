@@ -235,6 +235,26 @@ Global___ModelRef: _TypeAlias = ModelRef  # noqa: Y015
 class TaskInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     INDEX_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
@@ -246,6 +266,10 @@ class TaskInfo(_message.Message):
     AGENT_TASK_ID_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
     REPLACEMENTS_FIELD_NUMBER: _builtins.int
+    PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     state: _builtins.str
     node_id: _builtins.str
@@ -257,6 +281,14 @@ class TaskInfo(_message.Message):
     agent_task_id: _builtins.str
     failures: _builtins.int
     replacements: _builtins.int
+    params_json: _builtins.str
+    """a sweep trial's hyperparameters"""
+    started_at: _builtins.float
+    finished_at: _builtins.float
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """last value per name"""
+
     def __init__(
         self,
         *,
@@ -271,10 +303,14 @@ class TaskInfo(_message.Message):
         agent_task_id: _builtins.str = ...,
         failures: _builtins.int = ...,
         replacements: _builtins.int = ...,
+        params_json: _builtins.str = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        started_at: _builtins.float = ...,
+        finished_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "agent_task_id", b"agent_task_id", "attempt", b"attempt", "error", b"error", "exit_cause", b"exit_cause", "failures", b"failures", "index", b"index", "node_id", b"node_id", "progress", b"progress", "replacements", b"replacements", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "agent_task_id", b"agent_task_id", "attempt", b"attempt", "error", b"error", "exit_cause", b"exit_cause", "failures", b"failures", "finished_at", b"finished_at", "index", b"index", "metrics", b"metrics", "node_id", b"node_id", "params_json", b"params_json", "progress", b"progress", "replacements", b"replacements", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,6 +42,10 @@ def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
                 agent_task_id=t.agent_task_id,
                 failures=t.failures,
                 replacements=t.replacements,
+                params_json=json.dumps(t.params) if t.params is not None else "",
+                metrics=t.metrics,
+                started_at=t.started_at,
+                finished_at=t.finished_at,
             )
             for t in job.tasks
         ],
@@ -98,6 +102,10 @@ def job_from_pb(msg: cpb.Job) -> dict[str, Any]:
                 "agent_task_id": t.agent_task_id,
                 "failures": t.failures,
                 "replacements": t.replacements,
+                "params": json.loads(t.params_json) if t.params_json else None,
+                "metrics": dict(t.metrics),
+                "started_at": t.started_at or None,
+                "finished_at": t.finished_at or None,
             }
             for t in msg.task_list
         ],

@@ -33,6 +33,7 @@ from tensorfleet_agent.core.types import (
     TaskState,
 )
 from tensorfleet_agent.security.secrets import redact, redact_value
+from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -45,6 +46,7 @@ from tensorfleet_desktop.controller.model import (
     TaskRunState,
 )
 from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
+from tensorfleet_desktop.controller.sweep import Study, parse_sweep
 from tensorfleet_desktop.store.base import JobStore
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class Controller:
         self._loop_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
+        self._studies: dict[str, Study] = {}
         fleet.subscribe(self._on_fleet)
 
     # ---- lifecycle
@@ -178,7 +181,7 @@ class Controller:
             seq_no=self._seq_no,
             created_at=now,
             queued_since=now,
-            tasks=[JobTask(index=i) for i in range(spec.cv or spec.num_workers)],
+            tasks=[] if spec.sweep else [JobTask(index=i) for i in range(spec.cv or spec.num_workers)],
         )
         self.jobs[job.id] = job
         self.metrics.submissions.inc()
@@ -236,6 +239,9 @@ class Controller:
                     "",
                     "",
                 )
+        if job.mode == "sweep":  # a retried sweep starts over
+            job.tasks = []
+            self._studies.pop(job.id, None)
         job.state, job.error, job.finished_at, job.queued_since = JobState.QUEUED, "", 0.0, time.time()
         self._job_changed(job, "retried")
         self._wake.set()
@@ -293,6 +299,9 @@ class Controller:
                 log.exception("scheduler pass failed")
 
     def _schedule(self) -> None:
+        for job in list(self.jobs.values()):
+            if job.mode == "sweep" and job.state in (JobState.QUEUED, JobState.RUNNING):
+                self._feed_sweep(job)
         requests = []
         for job in self.jobs.values():
             if job.state not in (JobState.QUEUED, JobState.RUNNING):
@@ -343,6 +352,69 @@ class Controller:
             job = self.jobs[placement.job_id]
             self._dispatch(job, job.tasks[placement.rank], self.fleet.agents[placement.node_id])
 
+    # ---- sweeps
+
+    def _study(self, job: Job) -> Study:
+        """The job's Optuna study; after a restart it is rebuilt from the stored trials."""
+        study = self._studies.get(job.id)
+        if study is None:
+            sweep = {k: v for k, v in job.spec["sweep"].items() if k != "budget"}
+            workload = get_workload(str(job.spec["algorithm"]))
+            regression = sweep["metric"] in ("r2", "rmse", "mae", "train_r2")
+            study = self._studies[job.id] = Study(parse_sweep(sweep, workload, regression))
+            metric = str(sweep["metric"])
+            for task in job.tasks:
+                params = {k: (task.params or {})[k] for k in sweep["params"]}
+                if task.state is TaskRunState.SUCCEEDED:
+                    study.replay(params, task.metrics.get(metric))
+                elif task.state in (TaskRunState.FAILED, TaskRunState.CANCELLED):
+                    study.replay(params, None)
+                else:
+                    study.resume(task.index, params)
+        return study
+
+    def _feed_sweep(self, job: Job) -> None:
+        """Ask Optuna for trials while slots are free and the budget lasts; finish the job when all are in."""
+        sweep = job.spec["sweep"]
+        study = self._study(job)
+        in_flight = [t for t in job.tasks if t.state is TaskRunState.PENDING or t.state.active]
+        deadline = (job.started_at or job.created_at) + float(sweep["timeout"]) if sweep.get("timeout") else None
+        expired = deadline is not None and time.time() > deadline
+        if expired:
+            for task in [t for t in in_flight if t.state is TaskRunState.PENDING]:
+                task.state, task.error = TaskRunState.CANCELLED, "sweep timeout"
+                study.tell(task.index, None)
+                self._task_event(job, task, "not started: sweep timeout")
+            in_flight = [t for t in in_flight if t.state.active]
+        workload = str(job.spec["algorithm"])
+        parallel = sum(
+            a.slots_free
+            for a in self.fleet.agents.values()
+            if a.schedulable and a.info is not None and workload in a.info.workloads
+        )
+        pending = sum(1 for t in in_flight if t.state is TaskRunState.PENDING)
+        while not expired and len(job.tasks) < int(sweep["budget"]) and pending < max(1, parallel):
+            index = len(job.tasks)
+            trial = study.ask(index)
+            task = JobTask(index=index, params={**job.spec.get("hyperparameters", {}), **trial})
+            job.tasks.append(task)
+            pending += 1
+            in_flight.append(task)
+            self._task_event(job, task, f"trial {index}: {trial}")
+        if in_flight or (not expired and len(job.tasks) < int(sweep["budget"])):
+            return
+        metric, best = str(sweep["metric"]), None
+        scored = [t for t in job.tasks if t.state is TaskRunState.SUCCEEDED and metric in t.metrics]
+        if scored:
+            pick = max if sweep["direction"] == "maximize" else min
+            best = pick(scored, key=lambda t: t.metrics[metric])
+        if best is None:
+            self._finish(job, JobState.FAILED, f"no trial succeeded ({len(job.tasks)} tried)")
+            return
+        job.metrics = {**best.metrics, "best_trial": float(best.index), "trials_completed": float(len(scored))}
+        self._finish(job, JobState.SUCCEEDED, "")
+        self._studies.pop(job.id, None)
+
     def _dispatch(self, job: Job, task: JobTask, record: AgentRecord) -> None:
         task.attempt += 1
         task.agent_task_id = f"{job.id}-r{task.index}-a{task.attempt}"
@@ -363,14 +435,14 @@ class Controller:
             task_id=task.agent_task_id,
             job_id=job.id,
             workload=str(spec["algorithm"]),
-            params=dict(spec.get("hyperparameters", {})),
+            params=dict(task.params if task.params is not None else spec.get("hyperparameters", {})),
             rank=task.index,
             world_size=len(job.tasks),
             gpus=int(spec.get("gpus", 0)),
             attempt=task.attempt,
             dataset=str(spec.get("dataset", "")),
             dataset_params=dict(spec.get("dataset_params") or {}),
-            partition=job.mode,
+            partition=job.mode if job.mode in ("cv", "gang") else "",
         )
 
     async def _run_attempt(self, job: Job, task: JobTask, record: AgentRecord, attempt: str) -> None:
@@ -488,6 +560,11 @@ class Controller:
         if fin.status is TaskState.SUCCEEDED:
             task.state, task.progress = TaskRunState.SUCCEEDED, 1.0
             self._record(job, "task_state", base, state=task.state.value, message="succeeded")
+            if job.mode == "sweep":
+                self._study(job).tell(task.index, task.metrics.get(str(job.spec["sweep"]["metric"])))
+                self._job_changed(job, "progress")
+                self._wake.set()
+                return
             if all(t.state is TaskRunState.SUCCEEDED for t in job.tasks):
                 if job.mode == "cv":
                     job.metrics = cv_summary([t.metrics for t in job.tasks])
@@ -508,6 +585,12 @@ class Controller:
     def _fail_task(self, job: Job, task: JobTask, reason: str) -> None:
         task.failures += 1
         max_retries = int(job.spec.get("max_retries", 2))
+        if task.failures > max_retries and job.mode == "sweep":
+            task.state = TaskRunState.FAILED  # a failed trial is a result of the sweep, not its end
+            self._study(job).tell(task.index, None)
+            self._task_event(job, task, f"trial failed: {reason}")
+            self._wake.set()
+            return
         if task.failures > max_retries:
             self._stop_tasks(job, "another rank failed", TaskRunState.CANCELLED)
             task.state = TaskRunState.FAILED

@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.workloads.datasets import check_dataset
+from tensorfleet_agent.workloads.datasets import REGRESSION, check_dataset, get_dataset
 from tensorfleet_agent.workloads.registry import get_workload
+from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
@@ -58,6 +59,7 @@ class JobSpec:
     constraints: Constraints = field(default_factory=Constraints)
     model_name: str = ""
     cv: int | None = None  # k-fold cross-validation: one task per fold
+    sweep: dict[str, Any] | None = None  # normalised sweep (see controller/sweep.py), with its trial budget
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -124,8 +126,16 @@ def parse_job_spec(body: Any) -> JobSpec:
             )
         if body.get("num_workers", 1) != 1:
             raise JobSpecError("cv", "runs one task per fold; leave num_workers at 1")
+    sweep = None
     if body.get("sweep") is not None:
-        raise JobSpecError("sweep", "hyperparameter sweeps are not supported by this controller version yet")
+        if cv is not None or body.get("num_workers", 1) != 1:
+            raise JobSpecError("sweep", "a sweep runs one task per trial; use it without cv and num_workers")
+        regression = bool(dataset) and get_dataset(dataset).task == REGRESSION
+        try:
+            parsed = parse_sweep(body["sweep"], workload, regression)
+        except ValidationError as exc:
+            raise JobSpecError(exc.field, exc.message) from None
+        sweep = {**parsed.to_dict(), "budget": budget(parsed)}
     name = _str(body, "name") or (f"{algorithm}-{dataset}" if dataset else algorithm)
     if len(name) > 200:
         raise JobSpecError("name", f"is {len(name)} characters long; at most 200 allowed")
@@ -153,6 +163,7 @@ def parse_job_spec(body: Any) -> JobSpec:
         constraints=_constraints(body.get("constraints")),
         model_name=model_name,
         cv=cv,
+        sweep=sweep,
     )
 
 

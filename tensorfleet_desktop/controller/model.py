@@ -60,6 +60,7 @@ class JobTask:
     finished_at: float = 0.0
     stale_attempts: list[str] = field(default_factory=list)  # earlier attempts that must never count
     metrics: dict[str, float] = field(default_factory=dict)  # last value per name, from the current attempt
+    params: dict[str, Any] | None = None  # a sweep trial's hyperparameters (else the job's)
 
 
 @dataclass
@@ -89,6 +90,8 @@ class Job:
         """How the job's tasks relate: "cv" folds and single tasks run independently, a "gang" all at once."""
         if self.spec.get("cv"):
             return "cv"
+        if self.spec.get("sweep"):
+            return "sweep"
         return "gang" if len(self.tasks) > 1 else ""
 
     @property
@@ -99,6 +102,14 @@ class Job:
     def progress(self) -> float:
         if self.state is JobState.SUCCEEDED:
             return 1.0
+        sweep = self.spec.get("sweep")
+        if sweep:
+            done = sum(
+                1
+                for t in self.tasks
+                if t.state in (TaskRunState.SUCCEEDED, TaskRunState.FAILED, TaskRunState.CANCELLED)
+            )
+            return min(1.0, done / max(1, int(sweep.get("budget") or sweep["trials"])))
         if not self.tasks:
             return 0.0
         return sum(1.0 if t.state is TaskRunState.SUCCEEDED else t.progress for t in self.tasks) / len(self.tasks)

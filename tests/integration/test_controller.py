@@ -430,3 +430,64 @@ def test_cross_validation_folds_run_as_parallel_tasks(cluster: tuple[ControllerP
         assert len({t["node_id"] for t in detail["task_list"]}) == 2  # folds spread over both agents
         reports = [a for a in detail["artifacts"] if a["kind"] == "report"]
         assert sorted(a["task_index"] for a in reports) == [0, 1, 2, 3]
+
+
+def test_optuna_sweep_of_12_trials_on_2_agents(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = cluster
+    job = cli_json(
+        controller.cli(
+            "submit",
+            "--algorithm",
+            "svm",
+            "--dataset",
+            "wine",
+            "--sweep",
+            "C=float:0.01:100:log",
+            "--sweep",
+            "kernel=linear,rbf",
+            "--search",
+            "tpe",
+            "--trials",
+            "12",
+            "--wait",
+            "--json",
+        )
+    )
+    assert job["state"] == "SUCCEEDED" and job["tasks"]["total"] == 12 and job["progress"] == 1.0
+    trials = cli_json(controller.cli("trials", job["id"], "--json"))
+    rows = trials["trials"]
+    assert len(rows) == 12 and trials["metric"] == "test_accuracy"
+    assert all(0.01 <= r["params"]["C"] <= 100 and r["params"]["kernel"] in ("linear", "rbf") for r in rows)
+    scores = [r["score"] for r in rows if r["state"] == "SUCCEEDED"]
+    best = rows[int(trials["best_trial"])]
+    assert best["score"] == max(scores) == job["metrics"]["test_accuracy"]
+    assert len({r["agent"] for r in rows}) == 2  # trials ran in parallel on both agents
+    text = controller.cli("trials", job["id"])
+    assert text.returncode == 0 and "TEST_ACCURACY" in text.stdout
+
+
+def test_grid_sweep_on_a_regression_dataset(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = cluster
+    job = cli_json(
+        controller.cli(
+            "submit",
+            "--algorithm",
+            "knn",
+            "--dataset",
+            "diabetes",
+            "--sweep",
+            "n_neighbors=int:3:5",
+            "--sweep",
+            "weights=uniform,distance",
+            "--search",
+            "grid",
+            "--wait",
+            "--json",
+        )
+    )
+    assert job["state"] == "SUCCEEDED" and job["tasks"]["total"] == 6
+    rows = cli_json(controller.cli("trials", job["id"], "--json"))["trials"]
+    assert sorted((r["params"]["n_neighbors"], r["params"]["weights"]) for r in rows) == [
+        (n, w) for n in (3, 4, 5) for w in ("distance", "uniform")
+    ]
+    assert job["metrics"]["r2"] == max(r["score"] for r in rows)

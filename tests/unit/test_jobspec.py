@@ -30,7 +30,7 @@ def test_seed_defaults() -> None:
         ({"algorithm": "noop", "constraints": {"labels": {"a": 1}}}, "constraints.labels"),
         ({"algorithm": "noop", "constraints": {"on": [""]}}, "constraints.on"),
         ({"algorithm": "noop", "hyperparameters": [1]}, "hyperparameters"),
-        ({"algorithm": "noop", "sweep": {"x": "1,2"}}, "sweep"),
+        ({"algorithm": "noop", "sweep": {"x": "1,2"}}, "sweep.x"),
         ({"algorithm": "noop", "name": "x" * 300}, "name"),
     ],
 )
@@ -70,3 +70,61 @@ def test_cv_summary_is_mean_and_std() -> None:
 
     summary = cv_summary([{"acc": 0.8, "t": 1.0}, {"acc": 1.0, "t": 3.0}])
     assert summary == pytest.approx({"acc": 0.9, "acc_std": 0.1, "t": 2.0, "t_std": 1.0})
+
+
+def test_sweep_specs() -> None:
+    spec = parse_job_spec(
+        {
+            "algorithm": "svm",
+            "dataset": "iris",
+            "sweep": {"params": {"C": "float:0.01:100:log", "kernel": "linear,rbf"}, "trials": 6},
+        }
+    )
+    assert spec.sweep is not None and spec.sweep["budget"] == 6 and spec.sweep["metric"] == "test_accuracy"
+    grid = parse_job_spec(
+        {
+            "algorithm": "knn",
+            "dataset": "diabetes",
+            "sweep": {"params": {"n_neighbors": "int:1:4", "weights": "uniform,distance"}, "search": "grid"},
+        }
+    )
+    assert grid.sweep is not None and grid.sweep["budget"] == 8 and grid.sweep["metric"] == "r2"
+
+
+@pytest.mark.parametrize(
+    ("sweep", "field"),
+    [
+        ({"params": {"gamma_x": "1,2"}}, "sweep.params.gamma_x"),
+        ({"params": {"C": "float:5:1"}}, "sweep.params.C"),
+        ({"params": {"C": "float:0:1:log"}}, "sweep.params.C"),
+        ({"params": {"kernel": "linear,cubic"}}, "sweep.params.kernel"),
+        ({"params": {"C": "float:0.1:1"}, "search": "grid"}, "sweep.params.C"),
+        ({"params": {"C": "float:0.1:1"}, "search": "bayes"}, "sweep.search"),
+        ({"params": {"C": "float:0.1:1"}, "trials": 0}, "sweep.trials"),
+        ({"params": {"C": "float:0.1:1"}, "metric": "r2"}, "sweep.metric"),
+        ({"params": {}}, "sweep.params"),
+        ({"params": {"C": "0.5"}}, "sweep.params.C"),
+    ],
+)
+def test_bad_sweeps_name_the_field(sweep: dict[str, object], field: str) -> None:
+    with pytest.raises(JobSpecError) as err:
+        parse_job_spec({"algorithm": "svm", "dataset": "iris", "sweep": sweep})
+    assert err.value.field == field, err.value
+
+
+def test_study_asks_within_the_space_and_learns() -> None:
+    from tensorfleet_agent.workloads.registry import get_workload
+    from tensorfleet_desktop.controller.sweep import Study, parse_sweep
+
+    spec = parse_sweep(
+        {"params": {"C": "float:0.01:10:log", "kernel": "linear,rbf"}, "trials": 8},
+        get_workload("svm"),
+        regression=False,
+    )
+    study = Study(spec)
+    for key in range(8):
+        params = study.ask(key)
+        assert 0.01 <= params["C"] <= 10 and params["kernel"] in ("linear", "rbf")
+        study.tell(key, 1.0 - abs(params["C"] - 1.0) / 10)
+    grid = Study(parse_sweep({"params": {"kernel": "linear,rbf,poly"}, "search": "grid"}, get_workload("svm"), False))
+    assert sorted(grid.ask(k)["kernel"] for k in range(3)) == ["linear", "poly", "rbf"]
