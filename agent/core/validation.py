@@ -84,7 +84,9 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
             f"{spec.workload!r} needs {', '.join(workload.requires)}, not installed on this agent",
         )
     params = workload.schema.validate(spec.params, prefix="spec.params")
-    dataset_params = check_dataset(spec.workload, workload.tasks, spec.dataset, spec.dataset_params, "spec.dataset")
+    dataset_params = check_dataset(
+        spec.workload, workload.tasks, spec.dataset, spec.dataset_params, "spec.dataset", workload.only_datasets
+    )
     world = spec.world_size or 1
     if not 1 <= world <= MAX_WORLD:
         raise ValidationError("spec.world_size", f"must be between 1 and {MAX_WORLD}, got {spec.world_size}")
@@ -108,6 +110,8 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ValidationError(
             "spec.partition", f"cross-validation needs a scikit-learn workload and 2..{MAX_CV_FOLDS} folds"
         )
+    if spec.partition == "gang" and workload.category == "torch" and spec.rendezvous is None:
+        raise ValidationError("spec.rendezvous", "a multi-rank torch task needs the rendezvous of rank 0")
     if spec.rendezvous is not None:
         check_text(spec.rendezvous.master_addr, "spec.rendezvous.master_addr", 255)
         if not 0 <= spec.rendezvous.master_port <= 65535:

@@ -64,7 +64,12 @@ def datasets_for(tasks: tuple[str, ...]) -> list[str]:
 
 
 def check_dataset(
-    workload: str, tasks: tuple[str, ...], name: str, params: dict[str, Any], field: str = "dataset"
+    workload: str,
+    tasks: tuple[str, ...],
+    name: str,
+    params: dict[str, Any],
+    field: str = "dataset",
+    only: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Refuse a dataset the workload cannot use; return its parameters with defaults (ValidationError names it)."""
     params_field = f"{field}_params"
@@ -74,6 +79,8 @@ def check_dataset(
         if params:
             raise ValidationError(params_field, f"{workload} takes no dataset")
         return {}
+    if only and name not in only:
+        raise ValidationError(field, f"{workload} trains on {', '.join(only)}, not {name or 'nothing'}")
     if not name:
         raise ValidationError(field, f"{workload} needs a dataset (one of {', '.join(datasets_for(tasks))})")
     dataset = _BY_NAME.get(name)

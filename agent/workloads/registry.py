@@ -24,6 +24,7 @@ class WorkloadDef:
     entry: str  # "package.module:function", called in a worker as fn(params)
     requires: tuple[str, ...] = ()  # import names that must be installed on the agent
     tasks: tuple[str, ...] = ()  # dataset tasks it learns (classification, regression); empty = takes no dataset
+    only_datasets: tuple[str, ...] = ()  # when it needs particular data (the CNN wants images)
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
@@ -36,7 +37,7 @@ class WorkloadDef:
             "params": [p.to_dict() for p in self.schema.params],
             "requires": list(self.requires),
             "tasks": list(self.tasks),
-            "datasets": datasets_for(self.tasks),
+            "datasets": list(self.only_datasets) or datasets_for(self.tasks),
         }
 
 
@@ -182,6 +183,44 @@ _BUILTIN += (
         ParamSpec("learning_rate_init", "float", 1e-3, "initial learning rate", minimum=1e-8, maximum=10),
         ParamSpec("max_iter", "int", 200, "epochs", minimum=1, maximum=100_000),
         _SEED,
+    ),
+)
+
+_TORCH = "tensorfleet_agent.workloads.torch_models"
+_WIDTHS = r"[1-9]\d{0,5}(,[1-9]\d{0,5}){0,9}"
+_TRAINING = (
+    ParamSpec("epochs", "int", 5, "passes over the training data", minimum=1, maximum=100_000),
+    ParamSpec("batch_size", "int", 64, "samples per step and rank", minimum=1, maximum=1_000_000),
+    ParamSpec("lr", "float", 1e-3, "learning rate", minimum=1e-8, maximum=10),
+    ParamSpec("optimizer", "str", "adam", "optimizer", choices=("adam", "sgd")),
+    ParamSpec("weight_decay", "float", 0.0, "L2 penalty", minimum=0),
+    ParamSpec("checkpoint_every", "int", 0, "save a checkpoint every N epochs (0 = never)", minimum=0),
+    ParamSpec("seed", "int", 42, "seed of torch, numpy and the data order", minimum=0, maximum=2**32 - 1),
+)
+_BUILTIN += (
+    WorkloadDef(
+        "torch_mlp",
+        "torch",
+        "PyTorch multi-layer perceptron; num_workers > 1 trains with DistributedDataParallel across agents.",
+        WorkloadSchema(
+            (
+                *_TRAINING,
+                ParamSpec("hidden", "str", "64,64", "comma list of layer widths", pattern=_WIDTHS),
+            )
+        ),
+        f"{_TORCH}:torch_mlp",
+        ("torch", "safetensors", "sklearn"),
+        (CLASSIFICATION,),
+    ),
+    WorkloadDef(
+        "cnn",
+        "torch",
+        "Small PyTorch CNN on the 8x8 digits images; num_workers > 1 trains with DistributedDataParallel.",
+        WorkloadSchema(_TRAINING),
+        f"{_TORCH}:cnn",
+        ("torch", "safetensors", "sklearn"),
+        (CLASSIFICATION,),
+        only_datasets=("digits",),
     ),
 )
 

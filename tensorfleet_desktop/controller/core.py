@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
@@ -27,6 +28,7 @@ from tensorfleet_agent.core.types import (
     LogLine,
     MetricPoint,
     Progress,
+    Rendezvous,
     StateChanged,
     TaskEvent,
     TaskSpec,
@@ -348,9 +350,18 @@ class Controller:
                     workloads=frozenset(record.info.workloads),
                 )
             )
-        for placement in plan(requests, capacities, time.time(), self.gang_reserve_after):
+        for placement in sorted(
+            plan(requests, capacities, time.time(), self.gang_reserve_after), key=lambda p: (p.job_id, p.rank)
+        ):
             job = self.jobs[placement.job_id]
-            self._dispatch(job, job.tasks[placement.rank], self.fleet.agents[placement.node_id])
+            record = self.fleet.agents[placement.node_id]
+            if job.mode == "gang" and placement.rank == 0:
+                # rank 0's agent hosts the rendezvous; a fresh port for every (re)start of the gang
+                job.rendezvous = {
+                    "master_addr": record.address.rpartition(":")[0].strip("[]"),
+                    "master_port": secrets.randbelow(30_000) + 20_000,
+                }
+            self._dispatch(job, job.tasks[placement.rank], record)
 
     # ---- sweeps
 
@@ -443,6 +454,7 @@ class Controller:
             dataset=str(spec.get("dataset", "")),
             dataset_params=dict(spec.get("dataset_params") or {}),
             partition=job.mode if job.mode in ("cv", "gang") else "",
+            rendezvous=Rendezvous(**job.rendezvous) if job.mode == "gang" and job.rendezvous else None,
         )
 
     async def _run_attempt(self, job: Job, task: JobTask, record: AgentRecord, attempt: str) -> None:
@@ -522,9 +534,10 @@ class Controller:
         elif isinstance(p, LogLine):
             self._record(job, "log", base, stream=p.stream, message=p.line)
         elif isinstance(p, MetricPoint):
-            job.metrics[p.name] = p.value
+            if job.mode != "gang" or task.index == 0:  # in a gang, rank 0 speaks for the job
+                job.metrics[p.name] = p.value
+                self.metrics.observe_metric(job.id, p.name, p.value)
             task.metrics[p.name] = p.value
-            self.metrics.observe_metric(job.id, p.name, p.value)
             self._record(job, "metric", base, step=p.step, name=p.name, value=p.value, wall_time=p.wall_time)
         elif isinstance(p, Progress):
             task.progress = p.fraction

@@ -103,7 +103,7 @@ def parse_job_spec(body: Any) -> JobSpec:
     if not isinstance(raw_params, dict):
         raise JobSpecError("dataset_params", "must be a mapping of dataset parameter names to values")
     try:
-        dataset_params = check_dataset(algorithm, workload.tasks, dataset, raw_params)
+        dataset_params = check_dataset(algorithm, workload.tasks, dataset, raw_params, only=workload.only_datasets)
     except ValidationError as exc:
         raise JobSpecError(exc.field, exc.message) from None
     hyper = body.get("hyperparameters") or {}

@@ -80,6 +80,7 @@ class Job:
     artifacts: list[ArtifactInfo] = field(default_factory=list)
     model: dict[str, Any] | None = None
     last_event_seq: int = 0
+    rendezvous: dict[str, Any] | None = None  # a gang's meeting point: rank 0's agent host and a port
 
     @property
     def name(self) -> str:

@@ -491,3 +491,33 @@ def test_grid_sweep_on_a_regression_dataset(cluster: tuple[ControllerProcess, li
         (n, w) for n in (3, 4, 5) for w in ("distance", "uniform")
     ]
     assert job["metrics"]["r2"] == max(r["score"] for r in rows)
+
+
+def test_two_rank_ddp_across_two_agents(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = cluster
+    job = cli_json(
+        controller.cli(
+            "submit",
+            "--algorithm",
+            "cnn",
+            "--dataset",
+            "digits",
+            "--workers",
+            "2",
+            "--param",
+            "epochs=3",
+            "--wait",
+            "--json",
+            timeout=300,
+        )
+    )
+    assert job["state"] == "SUCCEEDED", job
+    with Client(controller.address) as client:
+        detail = client.job(job["id"])
+    ranks = detail["task_list"]
+    assert len({t["node_id"] for t in ranks}) == 2  # one rank per agent
+    checksums = [t["metrics"]["param_checksum"] for t in ranks]
+    assert checksums[0] == checksums[1]  # DDP kept the parameters identical
+    assert detail["metrics"]["test_accuracy"] > 0.7 and detail["metrics"]["epoch"] == 3.0
+    kinds = sorted(a["kind"] for a in detail["artifacts"])
+    assert kinds == ["model", "model_config"]  # saved once, by rank 0

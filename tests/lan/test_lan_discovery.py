@@ -239,3 +239,37 @@ def test_impersonation_across_hosts_is_refused_and_reported(cluster: tuple[str, 
     finally:
         impostor.kill()
         impostor.wait(10)
+
+
+def test_two_rank_ddp_across_two_hosts(cluster: tuple[str, Host]) -> None:
+    """torch.distributed (gloo) between namespaces: the rendezvous is on rank 0's host, over eth0."""
+    address, ctl = cluster
+    job = _cli(
+        ctl,
+        address,
+        "submit",
+        "--algorithm",
+        "torch_mlp",
+        "--dataset",
+        "digits",
+        "--workers",
+        "2",
+        "--param",
+        "epochs=2",
+        "--wait",
+        "--json",
+    )
+    assert job["state"] == "SUCCEEDED", job
+    result = ctl.run(
+        [
+            python(),
+            "-c",
+            "import json, sys; from tensorfleet_desktop.client import Client; "
+            "c = Client(sys.argv[1]); print(json.dumps(c.job(sys.argv[2])['task_list']))",
+            address,
+            job["id"],
+        ]
+    )
+    ranks = json.loads(result.stdout)
+    assert len({t["node_id"] for t in ranks}) == 2
+    assert ranks[0]["metrics"]["param_checksum"] == ranks[1]["metrics"]["param_checksum"]

@@ -1,0 +1,194 @@
+"""PyTorch models on the built-in datasets, on one rank or many (torch.distributed, DESIGN decision 8).
+
+Ranks meet at the rendezvous the controller chose (rank 0's agent); gloo on CPU, NCCL on GPU. Each rank
+trains on its DistributedSampler shard; DDP keeps parameters identical, and every rank reports a checksum
+of them so that this can be checked. Rank 0 reports the aggregate metrics and saves the model as
+safetensors plus a JSON config that rebuilds it. Checkpoints (model, optimizer, epoch, RNG states) every
+`checkpoint_every` epochs; an input named `resume.ckpt` continues from one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tensorfleet_agent import task
+from tensorfleet_agent.workloads.datasets import load
+
+RESUME_INPUT = "resume.ckpt"
+
+
+def _interface_towards(address: str) -> str | None:
+    """The local interface that reaches `address` (a UDP connect sends nothing)."""
+    import psutil
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((address, 9))
+            local = probe.getsockname()[0]
+        except OSError:
+            return None
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == local for a in addrs):
+            return name
+    return None
+
+
+def _build(kind: str, inputs: int, outputs: int, params: dict[str, Any]) -> Any:
+    from torch import nn
+
+    if kind == "cnn":
+        return nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)),
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, outputs),
+        )  # fmt: skip
+    layers: list[Any] = []
+    width = inputs
+    for hidden in (int(h) for h in str(params["hidden"]).split(",")):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, outputs))
+    return nn.Sequential(*layers)
+
+
+def _train(kind: str, params: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    spec = task.spec()
+    rank, world = task.rank(), task.world_size()
+    torch.manual_seed(int(params["seed"]))
+    np.random.seed(int(params["seed"]))
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    if world > 1:
+        rdv = spec["rendezvous"] or {}
+        iface = _interface_towards(rdv["master_addr"])
+        if iface:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", iface)
+        print(f"rank {rank}/{world}: rendezvous {rdv['master_addr']}:{rdv['master_port']} via {iface or 'default'}")
+        dist.init_process_group(
+            "nccl" if gpu else "gloo",
+            init_method=f"tcp://{rdv['master_addr']}:{rdv['master_port']}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=60),
+        )
+    x, y, _features, classes = load(str(spec["dataset"]), dict(spec.get("dataset_params") or {}))
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=42, stratify=y)
+    scaler = StandardScaler().fit(x_train)
+    to_x = lambda a: torch.tensor(scaler.transform(a), dtype=torch.float32)  # noqa: E731
+    train_set = TensorDataset(to_x(x_train), torch.tensor(y_train, dtype=torch.long))
+    sampler: Any = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(params["seed"]))
+    loader = DataLoader(train_set, batch_size=int(params["batch_size"]), sampler=sampler)
+    model = _build(kind, x.shape[1], len(classes), params).to(device)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer_cls = torch.optim.Adam if params["optimizer"] == "adam" else torch.optim.SGD
+    optimizer = optimizer_cls(model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    start_epoch = 0
+    resume = task.inputs_dir() / RESUME_INPUT
+    if resume.exists():
+        state = torch.load(resume, map_location=device, weights_only=False)
+        (model.module if world > 1 else model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"]) + 1
+        print(f"resumed from checkpoint of epoch {state['epoch']}")
+    epochs, every = int(params["epochs"]), int(params["checkpoint_every"])
+    step = start_epoch * len(loader)
+    for epoch in range(start_epoch, epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        seen, started, total_loss = 0, time.perf_counter(), 0.0
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(xb.to(device)), yb.to(device))
+            loss.backward()
+            optimizer.step()
+            seen += len(xb)
+            total_loss += float(loss) * len(xb)
+            step += 1
+            task.report(step=step, loss=float(loss))
+        rate = seen / max(1e-9, time.perf_counter() - started)
+        accuracy = _accuracy(model, to_x(x_test), y_test, device)
+        if rank == 0:
+            task.report(
+                step=step,
+                epoch=float(epoch + 1),
+                epoch_loss=total_loss / max(1, seen),
+                accuracy=accuracy,
+                samples_per_s=rate * world,
+            )
+        task.progress((epoch + 1) / epochs)
+        if rank == 0 and every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
+            path = task.checkpoint_dir() / f"epoch-{epoch + 1}.ckpt"
+            core = model.module if world > 1 else model
+            torch.save(
+                {
+                    "model": core.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "rng": torch.get_rng_state(),
+                },
+                path,
+            )
+            task.save_checkpoint(path, step=epoch + 1)
+    core = model.module if world > 1 else model
+    checksum = float(sum(p.detach().double().sum() for p in core.parameters()))
+    task.report(step=step, param_checksum=checksum)
+    if rank == 0:
+        task.report(step=step, test_accuracy=accuracy)
+        _save(core, kind, x.shape[1], len(classes), params, classes)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _accuracy(model: Any, x: Any, y: Any, device: Any) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        predicted = model(x.to(device)).argmax(dim=1).cpu().numpy()
+    return float((predicted == y).mean())
+
+
+def _save(model: Any, kind: str, inputs: int, outputs: int, params: dict[str, Any], classes: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    workdir = Path(task.checkpoint_dir().parent)
+    save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, workdir / "model.safetensors")
+    config = {
+        "architecture": kind,
+        "inputs": inputs,
+        "outputs": outputs,
+        "hidden": params.get("hidden"),
+        "classes": classes,
+        "framework": "torch",
+    }
+    (workdir / "model.json").write_text(json.dumps(config, indent=1))
+    task.save_artifact(workdir / "model.safetensors", kind="model")
+    task.save_artifact(workdir / "model.json", kind="model_config")
+
+
+def torch_mlp(params: dict[str, Any]) -> None:
+    _train("mlp", params)
+
+
+def cnn(params: dict[str, Any]) -> None:
+    _train("cnn", params)
