@@ -325,11 +325,14 @@ class Artifact(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     TASK_INDEX_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
     size: _builtins.int
     kind: _builtins.str
     name: _builtins.str
     task_index: _builtins.int
+    step: _builtins.int
+    """checkpoints: the epoch/step it was saved at"""
     def __init__(
         self,
         *,
@@ -338,10 +341,11 @@ class Artifact(_message.Message):
         kind: _builtins.str = ...,
         name: _builtins.str = ...,
         task_index: _builtins.int = ...,
+        step: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "sha256", b"sha256", "size", b"size", "task_index", b"task_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "sha256", b"sha256", "size", b"size", "step", b"step", "task_index", b"task_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,7 +50,7 @@ def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
             for t in job.tasks
         ],
         artifacts=[
-            cpb.Artifact(sha256=a.sha256, size=a.size, kind=a.kind, name=a.name, task_index=a.task_index)
+            cpb.Artifact(sha256=a.sha256, size=a.size, kind=a.kind, name=a.name, task_index=a.task_index, step=a.step)
             for a in job.artifacts
         ],
     )
@@ -110,7 +110,14 @@ def job_from_pb(msg: cpb.Job) -> dict[str, Any]:
             for t in msg.task_list
         ],
         "artifacts": [
-            {"sha256": a.sha256, "size": a.size, "kind": a.kind, "name": a.name, "task_index": a.task_index}
+            {
+                "sha256": a.sha256,
+                "size": a.size,
+                "kind": a.kind,
+                "name": a.name,
+                "task_index": a.task_index,
+                "step": a.step,
+            }
             for a in msg.artifacts
         ],
     }

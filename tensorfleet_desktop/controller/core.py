@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets
 import time
@@ -23,6 +24,7 @@ import grpc
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,
+    BlobRef,
     CheckpointSaved,
     Finished,
     LogLine,
@@ -34,6 +36,7 @@ from tensorfleet_agent.core.types import (
     TaskSpec,
     TaskState,
 )
+from tensorfleet_agent.rpc.client import AgentClient
 from tensorfleet_agent.security.secrets import redact, redact_value
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
@@ -91,6 +94,7 @@ class Controller:
         self._background: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
         self._studies: dict[str, Study] = {}
+        self._fetches: dict[str, asyncio.Task[None]] = {}
         fleet.subscribe(self._on_fleet)
 
     # ---- lifecycle
@@ -110,9 +114,10 @@ class Controller:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for task in list(self._watchers.values()) + list(self._background):
+        pending = [*self._watchers.values(), *self._background, *self._fetches.values()]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._watchers.values(), *self._background, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         await self.store.flush()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -462,7 +467,8 @@ class Controller:
         try:
             if client is None:
                 raise ConnectionError("agent has no connection")
-            await client.run_task(self._task_spec(job, task), timeout=15)
+            spec = await self._with_checkpoint(job, task, self._task_spec(job, task), client)
+            await client.run_task(spec, timeout=15)
         except (grpc.aio.AioRpcError, ConnectionError) as exc:
             if task.agent_task_id != attempt:
                 return
@@ -485,6 +491,24 @@ class Controller:
                 self._task_finished(job, task, Finished(TaskState.FAILED, "rejected", f"{record.name}: {text}"))
             return
         self._watch_attempt(job, task, attempt)
+
+    async def _with_checkpoint(self, job: Job, task: JobTask, spec: TaskSpec, client: AgentClient) -> TaskSpec:
+        """A re-placed, retried or resumed torch task continues from the job's latest checkpoint."""
+        checkpoints = [a for a in job.artifacts if a.kind == "checkpoint"]
+        if not checkpoints or get_workload(spec.workload).category != "torch":
+            return spec
+        latest = max(checkpoints, key=lambda a: a.step)
+        fetch = self._fetches.get(latest.sha256)
+        if fetch is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(fetch), 60)
+        local = self.blobs_dir / latest.sha256[:2] / latest.sha256
+        if not local.exists():
+            log.warning("job %s: checkpoint %s is not in the blob store; starting over", job.id, latest.sha256[:12])
+            return spec
+        await client.put_blob(local)
+        self._task_event(job, task, f"resuming from the checkpoint of step {latest.step}")
+        return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef("resume.ckpt", latest.sha256)))
 
     def _watch_attempt(self, job: Job, task: JobTask, attempt: str) -> None:
         if attempt in self._watchers and not self._watchers[attempt].done():
@@ -544,13 +568,19 @@ class Controller:
             self._record(job, "progress", base, value=p.fraction)
         elif isinstance(p, ArtifactReady | CheckpointSaved):
             kind = p.kind if isinstance(p, ArtifactReady) else "checkpoint"
-            job.artifacts.append(ArtifactInfo(p.sha256, p.size, kind, p.name, task.index))
+            step = p.step if isinstance(p, CheckpointSaved) else 0
+            job.artifacts.append(ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step))
             self._record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))
             record = self.fleet.agents.get(task.node_id)
-            if record is not None:
-                self._spawn(self._fetch_blob(record, p.sha256))
+            if record is not None and p.sha256 not in self._fetches:
+                fetch = asyncio.create_task(self._fetch_blob(record, p.sha256))
+                self._fetches[p.sha256] = fetch
+                fetch.add_done_callback(functools.partial(self._fetched, p.sha256))
         elif isinstance(p, Finished):
             self._task_finished(job, task, p, base)
+
+    def _fetched(self, sha256: str, _task: asyncio.Task[None]) -> None:
+        self._fetches.pop(sha256, None)
 
     async def _fetch_blob(self, record: AgentRecord, sha256: str) -> None:
         """Copy an artifact or checkpoint into the controller's blob store, so it outlives its agent."""

@@ -41,6 +41,7 @@ class ArtifactInfo:
     kind: str
     name: str
     task_index: int
+    step: int = 0  # a checkpoint's epoch/step
 
 
 @dataclass
