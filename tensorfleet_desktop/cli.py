@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--not-on", action="append", default=[], metavar="AGENT")
     s.add_argument("--label", action="append", default=[], metavar="K=V")
     s.add_argument("--model-name")
+    s.add_argument("--script", type=Path, metavar="FILE", help="run your own Python file (algorithm 'script')")
+    s.add_argument("--script-arg", action="append", default=[], metavar="ARG", help="argument for the script")
+    s.add_argument(
+        "--requirement",
+        action="append",
+        default=[],
+        metavar="REQ",
+        help="a distribution the script needs, checked on the agent (e.g. numpy>=1.26)",
+    )
     s.add_argument("--cv", type=int, help="k-fold cross-validation: one task per fold, in parallel")
     s.add_argument(
         "--sweep",

@@ -82,6 +82,17 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             if value is not None:
                 sweep[key] = value
         spec["sweep"] = sweep
+    if args.script is not None:
+        try:
+            source = args.script.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read script {args.script}: {exc}") from None
+        spec["script"] = {
+            "name": args.script.name,
+            "source": source,
+            "args": args.script_arg,
+            "requirements": args.requirement,
+        }
     if args.dataset_param:
         spec["dataset_params"] = {**(spec.get("dataset_params") or {}), **_kv(args.dataset_param, "--dataset-param")}
     if args.on or args.not_on or args.label:

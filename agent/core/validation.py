@@ -87,6 +87,8 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
     dataset_params = check_dataset(
         spec.workload, workload.tasks, spec.dataset, spec.dataset_params, "spec.dataset", workload.only_datasets
     )
+    if workload.name == "script":
+        _check_script(spec, params)
     world = spec.world_size or 1
     if not 1 <= world <= MAX_WORLD:
         raise ValidationError("spec.world_size", f"must be between 1 and {MAX_WORLD}, got {spec.world_size}")
@@ -119,6 +121,16 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
                 "spec.rendezvous.master_port", f"must be a port number, got {spec.rendezvous.master_port}"
             )
     return dataclasses.replace(spec, params=params, world_size=world, dataset_params=dataset_params)
+
+
+def _check_script(spec: TaskSpec, params: dict[str, Any]) -> None:
+    from tensorfleet_agent.workloads.script import missing_requirements
+
+    if not params["script"] or params["script"] not in {ref.name for ref in spec.inputs}:
+        raise ValidationError("spec.params.script", "must name the script among the task's inputs")
+    missing = missing_requirements(params["requirements"])
+    if missing:
+        raise ValidationError("spec.params.requirements", f"missing on this agent: {', '.join(missing)}")
 
 
 def _check_inputs(spec: TaskSpec) -> None:

@@ -255,6 +255,7 @@ class Executor:
                 }
             )
             status, cause, error, reusable = await self._follow(running, worker)
+            reusable = reusable and workload.category != "script"  # scripts always get a fresh process
         except _Killed:
             status, cause, error = self._killed_outcome(running)
         except Exception as exc:

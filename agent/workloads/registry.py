@@ -224,6 +224,25 @@ _BUILTIN += (
     ),
 )
 
+_BUILTIN += (
+    WorkloadDef(
+        "script",
+        "script",
+        "Your own Python file, run as __main__ in a fresh worker with the task runtime; exit code 0 is success.",
+        WorkloadSchema(
+            (
+                ParamSpec("script", "str", "", "the script's file name among the task's inputs"),
+                ParamSpec("args", "list", [], "command-line arguments", maximum=256),
+                ParamSpec(
+                    "requirements", "list", [], "distributions that must be installed, e.g. numpy>=1.26", maximum=256
+                ),
+                ParamSpec("sha256", "str", "", "the script's sha256 (recorded for reproducibility)"),
+            )
+        ),
+        "tensorfleet_agent.workloads.script:run",
+    ),
+)
+
 _BY_NAME = {w.name: w for w in _BUILTIN}
 
 

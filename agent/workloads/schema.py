@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from tensorfleet_agent.core.errors import ValidationError
 
-ParamType = Literal["int", "float", "str", "bool"]
+ParamType = Literal["int", "float", "str", "bool", "list"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ def _check(spec: ParamSpec, value: Any, where: str) -> Any:
         if spec.nullable or spec.default is None:
             return None
         raise ValidationError(where, "must not be null")
+    if spec.type == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValidationError(where, f"must be a list of strings, got {value!r}")
+        if spec.maximum is not None and len(value) > spec.maximum:
+            raise ValidationError(where, f"has {len(value)} items; at most {spec.maximum:g} allowed")
+        return list(value)
     if spec.type == "bool" and not isinstance(value, bool):
         raise ValidationError(where, f"must be true or false, got {value!r}")
     if spec.type == "bool":

@@ -468,6 +468,7 @@ class Controller:
             if client is None:
                 raise ConnectionError("agent has no connection")
             spec = await self._with_checkpoint(job, task, self._task_spec(job, task), client)
+            spec = await self._with_script(job, spec, client)
             await client.run_task(spec, timeout=15)
         except (grpc.aio.AioRpcError, ConnectionError) as exc:
             if task.agent_task_id != attempt:
@@ -491,6 +492,20 @@ class Controller:
                 self._task_finished(job, task, Finished(TaskState.FAILED, "rejected", f"{record.name}: {text}"))
             return
         self._watch_attempt(job, task, attempt)
+
+    async def _with_script(self, job: Job, spec: TaskSpec, client: AgentClient) -> TaskSpec:
+        """A script job sends its file to the agent (by content) and names it among the inputs."""
+        script = job.spec.get("script")
+        if not script:
+            return spec
+        digest = await client.put_bytes(str(script["source"]).encode())
+        params = {
+            "script": script["name"],
+            "args": script["args"],
+            "requirements": script["requirements"],
+            "sha256": digest,
+        }
+        return dataclasses.replace(spec, params=params, inputs=(*spec.inputs, BlobRef(script["name"], digest)))
 
     async def _with_checkpoint(self, job: Job, task: JobTask, spec: TaskSpec, client: AgentClient) -> TaskSpec:
         """A re-placed, retried or resumed torch task continues from the job's latest checkpoint."""

@@ -6,6 +6,7 @@ client can never submit something the scheduler does not understand.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -22,11 +23,13 @@ from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
-    "max_retries", "timeout", "constraints", "sweep", "model_name", "cv",
+    "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script",
 )  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_WORKERS = 256
 MAX_FILE_BYTES = 1 << 20
+MAX_SCRIPT_BYTES = 512 * 1024
+_SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}\.py$")
 
 
 class JobSpecError(ValidationError):
@@ -60,6 +63,7 @@ class JobSpec:
     model_name: str = ""
     cv: int | None = None  # k-fold cross-validation: one task per fold
     sweep: dict[str, Any] | None = None  # normalised sweep (see controller/sweep.py), with its trial budget
+    script: dict[str, Any] | None = None  # name, source, sha256, args, requirements
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -96,6 +100,8 @@ def parse_job_spec(body: Any) -> JobSpec:
     for key in body:
         if key not in FIELDS:
             raise JobSpecError(str(key), f"unknown field (allowed: {', '.join(FIELDS)})")
+    if body.get("script") is not None and not body.get("algorithm"):
+        body = {**body, "algorithm": "script"}
     algorithm = _str(body, "algorithm", required=True)
     workload = get_workload(algorithm, field="algorithm")
     dataset = _str(body, "dataset")
@@ -126,6 +132,11 @@ def parse_job_spec(body: Any) -> JobSpec:
             )
         if body.get("num_workers", 1) != 1:
             raise JobSpecError("cv", "runs one task per fold; leave num_workers at 1")
+    script = _script(body.get("script")) if algorithm == "script" else None
+    if body.get("script") is not None and algorithm != "script":
+        raise JobSpecError("script", f"a script job has algorithm 'script', not {algorithm!r}")
+    if algorithm == "script":
+        hyper = {}
     sweep = None
     if body.get("sweep") is not None:
         if cv is not None or body.get("num_workers", 1) != 1:
@@ -164,7 +175,37 @@ def parse_job_spec(body: Any) -> JobSpec:
         model_name=model_name,
         cv=cv,
         sweep=sweep,
+        script=script,
     )
+
+
+def _script(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise JobSpecError("script", "is required for algorithm 'script': {name, source, args, requirements}")
+    for key in value:
+        if key not in ("name", "source", "args", "requirements", "sha256"):
+            raise JobSpecError(f"script.{key}", "unknown field (allowed: name, source, args, requirements)")
+    name, source = value.get("name"), value.get("source")
+    if not isinstance(name, str) or not _SCRIPT_NAME.match(name):
+        raise JobSpecError("script.name", f"must be a plain .py file name, got {name!r}")
+    if not isinstance(source, str) or not source.strip():
+        raise JobSpecError("script.source", "must hold the script's text")
+    if len(source.encode()) > MAX_SCRIPT_BYTES:
+        raise JobSpecError(
+            "script.source", f"is {len(source.encode())} bytes; scripts may be {MAX_SCRIPT_BYTES} at most"
+        )
+    try:
+        compile(source, name, "exec")
+    except SyntaxError as exc:
+        raise JobSpecError("script.source", f"{name} line {exc.lineno}: {exc.msg}") from None
+    lists = {}
+    for key in ("args", "requirements"):
+        items = value.get(key) or []
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items) or len(items) > 256:
+            raise JobSpecError(f"script.{key}", "must be a list of strings (at most 256)")
+        lists[key] = items
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    return {"name": name, "source": source, "sha256": digest, **lists}
 
 
 def _str(body: dict[str, Any], key: str, required: bool = False) -> str:

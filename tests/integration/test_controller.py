@@ -559,3 +559,76 @@ def test_gang_resumes_from_its_checkpoint_after_an_agent_dies(
         rows = client.metrics(job["id"], ("epoch",))
         second = [p["value"] for p in rows if p["agent_task_id"].endswith("-a2")]
         assert second[0] > 1 and second[-1] == 24  # the second attempt went on from the checkpoint
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+from tensorfleet_agent import task
+
+print("args:", " ".join(sys.argv[1:]))
+for step in range(5):
+    task.report(step=step, loss=1.0 / (step + 1))
+    task.progress((step + 1) / 5)
+out = Path(task.checkpoint_dir().parent) / "weights.txt"
+out.write_text("42")
+task.save_artifact(out, kind="model")
+"""
+
+DDP_SCRIPT = """
+import os
+import torch
+import torch.distributed as dist
+from tensorfleet_agent import task
+
+dist.init_process_group("gloo", init_method="env://")
+value = torch.tensor([float(int(os.environ["RANK"]) + 1)])
+dist.all_reduce(value)
+task.report(step=0, total=float(value.item()), world=float(dist.get_world_size()))
+dist.destroy_process_group()
+"""
+
+
+def test_user_scripts(cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
+    controller, _ = cluster
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    job = cli_json(
+        controller.cli("submit", "--script", str(script), "--script-arg=--lr", "--script-arg=0.1", "--wait", "--json")
+    )
+    assert job["state"] == "SUCCEEDED" and job["metrics"]["loss"] == 0.2
+    assert [a["kind"] for a in job["artifacts"]] == ["model"]
+    with Client(controller.address) as client:
+        assert "args: --lr 0.1" in [r["line"] for r in client.logs(job["id"])]
+        detail = client.job(job["id"])
+        assert detail["spec"]["script"]["sha256"] and detail["algorithm"] == "script"
+    # a script that raises: FAILED, with its traceback in the logs
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    raise ValueError('bad input row 7')\nf()\n")
+    result = controller.cli("submit", "--script", str(bad), "--max-retries", "0", "--wait", "--json")
+    failed = json.loads(result.stdout)
+    assert result.returncode == 1 and failed["state"] == "FAILED" and "ValueError: bad input row 7" in failed["error"]
+    with Client(controller.address) as client:
+        assert any("Traceback" in r["line"] for r in client.logs(failed["id"]))
+    # requirements are checked on the agent
+    result = controller.cli(
+        "submit", "--script", str(script), "--requirement", "no-such-dist-xyz", "--max-retries", "0", "--wait", "--json"
+    )
+    needs = json.loads(result.stdout)
+    assert needs["state"] == "FAILED" and "no-such-dist-xyz (not installed)" in needs["error"]
+    # a syntax error is refused at submit
+    broken = tmp_path / "broken.py"
+    broken.write_text("def (:\n")
+    result = controller.cli("submit", "--script", str(broken))
+    assert result.returncode == 2 and "broken.py line 1" in result.stderr
+
+
+def test_two_rank_user_script(cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
+    controller, _ = cluster
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    job = cli_json(controller.cli("submit", "--script", str(script), "--workers", "2", "--wait", "--json", timeout=300))
+    assert job["state"] == "SUCCEEDED", job
+    with Client(controller.address) as client:
+        ranks = client.job(job["id"])["task_list"]
+    assert [t["metrics"]["total"] for t in ranks] == [3.0, 3.0] and ranks[0]["metrics"]["world"] == 2.0
