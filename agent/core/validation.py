@@ -106,8 +106,10 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ValidationError("spec.attempt", f"must be >= 0, got {spec.attempt}")
     _check_inputs(spec)
     _check_env(spec.env)
-    if spec.partition not in ("", "cv", "gang"):
-        raise ValidationError("spec.partition", f"must be '', 'cv' or 'gang', got {spec.partition[:20]!r}")
+    if spec.partition not in ("", "cv", "gang", "shard"):
+        raise ValidationError("spec.partition", f"must be '', 'cv', 'gang' or 'shard', got {spec.partition[:20]!r}")
+    if spec.partition == "shard" and (spec.workload != "random_forest" or world < 2):
+        raise ValidationError("spec.partition", "shards are for random_forest with world_size >= 2")
     if spec.partition == "cv" and (workload.category != "sklearn" or not 2 <= world <= MAX_CV_FOLDS):
         raise ValidationError(
             "spec.partition", f"cross-validation needs a scikit-learn workload and 2..{MAX_CV_FOLDS} folds"

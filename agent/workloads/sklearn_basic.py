@@ -98,6 +98,15 @@ def _fold(x: Any, y: Any, kind: str, fold: int, folds: int) -> tuple[Any, Any, A
 def random_forest(params: dict[str, Any]) -> None:
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
+    spec = task.spec()
+    if spec.get("partition") == "shard":  # this rank grows its share of the trees, with its own seed
+        rank, world, total = int(spec["rank"]), int(spec["world_size"]), int(params["n_estimators"])
+        params = {
+            **params,
+            "n_estimators": total // world + (1 if rank < total % world else 0),
+            "random_state": int(params["random_state"]) + rank,
+        }
+
     _fit(lambda kind: (RandomForestClassifier if kind == CLASSIFICATION else RandomForestRegressor)(n_jobs=1, **params))
 
 

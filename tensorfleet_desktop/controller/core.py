@@ -41,6 +41,7 @@ from tensorfleet_agent.security.secrets import redact, redact_value
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
+from tensorfleet_desktop.controller.merge import merge_forest, sha256_of
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import (
     ArtifactInfo,
@@ -435,6 +436,7 @@ class Controller:
         task.attempt += 1
         task.agent_task_id = f"{job.id}-r{task.index}-a{task.attempt}"
         task.node_id, task.cursor, task.progress = record.node_id, 0, 0.0
+        task.sklearn_version = record.info.sklearn_version if record.info else ""
         task.state, task.error, task.exit_cause = TaskRunState.DISPATCHED, "", ""
         task.started_at, task.finished_at = time.time(), 0.0
         record.placed.add(task.agent_task_id)
@@ -458,7 +460,7 @@ class Controller:
             attempt=task.attempt,
             dataset=str(spec.get("dataset", "")),
             dataset_params=dict(spec.get("dataset_params") or {}),
-            partition=job.mode if job.mode in ("cv", "gang") else "",
+            partition={"cv": "cv", "gang": "gang", "shards": "shard"}.get(job.mode, ""),
             rendezvous=Rendezvous(**job.rendezvous) if job.mode == "gang" and job.rendezvous else None,
         )
 
@@ -492,6 +494,47 @@ class Controller:
                 self._task_finished(job, task, Finished(TaskState.FAILED, "rejected", f"{record.name}: {text}"))
             return
         self._watch_attempt(job, task, attempt)
+
+    async def _merge_shards(self, job: Job) -> None:
+        """All shards of a forest are in: merge them into the job's model, or fail with the reason."""
+        versions = {t.sklearn_version for t in job.tasks}
+        if len(versions) > 1:
+            self._finish(
+                job,
+                JobState.FAILED,
+                f"shards came from agents with different scikit-learn versions "
+                f"({', '.join(sorted(versions))}); they cannot be merged",
+            )
+            return
+        shards = [
+            next((a for a in job.artifacts if a.kind == "model" and a.task_index == t.index), None) for t in job.tasks
+        ]
+        if any(s is None for s in shards):
+            self._finish(job, JobState.FAILED, "a shard finished without saving its model")
+            return
+        paths = []
+        for shard in shards:
+            assert shard is not None
+            fetch = self._fetches.get(shard.sha256)
+            if fetch is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(fetch), 120)
+            paths.append(self.blobs_dir / shard.sha256[:2] / shard.sha256)
+        out = self.blobs_dir / "incoming" / f"{job.id}-merged.skops"
+        try:
+            values = await asyncio.to_thread(
+                merge_forest, paths, str(job.spec["dataset"]), dict(job.spec.get("dataset_params") or {}), out
+            )
+            digest = await asyncio.to_thread(sha256_of, out)
+            final = self.blobs_dir / digest[:2] / digest
+            final.parent.mkdir(parents=True, exist_ok=True)
+            out.replace(final)
+        except (OSError, ValueError) as exc:
+            self._finish(job, JobState.FAILED, f"merging the forest's shards failed: {exc}")
+            return
+        job.artifacts.append(ArtifactInfo(digest, final.stat().st_size, "model", "model.skops", -1))
+        job.metrics = {**values, "shards": float(len(job.tasks))}
+        self._finish(job, JobState.SUCCEEDED, "")
 
     async def _with_script(self, job: Job, spec: TaskSpec, client: AgentClient) -> TaskSpec:
         """A script job sends its file to the agent (by content) and names it among the inputs."""
@@ -624,6 +667,9 @@ class Controller:
                 self._wake.set()
                 return
             if all(t.state is TaskRunState.SUCCEEDED for t in job.tasks):
+                if job.mode == "shards":
+                    self._spawn(self._merge_shards(job))
+                    return
                 if job.mode == "cv":
                     job.metrics = cv_summary([t.metrics for t in job.tasks])
                 self._finish(job, JobState.SUCCEEDED, "")

@@ -62,6 +62,7 @@ class JobTask:
     stale_attempts: list[str] = field(default_factory=list)  # earlier attempts that must never count
     metrics: dict[str, float] = field(default_factory=dict)  # last value per name, from the current attempt
     params: dict[str, Any] | None = None  # a sweep trial's hyperparameters (else the job's)
+    sklearn_version: str = ""  # of the agent that ran the current attempt (shards must agree)
 
 
 @dataclass
@@ -94,6 +95,8 @@ class Job:
             return "cv"
         if self.spec.get("sweep"):
             return "sweep"
+        if self.spec.get("algorithm") == "random_forest" and len(self.tasks) > 1:
+            return "shards"
         return "gang" if len(self.tasks) > 1 else ""
 
     @property

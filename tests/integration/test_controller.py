@@ -632,3 +632,30 @@ def test_two_rank_user_script(cluster: tuple[ControllerProcess, list[AgentProces
     with Client(controller.address) as client:
         ranks = client.job(job["id"])["task_list"]
     assert [t["metrics"]["total"] for t in ranks] == [3.0, 3.0] and ranks[0]["metrics"]["world"] == 2.0
+
+
+def test_forest_trained_in_shards_is_merged(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = cluster
+    common = [
+        "--algorithm",
+        "random_forest",
+        "--dataset",
+        "make_classification",
+        "--dataset-param",
+        "n_samples=1500",
+        "--param",
+        "n_estimators=41",
+        "--wait",
+        "--json",
+    ]
+    sharded = cli_json(controller.cli("submit", *common, "--workers", "2"))
+    single = cli_json(controller.cli("submit", *common))
+    assert sharded["state"] == single["state"] == "SUCCEEDED"
+    assert sharded["metrics"]["n_estimators"] == 41.0 and sharded["metrics"]["shards"] == 2.0
+    assert abs(sharded["metrics"]["test_accuracy"] - single["metrics"]["test_accuracy"]) < 0.05
+    with Client(controller.address) as client:
+        detail = client.job(sharded["id"])
+    assert len({t["node_id"] for t in detail["task_list"]}) == 2
+    merged = [a for a in detail["artifacts"] if a["kind"] == "model" and a["task_index"] == -1]
+    assert len(merged) == 1
+    assert (controller.data_dir / "blobs" / merged[0]["sha256"][:2] / merged[0]["sha256"]).exists()
