@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
@@ -37,7 +38,21 @@ DEMO_JOBS: list[dict[str, Any]] = [
         "dataset": "breast_cancer",
         "model_name": "breast-cancer-tree",
     },
+    {
+        "name": "wine-svm-sweep",
+        "algorithm": "svm",
+        "dataset": "wine",
+        "sweep": {"params": {"C": "float:0.01:100:log", "kernel": "linear,rbf"}, "search": "tpe", "trials": 6},
+    },
 ]
+#: Shown when PyTorch is installed: two ranks on the two agents, meeting over torch.distributed.
+TORCH_JOB: dict[str, Any] = {
+    "name": "digits-mlp-2-ranks",
+    "algorithm": "torch_mlp",
+    "dataset": "digits",
+    "num_workers": 2,
+    "hyperparameters": {"epochs": 3},
+}
 LOOPBACK = "127.0.0.1"
 
 
@@ -106,7 +121,10 @@ async def _demo(data_dir: Path, as_json: bool) -> int:
         await app.start()
         async with AsyncClient(f"{LOOPBACK}:{app.port}") as client:
             await _wait_for_agents(client, 2, agents, console)
-            jobs = [await client.submit(spec) for spec in DEMO_JOBS]
+            specs = DEMO_JOBS + ([TORCH_JOB] if importlib.util.find_spec("torch") else [])
+            if len(specs) == len(DEMO_JOBS):
+                console.print("PyTorch is not installed: the 2-rank torch job is left out")
+            jobs = [await client.submit(spec) for spec in specs]
             final = await _follow(client, [j["id"] for j in jobs], console)
     finally:
         await app.stop()
@@ -147,7 +165,10 @@ async def _demo(data_dir: Path, as_json: bool) -> int:
 
 
 def _row(job: dict[str, Any]) -> dict[str, Any]:
-    model = next((a for a in job["artifacts"] if a["kind"] == "model"), None)
+    # the job's model: a merged forest (-1), a sweep's best trial, else the (rank 0) task's
+    wanted = int(job["metrics"].get("best_trial", 0))
+    models = [a for a in job["artifacts"] if a["kind"] == "model"]
+    model = next((a for a in models if a["task_index"] in (-1, wanted)), models[0] if models else None)
     return {
         "id": job["id"],
         "name": job["name"],
@@ -155,7 +176,7 @@ def _row(job: dict[str, Any]) -> dict[str, Any]:
         "dataset": job["dataset"],
         "state": job["state"],
         "test_accuracy": job["metrics"].get("test_accuracy"),
-        "agent": ", ".join(t["agent"] for t in job["task_list"]),
+        "agent": ", ".join(sorted({t["agent"] for t in job["task_list"]})),
         "model": job["model"],
         "model_sha256": model["sha256"] if model else None,
         "error": job["error"],

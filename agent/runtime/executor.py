@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -290,6 +291,18 @@ class Executor:
                 if message is None:
                     break
                 kind = message.get("t")
+                if kind == "started":
+                    spec = running.spec
+                    seeds = {k: v for k, v in spec.params.items() if k in ("random_state", "seed")}
+                    self._append(
+                        running,
+                        LogLine(
+                            "agent",
+                            f"reproducibility: versions {json.dumps(message.get('versions', {}))}"
+                            f" seeds {json.dumps(seeds)} attempt {spec.attempt}",
+                        ),
+                    )
+                    continue
                 if kind == "done":
                     if running.kill_cause:
                         break

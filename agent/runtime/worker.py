@@ -8,6 +8,7 @@ one task at a time and may be reused for the next task of the same job.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import importlib
 import io
@@ -61,6 +62,17 @@ class _LogStream(io.TextIOBase):
             self._buffer = ""
 
 
+def _versions() -> dict[str, str]:
+    """What this worker runs with, recorded with every task (reproducibility)."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for dist in ("tensorfleet", "numpy", "scikit-learn", "torch", "skops", "safetensors"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
 def _resolve(entry: str) -> Any:
     module, _, func = entry.partition(":")
     return getattr(importlib.import_module(module), func)
@@ -77,7 +89,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     out, err = _LogStream(channel, "stdout"), _LogStream(channel, "stderr")
     sys.stdout, sys.stderr = out, err
     try:
-        channel.send({"t": "started", "pid": os.getpid()})
+        channel.send({"t": "started", "pid": os.getpid(), "versions": _versions()})
         _resolve(command["entry"])(spec["params"])
     except SystemExit as exc:  # a workload asked to exit: exit for real, the agent reports it
         out.flush()
