@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", nargs="?", type=Path, help="job file whose keys are job spec fields")
     s.add_argument("--name")
     s.add_argument("--algorithm", "-a")
-    s.add_argument("--dataset", "-d")
+    s.add_argument("--dataset", "-d", help="a built-in dataset, an uploaded one, or a CSV file to upload")
+    s.add_argument("--target", help="the target column of an uploaded dataset")
     s.add_argument(
         "--dataset-param",
         action="append",
@@ -154,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("agent")
         a.add_argument("--json", action="store_true")
 
+    s = sub.add_parser("datasets", help="upload and list your datasets (CSV)")
+    dsub = s.add_subparsers(dest="datasets_command", metavar="ACTION", parser_class=_Parser)
+    d = dsub.add_parser("upload", help="upload a CSV file once; jobs name it with --dataset NAME --target COLUMN")
+    d.add_argument("file", type=Path)
+    d.add_argument("--name")
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("list", help="the uploaded datasets")
+    d.add_argument("--json", action="store_true")
     s = sub.add_parser("algorithms", help="the workloads and their parameters")
     s.add_argument("--json", action="store_true")
 

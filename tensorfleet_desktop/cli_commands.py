@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -82,6 +83,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             if value is not None:
                 sweep[key] = value
         spec["sweep"] = sweep
+    if args.target is not None:
+        spec["target"] = args.target
     if args.script is not None:
         try:
             source = args.script.read_text(encoding="utf-8")
@@ -235,7 +238,13 @@ def shutdown(client: Client, args: argparse.Namespace) -> int:
 
 
 def submit(client: Client, args: argparse.Namespace) -> int:
-    job = client.submit(spec_from_args(args))
+    spec = spec_from_args(args)
+    dataset = spec.get("dataset")
+    if isinstance(dataset, str) and Path(dataset).is_file():  # a local CSV: upload it once, then name it
+        uploaded = client.upload_dataset(Path(dataset))
+        err.print(f"uploaded {dataset} as dataset {uploaded['name']} ({uploaded['rows']} rows)")
+        spec["dataset"] = uploaded["name"]
+    job = client.submit(spec)
     if not args.wait:
         if args.json:
             _print_json(_summary(job))
@@ -484,6 +493,27 @@ def agents(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def datasets(client: Client, args: argparse.Namespace) -> int:
+    if args.datasets_command == "upload":
+        entry = client.upload_dataset(args.file, args.name)
+        if args.json:
+            _print_json(entry)
+        else:
+            out.print(f"uploaded {entry['name']}: {entry['rows']} rows, columns {', '.join(entry['columns'])}")
+        return EXIT_OK
+    if args.datasets_command != "list":
+        raise UsageError("datasets needs an action: upload FILE | list")
+    items = client.datasets()
+    if args.json:
+        _print_json(items)
+        return EXIT_OK
+    table = Table("NAME", "ROWS", "COLUMNS", "SIZE", "SHA256")
+    for d in items:
+        table.add_row(d["name"], str(d["rows"]), ", ".join(d["columns"]), str(d["size"]), d["sha256"][:16])
+    out.print(table)
+    return EXIT_OK
+
+
 def algorithms(client: Client, args: argparse.Namespace) -> int:
     items = client.workloads()
     if args.json:
@@ -515,6 +545,7 @@ _HANDLERS = {
     "logs": logs,
     "agents": agents,
     "algorithms": algorithms,
+    "datasets": datasets,
 }
 
 __all__ = ["EXIT_INPUT", "run"]

@@ -193,6 +193,33 @@ def channel_security(address: str) -> tuple[grpc.ChannelCredentials | None, str 
     return pinned_credentials(cert), node_id, (("authorization", f"Bearer {token}"),)
 
 
+def _digest(path: Path) -> tuple[str, int]:
+    import hashlib
+
+    hasher, size = hashlib.sha256(), 0
+    try:
+        with path.open("rb") as fh:
+            while data := fh.read(1 << 20):
+                hasher.update(data)
+                size += len(data)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc}") from None
+    return hasher.hexdigest(), size
+
+
+def _dataset(msg: cpb.DatasetInfo) -> dict[str, Any]:
+    return {
+        "name": msg.name,
+        "sha256": msg.sha256,
+        "filename": msg.filename,
+        "format": msg.format,
+        "rows": msg.rows,
+        "columns": list(msg.columns),
+        "size": msg.size,
+        "created_at": msg.created_at,
+    }
+
+
 class Client:
     """Blocking SDK. Every method raises a TensorFleetError subclass with a clear message."""
 
@@ -265,6 +292,26 @@ class Client:
 
     def pair_agent(self, agent: str, token: str, force: bool = False) -> dict[str, Any]:
         return self._call("PairAgent", _REQ["pair"](agent, token, force), convert.agent_from_pb)
+
+    def upload_dataset(self, path: Path, name: str | None = None) -> dict[str, Any]:
+        """Upload a CSV once; jobs then name it (--dataset NAME --target COLUMN)."""
+        digest, size = _digest(path)
+
+        def chunks() -> Iterator[cpb.DatasetChunk]:
+            header = cpb.DatasetHeader(name=name or path.stem, filename=path.name, size=size, sha256=digest)
+            yield cpb.DatasetChunk(header=header)
+            with path.open("rb") as fh:
+                while data := fh.read(1 << 20):
+                    yield cpb.DatasetChunk(data=data)
+
+        try:
+            reply = self._stub.UploadDataset(chunks(), timeout=max(self.timeout, 600), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise _translate(exc, self.address) from None
+        return _dataset(reply)
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._call("ListDatasets", cpb.ListDatasetsRequest(), lambda r: [_dataset(d) for d in r.datasets])
 
     def workloads(self) -> list[dict[str, Any]]:
         return self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))

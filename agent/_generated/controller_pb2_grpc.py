@@ -130,6 +130,16 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.WorkloadsRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.WorkloadsResponse.FromString,
                 _registered_method=True)
+        self.UploadDataset = channel.stream_unary(
+                '/tensorfleet.v1.ControllerService/UploadDataset',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetChunk.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ListDatasets',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/Shutdown',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ShutdownRequest.SerializeToString,
@@ -254,6 +264,18 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadDataset(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Shutdown(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -357,6 +379,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListWorkloads,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.WorkloadsRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.WorkloadsResponse.SerializeToString,
+            ),
+            'UploadDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetChunk.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsResponse.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -877,6 +909,60 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/ListWorkloads',
             tensorfleet_dot_v1_dot_controller__pb2.WorkloadsRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.WorkloadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tensorfleet.v1.ControllerService/UploadDataset',
+            tensorfleet_dot_v1_dot_controller__pb2.DatasetChunk.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ListDatasets',
+            tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,8 @@ class ControllerServiceStub:
     DrainAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]
     PairAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PairAgentRequest, _controller_pb2.Agent]
     ListWorkloads: _grpc.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]
+    UploadDataset: _grpc.StreamUnaryMultiCallable[_controller_pb2.DatasetChunk, _controller_pb2.DatasetInfo]
+    ListDatasets: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]
 
 @_typing.type_check_only
@@ -79,6 +81,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     DrainAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]  # type: ignore[assignment]
     PairAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.PairAgentRequest, _controller_pb2.Agent]  # type: ignore[assignment]
     ListWorkloads: _aio.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]  # type: ignore[assignment]
+    UploadDataset: _aio.StreamUnaryMultiCallable[_controller_pb2.DatasetChunk, _controller_pb2.DatasetInfo]  # type: ignore[assignment]
+    ListDatasets: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -214,6 +218,20 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.WorkloadsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.WorkloadsResponse, _abc.Awaitable[_controller_pb2.WorkloadsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UploadDataset(
+        self,
+        request_iterator: _MaybeAsyncIterator[_controller_pb2.DatasetChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DatasetInfo, _abc.Awaitable[_controller_pb2.DatasetInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDatasets(
+        self,
+        request: _controller_pb2.ListDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListDatasetsResponse, _abc.Awaitable[_controller_pb2.ListDatasetsResponse]]: ...
 
     @_abc_1.abstractmethod
     def Shutdown(

@@ -59,6 +59,13 @@ BUILTIN: tuple[DatasetDef, ...] = (
 _BY_NAME = {d.name: d for d in BUILTIN}
 
 
+USER_PREFIX = "user:"  # user data: "user:<sha256>", the file travels as a task input
+
+
+def is_user_dataset(name: str) -> bool:
+    return name.startswith(USER_PREFIX)
+
+
 def datasets_for(tasks: tuple[str, ...]) -> list[str]:
     return [d.name for d in BUILTIN if d.task in tasks]
 
@@ -83,6 +90,8 @@ def check_dataset(
         raise ValidationError(field, f"{workload} trains on {', '.join(only)}, not {name or 'nothing'}")
     if not name:
         raise ValidationError(field, f"{workload} needs a dataset (one of {', '.join(datasets_for(tasks))})")
+    if is_user_dataset(name):
+        return _check_user(workload, tasks, name, params, f"{field}_params")
     dataset = _BY_NAME.get(name)
     if dataset is None:
         raise ValidationError(field, f"unknown dataset {name!r} (available: {', '.join(datasets_for(tasks))})")
@@ -95,13 +104,81 @@ def check_dataset(
     return values
 
 
+def _check_user(workload: str, tasks: tuple[str, ...], name: str, params: dict[str, Any], where: str) -> dict[str, Any]:
+    from tensorfleet_agent.runtime.blobs import SHA256_RE
+
+    if not SHA256_RE.match(name[len(USER_PREFIX) :]):
+        raise ValidationError(where.removesuffix("_params"), f"{name[:80]!r} is not user:<sha256>")
+    for key in ("target", "file", "task"):
+        if not isinstance(params.get(key), str) or not params[key]:
+            raise ValidationError(f"{where}.{key}", "is required for user data")
+    if params["task"] not in tasks:
+        raise ValidationError(where.removesuffix("_params"), f"{workload} cannot learn a {params['task']} target")
+    return {k: params[k] for k in ("target", "file", "task")}
+
+
+def dataset_task(name: str, params: dict[str, Any]) -> str:
+    return str(params["task"]) if is_user_dataset(name) else get_dataset(name).task
+
+
+def load_user(path: Any, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[str]]:
+    """A user's CSV: numeric feature columns and one target column; every problem names its column and row."""
+    import csv
+    import math
+
+    import numpy as np
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if len(rows) < 2:
+        raise ValueError("the dataset has no data rows")
+    header, body = [h.strip() for h in rows[0]], rows[1:]
+    target = str(params["target"])
+    if target not in header:
+        raise ValueError(f"target column {target!r} is not in the dataset (columns: {', '.join(header)})")
+    t = header.index(target)
+    features = [h for i, h in enumerate(header) if i != t]
+    x = np.empty((len(body), len(features)))
+    labels = []
+    for r, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise ValueError(f"row {r} has {len(row)} fields; the header has {len(header)}")
+        col = 0
+        for i, cell in enumerate(row):
+            if i == t:
+                labels.append(cell.strip())
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ValueError(f"column {header[i]!r} row {r}: {cell!r} is not a number") from None
+            if math.isnan(value) or not cell.strip():
+                raise ValueError(f"column {header[i]!r} row {r}: missing value")
+            x[r - 2, col] = value
+            col += 1
+    if params["task"] == CLASSIFICATION:
+        classes = sorted(set(labels))
+        index = {c: k for k, c in enumerate(classes)}
+        return x, np.array([index[v] for v in labels]), features, classes
+    try:
+        y = np.array([float(v) for v in labels])
+    except ValueError:
+        raise ValueError(f"target column {target!r} is not numeric: it cannot be a regression target") from None
+    return x, y, features, []
+
+
 def get_dataset(name: str) -> DatasetDef:
     return _BY_NAME[name]
 
 
 def load(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[str]]:
-    """(X, y, feature names, class names) for a built-in dataset; class names are empty for regression."""
+    """(X, y, feature names, class names); class names are empty for regression."""
     from sklearn import datasets
+
+    if is_user_dataset(name):
+        from tensorfleet_agent import task
+
+        return load_user(task.input_path(str(params["file"])), params)
 
     if name == "make_classification":
         x, y = datasets.make_classification(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tensorfleet_agent import task
-from tensorfleet_agent.workloads.datasets import CLASSIFICATION, get_dataset, load
+from tensorfleet_agent.workloads.datasets import CLASSIFICATION, dataset_task, load
 
 TEST_SIZE = 0.2
 SPLIT_SEED = 42
@@ -27,7 +27,7 @@ def _fit(make: Callable[[str], Any]) -> None:
 
     spec = task.spec()
     name = str(spec["dataset"])
-    kind = get_dataset(name).task
+    kind = dataset_task(name, dict(spec.get("dataset_params") or {}))
     x, y, features, classes = load(name, dict(spec.get("dataset_params") or {}))
     if spec.get("partition") == "cv":
         x_train, x_test, y_train, y_test = _fold(x, y, kind, int(spec["rank"]), int(spec["world_size"]))

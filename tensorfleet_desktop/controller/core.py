@@ -38,7 +38,10 @@ from tensorfleet_agent.core.types import (
 )
 from tensorfleet_agent.rpc.client import AgentClient
 from tensorfleet_agent.security.secrets import redact, redact_value
+from tensorfleet_agent.workloads.datasets import is_user_dataset
 from tensorfleet_agent.workloads.registry import get_workload
+from tensorfleet_desktop.controller.datasets import infer_task
+from tensorfleet_desktop.controller.datasets import inspect as inspect_dataset
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
 from tensorfleet_desktop.controller.merge import merge_forest, sha256_of
@@ -96,11 +99,13 @@ class Controller:
         self._started = time.monotonic()
         self._studies: dict[str, Study] = {}
         self._fetches: dict[str, asyncio.Task[None]] = {}
+        self.datasets: dict[str, dict[str, Any]] = {}
         fleet.subscribe(self._on_fleet)
 
     # ---- lifecycle
 
     async def start(self) -> None:
+        self.datasets = await self.store.load_datasets()
         for job in await self.store.load_jobs():
             self.jobs[job.id] = job
             self._seq_no = max(self._seq_no, job.seq_no)
@@ -178,8 +183,60 @@ class Controller:
 
     # ---- commands
 
+    def _resolve_dataset(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An uploaded dataset named in a spec becomes user:<sha256> with its target column and task."""
+        name = body.get("dataset")
+        entry = self.datasets.get(name) if isinstance(name, str) else None
+        if entry is None and isinstance(name, str) and len(name) >= 8:
+            hits = [d for d in self.datasets.values() if d["sha256"].startswith(name)]
+            entry = hits[0] if len(hits) == 1 else None
+        if entry is None:
+            return body
+        target = body.get("target")
+        if not isinstance(target, str) or not target:
+            raise JobSpecError("target", f"name the target column of {entry['name']} ({', '.join(entry['columns'])})")
+        if target not in entry["columns"]:
+            raise JobSpecError(
+                "target", f"{target!r} is not a column of {entry['name']} (columns: {', '.join(entry['columns'])})"
+            )
+        path = self.blobs_dir / entry["sha256"][:2] / entry["sha256"]
+        task = infer_task(path, target)
+        rest = {k: v for k, v in body.items() if k != "target"}
+        return {
+            **rest,
+            "dataset": f"user:{entry['sha256']}",
+            "dataset_params": {"target": target, "file": entry["filename"], "task": task},
+        }
+
+    async def upload_dataset(self, name: str, filename: str, tmp: Path) -> dict[str, Any]:
+        """Adopt an uploaded file (already hashed by the caller) as a named dataset."""
+        fmt, rows, columns = await asyncio.to_thread(inspect_dataset, tmp, filename)
+        digest, size = await asyncio.to_thread(self._adopt_blob, tmp)
+        entry = {
+            "name": name,
+            "sha256": digest,
+            "filename": filename,
+            "format": fmt,
+            "rows": rows,
+            "columns": columns,
+            "size": size,
+            "created_at": time.time(),
+        }
+        self.datasets[name] = entry
+        self.store.save_dataset(name, entry)
+        return entry
+
+    def _adopt_blob(self, tmp: Path) -> tuple[str, int]:
+        """Move a finished file into the blob store under its sha256 (blocking)."""
+        digest = sha256_of(tmp)
+        final = self.blobs_dir / digest[:2] / digest
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.replace(final)
+        return digest, final.stat().st_size
+
     def submit(self, body: dict[str, Any], submitter: str) -> Job:
-        spec = parse_job_spec(redact_value(body))  # a token pasted into a spec is never stored
+        body = self._resolve_dataset(redact_value(body))  # a token pasted into a spec is never stored
+        spec = parse_job_spec(body)
         self._seq_no += 1
         now = time.time()
         job = Job(
@@ -471,6 +528,7 @@ class Controller:
                 raise ConnectionError("agent has no connection")
             spec = await self._with_checkpoint(job, task, self._task_spec(job, task), client)
             spec = await self._with_script(job, spec, client)
+            spec = await self._with_dataset(spec, client)
             await client.run_task(spec, timeout=15)
         except (grpc.aio.AioRpcError, ConnectionError) as exc:
             if task.agent_task_id != attempt:
@@ -523,7 +581,12 @@ class Controller:
         out = self.blobs_dir / "incoming" / f"{job.id}-merged.skops"
         try:
             values = await asyncio.to_thread(
-                merge_forest, paths, str(job.spec["dataset"]), dict(job.spec.get("dataset_params") or {}), out
+                merge_forest,
+                paths,
+                str(job.spec["dataset"]),
+                dict(job.spec.get("dataset_params") or {}),
+                out,
+                self.blobs_dir,
             )
             digest = await asyncio.to_thread(sha256_of, out)
             final = self.blobs_dir / digest[:2] / digest
@@ -535,6 +598,14 @@ class Controller:
         job.artifacts.append(ArtifactInfo(digest, final.stat().st_size, "model", "model.skops", -1))
         job.metrics = {**values, "shards": float(len(job.tasks))}
         self._finish(job, JobState.SUCCEEDED, "")
+
+    async def _with_dataset(self, spec: TaskSpec, client: AgentClient) -> TaskSpec:
+        """User data travels to the agent by content (skipped when its cache has it)."""
+        if not is_user_dataset(spec.dataset):
+            return spec
+        digest = spec.dataset[len("user:") :]
+        await client.put_blob(self.blobs_dir / digest[:2] / digest)
+        return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef(str(spec.dataset_params["file"]), digest)))
 
     async def _with_script(self, job: Job, spec: TaskSpec, client: AgentClient) -> TaskSpec:
         """A script job sends its file to the agent (by content) and names it among the inputs."""

@@ -17,13 +17,13 @@ from typing import Any
 import yaml
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.workloads.datasets import REGRESSION, check_dataset, get_dataset
+from tensorfleet_agent.workloads.datasets import REGRESSION, check_dataset, dataset_task
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
-    "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script",
+    "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script", "target",
 )  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_WORKERS = 256
@@ -105,6 +105,8 @@ def parse_job_spec(body: Any) -> JobSpec:
     algorithm = _str(body, "algorithm", required=True)
     workload = get_workload(algorithm, field="algorithm")
     dataset = _str(body, "dataset")
+    if body.get("target") is not None:
+        raise JobSpecError("target", f"is for uploaded datasets; {dataset or 'no dataset'} is not one")
     raw_params = body.get("dataset_params") or {}
     if not isinstance(raw_params, dict):
         raise JobSpecError("dataset_params", "must be a mapping of dataset parameter names to values")
@@ -141,7 +143,7 @@ def parse_job_spec(body: Any) -> JobSpec:
     if body.get("sweep") is not None:
         if cv is not None or body.get("num_workers", 1) != 1:
             raise JobSpecError("sweep", "a sweep runs one task per trial; use it without cv and num_workers")
-        regression = bool(dataset) and get_dataset(dataset).task == REGRESSION
+        regression = bool(dataset) and dataset_task(dataset, dataset_params) == REGRESSION
         try:
             parsed = parse_sweep(body["sweep"], workload, regression)
         except ValidationError as exc:

@@ -22,13 +22,15 @@ FOREST_TYPES = [
 ]
 
 
-def merge_forest(shards: list[Path], dataset: str, dataset_params: dict[str, Any], out: Path) -> dict[str, float]:
+def merge_forest(
+    shards: list[Path], dataset: str, dataset_params: dict[str, Any], out: Path, blobs_dir: Path
+) -> dict[str, float]:
     """Concatenate the shards' trees, score the forest, write it with skops to `out`; returns its metrics."""
     from sklearn import metrics
     from sklearn.model_selection import train_test_split
     from skops.io import dump, get_untrusted_types, load
 
-    from tensorfleet_agent.workloads.datasets import CLASSIFICATION, get_dataset
+    from tensorfleet_agent.workloads.datasets import CLASSIFICATION, dataset_task, is_user_dataset, load_user
     from tensorfleet_agent.workloads.datasets import load as load_dataset
     from tensorfleet_agent.workloads.sklearn_basic import SPLIT_SEED, TEST_SIZE
 
@@ -42,8 +44,12 @@ def merge_forest(shards: list[Path], dataset: str, dataset_params: dict[str, Any
     for other in forests[1:]:
         merged.estimators_ += other.estimators_
     merged.n_estimators = len(merged.estimators_)
-    kind = get_dataset(dataset).task
-    x, y, _features, _classes = load_dataset(dataset, dataset_params)
+    kind = dataset_task(dataset, dataset_params)
+    if is_user_dataset(dataset):
+        digest = dataset.split(":", 1)[1]
+        x, y, _features, _classes = load_user(blobs_dir / digest[:2] / digest, dataset_params)
+    else:
+        x, y, _features, _classes = load_dataset(dataset, dataset_params)
     stratify = y if kind == CLASSIFICATION else None
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=stratify

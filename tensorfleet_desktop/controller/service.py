@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -15,17 +17,20 @@ import grpc
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.validation import check_id
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
 from tensorfleet_agent.rpc import handlers
 from tensorfleet_agent.security.secrets import redact, register
 from tensorfleet_agent.workloads.registry import all_workloads
 from tensorfleet_desktop.controller import convert
 from tensorfleet_desktop.controller.core import Controller, JobError, NotFoundError
+from tensorfleet_desktop.controller.datasets import DatasetError
 from tensorfleet_desktop.controller.fleet import FleetError
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 MAX_SPEC_JSON = 1 << 20
+MAX_DATASET_BYTES = 8 << 30
 
 
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
@@ -208,6 +213,44 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             )
         register(request.token)
         return convert.agent_to_pb(await self.c.fleet.pair(request.agent, request.token, request.force))
+
+    @_unary
+    async def UploadDataset(self, request_iterator: AsyncIterator[cpb.DatasetChunk], context: Any) -> cpb.DatasetInfo:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise ValidationError("header", "the first message of UploadDataset must be a DatasetHeader")
+        header = first.header
+        check_id(header.name, "header.name")
+        if not header.filename or "/" in header.filename or len(header.filename) > 200:
+            raise ValidationError("header.filename", f"must be a plain file name, got {header.filename[:80]!r}")
+        if not 0 < header.size <= MAX_DATASET_BYTES:
+            raise ValidationError("header.size", f"must be between 1 and {MAX_DATASET_BYTES} bytes")
+        incoming = self.c.blobs_dir / "incoming"
+        await asyncio.to_thread(incoming.mkdir, parents=True, exist_ok=True)
+        tmp = incoming / f"upload-{uuid.uuid4().hex}"
+        hasher, size = hashlib.sha256(), 0
+        try:
+            with tmp.open("wb") as fh:
+                async for chunk in request_iterator:
+                    size += len(chunk.data)
+                    if size > header.size:
+                        raise ValidationError("data", f"more than the {header.size} bytes announced")
+                    hasher.update(chunk.data)
+                    await asyncio.to_thread(fh.write, chunk.data)
+            if size != header.size:
+                raise ValidationError("header.size", f"announced {header.size} bytes, {size} arrived")
+            if header.sha256 and hasher.hexdigest() != header.sha256:
+                raise ValidationError("header.sha256", f"content hashes to {hasher.hexdigest()}")
+            entry = await self.c.upload_dataset(header.name, header.filename, tmp)
+        except DatasetError as exc:
+            raise ValidationError("file", str(exc)) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cpb.DatasetInfo(**entry)
+
+    @_unary
+    async def ListDatasets(self, request: cpb.ListDatasetsRequest, context: Any) -> cpb.ListDatasetsResponse:
+        return cpb.ListDatasetsResponse(datasets=[cpb.DatasetInfo(**d) for d in self.c.datasets.values()])
 
     @_unary
     async def ListWorkloads(self, request: cpb.WorkloadsRequest, context: Any) -> cpb.WorkloadsResponse:

@@ -34,6 +34,12 @@ class JobStore(abc.ABC):
     def delete_agent(self, node_id: str) -> None: ...
 
     @abc.abstractmethod
+    def save_dataset(self, name: str, body: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def load_datasets(self) -> dict[str, dict[str, Any]]: ...
+
+    @abc.abstractmethod
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
 

@@ -33,6 +33,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_once ON events(attempt_id, agent_seq) W
 CREATE INDEX IF NOT EXISTS events_by_kind ON events(job_id, kind, seq);
 CREATE TABLE IF NOT EXISTS cursors (attempt_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS agents (node_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 _BATCH_WINDOW = 0.05  # seconds the writer keeps collecting after the first queued write (<= 100 ms)
 _EVENT_FIELDS = [f.name for f in dataclasses.fields(JobEventRecord)]
@@ -132,6 +133,13 @@ class SqliteJobStore(JobStore):
 
     def delete_agent(self, node_id: str) -> None:
         self._put(_statement("DELETE FROM agents WHERE node_id = ?", (node_id,)))
+
+    def save_dataset(self, name: str, body: dict[str, Any]) -> None:
+        self._put(_statement("INSERT OR REPLACE INTO datasets VALUES (?, ?)", (name, json.dumps(body))))
+
+    async def load_datasets(self) -> dict[str, dict[str, Any]]:
+        rows = await asyncio.to_thread(self._read, lambda c: c.execute("SELECT name, body FROM datasets").fetchall())
+        return {name: json.loads(body) for name, body in rows}
 
     async def flush(self) -> None:
         done = threading.Event()

@@ -659,3 +659,84 @@ def test_forest_trained_in_shards_is_merged(cluster: tuple[ControllerProcess, li
     merged = [a for a in detail["artifacts"] if a["kind"] == "model" and a["task_index"] == -1]
     assert len(merged) == 1
     assert (controller.data_dir / "blobs" / merged[0]["sha256"][:2] / merged[0]["sha256"]).exists()
+
+
+def _csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    path.write_text("\n".join([",".join(header)] + [",".join(str(v) for v in row) for row in rows]) + "\n")
+    return path
+
+
+def test_user_csv_datasets(cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
+    from sklearn.datasets import load_diabetes, load_wine
+
+    controller, _ = cluster
+    wine = load_wine()
+    names = [f"f{i}" for i in range(wine.data.shape[1])]
+    rows = [[*x, wine.target_names[t]] for x, t in zip(wine.data, wine.target, strict=True)]
+    data = _csv(tmp_path / "wine.csv", [*names, "cultivar"], rows)
+    job = cli_json(
+        controller.cli(
+            "submit",
+            "--algorithm",
+            "random_forest",
+            "--dataset",
+            str(data),
+            "--target",
+            "cultivar",
+            "--param",
+            "n_estimators=30",
+            "--wait",
+            "--json",
+        )
+    )
+    assert job["state"] == "SUCCEEDED" and job["metrics"]["test_accuracy"] > 0.8
+    listed = cli_json(controller.cli("datasets", "list", "--json"))
+    assert [(d["name"], d["rows"]) for d in listed] == [("wine", 178)]
+    # uploaded once, then named; a numeric target with many values is a regression
+    diabetes = load_diabetes()
+    reg = _csv(
+        tmp_path / "diabetes.csv",
+        [*[f"x{i}" for i in range(10)], "progression"],
+        [[*x, y] for x, y in zip(diabetes.data, diabetes.target, strict=True)],
+    )
+    cli_json(controller.cli("datasets", "upload", str(reg), "--name", "sugar", "--json"))
+    job = cli_json(
+        controller.cli(
+            "submit", "--algorithm", "knn", "--dataset", "sugar", "--target", "progression", "--wait", "--json"
+        )
+    )
+    assert job["state"] == "SUCCEEDED" and "r2" in job["metrics"]
+    # refused at submit
+    for args, message in [
+        (["--dataset", "wine"], "target: name the target column of wine"),
+        (["--dataset", "wine", "--target", "colour"], "'colour' is not a column of wine"),
+        (["--dataset", "iris", "--target", "species"], "target: is for uploaded datasets"),
+    ]:
+        result = controller.cli("submit", "--algorithm", "svm", *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    empty = _csv(tmp_path / "empty.csv", ["a", "b"], [])
+    result = controller.cli("datasets", "upload", str(empty))
+    assert result.returncode == 2 and "no data rows" in result.stderr
+    # found at the first task, naming the column and row
+    for name, cell, message in [
+        ("nan", "nan", "column 'f1' row 3: missing value"),
+        ("text", "high", "column 'f1' row 3: 'high' is not a number"),
+    ]:
+        bad_rows = [list(r) for r in rows[:20]]
+        bad_rows[1][1] = cell
+        path = _csv(tmp_path / f"{name}.csv", [*names, "cultivar"], bad_rows)
+        result = controller.cli(
+            "submit",
+            "--algorithm",
+            "svm",
+            "--dataset",
+            str(path),
+            "--target",
+            "cultivar",
+            "--max-retries",
+            "0",
+            "--wait",
+            "--json",
+        )
+        failed = json.loads(result.stdout)
+        assert result.returncode == 1 and message in failed["error"], failed["error"]
