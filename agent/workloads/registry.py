@@ -27,7 +27,13 @@ class WorkloadDef:
     only_datasets: tuple[str, ...] = ()  # when it needs particular data (the CNN wants images)
 
     def installed(self) -> bool:
-        return all(importlib.util.find_spec(mod) is not None for mod in self.requires)
+        for mod in self.requires:
+            try:
+                if importlib.util.find_spec(mod) is None:
+                    return False
+            except (ImportError, ValueError):  # a broken or blocked package counts as missing
+                return False
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         return {

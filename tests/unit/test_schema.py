@@ -37,11 +37,10 @@ def test_integral_float_accepted_as_int() -> None:
 
 
 def test_unknown_workload_lists_known() -> None:
-    with pytest.raises(
-        ValidationError,
-        match=r"known: allocate, artifact, decision_tree, emit, fail, gradient_boosting, knn, logistic_regression",
-    ):
+    with pytest.raises(ValidationError) as err:
         get_workload("nope")
+    assert err.value.field == "workload" and "unknown workload 'nope'" in err.value.message
+    assert all(name in err.value.message for name in ("emit", "noop", "random_forest", "svm", "script"))
 
 
 def test_diagnostics_need_nothing_extra() -> None:
