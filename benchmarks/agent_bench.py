@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers.agents import AgentProcess  # noqa: E402
+from helpers.processes import memory  # noqa: E402
 from tensorfleet_agent._generated import agent_pb2 as pb  # noqa: E402
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc  # noqa: E402
 from tensorfleet_agent.core.types import Finished, TaskSpec  # noqa: E402
@@ -38,15 +39,6 @@ from tensorfleet_agent.rpc.client import AgentClient  # noqa: E402
 from tensorfleet_agent.rpc.server import create_server  # noqa: E402
 
 os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
-
-
-def memory(pids: list[int]) -> dict[str, float]:
-    rss = pss = 0
-    for pid in pids:
-        info = psutil.Process(pid).memory_full_info()
-        rss += info.rss
-        pss += getattr(info, "pss", info.rss)
-    return {"rss_mib": round(rss / 2**20, 1), "pss_mib": round(pss / 2**20, 1)}
 
 
 async def start_to_advertised(tmp: Path, runs: int) -> list[float]:

@@ -31,16 +31,8 @@ os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
 
 from helpers.agents import AgentProcess  # noqa: E402
 from helpers.controller import ControllerProcess  # noqa: E402
+from helpers.processes import memory  # noqa: E402
 from tensorfleet_desktop.client import Client  # noqa: E402
-
-
-def memory(pids: list[int]) -> dict[str, float]:
-    rss = pss = 0
-    for pid in pids:
-        info = psutil.Process(pid).memory_full_info()
-        rss += info.rss
-        pss += getattr(info, "pss", info.rss)
-    return {"rss_mib": round(rss / 2**20, 1), "pss_mib": round(pss / 2**20, 1), "processes": len(pids)}
 
 
 def tree(pid: int) -> list[int]:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers.processes import wait_for_ready_file
 from tensorfleet_agent.identity import Identity, load_or_create_identity
 from tensorfleet_agent.rpc.client import AgentClient, AgentTrust, fetch_certificate_blocking
 
@@ -76,15 +75,7 @@ class AgentProcess:
         env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK, **self.env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"agent not ready in {timeout}s:\n{self.log_path.read_text()}")
-            time.sleep(0.02)
-        self.info = json.loads(ready.read_text())
+        self.info = wait_for_ready_file(self.proc, ready, self.log_path, timeout, "agent", self.kill)
         self.port = int(self.info["port"])  # type: ignore[call-overload]
         return self
 

@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from helpers.agents import CLUSTER_TOKEN
+from helpers.processes import wait_for_ready_file
 
 LOOPBACK = "127.0.0.1"
 
@@ -62,15 +62,7 @@ class ControllerProcess:
         env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK, **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"controller exited with {self.proc.returncode}:\n{self.logs()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"controller not ready in {timeout}s:\n{self.logs()}")
-            time.sleep(0.02)
-        self.info = json.loads(ready.read_text())
+        self.info = wait_for_ready_file(self.proc, ready, self.log_path, timeout, "controller", self.kill)
         self.port = int(self.info["port"])
         return self
 
