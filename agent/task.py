@@ -4,6 +4,8 @@
     task.report(step=10, loss=0.3, accuracy=0.91)
     task.progress(0.5)
     task.save_artifact("model.skops", kind="model")
+    if task.stop_requested():   # the job is being paused: checkpoint, then
+        raise task.Stopped("saved a checkpoint at step 10")
 
 Outside TensorFleet (a script run by hand) every call still works: reports go to
 stderr and paths fall back to the current directory, so scripts stay testable.
@@ -24,17 +26,26 @@ from typing import Any
 from tensorfleet_agent.runtime.channel import EVENTS_FD_ENV, EventChannel
 
 __all__ = [
+    "Stopped",
     "checkpoint_dir",
     "input_path",
     "inputs_dir",
     "progress",
     "rank",
     "report",
+    "resume_checkpoint",
     "save_artifact",
     "save_checkpoint",
     "spec",
+    "stop_requested",
     "world_size",
 ]
+
+RESUME_INPUT = "resume.ckpt"
+
+
+class Stopped(Exception):
+    """Raise after saving a checkpoint when stop_requested() is true: the task ends as stopped, not failed."""
 
 
 @dataclass
@@ -46,6 +57,7 @@ class TaskContext:
     blobs_dir: Path | None
     channel: EventChannel | None
     artifacts: list[str] = field(default_factory=list)
+    stop: bool = False
 
 
 _context: TaskContext | None = None
@@ -55,6 +67,12 @@ def _install(context: TaskContext | None) -> None:
     """Called by the worker around each task; not for training code."""
     global _context
     _context = context
+
+
+def _request_stop() -> None:
+    """The worker's SIGUSR1 handler: the agent asks the task to checkpoint and stop."""
+    if _context is not None:
+        _context.stop = True
 
 
 def _current() -> TaskContext:
@@ -118,6 +136,21 @@ def checkpoint_dir() -> Path:
     path = _current().task_dir / "checkpoints"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def stop_requested() -> bool:
+    """True once the job is being paused: save a checkpoint, call save_checkpoint(), raise Stopped.
+
+    Training loops check it between steps. A task that ignores it is cancelled after a grace period
+    and starts over from its last periodic checkpoint when the job resumes.
+    """
+    return _current().stop
+
+
+def resume_checkpoint() -> Path | None:
+    """The checkpoint to continue from when this task is a retry, a re-placement or a resumed pause."""
+    path = inputs_dir() / RESUME_INPUT
+    return path if path.exists() else None
 
 
 def inputs_dir() -> Path:

@@ -30,6 +30,7 @@ class ExitCause:
     TIMEOUT = "timeout"
     MEMORY_LIMIT = "memory_limit"
     CANCELLED = "cancelled"
+    STOPPED = "stopped"  # saved a checkpoint and stopped on request (a paused job)
     AGENT_RESTARTED = "agent_restarted"
     DRAIN_TIMEOUT = "drain_timeout"
     SETUP = "setup"

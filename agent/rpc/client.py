@@ -242,8 +242,11 @@ class AgentClient:
         async for msg in self._stream(lambda md: self.stub.WatchTask(request, metadata=md)):
             yield convert.event_from_pb(msg)
 
-    async def cancel_task(self, task_id: str, reason: str = "", timeout: float = 10.0) -> bool:
-        request = pb.CancelTaskRequest(task_id=task_id, reason=reason)
+    async def cancel_task(
+        self, task_id: str, reason: str = "", timeout: float = 10.0, checkpoint_grace: float = 0.0
+    ) -> bool:
+        """checkpoint_grace > 0 asks the workload to checkpoint and stop first (how a job pauses)."""
+        request = pb.CancelTaskRequest(task_id=task_id, reason=reason, checkpoint_grace_seconds=checkpoint_grace)
         reply = await self._call(lambda md: self.stub.CancelTask(request, timeout=timeout, metadata=md))
         return bool(reply.was_running)
 

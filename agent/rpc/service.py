@@ -23,7 +23,7 @@ from tensorfleet_agent.core.errors import (
     ValidationError,
 )
 from tensorfleet_agent.core.types import NodeInfo
-from tensorfleet_agent.core.validation import MAX_REASON, check_id, check_text, validate_task_spec
+from tensorfleet_agent.core.validation import MAX_CHECKPOINT_GRACE, MAX_REASON, check_id, check_text, validate_task_spec
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.rpc import convert, handlers
 from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
@@ -132,7 +132,13 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def CancelTask(self, request: pb.CancelTaskRequest, context: Any) -> pb.CancelTaskResponse:
         check_id(request.task_id, "task_id")
         check_text(request.reason, "reason", MAX_REASON)
-        return pb.CancelTaskResponse(was_running=await self.executor.cancel(request.task_id, request.reason))
+        grace = request.checkpoint_grace_seconds
+        if not 0 <= grace <= MAX_CHECKPOINT_GRACE:
+            raise ValidationError(
+                "checkpoint_grace_seconds", f"must be between 0 and {MAX_CHECKPOINT_GRACE:g}, got {grace:g}"
+            )
+        was_running = await self.executor.cancel(request.task_id, request.reason, checkpoint_grace=grace)
+        return pb.CancelTaskResponse(was_running=was_running)
 
     @_unary
     async def ListTasks(self, request: pb.ListTasksRequest, context: Any) -> pb.ListTasksResponse:

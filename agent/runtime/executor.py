@@ -67,6 +67,7 @@ class _Running:
     kill_cause: str = ""
     kill_message: str = ""
     killed: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_requested: bool = False
     runner: asyncio.Task[None] | None = None
 
 
@@ -210,16 +211,39 @@ class Executor:
             raise AlreadyExists(f"task id {spec.task_id!r} is already used by a different task on this agent")
         return tuple(entry.meta.get("slot_ids", ()))
 
-    async def cancel(self, task_id: str, reason: str) -> bool:
+    async def cancel(self, task_id: str, reason: str, checkpoint_grace: float = 0.0) -> bool:
         running = self._running.get(task_id)
         if running is None:
             self.journal.get(task_id)  # NotFound for unknown ids
             return False
+        worker = running.worker
+        if checkpoint_grace > 0 and worker is not None and worker.alive and not running.kill_cause:
+            self._request_stop(running, worker, reason, checkpoint_grace)
+            return True
         self._kill(running, ExitCause.CANCELLED, reason or "cancelled")
         if running.runner is not None:
             # Answer once the slot is free again, so the caller may place work there at once.
             await asyncio.wait({running.runner}, timeout=_CANCEL_GRACE + 3.0)
         return True
+
+    def _request_stop(self, running: _Running, worker: WorkerProcess, reason: str, grace: float) -> None:
+        """Ask the workload to checkpoint and stop (SIGUSR1 to the worker only); cancel it if it will not."""
+        if running.stop_requested:
+            return
+        running.stop_requested = True
+        self._append(running, LogLine("agent", f"asked to save a checkpoint and stop: {reason or 'no reason given'}"))
+        worker.signal_worker(signal.SIGUSR1)
+
+        async def enforce() -> None:
+            await asyncio.sleep(grace)
+            if self._running.get(running.spec.task_id) is running:
+                self._kill(
+                    running,
+                    ExitCause.CANCELLED,
+                    f"{reason or 'cancelled'} (the workload did not stop at a checkpoint within {grace:g}s)",
+                )
+
+        self._spawn(enforce())
 
     def _kill(self, running: _Running, cause: str, message: str) -> None:
         if running.kill_cause:
@@ -308,6 +332,8 @@ class Executor:
                         break
                     if message.get("ok"):
                         return TaskState.SUCCEEDED, ExitCause.COMPLETED, "", True
+                    if message.get("stopped"):
+                        return TaskState.CANCELLED, ExitCause.STOPPED, str(message.get("error", "")), True
                     for line in str(message.get("traceback", "")).rstrip().splitlines():
                         self._append(running, LogLine("stderr", line))
                     return TaskState.FAILED, ExitCause.EXCEPTION, str(message.get("error", "")), True

@@ -115,6 +115,11 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    def signal_worker(self, sig: int) -> None:
+        """Signal the worker process alone (not the children a task started)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
     def kill(self) -> None:
         self.signal_group(signal.SIGKILL)
 

@@ -91,6 +91,10 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     try:
         channel.send({"t": "started", "pid": os.getpid(), "versions": _versions()})
         _resolve(command["entry"])(spec["params"])
+    except task_api.Stopped as exc:  # checkpointed and stopped on request: the job is being paused
+        out.flush()
+        err.flush()
+        channel.send({"t": "done", "ok": False, "stopped": True, "error": str(exc) or "stopped on request"})
     except SystemExit as exc:  # a workload asked to exit: exit for real, the agent reports it
         out.flush()
         err.flush()
@@ -126,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _die_with_parent(args.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the agent's terminal is the agent's business
+    signal.signal(signal.SIGUSR1, lambda _sig, _frame: task_api._request_stop())  # pause: checkpoint, then stop
     channel = EventChannel(args.evt_fd)
     channel.send({"t": "ready", "pid": os.getpid()})
     with os.fdopen(args.cmd_fd, "r", encoding="utf-8") as commands:

@@ -4,7 +4,10 @@ Ranks meet at the rendezvous the controller chose (rank 0's agent); gloo on CPU,
 trains on its DistributedSampler shard; DDP keeps parameters identical, and every rank reports a checksum
 of them so that this can be checked. Rank 0 reports the aggregate metrics and saves the model as
 safetensors plus a JSON config that rebuilds it. Checkpoints (model, optimizer, epoch, RNG states) every
-`checkpoint_every` epochs; an input named `resume.ckpt` continues from one.
+`checkpoint_every` epochs, and when the job is paused: then all ranks agree on the step to stop at
+(an all-reduce of the stop flag), rank 0 saves where it stands inside the epoch, and the task ends as
+stopped. An input named `resume.ckpt` continues from a checkpoint, mid-epoch ones included (the sampler
+is seeded per epoch, so skipping the batches already done reproduces the same order).
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from typing import Any
 
 from tensorfleet_agent import task
 from tensorfleet_agent.workloads.datasets import load
-
-RESUME_INPUT = "resume.ckpt"
 
 
 def _interface_towards(address: str) -> str | None:
@@ -100,30 +101,57 @@ def _train(kind: str, params: dict[str, Any]) -> None:
     optimizer_cls = torch.optim.Adam if params["optimizer"] == "adam" else torch.optim.SGD
     optimizer = optimizer_cls(model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
     loss_fn = torch.nn.CrossEntropyLoss()
-    start_epoch = 0
-    resume = task.inputs_dir() / RESUME_INPUT
-    if resume.exists():
+    core = model.module if world > 1 else model
+
+    def save(next_epoch: int, batch: int, step: int) -> None:
+        path = task.checkpoint_dir() / f"step-{step}.ckpt"
+        state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+        torch.save({**state, "next_epoch": next_epoch, "batch": batch, "step": step}, path)
+        task.save_checkpoint(path, step=step)
+
+    def stop_now() -> bool:
+        """Every rank must stop at the same step, so the flag is agreed on (one tiny all-reduce per step)."""
+        flag = task.stop_requested()
+        if world == 1:
+            return flag
+        agreed = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        return bool(agreed.item() > 0)
+
+    start_epoch, skip, step = 0, 0, 0
+    resume = task.resume_checkpoint()
+    if resume is not None:
         state = torch.load(resume, map_location=device, weights_only=False)
-        (model.module if world > 1 else model).load_state_dict(state["model"])
+        core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"]) + 1
-        print(f"resumed from checkpoint of epoch {state['epoch']}")
+        start_epoch, skip, step = int(state["next_epoch"]), int(state["batch"]), int(state["step"])
+        print(f"resumed from checkpoint of epoch {start_epoch}, batch {skip} (step {step})")
     epochs, every = int(params["epochs"]), int(params["checkpoint_every"])
-    step = start_epoch * len(loader)
+    accuracy = 0.0
     for epoch in range(start_epoch, epochs):
         sampler.set_epoch(epoch)
         model.train()
         seen, started, total_loss = 0, time.perf_counter(), 0.0
-        for xb, yb in loader:
+        for batch, (xb, yb) in enumerate(loader):
+            if epoch == start_epoch and batch < skip:
+                continue  # done before the checkpoint this task resumed from
+            if stop_now():
+                if rank == 0:
+                    save(epoch, batch, step)
+                if world > 1:
+                    dist.barrier()
+                    dist.destroy_process_group()
+                raise task.Stopped(f"saved a checkpoint at epoch {epoch}, batch {batch} (step {step}) and stopped")
             optimizer.zero_grad()
             loss = loss_fn(model(xb.to(device)), yb.to(device))
             loss.backward()
             optimizer.step()
+            value = loss.item()
             seen += len(xb)
-            total_loss += float(loss) * len(xb)
+            total_loss += value * len(xb)
             step += 1
-            task.report(step=step, loss=float(loss))
+            task.report(step=step, loss=value)
         rate = seen / max(1e-9, time.perf_counter() - started)
         accuracy = _accuracy(model, to_x(x_test), y_test, device)
         if rank == 0:
@@ -136,19 +164,7 @@ def _train(kind: str, params: dict[str, Any]) -> None:
             )
         task.progress((epoch + 1) / epochs)
         if rank == 0 and every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
-            path = task.checkpoint_dir() / f"epoch-{epoch + 1}.ckpt"
-            core = model.module if world > 1 else model
-            torch.save(
-                {
-                    "model": core.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "rng": torch.get_rng_state(),
-                },
-                path,
-            )
-            task.save_checkpoint(path, step=epoch + 1)
-    core = model.module if world > 1 else model
+            save(epoch + 1, 0, step)
     checksum = float(sum(p.detach().double().sum() for p in core.parameters()))
     task.report(step=step, param_checksum=checksum)
     if rank == 0:

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 _TICK = 0.5
 _ORPHAN_GRACE = 15.0  # after a restart, how long an unknown agent may take to reappear
+_PAUSE_GRACE = 60.0  # how long a pausing task may take to save its checkpoint before it is cancelled
+_CHECKPOINTING = ("torch", "script")  # workload categories that can checkpoint, stop on request and resume
 
 
 class JobError(Exception):
@@ -277,6 +279,15 @@ class Controller:
         job = self.get(job_id)
         if job.state not in (JobState.QUEUED, JobState.RUNNING):
             raise JobError(f"only queued or running jobs can be paused; {job.id} is {job.state.value}")
+        checkpointing = get_workload(str(job.spec["algorithm"])).category in _CHECKPOINTING
+        for task in job.tasks:
+            record = self.fleet.agents.get(task.node_id)
+            online = record is not None and record.client is not None and record.state is AgentState.ONLINE
+            if checkpointing and task.state is TaskRunState.RUNNING and online and not task.stopping:
+                assert record is not None
+                task.stopping = True
+                self._task_event(job, task, "pausing: saving a checkpoint, then stopping")
+                self._spawn(self._stop_at_checkpoint(job, task, record, task.agent_task_id))
         self._stop_tasks(job, "paused by the user", TaskRunState.PENDING)
         job.state = JobState.PAUSED
         self._job_changed(job, "paused")
@@ -312,8 +323,23 @@ class Controller:
         self._wake.set()
         return job
 
+    async def _stop_at_checkpoint(self, job: Job, task: JobTask, record: AgentRecord, attempt: str) -> None:
+        """Pause one running attempt: the agent asks the workload to checkpoint and stop, and cancels
+        it after the grace period. The watcher stays, so the checkpoint and the end are recorded."""
+        try:
+            assert record.client is not None
+            await record.client.cancel_task(attempt, "paused by the user", timeout=10, checkpoint_grace=_PAUSE_GRACE)
+        except (grpc.aio.AioRpcError, AssertionError) as exc:
+            if task.agent_task_id == attempt and task.stopping:
+                log.info("job %s: could not pause %s at a checkpoint (%s); cancelling it", job.id, attempt, exc)
+                self._abandon_attempt(job, task, "paused by the user")
+                task.state = TaskRunState.PENDING
+                self._job_changed(job, "progress")
+
     def _stop_tasks(self, job: Job, reason: str, new_state: TaskRunState) -> None:
         for task in job.tasks:
+            if task.stopping and new_state is TaskRunState.PENDING:
+                continue  # already stopping at a checkpoint; it becomes PENDING when it ends
             if task.state.active:
                 self._abandon_attempt(job, task, reason)
                 task.state = new_state
@@ -324,6 +350,7 @@ class Controller:
     def _abandon_attempt(self, job: Job, task: JobTask, reason: str) -> None:
         """Stop caring about the current attempt: cancel it on its agent, never count its result."""
         attempt, node = task.agent_task_id, task.node_id
+        task.stopping = False
         if not attempt:
             return
         task.stale_attempts.append(attempt)
@@ -624,7 +651,9 @@ class Controller:
     async def _with_checkpoint(self, job: Job, task: JobTask, spec: TaskSpec, client: AgentClient) -> TaskSpec:
         """A re-placed, retried or resumed torch task continues from the job's latest checkpoint."""
         checkpoints = [a for a in job.artifacts if a.kind == "checkpoint"]
-        if not checkpoints or get_workload(spec.workload).category != "torch":
+        if job.mode == "sweep":  # every trial has its own
+            checkpoints = [a for a in checkpoints if a.task_index == task.index]
+        if not checkpoints or get_workload(spec.workload).category not in _CHECKPOINTING:
             return spec
         latest = max(checkpoints, key=lambda a: a.step)
         fetch = self._fetches.get(latest.sha256)
@@ -729,6 +758,15 @@ class Controller:
             record.placed.discard(attempt)
         task.exit_cause, task.error, task.finished_at = fin.exit_cause, fin.error, time.time()
         base = base or {"task_index": task.index}
+        if task.stopping and fin.status is not TaskState.SUCCEEDED:
+            task.stopping, task.state, task.agent_task_id = False, TaskRunState.PENDING, ""
+            self._record(
+                job, "task_state", base, state=task.state.value, message=f"paused ({fin.exit_cause}): {fin.error}"
+            )
+            self._job_changed(job, "progress")
+            self._wake.set()
+            return
+        task.stopping = False
         if fin.status is TaskState.SUCCEEDED:
             task.state, task.progress = TaskRunState.SUCCEEDED, 1.0
             self._record(job, "task_state", base, state=task.state.value, message="succeeded")

@@ -63,6 +63,7 @@ class JobTask:
     metrics: dict[str, float] = field(default_factory=dict)  # last value per name, from the current attempt
     params: dict[str, Any] | None = None  # a sweep trial's hyperparameters (else the job's)
     sklearn_version: str = ""  # of the agent that ran the current attempt (shards must agree)
+    stopping: bool = False  # asked to checkpoint and stop (the job is pausing); its end is not a failure
 
 
 @dataclass

@@ -136,6 +136,26 @@ async def test_cancel_kills_within_two_seconds(agent: AgentProcess) -> None:
         assert (await client.get_info()).slots_free == 2
 
 
+async def test_a_task_that_ignores_a_checkpoint_stop_is_cancelled_after_the_grace(agent: AgentProcess) -> None:
+    """Pausing asks the workload to checkpoint and stop; `sleep` never looks, so the grace period ends it."""
+    async with agent.client() as client:
+        await client.run_task(TaskSpec("deaf", "j", "sleep", {"seconds": 60}))
+        async for event in client.watch_task("deaf"):
+            if isinstance(event.payload, StateChanged) and event.payload.state is TaskState.RUNNING:
+                break
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.cancel_task("deaf", "pause", checkpoint_grace=-1)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "checkpoint_grace" in str(err.value.details())
+        asked = time.time()
+        assert await client.cancel_task("deaf", "paused by the user", checkpoint_grace=1.0) is True
+        events = await _all(client, "deaf")
+        end = finished(events)
+        assert end.status is TaskState.CANCELLED and "did not stop at a checkpoint within 1s" in end.error
+        assert 1.0 <= events[-1].time - asked < 4.0
+        lines = [e.payload.line for e in events if isinstance(e.payload, LogLine)]
+        assert "asked to save a checkpoint and stop: paused by the user" in lines
+
+
 @pytest.mark.parametrize(
     ("params", "cause", "error"),
     [

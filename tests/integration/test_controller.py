@@ -561,6 +561,55 @@ def test_gang_resumes_from_its_checkpoint_after_an_agent_dies(
         assert second[0] > 1 and second[-1] == 24  # the second attempt went on from the checkpoint
 
 
+def test_pausing_a_gang_checkpoints_mid_epoch_and_resume_continues_from_there(
+    cluster: tuple[ControllerProcess, list[AgentProcess]],
+) -> None:
+    controller, _ = cluster
+    with Client(controller.address) as client:
+        job = client.submit(
+            {
+                "algorithm": "torch_mlp",
+                "dataset": "digits",
+                "num_workers": 2,
+                "hyperparameters": {"epochs": 12, "checkpoint_every": 0, "batch_size": 16},
+            }
+        )
+        wait_until(lambda: any(p["value"] >= 2 for p in client.metrics(job["id"], ("epoch",))), 120, "2 epochs")
+        paused_at = time.time()
+        assert cli_json(controller.cli("pause", job["id"], "--json"))["state"] == "PAUSED"
+        paused = wait_until(
+            lambda: (
+                (j := client.job(job["id"]))
+                and all(t["state"] == "PENDING" for t in j["task_list"])
+                and any(a["kind"] == "checkpoint" for a in j["artifacts"])
+                and j
+            ),
+            60,
+            "both ranks stopped at a checkpoint",
+        )
+        (checkpoint,) = [a for a in paused["artifacts"] if a["kind"] == "checkpoint"]
+        for rank in paused["task_list"]:  # each rank said where it stopped, and it was not a failure
+            assert rank["exit_cause"] == "stopped" and f"(step {checkpoint['step']})" in rank["error"], rank
+        time.sleep(1.0)  # while paused nothing runs: no new loss points
+        steps_before = {p["step"] for p in client.metrics(job["id"], ("loss",))}
+        assert max(steps_before) == checkpoint["step"]
+        assert paused["state"] == "PAUSED" and time.time() - paused_at < 30
+
+        client.resume(job["id"])
+        final = client.wait(job["id"], timeout=300)
+        assert final["state"] == "SUCCEEDED", final
+        assert [t["attempt"] for t in final["task_list"]] == [2, 2]
+        logs = [r["line"] for r in client.logs(job["id"])]
+        assert any(line.endswith(f"(step {checkpoint['step']})") and "resumed from" in line for line in logs), logs
+        second = sorted(p["step"] for p in client.metrics(job["id"], ("loss",)) if p["agent_task_id"].endswith("-a2"))
+        assert second[0] == checkpoint["step"] + 1  # not one step trained twice, none skipped
+        checksums = [t["metrics"]["param_checksum"] for t in final["task_list"]]
+        assert checksums[0] == checksums[1]
+        assert final["metrics"]["epoch"] == 12.0
+        warnings = [line for line in logs if "Warning" in line]
+        assert not warnings, warnings
+
+
 SCRIPT = """
 import sys
 from pathlib import Path
