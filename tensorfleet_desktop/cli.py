@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, help="sweep budget (default: 10; a grid's size for grid search)")
     s.add_argument("--sweep-timeout", type=float, help="stop starting trials after this many seconds")
     s.add_argument("--sweep-metric", help="what the sweep optimises (default: test_accuracy, or r2 for regression)")
+    s.add_argument(
+        "--prune",
+        action="store_true",
+        help="stop trials whose intermediate scores fall below the median (iterative algorithms: mlp, gradient_boosting)",
+    )
     s.add_argument("--wait", action="store_true", help="follow the job with a progress bar on stderr")
     s.add_argument("--json", action="store_true")
 

@@ -70,7 +70,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             spec[key] = value
     if args.param:
         spec["hyperparameters"] = {**(spec.get("hyperparameters") or {}), **_kv(args.param, "--param")}
-    if args.sweep or args.search or args.trials or args.sweep_timeout or args.sweep_metric:
+    if args.sweep or args.search or args.trials or args.sweep_timeout or args.sweep_metric or args.prune:
         sweep = dict(spec.get("sweep") or {})
         if args.sweep:
             sweep["params"] = {**(sweep.get("params") or {}), **_kv(args.sweep, "--sweep", parse_values=False)}
@@ -79,6 +79,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             ("trials", args.trials),
             ("timeout", args.sweep_timeout),
             ("metric", args.sweep_metric),
+            ("prune", args.prune or None),
         ):
             if value is not None:
                 sweep[key] = value
@@ -399,7 +400,7 @@ def trials(client: Client, args: argparse.Namespace) -> int:
             "trial": t["index"],
             "params": {k: (t["params"] or {}).get(k) for k in sweep["params"]},
             "score": t["metrics"].get(metric),
-            "state": t["state"],
+            "state": "PRUNED" if t["exit_cause"] == "pruned" else t["state"],
             "duration": (t["finished_at"] - t["started_at"]) if t["finished_at"] and t["started_at"] else None,
             "agent": t["agent"],
         }

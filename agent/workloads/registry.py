@@ -25,6 +25,7 @@ class WorkloadDef:
     requires: tuple[str, ...] = ()  # import names that must be installed on the agent
     tasks: tuple[str, ...] = ()  # dataset tasks it learns (classification, regression); empty = takes no dataset
     only_datasets: tuple[str, ...] = ()  # when it needs particular data (the CNN wants images)
+    iterative: bool = False  # reports test metrics while it trains (what a sweep's pruner needs)
 
     def installed(self) -> bool:
         for mod in self.requires:
@@ -44,6 +45,7 @@ class WorkloadDef:
             "requires": list(self.requires),
             "tasks": list(self.tasks),
             "datasets": list(self.only_datasets) or datasets_for(self.tasks),
+            "iterative": self.iterative,
         }
 
 
@@ -117,8 +119,11 @@ _SEED = ParamSpec("random_state", "int", 42, "seed of the estimator", minimum=0,
 _DEPTH = ParamSpec("max_depth", "int", None, "maximum tree depth; null = unlimited", minimum=1, nullable=True)
 
 
-def _sklearn(name: str, summary: str, tasks: tuple[str, ...], *params: ParamSpec) -> WorkloadDef:
-    return WorkloadDef(name, "sklearn", summary, WorkloadSchema(params), f"{_SK}:{name}", ("sklearn", "skops"), tasks)
+def _sklearn(
+    name: str, summary: str, tasks: tuple[str, ...], *params: ParamSpec, iterative: bool = False
+) -> WorkloadDef:
+    entry, requires = f"{_SK}:{name}", ("sklearn", "skops")
+    return WorkloadDef(name, "sklearn", summary, WorkloadSchema(params), entry, requires, tasks, iterative=iterative)
 
 
 _BUILTIN += (
@@ -165,6 +170,7 @@ _BUILTIN += (
         _DEPTH,
         ParamSpec("max_leaf_nodes", "int", 31, "leaves per tree", minimum=2, maximum=100_000),
         _SEED,
+        iterative=True,
     ),
     _sklearn(
         "knn",
@@ -189,6 +195,7 @@ _BUILTIN += (
         ParamSpec("learning_rate_init", "float", 1e-3, "initial learning rate", minimum=1e-8, maximum=10),
         ParamSpec("max_iter", "int", 200, "epochs", minimum=1, maximum=100_000),
         _SEED,
+        iterative=True,
     ),
 )
 

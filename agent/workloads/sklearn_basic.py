@@ -3,12 +3,18 @@
 Classification reports train/test accuracy, macro F1 and training time and saves a report with the
 confusion matrix; regression reports R², RMSE and MAE. The fitted model is saved with skops (a safe
 format) as the task's "model" artifact; the report carries feature names, classes and the split seed.
+
+Iterative estimators (gradient boosting, MLP) train in rounds with warm_start and report the test
+metrics after each round, at step = iterations so far: learning curves to watch, and the intermediate
+values a sweep's pruner judges a trial by.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +23,58 @@ from tensorfleet_agent.workloads.datasets import CLASSIFICATION, dataset_task, l
 
 TEST_SIZE = 0.2
 SPLIT_SEED = 42
+ROUNDS = 10  # intermediate reports of an iterative estimator
 
 
-def _fit(make: Callable[[str], Any]) -> None:
+def _test_metrics(kind: str, y_test: Any, predicted: Any) -> dict[str, float]:
+    import numpy as np
+    from sklearn import metrics
+
+    if kind == CLASSIFICATION:
+        return {
+            "test_accuracy": float(metrics.accuracy_score(y_test, predicted)),
+            "f1_macro": float(metrics.f1_score(y_test, predicted, average="macro")),
+        }
+    return {
+        "r2": float(metrics.r2_score(y_test, predicted)),
+        "rmse": float(np.sqrt(metrics.mean_squared_error(y_test, predicted))),
+        "mae": float(metrics.mean_absolute_error(y_test, predicted)),
+    }
+
+
+def _fit_in_rounds(estimator: Any, x_train: Any, y_train: Any, x_test: Any, kind: str, y_test: Any) -> int:
+    """Fit max_iter iterations in ROUNDS warm-started rounds, reporting test metrics after each.
+
+    HistGradientBoosting counts max_iter in total, MLP per call. Stops early when the estimator
+    does (its own early stopping or convergence). Returns the step of the last report.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+
+    total = int(estimator.max_iter)
+    cumulative = type(estimator).__name__.startswith("HistGradientBoosting")
+    chunk = max(1, math.ceil(total / ROUNDS))
+    estimator.set_params(warm_start=True)
+    done = 0
+    while done < total:
+        size = min(chunk, total - done)
+        estimator.set_params(max_iter=done + size if cumulative else size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # a round is not the whole budget
+            estimator.fit(x_train, y_train)
+        reached = int(estimator.n_iter_)
+        task.report(step=reached, **_test_metrics(kind, y_test, estimator.predict(x_test)))
+        task.progress(0.1 + 0.7 * reached / total)
+        if reached < done + size:  # stopped by itself: converged or early stopping
+            estimator.set_params(max_iter=total, warm_start=False)
+            return reached
+        done = reached
+    if not cumulative:
+        print(f"note: {type(estimator).__name__} used all max_iter={total} epochs without converging")
+    estimator.set_params(max_iter=total, warm_start=False)
+    return done
+
+
+def _fit(make: Callable[[str], Any], iterative: bool = False) -> None:
     import numpy as np
     from sklearn import metrics
     from sklearn.model_selection import train_test_split
@@ -43,7 +98,11 @@ def _fit(make: Callable[[str], Any]) -> None:
     )
     task.progress(0.1)
     start = time.perf_counter()
-    estimator.fit(x_train, y_train)
+    step = 0
+    if iterative:
+        step = _fit_in_rounds(estimator, x_train, y_train, x_test, kind, y_test)
+    else:
+        estimator.fit(x_train, y_train)
     training_time = time.perf_counter() - start
     task.progress(0.8)
     predicted = estimator.predict(x_test)
@@ -58,22 +117,12 @@ def _fit(make: Callable[[str], Any]) -> None:
     }
     if spec.get("partition") == "cv":
         report.update(fold=int(spec["rank"]), folds=int(spec["world_size"]), test_size=len(x_test) / len(x))
+    train_name = "train_accuracy" if kind == CLASSIFICATION else "train_r2"
+    values = {train_name: float(estimator.score(x_train, y_train)), **_test_metrics(kind, y_test, predicted)}
     if kind == CLASSIFICATION:
-        values = {
-            "train_accuracy": float(estimator.score(x_train, y_train)),
-            "test_accuracy": float(metrics.accuracy_score(y_test, predicted)),
-            "f1_macro": float(metrics.f1_score(y_test, predicted, average="macro")),
-        }
         report["confusion_matrix"] = metrics.confusion_matrix(y_test, predicted).tolist()
-    else:
-        values = {
-            "train_r2": float(estimator.score(x_train, y_train)),
-            "r2": float(metrics.r2_score(y_test, predicted)),
-            "rmse": float(np.sqrt(metrics.mean_squared_error(y_test, predicted))),
-            "mae": float(metrics.mean_absolute_error(y_test, predicted)),
-        }
     values["training_time"] = training_time
-    task.report(step=0, **values)
+    task.report(step=step, **values)
     print(" ".join(f"{k}={v:.4f}" for k, v in values.items()))
     report["metrics"] = values
     workdir = task.checkpoint_dir().parent
@@ -137,7 +186,7 @@ def gradient_boosting(params: dict[str, Any]) -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
     cls = HistGradientBoostingClassifier
-    _fit(lambda kind: (cls if kind == CLASSIFICATION else HistGradientBoostingRegressor)(**params))
+    _fit(lambda kind: (cls if kind == CLASSIFICATION else HistGradientBoostingRegressor)(**params), iterative=True)
 
 
 def knn(params: dict[str, Any]) -> None:
@@ -150,4 +199,4 @@ def mlp(params: dict[str, Any]) -> None:
     from sklearn.neural_network import MLPClassifier, MLPRegressor
 
     options = {**params, "hidden_layer_sizes": tuple(int(w) for w in str(params["hidden_layer_sizes"]).split(","))}
-    _fit(lambda kind: (MLPClassifier if kind == CLASSIFICATION else MLPRegressor)(**options))
+    _fit(lambda kind: (MLPClassifier if kind == CLASSIFICATION else MLPRegressor)(**options), iterative=True)

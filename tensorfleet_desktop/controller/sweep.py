@@ -2,7 +2,8 @@
 
 The study lives in memory and is rebuilt from the stored trials after a controller restart, so a
 sweep continues where it stopped. Search spaces come from `--sweep PARAM=SPEC`:
-`a,b,c` (choices), `int:LO:HI`, `float:LO:HI[:log]`.
+`a,b,c` (choices), `int:LO:HI`, `float:LO:HI[:log]`. With `prune`, iterative algorithms' intermediate
+test metrics go to Optuna's median pruner, and the controller stops the trials it prunes.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 import yaml
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.workloads.registry import WorkloadDef
+from tensorfleet_agent.workloads.registry import WorkloadDef, all_workloads
 from tensorfleet_agent.workloads.schema import ParamSpec
 
 log = logging.getLogger(__name__)
 SEARCHES = ("grid", "random", "tpe")
+_FIELDS = ("params", "search", "trials", "timeout", "metric", "direction", "prune")
 MAX_TRIALS = 10_000
 
 
@@ -48,9 +50,11 @@ class SweepSpec:
     timeout: float | None = None
     metric: str = "test_accuracy"
     direction: str = "maximize"
+    prune: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "prune": self.prune,
             "params": {d.name: _spec_text(d) for d in self.dimensions},
             "search": self.search,
             "trials": self.trials,
@@ -110,10 +114,10 @@ def param_check(param: ParamSpec, value: Any, where: str) -> Any:
 
 def parse_sweep(body: Any, workload: WorkloadDef, regression: bool) -> SweepSpec:
     if not isinstance(body, dict):
-        raise ValidationError("sweep", "must be a mapping with params, search, trials, timeout, metric, direction")
+        raise ValidationError("sweep", f"must be a mapping with {', '.join(_FIELDS)}")
     for key in body:
-        if key not in ("params", "search", "trials", "timeout", "metric", "direction"):
-            allowed = "params, search, trials, timeout, metric, direction"
+        if key not in _FIELDS:
+            allowed = ", ".join(_FIELDS)
             raise ValidationError(f"sweep.{key}", f"unknown field (allowed: {allowed})")
     if workload.category != "sklearn":
         raise ValidationError("sweep", f"sweeps run scikit-learn algorithms; {workload.name} is {workload.category}")
@@ -147,7 +151,19 @@ def parse_sweep(body: Any, workload: WorkloadDef, regression: bool) -> SweepSpec
     direction = body.get("direction") or ("minimize" if metric in ("rmse", "mae") else "maximize")
     if direction not in ("maximize", "minimize"):
         raise ValidationError("sweep.direction", f"must be maximize or minimize, got {direction!r}")
-    return SweepSpec(tuple(dims), search, trials, float(timeout) if timeout else None, metric, direction)
+    prune = body.get("prune", False)
+    if not isinstance(prune, bool):
+        raise ValidationError("sweep.prune", f"must be true or false, got {prune!r}")
+    if prune and not workload.iterative:
+        iterative = ", ".join(sorted(w.name for w in all_workloads() if w.iterative))
+        raise ValidationError(
+            "sweep.prune",
+            f"pruning needs intermediate values; {workload.name} reports once, at the end (iterative: {iterative})",
+        )
+    if prune and metric.startswith("train_"):
+        raise ValidationError("sweep.prune", f"{metric} is only known at the end; prune on a test metric")
+    timeout_s = float(timeout) if timeout else None
+    return SweepSpec(tuple(dims), search, trials, timeout_s, metric, direction, prune)
 
 
 @dataclass
@@ -157,6 +173,7 @@ class Study:
     spec: SweepSpec
     _study: Any = None
     _open: dict[int, Any] = field(default_factory=dict)
+    _last_step: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import optuna
@@ -172,7 +189,10 @@ class Study:
         direction = optuna.study.StudyDirection.MAXIMIZE
         if self.spec.direction == "minimize":
             direction = optuna.study.StudyDirection.MINIMIZE
-        self._study = optuna.create_study(direction=direction, sampler=sampler)
+        pruner: Any = optuna.pruners.NopPruner()
+        if self.spec.prune:  # judged against completed trials at the same step
+            pruner = optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, self.spec.trials // 4)))
+        self._study = optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
 
     def distributions(self) -> dict[str, Any]:
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -197,6 +217,22 @@ class Study:
         """A trial that was in flight when the controller restarted: the same parameters, a fresh Optuna trial."""
         self._study.enqueue_trial(params, skip_if_exists=False)
         self._open[key] = self._study.ask(self.distributions())
+
+    def report(self, key: int, step: int, value: float) -> bool:
+        """An intermediate value of a running trial; True when the pruner says to stop it."""
+        trial = self._open.get(key)
+        if trial is None or not math.isfinite(value) or step <= self._last_step.get(key, -1):
+            return False  # the final report repeats the last round's step
+        self._last_step[key] = step
+        trial.report(value, step)
+        return bool(trial.should_prune())
+
+    def prune(self, key: int) -> None:
+        from optuna.trial import TrialState
+
+        trial = self._open.pop(key, None)
+        if trial is not None:
+            self._study.tell(trial, state=TrialState.PRUNED)
 
     def tell(self, key: int, value: float | None) -> None:
         from optuna.trial import TrialState

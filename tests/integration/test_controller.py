@@ -466,6 +466,53 @@ def test_optuna_sweep_of_12_trials_on_2_agents(cluster: tuple[ControllerProcess,
     assert text.returncode == 0 and "TEST_ACCURACY" in text.stdout
 
 
+def test_pruned_sweep_stops_trailing_trials_early(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    """Gradient boosting reports test accuracy after each round; trials far behind the median are stopped."""
+    controller, _ = cluster
+    job = cli_json(
+        controller.cli(
+            "submit",
+            "--algorithm",
+            "gradient_boosting",
+            "--dataset",
+            "make_classification",
+            "--dataset-param",
+            "n_samples=3000",
+            "--param",
+            "max_iter=60",
+            "--sweep",
+            "learning_rate=float:0.000001:0.5:log",
+            "--search",
+            "random",
+            "--trials",
+            "12",
+            "--prune",
+            "--wait",
+            "--json",
+            timeout=300,
+        )
+    )
+    assert job["state"] == "SUCCEEDED"
+    rows = cli_json(controller.cli("trials", job["id"], "--json"))["trials"]
+    assert any(r["state"] == "PRUNED" for r in rows), rows
+    with Client(controller.address) as client:
+        detail = client.job(job["id"])
+        curves = client.metrics(job["id"], ("test_accuracy",))
+    assert detail["spec"]["sweep"]["prune"] is True
+    curve = {
+        t["index"]: {p["step"]: p["value"] for p in curves if p["task_index"] == t["index"]}
+        for t in detail["task_list"]
+    }
+    completed = [curve[t["index"]] for t in detail["task_list"] if t["state"] == "SUCCEEDED"]
+    for rank in detail["task_list"]:
+        if rank["exit_cause"] == "pruned":
+            step = max(curve[rank["index"]])
+            assert step < 60 and f"pruned at step {step}" in rank["error"]  # stopped before the end
+            assert any(c[step] > curve[rank["index"]][step] for c in completed)  # behind a finished trial there
+        else:
+            assert {6, 12, 60} <= set(curve[rank["index"]])  # one point per round of 6 iterations
+
+
 def test_grid_sweep_on_a_regression_dataset(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
     controller, _ = cluster
     job = cli_json(

@@ -104,6 +104,8 @@ def test_sweep_specs() -> None:
         ({"params": {"C": "float:0.1:1"}, "metric": "r2"}, "sweep.metric"),
         ({"params": {}}, "sweep.params"),
         ({"params": {"C": "0.5"}}, "sweep.params.C"),
+        ({"params": {"C": "float:0.1:1"}, "prune": True}, "sweep.prune"),  # an SVM reports once
+        ({"params": {"C": "float:0.1:1"}, "prune": "yes"}, "sweep.prune"),
     ],
 )
 def test_bad_sweeps_name_the_field(sweep: dict[str, object], field: str) -> None:
@@ -128,3 +130,35 @@ def test_study_asks_within_the_space_and_learns() -> None:
         study.tell(key, 1.0 - abs(params["C"] - 1.0) / 10)
     grid = Study(parse_sweep({"params": {"kernel": "linear,rbf,poly"}, "search": "grid"}, get_workload("svm"), False))
     assert sorted(grid.ask(k)["kernel"] for k in range(3)) == ["linear", "poly", "rbf"]
+
+
+def test_pruning_stops_a_trial_that_trails_the_completed_ones() -> None:
+    from tensorfleet_agent.workloads.registry import get_workload
+    from tensorfleet_desktop.controller.sweep import Study, parse_sweep
+
+    with pytest.raises(JobSpecError) as err:
+        parse_job_spec(
+            {
+                "algorithm": "mlp",
+                "dataset": "iris",
+                "sweep": {"params": {"alpha": "float:0.001:1"}, "prune": True, "metric": "train_accuracy"},
+            }
+        )
+    assert err.value.field == "sweep.prune" and "only known at the end" in err.value.message
+    spec = parse_sweep(
+        {"params": {"learning_rate": "float:0.001:1:log"}, "trials": 12, "prune": True},
+        get_workload("gradient_boosting"),
+        regression=False,
+    )
+    study = Study(spec)
+    for key in range(3):
+        study.ask(key)
+        for step in (10, 20, 30):
+            assert study.report(key, step, 0.8 + step / 1000) is False  # nothing to compare with yet
+        study.tell(key, 0.83)
+    study.ask(3)
+    assert study.report(3, 10, 0.95) is False  # ahead of the others
+    study.ask(4)
+    assert study.report(4, 10, 0.4) is True  # far behind at the same step
+    study.prune(4)
+    assert study.report(4, 20, 0.9) is False  # a pruned trial is closed
