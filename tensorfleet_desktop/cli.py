@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--prune",
         action="store_true",
-        help="stop trials whose intermediate scores fall below the median (iterative algorithms: mlp, gradient_boosting)",
+        help="stop trials whose intermediate scores trail the median (iterative algorithms: mlp, gradient_boosting)",
     )
     s.add_argument("--wait", action="store_true", help="follow the job with a progress bar on stderr")
     s.add_argument("--json", action="store_true")

@@ -75,7 +75,6 @@ def _fit_in_rounds(estimator: Any, x_train: Any, y_train: Any, x_test: Any, kind
 
 
 def _fit(make: Callable[[str], Any], iterative: bool = False) -> None:
-    import numpy as np
     from sklearn import metrics
     from sklearn.model_selection import train_test_split
     from skops.io import dump

@@ -722,9 +722,9 @@ class Controller:
             task.metrics[p.name] = p.value
             self._record(job, "metric", base, step=p.step, name=p.name, value=p.value, wall_time=p.wall_time)
             sweep = job.spec.get("sweep") or {}
-            if sweep.get("prune") and p.name == sweep["metric"] and task.state.active:
-                if self._study(job).report(task.index, p.step, p.value):
-                    self._prune(job, task, p)
+            judged = sweep.get("prune") and p.name == sweep["metric"] and task.state.active
+            if judged and self._study(job).report(task.index, p.step, p.value):
+                self._prune(job, task, p)
         elif isinstance(p, Progress):
             task.progress = p.fraction
             self._record(job, "progress", base, value=p.fraction)
@@ -745,7 +745,10 @@ class Controller:
         """Optuna judged this trial hopeless at this step: stop it and count it as pruned."""
         self._abandon_attempt(job, task, "pruned by the sweep")
         task.state, task.exit_cause, task.finished_at = TaskRunState.CANCELLED, "pruned", time.time()
-        task.error = f"pruned at step {point.step}: {point.name}={point.value:.4f} is worse than the median of completed trials at that step"
+        task.error = (
+            f"pruned at step {point.step}: {point.name}={point.value:.4f} "
+            "is worse than the median of completed trials at that step"
+        )
         self._study(job).prune(task.index)
         self._task_event(job, task, f"trial {task.index} {task.error}")
         self._job_changed(job, "progress")
