@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", nargs="?", type=Path, help="job file whose keys are job spec fields")
     s.add_argument("--name")
     s.add_argument("--algorithm", "-a")
-    s.add_argument("--dataset", "-d", help="a built-in dataset, an uploaded one, or a CSV file to upload")
+    s.add_argument("--dataset", "-d", help="a built-in dataset, an uploaded one, or a CSV/Parquet file to upload")
     s.add_argument("--target", help="the target column of an uploaded dataset")
     s.add_argument(
         "--dataset-param",
@@ -160,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("agent")
         a.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("datasets", help="upload and list your datasets (CSV)")
+    s = sub.add_parser("datasets", help="upload and list your datasets (CSV or Parquet)")
     dsub = s.add_subparsers(dest="datasets_command", metavar="ACTION", parser_class=_Parser)
-    d = dsub.add_parser("upload", help="upload a CSV file once; jobs name it with --dataset NAME --target COLUMN")
+    d = dsub.add_parser("upload", help="upload a CSV or Parquet file once; jobs name it (--dataset NAME --target COL)")
     d.add_argument("file", type=Path)
     d.add_argument("--name")
     d.add_argument("--json", action="store_true")

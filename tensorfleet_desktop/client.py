@@ -217,6 +217,8 @@ def _dataset(msg: cpb.DatasetInfo) -> dict[str, Any]:
         "columns": list(msg.columns),
         "size": msg.size,
         "created_at": msg.created_at,
+        "source_filename": msg.source_filename,
+        "source_sha256": msg.source_sha256,
     }
 
 
@@ -294,7 +296,7 @@ class Client:
         return self._call("PairAgent", _REQ["pair"](agent, token, force), convert.agent_from_pb)
 
     def upload_dataset(self, path: Path, name: str | None = None) -> dict[str, Any]:
-        """Upload a CSV once; jobs then name it (--dataset NAME --target COLUMN)."""
+        """Upload a CSV or Parquet file once; jobs then name it (--dataset NAME --target COLUMN)."""
         digest, size = _digest(path)
 
         def chunks() -> Iterator[cpb.DatasetChunk]:

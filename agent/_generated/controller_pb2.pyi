@@ -1023,6 +1023,8 @@ class DatasetInfo(_message.Message):
     COLUMNS_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    SOURCE_FILENAME_FIELD_NUMBER: _builtins.int
+    SOURCE_SHA256_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     sha256: _builtins.str
     filename: _builtins.str
@@ -1030,6 +1032,9 @@ class DatasetInfo(_message.Message):
     rows: _builtins.int
     size: _builtins.int
     created_at: _builtins.float
+    source_filename: _builtins.str
+    """a Parquet upload: the original file (stored as CSV)"""
+    source_sha256: _builtins.str
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -1043,10 +1048,12 @@ class DatasetInfo(_message.Message):
         columns: _abc.Iterable[_builtins.str] | None = ...,
         size: _builtins.int = ...,
         created_at: _builtins.float = ...,
+        source_filename: _builtins.str = ...,
+        source_sha256: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "created_at", b"created_at", "filename", b"filename", "format", b"format", "name", b"name", "rows", b"rows", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "created_at", b"created_at", "filename", b"filename", "format", b"format", "name", b"name", "rows", b"rows", "sha256", b"sha256", "size", b"size", "source_filename", b"source_filename", "source_sha256", b"source_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

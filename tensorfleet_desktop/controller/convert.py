@@ -193,3 +193,19 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
         "fingerprint": msg.fingerprint,
         "cluster_id": msg.cluster_id,
     }
+
+
+def dataset_to_pb(entry: dict[str, Any]) -> cpb.DatasetInfo:
+    source = entry.get("source") or {}
+    return cpb.DatasetInfo(
+        name=entry["name"],
+        sha256=entry["sha256"],
+        filename=entry["filename"],
+        format=entry["format"],
+        rows=entry["rows"],
+        columns=entry["columns"],
+        size=entry["size"],
+        created_at=entry["created_at"],
+        source_filename=source.get("filename", ""),
+        source_sha256=source.get("sha256", ""),
+    )

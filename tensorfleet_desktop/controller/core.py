@@ -40,7 +40,7 @@ from tensorfleet_agent.rpc.client import AgentClient
 from tensorfleet_agent.security.secrets import redact, redact_value
 from tensorfleet_agent.workloads.datasets import is_user_dataset
 from tensorfleet_agent.workloads.registry import get_workload
-from tensorfleet_desktop.controller.datasets import infer_task
+from tensorfleet_desktop.controller.datasets import DatasetError, check_features, infer_task, parquet_to_csv
 from tensorfleet_desktop.controller.datasets import inspect as inspect_dataset
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
@@ -201,8 +201,15 @@ class Controller:
             raise JobSpecError(
                 "target", f"{target!r} is not a column of {entry['name']} (columns: {', '.join(entry['columns'])})"
             )
-        path = self.blobs_dir / entry["sha256"][:2] / entry["sha256"]
-        task = infer_task(path, target)
+        profile = entry.get("profile")
+        if profile is None:  # stored before uploads were profiled
+            profile = inspect_dataset(self.blobs_dir / entry["sha256"][:2] / entry["sha256"], entry["filename"])[3]
+            entry["profile"] = profile
+        try:
+            check_features(entry["columns"], profile, target)
+        except DatasetError as exc:
+            raise JobSpecError("dataset", f"{entry['name']}: {exc}") from None
+        task = infer_task(profile[target])
         rest = {k: v for k, v in body.items() if k != "target"}
         return {
             **rest,
@@ -211,18 +218,20 @@ class Controller:
         }
 
     async def upload_dataset(self, name: str, filename: str, tmp: Path) -> dict[str, Any]:
-        """Adopt an uploaded file (already hashed by the caller) as a named dataset."""
-        fmt, rows, columns = await asyncio.to_thread(inspect_dataset, tmp, filename)
+        """Adopt an uploaded file as a named dataset (Parquet is stored as its CSV form)."""
+        tmp, filename, source, (fmt, rows, columns, profile) = await asyncio.to_thread(_prepare_upload, tmp, filename)
         digest, size = await asyncio.to_thread(self._adopt_blob, tmp)
         entry = {
             "name": name,
             "sha256": digest,
             "filename": filename,
-            "format": fmt,
+            "format": "parquet" if source else fmt,
             "rows": rows,
             "columns": columns,
             "size": size,
             "created_at": time.time(),
+            "profile": profile,
+            "source": source,
         }
         self.datasets[name] = entry
         self.store.save_dataset(name, entry)
@@ -957,6 +966,27 @@ class Controller:
         self.metrics.active_jobs.set(
             sum(1 for j in self.jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING))
         )
+
+
+def _prepare_upload(tmp: Path, filename: str) -> tuple[Path, str, dict[str, str], tuple[Any, ...]]:
+    """Blocking: a Parquet upload becomes its CSV form; then profile it. Leaves no stray file on errors."""
+    source: dict[str, str] = {}
+    if filename.lower().endswith(".parquet"):
+        converted = tmp.with_name(tmp.name + ".csv")
+        try:
+            parquet_to_csv(tmp, filename, converted)
+            source = {"filename": filename, "sha256": sha256_of(tmp)}
+        except BaseException:
+            converted.unlink(missing_ok=True)
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        tmp, filename = converted, filename[: -len(".parquet")] + ".csv"
+    try:
+        return tmp, filename, source, inspect_dataset(tmp, filename)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def cv_summary(folds: list[dict[str, float]]) -> dict[str, float]:

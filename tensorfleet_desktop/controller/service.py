@@ -246,11 +246,11 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             raise ValidationError("file", str(exc)) from None
         finally:
             tmp.unlink(missing_ok=True)
-        return cpb.DatasetInfo(**entry)
+        return convert.dataset_to_pb(entry)
 
     @_unary
     async def ListDatasets(self, request: cpb.ListDatasetsRequest, context: Any) -> cpb.ListDatasetsResponse:
-        return cpb.ListDatasetsResponse(datasets=[cpb.DatasetInfo(**d) for d in self.c.datasets.values()])
+        return cpb.ListDatasetsResponse(datasets=[convert.dataset_to_pb(d) for d in self.c.datasets.values()])
 
     @_unary
     async def ListWorkloads(self, request: cpb.WorkloadsRequest, context: Any) -> cpb.WorkloadsResponse:

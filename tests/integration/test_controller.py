@@ -813,26 +813,47 @@ def test_user_csv_datasets(cluster: tuple[ControllerProcess, list[AgentProcess]]
     empty = _csv(tmp_path / "empty.csv", ["a", "b"], [])
     result = controller.cli("datasets", "upload", str(empty))
     assert result.returncode == 2 and "no data rows" in result.stderr
-    # found at the first task, naming the column and row
+    # text or gaps in features: refused at submit, naming the column and row
     for name, cell, message in [
-        ("nan", "nan", "column 'f1' row 3: missing value"),
-        ("text", "high", "column 'f1' row 3: 'high' is not a number"),
+        ("nan", "nan", "feature column 'f1' has a missing value (row 3)"),
+        ("gap", "", "feature column 'f1' has a missing value (row 3)"),
+        ("text", "high", "feature column 'f1' holds text (row 3: 'high')"),
     ]:
         bad_rows = [list(r) for r in rows[:20]]
         bad_rows[1][1] = cell
         path = _csv(tmp_path / f"{name}.csv", [*names, "cultivar"], bad_rows)
-        result = controller.cli(
-            "submit",
-            "--algorithm",
-            "svm",
-            "--dataset",
-            str(path),
-            "--target",
-            "cultivar",
-            "--max-retries",
-            "0",
-            "--wait",
-            "--json",
+        result = controller.cli("submit", "--algorithm", "svm", "--dataset", str(path), "--target", "cultivar")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_user_parquet_datasets(cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import load_breast_cancer
+
+    controller, _ = cluster
+    data = load_breast_cancer()
+    columns = {f"m{i}": data.data[:, i] for i in range(data.data.shape[1])}
+    columns["diagnosis"] = [str(data.target_names[t]) for t in data.target]
+    path = tmp_path / "cancer.parquet"
+    pq.write_table(pa.table(columns), path)
+    uploaded = cli_json(controller.cli("datasets", "upload", str(path), "--json"))
+    assert uploaded["format"] == "parquet" and uploaded["rows"] == 569 and uploaded["columns"][-1] == "diagnosis"
+    assert uploaded["source_filename"] == "cancer.parquet" and len(uploaded["source_sha256"]) == 64
+    job = cli_json(
+        controller.cli(
+            "submit", "-a", "logistic_regression", "--dataset", "cancer", "--target", "diagnosis", "--wait", "--json"
         )
-        failed = json.loads(result.stdout)
-        assert result.returncode == 1 and message in failed["error"], failed["error"]
+    )
+    assert job["state"] == "SUCCEEDED" and job["metrics"]["test_accuracy"] > 0.9, job
+    with Client(controller.address) as client:
+        report = client.job(job["id"])
+    assert report["spec"]["dataset_params"]["task"] == "classification"
+    # every float came through the CSV form exactly
+    stored = controller.data_dir / "blobs" / uploaded["sha256"][:2] / uploaded["sha256"]
+    first = stored.read_text().splitlines()[1].split(",")
+    assert [float(v) for v in first[:-1]] == list(data.data[0]) and first[-1] == "malignant"
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    result = controller.cli("datasets", "upload", str(broken))
+    assert result.returncode == 2 and "broken.parquet is not a readable Parquet file" in result.stderr
