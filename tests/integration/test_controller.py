@@ -466,6 +466,23 @@ def test_optuna_sweep_of_12_trials_on_2_agents(cluster: tuple[ControllerProcess,
     assert text.returncode == 0 and "TEST_ACCURACY" in text.stdout
 
 
+def test_resubmit_reproduces_a_job(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = cluster
+    with Client(controller.address) as client:
+        first = client.submit({"algorithm": "random_forest", "dataset": "wine", "hyperparameters": {"n_estimators": 25}})
+        first = client.wait(first["id"], timeout=120)
+        again = client.wait(client.resubmit(first["id"])["id"], timeout=120)
+        assert first["state"] == again["state"] == "SUCCEEDED"
+        scores = [{k: v for k, v in j["metrics"].items() if k != "training_time"} for j in (first, again)]
+        assert scores[0] == scores[1] and scores[0]["f1_macro"] > 0  # same seeds, data and library versions
+        records = [
+            next(r["line"] for r in client.logs(j["id"]) if r["line"].startswith("reproducibility:"))
+            for j in (first, again)
+        ]
+    assert '"scikit-learn": ' in records[0] and '"random_state": 42' in records[0]
+    assert records[0].split(" attempt ")[0] == records[1].split(" attempt ")[0]
+
+
 def test_pruned_sweep_stops_trailing_trials_early(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
     """Gradient boosting reports test accuracy after each round; trials far behind the median are stopped."""
     controller, _ = cluster
