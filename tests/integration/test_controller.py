@@ -469,8 +469,8 @@ def test_optuna_sweep_of_12_trials_on_2_agents(cluster: tuple[ControllerProcess,
 def test_resubmit_reproduces_a_job(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
     controller, _ = cluster
     with Client(controller.address) as client:
-        first = client.submit({"algorithm": "random_forest", "dataset": "wine", "hyperparameters": {"n_estimators": 25}})
-        first = client.wait(first["id"], timeout=120)
+        job = client.submit({"algorithm": "random_forest", "dataset": "wine", "hyperparameters": {"n_estimators": 25}})
+        first = client.wait(job["id"], timeout=120)
         again = client.wait(client.resubmit(first["id"])["id"], timeout=120)
         assert first["state"] == again["state"] == "SUCCEEDED"
         scores = [{k: v for k, v in j["metrics"].items() if k != "training_time"} for j in (first, again)]
