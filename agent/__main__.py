@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PID",
         help="drain and exit when process PID ends (the controller that started this local agent)",
     )
+    p.add_argument(
+        "--spare-workers",
+        type=int,
+        default=1,
+        choices=range(0, 9),
+        metavar="N",
+        help="worker processes kept started with scikit-learn imported, for new jobs (default: 1; 0 = none)",
+    )
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC without pairing (loopback development only)")
     p.add_argument("--no-scripts", action="store_true", help="refuse user-script tasks, even from paired controllers")
     p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
@@ -166,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster_token=os.environ.get("TENSORFLEET_CLUSTER_TOKEN", ""),
             join_token=os.environ.get("TENSORFLEET_JOIN_TOKEN", ""),
             allow_scripts=not args.no_scripts,
+            spare_workers=args.spare_workers,
         )
     except ValueError as exc:
         print(f"tensorfleet-agent: error: {exc}", file=sys.stderr)

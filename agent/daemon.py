@@ -51,6 +51,7 @@ class AgentConfig:
     journal_retention_seconds: float = 7 * 86400
     journal_max_finished: int = 10_000
     warm_idle_seconds: float = 60.0
+    spare_workers: int = 1  # started ahead, libraries imported, so a new job's first task skips that wait
     ready_file: Path | None = None
     insecure: bool = False  # plaintext, no pairing: loopback development only
     cluster_token: str = ""  # pairs automatically with controllers started with the same token
@@ -100,7 +101,11 @@ class AgentDaemon:
         self.blobs = await asyncio.to_thread(BlobStore, cfg.data_dir / "blobs", cfg.blob_cache_bytes)
         self.executor = Executor(
             ExecutorConfig(
-                cfg.data_dir, cfg.warm_idle_seconds, cfg.journal_retention_seconds, cfg.journal_max_finished
+                cfg.data_dir,
+                cfg.warm_idle_seconds,
+                cfg.journal_retention_seconds,
+                cfg.journal_max_finished,
+                cfg.spare_workers,
             ),
             self.slots,
             self.blobs,

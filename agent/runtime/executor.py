@@ -53,6 +53,17 @@ _THREAD_VARS = (
     "VECLIB_MAXIMUM_THREADS",
     "TORCH_NUM_THREADS",
 )
+# What a spare worker imports while it waits: the scikit-learn workloads' libraries. Torch is left out
+# (a second or two, but hundreds of MB held by every idle spare).
+_PRELOAD = (
+    "numpy",
+    "sklearn.ensemble",
+    "sklearn.linear_model",
+    "sklearn.model_selection",
+    "sklearn.metrics",
+    "skops.io",
+    "tensorfleet_agent.workloads.sklearn_basic",
+)
 _WATCHDOG_PERIOD = 0.1
 _CANCEL_GRACE = 1.0
 
@@ -77,6 +88,7 @@ class ExecutorConfig:
     warm_idle_seconds: float = 60.0
     journal_retention_seconds: float = 7 * 86400
     journal_max_finished: int = 10_000
+    spare_workers: int = 1
 
 
 class Executor:
@@ -91,6 +103,8 @@ class Executor:
         self._warm: dict[tuple[str, tuple[int | None, ...], int], list[tuple[WorkerProcess, float]]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
+        self._spares: list[WorkerProcess] = []
+        self._spares_starting = 0
         metrics.slots_total.set(slots.total)
 
     # ---- lifecycle
@@ -111,6 +125,7 @@ class Executor:
         if pruned:
             log.info("journal retention: removed %d finished task(s)", pruned)
         self._reaper = asyncio.create_task(self._reap_idle_workers())
+        self._refill_spares()
 
     async def drain(self, timeout: float) -> None:
         """Take no new work; let running tasks finish for `timeout` seconds, then cancel them."""
@@ -140,6 +155,9 @@ class Executor:
             for worker, _ in pool:
                 await worker.close()
         self._warm.clear()
+        spares, self._spares = self._spares, []
+        for worker in spares:
+            await worker.close()
         await self.journal.close()
 
     # ---- queries
@@ -404,7 +422,49 @@ class Executor:
             if worker.alive and not running.spec.env:
                 return worker
             await worker.close()
+        if self._spare_fits(running):
+            while self._spares:
+                spare = self._spares.pop()
+                if spare.alive:
+                    self._refill_spares()
+                    return spare
+        self._refill_spares()
         return await WorkerProcess.spawn(self._worker_env(running), str(running.entry.directory))
+
+    # ---- spare workers: started ahead with the heavy imports done
+
+    def _spare_fits(self, running: _Running) -> bool:
+        """A spare has one CPU slot's thread caps, no GPU and the agent's environment; nothing job-specific."""
+        return (
+            not running.spec.env
+            and len(running.slots) == 1
+            and running.slots[0].gpu_index is None
+            and running.slots[0].threads == self._cpu_threads()
+        )
+
+    def _cpu_threads(self) -> int:
+        return next((s.threads for s in self.slots.slots if s.gpu_index is None), 1)
+
+    def _refill_spares(self) -> None:
+        missing = self.config.spare_workers - len(self._spares) - self._spares_starting
+        for _ in range(max(0, missing) if not self.draining else 0):
+            self._spares_starting += 1
+            self._spawn(self._start_spare())
+
+    async def _start_spare(self) -> None:
+        try:
+            env = self._base_env(self._cpu_threads())
+            worker = await WorkerProcess.spawn(env, str(self.config.data_dir))
+        except (OSError, RuntimeError) as exc:
+            log.warning("could not start a spare worker: %s", exc)
+            return
+        finally:
+            self._spares_starting -= 1
+        worker.send({"op": "preload", "modules": list(_PRELOAD)})
+        if self.draining:
+            await worker.close()
+        else:
+            self._spares.append(worker)
 
     def _park(self, running: _Running, worker: WorkerProcess) -> None:
         """Keep a finished task's worker for the job's next task (built-in workloads only)."""
@@ -434,20 +494,22 @@ class Executor:
                 else:
                     del self._warm[key]
 
-    def _worker_env(self, running: _Running) -> dict[str, str]:
-        spec, slots = running.spec, running.slots
+    def _base_env(self, threads: int, gpus: tuple[str, ...] = ()) -> dict[str, str]:
         env = dict(os.environ)
-        threads = str(sum(s.threads for s in slots))
         for var in _THREAD_VARS:
-            env[var] = threads
+            env[var] = str(threads)
         # OpenMP threads that spin while waiting starve everything else on a shared box (several
         # workers, the agent, the desktop): measured 7x slower gradient boosting with two busy workers.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        gpus = [str(s.gpu_index) for s in slots if s.gpu_index is not None]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         env["PYTHONUNBUFFERED"] = "1"
-        env["TENSORFLEET_JOB_ID"] = spec.job_id
-        env.update(spec.env)
+        return env
+
+    def _worker_env(self, running: _Running) -> dict[str, str]:
+        slots = running.slots
+        gpus = tuple(str(s.gpu_index) for s in slots if s.gpu_index is not None)
+        env = self._base_env(sum(s.threads for s in slots), gpus)
+        env.update(running.spec.env)
         return env
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:

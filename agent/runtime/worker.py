@@ -80,6 +80,7 @@ def _resolve(entry: str) -> Any:
 
 def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     spec = command["spec"]
+    os.environ["TENSORFLEET_JOB_ID"] = str(spec.get("job_id", ""))
     task_dir = Path(command["task_dir"])
     task_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(task_dir)
@@ -140,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
             if command.get("op") == "run":
                 _run_one(command, channel)
+            elif command.get("op") == "preload":  # a spare worker: import ahead, while nobody waits
+                for module in command.get("modules", []):
+                    with contextlib.suppress(Exception):
+                        importlib.import_module(str(module))
     return 0
 
 

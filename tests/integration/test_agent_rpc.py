@@ -210,6 +210,19 @@ async def test_warm_worker_reused_within_a_job(agent: AgentProcess) -> None:
     assert pids[0] == pids[1] != pids[2]
 
 
+async def test_a_new_job_starts_on_a_spare_worker_with_sklearn_imported(agent: AgentProcess) -> None:
+    import psutil
+
+    async with agent.client() as client:
+        await asyncio.sleep(3)  # the agent starts its spare in the background
+        asked = time.time()
+        events = await run(client, TaskSpec("spare", "fresh-job", "decision_tree", {"max_depth": 3}, dataset="iris"))
+    assert finished(events).status is TaskState.SUCCEEDED
+    (running,) = [e for e in events if isinstance(e.payload, StateChanged) and e.payload.state is TaskState.RUNNING]
+    pid = int(running.payload.message.split()[-1])
+    assert psutil.Process(pid).create_time() < asked  # started before the task was asked for
+
+
 async def test_list_tasks(agent: AgentProcess) -> None:
     async with agent.client() as client:
         await run(client, TaskSpec("listed", "jobx", "noop"))
