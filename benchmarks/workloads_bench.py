@@ -79,7 +79,8 @@ def main() -> None:
                     "dataset_params": DATA,
                     "hyperparameters": {"n_estimators": 200},
                 }
-                client.submit({**forest, "hyperparameters": {"n_estimators": 2}, "num_workers": 2})  # warm
+                # warm: both agents' spare workers up, the controller's merge code imported
+                job_seconds(client, {**forest, "hyperparameters": {"n_estimators": 2}, "num_workers": 2})
                 sharded, job = job_seconds(client, {**forest, "num_workers": 2})
                 one, acc1 = direct_forest(1, 200)
                 two, _ = direct_forest(2, 200)

@@ -607,6 +607,7 @@ class Controller:
             self._finish(job, JobState.FAILED, "a shard finished without saving its model")
             return
         paths = []
+        started = time.monotonic()
         for shard in shards:
             assert shard is not None
             fetch = self._fetches.get(shard.sha256)
@@ -615,6 +616,7 @@ class Controller:
                     await asyncio.wait_for(asyncio.shield(fetch), 120)
             paths.append(self.blobs_dir / shard.sha256[:2] / shard.sha256)
         out = self.blobs_dir / "incoming" / f"{job.id}-merged.skops"
+        fetched = time.monotonic()
         try:
             values = await asyncio.to_thread(
                 merge_forest,
@@ -631,6 +633,13 @@ class Controller:
         except (OSError, ValueError) as exc:
             self._finish(job, JobState.FAILED, f"merging the forest's shards failed: {exc}")
             return
+        log.info(
+            "job %s: merged %d shards (waited %.2fs for their models, merged in %.2fs)",
+            job.id,
+            len(paths),
+            fetched - started,
+            time.monotonic() - fetched,
+        )
         job.artifacts.append(ArtifactInfo(digest, final.stat().st_size, "model", "model.skops", -1))
         job.metrics = {**values, "shards": float(len(job.tasks))}
         self._finish(job, JobState.SUCCEEDED, "")

@@ -50,6 +50,34 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def load_agents(self) -> dict[str, dict[str, Any]]: ...
 
+    # ---- model registry: one record per version, top-level name and version
+
+    @abc.abstractmethod
+    async def register_model(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store a new version of record["name"]; the next integer version is assigned atomically."""
+
+    @abc.abstractmethod
+    async def model_versions(self, name: str = "", algorithm: str = "") -> list[dict[str, Any]]:
+        """Versions (newest first) with their aliases, optionally of one name or algorithm."""
+
+    @abc.abstractmethod
+    async def get_model(self, name: str, version: int) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def update_model(self, name: str, version: int, fields: dict[str, Any]) -> bool:
+        """Merge fields (tags, description) into a version; False when it does not exist."""
+
+    @abc.abstractmethod
+    async def set_alias(self, name: str, alias: str, version: int) -> bool:
+        """Point name@alias at a version (moving it if set); False when the version does not exist."""
+
+    @abc.abstractmethod
+    async def remove_alias(self, name: str, alias: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def delete_model(self, name: str, version: int) -> bool:
+        """Delete a version and the aliases pointing at it."""
+
     @abc.abstractmethod
     async def events(
         self, job_id: str, after_seq: int = 0, kinds: tuple[str, ...] = (), task_index: int | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -19,7 +20,7 @@ from tensorfleet_desktop.store.base import JobStore
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -35,6 +36,18 @@ CREATE TABLE IF NOT EXISTS cursors (attempt_id TEXT PRIMARY KEY, seq INTEGER NOT
 CREATE TABLE IF NOT EXISTS agents (node_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
+# Each migration takes the database from version N-1 to N (index N-2); applied in order on open.
+_MIGRATIONS = (
+    """
+    CREATE TABLE IF NOT EXISTS models (
+        name TEXT NOT NULL, version INTEGER NOT NULL, algorithm TEXT NOT NULL, created_at REAL NOT NULL,
+        body TEXT NOT NULL, PRIMARY KEY (name, version));
+    CREATE INDEX IF NOT EXISTS models_by_algorithm ON models(algorithm, created_at);
+    CREATE TABLE IF NOT EXISTS aliases (
+        name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (name, alias));
+    CREATE TABLE IF NOT EXISTS model_names (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL);
+    """,
+)
 _BATCH_WINDOW = 0.05  # seconds the writer keeps collecting after the first queued write (<= 100 ms)
 _EVENT_FIELDS = [f.name for f in dataclasses.fields(JobEventRecord)]
 _BODY_FIELDS = [
@@ -42,6 +55,26 @@ _BODY_FIELDS = [
 ]
 
 Op = Callable[[sqlite3.Connection], None]
+
+
+class _Call:
+    """A write whose result someone awaits; runs inside the batch's transaction under its own savepoint,
+    so that its failure never undoes the other writes of the batch."""
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        conn.execute("SAVEPOINT call")
+        try:
+            self.result = self.fn(conn)
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO call")
+            self.error = exc
+        conn.execute("RELEASE call")
 
 
 def _statement(sql: str, args: tuple[Any, ...]) -> Op:
@@ -76,10 +109,13 @@ class SqliteJobStore(JobStore):
         try:
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} was written by a newer TensorFleet (schema {row[0]})")
+            current = int(row[0]) if row is not None else 1
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer TensorFleet (schema {current})")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                log.info("migrating %s to schema %d", self.path, version)
+                conn.executescript(_MIGRATIONS[version - 2])
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.commit()
         finally:
             conn.close()
@@ -167,7 +203,7 @@ class SqliteJobStore(JobStore):
                         stop = True
                         break
                     batch.append(item)
-                    if isinstance(item, threading.Event):
+                    if isinstance(item, threading.Event | _Call):
                         break  # someone waits: commit now
                 self._commit(conn, batch)
                 if stop:
@@ -187,6 +223,16 @@ class SqliteJobStore(JobStore):
             self._failed = exc
         for waiter in waiters:
             waiter.set()
+        for call in (item for item in batch if isinstance(item, _Call)):
+            if self._failed is not None or call.error is not None:
+                call.future.set_exception(call.error or RuntimeError(f"the store {self.uri} failed: {self._failed}"))
+            else:
+                call.future.set_result(call.result)
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        call = _Call(fn)
+        self._put(call)
+        return await asyncio.wrap_future(call.future)
 
     # ---- reads (threads, own connections)
 
@@ -248,3 +294,94 @@ class SqliteJobStore(JobStore):
                 )
             )
         return out
+
+    # ---- model registry
+
+    async def register_model(self, record: dict[str, Any]) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            conn.execute(  # a counter per name: versions of deleted models are never handed out again
+                "INSERT INTO model_names VALUES (?, 1) ON CONFLICT(name) DO UPDATE SET last_version = last_version + 1",
+                (record["name"],),
+            )
+            (latest,) = conn.execute(
+                "SELECT last_version FROM model_names WHERE name = ?", (record["name"],)
+            ).fetchone()
+            stored = {**record, "version": int(latest)}
+            conn.execute(
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?)",
+                (stored["name"], stored["version"], stored["algorithm"], stored["created_at"], json.dumps(stored)),
+            )
+            return stored
+
+        result: dict[str, Any] = await self._call(op)
+        return {**result, "aliases": []}
+
+    async def model_versions(self, name: str = "", algorithm: str = "") -> list[dict[str, Any]]:
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            sql, args = "SELECT body FROM models WHERE 1=1", []
+            if name:
+                sql, args = sql + " AND name = ?", [*args, name]
+            if algorithm:
+                sql, args = sql + " AND algorithm = ?", [*args, algorithm]
+            rows = conn.execute(sql + " ORDER BY created_at DESC, name, version DESC", args).fetchall()
+            aliases: dict[tuple[str, int], list[str]] = {}
+            for n, alias, version in conn.execute("SELECT name, alias, version FROM aliases ORDER BY alias"):
+                aliases.setdefault((n, version), []).append(alias)
+            out = []
+            for (body,) in rows:
+                record = json.loads(body)
+                out.append({**record, "aliases": aliases.get((record["name"], record["version"]), [])})
+            return out
+
+        result: list[dict[str, Any]] = await asyncio.to_thread(self._read, read)
+        return result
+
+    async def get_model(self, name: str, version: int) -> dict[str, Any] | None:
+        def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = conn.execute("SELECT body FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
+            if row is None:
+                return None
+            aliases = conn.execute(
+                "SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias", (name, version)
+            ).fetchall()
+            return {**json.loads(row[0]), "aliases": [a for (a,) in aliases]}
+
+        result: dict[str, Any] | None = await asyncio.to_thread(self._read, read)
+        return result
+
+    async def update_model(self, name: str, version: int, fields: dict[str, Any]) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT body FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
+            if row is None:
+                return False
+            body = json.dumps({**json.loads(row[0]), **fields})
+            conn.execute("UPDATE models SET body = ? WHERE name = ? AND version = ?", (body, name, version))
+            return True
+
+        result: bool = await self._call(op)
+        return result
+
+    async def set_alias(self, name: str, alias: str, version: int) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            if conn.execute("SELECT 1 FROM models WHERE name = ? AND version = ?", (name, version)).fetchone() is None:
+                return False
+            conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", (name, alias, version))
+            return True
+
+        result: bool = await self._call(op)
+        return result
+
+    async def remove_alias(self, name: str, alias: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias)).rowcount > 0
+
+        result: bool = await self._call(op)
+        return result
+
+    async def delete_model(self, name: str, version: int) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM aliases WHERE name = ? AND version = ?", (name, version))
+            return conn.execute("DELETE FROM models WHERE name = ? AND version = ?", (name, version)).rowcount > 0
+
+        result: bool = await self._call(op)
+        return result

@@ -93,3 +93,42 @@ async def test_many_writes_do_not_block_the_loop(store: JobStore) -> None:
 def test_unknown_scheme_lists_supported() -> None:
     with pytest.raises(ValueError, match="supported schemes are sqlite://"):
         open_store("postgres://db/tf")
+
+
+def _version(name: str = "iris-rf", algorithm: str = "random_forest", accuracy: float = 0.9) -> dict[str, object]:
+    return {"name": name, "algorithm": algorithm, "created_at": 1.0, "metrics": {"test_accuracy": accuracy}}
+
+
+async def test_concurrent_registrations_get_distinct_versions(store: JobStore) -> None:
+    made = await asyncio.gather(*(store.register_model(_version()) for _ in range(8)))
+    assert sorted(m["version"] for m in made) == list(range(1, 9))
+    assert (await store.register_model(_version("other")))["version"] == 1
+    listed = await store.model_versions("iris-rf")
+    assert sorted(m["version"] for m in listed) == list(range(1, 9))
+
+
+async def test_aliases_tags_and_deletion(store: JobStore) -> None:
+    for accuracy in (0.8, 0.9):
+        await store.register_model(_version(accuracy=accuracy))
+    assert await store.set_alias("iris-rf", "production", 1) is True
+    assert await store.set_alias("iris-rf", "production", 2) is True  # moves
+    assert await store.set_alias("iris-rf", "staging", 7) is False  # no such version
+    assert await store.update_model("iris-rf", 2, {"tags": ["best"], "description": "v2"}) is True
+    two = await store.get_model("iris-rf", 2)
+    assert two is not None and two["aliases"] == ["production"] and two["tags"] == ["best"]
+    assert (await store.get_model("iris-rf", 1) or {})["aliases"] == []
+    assert await store.remove_alias("iris-rf", "production") is True
+    assert await store.remove_alias("iris-rf", "production") is False
+    await store.set_alias("iris-rf", "production", 2)
+    assert await store.delete_model("iris-rf", 2) is True
+    assert await store.get_model("iris-rf", 2) is None and await store.delete_model("iris-rf", 2) is False
+    assert (await store.register_model(_version()))["version"] == 3  # versions are never reused
+    assert [m["aliases"] for m in await store.model_versions("iris-rf")] == [[], []]
+
+
+async def test_a_failed_registry_call_keeps_the_other_writes(store: JobStore) -> None:
+    store.save_job(_job("kept"))
+    with pytest.raises(Exception, match="NOT NULL|algorithm"):
+        await store.register_model({"name": "broken", "algorithm": None, "created_at": 1.0})
+    await store.flush()
+    assert [j.id for j in await store.load_jobs()] == ["kept"]
