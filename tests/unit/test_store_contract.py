@@ -128,7 +128,7 @@ async def test_aliases_tags_and_deletion(store: JobStore) -> None:
 
 async def test_a_failed_registry_call_keeps_the_other_writes(store: JobStore) -> None:
     store.save_job(_job("kept"))
-    with pytest.raises(Exception, match="NOT NULL|algorithm"):
+    with pytest.raises(Exception, match=r"NOT NULL|algorithm"):
         await store.register_model({"name": "broken", "algorithm": None, "created_at": 1.0})
     await store.flush()
     assert [j.id for j in await store.load_jobs()] == ["kept"]
