@@ -318,7 +318,7 @@ class SqliteJobStore(JobStore):
 
     async def model_versions(self, name: str = "", algorithm: str = "") -> list[dict[str, Any]]:
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            sql, args = "SELECT body FROM models WHERE 1=1", []
+            sql, args = "SELECT body FROM models WHERE 1=1", list[str]()
             if name:
                 sql, args = sql + " AND name = ?", [*args, name]
             if algorithm:
