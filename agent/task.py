@@ -30,6 +30,7 @@ __all__ = [
     "checkpoint_dir",
     "input_path",
     "inputs_dir",
+    "package_versions",
     "progress",
     "rank",
     "report",
@@ -136,6 +137,18 @@ def checkpoint_dir() -> Path:
     path = _current().task_dir / "checkpoints"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def package_versions() -> dict[str, str]:
+    """The versions this process trains with (recorded with every task and every registered model)."""
+    import contextlib
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for dist in ("tensorfleet", "numpy", "scikit-learn", "torch", "skops", "safetensors"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
 
 
 def stop_requested() -> bool:

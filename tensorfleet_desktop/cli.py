@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d = dsub.add_parser("list", help="the uploaded datasets")
     d.add_argument("--json", action="store_true")
+    from tensorfleet_desktop import cli_models
+
+    cli_models.add_parser(sub, _Parser)
     s = sub.add_parser("algorithms", help="the workloads and their parameters")
     s.add_argument("--json", action="store_true")
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tensorfleet_desktop import cli_models
 from tensorfleet_desktop.client import TERMINAL, Client
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -543,6 +544,7 @@ _HANDLERS = {
     "watch": watch,
     "metrics": metrics,
     "trials": trials,
+    "models": cli_models.models,
     "logs": logs,
     "agents": agents,
     "algorithms": algorithms,

@@ -111,6 +111,22 @@ def _requests() -> dict[str, Callable[..., Any]]:
         "agent_ref": lambda agent: cpb.AgentRefRequest(agent=agent),
         "watch": lambda job_id, after_seq=0: cpb.WatchJobRequest(job_id=job_id, after_seq=after_seq),
         "pair": lambda agent, token, force=False: cpb.PairAgentRequest(agent=agent, token=token, force=force),
+        "models": lambda name="", algorithm="", tag="", alias="", min_metric="", page=1, limit=20: (
+            cpb.ListModelsRequest(
+                name=name, algorithm=algorithm, tag=tag, alias=alias, min_metric=min_metric, page=page, limit=limit
+            )
+        ),
+        "model": lambda ref: cpb.ModelRequest(ref=ref),
+        "alias": lambda ref, alias: cpb.AliasRequest(ref=ref, alias=alias),
+        "tag": lambda ref, tag: cpb.TagRequest(ref=ref, tag=tag),
+        "delete_model": lambda ref, force=False: cpb.DeleteModelRequest(ref=ref, force=force),
+    }
+
+
+def _model_page(resp: cpb.ListModelsResponse) -> dict[str, Any]:
+    return {
+        "models": [convert.model_from_pb(m) for m in resp.models],
+        "pagination": {"page": resp.page, "limit": resp.limit, "total": resp.total, "pages": resp.pages},
     }
 
 
@@ -222,6 +238,19 @@ def _dataset(msg: cpb.DatasetInfo) -> dict[str, Any]:
     }
 
 
+def load_model_file(path: Path, fmt: str) -> Any:
+    """Load a downloaded model: skops against an allow-list, or safetensors with its PATH.json config."""
+    if fmt == "skops":
+        from tensorfleet_desktop.controller.registry import load_sklearn
+
+        return load_sklearn(path)
+    if fmt == "safetensors":
+        from tensorfleet_agent.workloads.torch_models import rebuild
+
+        return rebuild(json.loads(path.with_name(path.name + ".json").read_text()), path)
+    raise InvalidRequest(f"{fmt} models are downloaded, not loaded, by the SDK (safe formats only)")
+
+
 class Client:
     """Blocking SDK. Every method raises a TensorFleetError subclass with a clear message."""
 
@@ -311,6 +340,85 @@ class Client:
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
         return _dataset(reply)
+
+    # ---- model registry
+
+    def models(
+        self,
+        name: str = "",
+        algorithm: str = "",
+        tag: str = "",
+        alias: str = "",
+        min_metric: str = "",
+        page: int = 1,
+        limit: int = 20,
+    ) -> dict[str, Any]:
+        """{"models": [...one per version...], "pagination": {page, limit, total, pages}}."""
+        request = _REQ["models"](name, algorithm, tag, alias, min_metric, page, limit)
+        return self._call("ListModels", request, _model_page)
+
+    def model(self, ref: str) -> dict[str, Any]:
+        """NAME (latest), NAME:VERSION or NAME@ALIAS."""
+        return self._call("GetModel", _REQ["model"](ref), convert.model_from_pb)
+
+    def set_alias(self, ref: str, alias: str) -> dict[str, Any]:
+        return self._call("SetModelAlias", _REQ["alias"](ref, alias), convert.model_from_pb)
+
+    def remove_alias(self, name: str, alias: str) -> dict[str, Any]:
+        return self._call("RemoveModelAlias", _REQ["alias"](name, alias), convert.model_from_pb)
+
+    def tag_model(self, ref: str, tag: str) -> dict[str, Any]:
+        return self._call("TagModel", _REQ["tag"](ref, tag), convert.model_from_pb)
+
+    def delete_model(self, ref: str, force: bool = False) -> dict[str, Any]:
+        return self._call("DeleteModel", _REQ["delete_model"](ref, force), convert.model_from_pb)
+
+    def model_stats(self) -> dict[str, Any]:
+        return self._call("ModelStats", cpb.ModelStatsRequest(), convert.stats_from_pb)
+
+    def download_model(self, ref: str, path: Path, fmt: str = "") -> dict[str, Any]:
+        """Write the model to `path` (a torch model's config goes to PATH.json); the sha256 is checked.
+
+        Returns the version's record with "format", "sha256" and "size" of what was written.
+        """
+        import hashlib
+
+        request = cpb.DownloadModelRequest(ref=ref, format=fmt)
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            stream = iter(self._stub.DownloadModel(request, timeout=max(self.timeout, 600), metadata=self._metadata))
+            first: cpb.ModelChunk = next(stream)
+            header = first.header
+            hasher, size = hashlib.sha256(), 0
+            with tmp.open("wb") as fh:
+                for chunk in stream:
+                    hasher.update(chunk.data)
+                    size += len(chunk.data)
+                    fh.write(chunk.data)
+        except grpc.RpcError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _translate(exc, self.address) from None
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise InvalidRequest(f"cannot write {path}: {exc}") from None
+        if hasher.hexdigest() != header.sha256 or size != header.size:
+            tmp.unlink(missing_ok=True)
+            got = f"{size} bytes, sha256 {hasher.hexdigest()[:12]}"
+            raise TensorFleetError(f"the download of {ref} arrived damaged ({got}, expected {header.sha256[:12]})")
+        tmp.replace(path)
+        config = json.loads(header.config_json or "{}")
+        if config:
+            path.with_name(path.name + ".json").write_text(json.dumps(config, indent=1))
+        return {**convert.model_from_pb(header.model), "format": header.format, "sha256": header.sha256, "size": size}
+
+    def load_model(self, ref: str) -> Any:
+        """A ready model: a scikit-learn estimator (skops, allow-listed types only) or a torch module."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tensorfleet-model-") as tmpdir:
+            path = Path(tmpdir) / "model"
+            record = self.download_model(ref, path)
+            return load_model_file(path, record["format"])
 
     def datasets(self) -> list[dict[str, Any]]:
         return self._call("ListDatasets", cpb.ListDatasetsRequest(), lambda r: [_dataset(d) for d in r.datasets])

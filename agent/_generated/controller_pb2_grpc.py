@@ -140,6 +140,46 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ListModels',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/GetModel',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.DownloadModel = channel.unary_stream(
+                '/tensorfleet.v1.ControllerService/DownloadModel',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DownloadModelRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelChunk.FromString,
+                _registered_method=True)
+        self.SetModelAlias = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/SetModelAlias',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.AliasRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.RemoveModelAlias = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/RemoveModelAlias',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.AliasRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.TagModel = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/TagModel',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.TagRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/DeleteModel',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.ModelStats = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ModelStats',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelStatsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelStatsResponse.FromString,
+                _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/Shutdown',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ShutdownRequest.SerializeToString,
@@ -276,6 +316,54 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetModelAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveModelAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TagModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Shutdown(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -389,6 +477,46 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListDatasets,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListModelsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.SerializeToString,
+            ),
+            'DownloadModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadModel,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DownloadModelRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelChunk.SerializeToString,
+            ),
+            'SetModelAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModelAlias,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.AliasRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.SerializeToString,
+            ),
+            'RemoveModelAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModelAlias,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.AliasRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.SerializeToString,
+            ),
+            'TagModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.TagModel,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.TagRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DeleteModelRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.SerializeToString,
+            ),
+            'ModelStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStats,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelStatsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelStatsResponse.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -963,6 +1091,222 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/ListDatasets',
             tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ListModels',
+            tensorfleet_dot_v1_dot_controller__pb2.ListModelsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/GetModel',
+            tensorfleet_dot_v1_dot_controller__pb2.ModelRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/DownloadModel',
+            tensorfleet_dot_v1_dot_controller__pb2.DownloadModelRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModelAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/SetModelAlias',
+            tensorfleet_dot_v1_dot_controller__pb2.AliasRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModelAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/RemoveModelAlias',
+            tensorfleet_dot_v1_dot_controller__pb2.AliasRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TagModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/TagModel',
+            tensorfleet_dot_v1_dot_controller__pb2.TagRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/DeleteModel',
+            tensorfleet_dot_v1_dot_controller__pb2.DeleteModelRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ModelStats',
+            tensorfleet_dot_v1_dot_controller__pb2.ModelStatsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ModelStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

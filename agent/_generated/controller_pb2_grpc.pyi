@@ -57,6 +57,14 @@ class ControllerServiceStub:
     ListWorkloads: _grpc.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]
     UploadDataset: _grpc.StreamUnaryMultiCallable[_controller_pb2.DatasetChunk, _controller_pb2.DatasetInfo]
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]
+    ListModels: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]
+    GetModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ModelRequest, _controller_pb2.ModelVersion]
+    DownloadModel: _grpc.UnaryStreamMultiCallable[_controller_pb2.DownloadModelRequest, _controller_pb2.ModelChunk]
+    SetModelAlias: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AliasRequest, _controller_pb2.ModelVersion]
+    RemoveModelAlias: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AliasRequest, _controller_pb2.ModelVersion]
+    TagModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.TagRequest, _controller_pb2.ModelVersion]
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteModelRequest, _controller_pb2.ModelVersion]
+    ModelStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ModelStatsRequest, _controller_pb2.ModelStatsResponse]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]
 
 @_typing.type_check_only
@@ -83,6 +91,14 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ListWorkloads: _aio.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]  # type: ignore[assignment]
     UploadDataset: _aio.StreamUnaryMultiCallable[_controller_pb2.DatasetChunk, _controller_pb2.DatasetInfo]  # type: ignore[assignment]
     ListDatasets: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]  # type: ignore[assignment]
+    ListModels: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]  # type: ignore[assignment]
+    GetModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.ModelRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
+    DownloadModel: _aio.UnaryStreamMultiCallable[_controller_pb2.DownloadModelRequest, _controller_pb2.ModelChunk]  # type: ignore[assignment]
+    SetModelAlias: _aio.UnaryUnaryMultiCallable[_controller_pb2.AliasRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
+    RemoveModelAlias: _aio.UnaryUnaryMultiCallable[_controller_pb2.AliasRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
+    TagModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.TagRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteModelRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
+    ModelStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.ModelStatsRequest, _controller_pb2.ModelStatsResponse]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -232,6 +248,62 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ListDatasetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListDatasetsResponse, _abc.Awaitable[_controller_pb2.ListDatasetsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _controller_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListModelsResponse, _abc.Awaitable[_controller_pb2.ListModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetModel(
+        self,
+        request: _controller_pb2.ModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ModelVersion, _abc.Awaitable[_controller_pb2.ModelVersion]]: ...
+
+    @_abc_1.abstractmethod
+    def DownloadModel(
+        self,
+        request: _controller_pb2.DownloadModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.ModelChunk], _abc.AsyncIterator[_controller_pb2.ModelChunk]]: ...
+
+    @_abc_1.abstractmethod
+    def SetModelAlias(
+        self,
+        request: _controller_pb2.AliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ModelVersion, _abc.Awaitable[_controller_pb2.ModelVersion]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveModelAlias(
+        self,
+        request: _controller_pb2.AliasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ModelVersion, _abc.Awaitable[_controller_pb2.ModelVersion]]: ...
+
+    @_abc_1.abstractmethod
+    def TagModel(
+        self,
+        request: _controller_pb2.TagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ModelVersion, _abc.Awaitable[_controller_pb2.ModelVersion]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _controller_pb2.DeleteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ModelVersion, _abc.Awaitable[_controller_pb2.ModelVersion]]: ...
+
+    @_abc_1.abstractmethod
+    def ModelStats(
+        self,
+        request: _controller_pb2.ModelStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ModelStatsResponse, _abc.Awaitable[_controller_pb2.ModelStatsResponse]]: ...
 
     @_abc_1.abstractmethod
     def Shutdown(

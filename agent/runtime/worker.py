@@ -62,17 +62,6 @@ class _LogStream(io.TextIOBase):
             self._buffer = ""
 
 
-def _versions() -> dict[str, str]:
-    """What this worker runs with, recorded with every task (reproducibility)."""
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0]}
-    for dist in ("tensorfleet", "numpy", "scikit-learn", "torch", "skops", "safetensors"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[dist] = metadata.version(dist)
-    return out
-
-
 def _resolve(entry: str) -> Any:
     module, _, func = entry.partition(":")
     return getattr(importlib.import_module(module), func)
@@ -90,7 +79,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     out, err = _LogStream(channel, "stdout"), _LogStream(channel, "stderr")
     sys.stdout, sys.stderr = out, err
     try:
-        channel.send({"t": "started", "pid": os.getpid(), "versions": _versions()})
+        channel.send({"t": "started", "pid": os.getpid(), "versions": task_api.package_versions()})
         _resolve(command["entry"])(spec["params"])
     except task_api.Stopped as exc:  # checkpointed and stopped on request: the job is being paused
         out.flush()

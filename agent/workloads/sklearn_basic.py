@@ -113,6 +113,7 @@ def _fit(make: Callable[[str], Any], iterative: bool = False) -> None:
         "split_seed": SPLIT_SEED,
         "test_size": TEST_SIZE,
         "estimator": type(estimator).__name__,
+        "versions": task.package_versions(),
     }
     if spec.get("partition") == "cv":
         report.update(fold=int(spec["rank"]), folds=int(spec["world_size"]), test_size=len(x_test) / len(x))

@@ -88,7 +88,7 @@ def _train(kind: str, params: dict[str, Any]) -> None:
             world_size=world,
             timeout=timedelta(seconds=60),
         )
-    x, y, _features, classes = load(str(spec["dataset"]), dict(spec.get("dataset_params") or {}))
+    x, y, features, classes = load(str(spec["dataset"]), dict(spec.get("dataset_params") or {}))
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=42, stratify=y)
     scaler = StandardScaler().fit(x_train)
     to_x = lambda a: torch.tensor(scaler.transform(a), dtype=torch.float32)  # noqa: E731
@@ -169,7 +169,7 @@ def _train(kind: str, params: dict[str, Any]) -> None:
     task.report(step=step, param_checksum=checksum)
     if rank == 0:
         task.report(step=step, test_accuracy=accuracy)
-        _save(core, kind, x.shape[1], len(classes), params, classes)
+        _save(core, kind, params, {"features": features, "classes": classes, "scaler": scaler})
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -184,22 +184,51 @@ def _accuracy(model: Any, x: Any, y: Any, device: Any) -> float:
     return float((predicted == y).mean())
 
 
-def _save(model: Any, kind: str, inputs: int, outputs: int, params: dict[str, Any], classes: list[str]) -> None:
+def _save(model: Any, kind: str, params: dict[str, Any], data: dict[str, Any]) -> None:
+    """safetensors weights plus a JSON config that rebuilds the module, input scaling included (see rebuild)."""
     from safetensors.torch import save_file
 
     workdir = Path(task.checkpoint_dir().parent)
     save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, workdir / "model.safetensors")
     config = {
         "architecture": kind,
-        "inputs": inputs,
-        "outputs": outputs,
+        "inputs": len(data["features"]),
+        "outputs": len(data["classes"]),
         "hidden": params.get("hidden"),
-        "classes": classes,
+        "features": data["features"],
+        "classes": data["classes"],
+        "input_mean": [float(v) for v in data["scaler"].mean_],
+        "input_scale": [float(v) for v in data["scaler"].scale_],
         "framework": "torch",
+        "dataset": str(task.spec().get("dataset", "")),
+        "versions": task.package_versions(),
     }
     (workdir / "model.json").write_text(json.dumps(config, indent=1))
     task.save_artifact(workdir / "model.safetensors", kind="model")
     task.save_artifact(workdir / "model.json", kind="model_config")
+
+
+def rebuild(config: dict[str, Any], weights: Any) -> Any:
+    """The trained module from model.json and its safetensors file: raw features in, class logits out."""
+    import torch
+    from safetensors.torch import load_file
+
+    net = _build(str(config["architecture"]), int(config["inputs"]), int(config["outputs"]), config)
+    net.load_state_dict(load_file(str(weights)))
+    mean = torch.tensor(config["input_mean"], dtype=torch.float32)
+    scale = torch.tensor(config["input_scale"], dtype=torch.float32)
+
+    class Standardized(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", mean)
+            self.register_buffer("scale", scale)
+            self.net = net
+
+        def forward(self, x: Any) -> Any:
+            return self.net((x - self.mean) / self.scale)
+
+    return Standardized().eval()
 
 
 def torch_mlp(params: dict[str, Any]) -> None:

@@ -209,3 +209,73 @@ def dataset_to_pb(entry: dict[str, Any]) -> cpb.DatasetInfo:
         source_filename=source.get("filename", ""),
         source_sha256=source.get("sha256", ""),
     )
+
+
+def model_to_pb(record: dict[str, Any]) -> cpb.ModelVersion:
+    return cpb.ModelVersion(
+        name=record["name"],
+        version=int(record["version"]),
+        algorithm=record["algorithm"],
+        hyperparameters_json=json.dumps(record.get("hyperparameters", {})),
+        metrics={k: float(v) for k, v in record.get("metrics", {}).items()},
+        aliases=record.get("aliases", []),
+        tags=record.get("tags", []),
+        description=record.get("description", ""),
+        dataset_json=json.dumps(record.get("dataset", {})),
+        job_id=record.get("job_id", ""),
+        task_ids=record.get("task_ids", []),
+        feature_names=[str(f) for f in record.get("feature_names", [])],
+        classes=[str(c) for c in record.get("classes", [])],
+        framework_versions={k: str(v) for k, v in record.get("framework_versions", {}).items()},
+        size=int(record.get("size", 0)),
+        sha256=record.get("sha256", ""),
+        format=record.get("format", ""),
+        created_at=float(record.get("created_at", 0.0)),
+    )
+
+
+def model_from_pb(msg: cpb.ModelVersion) -> dict[str, Any]:
+    return {
+        "name": msg.name,
+        "version": msg.version,
+        "algorithm": msg.algorithm,
+        "hyperparameters": json.loads(msg.hyperparameters_json or "{}"),
+        "metrics": dict(msg.metrics),
+        "aliases": list(msg.aliases),
+        "tags": list(msg.tags),
+        "description": msg.description,
+        "dataset": json.loads(msg.dataset_json or "{}"),
+        "job_id": msg.job_id,
+        "task_ids": list(msg.task_ids),
+        "feature_names": list(msg.feature_names),
+        "classes": list(msg.classes),
+        "framework_versions": dict(msg.framework_versions),
+        "size": msg.size,
+        "sha256": msg.sha256,
+        "format": msg.format,
+        "created_at": msg.created_at,
+    }
+
+
+def stats_to_pb(stats: dict[str, Any]) -> cpb.ModelStatsResponse:
+    return cpb.ModelStatsResponse(
+        total_models=stats["total_models"],
+        algorithm_stats=[cpb.AlgorithmStats(**row) for row in stats["algorithm_stats"]],
+        recent_models=[model_to_pb(r) for r in stats["recent_models"]],
+    )
+
+
+def stats_from_pb(msg: cpb.ModelStatsResponse) -> dict[str, Any]:
+    return {
+        "total_models": msg.total_models,
+        "algorithm_stats": [
+            {
+                "algorithm": row.algorithm,
+                "count": row.count,
+                "avg_accuracy": row.avg_accuracy if row.HasField("avg_accuracy") else None,
+                "best_accuracy": row.best_accuracy if row.HasField("best_accuracy") else None,
+            }
+            for row in msg.algorithm_stats
+        ],
+        "recent_models": [model_from_pb(r) for r in msg.recent_models],
+    }

@@ -54,6 +54,7 @@ from tensorfleet_desktop.controller.model import (
     JobTask,
     TaskRunState,
 )
+from tensorfleet_desktop.controller.registry import Registry
 from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
 from tensorfleet_desktop.controller.sweep import Study, parse_sweep
 from tensorfleet_desktop.store.base import JobStore
@@ -102,6 +103,8 @@ class Controller:
         self._studies: dict[str, Study] = {}
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self.datasets: dict[str, dict[str, Any]] = {}
+        self.registry = Registry(store, blobs_dir)
+        self._registering: set[str] = set()
         fleet.subscribe(self._on_fleet)
 
     # ---- lifecycle
@@ -943,10 +946,39 @@ class Controller:
     # ---- bookkeeping
 
     def _finish(self, job: Job, state: JobState, error: str) -> None:
+        if state is JobState.SUCCEEDED and job.model is None and job.id not in self._registering:
+            self._registering.add(job.id)  # succeed once the model is registered, so waiters see it
+            self._spawn(self._register(job))
+            return
+        if state is JobState.SUCCEEDED and job.id in self._registering:
+            return
         job.state, job.error, job.finished_at = state, error, time.time()
         log.info("job %s %s%s", job.id, state.value, f": {error}" if error else "")
         self.metrics.job_ended(job.id)
         self._job_changed(job, state.value.lower())
+
+    async def _register(self, job: Job) -> None:
+        try:
+            for artifact in job.artifacts:
+                fetch = self._fetches.get(artifact.sha256)
+                if fetch is not None:
+                    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                        await asyncio.wait_for(asyncio.shield(fetch), 120)
+            names = {d["sha256"]: name for name, d in self.datasets.items()}
+            record = await self.registry.register_job(job, names)
+            if record is not None:
+                job.model = {"name": record["name"], "version": record["version"], "sha256": record["sha256"]}
+                self._record(
+                    job, "log", {}, stream="controller", message=f"registered as {record['name']}:{record['version']}"
+                )
+        except Exception as exc:  # the job's result stands; only its registry entry is missing
+            log.exception("job %s: registering its model failed", job.id)
+            self._record(job, "log", {}, stream="controller", message=f"could not register the model: {exc}")
+        finally:
+            self._registering.discard(job.id)
+        if not job.state.terminal:
+            job.model = job.model or {}
+            self._finish(job, JobState.SUCCEEDED, "")
 
     def _job_changed(self, job: Job, message: str) -> None:
         self._record(job, "job_state", {}, state=job.state.value, message=message or job.error)

@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -26,6 +27,7 @@ from tensorfleet_desktop.controller import convert
 from tensorfleet_desktop.controller.core import Controller, JobError, NotFoundError
 from tensorfleet_desktop.controller.datasets import DatasetError
 from tensorfleet_desktop.controller.fleet import FleetError
+from tensorfleet_desktop.controller.registry import ModelNotFound, RegistryError
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -37,6 +39,10 @@ def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, RegistryError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, ModelNotFound):
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, JobError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
@@ -256,6 +262,76 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     async def ListWorkloads(self, request: cpb.WorkloadsRequest, context: Any) -> cpb.WorkloadsResponse:
         return cpb.WorkloadsResponse(workloads_json=json.dumps([w.to_dict() for w in all_workloads()]))
 
+    # ---- model registry
+
+    @_unary
+    async def ListModels(self, request: cpb.ListModelsRequest, context: Any) -> cpb.ListModelsResponse:
+        floor = None
+        if request.min_metric:
+            metric, _, value = request.min_metric.partition("=")
+            try:
+                floor = (metric.strip(), float(value))
+            except ValueError:
+                raise ValidationError("min_metric", f"must be NAME=NUMBER, got {request.min_metric[:80]!r}") from None
+        page, limit = request.page or 1, request.limit or 20
+        items, total = await self.c.registry.list(
+            request.name, request.algorithm, request.tag, request.alias, floor, page, limit
+        )
+        return cpb.ListModelsResponse(
+            models=[convert.model_to_pb(i) for i in items],
+            page=page,
+            limit=limit,
+            total=total,
+            pages=max(1, -(-total // limit)),
+        )
+
+    @_unary
+    async def GetModel(self, request: cpb.ModelRequest, context: Any) -> cpb.ModelVersion:
+        return convert.model_to_pb(await self.c.registry.resolve(request.ref))
+
+    @_stream
+    async def DownloadModel(self, request: cpb.DownloadModelRequest, context: Any) -> AsyncIterator[cpb.ModelChunk]:
+        record = await self.c.registry.resolve(request.ref)
+        incoming = self.c.blobs_dir / "incoming"
+        await asyncio.to_thread(incoming.mkdir, parents=True, exist_ok=True)
+        scratch = incoming / f"export-{uuid.uuid4().hex}"
+        try:
+            path = await self.c.registry.export(record, request.format, scratch)
+            size, digest = await asyncio.to_thread(_size_and_sha, path)
+            header = cpb.ModelDownloadHeader(
+                model=convert.model_to_pb(record),
+                format=request.format or record["format"],
+                size=size,
+                sha256=digest,
+                config_json=json.dumps(record.get("config") or {}),
+            )
+            yield cpb.ModelChunk(header=header)
+            with path.open("rb") as fh:
+                while data := await asyncio.to_thread(fh.read, 1 << 20):
+                    yield cpb.ModelChunk(data=data)
+        finally:
+            await asyncio.to_thread(scratch.unlink, missing_ok=True)
+
+    @_unary
+    async def SetModelAlias(self, request: cpb.AliasRequest, context: Any) -> cpb.ModelVersion:
+        return convert.model_to_pb(await self.c.registry.set_alias(request.ref, request.alias))
+
+    @_unary
+    async def RemoveModelAlias(self, request: cpb.AliasRequest, context: Any) -> cpb.ModelVersion:
+        return convert.model_to_pb(await self.c.registry.remove_alias(request.ref, request.alias))
+
+    @_unary
+    async def TagModel(self, request: cpb.TagRequest, context: Any) -> cpb.ModelVersion:
+        return convert.model_to_pb(await self.c.registry.tag(request.ref, request.tag))
+
+    @_unary
+    async def DeleteModel(self, request: cpb.DeleteModelRequest, context: Any) -> cpb.ModelVersion:
+        return convert.model_to_pb(await self.c.registry.delete(request.ref, request.force))
+
+    @_unary
+    async def ModelStats(self, request: cpb.ModelStatsRequest, context: Any) -> cpb.ModelStatsResponse:
+        return convert.stats_to_pb(await self.c.registry.stats())
+
     @_unary
     async def Shutdown(self, request: cpb.ShutdownRequest, context: Any) -> cpb.ShutdownResponse:
         log.info("shutdown requested over gRPC")
@@ -284,3 +360,11 @@ def controller_info(
         fingerprint=fingerprint,
         cluster_id=cluster_id,
     )
+
+
+def _size_and_sha(path: Path) -> tuple[int, str]:
+    hasher = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(chunk)
+    return path.stat().st_size, hasher.hexdigest()

@@ -18,17 +18,6 @@ from tensorfleet_desktop.client import Client, InvalidRequest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def cluster(
-    tmp_path: Path, agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess]
-) -> Iterator[tuple[ControllerProcess, list[AgentProcess]]]:
-    agents = [agent_factory(tmp_path / f"agent{i}", name=f"agent-{i}", cpu_slots=1).start() for i in range(2)]
-    controller = controller_factory(tmp_path / "controller").start()
-    with Client(controller.address) as client:
-        wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 2, 20, "2 agents over mDNS")
-    yield controller, agents
-
-
 def online(client: Client) -> dict[str, dict[str, Any]]:
     return {a["name"]: a for a in client.agents() if a["state"] == "ONLINE"}
 

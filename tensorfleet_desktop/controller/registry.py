@@ -1,0 +1,330 @@
+"""The model registry: named models with integer versions, aliases and tags, over the store and blob store.
+
+A job that succeeds registers its model automatically. Every read of a model's bytes checks them against
+the recorded sha256, so a damaged file is an error that names the version, never a half-loaded model.
+Models are kept in safe formats (skops, safetensors + JSON config); pickle and joblib are only produced on
+request for a download, from a skops file loaded against an allow-list of types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from tensorfleet_agent.workloads.registry import get_workload
+from tensorfleet_desktop.controller.model import ArtifactInfo, Job
+from tensorfleet_desktop.store.base import JobStore
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+TAG = re.compile(r"^[^\s,]{1,64}$")
+FORMATS = {"skops": ("skops", "pickle", "joblib", "onnx"), "safetensors": ("safetensors", "onnx")}
+# Type prefixes a scikit-learn model may be rebuilt from when converting to pickle/joblib or loading.
+SAFE_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.", "builtins.", "collections.OrderedDict")
+
+
+class RegistryError(ValueError):
+    """A request the registry cannot honour; the message names the problem."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class ModelNotFound(LookupError):
+    pass
+
+
+def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """NAME (latest version), NAME:VERSION or NAME@ALIAS."""
+    name, version, alias = ref, None, None
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        if not ALIAS.match(alias):
+            raise RegistryError("ref", f"{ref!r}: an alias is letters, digits, '.', '_' or '-', starting with a letter")
+    elif ":" in ref:
+        name, number = ref.rsplit(":", 1)
+        if not number.isdigit() or int(number) < 1:
+            raise RegistryError("ref", f"{ref!r}: the version after ':' must be a positive integer")
+        version = int(number)
+    if not NAME.match(name):
+        raise RegistryError("ref", f"{ref!r} is not NAME, NAME:VERSION or NAME@ALIAS")
+    return name, version, alias
+
+
+def check_alias(alias: str) -> str:
+    if not ALIAS.match(alias):
+        raise RegistryError("alias", f"{alias!r}: letters, digits, '.', '_' or '-', starting with a letter")
+    return alias
+
+
+class Registry:
+    def __init__(self, store: JobStore, blobs_dir: Path) -> None:
+        self.store = store
+        self.blobs_dir = blobs_dir
+
+    def blob(self, sha256: str) -> Path:
+        return self.blobs_dir / sha256[:2] / sha256
+
+    # ---- registration
+
+    async def register_job(self, job: Job, dataset_names: dict[str, str]) -> dict[str, Any] | None:
+        """Register a succeeded job's model; None when the job has no single model (cv folds, diagnostics)."""
+        model, config, report = _pick_artifacts(job)
+        if model is None:
+            return None
+        described = json.loads(await asyncio.to_thread(self.blob(report.sha256).read_text)) if report else {}
+        configured = json.loads(await asyncio.to_thread(self.blob(config.sha256).read_text)) if config else {}
+        spec = job.spec
+        dataset = str(spec.get("dataset", ""))
+        user_sha = dataset.split(":", 1)[1] if dataset.startswith("user:") else ""
+        dataset_name = dataset_names.get(user_sha, user_sha[:12]) if user_sha else dataset
+        chosen = _chosen_task(job, model)
+        params = dict(chosen.params) if chosen is not None and chosen.params else dict(spec.get("hyperparameters", {}))
+        name = str(spec.get("model_name") or "") or _default_name(str(spec["algorithm"]), dataset_name)
+        metrics = {k: v for k, v in job.metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        record = {
+            "name": name,
+            "algorithm": str(spec["algorithm"]),
+            "hyperparameters": params,
+            "metrics": metrics,
+            "dataset": {
+                "name": dataset_name,
+                "sha256": user_sha,
+                "split_seed": described.get("split_seed", 42),
+                "params": {k: v for k, v in (spec.get("dataset_params") or {}).items() if k != "file"},
+            },
+            "job_id": job.id,
+            "task_ids": [t.agent_task_id for t in job.tasks if t.agent_task_id],
+            "feature_names": described.get("features") or configured.get("features") or [],
+            "classes": described.get("classes") or configured.get("classes") or [],
+            "framework_versions": described.get("versions") or configured.get("versions") or {},
+            "format": "safetensors" if model.name.endswith(".safetensors") else "skops",
+            "size": model.size,
+            "sha256": model.sha256,
+            "config": configured,
+            "tags": [],
+            "description": "",
+            "created_at": time.time(),
+        }
+        stored = await self.store.register_model(record)
+        log.info("job %s registered as %s:%d", job.id, stored["name"], stored["version"])
+        return stored
+
+    # ---- queries
+
+    async def resolve(self, ref: str) -> dict[str, Any]:
+        name, version, alias = parse_ref(ref)
+        if version is not None:
+            found = await self.store.get_model(name, version)
+        else:
+            versions = await self.store.model_versions(name)
+            if alias is not None:
+                found = next((v for v in versions if alias in v["aliases"]), None)
+            else:
+                found = max(versions, key=lambda v: v["version"], default=None)
+        if found is None:
+            raise ModelNotFound(f"no model {ref!r}" + (" (no such alias)" if alias else ""))
+        return found
+
+    async def list(
+        self,
+        name: str = "",
+        algorithm: str = "",
+        tag: str = "",
+        alias: str = "",
+        min_metric: tuple[str, float] | None = None,
+        page: int = 1,
+        limit: int = 20,
+    ) -> tuple[list[dict[str, Any]], int]:
+        if page < 1 or not 1 <= limit <= 1000:
+            raise RegistryError("page" if page < 1 else "limit", "page >= 1 and 1 <= limit <= 1000")
+        items = await self.store.model_versions(name, algorithm)
+        if tag:
+            items = [v for v in items if tag in v.get("tags", [])]
+        if alias:
+            items = [v for v in items if alias in v["aliases"]]
+        if min_metric is not None:
+            metric, floor = min_metric
+            items = [v for v in items if v["metrics"].get(metric, -math.inf) >= floor]
+        return items[(page - 1) * limit : page * limit], len(items)
+
+    async def stats(self, recent: int = 5) -> dict[str, Any]:
+        items = await self.store.model_versions()
+        by_algorithm: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            by_algorithm.setdefault(item["algorithm"], []).append(item)
+        rows = []
+        for algorithm, versions in sorted(by_algorithm.items()):
+            scores = [v["metrics"]["test_accuracy"] for v in versions if "test_accuracy" in v["metrics"]]
+            rows.append(
+                {
+                    "algorithm": algorithm,
+                    "count": len(versions),
+                    "avg_accuracy": sum(scores) / len(scores) if scores else None,
+                    "best_accuracy": max(scores) if scores else None,
+                }
+            )
+        return {"total_models": len(items), "algorithm_stats": rows, "recent_models": items[:recent]}
+
+    # ---- changes
+
+    async def set_alias(self, ref: str, alias: str) -> dict[str, Any]:
+        record = await self.resolve(ref)
+        await self.store.set_alias(record["name"], check_alias(alias), record["version"])
+        return await self.resolve(f"{record['name']}:{record['version']}")
+
+    async def remove_alias(self, name: str, alias: str) -> dict[str, Any]:
+        """Drop name@alias; returns the version it pointed at."""
+        record = await self.resolve(f"{parse_ref(name)[0]}@{check_alias(alias)}")
+        await self.store.remove_alias(record["name"], alias)
+        return {**record, "aliases": [a for a in record["aliases"] if a != alias]}
+
+    async def tag(self, ref: str, tag: str) -> dict[str, Any]:
+        if not TAG.match(tag):
+            raise RegistryError("tag", f"{tag!r}: 1 to 64 characters without spaces or commas")
+        record = await self.resolve(ref)
+        tags = sorted({*record.get("tags", []), tag})
+        await self.store.update_model(record["name"], record["version"], {"tags": tags})
+        return {**record, "tags": tags}
+
+    async def delete(self, ref: str, force: bool) -> dict[str, Any]:
+        name, version, _alias = parse_ref(ref)
+        if version is None:
+            raise RegistryError("ref", f"{ref!r}: name the version to delete, as NAME:VERSION")
+        record = await self.resolve(ref)
+        if record["aliases"] and not force:
+            raise RegistryError(
+                "ref", f"{ref} is {', '.join('@' + a for a in record['aliases'])}; move the alias or use --force"
+            )
+        await self.store.delete_model(name, version)
+        return record
+
+    # ---- bytes
+
+    async def verified(self, record: dict[str, Any]) -> Path:
+        """The model's blob, after checking it still hashes to the recorded sha256."""
+        path = self.blob(record["sha256"])
+        where = f"{record['name']}:{record['version']}"
+        try:
+            digest = await asyncio.to_thread(_sha256, path)
+        except FileNotFoundError:
+            raise RegistryError(
+                "model", f"{where}: its file {record['sha256'][:12]} is missing from the blob store"
+            ) from None
+        if digest != record["sha256"]:
+            raise RegistryError(
+                "model",
+                f"{where}: stored bytes hash to {digest[:12]}, not {record['sha256'][:12]}: the file is damaged",
+            )
+        return path
+
+    async def export(self, record: dict[str, Any], fmt: str, out: Path) -> Path:
+        """Write the model in `fmt` to `out` (the stored file itself for its own format)."""
+        fmt = fmt or record["format"]
+        allowed = FORMATS.get(record["format"], (record["format"],))
+        if fmt not in allowed:
+            raise RegistryError(
+                "format", f"{record['name']} is a {record['format']} model; it downloads as {', '.join(allowed)}"
+            )
+        source = await self.verified(record)
+        if fmt == record["format"]:
+            return source
+        await asyncio.to_thread(_convert, record, source, fmt, out)
+        return out
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def load_sklearn(path: Path) -> Any:
+    """Load a skops file, refusing any type outside scikit-learn, numpy and scipy (blocking)."""
+    from skops.io import get_untrusted_types, load
+
+    types = get_untrusted_types(file=path)
+    unexpected = [t for t in types if not t.startswith(SAFE_PREFIXES)]
+    if unexpected:
+        raise RegistryError("model", f"refusing to load types outside scikit-learn/numpy: {', '.join(unexpected)}")
+    return load(path, trusted=types)
+
+
+def _convert(record: dict[str, Any], source: Path, fmt: str, out: Path) -> None:
+    """skops -> pickle/joblib/onnx, safetensors -> onnx (blocking)."""
+    if record["format"] == "skops":
+        model = load_sklearn(source)
+        if fmt == "pickle":
+            import pickle
+
+            out.write_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+        elif fmt == "joblib":
+            import joblib
+
+            joblib.dump(model, out)
+        else:
+            try:
+                from skl2onnx import to_onnx
+            except ImportError:
+                raise RegistryError(
+                    "format", "ONNX export needs skl2onnx on the controller: pip install skl2onnx"
+                ) from None
+            import numpy as np
+
+            sample = np.zeros((1, len(record["feature_names"]) or 1), dtype=np.float32)
+            out.write_bytes(to_onnx(model, sample).SerializeToString())
+        return
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it)
+        import torch
+
+        from tensorfleet_agent.workloads.torch_models import rebuild
+    except ImportError:
+        raise RegistryError("format", "ONNX export needs torch and onnx on the controller: pip install onnx") from None
+    module = rebuild(record["config"], source)
+    example = torch.zeros((1, int(record["config"]["inputs"])), dtype=torch.float32)
+    torch.onnx.export(module, (example,), str(out), input_names=["features"], output_names=["logits"])
+
+
+def _default_name(algorithm: str, dataset: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{algorithm}-{dataset}").strip("-.")[:128]
+    return name if NAME.match(name) else algorithm
+
+
+def _chosen_task(job: Job, model: ArtifactInfo) -> Any:
+    return next((t for t in job.tasks if t.index == model.task_index), None)
+
+
+def _pick_artifacts(job: Job) -> tuple[ArtifactInfo | None, ArtifactInfo | None, ArtifactInfo | None]:
+    """(model, torch config, scikit-learn report) of the job's one model, or (None, None, None)."""
+    if job.mode == "cv" or get_workload(str(job.spec["algorithm"])).category == "diagnostic":
+        return None, None, None
+    if job.mode == "shards":
+        index = -1
+    elif job.mode == "sweep":
+        index = int(job.metrics.get("best_trial", -2))
+    else:
+        index = 0
+    models = [a for a in job.artifacts if a.kind == "model" and a.task_index == index]
+    models = [m for m in models if m.name.endswith((".skops", ".safetensors"))]
+    if not models:
+        return None, None, None
+    lookup = 0 if index == -1 else index  # a merged forest is described by its first shard's report
+    config = next((a for a in job.artifacts if a.kind == "model_config" and a.task_index == lookup), None)
+    report = next((a for a in job.artifacts if a.kind == "report" and a.task_index == lookup), None)
+    return models[-1], config, report
+
+
+__all__ = ["ModelNotFound", "Registry", "RegistryError", "load_sklearn", "parse_ref"]
