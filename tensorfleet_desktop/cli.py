@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-local-agent", action="store_true")
     s.add_argument("--local-agent-slots", type=int, help="slots of the local agent (default: its own default)")
     s.add_argument("--agent", action="append", default=[], metavar="HOST:PORT", help="a manual agent (repeatable)")
-    s.add_argument("--store", default="", help="sqlite:///path (default: in the data dir)")
+    s.add_argument(
+        "--store",
+        default="",
+        help="sqlite:///path (default: in the data dir) or mongodb://user:pass@host:port/db "
+        "(or set TENSORFLEET_MONGODB_URI)",
+    )
     s.add_argument("--blobs", default="", help="file:///path (default: in the data dir)")
     s.add_argument("--metrics-port", type=int)
     s.add_argument("--telemetry-period", type=float, default=1.0)
@@ -167,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--name")
     d.add_argument("--json", action="store_true")
     d = dsub.add_parser("list", help="the uploaded datasets")
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("preview", help="the first rows of a dataset")
+    d.add_argument("name")
+    d.add_argument("--rows", type=int, default=10)
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("delete", help="forget a dataset (refused while a job or model refers to it)")
+    d.add_argument("name")
     d.add_argument("--json", action="store_true")
     from tensorfleet_desktop import cli_models
 

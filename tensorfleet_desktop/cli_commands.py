@@ -219,7 +219,10 @@ def serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, app.request_stop)
         try:
             await app.start()
-        except (ValueError, RuntimeError, OSError) as exc:
+        except ValueError as exc:  # configuration: a bad URI, an unreachable store, a missing driver
+            err.print(f"tensorfleet serve: cannot start: {exc}")
+            return EXIT_INPUT
+        except (RuntimeError, OSError) as exc:
             err.print(f"tensorfleet serve: cannot start: {exc}")
             return EXIT_JOB_FAILED
         err.print(f"TensorFleet controller on {app.address} (data in {config.data_dir}); Ctrl-C stops it")
@@ -503,8 +506,25 @@ def datasets(client: Client, args: argparse.Namespace) -> int:
         else:
             out.print(f"uploaded {entry['name']}: {entry['rows']} rows, columns {', '.join(entry['columns'])}")
         return EXIT_OK
+    if args.datasets_command == "preview":
+        preview = client.preview_dataset(args.name, args.rows)
+        if args.json:
+            _print_json(preview)
+            return EXIT_OK
+        table = Table(*preview["columns"], title=f"{args.name}: {preview['dataset']['rows']} rows")
+        for row in preview["rows"]:
+            table.add_row(*row)
+        out.print(table)
+        return EXIT_OK
+    if args.datasets_command == "delete":
+        gone = client.delete_dataset(args.name)
+        if args.json:
+            _print_json(gone)
+        else:
+            out.print(f"deleted dataset {gone['name']} ({gone['sha256'][:16]})")
+        return EXIT_OK
     if args.datasets_command != "list":
-        raise UsageError("datasets needs an action: upload FILE | list")
+        raise UsageError("datasets needs an action: upload FILE | list | preview NAME | delete NAME")
     items = client.datasets()
     if args.json:
         _print_json(items)

@@ -423,6 +423,22 @@ class Client:
     def datasets(self) -> list[dict[str, Any]]:
         return self._call("ListDatasets", cpb.ListDatasetsRequest(), lambda r: [_dataset(d) for d in r.datasets])
 
+    def preview_dataset(self, name: str, rows: int = 10) -> dict[str, Any]:
+        """{"dataset": {...}, "columns": [...], "rows": [[...], ...]} (values as text, as in the file)."""
+        return self._call(
+            "PreviewDataset",
+            cpb.DatasetRequest(name=name, rows=rows),
+            lambda r: {
+                "dataset": _dataset(r.dataset),
+                "columns": list(r.columns),
+                "rows": [list(row.values) for row in r.rows],
+            },
+        )
+
+    def delete_dataset(self, name: str) -> dict[str, Any]:
+        """Refused while a job or a registered model refers to the dataset."""
+        return self._call("DeleteDataset", cpb.DatasetRequest(name=name), _dataset)
+
     def workloads(self) -> list[dict[str, Any]]:
         return self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))
 

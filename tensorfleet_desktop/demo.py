@@ -145,6 +145,7 @@ async def _demo(data_dir: Path, as_json: bool) -> int:
             "STATE",
             "TEST ACCURACY",
             "AGENT",
+            "REGISTERED AS",
             "MODEL (sha256)",
             title=f"TensorFleet demo: {len(final)} jobs in {elapsed:.1f}s",
         )
@@ -158,6 +159,7 @@ async def _demo(data_dir: Path, as_json: bool) -> int:
                 r["state"],
                 acc,
                 r["agent"],
+                f"{r['model']['name']}:{r['model']['version']}" if r["model"] else "-",
                 (r["model_sha256"] or "-")[:16],
             )
         Console(highlight=False, width=max(140, Console().width)).print(table)

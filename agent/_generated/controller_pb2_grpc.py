@@ -140,6 +140,16 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsResponse.FromString,
                 _registered_method=True)
+        self.PreviewDataset = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/PreviewDataset',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetPreview.FromString,
+                _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/DeleteDataset',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/ListModels',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListModelsRequest.SerializeToString,
@@ -316,6 +326,18 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreviewDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -477,6 +499,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListDatasets,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'PreviewDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewDataset,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetPreview.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -1091,6 +1123,60 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/ListDatasets',
             tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/PreviewDataset',
+            tensorfleet_dot_v1_dot_controller__pb2.DatasetRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.DatasetPreview.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/DeleteDataset',
+            tensorfleet_dot_v1_dot_controller__pb2.DatasetRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.FromString,
             options,
             channel_credentials,
             insecure,

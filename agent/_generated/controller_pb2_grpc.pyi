@@ -57,6 +57,8 @@ class ControllerServiceStub:
     ListWorkloads: _grpc.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]
     UploadDataset: _grpc.StreamUnaryMultiCallable[_controller_pb2.DatasetChunk, _controller_pb2.DatasetInfo]
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]
+    PreviewDataset: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetPreview]
+    DeleteDataset: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetInfo]
     ListModels: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]
     GetModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ModelRequest, _controller_pb2.ModelVersion]
     DownloadModel: _grpc.UnaryStreamMultiCallable[_controller_pb2.DownloadModelRequest, _controller_pb2.ModelChunk]
@@ -91,6 +93,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ListWorkloads: _aio.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]  # type: ignore[assignment]
     UploadDataset: _aio.StreamUnaryMultiCallable[_controller_pb2.DatasetChunk, _controller_pb2.DatasetInfo]  # type: ignore[assignment]
     ListDatasets: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]  # type: ignore[assignment]
+    PreviewDataset: _aio.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetPreview]  # type: ignore[assignment]
+    DeleteDataset: _aio.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetInfo]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]  # type: ignore[assignment]
     GetModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.ModelRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     DownloadModel: _aio.UnaryStreamMultiCallable[_controller_pb2.DownloadModelRequest, _controller_pb2.ModelChunk]  # type: ignore[assignment]
@@ -248,6 +252,20 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ListDatasetsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListDatasetsResponse, _abc.Awaitable[_controller_pb2.ListDatasetsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PreviewDataset(
+        self,
+        request: _controller_pb2.DatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DatasetPreview, _abc.Awaitable[_controller_pb2.DatasetPreview]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteDataset(
+        self,
+        request: _controller_pb2.DatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DatasetInfo, _abc.Awaitable[_controller_pb2.DatasetInfo]]: ...
 
     @_abc_1.abstractmethod
     def ListModels(

@@ -82,7 +82,9 @@ class ControllerApp:
         cfg = self.config
         started = time.time()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        store_uri = cfg.store_uri or f"sqlite:///{cfg.data_dir / 'tensorfleet.db'}"
+        store_uri = (
+            cfg.store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite:///{cfg.data_dir / 'tensorfleet.db'}"
+        )
         blobs_uri = cfg.blobs_uri or f"file://{cfg.data_dir / 'blobs'}"
         blobs = urlparse(blobs_uri)
         if blobs.scheme != "file":
@@ -111,7 +113,7 @@ class ControllerApp:
             self.controller,
             lambda: controller_info(
                 str(cfg.data_dir),
-                store_uri,
+                self.store.uri,
                 blobs_uri,
                 started,
                 self.local_agent_id,
@@ -142,7 +144,7 @@ class ControllerApp:
             await self._browser.start()
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
-        log.info("controller serving ControllerService on %s (store %s)", self.address, store_uri)
+        log.info("controller serving ControllerService on %s (store %s)", self.address, self.store.uri)
         if cfg.ready_file is not None:
             cfg.ready_file.write_text(
                 json.dumps(

@@ -40,7 +40,13 @@ from tensorfleet_agent.rpc.client import AgentClient
 from tensorfleet_agent.security.secrets import redact, redact_value
 from tensorfleet_agent.workloads.datasets import is_user_dataset
 from tensorfleet_agent.workloads.registry import get_workload
-from tensorfleet_desktop.controller.datasets import DatasetError, check_features, infer_task, parquet_to_csv
+from tensorfleet_desktop.controller.datasets import (
+    DatasetError,
+    check_features,
+    head_rows,
+    infer_task,
+    parquet_to_csv,
+)
 from tensorfleet_desktop.controller.datasets import inspect as inspect_dataset
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
@@ -238,6 +244,36 @@ class Controller:
         }
         self.datasets[name] = entry
         self.store.save_dataset(name, entry)
+        return entry
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        entry = self.datasets.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.datasets)) or "none uploaded yet"
+            raise NotFoundError(f"no dataset {name!r} (datasets: {known})")
+        return entry
+
+    async def preview_dataset(self, name: str, rows: int) -> tuple[dict[str, Any], list[str], list[list[str]]]:
+        entry = self.dataset(name)
+        path = self.blobs_dir / entry["sha256"][:2] / entry["sha256"]
+        header, body = await asyncio.to_thread(head_rows, path, rows)
+        return entry, header, body
+
+    async def delete_dataset(self, name: str) -> dict[str, Any]:
+        """Forget a dataset; refused while a job or a registered model refers to it. Its file goes when unused."""
+        entry = self.dataset(name)
+        ref = f"user:{entry['sha256']}"
+        users = [j.id for j in self.jobs.values() if j.spec.get("dataset") == ref]
+        if users:
+            raise JobError(f"dataset {name} is used by job(s) {', '.join(users[:5])}; delete or keep it")
+        models = [m for m in await self.store.model_versions() if m.get("dataset", {}).get("sha256") == entry["sha256"]]
+        if models:
+            refs = ", ".join(f"{m['name']}:{m['version']}" for m in models[:5])
+            raise JobError(f"dataset {name} is the training data of model(s) {refs}")
+        del self.datasets[name]
+        self.store.delete_dataset(name)
+        if not any(d["sha256"] == entry["sha256"] for d in self.datasets.values()):
+            await asyncio.to_thread((self.blobs_dir / entry["sha256"][:2] / entry["sha256"]).unlink, missing_ok=True)
         return entry
 
     def _adopt_blob(self, tmp: Path) -> tuple[str, int]:

@@ -134,3 +134,17 @@ def infer_task(profile: dict[str, Any]) -> str:
     if profile["integers"] and profile["distinct"] <= MAX_CLASSES_FOR_INTEGERS:
         return "classification"
     return "regression"
+
+
+def head_rows(path: Path, rows: int) -> tuple[list[str], list[list[str]]]:
+    """The header and the first `rows` data rows (blocking)."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        body: list[list[str]] = []
+        for row in reader:
+            if len(body) >= rows:
+                break
+            if row:
+                body.append(row)
+    return header, body

@@ -259,6 +259,21 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return cpb.ListDatasetsResponse(datasets=[convert.dataset_to_pb(d) for d in self.c.datasets.values()])
 
     @_unary
+    async def PreviewDataset(self, request: cpb.DatasetRequest, context: Any) -> cpb.DatasetPreview:
+        if not 0 <= request.rows <= 1000:
+            raise ValidationError("rows", f"must be between 0 and 1000, got {request.rows}")
+        entry, header, rows = await self.c.preview_dataset(request.name, request.rows or 10)
+        return cpb.DatasetPreview(
+            dataset=convert.dataset_to_pb(entry),
+            columns=header,
+            rows=[cpb.DatasetRow(values=r) for r in rows],
+        )
+
+    @_unary
+    async def DeleteDataset(self, request: cpb.DatasetRequest, context: Any) -> cpb.DatasetInfo:
+        return convert.dataset_to_pb(await self.c.delete_dataset(request.name))
+
+    @_unary
     async def ListWorkloads(self, request: cpb.WorkloadsRequest, context: Any) -> cpb.WorkloadsResponse:
         return cpb.WorkloadsResponse(workloads_json=json.dumps([w.to_dict() for w in all_workloads()]))
 

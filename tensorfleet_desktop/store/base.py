@@ -8,6 +8,17 @@ from typing import Any
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
 
 
+def redact_uri(uri: str) -> str:
+    """The URI without its password, for logs and errors."""
+    from urllib.parse import urlparse
+
+    try:
+        password = urlparse(uri).password
+    except ValueError:
+        return uri.split("@")[-1]
+    return uri.replace(f":{password}@", ":***@", 1) if password else uri
+
+
 class JobStore(abc.ABC):
     """Writes are queued and never block the event loop; reads are awaitable."""
 
@@ -35,6 +46,9 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def save_dataset(self, name: str, body: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def delete_dataset(self, name: str) -> None: ...
 
     @abc.abstractmethod
     async def load_datasets(self) -> dict[str, dict[str, Any]]: ...

@@ -173,6 +173,9 @@ class SqliteJobStore(JobStore):
     def save_dataset(self, name: str, body: dict[str, Any]) -> None:
         self._put(_statement("INSERT OR REPLACE INTO datasets VALUES (?, ?)", (name, json.dumps(body))))
 
+    def delete_dataset(self, name: str) -> None:
+        self._put(_statement("DELETE FROM datasets WHERE name = ?", (name,)))
+
     async def load_datasets(self) -> dict[str, dict[str, Any]]:
         rows = await asyncio.to_thread(self._read, lambda c: c.execute("SELECT name, body FROM datasets").fetchall())
         return {name: json.loads(body) for name, body in rows}

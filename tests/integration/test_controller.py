@@ -56,7 +56,8 @@ def test_submit_from_cli_waits_and_reports(cluster: tuple[ControllerProcess, lis
     assert job["state"] == "SUCCEEDED" and job["progress"] == 1.0
     assert job["tasks"] == {"total": 1, "completed": 1, "failed": 0, "attempts": 1}
     assert job["metrics"]["test_accuracy"] > 0.8 and "training_time" in job["metrics"]
-    assert job["model"] is None and sorted(a["kind"] for a in job["artifacts"]) == ["model", "report"]
+    assert job["model"] == {"name": "iris-rf", "version": 1}  # registered before the job reads as SUCCEEDED
+    assert sorted(a["kind"] for a in job["artifacts"]) == ["model", "report"]
     assert job["started_at"] and job["finished_at"] and job["error"] == ""
     status = cli_json(controller.cli("status", job["id"], "--json"))
     assert status["id"] == job["id"] and status["state"] == "SUCCEEDED"
@@ -794,6 +795,16 @@ def test_user_csv_datasets(cluster: tuple[ControllerProcess, list[AgentProcess]]
     assert job["state"] == "SUCCEEDED" and job["metrics"]["test_accuracy"] > 0.8
     listed = cli_json(controller.cli("datasets", "list", "--json"))
     assert [(d["name"], d["rows"]) for d in listed] == [("wine", 178)]
+    preview = cli_json(controller.cli("datasets", "preview", "wine", "--rows", "3", "--json"))
+    assert preview["columns"][-1] == "cultivar" and len(preview["rows"]) == 3 and preview["rows"][0][-1] == "class_0"
+    refused = controller.cli("datasets", "delete", "wine")
+    assert refused.returncode == 2 and "is used by job(s)" in refused.stderr, refused.stderr
+    spare = _csv(tmp_path / "spare.csv", ["a", "b"], [[1, 2], [3, 4]])
+    cli_json(controller.cli("datasets", "upload", str(spare), "--json"))
+    assert cli_json(controller.cli("datasets", "delete", "spare", "--json"))["name"] == "spare"
+    assert [d["name"] for d in cli_json(controller.cli("datasets", "list", "--json"))] == ["wine"]
+    missing = controller.cli("datasets", "preview", "spare")
+    assert missing.returncode == 2 and "no dataset 'spare'" in missing.stderr
     # uploaded once, then named; a numeric target with many values is a regression
     diabetes = load_diabetes()
     reg = _csv(

@@ -1,21 +1,39 @@
-"""The store contract, run against every backend available here (SQLite; others join with their issue)."""
+"""The store contract, run against every backend: SQLite, and MongoDB through a SecantusDB server process
+(or the MongoDB that TENSORFLEET_TEST_MONGODB_URI names)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from helpers.servers import start_secantus
 from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.store import open_store
 from tensorfleet_desktop.store.base import JobStore
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    real = os.environ.get("TENSORFLEET_TEST_MONGODB_URI")
+    if real:
+        yield real.rstrip("/")
+        return
+    server, uri = start_secantus(tmp_path_factory.mktemp("secantus"))
+    yield uri
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
-    s = open_store(f"sqlite:///{tmp_path / 'tf.db'}")
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path / 'tf.db'}")
+    else:
+        s = open_store(f"{request.getfixturevalue('mongo_uri')}/tf_{uuid.uuid4().hex[:12]}")
     await s.open()
     yield s
     await s.close()
@@ -128,7 +146,8 @@ async def test_aliases_tags_and_deletion(store: JobStore) -> None:
 
 async def test_a_failed_registry_call_keeps_the_other_writes(store: JobStore) -> None:
     store.save_job(_job("kept"))
-    with pytest.raises(Exception, match=r"NOT NULL|algorithm"):
-        await store.register_model({"name": "broken", "algorithm": None, "created_at": 1.0})
+    with pytest.raises(Exception, match=r"NOT NULL|algorithm|key|_id"):
+        await store.register_model({"name": "broken", "algorithm": None, "created_at": 1.0, "_id": 1})
+        await store.register_model({"name": "broken", "algorithm": None, "created_at": 1.0, "_id": 1})
     await store.flush()
     assert [j.id for j in await store.load_jobs()] == ["kept"]

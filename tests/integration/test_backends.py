@@ -1,0 +1,120 @@
+"""The controller on MongoDB (a SecantusDB server process, or TENSORFLEET_TEST_MONGODB_URI): one shared history,
+clear errors when the server is missing, and no lost writes while it hangs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers.agents import AgentProcess
+from helpers.controller import ControllerProcess
+from helpers.servers import ServerProcess, free_port, start_secantus
+from helpers.waiting import wait_until
+from tensorfleet_desktop.client import Client
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def mongo(tmp_path: Path) -> Iterator[tuple[ServerProcess | None, str]]:
+    real = os.environ.get("TENSORFLEET_TEST_MONGODB_URI")
+    if real:
+        yield None, f"{real.rstrip('/')}/tf_{uuid.uuid4().hex[:12]}"
+        return
+    server, uri = start_secantus(tmp_path / "secantus")
+    yield server, f"{uri}/tensorfleet"
+    server.stop()
+
+
+def test_a_controller_on_mongodb_trains_registers_and_remembers(
+    mongo: tuple[ServerProcess | None, str],
+    agent_factory: type[AgentProcess],
+    controller_factory: type[ControllerProcess],
+    tmp_path: Path,
+) -> None:
+    _server, uri = mongo
+    agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
+    controller = controller_factory(tmp_path / "controller", extra_args=["--store", uri]).start()
+    with Client(controller.address) as client:
+        assert client.info()["store"] == uri
+        wait_until(lambda: any(a["state"] == "ONLINE" for a in client.agents()), 20, "the agent")
+        job = client.wait(
+            client.submit({"algorithm": "random_forest", "dataset": "iris", "model_name": "iris-rf"})["id"], timeout=120
+        )
+        assert job["state"] == "SUCCEEDED" and job["model"] == {"name": "iris-rf", "version": 1}
+        model = client.load_model("iris-rf:1")
+        assert model.n_estimators == 100
+    controller.stop()
+    # a second controller on the same database (another machine of the team) sees the same history
+    other = controller_factory(tmp_path / "controller-2", extra_args=["--store", uri]).start()
+    with Client(other.address) as client:
+        again = client.job(job["id"])
+        assert again["state"] == "SUCCEEDED" and again["metrics"] == job["metrics"]
+        assert [m["version"] for m in client.models(name="iris-rf")["models"]] == [1]
+        assert any(p["name"] == "test_accuracy" for p in client.metrics(job["id"]))
+
+
+def test_mongodb_unreachable_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "tensorfleet_desktop", "serve", "--host", "127.0.0.1", "--port", "0",
+            "--data-dir", str(tmp_path), "--no-local-agent", "--no-mdns",
+            "--store", f"mongodb://admin:s3cret-pw@127.0.0.1:{port}/tf",
+        ],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2
+    assert f"cannot reach MongoDB at mongodb://admin:***@127.0.0.1:{port}/tf within 10s" in said, said
+    assert "Connection refused" in said
+    assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_unknown_store_scheme_lists_the_supported_ones(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorfleet_desktop", "serve", "--data-dir", str(tmp_path), "--no-local-agent",
+         "--no-mdns", "--store", "postgres://u:pw@db/tf"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2
+    assert "'postgres://u:***@db/tf'" in said and "supported schemes are sqlite://, mongodb://, mongodb+srv://" in said
+
+
+def test_a_hung_mongodb_delays_writes_but_loses_none(
+    mongo: tuple[ServerProcess | None, str],
+    agent_factory: type[AgentProcess],
+    controller_factory: type[ControllerProcess],
+    tmp_path: Path,
+) -> None:
+    server, uri = mongo
+    if server is None:
+        pytest.skip("pausing needs the SecantusDB process this suite starts itself")
+    agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
+    controller = controller_factory(tmp_path / "controller", extra_args=["--store", uri]).start()
+    with Client(controller.address) as client:
+        wait_until(lambda: any(a["state"] == "ONLINE" for a in client.agents()), 20, "the agent")
+        job = client.submit({"algorithm": "emit", "hyperparameters": {"points": 60, "rate": 20, "name": "x"}})
+        time.sleep(0.5)
+        server.pause()  # SIGSTOP: connections stay open, nothing answers
+        try:
+            time.sleep(4)
+        finally:
+            server.resume()
+        final = client.wait(job["id"], timeout=120)
+        assert final["state"] == "SUCCEEDED"
+    controller.stop()
+    restarted = controller_factory(tmp_path / "controller-2", extra_args=["--store", uri]).start()
+    with Client(restarted.address) as client:
+        stored = client.job(job["id"])
+        points = [p["value"] for p in client.metrics(job["id"], ("x",))]
+    assert stored["state"] == "SUCCEEDED"
+    assert points == [float(i) for i in range(60)]  # every point written, in order, none twice
