@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sqlite:///path (default: in the data dir) or mongodb://user:pass@host:port/db "
         "(or set TENSORFLEET_MONGODB_URI)",
     )
-    s.add_argument("--blobs", default="", help="file:///path (default: in the data dir)")
+    s.add_argument(
+        "--blobs",
+        default="",
+        help="file:///path (default: in the data dir) or s3://BUCKET?endpoint=HOST:PORT&secure=false "
+        "(credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+    )
     s.add_argument("--metrics-port", type=int)
     s.add_argument("--telemetry-period", type=float, default=1.0)
     s.add_argument(

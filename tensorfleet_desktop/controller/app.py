@@ -14,7 +14,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import grpc
 import platformdirs
@@ -29,6 +28,7 @@ from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.security import ClientTokenInterceptor
 from tensorfleet_desktop.controller.service import ControllerServicer, controller_info
 from tensorfleet_desktop.store import open_store
+from tensorfleet_desktop.store.blobs import open_blobs
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,14 @@ class ControllerApp:
             cfg.store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite:///{cfg.data_dir / 'tensorfleet.db'}"
         )
         blobs_uri = cfg.blobs_uri or f"file://{cfg.data_dir / 'blobs'}"
-        blobs = urlparse(blobs_uri)
-        if blobs.scheme != "file":
-            raise ValueError(f"unsupported blob store URI {blobs_uri!r}: supported schemes are file://")
+        self.blobs = open_blobs(blobs_uri, cfg.data_dir)
         if cfg.insecure and not is_loopback(cfg.host):
             raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
         if cfg.cluster_token:
             register(cfg.cluster_token)
         self.identity = await asyncio.to_thread(load_or_create_identity, cfg.data_dir / "identity", "controller")
         self.store = open_store(store_uri)
+        await self.blobs.open()
         await self.store.open()
         self.metrics = ControllerMetrics()
         remembered = await self.store.load_agents()
@@ -106,7 +105,7 @@ class ControllerApp:
             pins=pins,
             persist=self._persist_agent,
         )
-        self.controller = Controller(self.store, self.fleet, Path(blobs.path), self.metrics, cfg.gang_reserve_after)
+        self.controller = Controller(self.store, self.fleet, self.blobs, self.metrics, cfg.gang_reserve_after)
         await self.fleet.start()
         await self.controller.start()
         servicer = ControllerServicer(
@@ -114,7 +113,7 @@ class ControllerApp:
             lambda: controller_info(
                 str(cfg.data_dir),
                 self.store.uri,
-                blobs_uri,
+                self.blobs.uri.split("?")[0],
                 started,
                 self.local_agent_id,
                 self.identity.fingerprint,

@@ -64,6 +64,7 @@ from tensorfleet_desktop.controller.registry import Registry
 from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
 from tensorfleet_desktop.controller.sweep import Study, parse_sweep
 from tensorfleet_desktop.store.base import JobStore
+from tensorfleet_desktop.store.blobs import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,15 @@ class Controller:
         self,
         store: JobStore,
         fleet: Fleet,
-        blobs_dir: Path,
+        blobs: BlobStore,
         metrics: ControllerMetrics,
         gang_reserve_after: float = 300.0,
         max_replacements: int = 5,
     ) -> None:
         self.store = store
         self.fleet = fleet
-        self.blobs_dir = blobs_dir
+        self.blobs = blobs
+        self.blobs_dir = blobs.root  # the local side: the store itself (file://) or its cache (s3://)
         self.metrics = metrics
         self.gang_reserve_after = gang_reserve_after
         self.max_replacements = max_replacements
@@ -109,7 +111,7 @@ class Controller:
         self._studies: dict[str, Study] = {}
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self.datasets: dict[str, dict[str, Any]] = {}
-        self.registry = Registry(store, blobs_dir)
+        self.registry = Registry(store, blobs)
         self._registering: set[str] = set()
         fleet.subscribe(self._on_fleet)
 
@@ -212,7 +214,7 @@ class Controller:
             )
         profile = entry.get("profile")
         if profile is None:  # stored before uploads were profiled
-            profile = inspect_dataset(self.blobs_dir / entry["sha256"][:2] / entry["sha256"], entry["filename"])[3]
+            profile = inspect_dataset(self.blobs.path(entry["sha256"]), entry["filename"])[3]
             entry["profile"] = profile
         try:
             check_features(entry["columns"], profile, target)
@@ -230,6 +232,7 @@ class Controller:
         """Adopt an uploaded file as a named dataset (Parquet is stored as its CSV form)."""
         tmp, filename, source, (fmt, rows, columns, profile) = await asyncio.to_thread(_prepare_upload, tmp, filename)
         digest, size = await asyncio.to_thread(self._adopt_blob, tmp)
+        await self.blobs.publish(digest)
         entry = {
             "name": name,
             "sha256": digest,
@@ -255,7 +258,7 @@ class Controller:
 
     async def preview_dataset(self, name: str, rows: int) -> tuple[dict[str, Any], list[str], list[list[str]]]:
         entry = self.dataset(name)
-        path = self.blobs_dir / entry["sha256"][:2] / entry["sha256"]
+        path = await self.blobs.ensure(entry["sha256"])
         header, body = await asyncio.to_thread(head_rows, path, rows)
         return entry, header, body
 
@@ -273,7 +276,7 @@ class Controller:
         del self.datasets[name]
         self.store.delete_dataset(name)
         if not any(d["sha256"] == entry["sha256"] for d in self.datasets.values()):
-            await asyncio.to_thread((self.blobs_dir / entry["sha256"][:2] / entry["sha256"]).unlink, missing_ok=True)
+            await self.blobs.delete(entry["sha256"])
         return entry
 
     def _adopt_blob(self, tmp: Path) -> tuple[str, int]:
@@ -653,10 +656,16 @@ class Controller:
             if fetch is not None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(fetch), 120)
-            paths.append(self.blobs_dir / shard.sha256[:2] / shard.sha256)
+            try:
+                paths.append(await self.blobs.ensure(shard.sha256))
+            except FileNotFoundError as exc:
+                self._finish(job, JobState.FAILED, f"a shard's model never reached the blob store: {exc}")
+                return
         out = self.blobs_dir / "incoming" / f"{job.id}-merged.skops"
         fetched = time.monotonic()
         try:
+            if is_user_dataset(str(job.spec["dataset"])):  # scored on the same data: have it here
+                await self.blobs.ensure(str(job.spec["dataset"]).split(":", 1)[1])
             values = await asyncio.to_thread(
                 merge_forest,
                 paths,
@@ -666,10 +675,11 @@ class Controller:
                 self.blobs_dir,
             )
             digest = await asyncio.to_thread(sha256_of, out)
-            final = self.blobs_dir / digest[:2] / digest
+            final = self.blobs.path(digest)
             final.parent.mkdir(parents=True, exist_ok=True)
             out.replace(final)
-        except (OSError, ValueError) as exc:
+            await self.blobs.publish(digest)
+        except (OSError, ValueError) as exc:  # FileNotFoundError included: a shard's model is gone
             self._finish(job, JobState.FAILED, f"merging the forest's shards failed: {exc}")
             return
         log.info(
@@ -688,7 +698,7 @@ class Controller:
         if not is_user_dataset(spec.dataset):
             return spec
         digest = spec.dataset[len("user:") :]
-        await client.put_blob(self.blobs_dir / digest[:2] / digest)
+        await client.put_blob(await self.blobs.ensure(digest))
         return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef(str(spec.dataset_params["file"]), digest)))
 
     async def _with_script(self, job: Job, spec: TaskSpec, client: AgentClient) -> TaskSpec:
@@ -717,8 +727,9 @@ class Controller:
         if fetch is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(fetch), 60)
-        local = self.blobs_dir / latest.sha256[:2] / latest.sha256
-        if not local.exists():
+        try:
+            local = await self.blobs.ensure(latest.sha256)
+        except FileNotFoundError:
             log.warning("job %s: checkpoint %s is not in the blob store; starting over", job.id, latest.sha256[:12])
             return spec
         await client.put_blob(local)
@@ -816,14 +827,17 @@ class Controller:
 
     async def _fetch_blob(self, record: AgentRecord, sha256: str) -> None:
         """Copy an artifact or checkpoint into the controller's blob store, so it outlives its agent."""
-        dest = self.blobs_dir / sha256[:2] / sha256
+        dest = self.blobs.path(sha256)
         if dest.exists() or record.client is None:
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             await record.client.get_blob(sha256, dest)
+            await self.blobs.publish(sha256)
         except (grpc.aio.AioRpcError, ValueError, OSError) as exc:
             log.warning("could not fetch blob %s from %s: %s", sha256[:12], record.name, exc)
+        except Exception as exc:  # the object store refused it: keep the local copy, say so
+            log.error("could not store blob %s in %s: %s", sha256[:12], self.blobs.uri, exc)
 
     def _task_finished(self, job: Job, task: JobTask, fin: Finished, base: dict[str, Any] | None = None) -> None:
         attempt = task.agent_task_id

@@ -21,6 +21,7 @@ from typing import Any
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job
 from tensorfleet_desktop.store.base import JobStore
+from tensorfleet_desktop.store.blobs import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,9 @@ def check_alias(alias: str) -> str:
 
 
 class Registry:
-    def __init__(self, store: JobStore, blobs_dir: Path) -> None:
+    def __init__(self, store: JobStore, blobs: BlobStore) -> None:
         self.store = store
-        self.blobs_dir = blobs_dir
-
-    def blob(self, sha256: str) -> Path:
-        return self.blobs_dir / sha256[:2] / sha256
+        self.blobs = blobs
 
     # ---- registration
 
@@ -82,8 +80,12 @@ class Registry:
         model, config, report = _pick_artifacts(job)
         if model is None:
             return None
-        described = json.loads(await asyncio.to_thread(self.blob(report.sha256).read_text)) if report else {}
-        configured = json.loads(await asyncio.to_thread(self.blob(config.sha256).read_text)) if config else {}
+        described = (
+            json.loads(await asyncio.to_thread((await self.blobs.ensure(report.sha256)).read_text)) if report else {}
+        )
+        configured = (
+            json.loads(await asyncio.to_thread((await self.blobs.ensure(config.sha256)).read_text)) if config else {}
+        )
         spec = job.spec
         dataset = str(spec.get("dataset", ""))
         user_sha = dataset.split(":", 1)[1] if dataset.startswith("user:") else ""
@@ -213,9 +215,9 @@ class Registry:
 
     async def verified(self, record: dict[str, Any]) -> Path:
         """The model's blob, after checking it still hashes to the recorded sha256."""
-        path = self.blob(record["sha256"])
         where = f"{record['name']}:{record['version']}"
         try:
+            path = await self.blobs.ensure(record["sha256"])
             digest = await asyncio.to_thread(_sha256, path)
         except FileNotFoundError:
             raise RegistryError(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers.agents import AgentProcess
+from helpers.agents import CLUSTER_TOKEN, AgentProcess
 from helpers.controller import ControllerProcess
-from helpers.servers import ServerProcess, free_port, start_secantus
+from helpers.servers import S3_KEY, S3_SECRET, ServerProcess, free_port, start_nanio, start_secantus
 from helpers.waiting import wait_until
 from tensorfleet_desktop.client import Client
 
@@ -118,3 +118,63 @@ def test_a_hung_mongodb_delays_writes_but_loses_none(
         points = [p["value"] for p in client.metrics(job["id"], ("x",))]
     assert stored["state"] == "SUCCEEDED"
     assert points == [float(i) for i in range(60)]  # every point written, in order, none twice
+
+
+@pytest.fixture
+def s3(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """(blob store URI, credentials environment): TENSORFLEET_TEST_S3_URI with the AWS_* variables, or nanio."""
+    real = os.environ.get("TENSORFLEET_TEST_S3_URI")
+    if real:
+        yield real, {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+        return
+    server, endpoint = start_nanio(tmp_path / "nanio")
+    yield (
+        f"s3://tensorfleet-{uuid.uuid4().hex[:8]}?endpoint={endpoint}&secure=false",
+        {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET},
+    )
+    server.stop()
+
+
+def test_mongodb_and_s3_end_to_end(
+    mongo: tuple[ServerProcess | None, str],
+    s3: tuple[str, dict[str, str]],
+    agent_factory: type[AgentProcess],
+    controller_factory: type[ControllerProcess],
+    tmp_path: Path,
+) -> None:
+    from sklearn.datasets import load_wine
+
+    _server, store = mongo
+    blobs, creds = s3
+    agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
+    env = {"TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN, **creds}
+    args = ["--store", store, "--blobs", blobs]
+    controller = controller_factory(tmp_path / "controller", extra_args=args, env=env).start()
+    with Client(controller.address) as client:
+        wait_until(lambda: any(a["state"] == "ONLINE" for a in client.agents()), 20, "the agent")
+        job = client.wait(client.submit({"algorithm": "svm", "dataset": "wine", "model_name": "wine-svm"})["id"], 120)
+        assert job["state"] == "SUCCEEDED" and job["model"]["version"] == 1
+        sha = client.model("wine-svm:1")["sha256"]
+    assert creds["AWS_SECRET_ACCESS_KEY"] not in controller.logs()
+    controller.stop()
+    # another controller, empty data dir: the model comes from S3, the record from MongoDB
+    other = controller_factory(tmp_path / "elsewhere", extra_args=args, env=env).start()
+    with Client(other.address) as client:
+        model = client.load_model("wine-svm")
+        record = client.download_model("wine-svm:1", tmp_path / "wine.skops")
+    x, y = load_wine(return_X_y=True)
+    assert record["sha256"] == sha and (model.predict(x) == y).mean() > 0.6
+    assert (tmp_path / "elsewhere" / "blob-cache" / sha[:2] / sha).exists()
+
+
+def test_wrong_s3_credentials_are_a_clear_error(s3: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    blobs, creds = s3
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": creds["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorfleet_desktop", "serve", "--data-dir", str(tmp_path / "c"), "--port", "0",
+         "--host", "127.0.0.1", "--no-local-agent", "--no-mdns", "--blobs", blobs],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "refused the credentials" in said and "AWS_SECRET_ACCESS_KEY" in said, said
+    assert "not-the-secret" not in said

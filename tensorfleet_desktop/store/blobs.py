@@ -1,0 +1,147 @@
+"""Where the controller keeps blobs (models, datasets, checkpoints), chosen by URI (DESIGN decision 9).
+
+`file:///path`: the directory is the store. `s3://bucket?endpoint=host:port&secure=false`: the bucket is the
+store and a local directory caches it; every blob that lands locally is uploaded (multipart for big ones),
+and one missing locally is fetched on first use, so two controllers on one MongoDB + S3 see the same files.
+Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and never appear in logs or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = ("file", "s3")
+_PART_SIZE = 64 * 2**20
+
+
+class BlobStore:
+    """The file backend; also the local side (cache) of the others."""
+
+    def __init__(self, root: Path, uri: str = "") -> None:
+        self.root = root
+        self.uri = uri or f"file://{root}"
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+
+    async def publish(self, sha256: str) -> None:
+        """A blob just landed in `path(sha256)`: make it durable in the store."""
+
+    async def ensure(self, sha256: str) -> Path:
+        """The blob's local path, fetched first if only the store has it; FileNotFoundError when nobody has it."""
+        path = self.path(sha256)
+        if not await asyncio.to_thread(path.exists):
+            raise FileNotFoundError(f"blob {sha256[:12]} is not in {self.uri}")
+        return path
+
+    async def delete(self, sha256: str) -> None:
+        await asyncio.to_thread(self.path(sha256).unlink, missing_ok=True)
+
+
+class S3BlobStore(BlobStore):
+    def __init__(self, uri: str, cache: Path) -> None:
+        super().__init__(cache, uri)
+        try:
+            from minio import Minio
+        except ImportError:
+            raise ValueError("an s3:// blob store needs the minio client: pip install 'tensorfleet[s3]'") from None
+        parsed = urlparse(uri)
+        query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        self.bucket = parsed.netloc
+        self.endpoint = query.get("endpoint", "s3.amazonaws.com")
+        secure = query.get("secure", "true").lower() not in ("false", "0", "no")
+        if not self.bucket:
+            raise ValueError(f"blob store URI {uri!r} names no bucket (s3://BUCKET?endpoint=HOST:PORT)")
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if not key or not secret:
+            raise ValueError("an s3:// blob store needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+        try:
+            self.client: Any = Minio(self.endpoint, access_key=key, secret_key=secret, secure=secure)
+        except ValueError as exc:
+            raise ValueError(f"blob store URI {uri!r}: {exc}") from None
+
+    def key(self, sha256: str) -> str:
+        return f"blobs/{sha256[:2]}/{sha256}"
+
+    async def open(self) -> None:
+        await super().open()
+        await asyncio.to_thread(self._check_bucket)
+
+    def _check_bucket(self) -> None:
+        from minio.error import S3Error
+
+        where = f"S3 at {self.endpoint}"
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                self.client.make_bucket(self.bucket)
+                log.info("created bucket %s on %s", self.bucket, self.endpoint)
+        except S3Error as exc:
+            if exc.code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied"):
+                raise ValueError(
+                    f"{where} refused the credentials ({exc.code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+                ) from None
+            raise ValueError(f"{where}: bucket {self.bucket}: {exc.code}: {exc.message}") from None
+        except (OSError, ValueError) as exc:
+            reason = str(exc).split(" (Caused by")[0]
+            raise ValueError(f"cannot reach {where}: {reason}") from None
+
+    async def publish(self, sha256: str) -> None:
+        path = self.path(sha256)
+        await asyncio.to_thread(self.client.fput_object, self.bucket, self.key(sha256), str(path), part_size=_PART_SIZE)
+
+    async def ensure(self, sha256: str) -> Path:
+        path = self.path(sha256)
+        if await asyncio.to_thread(path.exists):
+            return path
+        await asyncio.to_thread(self._download, sha256, path)
+        return path
+
+    def _download(self, sha256: str, path: Path) -> None:
+        from minio.error import S3Error
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{sha256}.{os.getpid()}.part")
+        try:
+            self.client.fget_object(self.bucket, self.key(sha256), str(tmp))
+        except S3Error as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.code == "NoSuchKey":
+                raise FileNotFoundError(f"blob {sha256[:12]} is not in {self.uri}") from None
+            raise
+        tmp.replace(path)
+
+    async def delete(self, sha256: str) -> None:
+        await super().delete(sha256)
+        await asyncio.to_thread(self.client.remove_object, self.bucket, self.key(sha256))
+
+    def presigned_get(self, sha256: str, hours: float = 1.0) -> str:
+        """A URL that lets an agent download the blob straight from the store (no controller in between)."""
+        from datetime import timedelta
+
+        url: str = self.client.presigned_get_object(self.bucket, self.key(sha256), expires=timedelta(hours=hours))
+        return url
+
+
+def open_blobs(uri: str, data_dir: Path) -> BlobStore:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return BlobStore(Path(parsed.path), uri)
+    if parsed.scheme == "s3":
+        return S3BlobStore(uri, data_dir / "blob-cache")
+    shown = uri.split("?")[0]
+    raise ValueError(
+        f"unsupported blob store URI {shown!r}: supported schemes are {', '.join(s + '://' for s in SUPPORTED)}"
+    )
+
+
+__all__ = ["SUPPORTED", "BlobStore", "S3BlobStore", "open_blobs"]
