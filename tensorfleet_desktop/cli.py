@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file:///path (default: in the data dir) or s3://BUCKET?endpoint=HOST:PORT&secure=false "
         "(credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
     )
+    s.add_argument("--keep-checkpoints", type=int, default=3, help="latest checkpoints kept per job (default: 3)")
     s.add_argument("--metrics-port", type=int)
     s.add_argument("--telemetry-period", type=float, default=1.0)
     s.add_argument(
@@ -188,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tensorfleet_desktop import cli_models
 
     cli_models.add_parser(sub, _Parser)
+    s = sub.add_parser(
+        "gc", help="delete blobs nothing refers to any more (deleted versions, datasets, old checkpoints)"
+    )
+    s.add_argument("--grace", type=float, default=600.0, help="spare files younger than this many seconds (default: 600)")
+    s.add_argument("--json", action="store_true")
     s = sub.add_parser("algorithms", help="the workloads and their parameters")
     s.add_argument("--json", action="store_true")
 

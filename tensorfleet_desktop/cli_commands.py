@@ -204,6 +204,7 @@ def serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             telemetry_period=args.telemetry_period,
             gang_reserve_after=args.gang_reserve_after,
+            keep_checkpoints=args.keep_checkpoints,
             ready_file=args.ready_file,
             insecure=args.insecure,
             cluster_token=os.environ.get("TENSORFLEET_CLUSTER_TOKEN", ""),
@@ -536,6 +537,17 @@ def datasets(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def gc(client: Client, args: argparse.Namespace) -> int:
+    freed = client.collect_garbage(args.grace)
+    if args.json:
+        _print_json(freed)
+    else:
+        out.print(
+            f"deleted {freed['deleted']} blob(s), freed {freed['freed_bytes'] / 2**20:.1f} MiB; {freed['kept']} kept"
+        )
+    return EXIT_OK
+
+
 def algorithms(client: Client, args: argparse.Namespace) -> int:
     items = client.workloads()
     if args.json:
@@ -565,6 +577,7 @@ _HANDLERS = {
     "metrics": metrics,
     "trials": trials,
     "models": cli_models.models,
+    "gc": gc,
     "logs": logs,
     "agents": agents,
     "algorithms": algorithms,

@@ -373,6 +373,14 @@ class Client:
     def delete_model(self, ref: str, force: bool = False) -> dict[str, Any]:
         return self._call("DeleteModel", _REQ["delete_model"](ref, force), convert.model_from_pb)
 
+    def collect_garbage(self, grace: float = 600.0) -> dict[str, int]:
+        """Delete blobs nothing refers to any more: {"deleted", "freed_bytes", "kept"}."""
+        return self._call(
+            "CollectGarbage",
+            cpb.GcRequest(grace_seconds=grace),
+            lambda r: {"deleted": r.deleted, "freed_bytes": r.freed_bytes, "kept": r.kept},
+        )
+
     def model_stats(self) -> dict[str, Any]:
         return self._call("ModelStats", cpb.ModelStatsRequest(), convert.stats_from_pb)
 

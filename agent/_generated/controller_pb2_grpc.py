@@ -190,6 +190,11 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelStatsRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelStatsResponse.FromString,
                 _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/CollectGarbage',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.GcRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.GcResponse.FromString,
+                _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/Shutdown',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ShutdownRequest.SerializeToString,
@@ -386,6 +391,12 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CollectGarbage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Shutdown(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -549,6 +560,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ModelStats,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelStatsRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelStatsResponse.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.GcRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.GcResponse.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -1393,6 +1409,33 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/ModelStats',
             tensorfleet_dot_v1_dot_controller__pb2.ModelStatsRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.ModelStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/CollectGarbage',
+            tensorfleet_dot_v1_dot_controller__pb2.GcRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.GcResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,7 @@ class ControllerServiceStub:
     TagModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.TagRequest, _controller_pb2.ModelVersion]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteModelRequest, _controller_pb2.ModelVersion]
     ModelStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ModelStatsRequest, _controller_pb2.ModelStatsResponse]
+    CollectGarbage: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GcRequest, _controller_pb2.GcResponse]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]
 
 @_typing.type_check_only
@@ -103,6 +104,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     TagModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.TagRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteModelRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     ModelStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.ModelStatsRequest, _controller_pb2.ModelStatsResponse]  # type: ignore[assignment]
+    CollectGarbage: _aio.UnaryUnaryMultiCallable[_controller_pb2.GcRequest, _controller_pb2.GcResponse]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -322,6 +324,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ModelStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ModelStatsResponse, _abc.Awaitable[_controller_pb2.ModelStatsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CollectGarbage(
+        self,
+        request: _controller_pb2.GcRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GcResponse, _abc.Awaitable[_controller_pb2.GcResponse]]: ...
 
     @_abc_1.abstractmethod
     def Shutdown(

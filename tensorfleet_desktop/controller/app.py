@@ -54,6 +54,7 @@ class ControllerConfig:
     metrics_port: int | None = None
     telemetry_period: float = 1.0
     gang_reserve_after: float = 300.0
+    keep_checkpoints: int = 3
     ready_file: Path | None = None
     insecure: bool = False  # plaintext to agents, no pairing: loopback development only
     cluster_token: str = ""  # pairs automatically with agents started with the same token
@@ -105,7 +106,14 @@ class ControllerApp:
             pins=pins,
             persist=self._persist_agent,
         )
-        self.controller = Controller(self.store, self.fleet, self.blobs, self.metrics, cfg.gang_reserve_after)
+        self.controller = Controller(
+            self.store,
+            self.fleet,
+            self.blobs,
+            self.metrics,
+            cfg.gang_reserve_after,
+            keep_checkpoints=cfg.keep_checkpoints,
+        )
         await self.fleet.start()
         await self.controller.start()
         servicer = ControllerServicer(

@@ -61,6 +61,7 @@ from tensorfleet_desktop.controller.model import (
     TaskRunState,
 )
 from tensorfleet_desktop.controller.registry import Registry
+from tensorfleet_desktop.controller.retention import referenced, trim_checkpoints
 from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
 from tensorfleet_desktop.controller.sweep import Study, parse_sweep
 from tensorfleet_desktop.store.base import JobStore
@@ -91,6 +92,7 @@ class Controller:
         metrics: ControllerMetrics,
         gang_reserve_after: float = 300.0,
         max_replacements: int = 5,
+        keep_checkpoints: int = 3,
     ) -> None:
         self.store = store
         self.fleet = fleet
@@ -99,6 +101,7 @@ class Controller:
         self.metrics = metrics
         self.gang_reserve_after = gang_reserve_after
         self.max_replacements = max_replacements
+        self.keep_checkpoints = keep_checkpoints
         self.jobs: dict[str, Job] = {}
         self._seq_no = 0
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -278,6 +281,19 @@ class Controller:
         if not any(d["sha256"] == entry["sha256"] for d in self.datasets.values()):
             await self.blobs.delete(entry["sha256"])
         return entry
+
+    async def collect_garbage(self, grace: float = 600.0) -> dict[str, int]:
+        """Delete blobs nothing refers to any more (see retention.py); files younger than `grace` s are spared."""
+        keep = referenced(self.jobs.values(), self.datasets.values(), await self.store.model_versions())
+        keep |= set(self._fetches)
+        now, deleted, freed = time.time(), 0, 0
+        for sha256, (size, modified) in (await self.blobs.listing()).items():
+            if sha256 in keep or now - modified < grace:
+                continue
+            await self.blobs.delete(sha256)
+            deleted, freed = deleted + 1, freed + size
+        log.info("gc: deleted %d blob(s), %d bytes; %d referenced", deleted, freed, len(keep))
+        return {"deleted": deleted, "freed_bytes": freed, "kept": len(keep)}
 
     def _adopt_blob(self, tmp: Path) -> tuple[str, int]:
         """Move a finished file into the blob store under its sha256 (blocking)."""
@@ -800,6 +816,11 @@ class Controller:
             kind = p.kind if isinstance(p, ArtifactReady) else "checkpoint"
             step = p.step if isinstance(p, CheckpointSaved) else 0
             job.artifacts.append(ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step))
+            if kind == "checkpoint":
+                job.artifacts, dropped = trim_checkpoints(job.artifacts, self.keep_checkpoints)
+                for gone in dropped:
+                    if all(a.sha256 != gone.sha256 for a in job.artifacts):
+                        self._spawn(self.blobs.delete(gone.sha256))
             self._record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))
             record = self.fleet.agents.get(task.node_id)
             if record is not None and p.sha256 not in self._fetches:

@@ -344,6 +344,13 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return convert.model_to_pb(await self.c.registry.delete(request.ref, request.force))
 
     @_unary
+    async def CollectGarbage(self, request: cpb.GcRequest, context: Any) -> cpb.GcResponse:
+        grace = request.grace_seconds if request.HasField("grace_seconds") else 600.0
+        if not 0 <= grace <= 365 * 86400:
+            raise ValidationError("grace_seconds", f"must be between 0 and a year, got {grace:g}")
+        return cpb.GcResponse(**await self.c.collect_garbage(grace))
+
+    @_unary
     async def ModelStats(self, request: cpb.ModelStatsRequest, context: Any) -> cpb.ModelStatsResponse:
         return convert.stats_to_pb(await self.c.registry.stats())
 

@@ -47,6 +47,18 @@ class BlobStore:
     async def delete(self, sha256: str) -> None:
         await asyncio.to_thread(self.path(sha256).unlink, missing_ok=True)
 
+    async def listing(self) -> dict[str, tuple[int, float]]:
+        """sha256 -> (size, modified time) of every blob the store holds."""
+        return await asyncio.to_thread(self._local_listing)
+
+    def _local_listing(self) -> dict[str, tuple[int, float]]:
+        out = {}
+        for path in self.root.glob("[0-9a-f][0-9a-f]/*"):
+            if len(path.name) == 64 and path.is_file():
+                stat = path.stat()
+                out[path.name] = (stat.st_size, stat.st_mtime)
+        return out
+
 
 class S3BlobStore(BlobStore):
     def __init__(self, uri: str, cache: Path) -> None:
@@ -120,8 +132,21 @@ class S3BlobStore(BlobStore):
             raise
         tmp.replace(path)
 
+    async def listing(self) -> dict[str, tuple[int, float]]:
+        local = await super().listing()
+
+        def remote() -> dict[str, tuple[int, float]]:
+            out = {}
+            for obj in self.client.list_objects(self.bucket, prefix="blobs/", recursive=True):
+                name = obj.object_name.rsplit("/", 1)[-1]
+                if len(name) == 64:
+                    out[name] = (int(obj.size or 0), obj.last_modified.timestamp() if obj.last_modified else 0.0)
+            return out
+
+        return {**local, **await asyncio.to_thread(remote)}
+
     async def delete(self, sha256: str) -> None:
-        await super().delete(sha256)
+        await BlobStore.delete(self, sha256)
         await asyncio.to_thread(self.client.remove_object, self.bucket, self.key(sha256))
 
     def presigned_get(self, sha256: str, hours: float = 1.0) -> str:

@@ -607,6 +607,7 @@ def test_gang_resumes_from_its_checkpoint_after_an_agent_dies(
         final = client.wait(job["id"], timeout=300)
         assert final["state"] == "SUCCEEDED", final
         assert [t["attempt"] for t in final["task_list"]] == [2, 2]
+        assert len([a for a in final["artifacts"] if a["kind"] == "checkpoint"]) == 3  # --keep-checkpoints default
         logs = [r["line"] for r in client.logs(job["id"])]
         resumed = [line for line in logs if line.startswith("resumed from checkpoint of epoch")]
         assert resumed, logs[-20:]

@@ -22,18 +22,20 @@ def test_jobs_register_versions_that_aliases_downloads_and_the_sdk_use(
 
     controller, _ = cluster
     with Client(controller.address) as client:
-        jobs = [
-            client.submit(
-                {
-                    "algorithm": "random_forest",
-                    "dataset": "iris",
-                    "model_name": "iris-rf",
-                    "hyperparameters": {"n_estimators": n},
-                }
+        done = [  # one after the other: versions follow completion order
+            client.wait(
+                client.submit(
+                    {
+                        "algorithm": "random_forest",
+                        "dataset": "iris",
+                        "model_name": "iris-rf",
+                        "hyperparameters": {"n_estimators": n},
+                    }
+                )["id"],
+                timeout=120,
             )
             for n in (5, 40)
         ]
-        done = [client.wait(j["id"], timeout=120) for j in jobs]
         unnamed = client.wait(client.submit({"algorithm": "decision_tree", "dataset": "wine"})["id"], timeout=120)
     assert [j["state"] for j in done] == ["SUCCEEDED", "SUCCEEDED"]
     assert sorted(j["model"]["version"] for j in done) == [1, 2] and {j["model"]["name"] for j in done} == {"iris-rf"}
@@ -83,7 +85,13 @@ def test_jobs_register_versions_that_aliases_downloads_and_the_sdk_use(
     # deleting what an alias points at needs --force; refs that do not resolve are named
     refused = controller.cli("models", "delete", "iris-rf:1")
     assert refused.returncode == 2 and "@production" in refused.stderr
+    blob = controller.data_dir / "blobs" / shown["sha256"][:2] / shown["sha256"]
+    assert blob.exists()
     assert controller.cli("models", "delete", "iris-rf:2").returncode == 0
+    freed = cli_json(controller.cli("gc", "--grace", "0", "--json"))
+    assert freed["deleted"] >= 1 and freed["freed_bytes"] >= shown["size"]
+    assert not blob.exists()  # the deleted version's file is gone; the others stay
+    assert cli_json(controller.cli("models", "download", "iris-rf:1", "-o", str(tmp_path / "v1"), "--json"))
     for ref, message in [
         ("iris-rf:2", "no model 'iris-rf:2'"),
         ("iris-rf@staging", "no such alias"),

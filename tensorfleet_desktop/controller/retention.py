@@ -1,0 +1,44 @@
+"""What the blob store must keep, and what it may drop (pure functions; the controller applies them).
+
+Kept: every registered model version's file, every uploaded dataset, everything of a job that has not
+succeeded (a retry or resume needs its checkpoints and shards), reports and torch configs, and the
+model files of jobs that registered none (cross-validation folds). So the file of a deleted model
+version, the checkpoints of a finished job and a deleted dataset become garbage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobState
+
+
+def referenced(jobs: Iterable[Job], datasets: Iterable[dict[str, Any]], versions: Iterable[dict[str, Any]]) -> set[str]:
+    keep = {v["sha256"] for v in versions} | {d["sha256"] for d in datasets}
+    for job in jobs:
+        if job.spec.get("dataset", "").startswith("user:"):
+            keep.add(str(job.spec["dataset"]).split(":", 1)[1])
+        for artifact in job.artifacts:
+            if job.state is not JobState.SUCCEEDED:
+                keep.add(artifact.sha256)
+            elif artifact.kind == "checkpoint":
+                continue
+            elif artifact.kind != "model" or not job.model:
+                keep.add(artifact.sha256)
+    return keep
+
+
+def trim_checkpoints(artifacts: list[ArtifactInfo], keep: int) -> tuple[list[ArtifactInfo], list[ArtifactInfo]]:
+    """(what stays, what goes): the `keep` latest checkpoints of each task index; other artifacts stay."""
+    if keep <= 0:
+        return artifacts, []
+    latest: dict[int, list[ArtifactInfo]] = {}
+    for a in artifacts:
+        if a.kind == "checkpoint":
+            latest.setdefault(a.task_index, []).append(a)
+    dropped = set()
+    for group in latest.values():
+        for old in sorted(group, key=lambda a: a.step)[:-keep]:
+            dropped.add(id(old))
+    return [a for a in artifacts if id(a) not in dropped], [a for a in artifacts if id(a) in dropped]
