@@ -192,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "gc", help="delete blobs nothing refers to any more (deleted versions, datasets, old checkpoints)"
     )
-    s.add_argument("--grace", type=float, default=600.0, help="spare files younger than this many seconds (default: 600)")
+    s.add_argument(
+        "--grace", type=float, default=600.0, help="spare blobs younger than this many seconds (default 600)"
+    )
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("algorithms", help="the workloads and their parameters")
     s.add_argument("--json", action="store_true")
