@@ -67,7 +67,9 @@ def main() -> None:
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        agents = [AgentProcess(tmp / f"a{i}", name=f"bench-{i}", cpu_slots=1).start() for i in range(2)]
+        agents = [
+            AgentProcess(tmp / f"a{i}", name=f"bench-{i}", cpu_slots=1, spare_workers=1).start() for i in range(2)
+        ]
         controller = ControllerProcess(tmp / "ctl").start()
         try:
             with Client(controller.address) as client:

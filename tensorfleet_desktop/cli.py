@@ -196,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=600.0, help="spare blobs younger than this many seconds (default 600)"
     )
     s.add_argument("--json", action="store_true")
+    s = sub.add_parser("registry", help="export or import the model registry (runs on the store directly)")
+    rsub = s.add_subparsers(dest="registry_command", metavar="export|import", parser_class=_Parser, required=True)
+    for name, text in (("export", "write every version, alias and dataset to DIR"), ("import", "read DIR back")):
+        r = rsub.add_parser(name, help=text)
+        r.add_argument("dir", type=Path)
+        r.add_argument("--data-dir", type=Path, help="the controller's data dir (default: the usual one)")
+        r.add_argument("--store", default="", help="store URI (default: the data dir's, or TENSORFLEET_MONGODB_URI)")
+        r.add_argument("--blobs", default="", help="blob store URI (default: the data dir's)")
+        r.add_argument("--json", action="store_true")
     s = sub.add_parser("algorithms", help="the workloads and their parameters")
     s.add_argument("--json", action="store_true")
 

@@ -171,6 +171,8 @@ err = Console(stderr=True, highlight=False)
 def run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return serve(args)
+    if args.command == "registry":
+        return registry_transfer(args)
     if args.command == "demo":
         from tensorfleet_desktop.demo import run_demo
 
@@ -534,6 +536,25 @@ def datasets(client: Client, args: argparse.Namespace) -> int:
     for d in items:
         table.add_row(d["name"], str(d["rows"]), ", ".join(d["columns"]), str(d["size"]), d["sha256"][:16])
     out.print(table)
+    return EXIT_OK
+
+
+def registry_transfer(args: argparse.Namespace) -> int:
+    from tensorfleet_desktop.controller.app import default_data_dir, resolve_uris
+    from tensorfleet_desktop.registry_transfer import TransferError, export_registry, import_registry
+
+    data_dir = args.data_dir or default_data_dir()
+    store, blobs = resolve_uris(data_dir, args.store, args.blobs)
+    run = export_registry if args.registry_command == "export" else import_registry
+    try:
+        result = asyncio.run(run(store, blobs, data_dir, args.dir))
+    except (TransferError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json(result)
+    else:
+        done = "exported" if args.registry_command == "export" else "imported"
+        out.print(f"{done}: " + ", ".join(f"{v} {k}" for k, v in result.items()))
     return EXIT_OK
 
 

@@ -39,6 +39,12 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("tensorfleet", appauthor=False)) / "controller"
 
 
+def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tuple[str, str]:
+    """The store and blob store a controller with this data dir uses, given what the user named."""
+    store = store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite:///{data_dir / 'tensorfleet.db'}"
+    return store, blobs_uri or f"file://{data_dir / 'blobs'}"
+
+
 @dataclass
 class ControllerConfig:
     data_dir: Path = field(default_factory=default_data_dir)
@@ -83,10 +89,7 @@ class ControllerApp:
         cfg = self.config
         started = time.time()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        store_uri = (
-            cfg.store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite:///{cfg.data_dir / 'tensorfleet.db'}"
-        )
-        blobs_uri = cfg.blobs_uri or f"file://{cfg.data_dir / 'blobs'}"
+        store_uri, blobs_uri = resolve_uris(cfg.data_dir, cfg.store_uri, cfg.blobs_uri)
         self.blobs = open_blobs(blobs_uri, cfg.data_dir)
         if cfg.insecure and not is_loopback(cfg.host):
             raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")

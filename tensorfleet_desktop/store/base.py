@@ -71,6 +71,10 @@ class JobStore(abc.ABC):
         """Store a new version of record["name"]; the next integer version is assigned atomically."""
 
     @abc.abstractmethod
+    async def put_model_version(self, record: dict[str, Any]) -> bool:
+        """Store a version under its own number (an import); False when that name:version exists."""
+
+    @abc.abstractmethod
     async def model_versions(self, name: str = "", algorithm: str = "") -> list[dict[str, Any]]:
         """Versions (newest first) with their aliases, optionally of one name or algorithm."""
 

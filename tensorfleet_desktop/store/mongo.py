@@ -268,6 +268,23 @@ class MongoJobStore(JobStore):
         result: dict[str, Any] = await self._call(op)
         return {**result, "aliases": []}
 
+    async def put_model_version(self, record: dict[str, Any]) -> bool:
+        body = {k: v for k, v in record.items() if k != "aliases"}
+        errors = self._pymongo.errors
+
+        def op(db: Any) -> bool:
+            try:
+                db.models.insert_one(dict(body))
+            except errors.DuplicateKeyError:
+                return False
+            db.model_names.update_one(
+                {"_id": body["name"]}, {"$max": {"last_version": int(body["version"])}}, upsert=True
+            )
+            return True
+
+        result: bool = await self._call(op)
+        return result
+
     def _with_aliases(self, db: Any, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         names = list({d["name"] for d in docs})
         aliases: dict[tuple[str, int], list[str]] = {}

@@ -319,6 +319,27 @@ class SqliteJobStore(JobStore):
         result: dict[str, Any] = await self._call(op)
         return {**result, "aliases": []}
 
+    async def put_model_version(self, record: dict[str, Any]) -> bool:
+        body = {k: v for k, v in record.items() if k != "aliases"}
+
+        def op(conn: sqlite3.Connection) -> bool:
+            name, version = body["name"], int(body["version"])
+            if conn.execute("SELECT 1 FROM models WHERE name = ? AND version = ?", (name, version)).fetchone():
+                return False
+            conn.execute(
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?)",
+                (name, version, body["algorithm"], body["created_at"], json.dumps(body)),
+            )
+            conn.execute(
+                "INSERT INTO model_names VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET last_version = max(last_version, excluded.last_version)",
+                (name, version),
+            )
+            return True
+
+        result: bool = await self._call(op)
+        return result
+
     async def model_versions(self, name: str = "", algorithm: str = "") -> list[dict[str, Any]]:
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             sql, args = "SELECT body FROM models WHERE 1=1", list[str]()

@@ -35,6 +35,7 @@ class AgentProcess:
     data_dir: Path
     name: str = "test-agent"
     cpu_slots: int = 2
+    spare_workers: int = 0  # the product default is 1; tests start agents by the dozen and rarely need one
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=lambda: {"TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN})
     proc: subprocess.Popen[bytes] | None = None
@@ -70,6 +71,8 @@ class AgentProcess:
             str(self.cpu_slots),
             "--ready-file",
             str(ready),
+            "--spare-workers",
+            str(self.spare_workers),
             *self.extra_args,
         ]
         env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK, **self.env}

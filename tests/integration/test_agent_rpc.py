@@ -210,9 +210,12 @@ async def test_warm_worker_reused_within_a_job(agent: AgentProcess) -> None:
     assert pids[0] == pids[1] != pids[2]
 
 
-async def test_a_new_job_starts_on_a_spare_worker_with_sklearn_imported(agent: AgentProcess) -> None:
+async def test_a_new_job_starts_on_a_spare_worker_with_sklearn_imported(
+    agent_factory: type[AgentProcess], tmp_path: Path
+) -> None:
     import psutil
 
+    agent = agent_factory(tmp_path / "spare-agent", spare_workers=1).start()
     async with agent.client() as client:
         await asyncio.sleep(3)  # the agent starts its spare in the background
         asked = time.time()

@@ -3,6 +3,7 @@ clear errors when the server is missing, and no lost writes while it hangs."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -178,3 +179,50 @@ def test_wrong_s3_credentials_are_a_clear_error(s3: tuple[str, dict[str, str]], 
     said = " ".join(result.stderr.split())
     assert result.returncode == 2 and "refused the credentials" in said and "AWS_SECRET_ACCESS_KEY" in said, said
     assert "not-the-secret" not in said
+
+
+def test_registry_moves_from_the_embedded_default_to_mongodb_and_s3(
+    mongo: tuple[ServerProcess | None, str],
+    s3: tuple[str, dict[str, str]],
+    agent_factory: type[AgentProcess],
+    controller_factory: type[ControllerProcess],
+    tmp_path: Path,
+) -> None:
+    _server, store = mongo
+    blobs, creds = s3
+    agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
+    embedded = controller_factory(tmp_path / "embedded").start()
+    with Client(embedded.address) as client:
+        wait_until(lambda: any(a["state"] == "ONLINE" for a in client.agents()), 20, "the agent")
+        for c in (0.5, 2.0):
+            spec = {"algorithm": "svm", "dataset": "iris", "model_name": "iris-svm", "hyperparameters": {"C": c}}
+            assert client.wait(client.submit(spec)["id"], 120)["state"] == "SUCCEEDED"
+        client.set_alias("iris-svm:2", "production")
+        client.tag_model("iris-svm:1", "baseline")
+        before = client.models(name="iris-svm")["models"]
+    embedded.stop()
+    backup = tmp_path / "backup"
+    env = {**os.environ, **creds}
+    base = [sys.executable, "-m", "tensorfleet_desktop", "registry"]
+    done = subprocess.run(
+        [*base, "export", str(backup), "--data-dir", str(tmp_path / "embedded"), "--json"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    moved = [*base, "import", str(backup), "--data-dir", str(tmp_path / "team"), "--store", store, "--blobs", blobs]
+    for expected in ({"versions": 2, "skipped": 0, "datasets": 0}, {"versions": 0, "skipped": 2, "datasets": 0}):
+        result = subprocess.run([*moved, "--json"], capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0 and json.loads(result.stdout) == expected, result.stderr  # twice is harmless
+    team = controller_factory(
+        tmp_path / "team-controller", extra_args=["--store", store, "--blobs", blobs], env={**creds}
+    ).start()
+    with Client(team.address) as client:
+        after = client.models(name="iris-svm")["models"]
+        assert [(m["version"], m["aliases"], m["tags"], m["sha256"]) for m in after] == [
+            (m["version"], m["aliases"], m["tags"], m["sha256"]) for m in before
+        ]
+        assert client.model("iris-svm@production")["hyperparameters"]["C"] == 2.0
+        assert client.load_model("iris-svm@production").C == 2.0
+    (backup / "blobs" / before[0]["sha256"]).write_bytes(b"not the model")
+    damaged = subprocess.run([*moved], capture_output=True, text=True, timeout=120, env=env)
+    assert damaged.returncode == 2 and "does not hash to its name" in damaged.stderr

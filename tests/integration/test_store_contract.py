@@ -151,3 +151,10 @@ async def test_a_failed_registry_call_keeps_the_other_writes(store: JobStore) ->
         await store.register_model({"name": "broken", "algorithm": None, "created_at": 1.0, "_id": 1})
     await store.flush()
     assert [j.id for j in await store.load_jobs()] == ["kept"]
+
+
+async def test_imported_versions_keep_their_numbers(store: JobStore) -> None:
+    assert await store.put_model_version({**_version(), "version": 7, "aliases": ["production"]}) is True
+    assert await store.put_model_version({**_version(), "version": 7}) is False  # already there
+    assert (await store.register_model(_version()))["version"] == 8  # new ones follow the imported
+    assert sorted(m["version"] for m in await store.model_versions("iris-rf")) == [7, 8]
