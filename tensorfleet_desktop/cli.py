@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file:///path (default: in the data dir) or s3://BUCKET?endpoint=HOST:PORT&secure=false "
         "(credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
     )
+    s.add_argument("--config", type=Path, help="TOML file with [store] and [blobs] (default: DATA_DIR/config.toml)")
     s.add_argument("--keep-checkpoints", type=int, default=3, help="latest checkpoints kept per job (default: 3)")
     s.add_argument("--metrics-port", type=int)
     s.add_argument("--telemetry-period", type=float, default=1.0)

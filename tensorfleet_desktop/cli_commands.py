@@ -191,9 +191,18 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.insecure and not is_loopback(args.host):
         raise UsageError(f"--insecure serves plaintext without pairing: only on loopback, not on --host {args.host}")
+    from tensorfleet_desktop.controller.settings import FileSettings, load_settings
+
+    data_dir = args.data_dir or default_data_dir()
+    config_path = args.config or (data_dir / "config.toml")
+    try:
+        settings = load_settings(config_path) if args.config or config_path.exists() else FileSettings()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    env_store = os.environ.get("TENSORFLEET_MONGODB_URI", "")
     try:
         config = ControllerConfig(
-            data_dir=args.data_dir or default_data_dir(),
+            data_dir=data_dir,
             host=args.host,
             port=args.port,
             interfaces=parse_interfaces(args.interfaces),
@@ -201,8 +210,9 @@ def serve(args: argparse.Namespace) -> int:
             local_agent=not args.no_local_agent,
             local_agent_slots=args.local_agent_slots,
             agents=args.agent,
-            store_uri=args.store,
-            blobs_uri=args.blobs,
+            store_uri=args.store or env_store or settings.store_uri,
+            blobs_uri=args.blobs or settings.blobs_uri,
+            s3_credentials=(settings.s3_access_key, settings.s3_secret_key),
             metrics_port=args.metrics_port,
             telemetry_period=args.telemetry_period,
             gang_reserve_after=args.gang_reserve_after,

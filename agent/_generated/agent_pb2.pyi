@@ -938,6 +938,78 @@ class BlobChunk(_message.Message):
 Global___BlobChunk: _TypeAlias = BlobChunk  # noqa: Y015
 
 @_typing.final
+class FetchBlobRequest(_message.Message):
+    """Move a blob between this agent and an object store through a presigned URL, so that big files
+    need not pass through the controller. Only http(s) URLs; the digest is checked either way.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    size: _builtins.int
+    url: _builtins.str
+    """presigned GET"""
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        size: _builtins.int = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "size", b"size", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchBlobRequest: _TypeAlias = FetchBlobRequest  # noqa: Y015
+
+@_typing.final
+class PushBlobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    url: _builtins.str
+    """presigned PUT"""
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sha256", b"sha256", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushBlobRequest: _TypeAlias = PushBlobRequest  # noqa: Y015
+
+@_typing.final
+class PushBlobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushBlobResponse: _TypeAlias = PushBlobResponse  # noqa: Y015
+
+@_typing.final
 class PutBlobResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

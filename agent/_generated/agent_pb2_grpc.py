@@ -82,6 +82,16 @@ class AgentServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.HasBlobsRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.HasBlobsResponse.FromString,
                 _registered_method=True)
+        self.FetchBlob = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/FetchBlob',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.FetchBlobRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PutBlobResponse.FromString,
+                _registered_method=True)
+        self.PushBlob = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/PushBlob',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobResponse.FromString,
+                _registered_method=True)
         self.PairBegin = channel.unary_unary(
                 '/tensorfleet.v1.AgentService/PairBegin',
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.PairBeginRequest.SerializeToString,
@@ -164,6 +174,18 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchBlob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushBlob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PairBegin(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -235,6 +257,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.HasBlobs,
                     request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.HasBlobsRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_agent__pb2.HasBlobsResponse.SerializeToString,
+            ),
+            'FetchBlob': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchBlob,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.FetchBlobRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.PutBlobResponse.SerializeToString,
+            ),
+            'PushBlob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushBlob,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobResponse.SerializeToString,
             ),
             'PairBegin': grpc.unary_unary_rpc_method_handler(
                     servicer.PairBegin,
@@ -502,6 +534,60 @@ class AgentService:
             '/tensorfleet.v1.AgentService/HasBlobs',
             tensorfleet_dot_v1_dot_agent__pb2.HasBlobsRequest.SerializeToString,
             tensorfleet_dot_v1_dot_agent__pb2.HasBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/FetchBlob',
+            tensorfleet_dot_v1_dot_agent__pb2.FetchBlobRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.PutBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/PushBlob',
+            tensorfleet_dot_v1_dot_agent__pb2.PushBlobRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.PushBlobResponse.FromString,
             options,
             channel_credentials,
             insecure,

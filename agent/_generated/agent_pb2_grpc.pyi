@@ -49,6 +49,8 @@ class AgentServiceStub:
     GetBlob: _grpc.UnaryStreamMultiCallable[_agent_pb2.GetBlobRequest, _agent_pb2.BlobChunk]
     """First message is a BlobHeader with the blob's digest and size, then data chunks."""
     HasBlobs: _grpc.UnaryUnaryMultiCallable[_agent_pb2.HasBlobsRequest, _agent_pb2.HasBlobsResponse]
+    FetchBlob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.FetchBlobRequest, _agent_pb2.PutBlobResponse]
+    PushBlob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PushBlobRequest, _agent_pb2.PushBlobResponse]
     PairBegin: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PairBeginRequest, _agent_pb2.PairBeginResponse]
     PairFinish: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PairFinishRequest, _agent_pb2.PairFinishResponse]
     GetChallenge: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ChallengeRequest, _agent_pb2.Challenge]
@@ -69,6 +71,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     GetBlob: _aio.UnaryStreamMultiCallable[_agent_pb2.GetBlobRequest, _agent_pb2.BlobChunk]  # type: ignore[assignment]
     """First message is a BlobHeader with the blob's digest and size, then data chunks."""
     HasBlobs: _aio.UnaryUnaryMultiCallable[_agent_pb2.HasBlobsRequest, _agent_pb2.HasBlobsResponse]  # type: ignore[assignment]
+    FetchBlob: _aio.UnaryUnaryMultiCallable[_agent_pb2.FetchBlobRequest, _agent_pb2.PutBlobResponse]  # type: ignore[assignment]
+    PushBlob: _aio.UnaryUnaryMultiCallable[_agent_pb2.PushBlobRequest, _agent_pb2.PushBlobResponse]  # type: ignore[assignment]
     PairBegin: _aio.UnaryUnaryMultiCallable[_agent_pb2.PairBeginRequest, _agent_pb2.PairBeginResponse]  # type: ignore[assignment]
     PairFinish: _aio.UnaryUnaryMultiCallable[_agent_pb2.PairFinishRequest, _agent_pb2.PairFinishResponse]  # type: ignore[assignment]
     GetChallenge: _aio.UnaryUnaryMultiCallable[_agent_pb2.ChallengeRequest, _agent_pb2.Challenge]  # type: ignore[assignment]
@@ -140,6 +144,20 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.HasBlobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.HasBlobsResponse, _abc.Awaitable[_agent_pb2.HasBlobsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchBlob(
+        self,
+        request: _agent_pb2.FetchBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PutBlobResponse, _abc.Awaitable[_agent_pb2.PutBlobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PushBlob(
+        self,
+        request: _agent_pb2.PushBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PushBlobResponse, _abc.Awaitable[_agent_pb2.PushBlobResponse]]: ...
 
     @_abc_1.abstractmethod
     def PairBegin(

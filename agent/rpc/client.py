@@ -286,6 +286,18 @@ class AgentClient:
         await self._call(lambda md: self.stub.PutBlob(chunks(), metadata=md))
         return digest
 
+    async def fetch_blob(self, sha256: str, size: int, url: str, timeout: float = 600.0) -> bool:
+        """Have the agent download a blob from a presigned URL; False when it already had it."""
+        request = pb.FetchBlobRequest(sha256=sha256, size=size, url=url)
+        reply = await self._call(lambda md: self.stub.FetchBlob(request, timeout=timeout, metadata=md))
+        return not reply.already_present
+
+    async def push_blob(self, sha256: str, url: str, timeout: float = 600.0) -> int:
+        """Have the agent upload one of its blobs to a presigned URL; returns the size sent."""
+        request = pb.PushBlobRequest(sha256=sha256, url=url)
+        reply = await self._call(lambda md: self.stub.PushBlob(request, timeout=timeout, metadata=md))
+        return int(reply.size)
+
     async def get_blob(self, sha256: str, dest: Path) -> int:
         """Download a blob to `dest`, verifying its sha256; returns its size."""
         hasher = hashlib.sha256()

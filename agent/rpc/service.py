@@ -26,6 +26,7 @@ from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.validation import MAX_CHECKPOINT_GRACE, MAX_REASON, check_id, check_text, validate_task_spec
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.rpc import convert, handlers
+from tensorfleet_agent.runtime import transfer
 from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
 from tensorfleet_agent.runtime.executor import Executor
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler
@@ -153,6 +154,28 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             check_sha256(digest, f"sha256[{i}]")
         present = await asyncio.to_thread(lambda: [d for d in request.sha256 if self.blobs.has(d)])
         return pb.HasBlobsResponse(present=present)
+
+    @_unary
+    async def FetchBlob(self, request: pb.FetchBlobRequest, context: Any) -> pb.PutBlobResponse:
+        check_sha256(request.sha256, "sha256")
+        transfer.check_url(request.url, "url")
+        if request.size < 0:
+            raise ValidationError("size", f"must be >= 0, got {request.size}")
+        if await asyncio.to_thread(self.blobs.has, request.sha256):
+            return pb.PutBlobResponse(sha256=request.sha256, size=request.size, already_present=True)
+        await asyncio.to_thread(transfer.fetch, self.blobs, request.sha256, request.size, request.url)
+        log.info("fetched blob %s (%d bytes) from the object store", request.sha256[:12], request.size)
+        return pb.PutBlobResponse(sha256=request.sha256, size=request.size)
+
+    @_unary
+    async def PushBlob(self, request: pb.PushBlobRequest, context: Any) -> pb.PushBlobResponse:
+        check_sha256(request.sha256, "sha256")
+        transfer.check_url(request.url, "url")
+        if not await asyncio.to_thread(self.blobs.has, request.sha256):
+            raise NotFound(f"blob {request.sha256} is not on this agent")
+        size = await asyncio.to_thread(transfer.push, self.blobs, request.sha256, request.url)
+        log.info("pushed blob %s (%d bytes) to the object store", request.sha256[:12], size)
+        return pb.PushBlobResponse(size=size)
 
     @_unary
     async def PutBlob(self, request_iterator: AsyncIterator[pb.BlobChunk], context: Any) -> pb.PutBlobResponse:

@@ -61,6 +61,7 @@ class ControllerConfig:
     telemetry_period: float = 1.0
     gang_reserve_after: float = 300.0
     keep_checkpoints: int = 3
+    s3_credentials: tuple[str, str] = ("", "")  # from the config file; AWS_* variables win
     ready_file: Path | None = None
     insecure: bool = False  # plaintext to agents, no pairing: loopback development only
     cluster_token: str = ""  # pairs automatically with agents started with the same token
@@ -90,7 +91,7 @@ class ControllerApp:
         started = time.time()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         store_uri, blobs_uri = resolve_uris(cfg.data_dir, cfg.store_uri, cfg.blobs_uri)
-        self.blobs = open_blobs(blobs_uri, cfg.data_dir)
+        self.blobs = open_blobs(blobs_uri, cfg.data_dir, cfg.s3_credentials)
         if cfg.insecure and not is_loopback(cfg.host):
             raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
         if cfg.cluster_token:

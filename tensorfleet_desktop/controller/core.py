@@ -714,8 +714,21 @@ class Controller:
         if not is_user_dataset(spec.dataset):
             return spec
         digest = spec.dataset[len("user:") :]
-        await client.put_blob(await self.blobs.ensure(digest))
+        await self._send_blob(client, digest)
         return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef(str(spec.dataset_params["file"]), digest)))
+
+    async def _send_blob(self, client: AgentClient, sha256: str) -> None:
+        """Get a blob onto an agent: from the object store directly when it can, else through the controller."""
+        if sha256 in await client.has_blobs([sha256]):
+            return
+        direct = await self.blobs.direct_download(sha256)
+        if direct is not None:
+            try:
+                await client.fetch_blob(sha256, direct[1], direct[0])
+                return
+            except grpc.aio.AioRpcError as exc:
+                log.info("agent could not fetch %s from the object store (%s); sending it", sha256[:12], exc.details())
+        await client.put_blob(await self.blobs.ensure(sha256))
 
     async def _with_script(self, job: Job, spec: TaskSpec, client: AgentClient) -> TaskSpec:
         """A script job sends its file to the agent (by content) and names it among the inputs."""
@@ -744,11 +757,10 @@ class Controller:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(fetch), 60)
         try:
-            local = await self.blobs.ensure(latest.sha256)
+            await self._send_blob(client, latest.sha256)
         except FileNotFoundError:
             log.warning("job %s: checkpoint %s is not in the blob store; starting over", job.id, latest.sha256[:12])
             return spec
-        await client.put_blob(local)
         self._task_event(job, task, f"resuming from the checkpoint of step {latest.step}")
         return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef("resume.ckpt", latest.sha256)))
 
@@ -851,6 +863,15 @@ class Controller:
         dest = self.blobs.path(sha256)
         if dest.exists() or record.client is None:
             return
+        url = await self.blobs.direct_upload(sha256)
+        if url is not None:
+            try:  # straight from the agent into the object store
+                await record.client.push_blob(sha256, url)
+                return
+            except grpc.aio.AioRpcError as exc:
+                log.info(
+                    "agent %s could not upload %s itself (%s); relaying it", record.name, sha256[:12], exc.details()
+                )
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             await record.client.get_blob(sha256, dest)

@@ -47,6 +47,14 @@ class BlobStore:
     async def delete(self, sha256: str) -> None:
         await asyncio.to_thread(self.path(sha256).unlink, missing_ok=True)
 
+    async def direct_download(self, sha256: str) -> tuple[str, int] | None:
+        """(presigned GET URL, size) when agents can fetch the blob from the store themselves."""
+        return None
+
+    async def direct_upload(self, sha256: str) -> str | None:
+        """A presigned PUT URL when agents can upload the blob to the store themselves."""
+        return None
+
     async def listing(self) -> dict[str, tuple[int, float]]:
         """sha256 -> (size, modified time) of every blob the store holds."""
         return await asyncio.to_thread(self._local_listing)
@@ -61,7 +69,7 @@ class BlobStore:
 
 
 class S3BlobStore(BlobStore):
-    def __init__(self, uri: str, cache: Path) -> None:
+    def __init__(self, uri: str, cache: Path, credentials: tuple[str, str] = ("", "")) -> None:
         super().__init__(cache, uri)
         try:
             from minio import Minio
@@ -74,9 +82,13 @@ class S3BlobStore(BlobStore):
         secure = query.get("secure", "true").lower() not in ("false", "0", "no")
         if not self.bucket:
             raise ValueError(f"blob store URI {uri!r} names no bucket (s3://BUCKET?endpoint=HOST:PORT)")
-        key, secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        key = os.environ.get("AWS_ACCESS_KEY_ID") or credentials[0]
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY") or credentials[1]
         if not key or not secret:
-            raise ValueError("an s3:// blob store needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+            raise ValueError(
+                "an s3:// blob store needs credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "or access_key and secret_key under [blobs] in the config file"
+            )
         try:
             self.client: Any = Minio(self.endpoint, access_key=key, secret_key=secret, secure=secure)
         except ValueError as exc:
@@ -149,20 +161,34 @@ class S3BlobStore(BlobStore):
         await BlobStore.delete(self, sha256)
         await asyncio.to_thread(self.client.remove_object, self.bucket, self.key(sha256))
 
-    def presigned_get(self, sha256: str, hours: float = 1.0) -> str:
-        """A URL that lets an agent download the blob straight from the store (no controller in between)."""
+    async def direct_download(self, sha256: str) -> tuple[str, int] | None:
         from datetime import timedelta
 
-        url: str = self.client.presigned_get_object(self.bucket, self.key(sha256), expires=timedelta(hours=hours))
+        def sign() -> tuple[str, int]:
+            size = int(self.client.stat_object(self.bucket, self.key(sha256)).size or 0)
+            return self.client.presigned_get_object(self.bucket, self.key(sha256), expires=timedelta(hours=1)), size
+
+        try:
+            return await asyncio.to_thread(sign)
+        except Exception as exc:  # not in the bucket yet, or the store is down: the controller sends it itself
+            log.info("no direct download of %s: %s", sha256[:12], exc)
+            return None
+
+    async def direct_upload(self, sha256: str) -> str | None:
+        from datetime import timedelta
+
+        url: str = await asyncio.to_thread(
+            self.client.presigned_put_object, self.bucket, self.key(sha256), expires=timedelta(hours=1)
+        )
         return url
 
 
-def open_blobs(uri: str, data_dir: Path) -> BlobStore:
+def open_blobs(uri: str, data_dir: Path, credentials: tuple[str, str] = ("", "")) -> BlobStore:
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return BlobStore(Path(parsed.path), uri)
     if parsed.scheme == "s3":
-        return S3BlobStore(uri, data_dir / "blob-cache")
+        return S3BlobStore(uri, data_dir / "blob-cache", credentials)
     shown = uri.split("?")[0]
     raise ValueError(
         f"unsupported blob store URI {shown!r}: supported schemes are {', '.join(s + '://' for s in SUPPORTED)}"

@@ -28,6 +28,7 @@ SCHEMA_VERSION = 2
 _EVENT_FIELDS = [f.name for f in dataclasses.fields(JobEventRecord)]
 _DUPLICATE_KEY = 11000
 _RETRY_WARN_EVERY = 5.0
+_EVENT_BATCH = 2000
 
 Op = Callable[[Any], Any]  # takes the pymongo Database
 
@@ -36,6 +37,15 @@ class _Write:
     def __init__(self, fn: Op, awaited: bool) -> None:
         self.fn = fn
         self.future: concurrent.futures.Future[Any] | None = concurrent.futures.Future() if awaited else None
+
+
+class _Events:
+    """Queued events and cursors; consecutive ones are merged into one round trip."""
+
+    def __init__(self, docs: list[dict[str, Any]], marks: dict[str, int]) -> None:
+        self.docs = docs
+        self.marks = marks
+        self.future = None
 
 
 class MongoJobStore(JobStore):
@@ -51,7 +61,7 @@ class MongoJobStore(JobStore):
         self._timeout_ms = int(server_timeout * 1000)
         self._client: Any = None
         self._db: Any = None
-        self._queue: queue.SimpleQueue[_Write | threading.Event | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Write | _Events | threading.Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
 
@@ -115,7 +125,7 @@ class MongoJobStore(JobStore):
 
     # ---- the writer
 
-    def _put(self, item: _Write) -> None:
+    def _put(self, item: _Write | _Events) -> None:
         if self._failed is not None:
             raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
         self._queue.put(item)
@@ -130,37 +140,77 @@ class MongoJobStore(JobStore):
         return await asyncio.wrap_future(item.future)
 
     def _writer(self) -> None:
-        errors = self._pymongo.errors
+        held: _Write | _Events | threading.Event | None = None
         while True:
-            item = self._queue.get()
+            item = held if held is not None else self._queue.get()
+            held = None
             if item is None:
                 break
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            warned = 0.0
-            while True:
-                try:
-                    result = item.fn(self._db)
-                except (errors.AutoReconnect, errors.ServerSelectionTimeoutError, errors.NetworkTimeout) as exc:
-                    now = time.monotonic()
-                    if now - warned > _RETRY_WARN_EVERY:
-                        log.warning("MongoDB %s unreachable (%s); holding writes and retrying", self.uri, exc)
-                        warned = now
-                    time.sleep(0.5)
-                    continue
-                except errors.PyMongoError as exc:
-                    if item.future is not None:  # an awaited call: its caller gets the error
-                        item.future.set_exception(exc)
+            if isinstance(item, _Events):
+                docs, marks = list(item.docs), dict(item.marks)
+                while len(docs) < _EVENT_BATCH:  # merge what is already waiting
+                    try:
+                        following = self._queue.get_nowait()
+                    except queue.Empty:
                         break
-                    log.critical("store write failed, the controller can no longer save: %s", exc)
-                    self._failed = exc
-                    break
-                if item.future is not None:
-                    item.future.set_result(result)
-                if warned:
-                    log.warning("MongoDB %s is back; queued writes resumed", self.uri)
+                    if not isinstance(following, _Events):
+                        held = following
+                        break
+                    docs += following.docs
+                    for attempt, seq in following.marks.items():
+                        marks[attempt] = max(seq, marks.get(attempt, 0))
+                item = _Write(self._events_op(docs, marks), awaited=False)
+            if not self._apply(item):
                 break
+
+    def _apply(self, item: _Write) -> bool:
+        """Run one write, retrying while the server is unreachable; False once the store has failed."""
+        errors = self._pymongo.errors
+        warned = 0.0
+        while True:
+            try:
+                result = item.fn(self._db)
+            except (errors.AutoReconnect, errors.ServerSelectionTimeoutError, errors.NetworkTimeout) as exc:
+                now = time.monotonic()
+                if now - warned > _RETRY_WARN_EVERY:
+                    log.warning("MongoDB %s unreachable (%s); holding writes and retrying", self.uri, exc)
+                    warned = now
+                time.sleep(0.5)
+                continue
+            except errors.PyMongoError as exc:
+                if item.future is not None:  # an awaited call: its caller gets the error
+                    item.future.set_exception(exc)
+                    return True
+                log.critical("store write failed, the controller can no longer save: %s", exc)
+                self._failed = exc
+                return True
+            if item.future is not None:
+                item.future.set_result(result)
+            if warned:
+                log.warning("MongoDB %s is back; queued writes resumed", self.uri)
+            return True
+
+    def _events_op(self, docs: list[dict[str, Any]], marks: dict[str, int]) -> Op:
+        pymongo = self._pymongo
+
+        def op(db: Any) -> None:
+            if docs:
+                try:
+                    db.events.insert_many(docs, ordered=False)
+                except pymongo.errors.BulkWriteError as exc:
+                    real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != _DUPLICATE_KEY]
+                    if real:
+                        raise
+            if marks:
+                db.cursors.bulk_write(
+                    [pymongo.UpdateOne({"_id": a}, {"$max": {"seq": seq}}, upsert=True) for a, seq in marks.items()],
+                    ordered=False,
+                )
+
+        return op
 
     async def flush(self) -> None:
         done = threading.Event()
@@ -179,24 +229,7 @@ class MongoJobStore(JobStore):
         self._write(lambda db: db.jobs.replace_one({"_id": job.id}, doc, upsert=True))
 
     def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
-        docs = [{k: getattr(e, k) for k in _EVENT_FIELDS} for e in events]
-        marks = list(cursors.items())
-        pymongo = self._pymongo
-
-        def op(db: Any) -> None:
-            if docs:
-                try:
-                    db.events.insert_many(docs, ordered=False)
-                except pymongo.errors.BulkWriteError as exc:
-                    real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != _DUPLICATE_KEY]
-                    if real:
-                        raise
-                for doc in docs:
-                    doc.pop("_id", None)  # insert_many added them; a retry must not reuse them
-            for attempt, seq in marks:
-                db.cursors.update_one({"_id": attempt}, {"$max": {"seq": seq}}, upsert=True)
-
-        self._write(op)
+        self._put(_Events([{k: getattr(e, k) for k in _EVENT_FIELDS} for e in events], dict(cursors)))
 
     def save_agent(self, node_id: str, body: dict[str, Any]) -> None:
         doc = {"_id": node_id, "state": body.get("state", ""), "last_seen": body.get("last_seen", 0.0), "body": body}

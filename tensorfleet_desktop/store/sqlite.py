@@ -113,7 +113,8 @@ class SqliteJobStore(JobStore):
             if current > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} was written by a newer TensorFleet (schema {current})")
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                log.info("migrating %s to schema %d", self.path, version)
+                if row is not None:  # a fresh database is simply created at the latest schema
+                    log.info("migrating %s to schema %d", self.path, version)
                 conn.executescript(_MIGRATIONS[version - 2])
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             conn.commit()

@@ -147,7 +147,7 @@ def test_mongodb_and_s3_end_to_end(
 
     _server, store = mongo
     blobs, creds = s3
-    agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
+    agent = agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
     env = {"TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN, **creds}
     args = ["--store", store, "--blobs", blobs]
     controller = controller_factory(tmp_path / "controller", extra_args=args, env=env).start()
@@ -156,6 +156,18 @@ def test_mongodb_and_s3_end_to_end(
         job = client.wait(client.submit({"algorithm": "svm", "dataset": "wine", "model_name": "wine-svm"})["id"], 120)
         assert job["state"] == "SUCCEEDED" and job["model"]["version"] == 1
         sha = client.model("wine-svm:1")["sha256"]
+        # user data goes to the agent straight from S3 (a presigned URL), not through the controller
+        wine = load_wine()
+        data = tmp_path / "wine.csv"
+        rows = [",".join([*(repr(float(v)) for v in x), str(t)]) for x, t in zip(wine.data, wine.target, strict=True)]
+        data.write_text("\n".join([",".join([*wine.feature_names, "cultivar"]), *rows]) + "\n")
+        uploaded = client.upload_dataset(data)
+        spec = {"algorithm": "knn", "dataset": "wine", "target": "cultivar"}
+        assert client.wait(client.submit(spec)["id"], 120)["state"] == "SUCCEEDED"
+    agent_log = agent.log_path.read_text()
+    assert f"fetched blob {uploaded['sha256'][:12]}" in agent_log  # from the object store
+    assert f"pushed blob {sha[:12]}" in agent_log  # the model went from the agent into S3 directly
+    assert not (tmp_path / "controller" / "blob-cache" / sha[:2] / sha).exists()
     assert creds["AWS_SECRET_ACCESS_KEY"] not in controller.logs()
     controller.stop()
     # another controller, empty data dir: the model comes from S3, the record from MongoDB
@@ -226,3 +238,34 @@ def test_registry_moves_from_the_embedded_default_to_mongodb_and_s3(
     (backup / "blobs" / before[0]["sha256"]).write_bytes(b"not the model")
     damaged = subprocess.run([*moved], capture_output=True, text=True, timeout=120, env=env)
     assert damaged.returncode == 2 and "does not hash to its name" in damaged.stderr
+
+
+def test_the_config_file_names_the_backends_and_their_credentials(
+    mongo: tuple[ServerProcess | None, str],
+    s3: tuple[str, dict[str, str]],
+    controller_factory: type[ControllerProcess],
+    tmp_path: Path,
+) -> None:
+    _server, store = mongo
+    blobs, creds = s3
+    data_dir = tmp_path / "controller"
+    data_dir.mkdir()
+    config = data_dir / "config.toml"
+    config.write_text(
+        f'[store]\nuri = "{store}"\n\n[blobs]\nuri = "{blobs}"\n'
+        f'access_key = "{creds["AWS_ACCESS_KEY_ID"]}"\nsecret_key = "{creds["AWS_SECRET_ACCESS_KEY"]}"\n'
+    )
+    config.chmod(0o644)
+    serve = [sys.executable, "-m", "tensorfleet_desktop", "serve", "--data-dir", str(data_dir), "--no-mdns"]
+    refused = subprocess.run([*serve, "--no-local-agent"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "others can read it: chmod 600" in " ".join(refused.stderr.split())
+    config.chmod(0o600)
+    controller = controller_factory(data_dir).start()
+    with Client(controller.address) as client:
+        info = client.info()
+    assert info["store"] == store and info["blobs"] == blobs.split("?")[0]
+    assert creds["AWS_SECRET_ACCESS_KEY"] not in controller.logs()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[storage]\nuri = "x"\n')
+    result = subprocess.run([*serve, "--config", str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "unknown section [storage]" in result.stderr

@@ -68,6 +68,8 @@ def cluster(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
                 host.address,
                 "--cpu-slots",
                 "1",
+                "--spare-workers",
+                "0",
                 "--ready-file",
                 str(ready),
             ],
