@@ -61,6 +61,7 @@ def through_registry(client: Client, mb: int, out: Path) -> dict[str, float]:
 
 
 def run_cluster(tmp: Path, mb: int, blobs_args: list[str], env: dict[str, str]) -> dict[str, float]:
+    tmp.mkdir(parents=True, exist_ok=True)
     agent = AgentProcess(tmp / "agent", name="bench-agent", cpu_slots=1, spare_workers=1).start()
     controller = ControllerProcess(
         tmp / "ctl", extra_args=blobs_args, env={"TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN, **env}
