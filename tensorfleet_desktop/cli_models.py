@@ -54,6 +54,10 @@ def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     m.add_argument("ref")
     m.add_argument("tag")
     m.add_argument("--json", action="store_true")
+    m = msub.add_parser("describe", help="set a version's description")
+    m.add_argument("ref")
+    m.add_argument("description")
+    m.add_argument("--json", action="store_true")
     m = msub.add_parser("delete", help="delete NAME:VERSION (refused while an alias points at it, unless --force)")
     m.add_argument("ref")
     m.add_argument("--force", action="store_true")
@@ -118,6 +122,8 @@ def models(client: Client, args: argparse.Namespace) -> int:
         return _show(client.remove_alias(args.ref, args.alias), args.json)
     if action == "tag":
         return _show(client.tag_model(args.ref, args.tag), args.json)
+    if action == "describe":
+        return _show(client.describe_model(args.ref, args.description), args.json)
     if action == "delete":
         gone = client.delete_model(args.ref, args.force)
         if args.json:
@@ -149,6 +155,8 @@ def _show(m: dict[str, Any], as_json: bool) -> int:
         return EXIT_OK
     out.print(f"[bold]{m['name']}:{m['version']}[/bold]  {m['algorithm']}  {m['format']}  {m['size']} bytes")
     out.print(f"  sha256      {m['sha256']}")
+    if m["description"]:
+        out.print(f"  description {m['description']}")
     out.print(f"  aliases     {', '.join(m['aliases']) or '-'}   tags {', '.join(m['tags']) or '-'}")
     out.print(f"  job         {m['job_id']}   dataset {json.dumps(m['dataset'])}")
     out.print(f"  params      {json.dumps(m['hyperparameters'])}")

@@ -370,6 +370,10 @@ class Client:
     def tag_model(self, ref: str, tag: str) -> dict[str, Any]:
         return self._call("TagModel", _REQ["tag"](ref, tag), convert.model_from_pb)
 
+    def describe_model(self, ref: str, description: str) -> dict[str, Any]:
+        request = cpb.DescribeModelRequest(ref=ref, description=description)
+        return self._call("DescribeModel", request, convert.model_from_pb)
+
     def delete_model(self, ref: str, force: bool = False) -> dict[str, Any]:
         return self._call("DeleteModel", _REQ["delete_model"](ref, force), convert.model_from_pb)
 

@@ -1404,6 +1404,29 @@ class TagRequest(_message.Message):
 Global___TagRequest: _TypeAlias = TagRequest  # noqa: Y015
 
 @_typing.final
+class DescribeModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    description: _builtins.str
+    """free text, at most 4096 characters"""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeModelRequest: _TypeAlias = DescribeModelRequest  # noqa: Y015
+
+@_typing.final
 class DeleteModelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -180,6 +180,11 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.TagRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
                 _registered_method=True)
+        self.DescribeModel = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/DescribeModel',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DescribeModelRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+                _registered_method=True)
         self.DeleteModel = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/DeleteModel',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DeleteModelRequest.SerializeToString,
@@ -379,6 +384,12 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DescribeModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -549,6 +560,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
             'TagModel': grpc.unary_unary_rpc_method_handler(
                     servicer.TagModel,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.TagRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.SerializeToString,
+            ),
+            'DescribeModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeModel,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DescribeModelRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.SerializeToString,
             ),
             'DeleteModel': grpc.unary_unary_rpc_method_handler(
@@ -1354,6 +1370,33 @@ class ControllerService:
             target,
             '/tensorfleet.v1.ControllerService/TagModel',
             tensorfleet_dot_v1_dot_controller__pb2.TagRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/DescribeModel',
+            tensorfleet_dot_v1_dot_controller__pb2.DescribeModelRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.ModelVersion.FromString,
             options,
             channel_credentials,

@@ -65,6 +65,7 @@ class ControllerServiceStub:
     SetModelAlias: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AliasRequest, _controller_pb2.ModelVersion]
     RemoveModelAlias: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AliasRequest, _controller_pb2.ModelVersion]
     TagModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.TagRequest, _controller_pb2.ModelVersion]
+    DescribeModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DescribeModelRequest, _controller_pb2.ModelVersion]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteModelRequest, _controller_pb2.ModelVersion]
     ModelStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ModelStatsRequest, _controller_pb2.ModelStatsResponse]
     CollectGarbage: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GcRequest, _controller_pb2.GcResponse]
@@ -102,6 +103,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     SetModelAlias: _aio.UnaryUnaryMultiCallable[_controller_pb2.AliasRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     RemoveModelAlias: _aio.UnaryUnaryMultiCallable[_controller_pb2.AliasRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     TagModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.TagRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
+    DescribeModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.DescribeModelRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteModelRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     ModelStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.ModelStatsRequest, _controller_pb2.ModelStatsResponse]  # type: ignore[assignment]
     CollectGarbage: _aio.UnaryUnaryMultiCallable[_controller_pb2.GcRequest, _controller_pb2.GcResponse]  # type: ignore[assignment]
@@ -308,6 +310,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     def TagModel(
         self,
         request: _controller_pb2.TagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ModelVersion, _abc.Awaitable[_controller_pb2.ModelVersion]]: ...
+
+    @_abc_1.abstractmethod
+    def DescribeModel(
+        self,
+        request: _controller_pb2.DescribeModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ModelVersion, _abc.Awaitable[_controller_pb2.ModelVersion]]: ...
 

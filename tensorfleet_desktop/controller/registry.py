@@ -199,6 +199,13 @@ class Registry:
         await self.store.update_model(record["name"], record["version"], {"tags": tags})
         return {**record, "tags": tags}
 
+    async def describe(self, ref: str, description: str) -> dict[str, Any]:
+        if len(description) > 4096:
+            raise RegistryError("description", f"is {len(description)} characters long; at most 4096")
+        record = await self.resolve(ref)
+        await self.store.update_model(record["name"], record["version"], {"description": description})
+        return {**record, "description": description}
+
     async def delete(self, ref: str, force: bool) -> dict[str, Any]:
         name, version, _alias = parse_ref(ref)
         if version is None:
@@ -295,9 +302,17 @@ def _convert(record: dict[str, Any], source: Path, fmt: str, out: Path) -> None:
         from tensorfleet_agent.workloads.torch_models import rebuild
     except ImportError:
         raise RegistryError("format", "ONNX export needs torch and onnx on the controller: pip install onnx") from None
+    import importlib.util
+    import warnings
+
     module = rebuild(record["config"], source)
     example = torch.zeros((1, int(record["config"]["inputs"])), dtype=torch.float32)
-    torch.onnx.export(module, (example,), str(out), input_names=["features"], output_names=["logits"])
+    new_exporter = importlib.util.find_spec("onnxscript") is not None  # else the TorchScript one, still shipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module, (example,), str(out), input_names=["features"], output_names=["logits"], dynamo=new_exporter
+        )
 
 
 def _default_name(algorithm: str, dataset: str) -> str:

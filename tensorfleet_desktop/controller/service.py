@@ -340,6 +340,10 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return convert.model_to_pb(await self.c.registry.tag(request.ref, request.tag))
 
     @_unary
+    async def DescribeModel(self, request: cpb.DescribeModelRequest, context: Any) -> cpb.ModelVersion:
+        return convert.model_to_pb(await self.c.registry.describe(request.ref, request.description))
+
+    @_unary
     async def DeleteModel(self, request: cpb.DeleteModelRequest, context: Any) -> cpb.ModelVersion:
         return convert.model_to_pb(await self.c.registry.delete(request.ref, request.force))
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
 from tensorfleet_desktop.store.base import JobStore, redact_uri
@@ -58,7 +58,9 @@ class MongoJobStore(JobStore):
         self.uri = redact_uri(uri)
         self._raw_uri = uri
         self._db_name = urlparse(uri).path.strip("/") or "tensorfleet"
-        self._timeout_ms = int(server_timeout * 1000)
+        options = {k.lower(): v[-1] for k, v in parse_qs(urlparse(uri).query).items()}
+        given = options.get("serverselectiontimeoutms", "")  # the URI may choose its own
+        self._timeout_ms = int(given) if given.isdigit() else int(server_timeout * 1000)
         self._client: Any = None
         self._db: Any = None
         self._queue: queue.SimpleQueue[_Write | _Events | threading.Event | None] = queue.SimpleQueue()

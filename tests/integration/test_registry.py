@@ -56,8 +56,10 @@ def test_jobs_register_versions_that_aliases_downloads_and_the_sdk_use(
 
     cli_json(controller.cli("models", "alias", "set", "iris-rf:1", "production", "--json"))
     cli_json(controller.cli("models", "tag", "iris-rf@production", "baseline", "--json"))
+    cli_json(controller.cli("models", "describe", "iris-rf:1", "the first forest", "--json"))
     prod = cli_json(controller.cli("models", "show", "iris-rf@production", "--json"))
     assert (prod["version"], prod["aliases"], prod["tags"]) == (1, ["production"], ["baseline"])
+    assert prod["description"] == "the first forest"
     assert [
         m["version"] for m in cli_json(controller.cli("models", "list", "--tag", "baseline", "--json"))["models"]
     ] == [1]
@@ -68,6 +70,11 @@ def test_jobs_register_versions_that_aliases_downloads_and_the_sdk_use(
     target = tmp_path / "iris.skops"
     cli_json(controller.cli("models", "download", "iris-rf@production", "-o", str(target), "--json"))
     assert hashlib.sha256(target.read_bytes()).hexdigest() == prod["sha256"]
+    exported = tmp_path / "iris.onnx"
+    controller.cli("models", "download", "iris-rf:1", "-o", str(exported), "--format", "onnx", "--json")
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(exported)))
     pickled = tmp_path / "iris.pkl"
     controller.cli("models", "download", "iris-rf:1", "-o", str(pickled), "--format", "pickle", "--json")
     x, y = load_iris(return_X_y=True)
@@ -136,6 +143,13 @@ def test_torch_models_register_as_safetensors_and_load_as_modules(
         record = client.download_model("digits", tmp_path / "digits.safetensors")
         assert record["format"] == "safetensors" and (tmp_path / "digits.safetensors.json").exists()
         module = client.load_model("digits:1")
+        client.download_model("digits:1", tmp_path / "digits.onnx", "onnx")
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "digits.onnx")).graph
+    assert [i.name for i in graph.input] == ["features"] and [o.name for o in graph.output] == ["logits"]
+    with Client(controller.address) as client:
+        assert client.model("digits")["format"] == "safetensors"
     x, y = load_digits(return_X_y=True)
     with torch.no_grad():
         predicted = module(torch.tensor(x, dtype=torch.float32)).argmax(dim=1).numpy()
