@@ -210,17 +210,12 @@ def channel_security(address: str) -> tuple[grpc.ChannelCredentials | None, str 
 
 
 def _digest(path: Path) -> tuple[str, int]:
-    import hashlib
+    from tensorfleet_agent.core.digest import file_digest
 
-    hasher, size = hashlib.sha256(), 0
     try:
-        with path.open("rb") as fh:
-            while data := fh.read(1 << 20):
-                hasher.update(data)
-                size += len(data)
+        return file_digest(path)
     except OSError as exc:
         raise InvalidRequest(f"cannot read {path}: {exc}") from None
-    return hasher.hexdigest(), size
 
 
 def _dataset(msg: cpb.DatasetInfo) -> dict[str, Any]:

@@ -10,12 +10,12 @@ sha256 and skip versions that already exist, so running one twice is harmless.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 
+from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_desktop.store import open_store
 from tensorfleet_desktop.store.blobs import BlobStore, open_blobs
 
@@ -24,14 +24,6 @@ FORMAT = 1
 
 class TransferError(ValueError):
     pass
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 async def export_registry(store_uri: str, blobs_uri: str, data_dir: Path, out: Path) -> dict[str, int]:
@@ -97,7 +89,7 @@ async def _import_blob(blobs: BlobStore, path: Path, sha: str) -> None:
 def _check_and_copy(path: Path, target: Path, sha: str) -> None:
     if not path.exists():
         raise TransferError(f"the export lacks {path.name}; nothing was imported past this point")
-    if _sha256(path) != sha:
+    if file_sha256(path) != sha:
         raise TransferError(f"{path} does not hash to its name: the export is damaged")
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

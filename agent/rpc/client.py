@@ -22,6 +22,7 @@ import grpc
 
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
+from tensorfleet_agent.core.digest import file_digest
 from tensorfleet_agent.core.types import NodeInfo, TaskEvent, TaskSpec, TaskSummary, Telemetry
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.identity import Identity, node_id_of_cert
@@ -262,7 +263,7 @@ class AgentClient:
 
     async def put_blob(self, path: Path) -> str:
         """Upload a file (skipped when the agent already has it); returns its sha256."""
-        digest, size = await asyncio.to_thread(_digest_file, path)
+        digest, size = await asyncio.to_thread(file_digest, path)
         if digest in await self.has_blobs([digest]):
             return digest
 
@@ -316,13 +317,3 @@ class AgentClient:
             raise ValueError(f"blob {sha256} arrived corrupted (sha256 {hasher.hexdigest()})")
         tmp.replace(dest)
         return size
-
-
-def _digest_file(path: Path) -> tuple[str, int]:
-    hasher = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while data := fh.read(CHUNK_BYTES):
-            hasher.update(data)
-            size += len(data)
-    return hasher.hexdigest(), size

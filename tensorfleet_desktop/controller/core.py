@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,
@@ -50,7 +51,7 @@ from tensorfleet_desktop.controller.datasets import (
 from tensorfleet_desktop.controller.datasets import inspect as inspect_dataset
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
-from tensorfleet_desktop.controller.merge import merge_forest, sha256_of
+from tensorfleet_desktop.controller.merge import merge_forest
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import (
     ArtifactInfo,
@@ -297,7 +298,7 @@ class Controller:
 
     def _adopt_blob(self, tmp: Path) -> tuple[str, int]:
         """Move a finished file into the blob store under its sha256 (blocking)."""
-        digest = sha256_of(tmp)
+        digest = file_sha256(tmp)
         final = self.blobs_dir / digest[:2] / digest
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.replace(final)
@@ -690,7 +691,7 @@ class Controller:
                 out,
                 self.blobs_dir,
             )
-            digest = await asyncio.to_thread(sha256_of, out)
+            digest = await asyncio.to_thread(file_sha256, out)
             final = self.blobs.path(digest)
             final.parent.mkdir(parents=True, exist_ok=True)
             out.replace(final)
@@ -1108,7 +1109,7 @@ def _prepare_upload(tmp: Path, filename: str) -> tuple[Path, str, dict[str, str]
         converted = tmp.with_name(tmp.name + ".csv")
         try:
             parquet_to_csv(tmp, filename, converted)
-            source = {"filename": filename, "sha256": sha256_of(tmp)}
+            source = {"filename": filename, "sha256": file_sha256(tmp)}
         except BaseException:
             converted.unlink(missing_ok=True)
             raise

@@ -6,7 +6,6 @@ Shards load with skops against an explicit allow-list of the types a forest is m
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +71,4 @@ def merge_forest(
     return values
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-__all__ = ["FOREST_TYPES", "merge_forest", "sha256_of"]
+__all__ = ["FOREST_TYPES", "merge_forest"]

@@ -9,7 +9,6 @@ request for a download, from a skops file loaded against an allow-list of types.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job
 from tensorfleet_desktop.store.base import JobStore
@@ -225,7 +225,7 @@ class Registry:
         where = f"{record['name']}:{record['version']}"
         try:
             path = await self.blobs.ensure(record["sha256"])
-            digest = await asyncio.to_thread(_sha256, path)
+            digest = await asyncio.to_thread(file_sha256, path)
         except FileNotFoundError:
             raise RegistryError(
                 "model", f"{where}: its file {record['sha256'][:12]} is missing from the blob store"
@@ -250,14 +250,6 @@ class Registry:
             return source
         await asyncio.to_thread(_convert, record, source, fmt, out)
         return out
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def load_sklearn(path: Path) -> Any:

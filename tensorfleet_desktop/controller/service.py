@@ -10,13 +10,13 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
+from tensorfleet_agent.core.digest import file_digest
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.validation import check_id
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
@@ -312,7 +312,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         scratch = incoming / f"export-{uuid.uuid4().hex}"
         try:
             path = await self.c.registry.export(record, request.format, scratch)
-            size, digest = await asyncio.to_thread(_size_and_sha, path)
+            digest, size = await asyncio.to_thread(file_digest, path)
             header = cpb.ModelDownloadHeader(
                 model=convert.model_to_pb(record),
                 format=request.format or record["format"],
@@ -386,11 +386,3 @@ def controller_info(
         fingerprint=fingerprint,
         cluster_id=cluster_id,
     )
-
-
-def _size_and_sha(path: Path) -> tuple[int, str]:
-    hasher = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            hasher.update(chunk)
-    return path.stat().st_size, hasher.hexdigest()

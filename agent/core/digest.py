@@ -1,0 +1,22 @@
+"""The one way files are hashed: sha256 in 1 MiB chunks, so a model of gigabytes never sits in memory."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """(sha256 hex digest, size in bytes) of a file; blocking, so callers in a loop use a thread."""
+    hasher, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while data := fh.read(_CHUNK):
+            hasher.update(data)
+            size += len(data)
+    return hasher.hexdigest(), size
+
+
+def file_sha256(path: Path) -> str:
+    return file_digest(path)[0]
