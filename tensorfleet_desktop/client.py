@@ -569,6 +569,34 @@ class AsyncClient:
     async def workloads(self) -> list[dict[str, Any]]:
         return await self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))
 
+    async def models(
+        self,
+        name: str = "",
+        algorithm: str = "",
+        tag: str = "",
+        alias: str = "",
+        min_metric: str = "",
+        page: int = 1,
+        limit: int = 20,
+    ) -> dict[str, Any]:
+        request = _REQ["models"](name, algorithm, tag, alias, min_metric, page, limit)
+        return await self._call("ListModels", request, _model_page)
+
+    async def model(self, ref: str) -> dict[str, Any]:
+        return await self._call("GetModel", _REQ["model"](ref), convert.model_from_pb)
+
+    async def set_alias(self, ref: str, alias: str) -> dict[str, Any]:
+        return await self._call("SetModelAlias", _REQ["alias"](ref, alias), convert.model_from_pb)
+
+    async def tag_model(self, ref: str, tag: str) -> dict[str, Any]:
+        return await self._call("TagModel", _REQ["tag"](ref, tag), convert.model_from_pb)
+
+    async def model_stats(self) -> dict[str, Any]:
+        return await self._call("ModelStats", cpb.ModelStatsRequest(), convert.stats_from_pb)
+
+    async def datasets(self) -> list[dict[str, Any]]:
+        return await self._call("ListDatasets", cpb.ListDatasetsRequest(), lambda r: [_dataset(d) for d in r.datasets])
+
     async def shutdown(self, stop_local_agent: bool = True) -> None:
         await self._call("Shutdown", cpb.ShutdownRequest(stop_local_agent=stop_local_agent), lambda r: None)
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json
-from tensorfleet_desktop.client import Client, NotFound
+from tensorfleet_desktop.client import AsyncClient, Client, NotFound
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +88,12 @@ def test_jobs_register_versions_that_aliases_downloads_and_the_sdk_use(
     assert stats["total_models"] == 3
     assert {r["algorithm"]: r["count"] for r in stats["algorithm_stats"]} == {"random_forest": 2, "decision_tree": 1}
 
+    async def from_the_loop() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with AsyncClient(controller.address) as aclient:  # what the desktop app uses
+            return await aclient.models(name="iris-rf", limit=1), await aclient.model("iris-rf@production")
+
+    first_page, production = asyncio.run(from_the_loop())
+    assert first_page["pagination"]["pages"] == 2 and production["version"] == 1
     compared = cli_json(controller.cli("models", "compare", "iris-rf:1", "iris-rf:2", "--json"))
     assert {"section": "hyperparameters", "key": "n_estimators", "a": 5, "b": 40} in compared["rows"]
 
