@@ -64,13 +64,14 @@ def _fit_in_rounds(estimator: Any, x_train: Any, y_train: Any, x_test: Any, kind
         reached = int(estimator.n_iter_)
         task.report(step=reached, **_test_metrics(kind, y_test, estimator.predict(x_test)))
         task.progress(0.1 + 0.7 * reached / total)
-        if reached < done + size:  # stopped by itself: converged or early stopping
-            estimator.set_params(max_iter=total, warm_start=False)
-            return reached
+        stopped_early = reached < done + size  # by itself: converged, or its own early stopping
         done = reached
-    if not cumulative:
-        print(f"note: {type(estimator).__name__} used all max_iter={total} epochs without converging")
-    estimator.set_params(max_iter=total, warm_start=False)
+        if stopped_early:
+            break
+    else:
+        if not cumulative:
+            print(f"note: {type(estimator).__name__} used all max_iter={total} epochs without converging")
+    estimator.set_params(max_iter=total, warm_start=False)  # the saved model shows the parameters asked for
     return done
 
 

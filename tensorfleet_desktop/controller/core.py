@@ -46,7 +46,7 @@ from tensorfleet_desktop.controller.datasets import (
     check_features,
     head_rows,
     infer_task,
-    parquet_to_csv,
+    prepare_upload,
 )
 from tensorfleet_desktop.controller.datasets import inspect as inspect_dataset
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
@@ -234,7 +234,7 @@ class Controller:
 
     async def upload_dataset(self, name: str, filename: str, tmp: Path) -> dict[str, Any]:
         """Adopt an uploaded file as a named dataset (Parquet is stored as its CSV form)."""
-        tmp, filename, source, (fmt, rows, columns, profile) = await asyncio.to_thread(_prepare_upload, tmp, filename)
+        tmp, filename, source, (fmt, rows, columns, profile) = await asyncio.to_thread(prepare_upload, tmp, filename)
         digest, size = await asyncio.to_thread(self._adopt_blob, tmp)
         await self.blobs.publish(digest)
         entry = {
@@ -581,7 +581,7 @@ class Controller:
             self._finish(job, JobState.FAILED, f"no trial succeeded ({len(job.tasks)} tried)")
             return
         job.metrics = {**best.metrics, "best_trial": float(best.index), "trials_completed": float(len(scored))}
-        self._finish(job, JobState.SUCCEEDED, "")
+        self._succeed(job)
         self._studies.pop(job.id, None)
 
     def _dispatch(self, job: Job, task: JobTask, record: AgentRecord) -> None:
@@ -708,7 +708,7 @@ class Controller:
         )
         job.artifacts.append(ArtifactInfo(digest, final.stat().st_size, "model", "model.skops", -1))
         job.metrics = {**values, "shards": float(len(job.tasks))}
-        self._finish(job, JobState.SUCCEEDED, "")
+        self._succeed(job)
 
     async def _with_dataset(self, spec: TaskSpec, client: AgentClient) -> TaskSpec:
         """User data travels to the agent by content (skipped when its cache has it)."""
@@ -912,7 +912,7 @@ class Controller:
                     return
                 if job.mode == "cv":
                     job.metrics = cv_summary([t.metrics for t in job.tasks])
-                self._finish(job, JobState.SUCCEEDED, "")
+                self._succeed(job)
             else:
                 self._job_changed(job, "progress")
             self._wake.set()
@@ -1038,13 +1038,14 @@ class Controller:
 
     # ---- bookkeeping
 
+    def _succeed(self, job: Job) -> None:
+        """Register the job's model first, then mark it SUCCEEDED, so whoever waits for the job sees its version."""
+        if job.state.terminal or job.id in self._registering:
+            return  # already succeeded (a late duplicate event), or registering now
+        self._registering.add(job.id)
+        self._spawn(self._register(job))
+
     def _finish(self, job: Job, state: JobState, error: str) -> None:
-        if state is JobState.SUCCEEDED and job.model is None and job.id not in self._registering:
-            self._registering.add(job.id)  # succeed once the model is registered, so waiters see it
-            self._spawn(self._register(job))
-            return
-        if state is JobState.SUCCEEDED and job.id in self._registering:
-            return
         job.state, job.error, job.finished_at = state, error, time.time()
         log.info("job %s %s%s", job.id, state.value, f": {error}" if error else "")
         self.metrics.job_ended(job.id)
@@ -1069,8 +1070,7 @@ class Controller:
             self._record(job, "log", {}, stream="controller", message=f"could not register the model: {exc}")
         finally:
             self._registering.discard(job.id)
-        if not job.state.terminal:
-            job.model = job.model or {}
+        if not job.state.terminal:  # not cancelled meanwhile
             self._finish(job, JobState.SUCCEEDED, "")
 
     def _job_changed(self, job: Job, message: str) -> None:
@@ -1100,27 +1100,6 @@ class Controller:
         self.metrics.active_jobs.set(
             sum(1 for j in self.jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING))
         )
-
-
-def _prepare_upload(tmp: Path, filename: str) -> tuple[Path, str, dict[str, str], tuple[Any, ...]]:
-    """Blocking: a Parquet upload becomes its CSV form; then profile it. Leaves no stray file on errors."""
-    source: dict[str, str] = {}
-    if filename.lower().endswith(".parquet"):
-        converted = tmp.with_name(tmp.name + ".csv")
-        try:
-            parquet_to_csv(tmp, filename, converted)
-            source = {"filename": filename, "sha256": file_sha256(tmp)}
-        except BaseException:
-            converted.unlink(missing_ok=True)
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
-        tmp, filename = converted, filename[: -len(".parquet")] + ".csv"
-    try:
-        return tmp, filename, source, inspect_dataset(tmp, filename)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cv_summary(folds: list[dict[str, float]]) -> dict[str, float]:

@@ -14,6 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tensorfleet_agent.core.digest import file_sha256
+
 MAX_CLASSES_FOR_INTEGERS = 20
 FORMATS = (".csv", ".parquet")
 
@@ -148,3 +150,27 @@ def head_rows(path: Path, rows: int) -> tuple[list[str], list[list[str]]]:
             if row:
                 body.append(row)
     return header, body
+
+
+def prepare_upload(tmp: Path, filename: str) -> tuple[Path, str, dict[str, str], tuple[Any, ...]]:
+    """(file, file name, source, inspect()) of an upload; a Parquet file becomes its CSV form first.
+
+    Blocking. Leaves no stray file on errors.
+    """
+    source: dict[str, str] = {}
+    if filename.lower().endswith(".parquet"):
+        converted = tmp.with_name(tmp.name + ".csv")
+        try:
+            parquet_to_csv(tmp, filename, converted)
+            source = {"filename": filename, "sha256": file_sha256(tmp)}
+        except BaseException:
+            converted.unlink(missing_ok=True)
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+        tmp, filename = converted, filename[: -len(".parquet")] + ".csv"
+    try:
+        return tmp, filename, source, inspect(tmp, filename)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -165,11 +165,10 @@ class MongoJobStore(JobStore):
                     for attempt, seq in following.marks.items():
                         marks[attempt] = max(seq, marks.get(attempt, 0))
                 item = _Write(self._events_op(docs, marks), awaited=False)
-            if not self._apply(item):
-                break
+            self._apply(item)
 
-    def _apply(self, item: _Write) -> bool:
-        """Run one write, retrying while the server is unreachable; False once the store has failed."""
+    def _apply(self, item: _Write) -> None:
+        """Run one write, retrying while the server is unreachable; a refused write fails the store (or its caller)."""
         errors = self._pymongo.errors
         warned = 0.0
         while True:
@@ -185,15 +184,15 @@ class MongoJobStore(JobStore):
             except errors.PyMongoError as exc:
                 if item.future is not None:  # an awaited call: its caller gets the error
                     item.future.set_exception(exc)
-                    return True
+                    return
                 log.critical("store write failed, the controller can no longer save: %s", exc)
                 self._failed = exc
-                return True
+                return
             if item.future is not None:
                 item.future.set_result(result)
             if warned:
                 log.warning("MongoDB %s is back; queued writes resumed", self.uri)
-            return True
+            return
 
     def _events_op(self, docs: list[dict[str, Any]], marks: dict[str, int]) -> Op:
         pymongo = self._pymongo
