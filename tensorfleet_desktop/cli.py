@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
 
+    s = sub.add_parser("gui", help="open the desktop app (the default when no command is given)")
+    s.add_argument("--data-dir", type=Path, help="data dir of the controller the app starts when none answers")
+    s.add_argument("--no-start", action="store_true", help="only connect; never start a controller")
+
     sub.add_parser("shutdown", help="stop the controller (and its local agent)")
 
     s = sub.add_parser("submit", help="submit a job from flags or a YAML/JSON job file")
@@ -222,8 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level if args.command != "serve" else "INFO")
     if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_INPUT
+        args.command = "gui"
     from tensorfleet_desktop import cli_commands
     from tensorfleet_desktop.cli_commands import EXIT_JOB_FAILED, EXIT_UNREACHABLE, UsageError
     from tensorfleet_desktop.client import ControllerUnreachable, InvalidRequest, NotFound, TensorFleetError

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tensorfleet_desktop import cli_models
-from tensorfleet_desktop.client import TERMINAL, Client
+from tensorfleet_desktop.client import TERMINAL, Client, trial_rows
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -173,12 +173,44 @@ def run(args: argparse.Namespace) -> int:
         return serve(args)
     if args.command == "registry":
         return registry_transfer(args)
+    if args.command == "gui":
+        return gui(args)
     if args.command == "demo":
         from tensorfleet_desktop.demo import run_demo
 
         return run_demo(args.data_dir, args.json)
     with Client(args.controller) as client:
         return int(_HANDLERS[args.command](client, args))
+
+
+# ---- desktop app
+
+
+def gui(args: argparse.Namespace) -> int:
+    """Open the window (desktop extra); without a display or the extra, say what to do instead."""
+    import importlib.util
+
+    missing = [m for m in ("PySide6", "pyqtgraph") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"tensorfleet: the desktop app needs {' and '.join(missing)}: pip install 'tensorfleet[desktop]'\n"
+            "  (the CLI works without it: tensorfleet --help)",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+    )
+    if headless:
+        print(
+            "tensorfleet: no display to open the window on (DISPLAY / WAYLAND_DISPLAY unset);\n"
+            "  use the CLI (tensorfleet --help), or set QT_QPA_PLATFORM=offscreen",
+            file=sys.stderr,
+        )
+        return EXIT_INPUT
+    from tensorfleet_desktop.ui.app import run as run_gui
+
+    return run_gui(args.controller, getattr(args, "data_dir", None), autostart=not getattr(args, "no_start", False))
 
 
 # ---- controller
@@ -412,17 +444,7 @@ def trials(client: Client, args: argparse.Namespace) -> int:
     if not sweep:
         raise UsageError(f"job {job['id']} is not a sweep")
     metric = sweep["metric"]
-    rows = [
-        {
-            "trial": t["index"],
-            "params": {k: (t["params"] or {}).get(k) for k in sweep["params"]},
-            "score": t["metrics"].get(metric),
-            "state": "PRUNED" if t["exit_cause"] == "pruned" else t["state"],
-            "duration": (t["finished_at"] - t["started_at"]) if t["finished_at"] and t["started_at"] else None,
-            "agent": t["agent"],
-        }
-        for t in job["task_list"]
-    ]
+    rows = trial_rows(job)
     if args.json:
         _print_json(
             {

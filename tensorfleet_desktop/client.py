@@ -233,6 +233,27 @@ def _dataset(msg: cpb.DatasetInfo) -> dict[str, Any]:
     }
 
 
+def trial_rows(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """A sweep job's trials: parameters, score on the sweep's metric, state (PRUNED too), duration, agent."""
+    sweep = job["spec"].get("sweep") or {}
+    metric = sweep.get("metric", "")
+    return [
+        {
+            "trial": t["index"],
+            "params": {k: (t["params"] or {}).get(k) for k in sweep.get("params", {})},
+            "score": t["metrics"].get(metric),
+            "state": "PRUNED" if t["exit_cause"] == "pruned" else t["state"],
+            "duration": (t["finished_at"] - t["started_at"]) if t["finished_at"] and t["started_at"] else None,
+            "agent": t["agent"],
+        }
+        for t in job["task_list"]
+    ]
+
+
+def _preview(r: cpb.DatasetPreview) -> dict[str, Any]:
+    return {"dataset": _dataset(r.dataset), "columns": list(r.columns), "rows": [list(row.values) for row in r.rows]}
+
+
 def load_model_file(path: Path, fmt: str) -> Any:
     """Load a downloaded model: skops against an allow-list, or safetensors with its PATH.json config."""
     if fmt == "skops":
@@ -432,15 +453,7 @@ class Client:
 
     def preview_dataset(self, name: str, rows: int = 10) -> dict[str, Any]:
         """{"dataset": {...}, "columns": [...], "rows": [[...], ...]} (values as text, as in the file)."""
-        return self._call(
-            "PreviewDataset",
-            cpb.DatasetRequest(name=name, rows=rows),
-            lambda r: {
-                "dataset": _dataset(r.dataset),
-                "columns": list(r.columns),
-                "rows": [list(row.values) for row in r.rows],
-            },
-        )
+        return self._call("PreviewDataset", cpb.DatasetRequest(name=name, rows=rows), _preview)
 
     def delete_dataset(self, name: str) -> dict[str, Any]:
         """Refused while a job or a registered model refers to the dataset."""
@@ -591,11 +604,35 @@ class AsyncClient:
     async def tag_model(self, ref: str, tag: str) -> dict[str, Any]:
         return await self._call("TagModel", _REQ["tag"](ref, tag), convert.model_from_pb)
 
+    async def remove_alias(self, name: str, alias: str) -> dict[str, Any]:
+        return await self._call("RemoveModelAlias", _REQ["alias"](name, alias), convert.model_from_pb)
+
+    async def delete_model(self, ref: str, force: bool = False) -> dict[str, Any]:
+        return await self._call("DeleteModel", _REQ["delete_model"](ref, force), convert.model_from_pb)
+
     async def model_stats(self) -> dict[str, Any]:
         return await self._call("ModelStats", cpb.ModelStatsRequest(), convert.stats_from_pb)
 
+    async def download_model(self, ref: str, path: Path, fmt: str = "") -> dict[str, Any]:
+        """Client.download_model in a worker thread (a file transfer; the loop stays free)."""
+        return await asyncio.to_thread(self._blocking, "download_model", ref, path, fmt)
+
     async def datasets(self) -> list[dict[str, Any]]:
         return await self._call("ListDatasets", cpb.ListDatasetsRequest(), lambda r: [_dataset(d) for d in r.datasets])
+
+    async def upload_dataset(self, path: Path, name: str | None = None) -> dict[str, Any]:
+        """Client.upload_dataset in a worker thread (it hashes and streams the file)."""
+        return await asyncio.to_thread(self._blocking, "upload_dataset", path, name)
+
+    async def preview_dataset(self, name: str, rows: int = 10) -> dict[str, Any]:
+        return await self._call("PreviewDataset", cpb.DatasetRequest(name=name, rows=rows), _preview)
+
+    async def delete_dataset(self, name: str) -> dict[str, Any]:
+        return await self._call("DeleteDataset", cpb.DatasetRequest(name=name), _dataset)
+
+    def _blocking(self, method: str, *args: Any) -> Any:
+        with Client(self.address, self.timeout) as client:
+            return getattr(client, method)(*args)
 
     async def shutdown(self, stop_local_agent: bool = True) -> None:
         await self._call("Shutdown", cpb.ShutdownRequest(stop_local_agent=stop_local_agent), lambda r: None)

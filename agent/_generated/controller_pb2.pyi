@@ -762,6 +762,9 @@ class Agent(_message.Message):
     WORKLOADS_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    DISK_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    GPU_STATS_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """node id"""
     name: _builtins.str
@@ -787,10 +790,20 @@ class Agent(_message.Message):
     fingerprint: _builtins.str
     """sha256 of the agent's TLS certificate"""
     cluster_id: _builtins.str
+    disk_free_bytes: _builtins.int
+    """free bytes in the agent's data dir (latest telemetry)"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def workloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def gpu_stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentGpu]:
+        """per-GPU utilization, memory, temperature and power (latest telemetry)"""
+
+    @_builtins.property
+    def running(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """this controller's task attempts placed on the agent"""
+
     def __init__(
         self,
         *,
@@ -816,14 +829,51 @@ class Agent(_message.Message):
         workloads: _abc.Iterable[_builtins.str] | None = ...,
         fingerprint: _builtins.str = ...,
         cluster_id: _builtins.str = ...,
+        disk_free_bytes: _builtins.int = ...,
+        gpu_stats: _abc.Iterable[Global___AgentGpu] | None = ...,
+        running: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cluster_id", b"cluster_id", "cpu_percent", b"cpu_percent", "error", b"error", "fingerprint", b"fingerprint", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "paired", b"paired", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "workloads", b"workloads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cluster_id", b"cluster_id", "cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "error", b"error", "fingerprint", b"fingerprint", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "paired", b"paired", "running", b"running", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "workloads", b"workloads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class AgentGpu(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_CELSIUS_FIELD_NUMBER: _builtins.int
+    POWER_WATTS_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    utilization_percent: _builtins.float
+    memory_used_bytes: _builtins.int
+    memory_total_bytes: _builtins.int
+    temperature_celsius: _builtins.float
+    power_watts: _builtins.float
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        utilization_percent: _builtins.float = ...,
+        memory_used_bytes: _builtins.int = ...,
+        memory_total_bytes: _builtins.int = ...,
+        temperature_celsius: _builtins.float = ...,
+        power_watts: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "power_watts", b"power_watts", "temperature_celsius", b"temperature_celsius", "utilization_percent", b"utilization_percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentGpu: _TypeAlias = AgentGpu  # noqa: Y015
 
 @_typing.final
 class ListAgentsRequest(_message.Message):

@@ -192,6 +192,19 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
         "workloads": list(msg.workloads),
         "fingerprint": msg.fingerprint,
         "cluster_id": msg.cluster_id,
+        "disk_free_bytes": msg.disk_free_bytes,
+        "gpu_stats": [
+            {
+                "index": g.index,
+                "utilization_percent": g.utilization_percent,
+                "memory_used_bytes": g.memory_used_bytes,
+                "memory_total_bytes": g.memory_total_bytes,
+                "temperature_celsius": g.temperature_celsius,
+                "power_watts": g.power_watts,
+            }
+            for g in msg.gpu_stats
+        ],
+        "running": list(msg.running),
     }
 
 

@@ -14,7 +14,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import grpc
@@ -108,6 +108,9 @@ class AgentRecord:
             "workloads": list(info.workloads) if info else [],
             "fingerprint": self.fingerprint or (info.cert_fingerprint if info else ""),
             "cluster_id": info.cluster_id if info else "",
+            "disk_free_bytes": tel.disk_free_bytes if tel else (info.disk_free_bytes if info else 0),
+            "gpu_stats": [asdict(g) for g in tel.gpus] if tel else [],
+            "running": sorted(self.placed),
         }
 
 

@@ -19,6 +19,7 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _SECTIONS = {"store": ("uri",), "blobs": ("uri", "access_key", "secret_key")}
 
@@ -56,3 +57,74 @@ def load_settings(path: Path) -> FileSettings:
         s3_access_key=blobs.get("access_key", ""),
         s3_secret_key=blobs.get("secret_key", ""),
     )
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def save_settings(path: Path, settings: FileSettings) -> None:
+    """Write the config file readable by its owner only (it may hold credentials); empty values are left out."""
+    lines: list[str] = []
+    sections = {
+        "store": (("uri", settings.store_uri),),
+        "blobs": (
+            ("uri", settings.blobs_uri),
+            ("access_key", settings.s3_access_key),
+            ("secret_key", settings.s3_secret_key),
+        ),
+    }
+    for section, items in sections.items():
+        present = [(k, v) for k, v in items if v]
+        if present:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_string(v)}" for k, v in present]
+            lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def check_backends(settings: FileSettings, data_dir: Path, timeout: float = 5.0) -> list[str]:
+    """Connect to the configured store and blob store (blocking); one line per backend, errors as ValueError."""
+    from tensorfleet_desktop.store.base import redact_uri
+
+    report = []
+    store = settings.store_uri
+    if store.startswith(("mongodb://", "mongodb+srv://")):
+        try:
+            import pymongo
+        except ImportError:
+            raise ValueError("MongoDB needs the 'mongo' extra: pip install 'tensorfleet[mongo]'") from None
+        client: Any = pymongo.MongoClient(store, serverSelectionTimeoutMS=int(timeout * 1000))
+        try:
+            version = client.server_info().get("version", "?")
+        except Exception as exc:
+            raise ValueError(f"MongoDB at {redact_uri(store)}: {redact_uri(str(exc))[:300]}") from None
+        finally:
+            client.close()
+        report.append(f"MongoDB {version} at {redact_uri(store)}: OK")
+    elif store:
+        report.append(f"store {redact_uri(store)}: local file, nothing to test")
+    else:
+        report.append("store: embedded SQLite in the data dir")
+    blobs = settings.blobs_uri
+    if blobs.startswith("s3://"):
+        from tensorfleet_desktop.store.blobs import S3BlobStore
+
+        keys = (settings.s3_access_key, settings.s3_secret_key)
+        try:
+            s3 = S3BlobStore(blobs, data_dir / "blob-cache", keys)
+            s3.check_bucket()
+        except Exception as exc:
+            raise ValueError(f"S3 at {blobs.split('?')[0]}: {str(exc)[:300]}") from None
+        report.append(f"S3 bucket {s3.bucket} at {blobs.split('?')[0]}: OK")
+    elif blobs:
+        report.append(f"blobs {blobs}: local folder, nothing to test")
+    else:
+        report.append("blobs: local files in the data dir")
+    return report

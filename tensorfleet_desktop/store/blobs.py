@@ -99,9 +99,9 @@ class S3BlobStore(BlobStore):
 
     async def open(self) -> None:
         await super().open()
-        await asyncio.to_thread(self._check_bucket)
+        await asyncio.to_thread(self.check_bucket)
 
-    def _check_bucket(self) -> None:
+    def check_bucket(self) -> None:
         from minio.error import S3Error
 
         where = f"S3 at {self.endpoint}"

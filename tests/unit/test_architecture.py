@@ -106,3 +106,17 @@ def test_generated_protobuf_stays_at_the_edge() -> None:
             if any(name.startswith("tensorfleet_agent._generated") for name in _imports(path)):
                 users.add(rel)
     assert users <= allowed, sorted(users - allowed)
+
+
+def test_the_gui_is_a_client_of_the_controller_service() -> None:
+    """The window renders what ControllerService streams: it never reaches into the scheduler or the store."""
+    forbidden = ("core", "scheduler", "fleet", "service", "store")
+    offenders = []
+    for path in (ROOT / "tensorfleet_desktop" / "ui").rglob("*.py"):
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[:1] == ["tensorfleet_desktop"] and (
+                parts[1:2] == ["store"] or (parts[1:2] == ["controller"] and parts[2:3] and parts[2] in forbidden)
+            ):
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders

@@ -30,3 +30,19 @@ def test_generated_imports_point_at_the_package_home() -> None:
     text = (ROOT / "agent" / "_generated" / "agent_pb2_grpc.py").read_text()
     assert "from tensorfleet.v1 import" not in text
     assert "from tensorfleet_agent._generated import agent_pb2" in text
+
+
+def test_compiled_resources_are_fresh(tmp_path: Path) -> None:
+    pytest.importorskip("PySide6", reason="pyside6-rcc (desktop extra) compiles the icons")
+    out = tmp_path / "rc.py"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_resources.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+
+    def body(path: Path) -> list[str]:  # the header names the Qt version that compiled it
+        return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+    committed = ROOT / "tensorfleet_desktop" / "ui" / "_resources_rc.py"
+    assert body(out) == body(committed), "stale compiled resources: run scripts/gen_resources.py and commit"

@@ -1,0 +1,259 @@
+"""The only way the window talks to the controller (DESIGN decision 4).
+
+An asyncio loop in its own thread owns the gRPC client; `Bridge` lives in the GUI thread and re-emits
+everything as queued Qt signals, so no slot ever waits on the network. Calls go in with `call()`,
+results come back to a callback in the GUI thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, Signal, Slot
+
+from tensorfleet_desktop.client import TERMINAL, AsyncClient, ControllerUnreachable, TensorFleetError
+from tensorfleet_desktop.local_cluster import StartFailed, answers, connect_or_start
+
+log = logging.getLogger(__name__)
+ClientCall = Callable[[AsyncClient], Awaitable[Any]]
+
+
+class Bridge(QObject):
+    connected = Signal(object)  # {"address", "message", "info", "started"}
+    disconnected = Signal(str)  # why; the window shows a banner and keeps reconnecting
+    jobs_changed = Signal(list)
+    job_finished = Signal(dict)  # a job seen running reached SUCCEEDED / FAILED / CANCELLED
+    agents_changed = Signal(list)
+    agent_event = Signal(dict)  # {"kind", "time", "agent"} as WatchAgents streams them
+    job_event = Signal(str, dict)  # events of the job `watch_job` follows
+    failed = Signal(str)  # a call without its own error handler failed
+    _deliver = Signal(object, object, object)
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        autostart: bool = True,
+        data_dir: Path | None = None,
+        serve_args: tuple[str, ...] = (),
+        poll_interval: float = 1.0,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.address = address
+        self.autostart = autostart
+        self.data_dir = data_dir
+        self.serve_args = serve_args
+        self.poll_interval = poll_interval
+        self.online = False
+        self.started_pid = 0  # the controller this app started, if it did
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="tensorfleet-grpc", daemon=True)
+        self._client: AsyncClient | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._jobs: dict[str, str] = {}
+        self._agents: dict[str, dict[str, Any]] = {}
+        self._deliver.connect(self._on_deliver, Qt.ConnectionType.QueuedConnection)
+
+    # ---- lifecycle (GUI thread)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._submit(self._start_supervisor())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the asyncio side; the window calls this before QApplication exits."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._submit(self._shutdown()).result(timeout)
+        except Exception as exc:
+            log.warning("bridge shutdown: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout)
+
+    def reconnect(self, address: str) -> None:
+        self.address = address
+        self._submit(self._start_supervisor())
+
+    def call(
+        self,
+        fn: ClientCall,
+        on_result: Callable[[Any], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> Future[None]:
+        """Run `fn(client)` on the asyncio thread; its result or error comes back to the GUI thread."""
+        return self._submit(self._invoke(fn, on_result, on_error))
+
+    def run_blocking(
+        self,
+        fn: Callable[[], Any],
+        on_result: Callable[[Any], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> Future[None]:
+        """Run a blocking function (no controller needed) in a worker thread of the asyncio side."""
+
+        async def blocking(_client: AsyncClient | None) -> Any:
+            return await asyncio.to_thread(fn)
+
+        return self._submit(self._invoke(blocking, on_result, on_error, need_client=False))
+
+    def watch_job(self, job_id: str | None) -> None:
+        """Follow one job's events (every point from the first, then live); None stops following."""
+        self._submit(self._follow_job(job_id))
+
+    # ---- GUI-thread side of results
+
+    @Slot(object, object, object)
+    def _on_deliver(self, callback: Any, result: Any, error: Any) -> None:
+        if error is not None:
+            if callback is not None:
+                callback(str(error))
+            else:
+                self.failed.emit(str(error))
+        elif callback is not None:
+            callback(result)
+
+    # ---- asyncio thread
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        self._loop.close()
+
+    def _submit(self, coro: Awaitable[Any]) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+
+    async def _invoke(
+        self,
+        fn: Callable[[Any], Awaitable[Any]],
+        on_result: Callable[[Any], None] | None,
+        on_error: Callable[[str], None] | None,
+        need_client: bool = True,
+    ) -> None:
+        try:
+            client = await self._ready_client() if need_client else self._client
+            result = await fn(client)
+        except (TensorFleetError, ValueError, OSError) as exc:
+            self._deliver.emit(on_error, None, str(exc))
+        except Exception as exc:
+            log.exception("call failed")
+            self._deliver.emit(on_error, None, f"{type(exc).__name__}: {exc}")
+        else:
+            self._deliver.emit(on_result, result, None)
+
+    async def _ready_client(self) -> AsyncClient:
+        if self._client is None:
+            raise ControllerUnreachable(f"not connected to a controller yet ({self.address})")
+        return self._client
+
+    async def _start_supervisor(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        await self._drop_client()
+        self._supervisor = asyncio.create_task(self._supervise(self.address))
+
+    async def _drop_client(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def _shutdown(self) -> None:
+        for task in (self._supervisor, self._watch):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._supervisor, self._watch) if t), return_exceptions=True)
+        await self._drop_client()
+
+    async def _supervise(self, address: str) -> None:
+        first, announced = True, False
+        while True:
+            try:
+                if first and self.autostart:
+                    connection = await connect_or_start(address, self.data_dir, self.serve_args)
+                    message = connection.describe()
+                    self.started_pid = connection.pid
+                    started = connection.started
+                elif await answers(address):
+                    message, started = f"connected to the controller on {address}", False
+                else:
+                    raise ControllerUnreachable(f"no TensorFleet controller answers at {address}")
+                first = False
+                self._client = AsyncClient(address)
+                info = await self._client.info()
+                self.online, announced = True, False
+                self.connected.emit({"address": address, "message": message, "info": info, "started": started})
+                await asyncio.gather(self._poll_jobs(self._client), self._follow_agents(self._client))
+                raise ControllerUnreachable(f"the controller at {address} closed the connection")
+            except (ControllerUnreachable, StartFailed) as exc:
+                first = False
+                await self._drop_client()
+                if self.online or not announced:
+                    self.disconnected.emit(str(exc))
+                self.online, announced = False, True
+                await asyncio.sleep(1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("controller supervision failed")
+                await self._drop_client()
+                self.online, announced = False, True
+                self.disconnected.emit(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+
+    async def _poll_jobs(self, client: AsyncClient) -> None:
+        last: list[dict[str, Any]] | None = None
+        while True:
+            jobs = await client.jobs(limit=500)
+            for job in jobs:
+                before = self._jobs.get(job["id"])
+                if before is not None and before not in TERMINAL and job["state"] in TERMINAL:
+                    self.job_finished.emit(job)
+                self._jobs[job["id"]] = job["state"]
+            if jobs != last:
+                self.jobs_changed.emit(jobs)
+                last = jobs
+            await asyncio.sleep(self.poll_interval)
+
+    async def _follow_agents(self, client: AsyncClient) -> None:
+        self._agents = {a["id"]: a for a in await client.agents()}
+        self.agents_changed.emit(list(self._agents.values()))
+        async for event in client.watch_agents():
+            agent = event["agent"]
+            if event["kind"] == "removed":
+                self._agents.pop(agent["id"], None)
+            else:
+                self._agents[agent["id"]] = agent
+            self.agent_event.emit(event)
+            self.agents_changed.emit(list(self._agents.values()))
+
+    async def _follow_job(self, job_id: str | None) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if job_id:
+            self._watch = asyncio.create_task(self._watch_events(job_id))
+
+    async def _watch_events(self, job_id: str) -> None:
+        after = 0
+        while True:
+            try:
+                client = await self._ready_client()
+                async for event in client.watch(job_id, after):
+                    after = event["seq"]
+                    self.job_event.emit(job_id, event)
+                job = await client.job(job_id)
+                if job["state"] in TERMINAL:
+                    return
+            except ControllerUnreachable:
+                await asyncio.sleep(1.0)
+            except TensorFleetError as exc:
+                self.failed.emit(str(exc))
+                return

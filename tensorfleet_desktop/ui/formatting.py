@@ -1,0 +1,89 @@
+"""How numbers, times and job facts read in the window (plain functions; no Qt)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+STATE_COLORS = {
+    "ONLINE": "#2ea043",
+    "SUCCEEDED": "#2ea043",
+    "RUNNING": "#1f6feb",
+    "LOST": "#d1242f",
+    "FAILED": "#d1242f",
+    "DRAINING": "#bf8700",
+    "PAUSED": "#bf8700",
+    "PAUSING": "#bf8700",
+    "CANCELLED": "#57606a",
+    "CONNECTING": "#57606a",
+}
+HEADLINE_METRICS = ("test_accuracy", "val_accuracy", "accuracy", "r2", "f1_macro", "rmse", "mae", "loss")
+
+
+def state_color(row: dict[str, Any]) -> str:
+    return STATE_COLORS.get(str(row.get("state", "")), "")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return ""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def clock(timestamp: float | None) -> str:
+    if not timestamp:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def job_duration(job: dict[str, Any], now: float | None = None) -> float | None:
+    start = job.get("started_at")
+    if not start:
+        return None
+    return float((job.get("finished_at") or now or time.time()) - start)
+
+
+def workload(job: dict[str, Any]) -> str:
+    spec = job.get("spec") or {}
+    if spec.get("sweep"):
+        return f"{job['algorithm']} sweep"
+    if spec.get("script"):
+        return f"script {spec['script'].get('name', '')}"
+    return str(job.get("algorithm", ""))
+
+
+def best_metric(job: dict[str, Any]) -> tuple[str, float] | None:
+    metrics = job.get("metrics") or {}
+    for name in HEADLINE_METRICS:
+        if name in metrics:
+            return name, float(metrics[name])
+    return None
+
+
+def metric_text(job: dict[str, Any]) -> str:
+    best = best_metric(job)
+    return f"{best[0]} {best[1]:.4g}" if best else ""
+
+
+def job_agents(job: dict[str, Any]) -> str:
+    names = sorted({t["agent"] for t in job.get("task_list") or [] if t.get("agent")})
+    return ", ".join(names)
+
+
+def percent(used: float, total: float) -> float:
+    return 100.0 * used / total if total else 0.0

@@ -1,0 +1,115 @@
+"""Live metric curves with pyqtgraph.
+
+Points are buffered and drawn at most 10 times a second, with downsampling and clip-to-view, so a
+100k-point curve stays smooth (DESIGN facts: 6.4 ms a frame plain, 1.7 ms this way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QWidget
+
+PALETTE = ("#1f6feb", "#d1242f", "#2ea043", "#bf8700", "#8250df", "#0a7ea4", "#cf222e", "#57606a")
+
+
+def configure_pyqtgraph(dark: bool) -> None:
+    pg.setConfigOptions(antialias=True, background="#1e1e1e" if dark else "w", foreground="#dddddd" if dark else "k")
+
+
+class Series:
+    def __init__(self, curve: pg.PlotDataItem) -> None:
+        self.curve = curve
+        self.x: list[float] = []
+        self.y: list[float] = []
+        self.dirty = False
+
+
+class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
+    """Curves keyed by a label ("test_accuracy", "task 1 · loss"); `points` counts every point received."""
+
+    def __init__(self, parent: QWidget | None = None, x_label: str = "step", symbols: bool = False) -> None:
+        super().__init__(parent)
+        self.series: dict[str, Series] = {}
+        self.points = 0
+        self.symbols = symbols
+        self.plotItem.showGrid(x=True, y=True, alpha=0.25)
+        self.plotItem.setLabel("bottom", x_label)
+        self.legend = self.plotItem.addLegend(offset=(10, 10))
+        self.plotItem.setDownsampling(auto=True, mode="peak")
+        self.plotItem.setClipToView(True)
+        self._timer = QTimer(self)
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self.flush)
+        self._timer.start()
+
+    def _series(self, label: str) -> Series:
+        series = self.series.get(label)
+        if series is None:
+            color = PALETTE[len(self.series) % len(PALETTE)]
+            kwargs: dict[str, Any] = {"pen": pg.mkPen(color, width=2), "name": label}
+            if self.symbols:
+                kwargs.update(symbol="o", symbolSize=5, symbolBrush=color, symbolPen=None)
+            curve = self.plotItem.plot([], [], **kwargs)
+            series = self.series[label] = Series(curve)
+        return series
+
+    def add_point(self, label: str, x: float, y: float) -> None:
+        series = self._series(label)
+        series.x.append(x)
+        series.y.append(y)
+        series.dirty = True
+        self.points += 1
+
+    def set_series(self, label: str, xs: Iterable[float], ys: Iterable[float]) -> None:
+        series = self._series(label)
+        series.x, series.y = list(xs), list(ys)
+        series.dirty = True
+
+    def flush(self) -> None:
+        for series in self.series.values():
+            if series.dirty:
+                series.curve.setData(np.asarray(series.x, dtype=float), np.asarray(series.y, dtype=float))
+                series.dirty = False
+
+    def clear_all(self) -> None:
+        for series in self.series.values():
+            self.plotItem.removeItem(series.curve)
+        self.series.clear()
+        self.legend.clear()
+        self.points = 0
+
+
+class ScatterPlot(pg.PlotWidget):  # type: ignore[misc]
+    """A sweep's parameter against its score, one dot per finished trial."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plotItem.showGrid(x=True, y=True, alpha=0.25)
+        self.scatter = pg.ScatterPlotItem(size=9, brush=pg.mkBrush(PALETTE[0]), pen=None)
+        self.plotItem.addItem(self.scatter)
+
+    def show_points(self, x_label: str, y_label: str, xs: list[float], ys: list[float], log_x: bool = False) -> None:
+        self.plotItem.setLabel("bottom", x_label)
+        self.plotItem.setLabel("left", y_label)
+        self.plotItem.setLogMode(x=log_x, y=False)
+        self.scatter.setData(xs, ys)
+
+
+class BarChart(pg.PlotWidget):  # type: ignore[misc]
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bars: pg.BarGraphItem | None = None
+        self.plotItem.showGrid(y=True, alpha=0.25)
+
+    def show_bars(self, labels: list[str], values: list[float], title: str) -> None:
+        if self.bars is not None:
+            self.plotItem.removeItem(self.bars)
+        self.bars = pg.BarGraphItem(x=list(range(len(values))), height=values, width=0.6, brush=PALETTE[0])
+        self.plotItem.addItem(self.bars)
+        self.plotItem.getAxis("bottom").setTicks([list(enumerate(labels))])
+        self.plotItem.setTitle(title)

@@ -1,0 +1,207 @@
+"""Settings: which controller, where the local controller keeps its data (embedded or MongoDB + MinIO),
+the telemetry period of a controller the app starts, and the theme.
+
+App preferences live in QSettings; store and blob URIs go to the controller's config.toml (mode 0600),
+read when that controller starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+)
+
+from tensorfleet_desktop.controller.settings import FileSettings, check_backends, load_settings, save_settings
+from tensorfleet_desktop.ui.bridge import Bridge
+from tensorfleet_desktop.ui.view import Notify, View
+
+THEMES = ("system", "light", "dark")
+
+
+def app_settings() -> QSettings:
+    return QSettings("TensorFleet", "tensorfleet")
+
+
+def apply_theme(theme: str) -> bool:
+    """Follow the OS (or force light/dark); returns whether the result is dark."""
+    hints = QGuiApplication.styleHints()
+    scheme = {"light": Qt.ColorScheme.Light, "dark": Qt.ColorScheme.Dark}.get(theme, Qt.ColorScheme.Unknown)
+    if hasattr(hints, "setColorScheme"):
+        hints.setColorScheme(scheme)
+    return hints.colorScheme() == Qt.ColorScheme.Dark
+
+
+class SettingsView(View):
+    title = "Settings"
+    icon = "settings"
+
+    def __init__(self, bridge: Bridge, notify: Notify, data_dir: Path) -> None:
+        super().__init__(bridge, notify)
+        self.data_dir = data_dir
+        self.config_path = data_dir / "config.toml"
+        prefs = app_settings()
+
+        controller = QGroupBox("Controller")
+        form = QFormLayout(controller)
+        self.address = QLineEdit(bridge.address)
+        self.address.setObjectName("controller_address")
+        self.connect_button = QPushButton("Connect")
+        self.connect_button.clicked.connect(self.connect_to)
+        row = QHBoxLayout()
+        row.addWidget(self.address, 1)
+        row.addWidget(self.connect_button)
+        form.addRow("Address (HOST:PORT)", row)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        form.addRow("", self.status)
+        self.telemetry = QDoubleSpinBox()
+        self.telemetry.setRange(0.2, 60.0)
+        self.telemetry.setSingleStep(0.5)
+        self.telemetry.setSuffix(" s")
+        self.telemetry.setValue(float(prefs.value("telemetry_period", 1.0)))  # type: ignore[arg-type]
+        self.telemetry.valueChanged.connect(lambda v: app_settings().setValue("telemetry_period", v))
+        form.addRow("Telemetry period (controllers this app starts)", self.telemetry)
+
+        storage = QGroupBox(f"Storage of the local controller ({self.config_path})")
+        store_form = QFormLayout(storage)
+        self.embedded = QRadioButton("Embedded: SQLite + files in the data dir")
+        self.external = QRadioButton("MongoDB + S3 / MinIO")
+        group = QButtonGroup(self)
+        group.addButton(self.embedded)
+        group.addButton(self.external)
+        self.store_uri = QLineEdit()
+        self.store_uri.setObjectName("store_uri")
+        self.store_uri.setPlaceholderText("mongodb://user:password@db.lan:27017/tensorfleet")
+        self.blobs_uri = QLineEdit()
+        self.blobs_uri.setObjectName("blobs_uri")
+        self.blobs_uri.setPlaceholderText("s3://models?endpoint=minio.lan:9000&secure=false")
+        self.access_key = QLineEdit()
+        self.secret_key = QLineEdit()
+        self.secret_key.setEchoMode(QLineEdit.EchoMode.Password)
+        store_form.addRow(self.embedded)
+        store_form.addRow(self.external)
+        store_form.addRow("Store URI", self.store_uri)
+        store_form.addRow("Blobs URI", self.blobs_uri)
+        store_form.addRow("S3 access key", self.access_key)
+        store_form.addRow("S3 secret key", self.secret_key)
+        self.test_button = QPushButton("Test connection")
+        self.save_button = QPushButton("Save")
+        self.test_button.clicked.connect(self.test_connection)
+        self.save_button.clicked.connect(self.save)
+        row = QHBoxLayout()
+        row.addWidget(self.test_button)
+        row.addWidget(self.save_button)
+        row.addStretch(1)
+        store_form.addRow(row)
+        self.test_result = QLabel()
+        self.test_result.setObjectName("test_result")
+        self.test_result.setWordWrap(True)
+        store_form.addRow(self.test_result)
+        self.embedded.toggled.connect(self._mode_changed)
+
+        look = QGroupBox("Appearance")
+        look_form = QFormLayout(look)
+        self.theme = QComboBox()
+        self.theme.addItems(list(THEMES))
+        self.theme.setCurrentText(str(prefs.value("theme", "system")))
+        self.theme.currentTextChanged.connect(self._theme_changed)
+        look_form.addRow("Theme", self.theme)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(controller)
+        layout.addWidget(storage)
+        layout.addWidget(look)
+        layout.addStretch(1)
+        self._load_config()
+        bridge.connected.connect(self._connected)
+        bridge.disconnected.connect(lambda why: self.status.setText(f"not connected: {why}"))
+
+    def _connected(self, info: dict[str, object]) -> None:
+        details = info["info"]
+        assert isinstance(details, dict)
+        self.status.setText(
+            f"{info['message']} · version {details.get('version', '?')} · store {details.get('store', '?')} · "
+            f"blobs {details.get('blobs', '?')}"
+        )
+
+    def _load_config(self) -> None:
+        current = FileSettings()
+        if self.config_path.exists():
+            try:
+                current = load_settings(self.config_path)
+            except ValueError as exc:
+                self.test_result.setText(str(exc))
+        self.store_uri.setText(current.store_uri)
+        self.blobs_uri.setText(current.blobs_uri)
+        self.access_key.setText(current.s3_access_key)
+        self.secret_key.setText(current.s3_secret_key)
+        (self.external if current.store_uri or current.blobs_uri else self.embedded).setChecked(True)
+        self._mode_changed()
+
+    def _mode_changed(self) -> None:
+        external = self.external.isChecked()
+        for w in (self.store_uri, self.blobs_uri, self.access_key, self.secret_key):
+            w.setEnabled(external)
+
+    def form_settings(self) -> FileSettings:
+        if not self.external.isChecked():
+            return FileSettings()
+        return FileSettings(
+            store_uri=self.store_uri.text().strip(),
+            blobs_uri=self.blobs_uri.text().strip(),
+            s3_access_key=self.access_key.text().strip(),
+            s3_secret_key=self.secret_key.text(),
+        )
+
+    def connect_to(self) -> None:
+        address = self.address.text().strip()
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            self.status.setText(f"{address!r} is not HOST:PORT")
+            return
+        app_settings().setValue("controller", address)
+        self.status.setText(f"connecting to {address}…")
+        self.bridge.reconnect(address)
+
+    def test_connection(self) -> None:
+        settings = self.form_settings()
+        self.test_result.setText("testing…")
+        self.bridge.run_blocking(
+            lambda: check_backends(settings, self.data_dir),
+            lambda lines: self.test_result.setText("\n".join(lines)),
+            lambda error: self.test_result.setText(f"failed: {error}"),
+        )
+
+    def save(self) -> None:
+        settings = self.form_settings()
+        if self.external.isChecked() and not (settings.store_uri or settings.blobs_uri):
+            self.test_result.setText("name a store URI or a blobs URI, or choose Embedded")
+            return
+        try:
+            save_settings(self.config_path, settings)
+        except OSError as exc:
+            self.test_result.setText(f"cannot write {self.config_path}: {exc.strerror}")
+            return
+        self.test_result.setText(f"saved to {self.config_path}; the local controller uses it from its next start")
+        self.notify("settings saved", False)
+
+    def _theme_changed(self, theme: str) -> None:
+        app_settings().setValue("theme", theme)
+        window = self.window()
+        apply = getattr(window, "apply_theme", None)
+        if apply is not None:
+            apply(theme)

@@ -1,0 +1,491 @@
+"""The submit dialog, generated from the workload parameter schemas the controller publishes.
+
+Every edit re-runs the one job-spec parser (controller/jobspec.py) on what the form holds, so a bad
+value is refused inline, next to its field, before anything is sent; the controller re-validates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_desktop.controller.jobspec import parse_job_spec
+from tensorfleet_desktop.controller.sweep import SEARCHES
+
+CATEGORY_ORDER = {"sklearn": 0, "torch": 1, "script": 2, "diagnostic": 3}
+INVALID_STYLE = "border: 1px solid #d1242f; background: rgba(209, 36, 47, 0.08);"
+UPLOADED = "uploaded:"
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ParamInput:
+    """One schema parameter as a widget; `value()` is what the form holds, None for the default."""
+
+    def __init__(self, spec: dict[str, Any], on_change: Callable[[], object]) -> None:
+        self.spec = spec
+        default = spec["default"]
+        if spec["type"] == "bool":
+            box = QCheckBox()
+            box.setChecked(bool(default))
+            box.toggled.connect(on_change)
+            self.widget: QWidget = box
+        elif spec["choices"]:
+            combo = QComboBox()
+            for choice in spec["choices"]:
+                combo.addItem("none" if choice is None else str(choice), choice)
+            if default in spec["choices"]:
+                combo.setCurrentIndex(spec["choices"].index(default))
+            combo.currentIndexChanged.connect(on_change)
+            self.widget = combo
+        else:
+            edit = QLineEdit()
+            edit.setPlaceholderText(
+                "none" if default is None else json.dumps(default) if spec["type"] == "list" else str(default)
+            )
+            edit.textChanged.connect(on_change)
+            self.widget = edit
+        self.widget.setObjectName(f"param_{spec['name']}")
+        self.widget.setToolTip(spec["help"])
+
+    def value(self) -> Any:
+        spec, widget = self.spec, self.widget
+        if isinstance(widget, QCheckBox):
+            return widget.isChecked() if widget.isChecked() != bool(spec["default"]) else None
+        if isinstance(widget, QComboBox):
+            choice = widget.currentData()
+            return None if choice == spec["default"] else choice
+        assert isinstance(widget, QLineEdit)
+        text = widget.text().strip()
+        if not text:
+            return None
+        where = f"hyperparameters.{spec['name']}"
+        if text.lower() in ("none", "null") and spec["nullable"]:
+            return "__null__"
+        try:
+            if spec["type"] == "int":
+                return int(text)
+            if spec["type"] == "float":
+                return float(text)
+            if spec["type"] == "list":
+                return yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError):
+            kind = {"int": "an integer", "float": "a number"}.get(spec["type"], "a list")
+            raise FieldError(where, f"must be {kind}, got {text!r}") from None
+        return text
+
+
+class SubmitDialog(QDialog):
+    """Emits `submitted(spec)` once the controller accepted the job."""
+
+    submitted = Signal(dict)
+    submit_requested = Signal(dict)
+
+    def __init__(
+        self,
+        workloads: list[dict[str, Any]],
+        datasets: list[dict[str, Any]],
+        agents: list[str],
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Submit a job")
+        self.resize(560, 720)
+        self.workloads = sorted(workloads, key=lambda w: (CATEGORY_ORDER.get(w["category"], 9), w["name"]))
+        self.uploaded = {d["name"]: d for d in datasets}
+        self.agents = agents
+        self.params: dict[str, ParamInput] = {}
+        self.errors: dict[str, str] = {}
+        self.script_source = ""
+        self.script_name = ""
+
+        self.workload = QComboBox()
+        self.workload.setObjectName("workload")
+        for w in self.workloads:
+            self.workload.addItem(f"{w['name']}  ({w['category']})", w["name"])
+            self.workload.setItemData(self.workload.count() - 1, w["summary"], Qt.ItemDataRole.ToolTipRole)
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        self.name = QLineEdit()
+        self.name.setObjectName("name")
+        self.name.setPlaceholderText("ALGORITHM-DATASET")
+        self.dataset = QComboBox()
+        self.dataset.setObjectName("dataset")
+        self.target = QComboBox()
+        self.target.setObjectName("target")
+        self.model_name = QLineEdit()
+        self.model_name.setObjectName("model_name")
+        self.model_name.setPlaceholderText("ALGORITHM-DATASET")
+
+        top = QFormLayout()
+        top.addRow("Workload", self.workload)
+        top.addRow("", self.summary)
+        top.addRow("Name", self.name)
+        top.addRow("Dataset", self.dataset)
+        top.addRow("Target column", self.target)
+        top.addRow("Register model as", self.model_name)
+
+        self.param_box = QGroupBox("Parameters")
+        self.param_form = QFormLayout(self.param_box)
+
+        self.script_box = QGroupBox("Script")
+        script_form = QFormLayout(self.script_box)
+        self.script_label = QLabel("no file chosen")
+        pick = QPushButton("Choose .py file…")
+        pick.clicked.connect(self.choose_script)
+        row = QHBoxLayout()
+        row.addWidget(self.script_label, 1)
+        row.addWidget(pick)
+        script_form.addRow("File", row)
+        self.script_args = QLineEdit()
+        self.script_args.setObjectName("script_args")
+        self.script_args.setPlaceholderText("--lr 0.01 --epochs 5")
+        script_form.addRow("Arguments", self.script_args)
+
+        self.sweep_box = QGroupBox("Hyperparameter sweep")
+        self.sweep_box.setCheckable(True)
+        self.sweep_box.setChecked(False)
+        sweep_form = QFormLayout(self.sweep_box)
+        self.sweep_space = QPlainTextEdit()
+        self.sweep_space.setObjectName("sweep_space")
+        self.sweep_space.setPlaceholderText(
+            "one PARAM=SPEC per line:\nC=float:0.01:100:log\nkernel=rbf,linear\nmax_depth=int:2:12"
+        )
+        self.sweep_space.setFixedHeight(80)
+        self.sweep_search = QComboBox()
+        self.sweep_search.addItems(list(SEARCHES))
+        self.sweep_search.setCurrentText("tpe")
+        self.sweep_trials = QSpinBox()
+        self.sweep_trials.setRange(1, 10_000)
+        self.sweep_trials.setValue(10)
+        self.sweep_metric = QComboBox()
+        self.sweep_metric.addItems(["(default)", "test_accuracy", "f1_macro", "train_accuracy", "r2", "rmse", "mae"])
+        self.sweep_prune = QCheckBox("stop unpromising trials early (iterative algorithms)")
+        sweep_form.addRow("Search space", self.sweep_space)
+        sweep_form.addRow("Search", self.sweep_search)
+        sweep_form.addRow("Trials", self.sweep_trials)
+        sweep_form.addRow("Metric", self.sweep_metric)
+        sweep_form.addRow(self.sweep_prune)
+
+        resources = QGroupBox("Resources and scheduling")
+        res_form = QFormLayout(resources)
+        self.workers = QSpinBox()
+        self.workers.setObjectName("num_workers")
+        self.workers.setRange(1, 256)
+        self.gpus = QSpinBox()
+        self.gpus.setObjectName("gpus")
+        self.gpus.setRange(0, 64)
+        self.priority = QSpinBox()
+        self.priority.setObjectName("priority")
+        self.priority.setRange(-1000, 1000)
+        self.retries = QSpinBox()
+        self.retries.setRange(0, 100)
+        self.retries.setValue(2)
+        self.timeout = QLineEdit()
+        self.timeout.setObjectName("timeout")
+        self.timeout.setPlaceholderText("no limit (seconds)")
+        self.run_on = QLineEdit()
+        self.run_on.setObjectName("constraints_on")
+        self.run_on.setPlaceholderText("any agent; or names/ids, comma separated: " + ", ".join(agents[:3]))
+        self.not_on = QLineEdit()
+        self.not_on.setPlaceholderText("agents to avoid")
+        res_form.addRow("Workers (tasks / ranks)", self.workers)
+        res_form.addRow("GPUs per worker", self.gpus)
+        res_form.addRow("Priority", self.priority)
+        res_form.addRow("Retries", self.retries)
+        res_form.addRow("Timeout", self.timeout)
+        res_form.addRow("Run on", self.run_on)
+        res_form.addRow("Not on", self.not_on)
+
+        body = QWidget()
+        body_layout = QVBoxLayout(body)
+        body_layout.addLayout(top)
+        body_layout.addWidget(self.param_box)
+        body_layout.addWidget(self.script_box)
+        body_layout.addWidget(self.sweep_box)
+        body_layout.addWidget(resources)
+        body_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+
+        self.error_label = QLabel()
+        self.error_label.setObjectName("error")
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #d1242f;")
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        self.ok_button = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
+        self.ok_button.setText("Submit")
+        self.buttons.accepted.connect(self.submit)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(self.error_label)
+        layout.addWidget(self.buttons)
+
+        for signal in (
+            self.name.textChanged,
+            self.model_name.textChanged,
+            self.script_args.textChanged,
+            self.sweep_space.textChanged,
+            self.timeout.textChanged,
+            self.run_on.textChanged,
+            self.not_on.textChanged,
+        ):
+            signal.connect(self.validate)
+        for spin in (self.workers, self.gpus, self.priority, self.retries, self.sweep_trials):
+            spin.valueChanged.connect(self.validate)
+        for combo in (self.dataset, self.target, self.sweep_search, self.sweep_metric):
+            combo.currentIndexChanged.connect(self.validate)
+        self.dataset.currentIndexChanged.connect(self._fill_targets)
+        self.sweep_box.toggled.connect(self.validate)
+        self.sweep_prune.toggled.connect(self.validate)
+        self.workload.currentIndexChanged.connect(self._workload_changed)
+        self._workload_changed()
+
+    # ---- form generation
+
+    def current_workload(self) -> dict[str, Any]:
+        return self.workloads[max(0, self.workload.currentIndex())]
+
+    def select_workload(self, name: str) -> None:
+        self.workload.setCurrentIndex(self.workload.findData(name))
+
+    def select_dataset(self, name: str) -> None:
+        index = self.dataset.findData(name)
+        if index < 0:
+            index = self.dataset.findData(UPLOADED + name)
+        self.dataset.setCurrentIndex(index)
+
+    def _workload_changed(self) -> None:
+        w = self.current_workload()
+        self.summary.setText(w["summary"])
+        while self.param_form.rowCount():
+            self.param_form.removeRow(0)
+        self.params = {}
+        for spec in w["params"]:
+            field = ParamInput(spec, self.validate)
+            self.params[spec["name"]] = field
+            label = QLabel(spec["name"])
+            label.setToolTip(spec["help"])
+            self.param_form.addRow(label, field.widget)
+        self.param_box.setVisible(bool(w["params"]))
+        self.dataset.blockSignals(True)
+        self.dataset.clear()
+        if w["tasks"]:
+            for name in w["datasets"]:
+                self.dataset.addItem(name, name)
+            if w["category"] in ("sklearn", "torch"):
+                for entry in self.uploaded.values():
+                    self.dataset.addItem(f"{entry['name']} (uploaded, {entry['rows']} rows)", UPLOADED + entry["name"])
+        else:
+            self.dataset.addItem("(no dataset)", "")
+        self.dataset.blockSignals(False)
+        self.dataset.setEnabled(bool(w["tasks"]))
+        self.script_box.setVisible(w["name"] == "script")
+        self.sweep_box.setVisible(w["category"] == "sklearn")
+        if w["category"] != "sklearn":
+            self.sweep_box.setChecked(False)
+        self._fill_targets()
+        self.validate()
+
+    def _fill_targets(self) -> None:
+        data = self.dataset.currentData() or ""
+        self.target.blockSignals(True)
+        self.target.clear()
+        if data.startswith(UPLOADED):
+            columns = self.uploaded[data[len(UPLOADED) :]]["columns"]
+            self.target.addItems(columns)
+            self.target.setCurrentIndex(len(columns) - 1)
+        self.target.blockSignals(False)
+        self.target.setEnabled(data.startswith(UPLOADED))
+        self.validate()
+
+    def choose_script(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Training script", "", "Python (*.py)")
+        if path:
+            self.set_script(Path(path))
+
+    def set_script(self, path: Path) -> None:
+        try:
+            self.script_source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.script_source = ""
+            self.errors["script"] = f"cannot read {path}: {exc}"
+        self.script_name = path.name
+        self.script_label.setText(str(path))
+        self.validate()
+
+    # ---- the spec and its validation
+
+    def spec(self) -> dict[str, Any]:
+        """The job spec the form describes (raises FieldError for text that is not a value at all)."""
+        w = self.current_workload()
+        spec: dict[str, Any] = {"algorithm": w["name"]}
+        if self.name.text().strip():
+            spec["name"] = self.name.text().strip()
+        data = self.dataset.currentData() or ""
+        if data.startswith(UPLOADED):
+            spec["dataset"] = data[len(UPLOADED) :]
+            spec["target"] = self.target.currentText()
+        elif data:
+            spec["dataset"] = data
+        hyper = {}
+        for name, field in self.params.items():
+            value = field.value()
+            if value is not None:
+                hyper[name] = None if value == "__null__" else value
+        if w["name"] == "script":
+            spec["script"] = {
+                "name": self.script_name,
+                "source": self.script_source,
+                "args": self.script_args.text().split(),
+            }
+        elif hyper:
+            spec["hyperparameters"] = hyper
+        if self.model_name.text().strip():
+            spec["model_name"] = self.model_name.text().strip()
+        for key, spin, default in (
+            ("num_workers", self.workers, 1),
+            ("gpus", self.gpus, 0),
+            ("priority", self.priority, 0),
+            ("max_retries", self.retries, 2),
+        ):
+            if spin.value() != default:
+                spec[key] = spin.value()
+        if self.timeout.text().strip():
+            try:
+                spec["timeout"] = float(self.timeout.text())
+            except ValueError:
+                raise FieldError("timeout", f"must be a number of seconds, got {self.timeout.text()!r}") from None
+        constraints = {}
+        for key, edit in (("on", self.run_on), ("not_on", self.not_on)):
+            names = [n.strip() for n in edit.text().split(",") if n.strip()]
+            if names:
+                constraints[key] = names
+        if constraints:
+            spec["constraints"] = constraints
+        if self.sweep_box.isVisible() and self.sweep_box.isChecked():
+            params = {}
+            for n, line in enumerate(self.sweep_space.toPlainText().splitlines(), 1):
+                if not line.strip():
+                    continue
+                key, sep, value = line.partition("=")
+                if not sep or not key.strip() or not value.strip():
+                    raise FieldError("sweep.params", f"line {n}: write PARAM=SPEC, got {line.strip()!r}")
+                params[key.strip()] = value.strip()
+            sweep: dict[str, Any] = {
+                "params": params,
+                "search": self.sweep_search.currentText(),
+                "trials": self.sweep_trials.value(),
+            }
+            if self.sweep_metric.currentIndex() > 0:
+                sweep["metric"] = self.sweep_metric.currentText()
+            if self.sweep_prune.isChecked():
+                sweep["prune"] = True
+            spec["sweep"] = sweep
+        return spec
+
+    def _local_form(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """What parse_job_spec can check here: an uploaded dataset is resolved by the controller."""
+        if "target" not in spec:
+            return spec
+        entry = self.uploaded[spec["dataset"]]
+        tasks = self.current_workload()["tasks"]
+        local = {k: v for k, v in spec.items() if k != "target"}
+        local["dataset"] = f"user:{entry['sha256']}"
+        local["dataset_params"] = {"target": spec["target"], "file": entry["filename"], "task": tasks[0]}
+        return local
+
+    def validate(self) -> bool:
+        for widget in self._field_widgets().values():
+            widget.setStyleSheet("")
+        problem: tuple[str, str] | None = None
+        try:
+            parse_job_spec(self._local_form(self.spec()))
+        except FieldError as exc:
+            problem = (exc.field, str(exc))
+        except ValidationError as exc:
+            problem = (exc.field, exc.message)
+        if problem is None:
+            self.error_label.setText("")
+            self.ok_button.setEnabled(True)
+            return True
+        field, message = problem
+        offending = self.widget_for(field)
+        if offending is not None:
+            offending.setStyleSheet(INVALID_STYLE)
+        self.error_label.setText(f"{field}: {message}")
+        self.ok_button.setEnabled(False)
+        return False
+
+    def _field_widgets(self) -> dict[str, QWidget]:
+        widgets: dict[str, QWidget] = {
+            "name": self.name,
+            "dataset": self.dataset,
+            "target": self.target,
+            "model_name": self.model_name,
+            "num_workers": self.workers,
+            "gpus": self.gpus,
+            "priority": self.priority,
+            "max_retries": self.retries,
+            "timeout": self.timeout,
+            "constraints": self.run_on,
+            "sweep": self.sweep_space,
+            "script": self.script_label,
+            "cv": self.workers,
+        }
+        widgets.update({f"hyperparameters.{n}": p.widget for n, p in self.params.items()})
+        return widgets
+
+    def widget_for(self, field: str) -> QWidget | None:
+        widgets = self._field_widgets()
+        parts = field.split(".")
+        for end in range(len(parts), 0, -1):
+            key = ".".join(parts[:end])
+            if key in widgets:
+                return widgets[key]
+        return None
+
+    def submit(self) -> None:
+        if not self.validate():
+            return
+        self.ok_button.setEnabled(False)
+        self.error_label.setText("submitting…")
+        self.submit_requested.emit(self.spec())
+
+    def submit_failed(self, message: str) -> None:
+        self.error_label.setText(message)
+        self.ok_button.setEnabled(True)
+
+    def submit_succeeded(self, job: dict[str, Any]) -> None:
+        self.submitted.emit(job)
+        self.accept()

@@ -1,0 +1,124 @@
+"""Small widgets shared by the views: progress and sparkline cells, the banner, toasts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPointF, QRect, Qt, QTimer
+from PySide6.QtGui import QColor, QPainter, QPen, QPolygonF
+from PySide6.QtWidgets import (
+    QApplication,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionProgressBar,
+    QStyleOptionViewItem,
+    QWidget,
+)
+
+from tensorfleet_desktop.ui.table_model import EXTRA_ROLE
+
+Index = QModelIndex | QPersistentModelIndex
+
+
+class ProgressDelegate(QStyledItemDelegate):
+    """Draws EXTRA_ROLE (0..1) as a progress bar with the cell's text on it."""
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        value = index.data(EXTRA_ROLE)
+        if value is None:
+            super().paint(painter, option, index)
+            return
+        bar = QStyleOptionProgressBar()
+        bar.rect = option.rect.adjusted(2, 3, -2, -3)
+        bar.minimum, bar.maximum = 0, 1000
+        bar.progress = int(max(0.0, min(1.0, float(value))) * 1000)
+        bar.text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        bar.textVisible = True
+        bar.state = option.state
+        style = QApplication.style()
+        style.drawControl(QStyle.ControlElement.CE_ProgressBar, bar, painter)
+
+
+class SparklineDelegate(QStyledItemDelegate):
+    """Draws EXTRA_ROLE (a sequence of 0..100 values) as a sparkline behind the cell's text."""
+
+    def __init__(self, color: str = "#1f6feb") -> None:
+        super().__init__()
+        self.color = QColor(color)
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        super().paint(painter, option, index)
+        values = index.data(EXTRA_ROLE)
+        if values:
+            paint_sparkline(painter, option.rect.adjusted(2, 3, -2, -3), values, self.color)
+
+
+def paint_sparkline(painter: QPainter, rect: QRect, values: Sequence[float], color: QColor, top: float = 100.0) -> None:
+    if len(values) < 2 or rect.width() < 4:
+        return
+    step = rect.width() / (len(values) - 1)
+    scale = max(top, max(values)) or 1.0
+    line = QPolygonF(
+        [QPointF(rect.left() + i * step, rect.bottom() - rect.height() * v / scale) for i, v in enumerate(values)]
+    )
+    painter.save()
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    faded = QColor(color)
+    faded.setAlpha(160)
+    painter.setPen(QPen(faded, 1.4))
+    painter.drawPolyline(line)
+    painter.restore()
+
+
+class Banner(QWidget):
+    """A strip across the top of the window for a lost controller (hidden while all is well)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(10, 6, 10, 6)
+        layout.addWidget(self.label, 1)
+        self.setAutoFillBackground(True)
+        self.setStyleSheet("background: #b35900; color: white; font-weight: bold;")
+        self.hide()
+
+    def show_message(self, text: str) -> None:
+        self.label.setText(text)
+        self.show()
+
+
+class Toast(QLabel):
+    """An in-app notification in the window's bottom-right corner (used where no system tray exists)."""
+
+    def __init__(self, parent: QWidget, text: str, seconds: float = 6.0) -> None:
+        super().__init__(text, parent)
+        self.setObjectName("toast")
+        self.setWordWrap(True)
+        self.setStyleSheet(
+            "QLabel#toast { background: rgba(30, 30, 30, 230); color: white; padding: 10px 14px; border-radius: 8px; }"
+        )
+        self.setMaximumWidth(380)
+        self.adjustSize()
+        self.place()
+        self.show()
+        self.raise_()
+        QTimer.singleShot(int(seconds * 1000), self.deleteLater)
+
+    def place(self) -> None:
+        parent = self.parentWidget()
+        if parent is not None:
+            stacked = sum(1 for t in parent.findChildren(Toast) if t is not self and t.isVisible())
+            y = parent.height() - self.height() - 16 - stacked * (self.height() + 8)
+            self.move(parent.width() - self.width() - 16, max(0, y))
+
+
+def action_button(text: str, tooltip: str = "") -> QPushButton:
+    button = QPushButton(text)
+    if tooltip:
+        button.setToolTip(tooltip)
+    return button

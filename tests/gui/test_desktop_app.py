@@ -1,0 +1,251 @@
+"""The desktop app against a real controller and agents on loopback (pytest-qt, offscreen).
+
+One cluster serves the whole module; the test that kills an agent runs last and uses its own agent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("PySide6", reason="the desktop extra (PySide6) is not installed")
+pytest.importorskip("pytestqt", reason="pytest-qt (dev extra) is not installed")
+
+from PySide6.QtWidgets import QDialogButtonBox, QInputDialog
+
+from helpers.agents import AgentProcess
+from helpers.controller import ControllerProcess
+from helpers.servers import free_port
+from helpers.waiting import wait_until
+from tensorfleet_desktop.client import Client
+from tensorfleet_desktop.ui.app import build_window, create_application
+from tensorfleet_desktop.ui.main_window import MainWindow
+from tensorfleet_desktop.ui.submit_dialog import INVALID_STYLE, SubmitDialog
+from tensorfleet_desktop.ui.widgets import Toast
+
+pytestmark = pytest.mark.slow
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def gui_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControllerProcess, list[AgentProcess]]]:
+    root = tmp_path_factory.mktemp("gui-cluster")
+    agents = [AgentProcess(root / f"agent{i}", name=f"gui-agent-{i}", cpu_slots=1).start() for i in range(2)]
+    controller = ControllerProcess(root / "controller").start()
+    try:
+        with Client(controller.address) as client:
+            wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 2, 30, "2 agents over mDNS")
+        yield controller, agents
+    finally:
+        controller.stop()
+        for agent in agents:
+            agent.stop()
+
+
+@pytest.fixture(scope="module")
+def window(
+    gui_cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MainWindow]:
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg"))  # QSettings of this test run only
+    create_application()
+    controller, _ = gui_cluster
+    win = build_window(
+        controller.address, data_dir=tmp_path_factory.mktemp("gui-data"), autostart=False, poll_interval=0.25
+    )
+    win.show()
+    win.bridge.start()
+    yield win
+    win.close()
+
+
+def job_row(win: MainWindow, job_id: str) -> dict[str, Any] | None:
+    return win.jobs.job(job_id)
+
+
+def wait_state(qtbot: Any, win: MainWindow, job_id: str, state: str, timeout: int = WAIT_MS) -> dict[str, Any]:
+    qtbot.waitUntil(lambda: (job_row(win, job_id) or {}).get("state") == state, timeout=timeout)
+    row = job_row(win, job_id)
+    assert row is not None
+    return row
+
+
+def open_dialog(qtbot: Any, win: MainWindow) -> SubmitDialog:
+    win.jobs.dialog = None
+    win.show_view(win.jobs)
+    qtbot.mouseClick(win.jobs.submit_button, qtbot_button())
+    qtbot.waitUntil(lambda: win.jobs.dialog is not None and win.jobs.dialog.isVisible(), timeout=10_000)
+    assert win.jobs.dialog is not None
+    return win.jobs.dialog
+
+
+def qtbot_button() -> Any:
+    from PySide6.QtCore import Qt
+
+    return Qt.MouseButton.LeftButton
+
+
+def test_submit_from_the_dialog_plots_every_point_and_tells_when_it_ends(qtbot: Any, window: MainWindow) -> None:
+    qtbot.waitUntil(lambda: window.bridge.online and len(window.fleet.model.rows) == 2, timeout=WAIT_MS)
+    seen_states: list[str] = []
+    dialog = open_dialog(qtbot, window)
+    dialog.select_workload("emit")
+    dialog.params["points"].widget.setText("400")  # type: ignore[attr-defined]
+    dialog.params["rate"].widget.setText("200")  # type: ignore[attr-defined]
+    dialog.params["name"].widget.setText("loss")  # type: ignore[attr-defined]
+    dialog.name.setText("gui-emit")
+    assert dialog.ok_button.isEnabled(), dialog.error_label.text()
+    with qtbot.waitSignal(dialog.submitted, timeout=WAIT_MS) as submitted:
+        qtbot.mouseClick(dialog.ok_button, qtbot_button())
+    job_id = submitted.args[0]["id"]
+    assert not dialog.isVisible()
+
+    def record(jobs: list[dict[str, Any]]) -> None:
+        for job in jobs:
+            if job["id"] == job_id and (not seen_states or seen_states[-1] != job["state"]):
+                seen_states.append(job["state"])
+
+    window.bridge.jobs_changed.connect(record)
+    qtbot.waitUntil(lambda: job_row(window, job_id) is not None, timeout=10_000)  # it appears in the table
+    window.jobs.select(job_id)
+    qtbot.mouseClick(window.jobs.open_button, qtbot_button())
+    assert window.stack.currentWidget() is window.detail and window.detail.job_id == job_id
+    final = wait_state(qtbot, window, job_id, "SUCCEEDED")
+    assert final["progress"] == pytest.approx(1.0)
+    assert "RUNNING" in seen_states or "QUEUED" in seen_states
+    # every reported point reaches the live plot, exactly once
+    qtbot.waitUntil(lambda: window.detail.metric_points == 400, timeout=10_000)
+    qtbot.wait(500)
+    assert window.detail.plot.points == 400
+    series = window.detail.plot.series["loss"]
+    assert sorted(series.x) == sorted(set(series.x)) and len(series.x) == 400
+    # and a toast (offscreen has no system tray) says it ended
+    qtbot.waitUntil(lambda: any("gui-emit succeeded" in n for n in window.notifications), timeout=10_000)
+    assert any("gui-emit succeeded" in t.text() for t in window.findChildren(Toast))
+
+
+def test_cancel_from_the_jobs_view(qtbot: Any, window: MainWindow, gui_cluster: Any) -> None:
+    controller, _ = gui_cluster
+    with Client(controller.address) as client:
+        job = client.submit({"algorithm": "sleep", "name": "gui-sleeper", "hyperparameters": {"seconds": 120}})
+    wait_state(qtbot, window, job["id"], "RUNNING")
+    window.show_view(window.jobs)
+    window.jobs.select(job["id"])
+    assert window.jobs.cancel_button.isEnabled()
+    clicked = time.time()
+    qtbot.mouseClick(window.jobs.cancel_button, qtbot_button())
+    final = wait_state(qtbot, window, job["id"], "CANCELLED", timeout=15_000)
+    assert final["finished_at"] - clicked < 2.0 + 0.5, "cancel took longer than 2 s"
+
+
+def test_invalid_form_input_is_refused_inline(qtbot: Any, window: MainWindow) -> None:
+    dialog = open_dialog(qtbot, window)
+    dialog.select_workload("random_forest")
+    dialog.select_dataset("iris")
+    trees = dialog.params["n_estimators"].widget
+    trees.setText("abc")  # type: ignore[attr-defined]
+    assert not dialog.ok_button.isEnabled()
+    assert "n_estimators" in dialog.error_label.text() and "integer" in dialog.error_label.text()
+    assert trees.styleSheet() == INVALID_STYLE
+    trees.setText("-5")  # type: ignore[attr-defined]
+    assert not dialog.ok_button.isEnabled()
+    assert "n_estimators" in dialog.error_label.text()
+    trees.setText("50")  # type: ignore[attr-defined]
+    assert dialog.ok_button.isEnabled() and dialog.error_label.text() == ""
+    assert trees.styleSheet() == ""
+    dialog.sweep_box.setChecked(True)
+    dialog.sweep_space.setPlainText("bogus=float:1:2")
+    assert not dialog.ok_button.isEnabled() and "sweep.params.bogus" in dialog.error_label.text()
+    dialog.sweep_space.setPlainText("max_depth=int:2:8")
+    assert dialog.ok_button.isEnabled(), dialog.error_label.text()
+    dialog.buttons.button(QDialogButtonBox.StandardButton.Cancel).click()
+
+
+def test_registry_view_lists_filters_and_promotes(
+    qtbot: Any, window: MainWindow, gui_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller, _ = gui_cluster
+    with Client(controller.address) as client:
+        jobs = [
+            client.submit({"algorithm": "decision_tree", "dataset": "iris", "model_name": "gui-tree"}),
+            client.submit({"algorithm": "logistic_regression", "dataset": "wine", "model_name": "gui-logreg"}),
+        ]
+        for job in jobs:
+            assert client.wait(job["id"], timeout=120)["state"] == "SUCCEEDED"
+    window.show_view(window.models)
+    qtbot.waitUntil(lambda: {"gui-tree:1", "gui-logreg:1"} <= set(window.models.model._index), timeout=10_000)
+    window.models.filters["algorithm"].setText("decision_tree")
+    qtbot.mouseClick(window.models.search_button, qtbot_button())
+    qtbot.waitUntil(lambda: [r["name"] for r in window.models.model.rows] == ["gui-tree"], timeout=10_000)
+    window.models.select("gui-tree:1")
+    assert "trained by job" in window.models.detail.toPlainText()
+    monkeypatch.setattr(QInputDialog, "getText", staticmethod(lambda *a, **k: ("production", True)))
+    qtbot.mouseClick(window.models.promote_button, qtbot_button())
+    qtbot.waitUntil(lambda: window.models.model.rows[0]["aliases"] == ["production"], timeout=10_000)
+    with Client(controller.address) as client:
+        assert client.model("gui-tree@production")["version"] == 1
+
+
+def test_killed_agent_is_shown_lost_within_3_s(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    victim = AgentProcess(tmp_path / "victim", name="gui-victim", cpu_slots=1).start()
+    try:
+        qtbot.waitUntil(lambda: window.fleet.state_of("gui-victim") == "ONLINE", timeout=WAIT_MS)
+        lost_events: list[float] = []
+        window.bridge.agent_event.connect(
+            lambda e: (
+                lost_events.append(e["time"]) if e["kind"] == "lost" and e["agent"]["name"] == "gui-victim" else None
+            )
+        )
+        assert victim.proc is not None
+        killed = time.time()
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        qtbot.waitUntil(lambda: window.fleet.state_of("gui-victim") == "LOST", timeout=15_000)
+        shown = time.time()
+        assert lost_events and lost_events[0] - killed <= 3.0 + 0.5, f"LOST after {lost_events[0] - killed:.2f} s"
+        assert shown - killed <= 3.0 + 1.5
+    finally:
+        victim.stop()
+
+
+def test_window_starts_a_controller_when_none_answers(qtbot: Any, tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    win = build_window(address, data_dir=tmp_path / "local", autostart=True, poll_interval=0.25)
+    win.show()
+    connected: list[dict[str, Any]] = []
+    win.bridge.connected.connect(connected.append)
+    win.bridge.start()
+    try:
+        qtbot.waitUntil(lambda: bool(connected), timeout=90_000)
+        assert connected[0]["started"] and "started a local controller" in win.connection_label.text()
+        pid = win.bridge.started_pid
+        assert pid > 0
+        # its local agent comes up too, and the cluster keeps running when the window closes
+        qtbot.waitUntil(
+            lambda: any(a["source"] == "local" and a["state"] == "ONLINE" for a in win.fleet.model.rows), timeout=60_000
+        )
+        win.close()
+        with Client(address) as client:
+            assert client.info()
+            client.shutdown()
+        wait_until(lambda: not _alive(pid), 30, "the started controller to exit")
+    finally:
+        win.close()
+        if win.bridge.started_pid and _alive(win.bridge.started_pid):
+            os.killpg(win.bridge.started_pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
