@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSortFilterProxyModel, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QMessageBox,
     QSplitter,
-    QTableView,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -22,9 +20,9 @@ from PySide6.QtWidgets import (
 
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import clock, human_bytes
-from tensorfleet_desktop.ui.table_model import ROW_ROLE, SORT_ROLE, Column, RowTableModel
+from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
-from tensorfleet_desktop.ui.widgets import action_button
+from tensorfleet_desktop.ui.widgets import action_button, data_table
 
 PREVIEW_ROWS = 50
 
@@ -48,19 +46,7 @@ class DatasetsView(View):
             ],
             key=lambda d: d["name"],
         )
-        proxy = QSortFilterProxyModel()
-        proxy.setSourceModel(self.model)
-        proxy.setSortRole(SORT_ROLE)
-        self.proxy = proxy
-        self.table = QTableView()
-        self.table.setObjectName("datasets_table")
-        self.table.setModel(proxy)
-        self.table.setSortingEnabled(True)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table, self.proxy = data_table(self.model, name="datasets_table")
         self.table.selectionModel().selectionChanged.connect(lambda *_: self.preview_selected())
 
         self.upload_button = action_button("Upload…", "upload a CSV or Parquet file (sent once, by sha256)")

@@ -5,22 +5,19 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from PySide6.QtCore import QSortFilterProxyModel, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
-    QHeaderView,
     QInputDialog,
     QLabel,
     QLineEdit,
     QMessageBox,
     QSplitter,
-    QTableView,
     QVBoxLayout,
     QWidget,
 )
@@ -28,9 +25,9 @@ from PySide6.QtWidgets import (
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import human_bytes, percent, state_color
 from tensorfleet_desktop.ui.plots import MetricPlot
-from tensorfleet_desktop.ui.table_model import ROW_ROLE, SORT_ROLE, Column, RowTableModel
+from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
-from tensorfleet_desktop.ui.widgets import SparklineDelegate, action_button
+from tensorfleet_desktop.ui.widgets import SparklineDelegate, action_button, data_table
 
 HISTORY = 120  # samples kept per agent (two minutes at the default 1 s telemetry period)
 
@@ -132,18 +129,8 @@ class FleetView(View):
                 Column("Version", lambda a: a["agent_version"]),
             ]
         )
-        self.proxy = QSortFilterProxyModel()
-        self.proxy.setSourceModel(self.model)
-        self.proxy.setSortRole(SORT_ROLE)
-        self.table = QTableView()
-        self.table.setModel(self.proxy)
-        self.table.setSortingEnabled(True)
-        self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.verticalHeader().hide()
+        self.table, self.proxy = data_table(self.model, name="agents_table")
+        self.table.setColumnWidth(8, 180)
         self._delegates = [SparklineDelegate("#1f6feb"), SparklineDelegate("#8250df")]
         self.table.setItemDelegateForColumn(7, self._delegates[0])
         self.table.setItemDelegateForColumn(8, self._delegates[1])

@@ -48,7 +48,9 @@ def duration(seconds: float | None) -> str:
 def clock(timestamp: float | None) -> str:
     if not timestamp:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    local = time.localtime(timestamp)
+    same_day = time.strftime("%Y-%m-%d", local) == time.strftime("%Y-%m-%d")
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M", local)
 
 
 def job_duration(job: dict[str, Any], now: float | None = None) -> float | None:

@@ -11,19 +11,17 @@ from typing import Any
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QSplitter,
-    QTableView,
     QTableWidget,
     QTableWidgetItem,
     QTabWidget,
@@ -34,29 +32,12 @@ from PySide6.QtWidgets import (
 from tensorfleet_desktop.client import TERMINAL, AsyncClient, trial_rows
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import clock, duration, job_duration, metric_text, state_color, workload
-from tensorfleet_desktop.ui.plots import MetricPlot, ScatterPlot
-from tensorfleet_desktop.ui.table_model import SORT_ROLE, Column, RowTableModel
+from tensorfleet_desktop.ui.plots import MetricGrid, MetricPlot, ScatterPlot
+from tensorfleet_desktop.ui.table_model import Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
-from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button
+from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
 
 ALL_METRICS = "all metrics"
-
-
-def _table(model: RowTableModel) -> QTableView:
-    from PySide6.QtCore import QSortFilterProxyModel
-
-    proxy = QSortFilterProxyModel()
-    proxy.setSourceModel(model)
-    proxy.setSortRole(SORT_ROLE)
-    view = QTableView()
-    view.setModel(proxy)
-    view.setSortingEnabled(True)
-    view.sortByColumn(0, Qt.SortOrder.AscendingOrder)
-    view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    view.verticalHeader().hide()
-    view.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-    view.horizontalHeader().setStretchLastSection(True)
-    return view
 
 
 def _short(values: dict[str, Any] | None) -> str:
@@ -90,7 +71,7 @@ class JobDetailView(View):
         top.addWidget(self.export_button)
 
         # curves
-        self.plot = MetricPlot()
+        self.plot = MetricGrid()
         self.metric_filter = QComboBox()
         self.metric_filter.addItem(ALL_METRICS)
         self.metric_filter.currentTextChanged.connect(self._filter_curves)
@@ -101,7 +82,10 @@ class JobDetailView(View):
         row.addWidget(self.metric_filter)
         row.addStretch(1)
         curves_layout.addLayout(row)
-        curves_layout.addWidget(self.plot, 1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.plot)
+        curves_layout.addWidget(scroll, 1)
 
         # tasks
         self.tasks_model = RowTableModel(
@@ -125,7 +109,7 @@ class JobDetailView(View):
             ],
             key=lambda t: str(t["index"]),
         )
-        self.tasks_table = _table(self.tasks_model)
+        self.tasks_table, _ = data_table(self.tasks_model)
         self._progress_delegate = ProgressDelegate()
         self.tasks_table.setItemDelegateForColumn(4, self._progress_delegate)
 
@@ -165,7 +149,7 @@ class JobDetailView(View):
             ],
             key=lambda r: str(r["trial"]),
         )
-        self.trials_table = _table(self.trials_model)
+        self.trials_table, _ = data_table(self.trials_model)
         self.scatter = ScatterPlot()
         self.scatter_param = QComboBox()
         self.scatter_param.currentTextChanged.connect(self._render_scatter)
@@ -183,6 +167,9 @@ class JobDetailView(View):
         scatter_layout.addLayout(row)
         scatter_layout.addWidget(self.scatter, 1)
         split.addWidget(scatter_box)
+        split.setSizes([640, 560])
+        for column, width in ((0, 50), (1, 260), (2, 80), (3, 100), (4, 80)):
+            self.trials_table.setColumnWidth(column, width)
         sweep_layout.addWidget(split, 1)
 
         # compare
@@ -192,7 +179,7 @@ class JobDetailView(View):
         self.compare_metric.addItems(["loss", "test_accuracy", "train_loss", "val_accuracy", "r2"])
         self.compare_button = QPushButton("Overlay")
         self.compare_button.clicked.connect(self.compare)
-        self.compare_plot = MetricPlot()
+        self.compare_plot = MetricPlot(symbols=True)
         self.compare_params = QTableWidget()
         compare = QWidget()
         compare_layout = QHBoxLayout(compare)
@@ -298,7 +285,7 @@ class JobDetailView(View):
             done = [r for r in rows if r["score"] is not None]
             self.sweep_summary.setText(
                 f"{len(done)}/{len(rows)} trials scored on {sweep['metric']} ({sweep['direction']}); "
-                f"best trial {job['metrics'].get('best_trial', '-')}"
+                f"best trial {int(job['metrics']['best_trial']) if 'best_trial' in job['metrics'] else '-'}"
             )
             names = list(sweep["params"])
             if [self.scatter_param.itemText(i) for i in range(self.scatter_param.count())] != names:
@@ -314,13 +301,11 @@ class JobDetailView(View):
         kind = event["kind"]
         if kind == "metric":
             name = event["name"]
-            label = f"task {event['task_index']} · {name}" if self.multi_task else name
+            label = f"task {event['task_index']}" if self.multi_task else name
             if self.metric_filter.findText(name) < 0:
                 self.metric_filter.addItem(name)
-            self.plot.add_point(label, event["step"], event["value"])
+            self.plot.add_point(name, label, event["step"], event["value"])
             self.metric_points += 1
-            series = self.plot.series[label]
-            series.curve.setVisible(self.metric_filter.currentText() in (ALL_METRICS, name))
         elif kind == "log":
             line = (event["task_index"], event["stream"], event["message"])
             self.log_lines.append(line)
@@ -332,8 +317,7 @@ class JobDetailView(View):
                 self._refresh_timer.start(50)
 
     def _filter_curves(self, metric: str) -> None:
-        for label, series in self.plot.series.items():
-            series.curve.setVisible(metric == ALL_METRICS or label.split(" · ")[-1] == metric)
+        self.plot.show_only("" if metric == ALL_METRICS else metric)
 
     def _log_text(self, line: tuple[int, str, str]) -> str:
         task, stream, message = line

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QHBoxLayout,
-    QHeaderView,
     QLineEdit,
-    QTableView,
     QVBoxLayout,
 )
 
@@ -29,7 +26,7 @@ from tensorfleet_desktop.ui.formatting import (
 from tensorfleet_desktop.ui.submit_dialog import SubmitDialog
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, SORT_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
-from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button
+from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
 
 STATE_FILTERS = ("all", "active", "QUEUED", "RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELLED")
 ACTIVE = ("QUEUED", "RUNNING", "PAUSED", "PAUSING")
@@ -91,19 +88,11 @@ class JobsView(View):
             ]
         )
         self.proxy = JobFilter()
-        self.proxy.setSourceModel(self.model)
-        self.table = QTableView()
-        self.table.setObjectName("jobs_table")
-        self.table.setModel(self.proxy)
-        self.table.setSortingEnabled(True)
-        self.table.sortByColumn(8, Qt.SortOrder.DescendingOrder)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
-        self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
-        self.table.setColumnWidth(0, 200)
-        self.table.setColumnWidth(3, 150)
+        self.table, _ = data_table(
+            self.model, self.proxy, sort_column=8, descending=True, multi=True, name="jobs_table"
+        )
+        for column, width in ((0, 220), (3, 150), (4, 140), (5, 140), (7, 170)):
+            self.table.setColumnWidth(column, width)
         self._progress_delegate = ProgressDelegate()
         self.table.setItemDelegateForColumn(3, self._progress_delegate)
         self.table.doubleClicked.connect(lambda index: self.open_job.emit(index.data(ROW_ROLE)["id"]))

@@ -6,13 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSortFilterProxyModel, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QInputDialog,
     QLabel,
     QLineEdit,
@@ -20,7 +18,6 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSplitter,
-    QTableView,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -29,9 +26,9 @@ from PySide6.QtWidgets import (
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import HEADLINE_METRICS, clock, human_bytes
 from tensorfleet_desktop.ui.plots import BarChart
-from tensorfleet_desktop.ui.table_model import ROW_ROLE, SORT_ROLE, Column, RowTableModel
+from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
-from tensorfleet_desktop.ui.widgets import action_button
+from tensorfleet_desktop.ui.widgets import action_button, data_table
 
 PAGE_SIZE = 50
 FORMATS = ("native", "skops", "safetensors", "onnx", "joblib", "pickle")
@@ -94,19 +91,9 @@ class ModelsView(View):
             ],
             key=ref_of,
         )
-        self.proxy = QSortFilterProxyModel()
-        self.proxy.setSourceModel(self.model)
-        self.proxy.setSortRole(SORT_ROLE)
-        self.table = QTableView()
-        self.table.setObjectName("models_table")
-        self.table.setModel(self.proxy)
-        self.table.setSortingEnabled(True)
-        self.table.sortByColumn(7, Qt.SortOrder.DescendingOrder)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table, self.proxy = data_table(self.model, sort_column=7, descending=True, name="models_table")
+        for column, width in ((0, 200), (2, 140), (5, 170), (7, 140)):
+            self.table.setColumnWidth(column, width)
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._show_detail())
 
         self.prev_button = QPushButton("◀")
@@ -214,8 +201,9 @@ class ModelsView(View):
             f"{ref_of(m)}  ({m['algorithm']}, {m['format']}, {human_bytes(m['size'])}, sha256 {m['sha256'][:16]}…)",
             f"aliases: {', '.join(m['aliases']) or '-'}    tags: {', '.join(m['tags']) or '-'}",
             f"description: {m['description'] or '-'}",
-            f"trained by job {m['job_id']} on {m['dataset'].get('name', '-')} "
-            f"(sha256 {str(m['dataset'].get('sha256', ''))[:12]}, split seed {m['dataset'].get('split_seed', '-')})",
+            f"trained by job {m['job_id']} on {m['dataset'].get('name', '-')}"
+            + (f" (sha256 {m['dataset']['sha256'][:12]})" if m["dataset"].get("sha256") else "")
+            + f", split seed {m['dataset'].get('split_seed', '-')}",
             "metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(m["metrics"].items())),
             "hyperparameters: " + json.dumps(m["hyperparameters"], sort_keys=True),
             "framework: " + ", ".join(f"{k} {v}" for k, v in sorted(m["framework_versions"].items())),

@@ -6,13 +6,14 @@ Points are buffered and drawn at most 10 times a second, with downsampling and c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QWidget
+from PySide6.QtWidgets import QGridLayout, QWidget
 
 PALETTE = ("#1f6feb", "#d1242f", "#2ea043", "#bf8700", "#8250df", "#0a7ea4", "#cf222e", "#57606a")
 
@@ -74,6 +75,8 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         for series in self.series.values():
             if series.dirty:
                 series.curve.setData(np.asarray(series.x, dtype=float), np.asarray(series.y, dtype=float))
+                if not self.symbols:  # a lone point (a final score) would not show as a line
+                    series.curve.setSymbol("o" if len(series.x) < 3 else None)
                 series.dirty = False
 
     def clear_all(self) -> None:
@@ -82,6 +85,45 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.series.clear()
         self.legend.clear()
         self.points = 0
+
+
+class MetricGrid(QWidget):
+    """One small plot per metric (loss and accuracy never share an axis), curves per task inside each."""
+
+    def __init__(self, columns: int = 2, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.columns = columns
+        self.plots: dict[str, MetricPlot] = {}
+        self.grid = QGridLayout(self)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.only = ""  # show just this metric ("" = all)
+
+    @property
+    def points(self) -> int:
+        return sum(p.points for p in self.plots.values())
+
+    def add_point(self, metric: str, label: str, x: float, y: float) -> None:
+        plot = self.plots.get(metric)
+        if plot is None:
+            plot = self.plots[metric] = MetricPlot()
+            plot.plotItem.setTitle(metric, size="10pt")
+            plot.setMinimumHeight(180)
+            n = len(self.plots) - 1
+            self.grid.addWidget(plot, n // self.columns, n % self.columns)
+            plot.setVisible(not self.only or self.only == metric)
+        plot.add_point(label, x, y)
+        plot.legend.setVisible(len(plot.series) > 1 or label != metric)
+
+    def show_only(self, metric: str) -> None:
+        self.only = metric
+        for name, plot in self.plots.items():
+            plot.setVisible(not metric or metric == name)
+
+    def clear_all(self) -> None:
+        for plot in self.plots.values():
+            self.grid.removeWidget(plot)
+            plot.deleteLater()
+        self.plots.clear()
 
 
 class ScatterPlot(pg.PlotWidget):  # type: ignore[misc]
@@ -94,10 +136,11 @@ class ScatterPlot(pg.PlotWidget):  # type: ignore[misc]
         self.plotItem.addItem(self.scatter)
 
     def show_points(self, x_label: str, y_label: str, xs: list[float], ys: list[float], log_x: bool = False) -> None:
-        self.plotItem.setLabel("bottom", x_label)
+        """`log_x` plots log10 of x (scatter items ignore pyqtgraph's log mode), and says so on the axis."""
+        self.plotItem.setLabel("bottom", f"log10({x_label})" if log_x else x_label)
         self.plotItem.setLabel("left", y_label)
-        self.plotItem.setLogMode(x=log_x, y=False)
-        self.scatter.setData(xs, ys)
+        self.scatter.setData([math.log10(x) for x in xs] if log_x else xs, ys)
+        self.plotItem.autoRange()
 
 
 class BarChart(pg.PlotWidget):  # type: ignore[misc]

@@ -4,21 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QPointF, QRect, Qt, QTimer
+from PySide6.QtCore import (
+    QAbstractItemModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QPointF,
+    QRect,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+)
 from PySide6.QtGui import QColor, QPainter, QPen, QPolygonF
 from PySide6.QtWidgets import (
+    QAbstractItemView,
     QApplication,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QStyle,
     QStyledItemDelegate,
     QStyleOptionProgressBar,
     QStyleOptionViewItem,
+    QTableView,
     QWidget,
 )
 
-from tensorfleet_desktop.ui.table_model import EXTRA_ROLE
+from tensorfleet_desktop.ui.table_model import EXTRA_ROLE, SORT_ROLE
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -115,6 +127,37 @@ class Toast(QLabel):
             stacked = sum(1 for t in parent.findChildren(Toast) if t is not self and t.isVisible())
             y = parent.height() - self.height() - 16 - stacked * (self.height() + 8)
             self.move(parent.width() - self.width() - 16, max(0, y))
+
+
+def data_table(
+    model: QAbstractItemModel,
+    proxy: QSortFilterProxyModel | None = None,
+    sort_column: int = 0,
+    descending: bool = False,
+    multi: bool = False,
+    name: str = "",
+) -> tuple[QTableView, QSortFilterProxyModel]:
+    """A sortable, row-selecting table over `model` (one line per row, columns sized by the user)."""
+    proxy = proxy or QSortFilterProxyModel()
+    proxy.setSourceModel(model)
+    proxy.setSortRole(SORT_ROLE)
+    view = QTableView()
+    if name:
+        view.setObjectName(name)
+    view.setModel(proxy)
+    view.setSortingEnabled(True)
+    view.sortByColumn(sort_column, Qt.SortOrder.DescendingOrder if descending else Qt.SortOrder.AscendingOrder)
+    view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    mode = QAbstractItemView.SelectionMode
+    view.setSelectionMode(mode.ExtendedSelection if multi else mode.SingleSelection)
+    view.setWordWrap(False)
+    view.verticalHeader().hide()
+    view.verticalHeader().setDefaultSectionSize(view.fontMetrics().height() + 10)
+    header = view.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+    header.setStretchLastSection(True)
+    header.setDefaultSectionSize(110)
+    return view, proxy
 
 
 def action_button(text: str, tooltip: str = "") -> QPushButton:

@@ -122,7 +122,7 @@ def test_submit_from_the_dialog_plots_every_point_and_tells_when_it_ends(qtbot: 
     qtbot.waitUntil(lambda: window.detail.metric_points == 400, timeout=10_000)
     qtbot.wait(500)
     assert window.detail.plot.points == 400
-    series = window.detail.plot.series["loss"]
+    series = window.detail.plot.plots["loss"].series["loss"]
     assert sorted(series.x) == sorted(set(series.x)) and len(series.x) == 400
     # and a toast (offscreen has no system tray) says it ended
     qtbot.waitUntil(lambda: any("gui-emit succeeded" in n for n in window.notifications), timeout=10_000)
