@@ -5,6 +5,7 @@ One cluster serves the whole module; the test that kills an agent runs last and 
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import time
@@ -21,9 +22,10 @@ from PySide6.QtWidgets import QDialogButtonBox, QInputDialog
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
-from helpers.servers import free_port
+from helpers.servers import S3_KEY, S3_SECRET, free_port, start_nanio, start_secantus
 from helpers.waiting import wait_until
 from tensorfleet_desktop.client import Client
+from tensorfleet_desktop.controller.settings import load_settings
 from tensorfleet_desktop.ui.app import build_window, create_application
 from tensorfleet_desktop.ui.main_window import MainWindow
 from tensorfleet_desktop.ui.submit_dialog import INVALID_STYLE, SubmitDialog
@@ -90,7 +92,9 @@ def qtbot_button() -> Any:
     return Qt.MouseButton.LeftButton
 
 
-def test_submit_from_the_dialog_plots_every_point_and_tells_when_it_ends(qtbot: Any, window: MainWindow) -> None:
+def test_submit_from_the_dialog_plots_every_point_and_tells_when_it_ends(
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     qtbot.waitUntil(lambda: window.bridge.online and len(window.fleet.model.rows) == 2, timeout=WAIT_MS)
     seen_states: list[str] = []
     dialog = open_dialog(qtbot, window)
@@ -127,6 +131,13 @@ def test_submit_from_the_dialog_plots_every_point_and_tells_when_it_ends(qtbot: 
     # and a toast (offscreen has no system tray) says it ended
     qtbot.waitUntil(lambda: any("gui-emit succeeded" in n for n in window.notifications), timeout=10_000)
     assert any("gui-emit succeeded" in t.text() for t in window.findChildren(Toast))
+    # the same points go to a CSV file
+    out = tmp_path / "metrics.csv"
+    window.detail.export_csv(out)
+    qtbot.waitUntil(out.exists, timeout=10_000)
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 400 and {r["name"] for r in rows} == {"loss"} and rows[0]["job_id"] == job_id
 
 
 def test_cancel_from_the_jobs_view(qtbot: Any, window: MainWindow, gui_cluster: Any) -> None:
@@ -189,6 +200,58 @@ def test_registry_view_lists_filters_and_promotes(
     qtbot.waitUntil(lambda: window.models.model.rows[0]["aliases"] == ["production"], timeout=10_000)
     with Client(controller.address) as client:
         assert client.model("gui-tree@production")["version"] == 1
+
+
+def test_datasets_view_uploads_and_previews(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    data = tmp_path / "points.csv"
+    data.write_text("x1,x2,label\n" + "".join(f"{i},{i * 0.5},{'ab'[i % 2]}\n" for i in range(30)))
+    window.show_view(window.datasets)
+    window.datasets.upload(data, "gui-points")
+    qtbot.waitUntil(lambda: window.datasets.model.find("gui-points") >= 0, timeout=20_000)
+    window.datasets.select("gui-points")
+    qtbot.waitUntil(lambda: window.datasets.preview.rowCount() > 0, timeout=10_000)
+    header = [window.datasets.preview.horizontalHeaderItem(i).text() for i in range(3)]
+    assert header == ["x1", "x2", "label"]
+    assert window.datasets.preview.rowCount() == 30
+    assert window.datasets.preview.item(3, 2).text() == "b"
+
+
+def test_settings_test_the_connection_to_mongodb_and_s3(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    mongo, mongo_uri = start_secantus(tmp_path / "mongo")
+    s3, endpoint = start_nanio(tmp_path / "s3")
+    try:
+        view = window.settings
+        window.show_view(view)
+        view.external.setChecked(True)
+        view.store_uri.setText(mongo_uri + "/tensorfleet")
+        view.blobs_uri.setText(f"s3://gui-models?endpoint={endpoint}&secure=false")
+        view.access_key.setText(S3_KEY)
+        view.secret_key.setText("not-the-secret")
+        qtbot.mouseClick(view.test_button, qtbot_button())
+        qtbot.waitUntil(lambda: view.test_result.text().startswith("failed"), timeout=30_000)
+        assert "credentials" in view.test_result.text() and "not-the-secret" not in view.test_result.text()
+        view.secret_key.setText(S3_SECRET)
+        qtbot.mouseClick(view.test_button, qtbot_button())
+        qtbot.waitUntil(lambda: "S3 bucket gui-models" in view.test_result.text(), timeout=30_000)
+        assert "MongoDB" in view.test_result.text() and "OK" in view.test_result.text()
+        qtbot.mouseClick(view.save_button, qtbot_button())
+        saved = view.config_path
+        assert saved.stat().st_mode & 0o777 == 0o600
+        assert load_settings(saved).s3_secret_key == S3_SECRET
+    finally:
+        mongo.stop()
+        s3.stop()
+
+
+def test_lost_controller_shows_a_banner_and_reconnects(qtbot: Any, window: MainWindow, gui_cluster: Any) -> None:
+    controller, _ = gui_cluster
+    qtbot.waitUntil(lambda: window.bridge.online, timeout=10_000)
+    controller.kill()
+    qtbot.waitUntil(lambda: window.banner.isVisibleTo(window), timeout=15_000)
+    assert "Reconnecting" in window.banner.label.text()
+    controller.start()  # same port, same data
+    qtbot.waitUntil(lambda: not window.banner.isVisibleTo(window), timeout=30_000)
+    qtbot.waitUntil(lambda: any(r["name"] == "gui-emit" for r in window.jobs.model.rows), timeout=10_000)
 
 
 def test_killed_agent_is_shown_lost_within_3_s(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
