@@ -125,6 +125,7 @@ class AgentDaemon:
             )
         await self._server.start()
         if cfg.metrics_port is not None:
+            self.metrics.watch_hardware(lambda: self.sampler.sample(self.slots.total, self.slots.free, 0))
             self.metrics_port = self.metrics.serve(cfg.metrics_port, "127.0.0.1" if is_loopback(cfg.host) else cfg.host)
         log.info(
             "agent %r (node %s, certificate %s) serving AgentService on %s:%d%s with %d slot(s)%s",
@@ -218,6 +219,7 @@ class AgentDaemon:
             draining=self.executor.draining,
             cluster_id=self.config.cluster_id,
             cert_fingerprint="" if self.config.insecure else self.identity.fingerprint,
+            metrics_port=self.metrics_port or 0,
         )
 
     async def stop(self, drain: bool = True) -> None:

@@ -2,7 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tensorfleet_agent.core.types import Telemetry
+
+
+class HardwareCollector(Collector):
+    """CPU, memory, disk and per-GPU readings, sampled when Prometheus scrapes (never stale)."""
+
+    def __init__(self, sample: Callable[[], Telemetry]) -> None:
+        self.sample = sample
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        t = self.sample()
+        yield GaugeMetricFamily("tensorfleet_agent_cpu_percent", "CPU utilization of the machine", value=t.cpu_percent)
+        yield GaugeMetricFamily("tensorfleet_agent_memory_used_bytes", "Memory in use", value=t.memory_used_bytes)
+        yield GaugeMetricFamily("tensorfleet_agent_memory_total_bytes", "Memory installed", value=t.memory_total_bytes)
+        yield GaugeMetricFamily(
+            "tensorfleet_agent_disk_free_bytes", "Free disk in the data dir", value=t.disk_free_bytes
+        )
+        per_gpu = {
+            "utilization_percent": "GPU utilization",
+            "memory_used_bytes": "GPU memory in use",
+            "memory_total_bytes": "GPU memory",
+            "temperature_celsius": "GPU temperature",
+            "power_watts": "GPU power draw",
+        }
+        for name, text in per_gpu.items():
+            family = GaugeMetricFamily(f"tensorfleet_agent_gpu_{name}", text, labels=["gpu"])
+            for gpu in t.gpus:
+                family.add_metric([str(gpu.index)], float(getattr(gpu, name)))
+            yield family
 
 
 class AgentMetrics:
@@ -28,6 +62,9 @@ class AgentMetrics:
         self.slots_in_use = Gauge("worker_slots_in_use", "Slots held by running tasks", registry=self.registry)
         self.tasks_running = Gauge("worker_tasks_running", "Tasks running now", registry=self.registry)
         self.events_streamed = Counter("worker_events_streamed", "Task events sent to watchers", registry=self.registry)
+
+    def watch_hardware(self, sample: Callable[[], Telemetry]) -> None:
+        self.registry.register(HardwareCollector(sample))
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint in a background thread; returns the bound port."""

@@ -54,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--config", type=Path, help="TOML file with [store] and [blobs] (default: DATA_DIR/config.toml)")
     s.add_argument("--keep-checkpoints", type=int, default=3, help="latest checkpoints kept per job (default: 3)")
-    s.add_argument("--metrics-port", type=int)
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    s.add_argument(
+        "--prometheus-sd",
+        type=Path,
+        help="file_sd targets file listing this controller and the agents serving /metrics "
+        "(default: DATA_DIR/prometheus/targets.json)",
+    )
     s.add_argument("--telemetry-period", type=float, default=1.0)
     s.add_argument(
         "--gang-reserve-after",
@@ -70,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("gui", help="open the desktop app (the default when no command is given)")
     s.add_argument("--data-dir", type=Path, help="data dir of the controller the app starts when none answers")
     s.add_argument("--no-start", action="store_true", help="only connect; never start a controller")
+    s.add_argument("--screenshot", type=Path, help=argparse.SUPPRESS)  # smoke tests of packaged builds
 
     sub.add_parser("shutdown", help="stop the controller (and its local agent)")
 

@@ -210,7 +210,12 @@ def gui(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     from tensorfleet_desktop.ui.app import run as run_gui
 
-    return run_gui(args.controller, getattr(args, "data_dir", None), autostart=not getattr(args, "no_start", False))
+    return run_gui(
+        args.controller,
+        getattr(args, "data_dir", None),
+        autostart=not getattr(args, "no_start", False),
+        screenshot=getattr(args, "screenshot", None),
+    )
 
 
 # ---- controller
@@ -246,6 +251,7 @@ def serve(args: argparse.Namespace) -> int:
             blobs_uri=args.blobs or settings.blobs_uri,
             s3_credentials=(settings.s3_access_key, settings.s3_secret_key),
             metrics_port=args.metrics_port,
+            prometheus_sd=args.prometheus_sd,
             telemetry_period=args.telemetry_period,
             gang_reserve_after=args.gang_reserve_after,
             keep_checkpoints=args.keep_checkpoints,

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tensorfleet_agent.runtime.process import agent_command
 from tensorfleet_desktop.client import TERMINAL, AsyncClient
 from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig
 
@@ -68,9 +69,7 @@ def _start_agent(data_dir: Path, name: str, cluster_token: str) -> tuple[subproc
     log = (data_dir / f"{name}.log").open("ab")
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "tensorfleet_agent",
+            *agent_command(),
             "--host",
             LOOPBACK,
             "--port",

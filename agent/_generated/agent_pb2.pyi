@@ -137,6 +137,7 @@ class NodeInfo(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     CERT_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    METRICS_PORT_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     node_id: _builtins.str
     name: _builtins.str
@@ -157,6 +158,8 @@ class NodeInfo(_message.Message):
     draining: _builtins.bool
     cluster_id: _builtins.str
     cert_fingerprint: _builtins.str
+    metrics_port: _builtins.int
+    """Prometheus /metrics port; 0 when not served"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuInfo]: ...
     @_builtins.property
@@ -186,10 +189,11 @@ class NodeInfo(_message.Message):
         draining: _builtins.bool = ...,
         cluster_id: _builtins.str = ...,
         cert_fingerprint: _builtins.str = ...,
+        metrics_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cert_fingerprint", b"cert_fingerprint", "cluster_id", b"cluster_id", "cpu_count", b"cpu_count", "disk_free_bytes", b"disk_free_bytes", "draining", b"draining", "gpus", b"gpus", "hostname", b"hostname", "labels", b"labels", "memory_total_bytes", b"memory_total_bytes", "name", b"name", "node_id", b"node_id", "os", b"os", "protocol_version", b"protocol_version", "python_version", b"python_version", "sklearn_version", b"sklearn_version", "slots_free", b"slots_free", "slots_total", b"slots_total", "torch_version", b"torch_version", "workloads", b"workloads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cert_fingerprint", b"cert_fingerprint", "cluster_id", b"cluster_id", "cpu_count", b"cpu_count", "disk_free_bytes", b"disk_free_bytes", "draining", b"draining", "gpus", b"gpus", "hostname", b"hostname", "labels", b"labels", "memory_total_bytes", b"memory_total_bytes", "metrics_port", b"metrics_port", "name", b"name", "node_id", b"node_id", "os", b"os", "protocol_version", b"protocol_version", "python_version", b"python_version", "sklearn_version", b"sklearn_version", "slots_free", b"slots_free", "slots_total", b"slots_total", "torch_version", b"torch_version", "workloads", b"workloads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

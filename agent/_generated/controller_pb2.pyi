@@ -12,6 +12,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from tensorfleet_agent._generated import agent_pb2 as _agent_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -797,8 +798,8 @@ class Agent(_message.Message):
     @_builtins.property
     def workloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def gpu_stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentGpu]:
-        """per-GPU utilization, memory, temperature and power (latest telemetry)"""
+    def gpu_stats(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.GpuTelemetry]:
+        """per-GPU utilization, memory, temperature and power (latest)"""
 
     @_builtins.property
     def running(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -830,7 +831,7 @@ class Agent(_message.Message):
         fingerprint: _builtins.str = ...,
         cluster_id: _builtins.str = ...,
         disk_free_bytes: _builtins.int = ...,
-        gpu_stats: _abc.Iterable[Global___AgentGpu] | None = ...,
+        gpu_stats: _abc.Iterable[_agent_pb2.GpuTelemetry] | None = ...,
         running: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -840,40 +841,6 @@ class Agent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
-
-@_typing.final
-class AgentGpu(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    INDEX_FIELD_NUMBER: _builtins.int
-    UTILIZATION_PERCENT_FIELD_NUMBER: _builtins.int
-    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
-    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
-    TEMPERATURE_CELSIUS_FIELD_NUMBER: _builtins.int
-    POWER_WATTS_FIELD_NUMBER: _builtins.int
-    index: _builtins.int
-    utilization_percent: _builtins.float
-    memory_used_bytes: _builtins.int
-    memory_total_bytes: _builtins.int
-    temperature_celsius: _builtins.float
-    power_watts: _builtins.float
-    def __init__(
-        self,
-        *,
-        index: _builtins.int = ...,
-        utilization_percent: _builtins.float = ...,
-        memory_used_bytes: _builtins.int = ...,
-        memory_total_bytes: _builtins.int = ...,
-        temperature_celsius: _builtins.float = ...,
-        power_watts: _builtins.float = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "power_watts", b"power_watts", "temperature_celsius", b"temperature_celsius", "utilization_percent", b"utilization_percent"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___AgentGpu: _TypeAlias = AgentGpu  # noqa: Y015
 
 @_typing.final
 class ListAgentsRequest(_message.Message):

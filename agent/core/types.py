@@ -98,6 +98,7 @@ class NodeInfo:
     draining: bool = False
     cluster_id: str = ""
     cert_fingerprint: str = ""
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,7 @@ def node_info_to_pb(info: NodeInfo) -> pb.NodeInfo:
         draining=info.draining,
         cluster_id=info.cluster_id,
         cert_fingerprint=info.cert_fingerprint,
+        metrics_port=info.metrics_port,
     )
 
 
@@ -153,6 +154,7 @@ def node_info_from_pb(msg: pb.NodeInfo) -> NodeInfo:
         draining=msg.draining,
         cluster_id=msg.cluster_id,
         cert_fingerprint=msg.cert_fingerprint,
+        metrics_port=msg.metrics_port,
     )
 
 

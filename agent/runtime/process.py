@@ -165,6 +165,13 @@ class WorkerProcess:
         return total
 
 
+def agent_command() -> list[str]:
+    """How to start an agent daemon: `python -m tensorfleet_agent`, or the frozen executable's agent mode."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "--tensorfleet-agent"]
+    return [sys.executable, "-m", "tensorfleet_agent"]
+
+
 def worker_command(cmd_fd: int, evt_fd: int) -> list[str]:
     """How to start a worker, frozen (PyInstaller) or not."""
     args = ["--cmd-fd", str(cmd_fd), "--evt-fd", str(evt_fd), "--parent-pid", str(os.getpid())]

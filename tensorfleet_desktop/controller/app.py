@@ -10,7 +10,6 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,12 @@ import platformdirs
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.rpc.server import create_server, is_loopback, tls_server_credentials
+from tensorfleet_agent.runtime.process import agent_command
 from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
+from tensorfleet_desktop.controller.prometheus_sd import TargetsFile
 from tensorfleet_desktop.controller.security import ClientTokenInterceptor
 from tensorfleet_desktop.controller.service import ControllerServicer, controller_info
 from tensorfleet_desktop.store import open_store
@@ -58,6 +59,7 @@ class ControllerConfig:
     store_uri: str = ""
     blobs_uri: str = ""
     metrics_port: int | None = None
+    prometheus_sd: Path | None = None  # targets file for Prometheus (default: DATA_DIR/prometheus/targets.json)
     telemetry_period: float = 1.0
     gang_reserve_after: float = 300.0
     keep_checkpoints: int = 3
@@ -74,6 +76,7 @@ class ControllerApp:
         self.stopped = asyncio.Event()
         self.port = 0
         self.metrics_port: int | None = None
+        self._targets: TargetsFile | None = None
         self.local_agent_id = ""
         self._local_agent: subprocess.Popen[bytes] | None = None
         self._browser: AgentBrowser | None = None
@@ -155,6 +158,14 @@ class ControllerApp:
             await self._browser.start()
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+        own = f"{cfg.host if cfg.host not in ('0.0.0.0', '::') else socket.gethostname()}:{self.metrics_port}"
+        self._targets = TargetsFile(
+            cfg.prometheus_sd or cfg.data_dir / "prometheus" / "targets.json", own if self.metrics_port else None
+        )
+        self.fleet.subscribe(
+            lambda _kind, _record: self._targets.update(self.fleet.agents.values()) if self._targets else None
+        )
+        self._targets.update(self.fleet.agents.values())
         log.info("controller serving ControllerService on %s (store %s)", self.address, self.store.uri)
         if cfg.ready_file is not None:
             cfg.ready_file.write_text(
@@ -215,9 +226,7 @@ class ControllerApp:
         ready.unlink(missing_ok=True)
         log_file = (cfg.data_dir / "local-agent.log").open("ab")
         cmd = [
-            sys.executable,
-            "-m",
-            "tensorfleet_agent",
+            *agent_command(),
             "--host",
             "127.0.0.1",
             "--port",
@@ -278,6 +287,8 @@ class ControllerApp:
             await self._browser.stop()
         await self.controller.stop()
         await self.fleet.stop()
+        if self._targets is not None:
+            await asyncio.to_thread(self._targets.close)
         await self.store.close()
         if self._local_agent is not None and self._local_agent.poll() is None:
             self._local_agent.terminate()

@@ -972,8 +972,9 @@ class Controller:
     # ---- fleet events
 
     def _on_fleet(self, kind: str, record: AgentRecord) -> None:
-        if kind == "lost":
+        if kind != "telemetry":  # an agent's state may have changed (connected, paired, lost, removed)
             self.metrics.active_workers.set(self._online())
+        if kind == "lost":
             for job in list(self.jobs.values()):
                 on_it = [t for t in job.tasks if t.state.active and t.node_id == record.node_id]
                 if on_it and not job.state.terminal:
@@ -985,7 +986,6 @@ class Controller:
                     self._replace(job, on_it, f"agent {record.name} lost")
             self._wake.set()
         elif kind in ("added", "back", "paired"):
-            self.metrics.active_workers.set(self._online())
             self._spawn(self._reconcile(record))
             self._wake.set()
         elif kind == "telemetry" and not record.placed:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
+from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
@@ -51,12 +53,37 @@ def build_window(
     return window
 
 
-def run(address: str | None = None, data_dir: Path | None = None, autostart: bool = True) -> int:
+def run(
+    address: str | None = None,
+    data_dir: Path | None = None,
+    autostart: bool = True,
+    screenshot: Path | None = None,
+) -> int:
     app = create_application()
     app.setWindowIcon(QIcon(APP_ICON))
     window = build_window(address, data_dir, autostart)
     window.show()
     window.bridge.start()
+    if screenshot is not None:
+        _photograph_when_ready(app, window, screenshot)
     code = app.exec()
     window.bridge.stop()
     return int(code)
+
+
+def _photograph_when_ready(app: QApplication, window: MainWindow, path: Path, timeout: float = 60.0) -> None:
+    """Smoke tests of packaged builds: save the window once it shows the fleet, then quit (3 if it never did)."""
+    deadline = time.monotonic() + timeout
+    timer = QTimer(window)
+
+    def check() -> None:
+        ready = window.bridge.online and bool(window.fleet.model.rows)
+        if ready or time.monotonic() > deadline:
+            timer.stop()
+            window.show_view(window.fleet)
+            app.processEvents()
+            window.grab().save(str(path))
+            app.exit(0 if ready else 3)
+
+    timer.timeout.connect(check)
+    timer.start(250)

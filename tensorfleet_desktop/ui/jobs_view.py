@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
 from tensorfleet_desktop.client import TERMINAL
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import (
+    best_metric,
     clock,
     duration,
     job_agents,
@@ -83,7 +84,7 @@ class JobsView(View):
                     lambda j: duration(job_duration(j)),
                     sort=lambda j: job_duration(j) or 0.0,
                 ),
-                Column("Best metric", metric_text, sort=lambda j: (metric_text(j).split(" ")[-1:] or [""])[0]),
+                Column("Best metric", metric_text, sort=lambda j: (best_metric(j) or ("", 0.0))[1]),
                 Column("Submitted", lambda j: clock(j["created_at"]), sort=lambda j: j["created_at"]),
             ]
         )

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from tensorfleet_desktop.ui.bridge import Bridge
-from tensorfleet_desktop.ui.formatting import HEADLINE_METRICS, clock, human_bytes
+from tensorfleet_desktop.ui.formatting import best_metric, clock, human_bytes, metric_text
 from tensorfleet_desktop.ui.plots import BarChart
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
@@ -32,13 +32,6 @@ from tensorfleet_desktop.ui.widgets import action_button, data_table
 
 PAGE_SIZE = 50
 FORMATS = ("native", "skops", "safetensors", "onnx", "joblib", "pickle")
-
-
-def headline(model: dict[str, Any]) -> str:
-    for name in HEADLINE_METRICS:
-        if name in model["metrics"]:
-            return f"{name} {model['metrics'][name]:.4g}"
-    return ""
 
 
 def ref_of(model: dict[str, Any]) -> str:
@@ -81,9 +74,7 @@ class ModelsView(View):
                 Column("Algorithm", lambda m: m["algorithm"]),
                 Column("Aliases", lambda m: ", ".join(m["aliases"])),
                 Column("Tags", lambda m: ", ".join(m["tags"])),
-                Column(
-                    "Metric", headline, sort=lambda m: float(headline(m).split(" ")[-1] or 0) if headline(m) else 0.0
-                ),
+                Column("Metric", metric_text, sort=lambda m: (best_metric(m) or ("", 0.0))[1]),
                 Column("Dataset", lambda m: m["dataset"].get("name", "")),
                 Column("Registered", lambda m: clock(m["created_at"]), sort=lambda m: m["created_at"]),
                 Column("Size", lambda m: human_bytes(m["size"]), sort=lambda m: m["size"]),

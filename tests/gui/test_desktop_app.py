@@ -54,16 +54,17 @@ def gui_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cont
 def window(
     gui_cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MainWindow]:
-    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("xdg"))  # QSettings of this test run only
-    create_application()
-    controller, _ = gui_cluster
-    win = build_window(
-        controller.address, data_dir=tmp_path_factory.mktemp("gui-data"), autostart=False, poll_interval=0.25
-    )
-    win.show()
-    win.bridge.start()
-    yield win
-    win.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))  # QSettings of this module only
+        create_application()
+        controller, _ = gui_cluster
+        win = build_window(
+            controller.address, data_dir=tmp_path_factory.mktemp("gui-data"), autostart=False, poll_interval=0.25
+        )
+        win.show()
+        win.bridge.start()
+        yield win
+        win.close()
 
 
 def job_row(win: MainWindow, job_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Smoke-test the packaged executables (PyInstaller builds) on loopback; prints a JSON report.
+
+    python packaging/smoke.py [--build] [--dist dist] [--out smoke-out]
+
+1. The packaged agent: starts, advertises over mDNS on 127.0.0.1, answers GetInfo (through a controller from
+   this environment that finds and pairs it) and runs a scikit-learn job and a diagnostic job in its frozen
+   worker processes.
+2. The packaged desktop app: `tensorfleet-debug serve` (frozen controller + frozen local agent + frozen workers)
+   runs a job submitted with the frozen CLI; the frozen app opens offscreen against it and saves a screenshot
+   of its main window.
+Exit status 0 when everything passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait(what: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with status {proc.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def smoke_agent(dist: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    from tensorfleet_desktop.client import Client
+
+    exe = dist / "tensorfleet-agent" / "tensorfleet-agent"
+    version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True, timeout=60)
+    ready = work / "agent.ready"
+    agent_cmd = [str(exe), "--host", LOOPBACK, "--port", "0", "--name", "frozen-agent", "--interfaces", LOOPBACK]
+    agent_cmd += ["--data-dir", str(work / "agent"), "--cpu-slots", "1", "--ready-file", str(ready)]
+    port = free_port()
+    serve = [sys.executable, "-m", "tensorfleet_desktop", "serve", "--host", LOOPBACK, "--port", str(port)]
+    serve += ["--data-dir", str(work / "controller"), "--interfaces", LOOPBACK, "--no-local-agent"]
+    started = time.monotonic()
+    with running(agent_cmd, work / "agent.log", env) as agent:
+        wait("the packaged agent to be ready", ready.exists, 60, agent)
+        agent_ready_s = time.monotonic() - started
+        with running(serve, work / "controller.log", env) as controller, Client(f"{LOOPBACK}:{port}") as client:
+
+            def found() -> bool:
+                try:
+                    return any(a["name"] == "frozen-agent" and a["state"] == "ONLINE" for a in client.agents())
+                except Exception:  # the controller is still starting
+                    return False
+
+            wait("the controller to find the agent over mDNS and pair", found, 60, controller)
+            info = next(a for a in client.agents() if a["name"] == "frozen-agent")
+            results = {}
+            for spec in (
+                {"algorithm": "random_forest", "dataset": "iris", "hyperparameters": {"n_estimators": 20}},
+                {"algorithm": "noop"},
+            ):
+                job = client.submit(spec)
+                final = client.wait(job["id"], timeout=300)
+                results[spec["algorithm"]] = {
+                    "state": final["state"],
+                    "metrics": final["metrics"],
+                    "error": final["error"],
+                }
+    ok = all(r["state"] == "SUCCEEDED" for r in results.values()) and info["paired"]
+    return {
+        "ok": ok,
+        "version": version.stdout.strip(),
+        "start_to_ready_s": round(agent_ready_s, 2),
+        "found_over_mdns": True,
+        "paired": info["paired"],
+        "workloads": info["workloads"],
+        "jobs": results,
+    }
+
+
+def smoke_desktop(dist: Path, work: Path, out: Path, env: dict[str, str]) -> dict[str, Any]:
+    exe = dist / "tensorfleet" / "tensorfleet-debug"
+    port = free_port()
+    address = f"{LOOPBACK}:{port}"
+    ready = work / "desktop-serve.ready"
+    serve = [str(exe), "serve", "--host", LOOPBACK, "--port", str(port), "--data-dir", str(work / "desktop")]
+    serve += ["--interfaces", LOOPBACK, "--no-mdns", "--ready-file", str(ready), "--local-agent-slots", "1"]
+    shot = out / "desktop-main-window.png"
+    started = time.monotonic()
+    with running(serve, work / "desktop-serve.log", env) as controller:
+        wait("the packaged controller", ready.exists, 90, controller)
+        serve_ready_s = time.monotonic() - started
+        submit = subprocess.run(
+            [
+                str(exe),
+                "--controller",
+                address,
+                "submit",
+                "-a",
+                "logistic_regression",
+                "-d",
+                "iris",
+                "--wait",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        job = json.loads(submit.stdout) if submit.returncode == 0 else {"error": submit.stderr[-2000:]}
+        gui = subprocess.run(
+            [str(exe), "--controller", address, "gui", "--no-start", "--screenshot", str(shot)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**env, "QT_QPA_PLATFORM": "offscreen"},
+        )
+        subprocess.run([str(exe), "--controller", address, "shutdown"], capture_output=True, timeout=60, env=env)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            controller.wait(60)
+    ok = submit.returncode == 0 and gui.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000
+    return {
+        "ok": ok,
+        "serve_ready_s": round(serve_ready_s, 2),
+        "job": {k: job.get(k) for k in ("state", "metrics", "error")},
+        "gui_exit": gui.returncode,
+        "gui_stderr_tail": gui.stderr[-1500:] if gui.returncode else "",
+        "screenshot": str(shot),
+        "screenshot_bytes": shot.stat().st_size if shot.exists() else 0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--build", action="store_true", help="build the agent and the desktop app first")
+    parser.add_argument("--dist", type=Path, default=HERE.parent / "dist")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "smoke-out")
+    args = parser.parse_args()
+    report: dict[str, Any] = {}
+    if args.build:
+        built = subprocess.run(
+            [sys.executable, str(HERE / "build.py"), "agent", "desktop", "--dist", str(args.dist)],
+            capture_output=True,
+            text=True,
+        )
+        if built.returncode != 0:
+            print(built.stdout[-3000:], built.stderr[-3000:], file=sys.stderr)
+            return 1
+        report.update(json.loads(built.stdout[built.stdout.index("{") :]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "work"
+    work.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "TENSORFLEET_MDNS_INTERFACES": LOOPBACK,
+        "TENSORFLEET_CLUSTER_TOKEN": f"tfsmoke-{secrets.token_urlsafe(12)}",
+        "XDG_CONFIG_HOME": str(work / "xdg"),
+    }
+    os.environ.update({k: env[k] for k in ("TENSORFLEET_MDNS_INTERFACES", "TENSORFLEET_CLUSTER_TOKEN")})
+    for name, fn in (
+        ("agent", lambda: smoke_agent(args.dist, work, env)),
+        ("desktop", lambda: smoke_desktop(args.dist, work, args.out, env)),
+    ):
+        try:
+            report[name] = fn()
+        except Exception as exc:  # report every failure, then fail
+            report[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(report, indent=2))
+    return 0 if all(report[k]["ok"] for k in ("agent", "desktop")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
