@@ -64,12 +64,25 @@ def running(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subproce
                 proc.wait(10)
 
 
+def write_parquet(path: Path) -> Path:
+    """A small Parquet file (made with this environment's pyarrow) for the packaged controller to convert."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.datasets import make_blobs
+
+    features, labels = make_blobs(n_samples=300, centers=3, n_features=4, random_state=0)
+    columns = {f"f{i}": features[:, i] for i in range(features.shape[1])}
+    pq.write_table(pa.table({**columns, "label": [f"c{v}" for v in labels]}), path)
+    return path
+
+
 def smoke_agent(dist: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
     from tensorfleet_desktop.client import Client
 
     exe = dist / "tensorfleet-agent" / "tensorfleet-agent"
     version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True, timeout=60)
     ready = work / "agent.ready"
+    ready.unlink(missing_ok=True)
     agent_cmd = [str(exe), "--host", LOOPBACK, "--port", "0", "--name", "frozen-agent", "--interfaces", LOOPBACK]
     agent_cmd += ["--data-dir", str(work / "agent"), "--cpu-slots", "1", "--ready-file", str(ready)]
     port = free_port()
@@ -118,6 +131,7 @@ def smoke_desktop(dist: Path, work: Path, out: Path, env: dict[str, str]) -> dic
     port = free_port()
     address = f"{LOOPBACK}:{port}"
     ready = work / "desktop-serve.ready"
+    ready.unlink(missing_ok=True)
     serve = [str(exe), "serve", "--host", LOOPBACK, "--port", str(port), "--data-dir", str(work / "desktop")]
     serve += ["--interfaces", LOOPBACK, "--no-mdns", "--ready-file", str(ready), "--local-agent-slots", "1"]
     shot = out / "desktop-main-window.png"
@@ -125,19 +139,17 @@ def smoke_desktop(dist: Path, work: Path, out: Path, env: dict[str, str]) -> dic
     with running(serve, work / "desktop-serve.log", env) as controller:
         wait("the packaged controller", ready.exists, 90, controller)
         serve_ready_s = time.monotonic() - started
+        cli = [str(exe), "--controller", address]
+        parquet = write_parquet(work / "blobs.parquet")
+        upload = subprocess.run(
+            [*cli, "datasets", "upload", str(parquet), "--name", "blobs", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         submit = subprocess.run(
-            [
-                str(exe),
-                "--controller",
-                address,
-                "submit",
-                "-a",
-                "logistic_regression",
-                "-d",
-                "iris",
-                "--wait",
-                "--json",
-            ],
+            [*cli, "submit", "-a", "logistic_regression", "-d", "blobs", "--target", "label", "--wait", "--json"],
             capture_output=True,
             text=True,
             timeout=300,
@@ -156,8 +168,9 @@ def smoke_desktop(dist: Path, work: Path, out: Path, env: dict[str, str]) -> dic
             controller.wait(60)
     ok = submit.returncode == 0 and gui.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000
     return {
-        "ok": ok,
+        "ok": ok and upload.returncode == 0,
         "serve_ready_s": round(serve_ready_s, 2),
+        "parquet_upload": json.loads(upload.stdout) if upload.returncode == 0 else upload.stderr[-1500:],
         "job": {k: job.get(k) for k in ("state", "metrics", "error")},
         "gui_exit": gui.returncode,
         "gui_stderr_tail": gui.stderr[-1500:] if gui.returncode else "",

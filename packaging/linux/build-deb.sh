@@ -14,7 +14,7 @@ VERSION="$("$DIST/tensorfleet-agent/tensorfleet-agent" --version | awk '{print $
 ARCH="$(dpkg --print-architecture)"
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
-DESTDIR="$STAGE" "$HERE/install.sh" --agent-from "$DIST/tensorfleet-agent" --desktop-from "$DIST/tensorfleet" --no-start >/dev/null
+DESTDIR="$STAGE" BINDIR=/usr/bin "$HERE/install.sh" --agent-from "$DIST/tensorfleet-agent" --desktop-from "$DIST/tensorfleet" --no-start >/dev/null
 install -d "$STAGE/DEBIAN"
 cat > "$STAGE/DEBIAN/control" <<CONTROL
 Package: tensorfleet

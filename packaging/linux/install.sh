@@ -13,6 +13,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 DESTDIR="${DESTDIR:-}"
+BINDIR="${BINDIR:-/usr/local/bin}"   # where the command links go (build-deb.sh: /usr/bin)
 PREFIX=/opt
 AGENT_FROM="" AGENT_BIN="" DESKTOP_FROM="" USER_CONTROLLER=0 TENSORFLEET_BIN="" START=1
 
@@ -42,8 +43,8 @@ if [ -n "$AGENT_FROM$AGENT_BIN" ]; then
     rm -rf "$DESTDIR$PREFIX/tensorfleet-agent"
     cp -a "$AGENT_FROM" "$DESTDIR$PREFIX/tensorfleet-agent"
     AGENT_BIN="$PREFIX/tensorfleet-agent/tensorfleet-agent"
-    install -d "$DESTDIR/usr/local/bin"
-    ln -sfn "$AGENT_BIN" "$DESTDIR/usr/local/bin/tensorfleet-agent"
+    install -d "$DESTDIR$BINDIR"
+    ln -sfn "$AGENT_BIN" "$DESTDIR$BINDIR/tensorfleet-agent"
   fi
   [ -n "$DESTDIR" ] || [ -x "$AGENT_BIN" ] || die "$AGENT_BIN is not executable"
   install -d "$DESTDIR/etc/systemd/system" "$DESTDIR/etc/tensorfleet" "$DESTDIR/usr/share/doc/tensorfleet"
@@ -70,11 +71,11 @@ fi
 
 if [ -n "$DESKTOP_FROM" ]; then
   [ -x "$DESKTOP_FROM/tensorfleet" ] || die "$DESKTOP_FROM/tensorfleet is not a packaged desktop app"
-  install -d "$DESTDIR$PREFIX" "$DESTDIR/usr/local/bin" "$DESTDIR/usr/share/applications" \
+  install -d "$DESTDIR$PREFIX" "$DESTDIR$BINDIR" "$DESTDIR/usr/share/applications" \
     "$DESTDIR/usr/share/icons/hicolor/scalable/apps"
   rm -rf "$DESTDIR$PREFIX/tensorfleet"
   cp -a "$DESKTOP_FROM" "$DESTDIR$PREFIX/tensorfleet"
-  ln -sfn "$PREFIX/tensorfleet/tensorfleet" "$DESTDIR/usr/local/bin/tensorfleet"
+  ln -sfn "$PREFIX/tensorfleet/tensorfleet" "$DESTDIR$BINDIR/tensorfleet"
   sed "s#^Exec=.*#Exec=$PREFIX/tensorfleet/tensorfleet gui#" "$ROOT/resources/tensorfleet.desktop" \
     > "$DESTDIR/usr/share/applications/tensorfleet.desktop"
   install -m 0644 "$ROOT/resources/icons/tensorfleet.svg" "$DESTDIR/usr/share/icons/hicolor/scalable/apps/tensorfleet.svg"

@@ -177,7 +177,8 @@ class FleetView(View):
         self.model.set_rows(agents)
         online = sum(1 for a in agents if a["state"] == "ONLINE")
         slots = sum(a["slots_total"] for a in agents if a["state"] == "ONLINE")
-        self.summary.setText(f"{len(agents)} agents · {online} online · {slots} slots")
+        plural = "" if len(agents) == 1 else "s"
+        self.summary.setText(f"{len(agents)} agent{plural} · {online} online · {slots} slot{'' if slots == 1 else 's'}")
         self._show_detail()
 
     def on_agent_event(self, event: dict[str, Any]) -> None:

@@ -148,7 +148,6 @@ class MainWindow(QMainWindow):
     def _connected(self, info: dict[str, Any]) -> None:
         self.banner.hide()
         self.connection_label.setText(info["message"])
-        self.statusBar().showMessage(info["message"], 10_000)
 
     def _disconnected(self, why: str) -> None:
         self.banner.show_message(f"Lost the controller at {self.bridge.address}: {why}. Reconnecting…")
