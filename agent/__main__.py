@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.drain_timeout < 0:
             raise ValueError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
         config = AgentConfig(
-            data_dir=args.data_dir or default_data_dir(),
+            data_dir=(args.data_dir or default_data_dir()).resolve(),
             host=args.host,
             port=args.port,
             name=args.name,

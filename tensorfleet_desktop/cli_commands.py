@@ -230,7 +230,7 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--insecure serves plaintext without pairing: only on loopback, not on --host {args.host}")
     from tensorfleet_desktop.controller.settings import FileSettings, load_settings
 
-    data_dir = args.data_dir or default_data_dir()
+    data_dir = (args.data_dir or default_data_dir()).resolve()
     config_path = args.config or (data_dir / "config.toml")
     try:
         settings = load_settings(config_path) if args.config or config_path.exists() else FileSettings()
@@ -581,7 +581,7 @@ def registry_transfer(args: argparse.Namespace) -> int:
     from tensorfleet_desktop.controller.app import default_data_dir, resolve_uris
     from tensorfleet_desktop.registry_transfer import TransferError, export_registry, import_registry
 
-    data_dir = args.data_dir or default_data_dir()
+    data_dir = (args.data_dir or default_data_dir()).resolve()
     store, blobs = resolve_uris(data_dir, args.store, args.blobs)
     run = export_registry if args.registry_command == "export" else import_registry
     try:

@@ -42,6 +42,7 @@ def default_data_dir() -> Path:
 
 def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tuple[str, str]:
     """The store and blob store a controller with this data dir uses, given what the user named."""
+    data_dir = data_dir.resolve()  # a relative dir would turn into a path from / inside the URIs
     store = store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite:///{data_dir / 'tensorfleet.db'}"
     return store, blobs_uri or f"file://{data_dir / 'blobs'}"
 
@@ -92,6 +93,7 @@ class ControllerApp:
     async def start(self) -> None:
         cfg = self.config
         started = time.time()
+        cfg.data_dir = cfg.data_dir.resolve()  # the local agent and the URIs need it absolute
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         store_uri, blobs_uri = resolve_uris(cfg.data_dir, cfg.store_uri, cfg.blobs_uri)
         self.blobs = open_blobs(blobs_uri, cfg.data_dir, cfg.s3_credentials)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.agents import AgentProcess
+from helpers.proto_fuzz import EXAMPLES, REFUSALS, call, message, methods
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
 from tensorfleet_agent.identity import node_id_of_cert
@@ -81,15 +82,42 @@ async def _session(agent: AgentProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def stub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pb_grpc.AgentServiceStub]:
+def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
+    """A paired controller's channel to a live agent."""
     agent = AgentProcess(Path(tmp_path_factory.mktemp("fuzz")) / "agent", cpu_slots=2).start()
     cert = fetch_certificate_blocking(agent.address)
     channel = create_sync_channel(agent.address, pinned_credentials(cert), node_id_of_cert(cert)[0])
-    channel = grpc.intercept_channel(channel, _Session(asyncio.run(_session(agent))))
-    yield pb_grpc.AgentServiceStub(channel)
+    yield grpc.intercept_channel(channel, _Session(asyncio.run(_session(agent))))
     channel.close()
     agent.stop()
     assert "Traceback" not in agent.logs(), agent.logs()
+
+
+@pytest.fixture(scope="module")
+def stub(channel: grpc.Channel) -> pb_grpc.AgentServiceStub:
+    return pb_grpc.AgentServiceStub(channel)
+
+
+SERVICE = pb.DESCRIPTOR.services_by_name["AgentService"]
+# FetchBlob / PushBlob dial the URL they are given: proto_fuzz only generates loopback or unusable ones.
+GENERIC = [m.name for m in methods(SERVICE)]
+
+
+@pytest.mark.parametrize("name", GENERIC)
+def test_every_method_answers_or_refuses_with_a_reason(channel: grpc.Channel, name: str) -> None:
+    method = SERVICE.methods_by_name[name]
+    requests = message(method.input_type)
+    strategy = st.lists(requests, max_size=4) if method.client_streaming else requests
+    examples = min(EXAMPLES, 6) if method.server_streaming else EXAMPLES
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(request=strategy)
+    def fuzz(request: object) -> None:
+        code = call(channel, SERVICE, method, request, 1.0 if method.server_streaming else 10.0)
+        assert code is grpc.StatusCode.OK or code in OK_CODES | REFUSALS, f"{name} answered {code.name}"
+
+    fuzz()
+    assert call(channel, SERVICE, SERVICE.methods_by_name["GetInfo"], pb.GetInfoRequest(), 10.0) is grpc.StatusCode.OK
 
 
 def _code(call: object) -> grpc.StatusCode:

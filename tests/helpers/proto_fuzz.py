@@ -1,0 +1,168 @@
+"""Hypothesis strategies for any protobuf request message, built from its descriptor, and a way to call
+every method of a gRPC service with them (the fuzz tests of both services use this).
+
+Strings lean towards what handlers parse (JSON bodies, names, references, paths); numbers towards edges.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from hypothesis import strategies as st
+
+#: examples per method: a few dozen in CI; TENSORFLEET_FUZZ_EXAMPLES=10000 for the long run
+EXAMPLES = int(os.environ.get("TENSORFLEET_FUZZ_EXAMPLES", "25"))
+
+#: a handled refusal: the request was understood well enough to be turned down with a reason
+REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+}
+
+_json_scalars = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats() | st.text(max_size=20)
+_json = st.recursive(
+    _json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=12,
+)
+_spec_keys = st.sampled_from(
+    ["name", "algorithm", "dataset", "hyperparameters", "num_workers", "epochs", "gpus", "priority", "max_retries",
+     "timeout", "constraints", "sweep", "model_name", "cv", "script", "target", "dataset_params", "bogus"]
+)  # fmt: skip
+_spec_values = st.sampled_from(
+    ["random_forest", "svm", "noop", "sleep", "torch_mlp", "script", "iris", "wine", "digits", "nope", "", None, 0,
+     -1, 2**40, 1.5, float("inf"), True, [], {}, {"n_estimators": -3}, {"params": {"C": "float:1:0"}}]
+)  # fmt: skip
+_job_specs = st.dictionaries(_spec_keys, _spec_values | _json, max_size=6).map(json.dumps)
+_names = st.sampled_from(
+    ["", "iris", "iris-rf", "iris-rf:1", "iris-rf@production", "iris-rf:999", "a" * 300, "../../etc/passwd",
+     "user:" + "0" * 64, "j00000000", "x:y@z", "production", "test_accuracy=0.9", "noop", "\x00", "名前"]
+)  # fmt: skip
+
+
+#: addresses a handler may dial: loopback or unparsable only, so no generated host name is ever resolved
+_ADDRESSES = st.sampled_from(
+    ["", "127.0.0.1:1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:-5", "127.0.0.1", "127.0.0.1:abc", ":50051",
+     "[::1]:1", "no port", "127.0.0.1:1:2", "\x00:1"]
+)  # fmt: skip
+
+
+def _string(field: FieldDescriptor) -> st.SearchStrategy[str]:
+    if field.name in ("address", "master_addr", "endpoint", "url"):
+        return _ADDRESSES
+    if field.name.endswith("_json"):
+        return _job_specs | _json.map(json.dumps) | st.text(max_size=40)
+    return _names | st.text(max_size=60)
+
+
+_SCALARS: dict[int, st.SearchStrategy[Any]] = {
+    FieldDescriptor.TYPE_BOOL: st.booleans(),
+    FieldDescriptor.TYPE_BYTES: st.binary(max_size=256),
+    FieldDescriptor.TYPE_DOUBLE: st.floats(allow_nan=True, allow_infinity=True),
+    FieldDescriptor.TYPE_FLOAT: st.floats(width=32, allow_nan=True, allow_infinity=True),
+    FieldDescriptor.TYPE_INT32: st.integers(-(2**31), 2**31 - 1) | st.sampled_from([0, 1, -1, 2**31 - 1]),
+    FieldDescriptor.TYPE_SINT32: st.integers(-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: st.integers(0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT64: st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, 1, -1, 2**62]),
+    FieldDescriptor.TYPE_SINT64: st.integers(-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: st.integers(0, 2**64 - 1),
+}
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _value(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return _string(field)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return st.sampled_from([v.number for v in field.enum_type.values])
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return message(field.message_type, depth + 1)
+    return _SCALARS[field.type]
+
+
+def message(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
+    """Messages of this type with any subset of fields set, nested messages to a depth of 3."""
+    cls = message_factory.GetMessageClass(descriptor)
+    optional: dict[str, st.SearchStrategy[Any]] = {}
+    if depth <= 3:
+        for field in descriptor.fields:
+            if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+                key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+                optional[field.name] = st.dictionaries(_value(key, depth), _value(value, depth), max_size=3)
+            elif _is_repeated(field):
+                optional[field.name] = st.lists(_value(field, depth), max_size=3)
+            else:
+                optional[field.name] = _value(field, depth)
+
+    def build(values: dict[str, Any]) -> Message:
+        msg = cls()
+        for name, value in values.items():
+            field = descriptor.fields_by_name[name]
+            if isinstance(value, dict):
+                target = getattr(msg, name)
+                for k, v in value.items():
+                    if isinstance(v, Message):
+                        target[k].CopyFrom(v)
+                    else:
+                        target[k] = v
+            elif _is_repeated(field):
+                getattr(msg, name).extend(value)
+            elif isinstance(value, Message):
+                getattr(msg, name).CopyFrom(value)
+            else:
+                setattr(msg, name, value)
+        return msg
+
+    return st.fixed_dictionaries({}, optional=optional).map(build)
+
+
+def methods(service: ServiceDescriptor, skip: tuple[str, ...] = ()) -> Iterator[Any]:
+    return (m for m in service.methods if m.name not in skip)
+
+
+def call(
+    channel: grpc.Channel, service: ServiceDescriptor, method: Any, request: Any, timeout: float
+) -> grpc.StatusCode:
+    """Call `method` with `request` (a list of messages for client streams); a server stream is read for at
+    most `timeout` seconds. Returns the status; a watch that is still open at the deadline counts as OK."""
+    path = f"/{service.full_name}/{method.name}"
+    ser: Callable[[Any], bytes] = lambda m: m.SerializeToString()  # noqa: E731
+    out_cls = message_factory.GetMessageClass(method.output_type)
+    if method.client_streaming:
+        rpc = channel.stream_unary(path, request_serializer=ser, response_deserializer=out_cls.FromString)
+        target = lambda: rpc(iter(request), timeout=timeout)  # noqa: E731
+    elif method.server_streaming:
+        stream = channel.unary_stream(path, request_serializer=ser, response_deserializer=out_cls.FromString)
+
+        def target() -> None:
+            for _ in stream(request, timeout=timeout):
+                pass
+
+    else:
+        unary = channel.unary_unary(path, request_serializer=ser, response_deserializer=out_cls.FromString)
+        target = lambda: unary(request, timeout=timeout)  # noqa: E731
+    try:
+        target()
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and method.server_streaming:
+            return grpc.StatusCode.OK  # a watch waits for events by design
+        if code in REFUSALS:
+            assert exc.details(), f"{method.name}: {code.name} without a message"
+        return code  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
