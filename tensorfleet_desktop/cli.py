@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     from tensorfleet_agent.logging_setup import configure_logging
 
     configure_logging(args.log_level if args.command != "serve" else "INFO")
-    if args.command is None:
-        args.command = "gui"
+    if args.command is None:  # no command: the window, with the gui command's defaults
+        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), "gui"])
     from tensorfleet_desktop import cli_commands
     from tensorfleet_desktop.cli_commands import EXIT_JOB_FAILED, EXIT_UNREACHABLE, UsageError
     from tensorfleet_desktop.client import ControllerUnreachable, InvalidRequest, NotFound, TensorFleetError

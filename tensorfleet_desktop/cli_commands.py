@@ -212,9 +212,9 @@ def gui(args: argparse.Namespace) -> int:
 
     return run_gui(
         args.controller,
-        getattr(args, "data_dir", None),
-        autostart=not getattr(args, "no_start", False),
-        screenshot=getattr(args, "screenshot", None),
+        args.data_dir,
+        autostart=not args.no_start,
+        screenshot=args.screenshot,
     )
 
 

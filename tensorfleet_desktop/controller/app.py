@@ -164,9 +164,7 @@ class ControllerApp:
         self._targets = TargetsFile(
             cfg.prometheus_sd or cfg.data_dir / "prometheus" / "targets.json", own if self.metrics_port else None
         )
-        self.fleet.subscribe(
-            lambda _kind, _record: self._targets.update(self.fleet.agents.values()) if self._targets else None
-        )
+        self.fleet.subscribe(self._agents_changed)
         self._targets.update(self.fleet.agents.values())
         log.info("controller serving ControllerService on %s (store %s)", self.address, self.store.uri)
         if cfg.ready_file is not None:
@@ -181,6 +179,11 @@ class ControllerApp:
                     }
                 )
             )
+
+    def _agents_changed(self, kind: str, _record: AgentRecord) -> None:
+        """Keep the Prometheus targets in step with agent states (telemetry ticks change none)."""
+        if kind != "telemetry" and self._targets is not None:
+            self._targets.update(self.fleet.agents.values())
 
     def _persist_agent(self, record: AgentRecord) -> None:
         self.store.save_agent(

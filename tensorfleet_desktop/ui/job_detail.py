@@ -302,7 +302,7 @@ class JobDetailView(View):
         if kind == "metric":
             name = event["name"]
             label = f"task {event['task_index']}" if self.multi_task else name
-            if self.metric_filter.findText(name) < 0:
+            if name not in self.plot.plots:  # a metric seen for the first time
                 self.metric_filter.addItem(name)
             self.plot.add_point(name, label, event["step"], event["value"])
             self.metric_points += 1

@@ -139,8 +139,10 @@ class MetricGrid(QWidget):
             n = len(self.plots) - 1
             self.grid.addWidget(plot, n // self.columns, n % self.columns)
             plot.setVisible(not self.only or self.only == metric)
+        new_series = label not in plot.series
         plot.add_point(label, x, y)
-        plot.legend.setVisible(len(plot.series) > 1 or label != metric)
+        if new_series:  # a legend only says something once there is more than the metric itself
+            plot.legend.setVisible(len(plot.series) > 1 or label != metric)
 
     def show_only(self, metric: str) -> None:
         self.only = metric
