@@ -21,9 +21,10 @@ def agent_factory(tmp_path: Path) -> Iterator[type[AgentProcess]]:
     started: list[AgentProcess] = []
 
     class Factory(AgentProcess):
-        def start(self, timeout: float = 30.0) -> AgentProcess:
-            started.append(self)
-            return super().start(timeout)
+        def spawn(self) -> None:
+            if self not in started:
+                started.append(self)
+            super().spawn()
 
     yield Factory
     for agent in started:  # all drain at once: teardown waits for the slowest, not for the sum
@@ -42,9 +43,10 @@ def controller_factory(tmp_path: Path) -> Iterator[type[ControllerProcess]]:
     started: list[ControllerProcess] = []
 
     class Factory(ControllerProcess):
-        def start(self, timeout: float = 60.0) -> ControllerProcess:
-            started.append(self)
-            return super().start(timeout)
+        def spawn(self) -> None:
+            if self not in started:
+                started.append(self)
+            super().spawn()
 
     yield Factory
     for controller in started:

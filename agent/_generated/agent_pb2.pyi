@@ -268,6 +268,7 @@ class Telemetry(_message.Message):
     SLOTS_TOTAL_FIELD_NUMBER: _builtins.int
     SLOTS_FREE_FIELD_NUMBER: _builtins.int
     TASKS_RUNNING_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     time: _builtins.float
     """unix seconds"""
     cpu_percent: _builtins.float
@@ -277,6 +278,8 @@ class Telemetry(_message.Message):
     slots_total: _builtins.int
     slots_free: _builtins.int
     tasks_running: _builtins.int
+    draining: _builtins.bool
+    """refusing new tasks while its running ones finish (SIGTERM)"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuTelemetry]: ...
     def __init__(
@@ -291,10 +294,11 @@ class Telemetry(_message.Message):
         slots_total: _builtins.int = ...,
         slots_free: _builtins.int = ...,
         tasks_running: _builtins.int = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "gpus", b"gpus", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "slots_free", b"slots_free", "slots_total", b"slots_total", "tasks_running", b"tasks_running", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "draining", b"draining", "gpus", b"gpus", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "slots_free", b"slots_free", "slots_total", b"slots_total", "tasks_running", b"tasks_running", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -122,6 +122,7 @@ class Telemetry:
     slots_total: int
     slots_free: int
     tasks_running: int
+    draining: bool = False
 
 
 # ---- task events: one dataclass per payload kind, wrapped in TaskEvent ----

@@ -179,6 +179,7 @@ def telemetry_to_pb(t: Telemetry) -> pb.Telemetry:
         slots_total=t.slots_total,
         slots_free=t.slots_free,
         tasks_running=t.tasks_running,
+        draining=t.draining,
     )
 
 
@@ -203,6 +204,7 @@ def telemetry_from_pb(msg: pb.Telemetry) -> Telemetry:
         slots_total=msg.slots_total,
         slots_free=msg.slots_free,
         tasks_running=msg.tasks_running,
+        draining=msg.draining,
     )
 
 

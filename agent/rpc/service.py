@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import errno
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -54,6 +56,9 @@ R = TypeVar("R")
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, AgentError):
         return _STATUS.get(type(exc), grpc.StatusCode.INTERNAL), str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        log.error("disk full: %s", exc)
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"the agent's disk is full: {exc.strerror} ({exc.filename or ''})"
     log.exception("internal error in RPC")
     return grpc.StatusCode.INTERNAL, f"internal agent error: {type(exc).__name__}: {exc}"
 
@@ -102,6 +107,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 raise PermissionDenied("this controller's session ended: it was unpaired")
             slots = self.executor.slots
             sample = await asyncio.to_thread(self.sampler.sample, slots.total, slots.free, self.executor.tasks_running)
+            sample = dataclasses.replace(sample, draining=self.executor.draining)
             yield convert.telemetry_to_pb(sample)
             next_at += period
             await asyncio.sleep(max(0.0, next_at - loop.time()))

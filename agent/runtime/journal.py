@@ -4,11 +4,19 @@ Every task event gets a per-task sequence number and is appended to
 tasks/<task_id>/events.jsonl by one writer thread that group-commits (one
 fdatasync per batch). Watchers only ever see committed events, so anything a
 controller has received is on disk and survives an agent crash.
+
+A full disk must not silence the agent: the journal keeps a small reserve file and
+gives back a little of it whenever a write fails for want of space, so the events
+that report the failure (a checkpoint that could not be written, the task's end)
+are still written and streamed. Beyond the reserve, events wait in memory, unstreamed, and are
+retried until space frees; the reserve is then made again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -31,6 +39,11 @@ log = logging.getLogger(__name__)
 EVENTS_FILE = "events.jsonl"
 TASK_FILE = "task.json"
 _KEEP_IN_MEMORY = 64  # finished tasks whose events stay cached for fast replay
+_RETRY_UNWRITTEN = 2.0  # seconds between attempts to write journals a full disk refused
+RESERVE_FILE = ".reserve"
+RESERVE_BYTES = 4 << 20  # about 40,000 events: enough to report the failures a full disk causes
+_RESERVE_STEP = 64 << 10
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -67,6 +80,15 @@ class TaskLog:
             self.exit_cause = payload.exit_cause
 
 
+@dataclass
+class _Unwritten:
+    """A journal's lines not yet on disk (the disk was full), up to event `seq`."""
+
+    entry: TaskLog
+    data: bytearray = field(default_factory=bytearray)
+    seq: int = 0
+
+
 class Journal:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -74,6 +96,10 @@ class Journal:
         self._cached_finished: OrderedDict[str, None] = OrderedDict()
         self._queue: queue.SimpleQueue[tuple[TaskLog, bytes, int] | None] = queue.SimpleQueue()
         self._files: dict[str, IO[bytes]] = {}
+        self._unwritten: dict[str, _Unwritten] = {}  # writer thread only
+        self._write_errors: set[str] = set()
+        self._reserve_retry_at = 0.0
+        self._reserve_in_use = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -163,8 +189,13 @@ class Journal:
         return event
 
     def _writer(self) -> None:
+        self._make_reserve()
         while True:
-            item = self._queue.get()
+            try:  # while lines wait for disk space, retry every few seconds even if nothing new comes
+                item = self._queue.get(timeout=_RETRY_UNWRITTEN if self._unwritten else None)
+            except queue.Empty:
+                self._commit([])
+                continue
             if item is None:
                 break
             batch = [item]
@@ -181,27 +212,114 @@ class Journal:
             self._commit(batch)
             if stop:
                 break
+        if self._unwritten:
+            self._commit([])
+        if self._unwritten:
+            log.error("journal: %d task(s) lost their last events: the disk is still full", len(self._unwritten))
         for fh in self._files.values():
             fh.close()
         self._files.clear()
 
     def _commit(self, batch: list[tuple[TaskLog, bytes, int]]) -> None:
-        touched: dict[str, tuple[TaskLog, int]] = {}
+        """Append and fdatasync each journal with lines waiting; tell watchers about what is on disk."""
         for entry, line, seq in batch:
-            fh = self._files.get(entry.task_id)
-            if fh is None:
-                fh = self._files[entry.task_id] = (entry.directory / EVENTS_FILE).open("ab")
-            fh.write(line)
-            touched[entry.task_id] = (entry, seq)
-        for task_id, (entry, _) in touched.items():
-            fh = self._files[task_id]
-            fh.flush()
-            os.fdatasync(fh.fileno())
-            if entry.finished and entry.last_seq == touched[task_id][1]:
+            unwritten = self._unwritten.setdefault(entry.task_id, _Unwritten(entry))
+            unwritten.data.extend(line)
+            unwritten.seq = seq
+        done: list[tuple[TaskLog, int]] = []
+        for task_id, unwritten in list(self._unwritten.items()):
+            try:
+                fh = self._write(unwritten)
+            except OSError as exc:
+                if exc.errno in _NO_SPACE and self._release_reserve(len(unwritten.data)):
+                    try:
+                        fh = self._write(unwritten)
+                    except OSError as again:
+                        self._write_failed(task_id, again)
+                        continue
+                else:
+                    self._write_failed(task_id, exc)
+                    continue
+            del self._unwritten[task_id]
+            done.append((unwritten.entry, unwritten.seq))
+            if task_id in self._write_errors:
+                self._write_errors.discard(task_id)
+                log.info("journal %s: written again", task_id)
+            if unwritten.entry.finished and unwritten.seq == unwritten.entry.last_seq:
                 fh.close()
                 del self._files[task_id]
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._committed, list(touched.values()))
+        if self._reserve_in_use and not self._unwritten:
+            self._make_reserve()
+        if self._loop is not None and done:
+            self._loop.call_soon_threadsafe(self._committed, done)
+
+    def _write(self, unwritten: _Unwritten) -> IO[bytes]:
+        task_id, pending = unwritten.entry.task_id, unwritten.data
+        fh = self._files.get(task_id)
+        if fh is None:
+            fh = self._files[task_id] = (unwritten.entry.directory / EVENTS_FILE).open("ab", buffering=0)
+        try:
+            while pending:
+                written = fh.write(pending)
+                if not written:
+                    raise OSError(errno.ENOSPC, "no byte written")
+                del pending[:written]
+            os.fdatasync(fh.fileno())
+        except OSError:
+            del self._files[task_id]  # reopened on the next try
+            with contextlib.suppress(OSError):
+                fh.close()
+            raise
+        return fh
+
+    def _write_failed(self, task_id: str, exc: OSError) -> None:
+        if task_id not in self._write_errors:
+            log.error("journal %s: cannot write (%s); its events wait until they can be written", task_id, exc)
+        self._write_errors.add(task_id)
+
+    @property
+    def _reserve_path(self) -> Path:
+        return self.root / RESERVE_FILE
+
+    def _make_reserve(self) -> None:
+        """Set space aside for a full disk (writer thread); retried after each commit until it fits."""
+        now = time.monotonic()
+        if now < self._reserve_retry_at:
+            return
+        self._reserve_retry_at = now + 10.0
+        tmp = self.root / (RESERVE_FILE + ".tmp")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(self.root).free < 4 * RESERVE_BYTES:
+                return
+            with tmp.open("wb") as fh:
+                fh.write(b"\0" * RESERVE_BYTES)  # real blocks, not a sparse file
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._reserve_path)
+            if self._reserve_in_use:
+                log.info("journal: space again under %s; its reserve is whole again", self.root)
+            self._reserve_in_use = False
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("journal: could not set aside its %d MiB reserve: %s", RESERVE_BYTES >> 20, exc)
+
+    def _release_reserve(self, need: int) -> bool:
+        """Give back just enough of the reserve for `need` bytes (whole 64 KiB steps), so that other
+        writers on the full disk get no room worth having; False once it is used up."""
+        path = self._reserve_path
+        try:
+            size = path.stat().st_size
+            if size == 0:
+                return False
+            keep = max(0, size - max(need + _RESERVE_STEP - 1, _RESERVE_STEP) // _RESERVE_STEP * _RESERVE_STEP)
+            os.truncate(path, keep)
+        except OSError:
+            return False
+        if not self._reserve_in_use:
+            log.error("disk full under %s: writing task events into the journal's reserve", self.root)
+        self._reserve_in_use = True
+        return True
 
     def _committed(self, updates: list[tuple[TaskLog, int]]) -> None:
         for entry, seq in updates:
@@ -215,7 +333,7 @@ class Journal:
         self._cached_finished[entry.task_id] = None
         while len(self._cached_finished) > _KEEP_IN_MEMORY:
             old, _ = self._cached_finished.popitem(last=False)
-            if old in self._logs:
+            if old in self._logs and old not in self._unwritten:  # only what is on disk may leave memory
                 self._logs[old].events = None
 
     # ---- reading

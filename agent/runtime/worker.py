@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import importlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -24,6 +26,7 @@ from tensorfleet_agent import task as task_api
 from tensorfleet_agent.runtime.channel import EventChannel
 
 _PR_SET_PDEATHSIG = 1
+_FULL_BELOW = 1 << 20  # free bytes under which a failure is put down to a full disk
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -67,6 +70,17 @@ def _resolve(entry: str) -> Any:
     return getattr(importlib.import_module(module), func)
 
 
+def _disk_full_note(exc: BaseException, task_dir: Path) -> str:
+    """Name a full disk plainly: torch.save, for one, reports it as an obscure stream-writer error."""
+    try:
+        free = shutil.disk_usage(task_dir).free
+    except OSError:
+        return ""
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or free < _FULL_BELOW:
+        return f" (disk full on this agent: {free >> 10} KiB free at {task_dir})"
+    return ""
+
+
 def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     spec = command["spec"]
     os.environ["TENSORFLEET_JOB_ID"] = str(spec.get("job_id", ""))
@@ -99,7 +113,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
             {
                 "t": "done",
                 "ok": False,
-                "error": f"{type(exc).__name__}: {exc}",
+                "error": f"{type(exc).__name__}: {exc}{_disk_full_note(exc, task_dir)}",
                 "traceback": traceback.format_exc(),
             }
         )

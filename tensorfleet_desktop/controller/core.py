@@ -71,6 +71,7 @@ from tensorfleet_desktop.store.blobs import BlobStore
 log = logging.getLogger(__name__)
 
 _TICK = 0.5
+_RETRY_BACKOFF = 1.0  # seconds before a failed task's first retry, doubling with each failure, at most 30 s
 _ORPHAN_GRACE = 15.0  # after a restart, how long an unknown agent may take to reappear
 _PAUSE_GRACE = 60.0  # how long a pausing task may take to save its checkpoint before it is cancelled
 _CHECKPOINTING = ("torch", "script")  # workload categories that can checkpoint, stop on request and resume
@@ -383,6 +384,7 @@ class Controller:
                     "",
                     "",
                 )
+                task.retry_at = 0.0
         if job.mode == "sweep":  # a retried sweep starts over
             job.tasks = []
             self._studies.pop(job.id, None)
@@ -453,8 +455,10 @@ class Controller:
                 await asyncio.wait_for(self._wake.wait(), _TICK)
             self._wake.clear()
             try:
+                started = time.perf_counter()
                 self._check_timeouts_and_orphans()
                 self._schedule()
+                self.metrics.schedule_pass.observe(time.perf_counter() - started)
             except Exception:
                 log.exception("scheduler pass failed")
 
@@ -466,7 +470,8 @@ class Controller:
         for job in self.jobs.values():
             if job.state not in (JobState.QUEUED, JobState.RUNNING):
                 continue
-            pending = tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING)
+            now = time.time()
+            pending = tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING and t.retry_at <= now)
             if not pending:
                 continue
             gang = job.mode == "gang"
@@ -486,6 +491,7 @@ class Controller:
                     not_on=tuple(c.get("not_on", ())),
                     labels=tuple(sorted(c.get("labels", {}).items())),
                     waiting_since=job.queued_since,
+                    avoid=tuple(sorted({n for t in job.tasks if t.index in pending for n in t.failed_on})),
                 )
             )
         if not requests:
@@ -928,6 +934,8 @@ class Controller:
 
     def _fail_task(self, job: Job, task: JobTask, reason: str) -> None:
         task.failures += 1
+        if task.node_id and task.node_id not in task.failed_on:
+            task.failed_on.append(task.node_id)
         max_retries = int(job.spec.get("max_retries", 2))
         if task.failures > max_retries and job.mode == "sweep":
             task.state = TaskRunState.FAILED  # a failed trial is a result of the sweep, not its end
@@ -940,8 +948,10 @@ class Controller:
             task.state = TaskRunState.FAILED
             self._finish(job, JobState.FAILED, f"{reason} (after {task.failures} attempt(s))")
             return
-        log.info("job %s: %s; retry %d of %d", job.id, reason, task.failures, max_retries)
-        self._requeue(job, [task], reason)
+        delay = min(30.0, _RETRY_BACKOFF * 2 ** (task.failures - 1))
+        task.retry_at = time.time() + delay
+        log.info("job %s: %s; retry %d of %d in %.0fs", job.id, reason, task.failures, max_retries, delay)
+        self._requeue(job, [task], f"{reason}; retrying in {delay:.0f}s")
 
     def _replace(self, job: Job, tasks: list[JobTask], reason: str) -> None:
         """Agent or worker lost: run elsewhere without spending max_retries (a separate budget)."""

@@ -29,6 +29,14 @@ from tensorfleet_agent.security.secrets import cluster_id_of
 log = logging.getLogger(__name__)
 
 
+#: Below this much free space in its data dir an agent gets no new tasks: they would fail writing their
+#: journal, datasets or checkpoints (running tasks go on).
+MIN_FREE_DISK_BYTES = 64 * 2**20
+#: A lost agent is re-dialled at least this often: a restarted agent is back within about this long, since
+#: mDNS says nothing when it re-announces the same records. One refused connection per period is cheap.
+_MAX_BACKOFF = 2.0
+
+
 class AgentState(enum.StrEnum):
     CONNECTING = "CONNECTING"
     ONLINE = "ONLINE"
@@ -66,8 +74,24 @@ class AgentRecord:
     _silence_deadline: float = 0.0
 
     @property
+    def stopping(self) -> bool:
+        """The agent drains itself (SIGTERM): it refuses new tasks while its running ones finish."""
+        return self.telemetry is not None and self.telemetry.draining
+
+    @property
+    def disk_full(self) -> bool:
+        return self.telemetry is not None and self.telemetry.disk_free_bytes < MIN_FREE_DISK_BYTES
+
+    @property
     def schedulable(self) -> bool:
-        return self.state is AgentState.ONLINE and self.paired and not self.draining and self.info is not None
+        return (
+            self.state is AgentState.ONLINE
+            and self.paired
+            and not self.draining
+            and not self.stopping
+            and not self.disk_full
+            and self.info is not None
+        )
 
     @property
     def slots_total(self) -> int:
@@ -78,9 +102,16 @@ class AgentRecord:
         return max(0, self.slots_total - len(self.placed))
 
     def public_state(self) -> str:
-        if self.draining and self.state is AgentState.ONLINE:
+        if (self.draining or self.stopping) and self.state is AgentState.ONLINE:
             return AgentState.DRAINING.value
         return self.state.value
+
+    def _disk_warning(self) -> str:
+        if not self.disk_full or self.telemetry is None:
+            return ""
+        free = self.telemetry.disk_free_bytes / 2**20
+        need = MIN_FREE_DISK_BYTES >> 20
+        return f"disk full: {free:.0f} MiB free in its data dir; no new tasks until {need} MiB are free"
 
     def to_dict(self) -> dict[str, Any]:
         """The keys `tensorfleet agents --json` promises."""
@@ -103,7 +134,7 @@ class AgentRecord:
             "memory_used_bytes": tel.memory_used_bytes if tel else 0,
             "memory_total_bytes": tel.memory_total_bytes if tel else 0,
             "tasks_running": tel.tasks_running if tel else 0,
-            "error": "; ".join(x for x in (self.warning, self.error) if x),
+            "error": "; ".join(x for x in (self.warning, self.error, self._disk_warning()) if x),
             "agent_version": info.agent_version if info else "",
             "workloads": list(info.workloads) if info else [],
             "fingerprint": self.fingerprint or (info.cert_fingerprint if info else ""),
@@ -421,6 +452,8 @@ class Fleet:
                     record.client = None
             except (grpc.aio.AioRpcError, FleetError, OSError, ssl.SSLError) as exc:
                 text = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                if record.stopping:
+                    text = f"shut down after draining ({text})"
                 if isinstance(exc, OSError | ssl.SSLError) and record.client is not None:
                     await record.client.close()
                     record.client = None
@@ -429,7 +462,7 @@ class Fleet:
                 else:
                     record.error = text
                     self._set_state(record, AgentState.LOST)
-                    backoff = min(5.0, max(0.5, backoff * 2))
+                    backoff = min(_MAX_BACKOFF, max(0.5, backoff * 2))
             except Exception as exc:  # never let one agent's surprise end its supervision
                 log.exception("agent %s: unexpected error", record.name or record.node_id[:12])
                 record.error = f"{type(exc).__name__}: {exc}"

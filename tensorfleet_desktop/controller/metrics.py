@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class ControllerMetrics:
@@ -16,6 +16,12 @@ class ControllerMetrics:
         self.loss = Gauge("tensorfleet_training_loss", "Last reported loss", ["job_id"], registry=self.registry)
         self.accuracy = Gauge(
             "tensorfleet_training_accuracy", "Last reported accuracy", ["job_id"], registry=self.registry
+        )
+        self.schedule_pass = Histogram(
+            "tensorfleet_schedule_pass_seconds",
+            "One scheduler pass: every queued task against every agent, and the dispatches it decides",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
         )
 
     def observe_metric(self, job_id: str, name: str, value: float) -> None:

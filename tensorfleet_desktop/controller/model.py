@@ -64,6 +64,8 @@ class JobTask:
     params: dict[str, Any] | None = None  # a sweep trial's hyperparameters (else the job's)
     sklearn_version: str = ""  # of the agent that ran the current attempt (shards must agree)
     stopping: bool = False  # asked to checkpoint and stop (the job is pausing); its end is not a failure
+    failed_on: list[str] = field(default_factory=list)  # agents where an attempt failed: a retry prefers others
+    retry_at: float = 0.0  # a failed task waits until then (back-off), so a quick failure cannot burn its retries
 
 
 @dataclass

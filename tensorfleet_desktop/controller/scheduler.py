@@ -3,7 +3,8 @@
 Order: priority (higher first), then FIFO. A job of N ranks is a gang: all N
 placements at once or none. Smaller jobs may backfill around a waiting gang,
 but once the gang has waited `reserve_after` seconds it reserves every free slot
-it could use, so it never starves.
+it could use, so it never starves. A retry prefers an agent other than the ones
+its earlier attempts failed on (a full disk, a broken driver), when one fits now.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Request:
     not_on: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     waiting_since: float = 0.0
+    avoid: tuple[str, ...] = ()  # node ids where an attempt failed: used only when nothing else fits
 
 
 @dataclass(frozen=True)
@@ -78,12 +80,17 @@ def _take(request: Request, cap: Capacity) -> None:
 def plan(requests: list[Request], capacities: list[Capacity], now: float, reserve_after: float) -> list[Placement]:
     caps = {c.node_id: Capacity(**{**c.__dict__, "labels": dict(c.labels)}) for c in capacities}
     out: list[Placement] = []
+    free = sum(max(0, c.free_slots) for c in caps.values())
     for request in sorted(requests, key=lambda r: (-r.priority, r.seq_no)):
+        if free <= 0:
+            break  # every slot is taken or reserved: nothing behind this request can be placed either
         candidates = [c for c in caps.values() if eligible(request, c)]
         trial = {c.node_id: Capacity(**{**c.__dict__}) for c in candidates}
         chosen: list[Placement] = []
         for rank in request.ranks:
-            fitting = sorted((c for c in trial.values() if _fits(request, c)), key=_order)
+            fitting = sorted(
+                (c for c in trial.values() if _fits(request, c)), key=lambda c: (c.node_id in request.avoid, _order(c))
+            )
             if not fitting:
                 break
             _take(request, fitting[0])
@@ -92,9 +99,11 @@ def plan(requests: list[Request], capacities: list[Capacity], now: float, reserv
             for p in chosen:
                 _take(request, caps[p.node_id])
             out.extend(chosen)
+            free = sum(max(0, c.free_slots) for c in caps.values())
         elif request.gang and now - request.waiting_since >= reserve_after:
             # Reserve: nobody behind this gang may use the slots it could use.
             for c in candidates:
                 caps[c.node_id].free_slots = 0
                 caps[c.node_id].free_gpu_slots = 0
+            free = sum(max(0, c.free_slots) for c in caps.values())
     return out

@@ -50,8 +50,17 @@ class AgentProcess:
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
+    @property
+    def ready_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.ready"
+
     def start(self, timeout: float = 30.0) -> AgentProcess:
-        ready = self.data_dir.parent / f"{self.data_dir.name}.ready"
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (start several, then wait for each)."""
+        ready = self.ready_path
         ready.unlink(missing_ok=True)
         cmd = [
             sys.executable,
@@ -78,7 +87,10 @@ class AgentProcess:
         env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK, **self.env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.info = wait_for_ready_file(self.proc, ready, self.log_path, timeout, "agent", self.kill)
+
+    def wait_ready(self, timeout: float = 30.0) -> AgentProcess:
+        assert self.proc is not None
+        self.info = wait_for_ready_file(self.proc, self.ready_path, self.log_path, timeout, "agent", self.kill)
         self.port = int(self.info["port"])  # type: ignore[call-overload]
         return self
 

@@ -36,9 +36,18 @@ class ControllerProcess:
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
+    @property
+    def ready_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.ready"
+
     def start(self, timeout: float = 60.0) -> ControllerProcess:
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (start several, then wait for each)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ready = self.data_dir.parent / f"{self.data_dir.name}.ready"
+        ready = self.ready_path
         ready.unlink(missing_ok=True)
         cmd = [
             sys.executable,
@@ -62,7 +71,10 @@ class ControllerProcess:
         env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK, **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.info = wait_for_ready_file(self.proc, ready, self.log_path, timeout, "controller", self.kill)
+
+    def wait_ready(self, timeout: float = 60.0) -> ControllerProcess:
+        assert self.proc is not None
+        self.info = wait_for_ready_file(self.proc, self.ready_path, self.log_path, timeout, "controller", self.kill)
         self.port = int(self.info["port"])
         return self
 

@@ -39,6 +39,7 @@ class Host:
     netns: str
     address: str
     iface: str = "eth0"
+    peer: str = ""  # its veth's other end, on the bridge
 
     def command(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *argv]
@@ -87,12 +88,50 @@ class Lan:
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
-            self.hosts[name] = Host(name, ns, address)
+            self.hosts[name] = Host(name, ns, address, peer=peer)
         return self
 
     def set_link(self, name: str, up: bool) -> None:
         host = self.hosts[name]
         _ip("-n", host.netns, "link", "set", "eth0", "up" if up else "down")
+
+    def limit_rate(self, name: str, rate: str, latency: str = "400ms") -> None:
+        """A slow link, both ways: a token bucket on the host's eth0 and on its end at the bridge (no netem here)."""
+        host = self.hosts[name]
+        tbf = ["root", "tbf", "rate", rate, "burst", "32kbit", "latency", latency]
+        subprocess.run(host.command("tc", "qdisc", "replace", "dev", "eth0", *tbf), check=True, capture_output=True)
+        _ip("netns", "exec", self.bridge_ns, "tc", "qdisc", "replace", "dev", host.peer, *tbf)
+
+    def drop_packets(self, name: str, probability: float) -> None:
+        """A lossy link: drop this share of the host's packets, both ways, at random."""
+        host = self.hosts[name]
+        for chain in ("INPUT", "OUTPUT"):
+            subprocess.run(
+                host.command(
+                    "iptables",
+                    "-A",
+                    chain,
+                    "-i" if chain == "INPUT" else "-o",
+                    "eth0",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    str(probability),
+                    "-j",
+                    "DROP",
+                ),
+                check=True,
+                capture_output=True,
+            )
+
+    def clear_link_faults(self, name: str) -> None:
+        host = self.hosts[name]
+        subprocess.run(host.command("tc", "qdisc", "del", "dev", "eth0", "root"), capture_output=True)
+        _ip("netns", "exec", self.bridge_ns, "tc", "qdisc", "del", "dev", host.peer, "root", check=False)
+        if shutil.which("iptables"):
+            subprocess.run(host.command("iptables", "-F"), capture_output=True)
 
     def teardown(self) -> None:
         listed = _ip("netns", "list", check=False).stdout.split()

@@ -17,8 +17,13 @@ from tensorfleet_desktop.client import Client
 def cluster(
     tmp_path: Path, agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess]
 ) -> Iterator[tuple[ControllerProcess, list[AgentProcess]]]:
-    agents = [agent_factory(tmp_path / f"agent{i}", name=f"agent-{i}", cpu_slots=1).start() for i in range(2)]
-    controller = controller_factory(tmp_path / "controller").start()
+    agents = [agent_factory(tmp_path / f"agent{i}", name=f"agent-{i}", cpu_slots=1) for i in range(2)]
+    controller = controller_factory(tmp_path / "controller")
+    for process in (*agents, controller):  # start together, then wait: the controller finds them as they come
+        process.spawn()
+    for agent in agents:
+        agent.wait_ready()
+    controller.wait_ready()
     with Client(controller.address) as client:
         wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 2, 20, "2 agents over mDNS")
     yield controller, agents

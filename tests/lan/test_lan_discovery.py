@@ -3,124 +3,37 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
+import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers.lan import Host, Lan, python
+from helpers.lan import Lan, python
+from helpers.lan_cluster import LanCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.lan]
 LAN_HOSTS = ["ctl", "h1", "h2"]
 
 
-def _wait_file(path: Path, timeout: float, proc: Any, log: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited {proc.returncode}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(log.read_text())
-        time.sleep(0.05)
-    return json.loads(path.read_text())
+def _cli(cluster: LanCluster, *args: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+    """The real CLI, run on the controller's host with the cluster's settings (`env` overrides; None unsets)."""
+    settings = {**cluster.env, **env}
+    unset = [opt for name, value in settings.items() if value is None for opt in ("-u", name)]
+    assign = [f"{name}={value}" for name, value in settings.items() if value is not None]
+    argv = ["env", *unset, *assign, python(), "-m", "tensorfleet_desktop", "--controller", cluster.address, *args]
+    return cluster.controller_host.run(argv)
 
 
-def _cli(ctl: Host, address: str, *args: str) -> Any:
-    result = ctl.run([python(), "-m", "tensorfleet_desktop", "--controller", address, *args])
+def _cli_json(cluster: LanCluster, *args: str) -> Any:
+    result = _cli(cluster, *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
-@pytest.fixture(scope="module")
-def cluster(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Host]]:
-    tmp = tmp_path_factory.mktemp("lan")
-    # Real security across hosts: agents pair by the shared cluster token; the controller is not on loopback,
-    # so it serves TLS and wants its client token; the CLI pins its certificate in a known-controllers file.
-    secure_env = {
-        "TENSORFLEET_CLUSTER_TOKEN": f"lan-cluster-{secrets.token_hex(8)}",
-        "TENSORFLEET_CONTROLLER_TOKEN": f"lan-client-{secrets.token_hex(8)}",
-        "TENSORFLEET_KNOWN_CONTROLLERS": str(tmp / "known_controllers.json"),
-    }
-    saved = {k: os.environ.get(k) for k in secure_env}
-    os.environ.update(secure_env)
-    procs = []
-    for name in ("h1", "h2"):
-        host = lan.hosts[name]
-        log, ready = tmp / f"{name}.log", tmp / f"{name}.ready"
-        proc = host.popen(
-            [
-                python(),
-                "-m",
-                "tensorfleet_agent",
-                "--host",
-                host.address,
-                "--port",
-                "50051",
-                "--name",
-                f"agent-{name}",
-                "--data-dir",
-                str(tmp / name),
-                "--interfaces",
-                host.address,
-                "--cpu-slots",
-                "1",
-                "--spare-workers",
-                "0",
-                "--ready-file",
-                str(ready),
-            ],
-            log,
-        )
-        procs.append(proc)
-        _wait_file(ready, 60, proc, log)
-    ctl = lan.hosts["ctl"]
-    log, ready = tmp / "ctl.log", tmp / "ctl.ready"
-    proc = ctl.popen(
-        [
-            python(),
-            "-m",
-            "tensorfleet_desktop",
-            "serve",
-            "--host",
-            ctl.address,
-            "--port",
-            "50050",
-            "--data-dir",
-            str(tmp / "ctl"),
-            "--interfaces",
-            ctl.address,
-            "--no-local-agent",
-            "--ready-file",
-            str(ready),
-        ],
-        log,
-    )
-    procs.append(proc)
-    info = _wait_file(ready, 60, proc, log)
-    yield info["address"], ctl
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        p.wait(30)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-def test_agents_on_other_hosts_found_over_multicast(cluster: tuple[str, Host], lan: Lan) -> None:
-    address, ctl = cluster
-    deadline = time.monotonic() + 20
-    while True:
-        agents = _cli(ctl, address, "agents", "--json")
-        if sum(a["state"] == "ONLINE" for a in agents) == 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+def test_agents_on_other_hosts_found_over_multicast(lan_cluster: LanCluster, lan: Lan) -> None:
+    agents = _cli_json(lan_cluster, "agents", "--json")
     by_name = {a["name"]: a for a in agents}
     assert set(by_name) == {"agent-h1", "agent-h2"}
     for name in ("h1", "h2"):
@@ -130,12 +43,10 @@ def test_agents_on_other_hosts_found_over_multicast(cluster: tuple[str, Host], l
         assert entry["address"] == f"{lan.hosts[name].address}:50051"
 
 
-def test_a_job_runs_on_each_host(cluster: tuple[str, Host]) -> None:
-    address, ctl = cluster
+def test_a_job_runs_on_each_host(lan_cluster: LanCluster) -> None:
     for name in ("h1", "h2"):
-        job = _cli(
-            ctl,
-            address,
+        job = _cli_json(
+            lan_cluster,
             "submit",
             "--algorithm",
             "decision_tree",
@@ -147,52 +58,25 @@ def test_a_job_runs_on_each_host(cluster: tuple[str, Host]) -> None:
             "--json",
         )
         assert job["state"] == "SUCCEEDED" and job["metrics"]["test_accuracy"] > 0.7
-        status = _cli(ctl, address, "status", job["id"], "--json")
-        assert status["state"] == "SUCCEEDED"
-    jobs = _cli(ctl, address, "jobs", "--json")
-    assert len(jobs) == 2
+        assert lan_cluster.client.job(job["id"])["task_list"][0]["agent"] == f"agent-{name}"
+    assert len(lan_cluster.client.jobs()) == 2
 
 
-def test_remote_controller_needs_tls_and_its_client_token(cluster: tuple[str, Host], tmp_path: Path) -> None:
-    address, ctl = cluster
-    known = json.loads(Path(os.environ["TENSORFLEET_KNOWN_CONTROLLERS"]).read_text())
-    assert len(known[address]) == 64  # pinned on first use
-    wrong = ctl.run(
-        [
-            "env",
-            "TENSORFLEET_CONTROLLER_TOKEN=wrong-token",
-            python(),
-            "-m",
-            "tensorfleet_desktop",
-            "--controller",
-            address,
-            "jobs",
-            "--json",
-        ]
-    )
+def test_remote_controller_needs_tls_and_its_client_token(lan_cluster: LanCluster) -> None:
+    known = json.loads(Path(lan_cluster.env["TENSORFLEET_KNOWN_CONTROLLERS"]).read_text())
+    assert len(known[lan_cluster.address]) == 64  # pinned on first use
+    wrong = _cli(lan_cluster, "jobs", "--json", TENSORFLEET_CONTROLLER_TOKEN="wrong-token")
     assert wrong.returncode == 2 and "client token" in wrong.stderr, wrong.stderr
-    missing = ctl.run(
-        [
-            "env",
-            "-u",
-            "TENSORFLEET_CONTROLLER_TOKEN",
-            python(),
-            "-m",
-            "tensorfleet_desktop",
-            "--controller",
-            address,
-            "jobs",
-        ]
-    )
+    missing = _cli(lan_cluster, "jobs", TENSORFLEET_CONTROLLER_TOKEN=None)
     assert missing.returncode == 2 and "TENSORFLEET_CONTROLLER_TOKEN" in missing.stderr, missing.stderr
-    plaintext = ctl.run(
+    plaintext = lan_cluster.controller_host.run(
         [
             python(),
             "-c",
             "import grpc, sys; from tensorfleet_agent._generated import "
             "controller_pb2 as c, controller_pb2_grpc as g; ch = grpc.insecure_channel(sys.argv[1]); "
             "g.ControllerServiceStub(ch).ListJobs(c.ListJobsRequest(), timeout=5)",
-            address,
+            lan_cluster.address,
         ]
     )
     assert plaintext.returncode != 0  # no plaintext beyond loopback
@@ -219,20 +103,19 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 """
 
 
-def test_impersonation_across_hosts_is_refused_and_reported(cluster: tuple[str, Host], lan: Lan) -> None:
+def test_impersonation_across_hosts_is_refused_and_reported(lan_cluster: LanCluster, lan: Lan) -> None:
     """h2 claims to be h1 over multicast; its certificate proves otherwise, so h1 stays where it is."""
-    address, ctl = cluster
-    agents = {a["name"]: a for a in _cli(ctl, address, "agents", "--json")}
-    h1 = agents["agent-h1"]
+    client = lan_cluster.client
+    h1 = lan_cluster.agent_record("h1")
     h2 = lan.hosts["h2"]
     impostor = h2.popen(
-        [python(), "-c", IMPOSTOR, h2.address, h1["id"], os.environ["TENSORFLEET_CLUSTER_TOKEN"], "15"],
-        Path(os.environ["TENSORFLEET_KNOWN_CONTROLLERS"]).with_name("impostor.log"),
+        [python(), "-c", IMPOSTOR, h2.address, h1["id"], lan_cluster.env["TENSORFLEET_CLUSTER_TOKEN"], "15"],
+        lan_cluster.tmp / "impostor.log",
     )
     try:
         deadline = time.monotonic() + 20
         while True:
-            entry = next(a for a in _cli(ctl, address, "agents", "--json") if a["id"] == h1["id"])
+            entry = next(a for a in client.agents() if a["id"] == h1["id"])
             if "impersonation refused" in entry["error"] or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
@@ -243,35 +126,17 @@ def test_impersonation_across_hosts_is_refused_and_reported(cluster: tuple[str, 
         impostor.wait(10)
 
 
-def test_two_rank_ddp_across_two_hosts(cluster: tuple[str, Host]) -> None:
+def test_two_rank_ddp_across_two_hosts(lan_cluster: LanCluster) -> None:
     """torch.distributed (gloo) between namespaces: the rendezvous is on rank 0's host, over eth0."""
-    address, ctl = cluster
-    job = _cli(
-        ctl,
-        address,
-        "submit",
-        "--algorithm",
-        "torch_mlp",
-        "--dataset",
-        "digits",
-        "--workers",
-        "2",
-        "--param",
-        "epochs=2",
-        "--wait",
-        "--json",
+    client = lan_cluster.client
+    job = client.submit(
+        {"algorithm": "torch_mlp", "dataset": "digits", "num_workers": 2, "hyperparameters": {"epochs": 2}}
     )
-    assert job["state"] == "SUCCEEDED", job
-    result = ctl.run(
-        [
-            python(),
-            "-c",
-            "import json, sys; from tensorfleet_desktop.client import Client; "
-            "c = Client(sys.argv[1]); print(json.dumps(c.job(sys.argv[2])['task_list']))",
-            address,
-            job["id"],
-        ]
+    final = client.wait(
+        job["id"],
+        timeout=240,
     )
-    ranks = json.loads(result.stdout)
+    assert final["state"] == "SUCCEEDED", final
+    ranks = final["task_list"]
     assert len({t["node_id"] for t in ranks}) == 2
     assert ranks[0]["metrics"]["param_checksum"] == ranks[1]["metrics"]["param_checksum"]

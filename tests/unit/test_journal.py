@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tensorfleet_agent.core.types import Finished, MetricPoint, StateChanged, TaskState
-from tensorfleet_agent.runtime.journal import EVENTS_FILE, Journal
+from tensorfleet_agent.runtime.journal import EVENTS_FILE, RESERVE_BYTES, RESERVE_FILE, Journal
 
 
 async def _collect(journal: Journal, task_id: str, after: int = 0) -> list[int]:
@@ -91,5 +91,31 @@ async def test_prune_by_age_and_count(tmp_path: Path) -> None:
     await journal.close()
     journal.get("t0").finished_at = time.time() - 3600
     assert journal.prune(max_age_seconds=60, max_finished=3) == 2
-    remaining = sorted(p.name for p in await asyncio.to_thread(lambda: list(tmp_path.iterdir())))
+    remaining = sorted(p.name for p in await asyncio.to_thread(lambda: list(tmp_path.glob("[!.]*"))))
     assert remaining == ["live", "t2", "t3", "t4"]
+
+
+async def test_a_full_disk_releases_the_reserve_then_waits_for_space(tmp_path: Path) -> None:
+    """Writes to /dev/full fail with ENOSPC, as on a full disk. Watchers only ever get what is on disk;
+    everything is written and streamed, in order, once there is space again."""
+    journal = Journal(tmp_path)
+    journal.start()
+    journal.create("t", {})
+    events = tmp_path / "t" / EVENTS_FILE
+    events.unlink()
+    events.symlink_to("/dev/full")
+    await asyncio.sleep(0.1)
+    assert (tmp_path / RESERVE_FILE).stat().st_size == RESERVE_BYTES
+    journal.append("t", StateChanged(TaskState.RUNNING))
+    for i in range(20):
+        journal.append("t", MetricPoint(i, "x", 1.0, 0.0))
+    journal.append("t", Finished(TaskState.FAILED, "error", "OSError: [Errno 28] No space left on device"))
+    watcher = asyncio.create_task(_collect(journal, "t"))
+    await asyncio.sleep(0.5)
+    assert not watcher.done()  # nothing beyond what is on disk
+    assert (tmp_path / RESERVE_FILE).stat().st_size < RESERVE_BYTES  # some given back (no use against /dev/full)
+    events.unlink()  # space again
+    events.touch()
+    assert await asyncio.wait_for(watcher, 10) == list(range(1, 23))
+    await journal.close()
+    assert [json.loads(line)["seq"] for line in events.read_text().splitlines()] == list(range(1, 23))

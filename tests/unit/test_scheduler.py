@@ -88,3 +88,10 @@ def test_least_loaded_and_most_gpu_memory_first() -> None:
 def test_capacity_is_consumed_across_requests() -> None:
     result = plan([req(f"j{i}", seq=i) for i in range(5)], [cap("a", 2), cap("b", 1)], 0, 60)
     assert len(result) == 3
+
+
+def test_a_retry_prefers_agents_its_attempts_did_not_fail_on() -> None:
+    caps = [cap("failed-here", load=1.0), cap("other", load=80.0)]
+    assert plan([req("j", avoid=("failed-here",))], caps, 0, 60)[0].node_id == "other"
+    # only where nothing else fits does it go back (a preference, not a ban)
+    assert plan([req("j", avoid=("failed-here",))], [cap("failed-here")], 0, 60)[0].node_id == "failed-here"

@@ -1,0 +1,61 @@
+"""Judging a job by its stored history: nothing lost, nothing duplicated, no task completed twice."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def _journal_metrics(tasks_dirs: Iterable[Path], attempt: str) -> set[tuple[str, int]] | None:
+    """The (name, step) of every metric an agent journaled for an attempt; None if no journal has it."""
+    for tasks in tasks_dirs:
+        path = tasks / attempt / "events.jsonl"
+        if path.exists():
+            events = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+            return {(e["name"], e["step"]) for e in events if e["kind"] == "metric"}
+    return None
+
+
+def check_history(client: Any, job_id: str, agent_data_dirs: Iterable[Path] = ()) -> list[dict[str, Any]]:
+    """Assert the job's stored events and metrics are whole; returns the events.
+
+    - the job's event sequence numbers run 1..n, without a gap or a repeat;
+    - each task index reached SUCCEEDED at most once (a task run twice to completion would show twice);
+    - no attempt stored the same metric step twice;
+    - against the agents' own journals (when their data dirs are given): the attempt each task finished
+      with has every metric point its agent journaled, and no attempt has a point its agent never wrote.
+    """
+    events: list[dict[str, Any]] = client.watch(job_id)
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1)), f"event sequence has a gap or a repeat: {seqs}"
+    succeeded = Counter(e["task_index"] for e in events if e["kind"] == "task_state" and e["state"] == "SUCCEEDED")
+    twice = {index: n for index, n in succeeded.items() if n > 1}
+    assert not twice, f"tasks completed more than once: {twice}"
+    stored: dict[str, list[tuple[str, int]]] = {}
+    for point in client.metrics(job_id):
+        stored.setdefault(point["agent_task_id"], []).append((point["name"], point["step"]))
+    for attempt, points in stored.items():
+        assert len(points) == len(set(points)), f"{attempt}: a metric step stored twice"
+    tasks_dirs = [Path(d) / "tasks" for d in agent_data_dirs]
+    if tasks_dirs:
+        final = {t["agent_task_id"] for t in client.job(job_id)["task_list"] if t["state"] == "SUCCEEDED"}
+        for attempt in final | set(stored):
+            journaled = _journal_metrics(tasks_dirs, attempt)
+            if journaled is None:
+                continue  # e.g. an agent whose disk is gone
+            have = set(stored.get(attempt, []))
+            assert have <= journaled, f"{attempt}: stored points its agent never journaled"
+            if attempt in final:
+                assert have == journaled, f"{attempt}: {len(journaled - have)} journaled point(s) never stored"
+    return events
+
+
+def first_event_after(events: list[dict[str, Any]], at: float, **match: Any) -> dict[str, Any]:
+    """The first stored event after wall-clock time `at` whose fields equal `match`."""
+    for event in events:
+        if event["time"] >= at and all(event.get(k) == v for k, v in match.items()):
+            return event
+    raise AssertionError(f"no event {match} after {at}")
