@@ -9,7 +9,11 @@
 Ray's figures come from benchmarks/ray_peer.py run by RAY_PYTHON (an interpreter with Ray installed in its
 own environment); without it the Ray side is skipped with a note. mDNS stays on 127.0.0.1.
 
-Usage: RAY_PYTHON=/path/to/venv/bin/python python benchmarks/cluster_bench.py [--jobs 300]
+With --profile DIR (needs py-spy: pip install py-spy), the controller and one agent with its worker
+processes are sampled during the async run; the raw stacks go to DIR and the report names the functions
+that were on the stack most often, per process kind (controller, agent daemon, worker).
+
+Usage: RAY_PYTHON=/path/to/venv/bin/python python benchmarks/cluster_bench.py [--jobs 300] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
 
 import psutil  # noqa: E402
+from profiling import Profiler, process_kind  # noqa: E402
 
 from helpers.agents import AgentProcess  # noqa: E402
 from helpers.controller import ControllerProcess  # noqa: E402
@@ -75,18 +80,22 @@ async def sequential(address: str, n: int) -> list[float]:
     return out
 
 
-def pss_tree(pid: int) -> int:
+def pss_tree(pid: int) -> tuple[int, dict[str, float]]:
+    """PSS of a process and its children: the total, and MiB per kind of process."""
     root = psutil.Process(pid)
-    total = 0
+    total, parts = 0, {}
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_full_info().pss
+            pss = proc.memory_full_info().pss
+            kind = process_kind(" ".join(proc.cmdline()))
         except psutil.Error:
             continue
-    return total
+        total += pss
+        parts[kind] = round(parts.get(kind, 0.0) + pss / 2**20, 1)
+    return total, parts
 
 
-def cold_start_and_idle_memory(workdir: Path) -> dict[str, float]:
+def cold_start_and_idle_memory(workdir: Path) -> dict[str, Any]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "tensorfleet_desktop", "serve", "--port", str(port), "--data-dir", str(workdir)]
@@ -106,13 +115,17 @@ def cold_start_and_idle_memory(workdir: Path) -> dict[str, float]:
             cold = time.perf_counter() - t0
             assert final["state"] == "SUCCEEDED", final
             time.sleep(5)  # idle
-            idle = pss_tree(proc.pid)
+            idle, idle_parts = pss_tree(proc.pid)
             client.shutdown()
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    return {"cold_start_s": round(cold, 2), "idle_pss_mib": round(idle / 2**20, 1)}
+    return {
+        "cold_start_s": round(cold, 2),
+        "idle_pss_mib": round(idle / 2**20, 1),
+        "idle_pss_mib_by_process": idle_parts,
+    }
 
 
 def ray_side(n_async: int, n_sync: int, n_latency: int) -> dict[str, Any]:
@@ -134,6 +147,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--jobs", type=int, default=300, help="noop jobs for the async throughput run")
     parser.add_argument("--sequential", type=int, default=100, help="noop jobs for the sync run and latency")
+    parser.add_argument("--profile", type=Path, help="sample the async run with py-spy; raw stacks go here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tensorfleet-bench-") as tmp:
         root = Path(tmp)
@@ -146,7 +160,10 @@ def main() -> int:
                 while sum(a["state"] == "ONLINE" for a in client.agents()) < 2:
                     time.sleep(0.1)
                 client.wait(client.submit(NOOP)["id"], timeout=60)  # warm
-            rate = asyncio.run(throughput_async(controller.address, args.jobs))
+            assert controller.proc is not None and agents[0].proc is not None
+            targets = {"controller": controller.proc.pid, "agent": agents[0].proc.pid}
+            with Profiler(args.profile, targets) as profiler:
+                rate = asyncio.run(throughput_async(controller.address, args.jobs))
             latencies = asyncio.run(sequential(controller.address, args.sequential))
         finally:
             controller.stop()
@@ -163,6 +180,8 @@ def main() -> int:
     }
     ray = ray_side(args.jobs, args.sequential, args.sequential)
     report: dict[str, Any] = {"tensorfleet": ours, "ray": ray, "aims": AIMS}
+    if args.profile is not None:
+        report["profile"] = profiler.summary()
     if "skipped" not in ray:
         report["ratios"] = {
             "dispatch_vs_ray_async": round(ours["tasks_per_s_async"] / ray["tasks_per_s_async"], 3),

@@ -11,7 +11,9 @@ simulated without worker processes) are added by address. Reported:
 - controller CPU (average percent of one core, and seconds) and peak RSS/PSS.
 mDNS stays on 127.0.0.1 (the simulated agents do not advertise).
 
-Usage: python benchmarks/scale_sim.py [--jobs 1000] [--agents 50] [--seconds 0.5]
+With --profile DIR (py-spy), the controller is sampled while the queue drains.
+
+Usage: python benchmarks/scale_sim.py [--jobs 1000] [--agents 50] [--seconds 0.5] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
 
 import psutil  # noqa: E402
+from profiling import Profiler  # noqa: E402
 
 from helpers.agents import CLUSTER_TOKEN  # noqa: E402
 from helpers.controller import ControllerProcess  # noqa: E402
@@ -107,7 +110,7 @@ def histogram(metrics_url: str, name: str) -> dict[str, Any]:
     }
 
 
-def run(jobs: int, agents: int, seconds: float, slots: int) -> dict[str, Any]:
+def run(jobs: int, agents: int, seconds: float, slots: int, profile: Path | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tensorfleet-scale-") as tmp:
         root = Path(tmp)
         metrics_port = free_port()
@@ -139,15 +142,16 @@ def run(jobs: int, agents: int, seconds: float, slots: int) -> dict[str, Any]:
                 for _ in range(jobs):
                     client.submit(spec)
                 submit_s = time.monotonic() - t0
-                t0 = time.monotonic()
-                for address in addresses:
-                    client.add_agent(address)
-                while sum(a["state"] == "ONLINE" and a["paired"] for a in client.agents()) < agents:
-                    time.sleep(0.1)
-                online_s = time.monotonic() - t0
-                while client.jobs(("QUEUED", "RUNNING"), limit=1):
-                    time.sleep(0.25)
-                makespan = time.monotonic() - t0
+                with Profiler(profile, {"controller": controller.proc.pid}) as profiler:
+                    t0 = time.monotonic()
+                    for address in addresses:
+                        client.add_agent(address)
+                    while sum(a["state"] == "ONLINE" and a["paired"] for a in client.agents()) < agents:
+                        time.sleep(0.1)
+                    online_s = time.monotonic() - t0
+                    while client.jobs(("QUEUED", "RUNNING"), limit=1):
+                        time.sleep(0.25)
+                    makespan = time.monotonic() - t0
                 states: dict[str, int] = {}
                 for job in client.jobs(limit=jobs + 10):
                     states[job["state"]] = states.get(job["state"], 0) + 1
@@ -188,6 +192,7 @@ def run(jobs: int, agents: int, seconds: float, slots: int) -> dict[str, Any]:
         },
         "scheduler_pass": passes,
         "controller": controller_figures,
+        **({"profile": profiler.summary()} if profile is not None else {}),
     }
 
 
@@ -197,8 +202,10 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=0.5, help="simulated duration of each task")
     parser.add_argument("--slots", type=int, default=1, help="slots per simulated agent")
+    parser.add_argument("--profile", type=Path, help="sample the controller with py-spy; raw stacks go here")
     args = parser.parse_args()
-    print(json.dumps({"scale_simulation": run(args.jobs, args.agents, args.seconds, args.slots)}, indent=2))
+    report = run(args.jobs, args.agents, args.seconds, args.slots, args.profile)
+    print(json.dumps({"scale_simulation": report}, indent=2))
     return 0
 
 

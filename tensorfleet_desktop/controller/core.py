@@ -105,6 +105,8 @@ class Controller:
         self.max_replacements = max_replacements
         self.keep_checkpoints = keep_checkpoints
         self.jobs: dict[str, Job] = {}
+        self._open: dict[str, Job] = {}  # not finished: what the scheduler and fleet events look at
+        self._gauges_stale, self._gauges_at = False, 0.0
         self._seq_no = 0
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._subscribers: dict[str, set[asyncio.Queue[JobEventRecord]]] = {}
@@ -126,10 +128,11 @@ class Controller:
         self.datasets = await self.store.load_datasets()
         for job in await self.store.load_jobs():
             self.jobs[job.id] = job
+            if not job.state.terminal:
+                self._open[job.id] = job
             self._seq_no = max(self._seq_no, job.seq_no)
-        active = [j for j in self.jobs.values() if not j.state.terminal]
-        if active:
-            log.info("restored %d unfinished job(s) from %s", len(active), self.store.uri)
+        if self._open:
+            log.info("restored %d unfinished job(s) from %s", len(self._open), self.store.uri)
         self._update_gauges()
         self._loop_task = asyncio.create_task(self._schedule_loop(), name="scheduler")
 
@@ -320,6 +323,7 @@ class Controller:
             tasks=[] if spec.sweep else [JobTask(index=i) for i in range(spec.cv or spec.num_workers)],
         )
         self.jobs[job.id] = job
+        self._open[job.id] = job
         self.metrics.submissions.inc()
         log.info("job %s (%s) submitted by %s", job.id, job.name, job.submitter)
         self._job_changed(job, "submitted")
@@ -389,6 +393,7 @@ class Controller:
             job.tasks = []
             self._studies.pop(job.id, None)
         job.state, job.error, job.finished_at, job.queued_since = JobState.QUEUED, "", 0.0, time.time()
+        self._open[job.id] = job
         self._job_changed(job, "retried")
         self._wake.set()
         return job
@@ -459,18 +464,40 @@ class Controller:
                 self._check_timeouts_and_orphans()
                 self._schedule()
                 self.metrics.schedule_pass.observe(time.perf_counter() - started)
+                if self._gauges_stale and time.monotonic() - self._gauges_at >= _TICK:
+                    self._update_gauges()
             except Exception:
                 log.exception("scheduler pass failed")
 
     def _schedule(self) -> None:
-        for job in list(self.jobs.values()):
+        for job in list(self._open.values()):
             if job.mode == "sweep" and job.state in (JobState.QUEUED, JobState.RUNNING):
                 self._feed_sweep(job)
+        capacities = []
+        for record in self.fleet.agents.values():
+            if not record.schedulable or record.info is None:
+                continue
+            tel = record.telemetry
+            gpu_slots = len(record.info.gpus)
+            capacities.append(
+                Capacity(
+                    node_id=record.node_id,
+                    name=record.name,
+                    free_slots=record.slots_free,
+                    free_gpu_slots=max(0, gpu_slots - len(record.placed)) if gpu_slots else 0,
+                    gpu_free_memory=sum(g.memory_total_bytes - g.memory_used_bytes for g in tel.gpus) if tel else 0,
+                    load=tel.cpu_percent if tel else 0.0,
+                    labels=dict(record.info.labels),
+                    workloads=frozenset(record.info.workloads),
+                )
+            )
+        if not any(c.free_slots > 0 for c in capacities):
+            return  # nothing can be placed: spare the pass over the queue
         requests = []
-        for job in self.jobs.values():
+        now = time.time()
+        for job in self._open.values():
             if job.state not in (JobState.QUEUED, JobState.RUNNING):
                 continue
-            now = time.time()
             pending = tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING and t.retry_at <= now)
             if not pending:
                 continue
@@ -496,24 +523,6 @@ class Controller:
             )
         if not requests:
             return
-        capacities = []
-        for record in self.fleet.agents.values():
-            if not record.schedulable or record.info is None:
-                continue
-            tel = record.telemetry
-            gpu_slots = len(record.info.gpus)
-            capacities.append(
-                Capacity(
-                    node_id=record.node_id,
-                    name=record.name,
-                    free_slots=record.slots_free,
-                    free_gpu_slots=max(0, gpu_slots - len(record.placed)) if gpu_slots else 0,
-                    gpu_free_memory=sum(g.memory_total_bytes - g.memory_used_bytes for g in tel.gpus) if tel else 0,
-                    load=tel.cpu_percent if tel else 0.0,
-                    labels=dict(record.info.labels),
-                    workloads=frozenset(record.info.workloads),
-                )
-            )
         for placement in sorted(
             plan(requests, capacities, time.time(), self.gang_reserve_after), key=lambda p: (p.job_id, p.rank)
         ):
@@ -1031,7 +1040,7 @@ class Controller:
     def _check_timeouts_and_orphans(self) -> None:
         now = time.time()
         restarted_long_ago = time.monotonic() - self._started > _ORPHAN_GRACE
-        for job in list(self.jobs.values()):
+        for job in list(self._open.values()):
             if job.state is JobState.RUNNING:
                 limit = job.spec.get("timeout")
                 if limit and job.started_at and now - job.started_at > float(limit):
@@ -1057,6 +1066,7 @@ class Controller:
 
     def _finish(self, job: Job, state: JobState, error: str) -> None:
         job.state, job.error, job.finished_at = state, error, time.time()
+        self._open.pop(job.id, None)
         log.info("job %s %s%s", job.id, state.value, f": {error}" if error else "")
         self.metrics.job_ended(job.id)
         self._job_changed(job, state.value.lower())
@@ -1086,7 +1096,7 @@ class Controller:
     def _job_changed(self, job: Job, message: str) -> None:
         self._record(job, "job_state", {}, state=job.state.value, message=message or job.error)
         self.store.save_job(job)
-        self._update_gauges()
+        self._gauges_stale = True  # counted on the scheduler's next tick, not once per change
         for queue in list(self._job_listeners):
             queue.put_nowait(job)
 
@@ -1107,9 +1117,8 @@ class Controller:
             queue.put_nowait(record)
 
     def _update_gauges(self) -> None:
-        self.metrics.active_jobs.set(
-            sum(1 for j in self.jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING))
-        )
+        self._gauges_stale, self._gauges_at = False, time.monotonic()
+        self.metrics.active_jobs.set(sum(1 for j in self._open.values() if j.state is not JobState.PAUSED))
 
 
 def cv_summary(folds: list[dict[str, float]]) -> dict[str, float]:

@@ -331,9 +331,14 @@ def test_serve_runs_a_local_agent_and_shutdown_stops_both(
         assert client.wait(job["id"], timeout=90)["state"] == "SUCCEEDED"
     import urllib.request
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{controller.info['metrics_port']}/metrics").read().decode()
+    url = f"http://127.0.0.1:{controller.info['metrics_port']}/metrics"
+    # the job gauge is recounted on the scheduler's next tick (at most 0.5 s later)
+    text = wait_until(
+        lambda: (t := urllib.request.urlopen(url).read().decode()) and "tensorfleet_active_jobs 0.0" in t and t,
+        5,
+        "active jobs back to 0",
+    )
     assert "tensorfleet_job_submissions_total 1.0" in text and "tensorfleet_active_workers 1.0" in text
-    assert "tensorfleet_active_jobs 0.0" in text
     assert 'tensorfleet_training_accuracy{job_id="' not in text  # per-job series removed at the end
     assert controller.cli("shutdown").returncode == 0
     assert controller.proc is not None and controller.proc.wait(60) == 0
