@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -32,36 +33,61 @@ class Profiler:
         for proc in self.procs:
             proc.wait(60)
 
-    def summary(self, top: int = 12) -> dict[str, Any]:
-        """Per process kind: samples, and the functions most often on the stack (inclusive share)."""
+    def summary(self, top: int = 10) -> dict[str, Any]:
+        """Per process kind (controller, agent, worker): samples, the functions most often on the stack
+        below the entry chain (inclusive share), and for workers the packages their imports spent time in."""
         if self.out_dir is None:
             return {}
-        kinds: dict[str, dict[str, float]] = {}
         totals: dict[str, int] = {}
+        inclusive: dict[str, dict[str, int]] = {}
+        imports: dict[str, dict[str, int]] = {}
         for path in self.out_dir.glob("*.txt"):
             for line in path.read_text().splitlines():
                 stack, _, count_text = line.rpartition(" ")
-                if not stack:
-                    continue
                 frames = stack.split(";")
-                kind = process_kind(frames[0])
-                totals[kind] = totals.get(kind, 0) + int(count_text)
-                seen = set()
-                for frame in frames[1:]:
-                    function = frame.split(" (")[0]
-                    where = frame.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
-                    key = f"{function} ({where})"
+                processes = [f for f in frames if f.startswith("process ")]
+                if not processes:
+                    continue
+                kind, count = process_kind(processes[-1]), int(count_text)
+                totals[kind] = totals.get(kind, 0) + count
+                seen: set[str] = set()
+                for frame in frames:
+                    if frame.startswith("process ") or _ENTRY.search(frame):
+                        continue
+                    key = _short(frame)
                     if key not in seen:
                         seen.add(key)
-                        kinds.setdefault(kind, {})[key] = kinds.get(kind, {}).get(key, 0) + int(count_text)
+                        bucket = inclusive.setdefault(kind, {})
+                        bucket[key] = bucket.get(key, 0) + count
+                package = next((m.group(1) for f in frames if (m := _IMPORTED.search(f))), None)
+                if package is not None:
+                    bucket = imports.setdefault(kind, {})
+                    bucket[package] = bucket.get(package, 0) + count
         out: dict[str, Any] = {}
-        for kind, counts in kinds.items():
-            ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
-            out[kind] = {
-                "samples": totals[kind],
-                "top_inclusive_percent": {k: round(100 * v / totals[kind], 1) for k, v in ranked},
+        for kind, total in totals.items():
+            ranked = sorted(inclusive.get(kind, {}).items(), key=lambda kv: -kv[1])[:top]
+            entry: dict[str, Any] = {
+                "samples": total,
+                "top_inclusive_percent": {k: round(100 * v / total, 1) for k, v in ranked},
             }
+            if kind in imports:
+                ranked_imports = sorted(imports[kind].items(), key=lambda kv: -kv[1])[:top]
+                entry["importing_percent"] = {k: round(100 * v / total, 1) for k, v in ranked_imports}
+            out[kind] = entry
         return out
+
+
+_ENTRY = re.compile(
+    r"frozen runpy|frozen importlib|asyncio/(base_events|events|runners)\.py|threading\.py|__main__\.py"
+    r"|^(main|run|serve) \(tensorfleet_desktop/(cli|cli_commands)\.py"
+)
+_IMPORTED = re.compile(r"^<module> \(.*?site-packages/([A-Za-z0-9_]+)")
+
+
+def _short(frame: str) -> str:
+    """'fn (path/to/file.py:12)' -> 'fn (file.py)'."""
+    function, _, where = frame.partition(" (")
+    return f"{function} ({where.rsplit('/', 1)[-1].split(':')[0].rstrip(')')})"
 
 
 def process_kind(first_frame: str) -> str:

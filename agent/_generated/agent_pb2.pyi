@@ -391,6 +391,7 @@ class TaskSpec(_message.Message):
     DATASET_FIELD_NUMBER: _builtins.int
     DATASET_PARAMS_JSON_FIELD_NUMBER: _builtins.int
     PARTITION_FIELD_NUMBER: _builtins.int
+    SINGLE_TASK_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """caller-chosen, [A-Za-z0-9._-], unique per agent"""
     job_id: _builtins.str
@@ -414,6 +415,8 @@ class TaskSpec(_message.Message):
     """JSON object: parameters of a synthetic dataset (n_samples, ...)"""
     partition: _builtins.str
     """"" (whole job) | "cv" (fold rank of world_size) | "gang" (a rank)"""
+    single_task: _builtins.bool
+    """the job's only task: no later task of it could reuse its worker"""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobRef]:
         """blobs that must be in the agent's cache (PutBlob)"""
@@ -445,10 +448,11 @@ class TaskSpec(_message.Message):
         dataset: _builtins.str = ...,
         dataset_params_json: _builtins.str = ...,
         partition: _builtins.str = ...,
+        single_task: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rendezvous", b"rendezvous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpus", b"gpus", "inputs", b"inputs", "job_id", b"job_id", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpus", b"gpus", "inputs", b"inputs", "job_id", b"job_id", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

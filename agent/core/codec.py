@@ -83,4 +83,5 @@ def spec_from_dict(body: dict[str, Any]) -> TaskSpec:
         dataset=str(body.get("dataset", "")),
         dataset_params=dict(body.get("dataset_params", {})),
         partition=str(body.get("partition", "")),
+        single_task=bool(body.get("single_task", False)),
     )

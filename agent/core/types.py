@@ -66,6 +66,7 @@ class TaskSpec:
     dataset: str = ""
     dataset_params: dict[str, Any] = field(default_factory=dict)
     partition: str = ""  # "" | "cv": this task is fold `rank` of `world_size` | "gang": a rank of a gang
+    single_task: bool = False  # the job has no other task: its worker is not kept warm for one
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         dataset=spec.dataset,
         dataset_params_json=json.dumps(spec.dataset_params, separators=(",", ":")) if spec.dataset_params else "",
         partition=spec.partition,
+        single_task=spec.single_task,
     )
     if spec.rendezvous is not None:
         msg.rendezvous.CopyFrom(
@@ -94,6 +95,7 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         dataset=msg.dataset,
         dataset_params=parse_params_json(msg.dataset_params_json, "spec.dataset_params_json"),
         partition=msg.partition,
+        single_task=msg.single_task,
         rendezvous=(
             Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
         ),

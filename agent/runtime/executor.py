@@ -468,7 +468,7 @@ class Executor:
 
     def _park(self, running: _Running, worker: WorkerProcess) -> None:
         """Keep a finished task's worker for the job's next task (built-in workloads only)."""
-        if running.spec.env:
+        if running.spec.env or running.spec.single_task:
             self._spawn(worker.close())
             return
         self._warm.setdefault(self._pool_key(running), []).append((worker, time.monotonic()))

@@ -628,6 +628,7 @@ class Controller:
             dataset=str(spec.get("dataset", "")),
             dataset_params=dict(spec.get("dataset_params") or {}),
             partition={"cv": "cv", "gang": "gang", "shards": "shard"}.get(job.mode, ""),
+            single_task=job.mode == "",
             rendezvous=Rendezvous(**job.rendezvous) if job.mode == "gang" and job.rendezvous else None,
         )
 
