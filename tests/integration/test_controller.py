@@ -582,45 +582,6 @@ def test_two_rank_ddp_across_two_agents(cluster: tuple[ControllerProcess, list[A
     assert kinds == ["model", "model_config"]  # saved once, by rank 0
 
 
-def test_gang_resumes_from_its_checkpoint_after_an_agent_dies(
-    cluster: tuple[ControllerProcess, list[AgentProcess]], agent_factory: type[AgentProcess], tmp_path: Path
-) -> None:
-    controller, agents = cluster
-    spare = agent_factory(tmp_path / "agent-spare", name="agent-spare", cpu_slots=1).start()
-    with Client(controller.address) as client:
-        wait_until(lambda: sum(a["paired"] and a["state"] == "ONLINE" for a in client.agents()) == 3, 20, "3 agents")
-        job = client.submit(
-            {
-                "algorithm": "torch_mlp",
-                "dataset": "digits",
-                "num_workers": 2,
-                "max_retries": 0,
-                "hyperparameters": {"epochs": 24, "checkpoint_every": 1, "batch_size": 32},
-            }
-        )
-        running = wait_until(
-            lambda: (
-                (j := client.job(job["id"]))
-                and any(a["kind"] == "checkpoint" and a["step"] >= 2 for a in j["artifacts"])
-                and j
-            ),
-            120,
-            "a checkpoint",
-        )
-        victim_id = running["task_list"][1]["node_id"]
-        next(a for a in [*agents, spare] if a.info["node_id"] == victim_id).kill()
-        final = client.wait(job["id"], timeout=300)
-        assert final["state"] == "SUCCEEDED", final
-        assert [t["attempt"] for t in final["task_list"]] == [2, 2]
-        assert len([a for a in final["artifacts"] if a["kind"] == "checkpoint"]) == 3  # --keep-checkpoints default
-        logs = [r["line"] for r in client.logs(job["id"])]
-        resumed = [line for line in logs if line.startswith("resumed from checkpoint of epoch")]
-        assert resumed, logs[-20:]
-        rows = client.metrics(job["id"], ("epoch",))
-        second = [p["value"] for p in rows if p["agent_task_id"].endswith("-a2")]
-        assert second[0] > 1 and second[-1] == 24  # the second attempt went on from the checkpoint
-
-
 def test_pausing_a_gang_checkpoints_mid_epoch_and_resume_continues_from_there(
     cluster: tuple[ControllerProcess, list[AgentProcess]],
 ) -> None:
