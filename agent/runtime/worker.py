@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,6 +69,14 @@ class _LogStream(io.TextIOBase):
 def _resolve(entry: str) -> Any:
     module, _, func = entry.partition(":")
     return getattr(importlib.import_module(module), func)
+
+
+def _preload(modules: list[str]) -> None:
+    """Import in the background: a task handed to this spare starts at once instead of waiting for all
+    of it (a noop needs none of it; a task that needs a module still loading waits on that module only)."""
+    for module in modules:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
 
 
 def _disk_full_note(exc: BaseException, task_dir: Path) -> str:
@@ -145,9 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             if command.get("op") == "run":
                 _run_one(command, channel)
             elif command.get("op") == "preload":  # a spare worker: import ahead, while nobody waits
-                for module in command.get("modules", []):
-                    with contextlib.suppress(Exception):
-                        importlib.import_module(str(module))
+                modules = [str(m) for m in command.get("modules", [])]
+                threading.Thread(target=_preload, args=(modules,), name="preload", daemon=True).start()
     return 0
 
 
