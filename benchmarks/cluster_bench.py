@@ -40,7 +40,7 @@ from profiling import Profiler, process_kind  # noqa: E402
 from helpers.agents import AgentProcess  # noqa: E402
 from helpers.controller import ControllerProcess  # noqa: E402
 from helpers.servers import free_port  # noqa: E402
-from tensorfleet_desktop.client import TERMINAL, AsyncClient, Client  # noqa: E402
+from tensorfleet_desktop.client import AsyncClient, Client  # noqa: E402
 
 NOOP = {"algorithm": "noop"}
 AIMS = {"dispatch_vs_ray_async": 3.0, "p50_latency_vs_ray": 0.5, "cold_start_vs_ray": 0.3, "idle_memory_vs_ray": 0.35}
@@ -56,11 +56,7 @@ async def throughput_async(address: str, n: int) -> float:
 
         t0 = time.perf_counter()
         ids = set(await asyncio.gather(*(one() for _ in range(n))))
-        while True:
-            jobs = [j for j in await client.jobs(limit=n + 100) if j["id"] in ids]
-            if len(jobs) == n and all(j["state"] in TERMINAL for j in jobs):
-                break
-            await asyncio.sleep(0.05)
+        jobs = await asyncio.gather(*(client.wait(job_id) for job_id in ids))  # each a WatchJob stream
         elapsed = time.perf_counter() - t0
         failed = [j for j in jobs if j["state"] != "SUCCEEDED"]
         assert not failed, failed[:3]
