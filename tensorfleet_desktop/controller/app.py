@@ -167,18 +167,17 @@ class ControllerApp:
         self.fleet.subscribe(self._agents_changed)
         self._targets.update(self.fleet.agents.values())
         log.info("controller serving ControllerService on %s (store %s)", self.address, self.store.uri)
-        if cfg.ready_file is not None:
-            cfg.ready_file.write_text(
-                json.dumps(
-                    {
-                        "pid": os.getpid(),
-                        "address": self.address,
-                        "port": self.port,
-                        "metrics_port": self.metrics_port,
-                        "local_agent_id": self.local_agent_id,
-                    }
-                )
-            )
+        if cfg.ready_file is not None:  # written whole, then renamed: a reader never sees half of it
+            body = {
+                "pid": os.getpid(),
+                "address": self.address,
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "local_agent_id": self.local_agent_id,
+            }
+            tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
+            tmp.write_text(json.dumps(body))
+            os.replace(tmp, cfg.ready_file)
 
     def _agents_changed(self, kind: str, _record: AgentRecord) -> None:
         """Keep the Prometheus targets in step with agent states (telemetry ticks change none)."""

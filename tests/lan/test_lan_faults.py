@@ -72,7 +72,7 @@ def test_agent_killed_mid_sweep_then_restarted_with_its_identity(
             "dataset": "digits",
             "max_retries": 0,
             "sweep": {
-                "params": {"n_estimators": "int:150:300", "max_depth": "int:8:16"},
+                "params": {"n_estimators": "int:80:160", "max_depth": "int:8:16"},
                 "search": "random",
                 "trials": 9,
             },
@@ -123,7 +123,7 @@ def test_gang_replaced_from_its_checkpoint_when_a_rank_agent_dies(
             "dataset": "digits",
             "num_workers": 2,
             "max_retries": 0,
-            "hyperparameters": {"epochs": 16, "checkpoint_every": 1, "batch_size": 32},
+            "hyperparameters": {"epochs": 12, "checkpoint_every": 1, "batch_size": 32},
         }
     )
     running = wait_until(
@@ -148,7 +148,7 @@ def test_gang_replaced_from_its_checkpoint_when_a_rank_agent_dies(
     resumed = [r["line"] for r in client.logs(job["id"]) if r["line"].startswith("resumed from checkpoint of epoch")]
     assert resumed
     epochs = [p["value"] for p in client.metrics(job["id"], ["epoch"]) if p["agent_task_id"].endswith("-a2")]
-    assert epochs[0] > 1 and epochs[-1] == 16  # the second attempt went on from the checkpoint
+    assert epochs[0] > 1 and epochs[-1] == 12  # the second attempt went on from the checkpoint
     rerun = first_event_after(events, killed_at, kind="task_state", state="RUNNING", task_index=0)
     lan_cluster.agents[victim].start()
     lan_cluster.wait_online(3)
@@ -299,7 +299,7 @@ def test_disk_full_while_checkpointing_fails_clearly_and_moves(
             "algorithm": "torch_mlp",
             "dataset": "digits",
             "max_retries": 2,
-            "hyperparameters": {"epochs": 60, "checkpoint_every": 1, "batch_size": 32},
+            "hyperparameters": {"epochs": 30, "checkpoint_every": 1, "batch_size": 32},
             "constraints": {"on": ["agent-h4", "agent-h1"]},
         }
     )
