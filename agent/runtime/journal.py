@@ -229,17 +229,10 @@ class Journal:
         done: list[tuple[TaskLog, int]] = []
         for task_id, unwritten in list(self._unwritten.items()):
             try:
-                fh = self._write(unwritten)
+                fh = self._write_making_room(unwritten)
             except OSError as exc:
-                if exc.errno in _NO_SPACE and self._release_reserve(len(unwritten.data)):
-                    try:
-                        fh = self._write(unwritten)
-                    except OSError as again:
-                        self._write_failed(task_id, again)
-                        continue
-                else:
-                    self._write_failed(task_id, exc)
-                    continue
+                self._write_failed(task_id, exc)
+                continue
             del self._unwritten[task_id]
             done.append((unwritten.entry, unwritten.seq))
             if task_id in self._write_errors:
@@ -252,6 +245,15 @@ class Journal:
             self._make_reserve()
         if self._loop is not None and done:
             self._loop.call_soon_threadsafe(self._committed, done)
+
+    def _write_making_room(self, unwritten: _Unwritten) -> IO[bytes]:
+        """Write; on a full disk give back some of the reserve and try once more."""
+        try:
+            return self._write(unwritten)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE or not self._release_reserve(len(unwritten.data)):
+                raise
+        return self._write(unwritten)
 
     def _write(self, unwritten: _Unwritten) -> IO[bytes]:
         task_id, pending = unwritten.entry.task_id, unwritten.data

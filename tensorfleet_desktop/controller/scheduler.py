@@ -99,7 +99,7 @@ def plan(requests: list[Request], capacities: list[Capacity], now: float, reserv
             for p in chosen:
                 _take(request, caps[p.node_id])
             out.extend(chosen)
-            free = sum(max(0, c.free_slots) for c in caps.values())
+            free -= len(chosen) * max(1, request.gpus)
         elif request.gang and now - request.waiting_since >= reserve_after:
             # Reserve: nobody behind this gang may use the slots it could use.
             for c in candidates:

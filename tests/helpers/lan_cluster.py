@@ -22,6 +22,7 @@ from typing import Any
 
 from helpers.history import check_history
 from helpers.lan import Host, Lan, python
+from helpers.processes import wait_for_ready_file
 
 AGENT_PORT = 50051
 CONTROLLER_PORT = 50050
@@ -57,15 +58,7 @@ class LanProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> LanProcess:
         assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while not self.ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"{self.name} not ready in {timeout}s:\n{self.tail()}")
-            time.sleep(0.02)
-        self.info = json.loads(self.ready.read_text())
+        self.info = wait_for_ready_file(self.proc, self.ready, self.log, timeout, self.name, self.kill)
         return self
 
     def start(self, timeout: float = 60.0) -> LanProcess:
@@ -239,17 +232,17 @@ class LanCluster:
         """The job's stored events, checked whole against the agents' journals (see history.check_history)."""
         return check_history(self.client, job_id, self.data_dirs.values())
 
-    def data_dir(self, host_name: str) -> Path:
-        return self.data_dirs[host_name]
-
     def host_of(self, node_id: str) -> str:
         for name, agent in self.agents.items():
             if agent.info.get("node_id") == node_id:
                 return name
         raise KeyError(node_id)
 
+    def processes(self) -> list[LanProcess]:
+        return [*self.agents.values(), *([self.controller] if self.controller else [])]
+
     def logs(self) -> dict[str, str]:
-        out = {p.name: p.tail() for p in [*self.agents.values(), *([self.controller] if self.controller else [])]}
+        out = {p.name: p.tail() for p in self.processes()}
         driver = self.tmp / "driver.log"
         if driver.exists():
             out["driver"] = driver.read_text(errors="replace")[-5000:]
@@ -259,7 +252,7 @@ class LanCluster:
         if self._client is not None:
             self._client.close()
             self._client = None
-        everything = [*self.agents.values(), *([self.controller] if self.controller else [])]
+        everything = self.processes()
         for proc in everything:
             if proc.running:
                 proc.terminate()
@@ -282,15 +275,11 @@ def small_tmpfs(path: Path, size: str) -> Any:
 
 
 def fill_disk(path: Path) -> Path:
-    """Write a filler file until the filesystem at `path` has no space left."""
+    """Write a filler file until the filesystem at `path` has no space left (1 MiB at a time, then 4 KiB)."""
     filler = path / "filler.bin"
-    chunk = b"\0" * (1 << 20)
-    with contextlib.suppress(OSError), filler.open("wb") as fh:
-        while True:
-            fh.write(chunk)
-            fh.flush()
-    with contextlib.suppress(OSError), filler.open("ab") as fh:  # the last partial chunk
-        while True:
-            fh.write(b"\0" * 4096)
-            fh.flush()
+    with filler.open("wb", buffering=0) as fh:  # unbuffered: nothing left to fail at close
+        for chunk in (b"\0" * (1 << 20), b"\0" * 4096):
+            with contextlib.suppress(OSError):
+                while fh.write(chunk):
+                    pass
     return filler

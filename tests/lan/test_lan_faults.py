@@ -52,9 +52,14 @@ def _agent_state(cluster: LanCluster, host: str, state: str, timeout: float) -> 
     return found
 
 
+def _wall(job: dict[str, Any]) -> float:
+    """Seconds from submit to the job's end."""
+    return float(job["finished_at"] - job["created_at"])
+
+
 def _journal_end(cluster: LanCluster, host: str, attempt: str) -> dict[str, Any] | None:
     """The last event an agent wrote to an attempt's journal, if that is its end (`finished`)."""
-    path = cluster.data_dir(host) / "tasks" / attempt / "events.jsonl"
+    path = cluster.data_dirs[host] / "tasks" / attempt / "events.jsonl"
     if not path.exists():
         return None
     lines = path.read_text().splitlines()
@@ -107,7 +112,7 @@ def test_agent_killed_mid_sweep_then_restarted_with_its_identity(
         lost_detection_s=detection,
         recovery_to_rerun_s=rerun["time"] - killed_at,
         restart_to_online_s=back["state_since"] - restarted_at,
-        sweep_wall_s=final["finished_at"] - final["created_at"],
+        sweep_wall_s=_wall(final),
     )
 
 
@@ -155,7 +160,7 @@ def test_gang_replaced_from_its_checkpoint_when_a_rank_agent_dies(
     fault_figures(
         lost_detection_s=lost["state_since"] - killed_at,
         recovery_to_gang_running_s=rerun["time"] - killed_at,
-        job_wall_s=final["finished_at"] - final["created_at"],
+        job_wall_s=_wall(final),
     )
 
 
@@ -238,8 +243,8 @@ def test_slow_and_lossy_links_still_finish_jobs(lan_cluster: LanCluster, lan: La
     assert agent["state"] == "ONLINE"
     fault_figures(
         dataset_bytes=dataset["size"],
-        clean_job_s=clean["finished_at"] - clean["created_at"],
-        slow_lossy_job_s=faulty["finished_at"] - faulty["created_at"],
+        clean_job_s=_wall(clean),
+        slow_lossy_job_s=_wall(faulty),
     )
 
 
@@ -323,9 +328,7 @@ def test_disk_full_while_checkpointing_fails_clearly_and_moves(
     assert lan_cluster.agents["h4"].running  # the agent itself never fell over
     filler.unlink()
     wait_until(lambda: "disk full" not in lan_cluster.agent_record("h4")["error"], 10, "disk no longer full")
-    fault_figures(
-        failed_after_fill_s=failed_event["time"] - filled_at, job_wall_s=final["finished_at"] - final["created_at"]
-    )
+    fault_figures(failed_after_fill_s=failed_event["time"] - filled_at, job_wall_s=_wall(final))
 
 
 def test_controller_killed_and_restarted_mid_job(lan_cluster: LanCluster, fault_figures: Figures) -> None:
