@@ -392,6 +392,11 @@ class TaskSpec(_message.Message):
     DATASET_PARAMS_JSON_FIELD_NUMBER: _builtins.int
     PARTITION_FIELD_NUMBER: _builtins.int
     SINGLE_TASK_FIELD_NUMBER: _builtins.int
+    LOCAL_RANK_FIELD_NUMBER: _builtins.int
+    LOCAL_WORLD_SIZE_FIELD_NUMBER: _builtins.int
+    GROUP_RANK_FIELD_NUMBER: _builtins.int
+    GROUP_WORLD_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """caller-chosen, [A-Za-z0-9._-], unique per agent"""
     job_id: _builtins.str
@@ -417,6 +422,20 @@ class TaskSpec(_message.Message):
     """"" (whole job) | "cv" (fold rank of world_size) | "gang" (a rank)"""
     single_task: _builtins.bool
     """the job's only task: no later task of it could reuse its worker"""
+    local_rank: _builtins.int
+    """Where this rank sits in its gang, numbered as torchrun numbers them (LOCAL_RANK, GROUP_RANK, ...); the
+    controller computes them from the gang's whole placement. local_world_size 0 means not set: the rank is
+    alone on its agent (local_rank 0, group_rank = rank, group_world_size = world_size).
+    index among the job's ranks on this agent, in rank order
+    """
+    local_world_size: _builtins.int
+    """how many of the job's ranks run on this agent"""
+    group_rank: _builtins.int
+    """index of this agent among the job's agents, ordered by their lowest rank"""
+    group_world_size: _builtins.int
+    """how many agents the job's ranks run on"""
+    max_restarts: _builtins.int
+    """retries the job allows after a failure (TORCHELASTIC_MAX_RESTARTS)"""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobRef]:
         """blobs that must be in the agent's cache (PutBlob)"""
@@ -449,10 +468,15 @@ class TaskSpec(_message.Message):
         dataset_params_json: _builtins.str = ...,
         partition: _builtins.str = ...,
         single_task: _builtins.bool = ...,
+        local_rank: _builtins.int = ...,
+        local_world_size: _builtins.int = ...,
+        group_rank: _builtins.int = ...,
+        group_world_size: _builtins.int = ...,
+        max_restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rendezvous", b"rendezvous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpus", b"gpus", "inputs", b"inputs", "job_id", b"job_id", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpus", b"gpus", "group_rank", b"group_rank", "group_world_size", b"group_world_size", "inputs", b"inputs", "job_id", b"job_id", "local_rank", b"local_rank", "local_world_size", b"local_world_size", "max_restarts", b"max_restarts", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

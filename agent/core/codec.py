@@ -84,4 +84,9 @@ def spec_from_dict(body: dict[str, Any]) -> TaskSpec:
         dataset_params=dict(body.get("dataset_params", {})),
         partition=str(body.get("partition", "")),
         single_task=bool(body.get("single_task", False)),
+        local_rank=int(body.get("local_rank", 0)),
+        local_world_size=int(body.get("local_world_size", 0)),
+        group_rank=int(body.get("group_rank", 0)),
+        group_world_size=int(body.get("group_world_size", 0)),
+        max_restarts=int(body.get("max_restarts", 0)),
     )

@@ -105,6 +105,9 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ValidationError("spec.memory_limit_bytes", f"must be >= 0, got {spec.memory_limit_bytes}")
     if spec.attempt < 0:
         raise ValidationError("spec.attempt", f"must be >= 0, got {spec.attempt}")
+    if spec.max_restarts < 0:
+        raise ValidationError("spec.max_restarts", f"must be >= 0, got {spec.max_restarts}")
+    _check_layout(spec, world)
     _check_inputs(spec)
     _check_env(spec.env)
     if spec.partition not in ("", "cv", "gang", "shard"):
@@ -124,6 +127,28 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
                 "spec.rendezvous.master_port", f"must be a port number, got {spec.rendezvous.master_port}"
             )
     return dataclasses.replace(spec, params=params, world_size=world, dataset_params=dataset_params)
+
+
+def _check_layout(spec: TaskSpec, world: int) -> None:
+    """torchrun's numbers must describe a possible placement, or scripts would index devices that are not there."""
+    if spec.local_world_size == 0 and spec.local_rank == spec.group_rank == spec.group_world_size == 0:
+        return  # not set: alone on the agent
+    if not 1 <= spec.local_world_size <= world:
+        raise ValidationError(
+            "spec.local_world_size", f"must be in [1, world_size={world}], got {spec.local_world_size}"
+        )
+    if not 0 <= spec.local_rank < spec.local_world_size:
+        raise ValidationError(
+            "spec.local_rank", f"must be in [0, local_world_size={spec.local_world_size}), got {spec.local_rank}"
+        )
+    if not 1 <= spec.group_world_size <= world:
+        raise ValidationError(
+            "spec.group_world_size", f"must be in [1, world_size={world}], got {spec.group_world_size}"
+        )
+    if not 0 <= spec.group_rank < spec.group_world_size:
+        raise ValidationError(
+            "spec.group_rank", f"must be in [0, group_world_size={spec.group_world_size}), got {spec.group_rank}"
+        )
 
 
 def _check_script(spec: TaskSpec, params: dict[str, Any]) -> None:

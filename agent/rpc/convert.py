@@ -69,6 +69,11 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         dataset_params_json=json.dumps(spec.dataset_params, separators=(",", ":")) if spec.dataset_params else "",
         partition=spec.partition,
         single_task=spec.single_task,
+        local_rank=spec.local_rank,
+        local_world_size=spec.local_world_size,
+        group_rank=spec.group_rank,
+        group_world_size=spec.group_world_size,
+        max_restarts=spec.max_restarts,
     )
     if spec.rendezvous is not None:
         msg.rendezvous.CopyFrom(
@@ -96,6 +101,11 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         dataset_params=parse_params_json(msg.dataset_params_json, "spec.dataset_params_json"),
         partition=msg.partition,
         single_task=msg.single_task,
+        local_rank=msg.local_rank,
+        local_world_size=msg.local_world_size,
+        group_rank=msg.group_rank,
+        group_world_size=msg.group_world_size,
+        max_restarts=msg.max_restarts,
         rendezvous=(
             Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
         ),

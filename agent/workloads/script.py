@@ -1,6 +1,7 @@
 """The `script` workload: a user's Python file, run as __main__ with the task runtime available.
 
-RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are set for multi-rank scripts, as torchrun would.
+Every variable torchrun sets (RANK, LOCAL_RANK, GROUP_RANK, MASTER_ADDR, TORCHELASTIC_RUN_ID, ...) is set as
+torchrun would set it (see torchrun.py), so `init_process_group(init_method="env://")` works unchanged.
 The executor never reuses a script's worker, so every script starts in a fresh process.
 """
 
@@ -12,6 +13,7 @@ import sys
 from typing import Any
 
 from tensorfleet_agent import task
+from tensorfleet_agent.workloads.torchrun import torchrun_env
 
 
 def missing_requirements(requirements: list[str]) -> list[str]:
@@ -40,11 +42,7 @@ def missing_requirements(requirements: list[str]) -> list[str]:
 def run(params: dict[str, Any]) -> None:
     spec = task.spec()
     path = task.input_path(str(params["script"]))
-    rank, world = task.rank(), task.world_size()
-    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": "0"})
-    rdv = spec.get("rendezvous") or {}
-    if rdv:
-        os.environ.update({"MASTER_ADDR": str(rdv["master_addr"]), "MASTER_PORT": str(rdv["master_port"])})
+    os.environ.update(torchrun_env(spec))
     sys.argv = [str(path), *params["args"]]
     sys.path.insert(0, str(path.parent))
     try:

@@ -22,6 +22,7 @@ from typing import Any
 
 from tensorfleet_agent import task
 from tensorfleet_agent.workloads.datasets import load
+from tensorfleet_agent.workloads.torchrun import torchrun_env
 
 
 def _interface_towards(address: str) -> str | None:
@@ -70,6 +71,7 @@ def _train(kind: str, params: dict[str, Any]) -> None:
 
     spec = task.spec()
     rank, world = task.rank(), task.world_size()
+    os.environ.update(torchrun_env(spec))  # what torch's own helpers read (LOCAL_RANK, ...), as under torchrun
     torch.manual_seed(int(params["seed"]))
     np.random.seed(int(params["seed"]))
     gpu = torch.cuda.is_available()

@@ -63,7 +63,7 @@ from tensorfleet_desktop.controller.model import (
 )
 from tensorfleet_desktop.controller.registry import Registry
 from tensorfleet_desktop.controller.retention import referenced, trim_checkpoints
-from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
+from tensorfleet_desktop.controller.scheduler import Capacity, RankLayout, Request, plan, rank_layout
 from tensorfleet_desktop.controller.sweep import Study, parse_sweep
 from tensorfleet_desktop.store.base import JobStore
 from tensorfleet_desktop.store.blobs import BlobStore
@@ -523,9 +523,15 @@ class Controller:
             )
         if not requests:
             return
-        for placement in sorted(
+        placements = sorted(
             plan(requests, capacities, time.time(), self.gang_reserve_after), key=lambda p: (p.job_id, p.rank)
-        ):
+        )
+        gangs: dict[str, dict[int, str]] = {}  # a gang is placed whole, so its layout is known here
+        for p in placements:
+            if self.jobs[p.job_id].mode == "gang":
+                gangs.setdefault(p.job_id, {})[p.rank] = p.node_id
+        layouts = {job_id: rank_layout(nodes) for job_id, nodes in gangs.items()}
+        for placement in placements:
             job = self.jobs[placement.job_id]
             record = self.fleet.agents[placement.node_id]
             if job.mode == "gang" and placement.rank == 0:
@@ -534,7 +540,8 @@ class Controller:
                     "master_addr": record.address.rpartition(":")[0].strip("[]"),
                     "master_port": secrets.randbelow(30_000) + 20_000,
                 }
-            self._dispatch(job, job.tasks[placement.rank], record)
+            layout = layouts.get(job.id, {}).get(placement.rank)
+            self._dispatch(job, job.tasks[placement.rank], record, layout)
 
     # ---- sweeps
 
@@ -599,7 +606,7 @@ class Controller:
         self._succeed(job)
         self._studies.pop(job.id, None)
 
-    def _dispatch(self, job: Job, task: JobTask, record: AgentRecord) -> None:
+    def _dispatch(self, job: Job, task: JobTask, record: AgentRecord, layout: RankLayout | None = None) -> None:
         task.attempt += 1
         task.agent_task_id = f"{job.id}-r{task.index}-a{task.attempt}"
         task.node_id, task.cursor, task.progress = record.node_id, 0, 0.0
@@ -612,10 +619,11 @@ class Controller:
             job.started_at = job.started_at or time.time()
             self._job_changed(job, "started")
         self._task_event(job, task, f"placed on {record.name}")
-        self._spawn(self._run_attempt(job, task, record, task.agent_task_id))
+        self._spawn(self._run_attempt(job, task, record, task.agent_task_id, layout))
 
-    def _task_spec(self, job: Job, task: JobTask) -> TaskSpec:
+    def _task_spec(self, job: Job, task: JobTask, layout: RankLayout | None = None) -> TaskSpec:
         spec = job.spec
+        local = layout or RankLayout(0, 0, 0, 0)  # local_world_size 0: alone on its agent
         return TaskSpec(
             task_id=task.agent_task_id,
             job_id=job.id,
@@ -630,14 +638,21 @@ class Controller:
             partition={"cv": "cv", "gang": "gang", "shards": "shard"}.get(job.mode, ""),
             single_task=job.mode == "",
             rendezvous=Rendezvous(**job.rendezvous) if job.mode == "gang" and job.rendezvous else None,
+            local_rank=local.local_rank,
+            local_world_size=local.local_world_size,
+            group_rank=local.group_rank,
+            group_world_size=local.group_world_size,
+            max_restarts=int(spec.get("max_retries", 2)),
         )
 
-    async def _run_attempt(self, job: Job, task: JobTask, record: AgentRecord, attempt: str) -> None:
+    async def _run_attempt(
+        self, job: Job, task: JobTask, record: AgentRecord, attempt: str, layout: RankLayout | None = None
+    ) -> None:
         client = record.client
         try:
             if client is None:
                 raise ConnectionError("agent has no connection")
-            spec = await self._with_checkpoint(job, task, self._task_spec(job, task), client)
+            spec = await self._with_checkpoint(job, task, self._task_spec(job, task, layout), client)
             spec = await self._with_script(job, spec, client)
             spec = await self._with_dataset(spec, client)
             await client.run_task(spec, timeout=15)

@@ -107,3 +107,27 @@ def plan(requests: list[Request], capacities: list[Capacity], now: float, reserv
                 caps[c.node_id].free_gpu_slots = 0
             free = sum(max(0, c.free_slots) for c in caps.values())
     return out
+
+
+@dataclass(frozen=True)
+class RankLayout:
+    """Where a rank sits in its gang, as torchrun numbers it (LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, ...)."""
+
+    local_rank: int
+    local_world_size: int
+    group_rank: int
+    group_world_size: int
+
+
+def rank_layout(nodes: dict[int, str]) -> dict[int, RankLayout]:
+    """From rank -> agent: the ranks on one agent form a group, numbered in rank order; groups are numbered by
+    their lowest rank, so rank 0 is always local rank 0 of group 0, as with torchrun."""
+    groups: dict[str, list[int]] = {}
+    for rank in sorted(nodes):
+        groups.setdefault(nodes[rank], []).append(rank)
+    ordered = sorted(groups.values(), key=lambda ranks: ranks[0])
+    return {
+        rank: RankLayout(local, len(ranks), group, len(ordered))
+        for group, ranks in enumerate(ordered)
+        for local, rank in enumerate(ranks)
+    }
