@@ -20,7 +20,7 @@ from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser
 from tensorfleet_agent.discovery.interfaces import advertised_addresses
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.metrics import AgentMetrics
-from tensorfleet_agent.rpc.server import create_server, is_loopback, tls_server_credentials
+from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
 from tensorfleet_agent.rpc.service import AgentServicer
 from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig
@@ -28,6 +28,7 @@ from tensorfleet_agent.runtime.gpus import Gpus
 from tensorfleet_agent.runtime.slots import SlotPool
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler, disk_free, machine_facts
 from tensorfleet_agent.security.authority import Authority, add_join_token, new_join_token
+from tensorfleet_agent.security.interceptor import SERVICE as AGENT_SERVICE
 from tensorfleet_agent.security.interceptor import AuthInterceptor
 from tensorfleet_agent.security.secrets import cluster_id_of, register
 from tensorfleet_agent.workloads.registry import available_workloads
@@ -116,12 +117,13 @@ class AgentDaemon:
         servicer = AgentServicer(
             self.executor, self.blobs, self.sampler, self.node_info, self.authority, cfg.allow_scripts
         )
+        self.health = Health([AGENT_SERVICE])
         if self.authority is None:
-            self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
+            self._server, self.port = create_server([servicer.register], cfg.host, cfg.port, health=self.health)
         else:
             credentials = tls_server_credentials(self.identity.key_pem, self.identity.cert_pem)
             self._server, self.port = create_server(
-                [servicer.register], cfg.host, cfg.port, credentials, [AuthInterceptor(self.authority)]
+                [servicer.register], cfg.host, cfg.port, credentials, [AuthInterceptor(self.authority)], self.health
             )
         await self._server.start()
         if cfg.metrics_port is not None:
@@ -226,6 +228,7 @@ class AgentDaemon:
         """Graceful stop: refuse new work, drain, say goodbye on mDNS, close the server."""
         if not self._started.is_set():
             return
+        await self.health.not_serving()  # probes and load balancers see it before the drain ends
         if drain:
             await self.executor.drain(self.config.drain_timeout)
         if self._advertiser is not None:

@@ -1,4 +1,8 @@
-"""Prometheus metrics of one agent (served on --metrics-port)."""
+"""Prometheus metrics of one agent (served on --metrics-port).
+
+Names follow the Prometheus conventions that `promtool check metrics` enforces: counters end in _total
+(prometheus_client appends it), gauges never do, values are in base units named as a suffix (_bytes, _seconds,
+_celsius, and 0-1 _ratio rather than percent)."""
 
 from __future__ import annotations
 
@@ -19,23 +23,25 @@ class HardwareCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         t = self.sample()
-        yield GaugeMetricFamily("tensorfleet_agent_cpu_percent", "CPU utilization of the machine", value=t.cpu_percent)
+        yield GaugeMetricFamily(
+            "tensorfleet_agent_cpu_utilization_ratio", "CPU utilization of the machine (0-1)", value=t.cpu_percent / 100
+        )
         yield GaugeMetricFamily("tensorfleet_agent_memory_used_bytes", "Memory in use", value=t.memory_used_bytes)
         yield GaugeMetricFamily("tensorfleet_agent_memory_total_bytes", "Memory installed", value=t.memory_total_bytes)
         yield GaugeMetricFamily(
             "tensorfleet_agent_disk_free_bytes", "Free disk in the data dir", value=t.disk_free_bytes
         )
-        per_gpu = {
-            "utilization_percent": "GPU utilization",
-            "memory_used_bytes": "GPU memory in use",
-            "memory_total_bytes": "GPU memory",
-            "temperature_celsius": "GPU temperature",
-            "power_watts": "GPU power draw",
+        per_gpu = {  # metric suffix: (help, telemetry field, scale to the base unit)
+            "utilization_ratio": ("GPU utilization (0-1)", "utilization_percent", 0.01),
+            "memory_used_bytes": ("GPU memory in use", "memory_used_bytes", 1.0),
+            "memory_total_bytes": ("GPU memory", "memory_total_bytes", 1.0),
+            "temperature_celsius": ("GPU temperature", "temperature_celsius", 1.0),
+            "power_watts": ("GPU power draw", "power_watts", 1.0),
         }
-        for name, text in per_gpu.items():
+        for name, (text, field, scale) in per_gpu.items():
             family = GaugeMetricFamily(f"tensorfleet_agent_gpu_{name}", text, labels=["gpu"])
             for gpu in t.gpus:
-                family.add_metric([str(gpu.index)], float(getattr(gpu, name)))
+                family.add_metric([str(gpu.index)], float(getattr(gpu, field)) * scale)
             yield family
 
 
@@ -58,7 +64,7 @@ class AgentMetrics:
             ["workload", "cause"],
             registry=self.registry,
         )
-        self.slots_total = Gauge("worker_slots_total", "Slots on this agent", registry=self.registry)
+        self.slots_total = Gauge("worker_slots", "Slots on this agent", registry=self.registry)
         self.slots_in_use = Gauge("worker_slots_in_use", "Slots held by running tasks", registry=self.registry)
         self.tasks_running = Gauge("worker_tasks_running", "Tasks running now", registry=self.registry)
         self.events_streamed = Counter("worker_events_streamed", "Task events sent to watchers", registry=self.registry)

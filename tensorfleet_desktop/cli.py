@@ -39,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-mdns", action="store_true", help="do not browse for agents")
     s.add_argument("--no-local-agent", action="store_true")
     s.add_argument("--local-agent-slots", type=int, help="slots of the local agent (default: its own default)")
+    s.add_argument(
+        "--local-agent-metrics-port",
+        type=int,
+        metavar="P",
+        help="the local agent serves Prometheus /metrics on 127.0.0.1:P (0: a free port; see `agents --json`)",
+    )
     s.add_argument("--agent", action="append", default=[], metavar="HOST:PORT", help="a manual agent (repeatable)")
     s.add_argument(
         "--store",
@@ -55,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", type=Path, help="TOML file with [store] and [blobs] (default: DATA_DIR/config.toml)")
     s.add_argument("--keep-checkpoints", type=int, default=3, help="latest checkpoints kept per job (default: 3)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    s.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics listens on (default: 127.0.0.1; 0.0.0.0 for a Prometheus on another machine)",
+    )
     s.add_argument(
         "--prometheus-sd",
         type=Path,

@@ -155,7 +155,8 @@ def _agent_summary(agent: dict[str, Any]) -> dict[str, Any]:
         "cluster_id",
         "error",
     )
-    return {k: agent[k] for k in keys}
+    # metrics_port: where Prometheus scrapes the agent on its host (0: none; refused services have none)
+    return {**{k: agent[k] for k in keys}, "metrics_port": agent.get("metrics_port", 0)}
 
 
 def write_csv(rows: list[dict[str, Any]]) -> None:
@@ -228,6 +229,12 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.insecure and not is_loopback(args.host):
         raise UsageError(f"--insecure serves plaintext without pairing: only on loopback, not on --host {args.host}")
+    for flag, port in (
+        ("--metrics-port", args.metrics_port),
+        ("--local-agent-metrics-port", args.local_agent_metrics_port),
+    ):
+        if port is not None and not 0 <= port <= 65535:
+            raise UsageError(f"{flag} must be between 0 and 65535 (0: a free port), got {port}")
     from tensorfleet_desktop.controller.settings import FileSettings, load_settings
 
     data_dir = (args.data_dir or default_data_dir()).resolve()
@@ -246,11 +253,13 @@ def serve(args: argparse.Namespace) -> int:
             mdns=not args.no_mdns,
             local_agent=not args.no_local_agent,
             local_agent_slots=args.local_agent_slots,
+            local_agent_metrics_port=args.local_agent_metrics_port,
             agents=args.agent,
             store_uri=args.store or env_store or settings.store_uri,
             blobs_uri=args.blobs or settings.blobs_uri,
             s3_credentials=(settings.s3_access_key, settings.s3_secret_key),
             metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
             prometheus_sd=args.prometheus_sd,
             telemetry_period=args.telemetry_period,
             gang_reserve_after=args.gang_reserve_after,

@@ -766,6 +766,7 @@ class Agent(_message.Message):
     DISK_FREE_BYTES_FIELD_NUMBER: _builtins.int
     GPU_STATS_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
+    METRICS_PORT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """node id"""
     name: _builtins.str
@@ -793,6 +794,8 @@ class Agent(_message.Message):
     cluster_id: _builtins.str
     disk_free_bytes: _builtins.int
     """free bytes in the agent's data dir (latest telemetry)"""
+    metrics_port: _builtins.int
+    """the agent's Prometheus /metrics port on its host; 0: it serves none"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -833,10 +836,11 @@ class Agent(_message.Message):
         disk_free_bytes: _builtins.int = ...,
         gpu_stats: _abc.Iterable[_agent_pb2.GpuTelemetry] | None = ...,
         running: _abc.Iterable[_builtins.str] | None = ...,
+        metrics_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cluster_id", b"cluster_id", "cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "error", b"error", "fingerprint", b"fingerprint", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "paired", b"paired", "running", b"running", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "workloads", b"workloads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cluster_id", b"cluster_id", "cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "error", b"error", "fingerprint", b"fingerprint", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "metrics_port", b"metrics_port", "name", b"name", "paired", b"paired", "running", b"running", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "workloads", b"workloads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

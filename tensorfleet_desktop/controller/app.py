@@ -17,9 +17,10 @@ from pathlib import Path
 import grpc
 import platformdirs
 
+from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.identity import load_or_create_identity
-from tensorfleet_agent.rpc.server import create_server, is_loopback, tls_server_credentials
+from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
 from tensorfleet_agent.runtime.process import agent_command
 from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.controller.core import Controller
@@ -47,6 +48,9 @@ def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tu
     return store, blobs_uri or f"file://{data_dir / 'blobs'}"
 
 
+CONTROLLER_SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"].full_name
+
+
 @dataclass
 class ControllerConfig:
     data_dir: Path = field(default_factory=default_data_dir)
@@ -56,10 +60,12 @@ class ControllerConfig:
     mdns: bool = True
     local_agent: bool = True
     local_agent_slots: int | None = None
+    local_agent_metrics_port: int | None = None  # the local agent's /metrics on 127.0.0.1 (0: a free port)
     agents: list[str] = field(default_factory=list)
     store_uri: str = ""
     blobs_uri: str = ""
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # /metrics shows job ids and fleet size: loopback unless asked
     prometheus_sd: Path | None = None  # targets file for Prometheus (default: DATA_DIR/prometheus/targets.json)
     telemetry_period: float = 1.0
     gang_reserve_after: float = 300.0
@@ -138,14 +144,15 @@ class ControllerApp:
             ),
             self.request_stop,
         )
+        self.health = Health([CONTROLLER_SERVICE])
         if is_loopback(cfg.host):
-            self._server, self.port = create_server([servicer.register], cfg.host, cfg.port)
+            self._server, self.port = create_server([servicer.register], cfg.host, cfg.port, health=self.health)
         else:
             token = cfg.client_token or await asyncio.to_thread(self._client_token)
             register(token)
             credentials = tls_server_credentials(self.identity.key_pem, self.identity.cert_pem)
             self._server, self.port = create_server(
-                [servicer.register], cfg.host, cfg.port, credentials, [ClientTokenInterceptor(token)]
+                [servicer.register], cfg.host, cfg.port, credentials, [ClientTokenInterceptor(token)], self.health
             )
         await self._server.start()
         for node_id, body in remembered.items():
@@ -159,8 +166,9 @@ class ControllerApp:
             self._browser = AgentBrowser(cfg.interfaces, self.fleet.on_mdns)
             await self._browser.start()
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
-        own = f"{cfg.host if cfg.host not in ('0.0.0.0', '::') else socket.gethostname()}:{self.metrics_port}"
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+        metrics_host = cfg.metrics_host if cfg.metrics_host not in ("0.0.0.0", "::") else socket.gethostname()
+        own = f"{metrics_host}:{self.metrics_port}"
         self._targets = TargetsFile(
             cfg.prometheus_sd or cfg.data_dir / "prometheus" / "targets.json", own if self.metrics_port else None
         )
@@ -247,6 +255,8 @@ class ControllerApp:
         ]
         if cfg.local_agent_slots is not None:
             cmd += ["--cpu-slots", str(cfg.local_agent_slots)]
+        if cfg.local_agent_metrics_port is not None:
+            cmd += ["--metrics-port", str(cfg.local_agent_metrics_port)]
         env = dict(os.environ)
         env.pop("TENSORFLEET_CLUSTER_TOKEN", None)  # the local agent pairs with this controller only
         if cfg.insecure:
@@ -286,6 +296,7 @@ class ControllerApp:
         for task in list(self._pending):
             task.cancel()
         if self._server is not None:
+            await self.health.not_serving()
             await self._server.stop(grace=1.0)
         if self._browser is not None:
             await self._browser.stop()

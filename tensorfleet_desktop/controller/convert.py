@@ -165,7 +165,7 @@ def event_from_pb(msg: cpb.JobEvent) -> dict[str, Any]:
 
 def agent_to_pb(record: AgentRecord) -> cpb.Agent:
     d = record.to_dict()
-    return cpb.Agent(**d)
+    return cpb.Agent(**d, metrics_port=record.info.metrics_port if record.info else 0)
 
 
 def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
@@ -205,6 +205,7 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
             for g in msg.gpu_stats
         ],
         "running": list(msg.running),
+        "metrics_port": msg.metrics_port,
     }
 
 

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from helpers.agents import AgentProcess
+from helpers.grpc_probe import health_status
 from tensorfleet_agent.core.types import Finished, StateChanged, TaskSpec, TaskState
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.rpc.client import AgentClient
@@ -76,11 +77,15 @@ async def test_sigterm_drains_running_tasks_and_says_goodbye(agent_factory: type
         async with agent.client() as client:
             await client.run_task(TaskSpec("finish-me", "j", "sleep", {"seconds": 1.5}))
             await _running_pid(client, "finish-me")
+            assert await health_status(client.channel, "tensorfleet.v1.AgentService") == "SERVING"
             assert agent.proc is not None
             agent.proc.send_signal(15)
             await asyncio.sleep(0.3)
             with pytest.raises(Exception, match="draining"):
                 await client.run_task(TaskSpec("too-late", "j", "noop"))
+            # probes and load balancers see the drain while the running task still finishes
+            assert await health_status(client.channel) == "NOT_SERVING"
+            assert await health_status(client.channel, "tensorfleet.v1.AgentService") == "NOT_SERVING"
             events = [e async for e in client.watch_task("finish-me")]
         end = events[-1].payload
         assert isinstance(end, Finished) and end.status is TaskState.SUCCEEDED
