@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2
@@ -17,6 +17,13 @@ async def health_status(channel: grpc.aio.Channel, service: str = "", metadata: 
     stub = health_pb2_grpc.HealthStub(channel)
     reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5, metadata=metadata)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def health_changes(channel: grpc.aio.Channel, service: str = "") -> AsyncIterator[str]:
+    """grpc.health.v1.Health/Watch, as a load balancer follows it: the status now, then each change."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    async for reply in stub.Watch(health_pb2.HealthCheckRequest(service=service)):
+        yield str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 async def _reflect(

@@ -4,7 +4,9 @@ services that grpc_health_probe and grpcurl use answer on the controller and its
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json, tensorfleet
-from helpers.grpc_probe import health_status, reflected_methods, reflected_services
+from helpers.grpc_probe import health_changes, health_status, reflected_methods, reflected_services
 from helpers.promlint import lint
 from helpers.waiting import wait_until
 from tensorfleet_agent.identity import node_id_of_cert
@@ -94,5 +96,15 @@ async def test_serve_pages_pass_promtool_rules_and_grpc_health_and_reflection_an
         assert await health_status(channel, "tensorfleet.v1.AgentService") == "SERVING"
         assert "tensorfleet.v1.AgentService" in await reflected_services(channel)
         assert "RunTask" in await reflected_methods(channel, "tensorfleet.v1.AgentService")
+    finally:
+        await channel.close(None)
+
+    channel = create_channel(address, credentials, target)  # a load balancer watching the controller
+    try:
+        changes = health_changes(channel)
+        assert await anext(changes) == "SERVING"
+        assert controller.proc is not None
+        controller.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(anext(changes), 30) == "NOT_SERVING"  # told before the port closes
     finally:
         await channel.close(None)
