@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tensorfleet_desktop import cli_models
+from tensorfleet_desktop.cli_console import console
 from tensorfleet_desktop.client import TERMINAL, Client, trial_rows
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
-out = Console(highlight=False)
+out = console()
 
 
 class UsageError(Exception):
@@ -166,7 +166,7 @@ def write_csv(rows: list[dict[str, Any]]) -> None:
         writer.writerow([r["task_index"], r["step"], r["name"], r["value"], r["wall_time"]])
 
 
-err = Console(stderr=True, highlight=False)
+err = console(stderr=True)
 
 
 def run(args: argparse.Namespace) -> int:

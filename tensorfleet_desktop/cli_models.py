@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from tensorfleet_desktop.cli_console import console
 from tensorfleet_desktop.client import Client
 
-out = Console(highlight=False)
+out = console()
 EXIT_OK = 0
 
 

@@ -44,7 +44,7 @@ def default_data_dir() -> Path:
 def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tuple[str, str]:
     """The store and blob store a controller with this data dir uses, given what the user named."""
     data_dir = data_dir.resolve()  # a relative dir would turn into a path from / inside the URIs
-    store = store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite:///{data_dir / 'tensorfleet.db'}"
+    store = store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite://{data_dir / 'tensorfleet.db'}"
     return store, blobs_uri or f"file://{data_dir / 'blobs'}"
 
 

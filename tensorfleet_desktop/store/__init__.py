@@ -20,6 +20,8 @@ def open_store(uri: str) -> JobStore:
         return MongoJobStore(uri)
     if scheme == "sqlite":
         path = uri.removeprefix("sqlite://").removeprefix("sqlite:")
+        if path.startswith("//"):  # SQLAlchemy's sqlite:////abs/path: one root, not a "//" path
+            path = "/" + path.lstrip("/")
         if not path:
             raise ValueError(f"store URI {uri!r} names no database file (sqlite:///path/to/tensorfleet.db)")
         return SqliteJobStore(Path(path))

@@ -87,7 +87,7 @@ def _statement(sql: str, args: tuple[Any, ...]) -> Op:
 class SqliteJobStore(JobStore):
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.uri = f"sqlite:///{path}"
+        self.uri = f"sqlite://{path}" if path.is_absolute() else f"sqlite:{path}"  # as open_store() reads it
         self._queue: queue.SimpleQueue[Op | threading.Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -283,6 +286,32 @@ def test_bad_job_files(controller_factory: type[ControllerProcess], tmp_path: Pa
         with pytest.raises(InvalidRequest, match="wizard"):
             client.submit({"algorithm": "noop", "wizard": 1})
         assert client.job(job["id"])["spec"]["priority"] == 3
+
+
+def test_cli_output_into_a_pipe_is_whole_and_a_closed_pipe_is_quiet(
+    controller_factory: type[ControllerProcess], tmp_path: Path
+) -> None:
+    controller = _shared_controller(controller_factory, tmp_path)
+    name = "piped-" + "n" * 100  # the jobs table is far wider than 80 columns
+    with Client(controller.address) as client:
+        job = client.submit({"algorithm": "sleep", "name": name, "hyperparameters": {"seconds": 0.1}})
+        store = client.info()["store"]
+    assert store == f"sqlite://{(controller.data_dir / 'tensorfleet.db').resolve()}"  # not sqlite://///...
+    listed = controller.cli("jobs")
+    assert listed.returncode == 0
+    assert any(job["id"] in line and name in line for line in listed.stdout.splitlines()), listed.stdout
+    env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": "127.0.0.1"}
+    for args in (["metrics", job["id"], "--csv"], ["jobs"]):  # `... | head`: the reader leaves early
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorfleet_desktop", "--controller", controller.address, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(60) == 1 and stderr == "", (args, stderr)
 
 
 def test_unreachable_controller_exits_3_naming_the_address() -> None:
