@@ -34,6 +34,7 @@ from tensorfleet_agent.rpc.client import (
 )
 from tensorfleet_agent.rpc.server import is_loopback
 from tensorfleet_agent.security.secrets import register
+from tensorfleet_desktop.connection import client_token, connection_path, find_connection
 from tensorfleet_desktop.controller import convert
 
 DEFAULT_CONTROLLER = "127.0.0.1:50050"
@@ -178,22 +179,30 @@ def known_controllers_file() -> Path:
 
 
 def channel_security(address: str) -> tuple[grpc.ChannelCredentials | None, str | None, Metadata]:
-    """Loopback: plaintext. Elsewhere: TLS pinned on first use, and the client token as bearer metadata."""
+    """The client token as bearer metadata on every call (TENSORFLEET_CONTROLLER_TOKEN, else the connection
+    file the controller wrote for this address). Loopback: plaintext. Elsewhere: TLS, pinned on first use."""
     host = address.rpartition(":")[0].strip("[]")
+    token, _source = client_token(address)
+    metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    register(token)
     if is_loopback(host):
-        return None, None, ()
-    token = os.environ.get("TENSORFLEET_CONTROLLER_TOKEN", "")
+        return None, None, metadata  # without a token the controller's refusal says where it lives
     if not token:
         raise InvalidRequest(
-            f"the controller at {address} is not on loopback: set TENSORFLEET_CONTROLLER_TOKEN to its client token "
-            "(client.token in the controller's data dir)"
+            f"the controller at {address} needs its client token: set TENSORFLEET_CONTROLLER_TOKEN to it "
+            f"(client.token in the controller's data dir; its own OS user's clients read {connection_path(address)})"
         )
-    register(token)
     try:
         cert = fetch_certificate_blocking(address)
     except OSError as exc:
         raise ControllerUnreachable(f"cannot reach the TensorFleet controller at {address}: {exc}") from None
     node_id, fingerprint = node_id_of_cert(cert)
+    named = find_connection(address)
+    if named is not None and named.fingerprint and named.fingerprint != fingerprint:
+        raise InvalidRequest(
+            f"the controller at {address} presents certificate {fingerprint[:16]}, not {named.fingerprint[:16]} "
+            f"named in {named.path}: refusing it"
+        )
     path = known_controllers_file()
     known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     pinned = known.get(address)
@@ -206,7 +215,7 @@ def channel_security(address: str) -> tuple[grpc.ChannelCredentials | None, str 
         known[address] = fingerprint
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(known, indent=1))
-    return pinned_credentials(cert), node_id, (("authorization", f"Bearer {token}"),)
+    return pinned_credentials(cert), node_id, metadata
 
 
 def _digest(path: Path) -> tuple[str, int]:

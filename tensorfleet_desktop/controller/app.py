@@ -23,11 +23,12 @@ from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
 from tensorfleet_agent.runtime.process import agent_command
 from tensorfleet_agent.security.secrets import register
+from tensorfleet_desktop.connection import connection_path, remove_connection, write_connection
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.prometheus_sd import TargetsFile
-from tensorfleet_desktop.controller.security import ClientTokenInterceptor
+from tensorfleet_desktop.controller.security import ClientTokenInterceptor, refusal
 from tensorfleet_desktop.controller.service import ControllerServicer, controller_info
 from tensorfleet_desktop.store import open_store
 from tensorfleet_desktop.store.blobs import open_blobs
@@ -74,7 +75,7 @@ class ControllerConfig:
     ready_file: Path | None = None
     insecure: bool = False  # plaintext to agents, no pairing: loopback development only
     cluster_token: str = ""  # pairs automatically with agents started with the same token
-    client_token: str = ""  # required from clients when ControllerService is not on loopback
+    client_token: str = ""  # required from every client (default: DATA_DIR/client.token, made on first start)
 
 
 class ControllerApp:
@@ -91,6 +92,7 @@ class ControllerApp:
         self._pending: set[asyncio.Task[None]] = set()
         self._stop_local = True
         self._local_join_token = ""
+        self._connections: list[Path] = []
 
     @property
     def address(self) -> str:
@@ -145,16 +147,19 @@ class ControllerApp:
             self.request_stop,
         )
         self.health = Health([CONTROLLER_SERVICE])
-        if is_loopback(cfg.host):
-            self._server, self.port = create_server([servicer.register], cfg.host, cfg.port, health=self.health)
-        else:
-            token = cfg.client_token or await asyncio.to_thread(self._client_token)
-            register(token)
+        token = cfg.client_token or await asyncio.to_thread(self._client_token)
+        register(token)
+        tokens = ClientTokenInterceptor(token)  # every call, loopback included; health stays open
+        credentials = None
+        if not is_loopback(cfg.host):
             credentials = tls_server_credentials(self.identity.key_pem, self.identity.cert_pem)
-            self._server, self.port = create_server(
-                [servicer.register], cfg.host, cfg.port, credentials, [ClientTokenInterceptor(token)], self.health
-            )
+        self._server, self.port = create_server(
+            [servicer.register], cfg.host, cfg.port, credentials, [tokens], self.health
+        )
+        token_file = "the token it was started with" if cfg.client_token else str(cfg.data_dir / "client.token")
+        tokens.message = refusal(token_file, str(connection_path(self.address)))
         await self._server.start()
+        self._connections = await asyncio.to_thread(self._write_connections, token)
         for node_id, body in remembered.items():
             if body.get("source") == "manual":
                 self.fleet.remember(node_id, body["address"], "manual", body.get("name", ""))
@@ -203,10 +208,26 @@ class ControllerApp:
             },
         )
 
+    def _write_connections(self, token: str) -> list[Path]:
+        """Connection files for same-user clients: this address, and for a wildcard host the local names."""
+        cfg = self.config
+        hosts = [cfg.host]
+        if cfg.host in ("0.0.0.0", "::"):
+            hosts += ["127.0.0.1", socket.gethostname()]
+        written = []
+        for host in hosts:
+            address = f"{host}:{self.port}"
+            try:
+                written.append(write_connection(address, self.identity.fingerprint, token))
+            except OSError as exc:  # clients can still set TENSORFLEET_CONTROLLER_TOKEN
+                log.warning("cannot write the connection file for %s: %s", address, exc)
+        return written
+
     def _client_token(self) -> str:
-        """The token clients must send when ControllerService listens beyond loopback (kept 0600)."""
+        """The token clients must send on every call (kept 0600 in the data dir, the same across restarts)."""
         path = self.config.data_dir / "client.token"
         if path.exists():
+            os.chmod(path, 0o600)  # tighten one an older version or a user left readable
             return path.read_text().strip()
         token = f"tfc-{secrets.token_urlsafe(24)}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -298,6 +319,8 @@ class ControllerApp:
         if self._server is not None:
             await self.health.not_serving()
             await self._server.stop(grace=1.0)
+        for path in self._connections:
+            remove_connection(path)
         if self._browser is not None:
             await self._browser.stop()
         await self.controller.stop()

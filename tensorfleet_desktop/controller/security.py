@@ -1,4 +1,4 @@
-"""ControllerService beyond loopback: TLS plus a bearer client token on every call."""
+"""ControllerService needs the client token on every call, loopback included; only grpc.health.v1 is open."""
 
 from __future__ import annotations
 
@@ -11,12 +11,22 @@ import grpc
 from tensorfleet_agent.rpc.handlers import aborting
 from tensorfleet_agent.security.interceptor import bearer
 
-REFUSED = "this controller needs its client token: set TENSORFLEET_CONTROLLER_TOKEN (see client.token in its data dir)"
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # load balancers and probes hold no token
+
+
+def refusal(token_file: str, connection_file: str = "") -> str:
+    """Where a client finds the token: said in every refusal."""
+    same_user = f"clients run by this controller's OS user read it from {connection_file}; " if connection_file else ""
+    return (
+        f"this controller needs its client token on every call: {same_user}"
+        f"otherwise set TENSORFLEET_CONTROLLER_TOKEN to the token in {token_file} (client.token in its data dir)"
+    )
 
 
 class ClientTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, message: str = refusal("client.token in the controller's data dir")) -> None:
         self._token = token.encode()
+        self.message = message
 
     async def intercept_service(
         self,
@@ -24,7 +34,9 @@ class ClientTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        given = bearer(handler_call_details.invocation_metadata).encode()
-        if handler is None or hmac.compare_digest(given, self._token):
+        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
             return handler
-        return aborting(handler, grpc.StatusCode.UNAUTHENTICATED, REFUSED)
+        given = bearer(handler_call_details.invocation_metadata).encode()
+        if hmac.compare_digest(given, self._token):
+            return handler
+        return aborting(handler, grpc.StatusCode.UNAUTHENTICATED, self.message)

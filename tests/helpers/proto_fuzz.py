@@ -136,7 +136,12 @@ def methods(service: ServiceDescriptor, skip: tuple[str, ...] = ()) -> Iterator[
 
 
 def call(
-    channel: grpc.Channel, service: ServiceDescriptor, method: Any, request: Any, timeout: float
+    channel: grpc.Channel,
+    service: ServiceDescriptor,
+    method: Any,
+    request: Any,
+    timeout: float,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> grpc.StatusCode:
     """Call `method` with `request` (a list of messages for client streams); a server stream is read for at
     most `timeout` seconds. Returns the status; a watch that is still open at the deadline counts as OK."""
@@ -145,17 +150,17 @@ def call(
     out_cls = message_factory.GetMessageClass(method.output_type)
     if method.client_streaming:
         rpc = channel.stream_unary(path, request_serializer=ser, response_deserializer=out_cls.FromString)
-        target = lambda: rpc(iter(request), timeout=timeout)  # noqa: E731
+        target = lambda: rpc(iter(request), timeout=timeout, metadata=metadata)  # noqa: E731
     elif method.server_streaming:
         stream = channel.unary_stream(path, request_serializer=ser, response_deserializer=out_cls.FromString)
 
         def target() -> None:
-            for _ in stream(request, timeout=timeout):
+            for _ in stream(request, timeout=timeout, metadata=metadata):
                 pass
 
     else:
         unary = channel.unary_unary(path, request_serializer=ser, response_deserializer=out_cls.FromString)
-        target = lambda: unary(request, timeout=timeout)  # noqa: E731
+        target = lambda: unary(request, timeout=timeout, metadata=metadata)  # noqa: E731
     try:
         target()
     except grpc.RpcError as exc:

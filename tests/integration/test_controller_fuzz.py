@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from helpers.controller import ControllerProcess
 from helpers.proto_fuzz import EXAMPLES, REFUSALS, call, message, methods
 from tensorfleet_agent._generated import controller_pb2 as cpb
+from tensorfleet_desktop.connection import client_token
 
 pytestmark = pytest.mark.slow
 SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"]
@@ -32,13 +33,21 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerP
 
 
 @pytest.fixture(scope="module")
+def token(controller: ControllerProcess) -> tuple[tuple[str, str], ...]:
+    """The client token every ControllerService call needs (the connection file the controller wrote)."""
+    return (("authorization", f"Bearer {client_token(controller.address)[0]}"),)
+
+
+@pytest.fixture(scope="module")
 def channel(controller: ControllerProcess) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(controller.address) as ch:
         yield ch
 
 
 @pytest.mark.parametrize("name", FUZZED)
-def test_every_method_answers_or_refuses_with_a_reason(channel: grpc.Channel, name: str) -> None:
+def test_every_method_answers_or_refuses_with_a_reason(
+    channel: grpc.Channel, token: tuple[tuple[str, str], ...], name: str
+) -> None:
     method = SERVICE.methods_by_name[name]
     requests = message(method.input_type)
     strategy = st.lists(requests, max_size=4) if method.client_streaming else requests
@@ -48,16 +57,19 @@ def test_every_method_answers_or_refuses_with_a_reason(channel: grpc.Channel, na
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(request=strategy)
     def fuzz(request: object) -> None:
-        code = call(channel, SERVICE, method, request, timeout)
+        code = call(channel, SERVICE, method, request, timeout, token)
         assert code is grpc.StatusCode.OK or code in REFUSALS, f"{name} answered {code.name}"
 
     fuzz()
     info = SERVICE.methods_by_name["GetInfo"]
-    assert call(channel, SERVICE, info, cpb.ControllerInfoRequest(), 10.0) is grpc.StatusCode.OK
+    assert call(channel, SERVICE, info, cpb.ControllerInfoRequest(), 10.0, token) is grpc.StatusCode.OK
 
 
-def test_shutdown_stops_the_controller_cleanly(controller: ControllerProcess, channel: grpc.Channel) -> None:
+def test_shutdown_stops_the_controller_cleanly(
+    controller: ControllerProcess, channel: grpc.Channel, token: tuple[tuple[str, str], ...]
+) -> None:
     shutdown = SERVICE.methods_by_name["Shutdown"]
-    assert call(channel, SERVICE, shutdown, cpb.ShutdownRequest(stop_local_agent=True), 10.0) is grpc.StatusCode.OK
+    request = cpb.ShutdownRequest(stop_local_agent=True)
+    assert call(channel, SERVICE, shutdown, request, 10.0, token) is grpc.StatusCode.OK
     assert controller.proc is not None
     assert controller.proc.wait(30) == 0

@@ -67,8 +67,11 @@ def test_remote_controller_needs_tls_and_its_client_token(lan_cluster: LanCluste
     assert len(known[lan_cluster.address]) == 64  # pinned on first use
     wrong = _cli(lan_cluster, "jobs", "--json", TENSORFLEET_CONTROLLER_TOKEN="wrong-token")
     assert wrong.returncode == 2 and "client token" in wrong.stderr, wrong.stderr
-    missing = _cli(lan_cluster, "jobs", TENSORFLEET_CONTROLLER_TOKEN=None)
+    elsewhere = str(lan_cluster.tmp / "no-connection-files")  # a client with neither the variable nor the file
+    missing = _cli(lan_cluster, "jobs", TENSORFLEET_CONTROLLER_TOKEN=None, TENSORFLEET_RUNTIME_DIR=elsewhere)
     assert missing.returncode == 2 and "TENSORFLEET_CONTROLLER_TOKEN" in missing.stderr, missing.stderr
+    same_user = _cli(lan_cluster, "jobs", "--json", TENSORFLEET_CONTROLLER_TOKEN=None)  # the connection file
+    assert same_user.returncode == 0, same_user.stderr
     plaintext = lan_cluster.controller_host.run(
         [
             python(),
