@@ -199,6 +199,7 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
 
 async def _serve(config: object, exit_with_pid: int | None = None) -> int:
     from tensorfleet_agent.daemon import AgentConfig, AgentDaemon
+    from tensorfleet_agent.datadir_lock import DataDirInUse
     from tensorfleet_agent.rpc.server import BindError
 
     assert isinstance(config, AgentConfig)
@@ -210,7 +211,7 @@ async def _serve(config: object, exit_with_pid: int | None = None) -> int:
     daemon = AgentDaemon(config)
     try:
         await daemon.start()
-    except (BindError, OSError, ValueError) as exc:
+    except (BindError, DataDirInUse, OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         await daemon.stop(drain=False)
         return 1

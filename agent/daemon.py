@@ -16,6 +16,7 @@ import grpc
 
 from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
+from tensorfleet_agent.datadir_lock import DataDirLock
 from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser
 from tensorfleet_agent.discovery.interfaces import advertised_addresses
 from tensorfleet_agent.identity import load_or_create_identity
@@ -76,13 +77,16 @@ class AgentDaemon:
         self._advertiser: Advertiser | None = None
         self._facts: dict[str, str | int] = {}
         self._started = asyncio.Event()
+        self._lock: DataDirLock | None = None
 
     async def start(self) -> None:
         cfg = self.config
         t0 = time.monotonic()
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
         if cfg.insecure and not is_loopback(cfg.host):
             raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock(cfg.data_dir, "tensorfleet-agent")
+        self._lock.acquire()  # before anything in the data dir is read or written
         self.identity = await asyncio.to_thread(load_or_create_identity, cfg.data_dir / "identity", "agent")
         self.node_id = self.identity.node_id
         self.authority: Authority | None = None
@@ -126,6 +130,7 @@ class AgentDaemon:
                 [servicer.register], cfg.host, cfg.port, credentials, [AuthInterceptor(self.authority)], self.health
             )
         await self._server.start()
+        self._lock.set_address(f"{cfg.host}:{self.port}")
         if cfg.metrics_port is not None:
             self.metrics.watch_hardware(lambda: self.sampler.sample(self.slots.total, self.slots.free, 0))
             self.metrics_port = self.metrics.serve(cfg.metrics_port, "127.0.0.1" if is_loopback(cfg.host) else cfg.host)
@@ -227,6 +232,8 @@ class AgentDaemon:
     async def stop(self, drain: bool = True) -> None:
         """Graceful stop: refuse new work, drain, say goodbye on mDNS, close the server."""
         if not self._started.is_set():
+            if self._lock is not None:
+                self._lock.release()
             return
         await self.health.not_serving()  # probes and load balancers see it before the drain ends
         if drain:
@@ -236,4 +243,6 @@ class AgentDaemon:
         if self._server is not None:
             await self._server.stop(grace=2.0)
         await self.executor.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("agent stopped")

@@ -280,10 +280,10 @@ def serve(args: argparse.Namespace) -> int:
         try:
             await app.start()
         except ValueError as exc:  # configuration: a bad URI, an unreachable store, a missing driver
-            err.print(f"tensorfleet serve: cannot start: {exc}")
+            err.print(f"tensorfleet serve: cannot start: {exc}", soft_wrap=True, markup=False)
             return EXIT_INPUT
-        except (RuntimeError, OSError) as exc:
-            err.print(f"tensorfleet serve: cannot start: {exc}")
+        except (RuntimeError, OSError) as exc:  # the data dir in use, a port taken
+            err.print(f"tensorfleet serve: cannot start: {exc}", soft_wrap=True, markup=False)
             return EXIT_JOB_FAILED
         err.print(f"TensorFleet controller on {app.address} (data in {config.data_dir}); Ctrl-C stops it")
         await app.stopped.wait()

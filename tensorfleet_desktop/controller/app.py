@@ -18,6 +18,7 @@ import grpc
 import platformdirs
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
+from tensorfleet_agent.datadir_lock import DataDirLock, wait_until_free
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
@@ -92,6 +93,7 @@ class ControllerApp:
         self._pending: set[asyncio.Task[None]] = set()
         self._stop_local = True
         self._local_join_token = ""
+        self._lock: DataDirLock | None = None
         self._connections: list[Path] = []
 
     @property
@@ -103,6 +105,8 @@ class ControllerApp:
         started = time.time()
         cfg.data_dir = cfg.data_dir.resolve()  # the local agent and the URIs need it absolute
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = DataDirLock(cfg.data_dir, "tensorfleet serve")
+        self._lock.acquire()  # DataDirInUse before the store, blobs or identity are touched
         store_uri, blobs_uri = resolve_uris(cfg.data_dir, cfg.store_uri, cfg.blobs_uri)
         self.blobs = open_blobs(blobs_uri, cfg.data_dir, cfg.s3_credentials)
         if cfg.insecure and not is_loopback(cfg.host):
@@ -159,6 +163,7 @@ class ControllerApp:
         token_file = "the token it was started with" if cfg.client_token else str(cfg.data_dir / "client.token")
         tokens.message = refusal(token_file, str(connection_path(self.address)))
         await self._server.start()
+        self._lock.set_address(self.address)
         self._connections = await asyncio.to_thread(self._write_connections, token)
         for node_id, body in remembered.items():
             if body.get("source") == "manual":
@@ -294,6 +299,10 @@ class ControllerApp:
 
     async def _start_local_agent(self) -> None:
         cfg = self.config
+        # the local agent of a controller killed a moment ago may still be draining on this dir
+        holder = await asyncio.to_thread(wait_until_free, cfg.data_dir / "local-agent", 75.0)
+        if holder is not None:
+            raise RuntimeError(f"the local agent's data dir stays in use: {holder.describe()}")
         ready = await asyncio.to_thread(self._spawn_local_agent)
         assert self._local_agent is not None
         deadline = time.monotonic() + 60
@@ -334,4 +343,6 @@ class ControllerApp:
                 await asyncio.to_thread(self._local_agent.wait, 70)
             if self._local_agent.poll() is None:
                 self._local_agent.kill()
+        if self._lock is not None:
+            self._lock.release()
         log.info("controller stopped")
