@@ -29,6 +29,7 @@ from tensorfleet_agent.runtime.gpus import Gpus
 from tensorfleet_agent.runtime.slots import SlotPool
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler, disk_free, machine_facts
 from tensorfleet_agent.security.authority import Authority, add_join_token, new_join_token
+from tensorfleet_agent.security.files import private_dir
 from tensorfleet_agent.security.interceptor import SERVICE as AGENT_SERVICE
 from tensorfleet_agent.security.interceptor import AuthInterceptor
 from tensorfleet_agent.security.secrets import cluster_id_of, register
@@ -84,7 +85,7 @@ class AgentDaemon:
         t0 = time.monotonic()
         if cfg.insecure and not is_loopback(cfg.host):
             raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.data_dir)  # 0700, tightened if older: keys, journals, what tasks printed
         self._lock = DataDirLock(cfg.data_dir, "tensorfleet-agent")
         self._lock.acquire()  # before anything in the data dir is read or written
         self.identity = await asyncio.to_thread(load_or_create_identity, cfg.data_dir / "identity", "agent")

@@ -33,6 +33,7 @@ from typing import IO, Any
 from tensorfleet_agent.core.codec import event_from_dict, event_to_dict
 from tensorfleet_agent.core.errors import NotFound
 from tensorfleet_agent.core.types import EventPayload, Finished, StateChanged, TaskEvent, TaskState
+from tensorfleet_agent.security.files import DIR_MODE, FILE_MODE, private_dir, private_opener, tighten
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,14 @@ class Journal:
 
     def load(self) -> list[TaskLog]:
         """Read every journal on disk (blocking: call before serving or in a thread)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         loaded = []
         for directory in sorted(self.root.iterdir()):
             meta_file = directory / TASK_FILE
             if not meta_file.is_file():
                 continue
+            for path, mode in ((directory, DIR_MODE), (meta_file, FILE_MODE), (directory / EVENTS_FILE, FILE_MODE)):
+                tighten(path, mode)  # journals written by an older version were world-readable
             try:
                 meta = json.loads(meta_file.read_text())
                 events = _read_events(directory.name, directory / EVENTS_FILE, repair=True)
@@ -159,17 +162,16 @@ class Journal:
 
     def create(self, task_id: str, meta: dict[str, Any]) -> TaskLog:
         """Create the task's directory and metadata file (blocking: call in a thread)."""
-        directory = self.root / task_id
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = private_dir(self.root / task_id)  # it keeps whatever the task printed: its user's only
         created_at = time.time()
         meta = {**meta, "created_at": created_at}
         tmp = directory / (TASK_FILE + ".tmp")
-        with tmp.open("w") as fh:
+        with open(tmp, "w", opener=private_opener) as fh:
             json.dump(meta, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, directory / TASK_FILE)
-        (directory / EVENTS_FILE).touch()
+        (directory / EVENTS_FILE).touch(mode=FILE_MODE)
         entry = TaskLog(task_id, directory, meta, created_at)
         self._logs[task_id] = entry
         return entry
@@ -259,7 +261,9 @@ class Journal:
         task_id, pending = unwritten.entry.task_id, unwritten.data
         fh = self._files.get(task_id)
         if fh is None:
-            fh = self._files[task_id] = (unwritten.entry.directory / EVENTS_FILE).open("ab", buffering=0)
+            fh = self._files[task_id] = open(  # noqa: SIM115 (kept open across commits)
+                unwritten.entry.directory / EVENTS_FILE, "ab", buffering=0, opener=private_opener
+            )
         try:
             while pending:
                 written = fh.write(pending)

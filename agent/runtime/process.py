@@ -44,7 +44,7 @@ class WorkerProcess:
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(cmd_r, evt_w),
                 start_new_session=True,  # own process group: cancel kills the whole tree
-                env=env,
+                env=worker_environment(env),
                 cwd=cwd,
             )
         finally:
@@ -163,6 +163,14 @@ class WorkerProcess:
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
         return total
+
+
+def worker_environment(env: dict[str, str]) -> dict[str, str]:
+    """What a worker (user code) may see: nothing named TENSORFLEET_*. That is where the agent's secrets live
+    (cluster, join and controller tokens, store URIs with passwords) and its own settings; a task's env cannot
+    set such names either. Removing them is the protection: masking strings in output is not (a task can print
+    a token reversed or encoded)."""
+    return {name: value for name, value in env.items() if not name.startswith("TENSORFLEET_")}
 
 
 def agent_command() -> list[str]:

@@ -23,6 +23,7 @@ from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
 from tensorfleet_agent.runtime.process import agent_command
+from tensorfleet_agent.security.files import private_dir
 from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.connection import connection_path, remove_connection, write_connection
 from tensorfleet_desktop.controller.core import Controller
@@ -104,7 +105,7 @@ class ControllerApp:
         cfg = self.config
         started = time.time()
         cfg.data_dir = cfg.data_dir.resolve()  # the local agent and the URIs need it absolute
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.data_dir)  # 0700, tightened if older: store, blobs, client token, logs
         self._lock = DataDirLock(cfg.data_dir, "tensorfleet serve")
         self._lock.acquire()  # DataDirInUse before the store, blobs or identity are touched
         store_uri, blobs_uri = resolve_uris(cfg.data_dir, cfg.store_uri, cfg.blobs_uri)
@@ -284,7 +285,8 @@ class ControllerApp:
         if cfg.local_agent_metrics_port is not None:
             cmd += ["--metrics-port", str(cfg.local_agent_metrics_port)]
         env = dict(os.environ)
-        env.pop("TENSORFLEET_CLUSTER_TOKEN", None)  # the local agent pairs with this controller only
+        for name in ("TENSORFLEET_CLUSTER_TOKEN", "TENSORFLEET_CONTROLLER_TOKEN", "TENSORFLEET_MONGODB_URI"):
+            env.pop(name, None)  # the local agent pairs with this controller only and needs no client secret
         if cfg.insecure:
             cmd.append("--insecure")
         else:
