@@ -32,25 +32,37 @@ class _TaskState:
 class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TASK_STATE_UNSPECIFIED: _TaskState.ValueType  # 0
+    """never sent"""
     TASK_STATE_ACCEPTED: _TaskState.ValueType  # 1
+    """slots held, worker starting"""
     TASK_STATE_RUNNING: _TaskState.ValueType  # 2
     TASK_STATE_SUCCEEDED: _TaskState.ValueType  # 3
     TASK_STATE_FAILED: _TaskState.ValueType  # 4
+    """see exit_cause and error"""
     TASK_STATE_CANCELLED: _TaskState.ValueType  # 5
+    """by CancelTask (a pause too: exit_cause "stopped")"""
 
-class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper): ...
+class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
+    """A task's life on one agent: ACCEPTED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED (the last three are final)."""
 
 TASK_STATE_UNSPECIFIED: TaskState.ValueType  # 0
+"""never sent"""
 TASK_STATE_ACCEPTED: TaskState.ValueType  # 1
+"""slots held, worker starting"""
 TASK_STATE_RUNNING: TaskState.ValueType  # 2
 TASK_STATE_SUCCEEDED: TaskState.ValueType  # 3
 TASK_STATE_FAILED: TaskState.ValueType  # 4
+"""see exit_cause and error"""
 TASK_STATE_CANCELLED: TaskState.ValueType  # 5
+"""by CancelTask (a pause too: exit_cause "stopped")"""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 @_typing.final
 class GpuInfo(_message.Message):
-    """---------------------------------------------------------------- node info"""
+    """---------------------------------------------------------------- node info
+
+    One GPU as NVML reports it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -59,9 +71,13 @@ class GpuInfo(_message.Message):
     UUID_FIELD_NUMBER: _builtins.int
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     index: _builtins.int
+    """NVML index; what CUDA_VISIBLE_DEVICES names for a task"""
     name: _builtins.str
+    """product name, e.g. "NVIDIA H100 80GB HBM3" """
     uuid: _builtins.str
+    """NVML UUID, e.g. "GPU-5f1c..." """
     memory_total_bytes: _builtins.int
+    """bytes"""
     def __init__(
         self,
         *,
@@ -95,6 +111,8 @@ Global___GetInfoRequest: _TypeAlias = GetInfoRequest  # noqa: Y015
 
 @_typing.final
 class NodeInfo(_message.Message):
+    """What an agent is: identity, software, hardware and capacity. Sizes in bytes."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -139,33 +157,50 @@ class NodeInfo(_message.Message):
     CERT_FINGERPRINT_FIELD_NUMBER: _builtins.int
     METRICS_PORT_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
+    """PROTOCOL_VERSION of the agent; a controller refuses a different one"""
     node_id: _builtins.str
+    """20 hex chars: sha256 of the agent's public key (stable across restarts)"""
     name: _builtins.str
+    """display name (--name; default the hostname)"""
     hostname: _builtins.str
     os: _builtins.str
+    """platform string, e.g. "Linux-6.1.0-x86_64-with-glibc2.36" """
     python_version: _builtins.str
+    """e.g. "3.11.2" """
     torch_version: _builtins.str
     """empty when torch is not installed"""
     sklearn_version: _builtins.str
     """empty when scikit-learn is not installed"""
     cpu_count: _builtins.int
+    """logical CPUs"""
     memory_total_bytes: _builtins.int
+    """installed memory, bytes"""
     disk_free_bytes: _builtins.int
     """free bytes in the agent's data dir"""
     slots_total: _builtins.int
+    """task slots: one per GPU, or --cpu-slots without GPUs"""
     slots_free: _builtins.int
+    """slots no task holds now"""
     agent_version: _builtins.str
+    """the tensorfleet package version"""
     draining: _builtins.bool
+    """refusing new tasks while its running ones finish (SIGTERM)"""
     cluster_id: _builtins.str
+    """16 hex chars derived from the cluster token; "" without one"""
     cert_fingerprint: _builtins.str
+    """sha256 of its TLS certificate, 64 hex chars; "" with --insecure"""
     metrics_port: _builtins.int
     """Prometheus /metrics port; 0 when not served"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuInfo]: ...
     @_builtins.property
-    def workloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def workloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """workload names this agent can run (e.g. "sleep", "random_forest", "script")"""
+
     @_builtins.property
-    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """--label k=v, matched by jobs' label constraints"""
+
     def __init__(
         self,
         *,
@@ -233,10 +268,14 @@ class GpuTelemetry(_message.Message):
     POWER_WATTS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     utilization_percent: _builtins.float
+    """0-100, over NVML's last sample period"""
     memory_used_bytes: _builtins.int
+    """bytes"""
     memory_total_bytes: _builtins.int
+    """bytes"""
     temperature_celsius: _builtins.float
     power_watts: _builtins.float
+    """current draw"""
     def __init__(
         self,
         *,
@@ -272,16 +311,23 @@ class Telemetry(_message.Message):
     time: _builtins.float
     """unix seconds"""
     cpu_percent: _builtins.float
+    """0-100, the whole machine"""
     memory_used_bytes: _builtins.int
+    """bytes"""
     memory_total_bytes: _builtins.int
+    """bytes"""
     disk_free_bytes: _builtins.int
+    """free bytes in the agent's data dir"""
     slots_total: _builtins.int
     slots_free: _builtins.int
     tasks_running: _builtins.int
+    """tasks in state RUNNING"""
     draining: _builtins.bool
     """refusing new tasks while its running ones finish (SIGTERM)"""
     @_builtins.property
-    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuTelemetry]: ...
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuTelemetry]:
+        """one per GPU, by index"""
+
     def __init__(
         self,
         *,
@@ -315,6 +361,7 @@ class BlobRef(_message.Message):
     name: _builtins.str
     """file name the task sees in its inputs dir"""
     sha256: _builtins.str
+    """64 lowercase hex chars: the blob's digest"""
     def __init__(
         self,
         *,
@@ -331,12 +378,16 @@ Global___BlobRef: _TypeAlias = BlobRef  # noqa: Y015
 
 @_typing.final
 class Rendezvous(_message.Message):
+    """Where a multi-rank job's ranks meet (torch.distributed's MASTER_ADDR / MASTER_PORT)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MASTER_ADDR_FIELD_NUMBER: _builtins.int
     MASTER_PORT_FIELD_NUMBER: _builtins.int
     master_addr: _builtins.str
+    """rank 0's agent address, as the other ranks can reach it"""
     master_port: _builtins.int
+    """a TCP port on it"""
     def __init__(
         self,
         *,
@@ -400,13 +451,15 @@ class TaskSpec(_message.Message):
     task_id: _builtins.str
     """caller-chosen, [A-Za-z0-9._-], unique per agent"""
     job_id: _builtins.str
+    """the controller's job id"""
     workload: _builtins.str
-    """e.g. "sleep", "random_forest" """
+    """e.g. "sleep", "random_forest" (one of NodeInfo.workloads)"""
     params_json: _builtins.str
     """JSON object, checked against the workload's schema"""
     rank: _builtins.int
+    """0..world_size-1: this task's rank (a gang rank, or a cv fold)"""
     world_size: _builtins.int
-    """0 is read as 1"""
+    """ranks in the job; 0 is read as 1"""
     gpus: _builtins.int
     """GPUs wanted (0 = CPU task, takes one slot)"""
     timeout_seconds: _builtins.float
@@ -414,8 +467,9 @@ class TaskSpec(_message.Message):
     memory_limit_bytes: _builtins.int
     """0 = none; resident memory of the task's processes"""
     attempt: _builtins.int
+    """1 for the first try, +1 per retry or re-placement"""
     dataset: _builtins.str
-    """dataset name for workloads that train on one"""
+    """dataset name for workloads that train on one (built-in, or an input blob)"""
     dataset_params_json: _builtins.str
     """JSON object: parameters of a synthetic dataset (n_samples, ...)"""
     partition: _builtins.str
@@ -442,7 +496,7 @@ class TaskSpec(_message.Message):
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """extra environment for the worker"""
+        """extra environment variables for the worker"""
 
     @_builtins.property
     def rendezvous(self) -> Global___Rendezvous:
@@ -489,6 +543,7 @@ class RunTaskRequest(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
+    """the caller's PROTOCOL_VERSION: a mismatch is FAILED_PRECONDITION"""
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     def __init__(
@@ -513,7 +568,9 @@ class RunTaskResponse(_message.Message):
     SLOT_IDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     @_builtins.property
-    def slot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def slot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the agent's slot numbers the task holds (0..slots_total-1)"""
+
     def __init__(
         self,
         *,
@@ -535,6 +592,7 @@ class WatchTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """TaskSpec.task_id"""
     after_seq: _builtins.int
     """replay events with seq > after_seq, then follow"""
     def __init__(
@@ -560,6 +618,7 @@ class CancelTaskRequest(_message.Message):
     CHECKPOINT_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     reason: _builtins.str
+    """free text, journaled with the cancellation"""
     checkpoint_grace_seconds: _builtins.float
     """> 0: ask the workload to save a checkpoint and stop (pause); cancel for real after this many seconds."""
     def __init__(
@@ -583,6 +642,7 @@ class CancelTaskResponse(_message.Message):
 
     WAS_RUNNING_FIELD_NUMBER: _builtins.int
     was_running: _builtins.bool
+    """false: it had already finished (nothing to cancel)"""
     def __init__(
         self,
         *,
@@ -602,6 +662,7 @@ class ListTasksRequest(_message.Message):
 
     INCLUDE_FINISHED_FIELD_NUMBER: _builtins.int
     include_finished: _builtins.bool
+    """also finished tasks still in the journal (--journal-retention-days)"""
     def __init__(
         self,
         *,
@@ -633,12 +694,17 @@ class TaskSummary(_message.Message):
     workload: _builtins.str
     state: Global___TaskState.ValueType
     created_at: _builtins.float
+    """unix seconds"""
     finished_at: _builtins.float
-    """0 while running"""
+    """unix seconds; 0 while running"""
     last_seq: _builtins.int
+    """seq of its newest TaskEvent (WatchTask after_seq resumes from here)"""
     exit_cause: _builtins.str
+    """"" while running; else as Finished.exit_cause"""
     @_builtins.property
-    def slot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def slot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """slots it holds or held"""
+
     def __init__(
         self,
         *,
@@ -690,6 +756,7 @@ class StateChanged(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     state: Global___TaskState.ValueType
     message: _builtins.str
+    """human text, e.g. "worker pid 1234" when RUNNING"""
     def __init__(
         self,
         *,
@@ -713,6 +780,7 @@ class LogLine(_message.Message):
     stream: _builtins.str
     """"stdout" | "stderr" | "agent" """
     line: _builtins.str
+    """one line, without its newline"""
     def __init__(
         self,
         *,
@@ -729,6 +797,8 @@ Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
 
 @_typing.final
 class MetricPoint(_message.Message):
+    """A value the workload reported (report_metric), e.g. loss per epoch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STEP_FIELD_NUMBER: _builtins.int
@@ -736,9 +806,12 @@ class MetricPoint(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     WALL_TIME_FIELD_NUMBER: _builtins.int
     step: _builtins.int
+    """the workload's step or epoch; 0 for single values"""
     name: _builtins.str
+    """e.g. "loss", "accuracy", "test_accuracy" """
     value: _builtins.float
     wall_time: _builtins.float
+    """unix seconds when reported"""
     def __init__(
         self,
         *,
@@ -777,6 +850,8 @@ Global___Progress: _TypeAlias = Progress  # noqa: Y015
 
 @_typing.final
 class CheckpointSaved(_message.Message):
+    """A checkpoint in the agent's blob cache (GetBlob fetches it by sha256)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
@@ -784,9 +859,13 @@ class CheckpointSaved(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    """64 hex chars"""
     size: _builtins.int
+    """bytes"""
     step: _builtins.int
+    """the epoch/step it was saved at"""
     name: _builtins.str
+    """file name"""
     def __init__(
         self,
         *,
@@ -805,6 +884,8 @@ Global___CheckpointSaved: _TypeAlias = CheckpointSaved  # noqa: Y015
 
 @_typing.final
 class ArtifactReady(_message.Message):
+    """A file the task saved, in the agent's blob cache (GetBlob fetches it by sha256)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
@@ -812,10 +893,13 @@ class ArtifactReady(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    """64 hex chars"""
     size: _builtins.int
+    """bytes"""
     kind: _builtins.str
-    """e.g. "model", "report" """
+    """"model", "model_config" (a torch model's JSON config), "report", or what a script passed to save_artifact()"""
     name: _builtins.str
+    """file name"""
     def __init__(
         self,
         *,
@@ -843,9 +927,14 @@ class Finished(_message.Message):
     status: Global___TaskState.ValueType
     """SUCCEEDED | FAILED | CANCELLED"""
     exit_cause: _builtins.str
-    """"completed", "exception", "exit_code", "signal", "timeout", ..."""
+    """completed | exception | exit_code | signal | worker_lost | timeout | memory_limit | cancelled | stopped
+    (checkpointed and stopped: a pause) | agent_restarted | drain_timeout | setup (failed before the workload ran:
+    unknown workload, missing inputs, worker start)
+    """
     error: _builtins.str
+    """"" on success; else a sentence, or the exception and its traceback"""
     duration_seconds: _builtins.float
+    """wall time from RUNNING to the end"""
     def __init__(
         self,
         *,
@@ -878,7 +967,7 @@ class TaskEvent(_message.Message):
     FINISHED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     seq: _builtins.int
-    """1, 2, 3... per task"""
+    """1, 2, 3... per task, gap-free (journaled before it is sent)"""
     time: _builtins.float
     """unix seconds when the agent journaled it"""
     @_builtins.property
@@ -985,7 +1074,9 @@ class FetchBlobRequest(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    """expected digest"""
     size: _builtins.int
+    """expected size in bytes"""
     url: _builtins.str
     """presigned GET"""
     def __init__(
@@ -1010,6 +1101,7 @@ class PushBlobRequest(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    """a blob in the agent's cache"""
     url: _builtins.str
     """presigned PUT"""
     def __init__(
@@ -1032,6 +1124,7 @@ class PushBlobResponse(_message.Message):
 
     SIZE_FIELD_NUMBER: _builtins.int
     size: _builtins.int
+    """bytes uploaded"""
     def __init__(
         self,
         *,
@@ -1053,8 +1146,11 @@ class PutBlobResponse(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     ALREADY_PRESENT_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    """the digest the agent computed (equal to the header's)"""
     size: _builtins.int
+    """bytes"""
     already_present: _builtins.bool
+    """it was cached already: nothing was written"""
     def __init__(
         self,
         *,
@@ -1077,6 +1173,7 @@ class GetBlobRequest(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    """64 hex chars"""
     offset: _builtins.int
     """resume a broken download"""
     def __init__(
@@ -1099,7 +1196,9 @@ class HasBlobsRequest(_message.Message):
 
     SHA256_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """digests to look up"""
+
     def __init__(
         self,
         *,
@@ -1119,7 +1218,9 @@ class HasBlobsResponse(_message.Message):
 
     PRESENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def present(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def present(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """those of them in the agent's cache"""
+
     def __init__(
         self,
         *,
@@ -1145,6 +1246,7 @@ class PairBeginRequest(_message.Message):
 
     CONTROLLER_CERT_PEM_FIELD_NUMBER: _builtins.int
     controller_cert_pem: _builtins.bytes
+    """the controller's self-signed certificate, PEM"""
     def __init__(
         self,
         *,
@@ -1187,12 +1289,15 @@ class PairFinishRequest(_message.Message):
     PROOF_FIELD_NUMBER: _builtins.int
     CONTROLLER_NONCE_FIELD_NUMBER: _builtins.int
     controller_cert_pem: _builtins.bytes
+    """PEM, the same as in PairBegin"""
     agent_nonce: _builtins.bytes
+    """from PairBeginResponse"""
     proof: _builtins.bytes
     """HMAC-SHA256(token, "tf-pair-controller" | agent_nonce | controller fingerprint | agent fingerprint):
     proves the join (or cluster) token without sending it.
     """
     controller_nonce: _builtins.bytes
+    """random, for the agent's proof back"""
     def __init__(
         self,
         *,
@@ -1274,7 +1379,9 @@ class AuthenticateRequest(_message.Message):
     NONCE_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     controller_cert_pem: _builtins.bytes
+    """PEM of a paired controller"""
     nonce: _builtins.bytes
+    """from GetChallenge"""
     signature: _builtins.bytes
     """ECDSA-SHA256 over "tf-auth" | nonce | agent node id, with the controller's key"""
     def __init__(
@@ -1299,7 +1406,9 @@ class AuthenticateResponse(_message.Message):
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
+    """send as "authorization: Bearer <token>" metadata"""
     expires_in_seconds: _builtins.float
+    """authenticate again before then"""
     def __init__(
         self,
         *,
