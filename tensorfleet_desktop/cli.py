@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tensorfleet_desktop import cli_models
 
     cli_models.add_parser(sub, _Parser)
+    from tensorfleet_desktop import cli_artifacts
+
+    cli_artifacts.add_parser(sub, _Parser)
     s = sub.add_parser(
         "gc", help="delete blobs nothing refers to any more (deleted versions, datasets, old checkpoints)"
     )

@@ -17,7 +17,7 @@ import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tensorfleet_desktop import cli_models
+from tensorfleet_desktop import cli_artifacts, cli_models
 from tensorfleet_desktop.cli_console import console
 from tensorfleet_desktop.client import TERMINAL, Client, trial_rows
 
@@ -645,6 +645,7 @@ _HANDLERS = {
     "metrics": metrics,
     "trials": trials,
     "models": cli_models.models,
+    "artifacts": cli_artifacts.artifacts,
     "gc": gc,
     "logs": logs,
     "agents": agents,

@@ -153,6 +153,10 @@ def _logs(resp: cpb.GetLogsResponse) -> list[dict[str, Any]]:
     return [{"task_index": r.task_index, "time": r.time, "stream": r.stream, "line": r.line} for r in resp.lines]
 
 
+def _artifacts(resp: cpb.ListArtifactsResponse) -> list[dict[str, Any]]:
+    return [convert.artifact_from_pb(a) for a in resp.artifacts]
+
+
 def _info(resp: cpb.ControllerInfo) -> dict[str, Any]:
     return {
         "protocol_version": resp.protocol_version,
@@ -448,6 +452,46 @@ class Client:
             path.with_name(path.name + ".json").write_text(json.dumps(config, indent=1))
         return {**convert.model_from_pb(header.model), "format": header.format, "sha256": header.sha256, "size": size}
 
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        """The files the job's tasks saved: name, kind, task_index (-1: the controller's), size, sha256, created_at."""
+        return self._call("ListArtifacts", cpb.ListArtifactsRequest(job_id=job_id), _artifacts)
+
+    def download_artifact(self, job_id: str, name: str, dest: Path, task: int | None = None) -> dict[str, Any]:
+        """Write the job's artifact NAME to `dest` (a file path, or a directory to write NAME into).
+
+        The sha256 is checked: a damaged or cut-short transfer raises and leaves no file behind. `task` picks
+        among several tasks' artifacts of one name. Returns the artifact's record with "path" added.
+        """
+        import hashlib
+
+        request = cpb.DownloadArtifactRequest(job_id=job_id, name=name, task_index=task)
+        path = dest / Path(name).name if dest.is_dir() else dest
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            stream = iter(self._stub.DownloadArtifact(request, timeout=max(self.timeout, 600), metadata=self._metadata))
+            header = convert.artifact_from_pb(next(stream).header)
+            hasher, size = hashlib.sha256(), 0
+            with tmp.open("wb") as fh:
+                for chunk in stream:
+                    hasher.update(chunk.data)
+                    size += len(chunk.data)
+                    fh.write(chunk.data)
+        except grpc.RpcError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _translate(exc, self.address) from None
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise InvalidRequest(f"cannot write {path}: {exc}") from None
+        if hasher.hexdigest() != header["sha256"] or size != header["size"]:
+            tmp.unlink(missing_ok=True)
+            got = f"{size} bytes, sha256 {hasher.hexdigest()[:12]}"
+            raise TensorFleetError(
+                f"artifact {name} of job {job_id} arrived damaged ({got}; expected {header['size']} bytes, "
+                f"sha256 {header['sha256'][:12]}): nothing was written"
+            )
+        tmp.replace(path)
+        return {**header, "path": str(path)}
+
     def load_model(self, ref: str) -> Any:
         """A ready model: a scikit-learn estimator (skops, allow-listed types only) or a torch module."""
         import tempfile
@@ -625,6 +669,13 @@ class AsyncClient:
     async def download_model(self, ref: str, path: Path, fmt: str = "") -> dict[str, Any]:
         """Client.download_model in a worker thread (a file transfer; the loop stays free)."""
         return await asyncio.to_thread(self._blocking, "download_model", ref, path, fmt)
+
+    async def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        return await self._call("ListArtifacts", cpb.ListArtifactsRequest(job_id=job_id), _artifacts)
+
+    async def download_artifact(self, job_id: str, name: str, dest: Path, task: int | None = None) -> dict[str, Any]:
+        """Client.download_artifact in a worker thread (a file transfer; the loop stays free)."""
+        return await asyncio.to_thread(self._blocking, "download_artifact", job_id, name, dest, task)
 
     async def datasets(self) -> list[dict[str, Any]]:
         return await self._call("ListDatasets", cpb.ListDatasetsRequest(), lambda r: [_dataset(d) for d in r.datasets])

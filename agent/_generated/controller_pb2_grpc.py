@@ -200,6 +200,16 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.GcRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.GcResponse.FromString,
                 _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ListArtifacts',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/tensorfleet.v1.ControllerService/DownloadArtifact',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
         self.Shutdown = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/Shutdown',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ShutdownRequest.SerializeToString,
@@ -408,6 +418,18 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListArtifacts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Shutdown(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -581,6 +603,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.CollectGarbage,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.GcRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.GcResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ArtifactChunk.SerializeToString,
             ),
             'Shutdown': grpc.unary_unary_rpc_method_handler(
                     servicer.Shutdown,
@@ -1479,6 +1511,60 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/CollectGarbage',
             tensorfleet_dot_v1_dot_controller__pb2.GcRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.GcResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ListArtifacts',
+            tensorfleet_dot_v1_dot_controller__pb2.ListArtifactsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/DownloadArtifact',
+            tensorfleet_dot_v1_dot_controller__pb2.DownloadArtifactRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,8 @@ class ControllerServiceStub:
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteModelRequest, _controller_pb2.ModelVersion]
     ModelStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ModelStatsRequest, _controller_pb2.ModelStatsResponse]
     CollectGarbage: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GcRequest, _controller_pb2.GcResponse]
+    ListArtifacts: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListArtifactsRequest, _controller_pb2.ListArtifactsResponse]
+    DownloadArtifact: _grpc.UnaryStreamMultiCallable[_controller_pb2.DownloadArtifactRequest, _controller_pb2.ArtifactChunk]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]
 
 @_typing.type_check_only
@@ -107,6 +109,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     DeleteModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteModelRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     ModelStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.ModelStatsRequest, _controller_pb2.ModelStatsResponse]  # type: ignore[assignment]
     CollectGarbage: _aio.UnaryUnaryMultiCallable[_controller_pb2.GcRequest, _controller_pb2.GcResponse]  # type: ignore[assignment]
+    ListArtifacts: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListArtifactsRequest, _controller_pb2.ListArtifactsResponse]  # type: ignore[assignment]
+    DownloadArtifact: _aio.UnaryStreamMultiCallable[_controller_pb2.DownloadArtifactRequest, _controller_pb2.ArtifactChunk]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -340,6 +344,20 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.GcRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.GcResponse, _abc.Awaitable[_controller_pb2.GcResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListArtifacts(
+        self,
+        request: _controller_pb2.ListArtifactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListArtifactsResponse, _abc.Awaitable[_controller_pb2.ListArtifactsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DownloadArtifact(
+        self,
+        request: _controller_pb2.DownloadArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.ArtifactChunk], _abc.AsyncIterator[_controller_pb2.ArtifactChunk]]: ...
 
     @_abc_1.abstractmethod
     def Shutdown(

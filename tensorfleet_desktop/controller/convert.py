@@ -8,7 +8,7 @@ from typing import Any
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_desktop.controller.core import job_summary
 from tensorfleet_desktop.controller.fleet import AgentRecord
-from tensorfleet_desktop.controller.model import Job, JobEventRecord, TaskRunState
+from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, TaskRunState
 
 
 def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
@@ -49,10 +49,7 @@ def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
             )
             for t in job.tasks
         ],
-        artifacts=[
-            cpb.Artifact(sha256=a.sha256, size=a.size, kind=a.kind, name=a.name, task_index=a.task_index, step=a.step)
-            for a in job.artifacts
-        ],
+        artifacts=[artifact_to_pb(a) for a in job.artifacts],
     )
     if job.model:
         msg.model.CopyFrom(
@@ -109,17 +106,32 @@ def job_from_pb(msg: cpb.Job) -> dict[str, Any]:
             }
             for t in msg.task_list
         ],
-        "artifacts": [
-            {
-                "sha256": a.sha256,
-                "size": a.size,
-                "kind": a.kind,
-                "name": a.name,
-                "task_index": a.task_index,
-                "step": a.step,
-            }
-            for a in msg.artifacts
-        ],
+        "artifacts": [artifact_from_pb(a) for a in msg.artifacts],
+    }
+
+
+def artifact_to_pb(a: ArtifactInfo) -> cpb.Artifact:
+    return cpb.Artifact(
+        sha256=a.sha256,
+        size=a.size,
+        kind=a.kind,
+        name=a.name,
+        task_index=a.task_index,
+        step=a.step,
+        created_at=a.created_at,
+    )
+
+
+def artifact_from_pb(a: cpb.Artifact) -> dict[str, Any]:
+    """task_index -1: made by the controller (a merged model); created_at None: recorded before it was kept."""
+    return {
+        "sha256": a.sha256,
+        "size": a.size,
+        "kind": a.kind,
+        "name": a.name,
+        "task_index": a.task_index,
+        "step": a.step,
+        "created_at": a.created_at or None,
     }
 
 

@@ -163,6 +163,43 @@ class Controller:
             raise NotFoundError(f"no job {job_id!r}")
         return job
 
+    def artifact(self, job_id: str, name: str, task_index: int | None = None) -> tuple[Job, ArtifactInfo]:
+        """The job's artifact by name (a task's latest one of that name); several tasks' need `task_index`."""
+        job = self.get(job_id)
+        hits = [a for a in job.artifacts if a.name == name and task_index in (None, a.task_index)]
+        if not hits:
+            where = f" from task {task_index}" if task_index is not None else ""
+            known = ", ".join(sorted({a.name for a in job.artifacts})) or "none yet"
+            raise NotFoundError(f"job {job.id} has no artifact {name!r}{where} (artifacts: {known})")
+        tasks = sorted({a.task_index for a in hits})
+        if len(tasks) > 1:
+            raise ValidationError(
+                "task_index", f"tasks {', '.join(map(str, tasks))} of job {job.id} each saved {name!r}: say which task"
+            )
+        return job, hits[-1]
+
+    async def artifact_path(self, job: Job, artifact: ArtifactInfo) -> Path:
+        """The artifact's file in the blob store, once the copy from its agent has landed."""
+        fetch = self._fetches.get(artifact.sha256)
+        if fetch is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(fetch), 120)
+        try:
+            return await self.blobs.ensure(artifact.sha256)
+        except FileNotFoundError:
+            pass
+        task = next((t for t in job.tasks if t.index == artifact.task_index), None)
+        record = self.fleet.agents.get(task.node_id) if task is not None else None
+        if record is not None:  # the first copy failed (agent away at the time): try once more
+            await self._fetch_blob(record, artifact.sha256)
+        try:
+            return await self.blobs.ensure(artifact.sha256)
+        except FileNotFoundError:
+            raise JobError(
+                f"artifact {artifact.name!r} of job {job.id} ({artifact.sha256[:12]}) is not in the controller's "
+                "blob store: the agent that saved it has not delivered it"
+            ) from None
+
     def list_jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[Job]:
         jobs = sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)
         if states:
@@ -737,7 +774,7 @@ class Controller:
             fetched - started,
             time.monotonic() - fetched,
         )
-        job.artifacts.append(ArtifactInfo(digest, final.stat().st_size, "model", "model.skops", -1))
+        job.artifacts.append(ArtifactInfo(digest, final.stat().st_size, "model", "model.skops", -1, 0, time.time()))
         job.metrics = {**values, "shards": float(len(job.tasks))}
         self._succeed(job)
 
@@ -859,7 +896,7 @@ class Controller:
         elif isinstance(p, ArtifactReady | CheckpointSaved):
             kind = p.kind if isinstance(p, ArtifactReady) else "checkpoint"
             step = p.step if isinstance(p, CheckpointSaved) else 0
-            job.artifacts.append(ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step))
+            job.artifacts.append(ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step, time.time()))
             if kind == "checkpoint":
                 job.artifacts, dropped = trim_checkpoints(job.artifacts, self.keep_checkpoints)
                 for gone in dropped:

@@ -42,6 +42,7 @@ class ArtifactInfo:
     name: str
     task_index: int
     step: int = 0  # a checkpoint's epoch/step
+    created_at: float = 0.0  # when the controller heard of it (0: recorded before it was kept)
 
 
 @dataclass

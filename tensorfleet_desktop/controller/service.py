@@ -354,6 +354,25 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             raise ValidationError("grace_seconds", f"must be between 0 and a year, got {grace:g}")
         return cpb.GcResponse(**await self.c.collect_garbage(grace))
 
+    # ---- artifacts
+
+    @_unary
+    async def ListArtifacts(self, request: cpb.ListArtifactsRequest, context: Any) -> cpb.ListArtifactsResponse:
+        job = self.c.get(request.job_id)
+        return cpb.ListArtifactsResponse(job_id=job.id, artifacts=[convert.artifact_to_pb(a) for a in job.artifacts])
+
+    @_stream
+    async def DownloadArtifact(
+        self, request: cpb.DownloadArtifactRequest, context: Any
+    ) -> AsyncIterator[cpb.ArtifactChunk]:
+        task = request.task_index if request.HasField("task_index") else None
+        job, artifact = self.c.artifact(request.job_id, request.name, task)
+        path = await self.c.artifact_path(job, artifact)
+        yield cpb.ArtifactChunk(header=convert.artifact_to_pb(artifact))
+        with path.open("rb") as fh:
+            while data := await asyncio.to_thread(fh.read, 1 << 20):
+                yield cpb.ArtifactChunk(data=data)
+
     @_unary
     async def ModelStats(self, request: cpb.ModelStatsRequest, context: Any) -> cpb.ModelStatsResponse:
         return convert.stats_to_pb(await self.c.registry.stats())

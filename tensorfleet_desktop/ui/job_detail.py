@@ -1,4 +1,4 @@
-"""Job detail: live curves of every reported metric, tasks, logs with search, sweep trials, run comparison."""
+"""Job detail: live curves of every reported metric, tasks, logs with search, artifacts, sweep trials, comparison."""
 
 from __future__ import annotations
 
@@ -31,9 +31,17 @@ from PySide6.QtWidgets import (
 
 from tensorfleet_desktop.client import TERMINAL, AsyncClient, trial_rows
 from tensorfleet_desktop.ui.bridge import Bridge
-from tensorfleet_desktop.ui.formatting import clock, duration, job_duration, metric_text, state_color, workload
+from tensorfleet_desktop.ui.formatting import (
+    clock,
+    duration,
+    human_bytes,
+    job_duration,
+    metric_text,
+    state_color,
+    workload,
+)
 from tensorfleet_desktop.ui.plots import MetricGrid, MetricPlot, ScatterPlot
-from tensorfleet_desktop.ui.table_model import Column, RowTableModel
+from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
 
@@ -133,6 +141,34 @@ class JobDetailView(View):
         logs_layout.addLayout(row)
         logs_layout.addWidget(self.logs, 1)
 
+        # artifacts: the files the job's tasks saved, each downloadable (sha256 checked)
+        self.artifacts_model = RowTableModel(
+            [
+                Column("Name", lambda a: a["name"]),
+                Column("Kind", lambda a: f"{a['kind']} (step {a['step']})" if a["kind"] == "checkpoint" else a["kind"]),
+                Column(
+                    "Task",
+                    lambda a: "controller" if a["task_index"] < 0 else str(a["task_index"]),
+                    sort=lambda a: a["task_index"],
+                ),
+                Column("Size", lambda a: human_bytes(a["size"]), sort=lambda a: a["size"]),
+                Column("SHA256", lambda a: a["sha256"][:16], tooltip=lambda a: a["sha256"]),
+                Column("Created", lambda a: clock(a["created_at"]), sort=lambda a: a["created_at"] or 0.0),
+            ],
+            key=lambda a: f"{a['task_index']}:{a['name']}:{a['sha256']}",
+        )
+        self.artifacts_table, _ = data_table(self.artifacts_model, name="artifacts")
+        self.artifacts_table.doubleClicked.connect(lambda _index: self.choose_artifact_download())
+        self.download_artifact_button = action_button("Download…", "save the selected artifact (sha256 checked)")
+        self.download_artifact_button.clicked.connect(self.choose_artifact_download)
+        self.artifacts_tab = QWidget()
+        artifacts_layout = QVBoxLayout(self.artifacts_tab)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Files the job's tasks saved; they stay on the controller after the agents go."), 1)
+        row.addWidget(self.download_artifact_button)
+        artifacts_layout.addLayout(row)
+        artifacts_layout.addWidget(self.artifacts_table, 1)
+
         # sweep
         self.trials_model = RowTableModel(
             [
@@ -199,6 +235,8 @@ class JobDetailView(View):
         self.tabs.addTab(curves, "Curves")
         self.tabs.addTab(self.tasks_table, "Tasks")
         self.tabs.addTab(logs, "Logs")
+        self.tabs.addTab(self.artifacts_tab, "Artifacts")
+        self.sweep_tab = sweep
         self.tabs.addTab(sweep, "Sweep")
         self.tabs.addTab(compare, "Compare")
         layout = QVBoxLayout(self)
@@ -231,6 +269,7 @@ class JobDetailView(View):
         self.log_task.addItem("all tasks", -1)
         self.log_task.blockSignals(False)
         self.tasks_model.set_rows([])
+        self.artifacts_model.set_rows([])
         self.trials_model.set_rows([])
         self.header.setText(f"Loading job {job_id}…")
         self.bridge.watch_job(job_id)
@@ -274,11 +313,12 @@ class JobDetailView(View):
             + error
         )
         self.tasks_model.set_rows(job["task_list"])
+        self.artifacts_model.set_rows(job["artifacts"])
         for task in job["task_list"]:
             if self.log_task.findData(task["index"]) < 0:
                 self.log_task.addItem(f"task {task['index']}", task["index"])
         sweep = job["spec"].get("sweep")
-        self.tabs.setTabEnabled(3, bool(sweep))
+        self.tabs.setTabEnabled(self.tabs.indexOf(self.sweep_tab), bool(sweep))
         if sweep:
             rows = trial_rows(job)
             self.trials_model.set_rows(rows)
@@ -311,7 +351,7 @@ class JobDetailView(View):
             self.log_lines.append(line)
             if self._log_visible(line):
                 self.logs.appendPlainText(self._log_text(line))
-        elif kind in ("job_state", "task_state", "progress") and not self._refresh_timer.isActive():
+        elif kind in ("job_state", "task_state", "progress", "artifact") and not self._refresh_timer.isActive():
             self._refresh_timer.start()
             if kind == "job_state" and event["state"] in TERMINAL:
                 self._refresh_timer.start(50)
@@ -416,6 +456,28 @@ class JobDetailView(View):
                     else str(value)
                 )
                 self.compare_params.setItem(r, c, QTableWidgetItem(text))
+
+    def selected_artifact(self) -> dict[str, Any] | None:
+        rows = self.artifacts_table.selectionModel().selectedRows()
+        return rows[0].data(ROW_ROLE) if rows else None
+
+    def choose_artifact_download(self) -> None:
+        artifact = self.selected_artifact()
+        if artifact is None:
+            self.notify("select an artifact to download first", True)
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save artifact", Path(artifact["name"]).name)
+        if path:
+            self.download_artifact(artifact, Path(path))
+
+    def download_artifact(self, artifact: dict[str, Any], path: Path) -> None:
+        """Fetch it on the bridge's loop (the transfer runs in a worker thread), then say where it went."""
+        job_id, name, task = self.job_id, artifact["name"], artifact["task_index"]
+
+        def saved(record: dict[str, Any]) -> None:
+            self.notify(f"saved {name} to {record['path']} ({human_bytes(record['size'])}, sha256 verified)", False)
+
+        self.run(lambda c: c.download_artifact(job_id, name, path, task), saved, f"cannot download {name}")
 
     def choose_export(self) -> None:
         if not self.job_id:

@@ -6,8 +6,10 @@ One cluster serves the whole module; the test that kills an agent runs last and 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 pytest.importorskip("PySide6", reason="the desktop extra (PySide6) is not installed")
 pytest.importorskip("pytestqt", reason="pytest-qt (dev extra) is not installed")
 
-from PySide6.QtWidgets import QDialogButtonBox, QInputDialog
+from PySide6.QtWidgets import QDialogButtonBox, QFileDialog, QInputDialog
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
@@ -215,6 +217,42 @@ def test_datasets_view_uploads_and_previews(qtbot: Any, window: MainWindow, tmp_
     assert header == ["x1", "x2", "label"]
     assert window.datasets.preview.rowCount() == 30
     assert window.datasets.preview.item(3, 2).text() == "b"
+
+
+def test_artifacts_tab_lists_a_jobs_files_and_saves_one_off_the_gui_thread(
+    qtbot: Any, window: MainWindow, gui_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller, _ = gui_cluster
+    with Client(controller.address) as client:
+        job = client.submit({"algorithm": "artifact", "name": "gui-artifact", "hyperparameters": {"bytes": 300_000}})
+    wait_state(qtbot, window, job["id"], "SUCCEEDED")
+    window.show_job(job["id"])
+    detail = window.detail
+    detail.tabs.setCurrentWidget(detail.artifacts_tab)
+    qtbot.waitUntil(lambda: detail.artifacts_model.rows != [], timeout=10_000)
+    (artifact,) = detail.artifacts_model.rows
+    assert (artifact["name"], artifact["kind"], artifact["task_index"], artifact["size"]) == (
+        "artifact.bin", "report", 0, 300_000,
+    )  # fmt: skip
+    assert detail.artifacts_model.index(0, 4).data() == artifact["sha256"][:16]
+    out = tmp_path / "saved.bin"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *_a, **_k: (str(out), ""))
+    gui_thread = threading.get_ident()
+    transfers: list[int] = []
+    real = Client.download_artifact
+
+    def spy(self: Client, *args: Any) -> dict[str, Any]:
+        transfers.append(threading.get_ident())
+        return real(self, *args)
+
+    monkeypatch.setattr(Client, "download_artifact", spy)
+    qtbot.mouseClick(detail.download_artifact_button, qtbot_button())  # nothing selected: said, nothing saved
+    assert "select an artifact" in window.statusBar().currentMessage() and not out.exists()
+    detail.artifacts_table.selectRow(0)
+    qtbot.mouseClick(detail.download_artifact_button, qtbot_button())
+    qtbot.waitUntil(lambda: f"saved artifact.bin to {out}" in window.statusBar().currentMessage(), timeout=20_000)
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == artifact["sha256"]
+    assert transfers and gui_thread not in transfers
 
 
 def test_settings_test_the_connection_to_mongodb_and_s3(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:

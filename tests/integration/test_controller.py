@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json, tensorfleet
 from helpers.waiting import wait_until
-from tensorfleet_desktop.client import Client, InvalidRequest
+from tensorfleet_desktop.client import Client, InvalidRequest, NotFound, TensorFleetError
 
 pytestmark = pytest.mark.slow
 
@@ -686,6 +687,57 @@ dist.all_reduce(value)
 task.report(step=0, total=float(value.item()), world=float(dist.get_world_size()))
 dist.destroy_process_group()
 """
+
+
+def test_artifacts_are_listed_and_downloaded_with_their_sha256_checked(
+    cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path
+) -> None:
+    controller, agents = cluster
+    with Client(controller.address) as client:  # two ranks, each saving different bytes as artifact.bin
+        job = client.submit({"algorithm": "artifact", "num_workers": 2, "hyperparameters": {"bytes": 1_500_000}})
+        assert client.wait(job["id"], 60)["state"] == "SUCCEEDED"
+        listed = client.artifacts(job["id"])
+        assert sorted((a["name"], a["kind"], a["task_index"]) for a in listed) == [
+            ("artifact.bin", "report", 0),
+            ("artifact.bin", "report", 1),
+        ]
+        assert all(a["size"] == 1_500_000 and len(a["sha256"]) == 64 and a["created_at"] for a in listed)
+        by_task = {a["task_index"]: a for a in listed}
+        got = client.download_artifact(job["id"], "artifact.bin", tmp_path, task=1)
+        path = tmp_path / "artifact.bin"
+        assert got["path"] == str(path) and hashlib.sha256(path.read_bytes()).hexdigest() == by_task[1]["sha256"]
+        with pytest.raises(InvalidRequest, match=r"tasks 0, 1 .* each saved 'artifact\.bin'"):
+            client.download_artifact(job["id"], "artifact.bin", tmp_path / "x")
+        with pytest.raises(NotFound, match="no artifact 'nope'"):
+            client.download_artifact(job["id"], "nope", tmp_path / "x")
+        with pytest.raises(NotFound, match="no job 'j-unknown'"):
+            client.artifacts("j-unknown")
+        assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".*.part"))
+    # the CLI: a table, --json, a download to -o (checked), and --task asked for when the name is ambiguous
+    table = controller.cli("artifacts", job["id"])
+    assert table.returncode == 0 and by_task[0]["sha256"] in table.stdout and "artifact.bin" in table.stdout
+    assert cli_json(controller.cli("artifacts", job["id"], "--json")) == listed
+    out = tmp_path / "rank0.bin"
+    done = controller.cli("artifacts", "download", job["id"], "artifact.bin", "--task", "0", "-o", str(out))
+    assert done.returncode == 0 and "verified" in done.stdout, done.stderr
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == by_task[0]["sha256"]
+    ambiguous = controller.cli("artifacts", "download", job["id"], "artifact.bin", "-o", str(tmp_path / "y"))
+    assert ambiguous.returncode == 2 and "--task N" in ambiguous.stderr and not (tmp_path / "y").exists()
+    missing = controller.cli("artifacts", "download", job["id"], "nope.bin")
+    assert missing.returncode == 2 and "no artifact 'nope.bin'" in missing.stderr
+    # once the agents are gone, the files still come from the controller's copy
+    for agent in agents:
+        agent.stop()
+    with Client(controller.address) as client:
+        again = client.download_artifact(job["id"], "artifact.bin", tmp_path / "again.bin", task=0)
+    assert (tmp_path / "again.bin").read_bytes() == out.read_bytes() and again["sha256"] == by_task[0]["sha256"]
+    # bytes that do not hash to the artifact's sha256 are an error, and no file (not even a partial one) stays
+    blob = controller.data_dir / "blobs" / again["sha256"][:2] / again["sha256"]
+    blob.chmod(0o600)
+    blob.write_bytes(b"damaged" + out.read_bytes()[7:])
+    with Client(controller.address) as client, pytest.raises(TensorFleetError):
+        client.download_artifact(job["id"], "artifact.bin", tmp_path / "damaged.bin", task=0)
+    assert not (tmp_path / "damaged.bin").exists() and not list(tmp_path.glob(".*.part"))
 
 
 def test_user_scripts(cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
