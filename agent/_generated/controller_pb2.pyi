@@ -54,16 +54,25 @@ class ControllerInfo(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
+    """the AgentService protocol it speaks (agents must match)"""
     version: _builtins.str
+    """the tensorfleet package version"""
     data_dir: _builtins.str
+    """absolute path on the controller's machine"""
     store_uri: _builtins.str
+    """sqlite:///PATH or mongodb://HOST/DB (password removed)"""
     blobs_uri: _builtins.str
+    """file:///PATH or s3://BUCKET (query and credentials removed)"""
     pid: _builtins.int
+    """the `tensorfleet serve` process"""
     started_at: _builtins.float
+    """unix seconds"""
     local_agent_id: _builtins.str
+    """node id of serve's own agent; "" without one"""
     fingerprint: _builtins.str
     """the controller's certificate fingerprint"""
     cluster_id: _builtins.str
+    """16 hex chars derived from the cluster token; "" without one"""
     def __init__(
         self,
         *,
@@ -95,6 +104,9 @@ class SubmitJobRequest(_message.Message):
     SPEC_JSON_FIELD_NUMBER: _builtins.int
     SUBMITTER_FIELD_NUMBER: _builtins.int
     spec_json: _builtins.str
+    """JSON object: the job spec (name, algorithm, dataset, dataset_params, hyperparameters, num_workers, epochs,
+    gpus, priority, ...), checked by the controller; unknown keys are refused
+    """
     submitter: _builtins.str
     """user@host"""
     def __init__(
@@ -117,6 +129,7 @@ class JobRef(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """a job id or a unique prefix of at least 4 characters"""
     def __init__(
         self,
         *,
@@ -160,10 +173,10 @@ class ListJobsRequest(_message.Message):
     STATES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
-    """0 = all"""
+    """newest first, at most this many; 0 = all"""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """empty = all"""
+        """Job.state values to keep (QUEUED, RUNNING, ...); empty = all"""
 
     def __init__(
         self,
@@ -188,9 +201,13 @@ class TaskCounts(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     total: _builtins.int
+    """tasks of the job (ranks, folds or sweep trials)"""
     completed: _builtins.int
+    """SUCCEEDED"""
     failed: _builtins.int
+    """FAILED for good (no retry left)"""
     attempts: _builtins.int
+    """placements so far, retries and re-placements included"""
     def __init__(
         self,
         *,
@@ -209,6 +226,8 @@ Global___TaskCounts: _TypeAlias = TaskCounts  # noqa: Y015
 
 @_typing.final
 class ModelRef(_message.Message):
+    """The registered model a job produced."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -216,7 +235,9 @@ class ModelRef(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
+    """1, 2, 3... per name"""
     sha256: _builtins.str
+    """of the stored model file, 64 hex chars"""
     def __init__(
         self,
         *,
@@ -272,20 +293,32 @@ class TaskInfo(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
+    """0..total-1: the rank, fold or trial number"""
     state: _builtins.str
+    """PENDING | DISPATCHED | RUNNING | SUCCEEDED | FAILED | CANCELLED"""
     node_id: _builtins.str
+    """the agent of its latest attempt; "" while never placed"""
     agent_name: _builtins.str
     attempt: _builtins.int
+    """0 until placed, then +1 per placement"""
     progress: _builtins.float
+    """0..1"""
     exit_cause: _builtins.str
+    """as the agent's Finished.exit_cause (completed, exception, timeout, ...)"""
     error: _builtins.str
+    """"" unless it failed"""
     agent_task_id: _builtins.str
+    """the task id on the agent (job, index and attempt)"""
     failures: _builtins.int
+    """attempts that failed (counted against the job's retries)"""
     replacements: _builtins.int
+    """attempts moved because their agent was lost (not failures)"""
     params_json: _builtins.str
     """a sweep trial's hyperparameters"""
     started_at: _builtins.float
+    """unix seconds; 0 until it runs"""
     finished_at: _builtins.float
+    """unix seconds; 0 until it ends"""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """last value per name"""
@@ -329,10 +362,15 @@ class Artifact(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
+    """64 hex chars"""
     size: _builtins.int
+    """bytes"""
     kind: _builtins.str
+    """model | model_config | report | checkpoint | what save_artifact() named"""
     name: _builtins.str
+    """file name"""
     task_index: _builtins.int
+    """the task that saved it; -1: the controller (e.g. a merged model)"""
     step: _builtins.int
     """checkpoints: the epoch/step it was saved at"""
     created_at: _builtins.float
@@ -403,27 +441,43 @@ class Job(_message.Message):
     state: _builtins.str
     """QUEUED | RUNNING | PAUSED | SUCCEEDED | FAILED | CANCELLED"""
     progress: _builtins.float
+    """0..1"""
     error: _builtins.str
+    """why it FAILED, as a sentence; "" otherwise"""
     created_at: _builtins.float
+    """unix seconds"""
     started_at: _builtins.float
+    """unix seconds; 0 until a task runs"""
     finished_at: _builtins.float
+    """unix seconds; 0 until it ends"""
     spec_json: _builtins.str
+    """JSON object: the spec as submitted (see SubmitJobRequest.spec_json)"""
     submitter: _builtins.str
+    """user@host"""
     algorithm: _builtins.str
+    """the workload, e.g. "random_forest" """
     dataset: _builtins.str
+    """dataset name; "" for workloads without one"""
     priority: _builtins.int
+    """-1000..1000, higher runs first; FIFO within a priority"""
     @_builtins.property
     def tasks(self) -> Global___TaskCounts: ...
     @_builtins.property
-    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """last value per metric name (a sweep: the best trial's)"""
+
     @_builtins.property
     def model(self) -> Global___ModelRef:
         """unset until a model is registered"""
 
     @_builtins.property
-    def task_list(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskInfo]: ...
+    def task_list(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskInfo]:
+        """by index"""
+
     @_builtins.property
-    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]: ...
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
+        """in the order the tasks saved them"""
+
     def __init__(
         self,
         *,
@@ -518,15 +572,17 @@ class JobEvent(_message.Message):
     seq: _builtins.int
     """per job, 1, 2, 3..."""
     time: _builtins.float
+    """unix seconds"""
     kind: _builtins.str
     """job_state | task_state | progress | metric | log | artifact"""
     task_index: _builtins.int
+    """the task it is about (job_state: 0)"""
     state: _builtins.str
-    """job_state / task_state"""
+    """job_state: a Job.state; task_state: a TaskInfo.state"""
     message: _builtins.str
     """error text, log line, state message"""
     stream: _builtins.str
-    """log: stdout | stderr"""
+    """log: stdout | stderr | agent (the agent's own note about the task)"""
     step: _builtins.int
     """metric"""
     name: _builtins.str
@@ -534,7 +590,7 @@ class JobEvent(_message.Message):
     value: _builtins.float
     """metric value / progress fraction"""
     wall_time: _builtins.float
-    """metric"""
+    """metric: unix seconds when reported"""
     @_builtins.property
     def job(self) -> Global___Job:
         """job_state: the job after the change"""
@@ -571,6 +627,7 @@ class GetMetricsRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     NAMES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """a job id or a unique prefix of at least 4 characters"""
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty = all"""
@@ -602,11 +659,16 @@ class MetricRow(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     task_index: _builtins.int
     step: _builtins.int
+    """the workload's step or epoch"""
     name: _builtins.str
+    """e.g. loss, accuracy"""
     value: _builtins.float
     wall_time: _builtins.float
+    """unix seconds when reported"""
     agent_task_id: _builtins.str
+    """the attempt that reported it"""
     seq: _builtins.int
+    """the JobEvent seq that carried it"""
     def __init__(
         self,
         *,
@@ -654,7 +716,9 @@ class GetLogsRequest(_message.Message):
     TASK_INDEX_FIELD_NUMBER: _builtins.int
     ALL_TASKS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """a job id or a unique prefix of at least 4 characters"""
     task_index: _builtins.int
+    """which task's lines (ignored with all_tasks)"""
     all_tasks: _builtins.bool
     def __init__(
         self,
@@ -681,8 +745,11 @@ class LogRow(_message.Message):
     LINE_FIELD_NUMBER: _builtins.int
     task_index: _builtins.int
     time: _builtins.float
+    """unix seconds"""
     stream: _builtins.str
+    """stdout | stderr | agent"""
     line: _builtins.str
+    """one line, without its newline"""
     def __init__(
         self,
         *,
@@ -774,6 +841,7 @@ class Agent(_message.Message):
     id: _builtins.str
     """node id"""
     name: _builtins.str
+    """as the agent names itself (--name)"""
     address: _builtins.str
     """host:port"""
     state: _builtins.str
@@ -781,29 +849,40 @@ class Agent(_message.Message):
     source: _builtins.str
     """mdns | manual | local"""
     paired: _builtins.bool
+    """this controller holds a session with it (it runs our work)"""
     slots_total: _builtins.int
     slots_free: _builtins.int
     gpus: _builtins.int
     last_seen: _builtins.float
+    """unix seconds of its latest telemetry"""
     state_since: _builtins.float
+    """unix seconds when it entered `state`"""
     hostname: _builtins.str
     cpu_percent: _builtins.float
+    """0-100, whole machine (latest telemetry)"""
     memory_used_bytes: _builtins.int
     memory_total_bytes: _builtins.int
     tasks_running: _builtins.int
     error: _builtins.str
+    """why it is not ONLINE, as a sentence; "" when fine"""
     agent_version: _builtins.str
+    """the agent's tensorfleet package version"""
     fingerprint: _builtins.str
     """sha256 of the agent's TLS certificate"""
     cluster_id: _builtins.str
+    """16 hex chars; "" for an agent without a cluster token"""
     disk_free_bytes: _builtins.int
     """free bytes in the agent's data dir (latest telemetry)"""
     metrics_port: _builtins.int
     """the agent's Prometheus /metrics port on its host; 0: it serves none"""
     @_builtins.property
-    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """the agent's --label k=v"""
+
     @_builtins.property
-    def workloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def workloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """workload names it can run"""
+
     @_builtins.property
     def gpu_stats(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.GpuTelemetry]:
         """per-GPU utilization, memory, temperature and power (latest)"""
@@ -895,8 +974,11 @@ class AgentEvent(_message.Message):
     kind: _builtins.str
     """added | lost | back | telemetry | updated | removed"""
     time: _builtins.float
+    """unix seconds"""
     @_builtins.property
-    def agent(self) -> Global___Agent: ...
+    def agent(self) -> Global___Agent:
+        """the agent after the change"""
+
     def __init__(
         self,
         *,
@@ -918,6 +1000,7 @@ class AddAgentRequest(_message.Message):
 
     ADDRESS_FIELD_NUMBER: _builtins.int
     address: _builtins.str
+    """host:port of its AgentService"""
     def __init__(
         self,
         *,
@@ -990,9 +1073,11 @@ class DatasetHeader(_message.Message):
     name: _builtins.str
     """how jobs refer to it (--dataset NAME)"""
     filename: _builtins.str
-    """e.g. data.csv; the extension gives the format"""
+    """e.g. data.csv; the extension gives the format (.csv or .parquet)"""
     size: _builtins.int
+    """bytes that follow"""
     sha256: _builtins.str
+    """of those bytes, 64 hex chars: checked on arrival"""
     def __init__(
         self,
         *,
@@ -1052,16 +1137,24 @@ class DatasetInfo(_message.Message):
     SOURCE_SHA256_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     sha256: _builtins.str
+    """of the stored file, 64 hex chars"""
     filename: _builtins.str
+    """the stored file's name"""
     format: _builtins.str
+    """csv | parquet: what was uploaded (Parquet is stored as its CSV form)"""
     rows: _builtins.int
+    """data rows (header excluded)"""
     size: _builtins.int
+    """bytes"""
     created_at: _builtins.float
+    """unix seconds"""
     source_filename: _builtins.str
     """a Parquet upload: the original file (stored as CSV)"""
     source_sha256: _builtins.str
     @_builtins.property
-    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """column names, in file order"""
+
     def __init__(
         self,
         *,
@@ -1150,33 +1243,51 @@ class ModelVersion(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
+    """1, 2, 3... per name"""
     algorithm: _builtins.str
+    """the workload that trained it"""
     hyperparameters_json: _builtins.str
     """a JSON object"""
     description: _builtins.str
+    """free text"""
     dataset_json: _builtins.str
     """{name, sha256, split_seed, params}"""
     job_id: _builtins.str
+    """the job that trained it"""
     size: _builtins.int
+    """bytes of the stored file"""
     sha256: _builtins.str
     """of the bytes a default download writes"""
     format: _builtins.str
     """skops | safetensors"""
     created_at: _builtins.float
+    """unix seconds"""
     @_builtins.property
-    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """final value per metric name"""
+
     @_builtins.property
-    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """e.g. production (each alias points at one version of a name)"""
+
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the agent task ids that produced it"""
+
     @_builtins.property
-    def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """input columns, in the order predict() takes them"""
+
     @_builtins.property
-    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """classifiers: the labels, as strings; empty otherwise"""
+
     @_builtins.property
-    def framework_versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def framework_versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """library name -> version it was trained with"""
+
     def __init__(
         self,
         *,
@@ -1209,6 +1320,8 @@ Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
+    """Filters: empty matches everything."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -1257,11 +1370,16 @@ class ListModelsResponse(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     PAGES_FIELD_NUMBER: _builtins.int
     page: _builtins.int
+    """the page returned, from 1"""
     limit: _builtins.int
+    """versions per page"""
     total: _builtins.int
+    """versions matching the filters"""
     pages: _builtins.int
     @_builtins.property
-    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]: ...
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]:
+        """this page of the matching versions"""
+
     def __init__(
         self,
         *,
@@ -1306,8 +1424,9 @@ class DownloadModelRequest(_message.Message):
     REF_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     ref: _builtins.str
+    """NAME, NAME:VERSION or NAME@ALIAS"""
     format: _builtins.str
-    """empty: the stored (safe) format"""
+    """empty: the stored (safe) format; skops models: pickle | joblib | onnx; safetensors (torch) models: onnx"""
     def __init__(
         self,
         *,
@@ -1332,11 +1451,13 @@ class ModelDownloadHeader(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
     format: _builtins.str
+    """what the bytes are: skops | safetensors | pickle | joblib | onnx"""
     size: _builtins.int
+    """bytes that follow"""
     sha256: _builtins.str
     """of the bytes that follow"""
     config_json: _builtins.str
-    """torch models: the JSON config that rebuilds the module"""
+    """torch models: the JSON config that rebuilds the module; "" otherwise"""
     @_builtins.property
     def model(self) -> Global___ModelVersion: ...
     def __init__(
@@ -1413,7 +1534,9 @@ class TagRequest(_message.Message):
     REF_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
     ref: _builtins.str
+    """NAME:VERSION (or NAME@ALIAS)"""
     tag: _builtins.str
+    """free text label"""
     def __init__(
         self,
         *,
@@ -1435,6 +1558,7 @@ class DescribeModelRequest(_message.Message):
     REF_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ref: _builtins.str
+    """NAME:VERSION (or NAME@ALIAS)"""
     description: _builtins.str
     """free text, at most 4096 characters"""
     def __init__(
@@ -1500,8 +1624,11 @@ class AlgorithmStats(_message.Message):
     BEST_ACCURACY_FIELD_NUMBER: _builtins.int
     algorithm: _builtins.str
     count: _builtins.int
+    """registered versions"""
     avg_accuracy: _builtins.float
+    """0..1; unset when no version reports accuracy"""
     best_accuracy: _builtins.float
+    """0..1; unset likewise"""
     def __init__(
         self,
         *,
@@ -1533,10 +1660,13 @@ class ModelStatsResponse(_message.Message):
     ALGORITHM_STATS_FIELD_NUMBER: _builtins.int
     RECENT_MODELS_FIELD_NUMBER: _builtins.int
     total_models: _builtins.int
+    """registered versions, all names"""
     @_builtins.property
     def algorithm_stats(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlgorithmStats]: ...
     @_builtins.property
-    def recent_models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]: ...
+    def recent_models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]:
+        """newest first, a few"""
+
     def __init__(
         self,
         *,
@@ -1584,6 +1714,7 @@ class GcResponse(_message.Message):
     deleted: _builtins.int
     """blobs removed"""
     freed_bytes: _builtins.int
+    """bytes"""
     kept: _builtins.int
     """blobs still referenced"""
     def __init__(
@@ -1623,6 +1754,7 @@ class DatasetRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """a dataset name"""
     rows: _builtins.int
     """preview: how many data rows (0 = 10)"""
     def __init__(
@@ -1645,7 +1777,9 @@ class DatasetRow(_message.Message):
 
     VALUES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """cells as text, in column order"""
+
     def __init__(
         self,
         *,
@@ -1669,9 +1803,13 @@ class DatasetPreview(_message.Message):
     @_builtins.property
     def dataset(self) -> Global___DatasetInfo: ...
     @_builtins.property
-    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """column names"""
+
     @_builtins.property
-    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetRow]: ...
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetRow]:
+        """the first rows of the file"""
+
     def __init__(
         self,
         *,
@@ -1852,6 +1990,7 @@ class ShutdownRequest(_message.Message):
 
     STOP_LOCAL_AGENT_FIELD_NUMBER: _builtins.int
     stop_local_agent: _builtins.bool
+    """also stop serve's own agent (it drains first)"""
     def __init__(
         self,
         *,
