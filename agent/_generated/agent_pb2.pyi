@@ -319,7 +319,9 @@ class Telemetry(_message.Message):
     disk_free_bytes: _builtins.int
     """free bytes in the agent's data dir"""
     slots_total: _builtins.int
+    """as NodeInfo.slots_total"""
     slots_free: _builtins.int
+    """slots no task holds now"""
     tasks_running: _builtins.int
     """tasks in state RUNNING"""
     draining: _builtins.bool
@@ -690,8 +692,11 @@ class TaskSummary(_message.Message):
     EXIT_CAUSE_FIELD_NUMBER: _builtins.int
     SLOT_IDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """TaskSpec.task_id"""
     job_id: _builtins.str
+    """TaskSpec.job_id"""
     workload: _builtins.str
+    """TaskSpec.workload"""
     state: Global___TaskState.ValueType
     created_at: _builtins.float
     """unix seconds"""

@@ -851,8 +851,11 @@ class Agent(_message.Message):
     paired: _builtins.bool
     """this controller holds a session with it (it runs our work)"""
     slots_total: _builtins.int
+    """task slots (one per GPU, or its --cpu-slots)"""
     slots_free: _builtins.int
+    """slots no task holds (latest telemetry)"""
     gpus: _builtins.int
+    """GPUs it has"""
     last_seen: _builtins.float
     """unix seconds of its latest telemetry"""
     state_since: _builtins.float
@@ -861,8 +864,11 @@ class Agent(_message.Message):
     cpu_percent: _builtins.float
     """0-100, whole machine (latest telemetry)"""
     memory_used_bytes: _builtins.int
+    """bytes (latest telemetry)"""
     memory_total_bytes: _builtins.int
+    """bytes"""
     tasks_running: _builtins.int
+    """tasks running on it (any controller's)"""
     error: _builtins.str
     """why it is not ONLINE, as a sentence; "" when fine"""
     agent_version: _builtins.str
@@ -1151,6 +1157,7 @@ class DatasetInfo(_message.Message):
     source_filename: _builtins.str
     """a Parquet upload: the original file (stored as CSV)"""
     source_sha256: _builtins.str
+    """of that original file, 64 hex chars; "" for a CSV upload"""
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """column names, in file order"""
