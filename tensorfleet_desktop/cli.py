@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
 
     s = sub.add_parser("gui", help="open the desktop app (the default when no command is given)")
+    s.add_argument(
+        "--controller",
+        default=argparse.SUPPRESS,  # `tensorfleet --controller X gui` keeps X
+        help="controller address HOST:PORT (default: $TENSORFLEET_CONTROLLER, Settings, or 127.0.0.1:50050; "
+        "the app starts a controller only at 127.0.0.1:50050)",
+    )
     s.add_argument("--data-dir", type=Path, help="data dir of the controller the app starts when none answers")
     s.add_argument("--no-start", action="store_true", help="only connect; never start a controller")
     s.add_argument("--screenshot", type=Path, help=argparse.SUPPRESS)  # smoke tests of packaged builds

@@ -1,21 +1,23 @@
 """Find the controller, or start `tensorfleet serve` (with its local agent) detached when none answers.
 
 The desktop app calls this so a first double-click is already a one-machine cluster; the controller runs
-in its own session, so closing the window leaves it (and its jobs) running.
+in its own session, so closing the window leaves it (and its jobs) running. It starts one only at the local
+default address and only on a free data dir: a mistyped address must never turn into a second cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorfleet_agent.rpc.server import is_loopback
-from tensorfleet_desktop.client import AsyncClient, ControllerUnreachable
+from tensorfleet_agent.datadir_lock import holder_of
+from tensorfleet_desktop.client import DEFAULT_CONTROLLER, AsyncClient, Client, ControllerUnreachable, TensorFleetError
 from tensorfleet_desktop.controller.app import default_data_dir
 
 START_TIMEOUT = 90.0
@@ -36,6 +38,59 @@ class Connection:
 
 class StartFailed(RuntimeError):
     """The detached controller exited or did not come up; the message quotes its log."""
+
+
+class NotStarting(StartFailed):
+    """Nothing answers, and starting a controller here could make a second cluster: the message says what was
+    found, so the user can fix the address or stop the other process, then retry."""
+
+
+@dataclass(frozen=True)
+class AddressCheck:
+    """What answers at an address: "answering", "refused", "timed out", "unreachable" or "invalid"."""
+
+    address: str
+    status: str
+    detail: str
+
+    @property
+    def answering(self) -> bool:
+        return self.status == "answering"
+
+    def describe(self) -> str:
+        return f"{self.address}: {self.detail}"
+
+
+def check_address(address: str, timeout: float = 3.0) -> AddressCheck:
+    """Blocking (run it off the GUI thread): a TCP connect, then GetInfo, each within `timeout`."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return AddressCheck(address, "invalid", "not HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return AddressCheck(address, "refused", "connection refused (nothing listens on that port)")
+    except TimeoutError:
+        return AddressCheck(address, "timed out", f"no answer to a connection within {timeout:g} s")
+    except OSError as exc:
+        return AddressCheck(address, "unreachable", f"cannot connect: {exc.strerror or exc}")
+    try:
+        with Client(address, timeout=timeout) as client:
+            info = client.info()
+    except ControllerUnreachable as exc:
+        if exc.code == "DEADLINE_EXCEEDED":
+            return AddressCheck(
+                address, "timed out", f"something accepts connections but does not answer within {timeout:g} s"
+            )
+        return AddressCheck(address, "unreachable", f"not a TensorFleet controller ({exc})")
+    except TensorFleetError as exc:
+        if exc.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):  # a controller, refusing us without its token
+            return AddressCheck(address, "answering", f"a TensorFleet controller answers, but refuses us: {exc}")
+        if exc.code == "UNIMPLEMENTED":
+            return AddressCheck(address, "unreachable", "a gRPC server answers, but it is not a TensorFleet controller")
+        return AddressCheck(address, "unreachable", str(exc))
+    return AddressCheck(address, "answering", f"TensorFleet controller {info.get('version', '?')} answering")
 
 
 def serve_command(
@@ -90,14 +145,31 @@ def _log_tail(path: Path, lines: int = 8) -> str:
 
 
 async def connect_or_start(
-    address: str, data_dir: Path | None = None, extra: tuple[str, ...] = (), timeout: float = START_TIMEOUT
+    address: str,
+    data_dir: Path | None = None,
+    extra: tuple[str, ...] = (),
+    timeout: float = START_TIMEOUT,
+    local_address: str = DEFAULT_CONTROLLER,
 ) -> Connection:
-    """Connect to `address`; when nothing answers there and it is on this machine, start a controller."""
+    """Connect to `address`; when nothing answers there, start a controller only if `address` is the local
+    default and its data dir is free. Otherwise NotStarting says what was found."""
     if await answers(address):
         return Connection(address, started=False)
-    host = address.rpartition(":")[0]
-    if not is_loopback(host):
-        raise ControllerUnreachable(f"no TensorFleet controller answers at {address}")
+    if address != local_address:
+        found = await asyncio.to_thread(check_address, address)
+        raise NotStarting(
+            f"no TensorFleet controller at {found.describe()}. The app starts its own controller only at "
+            f"{local_address}: check the address in Settings, or run `tensorfleet serve` there"
+        )
+    base = data_dir or default_data_dir()
+    holder = await asyncio.to_thread(holder_of, base)
+    if holder is not None:
+        where = f"address {holder.address}" if holder.address else "not serving yet"
+        raise NotStarting(
+            f"nothing answers at {address}, and the data dir {base} is used by pid {holder.pid} ({where}): "
+            f"not starting a second controller on it. Point Settings at {holder.address or 'that controller'}, "
+            "or stop that process, then retry"
+        )
     proc, ready, log_path = start_detached(address, data_dir, extra)
     deadline = time.monotonic() + timeout
     try:

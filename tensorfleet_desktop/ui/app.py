@@ -11,7 +11,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
-from tensorfleet_desktop.client import controller_address
+from tensorfleet_desktop.client import DEFAULT_CONTROLLER, controller_address
 from tensorfleet_desktop.controller.app import default_data_dir
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.main_window import APP_ICON, MainWindow
@@ -36,8 +36,10 @@ def build_window(
     data_dir: Path | None = None,
     autostart: bool = True,
     poll_interval: float = 1.0,
+    local_address: str = DEFAULT_CONTROLLER,
 ) -> MainWindow:
-    """The window and its bridge, not yet started: `window.bridge.start()` connects."""
+    """The window and its bridge, not yet started: `window.bridge.start()` connects. A controller is started
+    only at `local_address`, when nothing answers there and the data dir is free."""
     prefs = app_settings()
     chosen = address or os.environ.get("TENSORFLEET_CONTROLLER") or str(prefs.value("controller", "") or "")
     period = float(prefs.value("telemetry_period", 1.0))  # type: ignore[arg-type]
@@ -46,6 +48,7 @@ def build_window(
         autostart=autostart,
         data_dir=data_dir,
         serve_args=("--telemetry-period", f"{period:g}"),
+        local_address=local_address,
         poll_interval=poll_interval,
     )
     window = MainWindow(bridge, data_dir or default_data_dir())

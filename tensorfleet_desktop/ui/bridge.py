@@ -17,7 +17,13 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-from tensorfleet_desktop.client import TERMINAL, AsyncClient, ControllerUnreachable, TensorFleetError
+from tensorfleet_desktop.client import (
+    DEFAULT_CONTROLLER,
+    TERMINAL,
+    AsyncClient,
+    ControllerUnreachable,
+    TensorFleetError,
+)
 from tensorfleet_desktop.local_cluster import StartFailed, answers, connect_or_start
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,7 @@ class Bridge(QObject):
         autostart: bool = True,
         data_dir: Path | None = None,
         serve_args: tuple[str, ...] = (),
+        local_address: str = DEFAULT_CONTROLLER,
         poll_interval: float = 1.0,
         parent: QObject | None = None,
     ) -> None:
@@ -50,6 +57,7 @@ class Bridge(QObject):
         self.autostart = autostart
         self.data_dir = data_dir
         self.serve_args = serve_args
+        self.local_address = local_address  # the only address at which the app starts a controller
         self.poll_interval = poll_interval
         self.online = False
         self.started_pid = 0  # the controller this app started, if it did
@@ -177,7 +185,9 @@ class Bridge(QObject):
         while True:
             try:
                 if first and self.autostart:
-                    connection = await connect_or_start(address, self.data_dir, self.serve_args)
+                    connection = await connect_or_start(
+                        address, self.data_dir, self.serve_args, local_address=self.local_address
+                    )
                     message = connection.describe()
                     self.started_pid = connection.pid
                     started = connection.started

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QMainWindow,
     QMessageBox,
+    QPushButton,
     QStackedWidget,
     QSystemTrayIcon,
     QVBoxLayout,
@@ -69,6 +70,13 @@ class MainWindow(QMainWindow):
         self.nav.currentRowChanged.connect(self._switch)
 
         self.banner = Banner()
+        self.retry_button = QPushButton("Retry")
+        self.retry_button.setObjectName("retry")
+        self.retry_button.clicked.connect(self.retry)
+        banner_row = self.banner.layout()
+        assert banner_row is not None
+        banner_row.addWidget(self.retry_button)
+        self._ever_connected = False
         body = QWidget()
         row = QVBoxLayout(body)
         row.setContentsMargins(0, 0, 0, 0)
@@ -146,12 +154,21 @@ class MainWindow(QMainWindow):
     # ---- connection and notifications
 
     def _connected(self, info: dict[str, Any]) -> None:
+        self._ever_connected = True
         self.banner.hide()
         self.connection_label.setText(info["message"])
 
     def _disconnected(self, why: str) -> None:
-        self.banner.show_message(f"Lost the controller at {self.bridge.address}: {why}. Reconnecting…")
+        if self._ever_connected:
+            self.banner.show_message(f"Lost the controller at {self.bridge.address}: {why}. Reconnecting…")
+        else:  # never connected: say what was found (nothing started behind the user's back)
+            self.banner.show_message(f"Not connected: {why}")
         self.connection_label.setText("disconnected")
+
+    def retry(self) -> None:
+        """Try the controller address again, starting the local controller if that is now allowed."""
+        self.banner.show_message(f"Connecting to {self.bridge.address}…")
+        self.bridge.reconnect(self.bridge.address)
 
     def notify(self, message: str, error: bool = False) -> None:
         self.statusBar().showMessage(message, 10_000)

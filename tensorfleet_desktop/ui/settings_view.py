@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from tensorfleet_desktop.controller.settings import FileSettings, check_backends, load_settings, save_settings
+from tensorfleet_desktop.local_cluster import AddressCheck, check_address
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.view import Notify, View
 
@@ -61,12 +62,22 @@ class SettingsView(View):
         self.address.setObjectName("controller_address")
         self.connect_button = QPushButton("Connect")
         self.connect_button.clicked.connect(self.connect_to)
+        self.use_anyway_button = QPushButton("Use anyway")  # shown when the check found no controller
+        self.use_anyway_button.setObjectName("use_anyway")
+        self.use_anyway_button.clicked.connect(self._use_anyway)
+        self.use_anyway_button.hide()
         row = QHBoxLayout()
         row.addWidget(self.address, 1)
         row.addWidget(self.connect_button)
+        row.addWidget(self.use_anyway_button)
         form.addRow("Address (HOST:PORT)", row)
+        self.check_result = QLabel()  # what the check of a typed address found
+        self.check_result.setObjectName("address_check")
+        self.check_result.setWordWrap(True)
+        form.addRow("", self.check_result)
         self.status = QLabel()
         self.status.setWordWrap(True)
+        self._checked = ""  # the address the last check found no controller at
         form.addRow("", self.status)
         self.telemetry = QDoubleSpinBox()
         self.telemetry.setRange(0.2, 60.0)
@@ -168,13 +179,40 @@ class SettingsView(View):
         )
 
     def connect_to(self) -> None:
+        """Check the address first (off the GUI thread); save it and connect only when a controller answers."""
         address = self.address.text().strip()
         host, sep, port = address.rpartition(":")
+        self.use_anyway_button.hide()
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            self.status.setText(f"{address!r} is not HOST:PORT")
+            self.check_result.setText(f"{address!r} is not HOST:PORT")
             return
+        self.check_result.setText(f"checking {address}…")
+        self.connect_button.setEnabled(False)
+        self.bridge.run_blocking(
+            lambda: check_address(address),
+            self._checked_address,
+            lambda error: self._checked_address(AddressCheck(address, "unreachable", error)),
+        )
+
+    def _checked_address(self, found: AddressCheck) -> None:
+        self.connect_button.setEnabled(True)
+        if found.address != self.address.text().strip():
+            return  # the user typed another address meanwhile
+        if found.answering:
+            self._use(found.address, f"{found.describe()}; connecting…")
+            return
+        self._checked = found.address
+        self.check_result.setText(f"{found.describe()}. Not saved.")
+        self.use_anyway_button.show()
+
+    def _use_anyway(self) -> None:
+        if self._checked and self._checked == self.address.text().strip():
+            self._use(self._checked, f"saved {self._checked} although no controller answered; retrying there…")
+
+    def _use(self, address: str, message: str) -> None:
+        self.use_anyway_button.hide()
         app_settings().setValue("controller", address)
-        self.status.setText(f"connecting to {address}…")
+        self.check_result.setText(message)
         self.bridge.reconnect(address)
 
     def test_connection(self) -> None:

@@ -316,7 +316,8 @@ def test_killed_agent_is_shown_lost_within_3_s(qtbot: Any, window: MainWindow, t
 
 def test_window_starts_a_controller_when_none_answers(qtbot: Any, tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    win = build_window(address, data_dir=tmp_path / "local", autostart=True, poll_interval=0.25)
+    # this free port stands for the local default address: the only one at which the app starts a controller
+    win = build_window(address, data_dir=tmp_path / "local", autostart=True, poll_interval=0.25, local_address=address)
     win.show()
     connected: list[dict[str, Any]] = []
     win.bridge.connected.connect(connected.append)
