@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("agents", help="list agents; add, drain or remove one")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--all", action="store_true", help="also list the services this controller refuses, and why")
     asub = s.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=_Parser)
     a = asub.add_parser("add", help="add an agent by HOST:PORT")
     a.add_argument("address")

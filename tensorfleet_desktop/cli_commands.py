@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -510,28 +511,36 @@ def logs(client: Client, args: argparse.Namespace) -> int:
 def agents(client: Client, args: argparse.Namespace) -> int:
     action = args.agents_command
     if action is None:
-        items = client.agents()
+        everything = client.agents(all=True)
+        items = everything if args.all else [a for a in everything if "refused" not in a]
         if args.json:
-            _print_json([_agent_summary(a) for a in items])
+            rows = [_agent_summary(a) for a in items]
+            if args.all:  # every row says whether it is refused, and why
+                rows = [{**row, "refused": a.get("refused", "")} for row, a in zip(rows, items, strict=True)]
+            _print_json(rows)
             return EXIT_OK
         table = Table("ID", "NAME", "ADDRESS", "STATE", "PAIRED", "SOURCE", "SLOTS", "GPUS", "CPU", "FINGERPRINT")
         for a in items:
             table.add_row(
                 a["id"][:12],
-                a["name"],
-                a["address"],
+                escape(a["name"]),
+                escape(a["address"]),
                 a["state"],
-                "yes" if a["paired"] else "NO",
+                "-" if "refused" in a else "yes" if a["paired"] else "NO",
                 a["source"],
                 f"{a['slots_free']}/{a['slots_total']}",
                 str(a["gpus"]),
-                f"{a['cpu_percent']:.0f}%",
+                f"{a.get('cpu_percent', 0):.0f}%",
                 a["fingerprint"][:16],
             )
         out.print(table)
         for a in items:
             if a["error"]:
-                err.print(f"[yellow]{a['name'] or a['id'][:12]}: {a['error']}[/yellow]", markup=True)
+                err.print(f"[yellow]{escape(a['name'] or a['id'][:12])}: {escape(a['error'])}[/yellow]", markup=True)
+        hidden = len(everything) - len(items)
+        if hidden:
+            plural = "s" if hidden > 1 else ""
+            err.print(f"{hidden} refused service{plural}: see `tensorfleet agents --all`", markup=False)
         return EXIT_OK
     if action == "add":
         agent = client.add_agent(args.address)

@@ -149,6 +149,11 @@ def _metrics(resp: cpb.GetMetricsResponse) -> list[dict[str, Any]]:
     ]
 
 
+def _agents(resp: cpb.ListAgentsResponse) -> list[dict[str, Any]]:
+    """The agents, then (when asked for) the refused services: state REFUSED, the reason in `refused`."""
+    return [convert.agent_from_pb(a) for a in resp.agents] + [convert.refused_from_pb(r) for r in resp.refused]
+
+
 def _logs(resp: cpb.GetLogsResponse) -> list[dict[str, Any]]:
     return [{"task_index": r.task_index, "time": r.time, "stream": r.stream, "line": r.line} for r in resp.lines]
 
@@ -338,8 +343,9 @@ class Client:
     def logs(self, job_id: str, task: int | None = None) -> list[dict[str, Any]]:
         return self._call("GetLogs", _REQ["logs"](job_id, task), _logs)
 
-    def agents(self) -> list[dict[str, Any]]:
-        return self._call("ListAgents", cpb.ListAgentsRequest(), lambda r: [convert.agent_from_pb(a) for a in r.agents])
+    def agents(self, all: bool = False) -> list[dict[str, Any]]:
+        """The agents; with all=True also the services this controller refuses (state REFUSED, `refused`)."""
+        return self._call("ListAgents", cpb.ListAgentsRequest(include_refused=all), _agents)
 
     def add_agent(self, address: str) -> dict[str, Any]:
         return self._call("AddAgent", _REQ["add_agent"](address), convert.agent_from_pb)
@@ -615,10 +621,9 @@ class AsyncClient:
     async def logs(self, job_id: str, task: int | None = None) -> list[dict[str, Any]]:
         return await self._call("GetLogs", _REQ["logs"](job_id, task), _logs)
 
-    async def agents(self) -> list[dict[str, Any]]:
-        return await self._call(
-            "ListAgents", cpb.ListAgentsRequest(), lambda r: [convert.agent_from_pb(a) for a in r.agents]
-        )
+    async def agents(self, all: bool = False) -> list[dict[str, Any]]:
+        """The agents; with all=True also the services this controller refuses (state REFUSED, `refused`)."""
+        return await self._call("ListAgents", cpb.ListAgentsRequest(include_refused=all), _agents)
 
     async def add_agent(self, address: str) -> dict[str, Any]:
         return await self._call("AddAgent", _REQ["add_agent"](address), convert.agent_from_pb)

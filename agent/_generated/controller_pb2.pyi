@@ -845,7 +845,7 @@ class Agent(_message.Message):
     address: _builtins.str
     """host:port"""
     state: _builtins.str
-    """ONLINE | LOST | DRAINING | CONNECTING"""
+    """ONLINE | LOST | DRAINING | CONNECTING | REFUSED (certificate not accepted)"""
     source: _builtins.str
     """mdns | manual | local"""
     paired: _builtins.bool
@@ -939,32 +939,94 @@ Global___Agent: _TypeAlias = Agent  # noqa: Y015
 class ListAgentsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    INCLUDE_REFUSED_FIELD_NUMBER: _builtins.int
+    include_refused: _builtins.bool
+    """also list the services this controller saw and refuses"""
     def __init__(
         self,
+        *,
+        include_refused: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_refused", b"include_refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAgentsRequest: _TypeAlias = ListAgentsRequest  # noqa: Y015
 
 @_typing.final
+class RefusedService(_message.Message):
+    """An advertised service this controller does not use (another cluster, an unusable mDNS record,
+    a certificate that does not prove the node it claims). Every string is as advertised, sanitized.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """mDNS service instance name"""
+    id: _builtins.str
+    """the node id it advertises (unverified)"""
+    name: _builtins.str
+    address: _builtins.str
+    """host:port"""
+    reason: _builtins.str
+    """why it is refused, as a sentence"""
+    cluster_id: _builtins.str
+    """the cluster id it advertises"""
+    first_seen: _builtins.float
+    """unix seconds"""
+    last_seen: _builtins.float
+    """unix seconds"""
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        cluster_id: _builtins.str = ...,
+        first_seen: _builtins.float = ...,
+        last_seen: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cluster_id", b"cluster_id", "first_seen", b"first_seen", "id", b"id", "instance", b"instance", "last_seen", b"last_seen", "name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusedService: _TypeAlias = RefusedService  # noqa: Y015
+
+@_typing.final
 class ListAgentsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENTS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]: ...
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedService]:
+        """only with include_refused"""
+
     def __init__(
         self,
         *,
         agents: _abc.Iterable[Global___Agent] | None = ...,
+        refused: _abc.Iterable[Global___RefusedService] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "refused", b"refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
+from tensorfleet_agent.discovery.browse import clean_text
 from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE, mdns_interfaces
 
 log = logging.getLogger(__name__)
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,15 @@ class AdvertisedAgent:
     cluster_id: str = ""
     cert_fingerprint: str = ""
     agent_version: str = ""
+
+    def __post_init__(self) -> None:
+        # Controllers log and show the name: never put control characters (escapes, newlines) on the LAN.
+        name = clean_text(self.name)
+        if name != self.name:
+            if self.name not in _warned:  # the advertisement is rebuilt on every update: say it once
+                _warned.add(self.name)
+                log.warning("advertising the agent name %r as %r (control characters or too long)", self.name, name)
+            object.__setattr__(self, "name", name)
 
     def txt(self) -> dict[str, str]:
         return {

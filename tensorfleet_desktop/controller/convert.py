@@ -7,7 +7,7 @@ from typing import Any
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_desktop.controller.core import job_summary
-from tensorfleet_desktop.controller.fleet import AgentRecord
+from tensorfleet_desktop.controller.fleet import AgentRecord, RefusedService
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, TaskRunState
 
 
@@ -178,6 +178,33 @@ def event_from_pb(msg: cpb.JobEvent) -> dict[str, Any]:
 def agent_to_pb(record: AgentRecord) -> cpb.Agent:
     d = record.to_dict()
     return cpb.Agent(**d, metrics_port=record.info.metrics_port if record.info else 0)
+
+
+def refused_to_pb(entry: RefusedService) -> cpb.RefusedService:
+    return cpb.RefusedService(**entry.to_dict())
+
+
+def refused_from_pb(msg: cpb.RefusedService) -> dict[str, Any]:
+    """A refused service in the shape of an agent (state REFUSED), with the reason in `refused`."""
+    return {
+        "id": msg.id,
+        "name": msg.name,
+        "address": msg.address,
+        "state": "REFUSED",
+        "source": "mdns",
+        "paired": False,
+        "slots_total": 0,
+        "slots_free": 0,
+        "gpus": 0,
+        "labels": {},
+        "last_seen": msg.last_seen,
+        "state_since": msg.first_seen,
+        "fingerprint": "",
+        "cluster_id": msg.cluster_id,
+        "error": msg.reason,
+        "refused": msg.reason,
+        "instance": msg.instance,
+    }
 
 
 def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:

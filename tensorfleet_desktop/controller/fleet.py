@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine
@@ -21,7 +22,8 @@ import grpc
 
 from tensorfleet_agent.core.types import NodeInfo, Telemetry
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
-from tensorfleet_agent.discovery.browse import DiscoveredAgent
+from tensorfleet_agent.discovery.browse import DiscoveredAgent, clean_text
+from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE
 from tensorfleet_agent.identity import Identity, node_id_of_cert
 from tensorfleet_agent.rpc.client import AgentClient, AgentTrust, PairingError, fetch_certificate
 from tensorfleet_agent.security.secrets import cluster_id_of
@@ -35,6 +37,8 @@ MIN_FREE_DISK_BYTES = 64 * 2**20
 #: A lost agent is re-dialled at least this often: a restarted agent is back within about this long, since
 #: mDNS says nothing when it re-announces the same records. One refused connection per period is cheap.
 _MAX_BACKOFF = 2.0
+#: At most this many refused services are remembered (anyone on the LAN can advertise): the oldest go first.
+MAX_REFUSED = 256
 
 
 class AgentState(enum.StrEnum):
@@ -46,6 +50,60 @@ class AgentState(enum.StrEnum):
 
 class FleetError(Exception):
     """A fleet request that cannot be honoured (unknown or ambiguous agent, unreachable address)."""
+
+
+def unreachable(address: str, exc: BaseException) -> str:
+    """A failed TCP or TLS dial as a sentence that says what to check (never a raw SSL error)."""
+    if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "reason", None)  # OpenSSL's code, e.g. WRONG_VERSION_NUMBER
+        why = reason.lower().replace("_", " ") if reason else str(exc.args[-1] if exc.args else exc)
+        return (
+            f"{address} does not complete a TLS handshake as an agent does ({why}): is it an agent "
+            "started with --insecure, or another service on that port?"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing listens on {address} (connection refused): is the agent running?"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return f"{address} did not answer in time: is the host up, and does no firewall drop the port?"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host of {address} ({exc.strerror})"
+    if isinstance(exc, OSError):
+        return f"cannot reach {address}: {exc.strerror or exc}"
+    return f"cannot reach {address}: {exc}"
+
+
+def changed_certificate(name: str, fingerprint: str, pinned: str) -> str:
+    return (
+        f"agent {name} presents certificate {fingerprint[:16]}, pinned is {pinned[:16]}: refused; re-pair with "
+        f"--force if it was reinstalled (tensorfleet agents pair {name} --token TOKEN --force)"
+    )
+
+
+@dataclass
+class RefusedService:
+    """A service this controller saw and does not use, with the reason (`tensorfleet agents --all`)."""
+
+    key: str  # the mDNS instance name as received (the key in Fleet.refused)
+    instance: str  # the same, sanitized for display
+    name: str
+    node_id: str  # as advertised: unverified
+    address: str
+    reason: str
+    cluster_id: str = ""
+    first_seen: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "id": self.node_id,
+            "name": self.name,
+            "address": self.address,
+            "reason": self.reason,
+            "cluster_id": self.cluster_id,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+        }
 
 
 _SOURCE_RANK = {"mdns": 0, "manual": 1, "local": 2}
@@ -70,6 +128,7 @@ class AgentRecord:
     paired: bool = False
     fingerprint: str = ""  # of the certificate this controller pinned (trust on first use, at pairing)
     warning: str = ""  # sticky security warnings (impersonation, changed certificate)
+    refused: str = ""  # why this controller refuses the agent now (its certificate does not prove it)
     pair_token: str = ""  # a join token to pair with on first contact (the local agent)
     _silence_deadline: float = 0.0
 
@@ -102,6 +161,8 @@ class AgentRecord:
         return max(0, self.slots_total - len(self.placed))
 
     def public_state(self) -> str:
+        if self.refused and self.state is not AgentState.ONLINE:
+            return "REFUSED"
         if (self.draining or self.stopping) and self.state is AgentState.ONLINE:
             return AgentState.DRAINING.value
         return self.state.value
@@ -134,7 +195,7 @@ class AgentRecord:
             "memory_used_bytes": tel.memory_used_bytes if tel else 0,
             "memory_total_bytes": tel.memory_total_bytes if tel else 0,
             "tasks_running": tel.tasks_running if tel else 0,
-            "error": "; ".join(x for x in (self.warning, self.error, self._disk_warning()) if x),
+            "error": "; ".join(x for x in (self.refused, self.warning, self.error, self._disk_warning()) if x),
             "agent_version": info.agent_version if info else "",
             "workloads": list(info.workloads) if info else [],
             "fingerprint": self.fingerprint or (info.cert_fingerprint if info else ""),
@@ -143,6 +204,23 @@ class AgentRecord:
             "gpu_stats": [asdict(g) for g in tel.gpus] if tel else [],
             "running": sorted(self.placed),
         }
+
+
+def _handshake_failed(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and "handshake" in str(exc.details()).lower()
+
+
+def _rpc_text(address: str, exc: BaseException) -> str:
+    """What went wrong talking to an agent, as a sentence (gRPC's TLS details are not one)."""
+    if isinstance(exc, OSError):
+        return unreachable(address, exc)
+    if _handshake_failed(exc):
+        return f"the TLS handshake with {address} failed (its certificate changed, or it no longer speaks TLS)"
+    if isinstance(exc, grpc.aio.AioRpcError) and "connection refused" in str(exc.details()).lower():
+        return unreachable(address, ConnectionRefusedError())
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
 
 
 FleetListener = Callable[[str, AgentRecord], None]  # (added | lost | back | telemetry | updated | removed, agent)
@@ -169,6 +247,7 @@ class Fleet:
         self._persist = persist
         self.silence_limit = max(3.0, 3 * telemetry_period)
         self.agents: dict[str, AgentRecord] = {}
+        self.refused: dict[str, RefusedService] = {}
         self._listeners: list[FleetListener] = []
         self._watchdog: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[Any]] = set()
@@ -216,31 +295,86 @@ class Fleet:
 
     def on_mdns(self, instance: str, found: DiscoveredAgent | None) -> None:
         if found is None:
+            self.refused.pop(instance, None)
             return  # goodbye or expiry: a hint only; the telemetry stream decides liveness
+        reason = self._mdns_refusal(found)
+        if reason:
+            if found.node_id in self.agents:
+                self.refused.pop(instance, None)  # added by hand (another cluster's agent): nothing to report
+            else:
+                self.refuse(instance, found, reason)
+            return
+        self.refused.pop(instance, None)
+        self._adopt(found.node_id, found.address, "mdns", found.name, instance=instance)
+
+    def _mdns_refusal(self, found: DiscoveredAgent) -> str:
+        """Why an advertised service is not used ('' when it is)."""
+        if found.problem:
+            return f"unusable mDNS record ({found.problem})"
         if found.protocol_version != PROTOCOL_VERSION:
-            log.warning(
-                "ignoring agent %s at %s: it speaks protocol %d, this controller %d",
-                found.name,
-                found.address,
-                found.protocol_version,
-                PROTOCOL_VERSION,
+            return (
+                f"it speaks protocol {found.protocol_version}, this controller {PROTOCOL_VERSION}: "
+                "upgrade the older side"
             )
-            return
-        if found.txt.get("cluster", "") != self.cluster_id:
-            log.debug("ignoring agent %s of another cluster", found.name)
-            return
-        self._adopt(found.node_id, found.address, "mdns", found.name)
+        cluster = found.txt.get("cluster", "")
+        if cluster == self.cluster_id:
+            return ""
+        if not cluster:
+            return (
+                "it has no cluster token, this controller has: add it with `tensorfleet agents add ADDRESS` "
+                "and pair it, or start it with the same TENSORFLEET_CLUSTER_TOKEN"
+            )
+        if not self.cluster_id:
+            return f"it belongs to cluster {cluster[:16]}; this controller has no cluster token"
+        return (
+            f"it belongs to another cluster ({cluster[:16]}; this controller is {self.cluster_id[:16]}): "
+            "its TENSORFLEET_CLUSTER_TOKEN differs"
+        )
+
+    def refuse(self, key: str, found: DiscoveredAgent, reason: str) -> RefusedService:
+        """Remember a refused service; a new refusal (or a new reason) is logged once, repeats are not."""
+        entry = self.refused.get(key)
+        if entry is not None and entry.reason == reason:
+            entry.last_seen = time.time()
+            entry.address, entry.name = found.address, found.name
+            return entry
+        if entry is None and len(self.refused) >= MAX_REFUSED:
+            del self.refused[min(self.refused.values(), key=lambda e: e.last_seen).key]
+        entry = RefusedService(
+            key,
+            found.instance or clean_text(key, 128),
+            found.name,
+            found.node_id,
+            found.address,
+            reason,
+            found.txt.get("cluster", ""),
+        )
+        self.refused[key] = entry
+        log.warning(
+            "refusing the agent service %s (%s) at %s: %s",
+            found.name or "?",
+            entry.instance.removesuffix("." + SERVICE_TYPE),
+            found.address,
+            reason,
+        )
+        return entry
 
     def remember(self, node_id: str, address: str, source: str, name: str) -> AgentRecord:
         """An agent known from an earlier run: supervise it without asking first (it may be down)."""
         return self._adopt(node_id, address, source, name)
+
+    def persist(self, record: AgentRecord) -> None:
+        """Remember the agent across restarts, with its pin: a re-add never stores it without one."""
+        record.fingerprint = record.fingerprint or self.pins.get(record.node_id, "")
+        if self._persist is not None:
+            self._persist(record)
 
     async def add(self, address: str, source: str = "manual", pair_token: str = "") -> AgentRecord:
         """Add an agent by address; its certificate must prove the node id it reports."""
         try:
             cert = b"" if self.identity is None else await fetch_certificate(address, timeout=5)
         except (OSError, ssl.SSLError) as exc:
-            raise FleetError(f"cannot reach an agent at {address} over TLS: {exc}") from None
+            raise FleetError(unreachable(address, exc)) from None
         client = AgentClient(address, None if self.identity is None else AgentTrust(cert, self.identity))
         try:
             info = await client.get_info(timeout=5)
@@ -253,21 +387,36 @@ class Fleet:
                 f"agent at {address} speaks protocol {info.protocol_version}, "
                 f"this controller {PROTOCOL_VERSION}; upgrade the older side"
             )
-        if cert and node_id_of_cert(cert)[0] != info.node_id:
-            raise Impersonation(f"the agent at {address} claims node {info.node_id}; its certificate says otherwise")
+        fingerprint = ""
+        if cert:
+            node_id, fingerprint = node_id_of_cert(cert)
+            if node_id != info.node_id:
+                raise Impersonation(
+                    f"the agent at {address} claims node {info.node_id}; its certificate says otherwise"
+                )
+            pinned = self.pins.get(node_id)
+            if pinned and pinned != fingerprint:
+                raise Impersonation(changed_certificate(clean_text(info.name) or node_id[:12], fingerprint, pinned))
         known = info.node_id in self.agents
-        record = self._adopt(info.node_id, address, source, info.name, verified=True)
+        record = self._adopt(info.node_id, address, source, clean_text(info.name), verified=True)
+        if fingerprint:  # verified: the certificate proves the node id; pin it (trust on first use)
+            record.fingerprint = self.pins.setdefault(record.node_id, fingerprint)
+        self.persist(record)
         if pair_token:
             record.pair_token = pair_token
         if pair_token or known:
             self._restart_supervisor(record)
         return record
 
-    def _adopt(self, node_id: str, address: str, source: str, name: str, verified: bool = False) -> AgentRecord:
+    def _adopt(
+        self, node_id: str, address: str, source: str, name: str, verified: bool = False, instance: str = ""
+    ) -> AgentRecord:
         record = self.agents.get(node_id)
         if record is None:
-            record = AgentRecord(node_id, address, source, name)
+            record = AgentRecord(node_id, address, source, name, fingerprint=self.pins.get(node_id, ""))
             self.agents[node_id] = record
+            for key in [k for k, e in self.refused.items() if e.node_id == node_id]:
+                del self.refused[key]  # added by hand after all (e.g. another cluster's agent)
             self._start_supervisor(record)
             return record
         if _SOURCE_RANK[source] >= _SOURCE_RANK[record.source]:
@@ -276,7 +425,7 @@ class Fleet:
             if verified or self.identity is None:
                 self._move(record, address)
             else:
-                self._spawn(self._verify_move(record, address))
+                self._spawn(self._verify_move(record, address, instance))
         elif record.state is AgentState.LOST:
             self._restart_supervisor(record)  # reconnect now instead of at the next backoff
         return record
@@ -286,24 +435,33 @@ class Fleet:
         record.address = address
         self._restart_supervisor(record)
 
-    async def _verify_move(self, record: AgentRecord, address: str) -> None:
+    async def _verify_move(self, record: AgentRecord, address: str, instance: str = "") -> None:
         """Another address claims a known node: believe it only if its certificate proves the node id."""
+        host, _, port = address.rpartition(":")
+        claim = DiscoveredAgent(instance, record.node_id, record.name, (host,), int(port), PROTOCOL_VERSION)
         try:
             cert = await fetch_certificate(address, timeout=5)
             node_id, _fp = node_id_of_cert(cert)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            log.info("ignoring %s for agent %s: %s", address, record.name, exc)
+            text = unreachable(address, exc) if isinstance(exc, OSError) else f"{address}: {exc}"
+            if instance:
+                self.refuse(instance, claim, f"it claims to be agent {record.name} but {text}")
             return
         if node_id == record.node_id:
+            self.refused.pop(instance, None)
             if record.state is not AgentState.ONLINE:
                 self._move(record, address)
             return
-        record.warning = (
+        warning = (
             f"impersonation refused: {address} claims to be this agent (node {record.node_id[:12]}) "
             f"but presents a certificate for node {node_id[:12]}"
         )
-        log.warning("agent %s: %s", record.name, record.warning)
-        self._emit("updated", record)
+        if instance:
+            self.refuse(instance, claim, warning)
+        if warning != record.warning:  # every re-announcement lands here: report it once
+            record.warning = warning
+            log.warning("agent %s: %s", record.name, record.warning)
+            self._emit("updated", record)
 
     async def remove(self, ref: str) -> AgentRecord:
         record = self.resolve(ref)
@@ -326,13 +484,13 @@ class Fleet:
             raise FleetError("this controller runs with --insecure: there is no pairing")
         if force:
             self.pins.pop(record.node_id, None)
-            record.warning = ""
+            record.warning = record.refused = record.fingerprint = ""
         await self._stop_supervisor(record)
         try:
             client = await self._connect(record)
         except (OSError, ssl.SSLError) as exc:
             self._start_supervisor(record)
-            raise FleetError(f"cannot reach {record.name} at {record.address}: {exc}") from None
+            raise FleetError(f"agent {record.name}: {unreachable(record.address, exc)}") from None
         except Impersonation:
             self._start_supervisor(record)
             raise
@@ -358,17 +516,16 @@ class Fleet:
             return AgentClient(record.address)
         cert = await fetch_certificate(record.address, timeout=max(2.0, self.period * 2))
         node_id, fingerprint = node_id_of_cert(cert)
+        name = record.name or record.node_id[:12]
         if node_id != record.node_id:
             raise Impersonation(
-                f"{record.address} claims to be node {record.node_id[:12]} but presents a certificate for "
-                f"{node_id[:12]}: refused"
+                f"{record.address} presents a certificate for node {node_id[:12]}, not agent {name} "
+                f"({record.node_id[:12]}): refused; if {name} was reinstalled it is a new agent: "
+                f"remove the old entry (tensorfleet agents rm {record.node_id[:12]})"
             )
         pinned = self.pins.get(node_id)
         if pinned and pinned != fingerprint:
-            raise Impersonation(
-                f"node {node_id[:12]} now presents certificate {fingerprint[:16]}, not the pinned {pinned[:16]}: "
-                "refused (re-pair deliberately: tensorfleet agents pair AGENT --token TOKEN --force)"
-            )
+            raise Impersonation(changed_certificate(name, fingerprint, pinned))
         token = record.pair_token or self.cluster_token
         return AgentClient(record.address, AgentTrust(cert, self.identity, pair_token=token))
 
@@ -422,7 +579,10 @@ class Fleet:
                 info = await client.get_info(timeout=max(2.0, self.period * 2))
                 if info.node_id != record.node_id:
                     raise Impersonation(f"the agent at {record.address} is {info.node_id}, not {record.node_id}")
-                record.info, record.name, record.error = info, info.name, ""
+                record.info, record.name, record.error = info, clean_text(info.name), ""
+                if record.refused:
+                    log.info("agent %s: its certificate is accepted again", record.name)
+                    record.refused = ""
                 self._seen(record)
                 refused = await self._refusal(client)
                 if refused:
@@ -442,20 +602,22 @@ class Fleet:
             except asyncio.CancelledError:
                 raise
             except Impersonation as exc:
-                record.warning = str(exc)
+                if record.refused != str(exc):  # retried every 10 s: say it once
+                    log.warning("%s", exc)  # names the agent and says what to do
+                    record.refused = str(exc)
+                    self._emit("updated", record)
                 record.error = ""
-                log.warning("agent %s: %s", record.name or record.node_id[:12], exc)
                 self._set_state(record, AgentState.LOST)
                 backoff = 10.0
                 if record.client is not None:
                     await record.client.close()
                     record.client = None
             except (grpc.aio.AioRpcError, FleetError, OSError, ssl.SSLError) as exc:
-                text = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                text = _rpc_text(record.address, exc)
                 if record.stopping:
                     text = f"shut down after draining ({text})"
-                if isinstance(exc, OSError | ssl.SSLError) and record.client is not None:
-                    await record.client.close()
+                if (isinstance(exc, OSError | ssl.SSLError) or _handshake_failed(exc)) and record.client is not None:
+                    await record.client.close()  # the next round fetches the certificate and checks the pin
                     record.client = None
                 if record.state is AgentState.ONLINE and backoff == 0.5:
                     backoff = 0.0  # one immediate re-open before declaring the agent lost
@@ -514,7 +676,8 @@ class Fleet:
         previous = record.state
         record.state, record.state_since = state, time.time()
         if state is AgentState.LOST:
-            log.warning("agent %s (%s) LOST: %s", record.name, record.node_id[:12], record.error or record.warning)
+            if not record.refused:  # a refusal was logged already, with its reason
+                log.warning("agent %s (%s) LOST: %s", record.name, record.node_id[:12], record.error or record.warning)
             self._emit("lost", record)
         elif previous is AgentState.LOST:
             log.info("agent %s (%s) is back", record.name, record.node_id[:12])

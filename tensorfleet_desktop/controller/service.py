@@ -171,7 +171,11 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     @_unary
     async def ListAgents(self, request: cpb.ListAgentsRequest, context: Any) -> cpb.ListAgentsResponse:
         agents = sorted(self.c.fleet.agents.values(), key=lambda a: (a.name, a.node_id))
-        return cpb.ListAgentsResponse(agents=[convert.agent_to_pb(a) for a in agents])
+        refused = sorted(self.c.fleet.refused.values(), key=lambda r: (r.name, r.key))
+        return cpb.ListAgentsResponse(
+            agents=[convert.agent_to_pb(a) for a in agents],
+            refused=[convert.refused_to_pb(r) for r in refused] if request.include_refused else [],
+        )
 
     @_stream
     async def WatchAgents(self, request: cpb.ListAgentsRequest, context: Any) -> AsyncIterator[cpb.AgentEvent]:
@@ -197,8 +201,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValidationError("address", f"must look like HOST:PORT, got {address[:80]!r}")
-        record = await self.c.fleet.add(address, "manual")
-        self.c.store.save_agent(record.node_id, {"address": record.address, "source": "manual", "name": record.name})
+        record = await self.c.fleet.add(address, "manual")  # remembers it, with its pin
         return convert.agent_to_pb(record)
 
     @_unary

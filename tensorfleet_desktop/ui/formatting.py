@@ -10,6 +10,7 @@ STATE_COLORS = {
     "SUCCEEDED": "#2ea043",
     "RUNNING": "#1f6feb",
     "LOST": "#d1242f",
+    "REFUSED": "#d1242f",
     "FAILED": "#d1242f",
     "DRAINING": "#bf8700",
     "PAUSED": "#bf8700",

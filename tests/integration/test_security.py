@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import secrets
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -205,6 +209,18 @@ def test_two_clusters_never_mix(
             wait_until(lambda c=client, m=mine: [x for x in c.agents() if x["name"] == m and x["paired"]], 20, mine)
         time.sleep(1.5)
         assert [x["name"] for x in a.agents()] == ["agent-a"]  # the other cluster's agent is ignored over mDNS
+        # ... but listed, with the reason, by `agents --all` (and counted by the plain listing)
+        listed = cli_json(controllers["a"].cli("agents", "--all", "--json"))
+        assert [(x["name"], x["refused"]) for x in listed if x["name"] == "agent-a"] == [("agent-a", "")]
+        refused = [x for x in listed if x["refused"] and x["address"] == agents["b"].address]
+        assert [(x["name"], x["state"], x["id"]) for x in refused] == [
+            ("agent-b", "REFUSED", agents["b"].info["node_id"])
+        ]
+        assert "another cluster" in refused[0]["refused"] and "TENSORFLEET_CLUSTER_TOKEN" in refused[0]["refused"]
+        plain = controllers["a"].cli("agents")
+        assert plain.returncode == 0 and "agent-b" not in plain.stdout
+        assert re.search(r"\d+ refused services?: see `tensorfleet agents --all`", plain.stderr), plain.stderr
+        assert controllers["a"].logs().count("refusing the agent service agent-b") == 1  # not on every update
         added = cli_json(controllers["a"].cli("agents", "add", agents["b"].address, "--json"))
         assert added["name"] == "agent-b"
         entry = wait_until(
@@ -255,6 +271,8 @@ async def test_impersonator_is_refused_and_reported(
                 "impersonation reported",
             )
             assert entry["address"] == real.address and entry["state"] == "ONLINE" and entry["paired"] is True
+            evil = [x for x in client.agents(all=True) if x.get("instance", "").startswith(info.name.split(".")[0])]
+            assert len(evil) == 1 and evil[0]["refused"].startswith("impersonation refused")
             job = client.submit({"algorithm": "noop", "constraints": {"on": "real-agent"}})
             assert (await asyncio.to_thread(client.wait, job["id"], 60))["state"] == "SUCCEEDED"
     finally:
@@ -264,26 +282,46 @@ async def test_impersonator_is_refused_and_reported(
 def test_changed_certificate_is_refused_until_deliberately_repaired(
     agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess], tmp_path: Path
 ) -> None:
-    agent = lone_agent(agent_factory, tmp_path / "a", name="pinned-agent", cpu_slots=1)
+    name = f"pinned-{secrets.token_hex(3)}"  # other lone agents on this loopback must not match it
+    agent = lone_agent(agent_factory, tmp_path / "a", name=name, cpu_slots=1)
     controller = controller_factory(tmp_path / "ctl", env={}).start()
+
+    def mine(client: Client) -> dict[str, Any]:
+        return next(x for x in client.agents() if x["id"] == agent.info["node_id"])
+
+    def stored_pin() -> str:
+        with contextlib.closing(sqlite3.connect(controller.data_dir / "tensorfleet.db")) as db:
+            row = db.execute("SELECT body FROM agents WHERE node_id = ?", (agent.info["node_id"],)).fetchone()
+        return str(json.loads(row[0]).get("fingerprint", "")) if row else ""
+
     with Client(controller.address) as client:
-        wait_until(lambda: client.agents(), 20, "agent listed")
-        paired = cli_json(controller.cli("agents", "pair", "pinned-agent", "--token", new_token(agent), "--json"))
+        wait_until(lambda: [x for x in client.agents() if x["name"] == name], 20, "agent listed")
+        paired = cli_json(controller.cli("agents", "pair", name, "--token", new_token(agent), "--json"))
         assert paired["paired"] is True and paired["fingerprint"] == agent.info["fingerprint"]
+        wait_until(lambda: stored_pin() == paired["fingerprint"], 10, "pin stored")
+        # adding the pinned agent again (by address) keeps its pin, also across a controller restart
+        again = cli_json(controller.cli("agents", "add", agent.address, "--json"))
+        assert again["fingerprint"] == paired["fingerprint"]
+    controller.stop()  # the store's queued writes land before it exits
+    assert stored_pin() == paired["fingerprint"]
+    controller.start()
+    with Client(controller.address) as client:
         # same key, new certificate: the node id is the same, the pinned fingerprint is not
         agent.kill()
         (agent.data_dir / "identity" / "node.crt").unlink()
         agent.start()
         assert agent.info["fingerprint"] != paired["fingerprint"]
-        entry = wait_until(lambda: next((x for x in client.agents() if "pinned" in x["error"]), None), 20, "refused")
-        assert entry["state"] == "LOST" and "re-pair deliberately" in entry["error"]
-        result = controller.cli("agents", "pair", "pinned-agent", "--token", new_token(agent))
-        assert result.returncode == 2 and "pinned" in result.stderr
-        repaired = cli_json(
-            controller.cli("agents", "pair", "pinned-agent", "--token", new_token(agent), "--force", "--json")
+        entry = wait_until(lambda: next((x for x in [mine(client)] if "pinned" in x["error"]), None), 20, "refused")
+        assert entry["state"] == "REFUSED" and entry["error"] == (
+            f"agent {name} presents certificate {agent.info['fingerprint'][:16]}, pinned is "
+            f"{paired['fingerprint'][:16]}: refused; re-pair with --force if it was reinstalled "
+            f"(tensorfleet agents pair {name} --token TOKEN --force)"
         )
+        result = controller.cli("agents", "pair", name, "--token", new_token(agent))
+        assert result.returncode == 2 and "pinned" in result.stderr
+        repaired = cli_json(controller.cli("agents", "pair", name, "--token", new_token(agent), "--force", "--json"))
         assert repaired["fingerprint"] == agent.info["fingerprint"]
-        wait_until(lambda: client.agents()[0]["state"] == "ONLINE", 20, "online again")
+        wait_until(lambda: mine(client)["state"] == "ONLINE", 20, "online again")
         # unpairing on the agent ends the controller's access
         subprocess.run(
             [
@@ -297,7 +335,7 @@ def test_changed_certificate_is_refused_until_deliberately_repaired(
             ],
             check=True,
         )
-        wait_until(lambda: client.agents()[0]["paired"] is False, 20, "unpaired")
+        wait_until(lambda: mine(client)["paired"] is False, 20, "unpaired")
 
 
 def test_key_files_are_private(
