@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tensorfleet_agent import task
-from tensorfleet_agent.workloads.datasets import CLASSIFICATION, dataset_task, load
+from tensorfleet_agent.workloads.datasets import CLASSIFICATION, data_sha256, dataset_task, load
 
 TEST_SIZE = 0.2
 SPLIT_SEED = 42
@@ -108,6 +108,7 @@ def _fit(make: Callable[[str], Any], iterative: bool = False) -> None:
     predicted = estimator.predict(x_test)
     report: dict[str, Any] = {
         "dataset": name,
+        "data_sha256": data_sha256(x, y),  # what a built-in dataset's lineage shows as its sha256
         "task": kind,
         "features": features,
         "classes": classes,

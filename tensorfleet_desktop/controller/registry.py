@@ -101,7 +101,8 @@ class Registry:
             "metrics": metrics,
             "dataset": {
                 "name": dataset_name,
-                "sha256": user_sha,
+                # an upload: its file's; a built-in dataset: its data's, as the task hashed it (data_sha256)
+                "sha256": user_sha or str(described.get("data_sha256") or configured.get("data_sha256") or ""),
                 "split_seed": described.get("split_seed", 42),
                 "params": {k: v for k, v in (spec.get("dataset_params") or {}).items() if k != "file"},
             },

@@ -17,6 +17,8 @@ import pytest
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json, tensorfleet
 from helpers.waiting import wait_until
+from tensorfleet_agent.workloads.datasets import data_sha256
+from tensorfleet_agent.workloads.datasets import load as load_dataset
 from tensorfleet_desktop.client import Client, InvalidRequest, NotFound, TensorFleetError
 
 pytestmark = pytest.mark.slow
@@ -61,6 +63,9 @@ def test_submit_from_cli_waits_and_reports(cluster: tuple[ControllerProcess, lis
     assert job["tasks"] == {"total": 1, "completed": 1, "failed": 0, "attempts": 1}
     assert job["metrics"]["test_accuracy"] > 0.8 and "training_time" in job["metrics"]
     assert job["model"] == {"name": "iris-rf", "version": 1}  # registered before the job reads as SUCCEEDED
+    with Client(controller.address) as client:  # a built-in dataset's lineage names its content, as a file's would
+        x, y, _, _ = load_dataset("iris", {})
+        assert client.model("iris-rf")["dataset"]["sha256"] == data_sha256(x, y)
     assert sorted(a["kind"] for a in job["artifacts"]) == ["model", "report"]
     assert job["started_at"] and job["finished_at"] and job["error"] == ""
     status = cli_json(controller.cli("status", job["id"], "--json"))
