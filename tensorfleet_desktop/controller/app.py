@@ -245,13 +245,16 @@ class ControllerApp:
     def _keep_trying(self, address: str) -> None:
         async def attempt() -> None:
             delay = 1.0
+            said = ""
             while True:
                 try:
                     record = await self.fleet.add(address, "manual")
                     self._persist_agent(record)
                     return
                 except FleetError as exc:
-                    log.warning("--agent %s: %s (retrying)", address, exc)
+                    if str(exc) != said:  # retried for as long as it runs: each new reason once
+                        said = str(exc)
+                        log.warning("--agent %s: %s (retrying)", address, exc)
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
 
