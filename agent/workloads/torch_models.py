@@ -41,23 +41,45 @@ def _interface_towards(address: str) -> str | None:
     return None
 
 
-def _build(kind: str, inputs: int, outputs: int, params: dict[str, Any]) -> Any:
+CONFIG_FORMAT = "tensorfleet-torch-model"
+CONFIG_VERSION = 2
+# What a model.json may name: torch.nn.<type>(*args). A config is data, so nothing outside this list is built.
+LAYER_TYPES = ("Conv2d", "Flatten", "Linear", "MaxPool2d", "ReLU", "Unflatten")
+
+
+def _layer(kind: str, *args: Any) -> dict[str, Any]:
+    return {"type": kind, "args": list(args)}
+
+
+def layer_specs(kind: str, inputs: int, outputs: int, hidden: str) -> list[dict[str, Any]]:
+    """The network as a list of torch.nn layers: what model.json records, so the file alone rebuilds it."""
+    if kind == "cnn":
+        return [
+            _layer("Unflatten", 1, [1, 8, 8]),
+            _layer("Conv2d", 1, 16, 3, 1, 1), _layer("ReLU"),
+            _layer("Conv2d", 16, 32, 3, 1, 1), _layer("ReLU"), _layer("MaxPool2d", 2),
+            _layer("Flatten"), _layer("Linear", 32 * 4 * 4, 64), _layer("ReLU"), _layer("Linear", 64, outputs),
+        ]  # fmt: skip
+    layers: list[dict[str, Any]] = []
+    width = inputs
+    for size in (int(h) for h in str(hidden).split(",")):
+        layers += [_layer("Linear", width, size), _layer("ReLU")]
+        width = size
+    layers.append(_layer("Linear", width, outputs))
+    return layers
+
+
+def build(layers: list[dict[str, Any]]) -> Any:
+    """torch.nn.Sequential of the layers; parameter names are "<index>.weight", as in model.safetensors."""
     from torch import nn
 
-    if kind == "cnn":
-        return nn.Sequential(
-            nn.Unflatten(1, (1, 8, 8)),
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, outputs),
-        )  # fmt: skip
-    layers: list[Any] = []
-    width = inputs
-    for hidden in (int(h) for h in str(params["hidden"]).split(",")):
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
-        width = hidden
-    layers.append(nn.Linear(width, outputs))
-    return nn.Sequential(*layers)
+    modules = []
+    for index, layer in enumerate(layers):
+        kind = str(layer.get("type"))
+        if kind not in LAYER_TYPES:
+            raise ValueError(f"model.json layer {index}: {kind!r} is not one of {', '.join(LAYER_TYPES)}")
+        modules.append(getattr(nn, kind)(*layer.get("args", [])))
+    return nn.Sequential(*modules)
 
 
 def _train(kind: str, params: dict[str, Any]) -> None:
@@ -97,7 +119,8 @@ def _train(kind: str, params: dict[str, Any]) -> None:
     train_set = TensorDataset(to_x(x_train), torch.tensor(y_train, dtype=torch.long))
     sampler: Any = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(params["seed"]))
     loader = DataLoader(train_set, batch_size=int(params["batch_size"]), sampler=sampler)
-    model = _build(kind, x.shape[1], len(classes), params).to(device)
+    layers = layer_specs(kind, x.shape[1], len(classes), str(params.get("hidden", "")))
+    model = build(layers).to(device)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer_cls = torch.optim.Adam if params["optimizer"] == "adam" else torch.optim.SGD
@@ -171,7 +194,7 @@ def _train(kind: str, params: dict[str, Any]) -> None:
     task.report(step=step, param_checksum=checksum)
     if rank == 0:
         task.report(step=step, test_accuracy=accuracy)
-        _save(core, kind, params, {"features": features, "classes": classes, "scaler": scaler})
+        _save(core, kind, layers, {"features": features, "classes": classes, "scaler": scaler})
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -186,28 +209,56 @@ def _accuracy(model: Any, x: Any, y: Any, device: Any) -> float:
     return float((predicted == y).mean())
 
 
-def _save(model: Any, kind: str, params: dict[str, Any], data: dict[str, Any]) -> None:
-    """safetensors weights plus a JSON config that rebuilds the module, input scaling included (see rebuild)."""
+def _save(model: Any, kind: str, layers: list[dict[str, Any]], data: dict[str, Any]) -> None:
+    """safetensors weights plus a JSON config that describes the module completely (see describe / rebuild)."""
     from safetensors.torch import save_file
 
     workdir = Path(task.checkpoint_dir().parent)
     save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, workdir / "model.safetensors")
-    config = {
-        "architecture": kind,
-        "inputs": len(data["features"]),
-        "outputs": len(data["classes"]),
-        "hidden": params.get("hidden"),
-        "features": data["features"],
-        "classes": data["classes"],
-        "input_mean": [float(v) for v in data["scaler"].mean_],
-        "input_scale": [float(v) for v in data["scaler"].scale_],
-        "framework": "torch",
-        "dataset": str(task.spec().get("dataset", "")),
-        "versions": task.package_versions(),
-    }
+    config = describe(kind, layers, data["features"], data["classes"], data["scaler"])
+    config["dataset"] = str(task.spec().get("dataset", ""))
+    config["versions"] = task.package_versions()
     (workdir / "model.json").write_text(json.dumps(config, indent=1))
     task.save_artifact(workdir / "model.safetensors", kind="model")
     task.save_artifact(workdir / "model.json", kind="model_config")
+
+
+def describe(
+    kind: str, layers: list[dict[str, Any]], features: list[str], classes: list[str], scaler: Any
+) -> dict[str, Any]:
+    """model.json: what a program without TensorFleet needs to rebuild the module and feed it."""
+    return {
+        "format": CONFIG_FORMAT,
+        "format_version": CONFIG_VERSION,
+        "framework": "torch",
+        "architecture": {"name": kind, "module": "torch.nn.Sequential", "layers": layers},
+        "input": {
+            "shape": [None, len(features)],  # batch first, any batch size
+            "dtype": "float32",
+            "features": list(features),
+            "standardize": {
+                "mean": [float(v) for v in scaler.mean_],
+                "scale": [float(v) for v in scaler.scale_],
+                "applied": "once, before the first layer: the layers take (raw - mean) / scale. model.safetensors "
+                "holds the layers only; the module of load_model and the ONNX export include this step, "
+                "so they take raw features",
+            },
+        },
+        "output": {"shape": [None, len(classes)], "dtype": "float32", "kind": "logits", "classes": list(classes)},
+    }
+
+
+def upgrade(config: dict[str, Any]) -> dict[str, Any]:
+    """A model.json of any format version as the current one (version 1 had flat keys and no layer list)."""
+    if int(config.get("format_version", 1)) >= CONFIG_VERSION:
+        return config
+    kind, features, classes = str(config["architecture"]), list(config["features"]), list(config["classes"])
+    layers = layer_specs(kind, int(config["inputs"]), int(config["outputs"]), str(config.get("hidden") or ""))
+
+    class Scaler:
+        mean_, scale_ = config["input_mean"], config["input_scale"]
+
+    return {**config, **describe(kind, layers, features, classes, Scaler)}
 
 
 def rebuild(config: dict[str, Any], weights: Any) -> Any:
@@ -215,16 +266,18 @@ def rebuild(config: dict[str, Any], weights: Any) -> Any:
     import torch
     from safetensors.torch import load_file
 
-    net = _build(str(config["architecture"]), int(config["inputs"]), int(config["outputs"]), config)
+    config = upgrade(config)
+    net = build(config["architecture"]["layers"])
     net.load_state_dict(load_file(str(weights)))
-    mean = torch.tensor(config["input_mean"], dtype=torch.float32)
-    scale = torch.tensor(config["input_scale"], dtype=torch.float32)
+    standardize = config["input"]["standardize"]
 
     class Standardized(torch.nn.Module):
+        """The one place the input scaling is applied."""
+
         def __init__(self) -> None:
             super().__init__()
-            self.register_buffer("mean", mean)
-            self.register_buffer("scale", scale)
+            self.register_buffer("mean", torch.tensor(standardize["mean"], dtype=torch.float32))
+            self.register_buffer("scale", torch.tensor(standardize["scale"], dtype=torch.float32))
             self.net = net
 
         def forward(self, x: Any) -> Any:

@@ -86,6 +86,15 @@ class Registry:
         configured = (
             json.loads(await asyncio.to_thread((await self.blobs.ensure(config.sha256)).read_text)) if config else {}
         )
+        if configured:
+            from tensorfleet_agent.workloads.torch_models import upgrade
+
+            configured = upgrade(configured)
+            described = {
+                **described,
+                "features": configured["input"]["features"],
+                "classes": configured["output"]["classes"],
+            }
         spec = job.spec
         dataset = str(spec.get("dataset", ""))
         user_sha = dataset.split(":", 1)[1] if dataset.startswith("user:") else ""
@@ -298,14 +307,32 @@ def _convert(record: dict[str, Any], source: Path, fmt: str, out: Path) -> None:
     import importlib.util
     import warnings
 
-    module = rebuild(record["config"], source)
-    example = torch.zeros((1, int(record["config"]["inputs"])), dtype=torch.float32)
+    module = rebuild(record["config"], source)  # raw features in: the graph standardises them itself
+    width = len(module.mean)
+    example = torch.zeros((2, width), dtype=torch.float32)  # not 1: an exporter may fix a size-1 axis
     new_exporter = importlib.util.find_spec("onnxscript") is not None  # else the TorchScript one, still shipped
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            module, (example,), str(out), input_names=["features"], output_names=["logits"], dynamo=new_exporter
+            module,
+            (example,),
+            str(out),
+            input_names=["features"],
+            output_names=["logits"],
+            dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}},  # any number of rows per call
+            dynamo=new_exporter,
         )
+
+
+def model_config(record: dict[str, Any]) -> dict[str, Any]:
+    """The JSON that goes with a downloaded model: a torch model's config in the current format (older
+    versions recorded one that named no layers); {} for models that need none."""
+    config = record.get("config") or {}
+    if not config or record.get("format") != "safetensors":
+        return dict(config)
+    from tensorfleet_agent.workloads.torch_models import upgrade
+
+    return upgrade(config)
 
 
 def _default_name(algorithm: str, dataset: str) -> str:
@@ -337,4 +364,4 @@ def _pick_artifacts(job: Job) -> tuple[ArtifactInfo | None, ArtifactInfo | None,
     return models[-1], config, report
 
 
-__all__ = ["ModelNotFound", "Registry", "RegistryError", "load_sklearn", "parse_ref"]
+__all__ = ["ModelNotFound", "Registry", "RegistryError", "load_sklearn", "model_config", "parse_ref"]

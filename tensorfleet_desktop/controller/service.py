@@ -27,7 +27,7 @@ from tensorfleet_desktop.controller import convert
 from tensorfleet_desktop.controller.core import Controller, JobError, NotFoundError
 from tensorfleet_desktop.controller.datasets import DatasetError
 from tensorfleet_desktop.controller.fleet import FleetError
-from tensorfleet_desktop.controller.registry import ModelNotFound, RegistryError
+from tensorfleet_desktop.controller.registry import ModelNotFound, RegistryError, model_config
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -321,7 +321,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
                 format=request.format or record["format"],
                 size=size,
                 sha256=digest,
-                config_json=json.dumps(record.get("config") or {}),
+                config_json=json.dumps(model_config(record)),
             )
             yield cpb.ModelChunk(header=header)
             with path.open("rb") as fh:
