@@ -182,7 +182,7 @@ def data_sha256(x: Any, y: Any) -> str:
     for values in (x, y):
         array = np.ascontiguousarray(values, dtype="<f8")
         hasher.update(repr(array.shape).encode())
-        hasher.update(memoryview(array).cast("B"))
+        hasher.update(array.data)  # contiguous: hashed in place, not copied
     return hasher.hexdigest()
 
 
