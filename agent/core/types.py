@@ -68,18 +68,12 @@ class TaskSpec:
     partition: str = ""  # "" | "cv": this task is fold `rank` of `world_size` | "gang": a rank of a gang
     single_task: bool = False  # the job has no other task: its worker is not kept warm for one
     # torchrun's numbering of a gang, from the controller, which sees the whole placement; local_world_size 0:
-    # not set, the rank is alone on its agent (see local_layout)
+    # not set, the rank is alone on its agent (workloads/torchrun.py fills in the rest)
     local_rank: int = 0
     local_world_size: int = 0
     group_rank: int = 0
     group_world_size: int = 0
     max_restarts: int = 0
-
-    def local_layout(self) -> tuple[int, int, int, int]:
-        """(local_rank, local_world_size, group_rank, group_world_size), defaults filled in."""
-        if self.local_world_size <= 0:
-            return 0, 1, self.rank, max(1, self.world_size)
-        return self.local_rank, self.local_world_size, self.group_rank, self.group_world_size
 
 
 @dataclass(frozen=True)
