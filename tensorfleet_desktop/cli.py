@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--store",
         default="",
-        help="sqlite:///path (default: in the data dir) or mongodb://user:pass@host:port/db "
-        "(or set TENSORFLEET_MONGODB_URI)",
+        help="sqlite:///path (default: in the data dir) or mongodb://user@host:port/db; a password here shows in "
+        "`ps`: put a URI with a password under [store] in the config file or in TENSORFLEET_MONGODB_URI",
     )
     s.add_argument(
         "--blobs",

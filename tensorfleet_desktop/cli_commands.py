@@ -245,6 +245,7 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     env_store = os.environ.get("TENSORFLEET_MONGODB_URI", "")
+    _guard_secrets(args.store, args.store or env_store or settings.store_uri, settings, config_path)
     try:
         config = ControllerConfig(
             data_dir=data_dir,
@@ -292,6 +293,25 @@ def serve(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return asyncio.run(main())
+
+
+def _guard_secrets(flag_store: str, store: str, settings: Any, config_path: Path) -> None:
+    """Mask the store password and S3 keys in every log line; warn when the password came on the command line,
+    where every user of this machine can read it (`ps`)."""
+    from tensorfleet_agent.security.secrets import register
+    from tensorfleet_desktop.store.base import uri_password
+
+    if uri_password(flag_store):
+        err.print(
+            f"tensorfleet serve: warning: the password in --store shows in `ps` to every user of this machine; "
+            f"put the URI under [store] in {config_path} (chmod 600) or in TENSORFLEET_MONGODB_URI",
+            soft_wrap=True,
+            markup=False,
+        )
+    for secret in (uri_password(store), settings.s3_access_key, settings.s3_secret_key):
+        register(secret)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        register(os.environ.get(name, ""))
 
 
 def shutdown(client: Client, args: argparse.Namespace) -> int:

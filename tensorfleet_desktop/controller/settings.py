@@ -100,7 +100,10 @@ def check_backends(settings: FileSettings, data_dir: Path, timeout: float = 5.0)
             import pymongo
         except ImportError:
             raise ValueError("MongoDB needs the 'mongo' extra: pip install 'tensorfleet[mongo]'") from None
-        client: Any = pymongo.MongoClient(store, serverSelectionTimeoutMS=int(timeout * 1000))
+        try:
+            client: Any = pymongo.MongoClient(store, serverSelectionTimeoutMS=int(timeout * 1000))
+        except (pymongo.errors.ConfigurationError, ValueError, TypeError) as exc:  # a malformed URI
+            raise ValueError(f"bad MongoDB URI {redact_uri(store)}: {redact_uri(str(exc))}") from None
         try:
             version = client.server_info().get("version", "?")
         except Exception as exc:

@@ -23,7 +23,7 @@ def open_store(uri: str) -> JobStore:
         if path.startswith("//"):  # SQLAlchemy's sqlite:////abs/path: one root, not a "//" path
             path = "/" + path.lstrip("/")
         if not path:
-            raise ValueError(f"store URI {uri!r} names no database file (sqlite:///path/to/tensorfleet.db)")
+            raise ValueError(f"store URI {redact_uri(uri)!r} names no database file (sqlite:///path/to/tensorfleet.db)")
         return SqliteJobStore(Path(path))
     raise ValueError(
         f"unsupported store URI {redact_uri(uri)!r}: supported schemes are {', '.join(s + '://' for s in SUPPORTED)}"

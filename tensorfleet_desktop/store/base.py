@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import abc
+import re
 from typing import Any
+from urllib.parse import urlparse
 
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
 
 
 def redact_uri(uri: str) -> str:
-    """The URI without its password, for logs and errors."""
-    from urllib.parse import urlparse
+    """The URI (or a message quoting URIs) without passwords, for logs and errors; malformed URIs too."""
+    text = _USERINFO.sub(r"\g<head>:***@", uri)
+    password = uri_password(text)
+    return text.replace(f":{password}@", ":***@", 1) if password and password != "***" else text
 
+
+def uri_password(uri: str) -> str:
+    """The password a URI carries ("" if none, or if it does not parse)."""
     try:
-        password = urlparse(uri).password
+        return urlparse(uri).password or ""
     except ValueError:
-        return uri.split("@")[-1]
-    return uri.replace(f":{password}@", ":***@", 1) if password else uri
+        return ""
+
+
+# scheme://user:PASSWORD@host, also inside a longer message; the password runs to the last @ before the host
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#:@]*):[^\s/?#]*@(?=[^\s/?#@]*(?:[\s/?#]|$))")
 
 
 class JobStore(abc.ABC):

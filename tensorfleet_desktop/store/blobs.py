@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from tensorfleet_desktop.store.base import redact_uri
+
 log = logging.getLogger(__name__)
 
 SUPPORTED = ("file", "s3")
@@ -78,10 +80,15 @@ class S3BlobStore(BlobStore):
         parsed = urlparse(uri)
         query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         self.bucket = parsed.netloc
+        if "@" in parsed.netloc:
+            raise ValueError(
+                f"blob store URI {redact_uri(uri)!r}: keys do not go in the URI; put them under [blobs] in the "
+                "config file (0600), or in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            )
         self.endpoint = query.get("endpoint", "s3.amazonaws.com")
         secure = query.get("secure", "true").lower() not in ("false", "0", "no")
         if not self.bucket:
-            raise ValueError(f"blob store URI {uri!r} names no bucket (s3://BUCKET?endpoint=HOST:PORT)")
+            raise ValueError(f"blob store URI {redact_uri(uri)!r} names no bucket (s3://BUCKET?endpoint=HOST:PORT)")
         key = os.environ.get("AWS_ACCESS_KEY_ID") or credentials[0]
         secret = os.environ.get("AWS_SECRET_ACCESS_KEY") or credentials[1]
         if not key or not secret:
@@ -92,7 +99,7 @@ class S3BlobStore(BlobStore):
         try:
             self.client: Any = Minio(self.endpoint, access_key=key, secret_key=secret, secure=secure)
         except ValueError as exc:
-            raise ValueError(f"blob store URI {uri!r}: {exc}") from None
+            raise ValueError(f"blob store URI {redact_uri(uri)!r}: {exc}") from None
 
     def key(self, sha256: str) -> str:
         return f"blobs/{sha256[:2]}/{sha256}"

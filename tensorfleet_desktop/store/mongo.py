@@ -76,13 +76,16 @@ class MongoJobStore(JobStore):
 
     def _init(self) -> None:
         pymongo = self._pymongo
-        self._client = pymongo.MongoClient(
-            self._raw_uri,
-            serverSelectionTimeoutMS=self._timeout_ms,
-            connectTimeoutMS=self._timeout_ms,
-            socketTimeoutMS=max(20_000, 2 * self._timeout_ms),  # a hung server becomes an error we retry
-            tz_aware=False,
-        )
+        try:
+            self._client = pymongo.MongoClient(
+                self._raw_uri,
+                serverSelectionTimeoutMS=self._timeout_ms,
+                connectTimeoutMS=self._timeout_ms,
+                socketTimeoutMS=max(20_000, 2 * self._timeout_ms),  # a hung server becomes an error we retry
+                tz_aware=False,
+            )
+        except (pymongo.errors.ConfigurationError, ValueError, TypeError) as exc:  # a malformed URI
+            raise ValueError(f"bad MongoDB URI {self.uri}: {redact_uri(str(exc))}") from None
         try:
             self._client.admin.command("ping")
         except pymongo.errors.OperationFailure as exc:

@@ -77,6 +77,7 @@ def test_mongodb_unreachable_at_start_is_a_clear_error(tmp_path: Path) -> None:
     assert f"cannot reach MongoDB at mongodb://admin:***@127.0.0.1:{port}/tf" in said and "within 1.5s" in said, said
     assert "Connection refused" in said
     assert "s3cret-pw" not in result.stderr + result.stdout
+    assert "the password in --store shows in `ps` to every user of this machine" in said  # and where it belongs
 
 
 def test_unknown_store_scheme_lists_the_supported_ones(tmp_path: Path) -> None:
