@@ -1,5 +1,6 @@
 """`tensorfleet`: the command line. Exit codes: 0 ok, 1 the waited-for job did not succeed,
-2 refused input, 3 controller unreachable. With --json, stdout holds exactly one JSON document."""
+2 refused input, 3 controller unreachable, 4 the controller cannot save (data dir full), 5 stored data
+damaged. With --json, stdout holds exactly one JSON document."""
 
 from __future__ import annotations
 
@@ -268,8 +269,21 @@ def _main(argv: list[str] | None) -> int:
     if args.command is None:  # no command: the window, with the gui command's defaults
         args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), "gui"])
     from tensorfleet_desktop import cli_commands
-    from tensorfleet_desktop.cli_commands import EXIT_JOB_FAILED, EXIT_UNREACHABLE, UsageError
-    from tensorfleet_desktop.client import ControllerUnreachable, InvalidRequest, NotFound, TensorFleetError
+    from tensorfleet_desktop.cli_commands import (
+        EXIT_CONTROLLER_FULL,
+        EXIT_DATA_LOSS,
+        EXIT_JOB_FAILED,
+        EXIT_UNREACHABLE,
+        UsageError,
+    )
+    from tensorfleet_desktop.client import (
+        ControllerFull,
+        ControllerUnreachable,
+        DataLoss,
+        InvalidRequest,
+        NotFound,
+        TensorFleetError,
+    )
 
     try:
         return cli_commands.run(args)
@@ -286,6 +300,12 @@ def _main(argv: list[str] | None) -> int:
             file=sys.stderr,
         )
         return EXIT_UNREACHABLE
+    except ControllerFull as exc:
+        print(f"tensorfleet: the controller cannot save: {exc}\n  free space there, then try again", file=sys.stderr)
+        return EXIT_CONTROLLER_FULL
+    except DataLoss as exc:
+        print(f"tensorfleet: stored data damaged: {exc}", file=sys.stderr)
+        return EXIT_DATA_LOSS
     except TensorFleetError as exc:
         print(f"tensorfleet: error: {exc}", file=sys.stderr)
         return EXIT_JOB_FAILED

@@ -23,6 +23,7 @@ from tensorfleet_desktop.cli_console import console
 from tensorfleet_desktop.client import TERMINAL, Client, trial_rows
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_CONTROLLER_FULL, EXIT_DATA_LOSS = 4, 5  # the controller cannot save; its stored data is damaged
 
 out = console()
 

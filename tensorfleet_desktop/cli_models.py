@@ -76,7 +76,7 @@ def _print_json(value: Any) -> None:
 
 def _brief(m: dict[str, Any]) -> dict[str, Any]:
     keys = ("name", "version", "algorithm", "metrics", "aliases", "tags", "size", "sha256", "created_at")
-    return {k: m[k] for k in keys}
+    return {**{k: m[k] for k in keys}, "blob_status": m.get("blob_status", "")}
 
 
 def _score(metrics: dict[str, float]) -> str:
@@ -100,7 +100,8 @@ def models(client: Client, args: argparse.Namespace) -> int:
         for m in page["models"]:
             table.add_row(
                 f"{m['name']}:{m['version']}", m["algorithm"], _score(m["metrics"]), ", ".join(m["aliases"]),
-                ", ".join(m["tags"]), f"{m['size'] / 1024:.0f} KiB", m["sha256"][:16],
+                ", ".join(m["tags"]), f"{m['size'] / 1024:.0f} KiB",
+                f"{m['sha256'][:16]} {m.get('blob_status', '')}".strip(),
             )  # fmt: skip
         out.print(table)
         p = page["pagination"]
@@ -155,6 +156,8 @@ def _show(m: dict[str, Any], as_json: bool) -> int:
         return EXIT_OK
     out.print(f"[bold]{m['name']}:{m['version']}[/bold]  {m['algorithm']}  {m['format']}  {m['size']} bytes")
     out.print(f"  sha256      {m['sha256']}")
+    if m.get("blob_status"):  # MISSING or DAMAGED: downloads of this version fail until it is restored
+        out.print(f"  file        {m['blob_status']} in the controller's blob store")
     if m["description"]:
         out.print(f"  description {m['description']}")
     out.print(f"  aliases     {', '.join(m['aliases']) or '-'}   tags {', '.join(m['tags']) or '-'}")

@@ -62,6 +62,14 @@ class ControllerUnreachable(TensorFleetError):
     pass
 
 
+class ControllerFull(TensorFleetError):
+    """The controller cannot save (its data dir is full): nothing was changed; retry once space is freed."""
+
+
+class DataLoss(TensorFleetError):
+    """The controller's stored data is missing or damaged (a model file that no longer hashes right)."""
+
+
 def controller_address(explicit: str | None = None) -> str:
     return explicit or os.environ.get("TENSORFLEET_CONTROLLER") or DEFAULT_CONTROLLER
 
@@ -91,6 +99,10 @@ def _translate(exc: grpc.RpcError, address: str) -> TensorFleetError:
         return InvalidRequest(str(details), name)
     if code is grpc.StatusCode.NOT_FOUND:
         return NotFound(str(details), name)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and ("data dir full" in str(details) or "disk space" in str(details)):
+        return ControllerFull(str(details), name)
+    if code is grpc.StatusCode.DATA_LOSS:
+        return DataLoss(str(details), name)
     return TensorFleetError(f"{name}: {details}", name)
 
 

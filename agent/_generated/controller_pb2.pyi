@@ -1310,6 +1310,7 @@ class ModelVersion(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    BLOB_STATUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """1, 2, 3... per name"""
@@ -1331,6 +1332,10 @@ class ModelVersion(_message.Message):
     """skops | safetensors"""
     created_at: _builtins.float
     """unix seconds"""
+    blob_status: _builtins.str
+    """ListModels and GetModel only: "" when the file is in the blob store and hashes to sha256,
+    "MISSING" when it is not there, "DAMAGED" when its bytes hash to something else.
+    """
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """final value per metric name"""
@@ -1378,10 +1383,11 @@ class ModelVersion(_message.Message):
         sha256: _builtins.str = ...,
         format: _builtins.str = ...,
         created_at: _builtins.float = ...,
+        blob_status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "aliases", b"aliases", "classes", b"classes", "created_at", b"created_at", "dataset_json", b"dataset_json", "description", b"description", "feature_names", b"feature_names", "format", b"format", "framework_versions", b"framework_versions", "hyperparameters_json", b"hyperparameters_json", "job_id", b"job_id", "metrics", b"metrics", "name", b"name", "sha256", b"sha256", "size", b"size", "tags", b"tags", "task_ids", b"task_ids", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "aliases", b"aliases", "blob_status", b"blob_status", "classes", b"classes", "created_at", b"created_at", "dataset_json", b"dataset_json", "description", b"description", "feature_names", b"feature_names", "format", b"format", "framework_versions", b"framework_versions", "hyperparameters_json", b"hyperparameters_json", "job_id", b"job_id", "metrics", b"metrics", "name", b"name", "sha256", b"sha256", "size", b"size", "tags", b"tags", "task_ids", b"task_ids", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1781,7 +1787,7 @@ class GcResponse(_message.Message):
     FREED_BYTES_FIELD_NUMBER: _builtins.int
     KEPT_FIELD_NUMBER: _builtins.int
     deleted: _builtins.int
-    """blobs removed"""
+    """blobs removed, and files an interrupted transfer left behind"""
     freed_bytes: _builtins.int
     """bytes"""
     kept: _builtins.int

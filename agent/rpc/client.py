@@ -305,13 +305,17 @@ class AgentClient:
         size = -1
         tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
         request = pb.GetBlobRequest(sha256=sha256)
-        with tmp.open("wb") as fh:
-            async for chunk in self._stream(lambda md: self.stub.GetBlob(request, metadata=md)):
-                if chunk.WhichOneof("part") == "header":
-                    size = chunk.header.size
-                    continue
-                hasher.update(chunk.data)
-                await asyncio.to_thread(fh.write, chunk.data)
+        try:
+            with tmp.open("wb") as fh:
+                async for chunk in self._stream(lambda md: self.stub.GetBlob(request, metadata=md)):
+                    if chunk.WhichOneof("part") == "header":
+                        size = chunk.header.size
+                        continue
+                    hasher.update(chunk.data)
+                    await asyncio.to_thread(fh.write, chunk.data)
+        except BaseException:  # a full disk, a lost agent: no half file left behind
+            tmp.unlink(missing_ok=True)
+            raise
         if hasher.hexdigest() != sha256:
             tmp.unlink(missing_ok=True)
             raise ValueError(f"blob {sha256} arrived corrupted (sha256 {hasher.hexdigest()})")

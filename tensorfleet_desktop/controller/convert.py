@@ -284,6 +284,7 @@ def model_to_pb(record: dict[str, Any]) -> cpb.ModelVersion:
         sha256=record.get("sha256", ""),
         format=record.get("format", ""),
         created_at=float(record.get("created_at", 0.0)),
+        blob_status=record.get("blob", ""),
     )
 
 
@@ -307,6 +308,7 @@ def model_from_pb(msg: cpb.ModelVersion) -> dict[str, Any]:
         "sha256": msg.sha256,
         "format": msg.format,
         "created_at": msg.created_at,
+        "blob_status": msg.blob_status,
     }
 
 

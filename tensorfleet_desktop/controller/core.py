@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import logging
 import secrets
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
@@ -49,7 +50,7 @@ from tensorfleet_desktop.controller.datasets import (
     prepare_upload,
 )
 from tensorfleet_desktop.controller.datasets import inspect as inspect_dataset
-from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
+from tensorfleet_desktop.controller.fleet import MIN_FREE_DISK_BYTES, AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
 from tensorfleet_desktop.controller.merge import merge_forest
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -61,11 +62,11 @@ from tensorfleet_desktop.controller.model import (
     JobTask,
     TaskRunState,
 )
-from tensorfleet_desktop.controller.registry import Registry
-from tensorfleet_desktop.controller.retention import referenced, trim_checkpoints
+from tensorfleet_desktop.controller.registry import Registry, pick_artifacts
+from tensorfleet_desktop.controller.retention import referenced, stale_partials, trim_checkpoints
 from tensorfleet_desktop.controller.scheduler import Capacity, RankLayout, Request, plan, rank_layout
 from tensorfleet_desktop.controller.sweep import Study, parse_sweep
-from tensorfleet_desktop.store.base import JobStore
+from tensorfleet_desktop.store.base import JobStore, StoreFullError, full_message, is_disk_full
 from tensorfleet_desktop.store.blobs import BlobStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ _TICK = 0.5
 _RETRY_BACKOFF = 1.0  # seconds before a failed task's first retry, doubling with each failure, at most 30 s
 _ORPHAN_GRACE = 15.0  # after a restart, how long an unknown agent may take to reappear
 _PAUSE_GRACE = 60.0  # how long a pausing task may take to save its checkpoint before it is cancelled
+_SAVE_RETRY_FIRST, _SAVE_RETRY_MAX = 1.0, 60.0  # seconds between attempts to save a finished job's model
+_SAVE_GIVE_UP = 1800.0  # after this long unsaved, the job fails with the cause
 _CHECKPOINTING = ("torch", "script")  # workload categories that can checkpoint, stop on request and resume
 
 
@@ -145,7 +148,10 @@ class Controller:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        await self.store.flush()
+        try:
+            await self.store.flush()
+        except StoreFullError as exc:
+            log.error("stopping with writes the store could not save: %s", exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -334,7 +340,11 @@ class Controller:
                 continue
             await self.blobs.delete(sha256)
             deleted, freed = deleted + 1, freed + size
-        log.info("gc: deleted %d blob(s), %d bytes; %d referenced", deleted, freed, len(keep))
+        partials = await self.blobs.partials()
+        for path in stale_partials(partials, now, grace):  # what a killed transfer left behind
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+            deleted, freed = deleted + 1, freed + partials[path][0]
+        log.info("gc: deleted %d blob(s) and leftovers, %d bytes; %d referenced", deleted, freed, len(keep))
         return {"deleted": deleted, "freed_bytes": freed, "kept": len(keep)}
 
     def _adopt_blob(self, tmp: Path) -> tuple[str, int]:
@@ -345,7 +355,9 @@ class Controller:
         tmp.replace(final)
         return digest, final.stat().st_size
 
-    def submit(self, body: dict[str, Any], submitter: str) -> Job:
+    async def submit(self, body: dict[str, Any], submitter: str) -> Job:
+        """Persist first, then schedule: a job the store cannot save is refused (StoreFullError), never kept
+        in memory only."""
         body = self._resolve_dataset(redact_value(body))  # a token pasted into a spec is never stored
         spec = parse_job_spec(body)
         self._seq_no += 1
@@ -359,6 +371,10 @@ class Controller:
             queued_since=now,
             tasks=[] if spec.sweep else [JobTask(index=i) for i in range(spec.cv or spec.num_workers)],
         )
+        free = await asyncio.to_thread(_free_bytes, self.blobs_dir)
+        if free is not None and free < MIN_FREE_DISK_BYTES:  # the rule agents follow: no room for its results
+            raise StoreFullError(full_message(self.blobs_dir))
+        await self.store.insert_job(job)
         self.jobs[job.id] = job
         self._open[job.id] = job
         self.metrics.submissions.inc()
@@ -367,7 +383,7 @@ class Controller:
         self._wake.set()
         return job
 
-    def resubmit(self, job_id: str, params: dict[str, Any], submitter: str) -> Job:
+    async def resubmit(self, job_id: str, params: dict[str, Any], submitter: str) -> Job:
         old = self.get(job_id)
         body = {k: v for k, v in old.spec.items() if k not in ("epochs",)}
         hyper = dict(old.spec.get("hyperparameters", {}))
@@ -375,7 +391,7 @@ class Controller:
         body["hyperparameters"] = hyper
         if not body.get("model_name"):
             body.pop("model_name", None)
-        return self.submit(body, submitter)
+        return await self.submit(body, submitter)
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -927,11 +943,17 @@ class Controller:
     def _fetched(self, sha256: str, _task: asyncio.Task[None]) -> None:
         self._fetches.pop(sha256, None)
 
-    async def _fetch_blob(self, record: AgentRecord, sha256: str) -> None:
-        """Copy an artifact or checkpoint into the controller's blob store, so it outlives its agent."""
+    async def _fetch_blob(self, record: AgentRecord, sha256: str, strict: bool = False) -> None:
+        """Copy an artifact or checkpoint into the controller's blob store, so it outlives its agent.
+        A file already there is trusted only when it hashes right (a crash or a bad disk may have damaged it).
+        `strict`: raise what went wrong instead of logging it."""
         dest = self.blobs.path(sha256)
-        if dest.exists() or record.client is None:
+        if record.client is None:
             return
+        if await asyncio.to_thread(dest.exists):
+            if await asyncio.to_thread(_hashes_to, dest, sha256):
+                return
+            log.warning("blob %s in %s is damaged; fetching it again from %s", sha256[:12], self.blobs.uri, record.name)
         url = await self.blobs.direct_upload(sha256)
         if url is not None:
             try:  # straight from the agent into the object store
@@ -941,13 +963,17 @@ class Controller:
                 log.info(
                     "agent %s could not upload %s itself (%s); relaying it", record.name, sha256[:12], exc.details()
                 )
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
+            await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
             await record.client.get_blob(sha256, dest)
             await self.blobs.publish(sha256)
         except (grpc.aio.AioRpcError, ValueError, OSError) as exc:
+            if strict:
+                raise _fetch_error(exc, self.blobs_dir, record.name) from None
             log.warning("could not fetch blob %s from %s: %s", sha256[:12], record.name, exc)
         except Exception as exc:  # the object store refused it: keep the local copy, say so
+            if strict:
+                raise
             log.error("could not store blob %s in %s: %s", sha256[:12], self.blobs.uri, exc)
 
     def _task_finished(self, job: Job, task: JobTask, fin: Finished, base: dict[str, Any] | None = None) -> None:
@@ -1125,26 +1151,64 @@ class Controller:
         self._job_changed(job, state.value.lower())
 
     async def _register(self, job: Job) -> None:
+        """Save the job's model (its files in the blob store, its registry entry) before the job SUCCEEDs.
+        A failure (a full disk, an agent away) is retried with back-off, the job saying why meanwhile;
+        after _SAVE_GIVE_UP seconds the job FAILs with the cause."""
+        delay, started = _SAVE_RETRY_FIRST, time.monotonic()
         try:
-            for artifact in job.artifacts:
-                fetch = self._fetches.get(artifact.sha256)
-                if fetch is not None:
-                    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                        await asyncio.wait_for(asyncio.shield(fetch), 120)
-            names = {d["sha256"]: name for name, d in self.datasets.items()}
-            record = await self.registry.register_job(job, names)
-            if record is not None:
-                job.model = {"name": record["name"], "version": record["version"], "sha256": record["sha256"]}
-                self._record(
-                    job, "log", {}, stream="controller", message=f"registered as {record['name']}:{record['version']}"
-                )
-        except Exception as exc:  # the job's result stands; only its registry entry is missing
-            log.exception("job %s: registering its model failed", job.id)
-            self._record(job, "log", {}, stream="controller", message=f"could not register the model: {exc}")
+            while True:
+                try:
+                    record = await self._save_model(job)
+                    break
+                except Exception as exc:
+                    reason = str(exc) or type(exc).__name__
+                    if time.monotonic() - started + delay > _SAVE_GIVE_UP:
+                        log.error("job %s: its model could not be saved, giving up: %s", job.id, reason)
+                        if not job.state.terminal:
+                            self._finish(job, JobState.FAILED, f"its model could not be saved: {reason}")
+                        return
+                    log.warning("job %s: saving its model failed (%s); retrying in %.0fs", job.id, reason, delay)
+                    job.error = f"saving its model failed: {reason}; retrying in {delay:.0f}s"
+                    self._job_changed(job, job.error)
+                await asyncio.sleep(delay)
+                delay = min(_SAVE_RETRY_MAX, delay * 2)
+                if job.state.terminal:  # cancelled meanwhile
+                    return
         finally:
             self._registering.discard(job.id)
+        if record is not None:
+            job.model = {"name": record["name"], "version": record["version"], "sha256": record["sha256"]}
+            self._record(
+                job, "log", {}, stream="controller", message=f"registered as {record['name']}:{record['version']}"
+            )
         if not job.state.terminal:  # not cancelled meanwhile
+            job.error = ""
             self._finish(job, JobState.SUCCEEDED, "")
+
+    async def _save_model(self, job: Job) -> dict[str, Any] | None:
+        """The files registration needs, checked (fetched again from their agent when missing or damaged),
+        then the registry entry."""
+        for artifact in (a for a in pick_artifacts(job) if a is not None):
+            fetch = self._fetches.get(artifact.sha256)
+            if fetch is not None:
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(fetch), 120)
+            if await self._blob_intact(artifact.sha256):
+                continue
+            task = next((t for t in job.tasks if t.index == artifact.task_index), None)
+            record = self.fleet.agents.get(task.node_id) if task is not None else None
+            if record is None or record.client is None:
+                raise OSError(f"{artifact.name} ({artifact.sha256[:12]}) is not saved and its agent is not connected")
+            await self._fetch_blob(record, artifact.sha256, strict=True)
+        names = {d["sha256"]: name for name, d in self.datasets.items()}
+        return await self.registry.register_job(job, names)
+
+    async def _blob_intact(self, sha256: str) -> bool:
+        try:
+            path = await self.blobs.ensure(sha256)
+        except FileNotFoundError:
+            return False
+        return await asyncio.to_thread(_hashes_to, path, sha256)
 
     def _job_changed(self, job: Job, message: str) -> None:
         self._record(job, "job_state", {}, state=job.state.value, message=message or job.error)
@@ -1172,6 +1236,28 @@ class Controller:
     def _update_gauges(self) -> None:
         self._gauges_stale, self._gauges_at = False, time.monotonic()
         self.metrics.active_jobs.set(sum(1 for j in self._open.values() if j.state is not JobState.PAUSED))
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:  # not created yet (an object store's cache)
+        return None
+
+
+def _hashes_to(path: Path, sha256: str) -> bool:
+    """Whether the file at `path` exists and hashes to `sha256` (blocking)."""
+    try:
+        return file_sha256(path) == sha256
+    except FileNotFoundError:
+        return False
+
+
+def _fetch_error(exc: Exception, blobs_dir: Path, agent: str) -> Exception:
+    if is_disk_full(exc):
+        return StoreFullError(full_message(blobs_dir))
+    details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+    return OSError(f"copying it from agent {agent} failed: {details}")
 
 
 def cv_summary(folds: list[dict[str, float]]) -> dict[str, float]:

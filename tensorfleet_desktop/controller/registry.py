@@ -45,6 +45,15 @@ class ModelNotFound(LookupError):
     pass
 
 
+class BlobDamaged(Exception):
+    """A registered version's file is missing or does not hash to its sha256: the store lost data, the
+    request was fine."""
+
+
+Records = list[dict[str, Any]]
+MISSING, DAMAGED = "MISSING", "DAMAGED"  # a version's blob status; "" when its file is there and hashes right
+
+
 def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
     """NAME (latest version), NAME:VERSION or NAME@ALIAS."""
     name, version, alias = ref, None, None
@@ -72,12 +81,13 @@ class Registry:
     def __init__(self, store: JobStore, blobs: BlobStore) -> None:
         self.store = store
         self.blobs = blobs
+        self._checked: dict[str, tuple[int, int, bool]] = {}  # sha256 -> (size, mtime_ns, hashes right)
 
     # ---- registration
 
     async def register_job(self, job: Job, dataset_names: dict[str, str]) -> dict[str, Any] | None:
         """Register a succeeded job's model; None when the job has no single model (cv folds, diagnostics)."""
-        model, config, report = _pick_artifacts(job)
+        model, config, report = pick_artifacts(job)
         if model is None:
             return None
         described = (
@@ -237,15 +247,29 @@ class Registry:
             path = await self.blobs.ensure(record["sha256"])
             digest = await asyncio.to_thread(file_sha256, path)
         except FileNotFoundError:
-            raise RegistryError(
-                "model", f"{where}: its file {record['sha256'][:12]} is missing from the blob store"
-            ) from None
+            raise BlobDamaged(f"{where}: its file {record['sha256'][:12]} is missing from the blob store") from None
         if digest != record["sha256"]:
-            raise RegistryError(
-                "model",
-                f"{where}: stored bytes hash to {digest[:12]}, not {record['sha256'][:12]}: the file is damaged",
+            raise BlobDamaged(
+                f"{where}: stored bytes hash to {digest[:12]}, not {record['sha256'][:12]}: the file is damaged"
             )
         return path
+
+    async def with_blob_status(self, records: Records) -> Records:
+        """The records with "blob": MISSING, DAMAGED or "" (a file is hashed once, then again only when its
+        size or modification time changes)."""
+        return [{**r, "blob": await asyncio.to_thread(self._blob_status, r["sha256"])} for r in records]
+
+    def _blob_status(self, sha256: str) -> str:
+        path = self.blobs.path(sha256)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return "" if self.blobs.remote else MISSING  # an object store's blob is fetched on first use
+        seen = self._checked.get(sha256)
+        if seen is None or seen[:2] != (stat.st_size, stat.st_mtime_ns):
+            seen = (stat.st_size, stat.st_mtime_ns, file_sha256(path) == sha256)
+            self._checked[sha256] = seen
+        return "" if seen[2] else DAMAGED
 
     async def export(self, record: dict[str, Any], fmt: str, out: Path) -> Path:
         """Write the model in `fmt` to `out` (the stored file itself for its own format)."""
@@ -344,7 +368,7 @@ def _chosen_task(job: Job, model: ArtifactInfo) -> Any:
     return next((t for t in job.tasks if t.index == model.task_index), None)
 
 
-def _pick_artifacts(job: Job) -> tuple[ArtifactInfo | None, ArtifactInfo | None, ArtifactInfo | None]:
+def pick_artifacts(job: Job) -> tuple[ArtifactInfo | None, ArtifactInfo | None, ArtifactInfo | None]:
     """(model, torch config, scikit-learn report) of the job's one model, or (None, None, None)."""
     if job.mode == "cv" or get_workload(str(job.spec["algorithm"])).category == "diagnostic":
         return None, None, None
@@ -364,4 +388,13 @@ def _pick_artifacts(job: Job) -> tuple[ArtifactInfo | None, ArtifactInfo | None,
     return models[-1], config, report
 
 
-__all__ = ["ModelNotFound", "Registry", "RegistryError", "load_sklearn", "model_config", "parse_ref"]
+__all__ = [
+    "BlobDamaged",
+    "ModelNotFound",
+    "Registry",
+    "RegistryError",
+    "load_sklearn",
+    "model_config",
+    "parse_ref",
+    "pick_artifacts",
+]

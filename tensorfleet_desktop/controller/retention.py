@@ -3,12 +3,14 @@
 Kept: every registered model version's file, every uploaded dataset, everything of a job that has not
 succeeded (a retry or resume needs its checkpoints and shards), reports and torch configs, and the
 model files of jobs that registered none (cross-validation folds). So the file of a deleted model
-version, the checkpoints of a finished job and a deleted dataset become garbage.
+version, the checkpoints of a finished job and a deleted dataset become garbage, and so do the unfinished
+files (`*.part`) a transfer left behind when its process was killed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobState
@@ -42,3 +44,9 @@ def trim_checkpoints(artifacts: list[ArtifactInfo], keep: int) -> tuple[list[Art
         for old in sorted(group, key=lambda a: a.step)[:-keep]:
             dropped.add(id(old))
     return [a for a in artifacts if id(a) not in dropped], [a for a in artifacts if id(a) in dropped]
+
+
+def stale_partials(partials: dict[Path, tuple[int, float]], now: float, grace: float) -> list[Path]:
+    """The unfinished files nobody has written to for `grace` seconds (and at least a minute): a transfer in
+    progress writes every few milliseconds, so only a dead one leaves a file this old."""
+    return [path for path, (_size, modified) in partials.items() if now - modified >= max(grace, 60.0)]

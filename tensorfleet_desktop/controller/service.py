@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -27,7 +28,13 @@ from tensorfleet_desktop.controller import convert
 from tensorfleet_desktop.controller.core import Controller, JobError, NotFoundError
 from tensorfleet_desktop.controller.datasets import DatasetError
 from tensorfleet_desktop.controller.fleet import FleetError
-from tensorfleet_desktop.controller.registry import ModelNotFound, RegistryError, model_config
+from tensorfleet_desktop.controller.registry import (
+    BlobDamaged,
+    ModelNotFound,
+    RegistryError,
+    model_config,
+)
+from tensorfleet_desktop.store.base import StoreFullError, full_message, is_disk_full
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -48,6 +55,13 @@ def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, FleetError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, BlobDamaged):
+        return grpc.StatusCode.DATA_LOSS, str(exc)
+    if isinstance(exc, StoreFullError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if is_disk_full(exc):
+        where = Path(str(getattr(exc, "filename", "") or ".")).parent
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, full_message(where)
     log.exception("internal error")
     return grpc.StatusCode.INTERNAL, f"internal controller error: {type(exc).__name__}: {exc}"
 
@@ -92,7 +106,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     @_unary
     async def SubmitJob(self, request: cpb.SubmitJobRequest, context: Any) -> cpb.Job:
         body = _json_object(request.spec_json, "spec_json")
-        return self._job(self.c.submit(body, request.submitter or "unknown"))
+        return self._job(await self.c.submit(body, request.submitter or "unknown"))
 
     @_unary
     async def ListJobs(self, request: cpb.ListJobsRequest, context: Any) -> cpb.ListJobsResponse:
@@ -133,7 +147,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     async def ResubmitJob(self, request: cpb.ResubmitJobRequest, context: Any) -> cpb.Job:
         params = _json_object(request.params_json, "params_json")
         old = self.c.get(request.job_id)
-        return self._job(self.c.resubmit(old.id, params, old.submitter))
+        return self._job(await self.c.resubmit(old.id, params, old.submitter))
 
     @_unary
     async def GetMetrics(self, request: cpb.GetMetricsRequest, context: Any) -> cpb.GetMetricsResponse:
@@ -296,7 +310,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             request.name, request.algorithm, request.tag, request.alias, floor, page, limit
         )
         return cpb.ListModelsResponse(
-            models=[convert.model_to_pb(i) for i in items],
+            models=[convert.model_to_pb(i) for i in await self.c.registry.with_blob_status(items)],
             page=page,
             limit=limit,
             total=total,
@@ -305,7 +319,8 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_unary
     async def GetModel(self, request: cpb.ModelRequest, context: Any) -> cpb.ModelVersion:
-        return convert.model_to_pb(await self.c.registry.resolve(request.ref))
+        record = await self.c.registry.resolve(request.ref)
+        return convert.model_to_pb((await self.c.registry.with_blob_status([record]))[0])
 
     @_stream
     async def DownloadModel(self, request: cpb.DownloadModelRequest, context: Any) -> AsyncIterator[cpb.ModelChunk]:

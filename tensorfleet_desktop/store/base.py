@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import abc
+import errno
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -29,6 +32,29 @@ def uri_password(uri: str) -> str:
 _USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#:@]*):[^\s/?#]*@(?=[^\s/?#@]*(?:[\s/?#]|$))")
 
 
+def full_message(where: Path) -> str:
+    """The refusal users see when the disk under `where` (the store's or the blobs' directory) is full."""
+    try:
+        free = shutil.disk_usage(where).free >> 20
+    except OSError:
+        return "controller data dir full"
+    return f"controller data dir full ({free} MiB free in {where})"
+
+
+class StoreFullError(OSError):
+    """The store cannot save right now for lack of space; what was queued is kept and retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class JobStore(abc.ABC):
     """Writes are queued and never block the event loop; reads are awaitable."""
 
@@ -43,6 +69,11 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def save_job(self, job: Job) -> None:
         """Queue an upsert of the job (with its tasks)."""
+
+    async def insert_job(self, job: Job) -> None:
+        """Save a new job and wait until it is committed: StoreFullError when it cannot be (nothing is kept)."""
+        self.save_job(job)
+        await self.flush()
 
     @abc.abstractmethod
     def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
@@ -65,7 +96,7 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def flush(self) -> None:
-        """Wait until everything queued so far is committed."""
+        """Wait until everything queued so far is committed; StoreFullError when it waits for space."""
 
     @abc.abstractmethod
     async def load_jobs(self) -> list[Job]:

@@ -26,6 +26,8 @@ _PART_SIZE = 64 * 2**20
 class BlobStore:
     """The file backend; also the local side (cache) of the others."""
 
+    remote = False  # True when `root` is only a cache of the store
+
     def __init__(self, root: Path, uri: str = "") -> None:
         self.root = root
         self.uri = uri or f"file://{root}"
@@ -61,6 +63,22 @@ class BlobStore:
         """sha256 -> (size, modified time) of every blob the store holds."""
         return await asyncio.to_thread(self._local_listing)
 
+    async def partials(self) -> dict[Path, tuple[int, float]]:
+        """Unfinished files -> (size, modified time): `*.part` of transfers into the store and uploads or
+        exports under incoming/. A live transfer keeps writing its file; a crash leaves it behind."""
+        return await asyncio.to_thread(self._partials)
+
+    def _partials(self) -> dict[Path, tuple[int, float]]:
+        out = {}
+        for path in [*self.root.glob("[0-9a-f][0-9a-f]/*.part"), *self.root.glob("incoming/*")]:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # finished meanwhile
+                continue
+            if path.is_file():
+                out[path] = (stat.st_size, stat.st_mtime)
+        return out
+
     def _local_listing(self) -> dict[str, tuple[int, float]]:
         out = {}
         for path in self.root.glob("[0-9a-f][0-9a-f]/*"):
@@ -71,6 +89,8 @@ class BlobStore:
 
 
 class S3BlobStore(BlobStore):
+    remote = True
+
     def __init__(self, uri: str, cache: Path, credentials: tuple[str, str] = ("", "")) -> None:
         super().__init__(cache, uri)
         try:

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
-from tensorfleet_desktop.store.base import JobStore, redact_uri
+from tensorfleet_desktop.store.base import JobStore, StoreFullError, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,12 @@ _DUPLICATE_KEY = 11000
 _RETRY_WARN_EVERY = 5.0
 _EVENT_BATCH = 2000
 
+_OUT_OF_DISK_SPACE = 14031
 Op = Callable[[Any], Any]  # takes the pymongo Database
+
+
+def _out_of_space(exc: Exception) -> bool:
+    return getattr(exc, "code", None) == _OUT_OF_DISK_SPACE or "No space left on device" in str(exc)
 
 
 class _Write:
@@ -185,6 +190,16 @@ class MongoJobStore(JobStore):
                 time.sleep(0.5)
                 continue
             except errors.PyMongoError as exc:
+                if _out_of_space(exc):  # the server's disk: held and retried like an outage, never a dead store
+                    if item.future is not None:  # an awaited call (a submit) is refused instead of waiting
+                        item.future.set_exception(StoreFullError(f"MongoDB at {self.uri} is out of disk space"))
+                        return
+                    now = time.monotonic()
+                    if now - warned > _RETRY_WARN_EVERY:
+                        log.error("MongoDB %s is out of disk space (%s); holding writes and retrying", self.uri, exc)
+                        warned = now
+                    time.sleep(1.0)
+                    continue
                 if item.future is not None:  # an awaited call: its caller gets the error
                     item.future.set_exception(exc)
                     return
@@ -196,6 +211,10 @@ class MongoJobStore(JobStore):
             if warned:
                 log.warning("MongoDB %s is back; queued writes resumed", self.uri)
             return
+
+    async def insert_job(self, job: Job) -> None:
+        doc = {"_id": job.id, "state": job.state.value, "created_at": job.created_at, "job": job.to_dict()}
+        await self._call(lambda db: db.jobs.replace_one({"_id": job.id}, doc, upsert=True))
 
     def _events_op(self, docs: list[dict[str, Any]], marks: dict[str, int]) -> Op:
         pymongo = self._pymongo

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
-from tensorfleet_desktop.store.base import JobStore
+from tensorfleet_desktop.store.base import JobStore, StoreFullError, full_message
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,17 @@ _BODY_FIELDS = [
     f for f in _EVENT_FIELDS if f not in ("job_id", "seq", "time", "kind", "task_index", "attempt_id", "agent_seq")
 ]
 
+_RETRY_FIRST, _RETRY_MAX = 0.5, 10.0  # seconds between attempts to commit held writes, doubling
+_AGAIN = threading.Event()  # the writer's own wake-up: retry what is held
+# SQLite's answers when a write cannot reach the disk (full, quota, or an I/O error writing the WAL or its index)
+_NO_SPACE_CODES = ("SQLITE_FULL", "SQLITE_IOERR")
+
 Op = Callable[[sqlite3.Connection], None]
+
+
+def _no_space(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "")
+    return any(name.startswith(code) for code in _NO_SPACE_CODES) or "disk is full" in str(exc)
 
 
 class _Call:
@@ -72,6 +82,8 @@ class _Call:
         try:
             self.result = self.fn(conn)
         except sqlite3.Error as exc:
+            if _no_space(exc):
+                raise  # the whole batch waits for space
             conn.execute("ROLLBACK TO call")
             self.error = exc
         conn.execute("RELEASE call")
@@ -91,6 +103,8 @@ class SqliteJobStore(JobStore):
         self._queue: queue.SimpleQueue[Op | threading.Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._failed: BaseException | None = None
+        self._full: StoreFullError | None = None  # set while writes wait for space
+        self._dir = path.parent
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
@@ -187,51 +201,88 @@ class SqliteJobStore(JobStore):
         await asyncio.to_thread(done.wait)
         if self._failed is not None:
             raise RuntimeError(f"the store {self.uri} failed: {self._failed}")
+        if self._full is not None:
+            raise StoreFullError(full_message(self._dir))
+
+    async def insert_job(self, job: Job) -> None:
+        row = (job.id, job.state.value, job.created_at, json.dumps(job.to_dict()))
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?)", row)
+
+        await self._call(op)
 
     def _writer(self) -> None:
         conn = self._connect()
+        held: list[Op] = []  # writes that could not be committed for lack of space, retried before anything newer
+        delay = _RETRY_FIRST
         try:
             while True:
-                first = self._queue.get()
-                if first is None:
-                    break
-                batch: list[Op | threading.Event] = [first]
-                deadline = time.monotonic() + _BATCH_WINDOW
-                stop = False
-                while (left := deadline - time.monotonic()) > 0:
-                    try:
-                        item = self._queue.get(timeout=left)
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                        break
-                    batch.append(item)
-                    if isinstance(item, threading.Event | _Call):
-                        break  # someone waits: commit now
-                self._commit(conn, batch)
+                try:
+                    first = self._queue.get(timeout=delay if held else None)
+                except queue.Empty:
+                    first = _AGAIN
+                stop = first is None
+                batch: list[Op | threading.Event] = []
+                if first is not None and first is not _AGAIN:
+                    batch.append(first)
+                    deadline = time.monotonic() + _BATCH_WINDOW
+                    while (left := deadline - time.monotonic()) > 0:
+                        try:
+                            item = self._queue.get(timeout=left)
+                        except queue.Empty:
+                            break
+                        if item is None:
+                            stop = True
+                            break
+                        batch.append(item)
+                        if isinstance(item, threading.Event | _Call):
+                            break  # someone waits: commit now
+                held = self._commit(conn, [*held, *batch])
+                delay = min(_RETRY_MAX, delay * 2) if held else _RETRY_FIRST
                 if stop:
+                    if held:
+                        log.critical("store %s: %d write(s) lost: %s", self.uri, len(held), full_message(self._dir))
                     break
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[Op | threading.Event]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[Op | threading.Event]) -> list[Op]:
+        """Commit the batch; returns the writes to retry when it failed for lack of space (their callers, if
+        any, are told at once: an awaited write is not held)."""
         waiters = [item for item in batch if isinstance(item, threading.Event)]
+        calls = [item for item in batch if isinstance(item, _Call)]
+        held: list[Op] = []
         try:
             with conn:
                 for item in batch:
                     if not isinstance(item, threading.Event):
                         item(conn)
         except sqlite3.Error as exc:
-            log.critical("store write failed, the controller can no longer save: %s", exc)
-            self._failed = exc
+            if _no_space(exc):
+                held = [item for item in batch if not isinstance(item, threading.Event | _Call)]
+                if self._full is None:
+                    log.error(
+                        "store %s cannot save (%s): holding %d write(s) until there is space", self.uri, exc, len(held)
+                    )
+                self._full = StoreFullError(full_message(self._dir))
+                for call in calls:
+                    call.error = self._full
+            else:
+                log.critical("store write failed, the controller can no longer save: %s", exc)
+                self._failed = exc
+        else:
+            if self._full is not None:
+                log.warning("store %s: space again, held writes saved", self.uri)
+            self._full = None
         for waiter in waiters:
             waiter.set()
-        for call in (item for item in batch if isinstance(item, _Call)):
+        for call in calls:
             if self._failed is not None or call.error is not None:
                 call.future.set_exception(call.error or RuntimeError(f"the store {self.uri} failed: {self._failed}"))
             else:
                 call.future.set_result(call.result)
+        return held
 
     async def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         call = _Call(fn)

@@ -79,6 +79,7 @@ class ModelsView(View):
                 Column("Registered", lambda m: clock(m["created_at"]), sort=lambda m: m["created_at"]),
                 Column("Size", lambda m: human_bytes(m["size"]), sort=lambda m: m["size"]),
                 Column("Format", lambda m: m["format"]),
+                Column("File", lambda m: m.get("blob_status") or "ok"),  # MISSING / DAMAGED in the blob store
             ],
             key=ref_of,
         )
@@ -190,6 +191,7 @@ class ModelsView(View):
             return
         lines = [
             f"{ref_of(m)}  ({m['algorithm']}, {m['format']}, {human_bytes(m['size'])}, sha256 {m['sha256'][:16]}…)",
+            *([f"file: {m['blob_status']} in the controller's blob store"] if m.get("blob_status") else []),
             f"aliases: {', '.join(m['aliases']) or '-'}    tags: {', '.join(m['tags']) or '-'}",
             f"description: {m['description'] or '-'}",
             f"trained by job {m['job_id']} on {m['dataset'].get('name', '-')}"

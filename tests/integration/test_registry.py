@@ -46,7 +46,11 @@ def test_jobs_register_versions_that_aliases_downloads_and_the_sdk_use(
     listed = cli_json(controller.cli("models", "list", "--name", "iris-rf", "--json"))
     assert listed["pagination"] == {"page": 1, "limit": 20, "total": 2, "pages": 1}
     item = listed["models"][0]
-    assert set(item) == {"name", "version", "algorithm", "metrics", "aliases", "tags", "size", "sha256", "created_at"}
+    assert set(item) == {
+        *("name", "version", "algorithm", "metrics", "aliases", "tags", "size", "sha256", "created_at"),
+        "blob_status",
+    }
+    assert item["blob_status"] == ""
     page = cli_json(controller.cli("models", "list", "--limit", "1", "--page", "2", "--json"))
     assert page["pagination"] == {"page": 2, "limit": 1, "total": 3, "pages": 3} and len(page["models"]) == 1
 
@@ -133,8 +137,12 @@ def test_a_damaged_model_file_is_an_error_never_a_model(
         data[len(data) // 2] ^= 0xFF
         blob.write_bytes(bytes(data))
         result = controller.cli("models", "download", "svm-iris", "-o", str(tmp_path / "m.skops"))
-        assert result.returncode == 2 and "the file is damaged" in result.stderr, result.stderr
+        assert result.returncode == 5 and "the file is damaged" in result.stderr, result.stderr  # not bad input
         assert not (tmp_path / "m.skops").exists()
+        assert cli_json(controller.cli("models", "show", "svm-iris", "--json"))["blob_status"] == "DAMAGED"
+        assert "DAMAGED" in controller.cli("models", "list").stdout
+        blob.unlink()
+        assert "MISSING" in controller.cli("models", "show", "svm-iris").stdout
 
 
 def test_torch_models_register_as_safetensors_and_load_as_modules(

@@ -1,0 +1,204 @@
+"""The controller's own storage under faults: a full disk, files a crash left behind, a damaged blob.
+
+The full disk is SQLite's own size limit (PRAGMA max_page_count, set on every connection the store opens):
+a write past it fails with SQLITE_FULL, the answer SQLite gives when the disk is full (ENOSPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tensorfleet_desktop.controller.core import Controller
+from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
+from tensorfleet_desktop.controller.metrics import ControllerMetrics
+from tensorfleet_desktop.controller.model import Job, JobState
+from tensorfleet_desktop.controller.registry import DAMAGED, MISSING
+from tensorfleet_desktop.store import sqlite as sqlite_store
+from tensorfleet_desktop.store.base import StoreFullError
+from tensorfleet_desktop.store.blobs import BlobStore
+from tensorfleet_desktop.store.sqlite import SqliteJobStore
+
+FULL = r"controller data dir full \(\d+ MiB free"
+
+
+class FullDisk:
+    """Every connection the store opens, and a switch between full (no page beyond those the file has)
+    and not."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.connections: list[sqlite3.Connection] = []
+        self.full = False
+        real = sqlite3.connect
+
+        def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            conn = real(*args, **kwargs)
+            self.connections.append(conn)
+            self._limit(conn)
+            return conn
+
+        monkeypatch.setattr(sqlite_store.sqlite3, "connect", connect)
+
+    def _limit(self, conn: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.ProgrammingError):  # closed ones
+            # a limit below the file's size is clamped to it: nothing more fits
+            conn.execute(f"PRAGMA max_page_count = {1 if self.full else 1 << 30}")
+
+    def fill(self) -> None:
+        self.full = True
+        for conn in self.connections:
+            self._limit(conn)
+
+    def free(self) -> None:
+        self.full = False
+        for conn in self.connections:
+            self._limit(conn)
+
+
+def _job(job_id: str, source_bytes: int = 100) -> Job:
+    """A job whose stored form takes about `source_bytes` (big ones need new pages in the database)."""
+    return Job(
+        id=job_id,
+        spec={"algorithm": "script", "script": {"name": "s.py", "source": "#" * source_bytes}},
+        submitter="me@here",
+        seq_no=1,
+        created_at=time.time(),
+    )
+
+
+def _script(source_bytes: int = 20_000) -> dict[str, Any]:
+    return {"algorithm": "script", "script": {"name": "s.py", "source": "# padding " + "x" * source_bytes}}
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> FullDisk:
+    return FullDisk(monkeypatch)
+
+
+@pytest.fixture
+async def controller(tmp_path: Path, disk: FullDisk) -> AsyncIterator[Controller]:
+    store = SqliteJobStore(tmp_path / "tensorfleet.db")
+    await store.open()
+    blobs = BlobStore(tmp_path / "blobs")
+    await blobs.open()
+    controller = Controller(store, Fleet(), blobs, ControllerMetrics())
+    await controller.start()
+    yield controller
+    await controller.stop()
+    await store.close()
+
+
+async def test_the_store_holds_writes_while_the_disk_is_full_and_saves_them_when_space_returns(
+    tmp_path: Path, disk: FullDisk
+) -> None:
+    store = SqliteJobStore(tmp_path / "tensorfleet.db")
+    await store.open()
+    try:
+        await store.insert_job(_job("j1"))
+        disk.fill()
+        running = _job("j1", source_bytes=40_000)
+        running.state = JobState.RUNNING
+        store.save_job(running)  # an update nobody waits for: held, not lost
+        with pytest.raises(StoreFullError, match=FULL):
+            await store.insert_job(_job("j2", source_bytes=20_000))
+        with pytest.raises(StoreFullError, match=FULL):
+            await store.flush()
+        store.save_job(running)  # still accepted: the store is not dead
+        disk.free()
+        await store.flush()  # the held writes go in with the next commit
+        jobs = {job.id: job for job in await store.load_jobs()}
+        assert sorted(jobs) == ["j1"] and jobs["j1"].state is JobState.RUNNING
+        await store.insert_job(_job("j2", source_bytes=20_000))
+        assert sorted(job.id for job in await store.load_jobs()) == ["j1", "j2"]
+    finally:
+        await store.close()
+
+
+async def test_a_submit_the_store_cannot_save_is_refused_and_leaves_no_job(
+    controller: Controller, disk: FullDisk
+) -> None:
+    disk.fill()
+    with pytest.raises(StoreFullError, match=FULL):
+        await controller.submit(_script(), "me")
+    assert controller.list_jobs() == []  # nothing in memory that is not saved
+    disk.free()
+    job = await controller.submit(_script(), "me")
+    assert [j.id for j in controller.list_jobs()] == [job.id]
+    assert [j.id for j in await controller.store.load_jobs()] == [job.id]
+
+
+async def test_gc_removes_what_killed_transfers_left_but_not_a_transfer_in_progress(controller: Controller) -> None:
+    root = controller.blobs_dir
+    (root / "ab").mkdir(parents=True)
+    (root / "incoming").mkdir()
+    dead = [
+        root / "ab" / f"{'ab' * 32}.4242.part",
+        root / "ab" / f".{'ab' * 32}.77.part",
+        root / "incoming" / "upload-1",
+    ]
+    live = root / "ab" / f"{'cd' * 32}.{os.getpid()}.part"
+    hour_ago = time.time() - 3600
+    for path in dead:
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (hour_ago, hour_ago))
+    live.write_bytes(b"y" * 1000)
+    freed = await controller.collect_garbage(grace=600)
+    assert [p for p in dead if p.exists()] == [] and live.exists()
+    assert freed["deleted"] == 3 and freed["freed_bytes"] == 3000
+
+
+class _Agent:
+    """The agent end of a blob copy: it holds the good bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.sent = 0
+
+    async def get_blob(self, sha256: str, dest: Path) -> int:
+        assert hashlib.sha256(self.data).hexdigest() == sha256
+        await asyncio.to_thread(dest.write_bytes, self.data)
+        self.sent += 1
+        return len(self.data)
+
+
+async def test_a_damaged_blob_at_its_destination_is_fetched_again_from_the_agent(controller: Controller) -> None:
+    data = b"model bytes " * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    agent = _Agent(data)
+    record = AgentRecord(node_id="n1", address="127.0.0.1:1", source="manual", state=AgentState.ONLINE)
+    record.client = agent  # type: ignore[assignment]
+    dest = controller.blobs.path(sha)
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(data[: len(data) // 2])  # a crash or a bad disk cut it short
+    await controller._fetch_blob(record, sha)
+    assert dest.read_bytes() == data and agent.sent == 1
+    await controller._fetch_blob(record, sha)  # intact now: not copied again
+    assert agent.sent == 1
+
+
+async def test_models_list_flags_a_version_whose_file_is_missing_or_damaged(controller: Controller) -> None:
+    good, damaged, missing = (f"bytes of model {i}".encode() * 100 for i in range(3))
+    records = []
+    for data in (good, damaged, missing):
+        sha = hashlib.sha256(data).hexdigest()
+        records.append({"name": "m", "version": len(records) + 1, "sha256": sha})
+        if data is not missing:
+            path = controller.blobs.path(sha)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    assert [r["blob"] for r in await controller.registry.with_blob_status(records)] == ["", "", MISSING]
+    path = controller.blobs.path(records[1]["sha256"])
+    flipped = bytearray(damaged)
+    flipped[10] ^= 0xFF
+    path.write_bytes(bytes(flipped))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert [r["blob"] for r in await controller.registry.with_blob_status(records)] == ["", DAMAGED, MISSING]
