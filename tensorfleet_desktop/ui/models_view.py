@@ -79,7 +79,11 @@ class ModelsView(View):
                 Column("Registered", lambda m: clock(m["created_at"]), sort=lambda m: m["created_at"]),
                 Column("Size", lambda m: human_bytes(m["size"]), sort=lambda m: m["size"]),
                 Column("Format", lambda m: m["format"]),
-                Column("File", lambda m: m.get("blob_status") or "ok"),  # MISSING / DAMAGED in the blob store
+                Column(  # MISSING / DAMAGED in the controller's blob store: downloads of it fail
+                    "File",
+                    lambda m: m.get("blob_status") or "ok",
+                    color=lambda m: "#c0392b" if m.get("blob_status") else "",
+                ),
             ],
             key=ref_of,
         )

@@ -202,7 +202,16 @@ def test_registry_view_lists_filters_and_promotes(
     qtbot.mouseClick(window.models.promote_button, qtbot_button())
     qtbot.waitUntil(lambda: window.models.model.rows[0]["aliases"] == ["production"], timeout=10_000)
     with Client(controller.address) as client:
-        assert client.model("gui-tree@production")["version"] == 1
+        record = client.model("gui-tree@production")
+        assert record["version"] == 1
+    # a version whose file went missing is flagged in the table and the detail
+    (controller.data_dir / "blobs" / record["sha256"][:2] / record["sha256"]).unlink()
+    qtbot.mouseClick(window.models.search_button, qtbot_button())
+    qtbot.waitUntil(lambda: window.models.model.rows[0].get("blob_status") == "MISSING", timeout=10_000)
+    file_column = [c.title for c in window.models.model.columns].index("File")
+    assert window.models.model.data(window.models.model.index(0, file_column)) == "MISSING"
+    window.models.select("gui-tree:1")
+    assert "file: MISSING" in window.models.detail.toPlainText()
 
 
 def test_datasets_view_uploads_and_previews(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
