@@ -136,6 +136,14 @@ class Controller:
             self._seq_no = max(self._seq_no, job.seq_no)
         if self._open:
             log.info("restored %d unfinished job(s) from %s", len(self._open), self.store.uri)
+        for job in list(self._open.values()):  # stopped while saving its model: carry on with that
+            if job.mode != "sweep" and job.tasks and all(t.state is TaskRunState.SUCCEEDED for t in job.tasks):
+                if job.mode == "shards" and not any(a.task_index == -1 for a in job.artifacts):
+                    self._spawn(self._merge_shards(job))
+                    continue
+                if job.mode == "cv" and not job.metrics:
+                    job.metrics = cv_summary([t.metrics for t in job.tasks])
+                self._succeed(job)
         self._update_gauges()
         self._loop_task = asyncio.create_task(self._schedule_loop(), name="scheduler")
 

@@ -21,7 +21,7 @@ import pytest
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
-from tensorfleet_desktop.controller.model import Job, JobState
+from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.controller.registry import DAMAGED, MISSING
 from tensorfleet_desktop.store import sqlite as sqlite_store
 from tensorfleet_desktop.store.base import StoreFullError
@@ -202,3 +202,22 @@ async def test_models_list_flags_a_version_whose_file_is_missing_or_damaged(cont
     path.write_bytes(bytes(flipped))
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     assert [r["blob"] for r in await controller.registry.with_blob_status(records)] == ["", DAMAGED, MISSING]
+
+
+async def test_a_job_stopped_while_saving_its_model_finishes_after_a_restart(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "tensorfleet.db")
+    await store.open()
+    job = _job("j1")
+    job.spec = {"algorithm": "noop"}  # no model to register
+    job.state, job.tasks = JobState.RUNNING, [JobTask(index=0, state=TaskRunState.SUCCEEDED)]
+    await store.insert_job(job)
+    blobs = BlobStore(tmp_path / "blobs")
+    await blobs.open()
+    controller = Controller(store, Fleet(), blobs, ControllerMetrics())
+    await controller.start()
+    try:
+        await asyncio.wait_for(asyncio.gather(*controller._background), 10)  # its registration
+        assert controller.get("j1").state is JobState.SUCCEEDED
+    finally:
+        await controller.stop()
+        await store.close()
