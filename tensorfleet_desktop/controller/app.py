@@ -17,7 +17,6 @@ from pathlib import Path
 import grpc
 import platformdirs
 
-from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent.datadir_lock import DataDirLock, wait_until_free
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.identity import load_or_create_identity
@@ -31,7 +30,7 @@ from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.prometheus_sd import TargetsFile
 from tensorfleet_desktop.controller.security import ClientTokenInterceptor, refusal
-from tensorfleet_desktop.controller.service import ControllerServicer, controller_info
+from tensorfleet_desktop.controller.service import CONTROLLER_SERVICE, ControllerServicer, controller_info
 from tensorfleet_desktop.store import open_store
 from tensorfleet_desktop.store.blobs import open_blobs
 
@@ -49,9 +48,6 @@ def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tu
     data_dir = data_dir.resolve()  # a relative dir would turn into a path from / inside the URIs
     store = store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite://{data_dir / 'tensorfleet.db'}"
     return store, blobs_uri or f"file://{data_dir / 'blobs'}"
-
-
-CONTROLLER_SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"].full_name
 
 
 @dataclass

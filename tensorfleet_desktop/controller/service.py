@@ -82,6 +82,9 @@ def _json_object(text: str, field: str) -> dict[str, Any]:
     return value
 
 
+CONTROLLER_SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"].full_name  # for health and reflection
+
+
 class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     def __init__(
         self, controller: Controller, info: Callable[[], cpb.ControllerInfo], shutdown: Callable[[bool], None]
