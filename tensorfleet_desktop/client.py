@@ -25,6 +25,7 @@ import platformdirs
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
+from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.identity import node_id_of_cert
 from tensorfleet_agent.rpc.client import (
     create_channel,
@@ -111,7 +112,9 @@ def _requests() -> dict[str, Callable[..., Any]]:
     return {
         "info": lambda: cpb.ControllerInfoRequest(),
         "submit": lambda spec, who=None: cpb.SubmitJobRequest(spec_json=json.dumps(spec), submitter=who or submitter()),
-        "jobs": lambda states=(), limit=0: cpb.ListJobsRequest(states=list(states), limit=limit),
+        "jobs": lambda states=(), limit=0: cpb.ListJobsRequest(
+            states=_checked(convert.job_states_to_pb, states), limit=limit
+        ),
         "job": lambda job_id: cpb.JobRef(job_id=job_id),
         "resubmit": lambda job_id, params=None: cpb.ResubmitJobRequest(
             job_id=job_id, params_json=json.dumps(params or {})
@@ -134,6 +137,14 @@ def _requests() -> dict[str, Callable[..., Any]]:
         "tag": lambda ref, tag: cpb.TagRequest(ref=ref, tag=tag),
         "delete_model": lambda ref, force=False: cpb.DeleteModelRequest(ref=ref, force=force),
     }
+
+
+def _checked(to_pb: Callable[[Any], T], value: Any) -> T:
+    """A request field converted to its enum; a value outside the set is the caller's error."""
+    try:
+        return to_pb(value)
+    except ValidationError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _model_page(resp: cpb.ListModelsResponse) -> dict[str, Any]:
@@ -167,7 +178,10 @@ def _agents(resp: cpb.ListAgentsResponse) -> list[dict[str, Any]]:
 
 
 def _logs(resp: cpb.GetLogsResponse) -> list[dict[str, Any]]:
-    return [{"task_index": r.task_index, "time": r.time, "stream": r.stream, "line": r.line} for r in resp.lines]
+    return [
+        {"task_index": r.task_index, "time": r.time, "stream": convert.log_stream_from_pb(r.stream), "line": r.line}
+        for r in resp.lines
+    ]
 
 
 def _artifacts(resp: cpb.ListArtifactsResponse) -> list[dict[str, Any]]:
@@ -253,7 +267,7 @@ def _dataset(msg: cpb.DatasetInfo) -> dict[str, Any]:
         "name": msg.name,
         "sha256": msg.sha256,
         "filename": msg.filename,
-        "format": msg.format,
+        "format": convert.DATASET_FORMAT.from_pb(msg.format, "format"),
         "rows": msg.rows,
         "columns": list(msg.columns),
         "size": msg.size,
@@ -442,7 +456,8 @@ class Client:
         """
         import hashlib
 
-        request = cpb.DownloadModelRequest(ref=ref, format=fmt)
+        request = _checked(convert.download_format_to_pb, fmt)
+        request.ref = ref
         tmp = path.with_name(f".{path.name}.part")
         try:
             stream = iter(self._stub.DownloadModel(request, timeout=max(self.timeout, 600), metadata=self._metadata))
@@ -468,7 +483,8 @@ class Client:
         config = json.loads(header.config_json or "{}")
         if config:
             path.with_name(path.name + ".json").write_text(json.dumps(config, indent=1))
-        return {**convert.model_from_pb(header.model), "format": header.format, "sha256": header.sha256, "size": size}
+        fmt = convert.MODEL_FORMAT.from_pb(header.format, "format")
+        return {**convert.model_from_pb(header.model), "format": fmt, "sha256": header.sha256, "size": size}
 
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         """The files the job's tasks saved: name, kind, task_index (-1: the controller's), size, sha256, created_at."""
@@ -726,7 +742,7 @@ class AsyncClient:
         stub = await self._stub()
         try:
             async for msg in stub.WatchAgents(cpb.ListAgentsRequest(), metadata=self._metadata):
-                yield {"kind": msg.kind, "time": msg.time, "agent": convert.agent_from_pb(msg.agent)}
+                yield convert.agent_event_from_pb(msg)
         except grpc.RpcError as exc:
             raise _translate(exc, self.address) from None
 

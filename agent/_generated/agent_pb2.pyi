@@ -25,6 +25,38 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _TaskPartition:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskPartitionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskPartition.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_PARTITION_UNSPECIFIED: _TaskPartition.ValueType  # 0
+    """refused: say WHOLE for a task that is the whole job"""
+    TASK_PARTITION_WHOLE: _TaskPartition.ValueType  # 1
+    """the whole job (one task, or one sweep trial)"""
+    TASK_PARTITION_CV: _TaskPartition.ValueType  # 2
+    """cross-validation fold `rank` of `world_size` (scikit-learn workloads)"""
+    TASK_PARTITION_GANG: _TaskPartition.ValueType  # 3
+    """rank `rank` of a gang of `world_size` ranks that run together"""
+    TASK_PARTITION_SHARD: _TaskPartition.ValueType  # 4
+    """random_forest: this rank grows its share of the trees (world_size >= 2)"""
+
+class TaskPartition(_TaskPartition, metaclass=_TaskPartitionEnumTypeWrapper):
+    """Which share of its job a task computes."""
+
+TASK_PARTITION_UNSPECIFIED: TaskPartition.ValueType  # 0
+"""refused: say WHOLE for a task that is the whole job"""
+TASK_PARTITION_WHOLE: TaskPartition.ValueType  # 1
+"""the whole job (one task, or one sweep trial)"""
+TASK_PARTITION_CV: TaskPartition.ValueType  # 2
+"""cross-validation fold `rank` of `world_size` (scikit-learn workloads)"""
+TASK_PARTITION_GANG: TaskPartition.ValueType  # 3
+"""rank `rank` of a gang of `world_size` ranks that run together"""
+TASK_PARTITION_SHARD: TaskPartition.ValueType  # 4
+"""random_forest: this rank grows its share of the trees (world_size >= 2)"""
+Global___TaskPartition: _TypeAlias = TaskPartition  # noqa: Y015
+
 class _TaskState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -40,7 +72,7 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     TASK_STATE_FAILED: _TaskState.ValueType  # 4
     """see exit_cause and error"""
     TASK_STATE_CANCELLED: _TaskState.ValueType  # 5
-    """by CancelTask (a pause too: exit_cause "stopped")"""
+    """by CancelTask (a pause too: exit_cause STOPPED)"""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """A task's life on one agent: ACCEPTED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED (the last three are final)."""
@@ -54,8 +86,114 @@ TASK_STATE_SUCCEEDED: TaskState.ValueType  # 3
 TASK_STATE_FAILED: TaskState.ValueType  # 4
 """see exit_cause and error"""
 TASK_STATE_CANCELLED: TaskState.ValueType  # 5
-"""by CancelTask (a pause too: exit_cause "stopped")"""
+"""by CancelTask (a pause too: exit_cause STOPPED)"""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
+
+class _ExitCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExitCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXIT_CAUSE_UNSPECIFIED: _ExitCause.ValueType  # 0
+    """not ended yet"""
+    EXIT_CAUSE_COMPLETED: _ExitCause.ValueType  # 1
+    """the workload returned (SUCCEEDED)"""
+    EXIT_CAUSE_EXCEPTION: _ExitCause.ValueType  # 2
+    """the workload raised; error holds the exception and its traceback"""
+    EXIT_CAUSE_EXIT_CODE: _ExitCause.ValueType  # 3
+    """the worker process exited with a non-zero code"""
+    EXIT_CAUSE_SIGNAL: _ExitCause.ValueType  # 4
+    """the worker process was killed by a signal"""
+    EXIT_CAUSE_WORKER_LOST: _ExitCause.ValueType  # 5
+    """the worker exited before the workload finished, or the agent forgot the task"""
+    EXIT_CAUSE_TIMEOUT: _ExitCause.ValueType  # 6
+    """TaskSpec.timeout_seconds passed"""
+    EXIT_CAUSE_MEMORY_LIMIT: _ExitCause.ValueType  # 7
+    """TaskSpec.memory_limit_bytes exceeded"""
+    EXIT_CAUSE_CANCELLED: _ExitCause.ValueType  # 8
+    """CancelTask, or the agent shut down"""
+    EXIT_CAUSE_STOPPED: _ExitCause.ValueType  # 9
+    """saved a checkpoint and stopped on request (a pause; state CANCELLED)"""
+    EXIT_CAUSE_AGENT_RESTARTED: _ExitCause.ValueType  # 10
+    """the agent restarted while the task ran"""
+    EXIT_CAUSE_DRAIN_TIMEOUT: _ExitCause.ValueType  # 11
+    """the agent was stopped and its drain timeout passed"""
+    EXIT_CAUSE_SETUP: _ExitCause.ValueType  # 12
+    """failed before the workload ran: unknown workload, missing inputs, worker start"""
+    EXIT_CAUSE_REJECTED: _ExitCause.ValueType  # 13
+    """controller only: the agent refused RunTask"""
+    EXIT_CAUSE_PRUNED: _ExitCause.ValueType  # 14
+    """controller only: a sweep trial stopped early by the sweep's pruner"""
+
+class ExitCause(_ExitCause, metaclass=_ExitCauseEnumTypeWrapper):
+    """Why a task ended. The agent sends COMPLETED..SETUP; REJECTED and PRUNED are the controller's own
+    (TaskInfo.exit_cause) and never come from an agent.
+    """
+
+EXIT_CAUSE_UNSPECIFIED: ExitCause.ValueType  # 0
+"""not ended yet"""
+EXIT_CAUSE_COMPLETED: ExitCause.ValueType  # 1
+"""the workload returned (SUCCEEDED)"""
+EXIT_CAUSE_EXCEPTION: ExitCause.ValueType  # 2
+"""the workload raised; error holds the exception and its traceback"""
+EXIT_CAUSE_EXIT_CODE: ExitCause.ValueType  # 3
+"""the worker process exited with a non-zero code"""
+EXIT_CAUSE_SIGNAL: ExitCause.ValueType  # 4
+"""the worker process was killed by a signal"""
+EXIT_CAUSE_WORKER_LOST: ExitCause.ValueType  # 5
+"""the worker exited before the workload finished, or the agent forgot the task"""
+EXIT_CAUSE_TIMEOUT: ExitCause.ValueType  # 6
+"""TaskSpec.timeout_seconds passed"""
+EXIT_CAUSE_MEMORY_LIMIT: ExitCause.ValueType  # 7
+"""TaskSpec.memory_limit_bytes exceeded"""
+EXIT_CAUSE_CANCELLED: ExitCause.ValueType  # 8
+"""CancelTask, or the agent shut down"""
+EXIT_CAUSE_STOPPED: ExitCause.ValueType  # 9
+"""saved a checkpoint and stopped on request (a pause; state CANCELLED)"""
+EXIT_CAUSE_AGENT_RESTARTED: ExitCause.ValueType  # 10
+"""the agent restarted while the task ran"""
+EXIT_CAUSE_DRAIN_TIMEOUT: ExitCause.ValueType  # 11
+"""the agent was stopped and its drain timeout passed"""
+EXIT_CAUSE_SETUP: ExitCause.ValueType  # 12
+"""failed before the workload ran: unknown workload, missing inputs, worker start"""
+EXIT_CAUSE_REJECTED: ExitCause.ValueType  # 13
+"""controller only: the agent refused RunTask"""
+EXIT_CAUSE_PRUNED: ExitCause.ValueType  # 14
+"""controller only: a sweep trial stopped early by the sweep's pruner"""
+Global___ExitCause: _TypeAlias = ExitCause  # noqa: Y015
+
+class _LogStream:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LogStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LogStream.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOG_STREAM_UNSPECIFIED: _LogStream.ValueType  # 0
+    """never sent"""
+    LOG_STREAM_STDOUT: _LogStream.ValueType  # 1
+    """the task's standard output"""
+    LOG_STREAM_STDERR: _LogStream.ValueType  # 2
+    """the task's standard error"""
+    LOG_STREAM_AGENT: _LogStream.ValueType  # 3
+    """the agent's own note about the task (e.g. a checkpoint request)"""
+    LOG_STREAM_CONTROLLER: _LogStream.ValueType  # 4
+    """controller only (JobEvent, LogRow): the controller's note about the job"""
+
+class LogStream(_LogStream, metaclass=_LogStreamEnumTypeWrapper):
+    """Where a log line comes from."""
+
+LOG_STREAM_UNSPECIFIED: LogStream.ValueType  # 0
+"""never sent"""
+LOG_STREAM_STDOUT: LogStream.ValueType  # 1
+"""the task's standard output"""
+LOG_STREAM_STDERR: LogStream.ValueType  # 2
+"""the task's standard error"""
+LOG_STREAM_AGENT: LogStream.ValueType  # 3
+"""the agent's own note about the task (e.g. a checkpoint request)"""
+LOG_STREAM_CONTROLLER: LogStream.ValueType  # 4
+"""controller only (JobEvent, LogRow): the controller's note about the job"""
+Global___LogStream: _TypeAlias = LogStream  # noqa: Y015
 
 @_typing.final
 class GpuInfo(_message.Message):
@@ -474,8 +612,8 @@ class TaskSpec(_message.Message):
     """dataset name for workloads that train on one (built-in, or an input blob)"""
     dataset_params_json: _builtins.str
     """JSON object: parameters of a synthetic dataset (n_samples, ...)"""
-    partition: _builtins.str
-    """"" (whole job) | "cv" (fold rank of world_size) | "gang" (a rank)"""
+    partition: Global___TaskPartition.ValueType
+    """which share of the job this task is; UNSPECIFIED is refused"""
     single_task: _builtins.bool
     """the job's only task: no later task of it could reuse its worker"""
     local_rank: _builtins.int
@@ -522,7 +660,7 @@ class TaskSpec(_message.Message):
         rendezvous: Global___Rendezvous | None = ...,
         dataset: _builtins.str = ...,
         dataset_params_json: _builtins.str = ...,
-        partition: _builtins.str = ...,
+        partition: Global___TaskPartition.ValueType = ...,
         single_task: _builtins.bool = ...,
         local_rank: _builtins.int = ...,
         local_world_size: _builtins.int = ...,
@@ -704,8 +842,8 @@ class TaskSummary(_message.Message):
     """unix seconds; 0 while running"""
     last_seq: _builtins.int
     """seq of its newest TaskEvent (WatchTask after_seq resumes from here)"""
-    exit_cause: _builtins.str
-    """"" while running; else as Finished.exit_cause"""
+    exit_cause: Global___ExitCause.ValueType
+    """UNSPECIFIED while running; else as Finished.exit_cause"""
     @_builtins.property
     def slot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """slots it holds or held"""
@@ -720,7 +858,7 @@ class TaskSummary(_message.Message):
         created_at: _builtins.float = ...,
         finished_at: _builtins.float = ...,
         last_seq: _builtins.int = ...,
-        exit_cause: _builtins.str = ...,
+        exit_cause: Global___ExitCause.ValueType = ...,
         slot_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -782,14 +920,14 @@ class LogLine(_message.Message):
 
     STREAM_FIELD_NUMBER: _builtins.int
     LINE_FIELD_NUMBER: _builtins.int
-    stream: _builtins.str
-    """"stdout" | "stderr" | "agent" """
+    stream: Global___LogStream.ValueType
+    """STDOUT | STDERR | AGENT"""
     line: _builtins.str
     """one line, without its newline"""
     def __init__(
         self,
         *,
-        stream: _builtins.str = ...,
+        stream: Global___LogStream.ValueType = ...,
         line: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -931,11 +1069,8 @@ class Finished(_message.Message):
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     status: Global___TaskState.ValueType
     """SUCCEEDED | FAILED | CANCELLED"""
-    exit_cause: _builtins.str
-    """completed | exception | exit_code | signal | worker_lost | timeout | memory_limit | cancelled | stopped
-    (checkpointed and stopped: a pause) | agent_restarted | drain_timeout | setup (failed before the workload ran:
-    unknown workload, missing inputs, worker start)
-    """
+    exit_cause: Global___ExitCause.ValueType
+    """COMPLETED..SETUP (see ExitCause)"""
     error: _builtins.str
     """"" on success; else a sentence, or the exception and its traceback"""
     duration_seconds: _builtins.float
@@ -944,7 +1079,7 @@ class Finished(_message.Message):
         self,
         *,
         status: Global___TaskState.ValueType = ...,
-        exit_cause: _builtins.str = ...,
+        exit_cause: Global___ExitCause.ValueType = ...,
         error: _builtins.str = ...,
         duration_seconds: _builtins.float = ...,
     ) -> None: ...

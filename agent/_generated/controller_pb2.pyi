@@ -12,6 +12,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from tensorfleet_agent._generated import agent_pb2 as _agent_pb2
 import builtins as _builtins
 import sys
@@ -23,6 +24,325 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _JobState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
+    """never sent; refused in requests"""
+    JOB_STATE_QUEUED: _JobState.ValueType  # 1
+    """waiting for free slots"""
+    JOB_STATE_RUNNING: _JobState.ValueType  # 2
+    """at least one task placed"""
+    JOB_STATE_PAUSED: _JobState.ValueType  # 3
+    """stopped on request (checkpoints kept); ResumeJob queues it again"""
+    JOB_STATE_SUCCEEDED: _JobState.ValueType  # 4
+    """all tasks done and its model (if any) registered"""
+    JOB_STATE_FAILED: _JobState.ValueType  # 5
+    """see Job.error"""
+    JOB_STATE_CANCELLED: _JobState.ValueType  # 6
+    """by CancelJob"""
+
+class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
+    """A job's life: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED (final); PAUSED from QUEUED or RUNNING
+    until resumed (QUEUED again).
+    """
+
+JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
+"""never sent; refused in requests"""
+JOB_STATE_QUEUED: JobState.ValueType  # 1
+"""waiting for free slots"""
+JOB_STATE_RUNNING: JobState.ValueType  # 2
+"""at least one task placed"""
+JOB_STATE_PAUSED: JobState.ValueType  # 3
+"""stopped on request (checkpoints kept); ResumeJob queues it again"""
+JOB_STATE_SUCCEEDED: JobState.ValueType  # 4
+"""all tasks done and its model (if any) registered"""
+JOB_STATE_FAILED: JobState.ValueType  # 5
+"""see Job.error"""
+JOB_STATE_CANCELLED: JobState.ValueType  # 6
+"""by CancelJob"""
+Global___JobState: _TypeAlias = JobState  # noqa: Y015
+
+class _JobTaskState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobTaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobTaskState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_TASK_STATE_UNSPECIFIED: _JobTaskState.ValueType  # 0
+    """never sent"""
+    JOB_TASK_STATE_PENDING: _JobTaskState.ValueType  # 1
+    """waiting for a placement"""
+    JOB_TASK_STATE_DISPATCHED: _JobTaskState.ValueType  # 2
+    """RunTask sent or accepted, not yet running"""
+    JOB_TASK_STATE_RUNNING: _JobTaskState.ValueType  # 3
+    JOB_TASK_STATE_SUCCEEDED: _JobTaskState.ValueType  # 4
+    JOB_TASK_STATE_FAILED: _JobTaskState.ValueType  # 5
+    """for good: see TaskInfo.exit_cause and error"""
+    JOB_TASK_STATE_CANCELLED: _JobTaskState.ValueType  # 6
+    """the job was cancelled, or a sweep trial pruned (exit_cause PRUNED)"""
+
+class JobTaskState(_JobTaskState, metaclass=_JobTaskStateEnumTypeWrapper):
+    """One task of a job as the controller tracks it (across attempts on agents)."""
+
+JOB_TASK_STATE_UNSPECIFIED: JobTaskState.ValueType  # 0
+"""never sent"""
+JOB_TASK_STATE_PENDING: JobTaskState.ValueType  # 1
+"""waiting for a placement"""
+JOB_TASK_STATE_DISPATCHED: JobTaskState.ValueType  # 2
+"""RunTask sent or accepted, not yet running"""
+JOB_TASK_STATE_RUNNING: JobTaskState.ValueType  # 3
+JOB_TASK_STATE_SUCCEEDED: JobTaskState.ValueType  # 4
+JOB_TASK_STATE_FAILED: JobTaskState.ValueType  # 5
+"""for good: see TaskInfo.exit_cause and error"""
+JOB_TASK_STATE_CANCELLED: JobTaskState.ValueType  # 6
+"""the job was cancelled, or a sweep trial pruned (exit_cause PRUNED)"""
+Global___JobTaskState: _TypeAlias = JobTaskState  # noqa: Y015
+
+class _JobEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_EVENT_KIND_UNSPECIFIED: _JobEventKind.ValueType  # 0
+    """never sent"""
+    JOB_EVENT_KIND_JOB_STATE: _JobEventKind.ValueType  # 1
+    """the job changed: job_state, message, job"""
+    JOB_EVENT_KIND_TASK_STATE: _JobEventKind.ValueType  # 2
+    """a task changed: task_index, task_state, message"""
+    JOB_EVENT_KIND_PROGRESS: _JobEventKind.ValueType  # 3
+    """task_index, value (0..1)"""
+    JOB_EVENT_KIND_METRIC: _JobEventKind.ValueType  # 4
+    """task_index, step, name, value, wall_time"""
+    JOB_EVENT_KIND_LOG: _JobEventKind.ValueType  # 5
+    """task_index, stream, message (the line)"""
+    JOB_EVENT_KIND_ARTIFACT: _JobEventKind.ValueType  # 6
+    """task_index, name, artifact_kind, message (its sha256), value (its size)"""
+
+class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper):
+    """What a JobEvent is about; it says which of the event's fields are set."""
+
+JOB_EVENT_KIND_UNSPECIFIED: JobEventKind.ValueType  # 0
+"""never sent"""
+JOB_EVENT_KIND_JOB_STATE: JobEventKind.ValueType  # 1
+"""the job changed: job_state, message, job"""
+JOB_EVENT_KIND_TASK_STATE: JobEventKind.ValueType  # 2
+"""a task changed: task_index, task_state, message"""
+JOB_EVENT_KIND_PROGRESS: JobEventKind.ValueType  # 3
+"""task_index, value (0..1)"""
+JOB_EVENT_KIND_METRIC: JobEventKind.ValueType  # 4
+"""task_index, step, name, value, wall_time"""
+JOB_EVENT_KIND_LOG: JobEventKind.ValueType  # 5
+"""task_index, stream, message (the line)"""
+JOB_EVENT_KIND_ARTIFACT: JobEventKind.ValueType  # 6
+"""task_index, name, artifact_kind, message (its sha256), value (its size)"""
+Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
+
+class _AgentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_STATE_UNSPECIFIED: _AgentState.ValueType  # 0
+    """never sent"""
+    AGENT_STATE_CONNECTING: _AgentState.ValueType  # 1
+    """known, not reached yet"""
+    AGENT_STATE_ONLINE: _AgentState.ValueType  # 2
+    """answering; runs work when paired"""
+    AGENT_STATE_LOST: _AgentState.ValueType  # 3
+    """stopped answering (see Agent.error)"""
+    AGENT_STATE_DRAINING: _AgentState.ValueType  # 4
+    """online but taking no new tasks (drained, or stopping)"""
+    AGENT_STATE_REFUSED: _AgentState.ValueType  # 5
+    """its certificate is not accepted (see Agent.error)"""
+
+class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper):
+    """---------------------------------------------------------------- agents
+
+    An agent as this controller sees it.
+    """
+
+AGENT_STATE_UNSPECIFIED: AgentState.ValueType  # 0
+"""never sent"""
+AGENT_STATE_CONNECTING: AgentState.ValueType  # 1
+"""known, not reached yet"""
+AGENT_STATE_ONLINE: AgentState.ValueType  # 2
+"""answering; runs work when paired"""
+AGENT_STATE_LOST: AgentState.ValueType  # 3
+"""stopped answering (see Agent.error)"""
+AGENT_STATE_DRAINING: AgentState.ValueType  # 4
+"""online but taking no new tasks (drained, or stopping)"""
+AGENT_STATE_REFUSED: AgentState.ValueType  # 5
+"""its certificate is not accepted (see Agent.error)"""
+Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
+
+class _AgentSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_SOURCE_UNSPECIFIED: _AgentSource.ValueType  # 0
+    """never sent"""
+    AGENT_SOURCE_MDNS: _AgentSource.ValueType  # 1
+    """advertised on the local network"""
+    AGENT_SOURCE_MANUAL: _AgentSource.ValueType  # 2
+    """AddAgent (tensorfleet agents add)"""
+    AGENT_SOURCE_LOCAL: _AgentSource.ValueType  # 3
+    """the local agent of `tensorfleet serve`"""
+
+class AgentSource(_AgentSource, metaclass=_AgentSourceEnumTypeWrapper):
+    """How this controller learned of an agent."""
+
+AGENT_SOURCE_UNSPECIFIED: AgentSource.ValueType  # 0
+"""never sent"""
+AGENT_SOURCE_MDNS: AgentSource.ValueType  # 1
+"""advertised on the local network"""
+AGENT_SOURCE_MANUAL: AgentSource.ValueType  # 2
+"""AddAgent (tensorfleet agents add)"""
+AGENT_SOURCE_LOCAL: AgentSource.ValueType  # 3
+"""the local agent of `tensorfleet serve`"""
+Global___AgentSource: _TypeAlias = AgentSource  # noqa: Y015
+
+class _AgentEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_EVENT_KIND_UNSPECIFIED: _AgentEventKind.ValueType  # 0
+    """never sent"""
+    AGENT_EVENT_KIND_ADDED: _AgentEventKind.ValueType  # 1
+    """newly known (and, on WatchAgents, every agent known when the watch starts)"""
+    AGENT_EVENT_KIND_LOST: _AgentEventKind.ValueType  # 2
+    """stopped answering"""
+    AGENT_EVENT_KIND_BACK: _AgentEventKind.ValueType  # 3
+    """answering again after LOST"""
+    AGENT_EVENT_KIND_TELEMETRY: _AgentEventKind.ValueType  # 4
+    """a new telemetry sample"""
+    AGENT_EVENT_KIND_UPDATED: _AgentEventKind.ValueType  # 5
+    """its state, info or drain flag changed"""
+    AGENT_EVENT_KIND_REMOVED: _AgentEventKind.ValueType  # 6
+    """RemoveAgent"""
+    AGENT_EVENT_KIND_PAIRED: _AgentEventKind.ValueType  # 7
+    """PairAgent succeeded"""
+
+class AgentEventKind(_AgentEventKind, metaclass=_AgentEventKindEnumTypeWrapper):
+    """What changed about an agent."""
+
+AGENT_EVENT_KIND_UNSPECIFIED: AgentEventKind.ValueType  # 0
+"""never sent"""
+AGENT_EVENT_KIND_ADDED: AgentEventKind.ValueType  # 1
+"""newly known (and, on WatchAgents, every agent known when the watch starts)"""
+AGENT_EVENT_KIND_LOST: AgentEventKind.ValueType  # 2
+"""stopped answering"""
+AGENT_EVENT_KIND_BACK: AgentEventKind.ValueType  # 3
+"""answering again after LOST"""
+AGENT_EVENT_KIND_TELEMETRY: AgentEventKind.ValueType  # 4
+"""a new telemetry sample"""
+AGENT_EVENT_KIND_UPDATED: AgentEventKind.ValueType  # 5
+"""its state, info or drain flag changed"""
+AGENT_EVENT_KIND_REMOVED: AgentEventKind.ValueType  # 6
+"""RemoveAgent"""
+AGENT_EVENT_KIND_PAIRED: AgentEventKind.ValueType  # 7
+"""PairAgent succeeded"""
+Global___AgentEventKind: _TypeAlias = AgentEventKind  # noqa: Y015
+
+class _DatasetFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DatasetFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DatasetFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATASET_FORMAT_UNSPECIFIED: _DatasetFormat.ValueType  # 0
+    """never sent"""
+    DATASET_FORMAT_CSV: _DatasetFormat.ValueType  # 1
+    DATASET_FORMAT_PARQUET: _DatasetFormat.ValueType  # 2
+    """stored as its CSV form (see DatasetInfo.source_filename)"""
+
+class DatasetFormat(_DatasetFormat, metaclass=_DatasetFormatEnumTypeWrapper):
+    """What a dataset was uploaded as."""
+
+DATASET_FORMAT_UNSPECIFIED: DatasetFormat.ValueType  # 0
+"""never sent"""
+DATASET_FORMAT_CSV: DatasetFormat.ValueType  # 1
+DATASET_FORMAT_PARQUET: DatasetFormat.ValueType  # 2
+"""stored as its CSV form (see DatasetInfo.source_filename)"""
+Global___DatasetFormat: _TypeAlias = DatasetFormat  # noqa: Y015
+
+class _ModelFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_FORMAT_UNSPECIFIED: _ModelFormat.ValueType  # 0
+    """never sent; refused in requests"""
+    MODEL_FORMAT_SKOPS: _ModelFormat.ValueType  # 1
+    """skops.io, loaded against an allow-list of types"""
+    MODEL_FORMAT_SAFETENSORS: _ModelFormat.ValueType  # 2
+    """torch weights; ModelDownloadHeader.config_json rebuilds the module"""
+    MODEL_FORMAT_PICKLE: _ModelFormat.ValueType  # 3
+    """skops models only: a pickle (runs code when loaded)"""
+    MODEL_FORMAT_JOBLIB: _ModelFormat.ValueType  # 4
+    """skops models only: joblib (runs code when loaded)"""
+    MODEL_FORMAT_ONNX: _ModelFormat.ValueType  # 5
+    """an ONNX graph (batch axis dynamic)"""
+
+class ModelFormat(_ModelFormat, metaclass=_ModelFormatEnumTypeWrapper):
+    """---- model registry
+
+    A model file's format. Models are stored as SKOPS (scikit-learn) or SAFETENSORS (torch, with a JSON
+    config); the others are what DownloadModel converts to.
+    """
+
+MODEL_FORMAT_UNSPECIFIED: ModelFormat.ValueType  # 0
+"""never sent; refused in requests"""
+MODEL_FORMAT_SKOPS: ModelFormat.ValueType  # 1
+"""skops.io, loaded against an allow-list of types"""
+MODEL_FORMAT_SAFETENSORS: ModelFormat.ValueType  # 2
+"""torch weights; ModelDownloadHeader.config_json rebuilds the module"""
+MODEL_FORMAT_PICKLE: ModelFormat.ValueType  # 3
+"""skops models only: a pickle (runs code when loaded)"""
+MODEL_FORMAT_JOBLIB: ModelFormat.ValueType  # 4
+"""skops models only: joblib (runs code when loaded)"""
+MODEL_FORMAT_ONNX: ModelFormat.ValueType  # 5
+"""an ONNX graph (batch axis dynamic)"""
+Global___ModelFormat: _TypeAlias = ModelFormat  # noqa: Y015
+
+class _BlobStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlobStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLOB_STATUS_UNSPECIFIED: _BlobStatus.ValueType  # 0
+    """not checked (replies other than ListModels and GetModel)"""
+    BLOB_STATUS_OK: _BlobStatus.ValueType  # 1
+    """there, and hashes to ModelVersion.sha256 (or in an object store)"""
+    BLOB_STATUS_MISSING: _BlobStatus.ValueType  # 2
+    """not in the blob store"""
+    BLOB_STATUS_DAMAGED: _BlobStatus.ValueType  # 3
+    """its bytes hash to something else"""
+
+class BlobStatus(_BlobStatus, metaclass=_BlobStatusEnumTypeWrapper):
+    """Whether a model version's file is intact in the blob store."""
+
+BLOB_STATUS_UNSPECIFIED: BlobStatus.ValueType  # 0
+"""not checked (replies other than ListModels and GetModel)"""
+BLOB_STATUS_OK: BlobStatus.ValueType  # 1
+"""there, and hashes to ModelVersion.sha256 (or in an object store)"""
+BLOB_STATUS_MISSING: BlobStatus.ValueType  # 2
+"""not in the blob store"""
+BLOB_STATUS_DAMAGED: BlobStatus.ValueType  # 3
+"""its bytes hash to something else"""
+Global___BlobStatus: _TypeAlias = BlobStatus  # noqa: Y015
 
 @_typing.final
 class ControllerInfoRequest(_message.Message):
@@ -175,13 +495,13 @@ class ListJobsRequest(_message.Message):
     limit: _builtins.int
     """newest first, at most this many; 0 = all"""
     @_builtins.property
-    def states(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Job.state values to keep (QUEUED, RUNNING, ...); empty = all"""
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
+        """the states to keep; empty = all (UNSPECIFIED is refused)"""
 
     def __init__(
         self,
         *,
-        states: _abc.Iterable[_builtins.str] | None = ...,
+        states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
         limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -294,8 +614,7 @@ class TaskInfo(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """0..total-1: the rank, fold or trial number"""
-    state: _builtins.str
-    """PENDING | DISPATCHED | RUNNING | SUCCEEDED | FAILED | CANCELLED"""
+    state: Global___JobTaskState.ValueType
     node_id: _builtins.str
     """the agent of its latest attempt; "" while never placed"""
     agent_name: _builtins.str
@@ -303,10 +622,12 @@ class TaskInfo(_message.Message):
     """0 until placed, then +1 per placement"""
     progress: _builtins.float
     """0..1"""
-    exit_cause: _builtins.str
-    """as the agent's Finished.exit_cause (completed, exception, timeout, ...)"""
+    exit_cause: _agent_pb2.ExitCause.ValueType
+    """UNSPECIFIED until it ends; else the agent's Finished.exit_cause,"""
     error: _builtins.str
-    """"" unless it failed"""
+    """or REJECTED / PRUNED (the controller's own)
+    "" unless it failed
+    """
     agent_task_id: _builtins.str
     """the task id on the agent (job, index and attempt)"""
     failures: _builtins.int
@@ -327,12 +648,12 @@ class TaskInfo(_message.Message):
         self,
         *,
         index: _builtins.int = ...,
-        state: _builtins.str = ...,
+        state: Global___JobTaskState.ValueType = ...,
         node_id: _builtins.str = ...,
         agent_name: _builtins.str = ...,
         attempt: _builtins.int = ...,
         progress: _builtins.float = ...,
-        exit_cause: _builtins.str = ...,
+        exit_cause: _agent_pb2.ExitCause.ValueType = ...,
         error: _builtins.str = ...,
         agent_task_id: _builtins.str = ...,
         failures: _builtins.int = ...,
@@ -438,8 +759,7 @@ class Job(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
-    state: _builtins.str
-    """QUEUED | RUNNING | PAUSED | SUCCEEDED | FAILED | CANCELLED"""
+    state: Global___JobState.ValueType
     progress: _builtins.float
     """0..1"""
     error: _builtins.str
@@ -483,7 +803,7 @@ class Job(_message.Message):
         *,
         id: _builtins.str = ...,
         name: _builtins.str = ...,
-        state: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
         progress: _builtins.float = ...,
         tasks: Global___TaskCounts | None = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
@@ -560,7 +880,7 @@ class JobEvent(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     TASK_INDEX_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
+    JOB_STATE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
@@ -568,21 +888,22 @@ class JobEvent(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     WALL_TIME_FIELD_NUMBER: _builtins.int
     JOB_FIELD_NUMBER: _builtins.int
+    TASK_STATE_FIELD_NUMBER: _builtins.int
+    ARTIFACT_KIND_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     seq: _builtins.int
     """per job, 1, 2, 3..."""
     time: _builtins.float
     """unix seconds"""
-    kind: _builtins.str
-    """job_state | task_state | progress | metric | log | artifact"""
+    kind: Global___JobEventKind.ValueType
     task_index: _builtins.int
     """the task it is about (job_state: 0)"""
-    state: _builtins.str
-    """job_state: a Job.state; task_state: a TaskInfo.state"""
+    job_state: Global___JobState.ValueType
+    """job_state events; else UNSPECIFIED"""
     message: _builtins.str
     """error text, log line, state message"""
-    stream: _builtins.str
-    """log: stdout | stderr | agent (the agent's own note about the task)"""
+    stream: _agent_pb2.LogStream.ValueType
+    """log events: STDOUT | STDERR | AGENT | CONTROLLER; else UNSPECIFIED"""
     step: _builtins.int
     """metric"""
     name: _builtins.str
@@ -591,6 +912,10 @@ class JobEvent(_message.Message):
     """metric value / progress fraction"""
     wall_time: _builtins.float
     """metric: unix seconds when reported"""
+    task_state: Global___JobTaskState.ValueType
+    """task_state events; else UNSPECIFIED"""
+    artifact_kind: _builtins.str
+    """artifact events: as Artifact.kind; else "" """
     @_builtins.property
     def job(self) -> Global___Job:
         """job_state: the job after the change"""
@@ -601,20 +926,22 @@ class JobEvent(_message.Message):
         job_id: _builtins.str = ...,
         seq: _builtins.int = ...,
         time: _builtins.float = ...,
-        kind: _builtins.str = ...,
+        kind: Global___JobEventKind.ValueType = ...,
         task_index: _builtins.int = ...,
-        state: _builtins.str = ...,
+        job_state: Global___JobState.ValueType = ...,
         message: _builtins.str = ...,
-        stream: _builtins.str = ...,
+        stream: _agent_pb2.LogStream.ValueType = ...,
         step: _builtins.int = ...,
         name: _builtins.str = ...,
         value: _builtins.float = ...,
         wall_time: _builtins.float = ...,
         job: Global___Job | None = ...,
+        task_state: Global___JobTaskState.ValueType = ...,
+        artifact_kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "job_id", b"job_id", "kind", b"kind", "message", b"message", "name", b"name", "seq", b"seq", "state", b"state", "step", b"step", "stream", b"stream", "task_index", b"task_index", "time", b"time", "value", b"value", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_kind", b"artifact_kind", "job", b"job", "job_id", b"job_id", "job_state", b"job_state", "kind", b"kind", "message", b"message", "name", b"name", "seq", b"seq", "step", b"step", "stream", b"stream", "task_index", b"task_index", "task_state", b"task_state", "time", b"time", "value", b"value", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -746,8 +1073,8 @@ class LogRow(_message.Message):
     task_index: _builtins.int
     time: _builtins.float
     """unix seconds"""
-    stream: _builtins.str
-    """stdout | stderr | agent"""
+    stream: _agent_pb2.LogStream.ValueType
+    """STDOUT | STDERR | AGENT | CONTROLLER"""
     line: _builtins.str
     """one line, without its newline"""
     def __init__(
@@ -755,7 +1082,7 @@ class LogRow(_message.Message):
         *,
         task_index: _builtins.int = ...,
         time: _builtins.float = ...,
-        stream: _builtins.str = ...,
+        stream: _agent_pb2.LogStream.ValueType = ...,
         line: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -788,8 +1115,6 @@ Global___GetLogsResponse: _TypeAlias = GetLogsResponse  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):
-    """---------------------------------------------------------------- agents"""
-
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -844,10 +1169,8 @@ class Agent(_message.Message):
     """as the agent names itself (--name)"""
     address: _builtins.str
     """host:port"""
-    state: _builtins.str
-    """ONLINE | LOST | DRAINING | CONNECTING | REFUSED (certificate not accepted)"""
-    source: _builtins.str
-    """mdns | manual | local"""
+    state: Global___AgentState.ValueType
+    source: Global___AgentSource.ValueType
     paired: _builtins.bool
     """this controller holds a session with it (it runs our work)"""
     slots_total: _builtins.int
@@ -903,8 +1226,8 @@ class Agent(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         address: _builtins.str = ...,
-        state: _builtins.str = ...,
-        source: _builtins.str = ...,
+        state: Global___AgentState.ValueType = ...,
+        source: Global___AgentSource.ValueType = ...,
         paired: _builtins.bool = ...,
         slots_total: _builtins.int = ...,
         slots_free: _builtins.int = ...,
@@ -1039,8 +1362,7 @@ class AgentEvent(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """added | lost | back | telemetry | updated | removed"""
+    kind: Global___AgentEventKind.ValueType
     time: _builtins.float
     """unix seconds"""
     @_builtins.property
@@ -1050,7 +1372,7 @@ class AgentEvent(_message.Message):
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
+        kind: Global___AgentEventKind.ValueType = ...,
         agent: Global___Agent | None = ...,
         time: _builtins.float = ...,
     ) -> None: ...
@@ -1208,8 +1530,8 @@ class DatasetInfo(_message.Message):
     """of the stored file, 64 hex chars"""
     filename: _builtins.str
     """the stored file's name"""
-    format: _builtins.str
-    """csv | parquet: what was uploaded (Parquet is stored as its CSV form)"""
+    format: Global___DatasetFormat.ValueType
+    """what was uploaded"""
     rows: _builtins.int
     """data rows (header excluded)"""
     size: _builtins.int
@@ -1230,7 +1552,7 @@ class DatasetInfo(_message.Message):
         name: _builtins.str = ...,
         sha256: _builtins.str = ...,
         filename: _builtins.str = ...,
-        format: _builtins.str = ...,
+        format: Global___DatasetFormat.ValueType = ...,
         rows: _builtins.int = ...,
         columns: _abc.Iterable[_builtins.str] | None = ...,
         size: _builtins.int = ...,
@@ -1248,8 +1570,6 @@ Global___DatasetInfo: _TypeAlias = DatasetInfo  # noqa: Y015
 
 @_typing.final
 class ModelVersion(_message.Message):
-    """---- model registry"""
-
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -1328,14 +1648,12 @@ class ModelVersion(_message.Message):
     """bytes of the stored file"""
     sha256: _builtins.str
     """of the bytes a default download writes"""
-    format: _builtins.str
-    """skops | safetensors"""
+    format: Global___ModelFormat.ValueType
+    """SKOPS | SAFETENSORS: the stored format"""
     created_at: _builtins.float
     """unix seconds"""
-    blob_status: _builtins.str
-    """ListModels and GetModel only: "" when the file is in the blob store and hashes to sha256,
-    "MISSING" when it is not there, "DAMAGED" when its bytes hash to something else.
-    """
+    blob_status: Global___BlobStatus.ValueType
+    """ListModels and GetModel only; else UNSPECIFIED"""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """final value per metric name"""
@@ -1381,9 +1699,9 @@ class ModelVersion(_message.Message):
         framework_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         size: _builtins.int = ...,
         sha256: _builtins.str = ...,
-        format: _builtins.str = ...,
+        format: Global___ModelFormat.ValueType = ...,
         created_at: _builtins.float = ...,
-        blob_status: _builtins.str = ...,
+        blob_status: Global___BlobStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1500,19 +1818,23 @@ class DownloadModelRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     ref: _builtins.str
     """NAME, NAME:VERSION or NAME@ALIAS"""
-    format: _builtins.str
-    """empty: the stored (safe) format; skops models: pickle | joblib | onnx; safetensors (torch) models: onnx"""
+    format: Global___ModelFormat.ValueType
+    """unset: the stored (safe) format; skops models: SKOPS | PICKLE | JOBLIB | ONNX; safetensors (torch) models:
+    SAFETENSORS | ONNX. UNSPECIFIED or another value is refused (INVALID_ARGUMENT).
+    """
     def __init__(
         self,
         *,
         ref: _builtins.str = ...,
-        format: _builtins.str = ...,
+        format: Global___ModelFormat.ValueType | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_format", b"_format", "format", b"format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_format", b"_format", "format", b"format", "ref", b"ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__format: _TypeAlias = _typing.Literal["format"]  # noqa: Y015
+    _WhichOneofArgType__format: _TypeAlias = _typing.Literal["_format", b"_format"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__format) -> _WhichOneofReturnType__format | None: ...
 
 Global___DownloadModelRequest: _TypeAlias = DownloadModelRequest  # noqa: Y015
 
@@ -1525,8 +1847,8 @@ class ModelDownloadHeader(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
-    format: _builtins.str
-    """what the bytes are: skops | safetensors | pickle | joblib | onnx"""
+    format: Global___ModelFormat.ValueType
+    """what the bytes are"""
     size: _builtins.int
     """bytes that follow"""
     sha256: _builtins.str
@@ -1539,7 +1861,7 @@ class ModelDownloadHeader(_message.Message):
         self,
         *,
         model: Global___ModelVersion | None = ...,
-        format: _builtins.str = ...,
+        format: Global___ModelFormat.ValueType = ...,
         size: _builtins.int = ...,
         sha256: _builtins.str = ...,
         config_json: _builtins.str = ...,

@@ -34,6 +34,9 @@ class ExitCause:
     AGENT_RESTARTED = "agent_restarted"
     DRAIN_TIMEOUT = "drain_timeout"
     SETUP = "setup"
+    # the controller's own, never an agent's:
+    REJECTED = "rejected"  # the agent refused RunTask
+    PRUNED = "pruned"  # a sweep trial stopped early by the pruner
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class TaskSpec:
     rendezvous: Rendezvous | None = None
     dataset: str = ""
     dataset_params: dict[str, Any] = field(default_factory=dict)
-    partition: str = ""  # "" | "cv": this task is fold `rank` of `world_size` | "gang": a rank of a gang
+    # "" (the whole job) | "cv": fold `rank` of `world_size` | "gang": a rank of a gang | "shard": a random_forest
+    # rank growing its share of the trees
+    partition: str = ""
     single_task: bool = False  # the job has no other task: its worker is not kept warm for one
     # torchrun's numbering of a gang, from the controller, which sees the whole placement; local_world_size 0:
     # not set, the rank is alone on its agent (workloads/torchrun.py fills in the rest)

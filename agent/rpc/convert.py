@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Generic, TypeVar
+
+from google.protobuf.descriptor import EnumDescriptor
 
 from tensorfleet_agent._generated import agent_pb2 as pb
+from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,
     BlobRef,
     CheckpointSaved,
     EventPayload,
+    ExitCause,
     Finished,
     GpuInfo,
     GpuTelemetry,
@@ -26,6 +32,75 @@ from tensorfleet_agent.core.types import (
     Telemetry,
 )
 from tensorfleet_agent.core.validation import parse_params_json
+
+V = TypeVar("V", bound=int)
+
+
+class EnumMap(Generic[V]):
+    """A closed set of plain values (what the code uses) <-> a proto enum (what travels), both ways.
+
+    Numbers outside the map (UNSPECIFIED where it means nothing, or a value from a newer peer) are refused
+    with a ValidationError that names the field and the values it takes, so a request gets INVALID_ARGUMENT.
+    """
+
+    def __init__(self, enum: EnumDescriptor, to_pb: Mapping[str, V]) -> None:
+        self.enum = enum
+        self._to_pb = dict(to_pb)
+        self._from_pb = {number: value for value, number in self._to_pb.items()}
+        if len(self._from_pb) != len(self._to_pb):
+            raise ValueError(f"{enum.name}: two plain values share a number")
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        """The plain values, in enum order."""
+        return tuple(self._from_pb[n] for n in sorted(self._from_pb))
+
+    def name(self, number: int) -> str:
+        value = self.enum.values_by_number.get(number)
+        return value.name if value is not None else str(number)
+
+    def allowed(self) -> str:
+        return ", ".join(self.name(n) for n in sorted(self._from_pb))
+
+    def to_pb(self, value: str, field: str) -> V:
+        try:
+            return self._to_pb[value]
+        except KeyError:
+            raise ValidationError(
+                field, f"must be one of {', '.join(map(repr, self.values))}, got {value!r:.40}"
+            ) from None
+
+    def from_pb(self, number: int, field: str) -> str:
+        try:
+            return self._from_pb[number]  # type: ignore[index]
+        except KeyError:
+            raise ValidationError(field, f"must be one of {self.allowed()}, got {self.name(number)}") from None
+
+
+#: "" is the whole job (no split).
+PARTITION = EnumMap(
+    pb.TaskPartition.DESCRIPTOR,
+    {"": pb.TASK_PARTITION_WHOLE, "cv": pb.TASK_PARTITION_CV, "gang": pb.TASK_PARTITION_GANG,
+     "shard": pb.TASK_PARTITION_SHARD},
+)  # fmt: skip
+#: "controller" lines come from the controller itself (JobEvent, LogRow), never from an agent.
+LOG_STREAM = EnumMap(
+    pb.LogStream.DESCRIPTOR,
+    {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR, "agent": pb.LOG_STREAM_AGENT,
+     "controller": pb.LOG_STREAM_CONTROLLER},
+)  # fmt: skip
+#: "" while a task runs; "rejected" and "pruned" are the controller's own causes.
+EXIT_CAUSE = EnumMap(
+    pb.ExitCause.DESCRIPTOR,
+    {"": pb.EXIT_CAUSE_UNSPECIFIED, ExitCause.COMPLETED: pb.EXIT_CAUSE_COMPLETED,
+     ExitCause.EXCEPTION: pb.EXIT_CAUSE_EXCEPTION, ExitCause.EXIT_CODE: pb.EXIT_CAUSE_EXIT_CODE,
+     ExitCause.SIGNAL: pb.EXIT_CAUSE_SIGNAL, ExitCause.WORKER_LOST: pb.EXIT_CAUSE_WORKER_LOST,
+     ExitCause.TIMEOUT: pb.EXIT_CAUSE_TIMEOUT, ExitCause.MEMORY_LIMIT: pb.EXIT_CAUSE_MEMORY_LIMIT,
+     ExitCause.CANCELLED: pb.EXIT_CAUSE_CANCELLED, ExitCause.STOPPED: pb.EXIT_CAUSE_STOPPED,
+     ExitCause.AGENT_RESTARTED: pb.EXIT_CAUSE_AGENT_RESTARTED, ExitCause.DRAIN_TIMEOUT: pb.EXIT_CAUSE_DRAIN_TIMEOUT,
+     ExitCause.SETUP: pb.EXIT_CAUSE_SETUP, ExitCause.REJECTED: pb.EXIT_CAUSE_REJECTED,
+     ExitCause.PRUNED: pb.EXIT_CAUSE_PRUNED},
+)  # fmt: skip
 
 _STATE_TO_PB = {
     TaskState.ACCEPTED: pb.TASK_STATE_ACCEPTED,
@@ -67,7 +142,7 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         attempt=spec.attempt,
         dataset=spec.dataset,
         dataset_params_json=json.dumps(spec.dataset_params, separators=(",", ":")) if spec.dataset_params else "",
-        partition=spec.partition,
+        partition=PARTITION.to_pb(spec.partition, "spec.partition"),
         single_task=spec.single_task,
         local_rank=spec.local_rank,
         local_world_size=spec.local_world_size,
@@ -99,7 +174,7 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         attempt=msg.attempt,
         dataset=msg.dataset,
         dataset_params=parse_params_json(msg.dataset_params_json, "spec.dataset_params_json"),
-        partition=msg.partition,
+        partition=PARTITION.from_pb(msg.partition, "spec.partition"),
         single_task=msg.single_task,
         local_rank=msg.local_rank,
         local_world_size=msg.local_world_size,
@@ -229,7 +304,7 @@ def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
     if isinstance(p, StateChanged):
         msg.state.CopyFrom(pb.StateChanged(state=state_to_pb(p.state), message=p.message))
     elif isinstance(p, LogLine):
-        msg.log.CopyFrom(pb.LogLine(stream=p.stream, line=p.line))
+        msg.log.CopyFrom(pb.LogLine(stream=LOG_STREAM.to_pb(p.stream, "log.stream"), line=p.line))
     elif isinstance(p, MetricPoint):
         msg.metric.CopyFrom(pb.MetricPoint(step=p.step, name=p.name, value=p.value, wall_time=p.wall_time))
     elif isinstance(p, Progress):
@@ -242,7 +317,7 @@ def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
         msg.finished.CopyFrom(
             pb.Finished(
                 status=state_to_pb(p.status),
-                exit_cause=p.exit_cause,
+                exit_cause=EXIT_CAUSE.to_pb(p.exit_cause, "finished.exit_cause"),
                 error=p.error,
                 duration_seconds=p.duration_seconds,
             )
@@ -256,7 +331,7 @@ def event_from_pb(msg: pb.TaskEvent) -> TaskEvent:
     if which == "state":
         payload = StateChanged(state_from_pb(msg.state.state), msg.state.message)
     elif which == "log":
-        payload = LogLine(msg.log.stream, msg.log.line)
+        payload = LogLine(LOG_STREAM.from_pb(msg.log.stream, "log.stream"), msg.log.line)
     elif which == "metric":
         m = msg.metric
         payload = MetricPoint(m.step, m.name, m.value, m.wall_time)
@@ -270,7 +345,8 @@ def event_from_pb(msg: pb.TaskEvent) -> TaskEvent:
         payload = ArtifactReady(a.sha256, a.size, a.kind, a.name)
     elif which == "finished":
         f = msg.finished
-        payload = Finished(state_from_pb(f.status), f.exit_cause, f.error, f.duration_seconds)
+        cause = EXIT_CAUSE.from_pb(f.exit_cause, "finished.exit_cause")
+        payload = Finished(state_from_pb(f.status), cause, f.error, f.duration_seconds)
     else:
         raise ValueError(f"task event {msg.task_id}#{msg.seq} has no payload")
     return TaskEvent(msg.task_id, msg.seq, msg.time, payload)
@@ -285,7 +361,7 @@ def summary_to_pb(s: TaskSummary) -> pb.TaskSummary:
         created_at=s.created_at,
         finished_at=s.finished_at,
         last_seq=s.last_seq,
-        exit_cause=s.exit_cause,
+        exit_cause=EXIT_CAUSE.to_pb(s.exit_cause, "exit_cause"),
         slot_ids=list(s.slot_ids),
     )
 
@@ -299,6 +375,6 @@ def summary_from_pb(msg: pb.TaskSummary) -> TaskSummary:
         created_at=msg.created_at,
         finished_at=msg.finished_at,
         last_seq=msg.last_seq,
-        exit_cause=msg.exit_cause,
+        exit_cause=EXIT_CAUSE.from_pb(msg.exit_cause, "exit_cause"),
         slot_ids=tuple(msg.slot_ids),
     )

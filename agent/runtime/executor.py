@@ -530,7 +530,8 @@ class _Killed(Exception):
 def _payload(message: dict[str, Any]) -> EventPayload | None:
     kind = message.get("t")
     if kind == "log":
-        return LogLine(str(message.get("stream", "stdout")), str(message.get("line", "")))
+        stream = "stderr" if message.get("stream") == "stderr" else "stdout"  # a worker has only these two
+        return LogLine(stream, str(message.get("line", "")))
     if kind == "metric":
         return MetricPoint(
             int(message["step"]), str(message["name"]), float(message["value"]), float(message["wall_time"])

@@ -115,7 +115,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     async def ListJobs(self, request: cpb.ListJobsRequest, context: Any) -> cpb.ListJobsResponse:
         if request.limit < 0:
             raise ValidationError("limit", f"must be >= 0, got {request.limit}")
-        jobs = self.c.list_jobs(tuple(request.states), request.limit)
+        jobs = self.c.list_jobs(convert.job_states_from_pb(request.states), request.limit)
         return cpb.ListJobsResponse(jobs=[self._job(j) for j in jobs])
 
     @_unary
@@ -182,7 +182,12 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         await self.c.store.flush()
         rows = await self.c.store.events(job.id, 0, ("log",), None if request.all_tasks else request.task_index)
         return cpb.GetLogsResponse(
-            lines=[cpb.LogRow(task_index=r.task_index, time=r.time, stream=r.stream, line=r.message) for r in rows]
+            lines=[
+                cpb.LogRow(
+                    task_index=r.task_index, time=r.time, stream=convert.log_stream_to_pb(r.stream), line=r.message
+                )
+                for r in rows
+            ]
         )
 
     @_unary
@@ -203,12 +208,12 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
                 queue.put_nowait((kind, convert.agent_to_pb(record)))
 
         for record in list(self.c.fleet.agents.values()):
-            yield cpb.AgentEvent(kind="added", agent=convert.agent_to_pb(record), time=time.time())
+            yield convert.agent_event_to_pb("added", convert.agent_to_pb(record), time.time())
         self.c.fleet.subscribe(listener)
         try:
             while True:
                 kind, agent = await queue.get()
-                yield cpb.AgentEvent(kind=kind, agent=agent, time=time.time())
+                yield convert.agent_event_to_pb(kind, agent, time.time())
         finally:
             self.c.fleet._listeners.remove(listener)
 
@@ -327,16 +332,17 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_stream
     async def DownloadModel(self, request: cpb.DownloadModelRequest, context: Any) -> AsyncIterator[cpb.ModelChunk]:
+        fmt = convert.download_format_from_pb(request)
         record = await self.c.registry.resolve(request.ref)
         incoming = self.c.blobs_dir / "incoming"
         await asyncio.to_thread(incoming.mkdir, parents=True, exist_ok=True)
         scratch = incoming / f"export-{uuid.uuid4().hex}"
         try:
-            path = await self.c.registry.export(record, request.format, scratch)
+            path = await self.c.registry.export(record, fmt, scratch)
             digest, size = await asyncio.to_thread(file_digest, path)
             header = cpb.ModelDownloadHeader(
                 model=convert.model_to_pb(record),
-                format=request.format or record["format"],
+                format=convert.MODEL_FORMAT.to_pb(fmt or record["format"], "format"),
                 size=size,
                 sha256=digest,
                 config_json=json.dumps(model_config(record)),

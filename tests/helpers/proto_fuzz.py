@@ -89,7 +89,8 @@ def _value(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
     if field.type == FieldDescriptor.TYPE_STRING:
         return _string(field)
     if field.type == FieldDescriptor.TYPE_ENUM:
-        return st.sampled_from([v.number for v in field.enum_type.values])
+        # the declared values (UNSPECIFIED too) and numbers no version declares: both need a reasoned answer
+        return st.sampled_from([v.number for v in field.enum_type.values] + [-1, 99])
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return message(field.message_type, depth + 1)
     return _SCALARS[field.type]

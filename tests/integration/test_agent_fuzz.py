@@ -43,6 +43,7 @@ specs = st.builds(
     timeout_seconds=st.floats(allow_nan=True),
     memory_limit_bytes=st.integers(-(2**63), 2**63 - 1),
     dataset=st.sampled_from(["", "iris", "mnist"]),
+    partition=st.sampled_from(pb.TaskPartition.values()),
 )
 
 

@@ -26,6 +26,7 @@ from helpers.controller import ControllerProcess, cli_json
 from helpers.waiting import wait_until
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.types import TaskSpec
+from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE
 from tensorfleet_agent.identity import load_or_create_identity, node_id_of_cert
 from tensorfleet_agent.rpc.client import (
@@ -253,7 +254,7 @@ async def test_impersonator_is_refused_and_reported(
         properties={
             "node_id": str(real.info["node_id"]),
             "name": "real-agent",
-            "proto": "1",
+            "proto": str(PROTOCOL_VERSION),
             "cluster": cluster_id_of(CLUSTER_TOKEN),
         },
         server="evil.local.",

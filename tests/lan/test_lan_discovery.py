@@ -89,6 +89,7 @@ IMPOSTOR = """
 import asyncio, socket, sys
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE
 from tensorfleet_agent.security.secrets import cluster_id_of
 
@@ -96,7 +97,7 @@ async def main(address, node_id, cluster_token):
     zc = AsyncZeroconf(interfaces=[address], ip_version=IPVersion.V4Only)
     info = AsyncServiceInfo(SERVICE_TYPE, f"impostor.{SERVICE_TYPE}", addresses=[socket.inet_aton(address)],
                             port=50051, server="impostor.local.",
-                            properties={"node_id": node_id, "name": "agent-h1", "proto": "1",
+                            properties={"node_id": node_id, "name": "agent-h1", "proto": str(PROTOCOL_VERSION),
                                         "cluster": cluster_id_of(cluster_token)})
     await (await zc.async_register_service(info, cooperating_responders=True))
     await asyncio.sleep(float(sys.argv[4]))

@@ -1,14 +1,22 @@
-"""Protobuf <-> dataclass conversions round-trip every field."""
+"""Protobuf <-> dataclass conversions round-trip every field; closed sets travel as enums."""
 
 from __future__ import annotations
 
-import pytest
+import re
+from pathlib import Path
+from typing import Any
 
+import pytest
+from google.protobuf.descriptor import FieldDescriptor
+
+from tensorfleet_agent._generated import agent_pb2 as pb
+from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,
     BlobRef,
     CheckpointSaved,
+    ExitCause,
     Finished,
     GpuInfo,
     GpuTelemetry,
@@ -25,6 +33,10 @@ from tensorfleet_agent.core.types import (
     Telemetry,
 )
 from tensorfleet_agent.rpc import convert
+from tensorfleet_desktop.controller import convert as cconvert
+from tensorfleet_desktop.controller import datasets, fleet, registry
+from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState
+from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
 
 PAYLOADS = [
     StateChanged(TaskState.RUNNING, "worker pid 1"),
@@ -106,3 +118,207 @@ def test_node_info_and_telemetry_round_trip() -> None:
 def test_summary_round_trip() -> None:
     s = TaskSummary("t", "j", "sleep", TaskState.CANCELLED, 1.0, 2.0, 5, "cancelled", (0, 1))
     assert convert.summary_from_pb(convert.summary_to_pb(s)) == s
+
+
+# ---- closed sets travel as proto enums; inside the code (and in the SDK's dicts) they stay plain strings
+
+PROTO_DIR = Path(__file__).resolve().parents[2] / "proto" / "tensorfleet" / "v1"
+ENUM_FIELDS = {
+    pb: ["TaskSpec.partition", "LogLine.stream", "Finished.exit_cause", "Finished.status", "TaskSummary.exit_cause",
+         "TaskSummary.state", "StateChanged.state"],
+    cpb: ["Job.state", "TaskInfo.state", "TaskInfo.exit_cause", "ListJobsRequest.states", "JobEvent.kind",
+          "JobEvent.job_state", "JobEvent.task_state", "JobEvent.stream", "LogRow.stream", "Agent.state",
+          "Agent.source", "AgentEvent.kind", "DatasetInfo.format", "ModelVersion.format", "ModelVersion.blob_status",
+          "DownloadModelRequest.format", "ModelDownloadHeader.format"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module,field", [(m, f) for m, fields in ENUM_FIELDS.items() for f in fields])
+def test_closed_set_fields_are_enums(module: Any, field: str) -> None:
+    message, name = field.split(".")
+    descriptor = module.DESCRIPTOR.message_types_by_name[message].fields_by_name[name]
+    assert descriptor.type == FieldDescriptor.TYPE_ENUM, f"{field} is documented as a closed set: make it an enum"
+
+
+_ALTERNATIVE = re.compile(r'"?[A-Za-z_]*"?( \([^)]*\))?')
+
+
+def closed_set_strings(text: str) -> list[str]:
+    """`string` fields whose comment (trailing, or the lines just above) lists their values as `a | b | c`."""
+    found, above = [], []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("//"):
+            above.append(stripped[2:])
+            continue
+        field = re.match(r"(?:repeated |optional )?string (\w+) = \d+;\s*(?://(.*))?", stripped)
+        if field:
+            for comment in [*above, field.group(2) or ""]:
+                for segment in comment.split(":"):
+                    parts = [p.strip().rstrip(",.;") for p in segment.split("|")]
+                    if len(parts) >= 2 and all(_ALTERNATIVE.fullmatch(p) for p in parts):
+                        found.append(f"{field.group(1)}: {comment.strip()}")
+        above = []
+    return found
+
+
+def test_no_string_field_is_documented_as_a_closed_set() -> None:
+    offenders = {p.name: closed_set_strings(p.read_text()) for p in sorted(PROTO_DIR.glob("*.proto"))}
+    assert not any(offenders.values()), offenders
+    # the check sees the old style: a free string with its values in a comment
+    assert closed_set_strings('  string stream = 1;                 // "stdout" | "stderr" | "agent"\n')
+    assert closed_set_strings("  // completed | exception | timeout\n  string exit_cause = 2;\n")
+    assert not closed_set_strings("  string kind = 3;  // model | report | what save_artifact() named\n")
+
+
+ENUM_MAPS = {
+    "partition": convert.PARTITION,
+    "log_stream": convert.LOG_STREAM,
+    "exit_cause": convert.EXIT_CAUSE,
+    "job_state": cconvert.JOB_STATE,
+    "task_state": cconvert.TASK_STATE,
+    "job_event_kind": cconvert.JOB_EVENT_KIND,
+    "agent_state": cconvert.AGENT_STATE,
+    "agent_source": cconvert.AGENT_SOURCE,
+    "agent_event_kind": cconvert.AGENT_EVENT_KIND,
+    "dataset_format": cconvert.DATASET_FORMAT,
+    "model_format": cconvert.MODEL_FORMAT,
+    "blob_status": cconvert.BLOB_STATUS,
+}
+#: the plain values the code uses, from the code itself, so a new value without an enum value fails here
+CODE_VALUES: dict[str, set[str]] = {
+    "partition": {"", "cv", "gang", "shard"},
+    "log_stream": {"stdout", "stderr", "agent", "controller"},
+    "exit_cause": {"", *(v for k, v in vars(ExitCause).items() if k.isupper())},
+    "job_state": {s.value for s in JobState},
+    "task_state": {s.value for s in TaskRunState},
+    "job_event_kind": {"job_state", "task_state", "progress", "metric", "log", "artifact"},
+    "agent_state": {*(s.value for s in AgentState), "REFUSED"},
+    "agent_source": set(fleet._SOURCE_RANK),
+    "agent_event_kind": {"added", "lost", "back", "telemetry", "updated", "removed", "paired"},
+    "dataset_format": {suffix.lstrip(".") for suffix in datasets.FORMATS},
+    "model_format": {f for formats in registry.FORMATS.values() for f in formats},
+    "blob_status": {"", registry.MISSING, registry.DAMAGED},
+}
+
+
+@pytest.mark.parametrize("name", ENUM_MAPS)
+def test_every_enum_value_maps_both_ways(name: str) -> None:
+    enum = ENUM_MAPS[name]
+    assert set(enum.values) == CODE_VALUES[name]
+    numbers = {enum.to_pb(value, name) for value in enum.values}
+    # every value of the proto enum has a plain value (UNSPECIFIED only where it means something, e.g. "not ended")
+    assert numbers | {0} == set(enum.enum.values_by_number)
+    for value in enum.values:
+        assert enum.from_pb(enum.to_pb(value, name), name) == value
+
+
+@pytest.mark.parametrize("name", ENUM_MAPS)
+def test_unknown_or_unspecified_enum_input_is_refused_by_field(name: str) -> None:
+    enum = ENUM_MAPS[name]
+    refused = [99, -1] + ([] if 0 in {enum.to_pb(v, name) for v in enum.values} else [0])
+    for number in refused:
+        with pytest.raises(ValidationError) as err:
+            enum.from_pb(number, f"req.{name}")
+        assert err.value.field == f"req.{name}"
+        assert enum.allowed() in err.value.message and enum.allowed()
+    with pytest.raises(ValidationError, match=r"must be one of .*got 'bogus'"):
+        enum.to_pb("bogus", name)
+
+
+def test_task_spec_partition_unspecified_is_refused() -> None:
+    for partition in ("", "cv", "gang", "shard"):
+        spec = TaskSpec("t", "j", "noop", partition=partition)
+        assert convert.task_spec_from_pb(convert.task_spec_to_pb(spec)) == spec
+    msg = convert.task_spec_to_pb(TaskSpec("t", "j", "noop"))
+    msg.partition = pb.TASK_PARTITION_UNSPECIFIED
+    with pytest.raises(ValidationError, match="TASK_PARTITION_WHOLE") as err:
+        convert.task_spec_from_pb(msg)
+    assert err.value.field == "spec.partition"
+
+
+@pytest.mark.parametrize("cause", sorted(CODE_VALUES["exit_cause"] - {"", "rejected", "pruned"}))
+def test_agent_exit_causes_and_streams_round_trip(cause: str) -> None:
+    finished = TaskEvent("t", 1, 1.0, Finished(TaskState.FAILED, cause, "e", 1.0))
+    assert convert.event_from_pb(convert.event_to_pb(finished)) == finished
+    s = TaskSummary("t", "j", "sleep", TaskState.FAILED, 1.0, 2.0, 5, cause, (0,))
+    assert convert.summary_from_pb(convert.summary_to_pb(s)) == s
+    for stream in ("stdout", "stderr", "agent"):
+        line = TaskEvent("t", 2, 1.0, LogLine(stream, "x"))
+        assert convert.event_from_pb(convert.event_to_pb(line)) == line
+
+
+def test_job_states_and_task_fields_reach_the_sdk_as_strings() -> None:
+    for state in JobState:
+        tasks = [
+            JobTask(i, state=s, exit_cause=c)
+            for i, (s, c) in enumerate(zip(TaskRunState, ["", "pruned"] * 3, strict=True))
+        ]
+        job = Job("j1", {"name": "x", "algorithm": "noop"}, "me", 1, state=state, tasks=tasks)
+        msg = cconvert.job_to_pb(job, {})
+        assert msg.state == cpb.JobState.Value(f"JOB_STATE_{state.name}")
+        body = cconvert.job_from_pb(msg)
+        assert body["state"] == state.value
+        assert [(t["state"], t["exit_cause"]) for t in body["task_list"]] == [
+            (t.state.value, t.exit_cause) for t in tasks
+        ]
+    assert cconvert.job_states_from_pb(cconvert.job_states_to_pb(["RUNNING", "PAUSED"])) == ("RUNNING", "PAUSED")
+    with pytest.raises(ValidationError, match="JOB_STATE_QUEUED") as err:
+        cconvert.job_states_from_pb([cpb.JOB_STATE_RUNNING, cpb.JOB_STATE_UNSPECIFIED])
+    assert err.value.field == "states"
+
+
+@pytest.mark.parametrize(
+    "record,state",
+    [
+        (JobEventRecord("j1", 1, 1.0, "job_state", state="PAUSED", message="paused"), "PAUSED"),
+        (JobEventRecord("j1", 2, 1.0, "task_state", 0, state="DISPATCHED", message="placed"), "DISPATCHED"),
+        (JobEventRecord("j1", 3, 1.0, "log", 1, stream="stderr", message="boom"), ""),
+        (JobEventRecord("j1", 4, 1.0, "log", -1, stream="controller", message="registered"), ""),
+        (JobEventRecord("j1", 5, 1.0, "artifact", 0, state="my-report", name="r.txt", value=3.0), "my-report"),
+        (JobEventRecord("j1", 6, 1.0, "metric", 0, step=2, name="loss", value=0.5, wall_time=9.0), ""),
+        (JobEventRecord("j1", 7, 1.0, "progress", 0, value=0.25), ""),
+    ],
+)
+def test_job_events_keep_their_string_values(record: JobEventRecord, state: str) -> None:
+    body = cconvert.event_from_pb(cconvert.event_to_pb(record, None, {}))
+    assert (body["kind"], body["state"], body["stream"]) == (record.kind, state, record.stream)
+    assert (body["message"], body["name"], body["value"]) == (record.message, record.name, record.value)
+
+
+def test_agents_models_and_datasets_keep_their_string_values() -> None:
+    for source in CODE_VALUES["agent_source"]:
+        record = AgentRecord("n" * 20, "127.0.0.1:1", source, state=AgentState.LOST)
+        body = cconvert.agent_from_pb(cconvert.agent_to_pb(record))
+        assert (body["state"], body["source"]) == ("LOST", source)
+        event = cconvert.agent_event_from_pb(cconvert.agent_event_to_pb("paired", cconvert.agent_to_pb(record), 2.0))
+        assert (event["kind"], event["agent"]["id"], event["time"]) == ("paired", "n" * 20, 2.0)
+    model = {"name": "m", "version": 1, "algorithm": "noop", "sha256": "a" * 64}
+    for fmt, blob in [("skops", ""), ("safetensors", registry.MISSING), ("skops", registry.DAMAGED)]:
+        msg = cconvert.model_to_pb({**model, "format": fmt, "blob": blob})
+        assert msg.blob_status != cpb.BLOB_STATUS_UNSPECIFIED
+        assert {k: cconvert.model_from_pb(msg)[k] for k in ("format", "blob_status")} == {
+            "format": fmt,
+            "blob_status": blob,
+        }
+    unchecked = cconvert.model_to_pb({**model, "format": "skops"})  # replies that do not hash the file
+    assert (
+        unchecked.blob_status == cpb.BLOB_STATUS_UNSPECIFIED and cconvert.model_from_pb(unchecked)["blob_status"] == ""
+    )
+    for fmt in ("csv", "parquet"):
+        entry = {"name": "d", "sha256": "b" * 64, "filename": "d.csv", "format": fmt, "rows": 1, "columns": ["a"],
+                 "size": 3, "created_at": 1.0}  # fmt: skip
+        assert cconvert.dataset_to_pb(entry).format == cpb.DatasetFormat.Value(f"DATASET_FORMAT_{fmt.upper()}")
+
+
+def test_download_format_unset_is_the_stored_one_and_unspecified_is_refused() -> None:
+    assert cconvert.download_format_from_pb(cconvert.download_format_to_pb("")) == ""
+    assert not cconvert.download_format_to_pb("").HasField("format")
+    for fmt in ("skops", "safetensors", "pickle", "joblib", "onnx"):
+        assert cconvert.download_format_from_pb(cconvert.download_format_to_pb(fmt)) == fmt
+    for number in (cpb.MODEL_FORMAT_UNSPECIFIED, 42):
+        with pytest.raises(ValidationError) as err:
+            cconvert.download_format_from_pb(cpb.DownloadModelRequest(ref="m", format=number))  # type: ignore[arg-type]
+        assert err.value.field == "format" and "MODEL_FORMAT_PICKLE" in err.value.message
+    with pytest.raises(ValidationError, match="'zip'"):
+        cconvert.download_format_to_pb("zip")

@@ -94,6 +94,7 @@ task_specs = st.builds(
     inputs=st.lists(st.builds(pb.BlobRef, name=st.text(max_size=12), sha256=st.text(max_size=70)), max_size=3),
     env=st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=3),
     attempt=st.integers(-(2**31), 2**31 - 1),
+    partition=st.sampled_from(pb.TaskPartition.values()),
 )
 
 
