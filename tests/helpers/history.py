@@ -28,7 +28,7 @@ def check_history(client: Any, job_id: str, agent_data_dirs: Iterable[Path] = ()
     - against the agents' own journals (when their data dirs are given): the attempt each task finished
       with has every metric point its agent journaled, and no attempt has a point its agent never wrote.
     """
-    events: list[dict[str, Any]] = client.watch(job_id)
+    events: list[dict[str, Any]] = list(client.watch(job_id))  # the SDK streams: keep what it sent
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(seqs) + 1)), f"event sequence has a gap or a repeat: {seqs}"
     succeeded = Counter(e["task_index"] for e in events if e["kind"] == "task_state" and e["state"] == "SUCCEEDED")
