@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes kept started with scikit-learn imported, for new jobs (default: 1; 0 = none)",
     )
+    p.add_argument(
+        "--join-token-stdin",
+        action="store_true",
+        help="read the join token from the first line of stdin instead of $TENSORFLEET_JOIN_TOKEN "
+        "(an environment variable stays readable in /proc/PID/environ for the agent's life)",
+    )
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC without pairing (loopback development only)")
     p.add_argument("--no-scripts", action="store_true", help="refuse user-script tasks, even from paired controllers")
     p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
@@ -143,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     from tensorfleet_agent.daemon import AgentConfig  # after logging: imports grpc
 
+    # Secrets leave os.environ at once: nothing this process starts (workers, subprocesses) inherits them.
+    cluster_token = os.environ.pop("TENSORFLEET_CLUSTER_TOKEN", "")
+    join_token = os.environ.pop("TENSORFLEET_JOIN_TOKEN", "")
+    if args.join_token_stdin:
+        join_token = sys.stdin.readline().strip()
     try:
         if not 0 <= args.port <= 65535:
             raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
@@ -171,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             journal_retention_seconds=args.journal_retention_days * 86400,
             ready_file=args.ready_file,
             insecure=args.insecure,
-            cluster_token=os.environ.get("TENSORFLEET_CLUSTER_TOKEN", ""),
-            join_token=os.environ.get("TENSORFLEET_JOIN_TOKEN", ""),
+            cluster_token=cluster_token,
+            join_token=join_token,
             allow_scripts=not args.no_scripts,
             spare_workers=args.spare_workers,
         )

@@ -429,7 +429,9 @@ class Executor:
                     self._refill_spares()
                     return spare
         self._refill_spares()
-        return await WorkerProcess.spawn(self._worker_env(running), str(running.entry.directory))
+        return await WorkerProcess.spawn(
+            self._worker_env(running), str(running.entry.directory), dict(running.spec.env)
+        )
 
     # ---- spare workers: started ahead with the heavy imports done
 
@@ -508,9 +510,7 @@ class Executor:
     def _worker_env(self, running: _Running) -> dict[str, str]:
         slots = running.slots
         gpus = tuple(str(s.gpu_index) for s in slots if s.gpu_index is not None)
-        env = self._base_env(sum(s.threads for s in slots), gpus)
-        env.update(running.spec.env)
-        return env
+        return self._base_env(sum(s.threads for s in slots), gpus)  # the task's own env goes on top in spawn
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         """Fire-and-forget, but keep a reference so the task is not garbage-collected mid-flight."""

@@ -32,7 +32,9 @@ class WorkerProcess:
         self._pumps = [asyncio.create_task(self._pump(name, stream)) for name, stream in self._streams()]
 
     @classmethod
-    async def spawn(cls, env: dict[str, str], cwd: str) -> WorkerProcess:
+    async def spawn(cls, env: dict[str, str], cwd: str, task_env: dict[str, str] | None = None) -> WorkerProcess:
+        """Start a worker with the agent's `env` scrubbed and the task's own `task_env` on top (see
+        worker_environment)."""
         loop = asyncio.get_running_loop()
         cmd_r, cmd_w = os.pipe()
         evt_r, evt_w = os.pipe()
@@ -44,7 +46,7 @@ class WorkerProcess:
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(cmd_r, evt_w),
                 start_new_session=True,  # own process group: cancel kills the whole tree
-                env=worker_environment(env),
+                env=worker_environment(env, task_env),
                 cwd=cwd,
             )
         finally:
@@ -165,12 +167,23 @@ class WorkerProcess:
         return total
 
 
-def worker_environment(env: dict[str, str]) -> dict[str, str]:
-    """What a worker (user code) may see: nothing named TENSORFLEET_*. That is where the agent's secrets live
-    (cluster, join and controller tokens, store URIs with passwords) and its own settings; a task's env cannot
-    set such names either. Removing them is the protection: masking strings in output is not (a task can print
-    a token reversed or encoded)."""
-    return {name: value for name, value in env.items() if not name.startswith("TENSORFLEET_")}
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def worker_environment(env: dict[str, str], task_env: dict[str, str] | None = None) -> dict[str, str]:
+    """What a worker (user code) starts with: the agent's environment `env` without any TENSORFLEET_* variable
+    (the agent's secrets live there: cluster, join and controller tokens, store URIs with passwords, and its own
+    settings) and without the AWS credential variables (a controller's S3 keys must not reach jobs); then the
+    task's own `task_env`, which may set AWS_* (the submitter's choice) but no TENSORFLEET_* name. The worker then
+    sets TENSORFLEET_JOB_ID itself, on purpose (tensorfleet_agent.task reads it). Removing the variables is the
+    protection: masking strings in output is not (a task can print a token reversed or encoded)."""
+    out = {
+        name: value
+        for name, value in env.items()
+        if not name.startswith("TENSORFLEET_") and name not in CREDENTIAL_VARIABLES
+    }
+    out.update({name: value for name, value in (task_env or {}).items() if not name.startswith("TENSORFLEET_")})
+    return out
 
 
 def agent_command() -> list[str]:

@@ -21,7 +21,7 @@ from tensorfleet_agent.datadir_lock import DataDirLock, wait_until_free
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
-from tensorfleet_agent.runtime.process import agent_command
+from tensorfleet_agent.runtime.process import CREDENTIAL_VARIABLES, agent_command
 from tensorfleet_agent.security.files import private_dir
 from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.connection import connection_path, remove_connection, write_connection
@@ -48,6 +48,22 @@ def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tu
     data_dir = data_dir.resolve()  # a relative dir would turn into a path from / inside the URIs
     store = store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite://{data_dir / 'tensorfleet.db'}"
     return store, blobs_uri or f"file://{data_dir / 'blobs'}"
+
+
+LOCAL_AGENT_SECRETS = (
+    "TENSORFLEET_CLUSTER_TOKEN",
+    "TENSORFLEET_CONTROLLER_TOKEN",
+    "TENSORFLEET_MONGODB_URI",
+    "TENSORFLEET_JOIN_TOKEN",
+    *CREDENTIAL_VARIABLES,
+)
+
+
+def local_agent_environment(env: dict[str, str]) -> dict[str, str]:
+    """The environment of serve's local agent: the controller's without its secrets. The agent pairs with this
+    controller only (by a join token it is given separately), needs no client token or store URI, and uploads
+    through presigned URLs, so the controller's S3 keys stay here too."""
+    return {name: value for name, value in env.items() if name not in LOCAL_AGENT_SECRETS}
 
 
 @dataclass
@@ -283,19 +299,22 @@ class ControllerApp:
             cmd += ["--cpu-slots", str(cfg.local_agent_slots)]
         if cfg.local_agent_metrics_port is not None:
             cmd += ["--metrics-port", str(cfg.local_agent_metrics_port)]
-        env = dict(os.environ)
-        for name in ("TENSORFLEET_CLUSTER_TOKEN", "TENSORFLEET_CONTROLLER_TOKEN", "TENSORFLEET_MONGODB_URI"):
-            env.pop(name, None)  # the local agent pairs with this controller only and needs no client secret
+        env = local_agent_environment(dict(os.environ))
         if cfg.insecure:
             cmd.append("--insecure")
         else:
             self._local_join_token = f"tfj-{secrets.token_urlsafe(18)}"
             register(self._local_join_token)
-            env["TENSORFLEET_JOIN_TOKEN"] = self._local_join_token
+            cmd.append("--join-token-stdin")  # not the environment: /proc/PID/environ would keep it
         self._local_agent = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=env
         )
         log_file.close()
+        assert self._local_agent.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once: _start_local_agent reports the exit
+            self._local_agent.stdin.write(self._local_join_token.encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError):
+            self._local_agent.stdin.close()
         return ready
 
     async def _start_local_agent(self) -> None:
