@@ -24,8 +24,6 @@ from tensorfleet_desktop.controller.app import resolve_uris
 from tensorfleet_desktop.store import open_store
 from tensorfleet_desktop.store.blobs import BlobStore
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[2]
 #: The README's promise: four seed jobs, a 6-trial sweep and, with PyTorch, a 2-rank job across both agents.
 #: (job, algorithm, dataset, registered model name, agents it runs on)
@@ -70,6 +68,7 @@ async def _registry(controller_dir: Path) -> list[dict[str, Any]]:
         await store.close()
 
 
+@pytest.mark.slow
 def test_demo_trains_the_seed_jobs_and_prints_their_models(tmp_path: Path) -> None:
     executable = Path(sys.executable).with_name("tensorfleet")  # the console script scripts/demo execs
     assert executable.exists(), f"{executable}: the venv has no tensorfleet command (pip install -e .)"
