@@ -219,7 +219,10 @@ class AgentDaemon:
             memory_total_bytes=int(f["memory_total_bytes"]),
             disk_free_bytes=disk_free(self.config.data_dir),
             gpus=self.gpu_inventory,
-            workloads=tuple(w.name for w in available_workloads()),
+            # with --no-scripts the agent does not offer the script workload, so no controller places one here
+            workloads=tuple(
+                w.name for w in available_workloads() if self.config.allow_scripts or w.category != "script"
+            ),
             slots_total=self.slots.total,
             slots_free=self.slots.free,
             agent_version=AGENT_VERSION,

@@ -72,7 +72,7 @@ from tensorfleet_desktop.store.blobs import BlobStore
 log = logging.getLogger(__name__)
 
 _TICK = 0.5
-_RETRY_BACKOFF = 1.0  # seconds before a failed task's first retry, doubling with each failure, at most 30 s
+_RETRY_BACKOFF, _RETRY_BACKOFF_MAX = 1.0, 30.0  # a failed task's first retry after 1 s, doubling, at most 30 s
 _ORPHAN_GRACE = 15.0  # after a restart, how long an unknown agent may take to reappear
 _PAUSE_GRACE = 60.0  # how long a pausing task may take to save its checkpoint before it is cancelled
 _SAVE_RETRY_FIRST, _SAVE_RETRY_MAX = 1.0, 60.0  # seconds between attempts to save a finished job's model
@@ -1044,7 +1044,7 @@ class Controller:
             task.state = TaskRunState.FAILED
             self._finish(job, JobState.FAILED, f"{reason} (after {task.failures} attempt(s))")
             return
-        delay = min(30.0, _RETRY_BACKOFF * 2 ** (task.failures - 1))
+        delay = retry_delay(task.failures)
         task.retry_at = time.time() + delay
         log.info("job %s: %s; retry %d of %d in %.0fs", job.id, reason, task.failures, max_retries, delay)
         self._requeue(job, [task], f"{reason}; retrying in {delay:.0f}s")
@@ -1244,6 +1244,11 @@ class Controller:
     def _update_gauges(self) -> None:
         self._gauges_stale, self._gauges_at = False, time.monotonic()
         self.metrics.active_jobs.set(sum(1 for j in self._open.values() if j.state is not JobState.PAUSED))
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds a task waits before its next attempt after its `failures`-th failure: 1, 2, 4 … at most 30."""
+    return min(_RETRY_BACKOFF_MAX, _RETRY_BACKOFF * 2.0 ** min(max(0, failures - 1), 32))
 
 
 def _free_bytes(path: Path) -> int | None:
