@@ -215,12 +215,16 @@ def known_controllers_file() -> Path:
 
 def channel_security(address: str) -> tuple[grpc.ChannelCredentials | None, str | None, Metadata]:
     """The client token as bearer metadata on every call (TENSORFLEET_CONTROLLER_TOKEN, else the connection
-    file the controller wrote for this address). Loopback: plaintext. Elsewhere: TLS, pinned on first use."""
+    file the controller wrote for this address). Loopback: plaintext, unless the connection file says the
+    controller serves TLS there (serve --host 0.0.0.0): then TLS pinned to the file's fingerprint, and the token
+    goes only to the controller presenting it. Elsewhere: TLS, pinned on first use."""
     host = address.rpartition(":")[0].strip("[]")
     token, _source = client_token(address)
     metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
     register(token)
-    if is_loopback(host):
+    named = find_connection(address)
+    loopback = is_loopback(host)
+    if loopback and (named is None or not named.tls):
         return None, None, metadata  # without a token the controller's refusal says where it lives
     if not token:
         raise InvalidRequest(
@@ -232,12 +236,13 @@ def channel_security(address: str) -> tuple[grpc.ChannelCredentials | None, str 
     except OSError as exc:
         raise ControllerUnreachable(f"cannot reach the TensorFleet controller at {address}: {exc}") from None
     node_id, fingerprint = node_id_of_cert(cert)
-    named = find_connection(address)
-    if named is not None and named.fingerprint and named.fingerprint != fingerprint:
+    if named is not None and (named.fingerprint or loopback) and named.fingerprint != fingerprint:
         raise InvalidRequest(
             f"the controller at {address} presents certificate {fingerprint[:16]}, not {named.fingerprint[:16]} "
             f"named in {named.path}: refusing it"
         )
+    if loopback:  # pinned to the connection file of a controller of this user that is alive
+        return pinned_credentials(cert), node_id, metadata
     path = known_controllers_file()
     known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     pinned = known.get(address)

@@ -1,9 +1,9 @@
 """Connection files: how a controller hands its client token to clients of the same OS user (as Jupyter does).
 
 The controller writes one file per address it serves, `controller-HOST-PORT.json` (address, certificate
-fingerprint, token, pid), mode 0600 in a 0700 per-user directory; clients look it up by the address they dial.
-Another OS user cannot read it, so they get no token. Shared by the controller and every client: no Qt, no
-controller or store imports.
+fingerprint, token, pid, whether it speaks TLS there), mode 0600 in a 0700 per-user directory; clients look it up
+by the address they dial. Another OS user cannot read it, so they get no token. Shared by the controller and every
+client: no Qt, no controller or store imports.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Connection:
     token: str
     pid: int
     path: Path
+    tls: bool = False  # the controller serves TLS at this address (serve --host 0.0.0.0 also on 127.0.0.1)
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -96,12 +97,15 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def write_connection(address: str, fingerprint: str, token: str, directory: Path | None = None) -> Path:
-    """Write (atomically, 0600) the connection file for `address`; an older one for it is overwritten."""
+def write_connection(
+    address: str, fingerprint: str, token: str, directory: Path | None = None, tls: bool = False
+) -> Path:
+    """Write (atomically, 0600) the connection file for `address`; an older one for it is overwritten. `tls`:
+    the controller serves TLS there (clients then dial TLS pinned to `fingerprint`, loopback included)."""
     folder = _private_dir(directory or runtime_dir())
     path = folder / file_name(address)
     _sweep(folder)
-    body = {"address": address, "fingerprint": fingerprint, "token": token, "pid": os.getpid()}
+    body = {"address": address, "fingerprint": fingerprint, "token": token, "pid": os.getpid(), "tls": tls}
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".controller-", suffix=".tmp")  # created 0600
     try:
         with os.fdopen(fd, "w") as fh:
@@ -139,7 +143,12 @@ def read_connection(path: Path) -> Connection | None:
     try:
         body = json.loads(path.read_text())
         conn = Connection(
-            str(body["address"]), str(body.get("fingerprint", "")), str(body["token"]), int(body["pid"]), path
+            str(body["address"]),
+            str(body.get("fingerprint", "")),
+            str(body["token"]),
+            int(body["pid"]),
+            path,
+            body.get("tls") is True,
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

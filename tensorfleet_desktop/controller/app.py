@@ -177,7 +177,7 @@ class ControllerApp:
         tokens.message = refusal(token_file, str(connection_path(self.address)))
         await self._server.start()
         self._lock.set_address(self.address)
-        self._connections = await asyncio.to_thread(self._write_connections, token)
+        self._connections = await asyncio.to_thread(self._write_connections, token, credentials is not None)
         for node_id, body in remembered.items():
             if body.get("source") == "manual":
                 self.fleet.remember(node_id, body["address"], "manual", body.get("name", ""))
@@ -226,8 +226,9 @@ class ControllerApp:
             },
         )
 
-    def _write_connections(self, token: str) -> list[Path]:
-        """Connection files for same-user clients: this address, and for a wildcard host the local names."""
+    def _write_connections(self, token: str, tls: bool) -> list[Path]:
+        """Connection files for same-user clients: this address, and for a wildcard host the local names (where
+        it serves TLS too: the files say so, and clients dial 127.0.0.1 over TLS pinned to the fingerprint)."""
         cfg = self.config
         hosts = [cfg.host]
         if cfg.host in ("0.0.0.0", "::"):
@@ -236,7 +237,7 @@ class ControllerApp:
         for host in hosts:
             address = f"{host}:{self.port}"
             try:
-                written.append(write_connection(address, self.identity.fingerprint, token))
+                written.append(write_connection(address, self.identity.fingerprint, token, tls=tls))
             except OSError as exc:  # clients can still set TENSORFLEET_CONTROLLER_TOKEN
                 log.warning("cannot write the connection file for %s: %s", address, exc)
         return written

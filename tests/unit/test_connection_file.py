@@ -61,6 +61,7 @@ def test_written_0600_in_a_0700_dir_tightening_an_old_one(home: Path, monkeypatc
         "fingerprint": "ab" * 32,
         "token": "tfc-token",
         "pid": os.getpid(),
+        "tls": False,
     }
     assert connection.client_token("localhost:50123") == ("tfc-token", str(path))  # another loopback name
     assert connection.client_token("127.0.0.1:50124") == ("", "")  # another port
@@ -91,3 +92,47 @@ def test_a_wildcard_controller_is_found_from_loopback_only(home: Path, monkeypat
     connection.write_connection("0.0.0.0:50050", "", "tfc-any")
     assert connection.client_token("127.0.0.1:50050")[0] == "tfc-any"
     assert connection.client_token("192.0.2.7:50050") == ("", "")  # never another host's token by port alone
+
+
+def test_a_tls_controller_on_loopback_is_dialled_over_tls_pinned_to_its_connection_file(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve --host 0.0.0.0 speaks TLS on 127.0.0.1 too: its connection file says so, and the client dials TLS
+    pinned to the file's fingerprint; a certificate other than the file's gets no token, even from the env."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from tensorfleet_agent.identity import load_or_create_identity
+    from tensorfleet_agent.rpc.client import create_sync_channel
+    from tensorfleet_agent.rpc.server import tls_server_credentials
+    from tensorfleet_desktop.client import InvalidRequest, channel_security
+
+    monkeypatch.setenv("TENSORFLEET_RUNTIME_DIR", str(home / "runtime"))
+    monkeypatch.setenv("TENSORFLEET_KNOWN_CONTROLLERS", str(home / "known.json"))
+    identity = load_or_create_identity(home / "identity", "controller")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_secure_port("127.0.0.1:0", tls_server_credentials(identity.key_pem, identity.cert_pem))
+    server.start()
+    try:
+        address = f"127.0.0.1:{port}"
+        path = connection.write_connection(f"0.0.0.0:{port}", identity.fingerprint, "tfc-tls", tls=True)
+        named = connection.read_connection(path)
+        assert named is not None and named.tls
+        credentials, target, metadata = channel_security(address)
+        assert credentials is not None and metadata == (("authorization", "Bearer tfc-tls"),)
+        channel = create_sync_channel(address, credentials, target)
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        finally:
+            channel.close()
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        monkeypatch.setenv("TENSORFLEET_CONTROLLER_TOKEN", "tfc-from-env")
+        connection.write_connection(f"0.0.0.0:{port}", "cd" * 32, "tfc-tls", tls=True)  # names another certificate
+        with pytest.raises(InvalidRequest, match="presents certificate"):
+            channel_security(address)
+        assert not (home / "known.json").exists()  # loopback pins by the connection file, not on first use
+    finally:
+        server.stop(None)
