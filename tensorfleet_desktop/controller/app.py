@@ -162,6 +162,7 @@ class ControllerApp:
                 self.fleet.cluster_id,
             ),
             self.request_stop,
+            cfg.data_dir,
         )
         self.health = Health([CONTROLLER_SERVICE])
         token = cfg.client_token or await asyncio.to_thread(self._client_token)

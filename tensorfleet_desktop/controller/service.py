@@ -42,6 +42,20 @@ MAX_SPEC_JSON = 1 << 20
 MAX_DATASET_BYTES = 8 << 30
 
 
+_DATA_DIR: list[Path | None] = [None]  # the serving controller's data dir, for disk-full messages
+
+
+def full_dir(exc: Exception, data_dir: Path | None) -> Path:
+    """Where to measure and name a full disk: the controller's data dir, unless the write that failed was an
+    absolute path outside it (then that file's directory). Never the process's working directory."""
+    filename = str(getattr(exc, "filename", "") or "")
+    if filename and Path(filename).is_absolute():
+        failed = Path(filename).parent
+        if data_dir is None or not failed.is_relative_to(data_dir):
+            return failed
+    return data_dir if data_dir is not None else Path(filename or ".").resolve().parent
+
+
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
@@ -60,8 +74,7 @@ def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, StoreFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if is_disk_full(exc):
-        where = Path(str(getattr(exc, "filename", "") or ".")).parent
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, full_message(where)
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, full_message(full_dir(exc, _DATA_DIR[0]))
     log.exception("internal error")
     return grpc.StatusCode.INTERNAL, f"internal controller error: {type(exc).__name__}: {exc}"
 
@@ -87,9 +100,14 @@ CONTROLLER_SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"].full_n
 
 class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     def __init__(
-        self, controller: Controller, info: Callable[[], cpb.ControllerInfo], shutdown: Callable[[bool], None]
+        self,
+        controller: Controller,
+        info: Callable[[], cpb.ControllerInfo],
+        shutdown: Callable[[bool], None],
+        data_dir: Path | None = None,
     ) -> None:
         self.c = controller
+        _DATA_DIR[0] = data_dir  # disk-full refusals name it (one controller per process)
         self.info = info
         self.shutdown = shutdown
 

@@ -221,3 +221,32 @@ async def test_a_job_stopped_while_saving_its_model_finishes_after_a_restart(tmp
     finally:
         await controller.stop()
         await store.close()
+
+
+def test_a_disk_full_oserror_names_the_controllers_data_dir_and_its_free_space(tmp_path: Path) -> None:
+    """The generic disk-full path (an OSError with no file name, or a relative one) names the data dir, not '.'."""
+    import errno
+    import re
+    import shutil
+
+    import grpc
+
+    from tensorfleet_desktop.controller import service
+
+    data_dir = tmp_path / "controller"
+    data_dir.mkdir()
+    old = service._DATA_DIR[0]
+    service._DATA_DIR[0] = data_dir
+    try:
+        for exc in (
+            OSError(errno.ENOSPC, "No space left on device"),
+            OSError(errno.ENOSPC, "No space left on device", "tensorfleet.db-journal"),
+            OSError(errno.ENOSPC, "No space left on device", str(data_dir / "blobs" / "ab" / "x.part")),
+        ):
+            code, message = service._status_of(exc)
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            found = re.fullmatch(r"controller data dir full \((\d+) MiB free in (.+)\)", message)
+            assert found is not None and Path(found[2]) == data_dir, message
+            assert abs(int(found[1]) - (shutil.disk_usage(data_dir).free >> 20)) < 64, message
+    finally:
+        service._DATA_DIR[0] = old
