@@ -1,14 +1,18 @@
 """Hypothesis strategies for any protobuf request message, built from its descriptor, and a way to call
 every method of a gRPC service with them (the fuzz tests of both services use this).
 
-Strings lean towards what handlers parse (JSON bodies, names, references, paths); numbers towards edges.
+Strings lean towards what handlers parse (JSON bodies, names, references, paths), and towards the names of
+objects the test made (`known`: a job id, a blob digest), so handlers get past their look-ups; numbers towards edges.
+
+Never a hang: a unary call must answer in time; a server stream must end in time (or be refused), except a watch
+listed in ENDLESS, which must send its first message (or be refused) in time and may then stay open.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -29,6 +33,18 @@ REFUSALS = {
     grpc.StatusCode.OUT_OF_RANGE,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.PERMISSION_DENIED,
+}
+
+#: server streams that follow live state until the caller hangs up: the first message (the current state or the
+#: history so far) or a refusal must come in time. Every other server stream must end in time.
+ENDLESS = {
+    "tensorfleet.v1.ControllerService": frozenset({"WatchJob", "WatchAgents"}),
+    "tensorfleet.v1.AgentService": frozenset({"StreamTelemetry", "WatchTask"}),
+}
+#: server streams that send a finite answer (a file, a blob) and end
+FINITE = {
+    "tensorfleet.v1.ControllerService": frozenset({"DownloadModel", "DownloadArtifact"}),
+    "tensorfleet.v1.AgentService": frozenset({"GetBlob"}),
 }
 
 _json_scalars = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats() | st.text(max_size=20)
@@ -59,23 +75,27 @@ _ADDRESSES = st.sampled_from(
 )  # fmt: skip
 
 
-def _string(field: FieldDescriptor) -> st.SearchStrategy[str]:
+def _string(field: FieldDescriptor, known: Sequence[str]) -> st.SearchStrategy[str]:
     if field.name in ("address", "master_addr", "endpoint", "url"):
         return _ADDRESSES
     if field.name.endswith("_json"):
         return _job_specs | _json.map(json.dumps) | st.text(max_size=40)
-    return _names | st.text(max_size=60)
+    names = _names | st.text(max_size=60)
+    return st.sampled_from(list(known)) | names if known else names
 
+
+#: offsets, sequence numbers, indexes and counts are mostly small: a third of the signed ints are
+_small = st.integers(0, 1000)
 
 _SCALARS: dict[int, st.SearchStrategy[Any]] = {
     FieldDescriptor.TYPE_BOOL: st.booleans(),
     FieldDescriptor.TYPE_BYTES: st.binary(max_size=256),
     FieldDescriptor.TYPE_DOUBLE: st.floats(allow_nan=True, allow_infinity=True),
     FieldDescriptor.TYPE_FLOAT: st.floats(width=32, allow_nan=True, allow_infinity=True),
-    FieldDescriptor.TYPE_INT32: st.integers(-(2**31), 2**31 - 1) | st.sampled_from([0, 1, -1, 2**31 - 1]),
+    FieldDescriptor.TYPE_INT32: st.integers(-(2**31), 2**31 - 1) | st.sampled_from([0, 1, -1, 2**31 - 1]) | _small,
     FieldDescriptor.TYPE_SINT32: st.integers(-(2**31), 2**31 - 1),
     FieldDescriptor.TYPE_UINT32: st.integers(0, 2**32 - 1),
-    FieldDescriptor.TYPE_INT64: st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, 1, -1, 2**62]),
+    FieldDescriptor.TYPE_INT64: st.integers(-(2**63), 2**63 - 1) | st.sampled_from([0, 1, -1, 2**62]) | _small,
     FieldDescriptor.TYPE_SINT64: st.integers(-(2**63), 2**63 - 1),
     FieldDescriptor.TYPE_UINT64: st.integers(0, 2**64 - 1),
 }
@@ -85,30 +105,33 @@ def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
-def _value(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
+def _value(field: FieldDescriptor, depth: int, known: Sequence[str]) -> st.SearchStrategy[Any]:
     if field.type == FieldDescriptor.TYPE_STRING:
-        return _string(field)
+        return _string(field, known)
     if field.type == FieldDescriptor.TYPE_ENUM:
         # the declared values (UNSPECIFIED too) and numbers no version declares: both need a reasoned answer
         return st.sampled_from([v.number for v in field.enum_type.values] + [-1, 99])
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return message(field.message_type, depth + 1)
+        return message(field.message_type, depth + 1, known)
     return _SCALARS[field.type]
 
 
-def message(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Message]:
-    """Messages of this type with any subset of fields set, nested messages to a depth of 3."""
+def message(descriptor: Descriptor, depth: int = 0, known: Sequence[str] = ()) -> st.SearchStrategy[Message]:
+    """Messages of this type with any subset of fields set, nested messages to a depth of 3; string fields
+    sometimes hold one of `known` (ids and digests of real objects)."""
     cls = message_factory.GetMessageClass(descriptor)
     optional: dict[str, st.SearchStrategy[Any]] = {}
     if depth <= 3:
         for field in descriptor.fields:
             if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
                 key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
-                optional[field.name] = st.dictionaries(_value(key, depth), _value(value, depth), max_size=3)
+                optional[field.name] = st.dictionaries(
+                    _value(key, depth, known), _value(value, depth, known), max_size=3
+                )
             elif _is_repeated(field):
-                optional[field.name] = st.lists(_value(field, depth), max_size=3)
+                optional[field.name] = st.lists(_value(field, depth, known), max_size=3)
             else:
-                optional[field.name] = _value(field, depth)
+                optional[field.name] = _value(field, depth, known)
 
     def build(values: dict[str, Any]) -> Message:
         msg = cls()
@@ -144,20 +167,36 @@ def call(
     timeout: float,
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> grpc.StatusCode:
-    """Call `method` with `request` (a list of messages for client streams); a server stream is read for at
-    most `timeout` seconds. Returns the status; a watch that is still open at the deadline counts as OK."""
+    """Call `method` with `request` (a list of messages for client streams) and return its status.
+
+    Never a hang: the call must answer within `timeout` seconds. A server stream in FINITE is read to its end;
+    one in ENDLESS (a watch) until its first message, then the caller hangs up (OK). DEADLINE_EXCEEDED fails
+    the test, with which rule it broke; so does a server stream listed in neither (say which it is)."""
     path = f"/{service.full_name}/{method.name}"
     ser: Callable[[Any], bytes] = lambda m: m.SerializeToString()  # noqa: E731
     out_cls = message_factory.GetMessageClass(method.output_type)
+    rule = "answer"
     if method.client_streaming:
         rpc = channel.stream_unary(path, request_serializer=ser, response_deserializer=out_cls.FromString)
         target = lambda: rpc(iter(request), timeout=timeout, metadata=metadata)  # noqa: E731
     elif method.server_streaming:
         stream = channel.unary_stream(path, request_serializer=ser, response_deserializer=out_cls.FromString)
+        endless = method.name in ENDLESS.get(service.full_name, ())
+        assert endless or method.name in FINITE.get(service.full_name, ()), (
+            f"{service.full_name}.{method.name} is a server stream in neither ENDLESS nor FINITE: say which"
+        )
+        rule = "first message (a watch)" if endless else "end of its stream"
 
         def target() -> None:
-            for _ in stream(request, timeout=timeout, metadata=metadata):
-                pass
+            responses = stream(request, timeout=timeout, metadata=metadata)
+            if endless:
+                try:
+                    next(responses, None)  # the first message, or the end; a refusal raises
+                finally:
+                    responses.cancel()  # the caller hangs up; a no-op once the stream has ended
+            else:
+                for _ in responses:
+                    pass
 
     else:
         unary = channel.unary_unary(path, request_serializer=ser, response_deserializer=out_cls.FromString)
@@ -166,8 +205,8 @@ def call(
         target()
     except grpc.RpcError as exc:
         code = exc.code()
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED and method.server_streaming:
-            return grpc.StatusCode.OK  # a watch waits for events by design
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise AssertionError(f"{method.name}: no {rule} within {timeout:g} s, a hang ({request!r:.300})") from None
         if code in REFUSALS:
             assert exc.details(), f"{method.name}: {code.name} without a message"
         return code  # type: ignore[no-any-return]

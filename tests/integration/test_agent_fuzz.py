@@ -1,8 +1,12 @@
-"""Property tests against a live agent: any request message gets a clear status, never a crash or a hang."""
+"""Property tests against a live agent: any request message gets a clear status, never a crash or a hang.
+
+A blob download must end in time, and a watch send its first message in time: the requests may name a blob the
+agent holds and a task that has finished, so GetBlob and WatchTask get past their look-ups."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,10 @@ from hypothesis import strategies as st
 
 from helpers.agents import AgentProcess
 from helpers.proto_fuzz import EXAMPLES, REFUSALS, call, message, methods
+from helpers.waiting import eventually
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import agent_pb2_grpc as pb_grpc
+from tensorfleet_agent.core.types import TaskSpec
 from tensorfleet_agent.identity import node_id_of_cert
 from tensorfleet_agent.rpc.client import create_sync_channel, fetch_certificate_blocking, pinned_credentials
 
@@ -77,9 +83,22 @@ class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
         self.compression = base.compression
 
 
+KNOWN: list[str] = []  # a blob the agent holds and a task that has finished, once the agent runs
+
+
 async def _session(agent: AgentProcess) -> str:
+    """A paired controller's session; on the way, the objects KNOWN names."""
     async with agent.client() as client:
-        return await client.authenticate()
+        token = await client.authenticate()
+        blob = await client.put_bytes(os.urandom(300_000))  # a few chunks
+
+        async def finished() -> bool:
+            return any(t.task_id == "fuzz-done" and t.state.terminal for t in await client.list_tasks(True))
+
+        await client.run_task(TaskSpec("fuzz-done", "fuzz", "noop"))
+        await eventually(finished, 30, "the noop task to finish")
+        KNOWN[:] = [blob, "fuzz-done"]
+        return token
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +109,7 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     channel = create_sync_channel(agent.address, pinned_credentials(cert), node_id_of_cert(cert)[0])
     yield grpc.intercept_channel(channel, _Session(asyncio.run(_session(agent))))
     channel.close()
+    KNOWN.clear()
     agent.stop()
     assert "Traceback" not in agent.logs(), agent.logs()
 
@@ -107,14 +127,14 @@ GENERIC = [m.name for m in methods(SERVICE)]
 @pytest.mark.parametrize("name", GENERIC)
 def test_every_method_answers_or_refuses_with_a_reason(channel: grpc.Channel, name: str) -> None:
     method = SERVICE.methods_by_name[name]
-    requests = message(method.input_type)
+    requests = message(method.input_type, known=KNOWN)
     strategy = st.lists(requests, max_size=4) if method.client_streaming else requests
-    examples = min(EXAMPLES, 6) if method.server_streaming else EXAMPLES
+    timeout = 5.0 if method.server_streaming else 10.0  # a stream ends or a watch's first message comes, in time
 
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(request=strategy)
     def fuzz(request: object) -> None:
-        code = call(channel, SERVICE, method, request, 1.0 if method.server_streaming else 10.0)
+        code = call(channel, SERVICE, method, request, timeout)
         assert code is grpc.StatusCode.OK or code in OK_CODES | REFUSALS, f"{name} answered {code.name}"
 
     fuzz()
