@@ -24,8 +24,9 @@ def main(junit: str, wall: str) -> int:
     xfailed = len(marked) - len(skipped)
     broken = [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
     ran = len(cases) - len(skipped)
+    passed = ran - len(broken) - xfailed
     print(
-        f"== tests: {ran} run ({len(broken)} failed or in error, {xfailed} expected failures), "
+        f"== tests: {ran} run ({passed} passed, {len(broken)} failed or in error, {xfailed} expected failures), "
         f"{len(skipped)} skipped; wall time {wall} s =="
     )
     reasons = Counter(s.get("message", "").removeprefix("Skipped: ") or "(no reason)" for _, s in skipped)

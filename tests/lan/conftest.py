@@ -1,4 +1,5 @@
-"""One simulated LAN per test module; skipped with the reason where namespaces cannot be made.
+"""One simulated LAN per test module; skipped with the reason where namespaces cannot be made (under CI that skip
+fails the run: tests/helpers/suite_policy.py).
 
 A failed test gets the tail of every daemon's log in its report. Fault scenarios record their
 figures (detection and recovery times) with `fault_figures`; they are written to
