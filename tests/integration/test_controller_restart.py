@@ -54,6 +54,31 @@ def _check_whole(client: Client, job_id: str, agent_dir: Path) -> None:
         assert stored_progress == [e["fraction"] for e in journal if e["kind"] == "progress"], "progress lost/repeated"
 
 
+#: Reports a point every 0.1 s (a log line and a progress report now and then) until the file named by its
+#: argument appears, then 5 more points: the test decides when each task may end.
+SCRIPT = """
+import sys
+import time
+from pathlib import Path
+from tensorfleet_agent import task
+
+go = Path(sys.argv[1])
+print("waiting for", go.name, flush=True)
+task.report(step=0, first=1.0)  # once: after a restart the job's summary must still have it
+step = 0
+while not go.exists():
+    task.report(step=step, value=float(step))
+    if step % 10 == 0:
+        task.progress(min(0.9, step / 100))
+    step += 1
+    time.sleep(0.1)
+for _ in range(5):
+    task.report(step=step, value=float(step))
+    step += 1
+print("released after", step, "points", flush=True)
+"""
+
+
 @pytest.mark.parametrize("how", ["shutdown", "sigterm"])
 def test_graceful_stop_with_jobs_running_then_restart(
     how: str,
@@ -61,59 +86,63 @@ def test_graceful_stop_with_jobs_running_then_restart(
     agent_factory: type[AgentProcess],
     controller_factory: type[ControllerProcess],
 ) -> None:
-    remote = agent_factory(tmp_path / "remote", name="remote", cpu_slots=2)
-    controller = controller_factory(tmp_path / "controller", local_agent=True, extra_args=["--local-agent-slots", "2"])
+    remote = agent_factory(tmp_path / "remote", name="remote", cpu_slots=1)
+    controller = controller_factory(tmp_path / "controller", local_agent=True, extra_args=["--local-agent-slots", "1"])
     remote.spawn()
     controller.spawn()
     remote.wait_ready()
     controller.wait_ready()
     local_dir = controller.data_dir / "local-agent"
-    on_local = {"on": [controller.info["local_agent_id"]]}
+    go = {"local": tmp_path / "go-local", "remote": tmp_path / "go-remote"}
+    where = {"local": controller.info["local_agent_id"], "remote": "remote"}
+    dirs = {"local": local_dir, "remote": remote.data_dir}
     with Client(controller.address) as client:
         wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 2, 20, "local + remote agent")
-        jobs = {  # the remote ones outlast the stop; the local ones finish while the local agent drains
-            "remote emit": client.submit(
-                {"algorithm": "emit", "hyperparameters": {"points": 120, "rate": 20}, "constraints": {"on": ["remote"]}}
-            ),
-            "remote sleep": client.submit(
-                {"algorithm": "sleep", "hyperparameters": {"seconds": 4}, "constraints": {"on": ["remote"]}}
-            ),
-            "local emit": client.submit(
-                {"algorithm": "emit", "hyperparameters": {"points": 30, "rate": 15}, "constraints": on_local}
-            ),
-            "local sleep": client.submit(
-                {"algorithm": "sleep", "hyperparameters": {"seconds": 2}, "constraints": on_local}
-            ),
+        ids = {
+            side: client.submit(
+                {
+                    "script": {"name": "gated.py", "source": SCRIPT, "args": [str(go[side])], "requirements": []},
+                    "constraints": {"on": [where[side]]},
+                }
+            )["id"]
+            for side in ("local", "remote")
         }
-        ids = {name: job["id"] for name, job in jobs.items()}
-        wait_until(
+        jobs = wait_until(
             lambda: (
-                all(client.job(i)["task_list"][0]["state"] == "RUNNING" for i in ids.values())
-                and client.job(ids["remote emit"])["metrics"].get("value", 0) >= 4
-                and client.job(ids["local emit"])["metrics"].get("value", 0) >= 2
+                (js := [client.job(i) for i in ids.values()])
+                and all(j["task_list"][0]["state"] == "RUNNING" and j["metrics"].get("value", 0) >= 2 for j in js)
+                and js
             ),
-            30,
-            "all four jobs running, with some points stored",
+            60,
+            "both jobs running, with some points stored",
         )
-        attempts = {name: client.job(i)["task_list"][0]["agent_task_id"] for name, i in ids.items()}
+        attempts = {side: job["task_list"][0]["agent_task_id"] for side, job in zip(ids, jobs, strict=True)}
         if how == "shutdown":
             assert controller.cli("shutdown").returncode == 0
         else:
             assert controller.proc is not None
             controller.proc.send_signal(signal.SIGTERM)
+    # the controller stops watching, then its local agent drains: its task may still finish (and does, once let go)
+    drained = controller.data_dir / "local-agent.log"
+    wait_until(lambda: "stop requested: draining" in drained.read_text(), 30, "the local agent drains")
+    go["local"].touch()
     assert controller.proc is not None and controller.proc.wait(60) == 0
-    # stopped: its local agent drained (its tasks finished), the remote agent's tasks run on unwatched
-    assert _finished(local_dir, attempts["local emit"]) == "SUCCEEDED"
-    assert _finished(local_dir, attempts["local sleep"]) == "SUCCEEDED"
-    assert _finished(remote.data_dir, attempts["remote emit"]) == "", "finished before the controller stopped"
+    assert _finished(local_dir, attempts["local"]) == "SUCCEEDED"
+    assert _finished(remote.data_dir, attempts["remote"]) == "", "a remote agent's task stops with the controller"
     assert remote.proc is not None and remote.proc.poll() is None
 
+    journaled = len([e for e in _journal(remote.data_dir, attempts["remote"]) if e["kind"] == "metric"])
     controller.start()
-    with Client(controller.address) as client:
-        for name, job_id in ids.items():
-            assert client.wait(job_id, timeout=60)["state"] == "SUCCEEDED", name
-            _check_whole(client, job_id, local_dir if name.startswith("local") else remote.data_dir)
-            assert client.job(job_id)["task_list"][0]["agent_task_id"] == attempts[name]
-        for name, points in (("remote emit", 120), ("local emit", 30)):
-            steps = [p["step"] for p in client.metrics(ids[name]) if p["name"] == "value"]
-            assert steps == list(range(points)), f"{name}: the stored series has a gap or a duplicate"
+    with Client(controller.address) as client:  # re-attached: what the task reported meanwhile, then live
+        remote_value = lambda: client.job(ids["remote"])["metrics"].get("value", -1)  # noqa: E731
+        wait_until(lambda: remote_value() > journaled, 30, "the remote task followed")
+        go["remote"].touch()
+        for side, job_id in ids.items():
+            assert client.wait(job_id, timeout=60)["state"] == "SUCCEEDED", side
+            _check_whole(client, job_id, dirs[side])
+            final = client.job(job_id)
+            assert final["task_list"][0]["agent_task_id"] == attempts[side]
+            assert final["metrics"]["first"] == 1.0 and final["task_list"][0]["metrics"]["first"] == 1.0, final
+            steps = [p["step"] for p in client.metrics(job_id) if p["name"] == "value"]
+            assert steps == list(range(len(steps))) and len(steps) > 5, f"{side}: a gap or a duplicate in {steps}"
+            assert final["metrics"]["value"] == steps[-1]
