@@ -1206,7 +1206,7 @@ class Controller:
             if fetch is not None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(fetch), 120)
-            if await self._blob_intact(artifact.sha256):
+            if await self.blobs.intact(artifact.sha256, artifact.size):
                 continue
             task = next((t for t in job.tasks if t.index == artifact.task_index), None)
             record = self.fleet.agents.get(task.node_id) if task is not None else None
@@ -1215,13 +1215,6 @@ class Controller:
             await self._fetch_blob(record, artifact.sha256, strict=True)
         names = {d["sha256"]: name for name, d in self.datasets.items()}
         return await self.registry.register_job(job, names)
-
-    async def _blob_intact(self, sha256: str) -> bool:
-        try:
-            path = await self.blobs.ensure(sha256)
-        except FileNotFoundError:
-            return False
-        return await asyncio.to_thread(_hashes_to, path, sha256)
 
     def _job_changed(self, job: Job, message: str) -> None:
         self._record(job, "job_state", {}, state=job.state.value, message=message or job.error)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_desktop.store.base import redact_uri
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,10 @@ class BlobStore:
 
     async def delete(self, sha256: str) -> None:
         await asyncio.to_thread(self.path(sha256).unlink, missing_ok=True)
+
+    async def intact(self, sha256: str, size: int) -> bool:
+        """Whether the store holds this blob whole: a local file must hash to its name."""
+        return await asyncio.to_thread(_hashes_to, self.path(sha256), sha256)
 
     async def direct_download(self, sha256: str) -> tuple[str, int] | None:
         """(presigned GET URL, size) when agents can fetch the blob from the store themselves."""
@@ -161,7 +167,7 @@ class S3BlobStore(BlobStore):
         from minio.error import S3Error
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{sha256}.{os.getpid()}.part")
+        tmp = path.with_name(f".{sha256}.{uuid.uuid4().hex}.part")
         try:
             self.client.fget_object(self.bucket, self.key(sha256), str(tmp))
         except S3Error as exc:
@@ -183,6 +189,23 @@ class S3BlobStore(BlobStore):
             return out
 
         return {**local, **await asyncio.to_thread(remote)}
+
+    async def intact(self, sha256: str, size: int) -> bool:
+        """A cached copy must hash right; otherwise the object must be in the bucket with its size. The object is
+        not downloaded to check it: agents upload straight into the bucket, and the controller stays off that path."""
+        from minio.error import S3Error
+
+        if await asyncio.to_thread(self.path(sha256).exists):
+            if await super().intact(sha256, size):
+                return True
+            await BlobStore.delete(self, sha256)  # a damaged cache entry: the bucket decides
+        try:
+            stat = await asyncio.to_thread(self.client.stat_object, self.bucket, self.key(sha256))
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                return False
+            raise
+        return int(stat.size or 0) == size
 
     async def delete(self, sha256: str) -> None:
         await BlobStore.delete(self, sha256)
@@ -208,6 +231,14 @@ class S3BlobStore(BlobStore):
             self.client.presigned_put_object, self.bucket, self.key(sha256), expires=timedelta(hours=1)
         )
         return url
+
+
+def _hashes_to(path: Path, sha256: str) -> bool:
+    """Whether the file at `path` exists and hashes to `sha256` (blocking)."""
+    try:
+        return file_sha256(path) == sha256
+    except FileNotFoundError:
+        return False
 
 
 def open_blobs(uri: str, data_dir: Path, credentials: tuple[str, str] = ("", "")) -> BlobStore:
