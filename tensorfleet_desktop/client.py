@@ -483,7 +483,7 @@ class Client:
         if hasher.hexdigest() != header.sha256 or size != header.size:
             tmp.unlink(missing_ok=True)
             got = f"{size} bytes, sha256 {hasher.hexdigest()[:12]}"
-            raise TensorFleetError(f"the download of {ref} arrived damaged ({got}, expected {header.sha256[:12]})")
+            raise DataLoss(f"the download of {ref} arrived damaged ({got}, expected {header.sha256[:12]})", "DATA_LOSS")
         tmp.replace(path)
         config = json.loads(header.config_json or "{}")
         if config:
@@ -524,9 +524,10 @@ class Client:
         if hasher.hexdigest() != header["sha256"] or size != header["size"]:
             tmp.unlink(missing_ok=True)
             got = f"{size} bytes, sha256 {hasher.hexdigest()[:12]}"
-            raise TensorFleetError(
+            raise DataLoss(
                 f"artifact {name} of job {job_id} arrived damaged ({got}; expected {header['size']} bytes, "
-                f"sha256 {header['sha256'][:12]}): nothing was written"
+                f"sha256 {header['sha256'][:12]}): nothing was written",
+                "DATA_LOSS",
             )
         tmp.replace(path)
         return {**header, "path": str(path)}

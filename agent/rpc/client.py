@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import secrets
 import socket
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,7 +303,7 @@ class AgentClient:
         """Download a blob to `dest`, verifying its sha256; returns its size."""
         hasher = hashlib.sha256()
         size = -1
-        tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
+        tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.part")  # unique: two copies of one blob never share it
         request = pb.GetBlobRequest(sha256=sha256)
         try:
             with tmp.open("wb") as fh:

@@ -62,7 +62,7 @@ from tensorfleet_desktop.controller.model import (
     JobTask,
     TaskRunState,
 )
-from tensorfleet_desktop.controller.registry import Registry, pick_artifacts
+from tensorfleet_desktop.controller.registry import BlobDamaged, Registry, pick_artifacts
 from tensorfleet_desktop.controller.retention import referenced, stale_partials, trim_checkpoints
 from tensorfleet_desktop.controller.scheduler import Capacity, RankLayout, Request, plan, rank_layout
 from tensorfleet_desktop.controller.sweep import Study, parse_sweep
@@ -121,7 +121,7 @@ class Controller:
         self._studies: dict[str, Study] = {}
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self.datasets: dict[str, dict[str, Any]] = {}
-        self.registry = Registry(store, blobs)
+        self.registry = Registry(store, blobs, self._refetch_model)
         self._registering: set[str] = set()
         fleet.subscribe(self._on_fleet)
 
@@ -198,26 +198,51 @@ class Controller:
         return job, hits[-1]
 
     async def artifact_path(self, job: Job, artifact: ArtifactInfo) -> Path:
-        """The artifact's file in the blob store, once the copy from its agent has landed."""
+        """The artifact's file in the blob store, checked against its sha256 before it is served; fetched (again)
+        from the agent that saved it when it is missing or damaged. BlobDamaged when no good copy can be had."""
         fetch = self._fetches.get(artifact.sha256)
         if fetch is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(fetch), 120)
-        try:
-            return await self.blobs.ensure(artifact.sha256)
-        except FileNotFoundError:
-            pass
+        path = await self._good_copy(artifact.sha256)
+        if path is not None:
+            return path
         task = next((t for t in job.tasks if t.index == artifact.task_index), None)
         record = self.fleet.agents.get(task.node_id) if task is not None else None
-        if record is not None:  # the first copy failed (agent away at the time): try once more
-            await self._fetch_blob(record, artifact.sha256)
+        if record is not None:  # missing (agent away at the time) or damaged: from the agent, once more
+            await self._fetch_once(record, artifact.sha256)
+        path = await self._good_copy(artifact.sha256)
+        if path is not None:
+            return path
+        if await asyncio.to_thread(self.blobs.path(artifact.sha256).exists):
+            raise BlobDamaged(
+                f"artifact {artifact.name!r} of job {job.id}: its file {artifact.sha256[:12]} in the controller's "
+                "blob store is damaged and its agent has no good copy"
+            )
+        raise JobError(
+            f"artifact {artifact.name!r} of job {job.id} ({artifact.sha256[:12]}) is not in the controller's "
+            "blob store: the agent that saved it has not delivered it"
+        )
+
+    async def _good_copy(self, sha256: str) -> Path | None:
+        """The blob's local file when it hashes to its name (fetched from the object store first if need be)."""
         try:
-            return await self.blobs.ensure(artifact.sha256)
+            path = await self.blobs.ensure(sha256)
         except FileNotFoundError:
-            raise JobError(
-                f"artifact {artifact.name!r} of job {job.id} ({artifact.sha256[:12]}) is not in the controller's "
-                "blob store: the agent that saved it has not delivered it"
-            ) from None
+            return None
+        return path if await asyncio.to_thread(_hashes_to, path, sha256) else None
+
+    async def _refetch_model(self, record: dict[str, Any]) -> None:
+        """A registered model's blob is missing or damaged: copy it again from the agent of the job that made it,
+        if that agent is connected and still has it."""
+        job = self.jobs.get(str(record.get("job_id", "")))
+        artifact = next((a for a in job.artifacts if a.sha256 == record["sha256"]), None) if job else None
+        if job is None or artifact is None:
+            return
+        task = next((t for t in job.tasks if t.index == artifact.task_index), None)
+        agent = self.fleet.agents.get(task.node_id) if task is not None else None
+        if agent is not None:
+            await self._fetch_once(agent, record["sha256"])
 
     def list_jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[Job]:
         jobs = sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)
@@ -934,9 +959,7 @@ class Controller:
             self._record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))
             record = self.fleet.agents.get(task.node_id)
             if record is not None and p.sha256 not in self._fetches:
-                fetch = asyncio.create_task(self._fetch_blob(record, p.sha256))
-                self._fetches[p.sha256] = fetch
-                fetch.add_done_callback(functools.partial(self._fetched, p.sha256))
+                self._start_fetch(record, p.sha256)
         elif isinstance(p, Finished):
             self._task_finished(job, task, p, base)
 
@@ -953,8 +976,30 @@ class Controller:
         self._job_changed(job, "progress")
         self._wake.set()
 
-    def _fetched(self, sha256: str, _task: asyncio.Task[None]) -> None:
-        self._fetches.pop(sha256, None)
+    def _fetched(self, sha256: str, task: asyncio.Task[None]) -> None:
+        if self._fetches.get(sha256) is task:
+            del self._fetches[sha256]
+        if not task.cancelled():
+            task.exception()  # retrieved: whoever awaited it has seen it
+
+    def _start_fetch(self, record: AgentRecord, sha256: str, strict: bool = False) -> asyncio.Task[None]:
+        fetch = asyncio.create_task(self._fetch_blob(record, sha256, strict))
+        self._fetches[sha256] = fetch
+        fetch.add_done_callback(functools.partial(self._fetched, sha256))
+        return fetch
+
+    async def _fetch_once(self, record: AgentRecord, sha256: str, strict: bool = False) -> None:
+        """Every copy of a blob from an agent goes through self._fetches: a copy of this sha256 already running
+        is joined, never started twice (two copies would race on the same destination). `strict`: raise what
+        went wrong: after joining a copy that only logs its failure, a strict caller copies again itself, which
+        costs nothing when the joined copy landed (a file that hashes right is not copied again)."""
+        running = self._fetches.get(sha256)
+        if running is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(running)
+            if not strict:
+                return
+        await asyncio.shield(self._fetches.get(sha256) or self._start_fetch(record, sha256, strict))
 
     async def _fetch_blob(self, record: AgentRecord, sha256: str, strict: bool = False) -> None:
         """Copy an artifact or checkpoint into the controller's blob store, so it outlives its agent.
@@ -1212,7 +1257,7 @@ class Controller:
             record = self.fleet.agents.get(task.node_id) if task is not None else None
             if record is None or record.client is None:
                 raise OSError(f"{artifact.name} ({artifact.sha256[:12]}) is not saved and its agent is not connected")
-            await self._fetch_blob(record, artifact.sha256, strict=True)
+            await self._fetch_once(record, artifact.sha256, strict=True)
         names = {d["sha256"]: name for name, d in self.datasets.items()}
         return await self.registry.register_job(job, names)
 

@@ -14,6 +14,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,15 @@ def check_alias(alias: str) -> str:
 
 
 class Registry:
-    def __init__(self, store: JobStore, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        blobs: BlobStore,
+        refetch: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.blobs = blobs
+        self.refetch = refetch  # copies a version's blob again from the agent that made it, when it can
         self._checked: dict[str, tuple[int, int, bool]] = {}  # sha256 -> (size, mtime_ns, hashes right)
 
     # ---- registration
@@ -241,18 +248,27 @@ class Registry:
     # ---- bytes
 
     async def verified(self, record: dict[str, Any]) -> Path:
-        """The model's blob, after checking it still hashes to the recorded sha256."""
+        """The model's blob, after checking it still hashes to the recorded sha256; a missing or damaged one is
+        copied again from the agent of the job that made it when that agent is connected and has it."""
         where = f"{record['name']}:{record['version']}"
+        problem = await self._check(record)
+        if problem and self.refetch is not None:
+            await self.refetch(record)
+            problem = await self._check(record)
+        if problem:
+            raise BlobDamaged(f"{where}: {problem}")
+        return self.blobs.path(record["sha256"])
+
+    async def _check(self, record: dict[str, Any]) -> str:
+        """What is wrong with a version's blob ("" when nothing)."""
         try:
             path = await self.blobs.ensure(record["sha256"])
             digest = await asyncio.to_thread(file_sha256, path)
         except FileNotFoundError:
-            raise BlobDamaged(f"{where}: its file {record['sha256'][:12]} is missing from the blob store") from None
+            return f"its file {record['sha256'][:12]} is missing from the blob store"
         if digest != record["sha256"]:
-            raise BlobDamaged(
-                f"{where}: stored bytes hash to {digest[:12]}, not {record['sha256'][:12]}: the file is damaged"
-            )
-        return path
+            return f"stored bytes hash to {digest[:12]}, not {record['sha256'][:12]}: the file is damaged"
+        return ""
 
     async def with_blob_status(self, records: Records) -> Records:
         """The records with "blob": MISSING, DAMAGED or "" (a file is hashed once, then again only when its

@@ -250,3 +250,116 @@ def test_a_disk_full_oserror_names_the_controllers_data_dir_and_its_free_space(t
             assert abs(int(found[1]) - (shutil.disk_usage(data_dir).free >> 20)) < 64, message
     finally:
         service._DATA_DIR[0] = old
+
+
+def _job_with_artifact(controller: Controller, data: bytes, name: str = "model.skops") -> tuple[Job, Any, _Agent]:
+    """A job in the controller whose task 0 ran on a connected agent that still holds `data` as artifact `name`."""
+    from tensorfleet_desktop.controller.model import ArtifactInfo
+
+    agent = _Agent(data)
+    record = AgentRecord(node_id="n1", address="127.0.0.1:1", source="manual", state=AgentState.ONLINE)
+    record.client = agent  # type: ignore[assignment]
+    controller.fleet.agents[record.node_id] = record
+    job = _job("j-art")
+    job.tasks = [JobTask(index=0, node_id="n1")]
+    artifact = ArtifactInfo(hashlib.sha256(data).hexdigest(), len(data), "model", name, 0)
+    job.artifacts = [artifact]
+    controller.jobs[job.id] = job
+    return job, artifact, agent
+
+
+async def test_a_damaged_artifact_is_fetched_again_before_it_is_served(controller: Controller) -> None:
+    from tensorfleet_desktop.controller.registry import BlobDamaged
+
+    data = b"artifact bytes " * 1000
+    job, artifact, agent = _job_with_artifact(controller, data)
+    dest = controller.blobs.path(artifact.sha256)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data[:-1] + b"!")  # same size, one byte flipped
+    path = await controller.artifact_path(job, artifact)
+    assert path.read_bytes() == data and agent.sent == 1
+    await controller.artifact_path(job, artifact)  # intact now: served as is
+    assert agent.sent == 1
+    del controller.fleet.agents["n1"]  # damaged again, and nobody has a good copy: data loss, not a bad request
+    dest.write_bytes(data[:-1] + b"!")
+    with pytest.raises(BlobDamaged, match="damaged"):
+        await controller.artifact_path(job, artifact)
+
+
+async def test_a_registered_models_missing_blob_is_fetched_again_from_its_agent(controller: Controller) -> None:
+    data = b"model bytes " * 1000
+    job, artifact, agent = _job_with_artifact(controller, data)
+    record = {"name": "m", "version": 1, "sha256": artifact.sha256, "job_id": job.id}
+    assert not controller.blobs.path(artifact.sha256).exists()  # deleted, or never copied
+    path = await controller.registry.verified(record)
+    assert path.read_bytes() == data and agent.sent == 1
+
+
+async def test_concurrent_fetches_of_one_blob_copy_it_once(controller: Controller) -> None:
+    data = b"shared bytes " * 1000
+    job, artifact, agent = _job_with_artifact(controller, data)
+    release = asyncio.Event()
+    real = agent.get_blob
+
+    async def slow_get_blob(sha256: str, dest: Path) -> int:
+        await release.wait()
+        return await real(sha256, dest)
+
+    agent.get_blob = slow_get_blob  # type: ignore[method-assign]
+    first = asyncio.create_task(controller.artifact_path(job, artifact))
+    second = asyncio.create_task(controller.artifact_path(job, artifact))
+    await asyncio.sleep(0)  # both are waiting for the agent now (no timing: release only lets them finish)
+    await asyncio.sleep(0)
+    release.set()
+    paths = await asyncio.gather(first, second)
+    assert [p.read_bytes() == data for p in paths] == [True, True]
+    assert agent.sent == 1
+
+
+async def test_two_copies_of_one_blob_into_one_destination_do_not_share_a_temporary_file(tmp_path: Path) -> None:
+    """AgentClient.get_blob: a copy that fails must not delete, or write into, the file of another copy."""
+    from tensorfleet_agent.rpc.client import AgentClient
+
+    data = b"blob bytes " * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    dest = tmp_path / sha
+    a_wrote, b_wrote, a_fail, a_gone = asyncio.Event(), asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    class _Chunk:
+        def __init__(self, part: str, payload: bytes = b"") -> None:
+            self.part, self.data = part, payload
+            self.header = type("H", (), {"size": len(data)})()
+
+        def WhichOneof(self, _name: str) -> str:
+            return self.part
+
+    async def failing(_start: Any) -> Any:
+        yield _Chunk("header")
+        yield _Chunk("data", data[:100])
+        a_wrote.set()
+        await a_fail.wait()
+        raise OSError("the agent went away")
+
+    async def whole(_start: Any) -> Any:
+        await a_wrote.wait()
+        yield _Chunk("header")
+        yield _Chunk("data", data)
+        b_wrote.set()
+        await a_gone.wait()  # the failed copy cleans up before this one moves its file into place
+
+    copies = []
+    for stream in (failing, whole):
+        client = AgentClient.__new__(AgentClient)
+        client.stub = None  # type: ignore[assignment]
+        client._stream = stream  # type: ignore[method-assign]
+        copies.append(client)
+    a = asyncio.create_task(copies[0].get_blob(sha, dest))
+    b = asyncio.create_task(copies[1].get_blob(sha, dest))
+    await b_wrote.wait()
+    a_fail.set()
+    with pytest.raises(OSError, match="went away"):
+        await a
+    a_gone.set()
+    assert await b == len(data)
+    assert await asyncio.to_thread(dest.read_bytes) == data
+    assert await asyncio.to_thread(lambda: list(tmp_path.glob("*.part"))) == []
