@@ -443,6 +443,8 @@ class Controller:
         job = self.get(job_id)
         if job.state not in (JobState.QUEUED, JobState.RUNNING):
             raise JobError(f"only queued or running jobs can be paused; {job.id} is {job.state.value}")
+        if job.id in self._registering:  # nothing runs any more: pausing would only hide the save's outcome
+            raise JobError(f"all tasks of {job.id} are done; the job is saving its model")
         checkpointing = get_workload(str(job.spec["algorithm"])).category in _CHECKPOINTING
         for task in job.tasks:
             record = self.fleet.agents.get(task.node_id)

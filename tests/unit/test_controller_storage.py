@@ -363,3 +363,18 @@ async def test_two_copies_of_one_blob_into_one_destination_do_not_share_a_tempor
     assert await b == len(data)
     assert await asyncio.to_thread(dest.read_bytes) == data
     assert await asyncio.to_thread(lambda: list(tmp_path.glob("*.part"))) == []
+
+
+async def test_a_job_saving_its_model_cannot_be_paused(controller: Controller) -> None:
+    from tensorfleet_desktop.controller.core import JobError
+
+    job, _artifact, _agent = _job_with_artifact(controller, b"model bytes " * 100)
+    job.state = JobState.RUNNING
+    job.tasks[0].state = TaskRunState.SUCCEEDED
+    del controller.fleet.agents["n1"]  # its agent is away: the save is retried, the job stays RUNNING meanwhile
+    controller._succeed(job)
+    await asyncio.sleep(0)
+    assert job.state is JobState.RUNNING
+    with pytest.raises(JobError, match="all tasks of j-art are done; the job is saving its model"):
+        controller.pause(job.id)
+    assert job.state is JobState.RUNNING
