@@ -1,6 +1,7 @@
 """`tensorfleet`: the command line. Exit codes: 0 ok, 1 the waited-for job did not succeed,
 2 refused input, 3 controller unreachable, 4 the controller cannot save (data dir full), 5 stored data
-damaged. With --json, stdout holds exactly one JSON document."""
+damaged, 141 the reader of stdout left (a closed pipe, as `yes | head` gives: 128 + SIGPIPE). With --json, stdout
+holds exactly one JSON document."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.version import AGENT_VERSION
 
 EXIT_INPUT = 2
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE: what a shell reports for a writer whose reader left (`yes | head`)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # as Python's docs recommend: nothing more goes to the closed pipe, no traceback
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return EXIT_BROKEN_PIPE  # not 1: that says the waited-for job did not succeed
 
 
 def _main(argv: list[str] | None) -> int:
