@@ -29,7 +29,7 @@ from tensorfleet_agent.runtime.gpus import Gpus
 from tensorfleet_agent.runtime.slots import SlotPool
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler, disk_free, machine_facts
 from tensorfleet_agent.security.authority import Authority, add_join_token, new_join_token
-from tensorfleet_agent.security.files import private_dir
+from tensorfleet_agent.security.files import make_data_dir, tighten_data_dir
 from tensorfleet_agent.security.interceptor import SERVICE as AGENT_SERVICE
 from tensorfleet_agent.security.interceptor import AuthInterceptor
 from tensorfleet_agent.security.secrets import cluster_id_of, register
@@ -85,9 +85,12 @@ class AgentDaemon:
         t0 = time.monotonic()
         if cfg.insecure and not is_loopback(cfg.host):
             raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
-        private_dir(cfg.data_dir)  # 0700, tightened if older: keys, journals, what tasks printed
+        created = make_data_dir(cfg.data_dir)  # a sentence, not a traceback, when it is another user's
         self._lock = DataDirLock(cfg.data_dir, "tensorfleet-agent")
-        self._lock.acquire()  # before anything in the data dir is read or written
+        self._lock.acquire()  # before anything in the data dir is read, written or chmod-ed
+        warning = tighten_data_dir(cfg.data_dir, created)  # 0700 when ours: keys, journals, what tasks printed
+        if warning:
+            log.warning("%s", warning)
         self.identity = await asyncio.to_thread(load_or_create_identity, cfg.data_dir / "identity", "agent")
         self.node_id = self.identity.node_id
         self.authority: Authority | None = None

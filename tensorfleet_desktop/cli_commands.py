@@ -237,6 +237,7 @@ def serve(args: argparse.Namespace) -> int:
     ):
         if port is not None and not 0 <= port <= 65535:
             raise UsageError(f"{flag} must be between 0 and 65535 (0: a free port), got {port}")
+    from tensorfleet_agent.security.files import unusable
     from tensorfleet_desktop.controller.settings import FileSettings, load_settings
 
     data_dir = (args.data_dir or default_data_dir()).resolve()
@@ -245,6 +246,10 @@ def serve(args: argparse.Namespace) -> int:
         settings = load_settings(config_path) if args.config or config_path.exists() else FileSettings()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    except PermissionError as exc:  # another user's data dir, or one this user cannot read
+        if args.config:
+            raise UsageError(f"cannot read {config_path}: {exc.strerror or exc}") from None
+        raise UsageError(str(unusable(data_dir, exc))) from None
     env_store = os.environ.get("TENSORFLEET_MONGODB_URI", "")
     _guard_secrets(args.store, args.store or env_store or settings.store_uri, settings, config_path)
     try:

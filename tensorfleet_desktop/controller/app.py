@@ -22,7 +22,7 @@ from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
 from tensorfleet_agent.runtime.process import CREDENTIAL_VARIABLES, agent_command
-from tensorfleet_agent.security.files import private_dir
+from tensorfleet_agent.security.files import make_data_dir, tighten_data_dir
 from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.connection import connection_path, remove_connection, write_connection
 from tensorfleet_desktop.controller.core import Controller
@@ -117,9 +117,12 @@ class ControllerApp:
         cfg = self.config
         started = time.time()
         cfg.data_dir = cfg.data_dir.resolve()  # the local agent and the URIs need it absolute
-        private_dir(cfg.data_dir)  # 0700, tightened if older: store, blobs, client token, logs
+        created = make_data_dir(cfg.data_dir)  # a sentence, not a traceback, when it is another user's
         self._lock = DataDirLock(cfg.data_dir, "tensorfleet serve")
-        self._lock.acquire()  # DataDirInUse before the store, blobs or identity are touched
+        self._lock.acquire()  # DataDirInUse before the store, blobs, identity or the dir's mode are touched
+        warning = tighten_data_dir(cfg.data_dir, created)  # 0700 when ours: store, blobs, client token, logs
+        if warning:
+            log.warning("%s", warning)
         store_uri, blobs_uri = resolve_uris(cfg.data_dir, cfg.store_uri, cfg.blobs_uri)
         self.blobs = open_blobs(blobs_uri, cfg.data_dir, cfg.s3_credentials)
         if cfg.insecure and not is_loopback(cfg.host):
