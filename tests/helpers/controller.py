@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from helpers.agents import CLUSTER_TOKEN
 from helpers.processes import wait_for_ready_file
+from helpers.waiting import wait_until
 
 LOOPBACK = "127.0.0.1"
 
@@ -92,6 +95,22 @@ class ControllerProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def scheduler_passes(self) -> int:
+        """Scheduler passes completed so far, from the controller's /metrics (start it with --metrics-port 0)."""
+        port = self.info.get("metrics_port")
+        assert port, "counting scheduler passes needs the controller started with --metrics-port 0"
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=10) as response:
+            page = response.read().decode()
+        found = re.search(r"^tensorfleet_schedule_pass_seconds_count (\S+)$", page, re.MULTILINE)
+        assert found, "no tensorfleet_schedule_pass_seconds_count on /metrics"
+        return int(float(found.group(1)))
+
+    def after_scheduler_passes(self, passes: int = 2, timeout: float = 10.0) -> None:
+        """Return once `passes` scheduler passes have completed since this call: whatever was queued when it
+        was made has been considered for placement that often (the positive signal behind "never placed")."""
+        start = self.scheduler_passes()
+        wait_until(lambda: self.scheduler_passes() >= start + passes, timeout, f"{passes} scheduler passes")
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         return tensorfleet("--controller", self.address, *args, timeout=timeout)

@@ -18,7 +18,8 @@ def cluster(
     tmp_path: Path, agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess]
 ) -> Iterator[tuple[ControllerProcess, list[AgentProcess]]]:
     agents = [agent_factory(tmp_path / f"agent{i}", name=f"agent-{i}", cpu_slots=1) for i in range(2)]
-    controller = controller_factory(tmp_path / "controller")
+    # /metrics on a free port: tests count scheduler passes there (ControllerProcess.after_scheduler_passes)
+    controller = controller_factory(tmp_path / "controller", extra_args=["--metrics-port", "0"])
     for process in (*agents, controller):  # start together, then wait: the controller finds them as they come
         process.spawn()
     for agent in agents:

@@ -7,11 +7,13 @@ import os
 import time
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
 from helpers.agents import AgentProcess
 from helpers.grpc_probe import health_status
+from helpers.waiting import eventually
 from tensorfleet_agent.core.types import Finished, StateChanged, TaskSpec, TaskState
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.rpc.client import AgentClient
@@ -25,6 +27,10 @@ async def _running_pid(client: AgentClient, task_id: str) -> int:
         if isinstance(p, StateChanged) and p.state is TaskState.RUNNING:
             return int(p.message.rsplit(" ", 1)[1])
     raise AssertionError("task never ran")
+
+
+async def _draining(client: AgentClient) -> bool:
+    return (await client.get_info()).draining
 
 
 def _gone(pid: int, timeout: float) -> bool:
@@ -80,9 +86,11 @@ async def test_sigterm_drains_running_tasks_and_says_goodbye(agent_factory: type
             assert await health_status(client.channel, "tensorfleet.v1.AgentService") == "SERVING"
             assert agent.proc is not None
             agent.proc.send_signal(15)
-            await asyncio.sleep(0.3)
-            with pytest.raises(Exception, match="draining"):
+            await eventually(lambda: _draining(client), 10, "the agent draining")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await client.run_task(TaskSpec("too-late", "j", "noop"))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert refused.value.details() == "the agent is draining and accepts no new tasks"
             # probes and load balancers see the drain while the running task still finishes
             assert await health_status(client.channel) == "NOT_SERVING"
             assert await health_status(client.channel, "tensorfleet.v1.AgentService") == "NOT_SERVING"

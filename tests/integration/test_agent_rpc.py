@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
@@ -17,6 +18,7 @@ import grpc
 import pytest
 
 from helpers.agents import AgentProcess
+from helpers.waiting import eventually
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.types import (
     ArtifactReady,
@@ -25,6 +27,7 @@ from tensorfleet_agent.core.types import (
     Finished,
     LogLine,
     MetricPoint,
+    Progress,
     StateChanged,
     TaskEvent,
     TaskSpec,
@@ -71,17 +74,13 @@ async def test_get_info_and_telemetry(agent: AgentProcess) -> None:
         assert info.cpu_count >= 1 and info.memory_total_bytes > 0 and info.disk_free_bytes > 0
         assert {"noop", "sleep", "emit", "fail"} <= set(info.workloads)
         assert info.gpus == ()  # no NVML here: no GPUs, no error
-        # periodic: 6 samples at 0.2 s, one per tick (not a burst), none missing for long; generous margins
-        # (cadence figures: benchmarks/agent_bench.py). A stream that stops fails here, not at the suite timeout.
         samples = []
-        async with asyncio.timeout(15):
-            async for sample in client.telemetry(0.2):
-                samples.append(sample)
-                if len(samples) == 6:
-                    break
+        async for sample in client.telemetry(0.2):
+            samples.append(sample)
+            if len(samples) == 4:
+                break
         gaps = [b.time - a.time for a, b in itertools.pairwise(samples)]
-        assert all(g > 0 for g in gaps) and samples[-1].time - samples[0].time >= 5 * 0.2 * 0.5, gaps
-        assert max(gaps) < 10 * 0.2, gaps
+        assert all(0.1 < g < 0.6 for g in gaps), gaps
         assert all(0 <= s.cpu_percent <= 100 and s.memory_total_bytes > s.memory_used_bytes for s in samples)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in client.telemetry(-1):
@@ -123,9 +122,8 @@ async def test_cancel_kills_within_two_seconds(agent: AgentProcess) -> None:
     async with agent.client() as client:
         await client.run_task(TaskSpec("long", "j", "sleep", {"seconds": 60}))
         async for event in client.watch_task("long"):
-            if isinstance(event.payload, StateChanged) and event.payload.state is TaskState.RUNNING:
-                break
-        await asyncio.sleep(0.3)
+            if isinstance(event.payload, Progress):
+                break  # the workload itself is running (it reports progress 0 as it starts sleeping)
         asked = time.time()
         assert await client.cancel_task("long", "user asked") is True
         events = await _all(client, "long")
@@ -220,8 +218,19 @@ async def test_a_new_job_starts_on_a_spare_worker_with_sklearn_imported(
     import psutil
 
     agent = agent_factory(tmp_path / "spare-agent", spare_workers=1).start()
+    assert agent.proc is not None
+    agent_process = psutil.Process(agent.proc.pid)
+
+    def spare_with_sklearn() -> bool:
+        """A worker has scikit-learn loaded: the agent sent it the preload, which it does as it keeps a spare."""
+        for child in agent_process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if any("/sklearn/" in m.path for m in child.memory_maps()):
+                    return True
+        return False
+
     async with agent.client() as client:
-        await asyncio.sleep(3)  # the agent starts its spare in the background
+        await eventually(spare_with_sklearn, 60, "a spare worker with scikit-learn imported")
         asked = time.time()
         events = await run(client, TaskSpec("spare", "fresh-job", "decision_tree", {"max_depth": 3}, dataset="iris"))
     assert finished(events).status is TaskState.SUCCEEDED

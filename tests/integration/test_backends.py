@@ -105,10 +105,10 @@ def test_a_hung_mongodb_delays_writes_but_loses_none(
     with Client(controller.address) as client:
         wait_until(lambda: any(a["state"] == "ONLINE" for a in client.agents()), 20, "the agent")
         job = client.submit({"algorithm": "emit", "hyperparameters": {"points": 60, "rate": 20, "name": "x"}})
-        time.sleep(0.5)
+        wait_until(lambda: "x" in client.job(job["id"])["metrics"], 30, "the first points")  # mid-stream
         server.pause()  # SIGSTOP: connections stay open, nothing answers
         try:
-            time.sleep(4)
+            time.sleep(4)  # the scenario, not a wait: MongoDB hangs for 4 s while points keep coming
         finally:
             server.resume()
         final = client.wait(job["id"], timeout=120)

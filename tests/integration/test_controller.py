@@ -109,9 +109,11 @@ def test_cancel_pause_resume_resubmit(cluster: tuple[ControllerProcess, list[Age
         job = client.submit({"algorithm": "sleep", "hyperparameters": {"seconds": 2}})
         wait_until(lambda: client.job(job["id"])["task_list"][0]["state"] == "RUNNING", 30, "running")
         assert cli_json(controller.cli("pause", job["id"], "--json"))["state"] == "PAUSED"
-        time.sleep(0.5)
+        wait_until(lambda: client.job(job["id"])["task_list"][0]["state"] == "PENDING", 10, "the task stopped")
+        controller.after_scheduler_passes()  # a paused job is not placed again
         paused = client.job(job["id"])
         assert paused["state"] == "PAUSED" and paused["task_list"][0]["state"] == "PENDING"
+        assert paused["tasks"]["attempts"] == 1
         assert cli_json(controller.cli("resume", job["id"], "--json"))["state"] == "QUEUED"
         final = client.wait(job["id"], timeout=60)
         assert final["state"] == "SUCCEEDED" and final["tasks"]["attempts"] == 2
@@ -174,7 +176,7 @@ def test_controller_killed_and_restarted_mid_job(
         job = client.submit({"algorithm": "emit", "hyperparameters": {"points": 400, "rate": 100}})
         wait_until(lambda: client.job(job["id"])["metrics"].get("value", 0) > 50, 30, "some points")
     controller.kill()
-    time.sleep(1.0)
+    time.sleep(1.0)  # the scenario, not a wait: the job runs on without a controller and the restart catches up
     controller.start()
     with Client(controller.address) as client:
         final = client.wait(job["id"], timeout=60)
@@ -329,7 +331,7 @@ def test_manual_agents_are_remembered_drained_and_removed(
     agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess], tmp_path: Path
 ) -> None:
     agent = agent_factory(tmp_path / "manual", name="manual-agent", cpu_slots=1, extra_args=["--no-advertise"]).start()
-    controller = controller_factory(tmp_path / "ctl", extra_args=["--no-mdns"]).start()
+    controller = controller_factory(tmp_path / "ctl", extra_args=["--no-mdns", "--metrics-port", "0"]).start()
     added = cli_json(controller.cli("agents", "add", agent.address, "--json"))
     assert added["id"] == agent.info["node_id"] and added["source"] == "manual"
     assert controller.cli("agents", "add", "127.0.0.1:1").returncode == 2
@@ -341,7 +343,7 @@ def test_manual_agents_are_remembered_drained_and_removed(
         drained = cli_json(controller.cli("agents", "drain", "manual-agent", "--json"))
         assert drained["state"] == "DRAINING"
         job = client.submit({"algorithm": "noop"})
-        time.sleep(1.5)
+        controller.after_scheduler_passes()
         assert client.job(job["id"])["state"] == "QUEUED"  # nothing is placed on a draining agent
         removed = cli_json(controller.cli("agents", "rm", "manual-agent", "--json"))
         assert removed["id"] == agent.info["node_id"]
@@ -646,7 +648,9 @@ def test_pausing_a_gang_checkpoints_mid_epoch_and_resume_continues_from_there(
         (checkpoint,) = [a for a in paused["artifacts"] if a["kind"] == "checkpoint"]
         for rank in paused["task_list"]:  # each rank said where it stopped, and it was not a failure
             assert rank["exit_cause"] == "stopped" and f"(step {checkpoint['step']})" in rank["error"], rank
-        time.sleep(1.0)  # while paused nothing runs: no new loss points
+        controller.after_scheduler_passes()  # while paused nothing is placed or runs: no new loss points
+        paused = client.job(job["id"])
+        assert all(t["state"] == "PENDING" and t["attempt"] == 1 for t in paused["task_list"]), paused
         steps_before = {p["step"] for p in client.metrics(job["id"], ("loss",))}
         assert max(steps_before) == checkpoint["step"]
         assert paused["state"] == "PAUSED" and time.time() - paused_at < 30

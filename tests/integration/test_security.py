@@ -12,7 +12,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +80,7 @@ async def test_handshakes(agent_factory: type[AgentProcess], tmp_path: Path) -> 
             await client.pair("tfj-not-the-token")
         # expired token
         expired = new_token(agent, ttl=0.5)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # the scenario, not a wait: the token's lifetime runs out
         with pytest.raises(PairingError, match="wrong or expired token"):
             await client.pair(expired)
         # the right token pairs; work runs
@@ -92,6 +91,9 @@ async def test_handshakes(agent_factory: type[AgentProcess], tmp_path: Path) -> 
     async with fresh_client(agent, tmp_path / "ctl2") as other:
         with pytest.raises(PairingError):
             await other.pair(first_token)
+
+
+SPENT = "unknown, used or expired challenge: start again"
 
 
 async def test_replayed_and_forged_exchanges_are_refused(agent_factory: type[AgentProcess], tmp_path: Path) -> None:
@@ -124,8 +126,9 @@ async def test_replayed_and_forged_exchanges_are_refused(agent_factory: type[Age
             proof=proof(token_key(token), b"tf-pair-controller", begin.agent_nonce, me.fingerprint, agent_fp),
         )
         await stub.PairFinish(good)
-        with pytest.raises(grpc.aio.AioRpcError, match="challenge"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.PairFinish(good)
+        assert (err.value.code(), err.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, SPENT)
         # authentication: a signed challenge works once
         challenge = await stub.GetChallenge(pb.ChallengeRequest())
         signed = pb.AuthenticateRequest(
@@ -135,12 +138,13 @@ async def test_replayed_and_forged_exchanges_are_refused(agent_factory: type[Age
         )
         session = await stub.Authenticate(signed)
         assert session.session_token
-        with pytest.raises(grpc.aio.AioRpcError, match="challenge"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Authenticate(signed)
+        assert (err.value.code(), err.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, SPENT)
         # someone else's certificate with our signature: refused
         intruder = load_or_create_identity(tmp_path / "intruder", "controller")
         challenge = await stub.GetChallenge(pb.ChallengeRequest())
-        with pytest.raises(grpc.aio.AioRpcError, match="not paired"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Authenticate(
                 pb.AuthenticateRequest(
                     controller_cert_pem=intruder.cert_pem,
@@ -148,6 +152,8 @@ async def test_replayed_and_forged_exchanges_are_refused(agent_factory: type[Age
                     signature=me.sign(b"tf-auth|" + challenge.nonce + b"|" + node_id.encode()),
                 )
             )
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert err.value.details().startswith(f"controller {intruder.fingerprint[:16]} is not paired with this agent")
         # a forged session token
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ListTasks(pb.ListTasksRequest(), metadata=(("authorization", "Bearer forged"),))
@@ -202,13 +208,19 @@ def test_two_clusters_never_mix(
         for k, t in tokens.items()
     }
     controllers = {
-        k: controller_factory(tmp_path / f"ctl-{k}", env={"TENSORFLEET_CLUSTER_TOKEN": t}).start()
+        k: controller_factory(
+            tmp_path / f"ctl-{k}", env={"TENSORFLEET_CLUSTER_TOKEN": t}, extra_args=["--metrics-port", "0"]
+        ).start()
         for k, t in tokens.items()
     }
     with Client(controllers["a"].address) as a, Client(controllers["b"].address) as b:
         for client, mine in ((a, "agent-a"), (b, "agent-b")):
             wait_until(lambda c=client, m=mine: [x for x in c.agents() if x["name"] == m and x["paired"]], 20, mine)
-        time.sleep(1.5)
+        wait_until(  # cluster a has seen agent-b's advertisement (and refused it): not a moment too early to look
+            lambda: [x for x in a.agents(all=True) if x["address"] == agents["b"].address and x["refused"]],
+            20,
+            "cluster a refusing agent-b",
+        )
         assert [x["name"] for x in a.agents()] == ["agent-a"]  # the other cluster's agent is ignored over mDNS
         # ... but listed, with the reason, by `agents --all` (and counted by the plain listing)
         listed = cli_json(controllers["a"].cli("agents", "--all", "--json"))
@@ -231,7 +243,7 @@ def test_two_clusters_never_mix(
         )
         assert entry["paired"] is False and "not paired" in entry["error"]
         job = a.submit({"algorithm": "noop", "constraints": {"on": "agent-b"}})
-        time.sleep(2)
+        controllers["a"].after_scheduler_passes()
         assert a.job(job["id"])["state"] == "QUEUED"  # an unpaired agent is never scheduled
         assert b.jobs() == []
 
@@ -401,10 +413,15 @@ def test_secrets_never_reach_logs_output_or_store(
     outputs = []
     with Client(controller.address) as client:
         wait_until(lambda: len(client.agents()) == 2, 20, "both agents")
-        outputs.append(controller.cli("agents", "pair", "a2", "--token", join, "--json").stdout)
-        outputs.append(controller.cli("agents", "pair", "a2", "--token", "tfj-wrong-" + join).stderr)
+        # both pairing paths run for real: the refusal of a wrong token, then the pairing with the right one
+        wrong = controller.cli("agents", "pair", "a2", "--token", "tfj-wrong-" + join)
+        assert wrong.returncode == 2 and "wrong or expired token" in wrong.stderr, wrong
+        paired = controller.cli("agents", "pair", "a2", "--token", join, "--json")
+        assert cli_json(paired)["paired"] is True
+        assert next(x for x in client.agents() if x["name"] == "a2")["paired"] is True
+        outputs += [wrong.stdout, wrong.stderr, paired.stdout, paired.stderr]
         job = client.submit({"algorithm": "noop", "name": f"leak {cluster} {join}"})
-        client.wait(job["id"], timeout=60)
+        assert client.wait(job["id"], timeout=60)["state"] == "SUCCEEDED"
         outputs += [
             controller.cli("agents", "--json").stdout,
             controller.cli("jobs", "--json").stdout,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from helpers.lan import Lan, python
 from helpers.lan_cluster import LanCluster
+from helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.lan]
 LAN_HOSTS = ["ctl", "h1", "h2"]
@@ -62,27 +62,36 @@ def test_a_job_runs_on_each_host(lan_cluster: LanCluster) -> None:
     assert len(lan_cluster.client.jobs()) == 2
 
 
+PLAINTEXT_CALL = """
+import sys, grpc
+from tensorfleet_agent._generated import controller_pb2 as c, controller_pb2_grpc as g
+stub = g.ControllerServiceStub(grpc.insecure_channel(sys.argv[1]))
+try:
+    stub.ListJobs(c.ListJobsRequest(), timeout=5, metadata=(("authorization", f"Bearer {sys.argv[2]}"),))
+except grpc.RpcError as exc:
+    print(exc.code().name, exc.details())
+    sys.exit(3)
+"""
+
+
 def test_remote_controller_needs_tls_and_its_client_token(lan_cluster: LanCluster) -> None:
     known = json.loads(Path(lan_cluster.env["TENSORFLEET_KNOWN_CONTROLLERS"]).read_text())
     assert len(known[lan_cluster.address]) == 64  # pinned on first use
     wrong = _cli(lan_cluster, "jobs", "--json", TENSORFLEET_CONTROLLER_TOKEN="wrong-token")
-    assert wrong.returncode == 2 and "client token" in wrong.stderr, wrong.stderr
+    assert wrong.returncode == 2 and "needs its client token on every call" in wrong.stderr, wrong.stderr
     elsewhere = str(lan_cluster.tmp / "no-connection-files")  # a client with neither the variable nor the file
     missing = _cli(lan_cluster, "jobs", TENSORFLEET_CONTROLLER_TOKEN=None, TENSORFLEET_RUNTIME_DIR=elsewhere)
     assert missing.returncode == 2 and "TENSORFLEET_CONTROLLER_TOKEN" in missing.stderr, missing.stderr
     same_user = _cli(lan_cluster, "jobs", "--json", TENSORFLEET_CONTROLLER_TOKEN=None)  # the connection file
     assert same_user.returncode == 0, same_user.stderr
+    # plaintext with the right client token: only the transport can refuse it, and it must
     plaintext = lan_cluster.controller_host.run(
-        [
-            python(),
-            "-c",
-            "import grpc, sys; from tensorfleet_agent._generated import "
-            "controller_pb2 as c, controller_pb2_grpc as g; ch = grpc.insecure_channel(sys.argv[1]); "
-            "g.ControllerServiceStub(ch).ListJobs(c.ListJobsRequest(), timeout=5)",
-            lan_cluster.address,
-        ]
+        [python(), "-c", PLAINTEXT_CALL, lan_cluster.address, lan_cluster.env["TENSORFLEET_CONTROLLER_TOKEN"]]
     )
-    assert plaintext.returncode != 0  # no plaintext beyond loopback
+    assert plaintext.returncode == 3, plaintext  # 0: the controller answered a plaintext call off loopback
+    code, details = plaintext.stdout.split(" ", 1)
+    assert code == "UNAVAILABLE", plaintext.stdout  # no HTTP/2 over the TLS port: not a refusal of the call itself
+    assert "UNAUTHENTICATED" not in details, details
 
 
 IMPOSTOR = """
@@ -117,13 +126,13 @@ def test_impersonation_across_hosts_is_refused_and_reported(lan_cluster: LanClus
         lan_cluster.tmp / "impostor.log",
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            entry = next(a for a in client.agents() if a["id"] == h1["id"])
-            if "impersonation refused" in entry["error"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert "impersonation refused" in entry["error"]
+        entry = wait_until(
+            lambda: next(
+                (a for a in client.agents() if a["id"] == h1["id"] and "impersonation refused" in a["error"]), None
+            ),
+            20,
+            "the impersonation refused",
+        )
         assert entry["address"] == h1["address"] and entry["state"] == "ONLINE"
     finally:
         impostor.kill()

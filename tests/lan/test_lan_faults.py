@@ -178,7 +178,7 @@ def test_link_down_10s_then_up(lan_cluster: LanCluster, lan: Lan, fault_figures:
         assert lost["state_since"] - down_at < LOST_DEADLINE + MARGIN, "a silent agent must be LOST within 3 s"
         moved = _task_on(client, job["id"], timeout=30)
         assert moved["agent"] != f"agent-{host}" and moved["attempt"] == 2
-        time.sleep(max(0.0, down_at + 10 - time.time()))
+        time.sleep(max(0.0, down_at + 10 - time.time()))  # the scenario, not a wait: the link stays down 10 s
     finally:
         lan.set_link(host, up=True)
     up_at = time.time()
@@ -338,7 +338,7 @@ def test_controller_killed_and_restarted_mid_job(lan_cluster: LanCluster, fault_
     job = client.submit({"algorithm": "emit", "hyperparameters": {"points": 400, "rate": 80}})
     wait_until(lambda: client.job(job["id"])["metrics"].get("value", 0) > 50, 30, "some points")
     killed_at = controller.kill()
-    time.sleep(1.0)
+    time.sleep(1.0)  # the scenario, not a wait: the job runs on without a controller and the restart catches up
     controller.start()
     ready_at = time.time()
     lan_cluster.wait_online(3)

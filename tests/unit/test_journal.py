@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from helpers.waiting import eventually
 from tensorfleet_agent.core.types import Finished, MetricPoint, StateChanged, TaskState
 from tensorfleet_agent.runtime.journal import EVENTS_FILE, RESERVE_BYTES, RESERVE_FILE, Journal
 
@@ -104,16 +105,28 @@ async def test_a_full_disk_releases_the_reserve_then_waits_for_space(tmp_path: P
     events = tmp_path / "t" / EVENTS_FILE
     events.unlink()
     events.symlink_to("/dev/full")
-    await asyncio.sleep(0.1)
-    assert (tmp_path / RESERVE_FILE).stat().st_size == RESERVE_BYTES
+    reserve = tmp_path / RESERVE_FILE
+    await eventually(lambda: reserve.exists() and reserve.stat().st_size == RESERVE_BYTES, 10, "the reserve")
     journal.append("t", StateChanged(TaskState.RUNNING))
     for i in range(20):
         journal.append("t", MetricPoint(i, "x", 1.0, 0.0))
     journal.append("t", Finished(TaskState.FAILED, "error", "OSError: [Errno 28] No space left on device"))
-    watcher = asyncio.create_task(_collect(journal, "t"))
-    await asyncio.sleep(0.5)
-    assert not watcher.done()  # nothing beyond what is on disk
-    assert (tmp_path / RESERVE_FILE).stat().st_size < RESERVE_BYTES  # some given back (no use against /dev/full)
+    seen: list[int] = []
+
+    async def watch() -> list[int]:
+        async for event in journal.watch("t"):
+            seen.append(event.seq)
+        return seen
+
+    watcher = asyncio.create_task(watch())
+    # A task appended after t, on a journal that can be written: once its events reach its watcher, the writer
+    # has tried t's (committed in order, watchers told in order) and any wrong word about them has arrived.
+    journal.create("later", {})
+    journal.append("later", Finished(TaskState.SUCCEEDED, "completed"))
+    assert await asyncio.wait_for(_collect(journal, "later"), 10) == [1]
+    await asyncio.sleep(0)  # (a yield, not a wait: t's watcher runs if it was woken with "later"'s)
+    assert seen == [] and not watcher.done()  # nothing beyond what is on disk
+    assert reserve.stat().st_size < RESERVE_BYTES  # some given back (no use against /dev/full)
     events.unlink()  # space again
     events.touch()
     assert await asyncio.wait_for(watcher, 10) == list(range(1, 23))
