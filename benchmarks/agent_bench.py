@@ -7,6 +7,8 @@
   peer: an idle interpreter with grpc.aio serving an empty server.
 - events/s through WatchTask: an `emit` task of N points followed live, then replayed;
   peer: a grpc.aio server streaming N prebuilt TaskEvent messages from memory (no worker, no journal).
+- telemetry cadence: the gaps between StreamTelemetry samples asked for every 0.2 s (min, median, max over 25
+  gaps; the tests only check that samples keep coming).
 
 Usage: python benchmarks/agent_bench.py [--points 20000]. mDNS stays on 127.0.0.1.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -138,6 +141,21 @@ def peer_idle_memory() -> dict[str, float]:
         proc.wait()
 
 
+async def telemetry_cadence(client: AgentClient, period: float = 0.2, gaps: int = 25) -> dict[str, float]:
+    times: list[float] = []
+    async for sample in client.telemetry(period):
+        times.append(sample.time)
+        if len(times) > gaps:
+            break
+    spaced = sorted(b - a for a, b in itertools.pairwise(times))
+    return {
+        "period_s": period,
+        "gap_min_s": round(spaced[0], 4),
+        "gap_median_s": round(spaced[len(spaced) // 2], 4),
+        "gap_max_s": round(spaced[-1], 4),
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--points", type=int, default=20000)
@@ -163,6 +181,7 @@ async def main() -> None:
             idle = memory([agent.proc.pid])
             async with agent.client() as client:
                 rates = [await watch_rate(client, f"emit{i}", args.points) for i in range(args.runs)]
+                out["telemetry_cadence"] = await telemetry_cadence(client)
             workers = [c.pid for c in psutil.Process(agent.proc.pid).children()]
             await asyncio.sleep(1)
             out["idle_memory"] = {

@@ -74,13 +74,17 @@ async def test_get_info_and_telemetry(agent: AgentProcess) -> None:
         assert info.cpu_count >= 1 and info.memory_total_bytes > 0 and info.disk_free_bytes > 0
         assert {"noop", "sleep", "emit", "fail"} <= set(info.workloads)
         assert info.gpus == ()  # no NVML here: no GPUs, no error
+        # periodic: 6 samples at 0.2 s, one per tick (not a burst), none missing for long; generous margins
+        # (cadence figures: benchmarks/agent_bench.py). A stream that stops fails here, not at the suite timeout.
         samples = []
-        async for sample in client.telemetry(0.2):
-            samples.append(sample)
-            if len(samples) == 4:
-                break
+        async with asyncio.timeout(15):
+            async for sample in client.telemetry(0.2):
+                samples.append(sample)
+                if len(samples) == 6:
+                    break
         gaps = [b.time - a.time for a, b in itertools.pairwise(samples)]
-        assert all(0.1 < g < 0.6 for g in gaps), gaps
+        assert all(g > 0 for g in gaps) and samples[-1].time - samples[0].time >= 5 * 0.2 * 0.5, gaps
+        assert max(gaps) < 10 * 0.2, gaps
         assert all(0 <= s.cpu_percent <= 100 and s.memory_total_bytes > s.memory_used_bytes for s in samples)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in client.telemetry(-1):
