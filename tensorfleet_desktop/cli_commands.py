@@ -646,7 +646,8 @@ def gc(client: Client, args: argparse.Namespace) -> int:
         _print_json(freed)
     else:
         out.print(
-            f"deleted {freed['deleted']} blob(s), freed {freed['freed_bytes'] / 2**20:.1f} MiB; {freed['kept']} kept"
+            f"deleted {freed['deleted']} blob(s), removed {freed['partials']} partial transfer file(s), "
+            f"freed {freed['freed_bytes'] / 2**20:.1f} MiB; {freed['kept']} kept"
         )
     return EXIT_OK
 

@@ -444,11 +444,12 @@ class Client:
         return self._call("DeleteModel", _REQ["delete_model"](ref, force), convert.model_from_pb)
 
     def collect_garbage(self, grace: float = 600.0) -> dict[str, int]:
-        """Delete blobs nothing refers to any more: {"deleted", "freed_bytes", "kept"}."""
+        """Delete blobs nothing refers to any more and what interrupted transfers left behind:
+        {"deleted" (blobs), "partials" (partial transfer files), "freed_bytes", "kept"}."""
         return self._call(
             "CollectGarbage",
             cpb.GcRequest(grace_seconds=grace),
-            lambda r: {"deleted": r.deleted, "freed_bytes": r.freed_bytes, "kept": r.kept},
+            lambda r: {"deleted": r.deleted, "partials": r.partials, "freed_bytes": r.freed_bytes, "kept": r.kept},
         )
 
     def model_stats(self) -> dict[str, Any]:

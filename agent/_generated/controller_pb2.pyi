@@ -2108,22 +2108,26 @@ class GcResponse(_message.Message):
     DELETED_FIELD_NUMBER: _builtins.int
     FREED_BYTES_FIELD_NUMBER: _builtins.int
     KEPT_FIELD_NUMBER: _builtins.int
+    PARTIALS_FIELD_NUMBER: _builtins.int
     deleted: _builtins.int
-    """blobs removed, and files an interrupted transfer left behind"""
+    """blobs removed (not counting partial transfer files)"""
     freed_bytes: _builtins.int
-    """bytes"""
+    """bytes, blobs and partial transfer files together"""
     kept: _builtins.int
     """blobs still referenced"""
+    partials: _builtins.int
+    """*.part files and unfinished uploads an interrupted transfer left behind, removed"""
     def __init__(
         self,
         *,
         deleted: _builtins.int = ...,
         freed_bytes: _builtins.int = ...,
         kept: _builtins.int = ...,
+        partials: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "freed_bytes", b"freed_bytes", "kept", b"kept"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "freed_bytes", b"freed_bytes", "kept", b"kept", "partials", b"partials"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK_BYTES = 1 << 20
+LEFTOVER_GRACE = 600.0  # seconds a temporary file of a copy into the cache must be untouched before it is removed
 
 
 def check_sha256(value: str, field: str) -> str:
@@ -82,8 +84,26 @@ class BlobStore:
         self._pins: Counter[str] = Counter()
         self._lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
-        for stale in (root / "incoming").glob("*.part"):
+        self.reclaim_leftovers()
+
+    def reclaim_leftovers(self, grace: float = LEFTOVER_GRACE) -> int:
+        """Remove what interrupted transfers left (the data dir's lock says no other agent writes here): uploads
+        under incoming/, and the temporary files of copies into the cache (`*.part`, and a worker's `.*.tmp`)
+        untouched for `grace` seconds (a worker of the previous agent may still be finishing one). Returns how
+        many were removed."""
+        now, removed = time.time(), 0
+        for stale in (self.root / "incoming").glob("*.part"):
             stale.unlink(missing_ok=True)
+            removed += 1
+        for pattern in ("[0-9a-f][0-9a-f]/*.part", "[0-9a-f][0-9a-f]/.*.tmp"):
+            for leftover in self.root.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - leftover.stat().st_mtime >= grace:
+                        leftover.unlink()
+                        removed += 1
+        if removed:
+            log.info("blob cache: removed %d file(s) interrupted transfers left behind", removed)
+        return removed
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256

@@ -369,7 +369,8 @@ class Controller:
         return entry
 
     async def collect_garbage(self, grace: float = 600.0) -> dict[str, int]:
-        """Delete blobs nothing refers to any more (see retention.py); files younger than `grace` s are spared."""
+        """Delete blobs nothing refers to any more (see retention.py) and the partial files of interrupted transfers;
+        files younger than `grace` s are spared. Returns deleted (blobs), partials, freed_bytes, kept."""
         keep = referenced(self.jobs.values(), self.datasets.values(), await self.store.model_versions())
         keep |= set(self._fetches)
         now, deleted, freed = time.time(), 0, 0
@@ -378,12 +379,18 @@ class Controller:
                 continue
             await self.blobs.delete(sha256)
             deleted, freed = deleted + 1, freed + size
-        partials = await self.blobs.partials()
+        partials, removed = await self.blobs.partials(), 0
         for path in stale_partials(partials, now, grace):  # what a killed transfer left behind
             await asyncio.to_thread(path.unlink, missing_ok=True)
-            deleted, freed = deleted + 1, freed + partials[path][0]
-        log.info("gc: deleted %d blob(s) and leftovers, %d bytes; %d referenced", deleted, freed, len(keep))
-        return {"deleted": deleted, "freed_bytes": freed, "kept": len(keep)}
+            removed, freed = removed + 1, freed + partials[path][0]
+        log.info(
+            "gc: deleted %d blob(s), removed %d partial transfer file(s), %d bytes; %d referenced",
+            deleted,
+            removed,
+            freed,
+            len(keep),
+        )
+        return {"deleted": deleted, "partials": removed, "freed_bytes": freed, "kept": len(keep)}
 
     def _adopt_blob(self, tmp: Path) -> tuple[str, int]:
         """Move a finished file into the blob store under its sha256 (blocking)."""

@@ -64,3 +64,21 @@ def test_eviction_ignores_uploads_in_flight(tmp_path: Path) -> None:
     partial.write_bytes(b"y" * 100)  # a worker still copying an artifact in
     assert store.evict() == 0
     assert partial.exists() and store.has(digest)
+
+
+def test_leftovers_of_interrupted_copies_are_reclaimed_at_start(tmp_path: Path) -> None:
+    """An agent killed during a copy into its cache leaves *.part (and a worker's .*.tmp) files: the next start
+    removes those untouched for the grace period, not a copy that may still be finishing."""
+    root = tmp_path / "blobs"
+    (root / "ab").mkdir(parents=True)
+    (root / "incoming").mkdir()
+    old = [root / "ab" / f"{'ab' * 32}.1234.part", root / "ab" / f".{'ab' * 32}.77.tmp", root / "incoming" / "u.part"]
+    recent = root / "ab" / f"{'cd' * 32}.99.part"
+    blob = root / "ab" / ("ab" * 32)
+    hour_ago = os.path.getmtime(tmp_path) - 3600
+    for path in (*old, recent, blob):
+        path.write_bytes(b"x" * 10)
+    for path in (*old, blob):
+        os.utime(path, (hour_ago, hour_ago))
+    BlobStore(root, 1 << 20)
+    assert [p for p in old if p.exists()] == [] and recent.exists() and blob.exists()
