@@ -5,10 +5,13 @@ One cluster serves the whole module; the test that kills an agent runs last and 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,15 +23,17 @@ import pytest
 pytest.importorskip("PySide6", reason="the desktop extra (PySide6) is not installed")
 pytest.importorskip("pytestqt", reason="pytest-qt (dev extra) is not installed")
 
-from PySide6.QtWidgets import QDialogButtonBox, QFileDialog, QInputDialog
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication, QDialogButtonBox, QFileDialog, QInputDialog, QMessageBox
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
 from helpers.servers import S3_KEY, S3_SECRET, free_port, start_nanio, start_secantus
 from helpers.waiting import wait_until
-from tensorfleet_desktop.client import Client
+from tensorfleet_desktop.client import Client, NotFound
 from tensorfleet_desktop.controller.settings import load_settings
 from tensorfleet_desktop.ui.app import build_window, create_application
+from tensorfleet_desktop.ui.fleet_view import PairDialog
 from tensorfleet_desktop.ui.main_window import MainWindow
 from tensorfleet_desktop.ui.submit_dialog import INVALID_STYLE, SubmitDialog
 from tensorfleet_desktop.ui.widgets import Toast
@@ -157,6 +162,69 @@ def test_cancel_from_the_jobs_view(qtbot: Any, window: MainWindow, gui_cluster: 
     assert final["finished_at"] - clicked < 2.0 + 0.5, "cancel took longer than 2 s"
 
 
+def status_says(qtbot: Any, win: MainWindow, text: str, timeout: int = 15_000) -> None:
+    try:
+        qtbot.waitUntil(lambda: text in win.statusBar().currentMessage(), timeout=timeout)
+    except Exception:
+        raise AssertionError(f"status bar: {win.statusBar().currentMessage()!r}") from None
+
+
+def test_pause_resume_retry_and_resubmit_from_the_jobs_view(qtbot: Any, window: MainWindow, gui_cluster: Any) -> None:
+    controller, _ = gui_cluster
+    jobs = window.jobs
+    spec = {"algorithm": "sleep", "name": "gui-pausable", "hyperparameters": {"seconds": 120}}
+    with Client(controller.address) as client:
+        job_id = client.submit(spec)["id"]
+        ids = {job_id}
+        try:
+            wait_state(qtbot, window, job_id, "RUNNING")
+            window.show_view(jobs)
+            jobs.select(job_id)
+            assert jobs.pause_button.isEnabled() and not jobs.resume_button.isEnabled()
+            assert not jobs.retry_button.isEnabled()
+
+            qtbot.mouseClick(jobs.pause_button, qtbot_button())
+            wait_state(qtbot, window, job_id, "PAUSED")
+            status_says(qtbot, window, "gui-pausable: pausing")
+            paused = client.job(job_id)
+            assert paused["state"] == "PAUSED"
+            assert [t["state"] for t in paused["task_list"]] == ["PENDING"], paused["task_list"]  # its task stopped
+            assert jobs.resume_button.isEnabled() and not jobs.pause_button.isEnabled()
+
+            qtbot.mouseClick(jobs.resume_button, qtbot_button())
+            wait_state(qtbot, window, job_id, "RUNNING")
+            status_says(qtbot, window, "gui-pausable: resumed")
+            assert client.job(job_id)["state"] == "RUNNING"
+
+            client.cancel(job_id)
+            wait_state(qtbot, window, job_id, "CANCELLED")
+            jobs.select(job_id)
+            assert jobs.retry_button.isEnabled() and not jobs.resume_button.isEnabled()
+            qtbot.mouseClick(jobs.retry_button, qtbot_button())
+            wait_state(qtbot, window, job_id, "RUNNING")
+            status_says(qtbot, window, "gui-pausable: retrying")
+            retried = client.job(job_id)  # the same job runs again
+            assert retried["state"] == "RUNNING" and retried["error"] == "" and retried["finished_at"] is None
+
+            jobs.select(job_id)
+            before = {j["id"] for j in jobs.model.rows}
+            qtbot.mouseClick(jobs.resubmit_button, qtbot_button())
+            qtbot.waitUntil(lambda: {j["id"] for j in jobs.model.rows} - before != set(), timeout=15_000)
+            (copy_id,) = {j["id"] for j in jobs.model.rows} - before
+            ids.add(copy_id)
+            status_says(qtbot, window, "gui-pausable: resubmitted")
+            copy = client.job(copy_id)  # a new job with the same spec; the original carries on
+            assert copy["name"] == "gui-pausable" and copy["algorithm"] == "sleep"
+            assert copy["spec"]["hyperparameters"] == retried["spec"]["hyperparameters"] == {"seconds": 120}
+            assert client.job(job_id)["state"] == "RUNNING"
+        finally:
+            for each in ids:
+                if client.job(each)["state"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+                    client.cancel(each)
+    for each in ids:
+        wait_state(qtbot, window, each, "CANCELLED")
+
+
 def test_invalid_form_input_is_refused_inline(qtbot: Any, window: MainWindow) -> None:
     dialog = open_dialog(qtbot, window)
     dialog.select_workload("random_forest")
@@ -180,8 +248,8 @@ def test_invalid_form_input_is_refused_inline(qtbot: Any, window: MainWindow) ->
     dialog.buttons.button(QDialogButtonBox.StandardButton.Cancel).click()
 
 
-def test_registry_view_lists_filters_and_promotes(
-    qtbot: Any, window: MainWindow, gui_cluster: Any, monkeypatch: pytest.MonkeyPatch
+def test_registry_view_lists_filters_promotes_downloads_and_deletes(
+    qtbot: Any, window: MainWindow, gui_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     controller, _ = gui_cluster
     with Client(controller.address) as client:
@@ -212,6 +280,43 @@ def test_registry_view_lists_filters_and_promotes(
     assert window.models.model.data(window.models.model.index(0, file_column)) == "MISSING"
     window.models.select("gui-tree:1")
     assert "file: MISSING" in window.models.detail.toPlainText()
+    # Download…: the selected version's file (format, then where), sha256 checked
+    view = window.models
+    out = tmp_path / "model.skops"
+    monkeypatch.setattr(QInputDialog, "getItem", staticmethod(lambda *a, **k: ("native", True)))
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(out), "")))
+    view.filters["algorithm"].setText("")
+    qtbot.mouseClick(view.search_button, qtbot_button())
+    qtbot.waitUntil(lambda: {"gui-tree:1", "gui-logreg:1"} <= set(view.model._index), timeout=10_000)
+    view.select("gui-logreg:1")
+    qtbot.mouseClick(view.download_button, qtbot_button())
+    status_says(qtbot, window, f"saved gui-logreg:1 to {out}", timeout=20_000)
+    assert "sha256 verified" in window.statusBar().currentMessage()
+    with Client(controller.address) as client:
+        logreg = client.model("gui-logreg:1")
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == logreg["sha256"] and out.stat().st_size == logreg["size"]
+    # Delete: the selected version only, once the user confirms; an aliased one too (confirmed, then forced)
+    asked: list[str] = []
+
+    def yes(_parent: Any, _title: str, text: str, *_a: Any, **_k: Any) -> QMessageBox.StandardButton:
+        asked.append(text)
+        return QMessageBox.StandardButton.Yes
+
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(yes))
+    qtbot.mouseClick(view.delete_button, qtbot_button())
+    qtbot.waitUntil(lambda: "gui-logreg:1" not in view.model._index, timeout=10_000)
+    status_says(qtbot, window, "deleted gui-logreg:1")
+    assert "gui-tree:1" in view.model._index and asked and "gui-logreg:1" in asked[-1]
+    with Client(controller.address) as client:
+        with pytest.raises(NotFound, match="gui-logreg"):
+            client.model("gui-logreg:1")
+        assert client.model("gui-tree:1")["aliases"] == ["production"]
+        view.select("gui-tree:1")
+        qtbot.mouseClick(view.delete_button, qtbot_button())
+        qtbot.waitUntil(lambda: "gui-tree:1" not in view.model._index, timeout=10_000)
+        status_says(qtbot, window, "deleted gui-tree:1")
+        with pytest.raises(NotFound, match="gui-tree"):
+            client.model("gui-tree:1")
 
 
 def test_datasets_view_uploads_and_previews(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
@@ -291,6 +396,78 @@ def test_settings_test_the_connection_to_mongodb_and_s3(qtbot: Any, window: Main
         s3.stop()
 
 
+def answer_pair_dialog(token: str) -> None:
+    """Fill the Pair dialog's token once it is shown (modal: exec() runs its own event loop) and press OK."""
+
+    def fill() -> None:
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, PairDialog):
+            QTimer.singleShot(20, fill)
+            return
+        dialog.token.setText(token)
+        dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Ok).click()
+
+    QTimer.singleShot(0, fill)
+
+
+def test_fleet_adds_pairs_drains_and_removes_an_agent(
+    qtbot: Any, window: MainWindow, gui_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller, _ = gui_cluster
+    fleet = window.fleet
+    # an agent mDNS cannot see (it does not advertise) and that only its join token pairs (no cluster token)
+    lone = AgentProcess(tmp_path / "lone", name="gui-lone", cpu_slots=1, env={}, extra_args=["--no-advertise"])
+    lone.start()
+    try:
+        node_id = str(lone.info["node_id"])
+        token = (lone.data_dir / "identity" / "join-token.txt").read_text().strip()
+        window.show_view(fleet)
+        monkeypatch.setattr(QInputDialog, "getText", staticmethod(lambda *a, **k: (f" {lone.address} ", True)))
+        qtbot.mouseClick(fleet.add_button, qtbot_button())
+        qtbot.waitUntil(lambda: fleet.model.find(node_id) >= 0, timeout=15_000)
+        status_says(qtbot, window, f"added agent {lone.address}")
+        with Client(controller.address) as client:
+
+            def agent() -> dict[str, Any]:
+                return next(a for a in client.agents() if a["id"] == node_id)
+
+            assert (agent()["source"], agent()["address"], agent()["paired"]) == ("manual", lone.address, False)
+            row = fleet.model.rows[fleet.model.find(node_id)]
+            assert row["name"] == "gui-lone" and not row["paired"]
+
+            fleet.table.selectRow(fleet.proxy.mapFromSource(fleet.model.index(fleet.model.find(node_id), 0)).row())
+            answer_pair_dialog("tfj-not-its-token")
+            qtbot.mouseClick(fleet.pair_button, qtbot_button())
+            status_says(qtbot, window, "pairing refused")
+            assert not agent()["paired"]
+            answer_pair_dialog(token)
+            qtbot.mouseClick(fleet.pair_button, qtbot_button())
+            status_says(qtbot, window, "paired with gui-lone")
+            qtbot.waitUntil(lambda: fleet.model.rows[fleet.model.find(node_id)]["paired"], timeout=15_000)
+            wait_until(lambda: agent()["paired"] and agent()["state"] == "ONLINE", 15, "gui-lone paired and online")
+
+            qtbot.mouseClick(fleet.drain_button, qtbot_button())
+            qtbot.waitUntil(lambda: fleet.state_of(node_id) == "DRAINING", timeout=15_000)
+            status_says(qtbot, window, "draining gui-lone")
+            assert agent()["state"] == "DRAINING"
+
+            asked: list[str] = []
+
+            def yes(_parent: Any, _title: str, text: str, *_a: Any, **_k: Any) -> QMessageBox.StandardButton:
+                asked.append(text)
+                return QMessageBox.StandardButton.Yes
+
+            monkeypatch.setattr(QMessageBox, "question", staticmethod(yes))
+            qtbot.mouseClick(fleet.remove_button, qtbot_button())
+            qtbot.waitUntil(lambda: fleet.model.find(node_id) < 0, timeout=15_000)
+            status_says(qtbot, window, "removed gui-lone")
+            assert asked and "gui-lone" in asked[0]
+            assert node_id not in {a["id"] for a in client.agents(all=True)}
+            assert fleet.state_of("gui-agent-0") == "ONLINE"  # the others stay
+    finally:
+        lone.stop()
+
+
 def test_lost_controller_shows_a_banner_and_reconnects(qtbot: Any, window: MainWindow, gui_cluster: Any) -> None:
     controller, _ = gui_cluster
     qtbot.waitUntil(lambda: window.bridge.online, timeout=10_000)
@@ -331,8 +508,12 @@ def test_window_starts_a_controller_when_none_answers(qtbot: Any, tmp_path: Path
     connected: list[dict[str, Any]] = []
     win.bridge.connected.connect(connected.append)
     win.bridge.start()
+    windows = [win]
     try:
-        qtbot.waitUntil(lambda: bool(connected), timeout=90_000)
+        try:
+            qtbot.waitUntil(lambda: bool(connected), timeout=90_000)
+        except Exception:
+            raise AssertionError(win.banner.label.text()) from None
         assert connected[0]["started"] and "started a local controller" in win.connection_label.text()
         pid = win.bridge.started_pid
         assert pid > 0
@@ -340,13 +521,32 @@ def test_window_starts_a_controller_when_none_answers(qtbot: Any, tmp_path: Path
         qtbot.waitUntil(
             lambda: any(a["source"] == "local" and a["state"] == "ONLINE" for a in win.fleet.model.rows), timeout=60_000
         )
+        agent_pid = json.loads((tmp_path / "local" / "local-agent" / "lock").read_text())["pid"]
         win.close()
         with Client(address) as client:
             assert client.info()
-            client.shutdown()
+        assert _alive(pid) and _alive(agent_pid)
+        # the app opened again connects to it (starts nothing); TensorFleet → Quit and stop the cluster stops
+        # that controller and its local agent, and closes the window
+        again = build_window(address, data_dir=tmp_path / "local", poll_interval=0.25, local_address=address)
+        windows.append(again)
+        again.show()
+        again.bridge.start()
+        qtbot.waitUntil(lambda: again.connection_label.text() != "connecting…", timeout=30_000)
+        assert again.connection_label.text() == f"connected to the controller on {address}"
+        assert again.bridge.started_pid == 0
+        (app_menu,) = [a.menu() for a in again.menuBar().actions() if a.text() == "&TensorFleet"]
+        (stop,) = [a for a in app_menu.actions() if a.text() == "Quit and &stop the cluster"]
+        stop.trigger()
+        qtbot.waitUntil(lambda: not again.isVisible(), timeout=15_000)
         wait_until(lambda: not _alive(pid), 30, "the started controller to exit")
+        wait_until(lambda: not _alive(agent_pid), 30, "its local agent to exit")
+        host, _, port = address.rpartition(":")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=5).close()
     finally:
-        win.close()
+        for each in windows:
+            each.close()
         if win.bridge.started_pid and _alive(win.bridge.started_pid):
             os.killpg(win.bridge.started_pid, signal.SIGKILL)
 
@@ -356,6 +556,9 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    with contextlib.suppress(OSError):  # a zombie no one has reaped yet is not running
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+            return False
     try:
         done, _status = os.waitpid(pid, os.WNOHANG)
         return done == 0
