@@ -40,7 +40,7 @@ from tensorfleet_agent.metrics import AgentMetrics
 from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.journal import Journal, TaskLog
 from tensorfleet_agent.runtime.process import WorkerProcess
-from tensorfleet_agent.runtime.slots import Slot, SlotPool
+from tensorfleet_agent.runtime.slots import GangSlots, Slot, SlotPool
 from tensorfleet_agent.workloads.registry import get_workload
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class _Running:
     killed: asyncio.Event = field(default_factory=asyncio.Event)
     stop_requested: bool = False
     runner: asyncio.Task[None] | None = None
+    visible_gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES: the GPUs of the job's ranks here, own at LOCAL_RANK
 
 
 @dataclass
@@ -100,6 +101,7 @@ class Executor:
         self.journal = Journal(config.data_dir / "tasks")
         self.draining = False
         self._running: dict[str, _Running] = {}
+        self.gangs = GangSlots(slots)
         self._warm: dict[tuple[str, tuple[int | None, ...], int], list[tuple[WorkerProcess, float]]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
@@ -203,16 +205,19 @@ class Executor:
         missing = [ref.sha256 for ref in spec.inputs if not self.blobs.has(ref.sha256)]
         if missing:
             raise NotFound(f"input blob(s) not on this agent, upload them with PutBlob first: {', '.join(missing)}")
-        slots = self.slots.acquire(spec.gpus)
+        slots, visible = self.gangs.acquire(
+            spec.job_id, spec.attempt, spec.local_rank, spec.local_world_size, spec.gpus
+        )
         try:
             self.blobs.pin(ref.sha256 for ref in spec.inputs)
             meta = {"spec": spec_to_dict(spec), "slot_ids": [s.id for s in slots]}
             entry = await asyncio.to_thread(self.journal.create, spec.task_id, meta)
         except BaseException:
             self.slots.release(slots)
+            self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)
             self.blobs.unpin(ref.sha256 for ref in spec.inputs)
             raise
-        running = _Running(spec, slots, entry)
+        running = _Running(spec, slots, entry, visible_gpus=visible)
         self._running[spec.task_id] = running
         self._gauge()
         self.journal.append(spec.task_id, StateChanged(TaskState.ACCEPTED, f"slots {[s.id for s in slots]}"))
@@ -316,6 +321,7 @@ class Executor:
             self.journal.append(spec.task_id, Finished(status, cause, error, duration))
             self._running.pop(spec.task_id, None)
             self.slots.release(running.slots)
+            self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)
             self.blobs.unpin(ref.sha256 for ref in spec.inputs)
             self._gauge()
             self.metrics.task_duration.labels(spec.workload, status.value).observe(duration)
@@ -413,7 +419,7 @@ class Executor:
     # ---- warm workers
 
     def _pool_key(self, running: _Running) -> tuple[str, tuple[int | None, ...], int]:
-        return (running.spec.job_id, tuple(s.gpu_index for s in running.slots), running.slots[0].threads)
+        return (running.spec.job_id, running.visible_gpus or (None,), running.slots[0].threads)
 
     async def _worker_for(self, running: _Running) -> WorkerProcess:
         pool = self._warm.get(self._pool_key(running), [])
@@ -509,7 +515,7 @@ class Executor:
 
     def _worker_env(self, running: _Running) -> dict[str, str]:
         slots = running.slots
-        gpus = tuple(str(s.gpu_index) for s in slots if s.gpu_index is not None)
+        gpus = tuple(str(index) for index in running.visible_gpus)
         return self._base_env(sum(s.threads for s in slots), gpus)  # the task's own env goes on top in spawn
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:

@@ -71,3 +71,69 @@ class SlotPool:
 
 def default_cpu_slots(cpu_count: int) -> int:
     return max(1, cpu_count // 4)
+
+
+@dataclass
+class _Gang:
+    chunks: list[tuple[Slot, ...] | None]  # per local rank; None: released (never claimed)
+    claimed: set[int]
+    done: set[int]
+
+
+class GangSlots:
+    """The GPU slots of a job's ranks that share this agent, chosen together, as torchrun and Ray Train do: every
+    rank of the group sees the union of the group's GPUs in CUDA_VISIBLE_DEVICES, in local-rank order, so
+    cuda:LOCAL_RANK is the rank's own GPU (with several GPUs per rank, its own are LOCAL_RANK*gpus onwards).
+
+    The first rank of a group to arrive reserves the whole group's GPUs; each rank then takes its own share and
+    gives it back when it ends. Shares no rank claimed are given back once a rank of the group ends, or when a
+    newer attempt of the job arrives."""
+
+    def __init__(self, pool: SlotPool) -> None:
+        self.pool = pool
+        self._gangs: dict[tuple[str, int], _Gang] = {}
+
+    def acquire(
+        self, job_id: str, attempt: int, local_rank: int, local_world_size: int, gpus: int
+    ) -> tuple[tuple[Slot, ...], tuple[int, ...]]:
+        """(this rank's slots, the GPU indices it sees, in order)."""
+        if gpus == 0 or local_world_size <= 1 or not 0 <= local_rank < local_world_size:
+            return self._alone(gpus)
+        key = (job_id, attempt)
+        for older in [k for k in self._gangs if k[0] == job_id and k != key]:
+            self._release_unclaimed(self._gangs.pop(older))
+        gang = self._gangs.get(key)
+        if gang is None:
+            try:
+                taken = self.pool.acquire(gpus * local_world_size)
+            except ResourcesExhausted:  # the group's GPUs are not all free: this rank alone, as before
+                return self._alone(gpus)
+            gang = _Gang([taken[i * gpus : (i + 1) * gpus] for i in range(local_world_size)], set(), set())
+            self._gangs[key] = gang
+        mine = gang.chunks[local_rank] if len(gang.chunks) == local_world_size else None
+        if mine is None or local_rank in gang.claimed:
+            return self._alone(gpus)
+        gang.claimed.add(local_rank)
+        visible = tuple(s.gpu_index for chunk in gang.chunks if chunk is not None for s in chunk)
+        return mine, tuple(i for i in visible if i is not None)
+
+    def finished(self, job_id: str, attempt: int, local_rank: int) -> None:
+        """A rank ended (its own slots are given back by the caller): free the shares nobody claimed."""
+        key = (job_id, attempt)
+        gang = self._gangs.get(key)
+        if gang is None or local_rank not in gang.claimed:
+            return
+        gang.done.add(local_rank)
+        self._release_unclaimed(gang)
+        if gang.done >= gang.claimed:
+            del self._gangs[key]
+
+    def _release_unclaimed(self, gang: _Gang) -> None:
+        for index, chunk in enumerate(gang.chunks):
+            if chunk is not None and index not in gang.claimed:
+                self.pool.release(chunk)
+                gang.chunks[index] = None
+
+    def _alone(self, gpus: int) -> tuple[tuple[Slot, ...], tuple[int, ...]]:
+        slots = self.pool.acquire(gpus)
+        return slots, tuple(s.gpu_index for s in slots if s.gpu_index is not None)

@@ -97,7 +97,11 @@ def _train(kind: str, params: dict[str, Any]) -> None:
     torch.manual_seed(int(params["seed"]))
     np.random.seed(int(params["seed"]))
     gpu = torch.cuda.is_available()
-    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    device = torch.device("cpu")
+    if gpu:  # the job's ranks on this agent see their GPUs together, in local-rank order: ours is cuda:LOCAL_RANK
+        local = int(os.environ["LOCAL_RANK"])
+        device = torch.device("cuda", local if local < torch.cuda.device_count() else 0)
+        torch.cuda.set_device(device)
     if world > 1:
         rdv = spec["rendezvous"] or {}
         iface = _interface_towards(rdv["master_addr"])

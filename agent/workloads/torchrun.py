@@ -2,8 +2,11 @@
 
 The controller numbers a gang's ranks as torchrun would (the ranks on one agent are a group, in rank order;
 groups are ordered by their lowest rank), so RANK == the rank, LOCAL_RANK counts the job's ranks on this agent
-and GROUP_RANK the agents. A rank sees only the GPUs of its own slot: CUDA_VISIBLE_DEVICES is set by the agent
-when it starts the worker ("" on a CPU slot), so a rank's GPU is always cuda:0, whatever its LOCAL_RANK.
+and GROUP_RANK the agents. GPUs as torchrun and Ray Train give them: the job's ranks on one agent all see the
+group's GPUs in CUDA_VISIBLE_DEVICES (set by the agent when it starts the worker; "" on a CPU slot), in local-rank
+order, so a rank's own GPU is cuda:LOCAL_RANK and `torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))` works
+(runtime/slots.py GangSlots). If the group's GPUs were not all free when its first rank arrived, a rank sees only
+its own GPU (cuda:0).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Scripts get torchrun's environment, also when several ranks of a gang share an agent (each with its own GPU)."""
+"""Scripts get torchrun's environment, also when several ranks of a gang share an agent: they see their GPUs
+together, each its own at cuda:LOCAL_RANK."""
 
 from __future__ import annotations
 
@@ -89,5 +90,6 @@ def test_gang_on_two_agents_gets_torchrun_numbers_and_a_gpu_per_rank(
         assert env["TORCHELASTIC_RESTART_COUNT"] == "0" and env["TORCHELASTIC_MAX_RESTARTS"] == "1"
         assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] == envs[0]["MASTER_PORT"]
         assert env["members"] == 3.0  # all three met at the env:// rendezvous
-    assert sorted(envs[r]["CUDA_VISIBLE_DEVICES"] for r in shared) == ["0", "1"]  # each rank its own GPU only
+    # as torchrun and Ray Train: the ranks sharing an agent see its group's GPUs, their own at cuda:LOCAL_RANK
+    assert [envs[r]["CUDA_VISIBLE_DEVICES"] for r in shared] == ["0,1", "0,1"]
     assert envs[alone]["CUDA_VISIBLE_DEVICES"] == "0"
