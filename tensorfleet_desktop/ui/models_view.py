@@ -48,6 +48,7 @@ class ModelsView(View):
         self.page = 1
         self.pages = 1
         self.total = 0
+        self._listing = 0  # the latest listing asked for: an earlier one answering late is dropped
         self.filters: dict[str, QLineEdit] = {}
         bar = QHBoxLayout()
         for key, hint in (
@@ -162,7 +163,14 @@ class ModelsView(View):
     def go(self, page: int) -> None:
         page = max(1, page)
         query = {k: e.text().strip() for k, e in self.filters.items()}
-        self.run(lambda c: c.models(page=page, limit=PAGE_SIZE, **query), self.show_page, "cannot list models")
+        self._listing += 1
+        listing = self._listing
+
+        def latest_only(result: dict[str, Any]) -> None:
+            if listing == self._listing:
+                self.show_page(result)
+
+        self.run(lambda c: c.models(page=page, limit=PAGE_SIZE, **query), latest_only, "cannot list models")
 
     def show_page(self, result: dict[str, Any]) -> None:
         pagination = result["pagination"]

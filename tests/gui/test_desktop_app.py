@@ -5,6 +5,7 @@ One cluster serves the whole module; the test that kills an agent runs last and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import hashlib
@@ -30,7 +31,7 @@ from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
 from helpers.servers import S3_KEY, S3_SECRET, free_port, start_nanio, start_secantus
 from helpers.waiting import wait_until
-from tensorfleet_desktop.client import Client, NotFound
+from tensorfleet_desktop.client import AsyncClient, Client, NotFound
 from tensorfleet_desktop.controller.settings import load_settings
 from tensorfleet_desktop.ui.app import build_window, create_application
 from tensorfleet_desktop.ui.fleet_view import PairDialog
@@ -162,7 +163,8 @@ def test_cancel_from_the_jobs_view(qtbot: Any, window: MainWindow, gui_cluster: 
     assert final["finished_at"] - clicked < 2.0 + 0.5, "cancel took longer than 2 s"
 
 
-def status_says(qtbot: Any, win: MainWindow, text: str, timeout: int = 15_000) -> None:
+def status_says(qtbot: Any, win: MainWindow, text: str, timeout: int = WAIT_MS) -> None:
+    """The status bar shows `text` (each message stays 10 s: wait for it right after the action)."""
     try:
         qtbot.waitUntil(lambda: text in win.statusBar().currentMessage(), timeout=timeout)
     except Exception:
@@ -184,16 +186,16 @@ def test_pause_resume_retry_and_resubmit_from_the_jobs_view(qtbot: Any, window: 
             assert not jobs.retry_button.isEnabled()
 
             qtbot.mouseClick(jobs.pause_button, qtbot_button())
-            wait_state(qtbot, window, job_id, "PAUSED")
             status_says(qtbot, window, "gui-pausable: pausing")
+            wait_state(qtbot, window, job_id, "PAUSED")
             paused = client.job(job_id)
             assert paused["state"] == "PAUSED"
             assert [t["state"] for t in paused["task_list"]] == ["PENDING"], paused["task_list"]  # its task stopped
             assert jobs.resume_button.isEnabled() and not jobs.pause_button.isEnabled()
 
             qtbot.mouseClick(jobs.resume_button, qtbot_button())
-            wait_state(qtbot, window, job_id, "RUNNING")
             status_says(qtbot, window, "gui-pausable: resumed")
+            wait_state(qtbot, window, job_id, "RUNNING")
             assert client.job(job_id)["state"] == "RUNNING"
 
             client.cancel(job_id)
@@ -201,18 +203,18 @@ def test_pause_resume_retry_and_resubmit_from_the_jobs_view(qtbot: Any, window: 
             jobs.select(job_id)
             assert jobs.retry_button.isEnabled() and not jobs.resume_button.isEnabled()
             qtbot.mouseClick(jobs.retry_button, qtbot_button())
-            wait_state(qtbot, window, job_id, "RUNNING")
             status_says(qtbot, window, "gui-pausable: retrying")
+            wait_state(qtbot, window, job_id, "RUNNING")
             retried = client.job(job_id)  # the same job runs again
             assert retried["state"] == "RUNNING" and retried["error"] == "" and retried["finished_at"] is None
 
             jobs.select(job_id)
             before = {j["id"] for j in jobs.model.rows}
             qtbot.mouseClick(jobs.resubmit_button, qtbot_button())
+            status_says(qtbot, window, "gui-pausable: resubmitted")
             qtbot.waitUntil(lambda: {j["id"] for j in jobs.model.rows} - before != set(), timeout=15_000)
             (copy_id,) = {j["id"] for j in jobs.model.rows} - before
             ids.add(copy_id)
-            status_says(qtbot, window, "gui-pausable: resubmitted")
             copy = client.job(copy_id)  # a new job with the same spec; the original carries on
             assert copy["name"] == "gui-pausable" and copy["algorithm"] == "sleep"
             assert copy["spec"]["hyperparameters"] == retried["spec"]["hyperparameters"] == {"seconds": 120}
@@ -261,9 +263,28 @@ def test_registry_view_lists_filters_promotes_downloads_and_deletes(
             assert client.wait(job["id"], timeout=120)["state"] == "SUCCEEDED"
     window.show_view(window.models)
     qtbot.waitUntil(lambda: {"gui-tree:1", "gui-logreg:1"} <= set(window.models.model._index), timeout=10_000)
+    # an unfiltered listing still in flight when the user filters (a job ended a moment before) answers late:
+    # the table keeps showing the latest request's answer
+    real_models, late = AsyncClient.models, threading.Event()
+
+    async def slow_unless_filtered(self: AsyncClient, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = await real_models(self, *args, **kwargs)
+        if not kwargs.get("algorithm"):
+            await asyncio.sleep(0.5)  # a slow reply, not synchronisation: `late` says when it is back
+            late.set()
+        return result
+
+    monkeypatch.setattr(AsyncClient, "models", slow_unless_filtered)
+    window.models.search()
     window.models.filters["algorithm"].setText("decision_tree")
     qtbot.mouseClick(window.models.search_button, qtbot_button())
     qtbot.waitUntil(lambda: [r["name"] for r in window.models.model.rows] == ["gui-tree"], timeout=10_000)
+    qtbot.waitUntil(late.is_set, timeout=10_000)
+    flushed: list[object] = []  # results reach the window in order: once this one has, the late one has too
+    window.bridge.call(lambda c: c.info(), flushed.append)
+    qtbot.waitUntil(lambda: bool(flushed), timeout=10_000)
+    assert [r["name"] for r in window.models.model.rows] == ["gui-tree"]
+    monkeypatch.setattr(AsyncClient, "models", real_models)
     window.models.select("gui-tree:1")
     assert "trained by job" in window.models.detail.toPlainText()
     monkeypatch.setattr(QInputDialog, "getText", staticmethod(lambda *a, **k: ("production", True)))
@@ -290,7 +311,7 @@ def test_registry_view_lists_filters_promotes_downloads_and_deletes(
     qtbot.waitUntil(lambda: {"gui-tree:1", "gui-logreg:1"} <= set(view.model._index), timeout=10_000)
     view.select("gui-logreg:1")
     qtbot.mouseClick(view.download_button, qtbot_button())
-    status_says(qtbot, window, f"saved gui-logreg:1 to {out}", timeout=20_000)
+    status_says(qtbot, window, f"saved gui-logreg:1 to {out}")
     assert "sha256 verified" in window.statusBar().currentMessage()
     with Client(controller.address) as client:
         logreg = client.model("gui-logreg:1")
@@ -304,8 +325,8 @@ def test_registry_view_lists_filters_promotes_downloads_and_deletes(
 
     monkeypatch.setattr(QMessageBox, "question", staticmethod(yes))
     qtbot.mouseClick(view.delete_button, qtbot_button())
-    qtbot.waitUntil(lambda: "gui-logreg:1" not in view.model._index, timeout=10_000)
     status_says(qtbot, window, "deleted gui-logreg:1")
+    qtbot.waitUntil(lambda: "gui-logreg:1" not in view.model._index, timeout=10_000)
     assert "gui-tree:1" in view.model._index and asked and "gui-logreg:1" in asked[-1]
     with Client(controller.address) as client:
         with pytest.raises(NotFound, match="gui-logreg"):
@@ -313,8 +334,8 @@ def test_registry_view_lists_filters_promotes_downloads_and_deletes(
         assert client.model("gui-tree:1")["aliases"] == ["production"]
         view.select("gui-tree:1")
         qtbot.mouseClick(view.delete_button, qtbot_button())
-        qtbot.waitUntil(lambda: "gui-tree:1" not in view.model._index, timeout=10_000)
         status_says(qtbot, window, "deleted gui-tree:1")
+        qtbot.waitUntil(lambda: "gui-tree:1" not in view.model._index, timeout=10_000)
         with pytest.raises(NotFound, match="gui-tree"):
             client.model("gui-tree:1")
 
@@ -424,8 +445,8 @@ def test_fleet_adds_pairs_drains_and_removes_an_agent(
         window.show_view(fleet)
         monkeypatch.setattr(QInputDialog, "getText", staticmethod(lambda *a, **k: (f" {lone.address} ", True)))
         qtbot.mouseClick(fleet.add_button, qtbot_button())
-        qtbot.waitUntil(lambda: fleet.model.find(node_id) >= 0, timeout=15_000)
         status_says(qtbot, window, f"added agent {lone.address}")
+        qtbot.waitUntil(lambda: fleet.model.find(node_id) >= 0, timeout=15_000)
         with Client(controller.address) as client:
 
             def agent() -> dict[str, Any]:
@@ -447,8 +468,8 @@ def test_fleet_adds_pairs_drains_and_removes_an_agent(
             wait_until(lambda: agent()["paired"] and agent()["state"] == "ONLINE", 15, "gui-lone paired and online")
 
             qtbot.mouseClick(fleet.drain_button, qtbot_button())
-            qtbot.waitUntil(lambda: fleet.state_of(node_id) == "DRAINING", timeout=15_000)
             status_says(qtbot, window, "draining gui-lone")
+            qtbot.waitUntil(lambda: fleet.state_of(node_id) == "DRAINING", timeout=15_000)
             assert agent()["state"] == "DRAINING"
 
             asked: list[str] = []
@@ -459,8 +480,8 @@ def test_fleet_adds_pairs_drains_and_removes_an_agent(
 
             monkeypatch.setattr(QMessageBox, "question", staticmethod(yes))
             qtbot.mouseClick(fleet.remove_button, qtbot_button())
-            qtbot.waitUntil(lambda: fleet.model.find(node_id) < 0, timeout=15_000)
             status_says(qtbot, window, "removed gui-lone")
+            qtbot.waitUntil(lambda: fleet.model.find(node_id) < 0, timeout=15_000)
             assert asked and "gui-lone" in asked[0]
             assert node_id not in {a["id"] for a in client.agents(all=True)}
             assert fleet.state_of("gui-agent-0") == "ONLINE"  # the others stay
