@@ -258,6 +258,19 @@ def channel_security(address: str) -> tuple[grpc.ChannelCredentials | None, str 
     return pinned_credentials(cert), node_id, metadata
 
 
+def _write_chunks(chunks: Iterator[Any], tmp: Path) -> tuple[str, int]:
+    """Write a download's data chunks to `tmp`; (sha256, size) of what arrived, for the caller to check."""
+    import hashlib
+
+    hasher, size = hashlib.sha256(), 0
+    with tmp.open("wb") as fh:
+        for chunk in chunks:
+            hasher.update(chunk.data)
+            size += len(chunk.data)
+            fh.write(chunk.data)
+    return hasher.hexdigest(), size
+
+
 def _digest(path: Path) -> tuple[str, int]:
     from tensorfleet_agent.core.digest import file_digest
 
@@ -460,8 +473,6 @@ class Client:
 
         Returns the version's record with "format", "sha256" and "size" of what was written.
         """
-        import hashlib
-
         request = _checked(convert.download_format_to_pb, fmt)
         request.ref = ref
         tmp = path.with_name(f".{path.name}.part")
@@ -469,21 +480,16 @@ class Client:
             stream = iter(self._stub.DownloadModel(request, timeout=max(self.timeout, 600), metadata=self._metadata))
             first: cpb.ModelChunk = next(stream)
             header = first.header
-            hasher, size = hashlib.sha256(), 0
-            with tmp.open("wb") as fh:
-                for chunk in stream:
-                    hasher.update(chunk.data)
-                    size += len(chunk.data)
-                    fh.write(chunk.data)
+            digest, size = _write_chunks(stream, tmp)
         except grpc.RpcError as exc:
             tmp.unlink(missing_ok=True)
             raise _translate(exc, self.address) from None
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise InvalidRequest(f"cannot write {path}: {exc}") from None
-        if hasher.hexdigest() != header.sha256 or size != header.size:
+        if digest != header.sha256 or size != header.size:
             tmp.unlink(missing_ok=True)
-            got = f"{size} bytes, sha256 {hasher.hexdigest()[:12]}"
+            got = f"{size} bytes, sha256 {digest[:12]}"
             raise DataLoss(f"the download of {ref} arrived damaged ({got}, expected {header.sha256[:12]})", "DATA_LOSS")
         tmp.replace(path)
         config = json.loads(header.config_json or "{}")
@@ -502,29 +508,22 @@ class Client:
         The sha256 is checked: a damaged or cut-short transfer raises and leaves no file behind. `task` picks
         among several tasks' artifacts of one name. Returns the artifact's record with "path" added.
         """
-        import hashlib
-
         request = cpb.DownloadArtifactRequest(job_id=job_id, name=name, task_index=task)
         path = dest / Path(name).name if dest.is_dir() else dest
         tmp = path.with_name(f".{path.name}.part")
         try:
             stream = iter(self._stub.DownloadArtifact(request, timeout=max(self.timeout, 600), metadata=self._metadata))
             header = convert.artifact_from_pb(next(stream).header)
-            hasher, size = hashlib.sha256(), 0
-            with tmp.open("wb") as fh:
-                for chunk in stream:
-                    hasher.update(chunk.data)
-                    size += len(chunk.data)
-                    fh.write(chunk.data)
+            digest, size = _write_chunks(stream, tmp)
         except grpc.RpcError as exc:
             tmp.unlink(missing_ok=True)
             raise _translate(exc, self.address) from None
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise InvalidRequest(f"cannot write {path}: {exc}") from None
-        if hasher.hexdigest() != header["sha256"] or size != header["size"]:
+        if digest != header["sha256"] or size != header["size"]:
             tmp.unlink(missing_ok=True)
-            got = f"{size} bytes, sha256 {hasher.hexdigest()[:12]}"
+            got = f"{size} bytes, sha256 {digest[:12]}"
             raise DataLoss(
                 f"artifact {name} of job {job_id} arrived damaged ({got}; expected {header['size']} bytes, "
                 f"sha256 {header['sha256'][:12]}): nothing was written",

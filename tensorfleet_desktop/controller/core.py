@@ -67,7 +67,7 @@ from tensorfleet_desktop.controller.retention import referenced, stale_partials,
 from tensorfleet_desktop.controller.scheduler import Capacity, RankLayout, Request, plan, rank_layout
 from tensorfleet_desktop.controller.sweep import Study, parse_sweep
 from tensorfleet_desktop.store.base import JobStore, StoreFullError, full_message, is_disk_full
-from tensorfleet_desktop.store.blobs import BlobStore
+from tensorfleet_desktop.store.blobs import BlobStore, hashes_to
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Controller:
             path = await self.blobs.ensure(sha256)
         except FileNotFoundError:
             return None
-        return path if await asyncio.to_thread(_hashes_to, path, sha256) else None
+        return path if await asyncio.to_thread(hashes_to, path, sha256) else None
 
     async def _refetch_model(self, record: dict[str, Any]) -> None:
         """A registered model's blob is missing or damaged: copy it again from the agent of the job that made it,
@@ -1018,7 +1018,7 @@ class Controller:
         if record.client is None:
             return
         if await asyncio.to_thread(dest.exists):
-            if await asyncio.to_thread(_hashes_to, dest, sha256):
+            if await asyncio.to_thread(hashes_to, dest, sha256):
                 return
             log.warning("blob %s in %s is damaged; fetching it again from %s", sha256[:12], self.blobs.uri, record.name)
         url = await self.blobs.direct_upload(sha256)
@@ -1308,14 +1308,6 @@ def _free_bytes(path: Path) -> int | None:
         return shutil.disk_usage(path).free
     except OSError:  # not created yet (an object store's cache)
         return None
-
-
-def _hashes_to(path: Path, sha256: str) -> bool:
-    """Whether the file at `path` exists and hashes to `sha256` (blocking)."""
-    try:
-        return file_sha256(path) == sha256
-    except FileNotFoundError:
-        return False
 
 
 def _fetch_error(exc: Exception, blobs_dir: Path, agent: str) -> Exception:

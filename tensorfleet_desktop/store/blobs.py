@@ -55,7 +55,7 @@ class BlobStore:
 
     async def intact(self, sha256: str, size: int) -> bool:
         """Whether the store holds this blob whole: a local file must hash to its name."""
-        return await asyncio.to_thread(_hashes_to, self.path(sha256), sha256)
+        return await asyncio.to_thread(hashes_to, self.path(sha256), sha256)
 
     async def direct_download(self, sha256: str) -> tuple[str, int] | None:
         """(presigned GET URL, size) when agents can fetch the blob from the store themselves."""
@@ -233,7 +233,7 @@ class S3BlobStore(BlobStore):
         return url
 
 
-def _hashes_to(path: Path, sha256: str) -> bool:
+def hashes_to(path: Path, sha256: str) -> bool:
     """Whether the file at `path` exists and hashes to `sha256` (blocking)."""
     try:
         return file_sha256(path) == sha256
