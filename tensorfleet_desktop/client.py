@@ -555,8 +555,9 @@ class Client:
     def workloads(self) -> list[dict[str, Any]]:
         return self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))
 
-    def shutdown(self, stop_local_agent: bool = True) -> None:
-        self._call("Shutdown", cpb.ShutdownRequest(stop_local_agent=stop_local_agent), lambda r: None)
+    def shutdown(self) -> None:
+        """Stop the controller and its local agent (which lets its running tasks finish first)."""
+        self._call("Shutdown", cpb.ShutdownRequest(), lambda r: None)
 
     def watch(self, job_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
         """Job events (job_state, task_state, progress, metric, log, artifact) until the job ends."""
@@ -733,8 +734,8 @@ class AsyncClient:
         with Client(self.address, self.timeout) as client:
             return getattr(client, method)(*args)
 
-    async def shutdown(self, stop_local_agent: bool = True) -> None:
-        await self._call("Shutdown", cpb.ShutdownRequest(stop_local_agent=stop_local_agent), lambda r: None)
+    async def shutdown(self) -> None:
+        await self._call("Shutdown", cpb.ShutdownRequest(), lambda r: None)
 
     async def watch(self, job_id: str, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
         stub = await self._stub()

@@ -2387,19 +2387,16 @@ Global___ArtifactChunk: _TypeAlias = ArtifactChunk  # noqa: Y015
 
 @_typing.final
 class ShutdownRequest(_message.Message):
+    """Stops the controller. Its local agent always stops with it (it drains first): it exits with its controller."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    STOP_LOCAL_AGENT_FIELD_NUMBER: _builtins.int
-    stop_local_agent: _builtins.bool
-    """also stop serve's own agent (it drains first)"""
     def __init__(
         self,
-        *,
-        stop_local_agent: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stop_local_agent", b"stop_local_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

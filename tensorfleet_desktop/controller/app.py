@@ -104,7 +104,6 @@ class ControllerApp:
         self._browser: AgentBrowser | None = None
         self._server: grpc.aio.Server | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        self._stop_local = True
         self._local_join_token = ""
         self._lock: DataDirLock | None = None
         self._connections: list[Path] = []
@@ -343,8 +342,7 @@ class ControllerApp:
         record = await self.fleet.add(f"127.0.0.1:{info['port']}", "local", pair_token=self._local_join_token)
         self.local_agent_id = record.node_id
 
-    def request_stop(self, stop_local_agent: bool = True) -> None:
-        self._stop_local = stop_local_agent
+    def request_stop(self) -> None:
         self.stopped.set()
 
     async def stop(self) -> None:

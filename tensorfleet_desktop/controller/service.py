@@ -103,7 +103,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         self,
         controller: Controller,
         info: Callable[[], cpb.ControllerInfo],
-        shutdown: Callable[[bool], None],
+        shutdown: Callable[[], None],
         data_dir: Path | None = None,
     ) -> None:
         self.c = controller
@@ -425,7 +425,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     @_unary
     async def Shutdown(self, request: cpb.ShutdownRequest, context: Any) -> cpb.ShutdownResponse:
         log.info("shutdown requested over gRPC")
-        asyncio.get_running_loop().call_later(0.2, self.shutdown, request.stop_local_agent)
+        asyncio.get_running_loop().call_later(0.2, self.shutdown)
         return cpb.ShutdownResponse()
 
 

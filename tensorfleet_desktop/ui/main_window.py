@@ -207,7 +207,7 @@ class MainWindow(QMainWindow):
             self.close()
 
         self.stop_cluster_on_quit = True
-        self.bridge.call(lambda c: c.shutdown(True), stopped, failed)
+        self.bridge.call(lambda c: c.shutdown(), stopped, failed)
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)

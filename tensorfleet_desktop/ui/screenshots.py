@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             saved = photograph(address, args.out, root / "gui")
         finally:
             with contextlib.suppress(Exception), Client(address, timeout=10) as client:
-                client.shutdown(True)
+                client.shutdown()
             for proc in procs:
                 proc.terminate()
             for proc in procs:

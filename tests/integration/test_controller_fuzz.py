@@ -107,7 +107,7 @@ def test_shutdown_stops_the_controller_cleanly(
     controller: ControllerProcess, channel: grpc.Channel, token: tuple[tuple[str, str], ...]
 ) -> None:
     shutdown = SERVICE.methods_by_name["Shutdown"]
-    request = cpb.ShutdownRequest(stop_local_agent=True)
+    request = cpb.ShutdownRequest()
     assert call(channel, SERVICE, shutdown, request, 10.0, token) is grpc.StatusCode.OK
     assert controller.proc is not None
     assert controller.proc.wait(30) == 0
