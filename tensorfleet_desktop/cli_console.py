@@ -14,8 +14,16 @@ from rich.console import Console
 UNLIMITED = 100_000  # wider than any line a command prints: tables take their content's width
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Rich exits with 1 here, which the CLI reserves for a job that did not succeed: let `cli.main` end
+        the command the way it ends any other closed pipe (141)."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def console(stderr: bool = False) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     piped = not (hasattr(stream, "isatty") and stream.isatty())
     width = UNLIMITED if piped and not os.environ.get("COLUMNS") else None
-    return Console(stderr=stderr, highlight=False, width=width)
+    return _Console(stderr=stderr, highlight=False, width=width)

@@ -319,7 +319,7 @@ def test_cli_output_into_a_pipe_is_whole_and_a_closed_pipe_is_quiet(
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()
         stderr = proc.stderr.read().decode()
-        assert proc.wait(60) == 1 and stderr == "", (args, stderr)
+        assert proc.wait(60) == 141 and stderr == "", (args, stderr)
 
 
 def test_unreachable_controller_exits_3_naming_the_address() -> None:

@@ -50,7 +50,8 @@ def test_targets_file_lists_the_controller_and_agents_serving_metrics(
     agent_text = scrape(by_job["tensorfleet-agent"]["targets"][0])
     for name in ("tensorfleet_agent_cpu_utilization_ratio", "tensorfleet_agent_memory_used_bytes", "worker_slots"):
         assert f"\n{name} " in agent_text, name
-    assert "\ntensorfleet_active_workers 2.0" in scrape(by_job["tensorfleet-controller"]["targets"][0])
+    controller_page = by_job["tensorfleet-controller"]["targets"][0]  # both agents, once the quiet one is online
+    wait_until(lambda: "\ntensorfleet_active_workers 2.0" in scrape(controller_page), 30, "2 agents in the gauge")
     agent.kill()  # a lost agent leaves the targets file
     wait_until(lambda: len(groups()) == 1, 30, "the lost agent to leave the targets file")
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tensorfleet_agent.core.digest import file_sha256
+
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json
 from tensorfleet_desktop.client import AsyncClient, Client, NotFound
@@ -128,21 +130,33 @@ def test_jobs_register_versions_that_aliases_downloads_and_the_sdk_use(
 def test_a_damaged_model_file_is_an_error_never_a_model(
     cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path
 ) -> None:
-    controller, _ = cluster
+    """A damaged copy is flagged and fetched again from the agent that trained it; with no good copy anywhere the
+    download is refused as stored data lost (exit 5, never 'bad input') and writes nothing."""
+    controller, agents = cluster
     with Client(controller.address) as client:
         job = client.wait(client.submit({"algorithm": "svm", "dataset": "iris"})["id"], timeout=120)
         record = client.model(f"{job['model']['name']}:{job['model']['version']}")
-        blob = controller.data_dir / "blobs" / record["sha256"][:2] / record["sha256"]
+    blob = controller.data_dir / "blobs" / record["sha256"][:2] / record["sha256"]
+
+    def damage() -> None:
         data = bytearray(blob.read_bytes())
         data[len(data) // 2] ^= 0xFF
         blob.write_bytes(bytes(data))
-        result = controller.cli("models", "download", "svm-iris", "-o", str(tmp_path / "m.skops"))
-        assert result.returncode == 5 and "the file is damaged" in result.stderr, result.stderr  # not bad input
-        assert not (tmp_path / "m.skops").exists()
-        assert cli_json(controller.cli("models", "show", "svm-iris", "--json"))["blob_status"] == "DAMAGED"
-        assert "DAMAGED" in controller.cli("models", "list").stdout
-        blob.unlink()
-        assert "MISSING" in controller.cli("models", "show", "svm-iris").stdout
+
+    damage()
+    assert cli_json(controller.cli("models", "show", "svm-iris", "--json"))["blob_status"] == "DAMAGED"
+    assert "DAMAGED" in controller.cli("models", "list").stdout
+    healed = controller.cli("models", "download", "svm-iris", "-o", str(tmp_path / "healed.skops"))
+    assert healed.returncode == 0, healed.stderr  # its agent still had the file
+    assert file_sha256(tmp_path / "healed.skops") == record["sha256"] == file_sha256(blob)
+    for agent in agents:  # now no good copy exists anywhere
+        agent.kill()
+    damage()
+    result = controller.cli("models", "download", "svm-iris", "-o", str(tmp_path / "m.skops"))
+    assert result.returncode == 5 and "damaged" in result.stderr, result.stderr  # not bad input
+    assert not (tmp_path / "m.skops").exists()
+    blob.unlink()
+    assert "MISSING" in controller.cli("models", "show", "svm-iris").stdout
 
 
 def test_torch_models_register_as_safetensors_and_load_as_modules(
