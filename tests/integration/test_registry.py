@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from tensorfleet_agent.core.digest import file_sha256
-
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json
+from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_desktop.client import AsyncClient, Client, NotFound
 
 pytestmark = pytest.mark.slow
