@@ -87,33 +87,39 @@ def smoke_agent(dist: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
     agent_cmd += ["--data-dir", str(work / "agent"), "--cpu-slots", "1", "--ready-file", str(ready)]
     port = free_port()
     serve = [sys.executable, "-m", "tensorfleet_desktop", "serve", "--host", LOOPBACK, "--port", str(port)]
+    serve_ready = work / "controller.ready"
+    serve_ready.unlink(missing_ok=True)
     serve += ["--data-dir", str(work / "controller"), "--interfaces", LOOPBACK, "--no-local-agent"]
+    serve += ["--ready-file", str(serve_ready)]
     started = time.monotonic()
     with running(agent_cmd, work / "agent.log", env) as agent:
         wait("the packaged agent to be ready", ready.exists, 60, agent)
         agent_ready_s = time.monotonic() - started
-        with running(serve, work / "controller.log", env) as controller, Client(f"{LOOPBACK}:{port}") as client:
+        with running(serve, work / "controller.log", env) as controller:
+            # the client reads the controller's token from its connection file, written before the ready file
+            wait("the controller to be ready", serve_ready.exists, 60, controller)
+            with Client(f"{LOOPBACK}:{port}") as client:
 
-            def found() -> bool:
-                try:
-                    return any(a["name"] == "frozen-agent" and a["state"] == "ONLINE" for a in client.agents())
-                except Exception:  # the controller is still starting
-                    return False
+                def found() -> bool:
+                    try:
+                        return any(a["name"] == "frozen-agent" and a["state"] == "ONLINE" for a in client.agents())
+                    except Exception:  # the controller is still starting
+                        return False
 
-            wait("the controller to find the agent over mDNS and pair", found, 60, controller)
-            info = next(a for a in client.agents() if a["name"] == "frozen-agent")
-            results = {}
-            for spec in (
-                {"algorithm": "random_forest", "dataset": "iris", "hyperparameters": {"n_estimators": 20}},
-                {"algorithm": "noop"},
-            ):
-                job = client.submit(spec)
-                final = client.wait(job["id"], timeout=300)
-                results[spec["algorithm"]] = {
-                    "state": final["state"],
-                    "metrics": final["metrics"],
-                    "error": final["error"],
-                }
+                wait("the controller to find the agent over mDNS and pair", found, 60, controller)
+                info = next(a for a in client.agents() if a["name"] == "frozen-agent")
+                results = {}
+                for spec in (
+                    {"algorithm": "random_forest", "dataset": "iris", "hyperparameters": {"n_estimators": 20}},
+                    {"algorithm": "noop"},
+                ):
+                    job = client.submit(spec)
+                    final = client.wait(job["id"], timeout=300)
+                    results[spec["algorithm"]] = {
+                        "state": final["state"],
+                        "metrics": final["metrics"],
+                        "error": final["error"],
+                    }
     ok = all(r["state"] == "SUCCEEDED" for r in results.values()) and info["paired"]
     return {
         "ok": ok,
