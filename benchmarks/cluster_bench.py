@@ -99,14 +99,15 @@ def cold_start_and_idle_memory(workdir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        with Client(address, timeout=5) as client:
-            while True:
-                try:
-                    if any(a["state"] == "ONLINE" for a in client.agents()):
+        while True:
+            try:  # a client made before the controller wrote its connection file has no token: one per try
+                with Client(address, timeout=5) as probe:
+                    if any(a["state"] == "ONLINE" for a in probe.agents()):
                         break
-                except Exception:  # not up yet
-                    pass
-                time.sleep(0.02)
+            except Exception:  # not up yet
+                pass
+            time.sleep(0.02)
+        with Client(address, timeout=5) as client:
             final = client.wait(client.submit(NOOP)["id"], timeout=60)
             cold = time.perf_counter() - t0
             assert final["state"] == "SUCCEEDED", final
