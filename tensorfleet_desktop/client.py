@@ -468,6 +468,20 @@ class Client:
     def model_stats(self) -> dict[str, Any]:
         return self._call("ModelStats", cpb.ModelStatsRequest(), convert.stats_from_pb)
 
+    def _receive(self, method: Callable[..., Any], request: Any, tmp: Path, path: Path) -> tuple[Any, str, int]:
+        """A download stream: its header message, then its data written to `tmp`; (header, sha256, size)."""
+        try:
+            stream = iter(method(request, timeout=max(self.timeout, 600), metadata=self._metadata))
+            header = next(stream).header
+            digest, size = _write_chunks(stream, tmp)
+        except grpc.RpcError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _translate(exc, self.address) from None
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise InvalidRequest(f"cannot write {path}: {exc}") from None
+        return header, digest, size
+
     def download_model(self, ref: str, path: Path, fmt: str = "") -> dict[str, Any]:
         """Write the model to `path` (a torch model's config goes to PATH.json); the sha256 is checked.
 
@@ -476,17 +490,7 @@ class Client:
         request = _checked(convert.download_format_to_pb, fmt)
         request.ref = ref
         tmp = path.with_name(f".{path.name}.part")
-        try:
-            stream = iter(self._stub.DownloadModel(request, timeout=max(self.timeout, 600), metadata=self._metadata))
-            first: cpb.ModelChunk = next(stream)
-            header = first.header
-            digest, size = _write_chunks(stream, tmp)
-        except grpc.RpcError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _translate(exc, self.address) from None
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise InvalidRequest(f"cannot write {path}: {exc}") from None
+        header, digest, size = self._receive(self._stub.DownloadModel, request, tmp, path)
         if digest != header.sha256 or size != header.size:
             tmp.unlink(missing_ok=True)
             got = f"{size} bytes, sha256 {digest[:12]}"
@@ -511,16 +515,8 @@ class Client:
         request = cpb.DownloadArtifactRequest(job_id=job_id, name=name, task_index=task)
         path = dest / Path(name).name if dest.is_dir() else dest
         tmp = path.with_name(f".{path.name}.part")
-        try:
-            stream = iter(self._stub.DownloadArtifact(request, timeout=max(self.timeout, 600), metadata=self._metadata))
-            header = convert.artifact_from_pb(next(stream).header)
-            digest, size = _write_chunks(stream, tmp)
-        except grpc.RpcError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _translate(exc, self.address) from None
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise InvalidRequest(f"cannot write {path}: {exc}") from None
+        first, digest, size = self._receive(self._stub.DownloadArtifact, request, tmp, path)
+        header = convert.artifact_from_pb(first)
         if digest != header["sha256"] or size != header["size"]:
             tmp.unlink(missing_ok=True)
             got = f"{size} bytes, sha256 {digest[:12]}"
