@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tensorfleet_agent.core.digest import blob_relpath
 from tensorfleet_agent.runtime.channel import EVENTS_FD_ENV, EventChannel
 
 __all__ = [
@@ -212,7 +213,7 @@ def _store(path: Path) -> tuple[str, int]:
     size = path.stat().st_size
     blobs = _current().blobs_dir
     if blobs is not None:
-        dest = blobs / digest[:2] / digest
+        dest = blobs / blob_relpath(digest)
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")

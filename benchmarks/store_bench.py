@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobTask, TaskRunState  # noqa: E402
-from tensorfleet_desktop.store.sqlite import _BODY_FIELDS, SqliteJobStore  # noqa: E402
+from tensorfleet_desktop.controller.store.sqlite import _BODY_FIELDS, SqliteJobStore  # noqa: E402
 
 
 def _metric(seq: int) -> JobEventRecord:

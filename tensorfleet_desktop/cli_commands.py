@@ -305,7 +305,7 @@ def _guard_secrets(flag_store: str, store: str, settings: Any, config_path: Path
     """Mask the store password and S3 keys in every log line; warn when the password came on the command line,
     where every user of this machine can read it (`ps`)."""
     from tensorfleet_agent.security.secrets import register
-    from tensorfleet_desktop.store.base import uri_password
+    from tensorfleet_desktop.controller.store.base import uri_password
 
     if uri_password(flag_store):
         err.print(

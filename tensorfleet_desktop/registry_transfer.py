@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from tensorfleet_agent.core.digest import file_sha256
-from tensorfleet_desktop.store import open_store
-from tensorfleet_desktop.store.blobs import BlobStore, open_blobs
+from tensorfleet_desktop.controller.store import open_store
+from tensorfleet_desktop.controller.store.blobs import BlobStore, open_blobs
 
 FORMAT = 1
 

@@ -20,3 +20,11 @@ def file_digest(path: Path) -> tuple[str, int]:
 
 def file_sha256(path: Path) -> str:
     return file_digest(path)[0]
+
+
+def blob_relpath(sha256: str) -> str:
+    """Where a content-addressed file lives under a blob root (agent cache, controller store, S3 bucket prefix).
+
+    Two hex characters of fan-out keep any one directory small.
+    """
+    return f"{sha256[:2]}/{sha256}"

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from tensorfleet_agent.core.digest import blob_relpath
 from tensorfleet_agent.core.errors import NotFound, ValidationError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class BlobStore:
         return removed
 
     def path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256
+        return self.root / blob_relpath(sha256)
 
     def has(self, sha256: str) -> bool:
         return SHA256_RE.match(sha256) is not None and self.path(sha256).is_file()

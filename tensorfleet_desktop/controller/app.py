@@ -31,8 +31,8 @@ from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.prometheus_sd import TargetsFile
 from tensorfleet_desktop.controller.security import ClientTokenInterceptor, refusal
 from tensorfleet_desktop.controller.service import CONTROLLER_SERVICE, ControllerServicer, controller_info
-from tensorfleet_desktop.store import open_store
-from tensorfleet_desktop.store.blobs import open_blobs
+from tensorfleet_desktop.controller.store import open_store
+from tensorfleet_desktop.controller.store.blobs import open_blobs
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from tensorfleet_agent.core.digest import file_sha256
+from tensorfleet_agent.core.digest import blob_relpath, file_sha256
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,
@@ -65,9 +65,9 @@ from tensorfleet_desktop.controller.model import (
 from tensorfleet_desktop.controller.registry import BlobDamaged, Registry, pick_artifacts
 from tensorfleet_desktop.controller.retention import referenced, stale_partials, trim_checkpoints
 from tensorfleet_desktop.controller.scheduler import Capacity, RankLayout, Request, plan, rank_layout
+from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, full_message, is_disk_full
+from tensorfleet_desktop.controller.store.blobs import BlobStore, hashes_to
 from tensorfleet_desktop.controller.sweep import Study, parse_sweep
-from tensorfleet_desktop.store.base import JobStore, StoreFullError, full_message, is_disk_full
-from tensorfleet_desktop.store.blobs import BlobStore, hashes_to
 
 log = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ class Controller:
     def _adopt_blob(self, tmp: Path) -> tuple[str, int]:
         """Move a finished file into the blob store under its sha256 (blocking)."""
         digest = file_sha256(tmp)
-        final = self.blobs_dir / digest[:2] / digest
+        final = self.blobs_dir / blob_relpath(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp.replace(final)
         return digest, final.stat().st_size

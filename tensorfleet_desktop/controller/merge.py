@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tensorfleet_agent.core.digest import blob_relpath
+
 FOREST_TYPES = [
     "sklearn.ensemble._forest.RandomForestClassifier",
     "sklearn.ensemble._forest.RandomForestRegressor",
@@ -46,7 +48,7 @@ def merge_forest(
     kind = dataset_task(dataset, dataset_params)
     if is_user_dataset(dataset):
         digest = dataset.split(":", 1)[1]
-        x, y, _features, _classes = load_user(blobs_dir / digest[:2] / digest, dataset_params)
+        x, y, _features, _classes = load_user(blobs_dir / blob_relpath(digest), dataset_params)
     else:
         x, y, _features, _classes = load_dataset(dataset, dataset_params)
     stratify = y if kind == CLASSIFICATION else None

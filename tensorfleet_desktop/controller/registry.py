@@ -21,8 +21,8 @@ from typing import Any
 from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job
-from tensorfleet_desktop.store.base import JobStore
-from tensorfleet_desktop.store.blobs import BlobStore
+from tensorfleet_desktop.controller.store.base import JobStore
+from tensorfleet_desktop.controller.store.blobs import BlobStore
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from tensorfleet_desktop.controller.registry import (
     RegistryError,
     model_config,
 )
-from tensorfleet_desktop.store.base import StoreFullError, full_message, is_disk_full
+from tensorfleet_desktop.controller.store.base import StoreFullError, full_message, is_disk_full
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

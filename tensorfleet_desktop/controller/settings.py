@@ -91,7 +91,7 @@ def save_settings(path: Path, settings: FileSettings) -> None:
 
 def check_backends(settings: FileSettings, data_dir: Path, timeout: float = 5.0) -> list[str]:
     """Connect to the configured store and blob store (blocking); one line per backend, errors as ValueError."""
-    from tensorfleet_desktop.store.base import redact_uri
+    from tensorfleet_desktop.controller.store.base import redact_uri
 
     report = []
     store = settings.store_uri
@@ -117,7 +117,7 @@ def check_backends(settings: FileSettings, data_dir: Path, timeout: float = 5.0)
         report.append("store: embedded SQLite in the data dir")
     blobs = settings.blobs_uri
     if blobs.startswith("s3://"):
-        from tensorfleet_desktop.store.blobs import S3BlobStore
+        from tensorfleet_desktop.controller.store.blobs import S3BlobStore
 
         keys = (settings.s3_access_key, settings.s3_secret_key)
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers.servers import S3_KEY, S3_SECRET, start_nanio
-from tensorfleet_desktop.store.blobs import BlobStore, open_blobs
+from tensorfleet_desktop.controller.store.blobs import BlobStore, open_blobs
 
 
 @pytest.fixture(scope="module")

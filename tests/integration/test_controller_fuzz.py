@@ -23,7 +23,7 @@ from helpers.controller import ControllerProcess
 from helpers.proto_fuzz import EXAMPLES, REFUSALS, call, message, methods
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_desktop.connection import client_token
-from tensorfleet_desktop.store import open_store
+from tensorfleet_desktop.controller.store import open_store
 
 pytestmark = pytest.mark.slow
 SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"]

@@ -21,8 +21,8 @@ import pytest
 
 from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_desktop.controller.app import resolve_uris
-from tensorfleet_desktop.store import open_store
-from tensorfleet_desktop.store.blobs import BlobStore
+from tensorfleet_desktop.controller.store import open_store
+from tensorfleet_desktop.controller.store.blobs import BlobStore
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The README's promise: four seed jobs, a 6-trial sweep and, with PyTorch, a 2-rank job across both agents.

@@ -15,9 +15,9 @@ import pytest
 
 from helpers.servers import start_secantus
 from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
-from tensorfleet_desktop.store import open_store
-from tensorfleet_desktop.store.base import JobStore
-from tensorfleet_desktop.store.sqlite import SqliteJobStore
+from tensorfleet_desktop.controller.store import open_store
+from tensorfleet_desktop.controller.store.base import JobStore
+from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
 
 
 @pytest.fixture(scope="session")

@@ -23,10 +23,10 @@ from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.controller.registry import DAMAGED, MISSING
-from tensorfleet_desktop.store import sqlite as sqlite_store
-from tensorfleet_desktop.store.base import StoreFullError
-from tensorfleet_desktop.store.blobs import BlobStore
-from tensorfleet_desktop.store.sqlite import SqliteJobStore
+from tensorfleet_desktop.controller.store import sqlite as sqlite_store
+from tensorfleet_desktop.controller.store.base import StoreFullError
+from tensorfleet_desktop.controller.store.blobs import BlobStore
+from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
 
 FULL = r"controller data dir full \(\d+ MiB free"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tensorfleet_desktop.controller.app import resolve_uris
-from tensorfleet_desktop.store import SqliteJobStore, open_store
+from tensorfleet_desktop.controller.store import SqliteJobStore, open_store
 
 
 def test_a_relative_data_dir_gives_uris_inside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

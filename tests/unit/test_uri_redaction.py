@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from tensorfleet_desktop.controller.settings import FileSettings, check_backends
-from tensorfleet_desktop.store import open_store
-from tensorfleet_desktop.store.base import redact_uri
-from tensorfleet_desktop.store.blobs import open_blobs
+from tensorfleet_desktop.controller.store import open_store
+from tensorfleet_desktop.controller.store.base import redact_uri
+from tensorfleet_desktop.controller.store.blobs import open_blobs
 
 PASSWORD = "pw-Zq81x"
 

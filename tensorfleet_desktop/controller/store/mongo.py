@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
-from tensorfleet_desktop.store.base import JobStore, StoreFullError, redact_uri
+from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, redact_uri
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tensorfleet_desktop.store.base import JobStore, redact_uri
-from tensorfleet_desktop.store.sqlite import SqliteJobStore
+from tensorfleet_desktop.controller.store.base import JobStore, redact_uri
+from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
 
 SUPPORTED = ("sqlite", "mongodb", "mongodb+srv")
 
@@ -15,7 +15,7 @@ def open_store(uri: str) -> JobStore:
     """`sqlite:///abs/path.db` (or `sqlite:relative.db`), or `mongodb://[user:password@]host:port/database`."""
     scheme = urlparse(uri).scheme
     if scheme in ("mongodb", "mongodb+srv"):
-        from tensorfleet_desktop.store.mongo import MongoJobStore
+        from tensorfleet_desktop.controller.store.mongo import MongoJobStore
 
         return MongoJobStore(uri)
     if scheme == "sqlite":

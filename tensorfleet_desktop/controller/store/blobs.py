@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from tensorfleet_agent.core.digest import file_sha256
-from tensorfleet_desktop.store.base import redact_uri
+from tensorfleet_agent.core.digest import blob_relpath, file_sha256
+from tensorfleet_desktop.controller.store.base import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class BlobStore:
         self.uri = uri or f"file://{root}"
 
     def path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256
+        return self.root / blob_relpath(sha256)
 
     async def open(self) -> None:
         await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ class S3BlobStore(BlobStore):
             raise ValueError(f"blob store URI {redact_uri(uri)!r}: {exc}") from None
 
     def key(self, sha256: str) -> str:
-        return f"blobs/{sha256[:2]}/{sha256}"
+        return f"blobs/{blob_relpath(sha256)}"
 
     async def open(self) -> None:
         await super().open()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
-from tensorfleet_desktop.store.base import JobStore, StoreFullError, full_message
+from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, full_message
 
 log = logging.getLogger(__name__)
 
