@@ -78,7 +78,7 @@ from tensorfleet_desktop import cli
 import asyncio, fractions, signal, statistics
 from tensorfleet_agent import logging_setup
 from tensorfleet_agent.discovery import interfaces
-from tensorfleet_desktop import cli_commands, client
+from tensorfleet_desktop import client
 from tensorfleet_desktop.controller import app, settings
 uid, gid = int(sys.argv[1]), int(sys.argv[2])
 os.setgroups([]); os.setgid(gid); os.setuid(uid)

@@ -12,14 +12,14 @@ from tensorfleet_desktop import cli
 
 def test_no_command_means_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Any] = []
-    monkeypatch.setattr("tensorfleet_desktop.cli_commands.gui", lambda args: seen.append(args) or 0)
+    monkeypatch.setattr("tensorfleet_desktop.cli.gui.run", lambda args: seen.append(args) or 0)
     assert cli.main([]) == 0
     assert seen and seen[0].command == "gui"
 
 
 def test_gui_takes_the_controller_address_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Any] = []
-    monkeypatch.setattr("tensorfleet_desktop.cli_commands.gui", lambda args: seen.append(args) or 0)
+    monkeypatch.setattr("tensorfleet_desktop.cli.gui.run", lambda args: seen.append(args) or 0)
     assert cli.main(["gui", "--controller", "127.0.0.1:50060"]) == 0
     assert cli.main(["--controller", "127.0.0.1:50070", "gui"]) == 0
     assert cli.main(["gui"]) == 0

@@ -3,38 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
-from tensorfleet_desktop.cli_console import console
+from tensorfleet_desktop.cli import exit_codes
+from tensorfleet_desktop.cli.exit_codes import UsageError
+from tensorfleet_desktop.cli.output import add_format_flags, csv_of, out, print_json, print_table, when
 from tensorfleet_desktop.client import Client
 
-out = console()
-EXIT_OK = 0
-LIST_USAGE = "tensorfleet artifacts JOB [--json]"
+LIST_USAGE = "tensorfleet artifacts JOB [--json | --csv]"
+CSV_FIELDS = ("name", "kind", "step", "task_index", "size", "sha256", "created_at")
 DOWNLOAD_USAGE = "tensorfleet artifacts download JOB NAME [-o PATH] [--task N] [--json]"
 
 
-def add_parser(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+def add_parser(sub: Any) -> None:
     s = sub.add_parser(
         "artifacts",
         help="a job's files (models, reports, checkpoints, what scripts saved); download one, sha256 checked",
         usage=f"{LIST_USAGE}\n       {DOWNLOAD_USAGE}",
         description="List the files a job's tasks saved, or download one of them (its sha256 is checked).",
     )
+    s.set_defaults(call=artifacts)
     s.add_argument("words", nargs="+", metavar="JOB | download JOB NAME", help=argparse.SUPPRESS)
     s.add_argument("-o", "--output", type=Path, help="download: the file or directory to write (default: NAME, here)")
     s.add_argument("--task", type=int, metavar="N", help="download: task N's artifact, when several saved one by NAME")
-    s.add_argument("--json", action="store_true")
+    add_format_flags(s, csv=True)
 
 
 def artifacts(client: Client, args: argparse.Namespace) -> int:
-    from tensorfleet_desktop.cli_commands import UsageError
-
     words = args.words
     if words[0] == "download":
         if len(words) != 3:
@@ -46,19 +42,21 @@ def artifacts(client: Client, args: argparse.Namespace) -> int:
         raise UsageError("-o and --task go with `tensorfleet artifacts download JOB NAME`")
     items = client.artifacts(words[0])
     if args.json:
-        print(json.dumps(items, indent=2))
-        return EXIT_OK
-    table = Table("NAME", "KIND", "TASK", "SIZE", "SHA256", "CREATED")
-    for a in items:
-        kind = f"{a['kind']} (step {a['step']})" if a["kind"] == "checkpoint" else a["kind"]
-        table.add_row(a["name"], kind, _task(a["task_index"]), _size(a["size"]), a["sha256"], _when(a["created_at"]))
-    out.print(table, markup=False)
-    return EXIT_OK
+        print_json(items)
+    elif args.csv:
+        csv_of(items, CSV_FIELDS)
+    else:
+        print_table(
+            ("NAME", "KIND", "TASK", "SIZE", "SHA256", "CREATED"),
+            (
+                (a["name"], _kind(a), _task(a["task_index"]), _size(a["size"]), a["sha256"], when(a["created_at"]))
+                for a in items
+            ),
+        )
+    return exit_codes.OK
 
 
 def _download(client: Client, job_id: str, name: str, args: argparse.Namespace) -> int:
-    from tensorfleet_desktop.cli_commands import UsageError
-
     if args.task is None:  # say which tasks, and how to pick one, before any transfer
         tasks = sorted({a["task_index"] for a in client.artifacts(job_id) if a["name"] == name})
         if len(tasks) > 1:
@@ -67,13 +65,17 @@ def _download(client: Client, job_id: str, name: str, args: argparse.Namespace) 
     dest = args.output if args.output is not None else Path(Path(name).name)
     record = client.download_artifact(job_id, name, dest, args.task)
     if args.json:
-        print(json.dumps(record, indent=2))
+        print_json(record)
     else:
         out.print(
             f"wrote {record['name']} ({_size(record['size'])}, sha256 {record['sha256']} verified) to {record['path']}",
             markup=False,
         )
-    return EXIT_OK
+    return exit_codes.OK
+
+
+def _kind(artifact: dict[str, Any]) -> str:
+    return f"{artifact['kind']} (step {artifact['step']})" if artifact["kind"] == "checkpoint" else artifact["kind"]
 
 
 def _task(index: int) -> str:
@@ -87,7 +89,3 @@ def _size(size: int) -> str:
             return f"{size} bytes" if unit == "bytes" else f"{scaled:.1f} {unit}"
         scaled /= 1024
     return f"{scaled:.1f} GiB"
-
-
-def _when(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"

@@ -1,0 +1,116 @@
+"""`tensorfleet`: the command line. One module per command group; this one assembles the parser, runs the command
+and turns each error into its exit code (`exit_codes`). With --json, stdout holds exactly one JSON document."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.version import AGENT_VERSION
+from tensorfleet_desktop.cli import (
+    agents,
+    artifacts,
+    datasets,
+    demo,
+    exit_codes,
+    gui,
+    jobs,
+    models,
+    registry,
+    serve,
+)
+from tensorfleet_desktop.cli.exit_codes import UsageError
+from tensorfleet_desktop.client import (
+    Client,
+    ControllerFull,
+    ControllerUnreachable,
+    DataLoss,
+    InvalidRequest,
+    NotFound,
+    TensorFleetError,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(exit_codes.USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Each command sets `run` (takes the arguments) or `call` (takes a connected Client and the arguments)."""
+    p = _Parser(prog="tensorfleet", description="TensorFleet: train ML models on the machines you already have.")
+    p.add_argument("--version", action="version", version=f"tensorfleet {AGENT_VERSION}")
+    p.add_argument(
+        "--controller",
+        help="controller address HOST:PORT (default: $TENSORFLEET_CONTROLLER or 127.0.0.1:50050)",
+    )
+    p.add_argument("--log-level", default="WARNING")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    serve.add_serve_parser(sub)
+    gui.add_parser(sub)
+    serve.add_shutdown_parser(sub)
+    jobs.add_parsers(sub)
+    agents.add_parsers(sub)
+    datasets.add_parsers(sub)
+    models.add_parser(sub)
+    artifacts.add_parser(sub)
+    serve.add_gc_parser(sub)
+    registry.add_parser(sub)
+    agents.add_algorithms_parser(sub)
+    demo.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, not as an error at exit
+        return code
+    except BrokenPipeError:  # as Python's docs recommend: nothing more goes to the closed pipe, no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return exit_codes.CLOSED_PIPE  # not JOB_FAILED: the job may well have succeeded
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from tensorfleet_agent.logging_setup import configure_logging
+
+    configure_logging(args.log_level if args.command != "serve" else "INFO")
+    if args.command is None:  # no command: the window, with the gui command's defaults
+        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), "gui"])
+    try:
+        if "run" in args:
+            return int(args.run(args))
+        with Client(args.controller) as client:
+            return int(args.call(client, args))
+    except (UsageError, ValidationError) as exc:
+        print(f"tensorfleet: error: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
+    except (InvalidRequest, NotFound) as exc:
+        print(f"tensorfleet: refused: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
+    except ControllerUnreachable as exc:
+        print(
+            f"tensorfleet: {exc}\n  start one with `tensorfleet serve`, or point --controller / "
+            f"TENSORFLEET_CONTROLLER at a running one",
+            file=sys.stderr,
+        )
+        return exit_codes.UNREACHABLE
+    except ControllerFull as exc:
+        print(f"tensorfleet: the controller cannot save: {exc}\n  free space there, then try again", file=sys.stderr)
+        return exit_codes.CONTROLLER_FULL
+    except DataLoss as exc:
+        print(f"tensorfleet: stored data damaged: {exc}", file=sys.stderr)
+        return exit_codes.DATA_LOSS
+    except TensorFleetError as exc:
+        print(f"tensorfleet: error: {exc}", file=sys.stderr)
+        return exit_codes.JOB_FAILED
+    except KeyboardInterrupt:
+        return exit_codes.INTERRUPTED

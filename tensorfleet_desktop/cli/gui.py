@@ -1,0 +1,57 @@
+"""`tensorfleet gui` (and `tensorfleet` with no command): the desktop app."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tensorfleet_desktop.cli import exit_codes
+
+
+def add_parser(sub: Any) -> None:
+    s = sub.add_parser("gui", help="open the desktop app (the default when no command is given)")
+    s.set_defaults(run=run)
+    s.add_argument(
+        "--controller",
+        default=argparse.SUPPRESS,  # `tensorfleet --controller X gui` keeps X
+        help="controller address HOST:PORT (default: $TENSORFLEET_CONTROLLER, Settings, or 127.0.0.1:50050; "
+        "the app starts a controller only at 127.0.0.1:50050)",
+    )
+    s.add_argument("--data-dir", type=Path, help="data dir of the controller the app starts when none answers")
+    s.add_argument("--no-start", action="store_true", help="only connect; never start a controller")
+    s.add_argument("--screenshot", type=Path, help=argparse.SUPPRESS)  # smoke tests of packaged builds
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open the window (desktop extra); without a display or the extra, say what to do instead."""
+    import importlib.util
+
+    missing = [m for m in ("PySide6", "pyqtgraph") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(
+            f"tensorfleet: the desktop app needs {' and '.join(missing)}: pip install 'tensorfleet[desktop]'\n"
+            "  (the CLI works without it: tensorfleet --help)",
+            file=sys.stderr,
+        )
+        return exit_codes.USAGE
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+    )
+    if headless:
+        print(
+            "tensorfleet: no display to open the window on (DISPLAY / WAYLAND_DISPLAY unset);\n"
+            "  use the CLI (tensorfleet --help), or set QT_QPA_PLATFORM=offscreen",
+            file=sys.stderr,
+        )
+        return exit_codes.USAGE
+    from tensorfleet_desktop.ui.app import run as run_gui
+
+    return run_gui(
+        args.controller,
+        args.data_dir,
+        autostart=not args.no_start,
+        screenshot=args.screenshot,
+    )
