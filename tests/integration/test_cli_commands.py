@@ -8,6 +8,7 @@ start. Tests that change the fleet (draining a twin) come last.
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
 import json
 import statistics
@@ -157,6 +158,29 @@ def test_logs_of_one_task(fleet: Fleet) -> None:
     first = fleet.controller.cli("logs", job["id"], "--task", "0")
     assert first.returncode == 0 and first.stdout
     assert first.stdout.splitlines() == [f"[0] {r['line']}" for r in all_logs if r["task_index"] == 0]
+
+
+def _csv(result: Any) -> list[dict[str, str]]:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    return list(csv.DictReader(result.stdout.splitlines()))
+
+
+def test_lists_come_as_csv_with_full_values(fleet: Fleet) -> None:
+    """--csv: a header, then one row per item with the values a script needs whole (ids, times, every log line)."""
+    with Client(fleet.address) as client:
+        (job,) = _finished(client, {"algorithm": "emit", "num_workers": 2, "hyperparameters": {"points": 2}})
+        logs = client.logs(job["id"])
+    (row,) = [r for r in _csv(fleet.controller.cli("jobs", "--csv")) if r["id"] == job["id"]]
+    assert (row["state"], row["tasks.completed"], row["tasks.total"]) == ("SUCCEEDED", "2", "2")
+    assert float(row["created_at"]) == job["created_at"] and float(row["progress"]) == 1.0
+    listed = cli_json(fleet.controller.cli("agents", "--json"))
+    agents = _csv(fleet.controller.cli("agents", "--csv"))
+    assert [(a["id"], a["name"], a["state"]) for a in agents] == [(a["id"], a["name"], a["state"]) for a in listed]
+    lines = _csv(fleet.controller.cli("logs", job["id"], "--csv"))
+    assert [(int(r["task_index"]), r["line"]) for r in lines] == [(r["task_index"], r["line"]) for r in logs]
+    assert lines  # each rank logged
+    both = fleet.controller.cli("jobs", "--json", "--csv")  # JSON wins, as it always did for `metrics`
+    assert job["id"] in {j["id"] for j in cli_json(both)}
 
 
 def test_models_stats_alias_rm_forced_delete_and_metrics_by_name(fleet: Fleet) -> None:
