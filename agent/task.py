@@ -120,12 +120,12 @@ def report(step: int, **metrics: float) -> None:
     """Record metric values at a training step (one point per name)."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative integer, got {step!r}")
-    now = time.time()
-    for name, value in metrics.items():
-        number = float(value)
+    values = {name: float(value) for name, value in metrics.items()}
+    for name, number in values.items():
         if math.isnan(number):
             raise ValueError(f"metric {name!r} is NaN at step {step}")
-        _send({"t": "metric", "step": step, "name": name, "value": number, "wall_time": now})
+    if values:  # one message for the call's points: one pipe write, however many metrics
+        _send({"t": "metrics", "step": step, "values": values, "wall_time": time.time()})
 
 
 def progress(fraction: float) -> None:

@@ -1093,6 +1093,8 @@ Global___Finished: _TypeAlias = Finished  # noqa: Y015
 
 @_typing.final
 class TaskEvent(_message.Message):
+    """One thing that happened to a task; exactly one payload is set."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
@@ -1106,24 +1108,39 @@ class TaskEvent(_message.Message):
     ARTIFACT_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """TaskSpec.task_id"""
     seq: _builtins.int
     """1, 2, 3... per task, gap-free (journaled before it is sent)"""
     time: _builtins.float
     """unix seconds when the agent journaled it"""
     @_builtins.property
-    def state(self) -> Global___StateChanged: ...
+    def state(self) -> Global___StateChanged:
+        """the task moved to ACCEPTED or RUNNING"""
+
     @_builtins.property
-    def log(self) -> Global___LogLine: ...
+    def log(self) -> Global___LogLine:
+        """a line the task (or the agent about it) wrote"""
+
     @_builtins.property
-    def metric(self) -> Global___MetricPoint: ...
+    def metric(self) -> Global___MetricPoint:
+        """a value the workload reported"""
+
     @_builtins.property
-    def progress(self) -> Global___Progress: ...
+    def progress(self) -> Global___Progress:
+        """how much of the task is done"""
+
     @_builtins.property
-    def checkpoint(self) -> Global___CheckpointSaved: ...
+    def checkpoint(self) -> Global___CheckpointSaved:
+        """a checkpoint is in the blob cache"""
+
     @_builtins.property
-    def artifact(self) -> Global___ArtifactReady: ...
+    def artifact(self) -> Global___ArtifactReady:
+        """a finished file is in the blob cache"""
+
     @_builtins.property
-    def finished(self) -> Global___Finished: ...
+    def finished(self) -> Global___Finished:
+        """the task ended; always its last event"""
+
     def __init__(
         self,
         *,
@@ -1147,6 +1164,32 @@ class TaskEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___TaskEvent: _TypeAlias = TaskEvent  # noqa: Y015
+
+@_typing.final
+class TaskEventBatch(_message.Message):
+    """What WatchTask streams: the events journaled together, consecutive seqs of one task. The agent's journal
+    file (tasks/<task_id>/events.pb) is itself one TaskEventBatch, and the agent streams slices of it as they are.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskEvent]:
+        """in seq order, at least one"""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___TaskEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskEventBatch: _TypeAlias = TaskEventBatch  # noqa: Y015
 
 @_typing.final
 class BlobHeader(_message.Message):

@@ -55,7 +55,7 @@ class AgentServiceStub:
         self.WatchTask = channel.unary_stream(
                 '/tensorfleet.v1.AgentService/WatchTask',
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.WatchTaskRequest.SerializeToString,
-                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.TaskEvent.FromString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.TaskEventBatch.FromString,
                 _registered_method=True)
         self.CancelTask = channel.unary_unary(
                 '/tensorfleet.v1.AgentService/CancelTask',
@@ -138,7 +138,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Replays the journaled events after after_seq, then follows until Finished; many events per message.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -231,7 +232,7 @@ def add_AgentServiceServicer_to_server(servicer, server):
             'WatchTask': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchTask,
                     request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.WatchTaskRequest.FromString,
-                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.TaskEvent.SerializeToString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.TaskEventBatch.SerializeToString,
             ),
             'CancelTask': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelTask,
@@ -398,7 +399,7 @@ class AgentService:
             target,
             '/tensorfleet.v1.AgentService/WatchTask',
             tensorfleet_dot_v1_dot_agent__pb2.WatchTaskRequest.SerializeToString,
-            tensorfleet_dot_v1_dot_agent__pb2.TaskEvent.FromString,
+            tensorfleet_dot_v1_dot_agent__pb2.TaskEventBatch.FromString,
             options,
             channel_credentials,
             insecure,

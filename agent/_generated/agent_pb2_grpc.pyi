@@ -42,7 +42,8 @@ class AgentServiceStub:
     GetInfo: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetInfoRequest, _agent_pb2.NodeInfo]
     StreamTelemetry: _grpc.UnaryStreamMultiCallable[_agent_pb2.TelemetryRequest, _agent_pb2.Telemetry]
     RunTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]
-    WatchTask: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchTaskRequest, _agent_pb2.TaskEvent]
+    WatchTask: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchTaskRequest, _agent_pb2.TaskEventBatch]
+    """Replays the journaled events after after_seq, then follows until Finished; many events per message."""
     CancelTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]
     PutBlob: _grpc.StreamUnaryMultiCallable[_agent_pb2.BlobChunk, _agent_pb2.PutBlobResponse]
@@ -64,7 +65,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     GetInfo: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetInfoRequest, _agent_pb2.NodeInfo]  # type: ignore[assignment]
     StreamTelemetry: _aio.UnaryStreamMultiCallable[_agent_pb2.TelemetryRequest, _agent_pb2.Telemetry]  # type: ignore[assignment]
     RunTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]  # type: ignore[assignment]
-    WatchTask: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchTaskRequest, _agent_pb2.TaskEvent]  # type: ignore[assignment]
+    WatchTask: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchTaskRequest, _agent_pb2.TaskEventBatch]  # type: ignore[assignment]
+    """Replays the journaled events after after_seq, then follows until Finished; many events per message."""
     CancelTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]  # type: ignore[assignment]
     PutBlob: _aio.StreamUnaryMultiCallable[_agent_pb2.BlobChunk, _agent_pb2.PutBlobResponse]  # type: ignore[assignment]
@@ -107,7 +109,8 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.WatchTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_pb2.TaskEvent], _abc.AsyncIterator[_agent_pb2.TaskEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.TaskEventBatch], _abc.AsyncIterator[_agent_pb2.TaskEventBatch]]:
+        """Replays the journaled events after after_seq, then follows until Finished; many events per message."""
 
     @_abc_1.abstractmethod
     def CancelTask(

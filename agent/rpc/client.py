@@ -240,8 +240,9 @@ class AgentClient:
 
     async def watch_task(self, task_id: str, after_seq: int = 0) -> AsyncIterator[TaskEvent]:
         request = pb.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
-        async for msg in self._stream(lambda md: self.stub.WatchTask(request, metadata=md)):
-            yield convert.event_from_pb(msg)
+        async for batch in self._stream(lambda md: self.stub.WatchTask(request, metadata=md)):
+            for msg in batch.events:
+                yield convert.event_from_pb(msg)
 
     async def cancel_task(
         self, task_id: str, reason: str = "", timeout: float = 10.0, checkpoint_grace: float = 0.0

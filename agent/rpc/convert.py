@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.message import DecodeError
 
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.errors import ValidationError
@@ -350,6 +351,55 @@ def event_from_pb(msg: pb.TaskEvent) -> TaskEvent:
     else:
         raise ValueError(f"task event {msg.task_id}#{msg.seq} has no payload")
     return TaskEvent(msg.task_id, msg.seq, msg.time, payload)
+
+
+# A TaskEvent framed as one entry of TaskEventBatch.events (field 1, length-delimited): the journal's record.
+# Records concatenate into a TaskEventBatch, so a journal file, and any run of its records, is one as it stands.
+_EVENTS_FIELD = b"\x0a"
+
+
+def event_record(event: TaskEvent) -> bytes:
+    """The bytes the journal writes and WatchTask sends for one event (see _EVENTS_FIELD)."""
+    body = event_to_pb(event).SerializeToString()
+    size, prefix = len(body), bytearray(_EVENTS_FIELD)
+    while size > 0x7F:
+        prefix.append(0x80 | (size & 0x7F))
+        size >>= 7
+    prefix.append(size)
+    return bytes(prefix) + body
+
+
+def split_records(data: bytes) -> tuple[list[bytes], int]:
+    """Cut journal bytes into records; also how many bytes are whole records (a torn tail is not)."""
+    records: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if data[pos : pos + 1] != _EVENTS_FIELD:
+            break
+        size, shift, cursor = 0, 0, pos + 1
+        while cursor < end and shift < 64:
+            byte = data[cursor]
+            cursor += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        else:
+            break
+        if cursor + size > end:
+            break
+        records.append(data[pos : cursor + size])
+        pos = cursor + size
+    return records, pos
+
+
+def events_from_batch(data: bytes) -> list[TaskEvent]:
+    """The events of a serialized TaskEventBatch (a journal file or a run of its records); ValueError if it is
+    not one."""
+    try:
+        return [event_from_pb(msg) for msg in pb.TaskEventBatch.FromString(data).events]
+    except (DecodeError, ValidationError) as exc:
+        raise ValueError(f"not a TaskEventBatch: {exc}") from None
 
 
 def summary_to_pb(s: TaskSummary) -> pb.TaskSummary:

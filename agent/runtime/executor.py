@@ -31,7 +31,6 @@ from tensorfleet_agent.core.types import (
     MetricPoint,
     Progress,
     StateChanged,
-    TaskEvent,
     TaskSpec,
     TaskState,
     TaskSummary,
@@ -188,10 +187,11 @@ class Executor:
             )
         return sorted(out, key=lambda s: s.created_at)
 
-    async def watch(self, task_id: str, after_seq: int) -> AsyncIterator[TaskEvent]:
-        async for event in self.journal.watch(task_id, after_seq):
-            self.metrics.events_streamed.inc()
-            yield event
+    async def watch(self, task_id: str, after_seq: int) -> AsyncIterator[bytes]:
+        """The task's events after after_seq as serialized TaskEventBatch messages, straight from the journal."""
+        async for records in self.journal.watch(task_id, after_seq):
+            self.metrics.events_streamed.inc(len(records))
+            yield b"".join(records)
 
     # ---- commands
 
@@ -361,8 +361,7 @@ class Executor:
                     for line in str(message.get("traceback", "")).rstrip().splitlines():
                         self._append(running, LogLine("stderr", line))
                     return TaskState.FAILED, ExitCause.EXCEPTION, str(message.get("error", "")), True
-                payload = _payload(message)
-                if payload is not None:
+                for payload in _payloads(message):
                     self._append(running, payload)
                     if isinstance(payload, ArtifactReady | CheckpointSaved):
                         try:
@@ -533,22 +532,24 @@ class _Killed(Exception):
     pass
 
 
-def _payload(message: dict[str, Any]) -> EventPayload | None:
+def _payloads(message: dict[str, Any]) -> list[EventPayload]:
+    """The task events in one worker message (a report() call's metrics are one message, one event each)."""
     kind = message.get("t")
+    if kind == "metrics":
+        step, wall_time = int(message["step"]), float(message["wall_time"])
+        return [MetricPoint(step, str(name), float(value), wall_time) for name, value in message["values"].items()]
     if kind == "log":
         stream = "stderr" if message.get("stream") == "stderr" else "stdout"  # a worker has only these two
-        return LogLine(stream, str(message.get("line", "")))
-    if kind == "metric":
-        return MetricPoint(
-            int(message["step"]), str(message["name"]), float(message["value"]), float(message["wall_time"])
-        )
+        return [LogLine(stream, str(message.get("line", "")))]
     if kind == "progress":
-        return Progress(float(message["fraction"]))
+        return [Progress(float(message["fraction"]))]
     if kind == "artifact":
-        return ArtifactReady(str(message["sha256"]), int(message["size"]), str(message["kind"]), str(message["name"]))
+        return [ArtifactReady(str(message["sha256"]), int(message["size"]), str(message["kind"]), str(message["name"]))]
     if kind == "checkpoint":
-        return CheckpointSaved(str(message["sha256"]), int(message["size"]), int(message["step"]), str(message["name"]))
-    return None  # "started" and unknown kinds are not task events
+        return [
+            CheckpointSaved(str(message["sha256"]), int(message["size"]), int(message["step"]), str(message["name"]))
+        ]
+    return []  # "started" and unknown kinds are not task events
 
 
 def _signal_name(number: int) -> str:

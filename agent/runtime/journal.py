@@ -1,9 +1,12 @@
-"""The on-disk task journal (DESIGN decision 7).
+"""The on-disk task journal (docs/architecture.md, 'Nothing is lost').
 
 Every task event gets a per-task sequence number and is appended to
-tasks/<task_id>/events.jsonl by one writer thread that group-commits (one
+tasks/<task_id>/events.pb by one writer thread that group-commits (one
 fdatasync per batch). Watchers only ever see committed events, so anything a
 controller has received is on disk and survives an agent crash.
+
+An event is encoded once, when it is journaled: the file is a protobuf TaskEventBatch, and WatchTask sends
+runs of its records as they are (docs/architecture.md, 'The path of a metric point').
 
 A full disk must not silence the agent: the journal keeps a small reserve file and
 gives back a little of it whenever a write fails for want of space, so the events
@@ -30,16 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tensorfleet_agent.core.codec import event_from_dict, event_to_dict
 from tensorfleet_agent.core.errors import NotFound
 from tensorfleet_agent.core.types import EventPayload, Finished, StateChanged, TaskEvent, TaskState
+from tensorfleet_agent.rpc.convert import event_record, events_from_batch, split_records
 from tensorfleet_agent.security.files import DIR_MODE, FILE_MODE, private_dir, private_opener, tighten
 
 log = logging.getLogger(__name__)
 
-EVENTS_FILE = "events.jsonl"
+EVENTS_FILE = "events.pb"
 TASK_FILE = "task.json"
 _KEEP_IN_MEMORY = 64  # finished tasks whose events stay cached for fast replay
+BATCH_BYTES = 256 << 10  # at most this much in one WatchTask message (one record may be more)
 _RETRY_UNWRITTEN = 2.0  # seconds between attempts to write journals a full disk refused
 RESERVE_FILE = ".reserve"
 RESERVE_BYTES = 4 << 20  # about 40,000 events: enough to report the failures a full disk causes
@@ -55,7 +59,7 @@ class TaskLog:
     directory: Path
     meta: dict[str, Any]
     created_at: float
-    events: list[TaskEvent] | None = field(default_factory=list)  # None = only on disk
+    records: list[bytes] | None = field(default_factory=list)  # event seq n is records[n - 1]; None = only on disk
     next_seq: int = 1
     committed_seq: int = 0
     state: TaskState = TaskState.ACCEPTED
@@ -129,17 +133,17 @@ class Journal:
                 tighten(path, mode)  # journals written by an older version were world-readable
             try:
                 meta = json.loads(meta_file.read_text())
-                events = _read_events(directory.name, directory / EVENTS_FILE, repair=True)
+                records, events = _read_journal(directory / EVENTS_FILE, repair=True)
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("skipping unreadable journal %s: %s", directory, exc)
                 continue
-            entry = TaskLog(directory.name, directory, meta, float(meta.get("created_at", 0.0)), events=None)
+            entry = TaskLog(directory.name, directory, meta, float(meta.get("created_at", 0.0)), records=None)
             for event in events:
                 entry._observe(event)
-            entry.next_seq = (events[-1].seq + 1) if events else 1
+            entry.next_seq = len(records) + 1
             entry.committed_seq = entry.last_seq
             if not entry.finished:
-                entry.events = events  # the caller will finish it
+                entry.records = records  # the caller will finish it
             self._logs[entry.task_id] = entry
             loaded.append(entry)
         return loaded
@@ -184,10 +188,10 @@ class Journal:
         event = TaskEvent(task_id, entry.next_seq, time.time(), payload)
         entry.next_seq += 1
         entry._observe(event)
-        assert entry.events is not None
-        entry.events.append(event)
-        line = (json.dumps(event_to_dict(event), separators=(",", ":")) + "\n").encode()
-        self._queue.put((entry, line, event.seq))
+        assert entry.records is not None
+        record = event_record(event)
+        entry.records.append(record)
+        self._queue.put((entry, record, event.seq))
         return event
 
     def _writer(self) -> None:
@@ -340,7 +344,7 @@ class Journal:
         while len(self._cached_finished) > _KEEP_IN_MEMORY:
             old, _ = self._cached_finished.popitem(last=False)
             if old in self._logs and old not in self._unwritten:  # only what is on disk may leave memory
-                self._logs[old].events = None
+                self._logs[old].records = None
 
     # ---- reading
 
@@ -353,43 +357,58 @@ class Journal:
     def entries(self) -> list[TaskLog]:
         return list(self._logs.values())
 
-    async def watch(self, task_id: str, after_seq: int = 0) -> AsyncIterator[TaskEvent]:
-        """Replay committed events with seq > after_seq, then follow until the task finishes."""
+    async def watch(self, task_id: str, after_seq: int = 0) -> AsyncIterator[list[bytes]]:
+        """Replay committed events with seq > after_seq, then follow until the task finishes: runs of records
+        (consecutive seqs, at most BATCH_BYTES unless one record is more), each run one WatchTask message."""
         entry = self.get(task_id)
-        events = entry.events
-        if events is None:  # finished long ago: only on disk
-            for event in await asyncio.to_thread(_read_events, task_id, entry.directory / EVENTS_FILE):
-                if event.seq > after_seq:
-                    yield event
-            return
+        records = entry.records
         cursor = max(0, after_seq)
+        if records is None:  # finished long ago: only on disk
+            on_disk, _ = await asyncio.to_thread(_read_journal, entry.directory / EVENTS_FILE)
+            while cursor < len(on_disk):
+                run, cursor = _run(on_disk, cursor, len(on_disk))
+                yield run
+            return
         while True:
             waiter = entry.changed
             while cursor < entry.committed_seq:
-                yield events[cursor]
-                cursor += 1
+                run, cursor = _run(records, cursor, entry.committed_seq)
+                yield run
             if entry.finished and cursor >= entry.last_seq:
                 return
             await waiter.wait()
 
 
-def _read_events(task_id: str, path: Path, repair: bool = False) -> list[TaskEvent]:
-    """Parse a journal file; a torn last line (crash mid-write) is dropped (and cut off if repair)."""
+def _run(records: list[bytes], start: int, end: int) -> tuple[list[bytes], int]:
+    """records[start:stop] up to BATCH_BYTES (at least one), and stop."""
+    stop, size = start + 1, len(records[start])
+    while stop < end and size + len(records[stop]) <= BATCH_BYTES:
+        size += len(records[stop])
+        stop += 1
+    return records[start:stop], stop
+
+
+def _read_journal(path: Path, repair: bool = False) -> tuple[list[bytes], list[TaskEvent]]:
+    """A journal file's records and their events; a torn or unreadable tail (crash mid-write) is dropped (and
+    cut off if repair)."""
     if not path.exists():
-        return []
+        return [], []
     data = path.read_bytes()
+    records, good = split_records(data)
     events: list[TaskEvent] = []
-    good = 0
-    for raw in data.splitlines(keepends=True):
-        if not raw.endswith(b"\n"):
-            break
+    for record in records:
         try:
-            events.append(event_from_dict(task_id, json.loads(raw)))
-        except (ValueError, KeyError, TypeError):
+            (event,) = events_from_batch(record)
+        except ValueError:
             break
-        good += len(raw)
+        if event.seq != len(events) + 1:  # seqs run 1, 2, 3...: event n is record n
+            break
+        events.append(event)
+    if len(events) < len(records):
+        records = records[: len(events)]
+        good = sum(map(len, records))
     if repair and good < len(data):
         log.warning("journal %s: dropping %d torn bytes at the end", path, len(data) - good)
         with path.open("r+b") as fh:
             fh.truncate(good)
-    return events
+    return records, events

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
 from helpers.waiting import eventually
-from tensorfleet_agent.core.types import Finished, MetricPoint, StateChanged, TaskState
+from tensorfleet_agent.core.types import Finished, MetricPoint, StateChanged, TaskEvent, TaskState
+from tensorfleet_agent.rpc.convert import event_record, events_from_batch, split_records
 from tensorfleet_agent.runtime.journal import EVENTS_FILE, RESERVE_BYTES, RESERVE_FILE, Journal
 
 
 async def _collect(journal: Journal, task_id: str, after: int = 0) -> list[int]:
-    return [e.seq async for e in journal.watch(task_id, after)]
+    return [e.seq async for run in journal.watch(task_id, after) for e in events_from_batch(b"".join(run))]
+
+
+def _on_disk(path: Path) -> list[int]:
+    """The seqs in a journal file, read as the one TaskEventBatch it is."""
+    return [e.seq for e in events_from_batch(path.read_bytes())]
 
 
 async def test_append_replay_and_follow(tmp_path: Path) -> None:
@@ -27,9 +32,13 @@ async def test_append_replay_and_follow(tmp_path: Path) -> None:
     journal.append("t1", Finished(TaskState.SUCCEEDED, "completed"))
     assert await asyncio.wait_for(follower, 5) == list(range(1, 103))
     assert await _collect(journal, "t1", after=100) == [101, 102]
+    replay = [run async for run in journal.watch("t1")]
+    assert len(replay) == 1, "a replay sends many events per message"
     await journal.close()
-    lines = (tmp_path / "t1" / EVENTS_FILE).read_text().splitlines()
-    assert [json.loads(line)["seq"] for line in lines] == list(range(1, 103))
+    assert _on_disk(tmp_path / "t1" / EVENTS_FILE) == list(range(1, 103))
+    again = Journal(tmp_path)
+    again.load()
+    assert await _collect(again, "t1", after=1) == list(range(2, 103))  # from the file
 
 
 async def test_watchers_only_see_committed_events(tmp_path: Path) -> None:
@@ -41,11 +50,12 @@ async def test_watchers_only_see_committed_events(tmp_path: Path) -> None:
     seen = []
 
     async def watch() -> None:
-        async for event in journal.watch("t"):
-            seen.append(event.seq)
-            # whatever a watcher receives must already be on disk
-            on_disk = (tmp_path / "t" / EVENTS_FILE).read_text().count("\n")
-            assert on_disk >= event.seq
+        async for run in journal.watch("t"):
+            for event in events_from_batch(b"".join(run)):
+                seen.append(event.seq)
+                # whatever a watcher receives must already be on disk
+                on_disk, _ = split_records((tmp_path / "t" / EVENTS_FILE).read_bytes())
+                assert len(on_disk) >= event.seq
 
     task = asyncio.create_task(watch())
     for i in range(50):
@@ -68,7 +78,7 @@ async def test_reload_repairs_torn_tail_and_finds_unfinished(tmp_path: Path) -> 
     journal.append("running", MetricPoint(0, "x", 1.0, 0.0))
     await journal.close()
     with (tmp_path / "running" / EVENTS_FILE).open("ab") as fh:
-        fh.write(b'{"seq":3,"time":1,"kin')  # crash mid-write
+        fh.write(event_record(TaskEvent("running", 3, 1.0, MetricPoint(1, "x", 2.0, 1.0)))[:9])  # crash mid-write
 
     again = Journal(tmp_path)
     loaded = {e.task_id: e for e in again.load()}
@@ -79,7 +89,7 @@ async def test_reload_repairs_torn_tail_and_finds_unfinished(tmp_path: Path) -> 
     assert await _collect(again, "running") == [1, 2, 3]
     assert await _collect(again, "done") == [1]
     await again.close()
-    assert (tmp_path / "running" / EVENTS_FILE).read_text().count("\n") == 3
+    assert _on_disk(tmp_path / "running" / EVENTS_FILE) == [1, 2, 3]
 
 
 async def test_prune_by_age_and_count(tmp_path: Path) -> None:
@@ -110,12 +120,12 @@ async def test_a_full_disk_releases_the_reserve_then_waits_for_space(tmp_path: P
     journal.append("t", StateChanged(TaskState.RUNNING))
     for i in range(20):
         journal.append("t", MetricPoint(i, "x", 1.0, 0.0))
-    journal.append("t", Finished(TaskState.FAILED, "error", "OSError: [Errno 28] No space left on device"))
+    journal.append("t", Finished(TaskState.FAILED, "exception", "OSError: [Errno 28] No space left on device"))
     seen: list[int] = []
 
     async def watch() -> list[int]:
-        async for event in journal.watch("t"):
-            seen.append(event.seq)
+        async for run in journal.watch("t"):
+            seen.extend(e.seq for e in events_from_batch(b"".join(run)))
         return seen
 
     watcher = asyncio.create_task(watch())
@@ -131,4 +141,4 @@ async def test_a_full_disk_releases_the_reserve_then_waits_for_space(tmp_path: P
     events.touch()
     assert await asyncio.wait_for(watcher, 10) == list(range(1, 23))
     await journal.close()
-    assert [json.loads(line)["seq"] for line in events.read_text().splitlines()] == list(range(1, 23))
+    assert _on_disk(events) == list(range(1, 23))
