@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobTask, TaskRunState  # noqa: E402
-from tensorfleet_desktop.controller.store.sqlite import _BODY_FIELDS, SqliteJobStore  # noqa: E402
+from tensorfleet_desktop.controller.store.engine import event_row  # noqa: E402
+from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore, event_values  # noqa: E402
 
 
 def _metric(seq: int) -> JobEventRecord:
@@ -47,7 +48,7 @@ async def through_store(path: Path, n: int) -> dict[str, Any]:
         commits += 1
         return commit(*args)
 
-    store._commit = counted  # type: ignore[method-assign]
+    store._commit = counted  # type: ignore[method-assign,assignment]
     job = Job(id="j1", spec={"algorithm": "noop"}, submitter="bench", seq_no=1, created_at=1.0,
               tasks=[JobTask(index=0, state=TaskRunState.RUNNING, agent_task_id="j1-r0-a1", attempt=1)])  # fmt: skip
     store.save_job(job)
@@ -71,11 +72,7 @@ def _rows(path: Path, n: int) -> tuple[sqlite3.Connection, str, list[tuple[Any, 
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    rows = []
-    for i in range(1, n + 1):
-        e = _metric(i)
-        body = json.dumps({k: getattr(e, k) for k in _BODY_FIELDS})
-        rows.append((e.job_id, e.seq, e.time, e.kind, e.task_index, e.attempt_id, e.agent_seq, body))
+    rows = [event_values(event_row(_metric(i))) for i in range(1, n + 1)]
     return conn, "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
 
 

@@ -1,24 +1,22 @@
-"""SQLite store: WAL, one writer thread, batched commits, idempotent event inserts (DESIGN decision 7)."""
+"""SQLite store: WAL, one writer thread (store/engine.py), idempotent event inserts (docs/architecture.md,
+'Nothing is lost')."""
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import dataclasses
+import contextlib
 import json
 import logging
-import queue
 import sqlite3
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from tensorfleet_desktop.controller.model import Job, JobEventRecord
-from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, full_message
+from tensorfleet_desktop.controller.store.base import full_message
+from tensorfleet_desktop.controller.store.engine import QueuedStore, Table
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -48,63 +46,28 @@ _MIGRATIONS = (
     CREATE TABLE IF NOT EXISTS model_names (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL);
     """,
 )
-_BATCH_WINDOW = 0.05  # seconds the writer keeps collecting after the first queued write (<= 100 ms)
-_EVENT_FIELDS = [f.name for f in dataclasses.fields(JobEventRecord)]
-_BODY_FIELDS = [
-    f for f in _EVENT_FIELDS if f not in ("job_id", "seq", "time", "kind", "task_index", "attempt_id", "agent_seq")
-]
-
-_RETRY_FIRST, _RETRY_MAX = 0.5, 10.0  # seconds between attempts to commit held writes, doubling
-_AGAIN = threading.Event()  # the writer's own wake-up: retry what is held
+# The events table's columns (what is indexed); the other fields of an event go in its JSON body.
+EVENT_COLUMNS = ("job_id", "seq", "time", "kind", "task_index", "attempt_id", "agent_seq")
+_KEYS: dict[Table, str] = {"agents": "node_id", "datasets": "name"}
 # SQLite's answers when a write cannot reach the disk (full, quota, or an I/O error writing the WAL or its index)
 _NO_SPACE_CODES = ("SQLITE_FULL", "SQLITE_IOERR")
 
-Op = Callable[[sqlite3.Connection], None]
+
+def event_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """An event row (engine.event_row) as the events table's values."""
+    body = {k: v for k, v in row.items() if k not in EVENT_COLUMNS}
+    return (*(row[k] for k in EVENT_COLUMNS), json.dumps(body))
 
 
-def _no_space(exc: sqlite3.Error) -> bool:
-    name = getattr(exc, "sqlite_errorname", "")
-    return any(name.startswith(code) for code in _NO_SPACE_CODES) or "disk is full" in str(exc)
+class SqliteJobStore(QueuedStore[sqlite3.Connection]):
+    atomic = True
 
-
-class _Call:
-    """A write whose result someone awaits; runs inside the batch's transaction under its own savepoint,
-    so that its failure never undoes the other writes of the batch."""
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
-        self.fn = fn
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def __call__(self, conn: sqlite3.Connection) -> None:
-        conn.execute("SAVEPOINT call")
-        try:
-            self.result = self.fn(conn)
-        except sqlite3.Error as exc:
-            if _no_space(exc):
-                raise  # the whole batch waits for space
-            conn.execute("ROLLBACK TO call")
-            self.error = exc
-        conn.execute("RELEASE call")
-
-
-def _statement(sql: str, args: tuple[Any, ...]) -> Op:
-    def op(conn: sqlite3.Connection) -> None:
-        conn.execute(sql, args)
-
-    return op
-
-
-class SqliteJobStore(JobStore):
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = path
         self.uri = f"sqlite://{path}" if path.is_absolute() else f"sqlite:{path}"  # as open_store() reads it
-        self._queue: queue.SimpleQueue[Op | threading.Event | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._failed: BaseException | None = None
-        self._full: StoreFullError | None = None  # set while writes wait for space
-        self._dir = path.parent
+
+    # ---- the engine's hooks
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
@@ -112,12 +75,7 @@ class SqliteJobStore(JobStore):
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    async def open(self) -> None:
-        await asyncio.to_thread(self._init)
-        self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
-        self._thread.start()
-
-    def _init(self) -> None:
+    def _prepare(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         try:
@@ -135,196 +93,76 @@ class SqliteJobStore(JobStore):
         finally:
             conn.close()
 
-    async def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+    def _disconnect(self, conn: sqlite3.Connection) -> None:
+        conn.close()
 
-    # ---- writes (queued)
-
-    def _put(self, op: Op) -> None:
-        if self._failed is not None:
-            raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
-        self._queue.put(op)
-
-    def save_job(self, job: Job) -> None:
-        body = json.dumps(job.to_dict())
-        row = (job.id, job.state.value, job.created_at, body)
-        self._put(_statement("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", row))
-
-    def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
-        rows = [
-            (
-                e.job_id,
-                e.seq,
-                e.time,
-                e.kind,
-                e.task_index,
-                e.attempt_id,
-                e.agent_seq,
-                json.dumps({k: getattr(e, k) for k in _BODY_FIELDS}),
-            )
-            for e in events
-        ]
-        marks = list(cursors.items())
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            conn.executemany(
-                "INSERT INTO cursors VALUES (?, ?) ON CONFLICT(attempt_id) DO UPDATE SET seq=max(seq, excluded.seq)",
-                marks,
-            )
-
-        self._put(op)
-
-    def save_agent(self, node_id: str, body: dict[str, Any]) -> None:
-        row = (node_id, json.dumps(body))
-        self._put(_statement("INSERT OR REPLACE INTO agents VALUES (?, ?)", row))
-
-    def delete_agent(self, node_id: str) -> None:
-        self._put(_statement("DELETE FROM agents WHERE node_id = ?", (node_id,)))
-
-    def save_dataset(self, name: str, body: dict[str, Any]) -> None:
-        self._put(_statement("INSERT OR REPLACE INTO datasets VALUES (?, ?)", (name, json.dumps(body))))
-
-    def delete_dataset(self, name: str) -> None:
-        self._put(_statement("DELETE FROM datasets WHERE name = ?", (name,)))
-
-    async def load_datasets(self) -> dict[str, dict[str, Any]]:
-        rows = await asyncio.to_thread(self._read, lambda c: c.execute("SELECT name, body FROM datasets").fetchall())
-        return {name: json.loads(body) for name, body in rows}
-
-    async def flush(self) -> None:
-        done = threading.Event()
-        self._queue.put(done)
-        await asyncio.to_thread(done.wait)
-        if self._failed is not None:
-            raise RuntimeError(f"the store {self.uri} failed: {self._failed}")
-        if self._full is not None:
-            raise StoreFullError(full_message(self._dir))
-
-    async def insert_job(self, job: Job) -> None:
-        row = (job.id, job.state.value, job.created_at, json.dumps(job.to_dict()))
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?)", row)
-
-        await self._call(op)
-
-    def _writer(self) -> None:
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:  # a connection per read: WAL readers never block the writer
         conn = self._connect()
-        held: list[Op] = []  # writes that could not be committed for lack of space, retried before anything newer
-        delay = _RETRY_FIRST
         try:
-            while True:
-                try:
-                    first = self._queue.get(timeout=delay if held else None)
-                except queue.Empty:
-                    first = _AGAIN
-                stop = first is None
-                batch: list[Op | threading.Event] = []
-                if first is not None and first is not _AGAIN:
-                    batch.append(first)
-                    deadline = time.monotonic() + _BATCH_WINDOW
-                    while (left := deadline - time.monotonic()) > 0:
-                        try:
-                            item = self._queue.get(timeout=left)
-                        except queue.Empty:
-                            break
-                        if item is None:
-                            stop = True
-                            break
-                        batch.append(item)
-                        if isinstance(item, threading.Event | _Call):
-                            break  # someone waits: commit now
-                held = self._commit(conn, [*held, *batch])
-                delay = min(_RETRY_MAX, delay * 2) if held else _RETRY_FIRST
-                if stop:
-                    if held:
-                        log.critical("store %s: %d write(s) lost: %s", self.uri, len(held), full_message(self._dir))
-                    break
+            yield conn
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[Op | threading.Event]) -> list[Op]:
-        """Commit the batch; returns the writes to retry when it failed for lack of space (their callers, if
-        any, are told at once: an awaited write is not held)."""
-        waiters = [item for item in batch if isinstance(item, threading.Event)]
-        calls = [item for item in batch if isinstance(item, _Call)]
-        held: list[Op] = []
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN")
+        with conn:  # commits, or rolls back on an exception
+            yield
+
+    def _isolated(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute("SAVEPOINT call")
         try:
-            with conn:
-                for item in batch:
-                    if not isinstance(item, threading.Event):
-                        item(conn)
-        except sqlite3.Error as exc:
-            if _no_space(exc):
-                held = [item for item in batch if not isinstance(item, threading.Event | _Call)]
-                if self._full is None:
-                    log.error(
-                        "store %s cannot save (%s): holding %d write(s) until there is space", self.uri, exc, len(held)
-                    )
-                self._full = StoreFullError(full_message(self._dir))
-                for call in calls:
-                    call.error = self._full
-            else:
-                log.critical("store write failed, the controller can no longer save: %s", exc)
-                self._failed = exc
-        else:
-            if self._full is not None:
-                log.warning("store %s: space again, held writes saved", self.uri)
-            self._full = None
-        for waiter in waiters:
-            waiter.set()
-        for call in calls:
-            if self._failed is not None or call.error is not None:
-                call.future.set_exception(call.error or RuntimeError(f"the store {self.uri} failed: {self._failed}"))
-            else:
-                call.future.set_result(call.result)
-        return held
-
-    async def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        call = _Call(fn)
-        self._put(call)
-        return await asyncio.wrap_future(call.future)
-
-    # ---- reads (threads, own connections)
-
-    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        conn = self._connect()
-        try:
-            return fn(conn)
-        finally:
-            conn.close()
-
-    async def load_jobs(self) -> list[Job]:
-        def read(conn: sqlite3.Connection) -> list[Job]:
-            cursors = dict(conn.execute("SELECT attempt_id, seq FROM cursors").fetchall())
-            last = dict(conn.execute("SELECT job_id, max(seq) FROM events GROUP BY job_id").fetchall())
-            jobs = []
-            for (body,) in conn.execute("SELECT body FROM jobs ORDER BY created_at"):
-                job = Job.from_dict(json.loads(body))
-                job.last_event_seq = max(job.last_event_seq, int(last.get(job.id, 0)))
-                for task in job.tasks:
-                    task.cursor = max(task.cursor, int(cursors.get(task.agent_task_id, 0)))
-                jobs.append(job)
-            return jobs
-
-        result: list[Job] = await asyncio.to_thread(self._read, read)
+            result = fn(conn)
+        except Exception as exc:
+            if not self._no_space(exc):  # lack of space has undone the whole transaction already
+                conn.execute("ROLLBACK TO call")
+                conn.execute("RELEASE call")
+            raise
+        conn.execute("RELEASE call")
         return result
 
-    async def load_agents(self) -> dict[str, dict[str, Any]]:
-        rows = await asyncio.to_thread(self._read, lambda c: c.execute("SELECT node_id, body FROM agents").fetchall())
-        return {node_id: json.loads(body) for node_id, body in rows}
+    def _no_space(self, exc: Exception) -> bool:
+        if not isinstance(exc, sqlite3.Error):
+            return False
+        name = getattr(exc, "sqlite_errorname", "")
+        return any(name.startswith(code) for code in _NO_SPACE_CODES) or "disk is full" in str(exc)
 
-    async def events(
-        self, job_id: str, after_seq: int = 0, kinds: tuple[str, ...] = (), task_index: int | None = None
-    ) -> list[JobEventRecord]:
-        sql = (
-            "SELECT job_id, seq, time, kind, task_index, attempt_id, agent_seq, body FROM events "
-            "WHERE job_id = ? AND seq > ?"
+    def _full_message(self) -> str:
+        return full_message(self.path.parent)
+
+    def _write_job(self, conn: sqlite3.Connection, body: dict[str, Any], new: bool) -> None:
+        verb = "INSERT" if new else "INSERT OR REPLACE"
+        conn.execute(
+            f"{verb} INTO jobs VALUES (?, ?, ?, ?)", (body["id"], body["state"], body["created_at"], json.dumps(body))
         )
+
+    def _write_events(self, conn: sqlite3.Connection, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
+        conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", map(event_values, rows))
+        conn.executemany(
+            "INSERT INTO cursors VALUES (?, ?) ON CONFLICT(attempt_id) DO UPDATE SET seq=max(seq, excluded.seq)",
+            cursors.items(),
+        )
+
+    def _write_body(self, conn: sqlite3.Connection, table: Table, key: str, body: dict[str, Any] | None) -> None:
+        if body is None:
+            conn.execute(f"DELETE FROM {table} WHERE {_KEYS[table]} = ?", (key,))
+        else:
+            conn.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (key, json.dumps(body)))
+
+    def _read_jobs(self, conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, int]]:
+        cursors = {attempt: int(seq) for attempt, seq in conn.execute("SELECT attempt_id, seq FROM cursors")}
+        last = {job: int(seq) for job, seq in conn.execute("SELECT job_id, max(seq) FROM events GROUP BY job_id")}
+        bodies = [json.loads(body) for (body,) in conn.execute("SELECT body FROM jobs ORDER BY created_at")]
+        return bodies, last, cursors
+
+    def _read_bodies(self, conn: sqlite3.Connection, table: Table) -> dict[str, dict[str, Any]]:
+        return {key: json.loads(body) for key, body in conn.execute(f"SELECT {_KEYS[table]}, body FROM {table}")}
+
+    def _read_events(
+        self, conn: sqlite3.Connection, job_id: str, after_seq: int, kinds: tuple[str, ...], task_index: int | None
+    ) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(EVENT_COLUMNS)}, body FROM events WHERE job_id = ? AND seq > ?"
         args: list[Any] = [job_id, after_seq]
         if kinds:
             sql += f" AND kind IN ({','.join('?' * len(kinds))})"
@@ -332,23 +170,8 @@ class SqliteJobStore(JobStore):
         if task_index is not None:
             sql += " AND task_index = ?"
             args.append(task_index)
-        sql += " ORDER BY seq"
-        rows = await asyncio.to_thread(self._read, lambda c: c.execute(sql, args).fetchall())
-        out = []
-        for job, seq, t, kind, index, attempt, agent_seq, body in rows:
-            out.append(
-                JobEventRecord(
-                    job_id=job,
-                    seq=seq,
-                    time=t,
-                    kind=kind,
-                    task_index=index,
-                    attempt_id=attempt,
-                    agent_seq=agent_seq,
-                    **json.loads(body),
-                )
-            )
-        return out
+        rows = conn.execute(sql + " ORDER BY seq", args)
+        return [{**json.loads(body), **dict(zip(EVENT_COLUMNS, values, strict=True))} for *values, body in rows]
 
     # ---- model registry
 
@@ -368,8 +191,7 @@ class SqliteJobStore(JobStore):
             )
             return stored
 
-        result: dict[str, Any] = await self._call(op)
-        return {**result, "aliases": []}
+        return {**await self._call(op), "aliases": []}
 
     async def put_model_version(self, record: dict[str, Any]) -> bool:
         body = {k: v for k, v in record.items() if k != "aliases"}
@@ -389,8 +211,7 @@ class SqliteJobStore(JobStore):
             )
             return True
 
-        result: bool = await self._call(op)
-        return result
+        return await self._call(op)
 
     async def model_versions(self, name: str = "", algorithm: str = "") -> list[dict[str, Any]]:
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -409,8 +230,7 @@ class SqliteJobStore(JobStore):
                 out.append({**record, "aliases": aliases.get((record["name"], record["version"]), [])})
             return out
 
-        result: list[dict[str, Any]] = await asyncio.to_thread(self._read, read)
-        return result
+        return await self._read(read)
 
     async def get_model(self, name: str, version: int) -> dict[str, Any] | None:
         def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -420,10 +240,10 @@ class SqliteJobStore(JobStore):
             aliases = conn.execute(
                 "SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias", (name, version)
             ).fetchall()
-            return {**json.loads(row[0]), "aliases": [a for (a,) in aliases]}
+            record: dict[str, Any] = json.loads(row[0])
+            return {**record, "aliases": [a for (a,) in aliases]}
 
-        result: dict[str, Any] | None = await asyncio.to_thread(self._read, read)
-        return result
+        return await self._read(read)
 
     async def update_model(self, name: str, version: int, fields: dict[str, Any]) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
@@ -434,8 +254,7 @@ class SqliteJobStore(JobStore):
             conn.execute("UPDATE models SET body = ? WHERE name = ? AND version = ?", (body, name, version))
             return True
 
-        result: bool = await self._call(op)
-        return result
+        return await self._call(op)
 
     async def set_alias(self, name: str, alias: str, version: int) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
@@ -444,20 +263,17 @@ class SqliteJobStore(JobStore):
             conn.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?)", (name, alias, version))
             return True
 
-        result: bool = await self._call(op)
-        return result
+        return await self._call(op)
 
     async def remove_alias(self, name: str, alias: str) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             return conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias)).rowcount > 0
 
-        result: bool = await self._call(op)
-        return result
+        return await self._call(op)
 
     async def delete_model(self, name: str, version: int) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM aliases WHERE name = ? AND version = ?", (name, version))
             return conn.execute("DELETE FROM models WHERE name = ? AND version = ?", (name, version)).rowcount > 0
 
-        result: bool = await self._call(op)
-        return result
+        return await self._call(op)

@@ -1,0 +1,390 @@
+"""The writer thread both backends share: the event loop queues writes and never waits on the database.
+
+One thread does every write. It gathers what is queued for up to `BATCH_WINDOW` (less when someone awaits a
+write) and commits it as one group: one transaction in SQLite, one round of writes in MongoDB, the group's
+events in one bulk insert beside the cursors they advance (docs/architecture.md, 'Nothing is lost').
+
+- A group the database cannot take for lack of space: its writes are held and retried, oldest first, before
+  anything newer; `flush()` raises StoreFullError meanwhile, and an awaited write (a submit) is refused at
+  once instead of held. At close, what is still held is lost, loudly.
+- A database that does not answer (a MongoDB outage): everything is held, awaited writes and flushes
+  included, and retried until it answers, close included: running jobs go on and nothing is dropped.
+- Any other failure of a queued write stops the store loudly; an awaited write's failure is its caller's.
+
+Reads run in worker threads. A backend says only how to write and read its database: the hooks below.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import copy
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Generic, Literal, TypeVar
+
+from tensorfleet_desktop.controller.model import Job, JobEventRecord
+from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C")  # what a backend's writes and reads are handed: a connection, a database
+T = TypeVar("T")
+Table = Literal["agents", "datasets"]  # the tables of plain bodies, keyed by node id or dataset name
+
+BATCH_WINDOW = 0.05  # seconds the writer keeps gathering after the first queued write (<= 100 ms)
+_RETRY_FIRST, _RETRY_MAX = 0.5, 10.0  # seconds between tries to commit writes held for space, doubling
+_RETRY_UNREACHABLE = 0.5  # seconds between tries while the database does not answer
+_WARN_EVERY = 5.0  # seconds between warnings that it still does not
+
+EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(JobEventRecord))
+
+
+def event_row(event: JobEventRecord) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in EVENT_FIELDS}
+
+
+def event_from_row(row: Mapping[str, Any]) -> JobEventRecord:
+    """The event a stored row holds; fields the record no longer has are left out."""
+    return JobEventRecord(**{name: row[name] for name in EVENT_FIELDS if name in row})
+
+
+class _Call:
+    """A write someone awaits (no `fn`: a flush, which waits for everything queued before it)."""
+
+    __slots__ = ("error", "fn", "future", "result")
+
+    def __init__(self, fn: Callable[[Any], Any] | None) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+@dataclasses.dataclass
+class _Events:
+    events: list[JobEventRecord]
+    cursors: dict[str, int]
+
+
+_Write = Callable[[Any], object]
+_Item = _Write | _Call | _Events
+
+
+def _merge_events(batch: list[_Item]) -> list[_Item]:
+    """Consecutive event writes become one: one bulk insert, and each attempt's highest cursor."""
+    out: list[_Item] = []
+    run: _Events | None = None  # the merged write of the current run of event writes
+    for item in batch:
+        if not isinstance(item, _Events):
+            out.append(item)
+            run = None
+        elif run is None:
+            run = _Events(list(item.events), dict(item.cursors))  # a copy: a held write must stay as queued
+            out.append(run)
+        else:
+            run.events += item.events
+            for attempt, seq in item.cursors.items():
+                run.cursors[attempt] = max(seq, run.cursors.get(attempt, 0))
+    return out
+
+
+class QueuedStore(JobStore, Generic[C]):
+    """The JobStore on one writer thread; subclasses implement the hooks for their database."""
+
+    #: whether a failed group leaves nothing behind (a transaction); otherwise the writes done before the
+    #: failure stay done and only the rest is retried
+    atomic: bool
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
+        self._full: StoreFullError | None = None  # set while writes wait for space
+        self._unanswered_since = 0.0  # monotonic time the database stopped answering; 0 while it answers
+        self._warned = 0.0
+        self._retry = _RETRY_FIRST
+
+    # ---- the hooks: how this backend writes and reads its database (all blocking, never on the loop)
+
+    @abc.abstractmethod
+    def _prepare(self) -> None:
+        """Reach the database and bring its schema up to date, before the writer starts."""
+
+    @abc.abstractmethod
+    def _connect(self) -> C:
+        """The writer thread's handle on the database."""
+
+    def _disconnect(self, conn: C) -> None:
+        """The writer is done with its handle."""
+
+    @abc.abstractmethod
+    def _reading(self) -> AbstractContextManager[C]:
+        """A handle for one read, from a worker thread."""
+
+    @abc.abstractmethod
+    def _transaction(self, conn: C) -> AbstractContextManager[object]:
+        """Around one group of writes: its commit, or its rollback when it raises."""
+
+    @abc.abstractmethod
+    def _isolated(self, conn: C, fn: Callable[[C], T]) -> T:
+        """Run an awaited write so that its failure undoes none of the group's other writes."""
+
+    @abc.abstractmethod
+    def _no_space(self, exc: Exception) -> bool:
+        """Whether the database refused a write for lack of disk space."""
+
+    def _unreachable(self, exc: Exception) -> bool:
+        """Whether the database did not answer (retried until it does)."""
+        return False
+
+    @abc.abstractmethod
+    def _full_message(self) -> str:
+        """What the user is told while writes wait for space."""
+
+    @abc.abstractmethod
+    def _write_job(self, conn: C, body: dict[str, Any], new: bool) -> None:
+        """Upsert a job's body (Job.to_dict); `new`: its first save, which may refuse an id already stored."""
+
+    @abc.abstractmethod
+    def _write_events(self, conn: C, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
+        """Insert event rows, skipping those already stored (same attempt_id and agent_seq), and raise each
+        attempt's cursor to at least the given one."""
+
+    @abc.abstractmethod
+    def _write_body(self, conn: C, table: Table, key: str, body: dict[str, Any] | None) -> None:
+        """Upsert a body; None deletes it."""
+
+    @abc.abstractmethod
+    def _read_jobs(self, conn: C) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, int]]:
+        """Every job's body, oldest first; the highest event seq of each job; each attempt's cursor."""
+
+    @abc.abstractmethod
+    def _read_bodies(self, conn: C, table: Table) -> dict[str, dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def _read_events(
+        self, conn: C, job_id: str, after_seq: int, kinds: tuple[str, ...], task_index: int | None
+    ) -> list[dict[str, Any]]:
+        """Event rows of a job after a seq, in seq order, optionally of some kinds or one task."""
+
+    # ---- lifecycle
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._prepare)
+        self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    # ---- the JobStore, once for every backend
+
+    def save_job(self, job: Job) -> None:
+        body = job.to_dict()  # a copy as it is now: the job changes on
+        self._put(lambda conn: self._write_job(conn, body, new=False))
+
+    async def insert_job(self, job: Job) -> None:
+        body = job.to_dict()
+        await self._call(lambda conn: self._write_job(conn, body, new=True))
+
+    def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
+        self._put(_Events(list(events), dict(cursors)))
+
+    def save_agent(self, node_id: str, body: dict[str, Any]) -> None:
+        self._put_body("agents", node_id, body)
+
+    def delete_agent(self, node_id: str) -> None:
+        self._put_body("agents", node_id, None)
+
+    def save_dataset(self, name: str, body: dict[str, Any]) -> None:
+        self._put_body("datasets", name, body)
+
+    def delete_dataset(self, name: str) -> None:
+        self._put_body("datasets", name, None)
+
+    async def flush(self) -> None:
+        call = _Call(None)
+        self._put(call)
+        await asyncio.wrap_future(call.future)
+
+    async def load_jobs(self) -> list[Job]:
+        def read(conn: C) -> list[Job]:
+            bodies, last, cursors = self._read_jobs(conn)
+            jobs = []
+            for body in bodies:
+                job = Job.from_dict(body)
+                job.last_event_seq = max(job.last_event_seq, last.get(job.id, 0))
+                for task in job.tasks:
+                    task.cursor = max(task.cursor, cursors.get(task.agent_task_id, 0))
+                jobs.append(job)
+            return jobs
+
+        return await self._read(read)
+
+    async def load_agents(self) -> dict[str, dict[str, Any]]:
+        return await self._read(lambda conn: self._read_bodies(conn, "agents"))
+
+    async def load_datasets(self) -> dict[str, dict[str, Any]]:
+        return await self._read(lambda conn: self._read_bodies(conn, "datasets"))
+
+    async def events(
+        self, job_id: str, after_seq: int = 0, kinds: tuple[str, ...] = (), task_index: int | None = None
+    ) -> list[JobEventRecord]:
+        rows = await self._read(lambda conn: self._read_events(conn, job_id, after_seq, kinds, task_index))
+        return [event_from_row(row) for row in rows]
+
+    # ---- for the backends' own operations (the model registry)
+
+    async def _call(self, fn: Callable[[C], T]) -> T:
+        """Queue a write and wait until it is committed: its result, or its error."""
+        call = _Call(fn)
+        self._put(call)
+        result: T = await asyncio.wrap_future(call.future)
+        return result
+
+    async def _read(self, fn: Callable[[C], T]) -> T:
+        return await asyncio.to_thread(self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[C], T]) -> T:
+        with self._reading() as conn:
+            return fn(conn)
+
+    # ---- the writer thread
+
+    def _put(self, item: _Item) -> None:
+        if self._failed is not None:
+            raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
+        self._queue.put(item)
+
+    def _put_body(self, table: Table, key: str, body: dict[str, Any] | None) -> None:
+        snapshot = copy.deepcopy(body)  # the caller may change its dict before the writer gets to it
+        self._put(lambda conn: self._write_body(conn, table, key, snapshot))
+
+    def _writer(self) -> None:
+        conn = self._connect()
+        held: list[_Item] = []  # writes not committed yet, retried before anything newer
+        closing = False
+        try:
+            while not (closing and not held):
+                batch: list[_Item] = []
+                if not closing:
+                    closing = self._gather(batch, self._retry if held else None)
+                elif self._unanswered_since:
+                    time.sleep(_RETRY_UNREACHABLE)  # closing: nothing new comes, the held writes still wait
+                held = self._commit(conn, [*held, *batch])
+                if closing and held and not self._unanswered_since:
+                    log.critical("store %s: %d write(s) lost: %s", self.uri, len(held), self._full_message())
+                    break
+        finally:
+            self._disconnect(conn)
+
+    def _gather(self, batch: list[_Item], wait: float | None) -> bool:
+        """Add to `batch` what is queued now and within the batch window; True when the store closes."""
+        try:
+            first = self._queue.get(timeout=wait)
+        except queue.Empty:  # time to retry what is held
+            return False
+        deadline = time.monotonic() + BATCH_WINDOW
+        item = first
+        while item is not None:
+            batch.append(item)
+            if isinstance(item, _Call):
+                return False  # someone waits: commit now
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                return False
+        return True
+
+    def _commit(self, conn: C, batch: list[_Item]) -> list[_Item]:
+        """Write the batch as one group; returns what is held to retry."""
+        items = _merge_events(batch)
+        done = 0
+        try:
+            with self._transaction(conn):
+                for item in items:
+                    self._apply(conn, item)
+                    done += 1
+        except Exception as exc:
+            if not self.atomic:  # what went in before the failure stays in
+                self._settle(items[:done])
+                items = items[done:]
+            return self._hold(items, exc)
+        if self._full is not None:
+            log.warning("store %s: space again, held writes saved", self.uri)
+        if self._unanswered_since:
+            down = time.monotonic() - self._unanswered_since
+            log.warning("store %s answers again after %.0f s; held writes saved", self.uri, down)
+        self._full, self._unanswered_since, self._retry = None, 0.0, _RETRY_FIRST
+        self._settle(items)
+        return []
+
+    def _apply(self, conn: C, item: _Item) -> None:
+        if isinstance(item, _Events):
+            self._write_events(conn, [event_row(e) for e in item.events], item.cursors)
+        elif isinstance(item, _Call):
+            item.error = None  # a retried call starts over
+            if item.fn is not None:
+                try:
+                    item.result = self._isolated(conn, item.fn)
+                except Exception as exc:
+                    if self._no_space(exc) or self._unreachable(exc):
+                        raise  # the whole group waits
+                    item.error = exc  # the caller's alone
+        else:
+            item(conn)
+
+    def _hold(self, items: list[_Item], exc: Exception) -> list[_Item]:
+        """The group failed with `exc`: what is held to retry, and what the awaiting callers are told."""
+        if self._unreachable(exc):
+            now = time.monotonic()
+            if not self._unanswered_since or now - self._warned >= _WARN_EVERY:
+                log.warning(
+                    "store %s does not answer (%s); holding %d write(s) and retrying", self.uri, exc, len(items)
+                )
+                self._warned = now
+            self._unanswered_since = self._unanswered_since or now
+            self._retry = _RETRY_UNREACHABLE
+            return items  # awaited writes and flushes too: they wait for the database
+        self._unanswered_since = 0.0
+        if self._no_space(exc):
+            held: list[_Item] = [item for item in items if not isinstance(item, _Call)]
+            if self._full is None:
+                log.error(
+                    "store %s cannot save (%s): holding %d write(s) until there is space", self.uri, exc, len(held)
+                )
+                self._retry = _RETRY_FIRST
+            else:
+                self._retry = min(_RETRY_MAX, self._retry * 2)
+            self._full = StoreFullError(self._full_message())
+            self._settle(items, self._full)  # an awaited write is refused, not held
+            return held
+        log.critical("store write failed, the controller can no longer save: %s", exc)
+        self._failed = exc
+        self._settle(items, RuntimeError(f"the store {self.uri} failed: {exc}"))
+        return []
+
+    @staticmethod
+    def _settle(items: list[_Item], error: BaseException | None = None) -> None:
+        """Tell the awaiting callers among `items` their result, or `error`: for lack of space that one, as
+        nothing of theirs was kept; otherwise their own error first."""
+        for item in items:
+            if isinstance(item, _Call):
+                failure = error if item.error is None or isinstance(error, StoreFullError) else item.error
+                if failure is not None:
+                    item.future.set_exception(failure)
+                else:
+                    item.future.set_result(item.result)
