@@ -87,8 +87,8 @@ def test_a_script_job_sees_no_secret_and_journals_are_private(
         assert "AWS_SECRET_ACCESS_KEY | " in job_logs  # the script looked, and found nothing
         logs += job_logs
     stored = [p for p in controller_dir.glob("tensorfleet.db*") if p.is_file()]
-    journals = sorted((agent_dir / "tasks").glob("*/events.jsonl"))
-    local_journals = sorted((controller_dir / "local-agent" / "tasks").glob("*/events.jsonl"))
+    journals = sorted((agent_dir / "tasks").glob("*/events.pb"))
+    local_journals = sorted((controller_dir / "local-agent" / "tasks").glob("*/events.pb"))
     local_pid = int(json.loads((controller_dir / "local-agent" / "lock").read_text())["pid"])
     local_environ = Path(f"/proc/{local_pid}/environ").read_bytes()
     assert stored and journals and local_journals
