@@ -68,7 +68,9 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     TASK_STATE_ACCEPTED: _TaskState.ValueType  # 1
     """slots held, worker starting"""
     TASK_STATE_RUNNING: _TaskState.ValueType  # 2
+    """the workload runs in its worker process"""
     TASK_STATE_SUCCEEDED: _TaskState.ValueType  # 3
+    """the workload returned"""
     TASK_STATE_FAILED: _TaskState.ValueType  # 4
     """see exit_cause and error"""
     TASK_STATE_CANCELLED: _TaskState.ValueType  # 5
@@ -82,7 +84,9 @@ TASK_STATE_UNSPECIFIED: TaskState.ValueType  # 0
 TASK_STATE_ACCEPTED: TaskState.ValueType  # 1
 """slots held, worker starting"""
 TASK_STATE_RUNNING: TaskState.ValueType  # 2
+"""the workload runs in its worker process"""
 TASK_STATE_SUCCEEDED: TaskState.ValueType  # 3
+"""the workload returned"""
 TASK_STATE_FAILED: TaskState.ValueType  # 4
 """see exit_cause and error"""
 TASK_STATE_CANCELLED: TaskState.ValueType  # 5
@@ -301,6 +305,7 @@ class NodeInfo(_message.Message):
     name: _builtins.str
     """display name (--name; default the hostname)"""
     hostname: _builtins.str
+    """the machine's hostname"""
     os: _builtins.str
     """platform string, e.g. "Linux-6.1.0-x86_64-with-glibc2.36" """
     python_version: _builtins.str
@@ -330,7 +335,9 @@ class NodeInfo(_message.Message):
     metrics_port: _builtins.int
     """Prometheus /metrics port; 0 when not served"""
     @_builtins.property
-    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuInfo]: ...
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuInfo]:
+        """one per GPU NVML sees, by index; empty without GPUs"""
+
     @_builtins.property
     def workloads(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """workload names this agent can run (e.g. "sleep", "random_forest", "script")"""
@@ -374,7 +381,10 @@ Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
 
 @_typing.final
 class TelemetryRequest(_message.Message):
-    """---------------------------------------------------------------- telemetry"""
+    """---------------------------------------------------------------- telemetry
+
+    StreamTelemetry: a sample every period_seconds until the caller hangs up.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -396,6 +406,8 @@ Global___TelemetryRequest: _TypeAlias = TelemetryRequest  # noqa: Y015
 
 @_typing.final
 class GpuTelemetry(_message.Message):
+    """One GPU's load at the time of a Telemetry sample."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
@@ -405,6 +417,7 @@ class GpuTelemetry(_message.Message):
     TEMPERATURE_CELSIUS_FIELD_NUMBER: _builtins.int
     POWER_WATTS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
+    """as GpuInfo.index"""
     utilization_percent: _builtins.float
     """0-100, over NVML's last sample period"""
     memory_used_bytes: _builtins.int
@@ -412,6 +425,7 @@ class GpuTelemetry(_message.Message):
     memory_total_bytes: _builtins.int
     """bytes"""
     temperature_celsius: _builtins.float
+    """GPU core temperature"""
     power_watts: _builtins.float
     """current draw"""
     def __init__(
@@ -434,6 +448,8 @@ Global___GpuTelemetry: _TypeAlias = GpuTelemetry  # noqa: Y015
 
 @_typing.final
 class Telemetry(_message.Message):
+    """One sample of the machine's load."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TIME_FIELD_NUMBER: _builtins.int
@@ -492,7 +508,10 @@ Global___Telemetry: _TypeAlias = Telemetry  # noqa: Y015
 
 @_typing.final
 class BlobRef(_message.Message):
-    """---------------------------------------------------------------- tasks"""
+    """---------------------------------------------------------------- tasks
+
+    An input file of a task, in the agent's blob cache.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -544,6 +563,8 @@ Global___Rendezvous: _TypeAlias = Rendezvous  # noqa: Y015
 
 @_typing.final
 class TaskSpec(_message.Message):
+    """What to run: RunTask's request body; the agent journals it as task.json."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -678,6 +699,8 @@ Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
 
 @_typing.final
 class RunTaskRequest(_message.Message):
+    """Start a task (idempotent: the same spec again answers as the first time)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
@@ -685,7 +708,9 @@ class RunTaskRequest(_message.Message):
     protocol_version: _builtins.int
     """the caller's PROTOCOL_VERSION: a mismatch is FAILED_PRECONDITION"""
     @_builtins.property
-    def spec(self) -> Global___TaskSpec: ...
+    def spec(self) -> Global___TaskSpec:
+        """required; validated against the workload's schema"""
+
     def __init__(
         self,
         *,
@@ -702,11 +727,14 @@ Global___RunTaskRequest: _TypeAlias = RunTaskRequest  # noqa: Y015
 
 @_typing.final
 class RunTaskResponse(_message.Message):
+    """The task is accepted and journaled; its events follow through WatchTask."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     SLOT_IDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """TaskSpec.task_id"""
     @_builtins.property
     def slot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """the agent's slot numbers the task holds (0..slots_total-1)"""
@@ -727,6 +755,8 @@ Global___RunTaskResponse: _TypeAlias = RunTaskResponse  # noqa: Y015
 
 @_typing.final
 class WatchTaskRequest(_message.Message):
+    """Follow a task's events; after a broken stream, ask again from the last seq received."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
@@ -751,16 +781,21 @@ Global___WatchTaskRequest: _TypeAlias = WatchTaskRequest  # noqa: Y015
 
 @_typing.final
 class CancelTaskRequest(_message.Message):
+    """Cancel a task, or ask it to checkpoint and stop (a pause)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CHECKPOINT_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """TaskSpec.task_id"""
     reason: _builtins.str
     """free text, journaled with the cancellation"""
     checkpoint_grace_seconds: _builtins.float
-    """> 0: ask the workload to save a checkpoint and stop (pause); cancel for real after this many seconds."""
+    """> 0: ask the workload to save a checkpoint and stop (pause); cancel for real after this many seconds.
+    0..MAX_CHECKPOINT_GRACE; 0 cancels at once
+    """
     def __init__(
         self,
         *,
@@ -778,6 +813,8 @@ Global___CancelTaskRequest: _TypeAlias = CancelTaskRequest  # noqa: Y015
 
 @_typing.final
 class CancelTaskResponse(_message.Message):
+    """Answered once the task's slots are free (or, with a checkpoint grace, once the stop was asked)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WAS_RUNNING_FIELD_NUMBER: _builtins.int
@@ -798,6 +835,8 @@ Global___CancelTaskResponse: _TypeAlias = CancelTaskResponse  # noqa: Y015
 
 @_typing.final
 class ListTasksRequest(_message.Message):
+    """The tasks in the agent's journal (how a restarted controller finds what ran)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INCLUDE_FINISHED_FIELD_NUMBER: _builtins.int
@@ -818,6 +857,8 @@ Global___ListTasksRequest: _TypeAlias = ListTasksRequest  # noqa: Y015
 
 @_typing.final
 class TaskSummary(_message.Message):
+    """One task in the journal, without its events."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
@@ -836,6 +877,7 @@ class TaskSummary(_message.Message):
     workload: _builtins.str
     """TaskSpec.workload"""
     state: Global___TaskState.ValueType
+    """its state now (final once it has finished)"""
     created_at: _builtins.float
     """unix seconds"""
     finished_at: _builtins.float
@@ -871,11 +913,15 @@ Global___TaskSummary: _TypeAlias = TaskSummary  # noqa: Y015
 
 @_typing.final
 class ListTasksResponse(_message.Message):
+    """The journal's tasks, oldest first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TASKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSummary]: ...
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskSummary]:
+        """by created_at"""
+
     def __init__(
         self,
         *,
@@ -891,13 +937,17 @@ Global___ListTasksResponse: _TypeAlias = ListTasksResponse  # noqa: Y015
 
 @_typing.final
 class StateChanged(_message.Message):
-    """---------------------------------------------------------------- events"""
+    """---------------------------------------------------------------- events
+
+    The task moved to a non-final state (its end is a Finished event).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     state: Global___TaskState.ValueType
+    """ACCEPTED | RUNNING"""
     message: _builtins.str
     """human text, e.g. "worker pid 1234" when RUNNING"""
     def __init__(
@@ -916,6 +966,8 @@ Global___StateChanged: _TypeAlias = StateChanged  # noqa: Y015
 
 @_typing.final
 class LogLine(_message.Message):
+    """A line of output."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STREAM_FIELD_NUMBER: _builtins.int
@@ -940,7 +992,7 @@ Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
 
 @_typing.final
 class MetricPoint(_message.Message):
-    """A value the workload reported (report_metric), e.g. loss per epoch."""
+    """A value the workload reported (tensorfleet_agent.task.report()), e.g. loss per epoch."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -953,6 +1005,7 @@ class MetricPoint(_message.Message):
     name: _builtins.str
     """e.g. "loss", "accuracy", "test_accuracy" """
     value: _builtins.float
+    """finite or infinite; never NaN (report() refuses it)"""
     wall_time: _builtins.float
     """unix seconds when reported"""
     def __init__(
@@ -973,6 +1026,8 @@ Global___MetricPoint: _TypeAlias = MetricPoint  # noqa: Y015
 
 @_typing.final
 class Progress(_message.Message):
+    """How far the task is, as the workload says (tensorfleet_agent.task.progress())."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FRACTION_FIELD_NUMBER: _builtins.int
@@ -1040,7 +1095,9 @@ class ArtifactReady(_message.Message):
     size: _builtins.int
     """bytes"""
     kind: _builtins.str
-    """"model", "model_config" (a torch model's JSON config), "report", or what a script passed to save_artifact()"""
+    """"model", "model_config" (a torch model's JSON config), "report", or what a script passed to save_artifact()
+    see above
+    """
     name: _builtins.str
     """file name"""
     def __init__(
@@ -1061,6 +1118,8 @@ Global___ArtifactReady: _TypeAlias = ArtifactReady  # noqa: Y015
 
 @_typing.final
 class Finished(_message.Message):
+    """The task ended; always its last event."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
@@ -1193,7 +1252,10 @@ Global___TaskEventBatch: _TypeAlias = TaskEventBatch  # noqa: Y015
 
 @_typing.final
 class BlobHeader(_message.Message):
-    """---------------------------------------------------------------- blobs"""
+    """---------------------------------------------------------------- blobs
+
+    What a blob stream carries: the first message of PutBlob and of GetBlob.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1219,6 +1281,8 @@ Global___BlobHeader: _TypeAlias = BlobHeader  # noqa: Y015
 
 @_typing.final
 class BlobChunk(_message.Message):
+    """One message of a PutBlob or GetBlob stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HEADER_FIELD_NUMBER: _builtins.int
@@ -1279,6 +1343,8 @@ Global___FetchBlobRequest: _TypeAlias = FetchBlobRequest  # noqa: Y015
 
 @_typing.final
 class PushBlobRequest(_message.Message):
+    """Upload one of the agent's blobs to a presigned PUT URL."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
@@ -1303,6 +1369,8 @@ Global___PushBlobRequest: _TypeAlias = PushBlobRequest  # noqa: Y015
 
 @_typing.final
 class PushBlobResponse(_message.Message):
+    """The blob is in the object store."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SIZE_FIELD_NUMBER: _builtins.int
@@ -1323,6 +1391,8 @@ Global___PushBlobResponse: _TypeAlias = PushBlobResponse  # noqa: Y015
 
 @_typing.final
 class PutBlobResponse(_message.Message):
+    """The blob is in the agent's cache (PutBlob and FetchBlob)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
@@ -1351,6 +1421,8 @@ Global___PutBlobResponse: _TypeAlias = PutBlobResponse  # noqa: Y015
 
 @_typing.final
 class GetBlobRequest(_message.Message):
+    """Download a blob from the agent's cache (checkpoints, artifacts)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
@@ -1375,6 +1447,8 @@ Global___GetBlobRequest: _TypeAlias = GetBlobRequest  # noqa: Y015
 
 @_typing.final
 class HasBlobsRequest(_message.Message):
+    """Which of these blobs the agent has (at most 10,000 digests)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SHA256_FIELD_NUMBER: _builtins.int
@@ -1397,6 +1471,8 @@ Global___HasBlobsRequest: _TypeAlias = HasBlobsRequest  # noqa: Y015
 
 @_typing.final
 class HasBlobsResponse(_message.Message):
+    """The digests asked for that are in the cache."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PRESENT_FIELD_NUMBER: _builtins.int
@@ -1423,6 +1499,8 @@ class PairBeginRequest(_message.Message):
 
     GetInfo and these four RPCs are public (server TLS only); every other RPC needs
     "authorization: Bearer <session>" from Authenticate, which only paired controllers get.
+
+    Pairing, step 1: a controller introduces itself.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1445,6 +1523,8 @@ Global___PairBeginRequest: _TypeAlias = PairBeginRequest  # noqa: Y015
 
 @_typing.final
 class PairBeginResponse(_message.Message):
+    """A nonce for the controller's proof."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_NONCE_FIELD_NUMBER: _builtins.int
@@ -1465,6 +1545,8 @@ Global___PairBeginResponse: _TypeAlias = PairBeginResponse  # noqa: Y015
 
 @_typing.final
 class PairFinishRequest(_message.Message):
+    """Pairing, step 2: the controller proves it knows the token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTROLLER_CERT_PEM_FIELD_NUMBER: _builtins.int
@@ -1478,6 +1560,7 @@ class PairFinishRequest(_message.Message):
     proof: _builtins.bytes
     """HMAC-SHA256(token, "tf-pair-controller" | agent_nonce | controller fingerprint | agent fingerprint):
     proves the join (or cluster) token without sending it.
+    see above
     """
     controller_nonce: _builtins.bytes
     """random, for the agent's proof back"""
@@ -1499,12 +1582,15 @@ Global___PairFinishRequest: _TypeAlias = PairFinishRequest  # noqa: Y015
 
 @_typing.final
 class PairFinishResponse(_message.Message):
+    """The agent proves it knows the token too; the controller is now paired."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_PROOF_FIELD_NUMBER: _builtins.int
     agent_proof: _builtins.bytes
     """HMAC-SHA256(token, "tf-pair-agent" | controller_nonce | controller fingerprint | agent fingerprint):
     the agent knows the token too.
+    see above
     """
     def __init__(
         self,
@@ -1521,6 +1607,8 @@ Global___PairFinishResponse: _TypeAlias = PairFinishResponse  # noqa: Y015
 
 @_typing.final
 class ChallengeRequest(_message.Message):
+    """Ask for a nonce to sign (Authenticate)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -1536,6 +1624,8 @@ Global___ChallengeRequest: _TypeAlias = ChallengeRequest  # noqa: Y015
 
 @_typing.final
 class Challenge(_message.Message):
+    """The nonce a paired controller signs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NONCE_FIELD_NUMBER: _builtins.int
@@ -1556,6 +1646,8 @@ Global___Challenge: _TypeAlias = Challenge  # noqa: Y015
 
 @_typing.final
 class AuthenticateRequest(_message.Message):
+    """A paired controller asks for a session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTROLLER_CERT_PEM_FIELD_NUMBER: _builtins.int
@@ -1584,6 +1676,8 @@ Global___AuthenticateRequest: _TypeAlias = AuthenticateRequest  # noqa: Y015
 
 @_typing.final
 class AuthenticateResponse(_message.Message):
+    """The session for work RPCs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int

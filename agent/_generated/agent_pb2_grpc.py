@@ -29,6 +29,7 @@ if _version_not_supported:
 class AgentServiceStub:
     """---------------------------------------------------------------- service
 
+    What a controller calls on an agent: the controller dials, the agent answers.
     """
 
     def __init__(self, channel):
@@ -117,22 +118,26 @@ class AgentServiceStub:
 class AgentServiceServicer:
     """---------------------------------------------------------------- service
 
+    What a controller calls on an agent: the controller dials, the agent answers.
     """
 
     def GetInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Who the agent is and what it can run (public).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamTelemetry(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The machine's load, a sample every period_seconds.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RunTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Accept a task: take its slots, journal it, start it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -145,19 +150,22 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancel a task, or ask it to checkpoint and stop.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTasks(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The tasks in the journal.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PutBlob(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Upload a blob into the cache: a BlobHeader, then data chunks.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -170,43 +178,50 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def HasBlobs(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Which blobs the cache holds.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchBlob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Download a blob from an object store into the cache.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PushBlob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Upload a cached blob to an object store.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PairBegin(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Pairing, step 1 (public).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PairFinish(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Pairing, step 2 (public).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetChallenge(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A nonce to sign for Authenticate (public).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Authenticate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A session token for a paired controller (public).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -300,6 +315,7 @@ def add_AgentServiceServicer_to_server(servicer, server):
 class AgentService:
     """---------------------------------------------------------------- service
 
+    What a controller calls on an agent: the controller dials, the agent answers.
     """
 
     @staticmethod

@@ -33,76 +33,114 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AgentServiceStub:
-    """---------------------------------------------------------------- service"""
+    """---------------------------------------------------------------- service
+
+    What a controller calls on an agent: the controller dials, the agent answers.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     GetInfo: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetInfoRequest, _agent_pb2.NodeInfo]
+    """Who the agent is and what it can run (public)."""
     StreamTelemetry: _grpc.UnaryStreamMultiCallable[_agent_pb2.TelemetryRequest, _agent_pb2.Telemetry]
+    """The machine's load, a sample every period_seconds."""
     RunTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]
+    """Accept a task: take its slots, journal it, start it."""
     WatchTask: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchTaskRequest, _agent_pb2.TaskEventBatch]
     """Replays the journaled events after after_seq, then follows until Finished; many events per message."""
     CancelTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]
+    """Cancel a task, or ask it to checkpoint and stop."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]
+    """The tasks in the journal."""
     PutBlob: _grpc.StreamUnaryMultiCallable[_agent_pb2.BlobChunk, _agent_pb2.PutBlobResponse]
+    """Upload a blob into the cache: a BlobHeader, then data chunks."""
     GetBlob: _grpc.UnaryStreamMultiCallable[_agent_pb2.GetBlobRequest, _agent_pb2.BlobChunk]
     """First message is a BlobHeader with the blob's digest and size, then data chunks."""
     HasBlobs: _grpc.UnaryUnaryMultiCallable[_agent_pb2.HasBlobsRequest, _agent_pb2.HasBlobsResponse]
+    """Which blobs the cache holds."""
     FetchBlob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.FetchBlobRequest, _agent_pb2.PutBlobResponse]
+    """Download a blob from an object store into the cache."""
     PushBlob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PushBlobRequest, _agent_pb2.PushBlobResponse]
+    """Upload a cached blob to an object store."""
     PairBegin: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PairBeginRequest, _agent_pb2.PairBeginResponse]
+    """Pairing, step 1 (public)."""
     PairFinish: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PairFinishRequest, _agent_pb2.PairFinishResponse]
+    """Pairing, step 2 (public)."""
     GetChallenge: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ChallengeRequest, _agent_pb2.Challenge]
+    """A nonce to sign for Authenticate (public)."""
     Authenticate: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AuthenticateRequest, _agent_pb2.AuthenticateResponse]
+    """A session token for a paired controller (public)."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
-    """---------------------------------------------------------------- service"""
+    """---------------------------------------------------------------- service
+
+    What a controller calls on an agent: the controller dials, the agent answers.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetInfoRequest, _agent_pb2.NodeInfo]  # type: ignore[assignment]
+    """Who the agent is and what it can run (public)."""
     StreamTelemetry: _aio.UnaryStreamMultiCallable[_agent_pb2.TelemetryRequest, _agent_pb2.Telemetry]  # type: ignore[assignment]
+    """The machine's load, a sample every period_seconds."""
     RunTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]  # type: ignore[assignment]
+    """Accept a task: take its slots, journal it, start it."""
     WatchTask: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchTaskRequest, _agent_pb2.TaskEventBatch]  # type: ignore[assignment]
     """Replays the journaled events after after_seq, then follows until Finished; many events per message."""
     CancelTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]  # type: ignore[assignment]
+    """Cancel a task, or ask it to checkpoint and stop."""
     ListTasks: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """The tasks in the journal."""
     PutBlob: _aio.StreamUnaryMultiCallable[_agent_pb2.BlobChunk, _agent_pb2.PutBlobResponse]  # type: ignore[assignment]
+    """Upload a blob into the cache: a BlobHeader, then data chunks."""
     GetBlob: _aio.UnaryStreamMultiCallable[_agent_pb2.GetBlobRequest, _agent_pb2.BlobChunk]  # type: ignore[assignment]
     """First message is a BlobHeader with the blob's digest and size, then data chunks."""
     HasBlobs: _aio.UnaryUnaryMultiCallable[_agent_pb2.HasBlobsRequest, _agent_pb2.HasBlobsResponse]  # type: ignore[assignment]
+    """Which blobs the cache holds."""
     FetchBlob: _aio.UnaryUnaryMultiCallable[_agent_pb2.FetchBlobRequest, _agent_pb2.PutBlobResponse]  # type: ignore[assignment]
+    """Download a blob from an object store into the cache."""
     PushBlob: _aio.UnaryUnaryMultiCallable[_agent_pb2.PushBlobRequest, _agent_pb2.PushBlobResponse]  # type: ignore[assignment]
+    """Upload a cached blob to an object store."""
     PairBegin: _aio.UnaryUnaryMultiCallable[_agent_pb2.PairBeginRequest, _agent_pb2.PairBeginResponse]  # type: ignore[assignment]
+    """Pairing, step 1 (public)."""
     PairFinish: _aio.UnaryUnaryMultiCallable[_agent_pb2.PairFinishRequest, _agent_pb2.PairFinishResponse]  # type: ignore[assignment]
+    """Pairing, step 2 (public)."""
     GetChallenge: _aio.UnaryUnaryMultiCallable[_agent_pb2.ChallengeRequest, _agent_pb2.Challenge]  # type: ignore[assignment]
+    """A nonce to sign for Authenticate (public)."""
     Authenticate: _aio.UnaryUnaryMultiCallable[_agent_pb2.AuthenticateRequest, _agent_pb2.AuthenticateResponse]  # type: ignore[assignment]
+    """A session token for a paired controller (public)."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
-    """---------------------------------------------------------------- service"""
+    """---------------------------------------------------------------- service
+
+    What a controller calls on an agent: the controller dials, the agent answers.
+    """
 
     @_abc_1.abstractmethod
     def GetInfo(
         self,
         request: _agent_pb2.GetInfoRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.NodeInfo, _abc.Awaitable[_agent_pb2.NodeInfo]]: ...
+    ) -> _typing.Union[_agent_pb2.NodeInfo, _abc.Awaitable[_agent_pb2.NodeInfo]]:
+        """Who the agent is and what it can run (public)."""
 
     @_abc_1.abstractmethod
     def StreamTelemetry(
         self,
         request: _agent_pb2.TelemetryRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_pb2.Telemetry], _abc.AsyncIterator[_agent_pb2.Telemetry]]: ...
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.Telemetry], _abc.AsyncIterator[_agent_pb2.Telemetry]]:
+        """The machine's load, a sample every period_seconds."""
 
     @_abc_1.abstractmethod
     def RunTask(
         self,
         request: _agent_pb2.RunTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.RunTaskResponse, _abc.Awaitable[_agent_pb2.RunTaskResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.RunTaskResponse, _abc.Awaitable[_agent_pb2.RunTaskResponse]]:
+        """Accept a task: take its slots, journal it, start it."""
 
     @_abc_1.abstractmethod
     def WatchTask(
@@ -117,21 +155,24 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.CancelTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.CancelTaskResponse, _abc.Awaitable[_agent_pb2.CancelTaskResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.CancelTaskResponse, _abc.Awaitable[_agent_pb2.CancelTaskResponse]]:
+        """Cancel a task, or ask it to checkpoint and stop."""
 
     @_abc_1.abstractmethod
     def ListTasks(
         self,
         request: _agent_pb2.ListTasksRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.ListTasksResponse, _abc.Awaitable[_agent_pb2.ListTasksResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.ListTasksResponse, _abc.Awaitable[_agent_pb2.ListTasksResponse]]:
+        """The tasks in the journal."""
 
     @_abc_1.abstractmethod
     def PutBlob(
         self,
         request_iterator: _MaybeAsyncIterator[_agent_pb2.BlobChunk],
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.PutBlobResponse, _abc.Awaitable[_agent_pb2.PutBlobResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.PutBlobResponse, _abc.Awaitable[_agent_pb2.PutBlobResponse]]:
+        """Upload a blob into the cache: a BlobHeader, then data chunks."""
 
     @_abc_1.abstractmethod
     def GetBlob(
@@ -146,48 +187,55 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.HasBlobsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.HasBlobsResponse, _abc.Awaitable[_agent_pb2.HasBlobsResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.HasBlobsResponse, _abc.Awaitable[_agent_pb2.HasBlobsResponse]]:
+        """Which blobs the cache holds."""
 
     @_abc_1.abstractmethod
     def FetchBlob(
         self,
         request: _agent_pb2.FetchBlobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.PutBlobResponse, _abc.Awaitable[_agent_pb2.PutBlobResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.PutBlobResponse, _abc.Awaitable[_agent_pb2.PutBlobResponse]]:
+        """Download a blob from an object store into the cache."""
 
     @_abc_1.abstractmethod
     def PushBlob(
         self,
         request: _agent_pb2.PushBlobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.PushBlobResponse, _abc.Awaitable[_agent_pb2.PushBlobResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.PushBlobResponse, _abc.Awaitable[_agent_pb2.PushBlobResponse]]:
+        """Upload a cached blob to an object store."""
 
     @_abc_1.abstractmethod
     def PairBegin(
         self,
         request: _agent_pb2.PairBeginRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.PairBeginResponse, _abc.Awaitable[_agent_pb2.PairBeginResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.PairBeginResponse, _abc.Awaitable[_agent_pb2.PairBeginResponse]]:
+        """Pairing, step 1 (public)."""
 
     @_abc_1.abstractmethod
     def PairFinish(
         self,
         request: _agent_pb2.PairFinishRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.PairFinishResponse, _abc.Awaitable[_agent_pb2.PairFinishResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.PairFinishResponse, _abc.Awaitable[_agent_pb2.PairFinishResponse]]:
+        """Pairing, step 2 (public)."""
 
     @_abc_1.abstractmethod
     def GetChallenge(
         self,
         request: _agent_pb2.ChallengeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.Challenge, _abc.Awaitable[_agent_pb2.Challenge]]: ...
+    ) -> _typing.Union[_agent_pb2.Challenge, _abc.Awaitable[_agent_pb2.Challenge]]:
+        """A nonce to sign for Authenticate (public)."""
 
     @_abc_1.abstractmethod
     def Authenticate(
         self,
         request: _agent_pb2.AuthenticateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.AuthenticateResponse, _abc.Awaitable[_agent_pb2.AuthenticateResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.AuthenticateResponse, _abc.Awaitable[_agent_pb2.AuthenticateResponse]]:
+        """A session token for a paired controller (public)."""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
