@@ -14,7 +14,10 @@ GENERATED = ("tensorfleet_agent._generated", "tensorfleet_desktop.ui._resources_
 # Where code may cite the document: sources, tests, protos, scripts, packaging and the README.
 CITING = ("agent", "tensorfleet_desktop", "tests", "proto", "scripts", "benchmarks", "packaging", ".ci")
 CITING_SUFFIXES = (".py", ".proto", ".toml", ".md", ".sh", ".cfg", ".ini", "")
-CITATION = re.compile(r"docs/architecture\.md,\s*(?:#\s*)?['\"‘“]([^'\"’”]{1,120})['\"’”]")
+# The section name in straight or curly quotes (\u2018 \u2019 \u201c \u201d), possibly wrapped in a comment.
+CITATION = re.compile(
+    r"docs/architecture\.md,\s*(?:#\s*)?['\"\u2018\u201c]([^'\"\u2019\u201d]{1,120})['\"\u2019\u201d]"
+)
 
 
 def _sections(text: str) -> dict[str, str]:
@@ -102,6 +105,9 @@ def test_every_cited_section_exists() -> None:
 
 def test_the_citation_pattern_finds_wrapped_citations() -> None:
     """The check above must see a citation whether it sits on one line or wraps in a comment."""
-    text = "see (docs/architecture.md,\n# 'Nothing is lost') and docs/architecture.md, 'Security'."
+    text = (
+        "see (docs/architecture.md,\n# 'Nothing is lost'), docs/architecture.md, 'Security' and "
+        "docs/architecture.md, \u2018The path of a\n    job\u2019."
+    )
     found = [_title(m.group(1)) for m in CITATION.finditer(text)]
-    assert found == ["Nothing is lost", "Security"]
+    assert found == ["Nothing is lost", "Security", "The path of a job"]
