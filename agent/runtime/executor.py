@@ -334,10 +334,27 @@ class Executor:
         """Relay the worker's messages until the task is done or the worker is gone."""
         watchdog = asyncio.create_task(self._watchdog(running, worker))
         try:
-            while True:
-                message = await worker.next_message()
-                if message is None:
-                    break
+            outcome = await self._relay(running, worker)
+        finally:
+            watchdog.cancel()
+        if outcome is not None:
+            return outcome
+        code = await worker.wait()
+        if running.kill_cause:
+            status, cause, error = self._killed_outcome(running)
+            return status, cause, error, False
+        if code < 0:
+            name = _signal_name(-code)
+            return TaskState.FAILED, ExitCause.SIGNAL, f"worker killed by {name}", False
+        if code > 0:
+            return TaskState.FAILED, ExitCause.EXIT_CODE, f"worker exited with code {code}", False
+        return TaskState.FAILED, ExitCause.WORKER_LOST, "worker exited before the workload finished", False
+
+    async def _relay(self, running: _Running, worker: WorkerProcess) -> tuple[TaskState, str, str, bool] | None:
+        """Journal the worker's messages, as many as each read brings, until its `done`: the task's outcome. None
+        when its event pipe closed first, or when the task was killed meanwhile (the kill decides then)."""
+        while messages := await worker.next_messages():
+            for message in messages:
                 kind = message.get("t")
                 if kind == "started":
                     spec = running.spec
@@ -353,7 +370,7 @@ class Executor:
                     continue
                 if kind == "done":
                     if running.kill_cause:
-                        break
+                        return None
                     if message.get("ok"):
                         return TaskState.SUCCEEDED, ExitCause.COMPLETED, "", True
                     if message.get("stopped"):
@@ -368,18 +385,7 @@ class Executor:
                             await asyncio.to_thread(self.blobs.adopt_existing, payload.sha256)
                         except OSError as exc:  # the cache bookkeeping must never fail the task
                             log.warning("blob cache: could not account for %s: %s", payload.sha256[:12], exc)
-        finally:
-            watchdog.cancel()
-        code = await worker.wait()
-        if running.kill_cause:
-            status, cause, error = self._killed_outcome(running)
-            return status, cause, error, False
-        if code < 0:
-            name = _signal_name(-code)
-            return TaskState.FAILED, ExitCause.SIGNAL, f"worker killed by {name}", False
-        if code > 0:
-            return TaskState.FAILED, ExitCause.EXIT_CODE, f"worker exited with code {code}", False
-        return TaskState.FAILED, ExitCause.WORKER_LOST, "worker exited before the workload finished", False
+        return None
 
     def _killed_outcome(self, running: _Running) -> tuple[TaskState, str, str]:
         status = TaskState.CANCELLED if running.kill_cause == ExitCause.CANCELLED else TaskState.FAILED

@@ -388,6 +388,12 @@ def _run(records: list[bytes], start: int, end: int) -> tuple[list[bytes], int]:
     return records[start:stop], stop
 
 
+def read_events(path: Path) -> list[TaskEvent]:
+    """The events in a journal file (tasks/<task_id>/events.pb), also while it is written: a torn tail is left
+    out. For tools and tests that look at an agent's data dir; the agent itself reads with _read_journal."""
+    return _read_journal(path)[1]
+
+
 def _read_journal(path: Path, repair: bool = False) -> tuple[list[bytes], list[TaskEvent]]:
     """A journal file's records and their events; a torn or unreadable tail (crash mid-write) is dropped (and
     cut off if repair)."""

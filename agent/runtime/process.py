@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 OutputCallback = Callable[[str, str], None]
 _MAX_LINE = 64 * 1024
+_MAX_EVENT = 16 << 20  # one event line from the worker, at most
+_READ_BYTES = 1 << 16
 
 
 class WorkerProcess:
@@ -28,6 +30,7 @@ class WorkerProcess:
         self.pid = proc.pid
         self._cmd = cmd
         self._events = events
+        self._partial = b""  # the start of an event line not all read yet
         self.on_output: OutputCallback | None = None
         self._pumps = [asyncio.create_task(self._pump(name, stream)) for name, stream in self._streams()]
 
@@ -52,12 +55,12 @@ class WorkerProcess:
         finally:
             os.close(cmd_r)
             os.close(evt_w)
-        events = asyncio.StreamReader(limit=16 * 1024 * 1024)
+        events = asyncio.StreamReader(limit=_MAX_EVENT)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(events), os.fdopen(evt_r, "rb", 0))
         cmd_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(cmd_w, "wb", 0))
         worker = cls(proc, cmd_transport, events)
-        hello = await worker.next_message(timeout=120.0)
-        if hello is None or hello.get("t") != "ready":
+        hello = await worker.next_messages(timeout=120.0)  # the worker says nothing else before its first command
+        if [message.get("t") for message in hello] != ["ready"]:
             worker.kill()
             await worker.wait()
             raise RuntimeError(f"worker process did not start (exit code {proc.returncode})")
@@ -98,16 +101,21 @@ class WorkerProcess:
     def send(self, command: dict[str, Any]) -> None:
         self._cmd.write((json.dumps(command) + "\n").encode())
 
-    async def next_message(self, timeout: float | None = None) -> dict[str, Any] | None:
-        """The next event from the worker, or None once its event pipe closed (it exited)."""
-        try:
-            line = await asyncio.wait_for(self._events.readline(), timeout)
-        except TimeoutError:
-            return None
-        if not line:
-            return None
-        message: dict[str, Any] = json.loads(line)
-        return message
+    async def next_messages(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The worker's events that have arrived, in order (one read for all of them, however many), or [] once
+        its event pipe closed (it exited) or after `timeout` seconds."""
+        while b"\n" not in self._partial:
+            try:
+                chunk = await asyncio.wait_for(self._events.read(_READ_BYTES), timeout)
+            except TimeoutError:
+                return []
+            if not chunk:
+                return []
+            self._partial += chunk
+            if len(self._partial) > _MAX_EVENT:
+                raise ValueError(f"worker {self.pid} sent an event of over {_MAX_EVENT >> 20} MiB")
+        *lines, self._partial = self._partial.split(b"\n")
+        return [json.loads(line) for line in lines]
 
     @property
     def alive(self) -> bool:

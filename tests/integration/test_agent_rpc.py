@@ -101,6 +101,17 @@ async def test_emit_1000_points_arrive_once_in_order(agent: AgentProcess) -> Non
     assert finished(events).status is TaskState.SUCCEEDED
 
 
+async def test_a_replay_sends_many_events_per_message(agent: AgentProcess) -> None:
+    """WatchTask sends the journal's records as they are, many to a message (the path of a metric point)."""
+    async with agent.client() as client:
+        events = await run(client, TaskSpec("emit-batch", "j", "emit", {"points": 1000}))
+        request = pb.WatchTaskRequest(task_id="emit-batch", after_seq=2)
+        metadata = await client.session_metadata()
+        messages = [m async for m in client.stub.WatchTask(request, metadata=metadata)]
+    assert [e.seq for m in messages for e in m.events] == [e.seq for e in events][2:]
+    assert len(messages) <= 10, f"{len(messages)} messages for {len(events)} events"
+
+
 async def test_watcher_resumes_after_seq_without_gap_or_duplicate(agent: AgentProcess) -> None:
     async with agent.client() as client:
         await client.run_task(TaskSpec("resume", "j", "emit", {"points": 600, "rate": 1000}))

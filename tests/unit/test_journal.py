@@ -9,7 +9,7 @@ from pathlib import Path
 from helpers.waiting import eventually
 from tensorfleet_agent.core.types import Finished, MetricPoint, StateChanged, TaskEvent, TaskState
 from tensorfleet_agent.rpc.convert import event_record, events_from_batch, split_records
-from tensorfleet_agent.runtime.journal import EVENTS_FILE, RESERVE_BYTES, RESERVE_FILE, Journal
+from tensorfleet_agent.runtime.journal import EVENTS_FILE, RESERVE_BYTES, RESERVE_FILE, Journal, read_events
 
 
 async def _collect(journal: Journal, task_id: str, after: int = 0) -> list[int]:
@@ -79,6 +79,7 @@ async def test_reload_repairs_torn_tail_and_finds_unfinished(tmp_path: Path) -> 
     await journal.close()
     with (tmp_path / "running" / EVENTS_FILE).open("ab") as fh:
         fh.write(event_record(TaskEvent("running", 3, 1.0, MetricPoint(1, "x", 2.0, 1.0)))[:9])  # crash mid-write
+    assert [e.seq for e in read_events(tmp_path / "running" / EVENTS_FILE)] == [1, 2]
 
     again = Journal(tmp_path)
     loaded = {e.task_id: e for e in again.load()}
