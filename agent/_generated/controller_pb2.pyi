@@ -103,46 +103,6 @@ JOB_TASK_STATE_CANCELLED: JobTaskState.ValueType  # 6
 """the job was cancelled, or a sweep trial pruned (exit_cause PRUNED)"""
 Global___JobTaskState: _TypeAlias = JobTaskState  # noqa: Y015
 
-class _JobEventKind:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEventKind.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    JOB_EVENT_KIND_UNSPECIFIED: _JobEventKind.ValueType  # 0
-    """never sent"""
-    JOB_EVENT_KIND_JOB_STATE: _JobEventKind.ValueType  # 1
-    """the job changed: job_state, message, job"""
-    JOB_EVENT_KIND_TASK_STATE: _JobEventKind.ValueType  # 2
-    """a task changed: task_index, task_state, message"""
-    JOB_EVENT_KIND_PROGRESS: _JobEventKind.ValueType  # 3
-    """task_index, value (0..1)"""
-    JOB_EVENT_KIND_METRIC: _JobEventKind.ValueType  # 4
-    """task_index, step, name, value, wall_time"""
-    JOB_EVENT_KIND_LOG: _JobEventKind.ValueType  # 5
-    """task_index, stream, message (the line)"""
-    JOB_EVENT_KIND_ARTIFACT: _JobEventKind.ValueType  # 6
-    """task_index, name, artifact_kind, message (its sha256), value (its size)"""
-
-class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper):
-    """What a JobEvent is about; it says which of the event's fields are set."""
-
-JOB_EVENT_KIND_UNSPECIFIED: JobEventKind.ValueType  # 0
-"""never sent"""
-JOB_EVENT_KIND_JOB_STATE: JobEventKind.ValueType  # 1
-"""the job changed: job_state, message, job"""
-JOB_EVENT_KIND_TASK_STATE: JobEventKind.ValueType  # 2
-"""a task changed: task_index, task_state, message"""
-JOB_EVENT_KIND_PROGRESS: JobEventKind.ValueType  # 3
-"""task_index, value (0..1)"""
-JOB_EVENT_KIND_METRIC: JobEventKind.ValueType  # 4
-"""task_index, step, name, value, wall_time"""
-JOB_EVENT_KIND_LOG: JobEventKind.ValueType  # 5
-"""task_index, stream, message (the line)"""
-JOB_EVENT_KIND_ARTIFACT: JobEventKind.ValueType  # 6
-"""task_index, name, artifact_kind, message (its sha256), value (its size)"""
-Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
-
 class _AgentState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -849,14 +809,80 @@ class ListJobsResponse(_message.Message):
 Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
 
 @_typing.final
+class WatchJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_IDS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """a snapshot holds the newest this many; 0 = all"""
+    resume_token: _builtins.str
+    """the last JobsChange's resume_token: only what changed since; "" = snapshot"""
+    @_builtins.property
+    def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only these jobs (ids or unique prefixes); empty = every job"""
+
+    def __init__(
+        self,
+        *,
+        job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        limit: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids", "limit", b"limit", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobsRequest: _TypeAlias = WatchJobsRequest  # noqa: Y015
+
+@_typing.final
+class JobsChange(_message.Message):
+    """What WatchJobs streams: first a snapshot (or, on a resume, what changed since the token), then every change.
+    Changes that come close together are sent together, each job once, as it is at the time of sending: a job that
+    ended is always sent in its final state, however fast it ran.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    snapshot: _builtins.bool
+    """true: `jobs` are all the matching jobs (replace what you hold)"""
+    resume_token: _builtins.str
+    """pass to WatchJobs to resume after this message; a token the controller"""
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """snapshot: newest first; else the jobs that changed, as they are now"""
+
+    def __init__(
+        self,
+        *,
+        snapshot: _builtins.bool = ...,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "resume_token", b"resume_token", "snapshot", b"snapshot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobsChange: _TypeAlias = JobsChange  # noqa: Y015
+
+@_typing.final
 class WatchJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """a job id or a unique prefix of at least 4 characters"""
     after_seq: _builtins.int
-    """resume: only events with seq > after_seq"""
+    """resume: only what was recorded after this seq (a JobEvent's seq)"""
     def __init__(
         self,
         *,
@@ -873,79 +899,269 @@ Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
 
 @_typing.final
 class JobEvent(_message.Message):
+    """One entry of a job's history as WatchJob streams it: a stored record, or a run of consecutive metric points
+    or log lines sent together. Records are numbered per job (seq 1, 2, 3...); a batch covers consecutive seqs
+    and carries each record's own seq, so nothing is numbered twice or skipped.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
-    TASK_INDEX_FIELD_NUMBER: _builtins.int
     JOB_STATE_FIELD_NUMBER: _builtins.int
-    MESSAGE_FIELD_NUMBER: _builtins.int
-    STREAM_FIELD_NUMBER: _builtins.int
-    STEP_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    VALUE_FIELD_NUMBER: _builtins.int
-    WALL_TIME_FIELD_NUMBER: _builtins.int
-    JOB_FIELD_NUMBER: _builtins.int
     TASK_STATE_FIELD_NUMBER: _builtins.int
-    ARTIFACT_KIND_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    LOGS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     seq: _builtins.int
-    """per job, 1, 2, 3..."""
+    """the last record this event carries; resume with after_seq = seq"""
     time: _builtins.float
-    """unix seconds"""
-    kind: Global___JobEventKind.ValueType
-    task_index: _builtins.int
-    """the task it is about (job_state: 0)"""
-    job_state: Global___JobState.ValueType
-    """job_state events; else UNSPECIFIED"""
-    message: _builtins.str
-    """error text, log line, state message"""
-    stream: _agent_pb2.LogStream.ValueType
-    """log events: STDOUT | STDERR | AGENT | CONTROLLER; else UNSPECIFIED"""
-    step: _builtins.int
-    """metric"""
-    name: _builtins.str
-    """metric name / artifact name"""
-    value: _builtins.float
-    """metric value / progress fraction"""
-    wall_time: _builtins.float
-    """metric: unix seconds when reported"""
-    task_state: Global___JobTaskState.ValueType
-    """task_state events; else UNSPECIFIED"""
-    artifact_kind: _builtins.str
-    """artifact events: as Artifact.kind; else "" """
+    """unix seconds the controller recorded it (a batch: its last record)"""
     @_builtins.property
-    def job(self) -> Global___Job:
-        """job_state: the job after the change"""
-
+    def job_state(self) -> Global___JobStateChanged: ...
+    @_builtins.property
+    def task_state(self) -> Global___JobTaskStateChanged: ...
+    @_builtins.property
+    def progress(self) -> Global___JobTaskProgress: ...
+    @_builtins.property
+    def metrics(self) -> Global___JobMetricPoints: ...
+    @_builtins.property
+    def logs(self) -> Global___JobLogLines: ...
+    @_builtins.property
+    def checkpoint(self) -> Global___JobCheckpointSaved: ...
+    @_builtins.property
+    def artifact(self) -> Global___JobArtifactSaved: ...
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         seq: _builtins.int = ...,
         time: _builtins.float = ...,
-        kind: Global___JobEventKind.ValueType = ...,
-        task_index: _builtins.int = ...,
-        job_state: Global___JobState.ValueType = ...,
+        job_state: Global___JobStateChanged | None = ...,
+        task_state: Global___JobTaskStateChanged | None = ...,
+        progress: Global___JobTaskProgress | None = ...,
+        metrics: Global___JobMetricPoints | None = ...,
+        logs: Global___JobLogLines | None = ...,
+        checkpoint: Global___JobCheckpointSaved | None = ...,
+        artifact: Global___JobArtifactSaved | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "checkpoint", b"checkpoint", "job_state", b"job_state", "logs", b"logs", "metrics", b"metrics", "progress", b"progress", "task_state", b"task_state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "body", b"body", "checkpoint", b"checkpoint", "job_id", b"job_id", "job_state", b"job_state", "logs", b"logs", "metrics", b"metrics", "progress", b"progress", "seq", b"seq", "task_state", b"task_state", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["job_state", "task_state", "progress", "metrics", "logs", "checkpoint", "artifact"]  # noqa: Y015
+    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+
+Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
+
+@_typing.final
+class JobStateChanged(_message.Message):
+    """The job changed state, or something a job list shows changed (progress, a model registered)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    state: Global___JobState.ValueType
+    """the job's state after the change"""
+    message: _builtins.str
+    """why, in words (e.g. "placed", "progress", the error); may be "" """
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """the job as it is now (not as it was then, on a replay)"""
+
+    def __init__(
+        self,
+        *,
+        state: Global___JobState.ValueType = ...,
         message: _builtins.str = ...,
-        stream: _agent_pb2.LogStream.ValueType = ...,
-        step: _builtins.int = ...,
-        name: _builtins.str = ...,
-        value: _builtins.float = ...,
-        wall_time: _builtins.float = ...,
         job: Global___Job | None = ...,
-        task_state: Global___JobTaskState.ValueType = ...,
-        artifact_kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_kind", b"artifact_kind", "job", b"job", "job_id", b"job_id", "job_state", b"job_state", "kind", b"kind", "message", b"message", "name", b"name", "seq", b"seq", "step", b"step", "stream", b"stream", "task_index", b"task_index", "task_state", b"task_state", "time", b"time", "value", b"value", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "message", b"message", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
+Global___JobStateChanged: _TypeAlias = JobStateChanged  # noqa: Y015
+
+@_typing.final
+class JobTaskStateChanged(_message.Message):
+    """A task changed state (placed, running, finished, retried, moved)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_INDEX_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    task_index: _builtins.int
+    state: Global___JobTaskState.ValueType
+    """the task's state after the change"""
+    message: _builtins.str
+    """why, in words; may be "" """
+    def __init__(
+        self,
+        *,
+        task_index: _builtins.int = ...,
+        state: Global___JobTaskState.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "state", b"state", "task_index", b"task_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobTaskStateChanged: _TypeAlias = JobTaskStateChanged  # noqa: Y015
+
+@_typing.final
+class JobTaskProgress(_message.Message):
+    """A task reported how far it is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_INDEX_FIELD_NUMBER: _builtins.int
+    FRACTION_FIELD_NUMBER: _builtins.int
+    task_index: _builtins.int
+    fraction: _builtins.float
+    """0..1"""
+    def __init__(
+        self,
+        *,
+        task_index: _builtins.int = ...,
+        fraction: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fraction", b"fraction", "task_index", b"task_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobTaskProgress: _TypeAlias = JobTaskProgress  # noqa: Y015
+
+@_typing.final
+class JobMetricPoints(_message.Message):
+    """Consecutive metric points, in the order they were recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricRow]: ...
+    def __init__(
+        self,
+        *,
+        points: _abc.Iterable[Global___MetricRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobMetricPoints: _TypeAlias = JobMetricPoints  # noqa: Y015
+
+@_typing.final
+class JobLogLines(_message.Message):
+    """Consecutive log lines, in the order they were recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogRow]: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___LogRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobLogLines: _TypeAlias = JobLogLines  # noqa: Y015
+
+@_typing.final
+class JobCheckpointSaved(_message.Message):
+    """A task saved a checkpoint; the controller keeps it to resume the task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_INDEX_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    task_index: _builtins.int
+    name: _builtins.str
+    """file name"""
+    sha256: _builtins.str
+    """64 hex chars"""
+    size: _builtins.int
+    """bytes"""
+    step: _builtins.int
+    """the epoch/step it was saved at (0: not told)"""
+    def __init__(
+        self,
+        *,
+        task_index: _builtins.int = ...,
+        name: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        size: _builtins.int = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sha256", b"sha256", "size", b"size", "step", b"step", "task_index", b"task_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCheckpointSaved: _TypeAlias = JobCheckpointSaved  # noqa: Y015
+
+@_typing.final
+class JobArtifactSaved(_message.Message):
+    """A task saved an artifact (a model, a report, what save_artifact() named); ListArtifacts lists it from now on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_INDEX_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    task_index: _builtins.int
+    name: _builtins.str
+    """file name"""
+    kind: _builtins.str
+    """as Artifact.kind"""
+    sha256: _builtins.str
+    """64 hex chars"""
+    size: _builtins.int
+    """bytes"""
+    def __init__(
+        self,
+        *,
+        task_index: _builtins.int = ...,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "sha256", b"sha256", "size", b"size", "task_index", b"task_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobArtifactSaved: _TypeAlias = JobArtifactSaved  # noqa: Y015
 
 @_typing.final
 class GetMetricsRequest(_message.Message):
@@ -995,7 +1211,7 @@ class MetricRow(_message.Message):
     agent_task_id: _builtins.str
     """the attempt that reported it"""
     seq: _builtins.int
-    """the JobEvent seq that carried it"""
+    """the job's record number it was stored as (see JobEvent)"""
     def __init__(
         self,
         *,
@@ -1070,6 +1286,7 @@ class LogRow(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     STREAM_FIELD_NUMBER: _builtins.int
     LINE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     task_index: _builtins.int
     time: _builtins.float
     """unix seconds"""
@@ -1077,6 +1294,8 @@ class LogRow(_message.Message):
     """STDOUT | STDERR | AGENT | CONTROLLER"""
     line: _builtins.str
     """one line, without its newline"""
+    seq: _builtins.int
+    """the job's record number it was stored as (see JobEvent)"""
     def __init__(
         self,
         *,
@@ -1084,10 +1303,11 @@ class LogRow(_message.Message):
         time: _builtins.float = ...,
         stream: _agent_pb2.LogStream.ValueType = ...,
         line: _builtins.str = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "stream", b"stream", "task_index", b"task_index", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line", b"line", "seq", b"seq", "stream", b"stream", "task_index", b"task_index", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

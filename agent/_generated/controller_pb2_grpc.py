@@ -60,6 +60,11 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/tensorfleet.v1.ControllerService/WatchJobs',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JobsChange.FromString,
+                _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/CancelJob',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.JobRef.SerializeToString,
@@ -245,7 +250,15 @@ class ControllerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """the job's history, then live until it ends
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJobs(self, request, context):
+        """job changes, never ends on its own
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -463,6 +476,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.WatchJobRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.JobEvent.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.WatchJobsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.JobsChange.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
@@ -755,6 +773,33 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/WatchJob',
             tensorfleet_dot_v1_dot_controller__pb2.WatchJobRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/WatchJobs',
+            tensorfleet_dot_v1_dot_controller__pb2.WatchJobsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.JobsChange.FromString,
             options,
             channel_credentials,
             insecure,

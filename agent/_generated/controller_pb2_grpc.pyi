@@ -41,6 +41,9 @@ class ControllerServiceStub:
     ListJobs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListJobsRequest, _controller_pb2.ListJobsResponse]
     GetJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]
     WatchJob: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchJobRequest, _controller_pb2.JobEvent]
+    """the job's history, then live until it ends"""
+    WatchJobs: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchJobsRequest, _controller_pb2.JobsChange]
+    """job changes, never ends on its own"""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]
     PauseJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]
     ResumeJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]
@@ -81,6 +84,9 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ListJobs: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListJobsRequest, _controller_pb2.ListJobsResponse]  # type: ignore[assignment]
     GetJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]  # type: ignore[assignment]
     WatchJob: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchJobRequest, _controller_pb2.JobEvent]  # type: ignore[assignment]
+    """the job's history, then live until it ends"""
+    WatchJobs: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchJobsRequest, _controller_pb2.JobsChange]  # type: ignore[assignment]
+    """job changes, never ends on its own"""
     CancelJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]  # type: ignore[assignment]
     PauseJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]  # type: ignore[assignment]
     ResumeJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]  # type: ignore[assignment]
@@ -147,7 +153,16 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _controller_pb2.WatchJobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_controller_pb2.JobEvent], _abc.AsyncIterator[_controller_pb2.JobEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.JobEvent], _abc.AsyncIterator[_controller_pb2.JobEvent]]:
+        """the job's history, then live until it ends"""
+
+    @_abc_1.abstractmethod
+    def WatchJobs(
+        self,
+        request: _controller_pb2.WatchJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.JobsChange], _abc.AsyncIterator[_controller_pb2.JobsChange]]:
+        """job changes, never ends on its own"""
 
     @_abc_1.abstractmethod
     def CancelJob(

@@ -24,63 +24,24 @@ from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
 from tensorfleet_agent.rpc import handlers
 from tensorfleet_agent.security.secrets import redact, register
 from tensorfleet_agent.workloads.registry import all_workloads
-from tensorfleet_desktop.controller import convert
-from tensorfleet_desktop.controller.core import Controller, JobError, NotFoundError
+from tensorfleet_desktop import wire
+from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.datasets import DatasetError
-from tensorfleet_desktop.controller.fleet import FleetError
-from tensorfleet_desktop.controller.registry import (
-    BlobDamaged,
-    ModelNotFound,
-    RegistryError,
-    model_config,
-)
-from tensorfleet_desktop.controller.store.base import StoreFullError, full_message, is_disk_full
+from tensorfleet_desktop.controller.errors import NotFoundError
+from tensorfleet_desktop.controller.job_feed import JobFeed
+from tensorfleet_desktop.controller.model import Job
+from tensorfleet_desktop.controller.registry import model_config
+from tensorfleet_desktop.controller.rpc_errors import set_data_dir, status_of
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 MAX_SPEC_JSON = 1 << 20
 MAX_DATASET_BYTES = 8 << 30
+COALESCE_SECONDS = 0.05  # WatchJobs: how long a change waits for others to go out with it
 
 
-_DATA_DIR: list[Path | None] = [None]  # the serving controller's data dir, for disk-full messages
-
-
-def full_dir(exc: Exception, data_dir: Path | None) -> Path:
-    """Where to measure and name a full disk: the controller's data dir, unless the write that failed was an
-    absolute path outside it (then that file's directory). Never the process's working directory."""
-    filename = str(getattr(exc, "filename", "") or "")
-    if filename and Path(filename).is_absolute():
-        failed = Path(filename).parent
-        if data_dir is None or not failed.is_relative_to(data_dir):
-            return failed
-    return data_dir if data_dir is not None else Path(filename or ".").resolve().parent
-
-
-def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, ValidationError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, NotFoundError):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, RegistryError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, ModelNotFound):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, JobError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, FleetError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, BlobDamaged):
-        return grpc.StatusCode.DATA_LOSS, str(exc)
-    if isinstance(exc, StoreFullError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if is_disk_full(exc):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, full_message(full_dir(exc, _DATA_DIR[0]))
-    log.exception("internal error")
-    return grpc.StatusCode.INTERNAL, f"internal controller error: {type(exc).__name__}: {exc}"
-
-
-_unary = handlers.unary(_status_of)
-_stream = handlers.stream(_status_of)
+_unary = handlers.unary(status_of)
+_stream = handlers.stream(status_of)
 
 
 def _json_object(text: str, field: str) -> dict[str, Any]:
@@ -95,6 +56,40 @@ def _json_object(text: str, field: str) -> dict[str, Any]:
     return value
 
 
+async def _batches(items: AsyncIterator[R], limit: int) -> AsyncIterator[list[R]]:
+    """The items as they come, grouped: what arrived while the previous group was being sent goes out together
+    (a replay in groups of `limit`, a fast live stream in as few messages as it takes)."""
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(limit)
+
+    async def pump() -> None:
+        try:
+            async for item in items:
+                await queue.put((True, item))
+        except Exception as exc:  # handed to the stream, which ends with it
+            await queue.put((False, exc))
+        else:
+            await queue.put((False, None))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            group: list[R] = []
+            more, item = await queue.get()
+            while more:
+                group.append(item)
+                if queue.empty() or len(group) >= limit:
+                    break
+                more, item = queue.get_nowait()
+            if group:
+                yield group
+            if not more:
+                if item is not None:
+                    raise item
+                return
+    finally:
+        task.cancel()
+
+
 CONTROLLER_SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"].full_name  # for health and reflection
 
 
@@ -107,7 +102,8 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         data_dir: Path | None = None,
     ) -> None:
         self.c = controller
-        _DATA_DIR[0] = data_dir  # disk-full refusals name it (one controller per process)
+        set_data_dir(data_dir)  # disk-full refusals name it (one controller per process)
+        self.jobs_feed = JobFeed(controller.add_job_listener)
         self.info = info
         self.shutdown = shutdown
 
@@ -118,7 +114,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return {a.node_id: a.name for a in self.c.fleet.agents.values()}
 
     def _job(self, job: Any) -> cpb.Job:
-        return convert.job_to_pb(job, self._names())
+        return wire.job_to_pb(job, self._names())
 
     @_unary
     async def GetInfo(self, request: cpb.ControllerInfoRequest, context: Any) -> cpb.ControllerInfo:
@@ -133,7 +129,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     async def ListJobs(self, request: cpb.ListJobsRequest, context: Any) -> cpb.ListJobsResponse:
         if request.limit < 0:
             raise ValidationError("limit", f"must be >= 0, got {request.limit}")
-        jobs = self.c.list_jobs(convert.job_states_from_pb(request.states), request.limit)
+        jobs = self.c.list_jobs(wire.job_states_from_pb(request.states), request.limit)
         return cpb.ListJobsResponse(jobs=[self._job(j) for j in jobs])
 
     @_unary
@@ -145,8 +141,41 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         if request.after_seq < 0:
             raise ValidationError("after_seq", f"must be >= 0, got {request.after_seq}")
         job = self.c.get(request.job_id)
-        async for record in self.c.watch(job.id, request.after_seq):
-            yield convert.event_to_pb(record, job, self._names())
+        async for records in _batches(self.c.watch(job.id, request.after_seq), wire.MAX_BATCH):
+            for event in wire.job_events_to_pb(records, job, self._names()):
+                yield event
+
+    @_stream
+    async def WatchJobs(self, request: cpb.WatchJobsRequest, context: Any) -> AsyncIterator[cpb.JobsChange]:
+        if request.limit < 0:
+            raise ValidationError("limit", f"must be >= 0, got {request.limit}")
+        only = {self.c.get(ref).id for ref in request.job_ids}
+        feed = self.jobs_feed
+        with feed.watcher() as watcher:  # from here on no change is missed
+            missed = feed.changed_since(request.resume_token) if request.resume_token else None
+            if missed is None:
+                jobs = [j for j in self.c.list_jobs() if not only or j.id in only]
+                jobs = jobs[: request.limit] if request.limit else jobs
+                yield cpb.JobsChange(snapshot=True, jobs=[self._job(j) for j in jobs], resume_token=feed.token())
+            else:
+                yield cpb.JobsChange(jobs=self._jobs_now(missed, only), resume_token=feed.token())
+            while True:
+                await watcher.wake.wait()
+                await asyncio.sleep(COALESCE_SECONDS)  # a burst of changes (metric points) goes out once
+                changed = self._jobs_now(watcher.take(), only)
+                if changed:
+                    yield cpb.JobsChange(jobs=changed, resume_token=feed.token())
+
+    def _jobs_now(self, job_ids: set[str], only: set[str]) -> list[cpb.Job]:
+        jobs: list[Job] = []
+        for job_id in job_ids:
+            if only and job_id not in only:
+                continue
+            try:
+                jobs.append(self.c.get(job_id))
+            except NotFoundError:
+                continue  # removed since (retention)
+        return [self._job(j) for j in sorted(jobs, key=lambda j: j.created_at, reverse=True)]
 
     @_unary
     async def CancelJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
@@ -176,21 +205,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         await self.c.store.flush()
         rows = await self.c.store.events(job.id, 0, ("metric",))
         names = set(request.names)
-        return cpb.GetMetricsResponse(
-            points=[
-                cpb.MetricRow(
-                    task_index=r.task_index,
-                    step=r.step,
-                    name=r.name,
-                    value=r.value,
-                    wall_time=r.wall_time,
-                    agent_task_id=r.attempt_id,
-                    seq=r.agent_seq,
-                )
-                for r in rows
-                if not names or r.name in names
-            ]
-        )
+        return cpb.GetMetricsResponse(points=[wire.metric_row_to_pb(r) for r in rows if not names or r.name in names])
 
     @_unary
     async def GetLogs(self, request: cpb.GetLogsRequest, context: Any) -> cpb.GetLogsResponse:
@@ -199,22 +214,15 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             raise ValidationError("task_index", f"job {job.id} has tasks 0..{len(job.tasks) - 1}")
         await self.c.store.flush()
         rows = await self.c.store.events(job.id, 0, ("log",), None if request.all_tasks else request.task_index)
-        return cpb.GetLogsResponse(
-            lines=[
-                cpb.LogRow(
-                    task_index=r.task_index, time=r.time, stream=convert.log_stream_to_pb(r.stream), line=r.message
-                )
-                for r in rows
-            ]
-        )
+        return cpb.GetLogsResponse(lines=[wire.log_row_to_pb(r) for r in rows])
 
     @_unary
     async def ListAgents(self, request: cpb.ListAgentsRequest, context: Any) -> cpb.ListAgentsResponse:
         agents = sorted(self.c.fleet.agents.values(), key=lambda a: (a.name, a.node_id))
         refused = sorted(self.c.fleet.refused.values(), key=lambda r: (r.name, r.key))
         return cpb.ListAgentsResponse(
-            agents=[convert.agent_to_pb(a) for a in agents],
-            refused=[convert.refused_to_pb(r) for r in refused] if request.include_refused else [],
+            agents=[wire.agent_to_pb(a) for a in agents],
+            refused=[wire.refused_to_pb(r) for r in refused] if request.include_refused else [],
         )
 
     @_stream
@@ -223,15 +231,15 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
         def listener(kind: str, record: Any) -> None:
             if not queue.full():
-                queue.put_nowait((kind, convert.agent_to_pb(record)))
+                queue.put_nowait((kind, wire.agent_to_pb(record)))
 
         for record in list(self.c.fleet.agents.values()):
-            yield convert.agent_event_to_pb("added", convert.agent_to_pb(record), time.time())
+            yield wire.agent_event_to_pb("added", wire.agent_to_pb(record), time.time())
         self.c.fleet.subscribe(listener)
         try:
             while True:
                 kind, agent = await queue.get()
-                yield convert.agent_event_to_pb(kind, agent, time.time())
+                yield wire.agent_event_to_pb(kind, agent, time.time())
         finally:
             self.c.fleet._listeners.remove(listener)
 
@@ -242,17 +250,17 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValidationError("address", f"must look like HOST:PORT, got {address[:80]!r}")
         record = await self.c.fleet.add(address, "manual")  # remembers it, with its pin
-        return convert.agent_to_pb(record)
+        return wire.agent_to_pb(record)
 
     @_unary
     async def RemoveAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
         record = await self.c.fleet.remove(request.agent)
         self.c.store.delete_agent(record.node_id)
-        return convert.agent_to_pb(record)
+        return wire.agent_to_pb(record)
 
     @_unary
     async def DrainAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
-        return convert.agent_to_pb(self.c.fleet.drain(request.agent))
+        return wire.agent_to_pb(self.c.fleet.drain(request.agent))
 
     @_unary
     async def PairAgent(self, request: cpb.PairAgentRequest, context: Any) -> cpb.Agent:
@@ -261,7 +269,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
                 "token", "is required: the agent prints one at first start (`tensorfleet-agent token`)"
             )
         register(request.token)
-        return convert.agent_to_pb(await self.c.fleet.pair(request.agent, request.token, request.force))
+        return wire.agent_to_pb(await self.c.fleet.pair(request.agent, request.token, request.force))
 
     @_unary
     async def UploadDataset(self, request_iterator: AsyncIterator[cpb.DatasetChunk], context: Any) -> cpb.DatasetInfo:
@@ -295,11 +303,11 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             raise ValidationError("file", str(exc)) from None
         finally:
             tmp.unlink(missing_ok=True)
-        return convert.dataset_to_pb(entry)
+        return wire.dataset_to_pb(entry)
 
     @_unary
     async def ListDatasets(self, request: cpb.ListDatasetsRequest, context: Any) -> cpb.ListDatasetsResponse:
-        return cpb.ListDatasetsResponse(datasets=[convert.dataset_to_pb(d) for d in self.c.datasets.values()])
+        return cpb.ListDatasetsResponse(datasets=[wire.dataset_to_pb(d) for d in self.c.datasets.values()])
 
     @_unary
     async def PreviewDataset(self, request: cpb.DatasetRequest, context: Any) -> cpb.DatasetPreview:
@@ -307,14 +315,14 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             raise ValidationError("rows", f"must be between 0 and 1000, got {request.rows}")
         entry, header, rows = await self.c.preview_dataset(request.name, request.rows or 10)
         return cpb.DatasetPreview(
-            dataset=convert.dataset_to_pb(entry),
+            dataset=wire.dataset_to_pb(entry),
             columns=header,
             rows=[cpb.DatasetRow(values=r) for r in rows],
         )
 
     @_unary
     async def DeleteDataset(self, request: cpb.DatasetRequest, context: Any) -> cpb.DatasetInfo:
-        return convert.dataset_to_pb(await self.c.delete_dataset(request.name))
+        return wire.dataset_to_pb(await self.c.delete_dataset(request.name))
 
     @_unary
     async def ListWorkloads(self, request: cpb.WorkloadsRequest, context: Any) -> cpb.WorkloadsResponse:
@@ -336,7 +344,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             request.name, request.algorithm, request.tag, request.alias, floor, page, limit
         )
         return cpb.ListModelsResponse(
-            models=[convert.model_to_pb(i) for i in await self.c.registry.with_blob_status(items)],
+            models=[wire.model_to_pb(i) for i in await self.c.registry.with_blob_status(items)],
             page=page,
             limit=limit,
             total=total,
@@ -346,11 +354,11 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     @_unary
     async def GetModel(self, request: cpb.ModelRequest, context: Any) -> cpb.ModelVersion:
         record = await self.c.registry.resolve(request.ref)
-        return convert.model_to_pb((await self.c.registry.with_blob_status([record]))[0])
+        return wire.model_to_pb((await self.c.registry.with_blob_status([record]))[0])
 
     @_stream
     async def DownloadModel(self, request: cpb.DownloadModelRequest, context: Any) -> AsyncIterator[cpb.ModelChunk]:
-        fmt = convert.download_format_from_pb(request)
+        fmt = wire.download_format_from_pb(request)
         record = await self.c.registry.resolve(request.ref)
         incoming = self.c.blobs_dir / "incoming"
         await asyncio.to_thread(incoming.mkdir, parents=True, exist_ok=True)
@@ -359,8 +367,8 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             path = await self.c.registry.export(record, fmt, scratch)
             digest, size = await asyncio.to_thread(file_digest, path)
             header = cpb.ModelDownloadHeader(
-                model=convert.model_to_pb(record),
-                format=convert.MODEL_FORMAT.to_pb(fmt or record["format"], "format"),
+                model=wire.model_to_pb(record),
+                format=wire.MODEL_FORMAT.to_pb(fmt or record["format"], "format"),
                 size=size,
                 sha256=digest,
                 config_json=json.dumps(model_config(record)),
@@ -374,23 +382,23 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_unary
     async def SetModelAlias(self, request: cpb.AliasRequest, context: Any) -> cpb.ModelVersion:
-        return convert.model_to_pb(await self.c.registry.set_alias(request.ref, request.alias))
+        return wire.model_to_pb(await self.c.registry.set_alias(request.ref, request.alias))
 
     @_unary
     async def RemoveModelAlias(self, request: cpb.AliasRequest, context: Any) -> cpb.ModelVersion:
-        return convert.model_to_pb(await self.c.registry.remove_alias(request.ref, request.alias))
+        return wire.model_to_pb(await self.c.registry.remove_alias(request.ref, request.alias))
 
     @_unary
     async def TagModel(self, request: cpb.TagRequest, context: Any) -> cpb.ModelVersion:
-        return convert.model_to_pb(await self.c.registry.tag(request.ref, request.tag))
+        return wire.model_to_pb(await self.c.registry.tag(request.ref, request.tag))
 
     @_unary
     async def DescribeModel(self, request: cpb.DescribeModelRequest, context: Any) -> cpb.ModelVersion:
-        return convert.model_to_pb(await self.c.registry.describe(request.ref, request.description))
+        return wire.model_to_pb(await self.c.registry.describe(request.ref, request.description))
 
     @_unary
     async def DeleteModel(self, request: cpb.DeleteModelRequest, context: Any) -> cpb.ModelVersion:
-        return convert.model_to_pb(await self.c.registry.delete(request.ref, request.force))
+        return wire.model_to_pb(await self.c.registry.delete(request.ref, request.force))
 
     @_unary
     async def CollectGarbage(self, request: cpb.GcRequest, context: Any) -> cpb.GcResponse:
@@ -404,7 +412,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     @_unary
     async def ListArtifacts(self, request: cpb.ListArtifactsRequest, context: Any) -> cpb.ListArtifactsResponse:
         job = self.c.get(request.job_id)
-        return cpb.ListArtifactsResponse(job_id=job.id, artifacts=[convert.artifact_to_pb(a) for a in job.artifacts])
+        return cpb.ListArtifactsResponse(job_id=job.id, artifacts=[wire.artifact_to_pb(a) for a in job.artifacts])
 
     @_stream
     async def DownloadArtifact(
@@ -413,14 +421,14 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         task = request.task_index if request.HasField("task_index") else None
         job, artifact = self.c.artifact(request.job_id, request.name, task)
         path = await self.c.artifact_path(job, artifact)
-        yield cpb.ArtifactChunk(header=convert.artifact_to_pb(artifact))
+        yield cpb.ArtifactChunk(header=wire.artifact_to_pb(artifact))
         with path.open("rb") as fh:
             while data := await asyncio.to_thread(fh.read, 1 << 20):
                 yield cpb.ArtifactChunk(data=data)
 
     @_unary
     async def ModelStats(self, request: cpb.ModelStatsRequest, context: Any) -> cpb.ModelStatsResponse:
-        return convert.stats_to_pb(await self.c.registry.stats())
+        return wire.stats_to_pb(await self.c.registry.stats())
 
     @_unary
     async def Shutdown(self, request: cpb.ShutdownRequest, context: Any) -> cpb.ShutdownResponse:

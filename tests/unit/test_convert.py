@@ -33,7 +33,7 @@ from tensorfleet_agent.core.types import (
     Telemetry,
 )
 from tensorfleet_agent.rpc import convert
-from tensorfleet_desktop.controller import convert as cconvert
+from tensorfleet_desktop import wire as cconvert
 from tensorfleet_desktop.controller import datasets, fleet, registry
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState
 from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
@@ -126,8 +126,8 @@ PROTO_DIR = Path(__file__).resolve().parents[2] / "proto" / "tensorfleet" / "v1"
 ENUM_FIELDS = {
     pb: ["TaskSpec.partition", "LogLine.stream", "Finished.exit_cause", "Finished.status", "TaskSummary.exit_cause",
          "TaskSummary.state", "StateChanged.state"],
-    cpb: ["Job.state", "TaskInfo.state", "TaskInfo.exit_cause", "ListJobsRequest.states", "JobEvent.kind",
-          "JobEvent.job_state", "JobEvent.task_state", "JobEvent.stream", "LogRow.stream", "Agent.state",
+    cpb: ["Job.state", "TaskInfo.state", "TaskInfo.exit_cause", "ListJobsRequest.states", "JobStateChanged.state",
+          "JobTaskStateChanged.state", "LogRow.stream", "Agent.state",
           "Agent.source", "AgentEvent.kind", "DatasetInfo.format", "ModelVersion.format", "ModelVersion.blob_status",
           "DownloadModelRequest.format", "ModelDownloadHeader.format"],
 }  # fmt: skip
@@ -177,7 +177,6 @@ ENUM_MAPS = {
     "exit_cause": convert.EXIT_CAUSE,
     "job_state": cconvert.JOB_STATE,
     "task_state": cconvert.TASK_STATE,
-    "job_event_kind": cconvert.JOB_EVENT_KIND,
     "agent_state": cconvert.AGENT_STATE,
     "agent_source": cconvert.AGENT_SOURCE,
     "agent_event_kind": cconvert.AGENT_EVENT_KIND,
@@ -192,7 +191,6 @@ CODE_VALUES: dict[str, set[str]] = {
     "exit_cause": {"", *(v for k, v in vars(ExitCause).items() if k.isupper())},
     "job_state": {s.value for s in JobState},
     "task_state": {s.value for s in TaskRunState},
-    "job_event_kind": {"job_state", "task_state", "progress", "metric", "log", "artifact"},
     "agent_state": {*(s.value for s in AgentState), "REFUSED"},
     "agent_source": set(fleet._SOURCE_RANK),
     "agent_event_kind": {"added", "lost", "back", "telemetry", "updated", "removed", "paired"},
@@ -268,22 +266,55 @@ def test_job_states_and_task_fields_reach_the_sdk_as_strings() -> None:
     assert err.value.field == "states"
 
 
-@pytest.mark.parametrize(
-    "record,state",
-    [
-        (JobEventRecord("j1", 1, 1.0, "job_state", state="PAUSED", message="paused"), "PAUSED"),
-        (JobEventRecord("j1", 2, 1.0, "task_state", 0, state="DISPATCHED", message="placed"), "DISPATCHED"),
-        (JobEventRecord("j1", 3, 1.0, "log", 1, stream="stderr", message="boom"), ""),
-        (JobEventRecord("j1", 4, 1.0, "log", -1, stream="controller", message="registered"), ""),
-        (JobEventRecord("j1", 5, 1.0, "artifact", 0, state="my-report", name="r.txt", value=3.0), "my-report"),
-        (JobEventRecord("j1", 6, 1.0, "metric", 0, step=2, name="loss", value=0.5, wall_time=9.0), ""),
-        (JobEventRecord("j1", 7, 1.0, "progress", 0, value=0.25), ""),
-    ],
-)
-def test_job_events_keep_their_string_values(record: JobEventRecord, state: str) -> None:
-    body = cconvert.event_from_pb(cconvert.event_to_pb(record, None, {}))
-    assert (body["kind"], body["state"], body["stream"]) == (record.kind, state, record.stream)
-    assert (body["message"], body["name"], body["value"]) == (record.message, record.name, record.value)
+RECORDS = [
+    JobEventRecord("j1", 1, 1.0, "job_state", state="PAUSED", message="paused"),
+    JobEventRecord("j1", 2, 1.5, "task_state", 0, state="DISPATCHED", message="placed"),
+    JobEventRecord("j1", 3, 2.0, "log", 1, stream="stderr", message="boom"),
+    JobEventRecord("j1", 4, 2.5, "log", -1, stream="controller", message="registered"),
+    JobEventRecord("j1", 5, 3.0, "artifact", 0, state="my-report", name="r.txt", message="a" * 64, value=3.0),
+    JobEventRecord("j1", 6, 3.5, "metric", 0, step=2, name="loss", value=0.5, wall_time=9.0, attempt_id="j1.t0.a1"),
+    JobEventRecord("j1", 7, 4.0, "metric", 1, step=2, name="loss", value=0.25, wall_time=9.5),
+    JobEventRecord("j1", 8, 4.5, "progress", 0, value=0.25),
+    JobEventRecord("j1", 9, 5.0, "artifact", 0, state="checkpoint", name="c.pt", message="b" * 64, value=7.0, step=3),
+    JobEventRecord("j1", 10, 5.5, "metric", 0, step=3, name="loss", value=0.125, wall_time=10.0),
+]
+
+
+def test_each_event_kind_has_its_own_message_and_consecutive_points_and_lines_travel_together() -> None:
+    job = Job("j1", {"name": "x", "algorithm": "noop"}, "me", 1, state=JobState.PAUSED)
+    events = [cconvert.job_event_from_pb(m) for m in cconvert.job_events_to_pb(RECORDS, job, {})]
+    assert [(e["kind"], e["seq"]) for e in events] == [
+        ("job_state", 1), ("task_state", 2), ("logs", 4), ("artifact", 5), ("metrics", 7), ("progress", 8),
+        ("checkpoint", 9), ("metrics", 10),
+    ]  # fmt: skip
+    state, task, logs, artifact, metrics, progress, checkpoint, _ = events
+    assert (state["state"], state["message"], state["job"]["state"]) == ("PAUSED", "paused", "PAUSED")
+    assert (task["task_index"], task["state"], task["message"]) == (0, "DISPATCHED", "placed")
+    assert logs["lines"] == [
+        {"task_index": 1, "time": 2.0, "stream": "stderr", "line": "boom", "seq": 3},
+        {"task_index": -1, "time": 2.5, "stream": "controller", "line": "registered", "seq": 4},
+    ]
+    assert {k: artifact[k] for k in ("task_index", "name", "artifact_kind", "sha256", "size")} == {
+        "task_index": 0, "name": "r.txt", "artifact_kind": "my-report", "sha256": "a" * 64, "size": 3,
+    }  # fmt: skip
+    assert metrics["points"] == [
+        {"task_index": 0, "step": 2, "name": "loss", "value": 0.5, "wall_time": 9.0, "agent_task_id": "j1.t0.a1",
+         "seq": 6},
+        {"task_index": 1, "step": 2, "name": "loss", "value": 0.25, "wall_time": 9.5, "agent_task_id": "", "seq": 7},
+    ]  # fmt: skip
+    assert metrics["time"] == 4.0  # a batch is as old as its last record
+    assert (progress["task_index"], progress["fraction"]) == (0, 0.25)
+    assert {k: checkpoint[k] for k in ("name", "sha256", "size", "step")} == {
+        "name": "c.pt", "sha256": "b" * 64, "size": 7, "step": 3,
+    }  # fmt: skip
+
+
+def test_a_long_run_of_points_is_cut_into_batches_that_cover_every_seq_once() -> None:
+    records = [JobEventRecord("j1", n, 1.0, "metric", 0, step=n, name="loss") for n in range(1, 2 * 1000 + 6)]
+    events = cconvert.job_events_to_pb(records, None, {})
+    assert [len(e.metrics.points) for e in events] == [cconvert.MAX_BATCH, cconvert.MAX_BATCH, 5]
+    assert [p.seq for e in events for p in e.metrics.points] == [r.seq for r in records]
+    assert [e.seq for e in events] == [1000, 2000, 2005]
 
 
 def test_agents_models_and_datasets_keep_their_string_values() -> None:

@@ -18,7 +18,7 @@ from tensorfleet_agent.discovery.browse import DiscoveredAgent, clean_text, disc
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.rpc.client import fetch_certificate_blocking
 from tensorfleet_agent.security.secrets import cluster_id_of
-from tensorfleet_desktop.controller import convert
+from tensorfleet_desktop import wire
 from tensorfleet_desktop.controller import fleet as fleet_module
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet, Impersonation, unreachable
 
@@ -101,7 +101,7 @@ def test_refused_services_are_listed_with_a_reason_and_logged_once(caplog: pytes
     fleet.on_mdns("old._tensorfleet._tcp.local.", None)
     assert "old._tensorfleet._tcp.local." not in fleet.refused
     # the listing (ListAgents with include_refused) carries the reason
-    entry = convert.refused_from_pb(convert.refused_to_pb(fleet.refused["other._tensorfleet._tcp.local."]))
+    entry = wire.refused_from_pb(wire.refused_to_pb(fleet.refused["other._tensorfleet._tcp.local."]))
     assert entry["state"] == "REFUSED" and entry["refused"] == reasons["other"] and "\n" not in entry["name"]
 
 

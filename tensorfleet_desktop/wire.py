@@ -1,36 +1,41 @@
-"""ControllerService protobuf <-> the controller's plain objects (the only place both meet)."""
+"""ControllerService protobuf <-> plain values: the controller's objects going out, the SDK's dicts coming in.
+
+The one place both sides of the API meet, so the service and the SDK cannot drift apart. It imports no controller
+module (the SDK loads it): the controller's types appear only under TYPE_CHECKING, and the closed sets are read
+from the proto enums themselves (tests/unit/test_convert.py checks them against the controller's).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent.rpc.convert import EXIT_CAUSE, LOG_STREAM, EnumMap
-from tensorfleet_desktop.controller.core import job_summary
-from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, RefusedService
-from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobState, TaskRunState
+
+if TYPE_CHECKING:
+    from tensorfleet_desktop.controller.fleet import AgentRecord, RefusedService
+    from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord
+
+#: The most records one JobEvent carries (a replay of a long history goes out in messages of this many points).
+MAX_BATCH = 1000
+
 
 # The closed sets the API carries as enums; inside the code (and in the SDK's dicts) they stay these strings.
-JOB_STATE = EnumMap(cpb.JobState.DESCRIPTOR, {s.value: cpb.JobState.Value(f"JOB_STATE_{s.name}") for s in JobState})
-TASK_STATE = EnumMap(
-    cpb.JobTaskState.DESCRIPTOR, {s.value: cpb.JobTaskState.Value(f"JOB_TASK_STATE_{s.name}") for s in TaskRunState}
+# The states are named as in the proto (UNSPECIFIED, first, left out).
+JOB_STATE = EnumMap(
+    cpb.JobState.DESCRIPTOR, {n.removeprefix("JOB_STATE_"): cpb.JobState.Value(n) for n in cpb.JobState.keys()[1:]}
 )
-JOB_EVENT_KIND = EnumMap(
-    cpb.JobEventKind.DESCRIPTOR,
-    {"job_state": cpb.JOB_EVENT_KIND_JOB_STATE, "task_state": cpb.JOB_EVENT_KIND_TASK_STATE,
-     "progress": cpb.JOB_EVENT_KIND_PROGRESS, "metric": cpb.JOB_EVENT_KIND_METRIC, "log": cpb.JOB_EVENT_KIND_LOG,
-     "artifact": cpb.JOB_EVENT_KIND_ARTIFACT},
-)  # fmt: skip
+TASK_STATE = EnumMap(
+    cpb.JobTaskState.DESCRIPTOR,
+    {n.removeprefix("JOB_TASK_STATE_"): cpb.JobTaskState.Value(n) for n in cpb.JobTaskState.keys()[1:]},
+)
 #: REFUSED: an agent whose certificate is not accepted (fleet.AgentRecord.public_state), or a refused service.
 AGENT_STATE = EnumMap(
     cpb.AgentState.DESCRIPTOR,
-    {
-        **{s.value: cpb.AgentState.Value(f"AGENT_STATE_{s.name}") for s in AgentState},
-        "REFUSED": cpb.AGENT_STATE_REFUSED,
-    },
+    {n.removeprefix("AGENT_STATE_"): cpb.AgentState.Value(n) for n in cpb.AgentState.keys()[1:]},
 )
 AGENT_SOURCE = EnumMap(
     cpb.AgentSource.DESCRIPTOR,
@@ -84,14 +89,36 @@ def log_stream_from_pb(stream: int) -> str:
     return LOG_STREAM.from_pb(stream, "stream") if stream else ""
 
 
+def info_from_pb(msg: cpb.ControllerInfo) -> dict[str, Any]:
+    return {
+        "protocol_version": msg.protocol_version,
+        "version": msg.version,
+        "data_dir": msg.data_dir,
+        "store": msg.store_uri,
+        "blobs": msg.blobs_uri,
+        "pid": msg.pid,
+        "started_at": msg.started_at,
+        "local_agent_id": msg.local_agent_id,
+        "fingerprint": msg.fingerprint,
+        "cluster_id": msg.cluster_id,
+    }
+
+
+# ---------------------------------------------------------------- jobs
+
+
 def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
-    s = job_summary(job)
     msg = cpb.Job(
         id=job.id,
         name=job.name,
         state=JOB_STATE.to_pb(job.state.value, "state"),
-        progress=s["progress"],
-        tasks=cpb.TaskCounts(**s["tasks"]),
+        progress=round(job.progress, 4),
+        tasks=cpb.TaskCounts(
+            total=len(job.tasks),
+            completed=sum(1 for t in job.tasks if t.state == "SUCCEEDED"),
+            failed=sum(1 for t in job.tasks if t.state == "FAILED"),
+            attempts=sum(t.attempt for t in job.tasks),
+        ),
         metrics=job.metrics,
         error=job.error,
         created_at=job.created_at,
@@ -109,7 +136,7 @@ def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
                 node_id=t.node_id,
                 agent_name=agent_names.get(t.node_id, ""),
                 attempt=t.attempt,
-                progress=1.0 if t.state is TaskRunState.SUCCEEDED else t.progress,
+                progress=1.0 if t.state == "SUCCEEDED" else t.progress,
                 exit_cause=EXIT_CAUSE.to_pb(t.exit_cause, "exit_cause"),
                 error=t.error,
                 agent_task_id=t.agent_task_id,
@@ -183,6 +210,15 @@ def job_from_pb(msg: cpb.Job) -> dict[str, Any]:
     }
 
 
+def jobs_change_from_pb(msg: cpb.JobsChange) -> dict[str, Any]:
+    """{"snapshot": bool, "jobs": [...], "resume_token": str}: one WatchJobs message."""
+    return {
+        "snapshot": msg.snapshot,
+        "jobs": [job_from_pb(j) for j in msg.jobs],
+        "resume_token": msg.resume_token,
+    }
+
+
 def artifact_to_pb(a: ArtifactInfo) -> cpb.Artifact:
     return cpb.Artifact(
         sha256=a.sha256,
@@ -208,58 +244,154 @@ def artifact_from_pb(a: cpb.Artifact) -> dict[str, Any]:
     }
 
 
-def event_to_pb(record: JobEventRecord, job: Job | None, agent_names: dict[str, str]) -> cpb.JobEvent:
-    msg = cpb.JobEvent(
-        job_id=record.job_id,
-        seq=record.seq,
-        time=record.time,
-        kind=JOB_EVENT_KIND.to_pb(record.kind, "kind"),
+# ---------------------------------------------------------------- a job's history
+
+
+def metric_row_to_pb(record: JobEventRecord) -> cpb.MetricRow:
+    return cpb.MetricRow(
         task_index=record.task_index,
-        message=record.message,
-        stream=log_stream_to_pb(record.stream),
         step=record.step,
         name=record.name,
         value=record.value,
         wall_time=record.wall_time,
+        agent_task_id=record.attempt_id,
+        seq=record.seq,
     )
-    if record.kind == "job_state" and record.state:
-        msg.job_state = JOB_STATE.to_pb(record.state, "job_state")
-    elif record.kind == "task_state" and record.state:
-        msg.task_state = TASK_STATE.to_pb(record.state, "task_state")
-    elif record.kind == "artifact":
-        msg.artifact_kind = record.state  # the record keeps an artifact's kind in `state`
-    if job is not None and record.kind == "job_state":
-        msg.job.CopyFrom(job_to_pb(job, agent_names))
-    return msg
 
 
-def _event_state(msg: cpb.JobEvent) -> str:
-    """The SDK's one `state` key: a Job.state, a task's state, or an artifact's kind, by the event's kind."""
-    if msg.kind == cpb.JOB_EVENT_KIND_JOB_STATE and msg.job_state:
-        return JOB_STATE.from_pb(msg.job_state, "job_state")
-    if msg.kind == cpb.JOB_EVENT_KIND_TASK_STATE and msg.task_state:
-        return TASK_STATE.from_pb(msg.task_state, "task_state")
-    return msg.artifact_kind if msg.kind == cpb.JOB_EVENT_KIND_ARTIFACT else ""
-
-
-def event_from_pb(msg: cpb.JobEvent) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "job_id": msg.job_id,
-        "seq": msg.seq,
-        "time": msg.time,
-        "kind": JOB_EVENT_KIND.from_pb(msg.kind, "kind"),
-        "task_index": msg.task_index,
-        "state": _event_state(msg),
-        "message": msg.message,
-        "stream": log_stream_from_pb(msg.stream),
-        "step": msg.step,
-        "name": msg.name,
-        "value": msg.value,
-        "wall_time": msg.wall_time,
+def metric_row_from_pb(p: cpb.MetricRow) -> dict[str, Any]:
+    return {
+        "task_index": p.task_index,
+        "step": p.step,
+        "name": p.name,
+        "value": p.value,
+        "wall_time": p.wall_time,
+        "agent_task_id": p.agent_task_id,
+        "seq": p.seq,
     }
-    if msg.HasField("job"):
-        body["job"] = job_from_pb(msg.job)
-    return body
+
+
+def log_row_to_pb(record: JobEventRecord) -> cpb.LogRow:
+    return cpb.LogRow(
+        task_index=record.task_index,
+        time=record.time,
+        stream=log_stream_to_pb(record.stream),
+        line=record.message,
+        seq=record.seq,
+    )
+
+
+def log_row_from_pb(r: cpb.LogRow) -> dict[str, Any]:
+    return {"task_index": r.task_index, "time": r.time, "stream": log_stream_from_pb(r.stream), "line": r.line,
+            "seq": r.seq}  # fmt: skip
+
+
+def _body(msg: cpb.JobEvent, record: JobEventRecord, job: Job | None, agent_names: dict[str, str]) -> None:
+    """Fill the event's one body from a stored record (the store keeps every kind in one flat shape)."""
+    if record.kind == "job_state":
+        msg.job_state.state = JOB_STATE.to_pb(record.state, "job_state")
+        msg.job_state.message = record.message
+        if job is not None:
+            msg.job_state.job.CopyFrom(job_to_pb(job, agent_names))
+    elif record.kind == "task_state":
+        msg.task_state.CopyFrom(
+            cpb.JobTaskStateChanged(
+                task_index=record.task_index,
+                state=TASK_STATE.to_pb(record.state, "task_state"),
+                message=record.message,
+            )
+        )
+    elif record.kind == "progress":
+        msg.progress.CopyFrom(cpb.JobTaskProgress(task_index=record.task_index, fraction=record.value))
+    elif record.kind == "metric":
+        msg.metrics.points.append(metric_row_to_pb(record))
+    elif record.kind == "log":
+        msg.logs.lines.append(log_row_to_pb(record))
+    elif record.kind == "artifact" and record.state == "checkpoint":  # the record keeps the kind in `state`
+        msg.checkpoint.CopyFrom(
+            cpb.JobCheckpointSaved(
+                task_index=record.task_index,
+                name=record.name,
+                sha256=record.message,  # and the sha256 in `message`, the size in `value`
+                size=int(record.value),
+                step=record.step,
+            )
+        )
+    elif record.kind == "artifact":
+        msg.artifact.CopyFrom(
+            cpb.JobArtifactSaved(
+                task_index=record.task_index,
+                name=record.name,
+                kind=record.state,
+                sha256=record.message,
+                size=int(record.value),
+            )
+        )
+    else:
+        raise ValueError(f"a job event of unknown kind {record.kind!r}")
+
+
+def job_events_to_pb(
+    records: Sequence[JobEventRecord], job: Job | None, agent_names: dict[str, str]
+) -> list[cpb.JobEvent]:
+    """Records in seq order -> events: each run of consecutive metric points (or log lines) becomes one event of up
+    to MAX_BATCH entries; every other record its own event. `job` (as it is now) rides on job_state events."""
+    events: list[cpb.JobEvent] = []
+    batch = 0
+    for record in records:
+        last = events[-1] if events else None
+        if (
+            last is not None
+            and record.kind in ("metric", "log")
+            and last.WhichOneof("body") == ("metrics" if record.kind == "metric" else "logs")
+            and batch < MAX_BATCH
+        ):
+            _body(last, record, job, agent_names)
+            last.seq, last.time = record.seq, record.time
+            batch += 1
+            continue
+        msg = cpb.JobEvent(job_id=record.job_id, seq=record.seq, time=record.time)
+        _body(msg, record, job, agent_names)
+        events.append(msg)
+        batch = 1
+    return events
+
+
+def job_event_from_pb(msg: cpb.JobEvent) -> dict[str, Any]:
+    """{"job_id", "seq", "time", "kind"} and the keys of that kind:
+
+    job_state: state, message, job · task_state: task_index, state, message · progress: task_index, fraction ·
+    metrics: points (as Client.metrics rows) · logs: lines (as Client.logs rows) ·
+    checkpoint: task_index, name, sha256, size, step · artifact: task_index, name, artifact_kind, sha256, size.
+    """
+    kind = msg.WhichOneof("body")
+    head: dict[str, Any] = {"job_id": msg.job_id, "seq": msg.seq, "time": msg.time, "kind": kind or ""}
+    if kind == "job_state":
+        s = msg.job_state
+        head |= {"state": JOB_STATE.from_pb(s.state, "job_state.state"), "message": s.message}
+        if s.HasField("job"):
+            head["job"] = job_from_pb(s.job)
+    elif kind == "task_state":
+        t = msg.task_state
+        head |= {"task_index": t.task_index, "state": TASK_STATE.from_pb(t.state, "task_state.state"),
+                 "message": t.message}  # fmt: skip
+    elif kind == "progress":
+        head |= {"task_index": msg.progress.task_index, "fraction": msg.progress.fraction}
+    elif kind == "metrics":
+        head["points"] = [metric_row_from_pb(p) for p in msg.metrics.points]
+    elif kind == "logs":
+        head["lines"] = [log_row_from_pb(r) for r in msg.logs.lines]
+    elif kind == "checkpoint":
+        c = msg.checkpoint
+        head |= {"task_index": c.task_index, "name": c.name, "sha256": c.sha256, "size": c.size, "step": c.step}
+    elif kind == "artifact":
+        a = msg.artifact
+        head |= {"task_index": a.task_index, "name": a.name, "artifact_kind": a.kind, "sha256": a.sha256,
+                 "size": a.size}  # fmt: skip
+    return head
+
+
+# ---------------------------------------------------------------- agents
 
 
 def agent_to_pb(record: AgentRecord) -> cpb.Agent:
@@ -303,6 +435,11 @@ def refused_from_pb(msg: cpb.RefusedService) -> dict[str, Any]:
     }
 
 
+def agents_from_pb(msg: cpb.ListAgentsResponse) -> list[dict[str, Any]]:
+    """The agents, then (when asked for) the refused services: state REFUSED, the reason in `refused`."""
+    return [agent_from_pb(a) for a in msg.agents] + [refused_from_pb(r) for r in msg.refused]
+
+
 def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
     return {
         "id": msg.id,
@@ -344,6 +481,9 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- datasets
+
+
 def dataset_to_pb(entry: dict[str, Any]) -> cpb.DatasetInfo:
     source = entry.get("source") or {}
     return cpb.DatasetInfo(
@@ -358,6 +498,32 @@ def dataset_to_pb(entry: dict[str, Any]) -> cpb.DatasetInfo:
         source_filename=source.get("filename", ""),
         source_sha256=source.get("sha256", ""),
     )
+
+
+def dataset_from_pb(msg: cpb.DatasetInfo) -> dict[str, Any]:
+    return {
+        "name": msg.name,
+        "sha256": msg.sha256,
+        "filename": msg.filename,
+        "format": DATASET_FORMAT.from_pb(msg.format, "format"),
+        "rows": msg.rows,
+        "columns": list(msg.columns),
+        "size": msg.size,
+        "created_at": msg.created_at,
+        "source_filename": msg.source_filename,
+        "source_sha256": msg.source_sha256,
+    }
+
+
+def preview_from_pb(msg: cpb.DatasetPreview) -> dict[str, Any]:
+    return {
+        "dataset": dataset_from_pb(msg.dataset),
+        "columns": list(msg.columns),
+        "rows": [list(row.values) for row in msg.rows],
+    }
+
+
+# ---------------------------------------------------------------- models
 
 
 def _blob_status(record: dict[str, Any]) -> cpb.BlobStatus.ValueType:
@@ -410,6 +576,13 @@ def model_from_pb(msg: cpb.ModelVersion) -> dict[str, Any]:
         "format": MODEL_FORMAT.from_pb(msg.format, "format"),
         "created_at": msg.created_at,
         "blob_status": BLOB_STATUS.from_pb(msg.blob_status, "blob_status") if msg.blob_status else "",
+    }
+
+
+def model_page_from_pb(msg: cpb.ListModelsResponse) -> dict[str, Any]:
+    return {
+        "models": [model_from_pb(m) for m in msg.models],
+        "pagination": {"page": msg.page, "limit": msg.limit, "total": msg.total, "pages": msg.pages},
     }
 
 

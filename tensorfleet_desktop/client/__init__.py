@@ -1,0 +1,49 @@
+"""The TensorFleet SDK: `Client` (blocking) and `AsyncClient` (asyncio), over ControllerService.
+
+    from tensorfleet_desktop.client import Client
+    with Client() as tf:
+        job = tf.submit({"algorithm": "random_forest", "dataset": "iris"})
+        tf.wait(job["id"])
+
+Jobs, agents and events come back as plain dicts (the same keys as the CLI's --json). The API is written once,
+in AsyncClient; Client runs it on a private event loop. Importing it loads no controller, store or Qt module
+(tests/unit/test_client_imports.py).
+"""
+
+from tensorfleet_desktop.client.aio import TERMINAL, AsyncClient
+from tensorfleet_desktop.client.connect import (
+    DEFAULT_CONTROLLER,
+    channel_security,
+    controller_address,
+    known_controllers_file,
+    submitter,
+)
+from tensorfleet_desktop.client.errors import (
+    ControllerFull,
+    ControllerUnreachable,
+    DataLoss,
+    InvalidRequest,
+    NotFound,
+    TensorFleetError,
+)
+from tensorfleet_desktop.client.models import load_model_file, trial_rows
+from tensorfleet_desktop.client.sync import Client
+
+__all__ = [
+    "DEFAULT_CONTROLLER",
+    "TERMINAL",
+    "AsyncClient",
+    "Client",
+    "ControllerFull",
+    "ControllerUnreachable",
+    "DataLoss",
+    "InvalidRequest",
+    "NotFound",
+    "TensorFleetError",
+    "channel_security",
+    "controller_address",
+    "known_controllers_file",
+    "load_model_file",
+    "submitter",
+    "trial_rows",
+]

@@ -1,0 +1,392 @@
+"""AsyncClient: the SDK's API, written once (Client runs it on a private loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import tempfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import grpc
+
+from tensorfleet_agent._generated import controller_pb2 as cpb
+from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
+from tensorfleet_agent.core.digest import file_digest
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.rpc.client import create_channel
+from tensorfleet_desktop import wire
+from tensorfleet_desktop.client.connect import Metadata, channel_security, controller_address, submitter
+from tensorfleet_desktop.client.errors import (
+    ControllerUnreachable,
+    DataLoss,
+    InvalidRequest,
+    TensorFleetError,
+    translate,
+)
+from tensorfleet_desktop.client.models import load_model_file
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+#: The reconnect pause of wait() after the controller stopped answering.
+RETRY_SECONDS = 1.0
+T = TypeVar("T")
+
+
+def _checked(to_pb: Callable[[Any], T], value: Any) -> T:
+    """A request field converted to its enum; a value outside the set is the caller's error."""
+    try:
+        return to_pb(value)
+    except ValidationError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def _jobs(resp: cpb.ListJobsResponse) -> list[dict[str, Any]]:
+    return [wire.job_from_pb(j) for j in resp.jobs]
+
+
+def _datasets(resp: cpb.ListDatasetsResponse) -> list[dict[str, Any]]:
+    return [wire.dataset_from_pb(d) for d in resp.datasets]
+
+
+def _artifacts(resp: cpb.ListArtifactsResponse) -> list[dict[str, Any]]:
+    return [wire.artifact_from_pb(a) for a in resp.artifacts]
+
+
+class AsyncClient:
+    """The SDK over asyncio. Every method raises a TensorFleetError subclass with a clear message; jobs, agents
+    and events come back as plain dicts (the same keys as the CLI's --json)."""
+
+    def __init__(self, address: str | None = None, timeout: float = 30.0) -> None:
+        self.address = controller_address(address)
+        self.timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_: Any = None
+        self._metadata: Metadata = ()
+
+    async def connect(self) -> None:
+        """Find the token and, for TLS, fetch and pin the controller's certificate; the first call does it
+        otherwise. Fetching a remote certificate blocks, so it runs in a thread."""
+        if self._stub_ is None:
+            credentials, target, self._metadata = await asyncio.to_thread(channel_security, self.address)
+            self._channel = create_channel(self.address, credentials, target)
+            self._stub_ = cpb_grpc.ControllerServiceStub(self._channel)
+
+    async def _stub(self) -> Any:
+        await self.connect()
+        return self._stub_
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _call(self, method: str, request: Any, convert: Callable[[Any], T]) -> T:
+        stub = await self._stub()
+        try:
+            return convert(await getattr(stub, method)(request, timeout=self.timeout, metadata=self._metadata))
+        except grpc.RpcError as exc:
+            raise translate(exc, self.address) from None
+
+    async def _stream(self, method: str, request: Any, convert: Callable[[Any], T]) -> AsyncIterator[T]:
+        stub = await self._stub()
+        try:
+            async for msg in getattr(stub, method)(request, metadata=self._metadata):
+                yield convert(msg)
+        except grpc.RpcError as exc:
+            raise translate(exc, self.address) from None
+
+    # ---- jobs
+
+    async def info(self) -> dict[str, Any]:
+        return await self._call("GetInfo", cpb.ControllerInfoRequest(), wire.info_from_pb)
+
+    async def submit(self, spec: dict[str, Any], who: str | None = None) -> dict[str, Any]:
+        request = cpb.SubmitJobRequest(spec_json=json.dumps(spec), submitter=who or submitter())
+        return await self._call("SubmitJob", request, wire.job_from_pb)
+
+    async def jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[dict[str, Any]]:
+        request = cpb.ListJobsRequest(states=_checked(wire.job_states_to_pb, states), limit=limit)
+        return await self._call("ListJobs", request, _jobs)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return await self._call("GetJob", cpb.JobRef(job_id=job_id), wire.job_from_pb)
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self._call("CancelJob", cpb.JobRef(job_id=job_id), wire.job_from_pb)
+
+    async def pause(self, job_id: str) -> dict[str, Any]:
+        return await self._call("PauseJob", cpb.JobRef(job_id=job_id), wire.job_from_pb)
+
+    async def resume(self, job_id: str) -> dict[str, Any]:
+        return await self._call("ResumeJob", cpb.JobRef(job_id=job_id), wire.job_from_pb)
+
+    async def retry(self, job_id: str) -> dict[str, Any]:
+        return await self._call("RetryJob", cpb.JobRef(job_id=job_id), wire.job_from_pb)
+
+    async def resubmit(self, job_id: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        request = cpb.ResubmitJobRequest(job_id=job_id, params_json=json.dumps(params or {}))
+        return await self._call("ResubmitJob", request, wire.job_from_pb)
+
+    async def metrics(self, job_id: str, names: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        request = cpb.GetMetricsRequest(job_id=job_id, names=list(names))
+        return await self._call("GetMetrics", request, lambda r: [wire.metric_row_from_pb(p) for p in r.points])
+
+    async def logs(self, job_id: str, task: int | None = None) -> list[dict[str, Any]]:
+        request = cpb.GetLogsRequest(job_id=job_id, task_index=task or 0, all_tasks=task is None)
+        return await self._call("GetLogs", request, lambda r: [wire.log_row_from_pb(row) for row in r.lines])
+
+    def watch(self, job_id: str, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """The job's events (see wire.job_event_from_pb for their keys) from after `after_seq`, until the job
+        ends; metric points and log lines come in batches."""
+        request = cpb.WatchJobRequest(job_id=job_id, after_seq=after_seq)
+        return self._stream("WatchJob", request, wire.job_event_from_pb)
+
+    def watch_jobs(
+        self, job_ids: Sequence[str] = (), limit: int = 0, resume_token: str = ""
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Job changes: {"snapshot", "jobs", "resume_token"} (see JobsChange in controller.proto). First the
+        matching jobs (snapshot True), then the jobs that changed, as they are now. Pass the last resume_token
+        to a new call after a disconnect to get what changed meanwhile. It never ends on its own."""
+        request = cpb.WatchJobsRequest(job_ids=list(job_ids), limit=limit, resume_token=resume_token)
+        return self._stream("WatchJobs", request, wire.jobs_change_from_pb)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The job once it ended, following WatchJobs (and resuming it after the controller was away).
+
+        Raises TimeoutError when `timeout` seconds pass first."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._wait(job_id)
+        except TimeoutError:
+            raise TimeoutError(f"job {job_id} still running after {timeout}s") from None
+
+    async def _wait(self, job_id: str) -> dict[str, Any]:
+        token = ""
+        while True:
+            try:
+                async for change in self.watch_jobs((job_id,), resume_token=token):
+                    token = change["resume_token"]
+                    for job in change["jobs"]:
+                        if job["state"] in TERMINAL:
+                            return dict(job)
+            except ControllerUnreachable:
+                await asyncio.sleep(RETRY_SECONDS)
+            except TensorFleetError as exc:
+                if exc.code != "CANCELLED":  # the controller stopping ends its streams so
+                    raise
+                await asyncio.sleep(RETRY_SECONDS)
+
+    # ---- agents
+
+    async def agents(self, all: bool = False) -> list[dict[str, Any]]:
+        """The agents; with all=True also the services this controller refuses (state REFUSED, `refused`)."""
+        return await self._call("ListAgents", cpb.ListAgentsRequest(include_refused=all), wire.agents_from_pb)
+
+    def watch_agents(self) -> AsyncIterator[dict[str, Any]]:
+        """{"kind", "agent", "time"}: every agent as "added" first, then each change."""
+        return self._stream("WatchAgents", cpb.ListAgentsRequest(), wire.agent_event_from_pb)
+
+    async def add_agent(self, address: str) -> dict[str, Any]:
+        return await self._call("AddAgent", cpb.AddAgentRequest(address=address), wire.agent_from_pb)
+
+    async def remove_agent(self, agent: str) -> dict[str, Any]:
+        return await self._call("RemoveAgent", cpb.AgentRefRequest(agent=agent), wire.agent_from_pb)
+
+    async def drain_agent(self, agent: str) -> dict[str, Any]:
+        return await self._call("DrainAgent", cpb.AgentRefRequest(agent=agent), wire.agent_from_pb)
+
+    async def pair_agent(self, agent: str, token: str, force: bool = False) -> dict[str, Any]:
+        request = cpb.PairAgentRequest(agent=agent, token=token, force=force)
+        return await self._call("PairAgent", request, wire.agent_from_pb)
+
+    async def workloads(self) -> list[dict[str, Any]]:
+        return await self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))
+
+    # ---- datasets
+
+    async def upload_dataset(self, path: Path, name: str | None = None) -> dict[str, Any]:
+        """Upload a CSV or Parquet file once; jobs then name it (--dataset NAME --target COLUMN)."""
+        digest, size = await asyncio.to_thread(_digest, path)
+        header = cpb.DatasetHeader(name=name or path.stem, filename=path.name, size=size, sha256=digest)
+
+        async def chunks() -> AsyncIterator[cpb.DatasetChunk]:
+            yield cpb.DatasetChunk(header=header)
+            fh = await asyncio.to_thread(path.open, "rb")
+            try:
+                while data := await asyncio.to_thread(fh.read, 1 << 20):
+                    yield cpb.DatasetChunk(data=data)
+            finally:
+                fh.close()
+
+        stub = await self._stub()
+        try:
+            reply = await stub.UploadDataset(chunks(), timeout=max(self.timeout, 600), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise translate(exc, self.address) from None
+        return wire.dataset_from_pb(reply)
+
+    async def datasets(self) -> list[dict[str, Any]]:
+        return await self._call("ListDatasets", cpb.ListDatasetsRequest(), _datasets)
+
+    async def preview_dataset(self, name: str, rows: int = 10) -> dict[str, Any]:
+        """{"dataset": {...}, "columns": [...], "rows": [[...], ...]} (values as text, as in the file)."""
+        return await self._call("PreviewDataset", cpb.DatasetRequest(name=name, rows=rows), wire.preview_from_pb)
+
+    async def delete_dataset(self, name: str) -> dict[str, Any]:
+        """Refused while a job or a registered model refers to the dataset."""
+        return await self._call("DeleteDataset", cpb.DatasetRequest(name=name), wire.dataset_from_pb)
+
+    # ---- model registry
+
+    async def models(
+        self,
+        name: str = "",
+        algorithm: str = "",
+        tag: str = "",
+        alias: str = "",
+        min_metric: str = "",
+        page: int = 1,
+        limit: int = 20,
+    ) -> dict[str, Any]:
+        """{"models": [...one per version...], "pagination": {page, limit, total, pages}}."""
+        request = cpb.ListModelsRequest(
+            name=name, algorithm=algorithm, tag=tag, alias=alias, min_metric=min_metric, page=page, limit=limit
+        )
+        return await self._call("ListModels", request, wire.model_page_from_pb)
+
+    async def model(self, ref: str) -> dict[str, Any]:
+        """NAME (latest), NAME:VERSION or NAME@ALIAS."""
+        return await self._call("GetModel", cpb.ModelRequest(ref=ref), wire.model_from_pb)
+
+    async def set_alias(self, ref: str, alias: str) -> dict[str, Any]:
+        return await self._call("SetModelAlias", cpb.AliasRequest(ref=ref, alias=alias), wire.model_from_pb)
+
+    async def remove_alias(self, name: str, alias: str) -> dict[str, Any]:
+        return await self._call("RemoveModelAlias", cpb.AliasRequest(ref=name, alias=alias), wire.model_from_pb)
+
+    async def tag_model(self, ref: str, tag: str) -> dict[str, Any]:
+        return await self._call("TagModel", cpb.TagRequest(ref=ref, tag=tag), wire.model_from_pb)
+
+    async def describe_model(self, ref: str, description: str) -> dict[str, Any]:
+        request = cpb.DescribeModelRequest(ref=ref, description=description)
+        return await self._call("DescribeModel", request, wire.model_from_pb)
+
+    async def delete_model(self, ref: str, force: bool = False) -> dict[str, Any]:
+        return await self._call("DeleteModel", cpb.DeleteModelRequest(ref=ref, force=force), wire.model_from_pb)
+
+    async def model_stats(self) -> dict[str, Any]:
+        return await self._call("ModelStats", cpb.ModelStatsRequest(), wire.stats_from_pb)
+
+    async def collect_garbage(self, grace: float = 600.0) -> dict[str, int]:
+        """Delete blobs nothing refers to any more and what interrupted transfers left behind:
+        {"deleted" (blobs), "partials" (partial transfer files), "freed_bytes", "kept"}."""
+        return await self._call(
+            "CollectGarbage",
+            cpb.GcRequest(grace_seconds=grace),
+            lambda r: {"deleted": r.deleted, "partials": r.partials, "freed_bytes": r.freed_bytes, "kept": r.kept},
+        )
+
+    async def download_model(self, ref: str, path: Path, fmt: str = "") -> dict[str, Any]:
+        """Write the model to `path` (a torch model's config goes to PATH.json); the sha256 is checked.
+
+        Returns the version's record with "format", "sha256" and "size" of what was written.
+        """
+        request = _checked(wire.download_format_to_pb, fmt)
+        request.ref = ref
+        tmp = path.with_name(f".{path.name}.part")
+        header, digest, size = await self._receive("DownloadModel", request, tmp, path)
+        if digest != header.sha256 or size != header.size:
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            got = f"{size} bytes, sha256 {digest[:12]}"
+            raise DataLoss(f"the download of {ref} arrived damaged ({got}, expected {header.sha256[:12]})", "DATA_LOSS")
+        await asyncio.to_thread(tmp.replace, path)
+        config = json.loads(header.config_json or "{}")
+        if config:
+            await asyncio.to_thread(path.with_name(path.name + ".json").write_text, json.dumps(config, indent=1))
+        fmt = wire.MODEL_FORMAT.from_pb(header.format, "format")
+        return {**wire.model_from_pb(header.model), "format": fmt, "sha256": header.sha256, "size": size}
+
+    async def load_model(self, ref: str) -> Any:
+        """A ready model: a scikit-learn estimator (skops, allow-listed types only) or a torch module."""
+        with tempfile.TemporaryDirectory(prefix="tensorfleet-model-") as tmpdir:
+            path = Path(tmpdir) / "model"
+            record = await self.download_model(ref, path)
+            return await asyncio.to_thread(load_model_file, path, record["format"])
+
+    # ---- artifacts
+
+    async def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        """The files the job's tasks saved: name, kind, task_index (-1: the controller's), size, sha256, created_at."""
+        return await self._call("ListArtifacts", cpb.ListArtifactsRequest(job_id=job_id), _artifacts)
+
+    async def download_artifact(self, job_id: str, name: str, dest: Path, task: int | None = None) -> dict[str, Any]:
+        """Write the job's artifact NAME to `dest` (a file path, or a directory to write NAME into).
+
+        The sha256 is checked: a damaged or cut-short transfer raises and leaves no file behind. `task` picks
+        among several tasks' artifacts of one name. Returns the artifact's record with "path" added.
+        """
+        request = cpb.DownloadArtifactRequest(job_id=job_id, name=name, task_index=task)
+        path = dest / Path(name).name if await asyncio.to_thread(dest.is_dir) else dest
+        tmp = path.with_name(f".{path.name}.part")
+        first, digest, size = await self._receive("DownloadArtifact", request, tmp, path)
+        header = wire.artifact_from_pb(first)
+        if digest != header["sha256"] or size != header["size"]:
+            await asyncio.to_thread(tmp.unlink, missing_ok=True)
+            got = f"{size} bytes, sha256 {digest[:12]}"
+            raise DataLoss(
+                f"artifact {name} of job {job_id} arrived damaged ({got}; expected {header['size']} bytes, "
+                f"sha256 {header['sha256'][:12]}): nothing was written",
+                "DATA_LOSS",
+            )
+        await asyncio.to_thread(tmp.replace, path)
+        return {**header, "path": str(path)}
+
+    async def _receive(self, method: str, request: Any, tmp: Path, path: Path) -> tuple[Any, str, int]:
+        """A download stream: its header message, then its data written to `tmp`; (header, sha256, size)."""
+        stub = await self._stub()
+        hasher, size = hashlib.sha256(), 0
+        fh: IO[bytes] | None = None
+        try:
+            stream = aiter(getattr(stub, method)(request, timeout=max(self.timeout, 600), metadata=self._metadata))
+            first = await anext(stream, None)
+            if first is None:
+                raise DataLoss(f"the download of {path.name} ended before it began", "DATA_LOSS")
+            fh = await asyncio.to_thread(tmp.open, "wb")
+            async for chunk in stream:
+                hasher.update(chunk.data)
+                size += len(chunk.data)
+                await asyncio.to_thread(fh.write, chunk.data)
+            await asyncio.to_thread(fh.close)
+        except grpc.RpcError as exc:
+            await _discard(fh, tmp)
+            raise translate(exc, self.address) from None
+        except OSError as exc:
+            await _discard(fh, tmp)
+            raise InvalidRequest(f"cannot write {path}: {exc}") from None
+        return first.header, hasher.hexdigest(), size
+
+    # ---- the controller
+
+    async def shutdown(self) -> None:
+        """Stop the controller and its local agent (which lets its running tasks finish first)."""
+        await self._call("Shutdown", cpb.ShutdownRequest(), lambda r: None)
+
+
+async def _discard(fh: IO[bytes] | None, tmp: Path) -> None:
+    if fh is not None:
+        await asyncio.to_thread(fh.close)
+    await asyncio.to_thread(tmp.unlink, missing_ok=True)
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    try:
+        return file_digest(path)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc}") from None
