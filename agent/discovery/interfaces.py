@@ -1,4 +1,4 @@
-"""Which interfaces mDNS may use (DESIGN decision 14).
+"""Which interfaces mDNS may use (docs/architecture.md, 'Processes and who dials whom').
 
 `--interfaces` / TENSORFLEET_MDNS_INTERFACES takes a comma list of IPv4
 addresses or interface names ("127.0.0.1", "eth0"); empty means all interfaces.

@@ -1,1 +1,1 @@
-"""Pairing, authentication and secret handling (DESIGN decision 11)."""
+"""Pairing, authentication and secret handling (docs/architecture.md, 'Security')."""

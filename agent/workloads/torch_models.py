@@ -1,4 +1,6 @@
-"""PyTorch models on the built-in datasets, on one rank or many (torch.distributed, DESIGN decision 8).
+"""PyTorch models on the built-in datasets, on one rank or many (torch.distributed).
+
+How a gang's ranks are placed: docs/architecture.md, 'The path of a job'.
 
 Ranks meet at the rendezvous the controller chose (rank 0's agent); gloo on CPU, NCCL on GPU. Each rank
 trains on its DistributedSampler shard; DDP keeps parameters identical, and every rank reports a checksum
