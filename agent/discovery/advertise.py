@@ -77,19 +77,6 @@ class Advertiser:
         await (await self._zc.async_register_service(self._info, cooperating_responders=True))
         log.info("advertised %s on %s port %d", agent.instance_name(), ",".join(agent.addresses), agent.port)
 
-    async def update(self, agent: AdvertisedAgent) -> None:
-        if self._zc is None or self._info is None:
-            return
-        self._info = AsyncServiceInfo(
-            SERVICE_TYPE,
-            agent.instance_name(),
-            addresses=[socket.inet_aton(a) for a in agent.addresses],
-            port=agent.port,
-            properties=agent.txt(),
-            server=f"tf-{agent.node_id[:12]}.local.",
-        )
-        await (await self._zc.async_update_service(self._info))
-
     async def stop(self) -> None:
         """Send the mDNS goodbye and close the sockets."""
         if self._zc is None:

@@ -61,11 +61,3 @@ def advertised_addresses(bind_host: str, restricted: list[str]) -> list[str]:
             if a.family == socket.AF_INET and not a.address.startswith("127."):
                 out.append(a.address)
     return out or ["127.0.0.1"]
-
-
-def interface_of(address: str) -> str | None:
-    """The name of the interface that holds `address` (for GLOO_SOCKET_IFNAME)."""
-    for name, addrs in psutil.net_if_addrs().items():
-        if any(a.family == socket.AF_INET and a.address == address for a in addrs):
-            return name
-    return None

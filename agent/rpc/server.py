@@ -55,14 +55,12 @@ class Health:
 
     def __init__(self, services: Sequence[str] = ()) -> None:
         self.services = tuple(services)
-        self.serving = True
         self.servicer = health_aio.HealthServicer()
         for name in self.services:  # its set() is a coroutine; the servers are built outside the loop's tasks
             self.servicer._server_status[name] = health_pb2.HealthCheckResponse.SERVING
 
     async def not_serving(self) -> None:
         """Permanent: a draining or stopping daemon never serves again (a restart builds a new server)."""
-        self.serving = False
         await self.servicer.enter_graceful_shutdown()
 
 
