@@ -23,7 +23,7 @@ from tensorfleet_desktop.cli.output import (
     print_table,
     when,
 )
-from tensorfleet_desktop.client import Client, trial_rows
+from tensorfleet_desktop.client import TERMINAL, Client, TensorFleetError, trial_rows
 
 SUMMARY_KEYS = (
     "id",
@@ -262,7 +262,7 @@ def submit(client: Client, args: argparse.Namespace) -> int:
 
 
 def follow(client: Client, job_id: str) -> dict[str, Any]:
-    """A progress bar on stderr until the job ends: the job's events move it, the SDK's wait() says how it ended."""
+    """A progress bar on stderr, moved by the SDK's stream of job changes, until the job ends."""
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -273,12 +273,12 @@ def follow(client: Client, job_id: str) -> dict[str, Any]:
         transient=False,
     ) as bar:
         task = bar.add_task(job_id, total=1.0, state="QUEUED")
-        for event in client.watch(job_id):  # the stream ends when the job does
-            if event["kind"] == "job_state" and "job" in event:
-                bar.update(task, completed=event["job"]["progress"], state=event["job"]["state"])
-        job = client.wait(job_id)
-        bar.update(task, completed=job["progress"], state=job["state"])
-        return job
+        for change in client.watch_jobs((job_id,)):  # leaving the loop closes the stream
+            for job in change["jobs"]:
+                bar.update(task, completed=job["progress"], state=job["state"])
+                if job["state"] in TERMINAL:
+                    return dict(job)
+    raise TensorFleetError(f"the controller ended the stream of job {job_id} before the job ended")
 
 
 def jobs(client: Client, args: argparse.Namespace) -> int:
@@ -366,10 +366,12 @@ def watch(client: Client, args: argparse.Namespace) -> int:
             events.append({k: v for k, v in event.items() if k != "job"})
             continue
         kind = event["kind"]
-        if kind == "metric":
-            out.print(f"[{event['task_index']}] step {event['step']}: {event['name']} = {event['value']:.6g}")
-        elif kind == "log":
-            out.print(f"[{event['task_index']}] {event['message']}", markup=False)
+        if kind == "metrics":
+            for p in event["points"]:
+                out.print(f"[{p['task_index']}] step {p['step']}: {p['name']} = {p['value']:.6g}")
+        elif kind == "logs":
+            for line in event["lines"]:
+                out.print(f"[{line['task_index']}] {line['line']}", markup=False)
         elif kind in ("job_state", "task_state"):
             who = "job" if kind == "job_state" else f"task {event['task_index']}"
             out.print(f"{who}: {event['state']} {event['message']}", markup=False)
