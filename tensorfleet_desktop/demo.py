@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tensorfleet_agent.runtime.process import agent_command
@@ -202,6 +202,7 @@ async def _wait_for_agents(
 
 
 async def _follow(client: AsyncClient, ids: list[str], console: Console) -> list[dict[str, Any]]:
+    """One bar per job, in submission order, moved by the SDK's stream of job changes until every job ended."""
     with Progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),
@@ -209,14 +210,17 @@ async def _follow(client: AsyncClient, ids: list[str], console: Console) -> list
         TimeElapsedColumn(),
         console=console,
     ) as bar:
-        rows = {}
-        for job_id in ids:
-            job = await client.job(job_id)
-            rows[job_id] = bar.add_task(job["name"], total=1.0, state=job["state"])
-        while True:
-            jobs = [await client.job(job_id) for job_id in ids]
-            for job in jobs:
-                bar.update(rows[job["id"]], completed=job["progress"], state=job["state"])
-            if all(j["state"] in TERMINAL for j in jobs):
-                return jobs
-            await asyncio.sleep(0.2)
+        latest: dict[str, dict[str, Any]] = {}
+        rows: dict[str, TaskID] = {}
+        async for change in client.watch_jobs(ids):
+            latest |= {job["id"]: job for job in change["jobs"]}
+            for job_id in ids:
+                job = latest.get(job_id)
+                if job is None:
+                    continue
+                if job_id not in rows:
+                    rows[job_id] = bar.add_task(job["name"], total=1.0, state=job["state"])
+                bar.update(rows[job_id], completed=job["progress"], state=job["state"])
+            if len(latest) == len(ids) and all(job["state"] in TERMINAL for job in latest.values()):
+                return [latest[job_id] for job_id in ids]
+    raise RuntimeError("the controller ended its stream of job changes before the demo jobs ended")
