@@ -35,7 +35,6 @@ def build_window(
     address: str | None = None,
     data_dir: Path | None = None,
     autostart: bool = True,
-    poll_interval: float = 1.0,
     local_address: str = DEFAULT_CONTROLLER,
 ) -> MainWindow:
     """The window and its bridge, not yet started: `window.bridge.start()` connects. A controller is started
@@ -49,7 +48,6 @@ def build_window(
         data_dir=data_dir,
         serve_args=("--telemetry-period", f"{period:g}"),
         local_address=local_address,
-        poll_interval=poll_interval,
     )
     window = MainWindow(bridge, data_dir or default_data_dir())
     window.apply_theme(str(prefs.value("theme", "system")))

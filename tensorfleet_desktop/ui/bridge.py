@@ -1,4 +1,4 @@
-"""The only way the window talks to the controller (DESIGN decision 4).
+"""The only way the window talks to the controller (docs/architecture.md, 'Processes and who dials whom').
 
 An asyncio loop in its own thread owns the gRPC client; `Bridge` lives in the GUI thread and re-emits
 everything as queued Qt signals, so no slot ever waits on the network. Calls go in with `call()`,
@@ -27,14 +27,15 @@ from tensorfleet_desktop.client import (
 from tensorfleet_desktop.local_cluster import StartFailed, answers, connect_or_start
 
 log = logging.getLogger(__name__)
+JOB_LIST_LIMIT = 500  # the newest jobs the window lists
 ClientCall = Callable[[AsyncClient], Awaitable[Any]]
 
 
 class Bridge(QObject):
     connected = Signal(object)  # {"address", "message", "info", "started"}
     disconnected = Signal(str)  # why; the window shows a banner and keeps reconnecting
-    jobs_changed = Signal(list)
-    job_finished = Signal(dict)  # a job seen running reached SUCCEEDED / FAILED / CANCELLED
+    jobs_changed = Signal(list)  # every job known, newest first, after each change WatchJobs streams
+    job_finished = Signal(dict)  # a job seen unfinished (or first seen in a change) reached a final state
     agents_changed = Signal(list)
     agent_event = Signal(dict)  # {"kind", "time", "agent"} as WatchAgents streams them
     job_event = Signal(str, dict)  # events of the job `watch_job` follows
@@ -49,7 +50,6 @@ class Bridge(QObject):
         data_dir: Path | None = None,
         serve_args: tuple[str, ...] = (),
         local_address: str = DEFAULT_CONTROLLER,
-        poll_interval: float = 1.0,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -58,7 +58,6 @@ class Bridge(QObject):
         self.data_dir = data_dir
         self.serve_args = serve_args
         self.local_address = local_address  # the only address at which the app starts a controller
-        self.poll_interval = poll_interval
         self.online = False
         self.started_pid = 0  # the controller this app started, if it did
         self._loop = asyncio.new_event_loop()
@@ -66,7 +65,8 @@ class Bridge(QObject):
         self._client: AsyncClient | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
-        self._jobs: dict[str, str] = {}
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._jobs_token = ""  # WatchJobs' resume token: a reconnect gets only what changed meanwhile
         self._agents: dict[str, dict[str, Any]] = {}
         self._deliver.connect(self._on_deliver, Qt.ConnectionType.QueuedConnection)
 
@@ -200,7 +200,7 @@ class Bridge(QObject):
                 info = await self._client.info()
                 self.online, announced = True, False
                 self.connected.emit({"address": address, "message": message, "info": info, "started": started})
-                await asyncio.gather(self._poll_jobs(self._client), self._follow_agents(self._client))
+                await asyncio.gather(self._follow_jobs(self._client), self._follow_agents(self._client))
                 raise ControllerUnreachable(f"the controller at {address} closed the connection")
             except (ControllerUnreachable, StartFailed) as exc:
                 first = False
@@ -218,19 +218,23 @@ class Bridge(QObject):
                 self.disconnected.emit(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(1.0)
 
-    async def _poll_jobs(self, client: AsyncClient) -> None:
-        last: list[dict[str, Any]] | None = None
-        while True:
-            jobs = await client.jobs(limit=500)
-            for job in jobs:
-                before = self._jobs.get(job["id"])
-                if before is not None and before not in TERMINAL and job["state"] in TERMINAL:
-                    self.job_finished.emit(job)
-                self._jobs[job["id"]] = job["state"]
-            if jobs != last:
-                self.jobs_changed.emit(jobs)
-                last = jobs
-            await asyncio.sleep(self.poll_interval)
+    async def _follow_jobs(self, client: AsyncClient) -> None:
+        """The job list, kept by WatchJobs: a snapshot, then each change (a job that ended is always sent in its
+        final state, so a fast job's end is never missed)."""
+        async for change in client.watch_jobs(limit=JOB_LIST_LIMIT, resume_token=self._jobs_token):
+            self._jobs_token = change["resume_token"]
+            if change["snapshot"]:
+                before = self._jobs
+                self._jobs = {job["id"]: job for job in change["jobs"]}
+                finished = [j for j in change["jobs"] if _ended(before.get(j["id"]), j)]
+            else:
+                finished = [j for j in change["jobs"] if _ended(self._jobs.get(j["id"]), j, first_seen=True)]
+                self._jobs.update((job["id"], job) for job in change["jobs"])
+            for job in finished:
+                self.job_finished.emit(job)
+            jobs = sorted(self._jobs.values(), key=lambda j: j["created_at"], reverse=True)[:JOB_LIST_LIMIT]
+            self._jobs = {job["id"]: job for job in jobs}
+            self.jobs_changed.emit(jobs)
 
     async def _follow_agents(self, client: AsyncClient) -> None:
         self._agents = {a["id"]: a for a in await client.agents()}
@@ -267,3 +271,11 @@ class Bridge(QObject):
             except TensorFleetError as exc:
                 self.failed.emit(str(exc))
                 return
+
+
+def _ended(before: dict[str, Any] | None, now: dict[str, Any], first_seen: bool = False) -> bool:
+    """A job that reached a final state since the window last saw it (or, in a change, that it never saw: a job
+    submitted and finished between two messages)."""
+    if now["state"] not in TERMINAL:
+        return False
+    return before["state"] not in TERMINAL if before is not None else first_seen

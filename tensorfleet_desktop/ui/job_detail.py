@@ -339,22 +339,36 @@ class JobDetailView(View):
         if job_id != self.job_id:
             return
         kind = event["kind"]
-        if kind == "metric":
-            name = event["name"]
-            label = f"task {event['task_index']}" if self.multi_task else name
-            if name not in self.plot.plots:  # a metric seen for the first time
-                self.metric_filter.addItem(name)
-            self.plot.add_point(name, label, event["step"], event["value"])
-            self.metric_points += 1
-        elif kind == "log":
-            line = (event["task_index"], event["stream"], event["message"])
-            self.log_lines.append(line)
-            if self._log_visible(line):
-                self.logs.appendPlainText(self._log_text(line))
-        elif kind in ("job_state", "task_state", "progress", "artifact") and not self._refresh_timer.isActive():
-            self._refresh_timer.start()
+        if kind == "metrics":
+            self._add_points(event["points"])
+        elif kind == "logs":
+            shown = []
+            for row in event["lines"]:
+                line = (row["task_index"], row["stream"], row["line"])
+                self.log_lines.append(line)
+                if self._log_visible(line):
+                    shown.append(self._log_text(line))
+            if shown:
+                self.logs.appendPlainText("\n".join(shown))
+        elif kind in ("job_state", "task_state", "progress", "artifact", "checkpoint"):
             if kind == "job_state" and event["state"] in TERMINAL:
                 self._refresh_timer.start(50)
+            elif not self._refresh_timer.isActive():
+                self._refresh_timer.start()
+
+    def _add_points(self, points: list[dict[str, Any]]) -> None:
+        """One message's points, appended per curve in one go (docs/architecture.md, 'The path of a metric point')."""
+        curves: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+        for p in points:
+            label = f"task {p['task_index']}" if self.multi_task else p["name"]
+            xs, ys = curves.setdefault((p["name"], label), ([], []))
+            xs.append(p["step"])
+            ys.append(p["value"])
+        for (name, label), (xs, ys) in curves.items():
+            if name not in self.plot.plots:  # a metric seen for the first time
+                self.metric_filter.addItem(name)
+            self.plot.add_points(name, label, xs, ys)
+        self.metric_points += len(points)
 
     def _filter_curves(self, metric: str) -> None:
         self.plot.show_only("" if metric == ALL_METRICS else metric)

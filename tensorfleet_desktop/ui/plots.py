@@ -7,7 +7,7 @@ Points are buffered and drawn at most 10 times a second, with downsampling and c
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,12 +48,15 @@ class Series:
     def y(self) -> np.ndarray:
         return self._y[: self.n]
 
-    def append(self, x: float, y: float) -> None:
-        if self.n == len(self._x):
-            self._x = np.concatenate([self._x, np.empty(self.n)])
-            self._y = np.concatenate([self._y, np.empty(self.n)])
-        self._x[self.n], self._y[self.n] = x, y
-        self.n += 1
+    def extend(self, xs: Sequence[float], ys: Sequence[float]) -> None:
+        """A batch of points (one message's worth) into the buffers in one go."""
+        n = self.n + len(xs)
+        if n > len(self._x):
+            size = max(n, 2 * len(self._x))
+            self._x = np.concatenate([self._x[: self.n], np.empty(size - self.n)])
+            self._y = np.concatenate([self._y[: self.n], np.empty(size - self.n)])
+        self._x[self.n : n], self._y[self.n : n] = xs, ys
+        self.n = n
         self.dirty = True
 
     def replace(self, xs: Iterable[float], ys: Iterable[float]) -> None:
@@ -92,9 +95,9 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             series = self.series[label] = Series(curve)
         return series
 
-    def add_point(self, label: str, x: float, y: float) -> None:
-        self._series(label).append(x, y)
-        self.points += 1
+    def add_points(self, label: str, xs: Sequence[float], ys: Sequence[float]) -> None:
+        self._series(label).extend(xs, ys)
+        self.points += len(xs)
 
     def set_series(self, label: str, xs: Iterable[float], ys: Iterable[float]) -> None:
         self._series(label).replace(xs, ys)
@@ -130,7 +133,7 @@ class MetricGrid(QWidget):
     def points(self) -> int:
         return sum(p.points for p in self.plots.values())
 
-    def add_point(self, metric: str, label: str, x: float, y: float) -> None:
+    def add_points(self, metric: str, label: str, xs: Sequence[float], ys: Sequence[float]) -> None:
         plot = self.plots.get(metric)
         if plot is None:
             plot = self.plots[metric] = MetricPlot()
@@ -140,7 +143,7 @@ class MetricGrid(QWidget):
             self.grid.addWidget(plot, n // self.columns, n % self.columns)
             plot.setVisible(not self.only or self.only == metric)
         new_series = label not in plot.series
-        plot.add_point(label, x, y)
+        plot.add_points(label, xs, ys)
         if new_series:  # a legend only says something once there is more than the metric itself
             plot.legend.setVisible(len(plot.series) > 1 or label != metric)
 

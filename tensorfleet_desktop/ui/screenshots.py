@@ -108,7 +108,7 @@ def photograph(address: str, out: Path, data_dir: Path) -> list[Path]:
     from tensorfleet_desktop.ui.app import build_window, create_application
 
     app = create_application()
-    window = build_window(address, data_dir=data_dir, autostart=False, poll_interval=0.5)
+    window = build_window(address, data_dir=data_dir, autostart=False)
     window.resize(1400, 860)
     window.show()
     window.bridge.start()

@@ -66,9 +66,7 @@ def window(
         patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))  # QSettings of this module only
         create_application()
         controller, _ = gui_cluster
-        win = build_window(
-            controller.address, data_dir=tmp_path_factory.mktemp("gui-data"), autostart=False, poll_interval=0.25
-        )
+        win = build_window(controller.address, data_dir=tmp_path_factory.mktemp("gui-data"), autostart=False)
         win.show()
         win.bridge.start()
         yield win
@@ -147,6 +145,21 @@ def test_submit_from_the_dialog_plots_every_point_and_tells_when_it_ends(
     with out.open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 400 and {r["name"] for r in rows} == {"loss"} and rows[0]["job_id"] == job_id
+
+
+def test_a_job_that_ends_between_two_updates_is_still_told(qtbot: Any, window: MainWindow, gui_cluster: Any) -> None:
+    """The job list follows WatchJobs: a job's final state always arrives, however fast it ran."""
+    controller, _ = gui_cluster
+    qtbot.waitUntil(lambda: window.bridge.online, timeout=WAIT_MS)
+    finished: list[str] = []
+    window.bridge.job_finished.connect(lambda job: finished.append(job["id"]))
+    with Client(controller.address) as client:
+        jobs = [client.submit({"algorithm": "noop", "name": f"gui-fast-{i}"}) for i in range(3)]
+        for job in jobs:
+            client.wait(job["id"], timeout=60)
+    qtbot.waitUntil(lambda: all(j["id"] in finished for j in jobs), timeout=10_000)
+    assert all(job_row(window, j["id"])["state"] == "SUCCEEDED" for j in jobs)  # type: ignore[index]
+    assert sorted(finished).count(jobs[0]["id"]) == 1  # told once
 
 
 def test_cancel_from_the_jobs_view(qtbot: Any, window: MainWindow, gui_cluster: Any) -> None:
@@ -374,13 +387,13 @@ def test_artifacts_tab_lists_a_jobs_files_and_saves_one_off_the_gui_thread(
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *_a, **_k: (str(out), ""))
     gui_thread = threading.get_ident()
     transfers: list[int] = []
-    real = Client.download_artifact
+    real = AsyncClient.download_artifact
 
-    def spy(self: Client, *args: Any) -> dict[str, Any]:
+    async def spy(self: AsyncClient, *args: Any) -> dict[str, Any]:
         transfers.append(threading.get_ident())
-        return real(self, *args)
+        return await real(self, *args)
 
-    monkeypatch.setattr(Client, "download_artifact", spy)
+    monkeypatch.setattr(AsyncClient, "download_artifact", spy)
     qtbot.mouseClick(detail.download_artifact_button, qtbot_button())  # nothing selected: said, nothing saved
     assert "select an artifact" in window.statusBar().currentMessage() and not out.exists()
     detail.artifacts_table.selectRow(0)
@@ -524,7 +537,7 @@ def test_killed_agent_is_shown_lost_within_3_s(qtbot: Any, window: MainWindow, t
 def test_window_starts_a_controller_when_none_answers(qtbot: Any, tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
     # this free port stands for the local default address: the only one at which the app starts a controller
-    win = build_window(address, data_dir=tmp_path / "local", autostart=True, poll_interval=0.25, local_address=address)
+    win = build_window(address, data_dir=tmp_path / "local", autostart=True, local_address=address)
     win.show()
     connected: list[dict[str, Any]] = []
     win.bridge.connected.connect(connected.append)
@@ -549,7 +562,7 @@ def test_window_starts_a_controller_when_none_answers(qtbot: Any, tmp_path: Path
         assert _alive(pid) and _alive(agent_pid)
         # the app opened again connects to it (starts nothing); TensorFleet → Quit and stop the cluster stops
         # that controller and its local agent, and closes the window
-        again = build_window(address, data_dir=tmp_path / "local", poll_interval=0.25, local_address=address)
+        again = build_window(address, data_dir=tmp_path / "local", local_address=address)
         windows.append(again)
         again.show()
         again.bridge.start()
