@@ -11,7 +11,7 @@ import contextlib
 import functools
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
@@ -94,20 +94,22 @@ class _iterating(Generic[P, T]):
     @overload
     def __get__(self, client: None, owner: type[Client]) -> Self: ...
     @overload
-    def __get__(self, client: Client, owner: type[Client]) -> Callable[P, Iterator[T]]: ...
-    def __get__(self, client: Client | None, owner: type[Client]) -> Self | Callable[P, Iterator[T]]:
+    def __get__(self, client: Client, owner: type[Client]) -> Callable[P, Generator[T, None, None]]: ...
+    def __get__(self, client: Client | None, owner: type[Client]) -> Self | Callable[P, Generator[T, None, None]]:
         if client is None:
             return self
         method, aio, loop = self._method, client._aio, client._loop
 
         @functools.wraps(method)
-        def call(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> Generator[T, None, None]:
             return _iterate(loop, method(aio, *args, **kwargs))
 
         return call
 
 
-def _iterate(loop: _LoopThread, items: AsyncIterator[T]) -> Iterator[T]:
+def _iterate(loop: _LoopThread, items: AsyncIterator[T]) -> Generator[T, None, None]:
+    """close() on the result (or leaving a for loop over it early and dropping it) ends the stream's call."""
+
     async def step() -> tuple[bool, T | None]:
         try:
             return True, await anext(items)

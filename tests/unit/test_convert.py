@@ -171,7 +171,7 @@ def test_no_string_field_is_documented_as_a_closed_set() -> None:
     assert not closed_set_strings("  string kind = 3;  // model | report | what save_artifact() named\n")
 
 
-ENUM_MAPS = {
+ENUM_MAPS: dict[str, convert.EnumMap[Any]] = {
     "partition": convert.PARTITION,
     "log_stream": convert.LOG_STREAM,
     "exit_cause": convert.EXIT_CAUSE,
