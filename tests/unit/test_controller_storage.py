@@ -11,8 +11,9 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ import pytest
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
-from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.controller.registry import DAMAGED, MISSING
-from tensorfleet_desktop.controller.store import sqlite as sqlite_store
+from tensorfleet_desktop.controller.store import engine
 from tensorfleet_desktop.controller.store.base import StoreFullError
 from tensorfleet_desktop.controller.store.blobs import BlobStore
 from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
@@ -41,12 +42,12 @@ class FullDisk:
         real = sqlite3.connect
 
         def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-            conn = real(*args, **kwargs)
+            conn: sqlite3.Connection = real(*args, **kwargs)
             self.connections.append(conn)
             self._limit(conn)
             return conn
 
-        monkeypatch.setattr(sqlite_store.sqlite3, "connect", connect)
+        monkeypatch.setattr(sqlite3, "connect", connect)
 
     def _limit(self, conn: sqlite3.Connection) -> None:
         with contextlib.suppress(sqlite3.ProgrammingError):  # closed ones
@@ -123,6 +124,62 @@ async def test_the_store_holds_writes_while_the_disk_is_full_and_saves_them_when
         await store.close()
 
 
+class _Outage(Exception):
+    """The database did not answer."""
+
+
+class UnansweringStore(SqliteJobStore):
+    """SQLite behind a database that does not answer while `down` (as MongoDB does in an outage)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.down = False
+        self.tries = 0
+        self.retried = threading.Event()  # the writer tried twice while down
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        if self.down:
+            self.tries += 1
+            if self.tries >= 2:
+                self.retried.set()
+            raise _Outage("no answer")
+        with super()._transaction(conn):
+            yield
+
+    def _unreachable(self, exc: Exception) -> bool:
+        return isinstance(exc, _Outage)
+
+
+async def test_writes_wait_while_the_database_does_not_answer_and_all_land_once_it_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "_RETRY_UNREACHABLE", 0.01)
+    store = UnansweringStore(tmp_path / "tensorfleet.db")
+    await store.open()
+    try:
+        store.down = True
+        store.save_job(_job("j1"))
+        metric = JobEventRecord(job_id="j1", seq=1, time=1.0, kind="metric", name="loss", value=0.5)
+        store.append_events([metric], {})
+        register = asyncio.create_task(store.register_model({"name": "m", "algorithm": "a", "created_at": 1.0}))
+        flush = asyncio.create_task(store.flush())
+        assert await asyncio.to_thread(store.retried.wait, 10)
+        for _ in range(3):  # what the writer settled before its retry has reached the loop
+            await asyncio.sleep(0)
+        assert not flush.done() and not register.done()  # they wait for the database, neither fail nor drop
+        store.down = False
+        await asyncio.wait_for(flush, 10)
+        assert (await register)["version"] == 1
+        assert [job.id for job in await store.load_jobs()] == ["j1"]
+        assert await store.events("j1") == [metric]
+        store.save_job(_job("j2"))  # the store goes on
+        await store.flush()
+    finally:
+        store.down = False  # or close() would wait for it
+        await store.close()
+
+
 async def test_a_submit_the_store_cannot_save_is_refused_and_leaves_no_job(
     controller: Controller, disk: FullDisk
 ) -> None:
@@ -187,7 +244,7 @@ async def test_a_damaged_blob_at_its_destination_is_fetched_again_from_the_agent
 
 async def test_models_list_flags_a_version_whose_file_is_missing_or_damaged(controller: Controller) -> None:
     good, damaged, missing = (f"bytes of model {i}".encode() * 100 for i in range(3))
-    records = []
+    records: list[dict[str, Any]] = []
     for data in (good, damaged, missing):
         sha = hashlib.sha256(data).hexdigest()
         records.append({"name": "m", "version": len(records) + 1, "sha256": sha})
@@ -351,7 +408,7 @@ async def test_two_copies_of_one_blob_into_one_destination_do_not_share_a_tempor
     for stream in (failing, whole):
         client = AgentClient.__new__(AgentClient)
         client.stub = None  # type: ignore[assignment]
-        client._stream = stream  # type: ignore[method-assign]
+        client._stream = stream  # type: ignore[method-assign,assignment]
         copies.append(client)
     a = asyncio.create_task(copies[0].get_blob(sha, dest))
     b = asyncio.create_task(copies[1].get_blob(sha, dest))

@@ -86,7 +86,7 @@ def _merge_events(batch: list[_Item]) -> list[_Item]:
             out.append(item)
             run = None
         elif run is None:
-            run = _Events(list(item.events), dict(item.cursors))  # a copy: a held write must stay as queued
+            run = item
             out.append(run)
         else:
             run.events += item.events
