@@ -53,7 +53,7 @@ def add_parsers(sub: Any) -> None:
 def add_algorithms_parser(sub: Any) -> None:
     s = sub.add_parser("algorithms", help="the workloads and their parameters")
     s.set_defaults(call=algorithms)
-    add_format_flags(s)
+    add_format_flags(s, csv=True)
 
 
 def summary(agent: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +124,9 @@ def algorithms(client: Client, args: argparse.Namespace) -> int:
     items = client.workloads()
     if args.json:
         print_json(items)
+        return exit_codes.OK
+    if args.csv:  # one row per workload; its parameters as JSON
+        csv_of(items, ("name", "category", "summary", "datasets", "params"))
         return exit_codes.OK
     for w in items:
         out.print(f"[bold]{w['name']}[/bold] ({w['category']}): {w['summary']}")

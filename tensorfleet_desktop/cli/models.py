@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorfleet_desktop.cli import exit_codes
-from tensorfleet_desktop.cli.output import add_format_flags, csv_of, out, print_json, print_table
+from tensorfleet_desktop.cli.output import add_format_flags, csv_of, out, print_json, print_table, write_csv
 from tensorfleet_desktop.client import Client
 
 BRIEF_KEYS = ("name", "version", "algorithm", "metrics", "aliases", "tags", "size", "sha256", "created_at")
@@ -67,7 +67,7 @@ def add_parser(sub: Any) -> None:
     m = msub.add_parser("compare", help="two versions' parameters and metrics side by side")
     m.add_argument("ref")
     m.add_argument("other")
-    add_format_flags(m)
+    add_format_flags(m, csv=True)
 
 
 def _brief(m: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def models(client: Client, args: argparse.Namespace) -> int:
         )
         out.print(f"{stats['total_models']} versions in all")
         return exit_codes.OK
-    return _compare(client.model(args.ref), client.model(args.other), args.json)
+    return _compare(client.model(args.ref), client.model(args.other), args)
 
 
 def fmt(value: float | None) -> str:
@@ -177,15 +177,19 @@ def _show(m: dict[str, Any], as_json: bool) -> int:
     return exit_codes.OK
 
 
-def _compare(a: dict[str, Any], b: dict[str, Any], as_json: bool) -> int:
+def _compare(a: dict[str, Any], b: dict[str, Any], args: argparse.Namespace) -> int:
     rows = []
     for section in ("hyperparameters", "metrics"):
         for key in sorted({*a[section], *b[section]}):
             rows.append({"section": section, "key": key, "a": a[section].get(key), "b": b[section].get(key)})
-    if as_json:
+    if args.json:
         print_json(
             {"a": f"{a['name']}:{a['version']}", "b": f"{b['name']}:{b['version']}", "rows": rows}, sort_keys=True
         )
+        return exit_codes.OK
+    if args.csv:  # the header names the two versions, as the table's does
+        refs = (f"{a['name']}:{a['version']}", f"{b['name']}:{b['version']}")
+        write_csv(("section", "key", *refs), ((r["section"], r["key"], r["a"], r["b"]) for r in rows))
         return exit_codes.OK
     print_table(
         ("", "", f"{a['name']}:{a['version']}", f"{b['name']}:{b['version']}"),
