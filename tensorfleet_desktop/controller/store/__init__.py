@@ -1,4 +1,4 @@
-"""Where the controller keeps jobs, tasks, events and agents; chosen by URI (DESIGN decision 9)."""
+"""Where the controller keeps jobs, tasks, events and agents; chosen by URI (docs/architecture.md, 'On-disk layout')."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Where the controller keeps blobs (models, datasets, checkpoints), chosen by URI (DESIGN decision 9).
+"""Where the controller keeps blobs (models, datasets, checkpoints), chosen by URI (docs/architecture.md,
+'On-disk layout').
 
 `file:///path`: the directory is the store. `s3://bucket?endpoint=host:port&secure=false`: the bucket is the
 store and a local directory caches it; every blob that lands locally is uploaded (multipart for big ones),

@@ -25,16 +25,47 @@ _DUPLICATE_KEY = 11000
 _OUT_OF_DISK_SPACE = 14031
 
 
+def driver() -> Any:
+    """The pymongo module; a ValueError saying how to install it when it is missing."""
+    try:
+        import pymongo
+    except ImportError:
+        raise ValueError("a mongodb:// store needs pymongo: pip install 'tensorfleet[mongo]'") from None
+    return pymongo
+
+
+def connect(uri: str, timeout_ms: int) -> Any:
+    """A pymongo client whose server has answered; otherwise a ValueError that shows the URI without its password."""
+    pymongo = driver()
+    shown = redact_uri(uri)
+    try:
+        client = pymongo.MongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(20_000, 2 * timeout_ms),  # a hung server becomes an error the writer retries
+            tz_aware=False,
+        )
+    except (pymongo.errors.ConfigurationError, ValueError, TypeError) as exc:  # a malformed URI
+        raise ValueError(f"bad MongoDB URI {shown}: {redact_uri(str(exc))}") from None
+    try:
+        client.admin.command("ping")
+    except pymongo.errors.OperationFailure as exc:
+        client.close()
+        raise ValueError(f"MongoDB at {shown} refused us: {exc.details.get('errmsg', exc)}") from None
+    except pymongo.errors.PyMongoError as exc:
+        client.close()
+        reason = redact_uri(str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0])
+        raise ValueError(f"cannot reach MongoDB at {shown} within {timeout_ms / 1000:g}s: {reason}") from None
+    return client
+
+
 class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no types
     atomic = False
 
     def __init__(self, uri: str, server_timeout: float = 10.0) -> None:
         super().__init__()
-        try:
-            import pymongo
-        except ImportError:
-            raise ValueError("a mongodb:// store needs pymongo: pip install 'tensorfleet[mongo]'") from None
-        self._pymongo = pymongo
+        self._pymongo = driver()
         self.uri = redact_uri(uri)
         self._raw_uri = uri
         self._db_name = urlparse(uri).path.strip("/") or "tensorfleet"
@@ -52,32 +83,13 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
     # ---- the engine's hooks
 
     def _prepare(self) -> None:
-        pymongo = self._pymongo
-        try:
-            self._client = pymongo.MongoClient(
-                self._raw_uri,
-                serverSelectionTimeoutMS=self._timeout_ms,
-                connectTimeoutMS=self._timeout_ms,
-                socketTimeoutMS=max(20_000, 2 * self._timeout_ms),  # a hung server becomes an error we retry
-                tz_aware=False,
-            )
-        except (pymongo.errors.ConfigurationError, ValueError, TypeError) as exc:  # a malformed URI
-            raise ValueError(f"bad MongoDB URI {self.uri}: {redact_uri(str(exc))}") from None
-        try:
-            self._client.admin.command("ping")
-        except pymongo.errors.OperationFailure as exc:
-            raise ValueError(f"MongoDB at {self.uri} refused us: {exc.details.get('errmsg', exc)}") from None
-        except pymongo.errors.PyMongoError as exc:
-            reason = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
-            raise ValueError(
-                f"cannot reach MongoDB at {self.uri} within {self._timeout_ms / 1000:g}s: {reason}"
-            ) from None
+        self._client = connect(self._raw_uri, self._timeout_ms)
         db = self._db = self._client[self._db_name]
         meta = db.meta.find_one({"_id": "schema_version"})
         current = int(meta["value"]) if meta else 0
         if current > SCHEMA_VERSION:
             raise ValueError(f"{self.uri} was written by a newer TensorFleet (schema {current})")
-        asc, desc = pymongo.ASCENDING, pymongo.DESCENDING
+        asc, desc = self._pymongo.ASCENDING, self._pymongo.DESCENDING
         db.jobs.create_index([("state", asc), ("created_at", desc)], name="jobs_by_state")
         db.events.create_index([("job_id", asc), ("seq", asc)], unique=True, name="events_by_job")
         db.events.create_index(
