@@ -25,6 +25,7 @@ from tensorfleet_agent.runtime.process import CREDENTIAL_VARIABLES, agent_comman
 from tensorfleet_agent.security.files import make_data_dir, tighten_data_dir
 from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.connection import connection_path, remove_connection, write_connection
+from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -149,6 +150,7 @@ class ControllerApp:
             self.metrics,
             cfg.gang_reserve_after,
             keep_checkpoints=cfg.keep_checkpoints,
+            agents=FleetAgents(self.fleet),
         )
         await self.fleet.start()
         await self.controller.start()

@@ -27,13 +27,11 @@ from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE
 from tensorfleet_agent.identity import Identity, node_id_of_cert
 from tensorfleet_agent.rpc.client import AgentClient, AgentTrust, PairingError, fetch_certificate
 from tensorfleet_agent.security.secrets import cluster_id_of
+from tensorfleet_desktop.controller.ports import MIN_FREE_DISK_BYTES
 
 log = logging.getLogger(__name__)
 
 
-#: Below this much free space in its data dir an agent gets no new tasks: they would fail writing their
-#: journal, datasets or checkpoints (running tasks go on).
-MIN_FREE_DISK_BYTES = 64 * 2**20
 #: A lost agent is re-dialled at least this often: a restarted agent is back within about this long, since
 #: mDNS says nothing when it re-announces the same records. One refused connection per period is cheap.
 _MAX_BACKOFF = 2.0

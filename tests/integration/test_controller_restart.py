@@ -10,10 +10,8 @@ agent and replays the journal from its saved cursor. (SIGKILL + restart: test_co
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,21 +19,20 @@ from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
 from helpers.history import check_history
 from helpers.waiting import wait_until
+from tensorfleet_agent.core.types import Finished, LogLine, MetricPoint, Progress, TaskEvent
+from tensorfleet_agent.runtime.journal import EVENTS_FILE, read_events
 from tensorfleet_desktop.client import Client
 
 pytestmark = pytest.mark.slow
 
 
-def _journal(agent_dir: Path, attempt: str) -> list[dict[str, Any]]:
-    path = agent_dir / "tasks" / attempt / "events.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+def _journal(agent_dir: Path, attempt: str) -> list[TaskEvent]:
+    return read_events(agent_dir / "tasks" / attempt / EVENTS_FILE)
 
 
 def _finished(agent_dir: Path, attempt: str) -> str:
     """The journaled outcome of an attempt ("" while it runs)."""
-    return next((e["status"] for e in _journal(agent_dir, attempt) if e["kind"] == "finished"), "")
+    return next((e.payload.status.value for e in _journal(agent_dir, attempt) if isinstance(e.payload, Finished)), "")
 
 
 def _check_whole(client: Client, job_id: str, agent_dir: Path) -> None:
@@ -49,9 +46,12 @@ def _check_whole(client: Client, job_id: str, agent_dir: Path) -> None:
         journal = _journal(agent_dir, task["agent_task_id"])
         mine = [e for e in events if e["task_index"] == task["index"]]
         stored_logs = [e["message"] for e in mine if e["kind"] == "log" and e["stream"] != "controller"]
-        assert stored_logs == [e["line"] for e in journal if e["kind"] == "log"], "log lines lost or repeated"
+        assert stored_logs == [e.payload.line for e in journal if isinstance(e.payload, LogLine)], (
+            "log lines lost/repeated"
+        )
         stored_progress = [e["value"] for e in mine if e["kind"] == "progress"]
-        assert stored_progress == [e["fraction"] for e in journal if e["kind"] == "progress"], "progress lost/repeated"
+        journaled = [e.payload.fraction for e in journal if isinstance(e.payload, Progress)]
+        assert stored_progress == journaled, "progress lost or repeated"
 
 
 #: Reports a point every 0.1 s (a log line and a progress report now and then) until the file named by its
@@ -131,7 +131,7 @@ def test_graceful_stop_with_jobs_running_then_restart(
     assert _finished(remote.data_dir, attempts["remote"]) == "", "a remote agent's task stops with the controller"
     assert remote.proc is not None and remote.proc.poll() is None
 
-    journaled = len([e for e in _journal(remote.data_dir, attempts["remote"]) if e["kind"] == "metric"])
+    journaled = sum(isinstance(e.payload, MetricPoint) for e in _journal(remote.data_dir, attempts["remote"]))
     controller.start()
     with Client(controller.address) as client:  # re-attached: what the task reported meanwhile, then live
         remote_value = lambda: client.job(ids["remote"])["metrics"].get("value", -1)  # noqa: E731

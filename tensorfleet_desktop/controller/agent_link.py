@@ -1,0 +1,126 @@
+"""The gRPC side of the core's AgentPort: the fleet's agents and their clients, gRPC errors turned into the
+core's own (errors.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import grpc
+
+from tensorfleet_agent.core.types import TaskEvent, TaskSpec
+from tensorfleet_agent.rpc.client import AgentClient
+from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
+from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
+from tensorfleet_desktop.controller.ports import AgentListener, AgentView
+
+#: The agent could not take the call now; anything else is its answer to this call.
+_BUSY = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@contextlib.contextmanager
+def _core_errors() -> Iterator[None]:
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        code, details = exc.code(), exc.details() or exc.code().name
+        if code in _BUSY:
+            raise AgentBusy(details) from None
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise TaskUnknown(details) from None
+        raise AgentCallError(details) from None
+
+
+def view(record: AgentRecord) -> AgentView:
+    info, tel = record.info, record.telemetry
+    return AgentView(
+        node_id=record.node_id,
+        name=record.name,
+        address=record.address,
+        connected=record.client is not None,
+        online=record.client is not None and record.state is AgentState.ONLINE,
+        schedulable=record.schedulable,
+        slots_free=record.slots_free,
+        gpu_slots=len(info.gpus) if info else 0,
+        gpu_free_memory=sum(g.memory_total_bytes - g.memory_used_bytes for g in tel.gpus) if tel else 0,
+        load=tel.cpu_percent if tel else 0.0,
+        labels=dict(info.labels) if info else {},
+        workloads=frozenset(info.workloads) if info else frozenset(),
+        sklearn_version=info.sklearn_version if info else "",
+        placed=frozenset(record.placed),
+    )
+
+
+class FleetAgents:
+    """AgentPort over the fleet: one AgentClient per connected agent."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def agents(self) -> list[AgentView]:
+        return [view(r) for r in self.fleet.agents.values()]
+
+    def agent(self, node_id: str) -> AgentView | None:
+        record = self.fleet.agents.get(node_id)
+        return view(record) if record is not None else None
+
+    def subscribe(self, listener: AgentListener) -> None:
+        self.fleet.subscribe(lambda kind, record: listener(kind, record.node_id))
+
+    def hold(self, node_id: str, attempt: str) -> None:
+        record = self.fleet.agents.get(node_id)
+        if record is not None:
+            record.placed.add(attempt)
+
+    def release(self, node_id: str, attempt: str) -> None:
+        record = self.fleet.agents.get(node_id)
+        if record is not None:
+            record.placed.discard(attempt)
+
+    def _client(self, node_id: str) -> AgentClient:
+        record = self.fleet.agents.get(node_id)
+        if record is None or record.client is None:
+            raise AgentBusy("agent has no connection")
+        return record.client
+
+    async def run_task(self, node_id: str, spec: TaskSpec) -> None:
+        with _core_errors():
+            await self._client(node_id).run_task(spec, timeout=15)
+
+    async def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncIterator[TaskEvent]:
+        with _core_errors():
+            async for event in self._client(node_id).watch_task(attempt, after_seq=after_seq):
+                yield event
+
+    async def cancel_task(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float = 0.0) -> None:
+        with _core_errors():
+            await self._client(node_id).cancel_task(attempt, reason, timeout=10, checkpoint_grace=checkpoint_grace)
+
+    async def list_tasks(self, node_id: str) -> list[tuple[str, str]]:
+        with _core_errors():
+            return [(t.task_id, t.job_id) for t in await self._client(node_id).list_tasks(timeout=5)]
+
+    async def has_blobs(self, node_id: str, digests: Sequence[str]) -> set[str]:
+        with _core_errors():
+            return await self._client(node_id).has_blobs(digests)
+
+    async def put_blob(self, node_id: str, path: Path) -> None:
+        with _core_errors():
+            await self._client(node_id).put_blob(path)
+
+    async def put_bytes(self, node_id: str, data: bytes) -> str:
+        with _core_errors():
+            return await self._client(node_id).put_bytes(data)
+
+    async def fetch_blob(self, node_id: str, sha256: str, size: int, url: str) -> None:
+        with _core_errors():
+            await self._client(node_id).fetch_blob(sha256, size, url)
+
+    async def push_blob(self, node_id: str, sha256: str, url: str) -> None:
+        with _core_errors():
+            await self._client(node_id).push_blob(sha256, url)
+
+    async def get_blob(self, node_id: str, sha256: str, dest: Path) -> None:
+        with _core_errors():
+            await self._client(node_id).get_blob(sha256, dest)

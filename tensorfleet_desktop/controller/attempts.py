@@ -1,0 +1,321 @@
+"""Attempts: one try of one task on one agent. Placing it (with its checkpoint, script and data sent ahead),
+following its events, cancelling it, pausing it at a checkpoint, and re-attaching to it when its agent (or the
+controller) comes back. Agents are reached only through the AgentPort."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from tensorfleet_agent.core.types import BlobRef, Finished, Rendezvous, TaskSpec, TaskState
+from tensorfleet_agent.workloads.datasets import is_user_dataset
+from tensorfleet_agent.workloads.registry import get_workload
+from tensorfleet_desktop.controller.artifacts import Artifacts
+from tensorfleet_desktop.controller.background import Background
+from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
+from tensorfleet_desktop.controller.events import EventLog
+from tensorfleet_desktop.controller.ingest import Base, Ingest
+from tensorfleet_desktop.controller.jobs import CHECKPOINTING, JobMachine
+from tensorfleet_desktop.controller.metrics import ControllerMetrics
+from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.ports import AgentPort, AgentView, Clock
+from tensorfleet_desktop.controller.scheduler import RankLayout
+
+log = logging.getLogger(__name__)
+
+_ORPHAN_GRACE = 15.0  # after a restart, how long an unknown agent may take to reappear
+_PAUSE_GRACE = 60.0  # how long a pausing task may take to save its checkpoint before it is cancelled
+_REQUEUE_PAUSE = 0.5  # after an agent did not take an attempt, before the scheduler tries again
+_WATCH_RETRY = 0.25  # between tries to re-open an attempt's event stream
+
+
+class Attempts:
+    def __init__(
+        self,
+        agents: AgentPort,
+        machine: JobMachine,
+        events: EventLog,
+        ingest: Ingest,
+        artifacts: Artifacts,
+        metrics: ControllerMetrics,
+        clock: Clock,
+        background: Background,
+    ) -> None:
+        self.agents = agents
+        self.machine = machine
+        self.events = events
+        self.ingest = ingest
+        self.artifacts = artifacts
+        self.metrics = metrics
+        self.clock = clock
+        self.background = background
+        self.watchers: dict[str, asyncio.Task[None]] = {}
+        self._started = clock.monotonic()
+        agents.subscribe(self._on_agent)
+
+    # ---- placing
+
+    def dispatch(self, job: Job, task: JobTask, agent: AgentView, layout: RankLayout | None = None) -> None:
+        task.attempt += 1
+        task.agent_task_id = f"{job.id}-r{task.index}-a{task.attempt}"
+        task.node_id, task.cursor, task.progress = agent.node_id, 0, 0.0
+        task.sklearn_version = agent.sklearn_version
+        task.state, task.error, task.exit_cause = TaskRunState.DISPATCHED, "", ""
+        task.started_at, task.finished_at = self.clock.time(), 0.0
+        self.agents.hold(agent.node_id, task.agent_task_id)
+        if job.state is JobState.QUEUED:
+            job.state = JobState.RUNNING
+            job.started_at = job.started_at or self.clock.time()
+            self.events.job_changed(job, "started")
+        self.events.task_event(job, task, f"placed on {agent.name}")
+        self.background.spawn(self._run(job, task, agent, task.agent_task_id, layout))
+
+    def task_spec(self, job: Job, task: JobTask, layout: RankLayout | None = None) -> TaskSpec:
+        spec = job.spec
+        local = layout or RankLayout(0, 0, 0, 0)  # local_world_size 0: alone on its agent
+        return TaskSpec(
+            task_id=task.agent_task_id,
+            job_id=job.id,
+            workload=str(spec["algorithm"]),
+            params=dict(task.params if task.params is not None else spec.get("hyperparameters", {})),
+            rank=task.index,
+            world_size=len(job.tasks),
+            gpus=int(spec.get("gpus", 0)),
+            attempt=task.attempt,
+            dataset=str(spec.get("dataset", "")),
+            dataset_params=dict(spec.get("dataset_params") or {}),
+            partition={"cv": "cv", "gang": "gang", "shards": "shard"}.get(job.mode, ""),
+            single_task=job.mode == "",
+            rendezvous=Rendezvous(**job.rendezvous) if job.mode == "gang" and job.rendezvous else None,
+            local_rank=local.local_rank,
+            local_world_size=local.local_world_size,
+            group_rank=local.group_rank,
+            group_world_size=local.group_world_size,
+            max_restarts=int(spec.get("max_retries", 2)),
+        )
+
+    async def _run(
+        self, job: Job, task: JobTask, agent: AgentView, attempt: str, layout: RankLayout | None = None
+    ) -> None:
+        node = agent.node_id
+        try:
+            spec = await self._with_checkpoint(job, task, self.task_spec(job, task, layout), node)
+            spec = await self._with_script(job, spec, node)
+            spec = await self._with_dataset(spec, node)
+            await self.agents.run_task(node, spec)
+        except AgentBusy as exc:
+            if task.agent_task_id != attempt:
+                return
+            self.agents.release(node, attempt)
+            log.info("agent %s did not take %s (%s); back to the queue", agent.name, attempt, exc)
+            task.stale_attempts.append(attempt)
+            task.state, task.agent_task_id = TaskRunState.PENDING, ""
+            self.events.task_event(job, task, f"not accepted by {agent.name}: {exc}")
+            self.machine.requeue(job, [task], f"rank {task.index} not accepted by {agent.name}")
+            await self.clock.sleep(_REQUEUE_PAUSE)
+            self.machine.wake.set()
+            return
+        except AgentCallError as exc:
+            if task.agent_task_id == attempt:
+                self.agents.release(node, attempt)
+                self.machine.task_finished(job, task, Finished(TaskState.FAILED, "rejected", f"{agent.name}: {exc}"))
+            return
+        self.watch(job, task, attempt)
+
+    async def _with_dataset(self, spec: TaskSpec, node: str) -> TaskSpec:
+        """User data travels to the agent by content (skipped when its cache has it)."""
+        if not is_user_dataset(spec.dataset):
+            return spec
+        digest = spec.dataset[len("user:") :]
+        await self._send_blob(node, digest)
+        return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef(str(spec.dataset_params["file"]), digest)))
+
+    async def _send_blob(self, node: str, sha256: str) -> None:
+        """Get a blob onto an agent: from the object store directly when it can, else through the controller."""
+        if sha256 in await self.agents.has_blobs(node, [sha256]):
+            return
+        blobs = self.artifacts.blobs
+        direct = await blobs.direct_download(sha256)
+        if direct is not None:
+            try:
+                await self.agents.fetch_blob(node, sha256, direct[1], direct[0])
+                return
+            except AgentCallError as exc:
+                log.info("agent could not fetch %s from the object store (%s); sending it", sha256[:12], exc)
+        await self.agents.put_blob(node, await blobs.ensure(sha256))
+
+    async def _with_script(self, job: Job, spec: TaskSpec, node: str) -> TaskSpec:
+        """A script job sends its file to the agent (by content) and names it among the inputs."""
+        script = job.spec.get("script")
+        if not script:
+            return spec
+        digest = await self.agents.put_bytes(node, str(script["source"]).encode())
+        params = {
+            "script": script["name"],
+            "args": script["args"],
+            "requirements": script["requirements"],
+            "sha256": digest,
+        }
+        return dataclasses.replace(spec, params=params, inputs=(*spec.inputs, BlobRef(script["name"], digest)))
+
+    async def _with_checkpoint(self, job: Job, task: JobTask, spec: TaskSpec, node: str) -> TaskSpec:
+        """A re-placed, retried or resumed torch task continues from the job's latest checkpoint."""
+        checkpoints = [a for a in job.artifacts if a.kind == "checkpoint"]
+        if job.mode == "sweep":  # every trial has its own
+            checkpoints = [a for a in checkpoints if a.task_index == task.index]
+        if not checkpoints or get_workload(spec.workload).category not in CHECKPOINTING:
+            return spec
+        latest = max(checkpoints, key=lambda a: a.step)
+        await self.artifacts.copied(latest.sha256, 60)
+        try:
+            await self._send_blob(node, latest.sha256)
+        except FileNotFoundError:
+            log.warning("job %s: checkpoint %s is not in the blob store; starting over", job.id, latest.sha256[:12])
+            return spec
+        self.events.task_event(job, task, f"resuming from the checkpoint of step {latest.step}")
+        return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef("resume.ckpt", latest.sha256)))
+
+    # ---- following
+
+    def watch(self, job: Job, task: JobTask, attempt: str) -> None:
+        if attempt in self.watchers and not self.watchers[attempt].done():
+            return
+        self.watchers[attempt] = asyncio.create_task(self._follow(job, task, attempt), name=f"watch-{attempt}")
+
+    async def _follow(self, job: Job, task: JobTask, attempt: str) -> None:
+        """Stream the attempt's events from its agent, resuming from the stored cursor after any break."""
+        try:
+            while task.agent_task_id == attempt:
+                agent = self.agents.agent(task.node_id)
+                if agent is None or not agent.online:
+                    await asyncio.sleep(_WATCH_RETRY)
+                    continue
+                try:
+                    async for event in self.agents.watch_task(task.node_id, attempt, task.cursor):
+                        if task.agent_task_id != attempt:
+                            return
+                        ended = self.ingest.apply(job, task, event)
+                        if ended is not None:
+                            self.ended(job, task, *ended)
+                            return
+                except TaskUnknown:
+                    if task.agent_task_id == attempt:
+                        lost = Finished(TaskState.FAILED, "worker_lost", "the agent no longer knows this task")
+                        self.ended(job, task, lost)
+                        return
+                    await asyncio.sleep(_WATCH_RETRY)
+                except AgentCallError:
+                    await asyncio.sleep(_WATCH_RETRY)
+        finally:
+            if self.watchers.get(attempt) is asyncio.current_task():
+                del self.watchers[attempt]
+
+    def ended(self, job: Job, task: JobTask, fin: Finished, base: Base | None = None) -> None:
+        self.agents.release(task.node_id, task.agent_task_id)
+        self.machine.task_finished(job, task, fin, dict(base) if base else None)
+
+    # ---- stopping
+
+    def abandon(self, job: Job, task: JobTask, reason: str) -> None:
+        """Stop caring about the current attempt: cancel it on its agent, never count its result."""
+        attempt, node = task.agent_task_id, task.node_id
+        task.stopping = False
+        if not attempt:
+            return
+        task.stale_attempts.append(attempt)
+        watcher = self.watchers.pop(attempt, None)
+        if watcher is not None:
+            watcher.cancel()
+        agent = self.agents.agent(node)
+        if agent is not None:
+            if agent.online:
+                # The slot stays counted as busy until the agent confirms the task has stopped.
+                self.background.spawn(self._cancel_on_agent(agent, attempt, reason))
+            else:
+                self.agents.release(node, attempt)
+        task.agent_task_id = ""
+        self.machine.wake.set()
+
+    async def _cancel_on_agent(self, agent: AgentView, attempt: str, reason: str) -> None:
+        try:
+            await self.agents.cancel_task(agent.node_id, attempt, reason)
+        except AgentCallError as exc:
+            log.info("could not cancel %s on %s: %s", attempt, agent.name, exc)
+        finally:
+            self.agents.release(agent.node_id, attempt)
+            self.machine.wake.set()
+
+    def checkpoint_and_stop(self, job: Job, task: JobTask) -> bool:
+        agent = self.agents.agent(task.node_id)
+        if agent is None or not agent.online:
+            return False
+        self.background.spawn(self._stop_at_checkpoint(job, task, agent, task.agent_task_id))
+        return True
+
+    async def _stop_at_checkpoint(self, job: Job, task: JobTask, agent: AgentView, attempt: str) -> None:
+        """Pause one running attempt: the agent asks the workload to checkpoint and stop, and cancels
+        it after the grace period. The watcher stays, so the checkpoint and the end are recorded."""
+        try:
+            await self.agents.cancel_task(agent.node_id, attempt, "paused by the user", _PAUSE_GRACE)
+        except AgentCallError as exc:
+            if task.agent_task_id == attempt and task.stopping:
+                log.info("job %s: could not pause %s at a checkpoint (%s); cancelling it", job.id, attempt, exc)
+                self.abandon(job, task, "paused by the user")
+                task.state = TaskRunState.PENDING
+                self.events.job_changed(job, "progress")
+
+    # ---- agents coming and going
+
+    def _on_agent(self, kind: str, node_id: str) -> None:
+        if kind != "telemetry":  # an agent's state may have changed (connected, paired, lost, removed)
+            self.metrics.active_workers.set(sum(1 for a in self.agents.agents() if a.online))
+        agent = self.agents.agent(node_id)
+        if kind == "lost":
+            name = agent.name if agent is not None else node_id
+            for job in list(self.machine.jobs.values()):
+                on_it = [t for t in job.tasks if t.state.active and t.node_id == node_id]
+                if on_it and not job.state.terminal:
+                    log.warning("job %s: agent %s lost; re-placing %d task(s)", job.id, name, len(on_it))
+                    self.machine.lose(job, on_it, "agent lost", f"agent {name} lost")
+            self.machine.wake.set()
+        elif kind in ("added", "back", "paired"):
+            self.background.spawn(self.reconcile(node_id))
+            self.machine.wake.set()
+        elif kind == "telemetry" and agent is not None and not agent.placed:
+            self.machine.wake.set()
+
+    async def reconcile(self, node_id: str) -> None:
+        """An agent (re)appeared: re-attach to our current attempts, cancel attempts we moved on from."""
+        current = {}
+        for job in self.machine.jobs.values():
+            for task in job.tasks:
+                if task.state.active and task.node_id == node_id and task.agent_task_id:
+                    current[task.agent_task_id] = (job, task)
+        for attempt, (job, task) in current.items():
+            self.agents.hold(node_id, attempt)
+            self.watch(job, task, attempt)
+        agent = self.agents.agent(node_id)
+        if agent is None or not agent.connected:
+            return
+        try:
+            running = await self.agents.list_tasks(node_id)
+        except AgentCallError:
+            return
+        for attempt, job_id in running:
+            if attempt in current or not job_id.startswith("j") or job_id not in self.machine.jobs:
+                continue
+            log.info("cancelling stale attempt %s on %s", attempt, agent.name)
+            await self._cancel_on_agent(agent, attempt, "superseded by a newer attempt")
+
+    def check_orphans(self) -> None:
+        """After a restart, tasks whose agent has not come back within the grace period run elsewhere."""
+        if self.clock.monotonic() - self._started <= _ORPHAN_GRACE:
+            return
+        for job in list(self.machine.open.values()):
+            orphans = [t for t in job.tasks if t.state.active and self.agents.agent(t.node_id) is None]
+            if orphans and not job.state.terminal:
+                for task in orphans:
+                    self.abandon(job, task, "agent unknown after restart")
+                    task.state = TaskRunState.FAILED
+                self.machine.replace(job, orphans, "its agent did not come back after a controller restart")

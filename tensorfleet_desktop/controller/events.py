@@ -1,0 +1,90 @@
+"""A job's history: every change is numbered, stored through the store's single writer and fanned out to the
+job's watchers and to job listeners (a change a job list would show)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from tensorfleet_agent.security.secrets import redact
+from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobTask
+from tensorfleet_desktop.controller.ports import Clock
+from tensorfleet_desktop.controller.store.base import JobStore
+
+log = logging.getLogger(__name__)
+
+JobListener = Callable[[Job], None]
+
+
+class EventLog:
+    def __init__(self, store: JobStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.gauges_stale = False  # a job changed state: the scheduler recounts the gauges on its next tick
+        self._subscribers: dict[str, set[asyncio.Queue[JobEventRecord]]] = {}
+        self._listeners: list[JobListener] = []
+
+    def add_job_listener(self, fn: JobListener) -> Callable[[], None]:
+        """`fn(job)` runs on the loop after every change a job list shows; call the result to unsubscribe."""
+        self._listeners.append(fn)
+
+        def unsubscribe() -> None:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+        return unsubscribe
+
+    def touched(self, job: Job) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(job)
+            except Exception:  # a listener's bug must not stop the job
+                log.exception("job listener failed")
+
+    def job_changed(self, job: Job, message: str) -> None:
+        self.record(job, "job_state", {}, state=job.state.value, message=message or job.error)
+        self.store.save_job(job)
+        self.gauges_stale = True  # counted on the scheduler's next tick, not once per change
+        self.touched(job)
+
+    def task_event(self, job: Job, task: JobTask, message: str) -> None:
+        self.record(job, "task_state", {"task_index": task.index}, state=task.state.value, message=message)
+        self.store.save_job(job)
+        self.touched(job)
+
+    def record(self, job: Job, kind: str, base: dict[str, Any], **fields: Any) -> None:
+        job.last_event_seq += 1
+        if "message" in fields:
+            fields["message"] = redact(fields["message"])
+        record = JobEventRecord(
+            job_id=job.id, seq=job.last_event_seq, time=self.clock.time(), kind=kind, **{**base, **fields}
+        )
+        attempt = base.get("attempt_id", "")
+        self.store.append_events([record], {attempt: int(base["agent_seq"])} if attempt else {})
+        for queue in self._subscribers.get(job.id, ()):
+            queue.put_nowait(record)
+
+    async def watch(self, job: Job, after_seq: int = 0) -> AsyncIterator[JobEventRecord]:
+        """Replay the stored history after `after_seq`, then follow live until the job ends."""
+        queue: asyncio.Queue[JobEventRecord] = asyncio.Queue()
+        self._subscribers.setdefault(job.id, set()).add(queue)
+        try:
+            await self.store.flush()
+            last = after_seq
+            for record in await self.store.events(job.id, after_seq):
+                last = record.seq
+                yield record
+            while True:
+                if job.state.terminal and queue.empty() and last >= job.last_event_seq:
+                    return
+                try:
+                    record = await asyncio.wait_for(queue.get(), 1.0)
+                except TimeoutError:
+                    continue
+                if record.seq > last:
+                    last = record.seq
+                    yield record
+        finally:
+            self._subscribers[job.id].discard(queue)

@@ -1,0 +1,74 @@
+"""Agent events into the job: each attempt's events are deduplicated by the agent's sequence number against the
+stored cursor (a replay after a reconnect is dropped), applied to the job's summary and recorded in its history."""
+
+from __future__ import annotations
+
+from tensorfleet_agent.core.types import (
+    ArtifactReady,
+    CheckpointSaved,
+    Finished,
+    LogLine,
+    MetricPoint,
+    Progress,
+    StateChanged,
+    TaskEvent,
+    TaskState,
+)
+from tensorfleet_desktop.controller.artifacts import Artifacts
+from tensorfleet_desktop.controller.events import EventLog
+from tensorfleet_desktop.controller.metrics import ControllerMetrics
+from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobTask, TaskRunState
+from tensorfleet_desktop.controller.ports import Clock
+from tensorfleet_desktop.controller.trials import SweepRunner
+
+Base = dict[str, str | int]
+
+
+class Ingest:
+    def __init__(
+        self, events: EventLog, artifacts: Artifacts, sweeps: SweepRunner, metrics: ControllerMetrics, clock: Clock
+    ) -> None:
+        self.events = events
+        self.artifacts = artifacts
+        self.sweeps = sweeps
+        self.metrics = metrics
+        self.clock = clock
+
+    def apply(self, job: Job, task: JobTask, event: TaskEvent) -> tuple[Finished, Base] | None:
+        """Apply one event of the task's current attempt. A new end of the attempt is returned (with the fields
+        its record carries) for the caller to settle; everything else is recorded here."""
+        if event.seq <= task.cursor:
+            return None  # already stored: a replay after a reconnect
+        task.cursor = event.seq
+        p = event.payload
+        base: Base = {"attempt_id": event.task_id, "agent_seq": event.seq, "task_index": task.index}
+        record = self.events.record
+        if isinstance(p, Finished):
+            return p, base
+        if isinstance(p, StateChanged):
+            if p.state is TaskState.RUNNING:
+                task.state = TaskRunState.RUNNING
+            record(job, "task_state", base, state=task.state.value, message=p.message)
+            self.events.touched(job)
+        elif isinstance(p, LogLine):
+            record(job, "log", base, stream=p.stream, message=p.line)
+        elif isinstance(p, MetricPoint):
+            if job.mode != "gang" or task.index == 0:  # in a gang, rank 0 speaks for the job
+                job.metrics[p.name] = p.value
+                self.metrics.observe_metric(job.id, p.name, p.value)
+            task.metrics[p.name] = p.value
+            record(job, "metric", base, step=p.step, name=p.name, value=p.value, wall_time=p.wall_time)
+            self.events.touched(job)
+            self.sweeps.judge(job, task, p)
+        elif isinstance(p, Progress):
+            task.progress = p.fraction
+            record(job, "progress", base, value=p.fraction)
+            self.events.touched(job)
+        elif isinstance(p, ArtifactReady | CheckpointSaved):
+            kind = p.kind if isinstance(p, ArtifactReady) else "checkpoint"
+            step = p.step if isinstance(p, CheckpointSaved) else 0
+            saved = ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step, self.clock.time())
+            self.artifacts.on_saved(job, task, saved)
+            record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))
+            self.events.touched(job)
+        return None

@@ -1,0 +1,97 @@
+"""Sweeps: each sweep job's Optuna study asks for trials while slots are free and its budget lasts, hears each
+trial's result, and may prune a trial that reports a hopeless intermediate score."""
+
+from __future__ import annotations
+
+from tensorfleet_agent.core.types import MetricPoint
+from tensorfleet_agent.workloads.registry import get_workload
+from tensorfleet_desktop.controller.events import EventLog
+from tensorfleet_desktop.controller.jobs import JobMachine
+from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.sweep import Study, parse_sweep
+
+
+class SweepRunner:
+    def __init__(self, machine: JobMachine, events: EventLog) -> None:
+        self.machine = machine
+        self.events = events
+        self._studies: dict[str, Study] = {}
+
+    def study(self, job: Job) -> Study:
+        """The job's Optuna study; after a restart it is rebuilt from the stored trials."""
+        study = self._studies.get(job.id)
+        if study is None:
+            sweep = {k: v for k, v in job.spec["sweep"].items() if k != "budget"}
+            workload = get_workload(str(job.spec["algorithm"]))
+            regression = sweep["metric"] in ("r2", "rmse", "mae", "train_r2")
+            study = self._studies[job.id] = Study(parse_sweep(sweep, workload, regression))
+            metric = str(sweep["metric"])
+            for task in job.tasks:
+                params = {k: (task.params or {})[k] for k in sweep["params"]}
+                if task.state is TaskRunState.SUCCEEDED:
+                    study.replay(params, task.metrics.get(metric))
+                elif task.state in (TaskRunState.FAILED, TaskRunState.CANCELLED):
+                    study.replay(params, None)
+                else:
+                    study.resume(task.index, params)
+        return study
+
+    def forget(self, job: Job) -> None:
+        self._studies.pop(job.id, None)
+
+    def tell(self, job: Job, task: JobTask, value: float | None) -> None:
+        self.study(job).tell(task.index, value)
+
+    def feed(self, job: Job, parallel: int) -> None:
+        """Ask Optuna for trials while slots are free (`parallel` of them could run the workload) and the
+        budget lasts; finish the job when all are in."""
+        sweep = job.spec["sweep"]
+        study = self.study(job)
+        in_flight = [t for t in job.tasks if t.state is TaskRunState.PENDING or t.state.active]
+        deadline = (job.started_at or job.created_at) + float(sweep["timeout"]) if sweep.get("timeout") else None
+        expired = deadline is not None and self.machine.clock.time() > deadline
+        if expired:
+            for task in [t for t in in_flight if t.state is TaskRunState.PENDING]:
+                task.state, task.error = TaskRunState.CANCELLED, "sweep timeout"
+                study.tell(task.index, None)
+                self.events.task_event(job, task, "not started: sweep timeout")
+            in_flight = [t for t in in_flight if t.state.active]
+        pending = sum(1 for t in in_flight if t.state is TaskRunState.PENDING)
+        while not expired and len(job.tasks) < int(sweep["budget"]) and pending < max(1, parallel):
+            index = len(job.tasks)
+            trial = study.ask(index)
+            task = JobTask(index=index, params={**job.spec.get("hyperparameters", {}), **trial})
+            job.tasks.append(task)
+            pending += 1
+            in_flight.append(task)
+            self.events.task_event(job, task, f"trial {index}: {trial}")
+        if in_flight or (not expired and len(job.tasks) < int(sweep["budget"])):
+            return
+        metric, best = str(sweep["metric"]), None
+        scored = [t for t in job.tasks if t.state is TaskRunState.SUCCEEDED and metric in t.metrics]
+        if scored:
+            pick = max if sweep["direction"] == "maximize" else min
+            best = pick(scored, key=lambda t: t.metrics[metric])
+        if best is None:
+            self.machine.finish(job, JobState.FAILED, f"no trial succeeded ({len(job.tasks)} tried)")
+            return
+        job.metrics = {**best.metrics, "best_trial": float(best.index), "trials_completed": float(len(scored))}
+        self.machine.succeed(job)
+        self._studies.pop(job.id, None)
+
+    def judge(self, job: Job, task: JobTask, point: MetricPoint) -> None:
+        """An intermediate score of a running trial: stop it when Optuna judges it hopeless at this step."""
+        sweep = job.spec.get("sweep") or {}
+        judged = sweep.get("prune") and point.name == sweep["metric"] and task.state.active
+        if not judged or not self.study(job).report(task.index, point.step, point.value):
+            return
+        self.machine.effects.abandon(job, task, "pruned by the sweep")
+        task.state, task.exit_cause, task.finished_at = TaskRunState.CANCELLED, "pruned", self.machine.clock.time()
+        task.error = (
+            f"pruned at step {point.step}: {point.name}={point.value:.4f} "
+            "is worse than the median of completed trials at that step"
+        )
+        self.study(job).prune(task.index)
+        self.events.task_event(job, task, f"trial {task.index} {task.error}")
+        self.events.job_changed(job, "progress")
+        self.machine.wake.set()
