@@ -57,7 +57,8 @@ TORCH_JOB: dict[str, Any] = {
 LOOPBACK = "127.0.0.1"
 
 
-def run_demo(data_dir: Path | None, as_json: bool) -> int:
+def run_demo(data_dir: Path | None, as_json: bool) -> bool:
+    """Whether every demo job succeeded (the command's exit code says it)."""
     if data_dir is not None:
         return asyncio.run(_demo(data_dir, as_json))
     with tempfile.TemporaryDirectory(prefix="tensorfleet-demo-") as tmp:
@@ -96,7 +97,7 @@ def _start_agent(data_dir: Path, name: str, cluster_token: str) -> tuple[subproc
     return proc, ready
 
 
-async def _demo(data_dir: Path, as_json: bool) -> int:
+async def _demo(data_dir: Path, as_json: bool) -> bool:
     console = Console(stderr=True, highlight=False)
     started = time.monotonic()
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
@@ -162,7 +163,7 @@ async def _demo(data_dir: Path, as_json: bool) -> int:
                 (r["model_sha256"] or "-")[:16],
             )
         Console(highlight=False, width=max(140, Console().width)).print(table)
-    return 0 if ok else 1
+    return ok
 
 
 def _row(job: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from tensorfleet_desktop.cli import exit_codes
 from tensorfleet_desktop.cli.output import add_format_flags
 
 
@@ -19,4 +20,4 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from tensorfleet_desktop.demo import run_demo
 
-    return run_demo(args.data_dir, args.json)
+    return exit_codes.OK if run_demo(args.data_dir, args.json) else exit_codes.JOB_FAILED
