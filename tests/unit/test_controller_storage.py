@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -80,6 +81,11 @@ def _script(source_bytes: int = 20_000) -> dict[str, Any]:
     return {"algorithm": "script", "script": {"name": "s.py", "source": "# padding " + "x" * source_bytes}}
 
 
+def _controller(store: SqliteJobStore, blobs: BlobStore) -> Controller:
+    fleet = Fleet()
+    return Controller(store, fleet, blobs, ControllerMetrics(), agents=FleetAgents(fleet))
+
+
 @pytest.fixture
 def disk(monkeypatch: pytest.MonkeyPatch) -> FullDisk:
     return FullDisk(monkeypatch)
@@ -91,7 +97,7 @@ async def controller(tmp_path: Path, disk: FullDisk) -> AsyncIterator[Controller
     await store.open()
     blobs = BlobStore(tmp_path / "blobs")
     await blobs.open()
-    controller = Controller(store, Fleet(), blobs, ControllerMetrics())
+    controller = _controller(store, blobs)
     await controller.start()
     yield controller
     await controller.stop()
@@ -233,12 +239,13 @@ async def test_a_damaged_blob_at_its_destination_is_fetched_again_from_the_agent
     agent = _Agent(data)
     record = AgentRecord(node_id="n1", address="127.0.0.1:1", source="manual", state=AgentState.ONLINE)
     record.client = agent  # type: ignore[assignment]
+    controller.fleet.agents[record.node_id] = record
     dest = controller.blobs.path(sha)
     dest.parent.mkdir(parents=True)
     dest.write_bytes(data[: len(data) // 2])  # a crash or a bad disk cut it short
-    await controller._fetch_blob(record, sha)
+    await controller.artifacts.fetch_blob("n1", sha)
     assert dest.read_bytes() == data and agent.sent == 1
-    await controller._fetch_blob(record, sha)  # intact now: not copied again
+    await controller.artifacts.fetch_blob("n1", sha)  # intact now: not copied again
     assert agent.sent == 1
 
 
@@ -270,10 +277,10 @@ async def test_a_job_stopped_while_saving_its_model_finishes_after_a_restart(tmp
     await store.insert_job(job)
     blobs = BlobStore(tmp_path / "blobs")
     await blobs.open()
-    controller = Controller(store, Fleet(), blobs, ControllerMetrics())
+    controller = _controller(store, blobs)
     await controller.start()
     try:
-        await asyncio.wait_for(asyncio.gather(*controller._background), 10)  # its registration
+        await asyncio.wait_for(controller.background.idle(), 10)  # its registration
         assert controller.get("j1").state is JobState.SUCCEEDED
     finally:
         await controller.stop()
@@ -288,25 +295,24 @@ def test_a_disk_full_oserror_names_the_controllers_data_dir_and_its_free_space(t
 
     import grpc
 
-    from tensorfleet_desktop.controller import service
+    from tensorfleet_desktop.controller import rpc_errors
 
     data_dir = tmp_path / "controller"
     data_dir.mkdir()
-    old = service._DATA_DIR[0]
-    service._DATA_DIR[0] = data_dir
+    rpc_errors.set_data_dir(data_dir)
     try:
         for exc in (
             OSError(errno.ENOSPC, "No space left on device"),
             OSError(errno.ENOSPC, "No space left on device", "tensorfleet.db-journal"),
             OSError(errno.ENOSPC, "No space left on device", str(data_dir / "blobs" / "ab" / "x.part")),
         ):
-            code, message = service._status_of(exc)
+            code, message = rpc_errors.status_of(exc)
             assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
             found = re.fullmatch(r"controller data dir full \((\d+) MiB free in (.+)\)", message)
             assert found is not None and Path(found[2]) == data_dir, message
             assert abs(int(found[1]) - (shutil.disk_usage(data_dir).free >> 20)) < 64, message
     finally:
-        service._DATA_DIR[0] = old
+        rpc_errors.set_data_dir(None)
 
 
 def _job_with_artifact(controller: Controller, data: bytes, name: str = "model.skops") -> tuple[Job, Any, _Agent]:
@@ -423,13 +429,13 @@ async def test_two_copies_of_one_blob_into_one_destination_do_not_share_a_tempor
 
 
 async def test_a_job_saving_its_model_cannot_be_paused(controller: Controller) -> None:
-    from tensorfleet_desktop.controller.core import JobError
+    from tensorfleet_desktop.controller.errors import JobError
 
     job, _artifact, _agent = _job_with_artifact(controller, b"model bytes " * 100)
     job.state = JobState.RUNNING
     job.tasks[0].state = TaskRunState.SUCCEEDED
     del controller.fleet.agents["n1"]  # its agent is away: the save is retried, the job stays RUNNING meanwhile
-    controller._succeed(job)
+    controller.machine.succeed(job)
     await asyncio.sleep(0)
     assert job.state is JobState.RUNNING
     with pytest.raises(JobError, match="all tasks of j-art are done; the job is saving its model"):
