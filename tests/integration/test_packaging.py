@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -44,8 +45,16 @@ def test_editable_install_maps_agent_folder() -> None:
 def test_built_wheel_installs_tensorfleet_agent(tmp_path: Path) -> None:
     pytest.importorskip("build", reason="the dev extra builds wheels")
     dist = tmp_path / "dist"
+    # from a copy of the sources: a build in the tree reuses build/lib, where a module since moved or deleted
+    # lingers and ships in the wheel
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("agent", "tensorfleet_desktop"):
+        shutil.copytree(ROOT / name, source / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
