@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tensorfleet_agent.core.types import MetricPoint
+from tensorfleet_agent.runtime.journal import EVENTS_FILE, read_events
+
 
 def _journal_metrics(tasks_dirs: Iterable[Path], attempt: str) -> set[tuple[str, int]] | None:
     """The (name, step) of every metric an agent journaled for an attempt; None if no journal has it."""
     for tasks in tasks_dirs:
-        path = tasks / attempt / "events.jsonl"
+        path = tasks / attempt / EVENTS_FILE
         if path.exists():
-            events = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-            return {(e["name"], e["step"]) for e in events if e["kind"] == "metric"}
+            return {(e.payload.name, e.payload.step) for e in read_events(path) if isinstance(e.payload, MetricPoint)}
     return None
 
 

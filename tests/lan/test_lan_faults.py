@@ -9,7 +9,6 @@ twice; and records its figures (detection and recovery times), printed at the en
 from __future__ import annotations
 
 import csv
-import json
 import random
 import shutil
 import time
@@ -23,6 +22,8 @@ from helpers.history import first_event_after
 from helpers.lan import Lan
 from helpers.lan_cluster import LanCluster, fill_disk, small_tmpfs
 from helpers.waiting import wait_until
+from tensorfleet_agent.core.types import Finished
+from tensorfleet_agent.runtime.journal import EVENTS_FILE, read_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.lan]
 LAN_HOSTS = ["ctl", "h1", "h2", "h3", "h4"]
@@ -59,12 +60,10 @@ def _wall(job: dict[str, Any]) -> float:
 
 def _journal_end(cluster: LanCluster, host: str, attempt: str) -> dict[str, Any] | None:
     """The last event an agent wrote to an attempt's journal, if that is its end (`finished`)."""
-    path = cluster.data_dirs[host] / "tasks" / attempt / "events.jsonl"
-    if not path.exists():
-        return None
-    lines = path.read_text().splitlines()
-    last: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    return last if last.get("kind") == "finished" else None
+    path = cluster.data_dirs[host] / "tasks" / attempt / EVENTS_FILE
+    events = read_events(path) if path.exists() else []
+    end = events[-1].payload if events else None
+    return {"status": end.status.value, "exit_cause": end.exit_cause} if isinstance(end, Finished) else None
 
 
 def test_agent_killed_mid_sweep_then_restarted_with_its_identity(
