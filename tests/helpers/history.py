@@ -43,14 +43,18 @@ def check_history(client: Any, job_id: str, agent_data_dirs: Iterable[Path] = ()
     tasks_dirs = [Path(d) / "tasks" for d in agent_data_dirs]
     if tasks_dirs:
         final = {t["agent_task_id"] for t in client.job(job_id)["task_list"] if t["state"] == "SUCCEEDED"}
+        compared = 0
         for attempt in final | set(stored):
             journaled = _journal_metrics(tasks_dirs, attempt)
             if journaled is None:
                 continue  # e.g. an agent whose disk is gone
+            compared += attempt in final
             have = set(stored.get(attempt, []))
             assert have <= journaled, f"{attempt}: stored points its agent never journaled"
             if attempt in final:
                 assert have == journaled, f"{attempt}: {len(journaled - have)} journaled point(s) never stored"
+        # a journal format the helper cannot read must not turn the comparison into a silent no-op
+        assert compared or not final, f"no agent journal found for the finished attempts {sorted(final)}"
     return events
 
 
