@@ -1,7 +1,8 @@
 """Live metric curves with pyqtgraph.
 
-Points are buffered and drawn at most 10 times a second, with downsampling and clip-to-view, so a
-100k-point curve stays smooth (DESIGN facts: 6.4 ms a frame plain, 1.7 ms this way).
+Points arrive a batch at a time (docs/architecture.md, 'The path of a metric point'), are appended to numpy
+buffers in one go and drawn at most 10 times a second, with downsampling and clip-to-view, so a 100k-point curve
+stays smooth (measured: 6.4 ms a frame plain, 1.7 ms this way).
 """
 
 from __future__ import annotations
