@@ -1,0 +1,90 @@
+"""The controller core in process: placement of single tasks, the queue, gangs and constraints (the rules the
+real-process scenarios in tests/integration/test_controller*.py exercise across processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers.core_harness import core, ended, until
+from helpers.fake_agents import FakeAgents, FakeClock
+from tensorfleet_agent.core.types import MetricPoint, Progress, TaskState
+from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
+
+
+async def test_a_job_runs_on_an_agent_and_its_events_become_its_history(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        changes: list[str] = []
+        controller.add_job_listener(lambda job: changes.append(job.state.value))
+        job = await controller.submit({"algorithm": "noop"}, "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        assert attempt == f"{job.id}-r0-a1" and job.tasks[0].node_id == "a1"
+        agents.send(attempt, Progress(0.5), MetricPoint(1, "loss", 0.25, 0.0))
+        await until(controller, lambda: job.metrics.get("loss") == 0.25)
+        assert job.tasks[0].progress == 0.5
+        agents.send(attempt, Progress(0.5))  # a replay after a reconnect carries old seqs: here a new one
+        agents.finish(attempt)
+        assert await ended(controller, job) is JobState.SUCCEEDED
+        assert changes[0] == "QUEUED" and "RUNNING" in changes and changes[-1] == "SUCCEEDED"
+        kinds = [e.kind async for e in controller.watch(job.id)]
+        assert kinds.count("metric") == 1 and kinds.count("progress") == 2 and kinds[-1] == "job_state"
+        assert agents.fleet["a1"].placed == set()  # the slot is free again
+
+
+async def test_jobs_wait_for_a_free_slot_and_run_in_order(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        first = await controller.submit({"algorithm": "noop"}, "me")
+        second = await controller.submit({"algorithm": "noop"}, "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        controller.placement.schedule()  # a pass with no free slot places nothing
+        assert agents.running() == [f"{first.id}-r0-a1"] and second.state is JobState.QUEUED
+        agents.finish(agents.running()[0])
+        await agents.wait(lambda: agents.running() == [f"{second.id}-r0-a1"])
+        agents.finish(agents.running()[0])
+        assert await ended(controller, second) is JobState.SUCCEEDED
+
+
+async def test_a_gang_is_placed_whole_once_every_rank_has_a_slot(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        gang = await controller.submit({"algorithm": "noop", "num_workers": 2}, "me")
+        controller.placement.schedule()
+        assert [t.state for t in gang.tasks] == [TaskRunState.PENDING] * 2  # one slot: no rank starts alone
+        agents.add("a2")
+        await agents.wait(lambda: len(agents.running()) == 2)
+        assert {t.node_id for t in gang.tasks} == {"a1", "a2"}
+        spec = agents.task(gang.tasks[0].agent_task_id).spec
+        assert spec.world_size == 2 and spec.rendezvous is not None and spec.rendezvous.master_addr.startswith("10.")
+        for attempt in agents.running():
+            agents.finish(attempt)
+        assert await ended(controller, gang) is JobState.SUCCEEDED
+
+
+async def test_constraints_pick_the_agent(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=4)
+    agents.add("a2", slots=4, zone="lab")
+    async with core(tmp_path, agents, clock) as controller:
+        on = await controller.submit({"algorithm": "noop", "constraints": {"on": ["a2"]}}, "me")
+        labelled = await controller.submit({"algorithm": "noop", "constraints": {"labels": {"zone": "lab"}}}, "me")
+        avoiding = await controller.submit({"algorithm": "noop", "constraints": {"not_on": ["a2"]}}, "me")
+        await agents.wait(lambda: len(agents.running()) == 3)
+        assert [j.tasks[0].node_id for j in (on, labelled, avoiding)] == ["a2", "a2", "a1"]
+
+
+async def test_a_cross_validation_job_runs_its_folds_in_parallel_and_summarises_them(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=3)
+    async with core(tmp_path, agents, clock) as controller:
+        job: Job = await controller.submit({"algorithm": "decision_tree", "dataset": "iris", "cv": 3}, "me")
+        await agents.wait(lambda: len(agents.running()) == 3)
+        for i, attempt in enumerate(agents.running()):
+            agents.send(attempt, MetricPoint(0, "acc", 0.5 + 0.1 * i, 0.0))
+            agents.finish(attempt, TaskState.SUCCEEDED)
+        assert await ended(controller, job) is JobState.SUCCEEDED
+        assert abs(job.metrics["acc"] - 0.6) < 1e-9 and job.metrics["acc_std"] > 0
