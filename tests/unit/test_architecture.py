@@ -1,4 +1,5 @@
-"""Arrows point down: the agent never imports Qt or the desktop package (DESIGN decision 2)."""
+"""Arrows point down (docs/architecture.md, "Layers and imports"): the agent never imports Qt or the desktop
+package; the controller core never imports gRPC or protobuf."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ HEAVY = ("torch", "pymongo", "minio", "PySide6", "pyqtgraph", "safetensors")
 
 
 def _imports(path: Path) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
@@ -93,9 +94,9 @@ def test_generated_protobuf_stays_at_the_edge() -> None:
         "agent/rpc/service.py",
         "agent/rpc/client.py",
         "agent/security/interceptor.py",
-        "tensorfleet_desktop/controller/convert.py",
         "tensorfleet_desktop/controller/service.py",
-        "tensorfleet_desktop/client.py",
+        "tensorfleet_desktop/wire.py",
+        "tensorfleet_desktop/client/aio.py",
     }
     users = set()
     for folder in ("agent", "tensorfleet_desktop"):
@@ -120,3 +121,75 @@ def test_the_gui_is_a_client_of_the_controller_service() -> None:
             ):
                 offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not offenders, offenders
+
+
+#: The controller's edge: the gRPC service and the one table from core errors to status codes, the fleet of agent
+#: connections and its AgentPort adapter, the TLS/token security, the app that wires them (and its Prometheus
+#: file_sd writer, which reads the fleet). Everything else in controller/ is the core: it knows no wire.
+CONTROLLER_EDGE = {
+    "service.py",
+    "rpc_errors.py",
+    "agent_link.py",
+    "fleet.py",
+    "security.py",
+    "app.py",
+    "prometheus_sd.py",
+}
+WIRE_PACKAGES = ("grpc", "grpc_health", "grpc_reflection", "google.protobuf", "tensorfleet_agent._generated")
+WIRE_MODULES = (
+    "tensorfleet_agent.rpc",
+    *(f"tensorfleet_desktop.controller.{name.removesuffix('.py')}" for name in sorted(CONTROLLER_EDGE)),
+)
+
+
+def _core_modules() -> list[Path]:
+    controller = ROOT / "tensorfleet_desktop" / "controller"
+    return sorted(p for p in controller.rglob("*.py") if p.relative_to(controller).as_posix() not in CONTROLLER_EDGE)
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """What the module imports when it runs: `if TYPE_CHECKING:` blocks left out."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_controller_core_imports_no_grpc_and_no_protobuf() -> None:
+    """The core raises its own errors and talks to agents through the AgentPort; gRPC stays at the edge."""
+    offenders = []
+    for path in _core_modules():
+        for name in _runtime_imports(path):
+            if name.startswith(WIRE_PACKAGES + WIRE_MODULES):
+                offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_importing_the_controller_core_loads_no_grpc_even_indirectly() -> None:
+    modules = [
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in _core_modules()
+        if p.name != "mongo.py"  # needs pymongo, which imports no gRPC either; not installed everywhere
+    ]
+    script = textwrap.dedent(
+        f"""
+        import importlib, sys
+        for name in {modules!r}:
+            importlib.import_module(name)
+        wire = {WIRE_PACKAGES + WIRE_MODULES!r}
+        loaded = sorted(m for m in sys.modules if m.startswith(wire))
+        assert not loaded, loaded
+        print("clean")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "clean" in out.stdout
