@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 MAX_SPEC_JSON = 1 << 20
 MAX_DATASET_BYTES = 8 << 30
-COALESCE_SECONDS = 0.05  # WatchJobs: how long a change waits for others to go out with it
+COALESCE_SECONDS = 0.05  # WatchJob(s): how long a live change waits for others to go out with it
 
 
 _unary = handlers.unary(status_of)
@@ -56,9 +56,9 @@ def _json_object(text: str, field: str) -> dict[str, Any]:
     return value
 
 
-async def _batches(items: AsyncIterator[R], limit: int) -> AsyncIterator[list[R]]:
-    """The items as they come, grouped: what arrived while the previous group was being sent goes out together
-    (a replay in groups of `limit`, a fast live stream in as few messages as it takes)."""
+async def _batches(items: AsyncIterator[R], limit: int, window: float) -> AsyncIterator[list[R]]:
+    """The items as they come, grouped: what is there already goes out together (a replay in groups of `limit`),
+    and a live item waits `window` seconds for others (a metric every few ms: one message, not one each)."""
     queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(limit)
 
     async def pump() -> None:
@@ -75,6 +75,8 @@ async def _batches(items: AsyncIterator[R], limit: int) -> AsyncIterator[list[R]
         while True:
             group: list[R] = []
             more, item = await queue.get()
+            if more and queue.empty():
+                await asyncio.sleep(window)
             while more:
                 group.append(item)
                 if queue.empty() or len(group) >= limit:
@@ -141,7 +143,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         if request.after_seq < 0:
             raise ValidationError("after_seq", f"must be >= 0, got {request.after_seq}")
         job = self.c.get(request.job_id)
-        async for records in _batches(self.c.watch(job.id, request.after_seq), wire.MAX_BATCH):
+        async for records in _batches(self.c.watch(job.id, request.after_seq), wire.MAX_BATCH, COALESCE_SECONDS):
             for event in wire.job_events_to_pb(records, job, self._names()):
                 yield event
 
