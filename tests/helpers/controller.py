@@ -130,3 +130,8 @@ def tensorfleet(*args: str, timeout: float = 120.0) -> subprocess.CompletedProce
 def cli_json(result: subprocess.CompletedProcess[str]) -> Any:
     assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
     return json.loads(result.stdout)
+
+
+def online(client: Any) -> dict[str, dict[str, Any]]:
+    """The client's ONLINE agents by name."""
+    return {a["name"]: a for a in client.agents() if a["state"] == "ONLINE"}
