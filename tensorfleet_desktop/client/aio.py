@@ -96,11 +96,14 @@ class AsyncClient:
 
     async def _stream(self, method: str, request: Any, convert: Callable[[Any], T]) -> AsyncIterator[T]:
         stub = await self._stub()
+        call = getattr(stub, method)(request, metadata=self._metadata)
         try:
-            async for msg in getattr(stub, method)(request, metadata=self._metadata):
+            async for msg in call:
                 yield convert(msg)
         except grpc.RpcError as exc:
             raise translate(exc, self.address) from None
+        finally:
+            call.cancel()  # a caller that stops reading ends the stream now, not when the call is collected
 
     # ---- jobs
 
