@@ -22,10 +22,9 @@ from tensorfleet_desktop.controller.artifacts import Artifacts
 from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.background import Background
 from tensorfleet_desktop.controller.dataset_catalog import DatasetCatalog
-from tensorfleet_desktop.controller.errors import JobError, NotFoundError
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.ingest import Ingest
-from tensorfleet_desktop.controller.jobs import JobMachine, cv_summary, job_summary, retry_delay
+from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.jobspec import parse_job_spec
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobTask
@@ -232,6 +231,3 @@ def _free_bytes(path: Path) -> int | None:
         return shutil.disk_usage(path).free
     except OSError:  # not created yet (an object store's cache)
         return None
-
-
-__all__ = ["Controller", "JobError", "NotFoundError", "cv_summary", "job_summary", "retry_delay"]

@@ -66,7 +66,7 @@ def test_cross_validation_spec() -> None:
 
 
 def test_cv_summary_is_mean_and_std() -> None:
-    from tensorfleet_desktop.controller.core import cv_summary
+    from tensorfleet_desktop.controller.jobs import cv_summary
 
     summary = cv_summary([{"acc": 0.8, "t": 1.0}, {"acc": 1.0, "t": 3.0}])
     assert summary == pytest.approx({"acc": 0.9, "acc_std": 0.1, "t": 2.0, "t_std": 1.0})

@@ -4,7 +4,7 @@ the 30 s cap would take a minute of failures there.)"""
 
 from __future__ import annotations
 
-from tensorfleet_desktop.controller.core import retry_delay
+from tensorfleet_desktop.controller.jobs import retry_delay
 
 
 def test_the_delay_doubles_from_1s_and_stops_at_30s() -> None:
