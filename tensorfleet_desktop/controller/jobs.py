@@ -328,28 +328,3 @@ def cv_summary(folds: list[dict[str, float]]) -> dict[str, float]:
         out[name] = mean
         out[f"{name}_std"] = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
     return out
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    """The keys `tensorfleet status --json` promises."""
-    model = None
-    if job.model:
-        model = dict(job.model)
-    return {
-        "id": job.id,
-        "name": job.name,
-        "state": job.state.value,
-        "progress": round(job.progress, 4),
-        "tasks": {
-            "total": len(job.tasks),
-            "completed": sum(1 for t in job.tasks if t.state is TaskRunState.SUCCEEDED),
-            "failed": sum(1 for t in job.tasks if t.state is TaskRunState.FAILED),
-            "attempts": sum(t.attempt for t in job.tasks),
-        },
-        "metrics": dict(job.metrics),
-        "model": model,
-        "error": job.error,
-        "created_at": job.created_at,
-        "started_at": job.started_at or None,
-        "finished_at": job.finished_at or None,
-    }
