@@ -30,7 +30,10 @@ def check_history(client: Any, job_id: str, agent_data_dirs: Iterable[Path] = ()
       with has every metric point its agent journaled, and no attempt has a point its agent never wrote.
     """
     events: list[dict[str, Any]] = list(client.watch(job_id))  # the SDK streams: keep what it sent
-    seqs = [e["seq"] for e in events]
+    seqs: list[int] = []
+    for e in events:  # a batch of metric points or log lines carries one record seq per row
+        rows = e.get("points") if e["kind"] == "metrics" else e.get("lines") if e["kind"] == "logs" else None
+        seqs.extend([row["seq"] for row in rows] if rows is not None else [e["seq"]])
     assert seqs == list(range(1, len(seqs) + 1)), f"event sequence has a gap or a repeat: {seqs}"
     succeeded = Counter(e["task_index"] for e in events if e["kind"] == "task_state" and e["state"] == "SUCCEEDED")
     twice = {index: n for index, n in succeeded.items() if n > 1}
