@@ -135,3 +135,10 @@ def cli_json(result: subprocess.CompletedProcess[str]) -> Any:
 def online(client: Any) -> dict[str, dict[str, Any]]:
     """The client's ONLINE agents by name."""
     return {a["name"]: a for a in client.agents() if a["state"] == "ONLINE"}
+
+
+def record_seqs(event: dict[str, Any]) -> list[int]:
+    """The seqs of the stored records a streamed job event carries: a batch of metric points or log lines
+    carries each record's own."""
+    batch = event.get("points") or event.get("lines")
+    return [row["seq"] for row in batch] if batch else [event["seq"]]

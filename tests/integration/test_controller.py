@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from helpers.agents import AgentProcess
-from helpers.controller import ControllerProcess, cli_json, online
+from helpers.controller import ControllerProcess, cli_json, online, record_seqs
 from helpers.waiting import wait_until
 from tensorfleet_agent.workloads.datasets import data_sha256
 from tensorfleet_agent.workloads.datasets import load as load_dataset
@@ -82,8 +82,9 @@ def test_sdk_submit_emit_stores_every_point_once(
         steps = [p["step"] for p in client.metrics(job["id"]) if p["name"] == "value"]
         assert steps == list(range(500))
         events = list(client.watch(job["id"]))
-        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-        assert sum(e["kind"] == "metric" for e in events) == 500
+        seqs = [seq for e in events for seq in record_seqs(e)]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert sum(len(e["points"]) for e in events if e["kind"] == "metrics") == 500
 
 
 def test_cancel_pause_resume_resubmit(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
@@ -173,7 +174,7 @@ def test_controller_killed_and_restarted_mid_job(
         assert final["state"] == "SUCCEEDED" and final["tasks"]["attempts"] == 1  # re-attached, not re-run
         steps = [p["step"] for p in client.metrics(job["id"]) if p["name"] == "value"]
         assert steps == list(range(400)), "the stored series has a gap or a duplicate"
-        seqs = [e["seq"] for e in client.watch(job["id"])]
+        seqs = [seq for e in client.watch(job["id"]) for seq in record_seqs(e)]
         assert seqs == list(range(1, len(seqs) + 1))
 
 

@@ -44,12 +44,13 @@ def _check_whole(client: Client, job_id: str, agent_dir: Path) -> None:
     assert job["tasks"]["attempts"] == len(job["task_list"]), "a task was run again instead of carrying on"
     for task in job["task_list"]:
         journal = _journal(agent_dir, task["agent_task_id"])
-        mine = [e for e in events if e["task_index"] == task["index"]]
-        stored_logs = [e["message"] for e in mine if e["kind"] == "log" and e["stream"] != "controller"]
+        logs = [row for e in events if e["kind"] == "logs" for row in e["lines"] if row["task_index"] == task["index"]]
+        stored_logs = [row["line"] for row in logs if row["stream"] != "controller"]
         assert stored_logs == [e.payload.line for e in journal if isinstance(e.payload, LogLine)], (
             "log lines lost/repeated"
         )
-        stored_progress = [e["value"] for e in mine if e["kind"] == "progress"]
+        mine = [e for e in events if e["kind"] == "progress" and e["task_index"] == task["index"]]
+        stored_progress = [e["fraction"] for e in mine]
         journaled = [e.payload.fraction for e in journal if isinstance(e.payload, Progress)]
         assert stored_progress == journaled, "progress lost or repeated"
 
@@ -134,7 +135,10 @@ def test_graceful_stop_with_jobs_running_then_restart(
     journaled = sum(isinstance(e.payload, MetricPoint) for e in _journal(remote.data_dir, attempts["remote"]))
     controller.start()
     with Client(controller.address) as client:  # re-attached: what the task reported meanwhile, then live
-        remote_value = lambda: client.job(ids["remote"])["metrics"].get("value", -1)  # noqa: E731
+
+        def remote_value() -> float:
+            return float(client.job(ids["remote"])["metrics"].get("value", -1))
+
         wait_until(lambda: remote_value() > journaled, 30, "the remote task followed")
         go["remote"].touch()
         for side, job_id in ids.items():
