@@ -1,6 +1,6 @@
 """The fleet: every agent the controller knows, one entry per node id, and its liveness.
 
-Liveness comes from each agent's telemetry stream (DESIGN decision 7): a stream that
+Liveness comes from each agent's telemetry stream (docs/architecture.md, "Processes and who dials whom"): a stream that
 breaks and cannot be re-opened, or max(3 s, 3 x period) of silence, marks it LOST.
 mDNS only tells us where agents are, never whether they are alive.
 """

@@ -1,4 +1,5 @@
-"""Hyperparameter sweeps: Optuna ask/tell in the controller, each trial a task (DESIGN decision 8).
+"""Hyperparameter sweeps: Optuna ask/tell in the controller, each trial a task (docs/architecture.md,
+"The path of a job").
 
 The study lives in memory and is rebuilt from the stored trials after a controller restart, so a
 sweep continues where it stopped. Search spaces come from `--sweep PARAM=SPEC`:
