@@ -88,3 +88,51 @@ async def test_a_cross_validation_job_runs_its_folds_in_parallel_and_summarises_
             agents.finish(attempt, TaskState.SUCCEEDED)
         assert await ended(controller, job) is JobState.SUCCEEDED
         assert abs(job.metrics["acc"] - 0.6) < 1e-9 and job.metrics["acc_std"] > 0
+
+
+async def test_small_jobs_backfill_while_a_bigger_gang_waits(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    for node in ("a1", "a2"):
+        agents.add(node)
+    async with core(tmp_path, agents, clock) as controller:
+        gang = await controller.submit({"algorithm": "noop", "num_workers": 3, "priority": 10}, "me")
+        small = await controller.submit({"algorithm": "noop"}, "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        assert agents.running() == [f"{small.id}-r0-a1"] and gang.state is JobState.QUEUED
+        agents.finish(agents.running()[0])
+        assert await ended(controller, small) is JobState.SUCCEEDED
+        agents.add("a3")
+        await agents.wait(lambda: len(agents.running()) == 3)
+        assert {t.node_id for t in gang.tasks} == {"a1", "a2", "a3"}
+
+
+async def test_a_job_past_its_wall_clock_timeout_fails_and_its_tasks_are_cancelled(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit({"algorithm": "noop", "timeout": 30}, "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        clock.advance(31)
+        controller.machine.wake.set()
+        assert await ended(controller, job) is JobState.FAILED and job.error == "timed out after 30s"
+        await agents.wait(lambda: agents.task(attempt).cancelled == "job timeout")
+
+
+async def test_a_grid_sweep_runs_every_trial_and_keeps_the_best(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=2).workloads = frozenset({"knn"})
+    async with core(tmp_path, agents, clock) as controller:
+        sweep = {"params": {"n_neighbors": "int:1:3"}, "search": "grid", "metric": "test_accuracy"}
+        job = await controller.submit({"algorithm": "knn", "dataset": "iris", "sweep": sweep}, "me")
+        scores = {1: 0.9, 2: 0.95, 3: 0.8}
+        while not job.state.terminal:
+            await until(controller, lambda: bool(agents.running()) or job.state.terminal)
+            for attempt in agents.running():
+                k = int(agents.task(attempt).spec.params["n_neighbors"])
+                agents.send(attempt, MetricPoint(0, "test_accuracy", scores[k], 0.0))
+                agents.finish(attempt)
+            await until(controller, lambda: not agents.running() or job.state.terminal)
+        assert job.state is JobState.SUCCEEDED and len(job.tasks) == 3
+        best = job.tasks[int(job.metrics["best_trial"])]
+        assert job.metrics["test_accuracy"] == 0.95 and best.params is not None and best.params["n_neighbors"] == 2
