@@ -38,7 +38,7 @@ REFUSALS = {
 #: server streams that follow live state until the caller hangs up: the first message (the current state or the
 #: history so far) or a refusal must come in time. Every other server stream must end in time.
 ENDLESS = {
-    "tensorfleet.v1.ControllerService": frozenset({"WatchJob", "WatchAgents"}),
+    "tensorfleet.v1.ControllerService": frozenset({"WatchJob", "WatchJobs", "WatchAgents"}),
     "tensorfleet.v1.AgentService": frozenset({"StreamTelemetry", "WatchTask"}),
 }
 #: server streams that send a finite answer (a file, a blob) and end
