@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.workloads.skops_files import load_sklearn
 from tensorfleet_desktop.client.errors import InvalidRequest
 
 
@@ -29,9 +31,10 @@ def trial_rows(job: dict[str, Any]) -> list[dict[str, Any]]:
 def load_model_file(path: Path, fmt: str) -> Any:
     """Load a downloaded model: skops against an allow-list, or safetensors with its PATH.json config."""
     if fmt == "skops":
-        from tensorfleet_desktop.controller.registry import load_sklearn
-
-        return load_sklearn(path)
+        try:
+            return load_sklearn(path)
+        except ValidationError as exc:
+            raise InvalidRequest(f"{path}: {exc}") from None
     if fmt == "safetensors":
         from tensorfleet_agent.workloads.torch_models import rebuild
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_agent.workloads.registry import get_workload
+from tensorfleet_agent.workloads.skops_files import load_sklearn
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job
 from tensorfleet_desktop.controller.store.base import JobStore
 from tensorfleet_desktop.controller.store.blobs import BlobStore
@@ -30,8 +31,6 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 TAG = re.compile(r"^[^\s,]{1,64}$")
 FORMATS = {"skops": ("skops", "pickle", "joblib", "onnx"), "safetensors": ("safetensors", "onnx")}
-# Type prefixes a scikit-learn model may be rebuilt from when converting to pickle/joblib or loading.
-SAFE_PREFIXES = ("sklearn.", "numpy.", "scipy.sparse.", "builtins.", "collections.OrderedDict")
 
 
 class RegistryError(ValueError):
@@ -302,17 +301,6 @@ class Registry:
         return out
 
 
-def load_sklearn(path: Path) -> Any:
-    """Load a skops file, refusing any type outside scikit-learn, numpy and scipy (blocking)."""
-    from skops.io import get_untrusted_types, load
-
-    types = get_untrusted_types(file=path)
-    unexpected = [t for t in types if not t.startswith(SAFE_PREFIXES)]
-    if unexpected:
-        raise RegistryError("model", f"refusing to load types outside scikit-learn/numpy: {', '.join(unexpected)}")
-    return load(path, trusted=types)
-
-
 def _convert(record: dict[str, Any], source: Path, fmt: str, out: Path) -> None:
     """skops -> pickle/joblib/onnx, safetensors -> onnx (blocking)."""
     if record["format"] == "skops":
@@ -409,7 +397,6 @@ __all__ = [
     "ModelNotFound",
     "Registry",
     "RegistryError",
-    "load_sklearn",
     "model_config",
     "parse_ref",
     "pick_artifacts",
