@@ -145,7 +145,6 @@ class ControllerApp:
         )
         self.controller = Controller(
             self.store,
-            self.fleet,
             self.blobs,
             self.metrics,
             cfg.gang_reserve_after,
@@ -156,6 +155,7 @@ class ControllerApp:
         await self.controller.start()
         servicer = ControllerServicer(
             self.controller,
+            self.fleet,
             lambda: controller_info(
                 str(cfg.data_dir),
                 self.store.uri,

@@ -15,7 +15,7 @@ import logging
 import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tensorfleet_agent.security.secrets import redact_value
 from tensorfleet_desktop.controller.artifacts import Artifacts
@@ -34,9 +34,6 @@ from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, 
 from tensorfleet_desktop.controller.store.blobs import BlobStore
 from tensorfleet_desktop.controller.trials import SweepRunner
 
-if TYPE_CHECKING:
-    from tensorfleet_desktop.controller.fleet import Fleet
-
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +41,6 @@ class Controller:
     def __init__(
         self,
         store: JobStore,
-        fleet: Fleet,
         blobs: BlobStore,
         metrics: ControllerMetrics,
         gang_reserve_after: float = 300.0,
@@ -54,11 +50,9 @@ class Controller:
         agents: AgentPort,
         clock: Clock | None = None,
     ) -> None:
-        """`agents` is the core's only way to its agents; `fleet` (the same agents) is kept for the service's
-        agent requests."""
+        """`agents` is the core's only way to its agents."""
         clock = clock or SystemClock()
         self.store = store
-        self.fleet = fleet
         self.agents = agents
         self.blobs = blobs
         self.blobs_dir = blobs.root  # the local side: the store itself (file://) or its cache (s3://)

@@ -250,8 +250,10 @@ class Fleet:
         self._watchdog: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[Any]] = set()
 
-    def subscribe(self, listener: FleetListener) -> None:
+    def subscribe(self, listener: FleetListener) -> Callable[[], None]:
+        """Call `listener` on every change of an agent; returns the call that stops it."""
         self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def _emit(self, kind: str, record: AgentRecord) -> None:
         for listener in list(self._listeners):

@@ -28,6 +28,7 @@ from tensorfleet_desktop import wire
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.datasets import DatasetError
 from tensorfleet_desktop.controller.errors import NotFoundError
+from tensorfleet_desktop.controller.fleet import Fleet
 from tensorfleet_desktop.controller.job_feed import JobFeed
 from tensorfleet_desktop.controller.model import Job
 from tensorfleet_desktop.controller.registry import model_config
@@ -99,11 +100,13 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     def __init__(
         self,
         controller: Controller,
+        fleet: Fleet,
         info: Callable[[], cpb.ControllerInfo],
         shutdown: Callable[[], None],
         data_dir: Path | None = None,
     ) -> None:
         self.c = controller
+        self.fleet = fleet
         set_data_dir(data_dir)  # disk-full refusals name it (one controller per process)
         self.jobs_feed = JobFeed(controller.add_job_listener)
         self.info = info
@@ -113,7 +116,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         cpb_grpc.add_ControllerServiceServicer_to_server(self, server)
 
     def _names(self) -> dict[str, str]:
-        return {a.node_id: a.name for a in self.c.fleet.agents.values()}
+        return {a.node_id: a.name for a in self.fleet.agents.values()}
 
     def _job(self, job: Any) -> cpb.Job:
         return wire.job_to_pb(job, self._names())
@@ -220,8 +223,8 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_unary
     async def ListAgents(self, request: cpb.ListAgentsRequest, context: Any) -> cpb.ListAgentsResponse:
-        agents = sorted(self.c.fleet.agents.values(), key=lambda a: (a.name, a.node_id))
-        refused = sorted(self.c.fleet.refused.values(), key=lambda r: (r.name, r.key))
+        agents = sorted(self.fleet.agents.values(), key=lambda a: (a.name, a.node_id))
+        refused = sorted(self.fleet.refused.values(), key=lambda r: (r.name, r.key))
         return cpb.ListAgentsResponse(
             agents=[wire.agent_to_pb(a) for a in agents],
             refused=[wire.refused_to_pb(r) for r in refused] if request.include_refused else [],
@@ -235,15 +238,15 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             if not queue.full():
                 queue.put_nowait((kind, wire.agent_to_pb(record)))
 
-        for record in list(self.c.fleet.agents.values()):
+        for record in list(self.fleet.agents.values()):
             yield wire.agent_event_to_pb("added", wire.agent_to_pb(record), time.time())
-        self.c.fleet.subscribe(listener)
+        unsubscribe = self.fleet.subscribe(listener)
         try:
             while True:
                 kind, agent = await queue.get()
                 yield wire.agent_event_to_pb(kind, agent, time.time())
         finally:
-            self.c.fleet._listeners.remove(listener)
+            unsubscribe()
 
     @_unary
     async def AddAgent(self, request: cpb.AddAgentRequest, context: Any) -> cpb.Agent:
@@ -251,18 +254,18 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValidationError("address", f"must look like HOST:PORT, got {address[:80]!r}")
-        record = await self.c.fleet.add(address, "manual")  # remembers it, with its pin
+        record = await self.fleet.add(address, "manual")  # remembers it, with its pin
         return wire.agent_to_pb(record)
 
     @_unary
     async def RemoveAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
-        record = await self.c.fleet.remove(request.agent)
+        record = await self.fleet.remove(request.agent)
         self.c.store.delete_agent(record.node_id)
         return wire.agent_to_pb(record)
 
     @_unary
     async def DrainAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
-        return wire.agent_to_pb(self.c.fleet.drain(request.agent))
+        return wire.agent_to_pb(self.fleet.drain(request.agent))
 
     @_unary
     async def PairAgent(self, request: cpb.PairAgentRequest, context: Any) -> cpb.Agent:
@@ -271,7 +274,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
                 "token", "is required: the agent prints one at first start (`tensorfleet-agent token`)"
             )
         register(request.token)
-        return wire.agent_to_pb(await self.c.fleet.pair(request.agent, request.token, request.force))
+        return wire.agent_to_pb(await self.fleet.pair(request.agent, request.token, request.force))
 
     @_unary
     async def UploadDataset(self, request_iterator: AsyncIterator[cpb.DatasetChunk], context: Any) -> cpb.DatasetInfo:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from helpers.fake_agents import FakeAgents, FakeClock
 from tensorfleet_desktop.controller.core import Controller
-from tensorfleet_desktop.controller.fleet import Fleet
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState
 from tensorfleet_desktop.controller.store.blobs import BlobStore
@@ -26,7 +25,7 @@ async def core(
     blobs = BlobStore(data_dir / "blobs")
     await blobs.open()
     controller = Controller(
-        store, Fleet(), blobs, ControllerMetrics(), max_replacements=max_replacements, agents=agents, clock=clock
+        store, blobs, ControllerMetrics(), max_replacements=max_replacements, agents=agents, clock=clock
     )
     await controller.start()
     try:

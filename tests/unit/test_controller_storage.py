@@ -81,9 +81,15 @@ def _script(source_bytes: int = 20_000) -> dict[str, Any]:
     return {"algorithm": "script", "script": {"name": "s.py", "source": "# padding " + "x" * source_bytes}}
 
 
+def _fleet(controller: Controller) -> Fleet:
+    """The fleet behind the controller's AgentPort, where these tests put their stand-in agents."""
+    assert isinstance(controller.agents, FleetAgents)
+    return controller.agents.fleet
+
+
 def _controller(store: SqliteJobStore, blobs: BlobStore) -> Controller:
     fleet = Fleet()
-    return Controller(store, fleet, blobs, ControllerMetrics(), agents=FleetAgents(fleet))
+    return Controller(store, blobs, ControllerMetrics(), agents=FleetAgents(fleet))
 
 
 @pytest.fixture
@@ -239,7 +245,7 @@ async def test_a_damaged_blob_at_its_destination_is_fetched_again_from_the_agent
     agent = _Agent(data)
     record = AgentRecord(node_id="n1", address="127.0.0.1:1", source="manual", state=AgentState.ONLINE)
     record.client = agent  # type: ignore[assignment]
-    controller.fleet.agents[record.node_id] = record
+    _fleet(controller).agents[record.node_id] = record
     dest = controller.blobs.path(sha)
     dest.parent.mkdir(parents=True)
     dest.write_bytes(data[: len(data) // 2])  # a crash or a bad disk cut it short
@@ -322,7 +328,7 @@ def _job_with_artifact(controller: Controller, data: bytes, name: str = "model.s
     agent = _Agent(data)
     record = AgentRecord(node_id="n1", address="127.0.0.1:1", source="manual", state=AgentState.ONLINE)
     record.client = agent  # type: ignore[assignment]
-    controller.fleet.agents[record.node_id] = record
+    _fleet(controller).agents[record.node_id] = record
     job = _job("j-art")
     job.tasks = [JobTask(index=0, node_id="n1")]
     artifact = ArtifactInfo(hashlib.sha256(data).hexdigest(), len(data), "model", name, 0)
@@ -343,7 +349,7 @@ async def test_a_damaged_artifact_is_fetched_again_before_it_is_served(controlle
     assert path.read_bytes() == data and agent.sent == 1
     await controller.artifact_path(job, artifact)  # intact now: served as is
     assert agent.sent == 1
-    del controller.fleet.agents["n1"]  # damaged again, and nobody has a good copy: data loss, not a bad request
+    del _fleet(controller).agents["n1"]  # damaged again, and nobody has a good copy: data loss, not a bad request
     dest.write_bytes(data[:-1] + b"!")
     with pytest.raises(BlobDamaged, match="damaged"):
         await controller.artifact_path(job, artifact)
@@ -434,7 +440,7 @@ async def test_a_job_saving_its_model_cannot_be_paused(controller: Controller) -
     job, _artifact, _agent = _job_with_artifact(controller, b"model bytes " * 100)
     job.state = JobState.RUNNING
     job.tasks[0].state = TaskRunState.SUCCEEDED
-    del controller.fleet.agents["n1"]  # its agent is away: the save is retried, the job stays RUNNING meanwhile
+    del _fleet(controller).agents["n1"]  # its agent is away: the save is retried, the job stays RUNNING meanwhile
     controller.machine.succeed(job)
     await asyncio.sleep(0)
     assert job.state is JobState.RUNNING
