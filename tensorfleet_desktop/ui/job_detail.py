@@ -66,8 +66,6 @@ class JobDetailView(View):
         self.multi_task = False
         self.metric_points = 0
         self.log_lines: list[tuple[int, str, str]] = []
-        self._refresh_pending = False
-
         self.header = QLabel("Open a job from the Jobs view (double-click, or Details).")
         self.header.setObjectName("job_header")
         self.header.setWordWrap(True)
@@ -387,10 +385,6 @@ class JobDetailView(View):
 
     def _render_logs(self) -> None:
         self.logs.setPlainText("\n".join(self._log_text(line) for line in self.log_lines if self._log_visible(line)))
-
-    def visible_log_lines(self) -> list[str]:
-        text = self.logs.toPlainText()
-        return text.splitlines() if text else []
 
     def _render_scatter(self) -> None:
         param = self.scatter_param.currentText()

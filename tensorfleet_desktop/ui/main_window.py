@@ -105,7 +105,6 @@ class MainWindow(QMainWindow):
         bridge.disconnected.connect(self._disconnected)
         bridge.job_finished.connect(self._job_finished)
         bridge.failed.connect(lambda message: self.notify(message, True))
-        self.stop_cluster_on_quit = False
         self.nav.setCurrentRow(1)
 
     # ---- menus and navigation
@@ -206,7 +205,6 @@ class MainWindow(QMainWindow):
             self.notify(error, True)
             self.close()
 
-        self.stop_cluster_on_quit = True
         self.bridge.call(lambda c: c.shutdown(), stopped, failed)
 
     def resizeEvent(self, event: QResizeEvent) -> None:
