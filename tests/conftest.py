@@ -1,4 +1,4 @@
-"""Shared fixtures. mDNS is always restricted to loopback here (DESIGN decision 14)."""
+"""Shared fixtures. mDNS is always restricted to loopback (docs/architecture.md, "Processes and who dials whom")."""
 
 from __future__ import annotations
 

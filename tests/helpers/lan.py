@@ -1,4 +1,4 @@
-"""A simulated LAN: network namespaces on a bridge, real processes in them (DESIGN, test strategy).
+"""A simulated LAN: network namespaces on a bridge, real processes in them (README.md, "Development").
 
 Every address used here lives inside namespaces this module creates; nothing leaves the machine.
 """
