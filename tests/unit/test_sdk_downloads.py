@@ -4,8 +4,8 @@ through the blocking Client (AsyncClient's one copy of the download, run on its 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
