@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tensorfleet_agent.datadir_lock import holder_of
 from tensorfleet_desktop.client import DEFAULT_CONTROLLER, AsyncClient, Client, ControllerUnreachable, TensorFleetError
-from tensorfleet_desktop.controller.app import default_data_dir
+from tensorfleet_desktop.controller.settings import default_data_dir
 
 START_TIMEOUT = 90.0
 

@@ -27,7 +27,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tensorfleet_desktop.controller.app import default_data_dir, resolve_uris
+    from tensorfleet_desktop.controller.settings import default_data_dir, resolve_uris
     from tensorfleet_desktop.registry_transfer import TransferError, export_registry, import_registry
 
     data_dir = (args.data_dir or default_data_dir()).resolve()

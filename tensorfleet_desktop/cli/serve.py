@@ -91,7 +91,8 @@ def add_gc_parser(sub: Any) -> None:
 def serve(args: argparse.Namespace) -> int:
     from tensorfleet_agent.discovery.interfaces import parse_interfaces
     from tensorfleet_agent.rpc.server import is_loopback
-    from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig, default_data_dir
+    from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig
+    from tensorfleet_desktop.controller.settings import default_data_dir
 
     if args.insecure and not is_loopback(args.host):
         raise UsageError(f"--insecure serves plaintext without pairing: only on loopback, not on --host {args.host}")

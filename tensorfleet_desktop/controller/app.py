@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import platformdirs
 
 from tensorfleet_agent.datadir_lock import DataDirLock, wait_until_free
 from tensorfleet_agent.discovery.browse import AgentBrowser
@@ -32,23 +31,13 @@ from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.prometheus_sd import TargetsFile
 from tensorfleet_desktop.controller.security import ClientTokenInterceptor, refusal
 from tensorfleet_desktop.controller.service import CONTROLLER_SERVICE, ControllerServicer, controller_info
+from tensorfleet_desktop.controller.settings import default_data_dir, resolve_uris
 from tensorfleet_desktop.controller.store import open_store
 from tensorfleet_desktop.controller.store.blobs import open_blobs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50050
-
-
-def default_data_dir() -> Path:
-    return Path(platformdirs.user_data_dir("tensorfleet", appauthor=False)) / "controller"
-
-
-def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tuple[str, str]:
-    """The store and blob store a controller with this data dir uses, given what the user named."""
-    data_dir = data_dir.resolve()  # a relative dir would turn into a path from / inside the URIs
-    store = store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite://{data_dir / 'tensorfleet.db'}"
-    return store, blobs_uri or f"file://{data_dir / 'blobs'}"
 
 
 LOCAL_AGENT_SECRETS = (

@@ -20,6 +20,20 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import platformdirs
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("tensorfleet", appauthor=False)) / "controller"
+
+
+def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tuple[str, str]:
+    """The store and blob store a controller with this data dir uses, given what the user named."""
+    data_dir = data_dir.resolve()  # a relative dir would turn into a path from / inside the URIs
+    store = store_uri or os.environ.get("TENSORFLEET_MONGODB_URI") or f"sqlite://{data_dir / 'tensorfleet.db'}"
+    return store, blobs_uri or f"file://{data_dir / 'blobs'}"
+
+
 _SECTIONS = {"store": ("uri",), "blobs": ("uri", "access_key", "secret_key")}
 
 

@@ -12,7 +12,7 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 from tensorfleet_desktop.client import DEFAULT_CONTROLLER, controller_address
-from tensorfleet_desktop.controller.app import default_data_dir
+from tensorfleet_desktop.controller.settings import default_data_dir
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.main_window import APP_ICON, MainWindow
 from tensorfleet_desktop.ui.settings_view import app_settings

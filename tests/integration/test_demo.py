@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tensorfleet_agent.core.digest import file_sha256
-from tensorfleet_desktop.controller.app import resolve_uris
+from tensorfleet_desktop.controller.settings import resolve_uris
 from tensorfleet_desktop.controller.store import open_store
 from tensorfleet_desktop.controller.store.blobs import BlobStore
 

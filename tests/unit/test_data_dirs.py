@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tensorfleet_desktop.controller.app import resolve_uris
+from tensorfleet_desktop.controller.settings import resolve_uris
 from tensorfleet_desktop.controller.store import SqliteJobStore, open_store
 
 
