@@ -44,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
         task._install(None)
         os.environ.clear()
         os.environ.update(saved_env)
-    metrics = {m["name"]: m["value"] for m in channel.messages if m["t"] == "metric"}
+    metrics = {name: value for m in channel.messages if m["t"] == "metrics" for name, value in m["values"].items()}
     yield workdir, metrics
 
 
