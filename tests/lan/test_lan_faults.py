@@ -62,8 +62,9 @@ def _journal_end(cluster: LanCluster, host: str, attempt: str) -> dict[str, Any]
     """The last event an agent wrote to an attempt's journal, if that is its end (`finished`)."""
     path = cluster.data_dirs[host] / "tasks" / attempt / EVENTS_FILE
     events = read_events(path) if path.exists() else []
-    end = events[-1].payload if events else None
-    return {"status": end.status.value, "exit_cause": end.exit_cause} if isinstance(end, Finished) else None
+    if not events or not isinstance(end := events[-1].payload, Finished):
+        return None
+    return {"status": end.status.value, "exit_cause": end.exit_cause, "time": events[-1].time}
 
 
 def test_agent_killed_mid_sweep_then_restarted_with_its_identity(
