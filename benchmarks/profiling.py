@@ -79,7 +79,7 @@ class Profiler:
 
 _ENTRY = re.compile(
     r"frozen runpy|frozen importlib|asyncio/(base_events|events|runners)\.py|threading\.py|__main__\.py"
-    r"|^(main|run|serve) \(tensorfleet_desktop/(cli|cli_commands)\.py"
+    r"|^(main|run|serve) \(tensorfleet_desktop/cli/\w+\.py"
 )
 _IMPORTED = re.compile(r"^<module> \(.*?site-packages/([A-Za-z0-9_]+)")
 
