@@ -147,13 +147,19 @@ def test_pruned_sweep_stops_trailing_trials_early(cluster: tuple[ControllerProce
         for t in detail["task_list"]
     }
     completed = [curve[t["index"]] for t in detail["task_list"] if t["state"] == "SUCCEEDED"]
+    pruned_at = []
     for rank in detail["task_list"]:
         if rank["exit_cause"] == "pruned":
             step = max(curve[rank["index"]])
-            assert step < 60 and f"pruned at step {step}" in rank["error"]  # stopped before the end
+            assert f"pruned at step {step}" in rank["error"]  # no point stored after the verdict
             assert any(c[step] > curve[rank["index"]][step] for c in completed)  # behind a finished trial there
+            pruned_at.append(step)
         else:
             assert {6, 12, 60} <= set(curve[rank["index"]])  # one point per round of 6 iterations
+    # The median pruner judges only once 3 trials have finished, so a trial running while the third one ends may
+    # be judged first at its last round (Optuna's rule, timing-dependent); the trials that start later and trail
+    # are stopped early, which is the compute pruning saves.
+    assert min(pruned_at) < 60, pruned_at
 
 
 def test_grid_sweep_on_a_regression_dataset(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
