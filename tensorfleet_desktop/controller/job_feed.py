@@ -43,7 +43,12 @@ class JobFeed:
 
     def _changed(self, job: Job) -> None:
         self._revision += 1
-        self._recent.append((self._revision, job.id))
+        if self._recent and self._recent[-1][1] == job.id:
+            # a running job changes once per metric point: one entry per run of its changes, so a resume token
+            # reaches back KEEP jobs' changes rather than KEEP points of the busiest job
+            self._recent[-1] = (self._revision, job.id)
+        else:
+            self._recent.append((self._revision, job.id))
         for watcher in self._watchers:
             watcher.note(job.id)
 
