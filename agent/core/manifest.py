@@ -29,6 +29,7 @@ MANIFEST_VERSION = 1
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -53,25 +54,25 @@ def check_path(path: str, field: str = "path") -> str:
     if not isinstance(path, str) or not path:
         raise ValidationError(field, "is empty")
     shown = path[:200]
-    if len(path) > MAX_PATH:
-        raise ValidationError(field, f"is {len(path)} characters long; at most {MAX_PATH} allowed")
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(field, f"{shown!r} is not valid UTF-8") from None
+    if len(encoded) > MAX_PATH:
+        raise ValidationError(field, f"is {len(encoded)} bytes long; at most {MAX_PATH} allowed")
+    if path[0] == "/" or _DRIVE.match(path):
         raise ValidationError(field, f"{shown!r} is an absolute path; a manifest holds paths relative to the project")
     if "\\" in path:
         raise ValidationError(field, f"{shown!r} holds a backslash; manifest paths use '/' only")
     if _CONTROL.search(path):
         raise ValidationError(field, f"{shown!r} holds a control character")
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(field, f"{shown!r} is not valid UTF-8") from None
-    for part in path.split("/"):
-        if part in ("", "."):
-            raise ValidationError(field, f"{shown!r} has an empty or '.' component; write it normalized")
-        if part == "..":
-            raise ValidationError(field, f"{shown!r} holds '..'; a manifest path may not leave the project")
-        if len(part.encode("utf-8")) > MAX_COMPONENT:
-            raise ValidationError(field, f"{shown!r} has a component over {MAX_COMPONENT} bytes")
+    parts = path.split("/")
+    if ".." in parts:
+        raise ValidationError(field, f"{shown!r} holds '..'; a manifest path may not leave the project")
+    if "" in parts or "." in parts:
+        raise ValidationError(field, f"{shown!r} has an empty or '.' component; write it normalized")
+    if len(encoded) > MAX_COMPONENT and any(len(part.encode("utf-8")) > MAX_COMPONENT for part in parts):
+        raise ValidationError(field, f"{shown!r} has a component over {MAX_COMPONENT} bytes")
     return path
 
 
@@ -106,14 +107,16 @@ def validate_manifest(
         if before.path == after.path:
             raise ValidationError("manifest", f"lists {after.path!r} twice")
     # A file that is also a directory ("a" and "a/b") cannot be materialized. Sorted by path, "a/b" need not follow
-    # "a" directly ("a.txt" sorts between), so look every file up among the directory prefixes.
-    paths = {e.path for e in checked}
+    # "a" directly ("a.txt" sorts between), so every folder on a path is looked up among the files (each folder once).
+    files = {e.path for e in checked}
+    folders: set[str] = set()
     for entry in checked:
-        parts = entry.path.split("/")
-        for n in range(1, len(parts)):
-            prefix = "/".join(parts[:n])
-            if prefix in paths:
-                raise ValidationError("manifest", f"{prefix!r} is a file and also the directory of {entry.path!r}")
+        folder = entry.path.rpartition("/")[0]
+        while folder and folder not in folders:
+            if folder in files:
+                raise ValidationError("manifest", f"{folder!r} is a file and also the directory of {entry.path!r}")
+            folders.add(folder)
+            folder = folder.rpartition("/")[0]
     return tuple(checked)
 
 

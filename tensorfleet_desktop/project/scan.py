@@ -146,6 +146,18 @@ def snapshot(
     """
     started = time.perf_counter()
     root = Path(os.path.realpath(Path(directory).expanduser())) if Path(directory).exists() else Path(directory)
+    side = ThreadPoolExecutor(1, thread_name_prefix="project-git")
+    try:  # git runs while the files are hashed; a refusal does not wait for it
+        git = side.submit(git_info, root) if with_git and root.is_dir() else None
+        entries, hashed = _scan(root, max_bytes, cache_dir, use_cache)
+        info = git.result() if git is not None else None
+    finally:
+        side.shutdown(wait=False)
+    return Snapshot(root, entries, manifest_id(entries), info, time.perf_counter() - started, hashed)
+
+
+def _scan(root: Path, max_bytes: int, cache_dir: Path | None, use_cache: bool) -> tuple[tuple[ManifestEntry, ...], int]:
+    """The checked manifest of DIR and how many files were hashed (not found in the cache)."""
     found = list_files(root)
     total = sum(f.size for f in found)
     if total > max_bytes:
@@ -187,5 +199,4 @@ def snapshot(
         raise ProjectError(f"project {root} cannot be sent: {exc}") from exc
     if cache is not None:
         cache.save()
-    git = git_info(root) if with_git else None
-    return Snapshot(root, checked, manifest_id(checked), git, time.perf_counter() - started, len(todo))
+    return checked, len(todo)

@@ -263,6 +263,8 @@ def test_the_manifest_identifies_the_content(tmp_path: Path) -> None:
         ("a\\..\\b.py", "backslash"),
         ("a\nb.py", "control character"),
         ("", "is empty"),
+        ("a/" + "x" * 256 + ".py", "component over 255 bytes"),
+        ("bad\udcff.py", "not valid UTF-8"),
     ],
 )
 def test_validate_manifest_refuses_paths_that_leave_the_folder(path: str, problem: str) -> None:
