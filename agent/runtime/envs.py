@@ -33,6 +33,8 @@ import json
 import logging
 import os
 import platform
+import posixpath
+import re
 import shutil
 import sys
 import sysconfig
@@ -123,10 +125,36 @@ class EnvSpec:
             source = PurePosixPath(choice).as_posix()
             if not (project / source).is_file():
                 raise ValueError(f"--env {choice}: no such file in {project}")
-        names = [source]
+        files: dict[str, bytes] = {}
         if PurePosixPath(source).name == "uv.lock":
-            names.append(str(PurePosixPath(source).parent / "pyproject.toml").removeprefix("./"))
-        return cls(source=source, files={name: (project / name).read_bytes() for name in names})
+            files["pyproject.toml" if "/" not in source else str(PurePosixPath(source).parent / "pyproject.toml")] = b""
+        todo = [source, *files]
+        while todo:
+            name = todo.pop()
+            path = project / name
+            if not path.is_file():
+                raise ValueError(f"{name} (needed by --env {choice}) is not a file in {project}")
+            files[name] = path.read_bytes()
+            if name.endswith((".txt", ".in")):
+                todo.extend(n for n in _included(name, files[name]) if n not in files)
+        return cls(source=source, files=files)
+
+
+_INCLUDE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?=[^\s-]))(\S+)")
+
+
+def _included(name: str, data: bytes) -> list[str]:
+    """The files a requirements file pulls in with -r/-c, as project paths (URLs left to uv)."""
+    found = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        match = _INCLUDE.match(line)
+        if match is None or "://" in match.group(1):
+            continue
+        path = posixpath.normpath(posixpath.join(posixpath.dirname(name), match.group(1)))
+        if path.startswith("../") or path == ".." or path.startswith("/"):
+            raise ValueError(f"{name} includes {match.group(1)}, which is outside the project")
+        found.append(path)
+    return found
 
 
 @dataclass(frozen=True)
@@ -369,10 +397,14 @@ class EnvCache:
         ready = await self._index()
         meta = ready.get(key)
         if meta is not None and key not in self._builds:
-            self._in_use[key] += 1
-            log(f"environment {key} from the cache ({spec.source}, built in {meta.build_seconds:.1f} s)")
-            await self._touch(meta)
-            return self._env(meta, cache_hit=True)
+            self._in_use[key] += 1  # held before the check below: eviction cannot take it meanwhile
+            if await asyncio.to_thread((self.root / key / "venv" / "pyvenv.cfg").is_file):
+                log(f"environment {key} from the cache ({spec.source}, built in {meta.build_seconds:.1f} s)")
+                await self._touch(meta)
+                return self._env(meta, cache_hit=True)
+            logger.warning("env %s vanished from disk; building it again", key)
+            self._unhold(key)
+            ready.pop(key, None)
         build = self._builds.get(key)
         if build is None:
             build = _Build()

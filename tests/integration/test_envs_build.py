@@ -7,6 +7,7 @@ import asyncio
 import importlib.metadata as md
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -341,3 +342,21 @@ async def test_a_lock_pinning_the_agents_torch_family_release_does_not_install_i
         assert (
             _run(env, "import os, filelock, tinyc; print(os.path.dirname(os.path.realpath(filelock.__file__)))") == real
         )
+
+
+async def test_included_requirement_files_are_built_and_a_vanished_env_is_rebuilt(
+    tmp_path: Path, uv_environ: dict[str, str]
+) -> None:
+    project = tmp_path / "project"
+    (project / "reqs").mkdir(parents=True)
+    (project / "reqs" / "train.txt").write_text("-r base.txt\ntinyc\n")
+    (project / "reqs" / "base.txt").write_text("tinyb==1.0.0\n")
+    spec = EnvSpec.from_dir(project, "reqs/train.txt")
+    assert spec is not None
+    cache = EnvCache(tmp_path / "envs", environ=uv_environ)
+    with await cache.ensure(spec, lambda _l: None) as env:
+        assert _run(env, "import tinyb, tinyc; print(tinyb.VERSION)") == "1.0.0"
+    await asyncio.to_thread(shutil.rmtree, tmp_path / "envs" / env.key)  # someone cleaned the disk by hand
+    with await cache.ensure(spec, lambda _l: None) as again:
+        assert not again.cache_hit and cache.builds_started == 2
+        assert _run(again, "import tinyc; print(tinyc.VERSION)") == "2.0.0"

@@ -185,3 +185,20 @@ def test_a_lock_reuses_the_agents_packages_only_at_the_locked_release(tmp_path: 
     lock.write_text("not [ toml")
     with pytest.raises(envs.EnvBuildError, match="not a readable uv lock"):
         envs._lock_reuses(lock, [mine])
+
+
+def test_a_requirements_file_brings_the_files_it_includes(tmp_path: Path) -> None:
+    (tmp_path / "reqs").mkdir()
+    (tmp_path / "reqs" / "gpu.txt").write_text("-r base.txt\n--constraint=../constraints.txt\n-r https://x/y.txt\n")
+    (tmp_path / "reqs" / "base.txt").write_text("-rcommon.txt\nnumpy\n")
+    (tmp_path / "reqs" / "common.txt").write_text("tinyb\n")
+    (tmp_path / "constraints.txt").write_text("numpy<3\n")
+    spec = EnvSpec.from_dir(tmp_path, "reqs/gpu.txt")
+    assert spec is not None and spec.kind == "requirements"
+    assert sorted(spec.files) == ["constraints.txt", "reqs/base.txt", "reqs/common.txt", "reqs/gpu.txt"]
+    (tmp_path / "reqs" / "common.txt").write_text("-r ../../outside.txt\n")
+    with pytest.raises(ValueError, match="outside the project"):
+        EnvSpec.from_dir(tmp_path, "reqs/gpu.txt")
+    (tmp_path / "reqs" / "common.txt").write_text("-r missing.txt\n")
+    with pytest.raises(ValueError, match=r"reqs/missing\.txt .* is not a file"):
+        EnvSpec.from_dir(tmp_path, "reqs/gpu.txt")
