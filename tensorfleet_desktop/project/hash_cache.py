@@ -73,7 +73,7 @@ class HashCache:
         files = {path: [*key, sha] for path, (key, sha) in sorted(self._fresh.items())}
         text = json.dumps({"version": CACHE_VERSION, "root": self.root, "files": files}, separators=(",", ":"))
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # it names the user's files
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".json")
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:

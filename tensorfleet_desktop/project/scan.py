@@ -12,6 +12,7 @@ from pathlib import Path
 from tensorfleet_agent.core.digest import file_digest
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.manifest import (
+    MAX_FILES,
     MODE_EXECUTABLE,
     MODE_FILE,
     ManifestEntry,
@@ -98,15 +99,53 @@ class Snapshot:
         return [e.as_dict() for e in self.entries]
 
 
+def _largest_folders(found: list[FoundFile]) -> str:
+    """The top-level folders holding the most bytes: a folder of many small files explains a size as well."""
+    folders: dict[str, list[int]] = {}
+    for f in found:
+        top, sep, _ = f.path.partition("/")
+        if sep:
+            folder = folders.setdefault(top, [0, 0])
+            folder[0] += f.size
+            folder[1] += 1
+    ranked = sorted(folders.items(), key=lambda kv: (-kv[1][0], kv[0]))[:_LARGEST]
+    return ", ".join(f"{name}/ ({human_size(size)} in {count} files)" for name, (size, count) in ranked)
+
+
+def _advice(root: Path, example: str, limit_flag: str) -> str:
+    return (
+        f"Leave them out with a line such as '/{example}' in {root / '.tensorfleetignore'} (or .gitignore), "
+        f"ship data as a dataset (--dataset), or raise the limit ({limit_flag})"
+    )
+
+
 def _too_large(root: Path, found: list[FoundFile], total: int, max_bytes: int) -> ProjectError:
     largest = sorted(found, key=lambda f: (-f.size, f.path))[:_LARGEST]
     named = ", ".join(f"{f.path} ({human_size(f.size)})" for f in largest)
-    example = largest[0].path if largest else "data/"
+    folders = _largest_folders(found)
     return ProjectError(
         f"project {root} holds {human_size(total)} in {len(found)} files, over the limit of {human_size(max_bytes)}; "
-        f"largest files: {named}. Leave them out with a line such as '/{example}' in {root / '.tensorfleetignore'} "
-        "(or .gitignore), ship data as a dataset (--dataset), or raise the limit (--max-project-size)",
+        f"largest files: {named}{f'; largest folders: {folders}' if folders else ''}. "
+        + _advice(root, largest[0].path if largest else "data/", "--max-project-size"),
         tuple(f.path for f in largest),
+    )
+
+
+def _too_many(root: Path, found: list[FoundFile], max_files: int) -> ProjectError:
+    folders = _largest_folders(found)
+    counts: dict[str, int] = {}
+    for f in found:
+        top, sep, _ = f.path.partition("/")
+        if sep:
+            counts[top] = counts.get(top, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:_LARGEST]
+    named = ", ".join(f"{name}/ ({count} files)" for name, count in ranked)
+    return ProjectError(
+        f"project {root} holds {len(found)} files, over the limit of {max_files}; "
+        f"folders with the most files: {named or 'none (they are all at the top)'}"
+        f"{f'; largest folders: {folders}' if folders else ''}. "
+        + _advice(root, (ranked[0][0] + "/") if ranked else "data/", "max_files"),
+        tuple(name + "/" for name, _ in ranked),
     )
 
 
@@ -137,28 +176,34 @@ def snapshot(
     cache_dir: Path | None = None,
     use_cache: bool = True,
     with_git: bool = True,
+    max_files: int = MAX_FILES,
 ) -> Snapshot:
     """Scan, check and hash DIR (blocking: call it in a thread from async code); a ProjectError says what is wrong.
 
     The size limit is checked on the files' sizes before anything is read, so a folder of gigabytes is refused at
     once. `cache_dir` is where file hashes are remembered (default: the user's cache dir), `use_cache=False`
-    hashes every file, `with_git=False` skips the git state.
+    hashes every file, `with_git=False` skips the git state; a project of more than `max_files` files is refused
+    (naming the folders that hold most of them) before anything is read.
     """
     started = time.perf_counter()
     root = Path(os.path.realpath(Path(directory).expanduser())) if Path(directory).exists() else Path(directory)
     side = ThreadPoolExecutor(1, thread_name_prefix="project-git")
     try:  # git runs while the files are hashed; a refusal does not wait for it
         git = side.submit(git_info, root) if with_git and root.is_dir() else None
-        entries, hashed = _scan(root, max_bytes, cache_dir, use_cache)
+        entries, hashed = _scan(root, max_bytes, max_files, cache_dir, use_cache)
         info = git.result() if git is not None else None
     finally:
         side.shutdown(wait=False)
     return Snapshot(root, entries, manifest_id(entries), info, time.perf_counter() - started, hashed)
 
 
-def _scan(root: Path, max_bytes: int, cache_dir: Path | None, use_cache: bool) -> tuple[tuple[ManifestEntry, ...], int]:
+def _scan(
+    root: Path, max_bytes: int, max_files: int, cache_dir: Path | None, use_cache: bool
+) -> tuple[tuple[ManifestEntry, ...], int]:
     """The checked manifest of DIR and how many files were hashed (not found in the cache)."""
     found = list_files(root)
+    if len(found) > max_files:
+        raise _too_many(root, found, max_files)
     total = sum(f.size for f in found)
     if total > max_bytes:
         raise _too_large(root, found, total, max_bytes)
@@ -194,7 +239,7 @@ def _scan(root: Path, max_bytes: int, cache_dir: Path | None, use_cache: bool) -
     if total > max_bytes:  # files grew while read
         raise _too_large(root, found, total, max_bytes)
     try:
-        checked = validate_manifest(entries)
+        checked = validate_manifest(entries, max_files=max_files)
     except ValidationError as exc:
         raise ProjectError(f"project {root} cannot be sent: {exc}") from exc
     if cache is not None:

@@ -180,9 +180,26 @@ def test_over_the_limit_is_refused_up_front_naming_the_largest_files(tmp_path: P
     assert "over the limit of 200.0 MiB" in message
     assert "d/e.bin (90.0 MiB), b.bin (70.0 MiB), a.bin (40.0 MiB), g.bin (30.0 MiB), f.bin (20.0 MiB)" in message
     assert "c.bin" not in message and ".tensorfleetignore" in message and "--max-project-size" in message
+    assert "largest folders: d/ (90.0 MiB in 1 files)" in message
     assert caught.value.problems == ("d/e.bin", "b.bin", "a.bin", "g.bin", "f.bin")
     assert not (tmp_path / "hash-cache").exists()  # refused before any file was read
     assert scan(root, tmp_path, max_bytes=300 * MiB).files == 7  # a higher limit lets it through
+
+
+def test_many_small_files_are_explained_by_their_folders(tmp_path: Path) -> None:
+    files: dict[str, str | bytes] = {f"images/{i:03d}.png": b"\x89PNG" + bytes(1000) for i in range(40)}
+    files |= {f"labels/{i:03d}.txt": "cat\n" for i in range(12)}
+    root = write_tree(tmp_path / "proj", {**files, "train.py": "print(1)\n"})
+    with pytest.raises(ProjectError) as caught:
+        scan(root, tmp_path, max_bytes=20_000)
+    assert "largest folders: images/ (39.2 KiB in 40 files), labels/ (48 B in 12 files)" in str(caught.value)
+    with pytest.raises(ProjectError) as caught:
+        scan(root, tmp_path, max_files=50)
+    message = str(caught.value)
+    assert "holds 53 files, over the limit of 50" in message
+    assert "folders with the most files: images/ (40 files), labels/ (12 files)" in message
+    assert caught.value.problems == ("images/", "labels/")
+    assert not (tmp_path / "hash-cache").exists()  # refused before any file was read
 
 
 def test_symlinks_inside_are_followed_and_links_that_leave_are_refused(tmp_path: Path) -> None:
