@@ -14,9 +14,16 @@ UV = uv.find_uv_bin()
 
 
 def write_project(
-    root: Path, name: str, version: str = "1.0.0", deps: tuple[str, ...] = (), *, code: str = "", build: bool = True
+    root: Path,
+    name: str,
+    version: str = "1.0.0",
+    deps: tuple[str, ...] = (),
+    *,
+    code: str = "",
+    build: bool = True,
+    scripts: dict[str, str] | None = None,
 ) -> Path:
-    """A minimal src-layout project `name` at root/name; `code` is its __init__.py."""
+    """A minimal src-layout project `name` at root/name; `code` is its __init__.py, `scripts` its console scripts."""
     project = root / name
     module = name.replace("-", "_")
     (project / "src" / module).mkdir(parents=True)
@@ -34,13 +41,23 @@ def write_project(
             """
         )
         + backend
+        + "".join(f'\n[project.scripts]\n{k} = "{v}"\n' for k, v in (scripts or {}).items())
     )
     return project
 
 
-def build_wheel(wheelhouse: Path, root: Path, name: str, version: str = "1.0.0", deps: tuple[str, ...] = ()) -> Path:
+def build_wheel(
+    wheelhouse: Path,
+    root: Path,
+    name: str,
+    version: str = "1.0.0",
+    deps: tuple[str, ...] = (),
+    *,
+    code: str = "",
+    scripts: dict[str, str] | None = None,
+) -> Path:
     """Build `name`==`version` (requiring `deps`) into `wheelhouse`; returns the wheel."""
-    project = write_project(root / f"{name}-{version}", name, version, deps)
+    project = write_project(root / f"{name}-{version}", name, version, deps, code=code, scripts=scripts)
     wheelhouse.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [UV, "build", "--offline", "--wheel", "--out-dir", str(wheelhouse), str(project)],

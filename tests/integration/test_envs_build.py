@@ -30,12 +30,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tinyb 1.0 and 1.1, tinyc, and tinya (needs tinyb and torch); torch itself is deliberately absent."""
+    """tinyb 1.0 and 1.1, tinyc (with a console script), tinya (needs tinyb and torch); torch is absent on purpose."""
     root = tmp_path_factory.mktemp("wheels")
     house = root / "house"
     build_wheel(house, root, "tinyb", "1.0.0")
     build_wheel(house, root, "tinyb", "1.1.0")
-    build_wheel(house, root, "tinyc", "2.0.0")
+    code = "VERSION = '2.0.0'\n\ndef main() -> None:\n    print('tinyc', VERSION)\n"
+    build_wheel(house, root, "tinyc", "2.0.0", code=code, scripts={"tinyc": "tinyc:main"})
     build_wheel(house, root, "tinya", "1.0.0", ("tinyb>=1", "torch>=2.0,<99"))
     assert not list(house.glob("torch*"))
     return house
@@ -71,6 +72,8 @@ async def test_a_requirements_env_is_built_once_then_served_from_the_cache(
         build_s = time.monotonic() - started
         assert not env.cache_hit and env.build_seconds > 0
         assert _run(env, "import tinyb, tinyc; print(tinyb.VERSION, tinyc.VERSION)") == "1.0.0 2.0.0"
+        script = await asyncio.to_thread(subprocess.run, [str(env.bin_dir / "tinyc")], capture_output=True, text=True)
+        assert script.stdout == "tinyc 2.0.0\n", script  # built elsewhere, renamed into place: scripts still run
     assert any("Installed 2 packages" in line for line in lines), lines  # uv's own output, streamed
     assert any(line.startswith("$ uv pip install") for line in lines)
 
