@@ -33,7 +33,12 @@ SHA_A = "a" * 64
 
 # Directory patterns, anchored patterns, negations, nested files, a deeper file overriding a shallower one.
 RULES_TREE: dict[str, str | bytes] = {
-    ".gitignore": "*.log\n!keep.log\nbuild/\n/data/*.bin\n/top.txt\nnotes/**/draft.md\n*.tmp\n",
+    ".gitignore": "*.log\n!keep.log\nbuild/\n!build/out.o\n/data/*.bin\n/top.txt\nnotes/**/draft.md\n*.py[co]\n"
+    "**/cache/\n\\#literal\n# a comment\n",
+    "#literal": "ignored: an escaped # is a pattern\n",
+    "a/b/cache/x.txt": "ignored by **/cache/\n",
+    "a/b/mod.pyc": "ignored by a character class\n",
+    "a/b/mod.py": "kept\n",
     "top.txt": "anchored at the top: ignored\n",
     "train.py": "print('train')\n",
     "keep.log": "re-included\n",
@@ -56,6 +61,7 @@ RULES_TREE: dict[str, str | bytes] = {
 }
 RULES_SENT = [
     ".gitignore",
+    "a/b/mod.py",
     "data/small.csv",
     "keep.log",
     "logs/.gitignore",
@@ -138,6 +144,9 @@ def test_git_folders_virtualenvs_and_pycache_are_never_sent(tmp_path: Path) -> N
             "sub/.git": "gitdir: ../.git/worktrees/sub\n",
         },
     )
+    outside_env = write_tree(tmp_path / "elsewhere" / "env", {"pyvenv.cfg": "home = /usr/bin\n"})
+    (root / "pkg" / "venv").symlink_to(outside_env)  # a link to an env elsewhere is neither sent nor an escape
+    (root / "pkg" / "env311").symlink_to(outside_env)
     assert paths(scan(root, tmp_path)) == [".gitignore", "envs/notes.md", "main.py", "pkg/mod.py"]
 
 
@@ -429,3 +438,15 @@ def test_no_git_executable_means_no_git_state(tmp_path: Path, monkeypatch: pytes
     root = write_tree(tmp_path / "proj", {"a.py": ""})
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     assert scan(root, tmp_path).git is None
+
+
+def test_hashes_are_remembered_in_the_users_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settled: Callable[[], None]
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = write_tree(tmp_path / "proj", {"a.py": "a\n"})
+    settled()
+    snapshot(root, with_git=False)
+    (cache_file,) = (tmp_path / "xdg" / "tensorfleet" / "project-hashes").iterdir()
+    assert json.loads(cache_file.read_text())["files"]["a.py"][-1] == hashlib.sha256(b"a\n").hexdigest()
+    assert oct(cache_file.parent.stat().st_mode & 0o777) == "0o700"
