@@ -192,7 +192,8 @@ def test_over_the_limit_is_refused_up_front_naming_the_largest_files(tmp_path: P
     assert "largest folders: d/ (90.0 MiB in 1 files)" in message
     assert caught.value.problems == ("d/e.bin", "b.bin", "a.bin", "g.bin", "f.bin")
     assert not (tmp_path / "hash-cache").exists()  # refused before any file was read
-    assert scan(root, tmp_path, max_bytes=300 * MiB).files == 7  # a higher limit lets it through
+    (root / ".tensorfleetignore").write_text("*.bin\n")  # the advice, followed
+    assert paths(scan(root, tmp_path)) == [".tensorfleetignore", "train.py"]
 
 
 def test_many_small_files_are_explained_by_their_folders(tmp_path: Path) -> None:
