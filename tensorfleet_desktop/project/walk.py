@@ -82,27 +82,40 @@ def _prefix(root: str, base: str) -> str:
 
 
 def _repository_levels(root: str) -> list[_Level]:
-    """The rules of the git repository DIR lies inside, from its top down to DIR's parent (DIR's own come later)."""
+    """The rules of the git repository DIR lies inside, from its top down to DIR's parent (DIR's own come later).
+
+    None when DIR, or a folder between the repository's top and DIR, is itself ignored there: DIR is then not part
+    of the repository's tree, and the user who names it wants its files, so it is taken on its own rules.
+    """
     chain: list[str] = []
     folder = root
-    while True:
+    while not os.path.lexists(os.path.join(folder, ".git")):
         parent = os.path.dirname(folder)
-        if os.path.lexists(os.path.join(folder, ".git")):
-            break
         if parent == folder:
             return []  # not inside a repository
         folder = parent
         chain.append(folder)
     top = folder
-    levels: list[_Level] = []
-    exclude = _level(os.path.join(top, ".git", "info"), 0, _prefix(root, top), ("exclude",))
-    if exclude is not None and os.path.isdir(os.path.join(top, ".git")):
-        levels.append(exclude)
-    for ancestor in reversed(chain):
-        level = _level(ancestor, 0, _prefix(root, ancestor))
+    ancestors = list(reversed(chain))  # top first, DIR's parent last
+    per_folder: list[tuple[str, _Level]] = []
+    if os.path.isdir(os.path.join(top, ".git")):
+        exclude = _level(os.path.join(top, ".git", "info"), 0, "", ("exclude",))
+        if exclude is not None:
+            per_folder.append((top, exclude))
+    for ancestor in ancestors:
+        level = _level(ancestor, 0, "")
         if level is not None:
-            levels.append(level)
-    return levels
+            per_folder.append((ancestor, level))
+    for inner in [*ancestors[1:], root]:
+        ignored = False
+        for base, level in per_folder:
+            if inner.startswith(base + os.sep):
+                result = level.spec.check_file(os.path.relpath(inner, base) + "/")
+                if result.include is not None:
+                    ignored = result.include
+        if ignored:
+            return []
+    return [dataclasses.replace(level, prefix=_prefix(root, base)) for base, level in per_folder]
 
 
 def _ignored(levels: list[_Level], rel: str, is_dir: bool) -> bool:
@@ -214,6 +227,11 @@ def list_files(directory: Path) -> list[FoundFile]:
             more = f" and {len(paths) - _SHOWN} more" if len(paths) > _SHOWN else ""
             lines.append(f"{what}: {', '.join(paths[:_SHOWN])}{more} ({advice})")
             listed.extend(paths)
+    if not lines and not walker.found:
+        raise ProjectError(
+            f"project {root} has no file to send: every file in it is ignored (.gitignore, .tensorfleetignore) "
+            "or lies in .git, a virtualenv or __pycache__"
+        )
     if lines:
         hint = f"to leave a path out, add it to {os.path.join(root, '.tensorfleetignore')}"
         raise ProjectError(f"project {root} cannot be sent: " + "; ".join(lines) + f"; {hint}", tuple(listed))

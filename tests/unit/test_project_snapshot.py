@@ -166,6 +166,27 @@ def test_rules_of_the_enclosing_repository_apply_to_a_subfolder(tmp_path: Path) 
     assert paths(scan(repo / "proj", tmp_path, with_git=False)) == ["a.py", "nested/local.cfg"]
 
 
+def test_a_folder_the_repository_ignores_is_taken_on_its_own_rules(tmp_path: Path) -> None:
+    repo = write_tree(
+        tmp_path / "repo",
+        {
+            ".git/HEAD": "ref: refs/heads/main\n",
+            ".gitignore": "scratch/\n*.out\n",
+            "scratch/exp/train.py": "",
+            "scratch/exp/run.out": "the repository's rules do not reach an ignored folder\n",
+            "scratch/exp/.gitignore": "*.ckpt\n",
+            "scratch/exp/last.ckpt": "its own rules still apply\n",
+        },
+    )
+    assert paths(scan(repo / "scratch" / "exp", tmp_path, with_git=False)) == [".gitignore", "run.out", "train.py"]
+
+
+def test_a_folder_with_nothing_to_send_is_refused(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "proj", {".venv/pyvenv.cfg": "", "__pycache__/a.pyc": "", ".tensorfleetignore": "*\n"})
+    with pytest.raises(ProjectError, match="has no file to send: every file in it is ignored"):
+        scan(root, tmp_path)
+
+
 def test_an_ignored_large_file_is_neither_counted_nor_read(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "proj", {".gitignore": "/weights/\n", "train.py": "print(1)\n"})
     (root / "weights").mkdir()
