@@ -78,7 +78,7 @@ def check_path(path: str, field: str = "path") -> str:
 
 def _check_entry(entry: ManifestEntry, field: str) -> None:
     check_path(entry.path, f"{field}.path")
-    if entry.mode not in (MODE_FILE, MODE_EXECUTABLE):
+    if type(entry.mode) is not int or entry.mode not in (MODE_FILE, MODE_EXECUTABLE):
         raise ValidationError(f"{field}.mode", f"is {entry.mode!r}; only 0o644 and 0o755 are file modes here")
     if not isinstance(entry.sha256, str) or not _SHA256.match(entry.sha256):
         raise ValidationError(f"{field}.sha256", f"is not 64 lowercase hex digits: {str(entry.sha256)[:80]!r}")

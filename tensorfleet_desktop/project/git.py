@@ -45,7 +45,9 @@ class _GitFailed(Exception):
 def _git(directory: Path, args: list[str], limit: int = DIFF_LIMIT, timeout: float = GIT_TIMEOUT) -> tuple[bytes, bool]:
     """(stdout cut at `limit` bytes, whether it was cut); _GitFailed on a non-zero exit or a timeout."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}
-    cmd = ["git", "-c", "core.fsmonitor=false", "-c", "color.ui=false", "-C", str(directory), *args]
+    # no user excludes file: the untracked files listed are those the snapshot sends (walk.py does not read it)
+    config = ["-c", "core.fsmonitor=false", "-c", "color.ui=false", "-c", f"core.excludesFile={os.devnull}"]
+    cmd = ["git", *config, "-C", str(directory), *args]
     try:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env

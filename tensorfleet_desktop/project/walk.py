@@ -4,8 +4,10 @@ Rules, as git applies them: `.gitignore` in DIR and in every folder below it (a 
 one, the last matching line of a file wins, `!` re-includes, a trailing `/` matches folders only, a leading or
 inner `/` anchors to the file's folder), a folder that is ignored is not entered (so nothing under it can be
 re-included), and when DIR lies inside a git repository the `.gitignore` files of the folders between the
-repository's top and DIR and its `.git/info/exclude` apply too. A `.tensorfleetignore` next to any `.gitignore`
-has the same syntax and is read after it (so it may also `!`-re-include what `.gitignore` ignores).
+repository's top and DIR and its `.git/info/exclude` apply too (unless the repository ignores DIR itself: then DIR
+stands on its own rules). A `.tensorfleetignore` next to any `.gitignore` has the same syntax and is read after
+it (so it may also `!`-re-include what `.gitignore` ignores). The user's global excludes file (`core.excludesFile`)
+is not read: what is sent must not depend on who sends it.
 
 Never sent, whatever the rules: `.git`, `__pycache__`, virtualenvs (a folder holding `pyvenv.cfg`, or named
 `.venv` / `venv`) and conda envs (a folder holding `conda-meta`). Sockets, FIFOs and devices are skipped, as git

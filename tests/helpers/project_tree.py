@@ -38,6 +38,10 @@ def git(root: Path, *args: str) -> str:
         "GIT_COMMITTER_EMAIL": "t@example.invalid",
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_CONFIG_NOSYSTEM": "1",
+        # no user excludes file (~/.config/git/ignore): the snapshot does not read one either
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "core.excludesFile",
+        "GIT_CONFIG_VALUE_0": os.devnull,
     }
     done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, env=env, check=True)
     return done.stdout

@@ -336,6 +336,10 @@ def test_validate_manifest_refuses_malformed_entries() -> None:
     refused([*both, ManifestEntry("a/b", MODE_FILE, SHA_A, 1)], "manifest", "'a' is a file and also the directory")
     with pytest.raises(ValidationError, match="holds more than 1 files"):
         validate_manifest(both, max_files=1)
+    with pytest.raises(ValidationError, match="only 0o644 and 0o755"):
+        parse_manifest([{"path": "a", "mode": 420.0, "sha256": SHA_A, "size": 1}])
+    with pytest.raises(ValidationError, match="is a str, not a list"):
+        parse_manifest("a")
     with pytest.raises(ValidationError, match="unknown keys"):
         parse_manifest([{"path": "a", "mode": MODE_FILE, "sha256": SHA_A, "size": 1, "x": 1}])
     with pytest.raises(ValidationError, match=r"holds '\.\.'"):
