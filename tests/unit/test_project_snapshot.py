@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -476,3 +478,13 @@ def test_hashes_are_remembered_in_the_users_cache_dir(
     (cache_file,) = (tmp_path / "xdg" / "tensorfleet" / "project-hashes").iterdir()
     assert json.loads(cache_file.read_text())["files"]["a.py"][-1] == hashlib.sha256(b"a\n").hexdigest()
     assert oct(cache_file.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_the_snapshot_loads_no_controller_store_qt_or_grpc() -> None:
+    """The SDK, CLI and GUI snapshot a folder before talking to anyone: none of those layers come with it."""
+    code = "import json, sys; import tensorfleet_desktop.project; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(done.stdout)
+    forbidden = ("tensorfleet_desktop.controller", "sqlite3", "PySide6", "grpc", "google.protobuf")
+    assert "tensorfleet_desktop.project.scan" in loaded
+    assert [m for m in loaded if m.startswith(forbidden)] == []
