@@ -39,6 +39,7 @@ def _project(root: Path) -> Path:
     (root / "pkg" / "train.py").write_text("import sys\n\nLR = 3e-4\nprint('training', LR, sys.argv[1:])\n")
     (root / "pkg" / "model.py").write_text("WIDTH = 64\n" * 200)
     (root / "requirements.txt").write_text("numpy\n")
+    (root / "pkg" / "model_copy.py").write_text("WIDTH = 64\n" * 200)  # the same content: sent once
     (root / "data.bin").write_bytes(bytes(range(256)) * 9000)  # > 2 MiB: several chunks
     (root / ".gitignore").write_text("*.log\n")
     (root / "run.log").write_text("ignored\n")
@@ -56,8 +57,9 @@ def test_only_what_the_controller_lacks_is_uploaded(controller: ControllerProces
     sizes = {p: p.stat().st_size for p in root.rglob("*") if p.is_file() and p.suffix != ".log"}
     with Client(controller.address) as client:
         first = client.upload_project(root)
-        assert first["files"] == len(sizes) == 6 and first["bytes"] == sum(sizes.values())
-        assert first["uploaded_bytes"] == first["bytes"] and first["uploaded_files"] == 6
+        assert first["files"] == len(sizes) == 7 and first["bytes"] == sum(sizes.values())
+        copy = sizes[root / "pkg" / "model_copy.py"]
+        assert first["uploaded_bytes"] == first["bytes"] - copy and first["uploaded_files"] == 6
         assert {e["path"] for e in first["manifest"]} == {str(p.relative_to(root)) for p in sizes}
         assert len(first["manifest_id"]) == 64 and first["git"] is None  # not a repository
 
