@@ -1,11 +1,12 @@
 """A user's project folder, snapshotted for a job (issue 19): the client side.
 
-How it is meant to be used (by `submit --project`, the SDK and the GUI's Project tab), in a thread:
+How it is meant to be used (by `submit --project`, the SDK and the GUI's Project tab; `AsyncClient.upload_project`
+does the first four steps), in a thread:
 
     snap = snapshot(folder, max_bytes)              # ProjectError says what is wrong (too large, symlink escape, ...)
-    have = <controller's HasBlobs(snap.blobs())>    # the contents it already stores
-    plan = snap.plan_upload(have)                   # plan.send: one entry per missing content; plan.as_json()
-    for entry in plan.send: upload snap.local_path(entry), checking entry.sha256 again
+    missing = <controller's MissingBlobs(snap.blobs())>  # the contents it does not store yet
+    plan = snap.plan_upload(set(snap.blobs()) - set(missing))  # plan.send: one entry per missing content
+    for entry in plan.send: UploadBlobs snap.local_path(entry), checking entry.sha256 again
     submit(..., manifest=snap.manifest(), snapshot_id=snap.id, git=snap.git.as_dict() if snap.git else None)
 
 The controller and the agent check a received manifest with `tensorfleet_agent.core.manifest.validate_manifest`

@@ -73,7 +73,7 @@ class Snapshot:
         return sum(e.size for e in self.entries)
 
     def blobs(self) -> set[str]:
-        """The distinct contents (sha256s): what to ask the controller whether it has (`HasBlobs`)."""
+        """The distinct contents (sha256s): what to ask the controller which it lacks (`MissingBlobs`)."""
         return {e.sha256 for e in self.entries}
 
     def missing(self, have: Collection[str]) -> list[ManifestEntry]:
