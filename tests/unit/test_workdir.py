@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -151,3 +152,22 @@ def test_timings_2k_files_copy_and_hardlink(tmp_path: Path) -> None:
         assert (tmp_path / link / "d3/s3/f3.py").read_bytes() == b"# file 3\n" * 4
     sys.stderr.write(f"materialize 2000 files: copy {seconds['copy']:.3f}s, hardlink {seconds['hardlink']:.3f}s\n")
     assert seconds["copy"] < 30 and seconds["hardlink"] < 30  # generous: a loaded 2-core CI box
+
+
+def test_fallbacks_when_the_filesystem_cannot_link_or_copy_in_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs", limit_bytes=16 << 20)
+    big = os.urandom(3 << 20)  # several buffer lengths
+    entries = [*_tree(store), _entry(store, "data/big.bin", big)]
+
+    def refuse(*_args: object, **_kwargs: object) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    result = materialize(store, entries, tmp_path / "work", link="hardlink")
+    assert (result.linked, result.copied) == (0, 6)
+    assert (tmp_path / "work/data/big.bin").read_bytes() == big
+    assert (tmp_path / "work/pkg/model/net.py").read_bytes() == b"WIDTH = 3\n"
+    assert stat.S_IMODE((tmp_path / "work/run.sh").stat().st_mode) == 0o755
