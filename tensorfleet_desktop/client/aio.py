@@ -256,7 +256,7 @@ class AsyncClient:
         if plan.send:
             changed: list[ProjectError] = []
             try:
-                await stub.UploadBlobs(
+                reply = await stub.UploadBlobs(
                     _project_chunks(snap, plan.send, changed), timeout=max(self.timeout, 600), metadata=self._metadata
                 )
             except grpc.RpcError as exc:
@@ -265,6 +265,12 @@ class AsyncClient:
                 raise translate(exc, self.address) from None
             if changed:
                 raise changed[0]
+            stored = wire.upload_blobs_from_pb(reply)
+            if stored != {"files": len(plan.send), "bytes": plan.uploaded_bytes}:
+                raise DataLoss(
+                    f"the controller stored {stored['files']} file(s), {stored['bytes']} bytes of the "
+                    f"{len(plan.send)} file(s), {plan.uploaded_bytes} bytes sent; upload the project again"
+                )
         return {
             "manifest_id": snap.id,
             "manifest": snap.manifest(),
