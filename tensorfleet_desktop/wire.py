@@ -484,6 +484,21 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
 # ---------------------------------------------------------------- datasets
 
 
+def project_file_header_to_pb(sha256: str, size: int) -> cpb.ProjectFileChunk:
+    return cpb.ProjectFileChunk(header=cpb.ProjectFileHeader(sha256=sha256, size=size))
+
+
+def project_file_part_from_pb(msg: cpb.ProjectFileChunk) -> tuple[str, int] | bytes:
+    """UploadBlobs' message as the controller core takes it: (sha256, size) starts a file, bytes continue it."""
+    if msg.WhichOneof("part") == "header":
+        return msg.header.sha256, msg.header.size
+    return msg.data
+
+
+def upload_blobs_from_pb(msg: cpb.UploadBlobsResponse) -> dict[str, int]:
+    return {"files": msg.files, "bytes": msg.bytes}
+
+
 def dataset_to_pb(entry: dict[str, Any]) -> cpb.DatasetInfo:
     source = entry.get("source") or {}
     return cpb.DatasetInfo(

@@ -140,6 +140,16 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetChunk.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.FromString,
                 _registered_method=True)
+        self.MissingBlobs = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/MissingBlobs',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.MissingBlobsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.MissingBlobsResponse.FromString,
+                _registered_method=True)
+        self.UploadBlobs = channel.stream_unary(
+                '/tensorfleet.v1.ControllerService/UploadBlobs',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ProjectFileChunk.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.UploadBlobsResponse.FromString,
+                _registered_method=True)
         self.ListDatasets = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/ListDatasets',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListDatasetsRequest.SerializeToString,
@@ -353,6 +363,20 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MissingBlobs(self, request, context):
+        """which contents the blob store lacks
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadBlobs(self, request_iterator, context):
+        """files by sha256, each verified
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDatasets(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -556,6 +580,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.UploadDataset,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetChunk.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.SerializeToString,
+            ),
+            'MissingBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.MissingBlobs,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.MissingBlobsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.MissingBlobsResponse.SerializeToString,
+            ),
+            'UploadBlobs': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadBlobs,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ProjectFileChunk.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.UploadBlobsResponse.SerializeToString,
             ),
             'ListDatasets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDatasets,
@@ -1205,6 +1239,60 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/UploadDataset',
             tensorfleet_dot_v1_dot_controller__pb2.DatasetChunk.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MissingBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/MissingBlobs',
+            tensorfleet_dot_v1_dot_controller__pb2.MissingBlobsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.MissingBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadBlobs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tensorfleet.v1.ControllerService/UploadBlobs',
+            tensorfleet_dot_v1_dot_controller__pb2.ProjectFileChunk.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.UploadBlobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,10 @@ class ControllerServiceStub:
     PairAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PairAgentRequest, _controller_pb2.Agent]
     ListWorkloads: _grpc.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]
     UploadDataset: _grpc.StreamUnaryMultiCallable[_controller_pb2.DatasetChunk, _controller_pb2.DatasetInfo]
+    MissingBlobs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.MissingBlobsRequest, _controller_pb2.MissingBlobsResponse]
+    """which contents the blob store lacks"""
+    UploadBlobs: _grpc.StreamUnaryMultiCallable[_controller_pb2.ProjectFileChunk, _controller_pb2.UploadBlobsResponse]
+    """files by sha256, each verified"""
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]
     PreviewDataset: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetPreview]
     DeleteDataset: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetInfo]
@@ -102,6 +106,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     PairAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.PairAgentRequest, _controller_pb2.Agent]  # type: ignore[assignment]
     ListWorkloads: _aio.UnaryUnaryMultiCallable[_controller_pb2.WorkloadsRequest, _controller_pb2.WorkloadsResponse]  # type: ignore[assignment]
     UploadDataset: _aio.StreamUnaryMultiCallable[_controller_pb2.DatasetChunk, _controller_pb2.DatasetInfo]  # type: ignore[assignment]
+    MissingBlobs: _aio.UnaryUnaryMultiCallable[_controller_pb2.MissingBlobsRequest, _controller_pb2.MissingBlobsResponse]  # type: ignore[assignment]
+    """which contents the blob store lacks"""
+    UploadBlobs: _aio.StreamUnaryMultiCallable[_controller_pb2.ProjectFileChunk, _controller_pb2.UploadBlobsResponse]  # type: ignore[assignment]
+    """files by sha256, each verified"""
     ListDatasets: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]  # type: ignore[assignment]
     PreviewDataset: _aio.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetPreview]  # type: ignore[assignment]
     DeleteDataset: _aio.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetInfo]  # type: ignore[assignment]
@@ -268,6 +276,22 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_controller_pb2.DatasetChunk],
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.DatasetInfo, _abc.Awaitable[_controller_pb2.DatasetInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def MissingBlobs(
+        self,
+        request: _controller_pb2.MissingBlobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.MissingBlobsResponse, _abc.Awaitable[_controller_pb2.MissingBlobsResponse]]:
+        """which contents the blob store lacks"""
+
+    @_abc_1.abstractmethod
+    def UploadBlobs(
+        self,
+        request_iterator: _MaybeAsyncIterator[_controller_pb2.ProjectFileChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.UploadBlobsResponse, _abc.Awaitable[_controller_pb2.UploadBlobsResponse]]:
+        """files by sha256, each verified"""
 
     @_abc_1.abstractmethod
     def ListDatasets(

@@ -27,10 +27,14 @@ from tensorfleet_desktop.client.errors import (
     translate,
 )
 from tensorfleet_desktop.client.models import load_model_file
+from tensorfleet_desktop.project import DEFAULT_MAX_BYTES, ManifestEntry, ProjectError, Snapshot, snapshot
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 #: The reconnect pause of wait() after the controller stopped answering.
 RETRY_SECONDS = 1.0
+#: sha256s per MissingBlobs request, and bytes per UploadBlobs data message (the controller's limit).
+MISSING_BATCH = 10_000
+UPLOAD_CHUNK = 1 << 20
 T = TypeVar("T")
 
 
@@ -235,6 +239,48 @@ class AsyncClient:
             raise translate(exc, self.address) from None
         return wire.dataset_from_pb(reply)
 
+    # ---- projects
+
+    async def upload_project(self, path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+        """Snapshot a project folder and upload the files the controller lacks (ProjectError says what is wrong
+        with the folder). Returns {"manifest_id", "manifest", "files", "bytes", "uploaded_files",
+        "uploaded_bytes", "git"}: what a project job is submitted with, and submit --json's "upload" numbers."""
+        snap = await asyncio.to_thread(snapshot, path, max_bytes)
+        wanted = sorted(snap.blobs())
+        stub = await self._stub()
+        missing: list[str] = []
+        for start in range(0, len(wanted), MISSING_BATCH):
+            request = cpb.MissingBlobsRequest(sha256=wanted[start : start + MISSING_BATCH])
+            missing += await self._call("MissingBlobs", request, lambda r: list(r.sha256))
+        plan = snap.plan_upload(set(wanted) - set(missing))
+        if plan.send:
+            changed: list[ProjectError] = []
+            try:
+                reply = await stub.UploadBlobs(
+                    _project_chunks(snap, plan.send, changed), timeout=max(self.timeout, 600), metadata=self._metadata
+                )
+            except grpc.RpcError as exc:
+                if changed:
+                    raise changed[0] from None
+                raise translate(exc, self.address) from None
+            if changed:
+                raise changed[0]
+            stored = wire.upload_blobs_from_pb(reply)
+            if stored != {"files": len(plan.send), "bytes": plan.uploaded_bytes}:
+                raise DataLoss(
+                    f"the controller stored {stored['files']} file(s), {stored['bytes']} bytes of the "
+                    f"{len(plan.send)} file(s), {plan.uploaded_bytes} bytes sent; upload the project again"
+                )
+        return {
+            "manifest_id": snap.id,
+            "manifest": snap.manifest(),
+            "files": plan.files,
+            "bytes": plan.bytes,
+            "uploaded_files": plan.uploaded_files,
+            "uploaded_bytes": plan.uploaded_bytes,
+            "git": snap.git.as_dict() if snap.git is not None else None,
+        }
+
     async def datasets(self) -> list[dict[str, Any]]:
         return await self._call("ListDatasets", cpb.ListDatasetsRequest(), _datasets)
 
@@ -386,6 +432,35 @@ async def _discard(fh: IO[bytes] | None, tmp: Path) -> None:
     if fh is not None:
         await asyncio.to_thread(fh.close)
     await asyncio.to_thread(tmp.unlink, missing_ok=True)
+
+
+async def _project_chunks(
+    snap: Snapshot, send: Sequence[ManifestEntry], changed: list[ProjectError]
+) -> AsyncIterator[cpb.ProjectFileChunk]:
+    """UploadBlobs' messages: per file its header, then its bytes in chunks of 1 MiB, hashed again as they are
+    read. A file that changed since the snapshot ends the stream (the controller refuses what it got) and is
+    reported through `changed`."""
+    for entry in send:
+        yield wire.project_file_header_to_pb(entry.sha256, entry.size)
+        local = snap.local_path(entry)
+        try:
+            fh = await asyncio.to_thread(local.open, "rb")
+        except OSError as exc:
+            changed.append(ProjectError(f"{entry.path}: cannot read it any more ({exc}); submit again"))
+            return
+        hasher, size = hashlib.sha256(), 0
+        try:
+            while data := await asyncio.to_thread(fh.read, min(UPLOAD_CHUNK, entry.size + 1 - size)):
+                size += len(data)
+                hasher.update(data)
+                if size > entry.size:
+                    break
+                yield cpb.ProjectFileChunk(data=data)
+        finally:
+            fh.close()
+        if size != entry.size or hasher.hexdigest() != entry.sha256:
+            changed.append(ProjectError(f"{entry.path} changed while the project was uploaded; submit again"))
+            return
 
 
 def _digest(path: Path) -> tuple[str, int]:

@@ -180,6 +180,7 @@ class Client:
     pair_agent = _blocking(AsyncClient.pair_agent)
     workloads = _blocking(AsyncClient.workloads)
     upload_dataset = _blocking(AsyncClient.upload_dataset)
+    upload_project = _blocking(AsyncClient.upload_project)
     datasets = _blocking(AsyncClient.datasets)
     preview_dataset = _blocking(AsyncClient.preview_dataset)
     delete_dataset = _blocking(AsyncClient.delete_dataset)

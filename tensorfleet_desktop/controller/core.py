@@ -30,6 +30,7 @@ from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobTask
 from tensorfleet_desktop.controller.placement import Placement
 from tensorfleet_desktop.controller.ports import MIN_FREE_DISK_BYTES, AgentPort, Clock, SystemClock
+from tensorfleet_desktop.controller.project_files import ProjectFiles
 from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, full_message
 from tensorfleet_desktop.controller.store.blobs import BlobStore
 from tensorfleet_desktop.controller.trials import SweepRunner
@@ -61,6 +62,7 @@ class Controller:
         self.events = EventLog(store, clock)
         self.machine = JobMachine(self.events, clock, metrics, max_replacements)
         self.catalog = DatasetCatalog(store, blobs)
+        self.project_files = ProjectFiles(blobs)  # project snapshot files (issue 19)
         self.sweeps = SweepRunner(self.machine, self.events)
         self.artifacts = Artifacts(
             store,

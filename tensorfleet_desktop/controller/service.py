@@ -311,6 +311,18 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return wire.dataset_to_pb(entry)
 
     @_unary
+    async def MissingBlobs(self, request: cpb.MissingBlobsRequest, context: Any) -> cpb.MissingBlobsResponse:
+        return cpb.MissingBlobsResponse(sha256=await self.c.project_files.missing(list(request.sha256)))
+
+    @_unary
+    async def UploadBlobs(
+        self, request_iterator: AsyncIterator[cpb.ProjectFileChunk], context: Any
+    ) -> cpb.UploadBlobsResponse:
+        parts = (wire.project_file_part_from_pb(m) async for m in request_iterator)
+        files, received = await self.c.project_files.receive_all(parts)
+        return cpb.UploadBlobsResponse(files=files, bytes=received)
+
+    @_unary
     async def ListDatasets(self, request: cpb.ListDatasetsRequest, context: Any) -> cpb.ListDatasetsResponse:
         return cpb.ListDatasetsResponse(datasets=[wire.dataset_to_pb(d) for d in self.c.datasets.values()])
 

@@ -1,0 +1,130 @@
+"""Run one uv command for an env build: its output streamed line by line, its failure classified.
+
+A failed uv run becomes an EnvBuildError whose `permanent` flag tells the scheduler whether another try (here or on
+another agent) can help. The rule, from uv's exit status and its own message lines:
+
+- uv killed by a signal, a build that ran past its time limit, or any line that names a transport failure
+  (connect/DNS/TLS errors, timeouts, HTTP 5xx/408/429, "Failed to fetch"/"Failed to download" without a 4xx, a
+  full disk) -> permanent=False: a flaky mirror or a busy agent; the caller retries.
+- any other non-zero exit -> permanent=True: uv ran to its end and refused the requirements themselves (no
+  solution, a parse error, a build failure, a 4xx on a pinned URL); no agent will do better, so the job fails once.
+
+`reason` is uv's own message (from its first `error:` or boxed-cross line on): the user reads what uv said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import uv
+
+LineSink = Callable[[str], None]
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_TRANSIENT = re.compile(
+    r"error sending request|failed to fetch|failed to download|tcp connect error|connection (refused|reset|closed|"
+    r"aborted)|dns error|failed to lookup address|name resolution|network is unreachable|timed out|"
+    r"server error|status code 5\d\d|\b50[0-9] |\b408\b|\b429\b|too many requests|"
+    r"request failed after|tls|certificate|no space left on device|broken pipe|unexpected eof",
+    re.IGNORECASE,
+)
+_CLIENT_ERROR = re.compile(r"client error \((?!408|429)4\d\d", re.IGNORECASE)
+_REASON_START = re.compile("^\\s*(error:|\u00d7 )")  # uv marks errors "error:" or with a boxed cross
+REASON_MAX_LINES = 40
+TAIL_LINES = 200
+
+
+class EnvBuildError(Exception):
+    """An env could not be built; `reason` is uv's own text, `permanent` says whether retrying can help."""
+
+    def __init__(self, reason: str, *, permanent: bool, key: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+        self.key = key
+
+
+def uv_binary() -> str:
+    """The uv executable of the `uv` package installed with the agent."""
+    return uv.find_uv_bin()
+
+
+def uv_reason(lines: Sequence[str]) -> str:
+    """uv's own error message: from its first error line to the end, else the last lines it printed."""
+    for i, line in enumerate(lines):
+        if _REASON_START.match(line):
+            return "\n".join(lines[i : i + REASON_MAX_LINES]).strip()
+    return "\n".join(lines[-20:]).strip() or "uv printed nothing"
+
+
+def classify_failure(returncode: int, lines: Sequence[str]) -> EnvBuildError:
+    """Turn a failed uv run into an EnvBuildError (the rule is in the module docstring)."""
+    reason = uv_reason(lines)
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        return EnvBuildError(f"uv was killed by {name}\n{reason}", permanent=False)
+    text = "\n".join(lines)
+    transient = bool(_TRANSIENT.search(text)) and not _CLIENT_ERROR.search(text)
+    return EnvBuildError(reason, permanent=not transient)
+
+
+async def run_uv(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    sink: LineSink,
+    timeout_s: float,
+) -> None:
+    """Run `uv ARGS`, each output line (stdout and stderr merged, in order) to `sink` as it comes.
+
+    Raises EnvBuildError on a non-zero exit or past `timeout_s`; a cancelled call kills uv before it returns.
+    """
+    sink("$ uv " + " ".join(args))
+    proc = await asyncio.create_subprocess_exec(
+        uv_binary(),
+        *args,
+        cwd=cwd,
+        env=dict(env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        limit=1 << 20,
+        start_new_session=True,  # a kill reaches uv's own children (build backends) too
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    try:
+        async with asyncio.timeout(timeout_s):
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                line = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip()
+                if line:
+                    tail.append(line)
+                    sink(line)
+            returncode = await proc.wait()
+    except TimeoutError:
+        _kill(proc)
+        await proc.wait()
+        raise EnvBuildError(
+            f"uv ran past the build time limit of {timeout_s:.0f} s\n{uv_reason(list(tail))}", permanent=False
+        ) from None
+    except BaseException:
+        _kill(proc)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(proc.wait())
+        raise
+    if returncode != 0:
+        raise classify_failure(returncode, list(tail))
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
