@@ -75,9 +75,15 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """see exit_cause and error"""
     TASK_STATE_CANCELLED: _TaskState.ValueType  # 5
     """by CancelTask (a pause too: exit_cause STOPPED)"""
+    TASK_STATE_PREPARING: _TaskState.ValueType  # 6
+    """A project task (workload "project"): its files are materialized and its Python env built before it RUNs;
+    the env's build log streams as AGENT log lines meanwhile.
+    """
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
-    """A task's life on one agent: ACCEPTED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED (the last three are final)."""
+    """A task's life on one agent: ACCEPTED -> [PREPARING ->] RUNNING -> SUCCEEDED | FAILED | CANCELLED (the last
+    three are final; only project tasks are PREPARING).
+    """
 
 TASK_STATE_UNSPECIFIED: TaskState.ValueType  # 0
 """never sent"""
@@ -91,6 +97,10 @@ TASK_STATE_FAILED: TaskState.ValueType  # 4
 """see exit_cause and error"""
 TASK_STATE_CANCELLED: TaskState.ValueType  # 5
 """by CancelTask (a pause too: exit_cause STOPPED)"""
+TASK_STATE_PREPARING: TaskState.ValueType  # 6
+"""A project task (workload "project"): its files are materialized and its Python env built before it RUNs;
+the env's build log streams as AGENT log lines meanwhile.
+"""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _ExitCause:
@@ -129,6 +139,10 @@ class _ExitCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitCause.V
     """controller only: the agent refused RunTask"""
     EXIT_CAUSE_PRUNED: _ExitCause.ValueType  # 14
     """controller only: a sweep trial stopped early by the sweep's pruner"""
+    EXIT_CAUSE_ENV_BUILD: _ExitCause.ValueType  # 15
+    """A project's environment cannot be built: uv refused its requirements (error holds uv's reason). Permanent:
+    the controller fails the job at once instead of retrying it elsewhere. A flaky download is SETUP (retried).
+    """
 
 class ExitCause(_ExitCause, metaclass=_ExitCauseEnumTypeWrapper):
     """Why a task ended. The agent sends COMPLETED..SETUP; REJECTED and PRUNED are the controller's own
@@ -165,6 +179,10 @@ EXIT_CAUSE_REJECTED: ExitCause.ValueType  # 13
 """controller only: the agent refused RunTask"""
 EXIT_CAUSE_PRUNED: ExitCause.ValueType  # 14
 """controller only: a sweep trial stopped early by the sweep's pruner"""
+EXIT_CAUSE_ENV_BUILD: ExitCause.ValueType  # 15
+"""A project's environment cannot be built: uv refused its requirements (error holds uv's reason). Permanent:
+the controller fails the job at once instead of retrying it elsewhere. A flaky download is SETUP (retried).
+"""
 Global___ExitCause: _TypeAlias = ExitCause  # noqa: Y015
 
 class _LogStream:
@@ -1117,6 +1135,56 @@ class ArtifactReady(_message.Message):
 Global___ArtifactReady: _TypeAlias = ArtifactReady  # noqa: Y015
 
 @_typing.final
+class EnvironmentReady(_message.Message):
+    """A project task's working dir and Python env are ready (journaled once, just before RUNNING)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
+    BUILD_SECONDS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PYTHON_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    MATERIALIZE_SECONDS_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """the env cache key (sha256 hex); "" with env none (the agent's own Python)"""
+    cache_hit: _builtins.bool
+    """the env was in the agent's cache: nothing was built"""
+    build_seconds: _builtins.float
+    """time spent building it now (0 on a cache hit)"""
+    source: _builtins.str
+    """the file it was built from ("uv.lock", "requirements.txt", ...); "" for none"""
+    python: _builtins.str
+    """the interpreter's version, e.g. "3.11.2" """
+    files: _builtins.int
+    """files materialized in the working dir"""
+    bytes: _builtins.int
+    """their total size"""
+    materialize_seconds: _builtins.float
+    """time to lay out the working dir from the blob cache"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        cache_hit: _builtins.bool = ...,
+        build_seconds: _builtins.float = ...,
+        source: _builtins.str = ...,
+        python: _builtins.str = ...,
+        files: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        materialize_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_seconds", b"build_seconds", "bytes", b"bytes", "cache_hit", b"cache_hit", "files", b"files", "key", b"key", "materialize_seconds", b"materialize_seconds", "python", b"python", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnvironmentReady: _TypeAlias = EnvironmentReady  # noqa: Y015
+
+@_typing.final
 class Finished(_message.Message):
     """The task ended; always its last event."""
 
@@ -1166,6 +1234,7 @@ class TaskEvent(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     ARTIFACT_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """TaskSpec.task_id"""
     seq: _builtins.int
@@ -1200,6 +1269,10 @@ class TaskEvent(_message.Message):
     def finished(self) -> Global___Finished:
         """the task ended; always its last event"""
 
+    @_builtins.property
+    def environment(self) -> Global___EnvironmentReady:
+        """a project task's working dir and env are ready"""
+
     def __init__(
         self,
         *,
@@ -1213,12 +1286,13 @@ class TaskEvent(_message.Message):
         checkpoint: Global___CheckpointSaved | None = ...,
         artifact: Global___ArtifactReady | None = ...,
         finished: Global___Finished | None = ...,
+        environment: Global___EnvironmentReady | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "state", b"state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "seq", b"seq", "state", b"state", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "seq", b"seq", "state", b"state", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state", "log", "metric", "progress", "checkpoint", "artifact", "finished"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state", "log", "metric", "progress", "checkpoint", "artifact", "finished", "environment"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -1492,6 +1566,150 @@ class HasBlobsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HasBlobsResponse: _TypeAlias = HasBlobsResponse  # noqa: Y015
+
+@_typing.final
+class EnvSummary(_message.Message):
+    """---------------------------------------------------------------- project environments
+
+    One Python env in the agent's env cache (project jobs; built with uv).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    LAST_USED_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    PYTHON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    BUILD_SECONDS_FIELD_NUMBER: _builtins.int
+    IN_USE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """sha256 hex of what it is built from (files, Python, platform, uv settings)"""
+    size_bytes: _builtins.int
+    """on disk"""
+    last_used: _builtins.float
+    """unix seconds"""
+    jobs: _builtins.int
+    """tasks it has served"""
+    python: _builtins.str
+    """interpreter version"""
+    source: _builtins.str
+    """the requirement file it was built from"""
+    build_seconds: _builtins.float
+    """how long its build took"""
+    in_use: _builtins.int
+    """running tasks using it now (never evicted while > 0)"""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        last_used: _builtins.float = ...,
+        jobs: _builtins.int = ...,
+        python: _builtins.str = ...,
+        source: _builtins.str = ...,
+        build_seconds: _builtins.float = ...,
+        in_use: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_seconds", b"build_seconds", "in_use", b"in_use", "jobs", b"jobs", "key", b"key", "last_used", b"last_used", "python", b"python", "size_bytes", b"size_bytes", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnvSummary: _TypeAlias = EnvSummary  # noqa: Y015
+
+@_typing.final
+class ListEnvsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnvsRequest: _TypeAlias = ListEnvsRequest  # noqa: Y015
+
+@_typing.final
+class ListEnvsResponse(_message.Message):
+    """The agent's cached envs, most recently used first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVS_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    limit_bytes: _builtins.int
+    """--env-cache-gb: least recently used envs are evicted beyond it"""
+    @_builtins.property
+    def envs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnvSummary]:
+        """see EnvSummary"""
+
+    def __init__(
+        self,
+        *,
+        envs: _abc.Iterable[Global___EnvSummary] | None = ...,
+        limit_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envs", b"envs", "limit_bytes", b"limit_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnvsResponse: _TypeAlias = ListEnvsResponse  # noqa: Y015
+
+@_typing.final
+class PruneEnvsRequest(_message.Message):
+    """Remove cached envs no running task uses, least recently used first, until at most keep_bytes remain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_BYTES_FIELD_NUMBER: _builtins.int
+    keep_bytes: _builtins.int
+    """0 = remove every unused env"""
+    def __init__(
+        self,
+        *,
+        keep_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_bytes", b"keep_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneEnvsRequest: _TypeAlias = PruneEnvsRequest  # noqa: Y015
+
+@_typing.final
+class PruneEnvsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    FREED_BYTES_FIELD_NUMBER: _builtins.int
+    freed_bytes: _builtins.int
+    """bytes freed"""
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """keys of the envs removed"""
+
+    def __init__(
+        self,
+        *,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
+        freed_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["freed_bytes", b"freed_bytes", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneEnvsResponse: _TypeAlias = PruneEnvsResponse  # noqa: Y015
 
 @_typing.final
 class PairBeginRequest(_message.Message):

@@ -93,6 +93,16 @@ class AgentServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobResponse.FromString,
                 _registered_method=True)
+        self.ListEnvs = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/ListEnvs',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.ListEnvsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.ListEnvsResponse.FromString,
+                _registered_method=True)
+        self.PruneEnvs = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/PruneEnvs',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsResponse.FromString,
+                _registered_method=True)
         self.PairBegin = channel.unary_unary(
                 '/tensorfleet.v1.AgentService/PairBegin',
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.PairBeginRequest.SerializeToString,
@@ -198,6 +208,20 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEnvs(self, request, context):
+        """The project envs in the agent's env cache.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneEnvs(self, request, context):
+        """Remove unused project envs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PairBegin(self, request, context):
         """Pairing, step 1 (public).
         """
@@ -283,6 +307,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.PushBlob,
                     request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobResponse.SerializeToString,
+            ),
+            'ListEnvs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnvs,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.ListEnvsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.ListEnvsResponse.SerializeToString,
+            ),
+            'PruneEnvs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneEnvs,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsResponse.SerializeToString,
             ),
             'PairBegin': grpc.unary_unary_rpc_method_handler(
                     servicer.PairBegin,
@@ -605,6 +639,60 @@ class AgentService:
             '/tensorfleet.v1.AgentService/PushBlob',
             tensorfleet_dot_v1_dot_agent__pb2.PushBlobRequest.SerializeToString,
             tensorfleet_dot_v1_dot_agent__pb2.PushBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnvs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/ListEnvs',
+            tensorfleet_dot_v1_dot_agent__pb2.ListEnvsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.ListEnvsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneEnvs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/PruneEnvs',
+            tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsResponse.FromString,
             options,
             channel_credentials,
             insecure,

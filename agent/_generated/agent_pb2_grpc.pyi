@@ -64,6 +64,10 @@ class AgentServiceStub:
     """Download a blob from an object store into the cache."""
     PushBlob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PushBlobRequest, _agent_pb2.PushBlobResponse]
     """Upload a cached blob to an object store."""
+    ListEnvs: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListEnvsRequest, _agent_pb2.ListEnvsResponse]
+    """The project envs in the agent's env cache."""
+    PruneEnvs: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PruneEnvsRequest, _agent_pb2.PruneEnvsResponse]
+    """Remove unused project envs."""
     PairBegin: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PairBeginRequest, _agent_pb2.PairBeginResponse]
     """Pairing, step 1 (public)."""
     PairFinish: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PairFinishRequest, _agent_pb2.PairFinishResponse]
@@ -103,6 +107,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Download a blob from an object store into the cache."""
     PushBlob: _aio.UnaryUnaryMultiCallable[_agent_pb2.PushBlobRequest, _agent_pb2.PushBlobResponse]  # type: ignore[assignment]
     """Upload a cached blob to an object store."""
+    ListEnvs: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListEnvsRequest, _agent_pb2.ListEnvsResponse]  # type: ignore[assignment]
+    """The project envs in the agent's env cache."""
+    PruneEnvs: _aio.UnaryUnaryMultiCallable[_agent_pb2.PruneEnvsRequest, _agent_pb2.PruneEnvsResponse]  # type: ignore[assignment]
+    """Remove unused project envs."""
     PairBegin: _aio.UnaryUnaryMultiCallable[_agent_pb2.PairBeginRequest, _agent_pb2.PairBeginResponse]  # type: ignore[assignment]
     """Pairing, step 1 (public)."""
     PairFinish: _aio.UnaryUnaryMultiCallable[_agent_pb2.PairFinishRequest, _agent_pb2.PairFinishResponse]  # type: ignore[assignment]
@@ -205,6 +213,22 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.PushBlobResponse, _abc.Awaitable[_agent_pb2.PushBlobResponse]]:
         """Upload a cached blob to an object store."""
+
+    @_abc_1.abstractmethod
+    def ListEnvs(
+        self,
+        request: _agent_pb2.ListEnvsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ListEnvsResponse, _abc.Awaitable[_agent_pb2.ListEnvsResponse]]:
+        """The project envs in the agent's env cache."""
+
+    @_abc_1.abstractmethod
+    def PruneEnvs(
+        self,
+        request: _agent_pb2.PruneEnvsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PruneEnvsResponse, _abc.Awaitable[_agent_pb2.PruneEnvsResponse]]:
+        """Remove unused project envs."""
 
     @_abc_1.abstractmethod
     def PairBegin(

@@ -85,6 +85,8 @@ class _JobTaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobTaskS
     """for good: see TaskInfo.exit_cause and error"""
     JOB_TASK_STATE_CANCELLED: _JobTaskState.ValueType  # 6
     """the job was cancelled, or a sweep trial pruned (exit_cause PRUNED)"""
+    JOB_TASK_STATE_PREPARING: _JobTaskState.ValueType  # 7
+    """a project task: its agent materializes its files and builds its env"""
 
 class JobTaskState(_JobTaskState, metaclass=_JobTaskStateEnumTypeWrapper):
     """One task of a job as the controller tracks it (across attempts on agents)."""
@@ -101,6 +103,8 @@ JOB_TASK_STATE_FAILED: JobTaskState.ValueType  # 5
 """for good: see TaskInfo.exit_cause and error"""
 JOB_TASK_STATE_CANCELLED: JobTaskState.ValueType  # 6
 """the job was cancelled, or a sweep trial pruned (exit_cause PRUNED)"""
+JOB_TASK_STATE_PREPARING: JobTaskState.ValueType  # 7
+"""a project task: its agent materializes its files and builds its env"""
 Global___JobTaskState: _TypeAlias = JobTaskState  # noqa: Y015
 
 class _AgentState:
@@ -572,6 +576,7 @@ class TaskInfo(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    ENVIRONMENT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """0..total-1: the rank, fold or trial number"""
     state: Global___JobTaskState.ValueType
@@ -604,6 +609,10 @@ class TaskInfo(_message.Message):
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """last value per name"""
 
+    @_builtins.property
+    def environment(self) -> _agent_pb2.EnvironmentReady:
+        """a project task's env as its current attempt got it; unset otherwise"""
+
     def __init__(
         self,
         *,
@@ -622,10 +631,11 @@ class TaskInfo(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         started_at: _builtins.float = ...,
         finished_at: _builtins.float = ...,
+        environment: _agent_pb2.EnvironmentReady | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "agent_task_id", b"agent_task_id", "attempt", b"attempt", "error", b"error", "exit_cause", b"exit_cause", "failures", b"failures", "finished_at", b"finished_at", "index", b"index", "metrics", b"metrics", "node_id", b"node_id", "params_json", b"params_json", "progress", b"progress", "replacements", b"replacements", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "agent_task_id", b"agent_task_id", "attempt", b"attempt", "environment", b"environment", "error", b"error", "exit_cause", b"exit_cause", "failures", b"failures", "finished_at", b"finished_at", "index", b"index", "metrics", b"metrics", "node_id", b"node_id", "params_json", b"params_json", "progress", b"progress", "replacements", b"replacements", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -717,6 +727,7 @@ class Job(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     TASK_LIST_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     state: Global___JobState.ValueType
@@ -758,6 +769,10 @@ class Job(_message.Message):
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
         """in the order the tasks saved them"""
 
+    @_builtins.property
+    def project(self) -> Global___ProjectInfo:
+        """a project job's snapshot and code version; unset for other jobs"""
+
     def __init__(
         self,
         *,
@@ -779,14 +794,88 @@ class Job(_message.Message):
         priority: _builtins.int = ...,
         task_list: _abc.Iterable[Global___TaskInfo] | None = ...,
         artifacts: _abc.Iterable[Global___Artifact] | None = ...,
+        project: Global___ProjectInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "tasks", b"tasks"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "project", b"project", "tasks", b"tasks"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "artifacts", b"artifacts", "created_at", b"created_at", "dataset", b"dataset", "error", b"error", "finished_at", b"finished_at", "id", b"id", "metrics", b"metrics", "model", b"model", "name", b"name", "priority", b"priority", "progress", b"progress", "spec_json", b"spec_json", "started_at", b"started_at", "state", b"state", "submitter", b"submitter", "task_list", b"task_list", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "artifacts", b"artifacts", "created_at", b"created_at", "dataset", b"dataset", "error", b"error", "finished_at", b"finished_at", "id", b"id", "metrics", b"metrics", "model", b"model", "name", b"name", "priority", b"priority", "progress", b"progress", "project", b"project", "spec_json", b"spec_json", "started_at", b"started_at", "state", b"state", "submitter", b"submitter", "task_list", b"task_list", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class ProjectInfo(_message.Message):
+    """The code a project job runs: its snapshot and, in a git repository, the version it came from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_ID_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    GIT_COMMIT_FIELD_NUMBER: _builtins.int
+    GIT_BRANCH_FIELD_NUMBER: _builtins.int
+    GIT_DIRTY_FIELD_NUMBER: _builtins.int
+    GIT_DIFF_FIELD_NUMBER: _builtins.int
+    GIT_DIFF_TRUNCATED_FIELD_NUMBER: _builtins.int
+    GIT_UNTRACKED_FIELD_NUMBER: _builtins.int
+    GIT_REMOTE_FIELD_NUMBER: _builtins.int
+    GIT_SUBDIR_FIELD_NUMBER: _builtins.int
+    manifest_id: _builtins.str
+    """sha256 of the snapshot's manifest"""
+    files: _builtins.int
+    """files in the snapshot"""
+    bytes: _builtins.int
+    """their total size"""
+    env: _builtins.str
+    """"auto", "none" or the requirement file's path in the project"""
+    git_commit: _builtins.str
+    """"" outside git or before the first commit"""
+    git_branch: _builtins.str
+    """"" on a detached HEAD"""
+    git_dirty: _builtins.bool
+    """uncommitted changes: git_diff holds them"""
+    git_diff: _builtins.str
+    """`git diff HEAD` of the folder (cut; see git_diff_truncated)"""
+    git_diff_truncated: _builtins.bool
+    git_remote: _builtins.str
+    """origin's URL without credentials"""
+    git_subdir: _builtins.str
+    """the folder relative to the repository's top"""
+    @_builtins.property
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """what runs in the working dir, e.g. ["python", "-m", "pkg.train"]"""
+
+    @_builtins.property
+    def git_untracked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """untracked files that were sent"""
+
+    def __init__(
+        self,
+        *,
+        manifest_id: _builtins.str = ...,
+        files: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        command: _abc.Iterable[_builtins.str] | None = ...,
+        env: _builtins.str = ...,
+        git_commit: _builtins.str = ...,
+        git_branch: _builtins.str = ...,
+        git_dirty: _builtins.bool = ...,
+        git_diff: _builtins.str = ...,
+        git_diff_truncated: _builtins.bool = ...,
+        git_untracked: _abc.Iterable[_builtins.str] | None = ...,
+        git_remote: _builtins.str = ...,
+        git_subdir: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "command", b"command", "env", b"env", "files", b"files", "git_branch", b"git_branch", "git_commit", b"git_commit", "git_diff", b"git_diff", "git_diff_truncated", b"git_diff_truncated", "git_dirty", b"git_dirty", "git_remote", b"git_remote", "git_subdir", b"git_subdir", "git_untracked", b"git_untracked", "manifest_id", b"manifest_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectInfo: _TypeAlias = ProjectInfo  # noqa: Y015
 
 @_typing.final
 class ListJobsResponse(_message.Message):
@@ -1643,6 +1732,32 @@ class AgentRefRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentRefRequest: _TypeAlias = AgentRefRequest  # noqa: Y015
+
+@_typing.final
+class PruneAgentEnvsRequest(_message.Message):
+    """Remove an agent's unused project envs (tensorfleet agents envs AGENT --prune)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    KEEP_BYTES_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """node id, unique id prefix, or name"""
+    keep_bytes: _builtins.int
+    """0 = remove every unused env"""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        keep_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "keep_bytes", b"keep_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneAgentEnvsRequest: _TypeAlias = PruneAgentEnvsRequest  # noqa: Y015
 
 @_typing.final
 class PairAgentRequest(_message.Message):

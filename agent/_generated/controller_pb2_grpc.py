@@ -4,6 +4,7 @@
 import grpc
 import warnings
 
+from tensorfleet_agent._generated import agent_pb2 as tensorfleet_dot_v1_dot_agent__pb2
 from tensorfleet_agent._generated import controller_pb2 as tensorfleet_dot_v1_dot_controller__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -104,6 +105,16 @@ class ControllerServiceStub:
                 '/tensorfleet.v1.ControllerService/ListAgents',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListAgentsResponse.FromString,
+                _registered_method=True)
+        self.ListAgentEnvs = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ListAgentEnvs',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.ListEnvsResponse.FromString,
+                _registered_method=True)
+        self.PruneAgentEnvs = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/PruneAgentEnvs',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.PruneAgentEnvsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsResponse.FromString,
                 _registered_method=True)
         self.WatchAgents = channel.unary_stream(
                 '/tensorfleet.v1.ControllerService/WatchAgents',
@@ -317,6 +328,20 @@ class ControllerServiceServicer:
 
     def ListAgents(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgentEnvs(self, request, context):
+        """an agent's cached project envs
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneAgentEnvs(self, request, context):
+        """remove an agent's unused envs
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -545,6 +570,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListAgentsRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'ListAgentEnvs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgentEnvs,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.ListEnvsResponse.SerializeToString,
+            ),
+            'PruneAgentEnvs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneAgentEnvs,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.PruneAgentEnvsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsResponse.SerializeToString,
             ),
             'WatchAgents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAgents,
@@ -1050,6 +1085,60 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/ListAgents',
             tensorfleet_dot_v1_dot_controller__pb2.ListAgentsRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgentEnvs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ListAgentEnvs',
+            tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.ListEnvsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneAgentEnvs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/PruneAgentEnvs',
+            tensorfleet_dot_v1_dot_controller__pb2.PruneAgentEnvsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ Job specs travel as JSON (spec_json): one schema, parsed in one place on the con
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from tensorfleet_agent._generated import agent_pb2 as _agent_pb2
 from tensorfleet_agent._generated import controller_pb2 as _controller_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -52,6 +53,10 @@ class ControllerServiceStub:
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetMetricsRequest, _controller_pb2.GetMetricsResponse]
     GetLogs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetLogsRequest, _controller_pb2.GetLogsResponse]
     ListAgents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListAgentsRequest, _controller_pb2.ListAgentsResponse]
+    ListAgentEnvs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _agent_pb2.ListEnvsResponse]
+    """an agent's cached project envs"""
+    PruneAgentEnvs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PruneAgentEnvsRequest, _agent_pb2.PruneEnvsResponse]
+    """remove an agent's unused envs"""
     WatchAgents: _grpc.UnaryStreamMultiCallable[_controller_pb2.ListAgentsRequest, _controller_pb2.AgentEvent]
     AddAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddAgentRequest, _controller_pb2.Agent]
     RemoveAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]
@@ -99,6 +104,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     GetMetrics: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetMetricsRequest, _controller_pb2.GetMetricsResponse]  # type: ignore[assignment]
     GetLogs: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetLogsRequest, _controller_pb2.GetLogsResponse]  # type: ignore[assignment]
     ListAgents: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListAgentsRequest, _controller_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    ListAgentEnvs: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _agent_pb2.ListEnvsResponse]  # type: ignore[assignment]
+    """an agent's cached project envs"""
+    PruneAgentEnvs: _aio.UnaryUnaryMultiCallable[_controller_pb2.PruneAgentEnvsRequest, _agent_pb2.PruneEnvsResponse]  # type: ignore[assignment]
+    """remove an agent's unused envs"""
     WatchAgents: _aio.UnaryStreamMultiCallable[_controller_pb2.ListAgentsRequest, _controller_pb2.AgentEvent]  # type: ignore[assignment]
     AddAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddAgentRequest, _controller_pb2.Agent]  # type: ignore[assignment]
     RemoveAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]  # type: ignore[assignment]
@@ -227,6 +236,22 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ListAgentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListAgentsResponse, _abc.Awaitable[_controller_pb2.ListAgentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAgentEnvs(
+        self,
+        request: _controller_pb2.AgentRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ListEnvsResponse, _abc.Awaitable[_agent_pb2.ListEnvsResponse]]:
+        """an agent's cached project envs"""
+
+    @_abc_1.abstractmethod
+    def PruneAgentEnvs(
+        self,
+        request: _controller_pb2.PruneAgentEnvsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PruneEnvsResponse, _abc.Awaitable[_agent_pb2.PruneEnvsResponse]]:
+        """remove an agent's unused envs"""
 
     @_abc_1.abstractmethod
     def WatchAgents(

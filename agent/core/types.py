@@ -9,6 +9,7 @@ from typing import Any
 
 class TaskState(enum.Enum):
     ACCEPTED = "ACCEPTED"
+    PREPARING = "PREPARING"  # a project task: files materialized, env built (before RUNNING)
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
@@ -34,6 +35,7 @@ class ExitCause:
     AGENT_RESTARTED = "agent_restarted"
     DRAIN_TIMEOUT = "drain_timeout"
     SETUP = "setup"
+    ENV_BUILD = "env_build"  # a project's requirements cannot be resolved: permanent, the job fails once
     # the controller's own, never an agent's:
     REJECTED = "rejected"  # the agent refused RunTask
     PRUNED = "pruned"  # a sweep trial stopped early by the pruner
@@ -183,6 +185,20 @@ class ArtifactReady:
 
 
 @dataclass(frozen=True)
+class EnvironmentReady:
+    """A project task's working dir and Python env are ready; key "" means the agent's own Python (env none)."""
+
+    key: str
+    cache_hit: bool
+    build_seconds: float
+    source: str
+    python: str
+    files: int = 0
+    bytes: int = 0
+    materialize_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class Finished:
     status: TaskState
     exit_cause: str
@@ -190,7 +206,9 @@ class Finished:
     duration_seconds: float = 0.0
 
 
-EventPayload = StateChanged | LogLine | MetricPoint | Progress | CheckpointSaved | ArtifactReady | Finished
+EventPayload = (
+    StateChanged | LogLine | MetricPoint | Progress | CheckpointSaved | ArtifactReady | EnvironmentReady | Finished
+)
 
 
 @dataclass(frozen=True)

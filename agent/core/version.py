@@ -3,7 +3,7 @@
 from importlib import metadata
 
 #: Bumped on every incompatible change to proto/tensorfleet/v1.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 try:
     AGENT_VERSION = metadata.version("tensorfleet")

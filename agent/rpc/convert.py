@@ -15,6 +15,7 @@ from tensorfleet_agent.core.types import (
     ArtifactReady,
     BlobRef,
     CheckpointSaved,
+    EnvironmentReady,
     EventPayload,
     ExitCause,
     Finished,
@@ -100,11 +101,12 @@ EXIT_CAUSE = EnumMap(
      ExitCause.CANCELLED: pb.EXIT_CAUSE_CANCELLED, ExitCause.STOPPED: pb.EXIT_CAUSE_STOPPED,
      ExitCause.AGENT_RESTARTED: pb.EXIT_CAUSE_AGENT_RESTARTED, ExitCause.DRAIN_TIMEOUT: pb.EXIT_CAUSE_DRAIN_TIMEOUT,
      ExitCause.SETUP: pb.EXIT_CAUSE_SETUP, ExitCause.REJECTED: pb.EXIT_CAUSE_REJECTED,
-     ExitCause.PRUNED: pb.EXIT_CAUSE_PRUNED},
+     ExitCause.PRUNED: pb.EXIT_CAUSE_PRUNED, ExitCause.ENV_BUILD: pb.EXIT_CAUSE_ENV_BUILD},
 )  # fmt: skip
 
 _STATE_TO_PB = {
     TaskState.ACCEPTED: pb.TASK_STATE_ACCEPTED,
+    TaskState.PREPARING: pb.TASK_STATE_PREPARING,
     TaskState.RUNNING: pb.TASK_STATE_RUNNING,
     TaskState.SUCCEEDED: pb.TASK_STATE_SUCCEEDED,
     TaskState.FAILED: pb.TASK_STATE_FAILED,
@@ -299,6 +301,25 @@ def telemetry_from_pb(msg: pb.Telemetry) -> Telemetry:
 # ---- task events
 
 
+def environment_to_pb(p: EnvironmentReady) -> pb.EnvironmentReady:
+    return pb.EnvironmentReady(
+        key=p.key,
+        cache_hit=p.cache_hit,
+        build_seconds=p.build_seconds,
+        source=p.source,
+        python=p.python,
+        files=p.files,
+        bytes=p.bytes,
+        materialize_seconds=p.materialize_seconds,
+    )
+
+
+def environment_from_pb(e: pb.EnvironmentReady) -> EnvironmentReady:
+    return EnvironmentReady(
+        e.key, e.cache_hit, e.build_seconds, e.source, e.python, e.files, e.bytes, e.materialize_seconds
+    )
+
+
 def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
     msg = pb.TaskEvent(task_id=event.task_id, seq=event.seq, time=event.time)
     p = event.payload
@@ -314,6 +335,8 @@ def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
         msg.checkpoint.CopyFrom(pb.CheckpointSaved(sha256=p.sha256, size=p.size, step=p.step, name=p.name))
     elif isinstance(p, ArtifactReady):
         msg.artifact.CopyFrom(pb.ArtifactReady(sha256=p.sha256, size=p.size, kind=p.kind, name=p.name))
+    elif isinstance(p, EnvironmentReady):
+        msg.environment.CopyFrom(environment_to_pb(p))
     elif isinstance(p, Finished):
         msg.finished.CopyFrom(
             pb.Finished(
@@ -344,6 +367,8 @@ def event_from_pb(msg: pb.TaskEvent) -> TaskEvent:
     elif which == "artifact":
         a = msg.artifact
         payload = ArtifactReady(a.sha256, a.size, a.kind, a.name)
+    elif which == "environment":
+        payload = environment_from_pb(msg.environment)
     elif which == "finished":
         f = msg.finished
         cause = EXIT_CAUSE.from_pb(f.exit_cause, "finished.exit_cause")

@@ -24,6 +24,7 @@ class JobState(enum.StrEnum):
 class TaskRunState(enum.StrEnum):
     PENDING = "PENDING"  # waiting for a placement
     DISPATCHED = "DISPATCHED"  # RunTask sent / accepted, not yet running
+    PREPARING = "PREPARING"  # a project task: the agent lays out its files and builds its env
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
@@ -31,7 +32,7 @@ class TaskRunState(enum.StrEnum):
 
     @property
     def active(self) -> bool:
-        return self in (TaskRunState.DISPATCHED, TaskRunState.RUNNING)
+        return self in (TaskRunState.DISPATCHED, TaskRunState.PREPARING, TaskRunState.RUNNING)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class JobTask:
     stopping: bool = False  # asked to checkpoint and stop (the job is pausing); its end is not a failure
     failed_on: list[str] = field(default_factory=list)  # agents where an attempt failed: a retry prefers others
     retry_at: float = 0.0  # a failed task waits until then (back-off), so a quick failure cannot burn its retries
+    environment: dict[str, Any] | None = None  # a project task's EnvironmentReady (key, cache_hit, ...) this attempt
 
 
 @dataclass
