@@ -150,3 +150,27 @@ def manifest_bytes(entries: Sequence[ManifestEntry]) -> bytes:
 def manifest_id(entries: Sequence[ManifestEntry]) -> str:
     """The snapshot's id: sha256 hex of `manifest_bytes`."""
     return hashlib.sha256(manifest_bytes(entries)).hexdigest()
+
+
+def manifest_from_bytes(
+    data: bytes, *, max_files: int = MAX_FILES, max_bytes: int | None = None
+) -> tuple[ManifestEntry, ...]:
+    """The entries of a manifest blob (`manifest_bytes`' encoding, as the controller and agents store it),
+    validated; a ValidationError says what is wrong. The caller checks the blob's sha256 (its id) itself."""
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValidationError("manifest", f"is not UTF-8 JSON: {exc}") from None
+    if not isinstance(body, dict) or set(body) != {"version", "files"}:
+        raise ValidationError("manifest", 'must be an object {"version", "files"}')
+    if body["version"] != MANIFEST_VERSION:
+        raise ValidationError("manifest.version", f"is {body['version']!r}; this version reads {MANIFEST_VERSION}")
+    rows = body["files"]
+    if not isinstance(rows, list):
+        raise ValidationError("manifest.files", "must be a list of [path, mode, sha256, size] rows")
+    entries = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != 4:
+            raise ValidationError(f"manifest[{i}]", "must be a [path, mode, sha256, size] row")
+        entries.append(ManifestEntry(*row))
+    return validate_manifest(entries, max_files=max_files, max_bytes=max_bytes)
