@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Generic, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import DecodeError
@@ -453,3 +453,63 @@ def summary_from_pb(msg: pb.TaskSummary) -> TaskSummary:
         exit_cause=EXIT_CAUSE.from_pb(msg.exit_cause, "exit_cause"),
         slot_ids=tuple(msg.slot_ids),
     )
+
+
+# ---- project envs (ListEnvs / PruneEnvs)
+
+
+class EnvSummaryLike(Protocol):
+    """What an env summary carries: runtime.envs.EnvInfo has these (convert imports no runtime module)."""
+
+    key: str
+    size: int
+    last_used: float
+    jobs: int
+    python: str
+    source: str
+    build_seconds: float
+    in_use: int
+
+
+ENV_SUMMARY_KEYS = ("key", "size", "last_used", "jobs", "python", "source", "build_seconds", "in_use")
+
+
+def env_summary_to_pb(info: EnvSummaryLike) -> pb.EnvSummary:
+    return pb.EnvSummary(
+        key=info.key,
+        size_bytes=info.size,
+        last_used=info.last_used,
+        jobs=info.jobs,
+        python=info.python,
+        source=info.source,
+        build_seconds=info.build_seconds,
+        in_use=info.in_use,
+    )
+
+
+def env_summary_from_pb(msg: pb.EnvSummary) -> dict[str, Any]:
+    """One cached env as a JSON-ready dict with ENV_SUMMARY_KEYS (what `tensorfleet agents envs --json` prints)."""
+    return {
+        "key": msg.key,
+        "size": msg.size_bytes,
+        "last_used": msg.last_used,
+        "jobs": msg.jobs,
+        "python": msg.python,
+        "source": msg.source,
+        "build_seconds": msg.build_seconds,
+        "in_use": msg.in_use,
+    }
+
+
+def list_envs_to_pb(envs: Sequence[EnvSummaryLike], limit_bytes: int) -> pb.ListEnvsResponse:
+    return pb.ListEnvsResponse(envs=[env_summary_to_pb(e) for e in envs], limit_bytes=limit_bytes)
+
+
+def list_envs_from_pb(msg: pb.ListEnvsResponse) -> dict[str, Any]:
+    """{"envs": [env dict, most recently used first], "limit_bytes": the agent's --env-cache-gb in bytes}."""
+    return {"envs": [env_summary_from_pb(e) for e in msg.envs], "limit_bytes": msg.limit_bytes}
+
+
+def prune_envs_from_pb(msg: pb.PruneEnvsResponse) -> dict[str, Any]:
+    """{"removed": [keys], "freed_bytes": bytes freed}."""
+    return {"removed": list(msg.removed), "freed_bytes": msg.freed_bytes}
