@@ -146,10 +146,12 @@ def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
                 metrics=t.metrics,
                 started_at=t.started_at,
                 finished_at=t.finished_at,
+                environment=environment_to_pb(t.environment),
             )
             for t in job.tasks
         ],
         artifacts=[artifact_to_pb(a) for a in job.artifacts],
+        project=project_to_pb(job.spec),
     )
     if job.model:
         msg.model.CopyFrom(
@@ -203,10 +205,86 @@ def job_from_pb(msg: cpb.Job) -> dict[str, Any]:
                 "metrics": dict(t.metrics),
                 "started_at": t.started_at or None,
                 "finished_at": t.finished_at or None,
+                "environment": environment_from_pb(t.environment) if t.HasField("environment") else None,
             }
             for t in msg.task_list
         ],
         "artifacts": [artifact_from_pb(a) for a in msg.artifacts],
+        "project": project_from_pb(msg.project) if msg.HasField("project") else None,
+    }
+
+
+#: A task's environment (EnvironmentReady) as a dict: the keys the controller keeps and the SDK shows.
+ENVIRONMENT_KEYS = ("key", "cache_hit", "build_seconds", "source", "python", "files", "bytes", "materialize_seconds")
+
+
+def environment_to_pb(environment: dict[str, Any] | None) -> pb.EnvironmentReady | None:
+    """A task's environment dict (ingest.py keeps it) as the message; None (left unset) for a task without one."""
+    if not environment:
+        return None
+    return pb.EnvironmentReady(**{k: environment[k] for k in ENVIRONMENT_KEYS if k in environment})
+
+
+def environment_from_pb(msg: pb.EnvironmentReady) -> dict[str, Any]:
+    """{"key", "cache_hit", "build_seconds", "source", "python", "files", "bytes", "materialize_seconds"};
+    key "" is the agent's own Python (env "none")."""
+    return {
+        "key": msg.key,
+        "cache_hit": msg.cache_hit,
+        "build_seconds": msg.build_seconds,
+        "source": msg.source,
+        "python": msg.python,
+        "files": msg.files,
+        "bytes": msg.bytes,
+        "materialize_seconds": msg.materialize_seconds,
+    }
+
+
+def project_to_pb(spec: dict[str, Any]) -> cpb.ProjectInfo | None:
+    """A project job's ProjectInfo from its (normalised) spec; None (unset) for every other job."""
+    project = spec.get("project")
+    if not isinstance(project, dict):
+        return None
+    git = project.get("git") or {}
+    return cpb.ProjectInfo(
+        manifest_id=str(project.get("manifest_id", "")),
+        files=int(project.get("files", 0)),
+        bytes=int(project.get("bytes", 0)),
+        command=[str(a) for a in spec.get("command") or ()],
+        env=str(project.get("env", "")),
+        git_commit=str(git.get("commit", "")),
+        git_branch=str(git.get("branch", "")),
+        git_dirty=bool(git.get("dirty", False)),
+        git_diff=str(git.get("diff", "")),
+        git_diff_truncated=bool(git.get("diff_truncated", False)),
+        git_untracked=[str(u) for u in git.get("untracked") or ()],
+        git_remote=str(git.get("remote", "")),
+        git_subdir=str(git.get("subdir", "")),
+    )
+
+
+def project_from_pb(msg: cpb.ProjectInfo) -> dict[str, Any]:
+    """{"manifest_id", "files", "bytes", "command", "env", "git"}; "git" is None outside a git repository, else
+    {"commit", "branch", "dirty", "diff", "diff_truncated", "untracked", "remote", "subdir"}."""
+    in_git = bool(msg.git_commit or msg.git_branch or msg.git_dirty or msg.git_subdir or msg.git_remote)
+    return {
+        "manifest_id": msg.manifest_id,
+        "files": msg.files,
+        "bytes": msg.bytes,
+        "command": list(msg.command),
+        "env": msg.env,
+        "git": {
+            "commit": msg.git_commit,
+            "branch": msg.git_branch,
+            "dirty": msg.git_dirty,
+            "diff": msg.git_diff,
+            "diff_truncated": msg.git_diff_truncated,
+            "untracked": list(msg.git_untracked),
+            "remote": msg.git_remote,
+            "subdir": msg.git_subdir,
+        }
+        if in_git
+        else None,
     }
 
 
@@ -479,6 +557,60 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
         "running": list(msg.running),
         "metrics_port": msg.metrics_port,
     }
+
+
+# ---------------------------------------------------------------- an agent's project envs
+
+
+def agent_envs_to_pb(envs: Sequence[Any], limit_bytes: int) -> pb.ListEnvsResponse:
+    """An agent's env list (EnvInfo-like objects: key, size, last_used, jobs, python, source, build_seconds,
+    in_use) as ListAgentEnvs' reply."""
+    return pb.ListEnvsResponse(
+        envs=[
+            pb.EnvSummary(
+                key=e.key,
+                size_bytes=e.size,
+                last_used=e.last_used,
+                jobs=e.jobs,
+                python=e.python,
+                source=e.source,
+                build_seconds=e.build_seconds,
+                in_use=e.in_use,
+            )
+            for e in envs
+        ],
+        limit_bytes=limit_bytes,
+    )
+
+
+def agent_envs_from_pb(msg: pb.ListEnvsResponse) -> dict[str, Any]:
+    """{"envs": [{"key", "size_bytes", "last_used", "jobs", "python", "source", "build_seconds", "in_use"}, ...],
+    "limit_bytes"}: most recently used first."""
+    return {
+        "envs": [
+            {
+                "key": e.key,
+                "size_bytes": e.size_bytes,
+                "last_used": e.last_used,
+                "jobs": e.jobs,
+                "python": e.python,
+                "source": e.source,
+                "build_seconds": e.build_seconds,
+                "in_use": e.in_use,
+            }
+            for e in msg.envs
+        ],
+        "limit_bytes": msg.limit_bytes,
+    }
+
+
+def prune_envs_to_pb(removed: Sequence[str], freed_bytes: int) -> pb.PruneEnvsResponse:
+    return pb.PruneEnvsResponse(removed=list(removed), freed_bytes=freed_bytes)
+
+
+def prune_envs_from_pb(msg: pb.PruneEnvsResponse) -> dict[str, Any]:
+    """{"removed": [keys], "freed_bytes"}."""
+    return {"removed": list(msg.removed), "freed_bytes": msg.freed_bytes}
 
 
 # ---------------------------------------------------------------- datasets

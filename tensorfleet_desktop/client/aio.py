@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shlex
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -16,6 +17,8 @@ from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 from tensorfleet_agent.core.digest import file_digest
 from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.manifest import check_path, manifest_bytes
+from tensorfleet_agent.core.project_layout import WORKLOAD as PROJECT_WORKLOAD
 from tensorfleet_agent.rpc.client import create_channel
 from tensorfleet_desktop import wire
 from tensorfleet_desktop.client.connect import Metadata, channel_security, controller_address, submitter
@@ -35,6 +38,10 @@ RETRY_SECONDS = 1.0
 #: sha256s per MissingBlobs request, and bytes per UploadBlobs data message (the controller's limit).
 MISSING_BATCH = 10_000
 UPLOAD_CHUNK = 1 << 20
+#: A project job's command: 1 to this many strings (the controller's limit, jobspec.MAX_COMMAND_ARGS).
+MAX_COMMAND_ARGS = 256
+#: What `project_job_spec` builds itself; a caller's field of one of these names is refused.
+_PROJECT_KEYS = ("algorithm", "project", "command", "script", "hyperparameters")
 T = TypeVar("T")
 
 
@@ -213,6 +220,21 @@ class AsyncClient:
         request = cpb.PairAgentRequest(agent=agent, token=token, force=force)
         return await self._call("PairAgent", request, wire.agent_from_pb)
 
+    async def agent_envs(self, agent: str) -> dict[str, Any]:
+        """The agent's cached project envs: {"envs": [{"key", "size_bytes", "last_used", "jobs", "python",
+        "source", "build_seconds", "in_use"}, ...] (most recently used first), "limit_bytes"}. `agent` is a node
+        id, a unique id prefix or a name; NotFound when there is no such agent."""
+        request = cpb.AgentRefRequest(agent=agent)
+        return await self._call("ListAgentEnvs", request, wire.agent_envs_from_pb)
+
+    async def prune_agent_envs(self, agent: str, keep_bytes: int = 0) -> dict[str, Any]:
+        """Remove the agent's cached envs no running task uses, least recently used first, until at most
+        `keep_bytes` remain (0: every unused one). Returns {"removed": [keys], "freed_bytes"}."""
+        if keep_bytes < 0:
+            raise InvalidRequest(f"keep_bytes must be >= 0, got {keep_bytes}")
+        request = cpb.PruneAgentEnvsRequest(agent=agent, keep_bytes=keep_bytes)
+        return await self._call("PruneAgentEnvs", request, wire.prune_envs_from_pb)
+
     async def workloads(self) -> list[dict[str, Any]]:
         return await self._call("ListWorkloads", cpb.WorkloadsRequest(), lambda r: json.loads(r.workloads_json))
 
@@ -242,23 +264,29 @@ class AsyncClient:
     # ---- projects
 
     async def upload_project(self, path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
-        """Snapshot a project folder and upload the files the controller lacks (ProjectError says what is wrong
-        with the folder). Returns {"manifest_id", "manifest", "files", "bytes", "uploaded_files",
-        "uploaded_bytes", "git"}: what a project job is submitted with, and submit --json's "upload" numbers."""
+        """Snapshot a project folder and upload the files the controller lacks, and the manifest itself (a blob
+        whose sha256 is the manifest id) when it lacks that (ProjectError says what is wrong with the folder).
+        Returns {"manifest_id", "manifest", "files", "bytes", "uploaded_files", "uploaded_bytes", "git", "path"}:
+        what a project job is submitted with, and submit --json's "upload" numbers (project files only: the
+        manifest is not counted, so an unchanged project uploads 0 files, 0 bytes)."""
         snap = await asyncio.to_thread(snapshot, path, max_bytes)
-        wanted = sorted(snap.blobs())
+        return await self._upload_snapshot(snap)
+
+    async def _upload_snapshot(self, snap: Snapshot) -> dict[str, Any]:
+        manifest = manifest_bytes(snap.entries)
+        wanted = sorted(snap.blobs() | {snap.id})
         stub = await self._stub()
         missing: list[str] = []
         for start in range(0, len(wanted), MISSING_BATCH):
             request = cpb.MissingBlobsRequest(sha256=wanted[start : start + MISSING_BATCH])
             missing += await self._call("MissingBlobs", request, lambda r: list(r.sha256))
+        send_manifest = snap.id in missing and snap.id not in snap.blobs()
         plan = snap.plan_upload(set(wanted) - set(missing))
-        if plan.send:
+        if plan.send or send_manifest:
             changed: list[ProjectError] = []
+            chunks = _project_chunks(snap, plan.send, changed, manifest if send_manifest else None)
             try:
-                reply = await stub.UploadBlobs(
-                    _project_chunks(snap, plan.send, changed), timeout=max(self.timeout, 600), metadata=self._metadata
-                )
+                reply = await stub.UploadBlobs(chunks, timeout=max(self.timeout, 600), metadata=self._metadata)
             except grpc.RpcError as exc:
                 if changed:
                     raise changed[0] from None
@@ -266,10 +294,12 @@ class AsyncClient:
             if changed:
                 raise changed[0]
             stored = wire.upload_blobs_from_pb(reply)
-            if stored != {"files": len(plan.send), "bytes": plan.uploaded_bytes}:
+            extra_files, extra_bytes = (1, len(manifest)) if send_manifest else (0, 0)
+            sent = {"files": len(plan.send) + extra_files, "bytes": plan.uploaded_bytes + extra_bytes}
+            if stored != sent:
                 raise DataLoss(
                     f"the controller stored {stored['files']} file(s), {stored['bytes']} bytes of the "
-                    f"{len(plan.send)} file(s), {plan.uploaded_bytes} bytes sent; upload the project again"
+                    f"{sent['files']} file(s), {sent['bytes']} bytes sent; upload the project again"
                 )
         return {
             "manifest_id": snap.id,
@@ -279,7 +309,32 @@ class AsyncClient:
             "uploaded_files": plan.uploaded_files,
             "uploaded_bytes": plan.uploaded_bytes,
             "git": snap.git.as_dict() if snap.git is not None else None,
+            "path": str(snap.root),
         }
+
+    async def submit_project(
+        self,
+        /,
+        path: Path | str,
+        command: Sequence[str] | str,
+        env: str = "auto",
+        max_project_size: int = DEFAULT_MAX_BYTES,
+        who: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Run a project folder's command as a job: snapshot the folder, upload what the controller lacks,
+        submit. `command` is a list of strings (or one string, split as a shell would); `env` is "auto"
+        (uv.lock > pyproject.toml > requirements.txt > none), "none" (the agent's own Python) or a requirement
+        file of the project; `fields` are the other job spec fields (name, num_workers, gpus, dataset,
+        max_retries, timeout, priority, constraints, model_name, ...). Returns the job, with "upload":
+        {"files", "bytes", "uploaded_files", "uploaded_bytes"}. InvalidRequest names a bad command, env or
+        field; ProjectError what is wrong with the folder."""
+        argv = check_command(command)
+        snap = await asyncio.to_thread(snapshot, path, max_project_size)
+        check_env(env, {e.path for e in snap.entries}, snap.root)
+        upload = await self._upload_snapshot(snap)
+        job = await self.submit(project_job_spec(upload, argv, env, **fields), who)
+        return {**job, "upload": upload_summary(upload)}
 
     async def datasets(self) -> list[dict[str, Any]]:
         return await self._call("ListDatasets", cpb.ListDatasetsRequest(), _datasets)
@@ -435,11 +490,15 @@ async def _discard(fh: IO[bytes] | None, tmp: Path) -> None:
 
 
 async def _project_chunks(
-    snap: Snapshot, send: Sequence[ManifestEntry], changed: list[ProjectError]
+    snap: Snapshot, send: Sequence[ManifestEntry], changed: list[ProjectError], manifest: bytes | None = None
 ) -> AsyncIterator[cpb.ProjectFileChunk]:
-    """UploadBlobs' messages: per file its header, then its bytes in chunks of 1 MiB, hashed again as they are
-    read. A file that changed since the snapshot ends the stream (the controller refuses what it got) and is
-    reported through `changed`."""
+    """UploadBlobs' messages: the manifest's bytes first when given (a blob named by the manifest id), then per
+    file its header and its bytes in chunks of 1 MiB, hashed again as they are read. A file that changed since
+    the snapshot ends the stream (the controller refuses what it got) and is reported through `changed`."""
+    if manifest is not None:
+        yield wire.project_file_header_to_pb(snap.id, len(manifest))
+        for offset in range(0, len(manifest), UPLOAD_CHUNK):
+            yield cpb.ProjectFileChunk(data=manifest[offset : offset + UPLOAD_CHUNK])
     for entry in send:
         yield wire.project_file_header_to_pb(entry.sha256, entry.size)
         local = snap.local_path(entry)
@@ -461,6 +520,98 @@ async def _project_chunks(
         if size != entry.size or hasher.hexdigest() != entry.sha256:
             changed.append(ProjectError(f"{entry.path} changed while the project was uploaded; submit again"))
             return
+
+
+# ---- project jobs: the spec, built in one place (the SDK, the CLI and the GUI all submit through these)
+
+
+def check_command(command: Sequence[str] | str) -> list[str]:
+    """A project job's command as a list of strings: a string is split as a shell would (shlex); an empty
+    command, an empty program or a non-string is an InvalidRequest that says so."""
+    if isinstance(command, str):
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise InvalidRequest(f"command {command[:200]!r} cannot be split into arguments: {exc}") from None
+    elif isinstance(command, Sequence) and not isinstance(command, bytes):
+        argv = list(command)
+    else:
+        raise InvalidRequest(f"command must be a list of strings or one string, got {type(command).__name__}")
+    if not argv:
+        raise InvalidRequest(
+            "command is empty: say what runs in the project folder, e.g. ['python', '-m', 'mypkg.train']"
+        )
+    bad = [a for a in argv if not isinstance(a, str)]
+    if bad:
+        raise InvalidRequest(f"command must hold strings only, got {bad[0]!r}")
+    if not argv[0].strip():
+        raise InvalidRequest("command starts with an empty program name")
+    if len(argv) > MAX_COMMAND_ARGS:
+        raise InvalidRequest(f"command has {len(argv)} arguments; at most {MAX_COMMAND_ARGS} allowed")
+    return argv
+
+
+def check_env(env: str, paths: Collection[str] | None, root: Path | str = "") -> str:
+    """The env choice checked against the snapshot's files: "auto", "none", or the path (relative to the project
+    folder) of a file that is sent; otherwise an InvalidRequest saying why (a file that is ignored is named as
+    such). `paths` None: only the form is checked."""
+    if env in ("auto", "none"):
+        return env
+    if not isinstance(env, str) or not env:
+        raise InvalidRequest(f'env must be "auto", "none" or a requirement file of the project, got {env!r}')
+    try:
+        check_path(env, "env")
+    except ValidationError as exc:
+        raise InvalidRequest(f"env: {exc.message}") from None
+    if paths is not None and env not in paths:
+        where = f" {root}" if root else ""
+        exists = bool(root) and (Path(root) / env).is_file()
+        why = (
+            "it is there but left out of the snapshot (.gitignore or .tensorfleetignore)"
+            if exists
+            else "no such file is sent"
+        )
+        raise InvalidRequest(
+            f'env {env!r} is not a file of the project{where}: {why}; use "auto", "none" or a file it sends '
+            "(uv.lock, pyproject.toml, requirements.txt, ...)"
+        )
+    return env
+
+
+def project_job_spec(
+    upload: dict[str, Any], command: Sequence[str] | str, env: str = "auto", **fields: Any
+) -> dict[str, Any]:
+    """The SubmitJob spec of a project job from `upload_project`'s result: {"algorithm": "project", "project":
+    {manifest_id, files, bytes, env, git}, "command": [...], **fields}. The job's name defaults to the
+    project folder's name. The controller parses it again (jobspec.parse_job_spec)."""
+    clash = sorted(set(fields) & set(_PROJECT_KEYS))
+    if clash:
+        raise InvalidRequest(
+            f"{', '.join(clash)}: set by a project job itself; leave {'it' if len(clash) == 1 else 'them'} out"
+        )
+    argv = check_command(command)
+    manifest = upload.get("manifest")
+    check_env(env, {str(e["path"]) for e in manifest} if manifest is not None else None, upload.get("path") or "")
+    spec: dict[str, Any] = {
+        "algorithm": PROJECT_WORKLOAD,
+        "project": {
+            "manifest_id": upload["manifest_id"],
+            "files": int(upload["files"]),
+            "bytes": int(upload["bytes"]),
+            "env": env,
+            "git": upload.get("git"),
+        },
+        "command": argv,
+    }
+    folder = Path(str(upload.get("path") or "")).name
+    if not fields.get("name") and folder:
+        fields = {**fields, "name": folder}
+    return {**spec, **{k: v for k, v in fields.items() if v is not None}}
+
+
+def upload_summary(upload: dict[str, Any]) -> dict[str, int]:
+    """submit --json's "upload" object: what the project holds and what this submit sent of it."""
+    return {k: int(upload[k]) for k in ("files", "bytes", "uploaded_files", "uploaded_bytes")}
 
 
 def _digest(path: Path) -> tuple[str, int]:
