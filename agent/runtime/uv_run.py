@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -37,6 +38,7 @@ _TRANSIENT = re.compile(
 )
 _CLIENT_ERROR = re.compile(r"client error \((?!408|429)4\d\d", re.IGNORECASE)
 _REASON_START = re.compile("^\\s*(error:|\u00d7 )")  # uv marks errors "error:" or with a boxed cross
+_EXE = ".exe" if sys.platform == "win32" else ""
 REASON_MAX_LINES = 40
 TAIL_LINES = 200
 
@@ -52,7 +54,16 @@ class EnvBuildError(Exception):
 
 
 def uv_binary() -> str:
-    """The uv executable of the `uv` package installed with the agent."""
+    """The uv executable of the `uv` package installed with the agent.
+
+    A packaged (PyInstaller) agent carries it at bin/uv inside its bundle (packaging/source_path.py,
+    `project_runtime`), looked up there first: the bundle's uv runs, not one that uv's own search finds elsewhere
+    (~/.local/bin). Raises FileNotFoundError (uv's UvNotFound) naming where it looked when there is none.
+    """
+    if getattr(sys, "frozen", False):
+        bundled = Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent)) / "bin" / f"uv{_EXE}"
+        if bundled.is_file():
+            return str(bundled)
     return uv.find_uv_bin()
 
 
@@ -88,8 +99,14 @@ async def run_uv(
     Raises EnvBuildError on a non-zero exit or past `timeout_s`; a cancelled call kills uv before it returns.
     """
     sink("$ uv " + " ".join(args))
+    try:
+        binary = uv_binary()
+    except FileNotFoundError as exc:  # a broken install of this agent: another agent may do better
+        raise EnvBuildError(
+            f"this agent has no uv executable (reinstall TensorFleet on it): {exc}", permanent=False
+        ) from exc
     proc = await asyncio.create_subprocess_exec(
-        uv_binary(),
+        binary,
         *args,
         cwd=cwd,
         env=dict(env),
