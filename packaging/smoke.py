@@ -5,10 +5,12 @@
 
 1. The packaged agent: starts, advertises over mDNS on 127.0.0.1, answers GetInfo (through a controller from
    this environment that finds and pairs it) and runs a scikit-learn job and a diagnostic job in its frozen
-   worker processes.
+   worker processes, and a project job (issue 19): a folder whose command imports the task SDK, with a
+   requirements file its bundled uv builds an env from (offline: it names no package), its output file
+   returned as an artifact. Its bundle carries a uv that runs and the task SDK's files.
 2. The packaged desktop app: `tensorfleet-debug serve` (frozen controller + frozen local agent + frozen workers)
    runs a job submitted with the frozen CLI; the frozen app opens offscreen against it and saves a screenshot
-   of its main window.
+   of its main window. Its bundle carries uv and the task SDK too (its local agent runs project jobs).
 Exit status 0 when everything passed.
 """
 
@@ -76,9 +78,86 @@ def write_parquet(path: Path) -> Path:
     return path
 
 
+def _same_file(copy: Path, original: Path) -> bool:
+    return copy.is_file() and copy.read_bytes() == original.read_bytes()
+
+
+def bundle_contents(folder: Path) -> dict[str, Any]:
+    """What a bundle carries for project jobs: the uv executable (it runs, and is the version of this
+    environment's uv package) and the task SDK (the same files as agent/task_sdk/), where the frozen agent looks."""
+    import uv
+
+    internal = folder / "_internal"  # PyInstaller's contents directory: sys._MEIPASS of the frozen program
+    bundled_uv = internal / "bin" / "uv"
+    expected = subprocess.run([uv.find_uv_bin(), "--version"], capture_output=True, text=True, timeout=60)
+    found = (
+        subprocess.run([str(bundled_uv), "--version"], capture_output=True, text=True, timeout=60)
+        if bundled_uv.is_file()
+        else None
+    )
+    sdk = sorted((HERE.parent / "agent" / "task_sdk").glob("*.py"))
+    sdk_dir = internal / "tensorfleet_agent" / "task_sdk"
+    sdk_same = [p.name for p in sdk if _same_file(sdk_dir / p.name, p)]
+    uv_ok = found is not None and found.returncode == 0 and found.stdout.strip() == expected.stdout.strip()
+    return {
+        "ok": uv_ok and bool(sdk) and len(sdk_same) == len(sdk),
+        "uv": found.stdout.strip() if found is not None else f"missing: {bundled_uv}",
+        "uv_expected": expected.stdout.strip(),
+        "task_sdk": sdk_same,
+        "task_sdk_expected": [p.name for p in sdk],
+    }
+
+
+TRAIN = """\
+import sys
+
+import tensorfleet_task as task
+
+out = task.output_dir()
+out.mkdir(parents=True, exist_ok=True)
+(out / "result.txt").write_text(f"ran on Python {sys.version.split()[0]} at {sys.executable}\\n")
+task.report(1, answer=42.0)
+print("smoke project ran with", sys.executable)
+"""
+
+
+def write_project(folder: Path) -> Path:
+    """A project folder: a command that imports the task SDK, and a requirements file naming no package (its env
+    is built by the bundled uv offline)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.py").write_text(TRAIN)
+    (folder / "requirements.txt").write_text("# no third-party packages: the env is an interpreter and the task SDK\n")
+    return folder
+
+
+def project_job(client: Any, work: Path) -> dict[str, Any]:
+    """A project job on the packaged agent: env built with the bundled uv, the SDK imported, the output returned."""
+    job = client.submit_project(write_project(work / "project"), ["python", "train.py"], env="auto")
+    final = client.wait(job["id"], timeout=300)
+    outputs = [a["name"] for a in client.artifacts(job["id"]) if a["kind"] == "output"]
+    tasks = final.get("task_list") or [{}]
+    environment = tasks[0].get("environment") or {}
+    ok = (
+        final["state"] == "SUCCEEDED"
+        and final["metrics"].get("answer") == 42.0
+        and "result.txt" in outputs
+        and bool(environment.get("key"))
+    )
+    return {
+        "ok": ok,
+        "state": final["state"],
+        "error": final["error"],
+        "metrics": final["metrics"],
+        "outputs": outputs,
+        "environment": environment,
+        "upload": job.get("upload"),
+    }
+
+
 def smoke_agent(dist: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
     from tensorfleet_desktop.client import Client
 
+    contents = bundle_contents(dist / "tensorfleet-agent")
     exe = dist / "tensorfleet-agent" / "tensorfleet-agent"
     version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True, timeout=60)
     ready = work / "agent.ready"
@@ -92,7 +171,9 @@ def smoke_agent(dist: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
     serve += ["--data-dir", str(work / "controller"), "--interfaces", LOOPBACK, "--no-local-agent"]
     serve += ["--ready-file", str(serve_ready)]
     started = time.monotonic()
-    with running(agent_cmd, work / "agent.log", env) as agent:
+    # no package index: a project's env comes from what the agent has (uv's offline mode, its own cache dir)
+    agent_env = {**env, "UV_OFFLINE": "1", "UV_CACHE_DIR": str(work / "uv-cache")}
+    with running(agent_cmd, work / "agent.log", agent_env) as agent:
         wait("the packaged agent to be ready", ready.exists, 60, agent)
         agent_ready_s = time.monotonic() - started
         with running(serve, work / "controller.log", env) as controller:
@@ -120,9 +201,13 @@ def smoke_agent(dist: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
                         "metrics": final["metrics"],
                         "error": final["error"],
                     }
+                project = project_job(client, work)
     ok = all(r["state"] == "SUCCEEDED" for r in results.values()) and info["paired"]
+    ok = ok and contents["ok"] and project["ok"]
     return {
         "ok": ok,
+        "bundle": contents,
+        "project_job": project,
         "version": version.stdout.strip(),
         "start_to_ready_s": round(agent_ready_s, 2),
         "found_over_mdns": True,
@@ -133,6 +218,7 @@ def smoke_agent(dist: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 def smoke_desktop(dist: Path, work: Path, out: Path, env: dict[str, str]) -> dict[str, Any]:
+    contents = bundle_contents(dist / "tensorfleet")
     exe = dist / "tensorfleet" / "tensorfleet-debug"
     port = free_port()
     address = f"{LOOPBACK}:{port}"
@@ -174,7 +260,8 @@ def smoke_desktop(dist: Path, work: Path, out: Path, env: dict[str, str]) -> dic
             controller.wait(60)
     ok = submit.returncode == 0 and gui.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000
     return {
-        "ok": ok and upload.returncode == 0,
+        "ok": ok and upload.returncode == 0 and contents["ok"],
+        "bundle": contents,
         "serve_ready_s": round(serve_ready_s, 2),
         "parquet_upload": json.loads(upload.stdout) if upload.returncode == 0 else upload.stderr[-1500:],
         "job": {k: job.get(k) for k in ("state", "metrics", "error")},
