@@ -32,6 +32,7 @@ from tensorfleet_desktop.client import (
     NotFound,
     TensorFleetError,
 )
+from tensorfleet_desktop.project import ProjectError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,6 +92,9 @@ def _main(argv: list[str] | None) -> int:
         with Client(args.controller) as client:
             return int(args.call(client, args))
     except (UsageError, ValidationError) as exc:
+        print(f"tensorfleet: error: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
+    except ProjectError as exc:  # the folder cannot be sent as it is: the message says what to change
         print(f"tensorfleet: error: {exc}", file=sys.stderr)
         return exit_codes.USAGE
     except (InvalidRequest, NotFound) as exc:

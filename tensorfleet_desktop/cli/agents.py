@@ -1,5 +1,6 @@
-"""`tensorfleet agents`: list the agents; add, pair, drain or remove one. And `tensorfleet algorithms`: what the
-agents can run."""
+"""`tensorfleet agents`: list the agents; add, pair, drain or remove one; list or prune the project environments
+an agent keeps (`agents envs AGENT [--prune [--keep-gb N]]`). And `tensorfleet algorithms`: what the agents can
+run."""
 
 from __future__ import annotations
 
@@ -8,8 +9,21 @@ import json
 from typing import Any
 
 from tensorfleet_desktop.cli import exit_codes
-from tensorfleet_desktop.cli.output import add_format_flags, csv_of, err, out, print_json, print_table
+from tensorfleet_desktop.cli.exit_codes import UsageError
+from tensorfleet_desktop.cli.output import (
+    add_format_flags,
+    csv_of,
+    err,
+    human_size,
+    out,
+    print_json,
+    print_table,
+    when,
+)
 from tensorfleet_desktop.client import Client
+
+ENV_FIELDS = ("key", "size", "last_used", "jobs", "python", "source", "build_seconds", "in_use")
+GIB = 1 << 30
 
 SUMMARY_KEYS = (
     "id",
@@ -48,6 +62,18 @@ def add_parsers(sub: Any) -> None:
         a = asub.add_parser(name, help=f"{name} an agent by id or name")
         a.add_argument("agent")
         add_format_flags(a)
+    a = asub.add_parser(
+        "envs",
+        help="the project environments an agent keeps (most recently used first); --prune removes unused ones",
+        description="List the Python environments an agent built for project jobs, or remove those no running "
+        "task uses (least recently used first) with --prune. The agent evicts beyond --env-cache-gb on its own.",
+    )
+    a.add_argument("agent", help="id, id prefix or name")
+    a.add_argument("--prune", action="store_true", help="remove environments no running task uses")
+    a.add_argument(
+        "--keep-gb", type=float, metavar="N", help="with --prune: keep the most recently used up to N GiB (default 0)"
+    )
+    add_format_flags(a, csv=True)
 
 
 def add_algorithms_parser(sub: Any) -> None:
@@ -65,6 +91,8 @@ def agents(client: Client, args: argparse.Namespace) -> int:
     action = args.agents_command
     if action is None:
         return _list(client, args)
+    if action == "envs":
+        return envs(client, args)
     if action == "add":
         agent = client.add_agent(args.address)
     elif action == "pair":
@@ -135,4 +163,55 @@ def algorithms(client: Client, args: argparse.Namespace) -> int:
         for p in w["params"]:
             bounds = f" one of {p['choices']}" if p["choices"] else ""
             out.print(f"  {p['name']}: {p['type']} = {json.dumps(p['default'])}{bounds}  {p['help']}")
+    return exit_codes.OK
+
+
+def envs(client: Client, args: argparse.Namespace) -> int:
+    if args.keep_gb is not None and not args.prune:
+        raise UsageError("--keep-gb goes with --prune: tensorfleet agents envs AGENT --prune --keep-gb N")
+    if args.keep_gb is not None and args.keep_gb < 0:
+        raise UsageError(f"--keep-gb must be 0 or more, got {args.keep_gb}")
+    if args.prune:
+        pruned = client.prune_agent_envs(args.agent, keep_bytes=int((args.keep_gb or 0) * GIB))
+        if args.json:
+            print_json(pruned)
+        else:
+            removed = pruned["removed"]
+            out.print(
+                f"removed {len(removed)} environment(s) from {args.agent}, freed {human_size(pruned['freed_bytes'])}"
+                + "".join(f"\n  {key[:12]}" for key in removed),
+                markup=False,
+            )
+        return exit_codes.OK
+    listed = client.agent_envs(args.agent)
+    items: list[dict[str, Any]] = listed["envs"]
+    if args.json:
+        print_json(listed)
+        return exit_codes.OK
+    if args.csv:
+        csv_of(items, ENV_FIELDS)
+        return exit_codes.OK
+    print_table(
+        ("KEY", "SIZE", "LAST USED", "JOBS", "PYTHON", "SOURCE", "BUILD", "IN USE"),
+        (
+            (
+                e["key"][:12],
+                human_size(e["size"]),
+                when(e["last_used"]),
+                str(e["jobs"]),
+                e["python"] or "-",
+                e["source"] or "-",
+                f"{e['build_seconds']:.1f}s",
+                str(e["in_use"]) if e["in_use"] else "-",
+            )
+            for e in items
+        ),
+    )
+    total = sum(e["size"] for e in items)
+    limit = listed.get("limit_bytes")
+    err.print(
+        f"{len(items)} environment(s), {human_size(total)}"
+        + (f" of the {human_size(limit)} the agent keeps (--env-cache-gb)" if limit else ""),
+        markup=False,
+    )
     return exit_codes.OK

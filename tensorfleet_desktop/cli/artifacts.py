@@ -8,7 +8,7 @@ from typing import Any
 
 from tensorfleet_desktop.cli import exit_codes
 from tensorfleet_desktop.cli.exit_codes import UsageError
-from tensorfleet_desktop.cli.output import add_format_flags, csv_of, out, print_json, print_table, when
+from tensorfleet_desktop.cli.output import add_format_flags, csv_of, human_size, out, print_json, print_table, when
 from tensorfleet_desktop.client import Client
 
 LIST_USAGE = "tensorfleet artifacts JOB [--json | --csv]"
@@ -49,7 +49,7 @@ def artifacts(client: Client, args: argparse.Namespace) -> int:
         print_table(
             ("NAME", "KIND", "TASK", "SIZE", "SHA256", "CREATED"),
             (
-                (a["name"], _kind(a), _task(a["task_index"]), _size(a["size"]), a["sha256"], when(a["created_at"]))
+                (a["name"], _kind(a), _task(a["task_index"]), human_size(a["size"]), a["sha256"], when(a["created_at"]))
                 for a in items
             ),
         )
@@ -68,7 +68,8 @@ def _download(client: Client, job_id: str, name: str, args: argparse.Namespace) 
         print_json(record)
     else:
         out.print(
-            f"wrote {record['name']} ({_size(record['size'])}, sha256 {record['sha256']} verified) to {record['path']}",
+            f"wrote {record['name']} ({human_size(record['size'])}, sha256 {record['sha256']} verified) "
+            f"to {record['path']}",
             markup=False,
         )
     return exit_codes.OK
@@ -80,12 +81,3 @@ def _kind(artifact: dict[str, Any]) -> str:
 
 def _task(index: int) -> str:
     return "controller" if index < 0 else str(index)
-
-
-def _size(size: int) -> str:
-    scaled = float(size)
-    for unit in ("bytes", "KiB", "MiB"):
-        if scaled < 1024:
-            return f"{size} bytes" if unit == "bytes" else f"{scaled:.1f} {unit}"
-        scaled /= 1024
-    return f"{scaled:.1f} GiB"

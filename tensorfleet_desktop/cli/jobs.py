@@ -1,11 +1,21 @@
 """The jobs: `submit`, `jobs`, `status`, `cancel`, `pause`, `resume`, `retry`, `resubmit`, `watch`, `trials`,
-`metrics` and `logs`."""
+`metrics` and `logs`.
+
+A project job (`submit --project [DIR] ... -- COMMAND [ARGS...]`, or `project:` / `command:` in a job file) is
+snapshotted and uploaded by the SDK's `submit_project`: only the files the controller lacks travel. Everything
+after the first `--` is the command, options included (`-- python -m pkg.train --lr 3e-4`), so the submit parser
+splits its arguments there before argparse sees them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +28,14 @@ from tensorfleet_desktop.cli.output import (
     add_format_flags,
     csv_of,
     err,
+    human_size,
     out,
     print_json,
     print_table,
     when,
 )
 from tensorfleet_desktop.client import TERMINAL, Client, TensorFleetError, trial_rows
+from tensorfleet_desktop.project import DEFAULT_MAX_BYTES
 
 SUMMARY_KEYS = (
     "id",
@@ -54,10 +66,95 @@ JOBS_CSV = (
 )
 
 
+PROJECT_USAGE = (
+    "tensorfleet submit --project [DIR] [--env auto|none|FILE] [--max-project-size SIZE] [--workers N] [...] "
+    "-- COMMAND [ARGS...]"
+)
+PROJECT_EXAMPLE = "tensorfleet submit --project . -- python -m pkg.train --lr 3e-4"
+# Keys of a job file that describe a project job; the SDK turns them into the controller's spec.
+PROJECT_KEYS = ("project", "command", "env", "max_project_size")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'500M', '2G', '1.5GiB', '200MB' or plain bytes -> bytes. K/M/G/T are binary (KiB/MiB/GiB/TiB), as the
+    default limit (200 MiB) is; ValueError names what was wrong."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or (match[3] and match[3].lower() == "ib" and not match[2]):
+        raise ValueError(f"a size is bytes or a number with K, M, G or T (binary: 500M, 2G, 1.5GiB), got {text!r}")
+    size = int(float(match[1]) * _UNITS[match[2].lower()])
+    if size < 1:
+        raise ValueError(f"a size must be at least 1 byte, got {text!r}")
+    return size
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _split_at_double_dash(parser: argparse.ArgumentParser) -> None:
+    """Make `parser` take everything after the first `--` as the project's command (`args.project_command`,
+    None without a `--`), options like `--lr` included, and parse only what comes before it."""
+    plain = parser.parse_known_args
+
+    def parse_known_args(
+        args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        words = list(sys.argv[1:] if args is None else args)
+        tail: list[str] | None = None
+        if "--" in words:
+            cut = words.index("--")
+            words, tail = words[:cut], words[cut + 1 :]
+        parsed, extras = plain(words, namespace)
+        parsed.project_command = tail
+        if tail is None and parsed.project is not None and (extras or parsed.file is not None):
+            # `--project . python train.py --lr 1`: the command was meant, the `--` forgotten
+            guess = [str(parsed.file)] if parsed.file is not None else []
+            parser.error(
+                "the command goes after `--`: tensorfleet submit --project "
+                f"{shlex.quote(parsed.project)} -- {shlex.join([*guess, *extras])}"
+            )
+        return parsed, extras
+
+    setattr(parser, "parse_known_args", parse_known_args)  # noqa: B010 (mypy refuses assigning to a method)
+
+
 def add_parsers(sub: Any) -> None:
-    s = sub.add_parser("submit", help="submit a job from flags or a YAML/JSON job file")
+    s = sub.add_parser(
+        "submit",
+        usage=f"tensorfleet submit [JOB_FILE] [options]\n       {PROJECT_USAGE}",
+        help="submit a job from flags, a YAML/JSON job file, or your project folder and a command",
+        description="Submit a job from flags or a job file, or run your own project: "
+        f"`{PROJECT_USAGE}` snapshots DIR (default: here), uploads the files the controller lacks, and runs "
+        f"COMMAND there in the environment built from its uv.lock / pyproject.toml / requirements.txt. "
+        f"Everything after `--` is the command. Example: {PROJECT_EXAMPLE}",
+    )
     s.set_defaults(call=submit)
+    _split_at_double_dash(s)
     s.add_argument("file", nargs="?", type=Path, help="job file whose keys are job spec fields")
+    s.add_argument(
+        "--project",
+        nargs="?",
+        const=".",
+        metavar="DIR",
+        help="run your project folder (default: the current one); the command follows `--`",
+    )
+    s.add_argument(
+        "--env",
+        metavar="auto|none|FILE",
+        help="the project's environment: auto (uv.lock > pyproject.toml > requirements.txt > none; the default), "
+        "none (the agent's own Python) or a requirement file in DIR",
+    )
+    s.add_argument(
+        "--max-project-size",
+        type=_size_arg,
+        metavar="SIZE",
+        help=f"refuse a larger project up front, e.g. 500M or 2G (default: {human_size(DEFAULT_MAX_BYTES)})",
+    )
     s.add_argument("--name")
     s.add_argument("--algorithm", "-a")
     s.add_argument("--dataset", "-d", help="a built-in dataset, an uploaded one, or a CSV/Parquet file to upload")
@@ -114,8 +211,12 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--state", action="append", default=[])
     s.add_argument("--limit", type=int, default=0)
     add_format_flags(s, csv=True)
+    s = sub.add_parser("status", help="show a job (a project job: its code's commit and each task's environment)")
+    s.set_defaults(call=status)
+    s.add_argument("job")
+    s.add_argument("--diff", action="store_true", help="print the uncommitted changes recorded with a project job")
+    add_format_flags(s)
     for name, text, handler in (
-        ("status", "show a job", status),
         ("cancel", "cancel a job", _job_action("cancel", "cancelled")),
         ("pause", "pause a job", _job_action("pause", "paused")),
         ("resume", "resume a paused job", _job_action("resume", "resumed")),
@@ -173,6 +274,16 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from tensorfleet_desktop.controller.jobspec import load_job_file
 
     spec: dict[str, Any] = load_job_file(args.file) if args.file else {}
+    if args.file and isinstance(spec.get("project"), str):  # a job file's project is relative to the job file
+        spec["project"] = str(args.file.parent / spec["project"])
+    if args.project is not None:
+        spec["project"] = args.project
+    if args.project_command is not None:
+        spec["command"] = args.project_command
+    if args.env is not None:
+        spec["env"] = args.env
+    if args.max_project_size is not None:
+        spec["max_project_size"] = args.max_project_size
     for key in (
         "name",
         "algorithm",
@@ -230,35 +341,143 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             constraints["labels"] = _kv(args.label, "--label", parse_values=False)
         spec["constraints"] = constraints
     if not spec:
-        raise UsageError("nothing to submit: give a job file or --algorithm (see tensorfleet submit --help)")
+        raise UsageError(
+            "nothing to submit: give a job file, --algorithm, or --project with a command "
+            f"({PROJECT_EXAMPLE}; see tensorfleet submit --help)"
+        )
     return spec
+
+
+@dataclass(frozen=True)
+class ProjectSubmission:
+    """What `submit_project` is called with: the folder, the command, the env choice, the size limit, and every
+    other job field (workers, gpus, dataset, name, ...) as the controller's spec spells it."""
+
+    path: Path
+    command: list[str]
+    env: str
+    max_bytes: int
+    fields: dict[str, Any]
+
+
+def project_submission(spec: dict[str, Any]) -> ProjectSubmission | None:
+    """The project job a spec describes (`project:` a folder), or None for any other job. A `project:` that is
+    already the controller's form (a mapping with a manifest id) is submitted as it is."""
+    project = spec.get("project")
+    if project is None or isinstance(project, dict):
+        stray = [key for key in PROJECT_KEYS[1:] if key in spec]
+        if project is None and stray:
+            raise UsageError(
+                f"{', '.join(stray)} go(es) with a project: add --project DIR (or project: in the job file)"
+            )
+        return None
+    if not isinstance(project, str) or not project.strip():
+        raise UsageError(f"project must be a folder path, got {project!r}")
+    fields = {k: v for k, v in spec.items() if k not in PROJECT_KEYS}
+    algorithm = fields.pop("algorithm", None)
+    if algorithm not in (None, "project"):
+        raise UsageError(f"--project runs your command; it cannot be combined with algorithm {algorithm!r}")
+    if "script" in fields:
+        raise UsageError("--project and --script are two ways to run your code: use one")
+    env = spec.get("env", "auto")
+    if not isinstance(env, str) or not env.strip():
+        raise UsageError(f"env must be auto, none or a requirement file in the project, got {env!r}")
+    size = spec.get("max_project_size", DEFAULT_MAX_BYTES)
+    if isinstance(size, str):
+        try:
+            size = parse_size(size)
+        except ValueError as exc:
+            raise UsageError(f"max_project_size: {exc}") from None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise UsageError(f"max_project_size must be a size like 500M or 2G, got {size!r}")
+    return ProjectSubmission(Path(project), _command(spec.get("command")), env.strip(), size, fields)
+
+
+def _command(value: Any) -> list[str]:
+    """A job file's `command:` (a string, split as a shell would, or a list) or the words after `--`."""
+    if value is None:
+        raise UsageError(
+            f"a project job needs a command: give it after `--` ({PROJECT_EXAMPLE}), or command: in the job file"
+        )
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise UsageError(f"command: cannot split {value!r}: {exc}") from None
+    if not isinstance(value, list):
+        raise UsageError(f"command must be a string or a list of strings, got {type(value).__name__}")
+    words = []
+    for i, word in enumerate(value):
+        if isinstance(word, bool) or not isinstance(word, str | int | float):
+            raise UsageError(f"command[{i}] must be a string, got {word!r}")
+        words.append(str(word))
+    if not words or not words[0]:
+        raise UsageError(f"the command is empty: give it after `--` ({PROJECT_EXAMPLE})")
+    return words
 
 
 def summary(job: dict[str, Any]) -> dict[str, Any]:
     return {**{k: job[k] for k in SUMMARY_KEYS}, "artifacts": job.get("artifacts", [])}
 
 
+TASK_KEYS = ("index", "state", "agent", "node_id", "attempt", "progress", "exit_cause", "error", "environment")
+
+
+def detail(job: dict[str, Any]) -> dict[str, Any]:
+    """`status --json`: the summary, the project (None for other jobs), each task with its environment, and the
+    top-level "environment" (rank 0's, as most projects have one env for every rank)."""
+    tasks = [{k: t.get(k) for k in TASK_KEYS} for t in job.get("task_list", [])]
+    rank0 = next((t["environment"] for t in tasks if t["index"] == 0), None)
+    return {**summary(job), "project": job.get("project"), "environment": rank0, "task_list": tasks}
+
+
 def submit(client: Client, args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     dataset = spec.get("dataset")
+    project = project_submission(spec)  # checked before anything is uploaded
     if isinstance(dataset, str) and Path(dataset).is_file():  # a local CSV: upload it once, then name it
         uploaded = client.upload_dataset(Path(dataset))
         err.print(f"uploaded {dataset} as dataset {uploaded['name']} ({uploaded['rows']} rows)")
         spec["dataset"] = uploaded["name"]
-    job = client.submit(spec)
+        if project is not None:
+            project.fields["dataset"] = uploaded["name"]
+    upload: dict[str, Any] | None = None
+    if project is None:
+        job = client.submit(spec)
+    else:
+        job = client.submit_project(
+            project.path, project.command, env=project.env, max_project_size=project.max_bytes, **project.fields
+        )
+        upload = job.get("upload")
+        if upload is not None and not args.json:
+            err.print(upload_line(upload), markup=False)
     if not args.wait:
         if args.json:
-            print_json(summary(job))
+            print_json(_submitted(job, upload))
         else:
-            out.print(f"submitted {job['id']} ({job['name']}): {job['state']}")
+            out.print(f"submitted {job['id']} ({job['name']}): {job['state']}", markup=False)
         return exit_codes.OK
-    err.print(f"submitted {job['id']} ({job['name']})")
+    err.print(f"submitted {job['id']} ({job['name']})", markup=False)
     final = follow(client, job["id"])
     if args.json:
-        print_json(summary(final))
+        print_json(_submitted(final, upload))
     else:
         show_job(final)
     return exit_codes.OK if final["state"] == "SUCCEEDED" else exit_codes.JOB_FAILED
+
+
+def _submitted(job: dict[str, Any], upload: dict[str, Any] | None) -> dict[str, Any]:
+    """submit --json: the summary; a project job's also has its project, environment, tasks and "upload"."""
+    if upload is None and not job.get("project"):
+        return summary(job)
+    return {**detail(job), "upload": upload}
+
+
+def upload_line(upload: dict[str, Any]) -> str:
+    """ "uploaded 1 of 37 files (1.2 KiB of 4.5 MiB)": what a re-submit cost, at a glance."""
+    sent = upload.get("uploaded_files")
+    files = f"{sent} of {upload['files']} files" if sent is not None else f"{upload['files']} files"
+    return f"uploaded {files} ({human_size(upload['uploaded_bytes'])} of {human_size(upload['bytes'])})"
 
 
 def follow(client: Client, job_id: str) -> dict[str, Any]:
@@ -273,12 +492,25 @@ def follow(client: Client, job_id: str) -> dict[str, Any]:
         transient=False,
     ) as bar:
         task = bar.add_task(job_id, total=1.0, state="QUEUED")
+        shown: set[tuple[int, int]] = set()  # (task, attempt) whose environment was reported
         for change in client.watch_jobs((job_id,)):  # leaving the loop closes the stream
             for job in change["jobs"]:
-                bar.update(task, completed=job["progress"], state=job["state"])
+                bar.update(task, completed=job["progress"], state=_shown_state(job))
+                for t in job.get("task_list", []):
+                    if t.get("environment") and (t["index"], t["attempt"]) not in shown:
+                        shown.add((t["index"], t["attempt"]))
+                        bar.console.print(f"task {t['index']}: {environment_line(t['environment'])}", markup=False)
                 if job["state"] in TERMINAL:
                     return dict(job)
     raise TensorFleetError(f"the controller ended the stream of job {job_id} before the job ended")
+
+
+def _shown_state(job: dict[str, Any]) -> str:
+    """The job's state, or PREPARING while a running job's tasks are laying out the project and building its
+    environment (a step that can take a while on a cold agent: say so rather than look stuck)."""
+    if job["state"] in ("QUEUED", "RUNNING") and any(t["state"] == "PREPARING" for t in job.get("task_list", [])):
+        return "PREPARING"
+    return str(job["state"])
 
 
 def jobs(client: Client, args: argparse.Namespace) -> int:
@@ -315,26 +547,96 @@ def _best_metric(job: dict[str, Any]) -> str:
 
 def status(client: Client, args: argparse.Namespace) -> int:
     job = client.job(args.job)
+    if args.diff:
+        return _print_diff(job)
     if args.json:
-        print_json(summary(job))
+        print_json(detail(job))
     else:
         show_job(job)
     return exit_codes.OK
 
 
+def _print_diff(job: dict[str, Any]) -> int:
+    """The diff as recorded (`git apply` takes it), on stdout; what it is not, on stderr."""
+    project = job.get("project")
+    if not project:
+        raise UsageError(f"job {job['id']} is not a project job: it has no recorded code")
+    git = project.get("git")
+    if not git or not git.get("commit"):
+        err.print(f"job {job['id']}'s project was not in a git repository (or had no commit): no diff", markup=False)
+        return exit_codes.OK
+    if not git.get("diff"):
+        err.print(f"no uncommitted changes to tracked files at {git['commit'][:12]}", markup=False)
+    sys.stdout.write(git.get("diff") or "")
+    if git.get("diff_truncated"):
+        err.print("the diff was cut at the recorded limit: this is its beginning only", style="yellow", markup=False)
+    untracked = git.get("untracked") or []
+    if untracked:
+        more = f" and {len(untracked) - 10} more" if len(untracked) > 10 else ""
+        err.print(f"{len(untracked)} untracked file(s) were sent too: {', '.join(untracked[:10])}{more}", markup=False)
+    return exit_codes.OK
+
+
+def project_lines(project: dict[str, Any]) -> list[str]:
+    """A project job's code, traceable: what was sent, the command, and where it came from in git."""
+    lines = [
+        f"project: {project['files']} files, {human_size(project['bytes'])}, env {project.get('env') or 'auto'}, "
+        f"manifest {project['manifest_id'][:12]}",
+    ]
+    if project.get("command"):
+        lines.append(f"command: {shlex.join(project['command'])}")
+    lines.append(f"git: {git_line(project.get('git'))}")
+    return lines
+
+
+def git_line(git: dict[str, Any] | None) -> str:
+    """'3f2a1b9c0d1e on main, dirty (2 untracked)', '... clean', '... detached HEAD', or why there is nothing."""
+    if not git:
+        return "not in a git repository"
+    commit = git.get("commit") or ""
+    where = f"on {git['branch']}" if git.get("branch") else "detached HEAD"
+    head = f"{commit[:12]} {where}" if commit else f"no commit yet {where}"
+    subdir = f" in {git['subdir']}/" if git.get("subdir") else ""
+    untracked = len(git.get("untracked") or [])
+    if git.get("dirty"):
+        state = f"dirty ({untracked} untracked)" if untracked else "dirty"
+        if git.get("diff"):
+            state += "; `tensorfleet status JOB --diff` prints the changes"
+    else:
+        state = "clean"
+    return f"{head}{subdir}, {state}"
+
+
+def environment_line(env: dict[str, Any]) -> str:
+    """'environment 1a2b3c4d5e6f: cache hit (requirements.txt, python 3.11.7)', 'built in 4.2 s (...)', or the
+    agent's own Python for env none."""
+    if not env.get("key"):
+        how = f"the agent's own Python {env['python']}" if env.get("python") else "the agent's own Python"
+        return f"environment: none ({how})"
+    how = "cache hit" if env.get("cache_hit") else f"built in {env.get('build_seconds', 0):.1f} s"
+    about = ", ".join(x for x in (env.get("source") or "", f"python {env['python']}" if env.get("python") else "") if x)
+    return f"environment {env['key'][:12]}: {how}{f' ({about})' if about else ''}"
+
+
 def show_job(job: dict[str, Any]) -> None:
-    out.print(f"[bold]{job['id']}[/bold] {job['name']}  {job['state']}  {job['progress']:.0%}")
+    out.print(f"[bold]{job['id']}[/bold] {job['name']}  {_shown_state(job)}  {job['progress']:.0%}")
     if job["error"]:
-        out.print(f"  error: {job['error']}")
+        out.print(f"  error: {job['error']}", markup=False)
+    if job.get("project"):
+        for line in project_lines(job["project"]):
+            out.print(f"  {line}", markup=False)
     for name, value in sorted(job["metrics"].items()):
-        out.print(f"  {name} = {value:.6g}")
+        out.print(f"  {name} = {value:.6g}", markup=False)
     for t in job["task_list"]:
         out.print(
             f"  task {t['index']}: {t['state']} on {t['agent'] or '-'} (attempt {t['attempt']})"
-            f"{' ' + t['exit_cause'] if t['exit_cause'] else ''}"
+            f"{' ' + t['exit_cause'] if t['exit_cause'] else ''}",
+            markup=False,
         )
+        if t.get("environment"):
+            out.print(f"    {environment_line(t['environment'])}", markup=False)
     for a in job["artifacts"]:
-        out.print(f"  artifact {a['name']} ({a['kind']}, {a['size']} bytes) sha256 {a['sha256']}")
+        out.print(f"  artifact {a['name']} ({a['kind']}, {human_size(a['size'])}) sha256 {a['sha256']}", markup=False)
 
 
 def _job_action(method: str, verb: str) -> Any:

@@ -87,5 +87,15 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def human_size(size: int) -> str:
+    """'812 bytes', '1.2 KiB', '4.5 MiB', '2.0 GiB': binary units, as --max-project-size and the limits are."""
+    scaled, unit = float(size), "bytes"
+    for larger in ("KiB", "MiB", "GiB"):
+        if scaled < 1024:
+            break
+        scaled, unit = scaled / 1024, larger
+    return f"{size} bytes" if unit == "bytes" else f"{scaled:.1f} {unit}"
+
+
 def when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
