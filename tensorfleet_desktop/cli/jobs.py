@@ -274,7 +274,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from tensorfleet_desktop.controller.jobspec import load_job_file
 
     spec: dict[str, Any] = load_job_file(args.file) if args.file else {}
-    if args.file and isinstance(spec.get("project"), str):  # a job file's project is relative to the job file
+    if args.file and isinstance(spec.get("project"), str) and spec["project"].strip():  # relative to the job file
         spec["project"] = str(args.file.parent / spec["project"])
     if args.project is not None:
         spec["project"] = args.project
