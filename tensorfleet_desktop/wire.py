@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import controller_pb2 as cpb
-from tensorfleet_agent.rpc.convert import EXIT_CAUSE, LOG_STREAM, EnumMap
+from tensorfleet_agent.rpc.convert import EXIT_CAUSE, LOG_STREAM, EnumMap, list_envs_from_pb
+from tensorfleet_agent.rpc.convert import prune_envs_from_pb as convert_prune_envs_from_pb
 
 if TYPE_CHECKING:
     from tensorfleet_desktop.controller.fleet import AgentRecord, RefusedService
@@ -562,55 +563,40 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
 # ---------------------------------------------------------------- an agent's project envs
 
 
-def agent_envs_to_pb(envs: Sequence[Any], limit_bytes: int) -> pb.ListEnvsResponse:
-    """An agent's env list (EnvInfo-like objects: key, size, last_used, jobs, python, source, build_seconds,
-    in_use) as ListAgentEnvs' reply."""
+def agent_envs_to_pb(envs: dict[str, Any]) -> pb.ListEnvsResponse:
+    """An agent's env list as its AgentClient returns it (`convert.list_envs_from_pb`'s dict) as ListAgentEnvs'
+    reply: the controller passes it on field for field."""
     return pb.ListEnvsResponse(
         envs=[
             pb.EnvSummary(
-                key=e.key,
-                size_bytes=e.size,
-                last_used=e.last_used,
-                jobs=e.jobs,
-                python=e.python,
-                source=e.source,
-                build_seconds=e.build_seconds,
-                in_use=e.in_use,
+                key=e["key"],
+                size_bytes=e["size"],
+                last_used=e["last_used"],
+                jobs=e["jobs"],
+                python=e["python"],
+                source=e["source"],
+                build_seconds=e["build_seconds"],
+                in_use=e["in_use"],
             )
-            for e in envs
+            for e in envs["envs"]
         ],
-        limit_bytes=limit_bytes,
+        limit_bytes=envs["limit_bytes"],
     )
 
 
 def agent_envs_from_pb(msg: pb.ListEnvsResponse) -> dict[str, Any]:
-    """{"envs": [{"key", "size_bytes", "last_used", "jobs", "python", "source", "build_seconds", "in_use"}, ...],
-    "limit_bytes"}: most recently used first."""
-    return {
-        "envs": [
-            {
-                "key": e.key,
-                "size_bytes": e.size_bytes,
-                "last_used": e.last_used,
-                "jobs": e.jobs,
-                "python": e.python,
-                "source": e.source,
-                "build_seconds": e.build_seconds,
-                "in_use": e.in_use,
-            }
-            for e in msg.envs
-        ],
-        "limit_bytes": msg.limit_bytes,
-    }
+    """{"envs": [{"key", "size", "last_used", "jobs", "python", "source", "build_seconds", "in_use"}, ...] (most
+    recently used first), "limit_bytes"}: the same dict the agent side uses (`convert.list_envs_from_pb`)."""
+    return list_envs_from_pb(msg)
 
 
-def prune_envs_to_pb(removed: Sequence[str], freed_bytes: int) -> pb.PruneEnvsResponse:
-    return pb.PruneEnvsResponse(removed=list(removed), freed_bytes=freed_bytes)
+def prune_envs_to_pb(pruned: dict[str, Any]) -> pb.PruneEnvsResponse:
+    return pb.PruneEnvsResponse(removed=list(pruned["removed"]), freed_bytes=int(pruned["freed_bytes"]))
 
 
 def prune_envs_from_pb(msg: pb.PruneEnvsResponse) -> dict[str, Any]:
     """{"removed": [keys], "freed_bytes"}."""
-    return {"removed": list(msg.removed), "freed_bytes": msg.freed_bytes}
+    return convert_prune_envs_from_pb(msg)
 
 
 # ---------------------------------------------------------------- datasets

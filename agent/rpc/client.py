@@ -300,6 +300,19 @@ class AgentClient:
         reply = await self._call(lambda md: self.stub.PushBlob(request, timeout=timeout, metadata=md))
         return int(reply.size)
 
+    async def list_envs(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The agent's cached project envs: {"envs": [dicts with convert.ENV_SUMMARY_KEYS, most recently used
+        first], "limit_bytes"}."""
+        reply = await self._call(lambda md: self.stub.ListEnvs(pb.ListEnvsRequest(), timeout=timeout, metadata=md))
+        return convert.list_envs_from_pb(reply)
+
+    async def prune_envs(self, keep_bytes: int = 0, timeout: float = 120.0) -> dict[str, Any]:
+        """Remove the agent's unused envs, least recently used first, until at most `keep_bytes` remain:
+        {"removed": [keys], "freed_bytes"}."""
+        request = pb.PruneEnvsRequest(keep_bytes=keep_bytes)
+        reply = await self._call(lambda md: self.stub.PruneEnvs(request, timeout=timeout, metadata=md))
+        return convert.prune_envs_from_pb(reply)
+
     async def get_blob(self, sha256: str, dest: Path) -> int:
         """Download a blob to `dest`, verifying its sha256; returns its size."""
         hasher = hashlib.sha256()

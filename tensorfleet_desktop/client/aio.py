@@ -221,7 +221,7 @@ class AsyncClient:
         return await self._call("PairAgent", request, wire.agent_from_pb)
 
     async def agent_envs(self, agent: str) -> dict[str, Any]:
-        """The agent's cached project envs: {"envs": [{"key", "size_bytes", "last_used", "jobs", "python",
+        """The agent's cached project envs: {"envs": [{"key", "size", "last_used", "jobs", "python",
         "source", "build_seconds", "in_use"}, ...] (most recently used first), "limit_bytes"}. `agent` is a node
         id, a unique id prefix or a name; NotFound when there is no such agent."""
         request = cpb.AgentRefRequest(agent=agent)

@@ -38,5 +38,14 @@ def load_model_file(path: Path, fmt: str) -> Any:
     if fmt == "safetensors":
         from tensorfleet_agent.workloads.torch_models import rebuild
 
-        return rebuild(json.loads(path.with_name(path.name + ".json").read_text()), path)
-    raise InvalidRequest(f"{fmt} models are downloaded, not loaded, by the SDK (safe formats only)")
+        config = path.with_name(path.name + ".json")
+        if not config.is_file():  # a project's own tensors: TensorFleet cannot know the module they belong to
+            raise InvalidRequest(
+                f"{path} holds plain tensors without a TensorFleet model config (a project's model): download it "
+                "(download_model) and load it with safetensors.torch.load_file into your own module"
+            )
+        return rebuild(json.loads(config.read_text()), path)
+    raise InvalidRequest(
+        f"{fmt} models are downloaded, not loaded, by the SDK (safe formats only): use download_model"
+        + (" and onnxruntime" if fmt == "onnx" else "")
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -124,3 +125,14 @@ class FleetAgents:
     async def get_blob(self, node_id: str, sha256: str, dest: Path) -> None:
         with _core_errors():
             await self._client(node_id).get_blob(sha256, dest)
+
+    # ---- not the core's: what the service asks of one agent for a user
+
+    async def list_envs(self, node_id: str) -> dict[str, Any]:
+        """The agent's cached project envs (AgentClient.list_envs)."""
+        with _core_errors():
+            return await self._client(node_id).list_envs()
+
+    async def prune_envs(self, node_id: str, keep_bytes: int) -> dict[str, Any]:
+        with _core_errors():
+            return await self._client(node_id).prune_envs(keep_bytes)

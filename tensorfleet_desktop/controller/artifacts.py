@@ -313,11 +313,12 @@ class Artifacts:
 
     # ---- garbage
 
-    async def collect_garbage(self, grace: float = 600.0) -> dict[str, int]:
+    async def collect_garbage(self, grace: float = 600.0, also_keep: set[str] | None = None) -> dict[str, int]:
         """Delete blobs nothing refers to any more (see retention.py) and the partial files of interrupted transfers;
-        files younger than `grace` s are spared. Returns deleted (blobs), partials, freed_bytes, kept."""
+        files younger than `grace` s are spared; `also_keep` (the project snapshots' files) never goes.
+        Returns deleted (blobs), partials, freed_bytes, kept."""
         keep = referenced(self.machine.jobs.values(), self.datasets.values(), await self.store.model_versions())
-        keep |= set(self.fetches)
+        keep |= set(self.fetches) | (also_keep or set())
         now, deleted, freed = time.time(), 0, 0
         for sha256, (size, modified) in (await self.blobs.listing()).items():
             if sha256 in keep or now - modified < grace:

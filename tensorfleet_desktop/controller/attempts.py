@@ -8,7 +8,8 @@ import asyncio
 import dataclasses
 import logging
 
-from tensorfleet_agent.core.types import BlobRef, Finished, Rendezvous, TaskSpec, TaskState
+from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR, MANIFEST_INPUT
+from tensorfleet_agent.core.types import BlobRef, ExitCause, Finished, Rendezvous, TaskSpec, TaskState
 from tensorfleet_agent.workloads.datasets import is_user_dataset
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.artifacts import Artifacts
@@ -20,6 +21,7 @@ from tensorfleet_desktop.controller.jobs import CHECKPOINTING, JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.controller.ports import AgentPort, AgentView, Clock
+from tensorfleet_desktop.controller.project_files import ProjectFiles, ProjectFilesMissing
 from tensorfleet_desktop.controller.scheduler import RankLayout
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ _ORPHAN_GRACE = 15.0  # after a restart, how long an unknown agent may take to r
 _PAUSE_GRACE = 60.0  # how long a pausing task may take to save its checkpoint before it is cancelled
 _REQUEUE_PAUSE = 0.5  # after an agent did not take an attempt, before the scheduler tries again
 _WATCH_RETRY = 0.25  # between tries to re-open an attempt's event stream
+HAS_BLOBS_BATCH = 10_000  # sha256s per HasBlobs call (the agent's limit)
+PUSH_CONCURRENCY = 4  # project files sent to one agent at once
 
 
 class Attempts:
@@ -41,8 +45,10 @@ class Attempts:
         metrics: ControllerMetrics,
         clock: Clock,
         background: Background,
+        project_files: ProjectFiles,
     ) -> None:
         self.agents = agents
+        self.project_files = project_files
         self.machine = machine
         self.events = events
         self.ingest = ingest
@@ -62,6 +68,7 @@ class Attempts:
         task.node_id, task.cursor, task.progress = agent.node_id, 0, 0.0
         task.sklearn_version = agent.sklearn_version
         task.state, task.error, task.exit_cause = TaskRunState.DISPATCHED, "", ""
+        task.environment = None  # a project task's env is this attempt's, once its agent says
         task.started_at, task.finished_at = self.clock.time(), 0.0
         self.agents.hold(agent.node_id, task.agent_task_id)
         if job.state is JobState.QUEUED:
@@ -102,8 +109,19 @@ class Attempts:
         try:
             spec = await self._with_checkpoint(job, task, self.task_spec(job, task, layout), node)
             spec = await self._with_script(job, spec, node)
+            spec = await self._with_project(job, spec, node)
             spec = await self._with_dataset(spec, node)
             await self.agents.run_task(node, spec)
+        except ProjectFilesMissing as exc:  # lost from the blob store since the submit: no agent can run it
+            if task.agent_task_id == attempt:
+                self.agents.release(node, attempt)
+                task.exit_cause, task.error, task.finished_at = ExitCause.SETUP, exc.message, self.clock.time()
+                task.state = TaskRunState.FAILED
+                self.events.record(
+                    job, "task_state", {"task_index": task.index}, state=task.state.value, message=exc.message
+                )
+                self.machine.fail_job(job, task, exc.message)
+            return
         except AgentBusy as exc:
             if task.agent_task_id != attempt:
                 return
@@ -135,15 +153,7 @@ class Attempts:
         """Get a blob onto an agent: from the object store directly when it can, else through the controller."""
         if sha256 in await self.agents.has_blobs(node, [sha256]):
             return
-        blobs = self.artifacts.blobs
-        direct = await blobs.direct_download(sha256)
-        if direct is not None:
-            try:
-                await self.agents.fetch_blob(node, sha256, direct[1], direct[0])
-                return
-            except AgentCallError as exc:
-                log.info("agent could not fetch %s from the object store (%s); sending it", sha256[:12], exc)
-        await self.agents.put_blob(node, await blobs.ensure(sha256))
+        await self._push_blob(node, sha256)
 
     async def _with_script(self, job: Job, spec: TaskSpec, node: str) -> TaskSpec:
         """A script job sends its file to the agent (by content) and names it among the inputs."""
@@ -158,6 +168,70 @@ class Attempts:
             "sha256": digest,
         }
         return dataclasses.replace(spec, params=params, inputs=(*spec.inputs, BlobRef(script["name"], digest)))
+
+    async def _with_project(self, job: Job, spec: TaskSpec, node: str) -> TaskSpec:
+        """A project job pushes its manifest and every file the agent lacks (HasBlobs in batches, a few PutBlobs
+        at once), then names the manifest among the inputs; the agent materializes the folder from its cache."""
+        project = job.spec.get("project")
+        if not project:
+            return spec
+        manifest_id = str(project["manifest_id"])
+        entries = await self.project_files.manifest(manifest_id)
+        wanted = sorted({manifest_id} | {e.sha256 for e in entries})
+        have: set[str] = set()
+        for start in range(0, len(wanted), HAS_BLOBS_BATCH):
+            have |= await self.agents.has_blobs(node, wanted[start : start + HAS_BLOBS_BATCH])
+        missing = [sha for sha in wanted if sha not in have]
+        if missing:
+            lost = await self._push_all(node, missing)
+            if lost:
+                paths = [e.path for e in entries if e.sha256 in lost] or [f"the manifest {manifest_id[:12]}"]
+                raise ProjectFilesMissing(
+                    "project",
+                    f"{len(paths)} file(s) of the project are no longer in the controller's blob store "
+                    f"({', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}); submit the project again",
+                )
+            log.info("job %s: sent %d of %d project blob(s) to %s", job.id, len(missing), len(wanted), node[:12])
+        params = {
+            "manifest": manifest_id,
+            "command": list(job.spec["command"]),
+            "env": str(project.get("env") or "auto"),
+            "output_dir": DEFAULT_OUTPUT_DIR,
+        }
+        return dataclasses.replace(spec, params=params, inputs=(*spec.inputs, BlobRef(MANIFEST_INPUT, manifest_id)))
+
+    async def _push_all(self, node: str, missing: list[str]) -> set[str]:
+        """Send these blobs to the agent, PUSH_CONCURRENCY at a time; the first agent error stops the rest and is
+        raised. Returns the sha256s the blob store no longer has."""
+        todo, lost = iter(missing), set()
+
+        async def sender() -> None:
+            for sha256 in todo:  # one shared iterator: each blob is taken by one sender
+                try:
+                    await self._push_blob(node, sha256)
+                except FileNotFoundError:
+                    lost.add(sha256)
+
+        senders = [asyncio.create_task(sender()) for _ in range(min(PUSH_CONCURRENCY, len(missing)))]
+        try:
+            await asyncio.gather(*senders)
+        finally:
+            for task in senders:
+                task.cancel()
+        return lost
+
+    async def _push_blob(self, node: str, sha256: str) -> None:
+        """A blob the agent lacks onto it: from the object store directly when it can, else through the controller
+        (FileNotFoundError when the blob store has it no more)."""
+        blobs = self.artifacts.blobs
+        direct = await blobs.direct_download(sha256)
+        if direct is not None:
+            try:
+                await self.agents.fetch_blob(node, sha256, direct[1], direct[0])
+                return
+            except AgentCallError as exc:
+                log.info("agent could not fetch %s from the object store (%s); sending it", sha256[:12], exc)
+        await self.agents.put_blob(node, await blobs.ensure(sha256))
 
     async def _with_checkpoint(self, job: Job, task: JobTask, spec: TaskSpec, node: str) -> TaskSpec:
         """A re-placed, retried or resumed torch task continues from the job's latest checkpoint."""

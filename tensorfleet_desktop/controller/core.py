@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.security.secrets import redact_value
 from tensorfleet_desktop.controller.artifacts import Artifacts
 from tensorfleet_desktop.controller.attempts import Attempts
@@ -31,6 +32,7 @@ from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventReco
 from tensorfleet_desktop.controller.placement import Placement
 from tensorfleet_desktop.controller.ports import MIN_FREE_DISK_BYTES, AgentPort, Clock, SystemClock
 from tensorfleet_desktop.controller.project_files import ProjectFiles
+from tensorfleet_desktop.controller.retention import project_manifests
 from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, full_message
 from tensorfleet_desktop.controller.store.blobs import BlobStore
 from tensorfleet_desktop.controller.trials import SweepRunner
@@ -77,7 +79,15 @@ class Controller:
         )
         ingest = Ingest(self.events, self.artifacts, self.sweeps, metrics, clock)
         self.attempts = Attempts(
-            agents, self.machine, self.events, ingest, self.artifacts, metrics, clock, self.background
+            agents,
+            self.machine,
+            self.events,
+            ingest,
+            self.artifacts,
+            metrics,
+            clock,
+            self.background,
+            self.project_files,
         )
         self.placement = Placement(
             agents, self.machine, self.events, self.attempts, self.sweeps, metrics, clock, gang_reserve_after
@@ -149,7 +159,10 @@ class Controller:
         """Persist first, then schedule: a job the store cannot save is refused (StoreFullError), never kept
         in memory only."""
         body = self.catalog.resolve(redact_value(body))  # a token pasted into a spec is never stored
-        job = self.machine.new_job(parse_job_spec(body), submitter)
+        spec = parse_job_spec(body)
+        if spec.project is not None:  # its manifest and every file it lists are here, or the submit is refused
+            await self.project_files.check_project(spec.project)
+        job = self.machine.new_job(spec, submitter)
         free = await asyncio.to_thread(_free_bytes, self.blobs_dir)
         if free is not None and free < MIN_FREE_DISK_BYTES:  # the rule agents follow: no room for its results
             raise StoreFullError(full_message(self.blobs_dir))
@@ -194,7 +207,21 @@ class Controller:
         return await self.catalog.delete(name, self.jobs.values())
 
     async def collect_garbage(self, grace: float = 600.0) -> dict[str, int]:
-        return await self.artifacts.collect_garbage(grace)
+        return await self.artifacts.collect_garbage(grace, await self.project_blobs())
+
+    async def project_blobs(self) -> set[str]:
+        """Every blob of the kept project jobs' snapshots: their manifests and the files they list. A manifest
+        that cannot be read is kept itself (its files cannot be told, so nothing of it is claimed)."""
+        keep: set[str] = set()
+        for manifest_id in project_manifests(self.machine.jobs.values()):
+            keep.add(manifest_id)
+            try:
+                entries = await self.project_files.manifest(manifest_id)
+            except ValidationError as exc:
+                log.warning("gc: the snapshot of a project job cannot be read (%s); its files may go", exc)
+                continue
+            keep.update(e.sha256 for e in entries)
+        return keep
 
 
 class _Effects:

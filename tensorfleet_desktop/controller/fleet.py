@@ -50,6 +50,10 @@ class FleetError(Exception):
     """A fleet request that cannot be honoured (unknown or ambiguous agent, unreachable address)."""
 
 
+class AgentNotFound(FleetError):
+    """No agent answers to that id, id prefix, name or address."""
+
+
 def unreachable(address: str, exc: BaseException) -> str:
     """A failed TCP or TLS dial as a sentence that says what to check (never a raw SSL error)."""
     if isinstance(exc, ssl.SSLError):
@@ -283,7 +287,7 @@ class Fleet:
             if a.name == ref or a.address == ref or (len(ref) >= 6 and a.node_id.startswith(ref))
         ]
         if not hits:
-            raise FleetError(f"no agent {ref!r} (known: {', '.join(self.describe()) or 'none'})")
+            raise AgentNotFound(f"no agent {ref!r} (known: {', '.join(self.describe()) or 'none'})")
         if len(hits) > 1:
             raise FleetError(f"{ref!r} matches {len(hits)} agents ({', '.join(a.node_id for a in hits)}); use an id")
         return hits[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from tensorfleet_agent.core.types import (
     ArtifactReady,
     CheckpointSaved,
+    EnvironmentReady,
     Finished,
     LogLine,
     MetricPoint,
@@ -48,7 +49,16 @@ class Ingest:
         if isinstance(p, StateChanged):
             if p.state is TaskState.RUNNING:
                 task.state = TaskRunState.RUNNING
+            elif p.state is TaskState.PREPARING and task.state is TaskRunState.DISPATCHED:
+                task.state = TaskRunState.PREPARING  # a project task: its files laid out, its env built
             record(job, "task_state", base, state=task.state.value, message=p.message)
+            if p.state is TaskState.PREPARING:
+                self.events.store.save_job(job)
+            self.events.touched(job)
+        elif isinstance(p, EnvironmentReady):
+            task.environment = environment_dict(p)
+            record(job, "log", base, stream="controller", message=environment_line(task.index, p))
+            self.events.store.save_job(job)  # kept with the task across a controller restart
             self.events.touched(job)
         elif isinstance(p, LogLine):
             record(job, "log", base, stream=p.stream, message=p.line)
@@ -72,3 +82,28 @@ class Ingest:
             record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))
             self.events.touched(job)
         return None
+
+
+def environment_dict(p: EnvironmentReady) -> dict[str, str | bool | int | float]:
+    """What a task keeps of its EnvironmentReady (TaskInfo.environment, status --json's "environment")."""
+    return {
+        "key": p.key,
+        "cache_hit": p.cache_hit,
+        "build_seconds": round(p.build_seconds, 3),
+        "source": p.source,
+        "python": p.python,
+        "files": p.files,
+        "bytes": p.bytes,
+        "materialize_seconds": round(p.materialize_seconds, 3),
+    }
+
+
+def environment_line(rank: int, p: EnvironmentReady) -> str:
+    """The controller's log line when a project task's env is ready: which one, and whether it was built."""
+    if not p.key:
+        env = f"the agent's own Python {p.python}".rstrip()
+    elif p.cache_hit:
+        env = f"env {p.key[:12]} from {p.source or 'its requirements'} (cached)"
+    else:
+        env = f"env {p.key[:12]} built from {p.source or 'its requirements'} in {p.build_seconds:.1f}s"
+    return f"rank {rank}: {p.files} project file(s), {p.bytes} bytes laid out in {p.materialize_seconds:.2f}s; {env}"

@@ -10,7 +10,7 @@ import logging
 import uuid
 from typing import Any, Protocol
 
-from tensorfleet_agent.core.types import Finished, TaskState
+from tensorfleet_agent.core.types import ExitCause, Finished, TaskState
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.errors import JobError, NotFoundError
 from tensorfleet_desktop.controller.events import EventLog
@@ -25,6 +25,9 @@ _RETRY_BACKOFF, _RETRY_BACKOFF_MAX = 1.0, 30.0  # a failed task's first retry af
 CHECKPOINTING = ("torch", "script")  # workload categories that can checkpoint, stop on request and resume
 #: How a task ends when its agent or worker went away rather than the task failing: re-placed, not retried.
 LOST_CAUSES = ("agent_restarted", "cancelled", "drain_timeout", "worker_lost")
+#: How a task ends when no retry and no other agent can help (a project's requirements cannot be resolved): the
+#: job fails at once, with the task's error.
+PERMANENT_CAUSES = (ExitCause.ENV_BUILD,)
 
 
 class JobEffects(Protocol):
@@ -226,11 +229,26 @@ class JobMachine:
             return
         task.state = TaskRunState.FAILED
         record(job, "task_state", base, state=task.state.value, message=f"{fin.exit_cause}: {fin.error}")
-        if fin.exit_cause in LOST_CAUSES:
+        if fin.exit_cause in PERMANENT_CAUSES:
+            self.fail_job(job, task, fin.error or f"rank {task.index} failed ({fin.exit_cause})")
+        elif fin.exit_cause in LOST_CAUSES:
             self.replace(job, [task], f"rank {task.index} lost ({fin.exit_cause})")
         else:
             self.fail_task(job, task, f"rank {task.index} failed ({fin.exit_cause}): {fin.error}")
         self.wake.set()
+
+    def fail_job(self, job: Job, task: JobTask, reason: str) -> None:
+        """A failure no retry or other agent can mend (PERMANENT_CAUSES, project files gone): the task's failure
+        is counted, the other tasks are stopped and the job FAILs now with `reason` as its error."""
+        task.failures += 1
+        task.state = TaskRunState.FAILED
+        if task.node_id and task.node_id not in task.failed_on:
+            task.failed_on.append(task.node_id)
+        if job.state.terminal:  # another rank's end came first
+            return
+        log.info("job %s: rank %d failed for good: %s", job.id, task.index, reason)
+        self.stop_tasks(job, "another rank failed", TaskRunState.CANCELLED)
+        self.finish(job, JobState.FAILED, reason)
 
     def fail_task(self, job: Job, task: JobTask, reason: str) -> None:
         """The task's own failure: spends one of max_retries, retried after a back-off on another agent if any."""

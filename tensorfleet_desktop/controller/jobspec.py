@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,19 +18,27 @@ from typing import Any
 import yaml
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.workloads.datasets import REGRESSION, check_dataset, dataset_task
+from tensorfleet_agent.core.manifest import MAX_FILES, check_path
+from tensorfleet_agent.core.project_layout import WORKLOAD as PROJECT
+from tensorfleet_agent.workloads.datasets import CLASSIFICATION, REGRESSION, check_dataset, dataset_task
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
-    "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script", "target",
+    "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script", "target", "project", "command",
 )  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_WORKERS = 256
 MAX_FILE_BYTES = 1 << 20
 MAX_SCRIPT_BYTES = 512 * 1024
 _SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}\.py$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_COMMAND_ARGS = 256  # a project job's command: 1 to this many strings
+MAX_COMMAND_ARG = 32 * 1024  # characters in one of them
+MAX_PROJECT_BYTES = 64 << 30  # what a snapshot may hold, whatever limit its client chose
+MAX_GIT_DIFF = 512 * 1024  # characters of a recorded dirty diff (the client cuts its own at 256 KiB)
+_GIT_KEYS = ("commit", "branch", "dirty", "diff", "diff_truncated", "untracked", "subdir", "remote")
 
 
 class JobSpecError(ValidationError):
@@ -64,6 +73,8 @@ class JobSpec:
     cv: int | None = None  # k-fold cross-validation: one task per fold
     sweep: dict[str, Any] | None = None  # normalised sweep (see controller/sweep.py), with its trial budget
     script: dict[str, Any] | None = None  # name, source, sha256, args, requirements
+    project: dict[str, Any] | None = None  # manifest_id, files, bytes, env, git (a project job, issue 19)
+    command: list[str] | None = None  # a project job's command line, run in its materialized folder
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -72,6 +83,8 @@ class JobSpec:
             "not_on": list(self.constraints.not_on),
             "labels": dict(self.constraints.labels),
         }
+        if self.project is None:  # other jobs' stored specs stay as they were
+            del body["project"], body["command"]
         return body
 
 
@@ -102,6 +115,8 @@ def parse_job_spec(body: Any) -> JobSpec:
             raise JobSpecError(str(key), f"unknown field (allowed: {', '.join(FIELDS)})")
     if body.get("script") is not None and not body.get("algorithm"):
         body = {**body, "algorithm": "script"}
+    if body.get("project") is not None and not body.get("algorithm"):
+        body = {**body, "algorithm": PROJECT}
     algorithm = _str(body, "algorithm", required=True)
     workload = get_workload(algorithm, field="algorithm")
     dataset = _str(body, "dataset")
@@ -110,8 +125,10 @@ def parse_job_spec(body: Any) -> JobSpec:
     raw_params = body.get("dataset_params") or {}
     if not isinstance(raw_params, dict):
         raise JobSpecError("dataset_params", "must be a mapping of dataset parameter names to values")
+    # A project reads whatever data it is given (dataset_dir()), or none.
+    tasks = (CLASSIFICATION, REGRESSION) if algorithm == PROJECT and dataset else workload.tasks
     try:
-        dataset_params = check_dataset(algorithm, workload.tasks, dataset, raw_params, only=workload.only_datasets)
+        dataset_params = check_dataset(algorithm, tasks, dataset, raw_params, only=workload.only_datasets)
     except ValidationError as exc:
         raise JobSpecError(exc.field, exc.message) from None
     hyper = body.get("hyperparameters") or {}
@@ -139,8 +156,23 @@ def parse_job_spec(body: Any) -> JobSpec:
         raise JobSpecError("script", f"a script job has algorithm 'script', not {algorithm!r}")
     if algorithm == "script":
         hyper = {}
+    project = command = None
+    if algorithm == PROJECT:
+        if hyper:
+            raise JobSpecError(
+                "hyperparameters", "a project job takes none; pass options to its command (after --) instead"
+            )
+        project, command = _project(body.get("project")), _command(body.get("command"))
+        if cv is not None:
+            raise JobSpecError("cv", "a project job runs its own command; cross-validate inside it")
+    else:
+        for key in ("project", "command"):
+            if body.get(key) is not None:
+                raise JobSpecError(key, f"is for project jobs (algorithm {PROJECT!r}), not {algorithm!r}")
     sweep = None
     if body.get("sweep") is not None:
+        if algorithm == PROJECT:
+            raise JobSpecError("sweep", "a project job has no parameters to sweep; submit one job per setting")
         if cv is not None or body.get("num_workers", 1) != 1:
             raise JobSpecError("sweep", "a sweep runs one task per trial; use it without cv and num_workers")
         regression = bool(dataset) and dataset_task(dataset, dataset_params) == REGRESSION
@@ -178,7 +210,94 @@ def parse_job_spec(body: Any) -> JobSpec:
         cv=cv,
         sweep=sweep,
         script=script,
+        project=project,
+        command=command,
     )
+
+
+def _project(value: Any) -> dict[str, Any]:
+    """A project job's snapshot: which manifest (its blob is checked by the controller at submit), its size, the
+    env choice and the git facts recorded with it."""
+    if not isinstance(value, dict):
+        raise JobSpecError(
+            "project", "is required for a project job: {manifest_id, files, bytes, env, git} (upload it first)"
+        )
+    for key in value:
+        if key not in ("manifest_id", "files", "bytes", "env", "git"):
+            raise JobSpecError(f"project.{key}", "unknown field (allowed: manifest_id, files, bytes, env, git)")
+    manifest_id = value.get("manifest_id")
+    if not isinstance(manifest_id, str) or not _SHA256.match(manifest_id):
+        raise JobSpecError(
+            "project.manifest_id", f"must be the manifest's sha256 (64 lowercase hex), got {manifest_id!r:.80}"
+        )
+    try:
+        files = _int(value, "files", 0, minimum=0, maximum=MAX_FILES)
+        size = _int(value, "bytes", 0, minimum=0, maximum=MAX_PROJECT_BYTES)
+    except JobSpecError as exc:
+        raise JobSpecError(f"project.{exc.field}", exc.message) from None
+    env = value.get("env", "auto")
+    if env is None or env == "":
+        env = "auto"
+    if not isinstance(env, str):
+        raise JobSpecError("project.env", f'must be "auto", "none" or a file of the project, got {env!r}')
+    if env not in ("auto", "none"):
+        try:
+            check_path(env, "project.env")
+        except ValidationError as exc:
+            raise JobSpecError(exc.field, exc.message) from None
+    return {"manifest_id": manifest_id, "files": files, "bytes": size, "env": env, "git": _git(value.get("git"))}
+
+
+def _git(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise JobSpecError("project.git", "must be an object of git facts or null")
+    for key in value:
+        if key not in _GIT_KEYS:
+            raise JobSpecError(f"project.git.{key}", f"unknown field (allowed: {', '.join(_GIT_KEYS)})")
+    out: dict[str, Any] = {}
+    for key in ("commit", "branch", "diff", "subdir", "remote"):
+        text = value.get(key) or ""
+        if not isinstance(text, str):
+            raise JobSpecError(f"project.git.{key}", f"must be a string, got {type(text).__name__}")
+        limit = MAX_GIT_DIFF if key == "diff" else 4096
+        if len(text) > limit:
+            raise JobSpecError(f"project.git.{key}", f"is {len(text)} characters long; at most {limit} allowed")
+        out[key] = text
+    for key in ("dirty", "diff_truncated"):
+        flag = value.get(key, False)
+        if not isinstance(flag, bool):
+            raise JobSpecError(f"project.git.{key}", f"must be true or false, got {flag!r}")
+        out[key] = flag
+    untracked = value.get("untracked") or []
+    if not isinstance(untracked, list) or not all(isinstance(u, str) for u in untracked) or len(untracked) > 1000:
+        raise JobSpecError("project.git.untracked", "must be a list of paths (at most 1000)")
+    out["untracked"] = list(untracked)
+    return out
+
+
+def _command(value: Any) -> list[str]:
+    """A project job's command: a list of strings, or one string split as a shell would."""
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise JobSpecError("command", f"cannot be split into arguments: {exc}") from None
+    if value is None or value == []:
+        raise JobSpecError("command", "is required for a project job: what to run, e.g. python -m mypkg.train")
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise JobSpecError("command", "must be a list of strings (or one string)")
+    if len(value) > MAX_COMMAND_ARGS:
+        raise JobSpecError("command", f"has {len(value)} arguments; at most {MAX_COMMAND_ARGS} allowed")
+    if not value[0].strip():
+        raise JobSpecError("command", "starts with an empty program name")
+    for i, arg in enumerate(value):
+        if len(arg) > MAX_COMMAND_ARG:
+            raise JobSpecError(f"command[{i}]", f"is {len(arg)} characters long; at most {MAX_COMMAND_ARG}")
+        if "\x00" in arg:
+            raise JobSpecError(f"command[{i}]", "holds a NUL character")
+    return list(value)
 
 
 def _script(value: Any) -> dict[str, Any]:

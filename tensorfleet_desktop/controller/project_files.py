@@ -11,16 +11,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.core.manifest import MAX_FILES
+from tensorfleet_agent.core.manifest import MAX_FILES, ManifestEntry, manifest_from_bytes
 from tensorfleet_desktop.controller.store.blobs import BlobStore
 
 MAX_FILE_BYTES = 8 << 30  # one file of a project
 MAX_CHUNK = 1 << 20  # one data message
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest blob (200,000 files of long paths fit)
+_MANIFESTS_KEPT = 8  # parsed manifests remembered (a gang's ranks and re-submits read the same one)
+_NAMED = 5  # missing files named in a refusal
+
+
+class ProjectFilesMissing(ValidationError):
+    """A project job refers to files the blob store does not hold (never uploaded, or lost since)."""
 
 
 def check_sha256(value: str, field: str) -> str:
@@ -79,6 +87,13 @@ class IncomingFile:
         await asyncio.to_thread(self.tmp.unlink, True)
 
 
+def _read_limited(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than `limit`."""
+    with path.open("rb") as fh:
+        data = fh.read(limit + 1)
+    return None if len(data) > limit else data
+
+
 def _move(tmp: Path, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp.replace(final)  # atomic; the same content arriving twice at once lands once
@@ -87,6 +102,71 @@ def _move(tmp: Path, final: Path) -> None:
 class ProjectFiles:
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
+        self._manifests: OrderedDict[str, tuple[ManifestEntry, ...]] = OrderedDict()
+
+    async def manifest(self, manifest_id: str) -> tuple[ManifestEntry, ...]:
+        """The entries of a stored manifest blob, checked (its bytes hash to its id, it parses and validates).
+        ProjectFilesMissing when the blob store lacks it; ValidationError when it is not a valid manifest."""
+        check_sha256(manifest_id, "project.manifest_id")
+        known = self._manifests.get(manifest_id)
+        if known is not None:
+            self._manifests.move_to_end(manifest_id)
+            return known
+        try:
+            path = await self.blobs.ensure(manifest_id)
+        except FileNotFoundError:
+            raise ProjectFilesMissing(
+                "project.manifest_id",
+                f"the controller has no manifest {manifest_id[:12]}: upload the project first "
+                "(Client.upload_project / submit_project, or tensorfleet submit --project)",
+            ) from None
+        data = await asyncio.to_thread(_read_limited, path, MAX_MANIFEST_BYTES)
+        if data is None:
+            raise ValidationError(
+                "project.manifest_id", f"blob {manifest_id[:12]} is over {MAX_MANIFEST_BYTES} bytes: not a manifest"
+            )
+        if hashlib.sha256(data).hexdigest() != manifest_id:
+            raise ProjectFilesMissing(
+                "project.manifest_id",
+                f"the stored manifest {manifest_id[:12]} is damaged (its bytes hash otherwise): upload it again",
+            )
+        try:
+            entries = await asyncio.to_thread(manifest_from_bytes, data)
+        except ValidationError as exc:
+            raise ValidationError(
+                "project.manifest_id", f"blob {manifest_id[:12]} is not a valid project manifest: {exc}"
+            ) from None
+        self._manifests[manifest_id] = entries
+        while len(self._manifests) > _MANIFESTS_KEPT:
+            self._manifests.popitem(last=False)
+        return entries
+
+    async def check_project(self, project: dict[str, object]) -> tuple[ManifestEntry, ...]:
+        """A project job's snapshot at submit: its manifest is stored and valid, it agrees with the spec's file
+        count, size and env file, and every file it lists is in the blob store (a refusal says how many are
+        missing and names the first few)."""
+        manifest_id = str(project["manifest_id"])
+        entries = await self.manifest(manifest_id)
+        total = sum(e.size for e in entries)
+        if (project.get("files"), project.get("bytes")) != (len(entries), total):
+            raise ValidationError(
+                "project",
+                f"says {project.get('files')} files, {project.get('bytes')} bytes; manifest {manifest_id[:12]} "
+                f"lists {len(entries)} files, {total} bytes",
+            )
+        env = str(project.get("env") or "auto")
+        if env not in ("auto", "none") and all(e.path != env for e in entries):
+            raise ValidationError("project.env", f"{env!r} is not a file of the project (manifest {manifest_id[:12]})")
+        absent = set(await self.missing(sorted({e.sha256 for e in entries})))
+        if absent:
+            lost = [e.path for e in entries if e.sha256 in absent]
+            named = ", ".join(lost[:_NAMED]) + (f" and {len(lost) - _NAMED} more" if len(lost) > _NAMED else "")
+            raise ProjectFilesMissing(
+                "project",
+                f"{len(lost)} of the project's {len(entries)} files are not in the controller's blob store "
+                f"({named}): upload the project again (upload_project sends what is missing)",
+            )
+        return entries
 
     async def missing(self, shas: Sequence[str]) -> list[str]:
         """Those of `shas` the store lacks, in order, each once. A remote store's blob is fetched into the local
@@ -139,4 +219,4 @@ class ProjectFiles:
         return files, received
 
 
-__all__ = ["MAX_CHUNK", "MAX_FILE_BYTES", "IncomingFile", "ProjectFiles", "check_sha256"]
+__all__ = ["MAX_CHUNK", "MAX_FILE_BYTES", "IncomingFile", "ProjectFiles", "ProjectFilesMissing", "check_sha256"]

@@ -31,6 +31,11 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 TAG = re.compile(r"^[^\s,]{1,64}$")
 FORMATS = {"skops": ("skops", "pickle", "joblib", "onnx"), "safetensors": ("safetensors", "onnx")}
+#: What a project's `task.register_model` may register (its "report" artifact names one); a project model is
+#: stored as it was saved, and downloads in its own format only (a plain safetensors file has no config to
+#: rebuild a module from).
+PROJECT_FORMATS = ("skops", "safetensors", "onnx", "pickle")
+_EXTENSIONS = {".skops": "skops", ".safetensors": "safetensors", ".onnx": "onnx", ".pkl": "pickle", ".pickle": "pickle"}
 
 
 class RegistryError(ValueError):
@@ -118,6 +123,12 @@ class Registry:
         chosen = _chosen_task(job, model)
         params = dict(chosen.params) if chosen is not None and chosen.params else dict(spec.get("hyperparameters", {}))
         name = str(spec.get("model_name") or "") or _default_name(str(spec["algorithm"]), dataset_name)
+        fmt = "safetensors" if model.name.endswith(".safetensors") else "skops"
+        if spec.get("project"):  # named by the user's code (task.register_model), stored as it saved it
+            chosen_name = _project_model(job, model, described, name)
+            if chosen_name is None:
+                return None
+            name, fmt = chosen_name
         metrics = {k: v for k, v in job.metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
         record = {
             "name": name,
@@ -136,7 +147,7 @@ class Registry:
             "feature_names": described.get("features") or configured.get("features") or [],
             "classes": described.get("classes") or configured.get("classes") or [],
             "framework_versions": described.get("versions") or configured.get("versions") or {},
-            "format": "safetensors" if model.name.endswith(".safetensors") else "skops",
+            "format": fmt,
             "size": model.size,
             "sha256": model.sha256,
             "config": configured,
@@ -290,6 +301,8 @@ class Registry:
         """Write the model in `fmt` to `out` (the stored file itself for its own format)."""
         fmt = fmt or record["format"]
         allowed = FORMATS.get(record["format"], (record["format"],))
+        if record["format"] == "safetensors" and not record.get("config"):
+            allowed = ("safetensors",)  # a project's own tensors: no config to rebuild a module from for ONNX
         if fmt not in allowed:
             raise RegistryError(
                 "format", f"{record['name']} is a {record['format']} model; it downloads as {', '.join(allowed)}"
@@ -368,6 +381,29 @@ def _default_name(algorithm: str, dataset: str) -> str:
     return name if NAME.match(name) else algorithm
 
 
+def _project_model(job: Job, model: ArtifactInfo, report: dict[str, Any], fallback: str) -> tuple[str, str] | None:
+    """(name, format) of a project's registered model: the report's (task.register_model's name and format),
+    else the job's model_name or its name, and the format the file's extension says. None (not registered, the
+    job still succeeds: its file stays an artifact) for a format the registry does not keep."""
+    name = str(report.get("model_name") or "")
+    if name and not NAME.match(name):
+        log.warning("job %s: model name %r is not a registry name; using %s", job.id, name[:80], fallback)
+        name = ""
+    if not name:
+        name = str(job.spec.get("model_name") or "") or _default_name(job.name, "") or fallback
+    fmt = str(report.get("format") or "") or _EXTENSIONS.get(Path(model.name).suffix.lower(), "")
+    if fmt not in PROJECT_FORMATS:
+        log.warning(
+            "job %s: %s is %s, not one of %s: not registered (it stays an artifact of the job)",
+            job.id,
+            model.name,
+            repr(fmt) if fmt else "of an unknown format",
+            ", ".join(PROJECT_FORMATS),
+        )
+        return None
+    return name, fmt
+
+
 def _chosen_task(job: Job, model: ArtifactInfo) -> Any:
     return next((t for t in job.tasks if t.index == model.task_index), None)
 
@@ -383,6 +419,9 @@ def pick_artifacts(job: Job) -> tuple[ArtifactInfo | None, ArtifactInfo | None, 
     else:
         index = 0
     models = [a for a in job.artifacts if a.kind == "model" and a.task_index == index]
+    if job.spec.get("project"):  # task.register_model saved the file (any name) and a report naming it
+        report = next((a for a in reversed(job.artifacts) if a.kind == "report" and a.task_index == index), None)
+        return (models[-1], None, report) if models else (None, None, None)
     models = [m for m in models if m.name.endswith((".skops", ".safetensors"))]
     if not models:
         return None, None, None

@@ -1,10 +1,12 @@
 """What the blob store must keep, and what it may drop (pure functions; the controller applies them).
 
 Kept: every registered model version's file, every uploaded dataset, everything of a job that has not
-succeeded (a retry or resume needs its checkpoints and shards), reports and torch configs, and the
-model files of jobs that registered none (cross-validation folds). So the file of a deleted model
-version, the checkpoints of a finished job and a deleted dataset become garbage, and so do the unfinished
-files (`*.part`) a transfer left behind when its process was killed.
+succeeded (a retry or resume needs its checkpoints and shards), reports, torch configs and a project's
+outputs, the model files of jobs that registered none (cross-validation folds), and the snapshot of every
+project job still kept (its manifest and each file it lists: a retry, a resubmit or a re-placement sends them
+again; `project_manifests` names them, the controller reads the files from each manifest). So the file of a
+deleted model version, the checkpoints of a finished job and a deleted dataset become garbage, and so do the
+unfinished files (`*.part`) a transfer left behind when its process was killed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ def referenced(jobs: Iterable[Job], datasets: Iterable[dict[str, Any]], versions
             elif artifact.kind != "model" or not job.model:
                 keep.add(artifact.sha256)
     return keep
+
+
+def project_manifests(jobs: Iterable[Job]) -> set[str]:
+    """The manifest ids of the project jobs kept: each manifest and every file it lists stay in the blob store."""
+    out = set()
+    for job in jobs:
+        project = job.spec.get("project")
+        if isinstance(project, dict) and isinstance(project.get("manifest_id"), str):
+            out.add(project["manifest_id"])
+    return out
 
 
 def trim_checkpoints(artifacts: list[ArtifactInfo], keep: int) -> tuple[list[ArtifactInfo], list[ArtifactInfo]]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_desktop.controller.errors import JobError, NotFoundError
-from tensorfleet_desktop.controller.fleet import FleetError
+from tensorfleet_desktop.controller.errors import AgentCallError, JobError, NotFoundError
+from tensorfleet_desktop.controller.fleet import AgentNotFound, FleetError
 from tensorfleet_desktop.controller.registry import BlobDamaged, ModelNotFound, RegistryError
 from tensorfleet_desktop.controller.store.base import StoreFullError, full_message, is_disk_full
 
@@ -24,7 +24,11 @@ _TABLE: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (RegistryError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (JobError, grpc.StatusCode.FAILED_PRECONDITION),
+    (AgentNotFound, grpc.StatusCode.NOT_FOUND),
     (FleetError, grpc.StatusCode.FAILED_PRECONDITION),
+    # an agent's refusal or absence passed on (ListAgentEnvs): never UNAVAILABLE, which clients read as the
+    # controller being away
+    (AgentCallError, grpc.StatusCode.FAILED_PRECONDITION),
     (BlobDamaged, grpc.StatusCode.DATA_LOSS),
     (StoreFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 from tensorfleet_agent.core.digest import file_digest
@@ -25,10 +27,11 @@ from tensorfleet_agent.rpc import handlers
 from tensorfleet_agent.security.secrets import redact, register
 from tensorfleet_agent.workloads.registry import all_workloads
 from tensorfleet_desktop import wire
+from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.datasets import DatasetError
-from tensorfleet_desktop.controller.errors import NotFoundError
-from tensorfleet_desktop.controller.fleet import Fleet
+from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, NotFoundError
+from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 from tensorfleet_desktop.controller.job_feed import JobFeed
 from tensorfleet_desktop.controller.model import Job
 from tensorfleet_desktop.controller.registry import model_config
@@ -93,6 +96,21 @@ async def _batches(items: AsyncIterator[R], limit: int, window: float) -> AsyncI
         task.cancel()
 
 
+@contextlib.asynccontextmanager
+async def _asking(record: AgentRecord, what: str) -> AsyncIterator[None]:
+    """An agent's refusal or absence as an error that names the agent and what was asked of it."""
+    try:
+        yield
+    except AgentBusy as exc:
+        state = record.public_state()
+        raise AgentCallError(
+            f"agent {record.name} ({record.node_id[:12]}) cannot {what} now: it is not connected"
+            f"{f' ({state})' if state else ''} ({exc})"
+        ) from None
+    except AgentCallError as exc:
+        raise AgentCallError(f"agent {record.name} ({record.node_id[:12]}) could not {what}: {exc}") from None
+
+
 CONTROLLER_SERVICE = cpb.DESCRIPTOR.services_by_name["ControllerService"].full_name  # for health and reflection
 
 
@@ -107,6 +125,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     ) -> None:
         self.c = controller
         self.fleet = fleet
+        self.agent_calls = FleetAgents(fleet)  # calls for a user on one agent, outside the core (envs)
         set_data_dir(data_dir)  # disk-full refusals name it (one controller per process)
         self.jobs_feed = JobFeed(controller.add_job_listener)
         self.info = info
@@ -266,6 +285,23 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     @_unary
     async def DrainAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
         return wire.agent_to_pb(self.fleet.drain(request.agent))
+
+    @_unary
+    async def ListAgentEnvs(self, request: cpb.AgentRefRequest, context: Any) -> pb.ListEnvsResponse:
+        record = self.fleet.resolve(request.agent)
+        async with _asking(record, "list its project envs"):
+            envs = await self.agent_calls.list_envs(record.node_id)
+        return wire.agent_envs_to_pb(envs)
+
+    @_unary
+    async def PruneAgentEnvs(self, request: cpb.PruneAgentEnvsRequest, context: Any) -> pb.PruneEnvsResponse:
+        if request.keep_bytes < 0:
+            raise ValidationError("keep_bytes", f"must be >= 0, got {request.keep_bytes}")
+        record = self.fleet.resolve(request.agent)
+        async with _asking(record, "prune its project envs"):
+            pruned = await self.agent_calls.prune_envs(record.node_id, request.keep_bytes)
+        log.info("agent %s pruned %d env(s), %d bytes", record.name, len(pruned["removed"]), pruned["freed_bytes"])
+        return wire.prune_envs_to_pb(pruned)
 
     @_unary
     async def PairAgent(self, request: cpb.PairAgentRequest, context: Any) -> cpb.Agent:
