@@ -111,8 +111,10 @@ def _split_at_double_dash(parser: argparse.ArgumentParser) -> None:
             words, tail = words[:cut], words[cut + 1 :]
         parsed, extras = plain(words, namespace)
         parsed.project_command = tail
-        if tail is None and parsed.project is not None and (extras or parsed.file is not None):
-            # `--project . python train.py --lr 1`: the command was meant, the `--` forgotten
+        stray_word = parsed.file is not None and parsed.file.suffix not in (".yaml", ".yml", ".json")
+        if tail is None and parsed.project is not None and (extras or stray_word):
+            # `--project . python train.py --lr 1`: the command was meant, the `--` forgotten (a job file with
+            # --project is fine: the flag names the folder, the file's command: runs)
             guess = [str(parsed.file)] if parsed.file is not None else []
             parser.error(
                 "the command goes after `--`: tensorfleet submit --project "

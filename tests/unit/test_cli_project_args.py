@@ -130,6 +130,13 @@ def test_a_forgotten_double_dash_gets_the_corrected_command(capsys: pytest.Captu
     )
 
 
+def test_a_job_file_with_project_flag_needs_no_double_dash(tmp_path: Path) -> None:
+    job = tmp_path / "job.yml"
+    job.write_text("project: code\ncommand: python x.py\n")
+    sub = submission(str(job), "--project", "elsewhere")
+    assert sub is not None and (sub.path, sub.command) == (Path("elsewhere"), ["python", "x.py"])
+
+
 def test_a_missing_command_says_how_to_give_one(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("submit", "--project", ".") == exit_codes.USAGE
     message = capsys.readouterr().err
