@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -18,6 +21,7 @@ from tensorfleet_agent.discovery.interfaces import ENV_VAR, parse_interfaces
 from tensorfleet_agent.logging_setup import configure_logging
 
 log = logging.getLogger("tensorfleet_agent")
+ENV_CACHE_VAR = "TENSORFLEET_ENV_CACHE_GB"
 
 
 def default_data_dir() -> Path:
@@ -29,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tensorfleet-agent",
         description="TensorFleet agent: runs training tasks on this machine for a TensorFleet controller. "
         "`tensorfleet-agent token` prints a new join token; `tensorfleet-agent unpair FINGERPRINT` revokes a "
-        "controller. TENSORFLEET_CLUSTER_TOKEN pairs automatically with controllers that share it.",
+        "controller; `tensorfleet-agent envs list|prune` shows or removes a stopped agent's project envs. "
+        "TENSORFLEET_CLUSTER_TOKEN pairs automatically with controllers that share it.",
     )
     p.add_argument("--version", action="version", version=f"tensorfleet-agent {AGENT_VERSION}")
     p.add_argument("--host", default="0.0.0.0", help="address to serve gRPC on (default: 0.0.0.0)")
@@ -63,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="label for placement constraints (repeatable)",
     )
     p.add_argument("--blob-cache-gb", type=float, default=20.0, help="blob cache size limit (default: 20 GB)")
+    p.add_argument(
+        "--env-cache-gb",
+        type=float,
+        default=None,
+        help="size of the cache of project Python envs (uv-built) in the data dir; least recently used envs are "
+        f"removed beyond it (default: ${ENV_CACHE_VAR} or 20 GB)",
+    )
     p.add_argument(
         "--journal-retention-days",
         type=float,
@@ -127,6 +139,99 @@ def _admin(argv: list[str]) -> int:
     return 0
 
 
+def _envs(argv: list[str]) -> int:
+    """`tensorfleet-agent envs list|prune`: a stopped agent's project envs, read and pruned in its data dir."""
+    p = argparse.ArgumentParser(
+        prog="tensorfleet-agent envs",
+        description="The project envs in a stopped agent's data dir (a running agent's: "
+        "`tensorfleet agents envs AGENT [--prune]` on the controller).",
+    )
+    p.add_argument("action", choices=("list", "prune"), help="list the envs, or remove unused ones")
+    p.add_argument("--data-dir", type=Path, default=None, help=f"the agent's state directory ({default_data_dir()})")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--keep-gb", type=float, default=0.0, help="prune: keep the most recently used envs up to this size (0)"
+    )
+    args = p.parse_args(argv[1:])
+    if not math.isfinite(args.keep_gb) or args.keep_gb < 0:
+        print(f"tensorfleet-agent envs: --keep-gb must be >= 0, got {args.keep_gb}", file=sys.stderr)
+        return 2
+    data_dir = (args.data_dir or default_data_dir()).resolve()
+    if not data_dir.is_dir():
+        print(f"tensorfleet-agent envs: no agent data dir at {data_dir}", file=sys.stderr)
+        return 2
+    from tensorfleet_agent.datadir_lock import DataDirInUse, DataDirLock
+
+    prune = " --prune" if args.action == "prune" else ""
+    lock = DataDirLock(data_dir, "tensorfleet-agent envs")
+    try:
+        lock.acquire()
+    except DataDirInUse as exc:
+        print(
+            f"tensorfleet-agent envs: the agent (pid {exc.holder.pid or '?'}) is running on {data_dir}; ask it "
+            f"through the controller instead: tensorfleet agents envs AGENT{prune}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        if (data_dir / "envs").is_dir():
+            envs, removed, freed = asyncio.run(_envs_offline(data_dir / "envs", args.action, int(args.keep_gb * 2**30)))
+        else:
+            envs, removed, freed = [], [], 0
+    finally:
+        lock.release()
+    _print_envs(envs, args.action, removed, freed, args.json)
+    return 0
+
+
+async def _envs_offline(root: Path, action: str, keep_bytes: int) -> tuple[list[Any], list[str], int]:
+    """The envs under `root` (after a prune when asked), the keys removed and the bytes freed."""
+    from tensorfleet_agent.runtime.envs import EnvCache
+
+    cache = EnvCache(root)
+    envs = await cache.list()
+    if action != "prune":
+        return envs, [], 0
+    sizes = {e.key: e.size for e in envs}
+    removed = await cache.prune(keep_bytes)
+    return await cache.list(), removed, sum(sizes[key] for key in removed)
+
+
+def _print_envs(envs: list[Any], action: str, removed: list[str], freed: int, as_json: bool) -> None:
+    import dataclasses
+    import json
+
+    if as_json:  # the keys of `tensorfleet agents envs --json` (rpc.convert.ENV_SUMMARY_KEYS)
+        body: dict[str, object] = {"envs": [dataclasses.asdict(e) for e in envs]}
+        if action == "prune":
+            body.update(removed=removed, freed_bytes=freed)
+        print(json.dumps(body, indent=2))
+        return
+    if action == "prune":
+        print(f"removed {len(removed)} env(s), {freed / 2**30:.2f} GiB freed")
+    if not envs:
+        print("no project envs" + (" left" if action == "prune" else ""))
+        return
+    print(f"{'KEY':<14} {'SIZE':>11} {'LAST USED':<19} {'JOBS':>5}  {'PYTHON':<16} SOURCE")
+    for e in envs:
+        used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
+        print(f"{e.key[:12]:<14} {e.size / 2**20:>7.0f} MiB {used:<19} {e.jobs:>5}  {e.python:<16} {e.source}")
+    print(f"{len(envs)} env(s), {sum(e.size for e in envs) / 2**30:.2f} GiB")
+
+
+def _env_cache_gb(flag: float | None) -> float:
+    """--env-cache-gb, else $TENSORFLEET_ENV_CACHE_GB, else 20."""
+    raw = os.environ.get(ENV_CACHE_VAR, "") if flag is None else str(flag)
+    where = f"${ENV_CACHE_VAR}" if flag is None else "--env-cache-gb"
+    try:
+        value = float(raw) if raw.strip() else 20.0
+    except ValueError:
+        raise ValueError(f"{where} must be a number of GB, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} must be >= 0 GB, got {raw}")
+    return value
+
+
 def _labels(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -145,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(argv[1:])
     if argv[:1] in (["token"], ["unpair"]):
         return _admin(argv)
+    if argv[:1] == ["envs"]:
+        return _envs(argv)
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     from tensorfleet_agent.daemon import AgentConfig  # after logging: imports grpc
@@ -167,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.drain_timeout < 0:
             raise ValueError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
+        env_cache_gb = _env_cache_gb(args.env_cache_gb)
         config = AgentConfig(
             data_dir=(args.data_dir or default_data_dir()).resolve(),
             host=args.host,
@@ -179,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             labels=_labels(args.label),
             blob_cache_bytes=int(args.blob_cache_gb * 2**30),
+            env_cache_bytes=int(env_cache_gb * 2**30),
             journal_retention_seconds=args.journal_retention_days * 86400,
             ready_file=args.ready_file,
             insecure=args.insecure,

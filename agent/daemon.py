@@ -24,6 +24,7 @@ from tensorfleet_agent.metrics import AgentMetrics
 from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
 from tensorfleet_agent.rpc.service import AgentServicer
 from tensorfleet_agent.runtime.blobs import BlobStore
+from tensorfleet_agent.runtime.envs import EnvCache
 from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig
 from tensorfleet_agent.runtime.gpus import Gpus
 from tensorfleet_agent.runtime.slots import SlotPool
@@ -51,6 +52,7 @@ class AgentConfig:
     metrics_port: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     blob_cache_bytes: int = 20 * 2**30
+    env_cache_bytes: int = 20 * 2**30  # project envs (uv-built venvs) under <data dir>/envs, LRU beyond this
     journal_retention_seconds: float = 7 * 86400
     journal_max_finished: int = 10_000
     warm_idle_seconds: float = 60.0
@@ -79,6 +81,7 @@ class AgentDaemon:
         self._facts: dict[str, str | int] = {}
         self._started = asyncio.Event()
         self._lock: DataDirLock | None = None
+        self.envs: EnvCache | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -108,6 +111,7 @@ class AgentDaemon:
         self.gpu_inventory = gpu_list
         self.slots = SlotPool(int(self._facts["cpu_count"]), [g.index for g in gpu_list], cfg.cpu_slots)
         self.blobs = await asyncio.to_thread(BlobStore, cfg.data_dir / "blobs", cfg.blob_cache_bytes)
+        self.envs = EnvCache(cfg.data_dir / "envs", cfg.env_cache_bytes)
         self.executor = Executor(
             ExecutorConfig(
                 cfg.data_dir,
@@ -115,10 +119,12 @@ class AgentDaemon:
                 cfg.journal_retention_seconds,
                 cfg.journal_max_finished,
                 cfg.spare_workers,
+                cfg.env_cache_bytes,
             ),
             self.slots,
             self.blobs,
             self.metrics,
+            self.envs,
         )
         await self.executor.start()
         self.sampler = TelemetrySampler(cfg.data_dir, self.gpus)
@@ -250,6 +256,8 @@ class AgentDaemon:
         if self._server is not None:
             await self._server.stop(grace=2.0)
         await self.executor.close()
+        if self.envs is not None:
+            await self.envs.close()  # builds no task waits for any more: uv killed, half-built dirs removed
         if self._lock is not None:
             self._lock.release()
         log.info("agent stopped")

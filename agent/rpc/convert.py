@@ -461,14 +461,22 @@ def summary_from_pb(msg: pb.TaskSummary) -> TaskSummary:
 class EnvSummaryLike(Protocol):
     """What an env summary carries: runtime.envs.EnvInfo has these (convert imports no runtime module)."""
 
-    key: str
-    size: int
-    last_used: float
-    jobs: int
-    python: str
-    source: str
-    build_seconds: float
-    in_use: int
+    @property
+    def key(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def last_used(self) -> float: ...
+    @property
+    def jobs(self) -> int: ...
+    @property
+    def python(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def build_seconds(self) -> float: ...
+    @property
+    def in_use(self) -> int: ...
 
 
 ENV_SUMMARY_KEYS = ("key", "size", "last_used", "jobs", "python", "source", "build_seconds", "in_use")

@@ -162,6 +162,22 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return pb.ListTasksResponse(tasks=[convert.summary_to_pb(t) for t in tasks])
 
     @_unary
+    async def ListEnvs(self, request: pb.ListEnvsRequest, context: Any) -> pb.ListEnvsResponse:
+        envs = self.executor.envs
+        return convert.list_envs_to_pb(await envs.list(), envs.limit_bytes)
+
+    @_unary
+    async def PruneEnvs(self, request: pb.PruneEnvsRequest, context: Any) -> pb.PruneEnvsResponse:
+        if request.keep_bytes < 0:
+            raise ValidationError("keep_bytes", f"must be >= 0 (0 removes every unused env), got {request.keep_bytes}")
+        envs = self.executor.envs
+        sizes = {e.key: e.size for e in await envs.list()}
+        removed = await envs.prune(request.keep_bytes)  # envs a running task holds are never removed
+        if removed:
+            log.info("pruned %d env(s) on request, keeping at most %d bytes", len(removed), request.keep_bytes)
+        return pb.PruneEnvsResponse(removed=removed, freed_bytes=sum(sizes.get(key, 0) for key in removed))
+
+    @_unary
     async def HasBlobs(self, request: pb.HasBlobsRequest, context: Any) -> pb.HasBlobsResponse:
         if len(request.sha256) > MAX_HAS_BLOBS:
             raise ValidationError("sha256", f"asks for {len(request.sha256)} blobs; at most {MAX_HAS_BLOBS}")

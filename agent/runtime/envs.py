@@ -288,6 +288,7 @@ class _Build:
         self.lines: list[str] = []
         self.sinks: list[Callable[[str], None]] = []
         self.task: asyncio.Task[_Meta] | None = None
+        self.waiters = 0  # callers of ensure() waiting on it; the last one to be cancelled stops the build
 
     def emit(self, line: str) -> None:
         self.lines.append(line)
@@ -412,13 +413,17 @@ class EnvCache:
             log(f"environment {key} is being built for another task; waiting for that build")
         self._in_use[key] += 1  # held from now on: eviction never takes an env a caller waits for
         build.join(log)
+        build.waiters += 1
+        assert build.task is not None
         try:
-            assert build.task is not None
-            meta = await asyncio.shield(build.task)
-        except BaseException:
+            meta = await asyncio.shield(build.task)  # one caller's cancel never breaks the build others wait on
+        except BaseException as exc:
             self._unhold(key)
+            if isinstance(exc, asyncio.CancelledError) and build.waiters == 1 and not build.task.done():
+                build.task.cancel()  # nobody else wants it: uv is killed, the half-built dir removed
             raise
         finally:
+            build.waiters -= 1
             with contextlib.suppress(ValueError):
                 build.sinks.remove(log)
         await self._touch(meta)

@@ -3,6 +3,9 @@
 The executor owns the slots, the warm worker pool and the task lifecycle:
 ACCEPTED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, always ending with one
 Finished event. Nothing here blocks the event loop; disk work goes to threads.
+A project task (issue 19) is PREPARING between ACCEPTED and RUNNING: its working
+dir and env are made ready (runtime.project_prepare), and its output dir's files
+become artifacts before its Finished, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tensorfleet_agent.core import project_layout
 from tensorfleet_agent.core.codec import spec_to_dict
 from tensorfleet_agent.core.errors import AlreadyExists, NotFound, Unavailable
 from tensorfleet_agent.core.types import (
@@ -37,8 +41,10 @@ from tensorfleet_agent.core.types import (
 )
 from tensorfleet_agent.metrics import AgentMetrics
 from tensorfleet_agent.runtime.blobs import BlobStore
+from tensorfleet_agent.runtime.envs import DEFAULT_LIMIT_BYTES, EnvCache
 from tensorfleet_agent.runtime.journal import Journal, TaskLog
 from tensorfleet_agent.runtime.process import WorkerProcess
+from tensorfleet_agent.runtime.project_prepare import PreparedProject, PrepareFailed, collect_outputs, prepare_project
 from tensorfleet_agent.runtime.slots import GangSlots, Slot, SlotPool
 from tensorfleet_agent.workloads.registry import get_workload
 
@@ -80,6 +86,7 @@ class _Running:
     stop_requested: bool = False
     runner: asyncio.Task[None] | None = None
     visible_gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES: the GPUs of the job's ranks here, own at LOCAL_RANK
+    project: PreparedProject | None = None  # a project task's working dir and env, once PREPARING is done
 
 
 @dataclass
@@ -89,14 +96,25 @@ class ExecutorConfig:
     journal_retention_seconds: float = 7 * 86400
     journal_max_finished: int = 10_000
     spare_workers: int = 1
+    env_cache_bytes: int = DEFAULT_LIMIT_BYTES  # project envs under <data dir>/envs, LRU beyond this
 
 
 class Executor:
-    def __init__(self, config: ExecutorConfig, slots: SlotPool, blobs: BlobStore, metrics: AgentMetrics) -> None:
+    def __init__(
+        self,
+        config: ExecutorConfig,
+        slots: SlotPool,
+        blobs: BlobStore,
+        metrics: AgentMetrics,
+        envs: EnvCache | None = None,
+    ) -> None:
         self.config = config
         self.slots = slots
         self.blobs = blobs
         self.metrics = metrics
+        # The caller owns (and closes) the env cache it passes; by default one in the data dir.
+        self._own_envs = envs is None
+        self.envs = envs if envs is not None else EnvCache(config.data_dir / "envs", config.env_cache_bytes)
         self.journal = Journal(config.data_dir / "tasks")
         self.draining = False
         self._running: dict[str, _Running] = {}
@@ -159,6 +177,8 @@ class Executor:
         spares, self._spares = self._spares, []
         for worker in spares:
             await worker.close()
+        if self._own_envs:
+            await self.envs.close()
         await self.journal.close()
 
     # ---- queries
@@ -286,6 +306,8 @@ class Executor:
         try:
             workload = get_workload(spec.workload)
             await asyncio.to_thread(self._link_inputs, running)
+            if spec.workload == project_layout.WORKLOAD:
+                running.project = await self._prepare(running)
             worker = await self._worker_for(running)
             if running.kill_cause:
                 await worker.terminate(_CANCEL_GRACE)
@@ -306,6 +328,8 @@ class Executor:
             reusable = reusable and workload.category != "script"  # scripts always get a fresh process
         except _Killed:
             status, cause, error = self._killed_outcome(running)
+        except PrepareFailed as exc:
+            status, cause, error = TaskState.FAILED, exc.cause, exc.message
         except Exception as exc:
             log.exception("task %s could not start", spec.task_id)
             status, cause, error = TaskState.FAILED, ExitCause.SETUP, f"{type(exc).__name__}: {exc}"
@@ -317,6 +341,8 @@ class Executor:
                 elif running.worker.alive:
                     running.worker.kill()
                     await running.worker.wait()
+            if running.project is not None:
+                await self._finish_project(running, running.project)
             duration = time.monotonic() - running.started
             self.journal.append(spec.task_id, Finished(status, cause, error, duration))
             self._running.pop(spec.task_id, None)
@@ -329,6 +355,49 @@ class Executor:
                 self.metrics.completed.labels(spec.workload).inc()
             else:
                 self.metrics.failed.labels(spec.workload, cause).inc()
+
+    async def _prepare(self, running: _Running) -> PreparedProject:
+        """PREPARING: lay out the project and get its env, until done, killed (cancel, drain) or out of time."""
+        spec = running.spec
+        self._append(running, StateChanged(TaskState.PREPARING, "laying out the project and its environment"))
+        work = running.entry.directory / "work"
+        preparing = asyncio.create_task(
+            prepare_project(spec, work, self.blobs, self.envs, lambda p: self._append(running, p)),
+            name=f"prepare-{spec.task_id}",
+        )
+        killed = asyncio.create_task(running.killed.wait())
+        remaining = None
+        if spec.timeout_seconds > 0:
+            remaining = max(0.0, running.started + spec.timeout_seconds - time.monotonic())
+        try:
+            await asyncio.wait({preparing, killed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            killed.cancel()
+            if not preparing.done():
+                preparing.cancel()  # the env cache stops the uv build when no other task waits for it
+                await asyncio.wait({preparing})
+        if preparing.cancelled():  # killed, or out of time
+            if not running.kill_cause:
+                self._kill(running, ExitCause.TIMEOUT, f"wall-clock timeout of {spec.timeout_seconds:g}s exceeded")
+            raise _Killed
+        failure = preparing.exception()
+        if running.kill_cause:  # the kill decides, also when PREPARING had just ended
+            if failure is None:
+                preparing.result().release()
+            raise _Killed
+        if failure is not None:
+            raise failure  # PrepareFailed, or a bug that _run reports as a SETUP failure
+        return preparing.result()
+
+    async def _finish_project(self, running: _Running, project: PreparedProject) -> None:
+        """The output dir's files become artifacts (any outcome), then the env and the pins are given back."""
+        events: list[EventPayload] = []  # filled in the thread, journaled here on the loop
+        try:
+            await asyncio.to_thread(collect_outputs, self.blobs, project.workdir, project.output_dir, events.append)
+        finally:
+            project.release()
+            for payload in events:
+                self._append(running, payload)
 
     async def _follow(self, running: _Running, worker: WorkerProcess) -> tuple[TaskState, str, str, bool]:
         """Relay the worker's messages until the task is done or the worker is gone."""
