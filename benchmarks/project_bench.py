@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""A user's project, run through TensorFleet and through Ray's runtime_env side by side, as JSON (issue 19).
+
+The project is the multi-module trainer of tests/helpers/project_fixtures.py (`python -m trainer.train`, a config,
+requirements.txt naming `tfdemo-util`, a wheel built here into a local wheelhouse). Both sides build their env
+with uv from that wheelhouse alone (UV_OFFLINE, --find-links; no index), each with an empty uv cache of its own,
+on this machine, loopback only. Timed, from submit (snapshot/pack + upload included) to the program's first log
+line as the submitter sees it ("first_line_s"; "program_start_s" is when the program itself stamped that line):
+- cold: the first run (the env is built);
+- warm: an unchanged re-submit (median of --repeat);
+- one_line_change: a re-submit after one line of one module changed (median of --repeat).
+
+TensorFleet: a controller and one agent (2 slots, the product's one spare worker) started here; jobs through the
+SDK's submit_project, the first log line taken from the job's event stream. Ray: benchmarks/ray_project_peer.py
+run by RAY_PYTHON (an interpreter with Ray, e.g. a venv with `pip install ray`; never a TensorFleet dependency),
+`working_dir` + `uv` on a local Ray started on 127.0.0.1 without a dashboard; without Ray the report says
+"ray": {"skipped": "ray not installed ..."} and TensorFleet is still measured. Ray has no task SDK, so its copy of
+the project also holds TensorFleet's dependency-free `tensorfleet_task.py` (it works outside TensorFleet).
+
+Aims (issue 19): TensorFleet warm <= 0.5x Ray warm; cold <= 1x Ray cold, against Ray's job-like path
+("fresh_worker": a new worker process per run, what `ray job submit` gets). Ray's "task" path reuses an idle
+worker whose runtime_env matches; it is reported too.
+
+Usage: RAY_PYTHON=/path/to/ray-venv/bin/python python benchmarks/project_bench.py [--repeat 3]
+
+Figures on this machine (2 CPUs), 2026-12-06: see benchmarks/README.md if present, else the H6 report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
+
+from helpers import project_fixtures as pf  # noqa: E402
+from helpers.agents import CLUSTER_TOKEN, AgentProcess  # noqa: E402
+from helpers.controller import ControllerProcess  # noqa: E402
+from tensorfleet_desktop.client import Client  # noqa: E402
+
+SDK_FILE = ROOT / "agent" / "task_sdk" / "tensorfleet_task.py"
+AIMS = {"warm_vs_ray": 0.5, "cold_vs_ray": 1.0}
+
+
+def change(project: Path, n: int) -> None:
+    """One line of one module changes (a new constant at the end of trainer/model.py)."""
+    model = project / "trainer" / "model.py"
+    model.write_text(model.read_text() + f"\nCHANGE = {n}\n")
+
+
+def tensorfleet_run(client: Client, project: Path) -> dict[str, Any]:
+    submitted = time.time()
+    job = client.submit_project(project, pf.TRAIN_COMMAND, constraints={"on": ["bench-0"]})
+    seen = stamp = 0.0
+    for event in client.watch(job["id"]):
+        if event["kind"] != "logs" or seen:
+            continue
+        for row in event["lines"]:
+            if row["line"].startswith(pf.FIRST_LINE):
+                seen, stamp = time.time(), float(row["line"].split()[2])
+                break
+    done = client.job(job["id"])
+    assert done["state"] == "SUCCEEDED", (done["state"], done["error"])
+    assert seen, "the program's first line never came"
+    env = done["task_list"][0].get("environment") or {}
+    return {
+        "first_line_s": seen - submitted,
+        "program_start_s": stamp - submitted,
+        "uploaded_bytes": job["upload"]["uploaded_bytes"],
+        "cache_hit": env.get("cache_hit"),
+        "build_seconds": env.get("build_seconds"),
+    }
+
+
+def tensorfleet_side(root: Path, house: Path, project: Path, repeat: int) -> dict[str, Any]:
+    agent = AgentProcess(
+        root / "agent",
+        name="bench-0",
+        cpu_slots=2,
+        spare_workers=1,
+        env={"TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN, **pf.agent_uv_env(house, root / "tf-uv-cache")},
+    )
+    controller = ControllerProcess(root / "controller")
+    agent.spawn()
+    controller.spawn()
+    try:
+        agent.wait_ready()
+        controller.wait_ready()
+        with Client(controller.address) as client:
+            deadline = time.monotonic() + 30
+            while not any(a["state"] == "ONLINE" for a in client.agents()):
+                assert time.monotonic() < deadline, "the agent never came online"
+                time.sleep(0.1)
+            cold = tensorfleet_run(client, project)
+            warm = [tensorfleet_run(client, project) for _ in range(repeat)]
+            changed = []
+            for i in range(repeat):
+                change(project, i)
+                changed.append(tensorfleet_run(client, project))
+    finally:
+        controller.stop()
+        agent.stop()
+    return {"cold": _round(cold), "warm": _median(warm), "one_line_change": _median(changed)}
+
+
+def ray_side(house: Path, project: Path, cache: Path, repeat: int) -> dict[str, Any]:
+    python = os.environ.get("RAY_PYTHON") or sys.executable
+    probe = subprocess.run([python, "-c", "import ray"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return {"skipped": "ray not installed: set RAY_PYTHON to an interpreter with Ray (pip install ray) to compare"}
+    if not SDK_FILE.is_file():
+        return {"skipped": f"{SDK_FILE} is missing: the Ray copy of the project needs the task SDK module"}
+    shutil.copy(SDK_FILE, project / SDK_FILE.name)
+    out = subprocess.run(
+        [python, str(ROOT / "benchmarks" / "ray_project_peer.py"), str(house), str(project), str(cache),
+         str(repeat), json.dumps(pf.TRAIN_COMMAND)],
+        capture_output=True, text=True, timeout=1800, cwd=project.parent,
+    )  # fmt: skip
+    if out.returncode != 0:
+        return {"skipped": f"ray_project_peer.py failed: {out.stderr[-1500:]}"}
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--repeat", type=int, default=3, help="runs for the warm and the one-line-change medians")
+    parser.add_argument("--no-ray", action="store_true", help="measure TensorFleet only")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tensorfleet-project-bench-") as tmp:
+        root = Path(tmp)
+        house = pf.demo_wheelhouse(root / "wheels")
+        ours = tensorfleet_side(root / "tf", house, pf.trainer_project(root / "tf-project"), args.repeat)
+        ray = (
+            {"skipped": "--no-ray"}
+            if args.no_ray
+            else ray_side(house, pf.trainer_project(root / "ray-project"), root / "ray-uv-cache", args.repeat)
+        )
+    report: dict[str, Any] = {"tensorfleet": ours, "ray": ray, "aims": AIMS}
+    if "skipped" not in ray:
+        job_like = ray["fresh_worker"]
+        report["ratios"] = {
+            "cold_vs_ray": _ratio(ours["cold"], job_like["cold"]),
+            "warm_vs_ray": _ratio(ours["warm"], job_like["warm"]),
+            "one_line_change_vs_ray": _ratio(ours["one_line_change"], job_like["one_line_change"]),
+            "warm_vs_ray_reused_worker_task": _ratio(ours["warm"], ray["task"]["warm"]),
+        }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
+    return round(ours["first_line_s"] / theirs["first_line_s"], 3)
+
+
+def _round(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        values = [r[key] for r in runs]
+        if isinstance(value, bool) or value is None:
+            out[key] = values
+        else:
+            out[key] = round(statistics.median(values), 3)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
