@@ -141,7 +141,7 @@ def main() -> int:
         root = Path(tmp)
         house = pf.demo_wheelhouse(root / "wheels")
         ours = tensorfleet_side(root / "tf", house, pf.trainer_project(root / "tf-project"), args.repeat)
-        ray = (
+        ray: dict[str, Any] = (
             {"skipped": "--no-ray"}
             if args.no_ray
             else ray_side(house, pf.trainer_project(root / "ray-project"), root / "ray-uv-cache", args.repeat)
@@ -160,7 +160,7 @@ def main() -> int:
 
 
 def _ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
-    return round(ours["first_line_s"] / theirs["first_line_s"], 3)
+    return round(float(ours["first_line_s"]) / float(theirs["first_line_s"]), 3)
 
 
 def _round(run: dict[str, Any]) -> dict[str, Any]:
