@@ -10,14 +10,19 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
+from helpers.agents import AgentProcess
 from helpers.waiting import eventually
 from helpers.wheelhouse import build_wheel, offline_env
+from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core import project_layout
 from tensorfleet_agent.core.manifest import ManifestEntry, manifest_bytes, manifest_id
 from tensorfleet_agent.core.types import (
@@ -33,11 +38,12 @@ from tensorfleet_agent.core.types import (
     TaskState,
 )
 from tensorfleet_agent.metrics import AgentMetrics
+from tensorfleet_agent.rpc import convert
 from tensorfleet_agent.rpc.convert import events_from_batch
 from tensorfleet_agent.runtime import executor as executor_module
 from tensorfleet_agent.runtime import project_prepare, uv_run
 from tensorfleet_agent.runtime.blobs import BlobStore
-from tensorfleet_agent.runtime.envs import EnvCache
+from tensorfleet_agent.runtime.envs import EnvCache, EnvSpec
 from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig
 from tensorfleet_agent.runtime.slots import SlotPool
 from tensorfleet_agent.workloads import registry
@@ -198,8 +204,6 @@ async def test_a_project_is_prepared_before_it_runs_and_its_env_is_reused(
 
 
 async def test_env_none_runs_with_the_agents_python(agent: Executor, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
     monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
     manifest = _project(agent.blobs, {"train.py": TRAIN, "requirements.txt": b"no-such-package\n"})
     spec = _spec(manifest, env="none")
@@ -440,3 +444,58 @@ def test_the_canonical_manifest_blob_decodes_to_its_entries() -> None:
         project_prepare.decode_manifest(json.dumps({"files": []}).encode())
     with pytest.raises(Exception, match=r"'\.\.'"):
         project_prepare.decode_manifest(json.dumps({"version": 1, "files": [["../x", 420, "a" * 64, 1]]}).encode())
+
+
+# ---- an agent's env cache: ListEnvs / PruneEnvs on a running agent, `tensorfleet-agent envs` on a stopped one
+
+
+def _agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tensorfleet_agent", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_an_agents_envs_are_listed_and_pruned_online_and_offline(
+    tmp_path: Path, uv_environ: dict[str, str], agent_factory: type[AgentProcess]
+) -> None:
+    data = tmp_path / "agent"
+    data.mkdir()
+    cache = EnvCache(data / "envs", environ=uv_environ)  # an env a project task built before
+    with await cache.ensure(EnvSpec.from_files("requirements.txt", {"requirements.txt": b"tinyb\n"}), print):
+        pass
+    (built,) = await cache.list()
+    agent = agent_factory(data, extra_args=["--env-cache-gb", "3"]).start()
+    async with agent.client() as client:
+        listed = convert.list_envs_from_pb(
+            await client._call(lambda md: client.stub.ListEnvs(pb.ListEnvsRequest(), metadata=md))
+        )
+        assert listed["limit_bytes"] == 3 << 30
+        assert [(e["key"], e["size"], e["source"], e["jobs"], e["in_use"]) for e in listed["envs"]] == [
+            (built.key, built.size, "requirements.txt", 1, 0)
+        ]
+        # offline commands refuse a running agent's data dir, naming it and saying what to run instead
+        refused = await asyncio.to_thread(_agent_cli, "envs", "prune", "--data-dir", str(data))
+        assert refused.returncode == 1
+        assert f"pid {agent.proc.pid}" in refused.stderr and "tensorfleet agents envs AGENT --prune" in refused.stderr
+        with pytest.raises(grpc.aio.AioRpcError, match="keep_bytes"):
+            await client._call(lambda md: client.stub.PruneEnvs(pb.PruneEnvsRequest(keep_bytes=-1), metadata=md))
+        pruned = convert.prune_envs_from_pb(
+            await client._call(lambda md: client.stub.PruneEnvs(pb.PruneEnvsRequest(keep_bytes=0), metadata=md))
+        )
+        assert pruned == {"removed": [built.key], "freed_bytes": built.size}
+        empty = await client._call(lambda md: client.stub.ListEnvs(pb.ListEnvsRequest(), metadata=md))
+        assert list(empty.envs) == []
+    assert agent.terminate() == 0
+    with await cache.ensure(EnvSpec.from_files("requirements.txt", {"requirements.txt": b"tinyb\n"}), print):
+        pass  # built again while the agent is stopped
+    listed_offline = await asyncio.to_thread(_agent_cli, "envs", "list", "--data-dir", str(data), "--json")
+    assert listed_offline.returncode == 0, listed_offline.stderr
+    (row,) = json.loads(listed_offline.stdout)["envs"]
+    assert set(row) == set(convert.ENV_SUMMARY_KEYS) and row["key"] == built.key
+    table = await asyncio.to_thread(_agent_cli, "envs", "list", "--data-dir", str(data))
+    assert built.key[:12] in table.stdout and "requirements.txt" in table.stdout
+    gone = await asyncio.to_thread(_agent_cli, "envs", "prune", "--data-dir", str(data), "--json")
+    assert json.loads(gone.stdout)["removed"] == [built.key] and json.loads(gone.stdout)["envs"] == []
+    assert not (data / "envs" / built.key).exists()
+    nowhere = await asyncio.to_thread(_agent_cli, "envs", "list", "--data-dir", str(tmp_path / "nope"))
+    assert nowhere.returncode == 2 and "no agent data dir" in nowhere.stderr
