@@ -36,12 +36,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import tensorfleet_agent
 from tensorfleet_agent.core import project_layout
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.core.manifest import ManifestEntry, check_path, manifest_id, parse_manifest
+from tensorfleet_agent.core.manifest import ManifestEntry, check_path, manifest_from_bytes, manifest_id
 from tensorfleet_agent.core.types import ArtifactReady, EnvironmentReady, EventPayload, ExitCause, LogLine, TaskSpec
 from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.envs import Env, EnvBuildError, EnvCache, EnvSpec
@@ -90,25 +89,6 @@ def sdk_dir() -> Path:
     return Path(tensorfleet_agent.__file__).resolve().parent / "task_sdk"
 
 
-def decode_manifest(data: bytes) -> tuple[ManifestEntry, ...]:
-    """A manifest blob: core.manifest.manifest_bytes' canonical form ({"version": 1, "files": [[path, mode,
-    sha256, size], ...]}) or a plain list of {"path", "mode", "sha256", "size"} objects; validated."""
-    try:
-        value: Any = json.loads(data)
-    except ValueError as exc:
-        raise ValidationError("manifest", f"is not JSON: {exc}") from None
-    if isinstance(value, dict):
-        if value.get("version") != 1 or not isinstance(value.get("files"), list):
-            raise ValidationError("manifest", "is not a version 1 manifest ({'version': 1, 'files': [...]})")
-        rows = []
-        for i, row in enumerate(value["files"]):
-            if not isinstance(row, list) or len(row) != 4:
-                raise ValidationError(f"manifest.files[{i}]", "is not a [path, mode, sha256, size] row")
-            rows.append(dict(zip(("path", "mode", "sha256", "size"), row, strict=True)))
-        value = rows
-    return parse_manifest(value)
-
-
 def output_dir_of(workdir: Path, spec: TaskSpec) -> Path:
     """The output dir the task's params name (relative to the project dir, default "outputs")."""
     relative = str(spec.params.get("output_dir") or project_layout.DEFAULT_OUTPUT_DIR)
@@ -131,7 +111,7 @@ def _read_manifest(blobs: BlobStore, spec: TaskSpec) -> tuple[ManifestEntry, ...
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise PrepareFailed(ExitCause.SETUP, f"the project manifest is over {MAX_MANIFEST_BYTES >> 20} MiB")
-        entries = decode_manifest(path.read_bytes())
+        entries = manifest_from_bytes(path.read_bytes())
     except FileNotFoundError:
         raise PrepareFailed(ExitCause.SETUP, f"the project manifest {ref.sha256[:12]} left the blob cache") from None
     except ValidationError as exc:

@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import json
 import os
-import stat
 import subprocess
 import sys
 import time
@@ -433,17 +432,6 @@ def test_a_missing_output_dir_collects_nothing_and_says_nothing(tmp_path: Path) 
         BlobStore(tmp_path / "blobs", 1 << 30), tmp_path, tmp_path / "outputs", events.append
     )
     assert collected.artifacts == [] and collected.skipped == [] and events == []
-
-
-def test_the_canonical_manifest_blob_decodes_to_its_entries() -> None:
-    entries = [ManifestEntry("b/x.py", 0o755, "a" * 64, 3), ManifestEntry("a.py", 0o644, "b" * 64, 0)]
-    decoded = project_prepare.decode_manifest(manifest_bytes(entries))
-    assert decoded == tuple(sorted(entries)) and manifest_id(list(decoded)) == manifest_id(entries)
-    assert stat.S_IMODE(decoded[1].mode) == 0o755
-    with pytest.raises(Exception, match="version 1"):
-        project_prepare.decode_manifest(json.dumps({"files": []}).encode())
-    with pytest.raises(Exception, match=r"'\.\.'"):
-        project_prepare.decode_manifest(json.dumps({"version": 1, "files": [["../x", 420, "a" * 64, 1]]}).encode())
 
 
 # ---- an agent's env cache: ListEnvs / PruneEnvs on a running agent, `tensorfleet-agent envs` on a stopped one
