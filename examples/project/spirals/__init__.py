@@ -1,0 +1,1 @@
+"""Classify two interleaved spirals with a small MLP: an example TensorFleet project (see ../README.md)."""
