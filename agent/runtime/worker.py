@@ -118,6 +118,14 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     except BaseException as exc:
         out.flush()
         err.flush()
+        if getattr(exc, "plain", False) is True:  # a failure the workload words itself (a project's command
+            # exited with a code): its message alone, no traceback of the workload's own code
+            done = {"t": "done", "ok": False, "error": str(exc), "traceback": ""}
+            cause = getattr(exc, "exit_cause", "")
+            if isinstance(cause, str) and cause:
+                done["cause"] = cause  # an ExitCause value the executor may use instead of "exception"
+            channel.send(done)
+            return
         channel.send(
             {
                 "t": "done",

@@ -10,6 +10,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
+from tensorfleet_agent.core import project_layout
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.workloads.datasets import CLASSIFICATION, REGRESSION, datasets_for
 from tensorfleet_agent.workloads.schema import ParamSpec, WorkloadSchema
@@ -253,6 +254,29 @@ _BUILTIN += (
             )
         ),
         "tensorfleet_agent.workloads.script:run",
+    ),
+    WorkloadDef(
+        project_layout.WORKLOAD,
+        "script",
+        "Your own project folder, run with its command in its own environment (built with uv, cached); the"
+        " command's exit code 0 is success.",
+        WorkloadSchema(
+            (
+                ParamSpec("manifest", "str", "", "the project snapshot's manifest id (sha256)", pattern="[0-9a-f]{64}"),
+                ParamSpec(
+                    "command", "list", [], "the command and its arguments, e.g. python -m pkg.train", maximum=256
+                ),
+                ParamSpec("env", "str", "auto", "auto, none, or the requirement file to build the env from"),
+                ParamSpec(
+                    "output_dir",
+                    "str",
+                    project_layout.DEFAULT_OUTPUT_DIR,
+                    "a folder relative to the project, without '..'",
+                    pattern=r"(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\x00]{1,1024}",
+                ),
+            )
+        ),
+        "tensorfleet_agent.workloads.project:run",
     ),
 )
 

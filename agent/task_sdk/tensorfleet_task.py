@@ -1,0 +1,460 @@
+"""TensorFleet's task SDK for your own project: one dependency-free module (standard library only, Python >= 3.9).
+
+The agent puts this file's folder on PYTHONPATH when it runs a project's command, so training code imports it
+without installing anything into its environment:
+
+    import tensorfleet_task as task
+
+    ckpt = task.resume_checkpoint()                 # a Path when this run continues an earlier one, else None
+    for step in range(start, steps):
+        loss = train_step()
+        task.report(step, loss=loss)                # metrics, shown live and kept with the job
+        task.progress(step / steps)
+        if task.stop_requested():                   # the job is being paused: checkpoint, then stop
+            torch.save(state, "ckpt.pt")
+            task.save_checkpoint("ckpt.pt", step)
+            raise task.Stopped(f"paused at step {step}")
+    task.register_model("outputs/model.safetensors", name="my-model")
+
+print() works as usual: stdout and stderr stream as the task's logs. Files written under output_dir() become the
+job's artifacts when the task ends. Outside TensorFleet (the script run by hand) every call still works: messages
+are printed to stderr, paths fall back to the current directory, so the same code runs on a laptop.
+
+How it talks to the agent (the project runner, tensorfleet_agent.workloads.project): one JSON object per line on
+the pipe TENSORFLEET_EVENTS_FD; requests about files ("artifact_file", "checkpoint_file", "register_model") carry
+an "id" and wait for the runner's {"t": "reply", "id", "ok", ...} on TENSORFLEET_REPLIES_FD, so a call returns
+once the file is stored (the file may be overwritten right after) and a refusal is raised here. SIGUSR1 sets the
+stop flag; an uncaught Stopped sends {"t": "stopped", "reason"} and the task ends as stopped, not failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Union
+
+__all__ = [
+    "FORMATS",
+    "Stopped",
+    "checkpoint_dir",
+    "dataset_dir",
+    "input_path",
+    "local_rank",
+    "output_dir",
+    "progress",
+    "rank",
+    "register_model",
+    "report",
+    "resume_checkpoint",
+    "save_artifact",
+    "save_checkpoint",
+    "stop",
+    "stop_requested",
+    "world_size",
+]
+
+PROTOCOL = 1  # the message shapes below; the runner accepts this version
+EVENTS_FD_ENV = "TENSORFLEET_EVENTS_FD"
+EVENTS_ID_ENV = "TENSORFLEET_EVENTS_ID"  # "<st_dev>:<st_ino>" of the events pipe: a process that did not inherit
+# it (multiprocessing "spawn" children see the variable, not the fd) must not write JSON into whatever that fd is
+REPLIES_FD_ENV = "TENSORFLEET_REPLIES_FD"
+
+#: register_model formats; a file's suffix names its format when format= is not given.
+FORMATS = ("skops", "safetensors", "onnx", "pickle")
+_SUFFIXES = {
+    ".skops": "skops",
+    ".safetensors": "safetensors",
+    ".onnx": "onnx",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+    ".joblib": "pickle",
+}
+_MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")  # what the controller's model registry accepts
+_KIND = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_VERSIONED = ("numpy", "scikit-learn", "torch", "skops", "safetensors", "onnx", "onnxruntime", "joblib")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Stopped(Exception):
+    """Raise after saving a checkpoint when stop_requested() is true: the task ends as stopped, not failed."""
+
+
+# ---- the connection to the runner
+
+
+class _Channel:
+    """The events pipe (and the replies pipe) of this process; None of it outside TensorFleet."""
+
+    def __init__(self, events_fd: int, replies_fd: int | None) -> None:
+        self.events_fd = events_fd
+        self.replies_fd = replies_fd
+        self.lock = threading.Lock()  # one message, or one request and its reply, at a time
+        self.pending = b""  # reply bytes read past a line end
+        self.pid = os.getpid()
+        self.counter = 0
+
+    def _write(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.events_fd, view) :]
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self.lock:
+            self._write(message)
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and wait for the runner's reply to it."""
+        with self.lock:
+            if self.pid != os.getpid():  # a forked child: its own count, nothing of the parent's read-ahead
+                self.pid, self.pending, self.counter = os.getpid(), b"", 0
+            self.counter += 1
+            ident = f"{self.pid}-{self.counter}"
+            self._write(dict(message, id=ident))
+            if self.replies_fd is None:
+                return {"ok": True}
+            while True:
+                while b"\n" not in self.pending:
+                    chunk = os.read(self.replies_fd, 65536)
+                    if not chunk:
+                        raise RuntimeError("the TensorFleet agent closed the task's reply pipe (is it shutting down?)")
+                    self.pending += chunk
+                line, self.pending = self.pending.split(b"\n", 1)
+                reply = json.loads(line)
+                if isinstance(reply, dict) and reply.get("id") == ident:
+                    return reply
+
+
+_channel: _Channel | None = None
+_connected = False
+_stop = threading.Event()
+_stopped_sent = False
+
+
+def _fd(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+def _open_channel() -> _Channel | None:
+    events = _fd(EVENTS_FD_ENV)
+    if events is None:
+        return None
+    try:
+        info = os.fstat(events)
+    except OSError:
+        return None  # the variable came along, the pipe did not (a "spawn" child, a subprocess)
+    if not stat.S_ISFIFO(info.st_mode):
+        return None
+    expected = os.environ.get(EVENTS_ID_ENV, "")
+    if expected and expected != f"{info.st_dev}:{info.st_ino}":
+        return None
+    replies = _fd(REPLIES_FD_ENV)
+    if replies is not None:
+        try:
+            os.fstat(replies)
+        except OSError:
+            replies = None
+    return _Channel(events, replies)
+
+
+def _connection() -> _Channel | None:
+    global _channel, _connected
+    if not _connected:
+        _channel, _connected = _open_channel(), True
+    return _channel
+
+
+def _send(message: dict[str, Any]) -> None:
+    channel = _connection()
+    if channel is None:
+        print(f"[tensorfleet] {json.dumps(message)}", file=sys.stderr)
+        return
+    channel.send(message)
+
+
+def _request(message: dict[str, Any]) -> dict[str, Any] | None:
+    """A file request: the runner's reply, or None outside TensorFleet. A refusal is raised as its error type."""
+    channel = _connection()
+    if channel is None:
+        print(f"[tensorfleet] {json.dumps(message)}", file=sys.stderr)
+        return None
+    reply = channel.request(message)
+    if not reply.get("ok"):
+        error = str(reply.get("error") or "the agent refused the request")
+        raise {"FileNotFoundError": FileNotFoundError, "ValueError": ValueError}.get(
+            str(reply.get("type")), RuntimeError
+        )(error)
+    return reply
+
+
+# ---- where things are
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name, "")
+    return Path(value) if value else default
+
+
+def rank() -> int:
+    """This process's rank in the job (torchrun's RANK): 0 for a one-rank job."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def local_rank() -> int:
+    """The rank among the job's ranks on this machine: the GPU to use is cuda:local_rank()."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def world_size() -> int:
+    """How many ranks the job has (torchrun's WORLD_SIZE)."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+
+def output_dir() -> Path:
+    """Write results here: every file under it becomes an artifact of the job when the task ends (also on failure).
+    Outside TensorFleet: ./outputs."""
+    path = _env_path("TENSORFLEET_OUTPUT_DIR", Path.cwd() / "outputs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def dataset_dir() -> Path:
+    """Where the job's inputs (its dataset files) are, under their names. Outside TensorFleet: the current dir."""
+    return _env_path("TENSORFLEET_INPUTS_DIR", Path.cwd())
+
+
+def input_path(name: str) -> Path:
+    """One of the job's inputs by name; FileNotFoundError naming it when the job was not given it."""
+    path = dataset_dir() / name
+    if not path.exists():
+        raise FileNotFoundError(f"input {name!r} was not sent with this task (looked in {dataset_dir()})")
+    return path
+
+
+def checkpoint_dir() -> Path:
+    """A folder outside the project's output dir for checkpoint files (they are not collected as outputs)."""
+    path = _env_path("TENSORFLEET_TASK_DIR", Path.cwd()) / "checkpoints"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resume_checkpoint() -> Path | None:
+    """The checkpoint to continue from when this run is a retry, a re-placement or a resumed pause; else None."""
+    value = os.environ.get("TENSORFLEET_RESUME_CHECKPOINT", "")
+    if value and os.path.exists(value):
+        return Path(value)
+    return None
+
+
+# ---- reporting
+
+
+def report(step: int, **metrics: float) -> None:
+    """Record metric values at a training step, e.g. report(10, loss=0.3, accuracy=0.91)."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    values: dict[str, float] = {}
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                number = float(value)  # numpy and torch scalars
+            except (TypeError, ValueError):
+                raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__}") from None
+        else:
+            number = float(value)
+        if math.isnan(number):
+            raise ValueError(f"metric {name!r} is NaN at step {step}")
+        values[name] = number
+    if values:  # one message for the call's points
+        _send({"t": "metrics", "step": step, "values": values, "wall_time": time.time()})
+
+
+def progress(fraction: float) -> None:
+    """How much of the task is done, 0..1 (clamped)."""
+    number = float(fraction)
+    if math.isnan(number):
+        raise ValueError("progress fraction is NaN")
+    _send({"t": "progress", "fraction": min(1.0, max(0.0, number))})
+
+
+# ---- files
+
+
+def _existing_file(path: PathLike, what: str) -> Path:
+    resolved = Path(os.path.abspath(os.fspath(path)))
+    if not resolved.exists():
+        raise FileNotFoundError(f"{what}: no such file: {resolved}")
+    if not resolved.is_file():
+        raise ValueError(f"{what}: {resolved} is not a regular file (a folder? archive it first)")
+    return resolved
+
+
+def _name(name: str | None, path: Path) -> str:
+    value = path.name if name is None else name
+    if not isinstance(value, str) or not value or "/" in value or "\x00" in value or len(value) > 255:
+        raise ValueError(f"name must be a file name (no '/', at most 255 characters), got {value!r}")
+    return value
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def save_artifact(path: PathLike, kind: str = "artifact", name: str | None = None) -> str:
+    """Store a finished file as an artifact of the job; returns its sha256. Returns once it is stored: the file may
+    be changed or removed right after."""
+    file = _existing_file(path, "save_artifact")
+    if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+        raise ValueError(f"kind must be 1-64 letters, digits, '.', '_' or '-', got {kind!r}")
+    message = {"t": "artifact_file", "path": str(file), "kind": kind, "name": _name(name, file)}
+    reply = _request(message)
+    return str(reply["sha256"]) if reply and reply.get("sha256") else _sha256(file)
+
+
+def save_checkpoint(path: PathLike, step: int, name: str | None = None) -> str:
+    """Publish a checkpoint file, so that a resumed, retried or re-placed run continues from it (see
+    resume_checkpoint()); returns its sha256 once it is stored: overwrite the file freely afterwards."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    file = _existing_file(path, "save_checkpoint")
+    message = {"t": "checkpoint_file", "path": str(file), "step": step, "name": _name(name, file)}
+    reply = _request(message)
+    return str(reply["sha256"]) if reply and reply.get("sha256") else _sha256(file)
+
+
+def model_format(path: PathLike, format: str | None = None) -> str:
+    """The register_model format of a file: `format` checked, or the one its suffix names."""
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(f"unknown model format {format!r} (known: {', '.join(FORMATS)})")
+        return format
+    suffix = Path(os.fspath(path)).suffix.lower()
+    if suffix not in _SUFFIXES:
+        known = ", ".join(sorted(_SUFFIXES))
+        raise ValueError(
+            f"cannot tell the model format of {Path(os.fspath(path)).name} from its suffix ({known});"
+            f" pass format= one of {', '.join(FORMATS)}"
+        )
+    return _SUFFIXES[suffix]
+
+
+def _versions() -> dict[str, str]:
+    """The versions the model was made with (in this process's environment, not the agent's)."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for dist in _VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+def register_model(
+    path: PathLike, name: str | None = None, format: str | None = None, allow_pickle: bool = False
+) -> str:
+    """Register a model file in TensorFleet's model registry with the job's lineage; returns its sha256.
+
+    Formats: skops, safetensors, onnx (from the suffix when format= is not given). A pickle (.pkl, .pickle,
+    .joblib) runs arbitrary code when loaded, so it is refused unless allow_pickle=True. `name` defaults to the
+    job's model name.
+    """
+    file = _existing_file(path, "register_model")
+    chosen = model_format(file, format)
+    if chosen == "pickle" and allow_pickle is not True:
+        raise ValueError(
+            f"refusing to register {file.name}: a pickle model runs arbitrary code when it is loaded. Save it with"
+            " skops, safetensors or ONNX, or pass allow_pickle=True if you trust everyone who will load it"
+        )
+    if name is not None and (not isinstance(name, str) or not _MODEL_NAME.fullmatch(name)):
+        raise ValueError(f"model name may only hold letters, digits, '.', '_' and '-' (1-128), got {name!r}")
+    message = {
+        "t": "register_model",
+        "path": str(file),
+        "name": name,
+        "format": chosen,
+        "allow_pickle": bool(allow_pickle),
+        "versions": _versions(),
+    }
+    reply = _request(message)
+    return str(reply["sha256"]) if reply and reply.get("sha256") else _sha256(file)
+
+
+# ---- stopping
+
+
+def stop_requested() -> bool:
+    """True once the job is being paused: save a checkpoint, save_checkpoint() it, then raise Stopped.
+
+    A run that ignores it is cancelled after a grace period and resumes from its last checkpoint.
+    """
+    return _stop.is_set()
+
+
+def _send_stopped(reason: str) -> None:
+    global _stopped_sent
+    if _stopped_sent:
+        return
+    _stopped_sent = True
+    with contextlib.suppress(OSError):
+        _send({"t": "stopped", "reason": reason or "stopped on request"})
+
+
+def stop(reason: str = "") -> None:
+    """End this run as stopped (not failed), e.g. after saving a checkpoint: raises Stopped."""
+    _send_stopped(reason)
+    raise Stopped(reason)
+
+
+def _on_sigusr1(signum: int, frame: Any) -> None:
+    _stop.set()
+    if callable(_previous_handler):
+        _previous_handler(signum, frame)
+
+
+def _excepthook(kind: Any, value: Any, tb: Any) -> None:
+    if isinstance(value, Stopped):
+        reason = str(value) or "stopped on request"
+        _send_stopped(reason)
+        sys.stderr.write(f"tensorfleet: stopped: {reason}\n")
+        sys.stderr.flush()
+        return
+    _previous_hook(kind, value, tb)
+
+
+_previous_handler: Any = None
+_previous_hook = sys.excepthook
+
+
+def _install() -> None:
+    """Inside a task: take SIGUSR1 (the runner forwards the pause request), end on Stopped as stopped, say hello
+    (a pause requested before this point is forwarded again)."""
+    global _previous_handler
+    channel = _connection()
+    if channel is None:
+        return
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGUSR1)
+        _previous_handler = previous if callable(previous) else None
+        signal.signal(signal.SIGUSR1, _on_sigusr1)
+    sys.excepthook = _excepthook
+    with contextlib.suppress(OSError):
+        channel.send({"t": "hello", "pid": os.getpid(), "protocol": PROTOCOL})
+
+
+_install()
