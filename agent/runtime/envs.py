@@ -329,6 +329,7 @@ class EnvCache:
         self._in_use: Counter[str] = Counter()
         self._base: list[base_packages.BasePackage] | None = None
         self.builds_started = 0  # uv builds this cache ran (tests and metrics read it)
+        self._closed = False
 
     # -- keys -------------------------------------------------------------------------------------------------
 
@@ -417,17 +418,31 @@ class EnvCache:
         assert build.task is not None
         try:
             meta = await asyncio.shield(build.task)  # one caller's cancel never breaks the build others wait on
-        except BaseException as exc:
+        except asyncio.CancelledError:
             self._unhold(key)
-            if isinstance(exc, asyncio.CancelledError) and build.waiters == 1 and not build.task.done():
-                build.task.cancel()  # nobody else wants it: uv is killed, the half-built dir removed
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # this caller was cancelled
+                if build.waiters == 1 and not build.task.done():
+                    build.task.cancel()  # nobody else wants it: uv is killed, the half-built dir removed
+                raise
+            if self._closed:
+                raise
+            # The build was stopped by the cancel of the caller that was its only waiter, just before this one
+            # joined it: build it again for this caller.
+        except BaseException:
+            self._unhold(key)
             raise
+        else:
+            await self._touch(meta)
+            return self._env(meta, cache_hit=False)
         finally:
             build.waiters -= 1
             with contextlib.suppress(ValueError):
                 build.sinks.remove(log)
-        await self._touch(meta)
-        return self._env(meta, cache_hit=False)
+        if self._builds.get(key) is build:
+            del self._builds[key]
+        log(f"the build of environment {key} was stopped when another task was cancelled; building it again")
+        return await self.ensure(spec, log)
 
     def _env(self, meta: _Meta, *, cache_hit: bool) -> Env:
         return Env(
@@ -544,6 +559,7 @@ class EnvCache:
 
     async def close(self) -> None:
         """Stop builds in flight (their uv processes are killed and their half-built dirs removed)."""
+        self._closed = True
         tasks = [b.task for b in self._builds.values() if b.task is not None]
         for task in tasks:
             task.cancel()

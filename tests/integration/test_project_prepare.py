@@ -327,6 +327,67 @@ async def test_a_cancel_of_one_task_leaves_the_build_another_task_waits_for(
     assert not _ready(events).cache_hit and agent.envs.builds_started == 1
 
 
+async def test_a_task_joining_a_build_just_stopped_by_a_cancel_gets_it_built_again(
+    tmp_path: Path, uv_environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tensorfleet_agent.runtime import envs as envs_module
+
+    real = uv_run.run_uv
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def gated(args: list[str], **kw: object) -> None:
+        if args[0] == "pip":
+            started.set()
+            await gate.wait()
+        await real(args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(envs_module, "run_uv", gated)
+    cache = EnvCache(tmp_path / "envs", environ=uv_environ)
+    spec = EnvSpec.from_files("requirements.txt", {"requirements.txt": b"tinyb\n"})
+    first = asyncio.create_task(cache.ensure(spec, lambda _l: None))
+    await asyncio.wait_for(started.wait(), 30)
+    first.cancel()
+    await asyncio.sleep(0)  # the cancel reaches the first caller: it was the only one, so the build is stopped
+    lines: list[str] = []
+    second = asyncio.create_task(cache.ensure(spec, lines.append))  # joins the build being stopped
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    gate.set()
+    with await asyncio.wait_for(second, 60) as env:
+        assert not env.cache_hit and (env.python).exists()
+    assert cache.builds_started == 2 and any("building it again" in line for line in lines), lines
+    await cache.close()
+
+
+@pytest.mark.parametrize("how", ["timeout", "drain"])
+async def test_a_timeout_or_a_drain_ends_a_task_stuck_preparing(
+    agent: Executor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, how: str
+) -> None:
+    monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
+    fake = tmp_path / "uv"
+    fake.write_text(FAKE_UV)
+    fake.chmod(0o755)
+    monkeypatch.setattr(uv_run, "uv_binary", lambda: str(fake))
+    manifest = _project(agent.blobs, {"train.py": TRAIN, "requirements.txt": b"tinyb\n"})
+    spec = _spec(manifest, timeout_seconds=1.0) if how == "timeout" else _spec(manifest)
+    await agent.run_task(spec)
+    if how == "drain":
+
+        async def uv_started() -> bool:
+            return any("fake uv pid" in line for line in _agent_lines(await _partial(agent, spec.task_id)))
+
+        await eventually(uv_started, 30, "uv started")
+        await agent.drain(0.2)
+    events = await _events(agent, spec.task_id)
+    finished = _finished(events)
+    expected = ExitCause.TIMEOUT if how == "timeout" else ExitCause.DRAIN_TIMEOUT
+    assert (finished.status, finished.exit_cause) == (TaskState.FAILED, expected), finished
+    assert _states(events) == [TaskState.ACCEPTED, TaskState.PREPARING]
+    if how == "timeout":
+        assert events[-1].time - events[0].time < 1.0 + 1.5  # the limit counts PREPARING, and is kept
+    await eventually(lambda: not list((agent.envs.root / ".building").glob("*")), 5, "the half build removed")
+
+
 async def test_outputs_become_artifacts_on_success_and_on_failure(
     agent: Executor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
