@@ -19,6 +19,7 @@ import yaml
 
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.manifest import MAX_FILES, check_path
+from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR
 from tensorfleet_agent.core.project_layout import WORKLOAD as PROJECT
 from tensorfleet_agent.workloads.datasets import CLASSIFICATION, REGRESSION, check_dataset, dataset_task
 from tensorfleet_agent.workloads.registry import get_workload
@@ -139,8 +140,12 @@ def parse_job_spec(body: Any) -> JobSpec:
         if "epochs" not in workload.schema.names():
             raise JobSpecError("epochs", f"{algorithm} does not train in epochs")
         hyper = {**hyper, "epochs": epochs}
+    if algorithm == PROJECT and hyper:
+        raise JobSpecError(
+            "hyperparameters", "a project job takes none; pass options to its command (after --) instead"
+        )
     try:
-        hyper = workload.schema.validate(hyper, prefix="hyperparameters")
+        hyper = workload.schema.validate(hyper, prefix="hyperparameters") if algorithm != PROJECT else {}
     except ValidationError as exc:
         raise JobSpecError(exc.field, exc.message) from None
     cv = _int(body, "cv", None, minimum=2, maximum=50, nullable=True)
@@ -158,11 +163,18 @@ def parse_job_spec(body: Any) -> JobSpec:
         hyper = {}
     project = command = None
     if algorithm == PROJECT:
-        if hyper:
-            raise JobSpecError(
-                "hyperparameters", "a project job takes none; pass options to its command (after --) instead"
-            )
         project, command = _project(body.get("project")), _command(body.get("command"))
+        try:  # what its tasks will be sent (attempts.py), checked against the workload's own schema now
+            workload.schema.validate(
+                {
+                    "manifest": project["manifest_id"],
+                    "command": command,
+                    "env": project["env"],
+                    "output_dir": DEFAULT_OUTPUT_DIR,
+                }
+            )
+        except ValidationError as exc:
+            raise JobSpecError(exc.field.replace("manifest", "project.manifest_id", 1), exc.message) from None
         if cv is not None:
             raise JobSpecError("cv", "a project job runs its own command; cross-validate inside it")
     else:

@@ -11,9 +11,19 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tensorfleet_agent.core.types import EventPayload, Finished, StateChanged, TaskEvent, TaskSpec, TaskState
-from tensorfleet_desktop.controller.errors import AgentBusy, TaskUnknown
+from tensorfleet_agent.core.types import (
+    EnvironmentReady,
+    EventPayload,
+    Finished,
+    StateChanged,
+    TaskEvent,
+    TaskSpec,
+    TaskState,
+)
+from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
 from tensorfleet_desktop.controller.ports import AgentListener, AgentView
+
+HAS_BLOBS_LIMIT = 10_000  # sha256s one HasBlobs call may ask about (as the agent's service)
 
 
 class FakeClock:
@@ -52,7 +62,9 @@ class FakeTask:
 class FakeAgent:
     node_id: str
     slots: int = 1
-    workloads: frozenset[str] = frozenset({"noop", "sleep", "fail", "emit", "torch_mlp", "script", "decision_tree"})
+    workloads: frozenset[str] = frozenset(
+        {"noop", "sleep", "fail", "emit", "torch_mlp", "script", "decision_tree", "project"}
+    )
     labels: dict[str, str] = field(default_factory=dict)
     online: bool = True
     refuse: str = ""  # run_task refuses with this (AgentBusy) while set
@@ -68,6 +80,8 @@ class FakeAgents:
     def __init__(self) -> None:
         self.fleet: dict[str, FakeAgent] = {}
         self.calls: list[tuple[str, str, str]] = []  # (call, node id, attempt)
+        self.has_blobs_calls: list[tuple[str, int]] = []  # (node id, how many sha256s asked about)
+        self.pushed: list[tuple[str, str]] = []  # (node id, sha256) of every blob sent with put_blob / put_bytes
         self._listeners: list[AgentListener] = []
         self._changed = asyncio.Condition()
 
@@ -168,9 +182,18 @@ class FakeAgents:
         agent = self._online(node_id)
         if agent.refuse:
             raise AgentBusy(agent.refuse)
+        missing = [ref.name for ref in spec.inputs if ref.sha256 not in agent.blobs]
+        if missing:  # what a real agent refuses: RunTask names inputs it does not hold
+            raise AgentCallError(f"inputs not on the agent: {', '.join(missing)}")
         self.calls.append(("run", node_id, spec.task_id))
         agent.tasks[spec.task_id] = FakeTask(spec)
-        self.send(spec.task_id, StateChanged(TaskState.RUNNING))
+        # A project task lays out its files and builds its env first: the test says when it is ready (`ready`).
+        first = TaskState.PREPARING if spec.workload == "project" else TaskState.RUNNING
+        self.send(spec.task_id, StateChanged(first))
+
+    def ready(self, attempt: str, environment: EnvironmentReady) -> None:
+        """A PREPARING project task's env is ready and its command starts."""
+        self.send(attempt, environment, StateChanged(TaskState.RUNNING))
 
     async def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncIterator[TaskEvent]:
         agent = self._online(node_id)
@@ -206,14 +229,23 @@ class FakeAgents:
         return [(a, t.spec.job_id) for a, t in agent.tasks.items() if not t.ended]
 
     async def has_blobs(self, node_id: str, digests: Sequence[str]) -> set[str]:
-        return self._online(node_id).blobs & set(digests)
+        agent = self._online(node_id)
+        if len(digests) > HAS_BLOBS_LIMIT:  # the agent's own limit
+            raise AgentCallError(f"HasBlobs: {len(digests)} sha256s, at most {HAS_BLOBS_LIMIT} per call")
+        self.has_blobs_calls.append((node_id, len(digests)))
+        return agent.blobs & set(digests)
 
     async def put_blob(self, node_id: str, path: Path) -> None:
-        self._online(node_id).blobs.add(path.name)
+        agent = self._online(node_id)
+        if not await asyncio.to_thread(path.is_file):
+            raise FileNotFoundError(path)
+        agent.blobs.add(path.name)
+        self.pushed.append((node_id, path.name))
 
     async def put_bytes(self, node_id: str, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
         self._online(node_id).blobs.add(digest)
+        self.pushed.append((node_id, digest))
         return digest
 
     async def fetch_blob(self, node_id: str, sha256: str, size: int, url: str) -> None:

@@ -1,0 +1,299 @@
+"""The controller core in process with project jobs (issue 19): a submit is refused unless the controller holds the
+snapshot's manifest and every file it lists; the manifest and only the files the agent lacks are pushed before
+RunTask (HasBlobs in batches of at most 10,000); the task is PREPARING until its EnvironmentReady arrives, which the
+task keeps; an unresolvable requirement (ENV_BUILD) fails the job once, with uv's reason, never retried or placed
+elsewhere; garbage collection keeps the snapshot of every kept project job; a model the project registered is
+registered under the name and format its report gives."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.core_harness import core, ended, until
+from helpers.fake_agents import FakeAgents, FakeClock
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.manifest import ManifestEntry, manifest_bytes, manifest_id
+from tensorfleet_agent.core.project_layout import MANIFEST_INPUT
+from tensorfleet_agent.core.types import ArtifactReady, BlobRef, EnvironmentReady, LogLine, TaskState
+from tensorfleet_agent.rpc.service import MAX_HAS_BLOBS
+from tensorfleet_desktop.controller import attempts
+from tensorfleet_desktop.controller.core import Controller
+from tensorfleet_desktop.controller.jobs import retry_delay
+from tensorfleet_desktop.controller.model import JobState, TaskRunState
+
+UV_REASON = (
+    "Because nosuchpkg was not found in the package registry, we can conclude that requirements are unsatisfiable."
+)
+
+
+def _store(controller: Controller, data: bytes) -> str:
+    """Put bytes into the controller's blob store as an upload would; their sha256."""
+    sha = hashlib.sha256(data).hexdigest()
+    path = controller.blobs.path(sha)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return sha
+
+
+def _project(controller: Controller, files: dict[str, bytes], env: str = "auto", store: bool = True) -> dict[str, Any]:
+    """A project's files and manifest in the blob store (as upload_project leaves them); the spec's "project"."""
+    entries = []
+    for path, data in files.items():
+        sha = _store(controller, data) if store else hashlib.sha256(data).hexdigest()
+        entries.append(ManifestEntry(path, 0o644, sha, len(data)))
+    _store(controller, manifest_bytes(entries))
+    return {
+        "manifest_id": manifest_id(entries),
+        "files": len(entries),
+        "bytes": sum(e.size for e in entries),
+        "env": env,
+        "git": {"commit": "c0ffee" * 6 + "abcd", "branch": "main", "dirty": False, "diff": ""},
+    }
+
+
+FILES = {
+    "pkg/__init__.py": b"",
+    "pkg/train.py": b"import sys\nprint('training', sys.argv[1:])\n",
+    "pkg/model.py": b"WIDTH = 64\n",
+    "requirements.txt": b"numpy\n",
+}
+
+
+def _spec(project: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"algorithm": "project", "project": project, "command": ["python", "-m", "pkg.train", "--lr", "3e-4"],
+            **fields}  # fmt: skip
+
+
+def _env(key: str = "e" * 64, cache_hit: bool = False) -> EnvironmentReady:
+    return EnvironmentReady(key, cache_hit, 0.0 if cache_hit else 4.25, "requirements.txt", "3.11.2", 4, 71, 0.012)
+
+
+async def test_the_manifest_and_only_the_files_the_agent_lacks_are_pushed_before_the_task(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    a1 = agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        project = _project(controller, FILES)
+        shas = {hashlib.sha256(d).hexdigest() for d in FILES.values()}
+        already = hashlib.sha256(FILES["requirements.txt"]).hexdigest()
+        a1.blobs.add(already)  # in its cache from an earlier job
+        job = await controller.submit(_spec(project), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        pushed = {sha for node, sha in agents.pushed}
+        assert pushed == (shas | {project["manifest_id"]}) - {already}
+        assert len(agents.pushed) == len(pushed), "each blob is sent once"
+
+        spec = agents.task(agents.running()[0]).spec
+        assert spec.workload == "project"
+        assert spec.params == {
+            "manifest": project["manifest_id"],
+            "command": ["python", "-m", "pkg.train", "--lr", "3e-4"],
+            "env": "auto",
+            "output_dir": "outputs",
+        }
+        assert BlobRef(MANIFEST_INPUT, project["manifest_id"]) in spec.inputs
+
+        # The same snapshot again (an unchanged re-submit): the agent has it all, nothing travels.
+        agents.pushed.clear()
+        again = await controller.submit(_spec(project), "me")
+        agents.finish(job.tasks[0].agent_task_id)
+        await agents.wait(lambda: any(t.startswith(again.id) for t in agents.running()))
+        assert agents.pushed == []
+
+
+async def test_has_blobs_is_asked_in_batches_within_the_agents_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert attempts.HAS_BLOBS_BATCH == MAX_HAS_BLOBS  # the agent refuses a longer HasBlobs request
+    monkeypatch.setattr(attempts, "HAS_BLOBS_BATCH", 7)  # the same loop, without writing 10,001 files
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        files = {f"data/{i:02}.txt": f"{i}\n".encode() for i in range(20)}
+        project = _project(controller, files, env="none")
+        await controller.submit(_spec(project), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        assert [n for _, n in agents.has_blobs_calls] == [7, 7, 7]  # 21 sha256s
+        assert len(agents.pushed) == 21  # 20 files and the manifest, each once
+
+
+async def test_preparing_then_the_environment_is_kept_on_the_task_and_logged(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(_spec(_project(controller, FILES)), "me")
+        task = job.tasks[0]
+        await until(controller, lambda: task.state is TaskRunState.PREPARING)
+        assert task.environment is None
+        attempt = task.agent_task_id
+        agents.send(attempt, LogLine("agent", "Resolved 3 packages in 12ms"))
+        agents.ready(attempt, _env())
+        await until(controller, lambda: task.state is TaskRunState.RUNNING)
+        assert task.environment == {
+            "key": "e" * 64,
+            "cache_hit": False,
+            "build_seconds": 4.25,
+            "source": "requirements.txt",
+            "python": "3.11.2",
+            "files": 4,
+            "bytes": 71,
+            "materialize_seconds": 0.012,
+        }
+        agents.finish(attempt)
+        assert await ended(controller, job) is JobState.SUCCEEDED
+        await controller.store.flush()
+        history = await controller.store.events(job.id, 0)
+        states = [r.state for r in history if r.kind == "task_state"]
+        assert states.index("PREPARING") < states.index("RUNNING") < states.index("SUCCEEDED")
+        logs = [r.message for r in history if r.kind == "log"]
+        assert "Resolved 3 packages in 12ms" in logs
+        assert any(
+            m.startswith("rank 0: 4 project file(s)") and "built from requirements.txt in 4.2s" in m for m in logs
+        )
+
+    # The environment is stored with the task: a restarted controller still has it.
+    async with core(tmp_path, FakeAgents(), clock) as controller:
+        assert controller.get(job.id).tasks[0].environment == task.environment
+
+
+async def test_a_requirement_that_cannot_be_resolved_fails_the_job_once_never_retried(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    agents.add("a2")
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(_spec(_project(controller, FILES), max_retries=3), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        error = f"the project's environment could not be built from requirements.txt: {UV_REASON}"
+        agents.finish(agents.running()[0], TaskState.FAILED, "env_build", error)
+        assert await ended(controller, job) is JobState.FAILED
+        assert job.error == error
+        task = job.tasks[0]
+        assert (task.state, task.exit_cause, task.failures, task.attempt) == (TaskRunState.FAILED, "env_build", 1, 1)
+        clock.advance(retry_delay(1) + 60)
+        controller.machine.wake.set()
+        controller.placement.schedule()
+        assert [c for c in agents.calls if c[0] == "run"] == [("run", task.node_id, f"{job.id}-r0-a1")]
+        assert agents.running() == []
+
+
+async def test_a_gang_whose_env_cannot_be_built_fails_with_its_other_ranks_cancelled(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=2)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(_spec(_project(controller, FILES), num_workers=2), "me")
+        await agents.wait(lambda: len(agents.running()) == 2)
+        agents.finish(agents.running()[1], TaskState.FAILED, "env_build", f"could not be built: {UV_REASON}")
+        assert await ended(controller, job) is JobState.FAILED
+        assert UV_REASON in job.error
+        await agents.wait(lambda: agents.running() == [])
+        assert len([c for c in agents.calls if c[0] == "run"]) == 2, "no rank placed again"
+
+
+async def test_a_flaky_setup_failure_is_retried_as_usual(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(_spec(_project(controller, FILES)), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        agents.finish(agents.running()[0], TaskState.FAILED, "setup", "uv: connection reset while downloading")
+        await until(controller, lambda: job.tasks[0].failures == 1 and job.tasks[0].state is TaskRunState.PENDING)
+        clock.advance(retry_delay(1))
+        controller.machine.wake.set()
+        await agents.wait(lambda: len(agents.running()) == 1)
+        assert job.tasks[0].attempt == 2 and job.state is JobState.RUNNING
+
+
+async def test_a_submit_is_refused_without_the_manifest_or_with_files_missing(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    async with core(tmp_path, agents, clock) as controller:
+        project = _project(controller, FILES)
+        gone = {**project, "manifest_id": "f" * 64}
+        with pytest.raises(ValidationError, match="has no manifest ffffffffffff: upload the project first"):
+            await controller.submit(_spec(gone), "me")
+
+        files = {**FILES, "pkg/extra.py": b"X = 1\n", "pkg/more.py": b"Y = 2\n"}
+        partial = _project(controller, files)
+        for path in ("pkg/extra.py", "pkg/more.py"):
+            controller.blobs.path(hashlib.sha256(files[path]).hexdigest()).unlink()
+        with pytest.raises(ValidationError) as refused:
+            await controller.submit(_spec(partial), "me")
+        assert "2 of the project's 6 files are not in the controller's blob store (pkg/extra.py, pkg/more.py)" in str(
+            refused.value
+        )
+
+        with pytest.raises(ValidationError, match="says 3 files"):
+            await controller.submit(_spec({**project, "files": 3}), "me")
+        with pytest.raises(ValidationError, match=r"'uv\.lock' is not a file of the project"):
+            await controller.submit(_spec({**project, "env": "uv.lock"}), "me")
+        not_a_manifest = _store(controller, b'{"not": "a manifest"}')
+        with pytest.raises(ValidationError, match="is not a valid project manifest"):
+            await controller.submit(_spec({**project, "manifest_id": not_a_manifest}), "me")
+        assert controller.list_jobs() == [], "nothing refused was kept"
+
+
+async def test_project_files_lost_before_placement_fail_the_job_with_what_is_missing(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    async with core(tmp_path, agents, clock) as controller:
+        project = _project(controller, FILES)
+        job = await controller.submit(_spec(project), "me")
+        controller.blobs.path(hashlib.sha256(FILES["pkg/model.py"]).hexdigest()).unlink()  # a bad disk, a hand
+        agents.add("a1")
+        assert await ended(controller, job) is JobState.FAILED
+        assert "pkg/model.py" in job.error and "submit the project again" in job.error
+        assert agents.running() == []
+
+
+async def test_gc_keeps_the_snapshot_of_every_kept_project_job(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        project = _project(controller, FILES)
+        job = await controller.submit(_spec(project), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        agents.finish(agents.running()[0])
+        assert await ended(controller, job) is JobState.SUCCEEDED
+        stray = _store(controller, b"uploaded, never submitted\n")
+        result = await controller.collect_garbage(grace=0)
+        assert result["deleted"] == 1 and not controller.blobs.path(stray).exists()
+        for sha in [project["manifest_id"], *(hashlib.sha256(d).hexdigest() for d in FILES.values())]:
+            assert controller.blobs.path(sha).is_file(), f"{sha[:12]} of a kept project job was collected"
+
+
+async def test_a_model_the_project_registered_is_named_and_typed_by_its_report(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(_spec(_project(controller, FILES), model_name="fallback"), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        onnx = b"\x08\x07onnx-bytes"
+        report = json.dumps({"model_name": "digits-net", "format": "onnx", "versions": {"torch": "2.4"}}).encode()
+        model_sha, report_sha = _store(controller, onnx), _store(controller, report)  # copied from the agent
+        output_sha = _store(controller, b"loss,0.1\n")
+        agents.ready(attempt, _env(cache_hit=True))
+        agents.send(
+            attempt,
+            ArtifactReady(model_sha, len(onnx), "model", "net.onnx"),
+            ArtifactReady(report_sha, len(report), "report", "net.onnx.report.json"),
+            ArtifactReady(output_sha, 9, "output", "metrics/loss.csv"),
+        )
+        agents.finish(attempt)
+        assert await ended(controller, job) is JobState.SUCCEEDED
+        assert job.model is not None and job.model["name"] == "digits-net"
+        record = await controller.registry.resolve("digits-net")
+        assert (record["format"], record["sha256"], record["framework_versions"]) == (
+            "onnx",
+            model_sha,
+            {"torch": "2.4"},
+        )
+        assert controller.artifact(job.id, "metrics/loss.csv")[1].kind == "output"
+        out = tmp_path / "export.onnx"
+        assert await controller.registry.export(record, "", out) == controller.blobs.path(model_sha)
+        from tensorfleet_desktop.controller.registry import RegistryError
+
+        with pytest.raises(RegistryError, match="it downloads as onnx"):
+            await controller.registry.export(record, "skops", out)
