@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import tensorfleet_agent
+from tensorfleet_agent.core.project_layout import SDK_MODULE
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -31,10 +32,12 @@ def test_every_package_folder_is_listed_for_the_wheel() -> None:
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = set()
+    # every folder of .py files: packages, and folders of modules without __init__.py (the task SDK)
     for folder, name in (("agent", "tensorfleet_agent"), ("tensorfleet_desktop", "tensorfleet_desktop")):
-        for init in (ROOT / folder).rglob("__init__.py"):
-            rel = init.parent.relative_to(ROOT / folder).parts
-            found.add(".".join((name, *rel)))
+        for module in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" not in module.parts:
+                rel = module.parent.relative_to(ROOT / folder).parts
+                found.add(".".join((name, *rel)))
     assert found == listed, f"missing from pyproject: {sorted(found - listed)}; stale: {sorted(listed - found)}"
 
 
@@ -79,3 +82,6 @@ def test_built_wheel_installs_tensorfleet_agent(tmp_path: Path) -> None:
     assert version.returncode == 0 and version.stdout.startswith("tensorfleet-agent "), version
     generated = site / "tensorfleet_agent" / "_generated"
     assert (generated / "agent_pb2.py").exists() and (generated / "agent_pb2.pyi").exists()
+    # the task SDK a project command imports, where the agent looks for it (next to the installed package)
+    sdk = site / "tensorfleet_agent" / "task_sdk" / f"{SDK_MODULE}.py"
+    assert sdk.read_bytes() == (ROOT / "agent" / "task_sdk" / f"{SDK_MODULE}.py").read_bytes()
