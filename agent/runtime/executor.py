@@ -70,6 +70,8 @@ _PRELOAD = (
     "tensorfleet_agent.workloads.sklearn_basic",
 )
 _WATCHDOG_PERIOD = 0.1
+# The exit causes a workload's `done` may name for its own failure (worker.py "cause"); others are the agent's.
+_WORKLOAD_CAUSES = frozenset({ExitCause.EXCEPTION, ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP})
 _CANCEL_GRACE = 1.0
 
 
@@ -446,7 +448,9 @@ class Executor:
                         return TaskState.CANCELLED, ExitCause.STOPPED, str(message.get("error", "")), True
                     for line in str(message.get("traceback", "")).rstrip().splitlines():
                         self._append(running, LogLine("stderr", line))
-                    return TaskState.FAILED, ExitCause.EXCEPTION, str(message.get("error", "")), True
+                    cause = message.get("cause")  # a workload may word its failure (a project's command exited)
+                    cause = cause if cause in _WORKLOAD_CAUSES else ExitCause.EXCEPTION
+                    return TaskState.FAILED, cause, str(message.get("error", "")), True
                 for payload in _payloads(message):
                     self._append(running, payload)
                     if isinstance(payload, ArtifactReady | CheckpointSaved):

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -39,15 +39,11 @@ from tensorfleet_agent.core.types import (
 from tensorfleet_agent.metrics import AgentMetrics
 from tensorfleet_agent.rpc import convert
 from tensorfleet_agent.rpc.convert import events_from_batch
-from tensorfleet_agent.runtime import executor as executor_module
 from tensorfleet_agent.runtime import project_prepare, uv_run
 from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.envs import EnvCache, EnvSpec
 from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig
 from tensorfleet_agent.runtime.slots import SlotPool
-from tensorfleet_agent.workloads import registry
-from tensorfleet_agent.workloads.registry import WorkloadDef
-from tensorfleet_agent.workloads.schema import WorkloadSchema
 
 _counter = iter(range(1_000_000))
 
@@ -63,17 +59,6 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def uv_environ(wheelhouse: Path, tmp_path: Path) -> dict[str, str]:
     return {**os.environ, **offline_env(wheelhouse, tmp_path / "uv-cache")}
-
-
-def _standin(entry: str) -> Callable[..., WorkloadDef]:
-    """The project workload, or until it is registered a stand-in running `entry` (category script, as agreed)."""
-
-    def get(name: str, **kw: object) -> WorkloadDef:
-        if name == project_layout.WORKLOAD:
-            return WorkloadDef(name, "script", "project stand-in", WorkloadSchema(), entry)
-        return registry.get_workload(name)
-
-    return get
 
 
 @pytest.fixture
@@ -110,8 +95,10 @@ def _project(blobs: BlobStore, files: dict[str, bytes], *, push: bool = True) ->
     return manifest_id(entries)
 
 
-def _spec(manifest: str, env: str = "auto", **kw: object) -> TaskSpec:
-    params = {"manifest": manifest, "command": ["python", "train.py"], "env": env, "output_dir": "outputs"}
+def _spec(
+    manifest: str, env: str = "auto", command: tuple[str, ...] = ("python", "train.py"), **kw: object
+) -> TaskSpec:
+    params = {"manifest": manifest, "command": list(command), "env": env, "output_dir": "outputs"}
     n = next(_counter)
     return TaskSpec(
         task_id=f"t{n}-{time.monotonic_ns()}",
@@ -153,13 +140,11 @@ def _agent_lines(events: list[TaskEvent]) -> list[str]:
 
 
 TRAIN = b"print('training')\n"
+USES_TINYB = b"import sys, tinyb\nprint('tinyb', tinyb.VERSION, 'from', sys.prefix)\n"
 
 
-async def test_a_project_is_prepared_before_it_runs_and_its_env_is_reused(
-    agent: Executor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
-    files = {"train.py": TRAIN, "pkg/__init__.py": b"", "requirements.txt": b"tinyb==1.0.0\n"}
+async def test_a_project_is_prepared_before_it_runs_and_its_env_is_reused(agent: Executor) -> None:
+    files = {"train.py": USES_TINYB, "pkg/__init__.py": b"", "requirements.txt": b"tinyb==1.0.0\n"}
     manifest = _project(agent.blobs, files)
     first = _spec(manifest)
     await agent.run_task(first)
@@ -183,13 +168,12 @@ async def test_a_project_is_prepared_before_it_runs_and_its_env_is_reused(
     assert set(runtime) == {"workdir", "bin_dir", "python", "output_dir", "sdk_dir", "env_key"}
     assert runtime["env_key"] == ready.key and Path(runtime["python"]).parent == Path(runtime["bin_dir"])
     assert Path(runtime["workdir"]) == work / project_layout.WORKDIR
-    assert (Path(runtime["workdir"]) / "train.py").read_bytes() == TRAIN
+    assert (Path(runtime["workdir"]) / "train.py").read_bytes() == USES_TINYB
     assert Path(runtime["output_dir"]) == work / project_layout.WORKDIR / "outputs"
     assert Path(runtime["sdk_dir"]).name == "task_sdk"
-    proc = await asyncio.create_subprocess_exec(
-        runtime["python"], "-c", "import tinyb; print(tinyb.VERSION)", stdout=asyncio.subprocess.PIPE
-    )
-    assert (await proc.communicate())[0].strip() == b"1.0.0"
+    stdout = [e.payload.line for e in events if isinstance(e.payload, LogLine) and e.payload.stream == "stdout"]
+    env_prefix = str(Path(runtime["python"]).parent.parent)
+    assert f"tinyb 1.0.0 from {env_prefix}" in stdout, stdout  # the command ran with the env's interpreter
     # released when the task ended: evictable
     assert [e.in_use for e in await agent.envs.list()] == [0]
 
@@ -202,8 +186,7 @@ async def test_a_project_is_prepared_before_it_runs_and_its_env_is_reused(
     assert agent.envs.builds_started == 1
 
 
-async def test_env_none_runs_with_the_agents_python(agent: Executor, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
+async def test_env_none_runs_with_the_agents_python(agent: Executor) -> None:
     manifest = _project(agent.blobs, {"train.py": TRAIN, "requirements.txt": b"no-such-package\n"})
     spec = _spec(manifest, env="none")
     await agent.run_task(spec)
@@ -216,10 +199,7 @@ async def test_env_none_runs_with_the_agents_python(agent: Executor, monkeypatch
     assert agent.envs.builds_started == 0
 
 
-async def test_an_unresolvable_requirement_fails_once_with_uvs_reason(
-    agent: Executor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
+async def test_an_unresolvable_requirement_fails_once_with_uvs_reason(agent: Executor) -> None:
     manifest = _project(agent.blobs, {"train.py": TRAIN, "requirements.txt": b"tinyb==9.9.9\n"})
     spec = _spec(manifest)
     await agent.run_task(spec)
@@ -233,10 +213,7 @@ async def test_an_unresolvable_requirement_fails_once_with_uvs_reason(
     assert await agent.envs.list() == []
 
 
-async def test_an_env_file_missing_from_the_project_is_a_permanent_failure(
-    agent: Executor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
+async def test_an_env_file_missing_from_the_project_is_a_permanent_failure(agent: Executor) -> None:
     spec = _spec(_project(agent.blobs, {"train.py": TRAIN}), env="envs/prod.txt")
     await agent.run_task(spec)
     finished = _finished(await _events(agent, spec.task_id))
@@ -244,10 +221,7 @@ async def test_an_env_file_missing_from_the_project_is_a_permanent_failure(
     assert "envs/prod.txt" in finished.error
 
 
-async def test_a_missing_project_file_is_a_setup_failure_naming_the_count(
-    agent: Executor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
+async def test_a_missing_project_file_is_a_setup_failure_naming_the_count(agent: Executor) -> None:
     _put(agent.blobs, TRAIN)
     spec = _spec(_project(agent.blobs, {"train.py": TRAIN, "a.py": b"A = 1\n", "b.py": b"B = 2\n"}, push=False))
     await agent.run_task(spec)
@@ -266,7 +240,6 @@ exec sleep 60
 async def test_a_cancel_while_the_env_builds_kills_uv_and_ends_the_task_within_2s(
     agent: Executor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
     fake = tmp_path / "uv"
     fake.write_text(FAKE_UV)
     fake.chmod(0o755)
@@ -295,7 +268,6 @@ async def test_a_cancel_while_the_env_builds_kills_uv_and_ends_the_task_within_2
 async def test_a_cancel_of_one_task_leaves_the_build_another_task_waits_for(
     agent: Executor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
     real = uv_run.run_uv
     gate = asyncio.Event()
     started = asyncio.Event()
@@ -363,7 +335,6 @@ async def test_a_task_joining_a_build_just_stopped_by_a_cancel_gets_it_built_aga
 async def test_a_timeout_or_a_drain_ends_a_task_stuck_preparing(
     agent: Executor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, how: str
 ) -> None:
-    monkeypatch.setattr(executor_module, "get_workload", _standin("tensorfleet_agent.workloads.diagnostic:noop"))
     fake = tmp_path / "uv"
     fake.write_text(FAKE_UV)
     fake.chmod(0o755)
@@ -388,30 +359,45 @@ async def test_a_timeout_or_a_drain_ends_a_task_stuck_preparing(
     await eventually(lambda: not list((agent.envs.root / ".building").glob("*")), 5, "the half build removed")
 
 
+WRITES_OUTPUTS = b"""\
+import os, pathlib, sys
+out = pathlib.Path(os.environ["TENSORFLEET_OUTPUT_DIR"])
+(out / "model").mkdir(parents=True, exist_ok=True)
+(out / "metrics.json").write_text('{"loss": 0.1}')
+(out / "model" / "weights.bin").write_bytes(bytes(range(256)) * 64)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize(("code", "status"), [(0, TaskState.SUCCEEDED), (3, TaskState.FAILED)])
 async def test_outputs_become_artifacts_on_success_and_on_failure(
-    agent: Executor, monkeypatch: pytest.MonkeyPatch
+    agent: Executor, code: int, status: TaskState
 ) -> None:
-    files = {
-        "train.py": TRAIN,
-        "outputs/metrics.json": b'{"loss": 0.1}\n',
-        "outputs/model/weights.bin": bytes(range(256)) * 64,
-        "notes.txt": b"not an output\n",
+    files = {"train.py": WRITES_OUTPUTS, "outputs/kept.txt": b"shipped with the project\n", "notes.txt": b"no\n"}
+    spec = _spec(_project(agent.blobs, files), env="none", command=("python", "train.py", str(code)))
+    await agent.run_task(spec)
+    events = await _events(agent, spec.task_id)
+    finished = _finished(events)
+    assert finished.status is status, finished
+    if code:
+        assert (finished.exit_cause, finished.error) == (
+            ExitCause.EXIT_CODE,
+            "command `python train.py 3` exited with code 3",
+        )
+    outputs = {e.payload.name: e.payload for e in events if isinstance(e.payload, ArtifactReady)}
+    expected = {
+        "kept.txt": b"shipped with the project\n",
+        "metrics.json": b'{"loss": 0.1}',
+        "model/weights.bin": bytes(range(256)) * 64,
     }
-    for entry, status in (("noop", TaskState.SUCCEEDED), ("fail", TaskState.FAILED)):
-        workload = _standin(f"tensorfleet_agent.workloads.diagnostic:{entry}")
-        monkeypatch.setattr(executor_module, "get_workload", workload)
-        spec = _spec(_project(agent.blobs, files), env="none")
-        await agent.run_task(spec)
-        events = await _events(agent, spec.task_id)
-        assert _finished(events).status is status
-        outputs = {e.payload.name: e.payload for e in events if isinstance(e.payload, ArtifactReady)}
-        assert set(outputs) == {"metrics.json", "model/weights.bin"}
-        for name, artifact in outputs.items():
-            data = files[f"outputs/{name}"]
-            assert artifact.kind == project_layout.OUTPUT_ARTIFACT_KIND == "output"
-            assert (artifact.sha256, artifact.size) == (hashlib.sha256(data).hexdigest(), len(data))
-            assert agent.blobs.path(artifact.sha256).read_bytes() == data
-        assert any(line.startswith("outputs: 2 file(s)") for line in _agent_lines(events))
+    assert set(outputs) == set(expected)
+    for name, artifact in outputs.items():
+        assert artifact.kind == project_layout.OUTPUT_ARTIFACT_KIND == "output"
+        assert (artifact.sha256, artifact.size) == (hashlib.sha256(expected[name]).hexdigest(), len(expected[name]))
+        assert agent.blobs.path(artifact.sha256).read_bytes() == expected[name]
+    assert any(line.startswith("outputs: 3 file(s)") for line in _agent_lines(events))
+    last_output = max(i for i, e in enumerate(events) if isinstance(e.payload, ArtifactReady))
+    assert last_output < len(events) - 1  # before Finished
 
 
 async def _partial(executor: Executor, task_id: str) -> list[TaskEvent]:
