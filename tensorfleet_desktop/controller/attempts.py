@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 
 from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR, MANIFEST_INPUT
@@ -57,6 +58,8 @@ class Attempts:
         self.clock = clock
         self.background = background
         self.watchers: dict[str, asyncio.Task[None]] = {}
+        # (node id, sha256) -> its push running now: a gang's ranks on one agent send each project file once
+        self._pushing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._started = clock.monotonic()
         agents.subscribe(self._on_agent)
 
@@ -208,7 +211,7 @@ class Attempts:
         async def sender() -> None:
             for sha256 in todo:  # one shared iterator: each blob is taken by one sender
                 try:
-                    await self._push_blob(node, sha256)
+                    await self._push_once(node, sha256)
                 except FileNotFoundError:
                     lost.add(sha256)
 
@@ -219,6 +222,21 @@ class Attempts:
             for task in senders:
                 task.cancel()
         return lost
+
+    async def _push_once(self, node: str, sha256: str) -> None:
+        """Push a blob, or join the push of it to this agent already running (another rank of the gang)."""
+        key = (node, sha256)
+        running = self._pushing.get(key)
+        if running is None:
+            running = self._pushing[key] = asyncio.ensure_future(self._push_blob(node, sha256))
+            running.add_done_callback(functools.partial(self._pushed, key))
+        await asyncio.shield(running)
+
+    def _pushed(self, key: tuple[str, str], done: asyncio.Task[None]) -> None:
+        if self._pushing.get(key) is done:
+            del self._pushing[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: the ranks that awaited it have seen it
 
     async def _push_blob(self, node: str, sha256: str) -> None:
         """A blob the agent lacks onto it: from the object store directly when it can, else through the controller

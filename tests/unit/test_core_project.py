@@ -180,6 +180,18 @@ async def test_a_requirement_that_cannot_be_resolved_fails_the_job_once_never_re
         assert agents.running() == []
 
 
+async def test_a_gangs_ranks_on_one_agent_send_each_file_once(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=3)
+    async with core(tmp_path, agents, clock) as controller:
+        project = _project(controller, FILES)
+        await controller.submit(_spec(project, num_workers=3), "me")
+        await agents.wait(lambda: len(agents.running()) == 3)
+        assert sorted(sha for _, sha in agents.pushed) == sorted(
+            {project["manifest_id"], *(hashlib.sha256(d).hexdigest() for d in FILES.values())}
+        )
+
+
 async def test_a_gang_whose_env_cannot_be_built_fails_with_its_other_ranks_cancelled(tmp_path: Path) -> None:
     agents, clock = FakeAgents(), FakeClock()
     agents.add("a1", slots=2)
@@ -261,6 +273,10 @@ async def test_gc_keeps_the_snapshot_of_every_kept_project_job(tmp_path: Path) -
         assert result["deleted"] == 1 and not controller.blobs.path(stray).exists()
         for sha in [project["manifest_id"], *(hashlib.sha256(d).hexdigest() for d in FILES.values())]:
             assert controller.blobs.path(sha).is_file(), f"{sha[:12]} of a kept project job was collected"
+        again = await controller.resubmit(job.id, {}, "me")  # what the kept files are for
+        assert again.spec["project"] == job.spec["project"] and again.spec["command"] == job.spec["command"]
+        with pytest.raises(ValidationError, match="a project job takes none"):
+            await controller.resubmit(job.id, {"lr": 0.1}, "me")
 
 
 async def test_a_model_the_project_registered_is_named_and_typed_by_its_report(tmp_path: Path) -> None:
