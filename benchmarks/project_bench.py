@@ -84,6 +84,7 @@ def tensorfleet_run(client: Client, project: Path) -> dict[str, Any]:
 
 
 def tensorfleet_side(root: Path, house: Path, project: Path, repeat: int) -> dict[str, Any]:
+    root.mkdir(parents=True, exist_ok=True)
     agent = AgentProcess(
         root / "agent",
         name="bench-0",

@@ -68,14 +68,21 @@ def main() -> int:
     from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
 
     t0 = time.perf_counter()
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=True,
-        configure_logging=False,
-    )
+    for attempt in (1, 2):  # Ray gives its raylet a fixed 30 s to register: a busy machine can miss that once
+        try:
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                num_cpus=2,
+                _node_ip_address="127.0.0.1",
+                log_to_driver=True,
+                configure_logging=False,
+            )
+            break
+        except Exception as exc:
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
     started_s = time.perf_counter() - t0
 
     def entrypoint(argv: list[str]) -> int:
