@@ -494,17 +494,34 @@ def follow(client: Client, job_id: str) -> dict[str, Any]:
         transient=False,
     ) as bar:
         task = bar.add_task(job_id, total=1.0, state="QUEUED")
-        shown: set[tuple[int, int]] = set()  # (task, attempt) whose environment was reported
+        said: set[tuple[str, int, int]] = set()  # ("preparing" | "environment", task, attempt) already printed
         for change in client.watch_jobs((job_id,)):  # leaving the loop closes the stream
             for job in change["jobs"]:
                 bar.update(task, completed=job["progress"], state=_shown_state(job))
-                for t in job.get("task_list", []):
-                    if t.get("environment") and (t["index"], t["attempt"]) not in shown:
-                        shown.add((t["index"], t["attempt"]))
-                        bar.console.print(f"task {t['index']}: {environment_line(t['environment'])}", markup=False)
+                for line in _project_steps(job, said):  # a line each, so a log of the run shows them too
+                    bar.console.print(line, markup=False)
                 if job["state"] in TERMINAL:
                     return dict(job)
     raise TensorFleetError(f"the controller ended the stream of job {job_id} before the job ended")
+
+
+def _project_steps(job: dict[str, Any], said: set[tuple[str, int, int]]) -> list[str]:
+    """The lines --wait prints once per task attempt of a project job: that it is PREPARING (materializing the
+    project and building or finding its environment; uv's log goes to the task's logs), then which environment
+    it got."""
+    lines = []
+    for t in job.get("task_list", []):
+        attempt = (t["index"], t["attempt"])
+        if t["state"] == "PREPARING" and ("preparing", *attempt) not in said:
+            said.add(("preparing", *attempt))
+            lines.append(
+                f"task {t['index']}: PREPARING on {t['agent'] or '-'}: the project's files and environment "
+                f"(uv's log: tensorfleet logs {job['id']})"
+            )
+        if t.get("environment") and ("environment", *attempt) not in said:
+            said.add(("environment", *attempt))
+            lines.append(f"task {t['index']}: {environment_line(t['environment'])}")
+    return lines
 
 
 def _shown_state(job: dict[str, Any]) -> str:
@@ -528,7 +545,7 @@ def jobs(client: Client, args: argparse.Namespace) -> int:
                 (
                     j["id"],
                     j["name"],
-                    j["state"],
+                    _shown_state(j),
                     f"{j['progress']:.0%}",
                     f"{j['tasks']['completed']}/{j['tasks']['total']}",
                     _best_metric(j),

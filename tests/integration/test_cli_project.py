@@ -129,8 +129,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def test_submit_project_json_uploads_everything_then_nothing_and_reuses_the_env(fleet: Fleet) -> None:
-    first = fleet.json("submit", "--project", str(fleet.project), "--wait", "--json", "--", *COMMAND)
+    cold = fleet.cli("submit", "--project", str(fleet.project), "--wait", "--json", "--", *COMMAND)
+    assert cold.returncode == 0, cold.stderr
+    first = json.loads(cold.stdout)
     assert first["state"] == "SUCCEEDED", first
+    # --wait says when the task prepares (the env build takes a second or more: the job's stream shows it)
+    assert "task 0: PREPARING on cli-box: the project's files and environment" in cold.stderr, cold.stderr
+    assert "task 0: environment " in cold.stderr and ": built in " in cold.stderr, cold.stderr
     sent = {"README.md", "NOTES.txt", ".gitignore", "requirements.txt", "app/__init__.py", "app/main.py"}
     assert first["upload"] == {
         "files": len(sent),

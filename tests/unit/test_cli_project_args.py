@@ -16,6 +16,8 @@ from tensorfleet_desktop.cli import build_parser, exit_codes, main
 from tensorfleet_desktop.cli.exit_codes import UsageError
 from tensorfleet_desktop.cli.jobs import (
     ProjectSubmission,
+    _project_steps,
+    _shown_state,
     detail,
     environment_line,
     git_line,
@@ -322,3 +324,24 @@ def test_status_json_has_the_project_each_tasks_environment_and_rank_0s_on_top()
         (0, "RUNNING", env0),
     ]
     assert detail({**job, "project": None, "task_list": []})["environment"] is None
+
+
+def test_wait_says_preparing_then_the_environment_once_per_attempt() -> None:
+    """What `submit --wait` prints as WatchJobs brings the job again and again."""
+    env = {"key": "ab" * 16, "cache_hit": True, "source": "uv.lock", "python": "3.11.7"}
+
+    def job(state: str, attempt: int = 1, environment: dict[str, Any] | None = None) -> dict[str, Any]:
+        task = {"index": 0, "state": state, "agent": "box", "attempt": attempt, "environment": environment}
+        return {"id": "j1", "state": "RUNNING", "task_list": [task]}
+
+    said: set[tuple[str, int, int]] = set()
+    preparing = "task 0: PREPARING on box: the project's files and environment (uv's log: tensorfleet logs j1)"
+    ready = "task 0: environment abababababab: cache hit (uv.lock, python 3.11.7)"
+    assert _project_steps(job("ASSIGNED"), said) == []
+    assert _project_steps(job("PREPARING"), said) == [preparing]
+    assert _project_steps(job("PREPARING"), said) == []  # the same change again: nothing new
+    assert _project_steps(job("RUNNING", environment=env), said) == [ready]
+    assert _project_steps(job("RUNNING", environment=env), said) == []
+    assert _project_steps(job("PREPARING", attempt=2), said) == [preparing]  # a retry prepares again
+    assert _shown_state(job("PREPARING")) == "PREPARING" and _shown_state(job("RUNNING")) == "RUNNING"
+    assert _shown_state({**job("PREPARING"), "state": "CANCELLED"}) == "CANCELLED"
