@@ -40,11 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from tensorfleet_agent import task as task_api
 from tensorfleet_agent.core import project_layout
-from tensorfleet_agent.core.types import ExitCause
 from tensorfleet_agent.runtime.channel import EVENTS_FD_ENV
 from tensorfleet_agent.workloads.torchrun import torchrun_env
 
@@ -58,6 +55,8 @@ _KIND = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.2  # how often the loop looks at the child when no pidfd tells it
+# ExitCause values (core.types, not imported here: every import delays the command's start)
+EXIT_CODE, SIGNAL, SETUP = "exit_code", "signal", "setup"
 
 
 class CommandFailed(Exception):
@@ -143,17 +142,17 @@ def resolve_program(program: str, workdir: Path, path: str) -> str:
     if "/" in program:
         candidate = Path(program) if os.path.isabs(program) else workdir / program
         if not candidate.is_file():
-            raise CommandFailed(f"command not found: {program} (no such file in {workdir})", ExitCause.SETUP)
+            raise CommandFailed(f"command not found: {program} (no such file in {workdir})", SETUP)
         if not os.access(candidate, os.X_OK):
             raise CommandFailed(
                 f"command not executable: {program} (mode {candidate.stat().st_mode & 0o777:o}; run it with"
                 f" an interpreter, e.g. `bash {program}`, or make it executable in the project)",
-                ExitCause.SETUP,
+                SETUP,
             )
         return str(candidate)
     found = shutil.which(program, path=path)
     if found is None:
-        raise CommandFailed(f"command not found: {program} (PATH: {path})", ExitCause.SETUP)
+        raise CommandFailed(f"command not found: {program} (PATH: {path})", SETUP)
     return found
 
 
@@ -235,7 +234,7 @@ class _Runner:
         except OSError as exc:
             os.close(events_r)
             os.close(replies_w)
-            raise CommandFailed(f"command `{describe(self.command)}` could not start: {exc}", ExitCause.SETUP) from None
+            raise CommandFailed(f"command `{describe(self.command)}` could not start: {exc}", SETUP) from None
         finally:
             os.close(events_w)
             os.close(replies_r)
@@ -251,6 +250,8 @@ class _Runner:
             return
         targets = {self.proc.pid}
         if self.sdk_pids:
+            import psutil  # only now: its import would delay every command's start
+
             with contextlib.suppress(psutil.Error):
                 alive = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
                 targets |= self.sdk_pids & alive
@@ -486,8 +487,8 @@ class _Runner:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            raise CommandFailed(f"command `{shown}` was killed by {name}", ExitCause.SIGNAL)
-        raise CommandFailed(f"command `{shown}` exited with code {code}", ExitCause.EXIT_CODE)
+            raise CommandFailed(f"command `{shown}` was killed by {name}", SIGNAL)
+        raise CommandFailed(f"command `{shown}` exited with code {code}", EXIT_CODE)
 
 
 def model_format_of(file_name: str) -> str:

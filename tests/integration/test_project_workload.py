@@ -458,3 +458,12 @@ def test_describe_quotes_the_command_as_typed() -> None:
         ["python", "-m", "pkg.train", "--name", "a b"]
     )
     assert describe(["x" * 300]).endswith("...") and len(describe(["x" * 300])) == 200
+
+
+def test_the_runner_words_its_failures_with_the_agents_exit_causes() -> None:
+    from tensorfleet_agent.core.types import ExitCause
+    from tensorfleet_agent.workloads import project
+
+    assert (project.EXIT_CODE, project.SIGNAL, project.SETUP) == (
+        ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP,
+    )  # fmt: skip
