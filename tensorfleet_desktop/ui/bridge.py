@@ -25,6 +25,7 @@ from tensorfleet_desktop.client import (
     TensorFleetError,
 )
 from tensorfleet_desktop.local_cluster import StartFailed, answers, connect_or_start
+from tensorfleet_desktop.project import ProjectError
 
 log = logging.getLogger(__name__)
 JOB_LIST_LIMIT = 500  # the newest jobs the window lists
@@ -137,6 +138,12 @@ class Bridge(QObject):
         self._loop.close()
 
     def _submit(self, coro: Awaitable[Any]) -> Future[Any]:
+        if self._loop.is_closed():  # a view's timer that fires after the window stopped the bridge
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            stopped: Future[Any] = Future()
+            stopped.set_exception(ControllerUnreachable("the window has stopped talking to the controller"))
+            return stopped
         return asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
 
     async def _invoke(
@@ -149,7 +156,7 @@ class Bridge(QObject):
         try:
             client = await self._ready_client() if need_client else self._client
             result = await fn(client)
-        except (TensorFleetError, ValueError, OSError) as exc:
+        except (TensorFleetError, ProjectError, ValueError, OSError) as exc:  # what the user can fix
             self._deliver.emit(on_error, None, str(exc))
         except Exception as exc:
             log.exception("call failed")

@@ -9,6 +9,7 @@ STATE_COLORS = {
     "ONLINE": "#2ea043",
     "SUCCEEDED": "#2ea043",
     "RUNNING": "#1f6feb",
+    "PREPARING": "#8250df",  # a project task: its files laid out, its env built
     "LOST": "#d1242f",
     "REFUSED": "#d1242f",
     "FAILED": "#d1242f",
@@ -23,6 +24,30 @@ HEADLINE_METRICS = ("test_accuracy", "val_accuracy", "accuracy", "r2", "f1_macro
 
 def state_color(row: dict[str, Any]) -> str:
     return STATE_COLORS.get(str(row.get("state", "")), "")
+
+
+def job_state(job: dict[str, Any]) -> str:
+    """The job's state, or PREPARING while an unfinished job's tasks lay out the project and build its env (as
+    `tensorfleet status` says it)."""
+    state = str(job.get("state", ""))
+    if state in ("QUEUED", "RUNNING") and any(t.get("state") == "PREPARING" for t in job.get("task_list") or ()):
+        return "PREPARING"
+    return state
+
+
+def job_state_color(job: dict[str, Any]) -> str:
+    return STATE_COLORS.get(job_state(job), "")
+
+
+def environment_text(env: dict[str, Any] | None) -> str:
+    """A task's environment in a few words: "requirements.txt · 3f2a9c1d0b7e · cache hit" or "built in 12.3 s"."""
+    if not env:
+        return ""
+    if not env.get("key"):
+        return "agent's own Python"
+    how = "cache hit" if env.get("cache_hit") else f"built in {float(env.get('build_seconds') or 0.0):.1f} s"
+    source = f"{env['source']} · " if env.get("source") else ""
+    return f"{source}{str(env['key'])[:12]} · {how}"
 
 
 def human_bytes(n: float) -> str:
@@ -67,6 +92,9 @@ def workload(job: dict[str, Any]) -> str:
         return f"{job['algorithm']} sweep"
     if spec.get("script"):
         return f"script {spec['script'].get('name', '')}"
+    if spec.get("project") and spec.get("command"):
+        command = " ".join(str(a) for a in spec["command"])
+        return f"project: {command[:60]}{'…' if len(command) > 60 else ''}"
     return str(job.get("algorithm", ""))
 
 

@@ -1,8 +1,10 @@
-"""Job detail: live curves of every reported metric, tasks, logs with search, artifacts, sweep trials, comparison."""
+"""Job detail: live curves of every reported metric, tasks, logs with search, artifacts, sweep trials, comparison,
+and a project job's code and environments."""
 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 from collections.abc import Awaitable
@@ -34,18 +36,36 @@ from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import (
     clock,
     duration,
+    environment_text,
     human_bytes,
     job_duration,
+    job_state,
+    job_state_color,
     metric_text,
     state_color,
     workload,
 )
 from tensorfleet_desktop.ui.plots import MetricGrid, MetricPlot, ScatterPlot
+from tensorfleet_desktop.ui.project_panel import ProjectPanel
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
 
 ALL_METRICS = "all metrics"
+
+
+def _env_tooltip(task: dict[str, Any]) -> str:
+    env = task.get("environment")
+    if not env:
+        return "laying out the project's files and building its env" if task.get("state") == "PREPARING" else ""
+    facts = ["key " + (env["key"] or "(none: the agent's own Python)"), f"from {env.get('source') or '-'}"]
+    if env.get("python"):
+        facts.append(f"Python {env['python']}")
+    facts.append(
+        f"{env.get('files', 0)} files, {human_bytes(env.get('bytes', 0))} laid out in "
+        f"{float(env.get('materialize_seconds') or 0.0):.2f} s"
+    )
+    return "\n".join(facts)
 
 
 def _short(values: dict[str, Any] | None) -> str:
@@ -107,6 +127,7 @@ class JobDetailView(View):
                     extra=lambda t: t["progress"],
                 ),
                 Column("Exit", lambda t: t["exit_cause"]),
+                Column("Environment", lambda t: environment_text(t.get("environment")), tooltip=_env_tooltip),
                 Column("Params", lambda t: _short(t["params"])),
                 Column("Metrics", lambda t: _short(t["metrics"])),
                 Column("Started", lambda t: clock(t["started_at"]), sort=lambda t: t["started_at"] or 0.0),
@@ -234,6 +255,8 @@ class JobDetailView(View):
         self.tabs.addTab(self.tasks_table, "Tasks")
         self.tabs.addTab(logs, "Logs")
         self.tabs.addTab(self.artifacts_tab, "Artifacts")
+        self.project_panel = ProjectPanel()
+        self.tabs.addTab(self.project_panel, "Project")
         self.sweep_tab = sweep
         self.tabs.addTab(sweep, "Sweep")
         self.tabs.addTab(compare, "Compare")
@@ -305,7 +328,8 @@ class JobDetailView(View):
         model = f" · model {job['model']['name']}:{job['model']['version']}" if job.get("model") else ""
         error = f"<br><span style='color:#d1242f'>{job['error']}</span>" if job["error"] else ""
         self.header.setText(
-            f"<b>{job['name']}</b> · {workload(job)} · <b>{job['state']}</b> · {job['progress'] * 100:.0f}% · "
+            f"<b>{job['name']}</b> · {html.escape(workload(job))} · <b style='color:{job_state_color(job)}'>"
+            f"{job_state(job)}</b> · {job['progress'] * 100:.0f}% · "
             f"{job['tasks']['completed']}/{job['tasks']['total']} tasks · {took} · {metric_text(job)}{model}"
             f"<br><span style='color:gray'>{job['id']} · dataset {job['dataset'] or '-'} · by {job['submitter']}</span>"
             + error
@@ -315,6 +339,10 @@ class JobDetailView(View):
         for task in job["task_list"]:
             if self.log_task.findData(task["index"]) < 0:
                 self.log_task.addItem(f"task {task['index']}", task["index"])
+        project = job.get("project")
+        self.tabs.setTabEnabled(self.tabs.indexOf(self.project_panel), bool(project))
+        if project:
+            self.project_panel.show_job(job)
         sweep = job["spec"].get("sweep")
         self.tabs.setTabEnabled(self.tabs.indexOf(self.sweep_tab), bool(sweep))
         if sweep:

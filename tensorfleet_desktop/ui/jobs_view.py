@@ -20,11 +20,12 @@ from tensorfleet_desktop.ui.formatting import (
     duration,
     job_agents,
     job_duration,
+    job_state,
+    job_state_color,
     metric_text,
-    state_color,
     workload,
 )
-from tensorfleet_desktop.ui.submit_dialog import SubmitDialog
+from tensorfleet_desktop.ui.submit_dialog import SubmitDialog, upload_text
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, SORT_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
@@ -52,7 +53,7 @@ class JobFilter(QSortFilterProxyModel):
             return False
         if not self.text:
             return True
-        haystack = " ".join((job["id"], job["name"], workload(job), job["state"], job_agents(job), job["dataset"]))
+        haystack = " ".join((job["id"], job["name"], workload(job), job_state(job), job_agents(job), job["dataset"]))
         return self.text in haystack.lower()
 
 
@@ -75,7 +76,7 @@ class JobsView(View):
             [
                 Column("Name", lambda j: j["name"], tooltip=lambda j: f"{j['id']}\n{j['error']}".strip()),
                 Column("Workload", workload),
-                Column("State", lambda j: j["state"], tooltip=lambda j: j["error"], color=state_color),
+                Column("State", job_state, tooltip=lambda j: j["error"], color=job_state_color),
                 Column("Progress", _progress, sort=lambda j: j["progress"], extra=lambda j: j["progress"]),
                 Column("Agents", job_agents),
                 Column("Started", lambda j: clock(j["started_at"]), sort=lambda j: j["started_at"] or 0.0),
@@ -196,8 +197,11 @@ class JobsView(View):
             self.run(lambda c: c.datasets(), show, "cannot list datasets")
 
         def show(datasets: list[dict[str, Any]]) -> None:
-            self.dialog = SubmitDialog(self.workloads, datasets, self.agent_names, self)
+            self.dialog = SubmitDialog(
+                self.workloads, datasets, self.agent_names, self, run_blocking=self.bridge.run_blocking
+            )
             self.dialog.submit_requested.connect(self._submit)
+            self.dialog.project_submit_requested.connect(self._submit_project)
             self.dialog.open()
 
         self.run(lambda c: c.workloads(), with_datasets, "cannot load the workload schemas")
@@ -212,3 +216,25 @@ class JobsView(View):
             self.notify(f"submitted {job['name']} ({job['id']})", False)
 
         self.bridge.call(lambda c: c.submit(spec), done, dialog.submit_failed)
+
+    def _submit_project(self, request: dict[str, Any]) -> None:
+        """Snapshot, upload what the controller lacks and submit, all on the bridge's side (the scan in a thread)."""
+        dialog = self.dialog
+        if dialog is None:
+            return
+
+        def done(job: dict[str, Any]) -> None:
+            dialog.submit_succeeded(job)
+            self.notify(f"submitted {job['name']} ({job['id']}): {upload_text(job['upload'])}", False)
+
+        self.bridge.call(
+            lambda c: c.submit_project(
+                request["path"],
+                request["command"],
+                env=request["env"],
+                max_project_size=request["max_project_size"],
+                **request["fields"],
+            ),
+            done,
+            dialog.submit_failed,
+        )

@@ -2,6 +2,7 @@
 
 Every edit re-runs the one job-spec parser (controller/jobspec.py) on what the form holds, so a bad
 value is refused inline, next to its field, before anything is sent; the controller re-validates.
+Two tabs: "Workload" (a built-in or a one-file script) and "Project" (a folder and its command, project_tab.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -35,10 +37,13 @@ from PySide6.QtWidgets import (
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller.jobspec import parse_job_spec
 from tensorfleet_desktop.controller.sweep import SEARCHES
+from tensorfleet_desktop.ui.formatting import human_bytes
+from tensorfleet_desktop.ui.project_tab import ProjectTab, RunBlocking
 
 CATEGORY_ORDER = {"sklearn": 0, "torch": 1, "script": 2, "diagnostic": 3}
 INVALID_STYLE = "border: 1px solid #d1242f; background: rgba(209, 36, 47, 0.08);"
 UPLOADED = "uploaded:"
+PROJECT = "project"  # the project workload: submitted from its own tab, not from the schema form
 
 
 class FieldError(ValueError):
@@ -104,10 +109,12 @@ class ParamInput:
 
 
 class SubmitDialog(QDialog):
-    """Emits `submitted(spec)` once the controller accepted the job."""
+    """Emits `submitted(job)` once the controller accepted the job; `submit_requested(spec)` asks for a submit of
+    the Workload tab, `project_submit_requested(request)` for `submit_project(**request)` of the Project tab."""
 
     submitted = Signal(dict)
     submit_requested = Signal(dict)
+    project_submit_requested = Signal(dict)
 
     def __init__(
         self,
@@ -115,11 +122,17 @@ class SubmitDialog(QDialog):
         datasets: list[dict[str, Any]],
         agents: list[str],
         parent: QWidget | None = None,
+        run_blocking: RunBlocking | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Submit a job")
-        self.resize(560, 720)
-        self.workloads = sorted(workloads, key=lambda w: (CATEGORY_ORDER.get(w["category"], 9), w["name"]))
+        self.resize(620, 760)
+        self.project_known = any(w["name"] == PROJECT for w in workloads)
+        self.workloads = sorted(
+            (w for w in workloads if w["name"] != PROJECT),
+            key=lambda w: (CATEGORY_ORDER.get(w["category"], 9), w["name"]),
+        )
+        self.last_upload: dict[str, int] | None = None
         self.uploaded = {d["name"]: d for d in datasets}
         self.agents = agents
         self.params: dict[str, ParamInput] = {}
@@ -237,6 +250,17 @@ class SubmitDialog(QDialog):
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
 
+        self.project = ProjectTab(run_blocking)
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("submit_tabs")
+        self.tabs.addTab(scroll, "Workload")
+        self.tabs.addTab(self.project, "Project")
+        if not self.project_known:
+            self.tabs.setTabEnabled(1, False)
+            self.tabs.setTabToolTip(1, "this controller runs no project jobs (it predates them)")
+        self.tabs.currentChanged.connect(lambda _index: self.validate())
+        self.project.changed.connect(self.validate)
+
         self.error_label = QLabel()
         self.error_label.setObjectName("error")
         self.error_label.setWordWrap(True)
@@ -247,7 +271,7 @@ class SubmitDialog(QDialog):
         self.buttons.accepted.connect(self.submit)
         self.buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
-        layout.addWidget(scroll, 1)
+        layout.addWidget(self.tabs, 1)
         layout.addWidget(self.error_label)
         layout.addWidget(self.buttons)
 
@@ -425,22 +449,28 @@ class SubmitDialog(QDialog):
         local["dataset_params"] = {"target": spec["target"], "file": entry["filename"], "task": tasks[0]}
         return local
 
+    def on_project_tab(self) -> bool:
+        return self.tabs.currentWidget() is self.project
+
     def validate(self) -> bool:
-        for widget in self._field_widgets().values():
+        for widget in [*self._field_widgets().values(), *self.project.field_widgets().values()]:
             widget.setStyleSheet("")
         problem: tuple[str, str] | None = None
-        try:
-            parse_job_spec(self._local_form(self.spec()))
-        except FieldError as exc:
-            problem = (exc.field, str(exc))
-        except ValidationError as exc:
-            problem = (exc.field, exc.message)
+        if self.on_project_tab():
+            problem = self.project.problem()
+        else:
+            try:
+                parse_job_spec(self._local_form(self.spec()))
+            except FieldError as exc:
+                problem = (exc.field, str(exc))
+            except ValidationError as exc:
+                problem = (exc.field, exc.message)
         if problem is None:
             self.error_label.setText("")
             self.ok_button.setEnabled(True)
             return True
         field, message = problem
-        offending = self.widget_for(field)
+        offending = self.project.widget_for(field) if self.on_project_tab() else self.widget_for(field)
         if offending is not None:
             offending.setStyleSheet(INVALID_STYLE)
         self.error_label.setText(f"{field}: {message}")
@@ -479,13 +509,28 @@ class SubmitDialog(QDialog):
         if not self.validate():
             return
         self.ok_button.setEnabled(False)
+        if self.on_project_tab():
+            self.error_label.setText("snapshotting the folder and uploading what the controller lacks…")
+            self.project.setEnabled(False)
+            self.project_submit_requested.emit(self.project.request())
+            return
         self.error_label.setText("submitting…")
         self.submit_requested.emit(self.spec())
 
     def submit_failed(self, message: str) -> None:
+        self.project.setEnabled(True)
         self.error_label.setText(message)
         self.ok_button.setEnabled(True)
 
     def submit_succeeded(self, job: dict[str, Any]) -> None:
+        self.last_upload = job.get("upload")
         self.submitted.emit(job)
         self.accept()
+
+
+def upload_text(upload: dict[str, int]) -> str:
+    """What a project submit sent: "uploaded 1 of 12 files (2.0 KiB of 1.3 MiB)"."""
+    return (
+        f"uploaded {upload['uploaded_files']} of {upload['files']} files "
+        f"({human_bytes(upload['uploaded_bytes'])} of {human_bytes(upload['bytes'])})"
+    )
