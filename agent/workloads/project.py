@@ -106,6 +106,13 @@ def child_environment(
 ) -> dict[str, str]:
     """The command's environment: the worker's own (thread caps, CUDA_VISIBLE_DEVICES) plus the project's."""
     env = dict(os.environ if base is None else base)
+    if getattr(sys, "frozen", False):  # the packaged agent's bootloader points LD_LIBRARY_PATH at its bundle:
+        # the user's programs get the one the agent was started with (PyInstaller keeps it as *_ORIG)
+        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        if original is None:
+            env.pop("LD_LIBRARY_PATH", None)
+        else:
+            env["LD_LIBRARY_PATH"] = original
     bin_dir = runtime["bin_dir"]
     env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
     env.pop("PYTHONHOME", None)

@@ -467,3 +467,21 @@ def test_the_runner_words_its_failures_with_the_agents_exit_causes() -> None:
     assert (project.EXIT_CODE, project.SIGNAL, project.SETUP) == (
         ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP,
     )  # fmt: skip
+
+
+def test_a_packaged_agents_library_path_does_not_reach_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyInstaller's bootloader sets LD_LIBRARY_PATH to its bundle (the original kept as LD_LIBRARY_PATH_ORIG):
+    the user's python and tools must load their own libraries."""
+    from tensorfleet_agent.workloads.project import child_environment
+
+    runtime = {"workdir": str(tmp_path), "bin_dir": BIN_DIR, "sdk_dir": str(sdk_dir())}
+    base = {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/bundle/_internal", "LD_LIBRARY_PATH_ORIG": "/usr/local/lib"}
+    spec = {"task_id": "t", "job_id": "j"}
+    assert child_environment(spec, runtime, tmp_path, tmp_path, base)["LD_LIBRARY_PATH"] == "/opt/bundle/_internal"
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    env = child_environment(spec, runtime, tmp_path, tmp_path, base)
+    assert env["LD_LIBRARY_PATH"] == "/usr/local/lib" and "LD_LIBRARY_PATH_ORIG" not in env
+    base.pop("LD_LIBRARY_PATH_ORIG")
+    assert "LD_LIBRARY_PATH" not in child_environment(spec, runtime, tmp_path, tmp_path, base)
