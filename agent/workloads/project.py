@@ -305,8 +305,9 @@ class _Runner:
             os.close(self.replies_fd)
 
     def _read(self, pending: bytes) -> tuple[bytes, bool]:
-        """Read what is there and handle each whole line; (the unfinished rest, the pipe still open)."""
-        while True:
+        """Read what is there and handle each whole line; (the unfinished rest, the pipe still open). At most 16 MiB
+        per call, so a process that never stops writing cannot keep the loop from seeing the command exit."""
+        for _ in range(256):
             try:
                 chunk = os.read(self.events_fd, 1 << 16)
             except BlockingIOError:
@@ -321,6 +322,7 @@ class _Runner:
             if len(pending) > MAX_MESSAGE:
                 self._note(f"ignored an SDK message of over {MAX_MESSAGE >> 10} KiB")
                 pending = b""
+        return pending, True
 
     def _note(self, text: str) -> None:
         print(f"tensorfleet: {text}", file=sys.stderr, flush=True)
@@ -334,7 +336,7 @@ class _Runner:
     def _handle(self, line: bytes) -> None:
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             self._bad(line, "not JSON")
             return
         if not isinstance(message, dict) or not isinstance(message.get("t"), str):

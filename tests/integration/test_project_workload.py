@@ -413,6 +413,7 @@ RAW = """
     fd = int(os.environ["TENSORFLEET_EVENTS_FD"])
     os.write(fd, b"not json\\n" + b'{"t": "metrics", "step": -1, "values": {"x": 1}}\\n' + b'[1, 2]\\n')
     os.write(fd, b'{"t": "metrics", "step": 1, "values": {"x": NaN}}\\n{"t": "warp"}\\n')
+    os.write(fd, b"[" * 100000 + b"\\n")
     task.report(5, x=2.0)
     reply = task._connection().request({"t": "artifact_file", "path": "missing.bin", "kind": "k"})
     print("REPLY", json.dumps(reply))
@@ -428,7 +429,7 @@ async def test_malformed_sdk_messages_are_logged_and_refused_requests_answered(m
     assert run.done["ok"] is True, run.text()
     assert [m["values"] for m in run.of("metrics")] == [{"x": 2.0}]
     stderr = run.text("stderr")
-    assert stderr.count("ignored a malformed message on the task SDK's pipe") == 5
+    assert stderr.count("ignored a malformed message on the task SDK's pipe") == 6
     for why in ("not JSON", "step must be a non-negative integer", "not an object", "is NaN", "unknown type"):
         assert why in stderr
     replies = [json.loads(x[6:]) for x in run.text("stdout").splitlines() if x.startswith("REPLY ")]
