@@ -10,7 +10,8 @@
    returned as an artifact. Its bundle carries a uv that runs and the task SDK's files.
 2. The packaged desktop app: `tensorfleet-debug serve` (frozen controller + frozen local agent + frozen workers)
    runs a job submitted with the frozen CLI; the frozen app opens offscreen against it and saves a screenshot
-   of its main window. Its bundle carries uv and the task SDK too (its local agent runs project jobs).
+   of its main window. Its bundle carries uv and the task SDK too, and the frozen CLI's `submit --project` runs
+   a project job on the frozen local agent.
 Exit status 0 when everything passed.
 """
 
@@ -228,7 +229,9 @@ def smoke_desktop(dist: Path, work: Path, out: Path, env: dict[str, str]) -> dic
     serve += ["--interfaces", LOOPBACK, "--no-mdns", "--ready-file", str(ready), "--local-agent-slots", "1"]
     shot = out / "desktop-main-window.png"
     started = time.monotonic()
-    with running(serve, work / "desktop-serve.log", env) as controller:
+    # the local agent inherits this: project envs offline, in the smoke's own uv cache
+    serve_env = {**env, "UV_OFFLINE": "1", "UV_CACHE_DIR": str(work / "uv-cache")}
+    with running(serve, work / "desktop-serve.log", serve_env) as controller:
         wait("the packaged controller", ready.exists, 90, controller)
         serve_ready_s = time.monotonic() - started
         cli = [str(exe), "--controller", address]
@@ -248,6 +251,18 @@ def smoke_desktop(dist: Path, work: Path, out: Path, env: dict[str, str]) -> dic
             env=env,
         )
         job = json.loads(submit.stdout) if submit.returncode == 0 else {"error": submit.stderr[-2000:]}
+        project_dir = write_project(work / "desktop-project")
+        project_submit = subprocess.run(
+            [*cli, "submit", "--project", str(project_dir), "--wait", "--json", "--", "python", "train.py"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        try:  # a failed job still prints its JSON (exit code JOB_FAILED); a refusal prints only an error
+            project = json.loads(project_submit.stdout)
+        except ValueError:
+            project = {"error": (project_submit.stdout + project_submit.stderr)[-2000:]}
         gui = subprocess.run(
             [str(exe), "--controller", address, "gui", "--no-start", "--screenshot", str(shot)],
             capture_output=True,
@@ -259,12 +274,14 @@ def smoke_desktop(dist: Path, work: Path, out: Path, env: dict[str, str]) -> dic
         with contextlib.suppress(subprocess.TimeoutExpired):
             controller.wait(60)
     ok = submit.returncode == 0 and gui.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000
+    ok = ok and project.get("state") == "SUCCEEDED" and (project.get("metrics") or {}).get("answer") == 42.0
     return {
         "ok": ok and upload.returncode == 0 and contents["ok"],
         "bundle": contents,
         "serve_ready_s": round(serve_ready_s, 2),
         "parquet_upload": json.loads(upload.stdout) if upload.returncode == 0 else upload.stderr[-1500:],
         "job": {k: job.get(k) for k in ("state", "metrics", "error")},
+        "project_job": {k: project.get(k) for k in ("state", "metrics", "error", "environment", "upload")},
         "gui_exit": gui.returncode,
         "gui_stderr_tail": gui.stderr[-1500:] if gui.returncode else "",
         "screenshot": str(shot),
