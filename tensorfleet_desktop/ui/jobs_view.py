@@ -30,8 +30,8 @@ from tensorfleet_desktop.ui.table_model import ROW_ROLE, SORT_ROLE, Column, RowT
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
 
-STATE_FILTERS = ("all", "active", "QUEUED", "RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELLED")
-ACTIVE = ("QUEUED", "RUNNING", "PAUSED", "PAUSING")
+STATE_FILTERS = ("all", "active", "QUEUED", "PREPARING", "RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELLED")
+ACTIVE = ("QUEUED", "PREPARING", "RUNNING", "PAUSED", "PAUSING")
 
 
 class JobFilter(QSortFilterProxyModel):
@@ -47,13 +47,14 @@ class JobFilter(QSortFilterProxyModel):
 
     def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
         job = self.sourceModel().index(source_row, 0, source_parent).data(ROW_ROLE)
-        if self.state == "active" and job["state"] not in ACTIVE:
+        state = job_state(job)  # as the table shows it: PREPARING while a project's tasks prepare
+        if self.state == "active" and state not in ACTIVE:
             return False
-        if self.state not in ("all", "active") and job["state"] != self.state:
+        if self.state not in ("all", "active") and state != self.state:
             return False
         if not self.text:
             return True
-        haystack = " ".join((job["id"], job["name"], workload(job), job_state(job), job_agents(job), job["dataset"]))
+        haystack = " ".join((job["id"], job["name"], workload(job), state, job_agents(job), job["dataset"]))
         return self.text in haystack.lower()
 
 

@@ -332,10 +332,14 @@ def test_the_jobs_table_says_preparing_while_a_task_prepares(qtbot: Any, bridge:
     state = view.model.index(0, 2)
     assert state.data() == "PREPARING"
     assert state.data(Qt.ItemDataRole.ForegroundRole).name() == STATE_COLORS["PREPARING"]
+    view.filter_state.setCurrentText("PREPARING")  # the filter goes by the state shown
+    assert view.proxy.rowCount() == 1
     ready = project_job()
     ready["task_list"][2]["state"] = "RUNNING"
     view.set_jobs([ready])
-    assert view.model.index(0, 2).data() == "RUNNING"
+    assert view.model.index(0, 2).data() == "RUNNING" and view.proxy.rowCount() == 0
+    view.filter_state.setCurrentText("active")
+    assert view.proxy.rowCount() == 1
 
 
 @pytest.mark.slow
