@@ -8,7 +8,6 @@ controller's parser, so what the tab accepts is what `submit_project` sends.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -17,12 +16,10 @@ from typing import Any
 from PySide6.QtCore import (
     QAbstractTableModel,
     QModelIndex,
-    QObject,
     QPersistentModelIndex,
     Qt,
     QTimer,
     Signal,
-    Slot,
 )
 from PySide6.QtWidgets import (
     QComboBox,
@@ -48,7 +45,7 @@ from tensorfleet_desktop.ui.table_model import SORT_ROLE
 from tensorfleet_desktop.ui.widgets import data_table
 
 Index = QModelIndex | QPersistentModelIndex
-#: fn, on_result(result), on_error(message): runs fn in a worker thread, calls back in the GUI thread
+#: Bridge.run_blocking: runs fn in a worker thread, calls on_result(result) or on_error(message) in the GUI thread
 RunBlocking = Callable[[Callable[[], Any], Callable[[Any], None], Callable[[str], None]], object]
 RESCAN_DELAY_MS = 400
 MiB = 1 << 20
@@ -88,36 +85,6 @@ def scan_project(folder: str, max_bytes: int) -> Scan:
     snap = snapshot(path, max_bytes)
     paths = frozenset(e.path for e in snap.entries)
     return Scan(snap, paths, env_files(paths), auto_env(paths))
-
-
-class ThreadRunner(QObject):
-    """Runs a blocking function in a thread and hands its result to the GUI thread (a queued signal); for a
-    dialog opened without the window's bridge."""
-
-    _deliver = Signal(object, object)
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._deliver.connect(self._on_deliver, Qt.ConnectionType.QueuedConnection)
-
-    def __call__(
-        self, fn: Callable[[], Any], on_result: Callable[[Any], None], on_error: Callable[[str], None]
-    ) -> None:
-        def work() -> None:
-            try:
-                result = fn()
-            except (ProjectError, ValueError, OSError) as exc:
-                self._deliver.emit(on_error, str(exc))
-            except Exception as exc:  # a bug must still reach the user, not end the thread unseen
-                self._deliver.emit(on_error, f"{type(exc).__name__}: {exc}")
-            else:
-                self._deliver.emit(on_result, result)
-
-        threading.Thread(target=work, name="tensorfleet-project-scan", daemon=True).start()
-
-    @Slot(object, object)
-    def _on_deliver(self, callback: Callable[[Any], None], value: Any) -> None:
-        callback(value)
 
 
 class FilesModel(QAbstractTableModel):
@@ -163,9 +130,9 @@ class ProjectTab(QWidget):
 
     changed = Signal()
 
-    def __init__(self, run_blocking: RunBlocking | None = None, parent: QWidget | None = None) -> None:
+    def __init__(self, run_blocking: RunBlocking, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.run_blocking: RunBlocking = run_blocking or ThreadRunner(self)
+        self.run_blocking = run_blocking  # the bridge's: the scan runs in its worker threads
         self.scan: Scan | None = None
         self.scan_error = ""
         self.scanning = False

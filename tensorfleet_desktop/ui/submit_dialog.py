@@ -122,7 +122,8 @@ class SubmitDialog(QDialog):
         datasets: list[dict[str, Any]],
         agents: list[str],
         parent: QWidget | None = None,
-        run_blocking: RunBlocking | None = None,
+        *,
+        run_blocking: RunBlocking,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Submit a job")
