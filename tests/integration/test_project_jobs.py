@@ -25,6 +25,8 @@ from tensorfleet_desktop.project import ProjectError
 
 pytestmark = pytest.mark.slow
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "project"
+EXAMPLE_IGNORED = {"outputs", "checkpoints", "__pycache__"}  # examples/project/.gitignore, after a run by hand
 CANCEL_DEADLINE_S = 2.0 + 3.0  # the agent's 2 s to stop a task, plus margin for a loaded CI machine
 
 
@@ -161,6 +163,24 @@ def test_a_two_rank_torch_project_meets_over_gloo(cluster: Cluster) -> None:
     assert any("reusing the agent's torch" in line for line in lines), lines  # never a second torch
     outputs = sorted((a["name"], a["task_index"]) for a in client.artifacts(job["id"]) if a["kind"] == "output")
     assert outputs == [("rank0.json", 0), ("rank1.json", 1)]
+
+
+def test_the_example_project_runs_as_the_readme_says(cluster: Cluster, tmp_path: Path) -> None:
+    """examples/project with the README's command (fewer epochs): its env links the agent's torch, its outputs
+    and checkpoints come back."""
+    client = cluster.client
+    command = ["python", "-m", "spirals.train", "--config", "configs/default.json", "--epochs", "10"]
+    job = client.submit_project(EXAMPLE, command, max_retries=0)
+    sent = [p for p in EXAMPLE.rglob("*") if p.is_file() and not EXAMPLE_IGNORED & set(p.relative_to(EXAMPLE).parts)]
+    assert job["upload"]["files"] == len(sent), (job["upload"], sent)
+    done = _wait_ok(client, job, timeout=150)
+    assert done["metrics"]["test_accuracy"] > 0.8, done["metrics"]
+    assert done["task_list"][0]["environment"]["source"] == "requirements.txt"
+    kinds = {(a["name"], a["kind"]) for a in client.artifacts(job["id"])}
+    assert {("model.pt", "output"), ("metrics.json", "output"), ("loss_curve.csv", "output")} <= kinds, kinds
+    assert ("last.pt", "checkpoint") in kinds, kinds
+    got = client.download_artifact(job["id"], "metrics.json", tmp_path)
+    assert json.loads(Path(got["path"]).read_text())["epochs"] == 10
 
 
 # ---------------------------------------------------------------- what goes wrong, said clearly
