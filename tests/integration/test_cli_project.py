@@ -248,6 +248,8 @@ def test_agents_envs_lists_the_env_and_prune_removes_it(fleet: Fleet) -> None:
     rows = list(csv.DictReader(io.StringIO(fleet.cli("agents", "envs", "cli-box", "--csv").stdout)))
     assert [r["key"] for r in rows if r["key"] == key] == [key]
 
+    kept = fleet.json("agents", "envs", "cli-box", "--prune", "--keep-gb", "1", "--json")
+    assert kept == {"removed": [], "freed_bytes": 0}  # it fits in 1 GiB: kept
     pruned = fleet.json("agents", "envs", "cli-box", "--prune", "--json")
     assert key in pruned["removed"] and pruned["freed_bytes"] >= env["size"], pruned
     assert key not in {e["key"] for e in fleet.json("agents", "envs", "cli-box", "--json")["envs"]}
