@@ -54,6 +54,12 @@ from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data
 ALL_METRICS = "all metrics"
 
 
+def _env_text(task: dict[str, Any]) -> str:
+    if task.get("state") == "PREPARING" and not task.get("environment"):
+        return "preparing…"
+    return environment_text(task.get("environment"))
+
+
 def _env_tooltip(task: dict[str, Any]) -> str:
     env = task.get("environment")
     if not env:
@@ -127,7 +133,7 @@ class JobDetailView(View):
                     extra=lambda t: t["progress"],
                 ),
                 Column("Exit", lambda t: t["exit_cause"]),
-                Column("Environment", lambda t: environment_text(t.get("environment")), tooltip=_env_tooltip),
+                Column("Environment", _env_text, tooltip=_env_tooltip),
                 Column("Params", lambda t: _short(t["params"])),
                 Column("Metrics", lambda t: _short(t["metrics"])),
                 Column("Started", lambda t: clock(t["started_at"]), sort=lambda t: t["started_at"] or 0.0),
@@ -139,6 +145,7 @@ class JobDetailView(View):
         self.tasks_table, _ = data_table(self.tasks_model)
         self._progress_delegate = ProgressDelegate()
         self.tasks_table.setItemDelegateForColumn(4, self._progress_delegate)
+        self.tasks_table.setColumnWidth(6, 320)  # Environment: source · key prefix · cache hit / built in
 
         # logs
         self.logs = QPlainTextEdit()

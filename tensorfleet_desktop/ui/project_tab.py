@@ -196,11 +196,13 @@ class ProjectTab(QWidget):
         self.files_table.setColumnWidth(0, 380)
 
         source = QGroupBox("Project")
-        source_form = QFormLayout(source)
+        source_layout = QVBoxLayout(source)
+        source_form = QFormLayout()
         source_form.addRow("Folder", folder_row)
         source_form.addRow("Size limit", self.max_size)
-        source_form.addRow("", self.status)
-        source_form.addRow("Git", self.git_label)
+        source_layout.addLayout(source_form)
+        source_layout.addWidget(self.status)  # outside the form: a wrapped label in a form row leaves gaps
+        source_layout.addWidget(self.git_label)
         run = QGroupBox("Run")
         run_form = QFormLayout(run)
         run_form.addRow("Command", self.command)
@@ -292,7 +294,7 @@ class ProjectTab(QWidget):
             f"{snap.files} files, {human_bytes(snap.bytes)} will be sent (only what the controller lacks is "
             f"uploaded); {env}; scanned in {snap.scan_seconds:.2f} s"
         )
-        self.git_label.setText(git_summary(snap.git.as_dict() if snap.git is not None else None))
+        self.git_label.setText("Git: " + git_summary(snap.git.as_dict() if snap.git is not None else None))
         self.name.setPlaceholderText(snap.root.name)
         self._fill_env(scan)
         self.changed.emit()
@@ -392,6 +394,8 @@ def git_summary(git: dict[str, Any] | None) -> str:
     commit = git.get("commit") or ""
     head = f"commit {commit[:12]}" if commit else "no commit yet"
     branch = f" on {git['branch']}" if git.get("branch") else " (detached HEAD)" if commit else ""
+    if git.get("subdir"):
+        branch += f", folder {git['subdir']}"
     if not git.get("dirty"):
         return f"{head}{branch}, clean"
     untracked = len(git.get("untracked") or ())

@@ -139,20 +139,26 @@ def photograph(address: str, out: Path, data_dir: Path) -> list[Path]:
     window.show_job(curves["id"])
     pump(10, lambda: window.detail.metric_points > 0 and window.detail.job is not None)
     shot("job-detail-curves")
-    window.detail.tabs.setCurrentIndex(1)
+    detail = window.detail
+
+    def tab(title: str) -> int:
+        return next(i for i in range(detail.tabs.count()) if detail.tabs.tabText(i) == title)
+
+    detail.tabs.setCurrentIndex(tab("Tasks"))
     shot("job-detail-tasks")
-    window.detail.tabs.setCurrentIndex(2)
+    detail.tabs.setCurrentIndex(tab("Logs"))
     shot("job-detail-logs")
     window.show_job(jobs["wine-svm-sweep"]["id"])
     pump(10, lambda: bool(window.detail.trials_model.rows))
-    window.detail.tabs.setCurrentIndex(3)
+    detail.tabs.setCurrentIndex(tab("Sweep"))
     shot("job-detail-sweep")
-    window.detail.tabs.setCurrentIndex(4)
+    detail.tabs.setCurrentIndex(tab("Compare"))
     compare = sorted({jobs["digits-gradient-boosting"]["id"], curves["id"]})
     window.detail.compare_metric.setCurrentText("test_accuracy")
     window.detail.compare(compare)
     pump(5, lambda: bool(window.detail.compare_plot.series))
     shot("job-detail-compare")
+    submit_project_dialog(window, pump, out, saved)
     window.show_view(window.models)
     pump(10, lambda: bool(window.models.model.rows))
     window.models.table.selectRow(0)
@@ -171,6 +177,30 @@ def photograph(address: str, out: Path, data_dir: Path) -> list[Path]:
     window.close()
     QApplication.processEvents()
     return saved
+
+
+def submit_project_dialog(window: Any, pump: Callable[..., None], out: Path, saved: list[Path]) -> None:
+    """The submit dialog's Project tab with the example project scanned (the dialog is its own window)."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "project"
+    if not example.is_dir():  # an installed package has no examples/
+        return
+    window.show_view(window.jobs)
+    window.jobs.dialog = None
+    window.jobs.open_submit_dialog()
+    pump(10, lambda: window.jobs.dialog is not None and window.jobs.dialog.isVisible())
+    dialog = window.jobs.dialog
+    if dialog is None:
+        return
+    dialog.resize(760, 860)
+    dialog.tabs.setCurrentWidget(dialog.project)
+    dialog.project.set_folder(example)
+    pump(20, lambda: not dialog.project.scanning)
+    dialog.project.command.setText("python -m spirals.train --epochs 20")
+    pump(1.0)
+    path = out / "submit-project.png"
+    dialog.grab().save(str(path))
+    saved.append(path)
+    dialog.reject()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,7 +166,7 @@ def test_command_that_does_not_split_or_names_nothing_is_refused_inline(
 ) -> None:
     dialog.project.set_folder(project(tmp_path / "demo", with_git=False))
     scanned(qtbot, dialog)
-    assert dialog.project.git_label.text() == "not a git repository"
+    assert dialog.project.git_label.text() == "Git: not a git repository"
     for text, said in (
         ('python -c "print(1)', "cannot be split into arguments"),
         ("   ", "command is empty"),
@@ -312,7 +312,7 @@ def test_job_detail_shows_the_project_its_diff_and_each_tasks_environment(qtbot:
     assert texts == [
         "requirements.txt · abcdef012345 · cache hit",
         "requirements.txt · abcdef012345 · built in 12.5 s",
-        "",
+        "preparing…",
     ]
     assert model.index(2, state_column).data() == "PREPARING"
     color = model.index(2, state_column).data(Qt.ItemDataRole.ForegroundRole)
