@@ -381,6 +381,10 @@ def project_submission(spec: dict[str, Any]) -> ProjectSubmission | None:
         raise UsageError(f"--project runs your command; it cannot be combined with algorithm {algorithm!r}")
     if "script" in fields:
         raise UsageError("--project and --script are two ways to run your code: use one")
+    if "hyperparameters" in fields:
+        raise UsageError(
+            "--param (hyperparameters) is for built-in algorithms: give your command its options after `--`"
+        )
     env = spec.get("env", "auto")
     if not isinstance(env, str) or not env.strip():
         raise UsageError(f"env must be auto, none or a requirement file in the project, got {env!r}")

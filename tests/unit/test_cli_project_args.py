@@ -151,6 +151,7 @@ def test_a_missing_command_says_how_to_give_one(capsys: pytest.CaptureFixture[st
     ("argv", "expected"),
     [
         (["--project", "--algorithm", "svm", "--", "python", "t.py"], "cannot be combined with algorithm 'svm'"),
+        (["--project", "-p", "lr=0.1", "--", "python", "t.py"], "give your command its options after `--`"),
         (["--env", "none", "--algorithm", "svm"], "env go(es) with a project"),
         (["--algorithm", "svm", "--", "python", "t.py"], "command go(es) with a project"),
     ],
