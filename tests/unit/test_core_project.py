@@ -313,3 +313,23 @@ async def test_a_model_the_project_registered_is_named_and_typed_by_its_report(t
 
         with pytest.raises(RegistryError, match="it downloads as onnx"):
             await controller.registry.export(record, "skops", out)
+
+        # Plain tensors (no TensorFleet config to rebuild a module from): stored and served as they are, no ONNX.
+        second = await controller.submit(_spec(_project(controller, FILES)), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        tensors = b"{}" + b"\0" * 8
+        report = json.dumps({"model_name": "", "format": "safetensors", "versions": {}}).encode()
+        model_sha, report_sha = _store(controller, tensors), _store(controller, report)
+        agents.ready(attempt, _env(cache_hit=True))
+        agents.send(
+            attempt,
+            ArtifactReady(model_sha, len(tensors), "model", "weights.safetensors"),
+            ArtifactReady(report_sha, len(report), "report", "weights.safetensors.report.json"),
+        )
+        agents.finish(attempt)
+        assert await ended(controller, second) is JobState.SUCCEEDED
+        record = await controller.registry.resolve(second.name)  # no name given: the job's (the folder's) name
+        assert (record["format"], record["config"]) == ("safetensors", {})
+        with pytest.raises(RegistryError, match="it downloads as safetensors"):
+            await controller.registry.export(record, "onnx", out)
