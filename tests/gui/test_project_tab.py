@@ -406,3 +406,61 @@ def test_submit_from_the_project_tab_uploads_only_what_is_missing_and_shows_the_
     assert d.isVisible() and d.ok_button.isEnabled() and d.project.isEnabled()
     assert "weights.bin" in d.error_label.text()
     window.close()
+
+
+@pytest.mark.slow
+def test_a_project_job_runs_from_the_tab_and_its_detail_shows_the_environment(
+    qtbot: Any, controller_factory: type[ControllerProcess], tmp_path: Path
+) -> None:
+    """The whole path with a real agent: env "none" (the agent's own Python; no uv build), the task SDK on the path."""
+    from helpers.agents import AgentProcess
+    from tensorfleet_desktop.ui.app import build_window, create_application
+
+    agent = AgentProcess(tmp_path / "agent", name="gui-project-agent", cpu_slots=1)
+    agent.spawn()
+    controller = controller_factory(tmp_path / "controller").start()
+    try:
+        agent.wait_ready()
+        create_application()
+        window = build_window(controller.address, data_dir=tmp_path / "gui", autostart=False)
+        qtbot.addWidget(window)
+        window.show()
+        window.bridge.start()
+        qtbot.waitUntil(lambda: window.bridge.online and len(window.fleet.model.rows) == 1, timeout=30_000)
+        root = write_tree(
+            tmp_path / "hello",
+            {
+                "hello/__init__.py": "",
+                "hello/main.py": (
+                    "import tensorfleet_task as task\ntask.report(1, loss=0.25)\nprint('hello from the project')\n"
+                ),
+                "requirements.txt": "no-such-distribution-anywhere\n",  # env "none": never built
+            },
+        )
+        window.jobs.dialog = None
+        qtbot.mouseClick(window.jobs.submit_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: window.jobs.dialog is not None and window.jobs.dialog.isVisible(), timeout=WAIT_MS)
+        d = window.jobs.dialog
+        assert d is not None
+        d.tabs.setCurrentWidget(d.project)
+        d.project.set_folder(root)
+        scanned(qtbot, d)
+        d.project.env.setCurrentIndex(d.project.env.findData("none"))
+        d.project.command.setText("python -m hello.main")
+        assert d.ok_button.isEnabled(), d.error_label.text()
+        with qtbot.waitSignal(d.submitted, timeout=WAIT_MS) as submitted:
+            qtbot.mouseClick(d.ok_button, Qt.MouseButton.LeftButton)
+        job_id = submitted.args[0]["id"]
+        window.show_job(job_id)
+        qtbot.waitUntil(lambda: (window.jobs.job(job_id) or {}).get("state") in ("SUCCEEDED", "FAILED"), timeout=60_000)
+        assert window.jobs.job(job_id)["state"] == "SUCCEEDED", window.jobs.job(job_id)["error"]
+        detail = window.detail
+        qtbot.waitUntil(lambda: "hello from the project" in detail.logs.toPlainText(), timeout=WAIT_MS)
+        qtbot.waitUntil(lambda: detail.job is not None and detail.job["state"] == "SUCCEEDED", timeout=WAIT_MS)
+        env_column = [c.title for c in detail.tasks_model.columns].index("Environment")
+        assert detail.tasks_model.index(0, env_column).data() == "agent's own Python"
+        assert "Task 0 env" in detail.project_panel.summary.text()
+        assert "python -m hello.main" in detail.project_panel.summary.text()
+        window.close()
+    finally:
+        agent.stop()
