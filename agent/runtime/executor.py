@@ -124,6 +124,7 @@ class Executor:
         self._warm: dict[tuple[str, tuple[int | None, ...], int], list[tuple[WorkerProcess, float]]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
+        self._discards: set[asyncio.Task[None]] = set()  # workers started for tasks that ended while PREPARING
         self._spares: list[WorkerProcess] = []
         self._spares_starting = 0
         metrics.slots_total.set(slots.total)
@@ -168,6 +169,8 @@ class Executor:
         runners = [r.runner for r in self._running.values() if r.runner is not None]
         if runners:
             await asyncio.wait(runners, timeout=10)
+        if self._discards:
+            await asyncio.wait(self._discards, timeout=10)
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -309,8 +312,18 @@ class Executor:
             workload = get_workload(spec.workload)
             await asyncio.to_thread(self._link_inputs, running)
             if spec.workload == project_layout.WORKLOAD:
-                running.project = await self._prepare(running)
-            worker = await self._worker_for(running)
+                # The worker starts while the project is prepared: its start-up is off the critical path.
+                starting = asyncio.create_task(self._worker_for(running))
+                try:
+                    running.project = await self._prepare(running)
+                except BaseException:
+                    discard = asyncio.create_task(self._discard(starting))
+                    self._discards.add(discard)
+                    discard.add_done_callback(self._discards.discard)
+                    raise
+                worker = await starting
+            else:
+                worker = await self._worker_for(running)
             if running.kill_cause:
                 await worker.terminate(_CANCEL_GRACE)
                 raise _Killed
@@ -390,6 +403,15 @@ class Executor:
         if failure is not None:
             raise failure  # PrepareFailed, or a bug that _run reports as a SETUP failure
         return preparing.result()
+
+    async def _discard(self, starting: asyncio.Task[WorkerProcess]) -> None:
+        """Close a worker started for a task that will not run after all (in the background)."""
+        try:
+            worker = await starting
+        except Exception as exc:  # its start failed: nothing to close
+            log.debug("a worker started ahead was not needed and failed to start: %s", exc)
+            return
+        await worker.close()
 
     async def _finish_project(self, running: _Running, project: PreparedProject) -> None:
         """The output dir's files become artifacts (any outcome), then the env and the pins are given back."""

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import tensorfleet_agent
 from tensorfleet_agent.core import project_layout
@@ -43,7 +43,7 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.manifest import ManifestEntry, check_path, manifest_from_bytes, manifest_id
 from tensorfleet_agent.core.types import ArtifactReady, EnvironmentReady, EventPayload, ExitCause, LogLine, TaskSpec
 from tensorfleet_agent.runtime.blobs import BlobStore
-from tensorfleet_agent.runtime.envs import Env, EnvBuildError, EnvCache, EnvSpec
+from tensorfleet_agent.runtime.envs import ENV_FILES, Env, EnvBuildError, EnvCache, EnvSpec
 from tensorfleet_agent.runtime.workdir import BlobsMissing, materialize, missing_blobs
 
 log = logging.getLogger(__name__)
@@ -127,15 +127,30 @@ def _write_runtime(path: Path, runtime: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def _materialize(blobs: BlobStore, entries: tuple[ManifestEntry, ...], workdir: Path) -> tuple[int, int, float]:
-    if workdir.exists():  # a half-made tree of an earlier try of this task id: start clean
+def _env_candidates(choice: str) -> frozenset[str]:
+    """The files EnvSpec.from_dir reads for `--env choice`, but for what a requirements file includes."""
+    if choice == "none":
+        return frozenset()
+    if choice == "auto":
+        return frozenset(ENV_FILES)
+    sibling = str(PurePosixPath(choice).parent / "pyproject.toml").removeprefix("./")
+    return frozenset({choice, sibling} if PurePosixPath(choice).name == "uv.lock" else {choice})
+
+
+def _materialize(blobs: BlobStore, entries: list[ManifestEntry], workdir: Path, fresh: bool) -> float:
+    if fresh and workdir.exists():  # a half-made tree of an earlier try of this task id: start clean
         shutil.rmtree(workdir)
-    result = materialize(blobs, entries, workdir)
-    return result.files, result.bytes, result.seconds
+    return materialize(blobs, entries, workdir).seconds
 
 
-def _env_spec(workdir: Path, choice: str) -> EnvSpec | None:
-    return EnvSpec.from_dir(workdir, choice)
+async def _lay_out(blobs: BlobStore, entries: list[ManifestEntry], workdir: Path, *, fresh: bool) -> float:
+    """Materialize `entries` (in a thread); PrepareFailed(SETUP) naming what went wrong; the seconds it took."""
+    try:
+        return await asyncio.to_thread(_materialize, blobs, entries, workdir, fresh)
+    except BlobsMissing as exc:
+        raise PrepareFailed(ExitCause.SETUP, str(exc)) from None
+    except (ValidationError, OSError) as exc:
+        raise PrepareFailed(ExitCause.SETUP, f"could not lay out the project: {exc}") from None
 
 
 async def prepare_project(spec: TaskSpec, work: Path, blobs: BlobStore, envs: EnvCache, emit: Emit) -> PreparedProject:
@@ -153,27 +168,45 @@ async def prepare_project(spec: TaskSpec, work: Path, blobs: BlobStore, envs: En
             output_dir = output_dir_of(workdir, spec)
         except ValidationError as exc:
             raise PrepareFailed(ExitCause.SETUP, str(exc)) from None
-        try:
-            files, size, seconds = await asyncio.to_thread(_materialize, blobs, entries, workdir)
-        except BlobsMissing as exc:
-            raise PrepareFailed(ExitCause.SETUP, str(exc)) from None
-        except (ValidationError, OSError) as exc:
-            raise PrepareFailed(ExitCause.SETUP, f"could not lay out the project: {exc}") from None
-        emit(LogLine("agent", f"project: {files} files ({size / 2**20:.1f} MiB) laid out in {seconds:.2f} s"))
+        # The env files are laid out first, so the env (a uv build, or a cache hit) is got while the rest is.
         choice = str(spec.params.get("env") or "auto")
+        first = [e for e in entries if e.path in _env_candidates(choice)]
+        rest = [e for e in entries if e.path not in _env_candidates(choice)]
+        files, size = len(entries), sum(e.size for e in entries)
+        first_seconds = await _lay_out(blobs, first, workdir, fresh=True)
+
+        async def lay_out_the_rest() -> float:
+            seconds = first_seconds + await _lay_out(blobs, rest, workdir, fresh=False)
+            emit(LogLine("agent", f"project: {files} files ({size / 2**20:.1f} MiB) laid out in {seconds:.2f} s"))
+            return seconds
+
+        later = False
+        env_spec: EnvSpec | None = None
         try:
-            env_spec = await asyncio.to_thread(_env_spec, workdir, choice)
-        except ValueError as exc:
-            raise PrepareFailed(ExitCause.ENV_BUILD, f"the project's environment could not be built: {exc}") from None
-        if env_spec is None:
-            emit(LogLine("agent", f"environment: the agent's own Python {platform.python_version()} (--env {choice})"))
-            bin_dir, python, key, source, cache_hit, build_seconds = (
-                os.path.dirname(sys.executable), sys.executable, "", "", True, 0.0
-            )  # fmt: skip
-        else:
-            try:
-                env = await envs.ensure(env_spec, log=lambda line: emit(LogLine("agent", line)))
-            except EnvBuildError as exc:
+            env_spec = await asyncio.to_thread(EnvSpec.from_dir, workdir, choice)
+        except ValueError:
+            later = True  # it includes another file (-r): read it again once every file is there
+        laying = asyncio.ensure_future(lay_out_the_rest())
+        getting: asyncio.Future[Env] | None = None
+        try:
+            if later:
+                await laying
+                try:
+                    env_spec = await asyncio.to_thread(EnvSpec.from_dir, workdir, choice)
+                except ValueError as exc:
+                    raise PrepareFailed(
+                        ExitCause.ENV_BUILD, f"the project's environment could not be built: {exc}"
+                    ) from None
+            if env_spec is not None:
+                getting = asyncio.ensure_future(envs.ensure(env_spec, log=lambda line: emit(LogLine("agent", line))))
+            await asyncio.gather(laying, *([getting] if getting is not None else []))
+        except BaseException as exc:
+            for future in (laying, getting):
+                if future is not None and not future.done():
+                    future.cancel()  # an env build no other task waits for is stopped
+            if getting is not None and getting.done() and not getting.cancelled() and getting.exception() is None:
+                getting.result().release()  # the layout failed after the env was ready
+            if isinstance(exc, EnvBuildError) and env_spec is not None:
                 if exc.permanent:
                     raise PrepareFailed(
                         ExitCause.ENV_BUILD,
@@ -182,6 +215,15 @@ async def prepare_project(spec: TaskSpec, work: Path, blobs: BlobStore, envs: En
                 raise PrepareFailed(
                     ExitCause.SETUP, f"the project's environment could not be built (worth a retry): {exc.reason}"
                 ) from None
+            raise
+        seconds = laying.result()
+        if getting is None or env_spec is None:
+            emit(LogLine("agent", f"environment: the agent's own Python {platform.python_version()} (--env {choice})"))
+            bin_dir, python, key, source, cache_hit, build_seconds = (
+                os.path.dirname(sys.executable), sys.executable, "", "", True, 0.0
+            )  # fmt: skip
+        else:
+            env = getting.result()
             bin_dir, python, key, source = str(env.bin_dir), str(env.python), env.key, env_spec.source
             cache_hit, build_seconds = env.cache_hit, env.build_seconds
         ready = EnvironmentReady(

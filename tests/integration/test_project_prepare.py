@@ -139,6 +139,10 @@ def _agent_lines(events: list[TaskEvent]) -> list[str]:
     return [e.payload.line for e in events if isinstance(e.payload, LogLine) and e.payload.stream == "agent"]
 
 
+def _stdout(events: list[TaskEvent]) -> list[str]:
+    return [e.payload.line for e in events if isinstance(e.payload, LogLine) and e.payload.stream == "stdout"]
+
+
 TRAIN = b"print('training')\n"
 USES_TINYB = b"import sys, tinyb\nprint('tinyb', tinyb.VERSION, 'from', sys.prefix)\n"
 
@@ -171,7 +175,7 @@ async def test_a_project_is_prepared_before_it_runs_and_its_env_is_reused(agent:
     assert (Path(runtime["workdir"]) / "train.py").read_bytes() == USES_TINYB
     assert Path(runtime["output_dir"]) == work / project_layout.WORKDIR / "outputs"
     assert Path(runtime["sdk_dir"]).name == "task_sdk"
-    stdout = [e.payload.line for e in events if isinstance(e.payload, LogLine) and e.payload.stream == "stdout"]
+    stdout = _stdout(events)
     env_prefix = str(Path(runtime["python"]).parent.parent)
     assert f"tinyb 1.0.0 from {env_prefix}" in stdout, stdout  # the command ran with the env's interpreter
     # released when the task ended: evictable
@@ -197,6 +201,20 @@ async def test_env_none_runs_with_the_agents_python(agent: Executor) -> None:
     runtime = json.loads((agent.journal.get(spec.task_id).directory / "work" / project_layout.RUNTIME_FILE).read_text())
     assert runtime["python"] == sys.executable and runtime["bin_dir"] == os.path.dirname(sys.executable)
     assert agent.envs.builds_started == 0
+
+
+async def test_an_env_file_that_includes_another_is_built_from_both(agent: Executor) -> None:
+    files = {
+        "train.py": USES_TINYB,
+        "reqs/main.txt": b"-r common.txt\n",
+        "reqs/common.txt": b"tinyb==1.0.0\n",
+    }
+    spec = _spec(_project(agent.blobs, files), env="reqs/main.txt")
+    await agent.run_task(spec)
+    events = await _events(agent, spec.task_id)
+    assert _finished(events).status is TaskState.SUCCEEDED, _finished(events)
+    assert _ready(events).source == "reqs/main.txt"
+    assert any(line.startswith("tinyb 1.0.0 from") for line in _stdout(events))
 
 
 async def test_an_unresolvable_requirement_fails_once_with_uvs_reason(agent: Executor) -> None:
