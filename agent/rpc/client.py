@@ -262,11 +262,16 @@ class AgentClient:
         reply = await self._call(lambda md: self.stub.HasBlobs(request, timeout=timeout, metadata=md))
         return set(reply.present)
 
-    async def put_blob(self, path: Path) -> str:
-        """Upload a file (skipped when the agent already has it); returns its sha256."""
-        digest, size = await asyncio.to_thread(file_digest, path)
-        if digest in await self.has_blobs([digest]):
-            return digest
+    async def put_blob(self, path: Path, sha256: str | None = None) -> str:
+        """Upload a file; returns its sha256. Without `sha256` the file is hashed first and the upload skipped when
+        the agent has it; with it (a caller that asked HasBlobs already, for many blobs at once) it is sent as
+        that content at once (the agent hashes what arrives and refuses a mismatch)."""
+        if sha256 is None:
+            digest, size = await asyncio.to_thread(file_digest, path)
+            if digest in await self.has_blobs([digest]):
+                return digest
+        else:
+            digest, size = sha256, (await asyncio.to_thread(path.stat)).st_size
 
         async def chunks() -> AsyncIterator[pb.BlobChunk]:
             yield pb.BlobChunk(header=pb.BlobHeader(sha256=digest, size=size))

@@ -106,9 +106,9 @@ class FleetAgents:
         with _core_errors():
             return await self._client(node_id).has_blobs(digests)
 
-    async def put_blob(self, node_id: str, path: Path) -> None:
+    async def put_blob(self, node_id: str, path: Path, sha256: str) -> None:
         with _core_errors():
-            await self._client(node_id).put_blob(path)
+            await self._client(node_id).put_blob(path, sha256)
 
     async def put_bytes(self, node_id: str, data: bytes) -> str:
         with _core_errors():

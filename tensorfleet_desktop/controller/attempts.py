@@ -249,7 +249,7 @@ class Attempts:
                 return
             except AgentCallError as exc:
                 log.info("agent could not fetch %s from the object store (%s); sending it", sha256[:12], exc)
-        await self.agents.put_blob(node, await blobs.ensure(sha256))
+        await self.agents.put_blob(node, await blobs.ensure(sha256), sha256)
 
     async def _with_checkpoint(self, job: Job, task: JobTask, spec: TaskSpec, node: str) -> TaskSpec:
         """A re-placed, retried or resumed torch task continues from the job's latest checkpoint."""

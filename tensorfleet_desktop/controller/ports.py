@@ -72,7 +72,10 @@ class AgentPort(Protocol):
 
     async def has_blobs(self, node_id: str, digests: Sequence[str]) -> set[str]: ...
 
-    async def put_blob(self, node_id: str, path: Path) -> None: ...
+    async def put_blob(self, node_id: str, path: Path, sha256: str) -> None:
+        """Send the blob stored at `path` (its content hashes to `sha256`; the agent checks) to an agent that lacks
+        it (the caller asked HasBlobs first)."""
+        ...
 
     async def put_bytes(self, node_id: str, data: bytes) -> str:
         """The data's sha256 (the name it has on the agent)."""

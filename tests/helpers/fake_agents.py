@@ -235,12 +235,14 @@ class FakeAgents:
         self.has_blobs_calls.append((node_id, len(digests)))
         return agent.blobs & set(digests)
 
-    async def put_blob(self, node_id: str, path: Path) -> None:
+    async def put_blob(self, node_id: str, path: Path, sha256: str) -> None:
         agent = self._online(node_id)
         if not await asyncio.to_thread(path.is_file):
             raise FileNotFoundError(path)
-        agent.blobs.add(path.name)
-        self.pushed.append((node_id, path.name))
+        if path.name != sha256:  # a real agent hashes what arrives and refuses a mismatch
+            raise AgentCallError(f"blob announced as {sha256} is {path.name}")
+        agent.blobs.add(sha256)
+        self.pushed.append((node_id, sha256))
 
     async def put_bytes(self, node_id: str, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
