@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -9,12 +10,15 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from helpers.agents import CLUSTER_TOKEN
+from helpers.cli_fork_server import CliForkServer
 from helpers.processes import wait_for_ready_file
 from helpers.waiting import wait_until
 
@@ -117,14 +121,34 @@ class ControllerProcess:
 
 
 def tensorfleet(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """`python -m tensorfleet_desktop ARGS` in its own process: a fork of a process that has imported what the CLI
+    stands on (helpers/cli_fork_server.py: the same exit code, stdout and stderr; some 0.3 s less per command on
+    CI's 2 cores), or a plain subprocess with TENSORFLEET_TEST_CLI_SUBPROCESS=1."""
     env = {**os.environ, "TENSORFLEET_MDNS_INTERFACES": LOOPBACK}
-    return subprocess.run(
-        [sys.executable, "-m", "tensorfleet_desktop", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    if os.environ.get("TENSORFLEET_TEST_CLI_SUBPROCESS", "") not in ("", "0"):
+        return subprocess.run(
+            [sys.executable, "-m", "tensorfleet_desktop", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    return _fork_server().run(list(args), env, timeout)
+
+
+_server: CliForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def _fork_server() -> CliForkServer:
+    """One per test process, started by the first command, gone when the test process ends."""
+    global _server
+    with _server_lock:
+        if _server is None:
+            log = Path(tempfile.gettempdir()) / f"tensorfleet-cli-fork-server-{os.getpid()}.log"
+            _server = CliForkServer(log)
+            atexit.register(_server.close)
+        return _server
 
 
 def cli_json(result: subprocess.CompletedProcess[str]) -> Any:
