@@ -256,6 +256,7 @@ class ProjectTab(QWidget):
         generation = self._generation
         if not folder:
             self.scanning = False
+            self.rescan_button.setEnabled(True)
             self._show(None, "")
             return
         self.scanning = True
