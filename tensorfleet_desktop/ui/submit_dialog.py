@@ -133,7 +133,6 @@ class SubmitDialog(QDialog):
             (w for w in workloads if w["name"] != PROJECT),
             key=lambda w: (CATEGORY_ORDER.get(w["category"], 9), w["name"]),
         )
-        self.last_upload: dict[str, int] | None = None
         self.uploaded = {d["name"]: d for d in datasets}
         self.agents = agents
         self.params: dict[str, ParamInput] = {}
@@ -524,7 +523,6 @@ class SubmitDialog(QDialog):
         self.ok_button.setEnabled(True)
 
     def submit_succeeded(self, job: dict[str, Any]) -> None:
-        self.last_upload = job.get("upload")
         self.submitted.emit(job)
         self.accept()
 
