@@ -451,9 +451,11 @@ def submit(client: Client, args: argparse.Namespace) -> int:
     if project is None:
         job = client.submit(spec)
     else:
-        job = client.submit_project(
-            project.path, project.command, env=project.env, max_project_size=project.max_bytes, **project.fields
-        )
+        # a spinner on a terminal (nothing in a pipe) while the folder is hashed and what the controller lacks sent
+        with err.status(f"snapshotting {project.path} and uploading what the controller lacks"):
+            job = client.submit_project(
+                project.path, project.command, env=project.env, max_project_size=project.max_bytes, **project.fields
+            )
         upload = job.get("upload")
         if upload is not None and not args.json:
             err.print(upload_line(upload), markup=False)
