@@ -118,16 +118,18 @@ class Artifacts:
 
     # ---- copies from agents
 
-    def on_saved(self, job: Job, task: JobTask, artifact: ArtifactInfo) -> None:
-        """An agent reported a file the task saved: keep the newest checkpoints, copy the file here."""
+    def on_saved(self, job: Job, task: JobTask, artifact: ArtifactInfo, node: str = "") -> None:
+        """An agent reported a file the task saved: keep the newest checkpoints, copy the file here (from `node`,
+        the agent of the attempt that saved it: the task's current one unless said)."""
+        node = node or task.node_id
         job.artifacts.append(artifact)
         if artifact.kind == "checkpoint":
             job.artifacts, dropped = trim_checkpoints(job.artifacts, self.keep_checkpoints)
             for gone in dropped:
                 if all(a.sha256 != gone.sha256 for a in job.artifacts):
                     self.background.spawn(self.blobs.delete(gone.sha256))
-        if self.agents.agent(task.node_id) is not None and artifact.sha256 not in self.fetches:
-            self._start_fetch(task.node_id, artifact.sha256)
+        if self.agents.agent(node) is not None and artifact.sha256 not in self.fetches:
+            self._start_fetch(node, artifact.sha256)
 
     async def copied(self, sha256: str, timeout: float) -> None:
         """Until a running copy of this blob from an agent ends (at most `timeout` s)."""

@@ -33,6 +33,7 @@ _REQUEUE_PAUSE = 0.5  # after an agent did not take an attempt, before the sched
 _WATCH_RETRY = 0.25  # between tries to re-open an attempt's event stream
 HAS_BLOBS_BATCH = 10_000  # sha256s per HasBlobs call (the agent's limit)
 PUSH_CONCURRENCY = 4  # project files sent to one agent at once
+_DRAIN_LIMIT = 120.0  # how long an abandoned project attempt is followed for the outputs it saves as it ends
 
 
 class Attempts:
@@ -311,7 +312,7 @@ class Attempts:
 
     def abandon(self, job: Job, task: JobTask, reason: str) -> None:
         """Stop caring about the current attempt: cancel it on its agent, never count its result."""
-        attempt, node = task.agent_task_id, task.node_id
+        attempt, node, cursor = task.agent_task_id, task.node_id, task.cursor
         task.stopping = False
         if not attempt:
             return
@@ -324,10 +325,22 @@ class Attempts:
             if agent.online:
                 # The slot stays counted as busy until the agent confirms the task has stopped.
                 self.background.spawn(self._cancel_on_agent(agent, attempt, reason))
+                if job.spec.get("project"):  # its outputs are collected as it ends, cancelled too: keep them
+                    self.background.spawn(self._drain(job, task, node, attempt, cursor), name=f"drain-{attempt}")
             else:
                 self.agents.release(node, attempt)
         task.agent_task_id = ""
         self.machine.wake.set()
+
+    async def _drain(self, job: Job, task: JobTask, node: str, attempt: str, after_seq: int) -> None:
+        """Follow an abandoned attempt to its end for the files it saves on its way out (Ingest.late)."""
+        try:
+            async with asyncio.timeout(_DRAIN_LIMIT):
+                async for event in self.agents.watch_task(node, attempt, after_seq):
+                    if self.ingest.late(job, task, node, event):
+                        return
+        except (AgentCallError, TimeoutError) as exc:
+            log.info("job %s: stopped following %s for its outputs: %s", job.id, attempt, exc or "timed out")
 
     async def _cancel_on_agent(self, agent: AgentView, attempt: str, reason: str) -> None:
         try:

@@ -75,13 +75,32 @@ class Ingest:
             record(job, "progress", base, value=p.fraction)
             self.events.touched(job)
         elif isinstance(p, ArtifactReady | CheckpointSaved):
-            kind = p.kind if isinstance(p, ArtifactReady) else "checkpoint"
-            step = p.step if isinstance(p, CheckpointSaved) else 0
-            saved = ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step, self.clock.time())
-            self.artifacts.on_saved(job, task, saved)
-            record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))
-            self.events.touched(job)
+            self._saved(job, task, event, base)
         return None
+
+    def late(self, job: Job, task: JobTask, node: str, event: TaskEvent) -> bool:
+        """An event of an attempt the controller moved on from (cancelled, or its gang restarted): only the files it
+        saved on its way out (a project's outputs, collected when it ends) are kept. True at its end."""
+        p = event.payload
+        if isinstance(p, Finished):
+            return True
+        if isinstance(p, ArtifactReady):
+            base: Base = {"attempt_id": event.task_id, "agent_seq": event.seq, "task_index": task.index}
+            self._saved(job, task, event, base, node)
+            self.events.store.save_job(job)  # a finished job is saved no more otherwise
+        return False
+
+    def _saved(self, job: Job, task: JobTask, event: TaskEvent, base: Base, node: str = "") -> None:
+        """A file the attempt saved: kept with the job (copied from `node`, the attempt's agent) and recorded."""
+        p = event.payload
+        if not isinstance(p, ArtifactReady | CheckpointSaved):
+            return
+        kind = p.kind if isinstance(p, ArtifactReady) else "checkpoint"
+        step = p.step if isinstance(p, CheckpointSaved) else 0
+        saved = ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step, self.clock.time())
+        self.artifacts.on_saved(job, task, saved, node)
+        self.events.record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))
+        self.events.touched(job)
 
 
 def environment_dict(p: EnvironmentReady) -> dict[str, str | bool | int | float]:

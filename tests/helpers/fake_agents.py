@@ -82,6 +82,8 @@ class FakeAgents:
         self.calls: list[tuple[str, str, str]] = []  # (call, node id, attempt)
         self.has_blobs_calls: list[tuple[str, int]] = []  # (node id, how many sha256s asked about)
         self.pushed: list[tuple[str, str]] = []  # (node id, sha256) of every blob sent with put_blob / put_bytes
+        # journaled by a cancelled task before its Finished (a project's outputs, collected as it ends)
+        self.on_cancel: list[EventPayload] = []
         self._listeners: list[AgentListener] = []
         self._changed = asyncio.Condition()
 
@@ -221,6 +223,7 @@ class FakeAgents:
         if task is not None and not task.ended:
             task.cancelled, task.checkpoint_grace = reason, checkpoint_grace
             if not checkpoint_grace:  # a pause's checkpoint-and-stop ends when the test says
+                self.send(attempt, *self.on_cancel)
                 self.finish(attempt, TaskState.CANCELLED, "cancelled", reason)
         self._notify()
 

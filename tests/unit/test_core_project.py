@@ -219,6 +219,31 @@ async def test_a_flaky_setup_failure_is_retried_as_usual(tmp_path: Path) -> None
         assert job.tasks[0].attempt == 2 and job.state is JobState.RUNNING
 
 
+async def test_a_cancelled_project_task_keeps_the_outputs_it_saves_as_it_ends(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(_spec(_project(controller, FILES)), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        agents.ready(attempt, _env())
+        await until(controller, lambda: job.tasks[0].state is TaskRunState.RUNNING)
+        result = b'{"loss": 0.3}'
+        sha = _store(controller, result)  # as copied from the agent
+        agents.on_cancel = [ArtifactReady(sha, len(result), "output", "result.json")]
+        controller.cancel(job.id)
+        assert job.state is JobState.CANCELLED
+        await until(controller, lambda: any(a.name == "result.json" for a in job.artifacts))
+        _, artifact = controller.artifact(job.id, "result.json")
+        assert (artifact.kind, artifact.sha256, artifact.task_index) == ("output", sha, 0)
+        await controller.background.idle()
+        await controller.store.flush()
+        history = await controller.store.events(job.id, 0, ("artifact",))
+        assert [(r.name, r.attempt_id) for r in history] == [("result.json", attempt)]
+    async with core(tmp_path, FakeAgents(), clock) as controller:  # kept with the finished job
+        assert [a.name for a in controller.get(job.id).artifacts] == ["result.json"]
+
+
 async def test_a_submit_is_refused_without_the_manifest_or_with_files_missing(tmp_path: Path) -> None:
     agents, clock = FakeAgents(), FakeClock()
     async with core(tmp_path, agents, clock) as controller:
