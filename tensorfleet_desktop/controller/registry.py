@@ -125,6 +125,8 @@ class Registry:
         name = str(spec.get("model_name") or "") or _default_name(str(spec["algorithm"]), dataset_name)
         fmt = "safetensors" if model.name.endswith(".safetensors") else "skops"
         if spec.get("project"):  # named by the user's code (task.register_model), stored as it saved it
+            named = str(described.get("sha256") or "")  # the report names the file it describes
+            model = next((a for a in reversed(job.artifacts) if a.kind == "model" and a.sha256 == named), model)
             chosen_name = _project_model(job, model, described, name)
             if chosen_name is None:
                 return None

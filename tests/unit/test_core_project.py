@@ -312,8 +312,11 @@ async def test_a_model_the_project_registered_is_named_and_typed_by_its_report(t
         await agents.wait(lambda: len(agents.running()) == 1)
         attempt = agents.running()[0]
         onnx = b"\x08\x07onnx-bytes"
-        report = json.dumps({"model_name": "digits-net", "format": "onnx", "versions": {"torch": "2.4"}}).encode()
-        model_sha, report_sha = _store(controller, onnx), _store(controller, report)  # copied from the agent
+        model_sha = _store(controller, onnx)  # copied from the agent
+        report = json.dumps(
+            {"model_name": "digits-net", "format": "onnx", "versions": {"torch": "2.4"}, "sha256": model_sha}
+        ).encode()
+        report_sha = _store(controller, report)
         output_sha = _store(controller, b"loss,0.1\n")
         agents.ready(attempt, _env(cache_hit=True))
         agents.send(
