@@ -196,3 +196,36 @@ def test_a_project_job_runs_on_an_agent_with_its_outputs_as_artifacts(
         assert Path(saved["path"]).read_text() == "answer 42"
         lines = [row["line"] for row in client.logs(job["id"])]
         assert any("ran from project" in line for line in lines), lines[-20:]
+
+
+def test_a_model_the_project_registers_is_in_the_registry_with_the_jobs_lineage(
+    controller: ControllerProcess, tmp_path: Path
+) -> None:
+    root = write_tree(
+        tmp_path / "modeller",
+        {
+            "fit.py": (
+                "import pathlib\n"
+                "import tensorfleet_task as task\n"
+                "out = task.output_dir()\n"
+                "out.mkdir(parents=True, exist_ok=True)\n"
+                "(out / 'net.onnx').write_bytes(b'not really onnx, the registry keeps the bytes as they are')\n"
+                "task.report(1, accuracy=0.91)\n"
+                "task.register_model(out / 'net.onnx', name='tiny-net')\n"
+            ),
+        },
+    )
+    with Client(controller.address) as client:
+        job = client.submit_project(root, [sys.executable, "fit.py"], env="none", max_retries=0)
+        done = client.wait(job["id"], timeout=120)
+        assert done["state"] == "SUCCEEDED", (done["error"], controller.logs()[-3000:])
+        assert done["model"] == {"name": "tiny-net", "version": 1}
+        record = client.model("tiny-net:1")
+        assert (record["format"], record["job_id"], record["algorithm"]) == ("onnx", job["id"], "project")
+        assert record["metrics"] == {"accuracy": 0.91}
+        got = client.download_model("tiny-net:1", tmp_path / "net.onnx")
+        assert (tmp_path / "net.onnx").read_bytes().startswith(b"not really onnx") and got["format"] == "onnx"
+        with pytest.raises(InvalidRequest, match="it downloads as onnx"):
+            client.download_model("tiny-net:1", tmp_path / "net.skops", fmt="skops")
+        with pytest.raises(InvalidRequest, match="downloaded, not loaded"):
+            client.load_model("tiny-net:1")
