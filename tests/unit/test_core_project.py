@@ -19,7 +19,14 @@ from helpers.fake_agents import FakeAgents, FakeClock
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.manifest import ManifestEntry, manifest_bytes, manifest_id
 from tensorfleet_agent.core.project_layout import MANIFEST_INPUT
-from tensorfleet_agent.core.types import ArtifactReady, BlobRef, EnvironmentReady, LogLine, TaskState
+from tensorfleet_agent.core.types import (
+    ArtifactReady,
+    BlobRef,
+    CheckpointSaved,
+    EnvironmentReady,
+    LogLine,
+    TaskState,
+)
 from tensorfleet_agent.rpc.service import MAX_HAS_BLOBS
 from tensorfleet_desktop.controller import attempts
 from tensorfleet_desktop.controller.core import Controller
@@ -217,6 +224,36 @@ async def test_a_flaky_setup_failure_is_retried_as_usual(tmp_path: Path) -> None
         controller.machine.wake.set()
         await agents.wait(lambda: len(agents.running()) == 1)
         assert job.tasks[0].attempt == 2 and job.state is JobState.RUNNING
+
+
+async def test_a_paused_project_job_resumes_from_its_checkpoint_with_its_project(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    a1 = agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        project = _project(controller, FILES)
+        job = await controller.submit(_spec(project), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        first = agents.running()[0]
+        agents.ready(first, _env())
+        await until(controller, lambda: job.tasks[0].state is TaskRunState.RUNNING)
+        controller.pause(job.id)
+        assert job.tasks[0].stopping, "a project's command is asked to checkpoint and stop (SIGUSR1), not killed"
+        await agents.wait(lambda: agents.task(first).checkpoint_grace > 0)
+        checkpoint = _store(controller, b"step 7 weights")
+        a1.blobs.add(checkpoint)
+        agents.send(first, CheckpointSaved(checkpoint, 14, 7, "ckpt-7.pt"))
+        agents.finish(first, TaskState.CANCELLED, "stopped", "paused by the user")
+        await until(controller, lambda: not job.tasks[0].stopping)
+        assert job.tasks[0].state is TaskRunState.PENDING and job.tasks[0].failures == 0
+        controller.resume(job.id)
+        await agents.wait(lambda: len(agents.running()) == 1)
+        spec = agents.task(agents.running()[0]).spec
+        assert {(i.name, i.sha256) for i in spec.inputs} == {
+            ("resume.ckpt", checkpoint),
+            (MANIFEST_INPUT, project["manifest_id"]),
+        }
+        assert spec.params["command"] == ["python", "-m", "pkg.train", "--lr", "3e-4"]
+        assert job.tasks[0].environment is None, "the new attempt's env is its own, once its agent says"
 
 
 async def test_a_cancelled_project_task_keeps_the_outputs_it_saves_as_it_ends(tmp_path: Path) -> None:
