@@ -11,14 +11,16 @@ line as the submitter sees it ("first_line_s"; "program_start_s" is when the pro
 - one_line_change: a re-submit after one line of one module changed (median of --repeat).
 
 TensorFleet: a controller and one agent (2 slots, the product's one spare worker) started here; jobs through the
-SDK's submit_project, the first log line taken from the job's event stream. Ray: benchmarks/ray_project_peer.py
-run by RAY_PYTHON (an interpreter with Ray, e.g. a venv with `pip install ray`; never a TensorFleet dependency),
-`working_dir` + `uv` on a local Ray started on 127.0.0.1 without a dashboard; without Ray the report says
+SDK's submit_project, the first log line taken from the job's event stream. TensorFleet's and Ray's runs are
+interleaved (each warm run and each change as a pair), so both sides see the same load on the machine.
+Ray: benchmarks/ray_project_peer.py run by RAY_PYTHON (an interpreter with Ray, e.g. a venv with `pip install
+ray`; never a TensorFleet dependency), `working_dir` + `uv` on a local Ray started on 127.0.0.1 (every Ray
+process on loopback) without a dashboard; without Ray the report says
 "ray": {"skipped": "ray not installed ..."} and TensorFleet is still measured. Ray has no task SDK, so its copy of
 the project also holds TensorFleet's dependency-free `tensorfleet_task.py` (it works outside TensorFleet).
 
 Aims (issue 19): TensorFleet warm <= 0.5x Ray warm; cold <= 1x Ray cold, against Ray's job-like path
-("fresh_worker": a new worker process per run, what `ray job submit` gets). Ray's "task" path reuses an idle
+("actor": a supervisor actor per run, as `ray job submit` makes). Ray's "task" path reuses an idle
 worker whose runtime_env matches; it is reported too.
 
 Usage: RAY_PYTHON=/path/to/ray-venv/bin/python python benchmarks/project_bench.py [--repeat 3]
@@ -29,6 +31,7 @@ Figures on this machine (2 CPUs), 2026-12-06: see benchmarks/README.md if presen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -51,6 +54,7 @@ from tensorfleet_desktop.client import Client  # noqa: E402
 
 SDK_FILE = ROOT / "agent" / "task_sdk" / "tensorfleet_task.py"
 AIMS = {"warm_vs_ray": 0.5, "cold_vs_ray": 1.0}
+KINDS = ("actor", "task")  # Ray's paths: a supervisor actor per run (as `ray job submit`), a plain task
 
 
 def change(project: Path, n: int) -> None:
@@ -63,7 +67,10 @@ def tensorfleet_run(client: Client, project: Path) -> dict[str, Any]:
     submitted = time.time()
     job = client.submit_project(project, pf.TRAIN_COMMAND, constraints={"on": ["bench-0"]})
     seen = stamp = 0.0
+    steps: dict[str, float] = {"submitted_s": time.time() - submitted}  # snapshot + upload + SubmitJob
     for event in client.watch(job["id"]):
+        if event["kind"] == "task_state" and event["state"] in ("DISPATCHED", "PREPARING", "RUNNING"):
+            steps.setdefault(f"{event['state'].lower()}_s", event["time"] - submitted)  # controller's clock
         if event["kind"] != "logs" or seen:
             continue
         for row in event["lines"]:
@@ -80,21 +87,84 @@ def tensorfleet_run(client: Client, project: Path) -> dict[str, Any]:
         "uploaded_bytes": job["upload"]["uploaded_bytes"],
         "cache_hit": env.get("cache_hit"),
         "build_seconds": env.get("build_seconds"),
+        **steps,
     }
 
 
-def tensorfleet_side(root: Path, house: Path, project: Path, repeat: int) -> dict[str, Any]:
-    root.mkdir(parents=True, exist_ok=True)
+class RayPeer:
+    """benchmarks/ray_project_peer.py in RAY_PYTHON: Ray started once, then one run per request."""
+
+    def __init__(self, python: str, house: Path, project: Path, cache: Path, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [python, str(ROOT / "benchmarks" / "ray_project_peer.py"), str(house), str(project), str(cache),
+             json.dumps(pf.TRAIN_COMMAND)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True, cwd=project.parent,
+        )  # fmt: skip
+        self.info = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"ray_project_peer.py ended: {self.log.read_text()[-1500:]}")
+        reply = dict(json.loads(line))
+        if "error" in reply:
+            raise RuntimeError(f"Ray's run failed: {reply['error']}")
+        return reply
+
+    def run(self, kind: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": "run", "kind": kind}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.flush()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_ray(root: Path, house: Path, project: Path) -> RayPeer | str:
+    """Ray's side, or why there is none."""
+    python = os.environ.get("RAY_PYTHON") or sys.executable
+    probe = subprocess.run([python, "-c", "import ray"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return "ray not installed: set RAY_PYTHON to an interpreter with Ray (pip install ray) to compare"
+    if not SDK_FILE.is_file():
+        return f"{SDK_FILE} is missing: the Ray copy of the project needs the task SDK module"
+    shutil.copy(SDK_FILE, project / SDK_FILE.name)
+    try:
+        return RayPeer(python, house, project, root / "ray-uv-cache", root / "ray-peer.log")
+    except RuntimeError as exc:
+        return str(exc)
+
+
+def measure(root: Path, repeat: int, with_ray: bool) -> dict[str, Any]:
+    """TensorFleet's runs and Ray's interleaved (cold, then each warm and each change as a pair), so both see the
+    same load on this machine."""
+    house = pf.demo_wheelhouse(root / "wheels")
+    tf_project, ray_project = pf.trainer_project(root / "tf-project"), pf.trainer_project(root / "ray-project")
+    peer = start_ray(root, house, ray_project) if with_ray else "--no-ray"
+    (root / "tf").mkdir()
     agent = AgentProcess(
-        root / "agent",
+        root / "tf" / "agent",
         name="bench-0",
         cpu_slots=2,
         spare_workers=1,
         env={"TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN, **pf.agent_uv_env(house, root / "tf-uv-cache")},
     )
-    controller = ControllerProcess(root / "controller")
+    controller = ControllerProcess(root / "tf" / "controller")
     agent.spawn()
     controller.spawn()
+    ours: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": [], "one_line_change": []}
+    ray: dict[str, dict[str, list[dict[str, Any]]]] = {kind: {"warm": [], "one_line_change": []} for kind in KINDS}
+    ray["actor"]["cold"] = []
     try:
         agent.wait_ready()
         controller.wait_ready()
@@ -103,34 +173,38 @@ def tensorfleet_side(root: Path, house: Path, project: Path, repeat: int) -> dic
             while not any(a["state"] == "ONLINE" for a in client.agents()):
                 assert time.monotonic() < deadline, "the agent never came online"
                 time.sleep(0.1)
-            cold = tensorfleet_run(client, project)
-            warm = [tensorfleet_run(client, project) for _ in range(repeat)]
-            changed = []
-            for i in range(repeat):
-                change(project, i)
-                changed.append(tensorfleet_run(client, project))
+            ours["cold"].append(tensorfleet_run(client, tf_project))
+            if isinstance(peer, RayPeer):
+                ray["actor"]["cold"].append(peer.run("actor"))
+            edits = iter(range(1000))
+            for kind in KINDS:  # one Ray path at a time: the two would evict each other's workers on 2 CPUs
+                if isinstance(peer, RayPeer):
+                    peer.run(kind)  # untimed: the first run of this path after the others
+                for _ in range(repeat):
+                    ours["warm"].append(tensorfleet_run(client, tf_project))
+                    if isinstance(peer, RayPeer):
+                        ray[kind]["warm"].append(peer.run(kind))
+                for _ in range(repeat):
+                    change(tf_project, next(edits))
+                    ours["one_line_change"].append(tensorfleet_run(client, tf_project))
+                    if isinstance(peer, RayPeer):
+                        change(ray_project, next(edits))
+                        ray[kind]["one_line_change"].append(peer.run(kind))
     finally:
         controller.stop()
         agent.stop()
-    return {"cold": _round(cold), "warm": _median(warm), "one_line_change": _median(changed)}
-
-
-def ray_side(house: Path, project: Path, cache: Path, repeat: int) -> dict[str, Any]:
-    python = os.environ.get("RAY_PYTHON") or sys.executable
-    probe = subprocess.run([python, "-c", "import ray"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return {"skipped": "ray not installed: set RAY_PYTHON to an interpreter with Ray (pip install ray) to compare"}
-    if not SDK_FILE.is_file():
-        return {"skipped": f"{SDK_FILE} is missing: the Ray copy of the project needs the task SDK module"}
-    shutil.copy(SDK_FILE, project / SDK_FILE.name)
-    out = subprocess.run(
-        [python, str(ROOT / "benchmarks" / "ray_project_peer.py"), str(house), str(project), str(cache),
-         str(repeat), json.dumps(pf.TRAIN_COMMAND)],
-        capture_output=True, text=True, timeout=1800, cwd=project.parent,
-    )  # fmt: skip
-    if out.returncode != 0:
-        return {"skipped": f"ray_project_peer.py failed: {out.stderr[-1500:]}"}
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+        if isinstance(peer, RayPeer):
+            peer.close()
+    report: dict[str, Any] = {"tensorfleet": {k: _median(v) for k, v in ours.items()}}
+    if isinstance(peer, RayPeer):
+        report["ray"] = {
+            "version": peer.info["version"],
+            "ray_init_s": peer.info["ray_init_s"],
+            **{kind: {k: _median(v) for k, v in runs.items()} for kind, runs in ray.items()},
+        }
+    else:
+        report["ray"] = {"skipped": peer}
+    return report
 
 
 def main() -> int:
@@ -139,17 +213,11 @@ def main() -> int:
     parser.add_argument("--no-ray", action="store_true", help="measure TensorFleet only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tensorfleet-project-bench-") as tmp:
-        root = Path(tmp)
-        house = pf.demo_wheelhouse(root / "wheels")
-        ours = tensorfleet_side(root / "tf", house, pf.trainer_project(root / "tf-project"), args.repeat)
-        ray: dict[str, Any] = (
-            {"skipped": "--no-ray"}
-            if args.no_ray
-            else ray_side(house, pf.trainer_project(root / "ray-project"), root / "ray-uv-cache", args.repeat)
-        )
-    report: dict[str, Any] = {"tensorfleet": ours, "ray": ray, "aims": AIMS}
+        report = measure(Path(tmp), args.repeat, not args.no_ray)
+    report["aims"] = AIMS
+    ours, ray = report["tensorfleet"], report["ray"]
     if "skipped" not in ray:
-        job_like = ray["fresh_worker"]
+        job_like = ray["actor"]
         report["ratios"] = {
             "cold_vs_ray": _ratio(ours["cold"], job_like["cold"]),
             "warm_vs_ray": _ratio(ours["warm"], job_like["warm"]),
@@ -164,14 +232,10 @@ def _ratio(ours: dict[str, Any], theirs: dict[str, Any]) -> float:
     return round(float(ours["first_line_s"]) / float(theirs["first_line_s"]), 3)
 
 
-def _round(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}
-
-
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in runs[0].items():
-        values = [r[key] for r in runs]
+        values = [r[key] for r in runs if key in r]
         if isinstance(value, bool) or value is None:
             out[key] = values
         else:

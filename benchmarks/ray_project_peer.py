@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Ray's side of benchmarks/project_bench.py: the same project run through Ray's runtime_env (`working_dir` + `uv`
 with the same local wheelhouse, offline), on a local Ray started on loopback only. Run with an interpreter that
-has Ray (its own environment: Ray's pins never touch TensorFleet's). Prints one JSON document.
+has Ray (its own environment: Ray's pins never touch TensorFleet's).
 
-    RAY_PYTHON=/path/to/ray-venv/bin/python python benchmarks/project_bench.py
+    python ray_project_peer.py WHEELHOUSE PROJECT UV_CACHE COMMAND_JSON
+
+It starts Ray, prints {"ready": true, "version", "ray_init_s"}, then answers one JSON line per request read from
+stdin, so project_bench.py can interleave Ray's runs with TensorFleet's (both then see the same machine load):
+    {"op": "run", "kind": "actor"|"task"} -> {"first_line_s", "program_start_s"}
+    {"op": "quit"}
 
 Ray takes a local working_dir only per job (ray.init(runtime_env=...), `ray job submit --working-dir`): each run
 here packs and uploads the folder as those do (upload_working_dir_if_needed: hash, zip, upload when new), then
-runs a Ray task with that runtime_env that starts the project's command as a child process in
-the working_dir, as a Ray Jobs entrypoint does. Two kinds of submission are timed:
-- "task": a plain task; Ray reuses an idle worker whose runtime_env matches (its fastest path);
-- "fresh_worker": max_calls=1, a new worker process per run, as `ray job submit` gets (a new supervisor actor).
+starts the project's command as a child process in the working_dir, as a Ray Jobs entrypoint does, from either
+- "actor": a supervisor actor made for the run and killed after it, as `ray job submit` does (its JobSupervisor);
+- "task": a plain task, for which Ray reuses an idle worker whose runtime_env matches (its fastest path).
 "first_line_s" is submit -> the driver printing the program's first line (Ray forwards worker output to the
 driver); "program_start_s" is submit -> the time the program stamped in that line.
 """
@@ -20,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import statistics
 import sys
 import threading
 import time
@@ -53,11 +56,14 @@ class LineClock(io.TextIOBase):
 
 
 def main() -> int:
-    house, project, cache, repeat = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-    command = json.loads(sys.argv[5])
+    house, project, cache = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    command = json.loads(sys.argv[4])
     offline = {"UV_OFFLINE": "1", "UV_NO_INDEX": "1", "UV_FIND_LINKS": str(house), "UV_CACHE_DIR": str(cache)}
     os.environ.update(offline, UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never")
     os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")  # dedup would swallow repeated first lines
+    # Ray turns 127.0.0.1 into the machine's LAN address ("remotely reachable") unless told this is no cluster:
+    # with this every Ray process binds and advertises loopback only, as TensorFleet's side does.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     packages = [
         line.split("#")[0].strip()
         for line in (project / "requirements.txt").read_text().splitlines()
@@ -67,6 +73,7 @@ def main() -> int:
     import ray
     from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
 
+    out = sys.stdout
     t0 = time.perf_counter()
     for attempt in (1, 2):  # Ray gives its raylet a fixed 30 s to register: a busy machine can miss that once
         try:
@@ -83,7 +90,12 @@ def main() -> int:
             if attempt == 2 or "timed out during startup" not in str(exc):
                 raise
             ray.shutdown()
-    started_s = time.perf_counter() - t0
+
+    def reply(message: dict[str, Any]) -> None:
+        out.write(json.dumps(message) + "\n")
+        out.flush()
+
+    reply({"ready": True, "version": ray.__version__, "ray_init_s": round(time.perf_counter() - t0, 2)})
 
     def entrypoint(argv: list[str]) -> int:
         import subprocess
@@ -92,62 +104,50 @@ def main() -> int:
         argv = [_sys.executable if a == "python" else a for a in argv]
         return subprocess.run(argv, check=False).returncode  # cwd: the working_dir Ray unpacked
 
-    reused = ray.remote(num_cpus=1)(entrypoint)
-    fresh_worker = ray.remote(num_cpus=1, max_calls=1)(entrypoint)
+    task = ray.remote(num_cpus=1)(entrypoint)
 
+    class Supervisor:
+        def run(self, argv: list[str]) -> int:
+            return entrypoint(argv)
+
+    supervisor = ray.remote(num_cpus=1)(Supervisor)
     clock = LineClock()
-    real_stdout = sys.stdout
+    sys.stdout = clock  # Ray's log monitor prints the workers' lines here (our replies go to `out`)
 
-    def run(fresh: bool) -> dict[str, float]:
-        remote = fresh_worker if fresh else reused
+    def run(kind: str) -> dict[str, float]:
         clock.arm()
-        sys.stdout = clock
-        try:
-            submitted = time.time()
-            runtime_env = upload_working_dir_if_needed(  # what ray.init(runtime_env=...) / ray job submit do
-                {
-                    "working_dir": str(project),
-                    "uv": {"packages": packages, "uv_pip_install_options": ["--offline", "--find-links", str(house)]},
-                },
-                include_gitignore=True,
-                scratch_dir=ray._private.worker.global_worker.node.get_runtime_env_dir_path(),
-            )
-            code = ray.get(remote.options(runtime_env=runtime_env).remote(command), timeout=600)
-            assert code == 0, f"the project's command exited with {code}"
-            if not clock.seen.wait(30):
-                raise RuntimeError("Ray never forwarded the program's first line to the driver")
-        finally:
-            sys.stdout = real_stdout
+        submitted = time.time()
+        runtime_env = upload_working_dir_if_needed(  # what ray.init(runtime_env=...) / ray job submit do
+            {
+                "working_dir": str(project),
+                "uv": {"packages": packages, "uv_pip_install_options": ["--offline", "--find-links", str(house)]},
+            },
+            include_gitignore=True,
+            scratch_dir=ray._private.worker.global_worker.node.get_runtime_env_dir_path(),
+        )
+        if kind == "actor":
+            actor = supervisor.options(runtime_env=runtime_env).remote()
+            code = ray.get(actor.run.remote(command), timeout=600)
+            ray.kill(actor)
+        else:
+            code = ray.get(task.options(runtime_env=runtime_env).remote(command), timeout=600)
+        if code != 0:
+            raise RuntimeError(f"the project's command exited with {code}")
+        if not clock.seen.wait(30):
+            raise RuntimeError("Ray never forwarded the program's first line to the driver")
         return {"first_line_s": clock.at - submitted, "program_start_s": clock.stamp - submitted}
 
-    def change(n: int) -> None:
-        model = project / "trainer" / "model.py"
-        model.write_text(model.read_text() + f"\nCHANGE = {n}\n")
-
-    report: dict[str, Any] = {"version": ray.__version__, "ray_init_s": round(started_s, 2)}
-    for kind, fresh in (("fresh_worker", True), ("task", False)):
-        cold = run(fresh) if kind == "fresh_worker" else None  # one cold run: the env is built once
-        warm = [run(fresh) for _ in range(repeat)]
-        changed = []
-        for i in range(repeat):
-            change(i + (100 if fresh else 0))
-            changed.append(run(fresh))
-        report[kind] = {
-            **({"cold": _round(cold)} if cold else {}),
-            "warm": _median(warm),
-            "one_line_change": _median(changed),
-        }
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "quit":
+            break
+        try:
+            reply(run(str(request["kind"])))
+        except Exception as exc:
+            reply({"error": f"{type(exc).__name__}: {exc}"})
+    sys.stdout = out
     ray.shutdown()
-    print(json.dumps(report))
     return 0
-
-
-def _round(run: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in run.items()}
-
-
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
 
 
 if __name__ == "__main__":
