@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -360,6 +361,11 @@ class Executor:
                 await self._finish_project(running, running.project)
             duration = time.monotonic() - running.started
             self.journal.append(spec.task_id, Finished(status, cause, error, duration))
+            if spec.workload == project_layout.WORKLOAD:
+                # Its files are in the blob cache and its outputs are artifacts: a copy of the project per task
+                # kept for the journal's retention would fill the disk. Removed after Finished, off its path.
+                workdir = running.entry.directory / "work" / project_layout.WORKDIR
+                self._spawn(asyncio.to_thread(shutil.rmtree, workdir, True))
             self._running.pop(spec.task_id, None)
             self.slots.release(running.slots)
             self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)

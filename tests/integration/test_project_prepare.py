@@ -172,12 +172,14 @@ async def test_a_project_is_prepared_before_it_runs_and_its_env_is_reused(agent:
     assert set(runtime) == {"workdir", "bin_dir", "python", "output_dir", "sdk_dir", "env_key"}
     assert runtime["env_key"] == ready.key and Path(runtime["python"]).parent == Path(runtime["bin_dir"])
     assert Path(runtime["workdir"]) == work / project_layout.WORKDIR
-    assert (Path(runtime["workdir"]) / "train.py").read_bytes() == USES_TINYB
     assert Path(runtime["output_dir"]) == work / project_layout.WORKDIR / "outputs"
     assert Path(runtime["sdk_dir"]).name == "task_sdk"
     stdout = _stdout(events)
     env_prefix = str(Path(runtime["python"]).parent.parent)
     assert f"tinyb 1.0.0 from {env_prefix}" in stdout, stdout  # the command ran with the env's interpreter
+    # the task's copy of the project goes once it ended (its files stay in the blob cache)
+    await eventually(lambda: not Path(runtime["workdir"]).exists(), 10, "the project copy removed")
+    assert (work / project_layout.RUNTIME_FILE).exists()
     # released when the task ended: evictable
     assert [e.in_use for e in await agent.envs.list()] == [0]
 
