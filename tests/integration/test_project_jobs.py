@@ -113,7 +113,8 @@ def test_a_multi_module_project_builds_its_env_then_reruns_from_the_cache_and_up
     assert json.loads(Path(got["path"]).read_text())["model"] == "v1"
 
     again = client.submit_project(project, pf.TRAIN_COMMAND, name="warm", **_pinned("agent-0"))
-    assert again["upload"]["uploaded_bytes"] == 0 and again["upload"]["files"] == len(files)
+    assert again["upload"]["uploaded_bytes"] == 0 and again["upload"]["uploaded_files"] == 0
+    assert again["upload"]["files"] == len(files)
     warm = _wait_ok(client, again)
     assert warm["task_list"][0]["environment"]["cache_hit"] is True
     assert warm["task_list"][0]["environment"]["key"] == task["environment"]["key"]
@@ -122,6 +123,7 @@ def test_a_multi_module_project_builds_its_env_then_reruns_from_the_cache_and_up
     model = project / "trainer" / "model.py"
     model.write_text(model.read_text().replace('MODEL_VERSION = "v1"', 'MODEL_VERSION = "v2"'))
     changed = client.submit_project(project, pf.TRAIN_COMMAND, name="changed", **_pinned("agent-0"))
+    assert changed["upload"]["uploaded_files"] == 1, changed["upload"]
     assert changed["upload"]["uploaded_bytes"] == model.stat().st_size  # that one file, nothing else
     done = _wait_ok(client, changed)
     assert done["task_list"][0]["environment"]["cache_hit"] is True  # code changes never rebuild the env
