@@ -15,8 +15,10 @@ from tensorfleet_desktop.client import Client
 pytestmark = pytest.mark.slow
 
 
-def test_synthetic_and_regression_datasets_from_the_cli(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, _ = cluster
+def test_synthetic_and_regression_datasets_from_the_cli(
+    shared_cluster: tuple[ControllerProcess, list[AgentProcess]],
+) -> None:
+    controller, _ = shared_cluster
     job = cli_json(
         controller.cli(
             "submit",
@@ -46,8 +48,10 @@ def test_synthetic_and_regression_datasets_from_the_cli(cluster: tuple[Controlle
     assert "diabetes" not in by_name["logistic_regression"]["datasets"] and "diabetes" in by_name["knn"]["datasets"]
 
 
-def test_cross_validation_folds_run_as_parallel_tasks(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, _agents = cluster
+def test_cross_validation_folds_run_as_parallel_tasks(
+    shared_cluster: tuple[ControllerProcess, list[AgentProcess]],
+) -> None:
+    controller, _agents = shared_cluster
     job = cli_json(controller.cli("submit", "--algorithm", "svm", "--dataset", "iris", "--cv", "4", "--wait", "--json"))
     assert job["state"] == "SUCCEEDED" and job["tasks"]["total"] == 4 and job["tasks"]["completed"] == 4
     assert 0.8 < job["metrics"]["test_accuracy"] <= 1.0 and "test_accuracy_std" in job["metrics"]
@@ -58,8 +62,8 @@ def test_cross_validation_folds_run_as_parallel_tasks(cluster: tuple[ControllerP
         assert sorted(a["task_index"] for a in reports) == [0, 1, 2, 3]
 
 
-def test_optuna_sweep_of_12_trials_on_2_agents(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, _ = cluster
+def test_optuna_sweep_of_12_trials_on_2_agents(shared_cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = shared_cluster
     job = cli_json(
         controller.cli(
             "submit",
@@ -92,8 +96,8 @@ def test_optuna_sweep_of_12_trials_on_2_agents(cluster: tuple[ControllerProcess,
     assert text.returncode == 0 and "TEST_ACCURACY" in text.stdout
 
 
-def test_resubmit_reproduces_a_job(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, _ = cluster
+def test_resubmit_reproduces_a_job(shared_cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = shared_cluster
     with Client(controller.address) as client:
         job = client.submit({"algorithm": "random_forest", "dataset": "wine", "hyperparameters": {"n_estimators": 25}})
         first = client.wait(job["id"], timeout=120)
@@ -109,9 +113,9 @@ def test_resubmit_reproduces_a_job(cluster: tuple[ControllerProcess, list[AgentP
     assert records[0].split(" attempt ")[0] == records[1].split(" attempt ")[0]
 
 
-def test_pruned_sweep_stops_trailing_trials_early(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+def test_pruned_sweep_stops_trailing_trials_early(shared_cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
     """Gradient boosting reports test accuracy after each round; trials far behind the median are stopped."""
-    controller, _ = cluster
+    controller, _ = shared_cluster
     job = cli_json(
         controller.cli(
             "submit",
@@ -162,8 +166,8 @@ def test_pruned_sweep_stops_trailing_trials_early(cluster: tuple[ControllerProce
     assert min(pruned_at) < 60, pruned_at
 
 
-def test_grid_sweep_on_a_regression_dataset(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, _ = cluster
+def test_grid_sweep_on_a_regression_dataset(shared_cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = shared_cluster
     job = cli_json(
         controller.cli(
             "submit",
@@ -189,8 +193,8 @@ def test_grid_sweep_on_a_regression_dataset(cluster: tuple[ControllerProcess, li
     assert job["metrics"]["r2"] == max(r["score"] for r in rows)
 
 
-def test_two_rank_ddp_across_two_agents(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, _ = cluster
+def test_two_rank_ddp_across_two_agents(shared_cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = shared_cluster
     job = cli_json(
         controller.cli(
             "submit",
@@ -220,9 +224,9 @@ def test_two_rank_ddp_across_two_agents(cluster: tuple[ControllerProcess, list[A
 
 
 def test_pausing_a_gang_checkpoints_mid_epoch_and_resume_continues_from_there(
-    cluster: tuple[ControllerProcess, list[AgentProcess]],
+    shared_cluster: tuple[ControllerProcess, list[AgentProcess]],
 ) -> None:
-    controller, _ = cluster
+    controller, _ = shared_cluster
     with Client(controller.address) as client:
         job = client.submit(
             {
