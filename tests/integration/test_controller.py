@@ -18,8 +18,8 @@ from tensorfleet_desktop.client import Client
 pytestmark = pytest.mark.slow
 
 
-def test_agents_found_over_mdns_and_listed(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, agents = cluster
+def test_agents_found_over_mdns_and_listed(shared_cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, agents = shared_cluster
     listed = cli_json(controller.cli("agents", "--json"))
     assert sorted(a["name"] for a in listed) == ["agent-0", "agent-1"]
     by_id = {a["id"]: a for a in listed}
@@ -72,9 +72,9 @@ def test_submit_from_cli_waits_and_reports(cluster: tuple[ControllerProcess, lis
 
 
 def test_sdk_submit_emit_stores_every_point_once(
-    cluster: tuple[ControllerProcess, list[AgentProcess]],
+    shared_cluster: tuple[ControllerProcess, list[AgentProcess]],
 ) -> None:
-    controller, _ = cluster
+    controller, _ = shared_cluster
     with Client(controller.address) as client:
         job = client.submit({"algorithm": "emit", "hyperparameters": {"points": 500}})
         final = client.wait(job["id"], timeout=60)
@@ -87,8 +87,8 @@ def test_sdk_submit_emit_stores_every_point_once(
         assert sum(len(e["points"]) for e in events if e["kind"] == "metrics") == 500
 
 
-def test_cancel_pause_resume_resubmit(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, _ = cluster
+def test_cancel_pause_resume_resubmit(shared_cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = shared_cluster
     with Client(controller.address) as client:
         job = client.submit({"algorithm": "sleep", "hyperparameters": {"seconds": 60}})
         wait_until(lambda: client.job(job["id"])["task_list"][0]["state"] == "RUNNING", 30, "running")
@@ -116,9 +116,9 @@ def test_cancel_pause_resume_resubmit(cluster: tuple[ControllerProcess, list[Age
 
 
 def test_failed_job_retries_then_fails_and_can_be_retried(
-    cluster: tuple[ControllerProcess, list[AgentProcess]],
+    shared_cluster: tuple[ControllerProcess, list[AgentProcess]],
 ) -> None:
-    controller, _ = cluster
+    controller, _ = shared_cluster
     with Client(controller.address) as client:
         job = client.submit({"algorithm": "fail", "hyperparameters": {"mode": "exit", "code": 9}, "max_retries": 1})
         final = client.wait(job["id"], timeout=60)
@@ -226,8 +226,8 @@ def test_lost_rank_replaces_the_whole_gang(
     assert len(first_nodes) == 2
 
 
-def test_job_wall_clock_timeout(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, _ = cluster
+def test_job_wall_clock_timeout(shared_cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = shared_cluster
     with Client(controller.address) as client:
         job = client.submit({"algorithm": "sleep", "hyperparameters": {"seconds": 60}, "timeout": 1.5})
         final = client.wait(job["id"], timeout=30)
