@@ -95,8 +95,8 @@ def test_artifacts_are_listed_and_downloaded_with_their_sha256_checked(
     assert not (tmp_path / "damaged.bin").exists() and not list(tmp_path.glob(".*.part"))
 
 
-def test_user_scripts(cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
-    controller, _ = cluster
+def test_user_scripts(shared_cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
+    controller, _ = shared_cluster
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     job = cli_json(
@@ -129,8 +129,8 @@ def test_user_scripts(cluster: tuple[ControllerProcess, list[AgentProcess]], tmp
     assert result.returncode == 2 and "broken.py line 1" in result.stderr
 
 
-def test_two_rank_user_script(cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
-    controller, _ = cluster
+def test_two_rank_user_script(shared_cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
+    controller, _ = shared_cluster
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     job = cli_json(controller.cli("submit", "--script", str(script), "--workers", "2", "--wait", "--json", timeout=300))
@@ -140,8 +140,8 @@ def test_two_rank_user_script(cluster: tuple[ControllerProcess, list[AgentProces
     assert [t["metrics"]["total"] for t in ranks] == [3.0, 3.0] and ranks[0]["metrics"]["world"] == 2.0
 
 
-def test_forest_trained_in_shards_is_merged(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
-    controller, _ = cluster
+def test_forest_trained_in_shards_is_merged(shared_cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
+    controller, _ = shared_cluster
     common = [
         "--algorithm",
         "random_forest",
