@@ -23,15 +23,32 @@ from tensorfleet_desktop.client import Client
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def mongo(tmp_path: Path) -> Iterator[tuple[ServerProcess | None, str]]:
+def _start_together(*processes: AgentProcess | ControllerProcess) -> None:
+    """Spawn all, then wait for each: the controller finds the agent as it comes, as on a real machine."""
+    for process in processes:
+        process.spawn()
+    for process in processes:
+        process.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess | None, str]]:
+    """One database server for the module (each test gets a database of its own): TENSORFLEET_TEST_MONGODB_URI,
+    or SecantusDB."""
     real = os.environ.get("TENSORFLEET_TEST_MONGODB_URI")
     if real:
-        yield None, f"{real.rstrip('/')}/tf_{uuid.uuid4().hex[:12]}"
+        yield None, real.rstrip("/")
         return
-    server, uri = start_secantus(tmp_path / "secantus")
-    yield server, f"{uri}/tensorfleet"
+    server, uri = start_secantus(tmp_path_factory.mktemp("secantus"))
+    yield server, uri
     server.stop()
+
+
+@pytest.fixture
+def mongo(mongo_server: tuple[ServerProcess | None, str]) -> tuple[ServerProcess | None, str]:
+    """(the server, when this suite started it; a database URI no other test uses)."""
+    server, uri = mongo_server
+    return server, f"{uri}/tf_{uuid.uuid4().hex[:12]}"
 
 
 def test_a_controller_on_mongodb_trains_registers_and_remembers(
@@ -41,8 +58,8 @@ def test_a_controller_on_mongodb_trains_registers_and_remembers(
     tmp_path: Path,
 ) -> None:
     _server, uri = mongo
-    agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
-    controller = controller_factory(tmp_path / "controller", extra_args=["--store", uri]).start()
+    controller = controller_factory(tmp_path / "controller", extra_args=["--store", uri])
+    _start_together(agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1), controller)
     with Client(controller.address) as client:
         assert client.info()["store"] == uri
         wait_until(lambda: any(a["state"] == "ONLINE" for a in client.agents()), 20, "the agent")
@@ -100,8 +117,8 @@ def test_a_hung_mongodb_delays_writes_but_loses_none(
     server, uri = mongo
     if server is None:
         pytest.skip("pausing needs the SecantusDB process this suite starts itself")
-    agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
-    controller = controller_factory(tmp_path / "controller", extra_args=["--store", uri]).start()
+    controller = controller_factory(tmp_path / "controller", extra_args=["--store", uri])
+    _start_together(agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1), controller)
     with Client(controller.address) as client:
         wait_until(lambda: any(a["state"] == "ONLINE" for a in client.agents()), 20, "the agent")
         job = client.submit({"algorithm": "emit", "hyperparameters": {"points": 60, "rate": 20, "name": "x"}})
@@ -122,19 +139,26 @@ def test_a_hung_mongodb_delays_writes_but_loses_none(
     assert points == [float(i) for i in range(60)]  # every point written, in order, none twice
 
 
+@pytest.fixture(scope="module")
+def nanio_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One nanio for the module's tests (each test gets a bucket of its own)."""
+    server, endpoint = start_nanio(tmp_path_factory.mktemp("nanio"))
+    yield endpoint
+    server.stop()
+
+
 @pytest.fixture
-def s3(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """(blob store URI, credentials environment): TENSORFLEET_TEST_S3_URI with the AWS_* variables, or nanio."""
+def s3(request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
+    """(blob store URI, credentials environment): TENSORFLEET_TEST_S3_URI with the AWS_* variables, or a new
+    bucket on nanio."""
     real = os.environ.get("TENSORFLEET_TEST_S3_URI")
     if real:
-        yield real, {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-        return
-    server, endpoint = start_nanio(tmp_path / "nanio")
-    yield (
+        return real, {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    endpoint = request.getfixturevalue("nanio_endpoint")
+    return (
         f"s3://tensorfleet-{uuid.uuid4().hex[:8]}?endpoint={endpoint}&secure=false",
         {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET},
     )
-    server.stop()
 
 
 def test_mongodb_and_s3_end_to_end(
@@ -148,10 +172,11 @@ def test_mongodb_and_s3_end_to_end(
 
     _server, store = mongo
     blobs, creds = s3
-    agent = agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
+    agent = agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1)
     env = {"TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN, **creds}
     args = ["--store", store, "--blobs", blobs]
-    controller = controller_factory(tmp_path / "controller", extra_args=args, env=env).start()
+    controller = controller_factory(tmp_path / "controller", extra_args=args, env=env)
+    _start_together(agent, controller)
     with Client(controller.address) as client:
         wait_until(lambda: any(a["state"] == "ONLINE" for a in client.agents()), 20, "the agent")
         job = client.wait(client.submit({"algorithm": "svm", "dataset": "wine", "model_name": "wine-svm"})["id"], 120)
@@ -203,8 +228,8 @@ def test_registry_moves_from_the_embedded_default_to_mongodb_and_s3(
 ) -> None:
     _server, store = mongo
     blobs, creds = s3
-    agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1).start()
-    embedded = controller_factory(tmp_path / "embedded").start()
+    embedded = controller_factory(tmp_path / "embedded")
+    _start_together(agent_factory(tmp_path / "agent", name="agent-0", cpu_slots=1), embedded)
     with Client(embedded.address) as client:
         wait_until(lambda: any(a["state"] == "ONLINE" for a in client.agents()), 20, "the agent")
         for c in (0.5, 2.0):
