@@ -7,7 +7,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import psutil
 
@@ -36,3 +36,21 @@ def memory(pids: list[int]) -> dict[str, float]:
         rss += info.rss
         pss += getattr(info, "pss", info.rss)
     return {"rss_mib": round(rss / 2**20, 1), "pss_mib": round(pss / 2**20, 1), "processes": len(pids)}
+
+
+class Startable(Protocol):
+    def spawn(self) -> None: ...
+    def wait_ready(self, timeout: float = ...) -> Any: ...
+
+
+T = TypeVar("T", bound=Startable)
+
+
+def start_together(*processes: T) -> tuple[T, ...]:
+    """Spawn every process, then wait for each to be ready: the starts overlap, as daemons do on real machines,
+    and a test waits for the slowest start instead of for the sum of them. Returns them, in order."""
+    for process in processes:
+        process.spawn()
+    for process in processes:
+        process.wait_ready()
+    return processes

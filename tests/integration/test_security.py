@@ -22,6 +22,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from helpers.agents import CLUSTER_TOKEN, AgentProcess
 from helpers.controller import ControllerProcess, cli_json
+from helpers.processes import start_together
 from helpers.waiting import wait_until
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.types import TaskSpec
@@ -202,17 +203,16 @@ def test_two_clusters_never_mix(
 ) -> None:
     tokens = {"a": f"cluster-a-{secrets.token_hex(6)}", "b": f"cluster-b-{secrets.token_hex(6)}"}
     agents = {
-        k: agent_factory(
-            tmp_path / f"agent-{k}", name=f"agent-{k}", cpu_slots=1, env={"TENSORFLEET_CLUSTER_TOKEN": t}
-        ).start()
+        k: agent_factory(tmp_path / f"agent-{k}", name=f"agent-{k}", cpu_slots=1, env={"TENSORFLEET_CLUSTER_TOKEN": t})
         for k, t in tokens.items()
     }
     controllers = {
         k: controller_factory(
             tmp_path / f"ctl-{k}", env={"TENSORFLEET_CLUSTER_TOKEN": t}, extra_args=["--metrics-port", "0"]
-        ).start()
+        )
         for k, t in tokens.items()
     }
+    start_together(*agents.values(), *controllers.values())
     with Client(controllers["a"].address) as a, Client(controllers["b"].address) as b:
         for client, mine in ((a, "agent-a"), (b, "agent-b")):
             wait_until(lambda c=client, m=mine: [x for x in c.agents() if x["name"] == m and x["paired"]], 20, mine)
@@ -251,8 +251,10 @@ def test_two_clusters_never_mix(
 async def test_impersonator_is_refused_and_reported(
     agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess], tmp_path: Path
 ) -> None:
-    real = agent_factory(tmp_path / "real", name="real-agent", cpu_slots=1).start()
-    other = agent_factory(tmp_path / "other", name="other-agent", cpu_slots=1).start()
+    real, other = start_together(
+        agent_factory(tmp_path / "real", name="real-agent", cpu_slots=1),
+        agent_factory(tmp_path / "other", name="other-agent", cpu_slots=1),
+    )
     controller = controller_factory(tmp_path / "ctl").start()
     with Client(controller.address) as client:
         wait_until(lambda: sum(x["paired"] for x in client.agents()) == 2, 20, "both paired")
@@ -405,8 +407,10 @@ def test_secrets_never_reach_logs_output_or_store(
 ) -> None:
     cluster = f"cluster-secret-{secrets.token_hex(8)}"
     join = f"tfj-join-secret-{secrets.token_hex(8)}"
-    a1 = agent_factory(tmp_path / "a1", name="a1", env={"TENSORFLEET_CLUSTER_TOKEN": cluster}).start()
-    a2 = agent_factory(tmp_path / "a2", name="a2", env={"TENSORFLEET_JOIN_TOKEN": join}).start()
+    a1, a2 = start_together(
+        agent_factory(tmp_path / "a1", name="a1", env={"TENSORFLEET_CLUSTER_TOKEN": cluster}),
+        agent_factory(tmp_path / "a2", name="a2", env={"TENSORFLEET_JOIN_TOKEN": join}),
+    )
     controller = controller_factory(
         tmp_path / "ctl", env={"TENSORFLEET_CLUSTER_TOKEN": cluster}, extra_args=["--agent", a2.address]
     ).start()
