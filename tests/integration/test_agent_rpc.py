@@ -40,6 +40,15 @@ from tensorfleet_agent.rpc.client import AgentClient
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """One agent (2 slots, no spare worker) for the module's tests, each with task ids of its own: a test that
+    counts free slots waits for its own tasks to end. Tests that need another configuration start their own."""
+    shared = AgentProcess(tmp_path_factory.mktemp("rpc") / "agent").start()
+    yield shared
+    shared.stop()
+
+
 async def run(client: AgentClient, spec: TaskSpec) -> list[TaskEvent]:
     await client.run_task(spec)
     return [e async for e in client.watch_task(spec.task_id)]
@@ -261,6 +270,7 @@ async def test_list_tasks(agent: AgentProcess) -> None:
         active = await client.list_tasks()
         everything = await client.list_tasks(include_finished=True)
         await client.cancel_task("running")
+        await _all(client, "running")  # ended: the module's next test finds the agent idle
     assert [t.task_id for t in active] == ["running"]
     by_id = {t.task_id: t for t in everything}
     assert by_id["listed"].state is TaskState.SUCCEEDED and by_id["listed"].exit_cause == "completed"
@@ -364,6 +374,7 @@ async def test_bad_requests_are_refused_by_field(agent: AgentProcess) -> None:
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
         await client.cancel_task("fill-1")
         await client.cancel_task("fill-2")
+        await asyncio.gather(_all(client, "fill-1"), _all(client, "fill-2"))  # ended: the agent is idle again
         assert (await client.get_info()).slots_total == 2
 
 
