@@ -25,6 +25,8 @@ def test_jobs_register_versions_that_aliases_downloads_and_the_sdk_use(
 
     controller, _ = cluster
     with Client(controller.address) as client:
+        # beside the forests, on the other agent: another model name, so it has no say in their versions
+        unnamed_id = client.submit({"algorithm": "decision_tree", "dataset": "wine"})["id"]
         done = [  # one after the other: versions follow completion order
             client.wait(
                 client.submit(
@@ -39,7 +41,7 @@ def test_jobs_register_versions_that_aliases_downloads_and_the_sdk_use(
             )
             for n in (5, 40)
         ]
-        unnamed = client.wait(client.submit({"algorithm": "decision_tree", "dataset": "wine"})["id"], timeout=120)
+        unnamed = client.wait(unnamed_id, timeout=120)
     assert [j["state"] for j in done] == ["SUCCEEDED", "SUCCEEDED"]
     assert sorted(j["model"]["version"] for j in done) == [1, 2] and {j["model"]["name"] for j in done} == {"iris-rf"}
     assert unnamed["model"]["name"] == "decision_tree-wine" and unnamed["model"]["version"] == 1
