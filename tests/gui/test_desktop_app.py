@@ -29,6 +29,7 @@ from PySide6.QtWidgets import QApplication, QDialogButtonBox, QFileDialog, QInpu
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
+from helpers.processes import start_together
 from helpers.servers import S3_KEY, S3_SECRET, free_port, start_nanio, start_secantus
 from helpers.waiting import wait_until
 from tensorfleet_desktop.client import AsyncClient, Client, NotFound
@@ -46,14 +47,17 @@ WAIT_MS = 60_000
 @pytest.fixture(scope="module")
 def gui_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControllerProcess, list[AgentProcess]]]:
     root = tmp_path_factory.mktemp("gui-cluster")
-    agents = [AgentProcess(root / f"agent{i}", name=f"gui-agent-{i}", cpu_slots=1).start() for i in range(2)]
-    controller = ControllerProcess(root / "controller").start()
+    agents = [AgentProcess(root / f"agent{i}", name=f"gui-agent-{i}", cpu_slots=1) for i in range(2)]
+    controller = ControllerProcess(root / "controller")
     try:
+        start_together(*agents, controller)  # the controller finds the agents as they come
         with Client(controller.address) as client:
             wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 2, 30, "2 agents over mDNS")
         yield controller, agents
     finally:
         controller.stop()
+        for agent in agents:  # all drain at once
+            agent.signal_stop()
         for agent in agents:
             agent.stop()
 
