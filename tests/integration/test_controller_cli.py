@@ -14,6 +14,7 @@ import pytest
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json, online, tensorfleet
+from helpers.processes import start_together
 from helpers.waiting import wait_until
 from tensorfleet_desktop.client import Client, InvalidRequest
 
@@ -145,8 +146,10 @@ def test_unreachable_controller_exits_3_naming_the_address() -> None:
 def test_manual_agents_are_remembered_drained_and_removed(
     agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess], tmp_path: Path
 ) -> None:
-    agent = agent_factory(tmp_path / "manual", name="manual-agent", cpu_slots=1, extra_args=["--no-advertise"]).start()
-    controller = controller_factory(tmp_path / "ctl", extra_args=["--no-mdns", "--metrics-port", "0"]).start()
+    agent, controller = start_together(
+        agent_factory(tmp_path / "manual", name="manual-agent", cpu_slots=1, extra_args=["--no-advertise"]),
+        controller_factory(tmp_path / "ctl", extra_args=["--no-mdns", "--metrics-port", "0"]),
+    )
     added = cli_json(controller.cli("agents", "add", agent.address, "--json"))
     assert added["id"] == agent.info["node_id"] and added["source"] == "manual"
     assert controller.cli("agents", "add", "127.0.0.1:1").returncode == 2
