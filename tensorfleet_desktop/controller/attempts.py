@@ -253,21 +253,29 @@ class Attempts:
         await self.agents.put_blob(node, await blobs.ensure(sha256), sha256)
 
     async def _with_checkpoint(self, job: Job, task: JobTask, spec: TaskSpec, node: str) -> TaskSpec:
-        """A re-placed, retried or resumed torch task continues from the job's latest checkpoint."""
+        """A re-placed, retried or resumed torch task continues from the job's latest checkpoint: the newest one
+        the controller has (an agent that died right after saving one may never have delivered it; the one
+        before it was copied, and going back one checkpoint beats starting over)."""
         checkpoints = [a for a in job.artifacts if a.kind == "checkpoint"]
         if job.mode == "sweep":  # every trial has its own
             checkpoints = [a for a in checkpoints if a.task_index == task.index]
         if not checkpoints or get_workload(spec.workload).category not in CHECKPOINTING:
             return spec
-        latest = max(checkpoints, key=lambda a: a.step)
-        await self.artifacts.copied(latest.sha256, 60)
-        try:
-            await self._send_blob(node, latest.sha256)
-        except FileNotFoundError:
-            log.warning("job %s: checkpoint %s is not in the blob store; starting over", job.id, latest.sha256[:12])
-            return spec
-        self.events.task_event(job, task, f"resuming from the checkpoint of step {latest.step}")
-        return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef("resume.ckpt", latest.sha256)))
+        newest_first = [a for _, _, a in sorted(((a.step, i, a) for i, a in enumerate(checkpoints)), reverse=True)]
+        for checkpoint in newest_first:  # of equal steps, the one saved last
+            await self.artifacts.copied(checkpoint.sha256, 60)
+            try:
+                await self._send_blob(node, checkpoint.sha256)
+            except FileNotFoundError:
+                log.warning(
+                    "job %s: the checkpoint of step %d (%s) is not in the blob store (its agent never delivered "
+                    "it)", job.id, checkpoint.step, checkpoint.sha256[:12],
+                )  # fmt: skip
+                continue
+            self.events.task_event(job, task, f"resuming from the checkpoint of step {checkpoint.step}")
+            return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef("resume.ckpt", checkpoint.sha256)))
+        log.warning("job %s: none of its checkpoints is in the blob store; starting over", job.id)
+        return spec
 
     # ---- following
 
