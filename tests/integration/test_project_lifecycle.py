@@ -12,6 +12,7 @@ agent-loss test kills one of them, so it comes last."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -246,9 +247,7 @@ def test_a_paused_project_stops_at_a_checkpoint_and_resumes_from_it(cluster: Clu
 # ---------------------------------------------------------------- retries
 
 
-def test_a_failed_attempt_is_retried_and_continues_from_its_last_checkpoint(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+def test_a_failed_attempt_is_retried_and_continues_from_its_last_checkpoint(cluster: Cluster, tmp_path: Path) -> None:
     client = cluster.client
     project = _project(cluster.root, "retry")
     job = client.submit_project(project, [*COMMAND, "--epochs", "5", "--fail-at", "2"], max_retries=1)
@@ -300,9 +299,7 @@ def test_a_paused_two_rank_project_resumes_both_ranks_from_rank_0s_checkpoint(cl
 # ---------------------------------------------------------------- the loss of an agent (last: it kills one)
 
 
-def test_a_project_task_whose_agent_dies_is_replaced_on_the_other_and_resumes(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+def test_a_project_task_whose_agent_dies_is_replaced_on_the_other_and_resumes(cluster: Cluster, tmp_path: Path) -> None:
     client = cluster.client
     project = _project(cluster.root, "lost")
     job = client.submit_project(project, [*COMMAND, "--epochs", "14", "--epoch-seconds", "0.4"], max_retries=0)
@@ -318,11 +315,10 @@ def test_a_project_task_whose_agent_dies_is_replaced_on_the_other_and_resumes(
     tree = machine.children(recursive=True)  # its workers and the program: the whole machine goes
     killed_at = time.time()
     victim.kill()
-    for process in tree:
-        try:
-            os.killpg(os.getpgid(process.pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    for process in tree:  # each worker leads a process group of its own (never this test's group)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if (group := os.getpgid(process.pid)) != os.getpgrp():
+                os.killpg(group, signal.SIGKILL)
 
     done = client.wait(job["id"], 120)
     assert done["state"] == "SUCCEEDED", (done["error"], _logs(client, job["id"])[-20:])
