@@ -38,6 +38,7 @@ pytestmark = pytest.mark.slow
 COMMAND = ["python", "-m", "epochs.train"]
 PAUSE_DEADLINE_S = 2.0 + 8.0  # the task stops at its next check (every 20 ms) plus a loaded 2-core machine's margin
 LOST_DEADLINE_S = 3.0 + 2.0  # an agent is LOST within 3 s of dying (test_controller), plus margin
+REPLACED_DEADLINE_S = LOST_DEADLINE_S + 15.0  # then the files pushed and the env found (built at worst) elsewhere
 
 TRAIN_PY = '''\
 """Count epochs: a checkpoint after each, a checkpoint and Stopped when asked to stop, resume from a checkpoint."""
@@ -45,7 +46,6 @@ TRAIN_PY = '''\
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
@@ -58,8 +58,7 @@ def main():
     parser.add_argument("--epoch-seconds", type=float, default=0.3)
     parser.add_argument("--fail-at", type=int, default=-1, help="the job's first attempt exits 3 at this epoch")
     args = parser.parse_args()
-    match = re.search(r"-a(\\d+)$", os.environ.get("TENSORFLEET_TASK_ID", ""))
-    attempt = int(match.group(1)) if match else 1
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) + 1  # as under torchrun: 0 the first time
     resume = task.resume_checkpoint()
     state = json.loads(resume.read_text()) if resume is not None else {"epoch": -1, "history": []}
     print(f"attempt {attempt} rank {task.rank()} pid {os.getpid()} "
@@ -161,9 +160,12 @@ def _history(client: Client, job_id: str) -> list[dict[str, Any]]:
 def _steps_by_attempt(client: Client, job_id: str, task_index: int = 0) -> dict[int, list[int]]:
     """The epochs each attempt of a task reported, in order (attempt number from its agent task id)."""
     steps: dict[int, list[int]] = {}
+    points = {(p["agent_task_id"], p["step"]): p["value"] for p in client.metrics(job_id, ("attempt",))}
     for point in client.metrics(job_id, ("epoch",)):
         if point["task_index"] == task_index:
             attempt = int(point["agent_task_id"].rsplit("-a", 1)[1])
+            # the program's own count (TORCHELASTIC_RESTART_COUNT + 1) is the controller's attempt
+            assert points[(point["agent_task_id"], point["step"])] == attempt, (point, points)
             steps.setdefault(attempt, []).append(point["step"])
     return {attempt: sorted(values) for attempt, values in steps.items()}
 
@@ -232,6 +234,7 @@ def test_a_paused_project_stops_at_a_checkpoint_and_resumes_from_it(cluster: Clu
         if e["kind"] == "task_state" and e["state"] == "PENDING" and e["time"] >= paused_time
     )  # fmt: skip
     assert stopped_time - asked < PAUSE_DEADLINE_S, stopped_time - asked
+    print(f"pause -> stopped at a checkpoint in {stopped_time - asked:.2f}s")
 
     steps = _steps_by_attempt(client, job["id"])
     assert sorted(steps) == [1, 2], steps
@@ -327,6 +330,12 @@ def test_a_project_task_whose_agent_dies_is_replaced_on_the_other_and_resumes(cl
     assert task["replacements"] == 1 and task["failures"] == 0 and task["attempt"] == 2, task
     lost = next(a for a in client.agents() if a["id"] == first["node_id"])
     assert lost["state"] == "LOST" and lost["state_since"] - killed_at < LOST_DEADLINE_S, lost
+    events = _history(client, job["id"])
+    again = next(
+        e["time"] for e in events if e["kind"] == "task_state" and e["state"] == "RUNNING" and e["time"] > killed_at
+    )
+    assert again - killed_at < REPLACED_DEADLINE_S, again - killed_at
+    print(f"agent killed -> LOST in {lost['state_since'] - killed_at:.2f}s, running again in {again - killed_at:.2f}s")
 
     # the survivor got the project's files pushed (or had them) and built or reused the same env
     assert task["environment"] is not None and task["environment"]["key"] == first["environment"]["key"], task
