@@ -19,7 +19,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,21 +97,21 @@ if __name__ == "__main__":
 '''
 
 
-def _project(root: Path, name: str) -> Path:
+def _project(root: Path, name: str, requirements: str = f"{pf.UTIL_NAME}=={pf.UTIL_VERSION}\n") -> Path:
     """The epochs project, one folder per test (`name` in a file too: no other test's snapshot is the same)."""
     return write_tree(
         root / name,
         {
             "epochs/__init__.py": f'"""Epochs for {name}."""\n',
             "epochs/train.py": TRAIN_PY,
-            "requirements.txt": f"{pf.UTIL_NAME}=={pf.UTIL_VERSION}\n",
+            "requirements.txt": requirements,
         },
     )
 
 
 class Cluster:
-    def __init__(self, controller: ControllerProcess, agents: list[AgentProcess], root: Path) -> None:
-        self.controller, self.agents, self.root = controller, agents, root
+    def __init__(self, controller: ControllerProcess, agents: list[AgentProcess], root: Path, house: Path) -> None:
+        self.controller, self.agents, self.root, self.house = controller, agents, root, house
         self.client = Client(controller.address)
 
 
@@ -133,7 +133,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for agent in agents:
             agent.wait_ready()
         controller.wait_ready()
-        cluster = Cluster(controller, agents, root)
+        cluster = Cluster(controller, agents, root, house)
         wait_until(lambda: sum(a["state"] == "ONLINE" for a in cluster.client.agents()) == 2, 20, "2 agents")
         yield cluster
         cluster.client.close()
@@ -155,6 +155,26 @@ def _logs(client: Client, job_id: str) -> list[str]:
 def _history(client: Client, job_id: str) -> list[dict[str, Any]]:
     """Every event of an ended job, in order."""
     return list(client.watch(job_id))
+
+
+def _first_event(client: Client, job_id: str, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The job's first event that is `wanted`, from its history (the job may still be going)."""
+    events = client.watch(job_id)
+    try:
+        return next(e for e in events if wanted(e))
+    finally:
+        events.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _steps_by_attempt(client: Client, job_id: str, task_index: int = 0) -> dict[int, list[int]]:
@@ -267,6 +287,43 @@ def test_a_failed_attempt_is_retried_and_continues_from_its_last_checkpoint(clus
     starts = _starts(_logs(client, job["id"]))
     assert starts[1] == "-" and starts[2].endswith("resume.ckpt"), starts
     assert _output_history(client, job["id"], tmp_path) == [[0, 1], [1, 1], [2, 2], [3, 2], [4, 2]]
+
+
+def test_a_project_paused_while_preparing_stops_its_env_build_and_waits_paused(cluster: Cluster) -> None:
+    """Paused before its command ever ran: nothing to checkpoint, so the build is stopped at once, the task waits
+    (no failure counted) and the job stays PAUSED; resumed, the task is prepared again (then cancelled here)."""
+    client = cluster.client
+    pidfile = cluster.root / "slow-backend.pid"
+    requirement = pf.add_slow_sdist(cluster.house, pidfile)
+    project = _project(cluster.root, "pause-preparing", requirements=f"{requirement}\n")
+    job = client.submit_project(project, COMMAND, max_retries=0)
+    wait_until(pidfile.exists, 30, "the slow build backend to start")
+    backend = int(pidfile.read_text())
+    assert client.job(job["id"])["task_list"][0]["state"] == "PREPARING"
+    asked = time.time()
+    assert client.pause(job["id"])["state"] == "PAUSED"
+    paused = wait_until(
+        lambda: (j := client.job(job["id"]))["task_list"][0]["state"] == "PENDING" and j, 30, "the task stopped"
+    )
+    (task,) = paused["task_list"]
+    assert paused["state"] == "PAUSED" and task["failures"] == 0 and task["attempt"] == 1, task
+    wait_until(lambda: not _alive(backend), PAUSE_DEADLINE_S, "uv's build backend to be killed")
+    stopped = _first_event(
+        client, job["id"], lambda e: e["kind"] == "task_state" and e["state"] == "PENDING" and e["time"] >= asked
+    )["time"]
+    assert stopped - asked < PAUSE_DEADLINE_S, stopped - asked
+    cluster.controller.after_scheduler_passes()
+    assert client.job(job["id"])["task_list"][0]["attempt"] == 1  # not placed again while paused
+
+    pidfile.unlink()
+    client.resume(job["id"])  # prepared again from the start (here it stalls again: then cancelled)
+    wait_until(pidfile.exists, 30, "the env build to start again")
+    again = client.job(job["id"])["task_list"][0]
+    assert again["state"] == "PREPARING" and again["attempt"] == 2, again
+    client.cancel(job["id"])
+    assert client.wait(job["id"], 30)["state"] == "CANCELLED"
+    second = int(pidfile.read_text())
+    wait_until(lambda: not _alive(second), PAUSE_DEADLINE_S, "the second build backend to be killed")
 
 
 # ---------------------------------------------------------------- a gang
