@@ -205,6 +205,26 @@ def _output_history(client: Client, job_id: str, dest: Path, rank: int = 0) -> l
     return json.loads(Path(got["path"]).read_text())["history"]
 
 
+def _kill_machine(agent: AgentProcess) -> float:
+    """kill -9 the agent and every process group under it (its workers and the programs they run), as if its
+    machine had gone; when it was killed."""
+    assert agent.proc is not None
+    tree = psutil.Process(agent.proc.pid).children(recursive=True)
+    killed_at = time.time()
+    agent.kill()
+    for process in tree:  # each worker leads a process group of its own (never this test's group)
+        with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
+            if (group := os.getpgid(process.pid)) != os.getpgrp():
+                os.killpg(group, signal.SIGKILL)
+    return killed_at
+
+
+def _restart(cluster: Cluster, agent: AgentProcess) -> None:
+    """The agent back with the same identity (and data dir), ONLINE again."""
+    agent.start()
+    wait_until(lambda: sum(a["state"] == "ONLINE" for a in cluster.client.agents()) == 2, 20, f"{agent.name} back")
+
+
 def _wait_checkpoint(client: Client, job_id: str, step: int, timeout: float = 60) -> dict[str, Any]:
     """The job once a checkpoint of at least `step` is on it."""
     return wait_until(
@@ -370,15 +390,7 @@ def test_a_project_task_whose_agent_dies_is_replaced_on_the_other_and_resumes(cl
     saved = max((a for a in running["artifacts"] if a["kind"] == "checkpoint"), key=lambda a: a["step"])
     client.download_artifact(job["id"], saved["name"], tmp_path)  # in the controller's store before the loss
 
-    assert victim.proc is not None
-    machine = psutil.Process(victim.proc.pid)
-    tree = machine.children(recursive=True)  # its workers and the program: the whole machine goes
-    killed_at = time.time()
-    victim.kill()
-    for process in tree:  # each worker leads a process group of its own (never this test's group)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if (group := os.getpgid(process.pid)) != os.getpgrp():
-                os.killpg(group, signal.SIGKILL)
+    killed_at = _kill_machine(victim)
 
     done = client.wait(job["id"], 120)
     assert done["state"] == "SUCCEEDED", (done["error"], _logs(client, job["id"])[-20:])
@@ -408,3 +420,35 @@ def test_a_project_task_whose_agent_dies_is_replaced_on_the_other_and_resumes(cl
     history = _output_history(client, job["id"], tmp_path)
     assert [epoch for epoch, _ in history] == list(range(14)), history
     assert history[resumed_from + 1 :] == [[e, 2] for e in range(resumed_from + 1, 14)], history
+    _restart(cluster, victim)  # for the next test
+
+
+def test_a_two_rank_project_losing_an_agent_restarts_both_ranks_from_rank_0s_checkpoint(cluster: Cluster) -> None:
+    client = cluster.client
+    project = _project(cluster.root, "lost-gang")
+    command = [*COMMAND, "--epochs", "12", "--epoch-seconds", "0.4"]
+    job = client.submit_project(project, command, num_workers=2, max_retries=0)
+    running = _wait_checkpoint(client, job["id"], 1)
+    first = running["task_list"]
+    assert all(t["state"] == "RUNNING" for t in first), first
+    saved = max((a for a in running["artifacts"] if a["kind"] == "checkpoint"), key=lambda a: a["step"])
+    client.download_artifact(job["id"], saved["name"], cluster.root / "lost-gang-ckpt")
+    victim = next(a for a in cluster.agents if a.info["node_id"] == first[1]["node_id"])  # rank 1's agent
+    _kill_machine(victim)
+
+    done = client.wait(job["id"], 120)
+    assert done["state"] == "SUCCEEDED", (done["error"], _logs(client, job["id"])[-20:])
+    ranks = done["task_list"]
+    assert [t["attempt"] for t in ranks] == [2, 2], ranks  # the whole gang again, together
+    assert all(t["failures"] == 0 for t in ranks), ranks
+    assert ranks[1]["replacements"] == 1, ranks
+    assert victim.info["node_id"] not in {t["node_id"] for t in ranks}, ranks
+    lines = _logs(client, job["id"])
+    resumed = []
+    for rank in (0, 1):
+        steps = _steps_by_attempt(client, job["id"], rank)
+        assert steps[2][-1] == 11, (rank, steps)
+        resumed.append(steps[2][0] - 1)
+        starts = _starts(lines, rank)
+        assert starts[1] == "-" and starts[2].endswith("resume.ckpt"), (rank, starts)
+    assert resumed[0] == resumed[1] >= saved["step"], (resumed, saved)  # both from the same checkpoint of rank 0
