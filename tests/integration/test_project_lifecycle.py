@@ -8,7 +8,8 @@ shows whether any epoch was done twice or skipped. Everything is asserted from t
 timestamps; nothing waits for a fixed time.
 
 One controller and two agents serve the module (their envs built by uv from a local wheelhouse, offline). The
-agent-loss test kills one of them, so it comes last."""
+agent-loss tests kill one agent's whole process tree, as if its machine had gone, and start it again: they come
+last."""
 
 from __future__ import annotations
 
