@@ -26,7 +26,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def agent_factory(tmp_path: Path) -> Iterator[type[AgentProcess]]:
+def _stopping() -> Iterator[list[AgentProcess | ControllerProcess]]:
+    """The processes a test's factories started, already asked to stop (SIGTERM): waited for (then killed if
+    need be) here, after both factories' teardowns, so that a test's controllers and agents all shut down side by
+    side and its teardown waits for the slowest of them, not for the controllers and then the agents."""
+    stopping: list[AgentProcess | ControllerProcess] = []
+    yield stopping
+    for process in stopping:
+        process.stop()
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path, _stopping: list[AgentProcess | ControllerProcess]) -> Iterator[type[AgentProcess]]:
     started: list[AgentProcess] = []
 
     class Factory(AgentProcess):
@@ -36,10 +47,9 @@ def agent_factory(tmp_path: Path) -> Iterator[type[AgentProcess]]:
             super().spawn()
 
     yield Factory
-    for agent in started:  # all drain at once: teardown waits for the slowest, not for the sum
-        agent.signal_stop()
     for agent in started:
-        agent.stop()
+        agent.signal_stop()
+    _stopping.extend(started)
 
 
 @pytest.fixture
@@ -48,7 +58,9 @@ def agent(tmp_path: Path, agent_factory: type[AgentProcess]) -> AgentProcess:
 
 
 @pytest.fixture
-def controller_factory(tmp_path: Path) -> Iterator[type[ControllerProcess]]:
+def controller_factory(
+    tmp_path: Path, _stopping: list[AgentProcess | ControllerProcess]
+) -> Iterator[type[ControllerProcess]]:
     started: list[ControllerProcess] = []
 
     class Factory(ControllerProcess):
@@ -59,4 +71,5 @@ def controller_factory(tmp_path: Path) -> Iterator[type[ControllerProcess]]:
 
     yield Factory
     for controller in started:
-        controller.stop()
+        controller.signal_stop()
+    _stopping.extend(started)

@@ -90,6 +90,11 @@ class ControllerProcess:
             self.proc.kill()
             self.proc.wait(10)
 
+    def signal_stop(self) -> None:
+        """SIGTERM without waiting (stop() waits): stop several processes side by side."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
