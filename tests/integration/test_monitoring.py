@@ -17,6 +17,7 @@ import pytest
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json, tensorfleet
 from helpers.grpc_probe import health_changes, health_status, reflected_methods, reflected_services
+from helpers.processes import start_together
 from helpers.promlint import lint
 from helpers.waiting import wait_until
 from tensorfleet_agent.identity import node_id_of_cert
@@ -34,9 +35,11 @@ def scrape(target: str) -> str:
 def test_targets_file_lists_the_controller_and_agents_serving_metrics(
     tmp_path: Path, agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess]
 ) -> None:
-    agent = agent_factory(tmp_path / "agent", name="metrics-agent", extra_args=["--metrics-port", "0"]).start()
-    agent_factory(tmp_path / "quiet", name="quiet-agent").start()  # no /metrics: not a target
-    controller = controller_factory(tmp_path / "controller", extra_args=["--metrics-port", "0"]).start()
+    agent, _quiet, controller = start_together(
+        agent_factory(tmp_path / "agent", name="metrics-agent", extra_args=["--metrics-port", "0"]),
+        agent_factory(tmp_path / "quiet", name="quiet-agent"),  # no /metrics: not a target
+        controller_factory(tmp_path / "controller", extra_args=["--metrics-port", "0"]),
+    )
     path = tmp_path / "controller" / "prometheus" / "targets.json"
 
     def groups() -> list[dict[str, Any]]:
