@@ -24,6 +24,7 @@ Maintainer: TensorFleet <tensorfleet@localhost>
 Section: science
 Priority: optional
 Depends: libc6, libgl1, libegl1, libxkbcommon0, libfontconfig1, libdbus-1-3
+Recommends: python3 (>= 3.9)
 Description: Train ML models on the machines you already have
  A LAN training cluster: tensorfleet-agent runs training tasks on each box (installed as a systemd
  service), and the TensorFleet desktop app schedules jobs on them, plots live metrics and keeps a
