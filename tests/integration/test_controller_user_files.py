@@ -246,12 +246,12 @@ def test_user_csv_datasets(cluster: tuple[ControllerProcess, list[AgentProcess]]
         assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_user_parquet_datasets(cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
+def test_user_parquet_datasets(shared_cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from sklearn.datasets import load_breast_cancer
 
-    controller, _ = cluster
+    controller, _ = shared_cluster
     data = load_breast_cancer()
     columns = {f"m{i}": data.data[:, i] for i in range(data.data.shape[1])}
     columns["diagnosis"] = [str(data.target_names[t]) for t in data.target]
