@@ -304,7 +304,9 @@ def test_disk_full_while_checkpointing_fails_clearly_and_moves(
             "algorithm": "torch_mlp",
             "dataset": "digits",
             "max_retries": 2,
-            "hyperparameters": {"epochs": 30, "checkpoint_every": 1, "batch_size": 32},
+            # the disk fills once the first checkpoint is stored and the attempt on h4 fails a moment later; the
+            # epochs after that are the resumed attempt's work on h1 (15 leave a wide margin, 30 added only time)
+            "hyperparameters": {"epochs": 15, "checkpoint_every": 1, "batch_size": 32},
             "constraints": {"on": ["agent-h4", "agent-h1"]},
         }
     )
