@@ -121,6 +121,7 @@ class EnvSpec:
             if source is None:
                 return None
         else:
+            _check_env_choice(choice)
             source = PurePosixPath(choice).as_posix()
             if not (project / source).is_file():
                 raise ValueError(f"--env {choice}: no such file in {project}")
@@ -133,10 +134,19 @@ class EnvSpec:
             path = project / name
             if not path.is_file():
                 raise ValueError(f"{name} (needed by --env {choice}) is not a file in {project}")
+            if not path.resolve().is_relative_to(project.resolve()):  # a link in the project leading out of it
+                raise ValueError(f"{name} (needed by --env {choice}) leads outside the project, to {path.resolve()}")
             files[name] = path.read_bytes()
             if name.endswith((".txt", ".in")):
                 todo.extend(n for n in _included(name, files[name]) if n not in files)
         return cls(source=source, files=files)
+
+
+def _check_env_choice(choice: str) -> None:
+    """An env file named by the task must be a path inside the project (the controller checks it too)."""
+    path = PurePosixPath(choice)
+    if not choice or path.is_absolute() or ".." in path.parts or "\\" in choice or "\x00" in choice:
+        raise ValueError(f"--env {choice!r}: the env file must be a path relative to the project, without '..'")
 
 
 _INCLUDE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?=[^\s-]))(\S+)")

@@ -266,7 +266,13 @@ _BUILTIN += (
                 ParamSpec(
                     "command", "list", [], "the command and its arguments, e.g. python -m pkg.train", maximum=256
                 ),
-                ParamSpec("env", "str", "auto", "auto, none, or the requirement file to build the env from"),
+                ParamSpec(
+                    "env",
+                    "str",
+                    "auto",
+                    "auto, none, or the env file to build the env from: a path relative to the project, without '..'",
+                    pattern=r"auto|none|(?![/\\])(?!(?:.*/)?\.\.(?:/|$))[^\x00-\x1f\x7f\\]{1,1024}",
+                ),
                 ParamSpec(
                     "output_dir",
                     "str",

@@ -131,6 +131,24 @@ def test_env_auto_prefers_the_lock_then_pyproject_then_requirements(tmp_path: Pa
         EnvSpec.from_dir(tmp_path, "requirements-gpu.txt")
 
 
+@pytest.mark.parametrize("choice", ["/etc/hostname", "../requirements.txt", "sub/../../requirements.txt", "a\\b.txt"])
+def test_an_env_file_outside_the_project_is_refused(tmp_path: Path, choice: str) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "requirements.txt").write_text("tinyb\n")  # exists, but outside the project
+    with pytest.raises(ValueError, match=r"relative to the project, without '\.\.'"):
+        EnvSpec.from_dir(project, choice)
+
+
+def test_an_env_file_linking_out_of_the_project_is_refused(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (tmp_path / "secret.txt").write_text("tinyb\n")
+    (project / "requirements.txt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(ValueError, match="leads outside the project"):
+        EnvSpec.from_dir(project, "auto")
+
+
 def test_disk_usage_counts_a_hardlinked_file_once(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a").write_bytes(b"x" * 100_000)

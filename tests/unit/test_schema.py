@@ -48,3 +48,20 @@ def test_diagnostics_need_nothing_extra() -> None:
     assert {"noop", "sleep", "emit", "fail"} <= names
     for w in all_workloads():
         assert w.to_dict()["name"] == w.name
+
+
+PROJECT = {"manifest": "a" * 64, "command": ["python", "train.py"]}
+
+
+@pytest.mark.parametrize("env", ["auto", "none", "requirements.txt", "envs/gpu.txt", "sub/uv.lock", "a..b.txt"])
+def test_a_project_env_is_auto_none_or_a_file_inside_the_project(env: str) -> None:
+    assert get_workload("project").schema.validate({**PROJECT, "env": env})["env"] == env
+
+
+@pytest.mark.parametrize(
+    "env", ["/etc/passwd", "../requirements.txt", "a/../../r.txt", "..", "sub\\r.txt", "r\x00.txt", "r\n.txt", ""]
+)
+def test_a_project_env_leaving_the_project_is_refused(env: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        get_workload("project").schema.validate({**PROJECT, "env": env})
+    assert err.value.field == "params.env" and "relative to the project" in err.value.message
