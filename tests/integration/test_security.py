@@ -202,8 +202,10 @@ def test_two_clusters_never_mix(
     agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess], tmp_path: Path
 ) -> None:
     tokens = {"a": f"cluster-a-{secrets.token_hex(6)}", "b": f"cluster-b-{secrets.token_hex(6)}"}
+    # names of this run's own: another test run on this loopback at the same moment has an agent-a and agent-b too
+    names = {k: f"agent-{k}-{secrets.token_hex(3)}" for k in tokens}
     agents = {
-        k: agent_factory(tmp_path / f"agent-{k}", name=f"agent-{k}", cpu_slots=1, env={"TENSORFLEET_CLUSTER_TOKEN": t})
+        k: agent_factory(tmp_path / f"agent-{k}", name=names[k], cpu_slots=1, env={"TENSORFLEET_CLUSTER_TOKEN": t})
         for k, t in tokens.items()
     }
     controllers = {
@@ -214,35 +216,35 @@ def test_two_clusters_never_mix(
     }
     start_together(*agents.values(), *controllers.values())
     with Client(controllers["a"].address) as a, Client(controllers["b"].address) as b:
-        for client, mine in ((a, "agent-a"), (b, "agent-b")):
+        for client, mine in ((a, names["a"]), (b, names["b"])):
             wait_until(lambda c=client, m=mine: [x for x in c.agents() if x["name"] == m and x["paired"]], 20, mine)
         wait_until(  # cluster a has seen agent-b's advertisement (and refused it): not a moment too early to look
             lambda: [x for x in a.agents(all=True) if x["address"] == agents["b"].address and x["refused"]],
             20,
             "cluster a refusing agent-b",
         )
-        assert [x["name"] for x in a.agents()] == ["agent-a"]  # the other cluster's agent is ignored over mDNS
+        assert [x["name"] for x in a.agents()] == [names["a"]]  # the other cluster's agent is ignored over mDNS
         # ... but listed, with the reason, by `agents --all` (and counted by the plain listing)
         listed = cli_json(controllers["a"].cli("agents", "--all", "--json"))
-        assert [(x["name"], x["refused"]) for x in listed if x["name"] == "agent-a"] == [("agent-a", "")]
+        assert [(x["name"], x["refused"]) for x in listed if x["name"] == names["a"]] == [(names["a"], "")]
         refused = [x for x in listed if x["refused"] and x["address"] == agents["b"].address]
         assert [(x["name"], x["state"], x["id"]) for x in refused] == [
-            ("agent-b", "REFUSED", agents["b"].info["node_id"])
+            (names["b"], "REFUSED", agents["b"].info["node_id"])
         ]
         assert "another cluster" in refused[0]["refused"] and "TENSORFLEET_CLUSTER_TOKEN" in refused[0]["refused"]
         plain = controllers["a"].cli("agents")
-        assert plain.returncode == 0 and "agent-b" not in plain.stdout
+        assert plain.returncode == 0 and names["b"] not in plain.stdout
         assert re.search(r"\d+ refused services?: see `tensorfleet agents --all`", plain.stderr), plain.stderr
-        assert controllers["a"].logs().count("refusing the agent service agent-b") == 1  # not on every update
+        assert controllers["a"].logs().count(f"refusing the agent service {names['b']}") == 1  # not on every update
         added = cli_json(controllers["a"].cli("agents", "add", agents["b"].address, "--json"))
-        assert added["name"] == "agent-b"
+        assert added["name"] == names["b"]
         entry = wait_until(
-            lambda: next((x for x in a.agents() if x["name"] == "agent-b" and x["state"] == "ONLINE"), None),
+            lambda: next((x for x in a.agents() if x["name"] == names["b"] and x["state"] == "ONLINE"), None),
             20,
-            "agent-b listed",
+            f"{names['b']} listed",
         )
         assert entry["paired"] is False and "not paired" in entry["error"]
-        job = a.submit({"algorithm": "noop", "constraints": {"on": "agent-b"}})
+        job = a.submit({"algorithm": "noop", "constraints": {"on": names["b"]}})
         controllers["a"].after_scheduler_passes()
         assert a.job(job["id"])["state"] == "QUEUED"  # an unpaired agent is never scheduled
         assert b.jobs() == []
