@@ -26,8 +26,8 @@ def _core_errors() -> Iterator[None]:
         yield
     except grpc.aio.AioRpcError as exc:
         code, details = exc.code(), exc.details() or exc.code().name
-        if code in _BUSY:
-            raise AgentBusy(details) from None
+        if code in _BUSY:  # RESOURCE_EXHAUSTED is the agent's own "no"; the others leave it open
+            raise AgentBusy(details, maybe_done=code != grpc.StatusCode.RESOURCE_EXHAUSTED) from None
         if code == grpc.StatusCode.NOT_FOUND:
             raise TaskUnknown(details) from None
         raise AgentCallError(details) from None
@@ -43,6 +43,7 @@ def view(record: AgentRecord) -> AgentView:
         online=record.client is not None and record.state is AgentState.ONLINE,
         schedulable=record.schedulable,
         slots_free=record.slots_free,
+        reported_slots_free=tel.slots_free if tel else None,
         gpu_slots=len(info.gpus) if info else 0,
         gpu_free_memory=sum(g.memory_total_bytes - g.memory_used_bytes for g in tel.gpus) if tel else 0,
         load=tel.cpu_percent if tel else 0.0,

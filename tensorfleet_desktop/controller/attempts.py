@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 _ORPHAN_GRACE = 15.0  # after a restart, how long an unknown agent may take to reappear
 _PAUSE_GRACE = 60.0  # how long a pausing task may take to save its checkpoint before it is cancelled
-_REQUEUE_PAUSE = 0.5  # after an agent did not take an attempt, before the scheduler tries again
+_BUSY_BACKOFF = 0.5  # an agent that did not take an attempt gets no new one for this long, doubled for every
+_BUSY_BACKOFF_MAX = 15.0  # further refusal in a row up to this (or until its telemetry shows a free slot again)
 _WATCH_RETRY = 0.25  # between tries to re-open an attempt's event stream
 HAS_BLOBS_BATCH = 10_000  # sha256s per HasBlobs call (the agent's limit)
 PUSH_CONCURRENCY = 4  # project files sent to one agent at once
@@ -62,7 +63,15 @@ class Attempts:
         # (node id, sha256) -> its push running now: a gang's ranks on one agent send each project file once
         self._pushing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._started = clock.monotonic()
+        # node id -> (refused at, consecutive refusals): an agent that said "busy" gets no attempt for a while
+        self._busy: dict[str, tuple[float, int]] = {}
         agents.subscribe(self._on_agent)
+
+    def resting(self, node_id: str) -> bool:
+        """The agent refused an attempt lately (it has less room than we count: a task of ours that ended here may
+        still hold its slot): placing there again now would be refused again, so it waits out a back-off."""
+        busy = self._busy.get(node_id)
+        return busy is not None and self.clock.monotonic() < busy[0] + busy_backoff(busy[1])
 
     # ---- placing
 
@@ -109,12 +118,13 @@ class Attempts:
     async def _run(
         self, job: Job, task: JobTask, agent: AgentView, attempt: str, layout: RankLayout | None = None
     ) -> None:
-        node = agent.node_id
+        node, sent = agent.node_id, False
         try:
             spec = await self._with_checkpoint(job, task, self.task_spec(job, task, layout), node)
             spec = await self._with_script(job, spec, node)
             spec = await self._with_project(job, spec, node)
             spec = await self._with_dataset(spec, node)
+            sent = True
             await self.agents.run_task(node, spec)
         except ProjectFilesMissing as exc:  # lost from the blob store since the submit: no agent can run it
             if task.agent_task_id == attempt:
@@ -129,21 +139,40 @@ class Attempts:
         except AgentBusy as exc:
             if task.agent_task_id != attempt:
                 return
-            self.agents.release(node, attempt)
-            log.info("agent %s did not take %s (%s); back to the queue", agent.name, attempt, exc)
-            task.stale_attempts.append(attempt)
-            task.state, task.agent_task_id = TaskRunState.PENDING, ""
-            self.events.task_event(job, task, f"not accepted by {agent.name}: {exc}")
-            self.machine.requeue(job, [task], f"rank {task.index} not accepted by {agent.name}")
-            await self.clock.sleep(_REQUEUE_PAUSE)
-            self.machine.wake.set()
+            self._refused(job, task, agent, attempt, exc, maybe_run=sent and exc.maybe_done)
             return
         except AgentCallError as exc:
             if task.agent_task_id == attempt:
                 self.agents.release(node, attempt)
                 self.machine.task_finished(job, task, Finished(TaskState.FAILED, "rejected", f"{agent.name}: {exc}"))
             return
+        self._busy.pop(node, None)
         self.watch(job, task, attempt)
+
+    def _refused(
+        self, job: Job, task: JobTask, agent: AgentView, attempt: str, exc: AgentBusy, maybe_run: bool
+    ) -> None:
+        """The agent did not take the attempt: back to the queue, not counted against the task, and the agent
+        rests (busy_backoff) so the task is not offered to it several times a second. An attempt the agent said
+        no to is not one: its number and id are used again by the next placement (the agent holds nothing under
+        it). One it may have taken (the call timed out) keeps its number and is cancelled there, in case."""
+        node = agent.node_id
+        self.agents.release(node, attempt)
+        refusals = self._busy.get(node, (0.0, 0))[1] + 1
+        self._busy[node] = (self.clock.monotonic(), refusals)
+        rest = busy_backoff(refusals)
+        log.info(
+            "agent %s did not take %s (%s); back to the queue, the agent rests %.1fs", agent.name, attempt, exc, rest
+        )
+        if maybe_run:
+            task.stale_attempts.append(attempt)
+            self.background.spawn(self._cancel_on_agent(agent, attempt, "not accepted in time"))
+        elif job.mode != "gang":  # a gang's other ranks may have started under this number: it moves on
+            task.attempt -= 1
+        task.state, task.agent_task_id = TaskRunState.PENDING, ""
+        self.events.task_event(job, task, f"not accepted by {agent.name}: {exc}")
+        self.machine.requeue(job, [task], f"rank {task.index} not accepted by {agent.name}")
+        self.machine.wake.set()
 
     async def _with_dataset(self, spec: TaskSpec, node: str) -> TaskSpec:
         """User data travels to the agent by content (skipped when its cache has it)."""
@@ -384,6 +413,8 @@ class Attempts:
         if kind != "telemetry":  # an agent's state may have changed (connected, paired, lost, removed)
             self.metrics.active_workers.set(sum(1 for a in self.agents.agents() if a.online))
         agent = self.agents.agent(node_id)
+        if kind == "removed":
+            self._busy.pop(node_id, None)
         if kind == "lost":
             name = agent.name if agent is not None else node_id
             for job in list(self.machine.jobs.values()):
@@ -395,8 +426,14 @@ class Attempts:
         elif kind in ("added", "back", "paired"):
             self.background.spawn(self.reconcile(node_id))
             self.machine.wake.set()
-        elif kind == "telemetry" and agent is not None and not agent.placed:
-            self.machine.wake.set()
+        elif kind == "telemetry" and agent is not None:
+            busy = self._busy.get(node_id)
+            if busy is not None and (agent.reported_slots_free or 0) > 0:
+                # it has room again by its own count: the shortest rest is enough
+                self._busy[node_id] = (busy[0], 1)
+                self.machine.wake.set()
+            elif not agent.placed:
+                self.machine.wake.set()
 
     async def reconcile(self, node_id: str) -> None:
         """An agent (re)appeared: re-attach to our current attempts, cancel attempts we moved on from."""
@@ -432,3 +469,8 @@ class Attempts:
                     self.abandon(job, task, "agent unknown after restart")
                     task.state = TaskRunState.FAILED
                 self.machine.replace(job, orphans, "its agent did not come back after a controller restart")
+
+
+def busy_backoff(refusals: int) -> float:
+    """Seconds an agent gets no attempt after its `refusals`-th "busy" in a row: 0.5, 1, 2 ... at most 15."""
+    return min(_BUSY_BACKOFF_MAX, _BUSY_BACKOFF * 2.0 ** max(0, refusals - 1))

@@ -18,7 +18,12 @@ class AgentCallError(Exception):
 
 class AgentBusy(AgentCallError):
     """The agent could not take the call now (no connection, no free slot, too slow): try it elsewhere or later,
-    never count it against the task."""
+    never count it against the task. `maybe_done`: the call may have reached the agent and been carried out all
+    the same (it timed out, or the connection broke while it was under way); False: the agent said no."""
+
+    def __init__(self, message: str, maybe_done: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_done = maybe_done
 
 
 class TaskUnknown(AgentCallError):

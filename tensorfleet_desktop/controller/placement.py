@@ -85,7 +85,7 @@ class Placement:
                 workloads=a.workloads,
             )
             for a in views
-            if a.schedulable
+            if a.schedulable and not self.attempts.resting(a.node_id)  # it said "busy" a moment ago
         ]
         if not any(c.free_slots > 0 for c in capacities):
             return  # nothing can be placed: spare the pass over the queue

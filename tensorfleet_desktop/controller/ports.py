@@ -33,7 +33,8 @@ class AgentView:
     connected: bool  # the controller holds a connection to it (it may be LOST meanwhile)
     online: bool  # connected and ONLINE: its attempts can be watched and cancelled
     schedulable: bool  # online, paired, not draining, not stopping, room on its disk
-    slots_free: int
+    slots_free: int  # its slots less the attempts we hold there
+    reported_slots_free: int | None = None  # free slots by its own last telemetry (None: none heard yet)
     gpu_slots: int = 0
     gpu_free_memory: int = 0
     load: float = 0.0  # cpu percent

@@ -68,6 +68,8 @@ class FakeAgent:
     labels: dict[str, str] = field(default_factory=dict)
     online: bool = True
     refuse: str = ""  # run_task refuses with this (AgentBusy) while set
+    refuse_maybe_done: bool = False  # ... as a timed-out call that may have been carried out
+    reported_free: int | None = None  # free slots by its own telemetry (FakeAgents.telemetry)
     tasks: dict[str, FakeTask] = field(default_factory=dict)
     placed: set[str] = field(default_factory=set)
     blobs: set[str] = field(default_factory=set)
@@ -103,6 +105,11 @@ class FakeAgents:
     def back(self, node_id: str) -> None:
         self.fleet[node_id].online = True
         self._emit("back", node_id)
+
+    def telemetry(self, node_id: str, slots_free: int) -> None:
+        """The agent's telemetry arrives, counting `slots_free` free slots by its own reckoning."""
+        self.fleet[node_id].reported_free = slots_free
+        self._emit("telemetry", node_id)
 
     def task(self, attempt: str) -> FakeTask:
         return next(a.tasks[attempt] for a in self.fleet.values() if attempt in a.tasks)
@@ -158,6 +165,7 @@ class FakeAgents:
             online=a.online,
             schedulable=a.online,
             slots_free=max(0, a.slots - len(a.placed)),
+            reported_slots_free=a.reported_free,
             labels=dict(a.labels),
             workloads=a.workloads,
             placed=frozenset(a.placed),
@@ -183,7 +191,9 @@ class FakeAgents:
     async def run_task(self, node_id: str, spec: TaskSpec) -> None:
         agent = self._online(node_id)
         if agent.refuse:
-            raise AgentBusy(agent.refuse)
+            self.calls.append(("refused", node_id, spec.task_id))
+            self._notify()
+            raise AgentBusy(agent.refuse, maybe_done=agent.refuse_maybe_done)
         missing = [ref.name for ref in spec.inputs if ref.sha256 not in agent.blobs]
         if missing:  # what a real agent refuses: RunTask names inputs it does not hold
             raise AgentCallError(f"inputs not on the agent: {', '.join(missing)}")

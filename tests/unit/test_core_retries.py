@@ -98,17 +98,57 @@ async def test_a_lost_rank_restarts_the_whole_gang(tmp_path: Path) -> None:
         assert ("cancel", gang.tasks[0].node_id, first[0]) in agents.calls  # the surviving rank was stopped
 
 
+def _refusals(agents: FakeAgents) -> list[str]:
+    return [attempt for call, _, attempt in agents.calls if call == "refused"]
+
+
 async def test_an_agent_that_does_not_take_a_task_sends_it_back_to_the_queue(tmp_path: Path) -> None:
+    """A "busy" answer costs no retry and no attempt number, and the agent rests (0.5 s, 1 s, 2 s ... or until its
+    telemetry shows a free slot) instead of being asked again several times a second."""
     agents, clock = FakeAgents(), FakeClock()
     a1 = agents.add("a1")
-    a1.refuse = "no free slot"
+    a1.refuse = "0 of 1 free slot(s)"
     async with core(tmp_path, agents, clock) as controller:
         job = await controller.submit({"algorithm": "noop", "max_retries": 0}, "me")
         task = job.tasks[0]
-        await until(controller, lambda: len(task.stale_attempts) == 1 and task.state is TaskRunState.PENDING)
-        assert task.failures == 0 and job.state is JobState.RUNNING and a1.placed == set()
+        for refusals, rest in ((1, 0.5), (2, 1.0), (3, 2.0)):
+            await agents.wait(lambda n=refusals: len(_refusals(agents)) == n)  # type: ignore[misc]
+            await until(controller, lambda: task.state is TaskRunState.PENDING)
+            assert (task.attempt, task.failures, a1.placed) == (0, 0, set())
+            clock.advance(rest - 0.1)
+            controller.placement.schedule()
+            assert task.state is TaskRunState.PENDING, f"offered again {rest - 0.1}s after refusal {refusals}"
+            clock.advance(0.1)
+            controller.machine.wake.set()
+        await agents.wait(lambda: len(_refusals(agents)) == 4)
+        await until(controller, lambda: task.state is TaskRunState.PENDING)
+        agents.telemetry("a1", 0)  # still no room by its own count: the 4 s rest holds
+        clock.advance(0.5)
+        controller.placement.schedule()
+        assert task.state is TaskRunState.PENDING
         a1.refuse = ""
-        controller.machine.wake.set()
+        agents.telemetry("a1", 1)  # room again: the shortest rest (already over) is enough
         await agents.wait(lambda: len(agents.running()) == 1)
+        assert set(_refusals(agents)) == {f"{job.id}-r0-a1"} and agents.running() == [f"{job.id}-r0-a1"]
+        assert (task.attempt, task.failures, job.state) == (1, 0, JobState.RUNNING)
         agents.finish(agents.running()[0])
         assert await ended(controller, job) is JobState.SUCCEEDED
+
+
+async def test_a_placement_that_may_have_reached_the_agent_is_a_new_attempt_and_is_cancelled_there(
+    tmp_path: Path,
+) -> None:
+    """RunTask timed out: the agent may run it, so its id is not used again and the controller cancels it."""
+    agents, clock = FakeAgents(), FakeClock()
+    a1 = agents.add("a1")
+    a1.refuse, a1.refuse_maybe_done = "deadline exceeded", True
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit({"algorithm": "noop"}, "me")
+        task = job.tasks[0]
+        await agents.wait(lambda: ("cancel", "a1", f"{job.id}-r0-a1") in agents.calls)
+        assert task.stale_attempts == [f"{job.id}-r0-a1"] and task.failures == 0
+        a1.refuse = ""
+        clock.advance(0.5)
+        controller.machine.wake.set()
+        await agents.wait(lambda: len(agents.running()) == 1)
+        assert agents.running() == [f"{job.id}-r0-a2"] and task.attempt == 2
