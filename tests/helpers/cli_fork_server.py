@@ -47,6 +47,7 @@ def _decode(data: bytes) -> str:
 class CliForkServer:
     def __init__(self, log_path: Path) -> None:
         self._lock = threading.Lock()
+        self._log_path = log_path
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with log_path.open("ab") as log:
@@ -74,6 +75,9 @@ class CliForkServer:
 
     def close(self) -> None:
         self._sock.close()  # the server sees EOF and exits; commands still running finish on their own
+        with contextlib.suppress(OSError):
+            if self._log_path.stat().st_size == 0:  # nothing went wrong: no log left behind
+                self._log_path.unlink()
 
     def run(self, args: list[str], env: dict[str, str], timeout: float | None) -> subprocess.CompletedProcess[str]:
         """Like subprocess.run([sys.executable, "-m", "tensorfleet_desktop", *args], capture_output=True,
@@ -98,7 +102,6 @@ class CliForkServer:
                 while selector.get_map():
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        self._kill(chunks[status_r])
                         raise subprocess.TimeoutExpired(
                             cmd, timeout or 0, output=b"".join(chunks[out_r]), stderr=b"".join(chunks[err_r])
                         )
@@ -108,6 +111,9 @@ class CliForkServer:
                             chunks[key.fd].append(data)
                         else:
                             selector.unregister(key.fd)
+            except BaseException:  # a timeout, or the test interrupted: as subprocess.run, kill the command
+                self._kill(chunks[status_r])
+                raise
             finally:
                 for fd in chunks:
                     os.close(fd)
@@ -120,11 +126,12 @@ class CliForkServer:
 
     @staticmethod
     def _kill(status: list[bytes]) -> None:
-        """Kill the command (its pid is the status pipe's first line) as subprocess.run does on a timeout."""
-        first = b"".join(status).split(b"\n")[0]
-        if first.strip():
+        """Kill the command if it still runs: the status pipe has its pid and not yet its exit code (once that
+        is there, the pid may belong to another process)."""
+        lines = b"".join(status).splitlines()
+        if len(lines) == 1:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(first), signal.SIGKILL)
+                os.kill(int(lines[0]), signal.SIGKILL)
 
 
 def _command(sock: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
