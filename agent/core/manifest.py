@@ -26,6 +26,7 @@ MAX_FILES = 200_000
 MAX_PATH = 4096
 MAX_COMPONENT = 255
 MANIFEST_VERSION = 1
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest blob: MAX_FILES entries of long paths fit well under this
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

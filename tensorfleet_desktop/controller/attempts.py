@@ -122,7 +122,7 @@ class Attempts:
         try:
             spec = await self._with_checkpoint(job, task, self.task_spec(job, task, layout), node)
             spec = await self._with_script(job, spec, node)
-            spec = await self._with_project(job, spec, node)
+            spec = await self._with_project(job, task, spec, agent)
             spec = await self._with_dataset(spec, node)
             sent = True
             await self.agents.run_task(node, spec)
@@ -202,19 +202,28 @@ class Attempts:
         }
         return dataclasses.replace(spec, params=params, inputs=(*spec.inputs, BlobRef(script["name"], digest)))
 
-    async def _with_project(self, job: Job, spec: TaskSpec, node: str) -> TaskSpec:
+    async def _with_project(self, job: Job, task: JobTask, spec: TaskSpec, agent: AgentView) -> TaskSpec:
         """A project job pushes its manifest and every file the agent lacks (HasBlobs in batches, a few PutBlobs
         at once), then names the manifest among the inputs; the agent materializes the folder from its cache."""
         project = job.spec.get("project")
         if not project:
             return spec
         manifest_id = str(project["manifest_id"])
+        node = agent.node_id
         entries = await self.project_files.manifest(manifest_id)
         wanted = sorted({manifest_id} | {e.sha256 for e in entries})
         have: set[str] = set()
         for start in range(0, len(wanted), HAS_BLOBS_BATCH):
             have |= await self.agents.has_blobs(node, wanted[start : start + HAS_BLOBS_BATCH])
         missing = [sha for sha in wanted if sha not in have]
+        sizes = {e.sha256: e.size for e in entries}
+        files = [sha for sha in missing if sha in sizes]  # the manifest itself is not one of the user's files
+        if files:  # pushing can take a while: say so, or the task sits in DISPATCHED with no sign of life
+            size = sum(sizes[sha] for sha in files)
+            self.events.task_event(
+                job, task, f"sending {len(files)} project file(s) ({_mib(size)}) to {agent.name}; "
+                f"{len(sizes) - len(files)} already there",
+            )  # fmt: skip
         if missing:
             lost = await self._push_all(node, missing)
             if lost:
@@ -474,3 +483,7 @@ class Attempts:
 def busy_backoff(refusals: int) -> float:
     """Seconds an agent gets no attempt after its `refusals`-th "busy" in a row: 0.5, 1, 2 ... at most 15."""
     return min(_BUSY_BACKOFF_MAX, _BUSY_BACKOFF * 2.0 ** max(0, refusals - 1))
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 // 10 else f"{size / 1024:.1f} KiB"

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import IO
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.core.manifest import MAX_FILES, ManifestEntry, manifest_from_bytes
+from tensorfleet_agent.core.manifest import MAX_FILES, MAX_MANIFEST_BYTES, ManifestEntry, manifest_from_bytes
 from tensorfleet_desktop.controller.store.blobs import BlobStore
 
 MAX_FILE_BYTES = 8 << 30  # one file of a project
 MAX_CHUNK = 1 << 20  # one data message
-MAX_MANIFEST_BYTES = 64 << 20  # a manifest blob (200,000 files of long paths fit)
 _MANIFESTS_KEPT = 8  # parsed manifests remembered (a gang's ranks and re-submits read the same one)
 _NAMED = 5  # missing files named in a refusal
 
@@ -125,17 +124,17 @@ class ProjectFiles:
             raise ValidationError(
                 "project.manifest_id", f"blob {manifest_id[:12]} is over {MAX_MANIFEST_BYTES} bytes: not a manifest"
             )
-        if hashlib.sha256(data).hexdigest() != manifest_id:
-            raise ProjectFilesMissing(
-                "project.manifest_id",
-                f"the stored manifest {manifest_id[:12]} is damaged (its bytes hash otherwise): upload it again",
-            )
-        try:
-            entries = await asyncio.to_thread(manifest_from_bytes, data)
+        try:  # hashing and parsing up to 64 MiB: in a thread, never on the event loop
+            entries = await asyncio.to_thread(_parse_manifest, data, manifest_id)
         except ValidationError as exc:
             raise ValidationError(
                 "project.manifest_id", f"blob {manifest_id[:12]} is not a valid project manifest: {exc}"
             ) from None
+        if entries is None:
+            raise ProjectFilesMissing(
+                "project.manifest_id",
+                f"the stored manifest {manifest_id[:12]} is damaged (its bytes hash otherwise): upload it again",
+            )
         self._manifests[manifest_id] = entries
         while len(self._manifests) > _MANIFESTS_KEPT:
             self._manifests.popitem(last=False)
@@ -220,3 +219,10 @@ class ProjectFiles:
 
 
 __all__ = ["MAX_CHUNK", "MAX_FILE_BYTES", "IncomingFile", "ProjectFiles", "ProjectFilesMissing", "check_sha256"]
+
+
+def _parse_manifest(data: bytes, manifest_id: str) -> tuple[ManifestEntry, ...] | None:
+    """The entries of a manifest blob; None when its bytes do not hash to its id (damaged)."""
+    if hashlib.sha256(data).hexdigest() != manifest_id:
+        return None
+    return manifest_from_bytes(data)

@@ -111,6 +111,13 @@ async def test_the_manifest_and_only_the_files_the_agent_lacks_are_pushed_before
         await agents.wait(lambda: any(t.startswith(again.id) for t in agents.running()))
         assert agents.pushed == []
 
+        # While files travel the task says so (it is DISPATCHED meanwhile); nothing to send, nothing said.
+        await controller.store.flush()
+        sending = [r.message for r in await controller.store.events(job.id, 0) if "sending" in r.message]
+        size = sum(len(d) for p, d in FILES.items() if p != "requirements.txt")
+        assert sending == [f"sending 3 project file(s) ({size / 1024:.1f} KiB) to a1; 1 already there"]
+        assert not [r for r in await controller.store.events(again.id, 0) if "sending" in r.message]
+
 
 async def test_has_blobs_is_asked_in_batches_within_the_agents_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -398,3 +405,12 @@ async def test_a_model_the_project_registered_is_named_and_typed_by_its_report(t
         assert (record["format"], record["config"]) == ("safetensors", {})
         with pytest.raises(RegistryError, match="it downloads as safetensors"):
             await controller.registry.export(record, "onnx", out)
+
+
+async def test_a_stored_manifest_whose_bytes_hash_otherwise_is_refused_as_damaged(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    async with core(tmp_path, agents, clock) as controller:
+        project = _project(controller, FILES)
+        controller.blobs.path(project["manifest_id"]).write_bytes(manifest_bytes([]))  # bit rot on disk
+        with pytest.raises(ValidationError, match="is damaged .* upload it again"):
+            await controller.submit(_spec(project), "me")
