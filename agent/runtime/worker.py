@@ -83,14 +83,22 @@ def _package_versions() -> dict[str, str]:
     return _versions
 
 
+_busy = threading.Event()  # a task has come: a spare's preload stops at its next module
+
+
 def _preload(modules: list[str]) -> None:
     """Import in the background: a task handed to this spare starts at once instead of waiting for all
-    of it (a noop needs none of it; a task that needs a module still loading waits on that module only)."""
+    of it (a noop needs none of it; a task that needs a module still loading waits on that module only).
+    Once a task has come the rest is left to it: what it needs it imports itself, and what it does not need
+    (scikit-learn for a project's command) would only take the CPU and the GIL from its start."""
     for module in modules:
+        if _busy.is_set():
+            return
         with contextlib.suppress(Exception):
             importlib.import_module(module)
-    with contextlib.suppress(Exception):
-        _package_versions()  # after the imports: the versions of what this process has loaded
+    if not _busy.is_set():
+        with contextlib.suppress(Exception):
+            _package_versions()  # after the imports: the versions of what this process has loaded
 
 
 def _disk_full_note(exc: BaseException, task_dir: Path) -> str:
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             if command.get("op") == "exit":
                 break
             if command.get("op") == "run":
+                _busy.set()
                 _run_one(command, channel)
             elif command.get("op") == "preload":  # a spare worker: import ahead, while nobody waits
                 modules = [str(m) for m in command.get("modules", [])]
