@@ -73,6 +73,10 @@ _PRELOAD = (
     "tensorfleet_agent.workloads.sklearn_basic",
 )
 _WATCHDOG_PERIOD = 0.1
+# A taken spare's replacement starts once the task that took it has printed its first line (or ended), at most
+# this long after: its start (interpreter, imports, then the preload's seconds of CPU) would otherwise compete with
+# that task's own start, on a small box the most.
+_SPARE_REFILL_DELAY = 1.0
 # The exit causes a workload's `done` may name for its own failure (worker.py "cause"); others are the agent's.
 _WORKLOAD_CAUSES = frozenset({ExitCause.EXCEPTION, ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP})
 _CANCEL_GRACE = 1.0
@@ -92,6 +96,8 @@ class _Running:
     runner: asyncio.Task[None] | None = None
     visible_gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES: the GPUs of the job's ranks here, own at LOCAL_RANK
     project: PreparedProject | None = None  # a project task's working dir and env, once PREPARING is done
+    # Set at the task's first output line or its end: a spare it took is replaced from then on (see _worker_for).
+    going: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -331,7 +337,7 @@ class Executor:
                 await worker.terminate(_CANCEL_GRACE)
                 raise _Killed
             running.worker = worker
-            worker.on_output = lambda stream, line: self._append(running, LogLine(stream, line))
+            worker.on_output = lambda stream, line: self._output(running, stream, line)
             self._append(running, StateChanged(TaskState.RUNNING, f"worker pid {worker.pid}"))
             worker.send(
                 {
@@ -368,6 +374,7 @@ class Executor:
                 # kept for the journal's retention would fill the disk. Removed after Finished, off its path.
                 workdir = running.entry.directory / "work" / project_layout.WORKDIR
                 self._spawn(asyncio.to_thread(shutil.rmtree, workdir, True))
+            running.going.set()
             self._running.pop(spec.task_id, None)
             self.slots.release(running.slots)
             self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)
@@ -512,6 +519,10 @@ class Executor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(running.killed.wait(), _WATCHDOG_PERIOD)
 
+    def _output(self, running: _Running, stream: str, line: str) -> None:
+        running.going.set()
+        self._append(running, LogLine(stream, line))
+
     def _append(self, running: _Running, payload: EventPayload) -> None:
         if not running.entry.finished:
             self.journal.append(running.spec.task_id, payload)
@@ -540,7 +551,7 @@ class Executor:
             while self._spares:
                 spare = self._spares.pop()
                 if spare.alive:
-                    self._refill_spares()
+                    self._refill_spares(_SPARE_REFILL_DELAY, running.going)
                     return spare
         self._refill_spares()
         return await WorkerProcess.spawn(
@@ -561,14 +572,20 @@ class Executor:
     def _cpu_threads(self) -> int:
         return next((s.threads for s in self.slots.slots if s.gpu_index is None), 1)
 
-    def _refill_spares(self) -> None:
+    def _refill_spares(self, delay: float = 0.0, until: asyncio.Event | None = None) -> None:
         missing = self.config.spare_workers - len(self._spares) - self._spares_starting
         for _ in range(max(0, missing) if not self.draining else 0):
             self._spares_starting += 1
-            self._spawn(self._start_spare())
+            self._spawn(self._start_spare(delay, until))
 
-    async def _start_spare(self) -> None:
+    async def _start_spare(self, delay: float = 0.0, until: asyncio.Event | None = None) -> None:
+        """Start a spare worker, `delay` seconds from now or once `until` is set if that comes first."""
         try:
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for((until or asyncio.Event()).wait(), delay)
+                if self.draining:  # closed or draining meanwhile: no spare any more
+                    return
             env = self._base_env(self._cpu_threads())
             worker = await WorkerProcess.spawn(env, str(self.config.data_dir))
         except (OSError, RuntimeError) as exc:
