@@ -412,5 +412,5 @@ async def test_a_stored_manifest_whose_bytes_hash_otherwise_is_refused_as_damage
     async with core(tmp_path, agents, clock) as controller:
         project = _project(controller, FILES)
         controller.blobs.path(project["manifest_id"]).write_bytes(manifest_bytes([]))  # bit rot on disk
-        with pytest.raises(ValidationError, match="is damaged .* upload it again"):
+        with pytest.raises(ValidationError, match=r"is damaged .* upload it again"):
             await controller.submit(_spec(project), "me")
