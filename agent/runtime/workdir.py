@@ -42,9 +42,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from tensorfleet_agent.core.digest import blob_relpath
 from tensorfleet_agent.core.errors import NotFound, ValidationError
 from tensorfleet_agent.core.manifest import ManifestEntry, validate_manifest
-from tensorfleet_agent.runtime.blobs import BlobStore
+from tensorfleet_agent.runtime.blobs import SHA256_RE, BlobStore
 
 LinkMode = Literal["copy", "hardlink"]
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), clone a whole file (reflink)
@@ -73,7 +74,11 @@ class MaterializeResult:
 
 def missing_blobs(store: BlobStore, entries: Iterable[ManifestEntry]) -> tuple[str, ...]:
     """The sha256s of `entries` the cache lacks, sorted, each once. Reads only: call it before anything is written."""
-    return tuple(sorted({e.sha256 for e in entries if not store.has(e.sha256)}))
+    root = str(store.root)
+    wanted = {e.sha256 for e in entries}
+    return tuple(
+        sorted(d for d in wanted if SHA256_RE.match(d) is None or not os.path.isfile(f"{root}/{blob_relpath(d)}"))
+    )  # store.has, but for the Path per blob (a third of the time on 2,000 files)
 
 
 def materialize(
@@ -91,52 +96,77 @@ def materialize(
     started = time.perf_counter()
     store.pin(digests)
     try:
-        missing = missing_blobs(store, checked)
-        if missing:
-            raise BlobsMissing(missing)
+        blobs = _blob_paths(store, checked)  # BlobsMissing / a damaged blob's error, before the disk is touched
         workdir.mkdir(parents=True, exist_ok=True)
-        root = workdir.resolve(strict=True)
-        made: set[Path] = {root}
+        root = str(workdir.resolve(strict=True))
+        made: set[str] = {root}
         copied = linked = total = 0
         cloner = _Cloner()
-        for entry in checked:
+        for entry in checked:  # plain strings and os calls: pathlib's parsing was half the time on 2,000 files
             target = _target(root, entry.path, made)
-            blob = store.path(entry.sha256)
-            size = os.stat(blob).st_size
-            if size != entry.size:
-                raise ValidationError(
-                    "manifest",
-                    f"{entry.path!r}: the cached blob {entry.sha256[:12]} holds {size} bytes, the entry says "
-                    f"{entry.size}; the cache is damaged (remove the blob so it is fetched again)",
-                )
+            blob = blobs[entry.sha256]
             if link == "hardlink" and not entry.executable and _hardlink(blob, target):
                 linked += 1
             else:
                 cloner.copy(blob, target, entry.mode)
                 copied += 1
-            total += size
-            store.touch(entry.sha256)
+            total += entry.size
+        for blob in blobs.values():  # used: the cache's LRU keeps it
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(blob)
     finally:
         store.unpin(digests)
     return MaterializeResult(len(checked), total, copied, linked, time.perf_counter() - started)
 
 
-def _target(root: Path, relpath: str, made: set[Path]) -> Path:
+def _blob_paths(store: BlobStore, entries: Sequence[ManifestEntry]) -> dict[str, str]:
+    """Each distinct blob's path in the cache, each stat'ed once: BlobsMissing naming every absent one, or a
+    ValidationError when a blob's size is not its entry's (a damaged cache is reported rather than run)."""
+    paths: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    missing: set[str] = set()
+    root = str(store.root)
+    for entry in entries:
+        digest = entry.sha256
+        if digest not in sizes and digest not in missing:
+            path = f"{root}/{blob_relpath(digest)}"
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                missing.add(digest)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                missing.add(digest)
+                continue
+            paths[digest], sizes[digest] = path, st.st_size
+    if missing:
+        raise BlobsMissing(sorted(missing))
+    for entry in entries:
+        if sizes[entry.sha256] != entry.size:
+            raise ValidationError(
+                "manifest",
+                f"{entry.path!r}: the cached blob {entry.sha256[:12]} holds {sizes[entry.sha256]} bytes, the entry "
+                f"says {entry.size}; the cache is damaged (remove the blob so it is fetched again)",
+            )
+    return paths
+
+
+def _target(root: str, relpath: str, made: set[str]) -> str:
     """root/relpath with its parent dirs created, refused unless the parent resolves inside root."""
-    target = root.joinpath(*relpath.split("/"))
-    parent = target.parent
+    target = f"{root}/{relpath}"
+    parent = os.path.dirname(target)
     if parent not in made:
-        parent.mkdir(parents=True, exist_ok=True)
-        resolved = parent.resolve(strict=True)
-        if resolved != root and not resolved.is_relative_to(root):
+        os.makedirs(parent, exist_ok=True)
+        resolved = os.path.realpath(parent, strict=True)
+        if resolved != root and not resolved.startswith(root + "/"):
             raise ValidationError("manifest", f"{relpath!r} would be written outside the working dir ({resolved})")
         made.add(parent)
-    if os.path.normpath(target) != str(target) or not target.is_relative_to(root):
+    if os.path.normpath(target) != target or not target.startswith(root + "/"):
         raise ValidationError("manifest", f"{relpath!r} would be written outside the working dir")
     return target
 
 
-def _hardlink(blob: Path, target: Path) -> bool:
+def _hardlink(blob: str, target: str) -> bool:
     """Link target to the read-only blob; False when this filesystem cannot (the caller copies instead)."""
     st = os.stat(blob)
     if stat.S_IMODE(st.st_mode) != READ_ONLY:
@@ -157,7 +187,7 @@ class _Cloner:
         self._reflink = True
         self._kernel_copy = hasattr(os, "copy_file_range")
 
-    def copy(self, blob: Path, target: Path, mode: int) -> None:
+    def copy(self, blob: str, target: str, mode: int) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         src = os.open(blob, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
