@@ -1,8 +1,10 @@
-"""Reuse the agent's own torch inside a project env: no second multi-GB download, and a GPU box keeps its CUDA build.
+"""Reuse the agent's own torch and numpy inside a project env: no second multi-GB download, a GPU box keeps its CUDA
+build, and torch finds the numpy it was used with (without it every `import torch` warns "Failed to initialize NumPy").
 
 The agent usually runs from a virtualenv, and `uv venv --system-site-packages` would only expose the *base*
 interpreter's site dir, not that virtualenv's torch. So a new env gets, for torch and the packages it needs (its
-non-extra requirement closure as installed next to the agent):
+non-extra requirement closure as installed next to the agent; numpy is a root of its own, as torch only names it
+as an optional dependency):
 
 - a link farm `<venv>/tensorfleet-base/` of symlinks to those packages' top-level modules, put on sys.path *after*
   the env's own site-packages by `tensorfleet-base.pth` (a relative line, so the env stays relocatable);
@@ -10,7 +12,11 @@ non-extra requirement closure as installed next to the agent):
   uv sees torch as installed: a requirement the agent's torch satisfies is left alone (uv's ordinary handling of
   already-satisfied requirements), while one it does not satisfy makes uv replace the record with a real install,
   which then shadows the link farm. The record's RECORD lists only its own files, so an uninstall by uv can never
-  reach the agent's files.
+  reach the agent's files. So `numpy` or `numpy>=1.26` reuses the agent's numpy 2.x, while `numpy==1.26.4` (or a
+  package needing `numpy<2`) gets its own numpy from uv.
+
+Only for an env whose interpreter is the agent's own kind (same implementation and ABI, not a packaged agent):
+the links are compiled modules for that interpreter (envs.Interpreter.shares_agent_packages).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-ROOTS = ("torch",)
+ROOTS = ("torch", "numpy")  # packages reused when installed next to the agent, with what they require
 FARM = "tensorfleet-base"
 INSTALLER = "tensorfleet-agent (links to the agent's own copy)\n"
 
@@ -37,7 +43,7 @@ class BasePackage:
 
 
 def base_closure(roots: tuple[str, ...] = ROOTS) -> list[BasePackage]:
-    """The installed roots and everything they require (extras left out), in a stable order; [] without torch."""
+    """The installed roots and everything they require (extras left out), in a stable order; [] without any."""
     found: dict[str, BasePackage] = {}
     todo = list(roots)
     while todo:

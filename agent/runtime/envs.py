@@ -499,10 +499,9 @@ class EnvCache:
             base = self._base_packages()
             site = await asyncio.to_thread(_site_packages, venv)
             await asyncio.to_thread(base_packages.link_base_packages, site, base)
-            if base:
-                build.emit(
-                    "reusing the agent's " + ", ".join(f"{p.name} {p.version}" for p in base if p.name == "torch")
-                )
+            reused = [f"{p.name} {p.version}" for root in base_packages.ROOTS for p in base if p.name == root]
+            if reused:
+                build.emit(f"reusing the agent's {', '.join(reused)} (a requirement they do not meet is installed)")
             python = str(venv / "bin" / "python")
             if spec.kind == "requirements":
                 await uv("pip", "install", "--python", python, "-r", spec.source)

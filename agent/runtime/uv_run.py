@@ -9,7 +9,15 @@ another agent) can help. The rule, from uv's exit status and its own message lin
 - any other non-zero exit -> permanent=True: uv ran to its end and refused the requirements themselves (no
   solution, a parse error, a build failure, a 4xx on a pinned URL); no agent will do better, so the job fails once.
 
-`reason` is uv's own message (from its first `error:` or boxed-cross line on): the user reads what uv said.
+`reason` is uv's own message (from its first `error:` or boxed-cross line on), laid out to follow a sentence of
+ours ("... could not be built from requirements.txt: <reason>"): its headline without uv's marker ("error:", a cross),
+then every further line four spaces in (uv puts `cause:` two spaces in but `hint:` at the margin; deeper lines,
+such as a parse error's caret, keep their place relative to the `cause:` line), blank lines dropped. Four, so the
+lines also sit under the job error in `tensorfleet status` ("  error: the project's environment ..."):
+
+    No solution found when resolving dependencies
+        cause: Because nosuchpkg was not found in the cache and you require nosuchpkg, we can conclude that ...
+        hint: Packages were unavailable because the network was disabled. When the network is disabled, ...
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ _TRANSIENT = re.compile(
 )
 _CLIENT_ERROR = re.compile(r"client error \((?!408|429)4\d\d", re.IGNORECASE)
 _REASON_START = re.compile("^\\s*(error:|\u00d7 )")  # uv marks errors "error:" or with a boxed cross
+_MARKER = re.compile("^\\s*(?:error:|\u00d7)\\s*")
 _EXE = ".exe" if sys.platform == "win32" else ""
 REASON_MAX_LINES = 40
 TAIL_LINES = 200
@@ -68,11 +77,28 @@ def uv_binary() -> str:
 
 
 def uv_reason(lines: Sequence[str]) -> str:
-    """uv's own error message: from its first error line to the end, else the last lines it printed."""
-    for i, line in enumerate(lines):
-        if _REASON_START.match(line):
-            return "\n".join(lines[i : i + REASON_MAX_LINES]).strip()
-    return "\n".join(lines[-20:]).strip() or "uv printed nothing"
+    """uv's own error message: from its first error line to the end, else the last lines it printed (laid out as
+    the module docstring says; at most REASON_MAX_LINES lines, the rest counted)."""
+    lines = [line.rstrip() for line in lines if line.strip()]
+    start = next((i for i, line in enumerate(lines) if _REASON_START.match(line)), None)
+    if start is None:
+        return _layout(lines[-20:]) or "uv printed nothing"
+    return _layout(lines[start:])
+
+
+def _layout(lines: Sequence[str]) -> str:
+    if not lines:
+        return ""
+    head = _MARKER.sub("", lines[0], count=1).strip() or lines[0].strip()
+    rest = ["    " + line[2:] if line.startswith("  ") else "    " + line.lstrip() for line in lines[1:]]
+    if 1 + len(rest) > REASON_MAX_LINES:
+        keep = REASON_MAX_LINES - 2
+        rest = [*rest[:keep], f"    ... ({len(rest) - keep} more line(s) in the task's log)"]
+    return "\n".join([head, *rest])
+
+
+def _indent(reason: str) -> str:
+    return "\n".join("  " + line for line in reason.splitlines())
 
 
 def classify_failure(returncode: int, lines: Sequence[str]) -> EnvBuildError:
@@ -80,7 +106,7 @@ def classify_failure(returncode: int, lines: Sequence[str]) -> EnvBuildError:
     reason = uv_reason(lines)
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
-        return EnvBuildError(f"uv was killed by {name}\n{reason}", permanent=False)
+        return EnvBuildError(f"uv was killed by {name}; what it printed last:\n{_indent(reason)}", permanent=False)
     text = "\n".join(lines)
     transient = bool(_TRANSIENT.search(text)) and not _CLIENT_ERROR.search(text)
     return EnvBuildError(reason, permanent=not transient)
@@ -129,8 +155,9 @@ async def run_uv(
     except TimeoutError:
         _kill(proc)
         await proc.wait()
+        last = _indent(uv_reason(list(tail)))
         raise EnvBuildError(
-            f"uv ran past the build time limit of {timeout_s:.0f} s\n{uv_reason(list(tail))}", permanent=False
+            f"uv ran past the build time limit of {timeout_s:.0f} s; what it printed last:\n{last}", permanent=False
         ) from None
     except BaseException:
         _kill(proc)

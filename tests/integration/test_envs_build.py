@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tinyb 1.0 and 1.1, tinyc (with a console script), tinya (needs tinyb and torch); torch is absent on purpose."""
+    """tinyb 1.0 and 1.1, tinyc (with a console script), tinya (needs tinyb and torch), a stand-in numpy 1.0.0 (a
+    release the agent does not have); torch is absent on purpose."""
     root = tmp_path_factory.mktemp("wheels")
     house = root / "house"
     build_wheel(house, root, "tinyb", "1.0.0")
@@ -38,6 +39,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     code = "VERSION = '2.0.0'\n\ndef main() -> None:\n    print('tinyc', VERSION)\n"
     build_wheel(house, root, "tinyc", "2.0.0", code=code, scripts={"tinyc": "tinyc:main"})
     build_wheel(house, root, "tinya", "1.0.0", ("tinyb>=1", "torch>=2.0,<99"))
+    build_wheel(house, root, "numpy", "1.0.0", code="__version__ = VERSION = '1.0.0'\n")
     assert not list(house.glob("torch*"))
     return house
 
@@ -172,10 +174,14 @@ async def test_an_unresolvable_requirement_fails_permanently_with_uvs_reason(
 
 def _agent_torch() -> md.Distribution:
     """The torch installed next to the agent, found without importing it (seconds)."""
+    return _agent_dist("torch")
+
+
+def _agent_dist(name: str) -> md.Distribution:
     try:
-        return md.distribution("torch")
+        return md.distribution(name)
     except md.PackageNotFoundError:
-        pytest.skip("torch is not installed next to the agent")
+        pytest.skip(f"{name} is not installed next to the agent")
 
 
 @pytest.mark.slow
@@ -185,12 +191,36 @@ async def test_a_torch_requirement_reuses_the_agents_torch(tmp_path: Path, uv_en
     cache = EnvCache(tmp_path / "envs", environ=uv_environ)
     lines: list[str] = []
     with await cache.ensure(_requirements("tinya\n"), lines.append) as env:
-        out = _run(env, "import os, torch, tinya; print(os.path.realpath(torch.__file__)); print(torch.__version__)")
-        path, version = out.splitlines()[-2:]
+        code = "import os, torch, tinya; print(os.path.realpath(torch.__file__)); print(torch.__version__)"
+        run = await asyncio.to_thread(
+            subprocess.run, [str(env.python), "-c", code], capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, run.stderr
+        path, version = run.stdout.splitlines()[-2:]
         assert path == await asyncio.to_thread(os.path.realpath, torch_init)
         assert version == torch.version
         assert not list(env.path.glob("lib/python*/site-packages/torch/"))  # no second copy of torch
+        assert "NumPy" not in run.stderr, run.stderr  # the agent's numpy came along: no "Failed to initialize NumPy"
     assert not any("+ torch" in line for line in lines), lines
+
+
+async def test_the_agents_numpy_is_reused_unless_the_requirements_want_another(
+    tmp_path: Path, uv_environ: dict[str, str]
+) -> None:
+    numpy = _agent_dist("numpy")
+    numpy_init = await asyncio.to_thread(os.path.realpath, str(numpy.locate_file("numpy/__init__.py")))
+    cache = EnvCache(tmp_path / "envs", environ=uv_environ)
+    lines: list[str] = []
+    show = "import os, numpy; print(os.path.realpath(numpy.__file__)); print(numpy.__version__)"
+    with await cache.ensure(_requirements("numpy>=1\ntinyb\n"), lines.append) as env:
+        assert _run(env, show).splitlines() == [numpy_init, numpy.version]
+        assert not list(env.path.glob("lib/python*/site-packages/numpy/"))  # linked, not copied
+    assert any(line.startswith("reusing the agent's") and f"numpy {numpy.version}" in line for line in lines), lines
+    assert not any("+ numpy" in line for line in lines), lines
+    with await cache.ensure(_requirements("numpy==1.0.0\n"), lines.append) as pinned:  # not the agent's release
+        path, version = _run(pinned, show).splitlines()
+        assert version == "1.0.0" and path.startswith(str(pinned.path)), path
+    assert any("+ numpy==1.0.0" in line for line in lines), lines
 
 
 async def test_a_torch_the_agent_cannot_satisfy_is_left_to_uv(tmp_path: Path, uv_environ: dict[str, str]) -> None:

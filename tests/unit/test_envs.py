@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from tensorfleet_agent.runtime import base_packages, envs
 from tensorfleet_agent.runtime.envs import EnvSpec, index_settings, key_for
-from tensorfleet_agent.runtime.uv_run import classify_failure, uv_reason
+from tensorfleet_agent.runtime.uv_run import REASON_MAX_LINES, classify_failure, uv_reason
 
 NO_SOLUTION = """\
 Using Python 3.11.7 environment at: venv
@@ -54,14 +55,55 @@ BAD_LINE = ["error: Failed to parse: `tinyb>=>5`", "  Caused by: Expected a vers
 def test_uv_failures_are_classified_by_what_uv_said(code: int, lines: list[str], permanent: bool) -> None:
     err = classify_failure(code, lines)
     assert err.permanent is permanent
-    assert ("SIGKILL" in err.reason) if code < 0 else err.reason.startswith("error:")
+    headline = next(line for line in lines if line.startswith("error:")).removeprefix("error: ") if code >= 0 else ""
+    assert err.reason.startswith("uv was killed by SIGKILL") if code < 0 else err.reason.startswith(headline)
 
 
-def test_the_reason_is_uvs_own_message_from_its_error_line() -> None:
-    reason = uv_reason(NO_SOLUTION)
-    assert reason.startswith("error: No solution found") and "tinyb>=5" in reason
-    assert "Using Python" not in reason
-    assert uv_reason(["a", "b"]) == "a\nb" and uv_reason([]) == "uv printed nothing"
+def test_the_reason_is_uvs_own_message_from_its_error_line_laid_out_evenly() -> None:
+    """After "... could not be built from requirements.txt: " comes uv's headline, then its cause and hint lines,
+    each four spaces in (uv indents cause by two, hint not at all), no blank lines, nothing uv said before the error."""
+    assert uv_reason(NO_SOLUTION) == (
+        "No solution found when resolving dependencies\n"
+        "    cause: Because tinyb was not found in the provided package locations and you require tinyb>=5, we can "
+        "conclude that your requirements are unsatisfiable.\n"
+        "    hint: Packages were unavailable because the network was disabled. When the network is disabled, registry "
+        "packages may only be read from the cache."
+    )
+    assert uv_reason(["a", "b"]) == "a\n    b" and uv_reason([]) == "uv printed nothing"
+
+
+def test_uvs_boxed_form_and_a_parse_errors_caret_keep_their_layout() -> None:
+    boxed = [
+        "Resolved 3 packages in 2ms",
+        "  \u00d7 No solution found when resolving dependencies:",
+        "  \u2570\u2500\u25b6 Because nosuchpkg was not found in the package registry and you require nosuchpkg, we "
+        "can conclude that your requirements are unsatisfiable.",
+    ]
+    assert uv_reason(boxed) == "No solution found when resolving dependencies:\n  " + boxed[2]
+    parse = [
+        "error: Couldn't parse requirement in `r3.txt` at position 0",
+        '  cause: no such comparison operator "====", must be one of ~= == != <= >= < > ===',
+        "         foo ==== 1",
+        "             ^^^^^^",
+    ]
+    assert uv_reason(parse) == "\n".join(["Couldn't parse requirement in `r3.txt` at position 0", *parse[1:]]).replace(
+        "\n", "\n  "
+    )  # the caret still points at "===="
+
+
+def test_a_long_reason_is_cut_saying_how_much_was_left_out() -> None:
+    lines = ["error: Failed to build `bad @ file:///p/bad`", *(f"      line {i}" for i in range(100))]
+    reason = uv_reason(lines).splitlines()
+    assert len(reason) == REASON_MAX_LINES and reason[-1] == "    ... (62 more line(s) in the task's log)"
+    assert reason[1] == "        line 0"
+
+
+def test_a_killed_uv_says_so_then_what_it_printed_last() -> None:
+    err = classify_failure(-9, ["Resolved 3 packages in 5ms", "Prepared 1 package"])
+    assert (
+        err.reason
+        == "uv was killed by SIGKILL; what it printed last:\n  Resolved 3 packages in 5ms\n      Prepared 1 package"
+    )
 
 
 BASE = {"files": {"requirements.txt": b"numpy\n"}, "python": "cpython-3.11.7", "platform": "linux-x86_64-glibc"}
@@ -171,6 +213,8 @@ def test_the_torch_closure_is_torch_and_what_it_requires() -> None:
         pytest.skip("torch is not installed next to the agent")
     closure = {p.name: p.version for p in base_packages.base_closure()}
     assert closure["torch"] == md.version("torch")
+    with contextlib.suppress(md.PackageNotFoundError):  # a root of its own: torch names it only as optional
+        assert closure["numpy"] == md.version("numpy")
     assert {"filelock", "sympy", "mpmath"} <= closure.keys()  # mpmath: required by sympy, not by torch itself
     assert "optree" not in closure  # an extra of torch's, not installed with it
     assert base_packages.base_closure(("no-such-package-here",)) == []
