@@ -157,12 +157,16 @@ def _command(sock: socket.socket, request: dict[str, Any], fds: list[int]) -> No
         # atexit and the std streams' final flush are the interpreter's, as for the real command.
         runpy.run_module("tensorfleet_desktop", run_name="__main__", alter_sys=True)
         sys.exit(0)
-    for fd in (stdin, out, err):
-        os.close(fd)
-    os.write(status, f"{pid}\n".encode())
-    _, wait_status = os.waitpid(pid, 0)
-    os.write(status, f"{os.waitstatus_to_exitcode(wait_status)}\n".encode())
-    os._exit(0)
+    try:
+        for fd in (stdin, out, err):
+            os.close(fd)
+        with contextlib.suppress(BrokenPipeError):  # the caller gave up (a timeout): it killed the command
+            os.write(status, f"{pid}\n".encode())
+        _, wait_status = os.waitpid(pid, 0)
+        with contextlib.suppress(BrokenPipeError):
+            os.write(status, f"{os.waitstatus_to_exitcode(wait_status)}\n".encode())
+    finally:
+        os._exit(0)  # never back into the server's loop
 
 
 def _package_main() -> str:
