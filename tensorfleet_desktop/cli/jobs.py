@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.project_spec import check_command, check_env_choice
 from tensorfleet_desktop.cli import exit_codes
 from tensorfleet_desktop.cli.exit_codes import UsageError
 from tensorfleet_desktop.cli.output import (
@@ -385,9 +387,11 @@ def project_submission(spec: dict[str, Any]) -> ProjectSubmission | None:
         raise UsageError(
             "--param (hyperparameters) is for built-in algorithms: give your command its options after `--`"
         )
-    env = spec.get("env", "auto")
-    if not isinstance(env, str) or not env.strip():
-        raise UsageError(f"env must be auto, none or a requirement file in the project, got {env!r}")
+    try:
+        env = spec.get("env", "auto")
+        env = check_env_choice(env.strip() if isinstance(env, str) else env)
+    except ValidationError as exc:
+        raise UsageError(str(exc)) from None
     size = spec.get("max_project_size", DEFAULT_MAX_BYTES)
     if isinstance(size, str):
         try:
@@ -396,30 +400,23 @@ def project_submission(spec: dict[str, Any]) -> ProjectSubmission | None:
             raise UsageError(f"max_project_size: {exc}") from None
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise UsageError(f"max_project_size must be a size like 500M or 2G, got {size!r}")
-    return ProjectSubmission(Path(project), _command(spec.get("command")), env.strip(), size, fields)
+    return ProjectSubmission(Path(project), _command(spec.get("command")), env, size, fields)
 
 
 def _command(value: Any) -> list[str]:
-    """A job file's `command:` (a string, split as a shell would, or a list) or the words after `--`."""
+    """A job file's `command:` (a string, split as a shell would, or a list) or the words after `--`, checked by
+    the function the controller uses (core.project_spec.check_command). YAML reads `--lr 3e-4`'s number as one:
+    numbers in a list are taken as the words they were written as."""
     if value is None:
         raise UsageError(
             f"a project job needs a command: give it after `--` ({PROJECT_EXAMPLE}), or command: in the job file"
         )
-    if isinstance(value, str):
-        try:
-            value = shlex.split(value)
-        except ValueError as exc:
-            raise UsageError(f"command: cannot split {value!r}: {exc}") from None
-    if not isinstance(value, list):
-        raise UsageError(f"command must be a string or a list of strings, got {type(value).__name__}")
-    words = []
-    for i, word in enumerate(value):
-        if isinstance(word, bool) or not isinstance(word, str | int | float):
-            raise UsageError(f"command[{i}] must be a string, got {word!r}")
-        words.append(str(word))
-    if not words or not words[0]:
-        raise UsageError(f"the command is empty: give it after `--` ({PROJECT_EXAMPLE})")
-    return words
+    if isinstance(value, list):
+        value = [str(w) if isinstance(w, int | float) and not isinstance(w, bool) else w for w in value]
+    try:
+        return check_command(value)
+    except ValidationError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def summary(job: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import shlex
 import tempfile
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
@@ -15,9 +14,10 @@ import grpc
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
+from tensorfleet_agent.core import project_spec
 from tensorfleet_agent.core.digest import file_digest
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.core.manifest import check_path, manifest_bytes
+from tensorfleet_agent.core.manifest import manifest_bytes
 from tensorfleet_agent.core.project_layout import WORKLOAD as PROJECT_WORKLOAD
 from tensorfleet_agent.rpc.client import create_channel
 from tensorfleet_desktop import wire
@@ -38,8 +38,6 @@ RETRY_SECONDS = 1.0
 #: sha256s per MissingBlobs request, and bytes per UploadBlobs data message (the controller's limit).
 MISSING_BATCH = 10_000
 UPLOAD_CHUNK = 1 << 20
-#: A project job's command: 1 to this many strings (the controller's limit, jobspec.MAX_COMMAND_ARGS).
-MAX_COMMAND_ARGS = 256
 #: What `project_job_spec` builds itself; a caller's field of one of these names is refused.
 _PROJECT_KEYS = ("algorithm", "project", "command", "script", "hyperparameters")
 T = TypeVar("T")
@@ -526,43 +524,24 @@ async def _project_chunks(
 
 
 def check_command(command: Sequence[str] | str) -> list[str]:
-    """A project job's command as a list of strings: a string is split as a shell would (shlex); an empty
-    command, an empty program or a non-string is an InvalidRequest that says so."""
-    if isinstance(command, str):
-        try:
-            argv = shlex.split(command)
-        except ValueError as exc:
-            raise InvalidRequest(f"command {command[:200]!r} cannot be split into arguments: {exc}") from None
-    elif isinstance(command, Sequence) and not isinstance(command, bytes):
-        argv = list(command)
-    else:
-        raise InvalidRequest(f"command must be a list of strings or one string, got {type(command).__name__}")
-    if not argv:
-        raise InvalidRequest(
-            "command is empty: say what runs in the project folder, e.g. ['python', '-m', 'mypkg.train']"
-        )
-    bad = [a for a in argv if not isinstance(a, str)]
-    if bad:
-        raise InvalidRequest(f"command must hold strings only, got {bad[0]!r}")
-    if not argv[0].strip():
-        raise InvalidRequest("command starts with an empty program name")
-    if len(argv) > MAX_COMMAND_ARGS:
-        raise InvalidRequest(f"command has {len(argv)} arguments; at most {MAX_COMMAND_ARGS} allowed")
-    return argv
+    """A project job's command as a list of strings (a string is split as a shell would), checked by the function
+    the controller uses (core.project_spec.check_command); an InvalidRequest in its words otherwise."""
+    try:
+        return project_spec.check_command(command)
+    except ValidationError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def check_env(env: str, paths: Collection[str] | None, root: Path | str = "") -> str:
     """The env choice checked against the snapshot's files: "auto", "none", or the path (relative to the project
     folder) of a file that is sent; otherwise an InvalidRequest saying why (a file that is ignored is named as
-    such). `paths` None: only the form is checked."""
-    if env in ("auto", "none"):
-        return env
-    if not isinstance(env, str) or not env:
-        raise InvalidRequest(f'env must be "auto", "none" or a requirement file of the project, got {env!r}')
+    such). `paths` None: only the form is checked (core.project_spec.check_env_choice, as the controller)."""
     try:
-        check_path(env, "env")
+        env = project_spec.check_env_choice(env)
     except ValidationError as exc:
-        raise InvalidRequest(f"env: {exc.message}") from None
+        raise InvalidRequest(str(exc)) from None
+    if env in project_spec.ENV_CHOICES:
+        return env
     if paths is not None and env not in paths:
         where = f" {root}" if root else ""
         exists = bool(root) and (Path(root) / env).is_file()

@@ -10,7 +10,6 @@ import hashlib
 import json
 import math
 import re
-import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ from typing import Any
 import yaml
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.core.manifest import MAX_FILES, check_path
+from tensorfleet_agent.core.manifest import MAX_FILES
 from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR
 from tensorfleet_agent.core.project_layout import WORKLOAD as PROJECT
+from tensorfleet_agent.core.project_spec import check_command, check_env_choice
 from tensorfleet_agent.workloads.datasets import CLASSIFICATION, REGRESSION, check_dataset, dataset_task
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.sweep import budget, parse_sweep
@@ -35,8 +35,6 @@ MAX_FILE_BYTES = 1 << 20
 MAX_SCRIPT_BYTES = 512 * 1024
 _SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}\.py$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-MAX_COMMAND_ARGS = 256  # a project job's command: 1 to this many strings
-MAX_COMMAND_ARG = 32 * 1024  # characters in one of them
 MAX_PROJECT_BYTES = 64 << 30  # what a snapshot may hold, whatever limit its client chose
 MAX_GIT_DIFF = 512 * 1024  # characters of a recorded dirty diff (the client cuts its own at 256 KiB)
 _GIT_KEYS = ("commit", "branch", "dirty", "diff", "diff_truncated", "untracked", "subdir", "remote")
@@ -248,15 +246,10 @@ def _project(value: Any) -> dict[str, Any]:
     except JobSpecError as exc:
         raise JobSpecError(f"project.{exc.field}", exc.message) from None
     env = value.get("env", "auto")
-    if env is None or env == "":
-        env = "auto"
-    if not isinstance(env, str):
-        raise JobSpecError("project.env", f'must be "auto", "none" or a file of the project, got {env!r}')
-    if env not in ("auto", "none"):
-        try:
-            check_path(env, "project.env")
-        except ValidationError as exc:
-            raise JobSpecError(exc.field, exc.message) from None
+    try:
+        env = check_env_choice("auto" if env is None or env == "" else env, "project.env")
+    except ValidationError as exc:
+        raise JobSpecError(exc.field, exc.message) from None
     return {"manifest_id": manifest_id, "files": files, "bytes": size, "env": env, "git": _git(value.get("git"))}
 
 
@@ -290,26 +283,12 @@ def _git(value: Any) -> dict[str, Any] | None:
 
 
 def _command(value: Any) -> list[str]:
-    """A project job's command: a list of strings, or one string split as a shell would."""
-    if isinstance(value, str):
-        try:
-            value = shlex.split(value)
-        except ValueError as exc:
-            raise JobSpecError("command", f"cannot be split into arguments: {exc}") from None
-    if value is None or value == []:
-        raise JobSpecError("command", "is required for a project job: what to run, e.g. python -m mypkg.train")
-    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-        raise JobSpecError("command", "must be a list of strings (or one string)")
-    if len(value) > MAX_COMMAND_ARGS:
-        raise JobSpecError("command", f"has {len(value)} arguments; at most {MAX_COMMAND_ARGS} allowed")
-    if not value[0].strip():
-        raise JobSpecError("command", "starts with an empty program name")
-    for i, arg in enumerate(value):
-        if len(arg) > MAX_COMMAND_ARG:
-            raise JobSpecError(f"command[{i}]", f"is {len(arg)} characters long; at most {MAX_COMMAND_ARG}")
-        if "\x00" in arg:
-            raise JobSpecError(f"command[{i}]", "holds a NUL character")
-    return list(value)
+    """A project job's command: a list of strings, or one string split as a shell would (core.project_spec: the
+    SDK, the CLI and the GUI check it with the same function before they upload)."""
+    try:
+        return check_command(value)
+    except ValidationError as exc:
+        raise JobSpecError(exc.field, exc.message) from None
 
 
 def _script(value: Any) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 The scan (`tensorfleet_desktop.project.snapshot`: ignore rules, hashes, git) runs in a worker thread, never on the
 GUI thread; a folder edit rescans after a pause (debounced) and a result older than the latest request is dropped.
-The form is checked with the SDK's own helpers (`check_command`, `check_env`, `project_job_spec`) and the
-controller's parser, so what the tab accepts is what `submit_project` sends.
+The form is checked with the SDK's own helpers (`check_command`, `check_env`, `project_job_spec`: the functions the
+controller checks the spec with, core.project_spec) and its widgets keep to the controller's limits, so what the
+tab accepts is what `submit_project` sends; the controller stays the judge at submit.
 """
 
 from __future__ import annotations
@@ -35,10 +36,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.runtime.envs import ENV_FILES
 from tensorfleet_desktop.client import InvalidRequest, check_command, check_env, project_job_spec
-from tensorfleet_desktop.controller.jobspec import parse_job_spec
 from tensorfleet_desktop.project import DEFAULT_MAX_BYTES, ProjectError, Snapshot, snapshot
 from tensorfleet_desktop.ui.formatting import human_bytes
 from tensorfleet_desktop.ui.table_model import SORT_ROLE
@@ -50,6 +49,7 @@ RunBlocking = Callable[[Callable[[], Any], Callable[[Any], None], Callable[[str]
 RESCAN_DELAY_MS = 400
 MiB = 1 << 20
 MAX_ENV_CHOICES = 50
+MAX_NAME = 200  # a job name's characters (the controller's limit)
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,7 @@ class ProjectTab(QWidget):
         self.name = QLineEdit()
         self.name.setObjectName("project_name")
         self.name.setPlaceholderText("the folder's name")
+        self.name.setMaxLength(MAX_NAME)  # the other fields' widgets keep to the controller's limits too
         self.workers = QSpinBox()
         self.workers.setObjectName("project_workers")
         self.workers.setRange(1, 256)
@@ -361,12 +362,11 @@ class ProjectTab(QWidget):
                 "git": snap.git.as_dict() if snap.git is not None else None,
                 "path": str(snap.root),
             }
-            parse_job_spec(project_job_spec(upload, argv, env, **self.fields()))
-        except InvalidRequest as exc:
-            field = "command" if str(exc).startswith("command") else "env" if str(exc).startswith("env") else "project"
-            return field, str(exc)
-        except ValidationError as exc:
-            return exc.field, exc.message
+            project_job_spec(upload, argv, env, **self.fields())  # the controller parses it again at submit
+        except InvalidRequest as exc:  # "command: is empty ...", "env: ...": the field, then why
+            text = str(exc)
+            field = next((f for f in ("command", "env") if text.startswith(f)), "project")
+            return field, text.removeprefix(f"{field}: ")
         return None
 
     def field_widgets(self) -> dict[str, QWidget]:

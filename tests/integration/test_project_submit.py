@@ -99,7 +99,7 @@ def test_a_resubmit_uploads_nothing_and_a_one_line_change_one_file(
         assert changed["project"]["git"]["dirty"] is True and "LR = 1e-3" in changed["project"]["git"]["diff"]
         assert changed["project"]["env"] == "requirements.txt"
 
-        with pytest.raises(InvalidRequest, match="command is empty"):
+        with pytest.raises(InvalidRequest, match="command: is empty"):
             client.submit_project(root, [])
         with pytest.raises(InvalidRequest, match="left out of the snapshot"):
             client.submit_project(root, ["python", "x.py"], env="run.log")

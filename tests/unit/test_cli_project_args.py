@@ -144,7 +144,7 @@ def test_a_missing_command_says_how_to_give_one(capsys: pytest.CaptureFixture[st
     message = capsys.readouterr().err
     assert "needs a command" in message and "-- python -m pkg.train" in message
     assert run("submit", "--project", ".", "--") == exit_codes.USAGE  # `--` with nothing after it
-    assert "the command is empty" in capsys.readouterr().err
+    assert "command: is empty: say what runs in the project folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -202,13 +202,14 @@ def test_a_job_file_command_list_takes_yaml_numbers_as_words(tmp_path: Path) -> 
     ("body", "expected"),
     [
         ("project: .\n", "needs a command"),
-        ("project: .\ncommand: []\n", "the command is empty"),
-        ('project: .\ncommand: "python \'unclosed"\n', "cannot split"),
-        ("project: .\ncommand: [python, {a: 1}]\n", "command[1] must be a string"),
-        ("project: .\ncommand: 7\n", "string or a list of strings"),
+        ("project: .\ncommand: []\n", "command: is empty"),
+        ('project: .\ncommand: "python \'unclosed"\n', "command: cannot be split into arguments"),
+        ("project: .\ncommand: [python, {a: 1}]\n", "command[1]: must be a string"),
+        ("project: .\ncommand: 7\n", "command: must be a list of strings or one string"),
         ("project: .\ncommand: x\nmax_project_size: huge\n", "max_project_size"),
         ("project: .\ncommand: x\nmax_project_size: 0\n", "max_project_size"),
-        ("project: .\ncommand: x\nenv: ''\n", "env must be auto, none or a requirement file"),
+        ("project: .\ncommand: x\nenv: ''\n", 'env: must be "auto", "none" or a requirement file'),
+        ("project: .\ncommand: x\nenv: ../requirements.txt\n", "env: '../requirements.txt' holds '..'"),
         ("project: ''\ncommand: x\n", "project must be a folder path"),
         ("command: python x.py\n", "command go(es) with a project"),
     ],

@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
+from tensorfleet_agent.core import project_spec
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.manifest import ManifestEntry, manifest_bytes, manifest_from_bytes
 from tensorfleet_desktop import wire
+from tensorfleet_desktop.cli.exit_codes import UsageError
+from tensorfleet_desktop.cli.jobs import _command as cli_command
 from tensorfleet_desktop.client import InvalidRequest, check_command, check_env, project_job_spec, upload_summary
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
 from tensorfleet_desktop.controller.model import Job, JobTask, TaskRunState
@@ -71,11 +74,11 @@ def test_the_sdk_builds_the_spec_the_controller_parses() -> None:
 def test_the_sdk_refuses_a_bad_command_or_env_before_uploading(tmp_path: Path) -> None:
     empties: list[list[str] | str] = [[], "", "   "]
     for empty in empties:
-        with pytest.raises(InvalidRequest, match="command is empty"):
+        with pytest.raises(InvalidRequest, match="command: is empty"):
             check_command(empty)
     with pytest.raises(InvalidRequest, match="cannot be split"):
         check_command("python -c 'unclosed")
-    with pytest.raises(InvalidRequest, match="strings only"):
+    with pytest.raises(InvalidRequest, match=r"command\[1\]: must be a string, got 3"):
         check_command(["python", 3])  # type: ignore[list-item]
     assert check_command(("python", "train.py")) == ["python", "train.py"]
 
@@ -94,11 +97,12 @@ def test_the_sdk_refuses_a_bad_command_or_env_before_uploading(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("change", "field", "words"),
     [
-        ({"command": []}, "command", "is required for a project job"),
-        ({"command": None}, "command", "is required for a project job"),
+        ({"command": []}, "command", "is empty: say what runs in the project folder"),
+        ({"command": None}, "command", "is empty: say what runs in the project folder"),
         ({"command": [""]}, "command", "empty program name"),
-        ({"command": ["python", 1]}, "command", "list of strings"),
+        ({"command": ["python", 1]}, "command[1]", "must be a string"),
         ({"command": ["x"] * 257}, "command", "at most 256"),
+        ({"command": ["x", "a\x00b"]}, "command[1]", "NUL"),
         ({"project": None}, "project", "upload it first"),
         ({"project": {"manifest_id": "nope", "files": 1, "bytes": 1}}, "project.manifest_id", "64 lowercase hex"),
         ({"project": {"manifest_id": MANIFEST_ID, "files": -1, "bytes": 1}}, "project.files", "between 0"),
@@ -180,3 +184,34 @@ def test_a_manifest_blob_reads_back_and_a_bad_one_says_why() -> None:
     ]:
         with pytest.raises(ValidationError, match=words.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
             manifest_from_bytes(bad)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], "  ", [""], ["python", None], ["x"] * 257, ["x", "a\x00b"], ["x", "y" * 40_000], "python 'unclosed", 7],
+)
+def test_the_sdk_the_cli_and_the_controller_refuse_a_command_in_the_same_words(command: Any) -> None:
+    """One check (core.project_spec.check_command) behind all three: the same field and message everywhere."""
+    with pytest.raises(ValidationError) as core_says:
+        project_spec.check_command(command)
+    with pytest.raises(JobSpecError) as controller_says:
+        parse_job_spec({**project_job_spec(UPLOAD, ["python"]), "command": command})
+    with pytest.raises(InvalidRequest) as sdk_says:
+        check_command(command)
+    with pytest.raises(UsageError) as cli_says:
+        cli_command(command)
+    said = str(core_says.value)
+    assert str(controller_says.value) == str(sdk_says.value) == str(cli_says.value) == said
+    assert said.startswith("command")
+
+
+@pytest.mark.parametrize(
+    ("env", "words"), [("", "must be"), ("/etc/x", "absolute path"), ("../r.txt", "'..'"), (3, "got 3")]
+)
+def test_the_env_choice_is_refused_in_the_same_words_everywhere(env: Any, words: str) -> None:
+    with pytest.raises(ValidationError) as core_says:
+        project_spec.check_env_choice(env)
+    with pytest.raises(InvalidRequest) as sdk_says:
+        check_env(env, None)
+    assert str(sdk_says.value) == str(core_says.value) and words in core_says.value.message
+    assert project_spec.check_env_choice("auto") == "auto" and project_spec.check_env_choice("a/req.txt") == "a/req.txt"
