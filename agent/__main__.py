@@ -22,6 +22,7 @@ from tensorfleet_agent.logging_setup import configure_logging
 
 log = logging.getLogger("tensorfleet_agent")
 ENV_CACHE_VAR = "TENSORFLEET_ENV_CACHE_GB"
+PYTHON_VAR = "TENSORFLEET_PROJECT_PYTHON"  # = runtime.envs.PYTHON_VAR (not imported here: it pulls in uv)
 
 
 def default_data_dir() -> Path:
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="size of the cache of project Python envs (uv-built) in the data dir; least recently used envs are "
         f"removed beyond it (default: ${ENV_CACHE_VAR} or 20 GB)",
+    )
+    p.add_argument(
+        "--python",
+        default=None,
+        metavar="PATH",
+        help="the Python interpreter (>= 3.9) project jobs' envs are built on and --env none runs (default: "
+        f"${PYTHON_VAR}, else the agent's own Python; a packaged agent looks for one with `uv python find`, then "
+        "python3 on PATH)",
     )
     p.add_argument(
         "--journal-retention-days",
@@ -232,6 +241,20 @@ def _env_cache_gb(flag: float | None) -> float:
     return value
 
 
+def _project_python(flag: str | None) -> str | None:
+    """--python, else $TENSORFLEET_PROJECT_PYTHON, else None (the default rule of runtime.envs.find_python); a name
+    that is no executable is refused now (whether it is a usable Python is checked, and logged, at start)."""
+    import shutil
+
+    value = flag if flag is not None else os.environ.get(PYTHON_VAR, "")
+    if not value.strip():
+        return None
+    where = "--python" if flag is not None else f"${PYTHON_VAR}"
+    if shutil.which(value) is None:
+        raise ValueError(f"{where} {value}: not an executable file, nor a command on PATH")
+    return value
+
+
 def _labels(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -275,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.drain_timeout < 0:
             raise ValueError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
         env_cache_gb = _env_cache_gb(args.env_cache_gb)
+        project_python = _project_python(args.python)
         config = AgentConfig(
             data_dir=(args.data_dir or default_data_dir()).resolve(),
             host=args.host,
@@ -288,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             labels=_labels(args.label),
             blob_cache_bytes=int(args.blob_cache_gb * 2**30),
             env_cache_bytes=int(env_cache_gb * 2**30),
+            project_python=project_python,
             journal_retention_seconds=args.journal_retention_days * 86400,
             ready_file=args.ready_file,
             insecure=args.insecure,

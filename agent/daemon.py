@@ -24,7 +24,7 @@ from tensorfleet_agent.metrics import AgentMetrics
 from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
 from tensorfleet_agent.rpc.service import AgentServicer
 from tensorfleet_agent.runtime.blobs import BlobStore
-from tensorfleet_agent.runtime.envs import EnvCache
+from tensorfleet_agent.runtime.envs import EnvBuildError, EnvCache
 from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig
 from tensorfleet_agent.runtime.gpus import Gpus
 from tensorfleet_agent.runtime.slots import SlotPool
@@ -53,6 +53,7 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     blob_cache_bytes: int = 20 * 2**30
     env_cache_bytes: int = 20 * 2**30  # project envs (uv-built venvs) under <data dir>/envs, LRU beyond this
+    project_python: str | None = None  # --python: the interpreter project envs are built on (envs.find_python)
     journal_retention_seconds: float = 7 * 86400
     journal_max_finished: int = 10_000
     warm_idle_seconds: float = 60.0
@@ -83,6 +84,17 @@ class AgentDaemon:
         self._lock: DataDirLock | None = None
         self.envs: EnvCache | None = None
 
+    @staticmethod
+    async def _check_project_python(envs: EnvCache) -> None:
+        """Say once, at start, which Python project jobs get, or that they cannot run here and how to fix it."""
+        try:
+            python = await envs.base_python()
+        except EnvBuildError as exc:
+            log.warning("%s", exc.reason)  # each project task then fails with this reason (exit cause env_build)
+            return
+        if python.found_by != "the agent's own Python":
+            log.info("project jobs run on Python %s at %s (%s)", python.version, python.path, python.found_by)
+
     async def start(self) -> None:
         cfg = self.config
         t0 = time.monotonic()
@@ -111,7 +123,8 @@ class AgentDaemon:
         self.gpu_inventory = gpu_list
         self.slots = SlotPool(int(self._facts["cpu_count"]), [g.index for g in gpu_list], cfg.cpu_slots)
         self.blobs = await asyncio.to_thread(BlobStore, cfg.data_dir / "blobs", cfg.blob_cache_bytes)
-        self.envs = EnvCache(cfg.data_dir / "envs", cfg.env_cache_bytes)
+        self.envs = EnvCache(cfg.data_dir / "envs", cfg.env_cache_bytes, python=cfg.project_python)
+        await self._check_project_python(self.envs)
         self.executor = Executor(
             ExecutorConfig(
                 cfg.data_dir,

@@ -10,14 +10,23 @@ How it is meant to be used (the task runner, while the task is PREPARING):
 A build that fails raises EnvBuildError: `permanent` (uv refused the requirements: fail the job once) or not
 (a flaky download: retry). Layout under the cache root (`<data dir>/envs`):
 
-    <key>/venv/       the env (relocatable venv; its interpreter is the agent's Python)
+    <key>/venv/       the env (relocatable venv on the project interpreter, see below)
     <key>/src/        the requirement files it was built from
     <key>/env.json    what it is (written before the rename: a <key>/ dir is complete by construction)
     <key>/usage.json  last used, jobs served
     .building/        builds in progress; renamed to <key>/ when complete, swept at start (a crash leaves no env)
     .trash/           evicted envs being deleted
+    .python/bin/      `python`, `python3` links to the project interpreter when it is not the agent's own
 
-What goes in a key: the requirement files' names and contents, the interpreter's version, the platform tag, uv's
+The project interpreter (what every env is built on, and what `--env none` runs): the one the agent was started
+with (`--python PATH` or $TENSORFLEET_PROJECT_PYTHON), else the agent's own Python, except in a packaged
+(PyInstaller) agent, whose sys.executable is the agent program: there `uv python find --system` (no download; it
+finds installed interpreters, honouring uv's settings), else `python3` on PATH. With none, every project task fails
+with a permanent EnvBuildError saying how to fix it (NO_PYTHON). The agent's torch and numpy are linked into an env
+only when the interpreter has the agent's own ABI (base_packages).
+
+What goes in a key: the requirement files' names and contents, the project interpreter's version and ABI, the
+platform tag, uv's
 index settings in effect on this agent (UV_INDEX_URL, UV_FIND_LINKS, UV_OFFLINE, ... and the uv.toml uv reads) and
 the agent's torch (base_packages) that the env reuses. One asyncio task per key builds; later callers of the same
 key join it and get its log lines replayed. The data dir is locked per agent, so no cross-process lock is needed.
@@ -36,6 +45,7 @@ import platform
 import posixpath
 import re
 import shutil
+import subprocess
 import sys
 import sysconfig
 import time
@@ -48,9 +58,19 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from tensorfleet_agent.runtime import base_packages
-from tensorfleet_agent.runtime.uv_run import EnvBuildError, run_uv
+from tensorfleet_agent.runtime.uv_run import EnvBuildError, run_uv, uv_binary
 
-__all__ = ["Env", "EnvBuildError", "EnvCache", "EnvInfo", "EnvSpec", "index_settings", "key_for"]
+__all__ = [
+    "Env",
+    "EnvBuildError",
+    "EnvCache",
+    "EnvInfo",
+    "EnvSpec",
+    "Interpreter",
+    "find_python",
+    "index_settings",
+    "key_for",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +94,17 @@ INDEX_VARIABLES = (
     "UV_NO_CONFIG",
 )
 Kind = Literal["requirements", "pyproject", "uv.lock"]
+PYTHON_VAR = "TENSORFLEET_PROJECT_PYTHON"
+MIN_PYTHON = (3, 9)  # the task SDK's oldest
+PROBE_TIMEOUT_S = 30.0
+NO_PYTHON = (
+    "this agent has no Python interpreter for project jobs ({why}); install python3 (>= {min}) on it, or start "
+    "the agent with --python PATH (or TENSORFLEET_PROJECT_PYTHON=PATH) naming one"
+)
+_PROBE = (
+    "import json, platform, sys, sysconfig; print(json.dumps({'implementation': sys.implementation.name, "
+    "'version': platform.python_version(), 'abi': sysconfig.get_config_var('SOABI') or ''}))"
+)
 
 
 @dataclass(frozen=True)
@@ -189,6 +220,7 @@ class Env:
     cache_hit: bool
     build_seconds: float
     _release: Callable[[], None] = field(repr=False)
+    python_version: str = ""  # of the interpreter it was built on: 3.11.7
     _released: bool = field(default=False, repr=False)
 
     @property
@@ -212,7 +244,165 @@ class Env:
 
 
 def python_tag() -> str:
+    """The agent's own interpreter, as an env records it (cpython-3.11.7)."""
     return f"{sys.implementation.name}-{platform.python_version()}"
+
+
+def is_frozen() -> bool:
+    """A packaged (PyInstaller) agent: sys.executable is the agent program, not a Python interpreter."""
+    return bool(getattr(sys, "frozen", False))
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python project envs are built on (and `--env none` runs): where it is and what it is."""
+
+    path: str  # what `uv venv --python` gets
+    implementation: str  # cpython
+    version: str  # 3.11.7
+    abi: str  # sysconfig SOABI: cpython-311-x86_64-linux-gnu
+    shares_agent_packages: bool  # the agent's own kind: the agent's torch/numpy can be linked into its envs
+    bin_dir: str  # a folder whose `python` (and `python3`) runs it: first on a command's PATH with --env none
+    found_by: str  # "the agent's own Python", "--python", "uv python find", "python3 on PATH"
+
+    @property
+    def tag(self) -> str:
+        return f"{self.implementation}-{self.version}"
+
+
+def _agent_interpreter() -> Interpreter:
+    return Interpreter(
+        sys.executable,
+        sys.implementation.name,
+        platform.python_version(),
+        sysconfig.get_config_var("SOABI") or "",
+        True,
+        os.path.dirname(sys.executable),
+        "the agent's own Python",
+    )
+
+
+def _clean_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    drop = ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")
+    return {k: v for k, v in environ.items() if k not in drop}
+
+
+def _probe(path: str, environ: Mapping[str, str]) -> dict[str, str] | str:
+    """What the interpreter at `path` is (implementation, version, abi), or why it is not a usable one (blocking)."""
+    try:
+        out = subprocess.run(
+            [path, "-I", "-c", _PROBE],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            env=_clean_environ(environ),
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{path} does not run: {exc}"
+    try:
+        facts = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else None
+    except (ValueError, IndexError):
+        facts = None
+    if not isinstance(facts, dict):
+        said = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+        return f"{path} is not a Python interpreter that runs here ({said[:200]})"
+    try:
+        version = tuple(int(x) for x in str(facts["version"]).split(".")[:2])
+    except (KeyError, ValueError):
+        return f"{path} reports no Python version"
+    if version < MIN_PYTHON:
+        return f"{path} is Python {facts['version']}; project jobs need {'.'.join(map(str, MIN_PYTHON))} or newer"
+    return {k: str(facts.get(k) or "") for k in ("implementation", "version", "abi")}
+
+
+def _uv_python_find(environ: Mapping[str, str]) -> str | None:
+    """An installed interpreter uv finds (never a download; uv's settings such as UV_OFFLINE honoured)."""
+    try:
+        uv = uv_binary()
+    except FileNotFoundError:
+        return None
+    env = _clean_environ(environ)
+    env.update(NO_COLOR="1", UV_PYTHON_DOWNLOADS="never")
+    request = f">={'.'.join(map(str, MIN_PYTHON))}"
+    try:
+        out = subprocess.run(
+            [uv, "python", "find", "--system", "--no-project", request],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+            env=env,
+            cwd="/",  # no project or .venv of wherever the agent was started
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = out.stdout.strip().splitlines()
+    return found[-1].strip() if out.returncode == 0 and found else None
+
+
+def find_python(
+    configured: str | None = None, environ: Mapping[str, str] | None = None, *, link_dir: Path | None = None
+) -> Interpreter:
+    """The project interpreter (the rule is in the module docstring); blocking (it may run uv and a probe).
+
+    `configured` is --python / $TENSORFLEET_PROJECT_PYTHON (a path, or a name looked up on PATH). An interpreter
+    that is not the agent's own gets `python` and `python3` links in `link_dir` (its bin_dir). Raises a permanent
+    EnvBuildError saying how to fix it when there is none.
+    """
+    environ = os.environ if environ is None else environ
+    minimum = ".".join(map(str, MIN_PYTHON))
+    candidates: list[tuple[str, str]] = []
+    if configured:
+        where = shutil.which(configured, path=environ.get("PATH", os.defpath))
+        if where is None:
+            why = f"--python {configured} (or ${PYTHON_VAR}) is not an executable file, nor a command on PATH"
+            raise EnvBuildError(NO_PYTHON.format(why=why, min=minimum), permanent=True)
+        candidates.append((os.path.abspath(where), "--python"))
+    elif not is_frozen():
+        return _agent_interpreter()
+    else:
+        found = _uv_python_find(environ)
+        if found:
+            candidates.append((found, "uv python find"))
+        python3 = shutil.which("python3", path=environ.get("PATH", os.defpath))
+        if python3 and python3 != found:
+            candidates.append((python3, "python3 on PATH"))
+    problems: list[str] = []
+    for path, how in candidates:
+        facts = _probe(path, environ)
+        if isinstance(facts, str):
+            problems.append(facts)
+            continue
+        agent_abi = sysconfig.get_config_var("SOABI") or ""
+        shares = (
+            not is_frozen()
+            and facts["implementation"] == sys.implementation.name
+            and bool(facts["abi"])
+            and facts["abi"] == agent_abi
+        )
+        bin_dir = os.path.dirname(path)
+        if link_dir is not None:
+            bin_dir = str(_link_python(link_dir, path, facts["version"]))
+        return Interpreter(path, facts["implementation"], facts["version"], facts["abi"], shares, bin_dir, how)
+    if configured:
+        why = "; ".join(problems)
+    elif problems:
+        why = "the packaged agent found none that runs: " + "; ".join(problems)
+    else:
+        why = "a packaged agent cannot build envs on itself, and `uv python find` and python3 on PATH found none"
+    raise EnvBuildError(NO_PYTHON.format(why=why, min=minimum), permanent=True)
+
+
+def _link_python(link_dir: Path, path: str, version: str) -> Path:
+    """`python`, `python3` and `pythonX.Y` in link_dir, each a link to `path` (replaced atomically)."""
+    link_dir.mkdir(parents=True, exist_ok=True)
+    major_minor = ".".join(version.split(".")[:2])
+    for name in ("python", "python3", f"python{major_minor}"):
+        tmp = link_dir / f".{name}.{uuid.uuid4().hex[:8]}"
+        tmp.symlink_to(path)
+        os.replace(tmp, link_dir / name)
+    return link_dir
 
 
 def platform_tag() -> str:
@@ -330,8 +520,10 @@ class EnvCache:
             raise ValueError(f"env cache limit must be >= 0 bytes, got {limit_bytes}")
         self.root = root
         self.limit_bytes = limit_bytes
-        self.python = python or sys.executable
         self._environ = dict(os.environ if environ is None else environ)
+        self.configured_python = python or self._environ.get(PYTHON_VAR) or None  # --python, else the variable
+        self._interpreter: Interpreter | None = None
+        self._interpreter_lock = asyncio.Lock()
         self.build_timeout_s = build_timeout_s
         self._ready: dict[str, _Meta] | None = None
         self._load_lock = asyncio.Lock()
@@ -343,16 +535,37 @@ class EnvCache:
 
     # -- keys -------------------------------------------------------------------------------------------------
 
+    def interpreter(self) -> Interpreter:
+        """The project interpreter (module docstring); found once, then kept (blocking: it may run uv and a probe).
+        Raises a permanent EnvBuildError saying how to fix it when there is none (looked for again next time)."""
+        if self._interpreter is None:
+            self._interpreter = find_python(
+                self.configured_python, self._environ, link_dir=self.root / ".python" / "bin"
+            )
+        return self._interpreter
+
+    async def base_python(self) -> Interpreter:
+        """The project interpreter, found in a thread: what `--env none` runs (its .bin_dir first on PATH, its
+        .path and .version in the runtime file and EnvironmentReady). A permanent EnvBuildError when there is none."""
+        if self._interpreter is not None:
+            return self._interpreter
+        async with self._interpreter_lock:
+            return await asyncio.to_thread(self.interpreter)
+
     def _base_packages(self) -> list[base_packages.BasePackage]:
+        """The agent's packages linked into each env: none when the interpreter is not of the agent's own kind."""
+        if not self.interpreter().shares_agent_packages:
+            return []
         if self._base is None:
             self._base = base_packages.base_closure()
         return self._base
 
     def key(self, spec: EnvSpec) -> str:
         """The key `spec` has on this agent (blocking: reads uv.toml and the installed torch's metadata)."""
+        python = self.interpreter()
         return key_for(
             spec.files,
-            python_tag(),
+            f"{python.tag} {python.abi}",
             platform_tag(),
             index_settings(self._environ),
             base_packages.fingerprint(self._base_packages()),
@@ -402,6 +615,7 @@ class EnvCache:
 
     async def ensure(self, spec: EnvSpec, log: Callable[[str], None]) -> Env:
         """A ready env for `spec`, held for the caller: from the cache (no uv call) or built now with uv."""
+        await self.base_python()  # found once, under a lock: concurrent first tasks do not each run uv
         key = await asyncio.to_thread(self.key, spec)
         ready = await self._index()
         meta = ready.get(key)
@@ -461,6 +675,7 @@ class EnvCache:
             cache_hit=cache_hit,
             build_seconds=0.0 if cache_hit else meta.build_seconds,
             _release=lambda: self._unhold(meta.key),
+            python_version=meta.python.partition("-")[2],
         )
 
     def _unhold(self, key: str) -> None:
@@ -479,7 +694,7 @@ class EnvCache:
     def _uv_environ(self, venv: Path) -> dict[str, str]:
         env = {k: v for k, v in self._environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH")}
         env.update(NO_COLOR="1", UV_NO_PROGRESS="1", UV_PROJECT_ENVIRONMENT=str(venv))
-        env.setdefault("UV_PYTHON_DOWNLOADS", "never")  # the env's interpreter is the agent's; never fetch one
+        env.setdefault("UV_PYTHON_DOWNLOADS", "never")  # the env's interpreter is the one found; never fetch one
         return env
 
     async def _build(self, key: str, spec: EnvSpec, build: _Build) -> _Meta:
@@ -495,7 +710,8 @@ class EnvCache:
             async def uv(*args: str) -> None:
                 await run_uv(args, cwd=src, env=uv_env, sink=build.emit, timeout_s=self.build_timeout_s)
 
-            await uv("venv", "--relocatable", "--no-project", "--python", self.python, str(venv))
+            interpreter = self.interpreter()  # found before the key was
+            await uv("venv", "--relocatable", "--no-project", "--python", interpreter.path, str(venv))
             base = self._base_packages()
             site = await asyncio.to_thread(_site_packages, venv)
             await asyncio.to_thread(base_packages.link_base_packages, site, base)
@@ -519,7 +735,7 @@ class EnvCache:
             seconds = time.monotonic() - started
             size = await asyncio.to_thread(disk_usage, work)
             now = time.time()
-            meta = _Meta(key, python_tag(), spec.source, spec.kind, size, round(seconds, 3), now, now, 0)
+            meta = _Meta(key, interpreter.tag, spec.source, spec.kind, size, round(seconds, 3), now, now, 0)
             await asyncio.to_thread(_finish, work, self.root / key, meta)
         except BaseException as exc:
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))

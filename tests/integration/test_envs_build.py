@@ -393,3 +393,29 @@ async def test_included_requirement_files_are_built_and_a_vanished_env_is_rebuil
     with await cache.ensure(spec, lambda _l: None) as again:
         assert not again.cache_hit and cache.builds_started == 2
         assert _run(again, "import tinyc; print(tinyc.VERSION)") == "2.0.0"
+
+
+async def test_a_packaged_agent_builds_envs_on_an_installed_python(
+    tmp_path: Path, uv_environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review finding 3: a frozen agent's sys.executable is the agent program; its envs are built on a Python uv
+    finds on the machine, without the agent's packages linked in, and the key names that Python's version."""
+    program = tmp_path / "tensorfleet-agent"
+    program.write_text("#!/bin/sh\nexit 2\n")
+    program.chmod(0o755)
+    unfrozen = EnvCache(tmp_path / "envs", environ=uv_environ).key(_requirements("tinyb==1.0.0\n"))
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(program))
+    cache = EnvCache(tmp_path / "envs", environ=uv_environ)
+    python = await cache.base_python()
+    assert python.found_by == "uv python find" and not python.shares_agent_packages
+    lines: list[str] = []
+    with await cache.ensure(_requirements("tinyb==1.0.0\n"), lines.append) as env:
+        assert env.key != unfrozen  # nothing of the agent's linked in: another env
+        out = _run(env, "import platform, sys, tinyb; print(platform.python_version(), tinyb.VERSION)")
+        assert out == f"{python.version} 1.0.0" and env.python_version == python.version
+        assert not (env.path / "tensorfleet-base").exists()
+    assert any(f"--python {python.path}" in line for line in lines), lines
+    assert not any("reusing the agent's" in line for line in lines), lines
+    (info,) = await cache.list()
+    assert info.python == f"cpython-{python.version}"
