@@ -57,6 +57,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.project_spec import check_env_choice
 from tensorfleet_agent.runtime import base_packages
 from tensorfleet_agent.runtime.uv_run import EnvBuildError, run_uv, uv_binary
 
@@ -174,10 +176,11 @@ class EnvSpec:
 
 
 def _check_env_choice(choice: str) -> None:
-    """An env file named by the task must be a path inside the project (the controller checks it too)."""
-    path = PurePosixPath(choice)
-    if not choice or path.is_absolute() or ".." in path.parts or "\\" in choice or "\x00" in choice:
-        raise ValueError(f"--env {choice!r}: the env file must be a path relative to the project, without '..'")
+    """An env file named by the task must be a path inside the project: the controller's own check, again here."""
+    try:
+        check_env_choice(choice, "--env")
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
 
 
 _INCLUDE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+|(?=[^\s-]))(\S+)")
