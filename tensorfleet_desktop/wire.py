@@ -307,11 +307,13 @@ def artifact_to_pb(a: ArtifactInfo) -> cpb.Artifact:
         task_index=a.task_index,
         step=a.step,
         created_at=a.created_at,
+        attempt=a.attempt,
     )
 
 
 def artifact_from_pb(a: cpb.Artifact) -> dict[str, Any]:
-    """task_index -1: made by the controller (a merged model); created_at None: recorded before it was kept."""
+    """task_index -1: made by the controller (a merged model); created_at None: recorded before it was kept;
+    attempt 0: the controller's, or recorded before attempts were."""
     return {
         "sha256": a.sha256,
         "size": a.size,
@@ -320,6 +322,7 @@ def artifact_from_pb(a: cpb.Artifact) -> dict[str, Any]:
         "task_index": a.task_index,
         "step": a.step,
         "created_at": a.created_at or None,
+        "attempt": a.attempt,
     }
 
 

@@ -652,6 +652,7 @@ class Artifact(_message.Message):
     TASK_INDEX_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     sha256: _builtins.str
     """64 hex chars"""
     size: _builtins.int
@@ -666,6 +667,8 @@ class Artifact(_message.Message):
     """checkpoints: the epoch/step it was saved at"""
     created_at: _builtins.float
     """when the controller heard of it (unix seconds; 0: recorded before this field)"""
+    attempt: _builtins.int
+    """the task's attempt that saved it (1, 2 ...); 0: the controller's / older"""
     def __init__(
         self,
         *,
@@ -676,10 +679,11 @@ class Artifact(_message.Message):
         task_index: _builtins.int = ...,
         step: _builtins.int = ...,
         created_at: _builtins.float = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "kind", b"kind", "name", b"name", "sha256", b"sha256", "size", b"size", "step", b"step", "task_index", b"task_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "created_at", b"created_at", "kind", b"kind", "name", b"name", "sha256", b"sha256", "size", b"size", "step", b"step", "task_index", b"task_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2796,24 +2800,35 @@ class DownloadArtifactRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     TASK_INDEX_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     name: _builtins.str
     """an artifact's name, as ListArtifacts shows it"""
     task_index: _builtins.int
     """which task saved it (-1: the controller, e.g. a merged model); needed"""
+    attempt: _builtins.int
+    """only when several tasks saved an artifact by that name
+    which attempt's file of that name; unset: the latest attempt's
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         name: _builtins.str = ...,
         task_index: _builtins.int | None = ...,
+        attempt: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_task_index", b"_task_index", "task_index", b"task_index"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempt", b"_attempt", "_task_index", b"_task_index", "attempt", b"attempt", "task_index", b"task_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_task_index", b"_task_index", "job_id", b"job_id", "name", b"name", "task_index", b"task_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempt", b"_attempt", "_task_index", b"_task_index", "attempt", b"attempt", "job_id", b"job_id", "name", b"name", "task_index", b"task_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__attempt: _TypeAlias = _typing.Literal["attempt"]  # noqa: Y015
+    _WhichOneofArgType__attempt: _TypeAlias = _typing.Literal["_attempt", b"_attempt"]  # noqa: Y015
     _WhichOneofReturnType__task_index: _TypeAlias = _typing.Literal["task_index"]  # noqa: Y015
     _WhichOneofArgType__task_index: _TypeAlias = _typing.Literal["_task_index", b"_task_index"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__attempt) -> _WhichOneofReturnType__attempt | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__task_index) -> _WhichOneofReturnType__task_index | None: ...
 
 Global___DownloadArtifactRequest: _TypeAlias = DownloadArtifactRequest  # noqa: Y015

@@ -8,12 +8,21 @@ from typing import Any
 
 from tensorfleet_desktop.cli import exit_codes
 from tensorfleet_desktop.cli.exit_codes import UsageError
-from tensorfleet_desktop.cli.output import add_format_flags, csv_of, human_size, out, print_json, print_table, when
+from tensorfleet_desktop.cli.output import (
+    add_format_flags,
+    csv_of,
+    human_size,
+    out,
+    print_json,
+    print_table,
+    printable,
+    when,
+)
 from tensorfleet_desktop.client import Client
 
 LIST_USAGE = "tensorfleet artifacts JOB [--json | --csv]"
-CSV_FIELDS = ("name", "kind", "step", "task_index", "size", "sha256", "created_at")
-DOWNLOAD_USAGE = "tensorfleet artifacts download JOB NAME [-o PATH] [--task N] [--json]"
+CSV_FIELDS = ("name", "kind", "step", "task_index", "attempt", "size", "sha256", "created_at")
+DOWNLOAD_USAGE = "tensorfleet artifacts download JOB NAME [-o PATH] [--task N] [--attempt N] [--json]"
 
 
 def add_parser(sub: Any) -> None:
@@ -27,6 +36,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("words", nargs="+", metavar="JOB | download JOB NAME", help=argparse.SUPPRESS)
     s.add_argument("-o", "--output", type=Path, help="download: the file or directory to write (default: NAME, here)")
     s.add_argument("--task", type=int, metavar="N", help="download: task N's artifact, when several saved one by NAME")
+    s.add_argument(
+        "--attempt", type=int, metavar="N", help="download: attempt N's file of NAME (default: the latest attempt's)"
+    )
     add_format_flags(s, csv=True)
 
 
@@ -38,8 +50,8 @@ def artifacts(client: Client, args: argparse.Namespace) -> int:
         return _download(client, words[1], words[2], args)
     if len(words) != 1:
         raise UsageError(f"usage: {LIST_USAGE}, or {DOWNLOAD_USAGE}")
-    if args.output is not None or args.task is not None:
-        raise UsageError("-o and --task go with `tensorfleet artifacts download JOB NAME`")
+    if args.output is not None or args.task is not None or args.attempt is not None:
+        raise UsageError("-o, --task and --attempt go with `tensorfleet artifacts download JOB NAME`")
     items = client.artifacts(words[0])
     if args.json:
         print_json(items)
@@ -47,9 +59,17 @@ def artifacts(client: Client, args: argparse.Namespace) -> int:
         csv_of(items, CSV_FIELDS)
     else:
         print_table(
-            ("NAME", "KIND", "TASK", "SIZE", "SHA256", "CREATED"),
+            ("NAME", "KIND", "TASK", "ATTEMPT", "SIZE", "SHA256", "CREATED"),
             (
-                (a["name"], _kind(a), _task(a["task_index"]), human_size(a["size"]), a["sha256"], when(a["created_at"]))
+                (
+                    a["name"],  # print_table shows a control character as its escape (printable)
+                    _kind(a),
+                    _task(a["task_index"]),
+                    _attempt(a.get("attempt", 0)),
+                    human_size(a["size"]),
+                    a["sha256"],
+                    when(a["created_at"]),
+                )
                 for a in items
             ),
         )
@@ -57,22 +77,31 @@ def artifacts(client: Client, args: argparse.Namespace) -> int:
 
 
 def _download(client: Client, job_id: str, name: str, args: argparse.Namespace) -> int:
-    if args.task is None:  # say which tasks, and how to pick one, before any transfer
-        tasks = sorted({a["task_index"] for a in client.artifacts(job_id) if a["name"] == name})
-        if len(tasks) > 1:
-            which = ", ".join(_task(t) for t in tasks)
-            raise UsageError(f"tasks {which} of job {job_id} each saved {name!r}: add --task N to pick one")
+    saved = [a for a in client.artifacts(job_id) if a["name"] == name]  # which ones, before any transfer
+    tasks = sorted({a["task_index"] for a in saved})
+    if args.task is None and len(tasks) > 1:
+        which = ", ".join(_task(t) for t in tasks)
+        raise UsageError(f"tasks {which} of job {job_id} each saved {printable(name)!r}: add --task N to pick one")
+    attempts = sorted({a.get("attempt", 0) for a in saved if args.task in (None, a["task_index"])})
     dest = args.output if args.output is not None else Path(Path(name).name)
-    record = client.download_artifact(job_id, name, dest, args.task)
+    record = client.download_artifact(job_id, name, dest, args.task, args.attempt)
     if args.json:
         print_json(record)
-    else:
-        out.print(
-            f"wrote {record['name']} ({human_size(record['size'])}, sha256 {record['sha256']} verified) "
-            f"to {record['path']}",
-            markup=False,
-        )
+        return exit_codes.OK
+    attempt = record.get("attempt", 0)
+    which = f" of attempt {attempt}" if attempt else ""
+    if args.attempt is None and len(attempts) > 1:
+        which += f" (the latest of attempts {', '.join(map(str, attempts))}; --attempt N for another)"
+    out.print(
+        f"wrote {printable(record['name'])}{which} ({human_size(record['size'])}, sha256 {record['sha256']} "
+        f"verified) to {printable(record['path'])}",
+        markup=False,
+    )
     return exit_codes.OK
+
+
+def _attempt(number: int) -> str:
+    return str(number) if number else "-"  # 0: the controller's own, or recorded before attempts were
 
 
 def _kind(artifact: dict[str, Any]) -> str:

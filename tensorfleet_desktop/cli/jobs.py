@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tensorfleet_agent.core.errors import ValidationError
@@ -34,6 +35,7 @@ from tensorfleet_desktop.cli.output import (
     out,
     print_json,
     print_table,
+    printable,
     when,
 )
 from tensorfleet_desktop.client import TERMINAL, Client, TensorFleetError, trial_rows
@@ -641,7 +643,8 @@ def environment_line(env: dict[str, Any]) -> str:
 
 
 def show_job(job: dict[str, Any]) -> None:
-    out.print(f"[bold]{job['id']}[/bold] {job['name']}  {_shown_state(job)}  {job['progress']:.0%}")
+    name = escape(printable(job["name"]))  # the user's words: no markup, no control characters
+    out.print(f"[bold]{job['id']}[/bold] {name}  {_shown_state(job)}  {job['progress']:.0%}")
     if job["error"]:
         out.print(f"  error: {job['error']}", markup=False)
     if job.get("project"):
@@ -658,7 +661,11 @@ def show_job(job: dict[str, Any]) -> None:
         if t.get("environment"):
             out.print(f"    {environment_line(t['environment'])}", markup=False)
     for a in job["artifacts"]:
-        out.print(f"  artifact {a['name']} ({a['kind']}, {human_size(a['size'])}) sha256 {a['sha256']}", markup=False)
+        attempt = f", attempt {a['attempt']}" if a.get("attempt") else ""
+        out.print(
+            f"  artifact {printable(a['name'])} ({a['kind']}, {human_size(a['size'])}{attempt}) sha256 {a['sha256']}",
+            markup=False,
+        )
 
 
 def _job_action(method: str, verb: str) -> Any:

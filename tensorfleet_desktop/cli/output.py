@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -52,10 +53,21 @@ def print_json(value: Any, sort_keys: bool = False) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str, sort_keys=sort_keys) + "\n")
 
 
+# C0 and C1 controls, DEL, and the line/paragraph separators and bidi overrides that reorder what follows them
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes (a newline as \\n, ESC as \\x1b): a name a program chose
+    (an output file's, a job's) can neither break a table's rows nor send the terminal escape sequences."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> None:
+    """Every cell goes through `printable`: one row per row, whatever a name holds."""
     table = Table(*headers, title=title)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(printable(cell) if isinstance(cell, str) else cell for cell in row))
     out.print(table, markup=False)
 
 

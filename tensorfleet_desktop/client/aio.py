@@ -425,16 +425,20 @@ class AsyncClient:
     # ---- artifacts
 
     async def artifacts(self, job_id: str) -> list[dict[str, Any]]:
-        """The files the job's tasks saved: name, kind, task_index (-1: the controller's), size, sha256, created_at."""
+        """The files the job's tasks saved: name, kind, task_index (-1: the controller's), attempt (0: the
+        controller's), size, sha256, created_at."""
         return await self._call("ListArtifacts", cpb.ListArtifactsRequest(job_id=job_id), _artifacts)
 
-    async def download_artifact(self, job_id: str, name: str, dest: Path, task: int | None = None) -> dict[str, Any]:
+    async def download_artifact(
+        self, job_id: str, name: str, dest: Path, task: int | None = None, attempt: int | None = None
+    ) -> dict[str, Any]:
         """Write the job's artifact NAME to `dest` (a file path, or a directory to write NAME into).
 
         The sha256 is checked: a damaged or cut-short transfer raises and leaves no file behind. `task` picks
-        among several tasks' artifacts of one name. Returns the artifact's record with "path" added.
+        among several tasks' artifacts of one name; `attempt` one attempt's file of that name (default: the
+        latest attempt's). Returns the artifact's record (its "attempt" says which) with "path" added.
         """
-        request = cpb.DownloadArtifactRequest(job_id=job_id, name=name, task_index=task)
+        request = cpb.DownloadArtifactRequest(job_id=job_id, name=name, task_index=task, attempt=attempt)
         path = dest / Path(name).name if await asyncio.to_thread(dest.is_dir) else dest
         tmp = path.with_name(f".{path.name}.part")
         first, digest, size = await self._receive("DownloadArtifact", request, tmp, path)

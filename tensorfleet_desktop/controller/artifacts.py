@@ -60,8 +60,9 @@ class Artifacts:
 
     # ---- serving
 
-    def artifact(self, job: Job, name: str, task_index: int | None = None) -> ArtifactInfo:
-        """The job's artifact by name (a task's latest one of that name); several tasks' need `task_index`."""
+    def artifact(self, job: Job, name: str, task_index: int | None = None, attempt: int | None = None) -> ArtifactInfo:
+        """The job's artifact by name: the latest attempt's (a project's outputs are saved again by every attempt)
+        unless `attempt` says which; several tasks' need `task_index`."""
         hits = [a for a in job.artifacts if a.name == name and task_index in (None, a.task_index)]
         if not hits:
             where = f" from task {task_index}" if task_index is not None else ""
@@ -72,7 +73,14 @@ class Artifacts:
             raise ValidationError(
                 "task_index", f"tasks {', '.join(map(str, tasks))} of job {job.id} each saved {name!r}: say which task"
             )
-        return hits[-1]
+        if attempt is not None:
+            chosen = [a for a in hits if a.attempt == attempt]
+            if not chosen:
+                did = ", ".join(str(n) for n in sorted({a.attempt for a in hits}))
+                raise NotFoundError(f"attempt {attempt} of job {job.id} saved no {name!r} (attempts that did: {did})")
+            return chosen[-1]
+        latest = max(a.attempt for a in hits)
+        return [a for a in hits if a.attempt == latest][-1]
 
     async def path(self, job: Job, artifact: ArtifactInfo) -> Path:
         """The artifact's file in the blob store, checked against its sha256 before it is served; fetched (again)

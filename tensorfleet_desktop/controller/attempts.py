@@ -20,7 +20,7 @@ from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.ingest import Base, Ingest
 from tensorfleet_desktop.controller.jobs import CHECKPOINTING, JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
-from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState, attempt_id
 from tensorfleet_desktop.controller.ports import AgentPort, AgentView, Clock
 from tensorfleet_desktop.controller.project_files import ProjectFiles, ProjectFilesMissing
 from tensorfleet_desktop.controller.scheduler import RankLayout
@@ -77,7 +77,7 @@ class Attempts:
 
     def dispatch(self, job: Job, task: JobTask, agent: AgentView, layout: RankLayout | None = None) -> None:
         task.attempt += 1
-        task.agent_task_id = f"{job.id}-r{task.index}-a{task.attempt}"
+        task.agent_task_id = attempt_id(job.id, task.index, task.attempt)
         task.node_id, task.cursor, task.progress = agent.node_id, 0, 0.0
         task.sklearn_version = agent.sklearn_version
         task.state, task.error, task.exit_cause = TaskRunState.DISPATCHED, "", ""

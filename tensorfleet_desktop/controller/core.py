@@ -135,10 +135,13 @@ class Controller:
     def list_jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[Job]:
         return self.machine.list_jobs(states, limit)
 
-    def artifact(self, job_id: str, name: str, task_index: int | None = None) -> tuple[Job, ArtifactInfo]:
-        """The job's artifact by name (a task's latest one of that name); several tasks' need `task_index`."""
+    def artifact(
+        self, job_id: str, name: str, task_index: int | None = None, attempt: int | None = None
+    ) -> tuple[Job, ArtifactInfo]:
+        """The job's artifact by name (the latest attempt's unless `attempt` says); several tasks' need
+        `task_index`."""
         job = self.get(job_id)
-        return job, self.artifacts.artifact(job, name, task_index)
+        return job, self.artifacts.artifact(job, name, task_index, attempt)
 
     async def artifact_path(self, job: Job, artifact: ArtifactInfo) -> Path:
         return await self.artifacts.path(job, artifact)

@@ -18,7 +18,7 @@ from tensorfleet_agent.core.types import (
 from tensorfleet_desktop.controller.artifacts import Artifacts
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
-from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobTask, TaskRunState
+from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobTask, TaskRunState, attempt_number
 from tensorfleet_desktop.controller.ports import Clock
 from tensorfleet_desktop.controller.trials import SweepRunner
 
@@ -80,14 +80,17 @@ class Ingest:
 
     def late(self, job: Job, task: JobTask, node: str, event: TaskEvent) -> bool:
         """An event of an attempt the controller moved on from (cancelled, or its gang restarted): only the files it
-        saved on its way out (a project's outputs, collected when it ends) are kept. True at its end."""
+        saved on its way out (a project's outputs, collected when it ends) and the agent's own lines about them
+        (what it stored, what it left out and why) are kept. True at its end."""
         p = event.payload
         if isinstance(p, Finished):
             return True
+        base: Base = {"attempt_id": event.task_id, "agent_seq": event.seq, "task_index": task.index}
         if isinstance(p, ArtifactReady):
-            base: Base = {"attempt_id": event.task_id, "agent_seq": event.seq, "task_index": task.index}
             self._saved(job, task, event, base, node)
             self.events.store.save_job(job)  # a finished job is saved no more otherwise
+        elif isinstance(p, LogLine) and p.stream == "agent":
+            self.events.record(job, "log", base, stream=p.stream, message=p.line)
         return False
 
     def _saved(self, job: Job, task: JobTask, event: TaskEvent, base: Base, node: str = "") -> None:
@@ -97,7 +100,8 @@ class Ingest:
             return
         kind = p.kind if isinstance(p, ArtifactReady) else "checkpoint"
         step = p.step if isinstance(p, CheckpointSaved) else 0
-        saved = ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step, self.clock.time())
+        attempt = attempt_number(event.task_id) or task.attempt  # a late one's is not the task's current attempt
+        saved = ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step, self.clock.time(), attempt)
         self.artifacts.on_saved(job, task, saved, node)
         self.events.record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))
         self.events.touched(job)

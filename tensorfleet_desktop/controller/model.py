@@ -44,6 +44,18 @@ class ArtifactInfo:
     task_index: int
     step: int = 0  # a checkpoint's epoch/step
     created_at: float = 0.0  # when the controller heard of it (0: recorded before it was kept)
+    attempt: int = 0  # the task's attempt that saved it (0: the controller's, or recorded before it was kept)
+
+
+def attempt_id(job_id: str, index: int, attempt: int) -> str:
+    """The id an attempt runs under on its agent: the job, the task's index and the attempt number."""
+    return f"{job_id}-r{index}-a{attempt}"
+
+
+def attempt_number(attempt_id: str) -> int:
+    """The attempt number in an attempt id (0 when it is not one)."""
+    _, sep, number = attempt_id.rpartition("-a")
+    return int(number) if sep and number.isdigit() else 0
 
 
 @dataclass

@@ -472,7 +472,8 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         self, request: cpb.DownloadArtifactRequest, context: Any
     ) -> AsyncIterator[cpb.ArtifactChunk]:
         task = request.task_index if request.HasField("task_index") else None
-        job, artifact = self.c.artifact(request.job_id, request.name, task)
+        attempt = request.attempt if request.HasField("attempt") else None
+        job, artifact = self.c.artifact(request.job_id, request.name, task, attempt)
         path = await self.c.artifact_path(job, artifact)
         yield cpb.ArtifactChunk(header=wire.artifact_to_pb(artifact))
         with path.open("rb") as fh:

@@ -42,6 +42,7 @@ from tensorfleet_desktop.ui.formatting import (
     job_state,
     job_state_color,
     metric_text,
+    printable,
     state_color,
     workload,
 )
@@ -170,7 +171,7 @@ class JobDetailView(View):
         # artifacts: the files the job's tasks saved, each downloadable (sha256 checked)
         self.artifacts_model = RowTableModel(
             [
-                Column("Name", lambda a: a["name"]),
+                Column("Name", lambda a: printable(a["name"]), tooltip=lambda a: printable(a["name"])),
                 Column("Kind", lambda a: f"{a['kind']} (step {a['step']})" if a["kind"] == "checkpoint" else a["kind"]),
                 Column(
                     "Task",
@@ -180,8 +181,13 @@ class JobDetailView(View):
                 Column("Size", lambda a: human_bytes(a["size"]), sort=lambda a: a["size"]),
                 Column("SHA256", lambda a: a["sha256"][:16], tooltip=lambda a: a["sha256"]),
                 Column("Created", lambda a: clock(a["created_at"]), sort=lambda a: a["created_at"] or 0.0),
+                Column(
+                    "Attempt",  # a project's outputs are saved by every attempt: which one this is
+                    lambda a: str(a.get("attempt") or "-"),
+                    sort=lambda a: a.get("attempt") or 0,
+                ),
             ],
-            key=lambda a: f"{a['task_index']}:{a['name']}:{a['sha256']}",
+            key=lambda a: f"{a['task_index']}:{a.get('attempt', 0)}:{a['name']}:{a['sha256']}",
         )
         self.artifacts_table, _ = data_table(self.artifacts_model, name="artifacts")
         self.artifacts_table.doubleClicked.connect(lambda _index: self.choose_artifact_download())
@@ -509,18 +515,21 @@ class JobDetailView(View):
         if artifact is None:
             self.notify("select an artifact to download first", True)
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Save artifact", Path(artifact["name"]).name)
+        path, _ = QFileDialog.getSaveFileName(self, "Save artifact", printable(Path(artifact["name"]).name))
         if path:
             self.download_artifact(artifact, Path(path))
 
     def download_artifact(self, artifact: dict[str, Any], path: Path) -> None:
         """Fetch it on the bridge's loop (the transfer runs in a worker thread), then say where it went."""
         job_id, name, task = self.job_id, artifact["name"], artifact["task_index"]
+        attempt = artifact.get("attempt") or None  # the row's own file, not another attempt's of that name
+        shown, of = printable(name), f"attempt {attempt}, " if attempt else ""
 
         def saved(record: dict[str, Any]) -> None:
-            self.notify(f"saved {name} to {record['path']} ({human_bytes(record['size'])}, sha256 verified)", False)
+            size = human_bytes(record["size"])
+            self.notify(f"saved {shown} to {printable(record['path'])} ({of}{size}, sha256 verified)", False)
 
-        self.run(lambda c: c.download_artifact(job_id, name, path, task), saved, f"cannot download {name}")
+        self.run(lambda c: c.download_artifact(job_id, name, path, task, attempt), saved, f"cannot download {shown}")
 
     def choose_export(self) -> None:
         if not self.job_id:

@@ -323,6 +323,34 @@ def test_job_detail_shows_the_project_its_diff_and_each_tasks_environment(qtbot:
     assert not view.tabs.isTabEnabled(view.tabs.indexOf(view.project_panel))
 
 
+def test_job_detail_lists_each_attempts_outputs_and_escapes_control_characters_in_names(
+    qtbot: Any, bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    view = JobDetailView(bridge, lambda message, error: None)
+    qtbot.addWidget(view)
+
+    def output(name: str, attempt: int) -> dict[str, Any]:
+        return {"sha256": f"{attempt}" * 64, "size": 3, "kind": "output", "name": name, "task_index": 0, "step": 0,
+                "created_at": time.time(), "attempt": attempt}  # fmt: skip
+
+    job = {**project_job(), "artifacts": [output("ok.txt", 1), output("ok.txt", 2), output("a\nb\x1b[31m", 2)]}
+    view._show_job(job)
+    model = view.artifacts_model
+    titles = [c.title for c in model.columns]
+    rows = [(model.index(r, 0).data(), model.index(r, titles.index("Attempt")).data()) for r in range(3)]
+    assert rows == [("ok.txt", "1"), ("ok.txt", "2"), ("a\\nb\\x1b[31m", "2")]
+    downloads: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(view, "run", lambda call, done, error: downloads.append((call, error)))
+    view.job_id = job["id"]
+    view.download_artifact(job["artifacts"][0], Path("/tmp/x"))  # the row's own attempt, not the latest
+
+    class Recorder:
+        def download_artifact(self, *args: Any) -> tuple[Any, ...]:
+            return args
+
+    assert downloads[0][0](Recorder()) == ("job-1", "ok.txt", Path("/tmp/x"), 0, 1)
+
+
 def test_the_jobs_table_says_preparing_while_a_task_prepares(qtbot: Any, bridge: Bridge) -> None:
     view = JobsView(bridge, lambda message, error: None)
     qtbot.addWidget(view)

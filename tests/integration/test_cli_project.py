@@ -42,12 +42,16 @@ import tfcli_dep
 parser = argparse.ArgumentParser()
 parser.add_argument("--greeting", required=True)
 parser.add_argument("--exit", type=int, default=0)
+parser.add_argument("--attempt-outputs", action="store_true")
 args = parser.parse_args()
 print(f"project says {args.greeting} with {tfcli_dep.tag()}", flush=True)
 out = Path(os.environ.get("TENSORFLEET_OUTPUT_DIR", "outputs"))
 (out / "plots").mkdir(parents=True, exist_ok=True)
 (out / "result.txt").write_text(f"greeting={args.greeting}\\n")
 (out / "plots" / "curve.csv").write_text("step,loss\\n0,1.0\\n1,0.5\\n")
+if args.attempt_outputs:  # which attempt wrote it; and a name no table should print as it is
+    (out / "attempt.txt").write_text(str(int(os.environ["TORCHELASTIC_RESTART_COUNT"]) + 1))
+    (out / "two\\nlines\\x1b[31mred.txt").write_text("x")
 raise SystemExit(args.exit)
 """
 COMMAND = ["python", "-m", "app.main", "--greeting", "hello there"]  # an option and a space: after `--` as they are
@@ -234,6 +238,38 @@ def test_output_artifacts_are_listed_and_downloaded_by_their_paths(fleet: Fleet,
     assert (tmp_path / "curve.csv").read_text() == "step,loss\n0,1.0\n1,0.5\n"
     here = fleet.cli("artifacts", "download", job_id, "result.txt", cwd=tmp_path)
     assert here.returncode == 0 and (tmp_path / "result.txt").read_text() == "greeting=hello there\n", here.stderr
+
+
+def test_each_attempts_outputs_are_listed_with_its_number_and_the_latest_is_downloaded(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """A failed attempt's outputs are kept, the retry's too: the list says which attempt saved which, a download
+    takes the latest attempt's and says so (--attempt N for another), and a name holding a newline and an escape
+    sequence is shown escaped, one row, nothing sent to the terminal."""
+    command = [*COMMAND, "--exit", "3", "--attempt-outputs"]
+    job = fleet.json("submit", "--project", str(fleet.project), "--max-retries", "1", "--json", "--", *command)
+    with Client(fleet.controller.address) as client:
+        assert client.wait(job["id"], 120)["state"] == "FAILED"
+    listed = fleet.json("artifacts", job["id"], "--json")
+    assert sorted(a["attempt"] for a in listed if a["name"] == "attempt.txt") == [1, 2], listed
+    table = fleet.cli("artifacts", job["id"])
+    assert table.returncode == 0 and "ATTEMPT" in table.stdout, table.stderr
+    assert "two\\nlines\\x1b[31mred.txt" in table.stdout and "\x1b" not in table.stdout, table.stdout
+    rows = [line for line in table.stdout.splitlines() if "attempt.txt" in line]
+    assert len(rows) == 2 and all("output" in row for row in rows), table.stdout
+    status = fleet.cli("status", job["id"])
+    assert "two\\nlines" in status.stdout and "\x1b" not in status.stdout, status.stdout
+
+    latest = fleet.cli("artifacts", "download", job["id"], "attempt.txt", cwd=tmp_path)
+    assert latest.returncode == 0, latest.stderr
+    assert "of attempt 2 (the latest of attempts 1, 2; --attempt N for another)" in latest.stdout, latest.stdout
+    assert (tmp_path / "attempt.txt").read_text() == "2"
+    first = fleet.json(
+        "artifacts", "download", job["id"], "attempt.txt", "--attempt", "1", "-o", str(tmp_path / "a1"), "--json"
+    )
+    assert first["attempt"] == 1 and (tmp_path / "a1").read_text() == "1"
+    missing = fleet.cli("artifacts", "download", job["id"], "attempt.txt", "--attempt", "3", cwd=tmp_path)
+    assert missing.returncode != 0 and "attempts that did: 1, 2" in missing.stderr, missing.stderr
 
 
 def test_agents_envs_lists_the_env_and_prune_removes_it(fleet: Fleet) -> None:

@@ -26,7 +26,7 @@ from tensorfleet_desktop.cli.jobs import (
     spec_from_args,
     upload_line,
 )
-from tensorfleet_desktop.cli.output import human_size
+from tensorfleet_desktop.cli.output import human_size, printable
 from tensorfleet_desktop.project import DEFAULT_MAX_BYTES
 
 DEAD = "127.0.0.1:1"  # nothing listens: a command that reached the network would fail with UNREACHABLE (3)
@@ -347,3 +347,8 @@ def test_wait_says_preparing_then_the_environment_once_per_attempt() -> None:
     assert _project_steps(job("PREPARING", attempt=2), said) == [preparing]  # a retry prepares again
     assert _shown_state(job("PREPARING")) == "PREPARING" and _shown_state(job("RUNNING")) == "RUNNING"
     assert _shown_state({**job("PREPARING"), "state": "CANCELLED"}) == "CANCELLED"
+
+
+def test_names_with_control_characters_are_shown_escaped_on_one_line() -> None:
+    assert printable("ok.txt") == "ok.txt" and printable("résumé ü.txt") == "résumé ü.txt"
+    assert printable("two\nlines\x1b[31mred\u202egnp.exe\x00") == "two\\nlines\\x1b[31mred\\u202egnp.exe\\x00"

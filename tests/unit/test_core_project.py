@@ -30,8 +30,9 @@ from tensorfleet_agent.core.types import (
 from tensorfleet_agent.rpc.service import MAX_HAS_BLOBS
 from tensorfleet_desktop.controller import attempts
 from tensorfleet_desktop.controller.core import Controller
+from tensorfleet_desktop.controller.errors import NotFoundError
 from tensorfleet_desktop.controller.jobs import retry_delay
-from tensorfleet_desktop.controller.model import JobState, TaskRunState
+from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
 
 UV_REASON = (
     "Because nosuchpkg was not found in the package registry, we can conclude that requirements are unsatisfiable."
@@ -274,16 +275,23 @@ async def test_a_cancelled_project_task_keeps_the_outputs_it_saves_as_it_ends(tm
         await until(controller, lambda: job.tasks[0].state is TaskRunState.RUNNING)
         result = b'{"loss": 0.3}'
         sha = _store(controller, result)  # as copied from the agent
-        agents.on_cancel = [ArtifactReady(sha, len(result), "output", "result.json")]
+        left_out = "outputs: 1 file(s), 0.0 MiB stored from outputs/ in 0.01 s; left out: big.bin (9.0 MiB: over ...)"
+        agents.on_cancel = [
+            ArtifactReady(sha, len(result), "output", "result.json"),
+            LogLine("agent", left_out),
+            LogLine("stdout", "a line of the program's, after the cancel"),
+        ]
         controller.cancel(job.id)
         assert job.state is JobState.CANCELLED
         await until(controller, lambda: any(a.name == "result.json" for a in job.artifacts))
         _, artifact = controller.artifact(job.id, "result.json")
-        assert (artifact.kind, artifact.sha256, artifact.task_index) == ("output", sha, 0)
+        assert (artifact.kind, artifact.sha256, artifact.task_index, artifact.attempt) == ("output", sha, 0, 1)
         await controller.background.idle()
         await controller.store.flush()
         history = await controller.store.events(job.id, 0, ("artifact",))
         assert [(r.name, r.attempt_id) for r in history] == [("result.json", attempt)]
+        logs = [r.message for r in await controller.store.events(job.id, 0, ("log",)) if r.attempt_id == attempt]
+        assert left_out in logs and not any("after the cancel" in m for m in logs), "the agent's word on its outputs"
     async with core(tmp_path, FakeAgents(), clock) as controller:  # kept with the finished job
         assert [a.name for a in controller.get(job.id).artifacts] == ["result.json"]
 
@@ -414,3 +422,43 @@ async def test_a_stored_manifest_whose_bytes_hash_otherwise_is_refused_as_damage
         controller.blobs.path(project["manifest_id"]).write_bytes(manifest_bytes([]))  # bit rot on disk
         with pytest.raises(ValidationError, match=r"is damaged .* upload it again"):
             await controller.submit(_spec(project), "me")
+
+
+async def test_each_attempts_outputs_are_kept_with_its_number_and_the_latest_is_served_by_default(
+    tmp_path: Path,
+) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(_spec(_project(controller, FILES), max_retries=1), "me")
+        saved = []
+        for number, data in ((1, b"first"), (2, b"second")):
+            await agents.wait(lambda: len(agents.running()) == 1)
+            attempt = agents.running()[0]
+            sha = _store(controller, data)
+            saved.append(sha)
+            agents.send(attempt, ArtifactReady(sha, len(data), "output", "ok.txt"))
+            if number == 1:
+                agents.finish(attempt, TaskState.FAILED, "exit_code", "command `python` exited with code 1")
+                await until(controller, lambda: job.tasks[0].failures == 1)
+                clock.advance(retry_delay(1))
+                controller.machine.wake.set()
+            else:
+                agents.finish(attempt)
+        assert await ended(controller, job) is JobState.SUCCEEDED
+        assert [(a.name, a.attempt, a.sha256) for a in job.artifacts] == [
+            ("ok.txt", 1, saved[0]),
+            ("ok.txt", 2, saved[1]),
+        ]
+        assert controller.artifact(job.id, "ok.txt")[1].sha256 == saved[1], "the latest attempt's by default"
+        assert controller.artifact(job.id, "ok.txt", attempt=1)[1].sha256 == saved[0]
+        with pytest.raises(NotFoundError, match=r"attempt 3 of job .* saved no 'ok\.txt' \(attempts that did: 1, 2\)"):
+            controller.artifact(job.id, "ok.txt", attempt=3)
+    async with core(tmp_path, FakeAgents(), clock) as controller:  # the numbers are kept with the job
+        assert [a.attempt for a in controller.get(job.id).artifacts] == [1, 2]
+
+
+def test_a_stored_job_from_before_artifact_attempts_still_loads() -> None:
+    body = Job("j1", {"algorithm": "noop"}, "me", 1).to_dict()
+    body["artifacts"] = [{"sha256": "a" * 64, "size": 1, "kind": "output", "name": "x", "task_index": 0}]
+    assert Job.from_dict(body).artifacts[0].attempt == 0
