@@ -25,19 +25,23 @@ worker whose runtime_env matches; it is reported too.
 
 Usage: RAY_PYTHON=/path/to/ray-venv/bin/python python benchmarks/project_bench.py [--repeat 3]
 
-Figures on this machine (2 CPUs, shared with other test runs: load average 5-8), 2026-12-06, --repeat 5, Ray
-2.60.0, seconds from submit to the first log line seen by the submitter (medians):
+Figures on this machine (2 CPUs, shared with other sessions), 2026-12-06, --repeat 5, Ray 2.60.0, seconds from
+submit to the first log line seen by the submitter (medians). Before/after the start-up work of 14:00-14:20
+(spares preload the project runner, the command exec'd through setpriv/env instead of a forking preexec_fn, a
+spare stops preloading once a task comes and its replacement waits for that task's first line, a leaner
+materialize), the two agents' runs alternating (base, new, base, new, new; load 0.2-2):
 
-                         TensorFleet   Ray actor (job-like)   Ray task (reused worker)
-    cold (env built)        1.43            6.83                    -
-    warm (unchanged)        0.40            2.70                   0.13
-    one-line change         0.49            3.04                   3.10
+                         TensorFleet before   TensorFleet after   Ray actor (job-like)   Ray task (reused worker)
+    cold (env built)        0.82 / 0.74        0.62 / 0.54 / 0.52       4.8 - 6.8                 -
+    warm (unchanged)        0.215 / 0.205      0.153 / 0.124 / 0.135    1.75 - 2.37             0.065 - 0.098
+    one-line change         0.227 / 0.217      0.154 / 0.171 / 0.144    1.80 - 1.91             1.81 - 2.08
 
-Ratios: cold 0.21x, warm 0.15x, one-line change 0.16x Ray's job-like path (aims: <= 1x, <= 0.5x); against a
-warm Ray task that reuses its worker, TensorFleet's warm run is 3.1x slower. Of TensorFleet's 0.40 s warm run,
-the task is RUNNING 0.04 s after submit (snapshot, 0 bytes uploaded, placement, env cache hit); the other
-~0.3 s is the project worker and the command's interpreter starting. An earlier run (--repeat 3, load ~8):
-1.62 / 0.43 / 0.57 against 11.7 / 3.28 / 3.91 (actor) and - / 0.11 / 3.39 (task).
+Ratios after: warm ~0.07x, one-line change ~0.08x, cold ~0.1x Ray's job-like path (aims: <= 0.5x, <= 1x); a
+warm Ray task that reuses its worker stays ahead (0.07 s: no new process at all), TensorFleet's warm run is ~1.9x
+that (2.2x before). Of TensorFleet's ~0.13 s warm run: RUNNING at 0.03 s (snapshot, 0 bytes uploaded, placement,
+env cache hit, layout); the command's interpreter prints at ~0.08 s; the last ~0.055 s is the controller's
+WatchJob holding a live event COALESCE_SECONDS (0.05 s) for others to go out with it. Earlier figures at load
+5-8 (before): 1.43 / 0.40 / 0.49 against 6.83 / 2.70 / 3.04 (actor) and - / 0.13 / 3.10 (task).
 """
 
 from __future__ import annotations
