@@ -246,11 +246,6 @@ class Env:
         self.release()
 
 
-def python_tag() -> str:
-    """The agent's own interpreter, as an env records it (cpython-3.11.7)."""
-    return f"{sys.implementation.name}-{platform.python_version()}"
-
-
 def is_frozen() -> bool:
     """A packaged (PyInstaller) agent: sys.executable is the agent program, not a Python interpreter."""
     return bool(getattr(sys, "frozen", False))
