@@ -61,9 +61,13 @@ def _json_object(text: str, field: str) -> dict[str, Any]:
 
 
 async def _batches(items: AsyncIterator[R], limit: int, window: float) -> AsyncIterator[list[R]]:
-    """The items as they come, grouped: what is there already goes out together (a replay in groups of `limit`),
-    and a live item waits `window` seconds for others (a metric every few ms: one message, not one each)."""
+    """The items as they come, grouped: what is there already goes out together (a replay in groups of `limit`).
+    A live item after a quiet spell goes out at once (a job's first log line is not held back); one that follows
+    within `window` seconds of the last message waits `window` for others (a metric every few ms: one message, not
+    one each)."""
     queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(limit)
+    loop = asyncio.get_running_loop()
+    last_sent = -window
 
     async def pump() -> None:
         try:
@@ -79,7 +83,7 @@ async def _batches(items: AsyncIterator[R], limit: int, window: float) -> AsyncI
         while True:
             group: list[R] = []
             more, item = await queue.get()
-            if more and queue.empty():
+            if more and queue.empty() and loop.time() - last_sent < window:
                 await asyncio.sleep(window)
             while more:
                 group.append(item)
@@ -88,6 +92,7 @@ async def _batches(items: AsyncIterator[R], limit: int, window: float) -> AsyncI
                 more, item = queue.get_nowait()
             if group:
                 yield group
+                last_sent = loop.time()
             if not more:
                 if item is not None:
                     raise item
