@@ -176,19 +176,23 @@ class WorkerProcess:
 
 
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# The agent's package-index settings (a mirror URL may carry a password): used by its own env builds (envs.py reads
+# the agent's environment), never handed to user code.
+INDEX_PREFIXES = ("UV_", "PIP_")
 
 
 def worker_environment(env: dict[str, str], task_env: dict[str, str] | None = None) -> dict[str, str]:
     """What a worker (user code) starts with: the agent's environment `env` without any TENSORFLEET_* variable
     (the agent's secrets live there: cluster, join and controller tokens, store URIs with passwords, and its own
-    settings) and without the AWS credential variables (a controller's S3 keys must not reach jobs); then the
+    settings), without the AWS credential variables (a controller's S3 keys must not reach jobs) and without the
+    agent's uv / pip index settings (UV_INDEX_URL, PIP_INDEX_URL, ... may hold a mirror's password); then the
     task's own `task_env`, which may set AWS_* (the submitter's choice) but no TENSORFLEET_* name. The worker then
     sets TENSORFLEET_JOB_ID itself, on purpose (tensorfleet_agent.task reads it). Removing the variables is the
     protection: masking strings in output is not (a task can print a token reversed or encoded)."""
     out = {
         name: value
         for name, value in env.items()
-        if not name.startswith("TENSORFLEET_") and name not in CREDENTIAL_VARIABLES
+        if not name.startswith(("TENSORFLEET_", *INDEX_PREFIXES)) and name not in CREDENTIAL_VARIABLES
     }
     out.update({name: value for name, value in (task_env or {}).items() if not name.startswith("TENSORFLEET_")})
     return out

@@ -25,6 +25,18 @@ def test_a_worker_gets_no_tensorfleet_variable_and_no_aws_credential_of_the_agen
     assert env == {"PATH": "/usr/bin", "HOME": "/home/me", "AWS_REGION": "eu-west-1"}
 
 
+def test_the_agents_package_index_settings_stay_with_its_env_builds() -> None:
+    agent = {
+        **AGENT_ENV,
+        "UV_INDEX_URL": "https://me:pw@mirror.lan/simple",
+        "UV_OFFLINE": "1",
+        "PIP_INDEX_URL": "https://me:pw@mirror.lan/simple",
+        "PIPELINE": "kept",
+    }
+    env = worker_environment(agent)
+    assert env == {"PATH": "/usr/bin", "HOME": "/home/me", "AWS_REGION": "eu-west-1", "PIPELINE": "kept"}
+
+
 def test_a_tasks_own_env_may_set_aws_keys_but_no_tensorfleet_name() -> None:
     task_env = {"AWS_ACCESS_KEY_ID": "mine", "TENSORFLEET_CLUSTER_TOKEN": "forged", "SEED": "1"}
     env = worker_environment(AGENT_ENV, task_env)
