@@ -27,10 +27,8 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import stat
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -218,17 +216,21 @@ async def prepare_project(spec: TaskSpec, work: Path, blobs: BlobStore, envs: En
             raise
         seconds = laying.result()
         if getting is None or env_spec is None:
-            emit(LogLine("agent", f"environment: the agent's own Python {platform.python_version()} (--env {choice})"))
-            bin_dir, python, key, source, cache_hit, build_seconds = (
-                os.path.dirname(sys.executable), sys.executable, "", "", True, 0.0
-            )  # fmt: skip
+            try:  # the project interpreter: the agent's own, or on a packaged agent the one its env cache found
+                base = await envs.base_python()
+            except EnvBuildError as exc:  # no usable Python on this agent: the same on every retry here
+                raise PrepareFailed(ExitCause.ENV_BUILD, exc.reason) from None
+            emit(
+                LogLine("agent", f"environment: Python {base.version} at {base.path} ({base.found_by}; --env {choice})")
+            )
+            bin_dir, python, key, source, cache_hit, build_seconds = base.bin_dir, base.path, "", "", True, 0.0
+            python_version = base.version
         else:
             env = getting.result()
             bin_dir, python, key, source = str(env.bin_dir), str(env.python), env.key, env_spec.source
             cache_hit, build_seconds = env.cache_hit, env.build_seconds
-        ready = EnvironmentReady(
-            key, cache_hit, build_seconds, source, platform.python_version(), files, size, round(seconds, 3)
-        )
+            python_version = env.python_version
+        ready = EnvironmentReady(key, cache_hit, build_seconds, source, python_version, files, size, round(seconds, 3))
         runtime = {
             "workdir": str(workdir),
             "bin_dir": bin_dir,
