@@ -143,6 +143,10 @@ class _ExitCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitCause.V
     """A project's environment cannot be built: uv refused its requirements (error holds uv's reason). Permanent:
     the controller fails the job at once instead of retrying it elsewhere. A flaky download is SETUP (retried).
     """
+    EXIT_CAUSE_BAD_COMMAND: _ExitCause.ValueType  # 16
+    """The project's command cannot be started: not found or not executable in its env (error names the env's bin
+    dir). Permanent: the job fails at once.
+    """
 
 class ExitCause(_ExitCause, metaclass=_ExitCauseEnumTypeWrapper):
     """Why a task ended. The agent sends COMPLETED..SETUP; REJECTED and PRUNED are the controller's own
@@ -182,6 +186,10 @@ EXIT_CAUSE_PRUNED: ExitCause.ValueType  # 14
 EXIT_CAUSE_ENV_BUILD: ExitCause.ValueType  # 15
 """A project's environment cannot be built: uv refused its requirements (error holds uv's reason). Permanent:
 the controller fails the job at once instead of retrying it elsewhere. A flaky download is SETUP (retried).
+"""
+EXIT_CAUSE_BAD_COMMAND: ExitCause.ValueType  # 16
+"""The project's command cannot be started: not found or not executable in its env (error names the env's bin
+dir). Permanent: the job fails at once.
 """
 Global___ExitCause: _TypeAlias = ExitCause  # noqa: Y015
 

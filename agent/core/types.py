@@ -36,6 +36,7 @@ class ExitCause:
     DRAIN_TIMEOUT = "drain_timeout"
     SETUP = "setup"
     ENV_BUILD = "env_build"  # a project's requirements cannot be resolved: permanent, the job fails once
+    BAD_COMMAND = "bad_command"  # a project's command is not found or not executable in its env: permanent
     # the controller's own, never an agent's:
     REJECTED = "rejected"  # the agent refused RunTask
     PRUNED = "pruned"  # a sweep trial stopped early by the pruner

@@ -25,9 +25,9 @@ _RETRY_BACKOFF, _RETRY_BACKOFF_MAX = 1.0, 30.0  # a failed task's first retry af
 CHECKPOINTING = ("torch", "script")  # workload categories that can checkpoint, stop on request and resume
 #: How a task ends when its agent or worker went away rather than the task failing: re-placed, not retried.
 LOST_CAUSES = ("agent_restarted", "cancelled", "drain_timeout", "worker_lost")
-#: How a task ends when no retry and no other agent can help (a project's requirements cannot be resolved): the
-#: job fails at once, with the task's error.
-PERMANENT_CAUSES = (ExitCause.ENV_BUILD,)
+#: How a task ends when no retry and no other agent can help (a project's requirements cannot be resolved, its
+#: command is not found or not executable in its env): the job fails at once, with the task's error.
+PERMANENT_CAUSES = frozenset({ExitCause.ENV_BUILD, ExitCause.BAD_COMMAND})
 
 
 class JobEffects(Protocol):

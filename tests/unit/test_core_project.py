@@ -175,19 +175,28 @@ async def test_preparing_then_the_environment_is_kept_on_the_task_and_logged(tmp
         assert controller.get(job.id).tasks[0].environment == task.environment
 
 
-async def test_a_requirement_that_cannot_be_resolved_fails_the_job_once_never_retried(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("cause", "error"),
+    [
+        ("env_build", f"the project's environment could not be built from requirements.txt: {UV_REASON}"),
+        ("bad_command", "command not found: pyhton (not in the env's bin dir /envs/ab12/bin nor on the PATH)"),
+    ],
+)
+async def test_a_failure_no_retry_can_mend_fails_the_job_once_never_retried(
+    tmp_path: Path, cause: str, error: str
+) -> None:
+    """An unresolvable requirement (env_build) or a command that cannot be started (bad_command)."""
     agents, clock = FakeAgents(), FakeClock()
     agents.add("a1")
     agents.add("a2")
     async with core(tmp_path, agents, clock) as controller:
         job = await controller.submit(_spec(_project(controller, FILES), max_retries=3), "me")
         await agents.wait(lambda: len(agents.running()) == 1)
-        error = f"the project's environment could not be built from requirements.txt: {UV_REASON}"
-        agents.finish(agents.running()[0], TaskState.FAILED, "env_build", error)
+        agents.finish(agents.running()[0], TaskState.FAILED, cause, error)
         assert await ended(controller, job) is JobState.FAILED
         assert job.error == error
         task = job.tasks[0]
-        assert (task.state, task.exit_cause, task.failures, task.attempt) == (TaskRunState.FAILED, "env_build", 1, 1)
+        assert (task.state, task.exit_cause, task.failures, task.attempt) == (TaskRunState.FAILED, cause, 1, 1)
         clock.advance(retry_delay(1) + 60)
         controller.machine.wake.set()
         controller.placement.schedule()
