@@ -38,7 +38,13 @@ from pathlib import Path, PurePosixPath
 import tensorfleet_agent
 from tensorfleet_agent.core import project_layout
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.core.manifest import ManifestEntry, check_path, manifest_from_bytes, manifest_id
+from tensorfleet_agent.core.manifest import (
+    MAX_MANIFEST_BYTES,
+    ManifestEntry,
+    check_path,
+    manifest_from_bytes,
+    manifest_id,
+)
 from tensorfleet_agent.core.types import ArtifactReady, EnvironmentReady, EventPayload, ExitCause, LogLine, TaskSpec
 from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.envs import ENV_FILES, Env, EnvBuildError, EnvCache, EnvSpec
@@ -48,7 +54,6 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[EventPayload], None]
 MAX_OUTPUT_FILES = 10_000
-MAX_MANIFEST_BYTES = 64 << 20  # 200,000 entries of long paths fit well under this
 _CHUNK = 1 << 20
 
 
