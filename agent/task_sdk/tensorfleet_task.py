@@ -20,11 +20,16 @@ print() works as usual: stdout and stderr stream as the task's logs. Files writt
 job's artifacts when the task ends. Outside TensorFleet (the script run by hand) every call still works: messages
 are printed to stderr, paths fall back to the current directory, so the same code runs on a laptop.
 
-How it talks to the agent (the project runner, tensorfleet_agent.workloads.project): one JSON object per line on
-the pipe TENSORFLEET_EVENTS_FD; requests about files ("artifact_file", "checkpoint_file", "register_model") carry
-an "id" and wait for the runner's {"t": "reply", "id", "ok", ...} on TENSORFLEET_REPLIES_FD, so a call returns
-once the file is stored (the file may be overwritten right after) and a refusal is raised here. SIGUSR1 sets the
-stop flag; an uncaught Stopped sends {"t": "stopped", "reason"} and the task ends as stopped, not failed.
+Any number of processes of one task may use it: forked or spawned multiprocessing children, subprocesses,
+torchrun's or accelerate's ranks.
+
+How it talks to the agent (the project runner, tensorfleet_agent.workloads.project): each process connects to the
+unix socket TENSORFLEET_SDK_SOCKET on its first call (a forked child again, on its own connection) and says hello;
+one JSON object per line. Requests about files ("artifact_file", "checkpoint_file", "register_model") carry an
+"id" and wait for the runner's {"t": "reply", "id", "ok", ...} on the same connection, so a call returns once the
+file is stored (the file may be overwritten right after) and a refusal is raised here. SIGUSR1 sets the stop flag
+(the runner sends it to every process that said hello with the SDK's handler); an uncaught Stopped sends
+{"t": "stopped", "reason"} and the task ends as stopped, not failed.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import math
 import os
 import re
 import signal
-import stat
+import socket
 import sys
 import threading
 import time
@@ -63,11 +68,8 @@ __all__ = [
     "world_size",
 ]
 
-PROTOCOL = 1  # the message shapes below; the runner accepts this version
-EVENTS_FD_ENV = "TENSORFLEET_EVENTS_FD"
-EVENTS_ID_ENV = "TENSORFLEET_EVENTS_ID"  # "<st_dev>:<st_ino>" of the events pipe: a process that did not inherit
-# it (multiprocessing "spawn" children see the variable, not the fd) must not write JSON into whatever that fd is
-REPLIES_FD_ENV = "TENSORFLEET_REPLIES_FD"
+PROTOCOL = 2  # 2: a unix socket, one connection per process (1: two inherited pipes, one process only)
+SOCKET_ENV = "TENSORFLEET_SDK_SOCKET"  # the runner's unix socket; absent outside TensorFleet
 
 #: register_model formats; a file's suffix names its format when format= is not given.
 FORMATS = ("skops", "safetensors", "onnx", "pickle")
@@ -93,22 +95,24 @@ class Stopped(Exception):
 # ---- the connection to the runner
 
 
-class _Channel:
-    """The events pipe (and the replies pipe) of this process; None of it outside TensorFleet."""
+class _Connection:
+    """This process's connection to the runner: one per process (a forked child opens its own), shared by its
+    threads under a lock, so a reply is read by the process and thread that asked."""
 
-    def __init__(self, events_fd: int, replies_fd: int | None) -> None:
-        self.events_fd = events_fd
-        self.replies_fd = replies_fd
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+        self.pid = os.getpid()
         self.lock = threading.Lock()  # one message, or one request and its reply, at a time
         self.pending = b""  # reply bytes read past a line end
-        self.pid = os.getpid()
         self.counter = 0
 
     def _write(self, message: dict[str, Any]) -> None:
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.events_fd, view) :]
+        self.sock.sendall((json.dumps(message, separators=(",", ":")) + "\n").encode(), _NOSIGNAL)
 
     def send(self, message: dict[str, Any]) -> None:
         with self.lock:
@@ -117,80 +121,116 @@ class _Channel:
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send a request and wait for the runner's reply to it."""
         with self.lock:
-            if self.pid != os.getpid():  # a forked child: its own count, nothing of the parent's read-ahead
-                self.pid, self.pending, self.counter = os.getpid(), b"", 0
             self.counter += 1
             ident = f"{self.pid}-{self.counter}"
             self._write(dict(message, id=ident))
-            if self.replies_fd is None:
-                return {"ok": True}
             while True:
                 while b"\n" not in self.pending:
-                    chunk = os.read(self.replies_fd, 65536)
+                    chunk = self.sock.recv(65536)
                     if not chunk:
-                        raise RuntimeError("the TensorFleet agent closed the task's reply pipe (is it shutting down?)")
+                        raise RuntimeError(
+                            "the TensorFleet agent closed the task SDK's connection (is the task ending?)"
+                        )
                     self.pending += chunk
                 line, self.pending = self.pending.split(b"\n", 1)
                 reply = json.loads(line)
                 if isinstance(reply, dict) and reply.get("id") == ident:
                     return reply
 
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()  # this process's copy only: the parent's connection stays open
 
-_channel: _Channel | None = None
-_connected = False
+
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)  # a closed connection is an error here, never a SIGPIPE
+_connection_now: _Connection | None = None
+_open_lock = threading.Lock()
+_unreachable_pid = 0  # the process that could not connect (it reports to stderr, once said so)
 _stop = threading.Event()
 _stopped_sent = False
 
 
-def _fd(name: str) -> int | None:
-    value = os.environ.get(name, "")
-    return int(value) if value.isdigit() else None
+def _inside() -> bool:
+    """Run by TensorFleet (the runner's socket is named), not by hand."""
+    return bool(os.environ.get(SOCKET_ENV))
 
 
-def _open_channel() -> _Channel | None:
-    events = _fd(EVENTS_FD_ENV)
-    if events is None:
+def _connection() -> _Connection | None:
+    """This process's connection, opened on first use (and in a forked child, again); None outside TensorFleet or
+    when the runner cannot be reached (said once on stderr)."""
+    global _connection_now, _unreachable_pid
+    path = os.environ.get(SOCKET_ENV, "")
+    if not path:
         return None
-    try:
-        info = os.fstat(events)
-    except OSError:
-        return None  # the variable came along, the pipe did not (a "spawn" child, a subprocess)
-    if not stat.S_ISFIFO(info.st_mode):
-        return None
-    expected = os.environ.get(EVENTS_ID_ENV, "")
-    if expected and expected != f"{info.st_dev}:{info.st_ino}":
-        return None
-    replies = _fd(REPLIES_FD_ENV)
-    if replies is not None:
+    pid = os.getpid()
+    conn = _connection_now
+    if conn is not None and conn.pid == pid:
+        return conn
+    with _open_lock:
+        conn = _connection_now
+        if conn is not None and conn.pid == pid:
+            return conn
+        if conn is not None:  # inherited through a fork the at-fork hook did not see
+            conn.close()
+            _connection_now = None
+        if _unreachable_pid == pid:
+            return None
         try:
-            os.fstat(replies)
-        except OSError:
-            replies = None
-    return _Channel(events, replies)
+            conn = _Connection(path)
+            # signals: this process takes the SDK's SIGUSR1 handler (its own or, forked, its parent's), so the
+            # runner may send it a pause; a process without it would be killed by SIGUSR1 or not hear it
+            handler = signal.getsignal(signal.SIGUSR1) is _on_sigusr1
+            conn.send({"t": "hello", "pid": pid, "protocol": PROTOCOL, "signals": handler})
+        except OSError as exc:
+            _unreachable_pid = pid
+            sys.stderr.write(
+                f"tensorfleet_task: cannot reach the TensorFleet agent at {path} ({exc}); reporting to stderr\n"
+            )
+            return None
+        _connection_now = conn
+        return conn
 
 
-def _connection() -> _Channel | None:
-    global _channel, _connected
-    if not _connected:
-        _channel, _connected = _open_channel(), True
-    return _channel
+def _after_fork_in_child() -> None:
+    """A forked child must not use its parent's connection (their replies would mix): it opens its own on first
+    use. A lock another thread held at the fork is held forever in the child: new locks."""
+    global _connection_now, _open_lock
+    conn, _connection_now = _connection_now, None
+    _open_lock = threading.Lock()
+    if conn is not None:
+        conn.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _send(message: dict[str, Any]) -> None:
-    channel = _connection()
-    if channel is None:
-        print(f"[tensorfleet] {json.dumps(message)}", file=sys.stderr)
-        return
-    channel.send(message)
+    conn = _connection()
+    if conn is not None:
+        try:
+            conn.send(message)
+            return
+        except OSError as exc:  # the runner is gone (the task is ending): not worth the user's process
+            sys.stderr.write(f"tensorfleet_task: the TensorFleet agent's connection failed ({exc})\n")
+    print(f"[tensorfleet] {json.dumps(message)}", file=sys.stderr)
 
 
 def _request(message: dict[str, Any]) -> dict[str, Any] | None:
-    """A file request: the runner's reply, or None outside TensorFleet. A refusal is raised as its error type."""
-    channel = _connection()
-    if channel is None:
+    """A file request: the runner's reply, or None outside TensorFleet. A refusal is raised as its error type;
+    inside TensorFleet without a runner to store the file, RuntimeError (the file would be silently lost)."""
+    conn = _connection()
+    if conn is None:
         print(f"[tensorfleet] {json.dumps(message)}", file=sys.stderr)
+        if _inside():
+            raise RuntimeError(
+                f"{message['t']}: the TensorFleet agent cannot be reached at {os.environ.get(SOCKET_ENV)}: not stored"
+            )
         return None
-    reply = channel.request(message)
+    try:
+        reply = conn.request(message)
+    except OSError as exc:
+        raise RuntimeError(f"{message['t']}: the TensorFleet agent's connection failed ({exc}): not stored") from None
     if not reply.get("ok"):
         error = str(reply.get("error") or "the agent refused the request")
         raise {"FileNotFoundError": FileNotFoundError, "ValueError": ValueError}.get(
@@ -403,6 +443,8 @@ def stop_requested() -> bool:
 
     A run that ignores it is cancelled after a grace period and resumes from its last checkpoint.
     """
+    if not _stop.is_set() and _inside():
+        _connection()  # a forked child that only asks this says hello, so that the pause reaches it too
     return _stop.is_set()
 
 
@@ -445,16 +487,14 @@ def _install() -> None:
     """Inside a task: take SIGUSR1 (the runner forwards the pause request), end on Stopped as stopped, say hello
     (a pause requested before this point is forwarded again)."""
     global _previous_handler
-    channel = _connection()
-    if channel is None:
+    if not _inside():
         return
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread():  # the handler first: hello may bring a pause
         previous = signal.getsignal(signal.SIGUSR1)
         _previous_handler = previous if callable(previous) else None
         signal.signal(signal.SIGUSR1, _on_sigusr1)
     sys.excepthook = _excepthook
-    with contextlib.suppress(OSError):
-        channel.send({"t": "hello", "pid": os.getpid(), "protocol": PROTOCOL})
+    _connection()
 
 
 _install()

@@ -230,16 +230,26 @@ async def test_a_command_killed_by_a_signal_says_which(make_task: Any) -> None:
     assert run.done["cause"] == "signal"
 
 
-async def test_a_missing_program_is_named_with_the_path_searched(make_task: Any) -> None:
+async def test_a_program_that_cannot_start_is_a_permanent_failure_naming_the_envs_bin_dir(make_task: Any) -> None:
+    """A typo or a script without its x bit: no retry would mend it (exit cause bad_command: the controller fails
+    the job at once), and the error names where it looked, not the agent's whole PATH."""
     task = make_task({})
-    await task.start(["no-such-trainer", "--x"])
+    await task.start(["pyhton", "main.py"])
     run = await task.finish()
-    assert run.done["ok"] is False
-    assert run.done["error"].startswith(f"command not found: no-such-trainer (PATH: {BIN_DIR}{os.pathsep}")
+    assert run.done["ok"] is False and run.done["cause"] == "bad_command"
+    assert run.done["error"] == (
+        f"command not found: pyhton (not in the env's bin dir {BIN_DIR} nor on the agent's PATH); did you mean python?"
+    )
     task = make_task({"run.sh": "echo hi\n"})  # in the project but not executable
     await task.start(["./run.sh"])
     run = await task.finish()
     assert run.done["error"].startswith("command not executable: ./run.sh (mode 644")
+    assert run.done["cause"] == "bad_command"
+    task = make_task({})
+    await task.start(["./train.sh"])
+    run = await task.finish()
+    assert run.done["error"] == f"command not found: ./train.sh (no such file in the project ({task.workdir}))"
+    assert run.done["cause"] == "bad_command"
 
 
 async def test_a_program_without_the_sdk_runs_and_its_output_streams(make_task: Any) -> None:
@@ -408,12 +418,15 @@ async def test_the_command_dies_with_its_worker(make_task: Any) -> None:
 
 
 RAW = """
-    import json, os
+    import json, os, socket
     import tensorfleet_task as task
-    fd = int(os.environ["TENSORFLEET_EVENTS_FD"])
-    os.write(fd, b"not json\\n" + b'{"t": "metrics", "step": -1, "values": {"x": 1}}\\n' + b'[1, 2]\\n')
-    os.write(fd, b'{"t": "metrics", "step": 1, "values": {"x": NaN}}\\n{"t": "warp"}\\n')
-    os.write(fd, b"[" * 100000 + b"\\n")
+    raw = socket.socket(socket.AF_UNIX)
+    raw.connect(os.environ["TENSORFLEET_SDK_SOCKET"])
+    raw.sendall(b"not json\\n" + b'{"t": "metrics", "step": -1, "values": {"x": 1}}\\n' + b'[1, 2]\\n')
+    raw.sendall(b'{"t": "metrics", "step": 1, "values": {"x": NaN}}\\n{"t": "warp"}\\n')
+    raw.sendall(b"[" * 100000 + b"\\n")
+    raw.sendall(b"x" * (2 << 20) + b'\\n{"t": "metrics", "step": 4, "values": {"x": 1.5}}\\n')  # too long, skipped
+    raw.close()
     task.report(5, x=2.0)
     reply = task._connection().request({"t": "artifact_file", "path": "missing.bin", "kind": "k"})
     print("REPLY", json.dumps(reply))
@@ -427,9 +440,10 @@ async def test_malformed_sdk_messages_are_logged_and_refused_requests_answered(m
     await task.start(["python", "raw.py"])
     run = await task.finish()
     assert run.done["ok"] is True, run.text()
-    assert [m["values"] for m in run.of("metrics")] == [{"x": 2.0}]
+    assert sorted(m["step"] for m in run.of("metrics")) == [4, 5]  # two connections: no order between them
     stderr = run.text("stderr")
-    assert stderr.count("ignored a malformed message on the task SDK's pipe") == 6
+    assert stderr.count("ignored a malformed message from the task SDK") == 6
+    assert stderr.count("ignored an SDK message of over 1024 KiB") == 1
     for why in ("not JSON", "step must be a non-negative integer", "not an object", "is NaN", "unknown type"):
         assert why in stderr
     replies = [json.loads(x[6:]) for x in run.text("stdout").splitlines() if x.startswith("REPLY ")]
@@ -452,8 +466,103 @@ async def test_a_shell_wrapper_works_and_a_stop_reaches_the_python_it_runs(make_
     assert run.done.get("stopped") is True and run.done["error"].startswith("paused at step "), run.text()
 
 
+MULTI = """
+    import multiprocessing as mp, subprocess, sys
+    import tensorfleet_task as task
+
+    def save(i):
+        for n in range(40):
+            name = f"c{i}-{n}.bin"
+            with open(name, "wb") as fh:
+                fh.write(name.encode())
+            task.save_artifact(name, kind="part")
+
+    def spawned():
+        task.report(3, spawned=1.0)
+
+    if __name__ == "__main__":
+        children = [mp.get_context("fork").Process(target=save, args=(i,)) for i in range(3)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join()
+            assert child.exitcode == 0, child.exitcode
+        subprocess.run([sys.executable, "-c", "import tensorfleet_task as t; t.report(2, loss=1)"], check=True)
+        child = mp.get_context("spawn").Process(target=spawned)
+        child.start()
+        child.join()
+        assert child.exitcode == 0, child.exitcode
+        print("all done", flush=True)
+"""
+
+
+async def test_the_sdk_works_from_every_process_of_the_command(make_task: Any) -> None:
+    """Forked children storing files at once (each call returns once its own file is stored), a subprocess and a
+    spawned child reporting metrics: nothing lost, no hang (review finding 2)."""
+    task = make_task({"multi.py": MULTI})
+    await task.start(["python", "multi.py"])
+    run = await task.finish(timeout=60)
+    assert run.done["ok"] is True, run.text()
+    parts = {m["name"]: m for m in run.of("artifact") if m["kind"] == "part"}
+    assert sorted(parts) == sorted(f"c{i}-{n}.bin" for i in range(3) for n in range(40))
+    assert all(task.blob(m["sha256"]) == name.encode() for name, m in parts.items())
+    assert sorted((m["step"], m["values"]) for m in run.of("metrics")) == [(2, {"loss": 1.0}), (3, {"spawned": 1.0})]
+    assert not list(task.task_dir.glob("*.sock")), "the socket is removed when the command ends"
+
+
+CHILDREN_LOOP = """
+    import multiprocessing as mp, sys, time
+    import tensorfleet_task as task
+
+    def work(i):
+        while not task.stop_requested():  # its first call connects (a forked child) and says hello
+            print(f"child {i} looping", flush=True)
+            time.sleep(0.05)
+        print(f"child {i} stopped", flush=True)
+
+    if __name__ == "__main__":
+        children = [mp.get_context(sys.argv[1]).Process(target=work, args=(i,)) for i in range(2)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(30)
+        raise task.Stopped("children stopped: " + " ".join(str(c.exitcode) for c in children))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+async def test_a_pause_reaches_the_commands_children_that_use_the_sdk(make_task: Any, method: str) -> None:
+    task = make_task({"loop.py": CHILDREN_LOOP})
+    worker = await task.start(["python", "loop.py", method])
+    await wait_line(task, "child 0 looping")
+    await wait_line(task, "child 1 looping")
+    worker.signal_worker(signal.SIGUSR1)
+    run = await task.finish()
+    assert run.done.get("stopped") is True and run.done["error"] == "children stopped: 0 0", run.text()
+    assert "child 0 stopped" in run.text() and "child 1 stopped" in run.text()
+
+
+def test_the_sdk_socket_path_fits_a_unix_socket_and_only_its_user_may_connect(tmp_path: Path) -> None:
+    from tensorfleet_agent.workloads.project_socket import MAX_SOCKET_PATH, SdkServer
+
+    short = tmp_path / "s"
+    short.mkdir()
+    long = tmp_path / ("d" * 120)
+    long.mkdir()
+    for task_dir in (short, long):
+        server = SdkServer(task_dir, lambda line: None, print)
+        try:
+            path = Path(server.path)
+            assert len(os.fsencode(server.path)) <= MAX_SOCKET_PATH and path.is_socket()
+            assert path.parent == task_dir if task_dir is short else path.parent.stat().st_mode & 0o777 == 0o700
+            assert path.stat().st_mode & 0o777 == 0o600
+        finally:
+            server.close()
+        assert not path.exists() and (task_dir is short or not path.parent.exists())
+
+
 def test_describe_quotes_the_command_as_typed() -> None:
-    from tensorfleet_agent.workloads.project import describe
+    from tensorfleet_agent.workloads.project_env import describe
 
     assert describe(["python", "-m", "pkg.train", "--name", "a b"]) == shlex.join(
         ["python", "-m", "pkg.train", "--name", "a b"]
@@ -463,10 +572,10 @@ def test_describe_quotes_the_command_as_typed() -> None:
 
 def test_the_runner_words_its_failures_with_the_agents_exit_causes() -> None:
     from tensorfleet_agent.core.types import ExitCause
-    from tensorfleet_agent.workloads import project
+    from tensorfleet_agent.workloads import project_env
 
-    assert (project.EXIT_CODE, project.SIGNAL, project.SETUP) == (
-        ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP,
+    assert (project_env.EXIT_CODE, project_env.SIGNAL, project_env.SETUP, project_env.BAD_COMMAND) == (
+        ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP, ExitCause.BAD_COMMAND,
     )  # fmt: skip
 
 
@@ -475,7 +584,7 @@ def test_a_packaged_agents_library_path_does_not_reach_the_command(
 ) -> None:
     """PyInstaller's bootloader sets LD_LIBRARY_PATH to its bundle (the original kept as LD_LIBRARY_PATH_ORIG):
     the user's python and tools must load their own libraries."""
-    from tensorfleet_agent.workloads.project import child_environment
+    from tensorfleet_agent.workloads.project_env import child_environment
 
     runtime = {"workdir": str(tmp_path), "bin_dir": BIN_DIR, "sdk_dir": str(sdk_dir())}
     base = {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/bundle/_internal", "LD_LIBRARY_PATH_ORIG": "/usr/local/lib"}

@@ -1,8 +1,8 @@
 """The dependency-free task SDK (agent/task_sdk/tensorfleet_task.py) that a project's own code imports.
 
 Outside TensorFleet every call works (messages to stderr, paths from the current dir); inside, it speaks the
-runner's JSON lines (workloads/project.py): these tests play the runner's side of the pipes. It must import on
-Python 3.9 with nothing but the standard library, in whatever env the user's project has.
+runner's JSON lines (workloads/project_socket.py, project_relay.py): these tests play the runner's side of the
+socket. It must import on Python 3.9 with nothing but the standard library, in whatever env the user's project has.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 SDK = Path(__file__).resolve().parents[2] / "agent" / "task_sdk" / "tensorfleet_task.py"
-SDK_VARIABLES = ("TENSORFLEET_EVENTS_FD", "TENSORFLEET_EVENTS_ID", "TENSORFLEET_REPLIES_FD")
+SDK_VARIABLES = ("TENSORFLEET_SDK_SOCKET",)
 
 
 @pytest.fixture
@@ -151,60 +152,60 @@ CHILD = """
 
 
 class FakeRunner:
-    """The runner's side of the SDK's two pipes: records every message, answers every request."""
+    """The runner's side of the SDK's socket: records every message, answers every request on its connection."""
 
-    def __init__(self) -> None:
-        self.events_r, self.events_w = os.pipe()
-        self.replies_r, self.replies_w = os.pipe()
+    def __init__(self, folder: Path) -> None:
+        self.path = str(folder / "sdk.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(64)
         self.messages: list[dict[str, Any]] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def env(self) -> dict[str, str]:
-        info = os.fstat(self.events_w)
-        return {
-            "TENSORFLEET_EVENTS_FD": str(self.events_w),
-            "TENSORFLEET_EVENTS_ID": f"{info.st_dev}:{info.st_ino}",
-            "TENSORFLEET_REPLIES_FD": str(self.replies_r),
-        }
+        return {"TENSORFLEET_SDK_SOCKET": self.path}
 
     def run(self, script: str, cwd: Path, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         (cwd / "child.py").write_text(textwrap.dedent(script))
         env = {k: v for k, v in os.environ.items() if k not in SDK_VARIABLES}
         env.update(self.env() | (extra or {}) | {"PYTHONPATH": str(SDK.parent)})
-        self.thread.start()
         try:
-            done = subprocess.run(
-                [sys.executable, "child.py"],
-                cwd=cwd,
-                env=env,
-                pass_fds=(self.events_w, self.replies_r),
-                capture_output=True,
-                text=True,
-                timeout=60,
+            return subprocess.run(
+                [sys.executable, "child.py"], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
             )
         finally:
-            os.close(self.events_w)
-            os.close(self.replies_r)
-            self.thread.join(10)
-            os.close(self.events_r)
-            os.close(self.replies_w)
-        return done
+            self.listener.close()
+            for thread in list(self.threads):
+                thread.join(10)
 
-    def _serve(self) -> None:
-        with os.fdopen(os.dup(self.events_r), "rb") as events:
-            for line in events:
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
                 message = json.loads(line)
-                self.messages.append(message)
+                with self.lock:
+                    self.messages.append(message)
                 if "id" in message:
                     if message.get("kind") == "refuse":
                         reply = {"ok": False, "type": "FileNotFoundError", "error": "no such file: f.bin (runner)"}
                     else:
                         reply = {"ok": True, "sha256": "f" * 64, "size": 4}
-                    os.write(self.replies_w, (json.dumps({"t": "reply", "id": message["id"], **reply}) + "\n").encode())
+                    conn.sendall((json.dumps({"t": "reply", "id": message["id"], **reply}) + "\n").encode())
 
 
 def test_inside_a_task_the_sdk_speaks_the_runners_messages(tmp_path: Path) -> None:
-    runner = FakeRunner()
+    runner = FakeRunner(tmp_path)
     done = runner.run(CHILD, tmp_path)
     assert done.returncode == 1, done.stderr  # an uncaught Stopped: the "stopped" message decides, not the code
     assert "tensorfleet: stopped: paused at step 7" in done.stderr and "Traceback" not in done.stderr
@@ -218,7 +219,7 @@ def test_inside_a_task_the_sdk_speaks_the_runners_messages(tmp_path: Path) -> No
     for message in runner.messages:
         by_type.setdefault(message["t"], []).append(message)
     assert runner.messages[0]["t"] == "hello"  # first: a pause asked before it is forwarded again
-    assert by_type["hello"] == [{"t": "hello", "pid": by_type["hello"][0]["pid"], "protocol": 1}]
+    assert by_type["hello"] == [{"t": "hello", "pid": by_type["hello"][0]["pid"], "protocol": 2, "signals": True}]
     (metrics,) = by_type["metrics"]
     assert metrics["step"] == 1 and metrics["values"] == {"loss": 0.5} and isinstance(metrics["wall_time"], float)
     assert by_type["progress"] == [{"t": "progress", "fraction": 0.25}]
@@ -238,15 +239,72 @@ def test_inside_a_task_the_sdk_speaks_the_runners_messages(tmp_path: Path) -> No
     assert len({m["id"] for ms in by_type.values() for m in ms if "id" in m}) == 4  # one id per request
 
 
-def test_a_pipe_that_is_not_the_runners_is_never_written(tmp_path: Path) -> None:
-    """A child started with "spawn" sees the variables but not the fd: whatever that fd is, no JSON goes there."""
-    runner = FakeRunner()
-    done = runner.run(
-        "import tensorfleet_task as task\ntask.report(1, x=1.0)\n", tmp_path, {"TENSORFLEET_EVENTS_ID": "1:2"}
-    )
+def test_a_runner_that_cannot_be_reached_is_said_and_nothing_is_lost_silently(tmp_path: Path) -> None:
+    """The socket variable came along but no runner listens (a process that outlived its task): metrics go to
+    stderr, a file request fails loudly rather than seem stored."""
+    runner = FakeRunner(tmp_path)
+    script = """
+        import tensorfleet_task as task
+        task.report(1, x=1.0)
+        open("f.bin", "wb").write(b"x")
+        try:
+            task.save_artifact("f.bin")
+        except RuntimeError as exc:
+            print("refused:", exc)
+    """
+    done = runner.run(script, tmp_path, {"TENSORFLEET_SDK_SOCKET": str(tmp_path / "nobody.sock")})
     assert done.returncode == 0, done.stderr
     assert runner.messages == []
+    assert done.stderr.count("cannot reach the TensorFleet agent at") == 1
     assert '[tensorfleet] {"t": "metrics"' in done.stderr
+    assert "refused: artifact_file: the TensorFleet agent cannot be reached at" in done.stdout
+
+
+MANY = """
+    import multiprocessing as mp, os, subprocess, sys
+    import tensorfleet_task as task
+
+    def save(i):
+        for n in range(40):
+            name = f"c{i}-{n}.bin"
+            open(name, "wb").write(name.encode())
+            assert task.save_artifact(name) == "f" * 64
+
+    def spawned():
+        task.report(3, spawned=1.0)
+
+    if __name__ == "__main__":
+        task.report(1, parent=1.0)
+        children = [mp.get_context("fork").Process(target=save, args=(i,)) for i in range(3)]
+        for child in children:
+            child.start()
+        save(9)  # the parent too, on its own connection, at the same time
+        for child in children:
+            child.join(60)
+            assert child.exitcode == 0, child.exitcode
+        subprocess.run([sys.executable, "-c", "import tensorfleet_task as t; t.report(2, sub=1.0)"], check=True)
+        child = mp.get_context("spawn").Process(target=spawned)
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        print("all done")
+"""
+
+
+def test_every_process_of_a_task_reports_on_its_own_connection(tmp_path: Path) -> None:
+    """Forked children saving files at once, a subprocess and a spawned child: every message arrives, every
+    request is answered to the process that asked (no hang)."""
+    runner = FakeRunner(tmp_path)
+    done = runner.run(MANY, tmp_path)
+    assert done.returncode == 0 and "all done" in done.stdout, done.stderr
+    saved = [m["name"] for m in runner.messages if m["t"] == "artifact_file"]
+    assert sorted(saved) == sorted(f"c{i}-{n}.bin" for i in (0, 1, 2, 9) for n in range(40))
+    assert len({m["id"] for m in runner.messages if "id" in m}) == 160  # one id per request, across processes
+    metrics = {name for m in runner.messages if m["t"] == "metrics" for name in m["values"]}
+    assert metrics == {"parent", "sub", "spawned"}
+    hellos = [m for m in runner.messages if m["t"] == "hello"]
+    assert len({m["pid"] for m in hellos}) == len(hellos) == 6  # parent, 3 forked, subprocess, spawned
+    assert all(m["signals"] for m in hellos)  # each has the SDK's SIGUSR1 handler (forked: inherited)
 
 
 def test_a_pause_signal_outside_a_task_keeps_its_default_meaning(sdk: ModuleType) -> None:
