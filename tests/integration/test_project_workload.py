@@ -510,6 +510,29 @@ async def test_the_sdk_works_from_every_process_of_the_command(make_task: Any) -
     assert not list(task.task_dir.glob("*.sock")), "the socket is removed when the command ends"
 
 
+RANKS = """
+    import os
+    import tensorfleet_task as task
+
+    rank = int(os.environ["RANK"])
+    with open(f"rank{rank}.txt", "w") as fh:
+        fh.write(str(rank))
+    task.save_artifact(f"rank{rank}.txt", kind="rank")
+    task.report(1, **{f"rank{rank}": float(rank)})
+"""
+
+
+async def test_a_launcher_inside_the_command_reports_from_each_of_its_ranks(make_task: Any) -> None:
+    """torchrun (or accelerate launch) started by the command itself: its worker processes use the SDK too."""
+    pytest.importorskip("torch.distributed.run")
+    task = make_task({"ranks.py": RANKS})
+    await task.start(["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "ranks.py"])
+    run = await task.finish(timeout=60)
+    assert run.done["ok"] is True, run.text()
+    assert sorted(m["name"] for m in run.of("artifact") if m["kind"] == "rank") == ["rank0.txt", "rank1.txt"]
+    assert sorted(name for m in run.of("metrics") for name in m["values"]) == ["rank0", "rank1"]
+
+
 CHILDREN_LOOP = """
     import multiprocessing as mp, sys, time
     import tensorfleet_task as task
