@@ -78,7 +78,9 @@ _WATCHDOG_PERIOD = 0.1
 # that task's own start, on a small box the most.
 _SPARE_REFILL_DELAY = 1.0
 # The exit causes a workload's `done` may name for its own failure (worker.py "cause"); others are the agent's.
-_WORKLOAD_CAUSES = frozenset({ExitCause.EXCEPTION, ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP})
+_WORKLOAD_CAUSES = frozenset(
+    {ExitCause.EXCEPTION, ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP, ExitCause.BAD_COMMAND}
+)
 _CANCEL_GRACE = 1.0
 
 
