@@ -15,10 +15,10 @@ from tensorfleet_desktop.cli.output import (
     out,
     print_json,
     print_table,
-    printable,
     when,
 )
 from tensorfleet_desktop.client import Client
+from tensorfleet_desktop.display import printable
 
 LIST_USAGE = "tensorfleet artifacts JOB [--json | --csv]"
 CSV_FIELDS = ("name", "kind", "step", "task_index", "attempt", "size", "sha256", "created_at")

@@ -35,10 +35,10 @@ from tensorfleet_desktop.cli.output import (
     out,
     print_json,
     print_table,
-    printable,
     when,
 )
 from tensorfleet_desktop.client import TERMINAL, Client, TensorFleetError, trial_rows
+from tensorfleet_desktop.display import printable
 from tensorfleet_desktop.project import DEFAULT_MAX_BYTES
 
 SUMMARY_KEYS = (

@@ -12,13 +12,14 @@ import csv
 import datetime as dt
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from tensorfleet_desktop.display import printable
 
 UNLIMITED = 100_000  # wider than any line a command prints: tables take their content's width
 
@@ -51,16 +52,6 @@ def add_format_flags(parser: argparse.ArgumentParser, csv: bool = False) -> None
 
 def print_json(value: Any, sort_keys: bool = False) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str, sort_keys=sort_keys) + "\n")
-
-
-# C0 and C1 controls, DEL, and the line/paragraph separators and bidi overrides that reorder what follows them
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """`text` with control characters shown as escapes (a newline as \\n, ESC as \\x1b): a name a program chose
-    (an output file's, a job's) can neither break a table's rows nor send the terminal escape sequences."""
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -49,16 +48,6 @@ def environment_text(env: dict[str, Any] | None) -> str:
     how = "cache hit" if env.get("cache_hit") else f"built in {float(env.get('build_seconds') or 0.0):.1f} s"
     source = f"{env['source']} · " if env.get("source") else ""
     return f"{source}{str(env['key'])[:12]} · {how}"
-
-
-# C0 and C1 controls, DEL, line/paragraph separators and bidi overrides (as the CLI's output.printable)
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """A name a program chose (an output file's) with control characters shown as escapes (a newline as \\n):
-    one line per table row, nothing that reorders or hides the text around it."""
-    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def human_bytes(n: float) -> str:

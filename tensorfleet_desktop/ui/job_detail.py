@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 )
 
 from tensorfleet_desktop.client import TERMINAL, AsyncClient, trial_rows
+from tensorfleet_desktop.display import printable
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import (
     clock,
@@ -42,7 +43,6 @@ from tensorfleet_desktop.ui.formatting import (
     job_state,
     job_state_color,
     metric_text,
-    printable,
     state_color,
     workload,
 )
