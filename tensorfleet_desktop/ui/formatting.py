@@ -118,3 +118,10 @@ def job_agents(job: dict[str, Any]) -> str:
 
 def percent(used: float, total: float) -> float:
     return 100.0 * used / total if total else 0.0
+
+
+def short_values(values: dict[str, Any] | None) -> str:
+    """Parameters or metrics on one line: "C=0.1, kernel=rbf"."""
+    if not values:
+        return ""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())

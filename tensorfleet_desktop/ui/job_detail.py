@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
-import math
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +15,17 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QPlainTextEdit,
-    QPushButton,
-    QScrollArea,
-    QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from tensorfleet_desktop.client import TERMINAL, AsyncClient, trial_rows
+from tensorfleet_desktop.client import TERMINAL
 from tensorfleet_desktop.display import printable
 from tensorfleet_desktop.ui.bridge import Bridge
+from tensorfleet_desktop.ui.compare_panel import ComparePanel
+from tensorfleet_desktop.ui.curves_panel import CurvesPanel
 from tensorfleet_desktop.ui.formatting import (
     clock,
     duration,
@@ -43,16 +35,16 @@ from tensorfleet_desktop.ui.formatting import (
     job_state,
     job_state_color,
     metric_text,
+    short_values,
     state_color,
     workload,
 )
-from tensorfleet_desktop.ui.plots import MetricGrid, MetricPlot, ScatterPlot
+from tensorfleet_desktop.ui.job_history import group_points
 from tensorfleet_desktop.ui.project_panel import ProjectPanel
+from tensorfleet_desktop.ui.sweep_panel import SweepPanel
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
-
-ALL_METRICS = "all metrics"
 
 
 def _env_text(task: dict[str, Any]) -> str:
@@ -73,12 +65,6 @@ def _env_tooltip(task: dict[str, Any]) -> str:
         f"{float(env.get('materialize_seconds') or 0.0):.2f} s"
     )
     return "\n".join(facts)
-
-
-def _short(values: dict[str, Any] | None) -> str:
-    if not values:
-        return ""
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
 class JobDetailView(View):
@@ -103,22 +89,7 @@ class JobDetailView(View):
         top.addWidget(self.header, 1)
         top.addWidget(self.export_button)
 
-        # curves
-        self.plot = MetricGrid()
-        self.metric_filter = QComboBox()
-        self.metric_filter.addItem(ALL_METRICS)
-        self.metric_filter.currentTextChanged.connect(self._filter_curves)
-        curves = QWidget()
-        curves_layout = QVBoxLayout(curves)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Show"))
-        row.addWidget(self.metric_filter)
-        row.addStretch(1)
-        curves_layout.addLayout(row)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(self.plot)
-        curves_layout.addWidget(scroll, 1)
+        self.curves = CurvesPanel()
 
         # tasks
         self.tasks_model = RowTableModel(
@@ -135,8 +106,8 @@ class JobDetailView(View):
                 ),
                 Column("Exit", lambda t: t["exit_cause"]),
                 Column("Environment", _env_text, tooltip=_env_tooltip),
-                Column("Params", lambda t: _short(t["params"])),
-                Column("Metrics", lambda t: _short(t["metrics"])),
+                Column("Params", lambda t: short_values(t["params"])),
+                Column("Metrics", lambda t: short_values(t["metrics"])),
                 Column("Started", lambda t: clock(t["started_at"]), sort=lambda t: t["started_at"] or 0.0),
                 Column("Duration", lambda t: duration(job_duration(t))),
                 Column("Error", lambda t: t["error"], tooltip=lambda t: t["error"]),
@@ -201,78 +172,18 @@ class JobDetailView(View):
         artifacts_layout.addLayout(row)
         artifacts_layout.addWidget(self.artifacts_table, 1)
 
-        # sweep
-        self.trials_model = RowTableModel(
-            [
-                Column("Trial", lambda r: str(r["trial"]), sort=lambda r: r["trial"]),
-                Column("Params", lambda r: _short(r["params"])),
-                Column(
-                    "Score",
-                    lambda r: "" if r["score"] is None else f"{r['score']:.4f}",
-                    sort=lambda r: -math.inf if r["score"] is None else r["score"],
-                ),
-                Column("State", lambda r: r["state"]),
-                Column("Duration", lambda r: duration(r["duration"]), sort=lambda r: r["duration"] or 0.0),
-                Column("Agent", lambda r: r["agent"]),
-            ],
-            key=lambda r: str(r["trial"]),
-        )
-        self.trials_table, _ = data_table(self.trials_model)
-        self.scatter = ScatterPlot()
-        self.scatter_param = QComboBox()
-        self.scatter_param.currentTextChanged.connect(self._render_scatter)
-        sweep = QWidget()
-        sweep_layout = QVBoxLayout(sweep)
-        self.sweep_summary = QLabel()
-        sweep_layout.addWidget(self.sweep_summary)
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(self.trials_table)
-        scatter_box = QWidget()
-        scatter_layout = QVBoxLayout(scatter_box)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Parameter"))
-        row.addWidget(self.scatter_param, 1)
-        scatter_layout.addLayout(row)
-        scatter_layout.addWidget(self.scatter, 1)
-        split.addWidget(scatter_box)
-        split.setSizes([640, 560])
-        for column, width in ((0, 50), (1, 260), (2, 80), (3, 100), (4, 80)):
-            self.trials_table.setColumnWidth(column, width)
-        sweep_layout.addWidget(split, 1)
-
-        # compare
-        self.compare_jobs = QListWidget()
-        self.compare_metric = QComboBox()
-        self.compare_metric.setEditable(True)
-        self.compare_metric.addItems(["loss", "test_accuracy", "train_loss", "val_accuracy", "r2"])
-        self.compare_button = QPushButton("Overlay")
-        self.compare_button.clicked.connect(self.compare)
-        self.compare_plot = MetricPlot(symbols=True)
-        self.compare_params = QTableWidget()
-        compare = QWidget()
-        compare_layout = QHBoxLayout(compare)
-        left = QVBoxLayout()
-        left.addWidget(QLabel("Jobs to overlay"))
-        left.addWidget(self.compare_jobs, 1)
-        left.addWidget(QLabel("Metric"))
-        left.addWidget(self.compare_metric)
-        left.addWidget(self.compare_button)
-        compare_layout.addLayout(left, 1)
-        right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(self.compare_plot)
-        right.addWidget(self.compare_params)
-        compare_layout.addWidget(right, 3)
+        self.sweep = SweepPanel()
+        self.compare_panel = ComparePanel(self.run, notify)
 
         self.tabs = QTabWidget()
-        self.tabs.addTab(curves, "Curves")
+        self.tabs.addTab(self.curves, "Curves")
         self.tabs.addTab(self.tasks_table, "Tasks")
         self.tabs.addTab(logs, "Logs")
         self.tabs.addTab(self.artifacts_tab, "Artifacts")
         self.project_panel = ProjectPanel()
         self.tabs.addTab(self.project_panel, "Project")
-        self.sweep_tab = sweep
-        self.tabs.addTab(sweep, "Sweep")
-        self.tabs.addTab(compare, "Compare")
+        self.tabs.addTab(self.sweep, "Sweep")
+        self.tabs.addTab(self.compare_panel, "Compare")
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.tabs, 1)
@@ -290,12 +201,8 @@ class JobDetailView(View):
         self.job_id = job_id
         self.job = next((j for j in self.known_jobs if j["id"] == job_id), None)
         self.multi_task = bool(self.job and self.job["tasks"]["total"] > 1)
-        self.plot.clear_all()
+        self.curves.clear(self.multi_task)
         self.metric_points = 0
-        self.metric_filter.blockSignals(True)
-        self.metric_filter.clear()
-        self.metric_filter.addItem(ALL_METRICS)
-        self.metric_filter.blockSignals(False)
         self.log_lines = []
         self.logs.clear()
         self.log_task.blockSignals(True)
@@ -304,7 +211,7 @@ class JobDetailView(View):
         self.log_task.blockSignals(False)
         self.tasks_model.set_rows([])
         self.artifacts_model.set_rows([])
-        self.trials_model.set_rows([])
+        self.sweep.clear()
         self.header.setText(f"Loading job {job_id}…")
         self.bridge.watch_job(job_id)
         self.refresh()
@@ -316,19 +223,7 @@ class JobDetailView(View):
 
     def _jobs_changed(self, jobs: list[dict[str, Any]]) -> None:
         self.known_jobs = jobs
-        checked = {
-            self.compare_jobs.item(i).data(Qt.ItemDataRole.UserRole)
-            for i in range(self.compare_jobs.count())
-            if self.compare_jobs.item(i).checkState() == Qt.CheckState.Checked
-        }
-        if self.compare_jobs.count() != len(jobs):
-            self.compare_jobs.clear()
-            for job in jobs:
-                item = QListWidgetItem(f"{job['name']} · {job['state']} · {metric_text(job)}")
-                item.setData(Qt.ItemDataRole.UserRole, job["id"])
-                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-                item.setCheckState(Qt.CheckState.Checked if job["id"] in checked else Qt.CheckState.Unchecked)
-                self.compare_jobs.addItem(item)
+        self.compare_panel.set_jobs(jobs)
         if self.job_id:
             current = next((j for j in jobs if j["id"] == self.job_id), None)
             if current is not None and self.job is not None and current["state"] != self.job["state"]:
@@ -357,20 +252,9 @@ class JobDetailView(View):
         if project:
             self.project_panel.show_job(job)
         sweep = job["spec"].get("sweep")
-        self.tabs.setTabEnabled(self.tabs.indexOf(self.sweep_tab), bool(sweep))
+        self.tabs.setTabEnabled(self.tabs.indexOf(self.sweep), bool(sweep))
         if sweep:
-            rows = trial_rows(job)
-            self.trials_model.set_rows(rows)
-            done = [r for r in rows if r["score"] is not None]
-            self.sweep_summary.setText(
-                f"{len(done)}/{len(rows)} trials scored on {sweep['metric']} ({sweep['direction']}); "
-                f"best trial {int(job['metrics']['best_trial']) if 'best_trial' in job['metrics'] else '-'}"
-            )
-            names = list(sweep["params"])
-            if [self.scatter_param.itemText(i) for i in range(self.scatter_param.count())] != names:
-                self.scatter_param.clear()
-                self.scatter_param.addItems(names)
-            self._render_scatter()
+            self.sweep.show_job(job)
 
     # ---- live events
 
@@ -396,21 +280,9 @@ class JobDetailView(View):
                 self._refresh_timer.start()
 
     def _add_points(self, points: list[dict[str, Any]]) -> None:
-        """One message's points, appended per curve in one go (docs/architecture.md, 'The path of a metric point')."""
-        curves: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
-        for p in points:
-            label = f"task {p['task_index']}" if self.multi_task else p["name"]
-            xs, ys = curves.setdefault((p["name"], label), ([], []))
-            xs.append(p["step"])
-            ys.append(p["value"])
-        for (name, label), (xs, ys) in curves.items():
-            if name not in self.plot.plots:  # a metric seen for the first time
-                self.metric_filter.addItem(name)
-            self.plot.add_points(name, label, xs, ys)
+        self.curves.multi_task = self.multi_task
+        self.curves.add_chunks(group_points(points))
         self.metric_points += len(points)
-
-    def _filter_curves(self, metric: str) -> None:
-        self.plot.show_only("" if metric == ALL_METRICS else metric)
 
     def _log_text(self, line: tuple[int, str, str]) -> str:
         task, stream, message = line
@@ -426,85 +298,6 @@ class JobDetailView(View):
 
     def _render_logs(self) -> None:
         self.logs.setPlainText("\n".join(self._log_text(line) for line in self.log_lines if self._log_visible(line)))
-
-    def _render_scatter(self) -> None:
-        param = self.scatter_param.currentText()
-        if not param or self.job is None:
-            return
-        xs, ys = [], []
-        for row in self.trials_model.rows:
-            x = row["params"].get(param)
-            if row["score"] is not None and isinstance(x, int | float) and not isinstance(x, bool):
-                xs.append(float(x))
-                ys.append(float(row["score"]))
-        positive = bool(xs) and min(xs) > 0
-        spread = positive and max(xs) / min(xs) > 100
-        metric = self.job["spec"]["sweep"]["metric"]
-        self.scatter.show_points(param, metric, xs, ys, log_x=spread)
-
-    # ---- comparison and export
-
-    def checked_jobs(self) -> list[str]:
-        return [
-            self.compare_jobs.item(i).data(Qt.ItemDataRole.UserRole)
-            for i in range(self.compare_jobs.count())
-            if self.compare_jobs.item(i).checkState() == Qt.CheckState.Checked
-        ]
-
-    def compare(self, job_ids: list[str] | None = None) -> None:
-        ids = job_ids or self.checked_jobs()
-        metric = self.compare_metric.currentText().strip()
-        if not ids:
-            self.notify("tick the jobs to compare first", True)
-            return
-        self.compare_plot.clear_all()
-        jobs = {j["id"]: j for j in self.known_jobs}
-        self._compare_table([jobs[i] for i in ids if i in jobs])
-        for job_id in ids:
-            name = jobs[job_id]["name"] if job_id in jobs else job_id
-
-            def show(points: list[dict[str, Any]], name: str = name) -> None:
-                chosen = sorted(
-                    (p for p in points if p["name"] == metric and p["task_index"] == 0), key=lambda p: p["step"]
-                )
-                self.compare_plot.set_series(name, [p["step"] for p in chosen], [p["value"] for p in chosen])
-
-            def fetch(c: AsyncClient, job_id: str = job_id) -> Awaitable[list[dict[str, Any]]]:
-                return c.metrics(job_id, (metric,))
-
-            self.run(fetch, show, f"metrics of {name}")
-
-    def _compare_table(self, jobs: list[dict[str, Any]]) -> None:
-        keys: list[str] = []
-        for job in jobs:
-            for key in list(job["spec"].get("hyperparameters") or {}) + [f"metric: {m}" for m in job["metrics"]]:
-                if key not in keys:
-                    keys.append(key)
-        rows = ["algorithm", "dataset", "state", "duration", *keys]
-        self.compare_params.clear()
-        self.compare_params.setRowCount(len(rows))
-        self.compare_params.setColumnCount(len(jobs))
-        self.compare_params.setVerticalHeaderLabels(rows)
-        self.compare_params.setHorizontalHeaderLabels([j["name"] for j in jobs])
-        for c, job in enumerate(jobs):
-            hyper = job["spec"].get("hyperparameters") or {}
-            for r, key in enumerate(rows):
-                if key.startswith("metric: "):
-                    value: Any = job["metrics"].get(key[8:], "")
-                elif key == "duration":
-                    value = duration(job_duration(job))
-                elif key in ("algorithm", "dataset", "state"):
-                    value = job[key]
-                else:
-                    value = hyper.get(key, "")
-                text = (
-                    f"{value:.4g}"
-                    if isinstance(value, float)
-                    else json.dumps(value)
-                    if isinstance(value, list | dict)
-                    else str(value)
-                )
-                self.compare_params.setItem(r, c, QTableWidgetItem(text))
 
     def selected_artifact(self) -> dict[str, Any] | None:
         rows = self.artifacts_table.selectionModel().selectedRows()

@@ -16,6 +16,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QGridLayout, QWidget
 
+Points = Sequence[float] | np.ndarray  # a batch: a list, or a numpy array straight from job_history
 PALETTE = ("#1f6feb", "#d1242f", "#2ea043", "#bf8700", "#8250df", "#0a7ea4", "#cf222e", "#57606a")
 
 
@@ -49,7 +50,7 @@ class Series:
     def y(self) -> np.ndarray:
         return self._y[: self.n]
 
-    def extend(self, xs: Sequence[float], ys: Sequence[float]) -> None:
+    def extend(self, xs: Points, ys: Points) -> None:
         """A batch of points (one message's worth) into the buffers in one go."""
         n = self.n + len(xs)
         if n > len(self._x):
@@ -96,7 +97,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             series = self.series[label] = Series(curve)
         return series
 
-    def add_points(self, label: str, xs: Sequence[float], ys: Sequence[float]) -> None:
+    def add_points(self, label: str, xs: Points, ys: Points) -> None:
         self._series(label).extend(xs, ys)
         self.points += len(xs)
 
@@ -134,7 +135,7 @@ class MetricGrid(QWidget):
     def points(self) -> int:
         return sum(p.points for p in self.plots.values())
 
-    def add_points(self, metric: str, label: str, xs: Sequence[float], ys: Sequence[float]) -> None:
+    def add_points(self, metric: str, label: str, xs: Points, ys: Points) -> None:
         plot = self.plots.get(metric)
         if plot is None:
             plot = self.plots[metric] = MetricPlot()

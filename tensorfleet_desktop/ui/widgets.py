@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from PySide6.QtCore import (
     QAbstractItemModel,
     QModelIndex,
     QPersistentModelIndex,
+    QPoint,
     QPointF,
     QRect,
     QSortFilterProxyModel,
     Qt,
     QTimer,
 )
-from PySide6.QtGui import QColor, QPainter, QPen, QPolygonF
+from PySide6.QtGui import QAction, QColor, QPainter, QPen, QPolygonF
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMenu,
     QPushButton,
     QStyle,
     QStyledItemDelegate,
@@ -30,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tensorfleet_desktop.ui.table_model import EXTRA_ROLE, SORT_ROLE
+from tensorfleet_desktop.ui.table_model import EXTRA_ROLE, ROW_ROLE, SORT_ROLE
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -165,3 +168,39 @@ def action_button(text: str, tooltip: str = "") -> QPushButton:
     if tooltip:
         button.setToolTip(tooltip)
     return button
+
+
+RowActions = Callable[[list[dict[str, Any]]], Sequence[QAction | None]]  # None: a separator
+
+
+def add_row_menu(view: QTableView, actions_for: RowActions) -> None:
+    """A context menu on the table's rows: a right-click selects the row under the mouse (keeping a selection it
+    is part of) and offers `actions_for(selected rows)`; disabled actions show greyed out."""
+    view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+
+    def show(position: QPoint) -> None:
+        index = view.indexAt(position)
+        if not index.isValid():
+            return
+        selection = view.selectionModel()
+        if not selection.isRowSelected(index.row(), index.parent()):
+            view.selectRow(index.row())
+        rows = [i.data(ROW_ROLE) for i in selection.selectedRows()]
+        menu = QMenu(view)
+        for action in actions_for(rows):
+            if action is None:
+                menu.addSeparator()
+            else:
+                action.setParent(menu)
+                menu.addAction(action)
+        if not menu.isEmpty():
+            menu.popup(view.viewport().mapToGlobal(position))
+
+    view.customContextMenuRequested.connect(show)
+
+
+def menu_action(text: str, slot: Callable[[], object], enabled: bool = True) -> QAction:
+    action = QAction(text)
+    action.setEnabled(enabled)
+    action.triggered.connect(lambda _checked=False: slot())
+    return action

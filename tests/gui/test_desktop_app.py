@@ -29,7 +29,6 @@ from PySide6.QtWidgets import QApplication, QDialogButtonBox, QFileDialog, QInpu
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
-from helpers.processes import start_together
 from helpers.servers import S3_KEY, S3_SECRET, free_port, start_nanio, start_secantus
 from helpers.waiting import wait_until
 from tensorfleet_desktop.client import AsyncClient, Client, NotFound
@@ -42,24 +41,6 @@ from tensorfleet_desktop.ui.widgets import Toast
 
 pytestmark = pytest.mark.slow
 WAIT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def gui_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControllerProcess, list[AgentProcess]]]:
-    root = tmp_path_factory.mktemp("gui-cluster")
-    agents = [AgentProcess(root / f"agent{i}", name=f"gui-agent-{i}", cpu_slots=1) for i in range(2)]
-    controller = ControllerProcess(root / "controller")
-    try:
-        start_together(*agents, controller)  # the controller finds the agents as they come
-        with Client(controller.address) as client:
-            wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 2, 30, "2 agents over mDNS")
-        yield controller, agents
-    finally:
-        controller.stop()
-        for agent in agents:  # all drain at once
-            agent.signal_stop()
-        for agent in agents:
-            agent.stop()
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +117,8 @@ def test_submit_from_the_dialog_plots_every_point_and_tells_when_it_ends(
     # every reported point reaches the live plot, exactly once
     qtbot.waitUntil(lambda: window.detail.metric_points == 400, timeout=10_000)
     qtbot.wait(500)
-    assert window.detail.plot.points == 400
-    series = window.detail.plot.plots["loss"].series["loss"]
+    assert window.detail.curves.plot.points == 400
+    series = window.detail.curves.plot.plots["loss"].series["loss"]
     assert sorted(series.x) == sorted(set(series.x)) and len(series.x) == 400
     # and a toast (offscreen has no system tray) says it ended
     qtbot.waitUntil(lambda: any("gui-emit succeeded" in n for n in window.notifications), timeout=10_000)
