@@ -361,12 +361,16 @@ class Executor:
             status, cause, error = TaskState.FAILED, ExitCause.SETUP, f"{type(exc).__name__}: {exc}"
         finally:
             if running.worker is not None:
-                running.worker.on_output = None
-                if reusable and not self.draining:
-                    self._park(running, running.worker)
-                elif running.worker.alive:
-                    running.worker.kill()
-                    await running.worker.wait()
+                worker = running.worker
+                worker.on_output = None
+                # A finished task leaves nothing running: what it started in a session of its own or as a daemon
+                # is under its worker (a subreaper) and dies now. A reusable worker that had such leftovers is
+                # retired too: the pools or handles its task held there point at killed processes.
+                if reusable and not self.draining and not await worker.kill_leftovers():
+                    self._park(running, worker)
+                elif worker.alive:
+                    await worker.kill_tree()
+                    await worker.wait()
             if running.project is not None:
                 await self._finish_project(running, running.project)
             duration = time.monotonic() - running.started

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,19 +21,85 @@ OutputCallback = Callable[[str, str], None]
 _MAX_LINE = 64 * 1024
 _MAX_EVENT = 16 << 20  # one event line from the worker, at most
 _READ_BYTES = 1 << 16
+# What a worker wrote before it exited has been read by then. A process that escaped it (its own session, a daemon)
+# and was not killed may hold its pipes for ever: they are closed on our side then (EOF for the readers).
+_AFTER_EXIT = 1.0
+_KILL_ROUNDS_S = 1.0  # kill_descendants gives up on processes that SIGKILL has not ended by then (disk sleep)
+
+
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The worker's pipes, and a call the moment the worker itself has exited: asyncio's Process.wait() (Python
+    3.11) also waits for every pipe to close, which a process that escaped the worker may never do."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=_READ_BYTES, loop=loop)
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.exited = False
+        self.on_exit: Callable[[], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.transport = transport
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited = True
+        if self.on_exit is not None:
+            self.on_exit()
 
 
 class WorkerProcess:
-    """A spawned worker: a command pipe in, an event pipe out, stdout/stderr as raw log lines."""
+    """A spawned worker: a command pipe in, an event pipe out, stdout/stderr as raw log lines. The worker is a child
+    subreaper (worker.py): what its task starts, also in a session of its own, stays under it while it lives."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, cmd: asyncio.WriteTransport, events: asyncio.StreamReader):
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        cmd: asyncio.WriteTransport,
+        events: asyncio.StreamReader,
+        protocol: _Protocol | None = None,
+        events_pipe: asyncio.BaseTransport | None = None,
+    ):
         self.proc = proc
         self.pid = proc.pid
         self._cmd = cmd
         self._events = events
+        self._events_pipe = events_pipe
+        self._protocol = protocol
         self._partial = b""  # the start of an event line not all read yet
         self.on_output: OutputCallback | None = None
         self._pumps = [asyncio.create_task(self._pump(name, stream)) for name, stream in self._streams()]
+        self._exit = asyncio.Event()  # set once the worker process itself has exited
+        self._known: list[psutil.Process] = []  # its descendants at the last look (terminate): killed at its exit
+        if protocol is None:  # no exit call: the pipes' end stands for the exit
+            self._exit_waiter = asyncio.create_task(self._exit_by_pipes())
+        else:
+            protocol.on_exit = self._exited
+            if protocol.exited:
+                self._exited()
+
+    async def _exit_by_pipes(self) -> None:
+        await self.proc.wait()
+        self._exit.set()
+
+    def _exited(self) -> None:
+        self._exit.set()
+        asyncio.get_running_loop().call_later(_AFTER_EXIT, self._close_pipes)
+
+    def _close_pipes(self) -> None:
+        """EOF for the readers of the worker's pipes that a process which escaped it still holds."""
+        transport = self._protocol.transport if self._protocol is not None else None
+        for fd in (1, 2):
+            pipe = transport.get_pipe_transport(fd) if transport is not None else None
+            if pipe is not None:
+                pipe.close()
+        events = self._events_pipe
+        if isinstance(events, asyncio.ReadTransport) and not events.is_closing():
+            if not events.is_reading():  # paused: the relay is behind, events of the task wait in the pipe
+                asyncio.get_running_loop().call_later(_AFTER_EXIT, self._close_pipes)
+                return
+            events.close()
 
     @classmethod
     async def spawn(cls, env: dict[str, str], cwd: str, task_env: dict[str, str] | None = None) -> WorkerProcess:
@@ -42,7 +109,8 @@ class WorkerProcess:
         cmd_r, cmd_w = os.pipe()
         evt_r, evt_w = os.pipe()
         try:
-            proc = await asyncio.create_subprocess_exec(
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Protocol(loop),
                 *worker_command(cmd_r, evt_w),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -55,10 +123,13 @@ class WorkerProcess:
         finally:
             os.close(cmd_r)
             os.close(evt_w)
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
         events = asyncio.StreamReader(limit=_MAX_EVENT)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(events), os.fdopen(evt_r, "rb", 0))
+        events_pipe, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(events), os.fdopen(evt_r, "rb", 0)
+        )
         cmd_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(cmd_w, "wb", 0))
-        worker = cls(proc, cmd_transport, events)
+        worker = cls(proc, cmd_transport, events, protocol, events_pipe)
         hello = await worker.next_messages(timeout=120.0)  # the worker says nothing else before its first command
         if [message.get("t") for message in hello] != ["ready"]:
             worker.kill()
@@ -131,34 +202,62 @@ class WorkerProcess:
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
+        """SIGKILL the worker's process group (see kill_tree for all its task started)."""
         self.signal_group(signal.SIGKILL)
 
+    async def kill_tree(self) -> None:
+        """SIGKILL the worker and every process under it, also those its task started in a session of their own or
+        as a daemon (orphans come back to the worker, a child subreaper). The worker is stopped first, so that
+        nothing new starts meanwhile and nothing is orphaned to init before it is found."""
+        if self.alive:
+            self._known = await asyncio.to_thread(kill_descendants, self.pid, True)
+        self.kill()
+
+    async def kill_leftovers(self) -> int:
+        """SIGKILL what the last task left running under this (idle, reusable) worker; how many processes."""
+        if not self.alive:
+            return 0
+        return len(await asyncio.to_thread(kill_descendants, self.pid, False))
+
     async def terminate(self, grace: float = 1.0) -> None:
-        """SIGTERM the process group, SIGKILL it after `grace` seconds."""
+        """SIGTERM the process group and whatever else the task started (a session of its own, a daemon), SIGKILL
+        all of it after `grace` seconds (at once once the worker has exited: see wait)."""
+        if self.alive:
+            self._known = await asyncio.to_thread(_descendants, self.pid)
         self.signal_group(signal.SIGTERM)
+        for proc in self._known:
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(proc.pid) != self.pid:  # the group has had its SIGTERM
+                    proc.terminate()
         try:
-            await asyncio.wait_for(self.proc.wait(), grace)
+            await asyncio.wait_for(self._exit.wait(), grace)
         except TimeoutError:
-            self.kill()
+            await self.kill_tree()
         await self.wait()
 
     async def wait(self) -> int:
-        code = await self.proc.wait()
+        """The worker's exit code once the worker has exited (not once all its pipes have closed: a process that
+        escaped it may hold them), its leftovers killed and its output read (at most _AFTER_EXIT after its exit)."""
+        await self._exit.wait()
         self.signal_group(signal.SIGKILL)  # leftovers of the group (children the task started)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._pumps, return_exceptions=True), 2.0)
+        for proc in self._known:  # and of what else it had started, found before it exited
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        await asyncio.gather(*self._pumps, return_exceptions=True)  # ended by _close_pipes at the latest
         self._cmd.close()
+        code = self.proc.returncode
+        assert code is not None  # set before the protocol's process_exited
         return code
 
     async def close(self) -> None:
-        """Ask an idle worker to exit; kill it if it does not."""
+        """Ask an idle worker to exit; kill it and what is under it if it does not."""
         if self.alive:
             with contextlib.suppress(Exception):
                 self.send({"op": "exit"})
             try:
-                await asyncio.wait_for(self.proc.wait(), 2.0)
+                await asyncio.wait_for(self._exit.wait(), 2.0)
             except TimeoutError:
-                self.kill()
+                await self.kill_tree()
         await self.wait()
 
     def rss_bytes(self) -> int:
@@ -173,6 +272,50 @@ class WorkerProcess:
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
         return total
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _live(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_descendants(pid: int, stop_root: bool) -> list[psutil.Process]:
+    """SIGKILL every live descendant of process `pid`, in rounds until none is left (one may start another
+    meanwhile; orphans come back to `pid` when it is a child subreaper). `stop_root`: SIGSTOP `pid` first, so that
+    it starts nothing new (the caller kills it next). Blocking (reads /proc): call it in a thread. What was found."""
+    try:
+        root = psutil.Process(pid)
+        if stop_root:
+            root.suspend()
+    except psutil.Error:
+        return []
+    found: list[psutil.Process] = []
+    deadline = time.monotonic() + _KILL_ROUNDS_S
+    while True:
+        try:
+            alive = [proc for proc in root.children(recursive=True) if _live(proc)]
+        except psutil.Error:
+            break
+        if not alive:
+            break
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        found.extend(proc for proc in alive if proc not in found)
+        if time.monotonic() > deadline:
+            log.warning("process %d: %d process(es) under it did not end on SIGKILL", pid, len(alive))
+            break
+        time.sleep(0.005)
+    return found
 
 
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")

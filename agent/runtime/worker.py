@@ -27,6 +27,7 @@ from tensorfleet_agent import task as task_api
 from tensorfleet_agent.runtime.channel import EventChannel
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _FULL_BELOW = 1 << 20  # free bytes under which a failure is put down to a full disk
 
 
@@ -40,6 +41,26 @@ def _die_with_parent(parent_pid: int) -> None:
             pass
     if parent_pid and os.getppid() != parent_pid:
         os._exit(70)
+
+
+def _become_subreaper() -> None:
+    """Orphans of what a task starts (a process in a session of its own, a daemon's double fork) become our
+    children instead of init's: the agent finds them under this worker and kills them when the task ends."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
+def _end_leftovers() -> None:
+    """Before this worker exits on its own: kill what its task left running. Once we are gone the orphans would
+    be init's, out of the agent's sight."""
+    with contextlib.suppress(Exception):
+        from tensorfleet_agent.runtime.process import kill_descendants
+
+        kill_descendants(os.getpid(), False)
 
 
 class _LogStream(io.TextIOBase):
@@ -136,6 +157,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if exc.code is not None and not isinstance(exc.code, int):
             channel.send({"t": "log", "stream": "stderr", "line": str(exc.code)})
+        _end_leftovers()
         os._exit(code)
     except BaseException as exc:
         out.flush()
@@ -172,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=0)
     args = parser.parse_args(argv)
     _die_with_parent(args.parent_pid)
+    _become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the agent's terminal is the agent's business
     signal.signal(signal.SIGUSR1, lambda _sig, _frame: task_api._request_stop())  # pause: checkpoint, then stop
     channel = EventChannel(args.evt_fd)
@@ -180,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in commands:
             command = json.loads(line)
             if command.get("op") == "exit":
+                _end_leftovers()
                 break
             if command.get("op") == "run":
                 _busy.set()

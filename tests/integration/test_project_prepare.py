@@ -554,3 +554,54 @@ async def test_an_agents_envs_are_listed_and_pruned_online_and_offline(
     assert not (data / "envs" / built.key).exists()
     nowhere = await asyncio.to_thread(_agent_cli, "envs", "list", "--data-dir", str(tmp_path / "nope"))
     assert nowhere.returncode == 2 and "no agent data dir" in nowhere.stderr
+
+
+# The command starts `sleep 300` in a session of its own (out of the worker's process group; it keeps the worker's
+# stdout) and prints its pid. Such a process must neither keep the task running nor survive it (review finding 1).
+ESCAPES = b"""
+import subprocess, sys, time
+p = subprocess.Popen(["sleep", "300"], start_new_session=True)
+print("ESCAPED", p.pid, flush=True)
+if sys.argv[1:] == ["wait"]:
+    time.sleep(120)
+"""
+
+
+def _escaped(events: list[TaskEvent]) -> int:
+    (pid,) = [int(line.split()[1]) for line in _stdout(events) if line.startswith("ESCAPED ")]
+    return pid
+
+
+def _gone(pid: int) -> bool:
+    return _proc_state(pid) == "gone"
+
+
+async def test_a_command_that_leaves_a_process_in_its_own_session_ends_and_takes_it_along(agent: Executor) -> None:
+    spec = _spec(_project(agent.blobs, {"train.py": ESCAPES}), env="none")
+    await agent.run_task(spec)
+    events = await _events(agent, spec.task_id, timeout=30)
+    assert _finished(events).status is TaskState.SUCCEEDED, events
+    running = next(
+        e.time for e in events if isinstance(e.payload, StateChanged) and e.payload.state is TaskState.RUNNING
+    )
+    assert events[-1].time - running < 5.0, f"the task took {events[-1].time - running:.1f}s"
+    pid = _escaped(events)
+    await eventually(lambda: _gone(pid), timeout=5, what=f"the escaped sleep {pid} to be gone")
+    assert agent.tasks_running == 0
+
+
+async def test_a_cancel_ends_what_the_command_started_in_its_own_session_within_2s(agent: Executor) -> None:
+    spec = _spec(_project(agent.blobs, {"train.py": ESCAPES}), env="none", command=("python", "train.py", "wait"))
+    await agent.run_task(spec)
+    seen = await eventually(lambda: _partial_escaped(agent, spec.task_id), timeout=30, what="the ESCAPED line")
+    asked = time.time()
+    assert await agent.cancel(spec.task_id, "user asked") is True
+    events = await _events(agent, spec.task_id, timeout=10)
+    end = _finished(events)
+    assert end.status is TaskState.CANCELLED and events[-1].time - asked < 2.0, (end, events[-1].time - asked)
+    await eventually(lambda: _gone(seen), timeout=5, what=f"the escaped sleep {seen} to be gone")
+
+
+async def _partial_escaped(executor: Executor, task_id: str) -> int | None:
+    events = await _partial(executor, task_id)
+    return next((int(line.split()[1]) for line in _stdout(events) if line.startswith("ESCAPED ")), None)
