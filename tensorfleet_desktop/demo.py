@@ -57,6 +57,16 @@ TORCH_JOB: dict[str, Any] = {
 LOOPBACK = "127.0.0.1"
 
 
+def demo_specs() -> list[dict[str, Any]]:
+    """The demo's jobs on this machine: the seed jobs, plus the 2-rank torch job when PyTorch is installed."""
+    return [dict(spec) for spec in DEMO_JOBS] + ([dict(TORCH_JOB)] if importlib.util.find_spec("torch") else [])
+
+
+async def submit_demo_jobs(client: AsyncClient) -> list[dict[str, Any]]:
+    """Submit the demo jobs (the CLI demo, `gui --demo` and the app's welcome pane); returns the new jobs."""
+    return [await client.submit(spec) for spec in demo_specs()]
+
+
 def run_demo(data_dir: Path | None, as_json: bool) -> bool:
     """Whether every demo job succeeded (the command's exit code says it)."""
     if data_dir is not None:
@@ -121,10 +131,9 @@ async def _demo(data_dir: Path, as_json: bool) -> bool:
         await app.start()
         async with AsyncClient(f"{LOOPBACK}:{app.port}") as client:
             await _wait_for_agents(client, 2, agents, console)
-            specs = DEMO_JOBS + ([TORCH_JOB] if importlib.util.find_spec("torch") else [])
-            if len(specs) == len(DEMO_JOBS):
+            if not importlib.util.find_spec("torch"):
                 console.print("PyTorch is not installed: the 2-rank torch job is left out")
-            jobs = [await client.submit(spec) for spec in specs]
+            jobs = await submit_demo_jobs(client)
             final = await _follow(client, [j["id"] for j in jobs], console)
     finally:
         await app.stop()
