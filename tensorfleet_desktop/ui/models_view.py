@@ -27,11 +27,16 @@ from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import best_metric, clock, human_bytes, metric_text
 from tensorfleet_desktop.ui.plots import BarChart
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
-from tensorfleet_desktop.ui.view import Notify, View
-from tensorfleet_desktop.ui.widgets import action_button, data_table
+from tensorfleet_desktop.ui.view import Notify, View, attach_empty_state
+from tensorfleet_desktop.ui.widgets import action_button, add_row_menu, data_table, menu_action
 
 PAGE_SIZE = 50
 FORMATS = ("native", "skops", "safetensors", "onnx", "joblib", "pickle")
+NO_MODELS = (
+    "No models yet.\nTrain a job (Jobs → Submit…, Ctrl+N, or the welcome page's demo jobs): "
+    "every job that succeeds registers its model here."
+)
+NO_MATCH = "No model version matches these filters."
 
 
 def ref_of(model: dict[str, Any]) -> str:
@@ -92,6 +97,9 @@ class ModelsView(View):
         for column, width in ((0, 200), (2, 140), (5, 170), (7, 140)):
             self.table.setColumnWidth(column, width)
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._show_detail())
+        self.table.doubleClicked.connect(lambda _index: self._open_job())
+        add_row_menu(self.table, self._row_actions)
+        self.empty = attach_empty_state(self.table, NO_MODELS)
 
         self.prev_button = QPushButton("◀")
         self.next_button = QPushButton("▶")
@@ -155,6 +163,14 @@ class ModelsView(View):
     def activated(self) -> None:
         self.search()
 
+    def refresh(self) -> None:
+        self.go(self.page)
+
+    def focus_filter(self) -> None:
+        self.tabs.setCurrentIndex(0)
+        self.filters["name"].setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.filters["name"].selectAll()
+
     # ---- listing
 
     def search(self) -> None:
@@ -175,6 +191,8 @@ class ModelsView(View):
     def show_page(self, result: dict[str, Any]) -> None:
         pagination = result["pagination"]
         self.page, self.pages, self.total = pagination["page"], max(1, pagination["pages"]), pagination["total"]
+        filtered = any(e.text().strip() for e in self.filters.values())
+        self.empty.set_text(NO_MATCH if filtered else NO_MODELS)
         self.model.set_rows(result["models"])
         self.page_label.setText(f"page {self.page}/{self.pages} · {self.total} versions")
         self.prev_button.setEnabled(self.page > 1)
@@ -218,6 +236,18 @@ class ModelsView(View):
         self.detail.setPlainText("\n".join(lines))
 
     # ---- actions
+
+    def _row_actions(self, rows: list[dict[str, Any]]) -> list[Any]:
+        one = len(rows) == 1
+        return [
+            menu_action("Open job", self._open_job, one and bool(rows[0]["job_id"])),
+            None,
+            menu_action("Promote…", self.ask_promote, one),
+            menu_action("Tag…", self.ask_tag, one),
+            menu_action("Download…", self.ask_download, one),
+            None,
+            menu_action("Delete…", self.ask_delete, one),
+        ]
 
     def _open_job(self) -> None:
         m = self.selected()
