@@ -68,7 +68,7 @@ def run(
     if screenshot is not None:
         _photograph_when_ready(app, window, screenshot)
     code = app.exec()
-    window.bridge.stop()
+    window.shutdown()  # quit without a close (Ctrl+C, app.exit): the same order as closeEvent's
     return int(code)
 
 

@@ -72,6 +72,13 @@ def _count(d: dict[str, Any], key: str) -> int:
     return int(d[key]) if key == "rows" else (d["features"] if d.get("builtin") else len(d["columns"]))
 
 
+def _shown(d: dict[str, Any], key: str) -> str:
+    count = _count(d, key)
+    if not count:
+        return ""
+    return f"{count} (default)" if d.get("configurable") else str(count)
+
+
 class DatasetsView(View):
     title = "Datasets"
     icon = "datasets"
@@ -87,13 +94,14 @@ class DatasetsView(View):
                 Column("Name", lambda d: d["name"], tooltip=lambda d: d.get("summary", "")),
                 Column("Kind", lambda d: d["format"]),
                 Column("Task", lambda d: d.get("task") or "any (you choose the target)"),
-                Column("Rows", lambda d: str(d["rows"] or ""), sort=lambda d: d["rows"]),
+                Column("Rows", lambda d: _shown(d, "rows"), sort=lambda d: d["rows"], tooltip=shape_text),
                 Column(
                     "Columns",
-                    lambda d: str(_count(d, "columns") or ""),
+                    lambda d: _shown(d, "columns"),
                     sort=lambda d: _count(d, "columns"),
                     tooltip=shape_text,
                 ),
+                Column("About / from", lambda d: d.get("summary") or d["source_filename"] or d["filename"]),
                 Column(
                     "Size", lambda d: human_bytes(d["size"]) if "size" in d else "", sort=lambda d: d.get("size", 0)
                 ),
@@ -102,7 +110,6 @@ class DatasetsView(View):
                     lambda d: clock(d["created_at"]) if "created_at" in d else "",
                     sort=lambda d: d.get("created_at", 0.0),
                 ),
-                Column("From", lambda d: d.get("summary") or d["source_filename"] or d["filename"]),
                 Column("sha256", lambda d: d.get("sha256", "")[:16]),
             ],
             key=lambda d: f"{BUILTIN_KIND}:{d['name']}" if d.get("builtin") else d["name"],
@@ -111,8 +118,8 @@ class DatasetsView(View):
         self.table, self.proxy = data_table(self.model, name="datasets_table")
         self.proxy.setFilterKeyColumn(-1)
         self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-        self.table.setColumnWidth(0, 160)
-        self.table.setColumnWidth(2, 190)
+        for column, width in ((0, 170), (1, 80), (2, 190), (3, 110), (4, 110), (5, 320)):
+            self.table.setColumnWidth(column, width)
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._selection_changed())
         add_row_menu(self.table, self._row_actions)
 

@@ -1,4 +1,5 @@
-"""The main window: a view list on the left, the views, a banner for a lost controller, notifications."""
+"""The main window: a view list on the left, the views, a banner for a lost controller, notifications, the
+window-wide shortcuts (Ctrl+N, Ctrl+F, Del, F5, F1) and the empty tables' what-to-do-next placeholders."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import QSize
+from PySide6.QtCore import QSize, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -31,10 +32,17 @@ from tensorfleet_desktop.ui.jobs_view import JobsView
 from tensorfleet_desktop.ui.models_view import ModelsView
 from tensorfleet_desktop.ui.plots import configure_pyqtgraph
 from tensorfleet_desktop.ui.settings_view import SettingsView, apply_theme
-from tensorfleet_desktop.ui.view import View
+from tensorfleet_desktop.ui.submit_dialog import SubmitDialog
+from tensorfleet_desktop.ui.view import EmptyState, View, attach_empty_state
+from tensorfleet_desktop.ui.welcome_view import WelcomeView, first_run, mark_seen
 from tensorfleet_desktop.ui.widgets import Banner, Toast
 
 APP_ICON = ":/tensorfleet/icons/tensorfleet.svg"
+NO_JOBS = "No jobs yet.\nSubmit one (Ctrl+N), or run the demo jobs to see the cluster at work."
+NO_AGENTS = (
+    "No agents yet.\nRun tensorfleet-agent on a machine of this LAN: the controller finds it over mDNS.\n"
+    "One mDNS cannot see (another subnet): Add… its HOST:PORT."
+)
 
 
 def icon(name: str) -> QIcon:
@@ -57,7 +65,16 @@ class MainWindow(QMainWindow):
         self.models = ModelsView(bridge, notify)
         self.datasets = DatasetsView(bridge, notify)
         self.settings = SettingsView(bridge, notify, data_dir)
-        self.views: list[View] = [self.fleet, self.jobs, self.detail, self.models, self.datasets, self.settings]
+        self.welcome = WelcomeView(bridge, notify)
+        self.views: list[View] = [
+            self.fleet,
+            self.jobs,
+            self.detail,
+            self.models,
+            self.datasets,
+            self.settings,
+            self.welcome,  # last: Ctrl+1… keep their views
+        ]
 
         self.nav = QListWidget()
         self.nav.setObjectName("nav")
@@ -99,13 +116,38 @@ class MainWindow(QMainWindow):
             self.tray.show()
 
         self._build_menus()
+        self.empty_states: dict[str, EmptyState] = {
+            "jobs": attach_empty_state(
+                self.jobs.table,
+                NO_JOBS,
+                [("Submit…", self.submit_job), ("Run the demo jobs", self.welcome.run_demo)],
+            ),
+            "fleet": attach_empty_state(
+                self.fleet.table,
+                NO_AGENTS,
+                [("Add…", self.fleet.add_agent), ("How to start agents", lambda: self.show_view(self.welcome))],
+            ),
+        }
         self.jobs.open_job.connect(self.show_job)
         self.models.open_job.connect(self.show_job)
+        compare_jobs = getattr(self.jobs, "compare_jobs", None)  # the experiments table's multi-select
+        if compare_jobs is not None:
+            compare_jobs.connect(self.compare_jobs)
+        self.datasets.use_in_job.connect(self.submit_job)
+        self.datasets.builtins_changed.connect(self.welcome.set_datasets)
+        self.welcome.demo_submitted.connect(lambda _jobs: self.show_view(self.jobs))
+        self.welcome.open_fleet.connect(lambda: self.show_view(self.fleet))
+        self.welcome.add_agent.connect(self._add_agent)
+        self.welcome.open_settings.connect(lambda: self.show_view(self.settings))
         bridge.connected.connect(self._connected)
         bridge.disconnected.connect(self._disconnected)
         bridge.job_finished.connect(self._job_finished)
         bridge.failed.connect(lambda message: self.notify(message, True))
-        self.nav.setCurrentRow(1)
+        if first_run():  # the very first start explains what was found; later ones open on the jobs
+            mark_seen()
+            self.show_view(self.welcome)
+        else:
+            self.show_view(self.jobs)
 
     # ---- menus and navigation
 
@@ -124,10 +166,28 @@ class MainWindow(QMainWindow):
             action.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
             action.triggered.connect(lambda _checked=False, i=i: self.nav.setCurrentRow(i))
             view_menu.addAction(action)
+        view_menu.addSeparator()
+        self.filter_action = self._action(view_menu, "&Filter…", QKeySequence.StandardKey.Find, self.focus_filter)
+        self.refresh_action = self._action(view_menu, "&Refresh", QKeySequence.StandardKey.Refresh, self.refresh)
+        jobs_menu = self.menuBar().addMenu("&Jobs")
+        self.submit_action = self._action(jobs_menu, "&Submit…", QKeySequence.StandardKey.New, self.submit_job)
+        self.cancel_action = self._action(jobs_menu, "&Cancel selected…", QKeySequence.StandardKey.Delete, self.delete)
+        self.cancel_action.setStatusTip("Jobs: cancel the selected jobs; Models and Datasets: delete (asks first)")
+        jobs_menu.addAction(self.welcome.demo_button.text(), self.welcome.run_demo)
         help_menu = self.menuBar().addMenu("&Help")
+        self.welcome_action = self._action(
+            help_menu, "&Welcome", QKeySequence.StandardKey.HelpContents, lambda: self.show_view(self.welcome)
+        )
         about = QAction("About TensorFleet", self)
         about.triggered.connect(self._about)
         help_menu.addAction(about)
+
+    def _action(self, menu: Any, text: str, keys: QKeySequence.StandardKey, slot: Any) -> QAction:
+        action = QAction(text, self)
+        action.setShortcut(QKeySequence(keys))
+        action.triggered.connect(lambda _checked=False: slot())
+        menu.addAction(action)
+        return action
 
     def _switch(self, row: int) -> None:
         self.stack.setCurrentIndex(row)
@@ -136,9 +196,70 @@ class MainWindow(QMainWindow):
     def show_view(self, view: View) -> None:
         self.nav.setCurrentRow(self.views.index(view))
 
+    def current_view(self) -> View:
+        return self.views[self.stack.currentIndex()]
+
     def show_job(self, job_id: str) -> None:
         self.detail.open_job(job_id)
         self.show_view(self.detail)
+
+    def compare_jobs(self, job_ids: list[str]) -> None:
+        """The jobs selected in the experiments table, side by side in the detail view's Compare tab."""
+        self.detail.compare_panel.compare(job_ids)
+        self.detail.tabs.setCurrentWidget(self.detail.compare_panel)
+        self.show_view(self.detail)
+
+    # ---- shortcuts (menu actions, so they are discoverable)
+
+    def submit_job(self, dataset: str = "") -> None:
+        """Ctrl+N: the submit dialog on the Jobs view (with `dataset` chosen: Datasets → Use in a new job…)."""
+        self.show_view(self.jobs)
+        before = self.jobs.dialog
+        self.jobs.open_submit_dialog()
+        if dataset:
+            self._choose_dataset_when_open(before, dataset)
+
+    def _choose_dataset_when_open(self, before: SubmitDialog | None, dataset: str, tries: int = 200) -> None:
+        """The dialog opens once the schemas arrived (off the GUI thread): then pick a workload offering the
+        dataset, and the dataset."""
+        dialog = self.jobs.dialog
+        if dialog is None or dialog is before:
+            if tries > 0:
+                QTimer.singleShot(50, lambda: self._choose_dataset_when_open(before, dataset, tries - 1))
+            return
+        if dialog.dataset.findData(dataset) < 0:
+            builtin = any(dataset in w["datasets"] for w in dialog.workloads if w["tasks"])
+            for w in dialog.workloads:
+                offers = dataset in w["datasets"] if builtin else w["category"] in ("sklearn", "torch")
+                if w["tasks"] and offers:
+                    dialog.select_workload(w["name"])
+                    break
+        dialog.select_dataset(dataset)
+
+    def focus_filter(self) -> None:
+        """Ctrl+F: the current view's filter field (Jobs, Models, Datasets)."""
+        self.current_view().focus_filter()
+
+    def refresh(self) -> None:
+        """F5: the current view asks the controller again."""
+        self.current_view().refresh()
+
+    def delete(self) -> None:
+        """Del: cancel the selected jobs on the Jobs view, delete the selected model version or dataset; every
+        one asks first. Nothing happens without a selection (Del in a text field stays the text field's)."""
+        view = self.current_view()
+        if view is self.jobs:
+            confirm = getattr(self.jobs, "confirm_cancel_selected", None)  # JobsView's: asks, then cancels
+            if confirm is not None and (self.jobs.table.hasFocus() or self.jobs.selected()):
+                confirm()
+        elif view is self.models:
+            self.models.ask_delete()
+        elif view is self.datasets:
+            self.datasets.ask_delete()
+
+    def _add_agent(self) -> None:
+        self.show_view(self.fleet)
+        self.fleet.add_agent()
 
     def _about(self) -> None:
         from tensorfleet_agent import AGENT_VERSION
@@ -196,6 +317,13 @@ class MainWindow(QMainWindow):
         for plot in self.findChildren(pg.PlotWidget):
             plot.setBackground("#1e1e1e" if dark else "w")
 
+    def shutdown(self) -> None:
+        """Stop what could still talk to the controller, then the bridge, so QApplication exits with no timer
+        firing into a stopped loop and no asyncio task left pending (idempotent: closeEvent and app.run call it)."""
+        for timer in self.findChildren(QTimer):  # plot flushes, views' polls, live clocks
+            timer.stop()
+        self.bridge.stop()
+
     def quit_and_stop(self) -> None:
         def stopped(_result: object) -> None:
             self.notify("stopped the cluster", False)
@@ -213,7 +341,7 @@ class MainWindow(QMainWindow):
             toast.place()
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        self.bridge.stop()
+        self.shutdown()
         if self.tray is not None:
             self.tray.hide()
         event.accept()
