@@ -2,22 +2,56 @@
 
 Points arrive a batch at a time (docs/architecture.md, 'The path of a metric point'), are appended to numpy
 buffers in one go and drawn at most 10 times a second, with downsampling and clip-to-view, so a 100k-point curve
-stays smooth (measured: 6.4 ms a frame plain, 1.7 ms this way).
+stays smooth (measured: 6.4 ms a frame plain, 1.7 ms this way). Smoothing, log-y, the x axis (step, epoch, wall
+time, relative time) and the hover read-out work on those buffers: a series is recomputed only when it is dirty
+and drawn, and a series nobody shows (a filtered-out sweep trial) never gets a pyqtgraph item.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QGridLayout, QWidget
+import pyqtgraph.exporters as pg_exporters
+from PySide6.QtCore import QEvent, QPoint, QPointF, QRect, QSize, Qt, QTimer
+from PySide6.QtGui import QPainter
+from PySide6.QtSvg import QSvgGenerator
+from PySide6.QtWidgets import QGridLayout, QVBoxLayout, QWidget
+from scipy.signal import lfilter  # type: ignore[import-untyped]
 
 Points = Sequence[float] | np.ndarray  # a batch: a list, or a numpy array straight from job_history
-PALETTE = ("#1f6feb", "#d1242f", "#2ea043", "#bf8700", "#8250df", "#0a7ea4", "#cf222e", "#57606a")
+PALETTE = (
+    "#1f6feb",
+    "#d1242f",
+    "#2ea043",
+    "#bf8700",
+    "#8250df",
+    "#0a7ea4",
+    "#e16f24",
+    "#57606a",
+    "#bf3989",
+    "#4d9e00",
+)
+
+# x axis modes (PlotToolbar's choices)
+STEP, EPOCH, WALL, RELATIVE = "step", "epoch", "wall", "relative"
+X_LABELS = {STEP: "step", EPOCH: "epoch", WALL: "wall time", RELATIVE: "seconds since the first point"}
+
+# Series the workloads report for the app's own use, not as results (agent/workloads/torch_models.py reports
+# `epoch` at each epoch's last step, which the epoch x axis uses, and `param_checksum` to prove distributed
+# ranks agree); any metric whose name starts with "_" is internal too.
+INTERNAL_METRICS = frozenset({"epoch", "param_checksum"})
+
+# Maps a task's steps to epochs (None: the job reports no epoch series).
+EpochMap = Callable[[int, np.ndarray], "np.ndarray | None"]
+
+
+def is_internal(metric: str) -> bool:
+    return metric.startswith("_") or metric in INTERNAL_METRICS
 
 
 def light_grid(item: pg.PlotItem) -> None:
@@ -32,133 +66,473 @@ def configure_pyqtgraph(dark: bool) -> None:
     pg.setConfigOptions(antialias=True, background="#1e1e1e" if dark else "w", foreground="#dddddd" if dark else "k")
 
 
-class Series:
-    """A curve's points in growable numpy buffers: a redraw hands pyqtgraph views, never copies a list."""
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """TensorBoard's smoothing: a debiased exponential moving average (the first points are not pulled to 0).
 
-    def __init__(self, curve: pg.PlotDataItem) -> None:
-        self.curve = curve
+    Vectorised (one IIR filter pass), so 100k points take about a millisecond; non-finite values are skipped
+    and stay where they are."""
+    values = np.asarray(values, dtype=float)
+    if weight <= 0 or len(values) == 0:
+        return values
+    finite = np.isfinite(values)
+    if not finite.all():
+        out = np.full(len(values), np.nan)
+        out[finite] = ema(values[finite], weight)
+        return out
+    smoothed = np.asarray(lfilter([1.0 - weight], [1.0, -weight], values), dtype=float)
+    debiased: np.ndarray = smoothed / (1.0 - weight ** np.arange(1, len(values) + 1))
+    return debiased
+
+
+def epoch_axis(steps: np.ndarray, epoch_steps: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+    """Steps as (fractional) epochs, from an `epoch` series (value = epochs done at that step).
+
+    A step between two epoch points is interpolated; before the first one, counted from (step 0, epoch 0);
+    after the last one (a job still running), extrapolated at the last epoch's pace."""
+    order = np.argsort(epoch_steps, kind="stable")
+    xs, ys = np.asarray(epoch_steps, dtype=float)[order], np.asarray(epochs, dtype=float)[order]
+    if len(xs) and xs[0] > 0:
+        xs, ys = np.concatenate([[0.0], xs]), np.concatenate([[0.0], ys])
+    if len(xs) == 0:
+        return np.asarray(steps, dtype=float)
+    if len(xs) == 1:
+        return np.full(len(steps), ys[0])
+    out: np.ndarray = np.interp(steps, xs, ys)
+    pace = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) if xs[-1] != xs[-2] else 0.0
+    after = steps > xs[-1]
+    out[after] = ys[-1] + (steps[after] - xs[-1]) * pace
+    return out
+
+
+def translucent(color: Any, alpha: int) -> Any:
+    """A pyqtgraph colour (name, letter, tuple) as a QColor with this alpha."""
+    qcolor = pg.mkColor(color)
+    qcolor.setAlpha(alpha)
+    return qcolor
+
+
+def format_value(value: float) -> str:
+    """4 significant digits (the cards' and the read-out's format)."""
+    if not math.isfinite(value):
+        return "-"
+    return f"{value:.4g}"
+
+
+class Series:
+    """A curve's points in growable numpy buffers (step, value, wall time): a redraw hands pyqtgraph views,
+    never copies a list. The pyqtgraph items are made only when the series is first drawn."""
+
+    def __init__(self, name: str = "", task: int = 0) -> None:
+        self.name = name  # legend text
+        self.key = name  # its label in a MetricPlot
+        self.task = task
+        self.color = ""  # "" = the plot picks one
+        self.visible = True
         self._x = np.empty(256)
         self._y = np.empty(256)
+        self._w = np.empty(256)
         self.n = 0
         self.dirty = False
+        self.curve: pg.PlotDataItem | None = None
+        self.raw: pg.PlotDataItem | None = None  # the unsmoothed curve, faint behind the smoothed one
+        self.shown_x = np.empty(0)  # what was drawn last (in the plot's x mode, smoothed): the read-out's data
+        self.shown_y = np.empty(0)
+        self.shown_sorted = True
 
     @property
     def x(self) -> np.ndarray:
+        """Steps."""
         return self._x[: self.n]
 
     @property
     def y(self) -> np.ndarray:
         return self._y[: self.n]
 
-    def extend(self, xs: Points, ys: Points) -> None:
+    @property
+    def wall(self) -> np.ndarray:
+        """Wall-clock times (unix seconds; NaN where the source had none)."""
+        return self._w[: self.n]
+
+    def extend(self, xs: Points, ys: Points, walls: Points | None = None) -> None:
         """A batch of points (one message's worth) into the buffers in one go."""
         n = self.n + len(xs)
         if n > len(self._x):
             size = max(n, 2 * len(self._x))
-            self._x = np.concatenate([self._x[: self.n], np.empty(size - self.n)])
-            self._y = np.concatenate([self._y[: self.n], np.empty(size - self.n)])
+            grow = np.empty(size - self.n)
+            self._x = np.concatenate([self._x[: self.n], grow])
+            self._y = np.concatenate([self._y[: self.n], grow])
+            self._w = np.concatenate([self._w[: self.n], grow])
         self._x[self.n : n], self._y[self.n : n] = xs, ys
+        self._w[self.n : n] = np.nan if walls is None else walls
         self.n = n
         self.dirty = True
 
-    def replace(self, xs: Iterable[float], ys: Iterable[float]) -> None:
+    def replace(self, xs: Iterable[float], ys: Iterable[float], walls: Iterable[float] | None = None) -> None:
         self._x = np.array(list(xs), dtype=float)
         self._y = np.array(list(ys), dtype=float)
+        self._w = np.full(len(self._x), np.nan) if walls is None else np.array(list(walls), dtype=float)
         self.n = len(self._x)
         self.dirty = True
 
 
 class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
-    """Curves keyed by a label ("test_accuracy", "task 1 · loss"); `points` counts every point received."""
+    """Curves keyed by a label ("test_accuracy", "task 1"); `points` counts every point held.
+
+    View options (PlotToolbar sets them): `smoothing` (EMA weight, 0 = off), `log_y`, `x_mode`. Hovering shows a
+    vertical line and each drawn series' value at the nearest x (`hover_text`)."""
 
     def __init__(self, parent: QWidget | None = None, x_label: str = "step", symbols: bool = False) -> None:
         super().__init__(parent)
         self.series: dict[str, Series] = {}
-        self.points = 0
         self.symbols = symbols
+        self.smoothing = 0.0
+        self.log_y = False
+        self.x_mode = STEP
+        self.epoch_map: EpochMap | None = None
+        self.x_label = x_label
+        self.hover_text = ""
         light_grid(self.plotItem)
         self.plotItem.setLabel("bottom", x_label)
-        self.legend = self.plotItem.addLegend(offset=(10, 10))
+        self.legend = self.plotItem.addLegend(offset=(10, 10), labelTextSize="8pt", verSpacing=-6)
         self.plotItem.setDownsampling(auto=True, mode="peak")
         self.plotItem.setClipToView(True)
+        foreground = pg.getConfigOption("foreground")
+        self.crosshair = pg.InfiniteLine(
+            angle=90, movable=False, pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DashLine)
+        )
+        fill = pg.mkBrush(translucent(pg.getConfigOption("background"), 200))
+        self.readout = pg.TextItem(color=foreground, fill=fill, anchor=(0, 0))
+        for item in (self.crosshair, self.readout):
+            item.setZValue(100)
+            item.hide()
+            self.plotItem.addItem(item, ignoreBounds=True)
+        self._hover_proxy = pg.SignalProxy(self.scene().sigMouseMoved, rateLimit=30, slot=self.mouse_moved)
         self._timer = QTimer(self)
         self._timer.setInterval(100)
         self._timer.timeout.connect(self.flush)
         self._timer.start()
 
+    @property
+    def points(self) -> int:
+        return sum(s.n for s in self.series.values())
+
     def _series(self, label: str) -> Series:
         series = self.series.get(label)
         if series is None:
-            color = PALETTE[len(self.series) % len(PALETTE)]
-            kwargs: dict[str, Any] = {"pen": pg.mkPen(color, width=2), "name": label}
-            if self.symbols:
-                kwargs.update(symbol="o", symbolSize=5, symbolBrush=color, symbolPen=None)
-            curve = self.plotItem.plot([], [], **kwargs)
-            series = self.series[label] = Series(curve)
+            series = self.series[label] = Series(label)
         return series
 
-    def add_points(self, label: str, xs: Points, ys: Points) -> None:
-        self._series(label).extend(xs, ys)
-        self.points += len(xs)
+    def adopt(self, label: str, series: Series) -> None:
+        """Draw a series someone else fills (CurvesPanel keeps every task's buffers, shown or not)."""
+        if self.series.get(label) is not series:
+            self.series[label] = series
+            series.curve = series.raw = None
+            series.dirty = True
+
+    def add_points(self, label: str, xs: Points, ys: Points, walls: Points | None = None) -> None:
+        self._series(label).extend(xs, ys, walls)
 
     def set_series(self, label: str, xs: Iterable[float], ys: Iterable[float]) -> None:
         self._series(label).replace(xs, ys)
 
+    def restyle(self, label: str, name: str, color: str, visible: bool) -> None:
+        """A series' legend text, colour and visibility; its items are remade on the next flush (or dropped)."""
+        series = self.series[label]
+        if (series.name, series.color, series.visible) == (name, color, visible):
+            return
+        self._drop_items(series)
+        series.name, series.color, series.visible = name, color, visible
+        series.dirty = True
+
+    def _drop_items(self, series: Series) -> None:
+        for item in (series.curve, series.raw):
+            if item is not None:
+                self.plotItem.removeItem(item)
+        if series.curve is not None:
+            self.legend.removeItem(series.curve)
+        series.curve = series.raw = None
+
+    def reorder(self, labels: list[str]) -> None:
+        """Put these series first (legend order = draw order): their items are remade on the next flush."""
+        for series in self.series.values():
+            self._drop_items(series)
+            series.dirty = True
+        first = {label: self.series[label] for label in labels if label in self.series}
+        self.series = {**first, **{k: v for k, v in self.series.items() if k not in first}}
+
+    def drawn(self) -> list[Series]:
+        return [s for s in self.series.values() if s.visible and s.curve is not None]
+
+    # ---- view options
+
+    def set_smoothing(self, weight: float) -> None:
+        self.smoothing = min(max(float(weight), 0.0), 0.999)
+        self._redraw()
+
+    def set_log_y(self, on: bool) -> None:
+        self.log_y = on
+        self.plotItem.setLogMode(x=False, y=on)
+        self.plotItem.enableAutoRange()
+
+    def set_x_mode(self, mode: str) -> None:
+        """Step, epoch (via `epoch_map`), wall time (a clock axis) or seconds since each series' first point."""
+        if mode not in X_LABELS:
+            raise ValueError(f"unknown x axis mode {mode!r}")
+        if (mode == WALL) != (self.x_mode == WALL):
+            axis = pg.DateAxisItem(orientation="bottom") if mode == WALL else pg.AxisItem(orientation="bottom")
+            self.plotItem.setAxisItems({"bottom": axis})
+            light_grid(self.plotItem)
+        self.x_mode = mode
+        self.plotItem.setLabel("bottom", X_LABELS[mode] if self.x_label else "")
+        self._redraw()
+        self.plotItem.enableAutoRange()
+
+    def reset_view(self) -> None:
+        self.plotItem.enableAutoRange()
+        self.plotItem.autoRange()
+
+    def _redraw(self) -> None:
+        for series in self.series.values():
+            series.dirty = True
+        self.flush()
+
+    # ---- drawing
+
+    def x_data(self, series: Series) -> np.ndarray:
+        if self.x_mode == WALL:
+            return series.wall
+        if self.x_mode == RELATIVE:
+            wall = series.wall
+            finite = wall[np.isfinite(wall)]
+            return wall - (finite[0] if len(finite) else 0.0)
+        if self.x_mode == EPOCH and self.epoch_map is not None:
+            epochs = self.epoch_map(series.task, series.x)
+            if epochs is not None:
+                return epochs
+        return series.x
+
     def flush(self) -> None:
         for series in self.series.values():
-            if series.dirty:
-                series.curve.setData(series.x, series.y)
-                if not self.symbols:  # a lone point (a final score) would not show as a line
-                    series.curve.setSymbol("o" if series.n < 3 else None)
-                series.dirty = False
+            if series.dirty and series.visible:
+                self._draw(series)
+
+    def _draw(self, series: Series) -> None:
+        x = self.x_data(series)
+        y = ema(series.y, self.smoothing) if self.smoothing > 0 else series.y
+        if series.curve is None:
+            color = series.color or PALETTE[len(self.drawn()) % len(PALETTE)]
+            series.color = color
+            kwargs: dict[str, Any] = {"pen": pg.mkPen(color, width=2)}
+            if self.symbols:
+                kwargs.update(symbol="o", symbolSize=5, symbolBrush=color, symbolPen=None)
+            series.curve = self.plotItem.plot([], [], **kwargs)
+            self.legend.addItem(series.curve, series.name)
+        if self.smoothing > 0:
+            if series.raw is None:
+                faint = translucent(series.color, 60)
+                series.raw = self.plotItem.plot([], [], pen=pg.mkPen(faint, width=1))
+                series.raw.setZValue(-1)
+            series.raw.setData(x, series.y)
+        elif series.raw is not None:
+            self.plotItem.removeItem(series.raw)
+            series.raw = None
+        series.curve.setData(x, y)
+        if not self.symbols:  # a lone point (a final score) would not show as a line
+            series.curve.setSymbol("o" if series.n < 3 else None)
+        series.shown_x, series.shown_y = x, y
+        series.shown_sorted = bool(len(x) < 2 or np.all(np.diff(x) >= 0))
+        series.dirty = False
+
+    # ---- hover read-out
+
+    def mouse_moved(self, event: tuple[QPointF] | QPointF) -> None:
+        """The scene's mouse position (through a rate-limiting SignalProxy, which passes a tuple)."""
+        pos = event[0] if isinstance(event, tuple) else event
+        view = self.plotItem.vb
+        if not view.sceneBoundingRect().contains(pos):
+            self.hide_hover()
+            return
+        self.hover_at(view.mapSceneToView(pos).x())
+
+    def hover_at(self, x: float) -> str:
+        """Put the crosshair at view x and list each drawn series' value at its nearest point."""
+        self.flush()
+        lines, html = [], []
+        head = f"{X_LABELS[self.x_mode]} {self._x_text(x)}"
+        for series in self.drawn():
+            i = nearest(series.shown_x, x, series.shown_sorted)
+            if i < 0:
+                continue
+            value = format_value(float(series.shown_y[i]))
+            raw = f" (raw {format_value(float(series.y[i]))})" if self.smoothing > 0 else ""
+            lines.append(f"{series.name}: {value}{raw}")
+            html.append(f"<span style='color:{series.color}'>&#9632;</span> {series.name}: <b>{value}</b>{raw}")
+        if not lines:
+            self.hide_hover()
+            return ""
+        self.hover_text = "\n".join([head, *lines])
+        self.readout.setHtml(f"<div style='font-size:8pt'>{head}<br>{'<br>'.join(html)}</div>")
+        (x0, x1), (_, y1) = self.plotItem.vb.viewRange()
+        self.readout.setAnchor((1, 0) if x > (x0 + x1) / 2 else (0, 0))
+        self.readout.setPos(x, y1)
+        self.crosshair.setPos(x)
+        self.crosshair.show()
+        self.readout.show()
+        return self.hover_text
+
+    def _x_text(self, x: float) -> str:
+        if self.x_mode == WALL:
+            import datetime
+
+            return datetime.datetime.fromtimestamp(x).strftime("%H:%M:%S") if math.isfinite(x) else ""
+        if self.x_mode == STEP:
+            return str(round(x))
+        return f"{x:.4g}"
+
+    def hide_hover(self) -> None:
+        self.hover_text = ""
+        self.crosshair.hide()
+        self.readout.hide()
+
+    def leaveEvent(self, event: QEvent) -> None:
+        self.hide_hover()
+        super().leaveEvent(event)
+
+    # ---- export
+
+    def export(self, path: str | Path) -> Path:
+        """The plot as PNG (or any image suffix Qt writes) or SVG, chosen by the suffix.
+
+        SVG is drawn with Qt's own SVG generator: pyqtgraph's SVGExporter fails on the paths Qt 6.10+ writes
+        (pyqtgraph issue #3485)."""
+        path = Path(path)
+        self.flush()
+        self.hide_hover()
+        if path.suffix.lower() == ".svg":
+            size = self.size() if self.width() >= 100 else QSize(800, 500)
+            if size != self.size():
+                self.resize(size)
+            generator = QSvgGenerator()
+            generator.setFileName(str(path))
+            generator.setSize(size)
+            generator.setViewBox(QRect(QPoint(0, 0), size))
+            generator.setTitle(self.plotItem.titleLabel.text or path.stem)
+            painter = QPainter(generator)
+            try:
+                self.render(painter)
+            finally:
+                painter.end()
+            return path
+        exporter = pg_exporters.ImageExporter(self.plotItem)
+        if exporter.parameters()["width"] < 400:  # a plot never shown has no size yet
+            exporter.parameters()["width"] = 800
+        exporter.export(str(path))
+        return path
 
     def clear_all(self) -> None:
         for series in self.series.values():
-            self.plotItem.removeItem(series.curve)
+            self._drop_items(series)
         self.series.clear()
         self.legend.clear()
-        self.points = 0
+        self.hide_hover()
+
+
+def nearest(xs: np.ndarray, x: float, is_sorted: bool) -> int:
+    """Index of the point of xs nearest to x (-1 if none is finite)."""
+    if len(xs) == 0:
+        return -1
+    if is_sorted and not np.isnan(xs[0]) and not np.isnan(xs[-1]):
+        i = int(np.searchsorted(xs, x))
+        if i <= 0:
+            return 0
+        if i >= len(xs):
+            return len(xs) - 1
+        return i if xs[i] - x < x - xs[i - 1] else i - 1
+    distance = np.abs(xs - x)
+    if np.isnan(distance).all():
+        return -1
+    return int(np.nanargmin(distance))
 
 
 class MetricGrid(QWidget):
-    """One small plot per metric (loss and accuracy never share an axis), curves per task inside each."""
+    """One small plot per metric (loss and accuracy never share an axis), each with its toolbar above it."""
 
     def __init__(self, columns: int = 2, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.columns = columns
         self.plots: dict[str, MetricPlot] = {}
+        self.panes: dict[str, QWidget] = {}
+        self.toolbars: dict[str, Any] = {}  # metric -> PlotToolbar
         self.grid = QGridLayout(self)
         self.grid.setContentsMargins(0, 0, 0, 0)
         self.only = ""  # show just this metric ("" = all)
+        self.epoch_map: EpochMap | None = None
+        self.epoch_reason = ""  # why the epoch x axis is off ("" = it is on)
 
     @property
     def points(self) -> int:
         return sum(p.points for p in self.plots.values())
 
-    def add_points(self, metric: str, label: str, xs: Points, ys: Points) -> None:
+    def plot_for(self, metric: str) -> MetricPlot:
+        """The metric's plot, made (with its toolbar) the first time."""
         plot = self.plots.get(metric)
         if plot is None:
+            from tensorfleet_desktop.ui.plot_toolbar import PlotToolbar  # it imports this module
+
             plot = self.plots[metric] = MetricPlot()
             plot.plotItem.setTitle(metric, size="10pt")
             plot.setMinimumHeight(180)
+            plot.epoch_map = self.epoch_map
+            pane = self.panes[metric] = QWidget()
+            layout = QVBoxLayout(pane)
+            layout.setContentsMargins(0, 0, 0, 0)
+            layout.setSpacing(0)
+            toolbar = self.toolbars[metric] = PlotToolbar(plot, name=metric)
+            toolbar.set_epoch_available(not self.epoch_reason, self.epoch_reason)
+            layout.addWidget(toolbar)
+            layout.addWidget(plot, 1)
             n = len(self.plots) - 1
-            self.grid.addWidget(plot, n // self.columns, n % self.columns)
-            plot.setVisible(not self.only or self.only == metric)
+            self.grid.addWidget(pane, n // self.columns, n % self.columns)
+            pane.setVisible(not self.only or self.only == metric)
+        return plot
+
+    def add_points(self, metric: str, label: str, xs: Points, ys: Points, walls: Points | None = None) -> None:
+        plot = self.plot_for(metric)
         new_series = label not in plot.series
-        plot.add_points(label, xs, ys)
+        plot.add_points(label, xs, ys, walls)
         if new_series:  # a legend only says something once there is more than the metric itself
             plot.legend.setVisible(len(plot.series) > 1 or label != metric)
 
+    def set_epoch_available(self, reason: str) -> None:
+        """ "" turns the epoch x axis on in every toolbar; otherwise `reason` says why it is off."""
+        if reason == self.epoch_reason:
+            return
+        self.epoch_reason = reason
+        for toolbar in self.toolbars.values():
+            toolbar.set_epoch_available(not reason, reason)
+
+    def remove(self, metric: str) -> None:
+        plot = self.plots.pop(metric, None)
+        if plot is None:
+            return
+        for series in plot.series.values():  # the buffers live on (CurvesPanel's), their items go with the plot
+            series.curve = series.raw = None
+            series.dirty = True
+        pane = self.panes.pop(metric)
+        self.toolbars.pop(metric, None)
+        self.grid.removeWidget(pane)
+        pane.deleteLater()
+        for n, other in enumerate(self.panes.values()):
+            self.grid.addWidget(other, n // self.columns, n % self.columns)
+
     def show_only(self, metric: str) -> None:
         self.only = metric
-        for name, plot in self.plots.items():
-            plot.setVisible(not metric or metric == name)
+        for name, pane in self.panes.items():
+            pane.setVisible(not metric or metric == name)
 
     def clear_all(self) -> None:
-        for plot in self.plots.values():
-            self.grid.removeWidget(plot)
-            plot.deleteLater()
-        self.plots.clear()
+        for metric in list(self.plots):
+            self.remove(metric)
 
 
 class ScatterPlot(pg.PlotWidget):  # type: ignore[misc]

@@ -1,0 +1,199 @@
+"""The Curves tab's plots: toolbar (smoothing, log-y, x axis, hover read-out, export), internal series, metric
+cards for scalar results, and the task filter a sweep uses. Widget-level: fed with job_history chunks built from
+metric point dicts like the bridge's, no cluster needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+import pytest
+from PySide6.QtCore import QPointF
+from PySide6.QtGui import QImage
+
+from tensorfleet_desktop.ui.curves_panel import CurvesPanel
+from tensorfleet_desktop.ui.job_history import group_points
+from tensorfleet_desktop.ui.plots import EPOCH, RELATIVE, STEP, WALL, MetricPlot, ema
+
+T0 = 1_790_000_000.0  # wall time of the first point
+
+
+def points(name: str, values: list[float], task: int = 0, steps: list[int] | None = None) -> list[dict[str, Any]]:
+    steps = steps if steps is not None else list(range(len(values)))
+    return [
+        {"task_index": task, "name": name, "step": s, "value": v, "wall_time": T0 + 7 * task + 0.5 * s}
+        for s, v in zip(steps, values, strict=True)
+    ]
+
+
+def reference_ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing written out point by point (debiased EMA)."""
+    out, last = [], 0.0
+    for i, v in enumerate(values):
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** (i + 1)))
+    return out
+
+
+@pytest.fixture
+def panel(qtbot: Any) -> CurvesPanel:
+    widget = CurvesPanel()
+    qtbot.addWidget(widget)
+    widget.resize(1000, 700)
+    widget.show()
+    return widget
+
+
+def curve_data(plot: MetricPlot, label: str) -> tuple[np.ndarray, np.ndarray]:
+    curve = plot.series[label].curve
+    assert curve is not None
+    return np.asarray(curve.xData), np.asarray(curve.yData)
+
+
+def test_smoothing_is_tensorboards_ema_with_the_raw_curve_behind(panel: CurvesPanel) -> None:
+    rng = np.random.default_rng(1)
+    values = list(np.cumsum(rng.normal(size=300)) + 50)
+    np.testing.assert_allclose(ema(np.array(values), 0.6), reference_ema(values, 0.6), rtol=1e-10)
+    with_gap = np.array([1.0, np.nan, 3.0, 5.0])
+    np.testing.assert_allclose(ema(with_gap, 0.5)[[0, 2, 3]], reference_ema([1.0, 3.0, 5.0], 0.5))
+
+    panel.add_chunks(group_points(points("loss", values)))
+    toolbar, plot = panel.plot.toolbars["loss"], panel.plot.plots["loss"]
+    plot.flush()
+    assert plot.series["loss"].raw is None
+    toolbar.smoothing.setValue(90)
+    assert toolbar.smoothing_value.text() == "0.90"
+    _, y = curve_data(plot, "loss")
+    np.testing.assert_allclose(y, reference_ema(values, 0.9), rtol=1e-10)
+    raw = plot.series["loss"].raw
+    assert raw is not None and np.allclose(raw.yData, values)  # the raw curve, faint, behind
+    assert raw.opts["pen"].color().alpha() < 100 and raw.zValue() < plot.series["loss"].curve.zValue()
+    toolbar.smoothing.setValue(0)
+    assert plot.series["loss"].raw is None and np.allclose(curve_data(plot, "loss")[1], values)
+
+
+def test_log_y_and_the_x_axis_modes(panel: CurvesPanel) -> None:
+    loss = [10.0 / (s + 1) for s in range(100)]
+    epochs = points("epoch", [1.0, 2.0, 3.0, 4.0], steps=[25, 50, 75, 100])
+    panel.add_chunks(group_points(points("loss", loss) + epochs))
+    toolbar, plot = panel.plot.toolbars["loss"], panel.plot.plots["loss"]
+    plot.flush()
+    assert "epoch" not in panel.plot.plots  # internal: it only drives the epoch axis
+
+    toolbar.log_y.click()
+    assert plot.plotItem.ctrl.logYCheck.isChecked() and plot.plotItem.getAxis("left").logMode
+    toolbar.log_y.click()
+    assert not plot.plotItem.getAxis("left").logMode
+
+    steps = np.arange(100.0)
+    modes = {STEP: steps, WALL: T0 + 0.5 * steps, RELATIVE: 0.5 * steps, EPOCH: steps / 25}
+    for mode, expected in modes.items():
+        toolbar.x_axis.setCurrentIndex(toolbar.x_axis.findData(mode))
+        x, y = curve_data(plot, "loss")
+        np.testing.assert_allclose(x, expected, err_msg=mode)
+        np.testing.assert_allclose(y, loss)
+        assert isinstance(plot.plotItem.getAxis("bottom"), pg.DateAxisItem) == (mode == WALL)
+    # points past the last epoch point (a running job) continue at the last epoch's pace
+    panel.add_chunks(group_points(points("loss", [0.1, 0.1], steps=[110, 125])))
+    plot.flush()
+    assert curve_data(plot, "loss")[0][-2:] == pytest.approx([4.4, 5.0])
+
+
+def test_epoch_axis_is_off_with_a_reason_when_the_job_reports_no_epochs(panel: CurvesPanel) -> None:
+    panel.add_chunks(group_points(points("loss", [3.0, 2.0, 1.0])))
+    toolbar = panel.plot.toolbars["loss"]
+    assert not toolbar.epoch_enabled()
+    item = toolbar.x_axis.model().item(toolbar.x_axis.findData(EPOCH))
+    assert "no `epoch` series" in item.toolTip()
+    panel.add_chunks(group_points(points("epoch", [1.0], steps=[2])))
+    assert toolbar.epoch_enabled()
+
+
+def test_hover_reads_out_every_series_at_the_cursor(panel: CurvesPanel, qtbot: Any) -> None:
+    panel.clear(multi_task=True)
+    panel.add_chunks(group_points(points("loss", [float(s) for s in range(50)], task=0)))
+    panel.add_chunks(group_points(points("loss", [100.0 + 2 * s for s in range(50)], task=1)))
+    plot = panel.plot.plots["loss"]
+    plot.flush()
+    plot.reset_view()
+    qtbot.wait(20)
+    scene_pos = plot.plotItem.vb.mapViewToScene(QPointF(20.2, 50.0))
+    plot.mouse_moved((scene_pos,))  # what the rate-limited proxy of sigMouseMoved passes
+    assert plot.hover_text.splitlines() == ["step 20", "task 0: 20", "task 1: 140"]
+    assert plot.crosshair.isVisible() and plot.crosshair.value() == pytest.approx(20.2)
+    assert "task 1" in plot.readout.textItem.toPlainText()
+    plot.mouse_moved((QPointF(-500.0, -500.0),))  # off the plot: the read-out goes
+    assert not plot.crosshair.isVisible() and plot.hover_text == ""
+
+
+def test_export_writes_png_and_svg(panel: CurvesPanel, tmp_path: Path) -> None:
+    panel.add_chunks(group_points(points("loss", [5.0, 3.0, 2.0, 1.5])))
+    plot = panel.plot.plots["loss"]
+    png = plot.export(tmp_path / "loss.png")
+    image = QImage(str(png))
+    assert not image.isNull() and image.width() > 100 and image.height() > 50
+    svg = plot.export(tmp_path / "loss.svg").read_text()
+    assert svg.startswith("<?xml") or "<svg" in svg
+    assert "<path" in svg or "<polyline" in svg
+
+
+def test_internal_series_are_hidden_until_asked_for(panel: CurvesPanel) -> None:
+    panel.add_chunks(
+        group_points(
+            points("loss", [3.0, 2.0, 1.0])
+            + points("epoch", [1.0, 2.0], steps=[1, 2])
+            + points("_lr", [0.1, 0.05, 0.01])
+            + points("param_checksum", [12.5], steps=[2])
+        )
+    )
+    assert set(panel.plot.plots) == {"loss"} and not panel.cards.cards
+    filter_items = [panel.metric_filter.itemText(i) for i in range(panel.metric_filter.count())]
+    assert filter_items == ["all metrics", "loss"]
+    assert panel.points == 9  # kept all the same
+
+    panel.show_internal.setChecked(True)
+    assert set(panel.plot.plots) == {"loss", "epoch", "_lr"} and set(panel.cards.cards) == {"param_checksum"}
+    panel.show_internal.setChecked(False)
+    assert set(panel.plot.plots) == {"loss"} and not panel.cards.cards
+
+
+def test_scalar_results_are_cards_until_a_second_point_makes_a_plot(panel: CurvesPanel) -> None:
+    panel.add_chunks(group_points(points("test_accuracy", [0.9666666]) + points("training_time", [0.01234567])))
+    assert not panel.plot.plots
+    assert panel.cards.cards["test_accuracy"].value.text() == "0.9667"
+    assert panel.cards.cards["training_time"].value.text() == "0.01235"
+    assert panel.cards.isVisible()
+
+    panel.add_chunks(group_points(points("test_accuracy", [0.97], steps=[5])))
+    assert "test_accuracy" in panel.plot.plots and "test_accuracy" not in panel.cards.cards
+    assert panel.plot.plots["test_accuracy"].series["test_accuracy"].n == 2
+    assert set(panel.cards.cards) == {"training_time"}
+
+
+def test_scalars_of_several_tasks_list_each_task(panel: CurvesPanel) -> None:
+    panel.clear(multi_task=True)
+    panel.add_chunks(group_points(points("accuracy", [0.9], task=0) + points("accuracy", [0.8], task=1)))
+    text = panel.cards.cards["accuracy"].text()
+    assert "0.85" in text and "task 0: 0.9" in text and "task 1: 0.8" in text
+
+
+def test_task_filter_draws_only_the_chosen_tasks_with_their_labels(panel: CurvesPanel) -> None:
+    panel.clear(multi_task=True)
+    for task in range(6):
+        panel.add_chunks(group_points(points("loss", [1.0 + task, 0.5 + task, 0.2 + task], task=task)))
+    panel.set_task_filter({4: "#1 lr=0.1", 2: "#2 lr=0.01"})
+    plot = panel.plot.plots["loss"]
+    plot.flush()
+    assert len(plot.plotItem.listDataItems()) == 2  # no items at all for the other tasks
+    assert [s.name for s in plot.drawn()] == ["#1 lr=0.1", "#2 lr=0.01"]  # best first
+    assert all(plot.series[f"task {t}"].curve is None for t in (0, 1, 3, 5))
+    assert [label.text for _, label in plot.legend.items] == ["#1 lr=0.1", "#2 lr=0.01"]
+    assert np.allclose(curve_data(plot, "task 4")[1], [5.0, 4.5, 4.2])
+    assert panel.points == 18  # every task's points are kept
+
+    panel.set_task_filter(None)
+    plot.flush()
+    assert len(plot.plotItem.listDataItems()) == 6
+    assert sorted(s.name for s in plot.drawn()) == [f"task {t}" for t in range(6)]
