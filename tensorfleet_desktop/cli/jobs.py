@@ -183,6 +183,10 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--not-on", action="append", default=[], metavar="AGENT")
     s.add_argument("--label", action="append", default=[], metavar="K=V")
     s.add_argument("--model-name")
+    s.add_argument("--group", help="a label the desktop app's Jobs table can group by (at most 100 characters)")
+    s.add_argument(
+        "--tag", action="append", default=[], metavar="TAG", help="label the job (repeatable; at most 20 tags)"
+    )
     s.add_argument("--script", type=Path, metavar="FILE", help="run your own Python file (algorithm 'script')")
     s.add_argument("--script-arg", action="append", default=[], metavar="ARG", help="argument for the script")
     s.add_argument(
@@ -302,6 +306,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "timeout",
         "model_name",
         "cv",
+        "group",
     ):
         value = getattr(args, key)
         if value is not None:
@@ -322,6 +327,9 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             if value is not None:
                 sweep[key] = value
         spec["sweep"] = sweep
+    if args.tag:
+        known = spec.get("tags") or []
+        spec["tags"] = [*([known] if isinstance(known, str) else known), *args.tag]  # the file's, then the flags
     if args.target is not None:
         spec["target"] = args.target
     if args.script is not None:

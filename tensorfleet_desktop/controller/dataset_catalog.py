@@ -19,7 +19,7 @@ from tensorfleet_desktop.controller.datasets import (
     prepare_upload,
 )
 from tensorfleet_desktop.controller.errors import JobError, NotFoundError
-from tensorfleet_desktop.controller.jobspec import JobSpecError
+from tensorfleet_desktop.controller.jobspec import JobSpecError, default_name, spec_algorithm
 from tensorfleet_desktop.controller.model import Job
 from tensorfleet_desktop.controller.store.base import JobStore
 from tensorfleet_desktop.controller.store.blobs import BlobStore
@@ -61,6 +61,8 @@ class DatasetCatalog:
             raise JobSpecError("dataset", f"{entry['name']}: {exc}") from None
         task = infer_task(profile[target])
         rest = {k: v for k, v in body.items() if k != "target"}
+        if not rest.get("name"):  # named after the dataset, not the user:<sha256> it becomes
+            rest["name"] = default_name(spec_algorithm(body), entry["name"])
         return {
             **rest,
             "dataset": f"user:{entry['sha256']}",

@@ -28,6 +28,7 @@ from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
     "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script", "target", "project", "command",
+    "group", "tags",
 )  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_WORKERS = 256
@@ -37,6 +38,9 @@ _SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}\.py$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_PROJECT_BYTES = 64 << 30  # what a snapshot may hold, whatever limit its client chose
 MAX_GIT_DIFF = 512 * 1024  # characters of a recorded dirty diff (the client cuts its own at 256 KiB)
+MAX_GROUP = 100
+MAX_TAG = 50
+MAX_TAGS = 20
 _GIT_KEYS = ("commit", "branch", "dirty", "diff", "diff_truncated", "untracked", "subdir", "remote")
 
 
@@ -74,6 +78,8 @@ class JobSpec:
     script: dict[str, Any] | None = None  # name, source, sha256, args, requirements
     project: dict[str, Any] | None = None  # manifest_id, files, bytes, env, git (a project job, issue 19)
     command: list[str] | None = None  # a project job's command line, run in its materialized folder
+    group: str = ""  # a label the experiments table groups by (e.g. "baseline", "lr-study")
+    tags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -84,6 +90,10 @@ class JobSpec:
         }
         if self.project is None:  # other jobs' stored specs stay as they were
             del body["project"], body["command"]
+        body["tags"] = list(self.tags)
+        for key in ("group", "tags"):  # likewise for jobs without labels
+            if not body[key]:
+                del body[key]
         return body
 
 
@@ -191,7 +201,7 @@ def parse_job_spec(body: Any) -> JobSpec:
         except ValidationError as exc:
             raise JobSpecError(exc.field, exc.message) from None
         sweep = {**parsed.to_dict(), "budget": budget(parsed)}
-    name = _str(body, "name") or (f"{algorithm}-{dataset}" if dataset else algorithm)
+    name = _str(body, "name") or default_name(algorithm, dataset)
     if len(name) > 200:
         raise JobSpecError("name", f"is {len(name)} characters long; at most 200 allowed")
     model_name = _str(body, "model_name")
@@ -222,7 +232,71 @@ def parse_job_spec(body: Any) -> JobSpec:
         script=script,
         project=project,
         command=command,
+        group=_group(body.get("group")),
+        tags=_tags(body.get("tags")),
     )
+
+
+def spec_algorithm(body: dict[str, Any]) -> Any:
+    """The algorithm `parse_job_spec` will read from `body` (a script or project job may leave it out)."""
+    if body.get("algorithm"):
+        return body["algorithm"]
+    if body.get("script") is not None:
+        return "script"
+    return PROJECT if body.get("project") is not None else body.get("algorithm")
+
+
+def default_name(algorithm: Any, dataset: str) -> str:
+    """A job's name when the spec gives none. The dataset catalog passes an uploaded dataset's own name, so such a
+    job is not named after the user:<sha256> reference it runs on."""
+    return f"{algorithm}-{dataset}" if dataset else str(algorithm)
+
+
+def _label_problem(text: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return "may not hold control characters (newlines, tabs)"
+    return ""
+
+
+def _group(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise JobSpecError("group", f"must be a string, got {value!r:.80}")
+    group = value.strip()
+    if len(group) > MAX_GROUP:
+        raise JobSpecError("group", f"is {len(group)} characters long; at most {MAX_GROUP} allowed")
+    problem = _label_problem(group)
+    if problem:
+        raise JobSpecError("group", problem)
+    return group
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    """A list of short labels (one string is one tag); blanks are refused, repeats kept once."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise JobSpecError("tags", f"must be a list of strings, got {value!r:.80}")
+    tags: list[str] = []
+    for i, tag in enumerate(value):
+        if not isinstance(tag, str):
+            raise JobSpecError(f"tags[{i}]", f"must be a string, got {tag!r:.80}")
+        tag = tag.strip()
+        if not tag:
+            raise JobSpecError(f"tags[{i}]", "is empty")
+        if len(tag) > MAX_TAG:
+            raise JobSpecError(f"tags[{i}]", f"is {len(tag)} characters long; at most {MAX_TAG} allowed")
+        problem = _label_problem(tag)
+        if problem:
+            raise JobSpecError(f"tags[{i}]", problem)
+        if tag not in tags:
+            tags.append(tag)
+    if len(tags) > MAX_TAGS:
+        raise JobSpecError("tags", f"has {len(tags)} tags; at most {MAX_TAGS} allowed")
+    return tuple(tags)
 
 
 def _project(value: Any) -> dict[str, Any]:
