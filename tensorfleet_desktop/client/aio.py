@@ -51,6 +51,10 @@ def _checked(to_pb: Callable[[Any], T], value: Any) -> T:
         raise InvalidRequest(str(exc)) from None
 
 
+def _same(msg: T) -> T:
+    return msg
+
+
 def _jobs(resp: cpb.ListJobsResponse) -> list[dict[str, Any]]:
     return [wire.job_from_pb(j) for j in resp.jobs]
 
@@ -159,6 +163,12 @@ class AsyncClient:
         ends; metric points and log lines come in batches."""
         request = cpb.WatchJobRequest(job_id=job_id, after_seq=after_seq)
         return self._stream("WatchJob", request, wire.job_event_from_pb)
+
+    def watch_messages(self, job_id: str, after_seq: int = 0) -> AsyncIterator[cpb.JobEvent]:
+        """`watch` as the protobuf messages themselves, for a reader that converts them in bulk (the desktop
+        app's bridge turns metric rows into numpy arrays without a dict per point)."""
+        request = cpb.WatchJobRequest(job_id=job_id, after_seq=after_seq)
+        return self._stream("WatchJob", request, _same)
 
     def watch_jobs(
         self, job_ids: Sequence[str] = (), limit: int = 0, resume_token: str = ""

@@ -3,6 +3,10 @@
 An asyncio loop in its own thread owns the gRPC client; `Bridge` lives in the GUI thread and re-emits
 everything as queued Qt signals, so no slot ever waits on the network. Calls go in with `call()`,
 results come back to a callback in the GUI thread.
+
+The followed job's events are collected on the asyncio thread and go out as one `job_batch` (numpy arrays per
+series, see job_history) at most BATCH_SECONDS apart: a replayed history of 100k points is a handful of signals,
+not one per message. `stop()` cancels and awaits every task the bridge started, so closing leaves none pending.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from tensorfleet_desktop.client import (
 )
 from tensorfleet_desktop.local_cluster import StartFailed, answers, connect_or_start
 from tensorfleet_desktop.project import ProjectError
+from tensorfleet_desktop.ui.job_history import BatchBuilder, JobBatch
 
 log = logging.getLogger(__name__)
 JOB_LIST_LIMIT = 500  # the newest jobs the window lists
 ClientCall = Callable[[AsyncClient], Awaitable[Any]]
+BATCH_SECONDS = 0.1  # the followed job's events go to the GUI at most this often (the first after a pause at once)
 
 
 class Bridge(QObject):
@@ -39,9 +45,10 @@ class Bridge(QObject):
     job_finished = Signal(dict)  # a job seen unfinished (or first seen in a change) reached a final state
     agents_changed = Signal(list)
     agent_event = Signal(dict)  # {"kind", "time", "agent"} as WatchAgents streams them
-    job_event = Signal(str, dict)  # events of the job `watch_job` follows
+    job_batch = Signal(str, object)  # (job_id, JobBatch): what arrived for the job `watch_job` follows
     failed = Signal(str)  # a call without its own error handler failed
     _deliver = Signal(object, object, object)
+    _batch = Signal(int, object)  # (watch generation, JobBatch), filtered in the GUI thread
 
     def __init__(
         self,
@@ -66,10 +73,14 @@ class Bridge(QObject):
         self._client: AsyncClient | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[Any]] = set()  # call()/run_blocking() in flight: stop() cancels them
+        self._watch_generation = 0  # bumped by each watch_job: a batch of an earlier watch is dropped
+        self._stopping = False
         self._jobs: dict[str, dict[str, Any]] = {}
         self._jobs_token = ""  # WatchJobs' resume token: a reconnect gets only what changed meanwhile
         self._agents: dict[str, dict[str, Any]] = {}
         self._deliver.connect(self._on_deliver, Qt.ConnectionType.QueuedConnection)
+        self._batch.connect(self._on_batch, Qt.ConnectionType.QueuedConnection)
 
     # ---- lifecycle (GUI thread)
 
@@ -78,13 +89,17 @@ class Bridge(QObject):
         self._submit(self._start_supervisor())
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the asyncio side; the window calls this before QApplication exits."""
-        if not self._thread.is_alive():
+        """Stop the asyncio side; the window calls this before QApplication exits. Every task the bridge started
+        (supervision, the job and agent streams, the followed job, calls in flight) is cancelled and awaited
+        first, so none is destroyed pending."""
+        if self._stopping or not self._thread.is_alive():
+            self._stopping = True
             return
         try:
             self._submit(self._shutdown()).result(timeout)
         except Exception as exc:
             log.warning("bridge shutdown: %s", exc)
+        self._stopping = True  # from here on a late call() fails at once instead of queueing on a dead loop
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout)
 
@@ -115,8 +130,10 @@ class Bridge(QObject):
         return self._submit(self._invoke(blocking, on_result, on_error, need_client=False))
 
     def watch_job(self, job_id: str | None) -> None:
-        """Follow one job's events (every point from the first, then live); None stops following."""
-        self._submit(self._follow_job(job_id))
+        """Follow one job's events (every point from the first, then live, as `job_batch`); None stops following.
+        Batches of the job followed before are dropped, even those already queued."""
+        self._watch_generation += 1
+        self._submit(self._follow_job(job_id, self._watch_generation))
 
     # ---- GUI-thread side of results
 
@@ -130,15 +147,31 @@ class Bridge(QObject):
         elif callback is not None:
             callback(result)
 
+    @Slot(int, object)
+    def _on_batch(self, generation: int, batch: JobBatch) -> None:
+        if generation == self._watch_generation:
+            self.job_batch.emit(batch.job_id, batch)
+
     # ---- asyncio thread
 
     def _run_loop(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
-        self._loop.close()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._cancel_all())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    async def _cancel_all(self) -> None:
+        """Whatever is still scheduled once the loop stopped (a stream's cleanup, a stray call) ends here."""
+        tasks = [t for t in asyncio.all_tasks(self._loop) if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _submit(self, coro: Awaitable[Any]) -> Future[Any]:
-        if self._loop.is_closed():  # a view's timer that fires after the window stopped the bridge
+        if self._stopping or self._loop.is_closed():  # a view's timer that fires after the window stopped the bridge
             if asyncio.iscoroutine(coro):
                 coro.close()
             stopped: Future[Any] = Future()
@@ -153,6 +186,9 @@ class Bridge(QObject):
         on_error: Callable[[str], None] | None,
         need_client: bool = True,
     ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
         try:
             client = await self._ready_client() if need_client else self._client
             result = await fn(client)
@@ -163,6 +199,8 @@ class Bridge(QObject):
             self._deliver.emit(on_error, None, f"{type(exc).__name__}: {exc}")
         else:
             self._deliver.emit(on_result, result, None)
+        finally:
+            self._calls.discard(task)
 
     async def _ready_client(self) -> AsyncClient:
         if self._client is None:
@@ -181,10 +219,12 @@ class Bridge(QObject):
             self._client = None
 
     async def _shutdown(self) -> None:
-        for task in (self._supervisor, self._watch):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in (self._supervisor, self._watch) if t), return_exceptions=True)
+        mine = asyncio.current_task()
+        tasks = [t for t in (self._supervisor, self._watch, *self._calls) if t is not None and t is not mine]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # the supervisor's gather awaits both streams
+        self._supervisor = self._watch = None
         await self._drop_client()
 
     async def _supervise(self, address: str) -> None:
@@ -255,29 +295,55 @@ class Bridge(QObject):
             self.agent_event.emit(event)
             self.agents_changed.emit(list(self._agents.values()))
 
-    async def _follow_job(self, job_id: str | None) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+    async def _follow_job(self, job_id: str | None, generation: int) -> None:
+        previous, self._watch = self._watch, None
+        if previous is not None:  # its stream closes and its collected events go with it
+            previous.cancel()
+            await asyncio.gather(previous, return_exceptions=True)
         if job_id:
-            self._watch = asyncio.create_task(self._watch_events(job_id))
+            self._watch = asyncio.create_task(self._watch_events(job_id, generation))
 
-    async def _watch_events(self, job_id: str) -> None:
-        after = 0
-        while True:
-            try:
-                client = await self._ready_client()
-                async for event in client.watch(job_id, after):
-                    after = event["seq"]
-                    self.job_event.emit(job_id, event)
-                job = await client.job(job_id)
-                if job["state"] in TERMINAL:
+    async def _watch_events(self, job_id: str, generation: int) -> None:
+        """Every event of the job from the first (a replay, then live), collected into JobBatches: one goes out at
+        once after a quiet spell, then at most one per BATCH_SECONDS with all that arrived meanwhile."""
+        loop = asyncio.get_running_loop()
+        builder = BatchBuilder(job_id)
+        sent_at = -BATCH_SECONDS
+        pending: asyncio.TimerHandle | None = None
+
+        def send() -> None:
+            nonlocal sent_at, pending
+            pending = None
+            if builder:
+                self._batch.emit(generation, builder.take())
+                sent_at = loop.time()
+
+        try:
+            while True:
+                try:
+                    client = await self._ready_client()
+                    async for msg in client.watch_messages(job_id, builder.last_seq):
+                        builder.add(msg)
+                        if pending is None:
+                            wait = sent_at + BATCH_SECONDS - loop.time()
+                            if wait <= 0:
+                                send()
+                            else:
+                                pending = loop.call_later(wait, send)
+                    if pending is not None:  # the stream ended: what is left goes now
+                        pending.cancel()
+                    send()
+                    job = await client.job(job_id)
+                    if job["state"] in TERMINAL:
+                        return
+                except ControllerUnreachable:
+                    await asyncio.sleep(1.0)
+                except TensorFleetError as exc:
+                    self.failed.emit(str(exc))
                     return
-            except ControllerUnreachable:
-                await asyncio.sleep(1.0)
-            except TensorFleetError as exc:
-                self.failed.emit(str(exc))
-                return
+        finally:
+            if pending is not None:
+                pending.cancel()
 
 
 def _ended(before: dict[str, Any] | None, now: dict[str, Any], first_seen: bool = False) -> bool:

@@ -1,14 +1,21 @@
 """Job detail: live curves of every reported metric, tasks, logs with search, artifacts, sweep trials, comparison,
-and a project job's code and environments."""
+and a project job's code and environments.
+
+History and live events come from the bridge as JobBatches (numpy chunks, log lines, other events), so opening a
+finished 200-trial sweep is a few appends, not 100k slots. The header ticks (elapsed, ETA) while the job runs and
+the view is shown; the Sweep tab is filled once per job and then only while it is the current tab.
+"""
 
 from __future__ import annotations
 
 import csv
 import html
+import time
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -16,6 +23,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPlainTextEdit,
+    QPushButton,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -39,12 +47,31 @@ from tensorfleet_desktop.ui.formatting import (
     state_color,
     workload,
 )
-from tensorfleet_desktop.ui.job_history import group_points
+from tensorfleet_desktop.ui.job_history import JobBatch
 from tensorfleet_desktop.ui.project_panel import ProjectPanel
 from tensorfleet_desktop.ui.sweep_panel import SweepPanel
+
+try:  # TEMPORARY until the Sweep tab's owner lands top_trials
+    from tensorfleet_desktop.ui.sweep_panel import top_trials  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+
+    def top_trials(job: dict[str, Any], k: int = 10) -> dict[int, str]:
+        return {}
+
+
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
+
+LOG_SHOWN = 20_000  # the log view keeps the newest lines that match; every line stays in log_lines
+
+
+def eta_text(job: dict[str, Any], now: float) -> str:
+    """Time left at the rate progress has gone so far; a guess only once 5 % is done."""
+    elapsed, progress = job_duration(job, now), float(job.get("progress") or 0.0)
+    if elapsed is None or not 0.05 < progress < 1.0:
+        return "ETA —"
+    return f"ETA {duration(elapsed * (1.0 - progress) / progress)}"
 
 
 def _env_text(task: dict[str, Any]) -> str:
@@ -67,6 +94,9 @@ def _env_tooltip(task: dict[str, Any]) -> str:
     return "\n".join(facts)
 
 
+_HEADER_KEYS = ("state", "progress", "tasks", "started_at", "finished_at", "metrics", "error", "name")
+
+
 class JobDetailView(View):
     title = "Job detail"
     icon = "detail"
@@ -78,6 +108,10 @@ class JobDetailView(View):
         self.known_jobs: list[dict[str, Any]] = []
         self.multi_task = False
         self.metric_points = 0
+        self.last_seq = 0  # the last event seq applied: batches of one watch follow on without overlap
+        self.batches = 0
+        self.trial: int | None = None  # a sweep trial shown alone in the Curves tab (from the Sweep tab)
+        self._sweep_shown_for = ""  # the job whose trials the Sweep tab has shown at least once
         self.log_lines: list[tuple[int, str, str]] = []
         self.header = QLabel("Open a job from the Jobs view (double-click, or Details).")
         self.header.setObjectName("job_header")
@@ -90,6 +124,22 @@ class JobDetailView(View):
         top.addWidget(self.export_button)
 
         self.curves = CurvesPanel()
+        self.trial_label = QLabel()
+        self.trial_back = QPushButton()
+        self.trial_back.setObjectName("trial_back")
+        self.trial_back.clicked.connect(self.show_top_trials)
+        self.trial_bar = QWidget()
+        bar = QHBoxLayout(self.trial_bar)
+        bar.setContentsMargins(0, 0, 0, 0)
+        bar.addWidget(self.trial_label)
+        bar.addWidget(self.trial_back)
+        bar.addStretch(1)
+        self.trial_bar.setVisible(False)
+        self.curves_tab = QWidget()
+        curves_layout = QVBoxLayout(self.curves_tab)
+        curves_layout.setContentsMargins(0, 0, 0, 0)
+        curves_layout.addWidget(self.trial_bar)
+        curves_layout.addWidget(self.curves, 1)
 
         # tasks
         self.tasks_model = RowTableModel(
@@ -123,7 +173,7 @@ class JobDetailView(View):
         self.logs = QPlainTextEdit()
         self.logs.setObjectName("logs")
         self.logs.setReadOnly(True)
-        self.logs.setMaximumBlockCount(200_000)
+        self.logs.setMaximumBlockCount(LOG_SHOWN)
         self.log_search = QLineEdit()
         self.log_search.setObjectName("log_search")
         self.log_search.setPlaceholderText("search the logs…")
@@ -173,10 +223,13 @@ class JobDetailView(View):
         artifacts_layout.addWidget(self.artifacts_table, 1)
 
         self.sweep = SweepPanel()
+        if hasattr(self.sweep, "top_k_changed"):  # TEMPORARY guard
+            self.sweep.top_k_changed.connect(lambda _k: self.show_top_trials())
+            self.sweep.show_trial.connect(self.show_trial)  # type: ignore[attr-defined]
         self.compare_panel = ComparePanel(self.run, notify)
 
         self.tabs = QTabWidget()
-        self.tabs.addTab(self.curves, "Curves")
+        self.tabs.addTab(self.curves_tab, "Curves")
         self.tabs.addTab(self.tasks_table, "Tasks")
         self.tabs.addTab(logs, "Logs")
         self.tabs.addTab(self.artifacts_tab, "Artifacts")
@@ -187,22 +240,44 @@ class JobDetailView(View):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.tabs, 1)
+        self.tabs.currentChanged.connect(self._tab_changed)
 
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(400)
         self._refresh_timer.timeout.connect(self.refresh)
-        bridge.job_event.connect(self.on_event)
+        self._tick = QTimer(self)  # the header's elapsed and ETA, while the job runs and the view is shown
+        self._tick.setInterval(1000)
+        self._tick.timeout.connect(self._render_header)
+        bridge.job_batch.connect(self.on_batch)
         bridge.jobs_changed.connect(self._jobs_changed)
 
     # ---- opening a job
 
     def open_job(self, job_id: str) -> None:
+        self._forget()
         self.job_id = job_id
         self.job = next((j for j in self.known_jobs if j["id"] == job_id), None)
         self.multi_task = bool(self.job and self.job["tasks"]["total"] > 1)
         self.curves.clear(self.multi_task)
-        self.metric_points = 0
+        self.header.setText(f"Loading job {job_id}…")
+        self.bridge.watch_job(job_id)
+        self.refresh()
+
+    def close_job(self) -> None:
+        """Stop following the shown job and let go of its curves, logs and tables."""
+        self._forget()
+        self.curves.clear(False)
+        self.bridge.watch_job(None)
+        self.header.setText("Open a job from the Jobs view (double-click, or Details).")
+
+    def _forget(self) -> None:
+        self.job_id, self.job = "", None
+        self._tick.stop()
+        self._refresh_timer.stop()
+        self.metric_points = self.last_seq = self.batches = 0
+        self.trial, self._sweep_shown_for = None, ""
+        self.trial_bar.setVisible(False)
         self.log_lines = []
         self.logs.clear()
         self.log_task.blockSignals(True)
@@ -212,9 +287,6 @@ class JobDetailView(View):
         self.tasks_model.set_rows([])
         self.artifacts_model.set_rows([])
         self.sweep.clear()
-        self.header.setText(f"Loading job {job_id}…")
-        self.bridge.watch_job(job_id)
-        self.refresh()
 
     def refresh(self) -> None:
         job_id = self.job_id
@@ -226,63 +298,130 @@ class JobDetailView(View):
         self.compare_panel.set_jobs(jobs)
         if self.job_id:
             current = next((j for j in jobs if j["id"] == self.job_id), None)
-            if current is not None and self.job is not None and current["state"] != self.job["state"]:
-                self._refresh_timer.start()
+            if current is not None and self.job is not None:
+                changed = current["state"] != self.job["state"]
+                # the header follows the list's copy (state, progress, tasks done) between two full refreshes
+                self.job = {**self.job, **{k: current[k] for k in _HEADER_KEYS if k in current}}
+                self._render_header()
+                self._update_ticking()
+                if changed:
+                    self._refresh_timer.start()
 
     def _show_job(self, job: dict[str, Any]) -> None:
         self.job = job
         self.multi_task = job["tasks"]["total"] > 1
-        took = duration(job_duration(job))
-        model = f" · model {job['model']['name']}:{job['model']['version']}" if job.get("model") else ""
-        error = f"<br><span style='color:#d1242f'>{job['error']}</span>" if job["error"] else ""
-        self.header.setText(
-            f"<b>{job['name']}</b> · {html.escape(workload(job))} · <b style='color:{job_state_color(job)}'>"
-            f"{job_state(job)}</b> · {job['progress'] * 100:.0f}% · "
-            f"{job['tasks']['completed']}/{job['tasks']['total']} tasks · {took} · {metric_text(job)}{model}"
-            f"<br><span style='color:gray'>{job['id']} · dataset {job['dataset'] or '-'} · by {job['submitter']}</span>"
-            + error
-        )
+        self._render_header()
+        self._update_ticking()
         self.tasks_model.set_rows(job["task_list"])
         self.artifacts_model.set_rows(job["artifacts"])
-        for task in job["task_list"]:
-            if self.log_task.findData(task["index"]) < 0:
-                self.log_task.addItem(f"task {task['index']}", task["index"])
+        if self.log_task.count() != len(job["task_list"]) + 1:
+            for task in job["task_list"]:
+                if self.log_task.findData(task["index"]) < 0:
+                    self.log_task.addItem(f"task {task['index']}", task["index"])
         project = job.get("project")
         self.tabs.setTabEnabled(self.tabs.indexOf(self.project_panel), bool(project))
         if project:
             self.project_panel.show_job(job)
         sweep = job["spec"].get("sweep")
         self.tabs.setTabEnabled(self.tabs.indexOf(self.sweep), bool(sweep))
-        if sweep:
+        if sweep and (self._sweep_shown_for != job["id"] or self.tabs.currentWidget() is self.sweep):
+            self._sweep_shown_for = job["id"]  # later refreshes wait until the Sweep tab is shown
             self.sweep.show_job(job)
+        if hasattr(self.curves, "set_job"):  # TEMPORARY guard
+            self.curves.set_job(job)
+            if self.trial is None:
+                self.curves.set_task_filter(top_trials(job, self._top_k()) if sweep else None)  # type: ignore[attr-defined]
+
+    def _tab_changed(self, _index: int) -> None:
+        if self.tabs.currentWidget() is self.sweep and self.job is not None and self.job["spec"].get("sweep"):
+            self.sweep.show_job(self.job)
+
+    # ---- the header: state, progress, elapsed and ETA, tasks done
+
+    def _render_header(self) -> None:
+        job = self.job
+        if job is None:
+            return
+        now = time.time()
+        running = job["state"] not in TERMINAL
+        took = duration(job_duration(job, now))
+        timing = f"elapsed {took or '0s'} · {eta_text(job, now)}" if job.get("started_at") else "not started"
+        if not running:
+            timing = f"took {took}" if took else ""
+        model = f" · model {job['model']['name']}:{job['model']['version']}" if job.get("model") else ""
+        error = f"<br><span style='color:#d1242f'>{job['error']}</span>" if job["error"] else ""
+        self.header.setText(
+            f"<b>{job['name']}</b> · {html.escape(workload(job))} · <b style='color:{job_state_color(job)}'>"
+            f"{job_state(job)}</b> · {job['progress'] * 100:.0f}% · "
+            f"{job['tasks']['completed']}/{job['tasks']['total']} tasks · {timing} · {metric_text(job)}{model}"
+            f"<br><span style='color:gray'>{job['id']} · dataset {job['dataset'] or '-'} · by {job['submitter']}</span>"
+            + error
+        )
+
+    def _update_ticking(self) -> None:
+        running = self.job is not None and self.job["state"] not in TERMINAL and bool(self.job.get("started_at"))
+        if running and self.isVisible():
+            if not self._tick.isActive():
+                self._tick.start()
+        else:
+            self._tick.stop()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self._render_header()
+        self._update_ticking()
+
+    def hideEvent(self, event: QHideEvent) -> None:
+        super().hideEvent(event)
+        self._tick.stop()
+
+    # ---- sweeps: the top-k trials' curves, or one trial's
+
+    def show_trial(self, index: int) -> None:
+        """One trial's curves alone (asked from the Sweep tab), with a way back to the top k."""
+        self.trial = index
+        if hasattr(self.curves, "set_task_filter"):  # TEMPORARY guard
+            self.curves.set_task_filter({index: f"trial {index}"})
+        self.trial_label.setText(f"showing trial {index} only")
+        self.trial_back.setText(f"show top {self._top_k()}")
+        self.trial_bar.setVisible(True)
+        self.tabs.setCurrentWidget(self.curves_tab)
+
+    def show_top_trials(self) -> None:
+        self.trial = None
+        self.trial_bar.setVisible(False)
+        job = self.job
+        if job is not None and job["spec"].get("sweep") and hasattr(self.curves, "set_task_filter"):
+            self.curves.set_task_filter(top_trials(job, self._top_k()))
+
+    def _top_k(self) -> int:
+        return int(getattr(self.sweep, "top_k", 10))  # TEMPORARY getattr
 
     # ---- live events
 
-    def on_event(self, job_id: str, event: dict[str, Any]) -> None:
-        if job_id != self.job_id:
+    def on_batch(self, job_id: str, batch: JobBatch) -> None:
+        """What the bridge collected for the shown job: every point once (a batch never overlaps the last)."""
+        if job_id != self.job_id or batch.last_seq <= self.last_seq:
             return
-        kind = event["kind"]
-        if kind == "metrics":
-            self._add_points(event["points"])
-        elif kind == "logs":
-            shown = []
-            for row in event["lines"]:
-                line = (row["task_index"], row["stream"], row["line"])
-                self.log_lines.append(line)
-                if self._log_visible(line):
-                    shown.append(self._log_text(line))
-            if shown:
-                self.logs.appendPlainText("\n".join(shown))
-        elif kind in ("job_state", "task_state", "progress", "artifact", "checkpoint"):
-            if kind == "job_state" and event["state"] in TERMINAL:
-                self._refresh_timer.start(50)
-            elif not self._refresh_timer.isActive():
-                self._refresh_timer.start()
+        self.last_seq = batch.last_seq
+        self.batches += 1
+        if batch.chunks:
+            self.curves.multi_task = self.multi_task
+            self.curves.add_chunks(batch.chunks)
+            self.metric_points += batch.points
+        if batch.logs:
+            self._add_logs(batch.logs)
+        kinds = {event["kind"] for event in batch.events}
+        if any(e["kind"] == "job_state" and e["state"] in TERMINAL for e in batch.events):
+            self._refresh_timer.start(50)
+        elif kinds and not self._refresh_timer.isActive():
+            self._refresh_timer.start()
 
-    def _add_points(self, points: list[dict[str, Any]]) -> None:
-        self.curves.multi_task = self.multi_task
-        self.curves.add_chunks(group_points(points))
-        self.metric_points += len(points)
+    def _add_logs(self, lines: list[tuple[int, str, str]]) -> None:
+        self.log_lines.extend(lines)
+        shown = [self._log_text(line) for line in lines if self._log_visible(line)]
+        if shown:  # one append per batch, never more lines than the view keeps
+            self.logs.appendPlainText("\n".join(shown[-LOG_SHOWN:]))
 
     def _log_text(self, line: tuple[int, str, str]) -> str:
         task, stream, message = line
@@ -297,7 +436,14 @@ class JobDetailView(View):
         return not needle or needle in line[2].lower()
 
     def _render_logs(self) -> None:
-        self.logs.setPlainText("\n".join(self._log_text(line) for line in self.log_lines if self._log_visible(line)))
+        """The newest LOG_SHOWN matching lines (a search over a 200k-line history does not build it all)."""
+        shown: list[str] = []
+        for line in reversed(self.log_lines):
+            if self._log_visible(line):
+                shown.append(self._log_text(line))
+                if len(shown) >= LOG_SHOWN:
+                    break
+        self.logs.setPlainText("\n".join(reversed(shown)))
 
     def selected_artifact(self) -> dict[str, Any] | None:
         rows = self.artifacts_table.selectionModel().selectedRows()
