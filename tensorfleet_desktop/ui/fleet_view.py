@@ -1,4 +1,5 @@
-"""Fleet: every agent, its state and live telemetry; add, pair, drain, remove."""
+"""Fleet: every agent, its state and live telemetry (CPU, RAM and per-GPU sparklines, disk); add, pair, drain,
+remove (buttons and a row context menu)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections import deque
 from typing import Any
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (
     QCheckBox,
     QDialog,
@@ -13,21 +15,31 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
+    QHeaderView,
     QInputDialog,
     QLabel,
     QLineEdit,
     QMessageBox,
+    QProgressBar,
     QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
+from tensorfleet_desktop.ui import theme as themes
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import human_bytes, percent, state_color
 from tensorfleet_desktop.ui.plots import MetricPlot
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
-from tensorfleet_desktop.ui.widgets import SparklineDelegate, action_button, data_table
+from tensorfleet_desktop.ui.widgets import (
+    BarDelegate,
+    SparklineDelegate,
+    action_button,
+    add_row_menu,
+    data_table,
+    menu_action,
+)
 
 HISTORY = 120  # samples kept per agent (two minutes at the default 1 s telemetry period)
 
@@ -57,6 +69,11 @@ class History:
     def get(self, agent_id: str, name: str) -> list[float]:
         return list(self.samples.get(agent_id, {}).get(name, ()))
 
+    def gpu_utils(self, agent: dict[str, Any]) -> list[list[float]] | None:
+        """Each GPU's utilisation history (the GPU cell's sparklines); None for an agent without GPU readings."""
+        stats = agent.get("gpu_stats") or []
+        return [self.get(agent["id"], f"gpu{g['index']} util") for g in stats] or None
+
 
 class PairDialog(QDialog):
     def __init__(self, agent: dict[str, Any], parent: QWidget | None = None) -> None:
@@ -81,10 +98,101 @@ def _slots(a: dict[str, Any]) -> str:
 
 
 def _gpus(a: dict[str, Any]) -> str:
+    """Each GPU's utilisation ("37% 80%"), or how many GPUs the agent has when it reports no readings."""
     stats = a.get("gpu_stats") or []
     if not stats:
-        return str(a["gpus"] or "-")
+        return str(a.get("gpus") or "-")
     return " ".join(f"{g['utilization_percent']:.0f}%" for g in stats)
+
+
+def _gpu_tooltip(a: dict[str, Any]) -> str:
+    return "\n".join(
+        f"GPU {g['index']}: {g['utilization_percent']:.0f}% busy, memory {human_bytes(g['memory_used_bytes'])} of "
+        f"{human_bytes(g['memory_total_bytes'])}, {g['temperature_celsius']:.0f} °C, {g['power_watts']:.0f} W"
+        for g in a.get("gpu_stats") or []
+    )
+
+
+def _ram(a: dict[str, Any]) -> str:
+    return f"{a['memory_used_bytes'] / 2**30:.1f}/{human_bytes(a['memory_total_bytes'])}"
+
+
+def disk_text(a: dict[str, Any]) -> str:
+    return f"{human_bytes(a.get('disk_free_bytes', 0))} free"
+
+
+def disk_used_fraction(a: dict[str, Any]) -> float | None:
+    """Used share of the data dir's disk; None while the agent reports free bytes only (its telemetry has no total
+    yet): the cell then shows the free space as text, with no made-up bar."""
+    total = a.get("disk_total_bytes") or 0
+    if total <= 0:
+        return None
+    return max(0.0, min(1.0, 1.0 - float(a.get("disk_free_bytes", 0)) / float(total)))
+
+
+def _info(a: dict[str, Any]) -> str:
+    """Source, pairing and version in one short cell (their own columns would not fit 1280 px)."""
+    parts = [] if a.get("paired") else ["UNPAIRED"]
+    if a.get("agent_version"):
+        parts.append(f"v{a['agent_version']}")
+    parts.append(str(a.get("source", "")))
+    return " · ".join(p for p in parts if p)
+
+
+def _info_tooltip(a: dict[str, Any]) -> str:
+    lines = [
+        f"id {a['id']}",
+        f"host {a.get('hostname') or '?'}",
+        f"found by {a.get('source', '?')}",
+        "paired" if a.get("paired") else "not paired: Pair… with its join token before it runs tasks",
+        f"agent version {a.get('agent_version') or '?'}",
+    ]
+    if a.get("labels"):
+        lines.append("labels " + ", ".join(f"{k}={v}" for k, v in a["labels"].items()))
+    return "\n".join(lines)
+
+
+def _name_tooltip(a: dict[str, Any]) -> str:
+    return f"{a.get('hostname') or a['name']}\n{a['address']}"
+
+
+# Column widths that fit the fleet into a 1280 px window beside the 160 px view list; Name takes the rest.
+WIDTHS = {"State": 92, "Address": 150, "Slots": 56, "CPU": 70, "RAM": 112, "GPU": 118, "Disk": 118, "Info": 150}
+PERCENT_SERIES = ("cpu", "ram", "util", "mem")  # plotted on a fixed 0-100 axis
+
+
+class DiskGauge(QWidget):
+    """The selected agent's disk: a bar of the used share when the total is known, the free space in words, and how
+    it moved over the kept history (a plot's axis would zoom into megabyte wiggles)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bar = QProgressBar()
+        self.bar.setObjectName("disk_bar")
+        self.bar.setRange(0, 1000)
+        self.bar.setTextVisible(False)
+        self.bar.setMaximumHeight(14)
+        self.label = QLabel()
+        self.label.setObjectName("disk_text")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel("Disk (data dir)"))
+        layout.addWidget(self.bar, 1)
+        layout.addWidget(self.label, 2)
+
+    def show_agent(self, agent: dict[str, Any], free_gib: list[float]) -> None:
+        fraction = disk_used_fraction(agent)
+        self.bar.setVisible(fraction is not None)
+        text = disk_text(agent)
+        if fraction is not None:
+            self.bar.setValue(int(fraction * 1000))
+            text += f" of {human_bytes(agent['disk_total_bytes'])} ({fraction * 100:.0f}% used)"
+        if len(free_gib) >= 2:
+            change = (free_gib[-1] - free_gib[0]) * 2**30
+            if abs(change) >= 2**20:
+                more = "more" if change > 0 else "less"
+                text += f" · {human_bytes(abs(change))} {more} than {len(free_gib)} samples ago"
+        self.label.setText(text)
 
 
 class FleetView(View):
@@ -94,47 +202,66 @@ class FleetView(View):
     def __init__(self, bridge: Bridge, notify: Notify) -> None:
         super().__init__(bridge, notify)
         self.history = History()
-        self.model = RowTableModel(
-            [
-                Column("Name", lambda a: a["name"], tooltip=lambda a: a["hostname"]),
-                Column("State", lambda a: a["state"], tooltip=lambda a: a["error"], color=state_color),
-                Column("Source", lambda a: a["source"]),
-                Column("Paired", lambda a: "yes" if a["paired"] else "NO"),
-                Column("Address", lambda a: a["address"]),
-                Column("Slots", _slots, sort=lambda a: a["slots_total"] - a["slots_free"]),
-                Column(
-                    "Tasks",
-                    lambda a: str(a["tasks_running"]),
-                    sort=lambda a: a["tasks_running"],
-                    tooltip=lambda a: "\n".join(a.get("running") or []),
+        columns = [
+            Column("Name", lambda a: a["name"], tooltip=_name_tooltip),
+            Column("State", lambda a: a["state"], tooltip=lambda a: a["error"], color=state_color),
+            Column("Address", lambda a: a["address"]),
+            Column(
+                "Slots",
+                _slots,
+                sort=lambda a: a["slots_total"] - a["slots_free"],
+                tooltip=lambda a: f"{a.get('tasks_running', 0)} task(s) running\n" + "\n".join(a.get("running") or []),
+            ),
+            Column(
+                "CPU",
+                lambda a: f"{a['cpu_percent']:.0f}%",
+                sort=lambda a: a["cpu_percent"],
+                extra=lambda a: self.history.get(a["id"], "cpu"),
+            ),
+            Column(
+                "RAM",
+                _ram,
+                sort=lambda a: a["memory_used_bytes"],
+                extra=lambda a: self.history.get(a["id"], "ram"),
+                tooltip=lambda a: (
+                    f"{human_bytes(a['memory_used_bytes'])} used of {human_bytes(a['memory_total_bytes'])}"
                 ),
-                Column(
-                    "CPU",
-                    lambda a: f"{a['cpu_percent']:.0f}%",
-                    sort=lambda a: a["cpu_percent"],
-                    extra=lambda a: self.history.get(a["id"], "cpu"),
-                ),
-                Column(
-                    "RAM",
-                    lambda a: f"{human_bytes(a['memory_used_bytes'])} / {human_bytes(a['memory_total_bytes'])}",
-                    sort=lambda a: a["memory_used_bytes"],
-                    extra=lambda a: self.history.get(a["id"], "ram"),
-                ),
-                Column(
-                    "Disk free",
-                    lambda a: human_bytes(a.get("disk_free_bytes", 0)),
-                    sort=lambda a: a.get("disk_free_bytes", 0),
-                ),
-                Column("GPUs", _gpus),
-                Column("Version", lambda a: a["agent_version"]),
-            ]
-        )
+            ),
+            Column(
+                "GPU",
+                _gpus,
+                sort=lambda a: max((g["utilization_percent"] for g in a.get("gpu_stats") or []), default=-1.0),
+                extra=lambda a: self.history.gpu_utils(a),
+                tooltip=_gpu_tooltip,
+            ),
+            Column(
+                "Disk",
+                disk_text,
+                sort=lambda a: a.get("disk_free_bytes", 0),
+                extra=disk_used_fraction,
+                tooltip=lambda a: f"{human_bytes(a.get('disk_free_bytes', 0))} free in the agent's data dir",
+            ),
+            Column("Info", _info, tooltip=_info_tooltip),
+        ]
+        self.model = RowTableModel(columns)
+        self.column = {c.title: i for i, c in enumerate(columns)}
         self.table, self.proxy = data_table(self.model, name="agents_table")
-        self.table.setColumnWidth(8, 180)
-        self._delegates = [SparklineDelegate("#1f6feb"), SparklineDelegate("#8250df")]
-        self.table.setItemDelegateForColumn(7, self._delegates[0])
-        self.table.setItemDelegateForColumn(8, self._delegates[1])
+        header = self.table.horizontalHeader()
+        header.setStretchLastSection(False)
+        header.setMinimumSectionSize(40)
+        header.setSectionResizeMode(self.column["Name"], QHeaderView.ResizeMode.Stretch)
+        for title, width in WIDTHS.items():
+            self.table.setColumnWidth(self.column[title], width)
+        self._delegates = {
+            "CPU": SparklineDelegate("#1f6feb"),
+            "RAM": SparklineDelegate("#8250df"),
+            "GPU": SparklineDelegate("#2ea043"),
+            "Disk": BarDelegate(),
+        }
+        for title, delegate in self._delegates.items():
+            self.table.setItemDelegateForColumn(self.column[title], delegate)
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._show_detail())
+        add_row_menu(self.table, self._row_actions)
 
         self.add_button = action_button("Add…", "add an agent by HOST:PORT (one mDNS cannot see)")
         self.pair_button = action_button("Pair…", "pair with the selected agent using its join token")
@@ -153,11 +280,14 @@ class FleetView(View):
 
         self.detail_title = QLabel("Select an agent to see its telemetry")
         self.detail_title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.disk = DiskGauge()
+        self.disk.hide()
         self.plots: dict[str, MetricPlot] = {}
         self.plot_grid = QGridLayout()
         detail = QWidget()
         detail_layout = QVBoxLayout(detail)
         detail_layout.addWidget(self.detail_title)
+        detail_layout.addWidget(self.disk)
         detail_layout.addLayout(self.plot_grid, 1)
 
         split = QSplitter(Qt.Orientation.Vertical)
@@ -204,19 +334,26 @@ class FleetView(View):
         self.detail_title.setText(
             f"<b>{agent['name']}</b> · {agent['state']} · {agent['address']} · id {agent['id'][:16]} · "
             f"slots {_slots(agent)} · running: {running}"
-            + (f"<br><span style='color:#d1242f'>{agent['error']}</span>" if agent["error"] else "")
+            + (f"<br><span style='color:{themes.error_color()}'>{agent['error']}</span>" if agent["error"] else "")
         )
-        names = ["cpu", "ram", "disk"] + [
+        self.disk.show_agent(agent, self.history.get(agent["id"], "disk"))
+        self.disk.show()
+        names = ["cpu", "ram"] + [
             f"gpu{g['index']} {m}" for g in agent.get("gpu_stats") or [] for m in ("util", "mem", "temp", "power")
         ]
-        titles = {"cpu": "CPU %", "ram": "RAM %", "disk": "disk free GiB"}
+        titles = {"cpu": "CPU %", "ram": "RAM %"}
         for i, name in enumerate(names):
             plot = self.plots.get(name)
             if plot is None:
                 plot = self.plots[name] = MetricPlot(x_label="")
                 plot.setMinimumHeight(90)
-                plot.plotItem.setTitle(titles.get(name, name), size="9pt")
+                plot.plotItem.setTitle(
+                    titles.get(name, name + (" %" if name.endswith(("util", "mem")) else "")), size="9pt"
+                )
                 plot.legend.hide()
+                if name.endswith(PERCENT_SERIES):
+                    plot.setYRange(0, 100, padding=0.02)
+                    plot.setMouseEnabled(x=True, y=False)
                 self.plot_grid.addWidget(plot, i // 4, i % 4)
             values = self.history.get(agent["id"], name)
             plot.set_series(name, range(len(values)), values)
@@ -224,6 +361,22 @@ class FleetView(View):
             plot.setVisible(name in names)
 
     # ---- actions
+
+    def _row_actions(self, rows: list[dict[str, Any]]) -> list[QAction | None]:
+        agent = rows[0] if rows else None
+        if agent is None:
+            return []
+        return [
+            menu_action("Pair…", self.pair_agent, agent["state"] != "REFUSED" or not agent.get("paired")),
+            menu_action("Drain", self.drain_agent, agent["state"] == "ONLINE"),
+            menu_action("Remove…", self.remove_agent),
+            None,
+            menu_action("Copy address", lambda: self.copy_address(agent)),
+        ]
+
+    def copy_address(self, agent: dict[str, Any]) -> None:
+        QGuiApplication.clipboard().setText(str(agent["address"]))
+        self.notify(f"copied {agent['address']}", False)
 
     def add_agent(self) -> None:
         address, ok = QInputDialog.getText(self, "Add an agent", "HOST:PORT of a tensorfleet-agent:")

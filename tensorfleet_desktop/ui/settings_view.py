@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -27,10 +26,13 @@ from PySide6.QtWidgets import (
 
 from tensorfleet_desktop.controller.settings import FileSettings, check_backends, load_settings, save_settings
 from tensorfleet_desktop.local_cluster import AddressCheck, check_address
+from tensorfleet_desktop.ui import theme as themes
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.view import Notify, View
+from tensorfleet_desktop.ui.widgets import guard_wheel
 
-THEMES = ("system", "light", "dark")
+THEMES = themes.THEMES
+THEME_LABELS = {"system": "System (follow the OS)", "light": "Light", "dark": "Dark"}
 
 
 def app_settings() -> QSettings:
@@ -38,12 +40,8 @@ def app_settings() -> QSettings:
 
 
 def apply_theme(theme: str) -> bool:
-    """Follow the OS (or force light/dark); returns whether the result is dark."""
-    hints = QGuiApplication.styleHints()
-    scheme = {"light": Qt.ColorScheme.Light, "dark": Qt.ColorScheme.Dark}.get(theme, Qt.ColorScheme.Unknown)
-    if hasattr(hints, "setColorScheme"):
-        hints.setColorScheme(scheme)
-    return hints.colorScheme() == Qt.ColorScheme.Dark
+    """Kept for callers of the old name: theme.apply (palette, style, plots); returns whether the result is dark."""
+    return themes.apply(theme)
 
 
 class SettingsView(View):
@@ -85,6 +83,7 @@ class SettingsView(View):
         self.telemetry.setSuffix(" s")
         self.telemetry.setValue(float(prefs.value("telemetry_period", 1.0)))  # type: ignore[arg-type]
         self.telemetry.valueChanged.connect(lambda v: app_settings().setValue("telemetry_period", v))
+        guard_wheel(self.telemetry)
         form.addRow("Telemetry period (controllers this app starts)", self.telemetry)
 
         storage = QGroupBox(f"Storage of the local controller ({self.config_path})")
@@ -127,9 +126,12 @@ class SettingsView(View):
         look = QGroupBox("Appearance")
         look_form = QFormLayout(look)
         self.theme = QComboBox()
-        self.theme.addItems(list(THEMES))
-        self.theme.setCurrentText(str(prefs.value("theme", "system")))
-        self.theme.currentTextChanged.connect(self._theme_changed)
+        self.theme.setObjectName("theme")
+        for name in THEMES:
+            self.theme.addItem(THEME_LABELS[name], name)
+        self.theme.setCurrentIndex(max(0, self.theme.findData(str(prefs.value("theme", "system")))))
+        self.theme.currentIndexChanged.connect(lambda _i: self._theme_changed(str(self.theme.currentData())))
+        guard_wheel(self.theme)
         look_form.addRow("Theme", self.theme)
 
         layout = QVBoxLayout(self)
@@ -238,8 +240,10 @@ class SettingsView(View):
         self.notify("settings saved", False)
 
     def _theme_changed(self, theme: str) -> None:
+        """Saved and applied at once (the window's apply_theme when it has one, so it can restyle its own parts)."""
         app_settings().setValue("theme", theme)
-        window = self.window()
-        apply = getattr(window, "apply_theme", None)
-        if apply is not None:
+        apply = getattr(self.window(), "apply_theme", None)
+        if callable(apply):
             apply(theme)
+        else:
+            themes.apply(theme)

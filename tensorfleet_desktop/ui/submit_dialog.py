@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QDialog,
@@ -39,8 +40,12 @@ from tensorfleet_desktop.controller.jobspec import parse_job_spec
 from tensorfleet_desktop.controller.sweep import SEARCHES
 from tensorfleet_desktop.ui.formatting import human_bytes
 from tensorfleet_desktop.ui.project_tab import ProjectTab, RunBlocking
+from tensorfleet_desktop.ui.settings_view import app_settings
+from tensorfleet_desktop.ui.widgets import guard_wheel
 
 CATEGORY_ORDER = {"sklearn": 0, "torch": 1, "script": 2, "diagnostic": 3}
+DIAGNOSTIC = "diagnostic"  # noop, sleep, emit, fail…: platform checks, listed only on request
+SHOW_DIAGNOSTIC = "show_diagnostic_workloads"  # the QSettings key of that request
 INVALID_STYLE = "border: 1px solid #d1242f; background: rgba(209, 36, 47, 0.08);"
 UPLOADED = "uploaded:"
 PROJECT = "project"  # the project workload: submitted from its own tab, not from the schema form
@@ -129,10 +134,11 @@ class SubmitDialog(QDialog):
         self.setWindowTitle("Submit a job")
         self.resize(620, 760)
         self.project_known = any(w["name"] == PROJECT for w in workloads)
-        self.workloads = sorted(
+        self.all_workloads = sorted(
             (w for w in workloads if w["name"] != PROJECT),
             key=lambda w: (CATEGORY_ORDER.get(w["category"], 9), w["name"]),
         )
+        self.workloads: list[dict[str, Any]] = []  # those the Workload list shows
         self.uploaded = {d["name"]: d for d in datasets}
         self.agents = agents
         self.params: dict[str, ParamInput] = {}
@@ -142,9 +148,11 @@ class SubmitDialog(QDialog):
 
         self.workload = QComboBox()
         self.workload.setObjectName("workload")
-        for w in self.workloads:
-            self.workload.addItem(f"{w['name']}  ({w['category']})", w["name"])
-            self.workload.setItemData(self.workload.count() - 1, w["summary"], Qt.ItemDataRole.ToolTipRole)
+        self.show_diagnostic = QCheckBox("show diagnostic workloads")
+        self.show_diagnostic.setObjectName("show_diagnostic")
+        self.show_diagnostic.setToolTip("noop, sleep, emit, fail…: checks of the cluster itself, not training")
+        self.show_diagnostic.setChecked(bool(app_settings().value(SHOW_DIAGNOSTIC, False, type=bool)))
+        self._fill_workloads()
         self.summary = QLabel()
         self.summary.setWordWrap(True)
         self.name = QLineEdit()
@@ -159,7 +167,10 @@ class SubmitDialog(QDialog):
         self.model_name.setPlaceholderText("ALGORITHM-DATASET")
 
         top = QFormLayout()
-        top.addRow("Workload", self.workload)
+        workload_row = QHBoxLayout()
+        workload_row.addWidget(self.workload, 1)
+        workload_row.addWidget(self.show_diagnostic)
+        top.addRow("Workload", workload_row)
         top.addRow("", self.summary)
         top.addRow("Name", self.name)
         top.addRow("Dataset", self.dataset)
@@ -293,6 +304,10 @@ class SubmitDialog(QDialog):
         self.sweep_box.toggled.connect(self.validate)
         self.sweep_prune.toggled.connect(self.validate)
         self.workload.currentIndexChanged.connect(self._workload_changed)
+        self.show_diagnostic.toggled.connect(lambda _on: self._fill_workloads())
+        self.show_diagnostic.clicked.connect(  # the user's choice (not select_workload's): saved
+            lambda on: app_settings().setValue(SHOW_DIAGNOSTIC, bool(on))
+        )
         self._workload_changed()
 
     # ---- form generation
@@ -300,7 +315,28 @@ class SubmitDialog(QDialog):
     def current_workload(self) -> dict[str, Any]:
         return self.workloads[max(0, self.workload.currentIndex())]
 
+    def _fill_workloads(self) -> None:
+        """The Workload list: diagnostic ones only while the box is ticked (or when nothing else exists)."""
+        show = self.show_diagnostic.isChecked() or all(w["category"] == DIAGNOSTIC for w in self.all_workloads)
+        visible = [w for w in self.all_workloads if show or w["category"] != DIAGNOSTIC]
+        if visible == self.workloads:
+            return
+        chosen = self.workload.currentData()
+        self.workloads = visible
+        self.workload.blockSignals(True)
+        self.workload.clear()
+        for w in visible:
+            self.workload.addItem(f"{w['name']}  ({w['category']})", w["name"])
+            self.workload.setItemData(self.workload.count() - 1, w["summary"], Qt.ItemDataRole.ToolTipRole)
+        self.workload.setCurrentIndex(max(0, self.workload.findData(chosen)))
+        self.workload.blockSignals(False)
+        if chosen is not None and self.workload.currentData() != chosen:
+            self._workload_changed()
+
     def select_workload(self, name: str) -> None:
+        """Choose `name`; a diagnostic one shows the diagnostic workloads for this dialog (not saved)."""
+        if self.workload.findData(name) < 0 and any(w["name"] == name for w in self.all_workloads):
+            self.show_diagnostic.setChecked(True)
         self.workload.setCurrentIndex(self.workload.findData(name))
 
     def select_dataset(self, name: str) -> None:
@@ -322,6 +358,7 @@ class SubmitDialog(QDialog):
             label.setToolTip(spec["help"])
             self.param_form.addRow(label, field.widget)
         self.param_box.setVisible(bool(w["params"]))
+        self._guard_wheels()
         self.dataset.blockSignals(True)
         self.dataset.clear()
         if w["tasks"]:
@@ -340,6 +377,10 @@ class SubmitDialog(QDialog):
             self.sweep_box.setChecked(False)
         self._fill_targets()
         self.validate()
+
+    def _guard_wheels(self) -> None:
+        """No value in the form changes under a wheel turned to scroll it (issue 22, item 9)."""
+        guard_wheel(*self.findChildren(QAbstractSpinBox), *self.findChildren(QComboBox))
 
     def _fill_targets(self) -> None:
         data = self.dataset.currentData() or ""

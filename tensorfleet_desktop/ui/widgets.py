@@ -1,4 +1,4 @@
-"""Small widgets shared by the views: progress and sparkline cells, the banner, toasts."""
+"""Small widgets shared by the views: progress, sparkline and bar cells, the banner, toasts, the wheel guard."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 from PySide6.QtCore import (
     QAbstractItemModel,
+    QEvent,
     QModelIndex,
+    QObject,
     QPersistentModelIndex,
     QPoint,
     QPointF,
@@ -16,15 +18,18 @@ from PySide6.QtCore import (
     Qt,
     QTimer,
 )
-from PySide6.QtGui import QAction, QColor, QPainter, QPen, QPolygonF
+from PySide6.QtGui import QAction, QColor, QPainter, QPalette, QPen, QPolygonF, QWheelEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QAbstractSpinBox,
     QApplication,
+    QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QMenu,
     QPushButton,
+    QSlider,
     QStyle,
     QStyledItemDelegate,
     QStyleOptionProgressBar,
@@ -58,7 +63,8 @@ class ProgressDelegate(QStyledItemDelegate):
 
 
 class SparklineDelegate(QStyledItemDelegate):
-    """Draws EXTRA_ROLE (a sequence of 0..100 values) as a sparkline behind the cell's text."""
+    """Draws EXTRA_ROLE (a sequence of 0..100 values) as a sparkline behind the cell's text; a sequence of such
+    sequences (one per GPU) as that many sparklines side by side."""
 
     def __init__(self, color: str = "#1f6feb") -> None:
         super().__init__()
@@ -67,8 +73,57 @@ class SparklineDelegate(QStyledItemDelegate):
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
         super().paint(painter, option, index)
         values = index.data(EXTRA_ROLE)
-        if values:
-            paint_sparkline(painter, option.rect.adjusted(2, 3, -2, -3), values, self.color)
+        if not values:
+            return
+        rect = option.rect.adjusted(2, 3, -2, -3)
+        if isinstance(values[0], (int, float)):
+            paint_sparkline(painter, rect, values, self.color)
+            return
+        width = rect.width() / len(values)
+        for i, series in enumerate(values):
+            part = QRect(int(rect.left() + i * width), rect.top(), int(width) - 3, rect.height())
+            paint_sparkline(painter, part, series, self.color)
+
+
+class BarDelegate(QStyledItemDelegate):
+    """Draws EXTRA_ROLE (a used fraction, 0..1) as a filled bar with the cell's text on it ("123 GiB free"); the
+    fill turns amber from `warn` and red from `alarm`. No EXTRA_ROLE: a plain text cell."""
+
+    def __init__(self, warn: float = 0.8, alarm: float = 0.95) -> None:
+        super().__init__()
+        self.warn, self.alarm = warn, alarm
+
+    def color_for(self, fraction: float) -> QColor:
+        return QColor("#d1242f" if fraction >= self.alarm else "#bf8700" if fraction >= self.warn else "#2ea043")
+
+    def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        value = index.data(EXTRA_ROLE)
+        if value is None:
+            super().paint(painter, option, index)
+            return
+        fraction = max(0.0, min(1.0, float(value)))
+        self.initStyleOption(option, index)
+        style = option.widget.style() if option.widget is not None else QApplication.style()
+        option.text = ""
+        style.drawControl(QStyle.ControlElement.CE_ItemViewItem, option, painter, option.widget)  # selection
+        rect = option.rect.adjusted(3, 4, -3, -4)
+        palette = option.palette
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(QPen(palette.color(QPalette.ColorRole.Mid), 1))
+        painter.setBrush(palette.color(QPalette.ColorRole.AlternateBase))
+        painter.drawRoundedRect(rect, 3, 3)
+        fill = self.color_for(fraction)
+        fill.setAlpha(150)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(fill)
+        painter.drawRoundedRect(QRect(rect.left(), rect.top(), int(rect.width() * fraction), rect.height()), 3, 3)
+        painter.setPen(palette.color(QPalette.ColorRole.Text))
+        text = str(index.data(Qt.ItemDataRole.DisplayRole) or "")
+        painter.drawText(
+            rect.adjusted(6, 0, -6, 0), int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft), text
+        )
+        painter.restore()
 
 
 def paint_sparkline(painter: QPainter, rect: QRect, values: Sequence[float], color: QColor, top: float = 100.0) -> None:
@@ -114,8 +169,9 @@ class Toast(QLabel):
         super().__init__(text, parent)
         self.setObjectName("toast")
         self.setWordWrap(True)
-        self.setStyleSheet(
-            "QLabel#toast { background: rgba(30, 30, 30, 230); color: white; padding: 10px 14px; border-radius: 8px; }"
+        self.setStyleSheet(  # dark on both themes; the border sets it off a dark window
+            "QLabel#toast { background: rgba(36, 36, 36, 235); color: white; padding: 10px 14px; border-radius: 8px;"
+            " border: 1px solid rgba(255, 255, 255, 70); }"
         )
         self.setMaximumWidth(380)
         self.adjustSize()
@@ -204,3 +260,67 @@ def menu_action(text: str, slot: Callable[[], object], enabled: bool = True) -> 
     action.setEnabled(enabled)
     action.triggered.connect(lambda _checked=False: slot())
     return action
+
+
+# ---- the wheel rule: a spin box, combo box or slider changes on the mouse wheel only once it has focus
+
+WHEEL_GUARDED = (QAbstractSpinBox, QComboBox, QSlider)
+
+
+class WheelGuard(QObject):
+    """An event filter: a wheel turned over a guarded widget without focus scrolls what contains it (the form's
+    scroll area) instead of changing its value. On a widget (`guard_wheel`) or the whole app (`install_wheel_guard`)."""
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if not isinstance(watched, WHEEL_GUARDED):
+            return False
+        if event.type() == QEvent.Type.Polish and watched.focusPolicy() == Qt.FocusPolicy.WheelFocus:
+            watched.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # a wheel turn must not give it focus either
+        if event.type() != QEvent.Type.Wheel or watched.hasFocus():
+            return False
+        assert isinstance(event, QWheelEvent)
+        # Hand it up the parents as Qt does with a wheel nobody takes (a sent event is not propagated by Qt).
+        parent = watched.parentWidget()
+        while parent is not None:
+            position = watched.mapTo(parent, event.position())
+            forwarded = QWheelEvent(
+                position,
+                event.globalPosition(),
+                event.pixelDelta(),
+                event.angleDelta(),
+                event.buttons(),
+                event.modifiers(),
+                event.phase(),
+                event.inverted(),
+                event.source(),
+            )
+            forwarded.ignore()
+            QApplication.sendEvent(parent, forwarded)
+            if forwarded.isAccepted() or parent.isWindow():
+                break
+            parent = parent.parentWidget()
+        return True
+
+
+_guard: WheelGuard | None = None
+
+
+def wheel_guard() -> WheelGuard:
+    global _guard
+    if _guard is None:
+        _guard = WheelGuard()
+    return _guard
+
+
+def guard_wheel(*widgets: QWidget) -> None:
+    """These widgets ignore the wheel until clicked or tabbed into."""
+    for widget in widgets:
+        if widget.focusPolicy() == Qt.FocusPolicy.WheelFocus:
+            widget.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        widget.installEventFilter(wheel_guard())
+
+
+def install_wheel_guard(app: QApplication) -> None:
+    """The wheel rule for every spin box, combo box and slider of the app (idempotent)."""
+    app.removeEventFilter(wheel_guard())
+    app.installEventFilter(wheel_guard())
