@@ -79,9 +79,11 @@ def ema(values: np.ndarray, weight: float) -> np.ndarray:
         out = np.full(len(values), np.nan)
         out[finite] = ema(values[finite], weight)
         return out
-    smoothed = np.asarray(lfilter([1.0 - weight], [1.0, -weight], values), dtype=float)
-    debiased: np.ndarray = smoothed / (1.0 - weight ** np.arange(1, len(values) + 1))
-    return debiased
+    smoothed: np.ndarray = np.asarray(lfilter([1.0 - weight], [1.0, -weight], values), dtype=float)
+    # debiasing divides by 1 - weight**(i+1), which is 1.0 in float64 once weight**(i+1) < 1e-17
+    head = min(len(values), math.ceil(math.log(1e-17) / math.log(weight)) + 1)
+    smoothed[:head] /= 1.0 - weight ** np.arange(1, head + 1)
+    return smoothed
 
 
 def epoch_axis(steps: np.ndarray, epoch_steps: np.ndarray, epochs: np.ndarray) -> np.ndarray:
