@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tensorfleet_agent.runtime.process import agent_command
 from tensorfleet_desktop.client import TERMINAL, AsyncClient
 from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig
+from tensorfleet_desktop.local_cluster import LOOPBACK, DemoCluster, demo_agent_command, start_demo_cluster
 
 DEMO_JOBS: list[dict[str, Any]] = [
     {"name": "iris-random-forest", "algorithm": "random_forest", "dataset": "iris", "model_name": "iris-rf"},
@@ -54,7 +54,6 @@ TORCH_JOB: dict[str, Any] = {
     "num_workers": 2,
     "hyperparameters": {"epochs": 3},
 }
-LOOPBACK = "127.0.0.1"
 
 
 def demo_specs() -> list[dict[str, Any]]:
@@ -65,6 +64,74 @@ def demo_specs() -> list[dict[str, Any]]:
 async def submit_demo_jobs(client: AsyncClient) -> list[dict[str, Any]]:
     """Submit the demo jobs (the CLI demo, `gui --demo` and the app's welcome pane); returns the new jobs."""
     return [await client.submit(spec) for spec in demo_specs()]
+
+
+def display_available() -> bool:
+    """A screen to open the window on: Windows and macOS, or DISPLAY / WAYLAND_DISPLAY. Qt's offscreen platform
+    does not count: CI sets it and wants the terminal table."""
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def desktop_installed() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("PySide6", "pyqtgraph"))
+
+
+def run_gui_demo(data_dir: Path | None = None, port: int | None = None, screenshot: Path | None = None) -> int:
+    """The demo in the desktop app: a persistent demo cluster (started detached, or the one already running)
+    runs the demo jobs, and the window opens on it. Closing the window leaves the cluster running; the app's
+    Quit and stop ends it. Returns the window's exit code (the CLI's on a start failure)."""
+    from tensorfleet_desktop.cli import exit_codes
+    from tensorfleet_desktop.local_cluster import StartFailed
+
+    console = Console(stderr=True, highlight=False)
+    try:
+        cluster = asyncio.run(_start_gui_demo(data_dir, port, console))
+    except StartFailed as exc:
+        console.print(f"tensorfleet demo: {exc}", markup=False, soft_wrap=True)
+        return exit_codes.JOB_FAILED
+    console.print(
+        f"The demo cluster runs on after the window closes: stop it with the app's Quit and stop, or "
+        f"`tensorfleet --controller {cluster.address} shutdown`",
+        markup=False,
+        soft_wrap=True,
+    )
+    return _open_window(cluster, screenshot)
+
+
+def _open_window(cluster: DemoCluster, screenshot: Path | None) -> int:
+    """ui.app.run, opening on the Jobs view (the demo jobs are already there); never starts a controller."""
+    from PySide6.QtGui import QIcon
+
+    from tensorfleet_desktop.ui.app import _photograph_when_ready, build_window, create_application
+    from tensorfleet_desktop.ui.main_window import APP_ICON
+
+    app = create_application()
+    app.setWindowIcon(QIcon(APP_ICON))
+    window = build_window(cluster.address, cluster.controller_dir, autostart=False)
+    window.show_view(window.jobs)
+    window.show()
+    window.bridge.start()
+    if screenshot is not None:  # tests and smoke runs: save the window once it shows the fleet, then quit
+        _photograph_when_ready(app, window, screenshot)
+    code = app.exec()
+    window.bridge.stop()
+    return int(code)
+
+
+async def _start_gui_demo(data_dir: Path | None, port: int | None, console: Console) -> DemoCluster:
+    cluster = await start_demo_cluster(data_dir, port)
+    console.print(f"[bold]TensorFleet demo[/bold]: {cluster.describe()}")
+    names = {spec["name"] for spec in demo_specs()}
+    async with AsyncClient(cluster.address) as client:
+        going = [j for j in await client.jobs() if j["name"] in names and j["state"] not in TERMINAL]
+        if going:  # launched again while the last launch's jobs still run: those are the demo
+            console.print(f"{len(going)} demo jobs of an earlier launch are still going; not submitting again")
+        else:
+            jobs = await submit_demo_jobs(client)
+            console.print(f"submitted {len(jobs)} demo jobs; the window opens on them")
+    return cluster
 
 
 def run_demo(data_dir: Path | None, as_json: bool) -> bool:
@@ -79,25 +146,7 @@ def _start_agent(data_dir: Path, name: str, cluster_token: str) -> tuple[subproc
     ready = data_dir / f"{name}.ready"
     log = (data_dir / f"{name}.log").open("ab")
     proc = subprocess.Popen(
-        [
-            *agent_command(),
-            "--host",
-            LOOPBACK,
-            "--port",
-            "0",
-            "--name",
-            name,
-            "--data-dir",
-            str(data_dir / name),
-            "--interfaces",
-            LOOPBACK,
-            "--cpu-slots",
-            "1",
-            "--ready-file",
-            str(ready),
-            "--exit-with-pid",
-            str(os.getpid()),
-        ],
+        demo_agent_command(data_dir, name, os.getpid(), ready),
         env={**os.environ, "TENSORFLEET_CLUSTER_TOKEN": cluster_token},
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tensorfleet_agent.datadir_lock import holder_of
+from tensorfleet_agent.runtime.process import agent_command
 from tensorfleet_desktop.client import DEFAULT_CONTROLLER, AsyncClient, Client, ControllerUnreachable, TensorFleetError
+from tensorfleet_desktop.connection import TOKEN_ENV
 from tensorfleet_desktop.controller.settings import default_data_dir
 
 START_TIMEOUT = 90.0
@@ -116,7 +119,7 @@ async def answers(address: str, timeout: float = 2.0) -> bool:
 
 
 def start_detached(
-    address: str, data_dir: Path | None = None, extra: tuple[str, ...] = ()
+    address: str, data_dir: Path | None = None, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """Spawn the controller in a new session (it survives the app); returns (process, ready file, log)."""
     host, _, port = address.rpartition(":")
@@ -133,6 +136,7 @@ def start_detached(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            env=env,
         )
     return proc, ready, log_path
 
@@ -188,3 +192,158 @@ async def connect_or_start(
         ready.unlink(missing_ok=True)
     proc.terminate()
     raise StartFailed(f"`tensorfleet serve` did not answer within {timeout:.0f} s; see {log_path}")
+
+
+# ---- the demo cluster (`scripts/demo` / `tensorfleet gui --demo` with a display)
+#
+# A controller (`serve --no-local-agent`) and two agents, each in a session of its own, so they outlive the
+# command and its window. The agents watch the controller's pid (--exit-with-pid): whatever stops the controller
+# (the app's Quit and stop, `tensorfleet shutdown`, a kill) stops them too, with no supervisor process to keep.
+
+#: Not 50050: a developer's own controller keeps that one. TENSORFLEET_DEMO_PORT overrides it.
+DEMO_PORT = 50055
+DEMO_AGENTS = ("demo-agent-1", "demo-agent-2")
+LOOPBACK = "127.0.0.1"
+
+
+def demo_data_dir() -> Path:
+    """Where the demo cluster keeps its store, agents and logs: $TENSORFLEET_DEMO_DIR, else next to the
+    user's controller data dir (…/tensorfleet/demo)."""
+    return Path(os.environ.get("TENSORFLEET_DEMO_DIR") or default_data_dir().parent / "demo")
+
+
+def demo_port() -> int:
+    return int(os.environ.get("TENSORFLEET_DEMO_PORT") or DEMO_PORT)
+
+
+@dataclass(frozen=True)
+class DemoCluster:
+    address: str
+    data_dir: Path
+    started: bool  # False: it was already running and is reused
+    controller_pid: int
+    agent_pids: tuple[int, ...]
+
+    @property
+    def controller_dir(self) -> Path:
+        return self.data_dir / "controller"
+
+    def describe(self) -> str:
+        how = "started" if self.started else "reusing"
+        return (
+            f"{how} the demo cluster on {self.address} (controller pid {self.controller_pid}, data in {self.data_dir})"
+        )
+
+
+def demo_cluster_token(data_dir: Path) -> str:
+    """The demo's cluster token (0600 in its data dir, the same across restarts): its agents pair with its
+    controller and no other."""
+    path = data_dir / "cluster.token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    token = f"tfdemo-{secrets.token_urlsafe(16)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def demo_agent_command(data_dir: Path, name: str, watch_pid: int, ready: Path | None = None) -> list[str]:
+    """A demo agent: one CPU slot, mDNS on loopback only, exits when process `watch_pid` ends."""
+    cmd = [*agent_command(), "--host", LOOPBACK, "--port", "0", "--name", name]
+    cmd += ["--data-dir", str(data_dir / name), "--interfaces", LOOPBACK, "--cpu-slots", "1"]
+    if ready is not None:
+        cmd += ["--ready-file", str(ready)]
+    return [*cmd, "--exit-with-pid", str(watch_pid)]
+
+
+def _start_demo_agent(data_dir: Path, name: str, watch_pid: int, env: dict[str, str]) -> int:
+    # Quit and stop means stop: a task the gone controller can no longer hear from gets 1 s, not the default 60
+    cmd = [*demo_agent_command(data_dir, name, watch_pid), "--drain-timeout", "1"]
+    with (data_dir / f"{name}.log").open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return proc.pid
+
+
+async def start_demo_cluster(
+    data_dir: Path | None = None, port: int | None = None, timeout: float = START_TIMEOUT
+) -> DemoCluster:
+    """The running demo cluster, or a new one: reused when its controller answers at the demo address (agents
+    that are gone are started again), else started detached. NotStarting when something else holds the port
+    or the data dir."""
+    data_dir = (data_dir or demo_data_dir()).resolve()
+    address = f"{LOOPBACK}:{port or demo_port()}"
+    controller_dir = data_dir / "controller"
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "TENSORFLEET_CLUSTER_TOKEN": await asyncio.to_thread(demo_cluster_token, data_dir),
+        "TENSORFLEET_MDNS_INTERFACES": LOOPBACK,
+    }
+    holder = await asyncio.to_thread(holder_of, controller_dir)
+    if await _demo_answers(address, controller_dir):
+        if holder is None or holder.address != address:
+            raise NotStarting(
+                f"something else answers at {address}, not the demo cluster of {data_dir}: "
+                "set TENSORFLEET_DEMO_PORT to a free port"
+            )
+        started, pid = False, holder.pid
+    elif holder is not None:
+        raise NotStarting(
+            f"the demo's data dir {controller_dir} is used by {holder.describe()}, which does not answer at "
+            f"{address}: stop it, or set TENSORFLEET_DEMO_DIR"
+        )
+    else:
+        started, pid = True, await _start_demo_controller(address, controller_dir, env, timeout)
+    agents = []
+    for name in DEMO_AGENTS:
+        running = await asyncio.to_thread(holder_of, data_dir / name)
+        agents.append(running.pid if running else _start_demo_agent(data_dir, name, pid, env))
+    return DemoCluster(address, data_dir, started, pid, tuple(agents))
+
+
+async def _demo_answers(address: str, controller_dir: Path) -> bool:
+    """Whether a controller answers; one that refuses us is ours when its connection file is gone (the runtime
+    dir is emptied at logout): the token in its data dir is then this process's to send."""
+    try:
+        return await answers(address)
+    except TensorFleetError as exc:
+        if exc.code not in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            raise
+    token = controller_dir / "client.token"
+    if TOKEN_ENV not in os.environ and await asyncio.to_thread(token.exists):
+        os.environ[TOKEN_ENV] = (await asyncio.to_thread(token.read_text)).strip()
+    return True
+
+
+async def _start_demo_controller(address: str, controller_dir: Path, env: dict[str, str], timeout: float) -> int:
+    extra = ("--no-local-agent", "--interfaces", LOOPBACK)
+    proc, ready, log_path = start_detached(address, controller_dir, extra, env)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if ready.exists() and await answers(address):
+                return proc.pid
+            if proc.poll() is not None:
+                holder = await asyncio.to_thread(holder_of, controller_dir)
+                if holder is not None and holder.address == address and await answers(address):
+                    return holder.pid  # a demo started at the same moment won the race
+                raise StartFailed(
+                    f"the demo controller exited with status {proc.returncode}; its log {log_path} ends:\n"
+                    + _log_tail(log_path)
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        ready.unlink(missing_ok=True)
+    proc.terminate()
+    raise StartFailed(f"the demo controller did not answer within {timeout:.0f} s; see {log_path}")

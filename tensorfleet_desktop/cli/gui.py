@@ -20,8 +20,18 @@ def add_parser(sub: Any) -> None:
         help="controller address HOST:PORT (default: $TENSORFLEET_CONTROLLER, Settings, or 127.0.0.1:50050; "
         "the app starts a controller only at 127.0.0.1:50050)",
     )
-    s.add_argument("--data-dir", type=Path, help="data dir of the controller the app starts when none answers")
+    s.add_argument(
+        "--data-dir",
+        type=Path,
+        help="data dir of the controller the app starts when none answers (with --demo: the demo's data dir)",
+    )
     s.add_argument("--no-start", action="store_true", help="only connect; never start a controller")
+    s.add_argument(
+        "--demo",
+        action="store_true",
+        help="open on the demo cluster (started on 127.0.0.1:$TENSORFLEET_DEMO_PORT or 50055 when not running; "
+        "it outlives the window until Quit and stop) running the demo jobs; without a display: `tensorfleet demo`",
+    )
     s.add_argument("--screenshot", type=Path, help=argparse.SUPPRESS)  # smoke tests of packaged builds
 
 
@@ -30,6 +40,19 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
 
     missing = [m for m in ("PySide6", "pyqtgraph") if importlib.util.find_spec(m) is None]
+    headless = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+    )
+    if args.demo:
+        from tensorfleet_desktop.demo import run_demo, run_gui_demo
+
+        if not (missing or headless):
+            return run_gui_demo(args.data_dir, screenshot=args.screenshot)
+        print(
+            "tensorfleet gui --demo: no window here (no display or no desktop extra): the terminal table",
+            file=sys.stderr,
+        )
+        return exit_codes.OK if run_demo(args.data_dir, False) else exit_codes.JOB_FAILED
     if missing:
         print(
             f"tensorfleet: the desktop app needs {' and '.join(missing)}: pip install 'tensorfleet[desktop]'\n"
@@ -37,9 +60,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return exit_codes.USAGE
-    headless = sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
-    )
     if headless:
         print(
             "tensorfleet: no display to open the window on (DISPLAY / WAYLAND_DISPLAY unset);\n"

@@ -76,8 +76,10 @@ def test_demo_trains_the_seed_jobs_and_prints_their_models(tmp_path: Path) -> No
     user_data.mkdir()
     runtime.mkdir(mode=0o700)
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("TENSORFLEET_", "XDG_"))
-    }  # no token, store or controller of the caller's
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TENSORFLEET_", "XDG_")) and k not in ("DISPLAY", "WAYLAND_DISPLAY")
+    }  # no token, store or controller of the caller's; no display: the table (with one, the app opens instead)
     env |= {
         "TENSORFLEET_MDNS_INTERFACES": "127.0.0.1",  # scripts/demo's default
         "XDG_DATA_HOME": str(user_data),  # where the user's real data dir would be: must stay empty
