@@ -131,12 +131,12 @@ def disk_used_fraction(a: dict[str, Any]) -> float | None:
 
 
 def _info(a: dict[str, Any]) -> str:
-    """Source, pairing and version in one short cell (their own columns would not fit 1280 px)."""
-    parts = [] if a.get("paired") else ["UNPAIRED"]
-    if a.get("agent_version"):
-        parts.append(f"v{a['agent_version']}")
-    parts.append(str(a.get("source", "")))
-    return " · ".join(p for p in parts if p)
+    """Pairing (or else the version) and source in one short cell (their own columns would not fit 1280 px);
+    the tooltip says all."""
+    first = f"v{a['agent_version']}" if a.get("paired") and a.get("agent_version") else ""
+    if not a.get("paired"):
+        first = "UNPAIRED"
+    return " · ".join(p for p in (first, str(a.get("source", ""))) if p)
 
 
 def _info_tooltip(a: dict[str, Any]) -> str:
@@ -158,7 +158,7 @@ def _name_tooltip(a: dict[str, Any]) -> str:
 
 # Column widths that fit the fleet into a 1280 px window beside the 160 px view list; Name takes the rest.
 WIDTHS = {"State": 92, "Address": 150, "Slots": 56, "CPU": 70, "RAM": 112, "GPU": 118, "Disk": 118, "Info": 150}
-PERCENT_SERIES = ("cpu", "ram", "util", "mem")  # plotted on a fixed 0-100 axis
+PERCENT_SERIES = ("cpu", "ram", "util", "mem")  # plotted on a fixed 0-100 axis; the others from 0 up
 
 
 class DiskGauge(QWidget):
@@ -351,12 +351,13 @@ class FleetView(View):
                     titles.get(name, name + (" %" if name.endswith(("util", "mem")) else "")), size="9pt"
                 )
                 plot.legend.hide()
-                if name.endswith(PERCENT_SERIES):
-                    plot.setYRange(0, 100, padding=0.02)
-                    plot.setMouseEnabled(x=True, y=False)
+                plot.setMouseEnabled(x=True, y=False)
                 self.plot_grid.addWidget(plot, i // 4, i % 4)
             values = self.history.get(agent["id"], name)
             plot.set_series(name, range(len(values)), values)
+            # An axis from zero: a steady 64 °C must not look like a storm between 63.8 and 64.2.
+            top = 100.0 if name.endswith(PERCENT_SERIES) else max([1.0, *values]) * 1.2
+            plot.setYRange(0, top, padding=0.02)
         for name, plot in self.plots.items():
             plot.setVisible(name in names)
 

@@ -31,7 +31,7 @@ _DARK_SHADES = {
     "#57606a": "#8b949e",
 }
 
-_state = {"theme": "system", "dark": False, "following": False}
+_state: dict[str, object] = {"theme": "system", "dark": False, "following": False, "asked": Qt.ColorScheme.Unknown}
 
 
 def dark_palette() -> QPalette:
@@ -91,11 +91,11 @@ def system_scheme() -> Qt.ColorScheme:
     return QGuiApplication.styleHints().colorScheme()
 
 
-def resolve(theme: str, scheme: Qt.ColorScheme | None = None) -> bool:
-    """Whether `theme` means dark; "system" asks the OS (`scheme` when the OS just told us)."""
+def resolve(theme: str) -> bool:
+    """Whether `theme` means dark; "system" asks the OS."""
     if theme in ("light", "dark"):
         return theme == "dark"
-    return (system_scheme() if scheme is None else scheme) == Qt.ColorScheme.Dark
+    return system_scheme() == Qt.ColorScheme.Dark
 
 
 def is_dark() -> bool:
@@ -111,7 +111,7 @@ def error_color() -> str:
     return "#f85149" if is_dark() else "#d1242f"
 
 
-def apply(theme: str, scheme: Qt.ColorScheme | None = None) -> bool:
+def apply(theme: str) -> bool:
     """Make `theme` ("system", "light", "dark") the app's look everywhere, plots included; returns whether it is
     dark. Safe to call again with the same theme."""
     app = QApplication.instance()
@@ -121,11 +121,11 @@ def apply(theme: str, scheme: Qt.ColorScheme | None = None) -> bool:
     _state["theme"] = theme
     _follow_system(app)
     hints = app.styleHints()
-    if hasattr(hints, "setColorScheme"):  # Qt >= 6.8: native dialogs and title bars follow where the OS can
-        requested = {"light": Qt.ColorScheme.Light, "dark": Qt.ColorScheme.Dark}.get(theme, Qt.ColorScheme.Unknown)
-        if scheme is None and hints.colorScheme() != requested:
-            hints.setColorScheme(requested)  # Unknown: back to the OS's own
-    dark = resolve(theme, scheme)
+    asked = {"light": Qt.ColorScheme.Light, "dark": Qt.ColorScheme.Dark}.get(theme, Qt.ColorScheme.Unknown)
+    if hasattr(hints, "setColorScheme") and asked != _state["asked"]:
+        _state["asked"] = asked  # Qt >= 6.8: native dialogs and title bars follow where the platform can
+        hints.setColorScheme(asked)  # Unknown: back to the OS's own
+    dark = resolve(theme)
     _state["dark"] = dark
     if app.style().name().lower() != "fusion":
         app.setStyle("Fusion")  # before the palette: a style change resets it
@@ -170,9 +170,9 @@ def _follow_system(app: QApplication) -> None:
     _state["following"] = True
     hints = app.styleHints()
 
-    def changed(scheme: Qt.ColorScheme) -> None:
+    def changed(_scheme: Qt.ColorScheme) -> None:
         if _state["theme"] == "system":
-            apply("system", scheme)
+            apply("system")
 
     hints.colorSchemeChanged.connect(changed, Qt.ConnectionType.QueuedConnection)
     _keep.append(hints)

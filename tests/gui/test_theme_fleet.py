@@ -122,26 +122,26 @@ def test_system_theme_follows_the_os_scheme_and_its_changes(
 def agent(n: int, **fields: Any) -> dict[str, Any]:
     """An agent in the shape the bridge hands the fleet (wire.agent_from_pb of the controller's message)."""
     gpus = fields.pop("gpu_stats", [])
-    msg = cpb.Agent(
-        id=f"{n:02d}" + "ab" * 15,
-        name=f"gui-agent-{n}",
-        address=f"192.168.100.{10 + n}:{50051 + n}",
-        state=cpb.AGENT_STATE_ONLINE,
-        source=cpb.AGENT_SOURCE_MDNS,
-        paired=True,
-        slots_total=8,
-        slots_free=3,
-        hostname=f"workstation-{n}.lan",
-        cpu_percent=37.5,
-        memory_used_bytes=int(21.4 * GiB),
-        memory_total_bytes=64 * GiB,
-        tasks_running=5,
-        agent_version="0.9.12",
-        disk_free_bytes=123 * GiB,
-        gpus=len(gpus),
-        gpu_stats=[pb.GpuTelemetry(**g) for g in gpus] if gpus else [],
-        **fields,
-    )
+    values: dict[str, Any] = {
+        "id": f"{n:02d}" + "ab" * 15,
+        "name": f"gui-agent-{n}",
+        "address": f"192.168.100.{10 + n}:{50051 + n}",
+        "state": cpb.AGENT_STATE_ONLINE,
+        "source": cpb.AGENT_SOURCE_MDNS,
+        "paired": True,
+        "slots_total": 8,
+        "slots_free": 3,
+        "hostname": f"workstation-{n}.lan",
+        "cpu_percent": 37.5,
+        "memory_used_bytes": int(21.4 * GiB),
+        "memory_total_bytes": 64 * GiB,
+        "tasks_running": 5,
+        "agent_version": "0.9.12",
+        "disk_free_bytes": 123 * GiB,
+        "gpus": len(gpus),
+        "gpu_stats": [pb.GpuTelemetry(**g) for g in gpus],
+    }
+    msg = cpb.Agent(**(values | fields))
     return agent_from_pb(msg)
 
 
@@ -174,7 +174,8 @@ def test_fleet_fits_1280_px_with_gpu_sparklines_and_nothing_cut_off(qtbot: Any, 
     for util in (10.0, 55.0, 91.0):  # three telemetry samples
         sample = agent(0, gpu_stats=[gpu(0, util), gpu(1, util / 2)])
         fleet.on_agent_event({"kind": "telemetry", "agent": sample})
-    fleet.set_agents([busy, agent(1)])
+    unpaired = agent(2, paired=False, state=cpb.AGENT_STATE_LOST, error="no telemetry for 30 s")
+    fleet.set_agents([busy, agent(1), unpaired])
     qtbot.waitUntil(lambda: fleet.table.viewport().width() > 900, timeout=2000)
     QApplication.processEvents()
 
@@ -194,7 +195,8 @@ def test_fleet_fits_1280_px_with_gpu_sparklines_and_nothing_cut_off(qtbot: Any, 
     plain = fleet.model.index(fleet.model.find(agent(1)["id"]), gpu_col)
     assert plain.data(EXTRA_ROLE) is None and plain.data() == "-"
     info = fleet.model.index(0, fleet.column["Info"])
-    assert "v0.9.12" in info.data() and "found by mdns" in info.data(Qt.ItemDataRole.ToolTipRole)
+    assert info.data() == "v0.9.12 · mdns" and "found by mdns" in info.data(Qt.ItemDataRole.ToolTipRole)
+    assert fleet.model.index(fleet.model.find(unpaired["id"]), fleet.column["Info"]).data() == "UNPAIRED · mdns"
     window.grab()  # the delegates paint without error
 
 
