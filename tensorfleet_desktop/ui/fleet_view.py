@@ -347,9 +347,8 @@ class FleetView(View):
             if plot is None:
                 plot = self.plots[name] = MetricPlot(x_label="")
                 plot.setMinimumHeight(90)
-                plot.plotItem.setTitle(
-                    titles.get(name, name + (" %" if name.endswith(("util", "mem")) else "")), size="9pt"
-                )
+                unit = {"util": " %", "mem": " %", "temp": " °C", "power": " W"}.get(name.rpartition(" ")[2], "")
+                plot.plotItem.setTitle(titles.get(name, name + unit), size="9pt")
                 plot.legend.hide()
                 plot.setMouseEnabled(x=True, y=False)
                 self.plot_grid.addWidget(plot, i // 4, i % 4)

@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller.jobspec import parse_job_spec
 from tensorfleet_desktop.controller.sweep import SEARCHES
+from tensorfleet_desktop.ui import theme as themes
 from tensorfleet_desktop.ui.formatting import human_bytes
 from tensorfleet_desktop.ui.project_tab import ProjectTab, RunBlocking
 from tensorfleet_desktop.ui.settings_view import app_settings
@@ -275,7 +276,7 @@ class SubmitDialog(QDialog):
         self.error_label = QLabel()
         self.error_label.setObjectName("error")
         self.error_label.setWordWrap(True)
-        self.error_label.setStyleSheet("color: #d1242f;")
+        self.error_label.setStyleSheet(f"color: {themes.error_color()};")
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         self.ok_button = self.buttons.button(QDialogButtonBox.StandardButton.Ok)
         self.ok_button.setText("Submit")
