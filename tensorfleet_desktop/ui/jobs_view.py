@@ -1,127 +1,134 @@
-"""Jobs: the table (sort, filter), the submit dialog, and cancel / pause / resume / retry / resubmit."""
+"""Jobs: the experiments table (metric and hyperparameter columns, column filters, groups), the submit dialog,
+compare, and cancel (after a confirmation) / pause / resume / retry / resubmit."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Signal
+from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
+from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLineEdit,
+    QMenu,
+    QMessageBox,
+    QPushButton,
     QVBoxLayout,
 )
 
 from tensorfleet_desktop.client import TERMINAL
-from tensorfleet_desktop.ui.bridge import Bridge
-from tensorfleet_desktop.ui.formatting import (
-    best_metric,
-    clock,
-    duration,
-    job_agents,
-    job_duration,
-    job_state,
-    job_state_color,
-    metric_text,
-    workload,
+from tensorfleet_desktop.ui.bridge import JOB_LIST_LIMIT, Bridge
+from tensorfleet_desktop.ui.experiments import (
+    GROUP_KEY,
+    GROUP_MODES,
+    HEADER_ROLE,
+    ColumnChoice,
+    FilterError,
+    JobFilter,
+    JobsModel,
+    parse_filter,
 )
+from tensorfleet_desktop.ui.settings_view import app_settings
 from tensorfleet_desktop.ui.submit_dialog import SubmitDialog, upload_text
-from tensorfleet_desktop.ui.table_model import ROW_ROLE, SORT_ROLE, Column, RowTableModel
+from tensorfleet_desktop.ui.table_model import ROW_ROLE
 from tensorfleet_desktop.ui.view import Notify, View
-from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
+from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, add_row_menu, data_table, menu_action
+
+__all__ = ["JobFilter", "JobsView"]
 
 STATE_FILTERS = ("all", "active", "QUEUED", "PREPARING", "RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELLED")
-ACTIVE = ("QUEUED", "PREPARING", "RUNNING", "PAUSED", "PAUSING")
-
-
-class JobFilter(QSortFilterProxyModel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.text = ""
-        self.state = "all"
-        self.setSortRole(SORT_ROLE)
-
-    def set_filter(self, text: str, state: str) -> None:
-        self.text, self.state = text.lower().strip(), state
-        self.invalidateFilter()
-
-    def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
-        job = self.sourceModel().index(source_row, 0, source_parent).data(ROW_ROLE)
-        state = job_state(job)  # as the table shows it: PREPARING while a project's tasks prepare
-        if self.state == "active" and state not in ACTIVE:
-            return False
-        if self.state not in ("all", "active") and state != self.state:
-            return False
-        if not self.text:
-            return True
-        haystack = " ".join((job["id"], job["name"], workload(job), state, job_agents(job), job["dataset"]))
-        return self.text in haystack.lower()
-
-
-def _progress(job: dict[str, Any]) -> str:
-    tasks = job["tasks"]
-    return f"{job['progress'] * 100:.0f}%  ({tasks['completed']}/{tasks['total']})"
+WIDTHS = {
+    "name": 200,
+    "workload": 130,
+    "progress": 120,
+    "agents": 140,
+    "started": 140,
+    "best": 160,
+    "submitted": 140,
+    "tags": 140,
+}
+DISCOVERED_WIDTH = 90
+BAD_FILTER_STYLE = "QLineEdit { border: 1px solid #d1242f; color: #d1242f; }"
 
 
 class JobsView(View):
     title = "Jobs"
     icon = "jobs"
     open_job = Signal(str)
+    compare_jobs = Signal(list)  # job ids (2 or more) for the job detail's Compare tab
 
     def __init__(self, bridge: Bridge, notify: Notify) -> None:
         super().__init__(bridge, notify)
         self.workloads: list[dict[str, Any]] = []
         self.agent_names: list[str] = []
         self.dialog: SubmitDialog | None = None
-        self.model = RowTableModel(
-            [
-                Column("Name", lambda j: j["name"], tooltip=lambda j: f"{j['id']}\n{j['error']}".strip()),
-                Column("Workload", workload),
-                Column("State", job_state, tooltip=lambda j: j["error"], color=job_state_color),
-                Column("Progress", _progress, sort=lambda j: j["progress"], extra=lambda j: j["progress"]),
-                Column("Agents", job_agents),
-                Column("Started", lambda j: clock(j["started_at"]), sort=lambda j: j["started_at"] or 0.0),
-                Column(
-                    "Duration",
-                    lambda j: duration(job_duration(j)),
-                    sort=lambda j: job_duration(j) or 0.0,
-                ),
-                Column("Best metric", metric_text, sort=lambda j: (best_metric(j) or ("", 0.0))[1]),
-                Column("Submitted", lambda j: clock(j["created_at"]), sort=lambda j: j["created_at"]),
-            ]
-        )
+        self.choice = ColumnChoice()
+        self.model = JobsModel(self.choice.visible())
         self.proxy = JobFilter()
-        self.table, _ = data_table(
-            self.model, self.proxy, sort_column=8, descending=True, multi=True, name="jobs_table"
-        )
-        for column, width in ((0, 220), (3, 150), (4, 140), (5, 140), (7, 170)):
-            self.table.setColumnWidth(column, width)
+        self.table, _ = data_table(self.model, self.proxy, sort_column=0, multi=True, name="jobs_table")
         self._progress_delegate = ProgressDelegate()
-        self.table.setItemDelegateForColumn(3, self._progress_delegate)
-        self.table.doubleClicked.connect(lambda index: self.open_job.emit(index.data(ROW_ROLE)["id"]))
+        self._sort_by("submitted", Qt.SortOrder.DescendingOrder)
+        self._size_columns({})
+        self.table.doubleClicked.connect(self._double_clicked)
+        add_row_menu(self.table, self._row_actions)
+        header = self.table.horizontalHeader()
+        header.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        header.customContextMenuRequested.connect(lambda position: self._popup_columns(header.mapToGlobal(position)))
+        for signal in (
+            self.proxy.layoutChanged,
+            self.proxy.rowsInserted,
+            self.proxy.rowsRemoved,
+            self.proxy.modelReset,
+        ):
+            signal.connect(self._span_headers)
 
         self.filter_text = QLineEdit()
         self.filter_text.setObjectName("job_filter")
-        self.filter_text.setPlaceholderText("filter by name, workload, agent, dataset…")
+        self.filter_text.setPlaceholderText("filter by name, workload, agent, dataset, group, tag…")
+        self.filter_text.setClearButtonEnabled(True)
+        self.filter_columns = QLineEdit()
+        self.filter_columns.setObjectName("column_filter")
+        self.filter_columns.setPlaceholderText("columns: test_accuracy>0.9 algorithm=random_forest n_estimators<=100")
+        self.filter_columns.setClearButtonEnabled(True)
+        self.filter_columns.setToolTip(self._filter_help)
+        self.filter_error = ""
         self.filter_state = QComboBox()
         self.filter_state.addItems(list(STATE_FILTERS))
+        self.group_by = QComboBox()
+        self.group_by.setObjectName("group_by")
+        for mode in GROUP_MODES:
+            self.group_by.addItem(f"Group: {mode}", mode)
+        saved = str(app_settings().value(GROUP_KEY, "none"))
+        self.group_by.setCurrentIndex(max(0, self.group_by.findData(saved)))
+        self.model.set_grouping(str(self.group_by.currentData()))
+        self.columns_button = QPushButton("Columns…")
+        self.columns_button.setObjectName("columns_button")
+        self.columns_button.setToolTip("choose the metric, hyperparameter and other columns (saved for you)")
+        self.columns_button.clicked.connect(
+            lambda: self._popup_columns(self.columns_button.mapToGlobal(QPoint(0, self.columns_button.height())))
+        )
         self.filter_text.textChanged.connect(self._apply_filter)
+        self.filter_columns.textChanged.connect(self._apply_filter)
         self.filter_state.currentIndexChanged.connect(self._apply_filter)
+        self.group_by.currentIndexChanged.connect(self._group_changed)
 
         self.submit_button = action_button("Submit…", "submit a job (parameters from the workload's schema)")
-        self.cancel_button = action_button("Cancel", "cancel the selected jobs")
+        self.cancel_button = action_button("Cancel…", "cancel the selected jobs (asks first)")
         self.pause_button = action_button("Pause", "checkpoint and stop; resume later")
         self.resume_button = action_button("Resume")
         self.retry_button = action_button("Retry", "run a failed or cancelled job's unfinished tasks again")
         self.resubmit_button = action_button("Resubmit", "submit a copy of the selected job")
         self.open_button = action_button("Details", "curves, tasks, logs and trials of the selected job")
+        self.compare_button = action_button("Compare", "the selected jobs' metrics and curves side by side")
         self.submit_button.clicked.connect(self.open_submit_dialog)
-        self.cancel_button.clicked.connect(lambda: self._each("cancel", "cancelled"))
+        self.cancel_button.clicked.connect(self.confirm_cancel_selected)
         self.pause_button.clicked.connect(lambda: self._each("pause", "pausing"))
         self.resume_button.clicked.connect(lambda: self._each("resume", "resumed"))
         self.retry_button.clicked.connect(lambda: self._each("retry", "retrying"))
         self.resubmit_button.clicked.connect(lambda: self._each("resubmit", "resubmitted"))
         self.open_button.clicked.connect(self._open_selected)
+        self.compare_button.clicked.connect(self._compare_selected)
 
         bar = QHBoxLayout()
         bar.addWidget(self.submit_button)
@@ -132,13 +139,19 @@ class JobsView(View):
             self.retry_button,
             self.resubmit_button,
             self.open_button,
+            self.compare_button,
         ):
             bar.addWidget(b)
         bar.addStretch(1)
-        bar.addWidget(self.filter_text, 2)
-        bar.addWidget(self.filter_state)
+        bar.addWidget(self.group_by)
+        bar.addWidget(self.columns_button)
+        filters = QHBoxLayout()
+        filters.addWidget(self.filter_text, 2)
+        filters.addWidget(self.filter_columns, 3)
+        filters.addWidget(self.filter_state)
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
+        layout.addLayout(filters)
         layout.addWidget(self.table, 1)
 
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._update_buttons())
@@ -148,22 +161,151 @@ class JobsView(View):
 
     def set_jobs(self, jobs: list[dict[str, Any]]) -> None:
         self.model.set_rows(jobs)
+        if self.choice.discover(jobs):
+            self._show_columns()
+            if self.filter_error:  # a key it did not know may exist now
+                self._apply_filter()
         self._update_buttons()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         position = self.model.find(job_id)
         return self.model.row(position) if position >= 0 else None
 
+    def refresh(self) -> None:
+        self.run(lambda c: c.jobs(limit=JOB_LIST_LIMIT), self.set_jobs, "cannot list the jobs")
+
+    def focus_filter(self) -> None:
+        self.filter_text.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.filter_text.selectAll()
+
+    # ---- filter, columns, groups
+
     def _apply_filter(self) -> None:
-        self.proxy.set_filter(self.filter_text.text(), self.filter_state.currentText())
+        try:
+            conditions = parse_filter(self.filter_columns.text(), self.choice.metrics, self.choice.params)
+            self.filter_error = ""
+        except FilterError as exc:
+            conditions, self.filter_error = [], str(exc)  # a bad expression filters nothing (and says why)
+        self.filter_columns.setStyleSheet(BAD_FILTER_STYLE if self.filter_error else "")
+        self.filter_columns.setToolTip(self.filter_error or self._filter_help)
+        self.proxy.set_filter(self.filter_text.text(), self.filter_state.currentText(), conditions)
+        self._span_headers()
+
+    @property
+    def _filter_help(self) -> str:
+        return (
+            "KEY OP VALUE terms, all of which must hold (separate them with spaces or commas). KEY: a metric, "
+            "a hyperparameter, name, state, algorithm, dataset, group, tag, agent. OP: = != < <= > >= ~ "
+            "(~ contains; = on text takes * and ? wildcards)."
+        )
+
+    def column_menu(self) -> QMenu:
+        """Every column (base, metrics, hyperparameters) with a check box; a change is saved for the user."""
+        menu = QMenu(self)
+        menu.setObjectName("column_menu")
+        shown = {c.id for c in self.model.columns}
+        section = ""
+        for group, column in self.choice.available():
+            if group != section:
+                menu.addSection(group)
+                section = group
+            action = QAction(column.title, menu)
+            action.setCheckable(True)
+            action.setChecked(column.id in shown)
+            action.setData(column.id)
+            if column.header_tip:
+                action.setToolTip(column.header_tip)
+            action.toggled.connect(lambda checked, key=column.id: self.set_column_visible(key, checked))
+            menu.addAction(action)
+        menu.addSeparator()
+        reset = menu_action("Reset to the default columns", self.reset_columns, self.choice.chosen is not None)
+        reset.setParent(menu)  # the menu does not own what it is given
+        menu.addAction(reset)
+        return menu
+
+    def _popup_columns(self, where: QPoint) -> None:
+        menu = self.column_menu()
+        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        menu.popup(where)
+
+    def set_column_visible(self, key: str, shown: bool) -> None:
+        self.choice.set_visible(key, shown)
+        self._show_columns()
+
+    def reset_columns(self) -> None:
+        self.choice.reset()
+        self._show_columns()
+
+    def _show_columns(self) -> None:
+        """Swap in the chosen columns, keeping the sort, the selection and the widths the user gave."""
+        columns = self.choice.visible()
+        if [c.id for c in columns] == [c.id for c in self.model.columns]:
+            return
+        header = self.table.horizontalHeader()
+        widths = {c.id: header.sectionSize(i) for i, c in enumerate(self.model.columns)}
+        sort_at = self.proxy.sortColumn()
+        sort_key = self.model.columns[sort_at].id if 0 <= sort_at < len(self.model.columns) else "submitted"
+        order = self.proxy.sortOrder()
+        chosen = [job["id"] for job in self.selected()]
+        self.model.set_columns(columns)
+        self._size_columns(widths)
+        if not self._sort_by(sort_key, order):
+            self._sort_by("submitted", Qt.SortOrder.DescendingOrder)
+        for job_id in chosen:
+            self.select(job_id, add=True)
+        self._span_headers()
+
+    def _size_columns(self, widths: dict[str, int]) -> None:
+        for at, column in enumerate(self.model.columns):
+            width = widths.get(column.id) or WIDTHS.get(column.id)
+            if width is None and ":" in column.id:
+                width = DISCOVERED_WIDTH
+            if width:
+                self.table.setColumnWidth(at, width)
+            delegate = self._progress_delegate if column.id == "progress" else self.table.itemDelegate()
+            self.table.setItemDelegateForColumn(at, delegate)  # per index: a moved column must not keep the bar
+
+    def _sort_by(self, key: str, order: Qt.SortOrder) -> bool:
+        at = next((i for i, c in enumerate(self.model.columns) if c.id == key), -1)
+        if at < 0:
+            return False
+        self.table.sortByColumn(at, order)
+        return True
+
+    def _group_changed(self) -> None:
+        mode = str(self.group_by.currentData())
+        app_settings().setValue(GROUP_KEY, mode)
+        self.model.set_grouping(mode)
+        self.proxy.invalidate()
+        self._span_headers()
+
+    def _span_headers(self, *_args: object) -> None:
+        """Group headers span the table's width (spans are per view row: redone after each sort or filter)."""
+        self.table.clearSpans()
+        columns = self.proxy.columnCount()
+        if self.model.mode == "none" or columns < 2:
+            return
+        for row in range(self.proxy.rowCount()):
+            if self.proxy.index(row, 0).data(HEADER_ROLE):
+                self.table.setSpan(row, 0, 1, columns)
+
+    # ---- selection and actions
 
     def selected(self) -> list[dict[str, Any]]:
-        return [index.data(ROW_ROLE) for index in self.table.selectionModel().selectedRows()]
+        rows = (index.data(ROW_ROLE) for index in self.table.selectionModel().selectedRows())
+        return [job for job in rows if job is not None]
 
-    def select(self, job_id: str) -> None:
+    def select(self, job_id: str, add: bool = False) -> None:
         position = self.model.find(job_id)
-        if position >= 0:
-            index = self.proxy.mapFromSource(self.model.index(position, 0))
+        if position < 0:
+            return
+        index = self.proxy.mapFromSource(self.model.index(position, 0))
+        if not index.isValid():
+            return
+        if add:
+            flags = self.table.selectionModel().SelectionFlag
+            self.table.selectionModel().select(index, flags.Select | flags.Rows)
+        else:
             self.table.selectRow(index.row())
 
     def _update_buttons(self) -> None:
@@ -175,11 +317,62 @@ class JobsView(View):
         self.retry_button.setEnabled(bool(states & {"FAILED", "CANCELLED"}))
         self.resubmit_button.setEnabled(bool(jobs))
         self.open_button.setEnabled(len(jobs) == 1)
+        self.compare_button.setEnabled(len(jobs) >= 2)
+
+    def _row_actions(self, rows: list[Any]) -> list[QAction | None]:
+        jobs = [job for job in rows if job is not None]
+        states = {j["state"] for j in jobs}
+        return [
+            menu_action("Open details", self._open_selected, len(jobs) == 1),
+            menu_action(
+                f"Compare {len(jobs)} jobs" if len(jobs) >= 2 else "Compare", self._compare_selected, len(jobs) >= 2
+            ),
+            None,
+            menu_action("Cancel…", self.confirm_cancel_selected, any(s not in TERMINAL for s in states)),
+            menu_action("Pause", lambda: self._each("pause", "pausing"), bool(states & {"RUNNING", "QUEUED"})),
+            menu_action("Resume", lambda: self._each("resume", "resumed"), "PAUSED" in states),
+            menu_action("Retry", lambda: self._each("retry", "retrying"), bool(states & {"FAILED", "CANCELLED"})),
+            menu_action("Resubmit", lambda: self._each("resubmit", "resubmitted"), bool(jobs)),
+            None,
+            menu_action("Copy job id" if len(jobs) < 2 else "Copy job ids", self.copy_ids, bool(jobs)),
+        ]
+
+    def _double_clicked(self, index: QModelIndex) -> None:
+        job = index.data(ROW_ROLE)
+        if job is not None:
+            self.open_job.emit(job["id"])
 
     def _open_selected(self) -> None:
         jobs = self.selected()
         if jobs:
             self.open_job.emit(jobs[0]["id"])
+
+    def _compare_selected(self) -> None:
+        jobs = self.selected()
+        if len(jobs) >= 2:
+            self.compare_jobs.emit([job["id"] for job in jobs])
+
+    def copy_ids(self) -> None:
+        QGuiApplication.clipboard().setText("\n".join(job["id"] for job in self.selected()))
+
+    def confirm_cancel_selected(self) -> None:
+        """Del and the Cancel button: name the jobs, cancel only on Yes."""
+        jobs = [job for job in self.selected() if job["state"] not in TERMINAL]
+        if not jobs:
+            return
+        names = "\n".join(f"  {job['name']} ({job['id']})" for job in jobs[:10])
+        more = f"\n  … and {len(jobs) - 10} more" if len(jobs) > 10 else ""
+        answer = QMessageBox.question(
+            self,
+            "Cancel jobs",
+            f"Cancel {len(jobs)} job{'' if len(jobs) == 1 else 's'}? Their running tasks are stopped.\n\n{names}{more}",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        for job in jobs:
+            self.act("cancel", job["id"], f"{job['name']}: cancelled")
 
     def _each(self, action: str, verb: str) -> None:
         for job in self.selected():

@@ -27,6 +27,12 @@ class Column:
     extra: Callable[[dict[str, Any]], Any] | None = None
     tooltip: Callable[[dict[str, Any]], str] | None = None
     color: Callable[[dict[str, Any]], str] | None = None  # text colour, e.g. by state
+    key: str = ""  # stable identity when columns come and go (the experiments table); the title otherwise
+    header_tip: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.key or self.title
 
 
 class RowTableModel(QAbstractTableModel):
@@ -44,14 +50,27 @@ class RowTableModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(self.columns)
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+        if orientation != Qt.Orientation.Horizontal or not 0 <= section < len(self.columns):
+            return None
+        if role == Qt.ItemDataRole.DisplayRole:
             return self.columns[section].title
+        if role == Qt.ItemDataRole.ToolTipRole and self.columns[section].header_tip:
+            return self.columns[section].header_tip
         return None
+
+    def set_columns(self, columns: Sequence[Column]) -> None:
+        """Swap the columns (a reset: views and proxies drop their per-column state; the caller restores the
+        sort and the selection it cares about)."""
+        self.beginResetModel()
+        self.columns = list(columns)
+        self.endResetModel()
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
-        row, column = self.rows[index.row()], self.columns[index.column()]
+        return self.cell(self.rows[index.row()], self.columns[index.column()], role)
+
+    def cell(self, row: dict[str, Any], column: Column, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
             return column.text(row)
         if role == SORT_ROLE:
