@@ -158,6 +158,12 @@ class ParallelCoordinates(pg.PlotWidget):  # type: ignore[misc]
         self.labels: list[pg.TextItem] = []  # axis tick labels: a few per axis, never per trial
         self._labelled: list[tuple[int, float, str]] = []
 
+    def clear_trials(self) -> None:
+        for curve in self.curve_items():
+            curve.setData([], [])
+        self._label_axes([])
+        self.plotItem.getAxis("bottom").setTicks([[]])
+
     def curve_items(self) -> list[pg.GraphicsObject]:
         return [self.axis_lines, self.unscored, *self.buckets, self.best]
 

@@ -41,6 +41,7 @@ from tensorfleet_desktop.ui.widgets import add_row_menu, data_table, menu_action
 
 Index = QModelIndex | QPersistentModelIndex
 DEFAULT_TOP_K = 10
+PRUNED = "#bf8700"  # stopped early by the sweep's pruner: amber like a paused job
 BEST_BACKGROUND = QColor(240, 136, 62, 70)  # BEST, translucent: readable on the light and the dark palette
 
 
@@ -63,9 +64,10 @@ def best_trial(job: dict[str, Any], rows: Sequence[dict[str, Any]] | None = None
 
 
 def ranked_trials(job: dict[str, Any], rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Scored trials, best first by the sweep's direction (ties: the earlier trial)."""
+    """Scored trials that ran to the end, best first by the sweep's direction (ties: the earlier trial)."""
     sign = 1.0 if _direction(job) == "minimize" else -1.0
-    return sorted(_scored(rows), key=lambda r: (sign * float(r["score"]), r["trial"]))
+    finished = [r for r in _scored(rows) if r["state"] != "PRUNED"]  # a pruned trial's score is a partial one
+    return sorted(finished, key=lambda r: (sign * float(r["score"]), r["trial"]))
 
 
 def top_trials(job: dict[str, Any], k: int = DEFAULT_TOP_K) -> dict[int, str]:
@@ -134,7 +136,7 @@ class TrialsModel(RowTableModel):
                 tooltip=lambda r: "" if r["score"] is None else repr(r["score"]),
                 header_tip=f"the sweep's score: {metric}, {direction}d",
             ),
-            Column("State", lambda r: r["state"], color=state_color),
+            Column("State", lambda r: r["state"], color=lambda r: PRUNED if r["state"] == "PRUNED" else state_color(r)),
             Column("Duration", lambda r: _seconds(r["duration"]), sort=lambda r: _sort_key(r["duration"])),
             Column("Agent", lambda r: r["agent"]),
         ]
@@ -241,8 +243,13 @@ class TrialScatter(pg.PlotWidget):  # type: ignore[misc]
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         light_grid(self.plotItem)
-        self.dots = pg.ScatterPlotItem(size=8, brush=pg.mkBrush(PALETTE[0]), pen=None, hoverable=True)
-        self.star = pg.ScatterPlotItem(size=18, symbol="star", brush=pg.mkBrush(BEST), pen=pg.mkPen("#57606a"))
+        self.tips: dict[int, str] = {}  # trial -> its hover text
+        self.dots = pg.ScatterPlotItem(
+            size=8, brush=pg.mkBrush(PALETTE[0]), pen=None, hoverable=True, tip=self._tip, hoverSize=11
+        )
+        self.star = pg.ScatterPlotItem(
+            size=18, symbol="star", brush=pg.mkBrush(BEST), pen=pg.mkPen("#57606a"), hoverable=True, tip=self._tip
+        )
         self.star.setZValue(10)
         self.plotItem.addItem(self.dots)
         self.plotItem.addItem(self.star)
@@ -254,10 +261,13 @@ class TrialScatter(pg.PlotWidget):  # type: ignore[misc]
     ) -> None:
         """`trials`: (trial, parameter value, score) of the scored trials."""
         xs, ys, ids, star = [], [], [], None
+        self.tips = {}
         for trial, raw, score in trials:
             x = axis.value(raw)
             if math.isnan(x):
                 continue
+            best_mark = " (best)" if trial == best else ""
+            self.tips[trial] = f"trial #{trial}{best_mark}\n{axis.name} = {_cell(raw)}\n{metric} = {compact(score)}"
             if axis.categories is not None:
                 x += ((trial * 0.618) % 1.0 - 0.5) * 0.3
             if trial == best:
@@ -280,6 +290,14 @@ class TrialScatter(pg.PlotWidget):  # type: ignore[misc]
         self.plotItem.setLabel("bottom", axis.scale_name())
         self.plotItem.setLabel("left", metric)
         self.plotItem.autoRange()
+
+    def _tip(self, x: float, y: float, data: Any) -> str:
+        return self.tips.get(int(data), "") if data is not None else ""
+
+    def clear_trials(self) -> None:
+        self.tips = {}
+        self.dots.setData([], [])
+        self.star.setData([], [])
 
     def _clicked(self, _item: Any, points: Sequence[Any], *_: Any) -> None:
         if len(points):
@@ -362,6 +380,9 @@ class SweepPanel(QWidget):
         self.trials_model.best = None
         self.trials_model.configure([], "", [])
         self.summary.clear()
+        self.scatter.clear_trials()
+        self.parallel.clear_trials()
+        self.parallel_note.clear()
 
     def show_job(self, job: dict[str, Any]) -> None:
         """A sweep job as it is now (its trials are its tasks)."""

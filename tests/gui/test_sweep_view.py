@@ -182,6 +182,9 @@ def test_top_trials_are_the_best_scores_in_the_sweeps_direction_with_compact_lab
     rmse = sweep_job(losses, SPACE, metric="rmse", direction="minimize")  # no best_trial yet: from the scores
     assert top_trials(rmse, 2) == {1: "#1 0.9731", 2: "#2 3.5"}
     assert top_trials(rmse, 0) == {}
+    pruned = sweep_job([*losses, ({"C": 4.0, "kernel": "rbf"}, 0.5, "SUCCEEDED")], SPACE, "rmse", "minimize")
+    pruned["task_list"][3]["exit_cause"] = "pruned"  # stopped early: its 0.5 is a partial score, not a result
+    assert list(top_trials(pruned)) == [1, 2, 0]
 
 
 def test_top_k_spin_box_emits_and_ignores_the_wheel_without_focus(panel: SweepPanel, qtbot: Any) -> None:
@@ -285,9 +288,19 @@ def test_parallel_coordinates_and_scatter_draw_200_trials_with_the_items_of_8(pa
     assert kernel_y == {round(1 / 6, 3), round(3 / 6, 3), round(5 / 6, 3)}  # categories at even positions
 
     assert len(panel.scatter.dots.data) == 192 - 1 and len(panel.scatter.star.data) == 1  # scored trials; best a star
+    point = panel.scatter.dots.points()[0]
+    panel.scatter._clicked(panel.scatter.dots, [point])  # a click on a dot selects its trial in the table
+    selected = panel.trials_table.selectionModel().selectedRows()
+    assert [int(str(i.data()).lstrip("#")) for i in selected] == [point.data()]
+    assert panel.scatter._tip(0, 0, best).startswith(f"trial #{best} (best)\nC = ")
+
     panel.scatter_param.setCurrentText("kernel")
     assert panel.scatter.plotItem.getAxis("bottom")._tickLevels[0] == [(0, "linear"), (1, "rbf"), (2, "poly")]
     assert {round(x) for x in panel.scatter.dots.data["x"]} <= {0, 1, 2}
+
+    panel.clear()  # another job opens: nothing of this sweep stays drawn
+    assert all(c.xData is None or len(c.xData) == 0 for c in parallel.curve_items())
+    assert len(panel.scatter.dots.data) == 0 and panel.trials_model.rowCount() == 0
 
 
 def test_refreshing_an_unchanged_sweep_does_not_redraw_and_a_hidden_tab_waits(
