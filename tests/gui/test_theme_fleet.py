@@ -235,6 +235,18 @@ def test_disk_is_a_bar_where_the_total_is_known_and_plain_free_space_otherwise(q
     assert abs(empty.green() - empty.red()) < 20  # the grey trough
 
 
+def test_settings_theme_choice_is_saved_and_applied_at_once(
+    qtbot: Any, window: MainWindow, light_afterwards: None
+) -> None:
+    combo = window.settings.theme
+    combo.setCurrentIndex(combo.findData("dark"))
+    assert app_settings().value("theme") == "dark"
+    QApplication.processEvents()
+    assert lightness(Role.Window) < 80 and window.fleet.table.palette().color(Role.Base).lightness() < 60
+    combo.setCurrentIndex(combo.findData("light"))
+    assert app_settings().value("theme") == "light" and lightness(Role.Window) > 200
+
+
 def test_agent_rows_offer_pair_drain_remove_and_copy_address(qtbot: Any, window: MainWindow) -> None:
     fleet = window.fleet
     row = agent(0)
