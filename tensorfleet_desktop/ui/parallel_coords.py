@@ -15,6 +15,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QWidget
 
 BUCKETS = 8  # colour steps of the score colormap: one curve item each
@@ -157,6 +158,7 @@ class ParallelCoordinates(pg.PlotWidget):  # type: ignore[misc]
         item.addItem(self.best)
         self.labels: list[pg.TextItem] = []  # axis tick labels: a few per axis, never per trial
         self._labelled: list[tuple[int, float, str]] = []
+        self._label_fill = QColor()
 
     def clear_trials(self) -> None:
         for curve in self.curve_items():
@@ -215,15 +217,19 @@ class ParallelCoordinates(pg.PlotWidget):  # type: ignore[misc]
     def _label_axes(self, axes: Sequence[ParamAxis]) -> None:
         """Tick labels from a pool of text items, reused across redraws (creating one costs ~1 ms)."""
         wanted = [(x, position, text) for x, axis in enumerate(axes) for position, text in axis.ticks()]
-        if wanted == self._labelled:
+        background = pg.mkColor(pg.getConfigOption("background"))
+        background.setAlpha(220)  # the label stays readable over the lines that cross it (either theme)
+        if wanted == self._labelled and background == self._label_fill:
             return
-        self._labelled = wanted
+        self._labelled, self._label_fill = wanted, background
+        fill = pg.mkBrush(background)
         while len(self.labels) < len(wanted):
             label = pg.TextItem("", color="#8c959f", anchor=(0, 0.5))
             label.setZValue(200)
             self.plotItem.addItem(label)
             self.labels.append(label)
         for label, (x, position, text) in zip(self.labels, wanted, strict=False):
+            label.fill = fill
             label.setText(text)
             label.setPos(x + 0.03, position)
             label.setVisible(True)

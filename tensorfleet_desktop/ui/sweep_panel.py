@@ -243,6 +243,8 @@ class TrialScatter(pg.PlotWidget):  # type: ignore[misc]
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         light_grid(self.plotItem)
+        for side in ("left", "bottom"):  # scores read as they are, not "x0.001"
+            self.plotItem.getAxis(side).enableAutoSIPrefix(False)
         self.tips: dict[int, str] = {}  # trial -> its hover text
         self.dots = pg.ScatterPlotItem(
             size=8, brush=pg.mkBrush(PALETTE[0]), pen=None, hoverable=True, tip=self._tip, hoverSize=11
@@ -289,7 +291,7 @@ class TrialScatter(pg.PlotWidget):  # type: ignore[misc]
             bottom.setTicks(None)
         self.plotItem.setLabel("bottom", axis.scale_name())
         self.plotItem.setLabel("left", metric)
-        self.plotItem.autoRange()
+        self.plotItem.autoRange(padding=0.08)  # the best trial's star is often at an edge
 
     def _tip(self, x: float, y: float, data: Any) -> str:
         return self.tips.get(int(data), "") if data is not None else ""
