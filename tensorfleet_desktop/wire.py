@@ -547,6 +547,7 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
         "fingerprint": msg.fingerprint,
         "cluster_id": msg.cluster_id,
         "disk_free_bytes": msg.disk_free_bytes,
+        "disk_total_bytes": msg.disk_total_bytes,
         "gpu_stats": [
             {
                 "index": g.index,

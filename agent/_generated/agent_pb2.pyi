@@ -488,6 +488,7 @@ class Telemetry(_message.Message):
     SLOTS_FREE_FIELD_NUMBER: _builtins.int
     TASKS_RUNNING_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     time: _builtins.float
     """unix seconds"""
     cpu_percent: _builtins.float
@@ -506,6 +507,8 @@ class Telemetry(_message.Message):
     """tasks in state RUNNING"""
     draining: _builtins.bool
     """refusing new tasks while its running ones finish (SIGTERM)"""
+    disk_total_bytes: _builtins.int
+    """size of the file system holding the agent's data dir; 0: unknown"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuTelemetry]:
         """one per GPU, by index"""
@@ -523,10 +526,11 @@ class Telemetry(_message.Message):
         slots_free: _builtins.int = ...,
         tasks_running: _builtins.int = ...,
         draining: _builtins.bool = ...,
+        disk_total_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "draining", b"draining", "gpus", b"gpus", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "slots_free", b"slots_free", "slots_total", b"slots_total", "tasks_running", b"tasks_running", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "disk_total_bytes", b"disk_total_bytes", "draining", b"draining", "gpus", b"gpus", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "slots_free", b"slots_free", "slots_total", b"slots_total", "tasks_running", b"tasks_running", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1476,6 +1476,7 @@ class Agent(_message.Message):
     GPU_STATS_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
     METRICS_PORT_FIELD_NUMBER: _builtins.int
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """node id"""
     name: _builtins.str
@@ -1517,6 +1518,8 @@ class Agent(_message.Message):
     """free bytes in the agent's data dir (latest telemetry)"""
     metrics_port: _builtins.int
     """the agent's Prometheus /metrics port on its host; 0: it serves none"""
+    disk_total_bytes: _builtins.int
+    """size of the file system holding its data dir (latest telemetry); 0: unknown"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """the agent's --label k=v"""
@@ -1562,10 +1565,11 @@ class Agent(_message.Message):
         gpu_stats: _abc.Iterable[_agent_pb2.GpuTelemetry] | None = ...,
         running: _abc.Iterable[_builtins.str] | None = ...,
         metrics_port: _builtins.int = ...,
+        disk_total_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cluster_id", b"cluster_id", "cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "error", b"error", "fingerprint", b"fingerprint", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "metrics_port", b"metrics_port", "name", b"name", "paired", b"paired", "running", b"running", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "workloads", b"workloads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cluster_id", b"cluster_id", "cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "disk_total_bytes", b"disk_total_bytes", "error", b"error", "fingerprint", b"fingerprint", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "metrics_port", b"metrics_port", "name", b"name", "paired", b"paired", "running", b"running", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "workloads", b"workloads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

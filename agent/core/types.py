@@ -139,6 +139,7 @@ class Telemetry:
     slots_free: int
     tasks_running: int
     draining: bool = False
+    disk_total_bytes: int = 0  # 0: unknown
 
 
 # ---- task events: one dataclass per payload kind, wrapped in TaskEvent ----

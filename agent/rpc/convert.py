@@ -271,6 +271,7 @@ def telemetry_to_pb(t: Telemetry) -> pb.Telemetry:
         slots_free=t.slots_free,
         tasks_running=t.tasks_running,
         draining=t.draining,
+        disk_total_bytes=t.disk_total_bytes,
     )
 
 
@@ -296,6 +297,7 @@ def telemetry_from_pb(msg: pb.Telemetry) -> Telemetry:
         slots_free=msg.slots_free,
         tasks_running=msg.tasks_running,
         draining=msg.draining,
+        disk_total_bytes=msg.disk_total_bytes,
     )
 
 

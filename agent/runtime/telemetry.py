@@ -37,10 +37,16 @@ def machine_facts() -> dict[str, str | int]:
 
 
 def disk_free(path: Path) -> int:
+    return disk_space(path)[0]
+
+
+def disk_space(path: Path) -> tuple[int, int]:
+    """(free, total) bytes of the file system holding `path`; (0, 0) when it cannot be read."""
     try:
-        return int(psutil.disk_usage(str(path)).free)
+        usage = psutil.disk_usage(str(path))
     except OSError:
-        return 0
+        return 0, 0
+    return int(usage.free), int(usage.total)
 
 
 class TelemetrySampler:
@@ -53,12 +59,14 @@ class TelemetrySampler:
         """Blocking (psutil, NVML): call through asyncio.to_thread."""
         mem = psutil.virtual_memory()
         gpus: tuple[GpuTelemetry, ...] = self.gpus.sample()
+        free, total = disk_space(self.data_dir)
         return Telemetry(
             time=time.time(),
             cpu_percent=float(psutil.cpu_percent(None)),
             memory_used_bytes=int(mem.total - mem.available),
             memory_total_bytes=int(mem.total),
-            disk_free_bytes=disk_free(self.data_dir),
+            disk_free_bytes=free,
+            disk_total_bytes=total,
             gpus=gpus,
             slots_total=slots_total,
             slots_free=slots_free,

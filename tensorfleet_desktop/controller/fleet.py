@@ -203,6 +203,7 @@ class AgentRecord:
             "fingerprint": self.fingerprint or (info.cert_fingerprint if info else ""),
             "cluster_id": info.cluster_id if info else "",
             "disk_free_bytes": tel.disk_free_bytes if tel else (info.disk_free_bytes if info else 0),
+            "disk_total_bytes": tel.disk_total_bytes if tel else 0,
             "gpu_stats": [asdict(g) for g in tel.gpus] if tel else [],
             "running": sorted(self.placed),
         }

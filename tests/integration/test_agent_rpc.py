@@ -95,6 +95,7 @@ async def test_get_info_and_telemetry(agent: AgentProcess) -> None:
         assert all(g > 0 for g in gaps) and samples[-1].time - samples[0].time >= 5 * 0.2 * 0.5, gaps
         assert max(gaps) < 10 * 0.2, gaps
         assert all(0 <= s.cpu_percent <= 100 and s.memory_total_bytes > s.memory_used_bytes for s in samples)
+        assert all(0 < s.disk_free_bytes <= s.disk_total_bytes for s in samples)  # the Fleet view's disk bar
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in client.telemetry(-1):
                 pass

@@ -28,6 +28,11 @@ def test_agents_found_over_mdns_and_listed(shared_cluster: tuple[ControllerProce
         assert entry["address"] == agent.address and entry["source"] == "mdns" and entry["state"] == "ONLINE"
         assert entry["slots_total"] == 1 and entry["slots_free"] == 1 and entry["gpus"] == 0
         assert set(entry) >= {"paired", "labels", "last_seen", "state_since"}
+    with Client(controller.address) as client:  # telemetry: free and total disk for the Fleet view's bar
+        agents_now = wait_until(
+            lambda: (rows := client.agents()) and all(a["disk_total_bytes"] > 0 for a in rows) and rows, 15, "telemetry"
+        )
+    assert all(0 < a["disk_free_bytes"] <= a["disk_total_bytes"] for a in agents_now)
 
 
 def test_submit_from_cli_waits_and_reports(cluster: tuple[ControllerProcess, list[AgentProcess]]) -> None:
