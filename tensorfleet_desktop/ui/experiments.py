@@ -460,6 +460,15 @@ class JobsModel(RowTableModel):
             self.headers = headers
             self.endInsertRows()
 
+    def sort_parts(self, row: int, column: int) -> tuple[str, bool, Any]:
+        """(group key, is a header, sort value) of a source cell: the proxy's lessThan without Qt calls."""
+        if row >= len(self.rows):
+            return self.headers[row - len(self.rows)]["key"], True, None
+        job = self.rows[row]
+        group = group_of(job, self.mode)[0] if self.mode != "none" else ""
+        spec = self.columns[column]
+        return group, False, spec.sort(job) if spec.sort else spec.text(job)
+
     def members(self, key: str) -> list[dict[str, Any]]:
         return [job for job in self.rows if group_of(job, self.mode)[0] == key]
 
@@ -513,23 +522,28 @@ class JobFilter(QSortFilterProxyModel):
 
     def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex | QPersistentModelIndex) -> bool:
         model = self.sourceModel()
-        index = model.index(source_row, 0, source_parent)
-        if index.data(HEADER_ROLE) and isinstance(model, JobsModel):
-            return any(self.accepts(job) for job in model.members(str(index.data(GROUP_ROLE))))
-        job = index.data(ROW_ROLE)
+        if isinstance(model, JobsModel):
+            if source_row >= len(model.rows):  # a header shows while one of its jobs does
+                return any(
+                    self.accepts(job) for job in model.members(model.headers[source_row - len(model.rows)]["key"])
+                )
+            return self.accepts(model.rows[source_row])
+        job = model.index(source_row, 0, source_parent).data(ROW_ROLE)
         return job is not None and self.accepts(job)
 
     def lessThan(self, left: QModelIndex | QPersistentModelIndex, right: QModelIndex | QPersistentModelIndex) -> bool:
+        model = self.sourceModel()
+        if not isinstance(model, JobsModel):
+            return super().lessThan(left, right)
         ascending = self.sortOrder() == Qt.SortOrder.AscendingOrder
+        group_l, header_l, a = model.sort_parts(left.row(), left.column())
+        group_r, header_r, b = model.sort_parts(right.row(), right.column())
         # Qt asks lessThan(right, left) for a descending sort; answers here are flipped to keep groups ascending,
         # each header first and missing values last whichever way the user sorts.
-        group_l, group_r = left.data(GROUP_ROLE) or "", right.data(GROUP_ROLE) or ""
         if group_l != group_r:
             return (group_l < group_r) == ascending
-        header_l, header_r = bool(left.data(HEADER_ROLE)), bool(right.data(HEADER_ROLE))
         if header_l or header_r:
             return header_l if ascending else header_r
-        a, b = left.data(SORT_ROLE), right.data(SORT_ROLE)
         if a is None or b is None:
             if a is None and b is None:
                 return False

@@ -22,7 +22,6 @@ from tensorfleet_desktop.ui.bridge import JOB_LIST_LIMIT, Bridge
 from tensorfleet_desktop.ui.experiments import (
     GROUP_KEY,
     GROUP_MODES,
-    HEADER_ROLE,
     ColumnChoice,
     FilterError,
     JobFilter,
@@ -160,11 +159,11 @@ class JobsView(View):
         self._update_buttons()
 
     def set_jobs(self, jobs: list[dict[str, Any]]) -> None:
-        self.model.set_rows(jobs)
-        if self.choice.discover(jobs):
+        if self.choice.discover(jobs):  # columns first: on the first list the reset finds no rows to redo
             self._show_columns()
             if self.filter_error:  # a key it did not know may exist now
                 self._apply_filter()
+        self.model.set_rows(jobs)
         self._update_buttons()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
@@ -283,10 +282,12 @@ class JobsView(View):
         """Group headers span the table's width (spans are per view row: redone after each sort or filter)."""
         self.table.clearSpans()
         columns = self.proxy.columnCount()
-        if self.model.mode == "none" or columns < 2:
+        if columns < 2:
             return
-        for row in range(self.proxy.rowCount()):
-            if self.proxy.index(row, 0).data(HEADER_ROLE):
+        first = len(self.model.rows)
+        for at in range(len(self.model.headers)):
+            row = self.proxy.mapFromSource(self.model.index(first + at, 0)).row()
+            if row >= 0:  # -1: filtered out
                 self.table.setSpan(row, 0, 1, columns)
 
     # ---- selection and actions

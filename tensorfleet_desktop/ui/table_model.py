@@ -101,13 +101,18 @@ class RowTableModel(QAbstractTableModel):
             self.endRemoveRows()
         self._index = {self.key(r): i for i, r in enumerate(self.rows)}
         last = len(self.columns) - 1
+        new: list[tuple[str, dict[str, Any]]] = []
         for key, row in incoming.items():
             at = self._index.get(key)
             if at is None:
-                self.beginInsertRows(QModelIndex(), len(self.rows), len(self.rows))
-                self.rows.append(row)
-                self._index[key] = len(self.rows) - 1
-                self.endInsertRows()
+                new.append((key, row))
             elif self.rows[at] != row:
                 self.rows[at] = row
                 self.dataChanged.emit(self.index(at, 0), self.index(at, last))
+        if new:  # one insertion: a sorted proxy places them all at once, not one by one
+            first = len(self.rows)
+            self.beginInsertRows(QModelIndex(), first, first + len(new) - 1)
+            for key, row in new:
+                self._index[key] = len(self.rows)
+                self.rows.append(row)
+            self.endInsertRows()
