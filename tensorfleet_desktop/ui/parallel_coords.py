@@ -15,6 +15,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 import pyqtgraph as pg
+from PySide6.QtCore import Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QWidget
 
@@ -130,11 +131,16 @@ def score_colors(n: int = BUCKETS) -> list[str]:
 
 
 class ParallelCoordinates(pg.PlotWidget):  # type: ignore[misc]
-    """Trials across parameter axes and the score axis; `set_trials` redraws with a fixed number of items."""
+    """Trials across parameter axes and the score axis; `set_trials` redraws with a fixed number of items. A click
+    near a line emits `line_clicked` with that trial's position in the lists `set_trials` was given."""
+
+    line_clicked = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.axes: list[ParamAxis] = []
+        self.grid = np.empty((0, 1))  # trial x axis, 0..1 (NaN: unknown)
+        self.highlighted: int | None = None
         item = self.plotItem
         item.hideAxis("left")
         item.setMouseEnabled(x=False, y=False)
@@ -156,18 +162,52 @@ class ParallelCoordinates(pg.PlotWidget):  # type: ignore[misc]
         self.best = pg.PlotCurveItem(pen=pg.mkPen(BEST, width=3.5))
         self.best.setZValue(100)
         item.addItem(self.best)
+        self.selected = pg.PlotCurveItem()  # the trial selected in the table
+        self.selected.setZValue(150)
+        item.addItem(self.selected)
+        self.scene().sigMouseClicked.connect(self._scene_clicked)
         self.labels: list[pg.TextItem] = []  # axis tick labels: a few per axis, never per trial
         self._labelled: list[tuple[int, float, str]] = []
         self._label_fill = QColor()
 
     def clear_trials(self) -> None:
+        self.grid = np.empty((0, 1))
+        self.highlighted = None
         for curve in self.curve_items():
             curve.setData([], [])
         self._label_axes([])
         self.plotItem.getAxis("bottom").setTicks([[]])
 
     def curve_items(self) -> list[pg.GraphicsObject]:
-        return [self.axis_lines, self.unscored, *self.buckets, self.best]
+        return [self.axis_lines, self.unscored, *self.buckets, self.best, self.selected]
+
+    def highlight(self, position: int | None) -> None:
+        """Draws one trial (a position in the last `set_trials` lists) over the others; None: none."""
+        self.highlighted = position
+        if position is None or not 0 <= position < len(self.grid):
+            self.selected.setData([], [])
+            return
+        self.selected.setPen(pg.mkPen(pg.getConfigOption("foreground"), width=2.5))
+        _draw(self.selected, np.arange(self.grid.shape[1], dtype=float), self.grid[position : position + 1])
+
+    def nearest(self, x: float, y: float, tolerance: float = 0.04) -> int | None:
+        """The trial whose line passes closest to (x, y) in plot units, if within `tolerance` of the axis height."""
+        grid = self.grid
+        if len(grid) == 0 or grid.shape[1] < 2:
+            return None
+        i = int(np.clip(math.floor(x), 0, grid.shape[1] - 2))
+        t = float(np.clip(x - i, 0.0, 1.0))
+        with np.errstate(invalid="ignore"):
+            distance = np.abs(grid[:, i] * (1 - t) + grid[:, i + 1] * t - y)
+        distance[np.isnan(distance)] = np.inf
+        best = int(np.argmin(distance))
+        return best if distance[best] <= tolerance else None
+
+    def _scene_clicked(self, event: Any) -> None:
+        point = self.plotItem.vb.mapSceneToView(event.scenePos())
+        position = self.nearest(point.x(), point.y())
+        if position is not None:
+            self.line_clicked.emit(position)
 
     def set_trials(
         self,
@@ -191,6 +231,7 @@ class ParallelCoordinates(pg.PlotWidget):  # type: ignore[misc]
             if score is not None:
                 grid[row, -1] = score_axis.position(score)
         xs = np.arange(n_axes, dtype=float)
+        self.grid = grid
         scored = ~np.isnan(grid[:, -1])
         bucket = np.zeros(len(params), dtype=int)
         if scored.any():  # colour by rank, so one failed trial's outlier score does not paint the rest alike
@@ -206,6 +247,7 @@ class ParallelCoordinates(pg.PlotWidget):  # type: ignore[misc]
         _draw(self.unscored, xs, grid[~scored & not_best])
         for i, curve in enumerate(self.buckets):
             _draw(curve, xs, grid[scored & not_best & (bucket == i)])
+        self.highlight(self.highlighted)
         self.axis_lines.setData(np.repeat(xs, 2), np.tile([0.0, 1.0], n_axes), connect="pairs")
         self._label_axes([*self.axes, score_axis])
         self.plotItem.getAxis("bottom").setTicks(

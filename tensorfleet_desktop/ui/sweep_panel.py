@@ -253,8 +253,12 @@ class TrialScatter(pg.PlotWidget):  # type: ignore[misc]
             size=18, symbol="star", brush=pg.mkBrush(BEST), pen=pg.mkPen("#57606a"), hoverable=True, tip=self._tip
         )
         self.star.setZValue(10)
+        self.ring = pg.ScatterPlotItem(size=20, symbol="o", brush=None)  # the trial selected in the table
+        self.ring.setZValue(20)
+        self.positions: dict[int, tuple[float, float]] = {}
         self.plotItem.addItem(self.dots)
         self.plotItem.addItem(self.star)
+        self.plotItem.addItem(self.ring)
         self.dots.sigClicked.connect(self._clicked)
         self.star.sigClicked.connect(self._clicked)
 
@@ -263,7 +267,7 @@ class TrialScatter(pg.PlotWidget):  # type: ignore[misc]
     ) -> None:
         """`trials`: (trial, parameter value, score) of the scored trials."""
         xs, ys, ids, star = [], [], [], None
-        self.tips = {}
+        self.tips, self.positions = {}, {}
         for trial, raw, score in trials:
             x = axis.value(raw)
             if math.isnan(x):
@@ -272,6 +276,7 @@ class TrialScatter(pg.PlotWidget):  # type: ignore[misc]
             self.tips[trial] = f"trial #{trial}{best_mark}\n{axis.name} = {_cell(raw)}\n{metric} = {compact(score)}"
             if axis.categories is not None:
                 x += ((trial * 0.618) % 1.0 - 0.5) * 0.3
+            self.positions[trial] = (x, score)
             if trial == best:
                 star = (x, score, trial)
             else:
@@ -293,13 +298,18 @@ class TrialScatter(pg.PlotWidget):  # type: ignore[misc]
         self.plotItem.setLabel("left", metric)
         self.plotItem.autoRange(padding=0.08)  # the best trial's star is often at an edge
 
+    def highlight(self, trial: int | None) -> None:
+        at = self.positions.get(trial) if trial is not None else None
+        self.ring.setPen(pg.mkPen(pg.getConfigOption("foreground"), width=2))
+        self.ring.setData(*([[at[0]], [at[1]]] if at else [[], []]))
+
     def _tip(self, x: float, y: float, data: Any) -> str:
         return self.tips.get(int(data), "") if data is not None else ""
 
     def clear_trials(self) -> None:
-        self.tips = {}
-        self.dots.setData([], [])
-        self.star.setData([], [])
+        self.tips, self.positions = {}, {}
+        for item in (self.dots, self.star, self.ring):
+            item.setData([], [])
 
     def _clicked(self, _item: Any, points: Sequence[Any], *_: Any) -> None:
         if len(points):
@@ -325,6 +335,7 @@ class SweepPanel(QWidget):
         self.trials_table, _ = data_table(self.trials_model, name="trials")
         self.trials_table.setModel(self.trials_model)  # no proxy: the model sorts itself (see TrialsModel)
         self.trials_table.doubleClicked.connect(self._double_clicked)
+        self.trials_table.selectionModel().selectionChanged.connect(lambda *_: self._highlight_selected())
         add_row_menu(self.trials_table, self._row_actions)
 
         self.summary = QLabel()
@@ -354,6 +365,8 @@ class SweepPanel(QWidget):
         scatter_layout.addWidget(self.scatter, 1)
 
         self.parallel = ParallelCoordinates()
+        self.parallel.line_clicked.connect(lambda at: self.select_trial(self._plotted[at]))
+        self._plotted: list[int] = []  # the trials in the order the parallel coordinates got them
         self.parallel_note = QLabel()
         parallel_box = QWidget()
         parallel_layout = QVBoxLayout(parallel_box)
@@ -384,6 +397,7 @@ class SweepPanel(QWidget):
         self.summary.clear()
         self.scatter.clear_trials()
         self.parallel.clear_trials()
+        self._plotted = []
         self.parallel_note.clear()
 
     def show_job(self, job: dict[str, Any]) -> None:
@@ -449,7 +463,8 @@ class SweepPanel(QWidget):
         rows = self.trials_model.rows
         sweep = self.job["spec"]["sweep"]
         best = self.trials_model.best
-        at = next((i for i, r in enumerate(rows) if r["trial"] == best), None)
+        self._plotted = [r["trial"] for r in rows]
+        at = self._plotted.index(best) if best in self._plotted else None
         self.parallel.set_trials(
             list(self.axes.values()),
             [r["params"] for r in rows],
@@ -470,6 +485,17 @@ class SweepPanel(QWidget):
             return
         trials = [(r["trial"], r["params"].get(axis.name), float(r["score"])) for r in _scored(self.trials_model.rows)]
         self.scatter.show_trials(axis, str(self.job["spec"]["sweep"]["metric"]), trials, self.trials_model.best)
+        self._highlight_selected()
+
+    def selected_trial(self) -> int | None:
+        rows = self.trials_table.selectionModel().selectedRows()
+        return int(rows[0].data(ROW_ROLE)["trial"]) if rows else None
+
+    def _highlight_selected(self) -> None:
+        """The table's selected trial stands out in both plots (a ring in the scatter, a bold line across)."""
+        trial = self.selected_trial()
+        self.scatter.highlight(trial)
+        self.parallel.highlight(self._plotted.index(trial) if trial in self._plotted else None)
 
     # ---- the user's actions
 

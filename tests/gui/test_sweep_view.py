@@ -173,6 +173,24 @@ def test_a_better_trial_takes_the_top_row_and_the_selection_stays_on_its_trial(p
     assert [int(str(i.data()).lstrip("#")) for i in selected] == [0]
 
 
+def test_the_selected_trial_stands_out_in_both_plots_and_a_click_on_a_line_selects_it(
+    panel: SweepPanel, qtbot: Any
+) -> None:
+    panel.show_job(sweep_job(TRIALS, SPACE, best=2))
+    panel.select_trial(0)  # C=10 (log: 3/4 up its axis), rbf (the middle category)
+    parallel = panel.parallel
+    assert list(parallel.selected.yData[:2]) == pytest.approx([0.75, 0.5]) and parallel.selected.zValue() > 100
+    assert list(panel.scatter.ring.data["x"]) == pytest.approx([1.0])  # log10(10) on the scatter's C axis
+
+    # a click on trial 3's line (C=50, poly) halfway between the C and kernel axes selects it
+    y = (parallel.grid[3, 0] + parallel.grid[3, 1]) / 2
+    scene = parallel.plotItem.vb.mapViewToScene(QPointF(0.5, y))
+    qtbot.mouseClick(parallel.viewport(), Qt.MouseButton.LeftButton, pos=parallel.mapFromScene(scene))
+    qtbot.waitUntil(lambda: panel.selected_trial() == 3)
+    assert list(parallel.selected.yData[:2]) == pytest.approx(list(parallel.grid[3, :2]))
+    assert parallel.nearest(0.5, 0.02) is None  # far from every line: nothing
+
+
 def test_top_trials_are_the_best_scores_in_the_sweeps_direction_with_compact_labels() -> None:
     job = sweep_job(TRIALS, SPACE, best=2)
     assert top_trials(job, 3) == {2: "#2 0.97", 1: "#1 0.95", 0: "#0 0.91"}
