@@ -130,9 +130,7 @@ class MainWindow(QMainWindow):
         }
         self.jobs.open_job.connect(self.show_job)
         self.models.open_job.connect(self.show_job)
-        compare_jobs = getattr(self.jobs, "compare_jobs", None)  # the experiments table's multi-select
-        if compare_jobs is not None:
-            compare_jobs.connect(self.compare_jobs)
+        self.jobs.compare_jobs.connect(self.compare_jobs)  # the experiments table's multi-select
         self.datasets.use_in_job.connect(self.submit_job)
         self.datasets.builtins_changed.connect(self.welcome.set_datasets)
         self.welcome.demo_submitted.connect(lambda _jobs: self.show_view(self.jobs))
@@ -249,9 +247,8 @@ class MainWindow(QMainWindow):
         one asks first. Nothing happens without a selection (Del in a text field stays the text field's)."""
         view = self.current_view()
         if view is self.jobs:
-            confirm = getattr(self.jobs, "confirm_cancel_selected", None)  # JobsView's: asks, then cancels
-            if confirm is not None and (self.jobs.table.hasFocus() or self.jobs.selected()):
-                confirm()
+            if self.jobs.table.hasFocus() or self.jobs.selected():
+                self.jobs.confirm_cancel_selected()  # asks, then cancels
         elif view is self.models:
             self.models.ask_delete()
         elif view is self.datasets:

@@ -98,7 +98,7 @@ class EmptyState(QWidget):
             self.raise_()
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if event.type() == QEvent.Type.Resize and self.isVisible():
+        if event.type() == QEvent.Type.Resize and not self.isHidden():
             self.setGeometry(self.table.viewport().rect())
         return False
 
