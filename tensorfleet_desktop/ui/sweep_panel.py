@@ -8,6 +8,8 @@ when the trials' scores or states changed (and only while the tab is visible), w
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -20,7 +22,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QAction, QBrush, QColor, QFont, QShowEvent, QWheelEvent
+from PySide6.QtGui import QAction, QBrush, QColor, QFont, QKeySequence, QShortcut, QShowEvent, QWheelEvent
 from PySide6.QtWidgets import (
     QApplication,
     QComboBox,
@@ -97,8 +99,13 @@ def _sort_key(value: Any) -> Any:
     return (1, 0.0, str(value))
 
 
-def _param_column(name: str) -> Column:
-    return Column(name, lambda r: _cell(r["params"].get(name)), sort=lambda r: _sort_key(r["params"].get(name)))
+def _param_column(name: str, space: Any) -> Column:
+    return Column(
+        name,
+        lambda r: _cell(r["params"].get(name)),
+        sort=lambda r: _sort_key(r["params"].get(name)),
+        header_tip=f"searched over {space}",
+    )
 
 
 class TrialsModel(RowTableModel):
@@ -117,9 +124,10 @@ class TrialsModel(RowTableModel):
         self._bold.setBold(True)
 
     def configure(
-        self, params: Sequence[str], metric: str, rows: Sequence[dict[str, Any]], direction: str = "maximize"
+        self, params: dict[str, Any], metric: str, rows: Sequence[dict[str, Any]], direction: str = "maximize"
     ) -> None:
-        """New columns (another sweep): one reset instead of a column-by-column rebuild."""
+        """New columns (another sweep; `params`: name -> its search space): one reset, not a column-by-column
+        rebuild."""
         self.beginResetModel()
         self.columns = [
             Column(
@@ -128,7 +136,7 @@ class TrialsModel(RowTableModel):
                 sort=lambda r: (0, float(r["trial"]), ""),
                 tooltip=lambda r: "the best trial" if r["trial"] == self.best else "",
             ),
-            *(_param_column(name) for name in params),
+            *(_param_column(name, space) for name, space in params.items()),
             Column(
                 metric or "Score",
                 lambda r: "" if r["score"] is None else compact(float(r["score"])),
@@ -335,6 +343,10 @@ class SweepPanel(QWidget):
         self.trials_table, _ = data_table(self.trials_model, name="trials")
         self.trials_table.setModel(self.trials_model)  # no proxy: the model sorts itself (see TrialsModel)
         self.trials_table.doubleClicked.connect(self._double_clicked)
+        for key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):  # the keyboard's double-click
+            QShortcut(
+                QKeySequence(key), self.trials_table, self._open_current, context=Qt.ShortcutContext.WidgetShortcut
+            )
         self.trials_table.selectionModel().selectionChanged.connect(lambda *_: self._highlight_selected())
         add_row_menu(self.trials_table, self._row_actions)
 
@@ -393,7 +405,7 @@ class SweepPanel(QWidget):
         self._signature = None
         self._task_params = {}
         self.trials_model.best = None
-        self.trials_model.configure([], "", [])
+        self.trials_model.configure({}, "", [])
         self.summary.clear()
         self.scatter.clear_trials()
         self.parallel.clear_trials()
@@ -413,7 +425,7 @@ class SweepPanel(QWidget):
         model = self.trials_model
         model.set_best(best)
         if not same_sweep or [c.title for c in model.columns[1 : 1 + len(names)]] != names:
-            model.configure(names, metric, rows, str(sweep.get("direction", "maximize")))
+            model.configure(dict(sweep["params"]), metric, rows, str(sweep.get("direction", "maximize")))
             score_column = 1 + len(names)
             descending = sweep.get("direction") != "minimize"
             order = Qt.SortOrder.DescendingOrder if descending else Qt.SortOrder.AscendingOrder
@@ -522,7 +534,26 @@ class SweepPanel(QWidget):
         return [
             menu_action("Show its curves", lambda: self.show_trial.emit(trial)),
             menu_action("Copy parameters as JSON", lambda: self.copy_parameters(trial)),
+            None,
+            menu_action("Copy all trials as CSV", self.copy_table),
         ]
+
+    def copy_table(self) -> None:
+        """Every trial in the table's order, for a spreadsheet or pandas (full-precision values)."""
+        model = self.trials_model
+        params = [c.title for c in model.columns[1:-4]]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["trial", *params, model.columns[-4].title, "state", "duration_s", "agent"])
+        for r in model.rows:
+            values = [r["params"].get(p) for p in params]
+            writer.writerow([r["trial"], *values, r["score"], r["state"], r["duration"], r["agent"]])
+        QApplication.clipboard().setText(out.getvalue())
+
+    def _open_current(self) -> None:
+        trial = self.selected_trial()
+        if trial is not None:
+            self.show_trial.emit(trial)
 
     def copy_parameters(self, trial: int) -> None:
         """The trial's full hyperparameters (swept and fixed), ready for a job spec's `hyperparameters`."""

@@ -237,7 +237,9 @@ def test_top_k_spin_box_emits_and_ignores_the_wheel_without_focus(panel: SweepPa
     assert spin.value() == 6 and panel.top_k == 6
 
 
-def test_double_click_and_row_menu_show_a_trials_curves_and_copy_its_parameters(panel: SweepPanel, qtbot: Any) -> None:
+def test_double_click_enter_and_row_menu_show_a_trials_curves_and_copy_parameters_and_table(
+    panel: SweepPanel, qtbot: Any
+) -> None:
     panel.show_job(sweep_job(TRIALS, SPACE, best=2))
     table = panel.trials_table
     index = table.model().index(1, 0)  # trial 1 (second under the score sort)
@@ -245,12 +247,22 @@ def test_double_click_and_row_menu_show_a_trials_curves_and_copy_its_parameters(
         table.doubleClicked.emit(index)
     assert shown.args == [1]
     actions = [a for a in panel._row_actions([panel.trials_model.rows[panel.trials_model.find("3")]]) if a]
-    assert [a.text() for a in actions] == ["Show its curves", "Copy parameters as JSON"]
+    assert [a.text() for a in actions] == ["Show its curves", "Copy parameters as JSON", "Copy all trials as CSV"]
     with qtbot.waitSignal(panel.show_trial) as shown:
         actions[0].trigger()
     assert shown.args == [3]
     actions[1].trigger()
     assert json.loads(QApplication.clipboard().text()) == {"C": 50.0, "kernel": "poly", "random_state": 42}
+    actions[2].trigger()
+    lines = QApplication.clipboard().text().splitlines()
+    assert lines[0] == "trial,C,kernel,test_accuracy,state,duration_s,agent"
+    assert lines[1].startswith("2,0.5,rbf,0.97,SUCCEEDED,") and len(lines) == 6  # table order: the best first
+
+    panel.select_trial(0)
+    table.setFocus()
+    with qtbot.waitSignal(panel.show_trial) as shown:
+        qtbot.keyClick(table, Qt.Key.Key_Return)  # Enter opens the selected trial's curves too
+    assert shown.args == [0]
 
 
 def test_axes_place_categories_evenly_and_wide_ranges_on_a_log_scale() -> None:
