@@ -21,8 +21,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QMessageBox
 
+from helpers.controller import cli_json
 from helpers.servers import free_port
+from helpers.waiting import wait_until
 from tensorfleet_desktop import wire
+from tensorfleet_desktop.client import Client
 from tensorfleet_desktop.controller.jobspec import parse_job_spec
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.ui.bridge import Bridge
@@ -350,3 +353,37 @@ def test_focus_filter_puts_the_keyboard_in_the_text_filter(qtbot: Any, view: Job
     view.focus_filter()
     qtbot.waitUntil(view.filter_text.hasFocus, timeout=2000)
     assert view.filter_text.selectedText() == "rf"
+
+
+@pytest.mark.slow
+def test_real_jobs_fill_the_table_and_cli_labels_reach_it(qtbot: Any, bridge: Bridge, gui_cluster: Any) -> None:
+    """Two real scikit-learn jobs on the shared cluster (one each per agent), one labelled through
+    `tensorfleet submit --group --tag`: their reported metrics become columns and the labels filter them."""
+    controller, _agents = gui_cluster
+    labelled = cli_json(
+        controller.cli(
+            "submit", "-a", "random_forest", "-d", "iris", "-p", "n_estimators=20", "--name", "xt-cli",
+            "--group", "xt-study", "--tag", "cli", "--tag", "rf", "--json",
+        )
+    )  # fmt: skip
+    with Client(controller.address) as client:
+        other = client.submit(
+            {"algorithm": "random_forest", "dataset": "iris", "name": "xt-rf5", "hyperparameters": {"n_estimators": 5}}
+        )
+        ids = [labelled["id"], other["id"]]
+        wait_until(lambda: all(client.job(i)["state"] in ("SUCCEEDED", "FAILED") for i in ids), 60, "2 jobs end")
+        jobs = [client.job(i) for i in ids]
+    assert all(j["state"] == "SUCCEEDED" for j in jobs), [j["error"] for j in jobs]
+    assert jobs[0]["spec"]["group"] == "xt-study" and jobs[0]["spec"]["tags"] == ["cli", "rf"]
+
+    view = JobsView(bridge, lambda message, error: None)
+    qtbot.addWidget(view)
+    view.set_jobs(jobs)
+    assert {"test_accuracy", "n_estimators"} <= set(titles(view))
+    view.table.sortByColumn(column(view, "n_estimators"), Qt.SortOrder.DescendingOrder)
+    assert names(view) == ["xt-cli", "xt-rf5"] and shown(view, "n_estimators") == ["20", "5"]
+    view.filter_columns.setText("group=xt-study tag=rf test_accuracy>0.5")
+    assert names(view) == ["xt-cli"] and view.filter_error == ""
+    view.group_by.setCurrentIndex(view.group_by.findData("group"))
+    view.filter_columns.setText("")
+    assert shown(view)[0] == "group xt-study  ·  1 job"
