@@ -16,12 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyqtgraph as pg
-from PySide6.QtCore import (
-    QModelIndex,
-    QPersistentModelIndex,
-    Qt,
-    Signal,
-)
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QAction, QBrush, QColor, QFont, QKeySequence, QShortcut, QShowEvent, QWheelEvent
 from PySide6.QtWidgets import (
     QApplication,
@@ -91,7 +86,7 @@ def _seconds(value: float | None) -> str:
 
 
 def _sort_key(value: Any) -> Any:
-    """Numbers before text, each in its natural order; None is missing (sorted last by the proxy)."""
+    """Numbers before text, each in its natural order; None is missing (TrialsModel sorts it last)."""
     if value is None:
         return None
     if is_number(value):
