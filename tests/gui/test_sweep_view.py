@@ -19,7 +19,7 @@ from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from tensorfleet_desktop.client import Client
-from tensorfleet_desktop.ui.parallel_coords import ParamAxis
+from tensorfleet_desktop.ui.parallel_coords import ParallelCoordinates, ParamAxis
 from tensorfleet_desktop.ui.sweep_panel import SweepPanel, top_trials
 
 Trial = tuple[dict[str, Any], float | None, str]  # params, score (None: not scored), state
@@ -279,6 +279,17 @@ def test_axes_place_categories_evenly_and_wide_ranges_on_a_log_scale() -> None:
     linear = ParamAxis.build("n", "int:2:8", [2, 5])
     assert not linear.log and linear.position(5) == pytest.approx(0.5)
     assert ParamAxis.build("n_estimators", "10,50,100", [10]).categories is None  # numeric choices: a numeric axis
+
+
+def test_line_colours_rank_trials_by_the_sweeps_direction(qtbot: Any) -> None:
+    plot = ParallelCoordinates()
+    qtbot.addWidget(plot)
+    axis = ParamAxis.build("C", "float:0.01:100:log", [])
+    params = [{"C": 0.1}, {"C": 1.0}, {"C": 10.0}]
+    for minimize, brightest, darkest in ((False, 2, 0), (True, 0, 2)):
+        plot.set_trials([axis], params, [0.5, 0.7, 0.9], None, minimize=minimize)
+        assert list(plot.buckets[-1].yData) == pytest.approx(list(plot.grid[brightest]))  # the best scores
+        assert list(plot.buckets[0].yData) == pytest.approx(list(plot.grid[darkest]))
 
 
 def many_trials(n: int, seed: int = 7) -> list[Trial]:
