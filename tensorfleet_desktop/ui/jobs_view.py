@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
-from PySide6.QtGui import QAction, QGuiApplication
+from PySide6.QtGui import QAction, QGuiApplication, QMouseEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -49,6 +49,17 @@ WIDTHS = {
 }
 DISCOVERED_WIDTH = 90
 BAD_FILTER_STYLE = "QLineEdit { border: 1px solid #d1242f; color: #d1242f; }"
+
+
+class ChecklistMenu(QMenu):
+    """A menu of check boxes that stays open while the user ticks several."""
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        action = self.actionAt(event.position().toPoint())
+        if action is not None and action.isCheckable() and action.isEnabled():
+            action.trigger()
+            return
+        super().mouseReleaseEvent(event)
 
 
 class JobsView(View):
@@ -200,7 +211,7 @@ class JobsView(View):
 
     def column_menu(self) -> QMenu:
         """Every column (base, metrics, hyperparameters) with a check box; a change is saved for the user."""
-        menu = QMenu(self)
+        menu = ChecklistMenu(self)
         menu.setObjectName("column_menu")
         shown = {c.id for c in self.model.columns}
         section = ""

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("PySide6", reason="the desktop extra (PySide6) is not installed")
 pytest.importorskip("pytestqt", reason="pytest-qt (dev extra) is not installed")
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QMessageBox
 
@@ -195,6 +195,20 @@ def test_the_column_choice_is_saved_for_the_next_window(qtbot: Any, bridge: Brid
     reset = [a for a in again.column_menu().actions() if a.text() == "Reset to the default columns"]
     reset[0].trigger()
     assert "f1_macro" in titles(again) and "Group" not in titles(again)
+
+
+def test_the_column_menu_stays_open_while_boxes_are_ticked(qtbot: Any, view: JobsView) -> None:
+    view.show()
+    menu = view.column_menu()
+    menu.popup(view.mapToGlobal(QPoint(0, 0)))
+    qtbot.waitUntil(menu.isVisible, timeout=2000)
+    for title in ("Tags", "max_iter"):
+        (action,) = [a for a in menu.actions() if a.text() == title]
+        before = action.isChecked()
+        qtbot.mouseClick(menu, Qt.MouseButton.LeftButton, pos=menu.actionGeometry(action).center())
+        assert action.isChecked() != before and (title in titles(view)) != before
+    assert menu.isVisible()
+    menu.close()
 
 
 def test_a_column_change_keeps_the_sort_and_the_selection(view: JobsView) -> None:
