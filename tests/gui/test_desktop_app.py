@@ -147,8 +147,14 @@ def test_a_job_that_ends_between_two_updates_is_still_told(qtbot: Any, window: M
     assert sorted(finished).count(jobs[0]["id"]) == 1  # told once
 
 
-def test_cancel_from_the_jobs_view(qtbot: Any, window: MainWindow, gui_cluster: Any) -> None:
+def test_cancel_from_the_jobs_view(
+    qtbot: Any, window: MainWindow, gui_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     controller, _ = gui_cluster
+    asked: list[str] = []  # Cancel asks first (a modal question would block the test): the user says Yes
+    monkeypatch.setattr(
+        QMessageBox, "question", lambda _p, _t, text, *_a, **_k: asked.append(text) or QMessageBox.StandardButton.Yes
+    )
     with Client(controller.address) as client:
         job = client.submit({"algorithm": "sleep", "name": "gui-sleeper", "hyperparameters": {"seconds": 120}})
     wait_state(qtbot, window, job["id"], "RUNNING")
@@ -157,6 +163,7 @@ def test_cancel_from_the_jobs_view(qtbot: Any, window: MainWindow, gui_cluster: 
     assert window.jobs.cancel_button.isEnabled()
     clicked = time.time()
     qtbot.mouseClick(window.jobs.cancel_button, qtbot_button())
+    assert len(asked) == 1 and "gui-sleeper" in asked[0]
     final = wait_state(qtbot, window, job["id"], "CANCELLED", timeout=15_000)
     assert final["finished_at"] - clicked < 2.0 + 0.5, "cancel took longer than 2 s"
 
