@@ -87,10 +87,10 @@ def _seconds(value: float | None) -> str:
 
 def _sort_key(value: Any) -> Any:
     """Numbers before text, each in its natural order; None is missing (TrialsModel sorts it last)."""
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    if is_number(value):
-        return (0, float(value), "")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, float(value), "")  # infinities too
     return (1, 0.0, str(value))
 
 
