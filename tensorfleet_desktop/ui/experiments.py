@@ -83,6 +83,12 @@ def job_group(job: dict[str, Any]) -> str:
     return str((job.get("spec") or {}).get("group") or "")
 
 
+def dataset_text(job: dict[str, Any]) -> str:
+    """A built-in dataset's name; an upload's reference shortened (jobs carry user:<sha256>, not its name)."""
+    value = str(job.get("dataset") or "")
+    return f"upload {value[5:17]}" if value.startswith("user:") else value
+
+
 def compact(value: Any) -> str:
     """A cell's text: floats to 4 significant digits, the rest as written."""
     if value is None:
@@ -157,7 +163,7 @@ def base_columns() -> list[tuple[Column, bool]]:
         (Column("Submitted", lambda j: clock(j["created_at"]), sort=lambda j: j["created_at"], key="submitted"), True),
         (Column("Group", job_group, sort=lambda j: sort_value(job_group(j)), key="group"), False),
         (Column("Tags", lambda j: ", ".join(job_tags(j)), key="tags"), False),
-        (Column("Dataset", lambda j: str(j.get("dataset") or ""), key="dataset"), False),
+        (Column("Dataset", dataset_text, tooltip=lambda j: str(j.get("dataset") or ""), key="dataset"), False),
         (Column("Algorithm", lambda j: str(j.get("algorithm") or ""), key="algorithm"), False),
         (Column("Job id", lambda j: j["id"], key="id"), False),
     ]
@@ -376,7 +382,7 @@ def group_of(job: dict[str, Any], mode: str) -> tuple[str, str]:
         tags = job_tags(job)
         return (f"0{tags[0].casefold()}", f"tag {tags[0]}") if tags else (_LAST, "no tags")
     if mode in ("algorithm", "dataset"):
-        value = str(job.get(mode) or "")
+        value = dataset_text(job) if mode == "dataset" else str(job.get(mode) or "")
         return (f"0{value}", f"{mode} {value}") if value else (_LAST, f"no {mode}")
     return "", ""
 

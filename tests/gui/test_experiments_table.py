@@ -359,6 +359,19 @@ def test_cancel_asks_first_and_cancels_only_on_yes(qtbot: Any, view: JobsView, m
     assert len(asked) == 3
 
 
+def test_refresh_asks_the_controller_for_the_list_again(view: JobsView, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = fleet_jobs()[:2]
+
+    class Client:
+        def jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[dict[str, Any]]:
+            assert limit > 0
+            return fresh
+
+    monkeypatch.setattr(view.bridge, "call", lambda fn, done, failed: done(fn(Client())))
+    view.refresh()
+    assert [j["id"] for j in view.model.rows] == [j["id"] for j in fresh]
+
+
 def test_focus_filter_puts_the_keyboard_in_the_text_filter(qtbot: Any, view: JobsView) -> None:
     view.show()
     qtbot.waitExposed(view)
