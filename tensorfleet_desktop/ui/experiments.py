@@ -135,10 +135,19 @@ def _progress(job: dict[str, Any]) -> str:
     return f"{job['progress'] * 100:.0f}%  ({tasks['completed']}/{tasks['total']})"
 
 
+def _name_tip(job: dict[str, Any]) -> str:
+    lines = [job["id"]]
+    if job_group(job):
+        lines.append(f"group: {job_group(job)}")
+    if job_tags(job):
+        lines.append(f"tags: {', '.join(job_tags(job))}")
+    return "\n".join([*lines, job["error"]]).strip()
+
+
 def base_columns() -> list[tuple[Column, bool]]:
     """Every fixed column and whether it shows by default (the first three stay where callers expect them)."""
     return [
-        (Column("Name", lambda j: j["name"], tooltip=lambda j: f"{j['id']}\n{j['error']}".strip(), key="name"), True),
+        (Column("Name", lambda j: j["name"], tooltip=_name_tip, key="name"), True),
         (Column("Workload", workload, key="workload"), True),
         (Column("State", job_state, tooltip=lambda j: j["error"], color=job_state_color, key="state"), True),
         (
