@@ -24,6 +24,8 @@ class MetricCard(QFrame):
         self.setBackgroundRole(QPalette.ColorRole.Base)
         self.setAutoFillBackground(True)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.setMinimumWidth(160)
+        self.setMaximumWidth(300)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 6, 10, 6)
         layout.setSpacing(2)
@@ -74,6 +76,7 @@ class MetricCards(QWidget):
         self.cards: dict[str, MetricCard] = {}
         self.grid = QGridLayout(self)
         self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setColumnStretch(columns, 1)  # cards keep their width; the row's rest stays empty
         self.only = ""
         self.setVisible(False)
 

@@ -120,6 +120,21 @@ def format_value(value: float) -> str:
     return f"{value:.4g}"
 
 
+class ValueAxis(pg.AxisItem):  # type: ignore[misc]
+    """A y axis whose log mode labels only 1, 2 and 5 times a power of ten: under a few decades pyqtgraph puts a
+    tick at every 1..9 and labels each (0.02 0.03 0.04 ... in a pile)."""
+
+    def tickStrings(self, values: list[float], scale: float, spacing: float) -> list[str]:
+        strings: list[str] = super().tickStrings(values, scale, spacing)
+        if not self.logMode:
+            return strings
+        shown = []
+        for value, text in zip(values, strings, strict=False):
+            mantissa = 10 ** (value - math.floor(value + 1e-9))
+            shown.append(text if round(mantissa, 6) in (1.0, 2.0, 5.0) else "")
+        return shown
+
+
 class Series:
     """A curve's points in growable numpy buffers (step, value, wall time): a redraw hands pyqtgraph views,
     never copies a list. The pyqtgraph items are made only when the series is first drawn."""
@@ -184,7 +199,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
     vertical line and each drawn series' value at the nearest x (`hover_text`)."""
 
     def __init__(self, parent: QWidget | None = None, x_label: str = "step", symbols: bool = False) -> None:
-        super().__init__(parent)
+        super().__init__(parent, axisItems={"left": ValueAxis(orientation="left")})
         self.series: dict[str, Series] = {}
         self.symbols = symbols
         self.smoothing = 0.0
@@ -199,6 +214,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.plotItem.setDownsampling(auto=True, mode="peak")
         self.plotItem.setClipToView(True)
         foreground = pg.getConfigOption("foreground")
+        self._colors = (foreground, pg.getConfigOption("background"))
         self.crosshair = pg.InfiniteLine(
             angle=90, movable=False, pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DashLine)
         )
@@ -373,6 +389,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             self.hide_hover()
             return ""
         self.hover_text = "\n".join([head, *lines])
+        self._follow_theme()
         self.readout.setHtml(f"<div style='font-size:8pt'>{head}<br>{'<br>'.join(html)}</div>")
         (x0, x1), (_, y1) = self.plotItem.vb.viewRange()
         self.readout.setAnchor((1, 0) if x > (x0 + x1) / 2 else (0, 0))
@@ -381,6 +398,17 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.crosshair.show()
         self.readout.show()
         return self.hover_text
+
+    def _follow_theme(self) -> None:
+        """The read-out in the current theme's colours (theme.restyle_plots recolours axes and legends only)."""
+        colors = (pg.getConfigOption("foreground"), pg.getConfigOption("background"))
+        if colors == self._colors:
+            return
+        self._colors = colors
+        foreground, background = colors
+        self.crosshair.setPen(pg.mkPen(foreground, width=1, style=Qt.PenStyle.DashLine))
+        self.readout.setColor(foreground)
+        self.readout.fill = pg.mkBrush(translucent(background, 200))
 
     def _x_text(self, x: float) -> str:
         if self.x_mode == WALL:

@@ -15,7 +15,7 @@ from PySide6.QtGui import QImage
 
 from tensorfleet_desktop.ui.curves_panel import CurvesPanel
 from tensorfleet_desktop.ui.job_history import group_points
-from tensorfleet_desktop.ui.plots import EPOCH, RELATIVE, STEP, WALL, MetricPlot, ema
+from tensorfleet_desktop.ui.plots import EPOCH, RELATIVE, STEP, WALL, MetricPlot, configure_pyqtgraph, ema
 
 T0 = 1_790_000_000.0  # wall time of the first point
 
@@ -126,6 +126,15 @@ def test_hover_reads_out_every_series_at_the_cursor(panel: CurvesPanel, qtbot: A
     assert "task 1" in plot.readout.textItem.toPlainText()
     plot.mouse_moved((QPointF(-500.0, -500.0),))  # off the plot: the read-out goes
     assert not plot.crosshair.isVisible() and plot.hover_text == ""
+
+    saved = {key: pg.getConfigOption(key) for key in ("background", "foreground", "antialias")}
+    try:  # a theme switch after the plot was made: the read-out follows it
+        configure_pyqtgraph(dark=True)
+        plot.hover_at(10.0)
+        assert plot.readout.fill.color().name() == pg.mkColor("#1e1e1e").name()
+        assert plot.readout.color.name() == pg.mkColor("#dddddd").name()
+    finally:
+        pg.setConfigOptions(**saved)
 
 
 def test_export_writes_png_and_svg(panel: CurvesPanel, tmp_path: Path) -> None:
