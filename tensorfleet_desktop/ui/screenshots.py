@@ -35,6 +35,23 @@ TORCH_CURVES: dict[str, Any] = {
     "dataset": "digits",
     "hyperparameters": {"epochs": 6},
 }
+#: A sweep whose trials report curves (gradient boosting reports its test metrics in rounds: the Curves tab's top-k
+#: overlay) over three parameters (parallel coordinates).
+CURVES_SWEEP: dict[str, Any] = {
+    "name": "digits-boosting-sweep",
+    "algorithm": "gradient_boosting",
+    "dataset": "digits",
+    "hyperparameters": {"max_iter": 40},
+    "sweep": {
+        "params": {
+            "learning_rate": "float:0.005:0.5:log",
+            "max_leaf_nodes": "int:4:48",
+            "max_depth": "int:2:8",
+        },
+        "search": "random",
+        "trials": 14,
+    },
+}
 
 
 def _free_port() -> int:
@@ -85,24 +102,76 @@ def start_cluster(root: Path) -> tuple[str, list[subprocess.Popen[bytes]]]:
     return f"{LOOPBACK}:{port}", procs
 
 
+def _group(spec: dict[str, Any]) -> str:
+    """The label the experiments table groups the jobs by."""
+    if "sweep" in spec:
+        return "tuning"
+    return "deep-learning" if spec["algorithm"].startswith("torch") else "baselines"
+
+
 def submit_jobs(address: str, root: Path) -> list[str]:
     csv_path = root / "wine.csv"
     _write_csv(csv_path)
     with Client(address) as client:
         _wait("2 agents", lambda: sum(a["state"] == "ONLINE" and a["paired"] for a in client.agents()) == 2, 90)
         client.upload_dataset(csv_path, "wine-csv")
-        specs = list(DEMO_JOBS) + EXTRA_JOBS
+        specs = [*DEMO_JOBS, *EXTRA_JOBS, CURVES_SWEEP]
         specs.append(
             {"name": "wine-csv-forest", "algorithm": "random_forest", "dataset": "wine-csv", "target": "cultivar"}
         )
         if importlib.util.find_spec("torch"):
             specs.append(TORCH_CURVES)
-        ids = [client.submit(spec)["id"] for spec in specs]
+        ids = [client.submit({**spec, "group": _group(spec)})["id"] for spec in specs]
         _wait("the jobs", lambda: all(client.job(i)["state"] in TERMINAL for i in ids), 600)
         return ids
 
 
-def photograph(address: str, out: Path, data_dir: Path) -> list[Path]:
+class Camera:
+    """Saves PNGs of the window; a view that cannot be set up is reported and skipped, not the whole run lost."""
+
+    def __init__(self, app: Any, window: Any, out: Path) -> None:
+        self.app, self.window, self.out = app, window, out
+        self.saved: list[Path] = []
+        self.failed: list[str] = []
+
+    def pump(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        from PySide6.QtCore import QEvent
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (until and until()):
+            self.app.processEvents()
+            # processEvents leaves deleteLater()'d widgets alive (the event loop deletes them): a view rebuilt
+            # for another job would otherwise show its old panes in the picture
+            self.app.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+            time.sleep(0.02)
+
+    def shot(self, name: str, widget: Any = None) -> None:
+        self.pump(1.0)
+        path = self.out / f"{name}.png"
+        (widget or self.window).grab().save(str(path))
+        self.saved.append(path)
+
+    def scene(self, name: str, setup: Callable[[], None]) -> None:
+        """`setup` brings the window to what `name` shows (it may take its own shots)."""
+        try:
+            setup()
+        except Exception as exc:  # one view's failure must not cost the other screenshots
+            self.failed.append(f"{name}: {type(exc).__name__}: {exc}")
+            print(f"screenshots: {name} not taken: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def set_theme(window: Any, name: str) -> None:
+    """The app's theme, as Settings would set it (ui.theme where it exists)."""
+    try:
+        from tensorfleet_desktop.ui import theme
+    except ImportError:
+        window.apply_theme(name)
+    else:
+        theme.apply(name)
+
+
+def photograph(address: str, out: Path, data_dir: Path) -> tuple[list[Path], list[str]]:
+    """(the PNGs saved, the views that could not be photographed and why)."""
     from PySide6.QtWidgets import QApplication
 
     from tensorfleet_desktop.ui.app import build_window, create_application
@@ -110,73 +179,160 @@ def photograph(address: str, out: Path, data_dir: Path) -> list[Path]:
     app = create_application()
     window = build_window(address, data_dir=data_dir, autostart=False)
     window.resize(1400, 860)
+    set_theme(window, "light")
     window.show()
     window.bridge.start()
-    saved: list[Path] = []
-
-    def pump(seconds: float, until: Callable[[], bool] | None = None) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not (until and until()):
-            app.processEvents()
-            time.sleep(0.02)
-
-    def shot(name: str) -> None:
-        pump(1.0)
-        path = out / f"{name}.png"
-        window.grab().save(str(path))
-        saved.append(path)
+    cam = Camera(app, window, out)
+    pump, shot = cam.pump, cam.shot
 
     pump(20, lambda: bool(window.jobs.model.rows) and len(window.fleet.model.rows) == 2)
-    window.show_view(window.fleet)
-    window.fleet.table.selectRow(0)
-    pump(6)  # a few telemetry samples for the sparklines
-    window.fleet._show_detail()
-    shot("fleet")
-    window.show_view(window.jobs)
-    shot("jobs")
     jobs = {j["name"]: j for j in window.jobs.model.rows}
-    curves = jobs.get(TORCH_CURVES["name"]) or jobs["digits-gradient-boosting"]
-    window.show_job(curves["id"])
-    pump(10, lambda: window.detail.metric_points > 0 and window.detail.job is not None)
-    shot("job-detail-curves")
     detail = window.detail
 
     def tab(title: str) -> int:
         return next(i for i in range(detail.tabs.count()) if detail.tabs.tabText(i) == title)
 
-    detail.tabs.setCurrentIndex(tab("Tasks"))
-    shot("job-detail-tasks")
-    detail.tabs.setCurrentIndex(tab("Logs"))
-    shot("job-detail-logs")
-    window.show_job(jobs["wine-svm-sweep"]["id"])
-    pump(10, lambda: bool(window.detail.sweep.trials_model.rows))
-    detail.tabs.setCurrentIndex(tab("Sweep"))
-    shot("job-detail-sweep")
-    detail.tabs.setCurrentIndex(tab("Compare"))
-    compare = sorted({jobs["digits-gradient-boosting"]["id"], curves["id"]})
-    window.detail.compare_panel.metric_box.setCurrentText("test_accuracy")
-    window.detail.compare_panel.compare(compare)
-    pump(5, lambda: bool(window.detail.compare_panel.plot.series))
-    shot("job-detail-compare")
-    submit_project_dialog(window, pump, out, saved)
-    window.show_view(window.models)
-    pump(10, lambda: bool(window.models.model.rows))
-    window.models.table.selectRow(0)
-    shot("models")
-    window.models.tabs.setCurrentIndex(1)
-    pump(5, lambda: window.models.count_chart.bars is not None)
-    shot("models-statistics")
-    window.models.tabs.setCurrentIndex(0)
-    window.show_view(window.datasets)
-    pump(10, lambda: bool(window.datasets.model.rows))
-    window.datasets.select("wine-csv")
-    pump(5, lambda: window.datasets.preview.rowCount() > 0)
-    shot("datasets")
-    window.show_view(window.settings)
-    shot("settings")
+    def welcome() -> None:
+        window.show_view(window.welcome)
+        pump(5, lambda: window.welcome.isVisible())
+        shot("welcome")
+
+    def fleet() -> None:
+        window.show_view(window.fleet)
+        window.fleet.table.selectRow(0)
+        pump(6)  # a few telemetry samples for the sparklines
+        window.fleet._show_detail()
+        shot("fleet")
+
+    def jobs_table() -> None:
+        window.show_view(window.jobs)
+        shot("jobs")
+
+    def experiments() -> None:
+        """The Jobs view as an experiments table: results and hyperparameters as columns, grouped by the jobs'
+        group label, sorted on test accuracy, two runs selected to compare."""
+        from PySide6.QtCore import Qt
+
+        view = window.jobs
+        window.show_view(view)
+        for key in ("progress", "submitted", "best"):
+            view.set_column_visible(key, False)
+        view.group_by.setCurrentIndex(view.group_by.findData("group"))
+        column = next(i for i, c in enumerate(view.model.columns) if c.id == "metric:test_accuracy")
+        view.table.sortByColumn(column, Qt.SortOrder.DescendingOrder)
+        view.select(jobs["iris-svm"]["id"])
+        view.select(jobs["iris-random-forest"]["id"], add=True)
+        shot("experiments-table")
+        view.group_by.setCurrentIndex(view.group_by.findData("none"))
+        view.reset_columns()
+        view.table.clearSelection()
+
+    curves = jobs.get(TORCH_CURVES["name"]) or jobs["digits-gradient-boosting"]
+
+    def job_detail() -> None:
+        window.show_job(curves["id"])
+        pump(10, lambda: detail.metric_points > 0 and detail.job is not None)
+        detail.tabs.setCurrentIndex(tab("Curves"))
+        shot("job-detail-curves")
+        detail.tabs.setCurrentIndex(tab("Tasks"))
+        shot("job-detail-tasks")
+        detail.tabs.setCurrentIndex(tab("Logs"))
+        shot("job-detail-logs")
+
+    def plot_toolbar() -> None:
+        """The loss plot alone, smoothed (raw curve faint behind), log y, the hover read-out at mid-run."""
+        window.show_job(curves["id"])
+        pump(10, lambda: detail.metric_points > 0 and detail.job is not None)
+        detail.tabs.setCurrentIndex(tab("Curves"))
+        panel = detail.curves
+        metric = "loss" if "loss" in panel.plot.plots else next(iter(panel.plot.plots))
+        panel.metric_filter.setCurrentText(metric)
+        toolbar, plot = panel.plot.toolbars[metric], panel.plot.plots[metric]
+        toolbar.smoothing.setValue(80)
+        toolbar.log_y.setChecked(True)
+        pump(1.0)
+        (x0, x1), _ = plot.plotItem.vb.viewRange()
+        if not plot.hover_at(x0 + (x1 - x0) * 0.45):
+            raise RuntimeError(f"no read-out on the {metric} plot")
+        shot("plot-toolbar")
+        toolbar.smoothing.setValue(0)
+        toolbar.log_y.setChecked(False)
+        plot.hide_hover()
+        panel.metric_filter.setCurrentIndex(0)
+
+    sweep = jobs[CURVES_SWEEP["name"]]
+
+    def sweep_view() -> None:
+        window.show_job(sweep["id"])
+        pump(10, lambda: bool(detail.sweep.trials_model.rows))
+        detail.tabs.setCurrentIndex(tab("Sweep"))
+        shot("job-detail-sweep")
+        detail.tabs.setCurrentIndex(tab("Curves"))
+        pump(10, lambda: detail.metric_points > 0)
+        shot("sweep-curves-top-k")
+
+    def compare() -> None:
+        window.show_job(curves["id"])
+        detail.tabs.setCurrentIndex(tab("Compare"))
+        ids = sorted({jobs["digits-gradient-boosting"]["id"], curves["id"]})
+        detail.compare_panel.metric_box.setCurrentText("test_accuracy")
+        detail.compare_panel.compare(ids)
+        pump(5, lambda: bool(detail.compare_panel.plot.series))
+        shot("job-detail-compare")
+
+    def themes() -> None:
+        """The same views in both themes: a plot-heavy one and a table."""
+        window.show_job(curves["id"])
+        pump(10, lambda: detail.metric_points > 0)
+        detail.tabs.setCurrentIndex(tab("Curves"))
+        for name in ("light", "dark"):
+            set_theme(window, name)
+            window.show_view(window.detail)
+            shot(f"theme-{name}-curves")
+            window.show_view(window.jobs)
+            shot(f"theme-{name}-jobs")
+        set_theme(window, "light")
+
+    def models() -> None:
+        window.show_view(window.models)
+        pump(10, lambda: bool(window.models.model.rows))
+        window.models.table.selectRow(0)
+        shot("models")
+        window.models.tabs.setCurrentIndex(1)
+        pump(5, lambda: window.models.count_chart.bars is not None)
+        shot("models-statistics")
+        window.models.tabs.setCurrentIndex(0)
+
+    def datasets() -> None:
+        window.show_view(window.datasets)
+        pump(10, lambda: bool(window.datasets.model.rows))
+        window.datasets.select("wine-csv")
+        pump(5, lambda: window.datasets.preview.rowCount() > 0)
+        shot("datasets")
+
+    def settings() -> None:
+        window.show_view(window.settings)
+        shot("settings")
+
+    for name, setup in (
+        ("welcome", welcome),
+        ("fleet", fleet),
+        ("jobs", jobs_table),
+        ("experiments-table", experiments),
+        ("job-detail", job_detail),
+        ("plot-toolbar", plot_toolbar),
+        ("sweep", sweep_view),
+        ("compare", compare),
+        ("submit-project", lambda: submit_project_dialog(window, pump, out, cam.saved)),
+        ("themes", themes),
+        ("models", models),
+        ("datasets", datasets),
+        ("settings", settings),
+    ):
+        cam.scene(name, setup)
     window.close()
     QApplication.processEvents()
-    return saved
+    return cam.saved, cam.failed
 
 
 def submit_project_dialog(window: Any, pump: Callable[..., None], out: Path, saved: list[Path]) -> None:
@@ -217,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         address, procs = start_cluster(root)
         try:
             submit_jobs(address, root)
-            saved = photograph(address, args.out, root / "gui")
+            saved, failed = photograph(address, args.out, root / "gui")
         finally:
             with contextlib.suppress(Exception), Client(address, timeout=10) as client:
                 client.shutdown()
@@ -229,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in saved:
         print(path)
     print(f"{len(saved)} screenshots in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return 0
+    for failure in failed:
+        print(f"not taken: {failure}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
