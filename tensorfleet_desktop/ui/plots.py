@@ -37,6 +37,7 @@ PALETTE = (
     "#4d9e00",
 )
 
+LEGEND_MAX = 12  # legend entries (and read-out lines) in one plot: the first drawn, best first for a sweep
 # x axis modes (PlotToolbar's choices)
 STEP, EPOCH, WALL, RELATIVE = "step", "epoch", "wall", "relative"
 X_LABELS = {STEP: "step", EPOCH: "epoch", WALL: "wall time", RELATIVE: "seconds since the first point"}
@@ -151,6 +152,7 @@ class Series:
         self.n = 0
         self.dirty = False
         self.curve: pg.PlotDataItem | None = None
+        self.in_legend = False
         self.raw: pg.PlotDataItem | None = None  # the unsmoothed curve, faint behind the smoothed one
         self.shown_x = np.empty(0)  # what was drawn last (in the plot's x mode, smoothed): the read-out's data
         self.shown_y = np.empty(0)
@@ -266,9 +268,10 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         for item in (series.curve, series.raw):
             if item is not None:
                 self.plotItem.removeItem(item)
-        if series.curve is not None:
+        if series.in_legend and series.curve is not None:
             self.legend.removeItem(series.curve)
         series.curve = series.raw = None
+        series.in_legend = False
 
     def reorder(self, labels: list[str]) -> None:
         """Put these series first (legend order = draw order): their items are remade on the next flush."""
@@ -344,7 +347,9 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             if self.symbols:
                 kwargs.update(symbol="o", symbolSize=5, symbolBrush=color, symbolPen=None)
             series.curve = self.plotItem.plot([], [], **kwargs)
-            self.legend.addItem(series.curve, series.name)
+            if len(self.legend.items) < LEGEND_MAX:  # relaying out a legend costs O(entries) per entry added
+                self.legend.addItem(series.curve, series.name)
+                series.in_legend = True
         if self.smoothing > 0:
             if series.raw is None:
                 faint = translucent(series.color, 60)
@@ -377,7 +382,8 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.flush()
         lines, html = [], []
         head = f"{X_LABELS[self.x_mode]} {self._x_text(x)}"
-        for series in self.drawn():
+        drawn = self.drawn()
+        for series in drawn[:LEGEND_MAX]:
             i = nearest(series.shown_x, x, series.shown_sorted)
             if i < 0:
                 continue
@@ -388,6 +394,9 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         if not lines:
             self.hide_hover()
             return ""
+        if len(drawn) > LEGEND_MAX:
+            lines.append(f"… {len(drawn) - LEGEND_MAX} more")
+            html.append(lines[-1])
         self.hover_text = "\n".join([head, *lines])
         self._follow_theme()
         self.readout.setHtml(f"<div style='font-size:8pt'>{head}<br>{'<br>'.join(html)}</div>")

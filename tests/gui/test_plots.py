@@ -15,7 +15,16 @@ from PySide6.QtGui import QImage
 
 from tensorfleet_desktop.ui.curves_panel import CurvesPanel
 from tensorfleet_desktop.ui.job_history import group_points
-from tensorfleet_desktop.ui.plots import EPOCH, RELATIVE, STEP, WALL, MetricPlot, configure_pyqtgraph, ema
+from tensorfleet_desktop.ui.plots import (
+    EPOCH,
+    LEGEND_MAX,
+    RELATIVE,
+    STEP,
+    WALL,
+    MetricPlot,
+    configure_pyqtgraph,
+    ema,
+)
 
 T0 = 1_790_000_000.0  # wall time of the first point
 
@@ -206,3 +215,14 @@ def test_task_filter_draws_only_the_chosen_tasks_with_their_labels(panel: Curves
     plot.flush()
     assert len(plot.plotItem.listDataItems()) == 6
     assert sorted(s.name for s in plot.drawn()) == [f"task {t}" for t in range(6)]
+
+
+def test_many_curves_keep_a_short_legend_and_read_out(panel: CurvesPanel) -> None:
+    panel.clear(multi_task=True)
+    panel.add_chunks(group_points([p for t in range(20) for p in points("loss", [1.0 + t, 0.5 + t, 0.1 + t], task=t)]))
+    plot = panel.plot.plots["loss"]
+    plot.flush()
+    assert len(plot.drawn()) == 20 and len(plot.legend.items) == LEGEND_MAX
+    assert plot.legend.columnCount == 2  # compact: two columns past 6 curves
+    lines = plot.hover_at(1.0).splitlines()
+    assert lines[1] == "task 0: 0.5" and lines[-1] == f"… {20 - LEGEND_MAX} more" and len(lines) == LEGEND_MAX + 2
