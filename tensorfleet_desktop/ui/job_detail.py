@@ -47,22 +47,14 @@ from tensorfleet_desktop.ui.formatting import (
     state_color,
     workload,
 )
-from tensorfleet_desktop.ui.job_history import JobBatch
+from tensorfleet_desktop.ui.job_history import JobBatch, SeriesChunk, merge_chunks
 from tensorfleet_desktop.ui.project_panel import ProjectPanel
-from tensorfleet_desktop.ui.sweep_panel import SweepPanel
-
-try:  # TEMPORARY until the Sweep tab's owner lands top_trials
-    from tensorfleet_desktop.ui.sweep_panel import top_trials  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover
-
-    def top_trials(job: dict[str, Any], k: int = 10) -> dict[int, str]:
-        return {}
-
-
+from tensorfleet_desktop.ui.sweep_panel import SweepPanel, top_trials
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
 
+LIVE_SECONDS = 3.0  # a batch whose last event is this recent is live: the replay of the history is over
 LOG_SHOWN = 20_000  # the log view keeps the newest lines that match; every line stays in log_lines
 
 
@@ -110,6 +102,8 @@ class JobDetailView(View):
         self.metric_points = 0
         self.last_seq = 0  # the last event seq applied: batches of one watch follow on without overlap
         self.batches = 0
+        self.loading = False  # replaying the job's history: its points are held back until it is all in
+        self._held: list[SeriesChunk] = []
         self.trial: int | None = None  # a sweep trial shown alone in the Curves tab (from the Sweep tab)
         self._sweep_shown_for = ""  # the job whose trials the Sweep tab has shown at least once
         self.log_lines: list[tuple[int, str, str]] = []
@@ -223,9 +217,8 @@ class JobDetailView(View):
         artifacts_layout.addWidget(self.artifacts_table, 1)
 
         self.sweep = SweepPanel()
-        if hasattr(self.sweep, "top_k_changed"):  # TEMPORARY guard
-            self.sweep.top_k_changed.connect(lambda _k: self.show_top_trials())
-            self.sweep.show_trial.connect(self.show_trial)  # type: ignore[attr-defined]
+        self.sweep.top_k_changed.connect(lambda _k: self.show_top_trials())
+        self.sweep.show_trial.connect(self.show_trial)
         self.compare_panel = ComparePanel(self.run, notify)
 
         self.tabs = QTabWidget()
@@ -246,6 +239,10 @@ class JobDetailView(View):
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(400)
         self._refresh_timer.timeout.connect(self.refresh)
+        self._quiet = QTimer(self)  # a history that stops arriving is all there is
+        self._quiet.setSingleShot(True)
+        self._quiet.setInterval(1000)
+        self._quiet.timeout.connect(lambda: self._set_loading(False))
         self._tick = QTimer(self)  # the header's elapsed and ETA, while the job runs and the view is shown
         self._tick.setInterval(1000)
         self._tick.timeout.connect(self._render_header)
@@ -260,7 +257,13 @@ class JobDetailView(View):
         self.job = next((j for j in self.known_jobs if j["id"] == job_id), None)
         self.multi_task = bool(self.job and self.job["tasks"]["total"] > 1)
         self.curves.clear(self.multi_task)
-        self.header.setText(f"Loading job {job_id}…")
+        if self.job is not None:  # as the job list has it: the curves know their trials before the first point
+            self.curves.set_job(self.job)
+            self._filter_trials(self.job)
+            self._render_header()
+        else:
+            self.header.setText(f"Loading job {job_id}…")
+        self._set_loading(True)
         self.bridge.watch_job(job_id)
         self.refresh()
 
@@ -275,6 +278,8 @@ class JobDetailView(View):
         self.job_id, self.job = "", None
         self._tick.stop()
         self._refresh_timer.stop()
+        self._quiet.stop()
+        self.loading, self._held = False, []
         self.metric_points = self.last_seq = self.batches = 0
         self.trial, self._sweep_shown_for = None, ""
         self.trial_bar.setVisible(False)
@@ -327,10 +332,9 @@ class JobDetailView(View):
         if sweep and (self._sweep_shown_for != job["id"] or self.tabs.currentWidget() is self.sweep):
             self._sweep_shown_for = job["id"]  # later refreshes wait until the Sweep tab is shown
             self.sweep.show_job(job)
-        if hasattr(self.curves, "set_job"):  # TEMPORARY guard
-            self.curves.set_job(job)
-            if self.trial is None:
-                self.curves.set_task_filter(top_trials(job, self._top_k()) if sweep else None)  # type: ignore[attr-defined]
+        self.curves.set_job(job)
+        if self.trial is None:
+            self._filter_trials(job)
 
     def _tab_changed(self, _index: int) -> None:
         if self.tabs.currentWidget() is self.sweep and self.job is not None and self.job["spec"].get("sweep"):
@@ -380,22 +384,22 @@ class JobDetailView(View):
     def show_trial(self, index: int) -> None:
         """One trial's curves alone (asked from the Sweep tab), with a way back to the top k."""
         self.trial = index
-        if hasattr(self.curves, "set_task_filter"):  # TEMPORARY guard
-            self.curves.set_task_filter({index: f"trial {index}"})
+        self.curves.set_task_filter({index: f"trial {index}"})
         self.trial_label.setText(f"showing trial {index} only")
-        self.trial_back.setText(f"show top {self._top_k()}")
+        self.trial_back.setText(f"show top {self.sweep.top_k}")
         self.trial_bar.setVisible(True)
         self.tabs.setCurrentWidget(self.curves_tab)
 
     def show_top_trials(self) -> None:
         self.trial = None
         self.trial_bar.setVisible(False)
-        job = self.job
-        if job is not None and job["spec"].get("sweep") and hasattr(self.curves, "set_task_filter"):
-            self.curves.set_task_filter(top_trials(job, self._top_k()))
+        if self.job is not None:
+            self._filter_trials(self.job)
 
-    def _top_k(self) -> int:
-        return int(getattr(self.sweep, "top_k", 10))  # TEMPORARY getattr
+    def _filter_trials(self, job: dict[str, Any]) -> None:
+        """A sweep's Curves show its top-k trials (every trial until one is scored); any other job every task."""
+        top = top_trials(job, self.sweep.top_k) if job["spec"].get("sweep") else None
+        self.curves.set_task_filter(top or None)
 
     # ---- live events
 
@@ -406,16 +410,37 @@ class JobDetailView(View):
         self.last_seq = batch.last_seq
         self.batches += 1
         if batch.chunks:
-            self.curves.multi_task = self.multi_task
-            self.curves.add_chunks(batch.chunks)
-            self.metric_points += batch.points
+            if self.loading:
+                self._held.extend(batch.chunks)
+            else:
+                self._plot(batch.chunks)
         if batch.logs:
             self._add_logs(batch.logs)
-        kinds = {event["kind"] for event in batch.events}
-        if any(e["kind"] == "job_state" and e["state"] in TERMINAL for e in batch.events):
+        ended = any(e["kind"] == "job_state" and e["state"] in TERMINAL for e in batch.events)
+        if ended:
             self._refresh_timer.start(50)
-        elif kinds and not self._refresh_timer.isActive():
+        elif batch.events and not self._refresh_timer.isActive():
             self._refresh_timer.start()
+        if self.loading:  # the replay is in once it reaches the job's end or events of the last seconds
+            if ended or time.time() - batch.last_time < LIVE_SECONDS:
+                self._set_loading(False)
+            else:
+                self._quiet.start()
+
+    def _set_loading(self, loading: bool) -> None:
+        """While a history streams in, its points are held back and go to the curves at once at the end (one
+        append and one redraw per curve): redrawing a growing 100k-point plot ten times a second is most of what
+        a replay would cost the GUI thread."""
+        self.loading = loading
+        self._quiet.stop()  # (re)started by each batch of the history
+        if not loading and self._held:
+            held, self._held = self._held, []
+            self._plot(merge_chunks(held))
+
+    def _plot(self, chunks: list[SeriesChunk]) -> None:
+        self.curves.multi_task = self.multi_task
+        self.curves.add_chunks(chunks)
+        self.metric_points += sum(len(c) for c in chunks)
 
     def _add_logs(self, lines: list[tuple[int, str, str]]) -> None:
         self.log_lines.extend(lines)

@@ -47,12 +47,33 @@ def _chunks(grouped: dict[tuple[str, int], tuple[list[float], list[float], list[
     ]
 
 
+def merge_chunks(chunks: Iterable[SeriesChunk]) -> list[SeriesChunk]:
+    """Chunks of several batches as one per (metric, task), in order: a held-back history goes to the plots in
+    one append per curve."""
+    grouped: dict[tuple[str, int], list[SeriesChunk]] = {}
+    for chunk in chunks:
+        grouped.setdefault((chunk.metric, chunk.task_index), []).append(chunk)
+    return [
+        parts[0]
+        if len(parts) == 1
+        else SeriesChunk(
+            metric,
+            task,
+            np.concatenate([c.step for c in parts]),
+            np.concatenate([c.value for c in parts]),
+            np.concatenate([c.wall for c in parts]),
+        )
+        for (metric, task), parts in grouped.items()
+    ]
+
+
 @dataclass
 class JobBatch:
     """What arrived for the followed job since the last batch: metric chunks, log lines and every other event
     (job_state, task_state, progress, checkpoint, artifact) as `wire.job_event_from_pb` dicts.
 
-    `first_seq`..`last_seq` are the event seqs it covers: consecutive batches of one watch never overlap."""
+    `first_seq`..`last_seq` are the event seqs it covers: consecutive batches of one watch never overlap;
+    `last_time` is when the last of them happened (a replay of history is long past, a live event is now)."""
 
     job_id: str
     chunks: list[SeriesChunk] = field(default_factory=list)
@@ -60,6 +81,7 @@ class JobBatch:
     events: list[dict[str, Any]] = field(default_factory=list)
     last_seq: int = 0
     first_seq: int = 0
+    last_time: float = 0.0
 
     @property
     def points(self) -> int:
@@ -76,6 +98,7 @@ class BatchBuilder:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.last_seq = 0  # the last seq received, kept across batches: where a resumed watch starts
+        self.last_time = 0.0
         self._first_seq = 0
         self._series: dict[tuple[str, int], tuple[list[float], list[float], list[float]]] = {}
         self._logs: list[tuple[int, str, str]] = []
@@ -90,7 +113,7 @@ class BatchBuilder:
             return
         if not self:
             self._first_seq = msg.seq
-        self.last_seq = msg.seq
+        self.last_seq, self.last_time = msg.seq, msg.time
         kind = msg.WhichOneof("body")
         if kind == "metrics":
             series = self._series
@@ -110,6 +133,8 @@ class BatchBuilder:
 
     def take(self) -> JobBatch:
         """Everything collected since the last take, as numpy chunks; the builder starts over (keeping last_seq)."""
-        batch = JobBatch(self.job_id, _chunks(self._series), self._logs, self._events, self.last_seq, self._first_seq)
+        batch = JobBatch(
+            self.job_id, _chunks(self._series), self._logs, self._events, self.last_seq, self._first_seq, self.last_time
+        )
         self._series, self._logs, self._events = {}, [], []
         return batch

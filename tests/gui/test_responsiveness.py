@@ -22,12 +22,15 @@ import pytest
 pytest.importorskip("PySide6", reason="the desktop extra (PySide6) is not installed")
 pytest.importorskip("pytestqt", reason="pytest-qt (dev extra) is not installed")
 
+from PySide6.QtCore import Qt
+
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
 from tensorfleet_desktop.client import Client
 from tensorfleet_desktop.ui.app import build_window, create_application
 from tensorfleet_desktop.ui.job_history import JobBatch
 from tensorfleet_desktop.ui.main_window import MainWindow
+from tensorfleet_desktop.ui.sweep_panel import top_trials
 
 pytestmark = pytest.mark.slow
 WAIT_MS = 60_000
@@ -118,6 +121,31 @@ def test_replay_then_live_hands_over_without_a_gap_or_a_repeat(
     assert seen.all_steps() == list(range(n))
     assert seen.count >= 2  # the history, then live batches
     assert detail.curves.points == n
+
+
+def test_a_sweeps_curves_show_its_top_trials_or_one_trial_with_a_way_back(
+    qtbot: Any, window: MainWindow, gui_cluster: Cluster
+) -> None:
+    qtbot.waitUntil(lambda: window.bridge.online, timeout=WAIT_MS)
+    sweep = {"params": {"C": "float:0.01:10:log"}, "trials": 3, "search": "random", "metric": "test_accuracy"}
+    with Client(gui_cluster[0].address) as client:
+        job = client.submit({"algorithm": "logistic_regression", "dataset": "iris", "name": "gui-top", "sweep": sweep})
+        client.wait(job["id"], timeout=60)
+    window.show_job(job["id"])
+    detail = window.detail
+    qtbot.waitUntil(lambda: detail.job is not None and detail.job["state"] == "SUCCEEDED", timeout=WAIT_MS)
+    assert detail.job is not None
+    top = top_trials(detail.job, detail.sweep.top_k)
+    assert len(top) == 3 and detail.curves.selection == top
+    trial = list(top)[-1]
+    detail.tabs.setCurrentWidget(detail.sweep)
+    detail.sweep.show_trial.emit(trial)  # "show this trial's curves" in the Sweep tab
+    assert detail.tabs.currentWidget() is detail.curves_tab
+    assert detail.curves.selection == {trial: f"trial {trial}"} and detail.trial_bar.isVisibleTo(detail)
+    qtbot.mouseClick(detail.trial_back, Qt.MouseButton.LeftButton)
+    assert detail.curves.selection == top and not detail.trial_bar.isVisibleTo(detail)
+    detail.sweep.top_k_spin.setValue(1)  # fewer trials overlaid
+    assert detail.curves.selection == top_trials(detail.job, 1) and len(detail.curves.selection) == 1
 
 
 def elapsed_seconds(text: str) -> int:
