@@ -55,7 +55,8 @@ class PlotToolbar(QWidget):
         for mode, text in X_CHOICES:
             self.x_axis.addItem(text, mode)
             self.x_axis.setItemData(self.x_axis.count() - 1, X_TIPS[mode], Qt.ItemDataRole.ToolTipRole)
-        self.x_axis.currentIndexChanged.connect(lambda _: plot.set_x_mode(self.x_axis.currentData()))
+        self.wanted_x = STEP  # the user's choice: epoch comes back once the job's epoch series arrives
+        self.x_axis.currentIndexChanged.connect(self._x_changed)
 
         self.reset = QToolButton()
         self.reset.setText("Reset")
@@ -84,6 +85,24 @@ class PlotToolbar(QWidget):
         self.smoothing_value.setText(f"{weight:.2f}")
         self.plot.set_smoothing(weight)
 
+    def _x_changed(self, _index: int) -> None:
+        self.wanted_x = self.x_axis.currentData()
+        self.plot.set_x_mode(self.wanted_x)
+
+    def _show_x(self, mode: str) -> None:
+        """Select `mode` without taking it for the user's choice."""
+        self.x_axis.blockSignals(True)
+        self.x_axis.setCurrentIndex(self.x_axis.findData(mode))
+        self.x_axis.blockSignals(False)
+        self.plot.set_x_mode(mode)
+
+    def apply(self, smoothing: float, log_y: bool, x_mode: str) -> None:
+        """Settings a plot of the same metric had (MetricGrid remembers them from job to job)."""
+        self.smoothing.setValue(round(smoothing * 100))
+        self.log_y.setChecked(log_y)
+        self.wanted_x = x_mode
+        self._show_x(x_mode if x_mode != EPOCH or self.epoch_enabled() else STEP)
+
     def set_epoch_available(self, available: bool, reason: str = NO_EPOCH) -> None:
         """Grey out the epoch choice (with `reason` as its tooltip) when the job reports no epoch series."""
         index = self.x_axis.findData(EPOCH)
@@ -93,7 +112,9 @@ class PlotToolbar(QWidget):
             item.setEnabled(available)
             item.setToolTip(X_TIPS[EPOCH] if available else reason or NO_EPOCH)
         if not available and self.x_axis.currentData() == EPOCH:
-            self.x_axis.setCurrentIndex(self.x_axis.findData(STEP))
+            self._show_x(STEP)
+        elif available and self.wanted_x == EPOCH and self.x_axis.currentData() != EPOCH:
+            self._show_x(EPOCH)
 
     def epoch_enabled(self) -> bool:
         model = self.x_axis.model()

@@ -507,6 +507,8 @@ class MetricGrid(QWidget):
         self.only = ""  # show just this metric ("" = all)
         self.epoch_map: EpochMap | None = None
         self.epoch_reason = ""  # why the epoch x axis is off ("" = it is on)
+        # a metric's toolbar settings (smoothing, log y, x axis), kept for its plot in the next job opened
+        self.remembered: dict[str, tuple[float, bool, str]] = {}
 
     @property
     def points(self) -> int:
@@ -528,6 +530,8 @@ class MetricGrid(QWidget):
             layout.setSpacing(0)
             toolbar = self.toolbars[metric] = PlotToolbar(plot, name=metric)
             toolbar.set_epoch_available(not self.epoch_reason, self.epoch_reason)
+            if metric in self.remembered:
+                toolbar.apply(*self.remembered[metric])
             layout.addWidget(toolbar)
             layout.addWidget(plot, 1)
             n = len(self.plots) - 1
@@ -554,6 +558,9 @@ class MetricGrid(QWidget):
         plot = self.plots.pop(metric, None)
         if plot is None:
             return
+        toolbar = self.toolbars.get(metric)
+        wanted = toolbar.wanted_x if toolbar is not None else plot.x_mode
+        self.remembered[metric] = (plot.smoothing, plot.log_y, wanted)
         for series in plot.series.values():  # the buffers live on (CurvesPanel's), their items go with the plot
             series.curve = series.raw = None
             series.dirty = True

@@ -226,3 +226,18 @@ def test_many_curves_keep_a_short_legend_and_read_out(panel: CurvesPanel) -> Non
     assert plot.legend.columnCount == 2  # compact: two columns past 6 curves
     lines = plot.hover_at(1.0).splitlines()
     assert lines[1] == "task 0: 0.5" and lines[-1] == f"… {20 - LEGEND_MAX} more" and len(lines) == LEGEND_MAX + 2
+
+
+def test_a_metrics_toolbar_settings_carry_over_to_the_next_job(panel: CurvesPanel) -> None:
+    panel.add_chunks(group_points(points("loss", [3.0, 2.0, 1.0]) + points("epoch", [1.0], steps=[2])))
+    toolbar = panel.plot.toolbars["loss"]
+    toolbar.smoothing.setValue(80)
+    toolbar.log_y.setChecked(True)
+    toolbar.x_axis.setCurrentIndex(toolbar.x_axis.findData(EPOCH))
+    panel.clear(multi_task=False)  # the next job: its epoch series comes after its loss
+    panel.add_chunks(group_points(points("loss", [5.0, 4.0, 3.0])))
+    plot, toolbar = panel.plot.plots["loss"], panel.plot.toolbars["loss"]
+    assert plot.smoothing == pytest.approx(0.8) and plot.log_y and toolbar.smoothing_value.text() == "0.80"
+    assert plot.x_mode == STEP  # no epochs yet
+    panel.add_chunks(group_points(points("epoch", [1.0], steps=[2])))
+    assert plot.x_mode == EPOCH and toolbar.x_axis.currentData() == EPOCH
