@@ -226,7 +226,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             item.setZValue(100)
             item.hide()
             self.plotItem.addItem(item, ignoreBounds=True)
-        self._hover_proxy = pg.SignalProxy(self.scene().sigMouseMoved, rateLimit=30, slot=self.mouse_moved)
+        self.hover_proxy = pg.SignalProxy(self.scene().sigMouseMoved, rateLimit=30, slot=self.mouse_moved)
         self._timer = QTimer(self)
         self._timer.setInterval(100)
         self._timer.timeout.connect(self.flush)
@@ -579,23 +579,6 @@ class MetricGrid(QWidget):
     def clear_all(self) -> None:
         for metric in list(self.plots):
             self.remove(metric)
-
-
-class ScatterPlot(pg.PlotWidget):  # type: ignore[misc]
-    """A sweep's parameter against its score, one dot per finished trial."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        light_grid(self.plotItem)
-        self.scatter = pg.ScatterPlotItem(size=9, brush=pg.mkBrush(PALETTE[0]), pen=None)
-        self.plotItem.addItem(self.scatter)
-
-    def show_points(self, x_label: str, y_label: str, xs: list[float], ys: list[float], log_x: bool = False) -> None:
-        """`log_x` plots log10 of x (scatter items ignore pyqtgraph's log mode), and says so on the axis."""
-        self.plotItem.setLabel("bottom", f"log10({x_label})" if log_x else x_label)
-        self.plotItem.setLabel("left", y_label)
-        self.scatter.setData([math.log10(x) for x in xs] if log_x else xs, ys)
-        self.plotItem.autoRange()
 
 
 class BarChart(pg.PlotWidget):  # type: ignore[misc]

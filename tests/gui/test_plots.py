@@ -129,7 +129,8 @@ def test_hover_reads_out_every_series_at_the_cursor(panel: CurvesPanel, qtbot: A
     plot.reset_view()
     qtbot.wait(20)
     scene_pos = plot.plotItem.vb.mapViewToScene(QPointF(20.2, 50.0))
-    plot.mouse_moved((scene_pos,))  # what the rate-limited proxy of sigMouseMoved passes
+    plot.scene().sigMouseMoved.emit(scene_pos)  # the mouse, through the rate-limiting proxy
+    plot.hover_proxy.flush()
     assert plot.hover_text.splitlines() == ["step 20", "task 0: 20", "task 1: 140"]
     assert plot.crosshair.isVisible() and plot.crosshair.value() == pytest.approx(20.2)
     assert "task 1" in plot.readout.textItem.toPlainText()
