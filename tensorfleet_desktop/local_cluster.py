@@ -259,11 +259,13 @@ def demo_agent_command(data_dir: Path, name: str, watch_pid: int, ready: Path | 
     return [*cmd, "--exit-with-pid", str(watch_pid)]
 
 
-def _start_demo_agent(data_dir: Path, name: str, watch_pid: int, env: dict[str, str]) -> int:
+def _start_demo_agent(data_dir: Path, name: str, watch_pid: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    ready = data_dir / f"{name}.ready"
+    ready.unlink(missing_ok=True)
     # Quit and stop means stop: a task the gone controller can no longer hear from gets 1 s, not the default 60
-    cmd = [*demo_agent_command(data_dir, name, watch_pid), "--drain-timeout", "1"]
+    cmd = [*demo_agent_command(data_dir, name, watch_pid, ready), "--drain-timeout", "1"]
     with (data_dir / f"{name}.log").open("ab") as log:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             cmd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -272,15 +274,15 @@ def _start_demo_agent(data_dir: Path, name: str, watch_pid: int, env: dict[str, 
             start_new_session=True,
             close_fds=True,
         )
-    return proc.pid
 
 
 async def start_demo_cluster(
     data_dir: Path | None = None, port: int | None = None, timeout: float = START_TIMEOUT
 ) -> DemoCluster:
     """The running demo cluster, or a new one: reused when its controller answers at the demo address (agents
-    that are gone are started again), else started detached. NotStarting when something else holds the port
-    or the data dir."""
+    that are gone are started again), else started detached. Returns once the controller answers and each agent
+    is serving; NotStarting when something else holds the port or the data dir, StartFailed when a process of
+    it does not come up."""
     data_dir = (data_dir or demo_data_dir()).resolve()
     address = f"{LOOPBACK}:{port or demo_port()}"
     controller_dir = data_dir / "controller"
@@ -291,25 +293,50 @@ async def start_demo_cluster(
         "TENSORFLEET_MDNS_INTERFACES": LOOPBACK,
     }
     holder = await asyncio.to_thread(holder_of, controller_dir)
+    controller: subprocess.Popen[bytes] | None = None
     if await _demo_answers(address, controller_dir):
         if holder is None or holder.address != address:
             raise NotStarting(
                 f"something else answers at {address}, not the demo cluster of {data_dir}: "
                 "set TENSORFLEET_DEMO_PORT to a free port"
             )
-        started, pid = False, holder.pid
+        pid = holder.pid
     elif holder is not None:
         raise NotStarting(
             f"the demo's data dir {controller_dir} is used by {holder.describe()}, which does not answer at "
             f"{address}: stop it, or set TENSORFLEET_DEMO_DIR"
         )
     else:
-        started, pid = True, await _start_demo_controller(address, controller_dir, env, timeout)
-    agents = []
+        extra = ("--no-local-agent", "--interfaces", LOOPBACK)
+        controller, ready, log_path = start_detached(address, controller_dir, extra, env)
+        pid = controller.pid
+    # the agents start beside the controller (they need only its pid), so their start-up overlaps
+    agents: dict[str, subprocess.Popen[bytes] | int] = {}
     for name in DEMO_AGENTS:
         running = await asyncio.to_thread(holder_of, data_dir / name)
-        agents.append(running.pid if running else _start_demo_agent(data_dir, name, pid, env))
-    return DemoCluster(address, data_dir, started, pid, tuple(agents))
+        agents[name] = running.pid if running else _start_demo_agent(data_dir, name, pid, env)
+    if controller is not None:
+        pid = await _wait_for_controller(address, controller_dir, controller, ready, log_path, timeout)
+    pids = [await _wait_for_agent(data_dir, name, agent, timeout) for name, agent in agents.items()]
+    return DemoCluster(address, data_dir, controller is not None, pid, tuple(pids))
+
+
+async def _wait_for_agent(data_dir: Path, name: str, agent: subprocess.Popen[bytes] | int, timeout: float) -> int:
+    if isinstance(agent, int):
+        return agent
+    ready = data_dir / f"{name}.ready"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(ready.exists):
+            return agent.pid
+        if agent.poll() is not None:
+            holder = await asyncio.to_thread(holder_of, data_dir / name)
+            if holder is not None:  # a demo launched at the same moment started this agent first
+                return holder.pid
+            log = data_dir / f"{name}.log"
+            raise StartFailed(f"demo agent {name} exited with status {agent.returncode}; {log} ends:\n{_log_tail(log)}")
+        await asyncio.sleep(0.1)
+    raise StartFailed(f"demo agent {name} did not start within {timeout:.0f} s; see {data_dir / f'{name}.log'}")
 
 
 async def _demo_answers(address: str, controller_dir: Path) -> bool:
@@ -326,13 +353,13 @@ async def _demo_answers(address: str, controller_dir: Path) -> bool:
     return True
 
 
-async def _start_demo_controller(address: str, controller_dir: Path, env: dict[str, str], timeout: float) -> int:
-    extra = ("--no-local-agent", "--interfaces", LOOPBACK)
-    proc, ready, log_path = start_detached(address, controller_dir, extra, env)
+async def _wait_for_controller(
+    address: str, controller_dir: Path, proc: subprocess.Popen[bytes], ready: Path, log_path: Path, timeout: float
+) -> int:
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if ready.exists() and await answers(address):
+            if await asyncio.to_thread(ready.exists) and await answers(address):
                 return proc.pid
             if proc.poll() is not None:
                 holder = await asyncio.to_thread(holder_of, controller_dir)
@@ -344,6 +371,6 @@ async def _start_demo_controller(address: str, controller_dir: Path, env: dict[s
                 )
             await asyncio.sleep(0.1)
     finally:
-        ready.unlink(missing_ok=True)
+        await asyncio.to_thread(ready.unlink, missing_ok=True)
     proc.terminate()
     raise StartFailed(f"the demo controller did not answer within {timeout:.0f} s; see {log_path}")
