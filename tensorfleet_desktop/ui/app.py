@@ -16,11 +16,13 @@ from tensorfleet_desktop.controller.settings import default_data_dir
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.main_window import APP_ICON, MainWindow
 from tensorfleet_desktop.ui.settings_view import app_settings
+from tensorfleet_desktop.ui.widgets import install_wheel_guard
 
 
 def create_application(argv: list[str] | None = None) -> QApplication:
     existing = QApplication.instance()
     if isinstance(existing, QApplication):
+        install_wheel_guard(existing)  # idempotent; tests' applications get it too
         return existing
     app = QApplication(argv if argv is not None else sys.argv[:1])
     app.setOrganizationName("TensorFleet")
@@ -28,6 +30,7 @@ def create_application(argv: list[str] | None = None) -> QApplication:
     app.setApplicationDisplayName("TensorFleet")
     app.setDesktopFileName("tensorfleet")
     app.setStyle("Fusion")
+    install_wheel_guard(app)  # the wheel never changes a spin box, combo box or slider without focus
     return app
 
 

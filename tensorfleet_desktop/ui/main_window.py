@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyqtgraph as pg
 from PySide6.QtCore import QSize, QTimer
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence, QResizeEvent
 from PySide6.QtWidgets import (
@@ -23,15 +22,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tensorfleet_desktop.ui import _resources_rc  # noqa: F401 - registers the compiled icons
+from tensorfleet_desktop.ui import (
+    _resources_rc,  # noqa: F401 - registers the compiled icons
+    theme,
+)
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.datasets_view import DatasetsView
 from tensorfleet_desktop.ui.fleet_view import FleetView
 from tensorfleet_desktop.ui.job_detail import JobDetailView
 from tensorfleet_desktop.ui.jobs_view import JobsView
 from tensorfleet_desktop.ui.models_view import ModelsView
-from tensorfleet_desktop.ui.plots import configure_pyqtgraph
-from tensorfleet_desktop.ui.settings_view import SettingsView, apply_theme
+from tensorfleet_desktop.ui.settings_view import SettingsView
 from tensorfleet_desktop.ui.submit_dialog import SubmitDialog
 from tensorfleet_desktop.ui.view import EmptyState, View, attach_empty_state
 from tensorfleet_desktop.ui.welcome_view import WelcomeView, first_run, mark_seen
@@ -308,11 +309,9 @@ class MainWindow(QMainWindow):
 
     # ---- theme and shutdown
 
-    def apply_theme(self, theme: str) -> None:
-        dark = apply_theme(theme)
-        configure_pyqtgraph(dark)
-        for plot in self.findChildren(pg.PlotWidget):
-            plot.setBackground("#1e1e1e" if dark else "w")
+    def apply_theme(self, name: str) -> None:
+        """The Settings choice: Fusion with a real light or dark palette, the plots recoloured to match."""
+        theme.restyle_plots(self, theme.apply(name))
 
     def shutdown(self) -> None:
         """Stop what could still talk to the controller, then the bridge, so QApplication exits with no timer
