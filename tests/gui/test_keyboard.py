@@ -15,9 +15,10 @@ import pytest
 pytest.importorskip("PySide6", reason="the desktop extra (PySide6) is not installed")
 pytest.importorskip("pytestqt", reason="pytest-qt (dev extra) is not installed")
 
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import QPoint, QPointF, QSettings, Qt
+from PySide6.QtGui import QWheelEvent
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication, QInputDialog, QMenu, QMessageBox, QTableView, QWidget
+from PySide6.QtWidgets import QApplication, QInputDialog, QMenu, QMessageBox, QSpinBox, QTableView, QWidget
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent.workloads.registry import all_workloads
@@ -284,3 +285,33 @@ def test_compare_from_the_jobs_table_opens_the_compare_tab(window: MainWindow, c
     assert window.stack.currentWidget() is window.detail
     assert window.detail.tabs.currentWidget() is window.detail.compare_panel
     assert [args[0] for args in client.called("metrics")] == ["j-a", "j-b"]
+
+
+def test_the_wheel_never_changes_a_spin_box_without_focus_anywhere_in_the_app(qtbot: Any) -> None:
+    create_application()  # installs the app-wide guard: a spin box nobody guarded by hand
+    box = QSpinBox()
+    qtbot.addWidget(box)
+    box.setRange(0, 100)
+    box.setValue(50)
+    box.show()
+
+    def wheel() -> None:
+        centre = QPointF(box.rect().center())
+        event = QWheelEvent(
+            centre,
+            box.mapToGlobal(centre),
+            QPoint(0, 0),
+            QPoint(0, 120),
+            Qt.MouseButton.NoButton,
+            NO_MODIFIER,
+            Qt.ScrollPhase.NoScrollPhase,
+            False,
+        )
+        QApplication.sendEvent(box, event)
+
+    wheel()
+    assert box.value() == 50 and not box.hasFocus()
+    box.setFocus()
+    qtbot.waitUntil(box.hasFocus, timeout=2_000)
+    wheel()
+    assert box.value() == 51  # clicked or tabbed into: the wheel is the user's again
