@@ -229,7 +229,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.hover_proxy = pg.SignalProxy(self.scene().sigMouseMoved, rateLimit=30, slot=self.mouse_moved)
         self._timer = QTimer(self)
         self._timer.setInterval(100)
-        self._timer.timeout.connect(self.flush)
+        self._timer.timeout.connect(self._tick)
         self._timer.start()
 
     @property
@@ -331,6 +331,15 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             if epochs is not None:
                 return epochs
         return series.x
+
+    def _tick(self) -> None:
+        """The 10 Hz redraw, skipped while the plot is not on screen (another tab): showEvent catches up."""
+        if self.isVisible():
+            self.flush()
+
+    def showEvent(self, event: QEvent) -> None:
+        super().showEvent(event)
+        self.flush()
 
     def flush(self) -> None:
         for series in self.series.values():

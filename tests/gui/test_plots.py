@@ -242,3 +242,13 @@ def test_a_metrics_toolbar_settings_carry_over_to_the_next_job(panel: CurvesPane
     assert plot.x_mode == STEP  # no epochs yet
     panel.add_chunks(group_points(points("epoch", [1.0], steps=[2])))
     assert plot.x_mode == EPOCH and toolbar.x_axis.currentData() == EPOCH
+
+
+def test_a_hidden_plot_draws_only_once_shown(panel: CurvesPanel, qtbot: Any) -> None:
+    panel.hide()  # another tab of the job detail is in front
+    panel.add_chunks(group_points(points("loss", [3.0, 2.0, 1.0])))
+    plot = panel.plot.plots["loss"]
+    qtbot.wait(250)  # two ticks of the 10 Hz redraw
+    assert plot.series["loss"].curve is None and plot.series["loss"].dirty
+    panel.show()
+    assert np.allclose(curve_data(plot, "loss")[1], [3.0, 2.0, 1.0])
