@@ -167,7 +167,7 @@ class CurvesPanel(QWidget):
             self.plot.remove(metric)
             values = [(self._name(metric, s.task), float(s.y[0])) for s in self._ordered(tasks)]
             if values:
-                self.cards.set_metric(metric, values)
+                self.cards.set_metric(metric, values, best_first=bool(self._rank))
             else:
                 self.cards.remove(metric)
             return

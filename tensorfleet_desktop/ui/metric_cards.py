@@ -42,21 +42,27 @@ class MetricCard(QFrame):
         for label in (self.name, self.value, self.detail):
             layout.addWidget(label)
 
-    def show_values(self, values: list[tuple[str, float]]) -> None:
-        """One (label, value) per task; several are summarised by their mean and listed underneath."""
+    def show_values(self, values: list[tuple[str, float]], best_first: bool = False) -> None:
+        """One (label, value) per task; several are listed underneath their mean, or under the first one when
+        they come best first (a sweep's top trials)."""
         if len(values) == 1:
             self.value.setText(format_value(values[0][1]))
             self.value.setToolTip(repr(values[0][1]))
             self.detail.setText("")
             self.detail.setVisible(False)
             return
-        finite = [v for _, v in values if math.isfinite(v)]
-        self.value.setText(format_value(sum(finite) / len(finite)) if finite else "-")
-        self.value.setToolTip(f"mean of {len(values)} tasks")
+        if best_first:
+            summary = f"the best trial's ({values[0][0]}); {len(values)} trials shown"
+            self.value.setText(format_value(values[0][1]))
+        else:
+            summary = f"mean of {len(values)} tasks"
+            finite = [v for _, v in values if math.isfinite(v)]
+            self.value.setText(format_value(sum(finite) / len(finite)) if finite else "-")
+        self.value.setToolTip(summary)
         lines = [f"{label}: {format_value(v)}" for label, v in values[:MAX_LINES]]
         if len(values) > MAX_LINES:
             lines.append(f"… {len(values) - MAX_LINES} more")
-        self.detail.setText(f"mean of {len(values)} tasks\n" + "\n".join(lines))
+        self.detail.setText(f"{summary}\n" + "\n".join(lines))
         self.detail.setVisible(True)
 
     def text(self) -> str:
@@ -80,13 +86,13 @@ class MetricCards(QWidget):
         self.only = ""
         self.setVisible(False)
 
-    def set_metric(self, metric: str, values: list[tuple[str, float]]) -> None:
+    def set_metric(self, metric: str, values: list[tuple[str, float]], best_first: bool = False) -> None:
         card = self.cards.get(metric)
         if card is None:
             card = self.cards[metric] = MetricCard(metric)
             self._layout()
             card.setVisible(not self.only or self.only == metric)
-        card.show_values(values)
+        card.show_values(values, best_first)
         self.setVisible(True)
 
     def remove(self, metric: str) -> None:

@@ -195,7 +195,10 @@ def test_scalars_of_several_tasks_list_each_task(panel: CurvesPanel) -> None:
     panel.clear(multi_task=True)
     panel.add_chunks(group_points(points("accuracy", [0.9], task=0) + points("accuracy", [0.8], task=1)))
     text = panel.cards.cards["accuracy"].text()
-    assert "0.85" in text and "task 0: 0.9" in text and "task 1: 0.8" in text
+    assert "mean of 2 tasks" in text and "0.85" in text and "task 0: 0.9" in text and "task 1: 0.8" in text
+    panel.set_task_filter({1: "#1", 0: "#2"})  # a sweep's top trials, best first
+    card = panel.cards.cards["accuracy"]
+    assert card.value.text() == "0.8" and "the best trial's (#1); 2 trials shown\n#1: 0.8\n#2: 0.9" in card.text()
 
 
 def test_task_filter_draws_only_the_chosen_tasks_with_their_labels(panel: CurvesPanel) -> None:
