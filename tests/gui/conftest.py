@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,9 @@ from helpers.waiting import wait_until
 from tensorfleet_desktop.client import Client
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Qt settles on one settings folder per process, the first time QSettings is used: point it away from the user's
+# ~/.config before any test opens a window (per-module monkeypatching would come too late).
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="tensorfleet-gui-tests-xdg-")
 
 
 @pytest.fixture(scope="session")
