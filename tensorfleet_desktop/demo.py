@@ -66,18 +66,6 @@ async def submit_demo_jobs(client: AsyncClient) -> list[dict[str, Any]]:
     return [await client.submit(spec) for spec in demo_specs()]
 
 
-def display_available() -> bool:
-    """A screen to open the window on: Windows and macOS, or DISPLAY / WAYLAND_DISPLAY. Qt's offscreen platform
-    does not count: CI sets it and wants the terminal table."""
-    if sys.platform in ("win32", "darwin"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def desktop_installed() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("PySide6", "pyqtgraph"))
-
-
 def run_gui_demo(data_dir: Path | None = None, port: int | None = None, screenshot: Path | None = None) -> int:
     """The demo in the desktop app: a persistent demo cluster (started detached, or the one already running)
     runs the demo jobs, and the window opens on it. Closing the window leaves the cluster running; the app's

@@ -12,6 +12,8 @@ from typing import Any
 from tensorfleet_desktop.cli import exit_codes
 from tensorfleet_desktop.cli.output import add_format_flags
 
+NOT_INSTALLED = "the desktop app is not installed (pip install 'tensorfleet[desktop]')"
+
 
 def add_parser(sub: Any) -> None:
     s = sub.add_parser("demo", help="the demo jobs on a cluster on this machine, in the app when there is a display")
@@ -38,18 +40,20 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tensorfleet_desktop.demo import desktop_installed, display_available, run_demo, run_gui_demo
+    from tensorfleet_desktop.cli.gui import desktop_installed, display_available, x11_problem
+    from tensorfleet_desktop.demo import run_demo, run_gui_demo
 
     if args.gui:
         return run_gui_demo(args.data_dir, args.port) if _can_open_window() else exit_codes.USAGE
     if args.gui is None and not args.json and display_available():
-        if desktop_installed():
-            return run_gui_demo(args.data_dir, args.port)
-        print(
-            "tensorfleet demo: the desktop app is not installed (pip install 'tensorfleet[desktop]'); "
-            "the terminal shows the demo instead",
-            file=sys.stderr,
+        problem = (
+            x11_problem()
+            if desktop_installed()
+            else "the desktop app is not installed (pip install 'tensorfleet[desktop]')"
         )
+        if not problem:
+            return run_gui_demo(args.data_dir, args.port)
+        print(f"tensorfleet demo: {problem}; the terminal shows the demo instead", file=sys.stderr)
     return exit_codes.OK if run_demo(args.data_dir, args.json) else exit_codes.JOB_FAILED
 
 
@@ -57,10 +61,13 @@ def _can_open_window() -> bool:
     """--gui asked for the window: say why it cannot open (no extra, no display) instead of a Qt abort."""
     import os
 
-    from tensorfleet_desktop.demo import desktop_installed, display_available
+    from tensorfleet_desktop.cli.gui import desktop_installed, display_available, x11_problem
 
     if not desktop_installed():
         print("tensorfleet demo --gui: the desktop app needs pip install 'tensorfleet[desktop]'", file=sys.stderr)
+        return False
+    if problem := x11_problem():
+        print(f"tensorfleet demo --gui: {problem}", file=sys.stderr)
         return False
     if not (display_available() or os.environ.get("QT_QPA_PLATFORM")):
         print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -37,21 +38,18 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Open the window (desktop extra); without a display or the extra, say what to do instead."""
-    import importlib.util
-
     missing = [m for m in ("PySide6", "pyqtgraph") if importlib.util.find_spec(m) is None]
     headless = sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
     )
+    problem = "" if missing or headless else x11_problem()
     if args.demo:
         from tensorfleet_desktop.demo import run_demo, run_gui_demo
 
-        if not (missing or headless):
+        if not (missing or headless or problem):
             return run_gui_demo(args.data_dir, screenshot=args.screenshot)
-        print(
-            "tensorfleet gui --demo: no window here (no display or no desktop extra): the terminal table",
-            file=sys.stderr,
-        )
+        why = problem or "no display or no desktop extra"
+        print(f"tensorfleet gui --demo: no window here ({why}): the terminal table", file=sys.stderr)
         return exit_codes.OK if run_demo(args.data_dir, False) else exit_codes.JOB_FAILED
     if missing:
         print(
@@ -67,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return exit_codes.USAGE
+    if problem:
+        print(f"tensorfleet: the window cannot open: {problem}", file=sys.stderr)
+        return exit_codes.USAGE
     from tensorfleet_desktop.ui.app import run as run_gui
 
     return run_gui(
@@ -75,3 +76,43 @@ def run(args: argparse.Namespace) -> int:
         autostart=not args.no_start,
         screenshot=args.screenshot,
     )
+
+
+def display_available() -> bool:
+    """A screen to open the window on: Windows and macOS, or DISPLAY / WAYLAND_DISPLAY. Qt's offscreen platform
+    does not count: CI sets it and wants the terminal table."""
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def desktop_installed() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("PySide6", "pyqtgraph"))
+
+
+#: What Qt 6's X11 plugin links that a desktop without Qt apps may lack (Debian/Ubuntu package names).
+XCB_PACKAGES = "libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxkbcommon-x11-0"
+
+
+def x11_problem() -> str:
+    """Why Qt's X11 plugin cannot load here ("" when it can, or when Qt will not use it). Qt itself aborts the
+    process with a hint that names one library when another is missing; this says which, before any window."""
+    if not sys.platform.startswith("linux") or not os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return ""
+    if os.environ.get("QT_QPA_PLATFORM", "xcb").split(":")[0] != "xcb":
+        return ""
+    spec = importlib.util.find_spec("PySide6")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    plugin = Path(folders[0], "Qt", "plugins", "platforms", "libqxcb.so") if folders else None
+    if plugin is None or not plugin.exists():
+        return ""
+    import ctypes
+
+    try:
+        ctypes.CDLL(str(plugin))
+    except OSError as exc:
+        return (
+            f"Qt's X11 plugin does not load ({exc}); install the X11 libraries Qt 6 needs "
+            f"(Debian/Ubuntu: sudo apt install {XCB_PACKAGES})"
+        )
+    return ""

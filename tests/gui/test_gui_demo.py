@@ -24,14 +24,17 @@ from tensorfleet_desktop.demo import demo_specs
 from tensorfleet_desktop.local_cluster import DEMO_AGENTS, start_demo_cluster
 
 
-def _decide(monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], installed: bool = True) -> str:
+def _decide(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], installed: bool = True, x11: str = ""
+) -> str:
     """Which demo `tensorfleet demo ARGV` runs in this environment: "window", "table" or "refused"."""
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setattr("tensorfleet_desktop.demo.desktop_installed", lambda: installed)
+    monkeypatch.setattr("tensorfleet_desktop.cli.gui.desktop_installed", lambda: installed)
+    monkeypatch.setattr("tensorfleet_desktop.cli.gui.x11_problem", lambda: x11)
     monkeypatch.setattr("tensorfleet_desktop.demo.run_gui_demo", lambda *a, **k: 100)
     monkeypatch.setattr("tensorfleet_desktop.demo.run_demo", lambda *a, **k: True)
     parser = argparse.ArgumentParser()
@@ -52,6 +55,9 @@ def test_demo_opens_the_window_only_where_there_is_a_display(monkeypatch: pytest
     assert _decide(monkeypatch, ["--gui"], {"QT_QPA_PLATFORM": "offscreen"}) == "window"
     assert _decide(monkeypatch, ["--gui"], {}) == "refused"  # says why instead of a Qt abort
     assert _decide(monkeypatch, ["--gui"], {"DISPLAY": ":0"}, installed=False) == "refused"
+    # an X display whose Qt X11 plugin cannot load (libxcb-* missing): the table, not Qt aborting the process
+    assert _decide(monkeypatch, [], {"DISPLAY": ":0"}, x11="libxcb-icccm.so.4 missing") == "table"
+    assert _decide(monkeypatch, ["--gui"], {"DISPLAY": ":0"}, x11="libxcb-icccm.so.4 missing") == "refused"
 
 
 def _gone(pids: list[int]) -> bool:
