@@ -89,7 +89,8 @@ def run_gui_demo(data_dir: Path | None = None, port: int | None = None, screensh
 
 
 def _open_window(cluster: DemoCluster, screenshot: Path | None) -> int:
-    """ui.app.run, opening on the Jobs view (the demo jobs are already there); never starts a controller."""
+    """ui.app.run (keep the two alike), opening on the Jobs view where the demo jobs already are; never starts a
+    controller."""
     from PySide6.QtGui import QIcon
 
     from tensorfleet_desktop.ui.app import _photograph_when_ready, build_window, create_application
@@ -104,7 +105,7 @@ def _open_window(cluster: DemoCluster, screenshot: Path | None) -> int:
     if screenshot is not None:  # tests and smoke runs: save the window once it shows the fleet, then quit
         _photograph_when_ready(app, window, screenshot)
     code = app.exec()
-    window.bridge.stop()
+    window.shutdown()  # as ui.app.run: a quit without a close (Ctrl+C) stops timers, then the bridge
     return int(code)
 
 
