@@ -111,7 +111,7 @@ def _open_window(cluster: DemoCluster, screenshot: Path | None) -> int:
 
 async def _start_gui_demo(data_dir: Path | None, port: int | None, console: Console) -> DemoCluster:
     cluster = await start_demo_cluster(data_dir, port)
-    console.print(f"[bold]TensorFleet demo[/bold]: {cluster.describe()}")
+    console.print(f"[bold]TensorFleet demo[/bold]: {cluster.describe()}", soft_wrap=True)
     names = {spec["name"] for spec in demo_specs()}
     async with AsyncClient(cluster.address) as client:
         going = [j for j in await client.jobs() if j["name"] in names and j["state"] not in TERMINAL]

@@ -100,6 +100,8 @@ def test_gui_demo_cluster_outlives_the_window_until_shutdown(tmp_path: Path, mon
         agents = [holder_of(demo_dir / name) for name in DEMO_AGENTS]
         pids = [h.pid for h in (controller, *agents) if h is not None]
         assert window.returncode == 0, f"exit {window.returncode}\n{window.stderr}"
+        assert "Traceback" not in window.stderr and "Task was destroyed" not in window.stderr, window.stderr
+        assert f"started the demo cluster on {address}" in window.stderr, window.stderr
         assert shot.stat().st_size > 10_000, "the window never showed the fleet"  # --screenshot: saved, then quit
         assert controller is not None and controller.address == address, controller
         assert all(agents) and len(pids) == 3
