@@ -125,7 +125,10 @@ def test_gui_demo_cluster_outlives_the_window_until_shutdown(tmp_path: Path, mon
 
             client.shutdown()  # what the app's Quit and stop calls
         wait_until(lambda: _gone(pids), 20, "the demo controller and both agents to exit")
-    finally:
-        for pid in pids:  # a failed run leaves nothing behind
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    finally:  # a failed run leaves nothing behind (a window that timed out included)
+        holders = [holder_of(demo_dir / name) for name in ("controller", *DEMO_AGENTS)]
+        for pid in {*pids, *(h.pid for h in holders if h is not None and h.pid)}:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if str(demo_dir) in " ".join(process.cmdline()):  # still ours, not a reused pid
+                    process.send_signal(signal.SIGKILL)
