@@ -281,7 +281,8 @@ def photograph(address: str, out: Path, data_dir: Path) -> tuple[list[Path], lis
         shot("job-detail-compare")
 
     def themes() -> None:
-        """The same views in both themes: a plot-heavy one and a table."""
+        """The same views in both themes: a plot-heavy one and a table; in dark also the sweep's plots and the
+        fleet's gauges (their light versions are the shots above)."""
         window.show_job(curves["id"])
         pump(10, lambda: detail.metric_points > 0)
         detail.tabs.setCurrentIndex(tab("Curves"))
@@ -291,6 +292,12 @@ def photograph(address: str, out: Path, data_dir: Path) -> tuple[list[Path], lis
             shot(f"theme-{name}-curves")
             window.show_view(window.jobs)
             shot(f"theme-{name}-jobs")
+        window.show_job(sweep["id"])
+        pump(10, lambda: bool(detail.sweep.trials_model.rows))
+        detail.tabs.setCurrentIndex(tab("Sweep"))
+        shot("theme-dark-sweep")
+        window.show_view(window.fleet)
+        shot("theme-dark-fleet")
         set_theme(window, "light")
 
     def models() -> None:
