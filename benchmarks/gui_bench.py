@@ -16,7 +16,9 @@ a fresh process of its own (offscreen Qt, the job detail view and its bridge, no
 - stream_cpu: the GUI thread's CPU (time.thread_time in that thread) over 4 s while a job streams 1,000 points/s
   (goal <= 15 % of a core);
 - memory: RSS after opening each of the 20 jobs in turn (each open lets go of the one before), ratio of the last
-  to the first (goal <= 1.2).
+  to the first (goal <= 1.2);
+- idle_blocked_ms_per_s: the same timer's blocking per second with nothing to do (the machine's own noise: on a
+  busy box stalls come from the scheduler too).
 
 Usage: python benchmarks/gui_bench.py [--trials 200] [--points 100000]
 """
@@ -46,6 +48,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 OLD_COMMIT = "e998b0b"  # the last commit with the per-event path
 GOALS = {"blocked_ms": 100.0, "stream_cpu_percent": 15.0, "memory_ratio": 1.2}
 STREAM_POINTS, STREAM_RATE = 7000, 1000.0
+IDLE_SECONDS = 3.0
 
 
 # ---------------------------------------------------------------- the cluster and its jobs (parent process)
@@ -182,11 +185,15 @@ def simulated_agent(data_dir: Path, ready: Path) -> None:
                     for step in range(points):
                         if rate > 0 and step % 50 == 0:  # the SDK sends what a task reports in small bunches
                             await asyncio.sleep(max(0.0, start + step / rate - time.time()))
+                        elif step % 1000 == 0:  # the daemon's loop also answers the controller
+                            await asyncio.sleep(0)
                         self._append(running, MetricPoint(step, name, float(step), time.time()))
                     self._append(running, Progress(1.0))
                 else:  # a sweep trial: a few hundred epochs of three metrics
                     rng = random.Random(spec.task_id)
                     for step in range(rng.randint(200, 500)):
+                        if step % 300 == 0:
+                            await asyncio.sleep(0)
                         now = time.time()
                         loss = 1.0 / (1 + step) + rng.random() * 0.01
                         self._append(running, MetricPoint(step, "train_loss", loss, now))
@@ -364,6 +371,10 @@ def measure(variant: str, address: str, jobs: dict[str, Any]) -> dict[str, Any]:
         }
 
     result: dict[str, Any] = {"variant": variant, "rss_start_mb": round(rss_mb(), 1)}
+    stalls.start()  # the machine's own noise: the same timer with nothing to do
+    settle(IDLE_SECONDS)
+    stalls.stop()
+    result["idle_blocked_ms_per_s"] = round(stalls.blocked * 1000 / IDLE_SECONDS, 1)
     result["open_sweep"] = open_and_measure(jobs["sweep"], jobs["sweep_points"])
     result["open_100k"] = open_and_measure(jobs["big"], jobs["big_points"])
 

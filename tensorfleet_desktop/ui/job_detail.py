@@ -300,7 +300,8 @@ class JobDetailView(View):
 
     def _jobs_changed(self, jobs: list[dict[str, Any]]) -> None:
         self.known_jobs = jobs
-        self.compare_panel.set_jobs(jobs)
+        if self.tabs.currentWidget() is self.compare_panel:  # otherwise when it is shown: the list changes often
+            self.compare_panel.set_jobs(jobs)
         if self.job_id:
             current = next((j for j in jobs if j["id"] == self.job_id), None)
             if current is not None and self.job is not None:
@@ -337,6 +338,8 @@ class JobDetailView(View):
             self._filter_trials(job)
 
     def _tab_changed(self, _index: int) -> None:
+        if self.tabs.currentWidget() is self.compare_panel:
+            self.compare_panel.set_jobs(self.known_jobs)
         if self.tabs.currentWidget() is self.sweep and self.job is not None and self.job["spec"].get("sweep"):
             self.sweep.show_job(self.job)
 
