@@ -375,6 +375,18 @@ def measure(variant: str, address: str, jobs: dict[str, Any]) -> dict[str, Any]:
     settle(IDLE_SECONDS)
     stalls.stop()
     result["idle_blocked_ms_per_s"] = round(stalls.blocked * 1000 / IDLE_SECONDS, 1)
+    # memory: 20 jobs opened one after another
+    rss = []
+    for job_id in jobs["small"]:
+        detail.open_job(job_id)
+        pump(loaded(5000), 60, f"job {job_id}")
+        settle(0.2)
+        rss.append(rss_mb())
+    result["memory"] = {
+        "rss_after_first_mb": round(rss[0], 1),
+        "rss_after_20_mb": round(rss[-1], 1),
+        "ratio": round(rss[-1] / rss[0], 3),
+    }
     result["open_sweep"] = open_and_measure(jobs["sweep"], jobs["sweep_points"])
     result["open_100k"] = open_and_measure(jobs["big"], jobs["big_points"])
 
@@ -399,18 +411,6 @@ def measure(variant: str, address: str, jobs: dict[str, Any]) -> dict[str, Any]:
     }
     pump(loaded(STREAM_POINTS), 60, "the streaming job's end")
 
-    # memory: 20 jobs opened one after another
-    rss = []
-    for job_id in jobs["small"]:
-        detail.open_job(job_id)
-        pump(loaded(5000), 60, f"job {job_id}")
-        settle(0.2)
-        rss.append(rss_mb())
-    result["memory"] = {
-        "rss_after_first_mb": round(rss[0], 1),
-        "rss_after_20_mb": round(rss[-1], 1),
-        "ratio": round(rss[-1] / rss[0], 3),
-    }
     detail.close()
     bridge.stop()
     app.processEvents()

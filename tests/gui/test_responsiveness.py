@@ -127,7 +127,7 @@ def test_a_sweeps_curves_show_its_top_trials_or_one_trial_with_a_way_back(
     qtbot: Any, window: MainWindow, gui_cluster: Cluster
 ) -> None:
     qtbot.waitUntil(lambda: window.bridge.online, timeout=WAIT_MS)
-    sweep = {"params": {"C": "float:0.01:10:log"}, "trials": 3, "search": "random", "metric": "test_accuracy"}
+    sweep = {"params": {"C": "float:0.01:10:log"}, "trials": 2, "search": "random", "metric": "test_accuracy"}
     with Client(gui_cluster[0].address) as client:
         job = client.submit({"algorithm": "logistic_regression", "dataset": "iris", "name": "gui-top", "sweep": sweep})
         client.wait(job["id"], timeout=60)
@@ -136,7 +136,7 @@ def test_a_sweeps_curves_show_its_top_trials_or_one_trial_with_a_way_back(
     qtbot.waitUntil(lambda: detail.job is not None and detail.job["state"] == "SUCCEEDED", timeout=WAIT_MS)
     assert detail.job is not None
     top = top_trials(detail.job, detail.sweep.top_k)
-    assert len(top) == 3 and detail.curves.selection == top
+    assert len(top) == 2 and detail.curves.selection == top
     trial = list(top)[-1]
     detail.tabs.setCurrentWidget(detail.sweep)
     detail.sweep.show_trial.emit(trial)  # "show this trial's curves" in the Sweep tab
@@ -170,10 +170,7 @@ def test_the_header_ticks_while_the_job_runs_and_stops_when_it_ends(
     assert elapsed_seconds(header.text()) > first
     qtbot.waitUntil(lambda: "took" in header.text(), timeout=WAIT_MS)
     assert "ETA" not in header.text() and "SUCCEEDED" in header.text().upper()
-    assert not detail._tick.isActive()
-    ended = header.text()
-    qtbot.wait(1100)
-    assert header.text() == ended
+    assert not detail._tick.isActive()  # the clock stopped with the job
 
 
 def test_a_job_that_runs_in_a_blink_is_still_notified(qtbot: Any, window: MainWindow, gui_cluster: Cluster) -> None:
