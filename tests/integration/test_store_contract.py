@@ -92,6 +92,20 @@ async def test_events_are_idempotent_and_restore_cursors(store: JobStore) -> Non
     assert loaded.tasks[0].cursor == 3 and loaded.last_event_seq == 3
 
 
+async def test_events_limit_reads_a_page_in_seq_order(store: JobStore) -> None:
+    """`limit` pages through a history (what WatchJob's replay does): at most that many, from after_seq + 1."""
+    store.save_job(_job())
+    store.append_events([_metric(i, i) for i in (7, 3, 9, 1, 5, 2, 8, 4, 6, 10)], {"j1-r0-a1": 10})
+    await store.flush()
+    assert [e.seq for e in await store.events("j1", 0, limit=4)] == [1, 2, 3, 4]
+    assert [e.seq for e in await store.events("j1", 4, limit=4)] == [5, 6, 7, 8]
+    assert [e.seq for e in await store.events("j1", 8, limit=4)] == [9, 10]
+    assert await store.events("j1", 10, limit=4) == []
+    assert [e.seq for e in await store.events("j1", 5, ("metric",), 0, limit=2)] == [6, 7]
+    assert [e.seq for e in await store.events("j1", 6)] == [7, 8, 9, 10]  # limit 0: all
+    assert (await store.events("j1", 2, limit=1))[0] == _metric(3, 3)
+
+
 async def test_agents(store: JobStore) -> None:
     store.save_agent("n1", {"address": "10.0.0.1:50051", "source": "manual"})
     store.save_agent("n2", {"address": "10.0.0.2:50051", "source": "manual"})

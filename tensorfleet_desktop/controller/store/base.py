@@ -139,5 +139,13 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def events(
-        self, job_id: str, after_seq: int = 0, kinds: tuple[str, ...] = (), task_index: int | None = None
-    ) -> list[JobEventRecord]: ...
+        self,
+        job_id: str,
+        after_seq: int = 0,
+        kinds: tuple[str, ...] = (),
+        task_index: int | None = None,
+        *,
+        limit: int = 0,
+    ) -> list[JobEventRecord]:
+        """A job's events after `after_seq`, in seq order; at most `limit` of them (0: all), so that a long
+        history can be read a page at a time."""

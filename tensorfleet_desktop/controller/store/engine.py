@@ -170,9 +170,10 @@ class QueuedStore(JobStore, Generic[C]):
 
     @abc.abstractmethod
     def _read_events(
-        self, conn: C, job_id: str, after_seq: int, kinds: tuple[str, ...], task_index: int | None
+        self, conn: C, job_id: str, after_seq: int, kinds: tuple[str, ...], task_index: int | None, limit: int
     ) -> list[dict[str, Any]]:
-        """Event rows of a job after a seq, in seq order, optionally of some kinds or one task."""
+        """Event rows of a job after a seq, in seq order, optionally of some kinds or one task; the first `limit`
+        of them (0: all)."""
 
     # ---- lifecycle
 
@@ -238,10 +239,21 @@ class QueuedStore(JobStore, Generic[C]):
         return await self._read(lambda conn: self._read_bodies(conn, "datasets"))
 
     async def events(
-        self, job_id: str, after_seq: int = 0, kinds: tuple[str, ...] = (), task_index: int | None = None
+        self,
+        job_id: str,
+        after_seq: int = 0,
+        kinds: tuple[str, ...] = (),
+        task_index: int | None = None,
+        *,
+        limit: int = 0,
     ) -> list[JobEventRecord]:
-        rows = await self._read(lambda conn: self._read_events(conn, job_id, after_seq, kinds, task_index))
-        return [event_from_row(row) for row in rows]
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+
+        def read(conn: C) -> list[JobEventRecord]:  # decoded in the worker thread too, not on the loop
+            return [event_from_row(r) for r in self._read_events(conn, job_id, after_seq, kinds, task_index, limit)]
+
+        return await self._read(read)
 
     # ---- for the backends' own operations (the model registry)
 

@@ -168,14 +168,15 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
         return {row["_id"]: row["body"] for row in db[table].find()}
 
     def _read_events(
-        self, db: Any, job_id: str, after_seq: int, kinds: tuple[str, ...], task_index: int | None
+        self, db: Any, job_id: str, after_seq: int, kinds: tuple[str, ...], task_index: int | None, limit: int
     ) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"job_id": job_id, "seq": {"$gt": after_seq}}
         if kinds:
             query["kind"] = {"$in": list(kinds)}
         if task_index is not None:
             query["task_index"] = task_index
-        return list(db.events.find(query, {"_id": 0}).sort("seq", 1))
+        # index events_by_job (job_id, seq); limit 0 is MongoDB's "no limit" too
+        return list(db.events.find(query, {"_id": 0}).sort("seq", 1).limit(limit))
 
     # ---- model registry
 

@@ -160,7 +160,13 @@ class SqliteJobStore(QueuedStore[sqlite3.Connection]):
         return {key: json.loads(body) for key, body in conn.execute(f"SELECT {_KEYS[table]}, body FROM {table}")}
 
     def _read_events(
-        self, conn: sqlite3.Connection, job_id: str, after_seq: int, kinds: tuple[str, ...], task_index: int | None
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        after_seq: int,
+        kinds: tuple[str, ...],
+        task_index: int | None,
+        limit: int,
     ) -> list[dict[str, Any]]:
         sql = f"SELECT {', '.join(EVENT_COLUMNS)}, body FROM events WHERE job_id = ? AND seq > ?"
         args: list[Any] = [job_id, after_seq]
@@ -170,7 +176,11 @@ class SqliteJobStore(QueuedStore[sqlite3.Connection]):
         if task_index is not None:
             sql += " AND task_index = ?"
             args.append(task_index)
-        rows = conn.execute(sql + " ORDER BY seq", args)
+        sql += " ORDER BY seq"  # the primary key (job_id, seq): an index walk from after_seq, no sort
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = conn.execute(sql, args)
         return [{**json.loads(body), **dict(zip(EVENT_COLUMNS, values, strict=True))} for *values, body in rows]
 
     # ---- model registry
