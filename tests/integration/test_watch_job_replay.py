@@ -98,16 +98,15 @@ def test_watch_job_of_a_running_job_replays_more_than_a_page_then_follows_it(
 ) -> None:
     """Through the real controller: a job past REPLAY_PAGE points when the watch starts, still emitting."""
     controller, _ = cluster
-    points, rate = 9000, 4000.0
+    points, rate = 12000, 3000.0
     with Client(controller.address) as client:
         job = client.submit({"algorithm": "emit", "hyperparameters": {"points": points, "rate": rate}})
         deadline = time.monotonic() + 30
-        while client.job(job["id"])["state"] != "RUNNING":
-            assert time.monotonic() < deadline, "the job never started"
-            time.sleep(0.05)
-        time.sleep((events_module.REPLAY_PAGE + 1500) / rate)  # more than a page stored, a second of it to go
+        while len(client.metrics(job["id"])) < events_module.REPLAY_PAGE + 500:  # more than a page stored
+            assert time.monotonic() < deadline, "the job did not emit"
+            time.sleep(0.1)
         start = time.time()
-        assert client.job(job["id"])["state"] == "RUNNING"
+        assert client.job(job["id"])["state"] == "RUNNING", "the job ended before the watch: nothing live"
         messages = list(client.watch(job["id"]))
     seqs = [seq for message in messages for seq in record_seqs(message)]
     assert seqs == list(range(1, len(seqs) + 1)), "a gap or a repeat in the stream"
