@@ -1,8 +1,8 @@
 """Live metric curves with pyqtgraph.
 
 Points arrive a batch at a time (docs/architecture.md, 'The path of a metric point'), are appended to numpy
-buffers in one go and drawn at most 10 times a second, with downsampling and clip-to-view, so a 100k-point curve
-stays smooth (measured: 6.4 ms a frame plain, 1.7 ms this way). Smoothing, log-y, the x axis (step, epoch, wall
+buffers in one go and drawn at most REDRAW_HZ times a second, with downsampling and clip-to-view, so a 100k-point
+curve stays smooth (measured: 6.4 ms a frame plain, 1.7 ms this way). Smoothing, log-y, the x axis (step, epoch, wall
 time, relative time) and the hover read-out work on those buffers: a series is recomputed only when it is dirty
 and drawn, and a series nobody shows (a filtered-out sweep trial) never gets a pyqtgraph item.
 """
@@ -37,6 +37,9 @@ PALETTE = (
     "#4d9e00",
 )
 
+# Redraws a second while points stream: each costs a repaint of the plot and its axes (about 10 ms of the GUI
+# thread); 10 a second took 13-14 % of a core at 1,000 points/s, 5 take 7-8 % (benchmarks/gui_bench.py)
+REDRAW_HZ = 5
 LEGEND_MAX = 12  # legend entries (and read-out lines) in one plot: the first drawn, best first for a sweep
 # x axis modes (PlotToolbar's choices)
 STEP, EPOCH, WALL, RELATIVE = "step", "epoch", "wall", "relative"
@@ -228,7 +231,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             self.plotItem.addItem(item, ignoreBounds=True)
         self.hover_proxy = pg.SignalProxy(self.scene().sigMouseMoved, rateLimit=30, slot=self.mouse_moved)
         self._timer = QTimer(self)
-        self._timer.setInterval(100)
+        self._timer.setInterval(1000 // REDRAW_HZ)
         self._timer.timeout.connect(self._tick)
         self._timer.start()
 
@@ -333,7 +336,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         return series.x
 
     def _tick(self) -> None:
-        """The 10 Hz redraw, skipped while the plot is not on screen (another tab): showEvent catches up."""
+        """The periodic redraw, skipped while the plot is not on screen (another tab): showEvent catches up."""
         if self.isVisible():
             self.flush()
 
@@ -342,9 +345,13 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.flush()
 
     def flush(self) -> None:
+        drew = False
         for series in self.series.values():
             if series.dirty and series.visible:
                 self._draw(series)
+                drew = True
+        if drew:  # the view range follows now, not in the paint: a range changed while painting repaints again
+            self.scene().prepareForPaint()
 
     def _draw(self, series: Series) -> None:
         x = self.x_data(series)

@@ -18,6 +18,7 @@ from tensorfleet_desktop.ui.job_history import group_points
 from tensorfleet_desktop.ui.plots import (
     EPOCH,
     LEGEND_MAX,
+    REDRAW_HZ,
     RELATIVE,
     STEP,
     WALL,
@@ -251,7 +252,7 @@ def test_a_hidden_plot_draws_only_once_shown(panel: CurvesPanel, qtbot: Any) -> 
     panel.hide()  # another tab of the job detail is in front
     panel.add_chunks(group_points(points("loss", [3.0, 2.0, 1.0])))
     plot = panel.plot.plots["loss"]
-    qtbot.wait(250)  # two ticks of the 10 Hz redraw
+    qtbot.wait(2 * 1000 // REDRAW_HZ + 50)  # two ticks of the periodic redraw
     assert plot.series["loss"].curve is None and plot.series["loss"].dirty
     panel.show()
     assert np.allclose(curve_data(plot, "loss")[1], [3.0, 2.0, 1.0])
