@@ -70,31 +70,28 @@ class EventLog:
     async def watch(self, job: Job, after_seq: int = 0) -> AsyncIterator[JobEventRecord]:
         """Replay the stored history after `after_seq`, then follow live until the job ends.
 
-        The replay reads REPLAY_PAGE events at a time (the next page read while this one goes out): a watcher
-        of a 200k-event sweep gets its first events at once, and the controller never holds the whole history.
-        It reads the store only up to the seq the job had when we subscribed: every record up to there is
-        committed (the flush), every record after it is in our queue, so the two meet with no gap and no
-        duplicate even where the store shows a concurrent bulk insert out of order (MongoDB)."""
+        The replay reads REPLAY_PAGE events at a time: a watcher of a 200k-event sweep gets its first events at
+        once, and the controller never holds the whole history. (Reading the next page ahead while this one goes
+        out was slower overall: the read and the sending fight over the GIL.) It reads the store only up to the
+        seq the job had when we subscribed: every record up to there is committed (the flush), every record
+        after it is in our queue, so the two meet with no gap and no repeat, even where the store shows a
+        concurrent bulk insert out of order (MongoDB)."""
         queue: asyncio.Queue[JobEventRecord] = asyncio.Queue()
         self._subscribers.setdefault(job.id, set()).add(queue)
         ceiling = job.last_event_seq  # seqs above it reach us through the queue
-        pending: asyncio.Future[list[JobEventRecord]] | None = None
         try:
             await self.store.flush()
             last = after_seq
-            if last < ceiling:
-                pending = asyncio.ensure_future(self.store.events(job.id, last, limit=REPLAY_PAGE))
-            while pending is not None:
-                page = await pending
-                pending = None
-                if len(page) == REPLAY_PAGE and page[-1].seq < ceiling:
-                    pending = asyncio.ensure_future(self.store.events(job.id, page[-1].seq, limit=REPLAY_PAGE))
+            while last < ceiling:
+                page = await self.store.events(job.id, last, limit=REPLAY_PAGE)
                 for record in page:
                     if record.seq > ceiling:
                         break
                     last = record.seq
                     yield record
-            last = max(last, ceiling)  # what the store lacks up to there (an agent event stored once) never comes
+                if len(page) < REPLAY_PAGE or page[-1].seq >= ceiling:
+                    break
+            last = max(last, ceiling)  # a seq the store lacks (an agent event it already had) never comes
             while True:
                 if job.state.terminal and queue.empty() and last >= job.last_event_seq:
                     return
@@ -107,12 +104,3 @@ class EventLog:
                     yield record
         finally:
             self._subscribers[job.id].discard(queue)
-            if pending is not None:  # the watcher left mid-replay: the read ahead is not wanted
-                pending.cancel()
-                pending.add_done_callback(_discard)
-
-
-def _discard(future: asyncio.Future[list[JobEventRecord]]) -> None:
-    """Retrieve an unwanted read's error, if any, so that asyncio does not report it as never retrieved."""
-    if not future.cancelled():
-        future.exception()
