@@ -1,11 +1,12 @@
-"""The Compare tab of the job detail: chosen jobs' curves of one metric overlaid, their settings side by side."""
+"""The Compare tab of the job detail: chosen jobs' curves of one metric overlaid (a bar per job when each reports
+the metric once, as scikit-learn jobs do), their settings side by side."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
@@ -15,6 +16,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QSplitter,
+    QStackedWidget,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -22,11 +24,26 @@ from PySide6.QtWidgets import (
 )
 
 from tensorfleet_desktop.client import AsyncClient
-from tensorfleet_desktop.ui.formatting import duration, job_duration, metric_text
-from tensorfleet_desktop.ui.plots import MetricPlot
+from tensorfleet_desktop.ui.formatting import compact, duration, job_duration, metric_text
+from tensorfleet_desktop.ui.plots import BarChart, MetricPlot
 from tensorfleet_desktop.ui.view import Notify
 
 Run = Callable[..., None]  # View.run: (call, done, failed)
+Curve = tuple[np.ndarray, np.ndarray]  # steps, values: sorted by step
+
+
+async def fetch_curve(client: AsyncClient, job_id: str, metric: str) -> Curve:
+    """Task 0's points of `metric`, sorted by step. Runs on the bridge's asyncio thread: a long job's 100k point
+    dicts are filtered there and only two arrays reach the GUI thread."""
+    points = await client.metrics(job_id, (metric,))
+    pairs = [(p["step"], p["value"]) for p in points if p["name"] == metric and p["task_index"] == 0]
+    table = np.array(pairs, dtype=float).reshape(-1, 2)
+    order = np.argsort(table[:, 0], kind="stable")
+    return table[order, 0], table[order, 1]
+
+
+def _item_text(job: dict[str, Any]) -> str:
+    return f"{job['name']} · {job['state']} · {metric_text(job)}"
 
 
 class ComparePanel(QWidget):
@@ -35,6 +52,9 @@ class ComparePanel(QWidget):
         self.run = run
         self.notify = notify
         self.known_jobs: list[dict[str, Any]] = []
+        self._signature: tuple[tuple[str, str, str], ...] = ()
+        self._generation = 0  # bumped by each Overlay: results of an earlier one are dropped
+        self._curves: dict[str, Curve] = {}  # job name -> its curve, for the current Overlay
         self.jobs_list = QListWidget()
         self.metric_box = QComboBox()
         self.metric_box.setEditable(True)
@@ -42,6 +62,10 @@ class ComparePanel(QWidget):
         self.button = QPushButton("Overlay")
         self.button.clicked.connect(lambda: self.compare())
         self.plot = MetricPlot(symbols=True)
+        self.bars = BarChart()
+        self.charts = QStackedWidget()
+        self.charts.addWidget(self.plot)
+        self.charts.addWidget(self.bars)
         self.params = QTableWidget()
         layout = QHBoxLayout(self)
         left = QVBoxLayout()
@@ -52,21 +76,31 @@ class ComparePanel(QWidget):
         left.addWidget(self.button)
         layout.addLayout(left, 1)
         right = QSplitter(Qt.Orientation.Vertical)
-        right.addWidget(self.plot)
+        right.addWidget(self.charts)
         right.addWidget(self.params)
         layout.addWidget(right, 3)
 
     def set_jobs(self, jobs: list[dict[str, Any]]) -> None:
+        """Called on every job update (several a second while jobs stream): the list is touched only when a job
+        came or went or its state or headline metric changed; ticks are kept."""
         self.known_jobs = jobs
+        signature = tuple((job["id"], job["state"], metric_text(job)) for job in jobs)
+        if signature == self._signature:
+            return
+        same_ids = [s[0] for s in signature] == [s[0] for s in self._signature]
+        self._signature = signature
+        if same_ids:  # in place: the scroll position and the current item stay
+            for i, job in enumerate(jobs):
+                self.jobs_list.item(i).setText(_item_text(job))
+            return
         checked = set(self.checked_jobs())
-        if self.jobs_list.count() != len(jobs):
-            self.jobs_list.clear()
-            for job in jobs:
-                item = QListWidgetItem(f"{job['name']} · {job['state']} · {metric_text(job)}")
-                item.setData(Qt.ItemDataRole.UserRole, job["id"])
-                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-                item.setCheckState(Qt.CheckState.Checked if job["id"] in checked else Qt.CheckState.Unchecked)
-                self.jobs_list.addItem(item)
+        self.jobs_list.clear()
+        for job in jobs:
+            item = QListWidgetItem(_item_text(job))
+            item.setData(Qt.ItemDataRole.UserRole, job["id"])
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if job["id"] in checked else Qt.CheckState.Unchecked)
+            self.jobs_list.addItem(item)
 
     def checked_jobs(self) -> list[str]:
         return [
@@ -81,22 +115,45 @@ class ComparePanel(QWidget):
         if not ids:
             self.notify("tick the jobs to compare first", True)
             return
+        self._generation += 1
+        generation = self._generation
+        self._curves = {}
         self.plot.clear_all()
+        self.charts.setCurrentWidget(self.plot)
         jobs = {j["id"]: j for j in self.known_jobs}
         self._table([jobs[i] for i in ids if i in jobs])
+        labels: set[str] = set()
         for job_id in ids:
             name = jobs[job_id]["name"] if job_id in jobs else job_id
+            label = f"{name} ({job_id[:8]})" if name in labels else name  # two runs of one spec share a name
+            labels.add(label)
 
-            def show(points: list[dict[str, Any]], name: str = name) -> None:
-                chosen = sorted(
-                    (p for p in points if p["name"] == metric and p["task_index"] == 0), key=lambda p: p["step"]
-                )
-                self.plot.set_series(name, [p["step"] for p in chosen], [p["value"] for p in chosen])
+            def show(curve: Curve, label: str = label) -> None:
+                if generation == self._generation:  # else a later Overlay cleared the plot since
+                    self._show(metric, label, curve)
 
-            def fetch(c: AsyncClient, job_id: str = job_id) -> Awaitable[list[dict[str, Any]]]:
-                return c.metrics(job_id, (metric,))
+            def fetch(c: AsyncClient, job_id: str = job_id) -> Awaitable[Curve]:
+                return fetch_curve(c, job_id, metric)
 
             self.run(fetch, show, f"metrics of {name}")
+
+    def _show(self, metric: str, label: str, curve: Curve) -> None:
+        """Add one job's result: bars while every job so far reported the metric once (a final score), curves as
+        soon as one has a series."""
+        self._curves[label] = curve
+        reported = {n: c for n, c in self._curves.items() if len(c[0])}
+        if reported and all(len(c[0]) == 1 for c in reported.values()):
+            self.bars.show_bars(list(reported), [float(c[1][0]) for c in reported.values()], metric)
+            self.charts.setCurrentWidget(self.bars)
+            return
+        if self.charts.currentWidget() is self.plot:
+            draw = {label: curve} if len(curve[0]) else {}
+        else:  # bars until now: the curves replace them
+            draw = reported
+            self.plot.clear_all()
+            self.charts.setCurrentWidget(self.plot)
+        for name, (xs, ys) in draw.items():
+            self.plot.add_points(name, xs, ys)  # arrays as they are: no list of floats on the GUI thread
 
     def _table(self, jobs: list[dict[str, Any]]) -> None:
         keys: list[str] = []
@@ -121,11 +178,4 @@ class ComparePanel(QWidget):
                     value = job[key]
                 else:
                     value = hyper.get(key, "")
-                text = (
-                    f"{value:.4g}"
-                    if isinstance(value, float)
-                    else json.dumps(value)
-                    if isinstance(value, list | dict)
-                    else str(value)
-                )
-                self.params.setItem(r, c, QTableWidgetItem(text))
+                self.params.setItem(r, c, QTableWidgetItem(compact(value)))

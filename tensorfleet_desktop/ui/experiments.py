@@ -23,7 +23,9 @@ from tensorfleet_desktop.ui.formatting import (
     HEADLINE_METRICS,
     best_metric,
     clock,
+    compact,
     duration,
+    is_number,
     job_agents,
     job_duration,
     job_state,
@@ -89,31 +91,11 @@ def dataset_text(job: dict[str, Any]) -> str:
     return f"upload {value[5:17]}" if value.startswith("user:") else value
 
 
-def compact(value: Any) -> str:
-    """A cell's text: floats to 4 significant digits, the rest as written."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list | dict):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
-
-
-def number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def sort_value(value: Any) -> Any:
     """What a cell sorts by: numbers as numbers, the rest as lower-case text, None for a missing value."""
     if value is None or value == "":
         return None
-    n = number(value)
-    return n if n is not None else compact(value).lower()
+    return float(value) if is_number(value) else compact(value).lower()
 
 
 def discover(jobs: Iterable[dict[str, Any]]) -> tuple[list[str], list[str]]:
@@ -350,7 +332,7 @@ def field_values(job: dict[str, Any], key: str) -> list[Any]:
 
 def _holds(value: Any, condition: Condition) -> bool:
     wanted = condition.number
-    have = number(value)
+    have = float(value) if is_number(value) else None
     op = condition.op
     if op in ("<", "<=", ">", ">="):
         if have is None or wanted is None:
@@ -567,5 +549,4 @@ class JobFilter(QSortFilterProxyModel):
 
 
 def _order(value: Any) -> tuple[int, Any]:
-    n = number(value)
-    return (0, n) if n is not None else (1, str(value).lower())
+    return (0, float(value)) if is_number(value) else (1, str(value).lower())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 STATE_COLORS = {
     "ONLINE": "#2ea043",
@@ -120,8 +122,25 @@ def percent(used: float, total: float) -> float:
     return 100.0 * used / total if total else 0.0
 
 
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """A finite int or float (not a bool): what can sit on a numeric axis or sort as a number."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def compact(value: Any) -> str:
+    """A value as every table, legend and axis writes it: floats to 4 significant digits, lists and dicts as
+    compact JSON, None as nothing, the rest (ints, bools, text) as written."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
 def short_values(values: dict[str, Any] | None) -> str:
     """Parameters or metrics on one line: "C=0.1, kernel=rbf"."""
     if not values:
         return ""
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    return ", ".join(f"{k}={compact(v)}" for k, v in values.items())

@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QWidget
+
+from tensorfleet_desktop.ui.formatting import compact, is_number
 
 BUCKETS = 8  # colour steps of the score colormap: one curve item each
 UNSCORED = "#8c959f"  # running, failed and pruned trials: their parameters, no score
@@ -30,17 +32,6 @@ MAX_CATEGORIES = 40  # labels drawn on a categorical axis (positions are kept fo
 def category_label(value: Any) -> str:
     """A choice as the sweep's search space writes it (`null` for None), so trial values find their place."""
     return "null" if value is None else str(value)
-
-
-def is_number(value: Any) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def compact(value: float) -> str:
-    """A number in at most ~6 characters: 0.9731, 12.35, 1.2e+04."""
-    if value == 0 or 1e-3 <= abs(value) < 1e4:
-        return f"{value:.4g}"
-    return f"{value:.2g}"
 
 
 @dataclass

@@ -20,8 +20,10 @@ from PySide6.QtCore import (
     QPersistentModelIndex,
     Qt,
     QTimer,
+    QUrl,
     Signal,
 )
+from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -40,8 +42,8 @@ from tensorfleet_agent.runtime.envs import ENV_FILES
 from tensorfleet_desktop.client import InvalidRequest, check_command, check_env, project_job_spec
 from tensorfleet_desktop.project import DEFAULT_MAX_BYTES, ProjectError, Snapshot, snapshot
 from tensorfleet_desktop.ui.formatting import human_bytes
-from tensorfleet_desktop.ui.table_model import SORT_ROLE
-from tensorfleet_desktop.ui.widgets import data_table
+from tensorfleet_desktop.ui.table_model import ROW_ROLE, SORT_ROLE
+from tensorfleet_desktop.ui.widgets import add_row_menu, data_table, menu_action
 
 Index = QModelIndex | QPersistentModelIndex
 #: Bridge.run_blocking: runs fn in a worker thread, calls on_result(result) or on_error(message) in the GUI thread
@@ -120,6 +122,8 @@ class FilesModel(QAbstractTableModel):
             return path if index.column() == 0 else human_bytes(size)
         if role == SORT_ROLE:
             return path if index.column() == 0 else size
+        if role == ROW_ROLE:  # what the row menu gets
+            return {"path": path, "size": size}
         if role == Qt.ItemDataRole.TextAlignmentRole and index.column() == 1:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return None
@@ -195,6 +199,7 @@ class ProjectTab(QWidget):
         self.files_table, self.files_proxy = data_table(self.files_model, sort_column=1, descending=True)
         self.files_table.setObjectName("project_files")
         self.files_table.setColumnWidth(0, 380)
+        add_row_menu(self.files_table, self._file_actions)
 
         source = QGroupBox("Project")
         source_layout = QVBoxLayout(source)
@@ -231,6 +236,16 @@ class ProjectTab(QWidget):
         for spin in (self.workers, self.gpus, self.retries):
             spin.valueChanged.connect(self.changed)
         self.env.currentIndexChanged.connect(self.changed)
+
+    def _file_actions(self, rows: list[dict[str, Any]]) -> list[QAction | None]:
+        if not rows or self.scan is None:
+            return []
+        path = self.scan.snapshot.root / rows[0]["path"]
+        return [
+            menu_action("Copy path", lambda: QGuiApplication.clipboard().setText(str(path))),
+            # the desktop's file manager opens it: openUrl hands off and returns, nothing waits here
+            menu_action("Open folder", lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent)))),
+        ]
 
     # ---- the folder and its scan
 

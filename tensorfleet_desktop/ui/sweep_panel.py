@@ -30,8 +30,8 @@ from PySide6.QtWidgets import (
 )
 
 from tensorfleet_desktop.client import trial_rows
-from tensorfleet_desktop.ui.formatting import duration, state_color
-from tensorfleet_desktop.ui.parallel_coords import BEST, ParallelCoordinates, ParamAxis, compact, is_number
+from tensorfleet_desktop.ui.formatting import compact, duration, is_number, state_color
+from tensorfleet_desktop.ui.parallel_coords import BEST, ParallelCoordinates, ParamAxis
 from tensorfleet_desktop.ui.plots import PALETTE, light_grid
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.widgets import add_row_menu, data_table, menu_action
@@ -335,8 +335,10 @@ class SweepPanel(QWidget):
         self._plots_dirty = False
 
         self.trials_model = TrialsModel()
+        # No proxy: the model sorts itself (see TrialsModel). data_table always wraps the model in one (widgets.py
+        # has no proxy-less form); the view gets the model itself and that unparented proxy is freed on return.
         self.trials_table, _ = data_table(self.trials_model, name="trials")
-        self.trials_table.setModel(self.trials_model)  # no proxy: the model sorts itself (see TrialsModel)
+        self.trials_table.setModel(self.trials_model)
         self.trials_table.doubleClicked.connect(self._double_clicked)
         for key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):  # the keyboard's double-click
             QShortcut(

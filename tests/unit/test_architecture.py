@@ -193,3 +193,30 @@ def test_importing_the_controller_core_loads_no_grpc_even_indirectly() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "clean" in out.stdout
+
+
+#: ui modules whose docstrings promise "no Qt" (job_history's arrays are built on the bridge's asyncio thread;
+#: formatting is plain functions): neither may pull Qt in, directly or through what they import.
+QT_FREE_UI = ("tensorfleet_desktop/ui/job_history.py", "tensorfleet_desktop/ui/formatting.py")
+
+
+def test_the_ui_modules_that_say_no_qt_import_no_qt() -> None:
+    qt = ("PySide6", "pyqtgraph", "shiboken6")
+    offenders = [
+        f"{rel} imports {name}" for rel in QT_FREE_UI for name in _imports(ROOT / rel) if name.split(".")[0] in qt
+    ]
+    assert not offenders, offenders
+    modules = [rel.removesuffix(".py").replace("/", ".") for rel in QT_FREE_UI]
+    script = textwrap.dedent(
+        f"""
+        import importlib, sys
+        for name in {modules!r}:
+            importlib.import_module(name)
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in {qt!r})
+        assert not loaded, loaded
+        print("clean")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "clean" in out.stdout
