@@ -14,10 +14,13 @@ import pytest
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, record_seqs
 from helpers.fake_agents import FakeClock
+from helpers.servers import start_secantus
 from tensorfleet_desktop.client import Client
 from tensorfleet_desktop.controller import events as events_module
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.store import open_store
+from tensorfleet_desktop.controller.store.base import JobStore
 from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
 
 PAGE = 500
@@ -25,12 +28,22 @@ ATTEMPT = "j1-r0-a1"
 
 
 @pytest.fixture
-async def log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EventLog]:
+async def log(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[EventLog]:
+    """An EventLog over each store: MongoDB's bulk insert is no transaction, a page may show part of one."""
     monkeypatch.setattr(events_module, "REPLAY_PAGE", PAGE)
-    store = SqliteJobStore(tmp_path / "tf.db")
+    server = None
+    if getattr(request, "param", "sqlite") == "sqlite":
+        store: JobStore = SqliteJobStore(tmp_path / "tf.db")
+    else:
+        server, uri = start_secantus(tmp_path / "secantus")
+        store = open_store(f"{uri}/tf_replay")
     await store.open()
     yield EventLog(store, FakeClock())
     await store.close()
+    if server is not None:
+        server.stop()
 
 
 def _job() -> Job:
@@ -45,6 +58,7 @@ def _points(log: EventLog, job: Job, n: int) -> None:
         log.record(job, "metric", base, name="loss", step=step, value=1.0 / step)
 
 
+@pytest.mark.parametrize("log", ["sqlite", pytest.param("mongodb", marks=pytest.mark.slow)], indirect=True)
 async def test_replay_reads_pages_and_live_events_follow_with_no_gap_or_repeat(log: EventLog) -> None:
     job = _job()
     job.state = JobState.RUNNING
