@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from tensorfleet_agent.security.secrets import redact
@@ -67,7 +67,7 @@ class EventLog:
         for queue in self._subscribers.get(job.id, ()):
             queue.put_nowait(record)
 
-    async def watch(self, job: Job, after_seq: int = 0) -> AsyncIterator[JobEventRecord]:
+    async def watch(self, job: Job, after_seq: int = 0) -> AsyncGenerator[JobEventRecord, None]:
         """Replay the stored history after `after_seq`, then follow live until the job ends.
 
         The replay reads REPLAY_PAGE events at a time: a watcher of a 200k-event sweep gets its first events at
