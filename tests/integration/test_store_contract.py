@@ -93,16 +93,17 @@ async def test_events_are_idempotent_and_restore_cursors(store: JobStore) -> Non
 
 
 async def test_events_limit_reads_a_page_in_seq_order(store: JobStore) -> None:
-    """`limit` pages through a history (what WatchJob's replay does): at most that many, from after_seq + 1."""
+    """`limit` pages through a history (what WatchJob's replay does): at most that many, from after_seq + 1,
+    across a missing seq (an agent event stored already takes a seq that is never stored)."""
     store.save_job(_job())
-    store.append_events([_metric(i, i) for i in (7, 3, 9, 1, 5, 2, 8, 4, 6, 10)], {"j1-r0-a1": 10})
+    store.append_events([_metric(i, i) for i in (7, 3, 9, 1, 5, 2, 12, 8, 4, 10, 11)], {"j1-r0-a1": 12})  # no 6
     await store.flush()
     assert [e.seq for e in await store.events("j1", 0, limit=4)] == [1, 2, 3, 4]
-    assert [e.seq for e in await store.events("j1", 4, limit=4)] == [5, 6, 7, 8]
-    assert [e.seq for e in await store.events("j1", 8, limit=4)] == [9, 10]
-    assert await store.events("j1", 10, limit=4) == []
-    assert [e.seq for e in await store.events("j1", 5, ("metric",), 0, limit=2)] == [6, 7]
-    assert [e.seq for e in await store.events("j1", 6)] == [7, 8, 9, 10]  # limit 0: all
+    assert [e.seq for e in await store.events("j1", 4, limit=4)] == [5, 7, 8, 9]
+    assert [e.seq for e in await store.events("j1", 9, limit=4)] == [10, 11, 12]
+    assert await store.events("j1", 12, limit=4) == []
+    assert [e.seq for e in await store.events("j1", 5, ("metric",), 0, limit=2)] == [7, 8]
+    assert [e.seq for e in await store.events("j1", 6)] == [7, 8, 9, 10, 11, 12]  # limit 0: all
     assert (await store.events("j1", 2, limit=1))[0] == _metric(3, 3)
 
 

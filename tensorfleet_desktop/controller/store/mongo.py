@@ -175,8 +175,19 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
             query["kind"] = {"$in": list(kinds)}
         if task_index is not None:
             query["task_index"] = task_index
-        # index events_by_job (job_id, seq); limit 0 is MongoDB's "no limit" too
-        return list(db.events.find(query, {"_id": 0}).sort("seq", 1).limit(limit))
+        if not limit or kinds or task_index is not None:
+            return list(db.events.find(query, {"_id": 0}).sort("seq", 1).limit(limit))  # limit 0: no limit
+        # A page of the whole history. A job's seqs run 1, 2, 3... (a rare one missing: an agent event stored
+        # already), so the page is nearly always the range after_seq+1..after_seq+limit: asking for that range
+        # spares a server that sorts all the rest in memory before limiting (SecantusDB; MongoDB walks the
+        # (job_id, seq) index and stops at the limit either way); what a gap leaves short comes after it.
+        end = after_seq + limit
+        query["seq"] = {"$gt": after_seq, "$lte": end}
+        rows = list(db.events.find(query, {"_id": 0}).sort("seq", 1).limit(limit))
+        if len(rows) < limit:
+            query["seq"] = {"$gt": end}
+            rows += db.events.find(query, {"_id": 0}).sort("seq", 1).limit(limit - len(rows))
+        return rows
 
     # ---- model registry
 
