@@ -104,6 +104,7 @@ class JobDetailView(View):
         self.batches = 0
         self.loading = False  # replaying the job's history: its points are held back until it is all in
         self._held: list[SeriesChunk] = []
+        self._feed: list[list[SeriesChunk]] = []  # chunks waiting for the curves, one metric per event-loop turn
         self.trial: int | None = None  # a sweep trial shown alone in the Curves tab (from the Sweep tab)
         self._sweep_shown_for = ""  # the job whose trials the Sweep tab has shown at least once
         self.log_lines: list[tuple[int, str, str]] = []
@@ -243,6 +244,10 @@ class JobDetailView(View):
         self._quiet.setSingleShot(True)
         self._quiet.setInterval(1000)
         self._quiet.timeout.connect(lambda: self._set_loading(False))
+        self._feeder = QTimer(self)
+        self._feeder.setSingleShot(True)
+        self._feeder.setInterval(0)
+        self._feeder.timeout.connect(self._feed_one)
         self._tick = QTimer(self)  # the header's elapsed and ETA, while the job runs and the view is shown
         self._tick.setInterval(1000)
         self._tick.timeout.connect(self._render_header)
@@ -279,7 +284,8 @@ class JobDetailView(View):
         self._tick.stop()
         self._refresh_timer.stop()
         self._quiet.stop()
-        self.loading, self._held = False, []
+        self.loading, self._held, self._feed = False, [], []
+        self._feeder.stop()
         self.metric_points = self.last_seq = self.batches = 0
         self.trial, self._sweep_shown_for = None, ""
         self.trial_bar.setVisible(False)
@@ -438,12 +444,28 @@ class JobDetailView(View):
         self._quiet.stop()  # (re)started by each batch of the history
         if not loading and self._held:
             held, self._held = self._held, []
-            self._plot(merge_chunks(held))
+            by_metric: dict[str, list[SeriesChunk]] = {}
+            for chunk in merge_chunks(held):
+                by_metric.setdefault(chunk.metric, []).append(chunk)
+            for chunks in by_metric.values():
+                self._plot(chunks)
 
     def _plot(self, chunks: list[SeriesChunk]) -> None:
+        """To the curves in a later turn of the event loop, a metric's history per turn: each may make a plot
+        (about 25 ms), and a sweep's three in one go froze the window for 150 ms."""
+        self._feed.append(chunks)
+        if not self._feeder.isActive():
+            self._feeder.start()
+
+    def _feed_one(self) -> None:
+        if not self._feed:
+            return
+        chunks = self._feed.pop(0)
         self.curves.multi_task = self.multi_task
         self.curves.add_chunks(chunks)
         self.metric_points += sum(len(c) for c in chunks)
+        if self._feed:
+            self._feeder.start()
 
     def _add_logs(self, lines: list[tuple[int, str, str]]) -> None:
         self.log_lines.extend(lines)

@@ -10,6 +10,7 @@ and drawn, and a series nobody shows (a filtered-out sweep trial) never gets a p
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 import pyqtgraph.exporters as pg_exporters
-from PySide6.QtCore import QEvent, QPoint, QPointF, QRect, QSize, Qt, QTimer
+import shiboken6
+from pyqtgraph.graphicsItems.ViewBox.ViewBoxMenu import ViewBoxMenu
+from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRect, QSize, Qt, QTimer
 from PySide6.QtGui import QPainter
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import QGridLayout, QVBoxLayout, QWidget
@@ -40,6 +43,10 @@ PALETTE = (
 # Redraws a second while points stream: each costs a repaint of the plot and its axes (about 10 ms of the GUI
 # thread); 10 a second took 13-14 % of a core at 1,000 points/s, 5 take 7-8 % (benchmarks/gui_bench.py)
 REDRAW_HZ = 5
+# A curve from this many points on is downsampled and clipped to the view; a smaller one is not: pyqtgraph redoes
+# a clipped curve's display data on every change of the view range, and a sweep's first draw changes it per curve
+CLIP_FROM = 2000
+DRAW_BUDGET_S = 0.005  # the periodic redraw draws curves for this long per event-loop turn, then lets it run
 LEGEND_MAX = 12  # legend entries (and read-out lines) in one plot: the first drawn, best first for a sweep
 # x axis modes (PlotToolbar's choices)
 STEP, EPOCH, WALL, RELATIVE = "step", "epoch", "wall", "relative"
@@ -139,6 +146,30 @@ class ValueAxis(pg.AxisItem):  # type: ignore[misc]
         return shown
 
 
+class LazyMenuView(pg.ViewBox):  # type: ignore[misc]
+    """A ViewBox whose right-click menu is built on the first right-click: building it is a quarter of a new
+    plot's cost (6 of 24 ms), and opening a sweep makes three plots."""
+
+    menu: Any
+
+    def __init__(self) -> None:
+        super().__init__(enableMenu=False)
+        self.state["enableMenu"] = True
+
+    def _built_menu(self) -> Any:
+        if self.menu is None and self.menuEnabled():
+            self.menu = ViewBoxMenu(self)
+            self.updateViewLists()
+        return self.menu
+
+    def getMenu(self, ev: Any) -> Any:
+        return self._built_menu()
+
+    def getContextMenus(self, event: Any) -> Any:
+        self._built_menu()
+        return super().getContextMenus(event)
+
+
 class Series:
     """A curve's points in growable numpy buffers (step, value, wall time): a redraw hands pyqtgraph views,
     never copies a list. The pyqtgraph items are made only when the series is first drawn."""
@@ -204,7 +235,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
     vertical line and each drawn series' value at the nearest x (`hover_text`)."""
 
     def __init__(self, parent: QWidget | None = None, x_label: str = "step", symbols: bool = False) -> None:
-        super().__init__(parent, axisItems={"left": ValueAxis(orientation="left")})
+        super().__init__(parent, viewBox=LazyMenuView(), axisItems={"left": ValueAxis(orientation="left")})
         self.series: dict[str, Series] = {}
         self.symbols = symbols
         self.smoothing = 0.0
@@ -213,11 +244,11 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.epoch_map: EpochMap | None = None
         self.x_label = x_label
         self.hover_text = ""
+        self._holding = False  # a budgeted flush: the curves it makes stay hidden until it is done
+        self._held: list[pg.PlotDataItem] = []
         light_grid(self.plotItem)
         self.plotItem.setLabel("bottom", x_label)
         self.legend = self.plotItem.addLegend(offset=(10, 10), labelTextSize="8pt", verSpacing=-6)
-        self.plotItem.setDownsampling(auto=True, mode="peak")
-        self.plotItem.setClipToView(True)
         foreground = pg.getConfigOption("foreground")
         self._colors = (foreground, pg.getConfigOption("background"))
         self.crosshair = pg.InfiniteLine(
@@ -338,20 +369,31 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
     def _tick(self) -> None:
         """The periodic redraw, skipped while the plot is not on screen (another tab): showEvent catches up."""
         if self.isVisible():
-            self.flush()
+            _redrawer().add(self)
 
     def showEvent(self, event: QEvent) -> None:
         super().showEvent(event)
-        self.flush()
+        _redrawer().add(self)
 
-    def flush(self) -> None:
-        drew = False
-        for series in self.series.values():
+    def flush(self, deadline: float = math.inf) -> bool:
+        """Draw what changed; past `deadline` (time.perf_counter()) stop after the curve being drawn and return
+        False: the rest is left for the next turn of the event loop."""
+        drew, done = False, True
+        self._holding = deadline != math.inf
+        for series in list(self.series.values()):
             if series.dirty and series.visible:
+                if drew and time.perf_counter() > deadline:
+                    done = False
+                    break
                 self._draw(series)
                 drew = True
-        if drew:  # the view range follows now, not in the paint: a range changed while painting repaints again
+        if done:  # curves made over several turns appear together: each turn would repaint those drawn so far
+            held, self._held = self._held, []
+            for item in held:
+                item.show()
+        if drew or done:  # the view range follows now, not in the paint: a range changed while painting repaints
             self.scene().prepareForPaint()
+        return done
 
     def _draw(self, series: Series) -> None:
         x = self.x_data(series)
@@ -363,6 +405,9 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             if self.symbols:
                 kwargs.update(symbol="o", symbolSize=5, symbolBrush=color, symbolPen=None)
             series.curve = self.plotItem.plot([], [], **kwargs)
+            if self._holding:
+                series.curve.hide()
+                self._held.append(series.curve)
             if len(self.legend.items) < LEGEND_MAX:  # relaying out a legend costs O(entries) per entry added
                 self.legend.addItem(series.curve, series.name)
                 series.in_legend = True
@@ -375,9 +420,15 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         elif series.raw is not None:
             self.plotItem.removeItem(series.raw)
             series.raw = None
-        series.curve.setData(x, y)
+        big = series.n >= CLIP_FROM
+        if series.curve.opts["clipToView"] != big:
+            series.curve.setDownsampling(auto=big, method="peak")
+            series.curve.setClipToView(big)
         if not self.symbols:  # a lone point (a final score) would not show as a line
-            series.curve.setSymbol("o" if series.n < 3 else None)
+            symbol = "o" if series.n < 3 else None
+            if series.curve.opts["symbol"] != symbol:  # each setSymbol redoes the curve's display data
+                series.curve.setSymbol(symbol)
+        series.curve.setData(x, y)
         series.shown_x, series.shown_y = x, y
         series.shown_sorted = bool(len(x) < 2 or np.all(np.diff(x) >= 0))
         series.dirty = False
@@ -490,6 +541,45 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.series.clear()
         self.legend.clear()
         self.hide_hover()
+
+
+class _Redrawer(QObject):
+    """The plots' periodic redraws, a few curves per event-loop turn (DRAW_BUDGET_S): opening a sweep makes 30
+    curves in three new plots at once, about 5 ms each, which in one go froze the window for 150 ms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: dict[MetricPlot, None] = {}
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(0)
+        self.timer.timeout.connect(self._run)
+
+    def add(self, plot: MetricPlot) -> None:
+        if any(s.dirty and s.visible for s in plot.series.values()):
+            self.queue[plot] = None
+            if not self.timer.isActive():
+                self.timer.start()
+
+    def _run(self) -> None:
+        deadline = time.perf_counter() + DRAW_BUDGET_S
+        while self.queue:
+            plot = next(iter(self.queue))
+            if not shiboken6.isValid(plot) or not plot.isVisible() or plot.flush(deadline):
+                del self.queue[plot]
+            if time.perf_counter() > deadline:
+                break
+        if self.queue:
+            self.timer.start()
+
+
+_redrawers: list[_Redrawer] = []
+
+
+def _redrawer() -> _Redrawer:
+    if not _redrawers:
+        _redrawers.append(_Redrawer())
+    return _redrawers[0]
 
 
 def nearest(xs: np.ndarray, x: float, is_sorted: bool) -> int:

@@ -255,4 +255,5 @@ def test_a_hidden_plot_draws_only_once_shown(panel: CurvesPanel, qtbot: Any) -> 
     qtbot.wait(2 * 1000 // REDRAW_HZ + 50)  # two ticks of the periodic redraw
     assert plot.series["loss"].curve is None and plot.series["loss"].dirty
     panel.show()
+    qtbot.waitUntil(lambda: plot.series["loss"].curve is not None, timeout=1000)
     assert np.allclose(curve_data(plot, "loss")[1], [3.0, 2.0, 1.0])
