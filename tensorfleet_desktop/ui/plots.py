@@ -46,6 +46,7 @@ REDRAW_HZ = 5
 # A curve from this many points on is downsampled and clipped to the view; a smaller one is not: pyqtgraph redoes
 # a clipped curve's display data on every change of the view range, and a sweep's first draw changes it per curve
 CLIP_FROM = 2000
+SPARE_PANES = 4  # emptied plot panes a MetricGrid keeps for the next job's metrics
 DRAW_BUDGET_S = 0.005  # the periodic redraw draws curves for this long per event-loop turn, then lets it run
 LEGEND_MAX = 12  # legend entries (and read-out lines) in one plot: the first drawn, best first for a sweep
 # x axis modes (PlotToolbar's choices)
@@ -541,6 +542,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.series.clear()
         self.legend.clear()
         self.hide_hover()
+        self._held = []
 
 
 class _Redrawer(QObject):
@@ -615,31 +617,39 @@ class MetricGrid(QWidget):
         self.epoch_reason = ""  # why the epoch x axis is off ("" = it is on)
         # a metric's toolbar settings (smoothing, log y, x axis), kept for its plot in the next job opened
         self.remembered: dict[str, tuple[float, bool, str]] = {}
+        self.spare: list[tuple[MetricPlot, QWidget, Any]] = []  # emptied panes (plot, pane, toolbar) to reuse
 
     @property
     def points(self) -> int:
         return sum(p.points for p in self.plots.values())
 
+    def _new_pane(self) -> tuple[MetricPlot, QWidget, Any]:
+        from tensorfleet_desktop.ui.plot_toolbar import PlotToolbar  # it imports this module
+
+        plot = MetricPlot()
+        plot.setMinimumHeight(180)
+        pane = QWidget()
+        layout = QVBoxLayout(pane)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        toolbar = PlotToolbar(plot)
+        layout.addWidget(toolbar)
+        layout.addWidget(plot, 1)
+        return plot, pane, toolbar
+
     def plot_for(self, metric: str) -> MetricPlot:
         """The metric's plot, made (with its toolbar) the first time."""
         plot = self.plots.get(metric)
         if plot is None:
-            from tensorfleet_desktop.ui.plot_toolbar import PlotToolbar  # it imports this module
-
-            plot = self.plots[metric] = MetricPlot()
+            # a pane of a job shown before if there is one: making a plot costs 16-25 ms (pyqtgraph's items)
+            plot, pane, toolbar = self.spare.pop() if self.spare else self._new_pane()
+            self.plots[metric], self.panes[metric], self.toolbars[metric] = plot, pane, toolbar
             plot.plotItem.setTitle(metric, size="10pt")
-            plot.setMinimumHeight(180)
             plot.epoch_map = self.epoch_map
-            pane = self.panes[metric] = QWidget()
-            layout = QVBoxLayout(pane)
-            layout.setContentsMargins(0, 0, 0, 0)
-            layout.setSpacing(0)
-            toolbar = self.toolbars[metric] = PlotToolbar(plot, name=metric)
+            toolbar.name = metric
             toolbar.set_epoch_available(not self.epoch_reason, self.epoch_reason)
-            if metric in self.remembered:
-                toolbar.apply(*self.remembered[metric])
-            layout.addWidget(toolbar)
-            layout.addWidget(plot, 1)
+            toolbar.apply(*self.remembered.get(metric, (0.0, False, STEP)))
+            plot.reset_view()
             n = len(self.plots) - 1
             self.grid.addWidget(pane, n // self.columns, n % self.columns)
             pane.setVisible(not self.only or self.only == metric)
@@ -667,13 +677,19 @@ class MetricGrid(QWidget):
         toolbar = self.toolbars.get(metric)
         wanted = toolbar.wanted_x if toolbar is not None else plot.x_mode
         self.remembered[metric] = (plot.smoothing, plot.log_y, wanted)
-        for series in plot.series.values():  # the buffers live on (CurvesPanel's), their items go with the plot
-            series.curve = series.raw = None
+        for series in plot.series.values():  # the buffers live on (CurvesPanel's), their items go
             series.dirty = True
         pane = self.panes.pop(metric)
         self.toolbars.pop(metric, None)
         self.grid.removeWidget(pane)
-        pane.deleteLater()
+        if len(self.spare) < SPARE_PANES and toolbar is not None:
+            plot.clear_all()
+            pane.hide()
+            self.spare.append((plot, pane, toolbar))
+        else:
+            for series in plot.series.values():
+                series.curve = series.raw = None
+            pane.deleteLater()
         for n, other in enumerate(self.panes.values()):
             self.grid.addWidget(other, n // self.columns, n % self.columns)
 
