@@ -428,8 +428,8 @@ class JobDetailView(View):
         ended = any(e["kind"] == "job_state" and e["state"] in TERMINAL for e in batch.events)
         if ended:
             self._refresh_timer.start(50)
-        elif batch.events and not self._refresh_timer.isActive():
-            self._refresh_timer.start()
+        elif batch.events and not self.loading and not self._refresh_timer.isActive():
+            self._refresh_timer.start()  # (a replay's events are history: one refresh once it is in)
         if self.loading:  # the replay is in once it reaches the job's end or events of the last seconds
             if ended or time.time() - batch.last_time < LIVE_SECONDS:
                 self._set_loading(False)
@@ -440,8 +440,10 @@ class JobDetailView(View):
         """While a history streams in, its points are held back and go to the curves at once at the end (one
         append and one redraw per curve): redrawing a growing 100k-point plot ten times a second is most of what
         a replay would cost the GUI thread."""
-        self.loading = loading
+        was_loading, self.loading = self.loading, loading
         self._quiet.stop()  # (re)started by each batch of the history
+        if was_loading and not loading and self.job_id and not self._refresh_timer.isActive():
+            self._refresh_timer.start()
         if not loading and self._held:
             held, self._held = self._held, []
             by_metric: dict[str, list[SeriesChunk]] = {}
