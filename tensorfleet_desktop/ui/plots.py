@@ -649,7 +649,7 @@ class MetricGrid(QWidget):
             toolbar.name = metric
             toolbar.set_epoch_available(not self.epoch_reason, self.epoch_reason)
             toolbar.apply(*self.remembered.get(metric, (0.0, False, STEP)))
-            plot.reset_view()
+            plot.plotItem.enableAutoRange()  # not reset_view: autoRange() on no data turns auto range off
             n = len(self.plots) - 1
             self.grid.addWidget(pane, n // self.columns, n % self.columns)
             pane.setVisible(not self.only or self.only == metric)
