@@ -257,3 +257,18 @@ def test_a_hidden_plot_draws_only_once_shown(panel: CurvesPanel, qtbot: Any) -> 
     panel.show()
     qtbot.waitUntil(lambda: plot.series["loss"].curve is not None, timeout=1000)
     assert np.allclose(curve_data(plot, "loss")[1], [3.0, 2.0, 1.0])
+
+
+def test_the_next_jobs_plots_reuse_panes_and_fit_their_data(panel: CurvesPanel) -> None:
+    panel.add_chunks(group_points(points("loss", [3.0, 2.0, 1.0]) + points("accuracy", [0.5, 0.6, 0.7])))
+    old, old_accuracy = panel.plot.plots["loss"], panel.plot.plots["accuracy"]
+    old.plotItem.vb.setRange(xRange=(100, 200), yRange=(50, 60))  # the user zoomed somewhere
+    panel.clear(multi_task=False)  # the next job
+    panel.add_chunks(group_points(points("test_loss", [40.0, 20.0, 10.0], steps=[0, 500, 1000])))
+    plot = panel.plot.plots["test_loss"]
+    assert plot in (old, old_accuracy)  # an emptied pane of the job before, not a new one
+    assert plot.plotItem.titleLabel.text == "test_loss" and not plot.drawn()
+    plot.flush()
+    (x0, x1), (y0, y1) = plot.plotItem.vb.viewRange()
+    assert x0 <= 0 and x1 >= 1000 and y0 <= 10 and y1 >= 40  # the view fits the new data, not the old zoom
+    assert [s.name for s in plot.drawn()] == ["test_loss"] and len(plot.plotItem.listDataItems()) == 1
