@@ -89,24 +89,10 @@ def run_gui_demo(data_dir: Path | None = None, port: int | None = None, screensh
 
 
 def _open_window(cluster: DemoCluster, screenshot: Path | None) -> int:
-    """ui.app.run (keep the two alike), opening on the Jobs view where the demo jobs already are; never starts a
-    controller."""
-    from PySide6.QtGui import QIcon
+    """The desktop app on the demo cluster; it never starts a controller (the demo started one)."""
+    from tensorfleet_desktop.ui.app import run as run_window
 
-    from tensorfleet_desktop.ui.app import _photograph_when_ready, build_window, create_application
-    from tensorfleet_desktop.ui.main_window import APP_ICON
-
-    app = create_application()
-    app.setWindowIcon(QIcon(APP_ICON))
-    window = build_window(cluster.address, cluster.controller_dir, autostart=False)
-    window.show_view(window.jobs)
-    window.show()
-    window.bridge.start()
-    if screenshot is not None:  # tests and smoke runs: save the window once it shows the fleet, then quit
-        _photograph_when_ready(app, window, screenshot)
-    code = app.exec()
-    window.shutdown()  # as ui.app.run: a quit without a close (Ctrl+C) stops timers, then the bridge
-    return int(code)
+    return run_window(cluster.address, cluster.controller_dir, autostart=False, screenshot=screenshot, on_jobs=True)
 
 
 async def _start_gui_demo(data_dir: Path | None, port: int | None, console: Console) -> DemoCluster:

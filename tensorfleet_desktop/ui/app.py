@@ -62,10 +62,14 @@ def run(
     data_dir: Path | None = None,
     autostart: bool = True,
     screenshot: Path | None = None,
+    on_jobs: bool = False,
 ) -> int:
+    """`on_jobs`: open on the Jobs view (the demo's jobs are already there), not the last or the welcome view."""
     app = create_application()
     app.setWindowIcon(QIcon(APP_ICON))
     window = build_window(address, data_dir, autostart)
+    if on_jobs:
+        window.show_view(window.jobs)
     window.show()
     window.bridge.start()
     if screenshot is not None:
