@@ -73,7 +73,7 @@ class WorkerProcess:
         self._exit = asyncio.Event()  # set once the worker process itself has exited
         self._known: list[psutil.Process] = []  # its descendants at the last look (terminate): killed at its exit
         if protocol is None:  # no exit call: the pipes' end stands for the exit
-            self._exit_waiter = asyncio.create_task(self._exit_by_pipes())
+            self._pumps.append(asyncio.create_task(self._exit_by_pipes()))  # kept, and gathered at the end
         else:
             protocol.on_exit = self._exited
             if protocol.exited:

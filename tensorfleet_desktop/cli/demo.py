@@ -12,8 +12,6 @@ from typing import Any
 from tensorfleet_desktop.cli import exit_codes
 from tensorfleet_desktop.cli.output import add_format_flags
 
-NOT_INSTALLED = "the desktop app is not installed (pip install 'tensorfleet[desktop]')"
-
 
 def add_parser(sub: Any) -> None:
     s = sub.add_parser("demo", help="the demo jobs on a cluster on this machine, in the app when there is a display")

@@ -22,10 +22,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tensorfleet_desktop.ui import (
-    _resources_rc,  # noqa: F401 - registers the compiled icons
-    theme,
-)
+import tensorfleet_desktop.ui._resources_rc  # noqa: F401 - registers the compiled icons
+from tensorfleet_desktop.ui import theme
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.datasets_view import DatasetsView
 from tensorfleet_desktop.ui.fleet_view import FleetView
@@ -166,8 +164,8 @@ class MainWindow(QMainWindow):
             action.triggered.connect(lambda _checked=False, i=i: self.nav.setCurrentRow(i))
             view_menu.addAction(action)
         view_menu.addSeparator()
-        self.filter_action = self._action(view_menu, "&Filter…", QKeySequence.StandardKey.Find, self.focus_filter)
-        self.refresh_action = self._action(view_menu, "&Refresh", QKeySequence.StandardKey.Refresh, self.refresh)
+        self._action(view_menu, "&Filter…", QKeySequence.StandardKey.Find, self.focus_filter)
+        self._action(view_menu, "&Refresh", QKeySequence.StandardKey.Refresh, self.refresh)
         jobs_menu = self.menuBar().addMenu("&Jobs")
         self.submit_action = self._action(jobs_menu, "&Submit…", QKeySequence.StandardKey.New, self.submit_job)
         self.cancel_action = self._action(jobs_menu, "&Cancel selected…", QKeySequence.StandardKey.Delete, self.delete)
