@@ -303,12 +303,13 @@ class Bridge(QObject):
             self.agents_changed.emit(list(self._agents.values()))
 
     async def _follow_job(self, job_id: str | None, generation: int) -> None:
-        previous, self._watch = self._watch, None
+        # Swapped before any await: a second call running while this one waits for the previous watch to end
+        # sees this call's task and cancels it, so no watch is ever left running unreferenced.
+        new = asyncio.create_task(self._watch_events(job_id, generation)) if job_id else None
+        previous, self._watch = self._watch, new
         if previous is not None:  # its stream closes and its collected events go with it
             previous.cancel()
             await asyncio.gather(previous, return_exceptions=True)
-        if job_id:
-            self._watch = asyncio.create_task(self._watch_events(job_id, generation))
 
     async def _watch_events(self, job_id: str, generation: int) -> None:
         """Every event of the job from the first (a replay, then live), collected into JobBatches: one goes out at
