@@ -9,15 +9,17 @@ the model's `rows` the job dicts every other caller reads, adding group headers 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Qt
-from PySide6.QtGui import QColor, QFont
+from PySide6.QtGui import QColor, QFont, QFontMetrics
+from PySide6.QtWidgets import QHeaderView
 
 from tensorfleet_desktop.ui.formatting import (
     HEADLINE_METRICS,
@@ -33,6 +35,7 @@ from tensorfleet_desktop.ui.formatting import (
     metric_text,
     workload,
 )
+from tensorfleet_desktop.ui.plots import is_internal
 from tensorfleet_desktop.ui.settings_view import app_settings
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, SORT_ROLE, Column, Index, RowTableModel
 
@@ -43,7 +46,8 @@ GROUP_MODES = ("none", "sweep", "group", "algorithm", "dataset", "tag")
 ACTIVE = ("QUEUED", "PREPARING", "RUNNING", "PAUSED", "PAUSING")
 COLUMNS_KEY = "jobs/columns"
 GROUP_KEY = "jobs/group"
-DEFAULT_DISCOVERED = 6  # metric and hyperparameter columns shown (each) until the user chooses
+DEFAULT_DISCOVERED = 4  # metric and hyperparameter columns shown (each) until the user chooses
+DEFAULT_TABLE_WIDTH = 1100  # px the default columns may take: the Jobs view of a 1280-1400 px window
 BOOKKEEPING = ("best_trial", "trials_completed")  # a sweep's, listed in the chooser but not shown by default
 _LAST = "\uffff"  # sorts a "no group" group after the named ones
 
@@ -109,6 +113,25 @@ def discover(jobs: Iterable[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return headline + sorted(metrics - set(headline)), sorted(params)
 
 
+def rank_params(jobs: Iterable[dict[str, Any]], params: Sequence[str]) -> list[str]:
+    """The parameters the jobs vary most first (a spec's filled-in defaults, like `random_state`, are the
+    same everywhere and tell the runs apart least), then the ones most jobs have, then by name."""
+    values: dict[str, set[str]] = {p: set() for p in params}
+    counts: dict[str, int] = dict.fromkeys(params, 0)
+    for job in jobs:
+        have = job_params(job)
+        for name in params:
+            if name in have:
+                values[name].add(compact(have[name]))
+                counts[name] += 1
+
+    def key(p: str) -> tuple[bool, int, int, str]:
+        constant = len(values[p]) < 2 and counts[p] > 1  # a default filled in everywhere
+        return constant, -len(values[p]), -counts[p], p
+
+    return sorted(params, key=key)
+
+
 # ---------------------------------------------------------------- columns
 
 
@@ -149,7 +172,7 @@ def base_columns() -> list[tuple[Column, bool]]:
         ),
         (
             Column("Best metric", metric_text, sort=lambda j: (best_metric(j) or ("", None))[1], key="best"),
-            True,
+            False,  # the metric columns show the results; room for them
         ),
         (Column("Submitted", lambda j: clock(j["created_at"]), sort=lambda j: j["created_at"], key="submitted"), True),
         (Column("Group", job_group, sort=lambda j: sort_value(job_group(j)), key="group"), False),
@@ -186,6 +209,16 @@ def param_column(name: str, title: str) -> Column:
     )
 
 
+HEADER_PADDING = 24  # the section's margins and the sort arrow Fusion draws beside the text
+MAX_FITTED_WIDTH = 160
+
+
+def header_width(header: QHeaderView, title: str, floor: int = 48, cap: int = MAX_FITTED_WIDTH) -> int:
+    """A column just wide enough for its header text (values are numbers, narrower than names like
+    `test_accuracy`); capped so a long name does not take the table: it elides and its tooltip has it."""
+    return max(floor, min(cap, QFontMetrics(header.font()).horizontalAdvance(title) + HEADER_PADDING))
+
+
 class ColumnChoice:
     """Which columns show: the base ones plus those discovered in the jobs; the user's choice is kept in the
     app's QSettings (a list of column keys, including ones no current job reports)."""
@@ -194,6 +227,8 @@ class ColumnChoice:
         self.base = base_columns()
         self.metrics: list[str] = []
         self.params: list[str] = []
+        self.informative: list[str] = []  # params, those whose values differ most between the jobs first
+        self.width_of: Callable[[str], int] | None = None  # a column key's default width, from the view
         raw = app_settings().value(COLUMNS_KEY, "")
         self.chosen: list[str] | None = None
         try:
@@ -205,10 +240,12 @@ class ColumnChoice:
 
     def discover(self, jobs: Iterable[dict[str, Any]]) -> bool:
         """Take the metric and parameter names from `jobs`; True when they changed."""
+        jobs = list(jobs)
         found = discover(jobs)
         if found == (self.metrics, self.params):
             return False
         self.metrics, self.params = found
+        self.informative = rank_params(jobs, self.params)
         return True
 
     def available(self) -> list[tuple[str, Column]]:
@@ -220,11 +257,23 @@ class ColumnChoice:
         return out
 
     def default_keys(self) -> list[str]:
+        """The base columns shown by default, then up to 4 metrics and 4 hyperparameters, one of each in turn
+        while `width_of` (key -> px, set by the view) says they fit DEFAULT_TABLE_WIDTH: none starts off-screen."""
         keys = [c.id for c, shown in self.base if shown]
         results = [m for m in self.metrics if m not in BOOKKEEPING]
-        keys += [f"metric:{m}" for m in results[:DEFAULT_DISCOVERED]]
-        keys += [f"param:{p}" for p in self.params[:DEFAULT_DISCOVERED]]
-        return keys
+        results = [m for m in results if not is_internal(m)]  # epoch, param_checksum, _*: still in the chooser
+        metrics = [f"metric:{m}" for m in results[:DEFAULT_DISCOVERED]]
+        params = [f"param:{p}" for p in (self.informative or self.params)[:DEFAULT_DISCOVERED]]
+        if self.width_of is None:
+            return keys + metrics + params
+        used = sum(self.width_of(k) for k in keys)
+        taken: set[str] = set()
+        for key in (k for pair in itertools.zip_longest(metrics, params) for k in pair if k):
+            if used + self.width_of(key) > DEFAULT_TABLE_WIDTH and taken:
+                break
+            used += self.width_of(key)
+            taken.add(key)
+        return keys + [k for k in metrics + params if k in taken]
 
     def visible_keys(self) -> list[str]:
         return self.chosen if self.chosen is not None else self.default_keys()

@@ -26,6 +26,7 @@ from tensorfleet_desktop.ui.experiments import (
     FilterError,
     JobFilter,
     JobsModel,
+    header_width,
     parse_filter,
 )
 from tensorfleet_desktop.ui.settings_view import app_settings
@@ -37,17 +38,19 @@ from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, add_
 __all__ = ["JobFilter", "JobsView"]
 
 STATE_FILTERS = ("all", "active", "QUEUED", "PREPARING", "RUNNING", "PAUSED", "SUCCEEDED", "FAILED", "CANCELLED")
+# The default columns (these, 4 metrics and 4 hyperparameters sized to their names) fit ~1100 px of table.
 WIDTHS = {
-    "name": 200,
-    "workload": 130,
-    "progress": 120,
+    "name": 170,
+    "workload": 116,
+    "state": 92,
+    "progress": 100,
+    "duration": 64,
     "agents": 140,
-    "started": 140,
+    "started": 80,
     "best": 160,
-    "submitted": 140,
+    "submitted": 72,
     "tags": 140,
 }
-DISCOVERED_WIDTH = 90
 BAD_FILTER_STYLE = "QLineEdit { border: 1px solid #d1242f; color: #d1242f; }"
 
 
@@ -77,6 +80,7 @@ class JobsView(View):
         self.model = JobsModel(self.choice.visible())
         self.proxy = JobFilter()
         self.table, _ = data_table(self.model, self.proxy, sort_column=0, multi=True, name="jobs_table")
+        self.choice.width_of = self._default_width  # the header's font sizes the default metric columns
         self._progress_delegate = ProgressDelegate()
         self._sort_by("submitted", Qt.SortOrder.DescendingOrder)
         self._size_columns({})
@@ -253,6 +257,8 @@ class JobsView(View):
             return
         header = self.table.horizontalHeader()
         widths = {c.id: header.sectionSize(i) for i, c in enumerate(self.model.columns)}
+        if header.stretchLastSection() and self.model.columns:  # stretched to the table's edge: not a user's width
+            widths.pop(self.model.columns[-1].id, None)
         sort_at = self.proxy.sortColumn()
         sort_key = self.model.columns[sort_at].id if 0 <= sort_at < len(self.model.columns) else "submitted"
         order = self.proxy.sortOrder()
@@ -265,11 +271,19 @@ class JobsView(View):
             self.select(job_id, add=True)
         self._span_headers()
 
+    def _default_width(self, key: str) -> int:
+        if key in WIDTHS:
+            return WIDTHS[key]
+        if ":" in key:
+            return header_width(self.table.horizontalHeader(), key.split(":", 1)[1])
+        return self.table.horizontalHeader().defaultSectionSize()
+
     def _size_columns(self, widths: dict[str, int]) -> None:
+        header = self.table.horizontalHeader()
         for at, column in enumerate(self.model.columns):
             width = widths.get(column.id) or WIDTHS.get(column.id)
-            if width is None and ":" in column.id:
-                width = DISCOVERED_WIDTH
+            if width is None and ":" in column.id:  # a metric or hyperparameter: its name shows whole
+                width = header_width(header, column.title)
             if width:
                 self.table.setColumnWidth(at, width)
             delegate = self._progress_delegate if column.id == "progress" else self.table.itemDelegate()

@@ -175,6 +175,31 @@ def test_metric_and_hyperparameter_columns_come_from_the_jobs(view: JobsView) ->
     assert "final metric" in header_tip
 
 
+def test_internal_series_are_no_default_columns_and_headers_show_whole(bridge: Bridge, qtbot: Any) -> None:
+    """`epoch` and `param_checksum` (a torch job's bookkeeping) only in the chooser; the default columns fit
+    ~1100 px and `test_accuracy` is not cut to "est_accurac" (screenshot run of issue 22)."""
+    torch = make_job(
+        {"algorithm": "torch_mlp", "dataset": "digits", "name": "mlp", "hyperparameters": {"epochs": 6}},
+        metrics={"test_accuracy": 0.94, "loss": 0.25, "epoch": 6.0, "param_checksum": 1234.5, "_debug": 1.0},
+    )
+    v = JobsView(bridge, lambda message, error: None)
+    qtbot.addWidget(v)
+    v.set_jobs([*fleet_jobs(), torch])
+    shown_titles = titles(v)
+    for internal in ("epoch", "param_checksum", "_debug"):
+        assert internal not in shown_titles
+    chooser = [a.text() for a in v.column_menu().actions() if a.isCheckable()]
+    assert "epoch" in chooser and "param_checksum" in chooser
+    assert len([c for c in v.model.columns if c.id.startswith("metric:")]) <= 4
+    header = v.table.horizontalHeader()
+    metrics = header.fontMetrics()
+    at = column(v, "test_accuracy")
+    assert v.table.columnWidth(at) >= metrics.horizontalAdvance("test_accuracy") + 20  # room for the sort arrow
+    assert v.table.columnWidth(column(v, "f1_macro")) < v.table.columnWidth(at)  # sized to the name, not one width
+    total = sum(v.table.columnWidth(i) for i in range(len(v.model.columns)))
+    assert total <= 1150, str([(c.title, v.table.columnWidth(i)) for i, c in enumerate(v.model.columns)])
+
+
 def test_the_column_choice_is_saved_for_the_next_window(qtbot: Any, bridge: Bridge, view: JobsView) -> None:
     menu = view.column_menu()
     sections = [a.text() for a in menu.actions() if a.isSeparator() and a.text()]
