@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QFontMetrics, QResizeEvent
 from PySide6.QtWidgets import QWidget
 
 from tensorfleet_desktop.ui.formatting import compact, is_number
@@ -25,6 +25,7 @@ from tensorfleet_desktop.ui.formatting import compact, is_number
 BUCKETS = 8  # colour steps of the score colormap: one curve item each
 UNSCORED = "#8c959f"  # running, failed and pruned trials: their parameters, no score
 BEST = "#f0883e"  # the best trial, in the table, the scatter and here
+RIGHT_MARGIN = 0.4  # plot units right of the score axis: its tick labels are drawn there
 WIDE = 100.0  # a positive range wider than this ratio is shown on a log scale
 MAX_CATEGORIES = 40  # labels drawn on a categorical axis (positions are kept for all)
 
@@ -135,6 +136,10 @@ class ParallelCoordinates(pg.PlotWidget):  # type: ignore[misc]
         self.highlighted: int | None = None
         item = self.plotItem
         item.hideAxis("left")
+        # A bottom label may reach past the axis' ends (the first axis sits at the plot's edge); the x range below
+        # leaves room for it, so pyqtgraph must not drop it for overlapping its bounding rectangle.
+        item.getAxis("bottom").setStyle(hideOverlappingLabels=False)
+        self._n_axes = 1
         item.setMouseEnabled(x=False, y=False)
         item.hideButtons()
         item.setMenuEnabled(False)
@@ -245,8 +250,27 @@ class ParallelCoordinates(pg.PlotWidget):  # type: ignore[misc]
         self.plotItem.getAxis("bottom").setTicks(
             [[(float(i), a.scale_name()) for i, a in enumerate(self.axes)] + [(float(n_axes - 1), "score")]]
         )
-        self.plotItem.setXRange(-0.15, n_axes - 0.6, padding=0)
+        self._n_axes = n_axes
+        self._fit_x_range()
         self.plotItem.setYRange(-0.04, 1.04, padding=0)
+
+    def _fit_x_range(self) -> None:
+        """Room left of the first axis for half its bottom label (`learning_rate (log)` is wider than the 0.15
+        units the plot had there): the margin in units follows the plot's width, so it is redone on resize."""
+        axes = getattr(self, "axes", [])  # a resize may come before __init__ has set it
+        first = axes[0].scale_name() if axes else "score"
+        axis = self.plotItem.getAxis("bottom")
+        half = QFontMetrics(axis.style.get("tickFont") or self.font()).horizontalAdvance(first) / 2 + 6
+        width = float(self.width())  # the view box spans it (no left axis); its own size lags a resize
+        n_axes = getattr(self, "_n_axes", 1)
+        span = n_axes - 1 + RIGHT_MARGIN  # units right of the first axis
+        left = max(0.15, half * span / max(1.0, width - half))
+        self.plotItem.setXRange(-left, n_axes - 1 + RIGHT_MARGIN, padding=0)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        if getattr(self, "plotItem", None) is not None:  # GraphicsView's __init__ resizes before PlotWidget's ends
+            self._fit_x_range()
 
     def _label_axes(self, axes: Sequence[ParamAxis]) -> None:
         """Tick labels from a pool of text items, reused across redraws (creating one costs ~1 ms)."""

@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from tensorfleet_desktop.client import trial_rows
+from tensorfleet_desktop.ui.experiments import header_width
 from tensorfleet_desktop.ui.formatting import compact, duration, is_number, state_color
 from tensorfleet_desktop.ui.parallel_coords import BEST, ParallelCoordinates, ParamAxis
 from tensorfleet_desktop.ui.plots import PALETTE, light_grid
@@ -99,7 +100,7 @@ def _param_column(name: str, space: Any) -> Column:
         name,
         lambda r: _cell(r["params"].get(name)),
         sort=lambda r: _sort_key(r["params"].get(name)),
-        header_tip=f"searched over {space}",
+        header_tip=f"{name}: searched over {space}",  # the full name, where a long one elides
     )
 
 
@@ -427,7 +428,9 @@ class SweepPanel(QWidget):
             descending = sweep.get("direction") != "minimize"
             order = Qt.SortOrder.DescendingOrder if descending else Qt.SortOrder.AscendingOrder
             self.trials_table.sortByColumn(score_column, order)
-            widths = [64] + [90] * len(names) + [110, 100, 70]
+            header = self.trials_table.horizontalHeader()  # each parameter's name shows whole (up to 160 px)
+            widths = [64] + [header_width(header, n, floor=70) for n in names]
+            widths += [header_width(header, metric, floor=90), 100, 70]
             for column, width in enumerate(widths):
                 self.trials_table.setColumnWidth(column, width)
         else:

@@ -417,3 +417,38 @@ def test_a_real_sweep_and_200_trials_derived_from_it(gui_cluster: Any, qtbot: An
     panel.show_job(big)
     assert len(panel.trials_model.rows) == 200 and shown_trials(panel)[0] == int(big["metrics"]["best_trial"])
     assert plot_items(panel) == items
+
+
+def test_first_axis_label_has_room_and_parameter_headers_show_whole(qtbot: Any) -> None:
+    """The screenshot run showed no label under the first axis (`learning_rate (log)` wider than the margin left
+    of it) and "nax_leaf_node" for max_leaf_nodes in the trials table."""
+    space = {"learning_rate": "float:0.01:0.5:log", "max_leaf_nodes": "int:4:48", "max_depth": "int:2:8"}
+    trials: list[Trial] = [
+        (
+            {"learning_rate": 0.05 * (i + 1), "max_leaf_nodes": 4 + 4 * i, "max_depth": 2 + i % 6},
+            0.9 + i / 100,
+            "SUCCEEDED",
+        )
+        for i in range(6)
+    ]
+    panel = SweepPanel()
+    qtbot.addWidget(panel)
+    panel.resize(1200, 700)
+    panel.show()
+    panel.show_job(sweep_job(trials, space, best=5))
+    parallel = panel.parallel
+    qtbot.waitUntil(lambda: parallel.width() > 200)
+    half = parallel.fontMetrics().horizontalAdvance("learning_rate (log)") / 2
+    left_px = parallel.plotItem.vb.mapViewToScene(QPointF(0.0, 0.5)).x() - parallel.plotItem.vb.sceneBoundingRect().x()
+    assert left_px >= half  # the first axis sits far enough from the edge for its centred label
+    x_max = parallel.plotItem.vb.viewRange()[0][1]
+    assert x_max >= 2.3  # and the score axis' tick labels keep their room on the right
+
+    header = panel.trials_table.horizontalHeader()
+    for title in ("learning_rate", "max_leaf_nodes", "max_depth"):
+        at = column_titles(panel).index(title)
+        assert panel.trials_table.columnWidth(at) >= header.fontMetrics().horizontalAdvance(title) + 20
+    tip = panel.trials_model.headerData(
+        column_titles(panel).index("max_leaf_nodes"), Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole
+    )
+    assert "max_leaf_nodes" in tip
