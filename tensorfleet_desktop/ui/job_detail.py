@@ -54,7 +54,7 @@ from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
 
-LIVE_SECONDS = 3.0  # a batch whose last event is this recent is live: the replay of the history is over
+LOADING_CAP_MS = 2000  # a running job's replay is held back at most this long after it is opened
 LOG_SHOWN = 20_000  # the log view keeps the newest lines that match; every line stays in log_lines
 
 
@@ -244,6 +244,12 @@ class JobDetailView(View):
         self._quiet.setSingleShot(True)
         self._quiet.setInterval(1000)
         self._quiet.timeout.connect(lambda: self._set_loading(False))
+        # A running job's history has no end event to wait for, and its event times are the controller's clock
+        # (which may be far from this machine's): after LOADING_CAP_MS what is held goes to the curves anyway.
+        self._loading_cap = QTimer(self)
+        self._loading_cap.setSingleShot(True)
+        self._loading_cap.setInterval(LOADING_CAP_MS)
+        self._loading_cap.timeout.connect(lambda: self._set_loading(False))
         self._feeder = QTimer(self)
         self._feeder.setSingleShot(True)
         self._feeder.setInterval(0)
@@ -269,6 +275,8 @@ class JobDetailView(View):
         else:
             self.header.setText(f"Loading job {job_id}…")
         self._set_loading(True)
+        if self.job is None or self.job["state"] not in TERMINAL:  # an ended job's replay ends with its end
+            self._loading_cap.start()
         self.bridge.watch_job(job_id)
         self.refresh()
 
@@ -284,6 +292,7 @@ class JobDetailView(View):
         self._tick.stop()
         self._refresh_timer.stop()
         self._quiet.stop()
+        self._loading_cap.stop()
         self.loading, self._held, self._feed = False, [], []
         self._feeder.stop()
         self.metric_points = self.last_seq = self.batches = 0
@@ -322,6 +331,8 @@ class JobDetailView(View):
     def _show_job(self, job: dict[str, Any]) -> None:
         self.job = job
         self.multi_task = job["tasks"]["total"] > 1
+        if job["state"] in TERMINAL:  # its replay ends with its end event: no cap needed
+            self._loading_cap.stop()
         self._render_header()
         self._update_ticking()
         self.tasks_model.set_rows(job["task_list"])
@@ -430,8 +441,8 @@ class JobDetailView(View):
             self._refresh_timer.start(50)
         elif batch.events and not self.loading and not self._refresh_timer.isActive():
             self._refresh_timer.start()  # (a replay's events are history: one refresh once it is in)
-        if self.loading:  # the replay is in once it reaches the job's end or events of the last seconds
-            if ended or time.time() - batch.last_time < LIVE_SECONDS:
+        if self.loading:  # the replay is in once it reaches the job's end, stops arriving, or the cap passes
+            if ended:
                 self._set_loading(False)
             else:
                 self._quiet.start()
@@ -442,6 +453,8 @@ class JobDetailView(View):
         a replay would cost the GUI thread."""
         was_loading, self.loading = self.loading, loading
         self._quiet.stop()  # (re)started by each batch of the history
+        if not loading:
+            self._loading_cap.stop()
         if was_loading and not loading and self.job_id and not self._refresh_timer.isActive():
             self._refresh_timer.start()
         if not loading and self._held:

@@ -72,16 +72,13 @@ class JobBatch:
     """What arrived for the followed job since the last batch: metric chunks, log lines and every other event
     (job_state, task_state, progress, checkpoint, artifact) as `wire.job_event_from_pb` dicts.
 
-    `first_seq`..`last_seq` are the event seqs it covers: consecutive batches of one watch never overlap;
-    `last_time` is when the last of them happened (a replay of history is long past, a live event is now)."""
+    `last_seq` is the last event seq it covers: consecutive batches of one watch never overlap."""
 
     job_id: str
     chunks: list[SeriesChunk] = field(default_factory=list)
     logs: list[tuple[int, str, str]] = field(default_factory=list)  # (task_index, stream, line)
     events: list[dict[str, Any]] = field(default_factory=list)
     last_seq: int = 0
-    first_seq: int = 0
-    last_time: float = 0.0
 
     @property
     def points(self) -> int:
@@ -98,8 +95,6 @@ class BatchBuilder:
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         self.last_seq = 0  # the last seq received, kept across batches: where a resumed watch starts
-        self.last_time = 0.0
-        self._first_seq = 0
         self._series: dict[tuple[str, int], tuple[list[float], list[float], list[float]]] = {}
         self._logs: list[tuple[int, str, str]] = []
         self._events: list[dict[str, Any]] = []
@@ -111,9 +106,7 @@ class BatchBuilder:
         """One JobEvent message (metrics and logs carry up to wire.MAX_BATCH rows each)."""
         if msg.seq <= self.last_seq:  # already received (a resumed stream never repeats, but be sure)
             return
-        if not self:
-            self._first_seq = msg.seq
-        self.last_seq, self.last_time = msg.seq, msg.time
+        self.last_seq = msg.seq
         kind = msg.WhichOneof("body")
         if kind == "metrics":
             series = self._series
@@ -133,8 +126,6 @@ class BatchBuilder:
 
     def take(self) -> JobBatch:
         """Everything collected since the last take, as numpy chunks; the builder starts over (keeping last_seq)."""
-        batch = JobBatch(
-            self.job_id, _chunks(self._series), self._logs, self._events, self.last_seq, self._first_seq, self.last_time
-        )
+        batch = JobBatch(self.job_id, _chunks(self._series), self._logs, self._events, self.last_seq)
         self._series, self._logs, self._events = {}, [], []
         return batch

@@ -10,12 +10,17 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("PySide6", reason="the desktop extra (PySide6) is not installed")
 pytest.importorskip("pytestqt", reason="pytest-qt (dev extra) is not installed")
 
+from tensorfleet_agent._generated import controller_pb2 as cpb
+from tensorfleet_desktop import wire
 from tensorfleet_desktop.ui.bridge import Bridge
+from tensorfleet_desktop.ui.job_detail import LOADING_CAP_MS, JobDetailView
+from tensorfleet_desktop.ui.job_history import JobBatch, SeriesChunk
 
 
 class SlowClosingClient:
@@ -48,6 +53,38 @@ def bridge() -> Iterator[Bridge]:
     b.stop()
 
 
+def make_job(state: str = "RUNNING", **fields: Any) -> dict[str, Any]:
+    """A job dict as the client gives it (every key), from the protobuf the controller sends."""
+    job = wire.job_from_pb(
+        cpb.Job(
+            id="job-1",
+            name=fields.pop("name", "detail-job"),
+            state=cpb.JobState.Value(f"JOB_STATE_{state}"),
+            created_at=1000.0,
+            started_at=1000.0,
+            algorithm="emit",
+            **fields,
+        )
+    )
+    return job
+
+
+@pytest.fixture
+def detail(qtbot: Any, bridge: Bridge) -> JobDetailView:
+    notes: list[tuple[str, bool]] = []
+    view = JobDetailView(bridge, lambda message, is_error: notes.append((message, is_error)))
+    view.notes = notes  # type: ignore[attr-defined]
+    qtbot.addWidget(view)
+    return view
+
+
+def loss_batch(seq: int, steps: range, when: float) -> JobBatch:
+    """Points of `loss` as the bridge batches them; `when` is the controller's time of its events."""
+    step = np.asarray(steps, dtype=float)
+    chunk = SeriesChunk("loss", 0, step, step * 0.5, np.full(len(step), when))
+    return JobBatch("job-1", chunks=[chunk], last_seq=seq)
+
+
 def watch_tasks(b: Bridge) -> list[asyncio.Task[Any]]:
     async def probe() -> list[asyncio.Task[Any]]:
         await asyncio.sleep(0.3)  # every follow submitted before has run and the streams it cancelled closed
@@ -65,3 +102,36 @@ def test_opening_jobs_in_quick_succession_leaves_no_watch_running(bridge: Bridge
         bridge.watch_job(job_id)
     assert watch_tasks(bridge) == []
     assert bridge._client.open_streams == set()  # type: ignore[union-attr]
+
+
+def test_a_running_jobs_replay_ends_even_with_the_controllers_clock_hours_behind(
+    qtbot: Any, detail: JobDetailView
+) -> None:
+    detail._jobs_changed([make_job("RUNNING")])
+    detail.open_job("job-1")
+    assert detail.loading
+    behind = 1000.0  # event times from a controller whose clock is far behind this machine's
+    seq = 0
+    for i in range(12):  # a batch every 250 ms: the quiet timer alone never fires
+        seq += 1
+        detail.on_batch("job-1", loss_batch(seq, range(i * 10, i * 10 + 10), behind))
+        qtbot.wait(250)
+        if not detail.loading:
+            break
+    assert not detail.loading, "still holding the curves back"
+    assert seq * 250 <= LOADING_CAP_MS + 750
+    qtbot.waitUntil(lambda: detail.curves.points == seq * 10, timeout=2000)
+
+
+def test_an_ended_jobs_replay_is_held_back_until_its_end_event(qtbot: Any, detail: JobDetailView) -> None:
+    detail._jobs_changed([make_job("SUCCEEDED")])
+    detail.open_job("job-1")
+    for i in range(12):
+        detail.on_batch("job-1", loss_batch(i + 1, range(i * 10, i * 10 + 10), 1000.0))
+    detail._quiet.stop()  # (a replay slower than the quiet spell: as if batches kept coming)
+    qtbot.wait(LOADING_CAP_MS + 200)  # past the cap: an ended job's history has an end to wait for
+    assert detail.loading and detail.curves.points == 0
+    end = JobBatch("job-1", events=[{"kind": "job_state", "state": "SUCCEEDED"}], last_seq=13)
+    detail.on_batch("job-1", end)
+    assert not detail.loading
+    qtbot.waitUntil(lambda: detail.curves.points == 120, timeout=2000)
