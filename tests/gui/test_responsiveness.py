@@ -1,7 +1,8 @@
-"""The job detail never freezes (history in a few batches, every point once), its header is live, every job end is
-told, and closing the window leaves no asyncio task pending (issue 22 items 4, 5, 6, 11).
+"""The job detail never freezes (a history held back and plotted in one append per curve, every point once), its
+header is live, every job end is told, and closing the window leaves no asyncio task pending (issue 22 items 4,
+5, 6, 11).
 
-Against the shared loopback cluster (`gui_cluster`), offscreen. What is checked is behaviour (how many batches,
+Against the shared loopback cluster (`gui_cluster`), offscreen. What is checked is behaviour (how many appends,
 which points, what the header says), not timings: benchmarks/gui_bench.py measures those.
 """
 
@@ -28,7 +29,7 @@ from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
 from tensorfleet_desktop.client import Client
 from tensorfleet_desktop.ui.app import build_window, create_application
-from tensorfleet_desktop.ui.job_history import JobBatch
+from tensorfleet_desktop.ui.job_history import JobBatch, SeriesChunk
 from tensorfleet_desktop.ui.main_window import MainWindow
 from tensorfleet_desktop.ui.sweep_panel import top_trials
 
@@ -77,8 +78,8 @@ def emit_job(client: Client, name: str, points: int, rate: float = 0.0) -> dict[
     return client.submit(spec)
 
 
-def test_a_long_history_arrives_in_a_few_batches_each_point_once_and_reopening_adds_none(
-    qtbot: Any, window: MainWindow, gui_cluster: Cluster
+def test_a_long_history_reaches_the_plot_in_one_append_each_point_once_and_reopening_adds_none(
+    qtbot: Any, window: MainWindow, gui_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     qtbot.waitUntil(lambda: window.bridge.online, timeout=WAIT_MS)
     n = 20_000
@@ -88,11 +89,20 @@ def test_a_long_history_arrives_in_a_few_batches_each_point_once_and_reopening_a
         messages = sum(1 for _ in client.watch(job["id"]))  # what a bridge emitting per message would send
     assert messages >= 20
     seen = Batches(window, job["id"], "loss")
-    window.show_job(job["id"])
     detail = window.detail
+    adds: list[int] = []  # the points of each add_chunks that carried loss
+    add_chunks = detail.curves.add_chunks
+
+    def counting(chunks: list[SeriesChunk]) -> None:
+        adds.extend(len(c) for c in chunks if c.metric == "loss")
+        add_chunks(chunks)
+
+    monkeypatch.setattr(detail.curves, "add_chunks", counting)
+    window.show_job(job["id"])
     qtbot.waitUntil(lambda: detail.metric_points == n, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: detail.job is not None and detail.job["state"] == "SUCCEEDED", timeout=WAIT_MS)
-    assert seen.count * 4 <= messages, f"{seen.count} batches for {messages} messages"
+    # however many batches the history came in, it was held back and reached the plot in one append
+    assert adds == [n], f"{len(adds)} appends of loss ({seen.count} batches for {messages} messages)"
     assert seen.all_steps() == list(range(n))  # every point once, in order
     assert detail.curves.points == n
     # the same job again: its curves start over, nothing doubles
