@@ -101,7 +101,6 @@ class JobDetailView(View):
         self.multi_task = False
         self.metric_points = 0
         self.last_seq = 0  # the last event seq applied: batches of one watch follow on without overlap
-        self.batches = 0
         self.loading = False  # replaying the job's history: its points are held back until it is all in
         self._held: list[SeriesChunk] = []
         self._feed: list[list[SeriesChunk]] = []  # chunks waiting for the curves, one metric per event-loop turn
@@ -295,7 +294,7 @@ class JobDetailView(View):
         self._loading_cap.stop()
         self.loading, self._held, self._feed = False, [], []
         self._feeder.stop()
-        self.metric_points = self.last_seq = self.batches = 0
+        self.metric_points = self.last_seq = 0
         self.trial, self._sweep_shown_for = None, ""
         self.trial_bar.setVisible(False)
         self.log_lines = []
@@ -428,7 +427,6 @@ class JobDetailView(View):
         if job_id != self.job_id or batch.last_seq <= self.last_seq:
             return
         self.last_seq = batch.last_seq
-        self.batches += 1
         if batch.chunks:
             if self.loading:
                 self._held.extend(batch.chunks)

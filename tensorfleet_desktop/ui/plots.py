@@ -163,7 +163,7 @@ class LazyMenuView(pg.ViewBox):  # type: ignore[misc]
             self.updateViewLists()
         return self.menu
 
-    def getMenu(self, ev: Any) -> Any:
+    def getMenu(self, _ev: Any) -> Any:  # pyqtgraph passes the click event positionally
         return self._built_menu()
 
     def getContextMenus(self, event: Any) -> Any:
