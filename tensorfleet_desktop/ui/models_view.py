@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -145,9 +146,12 @@ class ModelsView(View):
         stats = QWidget()
         stats_layout = QVBoxLayout(stats)
         stats_layout.addWidget(self.stats_label)
-        charts = QHBoxLayout()
+        charts = QVBoxLayout()  # one above the other: each bar gets the tab's width for its algorithm's name
         charts.addWidget(self.count_chart)
         charts.addWidget(self.accuracy_chart)
+        self._bar_labels: list[str] = []
+        for chart in (self.count_chart, self.accuracy_chart):
+            chart.installEventFilter(self)
         stats_layout.addLayout(charts, 1)
 
         self.tabs = QTabWidget()
@@ -316,7 +320,39 @@ class ModelsView(View):
         rows = stats["algorithm_stats"]
         self.stats_label.setText(f"{stats['total_models']} model versions in the registry")
         labels = [r["algorithm"] for r in rows]
+        self._bar_labels = labels
         self.count_chart.show_bars(labels, [float(r["count"]) for r in rows], "versions per algorithm")
         self.accuracy_chart.show_bars(
             labels, [float(r["best_accuracy"] or 0.0) for r in rows], "best test accuracy per algorithm"
         )
+        for chart in (self.count_chart, self.accuracy_chart):
+            self._fit_bar_labels(chart)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Resize and watched in (self.count_chart, self.accuracy_chart):
+            self._fit_bar_labels(watched)
+        return super().eventFilter(watched, event)
+
+    def _fit_bar_labels(self, chart: BarChart) -> None:
+        """pyqtgraph cannot rotate tick labels and draws them over each other (`gradient_boostlogistic_regression`):
+        each name is elided to its bar's slot, the full names are in the chart's tooltip."""
+        labels = self._bar_labels
+        if not labels:
+            chart.setToolTip("")
+            return
+        slot = shortened_width(chart.width(), len(labels))
+        shown = elide_labels(labels, QFontMetrics(chart.font()), slot)
+        chart.plotItem.getAxis("bottom").setTicks([list(enumerate(shown))])
+        chart.setToolTip(
+            "\n".join(f"{s}: {full}" if s != full else full for s, full in zip(shown, labels, strict=True))
+        )
+
+
+def shortened_width(chart_width: int, bars: int) -> int:
+    """The px a bar's label may take: the plot's width (less the value axis) over the bars, less a gap."""
+    return max(24, (chart_width - 60) // max(1, bars) - 8)
+
+
+def elide_labels(labels: list[str], metrics: QFontMetrics, width: int) -> list[str]:
+    """Each label as it fits `width` px: whole when it fits, else cut at the end with an ellipsis."""
+    return [metrics.elidedText(label, Qt.TextElideMode.ElideRight, width) for label in labels]

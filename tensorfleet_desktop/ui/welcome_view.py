@@ -204,13 +204,14 @@ class WelcomeView(View):
 
     def set_datasets(self, datasets: list[dict[str, Any]]) -> None:
         self.datasets = datasets
-        lines = [
-            f"• <b>{html.escape(d['name'])}</b> ({d['task'] or 'task unknown'}"
-            + (f", {html.escape(shape_text(d))}" if shape_text(d) else "")
-            + ")"
-            + (f": {html.escape(d['summary'])}" if d["summary"] else "")
-            for d in datasets
-        ]
+        lines = []
+        for d in datasets:
+            summary = summary_without_counts(str(d["summary"] or ""), d.get("rows"), d.get("features"))
+            lines.append(
+                f"• <b>{html.escape(d['name'])}</b> — {d['task'] or 'task unknown'}"
+                + (f", {html.escape(shape_text(d))}" if shape_text(d) else "")
+                + (f": {html.escape(summary)}" if summary else "")
+            )
         lines.append("Your own data: Datasets → Upload… (CSV or Parquet).")
         self.datasets_text.setText("<br>".join(lines))
 
@@ -250,3 +251,17 @@ def _buttons(*buttons: QPushButton) -> QHBoxLayout:
         row.addWidget(button)
     row.addStretch(1)
     return row
+
+
+def summary_without_counts(summary: str, rows: Any, features: Any) -> str:
+    """A dataset's summary less the row and feature counts the line already shows ("150 iris flowers, 4 features,
+    3 species" -> "iris flowers, 3 species")."""
+    parts = []
+    for part in (p.strip() for p in summary.split(",")):
+        if features and part == f"{features} features":
+            continue
+        if rows and part.startswith(f"{rows} "):
+            part = part[len(f"{rows} ") :]
+        if part:
+            parts.append(part)
+    return ", ".join(parts)

@@ -74,6 +74,51 @@ def test_without_a_controller_the_welcome_pane_says_what_to_do(qtbot: Any, tmp_p
         assert dataset.name in welcome.datasets_text.text()
 
 
+def test_welcome_says_each_datasets_row_and_feature_counts_once(qtbot: Any, tmp_path: Path) -> None:
+    """The screenshot run showed "iris (classification, 150 rows x 4 features): 150 iris flowers, 4 features"."""
+    window = offline_window(tmp_path)
+    qtbot.addWidget(window)
+    lines = window.welcome.datasets_text.text().split("<br>")
+    iris = next(line for line in lines if "<b>iris</b>" in line)
+    assert iris.count("150") == 1 and iris.count("4 features") == 1 and "3 species" in iris
+    for dataset in BUILTIN:
+        line = next(line for line in lines if f"<b>{dataset.name}</b>" in line)
+        assert line.count(" features") <= 1, line
+
+
+def test_model_statistics_bar_labels_fit_their_bars_with_full_names_in_the_tooltip(qtbot: Any, tmp_path: Path) -> None:
+    """pyqtgraph draws long tick labels over each other ("gradient_boostlogistic_regression")."""
+    window = offline_window(tmp_path)
+    qtbot.addWidget(window)
+    window.resize(1280, 800)
+    window.show()
+    models = window.models
+    window.show_view(models)
+    models.tabs.setCurrentIndex(1)
+    names = [
+        "decision_tree",
+        "gradient_boosting",
+        "logistic_regression",
+        "random_forest",
+        "svm",
+        "torch_mlp",
+        "k_nearest_neighbors",
+        "linear_regression",
+    ]
+    rows = [{"algorithm": n, "count": i + 1, "best_accuracy": 0.9} for i, n in enumerate(names)]
+    models.show_stats({"total_models": 36, "algorithm_stats": rows})
+    chart = models.accuracy_chart
+    qtbot.waitUntil(lambda: chart.width() > 300)
+    shown = [text for _x, text in chart.plotItem.getAxis("bottom")._tickLevels[0]]
+    assert len(shown) == len(names)
+    slot = (chart.width() - 60) / len(names)
+    metrics = chart.fontMetrics()
+    assert all(metrics.horizontalAdvance(text) < slot for text in shown)  # no label runs into the next one
+    for text, name in zip(shown, names, strict=True):  # whole, or its start and an ellipsis
+        assert text == name or (text.endswith("…") and name.startswith(text[:-1])), (text, name)
+    assert all(name in chart.toolTip() for name in names)
+
+
 def test_an_empty_table_says_what_to_do_next_and_steps_aside_for_rows(qtbot: Any) -> None:
     create_application()
     model = RowTableModel([Column("Name", lambda r: r["id"])])
