@@ -4,9 +4,11 @@ Classification reports train/test accuracy, macro F1 and training time and saves
 confusion matrix; regression reports R², RMSE and MAE. The fitted model is saved with skops (a safe
 format) as the task's "model" artifact; the report carries feature names, classes and the split seed.
 
-Iterative estimators (gradient boosting, MLP) train in rounds with warm_start and report the test
-metrics after each round, at step = iterations so far: learning curves to watch, and the intermediate
-values a sweep's pruner judges a trial by.
+Iterative estimators report learning curves while they train, the intermediate values a sweep's
+pruner judges a trial by: gradient boosting trains in rounds with warm_start and reports the test
+metrics after each round at step = boosting iterations so far; the MLP trains one epoch per
+partial_fit and reports its training loss every epoch and the test metrics every ROUNDS-th of
+max_iter, at step = epoch.
 """
 
 from __future__ import annotations
@@ -43,39 +45,104 @@ def _test_metrics(kind: str, y_test: Any, predicted: Any) -> dict[str, float]:
 
 
 def _fit_in_rounds(estimator: Any, x_train: Any, y_train: Any, x_test: Any, kind: str, y_test: Any) -> int:
-    """Fit max_iter iterations in ROUNDS warm-started rounds, reporting test metrics after each.
+    """HistGradientBoosting: fit max_iter iterations in ROUNDS warm-started rounds, reporting test metrics after each.
 
-    HistGradientBoosting counts max_iter in total, MLP per call. Stops early when the estimator
-    does (its own early stopping or convergence). Returns the step of the last report.
+    It counts max_iter in total across warm starts and n_iter_ cumulatively. Stops early when the
+    estimator does (its own early stopping). Returns the step of the last report.
     """
-    from sklearn.exceptions import ConvergenceWarning
-
     total = int(estimator.max_iter)
-    cumulative = type(estimator).__name__.startswith("HistGradientBoosting")
     chunk = max(1, math.ceil(total / ROUNDS))
     estimator.set_params(warm_start=True)
     done = 0
     while done < total:
         size = min(chunk, total - done)
-        estimator.set_params(max_iter=done + size if cumulative else size)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # a round is not the whole budget
-            estimator.fit(x_train, y_train)
+        estimator.set_params(max_iter=done + size)
+        estimator.fit(x_train, y_train)
         reached = int(estimator.n_iter_)
         task.report(step=reached, **_test_metrics(kind, y_test, estimator.predict(x_test)))
         task.progress(0.1 + 0.7 * reached / total)
-        stopped_early = reached < done + size  # by itself: converged, or its own early stopping
+        stopped_early = reached < done + size  # its own early stopping
         done = reached
         if stopped_early:
             break
-    else:
-        if not cumulative:
-            print(f"note: {type(estimator).__name__} used all max_iter={total} epochs without converging")
     estimator.set_params(max_iter=total, warm_start=False)  # the saved model shows the parameters asked for
     return done
 
 
-def _fit(make: Callable[[str], Any], iterative: bool = False) -> None:
+def _fit_epochs(estimator: Any, x_train: Any, y_train: Any, x_test: Any, kind: str, y_test: Any) -> int:
+    """MLP: train one epoch per partial_fit up to max_iter epochs, reporting at step = epoch. Returns the epochs run.
+
+    Not fit() in warm-started rounds: every fit() restarts n_iter_ at 0 (so the rounds' steps never
+    advance) and also a fresh optimizer and a fresh shuffle stream. partial_fit keeps the optimizer;
+    the seed goes in as one RandomState that the initial weights and every epoch's shuffle draw from,
+    as in a single fit() (an int seed would give every partial_fit the same shuffle). It stops where
+    fit() would: sklearn counts the epochs whose training loss did not improve on the best by tol,
+    and more than n_iter_no_change of them in a row end the training (the adaptive SGD schedule
+    lowers its learning rate instead, and resets the count).
+    Reports the training loss every epoch, the test metrics every ROUNDS-th of max_iter and at the end.
+    """
+    import numpy as np
+    from sklearn.utils import check_random_state
+
+    total = int(estimator.max_iter)
+    if estimator.solver not in ("adam", "sgd") or estimator.early_stopping:
+        return _fit_then_report_epochs(estimator, x_train, y_train, x_test, kind, y_test)
+    seed = estimator.random_state
+    estimator.set_params(random_state=check_random_state(seed))
+    classes = {"classes": np.unique(y_train)} if kind == CLASSIFICATION else {}
+    chunk = max(1, math.ceil(total / ROUNDS))
+    epoch = 0
+    converged = False
+    while epoch < total and not converged:
+        estimator.partial_fit(x_train, y_train, **classes)
+        epoch += 1
+        converged = estimator._no_improvement_count > estimator.n_iter_no_change
+        values = {"loss": float(estimator.loss_)}
+        if epoch % chunk == 0 or epoch == total or converged:
+            values.update(_test_metrics(kind, y_test, estimator.predict(x_test)))
+            task.progress(0.1 + 0.7 * epoch / total)
+        task.report(step=epoch, **values)
+    estimator.n_iter_ = epoch  # partial_fit counts one per call
+    estimator.set_params(random_state=seed)  # the saved model shows the parameters asked for
+    if converged:
+        print(
+            f"note: {type(estimator).__name__} converged after {epoch} epochs: training loss did not improve "
+            f"by tol={estimator.tol} for {estimator._no_improvement_count} consecutive epochs"
+        )
+    else:
+        print(f"note: {type(estimator).__name__} used all max_iter={total} epochs without converging")
+    return epoch
+
+
+def _fit_then_report_epochs(estimator: Any, x_train: Any, y_train: Any, x_test: Any, kind: str, y_test: Any) -> int:
+    """An MLP that partial_fit cannot train epoch by epoch (lbfgs, or early_stopping on a held-out split).
+
+    One fit(), then its per-epoch curves as sklearn recorded them (loss, and the validation score
+    with early stopping) at step = epoch, with the test metrics at the last epoch.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the note below says so
+        estimator.fit(x_train, y_train)
+    losses = list(getattr(estimator, "loss_curve_", None) or [])
+    scores = list(getattr(estimator, "validation_scores_", None) or [])
+    epochs = int(estimator.n_iter_)
+    for index, loss in enumerate(losses[:-1]):
+        values = {"loss": float(loss)}
+        if index < len(scores):
+            values["validation_score"] = float(scores[index])
+        task.report(step=index + 1, **values)
+    last: dict[str, float] = {"loss": float(losses[-1])} if losses else {}
+    if scores and len(scores) >= len(losses):
+        last["validation_score"] = float(scores[len(losses) - 1])
+    task.report(step=epochs, **last, **_test_metrics(kind, y_test, estimator.predict(x_test)))
+    if epochs >= int(estimator.max_iter):
+        print(f"note: {type(estimator).__name__} used all max_iter={estimator.max_iter} epochs without converging")
+    return epochs
+
+
+def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None) -> None:
     from sklearn import metrics
     from sklearn.model_selection import train_test_split
     from skops.io import dump
@@ -99,8 +166,8 @@ def _fit(make: Callable[[str], Any], iterative: bool = False) -> None:
     task.progress(0.1)
     start = time.perf_counter()
     step = 0
-    if iterative:
-        step = _fit_in_rounds(estimator, x_train, y_train, x_test, kind, y_test)
+    if iterative is not None:
+        step = iterative(estimator, x_train, y_train, x_test, kind, y_test)
     else:
         estimator.fit(x_train, y_train)
     training_time = time.perf_counter() - start
@@ -188,7 +255,7 @@ def gradient_boosting(params: dict[str, Any]) -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
     cls = HistGradientBoostingClassifier
-    _fit(lambda kind: (cls if kind == CLASSIFICATION else HistGradientBoostingRegressor)(**params), iterative=True)
+    _fit(lambda kind: (cls if kind == CLASSIFICATION else HistGradientBoostingRegressor)(**params), _fit_in_rounds)
 
 
 def knn(params: dict[str, Any]) -> None:
@@ -201,4 +268,4 @@ def mlp(params: dict[str, Any]) -> None:
     from sklearn.neural_network import MLPClassifier, MLPRegressor
 
     options = {**params, "hidden_layer_sizes": tuple(int(w) for w in str(params["hidden_layer_sizes"]).split(","))}
-    _fit(lambda kind: (MLPClassifier if kind == CLASSIFICATION else MLPRegressor)(**options), iterative=True)
+    _fit(lambda kind: (MLPClassifier if kind == CLASSIFICATION else MLPRegressor)(**options), _fit_epochs)
