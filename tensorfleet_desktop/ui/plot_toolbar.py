@@ -9,7 +9,16 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QStandardItemModel
-from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QSlider, QToolButton, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QSlider,
+    QToolButton,
+    QWidget,
+)
 
 from tensorfleet_desktop.ui.plots import EPOCH, RELATIVE, STEP, WALL, MetricPlot
 
@@ -127,4 +136,7 @@ class PlotToolbar(QWidget):
         if path:
             if not Path(path).suffix:
                 path += ".svg" if "svg" in chosen else ".png"
-            self.plot.export(path)
+            try:
+                self.plot.export(path)
+            except OSError as exc:  # an unwritable place: said, not a silent empty export
+                QMessageBox.warning(self, "Export plot", str(exc))

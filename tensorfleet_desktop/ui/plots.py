@@ -10,6 +10,7 @@ and drawn, and a series nobody shows (a filtered-out sweep trial) never gets a p
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -145,6 +146,17 @@ class ValueAxis(pg.AxisItem):  # type: ignore[misc]
             mantissa = 10 ** (value - math.floor(value + 1e-9))
             shown.append(text if round(mantissa, 6) in (1.0, 2.0, 5.0) else "")
         return shown
+
+
+def _check_writable(path: Path) -> None:
+    """Raise OSError naming the path when the export could not be written there: Qt's writers fail silently."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise OSError(f"cannot write {path}: the folder {folder} does not exist")
+    if path.is_dir():
+        raise OSError(f"cannot write {path}: it is a folder")
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise OSError(f"cannot write {path}: permission denied")
 
 
 class LazyMenuView(pg.ViewBox):  # type: ignore[misc]
@@ -513,6 +525,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         SVG is drawn with Qt's own SVG generator: pyqtgraph's SVGExporter fails on the paths Qt 6.10+ writes
         (pyqtgraph issue #3485)."""
         path = Path(path)
+        _check_writable(path)
         self.flush()
         self.hide_hover()
         if path.suffix.lower() == ".svg":
@@ -529,11 +542,14 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
                 self.render(painter)
             finally:
                 painter.end()
-            return path
-        exporter = pg_exporters.ImageExporter(self.plotItem)
-        if exporter.parameters()["width"] < 400:  # a plot never shown has no size yet
-            exporter.parameters()["width"] = 800
-        exporter.export(str(path))
+        else:
+            exporter = pg_exporters.ImageExporter(self.plotItem)
+            if exporter.parameters()["width"] < 400:  # a plot never shown has no size yet
+                exporter.parameters()["width"] = 800
+            exporter.export(str(path))
+        # Neither QSvgGenerator nor pyqtgraph's ImageExporter says when it could not write the file
+        if not path.is_file() or path.stat().st_size == 0:
+            raise OSError(f"cannot write {path}: nothing was written (disk full, or a format Qt cannot write?)")
         return path
 
     def clear_all(self) -> None:

@@ -4,6 +4,7 @@ metric point dicts like the bridge's, no cluster needed."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pyqtgraph as pg
 import pytest
 from PySide6.QtCore import QPointF
 from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from tensorfleet_desktop.ui.curves_panel import CurvesPanel
 from tensorfleet_desktop.ui.job_history import group_points
@@ -157,6 +159,24 @@ def test_export_writes_png_and_svg(panel: CurvesPanel, tmp_path: Path) -> None:
     svg = plot.export(tmp_path / "loss.svg").read_text()
     assert svg.startswith("<?xml") or "<svg" in svg
     assert "<path" in svg or "<polyline" in svg
+
+
+def test_export_to_an_unwritable_place_says_so_naming_the_path(
+    panel: CurvesPanel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    panel.add_chunks(group_points(points("loss", [5.0, 3.0, 2.0])))
+    plot = panel.plot.plots["loss"]
+    missing = tmp_path / "no-such-dir" / "loss.png"
+    for target in (missing, missing.with_suffix(".svg")):
+        with pytest.raises(OSError, match=f"cannot write {re.escape(str(target))}: the folder .* does not exist"):
+            plot.export(target)
+    # from the toolbar: the user is told, with the path
+    warnings: list[str] = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(missing), "PNG image (*.png)"))
+    monkeypatch.setattr(QMessageBox, "warning", lambda _parent, _title, text, *a: warnings.append(text))
+    panel.plot.toolbars["loss"].choose_export()
+    assert warnings and f"cannot write {missing}" in warnings[0]
+    assert not missing.parent.exists()
 
 
 def test_internal_series_are_hidden_until_asked_for(panel: CurvesPanel) -> None:
