@@ -157,15 +157,16 @@ class CurvesPanel(QWidget):
         return sorted(shown, key=lambda s: self._rank.get(s.task, s.task))
 
     def _place(self, metric: str, reorder: bool = False) -> None:
-        """A metric as a plot, as a card (every series has one point: a final score) or nowhere (internal)."""
+        """A metric as a plot, as a card (every series is at one step: a final score, maybe reported again by a
+        retried task, whose newest report counts) or nowhere (internal)."""
         tasks = self.store[metric]
         if not self._metric_shown(metric):
             self.plot.remove(metric)
             self.cards.remove(metric)
             return
-        if all(s.n == 1 for s in tasks.values()):
+        if all(_one_step(s) for s in tasks.values()):
             self.plot.remove(metric)
-            values = [(self._name(metric, s.task), float(s.y[0])) for s in self._ordered(tasks)]
+            values = [(self._name(metric, s.task), float(s.y[-1])) for s in self._ordered(tasks)]
             if values:
                 self.cards.set_metric(metric, values, best_first=bool(self._rank))
             else:
@@ -210,3 +211,9 @@ class CurvesPanel(QWidget):
         only = "" if metric == ALL_METRICS else metric
         self.plot.show_only(only)
         self.cards.show_only(only)
+
+
+def _one_step(series: Series) -> bool:
+    """All of the series' points are at one step (a score, not a curve)."""
+    x = series.x
+    return len(x) > 0 and x[0] == x[-1] and (len(x) == 1 or bool(x.min() == x.max()))

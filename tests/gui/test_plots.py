@@ -212,6 +212,18 @@ def test_scalar_results_are_cards_until_a_second_point_makes_a_plot(panel: Curve
     assert set(panel.cards.cards) == {"training_time"}
 
 
+def test_a_score_reported_again_by_a_retried_task_stays_a_card_with_the_newest_value(panel: CurvesPanel) -> None:
+    # task 0 failed after reporting its score and was retried: the same step twice; task 1 reported once
+    panel.multi_task = True
+    panel.add_chunks(group_points(points("test_accuracy", [0.91], steps=[0]) + points("test_accuracy", [0.8], task=1)))
+    panel.add_chunks(group_points(points("test_accuracy", [0.93], steps=[0])))
+    assert "test_accuracy" not in panel.plot.plots
+    card = panel.cards.cards["test_accuracy"].text()
+    assert "task 0: 0.93" in card and "task 1: 0.8" in card and "0.91" not in card
+    panel.add_chunks(group_points(points("test_accuracy", [0.95], steps=[3])))  # a second step: a curve
+    assert "test_accuracy" in panel.plot.plots and "test_accuracy" not in panel.cards.cards
+
+
 def test_scalars_of_several_tasks_list_each_task(panel: CurvesPanel) -> None:
     panel.clear(multi_task=True)
     panel.add_chunks(group_points(points("accuracy", [0.9], task=0) + points("accuracy", [0.8], task=1)))
