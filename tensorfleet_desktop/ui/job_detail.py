@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QHideEvent, QShowEvent
+from PySide6.QtGui import QAction, QGuiApplication, QHideEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -52,7 +52,7 @@ from tensorfleet_desktop.ui.project_panel import ProjectPanel
 from tensorfleet_desktop.ui.sweep_panel import SweepPanel, top_trials
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
-from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, data_table
+from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, add_row_menu, data_table, menu_action
 
 LOADING_CAP_MS = 2000  # a running job's replay is held back at most this long after it is opened
 LOG_SHOWN = 20_000  # the log view keeps the newest lines that match; every line stays in log_lines
@@ -162,6 +162,7 @@ class JobDetailView(View):
         self._progress_delegate = ProgressDelegate()
         self.tasks_table.setItemDelegateForColumn(4, self._progress_delegate)
         self.tasks_table.setColumnWidth(6, 320)  # Environment: source · key prefix · cache hit / built in
+        add_row_menu(self.tasks_table, self.task_actions)
 
         # logs
         self.logs = QPlainTextEdit()
@@ -175,7 +176,7 @@ class JobDetailView(View):
         self.log_task = QComboBox()
         self.log_task.addItem("all tasks", -1)
         self.log_task.currentIndexChanged.connect(self._render_logs)
-        logs = QWidget()
+        self.logs_tab = logs = QWidget()
         logs_layout = QVBoxLayout(logs)
         row = QHBoxLayout()
         row.addWidget(self.log_search, 1)
@@ -206,6 +207,7 @@ class JobDetailView(View):
         )
         self.artifacts_table, _ = data_table(self.artifacts_model, name="artifacts")
         self.artifacts_table.doubleClicked.connect(lambda _index: self.choose_artifact_download())
+        add_row_menu(self.artifacts_table, self.artifact_actions)
         self.download_artifact_button = action_button("Download…", "save the selected artifact (sha256 checked)")
         self.download_artifact_button.clicked.connect(self.choose_artifact_download)
         self.artifacts_tab = QWidget()
@@ -508,6 +510,33 @@ class JobDetailView(View):
                     break
         self.logs.setPlainText("\n".join(reversed(shown)))
 
+    # ---- row menus of the Tasks and Artifacts tables
+
+    def task_actions(self, rows: list[dict[str, Any]]) -> list[QAction | None]:
+        task = rows[0] if len(rows) == 1 else None
+        index, error = (task["index"], task["error"]) if task else (-1, "")
+        return [
+            menu_action("Show logs of this task", lambda: self.show_task_logs(index), task is not None),
+            menu_action("Copy error", lambda: _copy(error), bool(error)),
+        ]
+
+    def show_task_logs(self, index: int) -> None:
+        """The Logs tab, filtered to one task."""
+        found = self.log_task.findData(index)
+        if found < 0:
+            self.log_task.addItem(f"task {index}", index)
+            found = self.log_task.count() - 1
+        self.log_task.setCurrentIndex(found)
+        self.tabs.setCurrentWidget(self.logs_tab)
+
+    def artifact_actions(self, rows: list[dict[str, Any]]) -> list[QAction | None]:
+        one = len(rows) == 1
+        sha = rows[0]["sha256"] if one else ""
+        return [
+            menu_action("Download…", self.choose_artifact_download, one),
+            menu_action("Copy sha256", lambda: _copy(sha), bool(sha)),
+        ]
+
     def selected_artifact(self) -> dict[str, Any] | None:
         rows = self.artifacts_table.selectionModel().selectedRows()
         return rows[0].data(ROW_ROLE) if rows else None
@@ -556,3 +585,7 @@ class JobDetailView(View):
             self.notify(f"wrote {len(points)} metric points to {path}", False)
 
         self.run(lambda c: c.metrics(job_id), write, "cannot export metrics")
+
+
+def _copy(text: str) -> None:
+    QGuiApplication.clipboard().setText(text)

@@ -16,11 +16,15 @@ import pytest
 pytest.importorskip("PySide6", reason="the desktop extra (PySide6) is not installed")
 pytest.importorskip("pytestqt", reason="pytest-qt (dev extra) is not installed")
 
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QFileDialog
+
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_desktop import wire
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.job_detail import LOADING_CAP_MS, JobDetailView
 from tensorfleet_desktop.ui.job_history import JobBatch, SeriesChunk
+from tensorfleet_desktop.ui.table_model import ROW_ROLE
 
 
 class SlowClosingClient:
@@ -135,3 +139,50 @@ def test_an_ended_jobs_replay_is_held_back_until_its_end_event(qtbot: Any, detai
     detail.on_batch("job-1", end)
     assert not detail.loading
     qtbot.waitUntil(lambda: detail.curves.points == 120, timeout=2000)
+
+
+def tasks_and_artifacts() -> dict[str, Any]:
+    tasks = [
+        cpb.TaskInfo(index=0, state=cpb.JobTaskState.Value("JOB_TASK_STATE_SUCCEEDED"), params_json="{}"),
+        cpb.TaskInfo(
+            index=1, state=cpb.JobTaskState.Value("JOB_TASK_STATE_FAILED"), error="ValueError: bad C", params_json="{}"
+        ),
+    ]
+    artifacts = [cpb.Artifact(sha256="ab" * 32, size=10, kind="model", name="model.pkl", task_index=1, attempt=1)]
+    return {"task_list": tasks, "artifacts": artifacts, "tasks": cpb.TaskCounts(total=2, completed=1, failed=1)}
+
+
+def test_task_rows_offer_their_logs_and_error(qtbot: Any, detail: JobDetailView) -> None:
+    detail._show_job(make_job("FAILED", **tasks_and_artifacts()))
+    detail._add_logs([(0, "stdout", "zero says hi"), (1, "stderr", "one failed here")])
+    detail.tasks_table.selectRow(1)
+    rows = [i.data(ROW_ROLE) for i in detail.tasks_table.selectionModel().selectedRows()]
+    assert [t["index"] for t in rows] == [1]
+    show_logs, copy_error = detail.task_actions(rows)
+    assert show_logs.text() == "Show logs of this task" and copy_error.isEnabled()
+    show_logs.trigger()
+    assert detail.tabs.currentWidget() is detail.logs_tab and detail.log_task.currentData() == 1
+    assert detail.logs.toPlainText() == "[1] ! one failed here"
+    copy_error.trigger()
+    assert QGuiApplication.clipboard().text() == "ValueError: bad C"
+    ok = [t for t in detail.job["task_list"] if t["index"] == 0] if detail.job else []
+    assert not detail.task_actions(ok)[1].isEnabled()  # no error to copy
+
+
+def test_artifact_rows_offer_download_and_sha256(
+    qtbot: Any, detail: JobDetailView, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    detail.job_id = "job-1"
+    detail._show_job(make_job("SUCCEEDED", **tasks_and_artifacts()))
+    detail.artifacts_table.selectRow(0)
+    artifact = detail.selected_artifact()
+    assert artifact is not None
+    download, copy_sha = detail.artifact_actions([artifact])
+    copy_sha.trigger()
+    assert QGuiApplication.clipboard().text() == "ab" * 32
+    asked: list[tuple[dict[str, Any], Any]] = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "m.pkl"), ""))
+    monkeypatch.setattr(detail, "download_artifact", lambda a, path: asked.append((a, path)))
+    assert download.text() == "Download…"
+    download.trigger()
+    assert asked == [(artifact, tmp_path / "m.pkl")]
