@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QAction, QGuiApplication, QHideEvent, QShowEvent
+from PySide6.QtGui import QAction, QGuiApplication, QHideEvent, QPalette, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -51,6 +51,7 @@ from tensorfleet_desktop.ui.job_history import JobBatch, SeriesChunk, merge_chun
 from tensorfleet_desktop.ui.project_panel import ProjectPanel
 from tensorfleet_desktop.ui.sweep_panel import SweepPanel, top_trials
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
+from tensorfleet_desktop.ui.theme import error_color
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, add_row_menu, data_table, menu_action
 
@@ -373,14 +374,17 @@ class JobDetailView(View):
         timing = f"elapsed {took or '0s'} · {eta_text(job, now)}" if job.get("started_at") else "not started"
         if not running:
             timing = f"took {took}" if took else ""
-        model = f" · model {job['model']['name']}:{job['model']['version']}" if job.get("model") else ""
-        error = f"<br><span style='color:#d1242f'>{job['error']}</span>" if job["error"] else ""
+        esc = html.escape
+        model = f" · model {esc(job['model']['name'])}:{job['model']['version']}" if job.get("model") else ""
+        # names, errors and metric names are the user's text: escaped, or a "<" in them would be markup
+        error = f"<br><span style='color:{error_color()}'>{esc(job['error'])}</span>" if job["error"] else ""
+        muted = self.palette().color(QPalette.ColorRole.PlaceholderText).name()  # grey that reads in either theme
         self.header.setText(
-            f"<b>{job['name']}</b> · {html.escape(workload(job))} · <b style='color:{job_state_color(job)}'>"
+            f"<b>{esc(job['name'])}</b> · {esc(workload(job))} · <b style='color:{job_state_color(job)}'>"
             f"{job_state(job)}</b> · {job['progress'] * 100:.0f}% · "
-            f"{job['tasks']['completed']}/{job['tasks']['total']} tasks · {timing} · {metric_text(job)}{model}"
-            f"<br><span style='color:gray'>{job['id']} · dataset {job['dataset'] or '-'} · by {job['submitter']}</span>"
-            + error
+            f"{job['tasks']['completed']}/{job['tasks']['total']} tasks · {timing} · {esc(metric_text(job))}{model}"
+            f"<br><span style='color:{muted}'>{esc(job['id'])} · dataset {esc(job['dataset'] or '-')}"
+            f" · by {esc(job['submitter'])}</span>" + error
         )
 
     def _update_ticking(self) -> None:

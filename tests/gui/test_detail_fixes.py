@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("PySide6", reason="the desktop extra (PySide6) is not installed")
 pytest.importorskip("pytestqt", reason="pytest-qt (dev extra) is not installed")
 
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtGui import QGuiApplication, QTextDocumentFragment
 from PySide6.QtWidgets import QFileDialog
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
@@ -25,6 +25,7 @@ from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.job_detail import LOADING_CAP_MS, JobDetailView
 from tensorfleet_desktop.ui.job_history import JobBatch, SeriesChunk
 from tensorfleet_desktop.ui.table_model import ROW_ROLE
+from tensorfleet_desktop.ui.theme import error_color
 
 
 class SlowClosingClient:
@@ -186,3 +187,13 @@ def test_artifact_rows_offer_download_and_sha256(
     assert download.text() == "Download…"
     download.trigger()
     assert asked == [(artifact, tmp_path / "m.pkl")]
+
+
+def test_the_header_shows_the_users_text_as_text_in_the_themes_colours(qtbot: Any, detail: JobDetailView) -> None:
+    job = make_job("FAILED", name="<b>big</b> & bold", error="expected <int>", submitter="<i>me</i>", dataset="a<b")
+    detail._show_job(job)
+    shown = QTextDocumentFragment.fromHtml(detail.header.text()).toPlainText()
+    for text in ("<b>big</b> & bold", "expected <int>", "<i>me</i>", "dataset a<b"):
+        assert text in shown, shown
+    assert f"color:{error_color()}'>expected &lt;int&gt;" in detail.header.text()  # the theme's red
+    assert "gray" not in detail.header.text()  # the palette's muted text colour, not a fixed one
