@@ -209,11 +209,11 @@ def param_column(name: str, title: str) -> Column:
     )
 
 
-HEADER_PADDING = 24  # the section's margins and the sort arrow Fusion draws beside the text
+HEADER_PADDING = 28  # the section's margins and the sort arrow Fusion draws beside the text
 MAX_FITTED_WIDTH = 160
 
 
-def header_width(header: QHeaderView, title: str, floor: int = 48, cap: int = MAX_FITTED_WIDTH) -> int:
+def header_width(header: QHeaderView, title: str, floor: int = 60, cap: int = MAX_FITTED_WIDTH) -> int:
     """A column just wide enough for its header text (values are numbers, narrower than names like
     `test_accuracy`); capped so a long name does not take the table: it elides and its tooltip has it."""
     return max(floor, min(cap, QFontMetrics(header.font()).horizontalAdvance(title) + HEADER_PADDING))

@@ -48,7 +48,7 @@ WIDTHS = {
     "agents": 140,
     "started": 80,
     "best": 160,
-    "submitted": 72,
+    "submitted": 84,
     "tags": 140,
 }
 BAD_FILTER_STYLE = "QLineEdit { border: 1px solid #d1242f; color: #d1242f; }"
