@@ -36,6 +36,7 @@ from tensorfleet_desktop.ui.job_history import BatchBuilder, JobBatch
 log = logging.getLogger(__name__)
 JOB_LIST_LIMIT = 500  # the newest jobs the window lists
 ClientCall = Callable[[AsyncClient], Awaitable[Any]]
+RESUBSCRIBE_SECONDS = 0.5  # the wait before following a still-running job again after its stream ended
 BATCH_SECONDS = 0.1  # the followed job's events go to the GUI at most this often (the first after a pause at once)
 
 
@@ -344,6 +345,7 @@ class Bridge(QObject):
                     job = await client.job(job_id)
                     if job["state"] in TERMINAL:
                         return
+                    await asyncio.sleep(RESUBSCRIBE_SECONDS)  # a stream that keeps ending is not asked again at once
                 except ControllerUnreachable:
                     await asyncio.sleep(1.0)
                 except TensorFleetError as exc:

@@ -56,6 +56,7 @@ from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, add_row_menu, data_table, menu_action
 
 LOADING_CAP_MS = 2000  # a running job's replay is held back at most this long after it is opened
+LOG_SEARCH_DELAY_MS = 200  # the log search runs this long after the last keystroke
 LOG_SHOWN = 20_000  # the log view keeps the newest lines that match; every line stays in log_lines
 
 
@@ -173,7 +174,11 @@ class JobDetailView(View):
         self.log_search = QLineEdit()
         self.log_search.setObjectName("log_search")
         self.log_search.setPlaceholderText("search the logs…")
-        self.log_search.textChanged.connect(self._render_logs)
+        self._log_typing = QTimer(self)  # a search re-scans every log line: once the typing pauses, not per key
+        self._log_typing.setSingleShot(True)
+        self._log_typing.setInterval(LOG_SEARCH_DELAY_MS)
+        self._log_typing.timeout.connect(self._render_logs)
+        self.log_search.textChanged.connect(lambda _text: self._log_typing.start())
         self.log_task = QComboBox()
         self.log_task.addItem("all tasks", -1)
         self.log_task.currentIndexChanged.connect(self._render_logs)
@@ -295,6 +300,7 @@ class JobDetailView(View):
         self._refresh_timer.stop()
         self._quiet.stop()
         self._loading_cap.stop()
+        self._log_typing.stop()
         self.loading, self._held, self._feed = False, [], []
         self._feeder.stop()
         self.metric_points = self.last_seq = 0
@@ -574,21 +580,34 @@ class JobDetailView(View):
             self.export_csv(Path(path))
 
     def export_csv(self, path: Path) -> None:
+        """Fetch the points on the bridge's loop, write them in a worker thread (a 100k-point history is seconds
+        of csv.writer the window would freeze for)."""
         job_id = self.job_id
 
         def write(points: list[dict[str, Any]]) -> None:
-            try:
-                with path.open("w", newline="", encoding="utf-8") as fh:
-                    out = csv.writer(fh)
-                    out.writerow(["job_id", "task_index", "name", "step", "value", "wall_time"])
-                    for p in points:
-                        out.writerow([job_id, p["task_index"], p["name"], p["step"], repr(p["value"]), p["wall_time"]])
-            except OSError as exc:
-                self.notify(f"cannot write {path}: {exc.strerror}", True)
-                return
-            self.notify(f"wrote {len(points)} metric points to {path}", False)
+            self.bridge.run_blocking(
+                lambda: _write_csv(path, job_id, points),
+                lambda count: self.notify(f"wrote {count} metric points to {path}", False),
+                lambda error: self.notify(error, True),
+            )
 
         self.run(lambda c: c.metrics(job_id), write, "cannot export metrics")
+
+
+def _write_csv(path: Path, job_id: str, points: list[dict[str, Any]]) -> int:
+    """Written beside the target and renamed onto it: the file appears complete or not at all."""
+    part = path.with_name(f".{path.name}.part")
+    try:
+        with part.open("w", newline="", encoding="utf-8") as fh:
+            out = csv.writer(fh)
+            out.writerow(["job_id", "task_index", "name", "step", "value", "wall_time"])
+            for p in points:
+                out.writerow([job_id, p["task_index"], p["name"], p["step"], repr(p["value"]), p["wall_time"]])
+        part.replace(path)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise OSError(f"cannot write {path}: {exc.strerror}") from exc
+    return len(points)
 
 
 def _copy(text: str) -> None:

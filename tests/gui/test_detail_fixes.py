@@ -7,6 +7,7 @@ Widget- and bridge-level, with fake clients and hand-made job dicts: no cluster 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from PySide6.QtWidgets import QFileDialog
 
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_desktop import wire
+from tensorfleet_desktop.ui import job_detail
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.job_detail import LOADING_CAP_MS, JobDetailView
 from tensorfleet_desktop.ui.job_history import JobBatch, SeriesChunk
@@ -44,8 +46,29 @@ class SlowClosingClient:
             await asyncio.sleep(0.05)
             self.open_streams.discard(job_id)
 
+    async def metrics(self, job_id: str, names: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        return [
+            {"task_index": 0, "name": "loss", "step": s, "value": 1.0 / (s + 1), "wall_time": 1000.0} for s in range(3)
+        ]
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return make_job("RUNNING")
+
     async def close(self) -> None:
         return None
+
+
+class EndingClient(SlowClosingClient):
+    """A controller whose WatchJob stream of a running job ends at once, every time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscriptions = 0
+
+    async def watch_messages(self, job_id: str, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
+        self.subscriptions += 1
+        return
+        yield {}
 
 
 @pytest.fixture
@@ -197,3 +220,55 @@ def test_the_header_shows_the_users_text_as_text_in_the_themes_colours(qtbot: An
         assert text in shown, shown
     assert f"color:{error_color()}'>expected &lt;int&gt;" in detail.header.text()  # the theme's red
     assert "gray" not in detail.header.text()  # the palette's muted text colour, not a fixed one
+
+
+def test_csv_export_writes_in_a_worker_thread_and_says_where_or_why_not(
+    qtbot: Any, detail: JobDetailView, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    threads: list[bool] = []
+    write = job_detail._write_csv
+
+    def spy(*args: Any) -> int:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return write(*args)
+
+    monkeypatch.setattr(job_detail, "_write_csv", spy)
+    notes: list[tuple[str, bool]] = detail.notes  # type: ignore[attr-defined]
+    detail.job_id = "job-1"
+    out = tmp_path / "m.csv"
+    detail.export_csv(out)
+    qtbot.waitUntil(lambda: bool(notes), timeout=5000)
+    assert notes[-1] == (f"wrote 3 metric points to {out}", False) and threads == [False]
+    assert out.read_text().splitlines()[1] == "job-1,0,loss,0,1.0,1000.0"
+    missing = tmp_path / "gone" / "m.csv"
+    detail.export_csv(missing)
+    qtbot.waitUntil(lambda: len(notes) == 2, timeout=5000)
+    assert notes[-1][1] and notes[-1][0].startswith(f"cannot write {missing}: ")
+
+
+def test_the_log_search_runs_once_the_typing_pauses(qtbot: Any, detail: JobDetailView) -> None:
+    detail._add_logs([(0, "stdout", f"line {i}") for i in range(30)])
+    for text in ("l", "li", "line 2"):  # keystrokes: none re-scans the lines
+        detail.log_search.setText(text)
+        assert detail.logs.blockCount() == 30
+    qtbot.waitUntil(
+        lambda: (
+            detail.logs.toPlainText() == "line 2\nline 20\nline 21\nline 22\nline 23\nline 24\n"
+            "line 25\nline 26\nline 27\nline 28\nline 29"
+        ),
+        timeout=1000,
+    )
+
+
+def test_a_stream_that_keeps_ending_is_not_resubscribed_in_a_tight_loop(qtbot: Any) -> None:
+    b = Bridge("127.0.0.1:1", autostart=False)
+    fake = EndingClient()
+    b._client = fake  # type: ignore[assignment]
+    b._thread.start()
+    try:
+        b.watch_job("job-1")
+        qtbot.wait(1200)
+        assert 1 <= fake.subscriptions <= 4, fake.subscriptions
+    finally:
+        b.watch_job(None)
+        b.stop()
