@@ -328,13 +328,15 @@ class JobDetailView(View):
         if self.job_id:
             current = next((j for j in jobs if j["id"] == self.job_id), None)
             if current is not None and self.job is not None:
-                changed = current["state"] != self.job["state"]
-                # the header follows the list's copy (state, progress, tasks done) between two full refreshes
+                if current["state"] != self.job["state"]:
+                    # a new state comes with a full refresh (one call; asked again by each list change until it
+                    # lands), so the header never says "ended" above the tasks and environments of a moment before
+                    self.refresh()
+                    return
+                # the header follows the list's copy (progress, tasks done) between two full refreshes
                 self.job = {**self.job, **{k: current[k] for k in _HEADER_KEYS if k in current}}
                 self._render_header()
                 self._update_ticking()
-                if changed:
-                    self._refresh_timer.start()
 
     def _show_job(self, job: dict[str, Any]) -> None:
         self.job = job

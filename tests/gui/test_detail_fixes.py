@@ -36,6 +36,7 @@ class SlowClosingClient:
 
     def __init__(self) -> None:
         self.open_streams: set[str] = set()
+        self.full_job = make_job("RUNNING")  # what GetJob answers
 
     async def watch_messages(self, job_id: str, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
         self.open_streams.add(job_id)
@@ -52,7 +53,7 @@ class SlowClosingClient:
         ]
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        return make_job("RUNNING")
+        return self.full_job
 
     async def close(self) -> None:
         return None
@@ -272,3 +273,17 @@ def test_a_stream_that_keeps_ending_is_not_resubscribed_in_a_tight_loop(qtbot: A
     finally:
         b.watch_job(None)
         b.stop()
+
+
+def test_a_new_state_shows_together_with_the_tasks_of_that_moment(
+    qtbot: Any, bridge: Bridge, detail: JobDetailView
+) -> None:
+    detail.job_id = "job-1"
+    detail._show_job(make_job("RUNNING", **tasks_and_artifacts()))
+    ended = make_job("FAILED", **tasks_and_artifacts())
+    ended["task_list"][1]["error"] = "the final error"
+    bridge._client.full_job = ended  # type: ignore[union-attr]
+    detail._jobs_changed([make_job("FAILED")])  # the list's copy: no tasks
+    assert detail.job is not None and detail.job["state"] == "RUNNING"  # not until the full job is in
+    qtbot.waitUntil(lambda: detail.job is not None and detail.job["state"] == "FAILED", timeout=3000)
+    assert [t["error"] for t in detail.tasks_model.rows] == ["", "the final error"]
