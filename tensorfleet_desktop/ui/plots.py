@@ -27,6 +27,8 @@ from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import QGridLayout, QVBoxLayout, QWidget
 from scipy.signal import lfilter  # type: ignore[import-untyped]
 
+from tensorfleet_desktop.ui.formatting import compact
+
 Points = Sequence[float] | np.ndarray  # a batch: a list, or a numpy array straight from job_history
 PALETTE = (
     "#1f6feb",
@@ -128,9 +130,7 @@ def translucent(color: Any, alpha: int) -> Any:
 
 def format_value(value: float) -> str:
     """4 significant digits (the cards' and the read-out's format)."""
-    if not math.isfinite(value):
-        return "-"
-    return f"{value:.4g}"
+    return compact(value) if math.isfinite(value) else "-"
 
 
 class ValueAxis(pg.AxisItem):  # type: ignore[misc]

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
 from helpers.processes import start_together
+from helpers.servers import free_port
 from helpers.waiting import wait_until
 from tensorfleet_desktop.client import Client
+
+if TYPE_CHECKING:  # the fixture imports Qt only when a test asks for it
+    from tensorfleet_desktop.ui.bridge import Bridge
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Qt settles on one settings folder per process, the first time QSettings is used: point it away from the user's
@@ -66,3 +72,14 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 def pytest_sessionfinish() -> None:
     _stop_cluster()
+
+
+@pytest.fixture
+def bridge(qapp: Any) -> Iterator[Bridge]:
+    """A window's bridge pointed where no controller answers: for widgets that need only its worker thread."""
+    from tensorfleet_desktop.ui.bridge import Bridge
+
+    b = Bridge(f"127.0.0.1:{free_port()}", autostart=False)
+    b.start()
+    yield b
+    b.stop()

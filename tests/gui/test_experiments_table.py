@@ -22,7 +22,6 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QMessageBox
 
 from helpers.controller import cli_json
-from helpers.servers import free_port
 from helpers.waiting import wait_until
 from tensorfleet_desktop import wire
 from tensorfleet_desktop.client import Client
@@ -118,14 +117,6 @@ def private_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     app_settings().remove("jobs")
     yield
     app_settings().remove("jobs")
-
-
-@pytest.fixture
-def bridge(qapp: Any) -> Iterator[Bridge]:
-    b = Bridge(f"127.0.0.1:{free_port()}", autostart=False)
-    b.start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture

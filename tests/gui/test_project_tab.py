@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from PySide6.QtGui import QColor, QFontInfo
 
 from helpers.controller import ControllerProcess
 from helpers.project_tree import git, write_tree
-from helpers.servers import free_port
 from tensorfleet_agent.workloads.registry import all_workloads
 from tensorfleet_desktop.project import snapshot
 from tensorfleet_desktop.ui import project_tab
@@ -41,15 +39,6 @@ def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The snapshot's hash cache and the app's settings away from the user's."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
-
-
-@pytest.fixture
-def bridge(qapp: Any) -> Iterator[Bridge]:
-    """The window's bridge, pointed where no controller answers: the tab needs only its worker thread."""
-    b = Bridge(f"127.0.0.1:{free_port()}", autostart=False)
-    b.start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture
