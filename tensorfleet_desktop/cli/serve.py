@@ -59,6 +59,19 @@ def add_serve_parser(sub: Any) -> None:
         help="file_sd targets file listing this controller and the agents serving /metrics "
         "(default: DATA_DIR/prometheus/targets.json)",
     )
+    s.add_argument(
+        "--http-port",
+        type=int,
+        metavar="P",
+        help="serve the HTTP API (/api/v1, OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs) on port P too "
+        "(0: a free port; default: [http] port in the config file, else none)",
+    )
+    s.add_argument(
+        "--http-host",
+        default=None,
+        help="address the HTTP API listens on (default: [http] host in the config file, else --host); "
+        "HTTPS with the controller's certificate off loopback",
+    )
     s.add_argument("--telemetry-period", type=float, default=1.0)
     s.add_argument(
         "--gang-reserve-after",
@@ -99,6 +112,7 @@ def serve(args: argparse.Namespace) -> int:
     for flag, port in (
         ("--metrics-port", args.metrics_port),
         ("--local-agent-metrics-port", args.local_agent_metrics_port),
+        ("--http-port", args.http_port),
     ):
         if port is not None and not 0 <= port <= 65535:
             raise UsageError(f"{flag} must be between 0 and 65535 (0: a free port), got {port}")
@@ -141,6 +155,8 @@ def serve(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             cluster_token=os.environ.get("TENSORFLEET_CLUSTER_TOKEN", ""),
             client_token=os.environ.get("TENSORFLEET_CONTROLLER_TOKEN", ""),
+            http_port=args.http_port,
+            http_host=args.http_host or "",
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -158,7 +174,8 @@ def serve(args: argparse.Namespace) -> int:
         except (RuntimeError, OSError) as exc:  # the data dir in use, a port taken
             err.print(f"tensorfleet serve: cannot start: {exc}", soft_wrap=True, markup=False)
             return exit_codes.JOB_FAILED
-        err.print(f"TensorFleet controller on {app.address} (data in {config.data_dir}); Ctrl-C stops it")
+        http = f", HTTP API on {app.http_url}" if app.http_url else ""
+        err.print(f"TensorFleet controller on {app.address}{http} (data in {config.data_dir}); Ctrl-C stops it")
         await app.stopped.wait()
         await app.stop()
         return exit_codes.OK

@@ -11,8 +11,10 @@ import secrets
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -80,6 +82,8 @@ class ControllerConfig:
     insecure: bool = False  # plaintext to agents, no pairing: loopback development only
     cluster_token: str = ""  # pairs automatically with agents started with the same token
     client_token: str = ""  # required from every client (default: DATA_DIR/client.token, made on first start)
+    http_port: int | None = None  # serve the HTTP API (/api/v1) on this port too (0: a free port); None: no HTTP
+    http_host: str = ""  # the address HTTP listens on (default: the gRPC host); HTTPS off loopback
 
 
 class ControllerApp:
@@ -88,6 +92,9 @@ class ControllerApp:
         self.stopped = asyncio.Event()
         self.port = 0
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
+        self.http_url = ""
+        self._http: Any = None  # http.server.HttpServer, imported only when enabled
         self._targets: TargetsFile | None = None
         self.local_agent_id = ""
         self._local_agent: subprocess.Popen[bytes] | None = None
@@ -170,6 +177,8 @@ class ControllerApp:
         token_file = "the token it was started with" if cfg.client_token else str(cfg.data_dir / "client.token")
         tokens.message = refusal(token_file, str(connection_path(self.address)))
         await self._server.start()
+        if cfg.http_port is not None:
+            await self._start_http(token, tokens.message, servicer.info)
         self._lock.set_address(self.address)
         self._connections = await asyncio.to_thread(self._write_connections, token, credentials is not None)
         for node_id, body in remembered.items():
@@ -199,10 +208,39 @@ class ControllerApp:
                 "port": self.port,
                 "metrics_port": self.metrics_port,
                 "local_agent_id": self.local_agent_id,
+                "http_port": self.http_port,
+                "http_url": self.http_url,
             }
             tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
             tmp.write_text(json.dumps(body))
             os.replace(tmp, cfg.ready_file)
+
+    async def _start_http(self, token: str, refusal: str, info: Callable[[], Any]) -> None:
+        """The HTTP API beside gRPC, on the same loop, core and token; FastAPI and uvicorn are imported here only,
+        so a controller without --http-port never pays for them."""
+        from google.protobuf.json_format import MessageToDict
+
+        from tensorfleet_desktop.controller.http.app import create_app
+        from tensorfleet_desktop.controller.http.context import HttpContext
+        from tensorfleet_desktop.controller.http.server import HttpServer
+
+        cfg = self.config
+        host = cfg.http_host or cfg.host
+        tls = None if is_loopback(host) else (self.identity.key_pem, self.identity.cert_pem)
+        context = HttpContext(
+            self.controller,
+            self.fleet,
+            token,
+            lambda: MessageToDict(info(), preserving_proto_field_name=True),
+            refusal,
+        )
+        assert cfg.http_port is not None
+        self._http = HttpServer(create_app(context), host, cfg.http_port, tls)
+        self.http_port = await self._http.start()
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        shown = f"[{shown}]" if ":" in shown else shown
+        self.http_url = f"{self._http.scheme}://{shown}:{self.http_port}/api/v1"
+        log.info("controller serving the HTTP API on %s (docs: %s/docs)", self.http_url, self.http_url)
 
     def _agents_changed(self, kind: str, _record: AgentRecord) -> None:
         """Keep the Prometheus targets in step with agent states (telemetry ticks change none)."""
@@ -339,6 +377,8 @@ class ControllerApp:
     async def stop(self) -> None:
         for task in list(self._pending):
             task.cancel()
+        if self._http is not None:
+            await self._http.stop()
         if self._server is not None:
             await self.health.not_serving()
             await self._server.stop(grace=1.0)

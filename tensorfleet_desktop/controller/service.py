@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,28 +17,24 @@ import grpc
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
-from tensorfleet_agent.core.digest import file_digest
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.core.validation import check_id
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
 from tensorfleet_agent.rpc import handlers
 from tensorfleet_agent.security.secrets import redact, register
 from tensorfleet_agent.workloads.registry import all_workloads
 from tensorfleet_desktop import wire
+from tensorfleet_desktop.controller import operations
 from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
-from tensorfleet_desktop.controller.datasets import DatasetError
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, NotFoundError
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 from tensorfleet_desktop.controller.job_feed import JobFeed
 from tensorfleet_desktop.controller.model import Job
-from tensorfleet_desktop.controller.registry import model_config
 from tensorfleet_desktop.controller.rpc_errors import set_data_dir, status_of
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 MAX_SPEC_JSON = 1 << 20
-MAX_DATASET_BYTES = 8 << 30
 COALESCE_SECONDS = 0.05  # WatchJob(s): how long a live change waits for others to go out with it
 
 
@@ -230,19 +224,12 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_unary
     async def GetMetrics(self, request: cpb.GetMetricsRequest, context: Any) -> cpb.GetMetricsResponse:
-        job = self.c.get(request.job_id)
-        await self.c.store.flush()
-        rows = await self.c.store.events(job.id, 0, ("metric",))
-        names = set(request.names)
-        return cpb.GetMetricsResponse(points=[wire.metric_row_to_pb(r) for r in rows if not names or r.name in names])
+        rows = await operations.metric_rows(self.c, request.job_id, set(request.names))
+        return cpb.GetMetricsResponse(points=[wire.metric_row_to_pb(r) for r in rows])
 
     @_unary
     async def GetLogs(self, request: cpb.GetLogsRequest, context: Any) -> cpb.GetLogsResponse:
-        job = self.c.get(request.job_id)
-        if not request.all_tasks and not 0 <= request.task_index < len(job.tasks):
-            raise ValidationError("task_index", f"job {job.id} has tasks 0..{len(job.tasks) - 1}")
-        await self.c.store.flush()
-        rows = await self.c.store.events(job.id, 0, ("log",), None if request.all_tasks else request.task_index)
+        rows = await operations.log_rows(self.c, request.job_id, None if request.all_tasks else request.task_index)
         return cpb.GetLogsResponse(lines=[wire.log_row_to_pb(r) for r in rows])
 
     @_unary
@@ -323,32 +310,10 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         if first is None or first.WhichOneof("part") != "header":
             raise ValidationError("header", "the first message of UploadDataset must be a DatasetHeader")
         header = first.header
-        check_id(header.name, "header.name")
-        if not header.filename or "/" in header.filename or len(header.filename) > 200:
-            raise ValidationError("header.filename", f"must be a plain file name, got {header.filename[:80]!r}")
-        if not 0 < header.size <= MAX_DATASET_BYTES:
-            raise ValidationError("header.size", f"must be between 1 and {MAX_DATASET_BYTES} bytes")
-        incoming = self.c.blobs_dir / "incoming"
-        await asyncio.to_thread(incoming.mkdir, parents=True, exist_ok=True)
-        tmp = incoming / f"upload-{uuid.uuid4().hex}"
-        hasher, size = hashlib.sha256(), 0
-        try:
-            with tmp.open("wb") as fh:
-                async for chunk in request_iterator:
-                    size += len(chunk.data)
-                    if size > header.size:
-                        raise ValidationError("data", f"more than the {header.size} bytes announced")
-                    hasher.update(chunk.data)
-                    await asyncio.to_thread(fh.write, chunk.data)
-            if size != header.size:
-                raise ValidationError("header.size", f"announced {header.size} bytes, {size} arrived")
-            if header.sha256 and hasher.hexdigest() != header.sha256:
-                raise ValidationError("header.sha256", f"content hashes to {hasher.hexdigest()}")
-            entry = await self.c.upload_dataset(header.name, header.filename, tmp)
-        except DatasetError as exc:
-            raise ValidationError("file", str(exc)) from None
-        finally:
-            tmp.unlink(missing_ok=True)
+        chunks = (chunk.data async for chunk in request_iterator)
+        entry = await operations.receive_dataset(
+            self.c, header.name, header.filename, header.size, header.sha256, chunks
+        )
         return wire.dataset_to_pb(entry)
 
     @_unary
@@ -390,23 +355,22 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_unary
     async def ListModels(self, request: cpb.ListModelsRequest, context: Any) -> cpb.ListModelsResponse:
-        floor = None
-        if request.min_metric:
-            metric, _, value = request.min_metric.partition("=")
-            try:
-                floor = (metric.strip(), float(value))
-            except ValueError:
-                raise ValidationError("min_metric", f"must be NAME=NUMBER, got {request.min_metric[:80]!r}") from None
-        page, limit = request.page or 1, request.limit or 20
-        items, total = await self.c.registry.list(
-            request.name, request.algorithm, request.tag, request.alias, floor, page, limit
+        found = await operations.list_models(
+            self.c,
+            request.name,
+            request.algorithm,
+            request.tag,
+            request.alias,
+            request.min_metric,
+            request.page or 1,
+            request.limit or 20,
         )
         return cpb.ListModelsResponse(
-            models=[wire.model_to_pb(i) for i in await self.c.registry.with_blob_status(items)],
-            page=page,
-            limit=limit,
-            total=total,
-            pages=max(1, -(-total // limit)),
+            models=[wire.model_to_pb(i) for i in found.models],
+            page=found.page,
+            limit=found.limit,
+            total=found.total,
+            pages=found.pages,
         )
 
     @_unary
@@ -416,27 +380,18 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_stream
     async def DownloadModel(self, request: cpb.DownloadModelRequest, context: Any) -> AsyncIterator[cpb.ModelChunk]:
-        fmt = wire.download_format_from_pb(request)
-        record = await self.c.registry.resolve(request.ref)
-        incoming = self.c.blobs_dir / "incoming"
-        await asyncio.to_thread(incoming.mkdir, parents=True, exist_ok=True)
-        scratch = incoming / f"export-{uuid.uuid4().hex}"
-        try:
-            path = await self.c.registry.export(record, fmt, scratch)
-            digest, size = await asyncio.to_thread(file_digest, path)
+        async with operations.exported_model(self.c, request.ref, wire.download_format_from_pb(request)) as model:
             header = cpb.ModelDownloadHeader(
-                model=wire.model_to_pb(record),
-                format=wire.MODEL_FORMAT.to_pb(fmt or record["format"], "format"),
-                size=size,
-                sha256=digest,
-                config_json=json.dumps(model_config(record)),
+                model=wire.model_to_pb(model.record),
+                format=wire.MODEL_FORMAT.to_pb(model.format, "format"),
+                size=model.size,
+                sha256=model.sha256,
+                config_json=json.dumps(model.config),
             )
             yield cpb.ModelChunk(header=header)
-            with path.open("rb") as fh:
+            with model.path.open("rb") as fh:
                 while data := await asyncio.to_thread(fh.read, 1 << 20):
                     yield cpb.ModelChunk(data=data)
-        finally:
-            await asyncio.to_thread(scratch.unlink, missing_ok=True)
 
     @_unary
     async def SetModelAlias(self, request: cpb.AliasRequest, context: Any) -> cpb.ModelVersion:

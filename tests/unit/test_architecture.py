@@ -123,11 +123,13 @@ def test_the_gui_is_a_client_of_the_controller_service() -> None:
     assert not offenders, offenders
 
 
-#: The controller's edge: the gRPC service and the one table from core errors to status codes, the fleet of agent
-#: connections and its AgentPort adapter, the TLS/token security, the app that wires them (and its Prometheus
-#: file_sd writer, which reads the fleet). Everything else in controller/ is the core: it knows no wire.
+#: The controller's edge: the gRPC service and the tables from core errors to failure kinds and status codes, the
+#: fleet of agent connections and its AgentPort adapter, the TLS/token security, the app that wires them (and its
+#: Prometheus file_sd writer, which reads the fleet), and the HTTP face (http/). Everything else in controller/ is
+#: the core: it knows no wire.
 CONTROLLER_EDGE = {
     "service.py",
+    "failures.py",
     "rpc_errors.py",
     "agent_link.py",
     "fleet.py",
@@ -144,7 +146,11 @@ WIRE_MODULES = (
 
 def _core_modules() -> list[Path]:
     controller = ROOT / "tensorfleet_desktop" / "controller"
-    return sorted(p for p in controller.rglob("*.py") if p.relative_to(controller).as_posix() not in CONTROLLER_EDGE)
+    return sorted(
+        p
+        for p in controller.rglob("*.py")
+        if p.relative_to(controller).as_posix() not in CONTROLLER_EDGE and p.relative_to(controller).parts[0] != "http"
+    )
 
 
 def _runtime_imports(path: Path) -> set[str]:
@@ -220,3 +226,27 @@ def test_the_ui_modules_that_say_no_qt_import_no_qt() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "clean" in out.stdout
+
+
+HTTP_PACKAGES = ("fastapi", "starlette", "uvicorn", "pydantic", "fastapi_swagger")
+
+
+def test_only_the_http_face_imports_the_http_stack_and_only_when_it_is_enabled() -> None:
+    """FastAPI, pydantic and uvicorn cost start-up time and memory: controller/http/ alone imports them, and the
+    app imports controller/http/ inside the function that starts it (`serve --http-port`), never at module level."""
+    offenders = []
+    http = ROOT / "tensorfleet_desktop" / "controller" / "http"
+    for folder in ("agent", "tensorfleet_desktop"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.is_relative_to(http):
+                continue
+            for name in _runtime_imports(path):
+                if name.split(".")[0] in HTTP_PACKAGES:
+                    offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+            tree = ast.parse(path.read_text(), str(path))
+            for node in tree.body:  # module level only: a function may import it when the port is enabled
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "tensorfleet_desktop.controller.http"
+                ):
+                    offenders.append(f"{path.relative_to(ROOT)} imports {node.module} at module level")
+    assert not offenders, offenders

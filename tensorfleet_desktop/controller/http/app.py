@@ -1,0 +1,77 @@
+"""The FastAPI application of the HTTP face: its routers under /api/v1 behind the client token, problem documents
+for every error, the OpenAPI 3.1 document FastAPI derives from the routes, and a Swagger UI page whose assets the
+controller serves itself (a LAN without internet still gets its docs)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import BaseModel
+
+from tensorfleet_agent.core.version import AGENT_VERSION
+from tensorfleet_desktop.controller.http import agents, artifacts, datasets, events, jobs, models, problems
+from tensorfleet_desktop.controller.http.auth import require_token
+from tensorfleet_desktop.controller.http.context import HttpContext
+
+PREFIX = "/api/v1"
+OPENAPI_URL = f"{PREFIX}/openapi.json"
+DOCS_URL = f"{PREFIX}/docs"
+_ASSETS = files("fastapi_swagger") / "resources"
+_ASSET_NAMES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+
+DESCRIPTION = """\
+The TensorFleet controller over HTTP: the operations of its gRPC API as JSON resources.
+
+Every route but `/health` and this document needs the controller's client token:
+`Authorization: Bearer <token>` (the token in `client.token` in the controller's data dir, the one the CLI and
+the desktop app send). Errors are RFC 9457 problem documents (`application/problem+json`).
+"""
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+def create_app(ctx: HttpContext) -> FastAPI:
+    app = FastAPI(
+        title="TensorFleet controller",
+        version=AGENT_VERSION,
+        description=DESCRIPTION,
+        openapi_url=OPENAPI_URL,
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
+    app.state.context = ctx
+    problems.install(app)
+    protected = [Depends(require_token)]
+    unauthorized = problems.error_responses(401)
+    for module in (jobs, events, artifacts, agents, models, datasets):
+        app.include_router(module.router, prefix=PREFIX, dependencies=protected, responses=unauthorized)
+
+    @app.get("/health", tags=["health"], response_model=Health)
+    async def health() -> Health:
+        """Open to probes and load balancers: the controller is up and serving."""
+        return Health(status="ok", version=AGENT_VERSION)
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=OPENAPI_URL,
+            title="TensorFleet API",
+            swagger_js_url=f"{DOCS_URL}/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_URL}/assets/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_URL}/assets/favicon-32x32.png",
+        )
+
+    @app.get(DOCS_URL + "/assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        if name not in _ASSET_NAMES:
+            raise HTTPException(404, f"no docs asset {name!r}")
+        return FileResponse(str(_ASSETS / name))
+
+    return app

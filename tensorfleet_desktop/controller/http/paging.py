@@ -1,0 +1,75 @@
+"""Cursor pagination (`limit` and an opaque `cursor`) and the page-number form (`page`, `limit`) over a list
+already in its order. A cursor names the last item a client saw, not an offset, so a job submitted between two
+pages never shows up twice or pushes another out of sight."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from tensorfleet_agent.core.errors import ValidationError
+
+T = TypeVar("T")
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int  # items in the whole list (after filters)
+    limit: int
+    next_cursor: str | None  # None on the last page
+    page: int | None  # set when asked by page number
+
+
+def encode_cursor(key: Sequence[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key), separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> list[Any]:
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationError("cursor", "is not a cursor this API handed out (use next_cursor as given)") from None
+    if not isinstance(key, list):
+        raise ValidationError("cursor", "is not a cursor this API handed out (use next_cursor as given)")
+    return key
+
+
+def paginate(
+    items: Sequence[T],
+    key: Callable[[T], Sequence[Any]],
+    limit: int,
+    cursor: str | None = None,
+    page: int | None = None,
+) -> Page[T]:
+    """One page of `items`, which are sorted by `key` (unique per item), descending. `cursor` (from an earlier
+    page's next_cursor) continues after that item; `page` (1-based) is the page-number form; not both."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
+    if cursor and page is not None:
+        raise ValidationError("cursor", "give either cursor or page, not both")
+    if page is not None and page < 1:
+        raise ValidationError("page", f"must be >= 1, got {page}")
+    start = 0
+    if cursor:
+        after = decode_cursor(cursor)
+        start = len(items)
+        for i, item in enumerate(items):
+            try:
+                older = list(key(item)) < after
+            except TypeError:
+                raise ValidationError("cursor", "is not a cursor of this list") from None
+            if older:
+                start = i
+                break
+    elif page is not None:
+        start = (page - 1) * limit
+    chunk = list(items[start : start + limit])
+    more = start + limit < len(items)
+    return Page(chunk, len(items), limit, encode_cursor(key(chunk[-1])) if more and chunk else None, page)

@@ -1,0 +1,119 @@
+"""Errors as RFC 9457 problem documents (application/problem+json). A core error's kind (failures.py) picks the
+status, so HTTP and gRPC say the same thing about the same error; the detail is the message the CLI prints."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from tensorfleet_desktop.controller.failures import Kind, classify
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS = {
+    Kind.INVALID: 422,
+    Kind.NOT_FOUND: 404,
+    Kind.CONFLICT: 409,
+    Kind.DATA_LOSS: 500,
+    Kind.FULL: 507,
+    Kind.INTERNAL: 500,
+}
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Content too large",
+    416: "Range not satisfiable",
+    422: "Unprocessable content",
+    500: "Internal error",
+    507: "Insufficient storage",
+}
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the request field at fault, dotted (`body.hyperparameters.C`, `query.limit`)")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = Field(description="a URI naming the kind of problem")
+    title: str
+    status: int
+    detail: str = Field(description="what went wrong, in the words the CLI uses")
+    instance: str = Field(default="", description="the request path")
+    field: str = Field(default="", description="the request field at fault, when one is")
+    errors: list[FieldError] = Field(default_factory=list, description="each field at fault (validation)")
+
+
+def problem(
+    status: int,
+    detail: str,
+    request: Request | None = None,
+    *,
+    kind: str = "",
+    field: str = "",
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        type=f"urn:tensorfleet:problem:{kind or status}",
+        title=TITLES.get(status, "Error"),
+        status=status,
+        detail=detail,
+        instance=request.url.path if request is not None else "",
+        field=field,
+        errors=errors or [],
+    )
+    return JSONResponse(body.model_dump(), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: each status it can answer with, as a problem document (OpenAPI lists them,
+    so schema-checking clients know the shape of every error)."""
+    return {
+        status: {"model": Problem, "description": TITLES.get(status, "Error"), "content": {PROBLEM_JSON: {}}}
+        for status in statuses
+    }
+
+
+def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def install(app: FastAPI) -> None:
+    """Every error the app can raise, as a problem document: the core's (by kind), FastAPI's request validation
+    (422 naming each field; 400 for a body that is not JSON at all) and Starlette's own (404 route, 405)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [FieldError(field=_field_name(e.get("loc", ())), message=str(e.get("msg", ""))) for e in exc.errors()]
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            detail = "the request body is not valid JSON"
+            return problem(400, detail, request, kind="invalid", field="body", errors=errors)
+        first = errors[0] if errors else FieldError(field="", message="invalid request")
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+        return problem(422, detail or first.message, request, kind="invalid", field=first.field, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return problem(exc.status_code, detail, request, headers=dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def core_error(request: Request, exc: Exception) -> JSONResponse:
+        failure = classify(exc)  # logs an internal error with its traceback
+        field = failure.field.removeprefix("header.")
+        return problem(STATUS[failure.kind], failure.message, request, kind=failure.kind.value, field=field)
