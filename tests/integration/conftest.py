@@ -67,3 +67,22 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
             agent.signal_stop()
         for agent in agents:
             agent.stop()
+
+
+@pytest.fixture(scope="module")
+def http_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """`shared_cluster` with the HTTP API on a free port (helpers.http_api.HttpApi.of(controller) talks to it)."""
+    controller, agents = _cluster(tmp_path_factory.mktemp("http-cluster"), AgentProcess, ControllerProcess)
+    controller.extra_args += ["--http-port", "0"]
+    token = {"TENSORFLEET_CLUSTER_TOKEN": f"http-cluster-{secrets.token_hex(8)}"}
+    controller.env = token
+    for agent in agents:
+        agent.env = token
+    try:
+        yield _start((controller, agents))
+    finally:
+        controller.stop()
+        for agent in agents:
+            agent.signal_stop()
+        for agent in agents:
+            agent.stop()
