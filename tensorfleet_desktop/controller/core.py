@@ -23,6 +23,7 @@ from tensorfleet_desktop.controller.artifacts import Artifacts
 from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.background import Background
 from tensorfleet_desktop.controller.dataset_catalog import DatasetCatalog
+from tensorfleet_desktop.controller.errors import JobError
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.ingest import Ingest
 from tensorfleet_desktop.controller.jobs import JobMachine
@@ -194,6 +195,33 @@ class Controller:
 
     def retry(self, job_id: str) -> Job:
         return self.machine.retry(job_id)
+
+    async def delete_job(self, job_id: str) -> Job:
+        """Delete an ended job: its record and its whole history, in the store and here. Models it registered
+        stay (the registry is independent); its files become garbage for `collect_garbage`. A running job is
+        refused: cancel it first. Watchers of the job end, and job lists hear it is gone."""
+        job = self.get(job_id)
+        if not job.state.terminal:
+            raise JobError(f"job {job.id} is {job.state.value}; cancel it first (tensorfleet cancel {job.id})")
+        attempts = {a for t in job.tasks for a in (t.agent_task_id, *t.stale_attempts) if a}
+        for task in list(self.background.tasks):  # a cancelled attempt followed for its outputs (Attempts._drain)
+            if task.get_name().removeprefix("drain-") in attempts:
+                task.cancel()
+        for attempt in attempts:
+            watcher = self.attempts.watchers.pop(attempt, None)
+            if watcher is not None:
+                watcher.cancel()
+        self.machine.remove(job)  # nothing changes it from here on: no retry, no late event
+        try:
+            await self.store.delete_job(job.id)
+        except BaseException:
+            self.machine.put_back(job)
+            raise
+        self.sweeps.forget(job)
+        self.metrics.job_ended(job.id)
+        log.info("job %s (%s) deleted", job.id, job.name)
+        self.events.touched(job)  # job lists (WatchJobs) look it up and find it gone
+        return job
 
     # ---- datasets and blobs
 

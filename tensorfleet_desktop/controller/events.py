@@ -103,4 +103,8 @@ class EventLog:
                     last = record.seq
                     yield record
         finally:
-            self._subscribers[job.id].discard(queue)
+            queues = self._subscribers.get(job.id)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:  # no watcher left: nothing of the job stays here (a deleted job, a long history)
+                    del self._subscribers[job.id]

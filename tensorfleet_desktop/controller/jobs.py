@@ -183,6 +183,16 @@ class JobMachine:
         self.wake.set()
         return job
 
+    def remove(self, job: Job) -> None:
+        """Forget an ended job (it is being deleted); `put_back` when its deletion could not be saved."""
+        self.jobs.pop(job.id, None)
+        self.open.pop(job.id, None)
+        self.registering.discard(job.id)
+
+    def put_back(self, job: Job) -> None:
+        """An ended job whose deletion failed is known again."""
+        self.jobs[job.id] = job
+
     # ---- transitions
 
     def stop_tasks(self, job: Job, reason: str, new_state: TaskRunState) -> None:

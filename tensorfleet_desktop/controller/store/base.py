@@ -76,6 +76,11 @@ class JobStore(abc.ABC):
         await self.flush()
 
     @abc.abstractmethod
+    async def delete_job(self, job_id: str) -> None:
+        """Delete a job with its events and its attempts' cursors, and wait until that is committed (one
+        transaction where the database has them); writes queued for the job before it are applied first."""
+
+    @abc.abstractmethod
     def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
         """Queue events (idempotent on (attempt_id, agent_seq)) and the attempts' cursors, in one transaction."""
 

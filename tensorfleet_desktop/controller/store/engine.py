@@ -153,6 +153,10 @@ class QueuedStore(JobStore, Generic[C]):
         """Upsert a job's body (Job.to_dict); `new`: its first save, which may refuse an id already stored."""
 
     @abc.abstractmethod
+    def _delete_job(self, conn: C, job_id: str) -> None:
+        """Delete the job's body, its events and the cursors of its attempts (safe to repeat)."""
+
+    @abc.abstractmethod
     def _write_events(self, conn: C, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
         """Insert event rows, skipping those already stored (same attempt_id and agent_seq), and raise each
         attempt's cursor to at least the given one."""
@@ -197,6 +201,9 @@ class QueuedStore(JobStore, Generic[C]):
     async def insert_job(self, job: Job) -> None:
         body = job.to_dict()
         await self._call(lambda conn: self._write_job(conn, body, new=True))
+
+    async def delete_job(self, job_id: str) -> None:
+        await self._call(lambda conn: self._delete_job(conn, job_id))
 
     def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
         self._put(_Events(list(events), dict(cursors)))

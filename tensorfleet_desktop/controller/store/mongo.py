@@ -137,6 +137,15 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
         doc = {"_id": body["id"], "state": body["state"], "created_at": body["created_at"], "job": body}
         db.jobs.replace_one({"_id": body["id"]}, doc, upsert=True)
 
+    def _delete_job(self, db: Any, job_id: str) -> None:
+        # No transaction: the job goes first (a job is never left without part of its history), then what only
+        # it used; a retry after an outage repeats all of it harmlessly.
+        attempts = [a for a in db.events.distinct("attempt_id", {"job_id": job_id}) if a]
+        db.jobs.delete_one({"_id": job_id})
+        if attempts:
+            db.cursors.delete_many({"_id": {"$in": attempts}})
+        db.events.delete_many({"job_id": job_id})
+
     def _write_events(self, db: Any, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
         pymongo = self._pymongo
         if rows:

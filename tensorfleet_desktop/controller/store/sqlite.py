@@ -137,6 +137,15 @@ class SqliteJobStore(QueuedStore[sqlite3.Connection]):
             f"{verb} INTO jobs VALUES (?, ?, ?, ?)", (body["id"], body["state"], body["created_at"], json.dumps(body))
         )
 
+    def _delete_job(self, conn: sqlite3.Connection, job_id: str) -> None:
+        conn.execute(
+            "DELETE FROM cursors WHERE attempt_id IN "
+            "(SELECT DISTINCT attempt_id FROM events WHERE job_id = ? AND attempt_id != '')",
+            (job_id,),
+        )
+        conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+        conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
     def _write_events(self, conn: sqlite3.Connection, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
         conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", map(event_values, rows))
         conn.executemany(
