@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sqlite3
 import uuid
@@ -105,6 +106,26 @@ async def test_events_limit_reads_a_page_in_seq_order(store: JobStore) -> None:
     assert [e.seq for e in await store.events("j1", 5, ("metric",), 0, limit=2)] == [7, 8]
     assert [e.seq for e in await store.events("j1", 6)] == [7, 8, 9, 10, 11, 12]  # limit 0: all
     assert (await store.events("j1", 2, limit=1))[0] == _metric(3, 3)
+
+
+async def test_delete_job_takes_its_events_and_cursors_and_nothing_else(store: JobStore) -> None:
+    store.save_job(_job("j1"))
+    store.save_job(_job("j2"))
+    store.append_events([_metric(1, 1), _metric(2, 2)], {"j1-r0-a1": 2})
+    other = [dataclasses.replace(_metric(i, i, "j2-r0-a1"), job_id="j2") for i in (1, 2)]
+    store.append_events(other, {"j2-r0-a1": 2})
+    store.append_events([_metric(3, 3)], {"j1-r0-a1": 3})  # still queued: applied before the deletion
+    await store.delete_job("j1")  # committed when it returns
+    (loaded,) = await store.load_jobs()
+    assert loaded.id == "j2" and loaded.tasks[0].cursor == 2 and loaded.last_event_seq == 2
+    assert await store.events("j1") == [] and [e.seq for e in await store.events("j2")] == [1, 2]
+    store.save_job(_job("j1"))  # the same id again starts with nothing of the deleted one: no cursor, no events
+    await store.flush()
+    again = {j.id: j for j in await store.load_jobs()}["j1"]
+    assert again.tasks[0].cursor == 0 and again.last_event_seq == 0
+    await store.delete_job("j1")
+    await store.delete_job("j1")  # already gone: nothing to do
+    assert [j.id for j in await store.load_jobs()] == ["j2"]
 
 
 async def test_agents(store: JobStore) -> None:
