@@ -25,6 +25,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(suite_policy, SUITE_POLICY)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (scripts/test: `-n 2 --dist loadgroup`) a module's tests stay on one worker, so a
+    module-scoped cluster starts once, not once per worker; the simulated LAN's namespaces share one subnet and the
+    GUI tests share one cluster, so each of those folders runs on a single worker too."""
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        group = folder if folder in ("lan", "gui") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture
 def _stopping() -> Iterator[list[AgentProcess | ControllerProcess]]:
     """The processes a test's factories started, already asked to stop (SIGTERM): waited for (then killed if
