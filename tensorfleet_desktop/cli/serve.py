@@ -45,7 +45,9 @@ def add_serve_parser(sub: Any) -> None:
         help="file:///path (default: in the data dir) or s3://BUCKET?endpoint=HOST:PORT&secure=false "
         "(credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
     )
-    s.add_argument("--config", type=Path, help="TOML file with [store] and [blobs] (default: DATA_DIR/config.toml)")
+    s.add_argument(
+        "--config", type=Path, help="TOML file with [store], [blobs] and [http] (default: DATA_DIR/config.toml)"
+    )
     s.add_argument("--keep-checkpoints", type=int, default=3, help="latest checkpoints kept per job (default: 3)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     s.add_argument(
@@ -155,8 +157,8 @@ def serve(args: argparse.Namespace) -> int:
             insecure=args.insecure,
             cluster_token=os.environ.get("TENSORFLEET_CLUSTER_TOKEN", ""),
             client_token=os.environ.get("TENSORFLEET_CONTROLLER_TOKEN", ""),
-            http_port=args.http_port,
-            http_host=args.http_host or "",
+            http_port=args.http_port if args.http_port is not None else settings.http_port,
+            http_host=args.http_host or settings.http_host,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -175,6 +177,8 @@ def serve(args: argparse.Namespace) -> int:
             err.print(f"tensorfleet serve: cannot start: {exc}", soft_wrap=True, markup=False)
             return exit_codes.JOB_FAILED
         http = f", HTTP API on {app.http_url}" if app.http_url else ""
+        if app.http_pin:  # HTTPS with a self-signed certificate: what curl pins (see the log for --cacert)
+            http += f" (curl --pinnedpubkey '{app.http_pin}' -k)"
         err.print(f"TensorFleet controller on {app.address}{http} (data in {config.data_dir}); Ctrl-C stops it")
         await app.stopped.wait()
         await app.stop()

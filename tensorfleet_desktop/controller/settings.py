@@ -1,4 +1,4 @@
-"""The controller's TOML config file: where the store and blobs live, and their credentials.
+"""The controller's TOML config file: where the store and blobs live, their credentials, and the HTTP API.
 
     [store]
     uri = "mongodb://tensorfleet:secret@db.lan:27017/tensorfleet"
@@ -7,6 +7,10 @@
     uri = "s3://models?endpoint=minio.lan:9000&secure=false"
     access_key = "..."      # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY win when set
     secret_key = "..."
+
+    [http]
+    port = 8080             # serve the HTTP API (/api/v1) on this port (0: a free one); --http-port wins
+    host = "0.0.0.0"        # the address it listens on (default: serve's --host); HTTPS off loopback
 
 Command-line flags win over environment variables, which win over the file. Keep it readable by you
 only: the controller refuses a file with credentials that others can read.
@@ -34,7 +38,11 @@ def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tu
     return store, blobs_uri or f"file://{data_dir / 'blobs'}"
 
 
-_SECTIONS = {"store": ("uri",), "blobs": ("uri", "access_key", "secret_key")}
+_SECTIONS: dict[str, dict[str, type]] = {
+    "store": {"uri": str},
+    "blobs": {"uri": str, "access_key": str, "secret_key": str},
+    "http": {"port": int, "host": str},
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,19 @@ class FileSettings:
     blobs_uri: str = ""
     s3_access_key: str = ""
     s3_secret_key: str = ""
+    http_port: int | None = None  # [http] port: serve the HTTP API there when --http-port is not given
+    http_host: str = ""  # [http] host: its address when --http-host is not given
+
+
+def _check_value(path: Path, section: str, key: str, item: object) -> None:
+    """A value of the type its key takes (a TOML integer is never a string here, nor a bool an integer)."""
+    if _SECTIONS[section][key] is int:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"{path}: [{section}] {key} must be an integer (no quotes), got {item!r}")
+        if section == "http" and key == "port" and not 0 <= item <= 65535:
+            raise ValueError(f"{path}: [http] port must be between 0 and 65535 (0: a free port), got {item}")
+    elif not isinstance(item, str):
+        raise ValueError(f"{path}: [{section}] {key} must be a string (in quotes), got {item!r}")
 
 
 def load_settings(path: Path) -> FileSettings:
@@ -58,9 +79,8 @@ def load_settings(path: Path) -> FileSettings:
         for key, item in value.items():
             if key not in _SECTIONS[section]:
                 raise ValueError(f"{path}: [{section}] has no key {key!r} (known: {', '.join(_SECTIONS[section])})")
-            if not isinstance(item, str):
-                raise ValueError(f"{path}: [{section}] {key} must be a string")
-    store, blobs = body.get("store", {}), body.get("blobs", {})
+            _check_value(path, section, key, item)
+    store, blobs, http = body.get("store", {}), body.get("blobs", {}), body.get("http", {})
     has_secret = ":" in store.get("uri", "").split("@")[0].removeprefix("mongodb://") or "secret_key" in blobs
     if has_secret and os.name == "posix" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
         raise ValueError(f"{path} holds credentials but others can read it: chmod 600 {path}")
@@ -69,6 +89,8 @@ def load_settings(path: Path) -> FileSettings:
         blobs_uri=blobs.get("uri", ""),
         s3_access_key=blobs.get("access_key", ""),
         s3_secret_key=blobs.get("secret_key", ""),
+        http_port=http.get("port"),
+        http_host=http.get("host", ""),
     )
 
 
@@ -79,19 +101,20 @@ def _toml_string(value: str) -> str:
 def save_settings(path: Path, settings: FileSettings) -> None:
     """Write the config file readable by its owner only (it may hold credentials); empty values are left out."""
     lines: list[str] = []
-    sections = {
+    sections: dict[str, tuple[tuple[str, str | int | None], ...]] = {
         "store": (("uri", settings.store_uri),),
         "blobs": (
             ("uri", settings.blobs_uri),
             ("access_key", settings.s3_access_key),
             ("secret_key", settings.s3_secret_key),
         ),
+        "http": (("port", settings.http_port), ("host", settings.http_host)),
     }
     for section, items in sections.items():
-        present = [(k, v) for k, v in items if v]
+        present = [(k, v) for k, v in items if v is not None and v != ""]
         if present:
             lines.append(f"[{section}]")
-            lines += [f"{k} = {_toml_string(v)}" for k, v in present]
+            lines += [f"{k} = {_toml_string(v) if isinstance(v, str) else v}" for k, v in present]
             lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -7,6 +7,7 @@ read when that controller starts.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QSettings
@@ -158,6 +159,7 @@ class SettingsView(View):
                 current = load_settings(self.config_path)
             except ValueError as exc:
                 self.test_result.setText(str(exc))
+        self._loaded = current  # what this form does not show ([http]) is saved back as it was
         self.store_uri.setText(current.store_uri)
         self.blobs_uri.setText(current.blobs_uri)
         self.access_key.setText(current.s3_access_key)
@@ -171,9 +173,11 @@ class SettingsView(View):
             w.setEnabled(external)
 
     def form_settings(self) -> FileSettings:
+        """The loaded settings with this form's store and blob fields (the rest of the file, [http], kept)."""
         if not self.external.isChecked():
-            return FileSettings()
-        return FileSettings(
+            return replace(self._loaded, store_uri="", blobs_uri="", s3_access_key="", s3_secret_key="")
+        return replace(
+            self._loaded,
             store_uri=self.store_uri.text().strip(),
             blobs_uri=self.blobs_uri.text().strip(),
             s3_access_key=self.access_key.text().strip(),

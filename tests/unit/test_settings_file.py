@@ -1,0 +1,107 @@
+"""The controller's config file (controller/settings.py): [http] beside [store] and [blobs], typed keys with errors
+that name them, a round trip through save_settings, and `serve` taking the HTTP port and host from it when no flag
+names them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tensorfleet_desktop.cli import build_parser
+from tensorfleet_desktop.cli.exit_codes import UsageError
+from tensorfleet_desktop.controller.settings import FileSettings, load_settings, save_settings
+
+
+def written(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_the_http_section_is_read_typed(tmp_path: Path) -> None:
+    path = written(tmp_path, '[store]\nuri = "sqlite:///x.db"\n\n[http]\nport = 8080\nhost = "0.0.0.0"\n')
+    settings = load_settings(path)
+    assert (settings.http_port, settings.http_host, settings.store_uri) == (8080, "0.0.0.0", "sqlite:///x.db")
+    assert load_settings(written(tmp_path, "[http]\nport = 0\n")).http_port == 0  # 0: a free port
+    absent = load_settings(written(tmp_path, '[store]\nuri = "sqlite:///x.db"\n'))
+    assert (absent.http_port, absent.http_host) == (None, "")
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ('[http]\nport = "8080"\n', "[http] port must be an integer (no quotes), got '8080'"),
+        ("[http]\nport = 80.5\n", "[http] port must be an integer"),
+        ("[http]\nport = true\n", "[http] port must be an integer"),
+        ("[http]\nport = 65536\n", "[http] port must be between 0 and 65535 (0: a free port), got 65536"),
+        ("[http]\nport = -1\n", "[http] port must be between 0 and 65535"),
+        ("[http]\nhost = 8080\n", "[http] host must be a string (in quotes), got 8080"),
+        ("[store]\nuri = 5\n", "[store] uri must be a string"),
+        ('[http]\nadress = "x"\n', "[http] has no key 'adress' (known: port, host)"),
+        ("[web]\nport = 1\n", "unknown section [web] (known: store, blobs, http)"),
+    ],
+)
+def test_a_wrong_value_is_refused_naming_its_key(tmp_path: Path, body: str, said: str) -> None:
+    path = written(tmp_path, body)
+    with pytest.raises(ValueError) as raised:
+        load_settings(path)
+    assert said in str(raised.value) and str(path) in str(raised.value)
+
+
+def test_save_keeps_http_and_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "config.toml"
+    every = FileSettings("mongodb://db.lan/tf", "s3://models?endpoint=m:9000", "AK", 'se"cr\\et', 0, "::")
+    save_settings(path, every)
+    assert load_settings(path) == every
+    assert path.stat().st_mode & 0o777 == 0o600
+    only_http = FileSettings(http_port=8080)
+    save_settings(path, only_http)
+    assert load_settings(path) == only_http
+    assert path.read_text().strip() == "[http]\nport = 8080"
+
+
+def serve_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *flags: str) -> Any:
+    """The ControllerConfig `tensorfleet serve` builds from these flags and tmp_path/config.toml (the app itself
+    is replaced: it refuses to start once it has been given its config)."""
+    from tensorfleet_desktop.controller import app
+
+    seen: list[Any] = []
+
+    class Recorder:
+        def __init__(self, config: Any) -> None:
+            seen.append(config)
+
+        def request_stop(self) -> None:
+            pass
+
+        async def start(self) -> None:
+            raise ValueError("recorded")
+
+    monkeypatch.setattr(app, "ControllerApp", Recorder)
+    args: argparse.Namespace = build_parser().parse_args(
+        ["serve", "--data-dir", str(tmp_path), "--no-mdns", "--no-local-agent", *flags]
+    )
+    assert args.run(args) != 0
+    return seen[0]
+
+
+def test_serve_takes_the_http_port_and_host_from_the_file_unless_flags_name_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = serve_config(monkeypatch, tmp_path)
+    assert (config.http_port, config.http_host) == (None, "")  # no file: no HTTP
+    written(tmp_path, '[http]\nport = 8181\nhost = "127.0.0.2"\n')
+    config = serve_config(monkeypatch, tmp_path)
+    assert (config.http_port, config.http_host) == (8181, "127.0.0.2")
+    config = serve_config(monkeypatch, tmp_path, "--http-port", "0", "--http-host", "127.0.0.3")
+    assert (config.http_port, config.http_host) == (0, "127.0.0.3")
+
+
+def test_serve_says_which_key_is_wrong(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    written(tmp_path, '[http]\nport = "8080"\n')
+    with pytest.raises(UsageError, match=r"\[http\] port must be an integer"):
+        serve_config(monkeypatch, tmp_path)
