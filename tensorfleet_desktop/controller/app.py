@@ -94,6 +94,7 @@ class ControllerApp:
         self.metrics_port: int | None = None
         self.http_port: int | None = None
         self.http_url = ""
+        self.http_pin = ""  # `curl --pinnedpubkey` value of the HTTPS certificate (sha256//...); "" over plain HTTP
         self._http: Any = None  # http.server.HttpServer, imported only when enabled
         self._targets: TargetsFile | None = None
         self.local_agent_id = ""
@@ -210,6 +211,7 @@ class ControllerApp:
                 "local_agent_id": self.local_agent_id,
                 "http_port": self.http_port,
                 "http_url": self.http_url,
+                "http_pin": self.http_pin,
             }
             tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
             tmp.write_text(json.dumps(body))
@@ -222,7 +224,7 @@ class ControllerApp:
 
         from tensorfleet_desktop.controller.http.app import create_app
         from tensorfleet_desktop.controller.http.context import HttpContext
-        from tensorfleet_desktop.controller.http.server import HttpServer
+        from tensorfleet_desktop.controller.http.server import HttpServer, public_key_pin
 
         cfg = self.config
         host = cfg.http_host or cfg.host
@@ -240,7 +242,18 @@ class ControllerApp:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         shown = f"[{shown}]" if ":" in shown else shown
         self.http_url = f"{self._http.scheme}://{shown}:{self.http_port}/api/v1"
-        log.info("controller serving the HTTP API on %s (docs: %s/docs)", self.http_url, self.http_url)
+        if tls is None:
+            log.info("controller serving the HTTP API on %s (docs: %s/docs)", self.http_url, self.http_url)
+            return
+        # a self-signed certificate naming the node id, not the host: clients pin its key (what gRPC clients pin)
+        self.http_pin = public_key_pin(self.identity.cert_pem)
+        name, cert = self.identity.node_id, cfg.data_dir / "identity" / "node.crt"
+        log.info(
+            "controller serving the HTTP API over HTTPS on %s (docs: %s/docs) with its self-signed certificate "
+            "for the name %s: pin its key (curl --pinnedpubkey '%s' -k ...) or trust that certificate for that "
+            "name (curl --cacert %s --resolve %s:%d:<host> https://%s:%d/api/v1/...)",
+            *(self.http_url, self.http_url, name, self.http_pin, cert, name, self.http_port, name, self.http_port),
+        )
 
     def _agents_changed(self, kind: str, _record: AgentRecord) -> None:
         """Keep the Prometheus targets in step with agent states (telemetry ticks change none)."""

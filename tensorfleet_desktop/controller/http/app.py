@@ -5,6 +5,7 @@ controller serves itself (a LAN without internet still gets its docs)."""
 from __future__ import annotations
 
 from importlib.resources import files
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -13,7 +14,7 @@ from pydantic import BaseModel
 
 from tensorfleet_agent.core.version import AGENT_VERSION
 from tensorfleet_desktop.controller.http import agents, artifacts, datasets, events, jobs, models, problems
-from tensorfleet_desktop.controller.http.auth import require_token
+from tensorfleet_desktop.controller.http.auth import TokenGate, require_token
 from tensorfleet_desktop.controller.http.context import HttpContext
 
 PREFIX = "/api/v1"
@@ -21,6 +22,13 @@ OPENAPI_URL = f"{PREFIX}/openapi.json"
 DOCS_URL = f"{PREFIX}/docs"
 _ASSETS = files("fastapi_swagger") / "resources"
 _ASSET_NAMES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+OPEN_PATHS = frozenset({"/health", OPENAPI_URL, DOCS_URL})  # the docs page holds no data: its requests send the token
+
+
+def is_open(path: str) -> bool:
+    """The paths served without the client token: health, the OpenAPI document, the docs page and its assets."""
+    return path in OPEN_PATHS or path.startswith(f"{DOCS_URL}/assets/")
+
 
 DESCRIPTION = """\
 The TensorFleet controller over HTTP: the operations of its gRPC API as JSON resources.
@@ -47,11 +55,23 @@ def create_app(ctx: HttpContext) -> FastAPI:
         swagger_ui_oauth2_redirect_url=None,
     )
     app.state.context = ctx
+    app.add_middleware(TokenGate, ctx=ctx, is_open=is_open)
     problems.install(app)
     protected = [Depends(require_token)]
     unauthorized = problems.error_responses(401)
     for module in (jobs, events, artifacts, agents, models, datasets):
         app.include_router(module.router, prefix=PREFIX, dependencies=protected, responses=unauthorized)
+
+    generated = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document (made once, from the routes), with the error responses as the handlers send them."""
+        if not getattr(app.state, "openapi_documented", False):
+            problems.document(generated())
+            app.state.openapi_documented = True
+        return generated()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/health", tags=["health"], response_model=Health)
     async def health() -> Health:

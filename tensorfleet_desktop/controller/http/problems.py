@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -89,6 +90,38 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+PROBLEM_REF = "#/components/schemas/Problem"
+_FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")  # FastAPI's 422 body, which install() replaces
+
+
+def document(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what the handlers answer, so schema-checking clients (schemathesis) can hold
+    the API to it: every error status of every operation is a problem document under application/problem+json (a
+    `model=` response lands under application/json, and FastAPI's own 422 names HTTPValidationError, which
+    install() never sends), and an operation with a JSON body also answers 400 (a body that is not JSON)."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    if "Problem" not in schemas:  # no route named a problem response: add the model and what it refers to
+        _, defs = models_json_schema([(Problem, "serialization")], ref_template="#/components/schemas/{model}")
+        schemas.update(defs.get("$defs", {}))
+    problem_content = {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}
+    for item in openapi.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses: dict[str, Any] = operation["responses"]
+            body = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in body and "400" not in responses:
+                responses["400"] = {"description": TITLES[400]}
+            for status, response in responses.items():
+                if status.isdigit() and int(status) >= 400:
+                    response["content"] = dict(problem_content)
+    for name in _FASTAPI_VALIDATION:  # HTTPValidationError first: it is what refers to ValidationError
+        others = {key: value for key, value in schemas.items() if key != name}
+        if f'"#/components/schemas/{name}"' not in json.dumps([openapi.get("paths"), others]):
+            schemas.pop(name, None)
+    return openapi
+
+
 def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
@@ -110,7 +143,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return problem(exc.status_code, detail, request, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404 and "endpoint" not in request.scope:  # no route has this path
+            detail = f"no route {request.url.path} (the API is under /api/v1; its routes: /api/v1/docs)"
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            allowed = headers.get("Allow") or headers.get("allow") or "?"
+            detail = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
+        return problem(exc.status_code, detail, request, headers=headers)
 
     @app.exception_handler(Exception)
     async def core_error(request: Request, exc: Exception) -> JSONResponse:

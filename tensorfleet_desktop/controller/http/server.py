@@ -5,7 +5,9 @@ controller's own certificate, the one gRPC clients pin."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import socket
 import ssl
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tensorfleet_agent.rpc.server import BindError
 
@@ -27,6 +31,17 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def public_key_pin(cert_pem: bytes) -> str:
+    """What `curl --pinnedpubkey` takes for this certificate: `sha256//` and the base64 sha256 of its public key
+    (DER SubjectPublicKeyInfo). The key, not the certificate: a renewed certificate of the same key keeps it."""
+    spki = (
+        x509.load_pem_x509_certificate(cert_pem)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return "sha256//" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def _bind(host: str, port: int) -> socket.socket:
