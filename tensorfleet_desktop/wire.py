@@ -290,10 +290,11 @@ def project_from_pb(msg: cpb.ProjectInfo) -> dict[str, Any]:
 
 
 def jobs_change_from_pb(msg: cpb.JobsChange) -> dict[str, Any]:
-    """{"snapshot": bool, "jobs": [...], "resume_token": str}: one WatchJobs message."""
+    """{"snapshot": bool, "jobs": [...], "removed_job_ids": [...], "resume_token": str}: one WatchJobs message."""
     return {
         "snapshot": msg.snapshot,
         "jobs": [job_from_pb(j) for j in msg.jobs],
+        "removed_job_ids": list(msg.removed_job_ids),
         "resume_token": msg.resume_token,
     }
 

@@ -943,6 +943,7 @@ class JobsChange(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    REMOVED_JOB_IDS_FIELD_NUMBER: _builtins.int
     snapshot: _builtins.bool
     """true: `jobs` are all the matching jobs (replace what you hold)"""
     resume_token: _builtins.str
@@ -951,16 +952,23 @@ class JobsChange(_message.Message):
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
         """snapshot: newest first; else the jobs that changed, as they are now"""
 
+    @_builtins.property
+    def removed_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """no longer knows (restarted, or too many changes since) gets a snapshot
+        not a snapshot: jobs deleted since (DeleteJob): drop them
+        """
+
     def __init__(
         self,
         *,
         snapshot: _builtins.bool = ...,
         jobs: _abc.Iterable[Global___Job] | None = ...,
         resume_token: _builtins.str = ...,
+        removed_job_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "resume_token", b"resume_token", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "removed_job_ids", b"removed_job_ids", "resume_token", b"resume_token", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,6 +86,11 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.JobRef.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Job.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/DeleteJob',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.JobRef.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Job.FromString,
+                _registered_method=True)
         self.ResubmitJob = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/ResubmitJob',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ResubmitJobRequest.SerializeToString,
@@ -304,6 +309,13 @@ class ControllerServiceServicer:
 
     def RetryJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """an ended job and its history; its registered models stay
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -548,6 +560,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
             ),
             'RetryJob': grpc.unary_unary_rpc_method_handler(
                     servicer.RetryJob,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JobRef.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Job.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JobRef.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Job.SerializeToString,
             ),
@@ -975,6 +992,33 @@ class ControllerService:
             request,
             target,
             '/tensorfleet.v1.ControllerService/RetryJob',
+            tensorfleet_dot_v1_dot_controller__pb2.JobRef.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/DeleteJob',
             tensorfleet_dot_v1_dot_controller__pb2.JobRef.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.Job.FromString,
             options,

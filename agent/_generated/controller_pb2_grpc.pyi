@@ -49,6 +49,8 @@ class ControllerServiceStub:
     PauseJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]
     ResumeJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]
     RetryJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]
+    DeleteJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]
+    """an ended job and its history; its registered models stay"""
     ResubmitJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ResubmitJobRequest, _controller_pb2.Job]
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetMetricsRequest, _controller_pb2.GetMetricsResponse]
     GetLogs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetLogsRequest, _controller_pb2.GetLogsResponse]
@@ -100,6 +102,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     PauseJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]  # type: ignore[assignment]
     ResumeJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]  # type: ignore[assignment]
     RetryJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]  # type: ignore[assignment]
+    DeleteJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]  # type: ignore[assignment]
+    """an ended job and its history; its registered models stay"""
     ResubmitJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.ResubmitJobRequest, _controller_pb2.Job]  # type: ignore[assignment]
     GetMetrics: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetMetricsRequest, _controller_pb2.GetMetricsResponse]  # type: ignore[assignment]
     GetLogs: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetLogsRequest, _controller_pb2.GetLogsResponse]  # type: ignore[assignment]
@@ -208,6 +212,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.JobRef,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.Job, _abc.Awaitable[_controller_pb2.Job]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteJob(
+        self,
+        request: _controller_pb2.JobRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Job, _abc.Awaitable[_controller_pb2.Job]]:
+        """an ended job and its history; its registered models stay"""
 
     @_abc_1.abstractmethod
     def ResubmitJob(

@@ -1,5 +1,5 @@
-"""The jobs: `submit`, `jobs`, `status`, `cancel`, `pause`, `resume`, `retry`, `resubmit`, `watch`, `trials`,
-`metrics` and `logs`.
+"""The jobs: `submit`, `jobs`, `status`, `cancel`, `pause`, `resume`, `retry`, `rm`, `resubmit`, `watch`,
+`trials`, `metrics` and `logs`.
 
 A project job (`submit --project [DIR] ... -- COMMAND [ARGS...]`, or `project:` / `command:` in a job file) is
 snapshotted and uploaded by the SDK's `submit_project`: only the files the controller lacks travel. Everything
@@ -37,7 +37,7 @@ from tensorfleet_desktop.cli.output import (
     print_table,
     when,
 )
-from tensorfleet_desktop.client import TERMINAL, Client, TensorFleetError, trial_rows
+from tensorfleet_desktop.client import TERMINAL, Client, InvalidRequest, NotFound, TensorFleetError, trial_rows
 from tensorfleet_desktop.display import printable
 from tensorfleet_desktop.project import DEFAULT_MAX_BYTES
 
@@ -236,6 +236,16 @@ def add_parsers(sub: Any) -> None:
         s.set_defaults(call=handler)
         s.add_argument("job")
         add_format_flags(s)
+    s = sub.add_parser(
+        "rm",
+        help="delete ended jobs with their history (a running job is refused: cancel it first)",
+        description="Delete ended jobs: each job's record, events, metrics and logs. The model versions they "
+        "registered stay; their other files are freed by the next `tensorfleet gc`. A job that has not ended is "
+        "refused; the others are still deleted. --json prints the deleted jobs as a list.",
+    )
+    s.set_defaults(call=remove)
+    s.add_argument("jobs", nargs="+", metavar="JOB", help="job id or unique prefix")
+    add_format_flags(s)
     s = sub.add_parser("resubmit", help="submit a copy of a job, with changed hyperparameters")
     s.set_defaults(call=resubmit)
     s.add_argument("job")
@@ -686,6 +696,24 @@ def _job_action(method: str, verb: str) -> Any:
         return exit_codes.OK
 
     return handler
+
+
+def remove(client: Client, args: argparse.Namespace) -> int:
+    """Every job it can; each refusal is said as it comes (USAGE at the end), anything else stops it."""
+    deleted, refused = [], False
+    for ref in dict.fromkeys(args.jobs):
+        try:
+            job = client.delete_job(ref)
+        except (InvalidRequest, NotFound) as exc:
+            print(f"tensorfleet: refused: {exc}", file=sys.stderr)  # as the CLI says any refusal
+            refused = True
+            continue
+        deleted.append(summary(job))
+        if not args.json:
+            out.print(f"deleted {job['id']} ({escape(str(job['name']))}, {job['state']})")
+    if args.json:
+        print_json(deleted)
+    return exit_codes.USAGE if refused else exit_codes.OK
 
 
 def resubmit(client: Client, args: argparse.Namespace) -> int:

@@ -146,6 +146,11 @@ class AsyncClient:
     async def retry(self, job_id: str) -> dict[str, Any]:
         return await self._call("RetryJob", cpb.JobRef(job_id=job_id), wire.job_from_pb)
 
+    async def delete_job(self, job_id: str) -> dict[str, Any]:
+        """Delete an ended job and its history (a running one is refused: cancel it first); its registered
+        models stay. The job as it was."""
+        return await self._call("DeleteJob", cpb.JobRef(job_id=job_id), wire.job_from_pb)
+
     async def resubmit(self, job_id: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         request = cpb.ResubmitJobRequest(job_id=job_id, params_json=json.dumps(params or {}))
         return await self._call("ResubmitJob", request, wire.job_from_pb)
@@ -173,9 +178,10 @@ class AsyncClient:
     def watch_jobs(
         self, job_ids: Sequence[str] = (), limit: int = 0, resume_token: str = ""
     ) -> AsyncIterator[dict[str, Any]]:
-        """Job changes: {"snapshot", "jobs", "resume_token"} (see JobsChange in controller.proto). First the
-        matching jobs (snapshot True), then the jobs that changed, as they are now. Pass the last resume_token
-        to a new call after a disconnect to get what changed meanwhile. It never ends on its own."""
+        """Job changes: {"snapshot", "jobs", "removed_job_ids", "resume_token"} (see JobsChange in
+        controller.proto). First the matching jobs (snapshot True), then the jobs that changed, as they are now,
+        and the ids of those deleted. Pass the last resume_token to a new call after a disconnect to get what
+        changed meanwhile. It never ends on its own."""
         request = cpb.WatchJobsRequest(job_ids=list(job_ids), limit=limit, resume_token=resume_token)
         return self._stream("WatchJobs", request, wire.jobs_change_from_pb)
 

@@ -166,6 +166,7 @@ class Client:
     pause = _blocking(AsyncClient.pause)
     resume = _blocking(AsyncClient.resume)
     retry = _blocking(AsyncClient.retry)
+    delete_job = _blocking(AsyncClient.delete_job)
     resubmit = _blocking(AsyncClient.resubmit)
     metrics = _blocking(AsyncClient.metrics)
     logs = _blocking(AsyncClient.logs)

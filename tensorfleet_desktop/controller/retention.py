@@ -5,8 +5,9 @@ succeeded (a retry or resume needs its checkpoints and shards), reports, torch c
 outputs, the model files of jobs that registered none (cross-validation folds), and the snapshot of every
 project job still kept (its manifest and each file it lists: a retry, a resubmit or a re-placement sends them
 again; `project_manifests` names them, the controller reads the files from each manifest). So the file of a
-deleted model version, the checkpoints of a finished job and a deleted dataset become garbage, and so do the
-unfinished files (`*.part`) a transfer left behind when its process was killed.
+deleted model version, the checkpoints of a finished job, every file of a deleted job (`tensorfleet rm`: only the
+jobs still kept are looked at) and a deleted dataset become garbage, and so do the unfinished files (`*.part`) a
+transfer left behind when its process was killed.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from tensorfleet_desktop import wire
 from tensorfleet_desktop.controller import operations
 from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
-from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, NotFoundError
+from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 from tensorfleet_desktop.controller.job_feed import JobFeed
 from tensorfleet_desktop.controller.model import Job
@@ -181,24 +181,27 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
                 jobs = jobs[: request.limit] if request.limit else jobs
                 yield cpb.JobsChange(snapshot=True, jobs=[self._job(j) for j in jobs], resume_token=feed.token())
             else:
-                yield cpb.JobsChange(jobs=self._jobs_now(missed, only), resume_token=feed.token())
+                yield self._jobs_now(missed, only, feed.token())
             while True:
                 await watcher.wake.wait()
                 await asyncio.sleep(COALESCE_SECONDS)  # a burst of changes (metric points) goes out once
-                changed = self._jobs_now(watcher.take(), only)
-                if changed:
-                    yield cpb.JobsChange(jobs=changed, resume_token=feed.token())
+                change = self._jobs_now(watcher.take(), only, feed.token())
+                if change.jobs or change.removed_job_ids:
+                    yield change
 
-    def _jobs_now(self, job_ids: set[str], only: set[str]) -> list[cpb.Job]:
+    def _jobs_now(self, job_ids: set[str], only: set[str], token: str) -> cpb.JobsChange:
+        """The changed jobs as they are now; those no longer known were deleted since (DeleteJob)."""
         jobs: list[Job] = []
+        removed: list[str] = []
         for job_id in job_ids:
             if only and job_id not in only:
                 continue
             try:
-                jobs.append(self.c.get(job_id))
-            except NotFoundError:
-                continue  # removed since (retention)
-        return [self._job(j) for j in sorted(jobs, key=lambda j: j.created_at, reverse=True)]
+                jobs.append(self.c.jobs[job_id])
+            except KeyError:
+                removed.append(job_id)
+        ordered = sorted(jobs, key=lambda j: j.created_at, reverse=True)
+        return cpb.JobsChange(jobs=[self._job(j) for j in ordered], removed_job_ids=sorted(removed), resume_token=token)
 
     @_unary
     async def CancelJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
@@ -215,6 +218,10 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     @_unary
     async def RetryJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
         return self._job(self.c.retry(request.job_id))
+
+    @_unary
+    async def DeleteJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
+        return self._job(await self.c.delete_job(request.job_id))
 
     @_unary
     async def ResubmitJob(self, request: cpb.ResubmitJobRequest, context: Any) -> cpb.Job:

@@ -275,7 +275,7 @@ class Bridge(QObject):
 
     async def _follow_jobs(self, client: AsyncClient) -> None:
         """The job list, kept by WatchJobs: a snapshot, then each change (a job that ended is always sent in its
-        final state, so a fast job's end is never missed)."""
+        final state, so a fast job's end is never missed; a deleted job's id comes in removed_job_ids)."""
         async for change in client.watch_jobs(limit=JOB_LIST_LIMIT, resume_token=self._jobs_token):
             self._jobs_token = change["resume_token"]
             if change["snapshot"]:
@@ -285,6 +285,8 @@ class Bridge(QObject):
             else:
                 finished = [j for j in change["jobs"] if _ended(self._jobs.get(j["id"]), j, first_seen=True)]
                 self._jobs.update((job["id"], job) for job in change["jobs"])
+                for job_id in change["removed_job_ids"]:  # deleted (`tensorfleet rm`): its row goes
+                    self._jobs.pop(job_id, None)
             for job in finished:
                 self.job_finished.emit(job)
             jobs = sorted(self._jobs.values(), key=lambda j: j["created_at"], reverse=True)[:JOB_LIST_LIMIT]
