@@ -18,6 +18,7 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.validation import check_id
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.datasets import DatasetError
+from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 from tensorfleet_desktop.controller.model import JobEventRecord
 from tensorfleet_desktop.controller.registry import model_config
 
@@ -55,6 +56,14 @@ async def receive_dataset(
         raise ValidationError("file", str(exc)) from None
     finally:
         await asyncio.to_thread(tmp.unlink, missing_ok=True)
+
+
+async def remove_agent(c: Controller, fleet: Fleet, ref: str) -> AgentRecord:
+    """Forget an agent (by name, id, id prefix or address): no longer supervised, its pin and its stored record
+    gone. An agent still advertised on the LAN may be found again over mDNS."""
+    record = await fleet.remove(ref)
+    c.store.delete_agent(record.node_id)
+    return record
 
 
 @dataclass(frozen=True)

@@ -277,9 +277,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_unary
     async def RemoveAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
-        record = await self.fleet.remove(request.agent)
-        self.c.store.delete_agent(record.node_id)
-        return wire.agent_to_pb(record)
+        return wire.agent_to_pb(await operations.remove_agent(self.c, self.fleet, request.agent))
 
     @_unary
     async def DrainAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
