@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from tensorfleet_desktop.controller.failures import Kind, classify
 
@@ -126,6 +127,16 @@ def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers on this request's path."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install(app: FastAPI) -> None:
     """Every error the app can raise, as a problem document: the core's (by kind), FastAPI's request validation
     (422 naming each field; 400 for a body that is not JSON at all) and Starlette's own (404 route, 405)."""
@@ -147,7 +158,10 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404 and "endpoint" not in request.scope:  # no route has this path
             detail = f"no route {request.url.path} (the API is under /api/v1; its routes: /api/v1/docs)"
         elif exc.status_code == 405 and detail == "Method Not Allowed":
-            allowed = headers.get("Allow") or headers.get("allow") or "?"
+            # Starlette's Allow names the methods of the first route with this path only (GET and POST /jobs are
+            # two routes): ask every route about every method instead
+            allowed = ", ".join(_allowed_methods(request)) or headers.get("allow", "")
+            headers = {key: value for key, value in headers.items() if key.lower() != "allow"} | {"Allow": allowed}
             detail = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
         return problem(exc.status_code, detail, request, headers=headers)
 
