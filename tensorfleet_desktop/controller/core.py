@@ -203,6 +203,8 @@ class Controller:
         job = self.get(job_id)
         if not job.state.terminal:
             raise JobError(f"job {job.id} is {job.state.value}; cancel it first (tensorfleet cancel {job.id})")
+        if job.id in self.machine.registering:  # cancelled while its model is saved: that ends in a moment
+            raise JobError(f"job {job.id} is still saving its model; try again in a moment")
         attempts = {a for t in job.tasks for a in (t.agent_task_id, *t.stale_attempts) if a}
         for task in list(self.background.tasks):  # a cancelled attempt followed for its outputs (Attempts._drain)
             if task.get_name().removeprefix("drain-") in attempts:

@@ -84,6 +84,10 @@ async def test_a_watcher_of_a_deleted_job_ends(tmp_path: Path) -> None:
         first = await anext(watch)  # subscribed, replaying
         assert first.kind == "job_state"
         controller.cancel(job.id)
+        controller.machine.registering.add(job.id)  # cancelled while its model was being saved
+        with pytest.raises(JobError, match="still saving its model"):
+            await controller.delete_job(job.id)
+        controller.machine.registering.discard(job.id)
         await controller.delete_job(job.id)
         rest = [e.kind async for e in watch]  # what was recorded before the deletion, then the end
         assert rest and rest[-1] == "job_state"
