@@ -11,16 +11,18 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tensorfleet_agent.core.digest import file_digest
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.validation import check_id
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.datasets import DatasetError
-from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 from tensorfleet_desktop.controller.model import JobEventRecord
 from tensorfleet_desktop.controller.registry import model_config
+
+if TYPE_CHECKING:  # the fleet speaks gRPC: the core imports it for type checks only
+    from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 
 MAX_DATASET_BYTES = 8 << 30
 
