@@ -53,6 +53,10 @@ _TABLE: tuple[tuple[type[Exception], Kind], ...] = (
 )
 
 
+#: The error classes the table names (a face may register a handler per class).
+CLASSIFIED: tuple[type[Exception], ...] = tuple(kind for kind, _ in _TABLE)
+
+
 def set_data_dir(data_dir: Path | None) -> None:
     """The data dir disk-full refusals name (one controller per process)."""
     _DATA_DIR[0] = data_dir

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Match
 
-from tensorfleet_desktop.controller.failures import Kind, classify
+from tensorfleet_desktop.controller.failures import CLASSIFIED, Kind, classify
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,14 @@ def install(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
         return problem(exc.status_code, detail, request, headers=headers)
 
-    @app.exception_handler(Exception)
     async def core_error(request: Request, exc: Exception) -> JSONResponse:
         failure = classify(exc)  # logs an internal error with its traceback
         field = failure.field.removeprefix("header.")
         return problem(STATUS[failure.kind], failure.message, request, kind=failure.kind.value, field=field)
+
+    # The core's errors by class: Starlette answers those in its exception middleware and keeps the connection.
+    # A handler for Exception alone would run in ServerErrorMiddleware, which re-raises after answering: every 404
+    # or 409 would log a traceback and close a keep-alive connection under the client's next request.
+    for kind in (*CLASSIFIED, OSError):  # OSError: a full disk (anything else is classified internal)
+        app.add_exception_handler(kind, core_error)
+    app.add_exception_handler(Exception, core_error)  # the rest: a 500 problem, logged with its traceback
