@@ -56,6 +56,7 @@ class BlobDamaged(Exception):
 
 
 Records = list[dict[str, Any]]
+MAX_VERSION = 2**63 - 1  # what both stores can hold
 MISSING, DAMAGED = "MISSING", "DAMAGED"  # a version's blob status; "" when its file is there and hashes right
 
 
@@ -68,8 +69,8 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
             raise RegistryError("ref", f"{ref!r}: an alias is letters, digits, '.', '_' or '-', starting with a letter")
     elif ":" in ref:
         name, number = ref.rsplit(":", 1)
-        if not number.isdigit() or int(number) < 1:
-            raise RegistryError("ref", f"{ref!r}: the version after ':' must be a positive integer")
+        if not (number.isascii() and number.isdigit() and len(number) <= 19 and 1 <= int(number) <= MAX_VERSION):
+            raise RegistryError("ref", f"{ref[:120]!r}: the version after ':' must be a positive integer (< 2**63)")
         version = int(number)
     if not NAME.match(name):
         raise RegistryError("ref", f"{ref!r} is not NAME, NAME:VERSION or NAME@ALIAS")

@@ -18,7 +18,7 @@ from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
 from tensorfleet_desktop.controller.http.files import download_responses, file_response
 from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
-from tensorfleet_desktop.controller.registry import NAME, ModelNotFound, check_alias, model_config
+from tensorfleet_desktop.controller.registry import MAX_VERSION, NAME, ModelNotFound, check_alias, model_config
 
 router = APIRouter(tags=["models"])
 
@@ -97,7 +97,7 @@ class ModelStats(BaseModel):
 
 
 class AliasIn(BaseModel):
-    version: int = Field(ge=1, description="the version NAME@ALIAS is to point at")
+    version: int = Field(ge=1, le=MAX_VERSION, description="the version NAME@ALIAS is to point at")
 
 
 class TagIn(BaseModel):
