@@ -32,6 +32,7 @@ FIELDS = (
 )  # fmt: skip
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_WORKERS = 256
+MAX_SPEC_JSON = 1 << 20  # a job spec as JSON, over gRPC or HTTP
 MAX_FILE_BYTES = 1 << 20
 MAX_SCRIPT_BYTES = 512 * 1024
 _SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}\.py$")

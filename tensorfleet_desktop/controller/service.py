@@ -29,12 +29,12 @@ from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 from tensorfleet_desktop.controller.job_feed import JobFeed
+from tensorfleet_desktop.controller.jobspec import MAX_SPEC_JSON
 from tensorfleet_desktop.controller.model import Job
 from tensorfleet_desktop.controller.rpc_errors import set_data_dir, status_of
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
-MAX_SPEC_JSON = 1 << 20
 COALESCE_SECONDS = 0.05  # WatchJob(s): how long a live change waits for others to go out with it
 
 

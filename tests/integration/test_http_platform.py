@@ -208,6 +208,20 @@ def spki_pin(der: bytes) -> str:
     return "sha256//" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
+def test_a_json_body_past_the_limit_is_413_whether_announced_or_chunked(api: HttpApi) -> None:
+    """FastAPI reads a JSON body whole: past 1 MiB the controller refuses it (declared length: before reading a
+    byte; chunked: as soon as it grows past), and keeps serving."""
+    from tensorfleet_desktop.controller.http.limits import MAX_BODY
+
+    huge = b'{"description": "' + b"x" * (MAX_BODY + 10) + b'"}'
+    body = assert_problem(api.request("PATCH", "models/no-such-model", data=huge), 413)
+    assert str(MAX_BODY) in body["detail"] and body["field"] == "body"
+    chunks = iter([huge[: MAX_BODY // 2], huge[MAX_BODY // 2 :]])  # a generator body goes out chunked
+    assert_problem(api.request("PATCH", "models/no-such-model", data=chunks), 413)
+    # a small body still reaches the route (404: there is no such model)
+    assert_problem(api.request("PATCH", "models/no-such-model", json={"description": "ok"}), 404)
+
+
 def test_https_with_the_controller_certificate_admits_only_a_client_pinned_to_it(tmp_path: Path) -> None:
     identity = load_or_create_identity(tmp_path / "identity", "controller")
     other = load_or_create_identity(tmp_path / "other", "controller")

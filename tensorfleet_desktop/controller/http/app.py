@@ -16,6 +16,7 @@ from tensorfleet_agent.core.version import AGENT_VERSION
 from tensorfleet_desktop.controller.http import agents, artifacts, datasets, events, jobs, models, problems
 from tensorfleet_desktop.controller.http.auth import TokenGate, require_token
 from tensorfleet_desktop.controller.http.context import HttpContext
+from tensorfleet_desktop.controller.http.limits import MAX_BODY, BodyLimit
 
 PREFIX = "/api/v1"
 OPENAPI_URL = f"{PREFIX}/openapi.json"
@@ -44,6 +45,12 @@ class Health(BaseModel):
     version: str
 
 
+def streams_itself(method: str, path: str) -> bool:
+    """Routes that bound their own bodies: dataset uploads stream to disk (operations.receive_dataset), job creation
+    reads its spec up to jobspec.MAX_SPEC_JSON and answers 413 itself."""
+    return (method == "PUT" and path.startswith(f"{PREFIX}/datasets/")) or (method, path) == ("POST", f"{PREFIX}/jobs")
+
+
 def create_app(ctx: HttpContext) -> FastAPI:
     app = FastAPI(
         title="TensorFleet controller",
@@ -55,7 +62,8 @@ def create_app(ctx: HttpContext) -> FastAPI:
         swagger_ui_oauth2_redirect_url=None,
     )
     app.state.context = ctx
-    app.add_middleware(TokenGate, ctx=ctx, is_open=is_open)
+    app.add_middleware(BodyLimit, limit=MAX_BODY, streams_itself=streams_itself)
+    app.add_middleware(TokenGate, ctx=ctx, is_open=is_open)  # added last, runs first: no body read before it
     problems.install(app)
     protected = [Depends(require_token)]
     unauthorized = problems.error_responses(401)

@@ -16,8 +16,8 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
 from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from tensorfleet_desktop.controller.jobspec import MAX_SPEC_JSON
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
-from tensorfleet_desktop.controller.service import MAX_SPEC_JSON
 from tensorfleet_desktop.demo import DEMO_JOBS
 
 router = APIRouter(tags=["jobs"])
