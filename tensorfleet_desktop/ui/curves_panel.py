@@ -124,6 +124,25 @@ class CurvesPanel(QWidget):
         for metric in touched:
             self._place(metric)
 
+    def needs_pane(self, chunks: list[SeriesChunk]) -> bool:
+        """Whether adding these chunks (one metric's) would make a new plot: the caller may get a pane ready
+        first (MetricGrid.prepare), a step per event-loop turn. A guess on the safe side: a pane made for a
+        metric that turns out to be a card stays spare for the next."""
+        metric = next((c.metric for c in chunks if len(c)), None)
+        if metric is None or metric in self.plot.plots or not self._metric_shown(metric):
+            return False
+        by_task: dict[int, list[np.ndarray]] = {}
+        for task, series in self.store.get(metric, {}).items():
+            by_task[task] = [series.x]
+        for chunk in chunks:
+            if len(chunk):
+                by_task.setdefault(chunk.task_index, []).append(chunk.step)
+        for steps in by_task.values():  # a curve: some task reported the metric at more than one step
+            first = steps[0][0]
+            if any(bool(np.any(x != first)) for x in steps):
+                return True
+        return False
+
     def epoch_of(self, task: int, steps: np.ndarray) -> np.ndarray | None:
         """The task's steps as epochs, from its own `epoch` series (or another task's: in a distributed job only
         rank 0 reports epochs)."""

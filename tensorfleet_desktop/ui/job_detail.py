@@ -9,6 +9,7 @@ the view is shown; the Sweep tab is filled once per job and then only while it i
 from __future__ import annotations
 
 import csv
+import gc
 import html
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
+    QTableView,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -48,6 +50,7 @@ from tensorfleet_desktop.ui.formatting import (
     workload,
 )
 from tensorfleet_desktop.ui.job_history import JobBatch, SeriesChunk, merge_chunks
+from tensorfleet_desktop.ui.plots import drawing as plots_drawing
 from tensorfleet_desktop.ui.project_panel import ProjectPanel
 from tensorfleet_desktop.ui.sweep_panel import SweepPanel, top_trials
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
@@ -55,6 +58,7 @@ from tensorfleet_desktop.ui.theme import error_color
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, add_row_menu, data_table, menu_action
 
+FEED_WAIT_MS = 4  # while the plots draw, the feeder looks again this much later
 LOADING_CAP_MS = 2000  # a running job's replay is held back at most this long after it is opened
 LOG_SEARCH_DELAY_MS = 200  # the log search runs this long after the last keystroke
 LOG_SHOWN = 20_000  # the log view keeps the newest lines that match; every line stays in log_lines
@@ -91,12 +95,26 @@ def _env_tooltip(task: dict[str, Any]) -> str:
 _HEADER_KEYS = ("state", "progress", "tasks", "started_at", "finished_at", "metrics", "error", "name")
 
 
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Keep the collector's full passes off what the app made at start (modules, classes, Qt and pyqtgraph's
+    objects: they live as long as the app). A full pass over them took 90 ms of the GUI thread when it fell
+    while a sweep opened; gc.freeze() leaves them out of every later pass. Once per process."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
+
+
 class JobDetailView(View):
     title = "Job detail"
     icon = "detail"
 
     def __init__(self, bridge: Bridge, notify: Notify) -> None:
         super().__init__(bridge, notify)
+        _freeze_startup_objects()
         self.job_id = ""
         self.job: dict[str, Any] | None = None
         self.known_jobs: list[dict[str, Any]] = []
@@ -106,6 +124,7 @@ class JobDetailView(View):
         self.loading = False  # replaying the job's history: its points are held back until it is all in
         self._held: list[SeriesChunk] = []
         self._feed: list[list[SeriesChunk]] = []  # chunks waiting for the curves, one metric per event-loop turn
+        self._head_needs_pane: bool | None = None  # whether _feed[0] makes a plot (None: not known yet)
         self.trial: int | None = None  # a sweep trial shown alone in the Curves tab (from the Sweep tab)
         self._sweep_shown_for = ""  # the job whose trials the Sweep tab has shown at least once
         self.log_lines: list[tuple[int, str, str]] = []
@@ -138,7 +157,7 @@ class JobDetailView(View):
         curves_layout.addWidget(self.curves, 1)
 
         # tasks
-        self.tasks_model = RowTableModel(
+        self._tasks_model = RowTableModel(
             [
                 Column("Task", lambda t: str(t["index"]), sort=lambda t: t["index"]),
                 Column("State", lambda t: t["state"], color=state_color),
@@ -160,11 +179,13 @@ class JobDetailView(View):
             ],
             key=lambda t: str(t["index"]),
         )
-        self.tasks_table, _ = data_table(self.tasks_model)
+        self._tasks_rows: list[dict[str, Any]] | None = None  # the shown job's tasks, for the table once shown
+        self._log_tasks: list[int] = []  # the shown job's task indexes, for the log filter once the Logs tab shows
+        self._tasks_table, _ = data_table(self._tasks_model)
         self._progress_delegate = ProgressDelegate()
-        self.tasks_table.setItemDelegateForColumn(4, self._progress_delegate)
-        self.tasks_table.setColumnWidth(6, 320)  # Environment: source · key prefix · cache hit / built in
-        add_row_menu(self.tasks_table, self.task_actions)
+        self._tasks_table.setItemDelegateForColumn(4, self._progress_delegate)
+        self._tasks_table.setColumnWidth(6, 320)  # Environment: source · key prefix · cache hit / built in
+        add_row_menu(self._tasks_table, self.task_actions)
 
         # logs
         self.logs = QPlainTextEdit()
@@ -231,7 +252,7 @@ class JobDetailView(View):
 
         self.tabs = QTabWidget()
         self.tabs.addTab(self.curves_tab, "Curves")
-        self.tabs.addTab(self.tasks_table, "Tasks")
+        self.tabs.addTab(self._tasks_table, "Tasks")
         self.tabs.addTab(logs, "Logs")
         self.tabs.addTab(self.artifacts_tab, "Artifacts")
         self.project_panel = ProjectPanel()
@@ -302,6 +323,7 @@ class JobDetailView(View):
         self._loading_cap.stop()
         self._log_typing.stop()
         self.loading, self._held, self._feed = False, [], []
+        self._head_needs_pane = None
         self._feeder.stop()
         self.metric_points = self.last_seq = 0
         self.trial, self._sweep_shown_for = None, ""
@@ -312,7 +334,8 @@ class JobDetailView(View):
         self.log_task.clear()
         self.log_task.addItem("all tasks", -1)
         self.log_task.blockSignals(False)
-        self.tasks_model.set_rows([])
+        self._tasks_rows, self._log_tasks = None, []
+        self._tasks_model.set_rows([])
         self.artifacts_model.set_rows([])
         self.sweep.clear()
 
@@ -345,12 +368,12 @@ class JobDetailView(View):
             self._loading_cap.stop()
         self._render_header()
         self._update_ticking()
-        self.tasks_model.set_rows(job["task_list"])
+        # The Tasks table and the log filter's task list are filled when their tab is shown (a 200-trial sweep's
+        # rows cost the GUI thread 20-40 ms, which opening the job does not wait for); `tasks_model` fills on use.
+        self._tasks_rows = job["task_list"]
+        self._log_tasks = [task["index"] for task in job["task_list"]]
+        self._fill_shown_tab()
         self.artifacts_model.set_rows(job["artifacts"])
-        if self.log_task.count() != len(job["task_list"]) + 1:
-            for task in job["task_list"]:
-                if self.log_task.findData(task["index"]) < 0:
-                    self.log_task.addItem(f"task {task['index']}", task["index"])
         project = job.get("project")
         self.tabs.setTabEnabled(self.tabs.indexOf(self.project_panel), bool(project))
         if project:
@@ -364,7 +387,36 @@ class JobDetailView(View):
         if self.trial is None:
             self._filter_trials(job)
 
+    @property
+    def tasks_model(self) -> RowTableModel:
+        """The Tasks table's model, filled with the shown job's tasks (they wait while the tab is not shown)."""
+        if self._tasks_rows is not None:
+            rows, self._tasks_rows = self._tasks_rows, None
+            self._tasks_model.set_rows(rows)
+        return self._tasks_model
+
+    @property
+    def tasks_table(self) -> QTableView:
+        """The Tasks table, its model filled."""
+        _ = self.tasks_model
+        return self._tasks_table
+
+    def _fill_log_tasks(self) -> None:
+        if self.log_task.count() == len(self._log_tasks) + 1:
+            return
+        have = {self.log_task.itemData(i) for i in range(self.log_task.count())}
+        for index in self._log_tasks:
+            if index not in have:
+                self.log_task.addItem(f"task {index}", index)
+
+    def _fill_shown_tab(self) -> None:
+        if self.tabs.currentWidget() is self._tasks_table:
+            _ = self.tasks_model
+        elif self.tabs.currentWidget() is self.logs_tab:
+            self._fill_log_tasks()
+
     def _tab_changed(self, _index: int) -> None:
+        self._fill_shown_tab()
         if self.tabs.currentWidget() is self.compare_panel:
             self.compare_panel.set_jobs(self.known_jobs)
         if self.tabs.currentWidget() is self.sweep and self.job is not None and self.job["spec"].get("sweep"):
@@ -482,17 +534,35 @@ class JobDetailView(View):
         (about 25 ms), and a sweep's three in one go froze the window for 150 ms."""
         self._feed.append(chunks)
         if not self._feeder.isActive():
-            self._feeder.start()
+            self._feeder.start(0)
 
     def _feed_one(self) -> None:
         if not self._feed:
             return
-        chunks = self._feed.pop(0)
+        if plots_drawing():  # one of the two per turn: the curves just fed are drawn before the next are fed
+            self._feeder.start(FEED_WAIT_MS)
+            return
+        chunks = self._feed[0]
+        if self._head_needs_pane is None:
+            self._head_needs_pane = self.curves.needs_pane(chunks)
+        # a new plot is made a step per turn first (35-70 ms in one go): the window stays live meanwhile
+        if self._head_needs_pane:
+            grid = self.curves.plot
+            if grid.prepare():
+                self._feeder.start(0)
+                return
+            metric = next(c.metric for c in chunks if len(c))
+            if metric not in grid.plots:  # placed in the grid a turn before its curves: each relays and repaints
+                grid.plot_for(metric)
+                self._feeder.start(0)
+                return
+        self._feed.pop(0)
+        self._head_needs_pane = None
         self.curves.multi_task = self.multi_task
         self.curves.add_chunks(chunks)
         self.metric_points += sum(len(c) for c in chunks)
         if self._feed:
-            self._feeder.start()
+            self._feeder.start(0)
 
     def _add_logs(self, lines: list[tuple[int, str, str]]) -> None:
         self.log_lines.extend(lines)
@@ -534,6 +604,7 @@ class JobDetailView(View):
 
     def show_task_logs(self, index: int) -> None:
         """The Logs tab, filtered to one task."""
+        self._fill_log_tasks()
         found = self.log_task.findData(index)
         if found < 0:
             self.log_task.addItem(f"task {index}", index)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pyqtgraph.exporters as pg_exporters
 import shiboken6
 from pyqtgraph.graphicsItems.ViewBox.ViewBoxMenu import ViewBoxMenu
 from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRect, QSize, Qt, QTimer
-from PySide6.QtGui import QPainter
+from PySide6.QtGui import QPainter, QPicture
 from PySide6.QtSvg import QSvgGenerator
 from PySide6.QtWidgets import QGridLayout, QVBoxLayout, QWidget
 from scipy.signal import lfilter  # type: ignore[import-untyped]
@@ -63,6 +63,7 @@ INTERNAL_METRICS = frozenset({"epoch", "param_checksum"})
 
 # Maps a task's steps to epochs (None: the job reports no epoch series).
 EpochMap = Callable[[int, np.ndarray], "np.ndarray | None"]
+Pane = tuple["MetricPlot", QWidget, Any]  # a MetricGrid's plot, the widget holding it and its PlotToolbar
 
 
 def is_internal(metric: str) -> bool:
@@ -133,7 +134,51 @@ def format_value(value: float) -> str:
     return compact(value) if math.isfinite(value) else "-"
 
 
-class ValueAxis(pg.AxisItem):  # type: ignore[misc]
+class _SameLabel:
+    """An axis that leaves its label's HTML alone when it has not changed: pyqtgraph re-sets it (a QTextDocument
+    layout) on every range change, on all four axes of a plot, hidden ones too: 34 times while a plot is made."""
+
+    label: Any
+    picture: Any
+    style: dict[str, Any]
+    _label_html: str | None = None
+
+    def prepare_picture(self) -> None:
+        """What AxisItem.paint draws, made now (MetricPlot._settle_range): the tick labels' sizes resize the axis,
+        and a resize found while painting means another paint."""
+        if self.picture is not None or not self.isVisible():  # type: ignore[attr-defined]
+            return
+        picture = QPicture()
+        painter = QPainter(picture)
+        try:
+            if self.style["tickFont"]:
+                painter.setFont(self.style["tickFont"])
+            specs = self.generateDrawSpecs(painter)  # type: ignore[attr-defined]
+            if specs is not None:
+                self.drawPicture(painter, *specs)  # type: ignore[attr-defined]
+        finally:
+            painter.end()
+        self.picture = picture
+
+    def _updateLabel(self) -> None:
+        text = self.labelString()  # type: ignore[attr-defined]
+        if text != self._label_html:
+            self._label_html = text
+            self.label.setHtml(text)
+        self._adjustSize()  # type: ignore[attr-defined]
+        self.picture = None
+        self.update()  # type: ignore[attr-defined]
+
+
+class Axis(_SameLabel, pg.AxisItem):  # type: ignore[misc]
+    pass
+
+
+class DateAxis(_SameLabel, pg.DateAxisItem):  # type: ignore[misc]
+    pass
+
+
+class ValueAxis(Axis):
     """A y axis whose log mode labels only 1, 2 and 5 times a power of ten: under a few decades pyqtgraph puts a
     tick at every 1..9 and labels each (0.02 0.03 0.04 ... in a pile)."""
 
@@ -241,14 +286,38 @@ class Series:
         self.dirty = True
 
 
+def plot_axes() -> dict[str, pg.AxisItem]:
+    return {
+        "left": ValueAxis(orientation="left"),
+        "bottom": Axis(orientation="bottom"),
+        "top": Axis(orientation="top"),
+        "right": Axis(orientation="right"),
+    }
+
+
+def new_plot_item(axes: dict[str, pg.AxisItem] | None = None) -> pg.PlotItem:
+    item = pg.PlotItem(viewBox=LazyMenuView(), axisItems=axes or plot_axes())
+    for side in ("top", "right"):  # PlotItem shows every axis it is given
+        item.hideAxis(side)
+    return item
+
+
 class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
     """Curves keyed by a label ("test_accuracy", "task 1"); `points` counts every point held.
 
     View options (PlotToolbar sets them): `smoothing` (EMA weight, 0 = off), `log_y`, `x_mode`. Hovering shows a
     vertical line and each drawn series' value at the nearest x (`hover_text`)."""
 
-    def __init__(self, parent: QWidget | None = None, x_label: str = "step", symbols: bool = False) -> None:
-        super().__init__(parent, viewBox=LazyMenuView(), axisItems={"left": ValueAxis(orientation="left")})
+    def __init__(
+        self,
+        parent: QWidget | None = None,
+        x_label: str = "step",
+        symbols: bool = False,
+        plot_item: pg.PlotItem | None = None,
+    ) -> None:
+        """`plot_item`: one made beforehand by `new_plot_item` (MetricGrid makes a plot over several event-loop
+        turns)."""
+        super().__init__(parent, plotItem=plot_item or new_plot_item())
         self.series: dict[str, Series] = {}
         self.symbols = symbols
         self.smoothing = 0.0
@@ -257,22 +326,16 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self.epoch_map: EpochMap | None = None
         self.x_label = x_label
         self.hover_text = ""
-        self._holding = False  # a budgeted flush: the curves it makes stay hidden until it is done
-        self._held: list[pg.PlotDataItem] = []
+        self._holding = False  # a budgeted flush (over several turns): the plot is not repainted until it is done
+        self._legend_stale = False  # entries were added without relaying the legend out (see _legend_add)
+        self._settled = False  # a budgeted flush has drawn every curve and set the view range: repaint next
+        self._orphans: list[pg.PlotDataItem] = []  # items of series let go of (`detach`), removed by `clear_all`
         light_grid(self.plotItem)
         self.plotItem.setLabel("bottom", x_label)
         self.legend = self.plotItem.addLegend(offset=(10, 10), labelTextSize="8pt", verSpacing=-6)
-        foreground = pg.getConfigOption("foreground")
-        self._colors = (foreground, pg.getConfigOption("background"))
-        self.crosshair = pg.InfiniteLine(
-            angle=90, movable=False, pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DashLine)
-        )
-        fill = pg.mkBrush(translucent(pg.getConfigOption("background"), 200))
-        self.readout = pg.TextItem(color=foreground, fill=fill, anchor=(0, 0))
-        for item in (self.crosshair, self.readout):
-            item.setZValue(100)
-            item.hide()
-            self.plotItem.addItem(item, ignoreBounds=True)
+        self._colors = (pg.getConfigOption("foreground"), pg.getConfigOption("background"))
+        self._crosshair: pg.InfiniteLine | None = None  # the hover line and read-out, made on the first hover
+        self._readout: pg.TextItem | None = None
         self.hover_proxy = pg.SignalProxy(self.scene().sigMouseMoved, rateLimit=30, slot=self.mouse_moved)
         self._timer = QTimer(self)
         self._timer.setInterval(1000 // REDRAW_HZ)
@@ -282,6 +345,32 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
     @property
     def points(self) -> int:
         return sum(s.n for s in self.series.values())
+
+    @property
+    def crosshair(self) -> pg.InfiniteLine:
+        if self._crosshair is None:
+            self._make_hover_items()
+        assert self._crosshair is not None
+        return self._crosshair
+
+    @property
+    def readout(self) -> pg.TextItem:
+        if self._readout is None:
+            self._make_hover_items()
+        assert self._readout is not None
+        return self._readout
+
+    def _make_hover_items(self) -> None:
+        foreground, background = self._colors = (pg.getConfigOption("foreground"), pg.getConfigOption("background"))
+        self._crosshair = pg.InfiniteLine(
+            angle=90, movable=False, pen=pg.mkPen(foreground, width=1, style=Qt.PenStyle.DashLine)
+        )
+        fill = pg.mkBrush(translucent(background, 200))
+        self._readout = pg.TextItem(color=foreground, fill=fill, anchor=(0, 0))
+        for item in (self._crosshair, self._readout):
+            item.setZValue(100)
+            item.hide()
+            self.plotItem.addItem(item, ignoreBounds=True)
 
     def _series(self, label: str) -> Series:
         series = self.series.get(label)
@@ -310,6 +399,20 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         self._drop_items(series)
         series.name, series.color, series.visible = name, color, visible
         series.dirty = True
+
+    def _legend_add(self, curve: pg.PlotDataItem, name: str) -> None:
+        """A legend entry; in a budgeted flush, without the relayout the legend does after each entry added (it is
+        relaid once, when the flush is done)."""
+        legend = self.legend
+        if not self._holding:
+            legend.addItem(curve, name)
+            return
+        size, legend.size = legend.size, (0, 0)  # LegendItem.updateSize does nothing while it has a fixed size
+        try:
+            legend.addItem(curve, name)
+        finally:
+            legend.size = size
+        self._legend_stale = True
 
     def _drop_items(self, series: Series) -> None:
         for item in (series.curve, series.raw):
@@ -347,7 +450,7 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
         if mode not in X_LABELS:
             raise ValueError(f"unknown x axis mode {mode!r}")
         if (mode == WALL) != (self.x_mode == WALL):
-            axis = pg.DateAxisItem(orientation="bottom") if mode == WALL else pg.AxisItem(orientation="bottom")
+            axis = DateAxis(orientation="bottom") if mode == WALL else Axis(orientation="bottom")
             self.plotItem.setAxisItems({"bottom": axis})
             light_grid(self.plotItem)
         self.x_mode = mode
@@ -400,13 +503,52 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
                     break
                 self._draw(series)
                 drew = True
-        if done:  # curves made over several turns appear together: each turn would repaint those drawn so far
-            held, self._held = self._held, []
-            for item in held:
-                item.show()
-        if drew or done:  # the view range follows now, not in the paint: a range changed while painting repaints
-            self.scene().prepareForPaint()
-        return done
+        if drew:
+            self._settled = False
+        if done and drew and self._holding and time.perf_counter() > deadline:
+            done = False  # out of time: the rest next turn
+        if not done:
+            # curves made over several turns appear together: each turn would repaint the plot (axes, grid, the
+            # curves so far, legend: 5-15 ms) for a picture about to change again; it is repainted once, when done
+            if self.updatesEnabled():
+                self.setUpdatesEnabled(False)
+            return False
+        if self._holding and not self.updatesEnabled() and not self._settled:
+            # every curve is in: the view range and the legend now, the repaint a turn later (together they
+            # were one 20 ms stall)
+            self._finish()
+            self._settled = True
+            return False
+        if not self._settled and (drew or not self.updatesEnabled()):
+            self._finish()
+        self._settled = False
+        if not self.updatesEnabled():
+            self.setUpdatesEnabled(True)
+        return True
+
+    def _finish(self) -> None:
+        if self._legend_stale:
+            self._legend_stale = False
+            self.legend.updateSize()
+        self._settle_range()
+
+    def _settle_range(self) -> None:
+        """Let the auto range follow the curves now, not in the paint: a range changed while painting repaints.
+        A clipped (big) curve's bounds follow the view range, which follows its bounds: a few rounds here are
+        one paint, not one per round (a 100k-point curve repainted 5 times, 7-14 ms each)."""
+        view, item = self.plotItem.vb, self.plotItem
+        axes = [item.getAxis(side) for side in ("left", "bottom")]
+        for _ in range(4):
+            for _ in range(8):
+                self.scene().prepareForPaint()
+                if not getattr(view, "_autoRangeNeedsUpdate", False):
+                    break
+            for axis in axes:
+                if isinstance(axis, _SameLabel):
+                    axis.prepare_picture()
+            item.layout.activate()  # an axis its labels widened is resized now, not at the next paint
+            if not getattr(view, "_autoRangeNeedsUpdate", False) and all(a.picture is not None for a in axes):
+                break
 
     def _draw(self, series: Series) -> None:
         x = self.x_data(series)
@@ -418,11 +560,8 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             if self.symbols:
                 kwargs.update(symbol="o", symbolSize=5, symbolBrush=color, symbolPen=None)
             series.curve = self.plotItem.plot([], [], **kwargs)
-            if self._holding:
-                series.curve.hide()
-                self._held.append(series.curve)
             if len(self.legend.items) < LEGEND_MAX:  # relaying out a legend costs O(entries) per entry added
-                self.legend.addItem(series.curve, series.name)
+                self._legend_add(series.curve, series.name)
                 series.in_legend = True
         if self.smoothing > 0:
             if series.raw is None:
@@ -510,8 +649,9 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
 
     def hide_hover(self) -> None:
         self.hover_text = ""
-        self.crosshair.hide()
-        self.readout.hide()
+        for item in (self._crosshair, self._readout):
+            if item is not None:
+                item.hide()
 
     def leaveEvent(self, event: QEvent) -> None:
         self.hide_hover()
@@ -552,13 +692,32 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
             raise OSError(f"cannot write {path}: nothing was written (disk full, or a format Qt cannot write?)")
         return path
 
-    def clear_all(self) -> None:
+    def detach(self) -> None:
+        """Let go of every series at once (their buffers are someone else's: a later plot may adopt them); their
+        items stay in this plot, hidden with it, until `clear_all`."""
         for series in self.series.values():
+            self._orphans.extend(item for item in (series.curve, series.raw) if item is not None)
+            series.curve = series.raw = None
+            series.in_legend = False
+            series.dirty = True
+        self.series = {}
+        self._legend_stale = False
+        self._settled = False
+
+    def clear_all(self) -> None:
+        self.legend.clear()  # at once: removing entries one by one relays the legend out after each
+        for series in self.series.values():
+            series.in_legend = False
             self._drop_items(series)
+        for item in self._orphans:
+            self.plotItem.removeItem(item)
+        self._orphans = []
         self.series.clear()
-        self.legend.clear()
         self.hide_hover()
-        self._held = []
+        self._legend_stale = False
+        self._settled = False
+        if not self.updatesEnabled():
+            self.setUpdatesEnabled(True)
 
 
 class _Redrawer(QObject):
@@ -600,6 +759,11 @@ def _redrawer() -> _Redrawer:
     return _redrawers[0]
 
 
+def drawing() -> bool:
+    """Whether the periodic redraw has curves left to draw (over the next turns of the event loop)."""
+    return bool(_redrawers and _redrawers[0].queue)
+
+
 def nearest(xs: np.ndarray, x: float, is_sorted: bool) -> int:
     """Index of the point of xs nearest to x (-1 if none is finite)."""
     if len(xs) == 0:
@@ -634,16 +798,31 @@ class MetricGrid(QWidget):
         # a metric's toolbar settings (smoothing, log y, x axis), kept for its plot in the next job opened
         self.remembered: dict[str, tuple[float, bool, str]] = {}
         self.spare: list[tuple[MetricPlot, QWidget, Any]] = []  # emptied panes (plot, pane, toolbar) to reuse
+        self.used: list[tuple[MetricPlot, QWidget, Any]] = []  # removed panes not emptied yet (see `prepare`)
+        self._making: Iterator[Pane | None] | None = None  # a pane being made a step at a time (see `prepare`)
 
     @property
     def points(self) -> int:
         return sum(p.points for p in self.plots.values())
 
-    def _new_pane(self) -> tuple[MetricPlot, QWidget, Any]:
+    def _new_pane(self) -> Pane:
+        for pane in self._pane_steps():
+            if pane is not None:
+                return pane
+        raise AssertionError("unreachable")
+
+    def _pane_steps(self) -> Iterator[Pane | None]:
+        """A new pane in steps of a few milliseconds each (a whole one costs 35-70 ms of the GUI thread): None
+        after each step but the last, which yields the pane."""
         from tensorfleet_desktop.ui.plot_toolbar import PlotToolbar  # it imports this module
 
-        plot = MetricPlot()
+        axes = plot_axes()
+        yield None
+        item = new_plot_item(axes)
+        yield None
+        plot = MetricPlot(plot_item=item)
         plot.setMinimumHeight(180)
+        yield None
         pane = QWidget()
         layout = QVBoxLayout(pane)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -651,14 +830,48 @@ class MetricGrid(QWidget):
         toolbar = PlotToolbar(plot)
         layout.addWidget(toolbar)
         layout.addWidget(plot, 1)
-        return plot, pane, toolbar
+        yield plot, pane, toolbar
+
+    def prepare(self, wanted: int = 1) -> bool:
+        """One step towards `wanted` panes ready in `spare`, for the caller to spread over event-loop turns before
+        `plot_for` needs them (job_detail feeds a metric's history once its pane is ready): empties one removed
+        pane, or takes a new one a step further. False when there are enough (nothing was done)."""
+        if len(self.spare) >= wanted:
+            return False
+        if self.used:
+            self._empty(*self.used.pop())
+            return True
+        if self._making is None:
+            self._making = self._pane_steps()
+        made = next(self._making)
+        if made is not None:
+            self._making = None
+            self.spare.append(made)
+        return True
+
+    def _empty(self, plot: MetricPlot, pane: QWidget, toolbar: Any) -> None:
+        plot.clear_all()
+        self.spare.append((plot, pane, toolbar))
+
+    def _take_pane(self) -> Pane:
+        if self.spare:
+            return self.spare.pop()
+        if self.used:
+            self._empty(*self.used.pop())
+            return self.spare.pop()
+        if self._making is not None:  # finish the pane begun
+            for made in self._making:
+                if made is not None:
+                    self._making = None
+                    return made
+        return self._new_pane()
 
     def plot_for(self, metric: str) -> MetricPlot:
         """The metric's plot, made (with its toolbar) the first time."""
         plot = self.plots.get(metric)
         if plot is None:
-            # a pane of a job shown before if there is one: making a plot costs 16-25 ms (pyqtgraph's items)
-            plot, pane, toolbar = self.spare.pop() if self.spare else self._new_pane()
+            # a pane of a job shown before if there is one: making a plot costs 35-70 ms (pyqtgraph's items)
+            plot, pane, toolbar = self._take_pane()
             self.plots[metric], self.panes[metric], self.toolbars[metric] = plot, pane, toolbar
             plot.plotItem.setTitle(metric, size="10pt")
             plot.epoch_map = self.epoch_map
@@ -693,18 +906,14 @@ class MetricGrid(QWidget):
         toolbar = self.toolbars.get(metric)
         wanted = toolbar.wanted_x if toolbar is not None else plot.x_mode
         self.remembered[metric] = (plot.smoothing, plot.log_y, wanted)
-        for series in plot.series.values():  # the buffers live on (CurvesPanel's), their items go
-            series.dirty = True
+        plot.detach()  # the buffers live on (CurvesPanel's), their items go
         pane = self.panes.pop(metric)
         self.toolbars.pop(metric, None)
         self.grid.removeWidget(pane)
-        if len(self.spare) < SPARE_PANES and toolbar is not None:
-            plot.clear_all()
-            pane.hide()
-            self.spare.append((plot, pane, toolbar))
+        if len(self.spare) + len(self.used) < SPARE_PANES and toolbar is not None:
+            pane.hide()  # emptied later (`prepare`, `plot_for`): a sweep's plot holds 30 items and a legend
+            self.used.append((plot, pane, toolbar))
         else:
-            for series in plot.series.values():
-                series.curve = series.raw = None
             pane.deleteLater()
         for n, other in enumerate(self.panes.values()):
             self.grid.addWidget(other, n // self.columns, n % self.columns)
@@ -715,8 +924,12 @@ class MetricGrid(QWidget):
             pane.setVisible(not metric or metric == name)
 
     def clear_all(self) -> None:
-        for metric in list(self.plots):
-            self.remove(metric)
+        self.setUpdatesEnabled(False)  # one relayout, not one per pane removed
+        try:
+            for metric in list(self.plots):
+                self.remove(metric)
+        finally:
+            self.setUpdatesEnabled(True)
 
 
 class BarChart(pg.PlotWidget):  # type: ignore[misc]

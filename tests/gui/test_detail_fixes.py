@@ -194,6 +194,17 @@ def test_task_rows_offer_their_logs_and_error(qtbot: Any, detail: JobDetailView)
     assert not detail.task_actions(ok)[1].isEnabled()  # no error to copy
 
 
+def test_the_tasks_table_and_log_filter_fill_when_their_tab_is_shown(qtbot: Any, detail: JobDetailView) -> None:
+    detail._show_job(make_job("FAILED", **tasks_and_artifacts()))
+    assert detail._tasks_model.rowCount() == 0 and detail.log_task.count() == 1  # not yet: the Curves tab shows
+    detail.tabs.setCurrentWidget(detail.logs_tab)
+    assert [detail.log_task.itemData(i) for i in range(detail.log_task.count())] == [-1, 0, 1]
+    detail.tabs.setCurrentIndex(detail.tabs.indexOf(detail._tasks_table))
+    assert detail._tasks_model.rowCount() == 2
+    detail._show_job(make_job("FAILED", **tasks_and_artifacts()))  # a refresh while the tab shows: at once
+    assert detail._tasks_model.rowCount() == 2 and detail._tasks_rows is None
+
+
 def test_artifact_rows_offer_download_and_sha256(
     qtbot: Any, detail: JobDetailView, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -304,3 +304,60 @@ def test_the_next_jobs_plots_reuse_panes_and_fit_their_data(panel: CurvesPanel) 
     (x0, x1), (y0, y1) = plot.plotItem.vb.viewRange()
     assert x0 <= 0 and x1 >= 1000 and y0 <= 10 and y1 >= 40  # the view fits the new data, not the old zoom
     assert [s.name for s in plot.drawn()] == ["test_loss"] and len(plot.plotItem.listDataItems()) == 1
+
+
+def test_a_pane_is_made_over_several_steps_before_a_metric_needs_it(panel: CurvesPanel) -> None:
+    grid = panel.plot
+    chunks = group_points(points("loss", [3.0, 2.0, 1.0]))
+    assert panel.needs_pane(chunks)  # a curve: a plot is coming
+    assert not panel.needs_pane(group_points(points("score", [0.9], steps=[7])))  # a card
+    assert not panel.needs_pane(group_points(points("epoch", [1.0, 2.0])))  # internal: hidden
+    steps = 0
+    while grid.prepare():
+        steps += 1
+    assert steps >= 3 and len(grid.spare) == 1  # (each step a few ms of the GUI thread, not 35-70 in one)
+    ready = grid.spare[0][0]
+    panel.add_chunks(chunks)
+    plot = grid.plots["loss"]
+    assert plot is ready and not grid.spare and not grid.prepare(0)
+    item = plot.plotItem
+    assert [s for s in ("left", "bottom", "top", "right") if item.getAxis(s).isVisible()] == ["left", "bottom"]
+
+
+def test_a_removed_pane_is_emptied_later_without_touching_curves_another_plot_took(panel: CurvesPanel) -> None:
+    panel.add_chunks(group_points(points("loss", [3.0, 2.0, 1.0])))
+    old = panel.plot.plots["loss"]
+    old.flush()
+    series = old.series["loss"]
+    kept = series.curve
+    panel.show_internal.setChecked(False)
+    panel.plot.remove("loss")  # (as when a metric turns into a card or is filtered out)
+    assert [p for p, _, _ in panel.plot.used] == [old] and kept in old.plotItem.listDataItems()
+    assert series.curve is None and series.dirty  # let go of at once: its buffers are the panel's
+    fresh = panel.plot._new_pane()
+    panel.plot.spare.append(fresh)
+    panel._place("loss")  # shown again: another pane takes the same series
+    new = panel.plot.plots["loss"]
+    assert new is fresh[0]
+    new.flush()
+    drawn = series.curve
+    assert panel.plot.prepare(1)  # empties the old pane: a step of its own
+    assert not panel.plot.used and [p for p, _, _ in panel.plot.spare] == [old]
+    assert old.plotItem.listDataItems() == [] and not old.legend.items
+    assert series.curve is drawn and drawn in new.plotItem.listDataItems()
+
+
+def test_a_budgeted_first_draw_repaints_the_plot_once_when_every_curve_is_in(panel: CurvesPanel) -> None:
+    many = [p for task in range(8) for p in points("loss", [3.0 - task, 2.0, 1.0], task=task)]
+    panel.multi_task = True
+    panel.add_chunks(group_points(many))
+    plot = panel.plot.plots["loss"]
+    assert not plot.flush(deadline=0.0)  # one curve per turn when out of time
+    assert not plot.updatesEnabled() and len(plot.drawn()) == 1  # no repaint for a picture still changing
+    while not plot.flush(deadline=0.0):
+        pass
+    assert plot.updatesEnabled() and len(plot.drawn()) == 8
+    assert [label.text for _, label in plot.legend.items] == [f"task {t}" for t in range(8)]
+    assert plot.legend.boundingRect().height() > 8 * 10  # laid out with every entry
+    assert plot._crosshair is None  # the hover line and read-out are made on the first hover
+    assert "task 7" in plot.hover_at(1.0) and plot.crosshair.isVisible()
