@@ -1,12 +1,15 @@
 """What the controller's faces (gRPC in service.py, HTTP in http/) do with a request beyond a single core call:
-receiving a dataset upload, exporting a model for download, reading a job's metrics and logs, listing models by
-page. Both faces call these, so the limits and the messages are the same whichever a client speaks."""
+parsing a JSON object a client sent, receiving a dataset upload, exporting a model for download, reading a job's
+metrics and logs, listing models by page. Both faces call these, so the limits and the messages are the same
+whichever a client speaks."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,6 +28,80 @@ if TYPE_CHECKING:  # the fleet speaks gRPC: the core imports it for type checks 
     from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 
 MAX_DATASET_BYTES = 8 << 30
+MAX_JSON_DEPTH = 32  # nesting of a JSON object a client sends (a job spec is 3 or 4 levels deep)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+#: Every byte but the JSON structure the depth check needs: quotes and brackets.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+
+
+class JsonSyntaxError(ValidationError):
+    """The text is not JSON at all (not UTF-8, or not parseable): HTTP answers it 400, as any body that is not
+    JSON; the rest of the faces treat it as the ValidationError it is."""
+
+
+def _nested_deeper(text: str, depth: int) -> bool:
+    """Whether the JSON text nests arrays and objects more than `depth` levels, found without parsing (nor
+    recursing): escaped backslashes and quotes dropped, then everything but quotes and brackets, then the strings,
+    then innermost bracket pairs one level per pass. (Text that is not JSON gets an answer too; the parser then
+    refuses it, or, when it is deeper than `depth`, the caller does.)"""
+    if text.count("[") + text.count("{") <= depth:
+        return False
+    shape = text.replace("\\\\", "").replace('\\"', "").encode("utf-8", "surrogatepass").translate(None, _NOT_STRUCTURE)
+    if b'"' in shape:
+        shape = b"".join(shape.split(b'"')[::2])  # outside the strings
+    for _ in range(depth):
+        if not shape:
+            return False
+        shape = shape.replace(b"[]", b"").replace(b"{}", b"")
+    return bool(shape)
+
+
+def parse_json_object(data: bytes | str, field: str, limit: int, depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """A JSON object a client sent as `field` (a job spec, resubmit parameters): at most `limit` bytes, UTF-8,
+    nested at most `depth` levels (checked before it is parsed, so no text can exhaust the parser's recursion or
+    reach the core as a structure too deep to walk), valid JSON, an object. Empty text is `{}`. Refusals are
+    ValidationErrors naming `field` (JsonSyntaxError for text that is not JSON)."""
+    size = len(data) if isinstance(data, bytes) or len(data) > limit else len(data.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise ValidationError(field, f"is larger than {limit} bytes")
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JsonSyntaxError(field, f"is not valid UTF-8 (byte {exc.start})") from None
+    else:
+        text = data
+    if not text.strip():
+        return {}
+    if _nested_deeper(text, depth):
+        raise ValidationError(field, f"nests arrays or objects more than {depth} levels deep")
+    try:
+        value = json.loads(text)
+    except RecursionError:  # not reached after the depth check; kept as a guard
+        raise ValidationError(field, f"nests arrays or objects more than {depth} levels deep") from None
+    except ValueError as exc:
+        raise JsonSyntaxError(field, f"is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(field, f"must be a JSON object, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _write_hashed(fh: Any, hasher: Any, data: bytes) -> None:
+    hasher.update(data)
+    fh.write(data)
 
 
 async def receive_dataset(
@@ -35,6 +112,8 @@ async def receive_dataset(
     check_id(name, "name")
     if not filename or "/" in filename or "\\" in filename or len(filename) > 200:
         raise ValidationError("filename", f"must be a plain file name, got {filename[:80]!r}")
+    if CONTROL_CHARACTERS.search(filename):
+        raise ValidationError("filename", f"must not hold control characters, got {filename[:80]!r}")
     if not 0 < size <= MAX_DATASET_BYTES:
         raise ValidationError("size", f"must be between 1 and {MAX_DATASET_BYTES} bytes, got {size}")
     incoming = c.blobs_dir / "incoming"
@@ -47,8 +126,7 @@ async def receive_dataset(
                 received += len(data)
                 if received > size:
                     raise ValidationError("data", f"more than the {size} bytes announced")
-                hasher.update(data)
-                await asyncio.to_thread(fh.write, data)
+                await asyncio.to_thread(_write_hashed, fh, hasher, data)  # hashed off the loop too
         if received != size:
             raise ValidationError("size", f"announced {size} bytes, {received} arrived")
         if sha256 and hasher.hexdigest() != sha256.lower():
@@ -147,3 +225,23 @@ async def list_models(
     """One page of model versions (newest first), each with the state of its stored file."""
     items, total = await c.registry.list(name, algorithm, tag, alias, min_metric_floor(min_metric), page, limit)
     return ModelPage(await c.registry.with_blob_status(items), page, limit, total)
+
+
+REGISTRY_PAGE = 1000  # the most versions registry.list hands out at once
+
+
+async def matching_models(
+    c: Controller, name: str = "", algorithm: str = "", tag: str = "", alias: str = "", min_metric: str = ""
+) -> list[dict[str, Any]]:
+    """Every model version the filters match, newest first: through the registry call list_models (gRPC
+    ListModels) makes, so the filters are the same, read REGISTRY_PAGE at a time (once, below that many). For a
+    face that pages by key (HTTP's cursor); its blob status is for the caller to add to the page it shows."""
+    floor = min_metric_floor(min_metric)
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    number, total = 0, 1
+    while len(found) < total and number * REGISTRY_PAGE < total:
+        number += 1
+        items, total = await c.registry.list(name, algorithm, tag, alias, floor, number, REGISTRY_PAGE)
+        for item in items:  # a version registered between two reads shifts the next one: kept once
+            found.setdefault((str(item["name"]), int(item["version"])), item)
+    return list(found.values())

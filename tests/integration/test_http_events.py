@@ -237,6 +237,11 @@ def test_refusals_unknown_job_bad_last_event_id_and_no_token(api: HttpApi, seed:
         response = requests.get(api.url(path), timeout=10)
         assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
 
+    last = api.ok("GET", f"jobs/{done}")["last_event_seq"]
+    response, beyond = api.events(f"jobs/{done}/events", follow="false", after=last + 99_999)
+    assert [(e.event, e.json()["last_seq"]) for e in beyond] == [("end", last)]  # the job's, not the one asked
+    assert api.get("jobs/" + "j" * 101 + "/metrics").json()["field"] == "path.job_id"
+
     document = api.ok("GET", "/api/v1/openapi.json")
     events = document["paths"]["/api/v1/jobs/{job_id}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]

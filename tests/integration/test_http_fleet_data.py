@@ -3,6 +3,7 @@ monitoring tool and a `curl` user see, checked against what the CLI says about t
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import random
@@ -144,6 +145,9 @@ def test_dataset_upload_train_download_delete(http_cluster: Cluster, flowers: Up
     assert 'filename="iris.csv"' in download.headers["content-disposition"]
     part = api.get("datasets/flowers/download", headers={"Range": "bytes=10-19"})
     assert part.status_code == 206 and part.content == iris.read_bytes()[10:20]
+    head = api.request("HEAD", "datasets/flowers/download")
+    assert head.status_code == 200 and not head.content and head.headers["x-checksum-sha256"] == digest
+    assert int(head.headers["content-length"]) == dataset["size"]
     # a job trained on it by name
     job = flowers.job
     assert job["state"] == "SUCCEEDED" and job["metrics"]["test_accuracy"] > 0.8
@@ -203,6 +207,13 @@ def test_refused_uploads_leave_nothing_behind(http_cluster: Cluster, tmp_path: P
     assert _problem(api.request("PUT", "datasets/x", data=body, params={"sha256": "abc"}), 422)["field"] == "sha256"
     assert _problem(api.request("PUT", "datasets/x", data=body, params={"filename": "x.txt"}), 422)["field"] == "file"
     assert "no data rows" in _problem(api.request("PUT", "datasets/x", data=b"a,b\n"), 422)["detail"]
+    for name in ("x\r\ny.csv", "\x1b[31mx.csv", "x\x7f.csv"):  # printed later by `datasets list`: refused
+        named = _problem(api.request("PUT", "datasets/x", data=body, params={"filename": name}), 422)
+        assert named["field"] == "filename" and "control characters" in named["detail"]
+    for listing in ("agents", "datasets"):  # a cursor nested past the JSON parser's recursion, or too long
+        for depth, field in ((3000, "cursor"), (5000, "query.cursor")):
+            cursor = base64.urlsafe_b64encode(b"[" * depth).decode()
+            assert _problem(api.get(listing, params={"cursor": cursor}), 422)["field"] == field
     # multipart (curl -F) is not a raw upload; chunked without a length is refused before anything is written
     assert "curl -T" in _problem(api.request("PUT", "datasets/x", files={"file": ("x.csv", body)}), 415)["detail"]
     assert "Content-Length" in _problem(api.request("PUT", "datasets/x", data=iter([body])), 411)["detail"]

@@ -4,8 +4,10 @@ and fields named in the problem documents when a request is wrong. One cluster (
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -189,6 +191,33 @@ def test_bad_requests_answer_problems_naming_the_field_and_leave_no_job(http_clu
         assert response.headers["WWW-Authenticate"] == "Bearer"
     _problem(HttpApi(api.base_url, "wrong-token").get("jobs"), 401)
     assert api.ok("GET", "jobs", params={"limit": 1})["total"] == before
+
+
+def test_deep_json_other_content_types_and_a_client_gone_mid_body(http_cluster: Any, api: HttpApi) -> None:
+    controller, _agents = http_cluster
+    before = api.ok("GET", "jobs", params={"limit": 1})["total"]
+    for levels in (50_000, 700, 33):  # the parser's recursion, the core's walk, just past the cap: all one 422
+        deep = b'{"algorithm": "noop", "hyperparameters": {"h": ' + b"[" * levels + b"]" * levels + b"}}"
+        body = _problem(api.post("jobs", data=deep, headers={"Content-Type": "application/json"}), 422, "body")
+        assert "32 levels" in body["detail"]
+    # curl -d sends a form content type: read as JSON on every route; a body that says it is something else: 415
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    _problem(api.post("jobs", data='{"algorithm": "no_such_algorithm"}', headers=form), 422, "algorithm")
+    _problem(api.request("PATCH", "models/no-such-model", data='{"description": "x"}', headers=form), 404)
+    for path, method in (("jobs", "POST"), ("models/no-such-model", "PATCH")):
+        plain = api.request(method, path, data='{"description": "x"}', headers={"Content-Type": "text/plain"})
+        assert "application/json" in _problem(plain, 415, "Content-Type")["detail"]
+
+    url = urlsplit(api.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as raw:  # announces 1000 bytes, sends 20
+        raw.sendall(
+            b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+            + f"Authorization: {api.session.headers['Authorization']}\r\n\r\n".encode()
+            + b'{"algorithm": "noop"'
+        )
+    time.sleep(0.3)
+    assert api.ok("GET", "jobs", params={"limit": 1})["total"] == before  # nothing half-written
+    assert "internal error" not in controller.logs() and "ClientDisconnect" not in controller.logs()
 
 
 def test_cancel_pause_resume_retry_a_running_job_and_conflicts(api: HttpApi) -> None:

@@ -14,6 +14,7 @@ import pytest
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess, cli_json
 from helpers.http_api import HttpApi
+from helpers.waiting import wait_until
 from tensorfleet_desktop.client import Client
 
 pytestmark = pytest.mark.slow
@@ -97,6 +98,24 @@ def test_models_page_by_number_and_cursor_and_resolve_refs(
     problem(api.get(f"models/{MODEL}:9"), 404)
     problem(api.get("models/nope/versions"), 404)
     assert problem(api.get(f"models/{MODEL}:x"), 422)["field"] == "ref"
+
+
+def test_a_version_registered_between_pages_repeats_nothing_on_the_next_cursor(
+    registered: tuple[ControllerProcess, HttpApi, list[dict[str, Any]]],
+) -> None:
+    _, api, _ = registered
+    everything = [m["ref"] for m in api.ok("GET", "models", params={"limit": 1000})["items"]]
+    first = api.ok("GET", "models", params={"limit": 1})
+    job = api.ok("POST", "jobs", json={"algorithm": "logistic_regression", "dataset": "iris", "model_name": "keyset"})
+    wait_until(lambda: api.ok("GET", f"jobs/{job['id']}")["state"] == "SUCCEEDED", 60, "the keyset model registered")
+    assert api.ok("GET", "models", params={"limit": 1})["items"][0]["ref"] == "keyset:1"  # newest first
+    rest = api.ok("GET", "models", params={"limit": 1000, "cursor": first["next_cursor"]})  # another limit too
+    assert [first["items"][0]["ref"]] + [m["ref"] for m in rest["items"]] == everything  # none twice, none skipped
+    assert rest["next_cursor"] is None and rest["total"] == len(everything) + 1 and rest["page"] == 1
+    assert (
+        problem(api.get("models", params={"cursor": base64.urlsafe_b64encode(b'["page", true]')}), 422)["field"]
+        == "cursor"
+    )
 
 
 def test_model_download_hashes_to_its_headers_with_ranges(

@@ -3,10 +3,12 @@ next_cursor sees every item once, even when new items arrive at the top meanwhil
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_desktop.controller.http.paging import MAX_LIMIT, decode_cursor, encode_cursor, paginate
+from tensorfleet_desktop.controller.http.paging import MAX_CURSOR, MAX_LIMIT, decode_cursor, encode_cursor, paginate
 
 Job = tuple[float, str]  # (submitted at, id): the order of a job list, newest first
 
@@ -121,6 +123,8 @@ def test_cursor_and_page_together_are_refused() -> None:
         encode_cursor([1])[:-2] + "!!",  # damaged
         "eyJhIjoxfQ",  # {"a":1}: JSON, not a key
         "bnVsbA",  # null
+        base64.urlsafe_b64encode(b"[" * 3000).decode(),  # nested past the JSON parser's recursion
+        "A" * (MAX_CURSOR + 1),  # longer than any cursor handed out
     ],
 )
 def test_a_cursor_this_api_did_not_hand_out_names_cursor(cursor: str) -> None:

@@ -13,7 +13,7 @@ from tensorfleet_desktop.controller import operations
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, RefusedService
 from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
-from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_CURSOR, MAX_LIMIT, paginate
 from tensorfleet_desktop.controller.model import JobState
 
 router = APIRouter()
@@ -157,7 +157,7 @@ async def list_agents(
     ctx: Context,
     include_refused: Annotated[bool, Query(description="also list the services this controller refuses")] = False,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(description="next_cursor of the page before")] = None,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR, description="next_cursor of the page before")] = None,
     page: Annotated[int | None, Query(ge=1, description="page number (instead of cursor)")] = None,
 ) -> AgentList:
     """Every agent the controller knows, by name, with its latest telemetry: where work can run and how busy

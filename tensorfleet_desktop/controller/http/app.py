@@ -16,7 +16,7 @@ from tensorfleet_agent.core.version import AGENT_VERSION
 from tensorfleet_desktop.controller.http import agents, artifacts, datasets, events, jobs, models, problems
 from tensorfleet_desktop.controller.http.auth import TokenGate, require_token
 from tensorfleet_desktop.controller.http.context import HttpContext
-from tensorfleet_desktop.controller.http.limits import MAX_BODY, BodyLimit
+from tensorfleet_desktop.controller.http.limits import MAX_BODY, BodyLimit, JsonBodies
 
 PREFIX = "/api/v1"
 OPENAPI_URL = f"{PREFIX}/openapi.json"
@@ -45,10 +45,15 @@ class Health(BaseModel):
     version: str
 
 
+def not_json(method: str, path: str) -> bool:
+    """Routes whose bodies are not JSON: dataset uploads (a file's bytes, its type checked by the route)."""
+    return method == "PUT" and path.startswith(f"{PREFIX}/datasets/")
+
+
 def streams_itself(method: str, path: str) -> bool:
     """Routes that bound their own bodies: dataset uploads stream to disk (operations.receive_dataset), job creation
     reads its spec up to jobspec.MAX_SPEC_JSON and answers 413 itself."""
-    return (method == "PUT" and path.startswith(f"{PREFIX}/datasets/")) or (method, path) == ("POST", f"{PREFIX}/jobs")
+    return not_json(method, path) or (method, path) == ("POST", f"{PREFIX}/jobs")
 
 
 def create_app(ctx: HttpContext) -> FastAPI:
@@ -62,6 +67,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
         swagger_ui_oauth2_redirect_url=None,
     )
     app.state.context = ctx
+    app.add_middleware(JsonBodies, not_json=not_json)
     app.add_middleware(BodyLimit, limit=MAX_BODY, streams_itself=streams_itself)
     app.add_middleware(TokenGate, ctx=ctx, is_open=is_open)  # added last, runs first: no body read before it
     problems.install(app)

@@ -18,7 +18,7 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller import operations
 from tensorfleet_desktop.controller.http import files, problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
-from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_CURSOR, MAX_LIMIT, paginate
 from tensorfleet_desktop.controller.registry import BlobDamaged
 
 router = APIRouter()
@@ -181,7 +181,7 @@ async def upload_dataset(
 async def list_datasets(
     ctx: Context,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: Annotated[str | None, Query(description="next_cursor of the page before")] = None,
+    cursor: Annotated[str | None, Query(max_length=MAX_CURSOR, description="next_cursor of the page before")] = None,
     page: Annotated[int | None, Query(ge=1, description="page number (instead of cursor)")] = None,
 ) -> DatasetList:
     """The uploaded datasets, newest first: what jobs can name as their `dataset`."""
@@ -235,11 +235,19 @@ async def preview_dataset(
     tags=["datasets"],
     summary="Download a dataset",
     response_class=Response,
-    responses={**files.download_responses("text/csv"), **problems.error_responses(404, 416)},
+    responses={**files.download_responses("text/csv"), **problems.error_responses(404, 416, 500)},
+)
+@router.head(
+    "/datasets/{name}/download",
+    tags=["datasets"],
+    summary="Download a dataset",
+    response_class=Response,
+    responses={**files.download_responses("text/csv"), **problems.error_responses(404, 416, 500)},
 )
 async def download_dataset(ctx: Context, request: Request, name: Name) -> Response:
     """The stored file (CSV; an uploaded Parquet file is kept as its CSV form), with its sha256 in
-    X-Checksum-Sha256 and HTTP Range for resuming."""
+    X-Checksum-Sha256 and HTTP Range for resuming; HEAD for its size and checksum alone. A stored file that no
+    longer hashes right (or is gone) is a 500, never sent."""
     entry = ctx.controller.dataset(name)
     try:
         path = await ctx.controller.catalog.blobs.ensure(entry["sha256"])

@@ -31,6 +31,7 @@ from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.events import REPLAY_PAGE
 from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
+from tensorfleet_desktop.controller.http.jobs import JobId
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
 
 log = logging.getLogger(__name__)
@@ -220,12 +221,13 @@ async def _relay(records: AsyncGenerator[JobEventRecord, None], job: Job, after:
                 item = queue.get_nowait()
             if frames:
                 yield "".join(frames).encode()
-            if item is _ENDED:
-                end = {"job_id": job.id, "state": job.state.value, "last_seq": last}
+            if item is _ENDED:  # last_seq: the job's, when it has none past an `after` beyond them
+                end = {"job_id": job.id, "state": job.state.value, "last_seq": min(last, job.last_event_seq)}
                 yield sse_frame("end", end).encode()
                 return
             if isinstance(item, Exception):
                 message = f"the controller could not read the job's events ({type(item).__name__}: {item})"
+                last = min(last, job.last_event_seq)
                 yield sse_frame("error", {"job_id": job.id, "detail": message, "last_seq": last}).encode()
                 return
     finally:
@@ -298,7 +300,7 @@ def _all(record: JobEventRecord) -> bool:
     responses={**SSE_RESPONSE, **problems.error_responses(404, 422)},
 )
 async def job_events(
-    job_id: str,
+    job_id: JobId,
     ctx: Annotated[HttpContext, Depends(context)],
     last_event_id: LastEventId = None,
     after: After = None,
@@ -361,6 +363,39 @@ def _csv_response(header: Sequence[str], rows: Iterable[Sequence[Any]], filename
     )
 
 
+JSON_CHUNK = 500  # items encoded in one go (by C's json encoder); the loop gets a turn after each chunk
+
+
+def _json_response(
+    field: str, rows: Sequence[JobEventRecord], item: Callable[[JobEventRecord], dict[str, Any]]
+) -> StreamingResponse:
+    """`{"<field>": [item(row), ...]}` written a chunk of rows at a time, as the CSV form is: a job's 200,000
+    metric points neither hold the loop for a second nor are built, validated and copied whole by FastAPI (the
+    route's response_model documents this shape)."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield f'{{"{field}":['.encode()
+        for start in range(0, len(rows), JSON_CHUNK):
+            items = [item(r) for r in rows[start : start + JSON_CHUNK]]
+            text = json.dumps(items, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            yield (("," if start else "") + text[1:-1]).encode()
+            await asyncio.sleep(0)
+        yield b"]}"
+
+    return StreamingResponse(chunks(), media_type="application/json")
+
+
+def _metric_point(r: JobEventRecord) -> dict[str, Any]:
+    """A stored metric point as MetricPoint (no number that is not finite: JSON has none)."""
+    return {"name": r.name, "step": r.step, "value": _finite(r.value), "wall_time": _finite(r.wall_time),
+            "task_index": r.task_index, "seq": r.seq, "agent_task_id": r.attempt_id}  # fmt: skip
+
+
+def _log_line(r: JobEventRecord) -> dict[str, Any]:
+    """A stored log line as LogLine."""
+    return {"task_index": r.task_index, "time": _finite(r.time), "stream": r.stream, "line": r.message, "seq": r.seq}
+
+
 def _csv_content(description: str) -> dict[str, Any]:
     return {CSV: {"schema": {"type": "string"}, "example": description}}
 
@@ -376,32 +411,19 @@ def _csv_content(description: str) -> dict[str, Any]:
     },
 )
 async def job_metrics(
-    job_id: str,
+    job_id: JobId,
     ctx: Annotated[HttpContext, Depends(context)],
     name: Annotated[list[str], Query(max_length=100, description="only these metrics (repeatable)")] = [],  # noqa: B006
     format: Annotated[Literal["json", "csv"] | None, Query(description="csv, or Accept: text/csv")] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> Response | MetricsResponse:
+) -> Response:
     """Every metric point the job stored, in order: what `tensorfleet metrics` prints, for plots and notebooks."""
     rows = await operations.metric_rows(ctx.controller, job_id, set(name))
     if _wants_csv(format, accept):
         job = ctx.controller.get(job_id)
         cells = ((r.task_index, r.step, r.name, r.value, r.wall_time) for r in rows)
         return _csv_response(METRIC_COLUMNS, cells, f"{job.id}-metrics.csv")
-    return MetricsResponse(
-        points=[
-            MetricPoint(
-                name=r.name,
-                step=r.step,
-                value=_finite(r.value),
-                wall_time=r.wall_time,
-                task_index=r.task_index,
-                seq=r.seq,
-                agent_task_id=r.attempt_id,
-            )
-            for r in rows
-        ]
-    )
+    return _json_response("points", rows, _metric_point)
 
 
 # ---------------------------------------------------------------- logs
@@ -444,7 +466,7 @@ async def _log_rows(c: Controller, job_id: str, task: int | None) -> list[JobEve
     },
 )
 async def job_logs(
-    job_id: str,
+    job_id: JobId,
     ctx: Annotated[HttpContext, Depends(context)],
     task: Annotated[int | None, Query(ge=0, le=1_000_000, description="only this task's lines")] = None,
     follow: Annotated[
@@ -455,7 +477,7 @@ async def job_logs(
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: LastEventId = None,
     after: After = None,
-) -> Response | LogsResponse:
+) -> Response:
     """What `tensorfleet logs` prints. With `follow=true`, a `tail -f`: the stored lines, then each new line as an SSE
     `log` event (data as in the events stream; `id` is its sequence number, so `Last-Event-ID` resumes it), then
     `end` when the job ends."""
@@ -475,6 +497,4 @@ async def job_logs(
         job = c.get(job_id)
         cells = ((r.task_index, r.time, r.stream, r.message) for r in rows)
         return _csv_response(LOG_COLUMNS, cells, f"{job.id}-logs.csv")
-    return LogsResponse(
-        lines=[LogLine(task_index=r.task_index, time=r.time, stream=r.stream, line=r.message, seq=r.seq) for r in rows]
-    )
+    return _json_response("lines", rows, _log_line)

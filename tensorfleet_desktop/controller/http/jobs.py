@@ -4,15 +4,16 @@ route is one core call; the core's errors answer as problem documents (422 namin
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_desktop.controller import operations
 from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
 from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, paginate
@@ -232,21 +233,26 @@ def _body_error(kind: str, loc: tuple[str | int, ...], message: str) -> RequestV
     return RequestValidationError([{"type": kind, "loc": loc, "msg": message, "input": None}])
 
 
-async def _json_body(request: Request, required: bool) -> Any:
-    """The request's JSON, read as it arrives. Past MAX_SPEC_JSON bytes nothing more is kept, and the 413 goes
-    out once the body has been read to its end (its sender reads the answer, not a reset); past DRAIN_LIMIT at
-    once, closing the connection. Empty: None unless `required`."""
+async def _json_body(request: Request, required: bool) -> dict[str, Any] | None:
+    """The request's JSON object, read as it arrives and parsed by operations.parse_json_object (the rules gRPC's
+    spec_json follows: size, nesting depth, UTF-8, JSON, an object). Past MAX_SPEC_JSON bytes nothing more is kept,
+    and the 413 goes out once the body has been read to its end (its sender reads the answer, not a reset); past
+    DRAIN_LIMIT at once, closing the connection. Empty: None unless `required`. A client that goes away mid-body
+    sent no request (nothing is kept), not a controller error."""
     too_big = f"the request body is larger than {MAX_SPEC_JSON} bytes"
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > DRAIN_LIMIT:
         raise HTTPException(413, too_big, headers={"Connection": "close"})
     data, received = bytearray(), 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > DRAIN_LIMIT:
-            raise HTTPException(413, too_big, headers={"Connection": "close"})
-        if received <= MAX_SPEC_JSON:
-            data += chunk
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > DRAIN_LIMIT:
+                raise HTTPException(413, too_big, headers={"Connection": "close"})
+            if received <= MAX_SPEC_JSON:
+                data += chunk
+    except ClientDisconnect:
+        raise ValidationError("body", "the client went away before the whole body arrived") from None
     if received > MAX_SPEC_JSON:
         raise HTTPException(413, too_big)
     if not data.strip():
@@ -254,11 +260,9 @@ async def _json_body(request: Request, required: bool) -> Any:
             raise _body_error("missing", ("body",), "Field required")
         return None
     try:
-        return json.loads(data)
-    except UnicodeDecodeError:
-        raise _body_error("json_invalid", ("body",), "JSON decode error: not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise _body_error("json_invalid", ("body", exc.pos), f"JSON decode error: {exc.msg}") from None
+        return operations.parse_json_object(bytes(data), "body", MAX_SPEC_JSON)
+    except operations.JsonSyntaxError as exc:  # not JSON at all: 400, as FastAPI answers such a body
+        raise _body_error("json_invalid", ("body",), exc.message) from None
 
 
 def _object(value: Any, loc: tuple[str, ...]) -> dict[str, Any]:
@@ -306,21 +310,22 @@ async def submit_job(
 ) -> JobOut:
     """The job-file fields, parsed and validated as the CLI's `submit -f` and gRPC SubmitJob are; the job is
     stored before it is queued, so a refused one leaves nothing behind."""
-    body = _object(await _json_body(request, required=True), ("body",))
+    body = await _json_body(request, required=True) or {}  # required: never None
     job = await ctx.controller.submit(body, _submitter(user))
     _location(request, response, job)
     return job_out(job, ctx.agent_names())
 
 
-def _states(values: list[str]) -> set[JobState]:
-    states = set()
+def _states(values: list[str]) -> tuple[str, ...]:
+    """The `state` filter as the core's list_jobs takes it (JobState values), each checked."""
+    states: set[str] = set()
     for value in values:
         try:
-            states.add(JobState(value.strip().upper()))
+            states.add(JobState(value.strip().upper()).value)
         except ValueError:
             allowed = ", ".join(s.value for s in JobState)
             raise ValidationError("state", f"unknown job state {value[:40]!r} (one of {allowed})") from None
-    return states
+    return tuple(sorted(states))
 
 
 def _key(job: Job) -> tuple[float, str]:
@@ -355,18 +360,16 @@ async def list_jobs(
 ) -> JobPage:
     """Newest first. A cursor continues after the last job a client saw, so jobs submitted meanwhile never push
     one onto the next page twice."""
-    states = _states(state or [])
     needle = (name or "").casefold()
-    jobs = [
+    jobs = [  # the core's list (as gRPC ListJobs gets it: newest first, of these states), then HTTP's own filters
         j
-        for j in ctx.controller.list_jobs()
-        if (not states or j.state in states)
-        and (user is None or j.submitter == user)
+        for j in ctx.controller.list_jobs(_states(state or []))
+        if (user is None or j.submitter == user)
         and (label is None or j.spec.get("group") == label or label in (j.spec.get("tags") or ()))
         and (not needle or needle in j.name.casefold())
         and (sweep is None or bool(j.spec.get("sweep")) == sweep)
     ]
-    jobs.sort(key=_key, reverse=True)
+    jobs.sort(key=_key, reverse=True)  # stable: reorders only jobs created in one instant (by id: the cursor's key)
     chunk = paginate(jobs, _key, limit, cursor, page)
     names = ctx.agent_names()
     return JobPage(
@@ -462,7 +465,7 @@ async def resubmit_job(job_id: JobId, request: Request, response: Response, ctx:
     """A new job from the old one's spec, with `params` over its hyperparameters (as `tensorfleet resubmit`);
     it is submitted in the old job's submitter's name."""
     body = await _json_body(request, required=False)
-    params = _object(_object(body, ("body",)).get("params", {}), ("body", "params")) if body is not None else {}
+    params = _object(body.get("params", {}), ("body", "params")) if body is not None else {}
     old = ctx.controller.get(job_id)
     job = await ctx.controller.resubmit(old.id, params, old.submitter)
     _location(request, response, job)

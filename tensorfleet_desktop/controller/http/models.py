@@ -17,7 +17,7 @@ from tensorfleet_desktop.controller import operations
 from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
 from tensorfleet_desktop.controller.http.files import download_responses, file_response
-from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor, encode_cursor
+from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, paginate
 from tensorfleet_desktop.controller.registry import MAX_VERSION, NAME, ModelNotFound, check_alias, model_config
 
 router = APIRouter(tags=["models"])
@@ -36,7 +36,7 @@ Name = Annotated[str, Path(min_length=1, max_length=128, description="a model na
 Alias = Annotated[str, Path(min_length=1, max_length=64, description="an alias (production, staging, ...)")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="versions per page")]
 PageNo = Annotated[int | None, Query(ge=1, description="the page number, 1-based (not with cursor)")]
-Cursor = Annotated[str | None, Query(max_length=200, description="next_cursor of the page before (not with page)")]
+Cursor = Annotated[str | None, Query(max_length=1000, description="next_cursor of the page before (not with page)")]
 Format = Literal["skops", "safetensors", "pickle", "joblib", "onnx"]
 MAX_FILTER = 200
 #: A download's file name extension per format.
@@ -142,30 +142,30 @@ async def _checked(ctx: HttpContext, record: dict[str, Any]) -> ModelVersion:
     return model_of((await ctx.controller.registry.with_blob_status([record]))[0])
 
 
-def _page_number(cursor: str | None, page: int | None) -> int:
-    """The page a request asks for: by number, by a cursor this API handed out (it names the next page's
-    number), or the first."""
-    if cursor and page is not None:
-        raise ValidationError("cursor", "give either cursor or page, not both")
-    if not cursor:
-        return page or 1
-    key = decode_cursor(cursor)
-    if len(key) != 2 or key[0] != "page" or not isinstance(key[1], int) or key[1] < 1:
-        raise ValidationError("cursor", "is not a cursor of this list (use next_cursor as given)")
-    number: int = key[1]
-    return number
+def _key(record: dict[str, Any]) -> tuple[float, str, int]:
+    """A version's place in the list, newest first: what a cursor names (unique: a name's versions are)."""
+    return (float(record.get("created_at", 0.0)), str(record["name"]), int(record["version"]))
 
 
-async def _page(ctx: HttpContext, number: int, limit: int, **filters: str) -> ModelPage:
-    found = await operations.list_models(ctx.controller, page=number, limit=limit, **filters)
-    more = number * limit < found.total
+async def _page(ctx: HttpContext, limit: int, cursor: str | None, page: int | None, **filters: str) -> ModelPage:
+    """One page of the versions the filters match, by number or by a cursor naming the last version the client
+    saw (so a version registered meanwhile never repeats one, and a cursor holds whatever `limit` comes next)."""
+    versions = await operations.matching_models(ctx.controller, **filters)
+    versions.sort(key=_key, reverse=True)  # the registry's order; equal times (seen in a bulk import) by name
+    found = paginate(versions, _key, limit, cursor, page)
+    if found.page is not None:
+        number = found.page
+    else:  # the page number form's page its first version is on
+        at = next((i for i, v in enumerate(versions) if v is found.items[0]), 0) if found.items else len(versions)
+        number = at // limit + 1
+    items = await ctx.controller.registry.with_blob_status(found.items)
     return ModelPage(
-        items=[model_of(r) for r in found.models],
+        items=[model_of(r) for r in items],
         total=found.total,
-        page=found.page,
-        limit=found.limit,
-        pages=found.pages,
-        next_cursor=encode_cursor(["page", number + 1]) if more else None,
+        page=number,
+        limit=limit,
+        pages=operations.ModelPage(items, number, limit, found.total).pages,
+        next_cursor=found.next_cursor,
     )
 
 
@@ -205,7 +205,7 @@ async def list_models(
     """Model versions, newest first, filtered as `tensorfleet models list` filters them; pages by number
     (`?page=2&limit=10`) or by cursor (`next_cursor`)."""
     filters = {"name": name, "algorithm": algorithm, "tag": tag, "alias": alias, "min_metric": min_metric}
-    return await _page(ctx, _page_number(cursor, page), limit, **filters)
+    return await _page(ctx, limit, cursor, page, **filters)
 
 
 @router.get("/models/stats", response_model=ModelStats)
@@ -233,7 +233,7 @@ async def model_versions(
     ctx: Ctx, name: Name, limit: Limit = DEFAULT_LIMIT, page: PageNo = None, cursor: Cursor = None
 ) -> ModelPage:
     """Every version of one model, newest first; 404 when no version has this name."""
-    found = await _page(ctx, _page_number(cursor, page), limit, name=_name(name))
+    found = await _page(ctx, limit, cursor, page, name=_name(name))
     if not found.total:
         raise ModelNotFound(f"no model {name!r}")
     return found
@@ -249,12 +249,12 @@ async def model_config_json(ctx: Ctx, ref: Ref) -> dict[str, Any]:
 @router.get(
     "/models/{ref}/download",
     response_class=Response,
-    responses={**download_responses(), **problems.error_responses(404, 416, 422, 500)},
+    responses={**download_responses(), **problems.error_responses(404, 416, 422, 500, 507)},
 )
 @router.head(
     "/models/{ref}/download",
     response_class=Response,
-    responses={**download_responses(), **problems.error_responses(404, 416, 422, 500)},
+    responses={**download_responses(), **problems.error_responses(404, 416, 422, 500, 507)},
 )
 async def download_model(
     ctx: Ctx,

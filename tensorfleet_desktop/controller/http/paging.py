@@ -16,6 +16,9 @@ from tensorfleet_agent.core.errors import ValidationError
 T = TypeVar("T")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
+#: The longest cursor any list hands out, with room to spare (an agent's key spells its name and its mDNS name).
+MAX_CURSOR = 4096
+NOT_A_CURSOR = "is not a cursor this API handed out (use next_cursor as given)"
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,16 @@ def encode_cursor(key: Sequence[Any]) -> str:
 
 
 def decode_cursor(cursor: str) -> list[Any]:
+    """The key a cursor names. Anything else a client sends as one (too long, not base64, not JSON, nested past
+    what the parser takes) is a ValidationError naming `cursor`."""
+    if len(cursor) > MAX_CURSOR:
+        raise ValidationError("cursor", f"{NOT_A_CURSOR}: longer than {MAX_CURSOR} characters")
     try:
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationError("cursor", "is not a cursor this API handed out (use next_cursor as given)") from None
+    except (ValueError, RecursionError, binascii.Error):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValidationError("cursor", NOT_A_CURSOR) from None
     if not isinstance(key, list):
-        raise ValidationError("cursor", "is not a cursor this API handed out (use next_cursor as given)")
+        raise ValidationError("cursor", NOT_A_CURSOR)
     return key
 
 
@@ -63,7 +70,7 @@ def paginate(
         for i, item in enumerate(items):
             try:
                 older = list(key(item)) < after
-            except TypeError:
+            except (TypeError, RecursionError):
                 raise ValidationError("cursor", "is not a cursor of this list") from None
             if older:
                 start = i

@@ -35,7 +35,9 @@ TITLES = {
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
+    411: "Length required",
     413: "Content too large",
+    415: "Unsupported media type",
     416: "Range not satisfiable",
     422: "Unprocessable content",
     500: "Internal error",
@@ -99,20 +101,25 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
     """Make the OpenAPI document say what the handlers answer, so schema-checking clients (schemathesis) can hold
     the API to it: every error status of every operation is a problem document under application/problem+json (a
     `model=` response lands under application/json, and FastAPI's own 422 names HTTPValidationError, which
-    install() never sends), and an operation with a JSON body also answers 400 (a body that is not JSON)."""
+    install() never sends), an operation with a JSON body also answers 400 (a body that is not JSON), every
+    operation 413 (limits.BodyLimit refuses a body past its limit whatever the route) and every POST, PUT and PATCH
+    415 (limits.JsonBodies refuses a body that says it is not JSON)."""
     schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
     if "Problem" not in schemas:  # no route named a problem response: add the model and what it refers to
         _, defs = models_json_schema([(Problem, "serialization")], ref_template="#/components/schemas/{model}")
         schemas.update(defs.get("$defs", {}))
     problem_content = {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}
     for item in openapi.get("paths", {}).values():
-        for operation in item.values():
+        for method, operation in item.items():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses: dict[str, Any] = operation["responses"]
             body = operation.get("requestBody", {}).get("content", {})
             if "application/json" in body and "400" not in responses:
                 responses["400"] = {"description": TITLES[400]}
+            responses.setdefault("413", {"description": TITLES[413]})
+            if method in ("post", "put", "patch"):
+                responses.setdefault("415", {"description": TITLES[415]})
             for status, response in responses.items():
                 if status.isdigit() and int(status) >= 400:
                     response["content"] = dict(problem_content)
