@@ -39,6 +39,7 @@ from tensorfleet_desktop.controller.store.blobs import BlobStore
 from tensorfleet_desktop.controller.trials import SweepRunner
 
 log = logging.getLogger(__name__)
+FREE_BYTES_TTL = 1.0  # seconds a reading of the blobs' free space is good for (a submit checks it)
 
 
 class Controller:
@@ -98,6 +99,7 @@ class Controller:
         self.datasets = self.catalog.entries
         self.registry = self.artifacts.registry
         self._loop_task: asyncio.Task[None] | None = None
+        self._free: tuple[float, int | None] = (-FREE_BYTES_TTL, None)  # (monotonic time asked, answer)
 
     # ---- lifecycle
 
@@ -167,12 +169,22 @@ class Controller:
         if spec.project is not None:  # its manifest and every file it lists are here, or the submit is refused
             await self.project_files.check_project(spec.project)
         job = self.machine.new_job(spec, submitter)
-        free = await asyncio.to_thread(_free_bytes, self.blobs_dir)
+        free = await self._free_bytes()
         if free is not None and free < MIN_FREE_DISK_BYTES:  # the rule agents follow: no room for its results
             raise StoreFullError(full_message(self.blobs_dir))
         await self.store.insert_job(job)
         self.machine.admit(job)
         return job
+
+    async def _free_bytes(self) -> int | None:
+        """The blobs' free disk space, asked at most once per FREE_BYTES_TTL: a burst of submits pays one thread
+        hop, not one each."""
+        asked, free = self._free
+        now = self.machine.clock.monotonic()
+        if now - asked >= FREE_BYTES_TTL:
+            free = await asyncio.to_thread(_free_bytes, self.blobs_dir)
+            self._free = (now, free)
+        return free
 
     async def resubmit(self, job_id: str, params: dict[str, Any], submitter: str) -> Job:
         old = self.get(job_id)

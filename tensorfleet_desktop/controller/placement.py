@@ -1,19 +1,25 @@
-"""The scheduling loop: on every wake-up (or tick) it times out jobs, re-places orphans, feeds sweeps, and
-places pending tasks on agents with free slots (scheduler.plan decides where)."""
+"""The scheduling loop: on every wake-up (a submit, a slot freeing, an agent's change) it feeds sweeps and places
+pending tasks on agents with free slots (scheduler.plan decides where); every TICK it also times out jobs and
+re-places orphans (time-based checks that need no pass per event).
+
+A pass costs what it places, not the queue's length: the open jobs are kept in scheduling order (priority, then
+FIFO) as they come, and plan() reads them lazily, stopping once every free slot is taken."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 
 from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
-from tensorfleet_desktop.controller.model import JobState, TaskRunState
+from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
 from tensorfleet_desktop.controller.ports import AgentPort, Clock
 from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan, rank_layout
 from tensorfleet_desktop.controller.trials import SweepRunner
@@ -21,6 +27,7 @@ from tensorfleet_desktop.controller.trials import SweepRunner
 log = logging.getLogger(__name__)
 
 TICK = 0.5
+_COMPACT = 1024  # ended jobs the order keeps before it is rebuilt without them
 
 
 class Placement:
@@ -44,6 +51,10 @@ class Placement:
         self.clock = clock
         self.gang_reserve_after = gang_reserve_after
         self._gauges_at = 0.0
+        self._checked_at = -TICK  # clock.monotonic() of the last timeout and orphan check
+        self._order: list[tuple[int, int, str]] = []  # (-priority, seq_no, job id) of the open jobs, sorted
+        self._ordered: set[str] = set()  # the ids in _order (some may have ended since)
+        self._sweeps: set[str] = set()  # the sweeps among them
 
     def update_gauges(self) -> None:
         self.events.gauges_stale, self._gauges_at = False, time.monotonic()
@@ -58,19 +69,57 @@ class Placement:
             wake.clear()
             try:
                 started = time.perf_counter()
-                self.machine.check_timeouts()
-                self.attempts.check_orphans()
-                self.schedule()
+                self.pass_once()
                 self.metrics.schedule_pass.observe(time.perf_counter() - started)
                 if self.events.gauges_stale and time.monotonic() - self._gauges_at >= TICK:
                     self.update_gauges()
             except Exception:
                 log.exception("scheduler pass failed")
 
+    def pass_once(self) -> None:
+        """One pass: the time-based checks when a TICK has passed since the last, then placement."""
+        now = self.clock.monotonic()
+        if now - self._checked_at >= TICK:
+            self._checked_at = now
+            self.machine.check_timeouts()
+            self.attempts.check_orphans()
+        self.schedule()
+
+    def _refresh(self) -> None:
+        """Bring the order up to date: new open jobs inserted where they belong; ended ones are skipped by
+        _queue, and dropped once enough have ended."""
+        open_ = self.machine.open
+        new = open_.keys() - self._ordered
+        keys = [(-open_[i].priority, open_[i].seq_no, i) for i in new]
+        if len(keys) > 64:  # a restart's whole queue, a burst of submits: one sort
+            self._order += keys
+            self._order.sort()
+        else:
+            for key in keys:
+                bisect.insort(self._order, key)
+        self._sweeps.update(i for i in new if open_[i].mode == "sweep")
+        self._ordered |= new
+        if len(self._ordered) - len(open_) > _COMPACT:
+            self._order = [key for key in self._order if key[2] in open_]
+            self._ordered = {key[2] for key in self._order}
+            self._sweeps &= self._ordered
+
+    def _queue(self) -> Iterator[Job]:
+        """The open jobs in scheduling order: priority, then FIFO."""
+        open_ = self.machine.open
+        for key in self._order:
+            job = open_.get(key[2])
+            if job is not None:
+                yield job
+
     def schedule(self) -> None:
         views = self.agents.agents()
-        for job in list(self.machine.open.values()):
-            if job.mode == "sweep" and job.state in (JobState.QUEUED, JobState.RUNNING):
+        self._refresh()
+        for job_id in sorted(self._sweeps):
+            job = self.machine.open.get(job_id)
+            if job is None:
+                self._sweeps.discard(job_id)
+            elif job.state in (JobState.QUEUED, JobState.RUNNING):
                 workload = str(job.spec["algorithm"])
                 self.sweeps.feed(job, sum(a.slots_free for a in views if a.schedulable and workload in a.workloads))
         capacities = [
@@ -89,37 +138,13 @@ class Placement:
         ]
         if not any(c.free_slots > 0 for c in capacities):
             return  # nothing can be placed: spare the pass over the queue
-        requests = []
         now = self.clock.time()
-        for job in self.machine.open.values():
-            if job.state not in (JobState.QUEUED, JobState.RUNNING):
-                continue
-            pending = tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING and t.retry_at <= now)
-            if not pending:
-                continue
-            gang = job.mode == "gang"
-            if gang and len(pending) != len(job.tasks):
-                continue  # wait until every rank of the gang is stopped before re-placing it
-            c = job.spec.get("constraints", {})
-            requests.append(
-                Request(
-                    job_id=job.id,
-                    priority=job.priority,
-                    seq_no=job.seq_no,
-                    ranks=pending,
-                    workload=str(job.spec["algorithm"]),
-                    gpus=int(job.spec.get("gpus", 0)),
-                    gang=gang,
-                    on=tuple(c.get("on", ())),
-                    not_on=tuple(c.get("not_on", ())),
-                    labels=tuple(sorted(c.get("labels", {}).items())),
-                    waiting_since=job.queued_since,
-                    avoid=tuple(sorted({n for t in job.tasks if t.index in pending for n in t.failed_on})),
-                )
-            )
-        if not requests:
+        requests = (r for job in self._queue() if (r := self._request(job, now)) is not None)
+        # plan() reads them in this order and stops once every free slot is taken: the rest are never built
+        placed = plan(requests, capacities, now, self.gang_reserve_after, ordered=True)
+        if not placed:
             return
-        placements = sorted(plan(requests, capacities, now, self.gang_reserve_after), key=lambda p: (p.job_id, p.rank))
+        placements = sorted(placed, key=lambda p: (p.job_id, p.rank))
         jobs = self.machine.jobs
         gangs: dict[str, dict[int, str]] = {}  # a gang is placed whole, so its layout is known here
         for p in placements:
@@ -138,3 +163,29 @@ class Placement:
                 }
             layout = layouts.get(job.id, {}).get(placement.rank)
             self.attempts.dispatch(job, job.tasks[placement.rank], agent, layout)
+
+    def _request(self, job: Job, now: float) -> Request | None:
+        """What the job asks of the scheduler now: its pending ranks; None when it asks nothing."""
+        if job.state not in (JobState.QUEUED, JobState.RUNNING):
+            return None
+        pending = tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING and t.retry_at <= now)
+        if not pending:
+            return None
+        gang = job.mode == "gang"
+        if gang and len(pending) != len(job.tasks):
+            return None  # wait until every rank of the gang is stopped before re-placing it
+        c = job.spec.get("constraints", {})
+        return Request(
+            job_id=job.id,
+            priority=job.priority,
+            seq_no=job.seq_no,
+            ranks=pending,
+            workload=str(job.spec["algorithm"]),
+            gpus=int(job.spec.get("gpus", 0)),
+            gang=gang,
+            on=tuple(c.get("on", ())),
+            not_on=tuple(c.get("not_on", ())),
+            labels=tuple(sorted(c.get("labels", {}).items())),
+            waiting_since=job.queued_since,
+            avoid=tuple(sorted({n for t in job.tasks if t.index in pending for n in t.failed_on})),
+        )

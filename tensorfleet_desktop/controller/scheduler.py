@@ -9,6 +9,7 @@ its earlier attempts failed on (a full disk, a broken driver), when one fits now
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -77,11 +78,17 @@ def _take(request: Request, cap: Capacity) -> None:
     cap.free_gpu_slots -= request.gpus
 
 
-def plan(requests: list[Request], capacities: list[Capacity], now: float, reserve_after: float) -> list[Placement]:
+def plan(
+    requests: Iterable[Request], capacities: list[Capacity], now: float, reserve_after: float, *, ordered: bool = False
+) -> list[Placement]:
+    """Where the requests' ranks go now. `ordered`: the requests come sorted already (priority, then FIFO), and
+    are read only until every free slot is taken (a lazy iterable over a long queue costs what it places)."""
     caps = {c.node_id: Capacity(**{**c.__dict__, "labels": dict(c.labels)}) for c in capacities}
     out: list[Placement] = []
     free = sum(max(0, c.free_slots) for c in caps.values())
-    for request in sorted(requests, key=lambda r: (-r.priority, r.seq_no)):
+    if free <= 0:
+        return out
+    for request in requests if ordered else sorted(requests, key=lambda r: (-r.priority, r.seq_no)):
         if free <= 0:
             break  # every slot is taken or reserved: nothing behind this request can be placed either
         candidates = [c for c in caps.values() if eligible(request, c)]

@@ -30,7 +30,7 @@ from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 from tensorfleet_desktop.controller.job_feed import JobFeed
 from tensorfleet_desktop.controller.jobspec import MAX_SPEC_JSON
-from tensorfleet_desktop.controller.model import Job
+from tensorfleet_desktop.controller.model import Job, JobEventRecord
 from tensorfleet_desktop.controller.rpc_errors import set_data_dir, status_of
 
 log = logging.getLogger(__name__)
@@ -54,31 +54,41 @@ def _json_object(text: str, field: str) -> dict[str, Any]:
     return value
 
 
-async def _batches(items: AsyncIterator[R], limit: int, window: float) -> AsyncIterator[list[R]]:
+async def _batches(
+    items: AsyncIterator[R], limit: int, window: float, urgent: Callable[[R], bool] = lambda _: False
+) -> AsyncIterator[list[R]]:
     """The items as they come, grouped: what is there already goes out together (a replay in groups of `limit`).
     A live item after a quiet spell goes out at once (a job's first log line is not held back); one that follows
-    within `window` seconds of the last message waits `window` for others (a metric every few ms: one message, not
-    one each)."""
+    within `window` seconds of the last message waits up to `window` for others (a metric every few ms: one
+    message, not one each), unless an `urgent` item (a state change) is among them: that goes out at once, with
+    whatever came before it."""
     queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(limit)
     loop = asyncio.get_running_loop()
     last_sent = -window
+    hurry = asyncio.Event()  # an urgent item (or the end) is in the queue
 
     async def pump() -> None:
         try:
             async for item in items:
                 await queue.put((True, item))
+                if urgent(item):
+                    hurry.set()
         except Exception as exc:  # handed to the stream, which ends with it
             await queue.put((False, exc))
         else:
             await queue.put((False, None))
+        hurry.set()
 
     task = asyncio.create_task(pump())
     try:
         while True:
             group: list[R] = []
             more, item = await queue.get()
-            if more and queue.empty() and loop.time() - last_sent < window:
-                await asyncio.sleep(window)
+            if more and not urgent(item) and queue.empty() and loop.time() - last_sent < window:
+                hurry.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(window):
+                        await hurry.wait()
             while more:
                 group.append(item)
                 if queue.empty() or len(group) >= limit:
@@ -93,6 +103,11 @@ async def _batches(items: AsyncIterator[R], limit: int, window: float) -> AsyncI
                 return
     finally:
         task.cancel()
+
+
+def _state_change(record: JobEventRecord) -> bool:
+    """A record WatchJob sends at once: a job's or task's state (its end above all), never held back."""
+    return record.kind in ("job_state", "task_state")
 
 
 @contextlib.asynccontextmanager
@@ -164,7 +179,8 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         if request.after_seq < 0:
             raise ValidationError("after_seq", f"must be >= 0, got {request.after_seq}")
         job = self.c.get(request.job_id)
-        async for records in _batches(self.c.watch(job.id, request.after_seq), wire.MAX_BATCH, COALESCE_SECONDS):
+        live = self.c.watch(job.id, request.after_seq)
+        async for records in _batches(live, wire.MAX_BATCH, COALESCE_SECONDS, _state_change):
             for event in wire.job_events_to_pb(records, job, self._names()):
                 yield event
 
@@ -174,17 +190,23 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             raise ValidationError("limit", f"must be >= 0, got {request.limit}")
         only = {self.c.get(ref).id for ref in request.job_ids}
         feed = self.jobs_feed
-        with feed.watcher() as watcher:  # from here on no change is missed
+        with feed.watcher(only) as watcher:  # from here on no change is missed
             missed = feed.changed_since(request.resume_token) if request.resume_token else None
             if missed is None:
-                jobs = [j for j in self.c.list_jobs() if not only or j.id in only]
+                if only:  # those jobs alone, not a sort of every job (a Client.wait per job of a big queue)
+                    jobs = sorted((self.c.jobs[i] for i in only), key=lambda j: j.created_at, reverse=True)
+                else:
+                    jobs = self.c.list_jobs()
                 jobs = jobs[: request.limit] if request.limit else jobs
                 yield cpb.JobsChange(snapshot=True, jobs=[self._job(j) for j in jobs], resume_token=feed.token())
             else:
                 yield self._jobs_now(missed, only, feed.token())
             while True:
                 await watcher.wake.wait()
-                await asyncio.sleep(COALESCE_SECONDS)  # a burst of changes (metric points) goes out once
+                if not watcher.urgent.is_set():  # a burst of changes (metric points) goes out once
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(COALESCE_SECONDS):
+                            await watcher.urgent.wait()  # unless a state changes meanwhile: that goes out now
                 change = self._jobs_now(watcher.take(), only, feed.token())
                 if change.jobs or change.removed_job_ids:
                     yield change
