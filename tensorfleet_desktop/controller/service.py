@@ -43,15 +43,7 @@ _stream = handlers.stream(status_of)
 
 
 def _json_object(text: str, field: str) -> dict[str, Any]:
-    if len(text) > MAX_SPEC_JSON:
-        raise ValidationError(field, f"is larger than {MAX_SPEC_JSON} bytes")
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except ValueError as exc:
-        raise ValidationError(field, f"is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValidationError(field, "must be a JSON object")
-    return value
+    return operations.parse_json_object(text, field, MAX_SPEC_JSON)
 
 
 async def _batches(
