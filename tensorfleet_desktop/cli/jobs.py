@@ -213,6 +213,11 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="stop trials whose intermediate scores trail the median (iterative algorithms: mlp, gradient_boosting)",
     )
+    s.add_argument(
+        "--keep-models",
+        choices=("best", "all", "none"),
+        help="a sweep's trials' models registered: the best one (default), all of them, or none",
+    )
     s.add_argument("--wait", action="store_true", help="follow the job with a progress bar on stderr")
     add_format_flags(s)
 
@@ -337,6 +342,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             if value is not None:
                 sweep[key] = value
         spec["sweep"] = sweep
+    if args.keep_models is not None:
+        spec["keep_models"] = args.keep_models
     if args.tag:
         known = spec.get("tags") or []
         spec["tags"] = [*([known] if isinstance(known, str) else known), *args.tag]  # the file's, then the flags

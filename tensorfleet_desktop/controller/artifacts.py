@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tensorfleet_desktop.controller.registry import BlobDamaged, Registry, pick_
 from tensorfleet_desktop.controller.retention import referenced, stale_partials, trim_checkpoints
 from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, full_message, is_disk_full
 from tensorfleet_desktop.controller.store.blobs import BlobStore, hashes_to
+from tensorfleet_desktop.controller.trials import keep_models, ranks_before, score
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class Artifacts:
         self.datasets = datasets
         self.keep_checkpoints = keep_checkpoints
         self.fetches: dict[str, asyncio.Task[None]] = {}  # sha256 -> its copy from an agent, while it runs
+        self.leaders: dict[str, tuple[float, int]] = {}  # sweep job id -> (score, index) of its best-so-far trial
         self.registry = Registry(store, blobs, self._refetch_model)
 
     # ---- serving
@@ -136,8 +139,37 @@ class Artifacts:
             for gone in dropped:
                 if all(a.sha256 != gone.sha256 for a in job.artifacts):
                     self.background.spawn(self.blobs.delete(gone.sha256))
+        if not self._worth_copying(job, task, artifact):
+            return  # stays on its agent: fetched on demand (path) or at the sweep's end (_save) if it matters
         if self.agents.agent(node) is not None and artifact.sha256 not in self.fetches:
             self._start_fetch(node, artifact.sha256)
+
+    def _worth_copying(self, job: Job, task: JobTask, artifact: ArtifactInfo) -> bool:
+        """Whether a saved file is copied here as soon as it is reported. Everything is, except a sweep trial's
+        model, report and config: with keep_models best only the best-so-far trial's (so losing its agent loses
+        nothing that matters; a trial overtaken later leaves garbage for gc), with all every trial's, with none
+        no trial's. A trial's score is known when it saves its files (workloads report, then save)."""
+        if artifact.kind == "checkpoint" or job.mode != "sweep":
+            return True  # a trial's checkpoints serve its own retry on another agent
+        keep = keep_models(job)
+        if keep != "best":
+            return keep == "all"
+        value = task.metrics.get(str(job.spec["sweep"]["metric"]))
+        if value is None or not math.isfinite(value):
+            return False  # no score yet: _save fetches it at the end should it be the best
+        leader = self.leaders.get(job.id)
+        if leader is None:  # the first trial to save, or the first since a controller restart
+            scored = [(v, t.index) for t in job.tasks if (v := score(job, t)) is not None and t is not task]
+            for other in scored:
+                if leader is None or ranks_before(job, other, leader):
+                    leader = other
+        if leader is not None and leader[1] == task.index:
+            return True  # the leader's next file
+        if leader is None or ranks_before(job, (value, task.index), leader):
+            self.leaders[job.id] = (value, task.index)
+            return True
+        self.leaders[job.id] = leader
+        return False
 
     async def copied(self, sha256: str, timeout: float) -> None:
         """Until a running copy of this blob from an agent ends (at most `timeout` s)."""
@@ -213,10 +245,11 @@ class Artifacts:
         A failure (a full disk, an agent away) is retried with back-off, the job saying why meanwhile;
         after _SAVE_GIVE_UP seconds the job FAILs with the cause."""
         delay, started = _SAVE_RETRY_FIRST, self.clock.monotonic()
+        registered: dict[int, dict[str, Any]] = {}  # a sweep's trials registered by an earlier try (keep_models all)
         try:
             while True:
                 try:
-                    record = await self._save(job)
+                    record = await self._save(job, registered)
                     break
                 except Exception as exc:
                     reason = str(exc) or type(exc).__name__
@@ -234,29 +267,62 @@ class Artifacts:
                     return
         finally:
             self.machine.registering.discard(job.id)
+            self.leaders.pop(job.id, None)
         if record is not None:
             job.model = {"name": record["name"], "version": record["version"], "sha256": record["sha256"]}
             self.events.record(
                 job, "log", {}, stream="controller", message=f"registered as {record['name']}:{record['version']}"
             )
+        if registered:
+            self.events.record(job, "log", {}, stream="controller", message=_trials_line(registered))
         if not job.state.terminal:  # not cancelled meanwhile
             job.error = ""
             self.machine.finish(job, JobState.SUCCEEDED, "")
 
-    async def _save(self, job: Job) -> dict[str, Any] | None:
+    async def _save(self, job: Job, registered: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
         """The files registration needs, checked (fetched again from their agent when missing or damaged),
-        then the registry entry."""
-        for artifact in (a for a in pick_artifacts(job) if a is not None):
+        then the registry entry. A sweep registers its best trial's model (keep_models best), every succeeded
+        trial's with the best last, so NAME (the latest version) is the best (all), or none (none); the
+        others' files stay on their agents."""
+        if job.mode == "sweep" and keep_models(job) == "none":
+            return None
+        await self._ensure(job, pick_artifacts(job), strict=True)
+        names = {d["sha256"]: name for name, d in self.datasets.items()}
+        if job.mode == "sweep" and keep_models(job) == "all":
+            best = int(job.metrics.get("best_trial", -1))
+            for task in job.tasks:
+                if task.index == best or task.index in registered or score(job, task) is None:
+                    continue
+                files = pick_artifacts(job, task.index)
+                if files[0] is None or not await self._ensure(job, files, strict=False):
+                    continue  # its agent is gone with it: said in the job's log
+                record = await self.registry.register_job(job, names, trial=task.index)
+                if record is not None:
+                    registered[task.index] = record
+        return await self.registry.register_job(job, names)
+
+    async def _ensure(self, job: Job, files: tuple[ArtifactInfo | None, ...], strict: bool) -> bool:
+        """Whether these files are in the blob store, intact, fetched from their agent when need be. Not
+        `strict`: a file that cannot be had is said in the job's log and False returned, instead of raised."""
+        for artifact in (a for a in files if a is not None):
             await self.copied(artifact.sha256, 120)
             if await self.blobs.intact(artifact.sha256, artifact.size):
                 continue
             node = _node_of(job, artifact)
             agent = self.agents.agent(node) if node else None
-            if agent is None or not agent.connected:
-                raise OSError(f"{artifact.name} ({artifact.sha256[:12]}) is not saved and its agent is not connected")
-            await self.fetch_once(node, artifact.sha256, strict=True)
-        names = {d["sha256"]: name for name, d in self.datasets.items()}
-        return await self.registry.register_job(job, names)
+            try:
+                if agent is None or not agent.connected:
+                    raise OSError(
+                        f"{artifact.name} ({artifact.sha256[:12]}) is not saved and its agent is not connected"
+                    )
+                await self.fetch_once(node, artifact.sha256, strict=True)
+            except OSError as exc:
+                if strict:
+                    raise
+                message = f"trial {artifact.task_index}'s model is not kept: {exc}"
+                self.events.record(job, "log", {}, stream="controller", message=message)
+                return False
+        return True
 
     def merge_shards(self, job: Job) -> None:
         self.background.spawn(self._merge_shards(job))
@@ -347,6 +413,13 @@ class Artifacts:
             len(keep),
         )
         return {"deleted": deleted, "partials": removed, "freed_bytes": freed, "kept": len(keep)}
+
+
+def _trials_line(registered: dict[int, dict[str, Any]]) -> str:
+    """The job's log line for the trials registered beside the best (keep_models all)."""
+    versions = sorted(r["version"] for r in registered.values())
+    name = next(iter(registered.values()))["name"]
+    return f"registered {len(versions)} other trials' models as {name}:{versions[0]}..{versions[-1]}"
 
 
 def _node_of(job: Job, artifact: ArtifactInfo) -> str:

@@ -28,8 +28,9 @@ from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
     "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script", "target", "project", "command",
-    "group", "tags",
+    "group", "tags", "keep_models",
 )  # fmt: skip
+KEEP_MODELS = ("best", "all", "none")  # which of a sweep's trials' models are copied to the blob store, registered
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_WORKERS = 256
 MAX_SPEC_JSON = 1 << 20  # a job spec as JSON, over gRPC or HTTP
@@ -81,6 +82,7 @@ class JobSpec:
     command: list[str] | None = None  # a project job's command line, run in its materialized folder
     group: str = ""  # a label the experiments table groups by (e.g. "baseline", "lr-study")
     tags: tuple[str, ...] = ()
+    keep_models: str = "best"  # a sweep's: best | all | none (controller/artifacts.py, "Sweeps" in the README)
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -95,6 +97,8 @@ class JobSpec:
         for key in ("group", "tags"):  # likewise for jobs without labels
             if not body[key]:
                 del body[key]
+        if self.sweep is None:  # only a sweep has trials' models to keep
+            del body["keep_models"]
         return body
 
 
@@ -202,6 +206,7 @@ def parse_job_spec(body: Any) -> JobSpec:
         except ValidationError as exc:
             raise JobSpecError(exc.field, exc.message) from None
         sweep = {**parsed.to_dict(), "budget": budget(parsed)}
+    keep_models = _keep_models(body.get("keep_models"), sweep is not None)
     name = _str(body, "name") or default_name(algorithm, dataset)
     if len(name) > 200:
         raise JobSpecError("name", f"is {len(name)} characters long; at most 200 allowed")
@@ -235,6 +240,7 @@ def parse_job_spec(body: Any) -> JobSpec:
         command=command,
         group=_group(body.get("group")),
         tags=_tags(body.get("tags")),
+        keep_models=keep_models,
     )
 
 
@@ -251,6 +257,17 @@ def default_name(algorithm: Any, dataset: str) -> str:
     """A job's name when the spec gives none. The dataset catalog passes an uploaded dataset's own name, so such a
     job is not named after the user:<sha256> reference it runs on."""
     return f"{algorithm}-{dataset}" if dataset else str(algorithm)
+
+
+def _keep_models(value: Any, sweep: bool) -> str:
+    """best (default) | all | none: which trials' models a sweep copies to the blob store and registers."""
+    if value is None or value == "":
+        return "best"
+    if value not in KEEP_MODELS:
+        raise JobSpecError("keep_models", f"must be one of {', '.join(KEEP_MODELS)}, got {value!r:.80}")
+    if not sweep and value != "best":
+        raise JobSpecError("keep_models", "is for sweeps (trials' models); a single job registers its one model")
+    return str(value)
 
 
 def _label_problem(text: str) -> str:

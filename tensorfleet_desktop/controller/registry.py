@@ -97,9 +97,12 @@ class Registry:
 
     # ---- registration
 
-    async def register_job(self, job: Job, dataset_names: dict[str, str]) -> dict[str, Any] | None:
-        """Register a succeeded job's model; None when the job has no single model (cv folds, diagnostics)."""
-        model, config, report = pick_artifacts(job)
+    async def register_job(
+        self, job: Job, dataset_names: dict[str, str], trial: int | None = None
+    ) -> dict[str, Any] | None:
+        """Register a succeeded job's model; None when the job has no single model (cv folds, diagnostics).
+        `trial`: a sweep's trial other than its best (keep_models all), with that trial's own metrics."""
+        model, config, report = pick_artifacts(job, trial)
         if model is None:
             return None
         described = (
@@ -132,7 +135,8 @@ class Registry:
             if chosen_name is None:
                 return None
             name, fmt = chosen_name
-        metrics = {k: v for k, v in job.metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        scores = job.metrics if trial is None or chosen is None else {**chosen.metrics, "trial": float(trial)}
+        metrics = {k: v for k, v in scores.items() if isinstance(v, int | float) and math.isfinite(v)}
         record = {
             "name": name,
             "algorithm": str(spec["algorithm"]),
@@ -146,7 +150,11 @@ class Registry:
                 "params": {k: v for k, v in (spec.get("dataset_params") or {}).items() if k != "file"},
             },
             "job_id": job.id,
-            "task_ids": [t.agent_task_id for t in job.tasks if t.agent_task_id],
+            "task_ids": [
+                t.agent_task_id
+                for t in job.tasks
+                if t.agent_task_id and (job.mode != "sweep" or chosen is None or t is chosen)
+            ],
             "feature_names": described.get("features") or configured.get("features") or [],
             "classes": described.get("classes") or configured.get("classes") or [],
             "framework_versions": described.get("versions") or configured.get("versions") or {},
@@ -411,14 +419,17 @@ def _chosen_task(job: Job, model: ArtifactInfo) -> Any:
     return next((t for t in job.tasks if t.index == model.task_index), None)
 
 
-def pick_artifacts(job: Job) -> tuple[ArtifactInfo | None, ArtifactInfo | None, ArtifactInfo | None]:
-    """(model, torch config, scikit-learn report) of the job's one model, or (None, None, None)."""
+def pick_artifacts(
+    job: Job, trial: int | None = None
+) -> tuple[ArtifactInfo | None, ArtifactInfo | None, ArtifactInfo | None]:
+    """(model, torch config, scikit-learn report) of the job's one model (a sweep's best trial's, or `trial`'s),
+    or (None, None, None)."""
     if job.mode == "cv" or get_workload(str(job.spec["algorithm"])).category == "diagnostic":
         return None, None, None
     if job.mode == "shards":
         index = -1
     elif job.mode == "sweep":
-        index = int(job.metrics.get("best_trial", -2))
+        index = int(job.metrics.get("best_trial", -2)) if trial is None else trial
     else:
         index = 0
     models = [a for a in job.artifacts if a.kind == "model" and a.task_index == index]

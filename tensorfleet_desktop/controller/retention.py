@@ -2,7 +2,8 @@
 
 Kept: every registered model version's file, every uploaded dataset, everything of a job that has not
 succeeded (a retry or resume needs its checkpoints and shards), reports, torch configs and a project's
-outputs, the model files of jobs that registered none (cross-validation folds), and the snapshot of every
+outputs, the model files of jobs that registered none (cross-validation folds; not a sweep's: its trials' models
+that were not registered, keep_models best or none, are garbage), and the snapshot of every
 project job still kept (its manifest and each file it lists: a retry, a resubmit or a re-placement sends them
 again; `project_manifests` names them, the controller reads the files from each manifest). So the file of a
 deleted model version, the checkpoints of a finished job, every file of a deleted job (`tensorfleet rm`: only the
@@ -29,7 +30,7 @@ def referenced(jobs: Iterable[Job], datasets: Iterable[dict[str, Any]], versions
                 keep.add(artifact.sha256)
             elif artifact.kind == "checkpoint":
                 continue
-            elif artifact.kind != "model" or not job.model:
+            elif artifact.kind != "model" or (not job.model and job.mode != "sweep"):
                 keep.add(artifact.sha256)
     return keep
 

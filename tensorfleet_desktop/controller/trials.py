@@ -3,6 +3,8 @@ trial's result, and may prune a trial that reports a hopeless intermediate score
 
 from __future__ import annotations
 
+import math
+
 from tensorfleet_agent.core.types import MetricPoint
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.events import EventLog
@@ -57,6 +59,7 @@ class SweepRunner:
                 self.events.task_event(job, task, "not started: sweep timeout")
             in_flight = [t for t in in_flight if t.state.active]
         pending = sum(1 for t in in_flight if t.state is TaskRunState.PENDING)
+        asked = False
         while not expired and len(job.tasks) < int(sweep["budget"]) and pending < max(1, parallel):
             index = len(job.tasks)
             trial = study.ask(index)
@@ -64,14 +67,16 @@ class SweepRunner:
             job.tasks.append(task)
             pending += 1
             in_flight.append(task)
-            self.events.task_event(job, task, f"trial {index}: {trial}")
+            base = {"task_index": index}
+            self.events.record(job, "task_state", base, state=task.state.value, message=f"trial {index}: {trial}")
+            asked = True
+        if asked:  # not stored here: each write copies every trial so far, and placing a trial (the same pass,
+            # slots being free) stores the job; a trial a restart finds unstored never ran and is asked again
+            self.events.touched(job)
         if in_flight or (not expired and len(job.tasks) < int(sweep["budget"])):
             return
-        metric, best = str(sweep["metric"]), None
-        scored = [t for t in job.tasks if t.state is TaskRunState.SUCCEEDED and metric in t.metrics]
-        if scored:
-            pick = max if sweep["direction"] == "maximize" else min
-            best = pick(scored, key=lambda t: t.metrics[metric])
+        scored = [t for t in job.tasks if score(job, t) is not None]
+        best = best_trial(job)
         if best is None:
             self.machine.finish(job, JobState.FAILED, f"no trial succeeded ({len(job.tasks)} tried)")
             return
@@ -95,3 +100,34 @@ class SweepRunner:
         self.events.task_event(job, task, f"trial {task.index} {task.error}")
         self.events.job_changed(job, "progress")
         self.machine.wake.set()
+
+
+def keep_models(job: Job) -> str:
+    """Which trials' models a sweep copies to the blob store and registers: best (the default; also a sweep stored
+    before the field existed), all or none."""
+    return str(job.spec.get("keep_models") or "best")
+
+
+def score(job: Job, task: JobTask) -> float | None:
+    """A succeeded trial's value of the sweep's metric (None for any other trial)."""
+    value = task.metrics.get(str(job.spec["sweep"]["metric"])) if task.state is TaskRunState.SUCCEEDED else None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def ranks_before(job: Job, a: tuple[float, int], b: tuple[float, int]) -> bool:
+    """Whether trial a (value, index) beats trial b: a better value, or the same value and a lower index. One
+    order for the sweep's final pick and the best-so-far copies (artifacts.py), whatever order trials end in."""
+    if a[0] != b[0]:
+        return a[0] > b[0] if job.spec["sweep"]["direction"] == "maximize" else a[0] < b[0]
+    return a[1] < b[1]
+
+
+def best_trial(job: Job) -> JobTask | None:
+    """The sweep's best succeeded trial (see ranks_before)."""
+    best: tuple[float, int] | None = None
+    chosen = None
+    for task in job.tasks:
+        value = score(job, task)
+        if value is not None and (best is None or ranks_before(job, (value, task.index), best)):
+            best, chosen = (value, task.index), task
+    return chosen
