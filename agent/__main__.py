@@ -109,7 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         choices=range(0, 9),
         metavar="N",
-        help="worker processes kept started with scikit-learn imported, for new jobs (default: 1; 0 = none)",
+        help="with --no-fork-server: worker processes kept started with scikit-learn imported, for new jobs"
+        " (default: 1; 0 = none)",
+    )
+    p.add_argument(
+        "--no-fork-server",
+        action="store_true",
+        help="spawn a worker per task (and keep it warm for its job) instead of forking each task's worker from a"
+        " warm, clean fork server",
     )
     p.add_argument(
         "--join-token-stdin",
@@ -271,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         from tensorfleet_agent.runtime.worker import main as worker_main
 
         return worker_main(argv[1:])
+    if argv[:1] == ["--tensorfleet-forkserver"]:  # and their fork server
+        from tensorfleet_agent.runtime.forkserver import main as forkserver_main
+
+        return forkserver_main(argv[1:])
     if argv[:1] in (["token"], ["unpair"]):
         return _admin(argv)
     if argv[:1] == ["envs"]:
@@ -320,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             join_token=join_token,
             allow_scripts=not args.no_scripts,
             spare_workers=args.spare_workers,
+            fork_server=not args.no_fork_server,
         )
     except ValueError as exc:
         print(f"tensorfleet-agent: error: {exc}", file=sys.stderr)

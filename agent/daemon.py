@@ -57,7 +57,8 @@ class AgentConfig:
     journal_retention_seconds: float = 7 * 86400
     journal_max_finished: int = 10_000
     warm_idle_seconds: float = 60.0
-    spare_workers: int = 1  # started ahead, libraries imported, so a new job's first task skips that wait
+    spare_workers: int = 1  # without the fork server: started ahead, libraries imported, for a new job's first task
+    fork_server: bool = True  # every task's worker forked from a warm, clean process (runtime/forkserver.py)
     ready_file: Path | None = None
     insecure: bool = False  # plaintext, no pairing: loopback development only
     cluster_token: str = ""  # pairs automatically with controllers started with the same token
@@ -133,6 +134,7 @@ class AgentDaemon:
                 cfg.journal_max_finished,
                 cfg.spare_workers,
                 cfg.env_cache_bytes,
+                cfg.fork_server,
             ),
             self.slots,
             self.blobs,

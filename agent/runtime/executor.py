@@ -43,6 +43,7 @@ from tensorfleet_agent.core.types import (
 from tensorfleet_agent.metrics import AgentMetrics
 from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.envs import DEFAULT_LIMIT_BYTES, EnvCache
+from tensorfleet_agent.runtime.forking import ForkServer
 from tensorfleet_agent.runtime.journal import Journal, TaskLog
 from tensorfleet_agent.runtime.process import WorkerProcess
 from tensorfleet_agent.runtime.project_prepare import PreparedProject, PrepareFailed, collect_outputs, prepare_project
@@ -59,9 +60,9 @@ _THREAD_VARS = (
     "VECLIB_MAXIMUM_THREADS",
     "TORCH_NUM_THREADS",
 )
-# What a spare worker imports while it waits: the project runner first (light: 30-50 ms of a project task's
-# start otherwise), then the scikit-learn workloads' libraries. Torch is left out (a second or two, but hundreds
-# of MB held by every idle spare).
+# What a spare worker imports while it waits (--no-fork-server): the project runner first (light: 30-50 ms of a
+# project task's start otherwise), then the scikit-learn workloads' libraries. Torch is left out (a second or two,
+# but hundreds of MB held by every idle spare; skops.io is imported without it, see skops_files.skops_io).
 _PRELOAD = (
     "tensorfleet_agent.workloads.project",
     "numpy",
@@ -108,8 +109,9 @@ class ExecutorConfig:
     warm_idle_seconds: float = 60.0
     journal_retention_seconds: float = 7 * 86400
     journal_max_finished: int = 10_000
-    spare_workers: int = 1
+    spare_workers: int = 1  # without the fork server only
     env_cache_bytes: int = DEFAULT_LIMIT_BYTES  # project envs under <data dir>/envs, LRU beyond this
+    fork_server: bool = True  # each task's worker forked from a warm, clean process (runtime/forkserver.py)
 
 
 class Executor:
@@ -138,6 +140,7 @@ class Executor:
         self._discards: set[asyncio.Task[None]] = set()  # workers started for tasks that ended while PREPARING
         self._spares: list[WorkerProcess] = []
         self._spares_starting = 0
+        self._forks: asyncio.Task[ForkServer] | None = None  # the fork server, started or starting
         metrics.slots_total.set(slots.total)
 
     # ---- lifecycle
@@ -158,6 +161,7 @@ class Executor:
         if pruned:
             log.info("journal retention: removed %d finished task(s)", pruned)
         self._reaper = asyncio.create_task(self._reap_idle_workers())
+        self._start_fork_server()
         self._refill_spares()
 
     async def drain(self, timeout: float) -> None:
@@ -193,6 +197,10 @@ class Executor:
         spares, self._spares = self._spares, []
         for worker in spares:
             await worker.close()
+        forks, self._forks = self._forks, None
+        if forks is not None:
+            with contextlib.suppress(Exception):
+                await (await forks).close()
         if self._own_envs:
             await self.envs.close()
         await self.journal.close()
@@ -547,6 +555,13 @@ class Executor:
         return (running.spec.job_id, running.visible_gpus or (None,), running.slots[0].threads)
 
     async def _worker_for(self, running: _Running) -> WorkerProcess:
+        # A fork server still starting (the agent's first seconds) is not waited for: spawning is no slower.
+        if self._forks is not None and self._forks.done() and not running.spec.env:
+            try:
+                return await self._fork(running)
+            except (OSError, RuntimeError) as exc:
+                log.warning("task %s: the fork server failed (%s); spawning its worker", running.spec.task_id, exc)
+                self._restart_fork_server()
         pool = self._warm.get(self._pool_key(running), [])
         while pool:
             worker, _ = pool.pop()
@@ -564,7 +579,44 @@ class Executor:
             self._worker_env(running), str(running.entry.directory), dict(running.spec.env)
         )
 
-    # ---- spare workers: started ahead with the heavy imports done
+    # ---- the fork server: every task's worker forked from one warm, clean process
+
+    def _start_fork_server(self) -> None:
+        if self.config.fork_server and not self.draining:
+            env = self._base_env(1)  # caps at 1 while it imports: no BLAS thread; a child raises its own
+            self._forks = asyncio.create_task(ForkServer.start(env, str(self.config.data_dir)))
+
+    def _restart_fork_server(self) -> None:
+        old, self._forks = self._forks, None
+        if old is not None:
+            self._spawn(_close_fork_server(old))
+        self._start_fork_server()
+
+    async def _fork(self, running: _Running) -> WorkerProcess:
+        assert self._forks is not None
+        server = await self._forks
+        if not server.alive:
+            raise RuntimeError("the fork server is gone")
+        warm = get_workload(running.spec.workload).warm
+        worker = await server.fork(self._worker_env(running), str(running.entry.directory), warm)
+        worker.forked = True
+        return worker
+
+    async def _recycle_fork_server(self) -> None:
+        """A fork server that imported a family's libraries for its tasks holds them (100+ MiB) until it has been
+        idle for warm_idle_seconds: then a lean one takes its place."""
+        if self._forks is None or not self._forks.done() or self._forks.exception() is not None:
+            if self._forks is not None and self._forks.done() and self._forks.exception() is not None:
+                self._restart_fork_server()  # it failed to start: try again
+            return
+        server = self._forks.result()
+        if not server.alive:
+            self._restart_fork_server()
+        elif server.warmed and not server.busy and time.monotonic() - server.last_fork > self.config.warm_idle_seconds:
+            log.info("the fork server was idle %.0fs: restarting it lean", self.config.warm_idle_seconds)
+            self._restart_fork_server()
+
+    # ---- spare workers: started ahead with the heavy imports done (without the fork server)
 
     def _spare_fits(self, running: _Running) -> bool:
         """A spare has one CPU slot's thread caps, no GPU and the agent's environment; nothing job-specific."""
@@ -579,6 +631,8 @@ class Executor:
         return next((s.threads for s in self.slots.slots if s.gpu_index is None), 1)
 
     def _refill_spares(self, delay: float = 0.0, until: asyncio.Event | None = None) -> None:
+        if self.config.fork_server:
+            return  # every task forks from the fork server instead
         missing = self.config.spare_workers - len(self._spares) - self._spares_starting
         for _ in range(max(0, missing) if not self.draining else 0):
             self._spares_starting += 1
@@ -607,7 +661,7 @@ class Executor:
 
     def _park(self, running: _Running, worker: WorkerProcess) -> None:
         """Keep a finished task's worker for the job's next task (built-in workloads only)."""
-        if running.spec.env or running.spec.single_task:
+        if running.spec.env or running.spec.single_task or worker.forked:  # a forked worker serves one task
             self._spawn(worker.close())
             return
         self._warm.setdefault(self._pool_key(running), []).append((worker, time.monotonic()))
@@ -620,6 +674,7 @@ class Executor:
     async def _reap_idle_workers(self) -> None:
         while True:
             await asyncio.sleep(max(1.0, min(10.0, self.config.warm_idle_seconds / 2)))
+            await self._recycle_fork_server()
             now = time.monotonic()
             for key in list(self._warm):
                 keep = []
@@ -662,6 +717,14 @@ class Executor:
 
 class _Killed(Exception):
     pass
+
+
+async def _close_fork_server(starting: asyncio.Task[ForkServer]) -> None:
+    try:
+        server = await starting
+    except Exception:  # it never started: nothing to close
+        return
+    await server.retire()
 
 
 def _payloads(message: dict[str, Any]) -> list[EventPayload]:

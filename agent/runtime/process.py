@@ -34,8 +34,8 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=_READ_BYTES, loop=loop)
         self.transport: asyncio.SubprocessTransport | None = None
-        self.exited = False
-        self.on_exit: Callable[[], None] | None = None
+        self.returncode: int | None = None
+        self.on_exit: Callable[[int], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -44,54 +44,52 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
 
     def process_exited(self) -> None:
         super().process_exited()
-        self.exited = True
-        if self.on_exit is not None:
-            self.on_exit()
+        assert self.transport is not None
+        self.returncode = self.transport.get_returncode()
+        if self.on_exit is not None and self.returncode is not None:
+            self.on_exit(self.returncode)
+
+
+Output = tuple[str, asyncio.StreamReader, asyncio.BaseTransport | None]  # name, reader, its pipe (closed at exit)
 
 
 class WorkerProcess:
-    """A spawned worker: a command pipe in, an event pipe out, stdout/stderr as raw log lines. The worker is a child
-    subreaper (worker.py): what its task starts, also in a session of its own, stays under it while it lives."""
+    """A worker: a command pipe in, an event pipe out, stdout/stderr as raw log lines. The worker is a child
+    subreaper (worker.py): what its task starts, also in a session of its own, stays under it while it lives.
+    Spawned (`spawn`), or forked from the fork server (runtime/forking.py), which reports its exit code."""
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        pid: int,
         cmd: asyncio.WriteTransport,
         events: asyncio.StreamReader,
-        protocol: _Protocol | None = None,
-        events_pipe: asyncio.BaseTransport | None = None,
+        events_pipe: asyncio.BaseTransport | None,
+        outputs: list[Output],
     ):
-        self.proc = proc
-        self.pid = proc.pid
+        self.pid = pid
+        self.returncode: int | None = None
+        self.forked = False  # forked from the fork server: serves one task, never parked
         self._cmd = cmd
         self._events = events
         self._events_pipe = events_pipe
-        self._protocol = protocol
+        self._outputs = outputs
         self._partial = b""  # the start of an event line not all read yet
         self.on_output: OutputCallback | None = None
-        self._pumps = [asyncio.create_task(self._pump(name, stream)) for name, stream in self._streams()]
+        self._pumps = [asyncio.create_task(self._pump(name, stream)) for name, stream, _pipe in outputs]
         self._exit = asyncio.Event()  # set once the worker process itself has exited
         self._known: list[psutil.Process] = []  # its descendants at the last look (terminate): killed at its exit
-        if protocol is None:  # no exit call: the pipes' end stands for the exit
-            self._pumps.append(asyncio.create_task(self._exit_by_pipes()))  # kept, and gathered at the end
-        else:
-            protocol.on_exit = self._exited
-            if protocol.exited:
-                self._exited()
 
-    async def _exit_by_pipes(self) -> None:
-        await self.proc.wait()
-        self._exit.set()
-
-    def _exited(self) -> None:
+    def exited(self, code: int) -> None:
+        """The worker process has exited with `code` (negative: killed by that signal)."""
+        if self._exit.is_set():
+            return
+        self.returncode = code
         self._exit.set()
         asyncio.get_running_loop().call_later(_AFTER_EXIT, self._close_pipes)
 
     def _close_pipes(self) -> None:
         """EOF for the readers of the worker's pipes that a process which escaped it still holds."""
-        transport = self._protocol.transport if self._protocol is not None else None
-        for fd in (1, 2):
-            pipe = transport.get_pipe_transport(fd) if transport is not None else None
+        for _name, _stream, pipe in self._outputs:
             if pipe is not None:
                 pipe.close()
         events = self._events_pipe
@@ -123,27 +121,35 @@ class WorkerProcess:
         finally:
             os.close(cmd_r)
             os.close(evt_w)
-        proc = asyncio.subprocess.Process(transport, protocol, loop)
+        outputs: list[Output] = []
+        for fd, name, stream in ((1, "stdout", protocol.stdout), (2, "stderr", protocol.stderr)):
+            if stream is not None:
+                outputs.append((name, stream, transport.get_pipe_transport(fd)))
+        worker = await cls.connect(transport.get_pid(), evt_r, cmd_w, outputs)
+        protocol.on_exit = worker.exited
+        if protocol.returncode is not None:
+            worker.exited(protocol.returncode)
+        await worker.ready()
+        return worker
+
+    @classmethod
+    async def connect(cls, pid: int, evt_r: int, cmd_w: int, outputs: list[Output]) -> WorkerProcess:
+        """The handle on worker `pid` from the agent's ends of its event and command pipes (it owns them now)."""
+        loop = asyncio.get_running_loop()
         events = asyncio.StreamReader(limit=_MAX_EVENT)
         events_pipe, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(events), os.fdopen(evt_r, "rb", 0)
         )
         cmd_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(cmd_w, "wb", 0))
-        worker = cls(proc, cmd_transport, events, protocol, events_pipe)
-        hello = await worker.next_messages(timeout=120.0)  # the worker says nothing else before its first command
-        if [message.get("t") for message in hello] != ["ready"]:
-            worker.kill()
-            await worker.wait()
-            raise RuntimeError(f"worker process did not start (exit code {proc.returncode})")
-        return worker
+        return cls(pid, cmd_transport, events, events_pipe, outputs)
 
-    def _streams(self) -> list[tuple[str, asyncio.StreamReader]]:
-        out = []
-        if self.proc.stdout is not None:
-            out.append(("stdout", self.proc.stdout))
-        if self.proc.stderr is not None:
-            out.append(("stderr", self.proc.stderr))
-        return out
+    async def ready(self) -> None:
+        """Wait for the worker's hello; it says nothing else before its first command."""
+        hello = await self.next_messages(timeout=120.0)
+        if [message.get("t") for message in hello] != ["ready"]:
+            self.kill()
+            code = await self.wait()
+            raise RuntimeError(f"worker process did not start (exit code {code})")
 
     async def _pump(self, name: str, stream: asyncio.StreamReader) -> None:
         """Turn raw fd output (C extensions, subprocesses) into log lines."""
@@ -190,7 +196,7 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        return self.proc.returncode is None
+        return self.returncode is None
 
     def signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -245,8 +251,8 @@ class WorkerProcess:
                 proc.kill()
         await asyncio.gather(*self._pumps, return_exceptions=True)  # ended by _close_pipes at the latest
         self._cmd.close()
-        code = self.proc.returncode
-        assert code is not None  # set before the protocol's process_exited
+        code = self.returncode
+        assert code is not None  # set with _exit
         return code
 
     async def close(self) -> None:

@@ -1,8 +1,8 @@
 """Worker process entry point: `python -m tensorfleet_agent.runtime.worker`.
 
-Started by the agent (never forked from it), in its own process group. Reads
-one JSON command per line from --cmd-fd and reports on --evt-fd. A worker runs
-one task at a time and may be reused for the next task of the same job.
+Started by the agent (never forked from it), in its own process group, or forked from the fork server
+(runtime/forkserver.py) for one task. Reads one JSON command per line from --cmd-fd and reports on --evt-fd.
+A worker runs one task at a time; a spawned one may be reused for the next task of the same job.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 _FULL_BELOW = 1 << 20  # free bytes under which a failure is put down to a full disk
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Ask the kernel to SIGKILL us when the agent dies; close the race with a ppid check."""
     if sys.platform.startswith("linux"):
         try:
@@ -95,7 +95,7 @@ def _resolve(entry: str) -> Any:
 _versions: dict[str, str] | None = None  # package_versions(), read once per worker (a spare reads it ahead)
 
 
-def _package_versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     """The reproducibility record of this process's packages: its metadata lookups cost 10-15 ms on a loaded box,
     on every task's path unless a spare has read them while it waited."""
     global _versions
@@ -116,10 +116,15 @@ def _preload(modules: list[str]) -> None:
         if _busy.is_set():
             return
         with contextlib.suppress(Exception):
-            importlib.import_module(module)
+            if module == "skops.io":  # without the torch it would load (skops_files.skops_io)
+                from tensorfleet_agent.workloads.skops_files import skops_io
+
+                skops_io()
+            else:
+                importlib.import_module(module)
     if not _busy.is_set():
         with contextlib.suppress(Exception):
-            _package_versions()  # after the imports: the versions of what this process has loaded
+            package_versions()  # after the imports: the versions of what this process has loaded
 
 
 def _disk_full_note(exc: BaseException, task_dir: Path) -> str:
@@ -145,7 +150,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     out, err = _LogStream(channel, "stdout"), _LogStream(channel, "stderr")
     sys.stdout, sys.stderr = out, err
     try:
-        channel.send({"t": "started", "pid": os.getpid(), "versions": _package_versions()})
+        channel.send({"t": "started", "pid": os.getpid(), "versions": package_versions()})
         _resolve(command["entry"])(spec["params"])
     except task_api.Stopped as exc:  # checkpointed and stopped on request: the job is being paused
         out.flush()
@@ -193,13 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evt-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, default=0)
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent_pid)
+    return serve(args.cmd_fd, args.evt_fd, args.parent_pid)
+
+
+def serve(cmd_fd: int, evt_fd: int, parent_pid: int) -> int:
+    """Say ready, then run the agent's commands until `exit` or the end of the command pipe."""
+    die_with_parent(parent_pid)
     _become_subreaper()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the agent's terminal is the agent's business
     signal.signal(signal.SIGUSR1, lambda _sig, _frame: task_api._request_stop())  # pause: checkpoint, then stop
-    channel = EventChannel(args.evt_fd)
+    channel = EventChannel(evt_fd)
     channel.send({"t": "ready", "pid": os.getpid()})
-    with os.fdopen(args.cmd_fd, "r", encoding="utf-8") as commands:
+    with os.fdopen(cmd_fd, "r", encoding="utf-8") as commands:
         for line in commands:
             command = json.loads(line)
             if command.get("op") == "exit":

@@ -27,6 +27,9 @@ class WorkloadDef:
     tasks: tuple[str, ...] = ()  # dataset tasks it learns (classification, regression); empty = takes no dataset
     only_datasets: tuple[str, ...] = ()  # when it needs particular data (the CNN wants images)
     iterative: bool = False  # reports test metrics while it trains (what a sweep's pruner needs)
+    # What the fork server may import for the next task once a task of this workload came (runtime/forkserver.py):
+    # its libraries, never torch.
+    warm: tuple[str, ...] = ()
 
     def installed(self) -> bool:
         for mod in self.requires:
@@ -124,7 +127,11 @@ def _sklearn(
     name: str, summary: str, tasks: tuple[str, ...], *params: ParamSpec, iterative: bool = False
 ) -> WorkloadDef:
     entry, requires = f"{_SK}:{name}", ("sklearn", "skops")
-    return WorkloadDef(name, "sklearn", summary, WorkloadSchema(params), entry, requires, tasks, iterative=iterative)
+    # skops.io imports every scikit-learn module (its list of estimators): the family's own is among them
+    warm = (_SK, "skops.io")
+    return WorkloadDef(
+        name, "sklearn", summary, WorkloadSchema(params), entry, requires, tasks, iterative=iterative, warm=warm
+    )
 
 
 _BUILTIN += (

@@ -145,7 +145,8 @@ def _fit_then_report_epochs(estimator: Any, x_train: Any, y_train: Any, x_test: 
 def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None) -> None:
     from sklearn import metrics
     from sklearn.model_selection import train_test_split
-    from skops.io import dump
+
+    from tensorfleet_agent.workloads.skops_files import skops_io
 
     spec = task.spec()
     name = str(spec["dataset"])
@@ -195,7 +196,7 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
     print(" ".join(f"{k}={v:.4f}" for k, v in values.items()))
     report["metrics"] = values
     workdir = task.checkpoint_dir().parent
-    dump(estimator, workdir / "model.skops")
+    skops_io().dump(estimator, workdir / "model.skops")
     task.save_artifact(workdir / "model.skops", kind="model")
     (workdir / "report.json").write_text(json.dumps(report, indent=1))
     task.save_artifact(workdir / "report.json", kind="report")

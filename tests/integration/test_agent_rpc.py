@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import json
@@ -18,7 +17,6 @@ import grpc
 import pytest
 
 from helpers.agents import AgentProcess
-from helpers.waiting import eventually
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.types import (
     ArtifactReady,
@@ -224,44 +222,84 @@ async def test_timeout_and_memory_limit(agent: AgentProcess) -> None:
         assert "150 MiB" in end.error and end.duration_seconds < 10
 
 
-async def test_warm_worker_reused_within_a_job(agent: AgentProcess) -> None:
-    async with agent.client() as client:
-        pids = []
-        for i, job in enumerate(["same", "same", "other"]):
-            events = await run(client, TaskSpec(f"warm-{i}", job, "noop"))
-            pids += [
-                e.payload.message
-                for e in events
-                if isinstance(e.payload, StateChanged) and e.payload.state is TaskState.RUNNING
-            ]
-    assert pids[0] == pids[1] != pids[2]
+def _running_pid(events: list[TaskEvent]) -> int:
+    (running,) = [e for e in events if isinstance(e.payload, StateChanged) and e.payload.state is TaskState.RUNNING]
+    assert isinstance(running.payload, StateChanged)
+    return int(running.payload.message.split()[-1])
 
 
-async def test_a_new_job_starts_on_a_spare_worker_with_sklearn_imported(
-    agent_factory: type[AgentProcess], tmp_path: Path
-) -> None:
+async def test_each_task_forks_a_fresh_worker_from_the_fork_server(agent: AgentProcess) -> None:
+    """Warm across jobs yet fresh: every task's worker is a new child of the one fork server, which has no torch."""
     import psutil
 
-    agent = agent_factory(tmp_path / "spare-agent", spare_workers=1).start()
-    assert agent.proc is not None
-    agent_process = psutil.Process(agent.proc.pid)
+    pid = 0
+    async with agent.client() as client:
+        pids = [_running_pid(await run(client, TaskSpec(f"fresh-{i}", job, "noop"))) for i, job in enumerate("aab")]
+        await client.run_task(TaskSpec("fresh-sleep", "c", "sleep", {"seconds": 30}))
+        try:
+            async for event in client.watch_task("fresh-sleep"):
+                if isinstance(event.payload, StateChanged) and event.payload.state is TaskState.RUNNING:
+                    pid = int(event.payload.message.split()[-1])
+                    break
+            parent = psutil.Process(pid).parent()
+            assert parent is not None and "runtime.forkserver" in " ".join(parent.cmdline())
+            assert agent.proc is not None and parent.ppid() == agent.proc.pid
+            assert not any("/torch/" in m.path for m in parent.memory_maps())  # CUDA is set up per task
+        finally:
+            await client.cancel_task("fresh-sleep")
+    assert len({*pids, pid}) == 4
 
-    def spare_with_sklearn() -> bool:
-        """A worker has scikit-learn loaded: the agent sent it the preload, which it does as it keeps a spare."""
-        for child in agent_process.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if any("/sklearn/" in m.path for m in child.memory_maps()):
-                    return True
-        return False
+
+_LEAK_SCRIPT = """
+import os, sys, numpy, threadpoolctl
+import tensorfleet_agent.workloads.diagnostic as diag
+seen = getattr(diag, "SET_BY_A_JOB", None)
+diag.SET_BY_A_JOB = os.environ["TENSORFLEET_JOB_ID"]
+caps = {p["internal_api"]: p["num_threads"] for p in threadpoolctl.threadpool_info()}
+print(f"seen={seen} caps={caps} omp={os.environ['OMP_NUM_THREADS']} draw={numpy.random.random()}")
+print(f"torch={'torch' in sys.modules}")
+sys.exit(3 if seen is not None else 0)
+"""
+
+
+async def test_no_state_leaks_between_jobs_and_each_slot_keeps_its_thread_caps(
+    agent_factory: type[AgentProcess], tmp_path: Path
+) -> None:
+    """A module-level global set by one job's task is not seen by the next job's, on the same fork server; the
+    slot's thread caps (all the cores: one slot) hold for the BLAS loaded before the fork; numpy's global random
+    state differs per task."""
+    agent = agent_factory(tmp_path / "caps-agent", cpu_slots=1).start()
+    script = tmp_path / "leak.py"
+    script.write_text(_LEAK_SCRIPT)
+    lines = []
+    async with agent.client() as client:
+        digest = await client.put_blob(script)
+        for i in range(2):
+            params = {"script": "leak.py", "args": [], "sha256": digest}
+            spec = TaskSpec(f"leak-{i}", f"leak-job-{i}", "script", params, inputs=(BlobRef("leak.py", digest),))
+            events = await run(client, spec)
+            lines.append(" ".join(e.payload.line for e in events if isinstance(e.payload, LogLine)))
+            assert finished(events).status is TaskState.SUCCEEDED, lines[-1]
+    for line in lines:
+        assert "seen=None" in line and "torch=False" in line, line
+        omp = re.search(r"omp=(\d+)", line)
+        assert omp is not None and int(omp.group(1)) == (os.cpu_count() or 1), line
+        assert f"'openblas': {omp.group(1)}" in line, line
+    draws = [re.findall(r"draw=(\S+)", line) for line in lines]
+    assert draws[0] != draws[1]
+
+
+async def test_a_family_s_libraries_are_imported_once_in_the_fork_server(agent: AgentProcess) -> None:
+    """After a first scikit-learn task, the fork server holds scikit-learn (not torch): the next forks have it."""
+    import psutil
 
     async with agent.client() as client:
-        await eventually(spare_with_sklearn, 60, "a spare worker with scikit-learn imported")
-        asked = time.time()
-        events = await run(client, TaskSpec("spare", "fresh-job", "decision_tree", {"max_depth": 3}, dataset="iris"))
-    assert finished(events).status is TaskState.SUCCEEDED
-    (running,) = [e for e in events if isinstance(e.payload, StateChanged) and e.payload.state is TaskState.RUNNING]
-    pid = int(running.payload.message.split()[-1])
-    assert psutil.Process(pid).create_time() < asked  # started before the task was asked for
+        spec = TaskSpec("family-0", "family-a", "decision_tree", {"max_depth": 3}, dataset="iris")
+        assert finished(await run(client, spec)).status is TaskState.SUCCEEDED
+    assert agent.proc is not None
+    (server,) = [c for c in psutil.Process(agent.proc.pid).children() if "forkserver" in " ".join(c.cmdline())]
+    maps = [m.path for m in server.memory_maps()]
+    assert any("/sklearn/" in p for p in maps) and not any("/torch/" in p for p in maps)
 
 
 async def test_list_tasks(agent: AgentProcess) -> None:

@@ -1,0 +1,198 @@
+"""The fork server: `python -m tensorfleet_agent.runtime.forkserver` (docs/architecture.md, 'Warm workers').
+
+Started by the agent like a worker (spawned, never forked from the daemon; its own session; PR_SET_PDEATHSIG), with
+the agent's secrets scrubbed from its environment and every thread cap at 1. It imports what most tasks need, then
+does nothing but fork: each task's worker is a child forked from it, so it starts warm (interpreter up, modules
+imported) yet fresh (nothing a previous task set, in any module, is there: that task ran in another child).
+
+It has one thread and no gRPC, asyncio or BLAS thread pool, so fork() is safe. The agent talks to it on a unix
+SOCK_SEQPACKET socket: one JSON request per datagram, the new worker's pipe ends passed with SCM_RIGHTS; the
+replies are the forked pid and, later, each child's exit code (the fork server is the children's parent and reaps
+them). A request may name modules to import first ("warm"): a family's libraries, learned from its first task, so
+the next task of that family forks with them loaded. Torch is never among them (CUDA must be set up per task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+from typing import Any
+
+from tensorfleet_agent.runtime import worker
+
+#: Imported before the fork server says ready: every task's runtime, and numpy (with one BLAS thread, see _caps).
+BASE_MODULES = (
+    "tensorfleet_agent.task",
+    "tensorfleet_agent.workloads.registry",
+    "tensorfleet_agent.workloads.diagnostic",
+    "tensorfleet_agent.workloads.script",
+    "tensorfleet_agent.workloads.project",
+    "tensorfleet_agent.runtime.process",
+    "numpy",
+)
+#: What must never be imported here: CUDA is initialised per task, after CUDA_VISIBLE_DEVICES is set.
+FORBIDDEN = ("torch", "tensorflow", "jax")
+_MAX_REQUEST = 1 << 20
+_FDS = 4  # cmd (read end), events (write end), stdout, stderr (write ends)
+
+
+def _import(modules: list[str]) -> list[str]:
+    """Import what is asked, skipping the forbidden and what fails (the task will report that itself)."""
+    failed = []
+    for name in modules:
+        if name.split(".")[0] in FORBIDDEN:
+            failed.append(name)
+            continue
+        try:
+            if name == "skops.io":
+                from tensorfleet_agent.workloads.skops_files import skops_io
+
+                skops_io()
+            else:
+                importlib.import_module(name)
+        except Exception:  # a missing optional package is the task's to report
+            failed.append(name)
+    return failed
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _caps(threads: str) -> None:
+    """In a child: raise the thread caps of the native pools loaded in the fork server (at 1 there) to the slot's.
+    Libraries loaded later read the environment, which holds the slot's caps already."""
+    if threads in ("", "1") or "numpy" not in sys.modules:
+        return
+    with contextlib.suppress(Exception):
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+        threadpool_limits(limits=int(threads))
+
+
+def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket, wakeup: tuple[int, int]) -> None:
+    """In the forked child: become a fresh worker for one task, never return into the fork server's loop."""
+    code = 70
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        ctl.close()
+        for fd in wakeup:
+            os.close(fd)
+        os.setsid()  # its own session and process group: cancel kills the task's whole tree
+        cmd_fd, evt_fd, out_fd, err_fd = fds
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.close(out_fd)
+        os.close(err_fd)
+        os.environ.clear()
+        os.environ.update(request["env"])  # the slot's thread caps, CUDA_VISIBLE_DEVICES: before anything loads them
+        os.chdir(request["cwd"])
+        _caps(os.environ.get("OMP_NUM_THREADS", ""))
+        numpy_random = sys.modules.get("numpy.random")
+        if numpy_random is not None:  # every child would draw the fork server's numbers otherwise
+            numpy_random.seed()
+        code = worker.serve(cmd_fd, evt_fd, int(request["parent_pid"]))
+    except BaseException:  # whatever happens, the child ends here
+        with contextlib.suppress(Exception):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+class _Server:
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl
+        self.wakeup = os.pipe()
+        for fd in self.wakeup:
+            os.set_blocking(fd, False)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.ctl.send(json.dumps(message).encode())
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.send({"t": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+
+    def fork(self, request: dict[str, Any], fds: list[int]) -> None:
+        try:
+            failed = _import([str(m) for m in request.get("warm", [])])
+            if len(fds) != _FDS:
+                raise ValueError(f"expected {_FDS} fds, got {len(fds)}")
+            if _threads() != 1:  # an import started a thread: a fork would copy a lock some thread holds
+                raise RuntimeError(f"the fork server has {_threads()} threads, it may not fork")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child(request, fds, self.ctl, self.wakeup)
+            self.send({"t": "forked", "id": request["id"], "pid": pid, "failed": failed})
+        except Exception as exc:  # the agent spawns a worker instead
+            self.send({"t": "error", "id": request.get("id"), "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)  # wakes the selector through the wakeup fd
+        signal.set_wakeup_fd(self.wakeup[1])
+        selector = selectors.DefaultSelector()
+        selector.register(self.ctl, selectors.EVENT_READ, "ctl")
+        selector.register(self.wakeup[0], selectors.EVENT_READ, "child")
+        self.send({"t": "ready", "pid": os.getpid()})
+        while True:
+            for key, _ in selector.select():
+                if key.data == "child":
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self.wakeup[0], 512):
+                            pass
+                    self.reap()
+                    continue
+                data, fds, _flags, _addr = socket.recv_fds(self.ctl, _MAX_REQUEST, _FDS)
+                if not data:  # the agent closed its end: leave (the children have their own PDEATHSIG parent: us)
+                    return 0
+                request = json.loads(data)
+                if request.get("op") == "fork":
+                    self.fork(request, fds)
+                elif request.get("op") == "warm":
+                    _import([str(m) for m in request.get("modules", [])])
+            self.reap()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tensorfleet-forkserver")
+    parser.add_argument("--ctl-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, default=0)
+    args = parser.parse_args(argv)
+    worker.die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctl = socket.socket(fileno=args.ctl_fd)
+    _import(list(BASE_MODULES))
+    worker.package_versions()  # read once here: every child has it (the reproducibility record of each task)
+    return _Server(ctl).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
