@@ -29,11 +29,14 @@ def merge_forest(
     """Concatenate the shards' trees, score the forest, write it with skops to `out`; returns its metrics."""
     from sklearn import metrics
     from sklearn.model_selection import train_test_split
-    from skops.io import dump, get_untrusted_types, load
 
     from tensorfleet_agent.workloads.datasets import CLASSIFICATION, dataset_task, is_user_dataset, load_user
     from tensorfleet_agent.workloads.datasets import load as load_dataset
     from tensorfleet_agent.workloads.sklearn_basic import SPLIT_SEED, TEST_SIZE
+    from tensorfleet_agent.workloads.skops_files import skops_io
+
+    skops = skops_io()  # not `import skops.io`: its estimator listing would load torch into the controller
+    dump, get_untrusted_types, load = skops.dump, skops.get_untrusted_types, skops.load
 
     forests = []
     for path in shards:
