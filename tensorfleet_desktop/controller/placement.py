@@ -27,7 +27,7 @@ from tensorfleet_desktop.controller.trials import SweepRunner
 log = logging.getLogger(__name__)
 
 TICK = 0.5
-_COMPACT = 1024  # ended jobs the order keeps before it is rebuilt without them
+_COMPACT = 64  # ended jobs the order keeps (beyond a quarter of the open ones) before it is rebuilt without them
 
 
 class Placement:
@@ -99,7 +99,7 @@ class Placement:
                 bisect.insort(self._order, key)
         self._sweeps.update(i for i in new if open_[i].mode == "sweep")
         self._ordered |= new
-        if len(self._ordered) - len(open_) > _COMPACT:
+        if len(self._ordered) - len(open_) > _COMPACT + len(open_) // 4:  # amortized: a pass skips few
             self._order = [key for key in self._order if key[2] in open_]
             self._ordered = {key[2] for key in self._order}
             self._sweeps &= self._ordered

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from helpers.core_harness import core
+from helpers.core_harness import core, until
 from helpers.fake_agents import FakeAgents, FakeClock
 from tensorfleet_agent._generated import controller_pb2 as cpb
-from tensorfleet_agent.core.types import Progress
+from tensorfleet_agent.core.types import Progress, TaskState
 from tensorfleet_desktop.controller import placement, service
 from tensorfleet_desktop.controller.model import JobState
 from tensorfleet_desktop.controller.placement import Placement
@@ -107,3 +107,25 @@ async def test_a_pass_builds_requests_for_what_it_places_not_for_the_whole_queue
         await agents.wait(lambda: len(agents.running()) == 2 and jobs[1].tasks[0].node_id == "a1")
         assert urgent.tasks[0].node_id == "a1" and jobs[0].tasks[0].node_id == "a1"  # priority, then FIFO
         assert len(built) < 20, f"a pass for one free slot built {len(built)} requests"
+
+
+async def test_a_job_opened_again_after_the_order_dropped_it_is_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(placement, "_COMPACT", 0)  # every ended job is dropped from the kept order at once
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1")
+    async with core(tmp_path, agents, clock) as controller:
+        failing = await controller.submit({"algorithm": "noop", "max_retries": 0}, "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        agents.finish(agents.running()[0], TaskState.FAILED, "exception", "boom")
+        others = [await controller.submit({"algorithm": "noop"}, "me") for _ in range(3)]
+        for _ in others:
+            await agents.wait(lambda: len(agents.running()) == 1)
+            agents.finish(agents.running()[0], cause="completed")
+        await until(controller, lambda: all(j.state is JobState.SUCCEEDED for j in others))
+        assert failing.state is JobState.FAILED
+        controller.retry(failing.id)
+        await agents.wait(lambda: agents.running() == [f"{failing.id}-r0-a2"])
+        agents.finish(agents.running()[0], cause="completed")
+        await until(controller, lambda: failing.state is JobState.SUCCEEDED)
