@@ -5,7 +5,10 @@
   submitted all at once ("async") and one after another, each waited for ("sync");
 - submit -> result latency p50 / p99 of one noop job;
 - cold start: `tensorfleet serve` (controller + local agent) from nothing to the first noop result;
-- idle memory (PSS) of `tensorfleet serve` with its local agent.
+- idle memory (PSS) of `tensorfleet serve` with its local agent and its warm workers, per process, once idle
+  (at least 5 s after the first noop result, then until it stops changing: a spare worker may still be
+  importing), and again after an iris random forest job (a worker that imported scikit-learn);
+- `targets`: issue 21's rows for these figures (benchmarks/bench_targets.py), with the load before and after.
 Ray's figures come from benchmarks/ray_peer.py run by RAY_PYTHON (an interpreter with Ray installed in its
 own environment); without it the Ray side is skipped with a note. mDNS stays on 127.0.0.1.
 
@@ -35,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
 
 import psutil  # noqa: E402
+from bench_targets import load, ratio, row  # noqa: E402
 from profiling import Profiler, process_kind  # noqa: E402
 
 from helpers.agents import AgentProcess  # noqa: E402
@@ -43,7 +47,7 @@ from helpers.servers import free_port  # noqa: E402
 from tensorfleet_desktop.client import AsyncClient, Client  # noqa: E402
 
 NOOP = {"algorithm": "noop"}
-AIMS = {"dispatch_vs_ray_async": 3.0, "p50_latency_vs_ray": 0.5, "cold_start_vs_ray": 0.3, "idle_memory_vs_ray": 0.35}
+FOREST = {"name": "iris-random-forest", "algorithm": "random_forest", "dataset": "iris", "model_name": "iris-rf"}
 
 
 async def throughput_async(address: str, n: int) -> float:
@@ -76,19 +80,53 @@ async def sequential(address: str, n: int) -> list[float]:
     return out
 
 
-def pss_tree(pid: int) -> tuple[int, dict[str, float]]:
-    """PSS of a process and its children: the total, and MiB per kind of process."""
+def pss_tree(pid: int) -> tuple[int, dict[str, float], list[dict[str, Any]]]:
+    """PSS of a process and its children: the total, MiB per kind of process, and each process.
+
+    The kind is the process's place in the tree, not only its command line: a worker forked from the agent
+    (a fork server, or workers forked from one) keeps the agent's command line but is the agent's descendant."""
     root = psutil.Process(pid)
-    total, parts = 0, {}
+    total, parts, each = 0, dict[str, float](), list[dict[str, Any]]()
+    kinds: dict[int, str] = {pid: "controller"}
+    for proc in root.children(recursive=True):  # parents come before their children
+        try:
+            parent_kind = kinds.get(proc.ppid(), "controller")
+            named = process_kind(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue
+        if parent_kind in ("agent", "worker"):
+            kinds[proc.pid] = "worker"
+        else:
+            kinds[proc.pid] = named if named in ("agent", "worker") else "controller child: " + named
     for proc in [root, *root.children(recursive=True)]:
         try:
             pss = proc.memory_full_info().pss
-            kind = process_kind(" ".join(proc.cmdline()))
+            cmdline = " ".join(proc.cmdline())
         except psutil.Error:
             continue
+        kind = kinds.get(proc.pid, "other")
         total += pss
         parts[kind] = round(parts.get(kind, 0.0) + pss / 2**20, 1)
-    return total, parts
+        each.append({"pid": proc.pid, "kind": kind, "pss_mib": round(pss / 2**20, 1), "cmd": cmdline[-100:]})
+    return total, parts, each
+
+
+def settled_pss(pid: int, least: float = 5.0, most: float = 90.0) -> tuple[int, dict[str, float], list[dict[str, Any]]]:
+    """pss_tree once the cluster is idle: at least `least` seconds, then until three samples a second apart agree
+    within 1 MiB with the same processes (a spare worker still importing, or one being replaced, is not idle
+    yet), at most `most` seconds."""
+    t0 = time.monotonic()
+    time.sleep(least)
+    history: list[tuple[int, list[int]]] = []
+    while True:
+        total, parts, each = pss_tree(pid)
+        history.append((total, sorted(p["pid"] for p in each)))
+        recent = history[-3:]
+        same_processes = len(recent) == 3 and len({tuple(pids) for _, pids in recent}) == 1
+        steady = same_processes and max(t for t, _ in recent) - min(t for t, _ in recent) <= 2**20
+        if steady or time.monotonic() - t0 > most:
+            return total, parts, each
+        time.sleep(1.0)
 
 
 def cold_start_and_idle_memory(workdir: Path) -> dict[str, Any]:
@@ -111,8 +149,10 @@ def cold_start_and_idle_memory(workdir: Path) -> dict[str, Any]:
             final = client.wait(client.submit(NOOP)["id"], timeout=60)
             cold = time.perf_counter() - t0
             assert final["state"] == "SUCCEEDED", final
-            time.sleep(5)  # idle
-            idle, idle_parts = pss_tree(proc.pid)
+            idle, idle_parts, idle_each = settled_pss(proc.pid)
+            forest = client.wait(client.submit(FOREST)["id"], timeout=300)  # a warm worker that fitted sklearn
+            assert forest["state"] == "SUCCEEDED", forest
+            after, after_parts, after_each = settled_pss(proc.pid)
             client.shutdown()
         proc.wait(30)
     finally:
@@ -122,6 +162,10 @@ def cold_start_and_idle_memory(workdir: Path) -> dict[str, Any]:
         "cold_start_s": round(cold, 2),
         "idle_pss_mib": round(idle / 2**20, 1),
         "idle_pss_mib_by_process": idle_parts,
+        "idle_pss_processes": idle_each,
+        "idle_pss_mib_after_sklearn_job": round(after / 2**20, 1),
+        "idle_pss_mib_by_process_after_sklearn_job": after_parts,
+        "idle_pss_processes_after_sklearn_job": after_each,
     }
 
 
@@ -140,12 +184,61 @@ def ray_side(n_async: int, n_sync: int, n_latency: int) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def target_rows(ours: dict[str, Any], ray: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 21's rows this benchmark measures (benchmarks/bench_targets.py)."""
+    skipped = ray.get("skipped", "")
+    return [
+        row(
+            "no-op job dispatch (async submit, all done) vs Ray async tasks",
+            "tasks/s",
+            ours["tasks_per_s_async"],
+            ray.get("tasks_per_s_async"),
+            goal=">= 1x (stretch >= 3x) (TensorFleet / Ray)",
+            at_least=1.0,
+            ratio_value=ratio(ours["tasks_per_s_async"], ray.get("tasks_per_s_async")),
+            note=skipped,
+        ),
+        row(
+            "sync submit->SUCCEEDED p50 of a no-op job",
+            "ms",
+            ours["latency_ms_p50"],
+            ray.get("latency_ms_p50"),
+            goal="<= 5 ms (TensorFleet figure)",
+            at_most=5.0,
+            on="tensorfleet",
+            ratio_value=ratio(ours["latency_ms_p50"], ray.get("latency_ms_p50")),
+        ),
+        row(
+            "cold start to first result vs Ray",
+            "s",
+            ours["cold_start_s"],
+            ray.get("cold_start_s"),
+            goal="<= 0.2x (TensorFleet s / Ray s)",
+            at_most=0.2,
+            ratio_value=ratio(ours["cold_start_s"], ray.get("cold_start_s")),
+            note=skipped,
+        ),
+        row(
+            "idle PSS, controller + one agent + its warm workers",
+            "MiB",
+            ours["idle_pss_mib"],
+            ray.get("idle_pss_mib"),
+            goal="<= 160 MiB (TensorFleet figure)",
+            at_most=160.0,
+            on="tensorfleet",
+            ratio_value=ratio(ours["idle_pss_mib"], ray.get("idle_pss_mib")),
+            note=f"after one noop job; {ours['idle_pss_mib_after_sklearn_job']} MiB after an iris random forest job",
+        ),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--jobs", type=int, default=300, help="noop jobs for the async throughput run")
     parser.add_argument("--sequential", type=int, default=100, help="noop jobs for the sync run and latency")
     parser.add_argument("--profile", type=Path, help="sample the async run with py-spy; raw stacks go here")
     args = parser.parse_args()
+    load_before = load()
     with tempfile.TemporaryDirectory(prefix="tensorfleet-bench-") as tmp:
         root = Path(tmp)
         agents = [
@@ -176,9 +269,10 @@ def main() -> int:
         **startup,
     }
     ray = ray_side(args.jobs, args.sequential, args.sequential)
-    report: dict[str, Any] = {"tensorfleet": ours, "ray": ray, "aims": AIMS}
+    report: dict[str, Any] = {"load_before": load_before, "load_after": load(), "tensorfleet": ours, "ray": ray}
     if args.profile is not None:
         report["profile"] = profiler.summary()
+    report["targets"] = target_rows(ours, ray)
     if "skipped" not in ray:
         report["ratios"] = {
             "dispatch_vs_ray_async": round(ours["tasks_per_s_async"] / ray["tasks_per_s_async"], 3),

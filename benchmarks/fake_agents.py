@@ -60,10 +60,10 @@ async def main(args: argparse.Namespace) -> None:
     daemons = []
     for i in range(args.count):
         config = daemon_module.AgentConfig(
-            data_dir=args.dir / f"sim-{i:03d}",
+            data_dir=args.dir / f"{args.prefix}{i:03d}",
             host="127.0.0.1",
             port=0,
-            name=f"sim-{i:03d}",
+            name=f"{args.prefix}{i:03d}",
             interfaces=["127.0.0.1"],
             advertise=False,
             cpu_slots=args.slots,
@@ -90,4 +90,5 @@ if __name__ == "__main__":
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--ready", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("--prefix", default="sim-", help="agent names: PREFIX000, PREFIX001, ...")
     asyncio.run(main(parser.parse_args()))

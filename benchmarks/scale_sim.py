@@ -19,6 +19,8 @@ Usage: python benchmarks/scale_sim.py [--jobs 1000] [--agents 50] [--seconds 0.5
 from __future__ import annotations
 
 import argparse
+import asyncio
+import http.client
 import json
 import os
 import signal
@@ -37,12 +39,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
 
 import psutil  # noqa: E402
+from bench_targets import load, row  # noqa: E402
 from profiling import Profiler  # noqa: E402
 
 from helpers.agents import CLUSTER_TOKEN  # noqa: E402
 from helpers.controller import ControllerProcess  # noqa: E402
 from helpers.servers import free_port  # noqa: E402
-from tensorfleet_desktop.client import Client  # noqa: E402
+from tensorfleet_desktop.client import AsyncClient, Client  # noqa: E402
+from tensorfleet_desktop.connection import client_token  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -96,6 +100,9 @@ def histogram(metrics_url: str, name: str) -> dict[str, Any]:
         elif line.startswith(f"{name}_count"):
             count = float(line.rsplit(" ", 1)[1])
 
+    if not count:
+        return {"missing": f"{name} not exported, or no pass yet"}
+
     def quantile(q: float) -> float:
         for bound, cumulative in buckets:
             if cumulative >= q * count:
@@ -110,80 +117,262 @@ def histogram(metrics_url: str, name: str) -> dict[str, Any]:
     }
 
 
-def run(jobs: int, agents: int, seconds: float, slots: int, profile: Path | None) -> dict[str, Any]:
+class PageTimer(threading.Thread):
+    """A reader paging the jobs list while the queue drains: ListJobs(limit) over gRPC and, when the controller
+    serves HTTP, GET /api/v1/jobs?limit=..., each timed (ms). One call at a time, `pause` seconds apart."""
+
+    def __init__(self, address: str, http: tuple[int, str] | None, limit: int, pause: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.address, self.http, self.limit, self.pause = address, http, limit, pause
+        self.grpc_ms: list[float] = []
+        self.http_ms: list[float] = []
+        self.errors: list[str] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        with Client(self.address, timeout=60) as client:
+            connection = self._http_connection()
+            while not self.stop_event.is_set():
+                self.sample(client, connection)
+                self.stop_event.wait(self.pause)
+
+    def _http_connection(self) -> http.client.HTTPConnection | None:
+        return http.client.HTTPConnection("127.0.0.1", self.http[0], timeout=60) if self.http else None
+
+    def sample(self, client: Client, connection: http.client.HTTPConnection | None) -> None:
+        t0 = time.perf_counter()
+        try:
+            page = client.jobs(limit=self.limit)
+            assert len(page) <= self.limit
+            self.grpc_ms.append((time.perf_counter() - t0) * 1000)
+        except Exception as exc:  # a figure missing says why
+            self.errors.append(f"grpc: {exc}"[:200])
+        if connection is None or self.http is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            connection.request(
+                "GET", f"/api/v1/jobs?limit={self.limit}", headers={"Authorization": f"Bearer {self.http[1]}"}
+            )
+            response = connection.getresponse()
+            body = response.read()
+            assert response.status == 200, (response.status, body[:200])
+            self.http_ms.append((time.perf_counter() - t0) * 1000)
+        except Exception as exc:
+            self.errors.append(f"http: {exc}"[:200])
+            connection.close()
+
+    def rest(self, samples: int) -> dict[str, Any]:
+        """The same pages timed again with the queue drained (the controller otherwise idle)."""
+        grpc_before, http_before = len(self.grpc_ms), len(self.http_ms)
+        with Client(self.address, timeout=60) as client:
+            connection = self._http_connection()
+            for _ in range(samples):
+                self.sample(client, connection)
+        out = {
+            "grpc": summary_ms(self.grpc_ms[grpc_before:]),
+            **({"http": summary_ms(self.http_ms[http_before:])} if self.http else {}),
+        }
+        del self.grpc_ms[grpc_before:], self.http_ms[http_before:]  # the draining figures stay apart
+        return out
+
+    def finish(self) -> dict[str, Any]:
+        self.stop_event.set()
+        self.join()
+        return {
+            "grpc": summary_ms(self.grpc_ms),
+            **({"http": summary_ms(self.http_ms)} if self.http else {}),
+            **({"errors": self.errors[:5], "error_count": len(self.errors)} if self.errors else {}),
+        }
+
+
+def tail(path: Path, chars: int = 3000) -> str:
+    """The end of a log that is about to be deleted with its temporary directory."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError as exc:
+        return str(exc)
+
+
+def summary_ms(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"samples": 0}
+    return {
+        "samples": len(values),
+        "p50": round(percentile(values, 0.5), 2),
+        "p99": round(percentile(values, 0.99), 2),
+        "max": round(max(values), 2),
+    }
+
+
+async def submit_all(address: str, spec: dict[str, Any], n: int, concurrency: int = 32) -> None:
+    async with AsyncClient(address, timeout=120) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with gate:
+                await client.submit(spec)
+
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def task_state_events(address: str, job_ids: list[str]) -> dict[str, Any]:
+    """The task state changes the controller recorded for a sample of ended jobs (their WatchJob events): how
+    many per task, to turn completed tasks into state changes."""
+    async with AsyncClient(address, timeout=120) as client:
+        gate = asyncio.Semaphore(16)
+
+        async def one(job_id: str) -> tuple[int, int, int]:
+            async with gate:
+                task_states = job_states = 0
+                async for event in client.watch(job_id):
+                    task_states += event["kind"] == "task_state"
+                    job_states += event["kind"] == "job_state"
+                tasks = (await client.job(job_id))["tasks"]["total"]
+                return task_states, job_states, tasks
+
+        counts = await asyncio.gather(*(one(j) for j in job_ids))
+    per_task = [t / max(1, n) for t, _, n in counts]
+    return {
+        "sampled_jobs": len(counts),
+        "task_state_events_per_task": round(statistics.fmean(per_task), 3) if per_task else None,
+        "task_state_events_per_task_min": min(per_task, default=None),
+        "job_state_events_per_job": round(statistics.fmean(j for _, j, _ in counts), 3) if counts else None,
+    }
+
+
+def start_sims(root: Path, agents: int, slots: int, procs: int) -> list[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """fake_agents.py processes sharing `agents` between them (the simulated agents use CPU too)."""
+    sims = []
+    procs = max(1, min(procs, agents))
+    for p in range(procs):
+        count = agents // procs + (1 if p < agents % procs else 0)
+        ready, report = root / f"sim{p}.ready", root / f"sim{p}.report"
+        argv = [sys.executable, str(ROOT / "benchmarks" / "fake_agents.py"), "--count", str(count)]
+        argv += ["--slots", str(slots), "--dir", str(root / f"sim{p}"), "--ready", str(ready)]
+        argv += ["--report", str(report), "--prefix", f"sim{p}-"]
+        log = (root / f"sim{p}.log").open("wb")
+        env = {**os.environ, "TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN}
+        sims.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), ready, report))
+    return sims
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    jobs, agents, seconds, slots = args.jobs, args.agents, args.seconds, args.slots
     with tempfile.TemporaryDirectory(prefix="tensorfleet-scale-") as tmp:
         root = Path(tmp)
         metrics_port = free_port()
-        controller = ControllerProcess(root / "controller", extra_args=["--metrics-port", str(metrics_port)]).start()
-        sim_ready, sim_report = root / "sim.ready", root / "sim.report"
-        sim_log = (root / "sim.log").open("wb")
-        argv = [sys.executable, str(ROOT / "benchmarks" / "fake_agents.py"), "--count", str(agents)]
-        argv += ["--slots", str(slots), "--dir", str(root / "sim"), "--ready", str(sim_ready)]
-        sim = subprocess.Popen(
-            [*argv, "--report", str(sim_report)],
-            stdout=sim_log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "TENSORFLEET_CLUSTER_TOKEN": CLUSTER_TOKEN},
-        )
+        extra = ["--metrics-port", str(metrics_port)]
+        http_port = 0 if args.no_http else free_port()
+        if http_port:
+            extra += ["--http-port", str(http_port)]
+        controller = ControllerProcess(root / "controller", extra_args=extra).start()
+        sims = start_sims(root, agents, slots, args.sim_procs)
         try:
             t0 = time.monotonic()
-            while not sim_ready.exists():
-                if sim.poll() is not None:
-                    raise RuntimeError((root / "sim.log").read_text()[-3000:])
-                time.sleep(0.1)
+            addresses: list[str] = []
+            for proc, ready, _ in sims:
+                while not ready.exists():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"simulated agents exited: {tail(ready.with_suffix('.log'))}")
+                    time.sleep(0.1)
+                addresses += json.loads(ready.read_text())["addresses"]
             agents_start_s = time.monotonic() - t0
-            addresses = json.loads(sim_ready.read_text())["addresses"]
             assert controller.proc is not None
+            http = (http_port, client_token(controller.address)[0]) if http_port else None
             sampler = Sampler(controller.proc.pid)
             sampler.start()
+            spec = {"algorithm": "sleep", "hyperparameters": {"seconds": seconds}, "max_retries": 0}
+            t0 = time.monotonic()
+            asyncio.run(submit_all(controller.address, spec, jobs))
+            submit_s = time.monotonic() - t0
+            rss_queued_mib = round(psutil.Process(controller.proc.pid).memory_info().rss / 2**20, 1)
+            pages = PageTimer(controller.address, http, args.page)
+            queued_pages = pages.rest(args.page_samples)  # 10,000 jobs queued, no agent yet
             with Client(controller.address, timeout=60) as client:
-                spec = {"algorithm": "sleep", "hyperparameters": {"seconds": seconds}, "max_retries": 0}
-                t0 = time.monotonic()
-                for _ in range(jobs):
-                    client.submit(spec)
-                submit_s = time.monotonic() - t0
-                with Profiler(profile, {"controller": controller.proc.pid}) as profiler:
+                with Profiler(args.profile, {"controller": controller.proc.pid}) as profiler:
+                    pages.start()
                     t0 = time.monotonic()
                     for address in addresses:
                         client.add_agent(address)
+                    deadline = t0 + args.timeout
                     while sum(a["state"] == "ONLINE" and a["paired"] for a in client.agents()) < agents:
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"agents not online in {args.timeout}s: {tail(controller.log_path)}")
                         time.sleep(0.1)
                     online_s = time.monotonic() - t0
                     while client.jobs(("QUEUED", "RUNNING"), limit=1):
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"queue not drained after {args.timeout}s: {tail(controller.log_path)}")
                         time.sleep(0.25)
                     makespan = time.monotonic() - t0
-                states: dict[str, int] = {}
-                for job in client.jobs(limit=jobs + 10):
-                    states[job["state"]] = states.get(job["state"], 0) + 1
+                    drained_at = time.time()
+                    draining_pages = pages.finish()
+                rest_pages = pages.rest(args.page_samples)
+                newest = client.jobs(limit=min(jobs, 2000))
+                unsuccessful = client.jobs(("FAILED", "CANCELLED"))
+                last_finished = max((j["finished_at"] or 0.0 for j in newest + unsuccessful), default=0.0)
+                sample = [j["id"] for j in newest[:: max(1, len(newest) // args.event_sample)]][: args.event_sample]
+            events = asyncio.run(task_state_events(controller.address, sample))
             controller_figures = sampler.finish()
             passes = histogram(f"http://127.0.0.1:{metrics_port}/metrics", "tensorfleet_schedule_pass_seconds")
-            sim.send_signal(signal.SIGTERM)
-            sim.wait(60)
-            report = json.loads(sim_report.read_text())
+            times: dict[str, Any] = {}
+            for proc, _, report_path in sims:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(120)
+                times.update(json.loads(report_path.read_text()))
         finally:
-            if sim.poll() is None:
-                sim.kill()
+            for proc, _, _ in sims:
+                if proc.poll() is None:
+                    proc.kill()
             controller.stop()
     gaps = []
-    for times in report.values():
-        accepted, finished = sorted(times["accepted"]), sorted(times["finished"])
+    accepted_all, finished_all = [], []
+    for agent_times in times.values():
+        accepted, finished = sorted(agent_times["accepted"]), sorted(agent_times["finished"])
+        accepted_all += accepted
+        finished_all += finished
         for start in accepted[1:]:  # the first task of an agent waited for the agent, not for a slot
             freed = [f for f in finished if f <= start]
             if freed:
                 gaps.append((start - freed[-1]) * 1000)
+    states = {"SUCCEEDED": jobs - len(unsuccessful)}
+    for job in unsuccessful:
+        states[job["state"]] = states.get(job["state"], 0) + 1
+    first_accepted = min(accepted_all, default=0.0)
+    window = (last_finished or drained_at) - first_accepted if first_accepted else makespan
+    per_task = events["task_state_events_per_task"] or 0.0
     ideal = jobs * seconds / (agents * slots)
     return {
         "jobs": jobs,
         "agents": agents,
         "slots_per_agent": slots,
         "task_seconds": seconds,
+        "simulated_agent_processes": len(sims),
         "states": states,
+        "unsuccessful_examples": [
+            {"id": j["id"], "state": j["state"], "error": j["error"][:300], "tasks": j["tasks"]}
+            for j in unsuccessful[:3]
+        ],
+        "placements_per_task_in_newest": round(
+            sum(j["tasks"]["attempts"] for j in newest) / max(1, sum(j["tasks"]["total"] for j in newest)), 3
+        ),
         "simulated_agents_ready_s": round(agents_start_s, 2),
         "submit_jobs_per_s": round(jobs / submit_s, 1),
         "agents_added_to_online_s": round(online_s, 2),
         "makespan_s": round(makespan, 2),
         "ideal_makespan_s": round(ideal, 2),
-        "completed_jobs_per_s": round(jobs / makespan, 1),
+        "drain_window_s": round(window, 2),
+        "completed_jobs_per_s": round(jobs / window, 1),
+        "task_state_changes": events,
+        "task_state_changes_per_s": round(jobs * per_task / window, 1),
+        "tasks_run_by_agents": len(finished_all),
+        "list_jobs_page_ms": {
+            "limit": args.page,
+            "queued": queued_pages,
+            "draining": draining_pages,
+            "drained": rest_pages,
+        },
         "slot_refill_ms": {
             "p50": round(percentile(gaps, 0.5), 2),
             "p99": round(percentile(gaps, 0.99), 2),
@@ -191,21 +380,79 @@ def run(jobs: int, agents: int, seconds: float, slots: int, profile: Path | None
             "samples": len(gaps),
         },
         "scheduler_pass": passes,
-        "controller": controller_figures,
-        **({"profile": profiler.summary()} if profile is not None else {}),
+        "controller": {**controller_figures, "rss_with_queue_mib": rss_queued_mib},
+        **({"profile": profiler.summary()} if args.profile is not None else {}),
     }
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 21's scale-simulation rows (no Ray figure: Ray has no such simulation)."""
+    size = f"{report['jobs']:,} queued jobs on {report['agents']} simulated agents"
+    pages = report["list_jobs_page_ms"]
+    rows = [
+        row(
+            f"scale simulation, {size}: task state changes per second",
+            "changes/s",
+            report["task_state_changes_per_s"],
+            None,
+            goal=">= 1,000/s",
+            at_least=1000.0,
+            on="tensorfleet",
+            note=f"{report['completed_jobs_per_s']} jobs/s completed; "
+            f"{report['task_state_changes']['task_state_events_per_task']} recorded task state changes per task",
+        ),
+    ]
+    for transport in ("grpc", "http"):
+        draining = pages["draining"].get(transport)
+        if draining is None:
+            continue
+        p50 = draining.get("p50")
+        worst = max((pages[phase][transport].get("p99") or 0.0) for phase in ("queued", "draining", "drained"))
+        rows.append(
+            row(
+                f"scale simulation, {size}: {'ListJobs' if transport == 'grpc' else 'GET /api/v1/jobs'} page of "
+                f"{pages['limit']} while the queue drains (p50)",
+                "ms",
+                p50,
+                None,
+                goal="<= 50 ms",
+                at_most=50.0,
+                on="tensorfleet",
+                note=f"p99 {draining.get('p99')} ms; worst p99 over queued / draining / drained: {round(worst, 2)} ms",
+            )
+        )
+    rows.append(
+        row(
+            f"scale simulation, {size}: controller peak RSS",
+            "MiB",
+            report["controller"]["peak_rss_mib"],
+            None,
+            goal="<= 500 MiB",
+            at_most=500.0,
+            on="tensorfleet",
+        )
+    )
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--agents", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=0.5, help="simulated duration of each task")
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=0.1, help="simulated duration of each task")
     parser.add_argument("--slots", type=int, default=1, help="slots per simulated agent")
+    parser.add_argument("--sim-procs", type=int, default=2, help="processes the simulated agents share")
+    parser.add_argument("--page", type=int, default=50, help="jobs per ListJobs / GET /api/v1/jobs page")
+    parser.add_argument("--page-samples", type=int, default=20, help="timed pages with the queue full, drained")
+    parser.add_argument("--event-sample", type=int, default=100, help="jobs whose task state events are counted")
+    parser.add_argument("--timeout", type=float, default=600, help="give up when the queue has not drained")
+    parser.add_argument("--no-http", action="store_true", help="no --http-port: time the gRPC ListJobs only")
     parser.add_argument("--profile", type=Path, help="sample the controller with py-spy; raw stacks go here")
     args = parser.parse_args()
-    report = run(args.jobs, args.agents, args.seconds, args.slots, args.profile)
-    print(json.dumps({"scale_simulation": report}, indent=2))
+    load_before = load()
+    report = run(args)
+    out = {"load_before": load_before, "load_after": load(), "scale_simulation": report, "targets": targets(report)}
+    print(json.dumps(out, indent=2))
     return 0
 
 
