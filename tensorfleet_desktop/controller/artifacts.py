@@ -393,6 +393,8 @@ class Artifacts:
         """Delete blobs nothing refers to any more (see retention.py) and the partial files of interrupted transfers;
         files younger than `grace` s are spared; `also_keep` (the project snapshots' files) never goes.
         Returns deleted (blobs), partials, freed_bytes, kept."""
+        for job_id in [j for j in self.leaders if j not in self.machine.open]:  # cancelled or failed sweeps'
+            del self.leaders[job_id]
         keep = referenced(self.machine.jobs.values(), self.datasets.values(), await self.store.model_versions())
         keep |= set(self.fetches) | (also_keep or set())
         now, deleted, freed = time.time(), 0, 0
