@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_desktop.controller.jobspec import parse_job_spec
+from tensorfleet_desktop.controller.jobspec import KEEP_MODELS, parse_job_spec
 from tensorfleet_desktop.controller.sweep import SEARCHES
 from tensorfleet_desktop.ui import theme as themes
 from tensorfleet_desktop.ui.formatting import human_bytes
@@ -214,10 +214,15 @@ class SubmitDialog(QDialog):
         self.sweep_metric = QComboBox()
         self.sweep_metric.addItems(["(default)", "test_accuracy", "f1_macro", "train_accuracy", "r2", "rmse", "mae"])
         self.sweep_prune = QCheckBox("stop unpromising trials early (iterative algorithms)")
+        self.sweep_keep = QComboBox()
+        self.sweep_keep.setObjectName("sweep_keep")
+        self.sweep_keep.addItems(list(KEEP_MODELS))  # best first: the parser's default
+        self.sweep_keep.setToolTip("which trials' models are copied to the controller and registered")
         sweep_form.addRow("Search space", self.sweep_space)
         sweep_form.addRow("Search", self.sweep_search)
         sweep_form.addRow("Trials", self.sweep_trials)
         sweep_form.addRow("Metric", self.sweep_metric)
+        sweep_form.addRow("Keep models", self.sweep_keep)
         sweep_form.addRow(self.sweep_prune)
 
         resources = QGroupBox("Resources and scheduling")
@@ -299,7 +304,7 @@ class SubmitDialog(QDialog):
             signal.connect(self.validate)
         for spin in (self.workers, self.gpus, self.priority, self.retries, self.sweep_trials):
             spin.valueChanged.connect(self.validate)
-        for combo in (self.dataset, self.target, self.sweep_search, self.sweep_metric):
+        for combo in (self.dataset, self.target, self.sweep_search, self.sweep_metric, self.sweep_keep):
             combo.currentIndexChanged.connect(self.validate)
         self.dataset.currentIndexChanged.connect(self._fill_targets)
         self.sweep_box.toggled.connect(self.validate)
@@ -478,6 +483,8 @@ class SubmitDialog(QDialog):
             if self.sweep_prune.isChecked():
                 sweep["prune"] = True
             spec["sweep"] = sweep
+            if self.sweep_keep.currentText() != KEEP_MODELS[0]:
+                spec["keep_models"] = self.sweep_keep.currentText()
         return spec
 
     def _local_form(self, spec: dict[str, Any]) -> dict[str, Any]:

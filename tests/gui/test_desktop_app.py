@@ -252,6 +252,9 @@ def test_invalid_form_input_is_refused_inline(qtbot: Any, window: MainWindow) ->
     assert not dialog.ok_button.isEnabled() and "sweep.params.bogus" in dialog.error_label.text()
     dialog.sweep_space.setPlainText("max_depth=int:2:8")
     assert dialog.ok_button.isEnabled(), dialog.error_label.text()
+    assert "keep_models" not in dialog.spec()  # best: the parser's default, left out
+    dialog.sweep_keep.setCurrentText("all")
+    assert dialog.spec()["keep_models"] == "all" and dialog.ok_button.isEnabled()
     dialog.buttons.button(QDialogButtonBox.StandardButton.Cancel).click()
 
 
