@@ -48,8 +48,12 @@ class SimulatedExecutor(Executor):
                 pass
         finally:
             self.journal.append(spec.task_id, Finished(status, cause, error, time.monotonic() - running.started))
+            getattr(running, "going", asyncio.Event()).set()  # as the real _run's end does
             self._running.pop(spec.task_id, None)
             self.slots.release(running.slots)
+            gangs = getattr(self, "gangs", None)
+            if gangs is not None:
+                gangs.finished(spec.job_id, spec.attempt, spec.local_rank)
             self.blobs.unpin(ref.sha256 for ref in spec.inputs)
             self._gauge()
             times["finished"].append(time.time())
