@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -259,8 +260,12 @@ def start_sims(root: Path, agents: int, slots: int, procs: int) -> list[tuple[su
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     jobs, agents, seconds, slots = args.jobs, args.agents, args.seconds, args.slots
-    with tempfile.TemporaryDirectory(prefix="tensorfleet-scale-") as tmp:
-        root = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.keep_dir is not None:  # the logs stay, to read after a surprising run
+            root = args.keep_dir
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tensorfleet-scale-")))
         metrics_port = free_port()
         extra = ["--metrics-port", str(metrics_port)]
         http_port = 0 if args.no_http else free_port()
@@ -446,6 +451,7 @@ def main() -> int:
     parser.add_argument("--page-samples", type=int, default=20, help="timed pages with the queue full, drained")
     parser.add_argument("--event-sample", type=int, default=100, help="jobs whose task state events are counted")
     parser.add_argument("--timeout", type=float, default=600, help="give up when the queue has not drained")
+    parser.add_argument("--keep-dir", type=Path, help="run in this folder and keep it (logs, journals)")
     parser.add_argument("--no-http", action="store_true", help="no --http-port: time the gRPC ListJobs only")
     parser.add_argument("--profile", type=Path, help="sample the controller with py-spy; raw stacks go here")
     args = parser.parse_args()
