@@ -403,6 +403,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             goal=">= 1,000/s",
             at_least=1000.0,
             on="tensorfleet",
+            peer="none (Ray has no such simulation)",
             note=f"{report['completed_jobs_per_s']} jobs/s completed; "
             f"{report['task_state_changes']['task_state_events_per_task']} recorded task state changes per task",
         ),
@@ -423,6 +424,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 goal="<= 50 ms",
                 at_most=50.0,
                 on="tensorfleet",
+                peer="none (Ray has no such simulation)",
                 note=f"p99 {draining.get('p99')} ms; worst p99 over queued / draining / drained: {round(worst, 2)} ms",
             )
         )
@@ -435,6 +437,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             goal="<= 500 MiB",
             at_most=500.0,
             on="tensorfleet",
+            peer="none (Ray has no such simulation)",
         )
     )
     return rows
