@@ -6,10 +6,16 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("TENSORFLEET_MDNS_INTERFACES", "127.0.0.1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist's workers are started with COLUMNS=80 LINES=24: the CLI (and every process a test starts) would wrap
+    # and cut its tables at 80 columns, as no one-process run does (tensorfleet_desktop/cli/output.py)
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import suite_policy
@@ -25,14 +31,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(suite_policy, SUITE_POLICY)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (scripts/test: `-n 2 --dist loadgroup`) a module's tests stay on one worker, so a
-    module-scoped cluster starts once, not once per worker; the simulated LAN's namespaces share one subnet and the
-    GUI tests share one cluster, so each of those folders runs on a single worker too."""
-    for item in items:
-        folder = Path(str(item.fspath)).parent.name
-        group = folder if folder in ("lan", "gui") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under pytest-xdist (scripts/test: `-n 2`) each test module runs whole, in order, on one worker, so a
+    module-scoped cluster starts once and tests that build on an earlier one of their module still can; the
+    simulated LAN (its namespaces share one subnet and one controller address) and the GUI tests (one shared
+    cluster) each run as one unit on one worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleOrFolder(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            parts = path.split("/")
+            return "/".join(parts[:2]) if parts[:2] in (["tests", "lan"], ["tests", "gui"]) else path
+
+    return ModuleOrFolder(config, log)
 
 
 @pytest.fixture
