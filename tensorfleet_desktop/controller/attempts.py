@@ -147,6 +147,12 @@ class Attempts:
                 self.machine.task_finished(job, task, Finished(TaskState.FAILED, "rejected", f"{agent.name}: {exc}"))
             return
         self._busy.pop(node, None)
+        if task.agent_task_id != attempt:
+            # Abandoned (cancelled, paused, re-placed) while RunTask was on its way: the cancel sent then found
+            # nothing on the agent, which has started it since. Cancel it again, holding its slot until it stops.
+            self.agents.hold(node, attempt)
+            self.background.spawn(self._cancel_on_agent(agent, attempt, "abandoned while it was being sent"))
+            return
         self.watch(job, task, attempt)
 
     def _refused(
