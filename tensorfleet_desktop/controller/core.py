@@ -154,6 +154,12 @@ class Controller:
         async for record in self.events.watch(self.get(job_id), after_seq):
             yield record
 
+    async def history(self, job_id: str, after_seq: int = 0) -> AsyncIterator[JobEventRecord]:
+        """The stored history after `after_seq`, up to the job's last event now; no following."""
+        job = self.get(job_id)
+        async for record in self.events.history(job, after_seq, job.last_event_seq):
+            yield record
+
     def add_job_listener(self, fn: Callable[[Job], None]) -> Callable[[], None]:
         """`fn(job)` runs on the loop after every change a job list shows (state, tasks, progress, agents, error,
         results); call the result to unsubscribe."""

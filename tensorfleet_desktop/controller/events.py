@@ -4,6 +4,7 @@ job's watchers and to job listeners (a change a job list would show)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -67,6 +68,21 @@ class EventLog:
         for queue in self._subscribers.get(job.id, ()):
             queue.put_nowait(record)
 
+    async def history(self, job: Job, after_seq: int, ceiling: int) -> AsyncGenerator[JobEventRecord, None]:
+        """The job's stored events after `after_seq` up to `ceiling`, read REPLAY_PAGE at a time (after a flush,
+        so every one up to `ceiling` is there)."""
+        await self.store.flush()
+        last = after_seq
+        while last < ceiling:
+            page = await self.store.events(job.id, last, limit=REPLAY_PAGE)
+            for record in page:
+                if record.seq > ceiling:
+                    return
+                last = record.seq
+                yield record
+            if len(page) < REPLAY_PAGE or page[-1].seq >= ceiling:
+                return
+
     async def watch(self, job: Job, after_seq: int = 0) -> AsyncGenerator[JobEventRecord, None]:
         """Replay the stored history after `after_seq`, then follow live until the job ends.
 
@@ -80,18 +96,10 @@ class EventLog:
         self._subscribers.setdefault(job.id, set()).add(queue)
         ceiling = job.last_event_seq  # seqs above it reach us through the queue
         try:
-            await self.store.flush()
-            last = after_seq
-            while last < ceiling:
-                page = await self.store.events(job.id, last, limit=REPLAY_PAGE)
-                for record in page:
-                    if record.seq > ceiling:
-                        break
-                    last = record.seq
+            async with contextlib.aclosing(self.history(job, after_seq, ceiling)) as stored:
+                async for record in stored:
                     yield record
-                if len(page) < REPLAY_PAGE or page[-1].seq >= ceiling:
-                    break
-            last = max(last, ceiling)  # a seq the store lacks (an agent event it already had) never comes
+            last = max(after_seq, ceiling)  # a seq the store lacks (an agent event it already had) never comes
             while True:
                 if job.state.terminal and queue.empty() and last >= job.last_event_seq:
                     return

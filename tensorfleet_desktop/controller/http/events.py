@@ -28,7 +28,6 @@ from starlette.types import Receive, Scope, Send
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller import operations
 from tensorfleet_desktop.controller.core import Controller
-from tensorfleet_desktop.controller.events import REPLAY_PAGE
 from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
 from tensorfleet_desktop.controller.http.jobs import JobId
@@ -247,19 +246,11 @@ async def _followed(
 
 
 async def _history(c: Controller, job: Job, after: int) -> AsyncGenerator[JobEventRecord, None]:
-    """The job's stored events after `after` up to the last one it has now, read REPLAY_PAGE at a time."""
-    ceiling = job.last_event_seq
-    await c.store.flush()
-    last = after
-    while last < ceiling:
-        page = await c.store.events(job.id, last, limit=REPLAY_PAGE)
-        for record in page:
-            if record.seq > ceiling:
-                return
-            last = record.seq
+    """The job's stored events after `after` up to the last one it has now (the replay half of Controller.watch)."""
+    history = cast(AsyncGenerator[JobEventRecord, None], c.history(job.id, after))
+    async with contextlib.aclosing(history) as records:
+        async for record in records:
             yield record
-        if len(page) < REPLAY_PAGE:
-            return
 
 
 class EventStreamResponse(StreamingResponse):
