@@ -60,6 +60,12 @@ class Attempts:
         self.clock = clock
         self.background = background
         self.watchers: dict[str, asyncio.Task[None]] = {}
+        # attempts whose RunTask is on its way: the agent may not know them yet, and _run follows them once it does
+        self.sending: set[str] = set()
+        # agents that (re)appeared and whose running tasks are being listed: nothing new goes there until we know
+        self._reconciling: dict[str, int] = {}  # node id -> reconciles under way
+        # node id -> attempts dropped only because it was declared lost: taken back if it returns still running them
+        self._dropped: dict[str, set[str]] = {}
         # (node id, sha256) -> its push running now: a gang's ranks on one agent send each project file once
         self._pushing: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._started = clock.monotonic()
@@ -70,6 +76,8 @@ class Attempts:
     def resting(self, node_id: str) -> bool:
         """The agent refused an attempt lately (it has less room than we count: a task of ours that ended here may
         still hold its slot): placing there again now would be refused again, so it waits out a back-off."""
+        if node_id in self._reconciling:  # it may still run tasks we dropped: take them back first
+            return True
         busy = self._busy.get(node_id)
         return busy is not None and self.clock.monotonic() < busy[0] + busy_backoff(busy[1])
 
@@ -89,6 +97,7 @@ class Attempts:
             job.started_at = job.started_at or self.clock.time()
             self.events.job_changed(job, "started")
         self.events.task_event(job, task, f"placed on {agent.name}")
+        self.sending.add(task.agent_task_id)
         self.background.spawn(self._run(job, task, agent, task.agent_task_id, layout))
 
     def task_spec(self, job: Job, task: JobTask, layout: RankLayout | None = None) -> TaskSpec:
@@ -116,6 +125,14 @@ class Attempts:
         )
 
     async def _run(
+        self, job: Job, task: JobTask, agent: AgentView, attempt: str, layout: RankLayout | None = None
+    ) -> None:
+        try:
+            await self._send(job, task, agent, attempt, layout)
+        finally:
+            self.sending.discard(attempt)
+
+    async def _send(
         self, job: Job, task: JobTask, agent: AgentView, attempt: str, layout: RankLayout | None = None
     ) -> None:
         node, sent = agent.node_id, False
@@ -430,16 +447,19 @@ class Attempts:
         agent = self.agents.agent(node_id)
         if kind == "removed":
             self._busy.pop(node_id, None)
+            self._dropped.pop(node_id, None)
         if kind == "lost":
             name = agent.name if agent is not None else node_id
             for job in list(self.machine.jobs.values()):
                 on_it = [t for t in job.tasks if t.state.active and t.node_id == node_id]
                 if on_it and not job.state.terminal:
+                    self._dropped.setdefault(node_id, set()).update(t.agent_task_id for t in on_it if t.agent_task_id)
                     log.warning("job %s: agent %s lost; re-placing %d task(s)", job.id, name, len(on_it))
                     self.machine.lose(job, on_it, "agent lost", f"agent {name} lost")
             self.machine.wake.set()
         elif kind in ("added", "back", "paired"):
-            self.background.spawn(self.reconcile(node_id))
+            self._reconciling[node_id] = self._reconciling.get(node_id, 0) + 1
+            self.background.spawn(self._reconcile_then_place(node_id))
             self.machine.wake.set()
         elif kind == "telemetry" and agent is not None:
             busy = self._busy.get(node_id)
@@ -450,8 +470,18 @@ class Attempts:
             elif not agent.placed:
                 self.machine.wake.set()
 
+    async def _reconcile_then_place(self, node_id: str) -> None:
+        try:
+            await self.reconcile(node_id)
+        finally:
+            left = self._reconciling.pop(node_id, 1) - 1
+            if left:
+                self._reconciling[node_id] = left
+            self.machine.wake.set()
+
     async def reconcile(self, node_id: str) -> None:
-        """An agent (re)appeared: re-attach to our current attempts, cancel attempts we moved on from."""
+        """An agent (re)appeared: re-attach to our current attempts, take back the ones it still runs that were
+        dropped when it went silent and not placed again since, cancel attempts we moved on from."""
         current = {}
         for job in self.machine.jobs.values():
             for task in job.tasks:
@@ -459,7 +489,8 @@ class Attempts:
                     current[task.agent_task_id] = (job, task)
         for attempt, (job, task) in current.items():
             self.agents.hold(node_id, attempt)
-            self.watch(job, task, attempt)
+            if attempt not in self.sending:  # its RunTask may not have arrived yet: _run follows it once it has
+                self.watch(job, task, attempt)
         agent = self.agents.agent(node_id)
         if agent is None or not agent.connected:
             return
@@ -467,11 +498,45 @@ class Attempts:
             running = await self.agents.list_tasks(node_id)
         except AgentCallError:
             return
+        dropped = self._dropped.pop(node_id, set())
         for attempt, job_id in running:
-            if attempt in current or not job_id.startswith("j") or job_id not in self.machine.jobs:
+            if attempt in current or attempt in self.sending or not job_id.startswith("j"):
+                continue
+            owner = self.machine.jobs.get(job_id)
+            if owner is None:
+                continue
+            if attempt in dropped and self._take_back(owner, agent, attempt):
                 continue
             log.info("cancelling stale attempt %s on %s", attempt, agent.name)
             await self._cancel_on_agent(agent, attempt, "superseded by a newer attempt")
+
+    def _take_back(self, job: Job, agent: AgentView, attempt: str) -> bool:
+        """The agent still runs an attempt we dropped only because it was declared lost, and its task waits in the
+        queue (not placed anywhere since, not cancelled, paused or retried): follow that attempt again instead of
+        running the task a second time."""
+        if job.state not in (JobState.QUEUED, JobState.RUNNING) or job.mode == "gang":  # a gang restarts whole
+            return False
+        task = next((t for t in job.tasks if attempt in t.stale_attempts), None)
+        if (
+            task is None
+            or task.state is not TaskRunState.PENDING
+            or task.agent_task_id
+            or not task.replacements  # a retry since (it starts the count over) wants a fresh run
+            or attempt != attempt_id(job.id, task.index, task.attempt)  # a later attempt was placed since
+            or task.node_id != agent.node_id
+            or not agent.online
+        ):
+            return False
+        task.stale_attempts.remove(attempt)
+        task.agent_task_id = attempt
+        task.replacements = max(0, task.replacements - 1)  # it was not lost after all
+        task.state = TaskRunState.RUNNING if task.cursor else TaskRunState.DISPATCHED
+        self.agents.hold(agent.node_id, attempt)
+        log.info("job %s: %s is back and still runs %s; following it again", job.id, agent.name, attempt)
+        self.events.task_event(job, task, f"{agent.name} is back and still runs it: followed again")
+        self.watch(job, task, attempt)
+        self.machine.wake.set()
+        return True
 
     def check_orphans(self) -> None:
         """After a restart, tasks whose agent has not come back within the grace period run elsewhere."""

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 #: A lost agent is re-dialled at least this often: a restarted agent is back within about this long, since
 #: mDNS says nothing when it re-announces the same records. One refused connection per period is cheap.
 _MAX_BACKOFF = 2.0
+#: The silence watchdog's wake-up may be this late before the loop counts as stalled (see _watch_silence).
+_STALL_SLACK = 0.3
 #: At most this many refused services are remembered (anyone on the LAN can advertise): the oldest go first.
 MAX_REFUSED = 256
 
@@ -667,9 +669,22 @@ class Fleet:
         record._silence_deadline = time.monotonic() + self.silence_limit
 
     async def _watch_silence(self) -> None:
+        """LOST after silence_limit of silence while this controller was listening: a loop that was stalled (a long
+        synchronous step, a host swapping or suspended) did not read the telemetry that arrived meanwhile, so the
+        stall does not count as the agents' silence (under load every agent was declared lost at once)."""
+        tick = 0.2
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(tick)
             now = time.monotonic()
+            stalled = now - last - tick - _STALL_SLACK
+            last = now
+            if stalled > 0:
+                for record in self.agents.values():
+                    record._silence_deadline += stalled
+                if stalled > 1.0:
+                    log.info("controller loop stalled %.1fs: agents' silence deadlines moved on as much", stalled)
+                continue  # the telemetry read during the stall is handled next: look again after it
             for record in list(self.agents.values()):
                 if record.state is AgentState.ONLINE and now > record._silence_deadline:
                     record.error = f"no telemetry for {self.silence_limit:g}s"
