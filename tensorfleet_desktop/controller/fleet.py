@@ -597,6 +597,7 @@ class Fleet:
                     continue
                 if not record.paired or not record.fingerprint:
                     self._trust(record, client)
+                self._seen(record)  # pairing may have taken a while: silence counts from now, not from GetInfo
                 self._set_state(record, AgentState.ONLINE)
                 backoff = 0.5
                 async for sample in client.telemetry(self.period):
