@@ -1,9 +1,14 @@
 """The on-disk task journal (docs/architecture.md, 'Nothing is lost').
 
 Every task event gets a per-task sequence number and is appended to
-tasks/<task_id>/events.pb by one writer thread that group-commits (one
-fdatasync per batch). Watchers only ever see committed events, so anything a
-controller has received is on disk and survives an agent crash.
+tasks/<task_id>/events.pb by one writer thread that group-commits (one write
+per task and batch). Watchers only ever see committed events: written to the
+kernel, so anything a controller has received survives an agent crash or
+restart. Nothing is fsynced: that would only add a power loss or kernel crash,
+which takes the task's processes (and the agent's link to the controller) down
+with it, and cost ~7 ms per commit on the path of every task. After such a
+crash (a new boot id) the tasks that were running are forgotten, not reported:
+their journal may have lost events a controller had seen (see load).
 
 An event is encoded once, when it is journaled: the file is a protobuf TaskEventBatch, and WatchTask sends
 runs of its records as they are (docs/architecture.md, 'The path of a metric point').
@@ -49,6 +54,16 @@ RESERVE_FILE = ".reserve"
 RESERVE_BYTES = 4 << 20  # about 40,000 events: enough to report the failures a full disk causes
 _RESERVE_STEP = 64 << 10
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    """This boot of the machine ("" where the kernel does not say): a task journaled under another boot may have
+    lost the tail its controller saw, since the journal is not fsynced."""
+    try:
+        return BOOT_ID_FILE.read_text().strip()
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -107,6 +122,7 @@ class Journal:
         self._reserve_in_use = False
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._boot_id = boot_id()
 
     # ---- lifecycle
 
@@ -122,9 +138,14 @@ class Journal:
             self._thread = None
 
     def load(self) -> list[TaskLog]:
-        """Read every journal on disk (blocking: call before serving or in a thread)."""
+        """Read every journal on disk (blocking: call before serving or in a thread). A task that was running when
+        the machine went down (its journal has no Finished and another boot id) is forgotten, its directory
+        removed: its last events may not have reached the disk, while its controller may have seen them, so an
+        end journaled now could get a sequence number the controller already holds and never be streamed to it.
+        Unknown, it is re-placed (the controller's TaskUnknown: worker_lost)."""
         private_dir(self.root)
         loaded = []
+        boot = boot_id()
         for directory in sorted(self.root.iterdir()):
             meta_file = directory / TASK_FILE
             if not meta_file.is_file():
@@ -142,6 +163,10 @@ class Journal:
                 entry._observe(event)
             entry.next_seq = len(records) + 1
             entry.committed_seq = entry.last_seq
+            if not entry.finished and meta.get("boot_id", boot) != boot:  # (older journals were fsynced: kept)
+                log.warning("task %s was running when the machine went down: forgotten", entry.task_id)
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
             if not entry.finished:
                 entry.records = records  # the caller will finish it
             self._logs[entry.task_id] = entry
@@ -168,12 +193,10 @@ class Journal:
         """Create the task's directory and metadata file (blocking: call in a thread)."""
         directory = private_dir(self.root / task_id)  # it keeps whatever the task printed: its user's only
         created_at = time.time()
-        meta = {**meta, "created_at": created_at}
+        meta = {**meta, "created_at": created_at, "boot_id": self._boot_id}
         tmp = directory / (TASK_FILE + ".tmp")
         with open(tmp, "w", opener=private_opener) as fh:
-            json.dump(meta, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+            json.dump(meta, fh)  # not fsynced: see the module's docstring
         os.replace(tmp, directory / TASK_FILE)
         (directory / EVENTS_FILE).touch(mode=FILE_MODE)
         entry = TaskLog(task_id, directory, meta, created_at)
@@ -227,7 +250,7 @@ class Journal:
         self._files.clear()
 
     def _commit(self, batch: list[tuple[TaskLog, bytes, int]]) -> None:
-        """Append and fdatasync each journal with lines waiting; tell watchers about what is on disk."""
+        """Append to each journal with lines waiting; tell watchers about what the kernel has."""
         for entry, line, seq in batch:
             unwritten = self._unwritten.setdefault(entry.task_id, _Unwritten(entry))
             unwritten.data.extend(line)
@@ -274,7 +297,6 @@ class Journal:
                 if not written:
                     raise OSError(errno.ENOSPC, "no byte written")
                 del pending[:written]
-            os.fdatasync(fh.fileno())
         except OSError:
             del self._files[task_id]  # reopened on the next try
             with contextlib.suppress(OSError):
