@@ -329,7 +329,10 @@ class Executor:
         reusable = False
         try:
             workload = get_workload(spec.workload)
-            await asyncio.to_thread(self._link_inputs, running)
+            if spec.inputs:
+                await asyncio.to_thread(self._link_inputs, running)
+            else:  # two mkdirs: not worth a thread's hop on the path of a small task
+                (running.entry.directory / "work" / "inputs").mkdir(parents=True, exist_ok=True)
             if spec.workload == project_layout.WORKLOAD:
                 # The worker starts while the project is prepared: its start-up is off the critical path.
                 starting = asyncio.create_task(self._worker_for(running))
@@ -491,6 +494,7 @@ class Executor:
                     )
                     continue
                 if kind == "done":
+                    worker.alone = message.get("alone") is True
                     if running.kill_cause:
                         return None
                     if message.get("ok"):

@@ -5,7 +5,8 @@ the agent's secrets scrubbed from its environment and every thread cap at 1. It 
 does nothing but fork: each task's worker is a child forked from it, so it starts warm (interpreter up, modules
 imported) yet fresh (nothing a previous task set, in any module, is there: that task ran in another child).
 
-It has one thread and no gRPC, asyncio or BLAS thread pool, so fork() is safe. The agent talks to it on a unix
+It has one thread and no gRPC, asyncio or BLAS thread pool, so fork() is safe. threadpoolctl's search of the loaded
+native pools is done here too, once per set of imports, not in each child (_Pools). The agent talks to it on a unix
 SOCK_SEQPACKET socket: one JSON request per datagram, the new worker's pipe ends passed with SCM_RIGHTS; the
 replies are the forked pid and, later, each child's exit code (the fork server is the children's parent and reaps
 them). A request may name modules to import first ("warm"): a family's libraries, learned from its first task, so
@@ -69,15 +70,37 @@ def _threads() -> int:
         return 1
 
 
-def _caps(threads: str) -> None:
-    """In a child: raise the thread caps of the native pools loaded in the fork server (at 1 there) to the slot's.
-    Libraries loaded later read the environment, which holds the slot's caps already."""
-    if threads in ("", "1") or "numpy" not in sys.modules:
-        return
-    with contextlib.suppress(Exception):
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+class _Pools:
+    """threadpoolctl's view of the native thread pools loaded here (BLAS, OpenMP), found once in the fork server and
+    inherited by every child, which only sets their caps: the search of the loaded libraries (and threadpoolctl's
+    import) cost a child 1 ms, and 30 ms on a loaded box. Searched again after an import may have loaded more."""
 
-        threadpool_limits(limits=int(threads))
+    def __init__(self) -> None:
+        self._controller: Any = None
+        self._modules = -1  # len(sys.modules) when it was made
+
+    def refresh(self) -> None:
+        """In the fork server, before a fork: make the controller if imports happened since the last one."""
+        if "numpy" not in sys.modules or len(sys.modules) == self._modules:
+            return
+        self._modules = len(sys.modules)
+        try:
+            from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
+
+            self._controller = ThreadpoolController()
+        except Exception:  # no threadpoolctl: a child leaves the caps of the pools loaded here at 1
+            self._controller = None
+
+    def raise_caps(self, threads: str) -> None:
+        """In a child: raise the caps of the pools loaded in the fork server (at 1 there) to the slot's. Libraries
+        loaded later read the environment, which holds the slot's caps already."""
+        if threads in ("", "1") or self._controller is None:
+            return
+        with contextlib.suppress(Exception):
+            self._controller.limit(limits=int(threads))
+
+
+_pools = _Pools()
 
 
 def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket, wakeup: tuple[int, int]) -> None:
@@ -98,7 +121,7 @@ def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket, wakeup: 
         os.environ.clear()
         os.environ.update(request["env"])  # the slot's thread caps, CUDA_VISIBLE_DEVICES: before anything loads them
         os.chdir(request["cwd"])
-        _caps(os.environ.get("OMP_NUM_THREADS", ""))
+        _pools.raise_caps(os.environ.get("OMP_NUM_THREADS", ""))
         numpy_random = sys.modules.get("numpy.random")
         if numpy_random is not None:  # every child would draw the fork server's numbers otherwise
             numpy_random.seed()
@@ -140,6 +163,7 @@ class _Server:
             failed = _import([str(m) for m in request.get("warm", [])])
             if len(fds) != _FDS:
                 raise ValueError(f"expected {_FDS} fds, got {len(fds)}")
+            _pools.refresh()
             if _threads() != 1:  # an import started a thread: a fork would copy a lock some thread holds
                 raise RuntimeError(f"the fork server has {_threads()} threads, it may not fork")
             sys.stdout.flush()
@@ -191,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ctl = socket.socket(fileno=args.ctl_fd)
     _import(list(BASE_MODULES))
     worker.package_versions()  # read once here: every child has it (the reproducibility record of each task)
+    _pools.refresh()
     return _Server(ctl).run()
 
 

@@ -78,6 +78,9 @@ class WorkerProcess:
         self._pumps = [asyncio.create_task(self._pump(name, stream)) for name, stream, _pipe in outputs]
         self._exit = asyncio.Event()  # set once the worker process itself has exited
         self._known: list[psutil.Process] = []  # its descendants at the last look (terminate): killed at its exit
+        # Its last task said it left no process and no other thread (worker.alone): nothing can have appeared under
+        # it since, so ending it needs no search of the process table. Unknown (False) while a task runs.
+        self.alone = False
 
     def exited(self, code: int) -> None:
         """The worker process has exited with `code` (negative: killed by that signal)."""
@@ -176,6 +179,8 @@ class WorkerProcess:
             log.debug("worker %d %s: %s", self.pid, name, line)
 
     def send(self, command: dict[str, Any]) -> None:
+        if command.get("op") == "run":
+            self.alone = False
         self._cmd.write((json.dumps(command) + "\n").encode())
 
     async def next_messages(self, timeout: float | None = None) -> list[dict[str, Any]]:
@@ -215,13 +220,13 @@ class WorkerProcess:
         """SIGKILL the worker and every process under it, also those its task started in a session of their own or
         as a daemon (orphans come back to the worker, a child subreaper). The worker is stopped first, so that
         nothing new starts meanwhile and nothing is orphaned to init before it is found."""
-        if self.alive:
+        if self.alive and not self.alone:
             self._known = await asyncio.to_thread(kill_descendants, self.pid, True)
         self.kill()
 
     async def kill_leftovers(self) -> int:
         """SIGKILL what the last task left running under this (idle, reusable) worker; how many processes."""
-        if not self.alive:
+        if not self.alive or self.alone:
             return 0
         return len(await asyncio.to_thread(kill_descendants, self.pid, False))
 

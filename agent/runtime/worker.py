@@ -7,6 +7,7 @@ A worker runs one task at a time; a spawned one may be reused for the next task 
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import ctypes
@@ -54,10 +55,32 @@ def _become_subreaper() -> None:
             pass
 
 
+def has_children() -> bool:
+    """Whether this process has a child, running or a zombie: a few microseconds, where finding them means reading
+    the whole process table (no /proc/PID/task/TID/children on many kernels). As a subreaper, a worker with no
+    child has no descendant at all: what its task started and left would have come back to it."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)  # WNOWAIT: a zombie stays for its owner
+    except ChildProcessError:
+        return False
+    except OSError:  # no waitid (not Linux): assume there may be some
+        return True
+    return True
+
+
+def alone() -> bool:
+    """No process under this worker and no Python thread but this one: nothing the task started can still start a
+    process, so the agent need not search the process table for leftovers (a native pool, BLAS or OpenMP, starts
+    none)."""
+    return _thread._count() == 0 and not has_children()  # threads started from Python, threading's or raw
+
+
 def _end_leftovers() -> None:
     """Before this worker exits on its own: kill what its task left running. Once we are gone the orphans would
     be init's, out of the agent's sight."""
     with contextlib.suppress(Exception):
+        if not has_children():
+            return
         from tensorfleet_agent.runtime.process import kill_descendants
 
         kill_descendants(os.getpid(), False)
@@ -155,7 +178,9 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     except task_api.Stopped as exc:  # checkpointed and stopped on request: the job is being paused
         out.flush()
         err.flush()
-        channel.send({"t": "done", "ok": False, "stopped": True, "error": str(exc) or "stopped on request"})
+        channel.send(
+            {"t": "done", "ok": False, "stopped": True, "error": str(exc) or "stopped on request", "alone": alone()}
+        )
     except SystemExit as exc:  # a workload asked to exit: exit for real, the agent reports it
         out.flush()
         err.flush()
@@ -169,7 +194,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
         err.flush()
         if getattr(exc, "plain", False) is True:  # a failure the workload words itself (a project's command
             # exited with a code): its message alone, no traceback of the workload's own code
-            done = {"t": "done", "ok": False, "error": str(exc), "traceback": ""}
+            done = {"t": "done", "ok": False, "error": str(exc), "traceback": "", "alone": alone()}
             cause = getattr(exc, "exit_cause", "")
             if isinstance(cause, str) and cause:
                 done["cause"] = cause  # an ExitCause value the executor may use instead of "exception"
@@ -181,12 +206,13 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
                 "ok": False,
                 "error": f"{type(exc).__name__}: {exc}{_disk_full_note(exc, task_dir)}",
                 "traceback": traceback.format_exc(),
+                "alone": alone(),
             }
         )
     else:
         out.flush()
         err.flush()
-        channel.send({"t": "done", "ok": True})
+        channel.send({"t": "done", "ok": True, "alone": alone()})
     finally:
         sys.stdout, sys.stderr = saved
         task_api._install(None)
@@ -213,7 +239,6 @@ def serve(cmd_fd: int, evt_fd: int, parent_pid: int) -> int:
         for line in commands:
             command = json.loads(line)
             if command.get("op") == "exit":
-                _end_leftovers()
                 break
             if command.get("op") == "run":
                 _busy.set()
@@ -221,6 +246,7 @@ def serve(cmd_fd: int, evt_fd: int, parent_pid: int) -> int:
             elif command.get("op") == "preload":  # a spare worker: import ahead, while nobody waits
                 modules = [str(m) for m in command.get("modules", [])]
                 threading.Thread(target=_preload, args=(modules,), name="preload", daemon=True).start()
+    _end_leftovers()  # asked to exit, or the agent closed the pipe: nothing the tasks started outlives us
     return 0
 
 
