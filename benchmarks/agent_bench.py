@@ -10,9 +10,16 @@
 - telemetry cadence: the gaps between StreamTelemetry samples asked for every 0.2 s (min, median, max over 25
   gaps; the tests only check that samples keep coming).
 
-Usage: python benchmarks/agent_bench.py [--points 20000] [--events-only]. mDNS stays on 127.0.0.1.
---events-only measures just the events/s from report() in a worker to an AgentClient watcher (the path of a
-metric point inside the agent), with the peer stream beside it.
+- task latency: noop tasks one after another, RunTask sent -> Finished received by an AgentClient (the agent's
+  share of a sync submit -> SUCCEEDED), p50 / p99, and the agent's own phases from the events' timestamps:
+  accepted (RunTask -> ACCEPTED), forked (ACCEPTED -> RUNNING: the worker forked and ready), ran (RUNNING ->
+  Finished: the task and its worker's cleanup), seen (Finished's time -> the watcher has it: journal commit and
+  stream).
+
+Usage: python benchmarks/agent_bench.py [--points 20000] [--events-only] [--latency-only [--tasks 200]]. mDNS stays
+on 127.0.0.1. --events-only measures just the events/s from report() in a worker to an AgentClient watcher (the
+path of a metric point inside the agent), with the peer stream beside it. --latency-only measures just the task
+latency (with the load average before and after).
 """
 
 from __future__ import annotations
@@ -162,6 +169,61 @@ async def telemetry_cadence(client: AgentClient, period: float = 0.2, gaps: int 
     }
 
 
+async def task_latency(client: AgentClient, tasks: int) -> dict[str, object]:
+    """Sequential noop tasks: RunTask -> Finished as a client sees it, and the agent's phases (event times)."""
+    total: list[float] = []
+    phases: dict[str, list[float]] = {"accepted": [], "forked": [], "ran": [], "seen": []}
+    for i in range(tasks + 5):  # the first few warm the fork server and the channel up: not counted
+        task_id = f"lat{i}"
+        t0 = time.time()
+        await client.run_task(TaskSpec(task_id, f"latjob{i}", "noop", {}))
+        times: dict[str, float] = {}
+        async for event in client.watch_task(task_id):
+            payload = event.payload
+            state = getattr(payload, "state", None)
+            if state is not None:
+                times.setdefault(str(getattr(state, "value", state)), event.time)
+            if isinstance(payload, Finished):
+                times["finished"] = event.time
+                break
+        t1 = time.time()
+        if i < 5:
+            continue
+        total.append(t1 - t0)
+        accepted, running = times.get("ACCEPTED", t0), times.get("RUNNING", t0)
+        phases["accepted"].append(accepted - t0)
+        phases["forked"].append(running - accepted)
+        phases["ran"].append(times["finished"] - running)
+        phases["seen"].append(t1 - times["finished"])
+
+    def ms(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {
+        "tasks": tasks,
+        "p50_ms": ms(total, 0.5),
+        "p99_ms": ms(total, 0.99),
+        "phases_p50_ms": {name: ms(values, 0.5) for name, values in phases.items()},
+    }
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+async def latency_only(tmp: Path, tasks: int) -> dict[str, object]:
+    agent = AgentProcess(tmp / "latency", cpu_slots=1)
+    await asyncio.to_thread(agent.start)
+    try:
+        async with agent.client() as client:
+            before = _load()
+            result = await task_latency(client, tasks)
+            return {**result, "load_before": before, "load_after": _load()}
+    finally:
+        agent.stop()
+
+
 async def events_only(tmp: Path, points: int, runs: int) -> dict[str, object]:
     agent = AgentProcess(tmp / "events", cpu_slots=1)
     await asyncio.to_thread(agent.start)
@@ -182,12 +244,18 @@ async def main() -> None:
     parser.add_argument("--points", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--events-only", action="store_true", help="only the events/s figure")
+    parser.add_argument("--latency-only", action="store_true", help="only the noop task latency")
+    parser.add_argument("--tasks", type=int, default=200, help="noop tasks for the latency figure")
     args = parser.parse_args()
     out: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         if args.events_only:
             out["watch_task_events_per_s"] = await events_only(tmp, args.points, args.runs)
+            print(json.dumps(out, indent=2))
+            return
+        if args.latency_only:
+            out["task_latency"] = await latency_only(tmp, args.tasks)
             print(json.dumps(out, indent=2))
             return
         starts = await start_to_advertised(tmp, args.runs)
@@ -208,6 +276,7 @@ async def main() -> None:
             async with agent.client() as client:
                 rates = [await watch_rate(client, f"emit{i}", args.points) for i in range(args.runs)]
                 out["telemetry_cadence"] = await telemetry_cadence(client)
+                out["task_latency"] = {**await task_latency(client, args.tasks), "load": _load()}
             workers = [c.pid for c in psutil.Process(agent.proc.pid).children()]
             await asyncio.sleep(1)
             out["idle_memory"] = {
