@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
 
+import psutil  # noqa: E402
 from bench_targets import load, ratio, row  # noqa: E402
 
 from helpers.agents import AgentProcess  # noqa: E402
@@ -90,7 +91,10 @@ def tensorfleet_side(trials: int, forest_runs: int) -> dict[str, Any]:
                     "dataset": "iris",
                     "sweep": {"params": SWEEP_PARAMS, "search": "random", "trials": trials},
                 }
+                proc = psutil.Process(controller.proc.pid) if controller.proc is not None else None
+                cpu0 = sum(proc.cpu_times()[:2]) if proc is not None else 0.0
                 sweep_s, job = timed_job(client, spec, 1800)
+                sweep_cpu = sum(proc.cpu_times()[:2]) - cpu0 if proc is not None else float("nan")
         finally:
             controller.stop()
             for agent in agents:
@@ -100,6 +104,7 @@ def tensorfleet_side(trials: int, forest_runs: int) -> dict[str, Any]:
         "forest_runs_s": [round(s, 3) for s in forest],
         "forest_s": round(statistics.median(forest), 3),
         "sweep_s": round(sweep_s, 3),
+        "sweep_controller_cpu_s": round(sweep_cpu, 3),  # the controller's user+system CPU during the sweep
         "sweep_job_created_to_finished_s": round(job["finished_at"] - job["created_at"], 3),
         "sweep_trials": len(tasks),
         "sweep_trials_per_s": round(len(tasks) / sweep_s, 1),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 from tensorfleet_agent.security.secrets import redact
@@ -45,15 +45,16 @@ class EventLog:
             except Exception:  # a listener's bug must not stop the job
                 log.exception("job listener failed")
 
-    def job_changed(self, job: Job, message: str) -> None:
+    def job_changed(self, job: Job, message: str, tasks: Sequence[JobTask] | None = None) -> None:
+        """The job's state or summary changed; `tasks`: only these of its tasks did (None: any may have)."""
         self.record(job, "job_state", {}, state=job.state.value, message=message or job.error)
-        self.store.save_job(job)
+        self.store.save_job(job, tasks)
         self.gauges_stale = True  # counted on the scheduler's next tick, not once per change
         self.touched(job)
 
     def task_event(self, job: Job, task: JobTask, message: str) -> None:
         self.record(job, "task_state", {"task_index": task.index}, state=task.state.value, message=message)
-        self.store.save_job(job)
+        self.store.save_job(job, (task,))  # its row and the job's summary, not every task's
         self.touched(job)
 
     def record(self, job: Job, kind: str, base: dict[str, Any], **fields: Any) -> None:

@@ -53,12 +53,12 @@ class Ingest:
                 task.state = TaskRunState.PREPARING  # a project task: its files laid out, its env built
             record(job, "task_state", base, state=task.state.value, message=p.message)
             if p.state is TaskState.PREPARING:
-                self.events.store.save_job(job)
+                self.events.store.save_job(job, (task,))
             self.events.touched(job)
         elif isinstance(p, EnvironmentReady):
             task.environment = environment_dict(p)
             record(job, "log", base, stream="controller", message=environment_line(task.index, p))
-            self.events.store.save_job(job)  # kept with the task across a controller restart
+            self.events.store.save_job(job, (task,))  # kept with the task across a controller restart
             self.events.touched(job)
         elif isinstance(p, LogLine):
             record(job, "log", base, stream=p.stream, message=p.line)
@@ -88,7 +88,7 @@ class Ingest:
         base: Base = {"attempt_id": event.task_id, "agent_seq": event.seq, "task_index": task.index}
         if isinstance(p, ArtifactReady):
             self._saved(job, task, event, base, node)
-            self.events.store.save_job(job)  # a finished job is saved no more otherwise
+            self.events.store.save_job(job, (task,))  # a finished job is saved no more otherwise
         elif isinstance(p, LogLine) and p.stream == "agent":
             self.events.record(job, "log", base, stream=p.stream, message=p.line)
         return False

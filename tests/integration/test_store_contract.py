@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import sqlite3
 import uuid
@@ -15,7 +16,7 @@ import pymongo.errors
 import pytest
 
 from helpers.servers import start_secantus
-from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.controller.store import open_store
 from tensorfleet_desktop.controller.store.base import JobStore
 from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
@@ -214,3 +215,58 @@ async def test_imported_versions_keep_their_numbers(store: JobStore) -> None:
     assert await store.put_model_version({**_version(), "version": 7}) is False  # already there
     assert (await store.register_model(_version()))["version"] == 8  # new ones follow the imported
     assert sorted(m["version"] for m in await store.model_versions("iris-rf")) == [7, 8]
+
+
+def _sweep(trials: int = 200) -> Job:
+    job = _job("jsweep")
+    job.spec = {"algorithm": "decision_tree", "sweep": {"trials": trials}}
+    job.tasks = [JobTask(index=i, params={"max_depth": i % 10 + 1}) for i in range(trials)]
+    job.artifacts = [
+        ArtifactInfo(f"{i:064x}", 10, "model" if i % 2 else "report", f"f{i}", i // 2) for i in range(2 * trials)
+    ]
+    return job
+
+
+async def test_a_trial_save_writes_its_row_and_the_summary_not_the_whole_job(store: JobStore) -> None:
+    job = _sweep()
+    await store.insert_job(job)
+    trial, other = job.tasks[7], job.tasks[8]
+    trial.state, trial.metrics = TaskRunState.SUCCEEDED, {"test_accuracy": 0.9}
+    other.state = TaskRunState.RUNNING  # changed without a save naming it: a partial save leaves its row alone
+    job.metrics = {"best_trial": 7.0}
+    job.artifacts.append(ArtifactInfo("f" * 64, 3, "model", "model.skops", 7))
+    job.tasks.append(JobTask(index=200))  # a trial added since the last save is written with the next one
+    store.save_job(job, [trial])
+    await store.flush()
+    (loaded,) = await store.load_jobs()
+    assert loaded.metrics == {"best_trial": 7.0} and len(loaded.tasks) == 201 and len(loaded.artifacts) == 401
+    assert loaded.tasks[7].state is TaskRunState.SUCCEEDED and loaded.tasks[7].metrics == {"test_accuracy": 0.9}
+    assert loaded.tasks[8].state is TaskRunState.PENDING
+    assert loaded.artifacts[-1].sha256 == "f" * 64 and [t.index for t in loaded.tasks] == list(range(201))
+    store.save_job(job)  # everything
+    job.artifacts = job.artifacts[-3:]  # trimmed (old checkpoints go): the artifact rows are rewritten
+    del job.tasks[5:]  # a retried sweep starts over with fewer tasks
+    store.save_job(job, [])
+    await store.flush()
+    (loaded,) = await store.load_jobs()
+    assert loaded.to_dict() == job.to_dict()
+    await store.delete_job(job.id)
+    assert await store.load_jobs() == []
+
+
+async def test_a_job_body_from_schema_2_keeps_its_tasks(tmp_path: Path) -> None:
+    """Before schema 3 a job's body held its tasks and artifacts: such a job loads whole, and is split at its save."""
+    path = tmp_path / "tf.db"
+    store = SqliteJobStore(path)
+    await store.open()
+    job = _sweep(3)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO jobs VALUES (?, ?, ?, ?)", (job.id, "QUEUED", 1.0, json.dumps(job.to_dict())))
+    (loaded,) = await store.load_jobs()
+    assert loaded.to_dict() == job.to_dict()
+    loaded.tasks[1].state = TaskRunState.RUNNING
+    store.save_job(loaded, [loaded.tasks[1]])  # its first save since start is whole
+    await store.flush()
+    (again,) = await store.load_jobs()
+    assert again.to_dict() == loaded.to_dict()
+    await store.close()

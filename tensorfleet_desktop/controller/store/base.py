@@ -6,11 +6,12 @@ import abc
 import errno
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tensorfleet_desktop.controller.model import Job, JobEventRecord
+from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobTask
 
 
 def redact_uri(uri: str) -> str:
@@ -67,8 +68,9 @@ class JobStore(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    def save_job(self, job: Job) -> None:
-        """Queue an upsert of the job (with its tasks)."""
+    def save_job(self, job: Job, tasks: Iterable[JobTask] | None = None) -> None:
+        """Queue an upsert of the job: its summary, and its tasks (all, or only `tasks`, those that changed; tasks
+        added since the last save and added artifacts are written either way)."""
 
     async def insert_job(self, job: Job) -> None:
         """Save a new job and wait until it is committed: StoreFullError when it cannot be (nothing is kept)."""

@@ -25,11 +25,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Generic, Literal, TypeVar
 
-from tensorfleet_desktop.controller.model import Job, JobEventRecord
+from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobTask, artifact_dict, task_dict
 from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,23 @@ def event_row(event: JobEventRecord) -> dict[str, Any]:
 def event_from_row(row: Mapping[str, Any]) -> JobEventRecord:
     """The event a stored row holds; fields the record no longer has are left out."""
     return JobEventRecord(**{name: row[name] for name in EVENT_FIELDS if name in row})
+
+
+@dataclasses.dataclass
+class JobWrite:
+    """One save of a job: its summary always (Job.summary_dict), and its task and artifact rows, all of them or only
+    those that changed since the last save: a sweep's trial rewrites its own row, not the 200 others."""
+
+    summary: dict[str, Any]
+    tasks: list[tuple[int, dict[str, Any]]]  # (position in job.tasks, task_dict)
+    task_count: int | None  # all rows written: the rows from this position on are deleted (None: only some)
+    artifacts: list[dict[str, Any]]  # rows from position artifacts_from on
+    artifacts_from: int
+    artifacts_all: bool  # rows after these are deleted (a full rewrite from 0: checkpoints were trimmed)
+
+    @property
+    def job_id(self) -> str:
+        return str(self.summary["id"])
 
 
 class _Call:
@@ -111,6 +128,9 @@ class QueuedStore(JobStore, Generic[C]):
         self._unanswered_since = 0.0  # monotonic time the database stopped answering; 0 while it answers
         self._warned = 0.0
         self._retry = _RETRY_FIRST
+        # job id -> (task rows written, the artifacts as last written): what a partial save may leave out. Kept
+        # on the event loop's side; a job not here (its first save since start) is written whole.
+        self._written: dict[str, tuple[int, list[ArtifactInfo]]] = {}
 
     # ---- the hooks: how this backend writes and reads its database (all blocking, never on the loop)
 
@@ -150,8 +170,9 @@ class QueuedStore(JobStore, Generic[C]):
         """What the user is told while writes wait for space."""
 
     @abc.abstractmethod
-    def _write_job(self, conn: C, body: dict[str, Any], new: bool) -> None:
-        """Upsert a job's body (Job.to_dict); `new`: its first save, which may refuse an id already stored."""
+    def _write_job(self, conn: C, write: JobWrite, new: bool) -> None:
+        """Upsert a job's summary and the task and artifact rows in `write` (rows first, then the summary: a job is
+        never seen without its rows); `new`: its first save, which may refuse an id already stored."""
 
     @abc.abstractmethod
     def _delete_job(self, conn: C, job_id: str) -> None:
@@ -195,16 +216,48 @@ class QueuedStore(JobStore, Generic[C]):
 
     # ---- the JobStore, once for every backend
 
-    def save_job(self, job: Job) -> None:
-        body = job.to_dict()  # a copy as it is now: the job changes on
-        self._put(lambda conn: self._write_job(conn, body, new=False))
+    def save_job(self, job: Job, tasks: Iterable[JobTask] | None = None) -> None:
+        write = self._job_write(job, tasks)  # a copy as it is now: the job changes on
+        self._put(lambda conn: self._write_job(conn, write, new=False))
 
     async def insert_job(self, job: Job) -> None:
-        body = job.to_dict()
-        await self._call(lambda conn: self._write_job(conn, body, new=True))
+        write = self._job_write(job, None)
+        await self._call(lambda conn: self._write_job(conn, write, new=True))
 
     async def delete_job(self, job_id: str) -> None:
+        self._written.pop(job_id, None)
         await self._call(lambda conn: self._delete_job(conn, job_id))
+
+    def _job_write(self, job: Job, tasks: Iterable[JobTask] | None) -> JobWrite:
+        """What to write: the summary, the given tasks' rows and those of tasks added since the last save, the
+        artifacts added since; everything when `tasks` is None, at the job's first save since start, or when
+        tasks or artifacts went away (a retried sweep starts over, old checkpoints are trimmed)."""
+        known = self._written.get(job.id)
+        count = len(job.tasks)
+        if tasks is None or known is None or known[0] > count:
+            rows = [(i, task_dict(t)) for i, t in enumerate(job.tasks)]
+            task_count: int | None = count
+        else:
+            positions = set(range(known[0], count))
+            for task in tasks:
+                i = task.index
+                positions.add(i if 0 <= i < count and job.tasks[i] is task else job.tasks.index(task))
+            rows = [(i, task_dict(job.tasks[i])) for i in sorted(positions)]
+            task_count = None
+        artifacts = job.artifacts
+        before = known[1] if known is not None and task_count is None else None
+        if (
+            before is not None
+            and len(before) <= len(artifacts)
+            and all(a is b for a, b in zip(before, artifacts[: len(before)], strict=True))
+        ):
+            start, full = len(before), False
+        else:
+            start, full = 0, True
+        self._written[job.id] = (count, list(artifacts))
+        return JobWrite(
+            job.summary_dict(), rows, task_count, [artifact_dict(a) for a in artifacts[start:]], start, full
+        )
 
     def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
         self._put(_Events(list(events), dict(cursors)))

@@ -14,13 +14,13 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 from tensorfleet_desktop.controller.store.base import redact_uri
-from tensorfleet_desktop.controller.store.engine import QueuedStore, Table
+from tensorfleet_desktop.controller.store.engine import JobWrite, QueuedStore, Table
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: a job's tasks and artifacts in documents of their own
 _DUPLICATE_KEY = 11000
 _OUT_OF_DISK_SPACE = 14031
 
@@ -99,6 +99,8 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
             name="events_once",
         )
         db.events.create_index([("job_id", asc), ("kind", asc), ("seq", asc)], name="events_by_kind")
+        db.job_tasks.create_index([("job_id", asc), ("idx", asc)], name="tasks_by_job")
+        db.job_artifacts.create_index([("job_id", asc), ("pos", asc)], name="artifacts_by_job")
         db.models.create_index([("name", asc), ("version", asc)], unique=True, name="versions_unique")
         db.models.create_index([("algorithm", asc), ("created_at", desc)], name="models_by_algorithm")
         db.models.create_index([("metrics.test_accuracy", desc)], name="models_by_accuracy")
@@ -132,10 +134,38 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
     def _full_message(self) -> str:
         return f"MongoDB at {self.uri} is out of disk space"
 
-    def _write_job(self, db: Any, body: dict[str, Any], new: bool) -> None:
-        # an upsert even when new: the insert may be retried after an outage that hid its success
-        doc = {"_id": body["id"], "state": body["state"], "created_at": body["created_at"], "job": body}
-        db.jobs.replace_one({"_id": body["id"]}, doc, upsert=True)
+    def _write_job(self, db: Any, write: JobWrite, new: bool) -> None:
+        # Upserts even when new: the insert may be retried after an outage that hid its success. No transaction:
+        # the rows go first, the summary last, so a job is never loaded without its rows (rows left by a failed
+        # write are written again by its retry).
+        pymongo, body, job_id = self._pymongo, write.summary, write.job_id
+        if write.task_count is not None:
+            db.job_tasks.delete_many({"job_id": job_id, "idx": {"$gte": write.task_count}})
+        if write.tasks:
+            db.job_tasks.bulk_write(
+                [
+                    pymongo.ReplaceOne({"_id": f"{job_id}/{i}"}, {"job_id": job_id, "idx": i, "task": t}, upsert=True)
+                    for i, t in write.tasks
+                ],
+                ordered=False,
+            )
+        start = write.artifacts_from
+        if write.artifacts_all:
+            db.job_artifacts.delete_many({"job_id": job_id, "pos": {"$gte": start + len(write.artifacts)}})
+        if write.artifacts:
+            db.job_artifacts.bulk_write(
+                [
+                    pymongo.ReplaceOne(
+                        {"_id": f"{job_id}/{start + k}"},
+                        {"job_id": job_id, "pos": start + k, "artifact": a},
+                        upsert=True,
+                    )
+                    for k, a in enumerate(write.artifacts)
+                ],
+                ordered=False,
+            )
+        doc = {"_id": job_id, "state": body["state"], "created_at": body["created_at"], "job": body}
+        db.jobs.replace_one({"_id": job_id}, doc, upsert=True)
 
     def _delete_job(self, db: Any, job_id: str) -> None:
         # No transaction: the job goes first (a job is never left without part of its history), then what only
@@ -145,6 +175,8 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
         if attempts:
             db.cursors.delete_many({"_id": {"$in": attempts}})
         db.events.delete_many({"job_id": job_id})
+        db.job_tasks.delete_many({"job_id": job_id})
+        db.job_artifacts.delete_many({"job_id": job_id})
 
     def _write_events(self, db: Any, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
         pymongo = self._pymongo
@@ -170,7 +202,19 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
         cursors = {c["_id"]: int(c["seq"]) for c in db.cursors.find()}
         groups = db.events.aggregate([{"$group": {"_id": "$job_id", "m": {"$max": "$seq"}}}])
         last = {g["_id"]: int(g["m"]) for g in groups}
-        bodies = [doc["job"] for doc in db.jobs.find().sort("created_at", 1)]
+        tasks: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for row in db.job_tasks.find({}, {"_id": 0}):
+            tasks.setdefault(row["job_id"], []).append((int(row["idx"]), row["task"]))
+        artifacts: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+        for row in db.job_artifacts.find({}, {"_id": 0}):
+            artifacts.setdefault(row["job_id"], []).append((int(row["pos"]), row["artifact"]))
+        bodies = []
+        for doc in db.jobs.find().sort("created_at", 1):
+            body = doc["job"]
+            if "tasks" not in body:  # saved since schema 3; before, the body held them
+                body["tasks"] = [t for _, t in sorted(tasks.get(body["id"], []), key=lambda r: r[0])]
+                body["artifacts"] = [a for _, a in sorted(artifacts.get(body["id"], []), key=lambda r: r[0])]
+            bodies.append(body)
         return bodies, last, cursors
 
     def _read_bodies(self, db: Any, table: Table) -> dict[str, dict[str, Any]]:

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tensorfleet_desktop.controller.store.base import full_message
-from tensorfleet_desktop.controller.store.engine import QueuedStore, Table
+from tensorfleet_desktop.controller.store.engine import JobWrite, QueuedStore, Table
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -44,6 +44,14 @@ _MIGRATIONS = (
     CREATE TABLE IF NOT EXISTS aliases (
         name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (name, alias));
     CREATE TABLE IF NOT EXISTS model_names (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL);
+    """,
+    # a job's tasks and artifacts in rows of their own, written when they change (a job body from before keeps
+    # them inside until its next save)
+    """
+    CREATE TABLE IF NOT EXISTS job_tasks (
+        job_id TEXT NOT NULL, idx INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (job_id, idx));
+    CREATE TABLE IF NOT EXISTS job_artifacts (
+        job_id TEXT NOT NULL, pos INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (job_id, pos));
     """,
 )
 # The events table's columns (what is indexed); the other fields of an event go in its JSON body.
@@ -131,10 +139,25 @@ class SqliteJobStore(QueuedStore[sqlite3.Connection]):
     def _full_message(self) -> str:
         return full_message(self.path.parent)
 
-    def _write_job(self, conn: sqlite3.Connection, body: dict[str, Any], new: bool) -> None:
+    def _write_job(self, conn: sqlite3.Connection, write: JobWrite, new: bool) -> None:
+        body, job_id = write.summary, write.job_id
         verb = "INSERT" if new else "INSERT OR REPLACE"
-        conn.execute(
-            f"{verb} INTO jobs VALUES (?, ?, ?, ?)", (body["id"], body["state"], body["created_at"], json.dumps(body))
+        conn.execute(  # first: a new job's id already stored is refused before anything else is written
+            f"{verb} INTO jobs VALUES (?, ?, ?, ?)", (job_id, body["state"], body["created_at"], json.dumps(body))
+        )
+        if write.task_count is not None:
+            conn.execute("DELETE FROM job_tasks WHERE job_id = ? AND idx >= ?", (job_id, write.task_count))
+        conn.executemany(
+            "INSERT OR REPLACE INTO job_tasks VALUES (?, ?, ?)", [(job_id, i, json.dumps(t)) for i, t in write.tasks]
+        )
+        start = write.artifacts_from
+        if write.artifacts_all:
+            conn.execute(
+                "DELETE FROM job_artifacts WHERE job_id = ? AND pos >= ?", (job_id, start + len(write.artifacts))
+            )
+        conn.executemany(
+            "INSERT OR REPLACE INTO job_artifacts VALUES (?, ?, ?)",
+            [(job_id, start + k, json.dumps(a)) for k, a in enumerate(write.artifacts)],
         )
 
     def _delete_job(self, conn: sqlite3.Connection, job_id: str) -> None:
@@ -144,6 +167,8 @@ class SqliteJobStore(QueuedStore[sqlite3.Connection]):
             (job_id,),
         )
         conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+        conn.execute("DELETE FROM job_tasks WHERE job_id = ?", (job_id,))
+        conn.execute("DELETE FROM job_artifacts WHERE job_id = ?", (job_id,))
         conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     def _write_events(self, conn: sqlite3.Connection, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
@@ -162,7 +187,18 @@ class SqliteJobStore(QueuedStore[sqlite3.Connection]):
     def _read_jobs(self, conn: sqlite3.Connection) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, int]]:
         cursors = {attempt: int(seq) for attempt, seq in conn.execute("SELECT attempt_id, seq FROM cursors")}
         last = {job: int(seq) for job, seq in conn.execute("SELECT job_id, max(seq) FROM events GROUP BY job_id")}
-        bodies = [json.loads(body) for (body,) in conn.execute("SELECT body FROM jobs ORDER BY created_at")]
+        tasks: dict[str, list[dict[str, Any]]] = {}
+        for job_id, body in conn.execute("SELECT job_id, body FROM job_tasks ORDER BY job_id, idx"):
+            tasks.setdefault(job_id, []).append(json.loads(body))
+        artifacts: dict[str, list[dict[str, Any]]] = {}
+        for job_id, body in conn.execute("SELECT job_id, body FROM job_artifacts ORDER BY job_id, pos"):
+            artifacts.setdefault(job_id, []).append(json.loads(body))
+        bodies = []
+        for (text,) in conn.execute("SELECT body FROM jobs ORDER BY created_at"):
+            body = json.loads(text)
+            if "tasks" not in body:  # saved since schema 3; before, the body held them
+                body["tasks"], body["artifacts"] = tasks.get(body["id"], []), artifacts.get(body["id"], [])
+            bodies.append(body)
         return bodies, last, cursors
 
     def _read_bodies(self, conn: sqlite3.Connection, table: Table) -> dict[str, dict[str, Any]]:
