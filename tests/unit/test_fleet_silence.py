@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 
@@ -27,5 +29,52 @@ async def test_a_stalled_controller_loop_is_not_agent_silence() -> None:
         assert record.state is AgentState.ONLINE and not lost, record.error
         await asyncio.sleep(1.2)  # now the agent really says nothing while we listen
         assert record.state is AgentState.LOST and lost == ["n1"]
+    finally:
+        await fleet.stop()
+
+
+class _SlowToPair:
+    """An agent client whose session takes longer than the silence limit to open (a loaded agent host)."""
+
+    trust = None
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+
+    async def get_info(self, timeout: float) -> SimpleNamespace:
+        return SimpleNamespace(node_id=self.node_id, name="a1")
+
+    async def authenticate(self) -> None:
+        await asyncio.sleep(1.3)
+
+    async def telemetry(self, period: float) -> AsyncIterator[None]:
+        while True:
+            await asyncio.sleep(0.6)
+            yield None
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_silence_counts_from_online_not_from_before_a_slow_pairing() -> None:
+    fleet = Fleet(telemetry_period=0.5)
+    fleet.silence_limit = 1.0
+    fleet._connect = lambda record: asyncio.sleep(0, _SlowToPair(record.node_id))  # type: ignore[method-assign]
+    states: list[str] = []
+    online = asyncio.Event()
+
+    def heard(kind: str, record: AgentRecord) -> None:
+        if kind in ("added", "lost"):
+            states.append(kind)
+        if kind == "added":
+            online.set()
+
+    fleet.subscribe(heard)
+    await fleet.start()
+    try:
+        fleet._adopt("n1", "127.0.0.1:1", "manual", "a1")
+        await asyncio.wait_for(online.wait(), 5)
+        await asyncio.sleep(0.5)  # its first telemetry comes 0.6 s after ONLINE, within the limit
+        assert states == ["added"], states
     finally:
         await fleet.stop()
