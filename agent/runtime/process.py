@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import signal
 import sys
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
@@ -178,6 +181,16 @@ class WorkerProcess:
         else:
             log.debug("worker %d %s: %s", self.pid, name, line)
 
+    async def drain_output(self, rounds: int = 64) -> None:
+        """Emit what the worker's stdout/stderr pipes hold now, before its task's end is journaled. What a task wrote
+        there (a project's command, C code) came before its `done`, but on other pipes than its events: read in the
+        same loop iteration as the `done`, its lines were still to be split by the pumps (run after the relay) and
+        were dropped once on_output was unset; more than a pipe's worth may still be in the kernel."""
+        for _ in range(rounds):  # a bound, not a wait: a process left under the worker may write on and on
+            await asyncio.sleep(0)  # the pumps woken with the `done` run first; a paused transport reads again
+            if not any(_unread(pipe) for _name, _stream, pipe in self._outputs):
+                return
+
     def send(self, command: dict[str, Any]) -> None:
         if command.get("op") == "run":
             self.alone = False
@@ -283,6 +296,19 @@ class WorkerProcess:
             with contextlib.suppress(psutil.Error):
                 total += proc.memory_info().rss
         return total
+
+
+def _unread(pipe: asyncio.BaseTransport | None) -> int:
+    """Bytes waiting in an output pipe that its transport has not read yet."""
+    file = pipe.get_extra_info("pipe") if pipe is not None and not pipe.is_closing() else None
+    if file is None:
+        return 0
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(file.fileno(), termios.FIONREAD, count, True)
+    except (OSError, ValueError):
+        return 0
+    return count[0]
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

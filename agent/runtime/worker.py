@@ -165,7 +165,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     spec = command["spec"]
     os.environ["TENSORFLEET_JOB_ID"] = str(spec.get("job_id", ""))
     task_dir = Path(command["task_dir"])
-    task_dir.mkdir(parents=True, exist_ok=True)
+    (task_dir / "inputs").mkdir(parents=True, exist_ok=True)  # the agent made it only if it linked inputs there
     os.chdir(task_dir)
     context = task_api.TaskContext(spec, task_dir, Path(command["blobs_dir"]), channel)
     task_api._install(context)

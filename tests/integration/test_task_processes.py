@@ -156,3 +156,23 @@ async def test_stopping_the_agent_does_not_wait_for_a_process_that_left_its_task
     assert own.terminate(timeout=15) == 0
     assert time.monotonic() - asked < 5.0, f"the agent took {time.monotonic() - asked:.1f}s to stop"
     await eventually(lambda: _gone(pid), timeout=5, what=f"the escaped sleep {pid} to be gone")
+
+
+async def test_what_a_task_s_child_wrote_just_before_the_task_ended_is_all_in_its_log(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    """A process the task runs writes to the worker's stdout, a pipe apart from its events: the `done` that follows
+    may be read first, in the same loop iteration or with more than a pipe's worth still unread. Every line is
+    journaled before Finished (a project's last line went missing once under load; this passes without the drain
+    on an unloaded box: the race needs the agent's loop to fall behind the task)."""
+    source = """
+    import subprocess
+    subprocess.run(["seq", "1", "30000"], check=True)
+    """
+    async with agent.client() as client:
+        for i in range(2):
+            spec = await _script_task(client, tmp_path, f"tail-{i}", source)
+            await client.run_task(spec)
+            events = [e async for e in client.watch_task(spec.task_id)]
+            lines = [e.payload.line for e in events if isinstance(e.payload, LogLine) and e.payload.stream == "stdout"]
+            assert lines == [str(n) for n in range(1, 30001)], f"{len(lines)} lines, the last {lines[-1:]}"
