@@ -23,7 +23,11 @@ a fresh process of its own (offscreen Qt, the job detail view and its bridge, no
 - idle_blocked_ms_per_s: the same timer's blocking per second with nothing to do (the machine's own noise: on a
   busy box stalls come from the scheduler too).
 
-Usage: python benchmarks/gui_bench.py [--trials 200] [--points 100000]
+Usage: python benchmarks/gui_bench.py [--trials 200] [--points 100000] [--profile]
+
+--profile (a scratch run, for finding what blocks): only the new path is measured, and while the sweep opens a
+thread samples the GUI thread's Python stack every 0.5 ms; the samples inside stalls are summed per function
+(self time and inclusive) and per event-loop callback, and printed to stderr beside the JSON.
 """
 
 from __future__ import annotations
@@ -122,7 +126,7 @@ def run_cluster_and_measure(args: argparse.Namespace) -> dict[str, Any]:
             jobs = build_jobs(controller.address, args.trials, args.points)
             setup_s = time.perf_counter() - t0
             results: dict[str, Any] = {}
-            for variant in ("before", "after"):
+            for variant in ("after",) if args.profile else ("before", "after"):
                 out = subprocess.run(
                     [
                         sys.executable,
@@ -133,6 +137,7 @@ def run_cluster_and_measure(args: argparse.Namespace) -> dict[str, Any]:
                         controller.address,
                         "--jobs",
                         json.dumps(jobs),
+                        *(["--profile"] if args.profile else []),
                     ],
                     capture_output=True,
                     text=True,
@@ -142,11 +147,14 @@ def run_cluster_and_measure(args: argparse.Namespace) -> dict[str, Any]:
                 if out.returncode != 0:
                     raise SystemExit(f"{variant} failed:\n{out.stderr[-4000:]}")
                 results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+                if args.profile:
+                    print(out.stderr, file=sys.stderr)
         finally:
             controller.stop()
             agent.terminate()
             agent.wait(30)
     after = results["after"]
+    results.setdefault("before", {})
     checks = {
         "open_sweep_blocked_ms": after["open_sweep"]["blocked_ms"] <= GOALS["blocked_ms"],
         "open_100k_blocked_ms": after["open_100k"]["blocked_ms"] <= GOALS["blocked_ms"],
@@ -274,10 +282,12 @@ class Stalls:
         self.blocked = self.longest = self.cpu_blocked = 0.0
         self.stalls = 0
         self.last = self.cpu_last = 0.0
+        self.intervals: list[tuple[float, float]] = []  # (start, end) of each stall, perf_counter seconds
 
     def start(self) -> None:
         self.blocked = self.longest = self.cpu_blocked = 0.0
         self.stalls = 0
+        self.intervals = []
         self.last, self.cpu_last = time.perf_counter(), time.thread_time()
         self.timer.start()
 
@@ -287,6 +297,7 @@ class Stalls:
         cpu, self.cpu_last = cpu_now - self.cpu_last, cpu_now
         if gap > 0.016:
             self.stalls += 1
+            self.intervals.append((now - gap, now))
             self.blocked += gap - 0.005
             self.longest = max(self.longest, gap)
             if cpu > 0.016:
@@ -295,6 +306,79 @@ class Stalls:
     def stop(self) -> None:
         self._tick()
         self.timer.stop()
+
+
+class StackSampler:
+    """Samples the GUI thread's Python stack from a thread of its own; `report` sums the samples that fall inside
+    the stalls a Stalls timer saw (each sample weighted by the time since the one before it)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.thread_id = threading.get_ident()
+        self.samples: list[tuple[float, float, tuple[str, ...]]] = []  # (time, weight, stack innermost first)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        sys.setswitchinterval(0.0005)  # or the sampler waits 5 ms for the GIL
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        sys.setswitchinterval(0.005)
+
+    def _run(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(0.0005)
+            frame = sys._current_frames().get(self.thread_id)
+            now = time.perf_counter()
+            stack: list[str] = []
+            while frame is not None and len(stack) < 40:
+                code = frame.f_code
+                stack.append(f"{Path(code.co_filename).name}:{code.co_name}")
+                frame = frame.f_back
+            self.samples.append((now, now - last, tuple(stack)))
+            last = now
+
+    def report(self, stalls: list[tuple[float, float]], origin: float, top: int = 30) -> str:
+        from collections import defaultdict
+
+        timeline = []
+        for start, end in stalls:
+            inside: defaultdict[str, float] = defaultdict(float)
+            for at, weight, stack in self.samples:
+                if start <= at - weight / 2 <= end:
+                    outer = [n for n in stack if not n.startswith(("gui_bench.py", "threading.py"))]
+                    inside[" < ".join(outer[-2:][::-1]) if outer else "(event loop)"] += weight
+            what = ", ".join(f"{name} {ms * 1000:.0f}" for name, ms in _most(inside, 3))
+            timeline.append(f"  at {(start - origin) * 1000:7.0f} ms: {(end - start) * 1000:5.1f} ms  {what}")
+
+        own: defaultdict[str, float] = defaultdict(float)
+        inclusive: defaultdict[str, float] = defaultdict(float)
+        callbacks: defaultdict[str, float] = defaultdict(float)
+        total = 0.0
+        for at, weight, stack in self.samples:
+            if not stack or not any(start <= at - weight / 2 <= end for start, end in stalls):
+                continue
+            total += weight
+            own[stack[0]] += weight
+            for name in set(stack):
+                inclusive[name] += weight
+            # the outermost frame below the event loop's pump: the callback Qt called
+            outer = [n for n in stack if not n.startswith(("gui_bench.py", "threading.py"))]
+            callbacks[" < ".join(outer[-3:][::-1]) if outer else "(event loop)"] += weight
+        lines = [f"sampled in stalls: {total * 1000:.1f} ms over {len(stalls)} stalls", *timeline]
+        for title, counter in (("callbacks", callbacks), ("self", own), ("inclusive", inclusive)):
+            lines.append(f"-- {title}")
+            lines += [f"{ms * 1000:8.1f} ms  {name}" for name, ms in _most(counter, top)]
+        return "\n".join(lines)
+
+
+def _most(totals: dict[str, float], n: int) -> list[tuple[str, float]]:
+    return sorted(totals.items(), key=lambda kv: -kv[1])[:n]
 
 
 def pump(until: Callable[[], bool], timeout: float, what: str) -> None:
@@ -332,7 +416,7 @@ def rss_mb() -> float:
     return float(psutil.Process().memory_info().rss) / 2**20
 
 
-def measure(variant: str, address: str, jobs: dict[str, Any]) -> dict[str, Any]:
+def measure(variant: str, address: str, jobs: dict[str, Any], profile: bool = False) -> dict[str, Any]:
     from PySide6.QtCore import QTimer
 
     from tensorfleet_desktop.client import TERMINAL, Client
@@ -357,8 +441,11 @@ def measure(variant: str, address: str, jobs: dict[str, Any]) -> dict[str, Any]:
     def loaded(points: int) -> Callable[[], bool]:
         return lambda: detail.metric_points >= points and detail.job is not None and detail.job["state"] in TERMINAL
 
-    def open_and_measure(job_id: str, points: int) -> dict[str, Any]:
+    def open_and_measure(job_id: str, points: int, sample: bool = False) -> dict[str, Any]:
         rss0 = rss_mb()
+        sampler = StackSampler() if sample else None
+        if sampler is not None:
+            sampler.start()
         stalls.start()
         cpu0, t0 = time.thread_time(), time.perf_counter()
         QTimer.singleShot(0, lambda: detail.open_job(job_id))  # inside the measured loop, as a click would be
@@ -367,6 +454,9 @@ def measure(variant: str, address: str, jobs: dict[str, Any]) -> dict[str, Any]:
         settle(0.5)  # the plots' next flushes
         stalls.stop()
         cpu = time.thread_time() - cpu0
+        if sampler is not None:
+            sampler.stop()
+            print(sampler.report(stalls.intervals, t0), file=sys.stderr)
         return {
             "points": detail.metric_points,
             "blocked_ms": round(stalls.blocked * 1000, 1),
@@ -396,7 +486,7 @@ def measure(variant: str, address: str, jobs: dict[str, Any]) -> dict[str, Any]:
         "rss_after_20_mb": round(rss[-1], 1),
         "ratio": round(rss[-1] / rss[0], 3),
     }
-    result["open_sweep"] = open_and_measure(jobs["sweep"], jobs["sweep_points"])
+    result["open_sweep"] = open_and_measure(jobs["sweep"], jobs["sweep_points"], sample=profile)
     result["open_100k"] = open_and_measure(jobs["big"], jobs["big_points"])
 
     # 1,000 points/s streaming into the open job
@@ -430,6 +520,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--profile", action="store_true", help="sample the GUI thread while the sweep opens")
     parser.add_argument("--measure", choices=("before", "after"), help=argparse.SUPPRESS)
     parser.add_argument("--simulated-agent", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ready", type=Path, help=argparse.SUPPRESS)
@@ -440,7 +531,7 @@ def main() -> None:
         simulated_agent(args.simulated_agent, args.ready)
         return
     if args.measure:
-        print(json.dumps(measure(args.measure, args.address, json.loads(args.jobs))))
+        print(json.dumps(measure(args.measure, args.address, json.loads(args.jobs), args.profile)))
         return
     print(json.dumps(run_cluster_and_measure(args), indent=2))
 
