@@ -58,7 +58,9 @@ from tensorfleet_desktop.ui.theme import error_color
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import ProgressDelegate, action_button, add_row_menu, data_table, menu_action
 
-FEED_WAIT_MS = 4  # while the plots draw, the feeder looks again this much later
+# The feeder's next step comes this much later, never in the same turn of the event loop: a step that makes a pane
+# or adds curves is followed by a repaint, and the two in one turn were one stall of 20-25 ms (gui_bench)
+FEED_WAIT_MS = 4
 LOADING_CAP_MS = 2000  # a running job's replay is held back at most this long after it is opened
 LOG_SEARCH_DELAY_MS = 200  # the log search runs this long after the last keystroke
 LOG_SHOWN = 20_000  # the log view keeps the newest lines that match; every line stays in log_lines
@@ -124,7 +126,7 @@ class JobDetailView(View):
         self.loading = False  # replaying the job's history: its points are held back until it is all in
         self._held: list[SeriesChunk] = []
         self._feed: list[list[SeriesChunk]] = []  # chunks waiting for the curves, one metric per event-loop turn
-        self._head_needs_pane: bool | None = None  # whether _feed[0] makes a plot (None: not known yet)
+        self._needs_pane: list[bool | None] = []  # whether each of _feed makes a plot (None: not known yet)
         self.trial: int | None = None  # a sweep trial shown alone in the Curves tab (from the Sweep tab)
         self._sweep_shown_for = ""  # the job whose trials the Sweep tab has shown at least once
         self.log_lines: list[tuple[int, str, str]] = []
@@ -322,8 +324,7 @@ class JobDetailView(View):
         self._quiet.stop()
         self._loading_cap.stop()
         self._log_typing.stop()
-        self.loading, self._held, self._feed = False, [], []
-        self._head_needs_pane = None
+        self.loading, self._held, self._feed, self._needs_pane = False, [], [], []
         self._feeder.stop()
         self.metric_points = self.last_seq = 0
         self.trial, self._sweep_shown_for = None, ""
@@ -533,6 +534,7 @@ class JobDetailView(View):
         """To the curves in a later turn of the event loop, a metric's history per turn: each may make a plot
         (about 25 ms), and a sweep's three in one go froze the window for 150 ms."""
         self._feed.append(chunks)
+        self._needs_pane.append(None)
         if not self._feeder.isActive():
             self._feeder.start(0)
 
@@ -542,27 +544,34 @@ class JobDetailView(View):
         if plots_drawing():  # one of the two per turn: the curves just fed are drawn before the next are fed
             self._feeder.start(FEED_WAIT_MS)
             return
-        chunks = self._feed[0]
-        if self._head_needs_pane is None:
-            self._head_needs_pane = self.curves.needs_pane(chunks)
-        # a new plot is made a step per turn first (35-70 ms in one go): the window stays live meanwhile
-        if self._head_needs_pane:
-            grid = self.curves.plot
-            if grid.prepare():
-                self._feeder.start(0)
-                return
-            metric = next(c.metric for c in chunks if len(c))
-            if metric not in grid.plots:  # placed in the grid a turn before its curves: each relays and repaints
-                grid.plot_for(metric)
-                self._feeder.start(0)
-                return
-        self._feed.pop(0)
-        self._head_needs_pane = None
+        if self._place_pane():
+            self._feeder.start(FEED_WAIT_MS)
+            return
+        chunks = self._feed.pop(0)
+        self._needs_pane = [None] * len(self._feed)  # what is fed now may turn another metric into a curve
         self.curves.multi_task = self.multi_task
         self.curves.add_chunks(chunks)
         self.metric_points += sum(len(c) for c in chunks)
         if self._feed:
-            self._feeder.start(0)
+            self._feeder.start(FEED_WAIT_MS)
+
+    def _place_pane(self) -> bool:
+        """One step towards a plot for each metric waiting in the feed, all of them in the grid before any gets
+        its curves (a new pane made a step per turn: 35-70 ms in one go): a pane placed beside plots already drawn
+        resizes them, and each resize repaints their curves. False when every pane is in place."""
+        grid = self.curves.plot
+        for at, chunks in enumerate(self._feed):
+            if self._needs_pane[at] is None:
+                self._needs_pane[at] = self.curves.needs_pane(chunks)
+            if not self._needs_pane[at]:
+                continue
+            metric = next(c.metric for c in chunks if len(c))
+            if metric in grid.plots:
+                continue
+            if not grid.prepare():  # placed in the grid a turn after it is ready: each relays and repaints
+                grid.plot_for(metric)
+            return True
+        return False
 
     def _add_logs(self, lines: list[tuple[int, str, str]]) -> None:
         self.log_lines.extend(lines)

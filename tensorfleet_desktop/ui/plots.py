@@ -51,6 +51,7 @@ REDRAW_HZ = 5
 CLIP_FROM = 2000
 SPARE_PANES = 4  # emptied plot panes a MetricGrid keeps for the next job's metrics
 DRAW_BUDGET_S = 0.005  # the periodic redraw draws curves for this long per event-loop turn, then lets it run
+DRAW_GAP_MS = 4  # and goes on this much later: the plot's repaint and its next slice never share one turn
 LEGEND_MAX = 12  # legend entries (and read-out lines) in one plot: the first drawn, best first for a sweep
 # x axis modes (PlotToolbar's choices)
 STEP, EPOCH, WALL, RELATIVE = "step", "epoch", "wall", "relative"
@@ -267,6 +268,12 @@ class Series:
     def extend(self, xs: Points, ys: Points, walls: Points | None = None) -> None:
         """A batch of points (one message's worth) into the buffers in one go."""
         n = self.n + len(xs)
+        if self.n == 0 and n > len(self._x):  # a new series' first batch (a replayed history): its own buffers
+            self._x, self._y = np.array(xs, dtype=float), np.array(ys, dtype=float)
+            self._w = np.full(n, np.nan) if walls is None else np.array(walls, dtype=float)
+            self.n = n
+            self.dirty = True
+            return
         if n > len(self._x):
             size = max(n, 2 * len(self._x))
             grow = np.empty(size - self.n)
@@ -505,8 +512,10 @@ class MetricPlot(pg.PlotWidget):  # type: ignore[misc]
                 drew = True
         if drew:
             self._settled = False
-        if done and drew and self._holding and time.perf_counter() > deadline:
-            done = False  # out of time: the rest next turn
+        if done and drew and self._holding and (self._legend_stale or time.perf_counter() > deadline):
+            # out of time, or new curves (a sweep's first draw): the view range and the legend in a turn of their
+            # own (after a turn of curves, they were one 15-25 ms stall)
+            done = False
         if not done:
             # curves made over several turns appear together: each turn would repaint the plot (axes, grid, the
             # curves so far, legend: 5-15 ms) for a picture about to change again; it is repainted once, when done
@@ -729,7 +738,7 @@ class _Redrawer(QObject):
         self.queue: dict[MetricPlot, None] = {}
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
-        self.timer.setInterval(0)
+        self.timer.setInterval(DRAW_GAP_MS)
         self.timer.timeout.connect(self._run)
 
     def add(self, plot: MetricPlot) -> None:
@@ -739,13 +748,17 @@ class _Redrawer(QObject):
                 self.timer.start()
 
     def _run(self) -> None:
+        """One plot's slice per turn: a plot done here is repainted in the next turn, and another plot's slice
+        beside that repaint (or its view range settled after this one's last curves) was one stall."""
         deadline = time.perf_counter() + DRAW_BUDGET_S
         while self.queue:
             plot = next(iter(self.queue))
-            if not shiboken6.isValid(plot) or not plot.isVisible() or plot.flush(deadline):
+            if not shiboken6.isValid(plot) or not plot.isVisible():
                 del self.queue[plot]
-            if time.perf_counter() > deadline:
-                break
+                continue
+            if plot.flush(deadline):
+                del self.queue[plot]
+            break
         if self.queue:
             self.timer.start()
 

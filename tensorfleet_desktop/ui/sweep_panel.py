@@ -399,6 +399,8 @@ class SweepPanel(QWidget):
     # ---- the job
 
     def clear(self) -> None:
+        if self.job is None and self._signature is None:  # already empty (the job shown before was no sweep)
+            return
         self.job = None
         self._signature = None
         self._task_params = {}

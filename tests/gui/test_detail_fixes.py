@@ -166,6 +166,29 @@ def test_an_ended_jobs_replay_is_held_back_until_its_end_event(qtbot: Any, detai
     qtbot.waitUntil(lambda: detail.curves.points == 120, timeout=2000)
 
 
+def test_an_ended_historys_plots_are_all_in_the_grid_before_any_gets_its_curves(
+    qtbot: Any, detail: JobDetailView
+) -> None:
+    """A pane placed beside plots already drawn resizes them, and each resize repaints their curves."""
+    detail._jobs_changed([make_job("SUCCEEDED")])
+    detail.show()
+    detail.open_job("job-1")
+    step = np.arange(50, dtype=float)
+    chunks = [SeriesChunk(m, 0, step, step * k, np.full(50, 1000.0)) for k, m in enumerate(("a", "b", "c"), 1)]
+    placed: list[list[str]] = []
+    add = detail.curves.add_chunks
+
+    def spy(batch: list[SeriesChunk]) -> None:
+        placed.append(sorted(detail.curves.plot.plots))
+        add(batch)
+
+    detail.curves.add_chunks = spy  # type: ignore[method-assign]
+    end = [{"kind": "job_state", "state": "SUCCEEDED"}]
+    detail.on_batch("job-1", JobBatch("job-1", chunks=chunks, events=end, last_seq=2))
+    qtbot.waitUntil(lambda: detail.metric_points == 150, timeout=5000)
+    assert placed == [["a", "b", "c"]] * 3
+
+
 def tasks_and_artifacts() -> dict[str, Any]:
     tasks = [
         cpb.TaskInfo(index=0, state=cpb.JobTaskState.Value("JOB_TASK_STATE_SUCCEEDED"), params_json="{}"),

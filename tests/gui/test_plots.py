@@ -5,6 +5,7 @@ metric point dicts like the bridge's, no cluster needed."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -361,3 +362,32 @@ def test_a_budgeted_first_draw_repaints_the_plot_once_when_every_curve_is_in(pan
     assert plot.legend.boundingRect().height() > 8 * 10  # laid out with every entry
     assert plot._crosshair is None  # the hover line and read-out are made on the first hover
     assert "task 7" in plot.hover_at(1.0) and plot.crosshair.isVisible()
+
+
+def test_new_curves_settle_their_view_range_and_legend_in_a_turn_of_their_own(panel: CurvesPanel) -> None:
+    panel.multi_task = True
+    panel.add_chunks(group_points([p for task in range(3) for p in points("loss", [3.0 - task, 2.0], task=task)]))
+    plot = panel.plot.plots["loss"]
+    roomy = time.perf_counter() + 60.0  # time enough for every step: the turns are split by what they do
+    assert not plot.flush(roomy) and len(plot.drawn()) == 3  # every curve, held from the screen
+    assert not plot.updatesEnabled() and plot._legend_stale
+    assert not plot.flush(roomy) and not plot._legend_stale  # the legend and view range, still held
+    assert plot.flush(roomy) and plot.updatesEnabled()  # then the repaint
+    assert [label.text for _, label in plot.legend.items] == ["task 0", "task 1", "task 2"]
+
+
+def test_the_periodic_redraw_takes_one_plot_per_turn(panel: CurvesPanel, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorfleet_desktop.ui import plots
+
+    monkeypatch.setattr(plots, "DRAW_BUDGET_S", 60.0)  # time enough for both: still one plot per turn
+    for metric in ("loss", "accuracy"):
+        panel.add_chunks(group_points(points(metric, [3.0, 2.0, 1.0])))
+    first, second = panel.plot.plots["loss"], panel.plot.plots["accuracy"]
+    redrawer = plots._redrawer()
+    redrawer.timer.stop()
+    redrawer.queue = {first: None, second: None}
+    redrawer._run()
+    assert first.drawn() and not second.drawn()  # the second plot waits for a turn of its own
+    while redrawer.queue:
+        redrawer._run()
+    assert second.drawn() and first.updatesEnabled() and second.updatesEnabled()
