@@ -6,6 +6,12 @@ network, so both call `validate_manifest` on it before any path is joined to a d
 
 The snapshot's id is `manifest_id`: the sha256 of `manifest_bytes`, a canonical encoding of the sorted entries, so
 the same files give the same id on every machine.
+
+A dataset version is the same kind of manifest. A file larger than CHUNK_BYTES may list `chunks`: the sha256 of each
+CHUNK_BYTES piece in order (the last one shorter). Such a file travels and is stored as those chunk blobs, so a
+re-upload of an edited file sends only the pieces that changed and an agent can fetch pieces from several sources;
+its own sha256 still checks the whole after assembly. An entry without chunks is one blob, encoded as before, so a
+project's id does not change.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ MAX_PATH = 4096
 MAX_COMPONENT = 255
 MANIFEST_VERSION = 1
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest blob: MAX_FILES entries of long paths fit well under this
+CHUNK_BYTES = 8 << 20  # a chunked file's piece size: large enough for few blobs, small enough to resume cheaply
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -35,19 +42,34 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 @dataclasses.dataclass(frozen=True, order=True)
 class ManifestEntry:
-    """One file: posix path relative to the project root, mode (0o644 or 0o755), content sha256, size in bytes."""
+    """One file: posix path relative to the project root, mode (0o644 or 0o755), content sha256, size in bytes,
+    and for a chunked file the sha256 of each CHUNK_BYTES piece (empty: the file is one blob)."""
 
     path: str
     mode: int
     sha256: str
     size: int
+    chunks: tuple[str, ...] = ()
 
     @property
     def executable(self) -> bool:
         return self.mode == MODE_EXECUTABLE
 
+    @property
+    def blobs(self) -> tuple[str, ...]:
+        """The blobs this file is stored and sent as: its chunks, or the file itself."""
+        return self.chunks or (self.sha256,)
+
     def as_dict(self) -> dict[str, object]:
-        return {"path": self.path, "mode": self.mode, "sha256": self.sha256, "size": self.size}
+        body: dict[str, object] = {"path": self.path, "mode": self.mode, "sha256": self.sha256, "size": self.size}
+        if self.chunks:
+            body["chunks"] = list(self.chunks)
+        return body
+
+
+def chunk_count(size: int) -> int:
+    """How many CHUNK_BYTES pieces a chunked file of `size` bytes has."""
+    return max(1, -(-size // CHUNK_BYTES))
 
 
 def check_path(path: str, field: str = "path") -> str:
@@ -85,6 +107,22 @@ def _check_entry(entry: ManifestEntry, field: str) -> None:
         raise ValidationError(f"{field}.sha256", f"is not 64 lowercase hex digits: {str(entry.sha256)[:80]!r}")
     if type(entry.size) is not int or entry.size < 0:
         raise ValidationError(f"{field}.size", f"is {entry.size!r}; a size is a whole number of bytes, at least 0")
+    if not isinstance(entry.chunks, tuple):
+        raise ValidationError(f"{field}.chunks", f"is a {type(entry.chunks).__name__}, not a tuple of sha256")
+    if entry.chunks:
+        if entry.size <= CHUNK_BYTES:
+            raise ValidationError(
+                f"{field}.chunks", f"are listed for {entry.size} bytes; only files over {CHUNK_BYTES} are chunked"
+            )
+        if len(entry.chunks) != chunk_count(entry.size):
+            raise ValidationError(
+                f"{field}.chunks",
+                f"lists {len(entry.chunks)}; {entry.size} bytes in pieces of {CHUNK_BYTES} "
+                f"make {chunk_count(entry.size)}",
+            )
+        for j, chunk in enumerate(entry.chunks):
+            if not isinstance(chunk, str) or not _SHA256.match(chunk):
+                raise ValidationError(f"{field}.chunks[{j}]", f"is not 64 lowercase hex digits: {str(chunk)[:80]!r}")
 
 
 def validate_manifest(
@@ -124,26 +162,34 @@ def validate_manifest(
 def parse_manifest(
     value: object, *, max_files: int = MAX_FILES, max_bytes: int | None = None
 ) -> tuple[ManifestEntry, ...]:
-    """A manifest from JSON-ready data (a list of {"path", "mode", "sha256", "size"} objects), validated."""
+    """A manifest from JSON-ready data (a list of {"path", "mode", "sha256", "size"[, "chunks"]} objects),
+    validated."""
     if not isinstance(value, Sequence) or isinstance(value, str | bytes):
         raise ValidationError("manifest", f"is a {type(value).__name__}, not a list of files")
     entries = []
     for i, item in enumerate(value):
         if not isinstance(item, Mapping):
             raise ValidationError(f"manifest[{i}]", f"is a {type(item).__name__}, not an object")
-        unknown = sorted(set(item) - {"path", "mode", "sha256", "size"})
+        unknown = sorted(set(item) - {"path", "mode", "sha256", "size", "chunks"})
         if unknown:
             raise ValidationError(f"manifest[{i}]", f"has unknown keys {unknown}")
         missing = sorted({"path", "mode", "sha256", "size"} - set(item))
         if missing:
             raise ValidationError(f"manifest[{i}]", f"lacks {missing}")
-        entries.append(ManifestEntry(item["path"], item["mode"], item["sha256"], item["size"]))
+        chunks = item.get("chunks", [])
+        if not isinstance(chunks, list):
+            raise ValidationError(f"manifest[{i}].chunks", f"is a {type(chunks).__name__}, not a list of sha256")
+        entries.append(ManifestEntry(item["path"], item["mode"], item["sha256"], item["size"], tuple(chunks)))
     return validate_manifest(entries, max_files=max_files, max_bytes=max_bytes)
 
 
 def manifest_bytes(entries: Sequence[ManifestEntry]) -> bytes:
-    """The canonical encoding the id is taken of: compact JSON of the entries sorted by path, UTF-8."""
-    rows = [[e.path, e.mode, e.sha256, e.size] for e in sorted(entries, key=lambda e: e.path)]
+    """The canonical encoding the id is taken of: compact JSON of the entries sorted by path, UTF-8. A chunked
+    file's row has a fifth column, its chunks; other rows keep four, so unchunked manifests keep their ids."""
+    rows = [
+        [e.path, e.mode, e.sha256, e.size, list(e.chunks)] if e.chunks else [e.path, e.mode, e.sha256, e.size]
+        for e in sorted(entries, key=lambda e: e.path)
+    ]
     text = json.dumps({"version": MANIFEST_VERSION, "files": rows}, separators=(",", ":"), ensure_ascii=False)
     return text.encode("utf-8")
 
@@ -171,7 +217,8 @@ def manifest_from_bytes(
         raise ValidationError("manifest.files", "must be a list of [path, mode, sha256, size] rows")
     entries = []
     for i, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != 4:
-            raise ValidationError(f"manifest[{i}]", "must be a [path, mode, sha256, size] row")
-        entries.append(ManifestEntry(*row))
+        if not isinstance(row, list) or len(row) not in (4, 5) or (len(row) == 5 and not isinstance(row[4], list)):
+            raise ValidationError(f"manifest[{i}]", "must be a [path, mode, sha256, size] or [..., chunks] row")
+        path, mode, sha256, size = row[:4]
+        entries.append(ManifestEntry(path, mode, sha256, size, tuple(row[4]) if len(row) == 5 else ()))
     return validate_manifest(entries, max_files=max_files, max_bytes=max_bytes)
