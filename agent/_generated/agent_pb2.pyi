@@ -639,6 +639,7 @@ class TaskSpec(_message.Message):
     GROUP_RANK_FIELD_NUMBER: _builtins.int
     GROUP_WORLD_SIZE_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
+    DATASET_MOUNT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """caller-chosen, [A-Za-z0-9._-], unique per agent"""
     job_id: _builtins.str
@@ -693,6 +694,10 @@ class TaskSpec(_message.Message):
     def rendezvous(self) -> Global___Rendezvous:
         """set for multi-rank jobs"""
 
+    @_builtins.property
+    def dataset_mount(self) -> Global___DatasetMount:
+        """a dataset version the task reads at TENSORFLEET_DATASET_DIR; unset: none"""
+
     def __init__(
         self,
         *,
@@ -718,14 +723,53 @@ class TaskSpec(_message.Message):
         group_rank: _builtins.int = ...,
         group_world_size: _builtins.int = ...,
         max_restarts: _builtins.int = ...,
+        dataset_mount: Global___DatasetMount | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["rendezvous", b"rendezvous"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset_mount", b"dataset_mount", "rendezvous", b"rendezvous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpus", b"gpus", "group_rank", b"group_rank", "group_world_size", b"group_world_size", "inputs", b"inputs", "job_id", b"job_id", "local_rank", b"local_rank", "local_world_size", b"local_world_size", "max_restarts", b"max_restarts", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_mount", b"dataset_mount", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpus", b"gpus", "group_rank", b"group_rank", "group_world_size", b"group_world_size", "inputs", b"inputs", "job_id", b"job_id", "local_rank", b"local_rank", "local_world_size", b"local_world_size", "max_restarts", b"max_restarts", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class DatasetMount(_message.Message):
+    """A dataset version an agent materializes read-only (once per version, shared by its tasks; issue 20)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MANIFEST_ID_FIELD_NUMBER: _builtins.int
+    LISTING_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """for messages and paths"""
+    version: _builtins.int
+    manifest_id: _builtins.str
+    """An upload: the sha256 of its manifest blob (tensorfleet_agent.core.manifest encoding), which, like every file
+    and chunk it names, the controller puts in the agent's cache before RunTask (HasBlobs, PutBlob/FetchBlob).
+    """
+    listing_id: _builtins.str
+    """A reference: the sha256 of a listing blob in the cache, JSON {"url", "objects": [{"path", "size", "etag",
+    "get"}]}: "get" is a presigned GET URL (s3) or the absolute file path (file); the agent checks each object's
+    etag/size on use and refuses the task naming the files that changed.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        manifest_id: _builtins.str = ...,
+        listing_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["listing_id", b"listing_id", "manifest_id", b"manifest_id", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetMount: _TypeAlias = DatasetMount  # noqa: Y015
 
 @_typing.final
 class RunTaskRequest(_message.Message):

@@ -240,6 +240,38 @@ DATASET_FORMAT_PARQUET: DatasetFormat.ValueType  # 2
 """stored as its CSV form (see DatasetInfo.source_filename)"""
 Global___DatasetFormat: _TypeAlias = DatasetFormat  # noqa: Y015
 
+class _DatasetSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DatasetSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DatasetSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATASET_SOURCE_UNSPECIFIED: _DatasetSource.ValueType  # 0
+    """never sent"""
+    DATASET_SOURCE_UPLOAD: _DatasetSource.ValueType  # 1
+    """uploaded: files (and chunks of large files) in the controller's blob store"""
+    DATASET_SOURCE_S3: _DatasetSource.ValueType  # 2
+    """a reference to s3://bucket/prefix: objects stay in the bucket"""
+    DATASET_SOURCE_FILE: _DatasetSource.ValueType  # 3
+    """a reference to file:///path: a folder every agent mounts at that path"""
+    DATASET_SOURCE_BUILTIN: _DatasetSource.ValueType  # 4
+    """shipped with the agent"""
+
+class DatasetSource(_DatasetSource, metaclass=_DatasetSourceEnumTypeWrapper):
+    """Where a dataset version's files come from."""
+
+DATASET_SOURCE_UNSPECIFIED: DatasetSource.ValueType  # 0
+"""never sent"""
+DATASET_SOURCE_UPLOAD: DatasetSource.ValueType  # 1
+"""uploaded: files (and chunks of large files) in the controller's blob store"""
+DATASET_SOURCE_S3: DatasetSource.ValueType  # 2
+"""a reference to s3://bucket/prefix: objects stay in the bucket"""
+DATASET_SOURCE_FILE: DatasetSource.ValueType  # 3
+"""a reference to file:///path: a folder every agent mounts at that path"""
+DATASET_SOURCE_BUILTIN: DatasetSource.ValueType  # 4
+"""shipped with the agent"""
+Global___DatasetSource: _TypeAlias = DatasetSource  # noqa: Y015
+
 class _ModelFormat:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -2002,6 +2034,9 @@ class DatasetInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     SOURCE_FILENAME_FIELD_NUMBER: _builtins.int
     SOURCE_SHA256_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    BUILTIN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     sha256: _builtins.str
     """of the stored file, 64 hex chars"""
@@ -2019,9 +2054,21 @@ class DatasetInfo(_message.Message):
     """a Parquet upload: the original file (stored as CSV)"""
     source_sha256: _builtins.str
     """of that original file, 64 hex chars; "" for a CSV upload"""
+    latest_version: _builtins.int
+    """Versions (issue 20). A dataset is a name with versions 1..latest; each version is an uploaded file tree (a
+    manifest) or a reference to an object-store prefix or a shared folder (a listing). The fields above describe the
+    latest version when it is one CSV/Parquet file (a table jobs name --target columns of); empty otherwise.
+    0 only for a dataset stored before versions existed (read as 1)
+    """
+    builtin: _builtins.bool
+    """a built-in dataset (iris, digits, ...): listed, never stored"""
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """column names, in file order"""
+
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetVersionInfo]:
+        """oldest first; ListDatasets and GetDataset fill it"""
 
     def __init__(
         self,
@@ -2036,14 +2083,235 @@ class DatasetInfo(_message.Message):
         created_at: _builtins.float = ...,
         source_filename: _builtins.str = ...,
         source_sha256: _builtins.str = ...,
+        latest_version: _builtins.int = ...,
+        versions: _abc.Iterable[Global___DatasetVersionInfo] | None = ...,
+        builtin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "created_at", b"created_at", "filename", b"filename", "format", b"format", "name", b"name", "rows", b"rows", "sha256", b"sha256", "size", b"size", "source_filename", b"source_filename", "source_sha256", b"source_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin", b"builtin", "columns", b"columns", "created_at", b"created_at", "filename", b"filename", "format", b"format", "latest_version", b"latest_version", "name", b"name", "rows", b"rows", "sha256", b"sha256", "size", b"size", "source_filename", b"source_filename", "source_sha256", b"source_sha256", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetInfo: _TypeAlias = DatasetInfo  # noqa: Y015
+
+@_typing.final
+class DatasetVersionInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    CONTENT_ID_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    UNCHANGED_FIELD_NUMBER: _builtins.int
+    UPLOADED_BYTES_FIELD_NUMBER: _builtins.int
+    USED_BY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    """1, 2, ...; NAME:VERSION in job specs"""
+    source: Global___DatasetSource.ValueType
+    url: _builtins.str
+    """a reference's s3:// or file:// URL; "" for an upload"""
+    content_id: _builtins.str
+    """an upload: its manifest id; a reference: the sha256 of its listing blob"""
+    files: _builtins.int
+    bytes: _builtins.int
+    created_at: _builtins.float
+    """unix seconds"""
+    created_by: _builtins.str
+    """the user who made it"""
+    unchanged: _builtins.bool
+    """CommitDatasetVersion/AddDatasetReference: equal to the latest, none made"""
+    uploaded_bytes: _builtins.int
+    """filled by the client: bytes this upload sent (0 when all were there)"""
+    @_builtins.property
+    def used_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """GetDataset: job ids and model name:version that refer to this version"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        source: Global___DatasetSource.ValueType = ...,
+        url: _builtins.str = ...,
+        content_id: _builtins.str = ...,
+        files: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        created_at: _builtins.float = ...,
+        created_by: _builtins.str = ...,
+        unchanged: _builtins.bool = ...,
+        uploaded_bytes: _builtins.int = ...,
+        used_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "content_id", b"content_id", "created_at", b"created_at", "created_by", b"created_by", "files", b"files", "name", b"name", "source", b"source", "unchanged", b"unchanged", "uploaded_bytes", b"uploaded_bytes", "url", b"url", "used_by", b"used_by", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetVersionInfo: _TypeAlias = DatasetVersionInfo  # noqa: Y015
+
+@_typing.final
+class CommitDatasetVersionRequest(_message.Message):
+    """After UploadBlobs of every missing file/chunk and of the manifest blob itself (its sha256 is manifest_id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MANIFEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """[A-Za-z0-9._-], at most 128 chars"""
+    manifest_id: _builtins.str
+    """the manifest blob (tensorfleet_agent.core.manifest encoding)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        manifest_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manifest_id", b"manifest_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitDatasetVersionRequest: _TypeAlias = CommitDatasetVersionRequest  # noqa: Y015
+
+@_typing.final
+class AddDatasetReferenceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    url: _builtins.str
+    """s3://bucket/prefix (the controller's configured object store credentials)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddDatasetReferenceRequest: _TypeAlias = AddDatasetReferenceRequest  # noqa: Y015
+
+@_typing.final
+class DatasetFile(_message.Message):
+    """One file of a version, as `datasets show` lists them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """posix, relative to the dataset root"""
+    size: _builtins.int
+    sha256: _builtins.str
+    """an upload's content; "" for a reference"""
+    etag: _builtins.str
+    """a reference: the object's ETag (s3) or "mtime_ns:size" (file)"""
+    chunks: _builtins.int
+    """pieces of a chunked file (0: one blob)"""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        chunks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "etag", b"etag", "path", b"path", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetFile: _TypeAlias = DatasetFile  # noqa: Y015
+
+@_typing.final
+class GetDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    """NAME or NAME:VERSION"""
+    prefix: _builtins.str
+    """only files under this folder ("" = all)"""
+    limit: _builtins.int
+    """files per page (0 = 1000)"""
+    cursor: _builtins.str
+    """from the previous page's next_cursor"""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "limit", b"limit", "prefix", b"prefix", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetRequest: _TypeAlias = GetDatasetRequest  # noqa: Y015
+
+@_typing.final
+class GetDatasetResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """"" on the last page"""
+    @_builtins.property
+    def dataset(self) -> Global___DatasetInfo:
+        """the dataset, with its versions"""
+
+    @_builtins.property
+    def version(self) -> Global___DatasetVersionInfo:
+        """the version asked for (the latest when ref has none)"""
+
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetFile]:
+        """sorted by path"""
+
+    def __init__(
+        self,
+        *,
+        dataset: Global___DatasetInfo | None = ...,
+        version: Global___DatasetVersionInfo | None = ...,
+        files: _abc.Iterable[Global___DatasetFile] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "files", b"files", "next_cursor", b"next_cursor", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDatasetResponse: _TypeAlias = GetDatasetResponse  # noqa: Y015
 
 @_typing.final
 class ModelVersion(_message.Message):

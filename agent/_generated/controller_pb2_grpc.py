@@ -181,6 +181,21 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.FromString,
                 _registered_method=True)
+        self.CommitDatasetVersion = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/CommitDatasetVersion',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.CommitDatasetVersionRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetVersionInfo.FromString,
+                _registered_method=True)
+        self.AddDatasetReference = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/AddDatasetReference',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.AddDatasetReferenceRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetVersionInfo.FromString,
+                _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/GetDataset',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.GetDatasetResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/ListModels',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListModelsRequest.SerializeToString,
@@ -427,6 +442,25 @@ class ControllerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDataset(self, request, context):
+        """name: the dataset; NAME:VERSION: that version
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitDatasetVersion(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddDatasetReference(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -657,6 +691,21 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.DeleteDataset,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.SerializeToString,
+            ),
+            'CommitDatasetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitDatasetVersion,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.CommitDatasetVersionRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetVersionInfo.SerializeToString,
+            ),
+            'AddDatasetReference': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDatasetReference,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.AddDatasetReferenceRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetVersionInfo.SerializeToString,
+            ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.GetDatasetRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.GetDatasetResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -1507,6 +1556,87 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/DeleteDataset',
             tensorfleet_dot_v1_dot_controller__pb2.DatasetRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.DatasetInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitDatasetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/CommitDatasetVersion',
+            tensorfleet_dot_v1_dot_controller__pb2.CommitDatasetVersionRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.DatasetVersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDatasetReference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/AddDatasetReference',
+            tensorfleet_dot_v1_dot_controller__pb2.AddDatasetReferenceRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.DatasetVersionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/GetDataset',
+            tensorfleet_dot_v1_dot_controller__pb2.GetDatasetRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.GetDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -73,6 +73,10 @@ class ControllerServiceStub:
     ListDatasets: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]
     PreviewDataset: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetPreview]
     DeleteDataset: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetInfo]
+    """name: the dataset; NAME:VERSION: that version"""
+    CommitDatasetVersion: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CommitDatasetVersionRequest, _controller_pb2.DatasetVersionInfo]
+    AddDatasetReference: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddDatasetReferenceRequest, _controller_pb2.DatasetVersionInfo]
+    GetDataset: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetDatasetRequest, _controller_pb2.GetDatasetResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]
     GetModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ModelRequest, _controller_pb2.ModelVersion]
     DownloadModel: _grpc.UnaryStreamMultiCallable[_controller_pb2.DownloadModelRequest, _controller_pb2.ModelChunk]
@@ -126,6 +130,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ListDatasets: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListDatasetsRequest, _controller_pb2.ListDatasetsResponse]  # type: ignore[assignment]
     PreviewDataset: _aio.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetPreview]  # type: ignore[assignment]
     DeleteDataset: _aio.UnaryUnaryMultiCallable[_controller_pb2.DatasetRequest, _controller_pb2.DatasetInfo]  # type: ignore[assignment]
+    """name: the dataset; NAME:VERSION: that version"""
+    CommitDatasetVersion: _aio.UnaryUnaryMultiCallable[_controller_pb2.CommitDatasetVersionRequest, _controller_pb2.DatasetVersionInfo]  # type: ignore[assignment]
+    AddDatasetReference: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddDatasetReferenceRequest, _controller_pb2.DatasetVersionInfo]  # type: ignore[assignment]
+    GetDataset: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetDatasetRequest, _controller_pb2.GetDatasetResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]  # type: ignore[assignment]
     GetModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.ModelRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     DownloadModel: _aio.UnaryStreamMultiCallable[_controller_pb2.DownloadModelRequest, _controller_pb2.ModelChunk]  # type: ignore[assignment]
@@ -349,7 +357,29 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _controller_pb2.DatasetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.DatasetInfo, _abc.Awaitable[_controller_pb2.DatasetInfo]]: ...
+    ) -> _typing.Union[_controller_pb2.DatasetInfo, _abc.Awaitable[_controller_pb2.DatasetInfo]]:
+        """name: the dataset; NAME:VERSION: that version"""
+
+    @_abc_1.abstractmethod
+    def CommitDatasetVersion(
+        self,
+        request: _controller_pb2.CommitDatasetVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DatasetVersionInfo, _abc.Awaitable[_controller_pb2.DatasetVersionInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def AddDatasetReference(
+        self,
+        request: _controller_pb2.AddDatasetReferenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DatasetVersionInfo, _abc.Awaitable[_controller_pb2.DatasetVersionInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDataset(
+        self,
+        request: _controller_pb2.GetDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GetDatasetResponse, _abc.Awaitable[_controller_pb2.GetDatasetResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListModels(
