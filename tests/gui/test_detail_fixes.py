@@ -183,10 +183,21 @@ def test_an_ended_historys_plots_are_all_in_the_grid_before_any_gets_its_curves(
         add(batch)
 
     detail.curves.add_chunks = spy  # type: ignore[method-assign]
+    grid = detail.curves.plot
+    holding: list[bool] = []  # whether the grid held its repaint as each pane went in
+    plot_for = grid.plot_for
+
+    def place(metric: str) -> Any:
+        holding.append(not grid.updatesEnabled())
+        return plot_for(metric)
+
+    grid.plot_for = place  # type: ignore[method-assign]
     end = [{"kind": "job_state", "state": "SUCCEEDED"}]
     detail.on_batch("job-1", JobBatch("job-1", chunks=chunks, events=end, last_seq=2))
     qtbot.waitUntil(lambda: detail.metric_points == 150, timeout=5000)
     assert placed == [["a", "b", "c"]] * 3
+    assert holding[:3] == [False, True, True]  # beside the first pane: one repaint once all three are in
+    assert grid.updatesEnabled()
 
 
 def tasks_and_artifacts() -> dict[str, Any]:
