@@ -29,6 +29,7 @@ from tensorfleet_agent.runtime.channel import EVENTS_FD_ENV, EventChannel
 __all__ = [
     "Stopped",
     "checkpoint_dir",
+    "dataset_dir",
     "input_path",
     "inputs_dir",
     "package_versions",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 RESUME_INPUT = "resume.ckpt"
+DATASET_DIR_ENV = "TENSORFLEET_DATASET_DIR"  # the job's dataset version, read-only; set by the worker per task
 
 
 class Stopped(Exception):
@@ -170,6 +172,13 @@ def resume_checkpoint() -> Path | None:
 def inputs_dir() -> Path:
     """Where the task's input blobs (datasets) are linked under their names."""
     return _current().task_dir / "inputs"
+
+
+def dataset_dir() -> Path | None:
+    """The job's dataset version (`--dataset NAME[:VERSION]` of a file tree), a read-only folder; None when the job
+    names none."""
+    value = os.environ.get(DATASET_DIR_ENV, "")
+    return Path(value) if value else None
 
 
 def input_path(name: str) -> Path:

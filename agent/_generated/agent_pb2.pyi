@@ -147,6 +147,10 @@ class _ExitCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitCause.V
     """The project's command cannot be started: not found or not executable in its env (error names the env's bin
     dir). Permanent: the job fails at once.
     """
+    EXIT_CAUSE_DATASET_CHANGED: _ExitCause.ValueType  # 17
+    """A referenced dataset (s3:// or file://) changed since its version was snapshotted: error names the files.
+    Permanent: the version's data is gone (`datasets add` again makes a new version); the job fails at once.
+    """
 
 class ExitCause(_ExitCause, metaclass=_ExitCauseEnumTypeWrapper):
     """Why a task ended. The agent sends COMPLETED..SETUP; REJECTED and PRUNED are the controller's own
@@ -190,6 +194,10 @@ the controller fails the job at once instead of retrying it elsewhere. A flaky d
 EXIT_CAUSE_BAD_COMMAND: ExitCause.ValueType  # 16
 """The project's command cannot be started: not found or not executable in its env (error names the env's bin
 dir). Permanent: the job fails at once.
+"""
+EXIT_CAUSE_DATASET_CHANGED: ExitCause.ValueType  # 17
+"""A referenced dataset (s3:// or file://) changed since its version was snapshotted: error names the files.
+Permanent: the version's data is gone (`datasets add` again makes a new version); the job fails at once.
 """
 Global___ExitCause: _TypeAlias = ExitCause  # noqa: Y015
 

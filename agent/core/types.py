@@ -37,6 +37,7 @@ class ExitCause:
     SETUP = "setup"
     ENV_BUILD = "env_build"  # a project's requirements cannot be resolved: permanent, the job fails once
     BAD_COMMAND = "bad_command"  # a project's command is not found or not executable in its env: permanent
+    DATASET_CHANGED = "dataset_changed"  # a referenced dataset's object changed since its snapshot: permanent
     # the controller's own, never an agent's:
     REJECTED = "rejected"  # the agent refused RunTask
     PRUNED = "pruned"  # a sweep trial stopped early by the pruner
@@ -52,6 +53,17 @@ class BlobRef:
 class Rendezvous:
     master_addr: str
     master_port: int
+
+
+@dataclass(frozen=True)
+class DatasetMount:
+    """A dataset version a task reads at TENSORFLEET_DATASET_DIR (issue 20): an upload names its manifest blob, a
+    reference its listing blob (exactly one of the two), both already in the agent's blob cache."""
+
+    name: str
+    version: int
+    manifest_id: str = ""
+    listing_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class TaskSpec:
     group_rank: int = 0
     group_world_size: int = 0
     max_restarts: int = 0
+    dataset_mount: DatasetMount | None = None  # materialized read-only once per version (runtime/datasets.py)
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ValidationError("spec.max_restarts", f"must be >= 0, got {spec.max_restarts}")
     _check_layout(spec, world)
     _check_inputs(spec)
+    _check_dataset_mount(spec)
     _check_env(spec.env)
     if spec.partition not in ("", "cv", "gang", "shard"):
         raise ValidationError("spec.partition", f"must be '', 'cv', 'gang' or 'shard', got {spec.partition[:20]!r}")
@@ -176,6 +177,26 @@ def _check_inputs(spec: TaskSpec) -> None:
             raise ValidationError(f"{where}.name", f"duplicate input name {ref.name!r}")
         seen.add(ref.name)
         check_sha256(ref.sha256, f"{where}.sha256")
+
+
+def _check_dataset_mount(spec: TaskSpec) -> None:
+    """A mount names its dataset and version and exactly one blob: an upload's manifest or a reference's listing."""
+    from tensorfleet_agent.runtime.blobs import check_sha256
+
+    mount = spec.dataset_mount
+    if mount is None:
+        return
+    check_id(mount.name, "spec.dataset_mount.name")
+    if mount.version < 1:
+        raise ValidationError("spec.dataset_mount.version", f"must be >= 1, got {mount.version}")
+    if bool(mount.manifest_id) == bool(mount.listing_id):
+        raise ValidationError(
+            "spec.dataset_mount", "must name exactly one of manifest_id (an upload) and listing_id (a reference)"
+        )
+    if mount.manifest_id:
+        check_sha256(mount.manifest_id, "spec.dataset_mount.manifest_id")
+    else:
+        check_sha256(mount.listing_id, "spec.dataset_mount.listing_id")
 
 
 def _check_env(env: dict[str, str]) -> None:

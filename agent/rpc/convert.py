@@ -15,6 +15,7 @@ from tensorfleet_agent.core.types import (
     ArtifactReady,
     BlobRef,
     CheckpointSaved,
+    DatasetMount,
     EnvironmentReady,
     EventPayload,
     ExitCause,
@@ -102,7 +103,7 @@ EXIT_CAUSE = EnumMap(
      ExitCause.AGENT_RESTARTED: pb.EXIT_CAUSE_AGENT_RESTARTED, ExitCause.DRAIN_TIMEOUT: pb.EXIT_CAUSE_DRAIN_TIMEOUT,
      ExitCause.SETUP: pb.EXIT_CAUSE_SETUP, ExitCause.REJECTED: pb.EXIT_CAUSE_REJECTED,
      ExitCause.PRUNED: pb.EXIT_CAUSE_PRUNED, ExitCause.ENV_BUILD: pb.EXIT_CAUSE_ENV_BUILD,
-     ExitCause.BAD_COMMAND: pb.EXIT_CAUSE_BAD_COMMAND},
+     ExitCause.BAD_COMMAND: pb.EXIT_CAUSE_BAD_COMMAND, ExitCause.DATASET_CHANGED: pb.EXIT_CAUSE_DATASET_CHANGED},
 )  # fmt: skip
 
 _STATE_TO_PB = {
@@ -154,6 +155,13 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         group_world_size=spec.group_world_size,
         max_restarts=spec.max_restarts,
     )
+    if spec.dataset_mount is not None:
+        mount = spec.dataset_mount
+        msg.dataset_mount.CopyFrom(
+            pb.DatasetMount(
+                name=mount.name, version=mount.version, manifest_id=mount.manifest_id, listing_id=mount.listing_id
+            )
+        )
     if spec.rendezvous is not None:
         msg.rendezvous.CopyFrom(
             pb.Rendezvous(master_addr=spec.rendezvous.master_addr, master_port=spec.rendezvous.master_port)
@@ -187,6 +195,16 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         max_restarts=msg.max_restarts,
         rendezvous=(
             Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
+        ),
+        dataset_mount=(
+            DatasetMount(
+                msg.dataset_mount.name,
+                msg.dataset_mount.version,
+                msg.dataset_mount.manifest_id,
+                msg.dataset_mount.listing_id,
+            )
+            if msg.HasField("dataset_mount")
+            else None
         ),
     )
 

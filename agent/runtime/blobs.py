@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from tensorfleet_agent.core.digest import blob_relpath
 from tensorfleet_agent.core.errors import NotFound, ValidationError
@@ -34,6 +34,23 @@ def check_sha256(value: str, field: str) -> str:
     if not SHA256_RE.match(value):
         raise ValidationError(field, f"must be 64 lowercase hex digits, got {value[:80]!r}")
     return value
+
+
+class Trees(Protocol):
+    """What the cache's eviction asks of the dataset trees hardlinked from it (runtime/datasets.py): a tree's
+    blobs cost no disk of their own while it stands, so they go only with it."""
+
+    def held(self) -> frozenset[str]:
+        """The blobs the standing trees link (not evicted while they stand)."""
+        ...
+
+    def oldest_unused(self) -> tuple[float, str] | None:
+        """(last used, key) of the least recently used tree no task uses, or None."""
+        ...
+
+    def remove(self, key: str) -> None:
+        """Remove that tree (its blobs become evictable)."""
+        ...
 
 
 class BlobWriter:
@@ -84,6 +101,7 @@ class BlobStore:
         self.limit_bytes = limit_bytes
         self._pins: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self.trees: Trees | None = None  # the dataset trees linked from this cache, set by their owner
         root.mkdir(parents=True, exist_ok=True)
         self.reclaim_leftovers()
 
@@ -155,6 +173,15 @@ class BlobStore:
             self._pins.subtract(digests)
             self._pins += Counter()  # drop zero counts
 
+    def pinned(self, sha256: str) -> int:
+        """How many holders pin this blob now."""
+        with self._lock:
+            return self._pins[sha256]
+
+    def adopt(self, tmp: Path, digest: str) -> Path:
+        """A file the caller wrote under incoming/ and checked hashes to `digest`: rename it into the cache."""
+        return self._adopt(tmp, digest)
+
     def _adopt(self, tmp: Path, digest: str) -> Path:
         dest = self.path(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +190,8 @@ class BlobStore:
         return dest
 
     def evict(self, keep: str | None = None) -> int:
-        """Delete least-recently-used unpinned blobs until the cache fits its limit."""
+        """Delete least-recently-used unpinned blobs until the cache fits its limit. A blob a dataset tree links
+        goes only after that tree, which is removed in its own turn of the LRU order (when no task uses it)."""
         entries = []
         total = 0
         for sub in self.root.iterdir():
@@ -178,14 +206,31 @@ class BlobStore:
                     continue  # evicted or replaced meanwhile
                 entries.append((st.st_mtime, blob.name, st.st_size))
                 total += st.st_size
+        if total <= self.limit_bytes:
+            return 0
         freed = 0
         with self._lock:
             pinned = set(self._pins)
-        for _mtime, digest, size in sorted(entries):
-            if total <= self.limit_bytes:
-                break
-            if digest in pinned or digest == keep:
+        trees = self.trees
+        held: frozenset[str] = trees.held() if trees is not None else frozenset()
+        candidates = [e for e in sorted(entries) if e[1] not in pinned and e[1] != keep]
+        gone: set[str] = set()
+        i = 0  # candidates before i are gone or held; held shrinks only when a tree goes (then look again from 0)
+        while total > self.limit_bytes:
+            while i < len(candidates) and (candidates[i][1] in held or candidates[i][1] in gone):
+                i += 1
+            oldest = candidates[i] if i < len(candidates) else None
+            tree = trees.oldest_unused() if trees is not None else None
+            if tree is not None and trees is not None and (oldest is None or tree[0] < oldest[0]):
+                trees.remove(tree[1])
+                held, i = trees.held(), 0
+                log.info("blob cache: removed dataset tree %s", tree[1][:12])
                 continue
+            if oldest is None:
+                break
+            _mtime, digest, size = oldest
+            gone.add(digest)
+            i += 1
             self.path(digest).unlink(missing_ok=True)
             total -= size
             freed += size

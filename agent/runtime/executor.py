@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from tensorfleet_agent.core.types import (
 )
 from tensorfleet_agent.metrics import AgentMetrics
 from tensorfleet_agent.runtime.blobs import BlobStore
+from tensorfleet_agent.runtime.datasets import DatasetCache, DatasetFailed, HeldDataset
 from tensorfleet_agent.runtime.envs import DEFAULT_LIMIT_BYTES, EnvCache
 from tensorfleet_agent.runtime.forking import ForkServer
 from tensorfleet_agent.runtime.journal import Journal, TaskLog
@@ -99,6 +101,7 @@ class _Running:
     runner: asyncio.Task[None] | None = None
     visible_gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES: the GPUs of the job's ranks here, own at LOCAL_RANK
     project: PreparedProject | None = None  # a project task's working dir and env, once PREPARING is done
+    dataset: HeldDataset | None = None  # its dataset version's tree (TENSORFLEET_DATASET_DIR), held until its end
     # Set at the task's first output line or its end: a spare it took is replaced from then on (see _worker_for).
     going: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -131,6 +134,7 @@ class Executor:
         self._own_envs = envs is None
         self.envs = envs if envs is not None else EnvCache(config.data_dir / "envs", config.env_cache_bytes)
         self.journal = Journal(config.data_dir / "tasks")
+        self.datasets = DatasetCache(config.data_dir / "datasets", blobs)  # trees of dataset versions
         self.draining = False
         self._running: dict[str, _Running] = {}
         self.gangs = GangSlots(slots)
@@ -147,6 +151,7 @@ class Executor:
 
     async def start(self) -> None:
         loaded = await asyncio.to_thread(self.journal.load)
+        await asyncio.to_thread(self.datasets.load)
         self.journal.start()
         for entry in loaded:
             if not entry.finished:
@@ -331,11 +336,14 @@ class Executor:
             workload = get_workload(spec.workload)
             if spec.inputs:  # without any, the worker makes the empty dir (mkdirs cost ~0.3 ms each on ext4)
                 await asyncio.to_thread(self._link_inputs, running)
-            if spec.workload == project_layout.WORKLOAD:
-                # The worker starts while the project is prepared: its start-up is off the critical path.
+            if spec.workload == project_layout.WORKLOAD or spec.dataset_mount is not None:
+                # The worker starts while the project and the dataset are prepared: its start-up is off the path.
                 starting = asyncio.create_task(self._worker_for(running))
                 try:
-                    running.project = await self._prepare(running)
+                    if spec.dataset_mount is not None:
+                        running.dataset = await self._mount(running)
+                    if spec.workload == project_layout.WORKLOAD:
+                        running.project = await self._prepare(running)
                 except BaseException:
                     discard = asyncio.create_task(self._discard(starting))
                     self._discards.add(discard)
@@ -357,13 +365,14 @@ class Executor:
                     "spec": spec_to_dict(spec),
                     "task_dir": str(running.entry.directory / "work"),
                     "blobs_dir": str(self.blobs.root),
+                    "dataset_dir": str(running.dataset.path) if running.dataset is not None else "",
                 }
             )
             status, cause, error, reusable = await self._follow(running, worker)
             reusable = reusable and workload.category != "script"  # scripts always get a fresh process
         except _Killed:
             status, cause, error = self._killed_outcome(running)
-        except PrepareFailed as exc:
+        except (PrepareFailed, DatasetFailed) as exc:
             status, cause, error = TaskState.FAILED, exc.cause, exc.message
         except Exception as exc:
             log.exception("task %s could not start", spec.task_id)
@@ -383,6 +392,8 @@ class Executor:
                     await worker.wait()
             if running.project is not None:
                 await self._finish_project(running, running.project)
+            if running.dataset is not None:
+                self.datasets.release(running.dataset.key)
             duration = time.monotonic() - running.started
             self.journal.append(spec.task_id, Finished(status, cause, error, duration))
             if spec.workload == project_layout.WORKLOAD:
@@ -434,6 +445,39 @@ class Executor:
         if failure is not None:
             raise failure  # PrepareFailed, or a bug that _run reports as a SETUP failure
         return preparing.result()
+
+    async def _mount(self, running: _Running) -> HeldDataset:
+        """The task's dataset version materialized (or found) read-only, until done, killed or out of time. The
+        build runs in a thread that is told to stop, never abandoned: what it holds is given back when it ends."""
+        spec = running.spec
+        mount = spec.dataset_mount
+        assert mount is not None
+        self._append(running, StateChanged(TaskState.PREPARING, f"dataset {mount.name}:v{mount.version}"))
+        stop = threading.Event()
+        getting = asyncio.ensure_future(asyncio.to_thread(self.datasets.acquire, mount, stop))
+        killed = asyncio.create_task(running.killed.wait())
+        remaining = None
+        if spec.timeout_seconds > 0:
+            remaining = max(0.0, running.started + spec.timeout_seconds - time.monotonic())
+        try:
+            await asyncio.wait({getting, killed}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            killed.cancel()
+        if not getting.done():  # killed or out of time: the thread stops at its next file
+            stop.set()
+            if not running.kill_cause:
+                self._kill(running, ExitCause.TIMEOUT, f"wall-clock timeout of {spec.timeout_seconds:g}s exceeded")
+            await asyncio.wait({getting})
+        failure = getting.exception()
+        if running.kill_cause:
+            if failure is None:
+                self.datasets.release(getting.result().key)
+            raise _Killed
+        if failure is not None:
+            raise failure  # DatasetFailed, or a bug that _run reports as a SETUP failure
+        held = getting.result()
+        self._append(running, LogLine("agent", held.summary(mount)))
+        return held
 
     async def _discard(self, starting: asyncio.Task[WorkerProcess]) -> None:
         """Close a worker started for a task that will not run after all (in the background)."""

@@ -164,6 +164,11 @@ def _disk_full_note(exc: BaseException, task_dir: Path) -> str:
 def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     spec = command["spec"]
     os.environ["TENSORFLEET_JOB_ID"] = str(spec.get("job_id", ""))
+    dataset_dir = str(command.get("dataset_dir") or "")
+    if dataset_dir:  # the task's dataset version, read-only (runtime/datasets.py); a project's command inherits it
+        os.environ[task_api.DATASET_DIR_ENV] = dataset_dir
+    else:  # a reused worker: not the previous task's
+        os.environ.pop(task_api.DATASET_DIR_ENV, None)
     task_dir = Path(command["task_dir"])
     (task_dir / "inputs").mkdir(parents=True, exist_ok=True)  # the agent made it only if it linked inputs there
     os.chdir(task_dir)

@@ -5,6 +5,7 @@ without installing anything into its environment:
 
     import tensorfleet_task as task
 
+    data = task.dataset_dir()                       # the job's --dataset version, read-only (None: no dataset)
     ckpt = task.resume_checkpoint()                 # a Path when this run continues an earlier one, else None
     for step in range(start, steps):
         loss = train_step()
@@ -54,6 +55,7 @@ __all__ = [
     "checkpoint_dir",
     "dataset_dir",
     "input_path",
+    "inputs_dir",
     "local_rank",
     "output_dir",
     "progress",
@@ -270,16 +272,23 @@ def output_dir() -> Path:
     return path
 
 
-def dataset_dir() -> Path:
-    """Where the job's inputs (its dataset files) are, under their names. Outside TensorFleet: the current dir."""
+def dataset_dir() -> Path | None:
+    """The job's dataset version (`--dataset NAME[:VERSION]`): a read-only folder of its files, shared with the
+    agent's other tasks (write elsewhere). None when the job names no dataset (or outside TensorFleet)."""
+    value = os.environ.get("TENSORFLEET_DATASET_DIR", "")
+    return Path(value) if value else None
+
+
+def inputs_dir() -> Path:
+    """Where the task's input files are, under their names. Outside TensorFleet: the current dir."""
     return _env_path("TENSORFLEET_INPUTS_DIR", Path.cwd())
 
 
 def input_path(name: str) -> Path:
-    """One of the job's inputs by name; FileNotFoundError naming it when the job was not given it."""
-    path = dataset_dir() / name
+    """One of the task's inputs by name; FileNotFoundError naming it when the job was not given it."""
+    path = inputs_dir() / name
     if not path.exists():
-        raise FileNotFoundError(f"input {name!r} was not sent with this task (looked in {dataset_dir()})")
+        raise FileNotFoundError(f"input {name!r} was not sent with this task (looked in {inputs_dir()})")
     return path
 
 

@@ -31,7 +31,13 @@ SDK_VARIABLES = ("TENSORFLEET_SDK_SOCKET",)
 @pytest.fixture
 def sdk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
     """A fresh import of the SDK outside TensorFleet, in tmp_path."""
-    for name in (*SDK_VARIABLES, "TENSORFLEET_OUTPUT_DIR", "TENSORFLEET_INPUTS_DIR", "TENSORFLEET_RESUME_CHECKPOINT"):
+    for name in (
+        *SDK_VARIABLES,
+        "TENSORFLEET_OUTPUT_DIR",
+        "TENSORFLEET_INPUTS_DIR",
+        "TENSORFLEET_RESUME_CHECKPOINT",
+        "TENSORFLEET_DATASET_DIR",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     spec = importlib.util.spec_from_file_location("tensorfleet_task_under_test", SDK)
@@ -59,7 +65,10 @@ def test_outside_tensorfleet_every_call_works_and_prints_to_stderr(
     assert lines[4]["format"] == "safetensors" and lines[4]["name"] == "m1"
 
     assert sdk.output_dir() == tmp_path / "outputs" and (tmp_path / "outputs").is_dir()
-    assert sdk.dataset_dir() == tmp_path and sdk.resume_checkpoint() is None
+    assert sdk.inputs_dir() == tmp_path and sdk.resume_checkpoint() is None
+    assert sdk.dataset_dir() is None  # no dataset named
+    monkeypatch.setenv("TENSORFLEET_DATASET_DIR", str(tmp_path / "ds"))
+    assert sdk.dataset_dir() == tmp_path / "ds"
     assert (sdk.rank(), sdk.local_rank(), sdk.world_size()) == (0, 0, 1)
     assert not sdk.stop_requested()
     with pytest.raises(FileNotFoundError, match=r"input 'train\.csv' was not sent"):
