@@ -112,9 +112,11 @@ def test_settings_saves_an_address_where_a_controller_answers(
     assert app_settings().value("controller", "") == controller.address
     # `online` is set on the asyncio thread before the queued `connected` signal reaches the window: wait for both
     qtbot.waitUntil(
-        lambda: window.bridge.online
-        and window.bridge.address == controller.address
-        and not window.banner.isVisibleTo(window),
+        lambda: (
+            window.bridge.online
+            and window.bridge.address == controller.address
+            and not window.banner.isVisibleTo(window)
+        ),
         timeout=15_000,
     )
     assert window.connection_label.text() == f"connected to the controller on {controller.address}"
