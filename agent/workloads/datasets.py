@@ -13,6 +13,9 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.workloads.schema import ParamSpec, WorkloadSchema
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
+# A folder of class_name/*.png|*.jpg: the job's dataset version (any name; the controller resolves NAME[:VERSION]
+# and the agent mounts it at TENSORFLEET_DATASET_DIR), or none when the workload's data_dir parameter names one.
+IMAGES = "images"
 _SEED = ParamSpec("random_state", "int", 42, "generator seed", minimum=0, maximum=2**32 - 1)
 _SIZE = (
     ParamSpec("n_samples", "int", 1000, "rows", minimum=10, maximum=10_000_000),
@@ -85,6 +88,12 @@ def check_dataset(
             raise ValidationError(field, f"{workload} takes no dataset")
         if params:
             raise ValidationError(params_field, f"{workload} takes no dataset")
+        return {}
+    if tasks == (IMAGES,):
+        if params:
+            raise ValidationError(params_field, f"{workload} takes no dataset parameters (its folder is the data)")
+        if len(name) > 256:
+            raise ValidationError(field, f"is {len(name)} characters long; at most 256 allowed")
         return {}
     if only and name not in only:
         raise ValidationError(field, f"{workload} trains on {', '.join(only)}, not {name or 'nothing'}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from tensorfleet_agent.core import project_layout
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_agent.workloads.datasets import CLASSIFICATION, REGRESSION, datasets_for
+from tensorfleet_agent.workloads.datasets import CLASSIFICATION, IMAGES, REGRESSION, datasets_for
 from tensorfleet_agent.workloads.schema import ParamSpec, WorkloadSchema
 
 
@@ -242,6 +242,41 @@ _BUILTIN += (
         ("torch", "safetensors", "sklearn"),
         (CLASSIFICATION,),
         only_datasets=("digits",),
+    ),
+    WorkloadDef(
+        "image_classifier",
+        "torch",
+        "Small ResNet-style CNN on an image folder dataset (class_name/*.png|*.jpg); num_workers > 1 trains with"
+        " DistributedDataParallel.",
+        WorkloadSchema(
+            (
+                ParamSpec("epochs", "int", 10, "passes over the training images", minimum=1, maximum=100_000),
+                ParamSpec("batch_size", "int", 32, "images per step and rank", minimum=1, maximum=65_536),
+                ParamSpec("lr", "float", 1e-3, "learning rate (Adam)", minimum=1e-8, maximum=10),
+                ParamSpec(
+                    "image_size", "int", 64, "images are resized to this many pixels square", minimum=8, maximum=1024
+                ),
+                ParamSpec(
+                    "val_fraction", "float", 0.2, "share of each class held out to validate", minimum=0, maximum=0.9
+                ),
+                ParamSpec("width", "int", 16, "channels of the first stage (x2, x4 after)", minimum=4, maximum=512),
+                ParamSpec("weight_decay", "float", 0.0, "L2 penalty", minimum=0),
+                ParamSpec("checkpoint_every", "int", 0, "save a checkpoint every N epochs (0 = never)", minimum=0),
+                ParamSpec(
+                    "seed", "int", 42, "seed of torch, the split and the data order", minimum=0, maximum=2**32 - 1
+                ),
+                ParamSpec(
+                    "data_dir",
+                    "str",
+                    "",
+                    "a folder on the agent to read instead of the job's dataset (empty: the dataset)",
+                    pattern=r"(/[^\x00]{0,4095})?",
+                ),
+            )
+        ),
+        "tensorfleet_agent.workloads.image_classifier:image_classifier",
+        ("torch", "safetensors", "PIL"),
+        (IMAGES,),
     ),
 )
 

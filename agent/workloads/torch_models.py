@@ -46,7 +46,10 @@ def _interface_towards(address: str) -> str | None:
 CONFIG_FORMAT = "tensorfleet-torch-model"
 CONFIG_VERSION = 2
 # What a model.json may name: torch.nn.<type>(*args). A config is data, so nothing outside this list is built.
-LAYER_TYPES = ("Conv2d", "Flatten", "Linear", "MaxPool2d", "ReLU", "Unflatten")
+# "Residual" (the image CNN's block) is ours: args [body layers, shortcut layers], out = relu(body(x) + shortcut(x)).
+LAYER_TYPES = (
+    "AdaptiveAvgPool2d", "BatchNorm2d", "Conv2d", "Flatten", "Linear", "MaxPool2d", "ReLU", "Residual", "Unflatten"
+)  # fmt: skip
 
 
 def _layer(kind: str, *args: Any) -> dict[str, Any]:
@@ -80,8 +83,27 @@ def build(layers: list[dict[str, Any]]) -> Any:
         kind = str(layer.get("type"))
         if kind not in LAYER_TYPES:
             raise ValueError(f"model.json layer {index}: {kind!r} is not one of {', '.join(LAYER_TYPES)}")
+        if kind == "Residual":
+            body, shortcut = layer.get("args", [[], []])
+            modules.append(_residual(build(body), build(shortcut)))
+            continue
         modules.append(getattr(nn, kind)(*layer.get("args", [])))
     return nn.Sequential(*modules)
+
+
+def _residual(body: Any, shortcut: Any) -> Any:
+    """relu(body(x) + shortcut(x)); an empty shortcut is the identity. Parameters: body.N.*, shortcut.N.*."""
+    from torch import nn
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x: Any) -> Any:
+            return nn.functional.relu(self.body(x) + self.shortcut(x))
+
+    return Residual()
 
 
 def _train(kind: str, params: dict[str, Any]) -> None:

@@ -360,8 +360,8 @@ def _convert(record: dict[str, Any], source: Path, fmt: str, out: Path) -> None:
     import warnings
 
     module = rebuild(record["config"], source)  # raw features in: the graph standardises them itself
-    width = len(module.mean)
-    example = torch.zeros((2, width), dtype=torch.float32)  # not 1: an exporter may fix a size-1 axis
+    shape = model_config(record)["input"]["shape"][1:]  # [features], or an image's [channels, height, width]
+    example = torch.zeros((2, *shape), dtype=torch.float32)  # not 1: an exporter may fix a size-1 axis
     new_exporter = importlib.util.find_spec("onnxscript") is not None  # else the TorchScript one, still shipped
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
