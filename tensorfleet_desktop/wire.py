@@ -51,6 +51,11 @@ AGENT_EVENT_KIND = EnumMap(
 DATASET_FORMAT = EnumMap(
     cpb.DatasetFormat.DESCRIPTOR, {"csv": cpb.DATASET_FORMAT_CSV, "parquet": cpb.DATASET_FORMAT_PARQUET}
 )
+DATASET_SOURCE = EnumMap(
+    cpb.DatasetSource.DESCRIPTOR,
+    {"upload": cpb.DATASET_SOURCE_UPLOAD, "s3": cpb.DATASET_SOURCE_S3, "file": cpb.DATASET_SOURCE_FILE,
+     "builtin": cpb.DATASET_SOURCE_BUILTIN},
+)  # fmt: skip
 MODEL_FORMAT = EnumMap(
     cpb.ModelFormat.DESCRIPTOR,
     {"skops": cpb.MODEL_FORMAT_SKOPS, "safetensors": cpb.MODEL_FORMAT_SAFETENSORS, "pickle": cpb.MODEL_FORMAT_PICKLE,
@@ -622,34 +627,113 @@ def upload_blobs_from_pb(msg: cpb.UploadBlobsResponse) -> dict[str, int]:
     return {"files": msg.files, "bytes": msg.bytes}
 
 
-def dataset_to_pb(entry: dict[str, Any]) -> cpb.DatasetInfo:
-    source = entry.get("source") or {}
-    return cpb.DatasetInfo(
-        name=entry["name"],
-        sha256=entry["sha256"],
-        filename=entry["filename"],
-        format=DATASET_FORMAT.to_pb(entry["format"], "format"),
-        rows=entry["rows"],
-        columns=entry["columns"],
-        size=entry["size"],
-        created_at=entry["created_at"],
-        source_filename=source.get("filename", ""),
-        source_sha256=source.get("sha256", ""),
+def dataset_to_pb(
+    entry: dict[str, Any] | None, versions: list[dict[str, Any]] | None = None, *, name: str = ""
+) -> cpb.DatasetInfo:
+    """A dataset: the table fields of `entry` (a version that is one CSV/Parquet file; None when it is none) and,
+    given, its versions (oldest first) and latest version."""
+    msg = cpb.DatasetInfo(name=entry["name"] if entry else name or (versions[-1]["name"] if versions else ""))
+    if entry:
+        source = entry.get("source") or {}
+        msg.MergeFrom(
+            cpb.DatasetInfo(
+                sha256=entry["sha256"],
+                filename=entry["filename"],
+                format=DATASET_FORMAT.to_pb(entry["format"], "format"),
+                rows=entry["rows"],
+                columns=entry["columns"],
+                size=entry["size"],
+                created_at=entry["created_at"],
+                source_filename=source.get("filename", ""),
+                source_sha256=source.get("sha256", ""),
+            )
+        )
+    if versions:
+        msg.latest_version = int(versions[-1]["version"])
+        msg.versions.extend(dataset_version_to_pb(v) for v in versions)
+        if not entry:
+            msg.created_at = float(versions[-1]["created_at"])
+            msg.size = int(versions[-1]["bytes"])
+    return msg
+
+
+def builtin_dataset_to_pb(name: str) -> cpb.DatasetInfo:
+    """A dataset shipped with the agents (iris, digits, ...): listed beside the uploads, never stored."""
+    return cpb.DatasetInfo(name=name, builtin=True)
+
+
+def dataset_version_to_pb(
+    record: dict[str, Any], *, unchanged: bool = False, used_by: list[str] | None = None
+) -> cpb.DatasetVersionInfo:
+    return cpb.DatasetVersionInfo(
+        name=record["name"],
+        version=int(record["version"]),
+        source=DATASET_SOURCE.to_pb(record["source"], "source"),
+        url=record.get("url", ""),
+        content_id=record["content_id"],
+        files=int(record["files"]),
+        bytes=int(record["bytes"]),
+        created_at=float(record["created_at"]),
+        created_by=record.get("created_by", ""),
+        unchanged=unchanged,
+        used_by=used_by or [],
     )
 
 
+def dataset_version_from_pb(msg: cpb.DatasetVersionInfo) -> dict[str, Any]:
+    """A version as clients see it: name, version, source (upload|s3|file|builtin), url, content_id, files, bytes,
+    created_at, created_by, unchanged, uploaded_bytes, used_by."""
+    return {
+        "name": msg.name,
+        "version": msg.version,
+        "source": DATASET_SOURCE.from_pb(msg.source, "source"),
+        "url": msg.url,
+        "content_id": msg.content_id,
+        "files": msg.files,
+        "bytes": msg.bytes,
+        "created_at": msg.created_at,
+        "created_by": msg.created_by,
+        "unchanged": msg.unchanged,
+        "uploaded_bytes": msg.uploaded_bytes,
+        "used_by": list(msg.used_by),
+    }
+
+
 def dataset_from_pb(msg: cpb.DatasetInfo) -> dict[str, Any]:
+    """A dataset as clients see it. The table fields (sha256 ... source_sha256) are the latest version's when it is
+    one CSV/Parquet file, else empty (format ""); versions oldest first; builtin for iris, digits, ..."""
     return {
         "name": msg.name,
         "sha256": msg.sha256,
         "filename": msg.filename,
-        "format": DATASET_FORMAT.from_pb(msg.format, "format"),
+        "format": DATASET_FORMAT.from_pb(msg.format, "format") if msg.format else "",
         "rows": msg.rows,
         "columns": list(msg.columns),
         "size": msg.size,
         "created_at": msg.created_at,
         "source_filename": msg.source_filename,
         "source_sha256": msg.source_sha256,
+        "latest_version": msg.latest_version or (1 if msg.sha256 and not msg.builtin else 0),
+        "versions": [dataset_version_from_pb(v) for v in msg.versions],
+        "builtin": msg.builtin,
+    }
+
+
+def dataset_file_to_pb(item: dict[str, Any]) -> cpb.DatasetFile:
+    return cpb.DatasetFile(
+        path=item["path"], size=item["size"], sha256=item["sha256"], etag=item["etag"], chunks=item["chunks"]
+    )
+
+
+def get_dataset_from_pb(msg: cpb.GetDatasetResponse) -> dict[str, Any]:
+    """{"dataset", "version", "files": [{"path", "size", "sha256", "etag", "chunks"}], "next_cursor"}."""
+    return {
+        "dataset": dataset_from_pb(msg.dataset),
+        "version": dataset_version_from_pb(msg.version) if msg.HasField("version") else None,
+        "files": [
+            {"path": f.path, "size": f.size, "sha256": f.sha256, "etag": f.etag, "chunks": f.chunks} for f in msg.files
+        ],
+        "next_cursor": msg.next_cursor,
     }
 
 

@@ -254,11 +254,13 @@ class Controller:
     async def preview_dataset(self, name: str, rows: int) -> tuple[dict[str, Any], list[str], list[list[str]]]:
         return await self.catalog.preview(name, rows)
 
-    async def delete_dataset(self, name: str) -> dict[str, Any]:
-        return await self.catalog.delete(name, self.jobs.values())
+    async def delete_dataset(self, ref: str) -> list[dict[str, Any]]:
+        """NAME (every version) or NAME:VERSION; the versions deleted."""
+        return await self.catalog.delete(ref, self.jobs.values())
 
     async def collect_garbage(self, grace: float = 600.0) -> dict[str, int]:
-        return await self.artifacts.collect_garbage(grace, await self.project_blobs())
+        keep = await self.project_blobs() | await self.catalog.live_blobs()  # dataset versions' blobs too
+        return await self.artifacts.collect_garbage(grace, keep)
 
     async def project_blobs(self) -> set[str]:
         """Every blob of the kept project jobs' snapshots: their manifests and the files they list. A manifest

@@ -23,12 +23,13 @@ from tensorfleet_agent.core.project_layout import WORKLOAD as PROJECT
 from tensorfleet_agent.core.project_spec import check_command, check_env_choice
 from tensorfleet_agent.workloads.datasets import CLASSIFICATION, REGRESSION, check_dataset, dataset_task
 from tensorfleet_agent.workloads.registry import get_workload
+from tensorfleet_desktop.controller.dataset_versions import SOURCES
 from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
     "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script", "target", "project", "command",
-    "group", "tags", "keep_models",
+    "group", "tags", "keep_models", "dataset_version",
 )  # fmt: skip
 KEEP_MODELS = ("best", "all", "none")  # which of a sweep's trials' models are copied to the blob store, registered
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -83,6 +84,9 @@ class JobSpec:
     group: str = ""  # a label the experiments table groups by (e.g. "baseline", "lr-study")
     tags: tuple[str, ...] = ()
     keep_models: str = "best"  # a sweep's: best | all | none (controller/artifacts.py, "Sweeps" in the README)
+    # the exact dataset version `dataset: NAME[:VERSION]` named (dataset_catalog.resolve): name, version,
+    # content_id, source; the task reads it at TENSORFLEET_DATASET_DIR
+    dataset_version: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -99,6 +103,8 @@ class JobSpec:
                 del body[key]
         if self.sweep is None:  # only a sweep has trials' models to keep
             del body["keep_models"]
+        if self.dataset_version is None:  # jobs without a dataset version keep their stored specs as they were
+            del body["dataset_version"]
         return body
 
 
@@ -241,7 +247,26 @@ def parse_job_spec(body: Any) -> JobSpec:
         group=_group(body.get("group")),
         tags=_tags(body.get("tags")),
         keep_models=keep_models,
+        dataset_version=_dataset_version(body.get("dataset_version")),
     )
+
+
+def _dataset_version(value: Any) -> dict[str, Any] | None:
+    """The version the controller's catalog pinned (never typed by a user: it names `dataset: NAME[:VERSION]`)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"name", "version", "content_id", "source"}:
+        raise JobSpecError("dataset_version", "must be {name, version, content_id, source}; name the dataset instead")
+    if not isinstance(value["name"], str) or not _NAME.match(value["name"]) or len(value["name"]) > 128:
+        raise JobSpecError("dataset_version.name", f"is not a dataset name: {str(value['name'])[:80]!r}")
+    version = value["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise JobSpecError("dataset_version.version", f"must be a version number >= 1, got {version!r}")
+    if not isinstance(value["content_id"], str) or not _SHA256.match(value["content_id"]):
+        raise JobSpecError("dataset_version.content_id", "must be 64 lowercase hex chars (a sha256)")
+    if value["source"] not in SOURCES:
+        raise JobSpecError("dataset_version.source", f"must be upload, s3 or file, got {value['source']!r}")
+    return dict(value)
 
 
 def spec_algorithm(body: dict[str, Any]) -> Any:

@@ -26,6 +26,7 @@ from tensorfleet_desktop import wire
 from tensorfleet_desktop.controller import operations
 from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
+from tensorfleet_desktop.controller.dataset_versions import files_page, parse_ref, table_entry
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 from tensorfleet_desktop.controller.job_feed import JobFeed
@@ -333,7 +334,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         entry = await operations.receive_dataset(
             self.c, header.name, header.filename, header.size, header.sha256, chunks
         )
-        return wire.dataset_to_pb(entry)
+        return wire.dataset_to_pb(entry, self.c.catalog.versions.get(entry["name"]))
 
     @_unary
     async def MissingBlobs(self, request: cpb.MissingBlobsRequest, context: Any) -> cpb.MissingBlobsResponse:
@@ -349,7 +350,10 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_unary
     async def ListDatasets(self, request: cpb.ListDatasetsRequest, context: Any) -> cpb.ListDatasetsResponse:
-        return cpb.ListDatasetsResponse(datasets=[wire.dataset_to_pb(d) for d in self.c.datasets.values()])
+        catalog = self.c.catalog
+        stored = [wire.dataset_to_pb(*catalog.info(name)) for name in sorted(catalog.versions)]
+        builtin = [wire.builtin_dataset_to_pb(n) for n in catalog.builtin_names() if n not in catalog.versions]
+        return cpb.ListDatasetsResponse(datasets=[*stored, *builtin])
 
     @_unary
     async def PreviewDataset(self, request: cpb.DatasetRequest, context: Any) -> cpb.DatasetPreview:
@@ -364,7 +368,39 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_unary
     async def DeleteDataset(self, request: cpb.DatasetRequest, context: Any) -> cpb.DatasetInfo:
-        return wire.dataset_to_pb(await self.c.delete_dataset(request.name))
+        """NAME: the dataset (every version); NAME:VERSION: that version. Answers what was deleted."""
+        gone = await self.c.delete_dataset(request.name)
+        return wire.dataset_to_pb(table_entry(gone[-1]["name"], gone[-1]), gone)  # versions: those deleted
+
+    @_unary
+    async def CommitDatasetVersion(
+        self, request: cpb.CommitDatasetVersionRequest, context: Any
+    ) -> cpb.DatasetVersionInfo:
+        record, unchanged = await self.c.catalog.commit(request.name, request.manifest_id)
+        return wire.dataset_version_to_pb(record, unchanged=unchanged)
+
+    @_unary
+    async def AddDatasetReference(
+        self, request: cpb.AddDatasetReferenceRequest, context: Any
+    ) -> cpb.DatasetVersionInfo:
+        record, unchanged = await self.c.catalog.add_reference(request.name, request.url)
+        return wire.dataset_version_to_pb(record, unchanged=unchanged)
+
+    @_unary
+    async def GetDataset(self, request: cpb.GetDatasetRequest, context: Any) -> cpb.GetDatasetResponse:
+        catalog = self.c.catalog
+        name, _ = parse_ref(request.ref)
+        if name not in catalog.versions and name in catalog.builtin_names():
+            return cpb.GetDatasetResponse(dataset=wire.builtin_dataset_to_pb(name))
+        record = catalog.version(request.ref)
+        files, cursor = files_page(await catalog.tree(record), request.prefix, request.limit, request.cursor)
+        used_by = await catalog.used_by(record, self.c.jobs.values())
+        return cpb.GetDatasetResponse(
+            dataset=wire.dataset_to_pb(*catalog.info(name)),
+            version=wire.dataset_version_to_pb(record, used_by=used_by),
+            files=[wire.dataset_file_to_pb(f) for f in files],
+            next_cursor=cursor,
+        )
 
     @_unary
     async def ListWorkloads(self, request: cpb.WorkloadsRequest, context: Any) -> cpb.WorkloadsResponse:

@@ -88,14 +88,12 @@ def catalog_with_upload(tmp_path: Path) -> DatasetCatalog:
     _fmt, rows, columns, profile = inspect(csv, "churn.csv")
     catalog = DatasetCatalog(store=None, blobs=None)  # type: ignore[arg-type]  # resolve() needs neither
     sha = "ab" * 32
-    catalog.entries["churn"] = {
-        "name": "churn",
-        "sha256": sha,
-        "filename": "churn.csv",
-        "rows": rows,
-        "columns": columns,
-        "profile": profile,
-    }
+    table = {"sha256": sha, "filename": "churn.csv", "format": "csv", "rows": rows, "columns": columns,
+             "size": 1, "profile": profile, "source": {}}  # fmt: skip
+    catalog.versions["churn"] = [
+        {"name": "churn", "version": 1, "source": "upload", "url": "", "content_id": "cd" * 32, "files": 1,
+         "bytes": 1, "created_at": 0.0, "created_by": "", "table": table, "table_error": ""}
+    ]  # fmt: skip
     return catalog
 
 

@@ -1,9 +1,12 @@
-"""Datasets over HTTP: upload a CSV or Parquet file as the raw request body (`curl -T iris.csv` or
-`--data-binary @iris.csv`), streamed to disk through the same receive_dataset gRPC UploadDataset uses; list,
-preview, download and delete them.
+"""Datasets over HTTP (issue 20: versions), the operations gRPC has: upload a CSV or Parquet file as the raw
+request body (`curl -T iris.csv`; the next version of NAME, streamed to disk through the same receive_dataset
+UploadDataset uses), or a tree: ask which blobs the controller lacks (`POST /datasets/blobs/missing`), send each
+(`PUT /datasets/blobs/{sha256}`, checked), then commit its manifest (`POST /datasets/{name}/versions`); add an
+s3:// or file:// reference (`POST /datasets/{name}/references`); list datasets with their versions, page a
+version's files (`GET /datasets/{ref}/files`), preview, download a table and delete NAME or NAME:VERSION.
 
-A dataset has no versions: uploading under a name that exists replaces what the name points at (jobs already
-submitted keep training on the file they were given: a job names a dataset's content by its sha256)."""
+A new upload under a name makes its next version (none when the content equals the latest); jobs name
+`NAME[:VERSION]` and record the exact version."""
 
 from __future__ import annotations
 
@@ -16,14 +19,17 @@ from starlette.requests import ClientDisconnect
 
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller import operations
+from tensorfleet_desktop.controller.dataset_versions import files_page, parse_ref, table_entry
 from tensorfleet_desktop.controller.http import files, problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
 from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_CURSOR, MAX_LIMIT, paginate
+from tensorfleet_desktop.controller.project_files import MAX_CHUNK, check_sha256
 from tensorfleet_desktop.controller.registry import BlobDamaged
 
 router = APIRouter()
 Context = Annotated[HttpContext, Depends(context)]
 Name = Annotated[str, Path(description="the dataset's name (letters, digits, '.', '_', '-')")]
+Ref = Annotated[str, Path(description="NAME, or NAME:VERSION for one version")]
 
 #: Content types an upload may declare. The file name decides how it is read (.csv or .parquet); curl sends
 #: application/x-www-form-urlencoded with --data-binary unless told otherwise, and nothing with -T.
@@ -32,8 +38,25 @@ PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
 MAX_PREVIEW_ROWS = 1000
 
 
+class DatasetVersion(BaseModel):
+    """One version: an uploaded tree (its manifest) or a reference's snapshot (its listing)."""
+
+    name: str
+    version: int
+    source: str = Field(description="upload, s3 or file")
+    url: str = Field(description="a reference's s3:// or file:// URL; empty for an upload")
+    content_id: str = Field(description="an upload's manifest id; a reference's listing sha256")
+    files: int
+    bytes: int
+    created_at: float
+    created_by: str
+    unchanged: bool = Field(False, description="a commit or add equal to the latest: no version was made")
+    used_by: list[str] = Field(default_factory=list, description="jobs and models (name:version) that use it")
+
+
 class Dataset(BaseModel):
-    """An uploaded dataset, as `tensorfleet datasets list --json` shows it."""
+    """A dataset, as `tensorfleet datasets list --json` shows it: its versions, and the table fields of its
+    latest version when that is one CSV/Parquet file (empty otherwise)."""
 
     name: str
     sha256: str = Field(description="of the stored file (the CSV form of an uploaded Parquet file)")
@@ -41,10 +64,13 @@ class Dataset(BaseModel):
     format: str = Field(description="what was uploaded: csv or parquet")
     rows: int = Field(description="data rows (the header not counted)")
     columns: list[str]
-    size: int = Field(description="bytes of the stored file")
+    size: int = Field(description="bytes of the stored file (of the latest version when it is no table)")
     created_at: float = Field(description="unix seconds of the upload")
     source_filename: str = Field(description="an uploaded Parquet file's name; empty for a CSV")
     source_sha256: str = Field(description="an uploaded Parquet file's sha256; empty for a CSV")
+    latest_version: int = 0
+    versions: list[DatasetVersion] = Field(default_factory=list, description="oldest first")
+    builtin: bool = False
 
 
 class DatasetList(BaseModel):
@@ -61,21 +87,71 @@ class DatasetPreview(BaseModel):
     rows: list[list[str]] = Field(description="the first data rows, each cell as the file spells it")
 
 
-def dataset_body(entry: dict[str, Any]) -> Dataset:
-    """The catalog's entry at the edge (the fields gRPC DatasetInfo carries)."""
-    source = entry.get("source") or {}
+class DatasetFile(BaseModel):
+    path: str
+    size: int
+    sha256: str = Field(description="an upload's content; empty for a reference")
+    etag: str = Field(description="a reference's ETag (s3) or mtime_ns:size (file)")
+    chunks: int = Field(description="pieces of a chunked file (0: one blob)")
+
+
+class DatasetFiles(BaseModel):
+    dataset: Dataset
+    version: DatasetVersion
+    files: list[DatasetFile]
+    next_cursor: str = Field(description="empty on the last page")
+
+
+class Commit(BaseModel):
+    manifest_id: str = Field(description="sha256 of the manifest blob, uploaded with its files and chunks")
+
+
+class Reference(BaseModel):
+    url: str = Field(description="s3://bucket/prefix (the controller's object store) or file:///absolute/folder")
+
+
+class BlobList(BaseModel):
+    sha256: list[str]
+
+
+class Missing(BaseModel):
+    missing: list[str] = Field(description="those the controller lacks, in request order")
+
+
+def version_body(record: dict[str, Any], unchanged: bool = False, used_by: list[str] | None = None) -> DatasetVersion:
+    fields = {k: record.get(k, "") for k in ("name", "version", "source", "url", "content_id", "files", "bytes")}
+    return DatasetVersion(
+        **fields,
+        created_at=record["created_at"],
+        created_by=record.get("created_by", ""),
+        unchanged=unchanged,
+        used_by=used_by or [],
+    )
+
+
+def dataset_body(entry: dict[str, Any] | None, versions: list[dict[str, Any]] | None = None) -> Dataset:
+    """A dataset at the edge (the fields gRPC DatasetInfo carries): `entry` the table, `versions` oldest first."""
+    versions = versions or []
+    source = (entry or {}).get("source") or {}
+    latest = versions[-1] if versions else {}
     return Dataset(
-        name=entry["name"],
-        sha256=entry["sha256"],
-        filename=entry["filename"],
-        format=entry["format"],
-        rows=entry["rows"],
-        columns=list(entry["columns"]),
-        size=entry["size"],
-        created_at=entry["created_at"],
+        name=entry["name"] if entry else latest.get("name", ""),
+        sha256=entry["sha256"] if entry else "",
+        filename=entry["filename"] if entry else "",
+        format=entry["format"] if entry else "",
+        rows=entry["rows"] if entry else 0,
+        columns=list(entry["columns"]) if entry else [],
+        size=entry["size"] if entry else latest.get("bytes", 0),
+        created_at=entry["created_at"] if entry else latest.get("created_at", 0.0),
         source_filename=source.get("filename", ""),
         source_sha256=source.get("sha256", ""),
+        latest_version=latest.get("version", 0),
+        versions=[version_body(v) for v in versions],
     )
+
+
+def _named(ctx: HttpContext, name: str) -> Dataset:
+    return dataset_body(*ctx.controller.catalog.info(name))
 
 
 def _media_type(value: str) -> str:
@@ -165,10 +241,10 @@ async def upload_dataset(
         )
     digest = _checksum(sha256, x_checksum_sha256)
     replaced = name in ctx.controller.datasets
-    entry = await operations.receive_dataset(ctx.controller, name, filename, size, digest, _body(request))
+    await operations.receive_dataset(ctx.controller, name, filename, size, digest, _body(request))
     response.status_code = 200 if replaced else 201
     response.headers["Location"] = request.url.path
-    return dataset_body(entry)
+    return _named(ctx, name)
 
 
 @router.get(
@@ -183,12 +259,21 @@ async def list_datasets(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=MAX_CURSOR, description="next_cursor of the page before")] = None,
     page: Annotated[int | None, Query(ge=1, description="page number (instead of cursor)")] = None,
+    builtin: Annotated[bool, Query(description="list the built-in datasets (iris, digits, ...) too")] = False,
 ) -> DatasetList:
-    """The uploaded datasets, newest first: what jobs can name as their `dataset`."""
-    entries = sorted(ctx.controller.datasets.values(), key=_order, reverse=True)
+    """The stored datasets with their versions, newest first: what jobs can name as their `dataset`
+    (NAME[:VERSION]); `builtin=true` lists the built-in ones after them."""
+    catalog = ctx.controller.catalog
+    entries = sorted((_named(ctx, n) for n in catalog.versions), key=_order, reverse=True)
+    if builtin:
+        entries += [
+            Dataset(name=n, sha256="", filename="", format="", rows=0, columns=[], size=0, created_at=0.0,
+                    source_filename="", source_sha256="", builtin=True)
+            for n in catalog.builtin_names() if n not in catalog.versions
+        ]  # fmt: skip
     found = paginate(entries, _order, limit, cursor, page)
     return DatasetList(
-        items=[dataset_body(e) for e in found.items],
+        items=found.items,
         total=found.total,
         limit=found.limit,
         next_cursor=found.next_cursor,
@@ -196,8 +281,8 @@ async def list_datasets(
     )
 
 
-def _order(entry: dict[str, Any]) -> list[Any]:
-    return [entry["created_at"], entry["name"]]
+def _order(entry: Dataset) -> list[Any]:
+    return [not entry.builtin, entry.created_at, entry.name]
 
 
 @router.get(
@@ -208,9 +293,8 @@ def _order(entry: dict[str, Any]) -> list[Any]:
     responses=problems.error_responses(404),
 )
 async def get_dataset(ctx: Context, name: Name) -> Dataset:
-    """One dataset's columns, size and checksum. A dataset has no versions: a new upload under its name
-    replaces it."""
-    return dataset_body(ctx.controller.dataset(name))
+    """One dataset: its versions, and its latest version's columns, size and checksum when that is a table."""
+    return _named(ctx, name)
 
 
 @router.get(
@@ -248,7 +332,7 @@ async def download_dataset(ctx: Context, request: Request, name: Name) -> Respon
     """The stored file (CSV; an uploaded Parquet file is kept as its CSV form), with its sha256 in
     X-Checksum-Sha256 and HTTP Range for resuming; HEAD for its size and checksum alone. A stored file that no
     longer hashes right (or is gone) is a 500, never sent."""
-    entry = ctx.controller.dataset(name)
+    entry = ctx.controller.catalog.table(name)
     try:
         path = await ctx.controller.catalog.blobs.ensure(entry["sha256"])
     except FileNotFoundError:
@@ -264,13 +348,110 @@ async def download_dataset(ctx: Context, request: Request, name: Name) -> Respon
 
 
 @router.delete(
-    "/datasets/{name}",
+    "/datasets/{ref}",
     tags=["datasets"],
-    summary="Delete a dataset",
+    summary="Delete a dataset or one version",
     response_model=Dataset,
     responses=problems.error_responses(404, 409),
 )
-async def delete_dataset(ctx: Context, name: Name) -> Dataset:
-    """Forget a dataset; refused (409) while a job or a registered model refers to it, since they would lose
-    their training data. Its file goes once no dataset names it."""
-    return dataset_body(await ctx.controller.delete_dataset(name))
+async def delete_dataset(ctx: Context, ref: Ref) -> Dataset:
+    """Forget NAME (every version) or NAME:VERSION; refused (409) while a job or a registered model refers to
+    it, naming them. Its blobs go at the next garbage collection once nothing holds them. Answers what went."""
+    gone = await ctx.controller.delete_dataset(ref)
+    return dataset_body(table_entry(gone[-1]["name"], gone[-1]), gone)
+
+
+@router.get(
+    "/datasets/{ref}/files",
+    tags=["datasets"],
+    summary="A version's files",
+    response_model=DatasetFiles,
+    responses=problems.error_responses(404, 422),
+)
+async def dataset_files(
+    ctx: Context,
+    ref: Ref,
+    prefix: Annotated[str, Query(max_length=4096, description="only the files under this folder")] = "",
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    cursor: Annotated[str, Query(max_length=4096, description="next_cursor of the page before")] = "",
+) -> DatasetFiles:
+    """The file tree of NAME[:VERSION] (the latest by default), sorted by path, a page at a time."""
+    catalog = ctx.controller.catalog
+    record = catalog.version(ref)
+    files, next_cursor = files_page(await catalog.tree(record), prefix, limit, cursor)
+    return DatasetFiles(
+        dataset=_named(ctx, parse_ref(ref)[0]),
+        version=version_body(record, used_by=await catalog.used_by(record, ctx.controller.jobs.values())),
+        files=[DatasetFile(**f) for f in files],
+        next_cursor=next_cursor,
+    )
+
+
+@router.post(
+    "/datasets/blobs/missing",
+    tags=["datasets"],
+    summary="Which blobs the controller lacks",
+    response_model=Missing,
+    responses=problems.error_responses(422),
+)
+async def missing_blobs(ctx: Context, body: BlobList) -> Missing:
+    """Of these sha256 (a tree's files, the chunks of its large files, its manifest), those to send."""
+    return Missing(missing=await ctx.controller.project_files.missing(body.sha256))
+
+
+@router.put(
+    "/datasets/blobs/{sha256}",
+    tags=["datasets"],
+    summary="Upload one blob",
+    status_code=204,
+    response_class=Response,
+    responses=problems.error_responses(411, 413, 422),
+)
+async def put_blob(ctx: Context, request: Request, sha256: str) -> Response:
+    """A file or a chunk as the raw body; adopted only when it is whole and hashes to its sha256."""
+    check_sha256(sha256, "sha256")
+    length = request.headers.get("content-length")
+    if length is None or not length.strip().isdigit():
+        raise HTTPException(411, "Content-Length is required: the blob's size")
+    incoming = ctx.controller.project_files.receive(sha256, int(length))
+    try:
+        async for chunk in _body(request):
+            for start in range(0, len(chunk), MAX_CHUNK):
+                await incoming.write(chunk[start : start + MAX_CHUNK])
+        await incoming.finish()
+    finally:
+        await incoming.discard()
+    return Response(status_code=204)
+
+
+@router.post(
+    "/datasets/{name}/versions",
+    tags=["datasets"],
+    summary="Commit an uploaded tree as the next version",
+    status_code=201,
+    response_model=DatasetVersion,
+    responses={200: {"model": DatasetVersion, "description": "equal to the latest: none made"},
+               **problems.error_responses(422)},
+)  # fmt: skip
+async def commit_version(ctx: Context, response: Response, name: Name, body: Commit) -> DatasetVersion:
+    """After every blob the manifest names (and the manifest blob itself) is uploaded: version N+1, or the
+    latest with `unchanged` (200) when the content is the same."""
+    record, unchanged = await ctx.controller.catalog.commit(name, body.manifest_id)
+    response.status_code = 200 if unchanged else 201
+    return version_body(record, unchanged)
+
+
+@router.post(
+    "/datasets/{name}/references",
+    tags=["datasets"],
+    summary="Add an s3:// or file:// reference as the next version",
+    status_code=201,
+    response_model=DatasetVersion,
+    responses={200: {"model": DatasetVersion, "description": "the listing is unchanged: none made"},
+               **problems.error_responses(422)},
+)  # fmt: skip
+async def add_reference(ctx: Context, response: Response, name: Name, body: Reference) -> DatasetVersion:
+    """Snapshot the prefix's or folder's listing (paths, sizes, ETags or mtime+size) without copying a byte."""
+    record, unchanged = await ctx.controller.catalog.add_reference(name, body.url)
+    response.status_code = 200 if unchanged else 201
+    return version_body(record, unchanged)

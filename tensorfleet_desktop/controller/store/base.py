@@ -99,7 +99,19 @@ class JobStore(abc.ABC):
     def delete_dataset(self, name: str) -> None: ...
 
     @abc.abstractmethod
-    async def load_datasets(self) -> dict[str, dict[str, Any]]: ...
+    async def load_datasets(self) -> dict[str, dict[str, Any]]:
+        """Datasets stored before versions existed (name -> entry); the catalog reads each as its version 1."""
+
+    @abc.abstractmethod
+    def save_dataset_version(self, name: str, version: int, body: dict[str, Any]) -> None:
+        """Queue one version of a dataset (issue 20: a row per version, NAME:VERSION)."""
+
+    @abc.abstractmethod
+    def delete_dataset_version(self, name: str, version: int) -> None: ...
+
+    @abc.abstractmethod
+    async def load_dataset_versions(self) -> list[dict[str, Any]]:
+        """Every stored dataset version's body, in no particular order."""
 
     @abc.abstractmethod
     async def flush(self) -> None:

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 C = TypeVar("C")  # what a backend's writes and reads are handed: a connection, a database
 T = TypeVar("T")
-Table = Literal["agents", "datasets"]  # the tables of plain bodies, keyed by node id or dataset name
+# the tables of plain bodies, keyed by node id, dataset name (a dataset stored before versions) or NAME:VERSION
+Table = Literal["agents", "datasets", "dataset_versions"]
 
 BATCH_WINDOW = 0.05  # seconds the writer keeps gathering after the first queued write (<= 100 ms)
 _RETRY_FIRST, _RETRY_MAX = 0.5, 10.0  # seconds between tries to commit writes held for space, doubling
@@ -274,6 +275,12 @@ class QueuedStore(JobStore, Generic[C]):
     def delete_dataset(self, name: str) -> None:
         self._put_body("datasets", name, None)
 
+    def save_dataset_version(self, name: str, version: int, body: dict[str, Any]) -> None:
+        self._put_body("dataset_versions", f"{name}:{version}", body)
+
+    def delete_dataset_version(self, name: str, version: int) -> None:
+        self._put_body("dataset_versions", f"{name}:{version}", None)
+
     async def flush(self) -> None:
         call = _Call(None)
         self._put(call)
@@ -298,6 +305,9 @@ class QueuedStore(JobStore, Generic[C]):
 
     async def load_datasets(self) -> dict[str, dict[str, Any]]:
         return await self._read(lambda conn: self._read_bodies(conn, "datasets"))
+
+    async def load_dataset_versions(self) -> list[dict[str, Any]]:
+        return list((await self._read(lambda conn: self._read_bodies(conn, "dataset_versions"))).values())
 
     async def events(
         self,

@@ -33,6 +33,7 @@ CREATE INDEX IF NOT EXISTS events_by_kind ON events(job_id, kind, seq);
 CREATE TABLE IF NOT EXISTS cursors (attempt_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS agents (node_id TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS datasets (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dataset_versions (ref TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 # Each migration takes the database from version N-1 to N (index N-2); applied in order on open.
 _MIGRATIONS = (
@@ -56,7 +57,7 @@ _MIGRATIONS = (
 )
 # The events table's columns (what is indexed); the other fields of an event go in its JSON body.
 EVENT_COLUMNS = ("job_id", "seq", "time", "kind", "task_index", "attempt_id", "agent_seq")
-_KEYS: dict[Table, str] = {"agents": "node_id", "datasets": "name"}
+_KEYS: dict[Table, str] = {"agents": "node_id", "datasets": "name", "dataset_versions": "ref"}
 # SQLite's answers when a write cannot reach the disk (full, quota, or an I/O error writing the WAL or its index)
 _NO_SPACE_CODES = ("SQLITE_FULL", "SQLITE_IOERR")
 
