@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+from typing import Any
 
 from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR, MANIFEST_INPUT
 from tensorfleet_agent.core.types import BlobRef, ExitCause, Finished, Rendezvous, TaskSpec, TaskState
@@ -15,6 +16,7 @@ from tensorfleet_agent.workloads.datasets import is_user_dataset
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.artifacts import Artifacts
 from tensorfleet_desktop.controller.background import Background
+from tensorfleet_desktop.controller.dataset_push import DatasetPush, upload_wants
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.ingest import Base, Ingest
@@ -52,6 +54,7 @@ class Attempts:
     ) -> None:
         self.agents = agents
         self.project_files = project_files
+        self.dataset_push = DatasetPush(artifacts.blobs)  # dataset versions' manifests and signed listings
         self.machine = machine
         self.events = events
         self.ingest = ingest
@@ -140,7 +143,7 @@ class Attempts:
             spec = await self._with_checkpoint(job, task, self.task_spec(job, task, layout), node)
             spec = await self._with_script(job, spec, node)
             spec = await self._with_project(job, task, spec, agent)
-            spec = await self._with_dataset(spec, node)
+            spec = await self._with_dataset(job, task, spec, agent)
             sent = True
             await self.agents.run_task(node, spec)
         except ProjectFilesMissing as exc:  # lost from the blob store since the submit: no agent can run it
@@ -197,13 +200,60 @@ class Attempts:
         self.machine.requeue(job, [task], f"rank {task.index} not accepted by {agent.name}")
         self.machine.wake.set()
 
-    async def _with_dataset(self, spec: TaskSpec, node: str) -> TaskSpec:
-        """User data travels to the agent by content (skipped when its cache has it)."""
-        if not is_user_dataset(spec.dataset):
+    async def _with_dataset(self, job: Job, task: JobTask, spec: TaskSpec, agent: AgentView) -> TaskSpec:
+        """User data travels to the agent by content (skipped when its cache has it): a table as an input file, a
+        dataset version (`dataset_version`, issue 20) as the blobs its tree is made of or a reference's signed
+        listing, named by TaskSpec.dataset_mount; the agent materializes it read-only (TENSORFLEET_DATASET_DIR)."""
+        node = agent.node_id
+        if is_user_dataset(spec.dataset):
+            digest = spec.dataset[len("user:") :]
+            await self._send_blob(node, digest)
+            spec = dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef(str(spec.dataset_params["file"]), digest)))
+        version = job.spec.get("dataset_version")
+        if not version:
             return spec
-        digest = spec.dataset[len("user:") :]
-        await self._send_blob(node, digest)
-        return dataclasses.replace(spec, inputs=(*spec.inputs, BlobRef(str(spec.dataset_params["file"]), digest)))
+        if version["source"] == "upload":
+            await self._push_version(job, task, version, agent)
+            return dataclasses.replace(spec, dataset_mount=self.dataset_push.mount(version, ""))
+        listing = await self.dataset_push.signed_listing(version)
+        blob = await self.agents.put_bytes(node, listing)  # a few KB per thousand objects; the agent skips a copy
+        return dataclasses.replace(spec, dataset_mount=self.dataset_push.mount(version, blob))
+
+    async def _push_version(self, job: Job, task: JobTask, version: dict[str, Any], agent: AgentView) -> None:
+        """An upload version's manifest, files and chunks the agent lacks onto it (HasBlobs in two rounds, see
+        dataset_push.upload_wants), then a task event saying what was sent, how many bytes, how long it took."""
+        node, manifest_id = agent.node_id, str(version["content_id"])
+        plan = await self.dataset_push.manifest(version)
+        whole = sorted({manifest_id} | {e.sha256 for e in plan.entries})
+        send, ask = upload_wants(plan, manifest_id, await self._has(node, whole))
+        if ask:
+            have = await self._has(node, ask)
+            send += [sha for sha in ask if sha not in have]
+        if not send:
+            return  # the agent has it all (its tree, or the files to make it): its own log line says which
+        size = sum(plan.sizes.get(sha, 0) for sha in send)
+        ref = f"dataset {version['name']}:v{version['version']}"
+        self.events.task_event(job, task, f"sending {ref} to {agent.name}: {len(send)} blob(s), {_mib(size)}")
+        started = self.clock.monotonic()
+        lost = await self._push_all(node, send)
+        if lost:
+            paths = sorted({plan.owners.get(sha, sha[:12]) for sha in lost})
+            raise ProjectFilesMissing(
+                "dataset",
+                f"{len(paths)} file(s) of {ref} are no longer in the controller's blob store "
+                f"({', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}); upload the dataset again",
+            )
+        seconds = self.clock.monotonic() - started
+        self.events.task_event(
+            job, task, f"sent {ref} to {agent.name}: {len(send)} blob(s), {size} bytes in {seconds:.2f} s"
+        )
+        log.info("job %s: sent %d blob(s) of %s (%d bytes) to %s", job.id, len(send), ref, size, node[:12])
+
+    async def _has(self, node: str, digests: list[str]) -> set[str]:
+        have: set[str] = set()
+        for start in range(0, len(digests), HAS_BLOBS_BATCH):
+            have |= await self.agents.has_blobs(node, digests[start : start + HAS_BLOBS_BATCH])
+        return have
 
     async def _send_blob(self, node: str, sha256: str) -> None:
         """Get a blob onto an agent: from the object store directly when it can, else through the controller."""

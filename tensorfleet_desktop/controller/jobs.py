@@ -27,7 +27,7 @@ CHECKPOINTING = ("torch", "script")  # workload categories that can checkpoint, 
 LOST_CAUSES = ("agent_restarted", "cancelled", "drain_timeout", "worker_lost")
 #: How a task ends when no retry and no other agent can help (a project's requirements cannot be resolved, its
 #: command is not found or not executable in its env): the job fails at once, with the task's error.
-PERMANENT_CAUSES = frozenset({ExitCause.ENV_BUILD, ExitCause.BAD_COMMAND})
+PERMANENT_CAUSES = frozenset({ExitCause.ENV_BUILD, ExitCause.BAD_COMMAND, ExitCause.DATASET_CHANGED})
 
 
 class JobEffects(Protocol):
