@@ -254,7 +254,7 @@ class DatasetCache:
                         _check_stop(stop)
                         self._assemble(mount, entry)
                         seen.add(entry.sha256)
-                held = self._build(key, entries, stop)
+                held = self._build(key, entries, stop, also=(mount.manifest_id,))
             finally:
                 self.blobs.unpin(pinned)
             # The chunks' content now lives in the whole files: drop them unless another holder pins one or it is
@@ -390,8 +390,11 @@ class DatasetCache:
 
     # ---- the tree
 
-    def _build(self, key: str, entries: Iterable[ManifestEntry], stop: threading.Event | None) -> HeldDataset:
-        """Hardlink `entries` read-only into a new tree, then rename it into place as `key`."""
+    def _build(
+        self, key: str, entries: Iterable[ManifestEntry], stop: threading.Event | None, also: Iterable[str] = ()
+    ) -> HeldDataset:
+        """Hardlink `entries` read-only into a new tree, then rename it into place as `key`; the tree holds their
+        blobs and those of `also` (an upload's manifest: the controller asks for it at each dispatch)."""
         plain = [dataclasses.replace(e, mode=MODE_FILE, chunks=()) for e in entries]  # all one read-only inode
         build = self.root / f".build-{uuid.uuid4().hex}"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -404,7 +407,7 @@ class DatasetCache:
                 raise DatasetFailed(ExitCause.SETUP, f"could not lay out the dataset: {exc}") from None
             _check_stop(stop)
             _seal(build)
-            blobs = frozenset(e.sha256 for e in plain)
+            blobs = frozenset(e.sha256 for e in plain) | frozenset(also)
             record = {"blobs": sorted(blobs), "files": result.files, "bytes": result.bytes}
             note = self.root / f".build-{key}.json.tmp"
             note.write_text(json.dumps(record))

@@ -84,6 +84,7 @@ def test_an_upload_is_materialized_read_only_once_and_reused(cache: DatasetCache
             (held.path / "new.txt").write_bytes(b"x")
     big = next(e for e in entries if e.chunks)
     assert blobs.has(big.sha256) and not any(blobs.has(c) for c in big.chunks)  # assembled, chunks dropped
+    assert mount.manifest_id in cache.held()  # kept with the tree: the controller finds it there next time
     assert "imgs:v1" in held.summary(mount) and "1 chunked file(s) assembled" in held.summary(mount)
 
     again = cache.acquire(mount)  # a second task: the same tree, nothing rebuilt
