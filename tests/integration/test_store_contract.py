@@ -270,3 +270,16 @@ async def test_a_job_body_from_schema_2_keeps_its_tasks(tmp_path: Path) -> None:
     (again,) = await store.load_jobs()
     assert again.to_dict() == loaded.to_dict()
     await store.close()
+
+
+async def test_dataset_versions(store: JobStore) -> None:
+    """A row per NAME:VERSION (issue 20); a dataset stored before versions stays readable until it is migrated."""
+    for version in (1, 2, 3):
+        store.save_dataset_version("pets", version, {"name": "pets", "version": version, "files": version})
+    store.delete_dataset_version("pets", 2)
+    store.save_dataset("legacy", {"name": "legacy", "sha256": "ab" * 32})
+    await store.flush()
+    rows = sorted(await store.load_dataset_versions(), key=lambda r: (r["name"], r["version"]))
+    assert [(r["name"], r["version"]) for r in rows] == [("pets", 1), ("pets", 3)]
+    assert rows[1]["files"] == 3
+    assert list(await store.load_datasets()) == ["legacy"]
