@@ -37,11 +37,11 @@ class Channel:
         self.messages.append(message)
 
 
-def _run(workdir: Path, params: dict[str, Any]) -> dict[str, float]:
+def _run(workdir: Path, params: dict[str, Any], channel: Channel | None = None) -> dict[str, float]:
     """Run the workload in this process as the worker would; the last value of each metric it reported."""
     params = get_workload("image_classifier").schema.validate(params)
     spec: dict[str, Any] = {"task_id": "t", "job_id": "j", "rank": 0, "world_size": 1, "params": params}
-    channel = Channel()
+    channel = channel or Channel()
     saved_env, threads = dict(os.environ), torch.get_num_threads()
     torch.set_num_threads(1)  # as the agent caps a slot's threads (on a loaded box two threads took 3x longer)
     task._install(task.TaskContext(spec, workdir, None, channel))  # type: ignore[arg-type]
@@ -89,6 +89,37 @@ def test_model_json_rebuilds_the_trained_module(shapes: Path, trained: tuple[Pat
         predicted = module(pixels).argmax(dim=1)
     truth = torch.tensor([folder.samples[i][1] for i in val])
     assert float((predicted == truth).float().mean()) == pytest.approx(metrics["test_accuracy"])
+
+
+class PauseAfter(Channel):
+    """Asks the task to stop (as SIGUSR1 does) once it reported `steps` steps."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def send(self, message: dict[str, Any]) -> None:
+        super().send(message)
+        if message["t"] == "metrics" and message["step"] >= self.steps:
+            task._request_stop()
+
+
+def test_a_paused_task_checkpoints_mid_epoch_and_its_resume_continues_from_there(shapes: Path, tmp_path: Path) -> None:
+    import shutil
+
+    params = {**QUICK, "epochs": 2, "data_dir": str(shapes)}
+    paused = PauseAfter(steps=2)
+    with pytest.raises(task.Stopped, match=r"epoch 0, batch 2 \(step 2\)"):
+        _run(tmp_path, params, paused)
+    (checkpoint,) = [m for m in paused.messages if m["t"] == "checkpoint"]
+    assert checkpoint["step"] == 2 and not (tmp_path / "model.safetensors").exists()
+    (tmp_path / "inputs").mkdir()
+    shutil.copy(tmp_path / "checkpoints" / checkpoint["name"], tmp_path / "inputs" / task.RESUME_INPUT)
+    resumed = Channel()
+    metrics = _run(tmp_path, params, resumed)
+    steps = [m["step"] for m in resumed.messages if m["t"] == "metrics" and "loss" in m["values"]]
+    assert steps[0] == 3 and steps == list(range(3, 3 + len(steps)))  # on from the checkpoint, no step twice
+    assert metrics["epoch"] == 2.0 and (tmp_path / "model.safetensors").is_file()
 
 
 def test_reads_the_task_dataset_dir_when_no_data_dir_is_given(
