@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorfleet_agent import task
-from tensorfleet_agent.workloads.image_folder import ImageFolder, Pixels, channel_stats, scan, split
+from tensorfleet_agent.workloads.image_folder import CACHE_BYTES, ImageFolder, Pixels, channel_stats, scan, split
 from tensorfleet_agent.workloads.torch_models import CONFIG_FORMAT, CONFIG_VERSION, _interface_towards, build
 from tensorfleet_agent.workloads.torchrun import torchrun_env
 
@@ -164,7 +164,8 @@ def image_classifier(params: dict[str, Any]) -> None:
             world_size=world,
             timeout=timedelta(seconds=120),
         )
-    pixels = Pixels(folder, size)
+    limit = int(spec.get("memory_limit_bytes") or 0)  # a task's memory limit: the cache takes a quarter at most
+    pixels = Pixels(folder, size, min(CACHE_BYTES, limit // 4) if limit else CACHE_BYTES)
     mean, std = channel_stats(pixels, train_idx, seed)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)

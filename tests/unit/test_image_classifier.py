@@ -22,7 +22,7 @@ from tensorfleet_agent import task  # noqa: E402
 from tensorfleet_agent.core.errors import ValidationError  # noqa: E402
 from tensorfleet_agent.workloads import image_classifier, torch_models  # noqa: E402
 from tensorfleet_agent.workloads.datasets import check_dataset  # noqa: E402
-from tensorfleet_agent.workloads.image_folder import ImageFolderError, decode, scan, split  # noqa: E402
+from tensorfleet_agent.workloads.image_folder import ImageFolderError, Pixels, decode, scan, split  # noqa: E402
 from tensorfleet_agent.workloads.registry import get_workload  # noqa: E402
 from tensorfleet_agent.workloads.shapes import generate  # noqa: E402
 
@@ -179,6 +179,15 @@ def test_the_split_is_per_class_and_seeded(shapes: Path) -> None:
     assert split(folder, 0.25, 7) == (train, val) and not set(train) & set(val)
     assert sorted(folder.samples[i][1] for i in val) == [0] * 6 + [1] * 6 + [2] * 6
     assert split(folder, 0.0, 7)[1] == []
+
+
+def test_the_pixel_cache_holds_what_its_bytes_allow(shapes: Path) -> None:
+    import numpy as np
+
+    pixels = Pixels(scan(shapes, check=False), 16, cache_bytes=3 * 16 * 16 * 5)  # room for five images
+    first = [pixels(i) for i in range(10)]
+    assert len(pixels.cache) == 5 and all(a.shape == (3, 16, 16) and a.dtype == np.uint8 for a in first)
+    assert all(np.array_equal(pixels(i), first[i]) for i in range(10))  # cached or decoded again: the same
 
 
 def test_schema_and_dataset_check() -> None:
