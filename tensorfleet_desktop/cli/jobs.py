@@ -26,6 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.project_spec import check_command, check_env_choice
 from tensorfleet_desktop.cli import exit_codes
+from tensorfleet_desktop.cli.datasets import version_line
 from tensorfleet_desktop.cli.exit_codes import UsageError
 from tensorfleet_desktop.cli.output import (
     add_format_flags,
@@ -163,7 +164,12 @@ def add_parsers(sub: Any) -> None:
     )
     s.add_argument("--name")
     s.add_argument("--algorithm", "-a")
-    s.add_argument("--dataset", "-d", help="a built-in dataset, an uploaded one, or a CSV/Parquet file to upload")
+    s.add_argument(
+        "--dataset",
+        "-d",
+        help="a built-in dataset, a stored one (NAME: its latest version, or NAME:VERSION), a CSV/Parquet file to "
+        "upload, or a folder to upload as a version (a path with a '/': ./images)",
+    )
     s.add_argument("--target", help="the target column of an uploaded dataset")
     s.add_argument(
         "--dataset-param",
@@ -465,7 +471,13 @@ def submit(client: Client, args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     dataset = spec.get("dataset")
     project = project_submission(spec)  # checked before anything is uploaded
-    if isinstance(dataset, str) and Path(dataset).is_file():  # a local CSV: upload it once, then name it
+    if isinstance(dataset, str) and "/" in dataset and Path(dataset).is_dir():  # a folder: its version, by number
+        version = client.upload_dataset_version(Path(dataset))
+        err.print(version_line(version), markup=False)
+        spec["dataset"] = f"{version['name']}:{version['version']}"
+        if project is not None:
+            project.fields["dataset"] = spec["dataset"]
+    elif isinstance(dataset, str) and Path(dataset).is_file():  # a local CSV: upload it once, then name it
         uploaded = client.upload_dataset(Path(dataset))
         err.print(f"uploaded {dataset} as dataset {uploaded['name']} ({uploaded['rows']} rows)")
         spec["dataset"] = uploaded["name"]

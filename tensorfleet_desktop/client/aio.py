@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from tensorfleet_agent.core.project_layout import WORKLOAD as PROJECT_WORKLOAD
 from tensorfleet_agent.rpc.client import create_channel
 from tensorfleet_desktop import wire
 from tensorfleet_desktop.client.connect import Metadata, channel_security, controller_address, submitter
+from tensorfleet_desktop.client.dataset_tree import DatasetSnapshot, Progress, snapshot_dataset
+from tensorfleet_desktop.client.dataset_upload import batches, piece_messages
 from tensorfleet_desktop.client.errors import (
     ControllerUnreachable,
     DataLoss,
@@ -38,6 +41,8 @@ RETRY_SECONDS = 1.0
 #: sha256s per MissingBlobs request, and bytes per UploadBlobs data message (the controller's limit).
 MISSING_BATCH = 10_000
 UPLOAD_CHUNK = 1 << 20
+#: A dataset's name, as the controller checks it (checked here too, before a tree of gigabytes is hashed).
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: What `project_job_spec` builds itself; a caller's field of one of these names is refused.
 _PROJECT_KEYS = ("algorithm", "project", "command", "script", "hyperparameters")
 T = TypeVar("T")
@@ -286,14 +291,19 @@ class AsyncClient:
         snap = await asyncio.to_thread(snapshot, path, max_bytes)
         return await self._upload_snapshot(snap)
 
-    async def _upload_snapshot(self, snap: Snapshot) -> dict[str, Any]:
-        manifest = manifest_bytes(snap.entries)
-        wanted = sorted(snap.blobs() | {snap.id})
-        stub = await self._stub()
+    async def _missing(self, wanted: Sequence[str]) -> list[str]:
+        """Those of `wanted` the controller's blob store lacks (MissingBlobs, in batches)."""
         missing: list[str] = []
         for start in range(0, len(wanted), MISSING_BATCH):
             request = cpb.MissingBlobsRequest(sha256=wanted[start : start + MISSING_BATCH])
             missing += await self._call("MissingBlobs", request, lambda r: list(r.sha256))
+        return missing
+
+    async def _upload_snapshot(self, snap: Snapshot) -> dict[str, Any]:
+        manifest = manifest_bytes(snap.entries)
+        wanted = sorted(snap.blobs() | {snap.id})
+        stub = await self._stub()
+        missing = await self._missing(wanted)
         send_manifest = snap.id in missing and snap.id not in snap.blobs()
         plan = snap.plan_upload(set(wanted) - set(missing))
         if plan.send or send_manifest:
@@ -353,12 +363,106 @@ class AsyncClient:
     async def datasets(self) -> list[dict[str, Any]]:
         return await self._call("ListDatasets", cpb.ListDatasetsRequest(), _datasets)
 
+    # ---- dataset versions (issue 20)
+
+    async def upload_dataset_version(
+        self,
+        path: Path | str,
+        name: str | None = None,
+        progress: Progress | None = None,
+        *,
+        cache_dir: Path | None = None,
+        use_cache: bool = True,
+    ) -> dict[str, Any]:
+        """Upload a file or a folder tree as a version of dataset `name` (default: the file's stem or the folder's
+        name): snapshot it (dataset_tree: files over 8 MiB as 8 MiB chunks; hashes cached per file), send only
+        the files and chunks the controller lacks, then the manifest, then commit. Content equal to the latest
+        version makes none ("unchanged": True, that version's number); otherwise version N+1. An interrupted
+        upload resumes: the next one sends only what did not arrive. `progress(phase, done, total)` is called
+        with phase "hash" (from hashing threads) and "upload" (bytes sent). Returns the version ({"name",
+        "version", "source", "url", "content_id", "files", "bytes", "created_at", "created_by", "unchanged",
+        "used_by"}) with "uploaded_bytes" and "uploaded_blobs" (what this call sent, the manifest not counted),
+        "hashed_files" (files read, not known from the cache) and "path". DatasetError names what is wrong
+        with PATH."""
+
+        def scan() -> tuple[str, DatasetSnapshot]:  # the name is checked before anything is read
+            checked = dataset_name(name, Path(path).expanduser())
+            return checked, snapshot_dataset(path, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+
+        checked, snap = await asyncio.to_thread(scan)
+        sent = await self._upload_dataset_blobs(snap, progress)
+        request = cpb.CommitDatasetVersionRequest(name=checked, manifest_id=snap.id)
+        version = await self._call("CommitDatasetVersion", request, wire.dataset_version_from_pb)
+        version["uploaded_bytes"] = sent["bytes"]
+        return {
+            **version,
+            "uploaded_blobs": sent["blobs"],
+            "hashed_files": snap.hashed_files,
+            "path": str(snap.file_source or snap.root),
+        }
+
+    async def _upload_dataset_blobs(self, snap: DatasetSnapshot, progress: Progress | None) -> dict[str, int]:
+        """MissingBlobs of every file/chunk and the manifest, then UploadBlobs of those missing (the manifest
+        last), in calls of at most dataset_upload.BATCH_BYTES. {"blobs", "bytes"} sent, the manifest not
+        counted."""
+        missing = set(await self._missing(sorted(snap.blobs() | {snap.id})))
+        pieces = snap.pieces(missing)
+        total, done = sum(p.size for p in pieces), 0
+
+        def sent(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress("upload", done, total)
+
+        groups = batches(pieces)
+        send_manifest = snap.id in missing
+        if send_manifest and not groups:
+            groups = [[]]
+        stub = await self._stub()
+        for i, group in enumerate(groups):
+            manifest = (snap.id, manifest_bytes(snap.entries)) if send_manifest and i == len(groups) - 1 else None
+            failures: list[BaseException] = []
+            messages = piece_messages(group, manifest, failures, sent)
+            try:
+                reply = await stub.UploadBlobs(messages, timeout=max(self.timeout, 600), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                if failures:
+                    raise failures[0] from None
+                raise translate(exc, self.address) from None
+            if failures:
+                raise failures[0]
+            stored = wire.upload_blobs_from_pb(reply)
+            extra = len(manifest[1]) if manifest is not None else 0
+            expected = {"files": len(group) + (manifest is not None), "bytes": sum(p.size for p in group) + extra}
+            if stored != expected:
+                raise DataLoss(
+                    f"the controller stored {stored['files']} blob(s), {stored['bytes']} bytes of the "
+                    f"{expected['files']}, {expected['bytes']} bytes sent; upload again (what arrived is kept)"
+                )
+        return {"blobs": len(pieces), "bytes": total}
+
+    async def add_dataset_reference(self, name: str, url: str) -> dict[str, Any]:
+        """Register s3://bucket/prefix or file:///absolute/path as a version of dataset `name`, without copying:
+        the controller snapshots the listing (paths, sizes, ETag or mtime+size). An unchanged listing makes no
+        version ("unchanged": True). The version as upload_dataset_version returns it."""
+        request = cpb.AddDatasetReferenceRequest(name=dataset_name(name, None), url=url)
+        return await self._call("AddDatasetReference", request, wire.dataset_version_from_pb)
+
+    async def dataset(self, ref: str, prefix: str = "", limit: int = 0, cursor: str = "") -> dict[str, Any]:
+        """NAME (the latest version) or NAME:VERSION: {"dataset" (with its "versions"), "version", "files":
+        [{"path", "size", "sha256", "etag", "chunks"}, ...] (a page, sorted by path, under `prefix`),
+        "next_cursor" ("" on the last page: pass it as `cursor` for the next)}."""
+        request = cpb.GetDatasetRequest(ref=ref, prefix=prefix, limit=limit, cursor=cursor)
+        return await self._call("GetDataset", request, wire.get_dataset_from_pb)
+
     async def preview_dataset(self, name: str, rows: int = 10) -> dict[str, Any]:
         """{"dataset": {...}, "columns": [...], "rows": [[...], ...]} (values as text, as in the file)."""
         return await self._call("PreviewDataset", cpb.DatasetRequest(name=name, rows=rows), wire.preview_from_pb)
 
     async def delete_dataset(self, name: str) -> dict[str, Any]:
-        """Refused while a job or a registered model refers to the dataset."""
+        """NAME: the dataset and all its versions; NAME:VERSION: that version. Refused while a job or a registered
+        model refers to it (the refusal names them)."""
         return await self._call("DeleteDataset", cpb.DatasetRequest(name=name), wire.dataset_from_pb)
 
     # ---- model registry
@@ -611,6 +715,20 @@ def project_job_spec(
 def upload_summary(upload: dict[str, Any]) -> dict[str, int]:
     """submit --json's "upload" object: what the project holds and what this submit sent of it."""
     return {k: int(upload[k]) for k in ("files", "bytes", "uploaded_files", "uploaded_bytes")}
+
+
+def dataset_name(name: str | None, path: Path | None) -> str:
+    """The name a dataset is uploaded as: `name`, or the file's stem / the folder's name; checked as the
+    controller checks it, before anything is read."""
+    if not name and path is not None:
+        name = (path.stem if path.is_file() else path.resolve().name) or ""
+    if not name or not DATASET_NAME.match(name):
+        got = f"got {name!r}" if name else "none given"
+        raise InvalidRequest(
+            f"a dataset name holds letters, digits, '.', '_' and '-' (at most 128, starting with a letter or digit); "
+            f"{got}{': name it with --name' if path is not None else ''}"
+        )
+    return name
 
 
 def _digest(path: Path) -> tuple[str, int]:
