@@ -1,10 +1,9 @@
 """Training on real agents: datasets from the CLI, cross-validation folds, Optuna and grid sweeps (pruned too),
-resubmits, two-rank DDP (the digits CNN; the image_classifier on an image folder), pausing a gang at a checkpoint."""
+resubmits, two-rank DDP, pausing a gang at a checkpoint."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -273,42 +272,3 @@ def test_pausing_a_gang_checkpoints_mid_epoch_and_resume_continues_from_there(
         assert final["metrics"]["epoch"] == 12.0
         warnings = [line for line in logs if "Warning" in line]
         assert not warnings, warnings
-
-
-def test_image_classifier_gang_on_an_image_folder(
-    shared_cluster: tuple[ControllerProcess, list[AgentProcess]], tmp_path: Path
-) -> None:
-    """The built-in image workload through the agents' workers: two ranks on two agents, one model saved."""
-    pytest.importorskip("PIL")
-    from tensorfleet_agent.workloads.shapes import generate
-
-    controller, _ = shared_cluster
-    generate(tmp_path / "shapes", per_class=24, size=24, classes=3, seed=1)
-    params = {"epochs": 3, "image_size": 24, "width": 8, "batch_size": 8, "data_dir": str(tmp_path / "shapes")}
-    args = [arg for key, value in params.items() for arg in ("--param", f"{key}={value}")]
-    job = cli_json(
-        controller.cli(
-            "submit",
-            "--algorithm",
-            "image_classifier",
-            "--workers",
-            "2",
-            *args,
-            "--model-name",
-            "shapes-cnn",
-            "--wait",
-            "--json",
-            timeout=300,
-        )
-    )
-    assert job["state"] == "SUCCEEDED", job
-    with Client(controller.address) as client:
-        detail = client.job(job["id"])
-        module = client.load_model("shapes-cnn")  # registered; model.json rebuilds the residual network
-    import torch
-
-    assert module(torch.rand(2, 3, 24, 24)).shape == (2, 3)
-    checksums = [t["metrics"]["param_checksum"] for t in detail["task_list"]]
-    assert checksums[0] == checksums[1]
-    assert detail["metrics"]["test_accuracy"] > 0.5 and detail["metrics"]["epoch"] == 3.0
-    assert sorted(a["kind"] for a in detail["artifacts"]) == ["model", "model_config"]
