@@ -550,16 +550,15 @@ def follow(client: Client, job_id: str) -> dict[str, Any]:
 def _project_steps(job: dict[str, Any], said: set[tuple[str, int, int]]) -> list[str]:
     """The lines --wait prints once per task attempt of a project job: that it is PREPARING (materializing the
     project and building or finding its environment; uv's log goes to the task's logs), then which environment
-    it got."""
+    it got. Another job is PREPARING while its dataset version is laid out on the agent."""
     lines = []
     for t in job.get("task_list", []):
         attempt = (t["index"], t["attempt"])
         if t["state"] == "PREPARING" and ("preparing", *attempt) not in said:
             said.add(("preparing", *attempt))
-            lines.append(
-                f"task {t['index']}: PREPARING on {t['agent'] or '-'}: the project's files and environment "
-                f"(uv's log: tensorfleet logs {job['id']})"
-            )
+            dataset_only = not job.get("project") and (job.get("spec") or {}).get("dataset_version")
+            what = "its dataset (the log" if dataset_only else "the project's files and environment (uv's log"
+            lines.append(f"task {t['index']}: PREPARING on {t['agent'] or '-'}: {what}: tensorfleet logs {job['id']})")
         if t.get("environment") and ("environment", *attempt) not in said:
             said.add(("environment", *attempt))
             lines.append(f"task {t['index']}: {environment_line(t['environment'])}")

@@ -346,6 +346,8 @@ def test_wait_says_preparing_then_the_environment_once_per_attempt() -> None:
     assert _project_steps(job("RUNNING", environment=env), said) == []
     assert _project_steps(job("PREPARING", attempt=2), said) == [preparing]  # a retry prepares again
     assert _shown_state(job("PREPARING")) == "PREPARING" and _shown_state(job("RUNNING")) == "RUNNING"
+    image_job = {**job("PREPARING"), "project": None, "spec": {"dataset_version": {"name": "shapes", "version": 1}}}
+    assert _project_steps(image_job, set()) == ["task 0: PREPARING on box: its dataset (the log: tensorfleet logs j1)"]
     assert _shown_state({**job("PREPARING"), "state": "CANCELLED"}) == "CANCELLED"
 
 
