@@ -124,6 +124,11 @@ class Registry:
         dataset = str(spec.get("dataset", ""))
         user_sha = dataset.split(":", 1)[1] if dataset.startswith("user:") else ""
         dataset_name = dataset_names.get(user_sha, user_sha[:12]) if user_sha else dataset
+        pinned = spec.get("dataset_version")  # a dataset version: the model keeps naming it after its job is gone
+        version: dict[str, Any] = {}
+        if isinstance(pinned, dict):
+            dataset_name = str(pinned.get("name") or dataset_name)
+            version = {"version": pinned.get("version"), "content_id": pinned.get("content_id", "")}
         chosen = _chosen_task(job, model)
         params = dict(chosen.params) if chosen is not None and chosen.params else dict(spec.get("hyperparameters", {}))
         name = str(spec.get("model_name") or "") or _default_name(str(spec["algorithm"]), dataset_name)
@@ -148,6 +153,7 @@ class Registry:
                 "sha256": user_sha or str(described.get("data_sha256") or configured.get("data_sha256") or ""),
                 "split_seed": described.get("split_seed", 42),
                 "params": {k: v for k, v in (spec.get("dataset_params") or {}).items() if k != "file"},
+                **version,
             },
             "job_id": job.id,
             "task_ids": [
