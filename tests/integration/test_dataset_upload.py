@@ -105,3 +105,27 @@ def test_an_upload_broken_off_midway_resumes_with_what_did_not_arrive(
 
     result = cli_json(controller.cli("datasets", "upload", str(root), "--name", "shards", "--json"))
     assert (result["unchanged"], result["version"], result["uploaded_bytes"]) == (True, 1, 0)
+
+
+def test_submit_names_a_version_or_uploads_a_folder_as_one(controller: ControllerProcess, tmp_path: Path) -> None:
+    root = tmp_path / "pics"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    (root / "a" / "1.png").write_bytes(b"a1")
+    (root / "b" / "1.png").write_bytes(b"b1")
+    args = ("submit", "-a", "image_classifier", "--epochs", "1", "--json")
+    first = controller.cli(*args, "--dataset", str(root))  # a path: uploaded, then named by its version
+    assert "dataset pics: version 1, 2 files" in first.stderr, first.stderr
+    (root / "b" / "2.png").write_bytes(b"b2")
+    second = cli_json(controller.cli(*args, "--dataset", f"{root}/"))
+    pinned = cli_json(controller.cli(*args, "--dataset", "pics:1"))  # a stored version passes through
+    with Client(controller.address) as client:
+        jobs = [client.job(j["id"]) for j in (cli_json(first), second, pinned)]
+        for job in jobs:
+            client.cancel(job["id"])  # no agent here: they would wait
+    pins = [j["spec"]["dataset_version"] for j in jobs]
+    assert [(p["name"], p["version"], p["source"]) for p in pins] == [
+        ("pics", 1, "upload"),
+        ("pics", 2, "upload"),
+        ("pics", 1, "upload"),
+    ]
