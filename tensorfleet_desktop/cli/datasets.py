@@ -102,10 +102,12 @@ class _ProgressShown:
         self.bar: Progress | None = None
         self.tasks: dict[str, TaskID] = {}
         self.printed: dict[str, int] = {}
+        self.started: set[str] = set()
 
     def __call__(self, phase: str, done: int, total: int) -> None:
-        if total < PROGRESS_BYTES:
-            return
+        if total < PROGRESS_BYTES or (phase not in self.started and done >= total):
+            return  # small, or all known from the hash cache: nothing to show
+        self.started.add(phase)
         label = "hashing" if phase == "hash" else "uploading"
         if err.is_terminal:
             if self.bar is None:
@@ -123,8 +125,6 @@ class _ProgressShown:
             self.bar.update(self.tasks[phase], completed=done, total=total)
             return
         tenth = int(done / total / _STEP)
-        if phase not in self.printed and done == total:
-            return  # all known from the hash cache, or nothing to send: no line
         if self.printed.get(phase, -1) < tenth:
             self.printed[phase] = tenth
             err.print(f"{label}: {human_size(done)} of {human_size(total)} ({done / total:.0%})", markup=False)

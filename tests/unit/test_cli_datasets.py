@@ -57,3 +57,19 @@ def test_a_page_of_files_is_a_tree_of_folders() -> None:
         "│   └── c.bin  20.0 MiB (3 chunks)",
         "└── top.txt  1 B",
     ]
+
+
+def test_progress_in_a_pipe_is_a_line_per_tenth_of_a_large_upload(monkeypatch: Any) -> None:
+    from tensorfleet_desktop.cli import datasets
+
+    lines = io.StringIO()
+    monkeypatch.setattr(datasets, "err", Console(file=lines, width=200, color_system=None))
+    shown = datasets._ProgressShown()
+    shown("upload", 1 << 20, 1 << 25)  # 32 MiB: too small to show
+    big = 100 << 20
+    shown("hash", big, big)  # every hash known from the cache: no line
+    for done in range(1 << 20, big + 1, 1 << 20):
+        shown("upload", done, big)
+    printed = lines.getvalue().splitlines()
+    assert printed[0] == "uploading: 1.0 MiB of 100.0 MiB (1%)" and printed[-1].endswith("(100%)")
+    assert len(printed) == 11
