@@ -140,6 +140,7 @@ def image_classifier(params: dict[str, Any]) -> None:
     print(
         f"{len(folder.samples)} images in {len(folder.classes)} classes under {folder.root}: "
         f"{len(train_idx)} to train on, {len(val_idx)} to validate"
+        + (" (its own val/ folder)" if folder.given_val >= 0 else "")
     )
     os.environ.update(torchrun_env(spec))
     torch.manual_seed(seed)

@@ -1,8 +1,11 @@
 """An ImageFolder-layout dataset: `ROOT/<class name>/**/*.png|*.jpg|*.jpeg`, one folder per class.
 
-Scanning opens every image's header (cheap: Pillow reads only the first bytes), so an unreadable file is
-refused by name before training starts instead of an hour into it. Pixels are decoded on first use, resized to
-a square, and kept in memory when they fit (later epochs read the cache); every rank decodes only its shard.
+Also read as users lay folders out: `ROOT/train/<class>/...` with `ROOT/val/<class>/...` (or valid/, validation/)
+is a given split, and a folder that holds nothing but one folder (an uploaded parent of the class folders) is
+looked into. Scanning opens every image's header (cheap: Pillow reads only the first bytes), so an unreadable
+file is refused by name before training starts instead of an hour into it. Pixels are decoded on first use,
+resized to a square, and kept in memory when they fit (later epochs read the cache); every rank decodes only
+its shard.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 CACHE_BYTES = 1 << 30  # decoded pixels kept per rank; past this an image is decoded again each epoch
+TRAIN, VAL = "train", ("val", "valid", "validation")
 
 
 class ImageFolderError(ValueError):
@@ -23,7 +27,8 @@ class ImageFolderError(ValueError):
 class ImageFolder:
     root: Path
     classes: tuple[str, ...]
-    samples: tuple[tuple[Path, int], ...]  # (file, class index), sorted by class then path
+    samples: tuple[tuple[Path, int], ...]  # (file, class index), sorted by class then path (the given val last)
+    given_val: int = -1  # >= 0: samples[given_val:] are the layout's own validation images (ROOT/val/...)
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(self.classes, 0)
@@ -32,39 +37,81 @@ class ImageFolder:
         return out
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def scan(root: Path, *, check: bool = True) -> ImageFolder:
-    """The classes and images under `root`; ImageFolderError for an empty folder, a single class, a class folder
-    without images, or (check) a file that is not a readable image."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ImageFolderError(f"{root}: not a folder (expected class_name/*.png|*.jpg|*.jpeg under it)")
-    classes: list[str] = []
-    samples: list[tuple[Path, int]] = []
+def _dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file() and _visible(p, folder)
+    )
+
+
+def _classes(root: Path) -> dict[str, list[Path]]:
+    """class name -> its images; ImageFolderError for no images or a class folder without any."""
+    found: dict[str, list[Path]] = {}
     empty: list[str] = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file() and not _hidden(p, root)
-        )
-        if not files:
+    for folder in _dirs(root):
+        files = _images(folder)
+        if files:
+            found[folder.name] = files
+        else:
             empty.append(folder.name)
-            continue
-        samples += [(p, len(classes)) for p in files]
-        classes.append(folder.name)
-    if not classes:
+    if not found:
         what = f" (folders without images: {', '.join(empty[:5])})" if empty else ""
         raise ImageFolderError(f"{root}: no images; expected one folder per class holding .png/.jpg/.jpeg files{what}")
     if empty:
         raise ImageFolderError(f"{root}: class folder {empty[0]!r} has no .png/.jpg/.jpeg images")
-    if len(classes) < 2:
-        raise ImageFolderError(f"{root}: only one class ({classes[0]}); a classifier needs at least two")
+    return found
+
+
+def _unwrap(root: Path) -> Path:
+    """Into a lone folder while the folder holds nothing else and the lone one holds folders, not images (an upload
+    of the parent of the class folders); a lone class folder of images stays one class."""
+    for _ in range(4):
+        dirs = _dirs(root)
+        direct = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS]
+        if len(dirs) != 1 or direct or dirs[0].name in (TRAIN, *VAL):
+            break
+        inner = dirs[0]
+        if not _dirs(inner) or any(p.is_file() and p.suffix.lower() in EXTENSIONS for p in inner.iterdir()):
+            break
+        root = inner
+    return root
+
+
+def scan(root: Path, *, check: bool = True) -> ImageFolder:
+    """The classes and images under `root`; ImageFolderError for an empty folder, a single class, a class folder
+    without images, a validation class the training set lacks, or (check) a file that is not a readable image."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageFolderError(f"{root}: not a folder (expected class_name/*.png|*.jpg|*.jpeg under it)")
+    root = _unwrap(root)
+    train_dir = root / TRAIN
+    val_dir = next((root / name for name in VAL if (root / name).is_dir()), None)
+    if not train_dir.is_dir():
+        train_dir, val_dir = root, None
+    train = _classes(train_dir)
+    if len(train) < 2:
+        raise ImageFolderError(f"{train_dir}: only one class ({next(iter(train))}); a classifier needs at least two")
+    classes = tuple(train)
+    samples = [(p, k) for k, name in enumerate(classes) for p in train[name]]
+    given_val = -1
+    if val_dir is not None:
+        val = _classes(val_dir)
+        unknown = sorted(set(val) - set(classes))
+        if unknown:
+            raise ImageFolderError(f"{val_dir}: class {unknown[0]!r} is not among the training classes ({train_dir})")
+        given_val = len(samples)
+        samples += [(p, k) for k, name in enumerate(classes) for p in val.get(name, [])]
     if check:
         for path, _label in samples:
             check_image(path)
-    return ImageFolder(root, tuple(classes), tuple(samples))
+    return ImageFolder(root, classes, tuple(samples), given_val)
 
 
 def check_image(path: Path) -> None:
@@ -96,10 +143,13 @@ def decode(path: Path, size: int) -> Any:
 
 
 def split(folder: ImageFolder, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, val) sample indices: per class, a seeded shuffle puts round(val_fraction * n) aside (at least one
-    when the fraction is > 0 and the class has two images), so every rank computes the same split."""
+    """(train, val) sample indices: the layout's val/ folder when it has one, else per class a seeded shuffle puts
+    round(val_fraction * n) aside (at least one when the fraction is > 0 and the class has two images), so every
+    rank computes the same split."""
     import numpy as np
 
+    if folder.given_val >= 0:  # the layout's own val/ folder
+        return list(range(folder.given_val)), list(range(folder.given_val, len(folder.samples)))
     rng = np.random.default_rng(seed)
     train: list[int] = []
     val: list[int] = []

@@ -257,7 +257,12 @@ _BUILTIN += (
                     "image_size", "int", 64, "images are resized to this many pixels square", minimum=8, maximum=1024
                 ),
                 ParamSpec(
-                    "val_fraction", "float", 0.2, "share of each class held out to validate", minimum=0, maximum=0.9
+                    "val_fraction",
+                    "float",
+                    0.2,
+                    "share of each class held out to validate (a folder with train/ and val/ is split as it is)",
+                    minimum=0,
+                    maximum=0.9,
                 ),
                 ParamSpec("width", "int", 16, "channels of the first stage (x2, x4 after)", minimum=4, maximum=512),
                 ParamSpec("weight_decay", "float", 0.0, "L2 penalty", minimum=0),

@@ -163,6 +163,20 @@ def test_folder_errors_name_the_problem(tmp_path: Path) -> None:
     assert folder.classes == ("cats", "dogs") and folder.counts() == {"cats": 1, "dogs": 1}
 
 
+def test_a_train_and_val_layout_is_the_split_and_a_wrapper_folder_is_looked_into(tmp_path: Path) -> None:
+    for part, label, n in [("train", "cats", 3), ("train", "dogs", 2), ("val", "cats", 1), ("val", "dogs", 1)]:
+        for k in range(n):
+            _png(tmp_path / "upload" / "pets" / part / label / f"{k}.png")
+    folder = scan(tmp_path / "upload")  # "upload" holds only "pets", which holds train/ and val/
+    assert folder.root == tmp_path / "upload" / "pets" and folder.classes == ("cats", "dogs")
+    train, val = split(folder, 0.5, 0)
+    assert [folder.samples[i][0].parts[-3] for i in train] == ["train"] * 5
+    assert [(folder.samples[i][0].parts[-3], folder.samples[i][1]) for i in val] == [("val", 0), ("val", 1)]
+    _png(tmp_path / "upload" / "pets" / "val" / "birds" / "0.png")
+    with pytest.raises(ImageFolderError, match="class 'birds' is not among the training classes"):
+        scan(tmp_path / "upload")
+
+
 def test_an_unreadable_image_fails_the_task_naming_it(shapes: Path, tmp_path: Path) -> None:
     import shutil
 
