@@ -135,11 +135,24 @@ def decode(path: Path, size: int) -> Any:
     try:
         with Image.open(path) as image:
             image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when that is enough
-            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            rgb = _eight_bit(image).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             pixels = np.asarray(rgb, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ImageFolderError(f"{path}: not a readable image ({exc})") from None
     return pixels.transpose(2, 0, 1).copy()
+
+
+def _eight_bit(image: Any) -> Any:
+    """A 16-bit, 32-bit or float greyscale image scaled into 0..255 (Pillow's convert would clip it at 255)."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    top = float(values.max()) if values.size else 1.0
+    full = 65535.0 if image.mode != "F" and top <= 65535 else max(top, 1.0)
+    return Image.fromarray(np.clip(values / full * 255.0, 0, 255).astype(np.uint8), "L")
 
 
 def split(folder: ImageFolder, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

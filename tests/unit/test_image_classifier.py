@@ -177,6 +177,17 @@ def test_a_train_and_val_layout_is_the_split_and_a_wrapper_folder_is_looked_into
         scan(tmp_path / "upload")
 
 
+def test_sixteen_bit_greyscale_keeps_its_range(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.repeat(np.linspace(0, 65535, 16).astype(np.uint16)[None, :], 16, axis=0)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    pixels = decode(tmp_path / "deep.png", 16)
+    assert pixels.shape == (3, 16, 16) and pixels.min() <= 10 and pixels.max() >= 245  # not clipped to white
+    assert np.array_equal(pixels[0], pixels[2])
+
+
 def test_an_unreadable_image_fails_the_task_naming_it(shapes: Path, tmp_path: Path) -> None:
     import shutil
 
