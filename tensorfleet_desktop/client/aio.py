@@ -24,7 +24,7 @@ from tensorfleet_agent.rpc.client import create_channel
 from tensorfleet_desktop import wire
 from tensorfleet_desktop.client.connect import Metadata, channel_security, controller_address, submitter
 from tensorfleet_desktop.client.dataset_tree import DatasetSnapshot, Progress, snapshot_dataset
-from tensorfleet_desktop.client.dataset_upload import batches, piece_messages
+from tensorfleet_desktop.client.dataset_upload import batches, piece_parts
 from tensorfleet_desktop.client.errors import (
     ControllerUnreachable,
     DataLoss,
@@ -423,7 +423,7 @@ class AsyncClient:
         for i, group in enumerate(groups):
             manifest = (snap.id, manifest_bytes(snap.entries)) if send_manifest and i == len(groups) - 1 else None
             failures: list[BaseException] = []
-            messages = piece_messages(group, manifest, failures, sent)
+            messages = _blob_messages(piece_parts(group, manifest, failures, sent))
             try:
                 reply = await stub.UploadBlobs(messages, timeout=max(self.timeout, 600), metadata=self._metadata)
             except grpc.RpcError as exc:
@@ -609,6 +609,15 @@ async def _discard(fh: IO[bytes] | None, tmp: Path) -> None:
     if fh is not None:
         await asyncio.to_thread(fh.close)
     await asyncio.to_thread(tmp.unlink, missing_ok=True)
+
+
+async def _blob_messages(parts: AsyncIterator[tuple[str, int] | bytes]) -> AsyncIterator[cpb.ProjectFileChunk]:
+    """UploadBlobs' messages of (sha256, size) headers and data parts."""
+    async for part in parts:
+        if isinstance(part, tuple):
+            yield wire.project_file_header_to_pb(*part)
+        else:
+            yield cpb.ProjectFileChunk(data=part)
 
 
 async def _project_chunks(

@@ -1,4 +1,4 @@
-"""UploadBlobs' messages for a dataset version: byte ranges of files (small files whole, large ones chunk by chunk).
+"""UploadBlobs' parts for a dataset version: byte ranges of files (small files whole, large ones chunk by chunk).
 
 The controller adopts each blob once it arrived whole and hashes to its announced sha256, and keeps what it
 adopted when a stream breaks off (project_files.receive_all). So an upload that is interrupted (Ctrl-C, a lost
@@ -13,8 +13,6 @@ import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import IO
 
-from tensorfleet_agent._generated import controller_pb2 as cpb
-from tensorfleet_desktop import wire
 from tensorfleet_desktop.client.dataset_tree import DatasetError, Piece
 
 #: Bytes per UploadBlobs data message (the controller's limit) and per UploadBlobs call.
@@ -48,18 +46,19 @@ def _read_small(piece: Piece) -> bytes:
         return fh.read(piece.size)
 
 
-async def piece_messages(
+async def piece_parts(
     pieces: Sequence[Piece],
     manifest: tuple[str, bytes] | None,
     failures: list[BaseException],
     sent: Callable[[int], None],
-) -> AsyncIterator[cpb.ProjectFileChunk]:
-    """Per piece a header, then its bytes in messages of at most 1 MiB, hashed again as read; then the manifest
-    blob when given. A piece that cannot be read or no longer hashes right, or a `sent` callback that raises (a
-    caller giving up), ends the stream early and is reported through `failures`: the controller keeps the pieces
-    before it and refuses the one cut short."""
+) -> AsyncIterator[tuple[str, int] | bytes]:
+    """UploadBlobs' parts, which the client's aio turns into messages: per piece a header (sha256, size), then
+    its bytes in parts of at most 1 MiB, hashed again as read; then the manifest blob when given. A piece that
+    cannot be read or no longer hashes right, or a `sent` callback that raises (a caller giving up), ends the
+    stream early and is reported through `failures`: the controller keeps the pieces before it and refuses the
+    one cut short."""
     for piece in pieces:
-        yield wire.project_file_header_to_pb(piece.sha256, piece.size)
+        yield piece.sha256, piece.size
         hasher, size = hashlib.sha256(), 0
         try:
             if piece.size <= UPLOAD_CHUNK:
@@ -74,7 +73,7 @@ async def piece_messages(
             size = len(data)
             hasher.update(data)
             if data:
-                yield cpb.ProjectFileChunk(data=data)
+                yield data
             try:
                 sent(size)
             except Exception as exc:  # the caller's progress callback giving up
@@ -88,7 +87,7 @@ async def piece_messages(
                         break
                     size += len(data)
                     hasher.update(data)
-                    yield cpb.ProjectFileChunk(data=data)
+                    yield data
                     sent(len(data))
             except Exception as exc:  # a read error, or the caller's progress callback giving up
                 failures.append(exc)
@@ -100,6 +99,6 @@ async def piece_messages(
             return
     if manifest is not None:
         sha, data = manifest
-        yield wire.project_file_header_to_pb(sha, len(data))
+        yield sha, len(data)
         for offset in range(0, len(data), UPLOAD_CHUNK):
-            yield cpb.ProjectFileChunk(data=data[offset : offset + UPLOAD_CHUNK])
+            yield data[offset : offset + UPLOAD_CHUNK]

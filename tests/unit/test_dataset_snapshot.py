@@ -13,7 +13,7 @@ import pytest
 
 from tensorfleet_agent.core.manifest import CHUNK_BYTES, manifest_bytes
 from tensorfleet_desktop.client.dataset_tree import DatasetError, DatasetSnapshot, snapshot_dataset
-from tensorfleet_desktop.client.dataset_upload import UPLOAD_CHUNK, batches, piece_messages
+from tensorfleet_desktop.client.dataset_upload import UPLOAD_CHUNK, batches, piece_parts
 from tensorfleet_desktop.project import hash_cache
 
 
@@ -112,7 +112,7 @@ def test_links_are_followed_and_broken_ones_and_loops_are_named(tmp_path: Path) 
 def _messages(snap: DatasetSnapshot, failures: list[BaseException], sent: Any = lambda n: None) -> list[Any]:
     async def run() -> list[Any]:
         pieces = snap.pieces(snap.blobs())
-        return [m async for m in piece_messages(pieces, (snap.id, b"{}"), failures, sent)]
+        return [m async for m in piece_parts(pieces, (snap.id, b"{}"), failures, sent)]
 
     return asyncio.run(run())
 
@@ -127,7 +127,7 @@ def test_each_piece_is_its_byte_range_and_a_changed_file_ends_the_stream(tmp_pat
     failures: list[BaseException] = []
     parts = _messages(snap, failures)
     assert not failures
-    shape = [(m.WhichOneof("part"), m.header.size if m.HasField("header") else len(m.data)) for m in parts]
+    shape = [("header", m[1]) if isinstance(m, tuple) else ("data", len(m)) for m in parts]
     assert shape == [
         ("header", CHUNK_BYTES),
         *[("data", UPLOAD_CHUNK)] * (CHUNK_BYTES // UPLOAD_CHUNK),
@@ -139,7 +139,7 @@ def test_each_piece_is_its_byte_range_and_a_changed_file_ends_the_stream(tmp_pat
         ("header", 2),  # the manifest, last
         ("data", 2),
     ]
-    second = b"".join(m.data for m in parts[2 + CHUNK_BYTES // UPLOAD_CHUNK : 4 + CHUNK_BYTES // UPLOAD_CHUNK])
+    second = b"".join(parts[2 + CHUNK_BYTES // UPLOAD_CHUNK : 4 + CHUNK_BYTES // UPLOAD_CHUNK])
     assert second == data[CHUNK_BYTES:]
 
     with (root / "big.bin").open("r+b") as fh:  # same size, other bytes in the second chunk
@@ -147,7 +147,7 @@ def test_each_piece_is_its_byte_range_and_a_changed_file_ends_the_stream(tmp_pat
         fh.write(b"\0" * 4)
     parts = _messages(snap, failures)
     assert len(failures) == 1 and "big.bin changed while it was uploaded" in str(failures[0])
-    assert parts[-1].HasField("data") and sum(m.HasField("header") for m in parts) == 2  # stopped in chunk two
+    assert isinstance(parts[-1], bytes) and sum(isinstance(m, tuple) for m in parts) == 2  # stopped in chunk two
 
 
 def test_a_caller_giving_up_midway_ends_the_stream_with_its_error(tmp_path: Path) -> None:
@@ -161,7 +161,7 @@ def test_a_caller_giving_up_midway_ends_the_stream_with_its_error(tmp_path: Path
         raise KeyError("stop")
 
     parts = _messages(snap, failures, sent)
-    assert [m.WhichOneof("part") for m in parts] == ["header", "data"] and isinstance(failures[0], KeyError)
+    assert [type(m) for m in parts] == [tuple, bytes] and isinstance(failures[0], KeyError)
 
 
 def test_batches_hold_at_most_their_limit() -> None:
