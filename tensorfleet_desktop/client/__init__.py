@@ -5,6 +5,8 @@
         job = tf.submit({"algorithm": "random_forest", "dataset": "iris"})
         tf.wait(job["id"])
         run = tf.submit_project("path/to/project", ["python", "-m", "pkg.train"], num_workers=2)
+        data = tf.upload_dataset_version("path/to/images", "pets")   # version N+1, or "unchanged"
+        tf.submit({"algorithm": "image_classifier", "dataset": f"pets:{data['version']}"})
 
 Jobs, agents and events come back as plain dicts (the same keys as the CLI's --json). The API is written once,
 in AsyncClient; Client runs it on a private event loop. Importing it loads no controller, store or Qt module
