@@ -751,6 +751,9 @@ class DatasetMount(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     MANIFEST_ID_FIELD_NUMBER: _builtins.int
     LISTING_ID_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    TICKET_SIGNATURE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """for messages and paths"""
     version: _builtins.int
@@ -763,6 +766,17 @@ class DatasetMount(_message.Message):
     "get"}]}: "get" is a presigned GET URL (s3) or the absolute file path (file); the agent checks each object's
     etag/size on use and refuses the task naming the files that changed.
     """
+    ticket: _builtins.bytes
+    """a PeerTicket, serialized: what this agent may read from its peers"""
+    ticket_signature: _builtins.bytes
+    """over `ticket`, by the controller's identity key (the certificate a paired"""
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerSource]:
+        """Peer-to-peer (an upload's blobs): the agents the controller knows hold some of this version's blobs. The agent
+        fetches what it lacks from them, several at once, each blob sha256-checked; a blob no peer has was pushed by the
+        controller before RunTask; a peer that fails is replaced by another holding the blob.
+        """
+
     def __init__(
         self,
         *,
@@ -770,14 +784,258 @@ class DatasetMount(_message.Message):
         version: _builtins.int = ...,
         manifest_id: _builtins.str = ...,
         listing_id: _builtins.str = ...,
+        peers: _abc.Iterable[Global___PeerSource] | None = ...,
+        ticket: _builtins.bytes = ...,
+        ticket_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["listing_id", b"listing_id", "manifest_id", b"manifest_id", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["listing_id", b"listing_id", "manifest_id", b"manifest_id", "name", b"name", "peers", b"peers", "ticket", b"ticket", "ticket_signature", b"ticket_signature", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatasetMount: _TypeAlias = DatasetMount  # noqa: Y015
+
+@_typing.final
+class PeerSource(_message.Message):
+    """An agent holding blobs of a dataset version, as the controller sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    CERT_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    address: _builtins.str
+    """host:port of its AgentService (TLS)"""
+    cert_fingerprint: _builtins.str
+    """sha256 hex of its TLS certificate, as the controller pinned it: the reader"""
+    @_builtins.property
+    def sha256(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """checks the peer's certificate against it
+        the mount's blobs it holds (whole files or chunks)
+        """
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        cert_fingerprint: _builtins.str = ...,
+        sha256: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "cert_fingerprint", b"cert_fingerprint", "node_id", b"node_id", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerSource: _TypeAlias = PeerSource  # noqa: Y015
+
+@_typing.final
+class PeerTicket(_message.Message):
+    """What a peer checks before it serves a blob (signed by the controller; short-lived)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READER_NODE_ID_FIELD_NUMBER: _builtins.int
+    CONTROLLER_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    CONTENT_IDS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    reader_node_id: _builtins.str
+    """the agent the ticket was given to"""
+    controller_fingerprint: _builtins.str
+    """whose key signed it: a peer serves only tickets of its paired controllers"""
+    expires_at: _builtins.float
+    """unix seconds"""
+    job_id: _builtins.str
+    """for logs"""
+    @_builtins.property
+    def content_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the dataset versions (manifest ids) whose blobs it may read"""
+
+    def __init__(
+        self,
+        *,
+        reader_node_id: _builtins.str = ...,
+        controller_fingerprint: _builtins.str = ...,
+        content_ids: _abc.Iterable[_builtins.str] | None = ...,
+        expires_at: _builtins.float = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_ids", b"content_ids", "controller_fingerprint", b"controller_fingerprint", "expires_at", b"expires_at", "job_id", b"job_id", "reader_node_id", b"reader_node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerTicket: _TypeAlias = PeerTicket  # noqa: Y015
+
+@_typing.final
+class GetPeerBlobRequest(_message.Message):
+    """Read a blob of a dataset version from a peer (public to the session check: the ticket is the credential)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    TICKET_SIGNATURE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    ticket: _builtins.bytes
+    """DatasetMount.ticket as the reader got it"""
+    ticket_signature: _builtins.bytes
+    sha256: _builtins.str
+    """a blob named by the manifest of one of the ticket's content ids"""
+    offset: _builtins.int
+    """resume a broken download"""
+    def __init__(
+        self,
+        *,
+        ticket: _builtins.bytes = ...,
+        ticket_signature: _builtins.bytes = ...,
+        sha256: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "sha256", b"sha256", "ticket", b"ticket", "ticket_signature", b"ticket_signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPeerBlobRequest: _TypeAlias = GetPeerBlobRequest  # noqa: Y015
+
+@_typing.final
+class DatasetTransfer(_message.Message):
+    """What a task's dataset took to get onto its agent (reported by the agent in a TaskEvent once it is mounted)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BYTES_FROM_PEERS_FIELD_NUMBER: _builtins.int
+    BYTES_FROM_CONTROLLER_FIELD_NUMBER: _builtins.int
+    BYTES_FROM_STORE_FIELD_NUMBER: _builtins.int
+    CACHED_BYTES_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    PEERS_USED_FIELD_NUMBER: _builtins.int
+    PEER_FAILURES_FIELD_NUMBER: _builtins.int
+    bytes_from_peers: _builtins.int
+    bytes_from_controller: _builtins.int
+    """pushed by the controller before RunTask (PutBlob)"""
+    bytes_from_store: _builtins.int
+    """fetched from the object store (FetchBlob, presigned GETs)"""
+    cached_bytes: _builtins.int
+    """already in the agent's cache (or its materialized tree)"""
+    seconds: _builtins.float
+    """from the task's PREPARING to the tree ready"""
+    peers_used: _builtins.int
+    peer_failures: _builtins.int
+    """blobs a peer failed to serve (another source was used)"""
+    def __init__(
+        self,
+        *,
+        bytes_from_peers: _builtins.int = ...,
+        bytes_from_controller: _builtins.int = ...,
+        bytes_from_store: _builtins.int = ...,
+        cached_bytes: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+        peers_used: _builtins.int = ...,
+        peer_failures: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_from_controller", b"bytes_from_controller", "bytes_from_peers", b"bytes_from_peers", "bytes_from_store", b"bytes_from_store", "cached_bytes", b"cached_bytes", "peer_failures", b"peer_failures", "peers_used", b"peers_used", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetTransfer: _TypeAlias = DatasetTransfer  # noqa: Y015
+
+@_typing.final
+class CacheTree(_message.Message):
+    """The agent's blob cache and dataset trees (`tensorfleet agents cache AGENT`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CONTENT_ID_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    LAST_USED_FIELD_NUMBER: _builtins.int
+    IN_USE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """dataset name"""
+    version: _builtins.int
+    content_id: _builtins.str
+    bytes: _builtins.int
+    files: _builtins.int
+    last_used: _builtins.float
+    """unix seconds"""
+    in_use: _builtins.int
+    """tasks holding it now"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        content_id: _builtins.str = ...,
+        bytes: _builtins.int = ...,
+        files: _builtins.int = ...,
+        last_used: _builtins.float = ...,
+        in_use: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "content_id", b"content_id", "files", b"files", "in_use", b"in_use", "last_used", b"last_used", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheTree: _TypeAlias = CacheTree  # noqa: Y015
+
+@_typing.final
+class ListCacheRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCacheRequest: _TypeAlias = ListCacheRequest  # noqa: Y015
+
+@_typing.final
+class ListCacheResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOBS_FIELD_NUMBER: _builtins.int
+    BLOB_BYTES_FIELD_NUMBER: _builtins.int
+    LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    TREES_FIELD_NUMBER: _builtins.int
+    blobs: _builtins.int
+    blob_bytes: _builtins.int
+    limit_bytes: _builtins.int
+    """--blob-cache-gb"""
+    @_builtins.property
+    def trees(self) -> _containers.RepeatedCompositeFieldContainer[Global___CacheTree]: ...
+    def __init__(
+        self,
+        *,
+        blobs: _builtins.int = ...,
+        blob_bytes: _builtins.int = ...,
+        limit_bytes: _builtins.int = ...,
+        trees: _abc.Iterable[Global___CacheTree] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_bytes", b"blob_bytes", "blobs", b"blobs", "limit_bytes", b"limit_bytes", "trees", b"trees"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCacheResponse: _TypeAlias = ListCacheResponse  # noqa: Y015
 
 @_typing.final
 class RunTaskRequest(_message.Message):
@@ -1299,6 +1557,7 @@ class TaskEvent(_message.Message):
     ARTIFACT_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """TaskSpec.task_id"""
     seq: _builtins.int
@@ -1337,6 +1596,10 @@ class TaskEvent(_message.Message):
     def environment(self) -> Global___EnvironmentReady:
         """a project task's working dir and env are ready"""
 
+    @_builtins.property
+    def dataset(self) -> Global___DatasetTransfer:
+        """the task's dataset version is mounted; how it got here"""
+
     def __init__(
         self,
         *,
@@ -1351,12 +1614,13 @@ class TaskEvent(_message.Message):
         artifact: Global___ArtifactReady | None = ...,
         finished: Global___Finished | None = ...,
         environment: Global___EnvironmentReady | None = ...,
+        dataset: Global___DatasetTransfer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "state", b"state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "dataset", b"dataset", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "seq", b"seq", "state", b"state", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "dataset", b"dataset", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "seq", b"seq", "state", b"state", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state", "log", "metric", "progress", "checkpoint", "artifact", "finished", "environment"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state", "log", "metric", "progress", "checkpoint", "artifact", "finished", "environment", "dataset"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

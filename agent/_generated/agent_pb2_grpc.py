@@ -93,6 +93,16 @@ class AgentServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobResponse.FromString,
                 _registered_method=True)
+        self.GetPeerBlob = channel.unary_stream(
+                '/tensorfleet.v1.AgentService/GetPeerBlob',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.GetPeerBlobRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.BlobChunk.FromString,
+                _registered_method=True)
+        self.ListCache = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/ListCache',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.ListCacheRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.ListCacheResponse.FromString,
+                _registered_method=True)
         self.ListEnvs = channel.unary_unary(
                 '/tensorfleet.v1.AgentService/ListEnvs',
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.ListEnvsRequest.SerializeToString,
@@ -208,6 +218,20 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPeerBlob(self, request, context):
+        """A dataset blob for a peer agent holding a valid ticket (public to the session check).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCache(self, request, context):
+        """What the blob cache holds: blobs, bytes, the limit, the materialized dataset versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEnvs(self, request, context):
         """The project envs in the agent's env cache.
         """
@@ -307,6 +331,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.PushBlob,
                     request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_agent__pb2.PushBlobResponse.SerializeToString,
+            ),
+            'GetPeerBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetPeerBlob,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.GetPeerBlobRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.BlobChunk.SerializeToString,
+            ),
+            'ListCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCache,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.ListCacheRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.ListCacheResponse.SerializeToString,
             ),
             'ListEnvs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEnvs,
@@ -639,6 +673,60 @@ class AgentService:
             '/tensorfleet.v1.AgentService/PushBlob',
             tensorfleet_dot_v1_dot_agent__pb2.PushBlobRequest.SerializeToString,
             tensorfleet_dot_v1_dot_agent__pb2.PushBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPeerBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/GetPeerBlob',
+            tensorfleet_dot_v1_dot_agent__pb2.GetPeerBlobRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/ListCache',
+            tensorfleet_dot_v1_dot_agent__pb2.ListCacheRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.ListCacheResponse.FromString,
             options,
             channel_credentials,
             insecure,

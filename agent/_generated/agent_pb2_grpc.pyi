@@ -64,6 +64,10 @@ class AgentServiceStub:
     """Download a blob from an object store into the cache."""
     PushBlob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PushBlobRequest, _agent_pb2.PushBlobResponse]
     """Upload a cached blob to an object store."""
+    GetPeerBlob: _grpc.UnaryStreamMultiCallable[_agent_pb2.GetPeerBlobRequest, _agent_pb2.BlobChunk]
+    """A dataset blob for a peer agent holding a valid ticket (public to the session check)."""
+    ListCache: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListCacheRequest, _agent_pb2.ListCacheResponse]
+    """What the blob cache holds: blobs, bytes, the limit, the materialized dataset versions."""
     ListEnvs: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListEnvsRequest, _agent_pb2.ListEnvsResponse]
     """The project envs in the agent's env cache."""
     PruneEnvs: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PruneEnvsRequest, _agent_pb2.PruneEnvsResponse]
@@ -107,6 +111,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Download a blob from an object store into the cache."""
     PushBlob: _aio.UnaryUnaryMultiCallable[_agent_pb2.PushBlobRequest, _agent_pb2.PushBlobResponse]  # type: ignore[assignment]
     """Upload a cached blob to an object store."""
+    GetPeerBlob: _aio.UnaryStreamMultiCallable[_agent_pb2.GetPeerBlobRequest, _agent_pb2.BlobChunk]  # type: ignore[assignment]
+    """A dataset blob for a peer agent holding a valid ticket (public to the session check)."""
+    ListCache: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListCacheRequest, _agent_pb2.ListCacheResponse]  # type: ignore[assignment]
+    """What the blob cache holds: blobs, bytes, the limit, the materialized dataset versions."""
     ListEnvs: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListEnvsRequest, _agent_pb2.ListEnvsResponse]  # type: ignore[assignment]
     """The project envs in the agent's env cache."""
     PruneEnvs: _aio.UnaryUnaryMultiCallable[_agent_pb2.PruneEnvsRequest, _agent_pb2.PruneEnvsResponse]  # type: ignore[assignment]
@@ -213,6 +221,22 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.PushBlobResponse, _abc.Awaitable[_agent_pb2.PushBlobResponse]]:
         """Upload a cached blob to an object store."""
+
+    @_abc_1.abstractmethod
+    def GetPeerBlob(
+        self,
+        request: _agent_pb2.GetPeerBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.BlobChunk], _abc.AsyncIterator[_agent_pb2.BlobChunk]]:
+        """A dataset blob for a peer agent holding a valid ticket (public to the session check)."""
+
+    @_abc_1.abstractmethod
+    def ListCache(
+        self,
+        request: _agent_pb2.ListCacheRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ListCacheResponse, _abc.Awaitable[_agent_pb2.ListCacheResponse]]:
+        """What the blob cache holds: blobs, bytes, the limit, the materialized dataset versions."""
 
     @_abc_1.abstractmethod
     def ListEnvs(

@@ -609,6 +609,7 @@ class TaskInfo(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
+    DATASET_TRANSFER_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """0..total-1: the rank, fold or trial number"""
     state: Global___JobTaskState.ValueType
@@ -645,6 +646,10 @@ class TaskInfo(_message.Message):
     def environment(self) -> _agent_pb2.EnvironmentReady:
         """a project task's env as its current attempt got it; unset otherwise"""
 
+    @_builtins.property
+    def dataset_transfer(self) -> _agent_pb2.DatasetTransfer:
+        """how its dataset version got onto its agent; unset when it has none"""
+
     def __init__(
         self,
         *,
@@ -664,10 +669,11 @@ class TaskInfo(_message.Message):
         started_at: _builtins.float = ...,
         finished_at: _builtins.float = ...,
         environment: _agent_pb2.EnvironmentReady | None = ...,
+        dataset_transfer: _agent_pb2.DatasetTransfer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset_transfer", b"dataset_transfer", "environment", b"environment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "agent_task_id", b"agent_task_id", "attempt", b"attempt", "environment", b"environment", "error", b"error", "exit_cause", b"exit_cause", "failures", b"failures", "finished_at", b"finished_at", "index", b"index", "metrics", b"metrics", "node_id", b"node_id", "params_json", b"params_json", "progress", b"progress", "replacements", b"replacements", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_name", b"agent_name", "agent_task_id", b"agent_task_id", "attempt", b"attempt", "dataset_transfer", b"dataset_transfer", "environment", b"environment", "error", b"error", "exit_cause", b"exit_cause", "failures", b"failures", "finished_at", b"finished_at", "index", b"index", "metrics", b"metrics", "node_id", b"node_id", "params_json", b"params_json", "progress", b"progress", "replacements", b"replacements", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2312,6 +2318,72 @@ class GetDatasetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDatasetResponse: _TypeAlias = GetDatasetResponse  # noqa: Y015
+
+@_typing.final
+class ReadDatasetFileRequest(_message.Message):
+    """The first bytes of one file of a version: what the desktop app's Datasets view previews (an image, text, a table)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    """NAME or NAME:VERSION"""
+    path: _builtins.str
+    """a file of that version, as GetDataset lists it"""
+    limit: _builtins.int
+    """bytes at most (0 = 1 MiB; more than 8 MiB reads 8 MiB)"""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        path: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "path", b"path", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadDatasetFileRequest: _TypeAlias = ReadDatasetFileRequest  # noqa: Y015
+
+@_typing.final
+class DatasetFileData(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """its first min(limit, size) bytes (a chunked file: its first chunk(s) only)"""
+    truncated: _builtins.bool
+    """the file holds more than data"""
+    @_builtins.property
+    def version(self) -> Global___DatasetVersionInfo:
+        """the version read"""
+
+    @_builtins.property
+    def file(self) -> Global___DatasetFile:
+        """the file, as GetDataset lists it (its whole size)"""
+
+    def __init__(
+        self,
+        *,
+        version: Global___DatasetVersionInfo | None = ...,
+        file: Global___DatasetFile | None = ...,
+        data: _builtins.bytes = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "file", b"file", "truncated", b"truncated", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetFileData: _TypeAlias = DatasetFileData  # noqa: Y015
 
 @_typing.final
 class ModelVersion(_message.Message):

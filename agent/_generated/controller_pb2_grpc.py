@@ -121,6 +121,11 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.PruneAgentEnvsRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsResponse.FromString,
                 _registered_method=True)
+        self.GetAgentCache = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/GetAgentCache',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.ListCacheResponse.FromString,
+                _registered_method=True)
         self.WatchAgents = channel.unary_stream(
                 '/tensorfleet.v1.ControllerService/WatchAgents',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListAgentsRequest.SerializeToString,
@@ -195,6 +200,11 @@ class ControllerServiceStub:
                 '/tensorfleet.v1.ControllerService/GetDataset',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.GetDatasetRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.GetDatasetResponse.FromString,
+                _registered_method=True)
+        self.ReadDatasetFile = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ReadDatasetFile',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ReadDatasetFileRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetFileData.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/ListModels',
@@ -373,6 +383,13 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAgentCache(self, request, context):
+        """an agent's blob cache and dataset trees
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchAgents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -462,6 +479,13 @@ class ControllerServiceServicer:
 
     def GetDataset(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadDatasetFile(self, request, context):
+        """a file's first bytes
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -632,6 +656,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.PruneAgentEnvsRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_agent__pb2.PruneEnvsResponse.SerializeToString,
             ),
+            'GetAgentCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgentCache,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.ListCacheResponse.SerializeToString,
+            ),
             'WatchAgents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAgents,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListAgentsRequest.FromString,
@@ -706,6 +735,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.GetDataset,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.GetDatasetRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.GetDatasetResponse.SerializeToString,
+            ),
+            'ReadDatasetFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadDatasetFile,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ReadDatasetFileRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.DatasetFileData.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -1243,6 +1277,33 @@ class ControllerService:
             _registered_method=True)
 
     @staticmethod
+    def GetAgentCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/GetAgentCache',
+            tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.ListCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def WatchAgents(request,
             target,
             options=(),
@@ -1637,6 +1698,33 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/GetDataset',
             tensorfleet_dot_v1_dot_controller__pb2.GetDatasetRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.GetDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadDatasetFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ReadDatasetFile',
+            tensorfleet_dot_v1_dot_controller__pb2.ReadDatasetFileRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.DatasetFileData.FromString,
             options,
             channel_credentials,
             insecure,

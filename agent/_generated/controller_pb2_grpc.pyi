@@ -59,6 +59,8 @@ class ControllerServiceStub:
     """an agent's cached project envs"""
     PruneAgentEnvs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PruneAgentEnvsRequest, _agent_pb2.PruneEnvsResponse]
     """remove an agent's unused envs"""
+    GetAgentCache: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _agent_pb2.ListCacheResponse]
+    """an agent's blob cache and dataset trees"""
     WatchAgents: _grpc.UnaryStreamMultiCallable[_controller_pb2.ListAgentsRequest, _controller_pb2.AgentEvent]
     AddAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddAgentRequest, _controller_pb2.Agent]
     RemoveAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]
@@ -77,6 +79,8 @@ class ControllerServiceStub:
     CommitDatasetVersion: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CommitDatasetVersionRequest, _controller_pb2.DatasetVersionInfo]
     AddDatasetReference: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddDatasetReferenceRequest, _controller_pb2.DatasetVersionInfo]
     GetDataset: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetDatasetRequest, _controller_pb2.GetDatasetResponse]
+    ReadDatasetFile: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReadDatasetFileRequest, _controller_pb2.DatasetFileData]
+    """a file's first bytes"""
     ListModels: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]
     GetModel: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ModelRequest, _controller_pb2.ModelVersion]
     DownloadModel: _grpc.UnaryStreamMultiCallable[_controller_pb2.DownloadModelRequest, _controller_pb2.ModelChunk]
@@ -116,6 +120,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """an agent's cached project envs"""
     PruneAgentEnvs: _aio.UnaryUnaryMultiCallable[_controller_pb2.PruneAgentEnvsRequest, _agent_pb2.PruneEnvsResponse]  # type: ignore[assignment]
     """remove an agent's unused envs"""
+    GetAgentCache: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _agent_pb2.ListCacheResponse]  # type: ignore[assignment]
+    """an agent's blob cache and dataset trees"""
     WatchAgents: _aio.UnaryStreamMultiCallable[_controller_pb2.ListAgentsRequest, _controller_pb2.AgentEvent]  # type: ignore[assignment]
     AddAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddAgentRequest, _controller_pb2.Agent]  # type: ignore[assignment]
     RemoveAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]  # type: ignore[assignment]
@@ -134,6 +140,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     CommitDatasetVersion: _aio.UnaryUnaryMultiCallable[_controller_pb2.CommitDatasetVersionRequest, _controller_pb2.DatasetVersionInfo]  # type: ignore[assignment]
     AddDatasetReference: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddDatasetReferenceRequest, _controller_pb2.DatasetVersionInfo]  # type: ignore[assignment]
     GetDataset: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetDatasetRequest, _controller_pb2.GetDatasetResponse]  # type: ignore[assignment]
+    ReadDatasetFile: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReadDatasetFileRequest, _controller_pb2.DatasetFileData]  # type: ignore[assignment]
+    """a file's first bytes"""
     ListModels: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]  # type: ignore[assignment]
     GetModel: _aio.UnaryUnaryMultiCallable[_controller_pb2.ModelRequest, _controller_pb2.ModelVersion]  # type: ignore[assignment]
     DownloadModel: _aio.UnaryStreamMultiCallable[_controller_pb2.DownloadModelRequest, _controller_pb2.ModelChunk]  # type: ignore[assignment]
@@ -274,6 +282,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         """remove an agent's unused envs"""
 
     @_abc_1.abstractmethod
+    def GetAgentCache(
+        self,
+        request: _controller_pb2.AgentRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ListCacheResponse, _abc.Awaitable[_agent_pb2.ListCacheResponse]]:
+        """an agent's blob cache and dataset trees"""
+
+    @_abc_1.abstractmethod
     def WatchAgents(
         self,
         request: _controller_pb2.ListAgentsRequest,
@@ -380,6 +396,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.GetDatasetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.GetDatasetResponse, _abc.Awaitable[_controller_pb2.GetDatasetResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadDatasetFile(
+        self,
+        request: _controller_pb2.ReadDatasetFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DatasetFileData, _abc.Awaitable[_controller_pb2.DatasetFileData]]:
+        """a file's first bytes"""
 
     @_abc_1.abstractmethod
     def ListModels(
