@@ -737,6 +737,17 @@ def get_dataset_from_pb(msg: cpb.GetDatasetResponse) -> dict[str, Any]:
     }
 
 
+def dataset_file_data_from_pb(msg: cpb.DatasetFileData) -> dict[str, Any]:
+    """ReadDatasetFile's answer: {"version", "file": {"path", "size", ...}, "data" (bytes), "truncated"}."""
+    f = msg.file
+    return {
+        "version": dataset_version_from_pb(msg.version),
+        "file": {"path": f.path, "size": f.size, "sha256": f.sha256, "etag": f.etag, "chunks": f.chunks},
+        "data": bytes(msg.data),
+        "truncated": msg.truncated,
+    }
+
+
 def preview_from_pb(msg: cpb.DatasetPreview) -> dict[str, Any]:
     return {
         "dataset": dataset_from_pb(msg.dataset),

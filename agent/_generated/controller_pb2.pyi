@@ -2333,7 +2333,7 @@ class ReadDatasetFileRequest(_message.Message):
     path: _builtins.str
     """a file of that version, as GetDataset lists it"""
     limit: _builtins.int
-    """bytes at most (0 = 1 MiB; more than 8 MiB reads 8 MiB)"""
+    """bytes at most (0 = 1 MiB; more than 4 MiB reads 4 MiB)"""
     def __init__(
         self,
         *,

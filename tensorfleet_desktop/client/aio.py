@@ -456,6 +456,12 @@ class AsyncClient:
         request = cpb.GetDatasetRequest(ref=ref, prefix=prefix, limit=limit, cursor=cursor)
         return await self._call("GetDataset", request, wire.get_dataset_from_pb)
 
+    async def read_dataset_file(self, ref: str, path: str, limit: int = 0) -> dict[str, Any]:
+        """The first `limit` bytes (0: 1 MiB, at most 4 MiB) of one file of NAME[:VERSION]: {"version", "file"
+        (its whole size), "data", "truncated"}; what the desktop app previews."""
+        request = cpb.ReadDatasetFileRequest(ref=ref, path=path, limit=limit)
+        return await self._call("ReadDatasetFile", request, wire.dataset_file_data_from_pb)
+
     async def preview_dataset(self, name: str, rows: int = 10) -> dict[str, Any]:
         """{"dataset": {...}, "columns": [...], "rows": [[...], ...]} (values as text, as in the file)."""
         return await self._call("PreviewDataset", cpb.DatasetRequest(name=name, rows=rows), wire.preview_from_pb)

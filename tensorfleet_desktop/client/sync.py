@@ -191,6 +191,7 @@ class Client:
     upload_dataset_version = _blocking(AsyncClient.upload_dataset_version)
     add_dataset_reference = _blocking(AsyncClient.add_dataset_reference)
     dataset = _blocking(AsyncClient.dataset)
+    read_dataset_file = _blocking(AsyncClient.read_dataset_file)
     models = _blocking(AsyncClient.models)
     model = _blocking(AsyncClient.model)
     set_alias = _blocking(AsyncClient.set_alias)

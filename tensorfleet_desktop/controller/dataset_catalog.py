@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from typing import Any
 from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.manifest import (
+    CHUNK_BYTES,
     MAX_MANIFEST_BYTES,
     ManifestEntry,
     manifest_bytes,
@@ -67,6 +69,8 @@ log = logging.getLogger(__name__)
 _NAMED = 5  # missing files or users named in a refusal
 _TREES_KEPT = 8  # parsed manifests/listings remembered (a paged `datasets show` reads the same one)
 BUILTIN_NAMES = {d.name for d in BUILTIN}
+READ_DEFAULT = 1 << 20  # ReadDatasetFile's bytes when the request names no limit
+READ_MAX = 4 << 20  # under gRPC's 8 MiB message cap; within a chunk: a preview never assembles a file
 
 
 class DatasetCatalog:
@@ -559,6 +563,54 @@ class DatasetCatalog:
 
     # ---- previews
 
+    async def read_file(self, ref: str, path: str, limit: int = 0) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+        """The first `limit` bytes (0: READ_DEFAULT; at most READ_MAX) of one file of NAME[:VERSION]: (the version,
+        the file as the tree lists it, the bytes), for the desktop app's previews. An upload reads its blob, or
+        its first chunk(s); a file:// reference the file on this disk, an s3:// one a ranged GET; a reference whose
+        file changed since its snapshot is refused, naming it."""
+        if limit < 0:
+            raise ValidationError("limit", f"must be 0 (the default) or a number of bytes, got {limit}")
+        limit = min(limit or READ_DEFAULT, READ_MAX)
+        record = self.version(ref)
+        tree = await self.tree(record)
+        found = next((f for f in tree if f["path"] == path), None)  # a linear scan: one preview, at most MAX_FILES
+        if found is None:
+            raise NotFoundError(f"{ref_text(record)} has no file {path!r}")
+        if record["source"] == "upload":
+            entry = next(e for e in await self.manifest(record["content_id"]) if e.path == path)
+            pieces = [await self.blobs.ensure(b) for b in _first_pieces(entry, limit)]
+            data = await asyncio.to_thread(_read_pieces, pieces, limit)
+        elif record["source"] == "file":
+            data = await asyncio.to_thread(_read_reference_file, record["url"], found, limit)
+        else:
+            data = await asyncio.to_thread(self._read_s3, record["url"], found, limit)
+        return record, found, data
+
+    def _read_s3(self, url: str, found: dict[str, Any], limit: int) -> bytes:
+        """The first bytes of an s3:// reference's object, its ETag checked against the snapshot (blocking)."""
+        from minio.error import S3Error
+
+        client = getattr(self.blobs, "client", None)
+        if client is None:
+            raise ValidationError("url", "s3:// references are read with the controller's object store: none is set")
+        _, bucket, prefix = dataset_refs.parse_url(url)
+        key = f"{prefix}/{found['path']}" if prefix else found["path"]
+        try:
+            response = client.get_object(bucket, key, offset=0, length=limit) if found["size"] else None
+            if response is None:
+                return b""
+            try:
+                etag = str(response.headers.get("ETag", "")).strip('"')
+                data = bytes(response.read(limit))
+            finally:
+                response.close()
+                response.release_conn()
+        except S3Error as exc:
+            raise ValidationError("path", f"s3://{bucket}/{key}: {exc.code}: {exc.message}") from None
+        if etag and found["etag"] and etag != found["etag"]:
+            raise ValidationError("path", f"s3://{bucket}/{key} changed since this version's snapshot")
+        return data
+
     async def preview(self, ref: str, rows: int) -> tuple[dict[str, Any], list[str], list[list[str]]]:
         entry = self.table(ref)
         path = await self.blobs.ensure(entry["sha256"])
@@ -619,6 +671,38 @@ def _table_file(
 def _unlink_all(tmp: Path) -> None:
     for path in (tmp, tmp.with_name(tmp.name + ".csv")):
         path.unlink(missing_ok=True)
+
+
+def _first_pieces(entry: ManifestEntry, limit: int) -> tuple[str, ...]:
+    """The blobs of a file that hold its first `limit` bytes: the file, or its first chunk(s)."""
+    if not entry.chunks:
+        return entry.blobs
+    return entry.chunks[: max(1, -(-limit // CHUNK_BYTES))]
+
+
+def _read_pieces(pieces: list[Path], limit: int) -> bytes:
+    out = bytearray()
+    for piece in pieces:
+        with piece.open("rb") as fh:
+            out += fh.read(limit - len(out))
+        if len(out) >= limit:
+            break
+    return bytes(out)
+
+
+def _read_reference_file(url: str, found: dict[str, Any], limit: int) -> bytes:
+    """The first bytes of a file:// reference's file on the controller's disk, checked against the snapshot."""
+    _, _, folder = dataset_refs.parse_url(url)
+    full = Path(folder) / str(found["path"])
+    try:
+        with full.open("rb") as fh:
+            stat = os.fstat(fh.fileno())
+            if f"{stat.st_mtime_ns}:{stat.st_size}" != found["etag"]:
+                raise ValidationError("path", f"{full} changed since this version's snapshot: add the folder again")
+            data: bytes = fh.read(limit)
+            return data
+    except OSError as exc:
+        raise ValidationError("path", f"cannot read {full} on the controller: {exc.strerror}") from None
 
 
 def _read_limited(path: Path, limit: int) -> bytes | None:

@@ -403,6 +403,17 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         )
 
     @_unary
+    async def ReadDatasetFile(self, request: cpb.ReadDatasetFileRequest, context: Any) -> cpb.DatasetFileData:
+        """A file's first bytes (a preview): the version's file as GetDataset lists it, and at most `limit` bytes."""
+        record, found, data = await self.c.catalog.read_file(request.ref, request.path, request.limit)
+        return cpb.DatasetFileData(
+            version=wire.dataset_version_to_pb(record),
+            file=wire.dataset_file_to_pb(found),
+            data=data,
+            truncated=len(data) < found["size"],
+        )
+
+    @_unary
     async def ListWorkloads(self, request: cpb.WorkloadsRequest, context: Any) -> cpb.WorkloadsResponse:
         return cpb.WorkloadsResponse(workloads_json=json.dumps([w.to_dict() for w in all_workloads()]))
 

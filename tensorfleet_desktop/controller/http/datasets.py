@@ -3,13 +3,15 @@ request body (`curl -T iris.csv`; the next version of NAME, streamed to disk thr
 UploadDataset uses), or a tree: ask which blobs the controller lacks (`POST /datasets/blobs/missing`), send each
 (`PUT /datasets/blobs/{sha256}`, checked), then commit its manifest (`POST /datasets/{name}/versions`); add an
 s3:// or file:// reference (`POST /datasets/{name}/references`); list datasets with their versions, page a
-version's files (`GET /datasets/{ref}/files`), preview, download a table and delete NAME or NAME:VERSION.
+version's files (`GET /datasets/{ref}/files`), read a file's first bytes (`GET /datasets/{ref}/files/{path}`),
+preview, download a table and delete NAME or NAME:VERSION.
 
 A new upload under a name makes its next version (none when the content equals the latest); jobs name
 `NAME[:VERSION]` and record the exact version."""
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -19,6 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller import operations
+from tensorfleet_desktop.controller.dataset_catalog import READ_MAX
 from tensorfleet_desktop.controller.dataset_versions import files_page, parse_ref, table_entry
 from tensorfleet_desktop.controller.http import files, problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
@@ -385,6 +388,30 @@ async def dataset_files(
         files=[DatasetFile(**f) for f in files],
         next_cursor=next_cursor,
     )
+
+
+@router.get(
+    "/datasets/{ref}/files/{path:path}",
+    tags=["datasets"],
+    summary="A file's first bytes",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the file's first bytes"},
+        **problems.error_responses(404, 422),
+    },
+)
+async def read_file(
+    ctx: Context,
+    ref: Ref,
+    path: str,
+    limit: Annotated[int, Query(ge=0, le=READ_MAX, description="bytes at most (0: 1 MiB)")] = 0,
+) -> Response:
+    """The first `limit` bytes of one file of NAME[:VERSION] (a preview: a chunked file's first chunk(s) only);
+    X-File-Size is its whole size and X-Truncated says whether it holds more."""
+    _record, found, data = await ctx.controller.catalog.read_file(ref, path, limit)
+    media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    headers = {"X-File-Size": str(found["size"]), "X-Truncated": "true" if len(data) < found["size"] else "false"}
+    return Response(content=data, media_type=media, headers=headers)
 
 
 @router.post(
