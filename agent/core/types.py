@@ -56,14 +56,29 @@ class Rendezvous:
 
 
 @dataclass(frozen=True)
+class PeerSource:
+    """An agent holding some of a dataset version's blobs (`sha256`), as the controller sees it: its AgentService
+    address and the TLS certificate fingerprint the controller pinned for it."""
+
+    node_id: str
+    address: str
+    cert_fingerprint: str
+    sha256: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DatasetMount:
     """A dataset version a task reads at TENSORFLEET_DATASET_DIR (issue 20): an upload names its manifest blob, a
-    reference its listing blob (exactly one of the two), both already in the agent's blob cache."""
+    reference its listing blob (exactly one of the two), both already in the agent's blob cache, except the blobs
+    `peers` hold: the agent fetches those from them with `ticket` (a serialized PeerTicket the controller signed)."""
 
     name: str
     version: int
     manifest_id: str = ""
     listing_id: str = ""
+    peers: tuple[PeerSource, ...] = ()
+    ticket: bytes = b""
+    ticket_signature: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,20 @@ class EnvironmentReady:
 
 
 @dataclass(frozen=True)
+class DatasetTransfer:
+    """How a task's dataset version got onto its agent (reported once it is mounted): bytes by source, the seconds
+    from PREPARING to the tree ready, the peers used and the blobs a peer failed to serve."""
+
+    bytes_from_peers: int = 0
+    bytes_from_controller: int = 0
+    bytes_from_store: int = 0
+    cached_bytes: int = 0
+    seconds: float = 0.0
+    peers_used: int = 0
+    peer_failures: int = 0
+
+
+@dataclass(frozen=True)
 class Finished:
     status: TaskState
     exit_cause: str
@@ -222,7 +251,15 @@ class Finished:
 
 
 EventPayload = (
-    StateChanged | LogLine | MetricPoint | Progress | CheckpointSaved | ArtifactReady | EnvironmentReady | Finished
+    StateChanged
+    | LogLine
+    | MetricPoint
+    | Progress
+    | CheckpointSaved
+    | ArtifactReady
+    | EnvironmentReady
+    | DatasetTransfer
+    | Finished
 )
 
 

@@ -16,6 +16,7 @@ from tensorfleet_agent.core.types import (
     BlobRef,
     CheckpointSaved,
     DatasetMount,
+    DatasetTransfer,
     EnvironmentReady,
     EventPayload,
     ExitCause,
@@ -25,6 +26,7 @@ from tensorfleet_agent.core.types import (
     LogLine,
     MetricPoint,
     NodeInfo,
+    PeerSource,
     Progress,
     Rendezvous,
     StateChanged,
@@ -159,7 +161,18 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         mount = spec.dataset_mount
         msg.dataset_mount.CopyFrom(
             pb.DatasetMount(
-                name=mount.name, version=mount.version, manifest_id=mount.manifest_id, listing_id=mount.listing_id
+                name=mount.name,
+                version=mount.version,
+                manifest_id=mount.manifest_id,
+                listing_id=mount.listing_id,
+                peers=[
+                    pb.PeerSource(
+                        node_id=p.node_id, address=p.address, cert_fingerprint=p.cert_fingerprint, sha256=p.sha256
+                    )
+                    for p in mount.peers
+                ],
+                ticket=mount.ticket,
+                ticket_signature=mount.ticket_signature,
             )
         )
     if spec.rendezvous is not None:
@@ -202,6 +215,12 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
                 msg.dataset_mount.version,
                 msg.dataset_mount.manifest_id,
                 msg.dataset_mount.listing_id,
+                tuple(
+                    PeerSource(p.node_id, p.address, p.cert_fingerprint, tuple(p.sha256))
+                    for p in msg.dataset_mount.peers
+                ),
+                msg.dataset_mount.ticket,
+                msg.dataset_mount.ticket_signature,
             )
             if msg.HasField("dataset_mount")
             else None
@@ -341,6 +360,30 @@ def environment_from_pb(e: pb.EnvironmentReady) -> EnvironmentReady:
     )
 
 
+def dataset_transfer_to_pb(p: DatasetTransfer) -> pb.DatasetTransfer:
+    return pb.DatasetTransfer(
+        bytes_from_peers=p.bytes_from_peers,
+        bytes_from_controller=p.bytes_from_controller,
+        bytes_from_store=p.bytes_from_store,
+        cached_bytes=p.cached_bytes,
+        seconds=p.seconds,
+        peers_used=p.peers_used,
+        peer_failures=p.peer_failures,
+    )
+
+
+def dataset_transfer_from_pb(d: pb.DatasetTransfer) -> DatasetTransfer:
+    return DatasetTransfer(
+        d.bytes_from_peers,
+        d.bytes_from_controller,
+        d.bytes_from_store,
+        d.cached_bytes,
+        d.seconds,
+        d.peers_used,
+        d.peer_failures,
+    )
+
+
 def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
     msg = pb.TaskEvent(task_id=event.task_id, seq=event.seq, time=event.time)
     p = event.payload
@@ -358,6 +401,8 @@ def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
         msg.artifact.CopyFrom(pb.ArtifactReady(sha256=p.sha256, size=p.size, kind=p.kind, name=p.name))
     elif isinstance(p, EnvironmentReady):
         msg.environment.CopyFrom(environment_to_pb(p))
+    elif isinstance(p, DatasetTransfer):
+        msg.dataset.CopyFrom(dataset_transfer_to_pb(p))
     elif isinstance(p, Finished):
         msg.finished.CopyFrom(
             pb.Finished(
@@ -390,6 +435,8 @@ def event_from_pb(msg: pb.TaskEvent) -> TaskEvent:
         payload = ArtifactReady(a.sha256, a.size, a.kind, a.name)
     elif which == "environment":
         payload = environment_from_pb(msg.environment)
+    elif which == "dataset":
+        payload = dataset_transfer_from_pb(msg.dataset)
     elif which == "finished":
         f = msg.finished
         cause = EXIT_CAUSE.from_pb(f.exit_cause, "finished.exit_cause")
