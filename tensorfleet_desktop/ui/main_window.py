@@ -209,7 +209,8 @@ class MainWindow(QMainWindow):
     # ---- shortcuts (menu actions, so they are discoverable)
 
     def submit_job(self, dataset: str = "") -> None:
-        """Ctrl+N: the submit dialog on the Jobs view (with `dataset` chosen: Datasets → Use in a new job…)."""
+        """Ctrl+N: the submit dialog on the Jobs view (with `dataset`, a built-in's name or NAME:VERSION, chosen:
+        Datasets → Use in a new job…)."""
         self.show_view(self.jobs)
         before = self.jobs.dialog
         self.jobs.open_submit_dialog()
@@ -225,12 +226,9 @@ class MainWindow(QMainWindow):
                 QTimer.singleShot(50, lambda: self._choose_dataset_when_open(before, dataset, tries - 1))
             return
         if dialog.dataset.findData(dataset) < 0:
-            builtin = any(dataset in w["datasets"] for w in dialog.workloads if w["tasks"])
-            for w in dialog.workloads:
-                offers = dataset in w["datasets"] if builtin else w["category"] in ("sklearn", "torch")
-                if w["tasks"] and offers:
-                    dialog.select_workload(w["name"])
-                    break
+            workload = dialog.workload_for(dataset)
+            if workload is not None:
+                dialog.select_workload(workload)
         dialog.select_dataset(dataset)
 
     def focus_filter(self) -> None:

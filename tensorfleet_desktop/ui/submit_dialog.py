@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.workloads.datasets import IMAGES
 from tensorfleet_desktop.controller.jobspec import KEEP_MODELS, parse_job_spec
 from tensorfleet_desktop.controller.sweep import SEARCHES
 from tensorfleet_desktop.ui import theme as themes
@@ -48,7 +49,8 @@ CATEGORY_ORDER = {"sklearn": 0, "torch": 1, "script": 2, "diagnostic": 3}
 DIAGNOSTIC = "diagnostic"  # noop, sleep, emit, fail…: platform checks, listed only on request
 SHOW_DIAGNOSTIC = "show_diagnostic_workloads"  # the QSettings key of that request
 INVALID_STYLE = "border: 1px solid #d1242f; background: rgba(209, 36, 47, 0.08);"
-UPLOADED = "uploaded:"
+UPLOADED = "uploaded:"  # a table's item: uploaded:NAME:VERSION (a --target workload trains on it)
+NO_FOLDER = "(none: the data_dir parameter names a folder on the agents)"
 PROJECT = "project"  # the project workload: submitted from its own tab, not from the schema form
 
 
@@ -140,7 +142,9 @@ class SubmitDialog(QDialog):
             key=lambda w: (CATEGORY_ORDER.get(w["category"], 9), w["name"]),
         )
         self.workloads: list[dict[str, Any]] = []  # those the Workload list shows
-        self.uploaded = {d["name"]: d for d in datasets}
+        stored = [d for d in datasets if not d.get("builtin")]  # ListDatasets lists the built-ins too
+        self.uploaded = {d["name"]: d for d in stored if d.get("format")}  # tables: their latest version
+        self.folders = [d for d in stored if not d.get("format")]  # trees and references: every version
         self.agents = agents
         self.params: dict[str, ParamInput] = {}
         self.errors: dict[str, str] = {}
@@ -346,10 +350,30 @@ class SubmitDialog(QDialog):
         self.workload.setCurrentIndex(self.workload.findData(name))
 
     def select_dataset(self, name: str) -> None:
+        """A built-in's name, a folder's NAME:VERSION, or a table's NAME[:VERSION] (its latest when the version is
+        not offered)."""
         index = self.dataset.findData(name)
         if index < 0:
             index = self.dataset.findData(UPLOADED + name)
+        if index < 0 and name.split(":", 1)[0] in self.uploaded:
+            index = self.dataset.findData(UPLOADED + _table_ref(self.uploaded[name.split(":", 1)[0]]))
         self.dataset.setCurrentIndex(index)
+
+    def workload_for(self, ref: str) -> str | None:
+        """The first workload that takes this dataset: one offering the built-in, an image workload for a folder
+        version, a table workload for a table."""
+        name = ref.split(":", 1)[0]
+        for w in self.workloads:
+            if not w["tasks"]:
+                continue
+            images = IMAGES in w["tasks"]
+            if ref in w["datasets"]:
+                return str(w["name"])
+            if images and any(d["name"] == name for d in self.folders):
+                return str(w["name"])
+            if not images and name in self.uploaded and w["category"] in ("sklearn", "torch"):
+                return str(w["name"])
+        return None
 
     def _workload_changed(self) -> None:
         w = self.current_workload()
@@ -367,12 +391,20 @@ class SubmitDialog(QDialog):
         self._guard_wheels()
         self.dataset.blockSignals(True)
         self.dataset.clear()
-        if w["tasks"]:
+        if IMAGES in w["tasks"]:  # a folder (class_name/*.png): each version of each tree or reference
+            for entry in self.folders:
+                for v in reversed(entry.get("versions") or []):
+                    ref = f"{entry['name']}:{v['version']}"
+                    about = f"{v['source']}, {v['files']} files, {human_bytes(v['bytes'])}"
+                    self.dataset.addItem(f"{ref}  ({about})", ref)
+            self.dataset.addItem(NO_FOLDER, "")
+        elif w["tasks"]:
             for name in w["datasets"]:
                 self.dataset.addItem(name, name)
             if w["category"] in ("sklearn", "torch"):
                 for entry in self.uploaded.values():
-                    self.dataset.addItem(f"{entry['name']} (uploaded, {entry['rows']} rows)", UPLOADED + entry["name"])
+                    ref = _table_ref(entry)
+                    self.dataset.addItem(f"{ref}  (table, {entry['rows']} rows)", UPLOADED + ref)
         else:
             self.dataset.addItem("(no dataset)", "")
         self.dataset.blockSignals(False)
@@ -393,7 +425,7 @@ class SubmitDialog(QDialog):
         self.target.blockSignals(True)
         self.target.clear()
         if data.startswith(UPLOADED):
-            columns = self.uploaded[data[len(UPLOADED) :]]["columns"]
+            columns = self.uploaded[data[len(UPLOADED) :].split(":", 1)[0]]["columns"]
             self.target.addItems(columns)
             self.target.setCurrentIndex(len(columns) - 1)
         self.target.blockSignals(False)
@@ -491,7 +523,7 @@ class SubmitDialog(QDialog):
         """What parse_job_spec can check here: an uploaded dataset is resolved by the controller."""
         if "target" not in spec:
             return spec
-        entry = self.uploaded[spec["dataset"]]
+        entry = self.uploaded[spec["dataset"].split(":", 1)[0]]
         tasks = self.current_workload()["tasks"]
         local = {k: v for k, v in spec.items() if k != "target"}
         local["dataset"] = f"user:{entry['sha256']}"
@@ -574,6 +606,11 @@ class SubmitDialog(QDialog):
     def submit_succeeded(self, job: dict[str, Any]) -> None:
         self.submitted.emit(job)
         self.accept()
+
+
+def _table_ref(entry: dict[str, Any]) -> str:
+    """NAME:VERSION of a table's latest version (NAME alone from a controller without versions)."""
+    return f"{entry['name']}:{entry['latest_version']}" if entry.get("latest_version") else str(entry["name"])
 
 
 def upload_text(upload: dict[str, int]) -> str:

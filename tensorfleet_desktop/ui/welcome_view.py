@@ -212,7 +212,10 @@ class WelcomeView(View):
                 + (f", {html.escape(shape_text(d))}" if shape_text(d) else "")
                 + (f": {html.escape(summary)}" if summary else "")
             )
-        lines.append("Your own data: Datasets → Upload… (CSV or Parquet).")
+        lines.append(
+            "Your own data: Datasets → Upload folder… (e.g. class folders of images), Upload file… (CSV or Parquet) "
+            "or Add reference… (s3:// or file://)."
+        )
         self.datasets_text.setText("<br>".join(lines))
 
     def _update_demo_button(self) -> None:

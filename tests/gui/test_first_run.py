@@ -165,7 +165,7 @@ def test_the_datasets_view_lists_the_built_in_datasets(qtbot: Any, tmp_path: Pat
     assert (iris["format"], iris["task"], iris["rows"], iris["features"]) == ("built-in", "classification", 150, 4)
     assert rows["diabetes"]["task"] == "regression"
     view.select("iris", builtin=True)
-    assert not view.delete_button.isEnabled()  # built-ins ship with the agents
+    assert not view.delete_version_button.isEnabled()  # built-ins ship with the agents
     assert "No preview" in view.preview_label.text()
     view.ask_delete()  # nothing asked, nothing deleted (QMessageBox.question would block here)
 

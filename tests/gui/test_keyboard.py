@@ -70,6 +70,13 @@ def answers() -> dict[str, Any]:
         "models": {"pagination": {"page": 1, "pages": 1, "total": 0}, "models": []},
         "jobs": [],
         "job": lambda job_id: job(job_id, "trained", cpb.JOB_STATE_SUCCEEDED),
+        "dataset": lambda ref, **_kw: {
+            "dataset": upload(ref.split(":")[0]),
+            "version": None,
+            "files": [{"path": "points.csv", "size": 30, "sha256": "", "etag": "", "chunks": 0}],
+            "next_cursor": "",
+        },
+        "read_dataset_file": lambda _ref, _path, _limit: {"data": b"x1,x2,label\n1,0.5,a\n", "truncated": False},
         "preview_dataset": lambda name, _rows: {
             "dataset": upload(name),
             "columns": ["x1", "x2", "label"],
@@ -263,13 +270,13 @@ def test_datasets_rows_have_a_context_menu_and_use_in_a_new_job_opens_the_dialog
     proxy = view.table.model()
     rows = {proxy.index(r, 0).data(): r for r in range(proxy.rowCount())}
     builtin = actions(row_menu(view.table, rows["iris"]))
-    assert builtin == {"Preview": False, "Use in a new job…": True, "Delete…": False}
+    assert builtin == {"Use in a new job…": True, "Delete version…": False, "Delete dataset…": False}
     uploaded = row_menu(view.table, rows["points"])
-    assert actions(uploaded) == {"Preview": True, "Use in a new job…": True, "Delete…": True}
+    assert actions(uploaded) == {"Use in a new job…": True, "Delete version…": True, "Delete dataset…": True}
     trigger(uploaded, "Use in a new job…")
     dialog = window.jobs.dialog
     assert dialog is not None and window.stack.currentWidget() is window.jobs
-    qtbot.waitUntil(lambda: dialog.dataset.currentData() == "uploaded:points")
+    qtbot.waitUntil(lambda: dialog.dataset.currentData() == "uploaded:points:1")  # its version, pinned
     dialog.reject()
     trigger(row_menu(view.table, rows["diabetes"]), "Use in a new job…")  # a regression set: a workload that takes it
     regression = window.jobs.dialog
