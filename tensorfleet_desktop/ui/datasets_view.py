@@ -205,6 +205,8 @@ class DatasetsView(View):
 
         self.versions = QComboBox()
         self.versions.setObjectName("version_picker")
+        self.versions.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.versions.setMinimumContentsLength(28)
         self.versions.currentIndexChanged.connect(self._version_chosen)
         self.version_info = QLabel()
         self.version_info.setObjectName("version_info")
