@@ -115,6 +115,13 @@ def submit_jobs(address: str, root: Path) -> list[str]:
     with Client(address) as client:
         _wait("2 agents", lambda: sum(a["state"] == "ONLINE" and a["paired"] for a in client.agents()) == 2, 90)
         client.upload_dataset(csv_path, "wine-csv")
+        if importlib.util.find_spec("PIL"):  # an image folder, as two versions (the Datasets view's tree and preview)
+            from tensorfleet_agent.workloads.shapes import generate
+
+            generate(root / "shapes", per_class=12, size=96, classes=3)
+            client.upload_dataset_version(root / "shapes", "shapes")
+            generate(root / "shapes", per_class=16, size=96, classes=3)
+            client.upload_dataset_version(root / "shapes", "shapes")
         specs = [*DEMO_JOBS, *EXTRA_JOBS, CURVES_SWEEP]
         specs.append(
             {"name": "wine-csv-forest", "algorithm": "random_forest", "dataset": "wine-csv", "target": "cultivar"}
@@ -316,6 +323,13 @@ def photograph(address: str, out: Path, data_dir: Path) -> tuple[list[Path], lis
         window.datasets.select("wine-csv")
         pump(5, lambda: window.datasets.preview.rowCount() > 0)
         shot("datasets")
+        view = window.datasets
+        if view.model.find("shapes") >= 0:
+            view.select("shapes")
+            pump(10, lambda: view.shown_ref.startswith("shapes:") and bool(view.tree.files))
+            view.tree.select_path(sorted(p for p in view.tree.files if p.endswith(".png"))[0])
+            pump(10, lambda: view.pane.shown is not None and view.pane.shown.kind == "image")
+            shot("datasets-images")
 
     def settings() -> None:
         window.show_view(window.settings)
