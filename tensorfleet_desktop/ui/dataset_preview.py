@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from tensorfleet_desktop.client import AsyncClient
+from tensorfleet_desktop.client import AsyncClient, TensorFleetError
 from tensorfleet_desktop.ui.formatting import human_bytes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -70,6 +70,13 @@ async def fetch_preview(client: AsyncClient, ref: str, file: dict[str, Any]) -> 
     if kind == "image" and size > IMAGE_BYTES:
         text = f"{path}: an image of {human_bytes(size)}, over the {human_bytes(IMAGE_BYTES)} previewed"
         return Preview(ref, path, "message", size, text=text)
+    if path.lower().endswith(".parquet"):  # a table version's file: the controller reads it (no pyarrow here)
+        try:
+            rows = await client.preview_dataset(ref, PREVIEW_ROWS)
+        except TensorFleetError:
+            pass  # not a version of one table: its first bytes, as any other file
+        else:
+            return Preview(ref, path, "table", size, columns=rows["columns"], rows=rows["rows"])
     limit = {"image": IMAGE_BYTES, "table": TABLE_BYTES}.get(kind, TEXT_BYTES)
     read = await client.read_dataset_file(ref, path, limit)
     return await asyncio.to_thread(decode, ref, path, kind, read["data"], size, read["truncated"])

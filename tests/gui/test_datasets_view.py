@@ -151,3 +151,17 @@ def test_a_folder_its_versions_tree_and_previews(
     ran = {what for what, _thread in threads}
     assert {"dataset", "read_dataset_file", "upload_dataset_version", "decode", "delete_dataset"} <= ran
     assert all(thread != main for _what, thread in threads), threads
+
+
+def test_a_parquet_table_is_previewed_as_rows(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    parquet = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "flowers.parquet"
+    parquet.write_table(pa.table({"petal": [1.0, 2.0, 3.0], "kind": ["a", "b", "a"]}), path)
+    view = window.datasets
+    window.show_view(view)
+    qtbot.waitUntil(lambda: window.bridge.online, timeout=WAIT_MS)
+    view.upload(path, "gui-flowers")
+    qtbot.waitUntil(lambda: view.pane.shown is not None and view.pane.shown.ref == "gui-flowers:1", timeout=WAIT_MS)
+    assert view.pane.shown.kind == "table" and view.preview.rowCount() == 3
+    assert [view.preview.horizontalHeaderItem(i).text() for i in range(2)] == ["petal", "kind"]
