@@ -12,6 +12,12 @@ from tensorfleet_agent.core.types import TaskSpec
 
 
 def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
+    """A dataset mount's peers and ticket are left out: they say how to fetch the version this time, not which task
+    this is (a RunTask sent again with a fresh ticket is the same task), and the ticket is a credential the task's
+    code has no use for."""
     body = dataclasses.asdict(spec)
     body["inputs"] = [dataclasses.asdict(ref) for ref in spec.inputs]
+    if spec.dataset_mount is not None:
+        for transport in ("peers", "ticket", "ticket_signature"):
+            body["dataset_mount"].pop(transport, None)
     return body

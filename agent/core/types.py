@@ -67,6 +67,18 @@ class PeerSource:
 
 
 @dataclass(frozen=True)
+class PeerTicket:
+    """What a peer checks before it serves a dataset blob (security/tickets.py): the reader it was given to, the
+    controller that signed it, the versions (manifest ids) it may read, until when."""
+
+    reader_node_id: str
+    controller_fingerprint: str
+    content_ids: frozenset[str]
+    expires_at: float  # unix seconds
+    job_id: str = ""
+
+
+@dataclass(frozen=True)
 class DatasetMount:
     """A dataset version a task reads at TENSORFLEET_DATASET_DIR (issue 20): an upload names its manifest blob, a
     reference its listing blob (exactly one of the two), both already in the agent's blob cache, except the blobs

@@ -13,7 +13,7 @@ import secrets
 import socket
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,6 +92,47 @@ def fetch_certificate_blocking(address: str, timeout: float = 5.0) -> bytes:
 
 async def fetch_certificate(address: str, timeout: float = 5.0) -> bytes:
     return await asyncio.to_thread(fetch_certificate_blocking, address, timeout)
+
+
+class PeerIdentityError(Exception):
+    """A peer agent's TLS certificate is not the one the controller pinned for it."""
+
+
+def peer_channel(address: str, cert_fingerprint: str, timeout: float = 5.0) -> grpc.Channel:
+    """A blocking channel to a peer agent (dataset blobs, issue 20) whose TLS certificate must be the one with
+    `cert_fingerprint` (as the controller pinned it): the certificate is read, compared, then trusted alone, so a
+    machine without that key cannot answer. "" (an --insecure agent on loopback): plaintext."""
+    if not cert_fingerprint:
+        return create_sync_channel(address)
+    pem = fetch_certificate_blocking(address, timeout)
+    node_id, fingerprint = node_id_of_cert(pem)
+    if fingerprint != cert_fingerprint.lower():
+        raise PeerIdentityError(
+            f"{address} presents certificate {fingerprint[:16]}, not {cert_fingerprint[:16]} as the controller "
+            "pinned it for that agent"
+        )
+    return create_sync_channel(address, pinned_credentials(pem), node_id)
+
+
+class PeerBlobCall:
+    """One GetPeerBlob stream from a peer agent (blocking): iterating gives the blob's size (an int) first, then its
+    bytes from `offset`; grpc.RpcError as the stream fails; cancel() ends it early (from any thread)."""
+
+    def __init__(
+        self, channel: grpc.Channel, ticket: bytes, signature: bytes, sha256: str, offset: int, timeout: float
+    ) -> None:
+        request = pb.GetPeerBlobRequest(ticket=ticket, ticket_signature=signature, sha256=sha256, offset=offset)
+        self._call = pb_grpc.AgentServiceStub(channel).GetPeerBlob(request, timeout=timeout)
+
+    def __iter__(self) -> Iterator[int | bytes]:
+        for msg in self._call:
+            if msg.WhichOneof("part") == "header":
+                yield int(msg.header.size)
+            else:
+                yield bytes(msg.data)
+
+    def cancel(self) -> None:
+        self._call.cancel()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)
@@ -317,6 +358,11 @@ class AgentClient:
         request = pb.PruneEnvsRequest(keep_bytes=keep_bytes)
         reply = await self._call(lambda md: self.stub.PruneEnvs(request, timeout=timeout, metadata=md))
         return convert.prune_envs_from_pb(reply)
+
+    async def list_cache(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The agent's blob cache and dataset trees (convert.list_cache_from_pb's dict)."""
+        reply = await self._call(lambda md: self.stub.ListCache(pb.ListCacheRequest(), timeout=timeout, metadata=md))
+        return convert.list_cache_from_pb(reply)
 
     async def get_blob(self, sha256: str, dest: Path) -> int:
         """Download a blob to `dest`, verifying its sha256; returns its size."""

@@ -27,6 +27,7 @@ from tensorfleet_agent.core.types import (
     MetricPoint,
     NodeInfo,
     PeerSource,
+    PeerTicket,
     Progress,
     Rendezvous,
     StateChanged,
@@ -358,6 +359,53 @@ def environment_from_pb(e: pb.EnvironmentReady) -> EnvironmentReady:
     return EnvironmentReady(
         e.key, e.cache_hit, e.build_seconds, e.source, e.python, e.files, e.bytes, e.materialize_seconds
     )
+
+
+def peer_ticket_to_bytes(t: PeerTicket) -> bytes:
+    """A PeerTicket as the controller signs it and peers check it (sorted content ids: one encoding per ticket)."""
+    return pb.PeerTicket(
+        reader_node_id=t.reader_node_id,
+        controller_fingerprint=t.controller_fingerprint,
+        content_ids=sorted(t.content_ids),
+        expires_at=t.expires_at,
+        job_id=t.job_id,
+    ).SerializeToString()
+
+
+def peer_ticket_from_bytes(data: bytes) -> PeerTicket:
+    """The ticket in `data`; ValidationError when it is not a PeerTicket message."""
+    try:
+        msg = pb.PeerTicket.FromString(data)
+    except DecodeError:
+        raise ValidationError("ticket", "is not a PeerTicket message") from None
+    return PeerTicket(
+        msg.reader_node_id, msg.controller_fingerprint, frozenset(msg.content_ids), msg.expires_at, msg.job_id
+    )
+
+
+def list_cache_to_pb(
+    blobs: int, blob_bytes: int, limit_bytes: int, trees: Sequence[Mapping[str, Any]]
+) -> pb.ListCacheResponse:
+    """ListCache's answer: the blob cache's size and limit, and each standing dataset tree (CacheTree's fields)."""
+    return pb.ListCacheResponse(
+        blobs=blobs,
+        blob_bytes=blob_bytes,
+        limit_bytes=limit_bytes,
+        trees=[pb.CacheTree(**{k: t[k] for k in CACHE_TREE_KEYS}) for t in trees],
+    )
+
+
+def list_cache_from_pb(msg: pb.ListCacheResponse) -> dict[str, Any]:
+    """{"blobs", "blob_bytes", "limit_bytes", "trees": [dicts with CACHE_TREE_KEYS, most recently used first]}."""
+    return {
+        "blobs": msg.blobs,
+        "blob_bytes": msg.blob_bytes,
+        "limit_bytes": msg.limit_bytes,
+        "trees": [{k: getattr(t, k) for k in CACHE_TREE_KEYS} for t in msg.trees],
+    }
+
+
+CACHE_TREE_KEYS = ("name", "version", "content_id", "bytes", "files", "last_used", "in_use")
 
 
 def dataset_transfer_to_pb(p: DatasetTransfer) -> pb.DatasetTransfer:

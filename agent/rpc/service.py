@@ -31,9 +31,11 @@ from tensorfleet_agent.rpc import convert, handlers
 from tensorfleet_agent.runtime import transfer
 from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
 from tensorfleet_agent.runtime.executor import Executor
+from tensorfleet_agent.runtime.peer_blobs import PeerBlobs
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler
 from tensorfleet_agent.security.authority import AuthError, Authority
 from tensorfleet_agent.security.interceptor import bearer
+from tensorfleet_agent.security.tickets import check_ticket
 from tensorfleet_agent.workloads.registry import get_workload
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self.node_info = node_info
         self.authority = authority
         self.allow_scripts = allow_scripts
+        self.peer_blobs = PeerBlobs(blobs)
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_AgentServiceServicer_to_server(self, server)
@@ -195,6 +198,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         if await asyncio.to_thread(self.blobs.has, request.sha256):
             return pb.PutBlobResponse(sha256=request.sha256, size=request.size, already_present=True)
         await asyncio.to_thread(transfer.fetch, self.blobs, request.sha256, request.size, request.url)
+        self.blobs.note_received(request.sha256, request.size, "store")
         log.info("fetched blob %s (%d bytes) from the object store", request.sha256[:12], request.size)
         return pb.PutBlobResponse(sha256=request.sha256, size=request.size)
 
@@ -231,7 +235,28 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         except BaseException:
             await asyncio.to_thread(writer.abort)
             raise
+        self.blobs.note_received(header.sha256, header.size, "controller")
         return pb.PutBlobResponse(sha256=header.sha256, size=header.size)
+
+    @_stream
+    async def GetPeerBlob(self, request: pb.GetPeerBlobRequest, context: Any) -> AsyncIterator[pb.BlobChunk]:
+        """A dataset blob for a peer agent: the ticket (signed by a paired controller, not expired) must name a
+        version this agent holds whose manifest names the blob; a chunk of an assembled file is a range of it."""
+        ticket = await asyncio.to_thread(check_ticket, self.authority, request.ticket, request.ticket_signature)
+        piece = await asyncio.to_thread(self.peer_blobs.locate, ticket.content_ids, request.sha256)
+        if not 0 <= request.offset <= piece.length:
+            raise ValidationError("offset", f"must be between 0 and the blob size {piece.length}, got {request.offset}")
+        log.debug("serving %s to peer %s (job %s)", request.sha256[:12], ticket.reader_node_id[:12], ticket.job_id)
+        yield pb.BlobChunk(header=pb.BlobHeader(sha256=request.sha256, size=piece.length))
+        chunks: Iterator[bytes] = self.peer_blobs.read(piece, request.offset)
+        while (data := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield pb.BlobChunk(data=data)
+
+    @_unary
+    async def ListCache(self, request: pb.ListCacheRequest, context: Any) -> pb.ListCacheResponse:
+        blobs, size = await asyncio.to_thread(self.blobs.usage)
+        trees = [dataclasses.asdict(t) for t in self.executor.datasets.trees()]
+        return convert.list_cache_to_pb(blobs, size, self.blobs.limit_bytes, trees)
 
     def _authority(self) -> Authority:
         if self.authority is None:

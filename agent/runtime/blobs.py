@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Protocol
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK_BYTES = 1 << 20
+MAX_RECEIVED = 200_000  # blobs remembered as received until a dataset mount counts them
 LEFTOVER_GRACE = 600.0  # seconds a temporary file of a copy into the cache must be untouched before it is removed
 
 
@@ -102,6 +103,9 @@ class BlobStore:
         self._pins: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.trees: Trees | None = None  # the dataset trees linked from this cache, set by their owner
+        # Blobs that arrived by PutBlob ("controller") or FetchBlob ("store") and no dataset mount has counted yet:
+        # a task's DatasetTransfer says where its version's bytes came from (bounded; the oldest forgotten).
+        self._received: OrderedDict[str, tuple[str, int]] = OrderedDict()
         root.mkdir(parents=True, exist_ok=True)
         self.reclaim_leftovers()
 
@@ -164,6 +168,19 @@ class BlobStore:
         self.touch(sha256)
         self.evict()
 
+    def note_received(self, sha256: str, size: int, source: str) -> None:
+        """A blob arrived from `source` ("controller", "store"); counted by the next dataset mount that uses it."""
+        with self._lock:
+            self._received[sha256] = (source, size)
+            self._received.move_to_end(sha256)
+            while len(self._received) > MAX_RECEIVED:
+                self._received.popitem(last=False)
+
+    def take_received(self, digests: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """Of `digests`, those noted as received (and not counted since): digest -> (source, size); forgotten."""
+        with self._lock:
+            return {d: got for d in set(digests) if (got := self._received.pop(d, None)) is not None}
+
     def pin(self, digests: Iterable[str]) -> None:
         with self._lock:
             self._pins.update(digests)
@@ -188,6 +205,20 @@ class BlobStore:
         os.replace(tmp, dest)
         self.evict(keep=digest)
         return dest
+
+    def usage(self) -> tuple[int, int]:
+        """(blobs, bytes) in the cache now (`tensorfleet agents cache`)."""
+        count = total = 0
+        for sub in self.root.iterdir():
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for blob in sub.iterdir():
+                if blob.name.startswith("."):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    total += blob.stat().st_size
+                    count += 1
+        return count, total
 
     def evict(self, keep: str | None = None) -> int:
         """Delete least-recently-used unpinned blobs until the cache fits its limit. A blob a dataset tree links

@@ -19,6 +19,12 @@ whole file: each chunk's sha256 is checked as it is read (a damaged one is remov
 next try fetches it again), then the whole file's; its chunk blobs are dropped afterwards unless someone else pins
 them or they are also a file of the version.
 
+Peers (phase B): blobs of an upload that this agent lacks and the mount's `peers` hold are fetched from them before
+the assembly (runtime/peer_fetch.py: several streams, sha256-checked, a failing peer's blobs resumed from another);
+what no peer could give fails the task SETUP naming the blobs (the controller pushes them on the retry). The tree's
+DatasetTransfer (HeldDataset.transfer) says where the bytes came from: peers, the controller's pushes and the object
+store's fetches noted by the blob cache since the last mount, and what was already here.
+
 A reference: the listing blob is JSON {"url", "objects": [{"path", "size", "etag", "get"}]}. Each object is read
 from "get" (a presigned http(s) GET, or an absolute file path on a folder every agent mounts), its size and etag
 checked against the snapshot (s3: the response's ETag; file: "mtime_ns:size" before and after the copy), hashed
@@ -62,8 +68,9 @@ from tensorfleet_agent.core.manifest import (
     manifest_from_bytes,
     validate_manifest,
 )
-from tensorfleet_agent.core.types import DatasetMount, ExitCause
+from tensorfleet_agent.core.types import DatasetMount, DatasetTransfer, ExitCause
 from tensorfleet_agent.runtime.blobs import SHA256_RE, BlobStore
+from tensorfleet_agent.runtime.peer_fetch import FetchResult, PeerFetch, Want, missing_message
 from tensorfleet_agent.runtime.workdir import BlobsMissing, materialize
 
 log = logging.getLogger(__name__)
@@ -100,6 +107,24 @@ class HeldDataset:
     assembled: int = 0  # chunked files assembled from their chunks
     fetched_bytes: int = 0  # a reference's bytes read from the object store or the shared folder
     seconds: float = 0.0
+    peer_bytes: int = 0  # an upload's blobs fetched from peer agents
+    peers_used: int = 0
+    peer_failures: int = 0
+    controller_bytes: int = 0  # pushed by the controller (PutBlob) for this mount
+    store_bytes: int = 0  # fetched from the object store (FetchBlob) for this mount
+    cached_bytes: int = 0  # already in the cache before the mount (a standing tree: its bytes)
+
+    def transfer(self) -> DatasetTransfer:
+        """The task's DatasetTransfer event: where the version's bytes came from."""
+        return DatasetTransfer(
+            bytes_from_peers=self.peer_bytes,
+            bytes_from_controller=self.controller_bytes,
+            bytes_from_store=self.store_bytes + self.fetched_bytes,
+            cached_bytes=self.cached_bytes,
+            seconds=self.seconds,
+            peers_used=self.peers_used,
+            peer_failures=self.peer_failures,
+        )
 
     def summary(self, mount: DatasetMount) -> str:
         what = f"dataset {mount.name}:v{mount.version}: {self.files} file(s), {self.bytes / 2**20:.1f} MiB"
@@ -108,6 +133,10 @@ class HeldDataset:
         extra = f"; {self.assembled} chunked file(s) assembled" if self.assembled else ""
         if self.fetched_bytes:
             extra += f"; {self.fetched_bytes / 2**20:.1f} MiB fetched from the reference"
+        if self.peer_bytes or self.peer_failures:
+            extra += f"; {self.peer_bytes / 2**20:.1f} MiB from {self.peers_used} peer(s)"
+            if self.peer_failures:
+                extra += f" ({self.peer_failures} blob transfer(s) a peer failed, taken over by another)"
         return f"{what}, materialized read-only in {self.seconds:.2f} s{extra} ({self.path})"
 
 
@@ -117,6 +146,21 @@ class _Tree:
     files: int
     bytes: int
     last_used: float
+    name: str = ""  # the dataset's name and version (records before issue 20 phase B lack them)
+    version: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeInfo:
+    """A standing tree as `tensorfleet agents cache` shows it."""
+
+    name: str
+    version: int
+    content_id: str
+    bytes: int
+    files: int
+    last_used: float
+    in_use: int
 
 
 class DatasetCache:
@@ -166,7 +210,14 @@ class DatasetCache:
                 key = name[:-5]
                 try:
                     record = json.loads(path.read_text())
-                    tree = _Tree(frozenset(record["blobs"]), int(record["files"]), int(record["bytes"]), 0.0)
+                    tree = _Tree(
+                        frozenset(record["blobs"]),
+                        int(record["files"]),
+                        int(record["bytes"]),
+                        0.0,
+                        str(record.get("name", "")),
+                        int(record.get("version", 0)),
+                    )
                     tree.last_used = path.stat().st_mtime
                 except (OSError, ValueError, KeyError, TypeError) as exc:
                     log.warning("dataset tree %s: unreadable record (%s); removing it", key[:12], exc)
@@ -181,6 +232,15 @@ class DatasetCache:
         for path in self.root.iterdir():
             if SHA256_RE.match(path.name) and path.name not in self._trees:
                 _remove_tree(path)  # renamed into place, but its record is gone: not ours to trust
+
+    def trees(self) -> list[TreeInfo]:
+        """The standing trees, most recently used first."""
+        with self._lock:
+            infos = [
+                TreeInfo(t.name, t.version, key, t.bytes, t.files, t.last_used, self._users[key])
+                for key, t in self._trees.items()
+            ]
+        return sorted(infos, key=lambda t: -t.last_used)
 
     # ---- use
 
@@ -199,7 +259,15 @@ class DatasetCache:
             with gate:
                 tree = self._standing(key)
                 if tree is not None:
-                    return HeldDataset(key, self.root / key, tree.files, tree.bytes, reused=True)
+                    return HeldDataset(
+                        key,
+                        self.root / key,
+                        tree.files,
+                        tree.bytes,
+                        reused=True,
+                        seconds=time.perf_counter() - started,
+                        cached_bytes=tree.bytes,
+                    )
                 held = build(key, stop)
                 return dataclasses.replace(held, seconds=time.perf_counter() - started)
         except BaseException:
@@ -237,16 +305,25 @@ class DatasetCache:
             pinned = sorted(files | chunks | {mount.manifest_id})
             self.blobs.pin(pinned)
             try:
+                received = self.blobs.take_received(pinned)
                 chunked = [e for e in entries if e.chunks and not self.blobs.has(e.sha256)]
-                missing = sorted(
-                    {e.sha256 for e in entries if not e.chunks and not self.blobs.has(e.sha256)}
-                    | {c for e in chunked for c in e.chunks if not self.blobs.has(c)}
-                )
+                sizes = _blob_sizes(entries, chunked)
+                missing = sorted(sha for sha in sizes if not self.blobs.has(sha))
+                cached = sum(size for sha, size in sizes.items() if sha not in missing and sha not in received)
+                whole = {
+                    e.sha256: e.size for e in entries if e.chunks and e not in chunked and e.sha256 not in received
+                }
+                cached += sum(whole.values())
+                fetched = None
+                if missing and mount.peers:
+                    fetched = self._from_peers(mount, entries, {sha: sizes[sha] for sha in missing}, stop)
+                    missing = sorted(sha for sha in missing if not self.blobs.has(sha))
                 if missing:
+                    why = f"; {missing_message(fetched, mount.peers)}" if fetched is not None else ""
                     raise DatasetFailed(
                         ExitCause.SETUP,
                         f"dataset {mount.name}:v{mount.version}: {BlobsMissing(missing)} (the controller sends them "
-                        "before the task; worth a retry)",
+                        f"before the task; worth a retry){why}",
                     )
                 seen: set[str] = set()
                 for entry in chunked:
@@ -254,7 +331,7 @@ class DatasetCache:
                         _check_stop(stop)
                         self._assemble(mount, entry)
                         seen.add(entry.sha256)
-                held = self._build(key, entries, stop, also=(mount.manifest_id,))
+                held = self._build(key, entries, stop, mount, also=(mount.manifest_id,))
             finally:
                 self.blobs.unpin(pinned)
             # The chunks' content now lives in the whole files: drop them unless another holder pins one or it is
@@ -263,9 +340,54 @@ class DatasetCache:
             for chunk in sorted({c for e in chunked for c in e.chunks} - keep):
                 if not self.blobs.pinned(chunk):
                     self.blobs.path(chunk).unlink(missing_ok=True)
-            return dataclasses.replace(held, assembled=len(seen))
+            by_source = Counter[str]()
+            for source, size in received.values():
+                by_source[source] += size
+            return dataclasses.replace(
+                held,
+                assembled=len(seen),
+                cached_bytes=cached,
+                controller_bytes=by_source["controller"],
+                store_bytes=by_source["store"],
+                peer_bytes=fetched.bytes_from_peers if fetched is not None else 0,
+                peers_used=fetched.peers_used if fetched is not None else 0,
+                peer_failures=fetched.peer_failures if fetched is not None else 0,
+            )
 
         return build
+
+    def _from_peers(
+        self,
+        mount: DatasetMount,
+        entries: Iterable[ManifestEntry],
+        missing: dict[str, int],
+        stop: threading.Event | None,
+    ) -> FetchResult:
+        """Fetch `missing` (sha256 -> size) from the mount's peers. A peer holding a whole chunked file holds each
+        of its chunks too (it serves them as byte ranges of the file)."""
+        chunk_of = {c: e.sha256 for e in entries for c in e.chunks}
+        wants = []
+        for sha, size in sorted(missing.items()):
+            holders = tuple(
+                p.node_id for p in mount.peers if sha in p.sha256 or (sha in chunk_of and chunk_of[sha] in p.sha256)
+            )
+            if holders:
+                wants.append(Want(sha, size, holders))
+        started = time.perf_counter()
+        result = PeerFetch(self.blobs, wants, mount.peers, mount.ticket, mount.ticket_signature, stop).run()
+        log.info(
+            "dataset %s:v%d: %d of %d blob(s), %.1f MiB from %d peer(s) in %.2fs (%d failed transfer(s))",
+            mount.name,
+            mount.version,
+            len(result.fetched),
+            len(missing),
+            result.bytes_from_peers / 2**20,
+            result.peers_used,
+            time.perf_counter() - started,
+            result.peer_failures,
+        )
+        _check_stop(stop)
+        return result
 
     def _read_manifest(self, mount: DatasetMount) -> tuple[ManifestEntry, ...]:
         where = f"dataset {mount.name}:v{mount.version}"
@@ -363,7 +485,7 @@ class DatasetCache:
                         + (f" (and {len(changed) - 10} more)" if len(changed) > 10 else "")
                         + f"; run `tensorfleet datasets add {mount.name} {listing.url}` to snapshot a new version",
                     )
-                held = self._build(key, entries, stop)
+                held = self._build(key, entries, stop, mount)
             finally:
                 self.blobs.unpin(pinned)
             return dataclasses.replace(held, fetched_bytes=fetched)
@@ -391,7 +513,12 @@ class DatasetCache:
     # ---- the tree
 
     def _build(
-        self, key: str, entries: Iterable[ManifestEntry], stop: threading.Event | None, also: Iterable[str] = ()
+        self,
+        key: str,
+        entries: Iterable[ManifestEntry],
+        stop: threading.Event | None,
+        mount: DatasetMount,
+        also: Iterable[str] = (),
     ) -> HeldDataset:
         """Hardlink `entries` read-only into a new tree, then rename it into place as `key`; the tree holds their
         blobs and those of `also` (an upload's manifest: the controller asks for it at each dispatch)."""
@@ -408,7 +535,13 @@ class DatasetCache:
             _check_stop(stop)
             _seal(build)
             blobs = frozenset(e.sha256 for e in plain) | frozenset(also)
-            record = {"blobs": sorted(blobs), "files": result.files, "bytes": result.bytes}
+            record = {
+                "blobs": sorted(blobs),
+                "files": result.files,
+                "bytes": result.bytes,
+                "name": mount.name,
+                "version": mount.version,
+            }
             note = self.root / f".build-{key}.json.tmp"
             note.write_text(json.dumps(record))
             os.replace(note, self.root / f"{key}.json")
@@ -417,7 +550,7 @@ class DatasetCache:
             _remove_tree(build)
             raise
         with self._lock:
-            self._trees[key] = _Tree(blobs, result.files, result.bytes, time.time())
+            self._trees[key] = _Tree(blobs, result.files, result.bytes, time.time(), mount.name, mount.version)
             self._held.update(blobs)
         self.blobs.evict()  # the new blobs count now; trees no task uses may go
         return HeldDataset(key, self.root / key, result.files, result.bytes, reused=False)
@@ -532,6 +665,16 @@ def _stream(read: Callable[[int], bytes], tmp: Path) -> tuple[str, int]:
 
 
 # ---- helpers
+
+
+def _blob_sizes(entries: Iterable[ManifestEntry], chunked: Iterable[ManifestEntry]) -> dict[str, int]:
+    """The blobs a version needs in the cache (sha256 -> size): each unchunked file, and the chunks of each chunked
+    file not already whole here."""
+    sizes = {e.sha256: e.size for e in entries if not e.chunks}
+    for entry in chunked:
+        for j, chunk in enumerate(entry.chunks):
+            sizes[chunk] = min(CHUNK_BYTES, entry.size - j * CHUNK_BYTES)
+    return sizes
 
 
 def _check_stop(stop: threading.Event | None) -> None:

@@ -477,6 +477,7 @@ class Executor:
             raise failure  # DatasetFailed, or a bug that _run reports as a SETUP failure
         held = getting.result()
         self._append(running, LogLine("agent", held.summary(mount)))
+        self._append(running, held.transfer())
         return held
 
     async def _discard(self, starting: asyncio.Task[WorkerProcess]) -> None:

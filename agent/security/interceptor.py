@@ -12,7 +12,8 @@ from tensorfleet_agent.rpc.handlers import aborting
 from tensorfleet_agent.security.authority import Authority
 
 SERVICE = pb.DESCRIPTOR.services_by_name["AgentService"].full_name
-PUBLIC_METHODS = frozenset({"GetInfo", "PairBegin", "PairFinish", "GetChallenge", "Authenticate"})
+# GetPeerBlob: a peer agent has no session here; its controller-signed ticket is the credential (security/tickets.py).
+PUBLIC_METHODS = frozenset({"GetInfo", "PairBegin", "PairFinish", "GetChallenge", "Authenticate", "GetPeerBlob"})
 NOT_PAIRED = (
     "this agent only runs work for paired controllers: authenticate first "
     "(pair with `tensorfleet agents pair AGENT --token TOKEN`)"

@@ -6,6 +6,7 @@ arrives assembled; a damaged chunk fails the task, naming the file."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import time
@@ -19,6 +20,7 @@ from tensorfleet_agent.core.manifest import CHUNK_BYTES, ManifestEntry, manifest
 from tensorfleet_agent.core.types import (
     BlobRef,
     DatasetMount,
+    DatasetTransfer,
     ExitCause,
     Finished,
     LogLine,
@@ -141,6 +143,11 @@ def _lines(events: list[TaskEvent], stream: str) -> list[str]:
     return [e.payload.line for e in events if isinstance(e.payload, LogLine) and e.payload.stream == stream]
 
 
+def _transfer(events: list[TaskEvent]) -> DatasetTransfer:
+    (transfer,) = [e.payload for e in events if isinstance(e.payload, DatasetTransfer)]
+    return transfer
+
+
 def _finished(events: list[TaskEvent]) -> Finished:
     payload = events[-1].payload
     assert isinstance(payload, Finished), events[-1]
@@ -150,6 +157,9 @@ def _finished(events: list[TaskEvent]) -> Finished:
 async def test_a_project_and_a_script_read_the_version_read_only_and_share_one_tree(agent: Executor) -> None:
     files = {"cat/1.txt": b"meow", "dog/1.txt": b"woof", "big.bin": BIG}
     mount, _entries = _dataset(agent.blobs, files)
+    # A ticket (bytes) rides along: the task's record and its worker get the spec without it.
+    mount = dataclasses.replace(mount, ticket=b"\x00\xff ticket", ticket_signature=b"\x01sig")
+    agent.blobs.note_received(hashlib.sha256(b"meow").hexdigest(), 4, "controller")  # as PutBlob notes it
     first = await _run(agent, _project_spec(agent.blobs, mount))
     assert _finished(first).status is TaskState.SUCCEEDED, (_finished(first), _lines(first, "stderr"))
     stdout = _lines(first, "stdout")
@@ -163,11 +173,24 @@ async def test_a_project_and_a_script_read_the_version_read_only_and_share_one_t
     agent_lines = _lines(first, "agent")
     assert any("dataset pets:v1: 3 file(s)" in line and "materialized read-only" in line for line in agent_lines)
     assert any("1 chunked file(s) assembled" in line for line in agent_lines), agent_lines
+    total = sum(len(d) for d in files.values())
+    assert _transfer(first) == DatasetTransfer(
+        bytes_from_controller=4, cached_bytes=total - 4, seconds=_transfer(first).seconds
+    )
 
     second = await _run(agent, _script_spec(agent.blobs, mount))  # a script, in a worker of its own
     assert _finished(second).status is TaskState.SUCCEEDED, (_finished(second), _lines(second, "stderr"))
     assert sorted(line for line in _lines(second, "stdout") if line.startswith("file")) == expected
     assert any("already on this agent" in line for line in _lines(second, "agent")), _lines(second, "agent")
+    assert _transfer(second).cached_bytes == total and _transfer(second).bytes_from_controller == 0
+    (tree,) = agent.datasets.trees()  # what ListCache shows
+    assert (tree.name, tree.version, tree.content_id, tree.files, tree.bytes) == (
+        "pets",
+        1,
+        mount.manifest_id,
+        3,
+        total,
+    )
     assert [p.name for p in (agent.datasets.root).iterdir() if not p.name.endswith(".json")] == [mount.manifest_id]
 
     plain = await _run(agent, TaskSpec(f"n{time.monotonic_ns()}", "job-x", "noop"))  # no dataset: nothing set

@@ -1,0 +1,238 @@
+"""Peer-to-peer dataset blobs between real AgentService servers over pinned TLS (issue 20): a reader agent builds a
+version's tree from two peers; the first peer dies mid-transfer and the second resumes its blobs at their offsets
+(nothing fetched twice); GetPeerBlob refuses a ticket for another version, an expired, unsigned or unknown
+controller's ticket (PERMISSION_DENIED) and answers NOT_FOUND for a version it lacks; a wrong pinned fingerprint is
+refused before any byte; with every peer gone the task fails SETUP naming the blobs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import pytest
+
+from tensorfleet_agent._generated import agent_pb2 as pb
+from tensorfleet_agent.core.manifest import CHUNK_BYTES, ManifestEntry, manifest_bytes
+from tensorfleet_agent.core.types import DatasetMount, ExitCause, PeerSource
+from tensorfleet_agent.identity import Identity, load_or_create_identity
+from tensorfleet_agent.rpc.client import PeerBlobCall, PeerIdentityError, peer_channel
+from tensorfleet_agent.rpc.server import create_server, tls_server_credentials
+from tensorfleet_agent.rpc.service import AgentServicer
+from tensorfleet_agent.runtime.blobs import BlobStore
+from tensorfleet_agent.runtime.datasets import DatasetCache, DatasetFailed
+from tensorfleet_agent.security.authority import AUTHORIZED_FILE, Authority, _write_json
+from tensorfleet_agent.security.interceptor import AuthInterceptor
+from tensorfleet_agent.security.tickets import make_ticket
+
+pytestmark = pytest.mark.slow
+
+DIE_AFTER = 3 * (1 << 20)  # bytes the dying peer sends before its server stops
+
+
+def _put(store: BlobStore, data: bytes) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    if not store.has(sha):
+        writer = store.writer(sha, len(data))
+        writer.write(data)
+        writer.commit()
+    return sha
+
+
+@dataclass
+class Version:
+    files: dict[str, bytes]
+    entries: list[ManifestEntry]
+    manifest: bytes
+    content_id: str
+
+
+def _version(files: dict[str, bytes]) -> Version:
+    entries = []
+    for path, data in sorted(files.items()):
+        chunks: tuple[str, ...] = ()
+        if len(data) > CHUNK_BYTES:
+            chunks = tuple(
+                hashlib.sha256(data[i : i + CHUNK_BYTES]).hexdigest() for i in range(0, len(data), CHUNK_BYTES)
+            )
+        entries.append(ManifestEntry(path, 0o644, hashlib.sha256(data).hexdigest(), len(data), chunks))
+    manifest = manifest_bytes(entries)
+    return Version(files, entries, manifest, hashlib.sha256(manifest).hexdigest())
+
+
+class _Loop:
+    """An event loop in a thread for the peers' grpc.aio servers (the reader's fetch blocks the test's thread)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(30)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class _Peer:
+    """An agent's AgentService with its blob cache holding `version` as an agent keeps it (a chunked file whole,
+    its chunk blobs dropped), paired with `controller`."""
+
+    def __init__(self, loop: _Loop, root: Path, controller: Identity, version: Version, die_after: int = 0) -> None:
+        self.loop = loop
+        self.identity = load_or_create_identity(root / "identity", "agent")
+        _write_json(
+            root / "identity" / AUTHORIZED_FILE,
+            {controller.fingerprint: {"cert_pem": controller.cert_pem.decode(), "paired_at": 0}},
+        )
+        authority = Authority(root / "identity", self.identity)
+        self.blobs = BlobStore(root / "blobs", 1 << 30)
+        for data in version.files.values():
+            _put(self.blobs, data)
+        _put(self.blobs, version.manifest)
+        executor: Any = SimpleNamespace(datasets=DatasetCache(root / "datasets", self.blobs))
+        self.offsets: list[tuple[str, int]] = []  # (sha256, offset) of each GetPeerBlob it was asked
+        self.sent = 0
+        self.dying: asyncio.Task[None] | None = None
+        peer = self
+
+        class Servicer(AgentServicer):
+            async def GetPeerBlob(self, request: Any, context: Any) -> AsyncIterator[pb.BlobChunk]:
+                peer.offsets.append((request.sha256, request.offset))
+                async for item in super().GetPeerBlob(request, context):
+                    yield item
+                    peer.sent += len(item.data)
+                    if die_after and peer.sent >= die_after and peer.dying is None:
+                        # killed mid-transfer: every stream breaks (stopped from a task of its own, not this call's)
+                        peer.dying = asyncio.get_running_loop().create_task(peer.server.stop(None))
+
+        self.servicer = Servicer(executor, self.blobs, None, None, authority)  # type: ignore[arg-type]
+
+        async def start() -> tuple[grpc.aio.Server, int]:
+            credentials = tls_server_credentials(self.identity.key_pem, self.identity.cert_pem)
+            server, port = create_server(
+                [self.servicer.register], "127.0.0.1", 0, credentials, [AuthInterceptor(authority)]
+            )
+            await server.start()
+            return server, port
+
+        self.server, self.port = loop.run(start())
+
+    def source(self, sha256: list[str]) -> PeerSource:
+        return PeerSource(self.identity.node_id, f"127.0.0.1:{self.port}", self.identity.fingerprint, tuple(sha256))
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            if self.dying is not None:
+                await self.dying
+            await self.server.stop(None)
+
+        self.loop.run(stop())
+
+
+@pytest.fixture
+def loop() -> Iterator[_Loop]:
+    running = _Loop()
+    yield running
+    running.close()
+
+
+def _reader(root: Path, version: Version) -> DatasetCache:
+    """An agent the controller sent only the manifest (the peers hold everything else)."""
+    blobs = BlobStore(root / "blobs", 1 << 30)
+    _put(blobs, version.manifest)
+    cache = DatasetCache(root / "datasets", blobs)
+    cache.load()
+    return cache
+
+
+def test_a_peer_killed_mid_transfer_is_replaced_and_its_blobs_resumed(tmp_path: Path, loop: _Loop) -> None:
+    controller = load_or_create_identity(tmp_path / "controller", "controller")
+    files = {"big.bin": os.urandom(2 * CHUNK_BYTES + 12345), "cats/1.txt": b"one", "dogs/2.txt": os.urandom(70_000)}
+    version = _version(files)
+    dying = _Peer(loop, tmp_path / "a", controller, version, die_after=DIE_AFTER)
+    healthy = _Peer(loop, tmp_path / "b", controller, version)
+    holds = sorted(e.sha256 for e in version.entries)  # HasBlobs' view: the big file whole, not its chunks
+    reader = _reader(tmp_path / "reader", version)
+    ticket, signature = make_ticket(controller, "reader", [version.content_id], ttl=60, job_id="job-1")
+    mount = DatasetMount(
+        "pets", 1, version.content_id, "", (dying.source(holds), healthy.source(holds)), ticket, signature
+    )
+    try:
+        held = reader.acquire(mount)
+        for path, data in files.items():
+            assert (held.path / path).read_bytes() == data
+        transfer = held.transfer()
+        wanted = sum(len(d) for d in files.values())  # the big file's three chunks and the two small files
+        assert transfer.bytes_from_peers == wanted, transfer  # resumed: no byte fetched twice
+        assert transfer.peer_failures >= 1 and transfer.peers_used >= 1, transfer
+        assert transfer.cached_bytes == 0 and transfer.bytes_from_controller == 0
+        assert dying.sent >= DIE_AFTER
+        resumed = [(sha, off) for sha, off in healthy.offsets if off > 0]
+        assert resumed, f"no blob was resumed at an offset: {healthy.offsets}"
+        assert all(0 < off < CHUNK_BYTES for _sha, off in resumed)
+        # The chunk blobs were assembled into the file and dropped; the healthy peer served chunks as ranges.
+        big = next(e for e in version.entries if e.chunks)
+        assert not any(reader.blobs.has(c) for c in big.chunks) and reader.blobs.has(big.sha256)
+
+        # With its only peer gone, a second reader fails SETUP naming what it could not get.
+        lonely = _reader(tmp_path / "reader2", version)
+        gone = DatasetMount("pets", 1, version.content_id, "", (dying.source(holds),), ticket, signature)
+        with pytest.raises(DatasetFailed) as failed:
+            lonely.acquire(gone)
+        assert failed.value.cause == ExitCause.SETUP
+        assert "no peer could serve" in failed.value.message and big.chunks[0][:12] in failed.value.message
+    finally:
+        healthy.stop()
+        dying.stop()
+
+
+def test_get_peer_blob_refuses_tickets_it_should_not_honour(tmp_path: Path, loop: _Loop) -> None:
+    controller = load_or_create_identity(tmp_path / "controller", "controller")
+    stranger = load_or_create_identity(tmp_path / "stranger", "controller")
+    v1 = _version({"a.txt": b"version one"})
+    v2 = _version({"a.txt": b"version two!"})
+    peer = _Peer(loop, tmp_path / "peer", controller, v1)
+    for data in v2.files.values():
+        _put(peer.blobs, data)
+    _put(peer.blobs, v2.manifest)
+    v1_file, v2_file = v1.entries[0].sha256, v2.entries[0].sha256
+    channel = peer_channel(f"127.0.0.1:{peer.port}", peer.identity.fingerprint)
+
+    def get(ticket: tuple[bytes, bytes], sha: str) -> bytes:
+        return b"".join(x for x in PeerBlobCall(channel, *ticket, sha, 0, 10) if isinstance(x, bytes))
+
+    def refused(ticket: tuple[bytes, bytes], sha: str) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as caught:
+            get(ticket, sha)
+        error: Any = caught.value
+        return error.code(), error.details()
+
+    try:
+        assert get(make_ticket(controller, "r", [v1.content_id], 60), v1_file) == b"version one"
+        code, why = refused(make_ticket(controller, "r", [v1.content_id], 60), v2_file)  # another version
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "not part of the dataset versions" in why
+        code, why = refused(make_ticket(controller, "r", [v1.content_id], -1), v1_file)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "expired" in why
+        code, why = refused((make_ticket(controller, "r", [v1.content_id], 60)[0], b""), v1_file)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "unsigned" in why
+        code, why = refused(make_ticket(stranger, "r", [v1.content_id], 60), v1_file)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "not paired" in why
+        code, why = refused(make_ticket(controller, "r", ["e" * 64], 60), v1_file)
+        assert code == grpc.StatusCode.NOT_FOUND and "holds none" in why
+        with pytest.raises(PeerIdentityError, match="not "):
+            peer_channel(f"127.0.0.1:{peer.port}", "0" * 64)
+    finally:
+        channel.close()
+        peer.stop()
