@@ -55,7 +55,7 @@ class Want:
 @dataclass
 class FetchResult:
     bytes_from_peers: int = 0  # bytes received and kept (a broken stream's bytes count when the next one resumes)
-    peers_used: int = 0  # peers that served at least one whole blob
+    peers_used: int = 0  # peers that sent bytes (a peer that died mid-blob counts: its bytes were kept)
     peer_failures: int = 0  # blob transfers a peer failed (another holder took over, or none was left)
     fetched: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # no holder could serve these
@@ -188,7 +188,6 @@ class PeerFetch:
             else:
                 with self._cond:
                     self._inflight.pop(sha, None)
-                    self._served.add(peer)
                     self.result.fetched.append(sha)
                     self._cond.notify_all()
 
@@ -290,6 +289,7 @@ class PeerFetch:
                     part.written += len(item)
                     with self._cond:
                         self.result.bytes_from_peers += len(item)
+                        self._served.add(peer)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
