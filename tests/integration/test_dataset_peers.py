@@ -24,7 +24,7 @@ from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.manifest import CHUNK_BYTES, ManifestEntry, manifest_bytes
 from tensorfleet_agent.core.types import DatasetMount, ExitCause, PeerSource
 from tensorfleet_agent.identity import Identity, load_or_create_identity
-from tensorfleet_agent.rpc.client import PeerBlobCall, PeerIdentityError, peer_channel
+from tensorfleet_agent.rpc.client import AgentClient, AgentTrust, PeerBlobCall, PeerIdentityError, peer_channel
 from tensorfleet_agent.rpc.server import create_server, tls_server_credentials
 from tensorfleet_agent.rpc.service import AgentServicer
 from tensorfleet_agent.runtime.blobs import BlobStore
@@ -233,6 +233,15 @@ def test_get_peer_blob_refuses_tickets_it_should_not_honour(tmp_path: Path, loop
         assert code == grpc.StatusCode.NOT_FOUND and "holds none" in why
         with pytest.raises(PeerIdentityError, match="not "):
             peer_channel(f"127.0.0.1:{peer.port}", "0" * 64)
+
+        async def list_cache() -> dict[str, Any]:  # a controller's session call (ListCache is not public)
+            async with AgentClient(f"127.0.0.1:{peer.port}", AgentTrust(peer.identity.cert_pem, controller)) as c:
+                return await c.list_cache()
+
+        cache = loop.run(list_cache())
+        held = [v1.entries[0].sha256, v1.content_id, v2.entries[0].sha256, v2.content_id]
+        assert cache["blobs"] == 4 and cache["blob_bytes"] == sum(peer.blobs.size(s) for s in held), cache
+        assert cache["limit_bytes"] == 1 << 30 and cache["trees"] == []
     finally:
         channel.close()
         peer.stop()
