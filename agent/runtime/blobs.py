@@ -176,10 +176,13 @@ class BlobStore:
             while len(self._received) > MAX_RECEIVED:
                 self._received.popitem(last=False)
 
-    def take_received(self, digests: Iterable[str]) -> dict[str, tuple[str, int]]:
-        """Of `digests`, those noted as received (and not counted since): digest -> (source, size); forgotten."""
+    def received(self, digests: Iterable[str], forget: bool = False) -> dict[str, tuple[str, int]]:
+        """Of `digests`, those noted as received (and not counted since): digest -> (source, size); `forget`: a
+        mount counted them (the next one finds them cached)."""
         with self._lock:
-            return {d: got for d in set(digests) if (got := self._received.pop(d, None)) is not None}
+            if forget:
+                return {d: got for d in set(digests) if (got := self._received.pop(d, None)) is not None}
+            return {d: got for d in set(digests) if (got := self._received.get(d)) is not None}
 
     def pin(self, digests: Iterable[str]) -> None:
         with self._lock:

@@ -305,7 +305,7 @@ class DatasetCache:
             pinned = sorted(files | chunks | {mount.manifest_id})
             self.blobs.pin(pinned)
             try:
-                received = self.blobs.take_received(pinned)
+                received = self.blobs.received(pinned)  # forgotten once the tree stands (a failure keeps them)
                 chunked = [e for e in entries if e.chunks and not self.blobs.has(e.sha256)]
                 sizes = _blob_sizes(entries, chunked)
                 missing = sorted(sha for sha in sizes if not self.blobs.has(sha))
@@ -340,6 +340,7 @@ class DatasetCache:
             for chunk in sorted({c for e in chunked for c in e.chunks} - keep):
                 if not self.blobs.pinned(chunk):
                     self.blobs.path(chunk).unlink(missing_ok=True)
+            self.blobs.received(received, forget=True)
             by_source = Counter[str]()
             for source, size in received.values():
                 by_source[source] += size
