@@ -153,6 +153,7 @@ def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
                 started_at=t.started_at,
                 finished_at=t.finished_at,
                 environment=environment_to_pb(t.environment),
+                dataset_transfer=transfer_to_pb(t.dataset_transfer),
             )
             for t in job.tasks
         ],
@@ -212,11 +213,61 @@ def job_from_pb(msg: cpb.Job) -> dict[str, Any]:
                 "started_at": t.started_at or None,
                 "finished_at": t.finished_at or None,
                 "environment": environment_from_pb(t.environment) if t.HasField("environment") else None,
+                "dataset_transfer": (transfer_from_pb(t.dataset_transfer) if t.HasField("dataset_transfer") else None),
             }
             for t in msg.task_list
         ],
         "artifacts": [artifact_from_pb(a) for a in msg.artifacts],
         "project": project_from_pb(msg.project) if msg.HasField("project") else None,
+    }
+
+
+#: A task's dataset_transfer (DatasetTransfer) as a dict: how its dataset version got onto its agent (issue 20).
+TRANSFER_KEYS = (
+    "bytes_from_peers",
+    "bytes_from_controller",
+    "bytes_from_store",
+    "cached_bytes",
+    "seconds",
+    "peers_used",
+    "peer_failures",
+)
+
+
+def transfer_to_pb(transfer: dict[str, Any] | None) -> pb.DatasetTransfer | None:
+    """A task's dataset_transfer (ingest.py keeps it) as the message; None (unset) for a task without one."""
+    if not transfer:
+        return None
+    return pb.DatasetTransfer(**{k: transfer[k] for k in TRANSFER_KEYS if k in transfer})
+
+
+def transfer_from_pb(msg: pb.DatasetTransfer) -> dict[str, Any]:
+    """{"bytes_from_peers", "bytes_from_controller", "bytes_from_store", "cached_bytes", "seconds", "peers_used",
+    "peer_failures"}: `status JOB --json`'s per task "dataset_transfer"."""
+    return {k: getattr(msg, k) for k in TRANSFER_KEYS}
+
+
+CACHE_TREE_KEYS = ("name", "version", "content_id", "bytes", "files", "last_used", "in_use")
+
+
+def cache_to_pb(cache: dict[str, Any]) -> pb.ListCacheResponse:
+    """An agent's cache listing (AgentClient.list_cache's dict) as GetAgentCache answers it."""
+    return pb.ListCacheResponse(
+        blobs=cache["blobs"],
+        blob_bytes=cache["blob_bytes"],
+        limit_bytes=cache["limit_bytes"],
+        trees=[pb.CacheTree(**{k: t[k] for k in CACHE_TREE_KEYS}) for t in cache["trees"]],
+    )
+
+
+def cache_from_pb(msg: pb.ListCacheResponse) -> dict[str, Any]:
+    """An agent's blob cache (GetAgentCache): {"blobs", "blob_bytes", "limit_bytes", "trees": [{"name", "version",
+    "content_id", "bytes", "files", "last_used", "in_use"}]}."""
+    return {
+        "blobs": msg.blobs,
+        "blob_bytes": msg.blob_bytes,
+        "limit_bytes": msg.limit_bytes,
+        "trees": [{k: getattr(t, k) for k in CACHE_TREE_KEYS} for t in msg.trees],
     }
 
 

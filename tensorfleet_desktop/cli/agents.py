@@ -1,5 +1,6 @@
 """`tensorfleet agents`: list the agents; add, pair, drain or remove one; list or prune the project environments
-an agent keeps (`agents envs AGENT [--prune [--keep-gb N]]`). And `tensorfleet algorithms`: what the agents can
+an agent keeps (`agents envs AGENT [--prune [--keep-gb N]]`); show its blob cache and dataset versions (`agents cache
+AGENT`). And `tensorfleet algorithms`: what the agents can
 run."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tensorfleet_desktop.cli.output import (
 from tensorfleet_desktop.client import Client
 
 ENV_FIELDS = ("key", "size", "last_used", "jobs", "python", "source", "build_seconds", "in_use")
+TREE_FIELDS = ("name", "version", "content_id", "bytes", "files", "last_used", "in_use")
 GIB = 1 << 30
 
 SUMMARY_KEYS = (
@@ -74,6 +76,14 @@ def add_parsers(sub: Any) -> None:
         "--keep-gb", type=float, metavar="N", help="with --prune: keep the most recently used up to N GiB (default 0)"
     )
     add_format_flags(a, csv=True)
+    a = asub.add_parser(
+        "cache",
+        help="an agent's blob cache and the dataset versions materialized there",
+        description="What an agent's blob cache holds (blobs, bytes, its --blob-cache-gb limit) and the dataset "
+        "versions laid out from it (most recently used first). It evicts least recently used beyond its limit.",
+    )
+    a.add_argument("agent", help="id, id prefix or name")
+    add_format_flags(a, csv=True)
 
 
 def add_algorithms_parser(sub: Any) -> None:
@@ -93,6 +103,8 @@ def agents(client: Client, args: argparse.Namespace) -> int:
         return _list(client, args)
     if action == "envs":
         return envs(client, args)
+    if action == "cache":
+        return cache(client, args)
     if action == "add":
         agent = client.add_agent(args.address)
     elif action == "pair":
@@ -212,6 +224,40 @@ def envs(client: Client, args: argparse.Namespace) -> int:
     err.print(
         f"{len(items)} environment(s), {human_size(total)}"
         + (f" of the {human_size(limit)} the agent keeps (--env-cache-gb)" if limit else ""),
+        markup=False,
+    )
+    return exit_codes.OK
+
+
+def cache(client: Client, args: argparse.Namespace) -> int:
+    listed = client.agent_cache(args.agent)
+    trees: list[dict[str, Any]] = sorted(listed["trees"], key=lambda t: -t["last_used"])
+    if args.json:
+        print_json({**listed, "trees": trees})
+        return exit_codes.OK
+    if args.csv:
+        csv_of(trees, TREE_FIELDS)
+        return exit_codes.OK
+    print_table(
+        ("DATASET", "VERSION", "CONTENT", "SIZE", "FILES", "LAST USED", "IN USE"),
+        (
+            (
+                t["name"] or "-",
+                f"v{t['version']}",
+                t["content_id"][:12],
+                human_size(t["bytes"]),
+                str(t["files"]),
+                when(t["last_used"]) if t["last_used"] else "-",
+                str(t["in_use"]) if t["in_use"] else "-",
+            )
+            for t in trees
+        ),
+    )
+    limit = listed["limit_bytes"]
+    err.print(
+        f"{listed['blobs']} blob(s), {human_size(listed['blob_bytes'])}"
+        + (f" of the {human_size(limit)} the agent keeps (--blob-cache-gb)" if limit else "")
+        + f"; {len(trees)} dataset version(s) laid out",
         markup=False,
     )
     return exit_codes.OK

@@ -456,7 +456,18 @@ def summary(job: dict[str, Any]) -> dict[str, Any]:
     return {**{k: job[k] for k in SUMMARY_KEYS}, "artifacts": job.get("artifacts", [])}
 
 
-TASK_KEYS = ("index", "state", "agent", "node_id", "attempt", "progress", "exit_cause", "error", "environment")
+TASK_KEYS = (
+    "index",
+    "state",
+    "agent",
+    "node_id",
+    "attempt",
+    "progress",
+    "exit_cause",
+    "error",
+    "environment",
+    "dataset_transfer",
+)
 
 
 def detail(job: dict[str, Any]) -> dict[str, Any]:
@@ -678,6 +689,17 @@ def environment_line(env: dict[str, Any]) -> str:
     return f"environment {env['key'][:12]}: {how}{f' ({about})' if about else ''}"
 
 
+def transfer_line(t: dict[str, Any]) -> str:
+    """'dataset: 1.0 GiB from 3 peer(s), 128.0 MiB from the controller, 0 B cached, in 4.2 s' (issue 20)."""
+    parts = [f"{human_size(t['bytes_from_peers'])} from {t['peers_used']} peer(s)"] if t["bytes_from_peers"] else []
+    parts.append(f"{human_size(t['bytes_from_controller'])} from the controller")
+    if t["bytes_from_store"]:
+        parts.append(f"{human_size(t['bytes_from_store'])} from the object store")
+    parts.append(f"{human_size(t['cached_bytes'])} cached")
+    failures = f"; {t['peer_failures']} blob(s) a peer failed to serve" if t["peer_failures"] else ""
+    return f"dataset: {', '.join(parts)}" + (f", in {t['seconds']:.1f} s" if t["seconds"] else "") + failures
+
+
 def show_job(job: dict[str, Any]) -> None:
     name = escape(printable(job["name"]))  # the user's words: no markup, no control characters
     out.print(f"[bold]{job['id']}[/bold] {name}  {_shown_state(job)}  {job['progress']:.0%}")
@@ -696,6 +718,8 @@ def show_job(job: dict[str, Any]) -> None:
         )
         if t.get("environment"):
             out.print(f"    {environment_line(t['environment'])}", markup=False)
+        if t.get("dataset_transfer"):
+            out.print(f"    {transfer_line(t['dataset_transfer'])}", markup=False)
     for a in job["artifacts"]:
         attempt = f", attempt {a['attempt']}" if a.get("attempt") else ""
         out.print(

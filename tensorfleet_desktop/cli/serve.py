@@ -84,6 +84,12 @@ def add_serve_parser(sub: Any) -> None:
     s.add_argument(
         "--insecure", action="store_true", help="plaintext to agents without pairing (loopback development only)"
     )
+    s.add_argument(
+        "--no-peer-transfer",
+        action="store_true",
+        help="send every dataset blob from the controller, never from peer agents that hold it "
+        "(default: [datasets] peer_transfer in the config file, else on)",
+    )
     s.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
 
 
@@ -159,6 +165,7 @@ def serve(args: argparse.Namespace) -> int:
             client_token=os.environ.get("TENSORFLEET_CONTROLLER_TOKEN", ""),
             http_port=args.http_port if args.http_port is not None else settings.http_port,
             http_host=args.http_host or settings.http_host,
+            peer_transfer=settings.peer_transfer and not args.no_peer_transfer,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

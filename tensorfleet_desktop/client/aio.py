@@ -246,6 +246,12 @@ class AsyncClient:
         request = cpb.AgentRefRequest(agent=agent)
         return await self._call("ListAgentEnvs", request, wire.agent_envs_from_pb)
 
+    async def agent_cache(self, agent: str) -> dict[str, Any]:
+        """The agent's blob cache and the dataset versions materialized there: {"blobs", "blob_bytes",
+        "limit_bytes", "trees": [{"name", "version", "content_id", "bytes", "files", "last_used", "in_use"}]}.
+        NotFound when there is no such agent."""
+        return await self._call("GetAgentCache", cpb.AgentRefRequest(agent=agent), wire.cache_from_pb)
+
     async def prune_agent_envs(self, agent: str, keep_bytes: int = 0) -> dict[str, Any]:
         """Remove the agent's cached envs no running task uses, least recently used first, until at most
         `keep_bytes` remain (0: every unused one). Returns {"removed": [keys], "freed_bytes"}."""

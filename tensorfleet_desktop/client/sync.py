@@ -180,6 +180,7 @@ class Client:
     drain_agent = _blocking(AsyncClient.drain_agent)
     pair_agent = _blocking(AsyncClient.pair_agent)
     agent_envs = _blocking(AsyncClient.agent_envs)
+    agent_cache = _blocking(AsyncClient.agent_cache)
     prune_agent_envs = _blocking(AsyncClient.prune_agent_envs)
     workloads = _blocking(AsyncClient.workloads)
     upload_dataset = _blocking(AsyncClient.upload_dataset)

@@ -51,6 +51,7 @@ def view(record: AgentRecord) -> AgentView:
         workloads=frozenset(info.workloads) if info else frozenset(),
         sklearn_version=info.sklearn_version if info else "",
         placed=frozenset(record.placed),
+        fingerprint=record.fingerprint,
     )
 
 
@@ -133,6 +134,11 @@ class FleetAgents:
         """The agent's cached project envs (AgentClient.list_envs)."""
         with _core_errors():
             return await self._client(node_id).list_envs()
+
+    async def list_cache(self, node_id: str) -> dict[str, Any]:
+        """The agent's blob cache and dataset trees (AgentClient.list_cache)."""
+        with _core_errors():
+            return await self._client(node_id).list_cache()
 
     async def prune_envs(self, node_id: str, keep_bytes: int) -> dict[str, Any]:
         with _core_errors():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls
 from tensorfleet_agent.runtime.process import CREDENTIAL_VARIABLES, agent_command
 from tensorfleet_agent.security.files import make_data_dir, tighten_data_dir
 from tensorfleet_agent.security.secrets import register
+from tensorfleet_agent.security.tickets import make_ticket
 from tensorfleet_desktop.connection import connection_path, remove_connection, write_connection
 from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
@@ -84,6 +86,7 @@ class ControllerConfig:
     client_token: str = ""  # required from every client (default: DATA_DIR/client.token, made on first start)
     http_port: int | None = None  # serve the HTTP API (/api/v1) on this port too (0: a free port); None: no HTTP
     http_host: str = ""  # the address HTTP listens on (default: the gRPC host); HTTPS off loopback
+    peer_transfer: bool = True  # agents fetch dataset blobs from peers holding them (--no-peer-transfer: off)
 
 
 class ControllerApp:
@@ -147,6 +150,8 @@ class ControllerApp:
             cfg.gang_reserve_after,
             keep_checkpoints=cfg.keep_checkpoints,
             agents=FleetAgents(self.fleet),
+            tickets=functools.partial(make_ticket, self.identity),
+            peer_transfer=cfg.peer_transfer,
         )
         await self.fleet.start()
         await self.controller.start()

@@ -11,19 +11,20 @@ import logging
 from typing import Any
 
 from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR, MANIFEST_INPUT
-from tensorfleet_agent.core.types import BlobRef, ExitCause, Finished, Rendezvous, TaskSpec, TaskState
+from tensorfleet_agent.core.types import BlobRef, ExitCause, Finished, PeerSource, Rendezvous, TaskSpec, TaskState
 from tensorfleet_agent.workloads.datasets import is_user_dataset
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.artifacts import Artifacts
 from tensorfleet_desktop.controller.background import Background
-from tensorfleet_desktop.controller.dataset_push import DatasetPush, upload_wants
+from tensorfleet_desktop.controller.dataset_holders import Holders, spread
+from tensorfleet_desktop.controller.dataset_push import EMPTY_TRANSFER, DatasetPush, UploadPlan, upload_wants
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.ingest import Base, Ingest
 from tensorfleet_desktop.controller.jobs import CHECKPOINTING, JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState, attempt_id
-from tensorfleet_desktop.controller.ports import AgentPort, AgentView, Clock
+from tensorfleet_desktop.controller.ports import AgentPort, AgentView, Clock, TicketMaker
 from tensorfleet_desktop.controller.project_files import ProjectFiles, ProjectFilesMissing
 from tensorfleet_desktop.controller.scheduler import RankLayout
 
@@ -36,6 +37,8 @@ _BUSY_BACKOFF_MAX = 15.0  # further refusal in a row up to this (or until its te
 _WATCH_RETRY = 0.25  # between tries to re-open an attempt's event stream
 HAS_BLOBS_BATCH = 10_000  # sha256s per HasBlobs call (the agent's limit)
 PUSH_CONCURRENCY = 4  # project files sent to one agent at once
+STAGE_CONCURRENCY = 4  # blobs a queued job's staging sends at once (over all its agents)
+TICKET_TTL = 1800.0  # seconds a reader's peer ticket is good for (its download; the next dispatch brings another)
 _DRAIN_LIMIT = 120.0  # how long an abandoned project attempt is followed for the outputs it saves as it ends
 
 
@@ -51,8 +54,16 @@ class Attempts:
         clock: Clock,
         background: Background,
         project_files: ProjectFiles,
+        holders: Holders | None = None,
+        tickets: TicketMaker | None = None,
+        peer_transfer: bool = True,
     ) -> None:
         self.agents = agents
+        self.holders = holders or Holders()  # which agents hold which dataset blobs (peer-to-peer, issue 20)
+        self.tickets = tickets  # signs peer tickets with the controller's key; None: no peer transfer
+        self.peer_transfer = peer_transfer  # [datasets] peer_transfer / serve --no-peer-transfer
+        self._peerless: set[tuple[str, int]] = set()  # (job, rank) whose last attempt failed SETUP: no peers
+        self.staged: set[str] = set()  # jobs whose dataset was staged while they waited (once each)
         self.project_files = project_files
         self.dataset_push = DatasetPush(artifacts.blobs)  # dataset versions' manifests and signed listings
         self.machine = machine
@@ -70,7 +81,8 @@ class Attempts:
         # node id -> attempts dropped only because it was declared lost: taken back if it returns still running them
         self._dropped: dict[str, set[str]] = {}
         # (node id, sha256) -> its push running now: a gang's ranks on one agent send each project file once
-        self._pushing: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._pushing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._push_slots: dict[str, asyncio.Semaphore] = {}  # node id -> PUSH_CONCURRENCY pushes to it at once
         self._started = clock.monotonic()
         # node id -> (refused at, consecutive refusals): an agent that said "busy" gets no attempt for a while
         self._busy: dict[str, tuple[float, int]] = {}
@@ -91,8 +103,11 @@ class Attempts:
         task.agent_task_id = attempt_id(job.id, task.index, task.attempt)
         task.node_id, task.cursor, task.progress = agent.node_id, 0, 0.0
         task.sklearn_version = agent.sklearn_version
+        if task.exit_cause == ExitCause.SETUP and job.spec.get("dataset_version"):
+            self._peerless.add((job.id, task.index))  # a peer may have failed it: the controller sends it all
         task.state, task.error, task.exit_cause = TaskRunState.DISPATCHED, "", ""
         task.environment = None  # a project task's env is this attempt's, once its agent says
+        task.dataset_transfer = None
         task.started_at, task.finished_at = self.clock.time(), 0.0
         self.agents.hold(agent.node_id, task.agent_task_id)
         if job.state is JobState.QUEUED:
@@ -213,15 +228,22 @@ class Attempts:
         if not version:
             return spec
         if version["source"] == "upload":
-            await self._push_version(job, task, version, agent)
-            return dataclasses.replace(spec, dataset_mount=self.dataset_push.mount(version, ""))
+            peers, ticket, signature = await self._push_version(job, task, version, agent)
+            mount = dataclasses.replace(
+                self.dataset_push.mount(version, ""), peers=peers, ticket=ticket, ticket_signature=signature
+            )
+            return dataclasses.replace(spec, dataset_mount=mount)
         listing = await self.dataset_push.signed_listing(version)
         blob = await self.agents.put_bytes(node, listing)  # a few KB per thousand objects; the agent skips a copy
         return dataclasses.replace(spec, dataset_mount=self.dataset_push.mount(version, blob))
 
-    async def _push_version(self, job: Job, task: JobTask, version: dict[str, Any], agent: AgentView) -> None:
+    async def _push_version(
+        self, job: Job, task: JobTask, version: dict[str, Any], agent: AgentView
+    ) -> tuple[tuple[PeerSource, ...], bytes, bytes]:
         """An upload version's manifest, files and chunks the agent lacks onto it (HasBlobs in two rounds, see
-        dataset_push.upload_wants), then a task event saying what was sent, how many bytes, how long it took."""
+        dataset_push.upload_wants), then a task event saying what was sent, how many bytes, how long it took.
+        With peer transfer, a blob an online peer holds (or is being sent: its push is awaited) is left to the
+        reader to fetch from it; returns those (peers, ticket, signature). See peer_plan."""
         node, manifest_id = agent.node_id, str(version["content_id"])
         plan = await self.dataset_push.manifest(version)
         whole = sorted({manifest_id} | {e.sha256 for e in plan.entries})
@@ -229,13 +251,22 @@ class Attempts:
         if ask:
             have = await self._has(node, ask)
             send += [sha for sha in ask if sha not in have]
-        if not send:
-            return  # the agent has it all (its tree, or the files to make it): its own log line says which
+        peers: tuple[PeerSource, ...] = ()
+        pushes: dict[str, asyncio.Future[None]] = {}  # the pushes _peer_plan started to the reader
+        ticket = signature = b""
+        if send and self.peer_transfer and self.tickets and (job.id, task.index) not in self._peerless:
+            pushes, peers = await self._peer_plan(job, task, plan, manifest_id, send, agent)
+            send = list(pushes)
+            if peers:
+                ticket, signature = self._ticket(job, node, manifest_id)
         size = sum(plan.sizes.get(sha, 0) for sha in send)
+        task.dataset_transfer = {**EMPTY_TRANSFER, "bytes_from_controller": size}
+        if not send:
+            return peers, ticket, signature  # the agent has it all or gets the rest from peers
         ref = f"dataset {version['name']}:v{version['version']}"
         self.events.task_event(job, task, f"sending {ref} to {agent.name}: {len(send)} blob(s), {_mib(size)}")
         started = self.clock.monotonic()
-        lost = await self._push_all(node, send)
+        lost = await (self._pushes_of(pushes) if pushes else self._push_all(node, send))
         if lost:
             paths = sorted({plan.owners.get(sha, sha[:12]) for sha in lost})
             raise ProjectFilesMissing(
@@ -248,11 +279,82 @@ class Attempts:
             job, task, f"sent {ref} to {agent.name}: {len(send)} blob(s), {size} bytes in {seconds:.2f} s"
         )
         log.info("job %s: sent %d blob(s) of %s (%d bytes) to %s", job.id, len(send), ref, size, node[:12])
+        return peers, ticket, signature
+
+    async def _peer_plan(
+        self, job: Job, task: JobTask, plan: UploadPlan, manifest_id: str, send: list[str], reader: AgentView
+    ) -> tuple[dict[str, asyncio.Future[None]], tuple[PeerSource, ...]]:
+        """(the pushes to the reader it started: what the controller still sends it, the peers it fetches the
+        rest from).
+
+        A blob an online peer holds is named with up to three of its holders (the least loaded first). One no
+        peer holds nor is being sent goes to one of the agents this job is being dispatched to now (the reader
+        and its co-readers, by the blob's hash): the controller sends each byte about once and the readers
+        exchange the rest. A blob being sent to a peer is awaited before RunTask; if that push fails, the reader
+        gets it from the controller. The manifest always comes from the controller (the reader needs it first)."""
+        online = {a.node_id: a for a in self.agents.agents() if a.online and a.node_id != reader.node_id and a.address}
+        co_readers = sorted(
+            {
+                t.node_id
+                for t in job.tasks
+                if t.node_id in online and t.state in (TaskRunState.DISPATCHED, TaskRunState.PREPARING)
+            }
+            | {reader.node_id}
+        )
+        own: dict[str, asyncio.Future[None]] = {}
+        holders_of: dict[str, list[str]] = {}
+        waits: dict[str, list[asyncio.Future[None]]] = {}
+        for sha in send:
+            if sha == manifest_id:
+                own[sha] = self._push_future(reader.node_id, sha)
+                continue
+            held = self.holders.holders(sha, manifest_id, plan.whole.get(sha, "")) & online.keys()
+            pending = sorted(n for n in online if (n, sha) in self._pushing)
+            if not held and not pending:
+                owner = co_readers[int(sha[:8], 16) % len(co_readers)]
+                if owner == reader.node_id:  # started now: a co-reader's plan sees it as being sent here
+                    own[sha] = self._push_future(reader.node_id, sha)
+                    continue
+                self._push_future(owner, sha)  # the co-reader serves it to the others
+                pending = [owner]
+            if held:
+                holders_of[sha] = sorted(held)
+            else:
+                holders_of[sha] = pending
+                waits[sha] = [self._push_future(n, sha) for n in pending]
+        for sha, futures in waits.items():
+            results = await asyncio.gather(*(asyncio.shield(f) for f in futures), return_exceptions=True)
+            ok = [n for n, r in zip(holders_of[sha], results, strict=True) if r is None]
+            if ok:
+                holders_of[sha] = ok
+            else:  # every push of it to a peer failed: the reader gets it from the controller
+                del holders_of[sha]
+                own[sha] = self._push_future(reader.node_id, sha)
+        named = spread(holders_of, plan.sizes)
+        peers = tuple(
+            PeerSource(node, online[node].address, online[node].fingerprint, tuple(sorted(shas)))
+            for node, shas in sorted(named.items())
+        )
+        if peers:
+            self.events.task_event(
+                job,
+                task,
+                f"{len(holders_of)} blob(s) ({_mib(sum(plan.sizes.get(s, 0) for s in holders_of))}) of the dataset "
+                f"from {len(peers)} peer(s): {', '.join(online[p.node_id].name or p.node_id[:12] for p in peers)}",
+            )
+        return own, peers
+
+    def _ticket(self, job: Job, reader: str, content_id: str) -> tuple[bytes, bytes]:
+        """What the reader shows its peers: the version it may read, for TICKET_TTL, signed with the controller's
+        key (an --insecure agent checks no signature, but the expiry and scope still)."""
+        assert self.tickets is not None  # none, no peers (_push_version)
+        return self.tickets(reader, [content_id], TICKET_TTL, job.id)
 
     async def _has(self, node: str, digests: list[str]) -> set[str]:
         have: set[str] = set()
         for start in range(0, len(digests), HAS_BLOBS_BATCH):
             have |= await self.agents.has_blobs(node, digests[start : start + HAS_BLOBS_BATCH])
+        self.holders.saw(node, have, set(digests) - have)
         return have
 
     async def _send_blob(self, node: str, sha256: str) -> None:
@@ -337,22 +439,84 @@ class Attempts:
 
     async def _push_once(self, node: str, sha256: str) -> None:
         """Push a blob, or join the push of it to this agent already running (another rank of the gang)."""
+        await asyncio.shield(self._push_future(node, sha256))
+
+    def stage(self, job: Job, nodes: list[str]) -> None:
+        """A queued job's upload dataset version onto the agents it will likely run on, while it waits (once per
+        job): each blob none of them holds is sent to one of them, STAGE_CONCURRENCY at a time, so its dispatch
+        later finds holders to name as peers. It stops starting pushes once the job has a task placed or ends."""
+        if job.id in self.staged or not nodes:
+            return
+        self.staged.add(job.id)
+        self.background.spawn(self._stage(job, nodes), name=f"stage-{job.id}")
+
+    async def _stage(self, job: Job, nodes: list[str]) -> None:
+        version = job.spec["dataset_version"]
+        manifest_id = str(version["content_id"])
+        try:
+            plan = await self.dataset_push.manifest(version)
+            lacking: dict[str, list[str]] = {}  # blob -> the agents lacking it
+            for node in nodes:
+                whole = sorted({manifest_id} | {e.sha256 for e in plan.entries})
+                send, ask = upload_wants(plan, manifest_id, await self._has(node, whole))
+                if ask:
+                    have = await self._has(node, ask)
+                    send += [sha for sha in ask if sha not in have]
+                for sha in send:
+                    lacking.setdefault(sha, []).append(node)
+            slots = asyncio.Semaphore(STAGE_CONCURRENCY)
+
+            async def one(node: str, sha: str) -> None:
+                async with slots:
+                    if job.state.terminal or any(t.state is not TaskRunState.PENDING for t in job.tasks):
+                        return  # ended, or being dispatched: its dispatch takes over
+                    await asyncio.shield(self._push_future(node, sha))
+
+            online = {a.node_id for a in self.agents.agents() if a.online}
+            todo = []
+            for sha, want in lacking.items():
+                if sha == manifest_id:  # every reader needs it from the controller
+                    todo += [one(node, sha) for node in want]
+                elif not self.holders.holders(sha, manifest_id, plan.whole.get(sha, "")) & online:
+                    todo.append(one(want[int(sha[:8], 16) % len(want)], sha))  # a peer has none: one copy
+            await asyncio.gather(*todo, return_exceptions=True)
+            log.info("job %s: staged %d blob(s) of its dataset on %d agent(s)", job.id, len(todo), len(nodes))
+        except (ProjectFilesMissing, AgentCallError) as exc:
+            log.info("job %s: its dataset was not staged: %s", job.id, exc)
+
+    @staticmethod
+    async def _pushes_of(pushes: dict[str, asyncio.Future[None]]) -> set[str]:
+        """Wait for these pushes (started by _peer_plan; one may be a co-reader's of the same blob to the same
+        agent). The first agent error is raised; returns the sha256s the blob store no longer has."""
+        results = await asyncio.gather(*(asyncio.shield(f) for f in pushes.values()), return_exceptions=True)
+        lost = {sha for sha, r in zip(pushes, results, strict=True) if isinstance(r, FileNotFoundError)}
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, FileNotFoundError):
+                raise result
+        return lost
+
+    def _push_future(self, node: str, sha256: str) -> asyncio.Future[None]:
+        """The push of a blob to an agent, started now unless it is running already."""
         key = (node, sha256)
         running = self._pushing.get(key)
         if running is None:
             running = self._pushing[key] = asyncio.ensure_future(self._push_blob(node, sha256))
             running.add_done_callback(functools.partial(self._pushed, key))
-        await asyncio.shield(running)
+        return running
 
-    def _pushed(self, key: tuple[str, str], done: asyncio.Task[None]) -> None:
+    def _pushed(self, key: tuple[str, str], done: asyncio.Future[None]) -> None:
         if self._pushing.get(key) is done:
             del self._pushing[key]
-        if not done.cancelled():
-            done.exception()  # retrieved: the ranks that awaited it have seen it
+        if not done.cancelled() and done.exception() is None:  # retrieved: the ranks that awaited it saw it
+            self.holders.saw(*key[:1], [key[1]])
 
     async def _push_blob(self, node: str, sha256: str) -> None:
         """A blob the agent lacks onto it: from the object store directly when it can, else through the controller
         (FileNotFoundError when the blob store has it no more)."""
+        async with self._push_slots.setdefault(node, asyncio.Semaphore(PUSH_CONCURRENCY)):
+            await self._push_blob_now(node, sha256)
+
+    async def _push_blob_now(self, node: str, sha256: str) -> None:
         blobs = self.artifacts.blobs
         direct = await blobs.direct_download(sha256)
         if direct is not None:
@@ -498,6 +662,7 @@ class Attempts:
         if kind == "removed":
             self._busy.pop(node_id, None)
             self._dropped.pop(node_id, None)
+            self.holders.forget(node_id)
         if kind == "lost":
             name = agent.name if agent is not None else node_id
             for job in list(self.machine.jobs.values()):

@@ -23,6 +23,7 @@ from tensorfleet_desktop.controller.artifacts import Artifacts
 from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.background import Background
 from tensorfleet_desktop.controller.dataset_catalog import DatasetCatalog
+from tensorfleet_desktop.controller.dataset_holders import Holders
 from tensorfleet_desktop.controller.errors import JobError
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.ingest import Ingest
@@ -31,7 +32,7 @@ from tensorfleet_desktop.controller.jobspec import parse_job_spec
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobTask
 from tensorfleet_desktop.controller.placement import Placement
-from tensorfleet_desktop.controller.ports import MIN_FREE_DISK_BYTES, AgentPort, Clock, SystemClock
+from tensorfleet_desktop.controller.ports import MIN_FREE_DISK_BYTES, AgentPort, Clock, SystemClock, TicketMaker
 from tensorfleet_desktop.controller.project_files import ProjectFiles
 from tensorfleet_desktop.controller.retention import project_manifests
 from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, full_message
@@ -54,6 +55,8 @@ class Controller:
         *,
         agents: AgentPort,
         clock: Clock | None = None,
+        tickets: TicketMaker | None = None,
+        peer_transfer: bool = True,
     ) -> None:
         """`agents` is the core's only way to its agents."""
         clock = clock or SystemClock()
@@ -79,7 +82,8 @@ class Controller:
             self.catalog.entries,
             keep_checkpoints,
         )
-        ingest = Ingest(self.events, self.artifacts, self.sweeps, metrics, clock)
+        holders = Holders()  # which agents hold which dataset blobs: dispatch names them as peers (issue 20)
+        ingest = Ingest(self.events, self.artifacts, self.sweeps, metrics, clock, holders)
         self.attempts = Attempts(
             agents,
             self.machine,
@@ -90,6 +94,9 @@ class Controller:
             clock,
             self.background,
             self.project_files,
+            holders,
+            tickets,
+            peer_transfer,
         )
         self.placement = Placement(
             agents, self.machine, self.events, self.attempts, self.sweeps, metrics, clock, gang_reserve_after

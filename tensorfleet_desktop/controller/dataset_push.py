@@ -35,6 +35,16 @@ URL_LIFETIME = timedelta(hours=12)  # a presigned GET in an agent's listing
 LISTING_REUSE = 3600.0  # seconds a signed listing is sent again as is (its URLs have 11 hours left then)
 _KEPT = 8  # parsed manifests and signed listings remembered
 _FIELD = "dataset_version"
+#: A task's dataset_transfer (TaskInfo.dataset_transfer, status --json) before its agent reports.
+EMPTY_TRANSFER: dict[str, int | float] = {
+    "bytes_from_peers": 0,
+    "bytes_from_controller": 0,
+    "bytes_from_store": 0,
+    "cached_bytes": 0,
+    "seconds": 0.0,
+    "peers_used": 0,
+    "peer_failures": 0,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +54,7 @@ class UploadPlan:
     entries: tuple[ManifestEntry, ...]
     sizes: dict[str, int]  # blob sha256 -> bytes, for every blob the agent may be sent (files, chunks, manifest)
     owners: dict[str, str]  # blob sha256 -> a path it is (part of), for messages
+    whole: dict[str, str] = dataclasses.field(default_factory=dict)  # chunk sha256 -> its file's sha256
 
 
 class DatasetPush:
@@ -74,15 +85,17 @@ class DatasetPush:
             self._remember(self._manifests, content_id, entries)
         sizes: dict[str, int] = {content_id: 0}
         owners: dict[str, str] = {content_id: "the version's manifest"}
+        whole: dict[str, str] = {}
         for entry in entries:
             if entry.chunks:
                 for j, chunk in enumerate(entry.chunks):
                     sizes[chunk] = min(CHUNK_BYTES, entry.size - j * CHUNK_BYTES)
                     owners.setdefault(chunk, entry.path)
+                    whole.setdefault(chunk, entry.sha256)
             else:
                 sizes[entry.sha256] = entry.size
                 owners.setdefault(entry.sha256, entry.path)
-        return UploadPlan(entries, sizes, owners)
+        return UploadPlan(entries, sizes, owners, whole)
 
     async def signed_listing(self, version: dict[str, Any]) -> bytes:
         """The reference's listing as its agent reads it: each object with its "get"."""

@@ -3,9 +3,12 @@ stored cursor (a replay after a reconnect is dropped), applied to the job's summ
 
 from __future__ import annotations
 
+from typing import Any
+
 from tensorfleet_agent.core.types import (
     ArtifactReady,
     CheckpointSaved,
+    DatasetTransfer,
     EnvironmentReady,
     Finished,
     LogLine,
@@ -16,6 +19,7 @@ from tensorfleet_agent.core.types import (
     TaskState,
 )
 from tensorfleet_desktop.controller.artifacts import Artifacts
+from tensorfleet_desktop.controller.dataset_holders import Holders
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobTask, TaskRunState, attempt_number
@@ -27,8 +31,15 @@ Base = dict[str, str | int]
 
 class Ingest:
     def __init__(
-        self, events: EventLog, artifacts: Artifacts, sweeps: SweepRunner, metrics: ControllerMetrics, clock: Clock
+        self,
+        events: EventLog,
+        artifacts: Artifacts,
+        sweeps: SweepRunner,
+        metrics: ControllerMetrics,
+        clock: Clock,
+        holders: Holders | None = None,
     ) -> None:
+        self.holders = holders or Holders()
         self.events = events
         self.artifacts = artifacts
         self.sweeps = sweeps
@@ -59,6 +70,14 @@ class Ingest:
             task.environment = environment_dict(p)
             record(job, "log", base, stream="controller", message=environment_line(task.index, p))
             self.events.store.save_job(job, (task,))  # kept with the task across a controller restart
+            self.events.touched(job)
+        elif isinstance(p, DatasetTransfer):
+            task.dataset_transfer = transfer_dict(p, task.dataset_transfer)
+            version = job.spec.get("dataset_version") or {}
+            if version.get("source") == "upload" and task.node_id:
+                self.holders.holds_version(task.node_id, str(version["content_id"]))  # a peer for the next readers
+            record(job, "log", base, stream="controller", message=transfer_line(task.index, task.dataset_transfer))
+            self.events.store.save_job(job, (task,))
             self.events.touched(job)
         elif isinstance(p, LogLine):
             record(job, "log", base, stream=p.stream, message=p.line)
@@ -119,6 +138,35 @@ def environment_dict(p: EnvironmentReady) -> dict[str, str | bool | int | float]
         "bytes": p.bytes,
         "materialize_seconds": round(p.materialize_seconds, 3),
     }
+
+
+def transfer_dict(p: DatasetTransfer, pushed: dict[str, Any] | None) -> dict[str, Any]:
+    """The task's dataset_transfer: the agent's account, with the bytes the controller pushed before RunTask
+    (`pushed`, set at dispatch) as bytes_from_controller when the agent could not tell them from its cache."""
+    body: dict[str, Any] = {
+        "bytes_from_peers": p.bytes_from_peers,
+        "bytes_from_controller": p.bytes_from_controller,
+        "bytes_from_store": p.bytes_from_store,
+        "cached_bytes": p.cached_bytes,
+        "seconds": round(p.seconds, 3),
+        "peers_used": p.peers_used,
+        "peer_failures": p.peer_failures,
+    }
+    sent = int((pushed or {}).get("bytes_from_controller", 0))
+    if sent and not p.bytes_from_controller:  # the agent found them in its cache: they were the controller's
+        body["bytes_from_controller"] = sent
+        body["cached_bytes"] = max(0, p.cached_bytes - sent)
+    return body
+
+
+def transfer_line(rank: int, t: dict[str, Any]) -> str:
+    """The controller's log line once a task's dataset is mounted: where its bytes came from."""
+    return (
+        f"rank {rank}: dataset ready in {t['seconds']:.2f}s: {t['bytes_from_peers']} bytes from "
+        f"{t['peers_used']} peer(s), {t['bytes_from_controller']} from the controller, {t['bytes_from_store']} "
+        f"from the object store, {t['cached_bytes']} cached"
+        + (f"; {t['peer_failures']} blob(s) a peer failed to serve" if t["peer_failures"] else "")
+    )
 
 
 def environment_line(rank: int, p: EnvironmentReady) -> str:

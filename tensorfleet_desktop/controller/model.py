@@ -82,6 +82,9 @@ class JobTask:
     failed_on: list[str] = field(default_factory=list)  # agents where an attempt failed: a retry prefers others
     retry_at: float = 0.0  # a failed task waits until then (back-off), so a quick failure cannot burn its retries
     environment: dict[str, Any] | None = None  # a project task's EnvironmentReady (key, cache_hit, ...) this attempt
+    # how this attempt's dataset version got onto its agent (bytes by source, seconds, peers): the controller's
+    # push, then the agent's DatasetTransfer event (ingest.py); None when it has none
+    dataset_transfer: dict[str, Any] | None = None
 
 
 @dataclass
@@ -182,6 +185,7 @@ def task_dict(task: JobTask) -> dict[str, Any]:
     body["params"] = copy.deepcopy(task.params)
     body["failed_on"] = list(task.failed_on)
     body["environment"] = copy.deepcopy(task.environment)
+    body["dataset_transfer"] = copy.deepcopy(task.dataset_transfer)
     return body
 
 

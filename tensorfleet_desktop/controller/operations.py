@@ -21,6 +21,7 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.validation import check_id
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.datasets import DatasetError
+from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError
 from tensorfleet_desktop.controller.model import JobEventRecord
 from tensorfleet_desktop.controller.registry import model_config
 
@@ -144,6 +145,27 @@ async def remove_agent(c: Controller, fleet: Fleet, ref: str) -> AgentRecord:
     record = await fleet.remove(ref)
     c.store.delete_agent(record.node_id)
     return record
+
+
+async def agent_cache(c: Controller, fleet: Fleet, record: AgentRecord) -> dict[str, Any]:
+    """An agent's blob cache and dataset trees (gRPC GetAgentCache, GET /agents/{id}/cache). What it holds now
+    also corrects the holders index (the versions it no longer has are not offered as peer sources)."""
+    from tensorfleet_desktop.controller.agent_link import FleetAgents  # the fleet's gRPC side: at the edge
+
+    try:
+        cache = await FleetAgents(fleet).list_cache(record.node_id)
+    except AgentBusy as exc:
+        state = record.public_state()
+        raise AgentCallError(
+            f"agent {record.name} ({record.node_id[:12]}) cannot list its blob cache now: it is not connected"
+            f"{f' ({state})' if state else ''} ({exc})"
+        ) from None
+    except AgentCallError as exc:
+        raise AgentCallError(
+            f"agent {record.name} ({record.node_id[:12]}) could not list its blob cache: {exc}"
+        ) from None
+    c.attempts.holders.cache_listed(record.node_id, [str(t["content_id"]) for t in cache["trees"]])
+    return cache
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -21,12 +22,14 @@ from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
 from tensorfleet_desktop.controller.ports import AgentPort, Clock
-from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan, rank_layout
+from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible, plan, rank_layout
+from tensorfleet_desktop.controller.scheduler import Placement as Placed
 from tensorfleet_desktop.controller.trials import SweepRunner
 
 log = logging.getLogger(__name__)
 
 TICK = 0.5
+STAGE_SCAN = 32  # queued jobs a pass looks at for a dataset to stage
 _COMPACT = 64  # ended jobs the order keeps (beyond a quarter of the open ones) before it is rebuilt without them
 
 
@@ -59,6 +62,35 @@ class Placement:
     def update_gauges(self) -> None:
         self.events.gauges_stale, self._gauges_at = False, time.monotonic()
         self.metrics.active_jobs.set(self.machine.active_jobs())
+
+    def _stage_waiting(self, capacities: list[Capacity], placed: set[str], now: float) -> None:
+        """The first queued jobs naming an upload dataset version that this pass could not place start getting it
+        onto the agents they will likely use (those it may run on, holders first, one per rank)."""
+        for job in itertools.islice(self._queue(), STAGE_SCAN):
+            version = job.spec.get("dataset_version")
+            if (
+                job.state is not JobState.QUEUED
+                or job.id in placed
+                or job.id in self.attempts.staged
+                or not version
+                or version.get("source") != "upload"
+            ):
+                continue
+            request = self._request(job, now)
+            if request is None:
+                continue
+            likely = sorted(
+                (c.node_id for c in capacities if eligible(request, c) and c.node_id not in request.avoid),
+                key=lambda node: (node not in request.prefer, node),
+            )
+            self.attempts.stage(job, likely[: len(request.ranks)])
+
+    def _holding(self, job: Job) -> tuple[str, ...]:
+        """The agents holding the job's upload dataset version (placement tries them first)."""
+        version = job.spec.get("dataset_version")
+        if not version or version.get("source") != "upload":
+            return ()
+        return tuple(sorted(self.attempts.holders.version_holders(str(version["content_id"]))))
 
     async def run(self) -> None:
         wake = self.machine.wake
@@ -136,12 +168,14 @@ class Placement:
             for a in views
             if a.schedulable and not self.attempts.resting(a.node_id)  # it said "busy" a moment ago
         ]
-        if not any(c.free_slots > 0 for c in capacities):
-            return  # nothing can be placed: spare the pass over the queue
         now = self.clock.time()
-        requests = (r for job in self._queue() if (r := self._request(job, now)) is not None)
-        # plan() reads them in this order and stops once every free slot is taken: the rest are never built
-        placed = plan(requests, capacities, now, self.gang_reserve_after, ordered=True)
+        placed: list[Placed] = []
+        if any(c.free_slots > 0 for c in capacities):  # else nothing can be placed: spare the pass over the queue
+            requests = (r for job in self._queue() if (r := self._request(job, now)) is not None)
+            # plan() reads them in this order and stops once every free slot is taken: the rest are never built
+            placed = plan(requests, capacities, now, self.gang_reserve_after, ordered=True)
+        if self.attempts.peer_transfer and self.attempts.tickets is not None:  # staged blobs reach others as peers
+            self._stage_waiting(capacities, {p.job_id for p in placed}, now)
         if not placed:
             return
         placements = sorted(placed, key=lambda p: (p.job_id, p.rank))
@@ -188,4 +222,5 @@ class Placement:
             labels=tuple(sorted(c.get("labels", {}).items())),
             waiting_since=job.queued_since,
             avoid=tuple(sorted({n for t in job.tasks if t.index in pending for n in t.failed_on})),
+            prefer=self._holding(job),
         )

@@ -42,6 +42,12 @@ class AgentView:
     workloads: frozenset[str] = frozenset()
     sklearn_version: str = ""
     placed: frozenset[str] = frozenset()  # our attempts it holds a slot for
+    fingerprint: str = ""  # its pinned TLS certificate's (a reader checks a peer against it); "" with --insecure
+
+
+#: (reader node id, content ids, seconds valid, job id) -> (a serialized PeerTicket, its signature by the
+#: controller's identity key): what a reader shows the peers it fetches dataset blobs from (issue 20).
+TicketMaker = Callable[[str, list[str], float, str], tuple[bytes, bytes]]
 
 
 class AgentPort(Protocol):

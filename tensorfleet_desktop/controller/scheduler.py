@@ -4,7 +4,9 @@ Order: priority (higher first), then FIFO. A job of N ranks is a gang: all N
 placements at once or none. Smaller jobs may backfill around a waiting gang,
 but once the gang has waited `reserve_after` seconds it reserves every free slot
 it could use, so it never starves. A retry prefers an agent other than the ones
-its earlier attempts failed on (a full disk, a broken driver), when one fits now.
+its earlier attempts failed on (a full disk, a broken driver), when one fits now. Among the agents that fit, one
+holding the job's dataset version already goes first (`prefer`): a preference only, so a job whose holders are busy
+is placed elsewhere rather than wait.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Request:
     labels: tuple[tuple[str, str], ...] = ()
     waiting_since: float = 0.0
     avoid: tuple[str, ...] = ()  # node ids where an attempt failed: used only when nothing else fits
+    prefer: tuple[str, ...] = ()  # node ids holding its dataset version: first among those that fit
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ def plan(
         chosen: list[Placement] = []
         for rank in request.ranks:
             fitting = sorted(
-                (c for c in trial.values() if _fits(request, c)), key=lambda c: (c.node_id in request.avoid, _order(c))
+                (c for c in trial.values() if _fits(request, c)),
+                key=lambda c: (c.node_id in request.avoid, c.node_id not in request.prefer, _order(c)),
             )
             if not fitting:
                 break

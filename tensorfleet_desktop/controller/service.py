@@ -306,6 +306,12 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return wire.agent_envs_to_pb(envs)
 
     @_unary
+    async def GetAgentCache(self, request: cpb.AgentRefRequest, context: Any) -> pb.ListCacheResponse:
+        """The agent's blob cache and dataset trees; what it holds now also corrects the holders index."""
+        record = self.fleet.resolve(request.agent)
+        return wire.cache_to_pb(await operations.agent_cache(self.c, self.fleet, record))
+
+    @_unary
     async def PruneAgentEnvs(self, request: cpb.PruneAgentEnvsRequest, context: Any) -> pb.PruneEnvsResponse:
         if request.keep_bytes < 0:
             raise ValidationError("keep_bytes", f"must be >= 0, got {request.keep_bytes}")

@@ -12,6 +12,9 @@
     port = 8080             # serve the HTTP API (/api/v1) on this port (0: a free one); --http-port wins
     host = "0.0.0.0"        # the address it listens on (default: serve's --host); HTTPS off loopback
 
+    [datasets]
+    peer_transfer = true    # agents fetch dataset blobs from peers that hold them; --no-peer-transfer wins
+
 Command-line flags win over environment variables, which win over the file. Keep it readable by you
 only: the controller refuses a file with credentials that others can read.
 """
@@ -42,6 +45,7 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "store": {"uri": str},
     "blobs": {"uri": str, "access_key": str, "secret_key": str},
     "http": {"port": int, "host": str},
+    "datasets": {"peer_transfer": bool},
 }
 
 
@@ -53,11 +57,15 @@ class FileSettings:
     s3_secret_key: str = ""
     http_port: int | None = None  # [http] port: serve the HTTP API there when --http-port is not given
     http_host: str = ""  # [http] host: its address when --http-host is not given
+    peer_transfer: bool = True  # [datasets] peer_transfer: dataset blobs from peer agents (issue 20)
 
 
 def _check_value(path: Path, section: str, key: str, item: object) -> None:
     """A value of the type its key takes (a TOML integer is never a string here, nor a bool an integer)."""
-    if _SECTIONS[section][key] is int:
+    if _SECTIONS[section][key] is bool:
+        if not isinstance(item, bool):
+            raise ValueError(f"{path}: [{section}] {key} must be true or false (no quotes), got {item!r}")
+    elif _SECTIONS[section][key] is int:
         if isinstance(item, bool) or not isinstance(item, int):
             raise ValueError(f"{path}: [{section}] {key} must be an integer (no quotes), got {item!r}")
         if section == "http" and key == "port" and not 0 <= item <= 65535:
@@ -81,6 +89,7 @@ def load_settings(path: Path) -> FileSettings:
                 raise ValueError(f"{path}: [{section}] has no key {key!r} (known: {', '.join(_SECTIONS[section])})")
             _check_value(path, section, key, item)
     store, blobs, http = body.get("store", {}), body.get("blobs", {}), body.get("http", {})
+    datasets = body.get("datasets", {})
     has_secret = ":" in store.get("uri", "").split("@")[0].removeprefix("mongodb://") or "secret_key" in blobs
     if has_secret and os.name == "posix" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
         raise ValueError(f"{path} holds credentials but others can read it: chmod 600 {path}")
@@ -91,6 +100,7 @@ def load_settings(path: Path) -> FileSettings:
         s3_secret_key=blobs.get("secret_key", ""),
         http_port=http.get("port"),
         http_host=http.get("host", ""),
+        peer_transfer=datasets.get("peer_transfer", True),
     )
 
 
@@ -98,10 +108,16 @@ def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _toml_value(value: str | int | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _toml_string(value) if isinstance(value, str) else str(value)
+
+
 def save_settings(path: Path, settings: FileSettings) -> None:
     """Write the config file readable by its owner only (it may hold credentials); empty values are left out."""
     lines: list[str] = []
-    sections: dict[str, tuple[tuple[str, str | int | None], ...]] = {
+    sections: dict[str, tuple[tuple[str, str | int | bool | None], ...]] = {
         "store": (("uri", settings.store_uri),),
         "blobs": (
             ("uri", settings.blobs_uri),
@@ -109,12 +125,13 @@ def save_settings(path: Path, settings: FileSettings) -> None:
             ("secret_key", settings.s3_secret_key),
         ),
         "http": (("port", settings.http_port), ("host", settings.http_host)),
+        "datasets": (("peer_transfer", None if settings.peer_transfer else False),),  # written when turned off
     }
     for section, items in sections.items():
         present = [(k, v) for k, v in items if v is not None and v != ""]
         if present:
             lines.append(f"[{section}]")
-            lines += [f"{k} = {_toml_string(v) if isinstance(v, str) else v}" for k, v in present]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in present]
             lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -42,7 +42,8 @@ def test_the_http_section_is_read_typed(tmp_path: Path) -> None:
         ("[http]\nhost = 8080\n", "[http] host must be a string (in quotes), got 8080"),
         ("[store]\nuri = 5\n", "[store] uri must be a string"),
         ('[http]\nadress = "x"\n', "[http] has no key 'adress' (known: port, host)"),
-        ("[web]\nport = 1\n", "unknown section [web] (known: store, blobs, http)"),
+        ("[web]\nport = 1\n", "unknown section [web] (known: store, blobs, http, datasets)"),
+        ('[datasets]\npeer_transfer = "no"\n', "[datasets] peer_transfer must be true or false (no quotes), got 'no'"),
     ],
 )
 def test_a_wrong_value_is_refused_naming_its_key(tmp_path: Path, body: str, said: str) -> None:
@@ -50,6 +51,15 @@ def test_a_wrong_value_is_refused_naming_its_key(tmp_path: Path, body: str, said
     with pytest.raises(ValueError) as raised:
         load_settings(path)
     assert said in str(raised.value) and str(path) in str(raised.value)
+
+
+def test_peer_transfer_is_on_unless_the_file_turns_it_off_and_a_save_keeps_that(tmp_path: Path) -> None:
+    assert load_settings(written(tmp_path, "[http]\nport = 1\n")).peer_transfer is True
+    off = load_settings(written(tmp_path, "[datasets]\npeer_transfer = false\n"))
+    assert off.peer_transfer is False
+    path = tmp_path / "saved.toml"
+    save_settings(path, off)
+    assert "peer_transfer = false" in path.read_text() and load_settings(path) == off
 
 
 def test_save_keeps_http_and_round_trips(tmp_path: Path) -> None:

@@ -220,6 +220,41 @@ async def remove_agent(ctx: Context, agent: AgentRef) -> Agent:
     return agent_body(await operations.remove_agent(ctx.controller, ctx.fleet, agent))
 
 
+class CacheTree(BaseModel):
+    name: str = Field(description="the dataset's name")
+    version: int
+    content_id: str = Field(description="the version's manifest sha256")
+    bytes: int
+    files: int
+    last_used: float = Field(description="unix seconds")
+    in_use: int = Field(description="tasks reading it now")
+
+
+class AgentCache(BaseModel):
+    """An agent's blob cache and the dataset versions laid out from it (`tensorfleet agents cache AGENT --json`)."""
+
+    blobs: int
+    blob_bytes: int
+    limit_bytes: int = Field(description="its --blob-cache-gb; least recently used blobs go beyond it")
+    trees: list[CacheTree] = Field(description="most recently used first")
+
+
+@router.get(
+    "/agents/{agent}/cache",
+    tags=["agents"],
+    summary="An agent's blob cache",
+    response_model=AgentCache,
+    responses=problems.error_responses(404, 409),
+)
+async def agent_cache(ctx: Context, agent: AgentRef) -> AgentCache:
+    """What the agent's blob cache holds and the dataset versions materialized there (gRPC GetAgentCache); 409
+    when the agent cannot be asked now (not connected)."""
+    record = ctx.fleet.resolve(agent)
+    cache = await operations.agent_cache(ctx.controller, ctx.fleet, record)
+    trees = sorted(cache["trees"], key=lambda t: -float(t["last_used"]))
+    return AgentCache(**{**cache, "trees": [CacheTree(**t) for t in trees]})
+
+
 # ---- dashboard
 
 

@@ -127,6 +127,11 @@ class TaskOut(BaseModel):
     started_at: float | None
     finished_at: float | None
     environment: dict[str, Any] | None = Field(description="a project task's environment (null: none)")
+    dataset_transfer: dict[str, Any] | None = Field(
+        default=None,
+        description="how its dataset version got onto its agent: bytes_from_peers, bytes_from_controller, "
+        "bytes_from_store, cached_bytes, seconds, peers_used, peer_failures (null: no dataset version)",
+    )
 
 
 class JobPage(BaseModel):
@@ -222,6 +227,7 @@ def task_out(task: JobTask, names: dict[str, str]) -> TaskOut:
         started_at=_time(task.started_at),
         finished_at=_time(task.finished_at),
         environment=_finite(task.environment) if task.environment else None,
+        dataset_transfer=_finite(task.dataset_transfer) if task.dataset_transfer else None,
     )
 
 
