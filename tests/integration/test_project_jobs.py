@@ -262,7 +262,7 @@ def test_cancel_while_preparing_stops_uv_at_once(cluster: Cluster) -> None:
     requirement = pf.add_slow_sdist(cluster.house, pidfile)
     project = _project(cluster, "slow", requirements=f"{requirement}\n")
     job = client.submit_project(project, pf.TRAIN_COMMAND)
-    wait_until(pidfile.exists, 30, "the slow build backend to start")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the slow build backend to start")
     backend = int(pidfile.read_text())
     assert client.job(job["id"])["task_list"][0]["state"] == "PREPARING"
     asked = time.time()

@@ -318,7 +318,7 @@ def test_a_project_paused_while_preparing_stops_its_env_build_and_waits_paused(c
     requirement = pf.add_slow_sdist(cluster.house, pidfile)
     project = _project(cluster.root, "pause-preparing", requirements=f"{requirement}\n")
     job = client.submit_project(project, COMMAND, max_retries=0)
-    wait_until(pidfile.exists, 30, "the slow build backend to start")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the slow build backend to start")
     backend = int(pidfile.read_text())
     assert client.job(job["id"])["task_list"][0]["state"] == "PREPARING"
     asked = time.time()
@@ -338,7 +338,7 @@ def test_a_project_paused_while_preparing_stops_its_env_build_and_waits_paused(c
 
     pidfile.unlink()
     client.resume(job["id"])  # prepared again from the start (here it stalls again: then cancelled)
-    wait_until(pidfile.exists, 30, "the env build to start again")
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the env build to start again")
     again = client.job(job["id"])["task_list"][0]
     assert again["state"] == "PREPARING" and again["attempt"] == 2, again
     client.cancel(job["id"])
