@@ -44,7 +44,7 @@ ENDLESS = {
 #: server streams that send a finite answer (a file, a blob) and end
 FINITE = {
     "tensorfleet.v1.ControllerService": frozenset({"DownloadModel", "DownloadArtifact"}),
-    "tensorfleet.v1.AgentService": frozenset({"GetBlob"}),
+    "tensorfleet.v1.AgentService": frozenset({"GetBlob", "GetPeerBlob"}),
 }
 
 _json_scalars = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats() | st.text(max_size=20)
