@@ -5,6 +5,8 @@ controller) comes back. Agents are reached only through the AgentPort."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -63,6 +65,8 @@ class Attempts:
         self.tickets = tickets  # signs peer tickets with the controller's key; None: no peer transfer
         self.peer_transfer = peer_transfer  # [datasets] peer_transfer / serve --no-peer-transfer
         self._peerless: set[tuple[str, int]] = set()  # (job, rank) whose last attempt failed SETUP: no peers
+        # content id -> the version's blobs no agent holds nor is being sent, for its readers to share (_peer_plan)
+        self._unsent: dict[str, tuple[collections.deque[str], set[str]]] = {}
         self.staged: set[str] = set()  # jobs whose dataset was staged while they waited (once each)
         self.project_files = project_files
         self.dataset_push = DatasetPush(artifacts.blobs)  # dataset versions' manifests and signed listings
@@ -284,52 +288,67 @@ class Attempts:
     async def _peer_plan(
         self, job: Job, task: JobTask, plan: UploadPlan, manifest_id: str, send: list[str], reader: AgentView
     ) -> tuple[dict[str, asyncio.Future[None]], tuple[PeerSource, ...]]:
-        """(the pushes to the reader it started: what the controller still sends it, the peers it fetches the
-        rest from).
+        """Send the reader its share of what no agent holds, then name the peers it fetches the rest from: (the
+        pushes to it, ended; the peers).
 
-        A blob an online peer holds is named with up to three of its holders (the least loaded first). One no
-        peer holds nor is being sent goes to one of the agents this job is being dispatched to now (the reader
-        and its co-readers, by the blob's hash): the controller sends each byte about once and the readers
-        exchange the rest. A blob being sent to a peer is awaited before RunTask; if that push fails, the reader
-        gets it from the controller. The manifest always comes from the controller (the reader needs it first)."""
-        online = {a.node_id: a for a in self.agents.agents() if a.online and a.node_id != reader.node_id and a.address}
-        co_readers = sorted(
-            {
-                t.node_id
-                for t in job.tasks
-                if t.node_id in online and t.state in (TaskRunState.DISPATCHED, TaskRunState.PREPARING)
-            }
-            | {reader.node_id}
-        )
+        The blobs of a version that no online agent holds nor is being sent wait in one queue per version; every
+        reader being dispatched pulls from it, PUSH_CONCURRENCY at a time, so readers dispatched together (the
+        ranks of a job, or jobs close together) split one copy from the controller between them and exchange the
+        rest. A blob being sent to another reader is awaited (if that push fails, this reader is sent it). Each
+        blob the reader lacks is then named with up to three online holders (`spread`: the least loaded first).
+        The manifest always comes from the controller (the reader needs it first)."""
+        me = reader.node_id
+        online = {a.node_id: a for a in self.agents.agents() if a.online and a.node_id != me and a.address}
+        queue, queued = self._unsent.setdefault(manifest_id, (collections.deque(), set()))
         own: dict[str, asyncio.Future[None]] = {}
-        holders_of: dict[str, list[str]] = {}
-        waits: dict[str, list[asyncio.Future[None]]] = {}
-        for sha in send:
-            if sha == manifest_id:
-                own[sha] = self._push_future(reader.node_id, sha)
-                continue
-            held = self.holders.holders(sha, manifest_id, plan.whole.get(sha, "")) & online.keys()
-            pending = sorted(n for n in online if (n, sha) in self._pushing)
-            if not held and not pending:
-                owner = co_readers[int(sha[:8], 16) % len(co_readers)]
-                if owner == reader.node_id:  # started now: a co-reader's plan sees it as being sent here
-                    own[sha] = self._push_future(reader.node_id, sha)
+        if manifest_id in send:
+            own[manifest_id] = self._push_future(me, manifest_id)
+        needed = [sha for sha in send if sha != manifest_id]
+
+        def held(sha: str) -> set[str]:
+            return self.holders.holders(sha, manifest_id, plan.whole.get(sha, "")) & online.keys()
+
+        def sending(sha: str) -> list[asyncio.Future[None]]:
+            return [f for n in (*online, me) if (f := self._pushing.get((n, sha))) is not None]
+
+        for sha in needed:
+            if sha not in queued and not held(sha) and not sending(sha):
+                queue.append(sha)
+                queued.add(sha)
+
+        async def share() -> None:  # one of the reader's streams from the version's queue
+            while queue:
+                sha = queue.popleft()
+                queued.discard(sha)
+                if held(sha):
                     continue
-                self._push_future(owner, sha)  # the co-reader serves it to the others
-                pending = [owner]
-            if held:
-                holders_of[sha] = sorted(held)
-            else:
-                holders_of[sha] = pending
-                waits[sha] = [self._push_future(n, sha) for n in pending]
-        for sha, futures in waits.items():
-            results = await asyncio.gather(*(asyncio.shield(f) for f in futures), return_exceptions=True)
-            ok = [n for n, r in zip(holders_of[sha], results, strict=True) if r is None]
-            if ok:
-                holders_of[sha] = ok
-            else:  # every push of it to a peer failed: the reader gets it from the controller
-                del holders_of[sha]
-                own[sha] = self._push_future(reader.node_id, sha)
+                push = own[sha] = self._push_future(me, sha)
+                try:
+                    await asyncio.shield(push)
+                except FileNotFoundError:
+                    continue  # lost from the blob store: _pushes_of names it
+                except Exception:
+                    if sha not in queued:  # another reader sends it; this one's dispatch fails
+                        queue.appendleft(sha)
+                        queued.add(sha)
+                    raise
+
+        results = await asyncio.gather(*(share() for _ in range(PUSH_CONCURRENCY)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        holders_of: dict[str, list[str]] = {}
+        for sha in needed:
+            while sha not in own:
+                if found := held(sha):
+                    holders_of[sha] = sorted(found)
+                    break
+                if running := sending(sha):  # on its way to another reader
+                    await asyncio.gather(*(asyncio.shield(f) for f in running), return_exceptions=True)
+                    continue
+                own[sha] = self._push_future(me, sha)  # its push to another failed: from the controller
+                with contextlib.suppress(Exception):  # _pushes_of raises it
+                    await asyncio.shield(own[sha])
         named = spread(holders_of, plan.sizes)
         peers = tuple(
             PeerSource(node, online[node].address, online[node].fingerprint, tuple(sorted(shas)))
