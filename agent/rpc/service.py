@@ -31,7 +31,7 @@ from tensorfleet_agent.rpc import convert, handlers
 from tensorfleet_agent.runtime import transfer
 from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
 from tensorfleet_agent.runtime.executor import Executor
-from tensorfleet_agent.runtime.peer_blobs import PeerBlobs
+from tensorfleet_agent.runtime.peer_blobs import PeerBlobs, Piece
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler
 from tensorfleet_agent.security.authority import AuthError, Authority
 from tensorfleet_agent.security.interceptor import bearer
@@ -52,6 +52,7 @@ _STATUS: dict[type[AgentError], grpc.StatusCode] = {
 SERVICE = pb.DESCRIPTOR.services_by_name["AgentService"].full_name
 MIN_PERIOD, MAX_PERIOD, DEFAULT_PERIOD = 0.05, 3600.0, 1.0
 MAX_HAS_BLOBS = 10_000
+INCOMING_WAIT = 20.0  # seconds a peer asked for a blob it is receiving waits for it (less than a reader's deadline)
 
 R = TypeVar("R")
 
@@ -243,7 +244,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         """A dataset blob for a peer agent: the ticket (signed by a paired controller, not expired) must name a
         version this agent holds whose manifest names the blob; a chunk of an assembled file is a range of it."""
         ticket = await asyncio.to_thread(check_ticket, self.authority, request.ticket, request.ticket_signature)
-        piece = await asyncio.to_thread(self.peer_blobs.locate, ticket.content_ids, request.sha256)
+        piece = await self._locate(ticket.content_ids, request.sha256)
         if not 0 <= request.offset <= piece.length:
             raise ValidationError("offset", f"must be between 0 and the blob size {piece.length}, got {request.offset}")
         log.debug("serving %s to peer %s (job %s)", request.sha256[:12], ticket.reader_node_id[:12], ticket.job_id)
@@ -251,6 +252,17 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         chunks: Iterator[bytes] = self.peer_blobs.read(piece, request.offset)
         while (data := await asyncio.to_thread(next, chunks, None)) is not None:
             yield pb.BlobChunk(data=data)
+
+    async def _locate(self, content_ids: frozenset[str], sha256: str) -> Piece:
+        """Where the blob is; one on its way in (the manifest first) is waited for, up to INCOMING_WAIT each."""
+        for _ in range(2):
+            try:
+                return await asyncio.to_thread(self.peer_blobs.locate, content_ids, sha256)
+            except NotFound:
+                coming = [d for d in (*sorted(content_ids), sha256) if self.blobs.incoming(d)]
+                if not coming or not await asyncio.to_thread(self.blobs.wait_for, coming[0], INCOMING_WAIT):
+                    raise
+        return await asyncio.to_thread(self.peer_blobs.locate, content_ids, sha256)
 
     @_unary
     async def ListCache(self, request: pb.ListCacheRequest, context: Any) -> pb.ListCacheResponse:

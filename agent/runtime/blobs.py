@@ -66,6 +66,13 @@ class BlobWriter:
         self._tmp = store.root / "incoming" / f"{uuid.uuid4().hex}.part"
         self._tmp.parent.mkdir(parents=True, exist_ok=True)
         self._fh: IO[bytes] | None = self._tmp.open("wb")
+        self._expected = True
+        store.expect([sha256])  # a peer asking for it meanwhile waits for it (GetPeerBlob)
+
+    def _done(self) -> None:
+        if self._expected:
+            self._expected = False
+            self._store.unexpect([self.sha256])
 
     def write(self, data: bytes) -> None:
         if self._written + len(data) > self.size:
@@ -78,22 +85,26 @@ class BlobWriter:
 
     def commit(self) -> Path:
         assert self._fh is not None
-        self._fh.close()
-        self._fh = None
-        if self._written != self.size:
-            self._tmp.unlink(missing_ok=True)
-            raise ValidationError("header.size", f"announced {self.size} bytes but {self._written} arrived")
-        digest = self._hasher.hexdigest()
-        if digest != self.sha256:
-            self._tmp.unlink(missing_ok=True)
-            raise ValidationError("header.sha256", f"content hashes to {digest}, not {self.sha256}")
-        return self._store._adopt(self._tmp, digest)
+        try:
+            self._fh.close()
+            self._fh = None
+            if self._written != self.size:
+                self._tmp.unlink(missing_ok=True)
+                raise ValidationError("header.size", f"announced {self.size} bytes but {self._written} arrived")
+            digest = self._hasher.hexdigest()
+            if digest != self.sha256:
+                self._tmp.unlink(missing_ok=True)
+                raise ValidationError("header.sha256", f"content hashes to {digest}, not {self.sha256}")
+            return self._store._adopt(self._tmp, digest)
+        finally:
+            self._done()
 
     def abort(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
         self._tmp.unlink(missing_ok=True)
+        self._done()
 
 
 class BlobStore:
@@ -106,6 +117,9 @@ class BlobStore:
         # Blobs that arrived by PutBlob ("controller") or FetchBlob ("store") and no dataset mount has counted yet:
         # a task's DatasetTransfer says where its version's bytes came from (bounded; the oldest forgotten).
         self._received: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        # Blobs on their way in (a PutBlob, this agent's own peer fetch): a peer asking for one waits for it.
+        self._incoming: Counter[str] = Counter()
+        self._arrival = threading.Condition()
         root.mkdir(parents=True, exist_ok=True)
         self.reclaim_leftovers()
 
@@ -168,6 +182,27 @@ class BlobStore:
         self.touch(sha256)
         self.evict()
 
+    def expect(self, digests: Iterable[str]) -> None:
+        """These blobs are being written into the cache now (see `wait_for`)."""
+        with self._arrival:
+            self._incoming.update(digests)
+
+    def unexpect(self, digests: Iterable[str]) -> None:
+        with self._arrival:
+            self._incoming.subtract(digests)
+            self._incoming += Counter()
+            self._arrival.notify_all()
+
+    def wait_for(self, sha256: str, timeout: float) -> bool:
+        """Whether the blob is here, waiting up to `timeout` while it is on its way in (not at all otherwise)."""
+        with self._arrival:
+            self._arrival.wait_for(lambda: self.has(sha256) or not self._incoming[sha256], timeout)
+            return self.has(sha256)
+
+    def incoming(self, sha256: str) -> bool:
+        with self._arrival:
+            return self._incoming[sha256] > 0
+
     def note_received(self, sha256: str, size: int, source: str) -> None:
         """A blob arrived from `source` ("controller", "store"); counted by the next dataset mount that uses it."""
         with self._lock:
@@ -206,6 +241,8 @@ class BlobStore:
         dest = self.path(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
+        with self._arrival:
+            self._arrival.notify_all()
         self.evict(keep=digest)
         return dest
 

@@ -122,6 +122,13 @@ class PeerFetch:
         incoming.mkdir(parents=True, exist_ok=True)
         with self._cond:
             self._settle()
+        self.store.expect(list(self.wants))  # a peer of ours asking for one of these meanwhile waits for it
+        try:
+            return self._run()
+        finally:
+            self.store.unexpect(list(self.wants))
+
+    def _run(self) -> FetchResult:
         used = [p for p in self.peers if any(p in w.holders for w in self.wants.values())]
         slots = [(peer, i) for i in range(self.streams_per_peer) for peer in used][:MAX_STREAMS]
         done = threading.Event()

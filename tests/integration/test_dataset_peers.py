@@ -2,7 +2,8 @@
 version's tree from two peers; the first peer dies mid-transfer and the second resumes its blobs at their offsets
 (nothing fetched twice); GetPeerBlob refuses a ticket for another version, an expired, unsigned or unknown
 controller's ticket (PERMISSION_DENIED) and answers NOT_FOUND for a version it lacks; a wrong pinned fingerprint is
-refused before any byte; with every peer gone the task fails SETUP naming the blobs."""
+refused before any byte; a blob the peer is being sent is waited for; with every peer gone the task fails SETUP
+naming the blobs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -234,13 +236,29 @@ def test_get_peer_blob_refuses_tickets_it_should_not_honour(tmp_path: Path, loop
         with pytest.raises(PeerIdentityError, match="not "):
             peer_channel(f"127.0.0.1:{peer.port}", "0" * 64)
 
+        # A blob on its way in (a PutBlob under way) is waited for rather than refused: a reader may be named a
+        # peer that is being sent the blob now.
+        v3 = _version({"late.txt": b"arrives while asked for"})
+        _put(peer.blobs, v3.manifest)
+        writer = peer.blobs.writer(v3.entries[0].sha256, v3.entries[0].size)
+
+        def land() -> None:
+            writer.write(v3.files["late.txt"])
+            writer.commit()
+
+        threading.Timer(0.5, land).start()
+        started = time.monotonic()
+        assert get(make_ticket(controller, "r", [v3.content_id], 60), v3.entries[0].sha256) == v3.files["late.txt"]
+        assert time.monotonic() - started >= 0.4
+
         async def list_cache() -> dict[str, Any]:  # a controller's session call (ListCache is not public)
             async with AgentClient(f"127.0.0.1:{peer.port}", AgentTrust(peer.identity.cert_pem, controller)) as c:
                 return await c.list_cache()
 
         cache = loop.run(list_cache())
-        held = [v1.entries[0].sha256, v1.content_id, v2.entries[0].sha256, v2.content_id]
-        assert cache["blobs"] == 4 and cache["blob_bytes"] == sum(peer.blobs.size(s) for s in held), cache
+        held = [v1.entries[0].sha256, v1.content_id, v2.entries[0].sha256, v2.content_id, v3.entries[0].sha256]
+        held.append(v3.content_id)
+        assert cache["blobs"] == 6 and cache["blob_bytes"] == sum(peer.blobs.size(s) for s in held), cache
         assert cache["limit_bytes"] == 1 << 30 and cache["trees"] == []
     finally:
         channel.close()
