@@ -8,8 +8,9 @@ real LAN. Three phases, each a fresh cluster on the same namespaces:
 - controller: `serve --no-peer-transfer`, 8 agents read it at once (the controller pushes every copy: about 8x);
 - peers: the default, 8 agents at once (they fetch from each other what one already holds; goal <= 1.5x one copy).
 
-Each agent runs one script job pinned to it (`constraints.on`) naming the dataset; "ready" is when its script runs
-(the dataset tree is mounted before it starts; it counts the files), measured from the submit of the first job. Prints
+The 8 agents read it as the ranks of one script job naming the dataset (`--shape gang`, each agent has one slot), or
+as 8 jobs each pinned to one agent (`--shape jobs`); "ready" is when a task's script runs (the dataset tree is
+mounted before it starts; it counts the files), measured from the submit. Prints
 JSON: the ready times, per-agent bytes from peers / controller / store (the task's `dataset_transfer`, or the
 controller's 'sent dataset' events where the controller does not report it yet) and the ratio to one agent's copy.
 
@@ -108,8 +109,11 @@ def _sent_by_events(client: Any, job_id: str) -> dict[str, int]:
     return sent
 
 
-def run_phase(lan: Lan, hosts: list[str], data: Path, work: Path, extra: list[str], timeout: float) -> dict[str, Any]:
-    """A fresh cluster (controller on ctl, an agent on each of `hosts`): upload, one pinned job per agent, wait."""
+def run_phase(
+    lan: Lan, hosts: list[str], data: Path, work: Path, extra: list[str], timeout: float, shape: str
+) -> dict[str, Any]:
+    """A fresh cluster (controller on ctl, an agent on each of `hosts`): upload, then one job of a rank per agent
+    ("gang") or a job pinned to each agent ("jobs"); wait; each agent's ready time and bytes."""
     work.mkdir(parents=True)
     cluster = LanCluster(lan, work)
     cluster.env["XDG_CACHE_HOME"] = str(work / "xdg-cache")  # the upload's hash cache stays in the phase's dir
@@ -123,36 +127,40 @@ def run_phase(lan: Lan, hosts: list[str], data: Path, work: Path, extra: list[st
         version = client.call("upload_dataset_version", data, NAME, timeout=timeout)
         upload_s = time.monotonic() - began
         source = {"name": "ready.py", "source": READY_SCRIPT}
-        specs = {
-            host: {
-                "name": f"ready-{host}",
-                "script": source,
-                "dataset": f"{NAME}:{version['version']}",
-                "constraints": {"on": [f"agent-{host}"]},
-                "max_retries": 0,
-            }
-            for host in hosts
-        }
+        ref = f"{NAME}:{version['version']}"
+        if shape == "gang" and len(hosts) > 1:  # one job, a rank per agent (each has one slot): co-readers
+            specs = [{"name": "ready", "script": source, "dataset": ref, "num_workers": len(hosts), "max_retries": 0}]
+        else:  # a job pinned to each agent
+            specs = [
+                {
+                    "name": f"ready-{h}",
+                    "script": source,
+                    "dataset": ref,
+                    "constraints": {"on": [f"agent-{h}"]},
+                    "max_retries": 0,
+                }
+                for h in hosts
+            ]
         t0 = time.time()
-        jobs = {host: client.submit(spec)["id"] for host, spec in specs.items()}
+        job_ids = [client.submit(spec)["id"] for spec in specs]
         agents: list[dict[str, Any]] = []
-        for host, job_id in jobs.items():
+        for job_id in job_ids:
             job = client.call("wait", job_id, timeout, timeout=timeout + 30)
             if job["state"] != "SUCCEEDED":
-                raise RuntimeError(f"the job on agent-{host} ended {job['state']}: {job['error']}")
-            task = job["task_list"][0]
-            said = [r["line"].split() for r in client.logs(job_id)]
-            ready_at = next(float(w[1]) for w in said if w[:1] == ["ready_at"])
-            files = next(int(w[1]) for w in said if w[:1] == ["files"])
-            if files != version["files"]:
-                raise RuntimeError(f"agent-{host}'s task saw {files} file(s) of {version['files']}")
-            row: dict[str, Any] = {"agent": f"agent-{host}", "ready_s": round(ready_at - t0, 3)}
-            transfer = task.get("dataset_transfer")
-            if transfer:
-                row |= transfer
-            else:
-                row |= _sent_by_events(client, job_id)
-            agents.append(row)
+                raise RuntimeError(f"job {job_id} ended {job['state']}: {job['error']}")
+            said = [(r["task_index"], r["line"].split()) for r in client.logs(job_id)]
+            for task in job["task_list"]:
+                mine = [words for index, words in said if index == task["index"]]
+                ready_at = next(float(w[1]) for w in mine if w[:1] == ["ready_at"])
+                files = next(int(w[1]) for w in mine if w[:1] == ["files"])
+                if files != version["files"]:
+                    raise RuntimeError(f"{task['agent']}'s task saw {files} file(s) of {version['files']}")
+                row: dict[str, Any] = {"agent": task["agent"], "ready_s": round(ready_at - t0, 3)}
+                transfer = task.get("dataset_transfer")
+                row |= transfer if transfer else _sent_by_events(client, job_id)
+                agents.append(row)
+        if sorted(a["agent"] for a in agents) != sorted(f"agent-{h}" for h in hosts):
+            raise RuntimeError(f"the tasks ran on {[a['agent'] for a in agents]}, not one on each agent")
         return {
             "all_ready_s": max(a["ready_s"] for a in agents),
             "upload_s": round(upload_s, 2),
@@ -172,6 +180,12 @@ def main() -> None:
     p.add_argument("--agents", type=int, default=8)
     p.add_argument("--rate", default="200mbit", help="every host link's rate, both ways (tc tbf; default 200mbit)")
     p.add_argument("--phases", default="one,controller,peers", help="which phases to run (comma-separated)")
+    p.add_argument(
+        "--shape",
+        choices=("gang", "jobs"),
+        default="gang",
+        help="gang: one job with a rank on each agent (default); jobs: a job pinned to each agent, submitted at once",
+    )
     p.add_argument("--work", type=Path, help="working folder (default: a new one under /tmp, removed after)")
     p.add_argument("--keep", action="store_true", help="keep the working folder (logs, data dirs)")
     p.add_argument("--json", type=Path, help="also write the result here")
@@ -197,6 +211,7 @@ def main() -> None:
         "size_bytes": args.size,
         "agents": args.agents,
         "rate": args.rate,
+        "shape": args.shape,
         "link_one_copy_s": round(one_copy_s, 2),
         "peer_transfer_switch": peer_switch,
         "load_before": load(),
@@ -215,7 +230,7 @@ def main() -> None:
             extra = ["--no-peer-transfer"] if phase == "controller" and peer_switch else []
             targets = hosts[:1] if phase == "one" else hosts
             print(f"dataset_bench: phase {phase} ({len(targets)} agent(s), load {load()})", file=sys.stderr)
-            figures = run_phase(lan, targets, data, work / phase, extra, timeout)
+            figures = run_phase(lan, targets, data, work / phase, extra, timeout, args.shape)
             figures["load_after"] = load()
             result["phases"][phase] = figures
             if not args.keep:
