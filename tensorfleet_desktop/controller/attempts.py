@@ -258,7 +258,15 @@ class Attempts:
         peers: tuple[PeerSource, ...] = ()
         pushes: dict[str, asyncio.Future[None]] = {}  # the pushes _peer_plan started to the reader
         ticket = signature = b""
+        started = self.clock.monotonic()
+        ref = f"dataset {version['name']}:v{version['version']}"
         if send and self.peer_transfer and self.tickets and (job.id, task.index) not in self._peerless:
+            lacking = _mib(sum(plan.sizes.get(sha, 0) for sha in send))
+            self.events.task_event(
+                job,
+                task,
+                f"sending {ref} to {agent.name}: {len(send)} blob(s), {lacking}, from peers and the controller",
+            )
             pushes, peers = await self._peer_plan(job, task, plan, manifest_id, send, agent)
             send = list(pushes)
             if peers:
@@ -267,9 +275,9 @@ class Attempts:
         task.dataset_transfer = {**EMPTY_TRANSFER, "bytes_from_controller": size}
         if not send:
             return peers, ticket, signature  # the agent has it all or gets the rest from peers
-        ref = f"dataset {version['name']}:v{version['version']}"
-        self.events.task_event(job, task, f"sending {ref} to {agent.name}: {len(send)} blob(s), {_mib(size)}")
-        started = self.clock.monotonic()
+        if not pushes:  # with peers, the reader's share was sent while its peers were worked out
+            self.events.task_event(job, task, f"sending {ref} to {agent.name}: {len(send)} blob(s), {_mib(size)}")
+            started = self.clock.monotonic()
         lost = await (self._pushes_of(pushes) if pushes else self._push_all(node, send))
         if lost:
             paths = sorted({plan.owners.get(sha, sha[:12]) for sha in lost})
