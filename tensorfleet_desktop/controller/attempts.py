@@ -39,6 +39,7 @@ _BUSY_BACKOFF_MAX = 15.0  # further refusal in a row up to this (or until its te
 _WATCH_RETRY = 0.25  # between tries to re-open an attempt's event stream
 HAS_BLOBS_BATCH = 10_000  # sha256s per HasBlobs call (the agent's limit)
 PUSH_CONCURRENCY = 4  # project files sent to one agent at once
+SHARE_BIG = 1 << 20  # a blob this big goes to a reader one at a time from its version's queue (_peer_plan)
 STAGE_CONCURRENCY = 4  # blobs a queued job's staging sends at once (over all its agents)
 TICKET_TTL = 1800.0  # seconds a reader's peer ticket is good for (its download; the next dispatch brings another)
 _DRAIN_LIMIT = 120.0  # how long an abandoned project attempt is followed for the outputs it saves as it ends
@@ -66,7 +67,7 @@ class Attempts:
         self.peer_transfer = peer_transfer  # [datasets] peer_transfer / serve --no-peer-transfer
         self._peerless: set[tuple[str, int]] = set()  # (job, rank) whose last attempt failed SETUP: no peers
         # content id -> the version's blobs no agent holds nor is being sent, for its readers to share (_peer_plan)
-        self._unsent: dict[str, tuple[collections.deque[str], set[str]]] = {}
+        self._unsent: dict[str, tuple[collections.deque[str], collections.deque[str], set[str]]] = {}
         self.staged: set[str] = set()  # jobs whose dataset was staged while they waited (once each)
         self.project_files = project_files
         self.dataset_push = DatasetPush(artifacts.blobs)  # dataset versions' manifests and signed listings
@@ -307,7 +308,7 @@ class Attempts:
         The manifest always comes from the controller (the reader needs it first)."""
         me = reader.node_id
         online = {a.node_id: a for a in self.agents.agents() if a.online and a.node_id != me and a.address}
-        queue, queued = self._unsent.setdefault(manifest_id, (collections.deque(), set()))
+        big, small, queued = self._unsent.setdefault(manifest_id, (collections.deque(), collections.deque(), set()))
         own: dict[str, asyncio.Future[None]] = {}
         if manifest_id in send:
             own[manifest_id] = self._push_future(me, manifest_id)
@@ -319,14 +320,21 @@ class Attempts:
         def sending(sha: str) -> list[asyncio.Future[None]]:
             return [f for n in (*online, me) if (f := self._pushing.get((n, sha))) is not None]
 
+        def enqueue(sha: str, first: bool = False) -> None:
+            queue = big if plan.sizes.get(sha, 0) >= SHARE_BIG else small
+            queue.appendleft(sha) if first else queue.append(sha)
+            queued.add(sha)
+
         for sha in needed:
             if sha not in queued and not held(sha) and not sending(sha):
-                queue.append(sha)
-                queued.add(sha)
+                enqueue(sha)
 
-        async def share() -> None:  # one of the reader's streams from the version's queue
-            while queue:
-                sha = queue.popleft()
+        async def share(stream: int) -> None:
+            """One of the reader's streams from the version's queue. Only its first takes big blobs (a chunk): one
+            stream fills a link, and a reader that took several would leave the readers joining a moment later
+            nothing to serve the others; the small ones go several at once (their cost is round trips)."""
+            while small or (big and stream == 0):
+                sha = big.popleft() if big and stream == 0 else small.popleft()
                 queued.discard(sha)
                 if held(sha):
                     continue
@@ -337,11 +345,10 @@ class Attempts:
                     continue  # lost from the blob store: _pushes_of names it
                 except Exception:
                     if sha not in queued:  # another reader sends it; this one's dispatch fails
-                        queue.appendleft(sha)
-                        queued.add(sha)
+                        enqueue(sha, first=True)
                     raise
 
-        results = await asyncio.gather(*(share() for _ in range(PUSH_CONCURRENCY)), return_exceptions=True)
+        results = await asyncio.gather(*(share(i) for i in range(PUSH_CONCURRENCY)), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result

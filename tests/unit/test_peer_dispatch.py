@@ -232,3 +232,28 @@ def test_placement_prefers_agents_holding_the_data_without_waiting_for_them() ->
     assert [p.node_id for p in plan([request], caps, 0.0, 300.0)] == ["b"]
     caps[1].free_slots = 0  # the holder is busy: the job runs elsewhere now
     assert [p.node_id for p in plan([request], caps, 0.0, 300.0)] == ["a"]
+
+
+async def test_big_blobs_nobody_holds_go_one_per_reader_so_every_reader_can_serve_the_others(tmp_path: Path) -> None:
+    agents = FakeAgents()
+    for node in ("a", "bb", "ccc"):
+        agents.add(node)
+    controller = await _controller(tmp_path, agents)
+    entries, shas = [], []
+    for i in range(3):  # three chunk-sized blobs
+        data = bytes([i]) * (1 << 20)
+        sha = hashlib.sha256(data).hexdigest()
+        controller.blobs.path(sha).parent.mkdir(parents=True, exist_ok=True)
+        controller.blobs.path(sha).write_bytes(data)
+        entries.append(ManifestEntry(f"big{i}.bin", 0o644, sha, len(data)))
+        shas.append(sha)
+    body = manifest_bytes(entries)
+    mid = hashlib.sha256(body).hexdigest()
+    controller.blobs.path(mid).parent.mkdir(parents=True, exist_ok=True)
+    controller.blobs.path(mid).write_bytes(body)
+    version = {"name": "big", "version": 1, "content_id": mid, "source": "upload"}
+    job = _job(version, "a", "bb", "ccc")
+    await asyncio.gather(*(_send(controller, job, i) for i in range(3)))
+    files = sorted((node, sha) for node, sha in agents.pushed if sha in shas)
+    assert sorted(sha for _, sha in files) == sorted(shas) and [n for n, _ in files] == ["a", "bb", "ccc"]
+    await controller.store.close()
