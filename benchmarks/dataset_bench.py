@@ -174,6 +174,12 @@ def run_phase(
         cluster.stop()
 
 
+def save_logs(phase_dir: Path, to: Path) -> None:
+    to.mkdir(parents=True, exist_ok=True)
+    for log in phase_dir.glob("*.log"):
+        shutil.copy(log, to / log.name)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--size", type=parse_size, default=2**30, help="dataset size (default 1GiB; e.g. 256MiB)")
@@ -189,6 +195,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="working folder (default: a new one under /tmp, removed after)")
     p.add_argument("--keep", action="store_true", help="keep the working folder (logs, data dirs)")
     p.add_argument("--json", type=Path, help="also write the result here")
+    p.add_argument("--logs", type=Path, help="copy each phase's daemon logs here (the data dirs are removed)")
     args = p.parse_args()
     rate_bits(args.rate)
     if reason := lan_unavailable_reason():
@@ -230,11 +237,15 @@ def main() -> None:
             extra = ["--no-peer-transfer"] if phase == "controller" and peer_switch else []
             targets = hosts[:1] if phase == "one" else hosts
             print(f"dataset_bench: phase {phase} ({len(targets)} agent(s), load {load()})", file=sys.stderr)
-            figures = run_phase(lan, targets, data, work / phase, extra, timeout, args.shape)
+            try:
+                figures = run_phase(lan, targets, data, work / phase, extra, timeout, args.shape)
+            finally:  # a failed phase's logs are the ones worth reading
+                if args.logs:
+                    save_logs(work / phase, args.logs / phase)
+                if not args.keep:
+                    shutil.rmtree(work / phase, ignore_errors=True)
             figures["load_after"] = load()
             result["phases"][phase] = figures
-            if not args.keep:
-                shutil.rmtree(work / phase, ignore_errors=True)
     finally:
         lan.teardown()
         if not args.keep and args.work is None:
