@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5
 STAGE_SCAN = 32  # queued jobs a pass looks at for a dataset to stage
+STAGE_AFTER = 5.0  # seconds a job waits unplaced before its dataset is staged (one placed soon needs none)
 _COMPACT = 64  # ended jobs the order keeps (beyond a quarter of the open ones) before it is rebuilt without them
 
 
@@ -64,8 +65,9 @@ class Placement:
         self.metrics.active_jobs.set(self.machine.active_jobs())
 
     def _stage_waiting(self, capacities: list[Capacity], placed: set[str], now: float) -> None:
-        """The first queued jobs naming an upload dataset version that this pass could not place start getting it
-        onto the agents they will likely use (those it may run on, holders first, one per rank)."""
+        """The first queued jobs naming an upload dataset version that have waited STAGE_AFTER unplaced start
+        getting it onto the agents they will likely use (those it may run on, holders first, one per rank). A job
+        placed within moments is not staged: its dispatch shares the copy among its readers better (_peer_plan)."""
         for job in itertools.islice(self._queue(), STAGE_SCAN):
             version = job.spec.get("dataset_version")
             if (
@@ -74,6 +76,7 @@ class Placement:
                 or job.id in self.attempts.staged
                 or not version
                 or version.get("source") != "upload"
+                or now - job.queued_since < STAGE_AFTER
             ):
                 continue
             request = self._request(job, now)

@@ -257,3 +257,24 @@ async def test_big_blobs_nobody_holds_go_one_per_reader_so_every_reader_can_serv
     files = sorted((node, sha) for node, sha in agents.pushed if sha in shas)
     assert sorted(sha for _, sha in files) == sorted(shas) and [n for n, _ in files] == ["a", "bb", "ccc"]
     await controller.store.close()
+
+
+async def test_a_job_left_waiting_by_placement_is_staged_once_it_has_waited_a_while(
+    setup: tuple[Controller, FakeAgents, dict[str, Any], list[str]],
+) -> None:
+    controller, agents, version, _ = setup
+    for node in agents.fleet:
+        agents.hold(node, "busy")  # every slot taken: the job waits
+    job = _job(version, "", "")
+    for task in job.tasks:
+        task.state = TaskRunState.PENDING
+    controller.attempts.holders.holds_version("ccc", version["content_id"])
+    job.queued_since = controller.attempts.clock.time()
+    controller.machine.restore([job])
+    controller.placement.schedule()
+    assert job.id not in controller.attempts.staged  # it may be placed in a moment
+    job.queued_since -= 10
+    controller.placement.schedule()
+    assert job.id in controller.attempts.staged
+    await controller.background.idle()
+    assert {node for node, _ in agents.pushed} == {"ccc", "a"}  # the holder first, then one more for two ranks
