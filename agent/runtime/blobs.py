@@ -233,17 +233,19 @@ class BlobStore:
         with self._lock:
             return self._pins[sha256]
 
-    def adopt(self, tmp: Path, digest: str) -> Path:
-        """A file the caller wrote under incoming/ and checked hashes to `digest`: rename it into the cache."""
-        return self._adopt(tmp, digest)
+    def adopt(self, tmp: Path, digest: str, evict: bool = True) -> Path:
+        """A file the caller wrote under incoming/ and checked hashes to `digest`: rename it into the cache.
+        evict=False: the caller adopts many and calls `evict` itself now and then (each evict lists the cache)."""
+        return self._adopt(tmp, digest, evict)
 
-    def _adopt(self, tmp: Path, digest: str) -> Path:
+    def _adopt(self, tmp: Path, digest: str, evict: bool = True) -> Path:
         dest = self.path(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
         with self._arrival:
             self._arrival.notify_all()
-        self.evict(keep=digest)
+        if evict:
+            self.evict(keep=digest)
         return dest
 
     def usage(self) -> tuple[int, int]:

@@ -367,11 +367,11 @@ class DatasetCache:
         """Fetch `missing` (sha256 -> size) from the mount's peers. A peer holding a whole chunked file holds each
         of its chunks too (it serves them as byte ranges of the file)."""
         chunk_of = {c: e.sha256 for e in entries for c in e.chunks}
+        holds = [(p.node_id, frozenset(p.sha256)) for p in mount.peers]
         wants = []
         for sha, size in sorted(missing.items()):
-            holders = tuple(
-                p.node_id for p in mount.peers if sha in p.sha256 or (sha in chunk_of and chunk_of[sha] in p.sha256)
-            )
+            whole = chunk_of.get(sha, "")
+            holders = tuple(node for node, held in holds if sha in held or whole in held)
             if holders:
                 wants.append(Want(sha, size, holders))
         started = time.perf_counter()

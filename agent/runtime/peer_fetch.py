@@ -14,6 +14,7 @@ rpc/client.py (peer_channel: TLS pinned to the fingerprint the controller gave).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import threading
@@ -36,6 +37,7 @@ STREAMS_PER_PEER = 3
 MAX_STREAMS = 16
 MIN_RATE = 256 * 1024  # bytes/s: a blob slower than this from one peer (plus BASE_DEADLINE) is given to another
 BASE_DEADLINE = 30.0
+EVICT_EVERY = 256 << 20  # bytes fetched between two evictions (one lists the whole cache: not once per blob)
 _STOP_CHECK = 0.5  # seconds between checks of the task's stop flag while streams run
 # A peer that answers these lacks (or mangled) this one blob; anything else drops the peer for the whole download.
 _BLOB_ONLY = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -105,14 +107,22 @@ class PeerFetch:
         self.connect = connect
         self.streams_per_peer = streams_per_peer
         self._cond = threading.Condition()
-        # Largest first: the long transfers start early and the small ones fill the gaps at the end.
-        self._pending = sorted(self.wants, key=lambda s: (-self.wants[s].size, s))
+        self._pending = set(self.wants)  # not taken by a stream (or given back by one that failed)
+        # Each peer's blobs, largest first (the long transfers start early, the small ones fill the gaps at the
+        # end): a stream of a peer takes the next one still pending; a blob given back goes to the front of the
+        # queues of its other live holders. Linear in blobs x holders, however many files a version has.
+        self._queues: dict[str, collections.deque[str]] = {p: collections.deque() for p in self.peers}
+        for sha in sorted(self.wants, key=lambda s: (-self.wants[s].size, s)):
+            for holder in self.wants[sha].holders:
+                if holder in self._queues:
+                    self._queues[holder].append(sha)
         self._inflight: dict[str, str] = {}
         self._parts: dict[str, _Part] = {}
         self._dead: dict[str, str] = {}
         self._channels: dict[str, grpc.Channel] = {}
         self._calls: set[PeerBlobCall] = set()
         self._served: set[str] = set()
+        self._unevicted = 0  # bytes adopted since the cache was last brought within its limit
         self.result = FetchResult()
 
     # ---- the run
@@ -120,8 +130,6 @@ class PeerFetch:
     def run(self) -> FetchResult:
         incoming = self.store.root / "incoming"
         incoming.mkdir(parents=True, exist_ok=True)
-        with self._cond:
-            self._settle()
         self.store.expect(list(self.wants))  # a peer of ours asking for one of these meanwhile waits for it
         try:
             return self._run()
@@ -162,6 +170,8 @@ class PeerFetch:
                 part.path.unlink(missing_ok=True)
             for channel in self._channels.values():
                 channel.close()
+            if self._unevicted:
+                self.store.evict()
         with self._cond:
             self.result.missing = sorted(set(self.wants) - set(self.result.fetched))
             self.result.peers_used = len(self._served)
@@ -204,9 +214,11 @@ class PeerFetch:
             while True:
                 if self.stop.is_set() or peer in self._dead:
                     return None
-                for sha in self._pending:
-                    if self._eligible(peer, sha):
-                        self._pending.remove(sha)
+                queue = self._queues[peer]
+                while queue:
+                    sha = queue.popleft()
+                    if sha in self._pending and self._eligible(peer, sha):
+                        self._pending.discard(sha)
                         self._inflight[sha] = peer
                         return sha
                 if not any(self._eligible(peer, sha) for sha in self._inflight):
@@ -224,30 +236,23 @@ class PeerFetch:
             part = self._parts.get(sha)
             if part is not None:
                 part.tried.add(peer)
-            if not self.stop.is_set():
-                self._pending.insert(0, sha)  # resumed first: its bytes so far are not wasted
             if peer_gone:
                 self._drop(peer, reason)  # (the condition's lock is reentrant)
             else:
                 log.info("dataset peer %s could not serve %s: %s", peer[:12], sha[:12], reason)
-                self._settle()
-                self._cond.notify_all()
+            if not self.stop.is_set():
+                self._pending.add(sha)
+                for holder in self.wants[sha].holders:  # resumed first: its bytes so far are not wasted
+                    if holder in self._queues and holder not in self._dead and self._eligible(holder, sha):
+                        self._queues[holder].appendleft(sha)
+            self._cond.notify_all()
 
     def _drop(self, peer: str, reason: str) -> None:
         with self._cond:
             if peer not in self._dead:
                 self._dead[peer] = reason
                 log.warning("dataset peer %s dropped: %s", peer[:12], reason)
-            self._settle()
             self._cond.notify_all()
-
-    def _settle(self) -> None:
-        """Pending blobs no live peer can serve any more leave the queue (they end up in `missing`)."""
-        self._pending = [
-            sha
-            for sha in self._pending
-            if any(p in self.peers and p not in self._dead and self._eligible(p, sha) for p in self.wants[sha].holders)
-        ]
 
     # ---- one blob from one peer
 
@@ -320,9 +325,15 @@ class PeerFetch:
                 self._parts[sha] = _Part(part.path, tried=part.tried)
             part.path.unlink(missing_ok=True)
             raise _BlobFailed(f"{want.size} bytes hashing to {part.hasher.hexdigest()[:12]}: thrown away")
-        self.store.adopt(part.path, sha)
+        self.store.adopt(part.path, sha, evict=False)  # (the blobs wanted are pinned by the mount)
         with self._cond:
             self._parts.pop(sha, None)
+            self._unevicted += want.size
+            evict = self._unevicted >= EVICT_EVERY
+            if evict:
+                self._unevicted = 0
+        if evict:
+            self.store.evict()
         log.debug(
             "blob %s (%d bytes) from peer %s in %.2fs", sha[:12], want.size, peer[:12], time.monotonic() - started
         )
