@@ -117,6 +117,9 @@ def run_phase(
     work.mkdir(parents=True)
     cluster = LanCluster(lan, work)
     cluster.env["XDG_CACHE_HOME"] = str(work / "xdg-cache")  # the upload's hash cache stays in the phase's dir
+    # and so does the controller's runtime file (its certificate, read by the client): another simulated LAN
+    # running beside this one has a controller at the same address
+    cluster.env["TENSORFLEET_RUNTIME_DIR"] = str(work / "runtime")
     try:
         for host in hosts:
             cluster.add_agent(host)
