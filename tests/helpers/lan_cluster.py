@@ -157,6 +157,9 @@ class LanCluster:
             "TENSORFLEET_CLUSTER_TOKEN": f"lan-cluster-{secrets.token_hex(8)}",
             "TENSORFLEET_CONTROLLER_TOKEN": f"lan-client-{secrets.token_hex(8)}",
             "TENSORFLEET_KNOWN_CONTROLLERS": str(tmp / "known_controllers.json"),
+            # the controller's connection file: every simulated LAN's controller is at the same address, so two
+            # running at once (a test beside a benchmark) must not read each other's certificate
+            "TENSORFLEET_RUNTIME_DIR": str(tmp / "runtime"),
         }
         self.controller_host = lan.hosts[controller_host]
         self.agents: dict[str, LanProcess] = {}
