@@ -55,6 +55,7 @@ def sweep_job(
                 "started_at": 1000.0 + index,
                 "finished_at": 1000.0 + index + 1.5 + index % 3 if done else None,
                 "environment": None,
+                "dataset_transfer": None,
             }
         )
     metrics: dict[str, float] = {"trials_completed": float(sum(s is not None for _, s, _ in trials))}
