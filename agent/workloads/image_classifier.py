@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from tensorfleet_agent import task
 from tensorfleet_agent.workloads.image_folder import CACHE_BYTES, ImageFolder, Pixels, channel_stats, scan, split
-from tensorfleet_agent.workloads.torch_models import CONFIG_FORMAT, CONFIG_VERSION, _interface_towards, build
+from tensorfleet_agent.workloads.torch_models import CONFIG_FORMAT, CONFIG_VERSION, build, join_ranks
 from tensorfleet_agent.workloads.torchrun import torchrun_env
 
 
@@ -145,26 +144,7 @@ def image_classifier(params: dict[str, Any]) -> None:
     os.environ.update(torchrun_env(spec))
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    gpu = torch.cuda.is_available()
-    device = torch.device("cpu")
-    if gpu:
-        local = int(os.environ["LOCAL_RANK"])
-        device = torch.device("cuda", local if local < torch.cuda.device_count() else 0)
-        torch.cuda.set_device(device)
-    if world > 1:
-        rdv = spec["rendezvous"] or {}
-        iface = _interface_towards(rdv["master_addr"])
-        if iface:
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
-            os.environ.setdefault("NCCL_SOCKET_IFNAME", iface)
-        print(f"rank {rank}/{world}: rendezvous {rdv['master_addr']}:{rdv['master_port']} via {iface or 'default'}")
-        dist.init_process_group(
-            "nccl" if gpu else "gloo",
-            init_method=f"tcp://{rdv['master_addr']}:{rdv['master_port']}",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=120),
-        )
+    device = join_ranks(spec, rank, world, timeout_s=120)
     limit = int(spec.get("memory_limit_bytes") or 0)  # a task's memory limit: the cache takes a quarter at most
     pixels = Pixels(folder, size, min(CACHE_BYTES, limit // 4) if limit else CACHE_BYTES)
     mean, std = channel_stats(pixels, train_idx, seed)

@@ -52,6 +52,35 @@ LAYER_TYPES = (
 )  # fmt: skip
 
 
+def join_ranks(spec: dict[str, Any], rank: int, world: int, timeout_s: float) -> Any:
+    """This rank's torch device, and for a gang its process group joined at the job's rendezvous (gloo on CPU, nccl
+    on GPU, over the interface that reaches the master). Call after torchrun_env is in os.environ."""
+    import torch
+    import torch.distributed as dist
+
+    gpu = torch.cuda.is_available()
+    device = torch.device("cpu")
+    if gpu:  # the job's ranks on this agent see their GPUs together, in local-rank order: ours is cuda:LOCAL_RANK
+        local = int(os.environ["LOCAL_RANK"])
+        device = torch.device("cuda", local if local < torch.cuda.device_count() else 0)
+        torch.cuda.set_device(device)
+    if world > 1:
+        rdv = spec["rendezvous"] or {}
+        iface = _interface_towards(rdv["master_addr"])
+        if iface:
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
+            os.environ.setdefault("NCCL_SOCKET_IFNAME", iface)
+        print(f"rank {rank}/{world}: rendezvous {rdv['master_addr']}:{rdv['master_port']} via {iface or 'default'}")
+        dist.init_process_group(
+            "nccl" if gpu else "gloo",
+            init_method=f"tcp://{rdv['master_addr']}:{rdv['master_port']}",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(seconds=timeout_s),
+        )
+    return device
+
+
 def _layer(kind: str, *args: Any) -> dict[str, Any]:
     return {"type": kind, "args": list(args)}
 
@@ -120,26 +149,7 @@ def _train(kind: str, params: dict[str, Any]) -> None:
     os.environ.update(torchrun_env(spec))  # what torch's own helpers read (LOCAL_RANK, ...), as under torchrun
     torch.manual_seed(int(params["seed"]))
     np.random.seed(int(params["seed"]))
-    gpu = torch.cuda.is_available()
-    device = torch.device("cpu")
-    if gpu:  # the job's ranks on this agent see their GPUs together, in local-rank order: ours is cuda:LOCAL_RANK
-        local = int(os.environ["LOCAL_RANK"])
-        device = torch.device("cuda", local if local < torch.cuda.device_count() else 0)
-        torch.cuda.set_device(device)
-    if world > 1:
-        rdv = spec["rendezvous"] or {}
-        iface = _interface_towards(rdv["master_addr"])
-        if iface:
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
-            os.environ.setdefault("NCCL_SOCKET_IFNAME", iface)
-        print(f"rank {rank}/{world}: rendezvous {rdv['master_addr']}:{rdv['master_port']} via {iface or 'default'}")
-        dist.init_process_group(
-            "nccl" if gpu else "gloo",
-            init_method=f"tcp://{rdv['master_addr']}:{rdv['master_port']}",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=60),
-        )
+    device = join_ranks(spec, rank, world, timeout_s=60)
     x, y, features, classes = load(str(spec["dataset"]), dict(spec.get("dataset_params") or {}))
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=42, stratify=y)
     scaler = StandardScaler().fit(x_train)
