@@ -257,16 +257,7 @@ class DatasetCatalog:
         await self.blobs.publish(digest)
         manifest = single_file_manifest(filename, digest, size)
         content_id = await self._put_blob(manifest_bytes(manifest))
-        table = {
-            "sha256": digest,
-            "filename": filename,
-            "format": "parquet" if source else fmt,
-            "rows": rows,
-            "columns": columns,
-            "size": size,
-            "profile": profile,
-            "source": source,
-        }
+        table = _table(digest, filename, source, fmt, rows, columns, size, profile)
         latest = self._latest(name)
         if latest is not None and latest["content_id"] == content_id and latest.get("table"):
             return self.table(ref_text(latest))
@@ -366,16 +357,7 @@ class DatasetCatalog:
                 await self.blobs.publish(digest)
         finally:
             await asyncio.to_thread(_unlink_all, tmp)
-        return {
-            "sha256": digest,
-            "filename": filename,
-            "format": "parquet" if source else fmt,
-            "rows": rows,
-            "columns": columns,
-            "size": size,
-            "profile": profile,
-            "source": source,
-        }
+        return _table(digest, filename, source, fmt, rows, columns, size, profile)
 
     async def _put_blob(self, data: bytes) -> str:
         """Store small bytes (a manifest, a listing) as a blob; its sha256."""
@@ -712,3 +694,19 @@ def _read_limited(path: Path, limit: int) -> bytes | None:
 
 
 __all__ = ["BUILTIN_NAMES", "DatasetCatalog"]
+
+
+def _table(
+    digest: str, filename: str, source: Any, fmt: str, rows: int, columns: list[str], size: int, profile: Any
+) -> dict[str, Any]:
+    """A version's table record: its CSV form's blob and what profiling found (a Parquet upload keeps its source)."""
+    return {
+        "sha256": digest,
+        "filename": filename,
+        "format": "parquet" if source else fmt,
+        "rows": rows,
+        "columns": columns,
+        "size": size,
+        "profile": profile,
+        "source": source,
+    }
