@@ -151,6 +151,11 @@ class _ExitCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExitCause.V
     """A referenced dataset (s3:// or file://) changed since its version was snapshotted: error names the files.
     Permanent: the version's data is gone (`datasets add` again makes a new version); the job fails at once.
     """
+    EXIT_CAUSE_PREEMPTED: _ExitCause.ValueType  # 18
+    """Stopped to give the machine back, after a checkpoint where the workload can save one: its desk owner returned,
+    its Slurm allocation ends, or a higher-priority job needs the room (error says which). State CANCELLED. The
+    controller re-queues the task: never a failure, never a spent retry; it resumes from its newest checkpoint.
+    """
 
 class ExitCause(_ExitCause, metaclass=_ExitCauseEnumTypeWrapper):
     """Why a task ended. The agent sends COMPLETED..SETUP; REJECTED and PRUNED are the controller's own
@@ -198,6 +203,11 @@ dir). Permanent: the job fails at once.
 EXIT_CAUSE_DATASET_CHANGED: ExitCause.ValueType  # 17
 """A referenced dataset (s3:// or file://) changed since its version was snapshotted: error names the files.
 Permanent: the version's data is gone (`datasets add` again makes a new version); the job fails at once.
+"""
+EXIT_CAUSE_PREEMPTED: ExitCause.ValueType  # 18
+"""Stopped to give the machine back, after a checkpoint where the workload can save one: its desk owner returned,
+its Slurm allocation ends, or a higher-priority job needs the room (error says which). State CANCELLED. The
+controller re-queues the task: never a failure, never a spent retry; it resumes from its newest checkpoint.
 """
 Global___ExitCause: _TypeAlias = ExitCause  # noqa: Y015
 
@@ -332,6 +342,11 @@ class NodeInfo(_message.Message):
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     CERT_FINGERPRINT_FIELD_NUMBER: _builtins.int
     METRICS_PORT_FIELD_NUMBER: _builtins.int
+    DESK_FIELD_NUMBER: _builtins.int
+    INTERFACES_FIELD_NUMBER: _builtins.int
+    SUSPEND_WHEN_IDLE_SECONDS_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    ALLOCATION_ID_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     """PROTOCOL_VERSION of the agent; a controller refuses a different one"""
     node_id: _builtins.str
@@ -368,6 +383,12 @@ class NodeInfo(_message.Message):
     """sha256 of its TLS certificate, 64 hex chars; "" with --insecure"""
     metrics_port: _builtins.int
     """Prometheus /metrics port; 0 when not served"""
+    suspend_when_idle_seconds: _builtins.float
+    """--suspend-when-idle; 0: it never suspends the machine"""
+    pool: _builtins.str
+    """the pool it was started by (a Slurm allocation); "" for a LAN agent"""
+    allocation_id: _builtins.str
+    """that pool's allocation id (Slurm job id); "" for a LAN agent"""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuInfo]:
         """one per GPU NVML sees, by index; empty without GPUs"""
@@ -379,6 +400,14 @@ class NodeInfo(_message.Message):
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """--label k=v, matched by jobs' label constraints"""
+
+    @_builtins.property
+    def desk(self) -> Global___DeskStatus:
+        """desk mode (tensorfleet-agent --desk); unset when the agent is not in desk mode"""
+
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetInterface]:
+        """its network interfaces with a MAC address (for Wake-on-LAN)"""
 
     def __init__(
         self,
@@ -404,14 +433,111 @@ class NodeInfo(_message.Message):
         cluster_id: _builtins.str = ...,
         cert_fingerprint: _builtins.str = ...,
         metrics_port: _builtins.int = ...,
+        desk: Global___DeskStatus | None = ...,
+        interfaces: _abc.Iterable[Global___NetInterface] | None = ...,
+        suspend_when_idle_seconds: _builtins.float = ...,
+        pool: _builtins.str = ...,
+        allocation_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desk", b"desk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cert_fingerprint", b"cert_fingerprint", "cluster_id", b"cluster_id", "cpu_count", b"cpu_count", "disk_free_bytes", b"disk_free_bytes", "draining", b"draining", "gpus", b"gpus", "hostname", b"hostname", "labels", b"labels", "memory_total_bytes", b"memory_total_bytes", "metrics_port", b"metrics_port", "name", b"name", "node_id", b"node_id", "os", b"os", "protocol_version", b"protocol_version", "python_version", b"python_version", "sklearn_version", b"sklearn_version", "slots_free", b"slots_free", "slots_total", b"slots_total", "torch_version", b"torch_version", "workloads", b"workloads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "allocation_id", b"allocation_id", "cert_fingerprint", b"cert_fingerprint", "cluster_id", b"cluster_id", "cpu_count", b"cpu_count", "desk", b"desk", "disk_free_bytes", b"disk_free_bytes", "draining", b"draining", "gpus", b"gpus", "hostname", b"hostname", "interfaces", b"interfaces", "labels", b"labels", "memory_total_bytes", b"memory_total_bytes", "metrics_port", b"metrics_port", "name", b"name", "node_id", b"node_id", "os", b"os", "pool", b"pool", "protocol_version", b"protocol_version", "python_version", b"python_version", "sklearn_version", b"sklearn_version", "slots_free", b"slots_free", "slots_total", b"slots_total", "suspend_when_idle_seconds", b"suspend_when_idle_seconds", "torch_version", b"torch_version", "workloads", b"workloads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
+
+@_typing.final
+class DeskStatus(_message.Message):
+    """Desk mode: a workstation lent to the cluster only while its owner is away (or by schedule)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_ACTIVE_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    IDLE_SECONDS_FIELD_NUMBER: _builtins.int
+    IDLE_THRESHOLD_SECONDS_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    owner_active: _builtins.bool
+    """the owner is using the machine: it lends nothing and hands running work back"""
+    paused: _builtins.bool
+    """the owner said "don't lend now" (tensorfleet-agent desk pause)"""
+    reason: _builtins.str
+    """why it lends or not, as a sentence ("keyboard or mouse used 4 s ago")"""
+    since: _builtins.float
+    """unix seconds the current lending state began"""
+    idle_seconds: _builtins.float
+    """the owner's input idle time, as last read; -1: no desktop session seen"""
+    idle_threshold_seconds: _builtins.float
+    """--desk-idle (how long idle before lending)"""
+    schedule: _builtins.str
+    """--desk-hours, e.g. "19:00-08:00"; "" when lending by idleness only"""
+    def __init__(
+        self,
+        *,
+        owner_active: _builtins.bool = ...,
+        paused: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        since: _builtins.float = ...,
+        idle_seconds: _builtins.float = ...,
+        idle_threshold_seconds: _builtins.float = ...,
+        schedule: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_seconds", b"idle_seconds", "idle_threshold_seconds", b"idle_threshold_seconds", "owner_active", b"owner_active", "paused", b"paused", "reason", b"reason", "schedule", b"schedule", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeskStatus: _TypeAlias = DeskStatus  # noqa: Y015
+
+@_typing.final
+class NetInterface(_message.Message):
+    """A network interface of the agent's machine, for Wake-on-LAN."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    IPV4_FIELD_NUMBER: _builtins.int
+    PREFIX_LENGTH_FIELD_NUMBER: _builtins.int
+    BROADCAST_FIELD_NUMBER: _builtins.int
+    WAKE_ON_LAN_FIELD_NUMBER: _builtins.int
+    WAKE_ON_LAN_SOURCE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """e.g. "eth0" """
+    mac: _builtins.str
+    """"aa:bb:cc:dd:ee:ff" """
+    ipv4: _builtins.str
+    """its IPv4 address; "" when it has none"""
+    prefix_length: _builtins.int
+    """of ipv4, e.g. 24"""
+    broadcast: _builtins.str
+    """the subnet's broadcast address, e.g. "10.0.0.255" """
+    wake_on_lan: _builtins.bool
+    """Wake-on-LAN by magic packet is enabled (ethtool "Wake-on: g", or --wol)"""
+    wake_on_lan_source: _builtins.str
+    """how that is known: "ethtool", "flag", or "" (unknown: treated as off)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        mac: _builtins.str = ...,
+        ipv4: _builtins.str = ...,
+        prefix_length: _builtins.int = ...,
+        broadcast: _builtins.str = ...,
+        wake_on_lan: _builtins.bool = ...,
+        wake_on_lan_source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "ipv4", b"ipv4", "mac", b"mac", "name", b"name", "prefix_length", b"prefix_length", "wake_on_lan", b"wake_on_lan", "wake_on_lan_source", b"wake_on_lan_source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetInterface: _TypeAlias = NetInterface  # noqa: Y015
 
 @_typing.final
 class TelemetryRequest(_message.Message):
@@ -497,6 +623,8 @@ class Telemetry(_message.Message):
     TASKS_RUNNING_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    DESK_FIELD_NUMBER: _builtins.int
+    GOING_TO_SLEEP_FIELD_NUMBER: _builtins.int
     time: _builtins.float
     """unix seconds"""
     cpu_percent: _builtins.float
@@ -517,9 +645,17 @@ class Telemetry(_message.Message):
     """refusing new tasks while its running ones finish (SIGTERM)"""
     disk_total_bytes: _builtins.int
     """size of the file system holding the agent's data dir; 0: unknown"""
+    going_to_sleep: _builtins.bool
+    """The agent is about to suspend its machine (--suspend-when-idle): when telemetry stops after this, the
+    controller shows it SLEEPING (it can wake it), not LOST.
+    """
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuTelemetry]:
         """one per GPU, by index"""
+
+    @_builtins.property
+    def desk(self) -> Global___DeskStatus:
+        """desk mode's state now; unset when the agent is not in desk mode"""
 
     def __init__(
         self,
@@ -535,10 +671,12 @@ class Telemetry(_message.Message):
         tasks_running: _builtins.int = ...,
         draining: _builtins.bool = ...,
         disk_total_bytes: _builtins.int = ...,
+        desk: Global___DeskStatus | None = ...,
+        going_to_sleep: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desk", b"desk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "disk_total_bytes", b"disk_total_bytes", "draining", b"draining", "gpus", b"gpus", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "slots_free", b"slots_free", "slots_total", b"slots_total", "tasks_running", b"tasks_running", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_percent", b"cpu_percent", "desk", b"desk", "disk_free_bytes", b"disk_free_bytes", "disk_total_bytes", b"disk_total_bytes", "draining", b"draining", "going_to_sleep", b"going_to_sleep", "gpus", b"gpus", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "slots_free", b"slots_free", "slots_total", b"slots_total", "tasks_running", b"tasks_running", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

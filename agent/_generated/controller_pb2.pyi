@@ -125,6 +125,12 @@ class _AgentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentState
     """online but taking no new tasks (drained, or stopping)"""
     AGENT_STATE_REFUSED: _AgentState.ValueType  # 5
     """its certificate is not accepted (see Agent.error)"""
+    AGENT_STATE_OWNER_ACTIVE: _AgentState.ValueType  # 6
+    """desk mode: answering, but its owner is using it, so it runs no work"""
+    AGENT_STATE_SLEEPING: _AgentState.ValueType  # 7
+    """suspended after idling (it said so first); a magic packet can wake it"""
+    AGENT_STATE_WAKING: _AgentState.ValueType  # 8
+    """a magic packet was sent; waiting for it to answer (see Agent.error)"""
 
 class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper):
     """---------------------------------------------------------------- agents
@@ -144,6 +150,12 @@ AGENT_STATE_DRAINING: AgentState.ValueType  # 4
 """online but taking no new tasks (drained, or stopping)"""
 AGENT_STATE_REFUSED: AgentState.ValueType  # 5
 """its certificate is not accepted (see Agent.error)"""
+AGENT_STATE_OWNER_ACTIVE: AgentState.ValueType  # 6
+"""desk mode: answering, but its owner is using it, so it runs no work"""
+AGENT_STATE_SLEEPING: AgentState.ValueType  # 7
+"""suspended after idling (it said so first); a magic packet can wake it"""
+AGENT_STATE_WAKING: AgentState.ValueType  # 8
+"""a magic packet was sent; waiting for it to answer (see Agent.error)"""
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
 
 class _AgentSource:
@@ -160,6 +172,8 @@ class _AgentSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentSour
     """AddAgent (tensorfleet agents add)"""
     AGENT_SOURCE_LOCAL: _AgentSource.ValueType  # 3
     """the local agent of `tensorfleet serve`"""
+    AGENT_SOURCE_POOL: _AgentSource.ValueType  # 4
+    """started by a pool's allocation (Slurm); it announced itself by JoinCluster"""
 
 class AgentSource(_AgentSource, metaclass=_AgentSourceEnumTypeWrapper):
     """How this controller learned of an agent."""
@@ -172,6 +186,8 @@ AGENT_SOURCE_MANUAL: AgentSource.ValueType  # 2
 """AddAgent (tensorfleet agents add)"""
 AGENT_SOURCE_LOCAL: AgentSource.ValueType  # 3
 """the local agent of `tensorfleet serve`"""
+AGENT_SOURCE_POOL: AgentSource.ValueType  # 4
+"""started by a pool's allocation (Slurm); it announced itself by JoinCluster"""
 Global___AgentSource: _TypeAlias = AgentSource  # noqa: Y015
 
 class _AgentEventKind:
@@ -770,6 +786,7 @@ class Job(_message.Message):
     TASK_LIST_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     state: Global___JobState.ValueType
@@ -793,6 +810,10 @@ class Job(_message.Message):
     """dataset name; "" for workloads without one"""
     priority: _builtins.int
     """-1000..1000, higher runs first; FIFO within a priority"""
+    waiting: _builtins.str
+    """Why it is QUEUED (or has PENDING tasks), as a sentence: "waiting for Slurm allocation 1234 (Resources)",
+    "waking agent desk-7", "no agent has 2 free GPUs"; "" when nothing waits.
+    """
     @_builtins.property
     def tasks(self) -> Global___TaskCounts: ...
     @_builtins.property
@@ -837,10 +858,11 @@ class Job(_message.Message):
         task_list: _abc.Iterable[Global___TaskInfo] | None = ...,
         artifacts: _abc.Iterable[Global___Artifact] | None = ...,
         project: Global___ProjectInfo | None = ...,
+        waiting: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "project", b"project", "tasks", b"tasks"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "artifacts", b"artifacts", "created_at", b"created_at", "dataset", b"dataset", "error", b"error", "finished_at", b"finished_at", "id", b"id", "metrics", b"metrics", "model", b"model", "name", b"name", "priority", b"priority", "progress", b"progress", "project", b"project", "spec_json", b"spec_json", "started_at", b"started_at", "state", b"state", "submitter", b"submitter", "task_list", b"task_list", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "artifacts", b"artifacts", "created_at", b"created_at", "dataset", b"dataset", "error", b"error", "finished_at", b"finished_at", "id", b"id", "metrics", b"metrics", "model", b"model", "name", b"name", "priority", b"priority", "progress", b"progress", "project", b"project", "spec_json", b"spec_json", "started_at", b"started_at", "state", b"state", "submitter", b"submitter", "task_list", b"task_list", "tasks", b"tasks", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1523,6 +1545,12 @@ class Agent(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     METRICS_PORT_FIELD_NUMBER: _builtins.int
     DISK_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    DESK_FIELD_NUMBER: _builtins.int
+    INTERFACES_FIELD_NUMBER: _builtins.int
+    WAKE_COUNT_FIELD_NUMBER: _builtins.int
+    LAST_WAKE_AT_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    ALLOCATION_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """node id"""
     name: _builtins.str
@@ -1566,6 +1594,14 @@ class Agent(_message.Message):
     """the agent's Prometheus /metrics port on its host; 0: it serves none"""
     disk_total_bytes: _builtins.int
     """size of the file system holding its data dir (latest telemetry); 0: unknown"""
+    wake_count: _builtins.int
+    """magic packets this controller sent it that woke it"""
+    last_wake_at: _builtins.float
+    """unix seconds of the last wake-up asked; 0: never"""
+    pool: _builtins.str
+    """the pool whose allocation started it; "" for a LAN agent"""
+    allocation_id: _builtins.str
+    """that allocation's id (the Slurm job id); "" for a LAN agent"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """the agent's --label k=v"""
@@ -1581,6 +1617,14 @@ class Agent(_message.Message):
     @_builtins.property
     def running(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """this controller's task attempts placed on the agent"""
+
+    @_builtins.property
+    def desk(self) -> _agent_pb2.DeskStatus:
+        """desk mode's state (latest telemetry); unset when not in desk mode"""
+
+    @_builtins.property
+    def interfaces(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.NetInterface]:
+        """its interfaces with a MAC (kept while it sleeps)"""
 
     def __init__(
         self,
@@ -1612,10 +1656,16 @@ class Agent(_message.Message):
         running: _abc.Iterable[_builtins.str] | None = ...,
         metrics_port: _builtins.int = ...,
         disk_total_bytes: _builtins.int = ...,
+        desk: _agent_pb2.DeskStatus | None = ...,
+        interfaces: _abc.Iterable[_agent_pb2.NetInterface] | None = ...,
+        wake_count: _builtins.int = ...,
+        last_wake_at: _builtins.float = ...,
+        pool: _builtins.str = ...,
+        allocation_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desk", b"desk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "cluster_id", b"cluster_id", "cpu_percent", b"cpu_percent", "disk_free_bytes", b"disk_free_bytes", "disk_total_bytes", b"disk_total_bytes", "error", b"error", "fingerprint", b"fingerprint", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "labels", b"labels", "last_seen", b"last_seen", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "metrics_port", b"metrics_port", "name", b"name", "paired", b"paired", "running", b"running", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "workloads", b"workloads"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent_version", b"agent_version", "allocation_id", b"allocation_id", "cluster_id", b"cluster_id", "cpu_percent", b"cpu_percent", "desk", b"desk", "disk_free_bytes", b"disk_free_bytes", "disk_total_bytes", b"disk_total_bytes", "error", b"error", "fingerprint", b"fingerprint", "gpu_stats", b"gpu_stats", "gpus", b"gpus", "hostname", b"hostname", "id", b"id", "interfaces", b"interfaces", "labels", b"labels", "last_seen", b"last_seen", "last_wake_at", b"last_wake_at", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "metrics_port", b"metrics_port", "name", b"name", "paired", b"paired", "pool", b"pool", "running", b"running", "slots_free", b"slots_free", "slots_total", b"slots_total", "source", b"source", "state", b"state", "state_since", b"state_since", "tasks_running", b"tasks_running", "wake_count", b"wake_count", "workloads", b"workloads"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3212,6 +3262,256 @@ class ArtifactChunk(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___ArtifactChunk: _TypeAlias = ArtifactChunk  # noqa: Y015
+
+@_typing.final
+class Pool(_message.Message):
+    """---- pools: allocations on another cluster's scheduler (Slurm) that start agents while queued work needs them
+
+    A pool's settings (tensorfleet pools add slurm NAME ...) and, in answers, its allocations now.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PARTITION_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    MAX_NODES_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_FIELD_NUMBER: _builtins.int
+    SBATCH_ARGS_FIELD_NUMBER: _builtins.int
+    IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    LOGIN_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """[a-z0-9][a-z0-9._-]{0,62}"""
+    kind: _builtins.str
+    """"slurm" """
+    partition: _builtins.str
+    """sbatch --partition"""
+    account: _builtins.str
+    """sbatch --account; "" for none"""
+    max_nodes: _builtins.int
+    """at most this many nodes allocated at once (>= 1)"""
+    time_limit: _builtins.str
+    """sbatch --time, Slurm's format ("4:00:00"); "" for the partition's default"""
+    idle_timeout_seconds: _builtins.float
+    """an allocation's agent exits after this long without work (ending it)"""
+    login: _builtins.str
+    """user@host of a login node, reached by ssh; "" runs Slurm's commands here"""
+    created_at: _builtins.float
+    """unix seconds; answers only"""
+    error: _builtins.str
+    """the last problem talking to the scheduler, as a sentence; "" when fine"""
+    @_builtins.property
+    def sbatch_args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """more sbatch arguments, each one argument"""
+
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolAllocation]:
+        """answers only: its allocations not yet ended"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        partition: _builtins.str = ...,
+        account: _builtins.str = ...,
+        max_nodes: _builtins.int = ...,
+        time_limit: _builtins.str = ...,
+        sbatch_args: _abc.Iterable[_builtins.str] | None = ...,
+        idle_timeout_seconds: _builtins.float = ...,
+        login: _builtins.str = ...,
+        allocations: _abc.Iterable[Global___PoolAllocation] | None = ...,
+        created_at: _builtins.float = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "allocations", b"allocations", "created_at", b"created_at", "error", b"error", "idle_timeout_seconds", b"idle_timeout_seconds", "kind", b"kind", "login", b"login", "max_nodes", b"max_nodes", "name", b"name", "partition", b"partition", "sbatch_args", b"sbatch_args", "time_limit", b"time_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Pool: _TypeAlias = Pool  # noqa: Y015
+
+@_typing.final
+class PoolAllocation(_message.Message):
+    """One allocation (a Slurm job) of a pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """the Slurm job id"""
+    state: _builtins.str
+    """Slurm's state: PENDING, RUNNING, COMPLETING, ..."""
+    reason: _builtins.str
+    """Slurm's reason while PENDING (e.g. "Resources"); "" otherwise"""
+    nodes: _builtins.int
+    """nodes asked for"""
+    submitted_at: _builtins.float
+    """unix seconds"""
+    started_at: _builtins.float
+    """unix seconds it started RUNNING; 0 until then"""
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """node ids of the agents it started that joined"""
+
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ids of the jobs it was asked for"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        nodes: _builtins.int = ...,
+        submitted_at: _builtins.float = ...,
+        started_at: _builtins.float = ...,
+        agents: _abc.Iterable[_builtins.str] | None = ...,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "id", b"id", "jobs", b"jobs", "nodes", b"nodes", "reason", b"reason", "started_at", b"started_at", "state", b"state", "submitted_at", b"submitted_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolAllocation: _TypeAlias = PoolAllocation  # noqa: Y015
+
+@_typing.final
+class PoolRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolRef: _TypeAlias = PoolRef  # noqa: Y015
+
+@_typing.final
+class ListPoolsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPoolsRequest: _TypeAlias = ListPoolsRequest  # noqa: Y015
+
+@_typing.final
+class ListPoolsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Pool]: ...
+    def __init__(
+        self,
+        *,
+        pools: _abc.Iterable[Global___Pool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pools", b"pools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPoolsResponse: _TypeAlias = ListPoolsResponse  # noqa: Y015
+
+@_typing.final
+class JoinClusterRequest(_message.Message):
+    """The one call an agent makes to the controller: an agent started by a pool's allocation says where it listens.
+    Authorized by the join credential in the allocation's environment (not the client token); from then on the
+    controller dials the agent as any other.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CERT_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    ALLOCATION_ID_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    credential: _builtins.str
+    """the short-lived join credential the controller put in the batch script's env"""
+    address: _builtins.str
+    """host:port of its AgentService, as the controller can reach it"""
+    node_id: _builtins.str
+    """NodeInfo.node_id"""
+    cert_fingerprint: _builtins.str
+    """sha256 of its TLS certificate, 64 hex chars"""
+    pool: _builtins.str
+    """the pool named by the credential"""
+    allocation_id: _builtins.str
+    """the Slurm job id (SLURM_JOB_ID)"""
+    hostname: _builtins.str
+    """the node's hostname (SLURMD_NODENAME)"""
+    def __init__(
+        self,
+        *,
+        credential: _builtins.str = ...,
+        address: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        cert_fingerprint: _builtins.str = ...,
+        pool: _builtins.str = ...,
+        allocation_id: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "allocation_id", b"allocation_id", "cert_fingerprint", b"cert_fingerprint", "credential", b"credential", "hostname", b"hostname", "node_id", b"node_id", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinClusterRequest: _TypeAlias = JoinClusterRequest  # noqa: Y015
+
+@_typing.final
+class JoinClusterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """the node id the controller knows it by"""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinClusterResponse: _TypeAlias = JoinClusterResponse  # noqa: Y015
 
 @_typing.final
 class ShutdownRequest(_message.Message):

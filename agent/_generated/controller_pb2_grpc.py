@@ -271,6 +271,36 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ShutdownResponse.FromString,
                 _registered_method=True)
+        self.WakeAgent = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/WakeAgent',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Agent.FromString,
+                _registered_method=True)
+        self.AddPool = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/AddPool',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.Pool.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Pool.FromString,
+                _registered_method=True)
+        self.ListPools = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ListPools',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListPoolsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListPoolsResponse.FromString,
+                _registered_method=True)
+        self.GetPool = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/GetPool',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.PoolRef.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Pool.FromString,
+                _registered_method=True)
+        self.RemovePool = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/RemovePool',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.PoolRef.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Pool.FromString,
+                _registered_method=True)
+        self.JoinCluster = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/JoinCluster',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.JoinClusterRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JoinClusterResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -568,6 +598,45 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WakeAgent(self, request, context):
+        """send a sleeping agent a Wake-on-LAN magic packet
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddPool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPools(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPool(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePool(self, request, context):
+        """refused while an allocation of it runs work (cancel it first)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinCluster(self, request, context):
+        """a pool's agent announcing itself
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -805,6 +874,36 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ShutdownRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ShutdownResponse.SerializeToString,
+            ),
+            'WakeAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.WakeAgent,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Agent.SerializeToString,
+            ),
+            'AddPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPool,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Pool.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Pool.SerializeToString,
+            ),
+            'ListPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPools,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListPoolsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListPoolsResponse.SerializeToString,
+            ),
+            'GetPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPool,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.PoolRef.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Pool.SerializeToString,
+            ),
+            'RemovePool': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePool,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.PoolRef.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Pool.SerializeToString,
+            ),
+            'JoinCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinCluster,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JoinClusterRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.JoinClusterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2076,6 +2175,168 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/Shutdown',
             tensorfleet_dot_v1_dot_controller__pb2.ShutdownRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.ShutdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WakeAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/WakeAgent',
+            tensorfleet_dot_v1_dot_controller__pb2.AgentRefRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.Agent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/AddPool',
+            tensorfleet_dot_v1_dot_controller__pb2.Pool.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.Pool.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ListPools',
+            tensorfleet_dot_v1_dot_controller__pb2.ListPoolsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ListPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/GetPool',
+            tensorfleet_dot_v1_dot_controller__pb2.PoolRef.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.Pool.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/RemovePool',
+            tensorfleet_dot_v1_dot_controller__pb2.PoolRef.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.Pool.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/JoinCluster',
+            tensorfleet_dot_v1_dot_controller__pb2.JoinClusterRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.JoinClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,

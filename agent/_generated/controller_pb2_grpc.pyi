@@ -94,6 +94,15 @@ class ControllerServiceStub:
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListArtifactsRequest, _controller_pb2.ListArtifactsResponse]
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_controller_pb2.DownloadArtifactRequest, _controller_pb2.ArtifactChunk]
     Shutdown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]
+    WakeAgent: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]
+    """send a sleeping agent a Wake-on-LAN magic packet"""
+    AddPool: _grpc.UnaryUnaryMultiCallable[_controller_pb2.Pool, _controller_pb2.Pool]
+    ListPools: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListPoolsRequest, _controller_pb2.ListPoolsResponse]
+    GetPool: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PoolRef, _controller_pb2.Pool]
+    RemovePool: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PoolRef, _controller_pb2.Pool]
+    """refused while an allocation of it runs work (cancel it first)"""
+    JoinCluster: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JoinClusterRequest, _controller_pb2.JoinClusterResponse]
+    """a pool's agent announcing itself"""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -155,6 +164,15 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListArtifactsRequest, _controller_pb2.ListArtifactsResponse]  # type: ignore[assignment]
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_controller_pb2.DownloadArtifactRequest, _controller_pb2.ArtifactChunk]  # type: ignore[assignment]
     Shutdown: _aio.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]  # type: ignore[assignment]
+    WakeAgent: _aio.UnaryUnaryMultiCallable[_controller_pb2.AgentRefRequest, _controller_pb2.Agent]  # type: ignore[assignment]
+    """send a sleeping agent a Wake-on-LAN magic packet"""
+    AddPool: _aio.UnaryUnaryMultiCallable[_controller_pb2.Pool, _controller_pb2.Pool]  # type: ignore[assignment]
+    ListPools: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListPoolsRequest, _controller_pb2.ListPoolsResponse]  # type: ignore[assignment]
+    GetPool: _aio.UnaryUnaryMultiCallable[_controller_pb2.PoolRef, _controller_pb2.Pool]  # type: ignore[assignment]
+    RemovePool: _aio.UnaryUnaryMultiCallable[_controller_pb2.PoolRef, _controller_pb2.Pool]  # type: ignore[assignment]
+    """refused while an allocation of it runs work (cancel it first)"""
+    JoinCluster: _aio.UnaryUnaryMultiCallable[_controller_pb2.JoinClusterRequest, _controller_pb2.JoinClusterResponse]  # type: ignore[assignment]
+    """a pool's agent announcing itself"""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -495,5 +513,50 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ShutdownRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ShutdownResponse, _abc.Awaitable[_controller_pb2.ShutdownResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WakeAgent(
+        self,
+        request: _controller_pb2.AgentRefRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Agent, _abc.Awaitable[_controller_pb2.Agent]]:
+        """send a sleeping agent a Wake-on-LAN magic packet"""
+
+    @_abc_1.abstractmethod
+    def AddPool(
+        self,
+        request: _controller_pb2.Pool,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Pool, _abc.Awaitable[_controller_pb2.Pool]]: ...
+
+    @_abc_1.abstractmethod
+    def ListPools(
+        self,
+        request: _controller_pb2.ListPoolsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListPoolsResponse, _abc.Awaitable[_controller_pb2.ListPoolsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetPool(
+        self,
+        request: _controller_pb2.PoolRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Pool, _abc.Awaitable[_controller_pb2.Pool]]: ...
+
+    @_abc_1.abstractmethod
+    def RemovePool(
+        self,
+        request: _controller_pb2.PoolRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Pool, _abc.Awaitable[_controller_pb2.Pool]]:
+        """refused while an allocation of it runs work (cancel it first)"""
+
+    @_abc_1.abstractmethod
+    def JoinCluster(
+        self,
+        request: _controller_pb2.JoinClusterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.JoinClusterResponse, _abc.Awaitable[_controller_pb2.JoinClusterResponse]]:
+        """a pool's agent announcing itself"""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

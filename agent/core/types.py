@@ -38,6 +38,7 @@ class ExitCause:
     ENV_BUILD = "env_build"  # a project's requirements cannot be resolved: permanent, the job fails once
     BAD_COMMAND = "bad_command"  # a project's command is not found or not executable in its env: permanent
     DATASET_CHANGED = "dataset_changed"  # a referenced dataset's object changed since its snapshot: permanent
+    PREEMPTED = "preempted"  # stopped (checkpoint first) to give the machine back: re-queued, never a failure
     # the controller's own, never an agent's:
     REJECTED = "rejected"  # the agent refused RunTask
     PRUNED = "pruned"  # a sweep trial stopped early by the pruner

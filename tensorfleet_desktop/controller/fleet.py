@@ -46,6 +46,9 @@ class AgentState(enum.StrEnum):
     ONLINE = "ONLINE"
     LOST = "LOST"
     DRAINING = "DRAINING"
+    OWNER_ACTIVE = "OWNER_ACTIVE"  # desk mode: its owner uses the machine; it gets no work
+    SLEEPING = "SLEEPING"  # it said it suspends its machine, then went quiet: a magic packet can wake it
+    WAKING = "WAKING"  # a magic packet was sent; waiting for it to answer
 
 
 class FleetError(Exception):
@@ -110,7 +113,7 @@ class RefusedService:
         }
 
 
-_SOURCE_RANK = {"mdns": 0, "manual": 1, "local": 2}
+_SOURCE_RANK = {"mdns": 0, "manual": 1, "pool": 2, "local": 3}
 
 
 @dataclass
