@@ -40,8 +40,12 @@ AGENT_STATE = EnumMap(
 )
 AGENT_SOURCE = EnumMap(
     cpb.AgentSource.DESCRIPTOR,
-    {"mdns": cpb.AGENT_SOURCE_MDNS, "manual": cpb.AGENT_SOURCE_MANUAL, "local": cpb.AGENT_SOURCE_LOCAL,
-     "pool": cpb.AGENT_SOURCE_POOL},
+    {
+        "mdns": cpb.AGENT_SOURCE_MDNS,
+        "manual": cpb.AGENT_SOURCE_MANUAL,
+        "local": cpb.AGENT_SOURCE_LOCAL,
+        "pool": cpb.AGENT_SOURCE_POOL,
+    },
 )
 AGENT_EVENT_KIND = EnumMap(
     cpb.AgentEventKind.DESCRIPTOR,
