@@ -164,6 +164,7 @@ def job_to_pb(job: Job, agent_names: dict[str, str]) -> cpb.Job:
         ],
         artifacts=[artifact_to_pb(a) for a in job.artifacts],
         project=project_to_pb(job.spec),
+        waiting=job.waiting if not job.state.terminal else "",
     )
     if job.model:
         msg.model.CopyFrom(
@@ -192,6 +193,7 @@ def job_from_pb(msg: cpb.Job) -> dict[str, Any]:
         "metrics": dict(msg.metrics),
         "model": ({"name": msg.model.name, "version": msg.model.version} if msg.HasField("model") else None),
         "error": msg.error,
+        "waiting": msg.waiting,
         "created_at": msg.created_at,
         "started_at": msg.started_at or None,
         "finished_at": msg.finished_at or None,

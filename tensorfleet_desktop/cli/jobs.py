@@ -705,6 +705,8 @@ def show_job(job: dict[str, Any]) -> None:
     out.print(f"[bold]{job['id']}[/bold] {name}  {_shown_state(job)}  {job['progress']:.0%}")
     if job["error"]:
         out.print(f"  error: {job['error']}", markup=False)
+    if job.get("waiting"):
+        out.print(f"  waiting: {job['waiting']}", markup=False)
     if job.get("project"):
         for line in project_lines(job["project"]):
             out.print(f"  {line}", markup=False)

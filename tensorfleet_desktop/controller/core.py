@@ -22,6 +22,7 @@ from tensorfleet_agent.security.secrets import redact_value
 from tensorfleet_desktop.controller.artifacts import Artifacts
 from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.background import Background
+from tensorfleet_desktop.controller.capacity import CapacitySource
 from tensorfleet_desktop.controller.dataset_catalog import DatasetCatalog
 from tensorfleet_desktop.controller.dataset_holders import Holders
 from tensorfleet_desktop.controller.errors import JobError
@@ -107,6 +108,10 @@ class Controller:
         self.registry = self.artifacts.registry
         self._loop_task: asyncio.Task[None] | None = None
         self._free: tuple[float, int | None] = (-FREE_BYTES_TTL, None)  # (monotonic time asked, answer)
+
+    def add_capacity_source(self, source: CapacitySource) -> None:
+        """Offer queued work that no online agent takes to `source` every scheduling tick (capacity.py)."""
+        self.placement.sources.append(source)
 
     # ---- lifecycle
 

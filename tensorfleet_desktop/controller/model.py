@@ -105,6 +105,7 @@ class Job:
     model: dict[str, Any] | None = None
     last_event_seq: int = 0
     rendezvous: dict[str, Any] | None = None  # a gang's meeting point: rank 0's agent host and a port
+    waiting: str = ""  # why it waits for a placement, as a sentence (placement._offer_demand); never stored
 
     @property
     def name(self) -> str:

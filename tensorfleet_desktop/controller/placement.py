@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 from tensorfleet_desktop.controller.attempts import Attempts
+from tensorfleet_desktop.controller.capacity import DEMAND_AFTER, DEMAND_SCAN, CapacitySource, Waiting, plain_reason
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -59,6 +60,10 @@ class Placement:
         self._order: list[tuple[int, int, str]] = []  # (-priority, seq_no, job id) of the open jobs, sorted
         self._ordered: set[str] = set()  # the ids in _order (some may have ended since)
         self._sweeps: set[str] = set()  # the sweeps among them
+        self.sources: list[CapacitySource] = []  # who can bring capacity that is not online (capacity.py)
+        self._capacities: list[Capacity] = []  # the online agents' capacity at the last pass
+        self._waiting: set[str] = set()  # ids of the jobs given a `waiting` reason at the last demand check
+        self._failing: set[str] = set()  # names of the sources whose offer() raised at the last tick
 
     def update_gauges(self) -> None:
         self.events.gauges_stale, self._gauges_at = False, time.monotonic()
@@ -118,7 +123,51 @@ class Placement:
             self._checked_at = now
             self.machine.check_timeouts()
             self.attempts.check_orphans()
+            self.schedule()
+            self._offer_demand()
+            return
         self.schedule()
+
+    def _offer_demand(self) -> None:
+        """Once a TICK: the head of the queue that no online agent took is offered to the capacity sources, and each
+        such job gets a `waiting` reason (a source's, or plain_reason's); jobs no longer waiting lose theirs."""
+        now = self.clock.time()
+        waiting: list[Waiting] = []
+        for job in self._queue():
+            if len(waiting) >= DEMAND_SCAN:
+                break
+            if now - job.queued_since < DEMAND_AFTER:
+                continue
+            request = self._request(job, now)
+            if request is not None:
+                waiting.append(Waiting(request, job.name, job.spec, now - job.queued_since))
+        reasons: dict[str, str] = {}
+        for source in self.sources:
+            try:
+                offered = source.offer(waiting, self._capacities, now)
+            except Exception:  # a source's bug must not stop scheduling; logged once, not every tick
+                if source.name not in self._failing:
+                    self._failing.add(source.name)
+                    log.exception("capacity source %s failed (logged once until it recovers)", source.name)
+                continue
+            self._failing.discard(source.name)
+            for job_id, reason in offered.items():
+                reasons.setdefault(job_id, reason)
+        open_ = self.machine.open
+        current: set[str] = set()
+        for item in waiting:
+            job = open_[item.request.job_id]
+            reason = reasons.get(job.id) or plain_reason(item, self._capacities)
+            current.add(job.id)
+            if job.waiting != reason:
+                job.waiting = reason
+                self.events.touched(job)
+        for job_id in self._waiting - current:
+            gone = self.machine.jobs.get(job_id)
+            if gone is not None and gone.waiting:
+                gone.waiting = ""
+                self.events.touched(gone)
+        self._waiting = current
 
     def _refresh(self) -> None:
         """Bring the order up to date: new open jobs inserted where they belong; ended ones are skipped by
@@ -171,6 +220,7 @@ class Placement:
             for a in views
             if a.schedulable and not self.attempts.resting(a.node_id)  # it said "busy" a moment ago
         ]
+        self._capacities = capacities
         now = self.clock.time()
         placed: list[Placed] = []
         if any(c.free_slots > 0 for c in capacities):  # else nothing can be placed: spare the pass over the queue

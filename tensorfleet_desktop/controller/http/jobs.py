@@ -96,6 +96,7 @@ class JobOut(BaseModel):
     finished_at: float | None = Field(description="when it ended (null: not yet)")
     queued_since: float | None = Field(description="when it last joined the queue")
     error: str = Field(description="why it failed or was cancelled")
+    waiting: str = Field(description='why it waits for a placement, as a sentence ("" when nothing waits)')
     metrics: dict[str, float | None] = Field(description="the job's results (null: not a finite number)")
     spec: dict[str, Any] = Field(description="the normalised job spec, as the controller parsed it")
     algorithm: str
@@ -181,6 +182,7 @@ def job_out(job: Job, names: dict[str, str]) -> JobOut:
         finished_at=_time(job.finished_at),
         queued_since=_time(job.queued_since),
         error=job.error,
+        waiting=job.waiting if not job.state.terminal else "",
         metrics=_finite(dict(job.metrics)),
         spec=_finite(job.spec),
         algorithm=str(job.spec.get("algorithm", "")),
