@@ -2383,3 +2383,58 @@ class AuthenticateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuthenticateResponse: _TypeAlias = AuthenticateResponse  # noqa: Y015
+
+@_typing.final
+class SendWakePacketRequest(_message.Message):
+    """---------------------------------------------------------------- service
+
+    What a controller calls on an agent: the controller dials, the agent answers.
+    Wake-on-LAN relayed by an agent: the controller asks an online agent on a sleeping agent's subnet to send the
+    magic packet there (a broadcast does not cross routers).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAC_FIELD_NUMBER: _builtins.int
+    BROADCAST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    mac: _builtins.str
+    """the sleeping machine's MAC, "aa:bb:cc:dd:ee:ff" """
+    broadcast: _builtins.str
+    """its subnet's broadcast address (IPv4); the agent refuses one not on its own subnets"""
+    port: _builtins.int
+    """UDP port; 0 = 9 (discard)"""
+    def __init__(
+        self,
+        *,
+        mac: _builtins.str = ...,
+        broadcast: _builtins.str = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broadcast", b"broadcast", "mac", b"mac", "port", b"port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendWakePacketRequest: _TypeAlias = SendWakePacketRequest  # noqa: Y015
+
+@_typing.final
+class SendWakePacketResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERFACE_FIELD_NUMBER: _builtins.int
+    interface: _builtins.str
+    """the interface the packet left by"""
+    def __init__(
+        self,
+        *,
+        interface: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interface", b"interface"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendWakePacketResponse: _TypeAlias = SendWakePacketResponse  # noqa: Y015

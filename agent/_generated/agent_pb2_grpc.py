@@ -27,10 +27,7 @@ if _version_not_supported:
 
 
 class AgentServiceStub:
-    """---------------------------------------------------------------- service
-
-    What a controller calls on an agent: the controller dials, the agent answers.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -133,13 +130,15 @@ class AgentServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.AuthenticateRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.AuthenticateResponse.FromString,
                 _registered_method=True)
+        self.SendWakePacket = channel.unary_unary(
+                '/tensorfleet.v1.AgentService/SendWakePacket',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.SendWakePacketRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.SendWakePacketResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
-    """---------------------------------------------------------------- service
-
-    What a controller calls on an agent: the controller dials, the agent answers.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def GetInfo(self, request, context):
         """Who the agent is and what it can run (public).
@@ -274,6 +273,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendWakePacket(self, request, context):
+        """Wake-on-LAN for a peer
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -372,6 +378,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.AuthenticateRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_agent__pb2.AuthenticateResponse.SerializeToString,
             ),
+            'SendWakePacket': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendWakePacket,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.SendWakePacketRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.SendWakePacketResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tensorfleet.v1.AgentService', rpc_method_handlers)
@@ -381,10 +392,7 @@ def add_AgentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AgentService:
-    """---------------------------------------------------------------- service
-
-    What a controller calls on an agent: the controller dials, the agent answers.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def GetInfo(request,
@@ -889,6 +897,33 @@ class AgentService:
             '/tensorfleet.v1.AgentService/Authenticate',
             tensorfleet_dot_v1_dot_agent__pb2.AuthenticateRequest.SerializeToString,
             tensorfleet_dot_v1_dot_agent__pb2.AuthenticateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendWakePacket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.AgentService/SendWakePacket',
+            tensorfleet_dot_v1_dot_agent__pb2.SendWakePacketRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.SendWakePacketResponse.FromString,
             options,
             channel_credentials,
             insecure,

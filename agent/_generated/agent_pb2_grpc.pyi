@@ -33,11 +33,6 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AgentServiceStub:
-    """---------------------------------------------------------------- service
-
-    What a controller calls on an agent: the controller dials, the agent answers.
-    """
-
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -80,14 +75,11 @@ class AgentServiceStub:
     """A nonce to sign for Authenticate (public)."""
     Authenticate: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AuthenticateRequest, _agent_pb2.AuthenticateResponse]
     """A session token for a paired controller (public)."""
+    SendWakePacket: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SendWakePacketRequest, _agent_pb2.SendWakePacketResponse]
+    """Wake-on-LAN for a peer"""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
-    """---------------------------------------------------------------- service
-
-    What a controller calls on an agent: the controller dials, the agent answers.
-    """
-
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetInfoRequest, _agent_pb2.NodeInfo]  # type: ignore[assignment]
     """Who the agent is and what it can run (public)."""
@@ -127,13 +119,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """A nonce to sign for Authenticate (public)."""
     Authenticate: _aio.UnaryUnaryMultiCallable[_agent_pb2.AuthenticateRequest, _agent_pb2.AuthenticateResponse]  # type: ignore[assignment]
     """A session token for a paired controller (public)."""
+    SendWakePacket: _aio.UnaryUnaryMultiCallable[_agent_pb2.SendWakePacketRequest, _agent_pb2.SendWakePacketResponse]  # type: ignore[assignment]
+    """Wake-on-LAN for a peer"""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
-    """---------------------------------------------------------------- service
-
-    What a controller calls on an agent: the controller dials, the agent answers.
-    """
-
     @_abc_1.abstractmethod
     def GetInfo(
         self,
@@ -285,5 +274,13 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.AuthenticateResponse, _abc.Awaitable[_agent_pb2.AuthenticateResponse]]:
         """A session token for a paired controller (public)."""
+
+    @_abc_1.abstractmethod
+    def SendWakePacket(
+        self,
+        request: _agent_pb2.SendWakePacketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.SendWakePacketResponse, _abc.Awaitable[_agent_pb2.SendWakePacketResponse]]:
+        """Wake-on-LAN for a peer"""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
