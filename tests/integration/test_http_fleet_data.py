@@ -186,7 +186,16 @@ def test_dashboard(http_cluster: Cluster, flowers: Uploaded) -> None:
     assert board["jobs"]["total"] == len(jobs) and board["jobs"]["active"] == 0
     assert board["agents"]["by_state"]["ONLINE"] == sum(a["state"] == "ONLINE" for a in cli_agents) == 2
     assert board["agents"]["online"] == board["agents"]["total"] == 2
-    assert set(board["agents"]["by_state"]) == {"CONNECTING", "ONLINE", "LOST", "DRAINING", "REFUSED"}
+    assert set(board["agents"]["by_state"]) == {
+        "CONNECTING",
+        "ONLINE",
+        "LOST",
+        "DRAINING",
+        "REFUSED",
+        "OWNER_ACTIVE",
+        "SLEEPING",
+        "WAKING",
+    }
     assert board["slots"] == {"total": 2, "used": 0, "free": 2}
     assert board["gpus"] == {"total": 0, "utilization_percent": None, "memory_used_bytes": 0, "memory_total_bytes": 0}
     assert board["models"] == stats["total_models"] >= 1 and board["datasets"] == len(
