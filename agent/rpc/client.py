@@ -364,6 +364,13 @@ class AgentClient:
         reply = await self._call(lambda md: self.stub.ListCache(pb.ListCacheRequest(), timeout=timeout, metadata=md))
         return convert.list_cache_from_pb(reply)
 
+    async def send_wake_packet(self, mac: str, broadcast: str, port: int = 0, timeout: float = 10.0) -> str:
+        """Ask this agent to broadcast a Wake-on-LAN magic packet on its own subnet `broadcast`; returns the
+        interface it left by (the agent refuses a subnet it is not on)."""
+        request = pb.SendWakePacketRequest(mac=mac, broadcast=broadcast, port=port)
+        reply = await self._call(lambda md: self.stub.SendWakePacket(request, timeout=timeout, metadata=md))
+        return str(reply.interface)
+
     async def get_blob(self, sha256: str, dest: Path) -> int:
         """Download a blob to `dest`, verifying its sha256; returns its size."""
         hasher = hashlib.sha256()
