@@ -899,3 +899,51 @@ def stats_from_pb(msg: cpb.ModelStatsResponse) -> dict[str, Any]:
         ],
         "recent_models": [model_from_pb(r) for r in msg.recent_models],
     }
+
+
+# ---------------------------------------------------------------- pools (the SDK's side; the controller's is its own)
+
+
+def pool_spec_to_pb(spec: dict[str, Any]) -> cpb.Pool:
+    """AddPool's request from the SDK's plain dict (the keys of pool_from_pb, without the answers-only ones)."""
+    return cpb.Pool(
+        name=spec["name"],
+        kind=spec.get("kind", "slurm"),
+        partition=spec.get("partition", ""),
+        account=spec.get("account", ""),
+        max_nodes=int(spec.get("max_nodes", 1)),
+        time_limit=spec.get("time_limit", ""),
+        sbatch_args=list(spec.get("sbatch_args", ())),
+        idle_timeout_seconds=float(spec.get("idle_timeout_seconds", 0.0)),
+        login=spec.get("login", ""),
+    )
+
+
+def pool_allocation_from_pb(msg: cpb.PoolAllocation) -> dict[str, Any]:
+    return {
+        "id": msg.id,
+        "state": msg.state,
+        "reason": msg.reason,
+        "nodes": msg.nodes,
+        "submitted_at": msg.submitted_at,
+        "started_at": msg.started_at,
+        "agents": list(msg.agents),
+        "jobs": list(msg.jobs),
+    }
+
+
+def pool_from_pb(msg: cpb.Pool) -> dict[str, Any]:
+    return {
+        "name": msg.name,
+        "kind": msg.kind,
+        "partition": msg.partition,
+        "account": msg.account,
+        "max_nodes": msg.max_nodes,
+        "time_limit": msg.time_limit,
+        "sbatch_args": list(msg.sbatch_args),
+        "idle_timeout_seconds": msg.idle_timeout_seconds,
+        "login": msg.login,
+        "allocations": [pool_allocation_from_pb(a) for a in msg.allocations],
+        "created_at": msg.created_at,
+        "error": msg.error,
+    }

@@ -19,6 +19,7 @@ from tensorfleet_desktop.cli import (
     gui,
     jobs,
     models,
+    pools,
     registry,
     serve,
 )
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_shutdown_parser(sub)
     jobs.add_parsers(sub)
     agents.add_parsers(sub)
+    pools.add_parsers(sub)
     datasets.add_parsers(sub)
     models.add_parser(sub)
     artifacts.add_parser(sub)

@@ -610,6 +610,49 @@ class AsyncClient:
             raise InvalidRequest(f"cannot write {path}: {exc}") from None
         return first.header, hasher.hexdigest(), size
 
+    # ---- pools (Slurm allocations that agents join from; the controller submits and ends them)
+
+    async def add_pool(
+        self,
+        name: str,
+        partition: str,
+        *,
+        kind: str = "slurm",
+        account: str = "",
+        max_nodes: int = 1,
+        time_limit: str = "",
+        sbatch_args: Sequence[str] = (),
+        idle_timeout_seconds: float = 300.0,
+        login: str = "",
+    ) -> dict[str, Any]:
+        """Register a pool: {"name", "kind", "partition", "account", "max_nodes", "time_limit", "sbatch_args",
+        "idle_timeout_seconds", "login", "allocations": [...], "created_at", "error"}. InvalidRequest names the
+        field the controller refused; the pool starts with no allocation (it scales from zero)."""
+        spec = {
+            "name": name,
+            "kind": kind,
+            "partition": partition,
+            "account": account,
+            "max_nodes": max_nodes,
+            "time_limit": time_limit,
+            "sbatch_args": list(sbatch_args),
+            "idle_timeout_seconds": idle_timeout_seconds,
+            "login": login,
+        }
+        return await self._call("AddPool", wire.pool_spec_to_pb(spec), wire.pool_from_pb)
+
+    async def list_pools(self) -> list[dict[str, Any]]:
+        """Every pool with its allocations not yet ended (each {"id", "state", "reason", "nodes", "submitted_at",
+        "started_at", "agents", "jobs"})."""
+        return await self._call("ListPools", cpb.ListPoolsRequest(), lambda r: [wire.pool_from_pb(p) for p in r.pools])
+
+    async def get_pool(self, name: str) -> dict[str, Any]:
+        return await self._call("GetPool", cpb.PoolRef(name=name), wire.pool_from_pb)
+
+    async def remove_pool(self, name: str) -> dict[str, Any]:
+        """Forget the pool; refused (InvalidRequest) while one of its allocations runs work."""
+        return await self._call("RemovePool", cpb.PoolRef(name=name), wire.pool_from_pb)
+
     # ---- the controller
 
     async def shutdown(self) -> None:

@@ -206,6 +206,10 @@ class Client:
     load_model = _blocking(AsyncClient.load_model)
     artifacts = _blocking(AsyncClient.artifacts)
     download_artifact = _blocking(AsyncClient.download_artifact)
+    add_pool = _blocking(AsyncClient.add_pool)
+    list_pools = _blocking(AsyncClient.list_pools)
+    get_pool = _blocking(AsyncClient.get_pool)
+    remove_pool = _blocking(AsyncClient.remove_pool)
     shutdown = _blocking(AsyncClient.shutdown)
 
 
