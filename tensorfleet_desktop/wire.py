@@ -625,6 +625,34 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
         ],
         "running": list(msg.running),
         "metrics_port": msg.metrics_port,
+        "desk": _desk_from_pb(msg.desk) if msg.HasField("desk") else None,
+        "interfaces": [
+            {
+                "name": i.name,
+                "mac": i.mac,
+                "ipv4": i.ipv4,
+                "prefix_length": i.prefix_length,
+                "broadcast": i.broadcast,
+                "wake_on_lan": i.wake_on_lan,
+                "wake_on_lan_source": i.wake_on_lan_source,
+            }
+            for i in msg.interfaces
+        ],
+        "wake_count": msg.wake_count,
+        "last_wake_at": msg.last_wake_at,
+    }
+
+
+def _desk_from_pb(d: pb.DeskStatus) -> dict[str, Any]:
+    """Desk mode's state as the fleet's `asdict(DeskStatus)` has it."""
+    return {
+        "owner_active": d.owner_active,
+        "paused": d.paused,
+        "reason": d.reason,
+        "since": d.since,
+        "idle_seconds": d.idle_seconds,
+        "idle_threshold_seconds": d.idle_threshold_seconds,
+        "schedule": d.schedule,
     }
 
 
