@@ -235,6 +235,12 @@ class AsyncClient:
     async def drain_agent(self, agent: str) -> dict[str, Any]:
         return await self._call("DrainAgent", cpb.AgentRefRequest(agent=agent), wire.agent_from_pb)
 
+    async def wake_agent(self, agent: str) -> dict[str, Any]:
+        """Send a sleeping agent's machine a Wake-on-LAN magic packet (by the controller, or relayed by an online
+        agent on its subnet); the agent is WAKING until it answers. Conflict when it is awake or cannot be woken
+        (no MAC known, no route to its subnet), naming why."""
+        return await self._call("WakeAgent", cpb.AgentRefRequest(agent=agent), wire.agent_from_pb)
+
     async def pair_agent(self, agent: str, token: str, force: bool = False) -> dict[str, Any]:
         request = cpb.PairAgentRequest(agent=agent, token=token, force=force)
         return await self._call("PairAgent", request, wire.agent_from_pb)

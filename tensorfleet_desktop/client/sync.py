@@ -178,6 +178,7 @@ class Client:
     add_agent = _blocking(AsyncClient.add_agent)
     remove_agent = _blocking(AsyncClient.remove_agent)
     drain_agent = _blocking(AsyncClient.drain_agent)
+    wake_agent = _blocking(AsyncClient.wake_agent)
     pair_agent = _blocking(AsyncClient.pair_agent)
     agent_envs = _blocking(AsyncClient.agent_envs)
     agent_cache = _blocking(AsyncClient.agent_cache)
