@@ -199,6 +199,24 @@ class BlobStore:
             self._arrival.wait_for(lambda: self.has(sha256) or not self._incoming[sha256], timeout)
             return self.has(sha256)
 
+    def await_all(self, digests: Iterable[str], patience: float, stop: threading.Event | None = None) -> list[str]:
+        """Wait for these blobs (the controller's share of a dataset version, pushed while the agent fetches the
+        rest from peers) while they keep arriving: gives up once none of them came for `patience` seconds, or on
+        `stop`. Returns those still missing (an empty list: all here)."""
+        waiting = {d for d in digests if not self.has(d)}
+        last = time.monotonic()
+        with self._arrival:
+            while waiting and not (stop is not None and stop.is_set()):
+                left = patience - (time.monotonic() - last)
+                if left <= 0:
+                    break
+                self._arrival.wait(min(left, 0.5))
+                arrived = {d for d in waiting if self.has(d)}
+                if arrived:
+                    waiting -= arrived
+                    last = time.monotonic()
+        return sorted(waiting)
+
     def incoming(self, sha256: str) -> bool:
         with self._arrival:
             return self._incoming[sha256] > 0

@@ -73,6 +73,8 @@ from tensorfleet_agent.runtime.blobs import SHA256_RE, BlobStore
 from tensorfleet_agent.runtime.peer_fetch import FetchResult, PeerFetch, Want, missing_message
 from tensorfleet_agent.runtime.workdir import BlobsMissing, materialize
 
+SHARE_PATIENCE = 60.0  # seconds the controller's share of a version may go with no blob of it arriving (then: fails)
+
 log = logging.getLogger(__name__)
 
 DIR_MODE = 0o555
@@ -316,8 +318,9 @@ class DatasetCache:
                 cached += sum(whole.values())
                 fetched = None
                 if missing and mount.peers:
-                    fetched = self._from_peers(mount, entries, {sha: sizes[sha] for sha in missing}, stop)
+                    fetched = self._with_peers(mount, entries, {sha: sizes[sha] for sha in missing}, stop)
                     missing = sorted(sha for sha in missing if not self.blobs.has(sha))
+                    received = self.blobs.received(pinned)  # the controller's share came meanwhile
                 if missing:
                     why = f"; {missing_message(fetched, mount.peers)}" if fetched is not None else ""
                     raise DatasetFailed(
@@ -357,7 +360,7 @@ class DatasetCache:
 
         return build
 
-    def _from_peers(
+    def _with_peers(
         self,
         mount: DatasetMount,
         entries: Iterable[ManifestEntry],
@@ -365,17 +368,28 @@ class DatasetCache:
         stop: threading.Event | None,
     ) -> FetchResult:
         """Fetch `missing` (sha256 -> size) from the mount's peers. A peer holding a whole chunked file holds each
-        of its chunks too (it serves them as byte ranges of the file)."""
+        of its chunks too (it serves them as byte ranges of the file). The blobs no peer is named for are this
+        agent's share from the controller, which pushes them meanwhile (peers ask this agent for them: they wait
+        while they are coming); they are awaited after the fetch while they keep arriving (SHARE_PATIENCE)."""
         chunk_of = {c: e.sha256 for e in entries for c in e.chunks}
         holds = [(p.node_id, frozenset(p.sha256)) for p in mount.peers]
-        wants = []
+        wants, coming = [], []
         for sha, size in sorted(missing.items()):
             whole = chunk_of.get(sha, "")
             holders = tuple(node for node, held in holds if sha in held or whole in held)
             if holders:
                 wants.append(Want(sha, size, holders))
+            else:
+                coming.append(sha)
         started = time.perf_counter()
-        result = PeerFetch(self.blobs, wants, mount.peers, mount.ticket, mount.ticket_signature, stop).run()
+        self.blobs.expect(coming)
+        try:
+            result = PeerFetch(self.blobs, wants, mount.peers, mount.ticket, mount.ticket_signature, stop).run()
+            late = self.blobs.await_all(coming, SHARE_PATIENCE, stop)
+        finally:
+            self.blobs.unexpect(coming)
+        if late:
+            log.warning("%s:v%d: %d blob(s) from the controller did not come", mount.name, mount.version, len(late))
         log.info(
             "dataset %s:v%d: %d of %d blob(s), %.1f MiB from %d peer(s) in %.2fs (%d failed transfer(s))",
             mount.name,

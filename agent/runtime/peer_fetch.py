@@ -39,8 +39,11 @@ MIN_RATE = 256 * 1024  # bytes/s: a blob slower than this from one peer (plus BA
 BASE_DEADLINE = 30.0
 EVICT_EVERY = 256 << 20  # bytes fetched between two evictions (one lists the whole cache: not once per blob)
 _STOP_CHECK = 0.5  # seconds between checks of the task's stop flag while streams run
+RETRY_AFTER = 1.0  # seconds before a blob that every holder lacked (or had not yet: it is on its way) is asked again
+PATIENCE = 60.0  # ... as long as some blob of this download arrived within this many seconds
 # A peer that answers these lacks (or mangled) this one blob; anything else drops the peer for the whole download.
 _BLOB_ONLY = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.DEADLINE_EXCEEDED)
+_LATER = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)  # of those, the ones asked again later
 
 Connect = Callable[[str, str], grpc.Channel]
 
@@ -79,9 +82,10 @@ class _PeerGone(Exception):
 
 
 class _BlobFailed(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, later: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.later = later  # the peer lacked it (or took too long): it may still come to the peer
 
 
 class PeerFetch:
@@ -123,6 +127,10 @@ class PeerFetch:
         self._calls: set[PeerBlobCall] = set()
         self._served: set[str] = set()
         self._unevicted = 0  # bytes adopted since the cache was last brought within its limit
+        # A holder the controller named may still be receiving the blob (its share from the controller, or its own
+        # fetch): once every live holder lacked it, it is asked again after RETRY_AFTER while the download goes on.
+        self._later: dict[str, float] = {}  # sha256 -> when to ask its holders again
+        self._progress = time.monotonic()  # the last blob adopted (or the start)
         self.result = FetchResult()
 
     # ---- the run
@@ -198,7 +206,7 @@ class PeerFetch:
                 self._failed(peer, sha, exc.reason, peer_gone=True)
                 return
             except _BlobFailed as exc:
-                self._failed(peer, sha, exc.reason, peer_gone=False)
+                self._failed(peer, sha, exc.reason, peer_gone=False, later=exc.later)
             except Exception as exc:  # a full disk, a bug: this blob from this peer failed; others go on
                 log.warning("peer fetch of %s from %s failed: %s", sha[:12], peer[:12], exc)
                 self._failed(peer, sha, f"{type(exc).__name__}: {exc}", peer_gone=False)
@@ -214,6 +222,13 @@ class PeerFetch:
             while True:
                 if self.stop.is_set() or peer in self._dead:
                     return None
+                now = time.monotonic()
+                for sha in [s for s, due in self._later.items() if due <= now]:
+                    del self._later[sha]
+                    self._pending.add(sha)
+                    for holder in self.wants[sha].holders:
+                        if holder in self._queues and holder not in self._dead:
+                            self._queues[holder].appendleft(sha)
                 queue = self._queues[peer]
                 while queue:
                     sha = queue.popleft()
@@ -221,7 +236,7 @@ class PeerFetch:
                         self._pending.discard(sha)
                         self._inflight[sha] = peer
                         return sha
-                if not any(self._eligible(peer, sha) for sha in self._inflight):
+                if not any(self._eligible(peer, sha) for sha in (*self._inflight, *self._later)):
                     return None
                 self._cond.wait(_STOP_CHECK)
 
@@ -229,7 +244,7 @@ class PeerFetch:
         part = self._parts.get(sha)
         return peer in self.wants[sha].holders and (part is None or peer not in part.tried)
 
-    def _failed(self, peer: str, sha: str, reason: str, peer_gone: bool) -> None:
+    def _failed(self, peer: str, sha: str, reason: str, peer_gone: bool, later: bool = False) -> None:
         with self._cond:
             self._inflight.pop(sha, None)
             self.result.peer_failures += 1
@@ -241,9 +256,16 @@ class PeerFetch:
             else:
                 log.info("dataset peer %s could not serve %s: %s", peer[:12], sha[:12], reason)
             if not self.stop.is_set():
+                live = [h for h in self.wants[sha].holders if h in self._queues and h not in self._dead]
+                waiting = bool(live) and time.monotonic() - self._progress < PATIENCE  # it may be on its way to them
+                if part is not None and later and waiting and not any(self._eligible(h, sha) for h in live):
+                    part.tried.clear()
+                    self._later[sha] = time.monotonic() + RETRY_AFTER
+                    self._cond.notify_all()
+                    return
                 self._pending.add(sha)
-                for holder in self.wants[sha].holders:  # resumed first: its bytes so far are not wasted
-                    if holder in self._queues and holder not in self._dead and self._eligible(holder, sha):
+                for holder in live:  # resumed first: its bytes so far are not wasted
+                    if self._eligible(holder, sha):
                         self._queues[holder].appendleft(sha)
             self._cond.notify_all()
 
@@ -309,7 +331,7 @@ class PeerFetch:
                 raise _BlobFailed("the task was cancelled") from None
             reason = f"{code.name if code else 'UNKNOWN'}: {details} (after {part.written} of {want.size} bytes)"
             if code in _BLOB_ONLY:
-                raise _BlobFailed(reason) from None
+                raise _BlobFailed(reason, later=code in _LATER) from None
             if part.written != want.size:
                 raise _PeerGone(reason) from None
             self._drop(peer, reason)  # every byte came before the stream broke: the blob is checked and kept
@@ -328,6 +350,7 @@ class PeerFetch:
         self.store.adopt(part.path, sha, evict=False)  # (the blobs wanted are pinned by the mount)
         with self._cond:
             self._parts.pop(sha, None)
+            self._progress = time.monotonic()
             self._unevicted += want.size
             evict = self._unevicted >= EVICT_EVERY
             if evict:

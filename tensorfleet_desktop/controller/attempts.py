@@ -5,8 +5,6 @@ controller) comes back. Agents are reached only through the AgentPort."""
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -39,7 +37,8 @@ _BUSY_BACKOFF_MAX = 15.0  # further refusal in a row up to this (or until its te
 _WATCH_RETRY = 0.25  # between tries to re-open an attempt's event stream
 HAS_BLOBS_BATCH = 10_000  # sha256s per HasBlobs call (the agent's limit)
 PUSH_CONCURRENCY = 4  # project files sent to one agent at once
-SHARE_BIG = 1 << 20  # a blob this big goes to a reader one at a time from its version's queue (_peer_plan)
+SHARE_BIG = 1 << 20  # a reader is sent the big blobs (a chunk) of its share one at a time, in order (_send_share)
+GATHER = 0.5  # seconds a version's first reader waits for the readers dispatched with it before the share-out
 STAGE_CONCURRENCY = 4  # blobs a queued job's staging sends at once (over all its agents)
 TICKET_TTL = 1800.0  # seconds a reader's peer ticket is good for (its download; the next dispatch brings another)
 _DRAIN_LIMIT = 120.0  # how long an abandoned project attempt is followed for the outputs it saves as it ends
@@ -67,7 +66,9 @@ class Attempts:
         self.peer_transfer = peer_transfer  # [datasets] peer_transfer / serve --no-peer-transfer
         self._peerless: set[tuple[str, int]] = set()  # (job, rank) whose last attempt failed SETUP: no peers
         # content id -> the version's blobs no agent holds nor is being sent, for its readers to share (_peer_plan)
-        self._unsent: dict[str, tuple[collections.deque[str], collections.deque[str], set[str]]] = {}
+        self._rounds: dict[str, dict[str, list[str]]] = {}  # content id -> readers gathering -> blobs no one has
+        self._round_closed: dict[str, asyncio.Event] = {}
+        self._assigned: dict[str, dict[str, str]] = {}  # content id -> blob -> the reader the controller sends it
         self.staged: set[str] = set()  # jobs whose dataset was staged while they waited (once each)
         self.project_files = project_files
         self.dataset_push = DatasetPush(artifacts.blobs)  # dataset versions' manifests and signed listings
@@ -247,8 +248,9 @@ class Attempts:
     ) -> tuple[tuple[PeerSource, ...], bytes, bytes]:
         """An upload version's manifest, files and chunks the agent lacks onto it (HasBlobs in two rounds, see
         dataset_push.upload_wants), then a task event saying what was sent, how many bytes, how long it took.
-        With peer transfer, a blob an online peer holds (or is being sent: its push is awaited) is left to the
-        reader to fetch from it; returns those (peers, ticket, signature). See peer_plan."""
+        With peer transfer, a blob an online peer holds or is being sent is left to the reader to fetch from it,
+        and the reader's own share is pushed while the task starts (the agent waits for it); returns those
+        (peers, ticket, signature). See _peer_plan."""
         node, manifest_id = agent.node_id, str(version["content_id"])
         plan = await self.dataset_push.manifest(version)
         whole = sorted({manifest_id} | {e.sha256 for e in plan.entries})
@@ -258,6 +260,7 @@ class Attempts:
             send += [sha for sha in ask if sha not in have]
         peers: tuple[PeerSource, ...] = ()
         pushes: dict[str, asyncio.Future[None]] = {}  # the pushes _peer_plan started to the reader
+        share: list[str] = []  # the reader's share of what no agent had, pushed by _send_share
         ticket = signature = b""
         started = self.clock.monotonic()
         ref = f"dataset {version['name']}:v{version['version']}"
@@ -268,25 +271,29 @@ class Attempts:
                 task,
                 f"sending {ref} to {agent.name}: {len(send)} blob(s), {lacking}, from peers and the controller",
             )
-            pushes, peers = await self._peer_plan(job, task, plan, manifest_id, send, agent)
-            send = list(pushes)
+            pushes, share, peers = await self._peer_plan(job, task, plan, manifest_id, send, agent)
+            send = [*pushes, *share]
             if peers:
                 ticket, signature = self._ticket(job, node, manifest_id)
         size = sum(plan.sizes.get(sha, 0) for sha in send)
         task.dataset_transfer = {**EMPTY_TRANSFER, "bytes_from_controller": size}
         if not send:
             return peers, ticket, signature  # the agent has it all or gets the rest from peers
-        if not pushes:  # with peers, the reader's share was sent while its peers were worked out
+        if peers:  # the task starts once the reader has the manifest; the rest arrives while it fetches
+            if manifest_id in pushes:
+                try:
+                    self._raise_lost(ref, plan, await self._pushes_of({manifest_id: pushes.pop(manifest_id)}))
+                except BaseException:
+                    self._unassign(manifest_id, node, share)  # no longer on their way: others are sent them
+                    raise
+            report = self._report_share(job, task, ref, agent, manifest_id, plan, pushes, share, started)
+            self.background.spawn(report, name=f"share-{job.id}-{task.index}")
+            return peers, ticket, signature
+        if not pushes and not share:
             self.events.task_event(job, task, f"sending {ref} to {agent.name}: {len(send)} blob(s), {_mib(size)}")
             started = self.clock.monotonic()
-        lost = await (self._pushes_of(pushes) if pushes else self._push_all(node, send))
-        if lost:
-            paths = sorted({plan.owners.get(sha, sha[:12]) for sha in lost})
-            raise ProjectFilesMissing(
-                "dataset",
-                f"{len(paths)} file(s) of {ref} are no longer in the controller's blob store "
-                f"({', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}); upload the dataset again",
-            )
+        lost = await self._sent(node, manifest_id, plan, pushes, share, send)
+        self._raise_lost(ref, plan, lost)
         seconds = self.clock.monotonic() - started
         self.events.task_event(
             job, task, f"sent {ref} to {agent.name}: {len(send)} blob(s), {size} bytes in {seconds:.2f} s"
@@ -294,21 +301,85 @@ class Attempts:
         log.info("job %s: sent %d blob(s) of %s (%d bytes) to %s", job.id, len(send), ref, size, node[:12])
         return peers, ticket, signature
 
+    async def _sent(
+        self,
+        node: str,
+        manifest_id: str,
+        plan: UploadPlan,
+        pushes: dict[str, asyncio.Future[None]],
+        share: list[str],
+        send: list[str],
+    ) -> set[str]:
+        """Wait for what the controller sends this reader: the pushes _peer_plan started and its share, or (no
+        peer transfer) every blob it lacks. Returns the sha256s the blob store no longer has."""
+        if not pushes and not share:
+            return await self._push_all(node, send)
+        results = await asyncio.gather(
+            self._pushes_of(pushes), self._send_share(node, manifest_id, share, plan.sizes), return_exceptions=True
+        )
+        lost: set[str] = set()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            lost |= result
+        return lost
+
+    @staticmethod
+    def _raise_lost(ref: str, plan: UploadPlan, lost: set[str]) -> None:
+        if lost:
+            paths = sorted({plan.owners.get(sha, sha[:12]) for sha in lost})
+            raise ProjectFilesMissing(
+                "dataset",
+                f"{len(paths)} file(s) of {ref} are no longer in the controller's blob store "
+                f"({', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}); upload the dataset again",
+            )
+
+    async def _report_share(
+        self,
+        job: Job,
+        task: JobTask,
+        ref: str,
+        agent: AgentView,
+        manifest_id: str,
+        plan: UploadPlan,
+        pushes: dict[str, asyncio.Future[None]],
+        share: list[str],
+        started: float,
+    ) -> None:
+        """Send the reader's part from the controller while its task starts; say when it is in (or why not: the
+        agent then fails the mount naming the blobs, and the retry gets everything from the controller)."""
+        node = agent.node_id
+        send = [*pushes, *share]
+        size = sum(plan.sizes.get(sha, 0) for sha in send)
+        try:
+            self._raise_lost(ref, plan, await self._sent(node, manifest_id, plan, pushes, share, send))
+        except Exception as exc:
+            self.events.task_event(job, task, f"could not send {ref} to {agent.name}: {exc}")
+            log.info("job %s: %s not sent to %s: %s", job.id, ref, node[:12], exc)
+            return
+        seconds = self.clock.monotonic() - started
+        self.events.task_event(
+            job, task, f"sent {ref} to {agent.name}: {len(send)} blob(s), {size} bytes in {seconds:.2f} s"
+        )
+        log.info("job %s: sent %d blob(s) of %s (%d bytes) to %s", job.id, len(send), ref, size, node[:12])
+
     async def _peer_plan(
         self, job: Job, task: JobTask, plan: UploadPlan, manifest_id: str, send: list[str], reader: AgentView
-    ) -> tuple[dict[str, asyncio.Future[None]], tuple[PeerSource, ...]]:
-        """Send the reader its share of what no agent holds, then name the peers it fetches the rest from: (the
-        pushes to it, ended; the peers).
+    ) -> tuple[dict[str, asyncio.Future[None]], list[str], tuple[PeerSource, ...]]:
+        """Share out what no agent holds among the readers dispatched together, and name the peers the reader
+        fetches the rest from: (the pushes to it started here, its share, the peers).
 
-        The blobs of a version that no online agent holds nor is being sent wait in one queue per version; every
-        reader being dispatched pulls from it, PUSH_CONCURRENCY at a time, so readers dispatched together (the
-        ranks of a job, or jobs close together) split one copy from the controller between them and exchange the
-        rest. A blob being sent to another reader is awaited (if that push fails, this reader is sent it). Each
-        blob the reader lacks is then named with up to three online holders (`spread`: the least loaded first).
-        The manifest always comes from the controller (the reader needs it first)."""
+        The blobs of a version that no online agent holds nor is being sent are split among the readers that ask
+        within GATHER of the first (the ranks of a job, or jobs close together), each reader's share the blobs
+        with the fewest bytes given so far, biggest first; so the controller sends one copy. The reader's share
+        is not awaited here: it is pushed (_send_share) while the task starts, and the other readers name it as
+        the holder: a peer asked for a blob it is receiving waits for it, and one asked too early is asked again
+        (agent/runtime/peer_fetch.py), so the exchange overlaps the controller's copy. Each blob the reader lacks
+        is named with up to three holders (`spread`: the least loaded first). The manifest always comes from the
+        controller (the reader needs it first)."""
         me = reader.node_id
         online = {a.node_id: a for a in self.agents.agents() if a.online and a.node_id != me and a.address}
-        big, small, queued = self._unsent.setdefault(manifest_id, (collections.deque(), collections.deque(), set()))
+        assigned = self._assigned.setdefault(manifest_id, {})
         own: dict[str, asyncio.Future[None]] = {}
         if manifest_id in send:
             own[manifest_id] = self._push_future(me, manifest_id)
@@ -317,53 +388,28 @@ class Attempts:
         def held(sha: str) -> set[str]:
             return self.holders.holders(sha, manifest_id, plan.whole.get(sha, "")) & online.keys()
 
-        def sending(sha: str) -> list[asyncio.Future[None]]:
-            return [f for n in (*online, me) if (f := self._pushing.get((n, sha))) is not None]
+        def coming(sha: str) -> set[str]:
+            """The readers it is on its way to (being sent, or in their share)."""
+            nodes = {n for n in (*online, me) if (n, sha) in self._pushing}
+            if (node := assigned.get(sha)) is not None and (node == me or node in online):
+                nodes.add(node)
+            return nodes
 
-        def enqueue(sha: str, first: bool = False) -> None:
-            queue = big if plan.sizes.get(sha, 0) >= SHARE_BIG else small
-            queue.appendleft(sha) if first else queue.append(sha)
-            queued.add(sha)
-
-        for sha in needed:
-            if sha not in queued and not held(sha) and not sending(sha):
-                enqueue(sha)
-
-        async def share(stream: int) -> None:
-            """One of the reader's streams from the version's queue. Only its first takes big blobs (a chunk): one
-            stream fills a link, and a reader that took several would leave the readers joining a moment later
-            nothing to serve the others; the small ones go several at once (their cost is round trips)."""
-            while small or (big and stream == 0):
-                sha = big.popleft() if big and stream == 0 else small.popleft()
-                queued.discard(sha)
-                if held(sha):
-                    continue
-                push = own[sha] = self._push_future(me, sha)
-                try:
-                    await asyncio.shield(push)
-                except FileNotFoundError:
-                    continue  # lost from the blob store: _pushes_of names it
-                except Exception:
-                    if sha not in queued:  # another reader sends it; this one's dispatch fails
-                        enqueue(sha, first=True)
-                    raise
-
-        results = await asyncio.gather(*(share(i) for i in range(PUSH_CONCURRENCY)), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        unsent = [sha for sha in needed if not held(sha) and not coming(sha)]
+        if unsent:
+            await self._share_out(manifest_id, plan, me, unsent)
+        mine = [sha for sha in needed if assigned.get(sha) == me and (me, sha) not in self._pushing]
         holders_of: dict[str, list[str]] = {}
         for sha in needed:
-            while sha not in own:
-                if found := held(sha):
-                    holders_of[sha] = sorted(found)
-                    break
-                if running := sending(sha):  # on its way to another reader
-                    await asyncio.gather(*(asyncio.shield(f) for f in running), return_exceptions=True)
-                    continue
-                own[sha] = self._push_future(me, sha)  # its push to another failed: from the controller
-                with contextlib.suppress(Exception):  # _pushes_of raises it
-                    await asyncio.shield(own[sha])
+            if (me, sha) in self._pushing:  # staging, or another rank on this agent
+                own[sha] = self._pushing[(me, sha)]
+                self._unassign(manifest_id, me, [sha])  # (its push is that one)
+            elif sha in mine:
+                continue
+            elif found := held(sha) | (coming(sha) - {me}):
+                holders_of[sha] = sorted(found)
+            else:  # no one has it nor gets it: from the controller
+                own[sha] = self._push_future(me, sha)
         named = spread(holders_of, plan.sizes)
         peers = tuple(
             PeerSource(node, online[node].address, online[node].fingerprint, tuple(sorted(shas)))
@@ -376,7 +422,75 @@ class Attempts:
                 f"{len(holders_of)} blob(s) ({_mib(sum(plan.sizes.get(s, 0) for s in holders_of))}) of the dataset "
                 f"from {len(peers)} peer(s): {', '.join(online[p.node_id].name or p.node_id[:12] for p in peers)}",
             )
-        return own, peers
+        return own, mine, peers
+
+    async def _share_out(self, manifest_id: str, plan: UploadPlan, me: str, unsent: list[str]) -> None:
+        """Join the version's share-out (the first reader opens it and closes it after GATHER), then return
+        once every blob in it has its reader (self._assigned)."""
+        gathering = self._rounds.get(manifest_id)
+        if gathering is not None:
+            gathering[me] = unsent
+            await self._round_closed[manifest_id].wait()
+            return
+        gathering = self._rounds[manifest_id] = {me: unsent}
+        closed = self._round_closed[manifest_id] = asyncio.Event()
+        try:
+            await asyncio.sleep(GATHER)
+        finally:
+            del self._rounds[manifest_id], self._round_closed[manifest_id]
+            assigned = self._assigned.setdefault(manifest_id, {})
+            given = dict.fromkeys(gathering, 0)
+            wanted: dict[str, list[str]] = {}
+            for node, shas in gathering.items():
+                for sha in shas:
+                    wanted.setdefault(sha, []).append(node)
+            for sha in sorted(wanted, key=lambda s: (-plan.sizes.get(s, 0), s)):
+                if sha not in assigned:
+                    node = min(wanted[sha], key=lambda n: given[n])  # (the first to join wins a tie)
+                    assigned[sha] = node
+                    given[node] += plan.sizes.get(sha, 0)
+            closed.set()
+
+    def _unassign(self, manifest_id: str, node: str, shas: list[str]) -> None:
+        """These blobs of the node's share are no longer on their way to it (sent, or given up)."""
+        assigned = self._assigned.get(manifest_id)
+        if assigned is None:
+            return
+        for sha in shas:
+            if assigned.get(sha) == node:
+                del assigned[sha]
+        if not assigned:
+            del self._assigned[manifest_id]
+
+    async def _send_share(self, node: str, manifest_id: str, share: list[str], sizes: dict[str, int]) -> set[str]:
+        """Push a reader's share: the big blobs one at a time in order (each is served to the other readers as
+        soon as it is in; several at once would all land late), the small ones PUSH_CONCURRENCY at a time. Each
+        blob leaves the version's share-out when its push ends. The first agent error is raised; returns the
+        sha256s the blob store no longer has."""
+        big = [sha for sha in share if sizes.get(sha, 0) >= SHARE_BIG]
+        small = [sha for sha in share if sizes.get(sha, 0) < SHARE_BIG]
+        lost: set[str] = set()
+
+        async def in_order() -> None:
+            try:
+                for sha in big:
+                    try:
+                        await self._push_once(node, sha)
+                    except FileNotFoundError:
+                        lost.add(sha)
+                    finally:
+                        self._unassign(manifest_id, node, [sha])
+            finally:
+                self._unassign(manifest_id, node, big)  # after a failure the rest are no longer on their way
+
+        async def the_small() -> None:
+            try:
+                lost.update(await self._push_all(node, small) if small else set())
+            finally:
+                self._unassign(manifest_id, node, small)
+
+        await asyncio.gather(in_order(), the_small())
+        return lost
 
     def _ticket(self, job: Job, reader: str, content_id: str) -> tuple[bytes, bytes]:
         """What the reader shows its peers: the version it may read, for TICKET_TTL, signed with the controller's

@@ -2,8 +2,9 @@
 version's tree from two peers; the first peer dies mid-transfer and the second resumes its blobs at their offsets
 (nothing fetched twice); GetPeerBlob refuses a ticket for another version, an expired, unsigned or unknown
 controller's ticket (PERMISSION_DENIED) and answers NOT_FOUND for a version it lacks; a wrong pinned fingerprint is
-refused before any byte; a blob the peer is being sent is waited for; with every peer gone the task fails SETUP
-naming the blobs."""
+refused before any byte; a blob the peer is being sent is waited for, one it lacks is asked again (the controller
+may still be sending it there) while the reader's own share from the controller is awaited; with every peer gone
+the task fails SETUP naming the blobs."""
 
 from __future__ import annotations
 
@@ -198,6 +199,47 @@ def test_a_peer_killed_mid_transfer_is_replaced_and_its_blobs_resumed(tmp_path: 
     finally:
         healthy.stop()
         dying.stop()
+
+
+def test_a_peer_named_before_it_has_a_blob_is_asked_again_and_the_controllers_share_is_awaited(
+    tmp_path: Path, loop: _Loop
+) -> None:
+    """The controller names as holder a reader it is still sending the blob to, and starts the task before its
+    own share is in: the peer is asked again until the blob is there, and the share is waited for."""
+    controller = load_or_create_identity(tmp_path / "controller", "controller")
+    files = {"early.txt": b"at the peer already", "late.bin": os.urandom(300_000), "mine.bin": os.urandom(200_000)}
+    version = _version(files)
+    sha = {e.path: e.sha256 for e in version.entries}
+    peer = _Peer(loop, tmp_path / "peer", controller, version)
+    for path in ("late.bin", "mine.bin"):
+        peer.blobs.path(sha[path]).unlink()
+    reader = _reader(tmp_path / "reader", version)
+    ticket, signature = make_ticket(controller, "reader", [version.content_id], ttl=60, job_id="job-1")
+    named = [sha["early.txt"], sha["late.bin"]]  # mine.bin: the reader's share, from the controller
+    mount = DatasetMount("pets", 1, version.content_id, "", (peer.source(named),), ticket, signature)
+
+    def controller_pushes() -> None:
+        _put(reader.blobs, files["mine.bin"])
+        reader.blobs.note_received(sha["mine.bin"], len(files["mine.bin"]), "controller")
+
+    share = threading.Timer(1.0, controller_pushes)
+    to_peer = threading.Timer(2.0, lambda: _put(peer.blobs, files["late.bin"]))
+    share.start()
+    to_peer.start()
+    started = time.monotonic()
+    try:
+        held = reader.acquire(mount)
+        assert time.monotonic() - started >= 1.9
+        for path, data in files.items():
+            assert (held.path / path).read_bytes() == data
+        transfer = held.transfer()
+        assert transfer.bytes_from_peers == len(files["early.txt"]) + len(files["late.bin"]), transfer
+        assert transfer.bytes_from_controller == len(files["mine.bin"]) and transfer.peer_failures >= 1, transfer
+        assert [s for s, _ in peer.offsets].count(sha["late.bin"]) >= 2  # asked again once it had it
+    finally:
+        share.cancel()
+        to_peer.cancel()
+        peer.stop()
 
 
 def test_get_peer_blob_refuses_tickets_it_should_not_honour(tmp_path: Path, loop: _Loop) -> None:

@@ -122,12 +122,19 @@ async def test_without_peer_transfer_or_a_peer_online_the_controller_sends_it_al
     await controller.store.close()
 
 
+async def _shares_sent(controller: Controller) -> None:
+    """The readers' shares, pushed in the background while their tasks start."""
+    shares = [t for t in controller.attempts.background.tasks if (t.get_name() or "").startswith("share-")]
+    await asyncio.gather(*shares)
+
+
 async def test_readers_dispatched_together_share_one_copy_from_the_controller(
     setup: tuple[Controller, FakeAgents, dict[str, Any], list[str]],
 ) -> None:
     controller, agents, version, shas = setup
     job = _job(version, "a", "bb", "ccc")
     results = await asyncio.gather(*(_send(controller, job, i) for i in range(3)))
+    await _shares_sent(controller)
     files = [(node, sha) for node, sha in agents.pushed if sha in shas]
     assert sorted(sha for _, sha in files) == shas  # each file sent once, spread over the three readers
     assert len({node for node, _ in files}) > 1
@@ -253,7 +260,10 @@ async def test_big_blobs_nobody_holds_go_one_per_reader_so_every_reader_can_serv
     controller.blobs.path(mid).write_bytes(body)
     version = {"name": "big", "version": 1, "content_id": mid, "source": "upload"}
     job = _job(version, "a", "bb", "ccc")
-    await asyncio.gather(*(_send(controller, job, i) for i in range(3)))
+    results = await asyncio.gather(*(_send(controller, job, i) for i in range(3)))
+    for (peers, _, _), node in zip(results, ("a", "bb", "ccc"), strict=True):  # each named the other two
+        assert sorted(p.node_id for p in peers) == sorted({"a", "bb", "ccc"} - {node})
+    await _shares_sent(controller)
     files = sorted((node, sha) for node, sha in agents.pushed if sha in shas)
     assert sorted(sha for _, sha in files) == sorted(shas) and [n for n, _ in files] == ["a", "bb", "ccc"]
     await controller.store.close()
