@@ -1,5 +1,5 @@
 """Fleet: every agent, its state and live telemetry (CPU, RAM and per-GPU sparklines, disk); add, pair, drain,
-remove (buttons and a row context menu)."""
+remove, and wake a sleeping one by Wake-on-LAN (buttons and a row context menu)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 
 from tensorfleet_desktop.ui import theme as themes
 from tensorfleet_desktop.ui.bridge import Bridge
-from tensorfleet_desktop.ui.formatting import human_bytes, percent, state_color
+from tensorfleet_desktop.ui.formatting import STATE_COLORS, clock, human_bytes, percent
 from tensorfleet_desktop.ui.plots import MetricPlot
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
@@ -91,6 +91,38 @@ class PairDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+
+
+#: Desk mode and power states (issue 23), beside the shared job/agent colours.
+POWER_COLORS = {"OWNER_ACTIVE": "#bc4c00", "SLEEPING": "#6639ba", "WAKING": "#0969da"}
+WAKEABLE = ("SLEEPING", "WAKING", "LOST")  # a machine that may be off: a magic packet is worth a try
+
+
+def _state_color(a: dict[str, Any]) -> str:
+    state = str(a.get("state", ""))
+    return POWER_COLORS.get(state) or STATE_COLORS.get(state, "")
+
+
+def can_wake(a: dict[str, Any]) -> bool:
+    """Wake is offered for an agent that may be asleep and told us a MAC to send the magic packet to."""
+    return a.get("state") in WAKEABLE and bool(a.get("interfaces"))
+
+
+def _state_tooltip(a: dict[str, Any]) -> str:
+    """Why it is in this state (the desk reason, a failed wake-up), and what Wake-on-LAN knows of it."""
+    lines = [a["error"]] if a.get("error") else []
+    state = a.get("state")
+    if state == "SLEEPING":
+        lines.append("its machine sleeps (it suspended after idling): Wake sends it a magic packet")
+    elif state == "WAKING":
+        lines.append(f"magic packet sent at {clock(a.get('last_wake_at') or None)}; waiting for it to answer")
+    elif state == "OWNER_ACTIVE" and not a.get("error"):
+        lines.append("its owner is using it: it runs no work until idle again")
+    for i in a.get("interfaces") or []:
+        lines.append(f"{i['name']} {i['mac']}: Wake-on-LAN {'on' if i['wake_on_lan'] else 'off or unknown'}")
+    if a.get("wake_count"):
+        lines.append(f"woken {a['wake_count']} time(s)")
+    return "\n".join(lines)
 
 
 def _slots(a: dict[str, Any]) -> str:
@@ -204,7 +236,7 @@ class FleetView(View):
         self.history = History()
         columns = [
             Column("Name", lambda a: a["name"], tooltip=_name_tooltip),
-            Column("State", lambda a: a["state"], tooltip=lambda a: a["error"], color=state_color),
+            Column("State", lambda a: a["state"], tooltip=_state_tooltip, color=_state_color),
             Column("Address", lambda a: a["address"]),
             Column(
                 "Slots",
@@ -267,12 +299,15 @@ class FleetView(View):
         self.pair_button = action_button("Pair…", "pair with the selected agent using its join token")
         self.drain_button = action_button("Drain", "finish running tasks, accept no new ones")
         self.remove_button = action_button("Remove", "forget the selected agent")
+        self.wake_button = action_button("Wake", "send the selected sleeping agent's machine a Wake-on-LAN packet")
+        self.wake_button.setEnabled(False)
+        self.wake_button.clicked.connect(self.wake_agent)
         self.add_button.clicked.connect(self.add_agent)
         self.pair_button.clicked.connect(self.pair_agent)
         self.drain_button.clicked.connect(self.drain_agent)
         self.remove_button.clicked.connect(self.remove_agent)
         bar = QHBoxLayout()
-        for b in (self.add_button, self.pair_button, self.drain_button, self.remove_button):
+        for b in (self.add_button, self.pair_button, self.drain_button, self.remove_button, self.wake_button):
             bar.addWidget(b)
         bar.addStretch(1)
         self.summary = QLabel()
@@ -328,8 +363,10 @@ class FleetView(View):
     def _show_detail(self) -> None:
         agent = self.selected()
         if agent is None:
+            self.wake_button.setEnabled(False)
             return
         agent = self.model.rows[self.model.find(agent["id"])] if self.model.find(agent["id"]) >= 0 else agent
+        self.wake_button.setEnabled(can_wake(agent))
         running = ", ".join(agent.get("running") or []) or "none"
         self.detail_title.setText(
             f"<b>{agent['name']}</b> · {agent['state']} · {agent['address']} · id {agent['id'][:16]} · "
@@ -366,13 +403,26 @@ class FleetView(View):
         agent = rows[0] if rows else None
         if agent is None:
             return []
+        wake = [menu_action("Wake", self.wake_agent)] if can_wake(agent) else []
         return [
+            *wake,
             menu_action("Pair…", self.pair_agent, agent["state"] != "REFUSED" or not agent.get("paired")),
             menu_action("Drain", self.drain_agent, agent["state"] == "ONLINE"),
             menu_action("Remove…", self.remove_agent),
             None,
             menu_action("Copy address", lambda: self.copy_address(agent)),
         ]
+
+    def wake_agent(self) -> None:
+        """A magic packet, sent by the controller (the bridge's thread; the window never waits on it)."""
+        agent = self.selected()
+        if agent is None or not can_wake(agent):
+            return
+        self.run(
+            lambda c: c.wake_agent(agent["id"]),
+            f"magic packet sent to {agent['name']}: waking",
+            f"cannot wake {agent['name']}",
+        )
 
     def copy_address(self, agent: dict[str, Any]) -> None:
         QGuiApplication.clipboard().setText(str(agent["address"]))
