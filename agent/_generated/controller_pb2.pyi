@@ -3514,6 +3514,61 @@ class JoinClusterResponse(_message.Message):
 Global___JoinClusterResponse: _TypeAlias = JoinClusterResponse  # noqa: Y015
 
 @_typing.final
+class JoinCredentialRequest(_message.Message):
+    """A join credential an admin hands to agents started outside mDNS's reach (a Kubernetes Secret):
+    tensorfleet pools credential NAME --ttl 30d. Pools of Slurm mint their own, per allocation.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """the pool the agents join as (they get the label pool=NAME)"""
+    ttl_seconds: _builtins.float
+    """how long it is valid (> 0)"""
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        ttl_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinCredentialRequest: _TypeAlias = JoinCredentialRequest  # noqa: Y015
+
+@_typing.final
+class JoinCredential(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    credential: _builtins.str
+    """tfjc1.<payload>.<signature>; secret: give it to agents only"""
+    expires_at: _builtins.float
+    """unix seconds"""
+    pool: _builtins.str
+    def __init__(
+        self,
+        *,
+        credential: _builtins.str = ...,
+        expires_at: _builtins.float = ...,
+        pool: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "expires_at", b"expires_at", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinCredential: _TypeAlias = JoinCredential  # noqa: Y015
+
+@_typing.final
 class ShutdownRequest(_message.Message):
     """Stops the controller. Its local agent always stops with it (it drains first): it exits with its controller."""
 

@@ -301,6 +301,11 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.JoinClusterRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JoinClusterResponse.FromString,
                 _registered_method=True)
+        self.CreateJoinCredential = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/CreateJoinCredential',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.JoinCredentialRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JoinCredential.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -637,6 +642,13 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJoinCredential(self, request, context):
+        """for agents in Kubernetes
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -904,6 +916,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.JoinCluster,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JoinClusterRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.JoinClusterResponse.SerializeToString,
+            ),
+            'CreateJoinCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinCredential,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JoinCredentialRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.JoinCredential.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2337,6 +2354,33 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/JoinCluster',
             tensorfleet_dot_v1_dot_controller__pb2.JoinClusterRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.JoinClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/CreateJoinCredential',
+            tensorfleet_dot_v1_dot_controller__pb2.JoinCredentialRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.JoinCredential.FromString,
             options,
             channel_credentials,
             insecure,

@@ -103,6 +103,8 @@ class ControllerServiceStub:
     """refused while an allocation of it runs work (cancel it first)"""
     JoinCluster: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JoinClusterRequest, _controller_pb2.JoinClusterResponse]
     """a pool's agent announcing itself"""
+    CreateJoinCredential: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JoinCredentialRequest, _controller_pb2.JoinCredential]
+    """for agents in Kubernetes"""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -173,6 +175,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """refused while an allocation of it runs work (cancel it first)"""
     JoinCluster: _aio.UnaryUnaryMultiCallable[_controller_pb2.JoinClusterRequest, _controller_pb2.JoinClusterResponse]  # type: ignore[assignment]
     """a pool's agent announcing itself"""
+    CreateJoinCredential: _aio.UnaryUnaryMultiCallable[_controller_pb2.JoinCredentialRequest, _controller_pb2.JoinCredential]  # type: ignore[assignment]
+    """for agents in Kubernetes"""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -558,5 +562,13 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.JoinClusterResponse, _abc.Awaitable[_controller_pb2.JoinClusterResponse]]:
         """a pool's agent announcing itself"""
+
+    @_abc_1.abstractmethod
+    def CreateJoinCredential(
+        self,
+        request: _controller_pb2.JoinCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.JoinCredential, _abc.Awaitable[_controller_pb2.JoinCredential]]:
+        """for agents in Kubernetes"""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
