@@ -1,5 +1,5 @@
 """Fleet: every agent, its state and live telemetry (CPU, RAM and per-GPU sparklines, disk); add, pair, drain,
-remove, and wake a sleeping one by Wake-on-LAN (buttons and a row context menu)."""
+remove, and wake a sleeping one by Wake-on-LAN (buttons and a row context menu); the Slurm pools below them."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from tensorfleet_desktop.ui import theme as themes
 from tensorfleet_desktop.ui.bridge import Bridge
 from tensorfleet_desktop.ui.formatting import STATE_COLORS, clock, human_bytes, percent
 from tensorfleet_desktop.ui.plots import MetricPlot
+from tensorfleet_desktop.ui.pools_panel import PoolsPanel
 from tensorfleet_desktop.ui.table_model import ROW_ROLE, Column, RowTableModel
 from tensorfleet_desktop.ui.view import Notify, View
 from tensorfleet_desktop.ui.widgets import (
@@ -325,10 +326,12 @@ class FleetView(View):
         detail_layout.addWidget(self.disk)
         detail_layout.addLayout(self.plot_grid, 1)
 
+        self.pools = PoolsPanel(bridge, notify)  # capacity beyond the LAN: Slurm pools and their allocations
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.table)
         split.addWidget(detail)
-        split.setSizes([300, 260])
+        split.addWidget(self.pools)
+        split.setSizes([300, 260, 180])
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
         layout.addWidget(split, 1)
