@@ -1,6 +1,7 @@
 """`tensorfleet pools`: capacity beyond the LAN. `pools add slurm NAME --partition P ...` registers a Slurm
 partition the controller allocates nodes from when queued work cannot be placed on the LAN agents (or names the
-pool); `pools list|show|remove`. The flags are checked here, so a mistake names its flag before anything is sent;
+pool); `pools list|show|remove`; `pools credential NAME --ttl 30d` prints a join credential for agents that join
+from outside mDNS's reach (Kubernetes). The flags are checked here, so a mistake names its flag before anything is sent;
 the controller checks them again (the SDK and the GUI reach it without this module)."""
 
 from __future__ import annotations
@@ -78,6 +79,16 @@ def add_parsers(sub: Any) -> None:
     )
     k.add_argument("--login", type=LOGIN_HOST, metavar="USER@HOST", help="run Slurm's commands over ssh on this host")
     add_format_flags(k)
+    a = psub.add_parser(
+        "credential",
+        help="print a long-lived join credential for agents outside mDNS's reach (a Kubernetes Secret)",
+        description="Agents started with `tensorfleet-agent --join HOST:PORT --join-credential-file FILE` (or "
+        "$TENSORFLEET_JOIN_CREDENTIAL) join this controller with it and get the label pool=NAME. Only the "
+        "credential goes to stdout: kubectl create secret generic tensorfleet-join --from-literal=credential=$(...)",
+    )
+    a.add_argument("name", type=POOL_NAME, metavar="NAME", help="the pool the agents join as (label pool=NAME)")
+    a.add_argument("--ttl", type=TTL, default="30d", metavar="DURATION", help="how long it stays valid (30d, 12h; 30d)")
+    add_format_flags(a)
     for action, text in (("show", "one pool and its allocations"), ("remove", "forget a pool (none of it running)")):
         a = psub.add_parser(action, help=text)
         a.add_argument("name")
@@ -119,6 +130,7 @@ MAX_NODES = _checked(_positive, "a whole number of nodes, 1 or more")
 TIME_LIMIT = _checked(_match(SLURM_TIME), "in Slurm's format (MM, HH:MM:SS, D-HH, D-HH:MM:SS, UNLIMITED)")
 SBATCH_ARG = _checked(_match(re.compile(r"^-\S")), "one sbatch option such as --sbatch-arg=--gres=gpu:1")
 IDLE_TIMEOUT = _checked(duration_seconds, "a duration above zero such as 30s, 5m or 1h")
+TTL = _checked(duration_seconds, "a duration above zero such as 12h or 30d")
 LOGIN_HOST = _checked(_match(LOGIN), "USER@HOST or HOST")
 
 
@@ -141,6 +153,14 @@ def pools(client: Client, args: argparse.Namespace) -> int:
     action = args.pools_command or "list"
     if action == "list":
         return _list(client.list_pools(), args)
+    if action == "credential":
+        made = client.create_join_credential(args.name, args.ttl)
+        if args.json:
+            print_json(made)
+        else:
+            out.print(made["credential"], markup=False, soft_wrap=True)
+            err.print(f"join credential for pool {made['pool']}, valid until {when(made['expires_at'])}", markup=False)
+        return exit_codes.OK
     if action == "add":
         spec = pool_spec(args)
         pool = client.add_pool(spec.pop("name"), spec.pop("partition"), **spec)

@@ -659,6 +659,17 @@ class AsyncClient:
         """Forget the pool; refused (InvalidRequest) while one of its allocations runs work."""
         return await self._call("RemovePool", cpb.PoolRef(name=name), wire.pool_from_pb)
 
+    async def create_join_credential(self, pool: str, ttl_seconds: float) -> dict[str, Any]:
+        """A long-lived join credential for agents the controller cannot find by mDNS (a Kubernetes DaemonSet:
+        `tensorfleet-agent --join HOST:PORT --join-credential-file F`): {"credential", "expires_at", "pool"}. The
+        agents get the label pool=POOL. A secret: whoever holds it can add agents until it expires."""
+        request = cpb.JoinCredentialRequest(pool=pool, ttl_seconds=ttl_seconds)
+        return await self._call(
+            "CreateJoinCredential",
+            request,
+            lambda r: {"credential": r.credential, "expires_at": r.expires_at, "pool": r.pool},
+        )
+
     # ---- the controller
 
     async def shutdown(self) -> None:

@@ -211,6 +211,7 @@ class Client:
     list_pools = _blocking(AsyncClient.list_pools)
     get_pool = _blocking(AsyncClient.get_pool)
     remove_pool = _blocking(AsyncClient.remove_pool)
+    create_join_credential = _blocking(AsyncClient.create_join_credential)
     shutdown = _blocking(AsyncClient.shutdown)
 
 

@@ -36,6 +36,7 @@ def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
         (["add", "slurm", "gpu", "--partition", "p", "--login", "a b@c"], "argument --login: must be USER@HOST"),
         (["add", "kubernetes", "gpu", "--partition", "p"], "invalid choice: 'kubernetes'"),
         (["show"], "the following arguments are required: name"),
+        (["credential", "k8s", "--ttl", "forever"], "argument --ttl: must be a duration above zero"),
     ],
 )
 def test_a_refused_flag_is_named(capsys: pytest.CaptureFixture[str], argv: list[str], named: str) -> None:
@@ -56,6 +57,9 @@ class FakeClient:
 
     def list_pools(self) -> list[dict[str, Any]]:
         return [_pool("gpu", "a100", allocations=[_allocation()]), _pool("cpu", "short", error="squeue: timed out")]
+
+    def create_join_credential(self, pool: str, ttl_seconds: float) -> dict[str, Any]:
+        return {"credential": f"tfjc1.{pool}.{ttl_seconds:g}", "expires_at": 1.7e9 + ttl_seconds, "pool": pool}
 
     def get_pool(self, name: str) -> dict[str, Any]:
         return _pool(name, "a100", allocations=[_allocation()])
@@ -105,3 +109,12 @@ def test_list_and_show_say_why_work_waits(capsys: pytest.CaptureFixture[str]) ->
     assert "Resources" in shown and "j-1" in shown
     assert pools(client, build_parser().parse_args(["pools", "list", "--json"])) == exit_codes.OK  # type: ignore[arg-type]
     assert [p["name"] for p in json.loads(capsys.readouterr().out)] == ["gpu", "cpu"]
+
+
+def test_credential_alone_goes_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    """So that `kubectl create secret ... --from-literal=credential=$(tensorfleet pools credential k8s)` works."""
+    args = build_parser().parse_args(["pools", "credential", "k8s-gpu", "--ttl", "12h"])
+    assert pools(FakeClient(), args) == exit_codes.OK  # type: ignore[arg-type]
+    captured = capsys.readouterr()
+    assert captured.out == "tfjc1.k8s-gpu.43200\n"
+    assert "join credential for pool k8s-gpu, valid until" in captured.err
