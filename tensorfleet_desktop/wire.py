@@ -975,3 +975,51 @@ def pool_from_pb(msg: cpb.Pool) -> dict[str, Any]:
         "created_at": msg.created_at,
         "error": msg.error,
     }
+
+
+# ---- pools, the controller's side (its plain dicts: controller/pools/manager.py)
+
+
+def pool_settings_from_pb(msg: cpb.Pool) -> dict[str, Any]:
+    """AddPool's request as the plain values controller/pools/settings.check_settings reads."""
+    return {
+        "name": msg.name.strip(),
+        "kind": msg.kind.strip() or "slurm",
+        "partition": msg.partition,
+        "account": msg.account.strip(),
+        "max_nodes": msg.max_nodes,
+        "time_limit": msg.time_limit,
+        "sbatch_args": list(msg.sbatch_args),
+        "idle_timeout_seconds": msg.idle_timeout_seconds or 300.0,
+        "login": msg.login,
+    }
+
+
+def pool_to_pb(pool: dict[str, Any]) -> cpb.Pool:
+    return cpb.Pool(
+        name=pool["name"],
+        kind=pool["kind"],
+        partition=pool["partition"],
+        account=pool["account"],
+        max_nodes=pool["max_nodes"],
+        time_limit=pool["time_limit"],
+        sbatch_args=pool["sbatch_args"],
+        idle_timeout_seconds=pool["idle_timeout_seconds"],
+        login=pool["login"],
+        allocations=[cpb.PoolAllocation(**a) for a in pool["allocations"]],
+        created_at=pool["created_at"],
+        error=pool["error"],
+    )
+
+
+def join_request_from_pb(msg: cpb.JoinClusterRequest) -> dict[str, str]:
+    """JoinCluster's request as the fields of controller/pools/manager.JoinRequest."""
+    return {
+        "credential": msg.credential.strip(),
+        "address": msg.address.strip(),
+        "node_id": msg.node_id.strip(),
+        "cert_fingerprint": msg.cert_fingerprint.strip(),
+        "pool": msg.pool.strip(),
+        "allocation_id": msg.allocation_id.strip(),
+        "hostname": msg.hostname.strip(),
+    }

@@ -29,8 +29,11 @@ from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
     "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script", "target", "project", "command",
-    "group", "tags", "keep_models", "dataset_version",
+    "group", "tags", "keep_models", "dataset_version", "pool",
 )  # fmt: skip
+#: The label every agent started by a pool's allocation carries (pool=NAME); `pool: NAME` in a spec constrains on it.
+POOL_LABEL = "pool"
+POOL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 KEEP_MODELS = ("best", "all", "none")  # which of a sweep's trials' models are copied to the blob store, registered
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_WORKERS = 256
@@ -87,6 +90,7 @@ class JobSpec:
     # the exact dataset version `dataset: NAME[:VERSION]` named (dataset_catalog.resolve): name, version,
     # content_id, source; the task reads it at TENSORFLEET_DATASET_DIR
     dataset_version: dict[str, Any] | None = None
+    pool: str = ""  # run only on agents of this pool (issue 25), which brings them when none is online
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -105,6 +109,8 @@ class JobSpec:
             del body["keep_models"]
         if self.dataset_version is None:  # jobs without a dataset version keep their stored specs as they were
             del body["dataset_version"]
+        if not self.pool:
+            del body["pool"]
         return body
 
 
@@ -219,6 +225,7 @@ def parse_job_spec(body: Any) -> JobSpec:
     model_name = _str(body, "model_name")
     if model_name and (len(model_name) > 128 or not _NAME.match(model_name)):
         raise JobSpecError("model_name", "may only hold letters, digits, '.', '_' and '-' (at most 128)")
+    pool = _pool(body.get("pool"))
     timeout = body.get("timeout")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout):
@@ -237,7 +244,7 @@ def parse_job_spec(body: Any) -> JobSpec:
         priority=_int(body, "priority", 0, minimum=-1000, maximum=1000),
         max_retries=_int(body, "max_retries", 2, minimum=0, maximum=100),
         timeout=float(timeout) if timeout is not None else None,
-        constraints=_constraints(body.get("constraints")),
+        constraints=_pool_constraint(_constraints(body.get("constraints")), pool),
         model_name=model_name,
         cv=cv,
         sweep=sweep,
@@ -248,7 +255,26 @@ def parse_job_spec(body: Any) -> JobSpec:
         tags=_tags(body.get("tags")),
         keep_models=keep_models,
         dataset_version=_dataset_version(body.get("dataset_version")),
+        pool=pool,
     )
+
+
+def _pool(value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not POOL_NAME.match(value):
+        raise JobSpecError("pool", f"must be a pool name ([a-z0-9][a-z0-9._-]{{0,62}}), got {str(value)[:80]!r}")
+    return value
+
+
+def _pool_constraint(constraints: Constraints, pool: str) -> Constraints:
+    """`pool: NAME` is the label constraint pool=NAME: only that pool's agents take the job."""
+    if not pool:
+        return constraints
+    given = constraints.labels.get(POOL_LABEL)
+    if given is not None and given != pool:
+        raise JobSpecError("pool", f"names pool {pool!r} but constraints.labels.pool is {given!r}")
+    return Constraints(constraints.on, constraints.not_on, {**constraints.labels, POOL_LABEL: pool})
 
 
 def _dataset_version(value: Any) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""ControllerService needs the client token on every call, loopback included; only grpc.health.v1 is open."""
+"""ControllerService needs the client token on every call, loopback included; only grpc.health.v1 is open, and
+JoinCluster, which a pool agent's join credential admits (checked by its handler, controller/pools/members.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from tensorfleet_agent.rpc.handlers import aborting
 from tensorfleet_agent.security.interceptor import bearer
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # load balancers and probes hold no token
+# A joining pool agent holds no client token: its join credential, checked by the handler itself, admits it
+CREDENTIAL_METHODS = ("/tensorfleet.v1.ControllerService/JoinCluster",)
 
 
 def refusal(token_file: str, connection_file: str = "") -> str:
@@ -34,7 +37,8 @@ class ClientTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES) or method in CREDENTIAL_METHODS:
             return handler
         given = bearer(handler_call_details.invocation_metadata).encode()
         if hmac.compare_digest(given, self._token):

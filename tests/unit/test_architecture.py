@@ -93,6 +93,7 @@ def test_generated_protobuf_stays_at_the_edge() -> None:
         "agent/rpc/convert.py",
         "agent/rpc/service.py",
         "agent/rpc/client.py",
+        "agent/rpc/join.py",  # the agent's one call to a controller (JoinCluster, issue 25)
         "agent/security/interceptor.py",
         "tensorfleet_desktop/controller/service.py",
         "tensorfleet_desktop/wire.py",
@@ -137,11 +138,16 @@ CONTROLLER_EDGE = {
     "security.py",
     "app.py",
     "prometheus_sd.py",
+    "pools/members.py",  # JoinCluster's certificate check and the pool manager's view of the fleet
+    "pools/setup.py",  # wires the pool manager to the fleet and the app
 }
 WIRE_PACKAGES = ("grpc", "grpc_health", "grpc_reflection", "google.protobuf", "tensorfleet_agent._generated")
 WIRE_MODULES = (
     "tensorfleet_agent.rpc",
-    *(f"tensorfleet_desktop.controller.{name.removesuffix('.py')}" for name in sorted(CONTROLLER_EDGE)),
+    *(
+        f"tensorfleet_desktop.controller.{name.removesuffix('.py').replace('/', '.')}"
+        for name in sorted(CONTROLLER_EDGE)
+    ),
 )
 
 

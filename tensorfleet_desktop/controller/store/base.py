@@ -103,6 +103,17 @@ class JobStore(abc.ABC):
         """Datasets stored before versions existed (name -> entry); the catalog reads each as its version 1."""
 
     @abc.abstractmethod
+    def save_pool(self, name: str, body: dict[str, Any]) -> None:
+        """Queue a pool's settings (issue 25: Slurm pools); its allocations live in Slurm, not here."""
+
+    @abc.abstractmethod
+    def delete_pool(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def load_pools(self) -> dict[str, dict[str, Any]]:
+        """Every pool's settings by name."""
+
+    @abc.abstractmethod
     def save_dataset_version(self, name: str, version: int, body: dict[str, Any]) -> None:
         """Queue one version of a dataset (issue 20: a row per version, NAME:VERSION)."""
 

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 C = TypeVar("C")  # what a backend's writes and reads are handed: a connection, a database
 T = TypeVar("T")
 # the tables of plain bodies, keyed by node id, dataset name (a dataset stored before versions) or NAME:VERSION
-Table = Literal["agents", "datasets", "dataset_versions"]
+Table = Literal["agents", "datasets", "dataset_versions", "pools"]
 
 BATCH_WINDOW = 0.05  # seconds the writer keeps gathering after the first queued write (<= 100 ms)
 _RETRY_FIRST, _RETRY_MAX = 0.5, 10.0  # seconds between tries to commit writes held for space, doubling
@@ -275,6 +275,12 @@ class QueuedStore(JobStore, Generic[C]):
     def delete_dataset(self, name: str) -> None:
         self._put_body("datasets", name, None)
 
+    def save_pool(self, name: str, body: dict[str, Any]) -> None:
+        self._put_body("pools", name, body)
+
+    def delete_pool(self, name: str) -> None:
+        self._put_body("pools", name, None)
+
     def save_dataset_version(self, name: str, version: int, body: dict[str, Any]) -> None:
         self._put_body("dataset_versions", f"{name}:{version}", body)
 
@@ -305,6 +311,9 @@ class QueuedStore(JobStore, Generic[C]):
 
     async def load_datasets(self) -> dict[str, dict[str, Any]]:
         return await self._read(lambda conn: self._read_bodies(conn, "datasets"))
+
+    async def load_pools(self) -> dict[str, dict[str, Any]]:
+        return await self._read(lambda conn: self._read_bodies(conn, "pools"))
 
     async def load_dataset_versions(self) -> list[dict[str, Any]]:
         return list((await self._read(lambda conn: self._read_bodies(conn, "dataset_versions"))).values())

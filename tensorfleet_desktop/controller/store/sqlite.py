@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,10 +54,14 @@ _MIGRATIONS = (
     CREATE TABLE IF NOT EXISTS job_artifacts (
         job_id TEXT NOT NULL, pos INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (job_id, pos));
     """,
+    # pools (issue 25): a Slurm pool's settings, by name
+    """
+    CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    """,
 )
 # The events table's columns (what is indexed); the other fields of an event go in its JSON body.
 EVENT_COLUMNS = ("job_id", "seq", "time", "kind", "task_index", "attempt_id", "agent_seq")
-_KEYS: dict[Table, str] = {"agents": "node_id", "datasets": "name", "dataset_versions": "ref"}
+_KEYS: dict[Table, str] = {"agents": "node_id", "datasets": "name", "dataset_versions": "ref", "pools": "name"}
 # SQLite's answers when a write cannot reach the disk (full, quota, or an I/O error writing the WAL or its index)
 _NO_SPACE_CODES = ("SQLITE_FULL", "SQLITE_IOERR")
 

@@ -1,0 +1,1 @@
+"""Pools: capacity on another cluster's scheduler (Slurm) that starts agents while queued work needs them (issue 25)."""

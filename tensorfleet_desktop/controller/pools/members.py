@@ -1,0 +1,73 @@
+"""Pool agents in the fleet: JoinCluster's checks and pairing, and what the pool manager asks of the fleet."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import ssl
+
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.identity import node_id_of_cert
+from tensorfleet_agent.rpc.client import fetch_certificate
+from tensorfleet_agent.security.secrets import register
+from tensorfleet_desktop.controller.fleet import AgentNotFound, AgentRecord, Fleet, FleetError, unreachable
+from tensorfleet_desktop.controller.pools.manager import JoinRequest, PoolManager
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class FleetMembers:
+    """The manager's view of the fleet."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def busy(self, node_id: str) -> bool:
+        record = self.fleet.agents.get(node_id)
+        if record is None:
+            return False
+        return bool(record.placed) or (record.telemetry is not None and record.telemetry.tasks_running > 0)
+
+    async def forget(self, node_id: str) -> None:
+        """Its allocation ended: the agent is gone for good, not LOST."""
+        with contextlib.suppress(AgentNotFound):
+            await self.fleet.remove(node_id)
+
+
+def check_request(request: JoinRequest) -> None:
+    """The request's own fields, before its credential is looked at; ValidationError names the field."""
+    host, sep, port = request.address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValidationError("address", f"must look like HOST:PORT, got {request.address[:80]!r}")
+    if not request.credential:
+        raise ValidationError("credential", "is required (the agent's TENSORFLEET_JOIN_CREDENTIAL)")
+    if not request.node_id or len(request.node_id) > 128:
+        raise ValidationError("node_id", "is required (the agent's node id)")
+    if request.cert_fingerprint and not _HEX64.match(request.cert_fingerprint.lower()):
+        raise ValidationError("cert_fingerprint", "must be 64 hex characters (sha256 of the agent's certificate)")
+
+
+async def join(manager: PoolManager, fleet: Fleet, request: JoinRequest) -> AgentRecord:
+    """Admit a joining agent: its credential (JoinRefused), its certificate (it must be the one it names, and prove
+    its node id), then add it and pair with the credential as its join token, as `agents pair` does."""
+    check_request(request)
+    alloc = manager.admit(request)
+    if fleet.identity is not None:
+        if not request.cert_fingerprint:
+            raise ValidationError("cert_fingerprint", "is required: this controller pairs over TLS")
+        try:
+            cert = await fetch_certificate(request.address, timeout=5)
+        except (OSError, ssl.SSLError) as exc:
+            raise FleetError(f"cannot reach the joining agent: {unreachable(request.address, exc)}") from None
+        node_id, fingerprint = node_id_of_cert(cert)
+        if fingerprint != request.cert_fingerprint.lower():
+            raise FleetError(
+                f"cert_fingerprint: {request.address} presents certificate {fingerprint[:16]}, not "
+                f"{request.cert_fingerprint[:16]} as the joining agent said"
+            )
+        if node_id != request.node_id:
+            raise FleetError(f"node_id: the certificate at {request.address} is node {node_id[:12]}, not the one named")
+    register(request.credential)  # never printed in a log or an error
+    record = await fleet.add(request.address, "pool", pair_token=request.credential if fleet.identity else "")
+    manager.joined(alloc, record.node_id)
+    return record
