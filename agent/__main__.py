@@ -126,6 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC without pairing (loopback development only)")
     p.add_argument("--no-scripts", action="store_true", help="refuse user-script tasks, even from paired controllers")
+    p.add_argument(
+        "--suspend-when-idle",
+        default=None,
+        metavar="DURATION",
+        help="suspend the machine after this long without work (e.g. 30m, 90s), announcing SLEEPING first so "
+        "the controller can wake it by Wake-on-LAN (default: never)",
+    )
+    p.add_argument(
+        "--suspend-command",
+        default=None,
+        metavar="CMD",
+        help="the command that suspends the machine and returns once it resumed; run without a shell, with "
+        "$TENSORFLEET_AGENT_PID set (default: systemctl suspend)",
+    )
+    p.add_argument(
+        "--wol",
+        default=None,
+        metavar="IFACE[,IFACE]|all",
+        help="interfaces that wake this machine on a magic packet, when ethtool cannot tell (default: ethtool's "
+        '"Wake-on: g" where ethtool exists)',
+    )
     p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
     return p
 
@@ -262,6 +283,20 @@ def _project_python(flag: str | None) -> str | None:
     return value
 
 
+def _power(idle: str | None, command: str | None) -> tuple[float, tuple[str, ...]]:
+    """--suspend-when-idle and --suspend-command: (seconds, argv); (0, default) when it never suspends."""
+    from tensorfleet_agent.runtime.power import DEFAULT_COMMAND, parse_command, parse_duration
+
+    if idle is None:
+        if command is not None:
+            raise ValueError("--suspend-command needs --suspend-when-idle DURATION")
+        return 0.0, tuple(DEFAULT_COMMAND.split())
+    seconds = parse_duration(idle, "--suspend-when-idle")
+    if seconds <= 0:
+        raise ValueError(f"--suspend-when-idle must be longer than 0, got {idle!r}")
+    return seconds, parse_command(command or DEFAULT_COMMAND)
+
+
 def _labels(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -309,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.drain_timeout < 0:
             raise ValueError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
         env_cache_gb = _env_cache_gb(args.env_cache_gb)
+        power = _power(args.suspend_when_idle, args.suspend_command)
+        from tensorfleet_agent.runtime.interfaces import WolFlag
+
+        wol = WolFlag.parse(args.wol)
         project_python = _project_python(args.python)
         config = AgentConfig(
             data_dir=(args.data_dir or default_data_dir()).resolve(),
@@ -332,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
             allow_scripts=not args.no_scripts,
             spare_workers=args.spare_workers,
             fork_server=not args.no_fork_server,
+            suspend_when_idle=power[0],
+            suspend_command=power[1],
+            wol=wol,
         )
     except ValueError as exc:
         print(f"tensorfleet-agent: error: {exc}", file=sys.stderr)

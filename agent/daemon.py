@@ -27,6 +27,8 @@ from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.envs import EnvBuildError, EnvCache
 from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig
 from tensorfleet_agent.runtime.gpus import Gpus
+from tensorfleet_agent.runtime.interfaces import WolFlag, list_interfaces, probe_ethtool
+from tensorfleet_agent.runtime.power import IdleSuspender
 from tensorfleet_agent.runtime.slots import SlotPool
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler, disk_free, machine_facts
 from tensorfleet_agent.security.authority import Authority, add_join_token, new_join_token
@@ -64,6 +66,9 @@ class AgentConfig:
     cluster_token: str = ""  # pairs automatically with controllers started with the same token
     join_token: str = ""  # a preset one-time join token (the controller's local agent gets one)
     allow_scripts: bool = True
+    suspend_when_idle: float = 0.0  # seconds without work before it suspends the machine; 0: never
+    suspend_command: tuple[str, ...] = ("systemctl", "suspend")
+    wol: WolFlag = field(default_factory=WolFlag)  # --wol: interfaces asserted to wake on a magic packet
 
     @property
     def cluster_id(self) -> str:
@@ -84,6 +89,9 @@ class AgentDaemon:
         self._started = asyncio.Event()
         self._lock: DataDirLock | None = None
         self.envs: EnvCache | None = None
+        self.power: IdleSuspender | None = None
+        self._ethtool_wol: dict[str, bool] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     @staticmethod
     async def _check_project_python(envs: EnvCache) -> None:
@@ -142,9 +150,18 @@ class AgentDaemon:
             self.envs,
         )
         await self.executor.start()
+        names = [i.name for i in await asyncio.to_thread(list_interfaces)]
+        self._ethtool_wol = await probe_ethtool(names)
+        if cfg.suspend_when_idle > 0:
+            self.power = IdleSuspender(
+                cfg.suspend_when_idle,
+                cfg.suspend_command,
+                lambda: self.executor.tasks_running > 0,
+                self._readvertise,
+            )
         self.sampler = TelemetrySampler(cfg.data_dir, self.gpus)
         servicer = AgentServicer(
-            self.executor, self.blobs, self.sampler, self.node_info, self.authority, cfg.allow_scripts
+            self.executor, self.blobs, self.sampler, self.node_info, self.authority, cfg.allow_scripts, self.power
         )
         self.health = Health([AGENT_SERVICE])
         if self.authority is None:
@@ -173,6 +190,8 @@ class AgentDaemon:
         if cfg.advertise:
             self._advertiser = Advertiser(cfg.interfaces)
             await self._advertiser.start(self._advertisement())
+        if self.power is not None:
+            self.power.start()
         log.info("agent ready in %.2fs", time.monotonic() - t0)
         if cfg.ready_file is not None:
             await asyncio.to_thread(self._write_ready_file)
@@ -209,6 +228,14 @@ class AgentDaemon:
             cert_fingerprint="" if cfg.insecure else self.identity.fingerprint,
             agent_version=AGENT_VERSION,
         )
+
+    def _readvertise(self) -> None:
+        """The power or desk state changed: the mDNS TXT record follows (in the background)."""
+        if self._advertiser is None:
+            return
+        task = asyncio.create_task(self._advertiser.update(self._advertisement()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _write_ready_file(self) -> None:
         assert self.config.ready_file is not None
@@ -255,6 +282,8 @@ class AgentDaemon:
             cluster_id=self.config.cluster_id,
             cert_fingerprint="" if self.config.insecure else self.identity.fingerprint,
             metrics_port=self.metrics_port or 0,
+            interfaces=list_interfaces(self.config.wol, self._ethtool_wol),
+            suspend_when_idle_seconds=self.config.suspend_when_idle,
         )
 
     async def stop(self, drain: bool = True) -> None:
@@ -264,6 +293,8 @@ class AgentDaemon:
                 self._lock.release()
             return
         await self.health.not_serving()  # probes and load balancers see it before the drain ends
+        if self.power is not None:
+            await self.power.stop()
         if drain:
             await self.executor.drain(self.config.drain_timeout)
         if self._advertiser is not None:

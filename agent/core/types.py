@@ -134,6 +134,36 @@ class GpuInfo:
 
 
 @dataclass(frozen=True)
+class DeskStatus:
+    """Desk mode's state (tensorfleet-agent --desk): whether the workstation lends itself now, and why."""
+
+    owner_active: bool = False
+    paused: bool = False
+    reason: str = ""
+    since: float = 0.0  # unix seconds the current lending state began
+    idle_seconds: float = -1.0  # the owner's input idle time as last read; -1: no desktop session seen
+    idle_threshold_seconds: float = 0.0
+    schedule: str = ""  # --desk-hours, e.g. "19:00-08:00"; "" lends by idleness only
+
+    @property
+    def lending(self) -> bool:
+        return not (self.owner_active or self.paused)
+
+
+@dataclass(frozen=True)
+class NetInterface:
+    """A network interface with a MAC address, for Wake-on-LAN."""
+
+    name: str
+    mac: str
+    ipv4: str = ""
+    prefix_length: int = 0
+    broadcast: str = ""
+    wake_on_lan: bool = False
+    wake_on_lan_source: str = ""  # "ethtool", "flag" or "" (unknown: treated as off)
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     protocol_version: int
     node_id: str
@@ -156,6 +186,11 @@ class NodeInfo:
     cluster_id: str = ""
     cert_fingerprint: str = ""
     metrics_port: int = 0
+    desk: DeskStatus | None = None  # None: not in desk mode
+    interfaces: tuple[NetInterface, ...] = ()
+    suspend_when_idle_seconds: float = 0.0  # 0: never suspends the machine
+    pool: str = ""  # the pool that started it (a Slurm allocation); "" for a LAN agent
+    allocation_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,6 +216,8 @@ class Telemetry:
     tasks_running: int
     draining: bool = False
     disk_total_bytes: int = 0  # 0: unknown
+    desk: DeskStatus | None = None  # None: not in desk mode
+    going_to_sleep: bool = False  # about to suspend the machine (--suspend-when-idle): SLEEPING, not LOST, after
 
 
 # ---- task events: one dataclass per payload kind, wrapped in TaskEvent ----

@@ -29,6 +29,8 @@ class AdvertisedAgent:
     cluster_id: str = ""
     cert_fingerprint: str = ""
     agent_version: str = ""
+    power: str = "awake"  # "sleeping" while it announces a suspend (--suspend-when-idle) and while suspended
+    desk: str = ""  # desk mode: "lending", "owner_active" or "paused"; "" when not in desk mode
 
     def __post_init__(self) -> None:
         # Controllers log and show the name: never put control characters (escapes, newlines) on the LAN.
@@ -49,12 +51,25 @@ class AdvertisedAgent:
             "cluster": self.cluster_id,
             "fp": self.cert_fingerprint,
             "version": self.agent_version,
+            "power": self.power,
+            **({"desk": self.desk} if self.desk else {}),
         }
 
     def instance_name(self) -> str:
         # Unique per node (derived from the key), so name probing can be skipped safely.
         label = re.sub(r"[^A-Za-z0-9-]", "-", self.name)[:40].strip("-") or "agent"
         return f"{label}-{self.node_id[:12]}.{SERVICE_TYPE}"
+
+
+def _info(agent: AdvertisedAgent) -> AsyncServiceInfo:
+    return AsyncServiceInfo(
+        SERVICE_TYPE,
+        agent.instance_name(),
+        addresses=[socket.inet_aton(a) for a in agent.addresses],
+        port=agent.port,
+        properties=agent.txt(),
+        server=f"tf-{agent.node_id[:12]}.local.",
+    )
 
 
 class Advertiser:
@@ -65,17 +80,19 @@ class Advertiser:
 
     async def start(self, agent: AdvertisedAgent) -> None:
         self._zc = AsyncZeroconf(interfaces=mdns_interfaces(self._interfaces), ip_version=IPVersion.V4Only)
-        self._info = AsyncServiceInfo(
-            SERVICE_TYPE,
-            agent.instance_name(),
-            addresses=[socket.inet_aton(a) for a in agent.addresses],
-            port=agent.port,
-            properties=agent.txt(),
-            server=f"tf-{agent.node_id[:12]}.local.",
-        )
+        self._info = _info(agent)
         # The first await schedules the announcement, the second waits until it was sent.
         await (await self._zc.async_register_service(self._info, cooperating_responders=True))
         log.info("advertised %s on %s port %d", agent.instance_name(), ",".join(agent.addresses), agent.port)
+
+    async def update(self, agent: AdvertisedAgent) -> None:
+        """Announce changed TXT values (power, desk) under the same name."""
+        if self._zc is None or self._info is None:
+            return
+        if _info(agent).properties == self._info.properties:
+            return
+        self._info = _info(agent)
+        await (await self._zc.async_update_service(self._info))
 
     async def stop(self) -> None:
         """Send the mDNS goodbye and close the sockets."""

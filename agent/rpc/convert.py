@@ -17,6 +17,7 @@ from tensorfleet_agent.core.types import (
     CheckpointSaved,
     DatasetMount,
     DatasetTransfer,
+    DeskStatus,
     EnvironmentReady,
     EventPayload,
     ExitCause,
@@ -25,6 +26,7 @@ from tensorfleet_agent.core.types import (
     GpuTelemetry,
     LogLine,
     MetricPoint,
+    NetInterface,
     NodeInfo,
     PeerSource,
     PeerTicket,
@@ -259,6 +261,11 @@ def node_info_to_pb(info: NodeInfo) -> pb.NodeInfo:
         cluster_id=info.cluster_id,
         cert_fingerprint=info.cert_fingerprint,
         metrics_port=info.metrics_port,
+        desk=desk_to_pb(info.desk),
+        interfaces=[interface_to_pb(i) for i in info.interfaces],
+        suspend_when_idle_seconds=info.suspend_when_idle_seconds,
+        pool=info.pool,
+        allocation_id=info.allocation_id,
     )
 
 
@@ -285,6 +292,55 @@ def node_info_from_pb(msg: pb.NodeInfo) -> NodeInfo:
         cluster_id=msg.cluster_id,
         cert_fingerprint=msg.cert_fingerprint,
         metrics_port=msg.metrics_port,
+        desk=desk_from_pb(msg.desk) if msg.HasField("desk") else None,
+        interfaces=tuple(interface_from_pb(i) for i in msg.interfaces),
+        suspend_when_idle_seconds=msg.suspend_when_idle_seconds,
+        pool=msg.pool,
+        allocation_id=msg.allocation_id,
+    )
+
+
+def desk_to_pb(desk: DeskStatus | None) -> pb.DeskStatus | None:
+    if desk is None:
+        return None
+    return pb.DeskStatus(
+        owner_active=desk.owner_active,
+        paused=desk.paused,
+        reason=desk.reason,
+        since=desk.since,
+        idle_seconds=desk.idle_seconds,
+        idle_threshold_seconds=desk.idle_threshold_seconds,
+        schedule=desk.schedule,
+    )
+
+
+def desk_from_pb(msg: pb.DeskStatus) -> DeskStatus:
+    return DeskStatus(
+        owner_active=msg.owner_active,
+        paused=msg.paused,
+        reason=msg.reason,
+        since=msg.since,
+        idle_seconds=msg.idle_seconds,
+        idle_threshold_seconds=msg.idle_threshold_seconds,
+        schedule=msg.schedule,
+    )
+
+
+def interface_to_pb(i: NetInterface) -> pb.NetInterface:
+    return pb.NetInterface(
+        name=i.name,
+        mac=i.mac,
+        ipv4=i.ipv4,
+        prefix_length=i.prefix_length,
+        broadcast=i.broadcast,
+        wake_on_lan=i.wake_on_lan,
+        wake_on_lan_source=i.wake_on_lan_source,
+    )
+
+
+def interface_from_pb(msg: pb.NetInterface) -> NetInterface:
+    return NetInterface(
+        msg.name, msg.mac, msg.ipv4, msg.prefix_length, msg.broadcast, msg.wake_on_lan, msg.wake_on_lan_source
     )
 
 
@@ -311,6 +367,8 @@ def telemetry_to_pb(t: Telemetry) -> pb.Telemetry:
         tasks_running=t.tasks_running,
         draining=t.draining,
         disk_total_bytes=t.disk_total_bytes,
+        desk=desk_to_pb(t.desk),
+        going_to_sleep=t.going_to_sleep,
     )
 
 
@@ -337,6 +395,8 @@ def telemetry_from_pb(msg: pb.Telemetry) -> Telemetry:
         tasks_running=msg.tasks_running,
         draining=msg.draining,
         disk_total_bytes=msg.disk_total_bytes,
+        desk=desk_from_pb(msg.desk) if msg.HasField("desk") else None,
+        going_to_sleep=msg.going_to_sleep,
     )
 
 

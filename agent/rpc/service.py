@@ -28,10 +28,11 @@ from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.validation import MAX_CHECKPOINT_GRACE, MAX_REASON, check_id, check_text, validate_task_spec
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.rpc import convert, handlers
-from tensorfleet_agent.runtime import transfer
+from tensorfleet_agent.runtime import transfer, wake_on_lan
 from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
 from tensorfleet_agent.runtime.executor import Executor
 from tensorfleet_agent.runtime.peer_blobs import PeerBlobs, Piece
+from tensorfleet_agent.runtime.power import IdleSuspender
 from tensorfleet_agent.runtime.telemetry import TelemetrySampler
 from tensorfleet_agent.security.authority import AuthError, Authority
 from tensorfleet_agent.security.interceptor import bearer
@@ -80,6 +81,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         node_info: Callable[[], NodeInfo],
         authority: Authority | None = None,
         allow_scripts: bool = True,
+        power: IdleSuspender | None = None,
     ) -> None:
         self.executor = executor
         self.blobs = blobs
@@ -88,6 +90,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self.authority = authority
         self.allow_scripts = allow_scripts
         self.peer_blobs = PeerBlobs(blobs)
+        self.power = power
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_AgentServiceServicer_to_server(self, server)
@@ -112,13 +115,18 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         session = bearer(context.invocation_metadata())
+        if self.power is not None:
+            self.power.telemetry_period(period)
         while True:
             if self.authority is not None and self.authority.check(session) is None:
                 raise PermissionDenied("this controller's session ended: it was unpaired")
             slots = self.executor.slots
             sample = await asyncio.to_thread(self.sampler.sample, slots.total, slots.free, self.executor.tasks_running)
-            sample = dataclasses.replace(sample, draining=self.executor.draining)
+            sleepy = self.power is not None and self.power.going_to_sleep
+            sample = dataclasses.replace(sample, draining=self.executor.draining, going_to_sleep=sleepy)
             yield convert.telemetry_to_pb(sample)
+            if self.power is not None:
+                self.power.telemetry_sent(sleepy)
             next_at += period
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
@@ -134,6 +142,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         spec = validate_task_spec(convert.task_spec_from_pb(request.spec))
         if get_workload(spec.workload).category == "script" and not self.allow_scripts:
             raise ProtocolMismatch("this agent runs no user scripts (started with --no-scripts)")
+        if self.power is not None:
+            self.power.task_arriving()  # cancels a suspend being announced; refused once it runs
         slot_ids = await self.executor.run_task(spec)
         return pb.RunTaskResponse(task_id=spec.task_id, slot_ids=list(slot_ids))
 
@@ -297,6 +307,29 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     @_unary
     async def GetChallenge(self, request: pb.ChallengeRequest, context: Any) -> pb.Challenge:
         return pb.Challenge(nonce=self._authority().nonce())
+
+    @_unary
+    async def SendWakePacket(self, request: pb.SendWakePacketRequest, context: Any) -> pb.SendWakePacketResponse:
+        """Wake-on-LAN for a sleeping peer, asked by a paired controller that is not on its subnet: one magic packet,
+        broadcast only on a subnet this machine is on (never a relay to anywhere else)."""
+        port = request.port or wake_on_lan.WAKE_PORT
+        if not 0 < port < 65536:
+            raise ValidationError("port", f"must be 1..65535 (0: {wake_on_lan.WAKE_PORT}), got {request.port}")
+        try:
+            wake_on_lan.parse_mac(request.mac)
+        except ValueError as exc:
+            raise ValidationError("mac", str(exc)) from None
+        subnets = await asyncio.to_thread(wake_on_lan.local_subnets)
+        try:
+            subnet = wake_on_lan.check_broadcast(request.broadcast, subnets)
+        except ValueError as exc:
+            raise ValidationError("broadcast", str(exc)) from None
+        try:
+            await asyncio.to_thread(wake_on_lan.send_magic_packet, request.mac, subnet, port)
+        except OSError as exc:
+            raise Unavailable(f"cannot send the magic packet on {subnet.interface}: {exc.strerror or exc}") from None
+        log.info("magic packet for %s sent to %s:%d on %s", request.mac, subnet.broadcast, port, subnet.interface)
+        return pb.SendWakePacketResponse(interface=subnet.interface)
 
     @_unary
     async def Authenticate(self, request: pb.AuthenticateRequest, context: Any) -> pb.AuthenticateResponse:
