@@ -1,7 +1,11 @@
 """The fleet: every agent the controller knows, one entry per node id, and its liveness.
 
 Liveness comes from each agent's telemetry stream (docs/architecture.md, "Processes and who dials whom"): a stream that
-breaks and cannot be re-opened, or max(3 s, 3 x period) of silence, marks it LOST.
+breaks and cannot be re-opened, or max(3 s, 3 x period) of silence, marks it LOST, or SLEEPING when its last telemetry
+said it was about to suspend its machine (--suspend-when-idle). A sleeping agent is woken by a Wake-on-LAN magic
+packet (`Fleet.wake`: WAKING until it answers, or SLEEPING again after `wake_timeout`); the sleeping ones are kept in
+a small JSON file so a restarted controller still knows them (and can wake them). OWNER_ACTIVE is an online agent
+whose desk owner uses the machine (desk mode): connected, given no work.
 mDNS only tells us where agents are, never whether they are alive.
 """
 
@@ -9,25 +13,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
+import ipaddress
+import json
 import logging
+import os
 import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from tensorfleet_agent.core.types import NodeInfo, Telemetry
+from tensorfleet_agent.core.types import DeskStatus, GpuInfo, NetInterface, NodeInfo, Telemetry
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.discovery.browse import DiscoveredAgent, clean_text
 from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE
 from tensorfleet_agent.identity import Identity, node_id_of_cert
 from tensorfleet_agent.rpc.client import AgentClient, AgentTrust, PairingError, fetch_certificate
+from tensorfleet_agent.runtime.wake_on_lan import Subnet, check_broadcast, local_subnets, parse_mac, send_magic_packet
 from tensorfleet_agent.security.secrets import cluster_id_of
 from tensorfleet_desktop.controller.ports import MIN_FREE_DISK_BYTES
+from tensorfleet_desktop.controller.scheduler import Capacity
+from tensorfleet_desktop.controller.waking import Sleeper
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,10 @@ _MAX_BACKOFF = 2.0
 _STALL_SLACK = 0.3
 #: At most this many refused services are remembered (anyone on the LAN can advertise): the oldest go first.
 MAX_REFUSED = 256
+#: A woken agent that has not answered after this long is SLEEPING again (`serve --wake-timeout`).
+DEFAULT_WAKE_TIMEOUT = 120.0
+#: Not connected, and not to be counted lost: sleeping machines, and those a magic packet was sent to.
+ASLEEP = frozenset({"SLEEPING", "WAKING"})
 
 
 class AgentState(enum.StrEnum):
@@ -137,7 +153,36 @@ class AgentRecord:
     warning: str = ""  # sticky security warnings (impersonation, changed certificate)
     refused: str = ""  # why this controller refuses the agent now (its certificate does not prove it)
     pair_token: str = ""  # a join token to pair with on first contact (the local agent)
+    wake_count: int = 0  # magic packets this controller sent it that woke it
+    last_wake_at: float = 0.0  # unix seconds of the last magic packet sent; 0: never
+    wake_route: str = ""  # how that packet went ("sent by the controller on eth0", "relayed by agent X")
     _silence_deadline: float = 0.0
+    _wake_deadline: float = 0.0  # monotonic: WAKING until then
+
+    @property
+    def desk(self) -> DeskStatus | None:
+        """Desk mode's state: the latest telemetry's, else what GetInfo said; None when not in desk mode."""
+        if self.telemetry is not None and self.telemetry.desk is not None:
+            return self.telemetry.desk
+        return self.info.desk if self.info is not None else None
+
+    @property
+    def owner_active(self) -> bool:
+        """Desk mode: its owner uses the machine (or paused lending): it gets no work."""
+        desk = self.desk
+        return desk is not None and not desk.lending
+
+    @property
+    def going_to_sleep(self) -> bool:
+        return self.telemetry is not None and self.telemetry.going_to_sleep
+
+    @property
+    def asleep(self) -> bool:
+        return self.state.value in ASLEEP
+
+    @property
+    def interfaces(self) -> tuple[NetInterface, ...]:
+        return self.info.interfaces if self.info is not None else ()
 
     @property
     def stopping(self) -> bool:
@@ -156,6 +201,7 @@ class AgentRecord:
             and not self.draining
             and not self.stopping
             and not self.disk_full
+            and not self.owner_active
             and self.info is not None
         )
 
@@ -172,7 +218,16 @@ class AgentRecord:
             return "REFUSED"
         if (self.draining or self.stopping) and self.state is AgentState.ONLINE:
             return AgentState.DRAINING.value
+        if self.owner_active and self.state is AgentState.ONLINE:
+            return AgentState.OWNER_ACTIVE.value
         return self.state.value
+
+    def _desk_text(self) -> str:
+        desk = self.desk
+        if desk is None or desk.lending or self.state is not AgentState.ONLINE:
+            return ""
+        why = "paused by its owner" if desk.paused else "its owner is using it"
+        return f"{why}: {desk.reason}" if desk.reason else why
 
     def _disk_warning(self) -> str:
         if not self.disk_full or self.telemetry is None:
@@ -202,7 +257,9 @@ class AgentRecord:
             "memory_used_bytes": tel.memory_used_bytes if tel else 0,
             "memory_total_bytes": tel.memory_total_bytes if tel else 0,
             "tasks_running": tel.tasks_running if tel else 0,
-            "error": "; ".join(x for x in (self.refused, self.warning, self.error, self._disk_warning()) if x),
+            "error": "; ".join(
+                x for x in (self.refused, self.warning, self._desk_text(), self.error, self._disk_warning()) if x
+            ),
             "agent_version": info.agent_version if info else "",
             "workloads": list(info.workloads) if info else [],
             "fingerprint": self.fingerprint or (info.cert_fingerprint if info else ""),
@@ -211,7 +268,46 @@ class AgentRecord:
             "disk_total_bytes": tel.disk_total_bytes if tel else 0,
             "gpu_stats": [asdict(g) for g in tel.gpus] if tel else [],
             "running": sorted(self.placed),
+            "desk": asdict(self.desk) if self.desk is not None else None,
+            "interfaces": [asdict(i) for i in self.interfaces],
+            "wake_count": self.wake_count,
+            "last_wake_at": self.last_wake_at,
         }
+
+
+def broadcast_of(interface: NetInterface) -> str:
+    """Its subnet's broadcast address, from its address and prefix where known (what its machine reports as
+    `broadcast` can be unset, or its own address, on an interface configured without `brd`)."""
+    if interface.ipv4 and 0 < interface.prefix_length < 31:
+        with contextlib.suppress(ValueError):
+            net = ipaddress.IPv4Network(f"{interface.ipv4}/{interface.prefix_length}", strict=False)
+            return str(net.broadcast_address)
+    return interface.broadcast
+
+
+def _node_info_from_dict(d: dict[str, Any]) -> NodeInfo:
+    """NodeInfo from `asdict(info)` (the sleeping agents' file): unknown keys dropped, nested values rebuilt."""
+    known = {f.name for f in dataclasses.fields(NodeInfo)}
+    body = {k: v for k, v in d.items() if k in known}
+    body["gpus"] = tuple(GpuInfo(**g) for g in body.get("gpus", ()))
+    body["workloads"] = tuple(body.get("workloads", ()))
+    body["interfaces"] = tuple(NetInterface(**i) for i in body.get("interfaces", ()))
+    body["labels"] = dict(body.get("labels", {}))
+    desk = body.get("desk")
+    body["desk"] = DeskStatus(**desk) if isinstance(desk, dict) else None
+    return NodeInfo(**body)
+
+
+def _write_json(path: Path, body: dict[str, Any]) -> None:
+    """Written whole: a reader (the next start) never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(body, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _handshake_failed(exc: BaseException) -> bool:
@@ -246,8 +342,14 @@ class Fleet:
         cluster_token: str = "",
         pins: dict[str, str] | None = None,
         persist: Callable[[AgentRecord], None] | None = None,
+        sleepers: Path | None = None,
+        wake_timeout: float = DEFAULT_WAKE_TIMEOUT,
     ) -> None:
         self.period = telemetry_period
+        self.sleepers_file = sleepers  # the JSON file of the sleeping agents (None: not kept across restarts)
+        self.wake_timeout = wake_timeout
+        self._sleepers_saved: dict[str, Any] = {}
+        self._sleepers_writer: asyncio.Task[None] | None = None
         self.identity = identity  # None: --insecure, plaintext and no pairing
         self.cluster_token = cluster_token
         self.cluster_id = cluster_id_of(cluster_token) if cluster_token else ""
@@ -280,6 +382,8 @@ class Fleet:
             self._watchdog.cancel()
         for record in list(self.agents.values()):
             await self._stop_supervisor(record)
+        if self._sleepers_writer is not None:
+            await self._sleepers_writer  # the last change reaches the file
 
     # ---- lookups
 
@@ -436,8 +540,8 @@ class Fleet:
                 self._move(record, address)
             else:
                 self._spawn(self._verify_move(record, address, instance))
-        elif record.state is AgentState.LOST:
-            self._restart_supervisor(record)  # reconnect now instead of at the next backoff
+        elif record.state is AgentState.LOST or record.asleep:
+            self._restart_supervisor(record)  # reconnect now instead of at the next backoff (woken: re-announced)
         return record
 
     def _move(self, record: AgentRecord, address: str) -> None:
@@ -479,6 +583,7 @@ class Fleet:
         self.pins.pop(record.node_id, None)
         await self._stop_supervisor(record)
         self._emit("removed", record)
+        self._save_sleepers()
         return record
 
     def drain(self, ref: str) -> AgentRecord:
@@ -517,6 +622,199 @@ class Fleet:
                 self._start_supervisor(record)
         self._trust(record, client)
         return record
+
+    # ---- Wake-on-LAN
+
+    async def wake(self, ref: str, *, wol_only: bool = False) -> AgentRecord:
+        """Send the agent's machine a magic packet on each of its subnets: by this controller where it has an
+        address there, else relayed by an online agent on that subnet. WAKING until it answers, SLEEPING again
+        after wake_timeout. `wol_only`: only on interfaces that report Wake-on-LAN on (waking on demand); by
+        hand, interfaces whose WoL is unknown are tried too when none reports it on."""
+        record = self.resolve(ref)
+        name = record.name or record.node_id[:12]
+        if record.state is AgentState.ONLINE:
+            raise FleetError(f"agent {name} is {record.public_state()}: it is awake")
+        targets = [dataclasses.replace(i, broadcast=b) for i in record.interfaces if i.mac and (b := broadcast_of(i))]
+        if not targets:
+            raise FleetError(
+                f"agent {name} reported no network interface with a MAC address and an IPv4 subnet: "
+                "it cannot be woken (is it an older agent?)"
+            )
+        enabled = [i for i in targets if i.wake_on_lan]
+        if enabled or wol_only:
+            targets = enabled
+        if not targets:
+            raise FleetError(
+                f"agent {name} reports no interface with Wake-on-LAN on (check `ethtool IFACE` on it, "
+                "or start it with --wol IFACE if the NIC wakes)"
+            )
+        own = await asyncio.to_thread(local_subnets)
+        routes, problems = [], []
+        for target in targets:
+            try:
+                parse_mac(target.mac)
+                routes.append(await self._send_wake(target, own, record))
+            except (FleetError, ValueError, OSError) as exc:
+                problems.append(f"{target.name} ({target.mac}): {exc}")
+        if not routes:
+            text = f"agent {name}: no magic packet could be sent: {'; '.join(problems)}"
+            record.error = text
+            self._emit("updated", record)
+            raise FleetError(text)
+        record.last_wake_at = time.time()
+        record.wake_route = "; ".join(routes)
+        record.error = ""
+        record._wake_deadline = time.monotonic() + self.wake_timeout
+        log.info("agent %s (%s): magic packet %s", name, record.node_id[:12], record.wake_route)
+        if record.state is AgentState.WAKING:
+            self._emit("updated", record)
+        self._set_state(record, AgentState.WAKING)
+        self._save_sleepers()
+        return record
+
+    def sleepers(self) -> list[Sleeper]:
+        """The sleeping and waking agents with what they could run (waking.SleeperPort)."""
+        out = []
+        for r in self.agents.values():
+            if not r.asleep or r.info is None or r.refused:
+                continue
+            info = r.info
+            capacity = Capacity(
+                node_id=r.node_id,
+                name=r.name,
+                free_slots=info.slots_total,
+                free_gpu_slots=len(info.gpus),
+                gpu_free_memory=sum(g.memory_total_bytes for g in info.gpus),
+                labels=dict(info.labels),
+                workloads=frozenset(info.workloads),
+            )
+            wakeable = any(i.wake_on_lan and i.mac and broadcast_of(i) for i in r.interfaces)
+            waking = r.state is AgentState.WAKING
+            out.append(Sleeper(r.node_id, r.name, waking, capacity, wakeable, r.last_wake_at, r.error))
+        return out
+
+    def wake_soon(self, node_id: str) -> None:
+        """Wake it in the background (waking on demand); a failure is logged and shown on the agent."""
+
+        async def wake() -> None:
+            try:
+                await self.wake(node_id, wol_only=True)
+            except FleetError as exc:
+                log.warning("waking on demand: %s", exc)
+
+        self._spawn(wake())
+
+    async def _send_wake(self, target: NetInterface, own: list[Subnet], record: AgentRecord) -> str:
+        """One magic packet for `target` on its subnet; says how it went."""
+        with contextlib.suppress(ValueError):
+            subnet = check_broadcast(target.broadcast, own)
+            await asyncio.to_thread(send_magic_packet, target.mac, subnet)
+            return f"for {target.mac} sent by the controller to {target.broadcast} on {subnet.interface}"
+        relays = [
+            r
+            for r in self.agents.values()
+            if r is not record
+            and r.state is AgentState.ONLINE
+            and r.paired
+            and r.client is not None
+            and any(broadcast_of(i) == target.broadcast for i in r.interfaces)
+        ]
+        if not relays:
+            raise FleetError(
+                f"this controller has no address on the subnet of {target.broadcast} and no online agent is on it"
+            )
+        failures = []
+        for relay in relays:
+            assert relay.client is not None
+            try:
+                via = await relay.client.send_wake_packet(target.mac, target.broadcast)
+            except grpc.aio.AioRpcError as exc:
+                failures.append(f"agent {relay.name}: {exc.details() or exc.code().name}")
+                continue
+            return f"for {target.mac} relayed by agent {relay.name} to {target.broadcast} on {via}"
+        raise FleetError("relaying failed: " + "; ".join(failures))
+
+    def restore_sleepers(self) -> int:
+        """Known sleeping agents from the file of an earlier run: SLEEPING, supervised (they answer when woken).
+        Blocking (a small file): call before the loop serves, or through a thread."""
+        if self.sleepers_file is None or not self.sleepers_file.exists():
+            return 0
+        try:
+            body = json.loads(self.sleepers_file.read_text())
+            entries = body["sleeping"]
+            wakes = body.get("wakes", {})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring %s: %s", self.sleepers_file, exc)
+            return 0
+        restored = 0
+        for node_id, entry in entries.items():
+            if node_id in self.agents:
+                continue
+            try:
+                info = _node_info_from_dict(entry["info"])
+                record = AgentRecord(
+                    node_id,
+                    str(entry["address"]),
+                    str(entry.get("source", "mdns")),
+                    clean_text(str(entry.get("name", ""))),
+                    state=AgentState.SLEEPING,
+                    state_since=float(entry.get("since", time.time())),
+                    info=info,
+                    fingerprint=self.pins.get(node_id, ""),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("%s: skipping agent %s: %s", self.sleepers_file, node_id[:12], exc)
+                continue
+            count, at = wakes.get(node_id, (0, 0.0))
+            record.wake_count, record.last_wake_at = int(count), float(at)
+            self.agents[node_id] = record
+            self._start_supervisor(record)
+            self._emit("added", record)
+            restored += 1
+        for node_id, (count, at) in wakes.items():
+            known = self.agents.get(node_id)
+            if known is not None and not known.wake_count:
+                known.wake_count, known.last_wake_at = int(count), float(at)
+        self._sleepers_saved = body
+        return restored
+
+    def _sleepers_body(self) -> dict[str, Any]:
+        sleeping = {
+            r.node_id: {
+                "name": r.name,
+                "address": r.address,
+                "source": r.source,
+                "since": r.state_since,
+                "info": asdict(r.info),
+            }
+            for r in self.agents.values()
+            if r.asleep and r.info is not None
+        }
+        wakes = {r.node_id: [r.wake_count, r.last_wake_at] for r in self.agents.values() if r.last_wake_at}
+        return {"version": 1, "sleeping": sleeping, "wakes": wakes}
+
+    def _save_sleepers(self) -> None:
+        """Write the file when what it says changed: off the loop, whole (tmp + rename), one writer at a time."""
+        if self.sleepers_file is None or (self._sleepers_writer is not None and not self._sleepers_writer.done()):
+            return  # the running writer writes again when it ends if anything changed meanwhile
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._sleepers_writer = asyncio.create_task(self._write_sleepers())
+
+    async def _write_sleepers(self) -> None:
+        assert self.sleepers_file is not None
+        while True:
+            body = self._sleepers_body()
+            if body == self._sleepers_saved:
+                return
+            try:
+                await asyncio.to_thread(_write_json, self.sleepers_file, body)
+            except OSError as exc:
+                log.warning("cannot keep the sleeping agents in %s: %s", self.sleepers_file, exc)
+                return
+            self._sleepers_saved = body
 
     # ---- trust
 
@@ -606,7 +904,7 @@ class Fleet:
                 async for sample in client.telemetry(self.period):
                     record.telemetry = sample
                     self._seen(record)
-                    if record.state is AgentState.LOST:  # silence ended
+                    if record.state is AgentState.LOST or record.asleep:  # silence ended (or it woke up)
                         self._set_state(record, AgentState.ONLINE)
                     self._emit("telemetry", record)
                 raise FleetError("telemetry stream ended")
@@ -633,8 +931,7 @@ class Fleet:
                 if record.state is AgentState.ONLINE and backoff == 0.5:
                     backoff = 0.0  # one immediate re-open before declaring the agent lost
                 else:
-                    record.error = text
-                    self._set_state(record, AgentState.LOST)
+                    self._gone(record, text)
                     backoff = min(_MAX_BACKOFF, max(0.5, backoff * 2))
             except Exception as exc:  # never let one agent's surprise end its supervision
                 log.exception("agent %s: unexpected error", record.name or record.node_id[:12])
@@ -691,15 +988,49 @@ class Fleet:
                 continue  # the telemetry read during the stall is handled next: look again after it
             for record in list(self.agents.values()):
                 if record.state is AgentState.ONLINE and now > record._silence_deadline:
-                    record.error = f"no telemetry for {self.silence_limit:g}s"
-                    self._set_state(record, AgentState.LOST)
+                    self._gone(record, f"no telemetry for {self.silence_limit:g}s")
+                elif record.state is AgentState.WAKING and now > record._wake_deadline:
+                    record.error = f"did not wake within {self.wake_timeout:g} s of the magic packet"
+                    log.warning("agent %s (%s) %s", record.name, record.node_id[:12], record.error)
+                    self._set_state(record, AgentState.SLEEPING)
+
+    def _gone(self, record: AgentRecord, text: str) -> None:
+        """It stopped answering: SLEEPING when it said it was about to suspend (or sleeps already), else LOST."""
+        if record.asleep:
+            return  # still asleep (or being woken): not an error; WAKING ends at its deadline
+        if record.going_to_sleep:
+            record.error = ""
+            self._set_state(record, AgentState.SLEEPING)
+            return
+        record.error = text
+        self._set_state(record, AgentState.LOST)
 
     def _set_state(self, record: AgentRecord, state: AgentState) -> None:
         if record.state is state:
             return
         previous = record.state
         record.state, record.state_since = state, time.time()
-        if state is AgentState.LOST:
+        if state.value in ASLEEP or previous.value in ASLEEP:
+            self._save_sleepers()
+        if state is AgentState.SLEEPING and previous is not AgentState.WAKING:
+            log.info("agent %s (%s) is SLEEPING (it suspended its machine)", record.name, record.node_id[:12])
+            self._emit("lost", record)  # not answering: its work (if any) is re-placed like a lost agent's
+        elif state.value in ASLEEP:
+            self._emit("updated", record)
+        elif state is AgentState.ONLINE and previous.value in ASLEEP:
+            if previous is AgentState.WAKING:
+                record.wake_count += 1
+                log.info(
+                    "agent %s (%s) woke up %.1f s after the magic packet (wake-up %d)",
+                    *(record.name, record.node_id[:12], time.time() - record.last_wake_at, record.wake_count),
+                )
+            else:
+                log.info("agent %s (%s) is awake", record.name, record.node_id[:12])
+            record.error = ""
+            if record.telemetry is not None and record.telemetry.going_to_sleep:  # the sample before it slept
+                record.telemetry = dataclasses.replace(record.telemetry, going_to_sleep=False)
+            self._emit("back", record)
+        elif state is AgentState.LOST:
             if not record.refused:  # a refusal was logged already, with its reason
                 log.warning("agent %s (%s) LOST: %s", record.name, record.node_id[:12], record.error or record.warning)
             self._emit("lost", record)
