@@ -19,6 +19,9 @@ import platformdirs
 from tensorfleet_agent.core.version import AGENT_VERSION
 from tensorfleet_agent.discovery.interfaces import ENV_VAR, parse_interfaces
 from tensorfleet_agent.logging_setup import configure_logging
+from tensorfleet_agent.pool_member import JoinSettings
+from tensorfleet_agent.pool_member import add_arguments as add_join_arguments
+from tensorfleet_agent.pool_member import settings_from as join_settings
 
 log = logging.getLogger("tensorfleet_agent")
 ENV_CACHE_VAR = "TENSORFLEET_ENV_CACHE_GB"
@@ -147,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="interfaces that wake this machine on a magic packet, when ethtool cannot tell (default: ethtool's "
         '"Wake-on: g" where ethtool exists)',
     )
+    add_join_arguments(p)  # --join, --join-credential-file, --advertise-address, --exit-when-idle (issue 25)
     p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
     return p
 
@@ -349,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
 
         wol = WolFlag.parse(args.wol)
         project_python = _project_python(args.python)
+        labels = _labels(args.label)
+        join = join_settings(args)  # pops the join credential from the environment
+        if join is not None and join.credential:
+            labels.setdefault("pool", join.pool)  # a job's `pool: NAME` runs on these agents
+            join_token = join_token or join.credential  # the controller pairs with it after JoinCluster
         config = AgentConfig(
             data_dir=(args.data_dir or default_data_dir()).resolve(),
             host=args.host,
@@ -359,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu_slots=args.cpu_slots,
             drain_timeout=args.drain_timeout,
             metrics_port=args.metrics_port,
-            labels=_labels(args.label),
+            labels=labels,
             blob_cache_bytes=int(args.blob_cache_gb * 2**30),
             env_cache_bytes=int(env_cache_gb * 2**30),
             project_python=project_python,
@@ -378,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"tensorfleet-agent: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(config, args.exit_with_pid))
+    return asyncio.run(_serve(config, args.exit_with_pid, join))
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
@@ -396,7 +405,7 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.5)
 
 
-async def _serve(config: object, exit_with_pid: int | None = None) -> int:
+async def _serve(config: object, exit_with_pid: int | None = None, join: JoinSettings | None = None) -> int:
     from tensorfleet_agent.daemon import AgentConfig, AgentDaemon
     from tensorfleet_agent.datadir_lock import DataDirInUse
     from tensorfleet_agent.rpc.server import BindError
@@ -415,14 +424,19 @@ async def _serve(config: object, exit_with_pid: int | None = None) -> int:
         await daemon.stop(drain=False)
         return 1
     watcher = asyncio.create_task(_watch_parent(exit_with_pid, stop)) if exit_with_pid else None
+    from tensorfleet_agent.pool_member import run as run_member
+
+    member = asyncio.create_task(run_member(daemon, join, stop)) if join is not None else None
     await stop.wait()
-    if watcher is not None:
-        watcher.cancel()
+    for task in (watcher, member):
+        if task is not None and not task.done():
+            task.cancel()
+    refused = member is not None and not member.cancelled() and member.done() and member.result() is False
     log.info("stop requested: draining (up to %.0fs)", config.drain_timeout)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
     await daemon.stop(drain=True)
-    return 0
+    return 1 if refused else 0
 
 
 if __name__ == "__main__":

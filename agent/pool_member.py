@@ -172,8 +172,8 @@ async def exit_when_idle(daemon: AgentDaemon, seconds: float, stop: asyncio.Even
             return
 
 
-async def run(daemon: AgentDaemon, settings: JoinSettings, stop: asyncio.Event) -> None:
-    """Join (when asked) and watch for idleness; a refused join stops the agent, which says why."""
+async def run(daemon: AgentDaemon, settings: JoinSettings, stop: asyncio.Event) -> bool:
+    """Join (when asked) and watch for idleness; a refused join stops the agent, which says why (False)."""
     from tensorfleet_agent.rpc.join import JoinError
 
     if settings.controller:
@@ -182,6 +182,7 @@ async def run(daemon: AgentDaemon, settings: JoinSettings, stop: asyncio.Event) 
         except JoinError as exc:
             log.error("cannot join the controller at %s: %s; stopping", settings.controller, exc)
             stop.set()
-            return
+            return False
     if settings.exit_when_idle:
         await exit_when_idle(daemon, settings.exit_when_idle, stop)
+    return True

@@ -18,8 +18,15 @@ from tensorfleet_desktop.controller.capacity import Waiting
 from tensorfleet_desktop.controller.pools.credentials import Credentials, load_or_create_key
 from tensorfleet_desktop.controller.pools.manager import JoinRefused, JoinRequest, PoolManager
 from tensorfleet_desktop.controller.pools.script import batch_script, sbatch_args
-from tensorfleet_desktop.controller.pools.settings import PoolSettings, check_settings, time_limit_seconds
-from tensorfleet_desktop.controller.pools.slurm import SlurmError, SlurmJob, parse_sacct, parse_sbatch, parse_squeue
+from tensorfleet_desktop.controller.pools.settings import check_settings, time_limit_seconds
+from tensorfleet_desktop.controller.pools.slurm import (
+    SlurmError,
+    SlurmJob,
+    parse_sacct,
+    parse_sbatch,
+    parse_squeue,
+    slurm_environment,
+)
 from tensorfleet_desktop.controller.scheduler import Request
 
 # ---- settings
@@ -70,9 +77,7 @@ def test_credential_round_trip_and_refusals(tmp_path: Any) -> None:
         creds.verify(creds.mint("gpu-a", 60), now=time.time() + 120)
     with pytest.raises(CredentialError, match="not signed"):
         Credentials(b"x" * 32, "", False).verify(token)
-    prefix, payload, sig = token.split(".")
-    forged = read_claims(token).__class__  # a payload edited by hand keeps the old signature
-    assert forged
+    prefix, _payload, sig = token.split(".")  # a payload edited by hand keeps the old signature
     other = creds.mint("other", 60, scope="s1").split(".")[1]
     with pytest.raises(CredentialError, match="not signed"):
         creds.verify(f"{prefix}.{other}.{sig}")
@@ -119,6 +124,12 @@ def test_parsers() -> None:
     sacct = "JobID|State\n12|CANCELLED by 0\n12.batch|CANCELLED\n13|COMPLETED\n"
     assert parse_sacct(sacct, "12") == "CANCELLED" and parse_sacct(sacct, "13") == "COMPLETED"
     assert parse_sacct(sacct, "14") == "" and parse_sacct("", "1") == ""
+
+
+def test_slurm_commands_never_see_the_controllers_secrets() -> None:
+    env = {"PATH": "/bin", "SLURM_CONF": "/x", "TENSORFLEET_CLUSTER_TOKEN": "t", "TENSORFLEET_CONTROLLER_TOKEN": "c",
+           "AWS_SECRET_ACCESS_KEY": "k", "TENSORFLEET_POOL_DATA_ROOT": "/scratch"}  # fmt: skip
+    assert slurm_environment(env) == {"PATH": "/bin", "SLURM_CONF": "/x", "TENSORFLEET_POOL_DATA_ROOT": "/scratch"}
 
 
 def test_batch_script_runs_one_agent_per_node_and_keeps_the_credential_off_command_lines() -> None:
@@ -216,7 +227,7 @@ async def settle() -> None:
 
 
 async def test_four_jobs_one_node_one_allocation_then_reasons_follow_squeue() -> None:
-    m, driver, states, _ = await manager_with(a={"max_nodes": 1})
+    m, driver, _states, _ = await manager_with(a={"max_nodes": 1})
     jobs = [waiting(f"j{i}") for i in range(4)]
     reasons = m.offer(jobs, [], 0)
     assert set(reasons) == {"j0", "j1", "j2", "j3"}
@@ -234,7 +245,7 @@ async def test_a_gang_gets_one_allocation_of_n_nodes_and_waits_for_room() -> Non
     m, driver, _, _ = await manager_with(a={"max_nodes": 3})
     reasons = m.offer([waiting("g", ranks=3, gang=True), waiting("h", ranks=2, gang=True)], [], 0)
     await settle()
-    assert [a for _, a in driver.submitted][0].count("--nodes=3") == 1 and len(driver.submitted) == 1
+    assert next(a for _, a in driver.submitted).count("--nodes=3") == 1 and len(driver.submitted) == 1
     assert reasons["h"] == "waiting for room in pool a (3 of 3 node(s) allocated)"
     too_big = m.offer([waiting("k", ranks=4, gang=True)], [], 0)
     assert too_big["k"] == "pool a has at most 3 node(s); this gang needs 4"
@@ -288,7 +299,7 @@ async def test_submit_failure_is_the_pools_error_and_the_job_is_offered_again() 
 
 
 async def test_join_admission() -> None:
-    m, driver, _, _ = await manager_with(a={"max_nodes": 1})
+    m, _driver, _, _ = await manager_with(a={"max_nodes": 1})
     m.offer([waiting("j")], [], 0)
     await settle()
     alloc = m.pools["a"].allocations[0]
@@ -309,7 +320,7 @@ async def test_join_admission() -> None:
 
 
 async def test_pools_persist_and_remove_refuses_while_work_runs() -> None:
-    m, driver, states, agents = await manager_with(a={"max_nodes": 1})
+    m, driver, states, _agents = await manager_with(a={"max_nodes": 1})
     assert m.store.pools["a"]["partition"] == "debug"  # type: ignore[attr-defined]
     m.offer([waiting("j")], [], 0)
     await settle()

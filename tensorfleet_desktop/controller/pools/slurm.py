@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from tensorfleet_agent.runtime.process import CREDENTIAL_VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,21 @@ ENDED = frozenset(
     {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
      "TIMEOUT", "REVOKED", "SPECIAL_EXIT"}
 )  # fmt: skip
+
+
+#: The controller's own settings an allocation's agents may share (everything else named TENSORFLEET_* holds its
+#: secrets or is its own: cluster and client tokens, store URIs with passwords)
+SHARED_SETTINGS = ("TENSORFLEET_POOL_DATA_ROOT", "TENSORFLEET_PROJECT_PYTHON", "TENSORFLEET_ENV_CACHE_GB")
+
+
+def slurm_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What Slurm's commands run with: sbatch hands its environment to the batch script (--export=ALL), so the
+    controller's secrets (TENSORFLEET_* tokens and URIs, S3 keys) are left out."""
+    return {
+        name: value
+        for name, value in env.items()
+        if (not name.startswith("TENSORFLEET_") or name in SHARED_SETTINGS) and name not in CREDENTIAL_VARIABLES
+    }
 
 
 class SlurmError(Exception):
@@ -135,6 +153,7 @@ class SlurmDriver:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                env=slurm_environment(os.environ),
             )
         except OSError as exc:
             where = f" (via ssh {self.login})" if self.login else ""
