@@ -1,7 +1,6 @@
-"""`tensorfleet agents`: list the agents; add, pair, drain or remove one; list or prune the project environments
-an agent keeps (`agents envs AGENT [--prune [--keep-gb N]]`); show its blob cache and dataset versions (`agents cache
-AGENT`). And `tensorfleet algorithms`: what the agents can
-run."""
+"""`tensorfleet agents`: list the agents; show, add, pair, drain, wake (Wake-on-LAN) or remove one; list or prune the
+project environments an agent keeps (`agents envs AGENT [--prune [--keep-gb N]]`); show its blob cache and dataset
+versions (`agents cache AGENT`). And `tensorfleet algorithms`: what the agents can run."""
 
 from __future__ import annotations
 
@@ -44,6 +43,8 @@ SUMMARY_KEYS = (
     "cluster_id",
     "error",
 )
+#: Desk mode and Wake-on-LAN (issue 23); absent from refused services, so read with defaults.
+POWER_KEYS: dict[str, Any] = {"desk": None, "interfaces": [], "wake_count": 0, "last_wake_at": 0.0}
 
 
 def add_parsers(sub: Any) -> None:
@@ -64,6 +65,18 @@ def add_parsers(sub: Any) -> None:
         a = asub.add_parser(name, help=f"{name} an agent by id or name")
         a.add_argument("agent")
         add_format_flags(a)
+    a = asub.add_parser("show", help="one agent: state, desk mode, interfaces (MAC, Wake-on-LAN), wake-ups")
+    a.add_argument("agent", help="id, id prefix or name")
+    add_format_flags(a)
+    a = asub.add_parser(
+        "wake",
+        help="wake a sleeping agent's machine (Wake-on-LAN magic packet)",
+        description="Send the agent's machine a Wake-on-LAN magic packet on each of its subnets: by the controller "
+        "where it has an address there, else relayed by an online agent on that subnet. The agent is WAKING until it "
+        "answers (ONLINE), or SLEEPING again after the controller's --wake-timeout.",
+    )
+    a.add_argument("agent", help="id, id prefix or name")
+    add_format_flags(a)
     a = asub.add_parser(
         "envs",
         help="the project environments an agent keeps (most recently used first); --prune removes unused ones",
@@ -94,7 +107,19 @@ def add_algorithms_parser(sub: Any) -> None:
 
 def summary(agent: dict[str, Any]) -> dict[str, Any]:
     # metrics_port: where Prometheus scrapes the agent on its host (0: none; refused services have none)
-    return {**{k: agent[k] for k in SUMMARY_KEYS}, "metrics_port": agent.get("metrics_port", 0)}
+    return {
+        **{k: agent[k] for k in SUMMARY_KEYS},
+        "metrics_port": agent.get("metrics_port", 0),
+        **{k: agent.get(k, default) for k, default in POWER_KEYS.items()},
+    }
+
+
+def wol(agent: dict[str, Any]) -> str:
+    """The WOL column: on (a NIC wakes on a magic packet), off/unknown, or - (no MAC known)."""
+    interfaces = agent.get("interfaces") or []
+    if not interfaces:
+        return "-"
+    return "on" if any(i["wake_on_lan"] for i in interfaces) else "off"
 
 
 def agents(client: Client, args: argparse.Namespace) -> int:
@@ -105,18 +130,59 @@ def agents(client: Client, args: argparse.Namespace) -> int:
         return envs(client, args)
     if action == "cache":
         return cache(client, args)
+    if action == "show":
+        return show(client, args)
     if action == "add":
         agent = client.add_agent(args.address)
     elif action == "pair":
         agent = client.pair_agent(args.agent, args.token, args.force)
     elif action == "drain":
         agent = client.drain_agent(args.agent)
+    elif action == "wake":
+        agent = client.wake_agent(args.agent)
     else:
         agent = client.remove_agent(args.agent)
     if args.json:
         print_json(summary(agent))
     else:
-        out.print(f"{action}: {agent['name']} ({agent['id']}) at {agent['address']}: {agent['state']}")
+        out.print(f"{action}: {agent['name']} ({agent['id']}) at {agent['address']}: {agent['state']}", markup=False)
+    return exit_codes.OK
+
+
+def show(client: Client, args: argparse.Namespace) -> int:
+    """One agent in full: the summary, then desk mode, interfaces and wake-ups."""
+    agent = next((a for a in client.agents() if a["id"] == args.agent), None)
+    if agent is None:  # the controller resolves prefixes and names the same way for every command
+        hits = [a for a in client.agents() if a["name"] == args.agent or a["id"].startswith(args.agent)]
+        if len(hits) != 1:
+            known = ", ".join(f"{a['name']} ({a['id'][:12]})" for a in hits) or "none"
+            raise UsageError(f"{args.agent!r} matches {len(hits)} agents (matches: {known}); use an id")
+        agent = hits[0]
+    if args.json:
+        print_json({**summary(agent), "hostname": agent.get("hostname", ""), "workloads": agent.get("workloads", [])})
+        return exit_codes.OK
+    lines = [
+        f"{agent['name']} ({agent['id']})",
+        f"  address: {agent['address']} ({agent['source']}), state {agent['state']} since {when(agent['state_since'])}",
+        f"  slots: {agent['slots_free']}/{agent['slots_total']} free, GPUs: {agent['gpus']}",
+    ]
+    desk = agent.get("desk")
+    if desk:
+        lending = "not lending" if desk["owner_active"] or desk["paused"] else "lending"
+        extra = f", hours {desk['schedule']}" if desk["schedule"] else ""
+        lines.append(f"  desk mode: {lending}{' (paused)' if desk['paused'] else ''}: {desk['reason'] or '-'}{extra}")
+    for i in agent.get("interfaces") or []:
+        source = f" ({i['wake_on_lan_source']})" if i["wake_on_lan_source"] else ""
+        address = f"{i['ipv4']}/{i['prefix_length']}" if i["ipv4"] else "no IPv4"
+        lines.append(
+            f"  interface {i['name']}: {i['mac']}, {address}, Wake-on-LAN {'on' if i['wake_on_lan'] else 'off'}"
+            + source
+        )
+    if agent.get("last_wake_at"):
+        lines.append(f"  wake-ups: {agent.get('wake_count', 0)}, last magic packet {when(agent['last_wake_at'])}")
+    if agent["error"]:
+        lines.append(f"  {agent['error']}")
+    out.print("\n".join(lines), markup=False)
     return exit_codes.OK
 
 
@@ -130,10 +196,10 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         if args.json:
             print_json(rows)
         else:
-            csv_of(rows, [*SUMMARY_KEYS, "metrics_port", *(["refused"] if args.all else [])])
+            csv_of(rows, [*SUMMARY_KEYS, "metrics_port", "wake_count", *(["refused"] if args.all else [])])
         return exit_codes.OK
     print_table(
-        ("ID", "NAME", "ADDRESS", "STATE", "PAIRED", "SOURCE", "SLOTS", "GPUS", "CPU", "FINGERPRINT"),
+        ("ID", "NAME", "ADDRESS", "STATE", "PAIRED", "SOURCE", "SLOTS", "GPUS", "CPU", "WOL", "WAKES", "FINGERPRINT"),
         (
             (
                 a["id"][:12],
@@ -145,6 +211,8 @@ def _list(client: Client, args: argparse.Namespace) -> int:
                 f"{a['slots_free']}/{a['slots_total']}",
                 str(a["gpus"]),
                 f"{a.get('cpu_percent', 0):.0f}%",
+                wol(a),
+                str(a.get("wake_count", 0)),
                 a["fingerprint"][:16],
             )
             for a in items

@@ -16,6 +16,16 @@ from tensorfleet_desktop.cli.output import add_format_flags, err, out, print_jso
 from tensorfleet_desktop.client import Client
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400 seconds, got {text}")
+    return value
+
+
 def add_serve_parser(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the controller (and a local agent) in the foreground")
     s.set_defaults(run=serve)
@@ -80,6 +90,14 @@ def add_serve_parser(sub: Any) -> None:
         type=float,
         default=300.0,
         help="seconds a waiting multi-rank job lets smaller jobs backfill before reserving slots",
+    )
+    s.add_argument(
+        "--wake-timeout",
+        type=_positive_seconds,
+        default=120.0,  # fleet.DEFAULT_WAKE_TIMEOUT (not imported: every command builds this parser)
+        metavar="SECONDS",
+        help="how long a sleeping agent sent a Wake-on-LAN packet has to answer before it counts as still asleep "
+        "(queued work then waits on, or goes elsewhere; default 120)",
     )
     s.add_argument(
         "--insecure", action="store_true", help="plaintext to agents without pairing (loopback development only)"
@@ -166,6 +184,7 @@ def serve(args: argparse.Namespace) -> int:
             http_port=args.http_port if args.http_port is not None else settings.http_port,
             http_host=args.http_host or settings.http_host,
             peer_transfer=settings.peer_transfer and not args.no_peer_transfer,
+            wake_timeout=args.wake_timeout,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -30,7 +30,7 @@ from tensorfleet_agent.security.tickets import make_ticket
 from tensorfleet_desktop.connection import connection_path, remove_connection, write_connection
 from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
-from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet, FleetError
+from tensorfleet_desktop.controller.fleet import DEFAULT_WAKE_TIMEOUT, AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.prometheus_sd import TargetsFile
 from tensorfleet_desktop.controller.security import ClientTokenInterceptor, refusal
@@ -38,6 +38,7 @@ from tensorfleet_desktop.controller.service import CONTROLLER_SERVICE, Controlle
 from tensorfleet_desktop.controller.settings import default_data_dir, resolve_uris
 from tensorfleet_desktop.controller.store import open_store
 from tensorfleet_desktop.controller.store.blobs import open_blobs
+from tensorfleet_desktop.controller.waking import WakeSource
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class ControllerConfig:
     http_port: int | None = None  # serve the HTTP API (/api/v1) on this port too (0: a free port); None: no HTTP
     http_host: str = ""  # the address HTTP listens on (default: the gRPC host); HTTPS off loopback
     peer_transfer: bool = True  # agents fetch dataset blobs from peers holding them (--no-peer-transfer: off)
+    wake_timeout: float = DEFAULT_WAKE_TIMEOUT  # a woken agent not answering by then is SLEEPING again
 
 
 class ControllerApp:
@@ -142,7 +144,10 @@ class ControllerApp:
             cluster_token=cfg.cluster_token,
             pins=pins,
             persist=self._persist_agent,
+            sleepers=cfg.data_dir / "sleeping-agents.json",  # known sleeping agents survive a restart (Wake-on-LAN)
+            wake_timeout=cfg.wake_timeout,
         )
+        self.fleet.restore_sleepers()
         self.controller = Controller(
             self.store,
             self.blobs,
@@ -154,6 +159,7 @@ class ControllerApp:
             peer_transfer=cfg.peer_transfer,
         )
         await self.fleet.start()
+        self.controller.add_capacity_source(WakeSource(self.fleet))  # queued work wakes sleeping agents
         await self.controller.start()
         servicer = ControllerServicer(
             self.controller,

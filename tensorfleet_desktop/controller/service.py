@@ -299,6 +299,10 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return wire.agent_to_pb(self.fleet.drain(request.agent))
 
     @_unary
+    async def WakeAgent(self, request: cpb.AgentRefRequest, context: Any) -> cpb.Agent:
+        return wire.agent_to_pb(await self.fleet.wake(request.agent))
+
+    @_unary
     async def ListAgentEnvs(self, request: cpb.AgentRefRequest, context: Any) -> pb.ListEnvsResponse:
         record = self.fleet.resolve(request.agent)
         async with _asking(record, "list its project envs"):

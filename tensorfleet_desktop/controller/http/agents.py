@@ -1,5 +1,6 @@
 """Agents and the dashboard over HTTP: every agent the controller knows with its latest telemetry (what gRPC
-ListAgents and `tensorfleet agents --json` report), draining one, and one summary call for monitoring tools."""
+ListAgents and `tensorfleet agents --json` report), draining or waking one (Wake-on-LAN), and one summary call for
+monitoring tools."""
 
 from __future__ import annotations
 
@@ -31,6 +32,30 @@ class GpuStat(BaseModel):
     memory_total_bytes: int
     temperature_celsius: float
     power_watts: float
+
+
+class Desk(BaseModel):
+    """Desk mode's state (tensorfleet-agent --desk)."""
+
+    owner_active: bool = Field(description="its owner uses the machine: it lends nothing")
+    paused: bool = Field(description='its owner said "don\'t lend now" (tensorfleet-agent desk pause)')
+    reason: str = Field(description="why it lends or not, as a sentence")
+    since: float = Field(description="unix seconds the current lending state began")
+    idle_seconds: float = Field(description="the owner's input idle time as last read; -1: no desktop session")
+    idle_threshold_seconds: float = Field(description="how long idle before it lends (--desk-idle)")
+    schedule: str = Field(description="--desk-hours, e.g. 19:00-08:00; empty when lending by idleness only")
+
+
+class NetInterface(BaseModel):
+    """A network interface of the agent's machine, for Wake-on-LAN."""
+
+    name: str
+    mac: str = Field(description="aa:bb:cc:dd:ee:ff")
+    ipv4: str = Field(description="its IPv4 address; empty when it has none")
+    prefix_length: int
+    broadcast: str = Field(description="its subnet's broadcast address")
+    wake_on_lan: bool = Field(description="it wakes on a magic packet (ethtool 'Wake-on: g', or --wol)")
+    wake_on_lan_source: str = Field(description="ethtool, flag, or empty (unknown: treated as off)")
 
 
 class Agent(BaseModel):
@@ -70,6 +95,12 @@ class Agent(BaseModel):
     cluster_id: str
     metrics_port: int = Field(description="its Prometheus /metrics port on its host; 0: it serves none")
     error: str = Field(description="why it is not ONLINE (or a warning), as a sentence; empty when fine")
+    desk: Desk | None = Field(default=None, description="desk mode's state; null when not in desk mode")
+    interfaces: list[NetInterface] = Field(
+        default_factory=list, description="its interfaces with a MAC (kept while it sleeps)"
+    )
+    wake_count: int = Field(default=0, description="magic packets this controller sent it that woke it")
+    last_wake_at: float = Field(default=0.0, description="unix seconds of the last magic packet sent; 0: never")
     refused: str = Field(default="", description="a refused service: why this controller does not use it")
     instance: str = Field(default="", description="a refused service: its mDNS instance name")
 
@@ -207,6 +238,20 @@ async def drain_agent(ctx: Context, agent: AgentRef) -> Agent:
     return agent_body(ctx.fleet.drain(agent))
 
 
+@router.post(
+    "/agents/{agent}/wake",
+    tags=["agents"],
+    summary="Wake a sleeping agent",
+    response_model=Agent,
+    responses=problems.error_responses(404, 409),
+)
+async def wake_agent(ctx: Context, agent: AgentRef) -> Agent:
+    """Send the agent's machine a Wake-on-LAN magic packet on its subnets (by the controller, or relayed by an
+    online agent there); it is WAKING until it answers. 409 when it is awake or cannot be woken (no MAC known, no
+    route to its subnet), saying why. As `tensorfleet agents wake`."""
+    return agent_body(await ctx.fleet.wake(agent))
+
+
 @router.delete(
     "/agents/{agent}",
     tags=["agents"],
@@ -267,7 +312,7 @@ class JobCounts(BaseModel):
 class AgentCounts(BaseModel):
     by_state: dict[str, int] = Field(description=f"every agent state ({', '.join(AGENT_STATES)}), zeros included")
     total: int
-    online: int = Field(description="agents the controller reaches now: ONLINE or DRAINING")
+    online: int = Field(description="agents the controller reaches now: ONLINE, DRAINING or OWNER_ACTIVE")
     refused_services: int = Field(description="services seen on the LAN and refused (another cluster, ...)")
 
 
@@ -342,7 +387,7 @@ async def dashboard(ctx: Context) -> Dashboard:
         agents=AgentCounts(
             by_state=agents,
             total=len(ctx.fleet.agents),
-            online=agents[AgentState.ONLINE.value] + agents[AgentState.DRAINING.value],
+            online=sum(agents[s.value] for s in (AgentState.ONLINE, AgentState.DRAINING, AgentState.OWNER_ACTIVE)),
             refused_services=len(ctx.fleet.refused),
         ),
         slots=SlotCounts(total=slots_total, used=slots_used, free=slots_total - slots_used),
