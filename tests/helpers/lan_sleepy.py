@@ -1,0 +1,94 @@
+"""A "sleeping host" on the simulated LAN (issue 23), shared by tests/lan/test_lan_wake.py and
+benchmarks/wake_bench.py.
+
+Its agent runs with a short `--suspend-when-idle` and a `--suspend-command` that freezes the agent process
+(SIGSTOP: nothing answers, as on a suspended machine); a listener in its namespace (wol_listener.py) stands in for
+its NIC: a valid magic packet for its MAC resumes the agent (SIGCONT). The controller is on another host of the LAN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helpers.lan import Lan, python
+from helpers.lan_cluster import LanCluster, LanProcess
+
+LISTENER = Path(__file__).with_name("wol_listener.py")
+FREEZE = "sh -c 'kill -STOP $TENSORFLEET_AGENT_PID'"  # the "suspend": the agent resumes when the listener says
+
+
+@dataclass
+class SleepyHost:
+    cluster: LanCluster
+    agent: LanProcess
+    mac: str
+    listener: subprocess.Popen[bytes] | None
+    heard: Path  # the listener's JSON lines
+
+    def packets(self) -> list[dict[str, Any]]:
+        lines = self.heard.read_text().splitlines() if self.heard.exists() else []
+        return [json.loads(line) for line in lines if '"woke"' in line]
+
+    def frozen(self) -> bool:
+        assert self.agent.proc is not None
+        status = Path(f"/proc/{self.agent.proc.pid}/status").read_text()
+        return any(line.split()[1] in ("T", "t") for line in status.splitlines() if line.startswith("State:"))
+
+    def record(self) -> dict[str, Any]:
+        return self.cluster.agent_record(self.agent.host.name)
+
+    def sleeping(self, timeout: float = 25.0) -> dict[str, Any]:
+        """Once the controller shows it SLEEPING and its process is frozen."""
+        record = until(lambda: (r := self.record())["state"] == "SLEEPING" and r, timeout, "the agent shows SLEEPING")
+        until(self.frozen, 5, "the agent process is frozen (its machine 'suspended')")
+        return dict(record)
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.kill()
+            self.listener.wait(10)
+        if self.agent.proc is not None and self.agent.running:
+            os.kill(self.agent.proc.pid, signal.SIGCONT)  # a frozen agent cannot drain on SIGTERM
+        self.cluster.stop()
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)
+
+
+def start_sleepy_host(lan: Lan, tmp: Path, host_name: str, idle: str, wake_timeout: float) -> SleepyHost:
+    """The controller on `ctl`, the sleeping agent and its listener on `host_name`; stop() ends them all."""
+    cluster = LanCluster(lan, tmp)
+    agent = cluster.add_agent(
+        host_name, 1, None, "--suspend-when-idle", idle, "--suspend-command", FREEZE, "--wol", "eth0"
+    )
+    controller = cluster.add_controller("--wake-timeout", str(wake_timeout))
+    host = lan.hosts[host_name]
+    link = subprocess.run(host.command("ip", "-j", "link", "show", "eth0"), capture_output=True, text=True, check=True)
+    mac = json.loads(link.stdout)[0]["address"]
+    sleepy = SleepyHost(cluster, agent, mac, None, tmp / "listener.jsonl")
+    try:
+        controller.start()  # first: the agent's idle clock starts with it, and it must be seen awake once
+        agent.start()
+        cluster.wait_online(1)
+        assert agent.proc is not None  # `ip netns exec` execs the agent: this is its pid
+        sleepy.listener = host.popen([python(), str(LISTENER), mac, str(agent.proc.pid)], sleepy.heard)
+    except BaseException:
+        sleepy.stop()
+        raise
+    return sleepy

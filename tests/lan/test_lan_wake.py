@@ -1,0 +1,86 @@
+"""Issue 23 on the simulated LAN: an agent that suspends its machine when idle, and Wake-on-LAN bringing it back.
+
+The "sleeping host" namespace runs an agent with a short `--suspend-when-idle` whose `--suspend-command` freezes the
+agent process (SIGSTOP: nothing answers, as on a suspended machine), and a listener (tests/helpers/wol_listener.py)
+standing in for its NIC: a valid magic packet for its MAC resumes the agent (SIGCONT). Real processes, real
+broadcasts on the namespaces' bridge, real gRPC: the controller shows the agent SLEEPING (not LOST), a packet for
+another MAC leaves it asleep, `wake_agent` (the CLI's `agents wake`) wakes it, and queued work wakes it on its own
+and runs on it (queue -> magic packet -> agent online -> task runs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from helpers.lan import Lan, python
+from helpers.lan_sleepy import SleepyHost, start_sleepy_host, until
+
+pytestmark = pytest.mark.slow
+
+LAN_HOSTS = ["ctl", "desk"]
+WAKE_TIMEOUT = 30.0
+
+
+@pytest.fixture(scope="module")
+def sleepy(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SleepyHost]:
+    host = start_sleepy_host(lan, tmp_path_factory.mktemp("lan-wake"), "desk", "2s", WAKE_TIMEOUT)
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+def sleeping(host: SleepyHost) -> dict[str, Any]:
+    record = host.sleeping()
+    assert record["error"] == ""  # asleep is not a fault
+    return record
+
+
+def test_a_wrong_mac_leaves_it_asleep_and_agents_wake_wakes_it(sleepy: SleepyHost) -> None:
+    record = sleeping(sleepy)
+    eth0 = next(i for i in record["interfaces"] if i["name"] == "eth0")
+    assert eth0["mac"] == sleepy.mac and eth0["wake_on_lan"] and eth0["wake_on_lan_source"] == "flag"
+
+    ctl = sleepy.cluster.controller_host
+    wrong = "02:00:00:00:00:01" if sleepy.mac != "02:00:00:00:00:01" else "02:00:00:00:00:02"
+    script = (
+        "import sys; from tensorfleet_agent.runtime.wake_on_lan import Subnet, send_magic_packet; "
+        f"send_magic_packet({wrong!r}, Subnet('eth0', {ctl.address!r}, 24))"
+    )
+    sent = ctl.run([python(), "-c", script], timeout=30)
+    assert sent.returncode == 0, sent.stderr
+    until(lambda: any(p["mac"] == wrong for p in sleepy.packets()), 5, "the listener heard the wrong MAC's packet")
+    time.sleep(1.0)
+    assert sleepy.frozen() and sleepy.record()["state"] == "SLEEPING"
+    assert not any(p["woke"] for p in sleepy.packets())
+
+    answer = sleepy.cluster.client.wake_agent("agent-desk")
+    assert answer["state"] == "WAKING" and answer["last_wake_at"] > 0
+    until(lambda: any(p["woke"] and p["mac"] == sleepy.mac for p in sleepy.packets()), 5, "a valid packet arrived")
+    back = until(lambda: (r := sleepy.record())["state"] == "ONLINE" and r, 15, "the woken agent is ONLINE")
+    assert back["wake_count"] == 1
+
+
+def test_queued_work_wakes_the_sleeping_agent_and_runs_on_it(
+    sleepy: SleepyHost, fault_figures: Callable[..., None]
+) -> None:
+    sleeping(sleepy)  # idle again after the last wake-up: asleep again
+    client = sleepy.cluster.client
+    submitted = time.time()
+    job = client.submit({"algorithm": "noop", "max_retries": 0})
+    waiting = until(
+        lambda: (j := client.job(job["id"]))["waiting"].startswith("waking agent agent-desk") and j,
+        10,
+        "the job says it waits for the agent being woken",
+    )
+    assert "magic packet sent" in waiting["waiting"]
+    final = client.wait(job["id"], timeout=60)
+    assert final["state"] == "SUCCEEDED", final
+    [task] = final["task_list"]
+    assert task["agent"] == "agent-desk"
+    assert sleepy.record()["wake_count"] == 2
+    fault_figures(queue_to_running_after_wake=task["started_at"] - submitted)
