@@ -32,6 +32,8 @@ from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import DEFAULT_WAKE_TIMEOUT, AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
+from tensorfleet_desktop.controller.pools.manager import PoolManager
+from tensorfleet_desktop.controller.pools.setup import agent_address, start_pools
 from tensorfleet_desktop.controller.prometheus_sd import TargetsFile
 from tensorfleet_desktop.controller.security import ClientTokenInterceptor, refusal
 from tensorfleet_desktop.controller.service import CONTROLLER_SERVICE, ControllerServicer, controller_info
@@ -110,6 +112,7 @@ class ControllerApp:
         self._local_join_token = ""
         self._lock: DataDirLock | None = None
         self._connections: list[Path] = []
+        self.pools: PoolManager | None = None
 
     @property
     def address(self) -> str:
@@ -189,6 +192,15 @@ class ControllerApp:
         token_file = "the token it was started with" if cfg.client_token else str(cfg.data_dir / "client.token")
         tokens.message = refusal(token_file, str(connection_path(self.address)))
         await self._server.start()
+        servicer.pools = self.pools = await start_pools(  # Slurm pools (issue 25): after the port is known
+            self.controller,
+            self.fleet,
+            self.store,
+            cfg.data_dir / "identity",
+            self.identity.fingerprint,
+            agent_address(cfg.host, self.port),
+            credentials is not None,
+        )
         if cfg.http_port is not None:
             await self._start_http(token, tokens.message, servicer.info)
         self._lock.set_address(self.address)
@@ -410,6 +422,8 @@ class ControllerApp:
             remove_connection(path)
         if self._browser is not None:
             await self._browser.stop()
+        if self.pools is not None:
+            await self.pools.stop()  # its allocations run on in Slurm: followed again after a restart
         await self.controller.stop()
         await self.fleet.stop()
         if self._targets is not None:

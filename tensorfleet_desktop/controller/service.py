@@ -27,11 +27,13 @@ from tensorfleet_desktop.controller import operations
 from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.dataset_versions import files_page, parse_ref, table_entry
-from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError
+from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, JobError
 from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
 from tensorfleet_desktop.controller.job_feed import JobFeed
 from tensorfleet_desktop.controller.jobspec import MAX_SPEC_JSON
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
+from tensorfleet_desktop.controller.pools.manager import JoinRefused, JoinRequest, PoolManager
+from tensorfleet_desktop.controller.pools.members import join as join_pool
 from tensorfleet_desktop.controller.rpc_errors import set_data_dir, status_of
 
 log = logging.getLogger(__name__)
@@ -519,6 +521,50 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     @_unary
     async def ModelStats(self, request: cpb.ModelStatsRequest, context: Any) -> cpb.ModelStatsResponse:
         return wire.stats_to_pb(await self.c.registry.stats())
+
+    # ---- pools (issue 25): Slurm allocations whose agents join by JoinCluster
+
+    pools: PoolManager | None = None  # set by the app (controller/app.py)
+
+    def _pools(self) -> PoolManager:
+        if self.pools is None:
+            raise JobError("this controller runs no pools (it was started without them)")
+        return self.pools
+
+    @_unary
+    async def AddPool(self, request: cpb.Pool, context: Any) -> cpb.Pool:
+        return wire.pool_to_pb(self._pools().add(wire.pool_settings_from_pb(request)))
+
+    @_unary
+    async def ListPools(self, request: cpb.ListPoolsRequest, context: Any) -> cpb.ListPoolsResponse:
+        return cpb.ListPoolsResponse(pools=[wire.pool_to_pb(p) for p in self._pools().list()])
+
+    @_unary
+    async def GetPool(self, request: cpb.PoolRef, context: Any) -> cpb.Pool:
+        return wire.pool_to_pb(self._pools().get(request.name.strip()))
+
+    @_unary
+    async def RemovePool(self, request: cpb.PoolRef, context: Any) -> cpb.Pool:
+        return wire.pool_to_pb(await self._pools().remove(request.name.strip()))
+
+    @_unary
+    async def CreateJoinCredential(self, request: cpb.JoinCredentialRequest, context: Any) -> cpb.JoinCredential:
+        made = self._pools().long_lived_credential(request.pool.strip(), request.ttl_seconds)
+        return cpb.JoinCredential(**made)
+
+    async def JoinCluster(self, request: cpb.JoinClusterRequest, context: Any) -> cpb.JoinClusterResponse:
+        """No client token (security.CREDENTIAL_METHODS): the join credential admits the caller, or it is refused
+        UNAUTHENTICATED; every other refusal is the usual status."""
+        try:
+            record = await join_pool(self._pools(), self.fleet, JoinRequest(**wire.join_request_from_pb(request)))
+        except JoinRefused as exc:
+            log.warning("JoinCluster refused (%s from %s): %s", request.address[:80], context.peer(), exc)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"join refused: {exc}")
+            raise AssertionError("unreachable") from exc
+        except Exception as exc:
+            await context.abort(*status_of(exc))
+            raise AssertionError("unreachable") from exc
+        return cpb.JoinClusterResponse(agent_id=record.node_id)
 
     @_unary
     async def Shutdown(self, request: cpb.ShutdownRequest, context: Any) -> cpb.ShutdownResponse:

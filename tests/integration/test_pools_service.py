@@ -1,0 +1,109 @@
+"""The pools' service side over real gRPC against a real controller (no Slurm needed): JoinCluster's refusals and
+its exemption from the client token (only it), and a real agent that joins with a long-lived credential, is paired
+by it (no cluster token anywhere), runs a job that names its pool, and exits by itself after its idle timeout."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from helpers.agents import AgentProcess
+from helpers.controller import ControllerProcess
+from helpers.waiting import wait_until
+from tensorfleet_agent._generated import controller_pb2 as cpb
+from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+    proc = ControllerProcess(Path(tmp_path_factory.mktemp("pools-service")) / "controller").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def stub(controller: ControllerProcess) -> Iterator[tuple[cpb_grpc.ControllerServiceStub, list[tuple[str, str]]]]:
+    token = (controller.data_dir / "client.token").read_text().strip()
+    with grpc.insecure_channel(controller.address) as channel:
+        yield cpb_grpc.ControllerServiceStub(channel), [("authorization", f"Bearer {token}")]
+
+
+def _code(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        assert callable(call)
+        call()
+    err = info.value
+    return err.code(), err.details()  # type: ignore[attr-defined]
+
+
+def test_join_cluster_is_the_only_call_without_the_token_and_checks_its_credential(
+    stub: tuple[cpb_grpc.ControllerServiceStub, list[tuple[str, str]]],
+) -> None:
+    s, auth = stub
+    code, text = _code(lambda: s.ListPools(cpb.ListPoolsRequest(), timeout=10))
+    assert code is grpc.StatusCode.UNAUTHENTICATED  # every other call still needs the client token
+    req = cpb.JoinClusterRequest(credential="tfjc1.e30.AAAA", address="127.0.0.1:1", node_id="n")
+    code, text = _code(lambda: s.JoinCluster(req, timeout=10))
+    assert code is grpc.StatusCode.UNAUTHENTICATED and text.startswith("join refused:"), text
+    forged = s.CreateJoinCredential(cpb.JoinCredentialRequest(pool="x", ttl_seconds=60), metadata=auth).credential
+    prefix, payload, _sig = forged.split(".")
+    code, text = _code(lambda: s.JoinCluster(cpb.JoinClusterRequest(
+        credential=f"{prefix}.{payload}.{'A' * 43}", address="127.0.0.1:1", node_id="n"), timeout=10))  # fmt: skip
+    assert code is grpc.StatusCode.UNAUTHENTICATED and "not signed by this controller" in text
+    code, text = _code(lambda: s.JoinCluster(cpb.JoinClusterRequest(credential=forged, address="nohost", node_id="n")))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "address" in text
+    code, text = _code(
+        lambda: s.CreateJoinCredential(cpb.JoinCredentialRequest(pool="x", ttl_seconds=0), metadata=auth)
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "ttl_seconds" in text
+    code, text = _code(lambda: s.GetPool(cpb.PoolRef(name="nope"), metadata=auth))
+    assert code is grpc.StatusCode.NOT_FOUND and "nope" in text
+    code, text = _code(
+        lambda: s.AddPool(cpb.Pool(name="a", partition="p", max_nodes=1, sbatch_args=["--nodes=9"]), metadata=auth)
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and "sbatch_args[0]" in text
+
+
+def test_an_agent_joins_with_a_credential_runs_its_pools_job_and_exits_when_idle(
+    controller: ControllerProcess,
+    stub: tuple[cpb_grpc.ControllerServiceStub, list[tuple[str, str]]],
+    tmp_path: Path,
+) -> None:
+    s, auth = stub
+    credential = s.CreateJoinCredential(cpb.JoinCredentialRequest(pool="k8s", ttl_seconds=600), metadata=auth)
+    started = time.monotonic()
+    agent = AgentProcess(
+        tmp_path / "agent",
+        env={"TENSORFLEET_JOIN_CREDENTIAL": credential.credential},  # no cluster token: the credential pairs it
+        extra_args=["--no-advertise", "--join", controller.address, "--exit-when-idle", "6s"],
+    ).start()
+    try:
+
+        def joined() -> cpb.Agent | None:
+            listed = s.ListAgents(cpb.ListAgentsRequest(), metadata=auth, timeout=10).agents
+            return next((a for a in listed if a.paired and a.state == cpb.AGENT_STATE_ONLINE), None)
+
+        found = wait_until(joined, 20, "the joining agent paired and online")
+        assert found.source == cpb.AGENT_SOURCE_POOL and found.labels["pool"] == "k8s"
+        assert found.address == agent.address and found.fingerprint == agent.info["fingerprint"]
+        spec = {"algorithm": "noop", "pool": "k8s", "name": "on-the-pool"}
+        job = s.SubmitJob(cpb.SubmitJobRequest(spec_json=json.dumps(spec), submitter="t"), metadata=auth)
+
+        def done() -> bool:
+            state = s.GetJob(cpb.JobRef(job_id=job.id), metadata=auth, timeout=10).state
+            assert state not in (cpb.JOB_STATE_FAILED, cpb.JOB_STATE_CANCELLED)
+            return state == cpb.JOB_STATE_SUCCEEDED
+
+        wait_until(done, 30, "the pool's job to succeed")
+        assert agent.proc is not None
+        assert agent.proc.wait(30) == 0  # idle for 6 s after its task: it drains and exits by itself
+        assert "--exit-when-idle" in agent.logs() and time.monotonic() - started > 6
+    finally:
+        agent.stop()
