@@ -184,8 +184,9 @@ def test_images_tags_and_ports_agree() -> None:
             built[service["image"]][0].relative_to(ROOT)
         )
         assert ports(service["command"]) == exposed[service["image"]], name
+        grpc_port = int(service["command"][service["command"].index("--port") + 1])
+        assert probe_port(service["healthcheck"]["test"][1:]) == grpc_port, name
     controller = services["controller"]
-    assert probe_port(controller["healthcheck"]["test"][1:]) == 50050
     published = {int(re.sub(r"/\w+$", "", str(p)).rpartition(":")[2]) for p in controller["ports"]}
     assert published == exposed[controller["image"]]
     for agent in re.findall(r"--agent (\S+)", " ".join(controller["command"])):  # the controller dials them by name
