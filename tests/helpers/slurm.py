@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.servers import free_port
+from helpers.servers import free_port
 
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sacct")
 SKIP_REASON = "needs Slurm and munge (apt-get install slurmctld slurmd slurm-client munge)"
