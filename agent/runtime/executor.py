@@ -85,6 +85,8 @@ _WORKLOAD_CAUSES = frozenset(
     {ExitCause.EXCEPTION, ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP, ExitCause.BAD_COMMAND}
 )
 _CANCEL_GRACE = 1.0
+#: Workload categories that can save a checkpoint and stop when asked (SIGUSR1); the others are stopped at once.
+CHECKPOINTING = frozenset({"torch", "script"})
 
 
 @dataclass
@@ -98,6 +100,7 @@ class _Running:
     kill_message: str = ""
     killed: asyncio.Event = field(default_factory=asyncio.Event)
     stop_requested: bool = False
+    preempted: str = ""  # the reason, once preempt() was asked: it ends CANCELLED with ExitCause.PREEMPTED
     runner: asyncio.Task[None] | None = None
     visible_gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES: the GPUs of the job's ranks here, own at LOCAL_RANK
     project: PreparedProject | None = None  # a project task's working dir and env, once PREPARING is done
@@ -298,6 +301,33 @@ class Executor:
             await asyncio.wait({running.runner}, timeout=_CANCEL_GRACE + 3.0)
         return True
 
+    async def preempt(self, task_id: str, reason: str, checkpoint_grace: float) -> bool:
+        """Give the machine back (desk owner returned, Slurm allocation ending): a workload that can checkpoint is
+        asked to save one and stop, and is killed after `checkpoint_grace` seconds; the others are killed now. The
+        task ends CANCELLED with ExitCause.PREEMPTED and `reason` as its error: the controller queues it again
+        without counting a failure. False when it was not running (NotFound for an unknown id)."""
+        running = self._running.get(task_id)
+        if running is None:
+            self.journal.get(task_id)
+            return False
+        if running.kill_cause:
+            return True  # already ending
+        running.preempted = reason or "preempted"
+        worker = running.worker
+        checkpoints = get_workload(running.spec.workload).category in CHECKPOINTING
+        if checkpoint_grace > 0 and checkpoints and worker is not None and worker.alive:
+            self._request_stop(running, worker, running.preempted, checkpoint_grace)
+        else:
+            self._kill(running, ExitCause.PREEMPTED, running.preempted)
+        return True
+
+    def preempt_all(self, reason: str, checkpoint_grace: float) -> list[str]:
+        """preempt() every task this agent runs; returns their ids (the tasks end in the background)."""
+        ids = [task_id for task_id, running in self._running.items() if not running.kill_cause]
+        for task_id in ids:
+            self._spawn(self.preempt(task_id, reason, checkpoint_grace))
+        return ids
+
     def _request_stop(self, running: _Running, worker: WorkerProcess, reason: str, grace: float) -> None:
         """Ask the workload to checkpoint and stop (SIGUSR1 to the worker only); cancel it if it will not."""
         if running.stop_requested:
@@ -311,7 +341,7 @@ class Executor:
             if self._running.get(running.spec.task_id) is running:
                 self._kill(
                     running,
-                    ExitCause.CANCELLED,
+                    ExitCause.PREEMPTED if running.preempted else ExitCause.CANCELLED,
                     f"{reason or 'cancelled'} (the workload did not stop at a checkpoint within {grace:g}s)",
                 )
 
@@ -543,6 +573,8 @@ class Executor:
                         return None
                     if message.get("ok"):
                         return TaskState.SUCCEEDED, ExitCause.COMPLETED, "", True
+                    if message.get("stopped") and running.preempted:
+                        return TaskState.CANCELLED, ExitCause.PREEMPTED, running.preempted, True
                     if message.get("stopped"):
                         return TaskState.CANCELLED, ExitCause.STOPPED, str(message.get("error", "")), True
                     for line in str(message.get("traceback", "")).rstrip().splitlines():
@@ -560,7 +592,8 @@ class Executor:
         return None
 
     def _killed_outcome(self, running: _Running) -> tuple[TaskState, str, str]:
-        status = TaskState.CANCELLED if running.kill_cause == ExitCause.CANCELLED else TaskState.FAILED
+        cancelled = running.kill_cause in (ExitCause.CANCELLED, ExitCause.PREEMPTED)
+        status = TaskState.CANCELLED if cancelled else TaskState.FAILED
         return status, running.kill_cause, running.kill_message
 
     async def _watchdog(self, running: _Running, worker: WorkerProcess) -> None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
-from tensorfleet_agent.core.errors import Unavailable
+from tensorfleet_agent.core.errors import ResourcesExhausted
 
 log = logging.getLogger(__name__)
 DEFAULT_COMMAND = "systemctl suspend"
@@ -113,7 +113,7 @@ class IdleSuspender:
     def task_arriving(self) -> None:
         """RunTask: work arrives. Cancels a suspend being announced; refused once the command runs."""
         if self.state is PowerState.SUSPENDING:
-            raise Unavailable(
+            raise ResourcesExhausted(  # the agent's own 'no': the controller re-queues, counts nothing
                 "this machine is suspending (--suspend-when-idle: no work for "
                 f"{self.idle_seconds:g}s); wake it and retry"
             )

@@ -218,6 +218,9 @@ class JobMachine:
             self.wake.set()
             return
         task.stopping = False
+        if fin.exit_cause == ExitCause.PREEMPTED and fin.status is not TaskState.SUCCEEDED:
+            self.preempted(job, task, fin.error, base)
+            return
         if fin.status is TaskState.SUCCEEDED:
             task.state, task.progress = TaskRunState.SUCCEEDED, 1.0
             record(job, "task_state", base, state=task.state.value, message="succeeded")
@@ -245,6 +248,20 @@ class JobMachine:
             self.replace(job, [task], f"rank {task.index} lost ({fin.exit_cause})")
         else:
             self.fail_task(job, task, f"rank {task.index} failed ({fin.exit_cause}): {fin.error}")
+        self.wake.set()
+
+    def preempted(self, job: Job, task: JobTask, reason: str, base: dict[str, Any]) -> None:
+        """Its machine was taken back (a desk owner returned, a Slurm allocation ends): queued again at once, from
+        its newest checkpoint where it saved one. Not a failure: no retry, no replacement, no back-off spent; a
+        gang is stopped and queued again as a whole."""
+        message = f"preempted: {reason or 'its machine was taken back'}"
+        task.state = TaskRunState.CANCELLED if job.state.terminal else TaskRunState.PENDING
+        task.agent_task_id, task.retry_at = "", 0.0
+        self.events.record(job, "task_state", base, state=task.state.value, message=message)
+        if job.state.terminal:
+            return
+        log.info("job %s: rank %d %s; queued again", job.id, task.index, message)
+        self.requeue(job, [task], f"rank {task.index} {message}")
         self.wake.set()
 
     def fail_job(self, job: Job, task: JobTask, reason: str) -> None:

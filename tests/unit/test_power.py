@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tensorfleet_agent.__main__ import _power
-from tensorfleet_agent.core.errors import Unavailable
+from tensorfleet_agent.core.errors import ResourcesExhausted
 from tensorfleet_agent.runtime.interfaces import WolFlag, list_interfaces, parse_ethtool
 from tensorfleet_agent.runtime.power import IdleSuspender, PowerState, parse_command, parse_duration
 
@@ -116,7 +116,7 @@ async def test_suspend_runs_after_announcing_and_refuses_tasks_meanwhile(tmp_pat
                 break
             await asyncio.sleep(0.02)
         assert power.state is PowerState.SUSPENDING
-        with pytest.raises(Unavailable, match="suspending"):
+        with pytest.raises(ResourcesExhausted, match="suspending"):
             power.task_arriving()
         for _ in range(100):
             if power.state is PowerState.AWAKE:
