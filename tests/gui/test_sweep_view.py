@@ -70,6 +70,7 @@ def sweep_job(
         "metrics": metrics,
         "model": None,
         "error": "",
+        "waiting": "",
         "created_at": 999.0,
         "started_at": 1000.0,
         "finished_at": None,
