@@ -432,6 +432,10 @@ async def _serve(config: object, exit_with_pid: int | None = None, join: JoinSet
         if task is not None and not task.done():
             task.cancel()
     refused = member is not None and not member.cancelled() and member.done() and member.result() is False
+    if join is not None:  # a pool's agent hands its tasks back (re-queued, not failed) before the drain
+        from tensorfleet_agent.pool_member import preempt_on_stop
+
+        preempt_on_stop(daemon, join)
     log.info("stop requested: draining (up to %.0fs)", config.drain_timeout)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 JOIN_DEADLINE = 120.0  # seconds the agent keeps trying to reach the controller before it gives up and exits
 IDLE_CHECK = 1.0  # seconds between looks at the running tasks
+#: seconds a preempted task gets to save a checkpoint and stop (Slurm sends SIGKILL KillWait, 30 s by default, after
+#: its SIGTERM)
+PREEMPT_GRACE = 10.0
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -186,3 +189,17 @@ async def run(daemon: AgentDaemon, settings: JoinSettings, stop: asyncio.Event) 
     if settings.exit_when_idle:
         await exit_when_idle(daemon, settings.exit_when_idle, stop)
     return True
+
+
+def preempt_on_stop(daemon: AgentDaemon, settings: JoinSettings) -> list[str]:
+    """A joined agent told to stop (Slurm's time limit or a preemption, a pod evicted: SIGTERM) gives its tasks back:
+    each is asked to checkpoint and stop, and the controller queues it again instead of failing it. An agent that
+    stops because it idled runs none. The ids of the tasks preempted."""
+    if not settings.controller:
+        return []
+    job = os.environ.get("SLURM_JOB_ID", "")
+    reason = f"Slurm allocation {job} is ending" if job else "the agent's node is going away"
+    preempted = daemon.executor.preempt_all(f"{reason} (SIGTERM)", PREEMPT_GRACE)
+    if preempted:
+        log.warning("%s: %d task(s) asked to checkpoint and stop; their jobs are queued again", reason, len(preempted))
+    return preempted

@@ -5,7 +5,6 @@ by it (no cluster token anywhere), runs a job that names its pool, and exits by 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
 from helpers.waiting import wait_until
+from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent._generated import controller_pb2 as cpb
 from tensorfleet_agent._generated import controller_pb2_grpc as cpb_grpc
 
@@ -71,18 +71,20 @@ def test_join_cluster_is_the_only_call_without_the_token_and_checks_its_credenti
     assert code is grpc.StatusCode.INVALID_ARGUMENT and "sbatch_args[0]" in text
 
 
-def test_an_agent_joins_with_a_credential_runs_its_pools_job_and_exits_when_idle(
+def test_an_agent_joins_with_a_credential_runs_its_pools_job_and_sigterm_requeues_its_work(
     controller: ControllerProcess,
     stub: tuple[cpb_grpc.ControllerServiceStub, list[tuple[str, str]]],
     tmp_path: Path,
 ) -> None:
+    """No cluster token anywhere: the credential pairs the agent. Slurm's time limit or a preemption reaches it as
+    SIGTERM: its running task is preempted and the job queued again, not failed. (--exit-when-idle, which ends an
+    allocation, is proven by the Slurm scenario in test_slurm_pool.py.)"""
     s, auth = stub
     credential = s.CreateJoinCredential(cpb.JoinCredentialRequest(pool="k8s", ttl_seconds=600), metadata=auth)
-    started = time.monotonic()
     agent = AgentProcess(
         tmp_path / "agent",
-        env={"TENSORFLEET_JOIN_CREDENTIAL": credential.credential},  # no cluster token: the credential pairs it
-        extra_args=["--no-advertise", "--join", controller.address, "--exit-when-idle", "6s"],
+        env={"TENSORFLEET_JOIN_CREDENTIAL": credential.credential, "SLURM_JOB_ID": "4242"},
+        extra_args=["--no-advertise", "--join", controller.address],
     ).start()
     try:
 
@@ -93,17 +95,24 @@ def test_an_agent_joins_with_a_credential_runs_its_pools_job_and_exits_when_idle
         found = wait_until(joined, 20, "the joining agent paired and online")
         assert found.source == cpb.AGENT_SOURCE_POOL and found.labels["pool"] == "k8s"
         assert found.address == agent.address and found.fingerprint == agent.info["fingerprint"]
-        spec = {"algorithm": "noop", "pool": "k8s", "name": "on-the-pool"}
-        job = s.SubmitJob(cpb.SubmitJobRequest(spec_json=json.dumps(spec), submitter="t"), metadata=auth)
 
-        def done() -> bool:
-            state = s.GetJob(cpb.JobRef(job_id=job.id), metadata=auth, timeout=10).state
-            assert state not in (cpb.JOB_STATE_FAILED, cpb.JOB_STATE_CANCELLED)
-            return state == cpb.JOB_STATE_SUCCEEDED
+        def submit(spec: dict[str, object]) -> str:
+            return str(s.SubmitJob(cpb.SubmitJobRequest(spec_json=json.dumps(spec), submitter="t"), metadata=auth).id)
 
-        wait_until(done, 30, "the pool's job to succeed")
-        assert agent.proc is not None
-        assert agent.proc.wait(30) == 0  # idle for 6 s after its task: it drains and exits by itself
-        assert "--exit-when-idle" in agent.logs() and time.monotonic() - started > 6
+        def state(job_id: str) -> int:
+            return int(s.GetJob(cpb.JobRef(job_id=job_id), metadata=auth, timeout=10).state)
+
+        quick = submit({"algorithm": "noop", "pool": "k8s", "name": "on-the-pool"})
+        wait_until(lambda: state(quick) == cpb.JOB_STATE_SUCCEEDED, 30, "the pool's job to succeed")
+        long = submit({"algorithm": "sleep", "hyperparameters": {"seconds": 120}, "pool": "k8s", "name": "preempted"})
+        wait_until(lambda: state(long) == cpb.JOB_STATE_RUNNING, 30, "the long job to run on the joined agent")
+        assert agent.terminate(timeout=30) == 0
+        after = s.GetJob(cpb.JobRef(job_id=long), metadata=auth)
+        assert after.state not in (cpb.JOB_STATE_FAILED, cpb.JOB_STATE_CANCELLED), after
+        task = after.task_list[0]
+        assert task.state == cpb.JOB_TASK_STATE_PENDING and task.failures == 0, after  # queued again, no failure
+        print(f"after SIGTERM: exit cause {pb.ExitCause.Name(task.exit_cause)}, replacements {task.replacements}")
+        assert "Slurm allocation 4242 is ending" in agent.logs()
+        s.CancelJob(cpb.JobRef(job_id=long), metadata=auth)
     finally:
         agent.stop()
