@@ -137,6 +137,34 @@ async def test_agents(store: JobStore) -> None:
     assert await store.load_agents() == {"n2": {"address": "10.0.0.2:50051", "source": "manual"}}
 
 
+async def test_pools(store: JobStore) -> None:
+    """A pool's settings (issue 25) persist by name; its allocations live in Slurm, not here."""
+    body = {"name": "gpu", "partition": "a100", "max_nodes": 2, "sbatch_args": ["--gres=gpu:4"], "created_at": 1.0}
+    store.save_pool("gpu", body)
+    store.save_pool("cpu", {**body, "name": "cpu"})
+    store.delete_pool("cpu")
+    store.save_pool("gpu", {**body, "max_nodes": 3})  # an upsert
+    await store.flush()
+    assert await store.load_pools() == {"gpu": {**body, "max_nodes": 3}}
+
+
+async def test_a_schema_3_database_gains_the_pools_table(tmp_path: Path) -> None:
+    """A controller's database from before pools is migrated on open: its jobs stay, pools can be saved."""
+    path = tmp_path / "tf.db"
+    store = SqliteJobStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE pools")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store = SqliteJobStore(path)
+    await store.open()
+    store.save_pool("p", {"name": "p"})
+    await store.flush()
+    assert await store.load_pools() == {"p": {"name": "p"}}
+    await store.close()
+
+
 async def test_many_writes_are_queued_and_batched(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """5,000 event writes, queued one by one from the loop, are all kept, in far fewer database writes than
     writes (one transaction per batch in SQLite, one bulk insert per batch in MongoDB). How fast: benchmarks/
