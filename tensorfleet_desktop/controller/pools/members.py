@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import ssl
@@ -12,15 +13,19 @@ from tensorfleet_agent.rpc.client import fetch_certificate
 from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.controller.fleet import AgentNotFound, AgentRecord, Fleet, FleetError, unreachable
 from tensorfleet_desktop.controller.pools.manager import JoinRequest, PoolManager
+from tensorfleet_desktop.controller.store.base import JobStore
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+FORGET_PATIENCE = 300.0  # seconds an ended allocation's agent may keep attempts before it is forgotten anyway
+FORGET_STEP = 2.0
 
 
 class FleetMembers:
     """The manager's view of the fleet."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, store: JobStore) -> None:
         self.fleet = fleet
+        self.store = store
 
     def busy(self, node_id: str) -> bool:
         record = self.fleet.agents.get(node_id)
@@ -29,9 +34,18 @@ class FleetMembers:
         return bool(record.placed) or (record.telemetry is not None and record.telemetry.tasks_running > 0)
 
     async def forget(self, node_id: str) -> None:
-        """Its allocation ended: the agent is gone for good, not LOST."""
+        """Its allocation ended: the agent is gone for good, not LOST; its stored record goes too. An agent that still
+        holds attempts (its allocation hit the time limit mid-task) is forgotten once the core has moved them."""
+        for _ in range(int(FORGET_PATIENCE / FORGET_STEP)):
+            record = self.fleet.agents.get(node_id)
+            if record is None:
+                return
+            if not record.placed:
+                break
+            await asyncio.sleep(FORGET_STEP)
         with contextlib.suppress(AgentNotFound):
             await self.fleet.remove(node_id)
+            self.store.delete_agent(node_id)
 
 
 def check_request(request: JoinRequest) -> None:

@@ -59,7 +59,7 @@ async def start_pools(
         job_state,
         driver_for=lambda p: SlurmDriver(p.login),
     )
-    manager.agents = FleetMembers(fleet)
+    manager.agents = FleetMembers(fleet, store)
     await manager.start()
     controller.add_capacity_source(manager)
     return manager
