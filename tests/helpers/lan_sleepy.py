@@ -85,9 +85,12 @@ def start_sleepy_host(lan: Lan, tmp: Path, host_name: str, idle: str, wake_timeo
     try:
         controller.start()  # first: the agent's idle clock starts with it, and it must be seen awake once
         agent.start()
-        cluster.wait_online(1)
+        # seen awake and paired once; with a short idle time it may be asleep again by the time we look
+        until(lambda: any(a["paired"] and a["state"] in ("ONLINE", "SLEEPING") for a in cluster.client.agents()),
+              30, "the agent paired with the controller")  # fmt: skip
         assert agent.proc is not None  # `ip netns exec` execs the agent: this is its pid
         sleepy.listener = host.popen([python(), str(LISTENER), mac, str(agent.proc.pid)], sleepy.heard)
+        until(lambda: sleepy.heard.exists() and '"listening"' in sleepy.heard.read_text(), 15, "the listener is up")
     except BaseException:
         sleepy.stop()
         raise

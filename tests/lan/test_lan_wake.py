@@ -5,7 +5,8 @@ agent process (SIGSTOP: nothing answers, as on a suspended machine), and a liste
 standing in for its NIC: a valid magic packet for its MAC resumes the agent (SIGCONT). Real processes, real
 broadcasts on the namespaces' bridge, real gRPC: the controller shows the agent SLEEPING (not LOST), a packet for
 another MAC leaves it asleep, `wake_agent` (the CLI's `agents wake`) wakes it, and queued work wakes it on its own
-and runs on it (queue -> magic packet -> agent online -> task runs).
+and runs on it (queue -> magic packet -> agent online -> task runs), also after a controller restart while it
+slept (the controller keeps its sleeping agents in a file).
 """
 
 from __future__ import annotations
@@ -69,7 +70,13 @@ def test_queued_work_wakes_the_sleeping_agent_and_runs_on_it(
     sleepy: SleepyHost, fault_figures: Callable[..., None]
 ) -> None:
     sleeping(sleepy)  # idle again after the last wake-up: asleep again
+    controller = sleepy.cluster.controller
+    assert controller is not None
+    controller.stop()  # a restart while it sleeps: mDNS cannot find a frozen agent, the controller's file does
+    controller.start()
     client = sleepy.cluster.client
+    remembered = sleepy.record()
+    assert remembered["state"] == "SLEEPING" and remembered["interfaces"] and remembered["wake_count"] == 1
     submitted = time.time()
     job = client.submit({"algorithm": "noop", "max_retries": 0})
     waiting = until(
