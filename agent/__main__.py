@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tensorfleet-agent",
         description="TensorFleet agent: runs training tasks on this machine for a TensorFleet controller. "
         "`tensorfleet-agent token` prints a new join token; `tensorfleet-agent unpair FINGERPRINT` revokes a "
-        "controller; `tensorfleet-agent envs list|prune` shows or removes a stopped agent's project envs. "
+        "controller; `tensorfleet-agent envs list|prune` shows or removes a stopped agent's project envs; "
+        "`tensorfleet-agent desk status|pause|resume` sees or controls desk mode. "
         "TENSORFLEET_CLUSTER_TOKEN pairs automatically with controllers that share it.",
     )
     p.add_argument("--version", action="version", version=f"tensorfleet-agent {AGENT_VERSION}")
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
         '"Wake-on: g" where ethtool exists)',
     )
     add_join_arguments(p)  # --join, --join-credential-file, --advertise-address, --exit-when-idle (issue 25)
+    from tensorfleet_agent.desk.cli import add_desk_args
+
+    add_desk_args(p)
     p.add_argument("--log-level", default=os.environ.get("TENSORFLEET_LOG_LEVEL", "INFO"))
     return p
 
@@ -325,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         return _admin(argv)
     if argv[:1] == ["envs"]:
         return _envs(argv)
+    if argv[:1] == ["desk"]:
+        from tensorfleet_agent.desk.cli import desk_command
+
+        return desk_command(argv, default_data_dir())
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     from tensorfleet_agent.daemon import AgentConfig  # after logging: imports grpc
@@ -352,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         from tensorfleet_agent.runtime.interfaces import WolFlag
 
         wol = WolFlag.parse(args.wol)
+        from tensorfleet_agent.desk.cli import desk_config
+
+        desk = desk_config(args)
         project_python = _project_python(args.python)
         labels = _labels(args.label)
         join = join_settings(args)  # pops the join credential from the environment
@@ -383,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             suspend_when_idle=power[0],
             suspend_command=power[1],
             wol=wol,
+            desk=desk,
         )
     except ValueError as exc:
         print(f"tensorfleet-agent: error: {exc}", file=sys.stderr)

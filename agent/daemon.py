@@ -17,6 +17,9 @@ import grpc
 from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.version import AGENT_VERSION, PROTOCOL_VERSION
 from tensorfleet_agent.datadir_lock import DataDirLock
+from tensorfleet_agent.desk.control import DeskControl
+from tensorfleet_agent.desk.monitor import DeskConfig, DeskMonitor
+from tensorfleet_agent.desk.setup import desk_signals
 from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser
 from tensorfleet_agent.discovery.interfaces import advertised_addresses
 from tensorfleet_agent.identity import load_or_create_identity
@@ -69,6 +72,7 @@ class AgentConfig:
     suspend_when_idle: float = 0.0  # seconds without work before it suspends the machine; 0: never
     suspend_command: tuple[str, ...] = ("systemctl", "suspend")
     wol: WolFlag = field(default_factory=WolFlag)  # --wol: interfaces asserted to wake on a magic packet
+    desk: DeskConfig | None = None  # --desk: lend this workstation only while its owner is away
 
     @property
     def cluster_id(self) -> str:
@@ -90,6 +94,8 @@ class AgentDaemon:
         self._lock: DataDirLock | None = None
         self.envs: EnvCache | None = None
         self.power: IdleSuspender | None = None
+        self.desk: DeskMonitor | None = None
+        self._desk_control: DeskControl | None = None
         self._ethtool_wol: dict[str, bool] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -159,9 +165,27 @@ class AgentDaemon:
                 lambda: self.executor.tasks_running > 0,
                 self._readvertise,
             )
+        if cfg.desk is not None:
+            self.desk = DeskMonitor(
+                cfg.desk,
+                desk_signals(cfg.desk, self.gpus),
+                self.executor.preempt_all,
+                lambda: self.executor.tasks_running,
+                self._readvertise,
+            )
+            self.desk.start()
+            self._desk_control = DeskControl(cfg.data_dir, self.desk.status, self.desk.set_paused)
+            await self._desk_control.start()
         self.sampler = TelemetrySampler(cfg.data_dir, self.gpus)
         servicer = AgentServicer(
-            self.executor, self.blobs, self.sampler, self.node_info, self.authority, cfg.allow_scripts, self.power
+            self.executor,
+            self.blobs,
+            self.sampler,
+            self.node_info,
+            self.authority,
+            cfg.allow_scripts,
+            self.power,
+            self.desk,
         )
         self.health = Health([AGENT_SERVICE])
         if self.authority is None:
@@ -284,6 +308,7 @@ class AgentDaemon:
             metrics_port=self.metrics_port or 0,
             interfaces=list_interfaces(self.config.wol, self._ethtool_wol),
             suspend_when_idle_seconds=self.config.suspend_when_idle,
+            desk=self.desk.status() if self.desk is not None else None,
         )
 
     async def stop(self, drain: bool = True) -> None:
@@ -295,6 +320,10 @@ class AgentDaemon:
         await self.health.not_serving()  # probes and load balancers see it before the drain ends
         if self.power is not None:
             await self.power.stop()
+        if self._desk_control is not None:
+            await self._desk_control.stop()
+        if self.desk is not None:
+            await self.desk.stop()
         if drain:
             await self.executor.drain(self.config.drain_timeout)
         if self._advertiser is not None:

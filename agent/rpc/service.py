@@ -27,6 +27,7 @@ from tensorfleet_agent.core.errors import (
 from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.validation import MAX_CHECKPOINT_GRACE, MAX_REASON, check_id, check_text, validate_task_spec
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
+from tensorfleet_agent.desk.monitor import DeskMonitor
 from tensorfleet_agent.rpc import convert, handlers
 from tensorfleet_agent.runtime import transfer, wake_on_lan
 from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
@@ -82,6 +83,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         authority: Authority | None = None,
         allow_scripts: bool = True,
         power: IdleSuspender | None = None,
+        desk: DeskMonitor | None = None,
     ) -> None:
         self.executor = executor
         self.blobs = blobs
@@ -91,6 +93,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self.allow_scripts = allow_scripts
         self.peer_blobs = PeerBlobs(blobs)
         self.power = power
+        self.desk = desk
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_AgentServiceServicer_to_server(self, server)
@@ -123,7 +126,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             slots = self.executor.slots
             sample = await asyncio.to_thread(self.sampler.sample, slots.total, slots.free, self.executor.tasks_running)
             sleepy = self.power is not None and self.power.going_to_sleep
-            sample = dataclasses.replace(sample, draining=self.executor.draining, going_to_sleep=sleepy)
+            desk = self.desk.status() if self.desk is not None else None
+            sample = dataclasses.replace(sample, draining=self.executor.draining, going_to_sleep=sleepy, desk=desk)
             yield convert.telemetry_to_pb(sample)
             if self.power is not None:
                 self.power.telemetry_sent(sleepy)
@@ -142,6 +146,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         spec = validate_task_spec(convert.task_spec_from_pb(request.spec))
         if get_workload(spec.workload).category == "script" and not self.allow_scripts:
             raise ProtocolMismatch("this agent runs no user scripts (started with --no-scripts)")
+        if self.desk is not None:
+            self.desk.check_lending()  # refused while the workstation's owner uses it
         if self.power is not None:
             self.power.task_arriving()  # cancels a suspend being announced; refused once it runs
         slot_ids = await self.executor.run_task(spec)

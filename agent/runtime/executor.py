@@ -322,8 +322,8 @@ class Executor:
         return True
 
     def preempt_all(self, reason: str, checkpoint_grace: float) -> list[str]:
-        """preempt() every task this agent runs; returns their ids (the tasks end in the background)."""
-        ids = [task_id for task_id, running in self._running.items() if not running.kill_cause]
+        """preempt() every task this agent runs not already ending; returns their ids (they end in the background)."""
+        ids = [task_id for task_id, r in self._running.items() if not (r.kill_cause or r.preempted)]
         for task_id in ids:
             self._spawn(self.preempt(task_id, reason, checkpoint_grace))
         return ids

@@ -73,6 +73,27 @@ class Gpus:
                 out.append(GpuTelemetry(index, util, used, total, temp, power))
             return tuple(out)
 
+    def processes(self) -> list[tuple[int, int, int]]:
+        """(GPU index, pid, bytes of GPU memory) of every compute and graphics process on each GPU (desk mode)."""
+        with self._lock:
+            self._init()
+            nv = self._nvml
+            out = []
+            for index, handle in enumerate(self._handles):
+                seen: set[int] = set()
+                for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                    try:
+                        procs = getattr(nv, query)(handle)
+                    except Exception as exc:
+                        log.debug("GPU %d: %s: %s", index, query, exc)
+                        continue
+                    for proc in procs:
+                        pid = int(proc.pid)
+                        if pid not in seen:
+                            seen.add(pid)
+                            out.append((index, pid, int(proc.usedGpuMemory or 0)))
+            return out
+
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

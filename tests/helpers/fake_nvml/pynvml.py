@@ -3,6 +3,7 @@ PYTHONPATH of an agent; TENSORFLEET_FAKE_GPUS sets how many GPUs it reports (def
 
 from __future__ import annotations
 
+import json
 import os
 from types import SimpleNamespace
 
@@ -50,3 +51,18 @@ def nvmlDeviceGetTemperature(handle: int, sensor: int) -> int:
 
 def nvmlDeviceGetPowerUsage(handle: int) -> int:
     return 10_000
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle: int) -> list[SimpleNamespace]:
+    """The processes $TENSORFLEET_FAKE_GPU_PROCESSES (a JSON file: [[gpu, pid, bytes], ...]) lists for this GPU:
+    a test's stand-in for another program on the GPU (desk mode)."""
+    path = os.environ.get("TENSORFLEET_FAKE_GPU_PROCESSES", "")
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        rows = json.load(fh)
+    return [SimpleNamespace(pid=pid, usedGpuMemory=used) for gpu, pid, used in rows if gpu == handle]
+
+
+def nvmlDeviceGetGraphicsRunningProcesses(handle: int) -> list[SimpleNamespace]:
+    return []
