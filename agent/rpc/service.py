@@ -265,8 +265,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             raise ValidationError("offset", f"must be between 0 and the blob size {piece.length}, got {request.offset}")
         log.debug("serving %s to peer %s (job %s)", request.sha256[:12], ticket.reader_node_id[:12], ticket.job_id)
         yield pb.BlobChunk(header=pb.BlobHeader(sha256=request.sha256, size=piece.length))
-        chunks: Iterator[bytes] = self.peer_blobs.read(piece, request.offset)
-        while (data := await asyncio.to_thread(next, chunks, None)) is not None:
+        async for data in self.peer_blobs.stream(piece, request.offset):  # its own threads, not the loop's
             yield pb.BlobChunk(data=data)
 
     async def _locate(self, content_ids: frozenset[str], sha256: str) -> Piece:
@@ -276,7 +275,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 return await asyncio.to_thread(self.peer_blobs.locate, content_ids, sha256)
             except NotFound:
                 coming = [d for d in (*sorted(content_ids), sha256) if self.blobs.incoming(d)]
-                if not coming or not await asyncio.to_thread(self.blobs.wait_for, coming[0], INCOMING_WAIT):
+                if not coming or not await self.blobs.arrived(coming[0], INCOMING_WAIT):  # no thread held
                     raise
         return await asyncio.to_thread(self.peer_blobs.locate, content_ids, sha256)
 

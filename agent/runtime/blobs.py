@@ -7,6 +7,7 @@ I/O: the RPC layer calls them through asyncio.to_thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -198,6 +199,16 @@ class BlobStore:
         with self._arrival:
             self._arrival.wait_for(lambda: self.has(sha256) or not self._incoming[sha256], timeout)
             return self.has(sha256)
+
+    async def arrived(self, sha256: str, timeout: float, poll: float = 0.05) -> bool:
+        """`wait_for` without holding a thread for the wait (a peer asking for a blob on its way in: many such
+        waits at once must not take the event loop's default executor from telemetry and blob writes)."""
+        deadline = time.monotonic() + timeout
+        while not self.has(sha256):
+            if not self.incoming(sha256) or time.monotonic() >= deadline:
+                return self.has(sha256)
+            await asyncio.sleep(poll)
+        return True
 
     def await_all(self, digests: Iterable[str], patience: float, stop: threading.Event | None = None) -> list[str]:
         """Wait for these blobs (the controller's share of a dataset version, pushed while the agent fetches the

@@ -12,9 +12,12 @@ file not yet assembled) is served as it is. No duplicate chunk blob is kept to s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from tensorfleet_agent.core.errors import NotFound, PermissionDenied, ValidationError
@@ -23,6 +26,7 @@ from tensorfleet_agent.runtime.blobs import BlobStore, check_sha256
 
 READ_BYTES = 1 << 20  # a BlobChunk message's data at most (the agent's gRPC limit is 8 MiB)
 _INDEXES = 64  # parsed manifests kept
+SERVE_THREADS = 4  # threads reading blobs for peers (their own: serving never queues the agent's other file work)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,22 @@ class PeerBlobs:
         self.store = store
         self._lock = threading.Lock()
         self._indexes: OrderedDict[str, _Index] = OrderedDict()
+        self._readers: ThreadPoolExecutor | None = None  # made on first use (an agent that never serves has none)
+
+    async def stream(self, piece: Piece, offset: int = 0) -> AsyncIterator[bytes]:
+        """`read` from the event loop: each READ_BYTES read in this server's own SERVE_THREADS, so many peers'
+        streams at once never fill the loop's default executor (telemetry samples and blob writes go there: an
+        agent serving seven readers was declared LOST for lack of telemetry)."""
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(SERVE_THREADS, thread_name_prefix="peer-serve")
+        loop = asyncio.get_running_loop()
+        chunks = self.read(piece, offset)
+        try:
+            while (data := await loop.run_in_executor(self._readers, next, chunks, None)) is not None:
+                yield data
+        finally:
+            with contextlib.suppress(ValueError):  # a read still running in its thread: it ends with the file
+                chunks.close()
 
     def locate(self, content_ids: Iterable[str], sha256: str) -> Piece:
         """Where `sha256` is here, if one of `content_ids` is held here and names it."""
@@ -73,7 +93,7 @@ class PeerBlobs:
             )
         raise NotFound(f"blob {sha256[:12]} is not in this agent's cache (evicted or not fetched yet)")
 
-    def read(self, piece: Piece, offset: int = 0) -> Iterator[bytes]:
+    def read(self, piece: Piece, offset: int = 0) -> Generator[bytes]:
         """The piece's bytes from `offset` (a resumed download), READ_BYTES at a time."""
         if not 0 <= offset <= piece.length:
             raise ValidationError("offset", f"must be between 0 and the blob's size {piece.length}, got {offset}")
