@@ -71,12 +71,17 @@ def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-def start_sleepy_host(lan: Lan, tmp: Path, host_name: str, idle: str, wake_timeout: float) -> SleepyHost:
-    """The controller on `ctl`, the sleeping agent and its listener on `host_name`; stop() ends them all."""
+def start_sleepy_host(
+    lan: Lan, tmp: Path, host_name: str, idle: str, wake_timeout: float, relay: str = ""
+) -> SleepyHost:
+    """The controller on `ctl`, the sleeping agent and its listener on `host_name` (and an ordinary agent on
+    `relay`, one that can relay a magic packet); stop() ends them all."""
     cluster = LanCluster(lan, tmp)
     agent = cluster.add_agent(
         host_name, 1, None, "--suspend-when-idle", idle, "--suspend-command", FREEZE, "--wol", "eth0"
     )
+    if relay:
+        cluster.add_agent(relay).spawn()
     controller = cluster.add_controller("--wake-timeout", str(wake_timeout))
     host = lan.hosts[host_name]
     link = subprocess.run(host.command("ip", "-j", "link", "show", "eth0"), capture_output=True, text=True, check=True)
@@ -86,8 +91,12 @@ def start_sleepy_host(lan: Lan, tmp: Path, host_name: str, idle: str, wake_timeo
         controller.start()  # first: the agent's idle clock starts with it, and it must be seen awake once
         agent.start()
         # seen awake and paired once; with a short idle time it may be asleep again by the time we look
-        until(lambda: any(a["paired"] and a["state"] in ("ONLINE", "SLEEPING") for a in cluster.client.agents()),
-              30, "the agent paired with the controller")  # fmt: skip
+        name = f"agent-{host_name}"
+        until(
+            lambda: any(a["name"] == name and a["paired"] and a["state"] in ("ONLINE", "SLEEPING")
+                        for a in cluster.client.agents()),
+            30, "the agent paired with the controller",
+        )  # fmt: skip
         assert agent.proc is not None  # `ip netns exec` execs the agent: this is its pid
         sleepy.listener = host.popen([python(), str(LISTENER), mac, str(agent.proc.pid)], sleepy.heard)
         until(lambda: sleepy.heard.exists() and '"listening"' in sleepy.heard.read_text(), 15, "the listener is up")
