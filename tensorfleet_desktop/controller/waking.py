@@ -111,6 +111,12 @@ class WakeSource:
                 reasons[request.job_id] = (
                     f"agent {s.name} did not wake within {self.port.wake_timeout:g} s; {plain_reason(item, online)}"
                 )
+            elif not any(s.wakeable for s in fit):  # say why the machine that could run it stays asleep
+                s = fit[0]
+                reasons[request.job_id] = (
+                    f"{plain_reason(item, online)}; agent {s.name} could, but it sleeps and reports no interface "
+                    "with Wake-on-LAN on"
+                )
         return reasons
 
     def _waking_text(self, s: Sleeper, now: float) -> str:

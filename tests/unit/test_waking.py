@@ -60,10 +60,13 @@ def test_one_waking_agent_covers_several_jobs_up_to_its_slots() -> None:
     assert set(reasons) == {"j1", "j2", "j3"}
 
 
-def test_no_wol_or_nothing_eligible_leaves_the_job_to_the_plain_reason() -> None:
+def test_no_wol_says_so_and_nothing_eligible_leaves_the_job_to_the_plain_reason() -> None:
     port = Port(asleep={"n": sleeper("n", wakeable=False)})
     source = WakeSource(port)
-    assert source.offer([waiting("j1")], [], 0.0) == {}
+    assert source.offer([waiting("j1")], [], 0.0) == {
+        "j1": "no online agent can run workload noop; agent n could, but it sleeps and reports no interface with "
+        "Wake-on-LAN on"
+    }
     assert source.offer([waiting("j2", workload="image_classifier")], [], 0.0) == {}
     assert source.offer([waiting("j3", on=("elsewhere",))], [], 0.0) == {}
     assert port.woken == []
