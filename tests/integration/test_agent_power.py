@@ -1,14 +1,12 @@
 """--suspend-when-idle on a real agent: it announces going_to_sleep in its telemetry before the suspend command runs,
 the command freezes it (SIGSTOP, as the simulated LAN does), and once resumed it is awake with its idle clock
-restarted; GetInfo reports its interfaces for Wake-on-LAN; bad flags are refused with a sentence."""
+restarted; GetInfo reports its interfaces for Wake-on-LAN (bad flags: tests/unit/test_power.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,15 +31,15 @@ async def test_announce_suspend_freeze_and_resume(agent_factory: type[AgentProce
     marks = tmp_path / "suspends"
     agent = agent_factory(
         tmp_path / "a",
-        extra_args=["--suspend-when-idle", "1.5s", "--suspend-command", str(_freezer(tmp_path)), "--wol", "all"],
+        extra_args=["--suspend-when-idle", "1s", "--suspend-command", str(_freezer(tmp_path)), "--wol", "all"],
     ).start()
     assert agent.proc is not None
     async with agent.client() as client:
         info = await client.get_info()
-        assert info.suspend_when_idle_seconds == 1.5
+        assert info.suspend_when_idle_seconds == 1.0
         assert info.interfaces and all(i.wake_on_lan_source == "flag" for i in info.interfaces)
         # A task keeps it awake: its idle clock starts when the task ends.
-        await client.run_task(TaskSpec("t1", "j", "sleep", {"seconds": 2}))
+        await client.run_task(TaskSpec("t1", "j", "sleep", {"seconds": 1}))
         announced = 0.0
         async for sample in client.telemetry(0.2):
             if sample.going_to_sleep:
@@ -49,7 +47,7 @@ async def test_announce_suspend_freeze_and_resume(agent_factory: type[AgentProce
                 break
             assert not marks.exists(), "suspended without announcing it first"
         (task,) = await client.list_tasks(include_finished=True)
-        assert task.finished_at > 0 and announced - task.finished_at >= 1.4  # idle since the task's end
+        assert task.finished_at > 0 and announced - task.finished_at >= 0.9  # idle since the task's end
     for _ in range(100):
         if marks.exists() and psutil.Process(agent.proc.pid).status() == psutil.STATUS_STOPPED:
             break
@@ -60,15 +58,7 @@ async def test_announce_suspend_freeze_and_resume(agent_factory: type[AgentProce
     async with agent.client() as client:
         first = await anext(aiter(client.telemetry(0.2)))
         assert not first.going_to_sleep
-        # a task now is accepted; the idle clock restarted, so no second suspend for 1.5 s
+        # a task now is accepted; the idle clock restarted, so no second suspend within 1 s
         await client.run_task(TaskSpec("t2", "j", "noop", {}))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.6)
         assert len(marks.read_text().split()) == 1
-
-
-def test_bad_power_flag_is_refused(tmp_path: Path) -> None:
-    """The command line's path to exit 2 (the other wordings: tests/unit/test_power.py)."""
-    cmd = [sys.executable, "-m", "tensorfleet_agent", "--data-dir", str(tmp_path / "d"), "--host", "127.0.0.1"]
-    done = subprocess.run([*cmd, "--suspend-when-idle", "soon"], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2, done.stderr
-    assert "--suspend-when-idle must be a duration like 90s, 30m, 1h30m or seconds, got 'soon'" in done.stderr

@@ -17,9 +17,12 @@ import grpc
 import pytest
 
 from helpers.agents import AgentProcess
+from helpers.controller import ControllerProcess
+from helpers.waiting import wait_until
 from helpers.xvfb import HELPERS, Xvfb, missing_tools
 from tensorfleet_agent.core.types import ExitCause, Finished, TaskSpec, TaskState
 from tensorfleet_agent.rpc.client import AgentClient
+from tensorfleet_desktop.client import Client
 
 pytestmark = pytest.mark.slow
 HANDBACK = 2.0  # the issue's deadline (p95): GPU and CPU free this long after the first input event
@@ -112,3 +115,31 @@ async def test_owner_input_hands_the_machine_back_within_2s(
         assert (await asyncio.to_thread(_desk_cli, agent, "status"))["state"] == "paused"
         assert (await asyncio.to_thread(_desk_cli, agent, "resume"))["paused"] is False
         await _desk(client, "lending")
+
+
+def test_a_job_handed_back_is_queued_again_and_finishes_without_a_failure(
+    agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess], tmp_path: Path, xvfb: Xvfb
+) -> None:
+    """The whole path on real processes: the desk agent preempts, the controller re-queues (no retry spent), the
+    agent refuses work while the owner is active, lends again after --desk-idle, and the job succeeds there."""
+    agent = agent_factory(
+        tmp_path / "desk",
+        cpu_slots=1,
+        extra_args=["--desk", "--desk-idle", "1s", "--desk-display", xvfb.display, "--desk-cpu-percent", "100"],
+    )
+    controller = controller_factory(tmp_path / "controller")
+    agent.spawn()
+    controller.spawn()
+    agent.wait_ready()
+    controller.wait_ready()
+    with Client(controller.address) as client:
+        wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 1, 20, "the desk agent online")
+        job = client.submit({"algorithm": "sleep", "hyperparameters": {"seconds": 2}, "max_retries": 0})
+        wait_until(lambda: client.job(job["id"])["task_list"][0]["state"] == "RUNNING", 30, "running")
+        xvfb.input()
+        final = client.wait(job["id"], timeout=60)
+        assert final["state"] == "SUCCEEDED", final
+        task = final["task_list"][0]
+        assert task["failures"] == 0 and task["replacements"] == 0 and task["attempt"] == 2, task
+        history = [e.get("message", "") for e in client.watch(job["id"])]
+        assert any(m.startswith("preempted: the workstation's owner is back: keyboard or mouse used") for m in history)
