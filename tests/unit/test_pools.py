@@ -201,9 +201,11 @@ class FakeAgents:
         self.forgotten.append(node_id)
 
 
-def waiting(job_id: str, ranks: int = 1, gang: bool = False, pool: str = "") -> Waiting:
-    request = Request(job_id, 0, 0, tuple(range(ranks)), "noop", gang=gang)
-    return Waiting(request, job_id, {"pool": pool} if pool else {}, 5.0)
+def waiting(
+    job_id: str, ranks: int = 1, gang: bool = False, pool: str = "", waited: float = 30.0, **constraints: Any
+) -> Waiting:
+    request = Request(job_id, 0, 0, tuple(range(ranks)), "noop", gang=gang, **constraints)
+    return Waiting(request, job_id, {"pool": pool} if pool else {}, waited)
 
 
 async def manager_with(**pool: Any) -> tuple[PoolManager, FakeDriver, dict[str, str], FakeAgents]:
@@ -249,6 +251,23 @@ async def test_a_gang_gets_one_allocation_of_n_nodes_and_waits_for_room() -> Non
     assert reasons["h"] == "waiting for room in pool a (3 of 3 node(s) allocated)"
     too_big = m.offer([waiting("k", ranks=4, gang=True)], [], 0)
     assert too_big["k"] == "pool a has at most 3 node(s); this gang needs 4"
+    await m.stop()
+
+
+async def test_work_naming_no_pool_bursts_only_after_a_while_and_when_a_pool_agent_could_run_it() -> None:
+    m, driver, _, _ = await manager_with(a={"max_nodes": 4})
+    reasons = m.offer(
+        [
+            waiting("fresh", waited=2.0),  # the LAN's agents may free a slot any moment
+            waiting("desk", on=("desk-7",)),  # names a LAN agent
+            waiting("labelled", labels=(("gpu", "a100"),)),  # a label no pool agent has
+        ],
+        [],
+        0,
+    )
+    await settle()
+    assert reasons == {} and driver.submitted == []
+    assert m.offer([waiting("late")], [], 0)["late"].startswith("waiting for a Slurm allocation of pool a")
     await m.stop()
 
 

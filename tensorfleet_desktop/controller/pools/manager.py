@@ -1,7 +1,8 @@
 """The pool manager: a CapacitySource that asks Slurm for allocations while queued work needs them.
 
 Each scheduling tick it is offered the queued work no online agent took (capacity.py). A job naming `pool: NAME`
-goes to that pool; other work goes to the first pool with room (burst). A gang of N ranks gets one allocation of N
+goes to that pool; other work goes to the first pool with room (burst) once it has waited BURST_AFTER and when a
+pool's agent could run it (no `on`, no label constraint). A gang of N ranks gets one allocation of N
 nodes; other jobs share an allocation of one node that is starting, and a new one is asked only when none of the
 pool's allocations is still starting and the pool has room (max_nodes). The agents an allocation starts join by
 JoinCluster and exit after the pool's idle timeout, which ends the allocation: the pool scales back to zero.
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller.capacity import Waiting
 from tensorfleet_desktop.controller.errors import JobError, NotFoundError
-from tensorfleet_desktop.controller.jobspec import POOL_NAME
+from tensorfleet_desktop.controller.jobspec import POOL_LABEL, POOL_NAME
 from tensorfleet_desktop.controller.pools.credentials import Credentials
 from tensorfleet_desktop.controller.pools.script import batch_script, sbatch_args
 from tensorfleet_desktop.controller.pools.settings import PoolSettings, check_settings, time_limit_seconds
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 POLL_ACTIVE = 2.0  # seconds between squeue calls while a pool has allocations
 POLL_IDLE = 30.0  # and while it has none (to adopt allocations submitted before a restart)
+BURST_AFTER = 10.0  # seconds queued work that names no pool waits for the LAN's agents before a pool is asked
 CREDENTIAL_MARGIN = 600.0  # a credential outlives its allocation's time limit by this much
 CREDENTIAL_DEFAULT_TTL = 86400.0  # for a pool without a time limit
 MAX_CREDENTIAL_TTL = 366 * 86400.0
@@ -272,7 +274,7 @@ class PoolManager:
         shared: dict[str, Allocation] = {}  # pool -> this tick's new one-node allocation for jobs that are no gang
         for item in waiting:
             job_id = item.request.job_id
-            named = str(item.spec.get("pool") or "")
+            named = str(item.spec.get("pool") or dict(item.request.labels).get(POOL_LABEL, ""))
             current = self._assigned.get(job_id)
             if current is not None and self._alive(current):
                 held = self.pools[current.pool]
@@ -281,6 +283,8 @@ class PoolManager:
                     reasons[job_id] = current.sentence()
                     continue  # its allocation is coming, or the pool cannot grow: it waits for that one
             self._assigned.pop(job_id, None)
+            if not named and not self._may_burst(item):
+                continue  # plain_reason says why it waits
             if named and named not in self.pools:
                 reasons[job_id] = f"pool {named} does not exist (tensorfleet pools list)"
                 continue
@@ -306,6 +310,13 @@ class PoolManager:
                     )
             reasons[job_id] = reason
         return reasons
+
+    @staticmethod
+    def _may_burst(item: Waiting) -> bool:
+        """Work that names no pool goes to one only when it has waited BURST_AFTER and a pool's agent could take it:
+        it names no LAN agent (`on`) and asks no label such an agent lacks (it has only pool=NAME)."""
+        request = item.request
+        return item.waited >= BURST_AFTER and not request.on and not request.labels
 
     def _place(
         self, pool: _Pool, job_id: str, need: int, gang: bool, shared: dict[str, Allocation]
