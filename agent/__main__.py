@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             suspend_when_idle=power[0],
             suspend_command=power[1],
             wol=wol,
+            pool=join.pool if join is not None else "",
+            allocation_id=os.environ.get("SLURM_JOB_ID", "") if join is not None and join.controller else "",
             desk=desk,
         )
     except ValueError as exc:

@@ -73,6 +73,8 @@ class AgentConfig:
     suspend_command: tuple[str, ...] = ("systemctl", "suspend")
     wol: WolFlag = field(default_factory=WolFlag)  # --wol: interfaces asserted to wake on a magic packet
     desk: DeskConfig | None = None  # --desk: lend this workstation only while its owner is away
+    pool: str = ""  # --join: the pool whose allocation (or credential) brought it; "" for a LAN agent
+    allocation_id: str = ""  # that allocation's Slurm job id (SLURM_JOB_ID); "" outside Slurm
 
     @property
     def cluster_id(self) -> str:
@@ -309,6 +311,8 @@ class AgentDaemon:
             interfaces=list_interfaces(self.config.wol, self._ethtool_wol),
             suspend_when_idle_seconds=self.config.suspend_when_idle,
             desk=self.desk.status() if self.desk is not None else None,
+            pool=self.config.pool,
+            allocation_id=self.config.allocation_id,
         )
 
     async def stop(self, drain: bool = True) -> None:

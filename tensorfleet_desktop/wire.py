@@ -640,6 +640,8 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
         ],
         "wake_count": msg.wake_count,
         "last_wake_at": msg.last_wake_at,
+        "pool": msg.pool,
+        "allocation_id": msg.allocation_id,
     }
 
 

@@ -272,6 +272,8 @@ class AgentRecord:
             "interfaces": [asdict(i) for i in self.interfaces],
             "wake_count": self.wake_count,
             "last_wake_at": self.last_wake_at,
+            "pool": info.pool if info else "",  # a pool agent's (issue 25): its pool and Slurm allocation
+            "allocation_id": info.allocation_id if info else "",
         }
 
 

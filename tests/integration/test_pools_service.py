@@ -94,6 +94,7 @@ def test_an_agent_joins_with_a_credential_runs_its_pools_job_and_sigterm_requeue
 
         found = wait_until(joined, 20, "the joining agent paired and online")
         assert found.source == cpb.AGENT_SOURCE_POOL and found.labels["pool"] == "k8s"
+        assert (found.pool, found.allocation_id) == ("k8s", "4242")  # from its NodeInfo
         assert found.address == agent.address and found.fingerprint == agent.info["fingerprint"]
 
         def submit(spec: dict[str, object]) -> str:
