@@ -312,8 +312,16 @@ async def test_submit_failure_is_the_pools_error_and_the_job_is_offered_again() 
     driver.fail = "sbatch failed (1): invalid partition specified: debug"
     m.offer([waiting("j")], [], 0)
     await settle()
-    assert m.get("a")["error"].endswith("invalid partition specified: debug") and m.get("a")["allocations"] == []
-    assert "invalid partition" in m.offer([waiting("j")], [], 0)["j"] or driver.fail
+    assert "invalid partition specified: debug (next try in 5 s)" in m.get("a")["error"]
+    assert m.get("a")["allocations"] == []
+    again = m.offer([waiting("j")], [], 0)["j"]  # the next tick: no second sbatch yet, the job says why
+    await settle()
+    assert "invalid partition specified" in again and driver.submitted == []
+    m.pools["a"].submit_after = 0.0  # the back-off has passed, and Slurm takes it now
+    driver.fail = ""
+    m.offer([waiting("j")], [], 0)
+    await settle()
+    assert len(driver.submitted) == 1 and m.get("a")["error"] == ""
     await m.stop()
 
 

@@ -43,6 +43,8 @@ CREDENTIAL_MARGIN = 600.0  # a credential outlives its allocation's time limit b
 CREDENTIAL_DEFAULT_TTL = 86400.0  # for a pool without a time limit
 MAX_CREDENTIAL_TTL = 366 * 86400.0
 MAX_MISSING_POLLS = 2  # squeue polls an allocation may be absent from before it counts as ended
+SUBMIT_BACKOFF_FIRST = 5.0  # seconds before the next sbatch after one failed, doubling
+SUBMIT_BACKOFF_MAX = 300.0
 
 
 class Driver(Protocol):
@@ -114,6 +116,8 @@ class _Pool:
     driver: Driver
     allocations: list[Allocation] = field(default_factory=list)  # not ended
     error: str = ""
+    submit_after: float = 0.0  # monotonic time before which no allocation is asked (after sbatch failed)
+    backoff: float = 0.0  # seconds to wait after the next failure (doubling)
     poller: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -331,7 +335,7 @@ class PoolManager:
                 starting.jobs.append(job_id)
                 self._assigned[job_id] = starting
                 return starting
-        if pool.nodes_in_use() + need > pool.settings.max_nodes:
+        if pool.nodes_in_use() + need > pool.settings.max_nodes or time.monotonic() < pool.submit_after:
             return None
         alloc = Allocation(name, secrets.token_hex(8), need, gang, [job_id])
         pool.allocations.append(alloc)
@@ -354,11 +358,13 @@ class PoolManager:
         try:
             alloc.id = await pool.driver.submit(script, sbatch_args(settings, alloc.nodes))
         except SlurmError as exc:
-            pool.error = f"cannot submit an allocation: {exc}"
+            pool.backoff = min(SUBMIT_BACKOFF_MAX, max(SUBMIT_BACKOFF_FIRST, pool.backoff * 2))
+            pool.submit_after = time.monotonic() + pool.backoff
+            pool.error = f"cannot submit an allocation: {exc} (next try in {pool.backoff:.0f} s)"
             log.warning("pool %s: %s", settings.name, pool.error)
             self._drop(pool, alloc)
             return
-        pool.error = ""
+        pool.error, pool.backoff = "", 0.0
         alloc.state = "PENDING"
         log.info(
             "pool %s: submitted Slurm allocation %s (%d node(s)) for job(s) %s",
