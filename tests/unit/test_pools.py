@@ -325,6 +325,21 @@ async def test_submit_failure_is_the_pools_error_and_the_job_is_offered_again() 
     await m.stop()
 
 
+async def test_an_allocation_whose_agent_never_joined_backs_the_pool_off() -> None:
+    m, driver, _, _ = await manager_with(a={})
+    m.offer([waiting("j")], [], 0)
+    await settle()
+    driver.jobs.clear()  # the batch script exited at once (no agent on the nodes): squeue no longer lists it
+    for _ in range(2):
+        await m.poll_once(m.pools["a"])
+    await settle()
+    assert "before its agent joined" in m.get("a")["error"] and "(next try in 5 s)" in m.get("a")["error"]
+    m.offer([waiting("j")], [], 0)
+    await settle()
+    assert len(driver.submitted) == 1  # not again at once
+    await m.stop()
+
+
 async def test_join_admission() -> None:
     m, _driver, _, _ = await manager_with(a={"max_nodes": 1})
     m.offer([waiting("j")], [], 0)

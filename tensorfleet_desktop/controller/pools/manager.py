@@ -358,10 +358,7 @@ class PoolManager:
         try:
             alloc.id = await pool.driver.submit(script, sbatch_args(settings, alloc.nodes))
         except SlurmError as exc:
-            pool.backoff = min(SUBMIT_BACKOFF_MAX, max(SUBMIT_BACKOFF_FIRST, pool.backoff * 2))
-            pool.submit_after = time.monotonic() + pool.backoff
-            pool.error = f"cannot submit an allocation: {exc} (next try in {pool.backoff:.0f} s)"
-            log.warning("pool %s: %s", settings.name, pool.error)
+            self._back_off(pool, f"cannot submit an allocation: {exc}")
             self._drop(pool, alloc)
             return
         pool.error, pool.backoff = "", 0.0
@@ -371,6 +368,14 @@ class PoolManager:
             settings.name, alloc.id, alloc.nodes, ", ".join(alloc.jobs),
         )  # fmt: skip
         pool.wake.set()
+
+    @staticmethod
+    def _back_off(pool: _Pool, problem: str) -> None:
+        """No new allocation for a while (doubling): the pool's error says why and when it tries again."""
+        pool.backoff = min(SUBMIT_BACKOFF_MAX, max(SUBMIT_BACKOFF_FIRST, pool.backoff * 2))
+        pool.submit_after = time.monotonic() + pool.backoff
+        pool.error = f"{problem} (next try in {pool.backoff:.0f} s)"
+        log.warning("pool %s: %s", pool.settings.name, pool.error)
 
     def _drop(self, pool: _Pool, alloc: Allocation) -> None:
         """The allocation is over (or never was): its jobs are offered again, its agents forgotten."""
@@ -437,6 +442,13 @@ class PoolManager:
 
     def _ended(self, pool: _Pool, alloc: Allocation, state: str) -> None:
         self._drop(pool, alloc)
+        if not alloc.agents and not alloc.cancelling:  # its agents never came: asking again at once would loop
+            self._back_off(
+                pool,
+                f"Slurm allocation {alloc.id} ended{f' ({state})' if state else ''} before its agent joined: check "
+                f"that {' '.join(self.agent_command(pool.settings))!r} runs on the nodes and that they reach "
+                f"{self.controller_address} (keep the allocation's output with --sbatch-arg=--output=PATH)",
+            )
         if state:
             log.info("pool %s: Slurm allocation %s ended (%s)", pool.settings.name, alloc.id, state)
             return

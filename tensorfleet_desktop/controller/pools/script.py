@@ -26,7 +26,7 @@ def sbatch_args(pool: PoolSettings, nodes: int) -> list[str]:
         f"--partition={pool.partition}",
         f"--nodes={nodes}",
         "--ntasks-per-node=1",
-        "--output=/dev/null",
+        "--output=/dev/null",  # the agents log nothing the controller lacks; a pool's --output=PATH comes later
     ]
     if pool.account:
         args.append(f"--account={pool.account}")

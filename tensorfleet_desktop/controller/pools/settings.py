@@ -21,7 +21,7 @@ _TIME = re.compile(
     r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$"
 )
 # sbatch options the pool manager sets itself: a pool's extra arguments may not change them
-_RESERVED = ("--job-name", "-J", "--nodes", "-N", "--parsable", "--output", "-o", "--wrap", "--export")
+_RESERVED = ("--job-name", "-J", "--nodes", "-N", "--parsable", "--wrap", "--export")
 
 
 def time_limit_seconds(text: str) -> float | None:
