@@ -442,7 +442,7 @@ class PoolManager:
 
     def _ended(self, pool: _Pool, alloc: Allocation, state: str) -> None:
         self._drop(pool, alloc)
-        if not alloc.agents and not alloc.cancelling:  # its agents never came: asking again at once would loop
+        if alloc.scope and not alloc.agents and not alloc.cancelling:  # ours, and its agent never came
             self._back_off(
                 pool,
                 f"Slurm allocation {alloc.id} ended{f' ({state})' if state else ''} before its agent joined: check "
