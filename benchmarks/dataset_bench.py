@@ -12,7 +12,8 @@ The 8 agents read it as the ranks of one script job naming the dataset (`--shape
 as 8 jobs each pinned to one agent (`--shape jobs`); "ready" is when a task's script runs (the dataset tree is
 mounted before it starts; it counts the files), measured from the submit. Prints
 JSON: the ready times, per-agent bytes from peers / controller / store (the task's `dataset_transfer`, or the
-controller's 'sent dataset' events where the controller does not report it yet) and the ratio to one agent's copy.
+controller's 'sent dataset' events where the controller does not report it yet), how many times the controller
+declared an agent LOST (`agents_lost`: each re-places a gang) and the ratio to one agent's copy.
 
 Needs root (network namespaces); traffic never leaves them. Usage:
     sudo .venv/bin/python benchmarks/dataset_bench.py [--size 1GiB] [--agents 8] [--rate 200mbit]
@@ -172,9 +173,18 @@ def run_phase(
             "bytes_from_peers": sum(a.get("bytes_from_peers", 0) for a in agents),
             "bytes_from_controller": sum(a.get("bytes_from_controller", 0) for a in agents),
             "agents": agents,
+            "agents_lost": _lost(work / "controller.log"),
         }
     finally:
         cluster.stop()
+
+
+def _lost(log: Path) -> int:
+    """How many times the controller declared an agent LOST (each re-places the gang: the mounts start over)."""
+    try:
+        return sum("LOST: " in line for line in log.read_text(errors="replace").splitlines())
+    except FileNotFoundError:
+        return -1
 
 
 def save_logs(phase_dir: Path, to: Path) -> None:
