@@ -164,7 +164,7 @@ class AgentDaemon:
             self.power = IdleSuspender(
                 cfg.suspend_when_idle,
                 cfg.suspend_command,
-                lambda: self.executor.tasks_running > 0,
+                self._busy_for_suspend,
                 self._readvertise,
             )
         if cfg.desk is not None:
@@ -254,6 +254,10 @@ class AgentDaemon:
             cert_fingerprint="" if cfg.insecure else self.identity.fingerprint,
             agent_version=AGENT_VERSION,
         )
+
+    def _busy_for_suspend(self) -> bool:
+        """No suspend while a task runs, nor while a desk owner uses (or paused) the workstation."""
+        return self.executor.tasks_running > 0 or (self.desk is not None and not self.desk.lending)
 
     def _readvertise(self) -> None:
         """The power or desk state changed: the mDNS TXT record follows (in the background)."""
