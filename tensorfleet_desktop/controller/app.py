@@ -206,8 +206,8 @@ class ControllerApp:
         self._lock.set_address(self.address)
         self._connections = await asyncio.to_thread(self._write_connections, token, credentials is not None)
         for node_id, body in remembered.items():
-            if body.get("source") == "manual":
-                self.fleet.remember(node_id, body["address"], "manual", body.get("name", ""))
+            if body.get("source") in ("manual", "pool"):  # a pool's agents run on while their allocation lasts
+                self.fleet.remember(node_id, body["address"], body["source"], body.get("name", ""))
         for address in cfg.agents:
             self._keep_trying(address)
         if cfg.local_agent:

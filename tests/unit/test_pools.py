@@ -200,6 +200,9 @@ class FakeAgents:
     async def forget(self, node_id: str) -> None:
         self.forgotten.append(node_id)
 
+    def members(self, allocation_id: str) -> list[str]:
+        return []
+
 
 def waiting(
     job_id: str, ranks: int = 1, gang: bool = False, pool: str = "", waited: float = 30.0, **constraints: Any

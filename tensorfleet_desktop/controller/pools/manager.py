@@ -65,6 +65,7 @@ class Agents(Protocol):
 
     def busy(self, node_id: str) -> bool: ...
     async def forget(self, node_id: str) -> None: ...
+    def members(self, allocation_id: str) -> list[str]: ...
 
 
 @dataclass
@@ -199,6 +200,10 @@ class PoolManager:
         if self._running:
             pool.poller = asyncio.create_task(self._poll(pool), name=f"pool-{settings.name}")
         return pool
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` as the manager's own task (cancelled at stop)."""
+        self._spawn(coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -429,6 +434,8 @@ class PoolManager:
                 continue
             alloc.missing = 0
             alloc.state, alloc.reason = job.state, job.reason
+            if self.agents is not None:  # its agents as they report it (those of an adopted one, after a restart)
+                alloc.agents += [n for n in self.agents.members(alloc.id) if n not in alloc.agents]
             if job.started_at and not alloc.started_at:
                 alloc.started_at = job.started_at
             if self._finished_with(alloc):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import ssl
 
@@ -11,13 +12,22 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.identity import node_id_of_cert
 from tensorfleet_agent.rpc.client import fetch_certificate
 from tensorfleet_agent.security.secrets import register
-from tensorfleet_desktop.controller.fleet import AgentNotFound, AgentRecord, Fleet, FleetError, unreachable
+from tensorfleet_desktop.controller.fleet import (
+    AgentNotFound,
+    AgentRecord,
+    AgentState,
+    Fleet,
+    FleetError,
+    unreachable,
+)
 from tensorfleet_desktop.controller.pools.manager import JoinRequest, PoolManager
 from tensorfleet_desktop.controller.store.base import JobStore
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 FORGET_PATIENCE = 300.0  # seconds an ended allocation's agent may keep attempts before it is forgotten anyway
 FORGET_STEP = 2.0
+STALE_AFTER = 120.0  # seconds after a restart a remembered pool agent has to answer before it is forgotten
+log = logging.getLogger(__name__)
 
 
 class FleetMembers:
@@ -32,6 +42,23 @@ class FleetMembers:
         if record is None:
             return False
         return bool(record.placed) or (record.telemetry is not None and record.telemetry.tasks_running > 0)
+
+    def members(self, allocation_id: str) -> list[str]:
+        """The pool agents that say (NodeInfo.allocation_id) they run in this allocation."""
+        return [
+            r.node_id
+            for r in self.fleet.agents.values()
+            if r.source == "pool" and r.info is not None and r.info.allocation_id == allocation_id
+        ]
+
+    async def forget_unreachable(self, after: float = STALE_AFTER) -> None:
+        """Pool agents remembered from an earlier run whose allocation ended meanwhile never answer again: once
+        `after` seconds have passed since start, those not online are forgotten."""
+        await asyncio.sleep(after)
+        for record in list(self.fleet.agents.values()):
+            if record.source == "pool" and record.state is not AgentState.ONLINE and not record.placed:
+                log.info("pool agent %s did not come back after the restart: forgotten", record.name or record.node_id)
+                await self.forget(record.node_id)
 
     async def forget(self, node_id: str) -> None:
         """Its allocation ended: the agent is gone for good, not LOST; its stored record goes too. An agent that still

@@ -59,7 +59,9 @@ async def start_pools(
         job_state,
         driver_for=lambda p: SlurmDriver(p.login),
     )
-    manager.agents = FleetMembers(fleet, store)
+    members = FleetMembers(fleet, store)
+    manager.agents = members
     await manager.start()
+    manager.spawn(members.forget_unreachable())
     controller.add_capacity_source(manager)
     return manager
