@@ -15,7 +15,6 @@ from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.controller.fleet import (
     AgentNotFound,
     AgentRecord,
-    AgentState,
     Fleet,
     FleetError,
     unreachable,
@@ -52,13 +51,12 @@ class FleetMembers:
         ]
 
     async def forget_unreachable(self, after: float = STALE_AFTER) -> None:
-        """Pool agents remembered from an earlier run whose allocation ended meanwhile never answer again: once
-        `after` seconds have passed since start, those of them not online are forgotten (not one that joined since)."""
-        remembered = {node_id for node_id, r in self.fleet.agents.items() if r.source == "pool"}
+        """Pool agents remembered from an earlier run whose allocation ended meanwhile never answer again: `after`
+        seconds after the start, a pool agent that has not answered once in this run is forgotten (one that joined
+        since has streamed telemetry within seconds)."""
         await asyncio.sleep(after)
-        for node_id in remembered:
-            record = self.fleet.agents.get(node_id)
-            if record is not None and record.state is not AgentState.ONLINE and not record.placed:
+        for record in list(self.fleet.agents.values()):
+            if record.source == "pool" and record.last_seen == 0.0 and not record.placed:
                 log.info("pool agent %s did not come back after the restart: forgotten", record.name or record.node_id)
                 await self.forget(record.node_id)
 
