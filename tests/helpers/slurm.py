@@ -152,9 +152,12 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         return done.returncode == 0 and done.stdout.strip() in ("idle", "mix", "alloc")
 
     def stop(self) -> None:
+        """Cancel what still runs and wait for it to leave (slurmd ends its processes: the agents of a test that
+        failed midway must not outlive the cluster), then stop the daemons."""
         with contextlib.suppress(Exception):
             for job in self.jobs():
                 subprocess.run(["scancel", job], env={**os.environ, **self.env}, capture_output=True, timeout=10)
+            _wait(lambda: not self.jobs(), 15, "the cancelled jobs to end")
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
