@@ -7,9 +7,11 @@ A few streams per peer (STREAMS_PER_PEER, over one channel each), so the blobs s
 them; each blob goes to a `.part` file under the cache's incoming/ and is adopted only once its size and sha256 are
 the manifest's. A stream that breaks keeps what arrived: the blob goes back to the queue with its offset, and the
 next holder continues from there (GetPeerBlobRequest.offset) rather than from 0. A peer that cannot be reached,
-refuses the ticket or breaks a stream is dropped for the rest of the download; one that lacks a blob or sent bytes
-that do not hash to it is dropped for that blob only (a wrong hash restarts the blob from 0). Channels are made by
-rpc/client.py (peer_channel: TLS pinned to the fingerprint the controller gave).
+refuses the ticket or breaks a stream before sending anything is dropped for the rest of the download; one whose
+connection broke mid-blob (after bytes came) or that lacks a blob or sent bytes that do not hash to it is dropped for
+that blob only (a wrong hash restarts the blob from 0). A blob every live holder lacked (or broke) is asked again
+after RETRY_AFTER while the download makes progress (PATIENCE): the controller names holders it is still sending to.
+Channels are made by rpc/client.py (peer_channel: TLS pinned to the fingerprint the controller gave).
 """
 
 from __future__ import annotations
@@ -296,6 +298,12 @@ class PeerFetch:
                 self._channels[peer] = channel
         return channel
 
+    def _forget_channel(self, peer: str, channel: grpc.Channel) -> None:
+        with self._cond:
+            if self._channels.get(peer) is channel:
+                del self._channels[peer]
+        channel.close()
+
     def _fetch(self, peer: str, sha: str) -> None:
         want = self.wants[sha]
         with self._cond:
@@ -303,10 +311,12 @@ class PeerFetch:
             if part is None:
                 part = self._parts[sha] = _Part(self.store.root / "incoming" / f"{uuid.uuid4().hex}.part")
         deadline = BASE_DEADLINE + (want.size - part.written) / MIN_RATE
-        call = PeerBlobCall(self._channel(peer), self.ticket, self.signature, sha, part.written, deadline)
+        channel = self._channel(peer)
+        call = PeerBlobCall(channel, self.ticket, self.signature, sha, part.written, deadline)
         with self._cond:
             self._calls.add(call)
         started = time.monotonic()
+        resumed_at = part.written
         try:
             with open(part.path, "ab") as out:
                 for item in call:
@@ -332,6 +342,11 @@ class PeerFetch:
             reason = f"{code.name if code else 'UNKNOWN'}: {details} (after {part.written} of {want.size} bytes)"
             if code in _BLOB_ONLY:
                 raise _BlobFailed(reason, later=code in _LATER) from None
+            if code == grpc.StatusCode.UNAVAILABLE and resumed_at < part.written < want.size:
+                # The connection broke mid-stream (a reset, a keepalive ping lost on a saturated link): the peer
+                # was serving a moment ago. Its next call reconnects; if it is gone, that fails before any byte.
+                self._forget_channel(peer, channel)
+                raise _BlobFailed(reason, later=True) from None
             if part.written != want.size:
                 raise _PeerGone(reason) from None
             self._drop(peer, reason)  # every byte came before the stream broke: the blob is checked and kept

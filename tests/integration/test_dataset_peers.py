@@ -92,7 +92,9 @@ class _Peer:
     """An agent's AgentService with its blob cache holding `version` as an agent keeps it (a chunked file whole,
     its chunk blobs dropped), paired with `controller`."""
 
-    def __init__(self, loop: _Loop, root: Path, controller: Identity, version: Version, die_after: int = 0) -> None:
+    def __init__(
+        self, loop: _Loop, root: Path, controller: Identity, version: Version, die_after: int = 0, break_after: int = 0
+    ) -> None:
         self.loop = loop
         self.identity = load_or_create_identity(root / "identity", "agent")
         _write_json(
@@ -107,6 +109,7 @@ class _Peer:
         executor: Any = SimpleNamespace(datasets=DatasetCache(root / "datasets", self.blobs))
         self.offsets: list[tuple[str, int]] = []  # (sha256, offset) of each GetPeerBlob it was asked
         self.sent = 0
+        self.broke = False
         self.dying: asyncio.Task[None] | None = None
         peer = self
 
@@ -116,6 +119,9 @@ class _Peer:
                 async for item in super().GetPeerBlob(request, context):
                     yield item
                     peer.sent += len(item.data)
+                    if break_after and peer.sent >= break_after and not peer.broke:  # once: the peer lives on
+                        peer.broke = True
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, "Stream removed (connection reset)")
                     if die_after and peer.sent >= die_after and peer.dying is None:
                         # killed mid-transfer: every stream breaks (stopped from a task of its own, not this call's)
                         peer.dying = asyncio.get_running_loop().create_task(peer.server.stop(None))
@@ -239,6 +245,28 @@ def test_a_peer_named_before_it_has_a_blob_is_asked_again_and_the_controllers_sh
     finally:
         share.cancel()
         to_peer.cancel()
+        peer.stop()
+
+
+def test_a_stream_broken_mid_blob_by_the_only_holder_is_resumed_from_it(tmp_path: Path, loop: _Loop) -> None:
+    """A connection reset mid-blob (a keepalive ping lost on a saturated link) does not drop a peer that was
+    serving: the blob is asked again from its offset; with no other holder it would otherwise fail SETUP."""
+    controller = load_or_create_identity(tmp_path / "controller", "controller")
+    files = {"big.bin": os.urandom(CHUNK_BYTES + 4321)}
+    version = _version(files)
+    peer = _Peer(loop, tmp_path / "peer", controller, version, break_after=2 * (1 << 20))
+    reader = _reader(tmp_path / "reader", version)
+    ticket, signature = make_ticket(controller, "reader", [version.content_id], ttl=60, job_id="job-1")
+    holds = [e.sha256 for e in version.entries]
+    mount = DatasetMount("pets", 1, version.content_id, "", (peer.source(holds),), ticket, signature)
+    try:
+        held = reader.acquire(mount)
+        assert (held.path / "big.bin").read_bytes() == files["big.bin"]
+        transfer = held.transfer()
+        assert peer.broke and transfer.peer_failures >= 1, transfer
+        assert transfer.bytes_from_peers == len(files["big.bin"]), transfer  # resumed, nothing fetched twice
+        assert any(off > 0 for _sha, off in peer.offsets), peer.offsets
+    finally:
         peer.stop()
 
 
