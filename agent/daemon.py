@@ -42,6 +42,7 @@ from tensorfleet_agent.security.secrets import cluster_id_of, register
 from tensorfleet_agent.workloads.registry import available_workloads
 
 log = logging.getLogger(__name__)
+TXT_UPDATE_SPACING = 1.0  # seconds between two mDNS TXT updates (power, desk)
 
 
 @dataclass
@@ -99,7 +100,8 @@ class AgentDaemon:
         self.desk: DeskMonitor | None = None
         self._desk_control: DeskControl | None = None
         self._ethtool_wol: dict[str, bool] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._txt_changed = asyncio.Event()
+        self._txt_follower: asyncio.Task[None] | None = None
 
     @staticmethod
     async def _check_project_python(envs: EnvCache) -> None:
@@ -253,6 +255,8 @@ class AgentDaemon:
             cluster_id=cfg.cluster_id,
             cert_fingerprint="" if cfg.insecure else self.identity.fingerprint,
             agent_version=AGENT_VERSION,
+            power="sleeping" if self.power is not None and self.power.going_to_sleep else "awake",
+            desk=self.desk.state() if self.desk is not None else "",
         )
 
     def _busy_for_suspend(self) -> bool:
@@ -263,9 +267,21 @@ class AgentDaemon:
         """The power or desk state changed: the mDNS TXT record follows (in the background)."""
         if self._advertiser is None:
             return
-        task = asyncio.create_task(self._advertiser.update(self._advertisement()))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._txt_changed.set()
+        if self._txt_follower is None:
+            self._txt_follower = asyncio.create_task(self._follow_txt(self._advertiser), name="mdns-txt")
+
+    async def _follow_txt(self, advertiser: Advertiser) -> None:
+        """One update at a time, the newest state each, at most one a second (RFC 6762's rate for a record): a
+        state that changes back and forth quickly still ends announced as it is now."""
+        while True:
+            await self._txt_changed.wait()
+            self._txt_changed.clear()
+            try:
+                await advertiser.update(self._advertisement())
+            except Exception as exc:  # mDNS must never stop the agent
+                log.warning("could not update the mDNS record: %s", exc)
+            await asyncio.sleep(TXT_UPDATE_SPACING)
 
     def _write_ready_file(self) -> None:
         assert self.config.ready_file is not None
@@ -334,6 +350,8 @@ class AgentDaemon:
             await self.desk.stop()
         if drain:
             await self.executor.drain(self.config.drain_timeout)
+        if self._txt_follower is not None:
+            self._txt_follower.cancel()
         if self._advertiser is not None:
             await self._advertiser.stop()
         if self._server is not None:

@@ -93,6 +93,7 @@ class Advertiser:
             return
         self._info = _info(agent)
         await (await self._zc.async_update_service(self._info))
+        log.debug("mDNS record updated: power=%s desk=%s", agent.power, agent.desk or "-")
 
     async def stop(self) -> None:
         """Send the mDNS goodbye and close the sockets."""

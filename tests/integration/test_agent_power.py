@@ -14,15 +14,19 @@ import psutil
 import pytest
 
 from helpers.agents import AgentProcess
+from helpers.mdns_txt import mdns_says
 from tensorfleet_agent.core.types import TaskSpec
 
 pytestmark = pytest.mark.slow
 
 
 def _freezer(tmp_path: Path) -> Path:
-    """A suspend command that records when it ran and freezes the agent, as a real suspend would."""
+    """A suspend command that records when it ran and, a second later, freezes the agent, as a real suspend
+    would (which takes a moment too)."""
     script = tmp_path / "freeze.sh"
-    script.write_text(f'#!/bin/sh\ndate +%s.%N >> {tmp_path / "suspends"}\nkill -STOP "$TENSORFLEET_AGENT_PID"\n')
+    script.write_text(
+        f'#!/bin/sh\ndate +%s.%N >> {tmp_path / "suspends"}\nsleep 1\nkill -STOP "$TENSORFLEET_AGENT_PID"\n'
+    )
     script.chmod(0o755)
     return script
 
@@ -46,6 +50,7 @@ async def test_announce_suspend_freeze_and_resume(agent_factory: type[AgentProce
                 announced = time.time()
                 break
             assert not marks.exists(), "suspended without announcing it first"
+        await mdns_says(agent, "power", "sleeping", tries=4)  # on mDNS too, while the command starts
         (task,) = await client.list_tasks(include_finished=True)
         assert task.finished_at > 0 and announced - task.finished_at >= 0.9  # idle since the task's end
     for _ in range(100):
@@ -58,7 +63,8 @@ async def test_announce_suspend_freeze_and_resume(agent_factory: type[AgentProce
     async with agent.client() as client:
         first = await anext(aiter(client.telemetry(0.2)))
         assert not first.going_to_sleep
-        # a task now is accepted; the idle clock restarted, so no second suspend within 1 s
-        await client.run_task(TaskSpec("t2", "j", "noop", {}))
-        await asyncio.sleep(0.6)
+        # a task now is accepted and keeps it awake: no second suspend, and mDNS says power=awake again
+        await client.run_task(TaskSpec("t2", "j", "sleep", {"seconds": 1.5}))
+        await mdns_says(agent, "power", "awake", tries=4)
         assert len(marks.read_text().split()) == 1
+    os.kill(agent.proc.pid, signal.SIGCONT)  # idle again since: it may have suspended (frozen) itself once more

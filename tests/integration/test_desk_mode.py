@@ -18,6 +18,7 @@ import pytest
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
+from helpers.mdns_txt import mdns_says
 from helpers.waiting import wait_until
 from helpers.xvfb import HELPERS, Xvfb, missing_tools
 from tensorfleet_agent.core.types import ExitCause, Finished, TaskSpec, TaskState
@@ -105,6 +106,7 @@ async def test_owner_input_hands_the_machine_back_within_2s(
         gpu_procs.write_text(json.dumps([[0, os.getpid(), 2**30]]))
         reason = await _desk(client, "owner_active")
         assert "of GPU 0" in reason and f"pid {os.getpid()}" in reason
+        await mdns_says(agent, "desk", "owner_active")
         gpu_procs.unlink()
         await _desk(client, "lending")
 
@@ -112,9 +114,11 @@ async def test_owner_input_hands_the_machine_back_within_2s(
         answer = await asyncio.to_thread(_desk_cli, agent, "pause")
         assert answer["state"] == "paused" and answer["paused"] is True
         assert (await _desk(client, "paused")).startswith("paused by the owner")
+        await mdns_says(agent, "desk", "paused")
         assert (await asyncio.to_thread(_desk_cli, agent, "status"))["state"] == "paused"
         assert (await asyncio.to_thread(_desk_cli, agent, "resume"))["paused"] is False
         await _desk(client, "lending")
+        await mdns_says(agent, "desk", "lending")
 
 
 def test_a_job_handed_back_is_queued_again_and_finishes_without_a_failure(

@@ -4,6 +4,7 @@ through a fake GPU reader, CPU), the lending hours, logind's idle hint, the owne
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from tensorfleet_agent.core.errors import ResourcesExhausted
 from tensorfleet_agent.desk.control import DeskControl, ask
 from tensorfleet_agent.desk.gpu_use import GpuUse, gpu_busy
-from tensorfleet_agent.desk.logind import parse_idle_hint
+from tensorfleet_agent.desk.logind import LogindIdle, parse_idle_hint
 from tensorfleet_agent.desk.monitor import PAUSED, DeskConfig, DeskMonitor
 from tensorfleet_agent.desk.schedule import Hours
 from tensorfleet_agent.desk.signals import Reading
@@ -128,6 +129,23 @@ def test_logind_idle_hint() -> None:
     assert parse_idle_hint("IdleHint=no\nIdleSinceHint=0\n", 100.0) == Reading(idle_seconds=0.0)
     assert parse_idle_hint("IdleHint=yes\nIdleSinceHint=40000000\n", 100.0) == Reading(idle_seconds=60.0)
     assert parse_idle_hint("Unknown property\n", 100.0) is None
+
+
+def test_logind_signal_reads_loginctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LogindIdle through a fake `loginctl` of the same interface (no systemd here)."""
+    fake = tmp_path / "loginctl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = show-seat ]; then echo 7; exit 0; fi\n'
+        '[ "$2" = 7 ] || { echo "no session $2" >&2; exit 1; }\n'
+        "echo IdleHint=yes; echo IdleSinceHint=$(( $(date +%s) - 30 ))000000\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("XDG_SESSION_ID", raising=False)
+    reading = LogindIdle().read()
+    assert reading is not None and reading.idle_seconds is not None and 29 <= reading.idle_seconds <= 32
+    assert LogindIdle("8").read() is None  # loginctl refused: unavailable, not a crash
 
 
 async def test_control_socket_is_the_owners_only(tmp_path: Path) -> None:
