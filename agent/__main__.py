@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=socket.gethostname(), help="label shown in the fleet (default: hostname)")
     p.add_argument("--data-dir", type=Path, default=None, help=f"state directory (default: {default_data_dir()})")
     p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML settings kept across restarts, e.g. a [desk] section (default: DATA_DIR/agent.toml if it exists); "
+        "flags win over the file",
+    )
+    p.add_argument(
         "--interfaces",
         default=None,
         help=f"comma list of IPv4 addresses or interface names for mDNS (default: ${ENV_VAR} or all)",
@@ -360,9 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         from tensorfleet_agent.runtime.interfaces import WolFlag
 
         wol = WolFlag.parse(args.wol)
+        from tensorfleet_agent.config_file import load_config
         from tensorfleet_agent.desk.cli import desk_config
 
-        desk = desk_config(args)
+        file_settings = load_config(args.config, (args.data_dir or default_data_dir()).resolve())
+        desk = desk_config(args, file_settings.get("desk"))
         project_python = _project_python(args.python)
         labels = _labels(args.label)
         join = join_settings(args)  # pops the join credential from the environment

@@ -17,46 +17,107 @@ _SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
+#: Built-in values of the desk settings; the agent config file's [desk] section and then the flags override them.
+DEFAULTS: dict[str, object] = {
+    "enabled": False,
+    "idle": "10m",
+    "hours": "",
+    "gpu_memory": "512MiB",
+    "cpu_percent": 25.0,
+    "display": "",
+}
+#: [desk] key -> the flag it stands for (errors about a file value name both).
+_FLAGS = {
+    "enabled": "--desk",
+    "idle": "--desk-idle",
+    "hours": "--desk-hours",
+    "gpu_memory": "--desk-gpu-memory",
+    "cpu_percent": "--desk-cpu-percent",
+    "display": "--desk-display",
+}
+
+
 def add_desk_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--desk",
         action="store_true",
+        default=None,
         help="desk mode: lend this workstation only while its owner is away (no keyboard or mouse input, no other "
-        "programs on the GPU or CPU); hand it back within 2 s when the owner returns",
+        "programs on the GPU or CPU); hand it back within 2 s when the owner returns ([desk] enabled = true in "
+        "the config file does the same)",
     )
-    p.add_argument("--desk-idle", default="10m", metavar="DURATION", help="idle time before lending (default: 10m)")
+    p.add_argument("--desk-idle", default=None, metavar="DURATION", help="idle time before lending (default: 10m)")
     p.add_argument(
-        "--desk-hours", default="", metavar="HH:MM-HH:MM", help="lend only within these local hours, e.g. 19:00-08:00"
+        "--desk-hours", default=None, metavar="HH:MM-HH:MM", help="lend only within these local hours, e.g. 19:00-08:00"
     )
     p.add_argument(
         "--desk-gpu-memory",
-        default="512MiB",
+        default=None,
         metavar="SIZE",
         help="GPU memory held by other programs that means the owner uses the GPU (default: 512MiB)",
     )
     p.add_argument(
         "--desk-cpu-percent",
         type=float,
-        default=25.0,
+        default=None,
         metavar="PERCENT",
         help="share of the machine's CPU used by other programs that means the owner uses it (default: 25)",
     )
-    p.add_argument("--desk-display", default="", metavar="DISPLAY", help="the X display to watch (default: $DISPLAY)")
+    p.add_argument("--desk-display", default=None, metavar="DISPLAY", help="the X display to watch (default: $DISPLAY)")
 
 
-def desk_config(args: argparse.Namespace) -> DeskConfig | None:
-    """The DeskConfig of the parsed flags (None without --desk); ValueError naming the flag otherwise."""
-    if not args.desk:
+def desk_settings(args: argparse.Namespace, section: dict[str, object]) -> dict[str, object]:
+    """The desk settings in force: a flag given on the command line, else the config file's [desk] key, else the
+    built-in default. ValueError naming the key (and its flag) for an unknown key or a value of the wrong type."""
+    unknown = sorted(set(section) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"[desk] has no setting {unknown[0]!r} (known: {', '.join(DEFAULTS)})")
+    flags = {
+        "enabled": args.desk,
+        "idle": args.desk_idle,
+        "hours": args.desk_hours,
+        "gpu_memory": args.desk_gpu_memory,
+        "cpu_percent": args.desk_cpu_percent,
+        "display": args.desk_display,
+    }
+    out: dict[str, object] = {}
+    for key, default in DEFAULTS.items():
+        if flags[key] is not None:
+            out[key] = flags[key]
+            continue
+        value = section.get(key, default)
+        where = f"[desk] {key} (or {_FLAGS[key]})"
+        if key == "enabled" and not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        if key == "cpu_percent" and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        if key == "idle" and (isinstance(value, bool) or not isinstance(value, str | int | float)):
+            raise ValueError(f'{where} must be a duration like "10m" or seconds, got {value!r}')
+        if key == "gpu_memory" and (isinstance(value, bool) or not isinstance(value, str | int)):
+            raise ValueError(f'{where} must be a size like "512MiB" or bytes, got {value!r}')
+        if key in ("hours", "display") and not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        out[key] = value
+    return out
+
+
+def desk_config(args: argparse.Namespace, section: dict[str, object] | None = None) -> DeskConfig | None:
+    """The DeskConfig of the flags over the config file's [desk] section (None unless desk mode is on);
+    ValueError naming the flag or key otherwise."""
+    settings = desk_settings(args, section or {})
+    if not settings["enabled"]:
         return None
-    idle = parse_duration(args.desk_idle, "--desk-idle")
-    if not math.isfinite(args.desk_cpu_percent) or not 0 < args.desk_cpu_percent <= 100:
-        raise ValueError(f"--desk-cpu-percent must be between 0 and 100, got {args.desk_cpu_percent:g}")
+    idle = parse_duration(str(settings["idle"]), "--desk-idle")
+    cpu = float(settings["cpu_percent"])  # type: ignore[arg-type]  # checked by desk_settings
+    if not math.isfinite(cpu) or not 0 < cpu <= 100:
+        raise ValueError(f"--desk-cpu-percent ([desk] cpu_percent) must be between 0 and 100, got {cpu:g}")
+    hours = str(settings["hours"])
     return DeskConfig(
         idle_seconds=idle,
-        hours=Hours.parse(args.desk_hours) if args.desk_hours else None,
-        gpu_memory_bytes=parse_size(args.desk_gpu_memory, "--desk-gpu-memory"),
-        cpu_percent=args.desk_cpu_percent,
-        display=args.desk_display,
+        hours=Hours.parse(hours) if hours else None,
+        gpu_memory_bytes=parse_size(str(settings["gpu_memory"]), "--desk-gpu-memory ([desk] gpu_memory)"),
+        cpu_percent=cpu,
+        display=str(settings["display"]),
     )
 
 
