@@ -15,6 +15,7 @@ from tensorfleet_desktop.cli import (
     artifacts,
     datasets,
     demo,
+    desk_tray,
     exit_codes,
     gui,
     jobs,
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_parser(sub)
     agents.add_algorithms_parser(sub)
     demo.add_parser(sub)
+    desk_tray.add_parser(sub)
     return p
 
 
