@@ -69,7 +69,9 @@ def list_interfaces(
             if a.family == socket.AF_INET and a.address and not a.address.startswith("127."):
                 net = ipaddress.IPv4Interface(f"{a.address}/{a.netmask or '32'}").network
                 ipv4, prefix = a.address, net.prefixlen
-                broadcast = a.broadcast or (str(net.broadcast_address) if prefix < 31 else "")
+                # the subnet's broadcast from address and prefix: what the kernel reports can be unset, or the
+                # interface's own address on one configured without `brd` (a veth set up by `ip addr add`)
+                broadcast = str(net.broadcast_address) if prefix < 31 else (a.broadcast or "")
                 break
         if wol_flag.covers(name):
             wol, source = True, "flag"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from pathlib import Path
 
@@ -126,3 +127,18 @@ async def test_suspend_runs_after_announcing_and_refuses_tasks_meanwhile(tmp_pat
         assert changes[:2] == [True, False]  # announced (mDNS power=sleeping), then awake again
     finally:
         await power.stop()
+
+
+def test_the_broadcast_is_the_subnets_even_when_the_kernel_reports_the_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A veth set up with `ip addr add 10.77.0.5/24` (no `brd`) reports its own address as broadcast: a magic packet
+    sent there would reach no one."""
+    from types import SimpleNamespace
+
+    import psutil
+
+    link = SimpleNamespace(family=psutil.AF_LINK, address="02:00:0a:4d:00:05", netmask=None, broadcast=None)
+    inet = SimpleNamespace(family=socket.AF_INET, address="10.77.0.5", netmask="255.255.255.0", broadcast="10.77.0.5")
+    monkeypatch.setattr(psutil, "net_if_addrs", lambda: {"veth0": [link, inet]})
+    monkeypatch.setattr(psutil, "net_if_stats", lambda: {})
+    (veth,) = list_interfaces()
+    assert (veth.ipv4, veth.prefix_length, veth.broadcast) == ("10.77.0.5", 24, "10.77.0.255")
