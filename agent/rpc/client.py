@@ -303,10 +303,14 @@ class AgentClient:
         reply = await self._call(lambda md: self.stub.HasBlobs(request, timeout=timeout, metadata=md))
         return set(reply.present)
 
-    async def put_blob(self, path: Path, sha256: str | None = None) -> str:
+    async def put_blob(
+        self, path: Path, sha256: str | None = None, on_progress: Callable[[], None] | None = None
+    ) -> str:
         """Upload a file; returns its sha256. Without `sha256` the file is hashed first and the upload skipped when
         the agent has it; with it (a caller that asked HasBlobs already, for many blobs at once) it is sent as
-        that content at once (the agent hashes what arrives and refuses a mismatch)."""
+        that content at once (the agent hashes what arrives and refuses a mismatch). `on_progress` is called as
+        each chunk is taken for sending: past HTTP/2's flow-control window that happens only while the agent reads,
+        so it proves the agent alive when its telemetry is late (a saturated link)."""
         if sha256 is None:
             digest, size = await asyncio.to_thread(file_digest, path)
             if digest in await self.has_blobs([digest]):
@@ -318,6 +322,8 @@ class AgentClient:
             yield pb.BlobChunk(header=pb.BlobHeader(sha256=digest, size=size))
             with path.open("rb") as fh:
                 while data := await asyncio.to_thread(fh.read, CHUNK_BYTES):
+                    if on_progress is not None:
+                        on_progress()
                     yield pb.BlobChunk(data=data)
 
         await self._call(lambda md: self.stub.PutBlob(chunks(), metadata=md))

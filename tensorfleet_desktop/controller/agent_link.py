@@ -94,6 +94,7 @@ class FleetAgents:
     async def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncIterator[TaskEvent]:
         with _core_errors():
             async for event in self._client(node_id).watch_task(attempt, after_seq=after_seq):
+                self.fleet.heard_from(node_id)
                 yield event
 
     async def cancel_task(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float = 0.0) -> None:
@@ -110,7 +111,7 @@ class FleetAgents:
 
     async def put_blob(self, node_id: str, path: Path, sha256: str) -> None:
         with _core_errors():
-            await self._client(node_id).put_blob(path, sha256)
+            await self._client(node_id).put_blob(path, sha256, lambda: self.fleet.heard_from(node_id))
 
     async def put_bytes(self, node_id: str, data: bytes) -> str:
         with _core_errors():

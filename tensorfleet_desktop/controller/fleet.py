@@ -967,6 +967,14 @@ class Fleet:
             return str(exc.details())
         return ""
 
+    def heard_from(self, node_id: str) -> None:
+        """The agent answered on another stream (a task event, a blob it is reading): alive, though its telemetry
+        may be late behind data on a saturated link. Only an ONLINE agent's silence deadline moves: a LOST one comes
+        back by its telemetry (its session restarts)."""
+        record = self.agents.get(node_id)
+        if record is not None and record.state is AgentState.ONLINE:
+            record._silence_deadline = time.monotonic() + self.silence_limit
+
     def _seen(self, record: AgentRecord) -> None:
         record.last_seen = time.time()
         record._silence_deadline = time.monotonic() + self.silence_limit

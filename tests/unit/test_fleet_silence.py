@@ -78,3 +78,26 @@ async def test_silence_counts_from_online_not_from_before_a_slow_pairing() -> No
         assert states == ["added"], states
     finally:
         await fleet.stop()
+
+
+async def test_an_agent_answering_on_other_streams_is_not_silent() -> None:
+    """On a link saturated by a dataset exchange its telemetry arrives late, but its task events and the blob it
+    reads prove it alive; once everything from it stops, it is LOST within the same deadline."""
+    fleet = Fleet(telemetry_period=1.0)
+    fleet.silence_limit = 1.0
+    record = AgentRecord("n1", "127.0.0.1:1", "manual", "a1", state=AgentState.ONLINE)
+    fleet.agents[record.node_id] = record
+    fleet._seen(record)
+    await fleet.start()
+    try:
+        for _ in range(8):  # 1.6 s without telemetry, a task event or a blob chunk every 0.2 s
+            await asyncio.sleep(0.2)
+            fleet.heard_from("n1")
+        fleet.heard_from("someone-else")  # unknown ids are ignored
+        assert record.state is AgentState.ONLINE, record.error
+        await asyncio.sleep(1.5)
+        assert record.state is AgentState.LOST
+        fleet.heard_from("n1")  # a LOST agent comes back by its telemetry only
+        assert record.state is AgentState.LOST
+    finally:
+        await fleet.stop()
