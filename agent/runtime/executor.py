@@ -777,6 +777,7 @@ class Executor:
         # workers, the agent, the desktop): measured 7x slower gradient boosting with two busy workers.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers GPUs as NVML does (gpus.py): the slots' indexes
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from typing import Any
 
@@ -12,12 +13,37 @@ from tensorfleet_agent.core.types import GpuInfo, GpuTelemetry
 log = logging.getLogger(__name__)
 
 
-class Gpus:
-    """Lazily initialised NVML; every call is safe on a machine without NVIDIA drivers."""
+def allowed_gpus(visible: str | None, uuids: list[str]) -> list[int]:
+    """The NVML indexes this agent may use, from the CUDA_VISIBLE_DEVICES it was started with (a Slurm allocation's
+    GRES, a container's devices): None = every GPU; its entries are indexes or UUIDs (a prefix of at least
+    "GPU-" and 4 more characters, as CUDA takes them); "" / "-1" / an unknown entry end the list as CUDA does."""
+    if visible is None:
+        return list(range(len(uuids)))
+    out: list[int] = []
+    for raw in visible.split(","):
+        entry = raw.strip()
+        if entry.isdigit() and int(entry) < len(uuids):
+            index = int(entry)
+        else:
+            matches = [i for i, u in enumerate(uuids) if len(entry) >= 8 and u.startswith(entry)]
+            if len(matches) != 1:
+                break  # CUDA stops at the first entry it cannot use
+            index = matches[0]
+        if index in out:
+            break
+        out.append(index)
+    return out
 
-    def __init__(self) -> None:
+
+class Gpus:
+    """Lazily initialised NVML; every call is safe on a machine without NVIDIA drivers. Only the GPUs the agent's
+    own CUDA_VISIBLE_DEVICES allows are seen (by their NVML index; tasks get CUDA_DEVICE_ORDER=PCI_BUS_ID, so a
+    task's CUDA_VISIBLE_DEVICES names the same GPUs)."""
+
+    def __init__(self, visible: str | None = None, from_env: bool = True) -> None:
         self._nvml: Any = None
-        self._handles: list[Any] = []
+        self._handles: list[tuple[int, Any]] = []  # (NVML index, handle) of the GPUs this agent may use
+        self._visible = os.environ.get("CUDA_VISIBLE_DEVICES") if from_env and visible is None else visible
         self._lock = threading.Lock()
         self._initialised = False
 
@@ -30,9 +56,15 @@ class Gpus:
 
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
+            allowed = allowed_gpus(self._visible, uuids)
+            self._handles = [(i, handles[i]) for i in allowed]
             self._nvml = pynvml
-            log.info("NVML: %d GPU(s)", count)
+            if len(allowed) < count:
+                log.info("NVML: %d GPU(s), %d allowed by CUDA_VISIBLE_DEVICES=%s", count, len(allowed), self._visible)
+            else:
+                log.info("NVML: %d GPU(s)", count)
         except Exception as exc:  # NVMLError_LibraryNotFound, driver mismatch, no module...
             log.info("no GPUs visible through NVML (%s)", type(exc).__name__)
             self._handles = []
@@ -42,7 +74,7 @@ class Gpus:
             self._init()
             nv = self._nvml
             out = []
-            for index, handle in enumerate(self._handles):
+            for index, handle in self._handles:
                 try:
                     name = nv.nvmlDeviceGetName(handle)
                     uuid = nv.nvmlDeviceGetUUID(handle)
@@ -58,7 +90,7 @@ class Gpus:
             self._init()
             nv = self._nvml
             out = []
-            for index, handle in enumerate(self._handles):
+            for index, handle in self._handles:
                 util = temp = power = 0.0
                 used = total = 0
                 with contextlib.suppress(Exception):
@@ -79,7 +111,7 @@ class Gpus:
             self._init()
             nv = self._nvml
             out = []
-            for index, handle in enumerate(self._handles):
+            for index, handle in self._handles:
                 seen: set[int] = set()
                 for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
                     try:
