@@ -514,6 +514,12 @@ class Fleet:
             if pinned and pinned != fingerprint:
                 raise Impersonation(changed_certificate(clean_text(info.name) or node_id[:12], fingerprint, pinned))
         known = info.node_id in self.agents
+        existing = self.agents.get(info.node_id)
+        if source == "pool" and existing is not None and existing.source != "pool":
+            raise FleetError(  # a join credential never takes over an agent added otherwise (members.join)
+                f"agent {existing.name or info.node_id[:12]} is already in this fleet as a {existing.source} agent; "
+                "it cannot join as a pool agent"
+            )
         record = self._adopt(info.node_id, address, source, clean_text(info.name), verified=True)
         if fingerprint:  # verified: the certificate proves the node id; pin it (trust on first use)
             record.fingerprint = self.pins.setdefault(record.node_id, fingerprint)

@@ -378,3 +378,20 @@ async def test_pools_persist_and_remove_refuses_while_work_runs() -> None:
     await m.remove("a")
     assert driver.cancelled == ["1000"] and "a" not in m.store.pools  # type: ignore[attr-defined]
     await m.stop()
+
+
+async def test_a_join_credential_cannot_take_over_an_agent_added_otherwise() -> None:
+    from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
+    from tensorfleet_desktop.controller.pools.members import join
+
+    m, _driver, _, _ = await manager_with(a={"max_nodes": 1})
+    m.offer([waiting("j")], [], 0)
+    await settle()
+    alloc = m.pools["a"].allocations[0]
+    fleet = Fleet()
+    fleet.agents["n1"] = AgentRecord("n1", "10.0.0.5:50051", "manual", "desk-5")
+    request = JoinRequest(m.credentials.mint("a", 60, scope=alloc.scope), "10.0.0.5:50051", "n1", "", "a", "", "h")
+    with pytest.raises(JoinRefused, match="agent desk-5 is already in this fleet as a manual agent"):
+        await join(m, fleet, request)
+    assert fleet.agents["n1"].source == "manual" and alloc.agents == []
+    await m.stop()

@@ -19,7 +19,7 @@ from tensorfleet_desktop.controller.fleet import (
     FleetError,
     unreachable,
 )
-from tensorfleet_desktop.controller.pools.manager import JoinRequest, PoolManager
+from tensorfleet_desktop.controller.pools.manager import JoinRefused, JoinRequest, PoolManager
 from tensorfleet_desktop.controller.store.base import JobStore
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -88,11 +88,25 @@ def check_request(request: JoinRequest) -> None:
         raise ValidationError("cert_fingerprint", "must be 64 hex characters (sha256 of the agent's certificate)")
 
 
+def refuse_takeover(fleet: Fleet, node_id: str) -> None:
+    """A join credential admits pool agents only: an agent already in the fleet by pairing, mDNS or the local one
+    (whose node id and certificate anyone can learn from a TLS handshake) is never taken over, re-sourced as a pool
+    agent and later forgotten with its allocation (JoinRefused)."""
+    record = fleet.agents.get(node_id)
+    if record is not None and record.source != "pool":
+        raise JoinRefused(
+            f"node_id: agent {record.name or node_id[:12]} is already in this fleet as a {record.source} agent; "
+            "a join credential cannot take it over (remove it first with `tensorfleet agents remove` if this "
+            "machine now serves a pool)"
+        )
+
+
 async def join(manager: PoolManager, fleet: Fleet, request: JoinRequest) -> AgentRecord:
     """Admit a joining agent: its credential (JoinRefused), its certificate (it must be the one it names, and prove
     its node id), then add it and pair with the credential as its join token, as `agents pair` does."""
     check_request(request)
     alloc = manager.admit(request)
+    refuse_takeover(fleet, request.node_id)
     if fleet.identity is not None:
         if not request.cert_fingerprint:
             raise ValidationError("cert_fingerprint", "is required: this controller pairs over TLS")
@@ -109,6 +123,7 @@ async def join(manager: PoolManager, fleet: Fleet, request: JoinRequest) -> Agen
         if node_id != request.node_id:
             raise FleetError(f"node_id: the certificate at {request.address} is node {node_id[:12]}, not the one named")
     register(request.credential)  # never printed in a log or an error
+    refuse_takeover(fleet, request.node_id)  # again: it may have been added while the certificate was fetched
     record = await fleet.add(request.address, "pool", pair_token=request.credential if fleet.identity else "")
     manager.joined(alloc, record.node_id)
     return record
