@@ -81,7 +81,7 @@ class DeskMonitor:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # the agent's stop goes on regardless
                 await task
         for signal in self.signals:
             await asyncio.to_thread(signal.close)
@@ -94,7 +94,10 @@ class DeskMonitor:
                 log.exception("desk mode: reading %s failed", signal.name)
                 reading = None
             self._readings[signal.name] = reading
-            self.evaluate()
+            try:
+                self.evaluate()
+            except Exception:  # nor may a failed decision end this poll: its reading would stay frozen
+                log.exception("desk mode: deciding after reading %s failed", signal.name)
             await asyncio.sleep(signal.period)
 
     # ---- the decision

@@ -106,6 +106,45 @@ def test_other_programs_on_the_gpu_or_cpu_mean_the_owner_uses_it() -> None:
     assert h.monitor.lending
 
 
+async def test_a_failed_decision_is_logged_and_polling_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    x11 = FakeSignal("x11", Reading(idle_seconds=700))
+    h = Harness(DeskConfig(idle_seconds=600), x11)
+    calls = 0
+
+    def failing_preempt(reason: str, grace: float) -> list[str]:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("preempt_all broke")
+
+    h.monitor._preempt_all = failing_preempt
+    h.running = 1
+    x11.reading = Reading(idle_seconds=0.1)  # the owner is back: every evaluate() hands back, and fails
+    h.monitor.start()
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if calls >= 3:
+                break
+        assert calls >= 3  # the poll kept going after the first failure
+        assert "desk mode: deciding after reading x11 failed" in caplog.text
+        x11.reading = Reading(idle_seconds=5)
+        await asyncio.sleep(0.05)
+        assert h.monitor._readings["x11"] == Reading(idle_seconds=5)  # not frozen
+    finally:
+        await h.monitor.stop()  # does not re-raise
+
+
+async def test_stop_survives_a_poll_task_that_died() -> None:
+    h = Harness(DeskConfig(idle_seconds=600), FakeSignal("x11", Reading(idle_seconds=700)))
+
+    async def died() -> None:
+        raise RuntimeError("boom")
+
+    h.monitor._tasks.append(asyncio.create_task(died()))
+    await asyncio.sleep(0)
+    await h.monitor.stop()
+
+
 def test_hours_pause_and_schedule() -> None:
     night = Hours.parse("19:00-08:00")
     assert night.contains(datetime(2026, 1, 1, 23, 0)) and night.contains(datetime(2026, 1, 1, 7, 59))
