@@ -76,7 +76,9 @@ class WakeSource:
             self._asked.clear()
             return {}
         self._account(sleepers, now)
-        coming = {s.node_id: _copy(s.capacity) for s in sleepers if s.waking}
+        # on their way: waking, or asked within the wake timeout (its packet still being sent, or it could not be:
+        # asked again only once _account has counted the failure and its back-off has passed)
+        coming = {s.node_id: _copy(s.capacity) for s in sleepers if s.waking or s.node_id in self._asked}
         by_id = {s.node_id: s for s in sleepers}
         reasons: dict[str, str] = {}
         for item in waiting:
@@ -121,6 +123,9 @@ class WakeSource:
 
     def _waking_text(self, s: Sleeper, now: float) -> str:
         sent = self._asked.get(s.node_id) or s.last_wake_at
+        if not s.waking and now > sent:  # asked a tick ago or more, but no packet went out: say so, and why
+            why = s.error or "no magic packet sent yet"
+            return f"waking agent {s.name} (asked {max(0.0, now - sent):.0f} s ago; {why})"
         return f"waking agent {s.name} (magic packet sent {max(0.0, now - sent):.0f} s ago)"
 
     def _account(self, sleepers: list[Sleeper], now: float) -> None:

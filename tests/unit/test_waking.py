@@ -92,6 +92,26 @@ def test_a_machine_that_does_not_wake_is_retried_after_a_growing_back_off() -> N
     assert port.woken == ["n", "n", "n"]
 
 
+def test_a_wake_that_cannot_be_sent_is_not_asked_again_every_tick_and_backs_off() -> None:
+    """The controller is not on the sleeper's subnet and no agent there relays: the fleet's wake fails and the
+    agent stays SLEEPING (not WAKING). It is asked once per wake timeout, then backs off, and the job says so."""
+    port = Port(wake_timeout=10.0, asleep={"n": sleeper("n")})
+    port.wake_soon = port.woken.append  # type: ignore[method-assign]  # the packet never goes out
+    source = WakeSource(port)
+    source.offer([waiting("j1")], [], 0.0)
+    port.asleep["n"] = Sleeper("n", "n", False, port.asleep["n"].capacity, True, error="no magic packet could be sent")
+    for now in (0.5, 1.0, 5.0, 9.5):  # ticks within the timeout: counted as coming, not asked again
+        reasons = source.offer([waiting("j1")], [], now)
+    assert port.woken == ["n"]
+    assert reasons == {"j1": "waking agent n (asked 10 s ago; no magic packet could be sent)"}
+    reasons = source.offer([waiting("j1")], [], 10.5)  # the timeout: a failure, and the back-off
+    assert reasons["j1"].startswith("agent n did not wake within 10 s") and port.woken == ["n"]
+    source.offer([waiting("j1")], [], 20.0)
+    assert port.woken == ["n"]
+    source.offer([waiting("j1")], [], 21.0)
+    assert port.woken == ["n", "n"]
+
+
 def test_a_gang_wakes_enough_machines_for_all_its_ranks() -> None:
     port = Port(asleep={s: sleeper(s, slots=1) for s in ("a", "b", "c")})
     WakeSource(port).offer([waiting("g", ranks=2, gang=True)], [], 0.0)
