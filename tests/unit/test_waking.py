@@ -92,11 +92,15 @@ def test_a_machine_that_does_not_wake_is_retried_after_a_growing_back_off() -> N
     assert port.woken == ["n", "n", "n"]
 
 
+class Unsent(Port):
+    def wake_soon(self, node_id: str) -> None:
+        self.woken.append(node_id)  # the packet never goes out: the agent stays SLEEPING
+
+
 def test_a_wake_that_cannot_be_sent_is_not_asked_again_every_tick_and_backs_off() -> None:
     """The controller is not on the sleeper's subnet and no agent there relays: the fleet's wake fails and the
     agent stays SLEEPING (not WAKING). It is asked once per wake timeout, then backs off, and the job says so."""
-    port = Port(wake_timeout=10.0, asleep={"n": sleeper("n")})
-    port.wake_soon = port.woken.append  # type: ignore[method-assign]  # the packet never goes out
+    port = Unsent(wake_timeout=10.0, asleep={"n": sleeper("n")})
     source = WakeSource(port)
     source.offer([waiting("j1")], [], 0.0)
     port.asleep["n"] = Sleeper("n", "n", False, port.asleep["n"].capacity, True, error="no magic packet could be sent")
