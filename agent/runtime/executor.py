@@ -85,6 +85,8 @@ _WORKLOAD_CAUSES = frozenset(
     {ExitCause.EXCEPTION, ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP, ExitCause.BAD_COMMAND}
 )
 _CANCEL_GRACE = 1.0
+# How long a worker killed by a SIGTERM the agent did not send waits to be marked preempted by the agent's own stop.
+_SIGTERM_SETTLE = 1.0
 #: Workload categories that can save a checkpoint and stop when asked (SIGUSR1); the others are stopped at once.
 CHECKPOINTING = frozenset({"torch", "script"})
 
@@ -101,6 +103,7 @@ class _Running:
     killed: asyncio.Event = field(default_factory=asyncio.Event)
     stop_requested: bool = False
     preempted: str = ""  # the reason, once preempt() was asked: it ends CANCELLED with ExitCause.PREEMPTED
+    ending: asyncio.Event = field(default_factory=asyncio.Event)  # set once preempted or killed
     runner: asyncio.Task[None] | None = None
     visible_gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES: the GPUs of the job's ranks here, own at LOCAL_RANK
     project: PreparedProject | None = None  # a project task's working dir and env, once PREPARING is done
@@ -312,11 +315,14 @@ class Executor:
             return False
         if running.kill_cause:
             return True  # already ending
-        running.preempted = reason or "preempted"
+        _mark_preempted(running, reason)
         worker = running.worker
         checkpoints = get_workload(running.spec.workload).category in CHECKPOINTING
         if checkpoint_grace > 0 and checkpoints and worker is not None and worker.alive:
-            self._request_stop(running, worker, running.preempted, checkpoint_grace)
+            if running.stop_requested:  # already stopping (a pause's longer grace): handed back within this one
+                self._kill_after(running, running.preempted, checkpoint_grace)
+            else:
+                self._request_stop(running, worker, running.preempted, checkpoint_grace)
         else:
             self._kill(running, ExitCause.PREEMPTED, running.preempted)
         return True
@@ -325,6 +331,9 @@ class Executor:
         """preempt() every task this agent runs not already ending; returns their ids (they end in the background)."""
         ids = [task_id for task_id, r in self._running.items() if not (r.kill_cause or r.preempted)]
         for task_id in ids:
+            # Marked now, not when preempt() runs: a worker the same SIGTERM killed (Slurm signals every process
+            # of the step) ends PREEMPTED, not FAILED (see _follow).
+            _mark_preempted(self._running[task_id], reason)
             self._spawn(self.preempt(task_id, reason, checkpoint_grace))
         return ids
 
@@ -335,6 +344,10 @@ class Executor:
         running.stop_requested = True
         self._append(running, LogLine("agent", f"asked to save a checkpoint and stop: {reason or 'no reason given'}"))
         worker.signal_worker(signal.SIGUSR1)
+        self._kill_after(running, reason, grace)
+
+    def _kill_after(self, running: _Running, reason: str, grace: float) -> None:
+        """Kill the task `grace` seconds from now if it has not ended by then."""
 
         async def enforce() -> None:
             await asyncio.sleep(grace)
@@ -352,6 +365,7 @@ class Executor:
             return
         running.kill_cause, running.kill_message = cause, message
         running.killed.set()
+        running.ending.set()
         worker = running.worker
         if worker is not None and worker.alive:
             self._spawn(worker.terminate(_CANCEL_GRACE))
@@ -542,6 +556,16 @@ class Executor:
         if running.kill_cause:
             status, cause, error = self._killed_outcome(running)
             return status, cause, error, False
+        if code == -signal.SIGTERM and not running.preempted:
+            # Not the agent's SIGTERM (it sets kill_cause first): the node's own stop, which signalled the agent
+            # too (Slurm's end of the step, a pod evicted). Let the agent's stop handler mark it preempted.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(running.ending.wait(), _SIGTERM_SETTLE)
+            if running.kill_cause:
+                status, cause, error = self._killed_outcome(running)
+                return status, cause, error, False
+        if running.preempted:  # asked to give the machine back, then killed or exited: re-queued, not failed
+            return TaskState.CANCELLED, ExitCause.PREEMPTED, running.preempted, False
         if code < 0:
             name = _signal_name(-code)
             return TaskState.FAILED, ExitCause.SIGNAL, f"worker killed by {name}", False
@@ -827,6 +851,11 @@ def _payloads(message: dict[str, Any]) -> list[EventPayload]:
             CheckpointSaved(str(message["sha256"]), int(message["size"]), int(message["step"]), str(message["name"]))
         ]
     return []  # "started" and unknown kinds are not task events
+
+
+def _mark_preempted(running: _Running, reason: str) -> None:
+    running.preempted = reason or "preempted"
+    running.ending.set()
 
 
 def _signal_name(number: int) -> str:
