@@ -751,14 +751,19 @@ class Fleet:
             body = json.loads(self.sleepers_file.read_text())
             entries = body["sleeping"]
             wakes = body.get("wakes", {})
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if not isinstance(entries, dict) or not isinstance(wakes, dict):
+                raise TypeError("'sleeping' and 'wakes' must be objects")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring %s: %s", self.sleepers_file, exc)
             return 0
+        wakes = {node_id: w for node_id, value in wakes.items() if (w := self._wake_entry(node_id, value))}
         restored = 0
         for node_id, entry in entries.items():
             if node_id in self.agents:
                 continue
             try:
+                if not isinstance(entry, dict):
+                    raise TypeError(f"an object was expected, not {type(entry).__name__}")
                 info = _node_info_from_dict(entry["info"])
                 record = AgentRecord(
                     node_id,
@@ -770,11 +775,10 @@ class Fleet:
                     info=info,
                     fingerprint=self.pins.get(node_id, ""),
                 )
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 log.warning("%s: skipping agent %s: %s", self.sleepers_file, node_id[:12], exc)
                 continue
-            count, at = wakes.get(node_id, (0, 0.0))
-            record.wake_count, record.last_wake_at = int(count), float(at)
+            record.wake_count, record.last_wake_at = wakes.get(node_id, (0, 0.0))
             self.agents[node_id] = record
             self._start_supervisor(record)
             self._emit("added", record)
@@ -782,9 +786,18 @@ class Fleet:
         for node_id, (count, at) in wakes.items():
             known = self.agents.get(node_id)
             if known is not None and not known.wake_count:
-                known.wake_count, known.last_wake_at = int(count), float(at)
+                known.wake_count, known.last_wake_at = count, at
         self._sleepers_saved = body
         return restored
+
+    def _wake_entry(self, node_id: str, value: Any) -> tuple[int, float] | None:
+        """One of the file's `wakes` ([count, unix time of the last packet]); None, with a warning, if malformed."""
+        try:
+            count, at = value
+            return int(count), float(at)
+        except (TypeError, ValueError) as exc:
+            log.warning("%s: skipping the wake count of agent %s: %s", self.sleepers_file, str(node_id)[:12], exc)
+            return None
 
     def _sleepers_body(self) -> dict[str, Any]:
         sleeping = {

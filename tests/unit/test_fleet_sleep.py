@@ -5,6 +5,7 @@ relayed by an agent on that subnet) and back to ONLINE or, after the timeout, SL
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,35 @@ async def test_waking_by_hand_needs_a_mac_and_prefers_wol_interfaces(monkeypatch
         await fleet.wake("desk-1", wol_only=True)  # on demand: never on a guess
     await fleet.wake("desk-1")  # by hand: tried
     assert sent == [unknown.mac]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [1, 2],
+        {"sleeping": []},
+        {"sleeping": {}, "wakes": []},
+        {"sleeping": {}, "wakes": {"desk-1": 3}},
+        {"sleeping": {}, "wakes": {"desk-1": [1, 2, 3]}},
+        {"sleeping": {"desk-1": "x", "desk-2": ["info"], "desk-3": {"info": [], "address": "h:1"}}},
+        {"sleeping": {"desk-1": {"info": {"gpus": [[1]]}, "address": "h:1"}}, "wakes": {"desk-1": ["a", "b"]}},
+    ],
+)
+def test_a_malformed_sleepers_file_is_ignored_and_never_stops_the_start(tmp_path: Path, body: Any) -> None:
+    path = tmp_path / "sleeping-agents.json"
+    path.write_text(json.dumps(body))
+    fleet = Fleet(sleepers=path)
+    assert fleet.restore_sleepers() == 0 and fleet.agents == {}
+
+
+async def test_a_malformed_wake_count_skips_only_that_count(tmp_path: Path) -> None:
+    path = tmp_path / "sleeping-agents.json"
+    entry = {"name": "desk-1", "address": "10.77.0.7:50051", "info": dataclasses.asdict(info("desk-1", ETH))}
+    path.write_text(json.dumps({"sleeping": {"desk-1": entry}, "wakes": {"desk-1": "bad", "gone": [2, 5.0]}}))
+    fleet = Fleet(sleepers=path)
+    fleet._connect = _never  # type: ignore[method-assign]
+    assert fleet.restore_sleepers() == 1
+    try:
+        assert fleet.agents["desk-1"].wake_count == 0 and fleet.agents["desk-1"].state is AgentState.SLEEPING
+    finally:
+        await fleet.stop()
