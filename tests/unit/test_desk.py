@@ -7,11 +7,14 @@ import asyncio
 import os
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from tensorfleet_agent.core.errors import ResourcesExhausted
 from tensorfleet_agent.desk.control import DeskControl, ask
+from tensorfleet_agent.desk.cpu_use import CpuUse
 from tensorfleet_agent.desk.gpu_use import GpuUse, gpu_busy
 from tensorfleet_agent.desk.logind import LogindIdle, parse_idle_hint
 from tensorfleet_agent.desk.monitor import PAUSED, DeskConfig, DeskMonitor
@@ -143,6 +146,63 @@ async def test_stop_survives_a_poll_task_that_died() -> None:
     h.monitor._tasks.append(asyncio.create_task(died()))
     await asyncio.sleep(0)
     await h.monitor.stop()
+
+
+class FakeProcs:
+    """psutil's view for CpuUse: the processes (create time, own and reaped children's CPU seconds) and the whole
+    machine's CPU percent since the last read."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, tuple[float, float, float]] = {}
+        self.total = 0.0
+
+    def process(self, pid: int) -> SimpleNamespace:
+        if pid not in self.procs:
+            raise psutil.NoSuchProcess(pid)
+
+        def cpu_times() -> SimpleNamespace:
+            if pid not in self.procs:
+                raise psutil.NoSuchProcess(pid)
+            _created, own, kids = self.procs[pid]
+            return SimpleNamespace(user=own, system=0.0, children_user=kids, children_system=0.0)
+
+        return SimpleNamespace(pid=pid, create_time=lambda: self.procs[pid][0], cpu_times=cpu_times)
+
+
+def test_the_agents_new_and_short_lived_processes_are_not_the_owners(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeProcs()
+    monkeypatch.setattr(psutil, "Process", fake.process)
+    monkeypatch.setattr(psutil, "cpu_percent", lambda _interval=None: fake.total)
+    clock = SimpleNamespace(mono=0.0, wall=1000.0)
+    ours = {1}
+    fake.procs[1] = (10.0, 100.0, 0.0)  # the agent, up for a while
+    cpu = CpuUse(25.0, lambda: set(ours), lambda: clock.mono, lambda: clock.wall)
+    cpu._cores = 4  # 1 s of one core: 25 % of the machine
+
+    def read(total: float) -> Reading | None:
+        clock.mono += 1.0
+        clock.wall += 1.0
+        fake.total = total
+        return cpu.read()
+
+    # A task starts (a torch import, DataLoader workers): 1.8 s of CPU in its first second, first seen now.
+    fake.procs[1] = (10.0, 100.2, 0.0)
+    fake.procs[2] = (1000.2, 1.8, 0.0)
+    ours.add(2)
+    assert read(50.0) == Reading()
+    # It exits (1 s more) and a uv run of 1.5 s comes and goes between two reads; the agent reaps both.
+    del fake.procs[2]
+    ours.discard(2)
+    fake.procs[1] = (10.0, 100.3, 1.5 + 2.8)
+    assert read(68.0) == Reading()  # (0.1 + 1.0 + 1.5) s of 4 cores: 65 % is the agent's
+    # A process that joined the agent's tree but started long ago: its earlier CPU is not this interval's.
+    fake.procs[3] = (500.0, 400.0, 0.0)
+    ours.add(3)
+    assert read(60.0) == Reading(busy="other programs use 60% of the CPU (threshold 25%)")
+    # The owner's own program: the agent idle, the machine 40 % busy.
+    fake.procs[3] = (500.0, 400.0, 0.0)
+    assert read(40.0) == Reading(busy="other programs use 40% of the CPU (threshold 25%)")
+    assert read(10.0) == Reading()
 
 
 def test_hours_pause_and_schedule() -> None:
