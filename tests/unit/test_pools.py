@@ -395,3 +395,48 @@ async def test_a_join_credential_cannot_take_over_an_agent_added_otherwise() -> 
         await join(m, fleet, request)
     assert fleet.agents["n1"].source == "manual" and alloc.agents == []
     await m.stop()
+
+
+def capacity(node_id: str, slots: int = 2, workloads: frozenset[str] = frozenset({"noop"})) -> Any:
+    from tensorfleet_desktop.controller.scheduler import Capacity
+
+    return Capacity(node_id, node_id, slots, workloads=workloads)
+
+
+async def test_a_joined_agent_not_yet_schedulable_keeps_its_allocation_starting() -> None:
+    m, driver, _, _ = await manager_with(a={"max_nodes": 3})
+    m.offer([waiting("j")], [], 0)
+    await settle()
+    driver.jobs["1000"] = SlurmJob("1000", "RUNNING", "", 1, 0.0, 1.0)
+    await m.poll_once(m.pools["a"])
+    m.joined(m.pools["a"].allocations[0], "n1")  # JoinCluster answered; pairing and telemetry follow
+    reasons = m.offer([waiting("j"), waiting("k")], [], 1.0)
+    await settle()
+    assert len(driver.submitted) == 1  # neither the job nor a newcomer asks for another allocation meanwhile
+    assert reasons["j"] == "waiting for the agents of Slurm allocation 1000 to come online (joined)"
+    assert m._assigned["k"] is m.pools["a"].allocations[0]
+    await m.stop()
+
+
+async def test_work_no_agent_of_the_pool_can_run_backs_off_and_says_why() -> None:
+    m, driver, _, _ = await manager_with(a={"max_nodes": 3})
+    job = waiting("j")
+    m.offer([job], [], 0)
+    await settle()
+    driver.jobs["1000"] = SlurmJob("1000", "RUNNING", "", 1, 0.0, 1.0)
+    await m.poll_once(m.pools["a"])
+    m.joined(m.pools["a"].allocations[0], "n1")
+    up = [
+        capacity("n1", workloads=frozenset({"torch_mlp"}))
+    ]  # it came online, without the job's workload: the job was not placed on it
+    for now in (1.0, 2.0, 300.0):
+        reasons = m.offer([job], up, now)
+        await settle()
+    assert len(driver.submitted) == 1  # no allocation after allocation
+    assert reasons["j"].startswith("Slurm allocation 1000 of pool a cannot run it (agent n1 has no workload noop)")
+    assert reasons["j"].endswith("pool a is asked again in 301 s")
+    assert "j" not in m._assigned  # the allocation idles out: the job does not hold it
+    m.offer([job], up, 602.0)  # the back-off passed: asked again once
+    await settle()
+    assert len(driver.submitted) == 2
+    await m.stop()

@@ -32,7 +32,7 @@ from tensorfleet_desktop.controller.pools.credentials import Credentials
 from tensorfleet_desktop.controller.pools.script import batch_script, sbatch_args
 from tensorfleet_desktop.controller.pools.settings import PoolSettings, check_settings, time_limit_seconds
 from tensorfleet_desktop.controller.pools.slurm import SlurmDriver, SlurmError, SlurmJob
-from tensorfleet_desktop.controller.scheduler import Capacity
+from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ MAX_CREDENTIAL_TTL = 366 * 86400.0
 MAX_MISSING_POLLS = 2  # squeue polls an allocation may be absent from before it counts as ended
 SUBMIT_BACKOFF_FIRST = 5.0  # seconds before the next sbatch after one failed, doubling
 SUBMIT_BACKOFF_MAX = 300.0
+UNFIT_RETRY_FIRST = 600.0  # seconds before a pool whose agents could not run a job is asked for it again, doubling
+UNFIT_RETRY_MAX = 3600.0
 
 
 class Driver(Protocol):
@@ -84,11 +86,15 @@ class Allocation:
     cancelling: bool = False
     missing: int = 0  # consecutive polls that did not list it
 
-    def starting(self) -> bool:
-        """Not able to take work yet: submitting, pending, or running without all its agents joined."""
-        return self.state in ("SUBMITTING", "PENDING", "CONFIGURING") or len(self.agents) < self.nodes
+    def starting(self, online: frozenset[str] | set[str] | None = None) -> bool:
+        """Not able to take work yet: submitting, pending, or running without all its agents joined; given the
+        node ids of the schedulable agents (`online`), also while one that joined is not schedulable yet (it is
+        paired and reports its telemetry a moment after JoinCluster)."""
+        if self.state in ("SUBMITTING", "PENDING", "CONFIGURING") or len(self.agents) < self.nodes:
+            return True
+        return online is not None and any(n not in online for n in self.agents)
 
-    def sentence(self) -> str:
+    def sentence(self, online: frozenset[str] | set[str] | None = None) -> str:
         """Why a job assigned to this allocation waits, as the user reads it."""
         if not self.id:
             return f"waiting for a Slurm allocation of pool {self.pool} (submitting)"
@@ -96,6 +102,8 @@ class Allocation:
             return f"waiting for Slurm allocation {self.id} ({self.reason or 'Pending'})"
         if len(self.agents) < self.nodes:
             return f"waiting for the agents of Slurm allocation {self.id} to join ({self.state})"
+        if online is not None and any(n not in online for n in self.agents):
+            return f"waiting for the agents of Slurm allocation {self.id} to come online (joined)"
         return f"waiting for a free slot on Slurm allocation {self.id} (pool {self.pool})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +175,8 @@ class PoolManager:
         self.agents: Agents | None = None
         self.pools: dict[str, _Pool] = {}
         self._assigned: dict[str, Allocation] = {}  # job id -> the allocation it waits for
+        # job id -> pool -> (when that pool may be asked for it again, times its agents could not run it, why)
+        self._unfit: dict[str, dict[str, tuple[float, int, str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
 
@@ -281,6 +291,9 @@ class PoolManager:
             return {}
         reasons: dict[str, str] = {}
         shared: dict[str, Allocation] = {}  # pool -> this tick's new one-node allocation for jobs that are no gang
+        ready = {c.node_id for c in online}
+        for job_id in [j for j in self._unfit if j not in {w.request.job_id for w in waiting}]:
+            del self._unfit[job_id]  # placed, or ended
         for item in waiting:
             job_id = item.request.job_id
             named = str(item.spec.get("pool") or dict(item.request.labels).get(POOL_LABEL, ""))
@@ -288,9 +301,15 @@ class PoolManager:
             if current is not None and self._alive(current):
                 held = self.pools[current.pool]
                 full = held.nodes_in_use() >= held.settings.max_nodes
-                if current.starting() or current.gang or full:
+                if current.starting(ready):
+                    reasons[job_id] = current.sentence(ready)
+                    continue  # its allocation is coming: it waits for that one
+                unfit = self._cannot_run(item.request, current, online)
+                if unfit:  # its agents are up and none can run it: not this pool again for a while
+                    self._hold_off(job_id, current, unfit, now)
+                elif current.gang or full:
                     reasons[job_id] = current.sentence()
-                    continue  # its allocation is coming, or the pool cannot grow: it waits for that one
+                    continue  # the pool cannot grow: it waits for that one
             self._assigned.pop(job_id, None)
             if not named and not self._may_burst(item):
                 continue  # plain_reason says why it waits
@@ -298,11 +317,18 @@ class PoolManager:
                 reasons[job_id] = f"pool {named} does not exist (tensorfleet pools list)"
                 continue
             candidates = [self.pools[named]] if named else [p for _, p in sorted(self.pools.items())]
+            held_off = self._unfit.get(job_id, {})
+            usable = [p for p in candidates if held_off.get(p.settings.name, (0.0, 0, ""))[0] <= now]
+            if not usable:
+                retry_at, _, why = held_off[candidates[0].settings.name]
+                reasons[job_id] = f"{why}; pool {candidates[0].settings.name} is asked again in {retry_at - now:.0f} s"
+                continue
+            candidates = usable
             gang = item.request.gang and len(item.request.ranks) > 1
             need = len(item.request.ranks) if gang else 1
             reason = ""
             for pool in candidates:
-                alloc = self._place(pool, job_id, need, gang, shared)
+                alloc = self._place(pool, job_id, need, gang, shared, ready)
                 if alloc is not None:
                     reason = alloc.sentence()
                     break
@@ -328,13 +354,13 @@ class PoolManager:
         return item.waited >= BURST_AFTER and not request.on and not request.labels
 
     def _place(
-        self, pool: _Pool, job_id: str, need: int, gang: bool, shared: dict[str, Allocation]
+        self, pool: _Pool, job_id: str, need: int, gang: bool, shared: dict[str, Allocation], ready: set[str]
     ) -> Allocation | None:
         """The allocation the job will wait for in this pool (a new one when there is room), or None."""
         name = pool.settings.name
         if not gang:
             starting = shared.get(name) or next(
-                (a for a in pool.allocations if not a.gang and not a.cancelling and a.starting()), None
+                (a for a in pool.allocations if not a.gang and not a.cancelling and a.starting(ready)), None
             )
             if starting is not None:
                 starting.jobs.append(job_id)
@@ -349,6 +375,40 @@ class PoolManager:
             shared[name] = alloc
         self._spawn(self._submit(pool, alloc))
         return alloc
+
+    def _cannot_run(self, request: Request, alloc: Allocation, online: Sequence[Capacity]) -> str:
+        """Why none of the allocation's (schedulable) agents can ever run the request, or "" when one might: it
+        lacks the workload or a label, or it runs nothing and still has too few slots or GPUs for a rank."""
+        caps = [c for c in online if c.node_id in alloc.agents]
+        if not caps:
+            return ""
+        problems = []
+        for cap in caps:
+            if request.workload and request.workload not in cap.workloads:
+                problems.append(f"agent {cap.name} has no workload {request.workload}")
+            elif not eligible(request, cap):
+                problems.append(f"agent {cap.name} does not match the job's on/not_on/labels")
+            elif self.agents is not None and self.agents.busy(cap.node_id):
+                return ""  # it may free what the job needs
+            elif request.gpus and (cap.free_gpu_slots < request.gpus or cap.free_slots < request.gpus):
+                problems.append(
+                    f"agent {cap.name} has {cap.free_gpu_slots} GPU slot(s) and {cap.free_slots} slot(s); "
+                    f"a rank needs {request.gpus}"
+                )
+            elif cap.free_slots < 1:
+                problems.append(f"agent {cap.name} has no slot")
+            else:
+                return ""  # it could: the job waits for its turn
+        return f"Slurm allocation {alloc.id} of pool {alloc.pool} cannot run it ({'; '.join(problems)})"
+
+    def _hold_off(self, job_id: str, alloc: Allocation, why: str, now: float) -> None:
+        """Its pool is not asked for this job for a while (doubling): the job no longer keeps the allocation."""
+        pools = self._unfit.setdefault(job_id, {})
+        count = pools.get(alloc.pool, (0.0, 0, ""))[1] + 1
+        pools[alloc.pool] = (now + min(UNFIT_RETRY_MAX, UNFIT_RETRY_FIRST * 2 ** (count - 1)), count, why)
+        if self._assigned.get(job_id) is alloc:
+            del self._assigned[job_id]
+        log.warning("pool %s: job %s: %s", alloc.pool, job_id, why)
 
     def _alive(self, alloc: Allocation) -> bool:
         pool = self.pools.get(alloc.pool)
