@@ -153,6 +153,7 @@ class AgentRecord:
     warning: str = ""  # sticky security warnings (impersonation, changed certificate)
     refused: str = ""  # why this controller refuses the agent now (its certificate does not prove it)
     pair_token: str = ""  # a join token to pair with on first contact (the local agent)
+    pool: str = ""  # a pool agent's pool, from its join credential: its pool label, whatever the agent reports
     wake_count: int = 0  # magic packets this controller sent it that woke it
     last_wake_at: float = 0.0  # unix seconds of the last magic packet sent; 0: never
     wake_route: str = ""  # how that packet went ("sent by the controller on eth0", "relayed by agent X")
@@ -285,6 +286,22 @@ def broadcast_of(interface: NetInterface) -> str:
             net = ipaddress.IPv4Network(f"{interface.ipv4}/{interface.prefix_length}", strict=False)
             return str(net.broadcast_address)
     return interface.broadcast
+
+
+_POOL_LABEL = "pool"  # jobspec.POOL_LABEL (not imported: jobspec pulls in the workloads)
+
+
+def pool_bound(record: AgentRecord, info: NodeInfo) -> NodeInfo:
+    """A pool agent's info with the pool of its join credential as its pool label and NodeInfo.pool: a holder of a
+    credential for pool A cannot serve jobs pinned to pool B by labelling itself so."""
+    if not record.pool or (info.pool == record.pool and info.labels.get(_POOL_LABEL) == record.pool):
+        return info
+    if info.labels.get(_POOL_LABEL, record.pool) != record.pool or info.pool not in ("", record.pool):
+        log.warning(
+            "agent %s says it serves pool %s; its join credential is for pool %s: that is its pool",
+            record.name or record.node_id[:12], info.labels.get(_POOL_LABEL) or info.pool, record.pool,
+        )  # fmt: skip
+    return dataclasses.replace(info, labels={**info.labels, _POOL_LABEL: record.pool}, pool=record.pool)
 
 
 def _node_info_from_dict(d: dict[str, Any]) -> NodeInfo:
@@ -485,8 +502,9 @@ class Fleet:
         if self._persist is not None:
             self._persist(record)
 
-    async def add(self, address: str, source: str = "manual", pair_token: str = "") -> AgentRecord:
-        """Add an agent by address; its certificate must prove the node id it reports."""
+    async def add(self, address: str, source: str = "manual", pair_token: str = "", pool: str = "") -> AgentRecord:
+        """Add an agent by address; its certificate must prove the node id it reports. `pool`: the pool its join
+        credential names, which is its pool label from now on (pool_bound)."""
         try:
             cert = b"" if self.identity is None else await fetch_certificate(address, timeout=5)
         except (OSError, ssl.SSLError) as exc:
@@ -521,6 +539,10 @@ class Fleet:
                 "it cannot join as a pool agent"
             )
         record = self._adopt(info.node_id, address, source, clean_text(info.name), verified=True)
+        if pool:
+            record.pool = pool
+            if record.info is not None:
+                record.info = pool_bound(record, record.info)
         if fingerprint:  # verified: the certificate proves the node id; pin it (trust on first use)
             record.fingerprint = self.pins.setdefault(record.node_id, fingerprint)
         self.persist(record)
@@ -908,7 +930,7 @@ class Fleet:
                 info = await client.get_info(timeout=max(2.0, self.period * 2))
                 if info.node_id != record.node_id:
                     raise Impersonation(f"the agent at {record.address} is {info.node_id}, not {record.node_id}")
-                record.info, record.name, record.error = info, clean_text(info.name), ""
+                record.info, record.name, record.error = pool_bound(record, info), clean_text(info.name), ""
                 if record.refused:
                     log.info("agent %s: its certificate is accepted again", record.name)
                     record.refused = ""
@@ -970,7 +992,7 @@ class Fleet:
         while True:
             await asyncio.sleep(self.period)
             info = await client.get_info(timeout=max(2.0, self.period * 2))
-            record.info = info
+            record.info = pool_bound(record, info)
             self._seen(record)
             if not await self._refusal(client):
                 return  # paired meanwhile (e.g. `tensorfleet-agent` got our cluster token)

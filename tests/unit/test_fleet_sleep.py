@@ -203,3 +203,13 @@ async def test_a_malformed_wake_count_skips_only_that_count(tmp_path: Path) -> N
         assert fleet.agents["desk-1"].wake_count == 0 and fleet.agents["desk-1"].state is AgentState.SLEEPING
     finally:
         await fleet.stop()
+
+
+def test_a_pool_agents_pool_is_its_credentials_whatever_it_reports() -> None:
+    from tensorfleet_desktop.controller.fleet import pool_bound
+
+    record = AgentRecord("n1", "10.0.0.9:50051", "pool", "n1", pool="a")
+    claimed = dataclasses.replace(info("n1"), labels={"pool": "b", "room": "b"}, pool="b")
+    bound = pool_bound(record, claimed)
+    assert bound.labels == {"pool": "a", "room": "b"} and bound.pool == "a"
+    assert pool_bound(AgentRecord("n2", "h:1", "manual"), claimed) is claimed  # not a pool agent: as it says

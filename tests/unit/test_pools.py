@@ -440,3 +440,20 @@ async def test_work_no_agent_of_the_pool_can_run_backs_off_and_says_why() -> Non
     await settle()
     assert len(driver.submitted) == 2
     await m.stop()
+
+
+async def test_a_joining_agent_is_added_with_its_credentials_pool() -> None:
+    from tensorfleet_desktop.controller.fleet import AgentRecord, Fleet
+    from tensorfleet_desktop.controller.pools.members import join
+
+    added: list[str] = []
+
+    class Recording(Fleet):
+        async def add(self, address: str, source: str = "manual", pair_token: str = "", pool: str = "") -> AgentRecord:
+            added.append(pool)
+            return AgentRecord("n9", address, source, pool=pool)
+
+    m, _driver, _, _ = await manager_with(a={"max_nodes": 1})
+    request = JoinRequest(m.credentials.mint("k8s", 60), "10.0.0.9:50051", "n9", "", "", "", "h")
+    assert (await join(m, Recording(), request)).pool == "k8s" and added == ["k8s"]
+    await m.stop()

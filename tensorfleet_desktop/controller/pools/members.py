@@ -124,6 +124,9 @@ async def join(manager: PoolManager, fleet: Fleet, request: JoinRequest) -> Agen
             raise FleetError(f"node_id: the certificate at {request.address} is node {node_id[:12]}, not the one named")
     register(request.credential)  # never printed in a log or an error
     refuse_takeover(fleet, request.node_id)  # again: it may have been added while the certificate was fetched
-    record = await fleet.add(request.address, "pool", pair_token=request.credential if fleet.identity else "")
+    pool = alloc.pool if alloc is not None else manager.credentials.verify(request.credential).pool
+    record = await fleet.add(
+        request.address, "pool", pair_token=request.credential if fleet.identity else "", pool=pool
+    )  # its credential's pool is its pool label, whatever the agent reports (fleet.pool_bound)
     manager.joined(alloc, record.node_id)
     return record
