@@ -292,7 +292,8 @@ class PoolManager:
         reasons: dict[str, str] = {}
         shared: dict[str, Allocation] = {}  # pool -> this tick's new one-node allocation for jobs that are no gang
         ready = {c.node_id for c in online}
-        for job_id in [j for j in self._unfit if j not in {w.request.job_id for w in waiting}]:
+        queued = {w.request.job_id for w in waiting}
+        for job_id in [j for j in self._unfit if j not in queued]:
             del self._unfit[job_id]  # placed, or ended
         for item in waiting:
             job_id = item.request.job_id
