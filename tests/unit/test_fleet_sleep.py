@@ -213,3 +213,24 @@ def test_a_pool_agents_pool_is_its_credentials_whatever_it_reports() -> None:
     bound = pool_bound(record, claimed)
     assert bound.labels == {"pool": "a", "room": "b"} and bound.pool == "a"
     assert pool_bound(AgentRecord("n2", "h:1", "manual"), claimed) is claimed  # not a pool agent: as it says
+
+
+async def test_adding_as_a_pool_agent_never_takes_over_one_added_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tensorfleet_agent.core.version import PROTOCOL_VERSION
+
+    class Client:
+        def __init__(self, address: str, trust: Any) -> None:
+            pass
+
+        async def get_info(self, timeout: float) -> NodeInfo:
+            return dataclasses.replace(info("desk-1"), protocol_version=PROTOCOL_VERSION)
+
+        async def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(fleet_module, "AgentClient", Client)
+    fleet = Fleet()
+    fleet.agents["desk-1"] = AgentRecord("desk-1", "10.77.0.7:50051", "manual", "desk-1")
+    with pytest.raises(FleetError, match="already in this fleet as a manual agent"):
+        await fleet.add("10.77.0.7:50051", "pool", pool="a")
+    assert fleet.agents["desk-1"].source == "manual" and fleet.agents["desk-1"].pool == ""
