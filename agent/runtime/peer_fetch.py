@@ -342,14 +342,19 @@ class PeerFetch:
             reason = f"{code.name if code else 'UNKNOWN'}: {details} (after {part.written} of {want.size} bytes)"
             if code in _BLOB_ONLY:
                 raise _BlobFailed(reason, later=code in _LATER) from None
-            if code == grpc.StatusCode.UNAVAILABLE and resumed_at < part.written < want.size:
-                # The connection broke mid-stream (a reset, a keepalive ping lost on a saturated link): the peer
-                # was serving a moment ago. Its next call reconnects; if it is gone, that fails before any byte.
+            with self._cond:
+                replaced = self._channels.get(peer) is not channel  # another stream of ours closed it (below)
+            broke = code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.CANCELLED and replaced)
+            if broke and (replaced or resumed_at < part.written < want.size) and part.written < want.size:
+                # The connection broke mid-stream (a reset, a keepalive ping lost on a saturated link), or another
+                # stream on it did and closed it: the peer was serving a moment ago. Its next call reconnects; if it
+                # is gone, that fails before any byte.
                 self._forget_channel(peer, channel)
                 raise _BlobFailed(reason, later=True) from None
             if part.written != want.size:
                 raise _PeerGone(reason) from None
-            self._drop(peer, reason)  # every byte came before the stream broke: the blob is checked and kept
+            if not broke:  # every byte came before the peer ended the stream badly: the blob is checked and kept
+                self._drop(peer, reason)
         finally:
             call.cancel()  # a stream left early stops the peer's sending
             with self._cond:
