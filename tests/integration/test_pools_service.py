@@ -106,7 +106,12 @@ def test_an_agent_joins_with_a_credential_runs_its_pools_job_and_sigterm_requeue
         quick = submit({"algorithm": "noop", "pool": "k8s", "name": "on-the-pool"})
         wait_until(lambda: state(quick) == cpb.JOB_STATE_SUCCEEDED, 30, "the pool's job to succeed")
         long = submit({"algorithm": "sleep", "hyperparameters": {"seconds": 120}, "pool": "k8s", "name": "preempted"})
-        wait_until(lambda: state(long) == cpb.JOB_STATE_RUNNING, 30, "the long job to run on the joined agent")
+
+        def task_running(job_id: str) -> bool:  # the agent's own word: its worker runs (not only dispatched)
+            job = s.GetJob(cpb.JobRef(job_id=job_id), metadata=auth, timeout=10)
+            return bool(job.task_list) and job.task_list[0].state == cpb.JOB_TASK_STATE_RUNNING
+
+        wait_until(lambda: task_running(long), 30, "the long job's task to run on the joined agent")
         assert agent.terminate(timeout=30) == 0
         after = s.GetJob(cpb.JobRef(job_id=long), metadata=auth)
         assert after.state not in (cpb.JOB_STATE_FAILED, cpb.JOB_STATE_CANCELLED), after
