@@ -149,12 +149,17 @@ def _name_tip(job: dict[str, Any]) -> str:
     return "\n".join([*lines, job["error"]]).strip()
 
 
+def _state_tip(job: dict[str, Any]) -> str:
+    """Why it failed, or why it waits for a placement (job.waiting)."""
+    return str(job["error"] or (f"waiting: {job['waiting']}" if job.get("waiting") else ""))
+
+
 def base_columns() -> list[tuple[Column, bool]]:
     """Every fixed column and whether it shows by default (the first three stay where callers expect them)."""
     return [
         (Column("Name", lambda j: j["name"], tooltip=_name_tip, key="name"), True),
         (Column("Workload", workload, key="workload"), True),
-        (Column("State", job_state, tooltip=lambda j: j["error"], color=job_state_color, key="state"), True),
+        (Column("State", job_state, tooltip=_state_tip, color=job_state_color, key="state"), True),
         (
             Column("Progress", _progress, sort=lambda j: j["progress"], extra=lambda j: j["progress"], key="progress"),
             True,

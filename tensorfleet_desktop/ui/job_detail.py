@@ -94,7 +94,7 @@ def _env_tooltip(task: dict[str, Any]) -> str:
     return "\n".join(facts)
 
 
-_HEADER_KEYS = ("state", "progress", "tasks", "started_at", "finished_at", "metrics", "error", "name")
+_HEADER_KEYS = ("state", "progress", "tasks", "started_at", "finished_at", "metrics", "error", "waiting", "name")
 
 
 _frozen = False
@@ -440,6 +440,8 @@ class JobDetailView(View):
         # names, errors and metric names are the user's text: escaped, or a "<" in them would be markup
         error = f"<br><span style='color:{error_color()}'>{esc(job['error'])}</span>" if job["error"] else ""
         muted = self.palette().color(QPalette.ColorRole.PlaceholderText).name()  # grey that reads in either theme
+        if running and job.get("waiting"):  # why it is not placed yet: a sleeping agent waking, a Slurm allocation...
+            error += f"<br><span style='color:{muted}'>waiting: {esc(job['waiting'])}</span>"
         self.header.setText(
             f"<b>{esc(job['name'])}</b> · {esc(workload(job))} · <b style='color:{job_state_color(job)}'>"
             f"{job_state(job)}</b> · {job['progress'] * 100:.0f}% · "

@@ -332,3 +332,17 @@ def test_a_new_state_shows_together_with_the_tasks_of_that_moment(
     assert detail.job is not None and detail.job["state"] == "RUNNING"  # not until the full job is in
     qtbot.waitUntil(lambda: detail.job is not None and detail.job["state"] == "FAILED", timeout=3000)
     assert [t["error"] for t in detail.tasks_model.rows] == ["", "the final error"]
+
+
+def test_a_queued_job_says_in_the_header_why_it_waits(qtbot: Any, detail: JobDetailView) -> None:
+    detail._show_job(make_job("QUEUED", waiting="waiting for Slurm allocation 1234 (Resources)"))
+    shown = QTextDocumentFragment.fromHtml(detail.header.text()).toPlainText()
+    assert "waiting: waiting for Slurm allocation 1234 (Resources)" in shown, shown
+    detail._show_job(make_job("SUCCEEDED", waiting=""))
+    assert "waiting:" not in QTextDocumentFragment.fromHtml(detail.header.text()).toPlainText()
+    from tensorfleet_desktop.ui.experiments import base_columns
+
+    state = next(column for column, _ in base_columns() if column.key == "state")
+    assert state.tooltip is not None
+    assert state.tooltip(make_job("QUEUED", waiting="waking agent desk-7")) == "waiting: waking agent desk-7"
+    assert state.tooltip(make_job("FAILED", error="rank 0 failed")) == "rank 0 failed"
