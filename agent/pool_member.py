@@ -11,13 +11,13 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tensorfleet_agent.runtime.power import parse_duration
 from tensorfleet_agent.security.join_credential import ENV_VAR, CredentialError, read_claims
 
 if TYPE_CHECKING:
@@ -30,8 +30,6 @@ IDLE_CHECK = 1.0  # seconds between looks at the running tasks
 #: seconds a preempted task gets to save a checkpoint and stop (Slurm sends SIGKILL KillWait, 30 s by default, after
 #: its SIGTERM)
 PREEMPT_GRACE = 10.0
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 @dataclass(frozen=True)
@@ -41,13 +39,6 @@ class JoinSettings:
     advertise: str  # host[:port] the controller dials; "" = worked out at start
     exit_when_idle: float  # seconds; 0 = never
     pool: str  # from the credential: the label pool=NAME the agent carries
-
-
-def parse_duration(text: str, flag: str) -> float:
-    m = _DURATION.match(text)
-    if m is None:
-        raise ValueError(f"{flag} must be a duration like 300, 90s, 5m or 1h, got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,14 +12,13 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from helpers.lan import Lan, python
 from helpers.lan_cluster import LanCluster, LanProcess
+from helpers.waiting import wait_until as until
 
 LISTENER = Path(__file__).with_name("wol_listener.py")
 FREEZE = "sh -c 'kill -STOP $TENSORFLEET_AGENT_PID'"  # the "suspend": the agent resumes when the listener says
@@ -58,17 +57,6 @@ class SleepyHost:
         if self.agent.proc is not None and self.agent.running:
             os.kill(self.agent.proc.pid, signal.SIGCONT)  # a frozen agent cannot drain on SIGTERM
         self.cluster.stop()
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def start_sleepy_host(
