@@ -576,6 +576,9 @@ class GpuTelemetry(_message.Message):
     MEMORY_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     TEMPERATURE_CELSIUS_FIELD_NUMBER: _builtins.int
     POWER_WATTS_FIELD_NUMBER: _builtins.int
+    MEMORY_RESERVED_BYTES_FIELD_NUMBER: _builtins.int
+    SHARED_TASKS_FIELD_NUMBER: _builtins.int
+    EXCLUSIVE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """as GpuInfo.index"""
     utilization_percent: _builtins.float
@@ -588,6 +591,12 @@ class GpuTelemetry(_message.Message):
     """GPU core temperature"""
     power_watts: _builtins.float
     """current draw"""
+    memory_reserved_bytes: _builtins.int
+    """GPU memory promised to the shared tasks running on it (TaskSpec.gpu_memory_bytes)"""
+    shared_tasks: _builtins.int
+    """tasks sharing it by memory now"""
+    exclusive: _builtins.bool
+    """a task holds the whole GPU (its slot is taken)"""
     def __init__(
         self,
         *,
@@ -597,10 +606,13 @@ class GpuTelemetry(_message.Message):
         memory_total_bytes: _builtins.int = ...,
         temperature_celsius: _builtins.float = ...,
         power_watts: _builtins.float = ...,
+        memory_reserved_bytes: _builtins.int = ...,
+        shared_tasks: _builtins.int = ...,
+        exclusive: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "power_watts", b"power_watts", "temperature_celsius", b"temperature_celsius", "utilization_percent", b"utilization_percent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclusive", b"exclusive", "index", b"index", "memory_reserved_bytes", b"memory_reserved_bytes", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "power_watts", b"power_watts", "shared_tasks", b"shared_tasks", "temperature_celsius", b"temperature_celsius", "utilization_percent", b"utilization_percent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -786,6 +798,7 @@ class TaskSpec(_message.Message):
     GROUP_WORLD_SIZE_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     DATASET_MOUNT_FIELD_NUMBER: _builtins.int
+    GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """caller-chosen, [A-Za-z0-9._-], unique per agent"""
     job_id: _builtins.str
@@ -828,6 +841,10 @@ class TaskSpec(_message.Message):
     """how many agents the job's ranks run on"""
     max_restarts: _builtins.int
     """retries the job allows after a failure (TORCHELASTIC_MAX_RESTARTS)"""
+    gpu_memory_bytes: _builtins.int
+    """> 0: the task shares one GPU with others (gpus is then 1): the bytes of GPU memory it may use there. The agent
+    picks a GPU with that much unpromised memory, and a torch task's process is capped to it.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobRef]:
         """blobs that must be in the agent's cache (PutBlob)"""
@@ -870,10 +887,11 @@ class TaskSpec(_message.Message):
         group_world_size: _builtins.int = ...,
         max_restarts: _builtins.int = ...,
         dataset_mount: Global___DatasetMount | None = ...,
+        gpu_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset_mount", b"dataset_mount", "rendezvous", b"rendezvous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_mount", b"dataset_mount", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpus", b"gpus", "group_rank", b"group_rank", "group_world_size", b"group_world_size", "inputs", b"inputs", "job_id", b"job_id", "local_rank", b"local_rank", "local_world_size", b"local_world_size", "max_restarts", b"max_restarts", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_mount", b"dataset_mount", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "group_rank", b"group_rank", "group_world_size", b"group_world_size", "inputs", b"inputs", "job_id", b"job_id", "local_rank", b"local_rank", "local_world_size", b"local_world_size", "max_restarts", b"max_restarts", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1266,6 +1284,7 @@ class CancelTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CHECKPOINT_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    PREEMPT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """TaskSpec.task_id"""
     reason: _builtins.str
@@ -1274,16 +1293,21 @@ class CancelTaskRequest(_message.Message):
     """> 0: ask the workload to save a checkpoint and stop (pause); cancel for real after this many seconds.
     0..MAX_CHECKPOINT_GRACE; 0 cancels at once
     """
+    preempt: _builtins.bool
+    """The scheduler takes the task's room for a more important job: it ends CANCELLED with exit cause `preempted`
+    and `reason` as its error (Executor.preempt), and the controller queues it again.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         checkpoint_grace_seconds: _builtins.float = ...,
+        preempt: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_grace_seconds", b"checkpoint_grace_seconds", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_grace_seconds", b"checkpoint_grace_seconds", "preempt", b"preempt", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -385,6 +385,7 @@ class ControllerInfo(_message.Message):
     LOCAL_AGENT_ID_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    CALLER_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     """the AgentService protocol it speaks (agents must match)"""
     version: _builtins.str
@@ -405,6 +406,10 @@ class ControllerInfo(_message.Message):
     """the controller's certificate fingerprint"""
     cluster_id: _builtins.str
     """16 hex chars derived from the cluster token; "" without one"""
+    @_builtins.property
+    def caller(self) -> Global___Principal:
+        """who the controller takes the caller for (its token)"""
+
     def __init__(
         self,
         *,
@@ -418,14 +423,446 @@ class ControllerInfo(_message.Message):
         local_agent_id: _builtins.str = ...,
         fingerprint: _builtins.str = ...,
         cluster_id: _builtins.str = ...,
+        caller: Global___Principal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caller", b"caller"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_uri", b"blobs_uri", "cluster_id", b"cluster_id", "data_dir", b"data_dir", "fingerprint", b"fingerprint", "local_agent_id", b"local_agent_id", "pid", b"pid", "protocol_version", b"protocol_version", "started_at", b"started_at", "store_uri", b"store_uri", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_uri", b"blobs_uri", "caller", b"caller", "cluster_id", b"cluster_id", "data_dir", b"data_dir", "fingerprint", b"fingerprint", "local_agent_id", b"local_agent_id", "pid", b"pid", "protocol_version", b"protocol_version", "started_at", b"started_at", "store_uri", b"store_uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ControllerInfo: _TypeAlias = ControllerInfo  # noqa: Y015
+
+@_typing.final
+class Principal(_message.Message):
+    """---------------------------------------------------------------- team: identity, quotas, audit
+
+    Who made a call: the OS user a client names with the controller's own client token (an admin), or the name
+    bound to a named token (`tensorfleet tokens create`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    NAMED_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    role: _builtins.str
+    """"admin", "user" or "viewer" """
+    named_token: _builtins.bool
+    """false: the controller's own client token"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        role: _builtins.str = ...,
+        named_token: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "named_token", b"named_token", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Principal: _TypeAlias = Principal  # noqa: Y015
+
+@_typing.final
+class CreateTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the user the token stands for: [A-Za-z0-9._@-]{1,64}"""
+    role: _builtins.str
+    """"admin", "user" (default) or "viewer" """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTokenRequest: _TypeAlias = CreateTokenRequest  # noqa: Y015
+
+@_typing.final
+class TokenInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    LAST_USED_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    role: _builtins.str
+    created_at: _builtins.float
+    """unix seconds"""
+    created_by: _builtins.str
+    last_used_at: _builtins.float
+    """0: never"""
+    revoked: _builtins.bool
+    prefix: _builtins.str
+    """the token's first characters, to tell tokens apart"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        role: _builtins.str = ...,
+        created_at: _builtins.float = ...,
+        created_by: _builtins.str = ...,
+        last_used_at: _builtins.float = ...,
+        revoked: _builtins.bool = ...,
+        prefix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "last_used_at", b"last_used_at", "name", b"name", "prefix", b"prefix", "revoked", b"revoked", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenInfo: _TypeAlias = TokenInfo  # noqa: Y015
+
+@_typing.final
+class TokenSecret(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """shown once; the controller keeps only its hash"""
+    @_builtins.property
+    def info(self) -> Global___TokenInfo: ...
+    def __init__(
+        self,
+        *,
+        info: Global___TokenInfo | None = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenSecret: _TypeAlias = TokenSecret  # noqa: Y015
+
+@_typing.final
+class ListTokensRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_REVOKED_FIELD_NUMBER: _builtins.int
+    include_revoked: _builtins.bool
+    def __init__(
+        self,
+        *,
+        include_revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_revoked", b"include_revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTokensRequest: _TypeAlias = ListTokensRequest  # noqa: Y015
+
+@_typing.final
+class ListTokensResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenInfo]: ...
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___TokenInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTokensResponse: _TypeAlias = ListTokensResponse  # noqa: Y015
+
+@_typing.final
+class TokenRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenRef: _TypeAlias = TokenRef  # noqa: Y015
+
+@_typing.final
+class Quota(_message.Message):
+    """A user's limits; -1: no limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    gpus: _builtins.int
+    """GPUs its running tasks may hold"""
+    tasks: _builtins.int
+    """tasks it may run at once"""
+    queued: _builtins.int
+    """jobs it may have waiting; more wait behind them"""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        gpus: _builtins.int = ...,
+        tasks: _builtins.int = ...,
+        queued: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpus", b"gpus", "queued", b"queued", "tasks", b"tasks", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quota: _TypeAlias = Quota  # noqa: Y015
+
+@_typing.final
+class SetQuotaRequest(_message.Message):
+    """Sets the given limits of a user (others stay); a value of -1 removes that limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    gpus: _builtins.int
+    tasks: _builtins.int
+    queued: _builtins.int
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        gpus: _builtins.int | None = ...,
+        tasks: _builtins.int | None = ...,
+        queued: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpus", b"_gpus", "_queued", b"_queued", "_tasks", b"_tasks", "gpus", b"gpus", "queued", b"queued", "tasks", b"tasks"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpus", b"_gpus", "_queued", b"_queued", "_tasks", b"_tasks", "gpus", b"gpus", "queued", b"queued", "tasks", b"tasks", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gpus: _TypeAlias = _typing.Literal["gpus"]  # noqa: Y015
+    _WhichOneofArgType__gpus: _TypeAlias = _typing.Literal["_gpus", b"_gpus"]  # noqa: Y015
+    _WhichOneofReturnType__queued: _TypeAlias = _typing.Literal["queued"]  # noqa: Y015
+    _WhichOneofArgType__queued: _TypeAlias = _typing.Literal["_queued", b"_queued"]  # noqa: Y015
+    _WhichOneofReturnType__tasks: _TypeAlias = _typing.Literal["tasks"]  # noqa: Y015
+    _WhichOneofArgType__tasks: _TypeAlias = _typing.Literal["_tasks", b"_tasks"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpus) -> _WhichOneofReturnType__gpus | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__queued) -> _WhichOneofReturnType__queued | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tasks) -> _WhichOneofReturnType__tasks | None: ...
+
+Global___SetQuotaRequest: _TypeAlias = SetQuotaRequest  # noqa: Y015
+
+@_typing.final
+class ListQuotasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuotasRequest: _TypeAlias = ListQuotasRequest  # noqa: Y015
+
+@_typing.final
+class UserUsage(_message.Message):
+    """What a user holds and has used, as the scheduler sees it now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    RUNNING_TASKS_FIELD_NUMBER: _builtins.int
+    RUNNING_GPUS_FIELD_NUMBER: _builtins.int
+    QUEUED_JOBS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    running_tasks: _builtins.int
+    running_gpus: _builtins.float
+    """fractions for tasks sharing a GPU"""
+    queued_jobs: _builtins.int
+    usage: _builtins.float
+    """decayed GPU-seconds (slot-seconds for CPU tasks): fair share orders by it"""
+    share: _builtins.float
+    """usage / everyone's usage (0..1)"""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        running_tasks: _builtins.int = ...,
+        running_gpus: _builtins.float = ...,
+        queued_jobs: _builtins.int = ...,
+        usage: _builtins.float = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queued_jobs", b"queued_jobs", "running_gpus", b"running_gpus", "running_tasks", b"running_tasks", "share", b"share", "usage", b"usage", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserUsage: _TypeAlias = UserUsage  # noqa: Y015
+
+@_typing.final
+class ListQuotasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTAS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    HALF_LIFE_SECONDS_FIELD_NUMBER: _builtins.int
+    half_life_seconds: _builtins.float
+    """of the usage's decay"""
+    @_builtins.property
+    def quotas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Quota]: ...
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserUsage]: ...
+    def __init__(
+        self,
+        *,
+        quotas: _abc.Iterable[Global___Quota] | None = ...,
+        usage: _abc.Iterable[Global___UserUsage] | None = ...,
+        half_life_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["half_life_seconds", b"half_life_seconds", "quotas", b"quotas", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListQuotasResponse: _TypeAlias = ListQuotasResponse  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    time: _builtins.float
+    """unix seconds"""
+    user: _builtins.str
+    role: _builtins.str
+    action: _builtins.str
+    """e.g. "submit", "cancel", "delete_model", "pair_agent", "token_create" """
+    target: _builtins.str
+    """a job id, model name:version, agent, token or user name"""
+    detail: _builtins.str
+    ok: _builtins.bool
+    """false: refused (the detail says why)"""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        time: _builtins.float = ...,
+        user: _builtins.str = ...,
+        role: _builtins.str = ...,
+        action: _builtins.str = ...,
+        target: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "detail", b"detail", "ok", b"ok", "role", b"role", "seq", b"seq", "target", b"target", "time", b"time", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class ListAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """"" = everyone"""
+    action: _builtins.str
+    """"" = every action"""
+    since: _builtins.float
+    """unix seconds; 0 = from the start"""
+    limit: _builtins.int
+    """newest first; 0 = 200"""
+    def __init__(
+        self,
+        *,
+        user: _builtins.str = ...,
+        action: _builtins.str = ...,
+        since: _builtins.float = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "limit", b"limit", "since", b"since", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRequest: _TypeAlias = ListAuditRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
 
 @_typing.final
 class SubmitJobRequest(_message.Message):
@@ -440,7 +877,7 @@ class SubmitJobRequest(_message.Message):
     gpus, priority, ...), checked by the controller; unknown keys are refused
     """
     submitter: _builtins.str
-    """user@host"""
+    """user@host; ignored with a named token (its name is the submitter)"""
     def __init__(
         self,
         *,
@@ -504,8 +941,11 @@ class ListJobsRequest(_message.Message):
 
     STATES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    SUBMITTER_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """newest first, at most this many; 0 = all"""
+    submitter: _builtins.str
+    """only this submitter's jobs; "" = everyone's"""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
         """the states to keep; empty = all (UNSPECIFIED is refused)"""
@@ -515,10 +955,11 @@ class ListJobsRequest(_message.Message):
         *,
         states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
         limit: _builtins.int = ...,
+        submitter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "states", b"states", "submitter", b"submitter"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

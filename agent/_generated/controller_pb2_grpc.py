@@ -306,6 +306,36 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.JoinCredentialRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JoinCredential.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/CreateToken',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.TokenSecret.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ListTokens',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/RevokeToken',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.TokenRef.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.TokenInfo.FromString,
+                _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/SetQuota',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Quota.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ListQuotas',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/ListAudit',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -649,6 +679,47 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuota(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """admin: everyone's; others: their own
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -921,6 +992,36 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.CreateJoinCredential,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.JoinCredentialRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.JoinCredential.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.CreateTokenRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.TokenSecret.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListTokensRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.TokenRef.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.TokenInfo.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.SetQuotaRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Quota.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListQuotasRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListAuditRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2381,6 +2482,168 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/CreateJoinCredential',
             tensorfleet_dot_v1_dot_controller__pb2.JoinCredentialRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.JoinCredential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/CreateToken',
+            tensorfleet_dot_v1_dot_controller__pb2.CreateTokenRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.TokenSecret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ListTokens',
+            tensorfleet_dot_v1_dot_controller__pb2.ListTokensRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/RevokeToken',
+            tensorfleet_dot_v1_dot_controller__pb2.TokenRef.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.TokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/SetQuota',
+            tensorfleet_dot_v1_dot_controller__pb2.SetQuotaRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.Quota.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ListQuotas',
+            tensorfleet_dot_v1_dot_controller__pb2.ListQuotasRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/ListAudit',
+            tensorfleet_dot_v1_dot_controller__pb2.ListAuditRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -105,6 +105,17 @@ class ControllerServiceStub:
     """a pool's agent announcing itself"""
     CreateJoinCredential: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JoinCredentialRequest, _controller_pb2.JoinCredential]
     """for agents in Kubernetes"""
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.TokenSecret]
+    """admin"""
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]
+    """admin"""
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.TokenRef, _controller_pb2.TokenInfo]
+    """admin"""
+    SetQuota: _grpc.UnaryUnaryMultiCallable[_controller_pb2.SetQuotaRequest, _controller_pb2.Quota]
+    """admin"""
+    ListQuotas: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListQuotasRequest, _controller_pb2.ListQuotasResponse]
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListAuditRequest, _controller_pb2.ListAuditResponse]
+    """admin: everyone's; others: their own"""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -177,6 +188,17 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """a pool's agent announcing itself"""
     CreateJoinCredential: _aio.UnaryUnaryMultiCallable[_controller_pb2.JoinCredentialRequest, _controller_pb2.JoinCredential]  # type: ignore[assignment]
     """for agents in Kubernetes"""
+    CreateToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.TokenSecret]  # type: ignore[assignment]
+    """admin"""
+    ListTokens: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]  # type: ignore[assignment]
+    """admin"""
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.TokenRef, _controller_pb2.TokenInfo]  # type: ignore[assignment]
+    """admin"""
+    SetQuota: _aio.UnaryUnaryMultiCallable[_controller_pb2.SetQuotaRequest, _controller_pb2.Quota]  # type: ignore[assignment]
+    """admin"""
+    ListQuotas: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListQuotasRequest, _controller_pb2.ListQuotasResponse]  # type: ignore[assignment]
+    ListAudit: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListAuditRequest, _controller_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """admin: everyone's; others: their own"""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -570,5 +592,52 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.JoinCredential, _abc.Awaitable[_controller_pb2.JoinCredential]]:
         """for agents in Kubernetes"""
+
+    @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _controller_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.TokenSecret, _abc.Awaitable[_controller_pb2.TokenSecret]]:
+        """admin"""
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _controller_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListTokensResponse, _abc.Awaitable[_controller_pb2.ListTokensResponse]]:
+        """admin"""
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _controller_pb2.TokenRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.TokenInfo, _abc.Awaitable[_controller_pb2.TokenInfo]]:
+        """admin"""
+
+    @_abc_1.abstractmethod
+    def SetQuota(
+        self,
+        request: _controller_pb2.SetQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.Quota, _abc.Awaitable[_controller_pb2.Quota]]:
+        """admin"""
+
+    @_abc_1.abstractmethod
+    def ListQuotas(
+        self,
+        request: _controller_pb2.ListQuotasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListQuotasResponse, _abc.Awaitable[_controller_pb2.ListQuotasResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _controller_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListAuditResponse, _abc.Awaitable[_controller_pb2.ListAuditResponse]]:
+        """admin: everyone's; others: their own"""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,17 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
+from tensorfleet_agent.core.sizes import parse_size
 from tensorfleet_agent.desk.monitor import DeskConfig
 from tensorfleet_agent.desk.schedule import Hours
 from tensorfleet_agent.runtime.power import parse_duration
-
-_SIZE = re.compile(r"(\d+(?:\.\d*)?)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
 
 #: Built-in values of the desk settings; the agent config file's [desk] section and then the flags override them.
 DEFAULTS: dict[str, object] = {
@@ -119,14 +115,6 @@ def desk_config(args: argparse.Namespace, section: dict[str, object] | None = No
         cpu_percent=cpu,
         display=str(settings["display"]),
     )
-
-
-def parse_size(text: str, what: str) -> int:
-    """'512MiB', '1G', '300M' or bytes (binary units)."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{what} must be a size like 512MiB, 1GiB or bytes, got {text!r}")
-    return int(float(match[1]) * _UNITS[match[2].lower()])
 
 
 def desk_command(argv: list[str], default_data_dir: Path) -> int:

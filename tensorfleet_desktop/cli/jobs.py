@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.project_spec import check_command, check_env_choice
+from tensorfleet_agent.core.sizes import parse_size
 from tensorfleet_desktop.cli import exit_codes
 from tensorfleet_desktop.cli.datasets import version_line
 from tensorfleet_desktop.cli.exit_codes import UsageError
@@ -78,20 +78,6 @@ PROJECT_USAGE = (
 PROJECT_EXAMPLE = "tensorfleet submit --project . -- python -m pkg.train --lr 3e-4"
 # Keys of a job file that describe a project job; the SDK turns them into the controller's spec.
 PROJECT_KEYS = ("project", "command", "env", "max_project_size")
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'500M', '2G', '1.5GiB', '200MB' or plain bytes -> bytes. K/M/G/T are binary (KiB/MiB/GiB/TiB), as the
-    default limit (200 MiB) is; ValueError names what was wrong."""
-    match = _SIZE.fullmatch(text.strip())
-    if match is None or (match[3] and match[3].lower() == "ib" and not match[2]):
-        raise ValueError(f"a size is bytes or a number with K, M, G or T (binary: 500M, 2G, 1.5GiB), got {text!r}")
-    size = int(float(match[1]) * _UNITS[match[2].lower()])
-    if size < 1:
-        raise ValueError(f"a size must be at least 1 byte, got {text!r}")
-    return size
 
 
 def _size_arg(text: str) -> int:

@@ -21,6 +21,7 @@ from tensorfleet_agent.core.manifest import MAX_FILES
 from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR
 from tensorfleet_agent.core.project_layout import WORKLOAD as PROJECT
 from tensorfleet_agent.core.project_spec import check_command, check_env_choice
+from tensorfleet_agent.core.sizes import parse_size
 from tensorfleet_agent.workloads.datasets import CLASSIFICATION, REGRESSION, check_dataset, dataset_task
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.dataset_versions import SOURCES
@@ -29,7 +30,8 @@ from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 FIELDS = (
     "name", "algorithm", "dataset", "dataset_params", "hyperparameters", "num_workers", "epochs", "gpus", "priority",
     "max_retries", "timeout", "constraints", "sweep", "model_name", "cv", "script", "target", "project", "command",
-    "group", "tags", "keep_models", "dataset_version", "pool",
+    "group", "tags", "keep_models", "dataset_version", "pool", "preemptible", "allow_restart", "gpu_memory",
+    "gpu_fraction",
 )  # fmt: skip
 #: The label every agent started by a pool's allocation carries (pool=NAME); `pool: NAME` in a spec constrains on it.
 POOL_LABEL = "pool"
@@ -91,6 +93,18 @@ class JobSpec:
     # content_id, source; the task reads it at TENSORFLEET_DATASET_DIR
     dataset_version: dict[str, Any] | None = None
     pool: str = ""  # run only on agents of this pool (issue 25), which brings them when none is online
+    # May the scheduler stop its tasks for a job of higher priority (they checkpoint and are queued again)? Default:
+    # priority below 0. A task that has no checkpoint yet is stopped only with allow_restart (it starts over).
+    preemptible: bool = False
+    allow_restart: bool = False
+    # Sharing one GPU (gpus is then 1): the bytes of GPU memory each task may use, or the share of a GPU's memory
+    # (`gpus: 0.5`); 0: whole GPUs.
+    gpu_memory: int = 0
+    gpu_fraction: float = 0.0
+
+    @property
+    def shares_gpu(self) -> bool:
+        return bool(self.gpu_memory or self.gpu_fraction)
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -111,6 +125,11 @@ class JobSpec:
             del body["dataset_version"]
         if not self.pool:
             del body["pool"]
+        for key in ("allow_restart", "gpu_memory", "gpu_fraction"):  # other jobs' stored specs stay as they were
+            if not body[key]:
+                del body[key]
+        if self.preemptible == (self.priority < 0):  # the default: said only when it differs
+            del body["preemptible"]
         return body
 
 
@@ -226,6 +245,8 @@ def parse_job_spec(body: Any) -> JobSpec:
     if model_name and (len(model_name) > 128 or not _NAME.match(model_name)):
         raise JobSpecError("model_name", "may only hold letters, digits, '.', '_' and '-' (at most 128)")
     pool = _pool(body.get("pool"))
+    gpus, gpu_memory, gpu_fraction = _gpu_share(body)
+    priority = _int(body, "priority", 0, minimum=-1000, maximum=1000)
     timeout = body.get("timeout")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not math.isfinite(timeout):
@@ -240,8 +261,8 @@ def parse_job_spec(body: Any) -> JobSpec:
         hyperparameters=hyper,
         num_workers=_int(body, "num_workers", 1, minimum=1, maximum=MAX_WORKERS),
         epochs=epochs,
-        gpus=_int(body, "gpus", 0, minimum=0, maximum=64),
-        priority=_int(body, "priority", 0, minimum=-1000, maximum=1000),
+        gpus=gpus,
+        priority=priority,
         max_retries=_int(body, "max_retries", 2, minimum=0, maximum=100),
         timeout=float(timeout) if timeout is not None else None,
         constraints=_pool_constraint(_constraints(body.get("constraints")), pool),
@@ -256,7 +277,53 @@ def parse_job_spec(body: Any) -> JobSpec:
         keep_models=keep_models,
         dataset_version=_dataset_version(body.get("dataset_version")),
         pool=pool,
+        preemptible=_bool(body, "preemptible", priority < 0),
+        allow_restart=_bool(body, "allow_restart", False),
+        gpu_memory=gpu_memory,
+        gpu_fraction=gpu_fraction,
     )
+
+
+def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise JobSpecError(key, f"must be true or false, got {str(value)[:80]!r}")
+    return value
+
+
+def _gpu_share(body: dict[str, Any]) -> tuple[int, int, float]:
+    """(gpus, gpu_memory, gpu_fraction): `gpus` is a whole number, or a fraction below 1 (the share of one GPU's
+    memory); `gpu_memory` a size ('6GiB' or bytes) of one GPU, the two shares exclusive and only with one GPU."""
+    raw = body.get("gpus", 0)
+    fraction = body.get("gpu_fraction")
+    if isinstance(raw, float) and 0 < raw < 1:
+        if fraction is not None:
+            raise JobSpecError("gpus", "give a fraction either as gpus or as gpu_fraction, not both")
+        fraction, raw = raw, 1
+    gpus = _int({"gpus": raw}, "gpus", 0, minimum=0, maximum=64)
+    share = 0.0
+    if fraction is not None and fraction != 0:
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+            raise JobSpecError("gpu_fraction", f"must be a share of one GPU between 0 and 1, got {fraction!r}")
+        share = float(fraction)
+    memory_raw = body.get("gpu_memory")
+    memory = 0
+    if memory_raw is not None and memory_raw != 0:
+        if isinstance(memory_raw, bool) or not isinstance(memory_raw, int | str):
+            raise JobSpecError("gpu_memory", f"must be a size such as 6GiB or bytes, got {memory_raw!r}")
+        try:
+            memory = memory_raw if isinstance(memory_raw, int) else parse_size(memory_raw, "gpu_memory")
+        except ValueError as exc:
+            raise JobSpecError("gpu_memory", str(exc)) from None
+        if memory < 1 << 20:
+            raise JobSpecError("gpu_memory", f"must be at least 1MiB, got {memory_raw!r}")
+    if memory and share:
+        raise JobSpecError("gpu_memory", "give either gpu_memory or a fraction of a GPU, not both")
+    if (memory or share) and gpus not in (0, 1):
+        raise JobSpecError("gpus", f"a task shares one GPU by memory: gpus must be 1 with a share, got {gpus}")
+    return (1 if memory or share else gpus), memory, share
 
 
 def _pool(value: Any) -> str:

@@ -127,6 +127,12 @@ class Job:
         return int(self.spec.get("priority", 0))
 
     @property
+    def preemptible(self) -> bool:
+        """Whether a more important job may stop its tasks: said in the spec, else true below the default priority
+        (jobspec.JobSpec.preemptible)."""
+        return bool(self.spec.get("preemptible", self.priority < 0))
+
+    @property
     def progress(self) -> float:
         if self.state is JobState.SUCCEEDED:
             return 1.0

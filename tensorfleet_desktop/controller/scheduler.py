@@ -25,6 +25,18 @@ class Capacity:
     load: float = 0.0  # CPU percent
     labels: dict[str, str] = field(default_factory=dict)
     workloads: frozenset[str] = frozenset()
+    gpus: tuple[GpuRoom, ...] = ()  # per GPU, for tasks that share one by memory
+
+
+@dataclass
+class GpuRoom:
+    """One GPU of an agent as the scheduler packs it: shared tasks by memory, or one task holding it whole."""
+
+    index: int
+    total_memory: int
+    free_memory: int  # total less the larger of what NVML says is used and what shared tasks were promised
+    whole: bool  # no task on it: a whole-GPU task may take it
+    exclusive: bool = False  # a whole-GPU task holds it: no shared task may join
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,10 @@ class Request:
     waiting_since: float = 0.0
     avoid: tuple[str, ...] = ()  # node ids where an attempt failed: used only when nothing else fits
     prefer: tuple[str, ...] = ()  # node ids holding its dataset version: first among those that fit
+    user: str = ""  # the job's submitter: quotas and fair share
+    preemptible: bool = False  # a more important job may stop its tasks (they checkpoint and are queued again)
+    gpu_memory: int = 0  # > 0: each rank shares one GPU, using this many bytes of its memory
+    gpu_fraction: float = 0.0  # > 0: each rank shares one GPU, using this share of its memory
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobTask
@@ -54,6 +54,10 @@ class StoreFullError(OSError):
 
 def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+#: the team's tables (issue 24): named client tokens (hashed) by id, quotas and decayed usage by user
+TeamTable = Literal["tokens", "quotas", "usage"]
 
 
 class JobStore(abc.ABC):
@@ -112,6 +116,28 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def load_pools(self) -> dict[str, dict[str, Any]]:
         """Every pool's settings by name."""
+
+    @abc.abstractmethod
+    def save_team_record(self, table: TeamTable, key: str, body: dict[str, Any] | None) -> None:
+        """Queue a named token (by id), a user's quota or a user's decayed usage (by user); None deletes it."""
+
+    @abc.abstractmethod
+    async def load_team_records(self, table: TeamTable) -> dict[str, dict[str, Any]]:
+        """Every record of that table by key."""
+
+    @abc.abstractmethod
+    def append_audit(self, entry: dict[str, Any]) -> None:
+        """Queue one audit entry: {"seq", "time", "user", "action", ...}; seq is the caller's, increasing."""
+
+    @abc.abstractmethod
+    async def audit_entries(
+        self, user: str = "", action: str = "", since: float = 0.0, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """Audit entries newest first, of one user and/or action ("" = any), at or after `since`."""
+
+    @abc.abstractmethod
+    async def last_audit_seq(self) -> int:
+        """The highest stored audit seq (0: none)."""
 
     @abc.abstractmethod
     def save_dataset_version(self, name: str, version: int, body: dict[str, Any]) -> None:

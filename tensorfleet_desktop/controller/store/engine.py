@@ -30,14 +30,14 @@ from contextlib import AbstractContextManager
 from typing import Any, Generic, Literal, TypeVar
 
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobTask, artifact_dict, task_dict
-from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError
+from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, TeamTable
 
 log = logging.getLogger(__name__)
 
 C = TypeVar("C")  # what a backend's writes and reads are handed: a connection, a database
 T = TypeVar("T")
 # the tables of plain bodies, keyed by node id, dataset name (a dataset stored before versions) or NAME:VERSION
-Table = Literal["agents", "datasets", "dataset_versions", "pools"]
+Table = Literal["agents", "datasets", "dataset_versions", "pools", "tokens", "quotas", "usage"]
 
 BATCH_WINDOW = 0.05  # seconds the writer keeps gathering after the first queued write (<= 100 ms)
 _RETRY_FIRST, _RETRY_MAX = 0.5, 10.0  # seconds between tries to commit writes held for space, doubling
@@ -176,6 +176,16 @@ class QueuedStore(JobStore, Generic[C]):
         never seen without its rows); `new`: its first save, which may refuse an id already stored."""
 
     @abc.abstractmethod
+    def _write_audit(self, conn: C, entry: dict[str, Any]) -> None:
+        """Insert one audit entry (keyed by its seq; a repeat is ignored)."""
+
+    @abc.abstractmethod
+    def _read_audit(self, conn: C, user: str, action: str, since: float, limit: int) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def _last_audit_seq(self, conn: C) -> int: ...
+
+    @abc.abstractmethod
     def _delete_job(self, conn: C, job_id: str) -> None:
         """Delete the job's body, its events and the cursors of its attempts (safe to repeat)."""
 
@@ -280,6 +290,24 @@ class QueuedStore(JobStore, Generic[C]):
 
     def delete_pool(self, name: str) -> None:
         self._put_body("pools", name, None)
+
+    def save_team_record(self, table: TeamTable, key: str, body: dict[str, Any] | None) -> None:
+        self._put_body(table, key, body)
+
+    async def load_team_records(self, table: TeamTable) -> dict[str, dict[str, Any]]:
+        return await self._read(lambda conn: self._read_bodies(conn, table))
+
+    def append_audit(self, entry: dict[str, Any]) -> None:
+        snapshot = copy.deepcopy(entry)
+        self._put(lambda conn: self._write_audit(conn, snapshot))
+
+    async def audit_entries(
+        self, user: str = "", action: str = "", since: float = 0.0, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        return await self._read(lambda conn: self._read_audit(conn, user, action, since, max(1, limit)))
+
+    async def last_audit_seq(self) -> int:
+        return await self._read(self._last_audit_seq)
 
     def save_dataset_version(self, name: str, version: int, body: dict[str, Any]) -> None:
         self._put_body("dataset_versions", f"{name}:{version}", body)

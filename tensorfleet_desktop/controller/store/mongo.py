@@ -106,6 +106,8 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
         db.models.create_index([("metrics.test_accuracy", desc)], name="models_by_accuracy")
         db.models.create_index([("metrics.r2", desc)], name="models_by_r2")
         db.aliases.create_index([("name", asc), ("alias", asc)], unique=True, name="alias_unique")
+        db.audit.create_index([("user", asc), ("_id", desc)], name="audit_by_user")
+        db.audit.create_index([("action", asc), ("_id", desc)], name="audit_by_action")
         if current < SCHEMA_VERSION:
             log.info("MongoDB store %s: schema %d -> %d", self.uri, current, SCHEMA_VERSION)
             db.meta.update_one({"_id": "schema_version"}, {"$set": {"value": SCHEMA_VERSION}}, upsert=True)
@@ -216,6 +218,24 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
                 body["artifacts"] = [a for _, a in sorted(artifacts.get(body["id"], []), key=lambda r: r[0])]
             bodies.append(body)
         return bodies, last, cursors
+
+    def _write_audit(self, db: Any, entry: dict[str, Any]) -> None:
+        db.audit.update_one(
+            {"_id": int(entry["seq"])}, {"$setOnInsert": {**entry, "_id": int(entry["seq"])}}, upsert=True
+        )
+
+    def _read_audit(self, db: Any, user: str, action: str, since: float, limit: int) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"time": {"$gte": since}}
+        if user:
+            query["user"] = user
+        if action:
+            query["action"] = action
+        rows = db.audit.find(query, {"_id": 0}).sort("_id", -1).limit(limit)
+        return [dict(row) for row in rows]
+
+    def _last_audit_seq(self, db: Any) -> int:
+        row = db.audit.find_one({}, sort=[("_id", -1)])
+        return int(row["_id"]) if row else 0
 
     def _read_bodies(self, db: Any, table: Table) -> dict[str, dict[str, Any]]:
         return {row["_id"]: row["body"] for row in db[table].find()}

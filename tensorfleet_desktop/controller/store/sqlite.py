@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
@@ -58,10 +58,28 @@ _MIGRATIONS = (
     """
     CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, body TEXT NOT NULL);
     """,
+    # the team (issue 24): named tokens (hashed), quotas and decayed usage; the audit log
+    """
+    CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS quotas (user TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS usage (user TEXT PRIMARY KEY, body TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY, time REAL NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL, body TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS audit_by_user ON audit(user, seq);
+    CREATE INDEX IF NOT EXISTS audit_by_action ON audit(action, seq);
+    """,
 )
 # The events table's columns (what is indexed); the other fields of an event go in its JSON body.
 EVENT_COLUMNS = ("job_id", "seq", "time", "kind", "task_index", "attempt_id", "agent_seq")
-_KEYS: dict[Table, str] = {"agents": "node_id", "datasets": "name", "dataset_versions": "ref", "pools": "name"}
+_KEYS: dict[Table, str] = {
+    "agents": "node_id",
+    "datasets": "name",
+    "dataset_versions": "ref",
+    "pools": "name",
+    "tokens": "id",
+    "quotas": "user",
+    "usage": "user",
+}
 # SQLite's answers when a write cannot reach the disk (full, quota, or an I/O error writing the WAL or its index)
 _NO_SPACE_CODES = ("SQLITE_FULL", "SQLITE_IOERR")
 
@@ -205,6 +223,27 @@ class SqliteJobStore(QueuedStore[sqlite3.Connection]):
                 body["tasks"], body["artifacts"] = tasks.get(body["id"], []), artifacts.get(body["id"], [])
             bodies.append(body)
         return bodies, last, cursors
+
+    def _write_audit(self, conn: sqlite3.Connection, entry: dict[str, Any]) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO audit VALUES (?, ?, ?, ?, ?)",
+            (int(entry["seq"]), float(entry["time"]), str(entry["user"]), str(entry["action"]), json.dumps(entry)),
+        )
+
+    def _read_audit(
+        self, conn: sqlite3.Connection, user: str, action: str, since: float, limit: int
+    ) -> list[dict[str, Any]]:
+        sql, args = "SELECT body FROM audit WHERE time >= ?", [float(since)]
+        if user:
+            sql += " AND user = ?"
+        if action:
+            sql += " AND action = ?"
+        values = (*args, *(v for v in (user, action) if v), limit)
+        rows = conn.execute(sql + " ORDER BY seq DESC LIMIT ?", values)
+        return [json.loads(body) for (body,) in rows]
+
+    def _last_audit_seq(self, conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()[0])
 
     def _read_bodies(self, conn: sqlite3.Connection, table: Table) -> dict[str, dict[str, Any]]:
         return {key: json.loads(body) for key, body in conn.execute(f"SELECT {_KEYS[table]}, body FROM {table}")}
