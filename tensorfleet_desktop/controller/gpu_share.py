@@ -1,0 +1,65 @@
+"""How much of a GPU a task takes: whole GPUs, or a share of one GPU's memory (issue 24, "Sharing a GPU by memory").
+
+One place for the arithmetic that quotas, fair-share usage, placement and the attempt's TaskSpec all need, so a
+shared task counts the same everywhere. Pure functions over a stored job spec (`JobSpec.to_dict()`), no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# What a shared task counts for when the GPU it runs (or would run) on is not known: half a GPU.
+UNKNOWN_SHARE = 0.5
+
+
+def shares_gpu(spec: dict[str, Any]) -> bool:
+    """Does a task of this spec share one GPU by memory (`gpu_memory` or `gpu_fraction`)?"""
+    return bool(_memory(spec) or _fraction(spec))
+
+
+def gpu_amount(spec: dict[str, Any], total_memory: int = 0) -> float:
+    """GPUs one task of `spec` takes, for quotas and usage: `gpus` for whole GPUs; for a shared task its share of the
+    GPU: gpu_fraction, or gpu_memory / total_memory (at most 1), or UNKNOWN_SHARE when the total is unknown."""
+    fraction = _fraction(spec)
+    if fraction:
+        return fraction
+    memory = _memory(spec)
+    if memory:
+        if total_memory > 0:
+            return min(1.0, memory / total_memory)
+        return UNKNOWN_SHARE
+    gpus = spec.get("gpus") or 0
+    return float(gpus) if isinstance(gpus, int | float) and not isinstance(gpus, bool) else 0.0
+
+
+def share_bytes(spec: dict[str, Any], total_memory: int) -> int:
+    """The GPU memory (bytes) one task of a sharing `spec` is promised on a GPU of `total_memory` bytes: gpu_memory,
+    or gpu_fraction of the total (0 when the total is unknown: a fraction cannot be turned into bytes). 0 for a
+    whole-GPU spec."""
+    memory = _memory(spec)
+    if memory:
+        return memory
+    fraction = _fraction(spec)
+    if fraction and total_memory > 0:
+        return max(1, int(total_memory * fraction))
+    return 0
+
+
+def memory_fraction(share: int, total_memory: int) -> float:
+    """The cap a torch task applies (`torch.cuda.set_per_process_memory_fraction`): its share of the GPU's memory,
+    in (0, 1]; 0 when either is unknown (no cap)."""
+    if share <= 0 or total_memory <= 0:
+        return 0.0
+    return min(1.0, share / total_memory)
+
+
+def _memory(spec: dict[str, Any]) -> int:
+    value = spec.get("gpu_memory") or 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _fraction(spec: dict[str, Any]) -> float:
+    value = spec.get("gpu_fraction") or 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        return 0.0
+    return float(value)
