@@ -20,4 +20,6 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
     if spec.dataset_mount is not None:
         for transport in ("peers", "ticket", "ticket_signature"):
             body["dataset_mount"].pop(transport, None)
+    if not spec.gpu_memory_bytes:  # the journals of tasks that share no GPU read as before
+        del body["gpu_memory_bytes"]
     return body

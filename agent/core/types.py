@@ -123,6 +123,8 @@ class TaskSpec:
     group_world_size: int = 0
     max_restarts: int = 0
     dataset_mount: DatasetMount | None = None  # materialized read-only once per version (runtime/datasets.py)
+    # > 0: the task shares one GPU with others (gpus is then 1), promised this many bytes of its memory
+    gpu_memory_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,9 @@ class GpuTelemetry:
     memory_total_bytes: int
     temperature_celsius: float
     power_watts: float
+    memory_reserved_bytes: int = 0  # promised to the tasks sharing it by memory (their TaskSpec.gpu_memory_bytes)
+    shared_tasks: int = 0  # tasks sharing it by memory now
+    exclusive: bool = False  # a task holds it whole
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,10 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ValidationError(
             "spec.timeout_seconds", f"must be between 0 and {MAX_TIMEOUT:g}, got {spec.timeout_seconds}"
         )
+    if spec.gpu_memory_bytes < 0:
+        raise ValidationError("spec.gpu_memory_bytes", f"must be >= 0, got {spec.gpu_memory_bytes}")
+    if spec.gpu_memory_bytes and spec.gpus != 1:
+        raise ValidationError("spec.gpus", f"a task sharing a GPU by memory takes 1, got {spec.gpus}")
     if spec.memory_limit_bytes < 0:
         raise ValidationError("spec.memory_limit_bytes", f"must be >= 0, got {spec.memory_limit_bytes}")
     if spec.attempt < 0:

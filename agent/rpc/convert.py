@@ -160,6 +160,7 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         group_rank=spec.group_rank,
         group_world_size=spec.group_world_size,
         max_restarts=spec.max_restarts,
+        gpu_memory_bytes=spec.gpu_memory_bytes,
     )
     if spec.dataset_mount is not None:
         mount = spec.dataset_mount
@@ -210,6 +211,7 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         group_rank=msg.group_rank,
         group_world_size=msg.group_world_size,
         max_restarts=msg.max_restarts,
+        gpu_memory_bytes=msg.gpu_memory_bytes,
         rendezvous=(
             Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
         ),
@@ -359,6 +361,9 @@ def telemetry_to_pb(t: Telemetry) -> pb.Telemetry:
                 memory_total_bytes=g.memory_total_bytes,
                 temperature_celsius=g.temperature_celsius,
                 power_watts=g.power_watts,
+                memory_reserved_bytes=g.memory_reserved_bytes,
+                shared_tasks=g.shared_tasks,
+                exclusive=g.exclusive,
             )
             for g in t.gpus
         ],
@@ -387,6 +392,9 @@ def telemetry_from_pb(msg: pb.Telemetry) -> Telemetry:
                 g.memory_total_bytes,
                 g.temperature_celsius,
                 g.power_watts,
+                g.memory_reserved_bytes,
+                g.shared_tasks,
+                g.exclusive,
             )
             for g in msg.gpus
         ),

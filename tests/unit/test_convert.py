@@ -71,6 +71,7 @@ def test_task_spec_round_trip() -> None:
         env={"FOO": "bar"},
         attempt=2,
         rendezvous=Rendezvous("10.0.0.1", 29500),
+        gpu_memory_bytes=6 << 30,
     )
     assert convert.task_spec_from_pb(convert.task_spec_to_pb(spec)) == spec
 
@@ -113,6 +114,10 @@ def test_node_info_and_telemetry_round_trip() -> None:
     )
     assert convert.node_info_from_pb(convert.node_info_to_pb(info)) == info
     tel = Telemetry(1.0, 12.5, 100, 200, 300, (GpuTelemetry(0, 50.0, 1, 2, 60.0, 250.0),), 4, 3, 1)
+    assert convert.telemetry_from_pb(convert.telemetry_to_pb(tel)) == tel
+    shared = GpuTelemetry(1, 5.0, 3 << 30, 16 << 30, 40.0, 90.0, memory_reserved_bytes=12 << 30, shared_tasks=2)
+    whole = GpuTelemetry(2, 99.0, 15 << 30, 16 << 30, 70.0, 300.0, exclusive=True)
+    tel = Telemetry(1.0, 12.5, 100, 200, 300, (shared, whole), 4, 3, 1)
     assert convert.telemetry_from_pb(convert.telemetry_to_pb(tel)) == tel
 
 
