@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass
@@ -97,11 +98,28 @@ def _take(request: Request, cap: Capacity) -> None:
     cap.free_gpu_slots -= request.gpus
 
 
+class Gate(Protocol):
+    """Quotas (controller/quotas.py): how many of a request's ranks its user may place now, and why not all."""
+
+    def allow(self, request: Request) -> tuple[int, str]: ...
+
+    def took(self, request: Request, ranks: int) -> None: ...
+
+
 def plan(
-    requests: Iterable[Request], capacities: list[Capacity], now: float, reserve_after: float, *, ordered: bool = False
+    requests: Iterable[Request],
+    capacities: list[Capacity],
+    now: float,
+    reserve_after: float,
+    *,
+    ordered: bool = False,
+    gate: Gate | None = None,
+    held: dict[str, str] | None = None,
 ) -> list[Placement]:
     """Where the requests' ranks go now. `ordered`: the requests come sorted already (priority, then FIFO), and
-    are read only until every free slot is taken (a lazy iterable over a long queue costs what it places)."""
+    are read only until every free slot is taken (a lazy iterable over a long queue costs what it places).
+    `gate`: each request is placed only as far as its user's quota lets it (a gang whole or not at all); a request
+    held back, wholly or in part, gets its reason in `held` (it waits, it reserves nothing)."""
     caps = {c.node_id: Capacity(**{**c.__dict__, "labels": dict(c.labels)}) for c in capacities}
     out: list[Placement] = []
     free = sum(max(0, c.free_slots) for c in caps.values())
@@ -110,10 +128,19 @@ def plan(
     for request in requests if ordered else sorted(requests, key=lambda r: (-r.priority, r.seq_no)):
         if free <= 0:
             break  # every slot is taken or reserved: nothing behind this request can be placed either
+        ranks = request.ranks
+        if gate is not None:
+            allowed, reason = gate.allow(request)
+            if allowed < len(ranks):
+                if held is not None:
+                    held[request.job_id] = reason
+                if allowed <= 0:
+                    continue
+                ranks = ranks[:allowed]
         candidates = [c for c in caps.values() if eligible(request, c)]
         trial = {c.node_id: Capacity(**{**c.__dict__}) for c in candidates}
         chosen: list[Placement] = []
-        for rank in request.ranks:
+        for rank in ranks:
             fitting = sorted(
                 (c for c in trial.values() if _fits(request, c)),
                 key=lambda c: (c.node_id in request.avoid, c.node_id not in request.prefer, _order(c)),
@@ -122,10 +149,12 @@ def plan(
                 break
             _take(request, fitting[0])
             chosen.append(Placement(request.job_id, rank, fitting[0].node_id))
-        if len(chosen) == len(request.ranks) or (chosen and not request.gang):
+        if len(chosen) == len(ranks) or (chosen and not request.gang):
             for p in chosen:
                 _take(request, caps[p.node_id])
             out.extend(chosen)
+            if gate is not None:
+                gate.took(request, len(chosen))
             free -= len(chosen) * max(1, request.gpus)
         elif request.gang and now - request.waiting_since >= reserve_after:
             # Reserve: nobody behind this gang may use the slots it could use.
