@@ -286,10 +286,18 @@ class AgentClient:
                 yield convert.event_from_pb(msg)
 
     async def cancel_task(
-        self, task_id: str, reason: str = "", timeout: float = 10.0, checkpoint_grace: float = 0.0
+        self,
+        task_id: str,
+        reason: str = "",
+        timeout: float = 10.0,
+        checkpoint_grace: float = 0.0,
+        preempt: bool = False,
     ) -> bool:
-        """checkpoint_grace > 0 asks the workload to checkpoint and stop first (how a job pauses)."""
-        request = pb.CancelTaskRequest(task_id=task_id, reason=reason, checkpoint_grace_seconds=checkpoint_grace)
+        """checkpoint_grace > 0 asks the workload to checkpoint and stop first (how a job pauses); `preempt`: the
+        task ends PREEMPTED (Executor.preempt), queued again by the controller rather than cancelled."""
+        request = pb.CancelTaskRequest(
+            task_id=task_id, reason=reason, checkpoint_grace_seconds=checkpoint_grace, preempt=preempt
+        )
         reply = await self._call(lambda md: self.stub.CancelTask(request, timeout=timeout, metadata=md))
         return bool(reply.was_running)
 

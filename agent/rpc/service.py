@@ -173,7 +173,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             raise ValidationError(
                 "checkpoint_grace_seconds", f"must be between 0 and {MAX_CHECKPOINT_GRACE:g}, got {grace:g}"
             )
-        was_running = await self.executor.cancel(request.task_id, request.reason, checkpoint_grace=grace)
+        if request.preempt:  # a more important job takes its room: it ends PREEMPTED and is queued again
+            was_running = await self.executor.preempt(request.task_id, request.reason, grace)
+        else:
+            was_running = await self.executor.cancel(request.task_id, request.reason, checkpoint_grace=grace)
         return pb.CancelTaskResponse(was_running=was_running)
 
     @_unary

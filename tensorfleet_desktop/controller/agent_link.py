@@ -101,6 +101,12 @@ class FleetAgents:
         with _core_errors():
             await self._client(node_id).cancel_task(attempt, reason, timeout=10, checkpoint_grace=checkpoint_grace)
 
+    async def preempt(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float) -> None:
+        with _core_errors():
+            await self._client(node_id).cancel_task(
+                attempt, reason, timeout=10, checkpoint_grace=checkpoint_grace, preempt=True
+            )
+
     async def list_tasks(self, node_id: str) -> list[tuple[str, str]]:
         with _core_errors():
             return [(t.task_id, t.job_id) for t in await self._client(node_id).list_tasks(timeout=5)]

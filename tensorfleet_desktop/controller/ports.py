@@ -73,6 +73,11 @@ class AgentPort(Protocol):
 
     async def cancel_task(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float = 0.0) -> None: ...
 
+    async def preempt(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float) -> None:
+        """Take the attempt's room for a more important job: a workload that can checkpoint saves one and stops
+        (killed after the grace), another is stopped now; it ends CANCELLED with exit cause `preempted`."""
+        ...
+
     async def list_tasks(self, node_id: str) -> list[tuple[str, str]]:
         """(attempt, job id) of every task the agent runs now."""
         ...

@@ -86,6 +86,7 @@ class FakeAgents:
         self.pushed: list[tuple[str, str]] = []  # (node id, sha256) of every blob sent with put_blob / put_bytes
         # journaled by a cancelled task before its Finished (a project's outputs, collected as it ends)
         self.on_cancel: list[EventPayload] = []
+        self.preempted: dict[str, tuple[str, float]] = {}  # attempt -> (reason, checkpoint grace) of preempt()
         self._listeners: list[AgentListener] = []
         self._changed = asyncio.Condition()
 
@@ -235,6 +236,14 @@ class FakeAgents:
             if not checkpoint_grace:  # a pause's checkpoint-and-stop ends when the test says
                 self.send(attempt, *self.on_cancel)
                 self.finish(attempt, TaskState.CANCELLED, "cancelled", reason)
+        self._notify()
+
+    async def preempt(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float) -> None:
+        """As the agent's Executor.preempt, save that the task ends when the test says (`finish` it PREEMPTED):
+        the call and its reason are recorded (`preempted`)."""
+        self._online(node_id)
+        self.calls.append(("preempt", node_id, attempt))
+        self.preempted[attempt] = (reason, checkpoint_grace)
         self._notify()
 
     async def list_tasks(self, node_id: str) -> list[tuple[str, str]]:
