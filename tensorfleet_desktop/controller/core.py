@@ -27,6 +27,7 @@ from tensorfleet_desktop.controller.dataset_catalog import DatasetCatalog
 from tensorfleet_desktop.controller.dataset_holders import Holders
 from tensorfleet_desktop.controller.errors import JobError
 from tensorfleet_desktop.controller.events import EventLog
+from tensorfleet_desktop.controller.fair_share import DEFAULT_HALF_LIFE
 from tensorfleet_desktop.controller.ingest import Ingest
 from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.jobspec import parse_job_spec
@@ -35,9 +36,11 @@ from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventReco
 from tensorfleet_desktop.controller.placement import Placement
 from tensorfleet_desktop.controller.ports import MIN_FREE_DISK_BYTES, AgentPort, Clock, SystemClock, TicketMaker
 from tensorfleet_desktop.controller.project_files import ProjectFiles
+from tensorfleet_desktop.controller.quotas import Quotas
 from tensorfleet_desktop.controller.retention import project_manifests
 from tensorfleet_desktop.controller.store.base import JobStore, StoreFullError, full_message
 from tensorfleet_desktop.controller.store.blobs import BlobStore
+from tensorfleet_desktop.controller.team_usage import TeamUsage
 from tensorfleet_desktop.controller.trials import SweepRunner
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class Controller:
         clock: Clock | None = None,
         tickets: TicketMaker | None = None,
         peer_transfer: bool = True,
+        fair_share_half_life: float = DEFAULT_HALF_LIFE,
     ) -> None:
         """`agents` is the core's only way to its agents."""
         clock = clock or SystemClock()
@@ -99,8 +103,18 @@ class Controller:
             tickets,
             peer_transfer,
         )
+        self.quotas = Quotas(store)  # per user (issue 24); fair share's usage in self.usage
+        self.usage = TeamUsage(store, self.quotas, fair_share_half_life)
         self.placement = Placement(
-            agents, self.machine, self.events, self.attempts, self.sweeps, metrics, clock, gang_reserve_after
+            agents,
+            self.machine,
+            self.events,
+            self.attempts,
+            self.sweeps,
+            metrics,
+            clock,
+            gang_reserve_after,
+            self.usage,
         )
         self.machine.effects = _Effects(self.attempts, self.artifacts, self.sweeps)
         self.jobs = self.machine.jobs
@@ -117,7 +131,10 @@ class Controller:
 
     async def start(self) -> None:
         await self.catalog.load()
+        await self.quotas.load()
+        await self.usage.load()
         self.machine.restore(await self.store.load_jobs())
+        self.usage.rescan(self.machine.open.values())  # what runs holds its quota from the first pass
         if self.machine.open:
             log.info("restored %d unfinished job(s) from %s", len(self.machine.open), self.store.uri)
         self.placement.update_gauges()
@@ -137,6 +154,8 @@ class Controller:
         # cursor with what the events since the last save told it forgotten (a model registered without its score).
         for job in self.machine.open.values():
             self.store.save_job(job)
+        self.usage.tick(self.machine.clock.time(), self.machine.open)  # usage up to now, then saved
+        self.usage.save(self.machine.clock.time())
         try:
             await self.store.flush()
         except StoreFullError as exc:

@@ -2,13 +2,14 @@
 pending tasks on agents with free slots (scheduler.plan decides where); every TICK it also times out jobs and
 re-places orphans (time-based checks that need no pass per event).
 
-A pass costs what it places, not the queue's length: the open jobs are kept in scheduling order (priority, then
-FIFO) as they come, and plan() reads them lazily, stopping once every free slot is taken."""
+A pass costs what it places, not the queue's length: the open jobs are kept in scheduling order as they come
+(priority, then fair share: per-user FIFO queues merged by each user's recent usage and holdings, fair_share.py),
+and plan() reads them lazily, stopping once every free slot is taken. Quotas (quotas.py) hold a user's requests
+back with a reason, shown as the job's `waiting` sentence."""
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import itertools
 import logging
@@ -23,8 +24,10 @@ from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
 from tensorfleet_desktop.controller.ports import AgentPort, Clock
+from tensorfleet_desktop.controller.quotas import Gate
 from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible, plan, rank_layout
 from tensorfleet_desktop.controller.scheduler import Placement as Placed
+from tensorfleet_desktop.controller.team_usage import TeamUsage, user_of
 from tensorfleet_desktop.controller.trials import SweepRunner
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class Placement:
         metrics: ControllerMetrics,
         clock: Clock,
         gang_reserve_after: float,
+        usage: TeamUsage,
     ) -> None:
         self.agents = agents
         self.machine = machine
@@ -57,8 +61,8 @@ class Placement:
         self.gang_reserve_after = gang_reserve_after
         self._gauges_at = 0.0
         self._checked_at = -TICK  # clock.monotonic() of the last timeout and orphan check
-        self._order: list[tuple[int, int, str]] = []  # (-priority, seq_no, job id) of the open jobs, sorted
-        self._ordered: set[str] = set()  # the ids in _order (some may have ended since)
+        self.usage = usage  # what each user runs and used lately (quotas, fair share); its queue holds the order
+        self.held: dict[str, str] = {}  # job id -> why quota holds it back, as of the last pass that placed
         self._sweeps: set[str] = set()  # the sweeps among them
         self.sources: list[CapacitySource] = []  # who can bring capacity that is not online (capacity.py)
         self._capacities: list[Capacity] = []  # the online agents' capacity at the last pass
@@ -123,6 +127,7 @@ class Placement:
             self._checked_at = now
             self.machine.check_timeouts()
             self.attempts.check_orphans()
+            self.usage.tick(self.clock.time(), self.machine.open)
             self.schedule()
             self._offer_demand()
             return
@@ -133,10 +138,11 @@ class Placement:
         such job gets a `waiting` reason (a source's, or plain_reason's); jobs no longer waiting lose theirs."""
         now = self.clock.time()
         waiting: list[Waiting] = []
+        held = self.held  # over quota: no source can help; the reason is the quota's
         for job in self._queue():
             if len(waiting) >= DEMAND_SCAN:
                 break
-            if now - job.queued_since < DEMAND_AFTER:
+            if now - job.queued_since < DEMAND_AFTER or job.id in held:
                 continue
             request = self._request(job, now)
             if request is not None:
@@ -155,6 +161,13 @@ class Placement:
                 reasons.setdefault(job_id, reason)
         open_ = self.machine.open
         current: set[str] = set()
+        for job_id, reason in held.items():
+            held_job = open_.get(job_id)
+            if held_job is not None and held_job.state in (JobState.QUEUED, JobState.RUNNING):
+                current.add(job_id)
+                if held_job.waiting != reason:
+                    held_job.waiting = reason
+                    self.events.touched(held_job)
         for item in waiting:
             job = open_[item.request.job_id]
             reason = reasons.get(job.id) or plain_reason(item, self._capacities)
@@ -170,31 +183,38 @@ class Placement:
         self._waiting = current
 
     def _refresh(self) -> None:
-        """Bring the order up to date: new open jobs inserted where they belong; ended ones are skipped by
-        _queue, and dropped once enough have ended."""
+        """Bring the order up to date: new open jobs join their user's queue; ended ones are skipped by _queue,
+        and dropped once enough have ended."""
         open_ = self.machine.open
-        new = open_.keys() - self._ordered
-        keys = [(-open_[i].priority, open_[i].seq_no, i) for i in new]
-        if len(keys) > 64:  # a restart's whole queue, a burst of submits: one sort
-            self._order += keys
-            self._order.sort()
-        else:
-            for key in keys:
-                bisect.insort(self._order, key)
-        self._sweeps.update(i for i in new if open_[i].mode == "sweep")
-        self._ordered |= new
-        if len(self._ordered) - len(open_) > _COMPACT + len(open_) // 4:  # amortized: a pass skips few
-            self._order = [key for key in self._order if key[2] in open_]
-            self._ordered = {key[2] for key in self._order}
-            self._sweeps &= self._ordered
+        queue = self.usage.queue
+        new = [open_[job_id] for job_id in open_.keys() - queue.ids()]
+        queue.add_many((job.id, job.priority, job.seq_no, user_of(job)) for job in new)
+        self._sweeps.update(job.id for job in new if job.mode == "sweep")
+        if len(queue) - len(open_) > _COMPACT + len(open_) // 4:  # amortized: a pass skips few
+            queue.compact(open_)
+            self._sweeps &= queue.ids()
 
-    def _queue(self) -> Iterator[Job]:
-        """The open jobs in scheduling order: priority, then FIFO."""
+    def _queue(self, gate: Gate | None = None) -> Iterator[Job]:
+        """The open jobs in scheduling order: priority, then fair share (the users' keys as `gate` tells them: a
+        pass's gate sees what the pass placed)."""
         open_ = self.machine.open
-        for key in self._order:
-            job = open_.get(key[2])
+        gate = gate or self.usage.gate(self.clock.time())
+        for job_id in self.usage.queue.order(gate.key):
+            job = open_.get(job_id)
             if job is not None:
                 yield job
+
+    def _requests(self, gate: Gate, held: dict[str, str], now: float) -> Iterator[Request]:
+        """The queue's requests in order; a queued job beyond its user's `queued` quota is held, not asked."""
+        for job in self._queue(gate):
+            if job.state is JobState.QUEUED:
+                reason = gate.queued_job(user_of(job))
+                if reason:
+                    held[job.id] = reason
+                    continue
+            request = self._request(job, now)
+            if request is not None:
+                yield request
 
     def schedule(self) -> None:
         views = self.agents.agents()
@@ -223,10 +243,13 @@ class Placement:
         self._capacities = capacities
         now = self.clock.time()
         placed: list[Placed] = []
+        self.usage.check(self.machine.jobs)  # what ended since the last pass holds nothing now
         if any(c.free_slots > 0 for c in capacities):  # else nothing can be placed: spare the pass over the queue
-            requests = (r for job in self._queue() if (r := self._request(job, now)) is not None)
+            gate, held = self.usage.gate(now), dict[str, str]()
             # plan() reads them in this order and stops once every free slot is taken: the rest are never built
-            placed = plan(requests, capacities, now, self.gang_reserve_after, ordered=True)
+            requests = self._requests(gate, held, now)
+            placed = plan(requests, capacities, now, self.gang_reserve_after, ordered=True, gate=gate, held=held)
+            self.held = held
         if self.attempts.peer_transfer and self.attempts.tickets is not None:  # staged blobs reach others as peers
             self._stage_waiting(capacities, {p.job_id for p in placed}, now)
         if not placed:
@@ -250,6 +273,7 @@ class Placement:
                 }
             layout = layouts.get(job.id, {}).get(placement.rank)
             self.attempts.dispatch(job, job.tasks[placement.rank], agent, layout)
+            self.usage.placed(job, job.tasks[placement.rank])
 
     def _request(self, job: Job, now: float) -> Request | None:
         """What the job asks of the scheduler now: its pending ranks; None when it asks nothing."""
@@ -266,6 +290,7 @@ class Placement:
             job_id=job.id,
             priority=job.priority,
             seq_no=job.seq_no,
+            user=user_of(job),
             ranks=pending,
             workload=str(job.spec["algorithm"]),
             gpus=int(job.spec.get("gpus", 0)),
