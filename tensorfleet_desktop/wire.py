@@ -112,6 +112,7 @@ def info_from_pb(msg: cpb.ControllerInfo) -> dict[str, Any]:
         "local_agent_id": msg.local_agent_id,
         "fingerprint": msg.fingerprint,
         "cluster_id": msg.cluster_id,
+        "caller": principal_from_pb(msg.caller),
     }
 
 
@@ -1025,3 +1026,48 @@ def join_request_from_pb(msg: cpb.JoinClusterRequest) -> dict[str, str]:
         "allocation_id": msg.allocation_id.strip(),
         "hostname": msg.hostname.strip(),
     }
+
+
+# ---------------------------------------------------------------- team: callers, tokens, audit (issue 24)
+
+
+def principal_to_pb(principal: Any) -> cpb.Principal:
+    """principals.Principal (duck-typed: the core's dataclass) as its message."""
+    return cpb.Principal(name=principal.name, role=principal.role, named_token=principal.named_token)
+
+
+def principal_from_pb(msg: cpb.Principal) -> dict[str, Any]:
+    return {"name": msg.name, "role": msg.role, "named_token": msg.named_token}
+
+
+def token_info_to_pb(info: dict[str, Any]) -> cpb.TokenInfo:
+    """tokens.TokenRecord.public() as its message."""
+    return cpb.TokenInfo(**info)
+
+
+def token_info_from_pb(msg: cpb.TokenInfo) -> dict[str, Any]:
+    return {
+        "name": msg.name,
+        "role": msg.role,
+        "created_at": msg.created_at,
+        "created_by": msg.created_by,
+        "last_used_at": msg.last_used_at,
+        "revoked": msg.revoked,
+        "prefix": msg.prefix,
+    }
+
+
+def token_secret_from_pb(msg: cpb.TokenSecret) -> dict[str, Any]:
+    return {**token_info_from_pb(msg.info), "token": msg.token}
+
+
+_AUDIT_FIELDS = ("seq", "time", "user", "role", "action", "target", "detail", "ok")
+
+
+def audit_entry_to_pb(entry: dict[str, Any]) -> cpb.AuditEntry:
+    """A stored audit entry (audit.AuditLog.record's dict) as its message; keys it lacks stay empty."""
+    return cpb.AuditEntry(**{k: entry[k] for k in _AUDIT_FIELDS if k in entry})
+
+
+def audit_entry_from_pb(msg: cpb.AuditEntry) -> dict[str, Any]:
+    return {k: getattr(msg, k) for k in _AUDIT_FIELDS}

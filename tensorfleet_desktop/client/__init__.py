@@ -34,6 +34,7 @@ from tensorfleet_desktop.client.errors import (
     DataLoss,
     InvalidRequest,
     NotFound,
+    PermissionDenied,
     TensorFleetError,
 )
 from tensorfleet_desktop.client.models import load_model_file, trial_rows
@@ -49,6 +50,7 @@ __all__ = [
     "DataLoss",
     "InvalidRequest",
     "NotFound",
+    "PermissionDenied",
     "TensorFleetError",
     "channel_security",
     "check_command",

@@ -87,7 +87,8 @@ class AsyncClient:
         """Find the token and, for TLS, fetch and pin the controller's certificate; the first call does it
         otherwise. Fetching a remote certificate blocks, so it runs in a thread."""
         if self._stub_ is None:
-            credentials, target, self._metadata = await asyncio.to_thread(channel_security, self.address)
+            credentials, target, metadata = await asyncio.to_thread(channel_security, self.address)
+            self._metadata = (*metadata, *_user_metadata())
             self._channel = create_channel(self.address, credentials, target)
             self._stub_ = cpb_grpc.ControllerServiceStub(self._channel)
 
@@ -132,8 +133,9 @@ class AsyncClient:
         request = cpb.SubmitJobRequest(spec_json=json.dumps(spec), submitter=who or submitter())
         return await self._call("SubmitJob", request, wire.job_from_pb)
 
-    async def jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[dict[str, Any]]:
-        request = cpb.ListJobsRequest(states=_checked(wire.job_states_to_pb, states), limit=limit)
+    async def jobs(self, states: tuple[str, ...] = (), limit: int = 0, submitter: str = "") -> list[dict[str, Any]]:
+        """Newest first; `submitter`: only that user's jobs (`whoami()["name"]`: yours)."""
+        request = cpb.ListJobsRequest(states=_checked(wire.job_states_to_pb, states), limit=limit, submitter=submitter)
         return await self._call("ListJobs", request, _jobs)
 
     async def job(self, job_id: str) -> dict[str, Any]:
@@ -675,6 +677,37 @@ class AsyncClient:
     async def shutdown(self) -> None:
         """Stop the controller and its local agent (which lets its running tasks finish first)."""
         await self._call("Shutdown", cpb.ShutdownRequest(), lambda r: None)
+
+    # ---- team (issue 24): who am I, named tokens, the audit log
+
+    async def whoami(self) -> dict[str, Any]:
+        """Who the controller takes this client for: {"name", "role", "named_token"}."""
+        info = await self.info()
+        caller: dict[str, Any] = info["caller"]
+        return caller
+
+    async def create_token(self, name: str, role: str = "user") -> dict[str, Any]:
+        """A named token for `name` (admin only): its info and "token", shown this once."""
+        return await self._call("CreateToken", cpb.CreateTokenRequest(name=name, role=role), wire.token_secret_from_pb)
+
+    async def tokens(self, include_revoked: bool = False) -> list[dict[str, Any]]:
+        request = cpb.ListTokensRequest(include_revoked=include_revoked)
+        return await self._call("ListTokens", request, lambda r: [wire.token_info_from_pb(t) for t in r.tokens])
+
+    async def revoke_token(self, name: str) -> dict[str, Any]:
+        return await self._call("RevokeToken", cpb.TokenRef(name=name), wire.token_info_from_pb)
+
+    async def audit(self, user: str = "", action: str = "", since: float = 0.0, limit: int = 0) -> list[dict[str, Any]]:
+        """Audit entries newest first (an admin sees everyone's; others their own); `since`: unix seconds."""
+        request = cpb.ListAuditRequest(user=user, action=action, since=since, limit=limit)
+        return await self._call("ListAudit", request, lambda r: [wire.audit_entry_from_pb(e) for e in r.entries])
+
+
+def _user_metadata() -> Metadata:
+    """The OS user this client runs as, on every call: with the controller's own token it is who we are (a named
+    token's name overrides it on the controller's side)."""
+    user = submitter().split("@", 1)[0]
+    return (("x-tensorfleet-user", user),) if user.isascii() and user.isprintable() and user else ()
 
 
 async def _discard(fh: IO[bytes] | None, tmp: Path) -> None:

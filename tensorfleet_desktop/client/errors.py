@@ -17,6 +17,10 @@ class InvalidRequest(TensorFleetError):
     """The controller refused the input (bad spec, wrong state); the message names the problem."""
 
 
+class PermissionDenied(InvalidRequest):
+    """The caller's role (or the job's owner) does not allow the call (issue 24); an InvalidRequest as before."""
+
+
 class NotFound(TensorFleetError):
     pass
 
@@ -44,10 +48,11 @@ def translate(exc: grpc.RpcError, address: str) -> TensorFleetError:
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.OUT_OF_RANGE,
     ):
         return InvalidRequest(str(details), name)
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(str(details), name)
     if code is grpc.StatusCode.NOT_FOUND:
         return NotFound(str(details), name)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED and ("data dir full" in str(details) or "disk space" in str(details)):

@@ -213,6 +213,11 @@ class Client:
     remove_pool = _blocking(AsyncClient.remove_pool)
     create_join_credential = _blocking(AsyncClient.create_join_credential)
     shutdown = _blocking(AsyncClient.shutdown)
+    whoami = _blocking(AsyncClient.whoami)
+    create_token = _blocking(AsyncClient.create_token)
+    tokens = _blocking(AsyncClient.tokens)
+    revoke_token = _blocking(AsyncClient.revoke_token)
+    audit = _blocking(AsyncClient.audit)
 
 
 def _close(loop: _LoopThread, aio: AsyncClient) -> None:

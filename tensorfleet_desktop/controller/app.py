@@ -29,6 +29,7 @@ from tensorfleet_agent.security.secrets import register
 from tensorfleet_agent.security.tickets import make_ticket
 from tensorfleet_desktop.connection import connection_path, remove_connection, write_connection
 from tensorfleet_desktop.controller.agent_link import FleetAgents
+from tensorfleet_desktop.controller.audit import AuditLog
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import DEFAULT_WAKE_TIMEOUT, AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -40,6 +41,7 @@ from tensorfleet_desktop.controller.service import CONTROLLER_SERVICE, Controlle
 from tensorfleet_desktop.controller.settings import default_data_dir, resolve_uris
 from tensorfleet_desktop.controller.store import open_store
 from tensorfleet_desktop.controller.store.blobs import open_blobs
+from tensorfleet_desktop.controller.tokens import TokenBook
 from tensorfleet_desktop.controller.waking import WakeSource
 
 log = logging.getLogger(__name__)
@@ -182,7 +184,12 @@ class ControllerApp:
         self.health = Health([CONTROLLER_SERVICE])
         token = cfg.client_token or await asyncio.to_thread(self._client_token)
         register(token)
-        tokens = ClientTokenInterceptor(token)  # every call, loopback included; health stays open
+        # who calls (the client token: an admin; a named token: its name and role), what they may, the audit log
+        self.tokens, self.audit = TokenBook(self.store, token), AuditLog(self.store)
+        await self.tokens.load()
+        await self.audit.load()
+        servicer.tokens, servicer.audit = self.tokens, self.audit
+        tokens = ClientTokenInterceptor(token, tokens=self.tokens, audit=self.audit, owner=self._job_owner)
         credentials = None
         if not is_loopback(cfg.host):
             credentials = tls_server_credentials(self.identity.key_pem, self.identity.cert_pem)
@@ -239,6 +246,14 @@ class ControllerApp:
             tmp = cfg.ready_file.with_name(cfg.ready_file.name + ".tmp")
             tmp.write_text(json.dumps(body))
             os.replace(tmp, cfg.ready_file)
+
+    def _job_owner(self, ref: str) -> tuple[str, str] | None:
+        """A job's id and submitter, for the permission check of a call on it (None: no such job)."""
+        try:
+            job = self.controller.get(ref)
+        except Exception:  # no such job, or an ambiguous ref: the handler's own lookup says so
+            return None
+        return job.id, job.submitter
 
     async def _start_http(self, token: str, refusal: str, info: Callable[[], Any]) -> None:
         """The HTTP API beside gRPC, on the same loop, core and token; FastAPI and uvicorn are imported here only,

@@ -12,6 +12,7 @@ from pathlib import Path
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller.errors import AgentCallError, JobError, NotFoundError
 from tensorfleet_desktop.controller.fleet import AgentNotFound, FleetError
+from tensorfleet_desktop.controller.principals import PermissionDenied, Unauthenticated
 from tensorfleet_desktop.controller.registry import BlobDamaged, ModelNotFound, RegistryError
 from tensorfleet_desktop.controller.store.base import StoreFullError, full_message, is_disk_full
 
@@ -25,6 +26,8 @@ class Kind(enum.StrEnum):
     DATA_LOSS = "data_loss"  # a stored file no longer matches its hash
     FULL = "full"  # the controller's disk or store is out of space
     INTERNAL = "internal"
+    DENIED = "denied"  # the caller's role or ownership does not allow it (issue 24)
+    UNAUTHENTICATED = "unauthenticated"  # no such token, or a revoked one
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ _DATA_DIR: list[Path | None] = [None]  # the serving controller's data dir, for 
 #: First match wins.
 _TABLE: tuple[tuple[type[Exception], Kind], ...] = (
     (ValidationError, Kind.INVALID),
+    (PermissionDenied, Kind.DENIED),
+    (Unauthenticated, Kind.UNAUTHENTICATED),
     (NotFoundError, Kind.NOT_FOUND),
     (RegistryError, Kind.INVALID),
     (ModelNotFound, Kind.NOT_FOUND),

@@ -15,6 +15,8 @@ _CODES = {
     Kind.DATA_LOSS: grpc.StatusCode.DATA_LOSS,
     Kind.FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Kind.INTERNAL: grpc.StatusCode.INTERNAL,
+    Kind.DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Kind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

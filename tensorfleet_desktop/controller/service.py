@@ -23,8 +23,9 @@ from tensorfleet_agent.rpc import handlers
 from tensorfleet_agent.security.secrets import redact, register
 from tensorfleet_agent.workloads.registry import all_workloads
 from tensorfleet_desktop import wire
-from tensorfleet_desktop.controller import operations
+from tensorfleet_desktop.controller import operations, principals
 from tensorfleet_desktop.controller.agent_link import FleetAgents
+from tensorfleet_desktop.controller.audit import AuditLog
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.dataset_versions import files_page, parse_ref, table_entry
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, JobError
@@ -35,6 +36,7 @@ from tensorfleet_desktop.controller.model import Job, JobEventRecord
 from tensorfleet_desktop.controller.pools.manager import JoinRefused, JoinRequest, PoolManager
 from tensorfleet_desktop.controller.pools.members import join as join_pool
 from tensorfleet_desktop.controller.rpc_errors import set_data_dir, status_of
+from tensorfleet_desktop.controller.tokens import TokenBook
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -151,18 +153,24 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
 
     @_unary
     async def GetInfo(self, request: cpb.ControllerInfoRequest, context: Any) -> cpb.ControllerInfo:
-        return self.info()
+        info = self.info()
+        info.caller.CopyFrom(wire.principal_to_pb(principals.current()))  # who the controller takes us for
+        return info
 
     @_unary
     async def SubmitJob(self, request: cpb.SubmitJobRequest, context: Any) -> cpb.Job:
         body = _json_object(request.spec_json, "spec_json")
-        return self._job(await self.c.submit(body, request.submitter or "unknown"))
+        return self._job(await self.c.submit(body, principals.submitter_for(principals.current(), request.submitter)))
 
     @_unary
     async def ListJobs(self, request: cpb.ListJobsRequest, context: Any) -> cpb.ListJobsResponse:
         if request.limit < 0:
             raise ValidationError("limit", f"must be >= 0, got {request.limit}")
-        jobs = self.c.list_jobs(wire.job_states_from_pb(request.states), request.limit)
+        states, whose = wire.job_states_from_pb(request.states), principals.user_of(request.submitter)
+        jobs = self.c.list_jobs(states, 0 if whose else request.limit)
+        if whose:  # by the user part: jobs submitted as `user@host` before named tokens are theirs too
+            jobs = [j for j in jobs if principals.user_of(j.submitter) == whose]
+            jobs = jobs[: request.limit] if request.limit else jobs
         return cpb.ListJobsResponse(jobs=[self._job(j) for j in jobs])
 
     @_unary
@@ -243,8 +251,9 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     @_unary
     async def ResubmitJob(self, request: cpb.ResubmitJobRequest, context: Any) -> cpb.Job:
         params = _json_object(request.params_json, "params_json")
-        old = self.c.get(request.job_id)
-        return self._job(await self.c.resubmit(old.id, params, old.submitter))
+        old, who = self.c.get(request.job_id), principals.current()
+        submitter = principals.submitter_for(who, "") if who.name else old.submitter  # the new job is the caller's
+        return self._job(await self.c.resubmit(old.id, params, submitter))
 
     @_unary
     async def GetMetrics(self, request: cpb.GetMetricsRequest, context: Any) -> cpb.GetMetricsResponse:
@@ -565,6 +574,40 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             await context.abort(*status_of(exc))
             raise AssertionError("unreachable") from exc
         return cpb.JoinClusterResponse(agent_id=record.node_id)
+
+    # ---- team (issue 24): named tokens and the audit log; the interceptor (security.py) checked the role
+
+    tokens: TokenBook | None = None  # set by the app (controller/app.py)
+    audit: AuditLog | None = None
+
+    def _tokens(self) -> TokenBook:
+        if self.tokens is None:
+            raise JobError("this controller keeps no named tokens (it was started without them)")
+        return self.tokens
+
+    @_unary
+    async def CreateToken(self, request: cpb.CreateTokenRequest, context: Any) -> cpb.TokenSecret:
+        record, token = self._tokens().create(request.name, request.role, principals.current().name or "admin")
+        return cpb.TokenSecret(info=wire.token_info_to_pb(record.public()), token=token)
+
+    @_unary
+    async def ListTokens(self, request: cpb.ListTokensRequest, context: Any) -> cpb.ListTokensResponse:
+        found = self._tokens().list(request.include_revoked)
+        return cpb.ListTokensResponse(tokens=[wire.token_info_to_pb(r.public()) for r in found])
+
+    @_unary
+    async def RevokeToken(self, request: cpb.TokenRef, context: Any) -> cpb.TokenInfo:
+        return wire.token_info_to_pb(self._tokens().revoke(request.name).public())
+
+    @_unary
+    async def ListAudit(self, request: cpb.ListAuditRequest, context: Any) -> cpb.ListAuditResponse:
+        if self.audit is None:
+            raise JobError("this controller keeps no audit log (it was started without one)")
+        if request.limit < 0:
+            raise ValidationError("limit", f"must be >= 0, got {request.limit}")
+        user = principals.audit_user(principals.current(), request.user.strip())
+        found = await self.audit.entries(user, request.action.strip(), request.since, request.limit or 200)
+        return cpb.ListAuditResponse(entries=[wire.audit_entry_to_pb(e) for e in found])
 
     @_unary
     async def Shutdown(self, request: cpb.ShutdownRequest, context: Any) -> cpb.ShutdownResponse:

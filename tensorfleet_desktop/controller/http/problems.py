@@ -28,10 +28,13 @@ STATUS = {
     Kind.DATA_LOSS: 500,
     Kind.FULL: 507,
     Kind.INTERNAL: 500,
+    Kind.DENIED: 403,
+    Kind.UNAUTHENTICATED: 401,
 }
 TITLES = {
     400: "Bad request",
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
