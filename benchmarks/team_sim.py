@@ -1,0 +1,536 @@
+#!/usr/bin/env python3
+"""Team simulation (issue 24): 5 users, 1,000 mixed jobs on 20 simulated GPU agents, the real controller core, JSON.
+
+The controller is the real core (`Controller`: store, job machine, placement loop, scheduler, attempts, ingest; fair
+share, quotas, preemption and GPU sharing as the scheduler has them), in this process, over the in-process fake
+AgentPort of the core tests (tests/helpers/fake_agents.py) extended with GPUs, and on its FakeClock: time is
+simulated, so four hours of a team's work take a minute or two. The simulated agents play the tasks: a task runs for
+its planned work, checkpoints every `checkpoint_every` simulated seconds (CheckpointSaved events the controller
+copies, as from a real agent), resumes from the checkpoint the controller sends it (`resume.ckpt`), and stops when
+asked; a preempted task loses the work since its last checkpoint (all of it without one: it starts over).
+
+The loop: the next event (a submit, a task's end or checkpoint, a stop) sets the clock; the controller reacts
+(placement pass, dispatches, ingest) until it is quiet; then time moves on. At least every MAX_STEP simulated seconds
+the clock moves, so per-tick work (timeouts, demand, preemption) runs as in a live controller.
+
+Reported per user: GPU-seconds used, their share of all GPU-seconds against their fair share, mean / p95 / max queue
+wait (submit to first start), preemptions suffered and the GPU-seconds they lost. Fair share is defined as max-min
+fair among users with demand: at every moment the cluster's GPUs are split equally among the users who have work
+(queued or running), a user wanting less than an equal split getting what they want and the rest split among the
+others; integrated over the run. The same workload runs once per variant (`fair`: the scheduler's fair share on;
+`fifo`: off, priority then submit order) so the effect shows side by side.
+
+Usage: python benchmarks/team_sim.py [--seed 1] [--variants fair,fifo] [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import heapq
+import json
+import logging
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers.core_harness import core  # noqa: E402
+from helpers.fake_agents import FakeAgent, FakeAgents, FakeClock  # noqa: E402
+from tensorfleet_agent.core.types import CheckpointSaved, ExitCause, TaskSpec, TaskState  # noqa: E402
+from tensorfleet_desktop.controller.core import Controller  # noqa: E402
+from tensorfleet_desktop.controller.gpu_share import gpu_amount  # noqa: E402
+from tensorfleet_desktop.controller.model import TaskRunState  # noqa: E402
+from tensorfleet_desktop.controller.ports import AgentView  # noqa: E402
+
+GIB = 1 << 30
+MAX_STEP = 30.0  # simulated seconds between two placement passes at most (a live controller ticks every 0.5 s)
+STOP_SECONDS = 5.0  # a task asked to stop (pause, preemption) ends this long after (its grace allowing)
+
+
+#: (controller, variant, quotas by user) -> the team features switched on
+Configure = Callable[[Controller, str, dict[str, dict[str, int]]], list[str]]
+
+
+# ---- the workload
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One job of the workload: who submits it when, its spec, and how much work each of its tasks is."""
+
+    user: str
+    submit_at: float  # simulated seconds from the start
+    spec: dict[str, Any]
+    work: float  # seconds each task runs when never stopped
+    checkpoint_every: float = 0.0  # 0: it never checkpoints (preempted, it starts over)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    agents: int = 20
+    gpus_per_agent: int = 2
+    gpu_memory: int = 24 * GIB
+
+    @property
+    def gpus(self) -> int:
+        return self.agents * self.gpus_per_agent
+
+
+def team_workload(rng: random.Random, scale: float = 1.0) -> tuple[list[PlannedJob], dict[str, dict[str, int]]]:
+    """The issue's team: 1,000 jobs (at scale 1) from 5 users of different demand, and the quotas set for them.
+
+    - alice floods 500 short trials (3-9 min, 1 GPU) in the first 10 minutes: preemptible, restart from scratch;
+    - bob submits 8 long gangs (4 ranks x 1 GPU, 45-90 min, priority 10), one every 25 minutes, checkpointing;
+    - carol runs 200 jobs sharing GPUs by memory (8 GiB of a 24 GiB GPU, 10-30 min) over the first hour;
+    - dave runs 152 checkpointing jobs (5-15 min, 1 GPU, preemptible) in the first 30 minutes, under a quota of 8 GPUs;
+    - erin, the light user, submits 140 small jobs (2-6 min, 1 GPU) steadily over three hours.
+    """
+
+    def n(count: int) -> int:
+        return max(1, round(count * scale))
+
+    minute = 60.0
+    jobs: list[PlannedJob] = []
+    for i in range(n(500)):
+        spec = _spec(f"alice-trial-{i}", gpus=1, preemptible=True, allow_restart=True)
+        jobs.append(PlannedJob("alice", rng.uniform(0, 10 * minute), spec, rng.uniform(3, 9) * minute))
+    for i in range(n(8)):
+        spec = _spec(f"bob-gang-{i}", gpus=1, num_workers=4, priority=10)
+        work = rng.uniform(45, 90) * minute
+        jobs.append(PlannedJob("bob", (20 + 25 * i) * minute, spec, work, checkpoint_every=10 * minute))
+    for i in range(n(200)):
+        spec = _spec(f"carol-shared-{i}", gpus=1, gpu_memory=8 * GIB)
+        jobs.append(PlannedJob("carol", rng.uniform(0, 60 * minute), spec, rng.uniform(10, 30) * minute))
+    for i in range(n(152)):
+        spec = _spec(f"dave-run-{i}", gpus=1, preemptible=True)
+        work = rng.uniform(5, 15) * minute
+        jobs.append(PlannedJob("dave", rng.uniform(0, 30 * minute), spec, work, checkpoint_every=4 * minute))
+    erin = n(140)
+    for i in range(erin):
+        spec = _spec(f"erin-{i}", gpus=1)
+        jobs.append(PlannedJob("erin", (i + rng.random()) * 180 * minute / erin, spec, rng.uniform(2, 6) * minute))
+    return sorted(jobs, key=lambda j: j.submit_at), {"dave": {"gpus": 8}}
+
+
+def small_workload(rng: random.Random) -> tuple[list[PlannedJob], dict[str, dict[str, int]]]:
+    """The unit test's: on 4 one-GPU agents, a flood of 34 preemptible trials at once, a light user's 5 jobs arriving
+    while the flood is queued, and one high-priority job in the middle (40 jobs)."""
+    minute = 60.0
+    jobs = [
+        PlannedJob("alice", 0.0, _spec(f"trial-{i}", gpus=1, preemptible=True, allow_restart=True), 5 * minute)
+        for i in range(34)
+    ]
+    for i in range(5):
+        jobs.append(PlannedJob("erin", (2 + 6 * i) * minute + rng.random(), _spec(f"erin-{i}", gpus=1), 3 * minute))
+    urgent = _spec("urgent", gpus=1, priority=10)
+    jobs.append(PlannedJob("bob", 7 * minute, urgent, 10 * minute, checkpoint_every=2 * minute))
+    return sorted(jobs, key=lambda j: j.submit_at), {}
+
+
+def _spec(name: str, **fields: Any) -> dict[str, Any]:
+    """A checkpointing torch job (the workload kind the controller resumes from a checkpoint); no retries, so a failure
+    shows as one."""
+    return {"name": name, "algorithm": "torch_mlp", "dataset": "iris", "max_retries": 0, **fields}
+
+
+# ---- the simulated agents
+
+
+@dataclass
+class SimTask:
+    """One attempt as its simulated agent plays it."""
+
+    attempt: str
+    job_id: str
+    rank: int
+    node_id: str
+    amount: float  # GPUs it holds (a share of one for a shared task)
+    started: float
+    done_at_start: float  # work already done when it started (from the checkpoint it resumed)
+    work: float
+    checkpoint_every: float
+    ended: float = 0.0
+    stop_at: float = 0.0  # asked to stop: it ends then
+
+    def done(self, now: float) -> float:
+        return min(self.work, self.done_at_start + max(0.0, now - self.started))
+
+    def checkpointed(self, now: float) -> float:
+        """Work saved in its newest checkpoint by `now` (what a resume continues from)."""
+        if not self.checkpoint_every:
+            return 0.0
+        saved = self.done_at_start + self.checkpoint_every * int((now - self.started) / self.checkpoint_every)
+        return min(saved, self.done(now))
+
+
+class SimAgents(FakeAgents):
+    """The core tests' fake AgentPort with GPUs, playing each task on the simulated clock (events via Simulation)."""
+
+    def __init__(self, clock: FakeClock, cluster: Cluster, sim: Simulation) -> None:
+        super().__init__()
+        self.clock, self.cluster, self.sim = clock, cluster, sim
+        self.contents: dict[str, bytes] = {}  # checkpoint sha256 -> its bytes (what get_blob copies)
+        self.progress: dict[str, float] = {}  # checkpoint sha256 -> the work it holds
+
+    def add_gpu_agent(self, node_id: str) -> FakeAgent:
+        return self.add(node_id, slots=self.cluster.gpus_per_agent, gpu="sim")
+
+    def _view(self, a: FakeAgent) -> AgentView:
+        view = super()._view(a)
+        used = sum(self.sim.tasks[t].amount for t in a.placed if t in self.sim.tasks)
+        free_memory = int(max(0.0, self.cluster.gpus_per_agent - used) * self.cluster.gpu_memory)
+        return dataclasses.replace(view, gpu_slots=self.cluster.gpus_per_agent, gpu_free_memory=free_memory)
+
+    async def run_task(self, node_id: str, spec: TaskSpec) -> None:
+        await super().run_task(node_id, spec)
+        resumed = next((self.progress.get(i.sha256, 0.0) for i in spec.inputs if i.name == "resume.ckpt"), 0.0)
+        self.sim.started(spec, node_id, resumed)
+
+    async def cancel_task(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float = 0.0) -> None:
+        """A stop with a grace (pause) ends STOP_SECONDS later, as a workload saving nothing more; without one, now."""
+        agent = self._online(node_id)
+        self.calls.append(("cancel", node_id, attempt))
+        task = agent.tasks.get(attempt)
+        if task is not None and not task.ended and not task.cancelled:
+            task.cancelled, task.checkpoint_grace = reason, checkpoint_grace
+            self.sim.stop(attempt, min(checkpoint_grace, STOP_SECONDS), ExitCause.CANCELLED, reason)
+        self._notify()
+
+    async def preempt(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float) -> None:
+        """CancelTask(preempt=True): the task ends PREEMPTED within its grace; the controller queues it again."""
+        agent = self._online(node_id)
+        self.calls.append(("preempt", node_id, attempt))
+        self.preempted[attempt] = (reason, checkpoint_grace)
+        task = agent.tasks.get(attempt)
+        if task is not None and not task.ended and not task.cancelled:
+            task.cancelled, task.checkpoint_grace = reason, checkpoint_grace
+            self.sim.stop(attempt, min(checkpoint_grace, STOP_SECONDS), ExitCause.PREEMPTED, reason, preempted=True)
+        self._notify()
+
+    def checkpoint(self, attempt: str, work: float) -> None:
+        """The attempt saves a checkpoint holding `work` seconds of progress (the controller copies it)."""
+        content = f"{attempt}:{work:.3f}".encode()
+        sha = hashlib.sha256(content).hexdigest()
+        self.contents[sha], self.progress[sha] = content, work
+        node = self.sim.tasks[attempt].node_id
+        self.fleet[node].blobs.add(sha)
+        self.send(attempt, CheckpointSaved(sha, len(content), int(work), "ckpt"))
+
+    async def get_blob(self, node_id: str, sha256: str, dest: Path) -> None:
+        self._online(node_id)
+        await asyncio.to_thread(dest.write_bytes, self.contents[sha256])
+
+
+# ---- the simulation
+
+
+@dataclass
+class UserFigures:
+    used: float = 0.0  # GPU-seconds
+    entitled: float = 0.0  # GPU-seconds of their max-min fair share
+    waits: list[float] = field(default_factory=list)
+    preemptions: int = 0
+    lost: float = 0.0  # GPU-seconds of work lost to preemption
+
+
+class Simulation:
+    """Drives one run: submits the workload at its times, plays the tasks, measures."""
+
+    def __init__(self, jobs: list[PlannedJob], quotas: dict[str, dict[str, int]], cluster: Cluster) -> None:
+        self.plan, self.quotas, self.cluster = jobs, quotas, cluster
+        self.clock = FakeClock()
+        self.t0 = self.clock.now
+        self.agents = SimAgents(self.clock, cluster, self)
+        self.tasks: dict[str, SimTask] = {}  # attempt -> its task (live and ended)
+        self.live: set[str] = set()
+        self.jobs: dict[str, PlannedJob] = {}  # controller job id -> its plan
+        self.submitted: dict[str, float] = {}
+        self.first_start: dict[str, float] = {}
+        self.users = {j.user: UserFigures() for j in jobs}
+        self.events: list[tuple[float, int, str, Any]] = []
+        self._seq = 0
+        self._activity = 0  # bumped on every call and event: settle() waits until it stops moving
+        self.controller: Controller | None = None
+        self.preempt_requests = 0
+        self.stops = 0
+
+    # -- events
+
+    def at(self, when: float, kind: str, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (when, self._seq, kind, payload))
+
+    def started(self, spec: TaskSpec, node_id: str, resumed: float) -> None:
+        plan = self.jobs[spec.job_id]
+        now = self.clock.now
+        amount = gpu_amount(plan.spec, self.cluster.gpu_memory) if self._shares_gpus() else float(spec.gpus or 1)
+        task = SimTask(spec.task_id, spec.job_id, spec.rank, node_id, amount, now, resumed, plan.work, 0.0)
+        task.checkpoint_every = plan.checkpoint_every
+        self.tasks[spec.task_id] = task
+        self.live.add(spec.task_id)
+        self.first_start.setdefault(spec.job_id, now)
+        self._activity += 1
+        self.at(now + (plan.work - resumed), "finish", spec.task_id)
+        if plan.checkpoint_every:
+            self.at(now + plan.checkpoint_every, "checkpoint", spec.task_id)
+
+    def stop(self, attempt: str, after: float, cause: str, reason: str, preempted: bool = False) -> None:
+        task = self.tasks.get(attempt)
+        if task is None or attempt not in self.live or task.stop_at:
+            return
+        task.stop_at = self.clock.now + after
+        self.preempt_requests += preempted
+        self.stops += 1
+        self._activity += 1
+        self.at(task.stop_at, "stop", (attempt, cause, reason))
+
+    def _shares_gpus(self) -> bool:
+        """Does the scheduler pack shared-GPU tasks? (Then they count for their share, else for the GPU they hold.)"""
+        return "gpus" in {f.name for f in dataclasses.fields(AgentView)}
+
+    # -- the loop
+
+    async def run(self, variant: str, data_dir: Path, configure: Configure) -> dict[str, Any]:
+        for i in range(self.cluster.agents):
+            self.agents.add_gpu_agent(f"gpu{i:02d}")
+        for job in self.plan:
+            self.at(self.t0 + job.submit_at, "submit", job)
+        wall = time.perf_counter()
+        async with core(data_dir, self.agents, self.clock, max_replacements=5) as controller:
+            self.controller = controller
+            features = configure(controller, variant, self.quotas)
+            unsubscribe = controller.add_job_listener(lambda job: self._bump())
+            await self._loop(controller)
+            unsubscribe()
+            states: dict[str, int] = {}
+            for job_id in self.jobs:
+                state = controller.jobs[job_id].state.value
+                states[state] = states.get(state, 0) + 1
+        return self._report(variant, features, states, time.perf_counter() - wall)
+
+    def _bump(self) -> None:
+        self._activity += 1
+
+    async def _loop(self, controller: Controller) -> None:
+        last = self.clock.now
+        while self.events or self.live or self._open(controller):
+            when = self.events[0][0] if self.events else self.clock.now + MAX_STEP
+            when = max(self.clock.now, min(when, self.clock.now + MAX_STEP))
+            self._account(controller, last, when)
+            self.clock.now = last = when
+            while self.events and self.events[0][0] <= when:
+                _, _, kind, payload = heapq.heappop(self.events)
+                await self._apply(controller, kind, payload)
+            controller.machine.wake.set()
+            await self._settle()
+            if when - self.t0 > 7 * 24 * 3600:
+                raise RuntimeError("the simulation did not finish in a simulated week: is a job stuck?")
+
+    def _open(self, controller: Controller) -> bool:
+        return any(not controller.jobs[j].state.terminal for j in self.jobs)
+
+    async def _apply(self, controller: Controller, kind: str, payload: Any) -> None:
+        now = self.clock.now
+        if kind == "submit":
+            job = await controller.submit(payload.spec, payload.user)
+            self.jobs[job.id], self.submitted[job.id] = payload, now
+        elif kind == "checkpoint":
+            task = self.tasks[payload]
+            if payload in self.live and not task.stop_at and task.done(now) < task.work:
+                self.agents.checkpoint(payload, task.done(now))
+                self.at(now + task.checkpoint_every, "checkpoint", payload)
+        elif kind == "finish":
+            task = self.tasks[payload]
+            if payload in self.live and not task.stop_at:
+                self._end(task, now)
+                self.agents.finish(payload)
+        elif kind == "stop":
+            attempt, cause, reason = payload
+            task = self.tasks[attempt]
+            if attempt in self.live:
+                if cause == ExitCause.PREEMPTED:
+                    figures = self.users[self.jobs[task.job_id].user]
+                    figures.preemptions += 1
+                    figures.lost += (task.done(now) - task.checkpointed(now)) * task.amount
+                self._end(task, now)
+                self.agents.finish(attempt, TaskState.CANCELLED, cause, reason)
+        self._activity += 1
+
+    def _end(self, task: SimTask, now: float) -> None:
+        task.ended = now
+        self.live.discard(task.attempt)
+
+    async def _settle(self) -> None:
+        """Until the controller is quiet: no call, event or job change for a few turns of the loop (its store writes
+        run in threads, so a turn includes a short real sleep)."""
+        quiet, seen = 0, -1
+        while quiet < 3 or self._dispatching():
+            for _ in range(20):
+                await asyncio.sleep(0)
+            if self._activity == seen:
+                quiet += 1
+                await asyncio.sleep(0.0005 * min(quiet, 10))
+            else:
+                quiet, seen = 0, self._activity
+
+    def _dispatching(self) -> bool:
+        """A task the controller dispatched that its agent has not started yet (its RunTask still on the way)."""
+        assert self.controller is not None
+        return any(
+            t.state is TaskRunState.DISPATCHED and t.agent_task_id not in self.tasks
+            for job in self.controller.machine.open.values()
+            for t in job.tasks
+        )
+
+    # -- measuring
+
+    def _account(self, controller: Controller, start: float, end: float) -> None:
+        """GPU-seconds used and fair entitlements over [start, end): nothing changes between two steps."""
+        dt = end - start
+        if dt <= 0:
+            return
+        used: dict[str, float] = {}
+        for attempt in self.live:
+            task = self.tasks[attempt]
+            user = self.jobs[task.job_id].user
+            used[user] = used.get(user, 0.0) + task.amount
+        demand = dict(used)
+        for job_id, plan in self.jobs.items():
+            job = controller.jobs[job_id]
+            if job.state.terminal:
+                continue
+            waiting = sum(1 for t in job.tasks if t.state is TaskRunState.PENDING)
+            if waiting:
+                amount = gpu_amount(plan.spec, self.cluster.gpu_memory) if self._shares_gpus() else 1.0
+                demand[plan.user] = demand.get(plan.user, 0.0) + waiting * amount
+        for user, share in max_min_fair(demand, float(self.cluster.gpus)).items():
+            self.users[user].entitled += share * dt
+        for user, amount in used.items():
+            self.users[user].used += amount * dt
+
+    def _report(self, variant: str, features: list[str], states: dict[str, int], wall: float) -> dict[str, Any]:
+        for job_id, plan in self.jobs.items():
+            start = self.first_start.get(job_id)
+            if start is not None:
+                self.users[plan.user].waits.append(start - self.submitted[job_id])
+        total_used = sum(u.used for u in self.users.values()) or 1.0
+        total_entitled = sum(u.entitled for u in self.users.values()) or 1.0
+        makespan = self.clock.now - self.t0
+        users = {}
+        for name, u in sorted(self.users.items()):
+            users[name] = {
+                "jobs": sum(1 for p in self.jobs.values() if p.user == name),
+                "gpu_seconds": round(u.used),
+                "share": round(u.used / total_used, 3),
+                "fair_share": round(u.entitled / total_entitled, 3),
+                "wait_s": summary(u.waits),
+                "preemptions": u.preemptions,
+                "gpu_seconds_lost_to_preemption": round(u.lost),
+            }
+        return {
+            "variant": variant,
+            "features": features,
+            "states": states,
+            "simulated_makespan_s": round(makespan),
+            "utilisation": round(total_used / (self.cluster.gpus * makespan), 3) if makespan else 0.0,
+            "preemptions": sum(u.preemptions for u in self.users.values()),
+            "gpu_seconds_lost_to_preemption": round(sum(u.lost for u in self.users.values())),
+            "users": users,
+            "wall_s": round(wall, 1),
+        }
+
+
+def max_min_fair(demand: dict[str, float], capacity: float) -> dict[str, float]:
+    """Water-filling: each user with demand gets an equal split of the capacity, capped at what they want; what a
+    capped user leaves is split among the others."""
+    out: dict[str, float] = {}
+    left, wanting = capacity, {u: d for u, d in demand.items() if d > 0}
+    while wanting and left > 1e-9:
+        equal = left / len(wanting)
+        capped = {u: d for u, d in wanting.items() if d <= equal}
+        if not capped:
+            for u in wanting:
+                out[u] = out.get(u, 0.0) + equal
+            break
+        for u, d in capped.items():
+            out[u] = out.get(u, 0.0) + d
+            left -= d
+            del wanting[u]
+    return out
+
+
+def summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "p95": None, "max": None}
+    ordered = sorted(values)
+    return {
+        "mean": round(statistics.fmean(ordered), 1),
+        "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 1),
+        "max": round(ordered[-1], 1),
+    }
+
+
+# ---- the variants
+
+
+def configure(controller: Controller, variant: str, quotas: dict[str, dict[str, int]]) -> list[str]:
+    """Switch the scheduler's team features for this variant and set the quotas; the names of the features on."""
+    if variant not in ("fair", "fifo"):
+        raise ValueError(f"unknown variant {variant!r}: fair or fifo")
+    return []
+
+
+async def simulate(
+    jobs: list[PlannedJob], quotas: dict[str, dict[str, int]], cluster: Cluster, variant: str
+) -> dict[str, Any]:
+    sim = Simulation(jobs, quotas, cluster)
+    with tempfile.TemporaryDirectory(prefix="tensorfleet-team-") as root:
+        return await sim.run(variant, Path(root), configure)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scale", type=float, default=1.0, help="jobs per user times this (1.0: 1,000 jobs)")
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--variants", default="fair,fifo", help="comma-separated: fair, fifo")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    cluster = Cluster(agents=args.agents)
+    jobs, quotas = team_workload(random.Random(args.seed), args.scale)
+    runs = {}
+    for variant in args.variants.split(","):
+        runs[variant] = asyncio.run(simulate(jobs, quotas, cluster, variant))
+    out = {
+        "workload": {
+            "jobs": len(jobs),
+            "tasks": sum(int(j.spec.get("num_workers", 1)) for j in jobs),
+            "agents": cluster.agents,
+            "gpus": cluster.gpus,
+            "gpu_memory_gib": cluster.gpu_memory // GIB,
+            "quotas": quotas,
+            "seed": args.seed,
+            "fair_share_definition": "max-min fair among users with queued or running work, integrated over time",
+        },
+        "runs": runs,
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
