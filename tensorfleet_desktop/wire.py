@@ -1071,3 +1071,48 @@ def audit_entry_to_pb(entry: dict[str, Any]) -> cpb.AuditEntry:
 
 def audit_entry_from_pb(msg: cpb.AuditEntry) -> dict[str, Any]:
     return {k: getattr(msg, k) for k in _AUDIT_FIELDS}
+
+
+# ---- quotas and fair share (issue 24): plain dicts both sides (quotas.Quota.to_dict, team_usage.snapshot)
+
+_LIMITS = ("gpus", "tasks", "queued")
+_USAGE_FIELDS = ("user", "running_tasks", "running_gpus", "queued_jobs", "usage", "share")
+
+
+def set_quota_to_pb(user: str, limits: dict[str, int]) -> cpb.SetQuotaRequest:
+    """SetQuota's request: only the limits given are sent (-1 removes that limit)."""
+    return cpb.SetQuotaRequest(user=user, **{k: int(v) for k, v in limits.items() if k in _LIMITS})
+
+
+def set_quota_from_pb(msg: cpb.SetQuotaRequest) -> dict[str, Any]:
+    """{"user", and each limit the request set}: a limit left out stays as it was."""
+    given = {"gpus": msg.HasField("gpus"), "tasks": msg.HasField("tasks"), "queued": msg.HasField("queued")}
+    return {"user": msg.user, **{k: getattr(msg, k) for k in _LIMITS if given[k]}}
+
+
+def quota_to_pb(quota: dict[str, Any]) -> cpb.Quota:
+    return cpb.Quota(user=quota["user"], **{k: int(quota[k]) for k in _LIMITS})
+
+
+def quota_from_pb(msg: cpb.Quota) -> dict[str, Any]:
+    return {"user": msg.user, **{k: getattr(msg, k) for k in _LIMITS}}
+
+
+def quotas_to_pb(
+    quotas: Iterable[dict[str, Any]], usage: Iterable[dict[str, Any]], half_life: float
+) -> cpb.ListQuotasResponse:
+    return cpb.ListQuotasResponse(
+        quotas=[quota_to_pb(q) for q in quotas],
+        usage=[cpb.UserUsage(**{k: u[k] for k in _USAGE_FIELDS}) for u in usage],
+        half_life_seconds=half_life,
+    )
+
+
+def quotas_from_pb(msg: cpb.ListQuotasResponse) -> dict[str, Any]:
+    """{"quotas": [{"user", "gpus", "tasks", "queued"}], "usage": [{"user", "running_tasks", "running_gpus",
+    "queued_jobs", "usage", "share"}], "half_life_seconds"} (-1: no limit)."""
+    return {
+        "quotas": [quota_from_pb(q) for q in msg.quotas],
+        "usage": [{k: getattr(u, k) for k in _USAGE_FIELDS} for u in msg.usage],
+        "half_life_seconds": msg.half_life_seconds,
+    }

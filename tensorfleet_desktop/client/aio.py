@@ -702,6 +702,22 @@ class AsyncClient:
         request = cpb.ListAuditRequest(user=user, action=action, since=since, limit=limit)
         return await self._call("ListAudit", request, lambda r: [wire.audit_entry_from_pb(e) for e in r.entries])
 
+    # ---- quotas and fair share (issue 24)
+
+    async def set_quota(
+        self, user: str, *, gpus: int | None = None, tasks: int | None = None, queued: int | None = None
+    ) -> dict[str, Any]:
+        """Set the given limits of `user` (admin only): running GPUs (a shared GPU counts its fraction), running
+        tasks, queued jobs; -1 removes that limit, None leaves it. The quota now: {"user", "gpus", "tasks",
+        "queued"} (-1: no limit). A job over quota waits, never fails."""
+        given = {k: v for k, v in (("gpus", gpus), ("tasks", tasks), ("queued", queued)) if v is not None}
+        return await self._call("SetQuota", wire.set_quota_to_pb(user, given), wire.quota_from_pb)
+
+    async def list_quotas(self) -> dict[str, Any]:
+        """{"quotas": [...], "usage": [{"user", "running_tasks", "running_gpus", "queued_jobs", "usage" (decayed
+        GPU-seconds, slot-seconds for CPU tasks), "share"}], "half_life_seconds"}."""
+        return await self._call("ListQuotas", cpb.ListQuotasRequest(), wire.quotas_from_pb)
+
 
 def _user_metadata() -> Metadata:
     """The OS user this client runs as, on every call: with the controller's own token it is who we are (a named

@@ -218,6 +218,8 @@ class Client:
     tokens = _blocking(AsyncClient.tokens)
     revoke_token = _blocking(AsyncClient.revoke_token)
     audit = _blocking(AsyncClient.audit)
+    set_quota = _blocking(AsyncClient.set_quota)
+    list_quotas = _blocking(AsyncClient.list_quotas)
 
 
 def _close(loop: _LoopThread, aio: AsyncClient) -> None:

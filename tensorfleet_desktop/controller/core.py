@@ -233,6 +233,18 @@ class Controller:
             body.pop("model_name", None)
         return await self.submit(body, submitter)
 
+    def set_quota(self, user: str, limits: dict[str, int]) -> dict[str, Any]:
+        """Set the given limits of a user ("gpus", "tasks", "queued"; -1 removes one); the quota now. Jobs it held
+        back are looked at again at once."""
+        quota = self.quotas.set(user, **limits)
+        self.machine.wake.set()
+        return quota.to_dict()
+
+    def quota_report(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+        """Every quota, each user's holdings, queued jobs, decayed usage and share now, and the usage's half-life."""
+        usage = self.usage.snapshot(self.machine.open.values(), self.machine.clock.time())
+        return [q.to_dict() for q in self.quotas.list()], usage, self.usage.half_life
+
     def cancel(self, job_id: str) -> Job:
         return self.machine.cancel(job_id)
 

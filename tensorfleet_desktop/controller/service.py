@@ -531,6 +531,17 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     async def ModelStats(self, request: cpb.ModelStatsRequest, context: Any) -> cpb.ModelStatsResponse:
         return wire.stats_to_pb(await self.c.registry.stats())
 
+    # ---- quotas and fair share (issue 24); who may set them: principals.RULES
+
+    @_unary
+    async def SetQuota(self, request: cpb.SetQuotaRequest, context: Any) -> cpb.Quota:
+        body = wire.set_quota_from_pb(request)
+        return wire.quota_to_pb(self.c.set_quota(body.pop("user"), body))
+
+    @_unary
+    async def ListQuotas(self, request: cpb.ListQuotasRequest, context: Any) -> cpb.ListQuotasResponse:
+        return wire.quotas_to_pb(*self.c.quota_report())
+
     # ---- pools (issue 25): Slurm allocations whose agents join by JoinCluster
 
     pools: PoolManager | None = None  # set by the app (controller/app.py)
