@@ -15,6 +15,9 @@
     [datasets]
     peer_transfer = true    # agents fetch dataset blobs from peers that hold them; --no-peer-transfer wins
 
+    [scheduler]
+    fair_share_half_life = 3600   # seconds: how fast a user's past usage stops counting in the queue's order
+
 Command-line flags win over environment variables, which win over the file. Keep it readable by you
 only: the controller refuses a file with credentials that others can read.
 """
@@ -46,6 +49,7 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "blobs": {"uri": str, "access_key": str, "secret_key": str},
     "http": {"port": int, "host": str},
     "datasets": {"peer_transfer": bool},
+    "scheduler": {"fair_share_half_life": float},
 }
 
 
@@ -58,6 +62,7 @@ class FileSettings:
     http_port: int | None = None  # [http] port: serve the HTTP API there when --http-port is not given
     http_host: str = ""  # [http] host: its address when --http-host is not given
     peer_transfer: bool = True  # [datasets] peer_transfer: dataset blobs from peer agents (issue 20)
+    fair_share_half_life: float = 3600.0  # [scheduler]: seconds for a user's usage to count half (issue 24)
 
 
 def _check_value(path: Path, section: str, key: str, item: object) -> None:
@@ -65,6 +70,9 @@ def _check_value(path: Path, section: str, key: str, item: object) -> None:
     if _SECTIONS[section][key] is bool:
         if not isinstance(item, bool):
             raise ValueError(f"{path}: [{section}] {key} must be true or false (no quotes), got {item!r}")
+    elif _SECTIONS[section][key] is float:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not 0 < item < float("inf"):
+            raise ValueError(f"{path}: [{section}] {key} must be a number of seconds > 0 (no quotes), got {item!r}")
     elif _SECTIONS[section][key] is int:
         if isinstance(item, bool) or not isinstance(item, int):
             raise ValueError(f"{path}: [{section}] {key} must be an integer (no quotes), got {item!r}")
@@ -89,7 +97,7 @@ def load_settings(path: Path) -> FileSettings:
                 raise ValueError(f"{path}: [{section}] has no key {key!r} (known: {', '.join(_SECTIONS[section])})")
             _check_value(path, section, key, item)
     store, blobs, http = body.get("store", {}), body.get("blobs", {}), body.get("http", {})
-    datasets = body.get("datasets", {})
+    datasets, scheduler = body.get("datasets", {}), body.get("scheduler", {})
     has_secret = ":" in store.get("uri", "").split("@")[0].removeprefix("mongodb://") or "secret_key" in blobs
     if has_secret and os.name == "posix" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
         raise ValueError(f"{path} holds credentials but others can read it: chmod 600 {path}")
@@ -101,6 +109,7 @@ def load_settings(path: Path) -> FileSettings:
         http_port=http.get("port"),
         http_host=http.get("host", ""),
         peer_transfer=datasets.get("peer_transfer", True),
+        fair_share_half_life=float(scheduler.get("fair_share_half_life", 3600.0)),
     )
 
 
@@ -108,7 +117,7 @@ def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _toml_value(value: str | int | bool) -> str:
+def _toml_value(value: str | float | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return _toml_string(value) if isinstance(value, str) else str(value)
@@ -117,7 +126,7 @@ def _toml_value(value: str | int | bool) -> str:
 def save_settings(path: Path, settings: FileSettings) -> None:
     """Write the config file readable by its owner only (it may hold credentials); empty values are left out."""
     lines: list[str] = []
-    sections: dict[str, tuple[tuple[str, str | int | bool | None], ...]] = {
+    sections: dict[str, tuple[tuple[str, str | float | bool | None], ...]] = {
         "store": (("uri", settings.store_uri),),
         "blobs": (
             ("uri", settings.blobs_uri),
@@ -126,6 +135,12 @@ def save_settings(path: Path, settings: FileSettings) -> None:
         ),
         "http": (("port", settings.http_port), ("host", settings.http_host)),
         "datasets": (("peer_transfer", None if settings.peer_transfer else False),),  # written when turned off
+        "scheduler": (
+            (
+                "fair_share_half_life",
+                None if settings.fair_share_half_life == 3600.0 else settings.fair_share_half_life,
+            ),
+        ),
     }
     for section, items in sections.items():
         present = [(k, v) for k, v in items if v is not None and v != ""]

@@ -42,7 +42,9 @@ def test_the_http_section_is_read_typed(tmp_path: Path) -> None:
         ("[http]\nhost = 8080\n", "[http] host must be a string (in quotes), got 8080"),
         ("[store]\nuri = 5\n", "[store] uri must be a string"),
         ('[http]\nadress = "x"\n', "[http] has no key 'adress' (known: port, host)"),
-        ("[web]\nport = 1\n", "unknown section [web] (known: store, blobs, http, datasets)"),
+        ("[web]\nport = 1\n", "unknown section [web] (known: store, blobs, http, datasets, scheduler)"),
+        ("[scheduler]\nfair_share_half_life = 0\n", "[scheduler] fair_share_half_life must be a number of seconds > 0"),
+        ('[scheduler]\nfair_share_half_life = "1h"\n', "fair_share_half_life must be a number of seconds > 0"),
         ('[datasets]\npeer_transfer = "no"\n', "[datasets] peer_transfer must be true or false (no quotes), got 'no'"),
     ],
 )
@@ -115,3 +117,12 @@ def test_serve_says_which_key_is_wrong(monkeypatch: pytest.MonkeyPatch, tmp_path
     written(tmp_path, '[http]\nport = "8080"\n')
     with pytest.raises(UsageError, match=r"\[http\] port must be an integer"):
         serve_config(monkeypatch, tmp_path)
+
+
+def test_the_fair_share_half_life_is_an_hour_unless_the_file_says_and_a_save_keeps_it(tmp_path: Path) -> None:
+    assert load_settings(written(tmp_path, "[http]\nport = 1\n")).fair_share_half_life == 3600.0
+    short = load_settings(written(tmp_path, "[scheduler]\nfair_share_half_life = 600\n"))
+    assert short.fair_share_half_life == 600.0
+    path = tmp_path / "saved.toml"
+    save_settings(path, short)
+    assert "fair_share_half_life = 600.0" in path.read_text() and load_settings(path) == short
