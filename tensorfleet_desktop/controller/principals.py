@@ -186,6 +186,8 @@ HTTP_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/tokens"): "ListTokens",
     ("DELETE", "/tokens/{name}"): "RevokeToken",
     ("GET", "/audit"): "ListAudit",
+    ("GET", "/quotas"): "ListQuotas",
+    ("PUT", "/quotas/{user}"): "SetQuota",
 }
 
 
