@@ -17,8 +17,10 @@ Reported per user: GPU-seconds used, their share of all GPU-seconds against thei
 wait (submit to first start), preemptions suffered and the GPU-seconds they lost. Fair share is defined as max-min
 fair among users with demand: at every moment the cluster's GPUs are split equally among the users who have work
 (queued or running), a user wanting less than an equal split getting what they want and the rest split among the
-others; integrated over the run. The same workload runs once per variant (`fair`: the scheduler's fair share on;
-`fifo`: off, priority then submit order) so the effect shows side by side.
+others; integrated over the run. The same workload runs once per variant, so the effect shows side by side: `fair`
+is the scheduler as shipped (fair share, quotas, preemption, GPU sharing); `fifo` the same with every user's
+fair-share key held equal, so equal priorities go by submit order as before issue 24 (quotas, preemption and
+sharing unchanged).
 
 Usage: python benchmarks/team_sim.py [--seed 1] [--variants fair,fifo] [--scale 1.0]
 """
@@ -54,6 +56,7 @@ from tensorfleet_desktop.controller.core import Controller  # noqa: E402
 from tensorfleet_desktop.controller.gpu_share import gpu_amount  # noqa: E402
 from tensorfleet_desktop.controller.model import TaskRunState  # noqa: E402
 from tensorfleet_desktop.controller.ports import AgentView  # noqa: E402
+from tensorfleet_desktop.controller.quotas import Gate  # noqa: E402
 
 GIB = 1 << 30
 MAX_STEP = 30.0  # simulated seconds between two placement passes at most (a live controller ticks every 0.5 s)
@@ -486,11 +489,37 @@ def summary(values: list[float]) -> dict[str, float | None]:
 # ---- the variants
 
 
+class _SubmitOrder(Gate):
+    """The fifo variant's gate: quotas as the scheduler's, but every user's fair-share key is the same, so the
+    per-user queues merge by submit order (the order before issue 24)."""
+
+    def key(self, user: str) -> float:
+        return 0.0
+
+
 def configure(controller: Controller, variant: str, quotas: dict[str, dict[str, int]]) -> list[str]:
-    """Switch the scheduler's team features for this variant and set the quotas; the names of the features on."""
+    """Set the quotas and switch the scheduler's fair share for this variant; the names of the team features on."""
     if variant not in ("fair", "fifo"):
         raise ValueError(f"unknown variant {variant!r}: fair or fifo")
-    return []
+    features = []
+    for user, limits in quotas.items():
+        controller.quotas.set(user, **limits)
+    if quotas:
+        features.append("quotas")
+    if variant == "fair":
+        features.append("fair share")
+    else:
+        usage = controller.usage
+        fair_gate = usage.gate
+
+        def submit_order(now: float) -> Gate:
+            gate = fair_gate(now)
+            return _SubmitOrder(gate.quotas, gate.holdings, gate.usage, gate.half_life)
+
+        usage.gate = submit_order  # type: ignore[method-assign]
+    if hasattr(controller.placement, "preempter"):
+        features.append("preemption")
+    return features
 
 
 async def simulate(
