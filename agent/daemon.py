@@ -140,7 +140,12 @@ class AgentDaemon:
         self._facts = await asyncio.to_thread(machine_facts)
         gpu_list = await asyncio.to_thread(self.gpus.inventory)
         self.gpu_inventory = gpu_list
-        self.slots = SlotPool(int(self._facts["cpu_count"]), [g.index for g in gpu_list], cfg.cpu_slots)
+        self.slots = SlotPool(
+            int(self._facts["cpu_count"]),
+            [g.index for g in gpu_list],
+            cfg.cpu_slots,
+            {g.index: g.memory_total_bytes for g in gpu_list},
+        )
         self.blobs = await asyncio.to_thread(BlobStore, cfg.data_dir / "blobs", cfg.blob_cache_bytes)
         self.envs = EnvCache(cfg.data_dir / "envs", cfg.env_cache_bytes, python=cfg.project_python)
         await self._check_project_python(self.envs)
@@ -158,6 +163,7 @@ class AgentDaemon:
             self.blobs,
             self.metrics,
             self.envs,
+            self.gpus if gpu_list else None,
         )
         await self.executor.start()
         names = [i.name for i in await asyncio.to_thread(list_interfaces)]
@@ -180,7 +186,7 @@ class AgentDaemon:
             self.desk.start()
             self._desk_control = DeskControl(cfg.data_dir, self.desk.status, self.desk.set_paused)
             await self._desk_control.start()
-        self.sampler = TelemetrySampler(cfg.data_dir, self.gpus)
+        self.sampler = TelemetrySampler(cfg.data_dir, self.gpus, self.slots)
         servicer = AgentServicer(
             self.executor,
             self.blobs,

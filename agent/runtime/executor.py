@@ -27,6 +27,7 @@ from typing import Any
 from tensorfleet_agent.core import project_layout
 from tensorfleet_agent.core.codec import spec_to_dict
 from tensorfleet_agent.core.errors import AlreadyExists, NotFound, Unavailable
+from tensorfleet_agent.core.sizes import format_size
 from tensorfleet_agent.core.types import (
     ArtifactReady,
     CheckpointSaved,
@@ -46,6 +47,8 @@ from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.datasets import DatasetCache, DatasetFailed, HeldDataset
 from tensorfleet_agent.runtime.envs import DEFAULT_LIMIT_BYTES, EnvCache
 from tensorfleet_agent.runtime.forking import ForkServer
+from tensorfleet_agent.runtime.gpu_shares import others_by_gpu, over_share_line, tree, used_by
+from tensorfleet_agent.runtime.gpus import Gpus
 from tensorfleet_agent.runtime.journal import Journal, TaskLog
 from tensorfleet_agent.runtime.process import WorkerProcess
 from tensorfleet_agent.runtime.project_prepare import PreparedProject, PrepareFailed, collect_outputs, prepare_project
@@ -85,6 +88,8 @@ _WORKLOAD_CAUSES = frozenset(
     {ExitCause.EXCEPTION, ExitCause.EXIT_CODE, ExitCause.SIGNAL, ExitCause.SETUP, ExitCause.BAD_COMMAND}
 )
 _CANCEL_GRACE = 1.0
+# How often the GPU memory of tasks sharing a GPU is read (NVML's per-process list), while any runs.
+_SHARE_CHECK_PERIOD = 1.0
 # How long a worker killed by a SIGTERM the agent did not send waits to be marked preempted by the agent's own stop.
 _SIGTERM_SETTLE = 1.0
 #: Workload categories that can save a checkpoint and stop when asked (SIGUSR1); the others are stopped at once.
@@ -110,6 +115,8 @@ class _Running:
     dataset: HeldDataset | None = None  # its dataset version's tree (TENSORFLEET_DATASET_DIR), held until its end
     # Set at the task's first output line or its end: a spare it took is replaced from then on (see _worker_for).
     going: asyncio.Event = field(default_factory=asyncio.Event)
+    gpu_share: int = 0  # bytes of its GPU's memory it was promised (it shares the GPU of its one slot); 0: none
+    over_share: bool = False  # its processes use more than gpu_share now (said once per crossing in its log)
 
 
 @dataclass
@@ -131,8 +138,11 @@ class Executor:
         blobs: BlobStore,
         metrics: AgentMetrics,
         envs: EnvCache | None = None,
+        gpus: Gpus | None = None,
     ) -> None:
         self.config = config
+        self.gpus = gpus  # NVML's per-process memory, for tasks that share a GPU (None: no GPU to share)
+        self._share_check: asyncio.Task[None] | None = None
         self.slots = slots
         self.blobs = blobs
         self.metrics = metrics
@@ -197,6 +207,8 @@ class Executor:
             await asyncio.wait(runners, timeout=10)
         if self._discards:
             await asyncio.wait(self._discards, timeout=10)
+        if self._share_check is not None:
+            self._share_check.cancel()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -260,24 +272,84 @@ class Executor:
         missing = [ref.sha256 for ref in spec.inputs if not self.blobs.has(ref.sha256)]
         if missing:
             raise NotFound(f"input blob(s) not on this agent, upload them with PutBlob first: {', '.join(missing)}")
-        slots, visible = self.gangs.acquire(
-            spec.job_id, spec.attempt, spec.local_rank, spec.local_world_size, spec.gpus
-        )
+        share = spec.gpu_memory_bytes
+        slots: tuple[Slot, ...]
+        visible: tuple[int, ...]
+        if share:  # a share of one GPU's memory: its slot may hold other sharing tasks, never a whole-GPU one
+            others = await asyncio.to_thread(self._gpu_others)
+            if self._existing(spec) is not None or self.draining:  # the same RunTask again, meanwhile
+                return await self.run_task(spec)
+            slot = self.slots.acquire_share(share, others)
+            slots, visible = (slot,), (slot.gpu_index,) if slot.gpu_index is not None else ()
+        else:
+            slots, visible = self.gangs.acquire(
+                spec.job_id, spec.attempt, spec.local_rank, spec.local_world_size, spec.gpus
+            )
         try:
             self.blobs.pin(ref.sha256 for ref in spec.inputs)
             meta = {"spec": spec_to_dict(spec), "slot_ids": [s.id for s in slots]}
             entry = await asyncio.to_thread(self.journal.create, spec.task_id, meta)
         except BaseException:
-            self.slots.release(slots)
+            self._release(slots, share)
             self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)
             self.blobs.unpin(ref.sha256 for ref in spec.inputs)
             raise
-        running = _Running(spec, slots, entry, visible_gpus=visible)
+        running = _Running(spec, slots, entry, visible_gpus=visible, gpu_share=share)
         self._running[spec.task_id] = running
         self._gauge()
-        self.journal.append(spec.task_id, StateChanged(TaskState.ACCEPTED, f"slots {[s.id for s in slots]}"))
+        accepted = f"slots {[s.id for s in slots]}"
+        if share:
+            accepted += f", sharing GPU {','.join(map(str, visible))} with {format_size(share)} of its memory"
+        self.journal.append(spec.task_id, StateChanged(TaskState.ACCEPTED, accepted))
         running.runner = asyncio.create_task(self._run(running), name=f"task-{spec.task_id}")
+        if share and self._share_check is None:
+            self._share_check = asyncio.create_task(self._check_shares(), name="gpu-share-check")
         return tuple(s.id for s in slots)
+
+    def _release(self, slots: tuple[Slot, ...], share: int) -> None:
+        if share:
+            self.slots.release_share(slots[0], share)
+        else:
+            self.slots.release(slots)
+
+    def _gpu_others(self) -> dict[int, int]:
+        """Blocking: GPU index -> memory other programs use there (NVML), which no share may be promised."""
+        return others_by_gpu(self.gpus.processes()) if self.gpus is not None else {}
+
+    async def _check_shares(self) -> None:
+        """While tasks share GPUs: once a period, a task whose processes use more GPU memory than it was promised
+        gets a line in its log saying so (once per crossing: again only after it came back under)."""
+        try:
+            while True:
+                sharing = [r for r in self._running.values() if r.gpu_share and r.worker is not None]
+                if not any(r.gpu_share for r in self._running.values()):
+                    return
+                if sharing and self.gpus is not None:
+                    usage = await asyncio.to_thread(self._share_usage, sharing)
+                    for running, used in zip(sharing, usage, strict=True):
+                        self._note_share(running, used)
+                await asyncio.sleep(_SHARE_CHECK_PERIOD)
+        finally:
+            self._share_check = None
+
+    def _share_usage(self, sharing: list[_Running]) -> list[int]:
+        """Blocking: the GPU memory each task's process tree uses on its GPU."""
+        assert self.gpus is not None
+        procs = self.gpus.processes()
+        out = []
+        for running in sharing:
+            worker = running.worker
+            pids = tree(worker.pid) if worker is not None and worker.pid else set()
+            out.append(used_by(procs, running.visible_gpus[0], pids) if running.visible_gpus else 0)
+        return out
+
+    def _note_share(self, running: _Running, used: int) -> None:
+        over = used > running.gpu_share
+        if over and not running.over_share:
+            line = over_share_line(running.visible_gpus[0], used, running.gpu_share)
+            log.warning("task %s: %s", running.spec.task_id, line)
+            self._append(running, LogLine("agent", line))
+        running.over_share = over
 
     def _existing(self, spec: TaskSpec) -> tuple[int, ...] | None:
         """RunTask is idempotent: the same spec again returns the first acceptance."""
@@ -410,6 +482,8 @@ class Executor:
                     "task_dir": str(running.entry.directory / "work"),
                     "blobs_dir": str(self.blobs.root),
                     "dataset_dir": str(running.dataset.path) if running.dataset is not None else "",
+                    # set by the worker itself: the environment a worker starts with has no TENSORFLEET_* name
+                    "gpu_memory_fraction": self._memory_fraction(running),
                 }
             )
             status, cause, error, reusable = await self._follow(running, worker)
@@ -447,7 +521,7 @@ class Executor:
                 self._spawn(asyncio.to_thread(shutil.rmtree, workdir, True))
             running.going.set()
             self._running.pop(spec.task_id, None)
-            self.slots.release(running.slots)
+            self._release(running.slots, running.gpu_share)
             self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)
             self.blobs.unpin(ref.sha256 for ref in spec.inputs)
             self._gauge()
@@ -766,7 +840,8 @@ class Executor:
 
     def _park(self, running: _Running, worker: WorkerProcess) -> None:
         """Keep a finished task's worker for the job's next task (built-in workloads only)."""
-        if running.spec.env or running.spec.single_task or worker.forked:  # a forked worker serves one task
+        # A forked worker serves one task; a sharing task's torch was capped to its share (gpu_cap).
+        if running.spec.env or running.spec.single_task or worker.forked or running.gpu_share:
             self._spawn(worker.close())
             return
         self._warm.setdefault(self._pool_key(running), []).append((worker, time.monotonic()))
@@ -809,6 +884,12 @@ class Executor:
         slots = running.slots
         gpus = tuple(str(index) for index in running.visible_gpus)
         return self._base_env(sum(s.threads for s in slots), gpus)  # the task's own env goes on top in spawn
+
+    def _memory_fraction(self, running: _Running) -> str:
+        """A sharing task's share of its GPU's memory (the worker sets it as gpu_cap.ENV: torch workloads and the task
+        SDK cap torch's allocator to it); "" for any other task."""
+        total = self.slots.gpu_memory.get(running.visible_gpus[0], 0) if running.visible_gpus else 0
+        return f"{min(1.0, running.gpu_share / total):.6f}" if running.gpu_share and total else ""
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         """Fire-and-forget, but keep a reference so the task is not garbage-collected mid-flight."""

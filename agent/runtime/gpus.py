@@ -52,8 +52,7 @@ class Gpus:
             return
         self._initialised = True
         try:
-            import pynvml
-
+            pynvml = _nvml_module()
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()
             handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
@@ -113,11 +112,14 @@ class Gpus:
             out = []
             for index, handle in self._handles:
                 seen: set[int] = set()
-                for query in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                for query in ("compute", "graphics"):
                     try:
-                        procs = getattr(nv, query)(handle)
-                    except Exception as exc:
-                        log.debug("GPU %d: %s: %s", index, query, exc)
+                        if query == "compute":
+                            procs = nv.nvmlDeviceGetComputeRunningProcesses(handle)
+                        else:
+                            procs = nv.nvmlDeviceGetGraphicsRunningProcesses(handle)
+                    except Exception as exc:  # an older driver or pynvml without the call
+                        log.debug("GPU %d: %s processes: %s", index, query, exc)
                         continue
                     for proc in procs:
                         pid = int(proc.pid)
@@ -125,6 +127,28 @@ class Gpus:
                             seen.add(pid)
                             out.append((index, pid, int(proc.usedGpuMemory or 0)))
             return out
+
+
+def _nvml_module() -> Any:
+    """pynvml, or the test-only fake NVML when TENSORFLEET_TEST_FAKE_GPUS is set (fake_gpus.py), said loudly."""
+    from tensorfleet_agent.runtime import fake_gpus
+
+    if not os.environ.get(fake_gpus.ENV):
+        import pynvml
+
+        return pynvml
+    try:
+        fake = fake_gpus.FakeNvml.from_env()
+    except ValueError as exc:
+        log.error("%s", exc)
+        raise
+    log.warning(
+        "TEST ONLY: %s=%s: this agent reports %d FAKE GPU(s), not the machine's; never set it outside tests",
+        fake_gpus.ENV,
+        os.environ[fake_gpus.ENV],
+        len(fake.totals),
+    )
+    return fake
 
 
 def _text(value: Any) -> str:

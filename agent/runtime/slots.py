@@ -1,10 +1,16 @@
-"""Slot accounting: one slot per GPU, or N CPU slots on a machine without GPUs."""
+"""Slot accounting: one slot per GPU, or N CPU slots on a machine without GPUs.
+
+A GPU slot is either free, held whole (a GPU task, or a CPU task on a machine whose slots are its GPUs), or shared:
+tasks that asked for a share of its memory (TaskSpec.gpu_memory_bytes) join it while their promises fit in the GPU's
+total less what other processes use there. A shared slot counts as one slot in use (slots_free), whatever the
+number of tasks on it; its tasks each get the slot's thread caps (they share those cores, as they share the GPU)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from tensorfleet_agent.core.errors import ResourcesExhausted
+from tensorfleet_agent.core.sizes import format_size
 
 
 @dataclass(frozen=True)
@@ -14,9 +20,34 @@ class Slot:
     threads: int  # CPU threads a task in this slot may use
 
 
+@dataclass
+class _Shared:
+    """The tasks sharing one GPU slot by memory."""
+
+    reserved: int = 0  # bytes promised to them
+    tasks: int = 0
+
+
+@dataclass(frozen=True)
+class GpuUse:
+    """What the slots say about one GPU (telemetry's memory_reserved_bytes, shared_tasks, exclusive)."""
+
+    reserved: int
+    shared_tasks: int
+    exclusive: bool
+
+
 class SlotPool:
-    def __init__(self, cpu_count: int, gpu_indices: list[int], cpu_slots: int | None = None) -> None:
+    def __init__(
+        self,
+        cpu_count: int,
+        gpu_indices: list[int],
+        cpu_slots: int | None = None,
+        gpu_memory: dict[int, int] | None = None,
+    ) -> None:
         cpu_count = max(1, cpu_count)
+        self.gpu_memory = dict(gpu_memory or {})  # GPU index -> its memory in bytes (NVML's total)
+        self._shared: dict[int, _Shared] = {}  # slot id -> its shared tasks (such a slot is not in _free)
         if gpu_indices and cpu_slots is None:
             count = len(gpu_indices)
             gpus: list[int | None] = list(gpu_indices)
@@ -67,6 +98,61 @@ class SlotPool:
 
     def release(self, slots: tuple[Slot, ...]) -> None:
         self._free.update(s.id for s in slots)
+
+    def acquire_share(self, memory: int, others: dict[int, int]) -> Slot:
+        """A GPU slot for a task that shares its GPU, promised `memory` bytes: the fullest GPU where it still fits
+        (best fit, so large requests still find an emptier GPU), among the free GPU slots and those shared already.
+        `others`: GPU index -> bytes that processes other than this agent's tasks use there (NVML)."""
+        if memory <= 0:
+            raise ValueError("a GPU share must be > 0 bytes")
+        best: tuple[int, Slot] | None = None
+        rooms = []
+        for slot in self.slots:
+            if slot.gpu_index is None:
+                continue
+            shared = self._shared.get(slot.id)
+            if shared is None and slot.id not in self._free:
+                rooms.append(f"GPU {slot.gpu_index}: held whole")
+                continue
+            room = self.gpu_memory.get(slot.gpu_index, 0) - others.get(slot.gpu_index, 0)
+            room -= shared.reserved if shared is not None else 0
+            rooms.append(f"GPU {slot.gpu_index}: {format_size(max(0, room))} unpromised")
+            if room >= memory and (best is None or room < best[0]):
+                best = (room, slot)
+        if best is None:
+            raise ResourcesExhausted(
+                f"no GPU has {format_size(memory)} of memory to share: {'; '.join(rooms) or 'this agent has no GPU'}"
+            )
+        slot = best[1]
+        self._free.discard(slot.id)
+        shared = self._shared.setdefault(slot.id, _Shared())
+        shared.reserved += memory
+        shared.tasks += 1
+        return slot
+
+    def release_share(self, slot: Slot, memory: int) -> None:
+        """A sharing task ended: the GPU's slot is free again once its last sharing task has."""
+        shared = self._shared.get(slot.id)
+        if shared is None:
+            return
+        shared.reserved -= memory
+        shared.tasks -= 1
+        if shared.tasks <= 0:
+            del self._shared[slot.id]
+            self._free.add(slot.id)
+
+    def gpu_use(self) -> dict[int, GpuUse]:
+        """GPU index -> what is promised on it, how many tasks share it, whether a task holds it whole."""
+        out = {}
+        for slot in self.slots:
+            if slot.gpu_index is None:
+                continue
+            shared = self._shared.get(slot.id)
+            if shared is not None:
+                out[slot.gpu_index] = GpuUse(shared.reserved, shared.tasks, False)
+            else:
+                out[slot.gpu_index] = GpuUse(0, 0, slot.id not in self._free)
+        return out
 
 
 def default_cpu_slots(cpu_count: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -14,6 +15,7 @@ import psutil
 
 from tensorfleet_agent.core.types import GpuTelemetry, Telemetry
 from tensorfleet_agent.runtime.gpus import Gpus
+from tensorfleet_agent.runtime.slots import SlotPool
 
 
 def package_version(name: str) -> str:
@@ -50,15 +52,26 @@ def disk_space(path: Path) -> tuple[int, int]:
 
 
 class TelemetrySampler:
-    def __init__(self, data_dir: Path, gpus: Gpus) -> None:
+    def __init__(self, data_dir: Path, gpus: Gpus, slots: SlotPool | None = None) -> None:
         self.data_dir = data_dir
         self.gpus = gpus
+        self.slots = slots  # what each GPU's slot holds: shared tasks and their promises, or one task whole
         psutil.cpu_percent(None)  # prime the CPU counter: the first real reading is then meaningful
 
     def sample(self, slots_total: int, slots_free: int, tasks_running: int) -> Telemetry:
         """Blocking (psutil, NVML): call through asyncio.to_thread."""
         mem = psutil.virtual_memory()
         gpus: tuple[GpuTelemetry, ...] = self.gpus.sample()
+        if self.slots is not None:
+            use = self.slots.gpu_use()
+            gpus = tuple(
+                dataclasses.replace(
+                    g, memory_reserved_bytes=u.reserved, shared_tasks=u.shared_tasks, exclusive=u.exclusive
+                )
+                if (u := use.get(g.index)) is not None
+                else g
+                for g in gpus
+            )
         free, total = disk_space(self.data_dir)
         return Telemetry(
             time=time.time(),

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from tensorfleet_agent import task as task_api
 from tensorfleet_agent.runtime.channel import EventChannel
+from tensorfleet_agent.workloads.gpu_cap import ENV as GPU_MEMORY_FRACTION_ENV
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -169,6 +170,11 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
         os.environ[task_api.DATASET_DIR_ENV] = dataset_dir
     else:  # a reused worker: not the previous task's
         os.environ.pop(task_api.DATASET_DIR_ENV, None)
+    fraction = str(command.get("gpu_memory_fraction") or "")
+    if fraction:  # a task sharing its GPU: torch workloads and the task SDK cap its memory to this share (gpu_cap)
+        os.environ[GPU_MEMORY_FRACTION_ENV] = fraction
+    else:
+        os.environ.pop(GPU_MEMORY_FRACTION_ENV, None)
     task_dir = Path(command["task_dir"])
     (task_dir / "inputs").mkdir(parents=True, exist_ok=True)  # the agent made it only if it linked inputs there
     os.chdir(task_dir)

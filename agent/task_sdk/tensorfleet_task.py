@@ -54,8 +54,10 @@ __all__ = [
     "Stopped",
     "checkpoint_dir",
     "dataset_dir",
+    "gpu_memory_fraction",
     "input_path",
     "inputs_dir",
+    "limit_gpu_memory",
     "local_rank",
     "output_dir",
     "progress",
@@ -262,6 +264,37 @@ def local_rank() -> int:
 def world_size() -> int:
     """How many ranks the job has (torchrun's WORLD_SIZE)."""
     return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+
+def gpu_memory_fraction() -> float:
+    """The share of its GPU's memory this task may use when it shares the GPU with others (`--gpu-memory 6GiB`,
+    `--gpus 0.5`), in (0, 1]; 0.0 when it has its GPUs whole (or runs outside TensorFleet)."""
+    try:
+        value = float(os.environ.get("TENSORFLEET_GPU_MEMORY_FRACTION", "") or 0)
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) and 0 < value <= 1 else 0.0
+
+
+def limit_gpu_memory(device: Any = None) -> float:
+    """Call once CUDA is up (after torch.cuda.set_device): a task sharing its GPU caps its torch allocator to its
+    share (torch.cuda.set_per_process_memory_fraction), so going over it is this task's out-of-memory error, not
+    its neighbours'. Returns the fraction applied; 0.0 (nothing done) when the task has its GPU whole, or torch is
+    not imported or sees no GPU."""
+    fraction = gpu_memory_fraction()
+    if not fraction:
+        return 0.0
+    torch = sys.modules.get("torch")  # this module imports nothing beyond the standard library: torch if in use
+    if torch is None or not torch.cuda.is_available():
+        return 0.0
+    if device is None:
+        index = torch.cuda.current_device()
+    elif isinstance(device, int):
+        index = device
+    else:  # "cuda:1", torch.device("cuda", 1)
+        index = torch.device(device).index or 0
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    return fraction
 
 
 def output_dir() -> Path:

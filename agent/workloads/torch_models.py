@@ -24,6 +24,7 @@ from typing import Any
 
 from tensorfleet_agent import task
 from tensorfleet_agent.workloads.datasets import load
+from tensorfleet_agent.workloads.gpu_cap import cap_torch_memory
 from tensorfleet_agent.workloads.torchrun import torchrun_env
 
 
@@ -64,6 +65,7 @@ def join_ranks(spec: dict[str, Any], rank: int, world: int, timeout_s: float) ->
         local = int(os.environ["LOCAL_RANK"])
         device = torch.device("cuda", local if local < torch.cuda.device_count() else 0)
         torch.cuda.set_device(device)
+        cap_torch_memory(torch, device)  # a task sharing its GPU keeps to its share of the memory
     if world > 1:
         rdv = spec["rendezvous"] or {}
         iface = _interface_towards(rdv["master_addr"])
