@@ -23,6 +23,7 @@ from tensorfleet_desktop.cli import (
     pools,
     registry,
     serve,
+    team,
 )
 from tensorfleet_desktop.cli.exit_codes import UsageError
 from tensorfleet_desktop.client import (
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_parsers(sub)
     agents.add_parsers(sub)
     pools.add_parsers(sub)
+    team.add_parsers(sub)
     datasets.add_parsers(sub)
     models.add_parser(sub)
     artifacts.add_parser(sub)

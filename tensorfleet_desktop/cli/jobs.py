@@ -54,6 +54,7 @@ SUMMARY_KEYS = (
     "created_at",
     "started_at",
     "finished_at",
+    "submitter",  # who submitted it (issue 24: a named token's name, or the OS user)
 )
 JOBS_CSV = (
     "id",
@@ -217,6 +218,9 @@ def add_parsers(sub: Any) -> None:
     s.set_defaults(call=jobs)
     s.add_argument("--state", action="append", default=[])
     s.add_argument("--limit", type=int, default=0)
+    whose = s.add_mutually_exclusive_group()
+    whose.add_argument("--mine", action="store_true", help="only your jobs (the name your token stands for)")
+    whose.add_argument("--user", default="", metavar="NAME", help="only this user's jobs")
     add_format_flags(s, csv=True)
     s = sub.add_parser("status", help="show a job (a project job: its code's commit and each task's environment)")
     s.set_defaults(call=status)
@@ -571,7 +575,10 @@ def _shown_state(job: dict[str, Any]) -> str:
 
 
 def jobs(client: Client, args: argparse.Namespace) -> int:
-    items = client.jobs(tuple(s.upper() for s in args.state), args.limit)
+    user = client.whoami()["name"] if args.mine else args.user.strip()
+    if args.mine and not user:
+        raise UsageError("--mine: the controller does not know who you are (no OS user was sent)")
+    items = client.jobs(tuple(s.upper() for s in args.state), args.limit, user)
     if args.json:
         print_json([summary(j) for j in items])
     elif args.csv:

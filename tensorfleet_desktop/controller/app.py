@@ -275,6 +275,8 @@ class ControllerApp:
             token,
             lambda: MessageToDict(info(), preserving_proto_field_name=True),
             refusal,
+            tokens=self.tokens,
+            audit=self.audit,
         )
         assert cfg.http_port is not None
         self._http = HttpServer(create_app(context), host, cfg.http_port, tls)

@@ -8,6 +8,7 @@ routes map onto these methods (HTTP_ROUTES), so one rule decides both faces."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,7 +57,8 @@ def acting_as(principal: Principal) -> Iterator[None]:
     try:
         yield
     finally:
-        _current.reset(token)
+        with contextlib.suppress(ValueError):  # a stream closed from another task (its context is gone anyway)
+            _current.reset(token)
 
 
 def user_of(submitter: str) -> str:
@@ -222,10 +224,6 @@ def allow_owner(principal: Principal, rule: Rule, job_id: str, submitter: str) -
             f"job {job_id[:8]} belongs to {owner or 'nobody'}: only {owner or 'its submitter'} or an admin may "
             f"{rule.verb or 'change'} it"
         )
-
-
-def is_mine(principal: Principal, submitter: str) -> bool:
-    return bool(principal.name) and user_of(submitter) == principal.name
 
 
 def audit_user(principal: Principal, asked: str) -> str:

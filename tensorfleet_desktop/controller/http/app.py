@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 
 from tensorfleet_agent.core.version import AGENT_VERSION
-from tensorfleet_desktop.controller.http import agents, artifacts, datasets, events, jobs, models, problems
+from tensorfleet_desktop.controller.http import agents, artifacts, datasets, events, jobs, models, problems, team
 from tensorfleet_desktop.controller.http.auth import TokenGate, require_token
 from tensorfleet_desktop.controller.http.context import HttpContext
 from tensorfleet_desktop.controller.http.limits import MAX_BODY, BodyLimit, JsonBodies
@@ -72,8 +72,8 @@ def create_app(ctx: HttpContext) -> FastAPI:
     app.add_middleware(TokenGate, ctx=ctx, is_open=is_open)  # added last, runs first: no body read before it
     problems.install(app)
     protected = [Depends(require_token)]
-    unauthorized = problems.error_responses(401)
-    for module in (jobs, events, artifacts, agents, models, datasets):
+    unauthorized = problems.error_responses(401, 403)  # 403: the caller's role or the job's owner (issue 24)
+    for module in (jobs, events, artifacts, agents, models, datasets, team):
         app.include_router(module.router, prefix=PREFIX, dependencies=protected, responses=unauthorized)
 
     generated = app.openapi

@@ -19,6 +19,8 @@ class HttpContext:
     token: str  # the client token: the one the gRPC API takes
     info: Callable[[], dict[str, Any]]  # version, data dir, store, started_at, cluster id (no secrets)
     refusal: str = ""  # where a client finds the token: said in every 401
+    tokens: Any = None  # tokens.TokenBook: named tokens beside the client token (issue 24); None: that token only
+    audit: Any = None  # audit.AuditLog: who did what, recorded by http/auth.py's dependency
 
     def agent_names(self) -> dict[str, str]:
         return {a.node_id: a.name for a in self.fleet.agents.values()}

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_desktop.controller import operations
+from tensorfleet_desktop.controller import operations, principals
 from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
 from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, paginate
@@ -280,8 +280,11 @@ def _object(value: Any, loc: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _submitter(header: str | None) -> str:
-    who = (header or "").strip()
-    return who or DEFAULT_SUBMITTER
+    """A named token's name; with the controller's token, the user part of the header, else "http"."""
+    who = principals.current()
+    if who.named_token:
+        return who.name
+    return principals.user_of(header or "") or who.name or DEFAULT_SUBMITTER
 
 
 def _location(request: Request, response: Response, job: Job) -> None:
@@ -320,6 +323,7 @@ async def submit_job(
     stored before it is queued, so a refused one leaves nothing behind."""
     body = await _json_body(request, required=True) or {}  # required: never None
     job = await ctx.controller.submit(body, _submitter(user))
+    request.state.audit_target = job.id  # the audit log names the new job
     _location(request, response, job)
     return job_out(job, ctx.agent_names())
 
@@ -372,7 +376,7 @@ async def list_jobs(
     jobs = [  # the core's list (as gRPC ListJobs gets it: newest first, of these states), then HTTP's own filters
         j
         for j in ctx.controller.list_jobs(_states(state or []))
-        if (user is None or j.submitter == user)
+        if (user is None or j.submitter == user or principals.user_of(j.submitter) == user)
         and (label is None or j.spec.get("group") == label or label in (j.spec.get("tags") or ()))
         and (not needle or needle in j.name.casefold())
         and (sweep is None or bool(j.spec.get("sweep")) == sweep)
@@ -474,8 +478,9 @@ async def resubmit_job(job_id: JobId, request: Request, response: Response, ctx:
     it is submitted in the old job's submitter's name."""
     body = await _json_body(request, required=False)
     params = _object(body.get("params", {}), ("body", "params")) if body is not None else {}
-    old = ctx.controller.get(job_id)
-    job = await ctx.controller.resubmit(old.id, params, old.submitter)
+    old, who = ctx.controller.get(job_id), principals.current()
+    submitter = _submitter(None) if who.named_token or who.name else old.submitter  # the caller's, when named
+    job = await ctx.controller.resubmit(old.id, params, submitter)
     _location(request, response, job)
     return job_out(job, ctx.agent_names())
 

@@ -1,0 +1,126 @@
+"""Issue 24, identity end to end: a real `tensorfleet serve`, named tokens made and used through the CLI. A user
+submits and controls only their own jobs, a viewer only reads, an admin may do anything; every refusal names the
+role or the job's owner, and `tensorfleet audit` lists who did what, refusals included."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.controller import ControllerProcess, cli_json
+
+pytestmark = pytest.mark.slow
+
+
+def _as(monkeypatch: pytest.MonkeyPatch, token: str | None) -> None:
+    """The CLI's next commands run with this token (None: the controller's own, from its connection file)."""
+    if token is None:
+        monkeypatch.delenv("TENSORFLEET_CONTROLLER_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("TENSORFLEET_CONTROLLER_TOKEN", token)
+
+
+def _http(url: str, token: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_roles_ownership_and_the_audit_log_through_the_cli(
+    controller_factory: type[ControllerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller = controller_factory(tmp_path / "ctl", extra_args=["--http-port", "0"]).start()
+    submit = ("submit", "--algorithm", "noop", "--json")  # no agent: the jobs stay queued
+
+    _as(monkeypatch, None)  # the controller's own client token: an admin
+    alice = cli_json(controller.cli("tokens", "create", "alice", "--json"))
+    bob = cli_json(controller.cli("tokens", "create", "bob", "--role", "viewer", "--json"))
+    carol = cli_json(controller.cli("tokens", "create", "carol", "--role", "user", "--json"))
+    assert (alice["role"], bob["role"], alice["token"].startswith("tft1_")) == ("user", "viewer", True)
+    again = controller.cli("tokens", "create", "alice")
+    assert again.returncode == 2 and "a token named alice exists" in again.stderr
+    listed = cli_json(controller.cli("tokens", "list", "--json"))
+    assert sorted(t["name"] for t in listed) == ["alice", "bob", "carol"]
+    assert all("token" not in t and "hash" not in t for t in listed)
+    assert alice["token"] not in (tmp_path / "ctl.log").read_text()  # never logged
+
+    _as(monkeypatch, alice["token"])
+    assert cli_json(controller.cli("whoami", "--json")) == {"name": "alice", "role": "user", "named_token": True}
+    job = cli_json(controller.cli(*submit))
+    assert job["submitter"] == "alice"  # the token's name, not the OS user the client sends
+    refused = controller.cli("tokens", "list")
+    assert refused.returncode == 2 and "user alice (user) may not list tokens" in refused.stderr
+
+    _as(monkeypatch, bob["token"])
+    viewer_submit = controller.cli(*submit)
+    assert viewer_submit.returncode == 2 and "user bob (viewer) may not submit jobs" in viewer_submit.stderr
+    viewer_cancel = controller.cli("cancel", job["id"])
+    assert viewer_cancel.returncode == 2 and "user bob (viewer) may not cancel jobs" in viewer_cancel.stderr
+    assert [j["id"] for j in cli_json(controller.cli("jobs", "--json"))] == [job["id"]]  # a viewer reads
+
+    _as(monkeypatch, carol["token"])
+    other = controller.cli("cancel", job["id"])
+    assert other.returncode == 2
+    assert f"job {job['id'][:8]} belongs to alice: only alice or an admin may cancel it" in other.stderr
+    assert cli_json(controller.cli("jobs", "--mine", "--json")) == []
+
+    _as(monkeypatch, alice["token"])
+    assert [j["id"] for j in cli_json(controller.cli("jobs", "--mine", "--json"))] == [job["id"]]
+    mine = cli_json(controller.cli("audit", "--json"))  # a user reads their own entries only
+    assert {e["user"] for e in mine} == {"alice"}
+
+    _as(monkeypatch, None)
+    cancelled = controller.cli("cancel", job["id"])
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert [j["id"] for j in cli_json(controller.cli("jobs", "--user", "alice", "--json"))] == [job["id"]]
+    revoked = cli_json(controller.cli("tokens", "revoke", "bob", "--json"))
+    assert revoked["revoked"] is True
+
+    entries = cli_json(controller.cli("audit", "--json"))
+    seen = [(e["user"], e["role"], e["action"], e["ok"]) for e in reversed(entries)]
+    admin = next(e["user"] for e in entries if e["action"] == "token_create")
+    assert seen == [
+        (admin, "admin", "token_create", True),
+        (admin, "admin", "token_create", True),
+        (admin, "admin", "token_create", True),
+        (admin, "admin", "token_create", False),  # a second live token for alice
+        ("alice", "user", "submit", True),
+        ("bob", "viewer", "submit", False),
+        ("bob", "viewer", "cancel", False),
+        ("carol", "user", "cancel", False),
+        (admin, "admin", "cancel", True),
+        (admin, "admin", "token_revoke", True),
+    ]
+    assert [e["seq"] for e in reversed(entries)] == list(range(1, len(entries) + 1))
+    assert {e["target"] for e in entries if e["action"] in ("submit", "cancel") and e["ok"]} == {job["id"]}
+    refusals = cli_json(controller.cli("audit", "--action", "cancel", "--user", "carol", "--json"))
+    assert [e["detail"] for e in refusals] == [other.stderr.split("refused: ", 1)[1].strip()]
+    table = controller.cli("audit", "--since", "1h")
+    assert table.returncode == 0 and "refused" in table.stdout
+
+    _as(monkeypatch, bob["token"])
+    gone = controller.cli("jobs")
+    assert gone.returncode == 2 and "was revoked" in gone.stderr
+
+    # the HTTP face: the same tokens, the same table, the same audit log
+    api = controller.info["http_url"]
+    assert _http(f"{api}/jobs", bob["token"])[0] == 401
+    status, problem = _http(f"{api}/jobs/{job['id']}/retry", carol["token"], "POST")
+    assert status == 403 and "belongs to alice" in problem["detail"]
+    status, made = _http(f"{api}/jobs", alice["token"], "POST", {"algorithm": "noop"})
+    assert status == 201 and made["submitter"] == "alice", made
+    status, problem = _http(f"{api}/tokens", alice["token"])
+    assert status == 403 and "user alice (user) may not list tokens" in problem["detail"]
+    status, http_entries = _http(f"{api}/audit?action=submit", alice["token"])
+    assert status == 200 and [e["ok"] for e in http_entries["entries"]] == [True, True]
