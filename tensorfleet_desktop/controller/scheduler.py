@@ -7,12 +7,17 @@ it could use, so it never starves. A retry prefers an agent other than the ones
 its earlier attempts failed on (a full disk, a broken driver), when one fits now. Among the agents that fit, one
 holding the job's dataset version already goes first (`prefer`): a preference only, so a job whose holders are busy
 is placed elsewhere rather than wait.
+
+A rank that shares a GPU by memory (`gpu_memory` bytes, or `gpu_fraction` of the GPU's memory) goes to the fullest
+GPU where it still fits (best fit, over every eligible agent's GPUs), so whole GPUs stay free for whole-GPU work; a
+GPU with nothing on it costs that agent a free GPU slot, one already shared costs none. A whole-GPU rank takes GPUs
+with nothing on them only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 
@@ -66,6 +71,41 @@ class Placement:
     job_id: str
     rank: int
     node_id: str
+    gpu: int = -1  # a rank sharing a GPU: the GPU chosen for it (the agent's own best fit decides in the end)
+    gpu_memory: int = 0  # and the bytes of its memory promised to it there
+
+
+def shares(request: Request) -> bool:
+    return bool(request.gpu_memory or request.gpu_fraction)
+
+
+def share_of(request: Request, room: GpuRoom) -> int:
+    """The bytes a sharing rank of `request` needs on this GPU (a fraction of an unknown total: more than any)."""
+    if request.gpu_memory:
+        return request.gpu_memory
+    return max(1, int(room.total_memory * request.gpu_fraction)) if room.total_memory > 0 else 1 << 62
+
+
+def best_room(request: Request, cap: Capacity) -> GpuRoom | None:
+    """The fullest GPU of the agent that a sharing rank still fits on: not held whole, its free memory enough, and
+    a GPU with nothing on it only while the agent has a free GPU slot for it."""
+    fitting = [
+        g
+        for g in cap.gpus
+        if not g.exclusive
+        and g.free_memory >= share_of(request, g)
+        and (not g.whole or (cap.free_gpu_slots >= 1 and cap.free_slots >= 1))
+    ]
+    return min(fitting, key=lambda g: (g.free_memory - share_of(request, g), g.index), default=None)
+
+
+def shareable(caps: Iterable[Capacity]) -> bool:
+    """Is there a GPU that sharing ranks use with memory left (joining it takes no slot)?"""
+    return any(not g.whole and not g.exclusive and g.free_memory > 0 for c in caps for g in c.gpus)
+
+
+def _copy(cap: Capacity) -> Capacity:
+    return replace(cap, labels=dict(cap.labels), gpus=tuple(replace(g) for g in cap.gpus))
 
 
 def matches(ref: str, cap: Capacity) -> bool:
@@ -88,14 +128,40 @@ def _order(cap: Capacity) -> tuple[int, float, int, str]:
 
 
 def _fits(request: Request, cap: Capacity) -> bool:
+    if shares(request):
+        return best_room(request, cap) is not None
     if request.gpus:
         return cap.free_gpu_slots >= request.gpus and cap.free_slots >= request.gpus
     return cap.free_slots >= 1
 
 
-def _take(request: Request, cap: Capacity) -> None:
+def _take(request: Request, cap: Capacity) -> tuple[int, int]:
+    """Take a rank's room on the agent; (the GPU, the bytes) for a sharing rank, else (-1, 0)."""
+    if shares(request):
+        room = best_room(request, cap)
+        assert room is not None  # _fits said so
+        need = share_of(request, room)
+        if room.whole:
+            room.whole = False
+            cap.free_slots -= 1
+            cap.free_gpu_slots -= 1
+        room.free_memory -= need
+        cap.gpu_free_memory -= need
+        return room.index, need
     cap.free_slots -= max(1, request.gpus)
     cap.free_gpu_slots -= request.gpus
+    for room in [g for g in cap.gpus if g.whole][: request.gpus]:  # the whole GPUs it takes: no share joins them
+        room.whole, room.exclusive = False, True
+    return -1, 0
+
+
+def _fit_order(request: Request, cap: Capacity) -> tuple[int, float, int, str]:
+    """A sharing rank: the agent whose best GPU is left fullest (best fit across agents); others: _order."""
+    if shares(request):
+        room = best_room(request, cap)
+        left = room.free_memory - share_of(request, room) if room is not None else 0
+        return (left, cap.load, -cap.free_slots, cap.node_id)
+    return _order(cap)
 
 
 class Gate(Protocol):
@@ -120,14 +186,17 @@ def plan(
     are read only until every free slot is taken (a lazy iterable over a long queue costs what it places).
     `gate`: each request is placed only as far as its user's quota lets it (a gang whole or not at all); a request
     held back, wholly or in part, gets its reason in `held` (it waits, it reserves nothing)."""
-    caps = {c.node_id: Capacity(**{**c.__dict__, "labels": dict(c.labels)}) for c in capacities}
+    caps = {c.node_id: _copy(c) for c in capacities}
     out: list[Placement] = []
     free = sum(max(0, c.free_slots) for c in caps.values())
-    if free <= 0:
+    if free <= 0 and not shareable(caps.values()):
         return out
     for request in requests if ordered else sorted(requests, key=lambda r: (-r.priority, r.seq_no)):
         if free <= 0:
-            break  # every slot is taken or reserved: nothing behind this request can be placed either
+            if not shareable(caps.values()):
+                break  # every slot is taken or reserved: nothing behind this request can be placed either
+            if not shares(request):
+                continue  # only ranks joining a GPU already shared can still be placed
         ranks = request.ranks
         if gate is not None:
             allowed, reason = gate.allow(request)
@@ -138,29 +207,31 @@ def plan(
                     continue
                 ranks = ranks[:allowed]
         candidates = [c for c in caps.values() if eligible(request, c)]
-        trial = {c.node_id: Capacity(**{**c.__dict__}) for c in candidates}
+        trial = {c.node_id: _copy(c) for c in candidates}
         chosen: list[Placement] = []
         for rank in ranks:
             fitting = sorted(
                 (c for c in trial.values() if _fits(request, c)),
-                key=lambda c: (c.node_id in request.avoid, c.node_id not in request.prefer, _order(c)),
+                key=lambda c: (c.node_id in request.avoid, c.node_id not in request.prefer, _fit_order(request, c)),
             )
             if not fitting:
                 break
             _take(request, fitting[0])
             chosen.append(Placement(request.job_id, rank, fitting[0].node_id))
         if len(chosen) == len(ranks) or (chosen and not request.gang):
-            for p in chosen:
-                _take(request, caps[p.node_id])
+            for i, p in enumerate(chosen):
+                gpu, memory = _take(request, caps[p.node_id])
+                chosen[i] = replace(p, gpu=gpu, gpu_memory=memory)
             out.extend(chosen)
             if gate is not None:
                 gate.took(request, len(chosen))
-            free -= len(chosen) * max(1, request.gpus)
+            free = sum(max(0, c.free_slots) for c in caps.values())  # a rank joining a shared GPU takes no slot
         elif request.gang and now - request.waiting_since >= reserve_after:
-            # Reserve: nobody behind this gang may use the slots it could use.
+            # Reserve: nobody behind this gang may use the slots it could use, nor join the GPUs shared there.
             for c in candidates:
                 caps[c.node_id].free_slots = 0
                 caps[c.node_id].free_gpu_slots = 0
+                caps[c.node_id].gpus = tuple(replace(g, free_memory=0) for g in c.gpus)
             free = sum(max(0, c.free_slots) for c in caps.values())
     return out
 
