@@ -21,6 +21,7 @@ from tensorfleet_desktop.cli import (
     jobs,
     models,
     pools,
+    quota,
     registry,
     serve,
     team,
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     agents.add_parsers(sub)
     pools.add_parsers(sub)
     team.add_parsers(sub)
+    quota.add_parsers(sub)
     datasets.add_parsers(sub)
     models.add_parser(sub)
     artifacts.add_parser(sub)

@@ -170,17 +170,18 @@ class FairQueue:
             job_id: (p, u) for p, users in self._levels.items() for u, queue in users.items() for _, job_id in queue
         }
 
-    def order(self, key: Callable[[str], float]) -> Iterator[str]:
-        """Job ids in scheduling order; `key(user)` is asked when a user's next job enters the merge."""
+    def order(self, key: Callable[[str], float], cut: Container[str] = ()) -> Iterator[str]:
+        """Job ids in scheduling order; `key(user)` is asked when a user's next job enters the merge. A user in
+        `cut` (read as the reader goes) has no more of their jobs handed out in this reading."""
         for priority in sorted(self._levels, reverse=True):
             users = self._levels[priority]
-            heap = [(key(user), queue[0][0], user, 0) for user, queue in users.items() if queue]
+            heap = [(key(user), queue[0][0], user, 0) for user, queue in users.items() if queue and user not in cut]
             heapq.heapify(heap)
             while heap:
                 _, _, user, i = heapq.heappop(heap)
                 queue = users[user]
                 yield queue[i][1]
-                if i + 1 < len(queue):
+                if i + 1 < len(queue) and user not in cut:
                     heapq.heappush(heap, (key(user), queue[i + 1][0], user, i + 1))
 
 

@@ -13,13 +13,14 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller.fair_share import FairQueue, Holding, Holdings, UsageBook, queue_key
 from tensorfleet_desktop.controller.model import JobState
 from tensorfleet_desktop.controller.quotas import Gate, Quota
-from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
+from tensorfleet_desktop.controller.scheduler import Capacity, GpuRoom, Request, plan
 
 WL = frozenset({"noop"})
 
 
 def cap(node: str, slots: int = 8, gpus: int = 0) -> Capacity:
-    return Capacity(node_id=node, name=node, free_slots=slots, free_gpu_slots=gpus, workloads=WL)
+    rooms = tuple(GpuRoom(i, 16 << 30, 16 << 30, whole=True) for i in range(gpus))
+    return Capacity(node_id=node, name=node, free_slots=slots, free_gpu_slots=gpus, workloads=WL, gpus=rooms)
 
 
 def req(job: str, user: str, ranks: int = 1, seq: int = 0, **kw: object) -> Request:
@@ -210,3 +211,18 @@ async def test_quotas_and_usage_survive_a_store_reopen(tmp_path: Path) -> None:
         assert [q.describe() for q in again.quotas.list()] == ["gpus=4 tasks=8"]
         assert again.usage.usage.value("alice", clock.time()) == pytest.approx(100.0)
         assert again.usage.holdings.running_tasks("alice") == 1  # its task is still out there: it counts
+
+
+def test_a_pass_reads_a_bounded_number_of_one_users_held_jobs() -> None:
+    from tensorfleet_desktop.controller.quotas import HELD_WALK
+
+    queue = FairQueue()
+    queue.add_many((f"a{i}", 0, i, "alice") for i in range(5000))
+    queue.add("b0", 0, 9999, "bob")
+    g = gate({"alice": Quota("alice", queued=2)}, usage={"bob": 1e12})  # alice first in the merge throughout
+    read, held = [], []
+    for job_id in queue.order(g.key, g.cut):
+        read.append(job_id)
+        if job_id != "b0" and g.queued_job("alice"):
+            held.append(job_id)
+    assert len(held) == HELD_WALK and read[-1] == "b0" and len(read) == 2 + HELD_WALK + 1

@@ -13,7 +13,17 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel
 
 from tensorfleet_agent.core.version import AGENT_VERSION
-from tensorfleet_desktop.controller.http import agents, artifacts, datasets, events, jobs, models, problems, team
+from tensorfleet_desktop.controller.http import (
+    agents,
+    artifacts,
+    datasets,
+    events,
+    jobs,
+    models,
+    problems,
+    quotas,
+    team,
+)
 from tensorfleet_desktop.controller.http.auth import TokenGate, require_token
 from tensorfleet_desktop.controller.http.context import HttpContext
 from tensorfleet_desktop.controller.http.limits import MAX_BODY, BodyLimit, JsonBodies
@@ -73,7 +83,7 @@ def create_app(ctx: HttpContext) -> FastAPI:
     problems.install(app)
     protected = [Depends(require_token)]
     unauthorized = problems.error_responses(401, 403)  # 403: the caller's role or the job's owner (issue 24)
-    for module in (jobs, events, artifacts, agents, models, datasets, team):
+    for module in (jobs, events, artifacts, agents, models, datasets, team, quotas):
         app.include_router(module.router, prefix=PREFIX, dependencies=protected, responses=unauthorized)
 
     generated = app.openapi
