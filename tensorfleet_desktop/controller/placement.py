@@ -16,6 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.capacity import DEMAND_AFTER, DEMAND_SCAN, CapacitySource, Waiting, plain_reason
@@ -23,7 +24,9 @@ from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
-from tensorfleet_desktop.controller.ports import AgentPort, Clock
+from tensorfleet_desktop.controller.ports import AgentPort, AgentView, Clock
+from tensorfleet_desktop.controller.preempter import SCAN as PREEMPT_SCAN
+from tensorfleet_desktop.controller.preempter import Preempter
 from tensorfleet_desktop.controller.quotas import Gate
 from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible, plan, rank_layout
 from tensorfleet_desktop.controller.scheduler import Placement as Placed
@@ -68,6 +71,7 @@ class Placement:
         self._capacities: list[Capacity] = []  # the online agents' capacity at the last pass
         self._waiting: set[str] = set()  # ids of the jobs given a `waiting` reason at the last demand check
         self._failing: set[str] = set()  # names of the sources whose offer() raised at the last tick
+        self.preempter = Preempter(agents, machine, events, attempts.background, clock)  # room for the important
 
     def update_gauges(self) -> None:
         self.events.gauges_stale, self._gauges_at = False, time.monotonic()
@@ -129,6 +133,7 @@ class Placement:
             self.attempts.check_orphans()
             self.usage.tick(self.clock.time(), self.machine.open)
             self.schedule()
+            self.preempter.tick(self._wanting(), self._capacities_of(self.agents.agents()), self.held)
             self._offer_demand()
             return
         self.schedule()
@@ -170,7 +175,7 @@ class Placement:
                     self.events.touched(held_job)
         for item in waiting:
             job = open_[item.request.job_id]
-            reason = reasons.get(job.id) or plain_reason(item, self._capacities)
+            reason = self.preempter.reason(job.id) or reasons.get(job.id) or plain_reason(item, self._capacities)
             current.add(job.id)
             if job.waiting != reason:
                 job.waiting = reason
@@ -226,20 +231,7 @@ class Placement:
             elif job.state in (JobState.QUEUED, JobState.RUNNING):
                 workload = str(job.spec["algorithm"])
                 self.sweeps.feed(job, sum(a.slots_free for a in views if a.schedulable and workload in a.workloads))
-        capacities = [
-            Capacity(
-                node_id=a.node_id,
-                name=a.name,
-                free_slots=a.slots_free,
-                free_gpu_slots=max(0, a.gpu_slots - len(a.placed)) if a.gpu_slots else 0,
-                gpu_free_memory=a.gpu_free_memory,
-                load=a.load,
-                labels=dict(a.labels),
-                workloads=a.workloads,
-            )
-            for a in views
-            if a.schedulable and not self.attempts.resting(a.node_id)  # it said "busy" a moment ago
-        ]
+        capacities = self._capacities_of(views)
         self._capacities = capacities
         now = self.clock.time()
         placed: list[Placed] = []
@@ -274,6 +266,38 @@ class Placement:
             layout = layouts.get(job.id, {}).get(placement.rank)
             self.attempts.dispatch(job, job.tasks[placement.rank], agent, layout)
             self.usage.placed(job, job.tasks[placement.rank])
+
+    def _capacities_of(self, views: list[AgentView]) -> list[Capacity]:
+        """The agents the scheduler may place on now, as it counts their room."""
+        return [
+            Capacity(
+                node_id=a.node_id,
+                name=a.name,
+                free_slots=a.slots_free,
+                free_gpu_slots=max(0, a.gpu_slots - len(a.placed)) if a.gpu_slots else 0,
+                gpu_free_memory=a.gpu_free_memory,
+                load=a.load,
+                labels=dict(a.labels),
+                workloads=a.workloads,
+            )
+            for a in views
+            if a.schedulable and not self.attempts.resting(a.node_id)  # it said "busy" a moment ago
+        ]
+
+    def _wanting(self) -> Iterator[tuple[Job, Request]]:
+        """The head of the queue's requests as this pass left them, for preemption: as far as quotas let them (a
+        job its user's quota holds back is never preempted for), in scheduling order."""
+        now = self.clock.time()
+        gate = self.usage.gate(now)
+        for job in itertools.islice(self._queue(gate), PREEMPT_SCAN):
+            if job.state is JobState.QUEUED and gate.queued_job(user_of(job)):
+                continue
+            request = self._request(job, now)
+            if request is None:
+                continue
+            allowed, _ = gate.allow(request)
+            if allowed > 0:
+                yield job, request if allowed == len(request.ranks) else replace(request, ranks=request.ranks[:allowed])
 
     def _request(self, job: Job, now: float) -> Request | None:
         """What the job asks of the scheduler now: its pending ranks; None when it asks nothing."""
