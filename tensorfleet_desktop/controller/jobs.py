@@ -254,7 +254,8 @@ class JobMachine:
         """Its machine was taken back (a desk owner returned, a Slurm allocation ends): queued again at once, from
         its newest checkpoint where it saved one. Not a failure: no retry, no replacement, no back-off spent; a
         gang is stopped and queued again as a whole."""
-        message = f"preempted: {reason or 'its machine was taken back'}"
+        reason = reason or "its machine was taken back"
+        message = reason if reason.startswith("preempted") else f"preempted: {reason}"  # the scheduler's says so
         task.state = TaskRunState.CANCELLED if job.state.terminal else TaskRunState.PENDING
         task.agent_task_id, task.retry_at = "", 0.0
         self.events.record(job, "task_state", base, state=task.state.value, message=message)

@@ -56,6 +56,7 @@ async def test_a_preemptible_job_makes_room_for_a_more_important_one_and_resumes
         assert high.waiting == ""
         messages = [e.message async for e in controller.history(low.id) if e.kind == "task_state"]
         assert f"preempted by job {high.id} (noop, priority 10, alice): saving a checkpoint, then stopping" in messages
+        assert reason in messages  # its end, as jobs.preempted records it
 
         agents.finish(next(a for a, t in desk.tasks.items() if t.spec.job_id == high.id))
         assert await ended(controller, high) is JobState.SUCCEEDED
