@@ -168,7 +168,12 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--param", "-p", action="append", default=[], metavar="K=V", help="hyperparameter (repeatable)")
     s.add_argument("--workers", type=int, dest="num_workers")
     s.add_argument("--epochs", type=int)
-    s.add_argument("--gpus", type=int)
+    s.add_argument(
+        "--gpus", type=_gpus, metavar="N", help="whole GPUs per task (2), or a share of one GPU's memory (0.5)"
+    )
+    s.add_argument(
+        "--gpu-memory", metavar="SIZE", help="share one GPU with other tasks: the memory each task may use, e.g. 6GiB"
+    )
     s.add_argument("--priority", type=int)
     s.add_argument("--max-retries", type=int)
     s.add_argument("--timeout", type=float, help="job wall-clock limit in seconds")
@@ -272,6 +277,15 @@ def add_parsers(sub: Any) -> None:
     add_format_flags(s, csv=True)
 
 
+def _gpus(text: str) -> int | float:
+    """--gpus: a whole number of GPUs, or a share of one GPU below 1 (the controller's parser checks the rest)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of GPUs (2) or a share of one (0.5), not {text!r}") from None
+    return int(value) if value.is_integer() else value
+
+
 def _kv(items: list[str], flag: str, parse_values: bool = True) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     for item in items:
@@ -312,6 +326,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "num_workers",
         "epochs",
         "gpus",
+        "gpu_memory",
         "priority",
         "max_retries",
         "timeout",
