@@ -533,15 +533,20 @@ class JobFilter(QSortFilterProxyModel):
         self.text = ""
         self.state = "all"
         self.conditions: list[Condition] = []
+        self.mine = ""  # "Mine": only this user's jobs (the user part of a job's submitter); "" = everyone's
         self.setSortRole(SORT_ROLE)
 
-    def set_filter(self, text: str, state: str, conditions: Sequence[Condition] | None = None) -> None:
+    def set_filter(
+        self, text: str, state: str, conditions: Sequence[Condition] | None = None, mine: str | None = None
+    ) -> None:
         staged = hasattr(self, "beginFilterChange")  # Qt 6.10+; invalidateFilter is deprecated there
         if staged:
             self.beginFilterChange()
         self.text, self.state = text.lower().strip(), state
         if conditions is not None:
             self.conditions = list(conditions)
+        if mine is not None:
+            self.mine = mine
         if staged:
             self.endFilterChange()
         else:
@@ -552,6 +557,8 @@ class JobFilter(QSortFilterProxyModel):
         if self.state == "active" and state not in ACTIVE:
             return False
         if self.state not in ("all", "active") and state != self.state:
+            return False
+        if self.mine and str(job.get("submitter", "")).split("@", 1)[0] != self.mine:
             return False
         if self.conditions and not matches(job, self.conditions):
             return False

@@ -8,6 +8,7 @@ from typing import Any
 from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QMouseEvent
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QHBoxLayout,
     QLineEdit,
@@ -109,6 +110,11 @@ class JobsView(View):
         self.filter_error = ""
         self.filter_state = QComboBox()
         self.filter_state.addItems(list(STATE_FILTERS))
+        self.mine = QCheckBox("Mine")  # who "I" am comes with the connection (GetInfo's caller), never asked here
+        self.mine.setObjectName("mine_toggle")
+        self.mine.setEnabled(False)
+        self.mine.setToolTip("only the jobs you submitted (known once connected)")
+        self.user = ""
         self.group_by = QComboBox()
         self.group_by.setObjectName("group_by")
         for mode in GROUP_MODES:
@@ -125,6 +131,7 @@ class JobsView(View):
         self.filter_text.textChanged.connect(self._apply_filter)
         self.filter_columns.textChanged.connect(self._apply_filter)
         self.filter_state.currentIndexChanged.connect(self._apply_filter)
+        self.mine.toggled.connect(self._apply_filter)
         self.group_by.currentIndexChanged.connect(self._group_changed)
 
         self.submit_button = action_button("Submit…", "submit a job (parameters from the workload's schema)")
@@ -163,6 +170,7 @@ class JobsView(View):
         filters.addWidget(self.filter_text, 2)
         filters.addWidget(self.filter_columns, 3)
         filters.addWidget(self.filter_state)
+        filters.addWidget(self.mine)
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
         layout.addLayout(filters)
@@ -170,6 +178,7 @@ class JobsView(View):
 
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._update_buttons())
         bridge.jobs_changed.connect(self.set_jobs)
+        bridge.connected.connect(self.learn_user)
         bridge.agents_changed.connect(lambda agents: setattr(self, "agent_names", sorted({a["name"] for a in agents})))
         self._update_buttons()
 
@@ -180,6 +189,18 @@ class JobsView(View):
                 self._apply_filter()
         self.model.set_rows(jobs)
         self._update_buttons()
+
+    def learn_user(self, connection: dict[str, Any]) -> None:
+        """Who the controller takes this window for (GetInfo's caller, delivered with the connection): "Mine"
+        keeps that user's jobs."""
+        caller = (connection.get("info") or {}).get("caller") or {}
+        self.user = str(caller.get("name", ""))
+        self.mine.setEnabled(bool(self.user))
+        role = f", {caller['role']}" if caller.get("role") else ""
+        self.mine.setToolTip(
+            f"only the jobs you submitted (as {self.user}{role})" if self.user else "the controller does not know you"
+        )
+        self._apply_filter()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         position = self.model.find(job_id)
@@ -202,7 +223,8 @@ class JobsView(View):
             conditions, self.filter_error = [], str(exc)  # a bad expression filters nothing (and says why)
         self.filter_columns.setStyleSheet(BAD_FILTER_STYLE if self.filter_error else "")
         self.filter_columns.setToolTip(self.filter_error or self._filter_help)
-        self.proxy.set_filter(self.filter_text.text(), self.filter_state.currentText(), conditions)
+        mine = self.user if self.mine.isChecked() and self.mine.isEnabled() else ""
+        self.proxy.set_filter(self.filter_text.text(), self.filter_state.currentText(), conditions, mine)
         self._span_headers()
 
     @property
