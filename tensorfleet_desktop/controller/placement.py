@@ -144,10 +144,12 @@ class Placement:
         now = self.clock.time()
         waiting: list[Waiting] = []
         held = self.held  # over quota: no source can help; the reason is the quota's
-        for job in self._queue():
+        gate = self.usage.gate(now)  # reads a bounded number of one user's jobs held by their queued quota
+        for job in self._queue(gate):
             if len(waiting) >= DEMAND_SCAN:
                 break
-            if now - job.queued_since < DEMAND_AFTER or job.id in held:
+            over = job.state is JobState.QUEUED and bool(gate.queued_job(user_of(job)))
+            if over or now - job.queued_since < DEMAND_AFTER or job.id in held:
                 continue
             request = self._request(job, now)
             if request is not None:
@@ -204,7 +206,7 @@ class Placement:
         pass's gate sees what the pass placed)."""
         open_ = self.machine.open
         gate = gate or self.usage.gate(self.clock.time())
-        for job_id in self.usage.queue.order(gate.key):
+        for job_id in self.usage.queue.order(gate.key, gate.cut):
             job = open_.get(job_id)
             if job is not None:
                 yield job
