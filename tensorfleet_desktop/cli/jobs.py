@@ -175,6 +175,19 @@ def add_parsers(sub: Any) -> None:
         "--gpu-memory", metavar="SIZE", help="share one GPU with other tasks: the memory each task may use, e.g. 6GiB"
     )
     s.add_argument("--priority", type=int)
+    s.add_argument(
+        "--preemptible",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a more important job may stop its tasks: they save a checkpoint and are queued again "
+        "(default: yes below priority 0)",
+    )
+    s.add_argument(
+        "--allow-restart",
+        action="store_true",
+        default=None,
+        help="a preemptible task that has no checkpoint yet may be stopped too (it starts over)",
+    )
     s.add_argument("--max-retries", type=int)
     s.add_argument("--timeout", type=float, help="job wall-clock limit in seconds")
     s.add_argument("--on", action="append", default=[], metavar="AGENT")
@@ -328,6 +341,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "gpus",
         "gpu_memory",
         "priority",
+        "preemptible",
+        "allow_restart",
         "max_retries",
         "timeout",
         "model_name",
