@@ -13,14 +13,17 @@ The loop: the next event (a submit, a task's end or checkpoint, a stop) sets the
 (placement pass, dispatches, ingest) until it is quiet; then time moves on. At least every MAX_STEP simulated seconds
 the clock moves, so per-tick work (timeouts, demand, preemption) runs as in a live controller.
 
-Reported per user: GPU-seconds used, their share of all GPU-seconds against their fair share, mean / p95 / max queue
+Reported per user: GPU-seconds used, their share of the GPU-seconds against their fair share, mean / p95 / max queue
 wait (submit to first start), preemptions suffered and the GPU-seconds they lost. Fair share is defined as max-min
 fair among users with demand: at every moment the cluster's GPUs are split equally among the users who have work
 (queued or running), a user wanting less than an equal split getting what they want and the rest split among the
-others; integrated over the run. The same workload runs once per variant, so the effect shows side by side: `fair`
-is the scheduler as shipped (fair share, quotas, preemption, GPU sharing); `fifo` the same with every user's
-fair-share key held equal, so equal priorities go by submit order as before issue 24 (quotas, preemption and
-sharing unchanged).
+others (a user's quota caps what they may be entitled to). Shares are integrated over the contended time only (more
+demand than GPUs): over a whole run every user's work gets done whatever the order, so only what they got while
+they competed tells fair from unfair. `distance_from_fair_share` is, at each contended moment, half the summed
+|share - fair share| over users (0: all fair, 1: all unfair), averaged over that time. The same workload runs once per
+variant, so the effect shows side by side: `fair` is the scheduler as shipped (fair share, quotas, preemption, GPU
+sharing); `fifo` the same with every user's fair-share key held equal, so equal priorities go by submit order as
+before issue 24 (quotas, preemption and sharing unchanged).
 
 Usage: python benchmarks/team_sim.py [--seed 1] [--variants fair,fifo] [--scale 1.0]
 """
@@ -242,8 +245,9 @@ class SimAgents(FakeAgents):
 
 @dataclass
 class UserFigures:
-    used: float = 0.0  # GPU-seconds
-    entitled: float = 0.0  # GPU-seconds of their max-min fair share
+    used: float = 0.0  # GPU-seconds, the whole run
+    contended_used: float = 0.0  # GPU-seconds while the cluster was contended (more demand than GPUs)
+    entitled: float = 0.0  # GPU-seconds of their max-min fair share, while contended
     waits: list[float] = field(default_factory=list)
     preemptions: int = 0
     lost: float = 0.0  # GPU-seconds of work lost to preemption
@@ -268,6 +272,8 @@ class Simulation:
         self._activity = 0  # bumped on every call and event: settle() waits until it stops moving
         self.controller: Controller | None = None
         self.preempt_requests = 0
+        self.contended = 0.0  # simulated seconds with more demand than GPUs
+        self.distance = 0.0  # integral of the distance from fair share over them
         self.stops = 0
 
     # -- events
@@ -419,10 +425,22 @@ class Simulation:
             if waiting:
                 amount = gpu_amount(plan.spec, self.cluster.gpu_memory) if self._shares_gpus() else 1.0
                 demand[plan.user] = demand.get(plan.user, 0.0) + waiting * amount
-        for user, share in max_min_fair(demand, float(self.cluster.gpus)).items():
-            self.users[user].entitled += share * dt
+        for user, limits in self.quotas.items():  # a quota caps what its user can be entitled to
+            if user in demand and limits.get("gpus", -1) >= 0:
+                demand[user] = min(demand[user], float(limits["gpus"]))
         for user, amount in used.items():
             self.users[user].used += amount * dt
+        if sum(demand.values()) <= self.cluster.gpus + 1e-9:
+            return  # everyone gets what they want: nothing to share out
+        fair = max_min_fair(demand, float(self.cluster.gpus))
+        for user, share in fair.items():
+            self.users[user].entitled += share * dt
+        for user, amount in used.items():
+            self.users[user].contended_used += amount * dt
+        total_used, total_fair = sum(used.values()) or 1.0, sum(fair.values()) or 1.0
+        gap = sum(abs(used.get(u, 0.0) / total_used - fair.get(u, 0.0) / total_fair) for u in set(used) | set(fair))
+        self.contended += dt
+        self.distance += gap / 2 * dt
 
     def _report(self, variant: str, features: list[str], states: dict[str, int], wall: float) -> dict[str, Any]:
         for job_id, plan in self.jobs.items():
@@ -430,6 +448,7 @@ class Simulation:
             if start is not None:
                 self.users[plan.user].waits.append(start - self.submitted[job_id])
         total_used = sum(u.used for u in self.users.values()) or 1.0
+        contended_used = sum(u.contended_used for u in self.users.values()) or 1.0
         total_entitled = sum(u.entitled for u in self.users.values()) or 1.0
         makespan = self.clock.now - self.t0
         users = {}
@@ -437,7 +456,7 @@ class Simulation:
             users[name] = {
                 "jobs": sum(1 for p in self.jobs.values() if p.user == name),
                 "gpu_seconds": round(u.used),
-                "share": round(u.used / total_used, 3),
+                "share": round(u.contended_used / contended_used, 3),
                 "fair_share": round(u.entitled / total_entitled, 3),
                 "wait_s": summary(u.waits),
                 "preemptions": u.preemptions,
@@ -449,11 +468,34 @@ class Simulation:
             "states": states,
             "simulated_makespan_s": round(makespan),
             "utilisation": round(total_used / (self.cluster.gpus * makespan), 3) if makespan else 0.0,
+            "contended_s": round(self.contended),
+            # at each moment half the summed |share - fair share| over users (0: everyone gets their fair share now,
+            # 1: nobody does), averaged over the contended time
+            "distance_from_fair_share": round(self.distance / self.contended, 3) if self.contended else 0.0,
             "preemptions": sum(u.preemptions for u in self.users.values()),
             "gpu_seconds_lost_to_preemption": round(sum(u.lost for u in self.users.values())),
             "users": users,
             "wall_s": round(wall, 1),
         }
+
+
+def side_by_side(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per user, each variant's share against fair share and waits, next to each other."""
+    names = sorted({user for run in runs.values() for user in run["users"]})
+    return {
+        user: {
+            variant: {
+                "share": run["users"][user]["share"],
+                "fair_share": run["users"][user]["fair_share"],
+                "wait_mean_s": run["users"][user]["wait_s"]["mean"],
+                "wait_p95_s": run["users"][user]["wait_s"]["p95"],
+                "preemptions": run["users"][user]["preemptions"],
+            }
+            for variant, run in runs.items()
+            if user in run["users"]
+        }
+        for user in names
+    }
 
 
 def max_min_fair(demand: dict[str, float], capacity: float) -> dict[str, float]:
@@ -554,6 +596,7 @@ def main() -> int:
             "seed": args.seed,
             "fair_share_definition": "max-min fair among users with queued or running work, integrated over time",
         },
+        "side_by_side": side_by_side(runs),
         "runs": runs,
     }
     print(json.dumps(out, indent=2))
