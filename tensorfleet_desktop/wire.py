@@ -621,6 +621,9 @@ def agent_from_pb(msg: cpb.Agent) -> dict[str, Any]:
                 "memory_total_bytes": g.memory_total_bytes,
                 "temperature_celsius": g.temperature_celsius,
                 "power_watts": g.power_watts,
+                "memory_reserved_bytes": g.memory_reserved_bytes,  # promised to tasks sharing it by memory
+                "shared_tasks": g.shared_tasks,
+                "exclusive": g.exclusive,  # a task holds it whole
             }
             for g in msg.gpu_stats
         ],

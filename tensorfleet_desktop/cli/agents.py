@@ -159,12 +159,20 @@ def show(client: Client, args: argparse.Namespace) -> int:
             raise UsageError(f"{args.agent!r} matches {len(hits)} agents (matches: {known}); use an id")
         agent = hits[0]
     if args.json:
-        print_json({**summary(agent), "hostname": agent.get("hostname", ""), "workloads": agent.get("workloads", [])})
+        print_json(
+            {
+                **summary(agent),
+                "hostname": agent.get("hostname", ""),
+                "workloads": agent.get("workloads", []),
+                "gpu_stats": agent.get("gpu_stats", []),
+            }
+        )
         return exit_codes.OK
     lines = [
         f"{agent['name']} ({agent['id']})",
         f"  address: {agent['address']} ({agent['source']}), state {agent['state']} since {when(agent['state_since'])}",
         f"  slots: {agent['slots_free']}/{agent['slots_total']} free, GPUs: {agent['gpus']}",
+        *(f"  {gpu_line(g)}" for g in agent.get("gpu_stats") or []),
     ]
     desk = agent.get("desk")
     if desk:
@@ -209,7 +217,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
                 "-" if "refused" in a else "yes" if a["paired"] else "NO",
                 a["source"],
                 f"{a['slots_free']}/{a['slots_total']}",
-                str(a["gpus"]),
+                gpus_cell(a),
                 f"{a.get('cpu_percent', 0):.0f}%",
                 wol(a),
                 str(a.get("wake_count", 0)),
@@ -226,6 +234,23 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         plural = "s" if hidden > 1 else ""
         err.print(f"{hidden} refused service{plural}: see `tensorfleet agents --all`", markup=False)
     return exit_codes.OK
+
+
+def gpu_line(g: dict[str, Any]) -> str:
+    """One GPU: memory used of its total, and who has it: tasks sharing it (what they were promised), or one whole."""
+    line = f"GPU {g['index']}: {human_size(g['memory_used_bytes'])} of {human_size(g['memory_total_bytes'])} used"
+    if g.get("shared_tasks"):
+        tasks = g["shared_tasks"]
+        line += f", {human_size(g['memory_reserved_bytes'])} promised to {tasks} sharing task{'s' if tasks > 1 else ''}"
+    elif g.get("exclusive"):
+        line += ", held whole by a task"
+    return line
+
+
+def gpus_cell(a: dict[str, Any]) -> str:
+    """The GPUS column: how many, and how many tasks share them by memory now."""
+    sharing = sum(g.get("shared_tasks", 0) for g in a.get("gpu_stats") or [])
+    return f"{a['gpus']} ({sharing} sharing)" if sharing else str(a["gpus"])
 
 
 def algorithms(client: Client, args: argparse.Namespace) -> int:

@@ -34,3 +34,24 @@ def test_bad_values_are_refused_with_their_name(capsys: pytest.CaptureFixture[st
         parse_job_spec(spec("--gpu-memory", "lots"))
     with pytest.raises(JobSpecError, match="gpus"):
         parse_job_spec(spec("--gpus", "2", "--gpu-memory", "6GiB"))
+
+
+def test_agents_show_each_gpu_s_shares_through_the_wire() -> None:
+    from tensorfleet_agent.core.types import GpuInfo, GpuTelemetry, NodeInfo, Telemetry
+    from tensorfleet_desktop.cli.agents import gpu_line, gpus_cell
+    from tensorfleet_desktop.controller.fleet import AgentRecord
+    from tensorfleet_desktop.wire import agent_from_pb, agent_to_pb
+
+    gib = 1 << 30
+    gpus = (GpuInfo(0, "A", "GPU-0", 16 * gib), GpuInfo(1, "A", "GPU-1", 16 * gib))
+    info = NodeInfo(1, "n" * 20, "box", "host", "Linux", "3.11", "", "1.5", 8, 1 << 34, 1 << 30, gpus, (), 2, 0, "0.1")
+    shared = GpuTelemetry(0, 50.0, 9 * gib, 16 * gib, 40.0, 90.0, memory_reserved_bytes=12 * gib, shared_tasks=2)
+    whole = GpuTelemetry(1, 99.0, 15 * gib, 16 * gib, 70.0, 300.0, exclusive=True)
+    record = AgentRecord("n" * 20, "127.0.0.1:1", "manual", name="box", info=info)
+    record.telemetry = Telemetry(1.0, 1.0, 1, 2, 3, (shared, whole), 2, 0, 3)
+    agent = agent_from_pb(agent_to_pb(record))
+    stats = agent["gpu_stats"]
+    assert stats[0]["memory_reserved_bytes"] == 12 * gib and stats[0]["shared_tasks"] == 2 and stats[1]["exclusive"]
+    assert gpu_line(stats[0]) == "GPU 0: 9.0 GiB of 16.0 GiB used, 12.0 GiB promised to 2 sharing tasks"
+    assert gpu_line(stats[1]) == "GPU 1: 15.0 GiB of 16.0 GiB used, held whole by a task"
+    assert gpus_cell(agent) == "2 (2 sharing)"

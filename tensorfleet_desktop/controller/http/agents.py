@@ -32,6 +32,9 @@ class GpuStat(BaseModel):
     memory_total_bytes: int
     temperature_celsius: float
     power_watts: float
+    memory_reserved_bytes: int = Field(0, description="GPU memory promised to the tasks sharing it by memory")
+    shared_tasks: int = Field(0, description="tasks sharing it by memory now")
+    exclusive: bool = Field(False, description="a task holds it whole")
 
 
 class Desk(BaseModel):
