@@ -14,7 +14,7 @@ from tensorfleet_agent.core.types import TaskEvent, TaskSpec
 from tensorfleet_agent.rpc.client import AgentClient
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
-from tensorfleet_desktop.controller.ports import AgentListener, AgentView
+from tensorfleet_desktop.controller.ports import AgentListener, AgentView, GpuView
 
 #: The agent could not take the call now; anything else is its answer to this call.
 _BUSY = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -43,6 +43,7 @@ def view(record: AgentRecord) -> AgentView:
         online=record.client is not None and record.state is AgentState.ONLINE,
         schedulable=record.schedulable,
         slots_free=record.slots_free,
+        slots_total=record.slots_total,
         reported_slots_free=tel.slots_free if tel else None,
         gpu_slots=len(info.gpus) if info else 0,
         gpu_free_memory=sum(g.memory_total_bytes - g.memory_used_bytes for g in tel.gpus) if tel else 0,
@@ -52,7 +53,28 @@ def view(record: AgentRecord) -> AgentView:
         sklearn_version=info.sklearn_version if info else "",
         placed=frozenset(record.placed),
         fingerprint=record.fingerprint,
+        gpus=gpu_views(record),
     )
+
+
+def gpu_views(record: AgentRecord) -> tuple[GpuView, ...]:
+    """Its GPUs from GetInfo, with the last telemetry's readings where one came (before: empty and free)."""
+    if record.info is None:
+        return ()
+    sampled = {g.index: g for g in record.telemetry.gpus} if record.telemetry is not None else {}
+    out = []
+    for gpu in record.info.gpus:
+        tel = sampled.get(gpu.index)
+        if tel is None:
+            out.append(GpuView(gpu.index, gpu.memory_total_bytes))
+        else:
+            total = tel.memory_total_bytes or gpu.memory_total_bytes
+            out.append(
+                GpuView(
+                    gpu.index, total, tel.memory_used_bytes, tel.memory_reserved_bytes, tel.shared_tasks, tel.exclusive
+                )
+            )
+    return tuple(out)
 
 
 class FleetAgents:

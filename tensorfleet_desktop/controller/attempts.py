@@ -20,6 +20,7 @@ from tensorfleet_desktop.controller.dataset_holders import Holders, spread
 from tensorfleet_desktop.controller.dataset_push import EMPTY_TRANSFER, DatasetPush, UploadPlan, upload_wants
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
 from tensorfleet_desktop.controller.events import EventLog
+from tensorfleet_desktop.controller.gpu_share import share_bytes, shares_gpu
 from tensorfleet_desktop.controller.ingest import Base, Ingest
 from tensorfleet_desktop.controller.jobs import CHECKPOINTING, JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -92,7 +93,22 @@ class Attempts:
         self._started = clock.monotonic()
         # node id -> (refused at, consecutive refusals): an agent that said "busy" gets no attempt for a while
         self._busy: dict[str, tuple[float, int]] = {}
+        # attempt -> (node id, GPU index, bytes) of each attempt sent to share a GPU, while its agent holds it for
+        # us: placement counts these beside the agent's telemetry, so nothing is promised twice between samples
+        self.gpu_shares: dict[str, tuple[str, int, int]] = {}
         agents.subscribe(self._on_agent)
+
+    def shares_held(self, views: list[AgentView]) -> dict[str, list[tuple[int, int]]]:
+        """Node id -> (GPU index, bytes) of the shares dispatched there that the agent still holds for us; the rest
+        (ended, released, on an agent gone) are forgotten."""
+        placed = {v.node_id: v.placed for v in views}
+        out: dict[str, list[tuple[int, int]]] = {}
+        for attempt, (node, gpu, memory) in list(self.gpu_shares.items()):
+            if attempt in placed.get(node, ()):
+                out.setdefault(node, []).append((gpu, memory))
+            else:
+                del self.gpu_shares[attempt]
+        return out
 
     def resting(self, node_id: str) -> bool:
         """The agent refused an attempt lately (it has less room than we count: a task of ours that ended here may
@@ -104,7 +120,15 @@ class Attempts:
 
     # ---- placing
 
-    def dispatch(self, job: Job, task: JobTask, agent: AgentView, layout: RankLayout | None = None) -> None:
+    def dispatch(
+        self,
+        job: Job,
+        task: JobTask,
+        agent: AgentView,
+        layout: RankLayout | None = None,
+        gpu_share: tuple[int, int] | None = None,
+    ) -> None:
+        """Start an attempt of the task on the agent; `gpu_share`: (GPU index, bytes) when it shares a GPU."""
         task.attempt += 1
         task.agent_task_id = attempt_id(job.id, task.index, task.attempt)
         task.node_id, task.cursor, task.progress = agent.node_id, 0, 0.0
@@ -116,6 +140,8 @@ class Attempts:
         task.dataset_transfer = None
         task.started_at, task.finished_at = self.clock.time(), 0.0
         self.agents.hold(agent.node_id, task.agent_task_id)
+        if gpu_share is not None:
+            self.gpu_shares[task.agent_task_id] = (agent.node_id, *gpu_share)
         if job.state is JobState.QUEUED:
             job.state = JobState.RUNNING
             job.started_at = job.started_at or self.clock.time()
@@ -146,7 +172,16 @@ class Attempts:
             group_rank=local.group_rank,
             group_world_size=local.group_world_size,
             max_restarts=int(spec.get("max_retries", 2)),
+            gpu_memory_bytes=self._gpu_memory(spec, task.agent_task_id),
         )
+
+    def _gpu_memory(self, spec: dict[str, Any], attempt: str) -> int:
+        """The bytes of GPU memory a sharing task asks its agent for: what placement chose (a fraction turned into
+        bytes of that GPU), else its gpu_memory; 0 for a task with whole GPUs (or a fraction of an unknown GPU)."""
+        placed = self.gpu_shares.get(attempt)
+        if placed is not None:
+            return placed[2]
+        return share_bytes(spec, 0) if shares_gpu(spec) else 0
 
     async def _run(
         self, job: Job, task: JobTask, agent: AgentView, attempt: str, layout: RankLayout | None = None

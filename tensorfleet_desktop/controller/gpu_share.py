@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tensorfleet_desktop.controller.ports import AgentView
+from tensorfleet_desktop.controller.scheduler import GpuRoom
+
 # What a shared task counts for when the GPU it runs (or would run) on is not known: half a GPU.
 UNKNOWN_SHARE = 0.5
 
@@ -63,3 +66,35 @@ def _fraction(spec: dict[str, Any]) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
         return 0.0
     return float(value)
+
+
+def agent_capacity(view: AgentView, shares: list[tuple[int, int]]) -> tuple[int, int, tuple[GpuRoom, ...]]:
+    """(free slots, free GPU slots, its GPUs as the scheduler packs them) of an agent, counting the shares this
+    controller dispatched there, as (GPU index, bytes), beside its last telemetry: between two samples nothing is
+    promised twice. A GPU's free memory is its total less the larger of what NVML says is used and what was
+    promised to shares (ours, or the agent's last word); a GPU that shares use is one slot in use, however many
+    tasks share it."""
+    ours: dict[int, int] = {}
+    for index, memory in shares:
+        ours[index] = ours.get(index, 0) + memory
+    held = len(view.placed) - len(shares) + len(ours)  # slots our attempts hold: a shared GPU counts once
+    total = view.slots_total or view.slots_free + len(view.placed)
+    free_slots = max(0, total - held)
+    free_gpu_slots = max(0, view.gpu_slots - held) if view.gpu_slots else 0
+    rooms = []
+    for gpu in view.gpus:
+        promised = max(gpu.reserved_memory, ours.get(gpu.index, 0))
+        # held whole by its last telemetry: a share we just sent there went to another GPU (the agent chose)
+        shared = (gpu.shared_tasks > 0 or gpu.index in ours) and not gpu.exclusive
+        rooms.append(
+            GpuRoom(
+                index=gpu.index,
+                total_memory=gpu.total_memory,
+                free_memory=max(0, gpu.total_memory - max(gpu.used_memory, promised)),
+                whole=not shared and not gpu.exclusive,
+                exclusive=gpu.exclusive,
+            )
+        )
+    if rooms:  # GPUs its telemetry says are taken (a whole-GPU task, a CPU task on a GPU slot) are not free either
+        free_gpu_slots = min(free_gpu_slots, sum(1 for r in rooms if r.whole))
+    return free_slots, free_gpu_slots, tuple(rooms)

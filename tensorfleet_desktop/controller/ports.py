@@ -24,6 +24,18 @@ AgentListener = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
+class GpuView:
+    """One GPU of an agent: its memory (NVML) and what the agent's slots say about it, by its last telemetry."""
+
+    index: int
+    total_memory: int
+    used_memory: int = 0  # NVML: every process on it, the tasks sharing it included
+    reserved_memory: int = 0  # promised to the tasks sharing it by memory
+    shared_tasks: int = 0
+    exclusive: bool = False  # a task holds it whole
+
+
+@dataclass(frozen=True)
 class AgentView:
     """One agent as the scheduler sees it at one moment."""
 
@@ -34,6 +46,7 @@ class AgentView:
     online: bool  # connected and ONLINE: its attempts can be watched and cancelled
     schedulable: bool  # online, paired, not draining, not stopping, room on its disk
     slots_free: int  # its slots less the attempts we hold there
+    slots_total: int = 0  # 0: not known
     reported_slots_free: int | None = None  # free slots by its own last telemetry (None: none heard yet)
     gpu_slots: int = 0
     gpu_free_memory: int = 0
@@ -43,6 +56,7 @@ class AgentView:
     sklearn_version: str = ""
     placed: frozenset[str] = frozenset()  # our attempts it holds a slot for
     fingerprint: str = ""  # its pinned TLS certificate's (a reader checks a peer against it); "" with --insecure
+    gpus: tuple[GpuView, ...] = ()  # per GPU, for packing tasks that share one by memory
 
 
 #: (reader node id, content ids, seconds valid, job id) -> (a serialized PeerTicket, its signature by the

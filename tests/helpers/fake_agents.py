@@ -21,7 +21,7 @@ from tensorfleet_agent.core.types import (
     TaskState,
 )
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
-from tensorfleet_desktop.controller.ports import AgentListener, AgentView
+from tensorfleet_desktop.controller.ports import AgentListener, AgentView, GpuView
 
 HAS_BLOBS_LIMIT = 10_000  # sha256s one HasBlobs call may ask about (as the agent's service)
 
@@ -74,6 +74,7 @@ class FakeAgent:
     placed: set[str] = field(default_factory=set)
     blobs: set[str] = field(default_factory=set)
     generation: int = 0  # bumped when its connection breaks: open event streams end
+    gpus: tuple[GpuView, ...] = ()  # its GPUs as its last telemetry said (FakeAgents.gpu_telemetry)
 
 
 class FakeAgents:
@@ -110,6 +111,11 @@ class FakeAgents:
     def telemetry(self, node_id: str, slots_free: int) -> None:
         """The agent's telemetry arrives, counting `slots_free` free slots by its own reckoning."""
         self.fleet[node_id].reported_free = slots_free
+        self._emit("telemetry", node_id)
+
+    def gpu_telemetry(self, node_id: str, *gpus: GpuView) -> None:
+        """The agent's GPUs as its telemetry reports them now (memory, shares, held whole)."""
+        self.fleet[node_id].gpus = gpus
         self._emit("telemetry", node_id)
 
     def task(self, attempt: str) -> FakeTask:
@@ -166,7 +172,10 @@ class FakeAgents:
             online=a.online,
             schedulable=a.online,
             slots_free=max(0, a.slots - len(a.placed)),
+            slots_total=a.slots,
             reported_slots_free=a.reported_free,
+            gpu_slots=len(a.gpus),
+            gpus=a.gpus,
             labels=dict(a.labels),
             workloads=a.workloads,
             placed=frozenset(a.placed),
