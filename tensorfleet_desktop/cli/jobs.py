@@ -55,6 +55,7 @@ SUMMARY_KEYS = (
     "started_at",
     "finished_at",
     "submitter",  # who submitted it (issue 24: a named token's name, or the OS user)
+    "waiting",  # why it waits for a placement ("over quota: ...", a capacity source's words); "" when it does not
 )
 JOBS_CSV = (
     "id",
