@@ -21,6 +21,7 @@ from dataclasses import replace
 from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.capacity import DEMAND_AFTER, DEMAND_SCAN, CapacitySource, Waiting, plain_reason
 from tensorfleet_desktop.controller.events import EventLog
+from tensorfleet_desktop.controller.gpu_share import agent_capacity
 from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
@@ -28,7 +29,7 @@ from tensorfleet_desktop.controller.ports import AgentPort, AgentView, Clock
 from tensorfleet_desktop.controller.preempter import SCAN as PREEMPT_SCAN
 from tensorfleet_desktop.controller.preempter import Preempter
 from tensorfleet_desktop.controller.quotas import Gate
-from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible, plan, rank_layout
+from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible, plan, rank_layout, shareable
 from tensorfleet_desktop.controller.scheduler import Placement as Placed
 from tensorfleet_desktop.controller.team_usage import TeamUsage, user_of
 from tensorfleet_desktop.controller.trials import SweepRunner
@@ -238,7 +239,8 @@ class Placement:
         now = self.clock.time()
         placed: list[Placed] = []
         self.usage.check(self.machine.jobs)  # what ended since the last pass holds nothing now
-        if any(c.free_slots > 0 for c in capacities):  # else nothing can be placed: spare the pass over the queue
+        # else nothing can be placed (no free slot, no shared GPU with memory left): spare the pass over the queue
+        if any(c.free_slots > 0 for c in capacities) or shareable(capacities):
             gate, held = self.usage.gate(now), dict[str, str]()
             # plan() reads them in this order and stops once every free slot is taken: the rest are never built
             requests = self._requests(gate, held, now)
@@ -266,25 +268,33 @@ class Placement:
                     "master_port": secrets.randbelow(30_000) + 20_000,
                 }
             layout = layouts.get(job.id, {}).get(placement.rank)
-            self.attempts.dispatch(job, job.tasks[placement.rank], agent, layout)
+            share = (placement.gpu, placement.gpu_memory) if placement.gpu_memory else None
+            self.attempts.dispatch(job, job.tasks[placement.rank], agent, layout, share)
             self.usage.placed(job, job.tasks[placement.rank])
 
     def _capacities_of(self, views: list[AgentView]) -> list[Capacity]:
-        """The agents the scheduler may place on now, as it counts their room."""
-        return [
-            Capacity(
-                node_id=a.node_id,
-                name=a.name,
-                free_slots=a.slots_free,
-                free_gpu_slots=max(0, a.gpu_slots - len(a.placed)) if a.gpu_slots else 0,
-                gpu_free_memory=a.gpu_free_memory,
-                load=a.load,
-                labels=dict(a.labels),
-                workloads=a.workloads,
+        """The agents the scheduler may place on now, as it counts their room (with the GPU shares it sent them
+        since their last telemetry: gpu_share.agent_capacity)."""
+        shares = self.attempts.shares_held(views)
+        out = []
+        for a in views:
+            if not a.schedulable or self.attempts.resting(a.node_id):  # it said "busy" a moment ago
+                continue
+            free_slots, free_gpu_slots, rooms = agent_capacity(a, shares.get(a.node_id, []))
+            out.append(
+                Capacity(
+                    node_id=a.node_id,
+                    name=a.name,
+                    free_slots=free_slots,
+                    free_gpu_slots=free_gpu_slots,
+                    gpu_free_memory=a.gpu_free_memory,
+                    load=a.load,
+                    labels=dict(a.labels),
+                    workloads=a.workloads,
+                    gpus=rooms,
+                )
             )
-            for a in views
-            if a.schedulable and not self.attempts.resting(a.node_id)  # it said "busy" a moment ago
-        ]
+        return out
 
     def _wanting(self) -> Iterator[tuple[Job, Request]]:
         """The head of the queue's requests as this pass left them, for preemption: as far as quotas let them (a
@@ -327,4 +337,6 @@ class Placement:
             waiting_since=job.queued_since,
             avoid=tuple(sorted({n for t in job.tasks if t.index in pending for n in t.failed_on})),
             prefer=self._holding(job),
+            gpu_memory=int(job.spec.get("gpu_memory") or 0),  # each rank shares one GPU (gpu_share.py)
+            gpu_fraction=float(job.spec.get("gpu_fraction") or 0.0),
         )
