@@ -108,19 +108,16 @@ class ClientTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         except Unauthenticated as exc:
             named = bearer(metadata).startswith(PREFIX)  # a named token's holder needs no word on client.token
             return aborting(handler, grpc.StatusCode.UNAUTHENTICATED, str(exc) if named else self.message)
-        rule = rule_for(method)
-        try:
-            allow(principal, rule)
-        except PermissionDenied as exc:
-            self._record(principal, rule, "", str(exc), False)
-            return aborting(handler, grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        return self._acting(handler, principal, rule)
+        return self._acting(handler, principal, rule_for(method))
 
     def _record(self, principal: Principal, rule: Rule, target: str, detail: str, ok: bool) -> None:
         if self.audit is not None and rule.action:
             self.audit.record(principal, rule.action, target, detail, ok)
 
-    def _check_owner(self, principal: Principal, rule: Rule, request: Any) -> None:
+    def _check(self, principal: Principal, rule: Rule, request: Any) -> None:
+        """The role, then (a call on one job) its owner; in the handler, so a refusal's audit names the target.
+        A streamed request is not read before: a viewer's upload is refused before its first chunk is."""
+        allow(principal, rule)
         if not rule.owned or self.owner is None:
             return
         found = self.owner(str(getattr(request, "job_id", "")))
@@ -130,8 +127,8 @@ class ClientTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
     def _acting(
         self, handler: grpc.RpcMethodHandler[Any, Any], principal: Principal, rule: Rule
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        """`handler` run as `principal`: ownership checked first, the outcome audited after. The behaviours stay
-        coroutine (async generator) functions, partials of them, so grpc runs them on the loop."""
+        """`handler` run as `principal`: role and ownership checked first, the outcome audited after. The
+        behaviours stay coroutine (async generator) functions, partials of them, so grpc runs them on the loop."""
         kwargs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -141,7 +138,7 @@ class ClientTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         async def unary(inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             with acting_as(principal):
                 try:
-                    outer._check_owner(principal, rule, request)
+                    outer._check(principal, rule, request)
                 except PermissionDenied as exc:
                     outer._record(principal, rule, target_of(request), str(exc), False)
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
@@ -157,6 +154,11 @@ class ClientTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
             inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             with acting_as(principal):
+                try:
+                    outer._check(principal, rule, request)
+                except PermissionDenied as exc:
+                    outer._record(principal, rule, target_of(request), str(exc), False)
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
                 try:
                     async for item in inner(request, context):
                         yield item

@@ -103,7 +103,10 @@ def test_roles_ownership_and_the_audit_log_through_the_cli(
         (admin, "admin", "token_revoke", True),
     ]
     assert [e["seq"] for e in reversed(entries)] == list(range(1, len(entries) + 1))
-    assert {e["target"] for e in entries if e["action"] in ("submit", "cancel") and e["ok"]} == {job["id"]}
+    assert {e["target"] for e in entries if e["action"] == "cancel"} == {job["id"]}  # refusals name it too
+    assert [e["target"] for e in entries if e["action"] == "submit"] == ["", job["id"]]  # a refused one made none
+    duplicate = next(e for e in entries if e["action"] == "token_create" and not e["ok"])
+    assert duplicate["target"] == "alice" and "a token named alice exists" in duplicate["detail"]
     refusals = cli_json(controller.cli("audit", "--action", "cancel", "--user", "carol", "--json"))
     assert [e["detail"] for e in refusals] == [other.stderr.split("refused: ", 1)[1].strip()]
     table = controller.cli("audit", "--since", "1h")
@@ -122,5 +125,6 @@ def test_roles_ownership_and_the_audit_log_through_the_cli(
     assert status == 201 and made["submitter"] == "alice", made
     status, problem = _http(f"{api}/tokens", alice["token"])
     assert status == 403 and "user alice (user) may not list tokens" in problem["detail"]
+    assert _http(f"{api}/whoami", alice["token"]) == (200, {"name": "alice", "role": "user", "named_token": True})
     status, http_entries = _http(f"{api}/audit?action=submit", alice["token"])
     assert status == 200 and [e["ok"] for e in http_entries["entries"]] == [True, True]

@@ -96,3 +96,16 @@ async def list_audit(
     whose = principals.audit_user(principals.current(), user.strip())
     found = await ctx.audit.entries(whose, action.strip(), since, limit)
     return AuditList(entries=[AuditEntry(**e) for e in found])
+
+
+class Caller(BaseModel):
+    name: str = Field(description="a named token's name, or the OS user a client names with the client token")
+    role: str = Field(description="admin, user or viewer")
+    named_token: bool = Field(description="false: the controller's own client token")
+
+
+@router.get("/whoami", response_model=Caller)
+async def whoami() -> Caller:
+    """Who the controller takes the caller for (gRPC: GetInfo's caller)."""
+    who = principals.current()
+    return Caller(name=who.name, role=who.role, named_token=who.named_token)
