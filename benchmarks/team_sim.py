@@ -56,9 +56,10 @@ from helpers.core_harness import core  # noqa: E402
 from helpers.fake_agents import FakeAgent, FakeAgents, FakeClock  # noqa: E402
 from tensorfleet_agent.core.types import CheckpointSaved, ExitCause, TaskSpec, TaskState  # noqa: E402
 from tensorfleet_desktop.controller.core import Controller  # noqa: E402
+from tensorfleet_desktop.controller.errors import AgentBusy  # noqa: E402
 from tensorfleet_desktop.controller.gpu_share import gpu_amount  # noqa: E402
 from tensorfleet_desktop.controller.model import TaskRunState  # noqa: E402
-from tensorfleet_desktop.controller.ports import AgentView  # noqa: E402
+from tensorfleet_desktop.controller.ports import AgentView, GpuView  # noqa: E402
 from tensorfleet_desktop.controller.quotas import Gate  # noqa: E402
 
 GIB = 1 << 30
@@ -182,6 +183,15 @@ class SimTask:
         return min(saved, self.done(now))
 
 
+@dataclass
+class SimGpu:
+    """One GPU of a simulated agent: held whole by one attempt, or shared by attempts each promised some memory."""
+
+    index: int
+    whole: str = ""  # the attempt holding it whole
+    shares: dict[str, int] = field(default_factory=dict)  # attempt -> bytes promised
+
+
 class SimAgents(FakeAgents):
     """The core tests' fake AgentPort with GPUs, playing each task on the simulated clock (events via Simulation)."""
 
@@ -190,20 +200,56 @@ class SimAgents(FakeAgents):
         self.clock, self.cluster, self.sim = clock, cluster, sim
         self.contents: dict[str, bytes] = {}  # checkpoint sha256 -> its bytes (what get_blob copies)
         self.progress: dict[str, float] = {}  # checkpoint sha256 -> the work it holds
+        self.gpus: dict[str, list[SimGpu]] = {}  # node id -> its GPUs
+        self.on_gpus: dict[str, list[SimGpu]] = {}  # attempt -> the GPUs it uses
 
     def add_gpu_agent(self, node_id: str) -> FakeAgent:
+        self.gpus[node_id] = [SimGpu(i) for i in range(self.cluster.gpus_per_agent)]
         return self.add(node_id, slots=self.cluster.gpus_per_agent, gpu="sim")
 
     def _view(self, a: FakeAgent) -> AgentView:
+        """Its GPUs as an agent's telemetry reports them, always current (a real agent's lag at most a second)."""
         view = super()._view(a)
-        used = sum(self.sim.tasks[t].amount for t in a.placed if t in self.sim.tasks)
-        free_memory = int(max(0.0, self.cluster.gpus_per_agent - used) * self.cluster.gpu_memory)
-        return dataclasses.replace(view, gpu_slots=self.cluster.gpus_per_agent, gpu_free_memory=free_memory)
+        gpus = tuple(self._gpu_view(g) for g in self.gpus.get(a.node_id, ()))
+        free = sum(g.total_memory - g.used_memory for g in gpus)
+        return dataclasses.replace(view, gpu_slots=len(gpus), gpus=gpus, gpu_free_memory=free)
+
+    def _gpu_view(self, gpu: SimGpu) -> GpuView:
+        total, promised = self.cluster.gpu_memory, sum(gpu.shares.values())
+        used = total if gpu.whole else promised  # a whole-GPU task may use it all; a share uses its promise
+        return GpuView(gpu.index, total, used, promised, len(gpu.shares), exclusive=bool(gpu.whole))
 
     async def run_task(self, node_id: str, spec: TaskSpec) -> None:
+        """As the agent: a share goes best-fit onto the fullest GPU its promise fits on, never beside a whole-GPU
+        task; whole GPUs are ones nothing uses. No room: refused as busy (the controller places it again later)."""
+        gpus = self.gpus.get(node_id, [])
+        total = self.cluster.gpu_memory
+        if spec.gpu_memory_bytes > 0:
+            fits = [g for g in gpus if not g.whole and total - sum(g.shares.values()) >= spec.gpu_memory_bytes]
+            if not fits:
+                raise AgentBusy(f"no GPU has {spec.gpu_memory_bytes} bytes free for a share")
+            chosen = [max(fits, key=lambda g: (sum(g.shares.values()), -g.index))]
+        else:
+            chosen = [g for g in gpus if not g.whole and not g.shares][: spec.gpus]
+            if len(chosen) < spec.gpus:
+                raise AgentBusy(f"{spec.gpus} GPU(s) asked, {len(chosen)} free")
         await super().run_task(node_id, spec)
+        for gpu in chosen:
+            if spec.gpu_memory_bytes > 0:
+                gpu.shares[spec.task_id] = spec.gpu_memory_bytes
+            else:
+                gpu.whole = spec.task_id
+        self.on_gpus[spec.task_id] = chosen
+        amount = spec.gpu_memory_bytes / total if spec.gpu_memory_bytes > 0 else float(spec.gpus)
         resumed = next((self.progress.get(i.sha256, 0.0) for i in spec.inputs if i.name == "resume.ckpt"), 0.0)
-        self.sim.started(spec, node_id, resumed)
+        self.sim.started(spec, node_id, resumed, amount)
+
+    def ended(self, attempt: str) -> None:
+        """The attempt's process is gone: its GPUs are free again."""
+        for gpu in self.on_gpus.pop(attempt, []):
+            gpu.shares.pop(attempt, None)
+            if gpu.whole == attempt:
+                gpu.whole = ""
 
     async def cancel_task(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float = 0.0) -> None:
         """A stop with a grace (pause) ends STOP_SECONDS later, as a workload saving nothing more; without one, now."""
@@ -282,10 +328,10 @@ class Simulation:
         self._seq += 1
         heapq.heappush(self.events, (when, self._seq, kind, payload))
 
-    def started(self, spec: TaskSpec, node_id: str, resumed: float) -> None:
+    def started(self, spec: TaskSpec, node_id: str, resumed: float, amount: float) -> None:
+        """The attempt runs on `node_id`, holding `amount` GPUs, from `resumed` seconds of work done."""
         plan = self.jobs[spec.job_id]
         now = self.clock.now
-        amount = gpu_amount(plan.spec, self.cluster.gpu_memory) if self._shares_gpus() else float(spec.gpus or 1)
         task = SimTask(spec.task_id, spec.job_id, spec.rank, node_id, amount, now, resumed, plan.work, 0.0)
         task.checkpoint_every = plan.checkpoint_every
         self.tasks[spec.task_id] = task
@@ -305,10 +351,6 @@ class Simulation:
         self.stops += 1
         self._activity += 1
         self.at(task.stop_at, "stop", (attempt, cause, reason))
-
-    def _shares_gpus(self) -> bool:
-        """Does the scheduler pack shared-GPU tasks? (Then they count for their share, else for the GPU they hold.)"""
-        return "gpus" in {f.name for f in dataclasses.fields(AgentView)}
 
     # -- the loop
 
@@ -381,6 +423,7 @@ class Simulation:
     def _end(self, task: SimTask, now: float) -> None:
         task.ended = now
         self.live.discard(task.attempt)
+        self.agents.ended(task.attempt)
 
     async def _settle(self) -> None:
         """Until the controller is quiet: no call, event or job change for a few turns of the loop (its store writes
@@ -423,7 +466,7 @@ class Simulation:
                 continue
             waiting = sum(1 for t in job.tasks if t.state is TaskRunState.PENDING)
             if waiting:
-                amount = gpu_amount(plan.spec, self.cluster.gpu_memory) if self._shares_gpus() else 1.0
+                amount = gpu_amount(plan.spec, self.cluster.gpu_memory)
                 demand[plan.user] = demand.get(plan.user, 0.0) + waiting * amount
         for user, limits in self.quotas.items():  # a quota caps what its user can be entitled to
             if user in demand and limits.get("gpus", -1) >= 0:
