@@ -186,6 +186,7 @@ def serve(args: argparse.Namespace) -> int:
             peer_transfer=settings.peer_transfer and not args.no_peer_transfer,
             wake_timeout=args.wake_timeout,
             fair_share_half_life=settings.fair_share_half_life,
+            preempt_grace=settings.preempt_grace,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

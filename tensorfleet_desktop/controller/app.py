@@ -94,6 +94,7 @@ class ControllerConfig:
     peer_transfer: bool = True  # agents fetch dataset blobs from peers holding them (--no-peer-transfer: off)
     wake_timeout: float = DEFAULT_WAKE_TIMEOUT  # a woken agent not answering by then is SLEEPING again
     fair_share_half_life: float = 3600.0  # seconds for a user's usage to count half in the queue's order
+    preempt_grace: float = 30.0  # seconds a preempted task has to save a checkpoint and stop ([scheduler])
 
 
 class ControllerApp:
@@ -164,6 +165,7 @@ class ControllerApp:
             tickets=functools.partial(make_ticket, self.identity),
             peer_transfer=cfg.peer_transfer,
             fair_share_half_life=cfg.fair_share_half_life,
+            preempt_grace=cfg.preempt_grace,
         )
         await self.fleet.start()
         self.controller.add_capacity_source(WakeSource(self.fleet))  # queued work wakes sleeping agents

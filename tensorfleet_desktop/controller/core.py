@@ -35,6 +35,7 @@ from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobTask
 from tensorfleet_desktop.controller.placement import Placement
 from tensorfleet_desktop.controller.ports import MIN_FREE_DISK_BYTES, AgentPort, Clock, SystemClock, TicketMaker
+from tensorfleet_desktop.controller.preempter import PREEMPT_GRACE
 from tensorfleet_desktop.controller.project_files import ProjectFiles
 from tensorfleet_desktop.controller.quotas import Quotas
 from tensorfleet_desktop.controller.retention import project_manifests
@@ -62,6 +63,7 @@ class Controller:
         tickets: TicketMaker | None = None,
         peer_transfer: bool = True,
         fair_share_half_life: float = DEFAULT_HALF_LIFE,
+        preempt_grace: float = PREEMPT_GRACE,
     ) -> None:
         """`agents` is the core's only way to its agents."""
         clock = clock or SystemClock()
@@ -116,6 +118,7 @@ class Controller:
             gang_reserve_after,
             self.usage,
         )
+        self.placement.preempter.grace = preempt_grace  # what a preempted task has to checkpoint and stop
         self.machine.effects = _Effects(self.attempts, self.artifacts, self.sweeps)
         self.jobs = self.machine.jobs
         self.datasets = self.catalog.entries

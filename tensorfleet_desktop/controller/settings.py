@@ -17,6 +17,7 @@
 
     [scheduler]
     fair_share_half_life = 3600   # seconds: how fast a user's past usage stops counting in the queue's order
+    preempt_grace = 30            # seconds a preempted task has to save a checkpoint and stop (at most 3600)
 
 Command-line flags win over environment variables, which win over the file. Keep it readable by you
 only: the controller refuses a file with credentials that others can read.
@@ -49,8 +50,11 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "blobs": {"uri": str, "access_key": str, "secret_key": str},
     "http": {"port": int, "host": str},
     "datasets": {"peer_transfer": bool},
-    "scheduler": {"fair_share_half_life": float},
+    "scheduler": {"fair_share_half_life": float, "preempt_grace": float},
 }
+
+
+_MAX_PREEMPT_GRACE = 3600.0  # the agent's MAX_CHECKPOINT_GRACE
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class FileSettings:
     http_host: str = ""  # [http] host: its address when --http-host is not given
     peer_transfer: bool = True  # [datasets] peer_transfer: dataset blobs from peer agents (issue 20)
     fair_share_half_life: float = 3600.0  # [scheduler]: seconds for a user's usage to count half (issue 24)
+    preempt_grace: float = 30.0  # [scheduler]: seconds a preempted task has to checkpoint and stop (issue 24)
 
 
 def _check_value(path: Path, section: str, key: str, item: object) -> None:
@@ -73,6 +78,8 @@ def _check_value(path: Path, section: str, key: str, item: object) -> None:
     elif _SECTIONS[section][key] is float:
         if isinstance(item, bool) or not isinstance(item, int | float) or not 0 < item < float("inf"):
             raise ValueError(f"{path}: [{section}] {key} must be a number of seconds > 0 (no quotes), got {item!r}")
+        if key == "preempt_grace" and item > _MAX_PREEMPT_GRACE:  # what an agent's CancelTask takes
+            raise ValueError(f"{path}: [{section}] {key} must be at most {_MAX_PREEMPT_GRACE:g} seconds, got {item!r}")
     elif _SECTIONS[section][key] is int:
         if isinstance(item, bool) or not isinstance(item, int):
             raise ValueError(f"{path}: [{section}] {key} must be an integer (no quotes), got {item!r}")
@@ -110,6 +117,7 @@ def load_settings(path: Path) -> FileSettings:
         http_host=http.get("host", ""),
         peer_transfer=datasets.get("peer_transfer", True),
         fair_share_half_life=float(scheduler.get("fair_share_half_life", 3600.0)),
+        preempt_grace=float(scheduler.get("preempt_grace", 30.0)),
     )
 
 
@@ -140,6 +148,7 @@ def save_settings(path: Path, settings: FileSettings) -> None:
                 "fair_share_half_life",
                 None if settings.fair_share_half_life == 3600.0 else settings.fair_share_half_life,
             ),
+            ("preempt_grace", None if settings.preempt_grace == 30.0 else settings.preempt_grace),
         ),
     }
     for section, items in sections.items():

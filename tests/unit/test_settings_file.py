@@ -126,3 +126,20 @@ def test_the_fair_share_half_life_is_an_hour_unless_the_file_says_and_a_save_kee
     path = tmp_path / "saved.toml"
     save_settings(path, short)
     assert "fair_share_half_life = 600.0" in path.read_text() and load_settings(path) == short
+
+
+def test_the_preempt_grace_is_30_s_unless_the_file_says_at_most_an_hour(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert load_settings(written(tmp_path, "[http]\nport = 1\n")).preempt_grace == 30.0
+    short = load_settings(written(tmp_path, "[scheduler]\npreempt_grace = 5\n"))
+    assert short.preempt_grace == 5.0
+    with pytest.raises(ValueError, match=r"\[scheduler\] preempt_grace must be at most 3600 seconds"):
+        load_settings(written(tmp_path, "[scheduler]\npreempt_grace = 7200\n"))
+    with pytest.raises(ValueError, match=r"preempt_grace must be a number of seconds > 0"):
+        load_settings(written(tmp_path, "[scheduler]\npreempt_grace = 0\n"))
+    path = tmp_path / "saved.toml"
+    save_settings(path, short)
+    assert load_settings(path).preempt_grace == 5.0
+    written(tmp_path, "[scheduler]\npreempt_grace = 12\n")
+    assert serve_config(monkeypatch, tmp_path).preempt_grace == 12.0  # serve hands it to the controller
