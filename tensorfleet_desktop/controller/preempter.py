@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.background import Background
@@ -38,7 +38,6 @@ class _Round:
     victims: dict[str, tuple[str, int]]  # attempt -> (job id, task index), until it ends
     started: float
     waiting: str  # the waiting job's sentence
-    jobs: set[str] = field(default_factory=set)  # the victims' job ids
 
 
 class Preempter:
@@ -54,7 +53,6 @@ class Preempter:
         self.rounds: dict[str, _Round] = {}  # by the waiting job's id
         self.victim_of: dict[str, str] = {}  # a victim job's id -> why it waits again (until it is placed again)
         self._refused: dict[str, float] = {}  # attempt -> monotonic time its preemption was refused
-        self.preemptions = 0  # tasks asked to stop, since the start (the simulation benchmark reads it)
 
     def reason(self, job_id: str) -> str:
         """The job's `waiting` sentence as far as preemption goes: its round's, or its victim's; "" if none."""
@@ -168,7 +166,7 @@ class Preempter:
         jobs = self.machine.jobs
         parts = [f"{n} task(s) of {_about(jobs[j], f'priority {jobs[j].priority}')}" for j, n in by_job.items()]
         waiting = f"preempting {' and '.join(parts)} for it"
-        current = _Round(job.id, {v.attempt: (v.job_id, v.rank) for v in victims}, now, waiting, set(by_job))
+        current = _Round(job.id, {v.attempt: (v.job_id, v.rank) for v in victims}, now, waiting)
         self.rounds[job.id] = current
         why = "preempted by " + _about(job, f"priority {job.priority}", *([job.submitter] if job.submitter else []))
         log.info("job %s: %s", job.id, waiting)
@@ -177,7 +175,6 @@ class Preempter:
             task = victim_job.tasks[victim.rank]
             self.events.task_event(victim_job, task, f"{why}: saving a checkpoint, then stopping")
             self.victim_of[victim_job.id] = why
-            self.preemptions += 1
             self.background.spawn(self._preempt(victim.node_id, victim.attempt, why))
         job.waiting = waiting
         self.events.job_changed(job, waiting)
