@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "tests") not in sys.path:
@@ -202,6 +202,7 @@ class SimAgents(FakeAgents):
         self.progress: dict[str, float] = {}  # checkpoint sha256 -> the work it holds
         self.gpus: dict[str, list[SimGpu]] = {}  # node id -> its GPUs
         self.on_gpus: dict[str, list[SimGpu]] = {}  # attempt -> the GPUs it uses
+        self.most_sharing = 0  # the most tasks that shared one GPU at once
 
     def add_gpu_agent(self, node_id: str) -> FakeAgent:
         self.gpus[node_id] = [SimGpu(i) for i in range(self.cluster.gpus_per_agent)]
@@ -227,12 +228,12 @@ class SimAgents(FakeAgents):
         if spec.gpu_memory_bytes > 0:
             fits = [g for g in gpus if not g.whole and total - sum(g.shares.values()) >= spec.gpu_memory_bytes]
             if not fits:
-                raise AgentBusy(f"no GPU has {spec.gpu_memory_bytes} bytes free for a share")
+                self._refuse(node_id, spec, f"no GPU has {spec.gpu_memory_bytes} bytes free for a share")
             chosen = [max(fits, key=lambda g: (sum(g.shares.values()), -g.index))]
         else:
             chosen = [g for g in gpus if not g.whole and not g.shares][: spec.gpus]
             if len(chosen) < spec.gpus:
-                raise AgentBusy(f"{spec.gpus} GPU(s) asked, {len(chosen)} free")
+                self._refuse(node_id, spec, f"{spec.gpus} GPU(s) asked, {len(chosen)} free")
         await super().run_task(node_id, spec)
         for gpu in chosen:
             if spec.gpu_memory_bytes > 0:
@@ -240,9 +241,15 @@ class SimAgents(FakeAgents):
             else:
                 gpu.whole = spec.task_id
         self.on_gpus[spec.task_id] = chosen
+        self.most_sharing = max(self.most_sharing, max((len(g.shares) for g in chosen), default=0))
         amount = spec.gpu_memory_bytes / total if spec.gpu_memory_bytes > 0 else float(spec.gpus)
         resumed = next((self.progress.get(i.sha256, 0.0) for i in spec.inputs if i.name == "resume.ckpt"), 0.0)
         self.sim.started(spec, node_id, resumed, amount)
+
+    def _refuse(self, node_id: str, spec: TaskSpec, why: str) -> NoReturn:
+        self.calls.append(("refused", node_id, spec.task_id))
+        self._notify()
+        raise AgentBusy(why)
 
     def ended(self, attempt: str) -> None:
         """The attempt's process is gone: its GPUs are free again."""
@@ -515,8 +522,12 @@ class Simulation:
             # at each moment half the summed |share - fair share| over users (0: everyone gets their fair share now,
             # 1: nobody does), averaged over the contended time
             "distance_from_fair_share": round(self.distance / self.contended, 3) if self.contended else 0.0,
-            "preemptions": sum(u.preemptions for u in self.users.values()),
+            "preempt_requests": self.preempt_requests,  # CancelTask(preempt) calls the controller made
+            "preemptions": sum(u.preemptions for u in self.users.values()),  # tasks that ended preempted
             "gpu_seconds_lost_to_preemption": round(sum(u.lost for u in self.users.values())),
+            "most_tasks_sharing_one_gpu": self.agents.most_sharing,
+            # RunTask refused for want of GPU room: the controller promised what the agent did not have
+            "run_task_refusals": sum(1 for call in self.agents.calls if call[0] == "refused"),
             "users": users,
             "wall_s": round(wall, 1),
         }
