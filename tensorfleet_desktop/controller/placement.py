@@ -270,7 +270,8 @@ class Placement:
             layout = layouts.get(job.id, {}).get(placement.rank)
             share = (placement.gpu, placement.gpu_memory) if placement.gpu_memory else None
             self.attempts.dispatch(job, job.tasks[placement.rank], agent, layout, share)
-            self.usage.placed(job, job.tasks[placement.rank])
+            total = next((g.total_memory for g in agent.gpus if g.index == placement.gpu), 0) if share else 0
+            self.usage.placed(job, job.tasks[placement.rank], total)
 
     def _capacities_of(self, views: list[AgentView]) -> list[Capacity]:
         """The agents the scheduler may place on now, as it counts their room (with the GPU shares it sent them

@@ -41,9 +41,11 @@ class TeamUsage:
     async def load(self) -> None:
         self.usage.restore(await self.store.load_team_records("usage"))
 
-    def placed(self, job: Job, task: JobTask) -> None:
-        """A task was dispatched: it holds its GPUs (or slot) until it ends."""
-        self.holdings.add(task.agent_task_id, Holding(job.id, task.index, user_of(job), gpu_amount(job.spec)))
+    def placed(self, job: Job, task: JobTask, total_memory: int = 0) -> None:
+        """A task was dispatched: it holds its GPUs (or slot) until it ends; a task sharing a GPU of `total_memory`
+        bytes holds its share of it (unknown: gpu_share's rule)."""
+        gpus = gpu_amount(job.spec, total_memory)
+        self.holdings.add(task.agent_task_id, Holding(job.id, task.index, user_of(job), gpus))
 
     def check(self, jobs: dict[str, Job]) -> None:
         """Forget the tasks that ended (or were placed again under another attempt) since the last pass."""
@@ -54,12 +56,18 @@ class TeamUsage:
                 self.holdings.drop(attempt)
 
     def rescan(self, jobs: Iterable[Job]) -> None:
-        """Count what runs from the tasks' states (at start, and now and then)."""
+        """Count what runs from the tasks' states (at start, and now and then); a task counted at its placement
+        keeps the share it was counted with there."""
+        known = dict(self.holdings.tasks)
         self.holdings.clear()
         for job in jobs:
             for task in job.tasks:
                 if task.state.active and task.agent_task_id:
-                    self.placed(job, task)
+                    holding = known.get(task.agent_task_id)
+                    if holding is not None:
+                        self.holdings.add(task.agent_task_id, holding)
+                    else:
+                        self.placed(job, task)
 
     def tick(self, now: float, open_jobs: dict[str, Job]) -> None:
         """Accrue usage for what ran since the last tick; save and recount when due."""

@@ -226,3 +226,21 @@ def test_a_pass_reads_a_bounded_number_of_one_users_held_jobs() -> None:
         if job_id != "b0" and g.queued_job("alice"):
             held.append(job_id)
     assert len(held) == HELD_WALK and read[-1] == "b0" and len(read) == 2 + HELD_WALK + 1
+
+
+async def test_tasks_sharing_a_gpu_count_their_share_of_it_against_a_gpus_quota(tmp_path: Path) -> None:
+    from tensorfleet_desktop.controller.ports import GpuView
+
+    gib = 1 << 30
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("g", slots=8)
+    agents.gpu_telemetry("g", GpuView(0, 16 * gib, 0), GpuView(1, 16 * gib, 0))
+    async with core(tmp_path, agents, clock) as controller:
+        controller.quotas.set("alice", gpus=1)
+        jobs = [await controller.submit({"algorithm": "noop", "gpu_memory": "4GiB"}, "alice") for _ in range(3)]
+        await agents.wait(lambda: len(agents.running()) == 2)  # 0.5 each until placed: the third would be 1.5
+        assert controller.usage.holdings.running_gpus("alice") == pytest.approx(0.5)  # 4 of 16 GiB, twice
+        controller.placement.pass_once()  # counted as placed: a quarter each, so the third fits now
+        await agents.wait(lambda: len(agents.running()) == 3)
+        assert all(j.state is JobState.RUNNING for j in jobs)
+        assert controller.usage.holdings.running_gpus("alice") == pytest.approx(0.75)
