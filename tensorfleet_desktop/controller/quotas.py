@@ -53,6 +53,8 @@ def check_user(user: str) -> str:
         raise ValidationError("user", "name the user the quota is for")
     if len(user) > 200 or any(not c.isprintable() or c.isspace() for c in user):
         raise ValidationError("user", f"not a user name: {user[:60]!r}")
+    if "@" in user:  # jobs count for the user part of user@host (team_usage.user_of): this quota would match none
+        raise ValidationError("user", f"name the user without @host: {user.split('@', 1)[0]!r}, not {user[:60]!r}")
     return user
 
 

@@ -145,6 +145,8 @@ def test_limits_are_checked() -> None:
             check_limit("gpus", bad)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="user"):
         check_user(" ")
+    with pytest.raises(ValidationError, match="without @host: 'alice'"):
+        check_user("alice@lab")
     assert Quota("a", gpus=4, tasks=8).describe() == "gpus=4 tasks=8" and Quota("a").describe() == "none"
 
 
