@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible
+from tensorfleet_agent.core.sizes import format_size
+from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible, shares
 
 #: At most this many waiting jobs (in scheduling order) are offered to the sources each tick: a long queue costs
 #: the same as a short one, and the head of the queue is what capacity would serve first.
@@ -61,4 +62,7 @@ def plain_reason(waiting: Waiting, online: Sequence[Capacity]) -> str:
     ranks = len(request.ranks)
     if request.gang:
         return f"waiting for {ranks} free slots at once (a gang of {ranks} ranks)"
+    if shares(request):
+        share = format_size(request.gpu_memory) if request.gpu_memory else f"{request.gpu_fraction:.0%} of the memory"
+        return f"waiting for a GPU with {share} free to share"
     return "waiting for a free slot"

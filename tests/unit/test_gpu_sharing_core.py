@@ -33,6 +33,9 @@ async def test_dispatched_shares_count_until_telemetry_and_whole_jobs_wait(tmp_p
         assert all(s.gpus == 1 and s.gpu_memory_bytes == 6 * GIB for s in specs)
         planned = sorted(controller.placement.attempts.gpu_shares[a][1] for a in running)
         assert planned == [0, 0, 1, 1]  # best fit: two on each 16 GiB GPU
+        clock.advance(2.0)  # long enough queued to be told why it waits
+        controller.placement.pass_once()
+        assert shared[4].waiting == "waiting for a GPU with 6GiB free to share"
         agents.finish(running[0])
         await agents.wait(lambda: len(agents.running()) == 4 and shared[4].state is not JobState.QUEUED)
         assert whole.state is JobState.QUEUED  # both GPUs still shared
