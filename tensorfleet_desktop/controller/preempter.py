@@ -82,11 +82,15 @@ class Preempter:
 
     def _forget(self, now: float) -> None:
         jobs = self.machine.jobs
+        held = {attempt for a in self.agents.agents() for attempt in a.placed}
         for job_id, current in list(self.rounds.items()):
             for attempt, (victim_id, index) in list(current.victims.items()):
                 victim = jobs.get(victim_id)
                 task = victim.tasks[index] if victim is not None and index < len(victim.tasks) else None
-                if task is None or task.agent_task_id != attempt or not task.state.active:
+                moved_on = task is None or task.agent_task_id != attempt or not task.state.active
+                # Gone once its slot is free too: a gang's other rank is cancelled after the first one's end, and
+                # its slot counts until its agent confirms; a round over before that would preempt again.
+                if moved_on and attempt not in held:
                     del current.victims[attempt]
             waiting = self.machine.open.get(job_id)
             over = now - current.started > self.grace + ROUND_MARGIN

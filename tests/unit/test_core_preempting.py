@@ -104,3 +104,21 @@ async def test_never_for_an_equal_priority_a_non_preemptible_job_or_one_without_
             await tick(controller, clock)
         await until(controller, lambda: waiting.waiting != "", timeout=2.0)
         assert not agents.preempted and "preempting" not in waiting.waiting
+
+
+async def test_never_for_a_job_its_users_quota_holds_back(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a", slots=2)
+    async with core(tmp_path, agents, clock) as controller:
+        controller.quotas.set("alice", tasks=1)
+        await controller.submit({"algorithm": "noop", "priority": 5}, "alice")
+        low = await controller.submit({"algorithm": "noop", "priority": -1, "allow_restart": True}, "bob")
+        await agents.wait(lambda: len(agents.running()) == 2)
+        urgent = await controller.submit({"algorithm": "noop", "priority": 10}, "alice")
+        for _ in range(3):
+            await tick(controller, clock)
+        assert not agents.preempted
+        assert "preempting" not in urgent.waiting, urgent.waiting
+        controller.quotas.set("alice", tasks=-1)  # lifted: now the low job gives way
+        await tick(controller, clock)
+        await agents.wait(lambda: set(agents.preempted) == {low.tasks[0].agent_task_id})
