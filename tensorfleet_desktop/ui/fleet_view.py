@@ -131,19 +131,30 @@ def _slots(a: dict[str, Any]) -> str:
 
 
 def _gpus(a: dict[str, Any]) -> str:
-    """Each GPU's utilisation ("37% 80%"), or how many GPUs the agent has when it reports no readings."""
+    """Each GPU's utilisation ("37% 80%"), and how many tasks share them by memory ("37% 80% (3 sharing)"), or how
+    many GPUs the agent has when it reports no readings."""
     stats = a.get("gpu_stats") or []
     if not stats:
         return str(a.get("gpus") or "-")
-    return " ".join(f"{g['utilization_percent']:.0f}%" for g in stats)
+    sharing = sum(g.get("shared_tasks", 0) for g in stats)
+    return " ".join(f"{g['utilization_percent']:.0f}%" for g in stats) + (f" ({sharing} sharing)" if sharing else "")
 
 
 def _gpu_tooltip(a: dict[str, Any]) -> str:
     return "\n".join(
         f"GPU {g['index']}: {g['utilization_percent']:.0f}% busy, memory {human_bytes(g['memory_used_bytes'])} of "
         f"{human_bytes(g['memory_total_bytes'])}, {g['temperature_celsius']:.0f} °C, {g['power_watts']:.0f} W"
+        + _sharing(g)
         for g in a.get("gpu_stats") or []
     )
+
+
+def _sharing(g: dict[str, Any]) -> str:
+    """Who has the GPU: tasks sharing it by memory (what they were promised), or one task whole."""
+    tasks = g.get("shared_tasks", 0)
+    if tasks:
+        return f"; {human_bytes(g.get('memory_reserved_bytes', 0))} promised to {tasks} sharing task(s)"
+    return "; held whole by a task" if g.get("exclusive") else ""
 
 
 def _ram(a: dict[str, Any]) -> str:
