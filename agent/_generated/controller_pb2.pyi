@@ -473,7 +473,7 @@ class CreateTokenRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """the user the token stands for: [A-Za-z0-9._@-]{1,64}"""
+    """the user the token stands for: [A-Za-z0-9._-]{1,64} (no "@": jobs belong to the user part of user@host)"""
     role: _builtins.str
     """"admin", "user" (default) or "viewer" """
     def __init__(
