@@ -240,6 +240,13 @@ class SubmitDialog(QDialog):
         self.priority = QSpinBox()
         self.priority.setObjectName("priority")
         self.priority.setRange(-1000, 1000)
+        self.preemptible = QCheckBox("preemptible: a more important job may stop its tasks (they resume later)")
+        self.preemptible.setObjectName("preemptible")
+        self.preemptible.setToolTip("by default below priority 0; stopped tasks save a checkpoint and are queued again")
+        self.allow_restart = QCheckBox("also before its first checkpoint (the task starts over)")
+        self.allow_restart.setObjectName("allow_restart")
+        self.allow_restart.setEnabled(False)
+        self._preemptible_chosen = False  # the user ticked or cleared it: it no longer follows the priority
         self.retries = QSpinBox()
         self.retries.setRange(0, 100)
         self.retries.setValue(2)
@@ -254,6 +261,8 @@ class SubmitDialog(QDialog):
         res_form.addRow("Workers (tasks / ranks)", self.workers)
         res_form.addRow("GPUs per worker", self.gpus)
         res_form.addRow("Priority", self.priority)
+        res_form.addRow("", self.preemptible)
+        res_form.addRow("", self.allow_restart)
         res_form.addRow("Retries", self.retries)
         res_form.addRow("Timeout", self.timeout)
         res_form.addRow("Run on", self.run_on)
@@ -313,6 +322,11 @@ class SubmitDialog(QDialog):
         self.dataset.currentIndexChanged.connect(self._fill_targets)
         self.sweep_box.toggled.connect(self.validate)
         self.sweep_prune.toggled.connect(self.validate)
+        self.priority.valueChanged.connect(self._follow_priority)
+        self.preemptible.clicked.connect(self._preemptible_clicked)
+        self.preemptible.toggled.connect(self.allow_restart.setEnabled)
+        self.preemptible.toggled.connect(lambda _on: self.validate())
+        self.allow_restart.toggled.connect(lambda _on: self.validate())
         self.workload.currentIndexChanged.connect(self._workload_changed)
         self.show_diagnostic.toggled.connect(lambda _on: self._fill_workloads())
         self.show_diagnostic.clicked.connect(  # the user's choice (not select_workload's): saved
@@ -484,6 +498,10 @@ class SubmitDialog(QDialog):
         ):
             if spin.value() != default:
                 spec[key] = spin.value()
+        if self.preemptible.isChecked() != (self.priority.value() < 0):  # said only when it is not the default
+            spec["preemptible"] = self.preemptible.isChecked()
+        if self.preemptible.isChecked() and self.allow_restart.isChecked():
+            spec["allow_restart"] = True
         if self.timeout.text().strip():
             try:
                 spec["timeout"] = float(self.timeout.text())
@@ -567,6 +585,8 @@ class SubmitDialog(QDialog):
             "num_workers": self.workers,
             "gpus": self.gpus,
             "priority": self.priority,
+            "preemptible": self.preemptible,
+            "allow_restart": self.allow_restart,
             "max_retries": self.retries,
             "timeout": self.timeout,
             "constraints": self.run_on,
@@ -576,6 +596,14 @@ class SubmitDialog(QDialog):
         }
         widgets.update({f"hyperparameters.{n}": p.widget for n, p in self.params.items()})
         return widgets
+
+    def _follow_priority(self, priority: int) -> None:
+        """Until the user chooses, preemptible follows the priority as the job spec's default does (below 0)."""
+        if not self._preemptible_chosen:
+            self.preemptible.setChecked(priority < 0)
+
+    def _preemptible_clicked(self, _checked: bool) -> None:
+        self._preemptible_chosen = True
 
     def widget_for(self, field: str) -> QWidget | None:
         widgets = self._field_widgets()
