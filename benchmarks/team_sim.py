@@ -519,6 +519,9 @@ class Simulation:
             "simulated_makespan_s": round(makespan),
             "utilisation": round(total_used / (self.cluster.gpus * makespan), 3) if makespan else 0.0,
             "contended_s": round(self.contended),
+            "utilisation_while_contended": round(contended_used / (self.cluster.gpus * self.contended), 3)
+            if self.contended
+            else 0.0,
             # at each moment half the summed |share - fair share| over users (0: everyone gets their fair share now,
             # 1: nobody does), averaged over the contended time
             "distance_from_fair_share": round(self.distance / self.contended, 3) if self.contended else 0.0,
@@ -597,11 +600,9 @@ def configure(controller: Controller, variant: str, quotas: dict[str, dict[str, 
     """Set the quotas and switch the scheduler's fair share for this variant; the names of the team features on."""
     if variant not in ("fair", "fifo"):
         raise ValueError(f"unknown variant {variant!r}: fair or fifo")
-    features = []
     for user, limits in quotas.items():
         controller.quotas.set(user, **limits)
-    if quotas:
-        features.append("quotas")
+    features = ["quotas"] if quotas else []
     if variant == "fair":
         features.append("fair share")
     else:
@@ -613,9 +614,7 @@ def configure(controller: Controller, variant: str, quotas: dict[str, dict[str, 
             return _SubmitOrder(gate.quotas, gate.holdings, gate.usage, gate.half_life)
 
         usage.gate = submit_order  # type: ignore[method-assign]
-    if hasattr(controller.placement, "preempter"):
-        features.append("preemption")
-    return features
+    return [*features, "preemption", "gpu sharing"]  # always on: the scheduler's own
 
 
 async def simulate(
