@@ -82,7 +82,7 @@ class Preempter:
 
     def _forget(self, now: float) -> None:
         jobs = self.machine.jobs
-        held = {attempt for a in self.agents.agents() for attempt in a.placed}
+        held = {attempt for a in self.agents.agents() for attempt in a.placed} if self.rounds else set()
         for job_id, current in list(self.rounds.items()):
             for attempt, (victim_id, index) in list(current.victims.items()):
                 victim = jobs.get(victim_id)
