@@ -97,9 +97,12 @@ async def test_shares_pack_see_their_gpu_and_the_one_over_its_share_is_warned(
         assert gpus[0].memory_used_bytes == 8 * GIB and sample.slots_free == 0
         info = await client.get_info()
         assert info.slots_free == 0 and [g.memory_total_bytes for g in info.gpus] == [16 * GIB, 16 * GIB]
+        await asyncio.sleep(2.2)  # two more checks while it stays over: said once per crossing, not every check
         release.touch()
         for task_id in ("a", "b", "c"):
             assert (await _finished(client, task_id)).status is TaskState.SUCCEEDED
+        lines = [e.payload.line async for e in client.watch_task("b") if isinstance(e.payload, LogLine)]
+        assert sum("over this task's share" in line for line in lines) == 1, lines
         procs.unlink()
         release.unlink()
         await client.run_task(spec("whole-2", 0, 0))  # the shares are gone: a whole GPU again, uncapped
