@@ -42,13 +42,20 @@ class _Round:
 
 class Preempter:
     def __init__(
-        self, agents: AgentPort, machine: JobMachine, events: EventLog, background: Background, clock: Clock
+        self,
+        agents: AgentPort,
+        machine: JobMachine,
+        events: EventLog,
+        background: Background,
+        clock: Clock,
+        shares: dict[str, tuple[str, int, int]],
     ) -> None:
         self.agents = agents
         self.machine = machine
         self.events = events
         self.background = background
         self.clock = clock
+        self.shares = shares  # attempt -> (node id, GPU index, bytes) of the tasks sharing a GPU (Attempts.gpu_shares)
         self.grace = PREEMPT_GRACE
         self.rounds: dict[str, _Round] = {}  # by the waiting job's id
         self.victim_of: dict[str, str] = {}  # a victim job's id -> why it waits again (until it is placed again)
@@ -145,6 +152,7 @@ class Preempter:
                         break
                     continue
                 view: AgentView | None = views.get(task.node_id)
+                share = self.shares.get(attempt)
                 out.append(
                     Running(
                         job_id=job.id,
@@ -159,6 +167,7 @@ class Preempter:
                         gang=gang,
                         slots=1,  # what an attempt holds of its agent (AgentView.slots_free, placement's GPU slots)
                         gpu_slots=1 if view is not None and view.gpu_slots else 0,
+                        gpu_share=(share[1], share[2]) if share is not None and share[0] == task.node_id else None,
                     )
                 )
         return out

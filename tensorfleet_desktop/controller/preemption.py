@@ -15,9 +15,9 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible, plan
+from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible, plan, shareable
 
 #: Units (a task, or a gang whole) up to which every pair of them is tried, beyond the single units and greedy sets.
 PAIRS_UP_TO = 24
@@ -39,6 +39,9 @@ class Running:
     gang: bool = False  # its job's ranks stop and resume together
     slots: int = 1  # what stopping it frees on its agent: slots, and GPU slots
     gpu_slots: int = 0
+    # a task sharing a GPU by memory: (GPU index, bytes). Stopping it gives those bytes back on that GPU and no slot
+    # (a shared GPU is one slot however many share it; whether this was its last share is not known here)
+    gpu_share: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,32 +102,56 @@ def _units(request: Request, capacities: Sequence[Capacity], running: Sequence[R
     return units
 
 
-def _freed(units: Sequence[_Unit]) -> dict[str, tuple[int, int]]:
-    out: dict[str, tuple[int, int]] = {}
+@dataclass
+class _Freed:
+    slots: int = 0
+    gpu_slots: int = 0
+    memory: dict[int, int] = field(default_factory=dict)  # GPU index -> bytes given back by shares
+
+
+def _freed(units: Sequence[_Unit]) -> dict[str, _Freed]:
+    out: dict[str, _Freed] = {}
     for unit in units:
         for t in unit.tasks:
-            slots, gpus = out.get(t.node_id, (0, 0))
-            out[t.node_id] = (slots + t.slots, gpus + t.gpu_slots)
+            freed = out.setdefault(t.node_id, _Freed())
+            if t.gpu_share is not None:
+                index, memory = t.gpu_share
+                freed.memory[index] = freed.memory.get(index, 0) + memory
+            else:
+                freed.slots += t.slots
+                freed.gpu_slots += t.gpu_slots
     return out
 
 
-def _fits(request: Request, capacities: Sequence[Capacity], freed: dict[str, tuple[int, int]]) -> bool:
+_NOTHING = _Freed()
+
+
+def _fits(request: Request, capacities: Sequence[Capacity], freed: dict[str, _Freed]) -> bool:
     """Whether scheduler.plan places every rank of `request` once `freed` is given back on its agents."""
     after = []
     for c in capacities:
-        slots, gpus = freed.get(c.node_id, (0, 0))
-        if c.free_slots + slots > 0:  # a full agent takes nothing: left out, plan() stays cheap on a large cluster
+        more = freed.get(c.node_id, _NOTHING)
+        rooms = c.gpus
+        if more.memory:
+            rooms = tuple(
+                replace(g, free_memory=min(g.total_memory, g.free_memory + more.memory.get(g.index, 0)))
+                if g.index in more.memory
+                else g
+                for g in c.gpus
+            )
+        # a full agent takes nothing (unless a rank may join a shared GPU there): left out, plan() stays cheap
+        if c.free_slots + more.slots > 0 or shareable([c]) or more.memory:
             after.append(
                 Capacity(
                     c.node_id,
                     c.name,
-                    c.free_slots + slots,
-                    c.free_gpu_slots + gpus,
-                    c.gpu_free_memory,
+                    c.free_slots + more.slots,
+                    c.free_gpu_slots + more.gpu_slots,
+                    c.gpu_free_memory + sum(more.memory.values()),
                     c.load,
                     c.labels,
                     c.workloads,
-                    c.gpus,
+                    rooms,
                 )
             )
     return len(plan([request], after, 0.0, math.inf)) == len(request.ranks)

@@ -5,7 +5,7 @@ allow_restart), gangs whole, GPUs and eligibility as scheduler.plan counts them.
 from __future__ import annotations
 
 from tensorfleet_desktop.controller.preemption import Running, can_lose, choose
-from tensorfleet_desktop.controller.scheduler import Capacity, Request
+from tensorfleet_desktop.controller.scheduler import Capacity, GpuRoom, Request
 
 
 def cap(node: str, free: int = 0, gpus: int = 0, free_gpus: int = 0, **labels: str) -> Capacity:
@@ -193,3 +193,30 @@ def test_a_large_cluster_is_searched_quickly() -> None:
     victims = choose(req(ranks=3, gpus=4, gang=True), caps, running)
     assert time.perf_counter() - started < 1.0
     assert len(victims) == 12 and len({v.node_id for v in victims}) == 3
+
+
+GiB = 2**30
+
+
+def gpu_cap(node: str, free_memory: int, whole: bool = False, free: int = 0, free_gpus: int = 0) -> Capacity:
+    room = GpuRoom(0, 16 * GiB, free_memory, whole=whole)
+    return Capacity(node, node, free, free_gpus, free_memory, workloads=frozenset({"w"}), gpus=(room,))
+
+
+def test_a_sharing_victim_gives_back_its_memory_on_its_gpu() -> None:
+    # A GPU shared by two tasks (4 GiB free): an 8 GiB share fits once one 6 GiB share stops, on a full agent.
+    caps = [gpu_cap("a", free_memory=4 * GiB)]
+    running = [
+        run("s1", "a", started=1.0, gpu_share=(0, 6 * GiB)),
+        run("s2", "a", started=2.0, gpu_share=(0, 6 * GiB)),
+    ]
+    assert ids(choose(req(gpu_memory=8 * GiB), caps, running)) == ["s2-r0-a1"]
+    assert ids(choose(req(gpu_memory=14 * GiB), caps, running)) == ["s1-r0-a1", "s2-r0-a1"]
+    assert choose(req(gpu_memory=4 * GiB), caps, running) == ()  # it fits already
+
+
+def test_shares_free_no_slot_for_a_whole_gpu() -> None:
+    # Whether a share was its GPU's last is not known here: a whole-GPU job is not preempted for with shares.
+    caps = [gpu_cap("a", free_memory=4 * GiB)]
+    running = [run("s1", "a", gpu_share=(0, 6 * GiB)), run("s2", "a", gpu_share=(0, 6 * GiB))]
+    assert choose(req(gpus=1), caps, running) == ()
