@@ -15,6 +15,7 @@ import pytest
 from tensorfleet_desktop.cli import build_parser, exit_codes, main
 from tensorfleet_desktop.cli.exit_codes import UsageError
 from tensorfleet_desktop.cli.jobs import (
+    SUMMARY_KEYS,
     ProjectSubmission,
     _project_steps,
     _shown_state,
@@ -311,8 +312,7 @@ def test_status_json_has_the_project_each_tasks_environment_and_rank_0s_on_top()
     env0 = {"key": "a" * 64, "cache_hit": True}
     env1 = {"key": "b" * 64, "cache_hit": False}
     job: dict[str, Any] = {
-        **{k: None for k in ("id", "name", "state", "progress", "tasks", "metrics", "model", "error")},
-        **{k: None for k in ("created_at", "started_at", "finished_at")},
+        **{k: None for k in SUMMARY_KEYS},  # what the SDK's job dict always has
         "project": {"manifest_id": "c" * 64, "files": 3},
         "task_list": [
             {"index": 1, "state": "PREPARING", "attempt": 1, "environment": env1},
