@@ -20,6 +20,7 @@ from tensorfleet_desktop.client import Client
 pytestmark = pytest.mark.slow
 
 STEPS = """
+import sys
 import time
 from tensorfleet_agent import task
 
@@ -27,6 +28,8 @@ resume = task.resume_checkpoint()
 step = int(resume.read_text()) if resume is not None else 0
 print(f"starting after step {step}", flush=True)
 ckpt = task.checkpoint_dir() / "step.txt"
+# The first run steps until it is asked to stop (the test's preemption), at most a minute; a resumed one goes 10 more.
+last = step + 10 if resume is not None else 600
 
 
 def save():
@@ -34,7 +37,7 @@ def save():
     task.save_checkpoint(ckpt, step=step)
 
 
-while step < 30:
+while step < last:
     if task.stop_requested():
         save()
         raise task.Stopped(f"stopped after step {step}")
@@ -43,6 +46,8 @@ while step < 30:
     task.report(step, count=float(step))
     if step % 3 == 0:
         save()
+if resume is None:
+    sys.exit("never preempted")
 print(f"done at step {step}", flush=True)
 """
 
@@ -62,7 +67,17 @@ def test_a_more_important_job_preempts_a_checkpointing_one_which_resumes_after(
         wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 1, 20, "the agent online")
         low = cli_json(
             controller.cli(
-                "submit", "--script", str(script), "--name", "low", "--priority", "-1", "--preemptible", "--json"
+                "submit",
+                "--script",
+                str(script),
+                "--name",
+                "low",
+                "--priority",
+                "-1",
+                "--preemptible",
+                "--max-retries",
+                "0",
+                "--json",
             )
         )
         wait_until(lambda: client.job(low["id"])["task_list"][0]["state"] in ("RUNNING", "FAILED"), 30, "running")
@@ -85,7 +100,7 @@ def test_a_more_important_job_preempts_a_checkpointing_one_which_resumes_after(
         lines = [entry.get("line", "") for entry in client.logs(low["id"])]
         starts = [int(m.group(1)) for line in lines if (m := re.search(r"starting after step (\d+)", line))]
         assert len(starts) == 2 and starts[0] == 0 and starts[1] > 0, lines  # resumed from its checkpoint
-        assert any("done at step 30" in line for line in lines), lines
+        assert any(f"done at step {starts[1] + 10}" in line for line in lines), lines
 
 
 def _checkpointed(client: Client, job_id: str) -> bool:
