@@ -65,6 +65,7 @@ from tensorfleet_desktop.controller.quotas import Gate  # noqa: E402
 GIB = 1 << 30
 MAX_STEP = 30.0  # simulated seconds between two placement passes at most (a live controller ticks every 0.5 s)
 STOP_SECONDS = 5.0  # a task asked to stop (pause, preemption) ends this long after (its grace allowing)
+SETTLE_LIMIT = 60.0  # real seconds the controller may take to react to one step before the run is called stuck
 
 
 #: (controller, variant, quotas by user) -> the team features switched on
@@ -436,7 +437,10 @@ class Simulation:
         """Until the controller is quiet: no call, event or job change for a few turns of the loop (its store writes
         run in threads, so a turn includes a short real sleep)."""
         quiet, seen = 0, -1
+        deadline = time.monotonic() + SETTLE_LIMIT
         while quiet < 3 or self._dispatching():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the controller was not quiet within {SETTLE_LIMIT} s (a dispatch never ran?)")
             for _ in range(20):
                 await asyncio.sleep(0)
             if self._activity == seen:
