@@ -6,8 +6,9 @@ share, quotas, preemption and GPU sharing as the scheduler has them), in this pr
 AgentPort of the core tests (tests/helpers/fake_agents.py) extended with GPUs, and on its FakeClock: time is
 simulated, so four hours of a team's work take a minute or two. The simulated agents play the tasks: a task runs for
 its planned work, checkpoints every `checkpoint_every` simulated seconds (CheckpointSaved events the controller
-copies, as from a real agent), resumes from the checkpoint the controller sends it (`resume.ckpt`), and stops when
-asked; a preempted task loses the work since its last checkpoint (all of it without one: it starts over).
+copies, as from a real agent), resumes from the checkpoint the controller sends it (`resume.ckpt`), and stops
+STOP_SECONDS after it is asked (within its grace) without saving another: the pessimistic case of a workload that
+saves only on its period, so a preempted task loses the work since its last checkpoint (all of it without one).
 
 The loop: the next event (a submit, a task's end or checkpoint, a stop) sets the clock; the controller reacts
 (placement pass, dispatches, ingest) until it is quiet; then time moves on. At least every MAX_STEP simulated seconds
