@@ -107,3 +107,44 @@ def _checkpointed(client: Client, job_id: str) -> bool:
     job = client.job(job_id)
     assert job["state"] in ("QUEUED", "RUNNING"), (job["error"], job["task_list"])
     return any(a["kind"] == "checkpoint" for a in job["artifacts"])
+
+
+def test_a_preemptible_gang_gives_way_whole_and_resumes_whole(
+    agent_factory: type[AgentProcess], controller_factory: type[ControllerProcess], tmp_path: Path
+) -> None:
+    agents = [agent_factory(tmp_path / f"agent{i}", name=f"gang-{i}", cpu_slots=1) for i in range(2)]
+    controller = controller_factory(tmp_path / "controller")
+    for process in (*agents, controller):
+        process.spawn()
+    for agent in agents:
+        agent.wait_ready()
+    controller.wait_ready()
+    with Client(controller.address) as client:
+        wait_until(lambda: sum(a["state"] == "ONLINE" for a in client.agents()) == 2, 20, "two agents online")
+        source = textwrap.dedent(STEPS)
+        gang = client.submit(
+            {
+                "name": "gang",
+                "algorithm": "script",
+                "script": {"name": "steps.py", "source": source, "args": []},
+                "num_workers": 2,
+                "priority": -3,
+                "max_retries": 0,
+            }
+        )
+        wait_until(lambda: _checkpointed(client, gang["id"]), 30, "a checkpoint")
+        high = client.submit({"name": "high", "algorithm": "sleep", "hyperparameters": {"seconds": 1}, "priority": 1})
+        assert client.wait(high["id"], timeout=60)["state"] == "SUCCEEDED"
+        final = client.wait(gang["id"], timeout=60)
+        assert final["state"] == "SUCCEEDED", final
+        assert [(t["attempt"], t["failures"], t["replacements"]) for t in final["task_list"]] == [(2, 0, 0)] * 2
+        asked = [e.get("message", "") for e in client.watch(high["id"])]
+        assert f"preempting 2 task(s) of job {gang['id']} (gang, priority -3) for it" in asked, asked
+        lines = client.logs(gang["id"])
+        for rank in (0, 1):
+            starts = [
+                int(m.group(1))
+                for row in lines
+                if row["task_index"] == rank and (m := re.search(r"starting after step (\d+)", row["line"]))
+            ]
+            assert len(starts) == 2 and starts[0] == 0 and starts[1] > 0, (rank, lines)
