@@ -162,6 +162,7 @@ class Preempter:
                         priority=job.priority,
                         preemptible=True,
                         started_at=task.started_at,
+                        saved_at=saved.at(task.index),
                         has_checkpoint=saved(task.index),
                         allow_restart=bool(job.spec.get("allow_restart", False)),
                         gang=gang,
@@ -214,15 +215,24 @@ def _checkpointed(job: Job) -> _Saved:
     """Whether a task would resume from a checkpoint (attempts._with_checkpoint's rule): its workload can, and the job
     keeps one (a sweep's trial: one of its own)."""
     if get_workload(str(job.spec["algorithm"])).category not in CHECKPOINTING:
-        return _Saved(set(), whole=False)
-    indexes = {a.task_index for a in job.artifacts if a.kind == "checkpoint"}
-    return _Saved(indexes, whole=job.mode != "sweep" and bool(indexes))
+        return _Saved({}, whole=False)
+    newest: dict[int, float] = {}
+    for a in job.artifacts:
+        if a.kind == "checkpoint":
+            newest[a.task_index] = max(newest.get(a.task_index, 0.0), a.created_at)
+    return _Saved(newest, whole=job.mode != "sweep" and bool(newest))
 
 
 @dataclass(frozen=True)
 class _Saved:
-    indexes: set[int]
+    newest: dict[int, float]  # task index -> when its newest checkpoint was kept
     whole: bool  # any of the job's checkpoints resumes any of its tasks
 
     def __call__(self, index: int) -> bool:
-        return self.whole or index in self.indexes
+        return self.whole or index in self.newest
+
+    def at(self, index: int) -> float:
+        """When the checkpoint the task would resume from was kept (0: none): its work since then is what is lost."""
+        if index in self.newest:
+            return self.newest[index]
+        return max(self.newest.values()) if self.whole else 0.0

@@ -5,7 +5,7 @@ A victim is a task of a preemptible job of lower priority than the waiting job t
 checkpoint to resume from, or its job allows starting over. A gang's running ranks go together (the gang stops and
 resumes whole). Among the sets of victims that make the job fit by the scheduler's own rule (scheduler.plan over the
 capacities as they would be without them), the answer has the fewest tasks, then the lowest priorities, then the
-most recently started (the least work lost), then those with a checkpoint. The search is bounded: every single
+least work lost (the latest checkpoint or start), then those with a checkpoint. The search is bounded: every single
 unit (a task, or a gang whole), every pair while there are few, and greedy sets (per agent, and over all) pruned of
 what they do not need, so a pass over a large cluster stays cheap.
 """
@@ -35,6 +35,8 @@ class Running:
     preemptible: bool  # its job's (Job.preemptible)
     started_at: float
     has_checkpoint: bool  # a checkpoint of this task is kept, and its workload resumes from one
+    # when the work it would lose began: the later of its start and its newest checkpoint (0: its start)
+    saved_at: float = 0.0
     allow_restart: bool = False  # its job may start over without a checkpoint
     gang: bool = False  # its job's ranks stop and resume together
     slots: int = 1  # what stopping it frees on its agent: slots, and GPU slots
@@ -52,11 +54,11 @@ class _Unit:
 
     @property
     def key(self) -> tuple[int, int, float, int]:
-        # fewest tasks, lowest priority, most recently started, with a checkpoint
+        # fewest tasks, lowest priority, least work lost (the latest checkpoints or starts), with a checkpoint
         return (
             len(self.tasks),
             max(t.priority for t in self.tasks),
-            -max(t.started_at for t in self.tasks),
+            -sum(max(t.started_at, t.saved_at) for t in self.tasks),
             sum(not t.has_checkpoint for t in self.tasks),
         )
 

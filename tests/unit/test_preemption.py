@@ -72,6 +72,17 @@ def test_most_recently_started_first_among_equal_priorities() -> None:
     assert ids(choose(req(), [cap("a"), cap("b"), cap("c")], running)) == ["new-r0-a1"]
 
 
+def test_least_work_lost_first_a_fresh_checkpoint_counts_as_a_fresh_start() -> None:
+    # "long" started first but saved a checkpoint a moment ago: stopping it loses 10 s, "young" would lose 200 s,
+    # and "bare" (no checkpoint, may restart) everything since its start
+    running = [
+        run("long", "a", started=100.0, saved_at=990.0),
+        run("young", "b", started=800.0, saved_at=0.0, checkpoint=True),
+        run("bare", "c", started=700.0, checkpoint=False, allow_restart=True),
+    ]
+    assert ids(choose(req(), [cap("a"), cap("b"), cap("c")], running)) == ["long-r0-a1"]
+
+
 def test_with_a_checkpoint_first_when_all_else_is_equal() -> None:
     running = [
         run("bare", "a", checkpoint=False, allow_restart=True),
