@@ -55,6 +55,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["AgentService"].full_name
 MIN_PERIOD, MAX_PERIOD, DEFAULT_PERIOD = 0.05, 3600.0, 1.0
 MAX_HAS_BLOBS = 10_000
 INCOMING_WAIT = 20.0  # seconds a peer asked for a blob it is receiving waits for it (less than a reader's deadline)
+MOUNT_GRACE = 3.0  # ... asked for a blob of a version it holds the manifest of, waits for it to be on its way
 
 R = TypeVar("R")
 
@@ -272,14 +273,22 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             yield pb.BlobChunk(data=data)
 
     async def _locate(self, content_ids: frozenset[str], sha256: str) -> Piece:
-        """Where the blob is; one on its way in (the manifest first) is waited for, up to INCOMING_WAIT each."""
-        for _ in range(2):
+        """Where the blob is; one on its way in (the manifest first) is waited for, up to INCOMING_WAIT each. One
+        that a version held here names but that is not on its way yet is waited for up to MOUNT_GRACE to become
+        so: the controller names a reader as the holder of its share as it dispatches it, and a peer may ask just
+        before that reader's mount starts and marks its share incoming (it was refused, asked again 1 s later)."""
+        for _ in range(3):
             try:
                 return await asyncio.to_thread(self.peer_blobs.locate, content_ids, sha256)
             except NotFound:
                 coming = [d for d in (*sorted(content_ids), sha256) if self.blobs.incoming(d)]
-                if not coming or not await self.blobs.arrived(coming[0], INCOMING_WAIT):  # no thread held
-                    raise
+                if coming:
+                    if not await self.blobs.arrived(coming[0], INCOMING_WAIT):  # no thread held
+                        raise
+                else:
+                    manifest_here = any(self.blobs.has(c) for c in content_ids)
+                    if not manifest_here or not await self.blobs.announced(sha256, MOUNT_GRACE):
+                        raise
         return await asyncio.to_thread(self.peer_blobs.locate, content_ids, sha256)
 
     @_unary

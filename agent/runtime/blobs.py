@@ -210,6 +210,16 @@ class BlobStore:
             await asyncio.sleep(poll)
         return True
 
+    async def announced(self, sha256: str, timeout: float, poll: float = 0.05) -> bool:
+        """Whether the blob is here or on its way in within `timeout` (a reader's mount marks its share and what it
+        fetches as incoming as it starts: a peer may ask a moment before); polled, no thread held."""
+        deadline = time.monotonic() + timeout
+        while not (self.has(sha256) or self.incoming(sha256)):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(poll)
+        return True
+
     def await_all(self, digests: Iterable[str], patience: float, stop: threading.Event | None = None) -> list[str]:
         """Wait for these blobs (the controller's share of a dataset version, pushed while the agent fetches the
         rest from peers) while they keep arriving: gives up once none of them came for `patience` seconds, or on

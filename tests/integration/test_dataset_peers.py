@@ -27,6 +27,7 @@ from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.manifest import CHUNK_BYTES, ManifestEntry, manifest_bytes
 from tensorfleet_agent.core.types import DatasetMount, ExitCause, PeerSource
 from tensorfleet_agent.identity import Identity, load_or_create_identity
+from tensorfleet_agent.rpc import service
 from tensorfleet_agent.rpc.client import AgentClient, AgentTrust, PeerBlobCall, PeerIdentityError, peer_channel
 from tensorfleet_agent.rpc.server import create_server, tls_server_credentials
 from tensorfleet_agent.rpc.service import AgentServicer
@@ -208,10 +209,12 @@ def test_a_peer_killed_mid_transfer_is_replaced_and_its_blobs_resumed(tmp_path: 
 
 
 def test_a_peer_named_before_it_has_a_blob_is_asked_again_and_the_controllers_share_is_awaited(
-    tmp_path: Path, loop: _Loop
+    tmp_path: Path, loop: _Loop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The controller names as holder a reader it is still sending the blob to, and starts the task before its
-    own share is in: the peer is asked again until the blob is there, and the share is waited for."""
+    own share is in: the peer is asked again until the blob is there, and the share is waited for. (The peer's
+    own wait for a blob not yet on its way is cut short here, so that it refuses and is asked again.)"""
+    monkeypatch.setattr(service, "MOUNT_GRACE", 0.2)
     controller = load_or_create_identity(tmp_path / "controller", "controller")
     files = {"early.txt": b"at the peer already", "late.bin": os.urandom(300_000), "mine.bin": os.urandom(200_000)}
     version = _version(files)
@@ -245,6 +248,48 @@ def test_a_peer_named_before_it_has_a_blob_is_asked_again_and_the_controllers_sh
     finally:
         share.cancel()
         to_peer.cancel()
+        peer.stop()
+
+
+def test_a_holder_asked_just_before_its_mount_announces_the_blob_waits_for_it(
+    tmp_path: Path, loop: _Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader named the holder of its share may be asked before its own mount has marked that share incoming:
+    holding the version's manifest, it waits (MOUNT_GRACE) for the blob to be on its way, then for it to land,
+    and serves it on the first ask. A blob that never comes is refused once the grace is over."""
+    monkeypatch.setattr(service, "MOUNT_GRACE", 1.0)
+    controller = load_or_create_identity(tmp_path / "controller", "controller")
+    files = {"share.bin": os.urandom(100_000), "never.bin": os.urandom(1000)}
+    version = _version(files)
+    sha = {e.path: e.sha256 for e in version.entries}
+    peer = _Peer(loop, tmp_path / "peer", controller, version)
+    for path in files:
+        peer.blobs.path(sha[path]).unlink()
+    channel = peer_channel(f"127.0.0.1:{peer.port}", peer.identity.fingerprint)
+    ticket = make_ticket(controller, "r", [version.content_id], 60)
+
+    def get(blob: str) -> bytes:
+        return b"".join(x for x in PeerBlobCall(channel, *ticket, blob, 0, 20) if isinstance(x, bytes))
+
+    mount_starts = threading.Timer(0.4, lambda: peer.blobs.expect([sha["share.bin"]]))
+    lands = threading.Timer(0.8, lambda: _put(peer.blobs, files["share.bin"]))
+    mount_starts.start()
+    lands.start()
+    try:
+        started = time.monotonic()
+        assert get(sha["share.bin"]) == files["share.bin"]
+        assert time.monotonic() - started >= 0.7
+        assert [s for s, _ in peer.offsets].count(sha["share.bin"]) == 1  # served on the first ask
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as caught:
+            get(sha["never.bin"])
+        error: Any = caught.value
+        assert error.code() == grpc.StatusCode.NOT_FOUND and 0.9 <= time.monotonic() - started < 5
+    finally:
+        mount_starts.cancel()
+        lands.cancel()
+        peer.blobs.unexpect([sha["share.bin"]])
+        channel.close()
         peer.stop()
 
 
