@@ -145,17 +145,26 @@ class Placement:
         such job gets a `waiting` reason (a source's, or plain_reason's); jobs no longer waiting lose theirs."""
         now = self.clock.time()
         waiting: list[Waiting] = []
-        held = self.held  # over quota: no source can help; the reason is the quota's
+        # over quota: no source can help; the reason is the quota's. The last placing pass's verdicts, and this
+        # check's own (a full cluster runs no placing pass, yet a job over quota must say so, not "a free slot")
+        held = dict(self.held)
         gate = self.usage.gate(now)  # reads a bounded number of one user's jobs held by their queued quota
         for job in self._queue(gate):
             if len(waiting) >= DEMAND_SCAN:
                 break
-            over = job.state is JobState.QUEUED and bool(gate.queued_job(user_of(job)))
+            over = gate.queued_job(user_of(job)) if job.state is JobState.QUEUED else ""
+            if over:
+                held[job.id] = over
             if over or now - job.queued_since < DEMAND_AFTER or job.id in held:
                 continue
             request = self._request(job, now)
-            if request is not None:
-                waiting.append(Waiting(request, job.name, job.spec, now - job.queued_since))
+            if request is None:
+                continue
+            allowed, why = gate.allow(request)
+            if not allowed:
+                held[job.id] = why
+                continue
+            waiting.append(Waiting(request, job.name, job.spec, now - job.queued_since))
         reasons: dict[str, str] = {}
         for source in self.sources:
             try:

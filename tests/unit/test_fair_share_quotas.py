@@ -197,6 +197,22 @@ async def test_over_quota_jobs_wait_with_the_reason_and_start_when_room_frees(tm
         assert third.state is not JobState.FAILED
 
 
+async def test_on_a_full_cluster_a_job_over_quota_says_quota_not_a_free_slot(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=2)
+    async with core(tmp_path, agents, clock) as controller:
+        controller.quotas.set("alice", tasks=1)
+        await controller.submit({"algorithm": "noop"}, "alice@lab")
+        await controller.submit({"algorithm": "noop"}, "bob@desk")
+        await agents.wait(lambda: len(agents.running()) == 2)  # every slot taken: no placing pass from now on
+        over = await controller.submit({"algorithm": "noop"}, "alice@lab")
+        fits = await controller.submit({"algorithm": "noop"}, "bob@desk")
+        clock.advance(2.0)
+        controller.placement.pass_once()
+        assert over.waiting == "over quota: alice runs 1 of 1 tasks (quota tasks=1)"
+        assert fits.waiting == "waiting for a free slot"
+
+
 async def test_quotas_and_usage_survive_a_store_reopen(tmp_path: Path) -> None:
     agents, clock = FakeAgents(), FakeClock()
     agents.add("a1", slots=1)
