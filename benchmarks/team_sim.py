@@ -23,7 +23,7 @@ demand than GPUs): over a whole run every user's work gets done whatever the ord
 they competed tells fair from unfair. `distance_from_fair_share` is, at each contended moment, half the summed
 |share - fair share| over users (0: all fair, 1: all unfair), averaged over that time. The same workload runs once per
 variant, so the effect shows side by side: `fair` is the scheduler as shipped (fair share, quotas, preemption, GPU
-sharing); `fifo` the same with every user's fair-share key held equal, so equal priorities go by submit order as
+sharing); `fifo` the same with `[scheduler] fair_share = false`, so equal priorities go by submit order as
 before issue 24 (quotas, preemption and sharing unchanged).
 
 Usage: python benchmarks/team_sim.py [--seed 1] [--variants fair,fifo] [--scale 1.0]
@@ -61,7 +61,6 @@ from tensorfleet_desktop.controller.errors import AgentBusy  # noqa: E402
 from tensorfleet_desktop.controller.gpu_share import gpu_amount  # noqa: E402
 from tensorfleet_desktop.controller.model import TaskRunState  # noqa: E402
 from tensorfleet_desktop.controller.ports import AgentView, GpuView  # noqa: E402
-from tensorfleet_desktop.controller.quotas import Gate  # noqa: E402
 
 GIB = 1 << 30
 MAX_STEP = 30.0  # simulated seconds between two placement passes at most (a live controller ticks every 0.5 s)
@@ -593,14 +592,6 @@ def summary(values: list[float]) -> dict[str, float | None]:
 # ---- the variants
 
 
-class _SubmitOrder(Gate):
-    """The fifo variant's gate: quotas as the scheduler's, but every user's fair-share key is the same, so the
-    per-user queues merge by submit order (the order before issue 24)."""
-
-    def key(self, user: str) -> float:
-        return 0.0
-
-
 def configure(controller: Controller, variant: str, quotas: dict[str, dict[str, int]]) -> list[str]:
     """Set the quotas and switch the scheduler's fair share for this variant; the names of the team features on."""
     if variant not in ("fair", "fifo"):
@@ -608,17 +599,9 @@ def configure(controller: Controller, variant: str, quotas: dict[str, dict[str, 
     for user, limits in quotas.items():
         controller.quotas.set(user, **limits)
     features = ["quotas"] if quotas else []
+    controller.usage.fair = variant == "fair"  # [scheduler] fair_share: false is the submit order
     if variant == "fair":
         features.append("fair share")
-    else:
-        usage = controller.usage
-        fair_gate = usage.gate
-
-        def submit_order(now: float) -> Gate:
-            gate = fair_gate(now)
-            return _SubmitOrder(gate.quotas, gate.holdings, gate.usage, gate.half_life)
-
-        usage.gate = submit_order  # type: ignore[method-assign]
     return [*features, "preemption", "gpu sharing"]  # always on: the scheduler's own
 
 

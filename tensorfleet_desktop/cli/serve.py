@@ -185,6 +185,7 @@ def serve(args: argparse.Namespace) -> int:
             http_host=args.http_host or settings.http_host,
             peer_transfer=settings.peer_transfer and not args.no_peer_transfer,
             wake_timeout=args.wake_timeout,
+            fair_share=settings.fair_share,
             fair_share_half_life=settings.fair_share_half_life,
             preempt_grace=settings.preempt_grace,
         )

@@ -93,6 +93,7 @@ class ControllerConfig:
     http_host: str = ""  # the address HTTP listens on (default: the gRPC host); HTTPS off loopback
     peer_transfer: bool = True  # agents fetch dataset blobs from peers holding them (--no-peer-transfer: off)
     wake_timeout: float = DEFAULT_WAKE_TIMEOUT  # a woken agent not answering by then is SLEEPING again
+    fair_share: bool = True  # equal priorities by each user's usage; False: by submit order
     fair_share_half_life: float = 3600.0  # seconds for a user's usage to count half in the queue's order
     preempt_grace: float = 30.0  # seconds a preempted task has to save a checkpoint and stop ([scheduler])
 
@@ -164,6 +165,7 @@ class ControllerApp:
             agents=FleetAgents(self.fleet),
             tickets=functools.partial(make_ticket, self.identity),
             peer_transfer=cfg.peer_transfer,
+            fair_share=cfg.fair_share,
             fair_share_half_life=cfg.fair_share_half_life,
             preempt_grace=cfg.preempt_grace,
         )

@@ -62,6 +62,7 @@ class Controller:
         clock: Clock | None = None,
         tickets: TicketMaker | None = None,
         peer_transfer: bool = True,
+        fair_share: bool = True,
         fair_share_half_life: float = DEFAULT_HALF_LIFE,
         preempt_grace: float = PREEMPT_GRACE,
     ) -> None:
@@ -106,7 +107,7 @@ class Controller:
             peer_transfer,
         )
         self.quotas = Quotas(store)  # per user (issue 24); fair share's usage in self.usage
-        self.usage = TeamUsage(store, self.quotas, fair_share_half_life)
+        self.usage = TeamUsage(store, self.quotas, fair_share_half_life, fair=fair_share)
         self.placement = Placement(
             agents,
             self.machine,

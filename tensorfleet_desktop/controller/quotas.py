@@ -130,8 +130,15 @@ class Gate:
     Also the fair-share key of a user in this pass, so the queue's merge sees each placement at once."""
 
     def __init__(
-        self, quotas: dict[str, Quota], holdings: Holdings, usage: Callable[[str], float], half_life: float
+        self,
+        quotas: dict[str, Quota],
+        holdings: Holdings,
+        usage: Callable[[str], float],
+        half_life: float,
+        *,
+        fair: bool = True,
     ) -> None:
+        self.fair = fair  # False: every user's key is the same, so the per-user queues merge by submit order
         self.quotas = quotas
         self.holdings = holdings
         self.usage = usage  # a user's decayed usage, as of this pass
@@ -143,6 +150,8 @@ class Gate:
         self.cut: set[str] = set()  # users with HELD_WALK held jobs seen: the queue hands out no more of theirs
 
     def key(self, user: str) -> float:
+        if not self.fair:
+            return 0.0
         holding = self.holdings.charge(user) + self.charge.get(user, 0.0)
         return queue_key(self.usage(user), holding, self.half_life)
 

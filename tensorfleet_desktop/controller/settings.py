@@ -16,6 +16,7 @@
     peer_transfer = true    # agents fetch dataset blobs from peers that hold them; --no-peer-transfer wins
 
     [scheduler]
+    fair_share = true             # among equal priorities, the user who used least goes first (false: submit order)
     fair_share_half_life = 3600   # seconds: how fast a user's past usage stops counting in the queue's order
     preempt_grace = 30            # seconds a preempted task has to save a checkpoint and stop (at most 3600)
 
@@ -50,7 +51,7 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "blobs": {"uri": str, "access_key": str, "secret_key": str},
     "http": {"port": int, "host": str},
     "datasets": {"peer_transfer": bool},
-    "scheduler": {"fair_share_half_life": float, "preempt_grace": float},
+    "scheduler": {"fair_share": bool, "fair_share_half_life": float, "preempt_grace": float},
 }
 
 
@@ -66,6 +67,7 @@ class FileSettings:
     http_port: int | None = None  # [http] port: serve the HTTP API there when --http-port is not given
     http_host: str = ""  # [http] host: its address when --http-host is not given
     peer_transfer: bool = True  # [datasets] peer_transfer: dataset blobs from peer agents (issue 20)
+    fair_share: bool = True  # [scheduler]: equal priorities by each user's usage (False: by submit order)
     fair_share_half_life: float = 3600.0  # [scheduler]: seconds for a user's usage to count half (issue 24)
     preempt_grace: float = 30.0  # [scheduler]: seconds a preempted task has to checkpoint and stop (issue 24)
 
@@ -116,6 +118,7 @@ def load_settings(path: Path) -> FileSettings:
         http_port=http.get("port"),
         http_host=http.get("host", ""),
         peer_transfer=datasets.get("peer_transfer", True),
+        fair_share=scheduler.get("fair_share", True),
         fair_share_half_life=float(scheduler.get("fair_share_half_life", 3600.0)),
         preempt_grace=float(scheduler.get("preempt_grace", 30.0)),
     )
@@ -144,6 +147,7 @@ def save_settings(path: Path, settings: FileSettings) -> None:
         "http": (("port", settings.http_port), ("host", settings.http_host)),
         "datasets": (("peer_transfer", None if settings.peer_transfer else False),),  # written when turned off
         "scheduler": (
+            ("fair_share", None if settings.fair_share else False),  # written when turned off
             (
                 "fair_share_half_life",
                 None if settings.fair_share_half_life == 3600.0 else settings.fair_share_half_life,

@@ -24,7 +24,8 @@ def user_of(job: Job) -> str:
 
 
 class TeamUsage:
-    def __init__(self, store: JobStore, quotas: Quotas, half_life: float) -> None:
+    def __init__(self, store: JobStore, quotas: Quotas, half_life: float, *, fair: bool = True) -> None:
+        self.fair = fair  # False ([scheduler] fair_share = false): equal priorities go by submit order
         self.store = store
         self.quotas = quotas
         self.usage = UsageBook(half_life)
@@ -92,7 +93,9 @@ class TeamUsage:
 
     def gate(self, now: float) -> Gate:
         """One pass's quota checks and fair-share keys."""
-        return Gate(self.quotas.by_user, self.holdings, lambda user: self.usage.value(user, now), self.half_life)
+        return Gate(
+            self.quotas.by_user, self.holdings, lambda user: self.usage.value(user, now), self.half_life, fair=self.fair
+        )
 
     def snapshot(self, open_jobs: Iterable[Job], now: float) -> list[dict[str, float | int | str]]:
         """Each user's holdings, queued jobs, decayed usage and share now (ListQuotas), users with any of these or a

@@ -17,7 +17,7 @@ from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
 
 @contextlib.asynccontextmanager
 async def core(
-    data_dir: Path, agents: FakeAgents, clock: FakeClock, max_replacements: int = 5
+    data_dir: Path, agents: FakeAgents, clock: FakeClock, max_replacements: int = 5, *, fair_share: bool = True
 ) -> AsyncIterator[Controller]:
     """A started Controller; stopped (its state saved) and its store closed on the way out."""
     store = SqliteJobStore(data_dir / "tensorfleet.db")
@@ -25,7 +25,13 @@ async def core(
     blobs = BlobStore(data_dir / "blobs")
     await blobs.open()
     controller = Controller(
-        store, blobs, ControllerMetrics(), max_replacements=max_replacements, agents=agents, clock=clock
+        store,
+        blobs,
+        ControllerMetrics(),
+        max_replacements=max_replacements,
+        agents=agents,
+        clock=clock,
+        fair_share=fair_share,
     )
     await controller.start()
     try:

@@ -173,6 +173,19 @@ async def test_a_colleagues_one_job_goes_first_once_a_slot_frees(tmp_path: Path)
         assert listed["bob"]["running_tasks"] == 1 and listed["alice"]["share"] == 1.0
 
 
+async def test_with_fair_share_off_equal_priorities_go_by_submit_order(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock, fair_share=False) as controller:
+        trials = [await controller.submit({"algorithm": "noop"}, "alice@lab") for _ in range(3)]
+        await agents.wait(lambda: len(agents.running()) == 1)
+        mine = await controller.submit({"algorithm": "noop"}, "bob@desk")
+        clock.advance(60.0)
+        agents.finish(trials[0].tasks[0].agent_task_id)
+        await until(controller, lambda: trials[1].state is JobState.RUNNING)  # fair share would pick bob's
+        assert mine.state is JobState.QUEUED
+
+
 async def test_over_quota_jobs_wait_with_the_reason_and_start_when_room_frees(tmp_path: Path) -> None:
     agents, clock = FakeAgents(), FakeClock()
     agents.add("a1", slots=4)

@@ -128,6 +128,21 @@ def test_the_fair_share_half_life_is_an_hour_unless_the_file_says_and_a_save_kee
     assert "fair_share_half_life = 600.0" in path.read_text() and load_settings(path) == short
 
 
+def test_fair_share_is_on_unless_the_file_turns_it_off_and_serve_passes_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert load_settings(written(tmp_path, "[http]\nport = 1\n")).fair_share is True
+    off = load_settings(written(tmp_path, "[scheduler]\nfair_share = false\n"))
+    assert off.fair_share is False
+    path = tmp_path / "saved.toml"
+    save_settings(path, off)
+    assert "fair_share = false" in path.read_text() and load_settings(path) == off
+    with pytest.raises(ValueError, match="fair_share"):
+        load_settings(written(tmp_path, '[scheduler]\nfair_share = "no"\n'))
+    written(tmp_path, "[scheduler]\nfair_share = false\n")
+    assert serve_config(monkeypatch, tmp_path).fair_share is False  # serve hands it to the controller
+
+
 def test_the_preempt_grace_is_30_s_unless_the_file_says_at_most_an_hour(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
