@@ -17,6 +17,11 @@ class ControllerMetrics:
         self.accuracy = Gauge(
             "tensorfleet_training_accuracy", "Last reported accuracy", ["job_id"], registry=self.registry
         )
+        self.preemptions = Counter(
+            "tensorfleet_preemptions",
+            "Tasks the scheduler asked to checkpoint and stop for a job of higher priority",
+            registry=self.registry,
+        )
         self.schedule_pass = Histogram(
             "tensorfleet_schedule_pass_seconds",
             "One scheduler pass: every queued task against every agent, and the dispatches it decides",

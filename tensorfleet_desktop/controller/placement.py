@@ -73,7 +73,9 @@ class Placement:
         self._waiting: set[str] = set()  # ids of the jobs given a `waiting` reason at the last demand check
         self._failing: set[str] = set()  # names of the sources whose offer() raised at the last tick
         # room made for the important: running tasks of less important jobs stopped at a checkpoint
-        self.preempter = Preempter(agents, machine, events, attempts.background, clock, attempts.gpu_shares)
+        self.preempter = Preempter(
+            agents, machine, events, attempts.background, clock, attempts.gpu_shares, metrics.preemptions
+        )
 
     def update_gauges(self) -> None:
         self.events.gauges_stale, self._gauges_at = False, time.monotonic()

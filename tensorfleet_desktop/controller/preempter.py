@@ -14,6 +14,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from prometheus_client import Counter
+
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.background import Background
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
@@ -49,7 +51,9 @@ class Preempter:
         background: Background,
         clock: Clock,
         shares: dict[str, tuple[str, int, int]],
+        counter: Counter,
     ) -> None:
+        self.counter = counter  # tensorfleet_preemptions_total: each victim asked to stop
         self.agents = agents
         self.machine = machine
         self.events = events
@@ -189,6 +193,7 @@ class Preempter:
             task = victim_job.tasks[victim.rank]
             self.events.task_event(victim_job, task, f"{why}: saving a checkpoint, then stopping")
             self.victim_of[victim_job.id] = why
+            self.counter.inc()
             self.background.spawn(self._preempt(victim.node_id, victim.attempt, why))
         job.waiting = waiting
         self.events.job_changed(job, waiting)

@@ -47,6 +47,7 @@ async def test_a_preemptible_job_makes_room_for_a_more_important_one_and_resumes
         assert high.waiting == f"preempting 1 task(s) of job {low.id} (low, priority -1) for it"
         await tick(controller, clock)  # no second round while the first one's victim still runs
         assert [c for c in agents.calls if c[0] == "preempt"] == [("preempt", "a", first)]
+        assert controller.metrics.registry.get_sample_value("tensorfleet_preemptions_total") == 1.0  # Prometheus
 
         agents.finish(first, TaskState.CANCELLED, ExitCause.PREEMPTED, reason)
         await agents.wait(lambda: any(t.spec.job_id == high.id for t in desk.tasks.values()))
