@@ -1229,8 +1229,15 @@ class RunTaskResponse(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     SLOT_IDS_FIELD_NUMBER: _builtins.int
+    SHARED_GPU_INDEX_FIELD_NUMBER: _builtins.int
+    SHARED_GPU_BYTES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """TaskSpec.task_id"""
+    shared_gpu_index: _builtins.int
+    """The GPU a task sharing one by memory was put on (the agent's own best fit; the controller's plan may differ)
+    and the bytes promised to it there; -1 / 0 for any other task.
+    """
+    shared_gpu_bytes: _builtins.int
     @_builtins.property
     def slot_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """the agent's slot numbers the task holds (0..slots_total-1)"""
@@ -1240,10 +1247,12 @@ class RunTaskResponse(_message.Message):
         *,
         task_id: _builtins.str = ...,
         slot_ids: _abc.Iterable[_builtins.int] | None = ...,
+        shared_gpu_index: _builtins.int = ...,
+        shared_gpu_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["slot_ids", b"slot_ids", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shared_gpu_bytes", b"shared_gpu_bytes", "shared_gpu_index", b"shared_gpu_index", "slot_ids", b"slot_ids", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
