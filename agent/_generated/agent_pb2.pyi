@@ -1235,7 +1235,7 @@ class RunTaskResponse(_message.Message):
     """TaskSpec.task_id"""
     shared_gpu_index: _builtins.int
     """The GPU a task sharing one by memory was put on (the agent's own best fit; the controller's plan may differ)
-    and the bytes promised to it there; -1 / 0 for any other task.
+    and the bytes promised to it there; shared_gpu_bytes 0: the task shares no GPU (the index means nothing then).
     """
     shared_gpu_bytes: _builtins.int
     @_builtins.property
