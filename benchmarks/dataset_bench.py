@@ -1,8 +1,11 @@
 """Distribute one dataset version to 8 agents on the simulated LAN: controller-only vs peer-to-peer (issue 20).
 
 Every host (the controller's and each agent's) sits in its own network namespace on one bridge, its link limited
-both ways by a `tc tbf` token bucket (200 Mbit/s by default), so the controller's uplink is the bottleneck as on a
-real LAN. Three phases, each a fresh cluster on the same namespaces:
+both ways to a fixed rate (200 Mbit/s by default), so the controller's uplink is the bottleneck as on a real LAN. The
+link is shared fairly per other host (`--link fair`, htb classes: a real NIC's default fq_codel and a switch port
+share it per flow, so an agent's telemetry to the controller does not wait behind its streams to seven peers), or
+is one FIFO token bucket (`--link fifo`, `tc tbf`: the simulation before). Three phases, each a fresh cluster on the
+same namespaces:
 
 - one: a single agent reads the dataset (the time of one agent's copy, the yardstick);
 - controller: `serve --no-peer-transfer`, 8 agents read it at once (the controller pushes every copy: about 8x);
@@ -198,6 +201,13 @@ def main() -> None:
     p.add_argument("--size", type=parse_size, default=2**30, help="dataset size (default 1GiB; e.g. 256MiB)")
     p.add_argument("--agents", type=int, default=8)
     p.add_argument("--rate", default="200mbit", help="every host link's rate, both ways (tc tbf; default 200mbit)")
+    p.add_argument(
+        "--link",
+        choices=("fair", "fifo"),
+        default="fair",
+        help="fair (default): each link shared per other host (htb classes), as a real NIC's fq_codel and a switch "
+        "port share it per flow; fifo: one tbf queue (a small flow waits behind every bulk stream on the link)",
+    )
     p.add_argument("--phases", default="one,controller,peers", help="which phases to run (comma-separated)")
     p.add_argument(
         "--shape",
@@ -231,6 +241,7 @@ def main() -> None:
         "size_bytes": args.size,
         "agents": args.agents,
         "rate": args.rate,
+        "link": args.link,
         "shape": args.shape,
         "link_one_copy_s": round(one_copy_s, 2),
         "peer_transfer_switch": peer_switch,
@@ -241,7 +252,7 @@ def main() -> None:
     try:
         lan.build()
         for name in lan.hosts:
-            lan.limit_rate(name, args.rate)
+            lan.limit_rate(name, args.rate, fair=args.link == "fair")
         data = work / "data"
         if not data.exists():
             make_dataset(data, args.size)

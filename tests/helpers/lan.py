@@ -95,12 +95,26 @@ class Lan:
         host = self.hosts[name]
         _ip("-n", host.netns, "link", "set", "eth0", "up" if up else "down")
 
-    def limit_rate(self, name: str, rate: str, latency: str = "400ms") -> None:
-        """A slow link, both ways: a token bucket on the host's eth0 and on its end at the bridge (no netem here)."""
+    def limit_rate(self, name: str, rate: str, latency: str = "400ms", fair: bool = False) -> None:
+        """A slow link, both ways: a token bucket on the host's eth0 and on its end at the bridge (no netem here).
+
+        fair: the link's rate shared fairly per other host instead of one FIFO, as a real NIC's default fq_codel and
+        a switch port do per flow (this kernel has neither, nor sfq/prio/drr; it has htb and u32): an htb class for
+        each other host, by destination going out and by source coming in, each guaranteed rate/N and allowed the
+        whole rate, each with a byte FIFO holding QUEUE_MS of the link. A small flow (telemetry) then waits behind
+        its own class only, not behind bulk streams to other hosts. One flow alone still gets the whole rate."""
         host = self.hosts[name]
-        tbf = ["root", "tbf", "rate", rate, "burst", "32kbit", "latency", latency]
-        subprocess.run(host.command("tc", "qdisc", "replace", "dev", "eth0", *tbf), check=True, capture_output=True)
-        _ip("netns", "exec", self.bridge_ns, "tc", "qdisc", "replace", "dev", host.peer, *tbf)
+        if not fair:
+            tbf = ["root", "tbf", "rate", rate, "burst", "32kbit", "latency", latency]
+            subprocess.run(host.command("tc", "qdisc", "replace", "dev", "eth0", *tbf), check=True, capture_output=True)
+            _ip("netns", "exec", self.bridge_ns, "tc", "qdisc", "replace", "dev", host.peer, *tbf)
+            return
+        others = [h.address for h in self.hosts.values() if h.name != name]
+        for where, dev, match in ((host.netns, "eth0", "dst"), (self.bridge_ns, host.peer, "src")):
+            tc = ["ip", "netns", "exec", where, "tc"]
+            subprocess.run([*tc, "qdisc", "del", "dev", dev, "root"], capture_output=True)  # a limit set before
+            for argv in _fair_tc(dev, rate, others, match):
+                subprocess.run([*tc, *argv], check=True, capture_output=True, text=True)
 
     def drop_packets(self, name: str, probability: float) -> None:
         """A lossy link: drop this share of the host's packets, both ways, at random."""
@@ -141,6 +155,38 @@ class Lan:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), 9)
             _ip("netns", "del", ns, check=False)
+
+
+QUEUE_MS = 100  # each fair class's FIFO holds this much of the link's rate (a LAN switch port's buffer)
+
+
+def _rate_bits(rate: str) -> float:
+    units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bit": 1.0}
+    for unit, scale in units.items():
+        if rate.endswith(unit):
+            return float(rate[: -len(unit)]) * scale
+    raise ValueError(f"not a tc rate: {rate!r} (e.g. 200mbit)")
+
+
+def _fair_tc(dev: str, rate: str, others: list[str], match: str) -> list[list[str]]:
+    """tc commands: an htb at `rate` on dev, a class per other host's address (`match`: dst or src) and one for the
+    rest (ARP, multicast), each rate/N guaranteed, borrowing up to the whole rate, round robin between them."""
+    total = _rate_bits(rate)
+    share = f"{max(int(total / (len(others) + 1)), 8000)}bit"
+    queue = str(max(int(total / 8 * QUEUE_MS / 1000), 64 * 1024))  # bytes
+    argv = [
+        ["qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "2"],
+        ["class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "ceil", rate],
+    ]
+    for i, address in enumerate([None, *others]):
+        classid = "1:2" if address is None else f"1:{10 + i}"
+        htb = ["htb", "rate", share, "ceil", rate, "quantum", "30000"]
+        argv.append(["class", "add", "dev", dev, "parent", "1:1", "classid", classid, *htb])
+        argv.append(["qdisc", "add", "dev", dev, "parent", classid, "bfifo", "limit", queue])
+        if address is not None:
+            u32 = ["u32", "match", "ip", match, f"{address}/32", "flowid", classid]
+            argv.append(["filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", *u32])
+    return argv
 
 
 def python() -> str:
