@@ -293,6 +293,9 @@ def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+MAX_GPU_MEMORY = 1 << 50  # 1 PiB: bounds gpu_memory well below int64 (TaskSpec, BSON)
+
+
 def _gpu_share(body: dict[str, Any]) -> tuple[int, int, float]:
     """(gpus, gpu_memory, gpu_fraction): `gpus` is a whole number, or a fraction below 1 (the share of one GPU's
     memory); `gpu_memory` a size ('6GiB' or bytes) of one GPU, the two shares exclusive and only with one GPU."""
@@ -319,6 +322,8 @@ def _gpu_share(body: dict[str, Any]) -> tuple[int, int, float]:
             raise JobSpecError("gpu_memory", str(exc)) from None
         if memory < 1 << 20:
             raise JobSpecError("gpu_memory", f"must be at least 1MiB, got {memory_raw!r}")
+        if memory > MAX_GPU_MEMORY:  # no GPU has more; a larger number would wait forever (and overflow int64)
+            raise JobSpecError("gpu_memory", f"must be at most 1PiB (the memory of one GPU), got {memory_raw!r}")
     if memory and share:
         raise JobSpecError("gpu_memory", "give either gpu_memory or a fraction of a GPU, not both")
     if (memory or share) and gpus not in (0, 1):
