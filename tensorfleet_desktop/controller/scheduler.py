@@ -3,10 +3,11 @@
 Order: priority (higher first), then FIFO. A job of N ranks is a gang: all N
 placements at once or none. Smaller jobs may backfill around a waiting gang,
 but once the gang has waited `reserve_after` seconds it reserves every free slot
-it could use, so it never starves. A retry prefers an agent other than the ones
-its earlier attempts failed on (a full disk, a broken driver), when one fits now. Among the agents that fit, one
-holding the job's dataset version already goes first (`prefer`): a preference only, so a job whose holders are busy
-is placed elsewhere rather than wait.
+it could use, so it never starves; so does a rank that needs several GPUs on one agent (`gpus: 2`), which 1-GPU work
+would otherwise take every freed GPU from. A job that preemption makes room for (`rounds`) holds that room at once.
+A retry prefers an agent other than the ones its earlier attempts failed on (a full disk, a broken driver), when one
+fits now. Among the agents that fit, one holding the job's dataset version already goes first (`prefer`): a
+preference only, so a job whose holders are busy is placed elsewhere rather than wait.
 
 A rank that shares a GPU by memory (`gpu_memory` bytes, or `gpu_fraction` of the GPU's memory) goes to the fullest
 GPU where it still fits (best fit, over every eligible agent's GPUs), so whole GPUs stay free for whole-GPU work; a
@@ -16,7 +17,7 @@ with nothing on them only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -181,17 +182,38 @@ def plan(
     ordered: bool = False,
     gate: Gate | None = None,
     held: dict[str, str] | None = None,
+    rounds: Mapping[str, Collection[str]] | None = None,
+    sharing: Callable[[], Iterable[Request]] | None = None,
 ) -> list[Placement]:
     """Where the requests' ranks go now. `ordered`: the requests come sorted already (priority, then FIFO), and
     are read only until every free slot is taken (a lazy iterable over a long queue costs what it places).
     `gate`: each request is placed only as far as its user's quota lets it (a gang whole or not at all); a request
-    held back, wholly or in part, gets its reason in `held` (it waits, it reserves nothing)."""
+    held back, wholly or in part, gets its reason in `held` (it waits, it reserves nothing). `rounds`: job id -> the
+    agents where a preemption round stops tasks for it; while it does not fit, nothing behind it may use their room
+    (its victims end one by one, and their own re-queued tasks would take it back), nor the room its ranks fit now.
+    `sharing`: the queue's requests that share a GPU by memory, in the same order; once no slot is free only those
+    can still be placed (joining a GPU already shared takes no slot), so plan() reads on from them instead of walking
+    the rest of `requests` (one shared GPU with memory left would otherwise make every pass read the whole queue)."""
     caps = {c.node_id: _copy(c) for c in capacities}
     out: list[Placement] = []
     free = sum(max(0, c.free_slots) for c in caps.values())
     if free <= 0 and not shareable(caps.values()):
         return out
-    for request in requests if ordered else sorted(requests, key=lambda r: (-r.priority, r.seq_no)):
+
+    def stream() -> Iterator[Request]:
+        read: set[str] = set()
+        queue = iter(requests if ordered else sorted(requests, key=lambda r: (-r.priority, r.seq_no)))
+        while free > 0 or sharing is None:
+            request = next(queue, None)
+            if request is None:
+                return
+            read.add(request.job_id)
+            yield request
+        for request in sharing():  # no slot left: only ranks joining a shared GPU, those not read yet
+            if request.job_id not in read:
+                yield request
+
+    for request in stream():
         if free <= 0:
             if not shareable(caps.values()):
                 break  # every slot is taken or reserved: nothing behind this request can be placed either
@@ -226,14 +248,26 @@ def plan(
             if gate is not None:
                 gate.took(request, len(chosen))
             free = sum(max(0, c.free_slots) for c in caps.values())  # a rank joining a shared GPU takes no slot
-        elif request.gang and now - request.waiting_since >= reserve_after:
-            # Reserve: nobody behind this gang may use the slots it could use, nor join the GPUs shared there.
-            for c in candidates:
-                caps[c.node_id].free_slots = 0
-                caps[c.node_id].free_gpu_slots = 0
-                caps[c.node_id].gpus = tuple(replace(g, free_memory=0) for g in c.gpus)
+        if len(chosen) < len(ranks):
+            if (request.gang or request.gpus > 1) and now - request.waiting_since >= reserve_after:
+                # Reserve: nobody behind it may use the slots it could use, nor join the GPUs shared there.
+                for c in candidates:
+                    _reserve(caps[c.node_id])
+            elif rounds and request.job_id in rounds:
+                if request.gang and chosen:  # the room its ranks fit now, until its victims free the rest
+                    for p in chosen:
+                        _take(request, caps[p.node_id])
+                for node in rounds[request.job_id]:
+                    if node in caps:
+                        _reserve(caps[node])
             free = sum(max(0, c.free_slots) for c in caps.values())
     return out
+
+
+def _reserve(cap: Capacity) -> None:
+    cap.free_slots = 0
+    cap.free_gpu_slots = 0
+    cap.gpus = tuple(replace(g, free_memory=0) for g in cap.gpus)
 
 
 @dataclass(frozen=True)
