@@ -71,7 +71,22 @@ def submitter_for(principal: Principal, sent: str) -> str:
     client names in the request, else the one it names in its metadata, else "unknown"."""
     if principal.named_token:
         return principal.name
-    return user_of(sent) or principal.name or "unknown"
+    return user_of(sent) or principal.name or UNKNOWN
+
+
+#: The names the code falls back to or acts as: a token or a quota may not take one (a token named `unknown`
+#: would own every job submitted without a user; `http` the HTTP face's unnamed submits; `system` is the
+#: in-process caller in audit entries; `admin` names a token made by an unnamed admin, `nobody` a job without a
+#: submitter in refusals). Compared case-insensitively.
+UNKNOWN, HTTP_SUBMITTER = "unknown", "http"
+RESERVED_NAMES = frozenset({SYSTEM.name, UNKNOWN, HTTP_SUBMITTER, "admin", "nobody"})
+
+
+def reserved(name: str) -> str:
+    """Why `name` may not name a user ("" when it may)."""
+    if name.strip().lower() in RESERVED_NAMES:
+        return f"{name.strip()!r} is reserved (the controller uses {', '.join(sorted(RESERVED_NAMES))} itself)"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -129,7 +144,10 @@ RULES: dict[str, Rule] = {
     "ResumeJob": Rule(USER, "resume jobs", "resume", owned=True, verb="resume"),
     "RetryJob": Rule(USER, "retry jobs", "retry", owned=True, verb="retry"),
     "DeleteJob": Rule(USER, "delete jobs", "delete_job", owned=True, verb="delete"),
-    "ResubmitJob": Rule(USER, "resubmit jobs", "resubmit", owned=True, verb="resubmit"),
+    # not owned: the new job is the caller's own (reading the old one suffices), never a change to the old one
+    "ResubmitJob": Rule(USER, "resubmit jobs", "resubmit"),
+    # a dataset's versions and a model name's aliases, tags and descriptions are its owner's (or an admin's): the
+    # catalog and the registry check that themselves (allow_owns), since the owner is known only there
     "UploadDataset": Rule(USER, "upload datasets", "dataset_upload"),
     "MissingBlobs": Rule(USER, "upload files"),
     "UploadBlobs": Rule(USER, "upload files"),
@@ -138,7 +156,7 @@ RULES: dict[str, Rule] = {
     "SetModelAlias": Rule(USER, "set model aliases", "set_alias"),
     "RemoveModelAlias": Rule(USER, "remove model aliases", "remove_alias"),
     "TagModel": Rule(USER, "tag models", "tag_model"),
-    "DescribeModel": Rule(USER, "describe models"),
+    "DescribeModel": Rule(USER, "describe models", "describe_model"),
     # the cluster's owner
     "DeleteDataset": Rule(ADMIN, "delete datasets", "delete_dataset"),
     "DeleteModel": Rule(ADMIN, "delete models", "delete_model"),
@@ -224,6 +242,20 @@ def allow_owner(principal: Principal, rule: Rule, job_id: str, submitter: str) -
             f"job {job_id[:8]} belongs to {owner or 'nobody'}: only {owner or 'its submitter'} or an admin may "
             f"{rule.verb or 'change'} it"
         )
+
+
+def owner_name(principal: Principal) -> str:
+    """Who a new dataset or model name made by `principal` belongs to: its user; "" (no owner, anyone's to add
+    to) for an in-process caller or an unnamed admin."""
+    return "" if principal == SYSTEM else principal.name
+
+
+def allow_owns(principal: Principal, thing: str, owner: str, verb: str) -> None:
+    """A non-admin changes a dataset's versions or a model's aliases, tags and descriptions only when they own it
+    (`thing`: "dataset iris"; a thing recorded before owners has none and stays everyone's)."""
+    if not owner or owner == principal.name or principal.at_least(ADMIN):
+        return
+    raise PermissionDenied(f"{thing} belongs to {owner}: only {owner} or an admin may {verb}")
 
 
 def audit_user(principal: Principal, asked: str) -> str:

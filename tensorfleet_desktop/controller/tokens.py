@@ -19,7 +19,15 @@ from typing import Any
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.security.secrets import register
 from tensorfleet_desktop.controller.errors import JobError, NotFoundError
-from tensorfleet_desktop.controller.principals import ADMIN, ROLES, USER, Principal, Unauthenticated, user_of
+from tensorfleet_desktop.controller.principals import (
+    ADMIN,
+    ROLES,
+    USER,
+    Principal,
+    Unauthenticated,
+    reserved,
+    user_of,
+)
 from tensorfleet_desktop.controller.store.base import JobStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,9 @@ def check_name(name: str) -> str:
     name = name.strip()
     if not NAME.fullmatch(name):
         raise ValidationError("name", f"must be 1-64 letters, digits, '.', '_' or '-', got {name[:80]!r}")
+    said = reserved(name)
+    if said:
+        raise ValidationError("name", f"{said}: choose another name for this token")
     return name
 
 
@@ -145,6 +156,8 @@ class TokenBook:
             raise Unauthenticated(f"the token {PREFIX}{token_id[:12]}... is not one this controller issued")
         if record.revoked:
             raise Unauthenticated(f"the token {record.prefix} of {record.name} was revoked")
+        if reserved(record.name):  # made before the name was reserved: it would own what the controller falls back to
+            raise Unauthenticated(f"the token {record.prefix} has a reserved name ({reserved(record.name)}): revoke it")
         now = self.clock()
         if now - record.last_used_at >= USED_EVERY:
             record.last_used_at = now

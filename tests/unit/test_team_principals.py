@@ -77,6 +77,11 @@ def test_users_control_their_own_jobs_and_admins_everyones() -> None:
     with pytest.raises(PermissionDenied, match="job j1234567 belongs to carol: only carol or an admin may cancel it"):
         allow_owner(ALICE, cancel, "j1234567890", "carol@desk")
     allow_owner(ALICE, rule_for("GetJob"), "j1234567890", "carol")  # reading is not owned
+    # resubmitting makes the caller's own new job and leaves carol's as it is: reading it suffices
+    allow_owner(ALICE, rule_for("ResubmitJob"), "j1234567890", "carol")
+    with pytest.raises(PermissionDenied, match="may not resubmit jobs"):
+        allow(BOB, rule_for("ResubmitJob"))  # a viewer submits nothing
+    assert rule_for("DescribeModel").action == "describe_model"  # audited like the other model changes
 
 
 def test_submitter_and_audit_reader() -> None:
@@ -90,20 +95,42 @@ def test_submitter_and_audit_reader() -> None:
         principals.audit_user(ALICE, "bob")
 
 
-def test_every_mutating_http_route_follows_a_method_rule() -> None:
-    """A new route that changes something is either in HTTP_ROUTES or admin-only: listed here so it is a choice."""
-    from tensorfleet_desktop.controller.http.app import PREFIX, create_app
+def _http_routes() -> set[tuple[str, str]]:
+    """(method, path) of every route the HTTP app serves. FastAPI 0.165 keeps an included router as one
+    `_IncludedRouter` entry (no path, no methods) holding the original router and its prefix: walk into those."""
+    from tensorfleet_desktop.controller.http.app import create_app
+
+    def walk(routes: Any, prefix: str) -> set[tuple[str, str]]:
+        found = set()
+        for route in routes:
+            inner = getattr(route, "original_router", None)
+            if inner is not None:
+                found |= walk(inner.routes, prefix + route.include_context.prefix)
+                continue
+            for method in getattr(route, "methods", ()) or ():
+                found.add((method, prefix + route.path))
+        return found
 
     app = create_app(Any)  # type: ignore[arg-type]  # the routes only: no request is made
-    unlisted = []
-    for route in app.routes:
-        path = getattr(route, "path", "")
-        for method in getattr(route, "methods", ()) or ():
-            if path.startswith(PREFIX) and method not in ("GET", "HEAD"):
-                name, _ = principals.http_rule(method, path.removeprefix(PREFIX))
-                if not name:
-                    unlisted.append(f"{method} {path}")
+    return walk(app.routes, "")
+
+
+def test_every_mutating_http_route_follows_a_method_rule() -> None:
+    """A new route that changes something is either in HTTP_ROUTES or admin-only (fail closed, refusing users):
+    listed here so it is a choice. Every table entry names a route that exists."""
+    from tensorfleet_desktop.controller.http.app import PREFIX, create_app
+
+    served = _http_routes()
+    documented = create_app(Any).openapi()["paths"]  # type: ignore[arg-type]  # FastAPI's own view of them
+    plain = {(m, re.sub(r":\w+}", "}", p)) for m, p in served}  # `{name:path}` is `{name}` in the document
+    assert {(m.upper(), p) for p, ops in documented.items() for m in ops} <= plain  # the walk missed none
+    api = {(m, p.removeprefix(PREFIX)) for m, p in served if p.startswith(f"{PREFIX}/")}
+    mutating = {(m, p) for m, p in api if m not in ("GET", "HEAD")}  # raw templates: what a request's route says
+    assert len(mutating) >= 20, sorted(mutating)  # 24 today: jobs, agents, datasets, models, tokens, quotas
+    unlisted = sorted(f"{m} {p}" for m, p in mutating if not principals.http_rule(m, p)[0])
     assert unlisted == []
+    stale = sorted(f"{m} {p}" for m, p in principals.HTTP_ROUTES if (m, p) not in api)
+    assert stale == []
     assert principals.http_rule("POST", "/jobs/{job_id}/cancel")[0] == "CancelJob"
     assert principals.http_rule("GET", "/tokens")[1].need == ADMIN  # a GET listed as admin's stays admin's
     assert principals.http_rule("POST", "/no/such/route")[1].need == ADMIN
@@ -117,7 +144,7 @@ class _Store:
         self.writes = 0
 
     def save_team_record(self, table: str, key: str, body: dict[str, Any] | None) -> None:
-        assert table == "tokens"
+        assert table in ("tokens", "quotas")
         self.writes += 1
         if body is None:
             self.rows.pop(key, None)
@@ -190,3 +217,22 @@ def test_last_use_is_written_at_most_once_a_minute() -> None:
     book.authenticate(token)
     assert store.writes == writes + 2 and store.rows[record.id]["last_used_at"] == 1060.0
     assert "secret" not in record.public() and "hash" not in record.public()
+
+
+@pytest.mark.parametrize("name", ["unknown", "system", "http", "admin", "nobody", "Unknown", " HTTP "])
+def test_names_the_controller_falls_back_to_are_reserved_for_tokens(name: str) -> None:
+    """A token named `unknown` would own every job submitted without a user, `http` the HTTP face's unnamed ones."""
+    book = TokenBook(_Store(), "", _Clock())  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"name: .* is reserved \(the controller uses admin, http, nobody"):
+        book.create(name, "user", "root")
+    assert principals.submitter_for(Principal("", ADMIN), "") in principals.RESERVED_NAMES
+
+
+def test_a_token_made_before_its_name_was_reserved_is_refused() -> None:
+    store, clock = _Store(), _Clock()
+    book = TokenBook(store, "", clock)  # type: ignore[arg-type]
+    record, token = book.create("unknown2", "user", "root")
+    record.name = "unknown"  # as stored by an older controller
+    with pytest.raises(Unauthenticated, match=r"has a reserved name .*: revoke it"):
+        book.authenticate(token)
+    assert book.revoke("unknown").revoked is True

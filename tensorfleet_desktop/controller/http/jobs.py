@@ -29,7 +29,7 @@ JobId = Annotated[
     Path(min_length=1, max_length=100, description="a job id, or an unambiguous prefix of one (4 characters or more)"),
 ]
 USER_HEADER = "X-TensorFleet-User"
-DEFAULT_SUBMITTER = "http"
+DEFAULT_SUBMITTER = principals.HTTP_SUBMITTER  # reserved: no token or quota may take this name
 MAX_SUBMITTER = 200  # what the core keeps of a submitter
 MAX_FILTER = 200
 DRAIN_LIMIT = 64 << 20  # an oversized body is read (and dropped) up to this, so its sender gets the 413
@@ -474,8 +474,10 @@ async def retry_job(job_id: JobId, ctx: Ctx) -> JobOut:
     },
 )
 async def resubmit_job(job_id: JobId, request: Request, response: Response, ctx: Ctx) -> JobOut:
-    """A new job from the old one's spec, with `params` over its hyperparameters (as `tensorfleet resubmit`);
-    it is submitted in the old job's submitter's name."""
+    """A new job from the old one's spec, with `params` over its hyperparameters (as `tensorfleet resubmit`).
+    The new job is the caller's: anyone who may submit may resubmit any job they can read, a colleague's too
+    (the old job is not changed). Only an unnamed caller (the controller's token without a user) keeps the old
+    job's submitter."""
     body = await _json_body(request, required=False)
     params = _object(body.get("params", {}), ("body", "params")) if body is not None else {}
     old, who = ctx.controller.get(job_id), principals.current()
