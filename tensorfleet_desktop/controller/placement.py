@@ -4,8 +4,9 @@ re-places orphans (time-based checks that need no pass per event).
 
 A pass costs what it places, not the queue's length: the open jobs are kept in scheduling order as they come
 (priority, then fair share: per-user FIFO queues merged by each user's recent usage and holdings, fair_share.py),
-and plan() reads them lazily, stopping once every free slot is taken. Quotas (quotas.py) hold a user's requests
-back with a reason, shown as the job's `waiting` sentence."""
+and plan() reads them lazily, stopping once every free slot is taken; with no slot free but a GPU shared by memory
+with room left, it reads on from the sharing jobs only (kept in their own FairQueue). Quotas (quotas.py) hold a
+user's requests back with a reason, shown as the job's `waiting` sentence."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dataclasses import replace
 from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.capacity import DEMAND_AFTER, DEMAND_SCAN, CapacitySource, Waiting, plain_reason
 from tensorfleet_desktop.controller.events import EventLog
+from tensorfleet_desktop.controller.fair_share import FairQueue
 from tensorfleet_desktop.controller.gpu_share import agent_capacity
 from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -66,8 +68,10 @@ class Placement:
         self._gauges_at = 0.0
         self._checked_at = -TICK  # clock.monotonic() of the last timeout and orphan check
         self.usage = usage  # what each user runs and used lately (quotas, fair share); its queue holds the order
-        self.held: dict[str, str] = {}  # job id -> why quota holds it back, as of the last pass that placed
+        self.held: dict[str, str] = {}  # job id -> why quota holds it back, as of the last pass (none if it read none)
         self._sweeps: set[str] = set()  # the sweeps among them
+        # the jobs sharing a GPU by memory, in the same order: with no slot free, only those can be placed
+        self._sharing = FairQueue()
         self.sources: list[CapacitySource] = []  # who can bring capacity that is not online (capacity.py)
         self._capacities: list[Capacity] = []  # the online agents' capacity at the last pass
         self._waiting: set[str] = set()  # ids of the jobs given a `waiting` reason at the last demand check
@@ -137,7 +141,7 @@ class Placement:
             self.attempts.check_orphans()
             self.usage.tick(self.clock.time(), self.machine.open)
             self.schedule()
-            self.preempter.tick(self._wanting(), self._capacities_of(self.agents.agents()), self.held)
+            self.preempter.tick(self._wanting(), self._capacities_of(self.agents.agents()))
             self._offer_demand()
             return
         self.schedule()
@@ -210,8 +214,12 @@ class Placement:
         new = [open_[job_id] for job_id in open_.keys() - queue.ids()]
         queue.add_many((job.id, job.priority, job.seq_no, user_of(job)) for job in new)
         self._sweeps.update(job.id for job in new if job.mode == "sweep")
+        self._sharing.add_many(
+            (j.id, j.priority, j.seq_no, user_of(j)) for j in new if _shares(j) and j.id not in self._sharing
+        )
         if len(queue) - len(open_) > _COMPACT + len(open_) // 4:  # amortized: a pass skips few
             queue.compact(open_)
+            self._sharing.compact(open_)
             self._sweeps &= queue.ids()
 
     def _queue(self, gate: Gate | None = None) -> Iterator[Job]:
@@ -236,6 +244,23 @@ class Placement:
             if request is not None:
                 yield request
 
+    def _sharing_requests(self, gate: Gate, now: float) -> Iterator[Request]:
+        """The requests of the jobs sharing a GPU, in the queue's order (plan() reads them once no slot is free). A
+        queued one whose user has a `queued` quota is left for a pass that reads the whole queue's head: its place
+        among its user's queued jobs is not known here."""
+        open_ = self.machine.open
+        for job_id in self._sharing.order(gate.key, gate.cut):
+            job = open_.get(job_id)
+            if job is None:
+                continue
+            if job.state is JobState.QUEUED:
+                quota = gate.quotas.get(user_of(job))
+                if quota is not None and quota.queued >= 0:
+                    continue
+            request = self._request(job, now)
+            if request is not None:
+                yield request
+
     def schedule(self) -> None:
         views = self.agents.agents()
         self._refresh()
@@ -252,12 +277,24 @@ class Placement:
         placed: list[Placed] = []
         self.usage.check(self.machine.jobs)  # what ended since the last pass holds nothing now
         # else nothing can be placed (no free slot, no shared GPU with memory left): spare the pass over the queue
+        held: dict[str, str] = {}  # a pass that reads no request leaves no verdict (stale ones would outlive a quota)
         if any(c.free_slots > 0 for c in capacities) or shareable(capacities):
-            gate, held = self.usage.gate(now), dict[str, str]()
+            gate = self.usage.gate(now)
             # plan() reads them in this order and stops once every free slot is taken: the rest are never built
             requests = self._requests(gate, held, now)
-            placed = plan(requests, capacities, now, self.gang_reserve_after, ordered=True, gate=gate, held=held)
-            self.held = held
+            rounds = self.preempter.reserved()  # the room preemption frees for a job is held for it
+            placed = plan(
+                requests,
+                capacities,
+                now,
+                self.gang_reserve_after,
+                ordered=True,
+                gate=gate,
+                held=held,
+                rounds=rounds,
+                sharing=lambda: self._sharing_requests(gate, now),  # no slot left: the rest of the queue is not read
+            )
+        self.held = held
         if self.attempts.peer_transfer and self.attempts.tickets is not None:  # staged blobs reach others as peers
             self._stage_waiting(capacities, {p.job_id for p in placed}, now)
         if not placed:
@@ -353,3 +390,8 @@ class Placement:
             gpu_memory=int(job.spec.get("gpu_memory") or 0),  # each rank shares one GPU (gpu_share.py)
             gpu_fraction=float(job.spec.get("gpu_fraction") or 0.0),
         )
+
+
+def _shares(job: Job) -> bool:
+    """Does the job's every rank share a GPU by memory (scheduler.shares for its requests)?"""
+    return bool(job.spec.get("gpu_memory") or job.spec.get("gpu_fraction"))

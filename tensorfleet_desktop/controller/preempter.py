@@ -3,10 +3,14 @@ by its user's quota) may have running tasks of less important, preemptible jobs 
 (preemption.choose). Each victim is asked to checkpoint and stop (AgentPort.preempt): it ends PREEMPTED and
 jobs.py queues it again, resumed from its checkpoint later, a gang whole.
 
-A round is remembered until its victims have ended (or a timeout): its job starts no second round meanwhile, and
-its victims are no one else's. Both jobs say why: the waiting one "preempting 2 task(s) of job Y (priority -5)
-for it", the victims "preempted by job X (priority 10, alice)" in their history and, while they wait again, as
-their `waiting` sentence."""
+A round stays open until its job is placed (or a timeout): its job starts no second round meanwhile, its victims
+are no one else's, and the room they free is held for it (`reserved`, passed to scheduler.plan): nothing behind it
+in the queue, the victims' own re-queued tasks included, may take that room while it waits for the rest (a gang's
+victims end one by one). A round whose victims have all ended but whose job still is not placed SETTLE seconds
+later, or that times out, is given up, and its victims' jobs are spared by its job's next rounds for SPARE_FOR
+seconds (never a new round against the same victims straight away). Both jobs say why: the waiting one "preempting
+2 task(s) of job Y (priority -5) for it", the victims "preempted by job X (priority 10, alice)" in their history
+and, while they wait again, as their `waiting` sentence."""
 
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ PREEMPT_GRACE = 30.0  # seconds a victim has to save a checkpoint and stop ([sch
 ROUND_MARGIN = 30.0  # a round whose victims have not all ended by grace + this is given up (the job may try again)
 REFUSED_FOR = 60.0  # seconds an attempt whose agent refused to preempt it is not chosen again
 SCAN = 64  # queued jobs looked at, from the head, for one that preemption would place
+SETTLE = 5.0  # seconds a round stays open once its victims have ended, for its job to be placed
+SPARE_FOR = 60.0  # seconds a given-up round's victims' jobs are not chosen again for the same job
 
 
 @dataclass
@@ -40,6 +46,10 @@ class _Round:
     victims: dict[str, tuple[str, int]]  # attempt -> (job id, task index), until it ends
     started: float
     waiting: str  # the waiting job's sentence
+    nodes: frozenset[str]  # the victims' agents: their room is held for the job while the round is open
+    victim_jobs: frozenset[str]
+    pending: int  # the job's pending tasks when the round began: fewer now means it was placed
+    cleared: float | None = None  # when its last victim had ended
 
 
 class Preempter:
@@ -64,6 +74,8 @@ class Preempter:
         self.rounds: dict[str, _Round] = {}  # by the waiting job's id
         self.victim_of: dict[str, str] = {}  # a victim job's id -> why it waits again (until it is placed again)
         self._refused: dict[str, float] = {}  # attempt -> monotonic time its preemption was refused
+        # job id -> (when its round was given up, the victims' jobs its next rounds spare)
+        self._spared: dict[str, tuple[float, frozenset[str]]] = {}
 
     def reason(self, job_id: str) -> str:
         """The job's `waiting` sentence as far as preemption goes: its round's, or its victim's; "" if none."""
@@ -72,10 +84,14 @@ class Preempter:
             return current.waiting
         return self.victim_of.get(job_id, "")
 
-    def tick(self, candidates: Iterable[tuple[Job, Request]], capacities: list[Capacity], held: dict[str, str]) -> None:
+    def reserved(self) -> dict[str, frozenset[str]]:
+        """The open rounds' jobs -> their victims' agents: scheduler.plan holds that room for them (`rounds`)."""
+        return {job_id: current.nodes for job_id, current in self.rounds.items()}
+
+    def tick(self, candidates: Iterable[tuple[Job, Request]], capacities: list[Capacity]) -> None:
         """Forget what has ended, then start at most one round: for the first of `candidates` (the queue's
-        requests, in scheduling order, after this pass's placements) that does not fit and that preemption can
-        make fit. `held`: jobs over their quota, never preempted for."""
+        requests, in scheduling order, after this pass's placements, as far as their users' quotas let them now:
+        a job its quota holds back is not among them) that does not fit and that preemption can make fit."""
         now = self.clock.monotonic()
         self._forget(now)
         if not capacities:
@@ -84,9 +100,10 @@ class Preempter:
         if not running:
             return
         for job, request in candidates:
-            if job.id in held or job.id in self.rounds or job.state is JobState.PAUSED:
+            if job.id in self.rounds or job.state is JobState.PAUSED:
                 continue
-            victims = choose(request, capacities, running)
+            spared = self._spared.get(job.id, (0.0, frozenset[str]()))[1]
+            victims = choose(request, capacities, [r for r in running if r.job_id not in spared] if spared else running)
             if victims:
                 self._start(job, victims, now)
                 return
@@ -104,14 +121,21 @@ class Preempter:
                 if moved_on and attempt not in held:
                     del current.victims[attempt]
             waiting = self.machine.open.get(job_id)
+            placed = waiting is None or _pending(waiting) < current.pending
+            if not current.victims and current.cleared is None:
+                current.cleared = now  # its room is free now: the next pass places its job there (plan's `rounds`)
             over = now - current.started > self.grace + ROUND_MARGIN
-            if not current.victims or waiting is None or over:
-                if current.victims and waiting is not None:
+            unplaced = current.cleared is not None and now - current.cleared > SETTLE
+            if waiting is None or (placed and not current.victims) or over or unplaced:
+                if waiting is not None and not placed:
                     log.warning(
-                        "job %s: preempted tasks still run after %.0fs; giving up on them",
+                        "job %s: %s after %.0fs; giving up this round (its victims are spared for %.0fs)",
                         job_id,
+                        "preempted tasks still run" if current.victims else "not placed in the room made for it",
                         now - current.started,
+                        SPARE_FOR,
                     )
+                    self._spared[job_id] = (now, current.victim_jobs)
                 del self.rounds[job_id]
                 if waiting is not None and waiting.waiting == current.waiting:
                     waiting.waiting = ""  # placement gives it its next sentence; none if it is placed now
@@ -129,6 +153,9 @@ class Preempter:
         for attempt, at in list(self._refused.items()):
             if now - at > REFUSED_FOR:
                 del self._refused[attempt]
+        for spared_for, (at, _) in list(self._spared.items()):
+            if now - at > SPARE_FOR or spared_for not in self.machine.open:
+                del self._spared[spared_for]
 
     def _running(self, capacities: list[Capacity], now: float) -> list[Running]:
         """Every running task on an agent the scheduler may use that is in no round and not already stopping."""
@@ -184,7 +211,15 @@ class Preempter:
         jobs = self.machine.jobs
         parts = [f"{n} task(s) of {_about(jobs[j], f'priority {jobs[j].priority}')}" for j, n in by_job.items()]
         waiting = f"preempting {' and '.join(parts)} for it"
-        current = _Round(job.id, {v.attempt: (v.job_id, v.rank) for v in victims}, now, waiting)
+        current = _Round(
+            job.id,
+            {v.attempt: (v.job_id, v.rank) for v in victims},
+            now,
+            waiting,
+            frozenset(v.node_id for v in victims),
+            frozenset(by_job),
+            _pending(job),
+        )
         self.rounds[job.id] = current
         why = "preempted by " + _about(job, f"priority {job.priority}", *([job.submitter] if job.submitter else []))
         log.info("job %s: %s", job.id, waiting)
@@ -208,6 +243,10 @@ class Preempter:
             for current in self.rounds.values():
                 current.victims.pop(attempt, None)
             self.machine.wake.set()
+
+
+def _pending(job: Job) -> int:
+    return sum(t.state is TaskRunState.PENDING for t in job.tasks)
 
 
 def _about(job: Job, *more: str) -> str:

@@ -211,6 +211,7 @@ def plan(
             yield request
         for request in sharing():  # no slot left: only ranks joining a shared GPU, those not read yet
             if request.job_id not in read:
+                read.add(request.job_id)
                 yield request
 
     for request in stream():
