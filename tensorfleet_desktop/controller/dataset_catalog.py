@@ -33,7 +33,7 @@ from tensorfleet_agent.core.manifest import (
 )
 from tensorfleet_agent.workloads.datasets import BUILTIN, IMAGES
 from tensorfleet_agent.workloads.registry import get_workload
-from tensorfleet_desktop.controller import dataset_refs
+from tensorfleet_desktop.controller import dataset_refs, principals
 from tensorfleet_desktop.controller.dataset_versions import (
     MAX_LISTING_BYTES,
     check_name,
@@ -173,6 +173,17 @@ class DatasetCatalog:
         """The latest version's table (what the single-file API of before answers)."""
         return self.table(name)
 
+    def owner(self, name: str) -> str:
+        """Who a dataset name belongs to: whoever made its oldest version ("" for none yet, or one stored before
+        owners: everyone's to add to)."""
+        records = self.versions.get(name)
+        return str(records[0].get("created_by") or "") if records else ""
+
+    def _may_add(self, name: str) -> None:
+        """Only the dataset's owner or an admin adds versions to it: a colleague's `--dataset NAME` resolves to the
+        latest version, so another user's version would change what their next job trains on."""
+        principals.allow_owns(principals.current(), f"dataset {name}", self.owner(name), "add versions to it")
+
     async def tree(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         """A version's files sorted by path ({"path", "size", "sha256", "etag", "chunks"})."""
         key = record["content_id"]
@@ -223,6 +234,7 @@ class DatasetCatalog:
         False), or (the latest, True) when that is the same content. Every file and chunk the manifest names must
         be in the blob store already (MissingBlobs, UploadBlobs); a refusal names the first missing ones."""
         check_name(name)
+        self._may_add(name)
         check_sha256(content_id, "manifest_id")
         entries = await self.manifest(content_id)
         latest = self._latest(name)
@@ -252,6 +264,7 @@ class DatasetCatalog:
         """UploadDataset of before: one CSV or Parquet file, profiled (refused when it is no table), committed as a
         version of one file (the CSV form of a Parquet file). Returns the version's table entry."""
         check_name(name)
+        self._may_add(name)
         tmp, filename, source, (fmt, rows, columns, profile) = await asyncio.to_thread(prepare_upload, tmp, filename)
         digest, size = await asyncio.to_thread(self._adopt_blob, tmp)
         await self.blobs.publish(digest)
@@ -269,6 +282,7 @@ class DatasetCatalog:
         """Snapshot what s3://bucket/prefix or file:///path holds now (paths, sizes, ETags or mtime+size) as the
         next version of `name`, without copying a byte; (the latest, True) when the listing is unchanged."""
         check_name(name)
+        self._may_add(name)
         scheme, bucket, where = dataset_refs.parse_url(url)
         canonical = dataset_refs.canonical_url(url)
         if scheme == "s3":
@@ -319,7 +333,7 @@ class DatasetCatalog:
             "files": len(entries),
             "bytes": sum(e.size for e in entries),
             "created_at": time.time(),
-            "created_by": created_by,
+            "created_by": created_by or principals.owner_name(principals.current()),  # the first one owns the name
             "table": table,
             "table_error": table_error,
         }
@@ -329,6 +343,7 @@ class DatasetCatalog:
         latest = self._latest(name)
         if latest is not None and latest["content_id"] == record["content_id"]:  # the same commit, twice at once
             return latest, True
+        self._may_add(name)  # again, with no await before the append: another user may have made the name meanwhile
         record["version"] = (int(latest["version"]) if latest else 0) + 1
         self.versions.setdefault(name, []).append(record)
         self.store.save_dataset_version(name, record["version"], record)

@@ -21,6 +21,7 @@ from typing import Any
 from tensorfleet_agent.core.digest import file_sha256
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_agent.workloads.skops_files import load_sklearn
+from tensorfleet_desktop.controller import principals
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job
 from tensorfleet_desktop.controller.store.base import JobStore
 from tensorfleet_desktop.controller.store.blobs import BlobStore
@@ -156,6 +157,7 @@ class Registry:
                 **version,
             },
             "job_id": job.id,
+            "owner": principals.user_of(job.submitter),  # the first version's owner owns the name (owner_of)
             "task_ids": [
                 t.agent_task_id
                 for t in job.tasks
@@ -234,14 +236,28 @@ class Registry:
 
     # ---- changes
 
+    async def owner_of(self, name: str) -> str:
+        """Who a model name belongs to: the submitter of the job that registered its oldest version ("" for a name
+        registered before owners: everyone's to change)."""
+        versions = await self.store.model_versions(name)
+        first = min(versions, key=lambda v: int(v["version"]), default=None)
+        return str(first.get("owner") or "") if first is not None else ""
+
+    async def _may_change(self, name: str, verb: str) -> None:
+        """Only a model's owner or an admin moves its aliases (what `@production` serves) or edits its tags and
+        descriptions; everyone may read, download and build on it."""
+        principals.allow_owns(principals.current(), f"model {name}", await self.owner_of(name), verb)
+
     async def set_alias(self, ref: str, alias: str) -> dict[str, Any]:
         record = await self.resolve(ref)
+        await self._may_change(record["name"], "move its aliases")
         await self.store.set_alias(record["name"], check_alias(alias), record["version"])
         return await self.resolve(f"{record['name']}:{record['version']}")
 
     async def remove_alias(self, name: str, alias: str) -> dict[str, Any]:
         """Drop name@alias; returns the version it pointed at."""
         record = await self.resolve(f"{parse_ref(name)[0]}@{check_alias(alias)}")
+        await self._may_change(record["name"], "remove its aliases")
         await self.store.remove_alias(record["name"], alias)
         return {**record, "aliases": [a for a in record["aliases"] if a != alias]}
 
@@ -249,6 +265,7 @@ class Registry:
         if not TAG.match(tag):
             raise RegistryError("tag", f"{tag!r}: 1 to 64 characters without spaces or commas")
         record = await self.resolve(ref)
+        await self._may_change(record["name"], "tag it")
         tags = sorted({*record.get("tags", []), tag})
         await self.store.update_model(record["name"], record["version"], {"tags": tags})
         return {**record, "tags": tags}
@@ -257,6 +274,7 @@ class Registry:
         if len(description) > 4096:
             raise RegistryError("description", f"is {len(description)} characters long; at most 4096")
         record = await self.resolve(ref)
+        await self._may_change(record["name"], "describe it")
         await self.store.update_model(record["name"], record["version"], {"description": description})
         return {**record, "description": description}
 
