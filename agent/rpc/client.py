@@ -274,10 +274,11 @@ class AgentClient:
         async for msg in self._stream(lambda md: self.stub.StreamTelemetry(request, metadata=md)):
             yield convert.telemetry_from_pb(msg)
 
-    async def run_task(self, spec: TaskSpec, timeout: float = 30.0) -> tuple[int, ...]:
+    async def run_task(self, spec: TaskSpec, timeout: float = 30.0) -> convert.TaskAccepted:
+        """The agent's slots for the task and, for a share of a GPU by memory, the GPU it chose and its bytes."""
         request = pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION, spec=convert.task_spec_to_pb(spec))
         reply = await self._call(lambda md: self.stub.RunTask(request, timeout=timeout, metadata=md))
-        return tuple(reply.slot_ids)
+        return convert.accepted_from_pb(reply)
 
     async def watch_task(self, task_id: str, after_seq: int = 0) -> AsyncIterator[TaskEvent]:
         request = pb.WatchTaskRequest(task_id=task_id, after_seq=after_seq)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf.descriptor import EnumDescriptor
@@ -706,3 +707,17 @@ def list_envs_from_pb(msg: pb.ListEnvsResponse) -> dict[str, Any]:
 def prune_envs_from_pb(msg: pb.PruneEnvsResponse) -> dict[str, Any]:
     """{"removed": [keys], "freed_bytes": bytes freed}."""
     return {"removed": list(msg.removed), "freed_bytes": msg.freed_bytes}
+
+
+@dataclass(frozen=True)
+class TaskAccepted:
+    """RunTask's answer: the agent's slots the task holds, and for a task sharing a GPU by memory the GPU the agent
+    put it on and the bytes promised there (None: it shares no GPU)."""
+
+    slot_ids: tuple[int, ...]
+    shared_gpu: tuple[int, int] | None = None
+
+
+def accepted_from_pb(msg: pb.RunTaskResponse) -> TaskAccepted:
+    shared = (msg.shared_gpu_index, msg.shared_gpu_bytes) if msg.shared_gpu_bytes > 0 else None
+    return TaskAccepted(tuple(msg.slot_ids), shared)

@@ -152,7 +152,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         if self.power is not None:
             self.power.task_arriving()  # cancels a suspend being announced; refused once it runs
         slot_ids = await self.executor.run_task(spec)
-        return pb.RunTaskResponse(task_id=spec.task_id, slot_ids=list(slot_ids))
+        shared = self.executor.shared_gpu(spec, slot_ids)  # the GPU its share went to: the controller counts it there
+        gpu, memory = shared if shared is not None else (0, 0)
+        return pb.RunTaskResponse(
+            task_id=spec.task_id, slot_ids=list(slot_ids), shared_gpu_index=gpu, shared_gpu_bytes=memory
+        )
 
     @_stream
     async def WatchTask(  # type: ignore[override]  # bytes on the wire: see register()

@@ -47,7 +47,7 @@ from tensorfleet_agent.runtime.blobs import BlobStore
 from tensorfleet_agent.runtime.datasets import DatasetCache, DatasetFailed, HeldDataset
 from tensorfleet_agent.runtime.envs import DEFAULT_LIMIT_BYTES, EnvCache
 from tensorfleet_agent.runtime.forking import ForkServer
-from tensorfleet_agent.runtime.gpu_shares import others_by_gpu, over_share_line, tree, used_by
+from tensorfleet_agent.runtime.gpu_shares import others_by_gpu, ours_by_gpu, over_share_line, tree, used_by
 from tensorfleet_agent.runtime.gpus import Gpus
 from tensorfleet_agent.runtime.journal import Journal, TaskLog
 from tensorfleet_agent.runtime.process import WorkerProcess
@@ -276,10 +276,10 @@ class Executor:
         slots: tuple[Slot, ...]
         visible: tuple[int, ...]
         if share:  # a share of one GPU's memory: its slot may hold other sharing tasks, never a whole-GPU one
-            others = await asyncio.to_thread(self._gpu_others)
+            others, ours = await asyncio.to_thread(self._gpu_use)
             if self._existing(spec) is not None or self.draining:  # the same RunTask again, meanwhile
                 return await self.run_task(spec)
-            slot = self.slots.acquire_share(share, others)
+            slot = self.slots.acquire_share(share, others, ours, self._gang_gpus(spec))
             slots, visible = (slot,), (slot.gpu_index,) if slot.gpu_index is not None else ()
         else:
             slots, visible = self.gangs.acquire(
@@ -312,9 +312,32 @@ class Executor:
         else:
             self.slots.release(slots)
 
-    def _gpu_others(self) -> dict[int, int]:
-        """Blocking: GPU index -> memory other programs use there (NVML), which no share may be promised."""
-        return others_by_gpu(self.gpus.processes()) if self.gpus is not None else {}
+    def _gpu_use(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Blocking: GPU index -> memory other programs use there (NVML), which no share may be promised; and GPU
+        index -> memory this agent's own tasks use there (a sharing task over its promise takes more than it)."""
+        if self.gpus is None:
+            return {}, {}
+        procs = self.gpus.processes()
+        return others_by_gpu(procs), ours_by_gpu(procs)
+
+    def _gang_gpus(self, spec: TaskSpec) -> frozenset[int]:
+        """The GPUs the other ranks of a sharing gang rank's job share here: not for it (NCCL refuses two ranks of
+        one process group on one device)."""
+        if spec.partition != "gang" or spec.world_size <= 1:
+            return frozenset()
+        return frozenset(
+            r.visible_gpus[0]
+            for r in self._running.values()
+            if r.gpu_share and r.visible_gpus and r.spec.job_id == spec.job_id and r.spec.task_id != spec.task_id
+        )
+
+    def shared_gpu(self, spec: TaskSpec, slot_ids: tuple[int, ...]) -> tuple[int, int] | None:
+        """(GPU index, bytes promised) of an accepted task that shares a GPU by memory, as RunTask answers it (the
+        controller planned a GPU; this agent's best fit chose this one); None for any other task."""
+        if not spec.gpu_memory_bytes or not slot_ids or not 0 <= slot_ids[0] < self.slots.total:
+            return None
+        index = self.slots.slots[slot_ids[0]].gpu_index
+        return (index, spec.gpu_memory_bytes) if index is not None else None
 
     async def _check_shares(self) -> None:
         """While tasks share GPUs: once a period, a task whose processes use more GPU memory than it was promised

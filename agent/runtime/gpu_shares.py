@@ -37,6 +37,16 @@ def others_by_gpu(procs: Iterable[GpuProcess]) -> dict[int, int]:
     return out
 
 
+def ours_by_gpu(procs: Iterable[GpuProcess]) -> dict[int, int]:
+    """GPU index -> the memory used there by this agent's own processes (its tasks, the ones sharing it included)."""
+    ours = tree(os.getpid())
+    out: dict[int, int] = {}
+    for gpu, pid, used in procs:
+        if pid in ours:
+            out[gpu] = out.get(gpu, 0) + used
+    return out
+
+
 def used_by(procs: Iterable[GpuProcess], gpu: int, pids: set[int]) -> int:
     """The GPU memory the given processes use on one GPU."""
     return sum(used for index, pid, used in procs if index == gpu and pid in pids)

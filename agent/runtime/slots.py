@@ -99,12 +99,22 @@ class SlotPool:
     def release(self, slots: tuple[Slot, ...]) -> None:
         self._free.update(s.id for s in slots)
 
-    def acquire_share(self, memory: int, others: dict[int, int]) -> Slot:
+    def acquire_share(
+        self,
+        memory: int,
+        others: dict[int, int],
+        ours: dict[int, int] | None = None,
+        avoid: frozenset[int] = frozenset(),
+    ) -> Slot:
         """A GPU slot for a task that shares its GPU, promised `memory` bytes: the fullest GPU where it still fits
         (best fit, so large requests still find an emptier GPU), among the free GPU slots and those shared already.
-        `others`: GPU index -> bytes that processes other than this agent's tasks use there (NVML)."""
+        `others`: GPU index -> bytes that processes other than this agent's tasks use there (NVML); `ours`: what
+        this agent's own processes use there: a GPU's room is its total less others' use and the larger of what
+        its sharing tasks were promised and what they use (a task over its share takes memory that is not there).
+        `avoid`: GPU indexes it may not go to (another rank of its gang shares them: NCCL wants one GPU per rank)."""
         if memory <= 0:
             raise ValueError("a GPU share must be > 0 bytes")
+        ours = ours or {}
         best: tuple[int, Slot] | None = None
         rooms = []
         for slot in self.slots:
@@ -114,8 +124,11 @@ class SlotPool:
             if shared is None and slot.id not in self._free:
                 rooms.append(f"GPU {slot.gpu_index}: held whole")
                 continue
+            if slot.gpu_index in avoid:
+                rooms.append(f"GPU {slot.gpu_index}: another rank of this gang shares it")
+                continue
             room = self.gpu_memory.get(slot.gpu_index, 0) - others.get(slot.gpu_index, 0)
-            room -= shared.reserved if shared is not None else 0
+            room -= max(shared.reserved if shared is not None else 0, ours.get(slot.gpu_index, 0))
             rooms.append(f"GPU {slot.gpu_index}: {format_size(max(0, room))} unpromised")
             if room >= memory and (best is None or room < best[0]):
                 best = (room, slot)

@@ -109,9 +109,9 @@ class FleetAgents:
             raise AgentBusy("agent has no connection")
         return record.client
 
-    async def run_task(self, node_id: str, spec: TaskSpec) -> None:
+    async def run_task(self, node_id: str, spec: TaskSpec) -> tuple[int, int] | None:
         with _core_errors():
-            await self._client(node_id).run_task(spec, timeout=15)
+            return (await self._client(node_id).run_task(spec, timeout=15)).shared_gpu
 
     async def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncIterator[TaskEvent]:
         with _core_errors():

@@ -195,13 +195,14 @@ class Attempts:
         self, job: Job, task: JobTask, agent: AgentView, attempt: str, layout: RankLayout | None = None
     ) -> None:
         node, sent = agent.node_id, False
+        shared: tuple[int, int] | None = None  # the GPU and bytes the agent says it gave a share
         try:
             spec = await self._with_checkpoint(job, task, self.task_spec(job, task, layout), node)
             spec = await self._with_script(job, spec, node)
             spec = await self._with_project(job, task, spec, agent)
             spec = await self._with_dataset(job, task, spec, agent)
             sent = True
-            await self.agents.run_task(node, spec)
+            shared = await self.agents.run_task(node, spec)
         except ProjectFilesMissing as exc:  # lost from the blob store since the submit: no agent can run it
             if task.agent_task_id == attempt:
                 self.agents.release(node, attempt)
@@ -223,6 +224,8 @@ class Attempts:
                 self.machine.task_finished(job, task, Finished(TaskState.FAILED, "rejected", f"{agent.name}: {exc}"))
             return
         self._busy.pop(node, None)
+        if shared is not None and attempt in self.gpu_shares:  # the agent's best fit may differ from the plan:
+            self.gpu_shares[attempt] = (node, *shared)  # its GPU counts as shared, the planned one no longer
         if task.agent_task_id != attempt:
             # Abandoned (cancelled, paused, re-placed) while RunTask was on its way: the cancel sent then found
             # nothing on the agent, which has started it since. Cancel it again, holding its slot until it stops.

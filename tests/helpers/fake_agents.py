@@ -75,6 +75,7 @@ class FakeAgent:
     blobs: set[str] = field(default_factory=set)
     generation: int = 0  # bumped when its connection breaks: open event streams end
     gpus: tuple[GpuView, ...] = ()  # its GPUs as its last telemetry said (FakeAgents.gpu_telemetry)
+    shares_on: int | None = None  # RunTask puts a task sharing a GPU on this GPU and says so (None: says nothing)
 
 
 class FakeAgents:
@@ -198,7 +199,7 @@ class FakeAgents:
             raise AgentBusy("agent has no connection")
         return agent
 
-    async def run_task(self, node_id: str, spec: TaskSpec) -> None:
+    async def run_task(self, node_id: str, spec: TaskSpec) -> tuple[int, int] | None:
         agent = self._online(node_id)
         if agent.refuse:
             self.calls.append(("refused", node_id, spec.task_id))
@@ -212,6 +213,9 @@ class FakeAgents:
         # A project task lays out its files and builds its env first: the test says when it is ready (`ready`).
         first = TaskState.PREPARING if spec.workload == "project" else TaskState.RUNNING
         self.send(spec.task_id, StateChanged(first))
+        if agent.shares_on is not None and spec.gpu_memory_bytes:  # the agent's own best fit chose this GPU
+            return agent.shares_on, spec.gpu_memory_bytes
+        return None
 
     def ready(self, attempt: str, environment: EnvironmentReady) -> None:
         """A PREPARING project task's env is ready and its command starts."""

@@ -78,9 +78,11 @@ async def test_shares_pack_see_their_gpu_and_the_one_over_its_share_is_warned(
     async with agent.client() as client:
         digest = await client.put_blob(script)
         inputs = BlobRef("share.py", digest)
-        await client.run_task(spec("a", 0, 6 * GIB))
-        await client.run_task(spec("b", 8 * GIB, 6 * GIB))  # uses 8 GiB of its 6
-        await client.run_task(spec("c", 0, 6 * GIB))
+        accepted = [await client.run_task(spec("a", 0, 6 * GIB))]
+        accepted.append(await client.run_task(spec("b", 8 * GIB, 6 * GIB)))  # uses 8 GiB of its 6
+        accepted.append(await client.run_task(spec("c", 0, 6 * GIB)))
+        # RunTask says which GPU each share went to (the controller counts it there, whatever it planned)
+        assert [a.shared_gpu for a in accepted] == [(0, 6 * GIB), (0, 6 * GIB), (1, 6 * GIB)]
         seen = {t: json.loads((await _until_line(client, t, "ENV "))[4:]) for t in ("a", "b", "c")}
         assert seen["a"] == seen["b"] == {"gpu": "0", "fraction": "0.375000"}  # two 6 GiB shares on one 16 GiB
         assert seen["c"] == {"gpu": "1", "fraction": "0.375000"}  # 4 GiB left there: the other GPU
@@ -105,7 +107,7 @@ async def test_shares_pack_see_their_gpu_and_the_one_over_its_share_is_warned(
         assert sum("over this task's share" in line for line in lines) == 1, lines
         procs.unlink()
         release.unlink()
-        await client.run_task(spec("whole-2", 0, 0))  # the shares are gone: a whole GPU again, uncapped
+        assert (await client.run_task(spec("whole-2", 0, 0))).shared_gpu is None  # a whole GPU again, uncapped
         whole = json.loads((await _until_line(client, "whole-2", "ENV "))[4:])
         assert whole == {"gpu": "0", "fraction": None}
         release.touch()
