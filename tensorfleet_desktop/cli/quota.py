@@ -34,12 +34,19 @@ def add_parsers(sub: Any) -> None:
     q = qsub.add_parser(
         "set",
         help="set limits: `quota set alice gpus=4 tasks=8 queued=50` (admin; `none` removes a limit)",
-        description="Sets the limits named; the others stay. gpus: GPUs the user's running tasks may hold (a task "
-        "sharing a GPU counts its fraction); tasks: tasks running at once; queued: jobs waiting to start (more "
-        "wait behind them). A value of `none` removes that limit.",
+        description="Sets the limits named; the others stay. gpus: whole GPUs the user's running tasks may hold "
+        "(a task sharing a GPU counts its fraction of one against it, so gpus=1 holds two halves); tasks: tasks "
+        "running at once; queued: jobs waiting to start (more wait behind them). A value of `none` removes that "
+        "limit.",
     )
     q.add_argument("user", metavar="USER")
-    q.add_argument("limits", nargs="+", type=limit_arg, metavar="LIMIT=N", help="gpus=N, tasks=N, queued=N or =none")
+    q.add_argument(
+        "limits",
+        nargs="+",
+        type=limit_arg,
+        metavar="LIMIT=N",
+        help="gpus=N, tasks=N, queued=N (whole numbers) or =none",
+    )
     add_format_flags(q)
     c = qsub.add_parser("clear", help="remove every limit of a user (admin)")
     c.add_argument("user", metavar="USER")
@@ -54,8 +61,9 @@ def limit_arg(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected gpus=N, tasks=N or queued=N (N a count, or none)")
     if value in ("none", "-1"):
         return name, NO_LIMIT
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: {name} must be a whole number >= 0, or none")
+    if not (value.isascii() and value.isdigit()):  # str.isdigit alone takes "²", which int() refuses
+        whole = " (whole GPUs: a task sharing a GPU counts its fraction against it)" if name == "gpus" else ""
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} must be a whole number >= 0, or none{whole}")
     return name, int(value)
 
 

@@ -16,6 +16,11 @@ def test_limits_parse_and_none_removes_one() -> None:
     for bad in ("gpus", "gpu=4", "tasks=-3", "queued=1.5", "tasks=many"):
         with pytest.raises(argparse.ArgumentTypeError, match=r"gpus=N|whole number"):
             limit_arg(bad)
+    for unicode_digit in ("tasks=²", "queued=٣", "gpus=\uff11"):  # digits to str.isdigit, not to int(): our message
+        with pytest.raises(argparse.ArgumentTypeError, match="must be a whole number >= 0, or none"):
+            limit_arg(unicode_digit)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"whole GPUs: a task sharing a GPU counts its fraction"):
+        limit_arg("gpus=0.5")
     args = build_parser().parse_args(["quota", "set", "alice", "gpus=4", "tasks=8"])
     assert (args.user, args.limits) == ("alice", [("gpus", 4), ("tasks", 8)])
 
