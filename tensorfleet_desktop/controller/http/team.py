@@ -79,7 +79,8 @@ async def list_tokens(
 
 @router.delete("/tokens/{name}", response_model=TokenInfo, responses=problems.error_responses(403, 404))
 async def revoke_token(ctx: Ctx, name: Annotated[str, Path(min_length=1, max_length=64)]) -> TokenInfo:
-    """Refuse NAME's live token from now on."""
+    """Refuse NAME's live token from its next call on: a stream it opened before (a watch, an upload) runs to its
+    end, so a revoked holder may see events already flowing to them but can start nothing new."""
     return TokenInfo(**_book(ctx).revoke(name).public())
 
 
