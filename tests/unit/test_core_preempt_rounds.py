@@ -1,7 +1,8 @@
 """The controller core in process (review of issue 24): a preemption round holds the room its victims free until its
-job is placed, so a gang whose victims end one tick apart is placed once, with no second round; a quota lifted on a
-full cluster is preempted for at once (no stale verdict from the last placing pass); and a pass with no free slot
-but a shared GPU with memory left builds the requests of the sharing jobs only, not of the whole queue."""
+job is placed, so a gang whose victims end one tick apart is placed once, with no second round, and a round whose job
+cannot be placed is given up with its victims spared a while; a quota lifted on a full cluster is preempted for at
+once (no stale verdict from the last placing pass); and a pass with no free slot but a shared GPU with memory left
+builds the requests of the sharing jobs only, not of the whole queue."""
 
 from __future__ import annotations
 
@@ -96,3 +97,31 @@ async def test_a_full_agent_with_a_shared_gpu_builds_only_the_sharing_jobs_reque
         late = await controller.submit({"algorithm": "noop", "gpu_memory": "4GiB"}, "me")
         await agents.wait(lambda: len(agents.running()) == 2)
         assert late.state is JobState.RUNNING and late.id in built and len(built) <= 4
+
+
+async def test_a_round_whose_job_cannot_be_placed_is_given_up_and_its_victims_spared(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a")
+    agents.add("b")
+    async with core(tmp_path, agents, clock) as controller:
+        for user in ("bob", "carol"):
+            await controller.submit({"algorithm": "noop", "priority": -1, "allow_restart": True}, user)
+        await agents.wait(lambda: len(agents.running()) == 2)
+        gang = await controller.submit({"algorithm": "noop", "num_workers": 2, "priority": 10}, "alice")
+        await tick(controller, clock)
+        await agents.wait(lambda: len(agents.preempted) == 2)
+        controller.set_quota("alice", {"tasks": 1})  # the gang may no longer run: the room made for it is lost
+        for attempt in sorted(agents.running()):
+            agents.finish(attempt, TaskState.CANCELLED, ExitCause.PREEMPTED, agents.preempted[attempt][0])
+        await agents.wait(lambda: len(agents.running()) == 2)  # the victims run again (attempt 2)
+        await tick(controller, clock)
+        assert gang.id in controller.placement.preempter.rounds  # open a while for its job to be placed
+        await tick(controller, clock, 6.0)
+        assert controller.placement.preempter.rounds == {} and gang.state is JobState.QUEUED
+        controller.set_quota("alice", {"tasks": -1})
+        for _ in range(4):  # its victims are spared: no new round against them straight away
+            await tick(controller, clock)
+        assert len([c for c in agents.calls if c[0] == "preempt"]) == 2
+        await tick(controller, clock, 60.0)
+        await tick(controller, clock)
+        assert len([c for c in agents.calls if c[0] == "preempt"]) == 4  # then it may try again
