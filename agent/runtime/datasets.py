@@ -317,8 +317,15 @@ class DatasetCache:
                 }
                 cached += sum(whole.values())
                 fetched = None
+                seen: set[str] = set()
                 if missing and mount.peers:
-                    fetched = self._with_peers(mount, entries, {sha: sizes[sha] for sha in missing}, stop)
+                    early = _EarlyAssembly(self.blobs, chunked, lambda e: self._assemble(mount, e), stop)
+                    try:
+                        fetched = self._with_peers(mount, entries, {sha: sizes[sha] for sha in missing}, stop)
+                    finally:
+                        seen = early.finish()
+                    if early.error is not None:
+                        raise early.error
                     missing = sorted(sha for sha in missing if not self.blobs.has(sha))
                     received = self.blobs.received(pinned)  # the controller's share came meanwhile
                 if missing:
@@ -328,7 +335,6 @@ class DatasetCache:
                         f"dataset {mount.name}:v{mount.version}: {BlobsMissing(missing)} (the controller sends them "
                         f"before the task; worth a retry){why}",
                     )
-                seen: set[str] = set()
                 for entry in chunked:
                     if entry.sha256 not in seen:
                         _check_stop(stop)
@@ -600,6 +606,60 @@ class _Listing:
 
 class _Changed(Exception):
     """An object is not what the snapshot says."""
+
+
+class _EarlyAssembly:
+    """Assembles each chunked file in a thread of its own as soon as all its chunks are here, while the rest of the
+    version is still being fetched from peers: run after the last chunk, the assembly (every file read, hashed and
+    written again) was the tail of a shared version's download (8 agents, 1 GiB: 37 s after the fetch). `finish`
+    stops it (a file being assembled is finished) and gives the files it assembled; the rest are assembled after,
+    as before. What it failed with (a damaged chunk: DatasetFailed) is in `error`, for the mount to raise."""
+
+    POLL = 0.25  # seconds between looks at which chunks arrived
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        entries: list[ManifestEntry],
+        assemble: Callable[[ManifestEntry], None],
+        stop: threading.Event | None,
+    ) -> None:
+        self.blobs = blobs
+        self.pending = {e.sha256: e for e in entries}  # (a file twice in a version is assembled once)
+        self.assemble = assemble
+        self.stop = stop
+        self.done: set[str] = set()
+        self.error: BaseException | None = None
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dataset-assemble", daemon=True)
+        if self.pending:
+            self._thread.start()
+
+    def _run(self) -> None:
+        lacking = {sha: set(e.chunks) for sha, e in self.pending.items()}
+        try:
+            while lacking and not self._finished.is_set() and not (self.stop is not None and self.stop.is_set()):
+                ready = []
+                for sha, chunks in lacking.items():
+                    chunks.difference_update([c for c in chunks if self.blobs.has(c)])
+                    if not chunks:
+                        ready.append(sha)
+                for sha in ready:
+                    del lacking[sha]
+                    if self._finished.is_set() or (self.stop is not None and self.stop.is_set()):
+                        return
+                    self.assemble(self.pending[sha])
+                    self.done.add(sha)
+                if not ready:
+                    self._finished.wait(self.POLL)
+        except BaseException as exc:  # a damaged chunk (DatasetFailed), a full disk: the mount fails with it
+            self.error = exc
+
+    def finish(self) -> set[str]:
+        self._finished.set()
+        if self.pending:
+            self._thread.join()
+        return set(self.done)
 
 
 def parse_listing(body: Any) -> _Listing:
