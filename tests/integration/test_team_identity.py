@@ -128,3 +128,46 @@ def test_roles_ownership_and_the_audit_log_through_the_cli(
     assert _http(f"{api}/whoami", alice["token"]) == (200, {"name": "alice", "role": "user", "named_token": True})
     status, http_entries = _http(f"{api}/audit?action=submit", alice["token"])
     assert status == 200 and [e["ok"] for e in http_entries["entries"]] == [True, True]
+
+
+def test_resubmitting_a_colleagues_job_and_owned_dataset_names(
+    controller_factory: type[ControllerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24 review (findings 8, 10): a user resubmits a colleague's job as a job of their own, through both
+    faces; a dataset name is its first uploader's, and another user's version is refused naming them, audited."""
+    controller = controller_factory(tmp_path / "ctl", extra_args=["--http-port", "0"]).start()
+    _as(monkeypatch, None)
+    alice = cli_json(controller.cli("tokens", "create", "alice", "--json"))
+    carol = cli_json(controller.cli("tokens", "create", "carol", "--json"))
+    reserved = controller.cli("tokens", "create", "unknown")
+    assert reserved.returncode == 2 and "'unknown' is reserved" in reserved.stderr
+
+    _as(monkeypatch, alice["token"])
+    job = cli_json(controller.cli("submit", "--algorithm", "noop", "--json"))
+    table = tmp_path / "iris.csv"
+    table.write_text("a,b,label\n" + "".join(f"{i},{i * 3},{i % 2}\n" for i in range(12)))
+    made = controller.cli("datasets", "upload", str(table), "--name", "shared", "--json")
+    assert made.returncode == 0, made.stderr
+
+    _as(monkeypatch, carol["token"])
+    copy = cli_json(controller.cli("resubmit", job["id"], "--json"))
+    assert (copy["submitter"], copy["id"] != job["id"]) == ("carol", True)  # hers; alice's job is untouched
+    table.write_text("a,b,label\n" + "".join(f"{i},{i * 5},{i % 2}\n" for i in range(12)))
+    theirs = controller.cli("datasets", "upload", str(table), "--name", "shared")
+    assert theirs.returncode == 2
+    assert "dataset shared belongs to alice: only alice or an admin may add versions to it" in theirs.stderr
+
+    api = controller.info["http_url"]
+    status, again = _http(f"{api}/jobs/{job['id']}/resubmit", carol["token"], "POST", {})
+    assert status == 201 and again["submitter"] == "carol", again
+    status, problem = _http(f"{api}/datasets/shared/references", carol["token"], "POST", {"url": f"file://{tmp_path}"})
+    assert status == 403 and "dataset shared belongs to alice" in problem["detail"], problem
+
+    _as(monkeypatch, None)
+    refused = cli_json(controller.cli("audit", "--user", "carol", "--json"))
+    assert [(e["action"], e["ok"]) for e in reversed(refused)] == [
+        ("resubmit", True),
+        ("dataset_commit", False),  # the CLI uploads what the controller lacks, then commits
+        ("resubmit", True),
+        ("dataset_reference", False),
+    ]
