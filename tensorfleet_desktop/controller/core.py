@@ -107,7 +107,7 @@ class Controller:
             peer_transfer,
         )
         self.quotas = Quotas(store)  # per user (issue 24); fair share's usage in self.usage
-        self.usage = TeamUsage(store, self.quotas, fair_share_half_life, fair=fair_share)
+        self.usage = TeamUsage(store, self.quotas, fair_share_half_life, fair=fair_share, agents=agents.agents)
         self.placement = Placement(
             agents,
             self.machine,

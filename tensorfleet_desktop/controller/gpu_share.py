@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from tensorfleet_desktop.controller.ports import AgentView
-from tensorfleet_desktop.controller.scheduler import GpuRoom
+from tensorfleet_desktop.controller.scheduler import UNKNOWN_SHARE, GpuRoom
 
-# What a shared task counts for when the GPU it runs (or would run) on is not known: half a GPU.
-UNKNOWN_SHARE = 0.5
+__all__ = ["UNKNOWN_SHARE", "agent_capacity", "gpu_amount", "memory_fraction", "share_bytes", "shares_gpu"]
 
 
 def shares_gpu(spec: dict[str, Any]) -> bool:

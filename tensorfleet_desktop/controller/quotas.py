@@ -8,8 +8,7 @@ No I/O beyond queueing the store's writes.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tensorfleet_agent.core.errors import ValidationError
@@ -116,8 +115,9 @@ class Quotas:
 
 
 def rank_gpus(request: Request) -> float:
-    """GPUs one rank of the request counts for (gpu_share.gpu_amount's rule: its fraction, half a GPU for a share
-    by memory before its GPU is known, else whole GPUs)."""
+    """GPUs one rank of the request counts for before its GPU is chosen (gpu_share.gpu_amount's rule: its fraction,
+    half a GPU for a share by memory, else whole GPUs). scheduler.plan passes a share by memory's real amount (its
+    bytes over the chosen GPU's total) to Gate.allow and Gate.took instead, so a pass counts what placement does."""
     if request.gpu_fraction > 0:
         return request.gpu_fraction
     if request.gpu_memory > 0:
@@ -161,9 +161,11 @@ class Gate:
             self.holdings.running_gpus(user) + self.gpus.get(user, 0.0),
         )
 
-    def allow(self, request: Request) -> tuple[int, str]:
-        """How many of the request's ranks its user's quota lets it place now, and why not all ("" when all)."""
-        want = len(request.ranks)
+    def allow(self, request: Request, amounts: Sequence[float] | None = None) -> tuple[int, str]:
+        """How many of the request's ranks its user's quota lets it place now, and why not all ("" when all).
+        `amounts`: the GPUs each rank takes where it was fitted (a share by memory: its bytes over that GPU's total),
+        for that many ranks; else every rank counts rank_gpus()."""
+        want = len(request.ranks) if amounts is None else len(amounts)
         quota = self.quotas.get(request.user)
         if quota is None:
             return want, ""
@@ -178,11 +180,15 @@ class Gate:
                     f"over quota: {whom} runs {tasks} of {quota.tasks} tasks and this gang needs {want} at once "
                     f"(quota tasks={quota.tasks})"
                 )
-        per = rank_gpus(request)
-        if quota.gpus >= 0 and per > 0 and gpus + allowed * per > quota.gpus + _EPSILON:
-            allowed = max(0, min(allowed, math.floor((quota.gpus - gpus + _EPSILON) / per)))
+        each = [rank_gpus(request)] * want if amounts is None else list(amounts)
+        if quota.gpus >= 0 and gpus + sum(each[:allowed]) > quota.gpus + _EPSILON:
+            room, fit = quota.gpus - gpus + _EPSILON, 0
+            while fit < allowed and each[fit] <= room:  # the ranks that fit, in order
+                room -= each[fit]
+                fit += 1
+            allowed = fit
             held = _number(gpus)
-            needs = _number(per * (want if request.gang else 1))
+            needs = _number(sum(each) if request.gang else each[min(fit, want - 1)])
             reason = (
                 f"over quota: {whom} holds {held} of {quota.gpus} GPUs and this job needs {needs} more"
                 f"{' at once' if request.gang else ''} (quota gpus={quota.gpus})"
@@ -191,11 +197,13 @@ class Gate:
             allowed = 0
         return allowed, reason if allowed < want else ""
 
-    def took(self, request: Request, ranks: int) -> None:
-        user, per = request.user, rank_gpus(request)
+    def took(self, request: Request, ranks: int, amounts: Sequence[float] | None = None) -> None:
+        """`ranks` of the request were placed; `amounts`: the GPUs each of them takes (allow's meaning)."""
+        user = request.user
+        each = [rank_gpus(request)] * ranks if amounts is None else list(amounts)[:ranks]
         self.tasks[user] = self.tasks.get(user, 0) + ranks
-        self.gpus[user] = self.gpus.get(user, 0.0) + ranks * per
-        self.charge[user] = self.charge.get(user, 0.0) + ranks * (per if per > 0 else 1.0)
+        self.gpus[user] = self.gpus.get(user, 0.0) + sum(each)
+        self.charge[user] = self.charge.get(user, 0.0) + sum(per if per > 0 else 1.0 for per in each)
 
     def queued_job(self, user: str) -> str:
         """A queued (not started) job of `user`, in scheduling order: why it is held ("" if it is not)."""

@@ -11,15 +11,20 @@ preference only, so a job whose holders are busy is placed elsewhere rather than
 
 A rank that shares a GPU by memory (`gpu_memory` bytes, or `gpu_fraction` of the GPU's memory) goes to the fullest
 GPU where it still fits (best fit, over every eligible agent's GPUs), so whole GPUs stay free for whole-GPU work; a
-GPU with nothing on it costs that agent a free GPU slot, one already shared costs none. A whole-GPU rank takes GPUs
-with nothing on them only.
+GPU with nothing on it costs that agent a free GPU slot, one already shared costs none. The sharing ranks of one
+gang get a GPU each (NCCL refuses two ranks of one process group on one device). A share by memory counts against
+its user's GPU quota as its bytes over the total of the GPU it is fitted to (`rank_amount`), checked once that GPU
+is chosen. A whole-GPU rank takes GPUs with nothing on them only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
+
+# What a rank sharing a GPU by memory counts for in quotas and usage while its GPU's total is not known: half a GPU.
+UNKNOWN_SHARE = 0.5
 
 
 @dataclass
@@ -87,13 +92,15 @@ def share_of(request: Request, room: GpuRoom) -> int:
     return max(1, int(room.total_memory * request.gpu_fraction)) if room.total_memory > 0 else 1 << 62
 
 
-def best_room(request: Request, cap: Capacity) -> GpuRoom | None:
+def best_room(request: Request, cap: Capacity, avoid: Collection[int] = ()) -> GpuRoom | None:
     """The fullest GPU of the agent that a sharing rank still fits on: not held whole, its free memory enough, and
-    a GPU with nothing on it only while the agent has a free GPU slot for it."""
+    a GPU with nothing on it only while the agent has a free GPU slot for it. `avoid`: GPU indexes another rank of
+    its gang took (NCCL refuses two ranks of one process group on one device)."""
     fitting = [
         g
         for g in cap.gpus
         if not g.exclusive
+        and g.index not in avoid
         and g.free_memory >= share_of(request, g)
         and (not g.whole or (cap.free_gpu_slots >= 1 and cap.free_slots >= 1))
     ]
@@ -128,18 +135,26 @@ def _order(cap: Capacity) -> tuple[int, float, int, str]:
     return (-cap.gpu_free_memory, cap.load, -cap.free_slots, cap.node_id)
 
 
-def _fits(request: Request, cap: Capacity) -> bool:
+def rank_amount(request: Request, room: GpuRoom) -> float:
+    """What a sharing rank of `request` counts for in quotas and usage on this GPU (gpu_share.gpu_amount's rule):
+    its fraction, or its bytes over the GPU's total (at most 1), or UNKNOWN_SHARE when the total is unknown."""
+    if request.gpu_fraction:
+        return request.gpu_fraction
+    return min(1.0, share_of(request, room) / room.total_memory) if room.total_memory > 0 else UNKNOWN_SHARE
+
+
+def _fits(request: Request, cap: Capacity, avoid: Collection[int] = ()) -> bool:
     if shares(request):
-        return best_room(request, cap) is not None
+        return best_room(request, cap, avoid) is not None
     if request.gpus:
         return cap.free_gpu_slots >= request.gpus and cap.free_slots >= request.gpus
     return cap.free_slots >= 1
 
 
-def _take(request: Request, cap: Capacity) -> tuple[int, int]:
+def _take(request: Request, cap: Capacity, avoid: Collection[int] = ()) -> tuple[int, int]:
     """Take a rank's room on the agent; (the GPU, the bytes) for a sharing rank, else (-1, 0)."""
     if shares(request):
-        room = best_room(request, cap)
+        room = best_room(request, cap, avoid)
         assert room is not None  # _fits said so
         need = share_of(request, room)
         if room.whole:
@@ -156,10 +171,10 @@ def _take(request: Request, cap: Capacity) -> tuple[int, int]:
     return -1, 0
 
 
-def _fit_order(request: Request, cap: Capacity) -> tuple[int, float, int, str]:
+def _fit_order(request: Request, cap: Capacity, avoid: Collection[int] = ()) -> tuple[int, float, int, str]:
     """A sharing rank: the agent whose best GPU is left fullest (best fit across agents); others: _order."""
     if shares(request):
-        room = best_room(request, cap)
+        room = best_room(request, cap, avoid)
         left = room.free_memory - share_of(request, room) if room is not None else 0
         return (left, cap.load, -cap.free_slots, cap.node_id)
     return _order(cap)
@@ -168,9 +183,11 @@ def _fit_order(request: Request, cap: Capacity) -> tuple[int, float, int, str]:
 class Gate(Protocol):
     """Quotas (controller/quotas.py): how many of a request's ranks its user may place now, and why not all."""
 
-    def allow(self, request: Request) -> tuple[int, str]: ...
+    def allow(self, request: Request, amounts: Sequence[float] | None = None) -> tuple[int, str]:
+        """`amounts`: the GPUs each of that many ranks takes where it was fitted (None: the request's own count)."""
+        ...
 
-    def took(self, request: Request, ranks: int) -> None: ...
+    def took(self, request: Request, ranks: int, amounts: Sequence[float] | None = None) -> None: ...
 
 
 def plan(
@@ -221,8 +238,10 @@ def plan(
             if not shares(request):
                 continue  # only ranks joining a GPU already shared can still be placed
         ranks = request.ranks
+        # a share by memory counts its bytes over the total of the GPU it is fitted to: its GPU quota is checked then
+        by_room = gate is not None and request.gpu_memory > 0 and not request.gpu_fraction
         if gate is not None:
-            allowed, reason = gate.allow(request)
+            allowed, reason = gate.allow(request, [0.0] * len(ranks) if by_room else None)
             if allowed < len(ranks):
                 if held is not None:
                     held[request.job_id] = reason
@@ -232,22 +251,41 @@ def plan(
         candidates = [c for c in caps.values() if eligible(request, c)]
         trial = {c.node_id: _copy(c) for c in candidates}
         chosen: list[Placement] = []
+        amounts: list[float] = []  # what each chosen rank counts for in quotas (a share: on its GPU)
+        apart = request.gang and shares(request)  # a gang's sharing ranks: one GPU each (NCCL)
+        used: dict[str, set[int]] = {}  # node id -> GPUs this gang's ranks took
         for rank in ranks:
             fitting = sorted(
-                (c for c in trial.values() if _fits(request, c)),
-                key=lambda c: (c.node_id in request.avoid, c.node_id not in request.prefer, _fit_order(request, c)),
+                (c for c in trial.values() if _fits(request, c, used.get(c.node_id, ()))),
+                key=lambda c: (
+                    c.node_id in request.avoid,
+                    c.node_id not in request.prefer,
+                    _fit_order(request, c, used.get(c.node_id, ())),
+                ),
             )
             if not fitting:
                 break
-            _take(request, fitting[0])
-            chosen.append(Placement(request.job_id, rank, fitting[0].node_id))
+            gpu, _ = _take(request, fitting[0], used.get(fitting[0].node_id, ()))
+            if gpu >= 0:
+                amounts.append(rank_amount(request, next(g for g in fitting[0].gpus if g.index == gpu)))
+                if apart:
+                    used.setdefault(fitting[0].node_id, set()).add(gpu)
+            chosen.append(Placement(request.job_id, rank, fitting[0].node_id, gpu))
+        if gate is not None and by_room and (chosen or request.gang):
+            # a gang not fitted whole counts its other ranks as UNKNOWN_SHARE each (held, or it may reserve)
+            wanted = [*amounts, *[UNKNOWN_SHARE] * (len(ranks) - len(chosen) if request.gang else 0)]
+            allowed, reason = gate.allow(request, wanted)
+            if allowed < len(wanted):
+                if held is not None:
+                    held[request.job_id] = reason
+                if allowed <= 0:
+                    continue
+                chosen, amounts, ranks = chosen[:allowed], amounts[:allowed], ranks[:allowed]
         if len(chosen) == len(ranks) or (chosen and not request.gang):
-            for i, p in enumerate(chosen):
-                gpu, memory = _take(request, caps[p.node_id])
-                chosen[i] = replace(p, gpu=gpu, gpu_memory=memory)
+            chosen = _commit(request, caps, chosen, apart)
             out.extend(chosen)
             if gate is not None:
-                gate.took(request, len(chosen))
+                gate.took(request, len(chosen), amounts if by_room else None)
             free = sum(max(0, c.free_slots) for c in caps.values())  # a rank joining a shared GPU takes no slot
         if len(chosen) < len(ranks):
             if (request.gang or request.gpus > 1) and now - request.waiting_since >= reserve_after:
@@ -256,12 +294,23 @@ def plan(
                     _reserve(caps[c.node_id])
             elif rounds and request.job_id in rounds:
                 if request.gang and chosen:  # the room its ranks fit now, until its victims free the rest
-                    for p in chosen:
-                        _take(request, caps[p.node_id])
+                    _commit(request, caps, chosen, apart)
                 for node in rounds[request.job_id]:
                     if node in caps:
                         _reserve(caps[node])
             free = sum(max(0, c.free_slots) for c in caps.values())
+    return out
+
+
+def _commit(request: Request, caps: dict[str, Capacity], chosen: list[Placement], apart: bool) -> list[Placement]:
+    """Take the chosen ranks' room in `caps` (as the trial did: the same GPUs), with each rank's GPU and bytes."""
+    used: dict[str, set[int]] = {}
+    out = []
+    for p in chosen:
+        gpu, memory = _take(request, caps[p.node_id], used.get(p.node_id, ()))
+        if apart and gpu >= 0:
+            used.setdefault(p.node_id, set()).add(gpu)
+        out.append(replace(p, gpu=gpu, gpu_memory=memory))
     return out
 
 

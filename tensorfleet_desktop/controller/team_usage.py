@@ -6,11 +6,13 @@ store's "usage" table (and all of it at stop), so a restart keeps everyone's sha
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from tensorfleet_desktop.controller.fair_share import FairQueue, Holding, Holdings, UsageBook
-from tensorfleet_desktop.controller.gpu_share import gpu_amount
+from tensorfleet_desktop.controller.gpu_share import gpu_amount, share_bytes
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask
+from tensorfleet_desktop.controller.ports import AgentView
 from tensorfleet_desktop.controller.quotas import Gate, Quotas
 from tensorfleet_desktop.controller.store.base import JobStore
 
@@ -24,8 +26,20 @@ def user_of(job: Job) -> str:
 
 
 class TeamUsage:
-    def __init__(self, store: JobStore, quotas: Quotas, half_life: float, *, fair: bool = True) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        quotas: Quotas,
+        half_life: float,
+        *,
+        fair: bool = True,
+        agents: Callable[[], list[AgentView]] = list,
+    ) -> None:
         self.fair = fair  # False ([scheduler] fair_share = false): equal priorities go by submit order
+        self.agents = agents  # the agents now (AgentPort.agents): the GPU totals of shares counted without one
+        # attempts sharing a GPU by memory counted before their GPU's total was known (UNKNOWN_SHARE: after a
+        # restart, or an agent with no GPU telemetry yet): counted again at each tick until it is
+        self._unsized: set[str] = set()
         self.store = store
         self.quotas = quotas
         self.usage = UsageBook(half_life)
@@ -47,6 +61,10 @@ class TeamUsage:
         bytes holds its share of it (unknown: gpu_share's rule)."""
         gpus = gpu_amount(job.spec, total_memory)
         self.holdings.add(task.agent_task_id, Holding(job.id, task.index, user_of(job), gpus))
+        if total_memory <= 0 and share_bytes(job.spec, 0) > 0:  # by memory, its GPU's total unknown
+            self._unsized.add(task.agent_task_id)
+        else:
+            self._unsized.discard(task.agent_task_id)
 
     def check(self, jobs: dict[str, Job]) -> None:
         """Forget the tasks that ended (or were placed again under another attempt) since the last pass."""
@@ -55,20 +73,41 @@ class TeamUsage:
             task = job.tasks[holding.index] if job is not None and holding.index < len(job.tasks) else None
             if task is None or task.agent_task_id != attempt or not task.state.active:
                 self.holdings.drop(attempt)
+                self._unsized.discard(attempt)
 
     def rescan(self, jobs: Iterable[Job]) -> None:
         """Count what runs from the tasks' states (at start, and now and then); a task counted at its placement
         keeps the share it was counted with there."""
         known = dict(self.holdings.tasks)
+        unsized, self._unsized = self._unsized, set()
         self.holdings.clear()
+        views: dict[str, AgentView] | None = None
         for job in jobs:
             for task in job.tasks:
                 if task.state.active and task.agent_task_id:
                     holding = known.get(task.agent_task_id)
-                    if holding is not None:
+                    if holding is not None and task.agent_task_id not in unsized:
                         self.holdings.add(task.agent_task_id, holding)
-                    else:
-                        self.placed(job, task)
+                        continue
+                    total = 0
+                    if share_bytes(job.spec, 0) > 0:  # a share by memory: its agent's GPU total, once known
+                        views = views if views is not None else {v.node_id: v for v in self.agents()}
+                        total = share_total(job.spec, views.get(task.node_id))
+                    self.placed(job, task, total)
+
+    def _size(self, jobs: dict[str, Job]) -> None:
+        """Count again the shares counted before their GPU's total was known, now that their agent may say it."""
+        views = {v.node_id: v for v in self.agents()}
+        for attempt in list(self._unsized):
+            holding = self.holdings.tasks.get(attempt)
+            job = jobs.get(holding.job_id) if holding is not None else None
+            if holding is None or job is None or holding.index >= len(job.tasks):
+                self._unsized.discard(attempt)
+                continue
+            task = job.tasks[holding.index]
+            total = share_total(job.spec, views.get(task.node_id))
+            if total > 0 and task.agent_task_id == attempt:
+                self.placed(job, task, total)
 
     def tick(self, now: float, open_jobs: dict[str, Job]) -> None:
         """Accrue usage for what ran since the last tick; save and recount when due."""
@@ -78,6 +117,8 @@ class TeamUsage:
                 if charge > 0:
                     self.usage.add(user, charge * elapsed, now)
         self._accrued_at = now
+        if self._unsized:
+            self._size(open_jobs)
         if now - self._rescanned_at >= RESCAN_EVERY:
             self._rescanned_at = now
             self.rescan(open_jobs.values())
@@ -119,3 +160,15 @@ class TeamUsage:
             }
             for user in sorted(users)
         ]
+
+
+def share_total(spec: dict[str, Any], view: AgentView | None) -> int:
+    """The total memory of the GPU a running share by memory of `spec` most likely holds on the agent `view` (the
+    controller that placed it is gone, and with it the GPU it chose): its GPUs shared with at least that much
+    promised, else those it fits on; the smallest of their totals (counting a share high rather than low); 0 when
+    the agent says nothing of its GPUs."""
+    memory = share_bytes(spec, 0)
+    gpus = view.gpus if view is not None else ()
+    likely = [g for g in gpus if g.shared_tasks > 0 and g.reserved_memory >= memory and g.total_memory > 0]
+    likely = likely or [g for g in gpus if g.total_memory >= memory]
+    return min((g.total_memory for g in likely), default=0)

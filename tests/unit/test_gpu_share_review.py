@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 
 from helpers.core_harness import core
-from helpers.fake_agents import FakeAgents, FakeClock
+from helpers.fake_agents import FakeAgent, FakeAgents, FakeClock
+from tensorfleet_desktop.controller.fair_share import Holdings
+from tensorfleet_desktop.controller.gpu_share import gpu_amount
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
 from tensorfleet_desktop.controller.ports import GpuView
+from tensorfleet_desktop.controller.quotas import Gate, Quota
+from tensorfleet_desktop.controller.scheduler import Capacity, GpuRoom, Request, plan
 
 GIB = 1 << 30
 
@@ -84,3 +88,76 @@ async def test_the_controller_counts_a_share_on_the_gpu_its_agent_chose(tmp_path
             (0, True, 16 * GIB),
             (1, False, 10 * GIB),
         ]
+
+
+def _two_gpus(node: str = "a", free_slots: int = 2) -> Capacity:
+    rooms = (GpuRoom(0, 16 * GIB, 16 * GIB, whole=True), GpuRoom(1, 16 * GIB, 16 * GIB, whole=True))
+    return Capacity(node, node, free_slots, free_slots, workloads=frozenset({"noop"}), gpus=rooms)
+
+
+def test_a_pass_counts_a_share_by_memory_on_its_gpu_against_the_gpus_quota() -> None:
+    """Review #4 (the reviewer's gate_share): quota gpus=1, two 16 GiB GPUs, three 12 GiB shares. Each counts 0.75 of
+    a GPU once placed, so one pass places one (it placed two: 1.5 GPUs held); a small share on a big GPU is not
+    charged half a GPU either."""
+    gate = Gate({"me": Quota("me", gpus=1)}, Holdings(), lambda user: 0.0, 3600.0)
+    requests = [Request(f"j{i}", 0, i, (0,), "noop", gpus=1, user="me", gpu_memory=12 * GIB) for i in range(3)]
+    held: dict[str, str] = {}
+    out = plan(requests, [_two_gpus()], 0.0, 60.0, ordered=True, gate=gate, held=held)
+    assert [(p.job_id, p.gpu) for p in out] == [("j0", 0)]
+    assert sum(gpu_amount({"gpu_memory": p.gpu_memory}, 16 * GIB) for p in out) <= 1.0
+    assert gate.gpus["me"] == pytest.approx(0.75)
+    assert held["j1"] == "over quota: me holds 0.75 of 1 GPUs and this job needs 0.75 more (quota gpus=1)"
+    small = [Request(f"s{i}", 0, i, (0,), "noop", gpus=1, user="me", gpu_memory=2 * GIB) for i in range(8)]
+    gate = Gate({"me": Quota("me", gpus=1)}, Holdings(), lambda user: 0.0, 3600.0)
+    big = Capacity("b", "b", 1, 1, workloads=frozenset({"noop"}), gpus=(GpuRoom(0, 80 * GIB, 80 * GIB, True),))
+    assert len(plan(small, [big], 0.0, 60.0, ordered=True, gate=gate, held={})) == 8  # 8 x 2/80: 0.2 of a GPU
+
+
+def test_a_gangs_sharing_ranks_get_distinct_gpus() -> None:
+    """Review #5: the two ranks of a gang sharing GPUs go to two GPUs (they were both put on GPU 0); with one GPU
+    free the gang waits rather than share it between its ranks."""
+    gang = Request("g", 0, 1, (0, 1), "noop", gpus=1, gang=True, gpu_fraction=0.5)
+    out = plan([gang], [_two_gpus()], 0.0, 60.0)
+    assert sorted((p.rank, p.node_id, p.gpu) for p in out) == [(0, "a", 0), (1, "a", 1)]
+    alone = Request("s", 0, 1, (0, 1), "noop", gpus=1, gpu_fraction=0.5)  # not a gang: both on one GPU (packed)
+    assert {p.gpu for p in plan([alone], [_two_gpus()], 0.0, 60.0)} == {0}
+    one = Capacity("a", "a", 1, 1, workloads=frozenset({"noop"}), gpus=(GpuRoom(0, 16 * GIB, 16 * GIB, True),))
+    assert plan([gang], [one], 0.0, 60.0) == []
+
+
+async def test_two_big_shares_in_one_pass_stay_within_the_gpus_quota(tmp_path: Path) -> None:
+    """Review #4 in the core (the reviewer's repro): quota gpus=1 and two 12 GiB shares of 16 GiB GPUs waiting
+    when the agent comes: its first pass runs one (0.75 of a GPU), the other waits over quota."""
+    agents, clock = FakeAgents(), FakeClock()
+    async with core(tmp_path, agents, clock) as controller:
+        controller.quotas.set("me", gpus=1)
+        jobs = [await controller.submit({"algorithm": "noop", "gpu_memory": "12GiB"}, "me") for _ in range(2)]
+        agents.fleet["g"] = FakeAgent("g", 2, gpus=(GpuView(0, 16 * GIB, 0), GpuView(1, 16 * GIB, 0)))
+        controller.placement.schedule()  # one pass sees both
+        await agents.wait(lambda: len(agents.running()) >= 1)
+        controller.placement.schedule()
+        assert len(agents.running()) == 1
+        assert controller.placement.usage.holdings.running_gpus("me") == pytest.approx(0.75)
+        assert "over quota: me holds 0.75 of 1 GPUs" in controller.placement.held[jobs[1].id]
+
+
+async def test_after_a_restart_a_running_share_counts_on_its_agents_gpu(tmp_path: Path) -> None:
+    """Review #4: a controller restarted while a 6 GiB share runs on an 80 GiB GPU counts it 6/80 of a GPU once its
+    agent's GPUs are known (it counted half a GPU until it ended)."""
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("g", slots=1)
+    agents.gpu_telemetry("g", GpuView(0, 80 * GIB, 0))
+    async with core(tmp_path, agents, clock) as controller:
+        await controller.submit({"algorithm": "noop", "gpu_memory": "6GiB"}, "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        assert controller.placement.usage.holdings.running_gpus("me") == pytest.approx(6 / 80)
+    gpus = agents.fleet["g"].gpus
+    agents.gpu_telemetry("g")  # the agent says nothing of its GPUs yet as the controller starts again
+    async with core(tmp_path, agents, clock) as controller:
+        usage = controller.placement.usage
+        assert usage.holdings.running_gpus("me") == pytest.approx(0.5)  # its GPU unknown: half a GPU, for now
+        agents.gpu_telemetry("g", GpuView(0, 80 * GIB, 0, 6 * GIB, 1, False))
+        assert gpus[0].total_memory == 80 * GIB
+        clock.advance(1.0)
+        controller.placement.pass_once()
+        assert usage.holdings.running_gpus("me") == pytest.approx(6 / 80)
