@@ -15,6 +15,7 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller.errors import NotFoundError
 from tensorfleet_desktop.controller.fair_share import Holdings, queue_key
 from tensorfleet_desktop.controller.gpu_share import UNKNOWN_SHARE
+from tensorfleet_desktop.controller.principals import reserved
 from tensorfleet_desktop.controller.scheduler import Request
 from tensorfleet_desktop.controller.store.base import JobStore
 
@@ -96,6 +97,8 @@ class Quotas:
         given["queued"] = check_limit("queued", queued)
         old = self.by_user.get(user) or Quota(user)
         quota = Quota(user, **{name: old.__dict__[name] if v is None else v for name, v in given.items()})
+        if not quota.unlimited and reserved(user):  # lifting one (stored before names were reserved) stays possible
+            raise ValidationError("user", f"{reserved(user)}: not a user's name")
         if quota.unlimited:
             self.by_user.pop(user, None)
             self.store.save_team_record("quotas", user, None)

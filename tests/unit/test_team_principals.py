@@ -220,11 +220,17 @@ def test_last_use_is_written_at_most_once_a_minute() -> None:
 
 
 @pytest.mark.parametrize("name", ["unknown", "system", "http", "admin", "nobody", "Unknown", " HTTP "])
-def test_names_the_controller_falls_back_to_are_reserved_for_tokens(name: str) -> None:
+def test_names_the_controller_falls_back_to_are_reserved_for_tokens_and_quotas(name: str) -> None:
     """A token named `unknown` would own every job submitted without a user, `http` the HTTP face's unnamed ones."""
+    from tensorfleet_desktop.controller.quotas import Quotas
+
     book = TokenBook(_Store(), "", _Clock())  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match=r"name: .* is reserved \(the controller uses admin, http, nobody"):
         book.create(name, "user", "root")
+    quotas = Quotas(_Store())  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"user: .* is reserved .*: not a user's name"):
+        quotas.set(name, tasks=1)
+    assert quotas.set("unknownish", tasks=1).tasks == 1  # only the names themselves
     assert principals.submitter_for(Principal("", ADMIN), "") in principals.RESERVED_NAMES
 
 
