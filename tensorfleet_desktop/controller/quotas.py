@@ -184,7 +184,7 @@ class Gate:
                     f"(quota tasks={quota.tasks})"
                 )
         each = [rank_gpus(request)] * want if amounts is None else list(amounts)
-        if quota.gpus >= 0 and gpus + sum(each[:allowed]) > quota.gpus + _EPSILON:
+        if quota.gpus >= 0 and sum(each[:allowed]) > 0 and gpus + sum(each[:allowed]) > quota.gpus + _EPSILON:
             room, fit = quota.gpus - gpus + _EPSILON, 0
             while fit < allowed and each[fit] <= room:  # the ranks that fit, in order
                 room -= each[fit]

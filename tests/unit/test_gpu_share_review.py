@@ -10,7 +10,7 @@ import pytest
 
 from helpers.core_harness import core
 from helpers.fake_agents import FakeAgent, FakeAgents, FakeClock
-from tensorfleet_desktop.controller.fair_share import Holdings
+from tensorfleet_desktop.controller.fair_share import Holding, Holdings
 from tensorfleet_desktop.controller.gpu_share import gpu_amount
 from tensorfleet_desktop.controller.jobspec import JobSpecError, parse_job_spec
 from tensorfleet_desktop.controller.ports import GpuView
@@ -190,3 +190,14 @@ async def test_the_agent_knows_a_gangs_shared_gpus_and_answers_the_one_it_chose(
     assert ex._gang_gpus(rank("s-r1", "g", 1, partition="shard")) == frozenset()  # independent ranks pack
     assert ex.shared_gpu(first, (slot.id,)) == (0, GIB)
     assert ex.shared_gpu(TaskSpec("w", "w", "noop", gpus=1), (1,)) is None
+
+
+def test_a_user_over_the_gpus_quota_is_told_what_a_share_needs_on_its_gpu() -> None:
+    """A share by memory of a user over their GPU quota is held with what it needs on the GPU it would take."""
+    holdings = Holdings()
+    holdings.add("t", Holding("old", 0, "me", 1.5))  # over: its quota was lowered
+    gate = Gate({"me": Quota("me", gpus=1)}, holdings, lambda user: 0.0, 3600.0)
+    held: dict[str, str] = {}
+    request = Request("j", 0, 1, (0,), "noop", gpus=1, user="me", gpu_memory=4 * GIB)
+    assert plan([request], [_two_gpus()], 0.0, 60.0, ordered=True, gate=gate, held=held) == []
+    assert held == {"j": "over quota: me holds 1.5 of 1 GPUs and this job needs 0.25 more (quota gpus=1)"}
