@@ -107,7 +107,14 @@ class Controller:
             peer_transfer,
         )
         self.quotas = Quotas(store)  # per user (issue 24); fair share's usage in self.usage
-        self.usage = TeamUsage(store, self.quotas, fair_share_half_life, fair=fair_share, agents=agents.agents)
+        self.usage = TeamUsage(
+            store,
+            self.quotas,
+            fair_share_half_life,
+            fair=fair_share,
+            agents=agents.agents,
+            shares=self.attempts.gpu_shares,
+        )
         self.placement = Placement(
             agents,
             self.machine,

@@ -34,12 +34,16 @@ class TeamUsage:
         *,
         fair: bool = True,
         agents: Callable[[], list[AgentView]] = list,
+        shares: dict[str, tuple[str, int, int]] | None = None,
     ) -> None:
         self.fair = fair  # False ([scheduler] fair_share = false): equal priorities go by submit order
         self.agents = agents  # the agents now (AgentPort.agents): the GPU totals of shares counted without one
         # attempts sharing a GPU by memory counted before their GPU's total was known (UNKNOWN_SHARE: after a
         # restart, or an agent with no GPU telemetry yet): counted again at each tick until it is
         self._unsized: set[str] = set()
+        # attempt -> (node id, GPU index, bytes) of the shares dispatched (Attempts.gpu_shares): the GPU the agent
+        # says it chose may not be the planned one, nor its total the same; each tick counts a share on its GPU
+        self.shares = shares if shares is not None else {}
         self.store = store
         self.quotas = quotas
         self.usage = UsageBook(half_life)
@@ -109,6 +113,22 @@ class TeamUsage:
             if total > 0 and task.agent_task_id == attempt:
                 self.placed(job, task, total)
 
+    def _follow_shares(self, jobs: dict[str, Job]) -> None:
+        """A share the agent put on another GPU than planned counts on that GPU's total (once its RunTask answered)."""
+        views: dict[str, AgentView] | None = None
+        for attempt, (node, gpu, _memory) in list(self.shares.items()):
+            holding = self.holdings.tasks.get(attempt)
+            job = jobs.get(holding.job_id) if holding is not None else None
+            if holding is None or job is None or holding.index >= len(job.tasks):
+                continue
+            if job.tasks[holding.index].agent_task_id != attempt:
+                continue
+            views = views if views is not None else {v.node_id: v for v in self.agents()}
+            view = views.get(node)
+            total = next((g.total_memory for g in view.gpus if g.index == gpu), 0) if view is not None else 0
+            if total > 0 and abs(gpu_amount(job.spec, total) - holding.gpus) > 1e-9:
+                self.placed(job, job.tasks[holding.index], total)
+
     def tick(self, now: float, open_jobs: dict[str, Job]) -> None:
         """Accrue usage for what ran since the last tick; save and recount when due."""
         if self._accrued_at is not None and now > self._accrued_at:
@@ -119,6 +139,8 @@ class TeamUsage:
         self._accrued_at = now
         if self._unsized:
             self._size(open_jobs)
+        if self.shares:
+            self._follow_shares(open_jobs)
         if now - self._rescanned_at >= RESCAN_EVERY:
             self._rescanned_at = now
             self.rescan(open_jobs.values())

@@ -90,6 +90,21 @@ async def test_the_controller_counts_a_share_on_the_gpu_its_agent_chose(tmp_path
         ]
 
 
+async def test_a_share_the_agent_put_on_a_bigger_gpu_counts_its_share_of_that_one(tmp_path: Path) -> None:
+    """Planned on the 16 GiB GPU (best fit), put by the agent on the 80 GiB one: 6/80 of a GPU, not 6/16."""
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("g", slots=2).shares_on = 1
+    agents.gpu_telemetry("g", GpuView(0, 16 * GIB, 0), GpuView(1, 80 * GIB, 0))
+    async with core(tmp_path, agents, clock) as controller:
+        await controller.submit({"algorithm": "noop", "gpu_memory": "6GiB"}, "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        await agents.wait(lambda: controller.placement.attempts.gpu_shares[attempt][1] == 1)
+        clock.advance(1.0)
+        controller.placement.pass_once()
+        assert controller.placement.usage.holdings.running_gpus("me") == pytest.approx(6 / 80)
+
+
 def _two_gpus(node: str = "a", free_slots: int = 2) -> Capacity:
     rooms = (GpuRoom(0, 16 * GIB, 16 * GIB, whole=True), GpuRoom(1, 16 * GIB, 16 * GIB, whole=True))
     return Capacity(node, node, free_slots, free_slots, workloads=frozenset({"noop"}), gpus=rooms)
