@@ -194,6 +194,21 @@ def manifest_bytes(entries: Sequence[ManifestEntry]) -> bytes:
     return text.encode("utf-8")
 
 
+def exchange_order(entries: Sequence[ManifestEntry]) -> dict[str, int]:
+    """The order peers exchange a dataset version's blobs in (issue 20): the chunks of chunked files in manifest
+    order, so each file is complete (and assembled) as early as it can be, then the whole files biggest first (long
+    transfers start early, small ones fill the gaps). The controller shares a version out and pushes a reader's share
+    in this order, and readers ask their peers in it, so a holder is asked for what it is receiving next. A blob not
+    in it (the manifest itself) sorts last."""
+    order: dict[str, int] = {}
+    for entry in entries:
+        for chunk in entry.chunks:
+            order.setdefault(chunk, len(order))
+    for entry in sorted((e for e in entries if not e.chunks), key=lambda e: (-e.size, e.sha256)):
+        order.setdefault(entry.sha256, len(order))
+    return order
+
+
 def manifest_id(entries: Sequence[ManifestEntry]) -> str:
     """The snapshot's id: sha256 hex of `manifest_bytes`."""
     return hashlib.sha256(manifest_bytes(entries)).hexdigest()

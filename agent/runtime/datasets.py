@@ -65,6 +65,7 @@ from tensorfleet_agent.core.manifest import (
     MAX_MANIFEST_BYTES,
     MODE_FILE,
     ManifestEntry,
+    exchange_order,
     manifest_from_bytes,
     validate_manifest,
 )
@@ -369,7 +370,7 @@ class DatasetCache:
     def _with_peers(
         self,
         mount: DatasetMount,
-        entries: Iterable[ManifestEntry],
+        entries: tuple[ManifestEntry, ...],
         missing: dict[str, int],
         stop: threading.Event | None,
     ) -> FetchResult:
@@ -380,7 +381,8 @@ class DatasetCache:
         chunk_of = {c: e.sha256 for e in entries for c in e.chunks}
         holds = [(p.node_id, frozenset(p.sha256)) for p in mount.peers]
         wants, coming = [], []
-        for sha, size in sorted(missing.items()):
+        order = exchange_order(entries)  # the order the holders are sent their shares in
+        for sha, size in sorted(missing.items(), key=lambda item: (order.get(item[0], len(order)), item[0])):
             whole = chunk_of.get(sha, "")
             holders = tuple(node for node, held in holds if sha in held or whole in held)
             if holders:

@@ -114,11 +114,11 @@ class PeerFetch:
         self.streams_per_peer = streams_per_peer
         self._cond = threading.Condition()
         self._pending = set(self.wants)  # not taken by a stream (or given back by one that failed)
-        # Each peer's blobs, largest first (the long transfers start early, the small ones fill the gaps at the
-        # end): a stream of a peer takes the next one still pending; a blob given back goes to the front of the
-        # queues of its other live holders. Linear in blobs x holders, however many files a version has.
+        # Each peer's blobs in the order of `wants` (core.manifest.exchange_order: the order the controller sends
+        # the holders their shares in): a stream of a peer takes the next one still pending; a blob given back goes
+        # to the front of the queues of its other live holders. Linear in blobs x holders, however many files.
         self._queues: dict[str, collections.deque[str]] = {p: collections.deque() for p in self.peers}
-        for sha in sorted(self.wants, key=lambda s: (-self.wants[s].size, s)):
+        for sha in self.wants:
             for holder in self.wants[sha].holders:
                 if holder in self._queues:
                     self._queues[holder].append(sha)

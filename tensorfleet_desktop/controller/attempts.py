@@ -10,6 +10,7 @@ import functools
 import logging
 from typing import Any
 
+from tensorfleet_agent.core.manifest import exchange_order
 from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR, MANIFEST_INPUT
 from tensorfleet_agent.core.types import BlobRef, ExitCause, Finished, PeerSource, Rendezvous, TaskSpec, TaskState
 from tensorfleet_agent.workloads.datasets import is_user_dataset
@@ -409,7 +410,7 @@ class Attempts:
 
         The blobs of a version that no online agent holds nor is being sent are split among the readers that ask
         within GATHER of the first (the ranks of a job, or jobs close together), each reader's share the blobs
-        with the fewest bytes given so far, biggest first; so the controller sends one copy. The reader's share
+        with the fewest bytes given so far, in exchange_order; so the controller sends one copy. The reader's share
         is not awaited here: it is pushed (_send_share) while the task starts, and the other readers name it as
         the holder: a peer asked for a blob it is receiving waits for it, and one asked too early is asked again
         (agent/runtime/peer_fetch.py), so the exchange overlaps the controller's copy. Each blob the reader lacks
@@ -436,7 +437,9 @@ class Attempts:
         unsent = [sha for sha in needed if not held(sha) and not coming(sha)]
         if unsent:
             await self._share_out(manifest_id, plan, me, unsent)
+        order = exchange_order(plan.entries)  # the order the readers ask the holders in (agent: datasets._with_peers)
         mine = [sha for sha in needed if assigned.get(sha) == me and (me, sha) not in self._pushing]
+        mine.sort(key=lambda s: (order.get(s, len(order)), s))
         holders_of: dict[str, list[str]] = {}
         for sha in needed:
             if (me, sha) in self._pushing:  # staging, or another rank on this agent
@@ -482,7 +485,8 @@ class Attempts:
             for node, shas in gathering.items():
                 for sha in shas:
                     wanted.setdefault(sha, []).append(node)
-            for sha in sorted(wanted, key=lambda s: (-plan.sizes.get(s, 0), s)):
+            order = exchange_order(plan.entries)  # chunks in file order (each file complete early), then files
+            for sha in sorted(wanted, key=lambda s: (order.get(s, len(order)), s)):
                 if sha not in assigned:
                     node = min(wanted[sha], key=lambda n: given[n])  # (the first to join wins a tie)
                     assigned[sha] = node

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from helpers.fake_agents import FakeAgents, FakeClock
-from tensorfleet_agent.core.manifest import ManifestEntry, manifest_bytes
+from tensorfleet_agent.core.manifest import CHUNK_BYTES, ManifestEntry, exchange_order, manifest_bytes
 from tensorfleet_agent.core.types import DatasetTransfer, ExitCause, TaskEvent
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.dataset_holders import Holders, spread
@@ -266,6 +267,50 @@ async def test_big_blobs_nobody_holds_go_one_per_reader_so_every_reader_can_serv
     await _shares_sent(controller)
     files = sorted((node, sha) for node, sha in agents.pushed if sha in shas)
     assert sorted(sha for _, sha in files) == sorted(shas) and [n for n, _ in files] == ["a", "bb", "ccc"]
+    await controller.store.close()
+
+
+def test_exchange_order_puts_chunks_in_file_order_then_whole_files_biggest_first() -> None:
+    entries = [
+        ManifestEntry("a.bin", 0o644, "a" * 64, CHUNK_BYTES + 1, ("c" * 64, "d" * 64)),
+        ManifestEntry("b.txt", 0o644, "b" * 64, 10),
+        ManifestEntry("e.bin", 0o644, "e" * 64, CHUNK_BYTES + 2, ("f" * 64, "0" * 64)),
+        ManifestEntry("g.txt", 0o644, "1" * 64, 20),
+    ]
+    order = exchange_order(entries)
+    assert sorted(order, key=order.__getitem__) == ["c" * 64, "d" * 64, "f" * 64, "0" * 64, "1" * 64, "b" * 64]
+
+
+async def test_shares_are_dealt_and_pushed_in_exchange_order_so_files_complete_early(tmp_path: Path) -> None:
+    """Consecutive chunks of a file go to different readers and each reader is pushed its share in file order (the
+    order readers ask their peers in): every reader holds its piece of the first file first."""
+    agents = FakeAgents()
+    for node in ("a", "bb", "ccc"):
+        agents.add(node)
+    controller = await _controller(tmp_path, agents)
+    entries = []
+    for i in range(2):  # two files of three chunks each
+        data = os.urandom(2 * CHUNK_BYTES + (2 << 20))  # (a last chunk under SHARE_BIG would go beside)
+        chunks = tuple(hashlib.sha256(data[o : o + CHUNK_BYTES]).hexdigest() for o in range(0, len(data), CHUNK_BYTES))
+        for o, sha in zip(range(0, len(data), CHUNK_BYTES), chunks, strict=True):
+            controller.blobs.path(sha).parent.mkdir(parents=True, exist_ok=True)
+            controller.blobs.path(sha).write_bytes(data[o : o + CHUNK_BYTES])
+        entries.append(ManifestEntry(f"f{i}.bin", 0o644, hashlib.sha256(data).hexdigest(), len(data), chunks))
+    body = manifest_bytes(entries)
+    mid = hashlib.sha256(body).hexdigest()
+    controller.blobs.path(mid).parent.mkdir(parents=True, exist_ok=True)
+    controller.blobs.path(mid).write_bytes(body)
+    version = {"name": "big", "version": 1, "content_id": mid, "source": "upload"}
+    job = _job(version, "a", "bb", "ccc")
+    await asyncio.gather(*(_send(controller, job, i) for i in range(3)))
+    await _shares_sent(controller)
+    order = exchange_order(entries)
+    pushed = [(node, sha) for node, sha in agents.pushed if sha in order]
+    assert sorted(sha for _, sha in pushed) == sorted(order)  # one copy
+    for node in ("a", "bb", "ccc"):
+        mine = [sha for n, sha in pushed if n == node]
+        assert mine == sorted(mine, key=order.__getitem__) and len(mine) == 2, (node, mine)
+        assert mine[0] in entries[0].chunks and mine[1] in entries[1].chunks  # its piece of f0, then of f1
     await controller.store.close()
 
 
