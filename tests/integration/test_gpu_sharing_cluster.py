@@ -1,6 +1,6 @@
 """A real controller and agent (the test-only fake GPU inventory: two 16 GiB GPUs): jobs submitted with
-`--gpu-memory 6GiB` pack two per GPU, a whole-GPU job waits until the shares are gone, and `tensorfleet agents`
-shows the shares."""
+`--gpu-memory 6GiB` pack two per GPU, a whole-GPU job waits until the shares are gone, `tensorfleet agents`
+shows the shares, and the two ranks of a gang sharing GPUs get one GPU each."""
 
 from __future__ import annotations
 
@@ -65,3 +65,15 @@ def test_jobs_with_gpu_memory_pack_onto_the_fake_gpus(
             assert client.wait(job_id, timeout=30)["state"] == "SUCCEEDED"
         done = client.wait(whole, timeout=30)
         assert done["state"] == "SUCCEEDED" and _env(client, whole)[1] is None  # a whole GPU, no cap
+        # a gang's sharing ranks get a GPU each, on the controller's plan and the agent's (NCCL: one rank per device)
+        together = tmp_path / "release-gang"
+        gang_args = ["submit", "--script", str(script), "--script-arg", str(together), "--json", "--workers", "2"]
+        gang = cli_json(controller.cli(*gang_args, "--gpu-memory", "2GiB"))["id"]
+
+        def ranks_env() -> list[str]:
+            return [r["line"] for r in client.logs(gang) if r["line"].startswith("ENV ")]
+
+        wait_until(lambda: len(ranks_env()) == 2, 30, "both ranks of the gang running")
+        assert sorted(json.loads(line[4:])[0] for line in ranks_env()) == ["0", "1"], ranks_env()
+        together.touch()
+        assert client.wait(gang, timeout=30)["state"] == "SUCCEEDED"
