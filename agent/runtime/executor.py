@@ -153,6 +153,9 @@ class Executor:
         self.datasets = DatasetCache(config.data_dir / "datasets", blobs)  # trees of dataset versions
         self.draining = False
         self._running: dict[str, _Running] = {}
+        # task id -> (job id, GPU index) of each task holding a GPU share, from the moment it took it (before it is
+        # in _running: a gang's ranks arrive at once, and its other ranks must see its GPU taken)
+        self._share_gpus: dict[str, tuple[str, int]] = {}
         self.gangs = GangSlots(slots)
         self._warm: dict[tuple[str, tuple[int | None, ...], int], list[tuple[WorkerProcess, float]]] = {}
         self._reaper: asyncio.Task[None] | None = None
@@ -280,6 +283,8 @@ class Executor:
             if self._existing(spec) is not None or self.draining:  # the same RunTask again, meanwhile
                 return await self.run_task(spec)
             slot = self.slots.acquire_share(share, others, ours, self._gang_gpus(spec))
+            if slot.gpu_index is not None:
+                self._share_gpus[spec.task_id] = (spec.job_id, slot.gpu_index)
             slots, visible = (slot,), (slot.gpu_index,) if slot.gpu_index is not None else ()
         else:
             slots, visible = self.gangs.acquire(
@@ -290,7 +295,7 @@ class Executor:
             meta = {"spec": spec_to_dict(spec), "slot_ids": [s.id for s in slots]}
             entry = await asyncio.to_thread(self.journal.create, spec.task_id, meta)
         except BaseException:
-            self._release(slots, share)
+            self._release(slots, share, spec.task_id)
             self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)
             self.blobs.unpin(ref.sha256 for ref in spec.inputs)
             raise
@@ -306,8 +311,9 @@ class Executor:
             self._share_check = asyncio.create_task(self._check_shares(), name="gpu-share-check")
         return tuple(s.id for s in slots)
 
-    def _release(self, slots: tuple[Slot, ...], share: int) -> None:
+    def _release(self, slots: tuple[Slot, ...], share: int, task_id: str) -> None:
         if share:
+            self._share_gpus.pop(task_id, None)
             self.slots.release_share(slots[0], share)
         else:
             self.slots.release(slots)
@@ -326,9 +332,7 @@ class Executor:
         if spec.partition != "gang" or spec.world_size <= 1:
             return frozenset()
         return frozenset(
-            r.visible_gpus[0]
-            for r in self._running.values()
-            if r.gpu_share and r.visible_gpus and r.spec.job_id == spec.job_id and r.spec.task_id != spec.task_id
+            gpu for task_id, (job, gpu) in self._share_gpus.items() if job == spec.job_id and task_id != spec.task_id
         )
 
     def shared_gpu(self, spec: TaskSpec, slot_ids: tuple[int, ...]) -> tuple[int, int] | None:
@@ -544,7 +548,7 @@ class Executor:
                 self._spawn(asyncio.to_thread(shutil.rmtree, workdir, True))
             running.going.set()
             self._running.pop(spec.task_id, None)
-            self._release(running.slots, running.gpu_share)
+            self._release(running.slots, running.gpu_share, spec.task_id)
             self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)
             self.blobs.unpin(ref.sha256 for ref in spec.inputs)
             self._gauge()

@@ -181,13 +181,10 @@ async def test_after_a_restart_a_running_share_counts_on_its_agents_gpu(tmp_path
 async def test_the_agent_knows_a_gangs_shared_gpus_and_answers_the_one_it_chose(tmp_path: Path) -> None:
     """Review #5/#6 on the agent: a gang rank sharing a GPU avoids the GPUs its job's other ranks share here (another
     job's, or a non-gang's, it may join); RunTask's answer names the GPU of the slot the share took."""
-    from types import SimpleNamespace
-    from typing import Any, cast
-
     from tensorfleet_agent.core.types import TaskSpec
     from tensorfleet_agent.metrics import AgentMetrics
     from tensorfleet_agent.runtime.blobs import BlobStore
-    from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig, _Running
+    from tensorfleet_agent.runtime.executor import Executor, ExecutorConfig
     from tensorfleet_agent.runtime.slots import SlotPool
 
     pool = SlotPool(8, [0, 1], gpu_memory={0: 16 * GIB, 1: 16 * GIB})
@@ -199,12 +196,14 @@ async def test_the_agent_knows_a_gangs_shared_gpus_and_answers_the_one_it_chose(
 
     slot = pool.acquire_share(GIB, {})
     first = rank("g-r0", "g", 0)
-    ex._running["g-r0"] = _Running(first, (slot,), cast(Any, SimpleNamespace()), visible_gpus=(0,), gpu_share=GIB)
+    ex._share_gpus["g-r0"] = ("g", 0)  # taken, not yet journaled nor in _running: its sibling arrives meanwhile
     assert ex._gang_gpus(rank("g-r1", "g", 1)) == {0}
     assert ex._gang_gpus(rank("h-r1", "h", 1)) == frozenset()  # another job's rank may join it
     assert ex._gang_gpus(rank("s-r1", "g", 1, partition="shard")) == frozenset()  # independent ranks pack
     assert ex.shared_gpu(first, (slot.id,)) == (0, GIB)
     assert ex.shared_gpu(TaskSpec("w", "w", "noop", gpus=1), (1,)) is None
+    ex._release((slot,), GIB, "g-r0")
+    assert ex._gang_gpus(rank("g-r1", "g", 1)) == frozenset()
 
 
 def test_a_user_over_the_gpus_quota_is_told_what_a_share_needs_on_its_gpu() -> None:
