@@ -694,7 +694,7 @@ class ControllerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeToken(self, request, context):
-        """admin
+        """admin; refused at once, the response streams it holds open too
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -110,7 +110,7 @@ class ControllerServiceStub:
     ListTokens: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]
     """admin"""
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.TokenRef, _controller_pb2.TokenInfo]
-    """admin"""
+    """admin; refused at once, the response streams it holds open too"""
     SetQuota: _grpc.UnaryUnaryMultiCallable[_controller_pb2.SetQuotaRequest, _controller_pb2.Quota]
     """admin"""
     ListQuotas: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListQuotasRequest, _controller_pb2.ListQuotasResponse]
@@ -193,7 +193,7 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     ListTokens: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]  # type: ignore[assignment]
     """admin"""
     RevokeToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.TokenRef, _controller_pb2.TokenInfo]  # type: ignore[assignment]
-    """admin"""
+    """admin; refused at once, the response streams it holds open too"""
     SetQuota: _aio.UnaryUnaryMultiCallable[_controller_pb2.SetQuotaRequest, _controller_pb2.Quota]  # type: ignore[assignment]
     """admin"""
     ListQuotas: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListQuotasRequest, _controller_pb2.ListQuotasResponse]  # type: ignore[assignment]
@@ -615,7 +615,7 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.TokenRef,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.TokenInfo, _abc.Awaitable[_controller_pb2.TokenInfo]]:
-        """admin"""
+        """admin; refused at once, the response streams it holds open too"""
 
     @_abc_1.abstractmethod
     def SetQuota(

@@ -39,7 +39,7 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("name", metavar="NAME", help="who it stands for: letters, digits, '.', '_', '-' (up to 64)")
     c.add_argument("--role", choices=ROLES, default="user", help="what its holder may do (user)")
     add_format_flags(c)
-    r = tsub.add_parser("revoke", help="refuse NAME's token from its next call on (a stream open now runs to its end)")
+    r = tsub.add_parser("revoke", help="refuse NAME's token at once (its open watches end too)")
     r.add_argument("name", metavar="NAME")
     add_format_flags(r)
 

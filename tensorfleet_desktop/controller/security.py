@@ -9,6 +9,8 @@ recorded after they end, ok or refused."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +32,7 @@ from tensorfleet_desktop.controller.principals import (
     allow_owner,
     rule_for,
 )
-from tensorfleet_desktop.controller.tokens import PREFIX, TokenBook, claimed_user
+from tensorfleet_desktop.controller.tokens import PREFIX, TokenBook, claimed_user, until_revoked
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # load balancers and probes hold no token
 # A joining pool agent holds no client token: its join credential, checked by the handler itself, admits it
@@ -84,6 +86,9 @@ class ClientTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         self.tokens = tokens
         self.audit = audit
         self.owner = owner
+
+    def revocation(self, principal: Principal) -> contextlib.AbstractContextManager[asyncio.Event | None]:
+        return self.tokens.revocation(principal) if self.tokens is not None else contextlib.nullcontext(None)
 
     def authenticate(self, metadata: Any) -> Principal:
         given, claimed = bearer(metadata), _header(metadata, USER_HEADER)
@@ -153,15 +158,21 @@ class ClientTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
         async def streaming(
             inner: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            with acting_as(principal):
+            with acting_as(principal), outer.revocation(principal) as revoked:
                 try:
                     outer._check(principal, rule, request)
                 except PermissionDenied as exc:
                     outer._record(principal, rule, target_of(request), str(exc), False)
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                source = inner(request, context)
+                if revoked is not None:
+                    source = until_revoked(source, revoked, principal.name)
                 try:
-                    async for item in inner(request, context):
+                    async for item in source:
                         yield item
+                except Unauthenticated as exc:  # its token was revoked while the stream was open
+                    outer._record(principal, rule, target_of(request), str(exc), False)
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
                 except BaseException:
                     outer._record(principal, rule, target_of(request), _said(context), False)
                     raise

@@ -7,14 +7,17 @@ Principal."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.security.secrets import register
@@ -100,6 +103,7 @@ class TokenBook:
         self.client_token = client_token
         self.clock = clock
         self.records: dict[str, TokenRecord] = {}
+        self._open: dict[str, set[asyncio.Event]] = {}  # a name -> one event per stream its token holds open
 
     async def load(self) -> None:
         for key, body in (await self.store.load_team_records("tokens")).items():
@@ -140,7 +144,27 @@ class TokenBook:
             raise NotFoundError(f"no live token named {name.strip()[:80]!r} (`tensorfleet tokens list --all`)")
         record.revoked = True
         self._save(record)
+        for stream in self._open.pop(record.name, ()):  # its open watches end now, not when they next send
+            stream.set()
         return record
+
+    @contextlib.contextmanager
+    def revocation(self, principal: Principal) -> Iterator[asyncio.Event | None]:
+        """An event set when the named token behind `principal` is revoked, for as long as a stream it opened is
+        open; None for the controller's own token (it cannot be revoked)."""
+        if not principal.named_token:
+            yield None
+            return
+        event = asyncio.Event()
+        self._open.setdefault(principal.name, set()).add(event)
+        try:
+            yield event
+        finally:
+            streams = self._open.get(principal.name)
+            if streams is not None:
+                streams.discard(event)
+                if not streams:
+                    del self._open[principal.name]
 
     def authenticate(self, bearer: str, claimed: str = "") -> Principal:
         """The principal a bearer token stands for; Unauthenticated naming why when it stands for none."""
@@ -163,3 +187,28 @@ class TokenBook:
             record.last_used_at = now
             self._save(record)
         return Principal(record.name, record.role, named_token=True)
+
+
+T = TypeVar("T")
+
+
+async def until_revoked(source: AsyncIterator[T], revoked: asyncio.Event, who: str) -> AsyncIterator[T]:
+    """`source`'s items until `revoked` is set: then Unauthenticated, even while `source` has nothing to send (a
+    watch of a quiet cluster), so a revoked token's stream ends at once rather than at its next item."""
+    stop = asyncio.ensure_future(revoked.wait())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(source))
+            done, _ = await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if step not in done:
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                raise Unauthenticated(f"the token of {who} was revoked")
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        stop.cancel()

@@ -4,6 +4,7 @@ role or the job's owner, and `tensorfleet audit` lists who did what, refusals in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from helpers.controller import ControllerProcess, cli_json
+from tensorfleet_desktop.client import AsyncClient, TensorFleetError
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +173,30 @@ def test_resubmitting_a_colleagues_job_and_owned_dataset_names(
         ("resubmit", True),
         ("dataset_reference", False),
     ]
+
+
+async def test_revoking_a_token_ends_the_watch_it_holds_open_at_once(
+    controller_factory: type[ControllerProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch of a quiet cluster sends nothing for hours: revoking its token must end it then, not at its next
+    change (gRPC's WatchJobs, and the HTTP API's event stream of a job)."""
+    controller = controller_factory(tmp_path / "ctl", extra_args=["--http-port", "0"]).start()
+    _as(monkeypatch, None)
+    dave = cli_json(controller.cli("tokens", "create", "dave", "--role", "viewer", "--json"))
+    job = cli_json(controller.cli("submit", "--algorithm", "noop", "--json"))  # no agent: it stays queued
+    events = urllib.request.Request(
+        f"{controller.info['http_url']}/jobs/{job['id']}/events", headers={"Authorization": f"Bearer {dave['token']}"}
+    )
+    sse = await asyncio.to_thread(urllib.request.urlopen, events, timeout=10)
+    _as(monkeypatch, dave["token"])
+    async with AsyncClient(controller.address) as client:
+        stream = client.watch_jobs()
+        assert (await anext(stream))["snapshot"] is True
+        _as(monkeypatch, None)
+        revoke = await asyncio.to_thread(controller.cli, "tokens", "revoke", "dave")
+        assert revoke.returncode == 0, revoke.stderr
+        with pytest.raises(TensorFleetError, match="the token of dave was revoked"):
+            await asyncio.wait_for(anext(stream), 5.0)
+    with sse:
+        rest = await asyncio.wait_for(asyncio.to_thread(sse.read), 5.0)  # returns once the stream has ended
+    assert b"submitted" in rest or b"QUEUED" in rest  # what it had sent before it ended

@@ -32,6 +32,8 @@ from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
 from tensorfleet_desktop.controller.http.jobs import JobId
 from tensorfleet_desktop.controller.model import Job, JobEventRecord
+from tensorfleet_desktop.controller.principals import Principal, Unauthenticated, current
+from tensorfleet_desktop.controller.tokens import TokenBook, until_revoked
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +304,20 @@ async def job_events(
     job = ctx.controller.get(job_id)
     c = ctx.controller
     records = _followed(c, job, start, _all) if follow else _history(c, job, start)
-    return _stream(records, job, start)
+    return _stream(_while_token_valid(records, ctx, current()), job, start)
+
+
+async def _while_token_valid(
+    records: AsyncGenerator[JobEventRecord, None], ctx: HttpContext, principal: Principal
+) -> AsyncGenerator[JobEventRecord, None]:
+    """The records until the named token that opened the stream is revoked: then the stream ends (a client that
+    reconnects is refused), even while the job sends nothing."""
+    tokens: TokenBook | None = ctx.tokens
+    with tokens.revocation(principal) if tokens is not None else contextlib.nullcontext(None) as revoked:
+        source = records if revoked is None else until_revoked(records, revoked, principal.name)
+        with contextlib.suppress(Unauthenticated):
+            async for record in source:
+                yield record
 
 
 # ---------------------------------------------------------------- metrics

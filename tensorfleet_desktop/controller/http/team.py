@@ -79,8 +79,8 @@ async def list_tokens(
 
 @router.delete("/tokens/{name}", response_model=TokenInfo, responses=problems.error_responses(403, 404))
 async def revoke_token(ctx: Ctx, name: Annotated[str, Path(min_length=1, max_length=64)]) -> TokenInfo:
-    """Refuse NAME's live token from its next call on: a stream it opened before (a watch, an upload) runs to its
-    end, so a revoked holder may see events already flowing to them but can start nothing new."""
+    """Refuse NAME's live token at once: its next call, and the watches and event streams it holds open (they end
+    now, even while quiet); an upload already streaming in finishes."""
     return TokenInfo(**_book(ctx).revoke(name).public())
 
 
