@@ -14,6 +14,12 @@ import requests
 from helpers.controller import ControllerProcess
 
 
+def as_token(url: str, token: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """(status, JSON body or None) of one call made with `token`: how a team member's script calls the API."""
+    response = requests.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    return response.status_code, response.json() if response.content else None
+
+
 @dataclass
 class SseEvent:
     event: str  # the `event:` field ("message" when absent)

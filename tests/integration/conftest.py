@@ -7,6 +7,7 @@ their own and look at those (each job has its own id): the module pays for one c
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from helpers.agents import AgentProcess
 from helpers.controller import ControllerProcess
+from helpers.servers import start_secantus
 from helpers.waiting import wait_until
 from tensorfleet_desktop.client import Client
 
@@ -86,3 +88,15 @@ def http_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             agent.signal_stop()
         for agent in agents:
             agent.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB-protocol server for the store's tests: $TENSORFLEET_TEST_MONGODB_URI, else a SecantusDB process."""
+    real = os.environ.get("TENSORFLEET_TEST_MONGODB_URI")
+    if real:
+        yield real.rstrip("/")
+        return
+    server, uri = start_secantus(tmp_path_factory.mktemp("secantus"))
+    yield uri
+    server.stop()

@@ -6,31 +6,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pymongo.errors
 import pytest
 
-from helpers.servers import start_secantus
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.controller.store import open_store
 from tensorfleet_desktop.controller.store.base import JobStore
 from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
-
-
-@pytest.fixture(scope="session")
-def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    real = os.environ.get("TENSORFLEET_TEST_MONGODB_URI")
-    if real:
-        yield real.rstrip("/")
-        return
-    server, uri = start_secantus(tmp_path_factory.mktemp("secantus"))
-    yield uri
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mongodb", marks=pytest.mark.slow)])  # a server process: slow

@@ -5,15 +5,14 @@ role or the job's owner, and `tensorfleet audit` lists who did what, refusals in
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from helpers.controller import ControllerProcess, cli_json
+from helpers.http_api import as_token
 from tensorfleet_desktop.client import AsyncClient, TensorFleetError
 
 pytestmark = pytest.mark.slow
@@ -25,18 +24,6 @@ def _as(monkeypatch: pytest.MonkeyPatch, token: str | None) -> None:
         monkeypatch.delenv("TENSORFLEET_CONTROLLER_TOKEN", raising=False)
     else:
         monkeypatch.setenv("TENSORFLEET_CONTROLLER_TOKEN", token)
-
-
-def _http(url: str, token: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def test_roles_ownership_and_the_audit_log_through_the_cli(
@@ -120,15 +107,15 @@ def test_roles_ownership_and_the_audit_log_through_the_cli(
 
     # the HTTP face: the same tokens, the same table, the same audit log
     api = controller.info["http_url"]
-    assert _http(f"{api}/jobs", bob["token"])[0] == 401
-    status, problem = _http(f"{api}/jobs/{job['id']}/retry", carol["token"], "POST")
+    assert as_token(f"{api}/jobs", bob["token"])[0] == 401
+    status, problem = as_token(f"{api}/jobs/{job['id']}/retry", carol["token"], "POST")
     assert status == 403 and "belongs to alice" in problem["detail"]
-    status, made = _http(f"{api}/jobs", alice["token"], "POST", {"algorithm": "noop"})
+    status, made = as_token(f"{api}/jobs", alice["token"], "POST", {"algorithm": "noop"})
     assert status == 201 and made["submitter"] == "alice", made
-    status, problem = _http(f"{api}/tokens", alice["token"])
+    status, problem = as_token(f"{api}/tokens", alice["token"])
     assert status == 403 and "user alice (user) may not list tokens" in problem["detail"]
-    assert _http(f"{api}/whoami", alice["token"]) == (200, {"name": "alice", "role": "user", "named_token": True})
-    status, http_entries = _http(f"{api}/audit?action=submit", alice["token"])
+    assert as_token(f"{api}/whoami", alice["token"]) == (200, {"name": "alice", "role": "user", "named_token": True})
+    status, http_entries = as_token(f"{api}/audit?action=submit", alice["token"])
     assert status == 200 and [e["ok"] for e in http_entries["entries"]] == [True, True]
 
 
@@ -160,9 +147,11 @@ def test_resubmitting_a_colleagues_job_and_owned_dataset_names(
     assert "dataset shared belongs to alice: only alice or an admin may add versions to it" in theirs.stderr
 
     api = controller.info["http_url"]
-    status, again = _http(f"{api}/jobs/{job['id']}/resubmit", carol["token"], "POST", {})
+    status, again = as_token(f"{api}/jobs/{job['id']}/resubmit", carol["token"], "POST", {})
     assert status == 201 and again["submitter"] == "carol", again
-    status, problem = _http(f"{api}/datasets/shared/references", carol["token"], "POST", {"url": f"file://{tmp_path}"})
+    status, problem = as_token(
+        f"{api}/datasets/shared/references", carol["token"], "POST", {"url": f"file://{tmp_path}"}
+    )
     assert status == 403 and "dataset shared belongs to alice" in problem["detail"], problem
 
     _as(monkeypatch, None)

@@ -6,31 +6,17 @@ the quotas but not set them; an admin's token may, and the audit log records it.
 from __future__ import annotations
 
 import getpass
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from helpers.controller import ControllerProcess, cli_json
+from helpers.http_api import as_token
 from helpers.waiting import wait_until
 from tensorfleet_desktop.client import Client
 
 pytestmark = pytest.mark.slow
-
-
-def _http(url: str, token: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def test_a_job_over_the_tasks_quota_waits_with_the_reason_until_room_frees(
@@ -78,13 +64,13 @@ def test_a_job_over_the_tasks_quota_waits_with_the_reason_until_room_frees(
     boss = cli_json(controller.cli("tokens", "create", "boss", "--role", "admin", "--json"))
     dave = cli_json(controller.cli("tokens", "create", "dave", "--json"))
     api = controller.info["http_url"]
-    status, problem = _http(f"{api}/quotas/dave", dave["token"], "PUT", {"tasks": 5})
+    status, problem = as_token(f"{api}/quotas/dave", dave["token"], "PUT", {"tasks": 5})
     assert status == 403, problem
-    status, quota = _http(f"{api}/quotas/dave", boss["token"], "PUT", {"gpus": 2, "queued": 10})
+    status, quota = as_token(f"{api}/quotas/dave", boss["token"], "PUT", {"gpus": 2, "queued": 10})
     assert (status, quota) == (200, {"user": "dave", "gpus": 2, "tasks": -1, "queued": 10})
-    status, bad = _http(f"{api}/quotas/dave", boss["token"], "PUT", {"gpus": -5})
+    status, bad = as_token(f"{api}/quotas/dave", boss["token"], "PUT", {"gpus": -5})
     assert status == 422, bad
-    status, report = _http(f"{api}/quotas", dave["token"])
+    status, report = as_token(f"{api}/quotas", dave["token"])
     assert status == 200 and [q["user"] for q in report["quotas"]] == ["dave"]
     assert any(u["user"] == user and u["usage"] > 0 for u in report["usage"])
     entries = cli_json(controller.cli("audit", "--action", "quota_set", "--json"))

@@ -3,29 +3,15 @@ filters, and named tokens surviving a restart hashed (SQLite; MongoDB through a 
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers.servers import start_secantus
 from tensorfleet_desktop.controller.audit import AuditLog
 from tensorfleet_desktop.controller.principals import ADMIN, USER, VIEWER, Principal
 from tensorfleet_desktop.controller.store import open_store
 from tensorfleet_desktop.controller.tokens import TokenBook
-
-
-@pytest.fixture(scope="module")
-def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    real = os.environ.get("TENSORFLEET_TEST_MONGODB_URI")
-    if real:
-        yield real.rstrip("/")
-        return
-    server, uri = start_secantus(tmp_path_factory.mktemp("secantus"))
-    yield uri
-    server.stop()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mongodb", marks=pytest.mark.slow)])
