@@ -237,6 +237,12 @@ class SubmitDialog(QDialog):
         self.gpus = QSpinBox()
         self.gpus.setObjectName("gpus")
         self.gpus.setRange(0, 64)
+        self.gpu_memory = QLineEdit()
+        self.gpu_memory.setObjectName("gpu_memory")
+        self.gpu_memory.setPlaceholderText("whole GPUs; or share one: 6GiB, 512MiB")
+        self.gpu_memory.setToolTip(
+            "each worker shares one GPU with other tasks, using at most this much of its memory (torch is capped)"
+        )
         self.priority = QSpinBox()
         self.priority.setObjectName("priority")
         self.priority.setRange(-1000, 1000)
@@ -260,6 +266,7 @@ class SubmitDialog(QDialog):
         self.not_on.setPlaceholderText("agents to avoid")
         res_form.addRow("Workers (tasks / ranks)", self.workers)
         res_form.addRow("GPUs per worker", self.gpus)
+        res_form.addRow("GPU memory per worker", self.gpu_memory)
         res_form.addRow("Priority", self.priority)
         res_form.addRow("", self.preemptible)
         res_form.addRow("", self.allow_restart)
@@ -311,6 +318,7 @@ class SubmitDialog(QDialog):
             self.script_args.textChanged,
             self.sweep_space.textChanged,
             self.timeout.textChanged,
+            self.gpu_memory.textChanged,
             self.run_on.textChanged,
             self.not_on.textChanged,
         ):
@@ -498,6 +506,8 @@ class SubmitDialog(QDialog):
         ):
             if spin.value() != default:
                 spec[key] = spin.value()
+        if self.gpu_memory.text().strip():  # the controller's parser reads the size (jobspec._gpu_share)
+            spec["gpu_memory"] = self.gpu_memory.text().strip()
         if self.preemptible.isChecked() != (self.priority.value() < 0):  # said only when it is not the default
             spec["preemptible"] = self.preemptible.isChecked()
         if self.preemptible.isChecked() and self.allow_restart.isChecked():
@@ -584,6 +594,7 @@ class SubmitDialog(QDialog):
             "model_name": self.model_name,
             "num_workers": self.workers,
             "gpus": self.gpus,
+            "gpu_memory": self.gpu_memory,
             "priority": self.priority,
             "preemptible": self.preemptible,
             "allow_restart": self.allow_restart,

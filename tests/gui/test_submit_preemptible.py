@@ -40,3 +40,17 @@ def test_preemptible_follows_the_priority_until_chosen(qtbot: Any) -> None:
     spec = dialog.spec()
     assert spec["preemptible"] is False and "allow_restart" not in spec
     assert not parse_job_spec(spec).preemptible
+
+
+def test_gpu_memory_shares_a_gpu_and_a_bad_size_is_named(qtbot: Any) -> None:
+    dialog = dialog_for(qtbot)
+    dialog.gpu_memory.setText("6GiB")
+    parsed = parse_job_spec(dialog.spec())
+    assert (parsed.gpus, parsed.gpu_memory) == (1, 6 << 30)
+    dialog.gpu_memory.setText("six gigs")
+    dialog.validate()
+    assert dialog.error_label.text().startswith("gpu_memory:") and "six gigs" in dialog.error_label.text()
+    dialog.gpu_memory.setText("")
+    dialog.gpus.setValue(2)
+    dialog.validate()
+    assert "gpu_memory" not in dialog.spec() and dialog.error_label.text() == ""
