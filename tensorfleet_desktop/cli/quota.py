@@ -119,7 +119,7 @@ def _list(report: dict[str, Any], args: argparse.Namespace) -> int:
         return "-" if value < 0 else str(value)
 
     print_table(
-        ["USER", "GPUS", "TASKS", "QUEUED", "RUNNING", "GPUS NOW", "WAITING", "USAGE (GPU·s)", "SHARE"],
+        ["USER", "GPUS", "TASKS", "QUEUED", "RUNNING", "GPUS NOW", "WAITING", "USAGE (GPU·s, CPU slot·s)", "SHARE"],
         (
             [
                 r["user"],
