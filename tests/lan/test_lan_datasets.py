@@ -22,13 +22,14 @@ import pytest
 from helpers.lan import Lan
 from helpers.lan_cluster import LanCluster
 from tensorfleet_agent.core.manifest import CHUNK_BYTES
+from tensorfleet_agent.runtime.peer_blobs import READ_BYTES
 
 pytestmark = [pytest.mark.slow, pytest.mark.lan]
 LAN_HOSTS = ["ctl", "h1", "h2", "h3"]
 LAN_AGENTS = ["h1", "h2", "h3"]
 NAME = "peers"
 MANIFEST_AT_MOST = 4096  # the version's manifest (11 files: ~1.5 KB) comes with the task, from the controller
-WIRE_OVERHEAD = 1.09  # bytes on the link per byte of data at most (a re-fetched half chunk would add ~12 %)
+WIRE_OVERHEAD = 1.05  # bytes on the link per byte of data at most: TCP/IP, TLS and gRPC framing
 SLOW_LINK = "40mbit"  # the two holders' links while the third agent reads from them: a few seconds of transfer
 READER = """
 import hashlib, os
@@ -150,9 +151,11 @@ def test_a_peer_killed_mid_transfer_is_replaced(
     assert moved["peer_failures"] >= 1 and moved["peers_used"] == 2, moved
     assert moved["bytes_from_controller"] <= MANIFEST_AT_MOST, moved
     assert moved["bytes_from_peers"] == size, moved
-    # the broken streams resumed at their offsets: the link carried one copy and its framing (TCP/IP, TLS, gRPC:
-    # ~5 %), not the killed peer's half chunk again
-    assert received < size * WIRE_OVERHEAD, (received, size)
+    # the broken streams resumed at their offsets (bytes_from_peers above counts every byte kept, so a blob fetched
+    # again from 0 would exceed the size): the link carried one copy and its framing, plus at most one message per
+    # broken stream that was on the wire when its peer died (gRPC hands over whole messages: a part is lost)
+    lost_in_flight = moved["peer_failures"] * READ_BYTES
+    assert received < size * WIRE_OVERHEAD + lost_in_flight, (received, size, moved["peer_failures"])
     fault_figures(
         killed=killed,
         survivor=survivor,
