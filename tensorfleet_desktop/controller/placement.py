@@ -23,7 +23,7 @@ from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.capacity import DEMAND_AFTER, DEMAND_SCAN, CapacitySource, Waiting, plain_reason
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.fair_share import FairQueue
-from tensorfleet_desktop.controller.gpu_share import agent_capacity
+from tensorfleet_desktop.controller.gpu_share import agent_capacity, shares_gpu
 from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
@@ -215,7 +215,7 @@ class Placement:
         queue.add_many((job.id, job.priority, job.seq_no, user_of(job)) for job in new)
         self._sweeps.update(job.id for job in new if job.mode == "sweep")
         self._sharing.add_many(
-            (j.id, j.priority, j.seq_no, user_of(j)) for j in new if _shares(j) and j.id not in self._sharing
+            (j.id, j.priority, j.seq_no, user_of(j)) for j in new if shares_gpu(j.spec) and j.id not in self._sharing
         )
         if len(queue) - len(open_) > _COMPACT + len(open_) // 4:  # amortized: a pass skips few
             queue.compact(open_)
@@ -390,8 +390,3 @@ class Placement:
             gpu_memory=int(job.spec.get("gpu_memory") or 0),  # each rank shares one GPU (gpu_share.py)
             gpu_fraction=float(job.spec.get("gpu_fraction") or 0.0),
         )
-
-
-def _shares(job: Job) -> bool:
-    """Does the job's every rank share a GPU by memory (scheduler.shares for its requests)?"""
-    return bool(job.spec.get("gpu_memory") or job.spec.get("gpu_fraction"))

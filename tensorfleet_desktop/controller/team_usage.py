@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tensorfleet_desktop.controller import principals
 from tensorfleet_desktop.controller.fair_share import FairQueue, Holding, Holdings, UsageBook
 from tensorfleet_desktop.controller.gpu_share import gpu_amount, share_bytes
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask
@@ -22,7 +23,7 @@ RESCAN_EVERY = 30.0  # seconds between full recounts of what runs (a safety net:
 
 def user_of(job: Job) -> str:
     """The user a job counts for: its submitter (a job stored before names were users says `user@host`)."""
-    return job.submitter.split("@", 1)[0].strip() or job.submitter
+    return principals.user_of(job.submitter) or job.submitter
 
 
 class TeamUsage:
