@@ -799,6 +799,7 @@ class TaskSpec(_message.Message):
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     DATASET_MOUNT_FIELD_NUMBER: _builtins.int
     GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    TRIALS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """caller-chosen, [A-Za-z0-9._-], unique per agent"""
     job_id: _builtins.str
@@ -861,6 +862,13 @@ class TaskSpec(_message.Message):
     def dataset_mount(self) -> Global___DatasetMount:
         """a dataset version the task reads at TENSORFLEET_DATASET_DIR; unset: none"""
 
+    @_builtins.property
+    def trials(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundledTrial]:
+        """A bundle of a sweep's short trials (issue 21): each runs in this task's worker, one after another and before
+        the task's own run (params_json, itself a trial), as the workload called with that trial's params; the events
+        of each carry TaskEvent.trial, a failing one ends with TrialEnded(ok=false) and the next one starts.
+        """
+
     def __init__(
         self,
         *,
@@ -888,14 +896,41 @@ class TaskSpec(_message.Message):
         max_restarts: _builtins.int = ...,
         dataset_mount: Global___DatasetMount | None = ...,
         gpu_memory_bytes: _builtins.int = ...,
+        trials: _abc.Iterable[Global___BundledTrial] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset_mount", b"dataset_mount", "rendezvous", b"rendezvous"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_mount", b"dataset_mount", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "group_rank", b"group_rank", "group_world_size", b"group_world_size", "inputs", b"inputs", "job_id", b"job_id", "local_rank", b"local_rank", "local_world_size", b"local_world_size", "max_restarts", b"max_restarts", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_mount", b"dataset_mount", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "group_rank", b"group_rank", "group_world_size", b"group_world_size", "inputs", b"inputs", "job_id", b"job_id", "local_rank", b"local_rank", "local_world_size", b"local_world_size", "max_restarts", b"max_restarts", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "trials", b"trials", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class BundledTrial(_message.Message):
+    """One trial of a bundle (TaskSpec.trials): the sweep's task index and its parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    PARAMS_JSON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """the trial's task index in its job"""
+    params_json: _builtins.str
+    """JSON object, checked against the workload's schema as params_json is"""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        params_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "params_json", b"params_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BundledTrial: _TypeAlias = BundledTrial  # noqa: Y015
 
 @_typing.final
 class DatasetMount(_message.Message):
@@ -1712,6 +1747,36 @@ class Finished(_message.Message):
 Global___Finished: _TypeAlias = Finished  # noqa: Y015
 
 @_typing.final
+class TrialEnded(_message.Message):
+    """A bundled trial ended (TaskEvent.trial says which); the bundle's next trial starts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    """the workload returned"""
+    error: _builtins.str
+    """"" on success; else the exception"""
+    duration_seconds: _builtins.float
+    """wall time of the trial"""
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        duration_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_seconds", b"duration_seconds", "error", b"error", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrialEnded: _TypeAlias = TrialEnded  # noqa: Y015
+
+@_typing.final
 class TaskEvent(_message.Message):
     """One thing that happened to a task; exactly one payload is set."""
 
@@ -1720,6 +1785,7 @@ class TaskEvent(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    TRIAL_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
@@ -1729,12 +1795,17 @@ class TaskEvent(_message.Message):
     FINISHED_FIELD_NUMBER: _builtins.int
     ENVIRONMENT_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
+    TRIAL_ENDED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """TaskSpec.task_id"""
     seq: _builtins.int
     """1, 2, 3... per task, gap-free (journaled before it is sent)"""
     time: _builtins.float
     """unix seconds when the agent journaled it"""
+    trial: _builtins.int
+    """A bundled trial's event (TaskSpec.trials): its index + 1; 0: the task's own. A trial starts with
+    StateChanged RUNNING and ends with TrialEnded.
+    """
     @_builtins.property
     def state(self) -> Global___StateChanged:
         """the task moved to ACCEPTED or RUNNING"""
@@ -1771,12 +1842,17 @@ class TaskEvent(_message.Message):
     def dataset(self) -> Global___DatasetTransfer:
         """the task's dataset version is mounted; how it got here"""
 
+    @_builtins.property
+    def trial_ended(self) -> Global___TrialEnded:
+        """a bundled trial ended (trial says which)"""
+
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         seq: _builtins.int = ...,
         time: _builtins.float = ...,
+        trial: _builtins.int = ...,
         state: Global___StateChanged | None = ...,
         log: Global___LogLine | None = ...,
         metric: Global___MetricPoint | None = ...,
@@ -1786,12 +1862,13 @@ class TaskEvent(_message.Message):
         finished: Global___Finished | None = ...,
         environment: Global___EnvironmentReady | None = ...,
         dataset: Global___DatasetTransfer | None = ...,
+        trial_ended: Global___TrialEnded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "dataset", b"dataset", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "state", b"state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "dataset", b"dataset", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "state", b"state", "trial_ended", b"trial_ended"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "dataset", b"dataset", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "seq", b"seq", "state", b"state", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "checkpoint", b"checkpoint", "dataset", b"dataset", "environment", b"environment", "finished", b"finished", "log", b"log", "metric", b"metric", "payload", b"payload", "progress", b"progress", "seq", b"seq", "state", b"state", "task_id", b"task_id", "time", b"time", "trial", b"trial", "trial_ended", b"trial_ended"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state", "log", "metric", "progress", "checkpoint", "artifact", "finished", "environment", "dataset"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["state", "log", "metric", "progress", "checkpoint", "artifact", "finished", "environment", "dataset", "trial_ended"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

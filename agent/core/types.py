@@ -125,6 +125,14 @@ class TaskSpec:
     dataset_mount: DatasetMount | None = None  # materialized read-only once per version (runtime/datasets.py)
     # > 0: the task shares one GPU with others (gpus is then 1), promised this many bytes of its memory
     gpu_memory_bytes: int = 0
+    # a sweep's short trials run in this task's worker before its own run (proto TaskSpec.trials)
+    trials: tuple[BundledTrial, ...] = ()
+
+
+@dataclass(frozen=True)
+class BundledTrial:
+    index: int  # the trial's task index in its job
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -305,6 +313,15 @@ class Finished:
     duration_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class TrialEnded:
+    """A bundled trial ended (its TaskEvent.trial says which)."""
+
+    ok: bool
+    error: str = ""
+    duration_seconds: float = 0.0
+
+
 EventPayload = (
     StateChanged
     | LogLine
@@ -314,6 +331,7 @@ EventPayload = (
     | ArtifactReady
     | EnvironmentReady
     | DatasetTransfer
+    | TrialEnded
     | Finished
 )
 
@@ -324,6 +342,7 @@ class TaskEvent:
     seq: int
     time: float
     payload: EventPayload
+    trial: int = -1  # a bundled trial's event: its task index (TaskSpec.trials); -1: the task's own
 
 
 @dataclass(frozen=True)

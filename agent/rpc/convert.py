@@ -15,6 +15,7 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import (
     ArtifactReady,
     BlobRef,
+    BundledTrial,
     CheckpointSaved,
     DatasetMount,
     DatasetTransfer,
@@ -39,6 +40,7 @@ from tensorfleet_agent.core.types import (
     TaskState,
     TaskSummary,
     Telemetry,
+    TrialEnded,
 )
 from tensorfleet_agent.core.validation import parse_params_json
 
@@ -162,6 +164,9 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
         group_world_size=spec.group_world_size,
         max_restarts=spec.max_restarts,
         gpu_memory_bytes=spec.gpu_memory_bytes,
+        trials=[
+            pb.BundledTrial(index=t.index, params_json=json.dumps(t.params, separators=(",", ":"))) for t in spec.trials
+        ],
     )
     if spec.dataset_mount is not None:
         mount = spec.dataset_mount
@@ -213,6 +218,10 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         group_world_size=msg.group_world_size,
         max_restarts=msg.max_restarts,
         gpu_memory_bytes=msg.gpu_memory_bytes,
+        trials=tuple(
+            BundledTrial(t.index, parse_params_json(t.params_json, f"spec.trials[{i}].params_json"))
+            for i, t in enumerate(msg.trials)
+        ),
         rendezvous=(
             Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None
         ),
@@ -503,7 +512,7 @@ def dataset_transfer_from_pb(d: pb.DatasetTransfer) -> DatasetTransfer:
 
 
 def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
-    msg = pb.TaskEvent(task_id=event.task_id, seq=event.seq, time=event.time)
+    msg = pb.TaskEvent(task_id=event.task_id, seq=event.seq, time=event.time, trial=event.trial + 1)
     p = event.payload
     if isinstance(p, StateChanged):
         msg.state.CopyFrom(pb.StateChanged(state=state_to_pb(p.state), message=p.message))
@@ -521,6 +530,8 @@ def event_to_pb(event: TaskEvent) -> pb.TaskEvent:
         msg.environment.CopyFrom(environment_to_pb(p))
     elif isinstance(p, DatasetTransfer):
         msg.dataset.CopyFrom(dataset_transfer_to_pb(p))
+    elif isinstance(p, TrialEnded):
+        msg.trial_ended.CopyFrom(pb.TrialEnded(ok=p.ok, error=p.error, duration_seconds=p.duration_seconds))
     elif isinstance(p, Finished):
         msg.finished.CopyFrom(
             pb.Finished(
@@ -555,13 +566,16 @@ def event_from_pb(msg: pb.TaskEvent) -> TaskEvent:
         payload = environment_from_pb(msg.environment)
     elif which == "dataset":
         payload = dataset_transfer_from_pb(msg.dataset)
+    elif which == "trial_ended":
+        t = msg.trial_ended
+        payload = TrialEnded(t.ok, t.error, t.duration_seconds)
     elif which == "finished":
         f = msg.finished
         cause = EXIT_CAUSE.from_pb(f.exit_cause, "finished.exit_cause")
         payload = Finished(state_from_pb(f.status), cause, f.error, f.duration_seconds)
     else:
         raise ValueError(f"task event {msg.task_id}#{msg.seq} has no payload")
-    return TaskEvent(msg.task_id, msg.seq, msg.time, payload)
+    return TaskEvent(msg.task_id, msg.seq, msg.time, payload, msg.trial - 1)
 
 
 # A TaskEvent framed as one entry of TaskEventBatch.events (field 1, length-delimited): the journal's record.
