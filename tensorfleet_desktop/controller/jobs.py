@@ -77,6 +77,10 @@ class JobMachine:
                 self.open[job.id] = job
             self._seq_no = max(self._seq_no, job.seq_no)
         for job in list(self.open.values()):
+            for task in job.tasks:
+                # a trial that rode in a bundle (attempts.py): the bundle is followed for its own trial only now
+                if task.state.active and not task.agent_task_id:
+                    task.state = TaskRunState.PENDING
             if job.mode != "sweep" and job.tasks and all(t.state is TaskRunState.SUCCEEDED for t in job.tasks):
                 if job.mode == "shards" and not any(a.task_index == -1 for a in job.artifacts):
                     self.effects.merge_shards(job)
