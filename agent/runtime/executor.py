@@ -41,6 +41,7 @@ from tensorfleet_agent.core.types import (
     TaskSpec,
     TaskState,
     TaskSummary,
+    TrialEnded,
 )
 from tensorfleet_agent.metrics import AgentMetrics
 from tensorfleet_agent.runtime.blobs import BlobStore
@@ -94,6 +95,7 @@ _SHARE_CHECK_PERIOD = 1.0
 _SIGTERM_SETTLE = 1.0
 #: Workload categories that can save a checkpoint and stop when asked (SIGUSR1); the others are stopped at once.
 CHECKPOINTING = frozenset({"torch", "script"})
+_SEEDS = ("random_state", "seed")  # the params the reproducibility line names
 
 
 @dataclass
@@ -117,6 +119,7 @@ class _Running:
     going: asyncio.Event = field(default_factory=asyncio.Event)
     gpu_share: int = 0  # bytes of its GPU's memory it was promised (it shares the GPU of its one slot); 0: none
     over_share: bool = False  # its processes use more than gpu_share now (said once per crossing in its log)
+    trial: int = -1  # the bundled trial (TaskSpec.trials) its worker runs now: its events carry it; -1: its own run
 
 
 @dataclass
@@ -681,16 +684,18 @@ class Executor:
             for message in messages:
                 kind = message.get("t")
                 if kind == "started":
-                    spec = running.spec
-                    seeds = {k: v for k, v in spec.params.items() if k in ("random_state", "seed")}
-                    self._append(
-                        running,
-                        LogLine(
-                            "agent",
-                            f"reproducibility: versions {json.dumps(message.get('versions', {}))}"
-                            f" seeds {json.dumps(seeds)} attempt {spec.attempt}",
-                        ),
-                    )
+                    self._append(running, LogLine("agent", _reproducibility(running.spec, message)))
+                    continue
+                if kind == "trial":  # a bundled trial starts: what follows is its, until its trial_end
+                    running.trial = int(message["index"])
+                    self._append(running, StateChanged(TaskState.RUNNING, f"trial {running.trial}"))
+                    continue
+                if kind == "trial_end":
+                    for line in str(message.get("traceback", "")).rstrip().splitlines():
+                        self._append(running, LogLine("stderr", line))
+                    ok, error = message.get("ok") is True, str(message.get("error", ""))
+                    self._append(running, TrialEnded(ok, error, float(message.get("seconds", 0.0))))
+                    running.trial = -1
                     continue
                 if kind == "done":
                     worker.alone = message.get("alone") is True
@@ -745,7 +750,7 @@ class Executor:
 
     def _append(self, running: _Running, payload: EventPayload) -> None:
         if not running.entry.finished:
-            self.journal.append(running.spec.task_id, payload)
+            self.journal.append(running.spec.task_id, payload, running.trial)
 
     def _link_inputs(self, running: _Running) -> None:
         inputs = running.entry.directory / "work" / "inputs"
@@ -959,6 +964,17 @@ def _payloads(message: dict[str, Any]) -> list[EventPayload]:
             CheckpointSaved(str(message["sha256"]), int(message["size"]), int(message["step"]), str(message["name"]))
         ]
     return []  # "started" and unknown kinds are not task events
+
+
+def _reproducibility(spec: TaskSpec, started: dict[str, Any]) -> str:
+    """The task's one reproducibility line: the worker's package versions, its seeds and, for a bundle, each trial's
+    seeds by trial index (one line for the whole bundle: a line per trial would cost each trial a journal record)."""
+    seeds = {k: v for k, v in spec.params.items() if k in _SEEDS}
+    line = f"reproducibility: versions {json.dumps(started.get('versions', {}))} seeds {json.dumps(seeds)}"
+    if spec.trials:
+        trial_seeds = {t.index: {k: v for k, v in t.params.items() if k in _SEEDS} for t in spec.trials}
+        line += f" trial seeds {json.dumps({i: s for i, s in trial_seeds.items() if s}, separators=(',', ':'))}"
+    return f"{line} attempt {spec.attempt}"
 
 
 def _mark_preempted(running: _Running, reason: str) -> None:

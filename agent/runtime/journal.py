@@ -203,12 +203,13 @@ class Journal:
         self._logs[task_id] = entry
         return entry
 
-    def append(self, task_id: str, payload: EventPayload) -> TaskEvent:
-        """Assign the next seq and queue the event for the group commit; never blocks."""
+    def append(self, task_id: str, payload: EventPayload, trial: int = -1) -> TaskEvent:
+        """Assign the next seq and queue the event for the group commit; never blocks. `trial`: the bundled trial
+        (TaskSpec.trials) the event is about; -1 for the task's own."""
         entry = self.get(task_id)
         if entry.finished:
             raise RuntimeError(f"task {task_id} already finished; event {payload!r} dropped")
-        event = TaskEvent(task_id, entry.next_seq, time.time(), payload)
+        event = TaskEvent(task_id, entry.next_seq, time.time(), payload, trial)
         entry.next_seq += 1
         entry._observe(event)
         assert entry.records is not None

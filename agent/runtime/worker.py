@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, TextIO
@@ -162,6 +163,48 @@ def _disk_full_note(exc: BaseException, task_dir: Path) -> str:
     return ""
 
 
+def _run_trials(
+    entry: Any,
+    spec: dict[str, Any],
+    trials: list[dict[str, Any]],
+    context: task_api.TaskContext,
+    channel: EventChannel,
+    streams: tuple[_LogStream, _LogStream],
+) -> None:
+    """A sweep's bundled trials (TaskSpec.trials), one after another in this process: no fork, no new worker, the
+    imports and the dataset (workloads/datasets.load) already here, so a trial costs its fit and little else. Each
+    is framed by a `trial` and a `trial_end` message (the agent tags what comes between with its index). One that
+    raises ends as a failed trial and the next starts; Stopped, SystemExit and the like end the whole task, as
+    they would its own run."""
+    for trial in trials:
+        if context.stop:  # a pause asked between two trials: stop before the next one, as a workload would
+            raise task_api.Stopped(f"stopped on request before trial {trial['index']}")
+        index = int(trial["index"])
+        context.spec = {**spec, "params": trial["params"], "trial": index}
+        channel.send({"t": "trial", "index": index})
+        start = time.perf_counter()
+        try:
+            entry(trial["params"])
+        except task_api.Stopped:
+            raise
+        except Exception as exc:
+            for stream in streams:
+                stream.flush()
+            channel.send(
+                {
+                    "t": "trial_end",
+                    "ok": False,
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+        else:
+            for stream in streams:
+                stream.flush()
+            channel.send({"t": "trial_end", "ok": True, "seconds": time.perf_counter() - start})
+
+
 def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     spec = command["spec"]
     os.environ["TENSORFLEET_JOB_ID"] = str(spec.get("job_id", ""))
@@ -185,7 +228,12 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     sys.stdout, sys.stderr = out, err
     try:
         channel.send({"t": "started", "pid": os.getpid(), "versions": package_versions()})
-        _resolve(command["entry"])(spec["params"])
+        entry = _resolve(command["entry"])
+        trials = spec.get("trials") or ()
+        if trials:
+            _run_trials(entry, spec, trials, context, channel, (out, err))
+            context.spec = spec  # the task's own run: its own params again
+        entry(spec["params"])
     except task_api.Stopped as exc:  # checkpointed and stopped on request: the job is being paused
         out.flush()
         err.flush()

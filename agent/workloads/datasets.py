@@ -6,6 +6,7 @@ can refuse one it cannot learn (a classifier on a regression target) before anyt
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,14 +200,37 @@ def get_dataset(name: str) -> DatasetDef:
     return _BY_NAME[name]
 
 
-def load(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[str]]:
-    """(X, y, feature names, class names); class names are empty for regression."""
-    from sklearn import datasets
+_last: tuple[str, Any, Any, list[str], list[str]] | None = None  # see load()
 
+
+def load(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[str]]:
+    """(X, y, feature names, class names); class names are empty for regression.
+
+    A built-in dataset is made once per process and handed out again to the next call with the same name and
+    parameters: a sweep's bundled trials (TaskSpec.trials) all run in one worker, and loading iris (a CSV parse)
+    would cost each more than its fit. Only the last one is kept, so a process holds at most one dataset more than
+    its task uses: a task's worker is forked fresh from the fork server (it starts with none), and a reused worker
+    (--no-fork-server) serves the next task of the same job, on the same data. The arrays are handed out
+    read-only, so no task can change what the next one trains on (the workloads split them into copies); the name
+    lists are copies. A user's CSV (user:<sha256>) is read each time: it is the task's own input file."""
+    global _last
     if is_user_dataset(name):
         from tensorfleet_agent import task
 
         return load_user(task.input_path(str(params["file"])), params)
+    key = json.dumps([name, params], sort_keys=True)
+    if _last is None or _last[0] != key:
+        x, y, features, classes = _make(name, params)
+        for array in (x, y):
+            array.flags.writeable = False
+        _last = (key, x, y, features, classes)
+    _key, x, y, features, classes = _last
+    return x, y, list(features), list(classes)
+
+
+def _make(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[str]]:
+    """A built-in dataset, made afresh."""
+    from sklearn import datasets
 
     if name == "make_classification":
         x, y = datasets.make_classification(
