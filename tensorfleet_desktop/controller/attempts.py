@@ -8,11 +8,21 @@ import asyncio
 import dataclasses
 import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from tensorfleet_agent.core.manifest import exchange_order
 from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR, MANIFEST_INPUT
-from tensorfleet_agent.core.types import BlobRef, ExitCause, Finished, PeerSource, Rendezvous, TaskSpec, TaskState
+from tensorfleet_agent.core.types import (
+    BlobRef,
+    BundledTrial,
+    ExitCause,
+    Finished,
+    PeerSource,
+    Rendezvous,
+    TaskSpec,
+    TaskState,
+)
 from tensorfleet_agent.workloads.datasets import is_user_dataset
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.artifacts import Artifacts
@@ -97,6 +107,10 @@ class Attempts:
         # attempt -> (node id, GPU index, bytes) of each attempt sent to share a GPU, while its agent holds it for
         # us: placement counts these beside the agent's telemetry, so nothing is promised twice between samples
         self.gpu_shares: dict[str, tuple[str, int, int]] = {}
+        # attempt -> the sweep trials riding in its bundle (placement._bundles), by task index: they have no attempt
+        # of their own, their events come tagged on this one's stream (Ingest.apply); forgotten at a restart, when
+        # JobMachine.restore queues them again
+        self.riders: dict[str, dict[int, JobTask]] = {}
         agents.subscribe(self._on_agent)
 
     def shares_held(self, views: list[AgentView]) -> dict[str, list[tuple[int, int]]]:
@@ -128,8 +142,11 @@ class Attempts:
         agent: AgentView,
         layout: RankLayout | None = None,
         gpu_share: tuple[int, int] | None = None,
+        riders: Sequence[JobTask] = (),
     ) -> None:
-        """Start an attempt of the task on the agent; `gpu_share`: (GPU index, bytes) when it shares a GPU."""
+        """Start an attempt of the task on the agent; `gpu_share`: (GPU index, bytes) when it shares a GPU;
+        `riders`: a sweep's trials its worker runs first, in the same agent task (docs/architecture.md, "Trial
+        bundles")."""
         task.attempt += 1
         task.agent_task_id = attempt_id(job.id, task.index, task.attempt)
         task.node_id, task.cursor, task.progress = agent.node_id, 0, 0.0
@@ -148,6 +165,16 @@ class Attempts:
             job.started_at = job.started_at or self.clock.time()
             self.events.job_changed(job, "started")
         self.events.task_event(job, task, f"placed on {agent.name}")
+        if riders:
+            self.riders[task.agent_task_id] = {r.index: r for r in riders}
+            for rider in riders:
+                rider.attempt += 1
+                rider.agent_task_id = ""  # the bundle's attempt is the lead's: cancel, slots and events go by it
+                rider.node_id, rider.cursor, rider.progress = agent.node_id, 0, 0.0
+                rider.sklearn_version = agent.sklearn_version
+                rider.state, rider.error, rider.exit_cause = TaskRunState.DISPATCHED, "", ""
+                rider.started_at, rider.finished_at = self.clock.time(), 0.0
+                self.events.task_event(job, rider, f"placed on {agent.name} in a bundle with trial {task.index}")
         self.sending.add(task.agent_task_id)
         self.background.spawn(self._run(job, task, agent, task.agent_task_id, layout))
 
@@ -174,6 +201,9 @@ class Attempts:
             group_world_size=local.group_world_size,
             max_restarts=int(spec.get("max_retries", 2)),
             gpu_memory_bytes=self._gpu_memory(spec, task.agent_task_id),
+            trials=tuple(
+                BundledTrial(r.index, dict(r.params or {})) for r in self.riders.get(task.agent_task_id, {}).values()
+            ),
         )
 
     def _gpu_memory(self, spec: dict[str, Any], attempt: str) -> int:
@@ -761,10 +791,14 @@ class Attempts:
                     async for event in self.agents.watch_task(task.node_id, attempt, task.cursor):
                         if task.agent_task_id != attempt:
                             return
-                        ended = self.ingest.apply(job, task, event)
-                        if ended is not None:
-                            self.ended(job, task, *ended)
+                        ended = self.ingest.apply(job, task, event, self.riders.get(attempt))
+                        if ended is None:
+                            continue
+                        whose, fin, base = ended
+                        if whose is task:
+                            self.ended(job, task, fin, base)
                             return
+                        self.machine.task_finished(job, whose, fin, dict(base))  # a rider's trial ended
                 except TaskUnknown:
                     if task.agent_task_id == attempt:
                         lost = Finished(TaskState.FAILED, "worker_lost", "the agent no longer knows this task")
@@ -779,6 +813,20 @@ class Attempts:
 
     def ended(self, job: Job, task: JobTask, fin: Finished, base: Base | None = None) -> None:
         self.agents.release(task.node_id, task.agent_task_id)
+        left = [r for r in self.riders.pop(task.agent_task_id, {}).values() if r.state.active]
+        running = [r for r in left if r.state is TaskRunState.RUNNING]
+        if running and fin.status is not TaskState.SUCCEEDED:
+            # The bundle ended during a rider's trial (a crash, the memory limit, its timeout): that trial takes the
+            # end; the rest, the task's own trial included, never started: queued again, nothing spent.
+            for rider in running:
+                self.machine.task_finished(job, rider, fin, {"task_index": rider.index})
+            task.agent_task_id = ""
+            waiting = [t for t in (*left, task) if t not in running]
+            self.machine.requeue(job, waiting, f"its bundle ended before it ran ({fin.exit_cause})")
+            self.machine.wake.set()
+            return
+        if left:  # trials of the bundle it never reached (or whose end it did not say): queued again
+            self.machine.requeue(job, left, f"its bundle ended before it ran ({fin.exit_cause})")
         self.machine.task_finished(job, task, fin, dict(base) if base else None)
 
     # ---- stopping
@@ -790,6 +838,7 @@ class Attempts:
         if not attempt:
             return
         task.stale_attempts.append(attempt)
+        self.riders.pop(attempt, None)  # the job's own transition (cancel, pause, requeue) moves them too
         watcher = self.watchers.pop(attempt, None)
         if watcher is not None:
             watcher.cancel()
@@ -826,7 +875,7 @@ class Attempts:
 
     def checkpoint_and_stop(self, job: Job, task: JobTask) -> bool:
         agent = self.agents.agent(task.node_id)
-        if agent is None or not agent.online:
+        if agent is None or not agent.online or not task.agent_task_id:  # a rider stops with its bundle
             return False
         self.background.spawn(self._stop_at_checkpoint(job, task, agent, task.agent_task_id))
         return True

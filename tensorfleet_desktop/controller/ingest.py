@@ -3,6 +3,7 @@ stored cursor (a replay after a reconnect is dropped), applied to the job's summ
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from tensorfleet_agent.core.types import (
@@ -10,6 +11,7 @@ from tensorfleet_agent.core.types import (
     CheckpointSaved,
     DatasetTransfer,
     EnvironmentReady,
+    ExitCause,
     Finished,
     LogLine,
     MetricPoint,
@@ -17,6 +19,7 @@ from tensorfleet_agent.core.types import (
     StateChanged,
     TaskEvent,
     TaskState,
+    TrialEnded,
 )
 from tensorfleet_desktop.controller.artifacts import Artifacts
 from tensorfleet_desktop.controller.dataset_holders import Holders
@@ -46,17 +49,32 @@ class Ingest:
         self.metrics = metrics
         self.clock = clock
 
-    def apply(self, job: Job, task: JobTask, event: TaskEvent) -> tuple[Finished, Base] | None:
-        """Apply one event of the task's current attempt. A new end of the attempt is returned (with the fields
-        its record carries) for the caller to settle; everything else is recorded here."""
-        if event.seq <= task.cursor:
+    def apply(
+        self, job: Job, lead: JobTask, event: TaskEvent, riders: Mapping[int, JobTask] | None = None
+    ) -> tuple[JobTask, Finished, Base] | None:
+        """Apply one event of the task's current attempt. A new end of the attempt, or of a trial riding in its
+        bundle (`riders`, by index: the event's `trial` says whose it is), is returned with the task it ends and
+        the fields its record carries, for the caller to settle; everything else is recorded here."""
+        if event.seq <= lead.cursor:
             return None  # already stored: a replay after a reconnect
-        task.cursor = event.seq
+        lead.cursor = event.seq
+        task = lead
+        if event.trial >= 0 and event.trial != lead.index:
+            rider = (riders or {}).get(event.trial)
+            if rider is None or not rider.state.active:
+                return None  # a trial no longer followed here (pruned, or queued again after a restart)
+            task = rider
         p = event.payload
         base: Base = {"attempt_id": event.task_id, "agent_seq": event.seq, "task_index": task.index}
         record = self.events.record
         if isinstance(p, Finished):
-            return p, base
+            return lead, p, base
+        if isinstance(p, TrialEnded):
+            if task is lead:
+                return None  # the task's own run ends with Finished
+            status = TaskState.SUCCEEDED if p.ok else TaskState.FAILED
+            cause = ExitCause.COMPLETED if p.ok else ExitCause.EXCEPTION
+            return task, Finished(status, cause, p.error, p.duration_seconds), base
         if isinstance(p, StateChanged):
             if p.state is TaskState.RUNNING:
                 task.state = TaskRunState.RUNNING
@@ -94,7 +112,7 @@ class Ingest:
             record(job, "progress", base, value=p.fraction)
             self.events.touched(job)
         elif isinstance(p, ArtifactReady | CheckpointSaved):
-            self._saved(job, task, event, base)
+            self._saved(job, task, event, base, attempt=task.attempt if task is not lead else 0)
         return None
 
     def late(self, job: Job, task: JobTask, node: str, event: TaskEvent) -> bool:
@@ -112,14 +130,15 @@ class Ingest:
             self.events.record(job, "log", base, stream=p.stream, message=p.line)
         return False
 
-    def _saved(self, job: Job, task: JobTask, event: TaskEvent, base: Base, node: str = "") -> None:
-        """A file the attempt saved: kept with the job (copied from `node`, the attempt's agent) and recorded."""
+    def _saved(self, job: Job, task: JobTask, event: TaskEvent, base: Base, node: str = "", attempt: int = 0) -> None:
+        """A file the attempt saved: kept with the job (copied from `node`, the attempt's agent) and recorded;
+        `attempt`: the task's attempt that saved it when the event's attempt id is another's (a bundle's)."""
         p = event.payload
         if not isinstance(p, ArtifactReady | CheckpointSaved):
             return
         kind = p.kind if isinstance(p, ArtifactReady) else "checkpoint"
         step = p.step if isinstance(p, CheckpointSaved) else 0
-        attempt = attempt_number(event.task_id) or task.attempt  # a late one's is not the task's current attempt
+        attempt = attempt or attempt_number(event.task_id) or task.attempt  # a late one's is not the task's current
         saved = ArtifactInfo(p.sha256, p.size, kind, p.name, task.index, step, self.clock.time(), attempt)
         self.artifacts.on_saved(job, task, saved, node)
         self.events.record(job, "artifact", base, name=p.name, message=p.sha256, state=kind, value=float(p.size))

@@ -26,7 +26,7 @@ from tensorfleet_desktop.controller.fair_share import FairQueue
 from tensorfleet_desktop.controller.gpu_share import agent_capacity, shares_gpu
 from tensorfleet_desktop.controller.jobs import JobMachine
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
-from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
+from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.controller.ports import AgentPort, AgentView, Clock
 from tensorfleet_desktop.controller.preempter import SCAN as PREEMPT_SCAN
 from tensorfleet_desktop.controller.preempter import Preempter
@@ -34,7 +34,7 @@ from tensorfleet_desktop.controller.quotas import Gate
 from tensorfleet_desktop.controller.scheduler import Capacity, Request, eligible, plan, rank_layout, shareable
 from tensorfleet_desktop.controller.scheduler import Placement as Placed
 from tensorfleet_desktop.controller.team_usage import TeamUsage, user_of
-from tensorfleet_desktop.controller.trials import SweepRunner
+from tensorfleet_desktop.controller.trials import SweepRunner, bundle_size
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,8 @@ class Placement:
             if job is None:
                 self._sweeps.discard(job_id)
             elif job.state in (JobState.QUEUED, JobState.RUNNING):
-                workload = str(job.spec["algorithm"])
-                self.sweeps.feed(job, sum(a.slots_free for a in views if a.schedulable and workload in a.workloads))
+                free, slots = slots_for(views, str(job.spec["algorithm"]))
+                self.sweeps.feed(job, free, slots)
         capacities = self._capacities_of(views)
         self._capacities = capacities
         now = self.clock.time()
@@ -307,6 +307,7 @@ class Placement:
                 gangs.setdefault(p.job_id, {})[p.rank] = p.node_id
         layouts = {job_id: rank_layout(nodes) for job_id, nodes in gangs.items()}
         by_node = {a.node_id: a for a in views}
+        bundles = self._bundles(placements, views, now)
         for placement in placements:
             job = jobs[placement.job_id]
             agent = by_node[placement.node_id]
@@ -318,9 +319,33 @@ class Placement:
                 }
             layout = layouts.get(job.id, {}).get(placement.rank)
             share = (placement.gpu, placement.gpu_memory) if placement.gpu_memory else None
-            self.attempts.dispatch(job, job.tasks[placement.rank], agent, layout, share)
+            riders = bundles.get((job.id, placement.rank), ())
+            self.attempts.dispatch(job, job.tasks[placement.rank], agent, layout, share, riders)
             total = next((g.total_memory for g in agent.gpus if g.index == placement.gpu), 0) if share else 0
             self.usage.placed(job, job.tasks[placement.rank], total)
+
+    def _bundles(
+        self, placements: list[Placed], views: list[AgentView], now: float
+    ) -> dict[tuple[str, int], list[JobTask]]:
+        """The trials that ride with each placed trial of a sweep (trials.bundle_size): the job's other pending
+        trials, shared out among its placements of this pass; its agent runs them one after another in one worker."""
+        ranks: dict[str, list[int]] = {}
+        for p in placements:
+            if self.machine.jobs[p.job_id].mode == "sweep":
+                ranks.setdefault(p.job_id, []).append(p.rank)
+        out: dict[tuple[str, int], list[JobTask]] = {}
+        for job_id, placed in ranks.items():
+            job = self.machine.jobs[job_id]
+            extra = bundle_size(job, slots_for(views, str(job.spec["algorithm"]))[1]) - 1
+            if extra <= 0:
+                continue
+            taken = set(placed)
+            spare = [
+                t for t in job.tasks if t.state is TaskRunState.PENDING and t.index not in taken and t.retry_at <= now
+            ]
+            for i, rank in enumerate(placed):
+                out[(job_id, rank)] = spare[i * extra : (i + 1) * extra]
+        return out
 
     def _capacities_of(self, views: list[AgentView]) -> list[Capacity]:
         """The agents the scheduler may place on now, as it counts their room (with the GPU shares it sent them
@@ -390,3 +415,10 @@ class Placement:
             gpu_memory=int(job.spec.get("gpu_memory") or 0),  # each rank shares one GPU (gpu_share.py)
             gpu_fraction=float(job.spec.get("gpu_fraction") or 0.0),
         )
+
+
+def slots_for(views: list[AgentView], workload: str) -> tuple[int, int]:
+    """(free, all) slots of the schedulable agents that run `workload`: a sweep asks for trials for the free ones,
+    and sizes its bundles by all of them (trials.bundle_size)."""
+    able = [a for a in views if a.schedulable and workload in a.workloads]
+    return sum(a.slots_free for a in able), sum(max(a.slots_total, a.slots_free) for a in able)

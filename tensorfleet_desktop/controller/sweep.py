@@ -22,8 +22,9 @@ from tensorfleet_agent.workloads.schema import ParamSpec
 
 log = logging.getLogger(__name__)
 SEARCHES = ("grid", "random", "tpe")
-_FIELDS = ("params", "search", "trials", "timeout", "metric", "direction", "prune")
+_FIELDS = ("params", "search", "trials", "timeout", "metric", "direction", "prune", "trials_per_task")
 MAX_TRIALS = 10_000
+MAX_TRIALS_PER_TASK = 256  # an agent refuses a bundle of more (agent/rpc/service.py)
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,12 @@ class SweepSpec:
     metric: str = "test_accuracy"
     direction: str = "maximize"
     prune: bool = False
+    trials_per_task: int = 0  # trials one agent task runs (controller/trials.py, bundle_size); 0: chosen for you
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "prune": self.prune,
+            "trials_per_task": self.trials_per_task,
             "params": {d.name: _spec_text(d) for d in self.dimensions},
             "search": self.search,
             "trials": self.trials,
@@ -163,8 +166,16 @@ def parse_sweep(body: Any, workload: WorkloadDef, regression: bool) -> SweepSpec
         )
     if prune and metric.startswith("train_"):
         raise ValidationError("sweep.prune", f"{metric} is only known at the end; prune on a test metric")
+    per_task = body.get("trials_per_task") or 0
+    if isinstance(per_task, bool) or not isinstance(per_task, int) or not 0 <= per_task <= MAX_TRIALS_PER_TASK:
+        raise ValidationError(
+            "sweep.trials_per_task",
+            f"must be an integer between 1 and {MAX_TRIALS_PER_TASK} (or 0 / absent: chosen for you), got {per_task!r}",
+        )
+    if prune and per_task > 1:
+        raise ValidationError("sweep.trials_per_task", "a pruned sweep runs one trial per task (each can be stopped)")
     timeout_s = float(timeout) if timeout else None
-    return SweepSpec(tuple(dims), search, trials, timeout_s, metric, direction, prune)
+    return SweepSpec(tuple(dims), search, trials, timeout_s, metric, direction, prune, per_task)
 
 
 @dataclass

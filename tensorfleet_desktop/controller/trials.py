@@ -44,9 +44,11 @@ class SweepRunner:
     def tell(self, job: Job, task: JobTask, value: float | None) -> None:
         self.study(job).tell(task.index, value)
 
-    def feed(self, job: Job, parallel: int) -> None:
-        """Ask Optuna for trials while slots are free (`parallel` of them could run the workload) and the
-        budget lasts; finish the job when all are in."""
+    def feed(self, job: Job, parallel: int, slots: int = 0) -> None:
+        """Ask Optuna for trials while slots are free (`parallel` of them could run the workload, each taking a
+        bundle of bundle_size trials for the `slots` that run it in all) and the budget lasts; finish the job when
+        all are in."""
+        parallel = max(1, parallel) * bundle_size(job, max(slots, parallel))
         sweep = job.spec["sweep"]
         study = self.study(job)
         in_flight = [t for t in job.tasks if t.state is TaskRunState.PENDING or t.state.active]
@@ -100,6 +102,24 @@ class SweepRunner:
         self.events.task_event(job, task, f"trial {task.index} {task.error}")
         self.events.job_changed(job, "progress")
         self.machine.wake.set()
+
+
+BUNDLE_MAX = 32  # trials per bundle when chosen for the user (sweep trials_per_task: up to 256)
+BUNDLE_MAX_ADAPTIVE = 4  # with TPE, which learns from finished trials: a bundle's trials are drawn before any ends
+BUNDLE_ROUNDS = 4  # a sweep's remaining trials make at least this many bundles per slot (a slow one is not last)
+
+
+def bundle_size(job: Job, slots: int) -> int:
+    """How many trials one agent task of this sweep runs (docs/architecture.md, "Trial bundles"): the user's
+    trials_per_task, else the budget shared so that each of the `slots` that run it gets BUNDLE_ROUNDS bundles (a
+    slow bundle is not the last to end by much), at most BUNDLE_MAX (BUNDLE_MAX_ADAPTIVE for TPE); one for a pruned
+    sweep (its trials stop one by one)."""
+    sweep = job.spec["sweep"]
+    asked = int(sweep.get("trials_per_task") or 0)
+    if asked or sweep.get("prune"):
+        return max(1, asked)
+    most = BUNDLE_MAX if sweep.get("search") in ("grid", "random") else BUNDLE_MAX_ADAPTIVE
+    return max(1, min(most, int(sweep["budget"]) // (max(1, slots) * BUNDLE_ROUNDS)))
 
 
 def keep_models(job: Job) -> str:

@@ -129,6 +129,13 @@ class FakeAgents:
             task.events.append(TaskEvent(attempt, len(task.events) + 1, time.time(), payload))
         self._notify()
 
+    def send_trial(self, attempt: str, trial: int, *payloads: EventPayload) -> None:
+        """Events of a trial riding in the attempt's bundle (TaskSpec.trials): tagged with its index."""
+        task = self.task(attempt)
+        for payload in payloads:
+            task.events.append(TaskEvent(attempt, len(task.events) + 1, time.time(), payload, trial))
+        self._notify()
+
     def finish(self, attempt: str, status: TaskState = TaskState.SUCCEEDED, cause: str = "", error: str = "") -> None:
         self.send(attempt, Finished(status, cause or status.value.lower(), error))
 

@@ -1,0 +1,191 @@
+"""A sweep's short trials ride in bundles (docs/architecture.md, "Trial bundles"): one agent task runs several
+trials one after another; each trial's events come tagged on the bundle's stream and settle that trial alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers.core_harness import core, ended, until
+from helpers.fake_agents import FakeAgents, FakeClock
+from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.types import MetricPoint, StateChanged, TaskState, TrialEnded
+from tensorfleet_desktop.controller.model import Job, JobState, TaskRunState
+from tensorfleet_desktop.controller.trials import bundle_size
+
+
+def tree_sweep(trials: int, **extra: Any) -> dict[str, Any]:
+    sweep = {"params": {"max_depth": "int:1:10"}, "search": "random", "trials": trials, **extra}
+    return {"algorithm": "decision_tree", "dataset": "iris", "sweep": sweep, "max_retries": 0}
+
+
+def score(params: dict[str, Any]) -> float:
+    return 0.5 + int(params["max_depth"]) / 100
+
+
+def run_bundle(agents: FakeAgents, attempt: str, fail: int = -1) -> None:
+    """The agent's side of one bundle: every rider's trial (tagged), then the task's own, then its end."""
+    spec = agents.task(attempt).spec
+    for trial in spec.trials:
+        agents.send_trial(attempt, trial.index, StateChanged(TaskState.RUNNING, f"trial {trial.index}"))
+        if trial.index == fail:
+            agents.send_trial(attempt, trial.index, TrialEnded(False, "ValueError: max_features must be <= 4"))
+            continue
+        agents.send_trial(attempt, trial.index, MetricPoint(0, "test_accuracy", score(trial.params), 0.0))
+        agents.send_trial(attempt, trial.index, TrialEnded(True, "", 0.003))
+    agents.send(attempt, MetricPoint(0, "test_accuracy", score(spec.params), 0.0))
+    agents.finish(attempt)
+
+
+async def drive(agents: FakeAgents, controller: Any, job: Job, fail: int = -1) -> list[int]:
+    """Run every bundle the controller sends until the sweep ends; the bundle sizes, in order."""
+    sizes: list[int] = []
+    done: set[str] = set()
+    while not job.state.terminal:
+        await until(controller, lambda: bool(set(agents.running()) - done) or job.state.terminal)
+        for attempt in [a for a in agents.running() if a not in done]:
+            sizes.append(1 + len(agents.task(attempt).spec.trials))
+            done.add(attempt)
+            run_bundle(agents, attempt, fail)
+    return sizes
+
+
+async def test_a_random_sweep_runs_its_trials_in_bundles_and_each_trial_is_its_own_result(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    agents.add("a2", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(64), "me")
+        sizes = await drive(agents, controller, job)
+        assert job.state is JobState.SUCCEEDED, job.error
+        assert len(job.tasks) == 64 and sum(sizes) == 64
+        assert len(sizes) < 64 / 4 and max(sizes) == 8  # 64 trials on 2 slots: 8 per bundle at first (4 rounds)
+        assert all(t.state is TaskRunState.SUCCEEDED for t in job.tasks)
+        for task in job.tasks:  # each trial's metric is its own params' score, wherever it ran in a bundle
+            assert task.params is not None and task.metrics["test_accuracy"] == score(task.params)
+        best = job.tasks[int(job.metrics["best_trial"])]
+        assert best.params is not None and best.params["max_depth"] == max(t.params["max_depth"] for t in job.tasks)
+        events = [e async for e in controller.watch(job.id)]
+        rider = next(e for e in events if e.kind == "task_state" and "in a bundle with trial" in e.message)
+        ran = [e for e in events if e.kind == "metric" and e.task_index == rider.task_index]
+        assert len(ran) == 1  # its metric is recorded under its own index
+
+
+async def test_a_failing_trial_in_a_bundle_fails_alone_and_the_bundle_goes_on(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(12, trials_per_task=4), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        first = agents.running()[0]
+        riders = agents.task(first).spec.trials
+        assert len(riders) == 3
+        run_bundle(agents, first, fail=riders[1].index)
+        await drive(agents, controller, job)
+        assert job.state is JobState.SUCCEEDED
+        failed = job.tasks[riders[1].index]
+        assert failed.state is TaskRunState.FAILED and "max_features" in failed.error
+        assert sum(t.state is TaskRunState.SUCCEEDED for t in job.tasks) == 11
+
+
+async def test_a_bundle_that_dies_in_a_trial_fails_that_trial_and_queues_the_rest_again(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(8, trials_per_task=4), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        lead = job.tasks[int(attempt.split("-r")[1].split("-")[0])]
+        riders = agents.task(attempt).spec.trials
+        first, second = riders[0].index, riders[1].index
+        agents.send_trial(attempt, first, StateChanged(TaskState.RUNNING), TrialEnded(True))
+        agents.send_trial(attempt, second, StateChanged(TaskState.RUNNING))
+        await until(controller, lambda: job.tasks[second].state is TaskRunState.RUNNING)
+        agents.finish(attempt, TaskState.FAILED, "signal", "worker killed by SIGSEGV")
+        await until(controller, lambda: job.tasks[second].state is TaskRunState.FAILED)
+        assert "SIGSEGV" in job.tasks[second].error and job.tasks[first].state is TaskRunState.SUCCEEDED
+        assert lead.failures == 0 and lead.state in (TaskRunState.PENDING, TaskRunState.DISPATCHED)
+        assert all(job.tasks[t.index].failures == 0 for t in riders[2:])
+        await drive(agents, controller, job)
+        assert job.state is JobState.SUCCEEDED
+        assert [t.index for t in job.tasks if t.state is TaskRunState.FAILED] == [second]
+
+
+async def test_a_lost_agent_queues_its_whole_bundle_again_elsewhere(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        riders = [t.index for t in agents.task(attempt).spec.trials]
+        agents.send_trial(attempt, riders[0], StateChanged(TaskState.RUNNING))
+        agents.add("a2", slots=1)
+        agents.lose("a1")
+        await drive(agents, controller, job)
+        assert job.state is JobState.SUCCEEDED and all(t.state is TaskRunState.SUCCEEDED for t in job.tasks)
+        on_a2 = [a for call, node, a in agents.calls if call == "run" and node == "a2"]
+        ran = {int(a.split("-r")[1].split("-")[0]) for a in on_a2}
+        ran |= {t.index for a in on_a2 for t in agents.task(a).spec.trials}
+        assert set(riders) <= ran and len(ran) == 6  # the lost bundle's trials ran again on a2, and the rest
+        assert all(job.tasks[i].replacements == 1 for i in riders)
+
+
+async def test_cancelling_a_sweep_cancels_its_bundles_and_every_trial_in_them(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        controller.cancel(job.id)
+        assert await ended(controller, job) is JobState.CANCELLED
+        await agents.wait(lambda: agents.task(attempt).cancelled != "")
+        assert all(t.state is TaskRunState.CANCELLED for t in job.tasks)
+        assert [c for c in agents.calls if c[0] == "cancel"] == [("cancel", "a1", attempt)]
+
+
+async def test_a_restarted_controller_runs_again_the_trials_that_rode_in_a_bundle(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        riders = [t.index for t in agents.task(attempt).spec.trials]
+        await until(controller, lambda: all(job.tasks[i].state is TaskRunState.DISPATCHED for i in riders))
+    async with core(tmp_path, agents, clock) as controller:
+        again = controller.machine.get(job.id)
+        assert all(again.tasks[i].state is TaskRunState.PENDING for i in riders)
+        agents.back("a1")  # its agent reconnects: the bundle is followed again, for its own trial
+        run_bundle(agents, attempt)  # the old bundle ends: its riders' events are not followed any more
+        await drive(agents, controller, again)
+        assert again.state is JobState.SUCCEEDED and all(t.state is TaskRunState.SUCCEEDED for t in again.tasks)
+
+
+def test_bundle_size_keeps_four_bundles_per_slot_and_small_ones_for_tpe() -> None:
+    def job(search: str, budget: int, **sweep: Any) -> Job:
+        spec = {"sweep": {"search": search, "budget": budget, "metric": "test_accuracy", **sweep}}
+        return Job("j1", spec, "me", 1)
+
+    assert bundle_size(job("random", 200), 2) == 25
+    assert bundle_size(job("random", 10_000), 2) == 32
+    assert bundle_size(job("grid", 6), 2) == 1
+    assert bundle_size(job("tpe", 200), 2) == 4
+    assert bundle_size(job("random", 200, prune=True), 2) == 1
+    assert bundle_size(job("random", 200, trials_per_task=7), 2) == 7
+
+
+async def test_trials_per_task_is_checked(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    async with core(tmp_path, agents, clock) as controller:
+        for bad in (-1, 257, "4", True):
+            with pytest.raises(ValidationError, match="trials_per_task"):
+                await controller.submit(tree_sweep(8, trials_per_task=bad), "me")
+        spec = tree_sweep(8, trials_per_task=4, prune=True, metric="test_accuracy")
+        spec["algorithm"] = "gradient_boosting"
+        spec["sweep"]["params"] = {"max_iter": "int:10:50"}
+        with pytest.raises(ValidationError, match="pruned sweep runs one trial per task"):
+            await controller.submit(spec, "me")
