@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -175,16 +176,19 @@ def _run_trials(
     imports and the dataset (workloads/datasets.load) already here, so a trial costs its fit and little else. Each
     is framed by a `trial` and a `trial_end` message (the agent tags what comes between with its index). One that
     raises ends as a failed trial and the next starts; Stopped, SystemExit and the like end the whole task, as
-    they would its own run."""
+    they would its own run. Each starts where a task would: in the task's dir, and under fresh warning registries
+    (a warning is printed once per place per process: each trial's log says it, as its own task's would)."""
     for trial in trials:
         if context.stop:  # a pause asked between two trials: stop before the next one, as a workload would
             raise task_api.Stopped(f"stopped on request before trial {trial['index']}")
         index = int(trial["index"])
         context.spec = {**spec, "params": trial["params"], "trial": index}
+        os.chdir(context.task_dir)
         channel.send({"t": "trial", "index": index})
         start = time.perf_counter()
         try:
-            entry(trial["params"])
+            with warnings.catch_warnings():
+                entry(trial["params"])
         except task_api.Stopped:
             raise
         except Exception as exc:

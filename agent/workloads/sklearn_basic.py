@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tensorfleet_agent import task
-from tensorfleet_agent.workloads.datasets import CLASSIFICATION, data_sha256, dataset_task, load
+from tensorfleet_agent.workloads.datasets import CLASSIFICATION, data_sha256, dataset_task, is_user_dataset, load
 
 TEST_SIZE = 0.2
 SPLIT_SEED = 42
@@ -144,7 +144,6 @@ def _fit_then_report_epochs(estimator: Any, x_train: Any, y_train: Any, x_test: 
 
 def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None) -> None:
     from sklearn import metrics
-    from sklearn.model_selection import train_test_split
 
     from tensorfleet_agent.workloads.skops_files import skops_io
 
@@ -154,11 +153,9 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
     x, y, features, classes = load(name, dict(spec.get("dataset_params") or {}))
     if spec.get("partition") == "cv":
         x_train, x_test, y_train, y_test = _fold(x, y, kind, int(spec["rank"]), int(spec["world_size"]))
+        sha256 = data_sha256(x, y)
     else:
-        stratify = y if kind == CLASSIFICATION else None
-        x_train, x_test, y_train, y_test = train_test_split(
-            x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=stratify
-        )
+        x_train, x_test, y_train, y_test, sha256 = _split(x, y, kind, is_user_dataset(name))
     estimator = make(kind)
     print(
         f"{spec['workload']} ({type(estimator).__name__}) on {name}: {len(x_train)} train / {len(x_test)} test rows, "
@@ -176,7 +173,7 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
     predicted = estimator.predict(x_test)
     report: dict[str, Any] = {
         "dataset": name,
-        "data_sha256": data_sha256(x, y),  # what a built-in dataset's lineage shows as its sha256
+        "data_sha256": sha256,  # what a built-in dataset's lineage shows as its sha256
         "task": kind,
         "features": features,
         "classes": classes,
@@ -201,6 +198,28 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
     (workdir / "report.json").write_text(json.dumps(report, indent=1))
     task.save_artifact(workdir / "report.json", kind="report")
     task.progress(1.0)
+
+
+_last_split: tuple[Any, Any, tuple[Any, Any, Any, Any, str]] | None = None  # see _split
+
+
+def _split(x: Any, y: Any, kind: str, user: bool) -> tuple[Any, Any, Any, Any, str]:
+    """The seeded train/test split (stratified for classification) and the data's sha256. For a built-in dataset
+    both are kept for the next call on the same arrays (datasets.load hands out the same read-only ones): a sweep's
+    bundled trials split and hash their data once, not once each. The parts are read-only too."""
+    global _last_split
+    if _last_split is not None and _last_split[0] is x and _last_split[1] is y:
+        return _last_split[2]
+    from sklearn.model_selection import train_test_split
+
+    stratify = y if kind == CLASSIFICATION else None
+    parts = train_test_split(x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=stratify)
+    out = (*parts, data_sha256(x, y))
+    if not user:
+        for array in parts:
+            array.flags.writeable = False
+        _last_split = (x, y, out)
+    return out
 
 
 def _fold(x: Any, y: Any, kind: str, fold: int, folds: int) -> tuple[Any, Any, Any, Any]:
