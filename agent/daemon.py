@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -20,7 +21,6 @@ from tensorfleet_agent.datadir_lock import DataDirLock
 from tensorfleet_agent.desk.control import DeskControl
 from tensorfleet_agent.desk.monitor import DeskConfig, DeskMonitor
 from tensorfleet_agent.desk.setup import desk_signals
-from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser
 from tensorfleet_agent.discovery.interfaces import advertised_addresses
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.metrics import AgentMetrics
@@ -40,6 +40,9 @@ from tensorfleet_agent.security.interceptor import SERVICE as AGENT_SERVICE
 from tensorfleet_agent.security.interceptor import AuthInterceptor
 from tensorfleet_agent.security.secrets import cluster_id_of, register
 from tensorfleet_agent.workloads.registry import available_workloads
+
+if TYPE_CHECKING:  # zeroconf is imported only by an agent that advertises (serve's local agent does not)
+    from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser
 
 log = logging.getLogger(__name__)
 TXT_UPDATE_SPACING = 1.0  # seconds between two mDNS TXT updates (power, desk)
@@ -222,6 +225,8 @@ class AgentDaemon:
             f", metrics on :{self.metrics_port}" if self.metrics_port else "",
         )
         if cfg.advertise:
+            from tensorfleet_agent.discovery.advertise import Advertiser
+
             self._advertiser = Advertiser(cfg.interfaces)
             await self._advertiser.start(self._advertisement())
         if self.power is not None:
@@ -249,6 +254,8 @@ class AgentDaemon:
         log.warning("not paired with any controller yet: a join token (valid 1 h) is in %s", path)
 
     def _advertisement(self) -> AdvertisedAgent:
+        from tensorfleet_agent.discovery.advertise import AdvertisedAgent
+
         cfg = self.config
         return AdvertisedAgent(
             node_id=self.node_id,

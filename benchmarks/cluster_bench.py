@@ -129,7 +129,9 @@ def settled_pss(pid: int, least: float = 5.0, most: float = 90.0) -> tuple[int, 
         time.sleep(1.0)
 
 
-def cold_start_and_idle_memory(workdir: Path) -> dict[str, Any]:
+def cold_start_and_idle_memory(workdir: Path, memory: bool = True) -> dict[str, Any]:
+    """Cold start: `tensorfleet serve` from nothing to its first noop result; with `memory`, the idle PSS
+    after it and after an iris random forest job."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "tensorfleet_desktop", "serve", "--port", str(port), "--data-dir", str(workdir)]
@@ -149,6 +151,10 @@ def cold_start_and_idle_memory(workdir: Path) -> dict[str, Any]:
             final = client.wait(client.submit(NOOP)["id"], timeout=60)
             cold = time.perf_counter() - t0
             assert final["state"] == "SUCCEEDED", final
+            if not memory:
+                client.shutdown()
+                proc.wait(30)
+                return {"cold_start_s": round(cold, 3)}
             idle, idle_parts, idle_each = settled_pss(proc.pid)
             forest = client.wait(client.submit(FOREST)["id"], timeout=300)  # a warm worker that fitted sklearn
             assert forest["state"] == "SUCCEEDED", forest
@@ -232,13 +238,36 @@ def target_rows(ours: dict[str, Any], ray: dict[str, Any]) -> list[dict[str, Any
     ]
 
 
+def cold_only(repeat: int, load_before: dict[str, Any]) -> int:
+    """--only cold: each cold start in a fresh data dir, one after another; the median and each figure."""
+    figures = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="tensorfleet-bench-") as tmp:
+            figures.append(cold_start_and_idle_memory(Path(tmp) / "cold", memory=False)["cold_start_s"])
+    report = {
+        "load_before": load_before,
+        "load_after": load(),
+        "tensorfleet": {"cold_start_s": round(statistics.median(figures), 3), "cold_start_s_each": figures},
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--jobs", type=int, default=300, help="noop jobs for the async throughput run")
     parser.add_argument("--sequential", type=int, default=100, help="noop jobs for the sync run and latency")
     parser.add_argument("--profile", type=Path, help="sample the async run with py-spy; raw stacks go here")
+    parser.add_argument(
+        "--only",
+        choices=["cold"],
+        help="cold: only the cold start (serve from nothing to the first noop result), --repeat times",
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="cold starts measured with --only cold (default 5)")
     args = parser.parse_args()
     load_before = load()
+    if args.only == "cold":
+        return cold_only(args.repeat, load_before)
     with tempfile.TemporaryDirectory(prefix="tensorfleet-bench-") as tmp:
         root = Path(tmp)
         agents = [

@@ -1,8 +1,21 @@
-"""mDNS (zeroconf) advertisement on agents and browsing on controllers."""
+"""mDNS (zeroconf) advertisement on agents and browsing on controllers.
 
-from tensorfleet_agent.discovery.advertise import AdvertisedAgent, Advertiser
-from tensorfleet_agent.discovery.browse import AgentBrowser, DiscoveredAgent
-from tensorfleet_agent.discovery.interfaces import SERVICE_TYPE, mdns_interfaces
+The names below are loaded on first use: `discovery.interfaces` (flag parsing, on every start) must not pull in
+zeroconf, which an agent that does not advertise and a controller that does not browse never need."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "AdvertisedAgent": "advertise",
+    "Advertiser": "advertise",
+    "AgentBrowser": "browse",
+    "DiscoveredAgent": "browse",
+    "SERVICE_TYPE": "interfaces",
+    "mdns_interfaces": "interfaces",
+}
 
 __all__ = [
     "SERVICE_TYPE",
@@ -12,3 +25,9 @@ __all__ = [
     "DiscoveredAgent",
     "mdns_interfaces",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

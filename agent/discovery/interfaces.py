@@ -9,9 +9,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import psutil
-from zeroconf import InterfaceChoice
+
+if TYPE_CHECKING:
+    from zeroconf import InterfaceChoice
 
 SERVICE_TYPE = "_tensorfleet._tcp.local."
 ENV_VAR = "TENSORFLEET_MDNS_INTERFACES"
@@ -46,6 +49,8 @@ def parse_interfaces(spec: str | None) -> list[str]:
 
 
 def mdns_interfaces(addresses: list[str]) -> list[str] | InterfaceChoice:
+    from zeroconf import InterfaceChoice  # here: parsing --interfaces needs no zeroconf
+
     return list(addresses) if addresses else InterfaceChoice.All
 
 

@@ -1,5 +1,8 @@
 """The controller process: `tensorfleet serve` runs it in the foreground, `shutdown` stops it, `gc` frees the blobs
-nothing refers to any more."""
+nothing refers to any more.
+
+Imports little at the top (no client SDK, no rich): `tensorfleet serve` loads this module alone before it starts
+its local agent (see serve)."""
 
 from __future__ import annotations
 
@@ -8,12 +11,14 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tensorfleet_desktop.cli import exit_codes
 from tensorfleet_desktop.cli.exit_codes import UsageError
-from tensorfleet_desktop.cli.output import add_format_flags, err, out, print_json
-from tensorfleet_desktop.client import Client
+
+if TYPE_CHECKING:
+    from tensorfleet_desktop.client import Client
+    from tensorfleet_desktop.controller.app import ControllerConfig
 
 
 def _positive_seconds(text: str) -> float:
@@ -117,6 +122,8 @@ def add_shutdown_parser(sub: Any) -> None:
 
 
 def add_gc_parser(sub: Any) -> None:
+    from tensorfleet_desktop.cli.output import add_format_flags
+
     s = sub.add_parser(
         "gc", help="delete blobs nothing refers to any more (deleted versions, datasets, old checkpoints)"
     )
@@ -128,13 +135,18 @@ def add_gc_parser(sub: Any) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Checks the flags, claims the data dir and starts the local agent, and only then imports the controller (its
+    store, scheduler, gRPC services): the agent's own start-up runs meanwhile, in its process."""
     from tensorfleet_agent.discovery.interfaces import parse_interfaces
-    from tensorfleet_agent.rpc.server import is_loopback
-    from tensorfleet_desktop.controller.app import ControllerApp, ControllerConfig
     from tensorfleet_desktop.controller.settings import default_data_dir
 
-    if args.insecure and not is_loopback(args.host):
-        raise UsageError(f"--insecure serves plaintext without pairing: only on loopback, not on --host {args.host}")
+    if args.insecure:
+        from tensorfleet_agent.rpc.server import is_loopback  # gRPC: imported only for this check
+
+        if not is_loopback(args.host):
+            raise UsageError(
+                f"--insecure serves plaintext without pairing: only on loopback, not on --host {args.host}"
+            )
     for flag, port in (
         ("--metrics-port", args.metrics_port),
         ("--local-agent-metrics-port", args.local_agent_metrics_port),
@@ -158,11 +170,18 @@ def serve(args: argparse.Namespace) -> int:
     env_store = os.environ.get("TENSORFLEET_MONGODB_URI", "")
     _guard_secrets(args.store, args.store or env_store or settings.store_uri, settings, config_path)
     try:
-        config = ControllerConfig(
+        interfaces = parse_interfaces(args.interfaces)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    def configure() -> ControllerConfig:  # once the controller is imported
+        from tensorfleet_desktop.controller.app import ControllerConfig
+
+        return ControllerConfig(
             data_dir=data_dir,
             host=args.host,
             port=args.port,
-            interfaces=parse_interfaces(args.interfaces),
+            interfaces=interfaces,
             mdns=not args.no_mdns,
             local_agent=not args.no_local_agent,
             local_agent_slots=args.local_agent_slots,
@@ -189,22 +208,38 @@ def serve(args: argparse.Namespace) -> int:
             fair_share_half_life=settings.fair_share_half_life,
             preempt_grace=settings.preempt_grace,
         )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
     async def main() -> int:
-        app = ControllerApp(config)
+        from tensorfleet_desktop.controller.local_agent import LocalAgent
+        from tensorfleet_desktop.controller.settings import claim_data_dir
+
+        local_agent: LocalAgent | None = None
+        try:
+            lock = claim_data_dir(data_dir)
+            if not args.no_local_agent:
+                local_agent = LocalAgent(data_dir, args.local_agent_slots, args.local_agent_metrics_port, args.insecure)
+                local_agent.spawn_if_free()  # else the controller's start waits for the dir's last agent to leave
+            from tensorfleet_desktop.controller.app import ControllerApp
+
+            config = configure()
+            app = ControllerApp(config, lock=lock, local_agent=local_agent)
+        except (RuntimeError, OSError) as exc:  # the data dir in use, or another user's
+            if local_agent is not None:
+                await local_agent.stop()
+            return _cannot_start(exc, exit_codes.JOB_FAILED)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, app.request_stop)
         try:
             await app.start()
         except ValueError as exc:  # configuration: a bad URI, an unreachable store, a missing driver
-            err.print(f"tensorfleet serve: cannot start: {exc}", soft_wrap=True, markup=False)
-            return exit_codes.USAGE
+            lock.release()
+            return _cannot_start(exc, exit_codes.USAGE)
         except (RuntimeError, OSError) as exc:  # the data dir in use, a port taken
-            err.print(f"tensorfleet serve: cannot start: {exc}", soft_wrap=True, markup=False)
-            return exit_codes.JOB_FAILED
+            lock.release()
+            return _cannot_start(exc, exit_codes.JOB_FAILED)
+        from tensorfleet_desktop.cli.output import err
+
         http = f", HTTP API on {app.http_url}" if app.http_url else ""
         if app.http_pin:  # HTTPS with a self-signed certificate: what curl pins (see the log for --cacert)
             http += f" (curl --pinnedpubkey '{app.http_pin}' -k)"
@@ -216,6 +251,13 @@ def serve(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _cannot_start(exc: Exception, code: int) -> int:
+    from tensorfleet_desktop.cli.output import err
+
+    err.print(f"tensorfleet serve: cannot start: {exc}", soft_wrap=True, markup=False)
+    return code
+
+
 def _guard_secrets(flag_store: str, store: str, settings: Any, config_path: Path) -> None:
     """Mask the store password and S3 keys in every log line; warn when the password came on the command line,
     where every user of this machine can read it (`ps`)."""
@@ -223,6 +265,8 @@ def _guard_secrets(flag_store: str, store: str, settings: Any, config_path: Path
     from tensorfleet_desktop.controller.store.base import uri_password
 
     if uri_password(flag_store):
+        from tensorfleet_desktop.cli.output import err
+
         err.print(
             f"tensorfleet serve: warning: the password in --store shows in `ps` to every user of this machine; "
             f"put the URI under [store] in {config_path} (chmod 600) or in TENSORFLEET_MONGODB_URI",
@@ -236,12 +280,16 @@ def _guard_secrets(flag_store: str, store: str, settings: Any, config_path: Path
 
 
 def shutdown(client: Client, args: argparse.Namespace) -> int:
+    from tensorfleet_desktop.cli.output import err
+
     client.shutdown()
     err.print(f"asked the controller at {client.address} to stop")
     return exit_codes.OK
 
 
 def gc(client: Client, args: argparse.Namespace) -> int:
+    from tensorfleet_desktop.cli.output import out, print_json
+
     freed = client.collect_garbage(args.grace)
     if args.json:
         print_json(freed)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
 import os
 import secrets
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +17,10 @@ from typing import Any
 
 import grpc
 
-from tensorfleet_agent.datadir_lock import DataDirLock, wait_until_free
+from tensorfleet_agent.datadir_lock import DataDirLock
 from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
-from tensorfleet_agent.runtime.process import CREDENTIAL_VARIABLES, agent_command
-from tensorfleet_agent.security.files import make_data_dir, tighten_data_dir
 from tensorfleet_agent.security.secrets import register
 from tensorfleet_agent.security.tickets import make_ticket
 from tensorfleet_desktop.connection import connection_path, remove_connection, write_connection
@@ -32,13 +28,14 @@ from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.audit import AuditLog
 from tensorfleet_desktop.controller.core import Controller
 from tensorfleet_desktop.controller.fleet import DEFAULT_WAKE_TIMEOUT, AgentRecord, Fleet, FleetError
+from tensorfleet_desktop.controller.local_agent import LocalAgent
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.pools.manager import PoolManager
 from tensorfleet_desktop.controller.pools.setup import agent_address, start_pools
 from tensorfleet_desktop.controller.prometheus_sd import TargetsFile
 from tensorfleet_desktop.controller.security import ClientTokenInterceptor, refusal
 from tensorfleet_desktop.controller.service import CONTROLLER_SERVICE, ControllerServicer, controller_info
-from tensorfleet_desktop.controller.settings import default_data_dir, resolve_uris
+from tensorfleet_desktop.controller.settings import claim_data_dir, default_data_dir, resolve_uris
 from tensorfleet_desktop.controller.store import open_store
 from tensorfleet_desktop.controller.store.blobs import open_blobs
 from tensorfleet_desktop.controller.tokens import TokenBook
@@ -47,22 +44,6 @@ from tensorfleet_desktop.controller.waking import WakeSource
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50050
-
-
-LOCAL_AGENT_SECRETS = (
-    "TENSORFLEET_CLUSTER_TOKEN",
-    "TENSORFLEET_CONTROLLER_TOKEN",
-    "TENSORFLEET_MONGODB_URI",
-    "TENSORFLEET_JOIN_TOKEN",
-    *CREDENTIAL_VARIABLES,
-)
-
-
-def local_agent_environment(env: dict[str, str]) -> dict[str, str]:
-    """The environment of serve's local agent: the controller's without its secrets. The agent pairs with this
-    controller only (by a join token it is given separately), needs no client token or store URI, and uploads
-    through presigned URLs, so the controller's S3 keys stay here too."""
-    return {name: value for name, value in env.items() if name not in LOCAL_AGENT_SECRETS}
 
 
 @dataclass
@@ -99,7 +80,12 @@ class ControllerConfig:
 
 
 class ControllerApp:
-    def __init__(self, config: ControllerConfig) -> None:
+    def __init__(
+        self, config: ControllerConfig, lock: DataDirLock | None = None, local_agent: LocalAgent | None = None
+    ) -> None:
+        """`lock` and `local_agent`: what `serve` did before importing this module (settings.claim_data_dir, then
+        LocalAgent.spawn_if_free), so the local agent starts up beside this controller; start() does both when
+        they are not given."""
         self.config = config
         self.stopped = asyncio.Event()
         self.port = 0
@@ -110,12 +96,11 @@ class ControllerApp:
         self._http: Any = None  # http.server.HttpServer, imported only when enabled
         self._targets: TargetsFile | None = None
         self.local_agent_id = ""
-        self._local_agent: subprocess.Popen[bytes] | None = None
+        self._local_agent = local_agent
         self._browser: AgentBrowser | None = None
         self._server: grpc.aio.Server | None = None
         self._pending: set[asyncio.Task[None]] = set()
-        self._local_join_token = ""
-        self._lock: DataDirLock | None = None
+        self._lock = lock
         self._connections: list[Path] = []
         self.pools: PoolManager | None = None
 
@@ -127,16 +112,28 @@ class ControllerApp:
         cfg = self.config
         started = time.time()
         cfg.data_dir = cfg.data_dir.resolve()  # the local agent and the URIs need it absolute
-        created = make_data_dir(cfg.data_dir)  # a sentence, not a traceback, when it is another user's
-        self._lock = DataDirLock(cfg.data_dir, "tensorfleet serve")
-        self._lock.acquire()  # DataDirInUse before the store, blobs, identity or the dir's mode are touched
-        warning = tighten_data_dir(cfg.data_dir, created)  # 0700 when ours: store, blobs, client token, logs
-        if warning:
-            log.warning("%s", warning)
-        store_uri, blobs_uri = resolve_uris(cfg.data_dir, cfg.store_uri, cfg.blobs_uri)
-        self.blobs = open_blobs(blobs_uri, cfg.data_dir, cfg.s3_credentials)
+        if self._lock is None:
+            self._lock = claim_data_dir(cfg.data_dir)
         if cfg.insecure and not is_loopback(cfg.host):
             raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
+        if cfg.local_agent:  # starting up beside this controller's start (awaited in _start_local_agent)
+            if self._local_agent is None:
+                self._local_agent = LocalAgent(
+                    cfg.data_dir, cfg.local_agent_slots, cfg.local_agent_metrics_port, cfg.insecure
+                )
+            self._local_agent.launch()
+        try:
+            await self._start(started)
+        except BaseException:  # a controller that cannot start leaves no agent behind
+            if self._local_agent is not None:
+                await self._local_agent.stop()
+            raise
+
+    async def _start(self, started: float) -> None:
+        cfg = self.config
+        assert self._lock is not None
+        store_uri, blobs_uri = resolve_uris(cfg.data_dir, cfg.store_uri, cfg.blobs_uri)
+        self.blobs = open_blobs(blobs_uri, cfg.data_dir, cfg.s3_credentials)
         if cfg.cluster_token:
             register(cfg.cluster_token)
         self.identity = await asyncio.to_thread(load_or_create_identity, cfg.data_dir / "identity", "controller")
@@ -366,68 +363,10 @@ class ControllerApp:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def _spawn_local_agent(self) -> Path:
-        cfg = self.config
-        ready = cfg.data_dir / "local-agent.ready"
-        ready.unlink(missing_ok=True)
-        log_file = (cfg.data_dir / "local-agent.log").open("ab")
-        cmd = [
-            *agent_command(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--no-advertise",
-            "--name",
-            f"{socket.gethostname()}-local",
-            "--data-dir",
-            str(cfg.data_dir / "local-agent"),
-            "--ready-file",
-            str(ready),
-            "--exit-with-pid",
-            str(os.getpid()),
-        ]
-        if cfg.local_agent_slots is not None:
-            cmd += ["--cpu-slots", str(cfg.local_agent_slots)]
-        if cfg.local_agent_metrics_port is not None:
-            cmd += ["--metrics-port", str(cfg.local_agent_metrics_port)]
-        env = local_agent_environment(dict(os.environ))
-        if cfg.insecure:
-            cmd.append("--insecure")
-        else:
-            self._local_join_token = f"tfj-{secrets.token_urlsafe(18)}"
-            register(self._local_join_token)
-            cmd.append("--join-token-stdin")  # not the environment: /proc/PID/environ would keep it
-        self._local_agent = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, env=env
-        )
-        log_file.close()
-        assert self._local_agent.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # it died at once: _start_local_agent reports the exit
-            self._local_agent.stdin.write(self._local_join_token.encode() + b"\n")
-        with contextlib.suppress(BrokenPipeError):
-            self._local_agent.stdin.close()
-        return ready
-
     async def _start_local_agent(self) -> None:
-        cfg = self.config
-        # the local agent of a controller killed a moment ago may still be draining on this dir
-        holder = await asyncio.to_thread(wait_until_free, cfg.data_dir / "local-agent", 75.0)
-        if holder is not None:
-            raise RuntimeError(f"the local agent's data dir stays in use: {holder.describe()}")
-        ready = await asyncio.to_thread(self._spawn_local_agent)
         assert self._local_agent is not None
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if self._local_agent.poll() is not None:
-                raise RuntimeError(
-                    f"the local agent exited ({self._local_agent.returncode}); see {cfg.data_dir / 'local-agent.log'}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError("the local agent did not start within 60 s")
-            await asyncio.sleep(0.05)
-        info = json.loads(ready.read_text())
-        record = await self.fleet.add(f"127.0.0.1:{info['port']}", "local", pair_token=self._local_join_token)
+        port = await self._local_agent.wait_ready()
+        record = await self.fleet.add(f"127.0.0.1:{port}", "local", pair_token=self._local_agent.join_token)
         self.local_agent_id = record.node_id
 
     def request_stop(self) -> None:
@@ -452,12 +391,8 @@ class ControllerApp:
         if self._targets is not None:
             await asyncio.to_thread(self._targets.close)
         await self.store.close()
-        if self._local_agent is not None and self._local_agent.poll() is None:
-            self._local_agent.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self._local_agent.wait, 70)
-            if self._local_agent.poll() is None:
-                self._local_agent.kill()
+        if self._local_agent is not None:
+            await self._local_agent.stop()
         if self._lock is not None:
             self._lock.release()
         log.info("controller stopped")

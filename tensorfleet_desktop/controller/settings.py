@@ -26,6 +26,7 @@ only: the controller refuses a file with credentials that others can read.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import tomllib
@@ -34,9 +35,27 @@ from pathlib import Path
 
 import platformdirs
 
+from tensorfleet_agent.datadir_lock import DataDirLock
+from tensorfleet_agent.security.files import make_data_dir, tighten_data_dir
+
+log = logging.getLogger(__name__)
+
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("tensorfleet", appauthor=False)) / "controller"
+
+
+def claim_data_dir(data_dir: Path) -> DataDirLock:
+    """Make the controller's data dir and lock it (DataDirInUse naming the holder) before the store, blobs,
+    identity or the dir's mode are touched; then tighten it to 0700 when it is ours (store, blobs, client token,
+    logs). Light on imports: `serve` calls it before it imports the controller."""
+    created = make_data_dir(data_dir)  # a sentence, not a traceback, when it is another user's
+    lock = DataDirLock(data_dir, "tensorfleet serve")
+    lock.acquire()
+    warning = tighten_data_dir(data_dir, created)
+    if warning:
+        log.warning("%s", warning)
+    return lock
 
 
 def resolve_uris(data_dir: Path, store_uri: str = "", blobs_uri: str = "") -> tuple[str, str]:

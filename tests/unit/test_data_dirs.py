@@ -79,7 +79,8 @@ import asyncio, fractions, signal, statistics
 from tensorfleet_agent import logging_setup
 from tensorfleet_agent.discovery import interfaces
 from tensorfleet_desktop import client
-from tensorfleet_desktop.controller import app, settings
+from tensorfleet_desktop.controller import app, local_agent, settings
+from tensorfleet_desktop.cli import output  # rich: `serve` imports it only to print
 uid, gid = int(sys.argv[1]), int(sys.argv[2])
 os.setgroups([]); os.setgid(gid); os.setuid(uid)
 sys.exit(cli.main(["serve", "--data-dir", sys.argv[3], "--no-mdns", "--no-local-agent", "--port", "0"]))

@@ -84,7 +84,7 @@ def serve_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *flags: str) -
     seen: list[Any] = []
 
     class Recorder:
-        def __init__(self, config: Any) -> None:
+        def __init__(self, config: Any, **claimed: Any) -> None:  # serve's data dir lock and local agent
             seen.append(config)
 
         def request_stop(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tensorfleet_agent.runtime.process import worker_environment
-from tensorfleet_desktop.controller.app import local_agent_environment
+from tensorfleet_desktop.controller.local_agent import local_agent_environment
 
 AGENT_ENV = {
     "PATH": "/usr/bin",
