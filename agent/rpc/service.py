@@ -67,11 +67,15 @@ def check_trials(spec: TaskSpec) -> TaskSpec:
     """A bundle's trials (issue 21), checked as its params are: the spec with each trial's defaults filled in. Only
     short, single-process workloads are bundled: a torch or script task runs one trial per task."""
     workload = get_workload(spec.workload)
-    if workload.category not in TRIAL_CATEGORIES or spec.world_size != 1:
+    if workload.category not in TRIAL_CATEGORIES or spec.partition:  # a sweep's trial is a whole job's run
         raise ValidationError(
             "spec.trials",
-            f"trials are bundled only for a one-rank scikit-learn or diagnostic workload; {spec.workload!r} is "
-            + (f"a {workload.category} workload" if workload.category not in TRIAL_CATEGORIES else "not one rank"),
+            f"trials are bundled only for a whole-job scikit-learn or diagnostic workload; {spec.workload!r} is "
+            + (
+                f"a {workload.category} workload"
+                if workload.category not in TRIAL_CATEGORIES
+                else f"a {spec.partition} partition's task"
+            ),
         )
     if len(spec.trials) > MAX_TRIALS:
         raise ValidationError("spec.trials", f"has {len(spec.trials)} trials; at most {MAX_TRIALS} allowed")

@@ -192,7 +192,7 @@ def test_check_trials_fills_defaults_and_refuses_what_cannot_be_bundled() -> Non
     assert checked.trials == (BundledTrial(4, {"max_depth": 2, "min_samples_split": 2, "random_state": 42}),)
     with pytest.raises(ValidationError) as err:
         check_trials(_spec(world_size=2, partition="cv", trials=(BundledTrial(0, {}),)))
-    assert err.value.field == "spec.trials" and "not one rank" in str(err.value)
+    assert err.value.field == "spec.trials" and "a cv partition" in str(err.value)
     with pytest.raises(ValidationError) as err:
         check_trials(_spec("noop", trials=tuple(BundledTrial(i, {}) for i in range(MAX_TRIALS + 1))))
     assert err.value.field == "spec.trials"
