@@ -221,6 +221,16 @@ class Attempts:
             await self._send(job, task, agent, attempt, layout)
         finally:
             self.sending.discard(attempt)
+            if task.agent_task_id != attempt or attempt not in self.watchers:  # the bundle did not start there
+                self._unseat(job, attempt)
+
+    def _unseat(self, job: Job, attempt: str) -> None:
+        """The trials riding in an attempt that never started (refused, rejected, abandoned on its way) wait in the
+        queue again, nothing spent."""
+        left = [r for r in self.riders.pop(attempt, {}).values() if r.state.active]
+        if left:
+            self.machine.requeue(job, left, "its bundle was not started")
+            self.machine.wake.set()
 
     async def _send(
         self, job: Job, task: JobTask, agent: AgentView, attempt: str, layout: RankLayout | None = None

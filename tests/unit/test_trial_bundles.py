@@ -189,3 +189,18 @@ async def test_trials_per_task_is_checked(tmp_path: Path) -> None:
         spec["sweep"]["params"] = {"max_iter": "int:10:50"}
         with pytest.raises(ValidationError, match="pruned sweep runs one trial per task"):
             await controller.submit(spec, "me")
+
+
+async def test_a_refused_bundle_puts_its_riders_back_in_the_queue(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1).refuse = "busy: no free slot"
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
+        await agents.wait(lambda: any(call == "refused" for call, _, _ in agents.calls))
+        await until(controller, lambda: all(t.state is TaskRunState.PENDING for t in job.tasks))
+        assert all(t.failures == 0 for t in job.tasks)
+        agents.fleet["a1"].refuse = ""
+        clock.advance(30)  # past the busy back-off
+        agents.telemetry("a1", 1)
+        await drive(agents, controller, job)
+        assert job.state is JobState.SUCCEEDED and all(t.state is TaskRunState.SUCCEEDED for t in job.tasks)
