@@ -55,12 +55,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.project_spec import check_env_choice
-from tensorfleet_agent.runtime import base_packages
 from tensorfleet_agent.runtime.uv_run import EnvBuildError, run_uv, uv_binary
+
+if TYPE_CHECKING:  # imported where used: importlib.metadata and packaging cost every agent start ~50 ms otherwise
+    from tensorfleet_agent.runtime import base_packages
 
 __all__ = [
     "Env",
@@ -555,11 +557,15 @@ class EnvCache:
         if not self.interpreter().shares_agent_packages:
             return []
         if self._base is None:
+            from tensorfleet_agent.runtime import base_packages
+
             self._base = base_packages.base_closure()
         return self._base
 
     def key(self, spec: EnvSpec) -> str:
         """The key `spec` has on this agent (blocking: reads uv.toml and the installed torch's metadata)."""
+        from tensorfleet_agent.runtime import base_packages
+
         python = self.interpreter()
         return key_for(
             spec.files,
@@ -710,6 +716,8 @@ class EnvCache:
 
             interpreter = self.interpreter()  # found before the key was
             await uv("venv", "--relocatable", "--no-project", "--python", interpreter.path, str(venv))
+            from tensorfleet_agent.runtime import base_packages
+
             base = self._base_packages()
             site = await asyncio.to_thread(_site_packages, venv)
             await asyncio.to_thread(base_packages.link_base_packages, site, base)
@@ -811,6 +819,8 @@ def _site_packages(venv: Path) -> Path:
 
 def _lock_reuses(lock: Path, base: list[base_packages.BasePackage]) -> list[str]:
     """Packages of the lock the agent already has at the locked release (torch 2.13.0 for a 2.13.0+cu128)."""
+    from tensorfleet_agent.runtime import base_packages
+
     have = {p.name: base_packages.public_version(p.version) for p in base}
     try:
         packages = tomllib.loads(lock.read_text()).get("package", [])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
 import platform
 import socket
@@ -14,16 +13,14 @@ from pathlib import Path
 import psutil
 
 from tensorfleet_agent.core.types import GpuTelemetry, Telemetry
+from tensorfleet_agent.core.version import installed_version
 from tensorfleet_agent.runtime.gpus import Gpus
 from tensorfleet_agent.runtime.slots import SlotPool
 
 
 def package_version(name: str) -> str:
     """Installed version without importing the package (torch takes seconds to import)."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return ""
+    return installed_version(name) or ""
 
 
 def machine_facts() -> dict[str, str | int]:
