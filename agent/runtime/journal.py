@@ -190,7 +190,9 @@ class Journal:
     # ---- writing
 
     def create(self, task_id: str, meta: dict[str, Any]) -> TaskLog:
-        """Create the task's directory and metadata file (blocking: call in a thread)."""
+        """Create the task's directory and metadata file (blocking: call in a thread). Its events file is made by the
+        writer with the first event (ACCEPTED, right after): a file creation less on RunTask's path (~0.4 ms on the
+        dev box's ext4); a journal without one reads as no event."""
         directory = private_dir(self.root / task_id)  # it keeps whatever the task printed: its user's only
         created_at = time.time()
         meta = {**meta, "created_at": created_at, "boot_id": self._boot_id}
@@ -198,7 +200,6 @@ class Journal:
         with open(tmp, "w", opener=private_opener) as fh:
             json.dump(meta, fh)  # not fsynced: see the module's docstring
         os.replace(tmp, directory / TASK_FILE)
-        (directory / EVENTS_FILE).touch(mode=FILE_MODE)
         entry = TaskLog(task_id, directory, meta, created_at)
         self._logs[task_id] = entry
         return entry
