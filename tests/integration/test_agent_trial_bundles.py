@@ -150,7 +150,7 @@ async def test_cancel_mid_bundle_ends_the_task_at_once(agent: AgentProcess) -> N
         took = time.monotonic() - start
     last = events[-1].payload
     assert isinstance(last, Finished) and last.status is TaskState.CANCELLED and last.exit_cause == "cancelled", last
-    assert events[-1].trial == -1 and took < 5, took
+    assert events[-1].trial == -1 and took < 10, took  # not the 30 s trial, nor the two after it
     assert not any(isinstance(e.payload, TrialEnded) for e in events)  # the trial cut short gets none
     assert {e.trial for e in events} <= {-1, 0}  # trials 1 and 2 never started
 
@@ -199,4 +199,30 @@ async def test_a_bundle_of_100_trees_costs_a_few_ms_per_trial(agent: AgentProces
     assert [e.trial for e in ended] == list(range(100)) and all(e.payload.ok for e in ended)  # type: ignore[union-attr]
     assert events[-1].payload.status is TaskState.SUCCEEDED  # type: ignore[union-attr]
     print(f"100 bundled trials: {took:.2f} s RunTask -> Finished, {took * 10:.1f} ms per trial")
-    assert took < 20  # generous: a loaded 2-core box; ~12 s as 100 tasks
+    assert took < 60  # generous (a 2-core box shared at load 10-20); the figure is the point
+
+
+async def test_the_blob_cache_stays_in_bounds_under_a_bundles_artifacts(tmp_path: Path) -> None:
+    """The artifacts of a bundle's trials come a few ms apart: the agent counts them in its blob cache in one pass
+    for many (a pass lists the whole cache), yet still evicts the least recently used back into bounds."""
+    limit = 64 << 10
+    agent = AgentProcess(tmp_path / "agent", extra_args=["--blob-cache-gb", str(limit / 2**30)]).start()
+    try:
+        trials = tuple(BundledTrial(i, {"bytes": 8 << 10}) for i in range(40))
+        async with agent.client() as client:
+            events = await run(client, TaskSpec("bblobs", "j", "artifact", {"bytes": 8 << 10}, trials=trials))
+        written = [e.payload.sha256 for e in events if isinstance(e.payload, ArtifactReady)]
+        assert len(set(written)) == 41 and events[-1].payload.status is TaskState.SUCCEEDED  # type: ignore[union-attr]
+        blobs = tmp_path / "agent" / "blobs"
+
+        def cached() -> list[Path]:
+            return [p for p in blobs.glob("??/*") if not p.name.startswith(".")]
+
+        deadline = time.monotonic() + 10
+        while sum(p.stat().st_size for p in cached()) > limit and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)  # (files on disk: nothing to wait on)
+        kept = {p.name for p in cached()}
+        assert sum(p.stat().st_size for p in cached()) <= limit, len(kept)
+        assert kept == set(written[-len(kept) :]), sorted(written.index(k) for k in kept)  # least recently used first
+    finally:
+        agent.stop()
