@@ -178,11 +178,6 @@ class BlobStore:
         with contextlib.suppress(FileNotFoundError):
             os.utime(self.path(sha256))
 
-    def adopt_existing(self, sha256: str) -> None:
-        """A worker wrote this blob itself (artifact/checkpoint): count it and keep the cache in bounds."""
-        self.touch(sha256)
-        self.evict()
-
     def expect(self, digests: Iterable[str]) -> None:
         """These blobs are being written into the cache now (see `wait_for`)."""
         with self._arrival:

@@ -222,7 +222,7 @@ def load(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[s
     if _last is None or _last[0] != key:
         x, y, features, classes = _make(name, params)
         for array in (x, y):
-            array.flags.writeable = False
+            array.setflags(write=False)
         _last = (key, x, y, features, classes)
     _key, x, y, features, classes = _last
     return x, y, list(features), list(classes)
