@@ -38,6 +38,7 @@ __all__ = [
     "report",
     "resume_checkpoint",
     "save_artifact",
+    "save_artifact_bytes",
     "save_checkpoint",
     "spec",
     "stop_requested",
@@ -131,7 +132,10 @@ def report(step: int, **metrics: float) -> None:
 
 
 def progress(fraction: float) -> None:
-    """Fraction of the task done, 0..1 (clamped)."""
+    """Fraction of the task done, 0..1 (clamped). Not sent from a sweep's bundled trial (TaskSpec.trials): it lasts
+    milliseconds, and its end says it all."""
+    if "trial" in _current().spec:
+        return
     _send({"t": "progress", "fraction": min(1.0, max(0.0, float(fraction)))})
 
 
@@ -199,6 +203,22 @@ def save_artifact(path: str | os.PathLike[str], kind: str = "artifact", name: st
     """Hand a finished file to the agent; returns its sha256. The controller fetches it."""
     digest, size = _store(Path(path))
     _send({"t": "artifact", "sha256": digest, "size": size, "kind": kind, "name": name or Path(path).name})
+    return digest
+
+
+def save_artifact_bytes(data: bytes, name: str, kind: str = "artifact") -> str:
+    """save_artifact for a file made in memory (a model's skops bytes): stored under its sha256 without being
+    written, read back and copied first; returns the sha256."""
+    digest = hashlib.sha256(data).hexdigest()
+    blobs = _current().blobs_dir
+    if blobs is not None:
+        dest = blobs / blob_relpath(digest)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+    _send({"t": "artifact", "sha256": digest, "size": len(data), "kind": kind, "name": name})
     return digest
 
 

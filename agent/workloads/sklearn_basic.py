@@ -29,19 +29,42 @@ ROUNDS = 10  # intermediate reports of an iterative estimator
 
 
 def _test_metrics(kind: str, y_test: Any, predicted: Any) -> dict[str, float]:
-    import numpy as np
-    from sklearn import metrics
-
     if kind == CLASSIFICATION:
-        return {
-            "test_accuracy": float(metrics.accuracy_score(y_test, predicted)),
-            "f1_macro": float(metrics.f1_score(y_test, predicted, average="macro")),
-        }
-    return {
-        "r2": float(metrics.r2_score(y_test, predicted)),
-        "rmse": float(np.sqrt(metrics.mean_squared_error(y_test, predicted))),
-        "mae": float(metrics.mean_absolute_error(y_test, predicted)),
-    }
+        accuracy, f1_macro, _ = classification_scores(y_test, predicted)
+        return {"test_accuracy": accuracy, "f1_macro": f1_macro}
+    r2, rmse, mae = regression_scores(y_test, predicted)
+    return {"r2": r2, "rmse": rmse, "mae": mae}
+
+
+def classification_scores(y_true: Any, y_pred: Any) -> tuple[float, float, Any]:
+    """scikit-learn's accuracy_score, f1_score(average="macro") and confusion_matrix, to the last bit, from one
+    confusion matrix: the library's own take ~2 ms of input checks on a small test set, most of a small trial's
+    time (tests/unit/test_sklearn_scores.py holds them equal)."""
+    import numpy as np
+
+    labels, inverse = np.unique(np.concatenate([np.asarray(y_true), np.asarray(y_pred)]), return_inverse=True)
+    n, k = len(y_true), len(labels)
+    true, pred = inverse[:n], inverse[n:]
+    matrix = np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
+    tp, denominator = np.diag(matrix), matrix.sum(axis=1) + matrix.sum(axis=0)
+    f1 = np.where(denominator > 0, 2 * tp / np.where(denominator > 0, denominator, 1), 0.0)  # zero_division 0
+    return float(np.average(true == pred)), float(np.average(f1)), matrix
+
+
+def regression_scores(y_true: Any, y_pred: Any) -> tuple[float, float, float]:
+    """scikit-learn's r2_score, sqrt(mean_squared_error) and mean_absolute_error, to the last bit (same shapes,
+    same order of operations), without its input checks."""
+    import numpy as np
+
+    true = np.asarray(y_true, dtype=np.float64).reshape(-1, 1)
+    pred = np.asarray(y_pred, dtype=np.float64).reshape(-1, 1)
+    residual = ((true - pred) ** 2).sum(axis=0)
+    total = ((true - np.average(true, axis=0)) ** 2).sum(axis=0)
+    # force_finite: a constant target scores 1 when predicted exactly, else 0
+    r2 = float(np.average(1 - residual / total)) if total[0] != 0 else float(residual[0] == 0)
+    mse = float(np.average(np.average((true - pred) ** 2, axis=0)))
+    mae = float(np.average(np.average(np.abs(pred - true), axis=0)))
+    return r2, float(np.sqrt(mse)), mae
 
 
 def _fit_in_rounds(estimator: Any, x_train: Any, y_train: Any, x_test: Any, kind: str, y_test: Any) -> int:
@@ -143,8 +166,6 @@ def _fit_then_report_epochs(estimator: Any, x_train: Any, y_train: Any, x_test: 
 
 
 def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None) -> None:
-    from sklearn import metrics
-
     from tensorfleet_agent.workloads.skops_files import skops_io
 
     spec = task.spec()
@@ -185,18 +206,21 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
     if spec.get("partition") == "cv":
         report.update(fold=int(spec["rank"]), folds=int(spec["world_size"]), test_size=len(x_test) / len(x))
     train_name = "train_accuracy" if kind == CLASSIFICATION else "train_r2"
-    values = {train_name: float(estimator.score(x_train, y_train)), **_test_metrics(kind, y_test, predicted)}
+    fitted = estimator.predict(x_train)  # what estimator.score does (accuracy, R²), without its input checks
     if kind == CLASSIFICATION:
-        report["confusion_matrix"] = metrics.confusion_matrix(y_test, predicted).tolist()
+        train_score = classification_scores(y_train, fitted)[0]
+        test_accuracy, f1_macro, matrix = classification_scores(y_test, predicted)
+        values = {train_name: train_score, "test_accuracy": test_accuracy, "f1_macro": f1_macro}
+        report["confusion_matrix"] = matrix.tolist()
+    else:
+        r2, rmse, mae = regression_scores(y_test, predicted)
+        values = {train_name: regression_scores(y_train, fitted)[0], "r2": r2, "rmse": rmse, "mae": mae}
     values["training_time"] = training_time
     task.report(step=step, **values)
     print(" ".join(f"{k}={v:.4f}" for k, v in values.items()))
     report["metrics"] = values
-    workdir = task.checkpoint_dir().parent
-    skops_io().dump(estimator, workdir / "model.skops")
-    task.save_artifact(workdir / "model.skops", kind="model")
-    (workdir / "report.json").write_text(json.dumps(report, indent=1))
-    task.save_artifact(workdir / "report.json", kind="report")
+    task.save_artifact_bytes(skops_io().dumps(estimator), "model.skops", kind="model")
+    task.save_artifact_bytes(json.dumps(report, indent=1).encode(), "report.json", kind="report")
     task.progress(1.0)
 
 
