@@ -198,7 +198,7 @@ def _run_trials(
                 {
                     "t": "trial_end",
                     "ok": False,
-                    "error": f"{type(exc).__name__}: {exc}",
+                    "error": f"{type(exc).__name__}: {exc}{_disk_full_note(exc, context.task_dir)}",
                     "traceback": traceback.format_exc(),
                     "seconds": time.perf_counter() - start,
                 }

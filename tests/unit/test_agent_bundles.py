@@ -5,6 +5,7 @@ trial of a bundle trains on."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sys
@@ -103,6 +104,15 @@ def test_each_trial_is_framed_and_a_failing_one_does_not_stop_the_next(pipe: _Pi
     failed = messages[5]
     assert failed["error"] == "ValueError: no 2" and "raise ValueError" in failed["traceback"]
     assert all(m["seconds"] >= 0 for m in messages if m["t"] == "trial_end")
+
+
+def test_a_trial_that_fills_the_disk_says_so(pipe: _Pipe, tmp_path: Path) -> None:
+    def entry(params: dict[str, Any]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _loop(pipe, tmp_path, entry, _trials({}))
+    end = pipe.messages()[-1]
+    assert end["t"] == "trial_end" and not end["ok"] and "(disk full on this agent:" in end["error"], end
 
 
 def test_stopped_or_exit_in_a_trial_ends_the_bundle(pipe: _Pipe, tmp_path: Path) -> None:
