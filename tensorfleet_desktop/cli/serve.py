@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 from pathlib import Path
@@ -230,6 +231,8 @@ def serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, app.request_stop)
+        # rich (what serve prints with) is imported beside the start, not after it on the loop pairing the agent
+        output = asyncio.create_task(asyncio.to_thread(importlib.import_module, "tensorfleet_desktop.cli.output"))
         try:
             await app.start()
         except ValueError as exc:  # configuration: a bad URI, an unreachable store, a missing driver
@@ -238,8 +241,7 @@ def serve(args: argparse.Namespace) -> int:
         except (RuntimeError, OSError) as exc:  # the data dir in use, a port taken
             lock.release()
             return _cannot_start(exc, exit_codes.JOB_FAILED)
-        from tensorfleet_desktop.cli.output import err
-
+        err = (await output).err
         http = f", HTTP API on {app.http_url}" if app.http_url else ""
         if app.http_pin:  # HTTPS with a self-signed certificate: what curl pins (see the log for --cacert)
             http += f" (curl --pinnedpubkey '{app.http_pin}' -k)"

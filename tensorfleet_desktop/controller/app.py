@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -13,12 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from tensorfleet_agent.datadir_lock import DataDirLock
-from tensorfleet_agent.discovery.browse import AgentBrowser
 from tensorfleet_agent.identity import load_or_create_identity
 from tensorfleet_agent.rpc.server import Health, create_server, is_loopback, tls_server_credentials
 from tensorfleet_agent.security.secrets import register
@@ -40,6 +40,9 @@ from tensorfleet_desktop.controller.store import open_store
 from tensorfleet_desktop.controller.store.blobs import open_blobs
 from tensorfleet_desktop.controller.tokens import TokenBook
 from tensorfleet_desktop.controller.waking import WakeSource
+
+if TYPE_CHECKING:  # zeroconf: imported when mDNS is on, while the local agent starts up
+    from tensorfleet_agent.discovery.browse import AgentBrowser
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,10 @@ class ControllerApp:
             self._local_agent.launch()
         try:
             await self._start(started)
-        except BaseException:  # a controller that cannot start leaves no agent behind
+        except BaseException:  # a controller that cannot start leaves no agent behind, nor mDNS sockets
+            if self._browser is not None:
+                with contextlib.suppress(Exception):
+                    await self._browser.stop()
             if self._local_agent is not None:
                 await self._local_agent.stop()
             raise
@@ -220,11 +226,14 @@ class ControllerApp:
                 self.fleet.remember(node_id, body["address"], body["source"], body.get("name", ""))
         for address in cfg.agents:
             self._keep_trying(address)
-        if cfg.local_agent:
-            await self._start_local_agent()
-        if cfg.mdns:
+        if cfg.mdns:  # before the local agent is awaited: zeroconf's import and start are done while it starts up,
+            # not between its ready file and its pairing (on the loop that pairs it)
+            from tensorfleet_agent.discovery.browse import AgentBrowser
+
             self._browser = AgentBrowser(cfg.interfaces, self.fleet.on_mdns)
             await self._browser.start()
+        if cfg.local_agent:
+            await self._start_local_agent()
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         metrics_host = cfg.metrics_host if cfg.metrics_host not in ("0.0.0.0", "::") else socket.gethostname()
