@@ -14,6 +14,7 @@ from tensorfleet_agent.core.types import ExitCause, Finished, TaskState
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.errors import JobError, NotFoundError
 from tensorfleet_desktop.controller.events import EventLog
+from tensorfleet_desktop.controller.job_index import JobTable
 from tensorfleet_desktop.controller.jobspec import JobSpec
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
@@ -63,7 +64,8 @@ class JobMachine:
         self.metrics = metrics
         self.max_replacements = max_replacements
         self.effects: JobEffects  # bound by the Controller once its collaborators exist
-        self.jobs: dict[str, Job] = {}
+        self.jobs = JobTable()  # by id, and in list order (a jobs page reads the newest of an index)
+        events.add_job_listener(self.jobs.touched)  # a job's new state files it under that state
         self.open: dict[str, Job] = {}  # not finished: what the scheduler and agent events look at
         self.registering: set[str] = set()  # jobs whose tasks are all done, saving their model
         self.wake = asyncio.Event()  # the scheduler runs a pass at once
@@ -101,10 +103,8 @@ class JobMachine:
         return job
 
     def list_jobs(self, states: tuple[str, ...] = (), limit: int = 0) -> list[Job]:
-        jobs = sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)
-        if states:
-            jobs = [j for j in jobs if j.state.value in states]
-        return jobs[:limit] if limit > 0 else jobs
+        """Newest first (jobs created in one instant in the order they came), of these states (any: none given)."""
+        return self.jobs.newest(states, limit)
 
     # ---- commands
 

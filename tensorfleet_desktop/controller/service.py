@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -167,11 +168,14 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         if request.limit < 0:
             raise ValidationError("limit", f"must be >= 0, got {request.limit}")
         states, whose = wire.job_states_from_pb(request.states), principals.user_of(request.submitter)
-        jobs = self.c.list_jobs(states, 0 if whose else request.limit)
         if whose:  # by the user part: jobs submitted as `user@host` before named tokens are theirs too
-            jobs = [j for j in jobs if principals.user_of(j.submitter) == whose]
-            jobs = jobs[: request.limit] if request.limit else jobs
-        return cpb.ListJobsResponse(jobs=[self._job(j) for j in jobs])
+            with contextlib.closing(self.c.jobs.newest_first(states)) as newest:  # read until the page is full
+                theirs = (j for j in newest if principals.user_of(j.submitter) == whose)
+                jobs = list(itertools.islice(theirs, request.limit) if request.limit else theirs)
+        else:
+            jobs = self.c.list_jobs(states, request.limit)  # from the index: the newest, no sort of every job
+        names = self._names()  # once per page, not once per job
+        return cpb.ListJobsResponse(jobs=[wire.job_to_pb(j, names) for j in jobs])
 
     @_unary
     async def GetJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:

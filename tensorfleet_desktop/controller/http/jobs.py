@@ -16,7 +16,7 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller import operations, principals
 from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
-from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, paginate
+from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, paginate, paginate_index
 from tensorfleet_desktop.controller.jobspec import MAX_SPEC_JSON
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.demo import DEMO_JOBS
@@ -373,16 +373,28 @@ async def list_jobs(
     """Newest first. A cursor continues after the last job a client saw, so jobs submitted meanwhile never push
     one onto the next page twice."""
     needle = (name or "").casefold()
-    jobs = [  # the core's list (as gRPC ListJobs gets it: newest first, of these states), then HTTP's own filters
-        j
-        for j in ctx.controller.list_jobs(_states(state or []))
-        if (user is None or j.submitter == user or principals.user_of(j.submitter) == user)
-        and (label is None or j.spec.get("group") == label or label in (j.spec.get("tags") or ()))
-        and (not needle or needle in j.name.casefold())
-        and (sweep is None or bool(j.spec.get("sweep")) == sweep)
-    ]
-    jobs.sort(key=_key, reverse=True)  # stable: reorders only jobs created in one instant (by id: the cursor's key)
-    chunk = paginate(jobs, _key, limit, cursor, page)
+    states, table = _states(state or []), ctx.controller.jobs  # the jobs in (created_at, id) order, by state
+    if user is None and label is None and not needle and sweep is None:  # a page of the index: no scan, no sort
+        chunk = paginate_index(
+            table.count(states),
+            _key,
+            limit,
+            cursor,
+            page,
+            at=lambda start, size: table.page(states, start, size),
+            after=lambda key, size: table.after(states, key, size),
+            everything=lambda: table.ordered(states),
+        )
+    else:
+        jobs = [  # newest (created_at, id) first, of these states; then HTTP's own filters
+            j
+            for j in table.ordered(states)
+            if (user is None or j.submitter == user or principals.user_of(j.submitter) == user)
+            and (label is None or j.spec.get("group") == label or label in (j.spec.get("tags") or ()))
+            and (not needle or needle in j.name.casefold())
+            and (sweep is None or bool(j.spec.get("sweep")) == sweep)
+        ]
+        chunk = paginate(jobs, _key, limit, cursor, page)
     names = ctx.agent_names()
     return JobPage(
         items=[job_out(j, names) for j in chunk.items],

@@ -48,6 +48,15 @@ def decode_cursor(cursor: str) -> list[Any]:
     return key
 
 
+def _check(limit: int, cursor: str | None, page: int | None) -> None:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValidationError("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
+    if cursor and page is not None:
+        raise ValidationError("cursor", "give either cursor or page, not both")
+    if page is not None and page < 1:
+        raise ValidationError("page", f"must be >= 1, got {page}")
+
+
 def paginate(
     items: Sequence[T],
     key: Callable[[T], Sequence[Any]],
@@ -57,12 +66,7 @@ def paginate(
 ) -> Page[T]:
     """One page of `items`, which are sorted by `key` (unique per item), descending. `cursor` (from an earlier
     page's next_cursor) continues after that item; `page` (1-based) is the page-number form; not both."""
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ValidationError("limit", f"must be between 1 and {MAX_LIMIT}, got {limit}")
-    if cursor and page is not None:
-        raise ValidationError("cursor", "give either cursor or page, not both")
-    if page is not None and page < 1:
-        raise ValidationError("page", f"must be >= 1, got {page}")
+    _check(limit, cursor, page)
     start = 0
     if cursor:
         after = decode_cursor(cursor)
@@ -80,3 +84,30 @@ def paginate(
     chunk = list(items[start : start + limit])
     more = start + limit < len(items)
     return Page(chunk, len(items), limit, encode_cursor(key(chunk[-1])) if more and chunk else None, page)
+
+
+def paginate_index(
+    total: int,
+    key: Callable[[T], Sequence[Any]],
+    limit: int,
+    cursor: str | None,
+    page: int | None,
+    at: Callable[[int, int], list[T]],
+    after: Callable[[list[Any], int], tuple[int, list[T]] | None],
+    everything: Callable[[], Sequence[T]],
+) -> Page[T]:
+    """The page `paginate` gives of a list of `total` items, read from an index that holds them in order instead
+    of the whole list: `at(start, size)` gives items start .. start + size; `after(cursor key, size)` where the
+    items older than a cursor's key start and the first `size` of them, or None for a key the index cannot place
+    (then `everything()` is paged as `paginate` does, its answers and its errors)."""
+    _check(limit, cursor, page)
+    if cursor:
+        found = after(decode_cursor(cursor), limit)
+        if found is None:
+            return paginate(everything(), key, limit, cursor, page)
+        start, chunk = found
+    else:
+        start = (page - 1) * limit if page is not None else 0
+        chunk = at(start, limit)
+    more = start + limit < total
+    return Page(chunk, total, limit, encode_cursor(key(chunk[-1])) if more and chunk else None, page)
