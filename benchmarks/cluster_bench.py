@@ -134,20 +134,23 @@ def cold_start_and_idle_memory(workdir: Path, memory: bool = True) -> dict[str, 
     after it and after an iris random forest job."""
     port = free_port()
     address = f"127.0.0.1:{port}"
+    ready = workdir.with_name(workdir.name + ".ready")
     cmd = [sys.executable, "-m", "tensorfleet_desktop", "serve", "--port", str(port), "--data-dir", str(workdir)]
-    cmd += ["--interfaces", "127.0.0.1", "--local-agent-slots", "2"]
+    cmd += ["--interfaces", "127.0.0.1", "--local-agent-slots", "2", "--ready-file", str(ready)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while True:
-            try:  # a client made before the controller wrote its connection file has no token: one per try
-                with Client(address, timeout=5) as probe:
-                    if any(a["state"] == "ONLINE" for a in probe.agents()):
-                        break
-            except Exception:  # not up yet
-                pass
-            time.sleep(0.02)
+        # As the desktop app waits for the serve it starts (local_cluster.py): for its ready file, written once its
+        # controller serves and its local agent is added, then for that agent to be ONLINE (its pairing may still
+        # run). One stat and then one cheap call every 5 ms: a new client per try (~2 ms of CPU each) took CPU
+        # from the start it measured, on a 2-core machine.
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"tensorfleet serve exited with {proc.returncode} before it was ready")
+            time.sleep(0.005)
         with Client(address, timeout=5) as client:
+            while not any(a["state"] == "ONLINE" for a in client.agents()):
+                time.sleep(0.005)
             final = client.wait(client.submit(NOOP)["id"], timeout=60)
             cold = time.perf_counter() - t0
             assert final["state"] == "SUCCEEDED", final
