@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tensorfleet_agent import task
-from tensorfleet_agent.workloads.datasets import CLASSIFICATION, data_sha256, dataset_task, is_user_dataset, load
+from tensorfleet_agent.workloads.datasets import CLASSIFICATION, data_sha256, dataset_task, load
 
 TEST_SIZE = 0.2
 SPLIT_SEED = 42
@@ -176,7 +176,7 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
         x_train, x_test, y_train, y_test = _fold(x, y, kind, int(spec["rank"]), int(spec["world_size"]))
         sha256 = data_sha256(x, y)
     else:
-        x_train, x_test, y_train, y_test, sha256 = _split(x, y, kind, is_user_dataset(name))
+        x_train, x_test, y_train, y_test, sha256 = _split(x, y, kind)
     estimator = make(kind)
     print(
         f"{spec['workload']} ({type(estimator).__name__}) on {name}: {len(x_train)} train / {len(x_test)} test rows, "
@@ -227,10 +227,10 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
 _last_split: tuple[Any, Any, tuple[Any, Any, Any, Any, str]] | None = None  # see _split
 
 
-def _split(x: Any, y: Any, kind: str, user: bool) -> tuple[Any, Any, Any, Any, str]:
-    """The seeded train/test split (stratified for classification) and the data's sha256. For a built-in dataset
-    both are kept for the next call on the same arrays (datasets.load hands out the same read-only ones): a sweep's
-    bundled trials split and hash their data once, not once each. The parts are read-only too."""
+def _split(x: Any, y: Any, kind: str) -> tuple[Any, Any, Any, Any, str]:
+    """The seeded train/test split (stratified for classification) and the data's sha256, both kept for the next
+    call on the same arrays (datasets.load hands out the same read-only ones): a sweep's bundled trials split and
+    hash their data once, not once each. The parts are read-only too."""
     global _last_split
     if _last_split is not None and _last_split[0] is x and _last_split[1] is y:
         return _last_split[2]
@@ -239,10 +239,9 @@ def _split(x: Any, y: Any, kind: str, user: bool) -> tuple[Any, Any, Any, Any, s
     stratify = y if kind == CLASSIFICATION else None
     parts = train_test_split(x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=stratify)
     out = (*parts, data_sha256(x, y))
-    if not user:
-        for array in parts:
-            array.flags.writeable = False
-        _last_split = (x, y, out)
+    for array in parts:
+        array.setflags(write=False)
+    _last_split = (x, y, out)
     return out
 
 

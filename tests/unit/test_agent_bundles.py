@@ -228,3 +228,22 @@ def test_a_built_in_dataset_is_made_once_per_process_and_cannot_be_changed() -> 
     a = datasets.load("make_classification", small)
     b = datasets.load("make_classification", {**small, "random_state": 2})
     assert a[0].shape == (50, 4) and not np.array_equal(a[0], b[0])  # other parameters: other data
+
+
+def test_a_users_csv_is_read_once_per_process_while_the_task_has_it(tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "data.csv").write_text("a,b,label\n1,2,x\n3,4,y\n5,6,x\n")
+    params = {"target": "label", "file": "data.csv", "task": "classification"}
+    name = "user:" + "ab" * 32  # named by its content's sha256: the same name is the same data
+    task_api._install(task_api.TaskContext({}, tmp_path, None, None))
+    try:
+        x, y, header, classes = datasets.load(name, params)
+        assert x.tolist() == [[1, 2], [3, 4], [5, 6]] and y.tolist() == [0, 1, 0] and classes == ["x", "y"]
+        assert header == ["a", "b"]
+        assert datasets.load(name, params)[0] is x and not x.flags.writeable  # not parsed again
+        (inputs / "data.csv").unlink()
+        with pytest.raises(FileNotFoundError, match=r"data\.csv"):  # a task that was not sent it gets none
+            datasets.load(name, params)
+    finally:
+        task_api._install(None)
