@@ -33,6 +33,7 @@ from tensorfleet_agent.workloads.gpu_cap import ENV as GPU_MEMORY_FRACTION_ENV
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _FULL_BELOW = 1 << 20  # free bytes under which a failure is put down to a full disk
+TRIAL_HOLD = 0.5  # seconds a bundled trial's lines may wait to be written together (a long trial's are not held)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -184,29 +185,30 @@ def _run_trials(
         index = int(trial["index"])
         context.spec = {**spec, "params": trial["params"], "trial": index}
         os.chdir(context.task_dir)
-        channel.send({"t": "trial", "index": index})
-        start = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                entry(trial["params"])
-        except task_api.Stopped:
-            raise
-        except Exception as exc:
-            for stream in streams:
-                stream.flush()
-            channel.send(
-                {
-                    "t": "trial_end",
-                    "ok": False,
-                    "error": f"{type(exc).__name__}: {exc}{_disk_full_note(exc, context.task_dir)}",
-                    "traceback": traceback.format_exc(),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-        else:
-            for stream in streams:
-                stream.flush()
-            channel.send({"t": "trial_end", "ok": True, "seconds": time.perf_counter() - start})
+        channel.send({"t": "trial", "index": index})  # at once: a long trial is seen running
+        with channel.held(TRIAL_HOLD):  # the rest of its lines in one write (one wake-up of the agent), trial_end too
+            start = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    entry(trial["params"])
+            except task_api.Stopped:
+                raise
+            except Exception as exc:
+                for stream in streams:
+                    stream.flush()
+                channel.send(
+                    {
+                        "t": "trial_end",
+                        "ok": False,
+                        "error": f"{type(exc).__name__}: {exc}{_disk_full_note(exc, context.task_dir)}",
+                        "traceback": traceback.format_exc(),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
+            else:
+                for stream in streams:
+                    stream.flush()
+                channel.send({"t": "trial_end", "ok": True, "seconds": time.perf_counter() - start})
 
 
 def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
