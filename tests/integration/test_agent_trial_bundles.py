@@ -155,6 +155,32 @@ async def test_cancel_mid_bundle_ends_the_task_at_once(agent: AgentProcess) -> N
     assert {e.trial for e in events} <= {-1, 0}  # trials 1 and 2 never started
 
 
+async def test_a_pause_mid_bundle_lets_the_trial_end_and_starts_no_more(agent: AgentProcess) -> None:
+    """A pause (cancel with a checkpoint grace) asks the worker to stop: a bundle stops between two trials, the
+    running one ending first (it may be nearly done), and the task ends stopped, not killed at the grace's end."""
+    trials = tuple(BundledTrial(i, {"seconds": 1.0}) for i in range(4))
+    spec = TaskSpec("bpause", "j", "sleep", {"seconds": 30.0}, trials=trials)
+    async with agent.client() as client:
+        await client.run_task(spec)
+        events: list[TaskEvent] = []
+        async with asyncio.timeout(30):
+            async for event in client.watch_task(spec.task_id):
+                events.append(event)
+                if event.trial == 1 and isinstance(event.payload, StateChanged):
+                    break
+        start = time.monotonic()
+        assert await client.cancel_task(spec.task_id, "pausing", checkpoint_grace=20)
+        async with asyncio.timeout(25):
+            events += [e async for e in client.watch_task(spec.task_id, after_seq=events[-1].seq)]
+        took = time.monotonic() - start
+    last = events[-1].payload
+    assert isinstance(last, Finished) and last.status is TaskState.CANCELLED and last.exit_cause == "stopped", last
+    ended = [e.trial for e in events if isinstance(e.payload, TrialEnded) and e.payload.ok]
+    assert ended == list(range(len(ended))) and 2 <= len(ended) < 4, ended  # trial 1 (or the next) ran to its end
+    assert last.error == f"stopped on request before trial {len(ended)}" and took < 10, (last, took)
+    assert all(not of_trial(events, i) for i in range(len(ended), 4))  # none started after
+
+
 @pytest.mark.parametrize(
     ("spec", "field", "words"),
     [
