@@ -18,6 +18,9 @@ from typing import Any
 
 import psutil
 
+from tensorfleet_agent.runtime.commands import CREDENTIAL_VARIABLES as CREDENTIAL_VARIABLES
+from tensorfleet_agent.runtime.commands import agent_command as agent_command
+
 log = logging.getLogger(__name__)
 
 OutputCallback = Callable[[str, str], None]
@@ -355,7 +358,6 @@ def kill_descendants(pid: int, stop_root: bool) -> list[psutil.Process]:
     return found
 
 
-CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # The agent's package-index settings (a mirror URL may carry a password): used by its own env builds (envs.py reads
 # the agent's environment), never handed to user code.
 INDEX_PREFIXES = ("UV_", "PIP_")
@@ -376,13 +378,6 @@ def worker_environment(env: dict[str, str], task_env: dict[str, str] | None = No
     }
     out.update({name: value for name, value in (task_env or {}).items() if not name.startswith("TENSORFLEET_")})
     return out
-
-
-def agent_command() -> list[str]:
-    """How to start an agent daemon: `python -m tensorfleet_agent`, or the frozen executable's agent mode."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "--tensorfleet-agent"]
-    return [sys.executable, "-m", "tensorfleet_agent"]
 
 
 def worker_command(cmd_fd: int, evt_fd: int) -> list[str]:
