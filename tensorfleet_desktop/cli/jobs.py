@@ -226,6 +226,11 @@ def add_parsers(sub: Any) -> None:
         help="stop trials whose intermediate scores trail the median (iterative algorithms: mlp, gradient_boosting)",
     )
     s.add_argument(
+        "--trials-per-task",
+        type=int,
+        help="trials one agent task runs one after another (default: chosen from the budget; 1: one task each)",
+    )
+    s.add_argument(
         "--keep-models",
         choices=("best", "all", "none"),
         help="a sweep's trials' models registered: the best one (default), all of them, or none",
@@ -355,7 +360,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             spec[key] = value
     if args.param:
         spec["hyperparameters"] = {**(spec.get("hyperparameters") or {}), **_kv(args.param, "--param")}
-    if args.sweep or args.search or args.trials or args.sweep_timeout or args.sweep_metric or args.prune:
+    sweeping = (args.sweep, args.search, args.trials, args.sweep_timeout, args.sweep_metric, args.prune)
+    if any(sweeping) or args.trials_per_task is not None:
         sweep = dict(spec.get("sweep") or {})
         if args.sweep:
             sweep["params"] = {**(sweep.get("params") or {}), **_kv(args.sweep, "--sweep", parse_values=False)}
@@ -365,6 +371,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             ("timeout", args.sweep_timeout),
             ("metric", args.sweep_metric),
             ("prune", args.prune or None),
+            ("trials_per_task", args.trials_per_task),
         ):
             if value is not None:
                 sweep[key] = value
