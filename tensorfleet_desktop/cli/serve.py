@@ -7,7 +7,6 @@ its local agent (see serve)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import os
 import signal
@@ -169,7 +168,10 @@ def serve(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read {config_path}: {exc.strerror or exc}") from None
         raise UsageError(str(unusable(data_dir, exc))) from None
     env_store = os.environ.get("TENSORFLEET_MONGODB_URI", "")
-    _guard_secrets(args.store, args.store or env_store or settings.store_uri, settings, config_path)
+
+    def guard_secrets() -> None:  # imports the store's code (and asyncio): after the local agent started
+        _guard_secrets(args.store, args.store or env_store or settings.store_uri, settings, config_path)
+
     try:
         interfaces = parse_interfaces(args.interfaces)
     except ValueError as exc:
@@ -210,24 +212,30 @@ def serve(args: argparse.Namespace) -> int:
             preempt_grace=settings.preempt_grace,
         )
 
-    async def main() -> int:
-        from tensorfleet_desktop.controller.local_agent import LocalAgent
-        from tensorfleet_desktop.controller.settings import claim_data_dir
+    from tensorfleet_desktop.controller.local_agent import LocalAgent
+    from tensorfleet_desktop.controller.settings import claim_data_dir
 
-        local_agent: LocalAgent | None = None
-        try:
-            lock = claim_data_dir(data_dir)
-            if not args.no_local_agent:
-                local_agent = LocalAgent(data_dir, args.local_agent_slots, args.local_agent_metrics_port, args.insecure)
-                local_agent.spawn_if_free()  # else the controller's start waits for the dir's last agent to leave
-            from tensorfleet_desktop.controller.app import ControllerApp
-
-            config = configure()
-            app = ControllerApp(config, lock=lock, local_agent=local_agent)
-        except (RuntimeError, OSError) as exc:  # the data dir in use, or another user's
-            if local_agent is not None:
-                await local_agent.stop()
+    try:
+        lock = claim_data_dir(data_dir)
+    except (RuntimeError, OSError) as exc:  # the data dir in use, or another user's
+        guard_secrets()
+        return _cannot_start(exc, exit_codes.JOB_FAILED)
+    local_agent: LocalAgent | None = None
+    if not args.no_local_agent:
+        local_agent = LocalAgent(data_dir, args.local_agent_slots, args.local_agent_metrics_port, args.insecure)
+        try:  # before asyncio and the controller are imported; else the start waits for the dir's last agent
+            local_agent.spawn_if_free()
+        except OSError as exc:
+            guard_secrets()
+            lock.release()
             return _cannot_start(exc, exit_codes.JOB_FAILED)
+    guard_secrets()
+    import asyncio
+
+    async def main() -> int:
+        from tensorfleet_desktop.controller.app import ControllerApp
+
+        app = ControllerApp(configure(), lock=lock, local_agent=local_agent)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, app.request_stop)
@@ -245,7 +253,7 @@ def serve(args: argparse.Namespace) -> int:
         http = f", HTTP API on {app.http_url}" if app.http_url else ""
         if app.http_pin:  # HTTPS with a self-signed certificate: what curl pins (see the log for --cacert)
             http += f" (curl --pinnedpubkey '{app.http_pin}' -k)"
-        err.print(f"TensorFleet controller on {app.address}{http} (data in {config.data_dir}); Ctrl-C stops it")
+        err.print(f"TensorFleet controller on {app.address}{http} (data in {app.config.data_dir}); Ctrl-C stops it")
         await app.stopped.wait()
         await app.stop()
         return exit_codes.OK

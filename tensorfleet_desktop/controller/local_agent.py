@@ -3,12 +3,11 @@
 It is started as soon as the controller holds its data dir, before the controller imports its modules and opens
 its store: the agent's own start-up (a Python process importing its modules, making its keys, starting its fork
 server) then runs beside the controller's instead of after it, which is most of a cold start to a first result.
-This module imports little for that reason (no gRPC, no store).
+This module imports little for that reason (no gRPC, no store, and asyncio only in what runs on the loop).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -17,10 +16,14 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tensorfleet_agent.datadir_lock import holder_of, wait_until_free
-from tensorfleet_agent.runtime.process import CREDENTIAL_VARIABLES, agent_command
+from tensorfleet_agent.runtime.commands import CREDENTIAL_VARIABLES, agent_command
 from tensorfleet_agent.security.secrets import register
+
+if TYPE_CHECKING:
+    import asyncio
 
 LOCAL_AGENT_SECRETS = (
     "TENSORFLEET_CLUSTER_TOKEN",
@@ -67,10 +70,14 @@ class LocalAgent:
 
     def launch(self) -> None:
         """Start it in the background once its data dir is free, unless it was started already."""
+        import asyncio
+
         if self.proc is None and self._spawning is None:
             self._spawning = asyncio.create_task(self._spawn_when_free(), name="local-agent-spawn")
 
     async def _spawn_when_free(self) -> None:
+        import asyncio
+
         holder = await asyncio.to_thread(wait_until_free, self.data_dir / "local-agent", FREE_TIMEOUT)
         if holder is not None:
             raise RuntimeError(f"the local agent's data dir stays in use: {holder.describe()}")
@@ -117,6 +124,8 @@ class LocalAgent:
 
     async def wait_ready(self) -> int:
         """The port it serves on, once its ready file is there; RuntimeError when it exits or takes too long."""
+        import asyncio
+
         if self._spawning is not None:
             await self._spawning
         proc = self.proc
@@ -132,6 +141,8 @@ class LocalAgent:
 
     async def stop(self, timeout: float = 70.0) -> None:
         """SIGTERM (it drains its tasks), then SIGKILL after `timeout` seconds."""
+        import asyncio
+
         if self._spawning is not None and not self._spawning.done():
             self._spawning.cancel()
         proc = self.proc

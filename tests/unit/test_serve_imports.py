@@ -6,29 +6,34 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tensorfleet_desktop.cli import build_parser
 
 # what the controller needs later, but the agent must not wait for: the cold start runs both side by side
-NOT_BEFORE_THE_AGENT = ("grpc", "rich", "zeroconf", "cryptography", "tensorfleet_desktop.client", "yaml")
+NOT_BEFORE_THE_AGENT = ("asyncio", "grpc", "rich", "zeroconf", "cryptography", "tensorfleet_desktop.client", "yaml")
 
 
-def test_serve_loads_no_grpc_rich_or_sdk_before_it_starts_its_local_agent() -> None:
+def test_serve_loads_no_asyncio_grpc_rich_or_sdk_before_it_starts_its_local_agent(tmp_path: Path) -> None:
+    """What `tensorfleet serve` has imported when it starts its agent (the agent's start is refused here)."""
     code = (
         "import json, sys\n"
-        "from tensorfleet_desktop.cli import build_parser\n"
-        "from tensorfleet_desktop.controller import local_agent, settings\n"
-        "from tensorfleet_agent.discovery import interfaces\n"
-        "build_parser(serve_only=True).parse_args(['serve', '--port', '0'])\n"
-        "print(json.dumps(sorted(sys.modules)))"
+        "def hook(event, args):\n"
+        "    if event == 'subprocess.Popen' and 'tensorfleet_agent' in ' '.join(map(str, args[1] or ())):\n"
+        "        print(json.dumps(sorted(sys.modules)), flush=True)\n"
+        "        raise SystemExit(0)\n"
+        "sys.addaudithook(hook)\n"
+        "from tensorfleet_desktop.cli import main\n"
+        "sys.exit(main(['serve', '--port', '0', '--no-mdns', '--data-dir', sys.argv[1]]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    loaded = json.loads(out)
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout, run.stderr
+    loaded = json.loads(run.stdout)
     offenders = [m for m in loaded if m.split(".")[0] in NOT_BEFORE_THE_AGENT or m.startswith(NOT_BEFORE_THE_AGENT)]
     assert not offenders, f"serve loads {offenders} before its local agent starts"
-    assert "tensorfleet_desktop.controller.local_agent" in loaded  # the check looked at a real import
+    assert "tensorfleet_desktop.controller.local_agent" in loaded  # the check looked at serve's real imports
 
 
 @pytest.mark.parametrize(
