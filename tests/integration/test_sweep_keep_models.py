@@ -75,3 +75,36 @@ def test_keep_models_best_all_none(shared_cluster: tuple[ControllerProcess, list
 
         nothing = finished(client, ids[2])
         assert versions(client, "keep-none") == [] and not nothing.get("model")
+
+
+def test_a_bundled_sweep_keeps_every_trial_its_own_result(
+    shared_cluster: tuple[ControllerProcess, list[AgentProcess]],
+) -> None:
+    """12 trials, 4 per agent task on 2 real agents: every trial is its own result (its params' own score, as a fit
+    here gives it, its own model registered), through fewer agent tasks than trials."""
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import train_test_split
+    from sklearn.tree import DecisionTreeClassifier
+
+    controller, _ = shared_cluster
+    spec: dict[str, Any] = {"algorithm": "decision_tree", "dataset": "iris", "model_name": "bundled"}
+    spec["sweep"] = {"params": {"max_depth": "int:1:6", "min_samples_split": "int:2:30"}, "search": "random"}
+    spec["sweep"].update(trials=12, trials_per_task=4)
+    spec["keep_models"] = "all"
+    with Client(controller.address) as client:
+        job = finished(client, str(client.submit(spec)["id"]))
+        detail = client.job(job["id"])
+        events = list(client.watch(job["id"]))
+        listed = versions(client, "bundled")
+    tasks = detail["task_list"]
+    assert len(tasks) == 12 and all(t["state"] == "SUCCEEDED" for t in tasks)
+    x, y = load_iris(return_X_y=True)
+    a, b, c, d = train_test_split(x, y, test_size=0.2, random_state=42, stratify=y)
+    for task in tasks:
+        params = {k: v for k, v in task["params"].items() if k in DecisionTreeClassifier().get_params()}
+        assert task["metrics"]["test_accuracy"] == DecisionTreeClassifier(**params).fit(a, c).score(b, d), task
+    rode = [e for e in events if e["kind"] == "task_state" and "in a bundle with trial" in e.get("message", "")]
+    leads = {e["message"].rsplit(" ", 1)[1] for e in rode}
+    assert len(rode) >= 6 and len(leads) <= 6  # most trials rode with another: fewer tasks than trials
+    models = {a["task_index"] for a in detail["artifacts"] if a["kind"] == "model"}
+    assert models == set(range(12)) and len(listed) == 12  # each trial's own model, each registered
