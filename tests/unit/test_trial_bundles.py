@@ -204,3 +204,22 @@ async def test_a_refused_bundle_puts_its_riders_back_in_the_queue(tmp_path: Path
         agents.telemetry("a1", 1)
         await drive(agents, controller, job)
         assert job.state is JobState.SUCCEEDED and all(t.state is TaskRunState.SUCCEEDED for t in job.tasks)
+
+
+async def test_pausing_a_sweep_queues_its_bundles_trials_and_resuming_runs_them(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        riders = [t.index for t in agents.task(attempt).spec.trials]
+        agents.send_trial(attempt, riders[0], StateChanged(TaskState.RUNNING))
+        controller.pause(job.id)
+        await agents.wait(lambda: agents.task(attempt).cancelled != "")
+        assert job.state is JobState.PAUSED and all(t.state is TaskRunState.PENDING for t in job.tasks)
+        agents.send_trial(attempt, riders[0], TrialEnded(True))  # the stopped bundle's late word counts for nothing
+        agents.finish(attempt, TaskState.CANCELLED, "cancelled")
+        controller.resume(job.id)
+        await drive(agents, controller, job)
+        assert job.state is JobState.SUCCEEDED and all(t.state is TaskRunState.SUCCEEDED for t in job.tasks)
