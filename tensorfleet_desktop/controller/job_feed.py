@@ -50,7 +50,10 @@ class JobFeed:
         self._epoch = uuid.uuid4().hex[:12]  # a token from another run of the controller is never trusted
         self._revision = 0
         self._recent: deque[tuple[int, str]] = deque(maxlen=KEEP)
-        self._watchers: set[JobWatcher] = set()
+        self._watchers: set[JobWatcher] = set()  # of every job
+        # those of some jobs, by job: a change wakes its job's, not every Client.wait's (300 waits of a burst of 300
+        # jobs noted 90,000 changes, 0.25 ms of the controller's time per job)
+        self._of_job: dict[str, set[JobWatcher]] = {}
         self._states: dict[str, JobState] = {}  # the last state seen of each unfinished job
         self.close = add_job_listener(self._changed)
 
@@ -75,6 +78,8 @@ class JobFeed:
             self._recent.append((self._revision, job.id))
         for watcher in self._watchers:
             watcher.note(job.id, urgent)
+        for watcher in self._of_job.get(job.id, ()):
+            watcher.note(job.id, urgent)
 
     def token(self) -> str:
         """Everything up to now: resuming with it gets only later changes. Read it on the loop, right after
@@ -95,8 +100,17 @@ class JobFeed:
     @contextmanager
     def watcher(self, only: Collection[str] = ()) -> Iterator[JobWatcher]:
         watcher = JobWatcher(only)
-        self._watchers.add(watcher)
+        if not watcher.only:
+            self._watchers.add(watcher)
+        for job_id in watcher.only:
+            self._of_job.setdefault(job_id, set()).add(watcher)
         try:
             yield watcher
         finally:
             self._watchers.discard(watcher)
+            for job_id in watcher.only:
+                watchers = self._of_job.get(job_id)
+                if watchers is not None:
+                    watchers.discard(watcher)
+                    if not watchers:
+                        del self._of_job[job_id]

@@ -72,3 +72,22 @@ def test_a_watcher_collects_changes_until_it_takes_them() -> None:
     feed.close()
     change("c")
     assert feed.changed_since(feed.token()) == set() and feed.token().endswith("-3")
+
+
+def test_a_watcher_of_some_jobs_hears_only_those_and_nothing_once_gone() -> None:
+    """Client.wait watches one job: a burst of others' changes does not wake it; a watcher of every job, beside it,
+    hears them all; after its stream ends neither the one-job watcher nor a later one of the same job is fed the old
+    changes."""
+    feed, change = _feed()
+    with feed.watcher() as everyone, feed.watcher({"a", "b"}) as some, feed.watcher({"a"}) as one:
+        for job_id in ("x", "y", "b"):
+            change(job_id)
+        assert not one.wake.is_set() and some.take() == {"b"} and everyone.take() == {"x", "y", "b"}
+        change("a")
+        assert one.take() == {"a"} and some.take() == {"a"} and everyone.take() == {"a"}
+    change("a")
+    assert one.take() == set() and some.take() == set() and everyone.take() == set()
+    with feed.watcher({"a"}) as again:
+        assert not again.wake.is_set()
+        change("a")
+        assert again.take() == {"a"}
