@@ -51,7 +51,7 @@ class SweepRunner:
         parallel = max(1, parallel) * bundle_size(job, max(slots, parallel))
         sweep = job.spec["sweep"]
         study = self.study(job)
-        in_flight = [t for t in job.tasks if t.state is TaskRunState.PENDING or t.state.active]
+        in_flight = [t for t in job.tasks if t.state in _IN_FLIGHT]  # one pass per scheduling pass: kept cheap
         deadline = (job.started_at or job.created_at) + float(sweep["timeout"]) if sweep.get("timeout") else None
         expired = deadline is not None and self.machine.clock.time() > deadline
         if expired:
@@ -104,6 +104,9 @@ class SweepRunner:
         self.machine.wake.set()
 
 
+_IN_FLIGHT = frozenset(
+    {TaskRunState.PENDING, TaskRunState.DISPATCHED, TaskRunState.PREPARING, TaskRunState.RUNNING}
+)  # PENDING or active
 BUNDLE_MAX = 32  # trials per bundle when chosen for the user (sweep trials_per_task: up to 256)
 BUNDLE_MAX_ADAPTIVE = 4  # with TPE, which learns from finished trials: a bundle's trials are drawn before any ends
 BUNDLE_ROUNDS = 4  # a sweep's remaining trials make at least this many bundles per slot (a slow one is not last)
