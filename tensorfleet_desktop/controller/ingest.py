@@ -74,10 +74,13 @@ class Ingest:
                 return None  # the task's own run ends with Finished
             status = TaskState.SUCCEEDED if p.ok else TaskState.FAILED
             cause = ExitCause.COMPLETED if p.ok else ExitCause.EXCEPTION
+            lead.started_at = self.clock.time()  # the lead's own trial runs after its riders': its duration is its own
             return task, Finished(status, cause, p.error, p.duration_seconds), base
         if isinstance(p, StateChanged):
             if p.state is TaskState.RUNNING:
                 task.state = TaskRunState.RUNNING
+                if task is not lead:  # a rider waited in its bundle since the dispatch: its duration is its own run
+                    task.started_at = self.clock.time()
             elif p.state is TaskState.PREPARING and task.state is TaskRunState.DISPATCHED:
                 task.state = TaskRunState.PREPARING  # a project task: its files laid out, its env built
             record(job, "task_state", base, state=task.state.value, message=p.message)

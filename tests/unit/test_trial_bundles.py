@@ -85,6 +85,7 @@ async def test_a_failing_trial_in_a_bundle_fails_alone_and_the_bundle_goes_on(tm
         run_bundle(agents, first, fail=riders[1].index)
         await drive(agents, controller, job)
         assert job.state is JobState.SUCCEEDED
+        assert all(job.tasks[t.index].started_at > 0 for t in riders)
         failed = job.tasks[riders[1].index]
         assert failed.state is TaskRunState.FAILED and "max_features" in failed.error
         assert sum(t.state is TaskRunState.SUCCEEDED for t in job.tasks) == 11
@@ -223,3 +224,27 @@ async def test_pausing_a_sweep_queues_its_bundles_trials_and_resuming_runs_them(
         controller.resume(job.id)
         await drive(agents, controller, job)
         assert job.state is JobState.SUCCEEDED and all(t.state is TaskRunState.SUCCEEDED for t in job.tasks)
+
+
+async def test_each_trial_of_a_bundle_is_timed_from_its_own_start(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(3, trials_per_task=3), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        lead = job.tasks[int(attempt.split("-r")[1].split("-")[0])]
+        first, second = (job.tasks[t.index] for t in agents.task(attempt).spec.trials)
+        for rider in (first, second):
+            clock.advance(10)  # each trial takes 10 s of the bundle
+            agents.send_trial(attempt, rider.index, StateChanged(TaskState.RUNNING))
+            await until(controller, lambda: rider.state is TaskRunState.RUNNING)  # noqa: B023
+            clock.advance(10)
+            agents.send_trial(attempt, rider.index, MetricPoint(0, "test_accuracy", 0.9, 0.0), TrialEnded(True))
+            await until(controller, lambda: rider.state is TaskRunState.SUCCEEDED)  # noqa: B023
+        clock.advance(10)
+        agents.send(attempt, MetricPoint(0, "test_accuracy", 0.8, 0.0))
+        agents.finish(attempt)
+        assert await ended(controller, job) is JobState.SUCCEEDED
+        for task in (first, second, lead):  # not the time it waited for the trials before it in the bundle
+            assert task.finished_at - task.started_at == 10, (task.index, task.started_at, task.finished_at)
