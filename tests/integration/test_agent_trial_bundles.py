@@ -155,6 +155,18 @@ async def test_cancel_mid_bundle_ends_the_task_at_once(agent: AgentProcess) -> N
     assert {e.trial for e in events} <= {-1, 0}  # trials 1 and 2 never started
 
 
+async def test_the_tasks_timeout_covers_the_whole_bundle(agent: AgentProcess) -> None:
+    trials = tuple(BundledTrial(i, {"seconds": 1.0}) for i in range(5))  # 5 s in all, more than the 1.5 s allowed
+    spec = TaskSpec("btimeout", "j", "sleep", {"seconds": 0.0}, timeout_seconds=1.5, trials=trials)
+    async with agent.client() as client:
+        events = await run(client, spec)
+    last = events[-1].payload
+    assert isinstance(last, Finished) and last.status is TaskState.FAILED and last.exit_cause == "timeout", last
+    ended = [e.trial for e in events if isinstance(e.payload, TrialEnded)]
+    assert 1 <= len(ended) <= 2 and ended == list(range(len(ended))), ended  # the trial running then gets none
+    assert not of_trial(events, 4)
+
+
 async def test_a_pause_mid_bundle_lets_the_trial_end_and_starts_no_more(agent: AgentProcess) -> None:
     """A pause (cancel with a checkpoint grace) asks the worker to stop: a bundle stops between two trials, the
     running one ending first (it may be nearly done), and the task ends stopped, not killed at the grace's end."""
