@@ -17,6 +17,9 @@ processes are sampled during the async run; the raw stacks go to DIR and the rep
 that were on the stack most often, per process kind (controller, agent daemon, worker).
 
 Usage: RAY_PYTHON=/path/to/venv/bin/python python benchmarks/cluster_bench.py [--jobs 300] [--profile DIR]
+       python benchmarks/cluster_bench.py --only dispatch [--jobs 300] [--sequential 100]: the sync latency with the
+       p50 of each hop of a noop job (sync_hops_p50_ms, from its events) and the async rate; no cold start, memory
+       or Ray
 """
 
 from __future__ import annotations
@@ -67,16 +70,60 @@ async def throughput_async(address: str, n: int) -> float:
         return n / elapsed
 
 
-async def sequential(address: str, n: int) -> list[float]:
-    """Submit, wait for the result, repeat: the latency of each, in ms."""
+async def sequential(address: str, n: int, hops: list[dict[str, float]] | None = None) -> list[float]:
+    """Submit, wait for the result, repeat: the latency of each, in ms. With `hops`, each job's hops too (hop_times)."""
     out = []
     async with AsyncClient(address) as client:
         for _ in range(n):
-            t0 = time.perf_counter()
+            start, t0 = time.time(), time.perf_counter()
             job = await client.submit(NOOP)
+            submitted = time.perf_counter()
             final = await client.wait(job["id"])
             assert final["state"] == "SUCCEEDED", final
             out.append((time.perf_counter() - t0) * 1000)
+            if hops is not None:
+                events = [e async for e in client.watch(job["id"])]
+                hops.append(hop_times(start, (submitted - t0) * 1000, out[-1], events))
+    return out
+
+
+#: The hops of a noop job, each when the controller recorded its event (ms after the client's submit started): the
+#: job stored (QUEUED), placed on an agent, the agent's ACCEPTED heard (RunTask answered, WatchTask's first batch),
+#: its RUNNING heard (the agent had a worker: often in the same batch), the task's SUCCEEDED heard (the worker ran
+#: it, the agent journaled Finished and streamed it), the job's SUCCEEDED; then the client's wait returned.
+HOPS = ("queued", "placed", "accepted", "running", "task_succeeded", "job_succeeded")
+
+
+def hop_times(start: float, submit_ms: float, total_ms: float, events: list[dict[str, Any]]) -> dict[str, float]:
+    """When each hop of HOPS happened, from the job's events (controller clock, the same machine's), with the
+    submit RPC's return and the client's wait return; ms after the submit started."""
+    at: dict[str, float] = {"submit_returned": submit_ms}
+    for event in events:
+        ms = (event["time"] - start) * 1000
+        state, message = event.get("state"), event.get("message", "")
+        if event["kind"] == "job_state" and state in ("QUEUED", "SUCCEEDED"):
+            at.setdefault("queued" if state == "QUEUED" else "job_succeeded", ms)
+        elif event["kind"] == "task_state" and state == "DISPATCHED":
+            at.setdefault("placed" if message.startswith("placed") else "accepted", ms)
+        elif event["kind"] == "task_state" and state in ("RUNNING", "SUCCEEDED"):
+            at.setdefault("running" if state == "RUNNING" else "task_succeeded", ms)
+    at["client_saw_end"] = total_ms
+    return at
+
+
+def hop_summary(hops: list[dict[str, float]]) -> dict[str, float]:
+    """p50 of each hop's time after the submit started, and of each step from the hop before it, in ms."""
+    names = ["submit_returned", *HOPS, "client_saw_end"]
+    out: dict[str, float] = {}
+    for name in names:
+        values = [h[name] for h in hops if name in h]
+        if values:
+            out[f"at_{name}"] = round(statistics.median(values), 2)
+    order = ["queued", "placed", "accepted", "running", "task_succeeded", "job_succeeded", "client_saw_end"]
+    for before, after in zip(["start", *order], order, strict=False):
+        steps = [h[after] - h.get(before, 0.0) for h in hops if after in h and (before == "start" or before in h)]
+        if steps:
+            out[f"step_{after}"] = round(statistics.median(steps), 2)
     return out
 
 
@@ -256,6 +303,38 @@ def cold_only(repeat: int, load_before: dict[str, Any]) -> int:
     return 0
 
 
+def dispatch_only(jobs: int, sequential_jobs: int, load_before: dict[str, Any]) -> int:
+    """--only dispatch: the async rate and the sync latency with each hop's p50, no cold start, memory or Ray."""
+    with tempfile.TemporaryDirectory(prefix="tensorfleet-bench-") as tmp:
+        root = Path(tmp)
+        agents = [
+            AgentProcess(root / f"a{i}", name=f"bench-{i}", cpu_slots=1, spare_workers=1).start() for i in range(2)
+        ]
+        controller = ControllerProcess(root / "controller").start()
+        hops: list[dict[str, float]] = []
+        try:
+            with Client(controller.address) as client:
+                while sum(a["state"] == "ONLINE" for a in client.agents()) < 2:
+                    time.sleep(0.1)
+                client.wait(client.submit(NOOP)["id"], timeout=60)  # warm
+            latencies = asyncio.run(sequential(controller.address, sequential_jobs, hops))
+            rate = asyncio.run(throughput_async(controller.address, jobs)) if jobs else None
+        finally:
+            controller.stop()
+            for agent in agents:
+                agent.stop()
+    latencies.sort()
+    ours = {
+        "tasks_per_s_async": round(rate, 1) if rate is not None else None,
+        "tasks_per_s_sync": round(1000 / statistics.mean(latencies), 1),
+        "latency_ms_p50": round(statistics.median(latencies), 2),
+        "latency_ms_p99": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 2),
+        "sync_hops_p50_ms": hop_summary(hops),
+    }
+    print(json.dumps({"load_before": load_before, "load_after": load(), "tensorfleet": ours}, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--jobs", type=int, default=300, help="noop jobs for the async throughput run")
@@ -263,14 +342,17 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="sample the async run with py-spy; raw stacks go here")
     parser.add_argument(
         "--only",
-        choices=["cold"],
-        help="cold: only the cold start (serve from nothing to the first noop result), --repeat times",
+        choices=["cold", "dispatch"],
+        help="cold: only the cold start (serve from nothing to the first noop result), --repeat times; dispatch: "
+        "only the sync latency (with each hop's p50: sync_hops_p50_ms) and the async rate (--jobs 0: none)",
     )
     parser.add_argument("--repeat", type=int, default=5, help="cold starts measured with --only cold (default 5)")
     args = parser.parse_args()
     load_before = load()
     if args.only == "cold":
         return cold_only(args.repeat, load_before)
+    if args.only == "dispatch":
+        return dispatch_only(args.jobs, args.sequential, load_before)
     with tempfile.TemporaryDirectory(prefix="tensorfleet-bench-") as tmp:
         root = Path(tmp)
         agents = [
