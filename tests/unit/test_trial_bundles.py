@@ -248,3 +248,16 @@ async def test_each_trial_of_a_bundle_is_timed_from_its_own_start(tmp_path: Path
         assert await ended(controller, job) is JobState.SUCCEEDED
         for task in (first, second, lead):  # not the time it waited for the trials before it in the bundle
             assert task.finished_at - task.started_at == 10, (task.index, task.started_at, task.finished_at)
+
+
+def test_the_cli_flag_reaches_the_stored_sweep() -> None:
+    from tensorfleet_desktop.cli import build_parser
+    from tensorfleet_desktop.cli.jobs import spec_from_args
+    from tensorfleet_desktop.controller.jobspec import parse_job_spec
+
+    argv = ["submit", "-a", "decision_tree", "-d", "iris", "--sweep", "max_depth=int:1:4", "--search", "random"]
+    spec = spec_from_args(build_parser().parse_args([*argv, "--trials-per-task", "5"]))
+    assert spec["sweep"]["trials_per_task"] == 5
+    stored = parse_job_spec(spec).to_dict()
+    assert stored["sweep"]["trials_per_task"] == 5
+    assert parse_job_spec(spec_from_args(build_parser().parse_args(argv))).to_dict()["sweep"]["trials_per_task"] == 0
