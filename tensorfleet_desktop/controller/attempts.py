@@ -174,7 +174,10 @@ class Attempts:
                 rider.sklearn_version = agent.sklearn_version
                 rider.state, rider.error, rider.exit_cause = TaskRunState.DISPATCHED, "", ""
                 rider.started_at, rider.finished_at = self.clock.time(), 0.0
-                self.events.task_event(job, rider, f"placed on {agent.name} in a bundle with trial {task.index}")
+                base = {"task_index": rider.index}
+                message = f"placed on {agent.name} in a bundle with trial {task.index}"
+                self.events.record(job, "task_state", base, state=rider.state.value, message=message)
+            self.events.store.save_job(job, riders)  # one write for the bundle, not one per rider
         self.sending.add(task.agent_task_id)
         self.background.spawn(self._run(job, task, agent, task.agent_task_id, layout))
 
