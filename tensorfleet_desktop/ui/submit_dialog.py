@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.workloads.datasets import IMAGES
 from tensorfleet_desktop.controller.jobspec import KEEP_MODELS, parse_job_spec
-from tensorfleet_desktop.controller.sweep import SEARCHES
+from tensorfleet_desktop.controller.sweep import MAX_TRIALS_PER_TASK, SEARCHES
 from tensorfleet_desktop.ui import theme as themes
 from tensorfleet_desktop.ui.formatting import human_bytes
 from tensorfleet_desktop.ui.project_tab import ProjectTab, RunBlocking
@@ -222,11 +222,17 @@ class SubmitDialog(QDialog):
         self.sweep_keep.setObjectName("sweep_keep")
         self.sweep_keep.addItems(list(KEEP_MODELS))  # best first: the parser's default
         self.sweep_keep.setToolTip("which trials' models are copied to the controller and registered")
+        self.sweep_per_task = QSpinBox()
+        self.sweep_per_task.setObjectName("sweep_per_task")
+        self.sweep_per_task.setRange(0, MAX_TRIALS_PER_TASK)
+        self.sweep_per_task.setSpecialValueText("auto")  # 0: the controller shares the budget out (trial bundles)
+        self.sweep_per_task.setToolTip("trials one agent task runs one after another (auto: chosen from the budget)")
         sweep_form.addRow("Search space", self.sweep_space)
         sweep_form.addRow("Search", self.sweep_search)
         sweep_form.addRow("Trials", self.sweep_trials)
         sweep_form.addRow("Metric", self.sweep_metric)
         sweep_form.addRow("Keep models", self.sweep_keep)
+        sweep_form.addRow("Trials per task", self.sweep_per_task)
         sweep_form.addRow(self.sweep_prune)
 
         resources = QGroupBox("Resources and scheduling")
@@ -323,7 +329,7 @@ class SubmitDialog(QDialog):
             self.not_on.textChanged,
         ):
             signal.connect(self.validate)
-        for spin in (self.workers, self.gpus, self.priority, self.retries, self.sweep_trials):
+        for spin in (self.workers, self.gpus, self.priority, self.retries, self.sweep_trials, self.sweep_per_task):
             spin.valueChanged.connect(self.validate)
         for combo in (self.dataset, self.target, self.sweep_search, self.sweep_metric, self.sweep_keep):
             combo.currentIndexChanged.connect(self.validate)
@@ -542,6 +548,8 @@ class SubmitDialog(QDialog):
                 sweep["metric"] = self.sweep_metric.currentText()
             if self.sweep_prune.isChecked():
                 sweep["prune"] = True
+            if self.sweep_per_task.value():
+                sweep["trials_per_task"] = self.sweep_per_task.value()
             spec["sweep"] = sweep
             if self.sweep_keep.currentText() != KEEP_MODELS[0]:
                 spec["keep_models"] = self.sweep_keep.currentText()

@@ -259,6 +259,9 @@ def test_invalid_form_input_is_refused_inline(qtbot: Any, window: MainWindow) ->
     assert "keep_models" not in dialog.spec()  # best: the parser's default, left out
     dialog.sweep_keep.setCurrentText("all")
     assert dialog.spec()["keep_models"] == "all" and dialog.ok_button.isEnabled()
+    assert "trials_per_task" not in dialog.spec()["sweep"]  # auto: the controller shares the budget out
+    dialog.sweep_per_task.setValue(8)
+    assert dialog.spec()["sweep"]["trials_per_task"] == 8 and dialog.ok_button.isEnabled()
     dialog.buttons.button(QDialogButtonBox.StandardButton.Cancel).click()
 
 
