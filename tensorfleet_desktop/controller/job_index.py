@@ -89,9 +89,12 @@ class JobTable(dict[str, Job]):
     def touched(self, job: Job) -> None:
         """A job listener (EventLog.add_job_listener): the job may have changed state; file it under its new one."""
         filed = self._filed.get(job.id)
-        if filed is not None and filed[1] != job.state.value and super().get(job.id) is job:
-            self._unfile(job.id)
-            self._file(job.id, job)
+        state = job.state.value
+        if filed is not None and filed[1] != state and super().get(job.id) is job:
+            key, before = filed  # its place among all jobs stays
+            _remove(self._by_state[before], key)
+            insort(self._by_state.setdefault(state, []), key)
+            self._filed[job.id] = (key, state)
 
     def _file(self, job_id: str, job: Job) -> None:
         key = (job.created_at, job_id)
