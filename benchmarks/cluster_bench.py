@@ -20,6 +20,8 @@ Usage: RAY_PYTHON=/path/to/venv/bin/python python benchmarks/cluster_bench.py [-
        python benchmarks/cluster_bench.py --only dispatch [--jobs 300] [--sequential 100]: the sync latency with the
        p50 of each hop of a noop job (sync_hops_p50_ms, from its events) and the async rate; no cold start, memory
        or Ray
+       python benchmarks/cluster_bench.py --only cold [--repeat 5]: only the cold start, each in a fresh data dir
+       (the median and each figure); compare before/after by alternating runs, a 2-core machine's load moves it
 """
 
 from __future__ import annotations
