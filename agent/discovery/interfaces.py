@@ -11,8 +11,6 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-import psutil
-
 if TYPE_CHECKING:
     from zeroconf import InterfaceChoice
 
@@ -27,16 +25,15 @@ def parse_interfaces(spec: str | None) -> list[str]:
     items = [item.strip() for item in spec.split(",") if item.strip()]
     if not items or items == ["all"]:
         return []
-    by_name = {
-        name: [a.address for a in addrs if a.family == socket.AF_INET] for name, addrs in psutil.net_if_addrs().items()
-    }
     out: list[str] = []
+    by_name: dict[str, list[str]] = {}
     for item in items:
         try:
             out.append(str(ipaddress.IPv4Address(item)))
             continue
         except ValueError:
             pass
+        by_name = by_name or _ipv4_by_interface()  # psutil only for a name: serve parses this before its agent starts
         if item not in by_name:
             raise ValueError(
                 f"mDNS interface {item!r} is neither an IPv4 address nor an interface here "
@@ -46,6 +43,14 @@ def parse_interfaces(spec: str | None) -> list[str]:
             raise ValueError(f"mDNS interface {item!r} has no IPv4 address")
         out.extend(by_name[item])
     return out
+
+
+def _ipv4_by_interface() -> dict[str, list[str]]:
+    import psutil
+
+    return {
+        name: [a.address for a in addrs if a.family == socket.AF_INET] for name, addrs in psutil.net_if_addrs().items()
+    }
 
 
 def mdns_interfaces(addresses: list[str]) -> list[str] | InterfaceChoice:
@@ -60,6 +65,8 @@ def advertised_addresses(bind_host: str, restricted: list[str]) -> list[str]:
         return [bind_host]
     if restricted:
         return list(restricted)
+    import psutil
+
     out = []
     for addrs in psutil.net_if_addrs().values():
         for a in addrs:

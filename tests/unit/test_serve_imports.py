@@ -13,7 +13,16 @@ import pytest
 from tensorfleet_desktop.cli import build_parser
 
 # what the controller needs later, but the agent must not wait for: the cold start runs both side by side
-NOT_BEFORE_THE_AGENT = ("asyncio", "grpc", "rich", "zeroconf", "cryptography", "tensorfleet_desktop.client", "yaml")
+NOT_BEFORE_THE_AGENT = (
+    "asyncio",
+    "psutil",
+    "grpc",
+    "rich",
+    "zeroconf",
+    "cryptography",
+    "tensorfleet_desktop.client",
+    "yaml",
+)
 
 
 def test_serve_loads_no_asyncio_grpc_rich_or_sdk_before_it_starts_its_local_agent(tmp_path: Path) -> None:
