@@ -9,7 +9,8 @@ it is gone.
 The next task's child is forked ahead (the spare): once a fork hands out its child, another is forked with the same
 environment and waits, ready, for its first command. A task whose environment and imports it has takes it: the
 fork, the child's setup and its hello (~5 ms of a noop task's ~14 ms on the dev box) are no longer on its path. It is
-still a fresh child of the fork server, forked after the previous task's, never a reused worker.
+still a fresh child of the fork server, forked after the previous task's, never a reused worker. Spares are kept per
+environment (at most MAX_SPARES): tasks alternating between two GPUs each find theirs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from tensorfleet_agent.runtime.process import Output, WorkerProcess, _Protocol, 
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT = 120.0
+#: Environments with a child forked ahead (see the module's docstring): a GPU agent's slots each have their own.
+MAX_SPARES = 4
+Env = frozenset[tuple[str, str]]
 
 
 class ForkServer:
@@ -47,9 +51,9 @@ class ForkServer:
         self.warmed: set[str] = set()  # modules asked for beyond the base set
         self.last_fork = time.monotonic()
         self._cwd = "/"  # where a spare child waits (a task's worker goes to its own directory when it runs)
-        self._spare: asyncio.Task[WorkerProcess] | None = None  # the next task's child, forked ahead
-        self._spare_key: tuple[frozenset[tuple[str, str]], frozenset[str]] = (frozenset(), frozenset())
-        self._spare_pid = 0
+        # the next task's child, forked ahead, per environment (the last used last): its fork and the imports it has
+        self._spares: dict[Env, tuple[asyncio.Task[WorkerProcess], frozenset[str]]] = {}
+        self._spare_pids: set[int] = set()  # children forked as spares, not taken (yet)
         self.returncode: int | None = None
         self._gone = asyncio.Event()
         self._idle = asyncio.Event()  # no child of it runs
@@ -95,7 +99,7 @@ class ForkServer:
     @property
     def busy(self) -> bool:
         """Children of it still run (closing it would kill them); the spare, which has no task, is not one."""
-        return any(pid != self._spare_pid for pid in self._children)
+        return any(pid not in self._spare_pids for pid in self._children)
 
     def _readable(self) -> None:
         while True:
@@ -129,8 +133,7 @@ class ForkServer:
                 worker.exited(code)
             else:
                 self._codes[pid] = code
-            if pid == self._spare_pid:
-                self._spare_pid = 0
+            self._spare_pids.discard(pid)
             self._check_idle()
 
     def _check_idle(self) -> None:
@@ -177,21 +180,21 @@ class ForkServer:
         if not self.alive:
             raise RuntimeError("the fork server is gone")
         env = worker_environment(env)
-        worker = await self._take_spare(env, warm)
+        key = frozenset(env.items())
+        worker = await self._take_spare(key, warm)
         if worker is None:
             worker = await self._fork(env, cwd, warm)
         self.last_fork = time.monotonic()
-        self._fork_spare(env)
+        self._fork_spare(key, env)
         return worker
 
-    async def _take_spare(self, env: dict[str, str], warm: Sequence[str]) -> WorkerProcess | None:
-        """The spare child, ready, if it fits: forked with `env`, after `warm` was imported. One that does not fit
-        (another slot's caps or GPUs, a family imported since) is ended."""
-        spare, self._spare = self._spare, None
+    async def _take_spare(self, key: Env, warm: Sequence[str]) -> WorkerProcess | None:
+        """The spare child of this environment, ready, if it has `warm` (a family imported since it was forked: it
+        is ended)."""
+        spare, warmed = self._spares.pop(key, (None, frozenset[str]()))
         if spare is None:
             return None
-        key_env, key_warm = self._spare_key
-        if key_env == frozenset(env.items()) and key_warm.issuperset(warm):
+        if warmed.issuperset(warm):
             try:
                 worker = await asyncio.shield(spare)  # still being forked: sooner than a fork from now
             except asyncio.CancelledError:
@@ -203,28 +206,34 @@ class ForkServer:
             except Exception:  # its fork failed: fork now instead
                 return None
             if worker.alive:
-                self._spare_pid = 0
+                self._spare_pids.discard(worker.pid)
                 self._check_idle()
                 return worker
         _background(self._discard(spare))
         return None
 
-    def _fork_spare(self, env: dict[str, str]) -> None:
-        if self._spare is not None or not self.alive:
+    def _fork_spare(self, key: Env, env: dict[str, str]) -> None:
+        """A child forked ahead for the next task of this environment, unless one is there; at most MAX_SPARES
+        environments keep one (a GPU agent's slots differ in CUDA_VISIBLE_DEVICES), the least recently used ends."""
+        if not self.alive:
             return
-        self._spare_key = (frozenset(env.items()), frozenset(self.warmed))
-        self._spare = asyncio.get_running_loop().create_task(self._fork(env, self._cwd, (), spare=True))
-        self._spare.add_done_callback(_quiet)
+        if key in self._spares:
+            self._spares[key] = self._spares.pop(key)  # the last used last
+            return
+        while len(self._spares) >= MAX_SPARES:
+            oldest, _ = self._spares.pop(next(iter(self._spares)))
+            _background(self._discard(oldest))
+        spare = asyncio.get_running_loop().create_task(self._fork(env, self._cwd, (), spare=True))
+        spare.add_done_callback(_quiet)
+        self._spares[key] = (spare, frozenset(self.warmed))
 
     async def _discard(self, spare: asyncio.Task[WorkerProcess]) -> None:
+        """End a spare that will not be taken (it stays a spare, not a running task, until its exit)."""
         try:
             worker = await spare
         except Exception:
             return
-        if worker.pid == self._spare_pid:
-            self._spare_pid = 0
         await worker.close()
-        self._check_idle()
 
     async def _fork(self, env: dict[str, str], cwd: str, warm: Sequence[str], spare: bool = False) -> WorkerProcess:
         loop = asyncio.get_running_loop()
@@ -268,7 +277,7 @@ class ForkServer:
             raise RuntimeError(f"the fork server could not fork: {reply.get('error', '')}")
         pid = int(reply["pid"])
         if spare:
-            self._spare_pid = pid
+            self._spare_pids.add(pid)
             self._check_idle()
         outputs: list[Output] = []
         for name, fd in (("stdout", ours[2]), ("stderr", ours[3])):
@@ -292,9 +301,10 @@ class ForkServer:
 
     async def close(self) -> None:
         """Stop the fork server (its children, if any, die with it: the spare too)."""
-        spare, self._spare = self._spare, None
-        if spare is not None and not spare.done():
-            spare.cancel()
+        spares, self._spares = self._spares, {}
+        for spare, _ in spares.values():
+            if not spare.done():
+                spare.cancel()
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self._ctl.fileno())
         self._ctl.close()  # EOF: it exits

@@ -1,4 +1,4 @@
-"""The fork server's spare child (runtime/forking.py): the next task's worker is forked ahead, with the environment
+"""The fork server's spare children (runtime/forking.py): the next task's worker is forked ahead, per environment
 of the last one, and handed out ready; one that does not fit is ended and a fresh child forked instead."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ async def _ends(worker: object) -> None:
     await worker.wait()  # type: ignore[attr-defined]
 
 
-async def test_the_next_task_gets_the_child_forked_ahead_and_a_misfit_is_replaced(tmp_path: Path) -> None:
+async def test_the_next_task_gets_the_child_forked_ahead_for_its_environment(tmp_path: Path) -> None:
     server = await ForkServer.start(_env("1"), str(tmp_path))
     try:
         first = await server.fork(_env("1"), str(tmp_path))
@@ -48,15 +48,28 @@ async def test_the_next_task_gets_the_child_forked_ahead_and_a_misfit_is_replace
 
         second = await server.fork(_env("1"), str(tmp_path))
         assert {second.pid} == spare, "the same environment: the spare is handed out"
-        third_spare = (await _children(server, 2)) - {second.pid}
+        kept = (await _children(server, 2)) - {second.pid}
         await _ends(second)
 
-        other = await server.fork(_env("2"), str(tmp_path))  # another slot's caps: the spare does not fit
-        assert {other.pid}.isdisjoint(third_spare)
-        now = await _children(server, 2, gone=third_spare)  # the misfit ended, a spare with the new caps forked
-        assert other.pid in now
+        other = await server.fork(_env("2"), str(tmp_path))  # another slot's caps: a child forked now
+        assert other.pid not in kept
+        assert kept < await _children(server, 3)  # the first environment's spare stays, the second gets one
         await _ends(other)
-        await asyncio.wait_for(server.retire(), 10)  # not held up by the spare, which dies with it
+        again = await server.fork(_env("1"), str(tmp_path))
+        assert {again.pid} == kept, "a task of the first environment after one of the second still finds its spare"
+        await _ends(again)
+
+        spares = await _children(server, 2)  # one per environment
+        warmed = await server.fork(_env("1"), str(tmp_path), warm=["json"])  # a family imported since: not taken
+        assert warmed.pid not in spares
+        await _ends(warmed)
+        for _ in range(200):  # the misfit ends; the second environment's stays; the first gets one with the family
+            now = await _children(server, 2)
+            if len(now & spares) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert len(now & spares) == 1
+        await asyncio.wait_for(server.retire(), 10)  # not held up by the spares, which die with it
     finally:
         await server.close()
     assert not server.alive
