@@ -117,15 +117,15 @@ class ControllerApp:
         cfg.data_dir = cfg.data_dir.resolve()  # the local agent and the URIs need it absolute
         if self._lock is None:
             self._lock = claim_data_dir(cfg.data_dir)
-        if cfg.insecure and not is_loopback(cfg.host):
-            raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
-        if cfg.local_agent:  # starting up beside this controller's start (awaited in _start_local_agent)
-            if self._local_agent is None:
-                self._local_agent = LocalAgent(
-                    cfg.data_dir, cfg.local_agent_slots, cfg.local_agent_metrics_port, cfg.insecure
-                )
-            self._local_agent.launch()
         try:
+            if cfg.insecure and not is_loopback(cfg.host):
+                raise ValueError(f"--insecure serves plaintext without pairing: only on loopback, not on {cfg.host}")
+            if cfg.local_agent:  # starting up beside this controller's start (awaited in _start_local_agent)
+                if self._local_agent is None:
+                    self._local_agent = LocalAgent(
+                        cfg.data_dir, cfg.local_agent_slots, cfg.local_agent_metrics_port, cfg.insecure
+                    )
+                self._local_agent.launch()
             await self._start(started)
         except BaseException:  # a controller that cannot start leaves no agent behind, nor mDNS sockets
             if self._browser is not None:
