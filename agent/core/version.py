@@ -7,7 +7,7 @@ import re
 import sys
 
 #: Bumped on every incompatible change to proto/tensorfleet/v1.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4  # 4: TaskSpec.trials (a bundle of a sweep's trials; an agent before it would run the lead alone)
 
 
 class _Unsure(Exception):

@@ -3,7 +3,9 @@
 Lines are written whole under a lock, so threads inside a task may report
 concurrently without interleaving. A sweep's bundled trials hold their lines
 (`held`) and write them together: one pipe write, one wake-up of the agent per
-trial instead of one per line, which on a busy box is most of a small trial's cost.
+trial instead of one per line, which on a busy box is most of a small trial's cost. A line on stderr
+(a warning, an error) goes at once, with those held before it: a trial that then dies (a segfault, the memory
+limit's SIGKILL) loses at most its last stdout lines, metrics and files of the hold.
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ class EventChannel:
                 self._held_since = time.monotonic()
             self._held.append(data)
             self._held_bytes += len(data)
-            if self._held_bytes >= _HOLD_BYTES or time.monotonic() - self._held_since >= self._hold_for:
-                self._flush()  # a long trial's lines are not held back longer than that
+            if (
+                self._held_bytes >= _HOLD_BYTES
+                or time.monotonic() - self._held_since >= self._hold_for  # a long trial's are not held longer
+                or message.get("stream") == "stderr"  # what a failure says goes at once
+            ):
+                self._flush()
 
     @contextlib.contextmanager
     def held(self, seconds: float) -> Iterator[None]:

@@ -221,12 +221,13 @@ def load(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[s
 
         path = task.input_path(str(params["file"]))  # this task was sent the file, also when its data is cached
     key = json.dumps([name, params], sort_keys=True)
-    if _last is None or _last[0] != key:
+    last = _last  # read once: a thread (the controller's shard merge) may set it meanwhile
+    if last is None or last[0] != key:
         x, y, features, classes = load_user(path, params) if path is not None else _make(name, params)
         for array in (x, y):
             array.setflags(write=False)
-        _last = (key, x, y, features, classes)
-    _key, x, y, features, classes = _last
+        last = _last = (key, x, y, features, classes)
+    _key, x, y, features, classes = last
     return x, y, list(features), list(classes)
 
 

@@ -20,8 +20,11 @@ from tensorfleet_agent.core.types import (
     Finished,
     PeerSource,
     Rendezvous,
+    StateChanged,
+    TaskEvent,
     TaskSpec,
     TaskState,
+    TrialEnded,
 )
 from tensorfleet_agent.workloads.datasets import is_user_dataset
 from tensorfleet_agent.workloads.registry import get_workload
@@ -111,6 +114,9 @@ class Attempts:
         # of their own, their events come tagged on this one's stream (Ingest.apply); forgotten at a restart, when
         # JobMachine.restore queues them again
         self.riders: dict[str, dict[int, JobTask]] = {}
+        # attempt -> the index of the bundled trial its stream says runs now (a rider's RUNNING, until its
+        # TrialEnded), known riders or not (after a restart): a bundle that dies then never reached its lead's own
+        self._in_trial: dict[str, int] = {}
         agents.subscribe(self._on_agent)
 
     def shares_held(self, views: list[AgentView]) -> dict[str, list[tuple[int, int]]]:
@@ -164,12 +170,14 @@ class Attempts:
             job.state = JobState.RUNNING
             job.started_at = job.started_at or self.clock.time()
             self.events.job_changed(job, "started")
+        task.bundle = ""
         self.events.task_event(job, task, f"placed on {agent.name}")
         if riders:
             self.riders[task.agent_task_id] = {r.index: r for r in riders}
             for rider in riders:
                 rider.attempt += 1
                 rider.agent_task_id = ""  # the bundle's attempt is the lead's: cancel, slots and events go by it
+                rider.bundle = task.agent_task_id
                 rider.node_id, rider.cursor, rider.progress = agent.node_id, 0, 0.0
                 rider.sklearn_version = agent.sklearn_version
                 rider.state, rider.error, rider.exit_cause = TaskRunState.DISPATCHED, "", ""
@@ -230,7 +238,8 @@ class Attempts:
     def _unseat(self, job: Job, attempt: str) -> None:
         """The trials riding in an attempt that never started (refused, rejected, abandoned on its way) wait in the
         queue again, nothing spent."""
-        left = [r for r in self.riders.pop(attempt, {}).values() if r.state.active]
+        self._in_trial.pop(attempt, None)
+        left = [r for r in self.riders.pop(attempt, {}).values() if r.state.active and r.bundle == attempt]
         if left:
             self.machine.requeue(job, left, "its bundle was not started")
             self.machine.wake.set()
@@ -804,13 +813,18 @@ class Attempts:
                     async for event in self.agents.watch_task(task.node_id, attempt, task.cursor):
                         if task.agent_task_id != attempt:
                             return
-                        ended = self.ingest.apply(job, task, event, self.riders.get(attempt))
+                        if event.seq > task.cursor and event.trial >= 0 and event.trial != task.index:
+                            self._in_a_trial(attempt, event)
+                        riders = self.riders.get(attempt)
+                        ended = self.ingest.apply(job, task, event, riders)
                         if ended is None:
                             continue
                         whose, fin, base = ended
                         if whose is task:
                             self.ended(job, task, fin, base)
                             return
+                        if riders is not None:  # settled: out of the bundle (a retry of it is another attempt's)
+                            riders.pop(whose.index, None)
                         self.machine.task_finished(job, whose, fin, dict(base))  # a rider's trial ended
                 except TaskUnknown:
                     if task.agent_task_id == attempt:
@@ -824,13 +838,22 @@ class Attempts:
             if self.watchers.get(attempt) is asyncio.current_task():
                 del self.watchers[attempt]
 
+    def _in_a_trial(self, attempt: str, event: TaskEvent) -> None:
+        if isinstance(event.payload, StateChanged) and event.payload.state is TaskState.RUNNING:
+            self._in_trial[attempt] = event.trial
+        elif isinstance(event.payload, TrialEnded):
+            self._in_trial.pop(attempt, None)
+
     def ended(self, job: Job, task: JobTask, fin: Finished, base: Base | None = None) -> None:
-        self.agents.release(task.node_id, task.agent_task_id)
-        left = [r for r in self.riders.pop(task.agent_task_id, {}).values() if r.state.active]
+        attempt = task.agent_task_id
+        self.agents.release(task.node_id, attempt)
+        in_trial = self._in_trial.pop(attempt, None)
+        left = [r for r in self.riders.pop(attempt, {}).values() if r.state.active and r.bundle == attempt]
         running = [r for r in left if r.state is TaskRunState.RUNNING]
-        if running and fin.status is not TaskState.SUCCEEDED:
+        if (running or in_trial is not None) and fin.status is not TaskState.SUCCEEDED:
             # The bundle ended during a rider's trial (a crash, the memory limit, its timeout): that trial takes the
-            # end; the rest, the task's own trial included, never started: queued again, nothing spent.
+            # end (one the controller no longer follows, after a restart, was queued again then); the rest, the
+            # task's own trial included, never started: queued again, nothing spent.
             for rider in running:
                 self.machine.task_finished(job, rider, fin, {"task_index": rider.index})
             task.agent_task_id = ""
@@ -852,6 +875,7 @@ class Attempts:
             return
         task.stale_attempts.append(attempt)
         self.riders.pop(attempt, None)  # the job's own transition (cancel, pause, requeue) moves them too
+        self._in_trial.pop(attempt, None)
         watcher = self.watchers.pop(attempt, None)
         if watcher is not None:
             watcher.cancel()
@@ -919,6 +943,10 @@ class Attempts:
             name = agent.name if agent is not None else node_id
             for job in list(self.machine.jobs.values()):
                 on_it = [t for t in job.tasks if t.state.active and t.node_id == node_id]
+                waiting = [t for t in on_it if not t.agent_task_id and t.state is TaskRunState.DISPATCHED]
+                if waiting and not job.state.terminal:  # riders that never started there: queued, nothing spent
+                    self.machine.requeue(job, waiting, f"its bundle's agent {agent.name if agent else node_id} lost")
+                    on_it = [t for t in on_it if t not in waiting]
                 if on_it and not job.state.terminal:
                     self._dropped.setdefault(node_id, set()).update(t.agent_task_id for t in on_it if t.agent_task_id)
                     log.warning("job %s: agent %s lost; re-placing %d task(s)", job.id, name, len(on_it))

@@ -75,8 +75,18 @@ class Ingest:
             status = TaskState.SUCCEEDED if p.ok else TaskState.FAILED
             cause = ExitCause.COMPLETED if p.ok else ExitCause.EXCEPTION
             lead.started_at = self.clock.time()  # the lead's own trial runs after its riders': its duration is its own
+            others = (riders or {}).values()
+            if lead.state is TaskRunState.DISPATCHED and all(r is task or not r.state.active for r in others):
+                lead.state = TaskRunState.RUNNING  # the last rider is done: the lead's own trial starts
+                lead_base: Base = {"task_index": lead.index}
+                record(job, "task_state", lead_base, state=lead.state.value, message="its own trial starts")
             return task, Finished(status, cause, p.error, p.duration_seconds), base
         if isinstance(p, StateChanged):
+            if p.state is TaskState.RUNNING and task is lead and any(r.state.active for r in (riders or {}).values()):
+                # the bundle's worker started with its riders' trials: the lead's own runs last, it is not running
+                record(job, "task_state", base, state=task.state.value, message=f"{p.message}: its bundle starts")
+                self.events.touched(job)
+                return None
             if p.state is TaskState.RUNNING:
                 task.state = TaskRunState.RUNNING
                 if task is not lead:  # a rider waited in its bundle since the dispatch: its duration is its own run

@@ -321,7 +321,7 @@ class JobMachine:
             tasks = job.tasks
         for task in tasks:
             if task.state.active:
-                self.effects.abandon(job, task, f"gang restart: {reason}")
+                self.effects.abandon(job, task, f"gang restart: {reason}" if job.mode == "gang" else reason)
             if task.state is not TaskRunState.PENDING:
                 task.state = TaskRunState.PENDING
                 task.agent_task_id = ""

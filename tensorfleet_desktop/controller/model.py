@@ -85,6 +85,9 @@ class JobTask:
     # how this attempt's dataset version got onto its agent (bytes by source, seconds, peers): the controller's
     # push, then the agent's DatasetTransfer event (ingest.py); None when it has none
     dataset_transfer: dict[str, Any] | None = None
+    # a sweep trial that rode in a bundle (attempts.py): the agent task that ran it (its lineage; it has no attempt
+    # id of its own); "" for a task that ran as its own attempt
+    bundle: str = ""
 
 
 @dataclass

@@ -343,8 +343,8 @@ class Placement:
             spare = [
                 t for t in job.tasks if t.state is TaskRunState.PENDING and t.index not in taken and t.retry_at <= now
             ]
-            for i, rank in enumerate(placed):
-                out[(job_id, rank)] = spare[i * extra : (i + 1) * extra]
+            for i, rank in enumerate(placed):  # dealt out in turn: at a sweep's tail every placed trial gets some
+                out[(job_id, rank)] = spare[i :: len(placed)][:extra]
         return out
 
     def _capacities_of(self, views: list[AgentView]) -> list[Capacity]:

@@ -159,9 +159,9 @@ class Registry:
             "job_id": job.id,
             "owner": principals.user_of(job.submitter),  # the first version's owner owns the name (owner_of)
             "task_ids": [
-                t.agent_task_id
+                t.agent_task_id or t.bundle  # a trial that rode in a bundle: the bundle's agent task
                 for t in job.tasks
-                if t.agent_task_id and (job.mode != "sweep" or chosen is None or t is chosen)
+                if (t.agent_task_id or t.bundle) and (job.mode != "sweep" or chosen is None or t is chosen)
             ],
             "feature_names": described.get("features") or configured.get("features") or [],
             "classes": described.get("classes") or configured.get("classes") or [],

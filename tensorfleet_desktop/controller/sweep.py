@@ -174,6 +174,10 @@ def parse_sweep(body: Any, workload: WorkloadDef, regression: bool) -> SweepSpec
         )
     if prune and per_task > 1:
         raise ValidationError("sweep.trials_per_task", "a pruned sweep runs one trial per task (each can be stopped)")
+    if timeout and per_task > 1:
+        raise ValidationError(
+            "sweep.trials_per_task", "a sweep with a timeout runs one trial per task (none may start after it)"
+        )
     timeout_s = float(timeout) if timeout else None
     return SweepSpec(tuple(dims), search, trials, timeout_s, metric, direction, prune, per_task)
 

@@ -116,10 +116,11 @@ def bundle_size(job: Job, slots: int) -> int:
     """How many trials one agent task of this sweep runs (docs/architecture.md, "Trial bundles"): the user's
     trials_per_task, else the budget shared so that each of the `slots` that run it gets BUNDLE_ROUNDS bundles (a
     slow bundle is not the last to end by much), at most BUNDLE_MAX (BUNDLE_MAX_ADAPTIVE for TPE); one for a pruned
-    sweep (its trials stop one by one)."""
+    sweep (its trials stop one by one) and for one with a timeout (no trial starts after it: a bundle's riders,
+    once sent, would)."""
     sweep = job.spec["sweep"]
     asked = int(sweep.get("trials_per_task") or 0)
-    if asked or sweep.get("prune"):
+    if asked or sweep.get("prune") or sweep.get("timeout"):
         return max(1, asked)
     most = BUNDLE_MAX if sweep.get("search") in ("grid", "random") else BUNDLE_MAX_ADAPTIVE
     return max(1, min(most, int(sweep["budget"]) // (max(1, slots) * BUNDLE_ROUNDS)))

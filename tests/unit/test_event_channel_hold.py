@@ -41,3 +41,13 @@ def test_a_line_is_not_held_longer_than_asked_once_another_comes() -> None:
         assert [m["step"] for m in _pending(read)] == [1, 2]
         channel.send({"t": "metrics", "step": 3})
     assert [m["step"] for m in _pending(read)] == [3]
+
+
+def test_a_line_on_stderr_goes_at_once_with_those_held_before_it() -> None:
+    read, write = os.pipe()
+    channel = EventChannel(write)
+    with channel.held(60):
+        channel.send({"t": "log", "stream": "stdout", "line": "fitting"})
+        channel.send({"t": "log", "stream": "stderr", "line": "ConvergenceWarning: ..."})
+        # a trial that dies now (SIGKILL) has already said both
+        assert [m["line"] for m in _pending(read)] == ["fitting", "ConvergenceWarning: ..."]

@@ -123,6 +123,7 @@ async def test_a_lost_agent_queues_its_whole_bundle_again_elsewhere(tmp_path: Pa
         attempt = agents.running()[0]
         riders = [t.index for t in agents.task(attempt).spec.trials]
         agents.send_trial(attempt, riders[0], StateChanged(TaskState.RUNNING))
+        await until(controller, lambda: job.tasks[riders[0]].state is TaskRunState.RUNNING)
         agents.add("a2", slots=1)
         agents.lose("a1")
         await drive(agents, controller, job)
@@ -131,7 +132,9 @@ async def test_a_lost_agent_queues_its_whole_bundle_again_elsewhere(tmp_path: Pa
         ran = {int(a.split("-r")[1].split("-")[0]) for a in on_a2}
         ran |= {t.index for a in on_a2 for t in agents.task(a).spec.trials}
         assert set(riders) <= ran and len(ran) == 6  # the lost bundle's trials ran again on a2, and the rest
-        assert all(job.tasks[i].replacements == 1 for i in riders)
+        # the trial that was running there is re-placed (one replacement spent); the one that never started there
+        # is only queued again
+        assert [job.tasks[i].replacements for i in riders] == [1, 0]
 
 
 async def test_cancelling_a_sweep_cancels_its_bundles_and_every_trial_in_them(tmp_path: Path) -> None:
@@ -190,6 +193,9 @@ async def test_trials_per_task_is_checked(tmp_path: Path) -> None:
         spec["sweep"]["params"] = {"max_iter": "int:10:50"}
         with pytest.raises(ValidationError, match="pruned sweep runs one trial per task"):
             await controller.submit(spec, "me")
+        with pytest.raises(ValidationError, match="sweep with a timeout runs one trial per task"):
+            await controller.submit(tree_sweep(8, trials_per_task=4, timeout=60), "me")
+    assert bundle_size(Job("j", {"sweep": {"search": "random", "budget": 200, "timeout": 60}}, "me", 1), 2) == 1
 
 
 async def test_a_refused_bundle_puts_its_riders_back_in_the_queue(tmp_path: Path) -> None:
@@ -242,6 +248,8 @@ async def test_each_trial_of_a_bundle_is_timed_from_its_own_start(tmp_path: Path
             clock.advance(10)
             agents.send_trial(attempt, rider.index, MetricPoint(0, "test_accuracy", 0.9, 0.0), TrialEnded(True))
             await until(controller, lambda: rider.state is TaskRunState.SUCCEEDED)  # noqa: B023
+            # one trial per slot shows running: the lead's own trial comes after its riders'
+            assert lead.state is (TaskRunState.RUNNING if rider is second else TaskRunState.DISPATCHED)
         clock.advance(10)
         agents.send(attempt, MetricPoint(0, "test_accuracy", 0.8, 0.0))
         agents.finish(attempt)
@@ -261,3 +269,103 @@ def test_the_cli_flag_reaches_the_stored_sweep() -> None:
     stored = parse_job_spec(spec).to_dict()
     assert stored["sweep"]["trials_per_task"] == 5
     assert parse_job_spec(spec_from_args(build_parser().parse_args(argv))).to_dict()["sweep"]["trials_per_task"] == 0
+
+
+@pytest.mark.parametrize("outcome", [TaskState.SUCCEEDED, TaskState.FAILED])
+async def test_a_bundles_end_leaves_alone_a_trial_of_it_already_retried_elsewhere(
+    tmp_path: Path, outcome: TaskState
+) -> None:
+    """A rider that failed in its bundle is retried as its own attempt elsewhere while the bundle runs on: neither the
+    bundle's success nor its failure touches that attempt, and the failure stays the bundle's own."""
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        spec = tree_sweep(4, trials_per_task=4)
+        spec["max_retries"] = 1
+        job = await controller.submit(spec, "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        bundle = agents.running()[0]
+        lead = job.tasks[int(bundle.split("-r")[1].split("-")[0])]
+        first, *rest = (job.tasks[t.index] for t in agents.task(bundle).spec.trials)
+        agents.send_trial(bundle, first.index, StateChanged(TaskState.RUNNING), TrialEnded(False, "ValueError: x"))
+        await until(controller, lambda: first.state is TaskRunState.PENDING and first.failures == 1)
+        clock.advance(5)  # past its back-off
+        agents.add("a2", slots=1)  # a free slot: its retry goes there while the bundle runs the others
+        await until(controller, lambda: first.agent_task_id.startswith(f"{job.id}-r{first.index}-"))
+        retry = first.agent_task_id
+        for rider in rest:
+            agents.send_trial(bundle, rider.index, StateChanged(TaskState.RUNNING))
+            agents.send_trial(bundle, rider.index, MetricPoint(0, "test_accuracy", 0.9, 0.0), TrialEnded(True))
+        if outcome is TaskState.SUCCEEDED:
+            agents.send(bundle, MetricPoint(0, "test_accuracy", 0.9, 0.0))
+            agents.finish(bundle)
+        else:
+            agents.finish(bundle, TaskState.FAILED, "exception", "ValueError: the lead's own trial failed")
+        await until(controller, lambda: lead.state in (TaskRunState.SUCCEEDED, TaskRunState.PENDING))
+        await agents.wait(lambda: retry in agents.running())
+        assert first.agent_task_id == retry and first.state.active and first.failures == 1
+        assert agents.task(retry).cancelled == ""
+        if outcome is TaskState.FAILED:
+            assert lead.failures == 1 and "lead's own trial" in lead.error
+
+
+async def test_after_a_restart_a_crash_in_a_rider_is_not_its_leads_failure(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        attempt = agents.running()[0]
+        lead_index = int(attempt.split("-r")[1].split("-")[0])
+        riders = [t.index for t in agents.task(attempt).spec.trials]
+        await until(controller, lambda: all(job.tasks[i].state is TaskRunState.DISPATCHED for i in riders))
+    async with core(tmp_path, agents, clock) as controller:
+        again = controller.machine.get(job.id)
+        agents.back("a1")
+        lead = again.tasks[lead_index]
+        await until(controller, lambda: attempt in controller.attempts.watchers)
+        agents.send_trial(attempt, riders[0], StateChanged(TaskState.RUNNING))  # the old bundle runs a rider
+        agents.finish(attempt, TaskState.FAILED, "signal", "worker killed by SIGSEGV")  # and dies in it
+        await until(controller, lambda: lead.agent_task_id != attempt)
+        assert lead.failures == 0 and lead.state is not TaskRunState.FAILED, (lead.state, lead.error)
+
+
+async def test_the_model_of_a_best_trial_that_rode_in_a_bundle_names_the_task_that_trained_it(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from sklearn.tree import DecisionTreeClassifier
+
+    from tensorfleet_agent.core.types import ArtifactReady
+    from tensorfleet_agent.workloads.skops_files import skops_io
+
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1)
+    async with core(tmp_path, agents, clock) as controller:
+        job = await controller.submit(tree_sweep(3, trials_per_task=3), "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        bundle = agents.running()[0]
+        riders = [t.index for t in agents.task(bundle).spec.trials]
+        model = skops_io().dumps(DecisionTreeClassifier(max_depth=1).fit([[0], [1]], [0, 1]))
+
+        def stored(data: bytes, kind: str, name: str) -> ArtifactReady:  # in the blob store, as if fetched
+            digest = hashlib.sha256(data).hexdigest()
+            path = controller.blobs.path(digest)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            return ArtifactReady(digest, len(data), kind, name)
+
+        def files(i: int) -> tuple[ArtifactReady, ArtifactReady]:
+            report = json.dumps({"dataset": "iris", "i": i}).encode()
+            return stored(model + bytes([i]), "model", "model.skops"), stored(report, "report", "report.json")
+
+        for k, i in enumerate(riders):  # the first rider is the best trial
+            agents.send_trial(bundle, i, StateChanged(TaskState.RUNNING))
+            agents.send_trial(bundle, i, MetricPoint(0, "test_accuracy", 0.99 - k / 100, 0.0), *files(i))
+            agents.send_trial(bundle, i, TrialEnded(True))
+        agents.send(bundle, MetricPoint(0, "test_accuracy", 0.5, 0.0), *files(99))
+        agents.finish(bundle)
+        assert await ended(controller, job, timeout=10) is JobState.SUCCEEDED, job.error
+        assert int(job.metrics["best_trial"]) == riders[0] and job.model is not None
+        record = await controller.registry.resolve(f"{job.model['name']}:{job.model['version']}")
+        assert record["task_ids"] == [bundle]  # lineage: the agent task that trained it
