@@ -211,7 +211,17 @@ def plan(
     `sharing`: the queue's requests that share a GPU by memory, in the same order; once no slot is free only those
     can still be placed (joining a GPU already shared takes no slot), so plan() reads on from them instead of walking
     the rest of `requests` (one shared GPU with memory left would otherwise make every pass read the whole queue)."""
-    caps = {c.node_id: _copy(c) for c in capacities}
+    # The caller's capacities are copied on first write only (a pass over 200 agents that places one task copied
+    # all 200, and again per request: most of a draining queue's controller time in the scale simulation).
+    caps = {c.node_id: c for c in capacities}
+    owned: set[str] = set()
+
+    def mine(node_id: str) -> Capacity:
+        if node_id not in owned:
+            caps[node_id] = _copy(caps[node_id])
+            owned.add(node_id)
+        return caps[node_id]
+
     out: list[Placement] = []
     free = sum(max(0, c.free_slots) for c in caps.values())
     if free <= 0 and not shareable(caps.values()):
@@ -248,9 +258,22 @@ def plan(
                 if allowed <= 0:
                     continue
                 ranks = ranks[:allowed]
+        if not request.gang and not shares(request) and request.gpus == 0:
+            # one slot per rank, what is chosen is kept: taken from the pass's room directly, no trial copies
+            chosen = _place_simple(request, ranks, caps, mine)
+            out.extend(chosen)
+            if gate is not None:
+                gate.took(request, len(chosen), None)
+            free -= len(chosen)
+            if len(chosen) < len(ranks) and rounds and request.job_id in rounds:
+                for node in rounds[request.job_id]:
+                    if node in caps:
+                        _reserve(mine(node))
+                free = sum(max(0, c.free_slots) for c in caps.values())
+            continue
         candidates = [c for c in caps.values() if eligible(request, c)]
         trial = {c.node_id: _copy(c) for c in candidates}
-        chosen: list[Placement] = []
+        chosen = []
         amounts: list[float] = []  # what each chosen rank counts for in quotas (a share: on its GPU)
         apart = request.gang and shares(request)  # a gang's sharing ranks: one GPU each (NCCL)
         used: dict[str, set[int]] = {}  # node id -> GPUs this gang's ranks took
@@ -282,6 +305,8 @@ def plan(
                     continue
                 chosen, amounts, ranks = chosen[:allowed], amounts[:allowed], ranks[:allowed]
         if len(chosen) == len(ranks) or (chosen and not request.gang):
+            for p in chosen:
+                mine(p.node_id)
             chosen = _commit(request, caps, chosen, apart)
             out.extend(chosen)
             if gate is not None:
@@ -291,15 +316,34 @@ def plan(
             if (request.gang or request.gpus > 1) and now - request.waiting_since >= reserve_after:
                 # Reserve: nobody behind it may use the slots it could use, nor join the GPUs shared there.
                 for c in candidates:
-                    _reserve(caps[c.node_id])
+                    _reserve(mine(c.node_id))
             elif rounds and request.job_id in rounds:
                 if request.gang and chosen:  # the room its ranks fit now, until its victims free the rest
+                    for p in chosen:
+                        mine(p.node_id)
                     _commit(request, caps, chosen, apart)
                 for node in rounds[request.job_id]:
                     if node in caps:
-                        _reserve(caps[node])
+                        _reserve(mine(node))
             free = sum(max(0, c.free_slots) for c in caps.values())
     return out
+
+
+def _place_simple(
+    request: Request, ranks: Sequence[int], caps: dict[str, Capacity], mine: Callable[[str], Capacity]
+) -> list[Placement]:
+    """The ranks of a request that takes one slot each and keeps what fits (no gang, no GPU): each on the first
+    eligible agent with a free slot in the order plan() sorts them (avoided last, holders first, then _order)."""
+    ids = [c.node_id for c in caps.values() if c.free_slots >= 1 and eligible(request, c)]
+    chosen: list[Placement] = []
+    for rank in ranks:
+        fitting = [caps[i] for i in ids if caps[i].free_slots >= 1]
+        if not fitting:
+            break
+        best = min(fitting, key=lambda c: (c.node_id in request.avoid, c.node_id not in request.prefer, _order(c)))
+        mine(best.node_id).free_slots -= 1
+        chosen.append(Placement(request.job_id, rank, best.node_id))
+    return chosen
 
 
 def _commit(request: Request, caps: dict[str, Capacity], chosen: list[Placement], apart: bool) -> list[Placement]:

@@ -95,3 +95,17 @@ def test_a_retry_prefers_agents_its_attempts_did_not_fail_on() -> None:
     assert plan([req("j", avoid=("failed-here",))], caps, 0, 60)[0].node_id == "other"
     # only where nothing else fits does it go back (a preference, not a ban)
     assert plan([req("j", avoid=("failed-here",))], [cap("failed-here")], 0, 60)[0].node_id == "failed-here"
+
+
+def test_a_pass_leaves_the_callers_room_as_it_was_and_spreads_single_slot_work_by_load() -> None:
+    """plan() takes room from copies made as it writes (the caller's capacities serve the rest of the pass: the
+    reasons it gives waiting jobs, the offers to pools), and puts one-slot ranks on the least loaded agent first."""
+    caps = [cap("busy", 2, load=80.0), cap("idle", 2, load=5.0), cap("full", 0)]
+    result = plan([Request("j1", 0, 1, (0, 1, 2), workload="noop"), req("j2", seq=2), req("j3", seq=3)], caps, 0, 60)
+    assert [(p.job_id, p.rank, p.node_id) for p in result] == [
+        ("j1", 0, "idle"),
+        ("j1", 1, "idle"),
+        ("j1", 2, "busy"),
+        ("j2", 0, "busy"),
+    ]
+    assert [c.free_slots for c in caps] == [2, 2, 0]  # the caller's, untouched
