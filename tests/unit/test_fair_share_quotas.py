@@ -275,3 +275,24 @@ async def test_tasks_sharing_a_gpu_count_their_share_of_it_against_a_gpus_quota(
         await agents.wait(lambda: len(agents.running()) == 3)
         assert all(j.state is JobState.RUNNING for j in jobs)
         assert controller.usage.holdings.running_gpus("alice") == pytest.approx(0.75)
+
+
+def test_one_user_at_a_priority_is_read_in_fifo_order_without_asking_keys() -> None:
+    from tensorfleet_desktop.controller.fair_share import FairQueue
+
+    queue = FairQueue()
+    for seq, job in enumerate(["a", "b", "c"]):
+        queue.add(job, 0, seq, "alice")
+    queue.add("urgent", 5, 9, "bob")
+    asked: list[str] = []
+
+    def key(user: str) -> float:
+        asked.append(user)
+        return 0.0
+
+    assert list(queue.order(key)) == ["urgent", "a", "b", "c"] and asked == []
+    cut: set[str] = set()
+    reader = queue.order(key, cut)
+    assert [next(reader), next(reader)] == ["urgent", "a"]
+    cut.add("alice")  # a user cut while reading gets no more of their jobs handed out
+    assert list(reader) == []
