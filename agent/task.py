@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,14 +211,7 @@ def save_artifact_bytes(data: bytes, name: str, kind: str = "artifact") -> str:
     """save_artifact for a file made in memory (a model's skops bytes): stored under its sha256 without being
     written, read back and copied first; returns the sha256."""
     digest = hashlib.sha256(data).hexdigest()
-    blobs = _current().blobs_dir
-    if blobs is not None:
-        dest = blobs / blob_relpath(digest)
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, dest)
+    _adopt(digest, lambda tmp: tmp.write_bytes(data))
     _send({"t": "artifact", "sha256": digest, "size": len(data), "kind": kind, "name": name})
     return digest
 
@@ -247,12 +241,18 @@ def _store(path: Path) -> tuple[str, int]:
             hasher.update(chunk)
     digest = hasher.hexdigest()
     size = path.stat().st_size
+    _adopt(digest, lambda tmp: shutil.copyfile(path, tmp))
+    return digest, size
+
+
+def _adopt(digest: str, write: Callable[[Path], object]) -> None:
+    """Put a blob in the agent's blob store under its sha256 unless it is there: `write` fills a temporary file
+    beside it, renamed into place (atomic: a reader never sees half of it)."""
     blobs = _current().blobs_dir
     if blobs is not None:
         dest = blobs / blob_relpath(digest)
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{digest}.{os.getpid()}.tmp")
-            shutil.copyfile(path, tmp)
+            write(tmp)
             os.replace(tmp, dest)
-    return digest, size
