@@ -39,6 +39,13 @@ def run_bundle(agents: FakeAgents, attempt: str, fail: int = -1) -> None:
     agents.finish(attempt)
 
 
+async def sent_bundle(agents: FakeAgents) -> tuple[str, int, list[int]]:
+    """The one bundle sent so far: its attempt id, its lead's index and its riders' indexes."""
+    await agents.wait(lambda: len(agents.running()) == 1)
+    attempt = agents.running()[0]
+    return attempt, int(attempt.split("-r")[1].split("-")[0]), [t.index for t in agents.task(attempt).spec.trials]
+
+
 async def drive(agents: FakeAgents, controller: Any, job: Job, fail: int = -1) -> list[int]:
     """Run every bundle the controller sends until the sweep ends; the bundle sizes, in order."""
     sizes: list[int] = []
@@ -96,11 +103,9 @@ async def test_a_bundle_that_dies_in_a_trial_fails_that_trial_and_queues_the_res
     agents.add("a1", slots=1)
     async with core(tmp_path, agents, clock) as controller:
         job = await controller.submit(tree_sweep(8, trials_per_task=4), "me")
-        await agents.wait(lambda: len(agents.running()) == 1)
-        attempt = agents.running()[0]
-        lead = job.tasks[int(attempt.split("-r")[1].split("-")[0])]
-        riders = agents.task(attempt).spec.trials
-        first, second = riders[0].index, riders[1].index
+        attempt, lead_index, riders = await sent_bundle(agents)
+        lead = job.tasks[lead_index]
+        first, second = riders[0], riders[1]
         agents.send_trial(attempt, first, StateChanged(TaskState.RUNNING), TrialEnded(True))
         agents.send_trial(attempt, second, StateChanged(TaskState.RUNNING))
         await until(controller, lambda: job.tasks[second].state is TaskRunState.RUNNING)
@@ -108,7 +113,7 @@ async def test_a_bundle_that_dies_in_a_trial_fails_that_trial_and_queues_the_res
         await until(controller, lambda: job.tasks[second].state is TaskRunState.FAILED)
         assert "SIGSEGV" in job.tasks[second].error and job.tasks[first].state is TaskRunState.SUCCEEDED
         assert lead.failures == 0 and lead.state in (TaskRunState.PENDING, TaskRunState.DISPATCHED)
-        assert all(job.tasks[t.index].failures == 0 for t in riders[2:])
+        assert all(job.tasks[i].failures == 0 for i in riders[2:])
         await drive(agents, controller, job)
         assert job.state is JobState.SUCCEEDED
         assert [t.index for t in job.tasks if t.state is TaskRunState.FAILED] == [second]
@@ -119,9 +124,7 @@ async def test_a_lost_agent_queues_its_whole_bundle_again_elsewhere(tmp_path: Pa
     agents.add("a1", slots=1)
     async with core(tmp_path, agents, clock) as controller:
         job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
-        await agents.wait(lambda: len(agents.running()) == 1)
-        attempt = agents.running()[0]
-        riders = [t.index for t in agents.task(attempt).spec.trials]
+        attempt, _, riders = await sent_bundle(agents)
         agents.send_trial(attempt, riders[0], StateChanged(TaskState.RUNNING))
         await until(controller, lambda: job.tasks[riders[0]].state is TaskRunState.RUNNING)
         agents.add("a2", slots=1)
@@ -156,9 +159,7 @@ async def test_a_restarted_controller_runs_again_the_trials_that_rode_in_a_bundl
     agents.add("a1", slots=1)
     async with core(tmp_path, agents, clock) as controller:
         job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
-        await agents.wait(lambda: len(agents.running()) == 1)
-        attempt = agents.running()[0]
-        riders = [t.index for t in agents.task(attempt).spec.trials]
+        attempt, _, riders = await sent_bundle(agents)
         await until(controller, lambda: all(job.tasks[i].state is TaskRunState.DISPATCHED for i in riders))
     async with core(tmp_path, agents, clock) as controller:
         again = controller.machine.get(job.id)
@@ -218,9 +219,7 @@ async def test_pausing_a_sweep_queues_its_bundles_trials_and_resuming_runs_them(
     agents.add("a1", slots=1)
     async with core(tmp_path, agents, clock) as controller:
         job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
-        await agents.wait(lambda: len(agents.running()) == 1)
-        attempt = agents.running()[0]
-        riders = [t.index for t in agents.task(attempt).spec.trials]
+        attempt, _, riders = await sent_bundle(agents)
         agents.send_trial(attempt, riders[0], StateChanged(TaskState.RUNNING))
         controller.pause(job.id)
         await agents.wait(lambda: agents.task(attempt).cancelled != "")
@@ -237,10 +236,8 @@ async def test_each_trial_of_a_bundle_is_timed_from_its_own_start(tmp_path: Path
     agents.add("a1", slots=1)
     async with core(tmp_path, agents, clock) as controller:
         job = await controller.submit(tree_sweep(3, trials_per_task=3), "me")
-        await agents.wait(lambda: len(agents.running()) == 1)
-        attempt = agents.running()[0]
-        lead = job.tasks[int(attempt.split("-r")[1].split("-")[0])]
-        first, second = (job.tasks[t.index] for t in agents.task(attempt).spec.trials)
+        attempt, lead_index, riders = await sent_bundle(agents)
+        lead, first, second = (job.tasks[i] for i in (lead_index, *riders))
         for rider in (first, second):
             clock.advance(10)  # each trial takes 10 s of the bundle
             agents.send_trial(attempt, rider.index, StateChanged(TaskState.RUNNING))
@@ -283,10 +280,8 @@ async def test_a_bundles_end_leaves_alone_a_trial_of_it_already_retried_elsewher
         spec = tree_sweep(4, trials_per_task=4)
         spec["max_retries"] = 1
         job = await controller.submit(spec, "me")
-        await agents.wait(lambda: len(agents.running()) == 1)
-        bundle = agents.running()[0]
-        lead = job.tasks[int(bundle.split("-r")[1].split("-")[0])]
-        first, *rest = (job.tasks[t.index] for t in agents.task(bundle).spec.trials)
+        bundle, lead_index, riders = await sent_bundle(agents)
+        lead, first, *rest = (job.tasks[i] for i in (lead_index, *riders))
         agents.send_trial(bundle, first.index, StateChanged(TaskState.RUNNING), TrialEnded(False, "ValueError: x"))
         await until(controller, lambda: first.state is TaskRunState.PENDING and first.failures == 1)
         clock.advance(5)  # past its back-off
@@ -314,10 +309,7 @@ async def test_after_a_restart_a_crash_in_a_rider_is_not_its_leads_failure(tmp_p
     agents.add("a1", slots=1)
     async with core(tmp_path, agents, clock) as controller:
         job = await controller.submit(tree_sweep(6, trials_per_task=3), "me")
-        await agents.wait(lambda: len(agents.running()) == 1)
-        attempt = agents.running()[0]
-        lead_index = int(attempt.split("-r")[1].split("-")[0])
-        riders = [t.index for t in agents.task(attempt).spec.trials]
+        attempt, lead_index, riders = await sent_bundle(agents)
         await until(controller, lambda: all(job.tasks[i].state is TaskRunState.DISPATCHED for i in riders))
     async with core(tmp_path, agents, clock) as controller:
         again = controller.machine.get(job.id)
@@ -343,9 +335,7 @@ async def test_the_model_of_a_best_trial_that_rode_in_a_bundle_names_the_task_th
     agents.add("a1", slots=1)
     async with core(tmp_path, agents, clock) as controller:
         job = await controller.submit(tree_sweep(3, trials_per_task=3), "me")
-        await agents.wait(lambda: len(agents.running()) == 1)
-        bundle = agents.running()[0]
-        riders = [t.index for t in agents.task(bundle).spec.trials]
+        bundle, _, riders = await sent_bundle(agents)
         model = skops_io().dumps(DecisionTreeClassifier(max_depth=1).fit([[0], [1]], [0, 1]))
 
         def stored(data: bytes, kind: str, name: str) -> ArtifactReady:  # in the blob store, as if fetched
