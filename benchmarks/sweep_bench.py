@@ -8,7 +8,9 @@
   imported (the first run is reported beside it). Ratio = Ray seconds / TensorFleet seconds (goal >= 1). The
   test accuracy of each trial is compared with Ray's for the same parameters, so both sides did the same fits.
 - seed job: the README's iris random forest (`random_forest` on `iris`, model_name iris-rf), submit -> SUCCEEDED
-  on the warm cluster (median of --forest-runs), against `python -c "import sklearn...; fit"` in a fresh process
+  on the warm cluster (median of --forest-runs; each agent first ran one, pinned to it, so that every run finds its
+  agent warm wherever it lands: each agent's first scikit-learn task imports it, ~1.2 s, reported as
+  forest_first_runs_s), against `python -c "import sklearn...; fit"` in a fresh process
   fitting the same forest on the same split (median wall time). Ratio = TensorFleet / fresh python (goal <= 0.5).
 The cluster is warmed with one noop job first; Ray runs after the TensorFleet processes stopped, so the two
 never share the CPUs. Ray is optional: RAY_PYTHON=/path/to/venv-with-ray-and-scikit-learn/bin/python.
@@ -84,6 +86,9 @@ def tensorfleet_side(trials: int, forest_runs: int) -> dict[str, Any]:
                 while sum(a["state"] == "ONLINE" and a["paired"] for a in client.agents()) < 2:
                     time.sleep(0.1)
                 timed_job(client, {"algorithm": "noop"}, 120)  # warm
+                first = [  # each agent's first scikit-learn task (its fork server imports the library)
+                    timed_job(client, {**FOREST, "constraints": {"on": [agent.name]}}, 300)[0] for agent in agents
+                ]
                 forest = [timed_job(client, FOREST, 300)[0] for _ in range(forest_runs)]
                 spec = {
                     "name": "iris-tree-sweep",
@@ -101,6 +106,7 @@ def tensorfleet_side(trials: int, forest_runs: int) -> dict[str, Any]:
                 agent.stop()
     tasks = sorted(job["task_list"], key=lambda t: t["index"])
     return {
+        "forest_first_runs_s": [round(s, 3) for s in first],
         "forest_runs_s": [round(s, 3) for s in forest],
         "forest_s": round(statistics.median(forest), 3),
         "sweep_s": round(sweep_s, 3),
