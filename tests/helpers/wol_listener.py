@@ -1,6 +1,8 @@
 """The "NIC" of a simulated sleeping host: run inside its namespace, it listens for Wake-on-LAN magic packets (UDP
-port 9, broadcasts included) and, on a valid one for its MAC, resumes the frozen agent (SIGCONT), as a real NIC
-powers the machine up. Every packet is logged as one JSON line on stdout: {"mac": ..., "woke": bool}.
+port 9, broadcasts included) and, on a valid one for its MAC, resumes the frozen agent (SIGCONT) RESUME_SECONDS
+later, as a real NIC powers the machine up and it takes a moment to resume (an instant resume let a woken agent's
+job run within ~20 ms of the packet: too soon for anyone to see it waiting for the wake-up). Every packet is logged
+as one JSON line on stdout: {"mac": ..., "woke": bool}.
 
     python tests/helpers/wol_listener.py MAC PID [PORT]
 """
@@ -12,8 +14,11 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from tensorfleet_agent.runtime.wake_on_lan import WAKE_PORT, format_mac, magic_packet_target, parse_mac
+
+RESUME_SECONDS = 0.3
 
 
 def main() -> None:
@@ -28,6 +33,7 @@ def main() -> None:
             target = magic_packet_target(data)
             woke = target == mac
             if woke:
+                time.sleep(RESUME_SECONDS)
                 os.kill(pid, signal.SIGCONT)
             print(json.dumps({"from": sender[0], "mac": target, "woke": woke}), flush=True)
 
