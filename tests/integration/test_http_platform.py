@@ -284,3 +284,18 @@ class _NamedHostAdapter(requests.adapters.HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, server_hostname=self.name, **kwargs)
+
+
+def test_a_malformed_request_is_a_documented_400_on_every_operation(api: HttpApi, document: dict[str, Any]) -> None:
+    """The HTTP server refuses a malformed request (a Content-Length that is no number) before any route, as plain
+    text: the document says so for every operation, so a schema-checking client expects it (schemathesis sends such
+    headers in its negative pass)."""
+    host, port = urlparse(api.base_url).netloc.rsplit(":", 1)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=10) as raw:
+        raw.sendall(b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: l\r\n\r\n")
+        answer = raw.recv(4096).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 400") and "text/plain" in answer.lower(), answer
+    for item in document["paths"].values():
+        for method, operation in item.items():
+            if method in METHODS:
+                assert {"text/plain", "application/problem+json"} <= set(operation["responses"]["400"]["content"])

@@ -97,6 +97,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 PROBLEM_REF = "#/components/schemas/Problem"
+PLAIN_TEXT = "text/plain"  # uvicorn's answer to a malformed request ("Invalid HTTP request received.")
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")  # FastAPI's 422 body, which install() replaces
 
 
@@ -104,8 +105,9 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
     """Make the OpenAPI document say what the handlers answer, so schema-checking clients (schemathesis) can hold
     the API to it: every error status of every operation is a problem document under application/problem+json (a
     `model=` response lands under application/json, and FastAPI's own 422 names HTTPValidationError, which
-    install() never sends), an operation with a JSON body also answers 400 (a body that is not JSON), every
-    operation 413 (limits.BodyLimit refuses a body past its limit whatever the route) and every POST, PUT and PATCH
+    install() never sends), every operation answers 400 (a JSON body that is not JSON, as a problem document; a
+    malformed HTTP request, a Content-Length that is no number, refused by the HTTP server before any route, as plain
+    text), 413 (limits.BodyLimit refuses a body past its limit whatever the route) and every POST, PUT and PATCH
     415 (limits.JsonBodies refuses a body that says it is not JSON)."""
     schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
     if "Problem" not in schemas:  # no route named a problem response: add the model and what it refers to
@@ -117,15 +119,14 @@ def document(openapi: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses: dict[str, Any] = operation["responses"]
-            body = operation.get("requestBody", {}).get("content", {})
-            if "application/json" in body and "400" not in responses:
-                responses["400"] = {"description": TITLES[400]}
+            responses.setdefault("400", {"description": TITLES[400]})
             responses.setdefault("413", {"description": TITLES[413]})
             if method in ("post", "put", "patch"):
                 responses.setdefault("415", {"description": TITLES[415]})
             for status, response in responses.items():
                 if status.isdigit() and int(status) >= 400:
                     response["content"] = dict(problem_content)
+            responses["400"]["content"][PLAIN_TEXT] = {"schema": {"type": "string"}}  # the HTTP server's own
     for name in _FASTAPI_VALIDATION:  # HTTPValidationError first: it is what refers to ValidationError
         others = {key: value for key, value in schemas.items() if key != name}
         if f'"#/components/schemas/{name}"' not in json.dumps([openapi.get("paths"), others]):
