@@ -741,22 +741,12 @@ class Executor:
             while self._adopted:
                 batch, self._adopted = list(self._adopted), {}
                 try:
-                    await asyncio.to_thread(self._touch_and_evict, batch)
+                    await asyncio.to_thread(self.blobs.adopt_written, batch)
                 except OSError as exc:  # the cache bookkeeping must never fail a task
                     log.warning("blob cache: could not account for %d new blob(s): %s", len(batch), exc)
                 await asyncio.sleep(_EVICT_PERIOD)
         finally:
             self._adopting = None
-
-    def _touch_and_evict(self, digests: list[str]) -> None:
-        """Blocking: the blobs' LRU times now, a microsecond apart in the order they came (the file system's own
-        clock ticks every few ms: a batch touched with it would tie, and the LRU breaks ties by name; the LRU reads
-        st_mtime, a float that cannot tell nanoseconds apart), then one eviction pass."""
-        now = time.time_ns()
-        for k, sha256 in enumerate(digests):
-            with contextlib.suppress(FileNotFoundError):
-                os.utime(self.blobs.path(sha256), ns=(now + 1000 * k, now + 1000 * k))
-        self.blobs.evict()
 
     def _killed_outcome(self, running: _Running) -> tuple[TaskState, str, str]:
         cancelled = running.kill_cause in (ExitCause.CANCELLED, ExitCause.PREEMPTED)
