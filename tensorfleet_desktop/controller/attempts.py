@@ -235,11 +235,17 @@ class Attempts:
             if task.agent_task_id != attempt or attempt not in self.watchers:  # the bundle did not start there
                 self._unseat(job, attempt)
 
+    def _forget_bundle(self, attempt: str) -> tuple[list[JobTask], int | None]:
+        """The attempt's bundle is over for us: the riders still in it (unsettled, not placed again since) and the
+        bundled trial its stream last said was running (None: none)."""
+        in_trial = self._in_trial.pop(attempt, None)
+        left = [r for r in self.riders.pop(attempt, {}).values() if r.state.active and r.bundle == attempt]
+        return left, in_trial
+
     def _unseat(self, job: Job, attempt: str) -> None:
         """The trials riding in an attempt that never started (refused, rejected, abandoned on its way) wait in the
         queue again, nothing spent."""
-        self._in_trial.pop(attempt, None)
-        left = [r for r in self.riders.pop(attempt, {}).values() if r.state.active and r.bundle == attempt]
+        left, _ = self._forget_bundle(attempt)
         if left:
             self.machine.requeue(job, left, "its bundle was not started")
             self.machine.wake.set()
@@ -847,8 +853,7 @@ class Attempts:
     def ended(self, job: Job, task: JobTask, fin: Finished, base: Base | None = None) -> None:
         attempt = task.agent_task_id
         self.agents.release(task.node_id, attempt)
-        in_trial = self._in_trial.pop(attempt, None)
-        left = [r for r in self.riders.pop(attempt, {}).values() if r.state.active and r.bundle == attempt]
+        left, in_trial = self._forget_bundle(attempt)
         running = [r for r in left if r.state is TaskRunState.RUNNING]
         if (running or in_trial is not None) and fin.status is not TaskState.SUCCEEDED:
             # The bundle ended during a rider's trial (a crash, the memory limit, its timeout): that trial takes the
@@ -874,8 +879,7 @@ class Attempts:
         if not attempt:
             return
         task.stale_attempts.append(attempt)
-        self.riders.pop(attempt, None)  # the job's own transition (cancel, pause, requeue) moves them too
-        self._in_trial.pop(attempt, None)
+        self._forget_bundle(attempt)  # the job's own transition (cancel, pause, requeue) moves its riders too
         watcher = self.watchers.pop(attempt, None)
         if watcher is not None:
             watcher.cancel()

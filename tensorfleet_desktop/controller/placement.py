@@ -264,13 +264,14 @@ class Placement:
     def schedule(self) -> None:
         views = self.agents.agents()
         self._refresh()
+        sweep_slots: dict[str, int] = {}  # sweep job id -> the slots that run its workload (its bundles' size)
         for job_id in sorted(self._sweeps):
             job = self.machine.open.get(job_id)
             if job is None:
                 self._sweeps.discard(job_id)
             elif job.state in (JobState.QUEUED, JobState.RUNNING):
-                free, slots = slots_for(views, str(job.spec["algorithm"]))
-                self.sweeps.feed(job, free, slots)
+                free, sweep_slots[job_id] = slots_for(views, str(job.spec["algorithm"]))
+                self.sweeps.feed(job, free, sweep_slots[job_id])
         capacities = self._capacities_of(views)
         self._capacities = capacities
         now = self.clock.time()
@@ -307,7 +308,7 @@ class Placement:
                 gangs.setdefault(p.job_id, {})[p.rank] = p.node_id
         layouts = {job_id: rank_layout(nodes) for job_id, nodes in gangs.items()}
         by_node = {a.node_id: a for a in views}
-        bundles = self._bundles(placements, views, now)
+        bundles = self._bundles(placements, sweep_slots, now)
         for placement in placements:
             job = jobs[placement.job_id]
             agent = by_node[placement.node_id]
@@ -325,7 +326,7 @@ class Placement:
             self.usage.placed(job, job.tasks[placement.rank], total)
 
     def _bundles(
-        self, placements: list[Placed], views: list[AgentView], now: float
+        self, placements: list[Placed], sweep_slots: dict[str, int], now: float
     ) -> dict[tuple[str, int], list[JobTask]]:
         """The trials that ride with each placed trial of a sweep (trials.bundle_size): the job's other pending
         trials, shared out among its placements of this pass; its agent runs them one after another in one worker."""
@@ -336,7 +337,7 @@ class Placement:
         out: dict[tuple[str, int], list[JobTask]] = {}
         for job_id, placed in ranks.items():
             job = self.machine.jobs[job_id]
-            extra = bundle_size(job, slots_for(views, str(job.spec["algorithm"]))[1]) - 1
+            extra = bundle_size(job, sweep_slots.get(job_id, len(placed))) - 1
             if extra <= 0:
                 continue
             taken = set(placed)
