@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -132,22 +132,30 @@ async def test_a_crash_in_a_trial_ends_the_whole_task(agent: AgentProcess) -> No
     assert not of_trial(events, 2)  # never started
 
 
+async def stopped_in_trial(
+    client: AgentClient, spec: TaskSpec, trial: int, stop: Callable[[], Awaitable[bool]], within: float
+) -> tuple[list[TaskEvent], float]:
+    """Run the bundle, call `stop` once `trial` has started, then follow the task to its end (at most `within` s):
+    every event, and the seconds from the stop to the end."""
+    await client.run_task(spec)
+    events: list[TaskEvent] = []
+    async with asyncio.timeout(30):
+        async for event in client.watch_task(spec.task_id):
+            events.append(event)
+            if event.trial == trial and isinstance(event.payload, StateChanged):
+                break
+    start = time.monotonic()
+    assert await stop()
+    async with asyncio.timeout(within):
+        events += [e async for e in client.watch_task(spec.task_id, after_seq=events[-1].seq)]
+    return events, time.monotonic() - start
+
+
 async def test_cancel_mid_bundle_ends_the_task_at_once(agent: AgentProcess) -> None:
     trials = tuple(BundledTrial(i, {"seconds": 30.0}) for i in range(3))
     spec = TaskSpec("bcancel", "j", "sleep", {"seconds": 30.0}, trials=trials)
     async with agent.client() as client:
-        await client.run_task(spec)
-        events: list[TaskEvent] = []
-        async with asyncio.timeout(30):
-            async for event in client.watch_task(spec.task_id):
-                events.append(event)
-                if event.trial == 0 and isinstance(event.payload, StateChanged):
-                    break
-        start = time.monotonic()
-        assert await client.cancel_task(spec.task_id, "enough")
-        async with asyncio.timeout(15):
-            events += [e async for e in client.watch_task(spec.task_id, after_seq=events[-1].seq)]
-        took = time.monotonic() - start
+        events, took = await stopped_in_trial(client, spec, 0, lambda: client.cancel_task(spec.task_id, "enough"), 15)
     last = events[-1].payload
     assert isinstance(last, Finished) and last.status is TaskState.CANCELLED and last.exit_cause == "cancelled", last
     assert events[-1].trial == -1 and took < 10, took  # not the 30 s trial, nor the two after it
@@ -173,18 +181,9 @@ async def test_a_pause_mid_bundle_lets_the_trial_end_and_starts_no_more(agent: A
     trials = tuple(BundledTrial(i, {"seconds": 1.0}) for i in range(4))
     spec = TaskSpec("bpause", "j", "sleep", {"seconds": 30.0}, trials=trials)
     async with agent.client() as client:
-        await client.run_task(spec)
-        events: list[TaskEvent] = []
-        async with asyncio.timeout(30):
-            async for event in client.watch_task(spec.task_id):
-                events.append(event)
-                if event.trial == 1 and isinstance(event.payload, StateChanged):
-                    break
-        start = time.monotonic()
-        assert await client.cancel_task(spec.task_id, "pausing", checkpoint_grace=20)
-        async with asyncio.timeout(25):
-            events += [e async for e in client.watch_task(spec.task_id, after_seq=events[-1].seq)]
-        took = time.monotonic() - start
+        events, took = await stopped_in_trial(
+            client, spec, 1, lambda: client.cancel_task(spec.task_id, "pausing", checkpoint_grace=20), 25
+        )
     last = events[-1].payload
     assert isinstance(last, Finished) and last.status is TaskState.CANCELLED and last.exit_cause == "stopped", last
     ended = [e.trial for e in events if isinstance(e.payload, TrialEnded) and e.payload.ok]
