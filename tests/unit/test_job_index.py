@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from tensorfleet_agent.core.errors import ValidationError
-from tensorfleet_desktop.controller.http.paging import Page, encode_cursor, paginate, paginate_index
+from tensorfleet_desktop.controller.http.jobs import index_page
+from tensorfleet_desktop.controller.http.paging import Page, encode_cursor, paginate
 from tensorfleet_desktop.controller.job_index import JobTable
 from tensorfleet_desktop.controller.model import Job, JobState
 
@@ -40,18 +41,7 @@ def _http_before(table: JobTable, states: tuple[str, ...], limit: int, cursor: s
 
 
 def _http_now(table: JobTable, states: tuple[str, ...], limit: int, cursor: str | None, page: int | None) -> Any:
-    return _answer(
-        lambda: paginate_index(
-            table.count(states),
-            _key,
-            limit,
-            cursor,
-            page,
-            at=lambda start, size: table.page(states, start, size),
-            after=lambda key, size: table.after(states, key, size),
-            everything=lambda: table.ordered(states),
-        )
-    )
+    return _answer(lambda: index_page(table, states, limit, cursor, page))
 
 
 def _answer(fn: Any) -> Any:

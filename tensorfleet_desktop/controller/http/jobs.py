@@ -5,6 +5,7 @@ route is one core call; the core's errors answer as problem documents (422 namin
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
@@ -16,7 +17,8 @@ from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_desktop.controller import operations, principals
 from tensorfleet_desktop.controller.http import problems
 from tensorfleet_desktop.controller.http.context import HttpContext, context
-from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, paginate, paginate_index
+from tensorfleet_desktop.controller.http.paging import DEFAULT_LIMIT, MAX_LIMIT, Page, paginate, paginate_index
+from tensorfleet_desktop.controller.job_index import JobTable
 from tensorfleet_desktop.controller.jobspec import MAX_SPEC_JSON
 from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.demo import DEMO_JOBS
@@ -344,6 +346,21 @@ def _key(job: Job) -> tuple[float, str]:
     return (job.created_at, job.id)
 
 
+def index_page(table: JobTable, states: Collection[str], limit: int, cursor: str | None, page: int | None) -> Page[Job]:
+    """A jobs page of these states (all: none given) read from the index (job_index.py), as `paginate` gives it of
+    the sorted list: newest (created_at, id) first."""
+    return paginate_index(
+        table.count(states),
+        _key,
+        limit,
+        cursor,
+        page,
+        at=lambda start, size: table.page(states, start, size),
+        after=lambda key, size: table.after(states, key, size),
+        everything=lambda: table.ordered(states),
+    )
+
+
 @router.get(
     "/jobs",
     response_model=JobPage,
@@ -375,16 +392,7 @@ async def list_jobs(
     needle = (name or "").casefold()
     states, table = _states(state or []), ctx.controller.jobs  # the jobs in (created_at, id) order, by state
     if user is None and label is None and not needle and sweep is None:  # a page of the index: no scan, no sort
-        chunk = paginate_index(
-            table.count(states),
-            _key,
-            limit,
-            cursor,
-            page,
-            at=lambda start, size: table.page(states, start, size),
-            after=lambda key, size: table.after(states, key, size),
-            everything=lambda: table.ordered(states),
-        )
+        chunk = index_page(table, states, limit, cursor, page)
     else:
         jobs = [  # newest (created_at, id) first, of these states; then HTTP's own filters
             j
