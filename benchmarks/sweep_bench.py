@@ -15,12 +15,17 @@
 The cluster is warmed with one noop job first; Ray runs after the TensorFleet processes stopped, so the two
 never share the CPUs. Ray is optional: RAY_PYTHON=/path/to/venv-with-ray-and-scikit-learn/bin/python.
 
-Usage: RAY_PYTHON=... python benchmarks/sweep_bench.py [--trials 200] [--forest-runs 3]
+The sweep's CPU is reported by process (controller, agent daemons, their fork servers and workers) and per trial,
+and its wall time split into the fixed start (submit -> first trial running), the trials, and the fixed end (the
+last trial's end -> SUCCEEDED). --profile DIR samples those processes with py-spy during the sweep.
+
+Usage: RAY_PYTHON=... python benchmarks/sweep_bench.py [--trials 200] [--forest-runs 3] [--profile DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -72,7 +77,45 @@ def timed_job(client: Client, spec: dict[str, Any], timeout: float) -> tuple[flo
     return elapsed, final
 
 
-def tensorfleet_side(trials: int, forest_runs: int) -> dict[str, Any]:
+def tree_cpu(pid: int) -> dict[str, float]:
+    """User+system CPU seconds of a process and of its descendants, by role: the process itself, and all below it
+    (a fork server's exited workers counted through its reaped children's times)."""
+    try:
+        root = psutil.Process(pid)
+        own = root.cpu_times()
+        below = own.children_user + own.children_system
+        for child in root.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                below += t.user + t.system + t.children_user + t.children_system
+        return {"self": own.user + own.system, "children": below}
+    except psutil.Error:
+        return {"self": float("nan"), "children": float("nan")}
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before[k], 3) for k in before}
+
+
+def start_profiles(pids: dict[str, int], where: Path | None) -> list[subprocess.Popen[bytes]]:
+    """py-spy (PY_SPY, default /tmp/rayvenv/bin/py-spy) sampling each process, its children too, during the sweep:
+    collapsed stacks in WHERE/NAME.txt (read them with flamegraph tools or grep)."""
+    if where is None:
+        return []
+    where.mkdir(parents=True, exist_ok=True)
+    spy = os.environ.get("PY_SPY", "/tmp/rayvenv/bin/py-spy")
+    record = [spy, "record", "--subprocesses", "--rate", "250", "--format", "raw", "--nonblocking"]
+    return [
+        subprocess.Popen(
+            [*record, "--pid", str(pid), "--output", str(where / f"{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
+def tensorfleet_side(trials: int, forest_runs: int, profile: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tensorfleet-sweep-bench-") as tmp:
         root = Path(tmp)
         agents = [AgentProcess(root / f"a{i}", name=f"bench-{i}", cpu_slots=1, spare_workers=1) for i in range(2)]
@@ -96,21 +139,39 @@ def tensorfleet_side(trials: int, forest_runs: int) -> dict[str, Any]:
                     "dataset": "iris",
                     "sweep": {"params": SWEEP_PARAMS, "search": "random", "trials": trials},
                 }
-                proc = psutil.Process(controller.proc.pid) if controller.proc is not None else None
-                cpu0 = sum(proc.cpu_times()[:2]) if proc is not None else 0.0
+                pids = {"controller": controller.proc.pid if controller.proc is not None else 0}
+                pids.update({f"agent{i}": a.proc.pid for i, a in enumerate(agents) if a.proc is not None})
+                spies = start_profiles(pids, profile)
+                time.sleep(1.0 if spies else 0.0)  # py-spy attached before the sweep starts
+                cpu0 = {name: tree_cpu(pid) for name, pid in pids.items()}
                 sweep_s, job = timed_job(client, spec, 1800)
-                sweep_cpu = sum(proc.cpu_times()[:2]) - cpu0 if proc is not None else float("nan")
+                for spy in spies:
+                    spy.send_signal(2)  # SIGINT: py-spy writes its samples and exits
+                for spy in spies:
+                    spy.wait(30)
+                cpu = {name: cpu_delta(cpu0[name], tree_cpu(pid)) for name, pid in pids.items()}
         finally:
             controller.stop()
             for agent in agents:
                 agent.stop()
     tasks = sorted(job["task_list"], key=lambda t: t["index"])
+    agents_cpu = sum(v["self"] for k, v in cpu.items() if k.startswith("agent"))
+    workers_cpu = sum(v["children"] for k, v in cpu.items() if k.startswith("agent"))
+    started = [t["started_at"] for t in tasks if t.get("started_at")]
+    ended = [t["finished_at"] for t in tasks if t.get("finished_at")]
     return {
         "forest_first_runs_s": [round(s, 3) for s in first],
         "forest_runs_s": [round(s, 3) for s in forest],
         "forest_s": round(statistics.median(forest), 3),
         "sweep_s": round(sweep_s, 3),
-        "sweep_controller_cpu_s": round(sweep_cpu, 3),  # the controller's user+system CPU during the sweep
+        "sweep_controller_cpu_s": cpu["controller"]["self"],  # the controller's user+system CPU during the sweep
+        "sweep_agents_cpu_s": round(agents_cpu, 3),  # the two agent daemons' own
+        "sweep_workers_cpu_s": round(workers_cpu, 3),  # their fork servers and workers (the trials' own work)
+        "sweep_cpu_ms_per_trial": round(1000 * (cpu["controller"]["self"] + agents_cpu + workers_cpu) / len(tasks), 2),
+        # wall: submit -> first trial started, first start -> last trial's end, last end -> job finished
+        "sweep_fixed_start_s": round(min(started) - job["created_at"], 3) if started else None,
+        "sweep_trials_span_s": round(max(ended) - min(started), 3) if started and ended else None,
+        "sweep_fixed_end_s": round(job["finished_at"] - max(ended), 3) if ended else None,
         "sweep_job_created_to_finished_s": round(job["finished_at"] - job["created_at"], 3),
         "sweep_trials": len(tasks),
         "sweep_trials_per_s": round(len(tasks) / sweep_s, 1),
@@ -152,9 +213,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--trials", type=int, default=200, help="trials of the decision-tree sweep")
     parser.add_argument("--forest-runs", type=int, default=3, help="iris random forest jobs (and fresh fits)")
+    parser.add_argument("--profile", type=Path, help="sample the sweep's processes with py-spy into this folder")
     args = parser.parse_args()
     load_before = load()
-    ours = tensorfleet_side(args.trials, args.forest_runs)
+    ours = tensorfleet_side(args.trials, args.forest_runs, args.profile)
     fresh = fresh_python(args.forest_runs)
     ray = ray_sweep(ours["trial_params"])
     ray_s = ray.get("sweep_s")
