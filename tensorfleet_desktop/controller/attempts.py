@@ -982,9 +982,9 @@ class Attempts:
         """An agent (re)appeared: re-attach to our current attempts, take back the ones it still runs that were
         dropped when it went silent and not placed again since, cancel attempts we moved on from."""
         current = {}
-        for job in self.machine.jobs.values():
+        for job in self.machine.jobs.values():  # 200 agents joining a 10,000-job queue: 2M tasks looked at
             for task in job.tasks:
-                if task.state.active and task.node_id == node_id and task.agent_task_id:
+                if task.node_id == node_id and task.agent_task_id and task.state.active:  # the cheap tests first
                     current[task.agent_task_id] = (job, task)
         for attempt, (job, task) in current.items():
             self.agents.hold(node_id, attempt)

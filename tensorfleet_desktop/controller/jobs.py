@@ -341,8 +341,10 @@ class JobMachine:
     def check_timeouts(self) -> None:
         now = self.clock.time()
         for job in list(self.open.values()):
+            if job.state is not JobState.RUNNING:  # every tick over every open job: the cheap test first
+                continue
             limit = job.spec.get("timeout")
-            if job.state is JobState.RUNNING and limit and job.started_at and now - job.started_at > float(limit):
+            if limit and job.started_at and now - job.started_at > float(limit):
                 self.stop_tasks(job, "job timeout", TaskRunState.CANCELLED)
                 self.finish(job, JobState.FAILED, f"timed out after {float(limit):g}s")
 
