@@ -33,6 +33,7 @@ __all__ = [
     "dataset_dir",
     "input_path",
     "inputs_dir",
+    "keeps_files",
     "package_versions",
     "progress",
     "rank",
@@ -64,6 +65,7 @@ class TaskContext:
     channel: EventChannel | None
     artifacts: list[str] = field(default_factory=list)
     stop: bool = False
+    leader: tuple[float, int] | None = None  # (score, index) of the best trial this task ran so far (keeps_files)
 
 
 _context: TaskContext | None = None
@@ -138,6 +140,34 @@ def progress(fraction: float) -> None:
     if "trial" in _current().spec:
         return
     _send({"t": "progress", "fraction": min(1.0, max(0.0, float(fraction)))})
+
+
+def keeps_files(metrics: dict[str, float]) -> bool:
+    """Whether this trial's model and report are worth writing, given its final metrics: a sweep under keep_models
+    best (TaskSpec.trial_files) keeps only its best trial's, so a bundled trial that ranks behind one this task
+    already ran (a worse score of the sweep's metric, or the same and a higher index: the controller's order) can
+    never be kept and writes none, but the task's own run always does (after a controller restart it is the only
+    trial of the bundle followed); keep_models none writes no trial's. Anything not in a sweep writes them."""
+    ctx = _current()
+    rule = ctx.spec.get("trial_files") or {}
+    keep = str(rule.get("keep") or "all")
+    if keep != "best":
+        return keep != "none"
+    if "trial" not in ctx.spec:
+        return True
+    value = metrics.get(str(rule.get("metric", "")))
+    if value is None:
+        return True  # not among these metrics (reported along the way): the controller decides
+    if not math.isfinite(value):
+        return False  # no score: never the sweep's best
+    index, leader = int(ctx.spec["trial"]), ctx.leader
+    if leader is not None and leader[0] != value:
+        ahead = (value > leader[0]) if rule.get("maximize") else (value < leader[0])
+    else:
+        ahead = leader is None or index < leader[1]
+    if ahead:
+        ctx.leader = (value, index)
+    return ahead
 
 
 def checkpoint_dir() -> Path:

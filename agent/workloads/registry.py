@@ -127,8 +127,9 @@ def _sklearn(
     name: str, summary: str, tasks: tuple[str, ...], *params: ParamSpec, iterative: bool = False
 ) -> WorkloadDef:
     entry, requires = f"{_SK}:{name}", ("sklearn", "skops")
-    # skops.io imports every scikit-learn module (its list of estimators): the family's own is among them
-    warm = (_SK, "skops.io")
+    # skops.io imports every scikit-learn module (its list of estimators): the family's own is among them;
+    # sklearn_warm fills scikit-learn's per-process caches, inherited by each forked worker
+    warm = (_SK, "skops.io", "tensorfleet_agent.workloads.sklearn_warm")
     return WorkloadDef(
         name, "sklearn", summary, WorkloadSchema(params), entry, requires, tasks, iterative=iterative, warm=warm
     )

@@ -219,8 +219,9 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
     task.report(step=step, **values)
     print(" ".join(f"{k}={v:.4f}" for k, v in values.items()))
     report["metrics"] = values
-    task.save_artifact_bytes(skops_io().dumps(estimator), "model.skops", kind="model")
-    task.save_artifact_bytes(json.dumps(report, indent=1).encode(), "report.json", kind="report")
+    if task.keeps_files(values):  # a sweep's trial that can no longer be its best writes no files (skops ~1 ms)
+        task.save_artifact_bytes(skops_io().dumps(estimator), "model.skops", kind="model")
+        task.save_artifact_bytes(json.dumps(report, indent=1).encode(), "report.json", kind="report")
     task.progress(1.0)
 
 
