@@ -2,7 +2,8 @@
 
 Started by the agent (never forked from it), in its own process group, or forked from the fork server
 (runtime/forkserver.py) for one task. Reads one JSON command per line from --cmd-fd and reports on --evt-fd.
-A worker runs one task at a time; a spawned one may be reused for the next task of the same job.
+A worker runs one task at a time; it may be reused for the next task of the same job, or of any job for a
+built-in family (docs/architecture.md, 'Warm workers').
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import sys
@@ -23,6 +25,7 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -211,6 +214,30 @@ def _run_trials(
                 channel.send({"t": "trial_end", "ok": True, "seconds": time.perf_counter() - start})
 
 
+@contextlib.contextmanager
+def _clean_slate() -> Iterator[None]:
+    """A warm worker serves the next task, another job's for a built-in family (executor._shared), as a fresh fork
+    would: numpy's and Python's global random state are reseeded, and the environment (the task's context
+    variables, any it set), the warning filters and scikit-learn's config are put back after each task."""
+    env = dict(os.environ)
+    sklearn = sys.modules.get("sklearn")
+    config = sklearn.get_config() if sklearn is not None else None
+    random.seed()
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        if dict(os.environ) != env:
+            os.environ.clear()
+            os.environ.update(env)
+        sklearn = sys.modules.get("sklearn")
+        if sklearn is not None:  # imported by the task: back to the defaults it started with
+            sklearn.set_config(**(config or sys.modules["sklearn._config"]._global_config))
+
+
 def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     spec = command["spec"]
     os.environ["TENSORFLEET_JOB_ID"] = str(spec.get("job_id", ""))
@@ -307,7 +334,8 @@ def serve(cmd_fd: int, evt_fd: int, parent_pid: int) -> int:
                 break
             if command.get("op") == "run":
                 _busy.set()
-                _run_one(command, channel)
+                with _clean_slate():
+                    _run_one(command, channel)
             elif command.get("op") == "preload":  # a spare worker: import ahead, while nobody waits
                 modules = [str(m) for m in command.get("modules", [])]
                 threading.Thread(target=_preload, args=(modules,), name="preload", daemon=True).start()
