@@ -100,6 +100,11 @@ _SIGTERM_SETTLE = 1.0
 _EVICT_PERIOD = 1.0
 #: Workload categories that can save a checkpoint and stop when asked (SIGUSR1); the others are stopped at once.
 CHECKPOINTING = frozenset({"torch", "script"})
+#: Workload families whose warm worker serves the next task of any job (docs/architecture.md, "Warm workers").
+_SHARED_FAMILIES = frozenset({"diagnostic", "sklearn"})
+#: A shared worker whose resident memory grew this much over its first task's is retired, not parked: the next
+#: job's memory limit counts all of it.
+_REUSE_GROWTH = 64 << 20
 _SEEDS = ("random_state", "seed")  # the params the reproducibility line names
 
 
@@ -544,7 +549,7 @@ class Executor:
                 # is under its worker (a subreaper) and dies now. A reusable worker that had such leftovers is
                 # retired too: the pools or handles its task held there point at killed processes.
                 if reusable and not self.draining and not await worker.kill_leftovers():
-                    self._park(running, worker)
+                    self._park(running, worker, status is TaskState.SUCCEEDED)
                 elif worker.alive:
                     await worker.kill_tree()
                     await worker.wait()
@@ -790,9 +795,42 @@ class Executor:
     # ---- warm workers
 
     def _pool_key(self, running: _Running) -> tuple[str, tuple[int | None, ...], int]:
-        return (running.spec.job_id, running.visible_gpus or (None,), running.slots[0].threads)
+        """The pool a task's worker is taken from and parked in: its workload family's, shared by every job (see
+        _shared), or its job's; and its environment (GPUs, the slot's thread caps)."""
+        owner = running.spec.job_id
+        if self._shared(running):
+            workload = get_workload(running.spec.workload)
+            owner = "\0".join(("family", workload.category, *workload.warm))  # never a job id (no NUL in one)
+        return (owner, running.visible_gpus or (None,), sum(s.threads for s in running.slots))
+
+    @staticmethod
+    def _shared(running: _Running) -> bool:
+        """A built-in workload whose worker may serve another job's task next: our own code, which leaves nothing
+        behind that the worker does not reset between tasks (worker.py). Never a user's script or project, nor a
+        task with env variables of its own or a share of a GPU (its torch would stay capped to it)."""
+        spec = running.spec
+        return (
+            get_workload(spec.workload).category in _SHARED_FAMILIES
+            and not spec.env
+            and not running.gpu_share
+            and spec.dataset_mount is None
+        )
+
+    def _take_parked(self, running: _Running) -> WorkerProcess | None:
+        """A warm idle worker of this task's pool, if one is alive."""
+        pool = self._warm.get(self._pool_key(running))
+        while pool:
+            worker, _ = pool.pop()
+            if worker.alive:
+                return worker
+            self._spawn(worker.close())
+        return None
 
     async def _worker_for(self, running: _Running) -> WorkerProcess:
+        if not running.spec.env:
+            parked = self._take_parked(running)
+            if parked is not None:
+                return parked
         # A fork server still starting (the agent's first seconds) is not waited for: spawning is no slower.
         if self._forks is not None and self._forks.done() and not running.spec.env:
             try:
@@ -800,12 +838,6 @@ class Executor:
             except (OSError, RuntimeError) as exc:
                 log.warning("task %s: the fork server failed (%s); spawning its worker", running.spec.task_id, exc)
                 self._restart_fork_server()
-        pool = self._warm.get(self._pool_key(running), [])
-        while pool:
-            worker, _ = pool.pop()
-            if worker.alive and not running.spec.env:
-                return worker
-            await worker.close()
         if self._spare_fits(running):
             while self._spares:
                 spare = self._spares.pop()
@@ -897,10 +929,16 @@ class Executor:
         else:
             self._spares.append(worker)
 
-    def _park(self, running: _Running, worker: WorkerProcess) -> None:
-        """Keep a finished task's worker for the job's next task (built-in workloads only)."""
-        # A forked worker serves one task; a sharing task's torch was capped to its share (gpu_cap).
-        if running.spec.env or running.spec.single_task or worker.forked or running.gpu_share:
+    def _park(self, running: _Running, worker: WorkerProcess, succeeded: bool) -> None:
+        """Keep a finished task's worker warm for the next task of its pool (built-in workloads only): any job's
+        next task of the family when the task succeeded and left nothing running (worker.alone), and its worker has
+        not grown (_REUSE_GROWTH); otherwise a spawned worker for the same job's next task."""
+        if self._shared(running):
+            if not (succeeded and worker.alone and self._lean(worker)):
+                self._spawn(worker.close())
+                return
+        # A forked worker of anything else serves one task; a sharing task's torch was capped to its share (gpu_cap).
+        elif running.spec.env or running.spec.single_task or worker.forked or running.gpu_share:
             self._spawn(worker.close())
             return
         self._warm.setdefault(self._pool_key(running), []).append((worker, time.monotonic()))
@@ -909,6 +947,14 @@ class Executor:
             _since, key, oldest = idle.pop(0)
             self._warm[key] = [(w, s) for w, s in self._warm[key] if w is not oldest]
             self._spawn(oldest.close())
+
+    @staticmethod
+    def _lean(worker: WorkerProcess) -> bool:
+        """Whether a shared worker's resident memory is still about what it was after its first task."""
+        rss = worker.own_rss()
+        if not worker.first_rss:
+            worker.first_rss = rss
+        return 0 < rss <= worker.first_rss + _REUSE_GROWTH
 
     async def _reap_idle_workers(self) -> None:
         while True:

@@ -121,10 +121,7 @@ def _child(request: dict[str, Any], fds: list[int], ctl: socket.socket, wakeup: 
         os.environ.clear()
         os.environ.update(request["env"])  # the slot's thread caps, CUDA_VISIBLE_DEVICES: before anything loads them
         os.chdir(request["cwd"])
-        _pools.raise_caps(os.environ.get("OMP_NUM_THREADS", ""))
-        numpy_random = sys.modules.get("numpy.random")
-        if numpy_random is not None:  # every child would draw the fork server's numbers otherwise
-            numpy_random.seed()
+        _pools.raise_caps(os.environ.get("OMP_NUM_THREADS", ""))  # (numpy's random state: reseeded per task)
         code = worker.serve(cmd_fd, evt_fd, int(request["parent_pid"]))
     except BaseException:  # whatever happens, the child ends here
         with contextlib.suppress(Exception):

@@ -30,6 +30,7 @@ _READ_BYTES = 1 << 16
 # What a worker wrote before it exited has been read by then. A process that escaped it (its own session, a daemon)
 # and was not killed may hold its pipes for ever: they are closed on our side then (EOF for the readers).
 _AFTER_EXIT = 1.0
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _KILL_ROUNDS_S = 1.0  # kill_descendants gives up on processes that SIGKILL has not ended by then (disk sleep)
 
 
@@ -74,7 +75,8 @@ class WorkerProcess:
     ):
         self.pid = pid
         self.returncode: int | None = None
-        self.forked = False  # forked from the fork server: serves one task, never parked
+        self.forked = False  # forked from the fork server (parked only for a built-in family's next task)
+        self.first_rss = 0  # its resident bytes after its first task, once parked (executor._lean)
         self._cmd = cmd
         self._events = events
         self._events_pipe = events_pipe
@@ -286,6 +288,20 @@ class WorkerProcess:
             except TimeoutError:
                 await self.kill_tree()
         await self.wait()
+
+    def own_rss(self) -> int:
+        """Resident bytes of the worker process alone (0 once it is gone): one small read, where rss_bytes searches
+        the process table for what it started."""
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as fh:
+                return int(fh.read().split()[1]) * _PAGE
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, IndexError):  # no /proc (not Linux)
+            try:
+                return int(psutil.Process(self.pid).memory_info().rss)
+            except psutil.Error:
+                return 0
 
     def rss_bytes(self) -> int:
         """Resident memory of the worker and every process it started."""
