@@ -117,6 +117,11 @@ class Attempts:
         # attempt -> the index of the bundled trial its stream says runs now (a rider's RUNNING, until its
         # TrialEnded), known riders or not (after a restart): a bundle that dies then never reached its lead's own
         self._in_trial: dict[str, int] = {}
+        # attempt -> its job and task, for every attempt dispatched or taken back (None until the first reconcile,
+        # which fills it from every job: those restored after a restart too); an entry whose task moved on is
+        # dropped when read. A reconcile reads it, not every task of every job (200 agents joining a queue of
+        # 10,000 jobs looked at 2M tasks)
+        self._live: dict[str, tuple[Job, JobTask]] | None = None
         agents.subscribe(self._on_agent)
 
     def shares_held(self, views: list[AgentView]) -> dict[str, list[tuple[int, int]]]:
@@ -164,6 +169,8 @@ class Attempts:
         task.dataset_transfer = None
         task.started_at, task.finished_at = self.clock.time(), 0.0
         self.agents.hold(agent.node_id, task.agent_task_id)
+        if self._live is not None:
+            self._live[task.agent_task_id] = (job, task)
         if gpu_share is not None:
             self.gpu_shares[task.agent_task_id] = (agent.node_id, *gpu_share)
         if job.state is JobState.QUEUED:
@@ -982,10 +989,9 @@ class Attempts:
         """An agent (re)appeared: re-attach to our current attempts, take back the ones it still runs that were
         dropped when it went silent and not placed again since, cancel attempts we moved on from."""
         current = {}
-        for job in self.machine.jobs.values():  # 200 agents joining a 10,000-job queue: 2M tasks looked at
-            for task in job.tasks:
-                if task.node_id == node_id and task.agent_task_id and task.state.active:  # the cheap tests first
-                    current[task.agent_task_id] = (job, task)
+        for attempt, (job, task) in self._live_attempts():
+            if task.node_id == node_id:
+                current[attempt] = (job, task)
         for attempt, (job, task) in current.items():
             self.agents.hold(node_id, attempt)
             if attempt not in self.sending:  # its RunTask may not have arrived yet: _run follows it once it has
@@ -1009,6 +1015,24 @@ class Attempts:
             log.info("cancelling stale attempt %s on %s", attempt, agent.name)
             await self._cancel_on_agent(agent, attempt, "superseded by a newer attempt")
 
+    def _live_attempts(self) -> list[tuple[str, tuple[Job, JobTask]]]:
+        """Every current attempt of an active task, with its job and task (what the agents should be running)."""
+        if self._live is None:
+            self._live = {
+                task.agent_task_id: (job, task)
+                for job in self.machine.jobs.values()
+                for task in job.tasks
+                if task.agent_task_id and task.state.active
+            }
+        jobs = self.machine.jobs
+        out = []
+        for attempt, (job, task) in list(self._live.items()):
+            if task.agent_task_id == attempt and task.state.active and jobs.get(job.id) is job:
+                out.append((attempt, (job, task)))
+            else:
+                del self._live[attempt]  # moved on: ended, abandoned, placed again, its job deleted
+        return out
+
     def _take_back(self, job: Job, agent: AgentView, attempt: str) -> bool:
         """The agent still runs an attempt we dropped only because it was declared lost, and its task waits in the
         queue (not placed anywhere since, not cancelled, paused or retried): follow that attempt again instead of
@@ -1031,6 +1055,8 @@ class Attempts:
         task.replacements = max(0, task.replacements - 1)  # it was not lost after all
         task.state = TaskRunState.RUNNING if task.cursor else TaskRunState.DISPATCHED
         self.agents.hold(agent.node_id, attempt)
+        if self._live is not None:
+            self._live[attempt] = (job, task)
         log.info("job %s: %s is back and still runs %s; following it again", job.id, agent.name, attempt)
         self.events.task_event(job, task, f"{agent.name} is back and still runs it: followed again")
         self.watch(job, task, attempt)
