@@ -77,18 +77,51 @@ def gpu_views(record: AgentRecord) -> tuple[GpuView, ...]:
     return tuple(out)
 
 
+def _view_key(record: AgentRecord) -> tuple[object, ...]:
+    """What an agent's view is made of: equal keys, equal views. Its info and telemetry are compared by identity
+    (each GetInfo answer and telemetry sample is a new object, never changed in place)."""
+    return (
+        record.state,
+        record.client is not None,
+        record.paired,
+        record.draining,
+        id(record.info),
+        id(record.telemetry),
+        record.name,
+        record.address,
+        record.fingerprint,
+    )
+
+
 class FleetAgents:
     """AgentPort over the fleet: one AgentClient per connected agent."""
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
+        # node id -> (its record, the key and the attempts it was made from, the view): a view is made again only
+        # when its agent changed (a scheduling pass over 200 agents rebuilt 200 views, most of a draining queue's
+        # controller time). The record, info and telemetry are held too, so an id in the key is never reused.
+        self._views: dict[str, tuple[AgentRecord, tuple[object, ...], object, object, AgentView]] = {}
+
+    def _view(self, record: AgentRecord) -> AgentView:
+        cached = self._views.get(record.node_id)
+        key = _view_key(record)
+        if cached is not None and cached[0] is record and cached[1] == key and cached[4].placed == record.placed:
+            return cached[4]
+        made = view(record)
+        self._views[record.node_id] = (record, key, record.info, record.telemetry, made)
+        return made
 
     def agents(self) -> list[AgentView]:
-        return [view(r) for r in self.fleet.agents.values()]
+        records = self.fleet.agents
+        if len(self._views) > len(records):  # forget removed agents
+            for node_id in self._views.keys() - records.keys():
+                del self._views[node_id]
+        return [self._view(r) for r in records.values()]
 
     def agent(self, node_id: str) -> AgentView | None:
         record = self.fleet.agents.get(node_id)
-        return view(record) if record is not None else None
+        return self._view(record) if record is not None else None
 
     def subscribe(self, listener: AgentListener) -> None:
         self.fleet.subscribe(lambda kind, record: listener(kind, record.node_id))

@@ -47,8 +47,7 @@ class CapacitySource(Protocol):
 def plain_reason(waiting: Waiting, online: Sequence[Capacity]) -> str:
     """Why a job waits when no source acts for it, as a sentence the user can act on."""
     request = waiting.request
-    fit = [c for c in online if eligible(request, c)]
-    if not fit:
+    if not any(eligible(request, c) for c in online):  # the first agent that could run it is enough
         what = f"workload {request.workload}" if request.workload else "this job"
         extra = []
         if request.gpus:

@@ -74,6 +74,9 @@ class Placement:
         self._sharing = FairQueue()
         self.sources: list[CapacitySource] = []  # who can bring capacity that is not online (capacity.py)
         self._capacities: list[Capacity] = []  # the online agents' capacity at the last pass
+        # node id -> (the view, the GPU shares, its capacity): an agent's capacity is made again only when its view
+        # (agent_link keeps a view while its agent is unchanged) or shares changed; plan() copies before it writes
+        self._made: dict[str, tuple[AgentView, list[tuple[int, int]], Capacity]] = {}
         self._waiting: set[str] = set()  # ids of the jobs given a `waiting` reason at the last demand check
         self._failing: set[str] = set()  # names of the sources whose offer() raised at the last tick
         # room made for the important: running tasks of less important jobs stopped at a checkpoint
@@ -353,23 +356,32 @@ class Placement:
         since their last telemetry: gpu_share.agent_capacity)."""
         shares = self.attempts.shares_held(views)
         out = []
+        made = self._made
         for a in views:
             if not a.schedulable or self.attempts.resting(a.node_id):  # it said "busy" a moment ago
                 continue
-            free_slots, free_gpu_slots, rooms = agent_capacity(a, shares.get(a.node_id, []))
-            out.append(
-                Capacity(
-                    node_id=a.node_id,
-                    name=a.name,
-                    free_slots=free_slots,
-                    free_gpu_slots=free_gpu_slots,
-                    gpu_free_memory=a.gpu_free_memory,
-                    load=a.load,
-                    labels=dict(a.labels),
-                    workloads=a.workloads,
-                    gpus=rooms,
-                )
+            held = shares.get(a.node_id, [])
+            cached = made.get(a.node_id)
+            if cached is not None and cached[0] is a and cached[1] == held:
+                out.append(cached[2])
+                continue
+            free_slots, free_gpu_slots, rooms = agent_capacity(a, held)
+            capacity = Capacity(
+                node_id=a.node_id,
+                name=a.name,
+                free_slots=free_slots,
+                free_gpu_slots=free_gpu_slots,
+                gpu_free_memory=a.gpu_free_memory,
+                load=a.load,
+                labels=dict(a.labels),
+                workloads=a.workloads,
+                gpus=rooms,
             )
+            made[a.node_id] = (a, held, capacity)
+            out.append(capacity)
+        if len(made) > len(views):  # agents removed
+            for node_id in made.keys() - {a.node_id for a in views}:
+                del made[node_id]
         return out
 
     def _wanting(self) -> Iterator[tuple[Job, Request]]:
