@@ -132,6 +132,9 @@ class QueuedStore(JobStore, Generic[C]):
         # job id -> (task rows written, the artifacts as last written): what a partial save may leave out. Kept
         # on the event loop's side; a job not here (its first save since start) is written whole.
         self._written: dict[str, tuple[int, list[ArtifactInfo]]] = {}
+        # job id -> (the job, the tasks saved: None for all) of the saves made in this loop turn (save_job)
+        self._pending: dict[str, tuple[Job, list[JobTask] | None]] = {}
+        self._pending_soon = False  # _put_pending is scheduled
 
     # ---- the hooks: how this backend writes and reads its database (all blocking, never on the loop)
 
@@ -221,6 +224,7 @@ class QueuedStore(JobStore, Generic[C]):
 
     async def close(self) -> None:
         if self._thread is not None:
+            self._put_pending()
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
@@ -228,14 +232,50 @@ class QueuedStore(JobStore, Generic[C]):
     # ---- the JobStore, once for every backend
 
     def save_job(self, job: Job, tasks: Iterable[JobTask] | None = None) -> None:
-        write = self._job_write(job, tasks)  # a copy as it is now: the job changes on
-        self._put(lambda conn: self._write_job(conn, write, new=False))
+        """On the event loop, the job is copied once at the end of this loop turn, however many times it is saved
+        in it (a dispatch saves its job twice, a finished task's end and its job's end come together); all the
+        saves of a turn go to the writer as one item. Off the loop, it is copied now."""
+        if self._failed is not None:
+            raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            write = self._job_write(job, tasks)  # a copy as it is now: the job changes on
+            self._put(lambda conn: self._write_job(conn, write, new=False))
+            return
+        pending = self._pending.get(job.id)
+        if pending is None:
+            self._pending[job.id] = (job, None if tasks is None else list(tasks))
+            if not self._pending_soon:
+                self._pending_soon = True
+                loop.call_soon(self._put_pending)
+        elif pending[1] is not None:  # only some tasks so far
+            self._pending[job.id] = (job, None if tasks is None else [*pending[1], *tasks])
+        elif pending[0] is not job:
+            self._pending[job.id] = (job, None)
+
+    def _put_pending(self) -> None:
+        """The jobs saved since the last call, copied now and queued as one write, in the order of their first
+        save. Runs at the end of the loop turn of a save (call_soon), and before anything that must come after the
+        saves queued before it: an awaited write, a flush, a deletion, the close."""
+        self._pending_soon = False
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        writes = [self._job_write(job, tasks) for job, tasks in pending.values()]
+
+        def write_all(conn: C) -> None:
+            for write in writes:
+                self._write_job(conn, write, new=False)
+
+        self._put(write_all)
 
     async def insert_job(self, job: Job) -> None:
         write = self._job_write(job, None)
         await self._call(lambda conn: self._write_job(conn, write, new=True))
 
     async def delete_job(self, job_id: str) -> None:
+        self._put_pending()  # a save of the job queued before the deletion is applied before it, as before
         self._written.pop(job_id, None)
         await self._call(lambda conn: self._delete_job(conn, job_id))
 
@@ -316,6 +356,7 @@ class QueuedStore(JobStore, Generic[C]):
         self._put_body("dataset_versions", f"{name}:{version}", None)
 
     async def flush(self) -> None:
+        self._put_pending()
         call = _Call(None)
         self._put(call)
         await asyncio.wrap_future(call.future)
@@ -367,6 +408,7 @@ class QueuedStore(JobStore, Generic[C]):
 
     async def _call(self, fn: Callable[[C], T]) -> T:
         """Queue a write and wait until it is committed: its result, or its error."""
+        self._put_pending()  # the jobs saved before it are committed with it, as when each save was queued at once
         call = _Call(fn)
         self._put(call)
         result: T = await asyncio.wrap_future(call.future)

@@ -1,0 +1,111 @@
+"""A job saved several times in one turn of the event loop is copied and written once, as it is at the end of that
+turn (store/engine.py, QueuedStore.save_job); what is stored is the same as when every save was written."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
+
+
+def _job(job_id: str = "j1", tasks: int = 3) -> Job:
+    return Job(
+        id=job_id, spec={"algorithm": "noop"}, submitter="u", seq_no=1, tasks=[JobTask(index=i) for i in range(tasks)]
+    )
+
+
+async def _reopened(path: Path) -> dict[str, Job]:
+    store = SqliteJobStore(path)
+    await store.open()
+    try:
+        return {j.id: j for j in await store.load_jobs()}
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The job id of every job row the writer writes."""
+    written: list[str] = []
+    real = SqliteJobStore._write_job
+
+    def write(self: SqliteJobStore, conn: Any, write: Any, new: bool) -> None:
+        written.append(write.job_id)
+        real(self, conn, write, new)
+
+    monkeypatch.setattr(SqliteJobStore, "_write_job", write)
+    return written
+
+
+async def test_saves_in_one_turn_are_one_write_of_the_last_state(tmp_path: Path, counted: list[str]) -> None:
+    store = SqliteJobStore(tmp_path / "tf.db")
+    await store.open()
+    job, other = _job("j1"), _job("j2")
+    await store.insert_job(job)
+    await store.insert_job(other)
+    counted.clear()
+
+    job.state = JobState.RUNNING
+    job.tasks[0].state = TaskRunState.DISPATCHED
+    store.save_job(job, (job.tasks[0],))  # a dispatch: the task's row, then the job's summary
+    job.tasks[1].state = TaskRunState.DISPATCHED
+    store.save_job(job, (job.tasks[1],))
+    other.state = JobState.RUNNING
+    store.save_job(other)
+    job.tasks[0].state = TaskRunState.RUNNING
+    job.metrics = {"loss": 0.25}
+    store.save_job(job, (job.tasks[0],))
+    await asyncio.sleep(0)  # the turn ends
+    job.tasks[2].state = TaskRunState.DISPATCHED  # a later turn's change, saved in that turn
+    store.save_job(job, (job.tasks[2],))
+    await store.flush()
+    await store.close()
+
+    assert counted == ["j1", "j2", "j1"]  # one write per job and turn, in the order of their first save
+    stored = await _reopened(tmp_path / "tf.db")
+    assert stored["j1"].to_dict() == job.to_dict()
+    assert stored["j2"].to_dict() == other.to_dict()
+
+
+async def test_a_job_saved_then_deleted_in_one_turn_stays_deleted(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "tf.db")
+    await store.open()
+    job, kept = _job("j1"), _job("j2")
+    await store.insert_job(job)
+    await store.insert_job(kept)
+    job.state = JobState.CANCELLED
+    store.save_job(job)
+    kept.state = JobState.SUCCEEDED
+    store.save_job(kept)
+    await store.delete_job("j1")
+    await store.close()
+    stored = await _reopened(tmp_path / "tf.db")
+    assert list(stored) == ["j2"] and stored["j2"].state is JobState.SUCCEEDED
+
+
+async def test_saves_not_flushed_are_written_at_close(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "tf.db")
+    await store.open()
+    job = _job()
+    await store.insert_job(job)
+    job.state = JobState.FAILED
+    job.error = "rank 0 failed"
+    store.save_job(job)
+    await store.close()  # in the same turn as the save
+    assert (await _reopened(tmp_path / "tf.db"))["j1"].error == "rank 0 failed"
+
+
+def test_a_save_off_the_event_loop_is_copied_at_once(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "tf.db")
+    asyncio.run(store.open())
+    job = _job()
+    job.state = JobState.RUNNING
+    store.save_job(job)  # no loop runs here
+    job.state = JobState.SUCCEEDED  # after the save: not part of it
+    asyncio.run(store.close())
+    assert asyncio.run(_reopened(tmp_path / "tf.db"))["j1"].state is JobState.RUNNING
