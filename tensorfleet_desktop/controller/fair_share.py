@@ -148,9 +148,12 @@ class FairQueue:
         """(job id, priority, seq_no, user) each: a restart's whole queue, sorted once per user."""
         touched: set[tuple[int, str]] = set()
         for job_id, priority, seq_no, user in jobs:
-            self._levels.setdefault(priority, {}).setdefault(user, []).append((seq_no, job_id))
+            queue = self._levels.setdefault(priority, {}).setdefault(user, [])
+            entry = (seq_no, job_id)
+            if queue and entry < queue[-1]:
+                touched.add((priority, user))  # out of order: sorted once at the end
+            queue.append(entry)  # the usual case, a pass's new jobs after everything queued: no sort
             self._where[job_id] = (priority, user)
-            touched.add((priority, user))
         for priority, user in touched:
             self._levels[priority][user].sort()
 

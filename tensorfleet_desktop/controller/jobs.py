@@ -67,6 +67,7 @@ class JobMachine:
         self.jobs = JobTable()  # by id, and in list order (a jobs page reads the newest of an index)
         events.add_job_listener(self.jobs.touched)  # a job's new state files it under that state
         self.open: dict[str, Job] = {}  # not finished: what the scheduler and agent events look at
+        self.joined: list[Job] = []  # put in `open` since the scheduler last took them (a pass reads only these)
         self.registering: set[str] = set()  # jobs whose tasks are all done, saving their model
         self.wake = asyncio.Event()  # the scheduler runs a pass at once
         self._seq_no = 0
@@ -77,6 +78,7 @@ class JobMachine:
             self.jobs[job.id] = job
             if not job.state.terminal:
                 self.open[job.id] = job
+                self.joined.append(job)
             self._seq_no = max(self._seq_no, job.seq_no)
         for job in list(self.open.values()):
             for task in job.tasks:
@@ -125,6 +127,7 @@ class JobMachine:
         """A stored new job joins the queue."""
         self.jobs[job.id] = job
         self.open[job.id] = job
+        self.joined.append(job)
         self.metrics.submissions.inc()
         log.info("job %s (%s) submitted by %s", job.id, job.name, job.submitter)
         self.events.job_changed(job, "submitted")
@@ -183,6 +186,7 @@ class JobMachine:
             self.effects.restart_sweep(job)
         job.state, job.error, job.finished_at, job.queued_since = JobState.QUEUED, "", 0.0, self.clock.time()
         self.open[job.id] = job
+        self.joined.append(job)
         self.events.job_changed(job, "retried")
         self.wake.set()
         return job

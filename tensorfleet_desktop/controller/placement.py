@@ -214,7 +214,10 @@ class Placement:
         and dropped once enough have ended."""
         open_ = self.machine.open
         queue = self.usage.queue
-        new = [open_[job_id] for job_id in open_.keys() - queue.ids()]
+        # those put in `open` since the last pass (not a set difference over every open job: one pass per placed
+        # task over a 10,000-job queue)
+        joined, self.machine.joined = self.machine.joined, []
+        new = list({job.id: job for job in joined if open_.get(job.id) is job and job.id not in queue}.values())
         queue.add_many((job.id, job.priority, job.seq_no, user_of(job)) for job in new)
         self._sweeps.update(job.id for job in new if job.mode == "sweep")
         self._sharing.add_many(
