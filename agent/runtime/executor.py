@@ -311,7 +311,7 @@ class Executor:
         try:
             self.blobs.pin(ref.sha256 for ref in spec.inputs)
             meta = {"spec": spec_to_dict(spec), "slot_ids": [s.id for s in slots]}
-            entry = await asyncio.to_thread(self.journal.create, spec.task_id, meta)
+            entry = self.journal.create(spec.task_id, meta)  # a mkdir: its files are the journal writer's
         except BaseException:
             self._release(slots, share, spec.task_id)
             self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)

@@ -102,11 +102,12 @@ class TaskLog:
 
 @dataclass
 class _Unwritten:
-    """A journal's lines not yet on disk (the disk was full), up to event `seq`."""
+    """A journal's lines not yet on disk (the disk was full), up to event `seq`, and its task.json if due."""
 
     entry: TaskLog
     data: bytearray = field(default_factory=bytearray)
     seq: int = 0
+    meta: bool = False  # its task.json is still to be written (before its events)
 
 
 class Journal:
@@ -190,18 +191,17 @@ class Journal:
     # ---- writing
 
     def create(self, task_id: str, meta: dict[str, Any]) -> TaskLog:
-        """Create the task's directory and metadata file (blocking: call in a thread). Its events file is made by the
-        writer with the first event (ACCEPTED, right after): a file creation less on RunTask's path (~0.4 ms on the
-        dev box's ext4); a journal without one reads as no event."""
+        """Create the task's directory (one mkdir: called on the loop); its metadata file is written by the writer,
+        before its first event (ACCEPTED, right after), and its events file with that event. RunTask's answer waits
+        for no file: a thread hop and ~0.4 ms of file creations on the dev box's ext4 were on its path. Until the
+        writer has run, a crash forgets the task (a journal without task.json is no task), as it would its
+        unwritten events: its controller re-places it (TaskUnknown)."""
         directory = private_dir(self.root / task_id)  # it keeps whatever the task printed: its user's only
         created_at = time.time()
         meta = {**meta, "created_at": created_at, "boot_id": self._boot_id}
-        tmp = directory / (TASK_FILE + ".tmp")
-        with open(tmp, "w", opener=private_opener) as fh:
-            json.dump(meta, fh)  # not fsynced: see the module's docstring
-        os.replace(tmp, directory / TASK_FILE)
         entry = TaskLog(task_id, directory, meta, created_at)
         self._logs[task_id] = entry
+        self._queue.put((entry, b"", 0))  # seq 0: its task.json
         return entry
 
     def append(self, task_id: str, payload: EventPayload, trial: int = -1) -> TaskEvent:
@@ -255,6 +255,9 @@ class Journal:
         """Append to each journal with lines waiting; tell watchers about what the kernel has."""
         for entry, line, seq in batch:
             unwritten = self._unwritten.setdefault(entry.task_id, _Unwritten(entry))
+            if seq == 0:
+                unwritten.meta = True
+                continue
             unwritten.data.extend(line)
             unwritten.seq = seq
         done: list[tuple[TaskLog, int]] = []
@@ -269,7 +272,7 @@ class Journal:
             if task_id in self._write_errors:
                 self._write_errors.discard(task_id)
                 log.info("journal %s: written again", task_id)
-            if unwritten.entry.finished and unwritten.seq == unwritten.entry.last_seq:
+            if fh is not None and unwritten.entry.finished and unwritten.seq == unwritten.entry.last_seq:
                 fh.close()
                 del self._files[task_id]
         if self._reserve_in_use and not self._unwritten:
@@ -277,7 +280,7 @@ class Journal:
         if self._loop is not None and done:
             self._loop.call_soon_threadsafe(self._committed, done)
 
-    def _write_making_room(self, unwritten: _Unwritten) -> IO[bytes]:
+    def _write_making_room(self, unwritten: _Unwritten) -> IO[bytes] | None:
         """Write; on a full disk give back some of the reserve and try once more."""
         try:
             return self._write(unwritten)
@@ -286,8 +289,18 @@ class Journal:
                 raise
         return self._write(unwritten)
 
-    def _write(self, unwritten: _Unwritten) -> IO[bytes]:
+    def _write(self, unwritten: _Unwritten) -> IO[bytes] | None:
+        """Write the task's metadata file if it is due, then its events; their file (None: no event waited)."""
         task_id, pending = unwritten.entry.task_id, unwritten.data
+        if unwritten.meta:
+            directory = unwritten.entry.directory
+            tmp = directory / (TASK_FILE + ".tmp")
+            with open(tmp, "w", opener=private_opener) as meta:
+                json.dump(unwritten.entry.meta, meta)  # not fsynced: see the module's docstring
+            os.replace(tmp, directory / TASK_FILE)
+            unwritten.meta = False
+        if not pending:
+            return self._files.get(task_id)
         fh = self._files.get(task_id)
         if fh is None:
             fh = self._files[task_id] = open(  # noqa: SIM115 (kept open across commits)
