@@ -26,7 +26,8 @@ class HttpContext:
         return {a.node_id: a.name for a in self.fleet.agents.values()}
 
 
-def context(request: Request) -> HttpContext:
-    """FastAPI dependency: the context the app was built with."""
+async def context(request: Request) -> HttpContext:
+    """FastAPI dependency: the context the app was built with. A coroutine: FastAPI runs a plain function dependency
+    in its thread pool, a hop to a thread and back onto the loop for every request."""
     ctx: HttpContext = request.app.state.context
     return ctx
