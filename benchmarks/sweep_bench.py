@@ -115,7 +115,7 @@ def start_profiles(pids: dict[str, int], where: Path | None) -> list[subprocess.
     ]
 
 
-def tensorfleet_side(trials: int, forest_runs: int, profile: Path | None = None) -> dict[str, Any]:
+def tensorfleet_side(trials: int, forest_runs: int, profile: Path | None = None, per_task: int = 0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tensorfleet-sweep-bench-") as tmp:
         root = Path(tmp)
         agents = [AgentProcess(root / f"a{i}", name=f"bench-{i}", cpu_slots=1, spare_workers=1) for i in range(2)]
@@ -137,7 +137,8 @@ def tensorfleet_side(trials: int, forest_runs: int, profile: Path | None = None)
                     "name": "iris-tree-sweep",
                     "algorithm": "decision_tree",
                     "dataset": "iris",
-                    "sweep": {"params": SWEEP_PARAMS, "search": "random", "trials": trials},
+                    "sweep": {"params": SWEEP_PARAMS, "search": "random", "trials": trials}
+                    | ({"trials_per_task": per_task} if per_task else {}),
                 }
                 pids = {"controller": controller.proc.pid if controller.proc is not None else 0}
                 pids.update({f"agent{i}": a.proc.pid for i, a in enumerate(agents) if a.proc is not None})
@@ -214,9 +215,10 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=200, help="trials of the decision-tree sweep")
     parser.add_argument("--forest-runs", type=int, default=3, help="iris random forest jobs (and fresh fits)")
     parser.add_argument("--profile", type=Path, help="sample the sweep's processes with py-spy into this folder")
+    parser.add_argument("--trials-per-task", type=int, default=0, help="the sweep's trials_per_task (0: its default)")
     args = parser.parse_args()
     load_before = load()
-    ours = tensorfleet_side(args.trials, args.forest_runs, args.profile)
+    ours = tensorfleet_side(args.trials, args.forest_runs, args.profile, args.trials_per_task)
     fresh = fresh_python(args.forest_runs)
     ray = ray_sweep(ours["trial_params"])
     ray_s = ray.get("sweep_s")
