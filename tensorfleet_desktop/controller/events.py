@@ -45,10 +45,14 @@ class EventLog:
             except Exception:  # a listener's bug must not stop the job
                 log.exception("job listener failed")
 
-    def job_changed(self, job: Job, message: str, tasks: Sequence[JobTask] | None = None) -> None:
-        """The job's state or summary changed; `tasks`: only these of its tasks did (None: any may have)."""
+    def job_changed(
+        self, job: Job, message: str, tasks: Sequence[JobTask] | None = None, *, saved: bool = False
+    ) -> None:
+        """The job's state or summary changed; `tasks`: only these of its tasks did (None: any may have). `saved`:
+        the store has the job as it is already (a submit's insert), only the event is new."""
         self.record(job, "job_state", {}, state=job.state.value, message=message or job.error)
-        self.store.save_job(job, tasks)
+        if not saved:
+            self.store.save_job(job, tasks)
         self.gauges_stale = True  # counted on the scheduler's next tick, not once per change
         self.touched(job)
 

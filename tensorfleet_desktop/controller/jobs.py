@@ -130,7 +130,7 @@ class JobMachine:
         self.joined.append(job)
         self.metrics.submissions.inc()
         log.info("job %s (%s) submitted by %s", job.id, job.name, job.submitter)
-        self.events.job_changed(job, "submitted")
+        self.events.job_changed(job, "submitted", saved=True)  # Controller.submit stored it as it is (insert_job)
         self.wake.set()
 
     def cancel(self, job_id: str) -> Job:
