@@ -2,7 +2,8 @@
 
 The executor owns the slots, the warm worker pool and the task lifecycle:
 ACCEPTED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, always ending with one
-Finished event. Nothing here blocks the event loop; disk work goes to threads.
+Finished event. Nothing here blocks the event loop; disk work goes to threads (a task's journal dir, one mkdir,
+is made on the loop: its files are the journal writer's).
 A project task (issue 19) is PREPARING between ACCEPTED and RUNNING: its working
 dir and env are made ready (runtime.project_prepare), and its output dir's files
 become artifacts before its Finished, whatever the outcome.
