@@ -1067,7 +1067,15 @@ class Attempts:
         """After a restart, tasks whose agent has not come back within the grace period run elsewhere."""
         if self.clock.monotonic() - self._started <= _ORPHAN_GRACE:
             return
-        for job in list(self.machine.open.values()):
+        # the jobs with a live attempt on an agent not known (a bundle's riders run on their lead's agent), not
+        # every open job's every task each tick
+        open_ = self.machine.open
+        suspects = {
+            job.id: job
+            for _, (job, task) in self._live_attempts()
+            if open_.get(job.id) is job and self.agents.agent(task.node_id) is None
+        }
+        for job in suspects.values():
             orphans = [t for t in job.tasks if t.state.active and self.agents.agent(t.node_id) is None]
             if orphans and not job.state.terminal:
                 for task in orphans:
