@@ -118,11 +118,9 @@ def _import_optuna() -> None:
 _IN_FLIGHT = frozenset(
     {TaskRunState.PENDING, TaskRunState.DISPATCHED, TaskRunState.PREPARING, TaskRunState.RUNNING}
 )  # PENDING or active
-# Each bundle is a fresh forked worker whose first trial takes ~2,000 copy-on-write faults (~10 ms of CPU quiet, more
-# on a busy box) and a fork ahead: 4 bundles of 50 for 200 trials on 2 slots cost half the workers' CPU of 8 of 25.
-BUNDLE_MAX = 64  # trials per bundle when chosen for the user (sweep trials_per_task: up to 256)
+BUNDLE_MAX = 32  # trials per bundle when chosen for the user (sweep trials_per_task: up to 256)
 BUNDLE_MAX_ADAPTIVE = 4  # with TPE, which learns from finished trials: a bundle's trials are drawn before any ends
-BUNDLE_ROUNDS = 2  # a sweep's remaining trials make at least this many bundles per slot (a slow one is not last)
+BUNDLE_ROUNDS = 4  # a sweep's remaining trials make at least this many bundles per slot (a slow one is not last)
 
 
 def bundle_size(job: Job, slots: int) -> int:

@@ -68,7 +68,7 @@ async def test_a_random_sweep_runs_its_trials_in_bundles_and_each_trial_is_its_o
         sizes = await drive(agents, controller, job)
         assert job.state is JobState.SUCCEEDED, job.error
         assert len(job.tasks) == 64 and sum(sizes) == 64
-        assert len(sizes) < 64 / 4 and max(sizes) == 16  # 64 trials on 2 slots: 16 per bundle at first (2 rounds)
+        assert len(sizes) < 64 / 4 and max(sizes) == 8  # 64 trials on 2 slots: 8 per bundle at first (4 rounds)
         assert all(t.state is TaskRunState.SUCCEEDED for t in job.tasks)
         for task in job.tasks:  # each trial's metric is its own params' score, wherever it ran in a bundle
             assert task.params is not None and task.metrics["test_accuracy"] == score(task.params)
@@ -170,13 +170,13 @@ async def test_a_restarted_controller_runs_again_the_trials_that_rode_in_a_bundl
         assert again.state is JobState.SUCCEEDED and all(t.state is TaskRunState.SUCCEEDED for t in again.tasks)
 
 
-def test_bundle_size_keeps_two_bundles_per_slot_and_small_ones_for_tpe() -> None:
+def test_bundle_size_keeps_four_bundles_per_slot_and_small_ones_for_tpe() -> None:
     def job(search: str, budget: int, **sweep: Any) -> Job:
         spec = {"sweep": {"search": search, "budget": budget, "metric": "test_accuracy", **sweep}}
         return Job("j1", spec, "me", 1)
 
-    assert bundle_size(job("random", 200), 2) == 50
-    assert bundle_size(job("random", 10_000), 2) == 64
+    assert bundle_size(job("random", 200), 2) == 25
+    assert bundle_size(job("random", 10_000), 2) == 32
     assert bundle_size(job("grid", 6), 2) == 1
     assert bundle_size(job("tpe", 200), 2) == 4
     assert bundle_size(job("random", 200, prune=True), 2) == 1
