@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorfleet_agent.core.digest import blob_relpath
+from tensorfleet_agent.core.ranking import ranks_before
 from tensorfleet_agent.runtime.channel import EVENTS_FD_ENV, EventChannel
 
 __all__ = [
@@ -145,7 +146,7 @@ def progress(fraction: float) -> None:
 def keeps_files(metrics: dict[str, float]) -> bool:
     """Whether this trial's model and report are worth writing, given its final metrics: a sweep under keep_models
     best (TaskSpec.trial_files) keeps only its best trial's, so a bundled trial that ranks behind one this task
-    already ran (a worse score of the sweep's metric, or the same and a higher index: the controller's order) can
+    already ran (a worse score of the sweep's metric, or the same and a higher index: core.ranking's order) can
     never be kept and writes none, but the task's own run always does (after a controller restart it is the only
     trial of the bundle followed); keep_models none writes no trial's. Anything not in a sweep writes them."""
     ctx = _current()
@@ -160,14 +161,11 @@ def keeps_files(metrics: dict[str, float]) -> bool:
         return True  # not among these metrics (reported along the way): the controller decides
     if not math.isfinite(value):
         return False  # no score: never the sweep's best
-    index, leader = int(ctx.spec["trial"]), ctx.leader
-    if leader is not None and leader[0] != value:
-        ahead = (value > leader[0]) if rule.get("maximize") else (value < leader[0])
-    else:
-        ahead = leader is None or index < leader[1]
-    if ahead:
-        ctx.leader = (value, index)
-    return ahead
+    mine, leader = (value, int(ctx.spec["trial"])), ctx.leader
+    if leader is not None and not ranks_before(mine, leader, bool(rule.get("maximize"))):
+        return False
+    ctx.leader = mine
+    return True
 
 
 def checkpoint_dir() -> Path:

@@ -800,6 +800,7 @@ class TaskSpec(_message.Message):
     DATASET_MOUNT_FIELD_NUMBER: _builtins.int
     GPU_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     TRIALS_FIELD_NUMBER: _builtins.int
+    TRIAL_FILES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """caller-chosen, [A-Za-z0-9._-], unique per agent"""
     job_id: _builtins.str
@@ -869,6 +870,10 @@ class TaskSpec(_message.Message):
         of each carry TaskEvent.trial, a failing one ends with TrialEnded(ok=false) and the next one starts.
         """
 
+    @_builtins.property
+    def trial_files(self) -> Global___TrialFiles:
+        """Which of a sweep task's trials (its bundled ones) write their model and report; unset: every one (issue 21)."""
+
     def __init__(
         self,
         *,
@@ -897,14 +902,48 @@ class TaskSpec(_message.Message):
         dataset_mount: Global___DatasetMount | None = ...,
         gpu_memory_bytes: _builtins.int = ...,
         trials: _abc.Iterable[Global___BundledTrial] | None = ...,
+        trial_files: Global___TrialFiles | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset_mount", b"dataset_mount", "rendezvous", b"rendezvous"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset_mount", b"dataset_mount", "rendezvous", b"rendezvous", "trial_files", b"trial_files"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_mount", b"dataset_mount", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "group_rank", b"group_rank", "group_world_size", b"group_world_size", "inputs", b"inputs", "job_id", b"job_id", "local_rank", b"local_rank", "local_world_size", b"local_world_size", "max_restarts", b"max_restarts", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "trials", b"trials", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "dataset", b"dataset", "dataset_mount", b"dataset_mount", "dataset_params_json", b"dataset_params_json", "env", b"env", "gpu_memory_bytes", b"gpu_memory_bytes", "gpus", b"gpus", "group_rank", b"group_rank", "group_world_size", b"group_world_size", "inputs", b"inputs", "job_id", b"job_id", "local_rank", b"local_rank", "local_world_size", b"local_world_size", "max_restarts", b"max_restarts", "memory_limit_bytes", b"memory_limit_bytes", "params_json", b"params_json", "partition", b"partition", "rank", b"rank", "rendezvous", b"rendezvous", "single_task", b"single_task", "task_id", b"task_id", "timeout_seconds", b"timeout_seconds", "trial_files", b"trial_files", "trials", b"trials", "workload", b"workload", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class TrialFiles(_message.Message):
+    """A sweep's rule for its trials' files (TaskSpec.trial_files): under keep_models best the controller keeps only the
+    best trial's model, so a bundled trial that ranks behind one its task already ran (a worse value of `metric`, or the
+    same and a higher index) writes none; the task's own run always writes them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    MAXIMIZE_FIELD_NUMBER: _builtins.int
+    keep: _builtins.str
+    """"best"; "none": no trial writes them; "all" or "": every trial"""
+    metric: _builtins.str
+    """the sweep's metric, as the workload reports it"""
+    maximize: _builtins.bool
+    """the sweep's direction"""
+    def __init__(
+        self,
+        *,
+        keep: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        maximize: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep", b"keep", "maximize", b"maximize", "metric", b"metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrialFiles: _TypeAlias = TrialFiles  # noqa: Y015
 
 @_typing.final
 class BundledTrial(_message.Message):

@@ -22,6 +22,8 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
             body["dataset_mount"].pop(transport, None)
     if not spec.gpu_memory_bytes:  # the journals of tasks that share no GPU read as before
         del body["gpu_memory_bytes"]
+    if spec.trial_files is None:  # the journals of tasks of no sweep read as before
+        del body["trial_files"]
     if spec.trials:  # a list, as task.json reads back (RunTask's idempotency compares the two)
         body["trials"] = [dataclasses.asdict(trial) for trial in spec.trials]
     else:  # the journals of tasks that bundle no trial read as before

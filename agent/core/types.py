@@ -127,12 +127,22 @@ class TaskSpec:
     gpu_memory_bytes: int = 0
     # a sweep's short trials run in this task's worker before its own run (proto TaskSpec.trials)
     trials: tuple[BundledTrial, ...] = ()
+    trial_files: TrialFiles | None = None  # which of a sweep task's trials write their model (None: every one)
 
 
 @dataclass(frozen=True)
 class BundledTrial:
     index: int  # the trial's task index in its job
     params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialFiles:
+    """A sweep's rule for its trials' model and report (proto TrialFiles; task.keeps_files applies it)."""
+
+    keep: str = ""  # "best" | "none" | "all" ("": all)
+    metric: str = ""
+    maximize: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from tensorfleet_agent.core.types import (
     TaskSummary,
     Telemetry,
     TrialEnded,
+    TrialFiles,
 )
 from tensorfleet_agent.core.validation import parse_params_json
 
@@ -186,6 +187,9 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
                 ticket_signature=mount.ticket_signature,
             )
         )
+    if spec.trial_files is not None:
+        files = spec.trial_files
+        msg.trial_files.CopyFrom(pb.TrialFiles(keep=files.keep, metric=files.metric, maximize=files.maximize))
     if spec.rendezvous is not None:
         msg.rendezvous.CopyFrom(
             pb.Rendezvous(master_addr=spec.rendezvous.master_addr, master_port=spec.rendezvous.master_port)
@@ -221,6 +225,11 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
         trials=tuple(
             BundledTrial(t.index, parse_params_json(t.params_json, f"spec.trials[{i}].params_json"))
             for i, t in enumerate(msg.trials)
+        ),
+        trial_files=(
+            TrialFiles(msg.trial_files.keep, msg.trial_files.metric, msg.trial_files.maximize)
+            if msg.HasField("trial_files")
+            else None
         ),
         rendezvous=(
             Rendezvous(msg.rendezvous.master_addr, msg.rendezvous.master_port) if msg.HasField("rendezvous") else None

@@ -42,6 +42,7 @@ from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRun
 from tensorfleet_desktop.controller.ports import AgentPort, AgentView, Clock, TicketMaker
 from tensorfleet_desktop.controller.project_files import ProjectFiles, ProjectFilesMissing
 from tensorfleet_desktop.controller.scheduler import RankLayout
+from tensorfleet_desktop.controller.trials import trial_files
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ class Attempts:
             trials=tuple(
                 BundledTrial(r.index, dict(r.params or {})) for r in self.riders.get(task.agent_task_id, {}).values()
             ),
+            trial_files=trial_files(job),
         )
 
     def _gpu_memory(self, spec: dict[str, Any], attempt: str) -> int:

@@ -8,7 +8,8 @@ import importlib
 import math
 import threading
 
-from tensorfleet_agent.core.types import MetricPoint
+from tensorfleet_agent.core import ranking
+from tensorfleet_agent.core.types import MetricPoint, TrialFiles
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.jobs import JobMachine
@@ -143,6 +144,16 @@ def keep_models(job: Job) -> str:
     return str(job.spec.get("keep_models") or "best")
 
 
+def trial_files(job: Job) -> TrialFiles | None:
+    """What a sweep's task tells its worker about its trials' files (TaskSpec.trial_files, task.keeps_files): the
+    keep_models rule and the order of ranks_before, so that under best a trial that cannot be kept writes no model
+    (a skops dump and a report per trial were most of a small trial's cost). None for a job of no sweep."""
+    if job.mode != "sweep":
+        return None
+    sweep = job.spec["sweep"]
+    return TrialFiles(keep_models(job), str(sweep["metric"]), sweep["direction"] == "maximize")
+
+
 def score(job: Job, task: JobTask) -> float | None:
     """A succeeded trial's value of the sweep's metric (None for any other trial)."""
     value = task.metrics.get(str(job.spec["sweep"]["metric"])) if task.state is TaskRunState.SUCCEEDED else None
@@ -151,10 +162,9 @@ def score(job: Job, task: JobTask) -> float | None:
 
 def ranks_before(job: Job, a: tuple[float, int], b: tuple[float, int]) -> bool:
     """Whether trial a (value, index) beats trial b: a better value, or the same value and a lower index. One
-    order for the sweep's final pick and the best-so-far copies (artifacts.py), whatever order trials end in."""
-    if a[0] != b[0]:
-        return a[0] > b[0] if job.spec["sweep"]["direction"] == "maximize" else a[0] < b[0]
-    return a[1] < b[1]
+    order for the sweep's final pick, the best-so-far copies (artifacts.py), whatever order trials end in, and a
+    bundle's worker keeping a trial's model (agent/core/ranking.py, task.keeps_files)."""
+    return ranking.ranks_before(a, b, job.spec["sweep"]["direction"] == "maximize")
 
 
 def best_trial(job: Job) -> JobTask | None:

@@ -66,3 +66,40 @@ def test_the_tasks_own_run_always_writes(context: task.TaskContext) -> None:
     assert task.keeps_files({"test_accuracy": 0.0})
     context.spec["trial_files"] = {"keep": "none", "metric": "test_accuracy"}
     assert not task.keeps_files({"test_accuracy": 1.0})  # keep_models none: nothing to keep, its own run neither
+
+
+def test_the_rule_crosses_the_wire_and_an_unset_one_stays_unset() -> None:
+    from tensorfleet_agent.core.codec import spec_to_dict
+    from tensorfleet_agent.core.types import TaskSpec, TrialFiles
+    from tensorfleet_agent.rpc import convert
+
+    spec = TaskSpec("t", "j", "decision_tree", trial_files=TrialFiles("best", "rmse", False))
+    assert convert.task_spec_from_pb(convert.task_spec_to_pb(spec)) == spec
+    assert spec_to_dict(spec)["trial_files"] == {"keep": "best", "metric": "rmse", "maximize": False}  # the worker's
+    plain = TaskSpec("t", "j", "decision_tree")
+    assert convert.task_spec_from_pb(convert.task_spec_to_pb(plain)).trial_files is None
+    assert "trial_files" not in spec_to_dict(plain)  # a journal of a task of no sweep reads as before
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_the_sweeps_best_trial_always_wrote_its_files(context: task.TaskContext, maximize: bool) -> None:
+    """Random bundles with many ties, run in random order: the trial the controller picks (trials.best_trial) is one
+    whose worker wrote its files, and a trial that wrote none ranks behind one of its bundle."""
+    import random
+
+    from tensorfleet_desktop.controller.model import Job, JobTask, TaskRunState
+    from tensorfleet_desktop.controller.trials import best_trial
+
+    rng = random.Random(7)
+    rule = {"keep": "best", "metric": "m", "maximize": maximize}
+    for _ in range(200):
+        scores = {index: float(rng.choice([0.5, 0.8, 0.9, 1.0, math.nan])) for index in rng.sample(range(50), 12)}
+        sweep = {"metric": "m", "direction": "maximize" if maximize else "minimize"}
+        job = Job("j", {"sweep": sweep}, "me", 1)
+        job.tasks = [JobTask(index=i, state=TaskRunState.SUCCEEDED, metrics={"m": v}) for i, v in scores.items()]
+        for bundle in (list(scores)[:6], list(scores)[6:]):
+            context.leader = None  # a new task
+            wrote = {index: trial(context, index, rule, m=scores[index]) for index in bundle}
+            best = best_trial(job)
+            if best is not None and best.index in wrote:
+                assert wrote[best.index], (scores, bundle, wrote)
