@@ -159,19 +159,22 @@ class FairQueue:
 
     def compact(self, alive: Container[str]) -> None:
         """Forget the jobs not `alive` (ended)."""
+        where = self._where
         for priority in list(self._levels):
             users = self._levels[priority]
             for user in list(users):
-                kept = [e for e in users[user] if e[1] in alive]
+                kept = []
+                for entry in users[user]:
+                    if entry[1] in alive:
+                        kept.append(entry)
+                    else:
+                        where.pop(entry[1], None)  # only what goes: the index is not rebuilt from every entry
                 if kept:
                     users[user] = kept
                 else:
                     del users[user]
             if not users:
                 del self._levels[priority]
-        self._where = {
-            job_id: (p, u) for p, users in self._levels.items() for u, queue in users.items() for _, job_id in queue
-        }
 
     def order(self, key: Callable[[str], float], cut: Container[str] = ()) -> Iterator[str]:
         """Job ids in scheduling order; `key(user)` is asked when a user's next job enters the merge. A user in
