@@ -178,10 +178,13 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
     else:
         x_train, x_test, y_train, y_test, sha256 = _split(x, y, kind)
     estimator = make(kind)
-    print(
+    header = (
         f"{spec['workload']} ({type(estimator).__name__}) on {name}: {len(x_train)} train / {len(x_test)} test rows, "
         f"{len(features)} features" + (f", {len(classes)} classes" if classes else "")
     )
+    rider = "trial" in spec  # a bundled trial: one line, at its end (each line is a record all the way to the store)
+    if not rider:
+        print(header)
     task.progress(0.1)
     start = time.perf_counter()
     step = 0
@@ -217,7 +220,8 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
         values = {train_name: regression_scores(y_train, fitted)[0], "r2": r2, "rmse": rmse, "mae": mae}
     values["training_time"] = training_time
     task.report(step=step, **values)
-    print(" ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    scores = " ".join(f"{k}={v:.4f}" for k, v in values.items())
+    print(f"{header}; {scores}" if rider else scores)
     report["metrics"] = values
     if task.keeps_files(values):  # a sweep's trial that can no longer be its best writes no files (skops ~1 ms)
         task.save_artifact_bytes(skops_io().dumps(estimator), "model.skops", kind="model")
