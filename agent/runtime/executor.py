@@ -795,11 +795,11 @@ class Executor:
 
     # ---- warm workers
 
-    def _pool_key(self, running: _Running) -> tuple[str, tuple[int | None, ...], int]:
-        """The pool a task's worker is taken from and parked in: its workload family's, shared by every job (see
-        _shared), or its job's; and its environment (GPUs, the slot's thread caps)."""
+    def _pool_key(self, running: _Running, family: bool) -> tuple[str, tuple[int | None, ...], int]:
+        """A pool of warm idle workers: its workload family's, shared by every job (see _shared), or its job's; and
+        its environment (GPUs, the slot's thread caps)."""
         owner = running.spec.job_id
-        if self._shared(running):
+        if family:
             workload = get_workload(running.spec.workload)
             owner = "\0".join(("family", workload.category, *workload.warm))  # never a job id (no NUL in one)
         return (owner, running.visible_gpus or (None,), sum(s.threads for s in running.slots))
@@ -818,13 +818,14 @@ class Executor:
         )
 
     def _take_parked(self, running: _Running) -> WorkerProcess | None:
-        """A warm idle worker of this task's pool, if one is alive."""
-        pool = self._warm.get(self._pool_key(running))
-        while pool:
-            worker, _ = pool.pop()
-            if worker.alive:
-                return worker
-            self._spawn(worker.close())
+        """A warm idle worker of this task's family's pool or of its job's, if one is alive."""
+        for family in (True, False) if self._shared(running) else (False,):
+            pool = self._warm.get(self._pool_key(running, family))
+            while pool:
+                worker, _ = pool.pop()
+                if worker.alive:
+                    return worker
+                self._spawn(worker.close())
         return None
 
     async def _worker_for(self, running: _Running) -> WorkerProcess:
@@ -933,8 +934,11 @@ class Executor:
     def _park(self, running: _Running, worker: WorkerProcess, succeeded: bool) -> None:
         """Keep a finished task's worker warm for the next task of its pool (built-in workloads only): any job's
         next task of the family when the task succeeded and left nothing running (worker.alone), and its worker has
-        not grown (_REUSE_GROWTH); otherwise a spawned worker for the same job's next task."""
-        if self._shared(running):
+        not grown (_REUSE_GROWTH); otherwise a spawned worker for the same job's next task. With the fork server,
+        the family's pool holds its children only (one spawned while it started serves its job as before): the fork
+        server imports a family's libraries for the first task of it that it forks, for the next forks."""
+        family = self._shared(running) and (worker.forked or not self.config.fork_server)
+        if family:
             if not (succeeded and worker.alone and self._lean(worker)):
                 self._spawn(worker.close())
                 return
@@ -942,7 +946,7 @@ class Executor:
         elif running.spec.env or running.spec.single_task or worker.forked or running.gpu_share:
             self._spawn(worker.close())
             return
-        self._warm.setdefault(self._pool_key(running), []).append((worker, time.monotonic()))
+        self._warm.setdefault(self._pool_key(running, family), []).append((worker, time.monotonic()))
         idle = sorted(((since, key, w) for key, pool in self._warm.items() for w, since in pool), key=lambda t: t[0])
         while len(idle) > self.slots.total:
             _since, key, oldest = idle.pop(0)
