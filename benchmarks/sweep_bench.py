@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -159,6 +160,12 @@ def tensorfleet_side(trials: int, forest_runs: int, profile: Path | None = None,
     agents_cpu = sum(v["self"] for k, v in cpu.items() if k.startswith("agent"))
     workers_cpu = sum(v["children"] for k, v in cpu.items() if k.startswith("agent"))
     started = [t["started_at"] for t in tasks if t.get("started_at")]
+    # a slot's time between one trial's end and its next trial's start (1 slot per agent), as the controller stamped
+    # them (its clock when it ingests each): a bundle's change, or two trials' events in two batches
+    gaps: list[float] = []
+    for node in {t["node_id"] for t in tasks}:
+        mine = sorted((t for t in tasks if t["node_id"] == node and t.get("started_at")), key=lambda t: t["started_at"])
+        gaps += [b["started_at"] - a["finished_at"] for a, b in itertools.pairwise(mine)]
     ended = [t["finished_at"] for t in tasks if t.get("finished_at")]
     return {
         "forest_first_runs_s": [round(s, 3) for s in first],
@@ -173,6 +180,9 @@ def tensorfleet_side(trials: int, forest_runs: int, profile: Path | None = None,
         "sweep_fixed_start_s": round(min(started) - job["created_at"], 3) if started else None,
         "sweep_trials_span_s": round(max(ended) - min(started), 3) if started and ended else None,
         "sweep_fixed_end_s": round(job["finished_at"] - max(ended), 3) if ended else None,
+        # the slots' time between trials as the controller saw it: the largest gaps over 5 ms, and all summed
+        "sweep_slot_gaps_s": [round(g, 3) for g in sorted(gaps, reverse=True)[:8] if g > 0.005],
+        "sweep_slot_idle_s": round(sum(g for g in gaps if g > 0), 3),
         "sweep_job_created_to_finished_s": round(job["finished_at"] - job["created_at"], 3),
         "sweep_trials": len(tasks),
         "sweep_trials_per_s": round(len(tasks) / sweep_s, 1),
