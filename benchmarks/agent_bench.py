@@ -12,7 +12,8 @@
 
 - task latency: noop tasks one after another, RunTask sent -> Finished received by an AgentClient (the agent's
   share of a sync submit -> SUCCEEDED), p50 / p99, and the agent's own phases from the events' timestamps:
-  accepted (RunTask -> ACCEPTED), forked (ACCEPTED -> RUNNING: the worker forked and ready), ran (RUNNING ->
+  accepted (RunTask -> ACCEPTED), forked (ACCEPTED -> RUNNING: a warm worker taken, or one forked, ready;
+  every task is a new job's, so a noop's worker is the warm one of its family), ran (RUNNING ->
   Finished: the task and its worker's cleanup), seen (Finished's time -> the watcher has it: journal commit and
   stream).
 
