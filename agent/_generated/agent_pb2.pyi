@@ -1340,19 +1340,28 @@ class WatchTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """TaskSpec.task_id"""
     after_seq: _builtins.int
     """replay events with seq > after_seq, then follow"""
+    @_builtins.property
+    def run(self) -> Global___RunTaskRequest:
+        """Start the task first, as RunTask would (its checks, its refusals as this call's status), then follow it: a
+        task's way out in one call instead of two. The first message carries the acceptance alone
+        (TaskEventBatch.accepted); run.spec.task_id must be task_id.
+        """
+
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         after_seq: _builtins.int = ...,
+        run: Global___RunTaskRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "run", b"run", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1922,18 +1931,24 @@ class TaskEventBatch(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskEvent]:
-        """in seq order, at least one"""
+        """in seq order, at least one (none in the acceptance of WatchTaskRequest.run)"""
+
+    @_builtins.property
+    def accepted(self) -> Global___RunTaskResponse:
+        """only in the first message of a WatchTask that started its task"""
 
     def __init__(
         self,
         *,
         events: _abc.Iterable[Global___TaskEvent] | None = ...,
+        accepted: Global___RunTaskResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -162,7 +162,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchTask(self, request, context):
-        """Replays the journaled events after after_seq, then follows until Finished; many events per message.
+        """Replays the journaled events after after_seq, then follows until Finished; many events per message. With
+        `run`, starts the task first (RunTask in the same call).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,9 @@ class AgentServiceStub:
     RunTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]
     """Accept a task: take its slots, journal it, start it."""
     WatchTask: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchTaskRequest, _agent_pb2.TaskEventBatch]
-    """Replays the journaled events after after_seq, then follows until Finished; many events per message."""
+    """Replays the journaled events after after_seq, then follows until Finished; many events per message. With
+    `run`, starts the task first (RunTask in the same call).
+    """
     CancelTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]
     """Cancel a task, or ask it to checkpoint and stop."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]
@@ -88,7 +90,9 @@ class AgentServiceAsyncStub(AgentServiceStub):
     RunTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.RunTaskRequest, _agent_pb2.RunTaskResponse]  # type: ignore[assignment]
     """Accept a task: take its slots, journal it, start it."""
     WatchTask: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchTaskRequest, _agent_pb2.TaskEventBatch]  # type: ignore[assignment]
-    """Replays the journaled events after after_seq, then follows until Finished; many events per message."""
+    """Replays the journaled events after after_seq, then follows until Finished; many events per message. With
+    `run`, starts the task first (RunTask in the same call).
+    """
     CancelTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]  # type: ignore[assignment]
     """Cancel a task, or ask it to checkpoint and stop."""
     ListTasks: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]  # type: ignore[assignment]
@@ -153,7 +157,9 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.WatchTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.TaskEventBatch], _abc.AsyncIterator[_agent_pb2.TaskEventBatch]]:
-        """Replays the journaled events after after_seq, then follows until Finished; many events per message."""
+        """Replays the journaled events after after_seq, then follows until Finished; many events per message. With
+        `run`, starts the task first (RunTask in the same call).
+        """
 
     @_abc_1.abstractmethod
     def CancelTask(

@@ -7,7 +7,7 @@ import re
 import sys
 
 #: Bumped on every incompatible change to proto/tensorfleet/v1.
-PROTOCOL_VERSION = 4  # 4: TaskSpec.trials (a bundle of a sweep's trials; an agent before it would run the lead alone)
+PROTOCOL_VERSION = 5  # 5: WatchTaskRequest.run (start a task and follow it in one call); 4: TaskSpec.trials
 
 
 class _Unsure(Exception):

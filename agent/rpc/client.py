@@ -13,7 +13,7 @@ import secrets
 import socket
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,6 +135,13 @@ class PeerBlobCall:
         self._call.cancel()  # type: ignore[no-untyped-call]
 
 
+def _deadline(details: str) -> grpc.aio.AioRpcError:
+    """The error a call's own deadline raises, for a wait bounded by hand (a stream's first message)."""
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None
+    )
+
+
 @dataclass(frozen=True)
 class AgentTrust:
     """How a controller talks to one agent: the pinned agent certificate and the controller's identity."""
@@ -250,7 +257,7 @@ class AgentClient:
             self._session = ""
             return await fn(await self.session_metadata())
 
-    async def _stream(self, start: Callable[[tuple[tuple[str, str], ...]], Any]) -> AsyncIterator[Any]:
+    async def _stream(self, start: Callable[[tuple[tuple[str, str], ...]], Any]) -> AsyncGenerator[Any, None]:
         first = True
         while True:
             try:
@@ -285,6 +292,34 @@ class AgentClient:
         async for batch in self._stream(lambda md: self.stub.WatchTask(request, metadata=md)):
             for msg in batch.events:
                 yield convert.event_from_pb(msg)
+
+    async def run_and_watch(
+        self, spec: TaskSpec, timeout: float = 30.0
+    ) -> tuple[convert.TaskAccepted, AsyncGenerator[TaskEvent, None]]:
+        """Start the task and follow it in one call (WatchTaskRequest.run): its acceptance, then its events (close
+        the iterator to stop following; the task runs on). A refusal raises as RunTask's would; no answer within
+        `timeout` raises DEADLINE_EXCEEDED as RunTask's deadline would (the agent may have started the task)."""
+        run = pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION, spec=convert.task_spec_to_pb(spec))
+        request = pb.WatchTaskRequest(task_id=spec.task_id, run=run)
+        batches = self._stream(lambda md: self.stub.WatchTask(request, metadata=md))
+        try:
+            first = await asyncio.wait_for(anext(batches), timeout)
+        except TimeoutError:
+            await batches.aclose()
+            raise _deadline(f"no answer from the agent in {timeout:g}s to start task {spec.task_id}") from None
+        except BaseException:
+            await batches.aclose()
+            raise
+        return convert.accepted_from_pb(first.accepted), self._events_of(batches)
+
+    @staticmethod
+    async def _events_of(batches: AsyncGenerator[Any, None]) -> AsyncGenerator[TaskEvent, None]:
+        try:
+            async for batch in batches:
+                for msg in batch.events:
+                    yield convert.event_from_pb(msg)
+        finally:
+            await batches.aclose()  # its call is cancelled
 
     async def cancel_task(
         self,

@@ -168,6 +168,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
 
     @_unary
     async def RunTask(self, request: pb.RunTaskRequest, context: Any) -> pb.RunTaskResponse:
+        return await self._accept(request)
+
+    async def _accept(self, request: pb.RunTaskRequest) -> pb.RunTaskResponse:
+        """RunTask's work, also WatchTask's when it is asked to start its task (WatchTaskRequest.run)."""
         if request.protocol_version != PROTOCOL_VERSION:
             raise ProtocolMismatch(
                 f"caller speaks TensorFleet protocol {request.protocol_version or 'unknown (unset)'}, "
@@ -195,10 +199,19 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def WatchTask(  # type: ignore[override]  # bytes on the wire: see register()
         self, request: pb.WatchTaskRequest, context: Any
     ) -> AsyncIterator[bytes]:
-        """Serialized TaskEventBatch messages: many events each, never decoded and encoded again here."""
+        """Serialized TaskEventBatch messages: many events each, never decoded and encoded again here. With `run`,
+        the task is started first and the acceptance is the first message: the controller's way to send a task
+        without a second call (and a second round trip) before its events can flow."""
         check_id(request.task_id, "task_id")
         if request.after_seq < 0:
             raise ValidationError("after_seq", f"must be >= 0, got {request.after_seq}")
+        if request.HasField("run"):
+            if request.run.spec.task_id != request.task_id:
+                raise ValidationError(
+                    "run.spec.task_id",
+                    f"must be the watched task_id {request.task_id!r}, got {request.run.spec.task_id!r}",
+                )
+            yield pb.TaskEventBatch(accepted=await self._accept(request.run)).SerializeToString()
         async for batch in self.executor.watch(request.task_id, request.after_seq):
             yield batch
 
