@@ -109,3 +109,30 @@ def test_a_save_off_the_event_loop_is_copied_at_once(tmp_path: Path) -> None:
     job.state = JobState.SUCCEEDED  # after the save: not part of it
     asyncio.run(store.close())
     assert asyncio.run(_reopened(tmp_path / "tf.db"))["j1"].state is JobState.RUNNING
+
+
+async def test_awaited_writes_sharing_a_commit_are_answered_in_one_wake_up(tmp_path: Path) -> None:
+    """100 concurrent submits' inserts: each caller gets its answer (a refused one its own error), and the writer
+    wakes the loop once per committed group, not once per caller."""
+    store = SqliteJobStore(tmp_path / "tf.db")
+    await store.open()
+    loop = asyncio.get_running_loop()
+    wakes: list[int] = []
+    real = loop.call_soon_threadsafe
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        wakes.append(1)
+        return real(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
+    try:
+        await store.insert_job(_job("j0"))
+        wakes.clear()
+        results = await asyncio.gather(*(store.insert_job(_job(f"j{i}")) for i in range(100)), return_exceptions=True)
+    finally:
+        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
+    assert isinstance(results[0], Exception), "j0 is stored already: its insert is refused"
+    assert results[1:] == [None] * 99
+    assert 1 <= len(wakes) <= 50, f"{len(wakes)} wake-ups for 100 awaited writes"
+    await store.close()
+    assert sorted(await _reopened(tmp_path / "tf.db")) == sorted(f"j{i}" for i in range(100))

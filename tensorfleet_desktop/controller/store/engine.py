@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import concurrent.futures
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -75,15 +75,27 @@ class JobWrite:
 
 
 class _Call:
-    """A write someone awaits (no `fn`: a flush, which waits for everything queued before it)."""
+    """A write someone awaits on its event loop (no `fn`: a flush, which waits for everything queued before it)."""
 
-    __slots__ = ("error", "fn", "future", "result")
+    __slots__ = ("error", "fn", "future", "loop", "result")
 
     def __init__(self, fn: Callable[[Any], Any] | None) -> None:
         self.fn = fn
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[Any] = self.loop.create_future()
         self.result: Any = None
         self.error: BaseException | None = None
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """On the loop: the awaiting callers of one group get their results, all in one wake-up of the loop."""
+    for future, result, failure in outcomes:
+        if future.cancelled():  # its caller stopped waiting
+            continue
+        if failure is not None:
+            future.set_exception(failure)
+        else:
+            future.set_result(result)
 
 
 @dataclasses.dataclass
@@ -359,7 +371,7 @@ class QueuedStore(JobStore, Generic[C]):
         self._put_pending()
         call = _Call(None)
         self._put(call)
-        await asyncio.wrap_future(call.future)
+        await call.future
 
     async def load_jobs(self) -> list[Job]:
         def read(conn: C) -> list[Job]:
@@ -411,7 +423,7 @@ class QueuedStore(JobStore, Generic[C]):
         self._put_pending()  # the jobs saved before it are committed with it, as when each save was queued at once
         call = _Call(fn)
         self._put(call)
-        result: T = await asyncio.wrap_future(call.future)
+        result: T = await call.future
         return result
 
     async def _read(self, fn: Callable[[C], T]) -> T:
@@ -556,10 +568,13 @@ class QueuedStore(JobStore, Generic[C]):
     def _settle(items: list[_Item], error: BaseException | None = None) -> None:
         """Tell the awaiting callers among `items` their result, or `error`: for lack of space that one, as
         nothing of theirs was kept; otherwise their own error first."""
+        # one call_soon_threadsafe per loop, not one per caller: concurrent submits sharing a commit woke the loop
+        # once each (a write to its self-pipe and a read)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
         for item in items:
             if isinstance(item, _Call):
                 failure = error if item.error is None or isinstance(error, StoreFullError) else item.error
-                if failure is not None:
-                    item.future.set_exception(failure)
-                else:
-                    item.future.set_result(item.result)
+                by_loop.setdefault(item.loop, []).append((item.future, item.result, failure))
+        for loop, outcomes in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_deliver, outcomes)
