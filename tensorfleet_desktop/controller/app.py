@@ -27,6 +27,7 @@ from tensorfleet_desktop.connection import connection_path, remove_connection, w
 from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.audit import AuditLog
 from tensorfleet_desktop.controller.core import Controller
+from tensorfleet_desktop.controller.fair_loop import ClientsFirst, install, servers
 from tensorfleet_desktop.controller.fleet import DEFAULT_WAKE_TIMEOUT, AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.local_agent import LocalAgent
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -138,6 +139,7 @@ class ControllerApp:
     async def _start(self, started: float) -> None:
         cfg = self.config
         assert self._lock is not None
+        install()  # client calls ahead of the drain's bulk work on this loop (fair_loop.py)
         store_uri, blobs_uri = resolve_uris(cfg.data_dir, cfg.store_uri, cfg.blobs_uri)
         self.blobs = open_blobs(blobs_uri, cfg.data_dir, cfg.s3_credentials)
         if cfg.cluster_token:
@@ -203,11 +205,13 @@ class ControllerApp:
         if not is_loopback(cfg.host):
             credentials = tls_server_credentials(self.identity.key_pem, self.identity.cert_pem)
         self._server, self.port = create_server(
-            [servicer.register], cfg.host, cfg.port, credentials, [tokens], self.health
+            [servicer.register], cfg.host, cfg.port, credentials, [ClientsFirst(), tokens], self.health
         )
         token_file = "the token it was started with" if cfg.client_token else str(cfg.data_dir / "client.token")
         tokens.message = refusal(token_file, str(connection_path(self.address)))
+        before = asyncio.all_tasks()
         await self._server.start()
+        servers(asyncio.all_tasks() - before)  # the server's task that takes each new call, and the calls' tasks
         servicer.pools = self.pools = await start_pools(  # Slurm pools (issue 25): after the port is known
             self.controller,
             self.fleet,

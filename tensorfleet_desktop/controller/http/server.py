@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tensorfleet_agent.rpc.server import BindError
+from tensorfleet_desktop.controller.fair_loop import asgi_first
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class HttpServer:
         sock = _bind(self._host, self._port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self._app,
+            asgi_first(self._app),  # requests ahead of the loop's bulk work (fair_loop.py)
             lifespan="off",
             log_config=None,  # the controller's logging, not uvicorn's
             access_log=False,

@@ -1,0 +1,140 @@
+"""fair_loop: on a loop kept busy by bulk tasks, a task serving a client gets through its steps after a bounded
+number of bulk callbacks, not after every bulk callback of every turn; no callback is lost or reordered within its
+lane; a client task that never stops yielding does not starve the bulk work; tasks a client task creates are bulk."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tensorfleet_desktop.controller import fair_loop
+
+
+async def _bulk_steps_while(client: Callable[[], Awaitable[None]], bulk_tasks: int, fair: bool) -> int:
+    """How many bulk steps ran while `client` went through its steps, with `bulk_tasks` tasks always ready."""
+    if fair:
+        assert fair_loop.install()
+    count = 0
+    stop = False
+
+    async def bulk() -> None:
+        nonlocal count
+        while not stop:
+            count += 1
+            await asyncio.sleep(0)
+
+    workers = [asyncio.create_task(bulk()) for _ in range(bulk_tasks)]
+    await asyncio.sleep(0)
+
+    async def served() -> int:
+        fair_loop.serve_first()
+        before = count
+        await client()
+        return count - before
+
+    try:
+        return await asyncio.create_task(served())
+    finally:
+        stop = True
+        await asyncio.gather(*workers)
+
+
+async def _ten_steps() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def test_a_client_task_waits_for_a_bounded_number_of_bulk_steps() -> None:
+    plain = asyncio.run(_bulk_steps_while(_ten_steps, 500, fair=False))
+    fair = asyncio.run(_bulk_steps_while(_ten_steps, 500, fair=True))
+    assert plain >= 10 * 500 - 500  # each step waited for a whole turn of every bulk task
+    assert fair <= 12 * fair_loop.BULK_PER_TURN, (fair, plain)
+
+
+def test_no_callback_is_lost_and_each_lane_keeps_its_order() -> None:
+    async def main() -> tuple[list[int], list[int]]:
+        assert fair_loop.install()
+        bulk: list[int] = []
+        client: list[int] = []
+        loop = asyncio.get_running_loop()
+        for i in range(1000):
+            loop.call_soon(bulk.append, i)
+        ended = asyncio.Event()
+        loop.call_soon(ended.set)  # bulk too: after the 1,000
+
+        async def served() -> None:
+            fair_loop.serve_first()
+            for i in range(50):
+                client.append(i)
+                await asyncio.sleep(0)
+
+        await asyncio.create_task(served())
+        await ended.wait()
+        return bulk, client
+
+    bulk, client = asyncio.run(main())
+    assert bulk == list(range(1000))
+    assert client == list(range(50))
+
+
+def test_a_client_task_that_keeps_yielding_does_not_starve_bulk_work() -> None:
+    async def main() -> int:
+        assert fair_loop.install()
+        done = 0
+        stop = False
+
+        async def spinning_client() -> None:
+            fair_loop.serve_first()
+            while not stop:  # noqa: ASYNC110 - a client that never stops yielding is the point
+                await asyncio.sleep(0)
+
+        async def bulk() -> None:
+            nonlocal done
+            for _ in range(200):
+                await asyncio.sleep(0)
+                done += 1
+
+        spinner = asyncio.create_task(spinning_client())
+        await asyncio.wait_for(asyncio.gather(*(bulk() for _ in range(20))), timeout=10)
+        stop = True
+        await spinner
+        return done
+
+    assert asyncio.run(main()) == 20 * 200
+
+
+def test_the_tasks_a_client_task_creates_are_bulk() -> None:
+    async def main() -> tuple[int, int]:
+        assert fair_loop.install()
+        loop = asyncio.get_running_loop()
+        ready = fair_loop._ready_of(loop)
+        assert ready is not None
+        fair_loop.serve_first()
+        inner = asyncio.create_task(asyncio.sleep(0))
+        served = asyncio.current_task() in ready.clients
+        await inner
+        return int(served), int(inner in ready.clients)
+
+    assert asyncio.run(main()) == (1, 0)
+
+
+def test_a_loop_with_its_own_task_factory_is_left_alone() -> None:
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kw: asyncio.Task(coro, loop=loop, **kw))
+        return fair_loop.install()
+
+    assert asyncio.run(main()) is False
+
+
+@pytest.mark.parametrize("fair", [False, True])
+def test_serve_first_without_install_or_task_is_harmless(fair: bool) -> None:
+    async def main() -> None:
+        if fair:
+            fair_loop.install()
+        fair_loop.serve_first()
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
