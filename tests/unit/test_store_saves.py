@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tensorfleet_desktop.controller.model import Job, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
 from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
 
 
@@ -136,3 +136,29 @@ async def test_awaited_writes_sharing_a_commit_are_answered_in_one_wake_up(tmp_p
     assert 1 <= len(wakes) <= 50, f"{len(wakes)} wake-ups for 100 awaited writes"
     await store.close()
     assert sorted(await _reopened(tmp_path / "tf.db")) == sorted(f"j{i}" for i in range(100))
+
+
+async def test_events_of_one_turn_are_one_write_with_each_attempts_highest_cursor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    real = SqliteJobStore._write_events
+
+    def write(self: SqliteJobStore, conn: Any, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
+        writes.append(len(rows))
+        real(self, conn, rows, cursors)
+
+    monkeypatch.setattr(SqliteJobStore, "_write_events", write)
+    store = SqliteJobStore(tmp_path / "tf.db")
+    await store.open()
+    job = _job(tasks=1)
+    job.tasks[0].agent_task_id = "j1-r0-a1"
+    await store.insert_job(job)
+    for seq in (1, 3, 2):  # a cursor never goes back
+        event = JobEventRecord("j1", seq, 1.0, "log", 0, attempt_id="j1-r0-a1", agent_seq=seq, message=f"line {seq}")
+        store.append_events([event], {"j1-r0-a1": seq})
+    await store.flush()
+    assert writes == [3]
+    assert [e.message for e in await store.events("j1")] == ["line 1", "line 2", "line 3"]
+    await store.close()
+    assert (await _reopened(tmp_path / "tf.db"))["j1"].tasks[0].cursor == 3

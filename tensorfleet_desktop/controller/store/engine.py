@@ -146,6 +146,7 @@ class QueuedStore(JobStore, Generic[C]):
         self._written: dict[str, tuple[int, list[ArtifactInfo]]] = {}
         # job id -> (the job, the tasks saved: None for all) of the saves made in this loop turn (save_job)
         self._pending: dict[str, tuple[Job, list[JobTask] | None]] = {}
+        self._pending_events: _Events | None = None  # the events appended in this loop turn (append_events)
         self._pending_soon = False  # _put_pending is scheduled
 
     # ---- the hooks: how this backend writes and reads its database (all blocking, never on the loop)
@@ -267,10 +268,14 @@ class QueuedStore(JobStore, Generic[C]):
             self._pending[job.id] = (job, None)
 
     def _put_pending(self) -> None:
-        """The jobs saved since the last call, copied now and queued as one write, in the order of their first
-        save. Runs at the end of the loop turn of a save (call_soon), and before anything that must come after the
-        saves queued before it: an awaited write, a flush, a deletion, the close."""
+        """The events appended and the jobs saved since the last call: the events as one write, then the jobs,
+        copied now, as one write in the order of their first save. Runs at the end of the loop turn of an append or
+        a save (call_soon), and before anything that must come after them: an awaited write, a flush, a deletion,
+        the close."""
         self._pending_soon = False
+        if self._pending_events is not None:
+            events, self._pending_events = self._pending_events, None
+            self._put(events)
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
@@ -323,7 +328,25 @@ class QueuedStore(JobStore, Generic[C]):
         )
 
     def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
-        self._put(_Events(list(events), dict(cursors)))
+        """On the event loop, the events of one loop turn go to the writer as one item at the end of the turn (with
+        the turn's job saves: _put_pending), each attempt's highest cursor with them."""
+        if self._failed is not None:
+            raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
+        pending = self._pending_events
+        if pending is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._put(_Events(list(events), dict(cursors)))
+                return
+            self._pending_events = _Events(list(events), dict(cursors))
+            if not self._pending_soon:
+                self._pending_soon = True
+                loop.call_soon(self._put_pending)
+            return
+        pending.events += events
+        for attempt, seq in cursors.items():
+            pending.cursors[attempt] = max(seq, pending.cursors.get(attempt, 0))
 
     def save_agent(self, node_id: str, body: dict[str, Any]) -> None:
         self._put_body("agents", node_id, body)
