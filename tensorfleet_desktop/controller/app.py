@@ -11,7 +11,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from tensorfleet_desktop.connection import connection_path, remove_connection, w
 from tensorfleet_desktop.controller.agent_link import FleetAgents
 from tensorfleet_desktop.controller.audit import AuditLog
 from tensorfleet_desktop.controller.core import Controller
-from tensorfleet_desktop.controller.fair_loop import ClientsFirst, install, servers
+from tensorfleet_desktop.controller.fair_loop import install, serve_first, servers
 from tensorfleet_desktop.controller.fleet import DEFAULT_WAKE_TIMEOUT, AgentRecord, Fleet, FleetError
 from tensorfleet_desktop.controller.local_agent import LocalAgent
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
@@ -48,6 +48,19 @@ if TYPE_CHECKING:  # zeroconf: imported when mDNS is on, while the local agent s
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50050
+
+
+class ClientsFirst(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """The task of each gRPC call is served first on the loop (fair_loop.py); this runs in the call's first step,
+    before its request is read."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        serve_first()
+        return await continuation(handler_call_details)
 
 
 @dataclass

@@ -15,8 +15,9 @@ and 50-100 ms over HTTP for ~1 ms of its own work. Here the ready queue has two 
 
 Nothing runs off the loop: a page is still read in one callback on the loop, as consistent as it ever was; only
 the order of ready callbacks changes, and none is dropped. Tasks a client task creates are bulk (the work a call
-starts is not the call). On a loop this does not know (not CPython's `BaseEventLoop`: uvloop), `install` does
-nothing.
+starts is not the call). A gRPC server marks its calls with `serve_first` in an interceptor (app.py's
+`ClientsFirst`: the core imports no gRPC). On a loop this does not know (not CPython's `BaseEventLoop`: uvloop),
+`install` does nothing.
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ import collections
 import functools
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import Coroutine, Generator, Iterable
 from typing import Any
-
-import grpc
 
 log = logging.getLogger(__name__)
 
@@ -165,19 +164,6 @@ def servers(tasks: Iterable[asyncio.Task[Any]]) -> None:
         if ready is not None:
             ready.spawners.add(task)
             ready.serve(task)
-
-
-class ClientsFirst(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """gRPC: the task of each call is served first (this runs in the call's first step, before its request is
-    read)."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        serve_first()
-        return await continuation(handler_call_details)
 
 
 def asgi_first(app: Any) -> Any:
