@@ -4,7 +4,7 @@ core's own (errors.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +169,22 @@ class FleetAgents:
             raise AgentBusy("agent has no connection")
         return record.client
 
-    async def run_task(self, node_id: str, spec: TaskSpec) -> tuple[int, int] | None:
+    async def run_and_watch(
+        self, node_id: str, spec: TaskSpec
+    ) -> tuple[tuple[int, int] | None, AsyncGenerator[TaskEvent, None]]:
         with _core_errors():
-            return (await self._client(node_id).run_task(spec, timeout=15)).shared_gpu
+            accepted, events = await self._client(node_id).run_and_watch(spec, timeout=15)
+        self.fleet.heard_from(node_id)
+        return accepted.shared_gpu, self._heard(node_id, events)
+
+    async def _heard(self, node_id: str, events: AsyncGenerator[TaskEvent, None]) -> AsyncGenerator[TaskEvent, None]:
+        try:
+            with _core_errors():
+                async for event in events:
+                    self.fleet.heard_from(node_id)
+                    yield event
+        finally:
+            await events.aclose()
 
     async def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncIterator[TaskEvent]:
         with _core_errors():

@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from tensorfleet_agent.core.manifest import exchange_order
@@ -270,7 +270,7 @@ class Attempts:
             spec = await self._with_project(job, task, spec, agent)
             spec = await self._with_dataset(job, task, spec, agent)
             sent = True
-            shared = await self.agents.run_task(node, spec)
+            shared, events = await self.agents.run_and_watch(node, spec)
         except ProjectFilesMissing as exc:  # lost from the blob store since the submit: no agent can run it
             if task.agent_task_id == attempt:
                 self.agents.release(node, attempt)
@@ -299,8 +299,9 @@ class Attempts:
             # nothing on the agent, which has started it since. Cancel it again, holding its slot until it stops.
             self.agents.hold(node, attempt)
             self.background.spawn(self._cancel_on_agent(agent, attempt, "abandoned while it was being sent"))
+            self.background.spawn(events.aclose())
             return
-        self.watch(job, task, attempt)
+        self.watch(job, task, attempt, events)
 
     def _refused(
         self, job: Job, task: JobTask, agent: AgentView, attempt: str, exc: AgentBusy, maybe_run: bool
@@ -811,21 +812,31 @@ class Attempts:
 
     # ---- following
 
-    def watch(self, job: Job, task: JobTask, attempt: str) -> None:
+    def watch(
+        self, job: Job, task: JobTask, attempt: str, events: AsyncGenerator[TaskEvent, None] | None = None
+    ) -> None:
+        """Follow the attempt's events: from `events` (the stream that started it) first, if given."""
         if attempt in self.watchers and not self.watchers[attempt].done():
+            if events is not None:
+                self.background.spawn(events.aclose())
             return
-        self.watchers[attempt] = asyncio.create_task(self._follow(job, task, attempt), name=f"watch-{attempt}")
+        self.watchers[attempt] = asyncio.create_task(self._follow(job, task, attempt, events), name=f"watch-{attempt}")
 
-    async def _follow(self, job: Job, task: JobTask, attempt: str) -> None:
-        """Stream the attempt's events from its agent, resuming from the stored cursor after any break."""
+    async def _follow(
+        self, job: Job, task: JobTask, attempt: str, first: AsyncGenerator[TaskEvent, None] | None = None
+    ) -> None:
+        """Stream the attempt's events from its agent (`first`: the call that started it), resuming from the stored
+        cursor after any break."""
         try:
             while task.agent_task_id == attempt:
                 agent = self.agents.agent(task.node_id)
-                if agent is None or not agent.online:
+                if first is None and (agent is None or not agent.online):
                     await asyncio.sleep(_WATCH_RETRY)
                     continue
+                events = first if first is not None else self.agents.watch_task(task.node_id, attempt, task.cursor)
+                first = None
                 try:
-                    async for event in self.agents.watch_task(task.node_id, attempt, task.cursor):
+                    async for event in events:
                         if task.agent_task_id != attempt:
                             return
                         if event.seq > task.cursor and event.trial >= 0 and event.trial != task.index:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -81,9 +81,12 @@ class AgentPort(Protocol):
 
     def release(self, node_id: str, attempt: str) -> None: ...
 
-    async def run_task(self, node_id: str, spec: TaskSpec) -> tuple[int, int] | None:
-        """Start the task there; for a task sharing a GPU by memory, (the GPU the agent put it on, the bytes promised
-        there), else None (also from an agent that does not say)."""
+    async def run_and_watch(
+        self, node_id: str, spec: TaskSpec
+    ) -> tuple[tuple[int, int] | None, AsyncGenerator[TaskEvent, None]]:
+        """Start the task there and follow it, in one call: for a task sharing a GPU by memory, (the GPU the agent put
+        it on, the bytes promised there), else None (also from an agent that does not say); and the task's events
+        from its first (what watch_task(node_id, spec.task_id, 0) would give, without a second call)."""
         ...
 
     def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncIterator[TaskEvent]: ...

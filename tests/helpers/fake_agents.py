@@ -7,7 +7,7 @@ import asyncio
 import functools
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,11 +224,18 @@ class FakeAgents:
             return agent.shares_on, spec.gpu_memory_bytes
         return None
 
+    async def run_and_watch(
+        self, node_id: str, spec: TaskSpec
+    ) -> tuple[tuple[int, int] | None, AsyncGenerator[TaskEvent, None]]:
+        """As the agent's WatchTask with `run`: RunTask (which a test may override), then its events from the first."""
+        shared = await self.run_task(node_id, spec)
+        return shared, self.watch_task(node_id, spec.task_id, 0)
+
     def ready(self, attempt: str, environment: EnvironmentReady) -> None:
         """A PREPARING project task's env is ready and its command starts."""
         self.send(attempt, environment, StateChanged(TaskState.RUNNING))
 
-    async def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncIterator[TaskEvent]:
+    async def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncGenerator[TaskEvent, None]:
         agent = self._online(node_id)
         task = agent.tasks.get(attempt)
         if task is None:
