@@ -122,9 +122,12 @@ class Placement:
     async def run(self) -> None:
         wake = self.machine.wake
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK):  # not wait_for: in 3.11 it can swallow the cancel of stop()
-                    await wake.wait()
+            if not wake.is_set():  # when busy it is set already: no timer armed and cancelled for nothing
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(TICK):  # not wait_for: in 3.11 it can swallow the cancel of stop()
+                        await wake.wait()
+            else:
+                await asyncio.sleep(0)  # the loop's other work gets a turn between two passes
             wake.clear()
             try:
                 started = time.perf_counter()
