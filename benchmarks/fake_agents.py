@@ -95,4 +95,8 @@ if __name__ == "__main__":
     parser.add_argument("--ready", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
     parser.add_argument("--prefix", default="sim-", help="agent names: PREFIX000, PREFIX001, ...")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--nice", type=int, default=0, help="run at this niceness (before any thread starts)")
+    parsed = parser.parse_args()
+    if parsed.nice:
+        os.nice(parsed.nice)
+    asyncio.run(main(parsed))
