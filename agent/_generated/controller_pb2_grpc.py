@@ -46,6 +46,11 @@ class ControllerServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.Job.FromString,
                 _registered_method=True)
+        self.SubmitJobs = channel.unary_unary(
+                '/tensorfleet.v1.ControllerService/SubmitJobs',
+                request_serializer=tensorfleet_dot_v1_dot_controller__pb2.SubmitJobsRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_controller__pb2.SubmitJobsResponse.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/tensorfleet.v1.ControllerService/ListJobs',
                 request_serializer=tensorfleet_dot_v1_dot_controller__pb2.ListJobsRequest.SerializeToString,
@@ -349,6 +354,13 @@ class ControllerServiceServicer:
 
     def SubmitJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJobs(self, request, context):
+        """many at once: all stored, or none
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -733,6 +745,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.SubmitJobRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_controller__pb2.Job.SerializeToString,
             ),
+            'SubmitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJobs,
+                    request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.SubmitJobsRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_controller__pb2.SubmitJobsResponse.SerializeToString,
+            ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
                     request_deserializer=tensorfleet_dot_v1_dot_controller__pb2.ListJobsRequest.FromString,
@@ -1078,6 +1095,33 @@ class ControllerService:
             '/tensorfleet.v1.ControllerService/SubmitJob',
             tensorfleet_dot_v1_dot_controller__pb2.SubmitJobRequest.SerializeToString,
             tensorfleet_dot_v1_dot_controller__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfleet.v1.ControllerService/SubmitJobs',
+            tensorfleet_dot_v1_dot_controller__pb2.SubmitJobsRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_controller__pb2.SubmitJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class ControllerServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ControllerServiceAsyncStub: ...
     GetInfo: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ControllerInfoRequest, _controller_pb2.ControllerInfo]
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.SubmitJobRequest, _controller_pb2.Job]
+    SubmitJobs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.SubmitJobsRequest, _controller_pb2.SubmitJobsResponse]
+    """many at once: all stored, or none"""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListJobsRequest, _controller_pb2.ListJobsResponse]
     GetJob: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]
     WatchJob: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchJobRequest, _controller_pb2.JobEvent]
@@ -122,6 +124,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetInfo: _aio.UnaryUnaryMultiCallable[_controller_pb2.ControllerInfoRequest, _controller_pb2.ControllerInfo]  # type: ignore[assignment]
     SubmitJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.SubmitJobRequest, _controller_pb2.Job]  # type: ignore[assignment]
+    SubmitJobs: _aio.UnaryUnaryMultiCallable[_controller_pb2.SubmitJobsRequest, _controller_pb2.SubmitJobsResponse]  # type: ignore[assignment]
+    """many at once: all stored, or none"""
     ListJobs: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListJobsRequest, _controller_pb2.ListJobsResponse]  # type: ignore[assignment]
     GetJob: _aio.UnaryUnaryMultiCallable[_controller_pb2.JobRef, _controller_pb2.Job]  # type: ignore[assignment]
     WatchJob: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchJobRequest, _controller_pb2.JobEvent]  # type: ignore[assignment]
@@ -214,6 +218,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.SubmitJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.Job, _abc.Awaitable[_controller_pb2.Job]]: ...
+
+    @_abc_1.abstractmethod
+    def SubmitJobs(
+        self,
+        request: _controller_pb2.SubmitJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.SubmitJobsResponse, _abc.Awaitable[_controller_pb2.SubmitJobsResponse]]:
+        """many at once: all stored, or none"""
 
     @_abc_1.abstractmethod
     def ListJobs(

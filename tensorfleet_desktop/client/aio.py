@@ -38,6 +38,7 @@ from tensorfleet_desktop.project import DEFAULT_MAX_BYTES, ManifestEntry, Projec
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 #: The reconnect pause of wait() after the controller stopped answering.
 RETRY_SECONDS = 1.0
+SUBMIT_BATCH = 1000  # job specs per SubmitJobs call (the controller's limit)
 #: sha256s per MissingBlobs request, and bytes per UploadBlobs data message (the controller's limit).
 MISSING_BATCH = 10_000
 UPLOAD_CHUNK = 1 << 20
@@ -133,6 +134,16 @@ class AsyncClient:
         request = cpb.SubmitJobRequest(spec_json=json.dumps(spec), submitter=who or submitter())
         return await self._call("SubmitJob", request, wire.job_from_pb)
 
+    async def submit_many(self, specs: Sequence[dict[str, Any]], who: str | None = None) -> list[dict[str, Any]]:
+        """Many jobs, SUBMIT_BATCH to a call (SubmitJobs): a call's specs are all checked, then stored together,
+        or none is (the error names the bad one's index in that call). The jobs in the order of `specs`."""
+        jobs: list[dict[str, Any]] = []
+        for start in range(0, len(specs), SUBMIT_BATCH):
+            texts = [json.dumps(spec) for spec in specs[start : start + SUBMIT_BATCH]]
+            request = cpb.SubmitJobsRequest(spec_json=texts, submitter=who or submitter())
+            jobs += await self._call("SubmitJobs", request, lambda r: [wire.job_from_pb(j) for j in r.jobs])
+        return jobs
+
     async def jobs(self, states: tuple[str, ...] = (), limit: int = 0, submitter: str = "") -> list[dict[str, Any]]:
         """Newest first; `submitter`: only that user's jobs (`whoami()["name"]`: yours)."""
         request = cpb.ListJobsRequest(states=_checked(wire.job_states_to_pb, states), limit=limit, submitter=submitter)
@@ -198,19 +209,41 @@ class AsyncClient:
         Raises TimeoutError when `timeout` seconds pass first."""
         try:
             async with asyncio.timeout(timeout):
-                return await self._wait(job_id)
+                return next(iter((await self._wait((job_id,))).values()))
         except TimeoutError:
             raise TimeoutError(f"job {job_id} still running after {timeout}s") from None
 
-    async def _wait(self, job_id: str) -> dict[str, Any]:
-        token = ""
+    async def wait_all(self, job_ids: Sequence[str], timeout: float | None = None) -> list[dict[str, Any]]:
+        """Every job once it ended, in the order of `job_ids` (full ids), following one WatchJobs stream for them
+        all (Ray's `ray.get` of a list); raises TimeoutError naming how many still run when `timeout` passes."""
+        ended: dict[str, dict[str, Any]] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                ended = await self._wait(job_ids, ended)
+        except TimeoutError:
+            left = len(set(job_ids) - set(ended))
+            raise TimeoutError(f"{left} of {len(set(job_ids))} jobs still running after {timeout}s") from None
+        return [ended[job_id] for job_id in job_ids]
+
+    async def _wait(
+        self, job_ids: Sequence[str], ended: dict[str, dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Job id -> the job once ended, for each of `job_ids` (filled into `ended` as they end)."""
+        ended = {} if ended is None else ended
+        waiting, token = set(job_ids), ""
         while True:
             try:
-                async for change in self.watch_jobs((job_id,), resume_token=token):
+                async for change in self.watch_jobs(tuple(waiting), resume_token=token):
                     token = change["resume_token"]
                     for job in change["jobs"]:
-                        if job["state"] in TERMINAL:
-                            return dict(job)
+                        if job["state"] in TERMINAL and job["id"] in waiting:
+                            waiting.discard(job["id"])
+                            ended[job["id"]] = dict(job)
+                        elif job["state"] in TERMINAL and len(job_ids) == 1:  # a prefix of its id was given
+                            waiting.clear()
+                            ended[job["id"]] = dict(job)
+                    if not waiting:
+                        return ended
             except ControllerUnreachable:
                 await asyncio.sleep(RETRY_SECONDS)
             except TensorFleetError as exc:

@@ -160,6 +160,7 @@ class Client:
 
     info = _blocking(AsyncClient.info)
     submit = _blocking(AsyncClient.submit)
+    submit_many = _blocking(AsyncClient.submit_many)
     jobs = _blocking(AsyncClient.jobs)
     job = _blocking(AsyncClient.job)
     cancel = _blocking(AsyncClient.cancel)
@@ -173,6 +174,7 @@ class Client:
     watch = _iterating(AsyncClient.watch)
     watch_jobs = _iterating(AsyncClient.watch_jobs)
     wait = _blocking(AsyncClient.wait)
+    wait_all = _blocking(AsyncClient.wait_all)
     agents = _blocking(AsyncClient.agents)
     watch_agents = _iterating(AsyncClient.watch_agents)
     add_agent = _blocking(AsyncClient.add_agent)

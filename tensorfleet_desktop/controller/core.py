@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from tensorfleet_desktop.controller.events import EventLog
 from tensorfleet_desktop.controller.fair_share import DEFAULT_HALF_LIFE
 from tensorfleet_desktop.controller.ingest import Ingest
 from tensorfleet_desktop.controller.jobs import JobMachine
-from tensorfleet_desktop.controller.jobspec import parse_job_spec
+from tensorfleet_desktop.controller.jobspec import JobSpec, parse_job_spec
 from tensorfleet_desktop.controller.metrics import ControllerMetrics
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobTask
 from tensorfleet_desktop.controller.placement import Placement
@@ -45,6 +45,7 @@ from tensorfleet_desktop.controller.team_usage import TeamUsage
 from tensorfleet_desktop.controller.trials import SweepRunner
 
 log = logging.getLogger(__name__)
+MAX_BATCH_SUBMIT = 1000  # job specs in one SubmitJobs call
 FREE_BYTES_TTL = 1.0  # seconds a reading of the blobs' free space is good for (a submit checks it)
 
 
@@ -212,17 +213,41 @@ class Controller:
     async def submit(self, body: dict[str, Any], submitter: str) -> Job:
         """Persist first, then schedule: a job the store cannot save is refused (StoreFullError), never kept
         in memory only."""
+        job = self.machine.new_job(await self._checked(body), submitter)
+        await self._check_room()
+        await self.store.insert_job(job)
+        self.machine.admit(job)
+        return job
+
+    async def _checked(self, body: dict[str, Any]) -> JobSpec:
         body = self.catalog.resolve(redact_value(body))  # a token pasted into a spec is never stored
         spec = parse_job_spec(body)
         if spec.project is not None:  # its manifest and every file it lists are here, or the submit is refused
             await self.project_files.check_project(spec.project)
-        job = self.machine.new_job(spec, submitter)
+        return spec
+
+    async def _check_room(self) -> None:
         free = await self._free_bytes()
         if free is not None and free < MIN_FREE_DISK_BYTES:  # the rule agents follow: no room for its results
             raise StoreFullError(full_message(self.blobs_dir))
-        await self.store.insert_job(job)
-        self.machine.admit(job)
-        return job
+
+    async def submit_many(self, bodies: Sequence[dict[str, Any]], submitter: str) -> list[Job]:
+        """Submit's checks on every spec first (a bad one refuses them all, naming its index), then one store write
+        for all, then they are queued in order: an SDK's batch of small jobs costs one call and one commit."""
+        if not 1 <= len(bodies) <= MAX_BATCH_SUBMIT:
+            raise ValidationError("spec_json", f"must hold 1 to {MAX_BATCH_SUBMIT} job specs, got {len(bodies)}")
+        specs = []
+        for i, body in enumerate(bodies):
+            try:
+                specs.append(await self._checked(body))
+            except ValidationError as exc:
+                raise ValidationError(f"spec_json[{i}].{exc.field}", exc.message) from None
+        jobs = [self.machine.new_job(spec, submitter) for spec in specs]
+        await self._check_room()
+        await self.store.insert_jobs(jobs)
+        for job in jobs:
+            self.machine.admit(job)
+        return jobs
 
     async def _free_bytes(self) -> int | None:
         """The blobs' free disk space, asked at most once per FREE_BYTES_TTL: a burst of submits pays one thread

@@ -139,6 +139,7 @@ RULES: dict[str, Rule] = {
     },
     # a user's own work
     "SubmitJob": Rule(USER, "submit jobs", "submit"),
+    "SubmitJobs": Rule(USER, "submit jobs", "submit"),
     "CancelJob": Rule(USER, "cancel jobs", "cancel", owned=True, verb="cancel"),
     "PauseJob": Rule(USER, "pause jobs", "pause", owned=True, verb="pause"),
     "ResumeJob": Rule(USER, "resume jobs", "resume", owned=True, verb="resume"),

@@ -63,6 +63,9 @@ def target_of(request: Any, response: Any = None) -> str:
     """What an audited call acted on: a new job's id, else the request's job id, model ref, agent, user..."""
     if response is not None and hasattr(response, "DESCRIPTOR") and response.DESCRIPTOR.name == "Job":
         return str(response.id)
+    if response is not None and hasattr(response, "DESCRIPTOR") and response.DESCRIPTOR.name == "SubmitJobsResponse":
+        ids = [str(job.id) for job in response.jobs]  # a batch: its jobs, the first and last named
+        return f"{len(ids)} jobs: {ids[0]} .. {ids[-1]}" if len(ids) > 1 else "".join(ids)
     fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
     for name in _TARGET_FIELDS:
         if name in fields and isinstance(getattr(request, name), str) and getattr(request, name):

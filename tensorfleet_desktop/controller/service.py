@@ -164,6 +164,13 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
         return self._job(await self.c.submit(body, principals.submitter_for(principals.current(), request.submitter)))
 
     @_unary
+    async def SubmitJobs(self, request: cpb.SubmitJobsRequest, context: Any) -> cpb.SubmitJobsResponse:
+        bodies = [_json_object(text, f"spec_json[{i}]") for i, text in enumerate(request.spec_json)]
+        who = principals.submitter_for(principals.current(), request.submitter)
+        names = self._names()
+        return cpb.SubmitJobsResponse(jobs=[wire.job_to_pb(j, names) for j in await self.c.submit_many(bodies, who)])
+
+    @_unary
     async def ListJobs(self, request: cpb.ListJobsRequest, context: Any) -> cpb.ListJobsResponse:
         if request.limit < 0:
             raise ValidationError("limit", f"must be >= 0, got {request.limit}")

@@ -6,7 +6,7 @@ import abc
 import errno
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -79,6 +79,12 @@ class JobStore(abc.ABC):
     async def insert_job(self, job: Job) -> None:
         """Save a new job and wait until it is committed: StoreFullError when it cannot be (nothing is kept)."""
         self.save_job(job)
+        await self.flush()
+
+    async def insert_jobs(self, jobs: Sequence[Job]) -> None:
+        """Save new jobs and wait until they are committed, all in one write where the backend can."""
+        for job in jobs:
+            self.save_job(job)
         await self.flush()
 
     @abc.abstractmethod

@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Generic, Literal, TypeVar
 
@@ -290,6 +290,16 @@ class QueuedStore(JobStore, Generic[C]):
     async def insert_job(self, job: Job) -> None:
         write = self._job_write(job, None)
         await self._call(lambda conn: self._write_job(conn, write, new=True))
+
+    async def insert_jobs(self, jobs: Sequence[Job]) -> None:
+        """One write for all, in one commit (SQLite: one savepoint, so a failure keeps none of them)."""
+        writes = [self._job_write(job, None) for job in jobs]
+
+        def write_all(conn: C) -> None:
+            for write in writes:
+                self._write_job(conn, write, new=True)
+
+        await self._call(write_all)
 
     async def delete_job(self, job_id: str) -> None:
         self._put_pending()  # a save of the job queued before the deletion is applied before it, as before
