@@ -11,19 +11,22 @@ from typing import Any
 MASK = "[redacted]"
 _lock = threading.Lock()
 _secrets: set[str] = set()
+# the secrets longest first, sorted once per register(), not per redaction (the controller redacts every job body
+# and every event's message); a tuple replaced whole, so a reader needs no lock
+_longest_first: tuple[str, ...] = ()
 
 
 def register(secret: str) -> None:
     """Remember a secret (tokens, keys, passwords) so that every redaction masks it."""
+    global _longest_first
     if secret and len(secret) >= 6:
         with _lock:
             _secrets.add(secret)
+            _longest_first = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
-    with _lock:
-        known = sorted(_secrets, key=len, reverse=True)
-    for secret in known:
+    for secret in _longest_first:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
