@@ -162,3 +162,30 @@ async def test_events_of_one_turn_are_one_write_with_each_attempts_highest_curso
     assert [e.message for e in await store.events("j1")] == ["line 1", "line 2", "line 3"]
     await store.close()
     assert (await _reopened(tmp_path / "tf.db"))["j1"].tasks[0].cursor == 3
+
+
+async def test_a_jobs_end_is_queued_before_the_save_returns(tmp_path: Path) -> None:
+    """A client may be told of a job's end before the loop turn ends (its call's steps run first: fair_loop.py):
+    the end goes to the writer at once, with the events recorded before it."""
+    store = SqliteJobStore(tmp_path / "tf.db")
+    await store.open()
+    job = _job(tasks=1)
+    await store.insert_job(job)
+    queued: list[object] = []
+    put = store._put
+
+    def counted(item: Any) -> None:
+        queued.append(item)
+        put(item)
+
+    store._put = counted  # type: ignore[method-assign]
+    store.append_events([JobEventRecord("j1", 1, 1.0, "job_state", state="SUCCEEDED")], {})
+    job.state = JobState.RUNNING
+    store.save_job(job)
+    assert queued == [], "a running job's save waits for the end of the turn"
+    job.state = JobState.SUCCEEDED
+    store.save_job(job)
+    assert len(queued) == 2, "the events and the job's end are queued for the writer now, not at the end of the turn"
+    await store.close()
+    stored = await _reopened(tmp_path / "tf.db")
+    assert stored["j1"].state is JobState.SUCCEEDED and stored["j1"].last_event_seq == 1

@@ -247,7 +247,8 @@ class QueuedStore(JobStore, Generic[C]):
     def save_job(self, job: Job, tasks: Iterable[JobTask] | None = None) -> None:
         """On the event loop, the job is copied once at the end of this loop turn, however many times it is saved
         in it (a dispatch saves its job twice, a finished task's end and its job's end come together); all the
-        saves of a turn go to the writer as one item. Off the loop, it is copied now."""
+        saves of a turn go to the writer as one item. An ended job (and what is pending with it) is queued at once.
+        Off the loop, it is copied now."""
         if self._failed is not None:
             raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
         try:
@@ -266,6 +267,10 @@ class QueuedStore(JobStore, Generic[C]):
             self._pending[job.id] = (job, None if tasks is None else [*pending[1], *tasks])
         elif pending[0] is not job:
             self._pending[job.id] = (job, None)
+        if job.state.terminal:
+            # a job's end is queued before anyone can be told of it: the loop may run a client's call (WatchJobs,
+            # fair_loop.py's first lane) ahead of the end-of-turn callback
+            self._put_pending()
 
     def _put_pending(self) -> None:
         """The events appended and the jobs saved since the last call: the events as one write, then the jobs,
