@@ -549,7 +549,10 @@ class Executor:
                 # A finished task leaves nothing running: what it started in a session of its own or as a daemon
                 # is under its worker (a subreaper) and dies now. A reusable worker that had such leftovers is
                 # retired too: the pools or handles its task held there point at killed processes.
-                if reusable and not self.draining and not await worker.kill_leftovers():
+                if reusable and not self.draining and not await worker.kill_leftovers() and not running.kill_cause:
+                    # Not if a cancel came while it finished (its worker is being stopped), and a cancel that comes
+                    # now no longer reaches the worker, which may serve another job's task next.
+                    running.worker = None
                     self._park(running, worker, status is TaskState.SUCCEEDED)
                 elif worker.alive:
                     await worker.kill_tree()
@@ -818,12 +821,14 @@ class Executor:
         )
 
     def _take_parked(self, running: _Running) -> WorkerProcess | None:
-        """A warm idle worker of this task's family's pool or of its job's, if one is alive."""
+        """A warm idle worker of this task's family's pool or of its job's, if one is alive and, for a task with a
+        memory limit, holds less than half of it (a worker keeps what its last task's data left resident)."""
+        limit = running.spec.memory_limit_bytes
         for family in (True, False) if self._shared(running) else (False,):
             pool = self._warm.get(self._pool_key(running, family))
             while pool:
                 worker, _ = pool.pop()
-                if worker.alive:
+                if worker.alive and (not limit or worker.own_rss() <= limit // 2):
                     return worker
                 self._spawn(worker.close())
         return None

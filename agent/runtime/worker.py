@@ -238,9 +238,27 @@ def _clean_slate() -> Iterator[None]:
             sklearn.set_config(**(config or sys.modules["sklearn._config"]._global_config))
 
 
+_last_job = ""  # the job of the previous task this worker ran
+_MEMOS = ("tensorfleet_agent.workloads.datasets", "tensorfleet_agent.workloads.sklearn_basic")
+
+
+def _forget_data() -> None:
+    """Drop the data the built-in workloads keep for a job's next task (datasets.load, sklearn_basic._split): the
+    next task is another job's, whose memory limit must not count it (nor its process hold it)."""
+    for name in _MEMOS:
+        module = sys.modules.get(name)
+        if module is not None:
+            module.forget()
+
+
 def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
+    global _last_job
     spec = command["spec"]
-    os.environ["TENSORFLEET_JOB_ID"] = str(spec.get("job_id", ""))
+    job_id = str(spec.get("job_id", ""))
+    if job_id != _last_job:  # another job's task (a warm worker shared by a family): not the last one's data
+        _forget_data()
+        _last_job = job_id
+    os.environ["TENSORFLEET_JOB_ID"] = job_id
     dataset_dir = str(command.get("dataset_dir") or "")
     if dataset_dir:  # the task's dataset version, read-only (runtime/datasets.py); a project's command inherits it
         os.environ[task_api.DATASET_DIR_ENV] = dataset_dir

@@ -209,9 +209,9 @@ def load(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[s
     A dataset is made (or a user's CSV read) once per process and handed out again to the next call with the same
     name and parameters: a sweep's bundled trials (TaskSpec.trials) all run in one worker, and making iris or
     parsing a 5,000-row CSV (~14 ms) would cost each more than its fit. A user's dataset is named by its file's
-    sha256 (user:<sha256>), so the same name is the same data. Only the last one is kept, so a process holds at most
-    one dataset more than its task uses: a task's worker is forked fresh from the fork server (it starts with none),
-    and a reused worker (--no-fork-server) serves the next task of the same job, on the same data. The arrays are
+    sha256 (user:<sha256>), so the same name is the same data. Only the last one is kept, and for one job's tasks
+    only: a warm worker that serves another job's task next forgets it first (worker._forget_data), so one job's
+    data neither stays resident for another nor counts against its memory limit. The arrays are
     handed out read-only, so no task can change what the next one trains on (the workloads split them into copies);
     the name lists are copies."""
     global _last
@@ -229,6 +229,12 @@ def load(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[s
         last = _last = (key, x, y, features, classes)
     _key, x, y, features, classes = last
     return x, y, list(features), list(classes)
+
+
+def forget() -> None:
+    """Drop the dataset load() keeps (the next task is another job's)."""
+    global _last
+    _last = None
 
 
 def _make(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[str]]:

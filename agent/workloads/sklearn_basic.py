@@ -250,6 +250,12 @@ def _split(x: Any, y: Any, kind: str) -> tuple[Any, Any, Any, Any, str]:
     return out
 
 
+def forget() -> None:
+    """Drop the split _split keeps (the next task is another job's)."""
+    global _last_split
+    _last_split = None
+
+
 def _fold(x: Any, y: Any, kind: str, fold: int, folds: int) -> tuple[Any, Any, Any, Any]:
     """Fold `fold` of a seeded (stratified for classification) k-fold split: the same on every agent."""
     from sklearn.model_selection import KFold, StratifiedKFold
