@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -48,6 +49,9 @@ if TYPE_CHECKING:  # zeroconf: imported when mDNS is on, while the local agent s
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50050
+
+
+_GRPC_SERVER_TASK = re.compile(r"AioServer\.")  # grpc.aio's server coroutines (_server_main_loop, _request_call)
 
 
 class ClientsFirst(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -224,7 +228,13 @@ class ControllerApp:
         tokens.message = refusal(token_file, str(connection_path(self.address)))
         before = asyncio.all_tasks()
         await self._server.start()
-        servers(asyncio.all_tasks() - before)  # the server's task that takes each new call, and the calls' tasks
+        # The server's tasks that take each new call (and make the calls' tasks): grpc's own, by name; not the other
+        # tasks (the fleet's, the scheduler's) created while start() yielded
+        servers(
+            t
+            for t in asyncio.all_tasks() - before
+            if _GRPC_SERVER_TASK.match(getattr(t.get_coro(), "__qualname__", ""))
+        )
         servicer.pools = self.pools = await start_pools(  # Slurm pools (issue 25): after the port is known
             self.controller,
             self.fleet,

@@ -135,10 +135,10 @@ def install(loop: asyncio.AbstractEventLoop | None = None) -> bool:
     def factory(
         loop: asyncio.AbstractEventLoop,
         coro: Coroutine[Any, Any, Any] | Generator[Any, None, Any],
-        context: Any = None,
+        **kwargs: Any,  # context; and name, eager_start... where the Python version passes them (3.13.3, 3.14)
     ) -> asyncio.Task[Any]:
         by = asyncio.current_task(loop)
-        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
         ready.created(task, by)
         return task
 

@@ -138,3 +138,38 @@ def test_serve_first_without_install_or_task_is_harmless(fair: bool) -> None:
         await asyncio.sleep(0)
 
     asyncio.run(main())
+
+
+async def test_the_task_factory_takes_what_create_task_passes() -> None:
+    """Python 3.13.3 passes name= to a task factory, 3.14 other keywords: a task is still made, named."""
+    assert fair_loop.install()
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+    assert factory is not None
+
+    async def nothing() -> None:
+        return None
+
+    task = factory(loop, nothing(), name="scheduler", context=None)  # type: ignore[call-arg]
+    await task
+    assert task.get_name() == "scheduler"
+
+
+async def test_the_grpc_server_s_own_tasks_are_the_ones_marked_as_servers() -> None:
+    """app.py marks grpc.aio's server tasks (not others created while it starts) by their coroutines' names."""
+    import grpc
+
+    from tensorfleet_desktop.controller.app import _GRPC_SERVER_TASK
+
+    server = grpc.aio.server()
+    server.add_insecure_port("127.0.0.1:0")
+    before = asyncio.all_tasks()
+    other = asyncio.create_task(asyncio.sleep(0.01), name="not-a-server")
+    await server.start()
+    try:
+        new = asyncio.all_tasks() - before
+        marked = {t.get_name() for t in new if _GRPC_SERVER_TASK.match(getattr(t.get_coro(), "__qualname__", ""))}
+        assert marked and "not-a-server" not in marked and "not-a-server" in {t.get_name() for t in new}
+    finally:
+        await server.stop(0)
+        await other
