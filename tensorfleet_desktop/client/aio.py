@@ -38,7 +38,7 @@ from tensorfleet_desktop.project import DEFAULT_MAX_BYTES, ManifestEntry, Projec
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 #: The reconnect pause of wait() after the controller stopped answering.
 RETRY_SECONDS = 1.0
-SUBMIT_BATCH = 1000  # job specs per SubmitJobs call (the controller's limit)
+SUBMIT_BATCH = 1000  # job specs one SubmitJobs call may hold (the controller's MAX_BATCH_SUBMIT)
 #: sha256s per MissingBlobs request, and bytes per UploadBlobs data message (the controller's limit).
 MISSING_BATCH = 10_000
 UPLOAD_CHUNK = 1 << 20
@@ -135,14 +135,13 @@ class AsyncClient:
         return await self._call("SubmitJob", request, wire.job_from_pb)
 
     async def submit_many(self, specs: Sequence[dict[str, Any]], who: str | None = None) -> list[dict[str, Any]]:
-        """Many jobs, SUBMIT_BATCH to a call (SubmitJobs): a call's specs are all checked, then stored together,
-        or none is (the error names the bad one's index in that call). The jobs in the order of `specs`."""
-        jobs: list[dict[str, Any]] = []
-        for start in range(0, len(specs), SUBMIT_BATCH):
-            texts = [json.dumps(spec) for spec in specs[start : start + SUBMIT_BATCH]]
-            request = cpb.SubmitJobsRequest(spec_json=texts, submitter=who or submitter())
-            jobs += await self._call("SubmitJobs", request, lambda r: [wire.job_from_pb(j) for j in r.jobs])
-        return jobs
+        """Many jobs in one call (SubmitJobs), the jobs in the order of `specs`: all are checked, then stored
+        together, or none is (the error names the bad one, spec_json[INDEX]). At most SUBMIT_BATCH specs: send a
+        longer list in parts, each stored whole or not at all."""
+        if not specs:
+            return []
+        request = cpb.SubmitJobsRequest(spec_json=[json.dumps(spec) for spec in specs], submitter=who or submitter())
+        return await self._call("SubmitJobs", request, lambda r: [wire.job_from_pb(j) for j in r.jobs])
 
     async def jobs(self, states: tuple[str, ...] = (), limit: int = 0, submitter: str = "") -> list[dict[str, Any]]:
         """Newest first; `submitter`: only that user's jobs (`whoami()["name"]`: yours)."""

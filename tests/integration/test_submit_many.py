@@ -44,5 +44,8 @@ def test_a_bad_spec_refuses_the_whole_batch_naming_it(
         with pytest.raises(TensorFleetError) as err:
             client.submit_many([{"algorithm": "noop"}, {"algorithm": "no-such-workload"}])
         assert err.value.code == "INVALID_ARGUMENT" and "spec_json[1]" in str(err.value)
-        assert len(client.jobs()) == before  # nothing of either batch was stored
+        with pytest.raises(TensorFleetError) as err:
+            client.submit_many([{"algorithm": "noop"}] * 1001)
+        assert err.value.code == "INVALID_ARGUMENT" and "1 to 1000 job specs, got 1001" in str(err.value)
+        assert len(client.jobs()) == before  # nothing of any of these batches was stored
         assert client.submit_many([]) == []
