@@ -822,15 +822,19 @@ class Executor:
 
     def _take_parked(self, running: _Running) -> WorkerProcess | None:
         """A warm idle worker of this task's family's pool or of its job's, if one is alive and, for a task with a
-        memory limit, holds less than half of it (a worker keeps what its last task's data left resident)."""
+        memory limit, holds less than half of it (a worker keeps what its last task left resident; one that holds
+        more stays for other tasks)."""
         limit = running.spec.memory_limit_bytes
         for family in (True, False) if self._shared(running) else (False,):
-            pool = self._warm.get(self._pool_key(running, family))
-            while pool:
-                worker, _ = pool.pop()
-                if worker.alive and (not limit or worker.own_rss() <= limit // 2):
+            pool = self._warm.get(self._pool_key(running, family), [])
+            for i in range(len(pool) - 1, -1, -1):  # the most recently parked first
+                worker = pool[i][0]
+                if not worker.alive:
+                    del pool[i]
+                    self._spawn(worker.close())
+                elif not limit or worker.own_rss() <= limit // 2:
+                    del pool[i]
                     return worker
-                self._spawn(worker.close())
         return None
 
     async def _worker_for(self, running: _Running) -> WorkerProcess:

@@ -150,6 +150,10 @@ class Journal:
         for directory in sorted(self.root.iterdir()):
             meta_file = directory / TASK_FILE
             if not meta_file.is_file():
+                if directory.is_dir():  # accepted, then the agent stopped before the writer wrote task.json (a
+                    # full disk holds it back): no journal to resume, and nothing else would ever remove it
+                    log.warning("removing task dir %s: the agent stopped before its task.json was written", directory)
+                    shutil.rmtree(directory, ignore_errors=True)
                 continue
             for path, mode in ((directory, DIR_MODE), (meta_file, FILE_MODE), (directory / EVENTS_FILE, FILE_MODE)):
                 tighten(path, mode)  # journals written by an older version were world-readable

@@ -43,3 +43,18 @@ async def test_the_task_file_is_written_by_the_writer_before_the_first_event_is_
     again = Journal(tmp_path)
     (loaded,) = again.load()
     assert loaded.task_id == "t1" and loaded.state is TaskState.ACCEPTED and loaded.meta == entry.meta
+
+
+async def test_a_task_dir_the_writer_never_gave_a_task_file_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    """The agent stopped between RunTask and the writer's first write (a full disk holds it back): the dir, and
+    what the task wrote under it, would otherwise stay for ever (nothing can resume or prune it)."""
+    journal = Journal(tmp_path)
+    journal.start()
+    journal.create("kept", {"spec": {"job_id": "j"}})
+    journal.append("kept", StateChanged(TaskState.ACCEPTED, "slots [0]"))
+    await journal.close()
+    orphan = tmp_path / "orphan" / "work"
+    orphan.mkdir(parents=True)
+    (orphan / "model.bin").write_bytes(b"x" * 1000)
+    loaded = Journal(tmp_path).load()
+    assert [e.task_id for e in loaded] == ["kept"] and not (tmp_path / "orphan").exists()
