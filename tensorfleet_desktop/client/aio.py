@@ -38,7 +38,6 @@ from tensorfleet_desktop.project import DEFAULT_MAX_BYTES, ManifestEntry, Projec
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 #: The reconnect pause of wait() after the controller stopped answering.
 RETRY_SECONDS = 1.0
-SUBMIT_BATCH = 1000  # job specs one SubmitJobs call may hold (the controller's MAX_BATCH_SUBMIT)
 #: sha256s per MissingBlobs request, and bytes per UploadBlobs data message (the controller's limit).
 MISSING_BATCH = 10_000
 UPLOAD_CHUNK = 1 << 20
@@ -136,8 +135,8 @@ class AsyncClient:
 
     async def submit_many(self, specs: Sequence[dict[str, Any]], who: str | None = None) -> list[dict[str, Any]]:
         """Many jobs in one call (SubmitJobs), the jobs in the order of `specs`: all are checked, then stored
-        together, or none is (the error names the bad one, spec_json[INDEX]). At most SUBMIT_BATCH specs: send a
-        longer list in parts, each stored whole or not at all."""
+        together, or none is (the error names the bad one, spec_json[INDEX]). At most 1,000 specs (the
+        controller's limit): send a longer list in parts, each stored whole or not at all."""
         if not specs:
             return []
         request = cpb.SubmitJobsRequest(spec_json=[json.dumps(spec) for spec in specs], submitter=who or submitter())
