@@ -287,11 +287,9 @@ class AgentClient:
         reply = await self._call(lambda md: self.stub.RunTask(request, timeout=timeout, metadata=md))
         return convert.accepted_from_pb(reply)
 
-    async def watch_task(self, task_id: str, after_seq: int = 0) -> AsyncIterator[TaskEvent]:
+    def watch_task(self, task_id: str, after_seq: int = 0) -> AsyncGenerator[TaskEvent, None]:
         request = pb.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
-        async for batch in self._stream(lambda md: self.stub.WatchTask(request, metadata=md)):
-            for msg in batch.events:
-                yield convert.event_from_pb(msg)
+        return self._events_of(self._stream(lambda md: self.stub.WatchTask(request, metadata=md)))
 
     async def run_and_watch(
         self, spec: TaskSpec, timeout: float = 30.0

@@ -4,7 +4,7 @@ core's own (errors.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,22 +175,24 @@ class FleetAgents:
         with _core_errors():
             accepted, events = await self._client(node_id).run_and_watch(spec, timeout=15)
         self.fleet.heard_from(node_id)
-        return accepted.shared_gpu, self._heard(node_id, events)
+        return accepted.shared_gpu, self._heard(node_id, lambda: events)
 
-    async def _heard(self, node_id: str, events: AsyncGenerator[TaskEvent, None]) -> AsyncGenerator[TaskEvent, None]:
-        try:
-            with _core_errors():
+    def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncGenerator[TaskEvent, None]:
+        return self._heard(node_id, lambda: self._client(node_id).watch_task(attempt, after_seq=after_seq))
+
+    async def _heard(
+        self, node_id: str, stream: Callable[[], AsyncGenerator[TaskEvent, None]]
+    ) -> AsyncGenerator[TaskEvent, None]:
+        """A task's events (the stream made when first read), each noting the agent heard from; agent errors as
+        the core's."""
+        with _core_errors():
+            events = stream()
+            try:
                 async for event in events:
                     self.fleet.heard_from(node_id)
                     yield event
-        finally:
-            await events.aclose()
-
-    async def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncIterator[TaskEvent]:
-        with _core_errors():
-            async for event in self._client(node_id).watch_task(attempt, after_seq=after_seq):
-                self.fleet.heard_from(node_id)
-                yield event
+            finally:
+                await events.aclose()
 
     async def cancel_task(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float = 0.0) -> None:
         with _core_errors():
