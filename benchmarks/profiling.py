@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -10,7 +11,8 @@ from typing import Any
 
 
 class Profiler:
-    """py-spy sampling a process (and its children) for the length of a `with` block."""
+    """py-spy (PY_SPY, default `py-spy` on PATH) sampling each process (and its children) for the length of a
+    `with` block: collapsed stacks in OUT_DIR/NAME.txt."""
 
     def __init__(self, out_dir: Path | None, targets: dict[str, int]) -> None:
         self.out_dir, self.targets = out_dir, targets
@@ -21,7 +23,16 @@ class Profiler:
             return self
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for name, pid in self.targets.items():
-            cmd = ["py-spy", "record", "--format", "raw", "--rate", "200", "--subprocesses", "--nonblocking"]
+            cmd = [
+                os.environ.get("PY_SPY", "py-spy"),
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--subprocesses",
+                "--nonblocking",
+            ]
             cmd += ["--pid", str(pid), "--output", str(self.out_dir / f"{name}.txt")]
             self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1.0)  # attached

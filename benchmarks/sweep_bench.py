@@ -44,6 +44,7 @@ os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
 
 import psutil  # noqa: E402
 from bench_targets import load, ratio, row  # noqa: E402
+from profiling import Profiler  # noqa: E402
 
 from helpers.agents import AgentProcess  # noqa: E402
 from helpers.controller import ControllerProcess  # noqa: E402
@@ -98,24 +99,6 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return {k: round(after[k] - before[k], 3) for k in before}
 
 
-def start_profiles(pids: dict[str, int], where: Path | None) -> list[subprocess.Popen[bytes]]:
-    """py-spy (PY_SPY, default /tmp/rayvenv/bin/py-spy) sampling each process, its children too, during the sweep:
-    collapsed stacks in WHERE/NAME.txt (read them with flamegraph tools or grep)."""
-    if where is None:
-        return []
-    where.mkdir(parents=True, exist_ok=True)
-    spy = os.environ.get("PY_SPY", "/tmp/rayvenv/bin/py-spy")
-    record = [spy, "record", "--subprocesses", "--rate", "250", "--format", "raw", "--nonblocking"]
-    return [
-        subprocess.Popen(
-            [*record, "--pid", str(pid), "--output", str(where / f"{name}.txt")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name, pid in pids.items()
-    ]
-
-
 def tensorfleet_side(trials: int, forest_runs: int, profile: Path | None = None, per_task: int = 0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tensorfleet-sweep-bench-") as tmp:
         root = Path(tmp)
@@ -143,14 +126,9 @@ def tensorfleet_side(trials: int, forest_runs: int, profile: Path | None = None,
                 }
                 pids = {"controller": controller.proc.pid if controller.proc is not None else 0}
                 pids.update({f"agent{i}": a.proc.pid for i, a in enumerate(agents) if a.proc is not None})
-                spies = start_profiles(pids, profile)
-                time.sleep(1.0 if spies else 0.0)  # py-spy attached before the sweep starts
-                cpu0 = {name: tree_cpu(pid) for name, pid in pids.items()}
-                sweep_s, job = timed_job(client, spec, 1800)
-                for spy in spies:
-                    spy.send_signal(2)  # SIGINT: py-spy writes its samples and exits
-                for spy in spies:
-                    spy.wait(30)
+                with Profiler(profile, pids):  # py-spy attached before the sweep starts, stopped after it
+                    cpu0 = {name: tree_cpu(pid) for name, pid in pids.items()}
+                    sweep_s, job = timed_job(client, spec, 1800)
                 cpu = {name: cpu_delta(cpu0[name], tree_cpu(pid)) for name, pid in pids.items()}
         finally:
             controller.stop()
