@@ -159,16 +159,10 @@ class Attempts:
         """Start an attempt of the task on the agent; `gpu_share`: (GPU index, bytes) when it shares a GPU;
         `riders`: a sweep's trials its worker runs first, in the same agent task (docs/architecture.md, "Trial
         bundles")."""
-        task.attempt += 1
-        task.agent_task_id = attempt_id(job.id, task.index, task.attempt)
-        task.node_id, task.cursor, task.progress = agent.node_id, 0, 0.0
-        task.sklearn_version = agent.sklearn_version
         if task.exit_cause == ExitCause.SETUP and job.spec.get("dataset_version"):
             self._peerless.add((job.id, task.index))  # a peer may have failed it: the controller sends it all
-        task.state, task.error, task.exit_cause = TaskRunState.DISPATCHED, "", ""
-        task.environment = None  # a project task's env is this attempt's, once its agent says
-        task.dataset_transfer = None
-        task.started_at, task.finished_at = self.clock.time(), 0.0
+        self._seat(task, agent)
+        task.agent_task_id = attempt_id(job.id, task.index, task.attempt)
         self.agents.hold(agent.node_id, task.agent_task_id)
         if self._live is not None:
             self._live[task.agent_task_id] = (job, task)
@@ -183,19 +177,25 @@ class Attempts:
         if riders:
             self.riders[task.agent_task_id] = {r.index: r for r in riders}
             for rider in riders:
-                rider.attempt += 1
+                self._seat(rider, agent)
                 rider.agent_task_id = ""  # the bundle's attempt is the lead's: cancel, slots and events go by it
                 rider.bundle = task.agent_task_id
-                rider.node_id, rider.cursor, rider.progress = agent.node_id, 0, 0.0
-                rider.sklearn_version = agent.sklearn_version
-                rider.state, rider.error, rider.exit_cause = TaskRunState.DISPATCHED, "", ""
-                rider.started_at, rider.finished_at = self.clock.time(), 0.0
                 base = {"task_index": rider.index}
                 message = f"placed on {agent.name} in a bundle with trial {task.index}"
                 self.events.record(job, "task_state", base, state=rider.state.value, message=message)
             self.events.store.save_job(job, riders)  # one write for the bundle, not one per rider
         self.sending.add(task.agent_task_id)
         self.background.spawn(self._run(job, task, agent, task.agent_task_id, layout))
+
+    def _seat(self, task: JobTask, agent: AgentView) -> None:
+        """What every new attempt of a task starts with, a bundle's lead's and its riders' alike."""
+        task.attempt += 1
+        task.node_id, task.cursor, task.progress = agent.node_id, 0, 0.0
+        task.sklearn_version = agent.sklearn_version
+        task.state, task.error, task.exit_cause = TaskRunState.DISPATCHED, "", ""
+        task.environment = None  # a project task's env is this attempt's, once its agent says
+        task.dataset_transfer = None
+        task.started_at, task.finished_at = self.clock.time(), 0.0
 
     def task_spec(self, job: Job, task: JobTask, layout: RankLayout | None = None) -> TaskSpec:
         spec = job.spec
