@@ -249,8 +249,7 @@ class QueuedStore(JobStore, Generic[C]):
         in it (a dispatch saves its job twice, a finished task's end and its job's end come together); all the
         saves of a turn go to the writer as one item. An ended job (and what is pending with it) is queued at once.
         Off the loop, it is copied now."""
-        if self._failed is not None:
-            raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
+        self._check_alive()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -260,9 +259,7 @@ class QueuedStore(JobStore, Generic[C]):
         pending = self._pending.get(job.id)
         if pending is None:
             self._pending[job.id] = (job, None if tasks is None else list(tasks))
-            if not self._pending_soon:
-                self._pending_soon = True
-                loop.call_soon(self._put_pending)
+            self._put_pending_soon(loop)
         elif pending[1] is not None:  # only some tasks so far
             self._pending[job.id] = (job, None if tasks is None else [*pending[1], *tasks])
         elif pending[0] is not job:
@@ -284,27 +281,27 @@ class QueuedStore(JobStore, Generic[C]):
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
-        writes = [self._job_write(job, tasks) for job, tasks in pending.values()]
+        self._put(self._jobs_writer([self._job_write(job, tasks) for job, tasks in pending.values()], new=False))
 
+    def _put_pending_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """_put_pending at the end of this loop turn, once however many saves and appends come in it."""
+        if not self._pending_soon:
+            self._pending_soon = True
+            loop.call_soon(self._put_pending)
+
+    def _jobs_writer(self, writes: list[JobWrite], new: bool) -> Callable[[C], None]:
         def write_all(conn: C) -> None:
             for write in writes:
-                self._write_job(conn, write, new=False)
+                self._write_job(conn, write, new=new)
 
-        self._put(write_all)
+        return write_all
 
     async def insert_job(self, job: Job) -> None:
-        write = self._job_write(job, None)
-        await self._call(lambda conn: self._write_job(conn, write, new=True))
+        await self.insert_jobs([job])
 
     async def insert_jobs(self, jobs: Sequence[Job]) -> None:
         """One write for all, in one commit (SQLite: one savepoint, so a failure keeps none of them)."""
-        writes = [self._job_write(job, None) for job in jobs]
-
-        def write_all(conn: C) -> None:
-            for write in writes:
-                self._write_job(conn, write, new=True)
-
-        await self._call(write_all)
+        await self._call(self._jobs_writer([self._job_write(job, None) for job in jobs], new=True))
 
     async def delete_job(self, job_id: str) -> None:
         self._put_pending()  # a save of the job queued before the deletion is applied before it, as before
@@ -345,8 +342,7 @@ class QueuedStore(JobStore, Generic[C]):
     def append_events(self, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
         """On the event loop, the events of one loop turn go to the writer as one item at the end of the turn (with
         the turn's job saves: _put_pending), each attempt's highest cursor with them."""
-        if self._failed is not None:
-            raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
+        self._check_alive()
         pending = self._pending_events
         if pending is None:
             try:
@@ -355,9 +351,7 @@ class QueuedStore(JobStore, Generic[C]):
                 self._put(_Events(list(events), dict(cursors)))
                 return
             self._pending_events = _Events(list(events), dict(cursors))
-            if not self._pending_soon:
-                self._pending_soon = True
-                loop.call_soon(self._put_pending)
+            self._put_pending_soon(loop)
             return
         pending.events += events
         for attempt, seq in cursors.items():
@@ -473,9 +467,12 @@ class QueuedStore(JobStore, Generic[C]):
 
     # ---- the writer thread
 
-    def _put(self, item: _Item) -> None:
+    def _check_alive(self) -> None:
         if self._failed is not None:
             raise RuntimeError(f"the store {self.uri} failed: {self._failed}") from self._failed
+
+    def _put(self, item: _Item) -> None:
+        self._check_alive()
         self._queue.put(item)
 
     def _put_body(self, table: Table, key: str, body: dict[str, Any] | None) -> None:
