@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -219,11 +220,16 @@ class Controller:
         self.machine.admit(job)
         return job
 
-    async def _checked(self, body: dict[str, Any]) -> JobSpec:
+    async def _checked(self, body: dict[str, Any], projects: set[str] | None = None) -> JobSpec:
+        """The parsed spec; `projects`: the projects a batch checked already (many jobs of one project: once)."""
         body = self.catalog.resolve(redact_value(body))  # a token pasted into a spec is never stored
         spec = parse_job_spec(body)
         if spec.project is not None:  # its manifest and every file it lists are here, or the submit is refused
-            await self.project_files.check_project(spec.project)
+            key = json.dumps(spec.project, sort_keys=True)
+            if projects is None or key not in projects:
+                await self.project_files.check_project(spec.project)
+            if projects is not None:
+                projects.add(key)
         return spec
 
     async def _check_room(self) -> None:
@@ -236,10 +242,10 @@ class Controller:
         for all, then they are queued in order: an SDK's batch of small jobs costs one call and one commit."""
         if not 1 <= len(bodies) <= MAX_BATCH_SUBMIT:
             raise ValidationError("spec_json", f"must hold 1 to {MAX_BATCH_SUBMIT} job specs, got {len(bodies)}")
-        specs = []
+        specs, projects = [], set[str]()
         for i, body in enumerate(bodies):
             try:
-                specs.append(await self._checked(body))
+                specs.append(await self._checked(body, projects))
             except ValidationError as exc:
                 raise ValidationError(f"spec_json[{i}].{exc.field}", exc.message) from None
         jobs = [self.machine.new_job(spec, submitter) for spec in specs]

@@ -77,10 +77,11 @@ class _Ready(collections.deque):  # type: ignore[type-arg]
         if self.lane and (first > 0 or bulk <= 0 or not super().__len__()):
             self.quota = (first - 1, bulk)
             handle = self.lane.popleft()
-        else:
+            self.in_io = _is_io(handle._callback)  # type: ignore[attr-defined]
+        else:  # append put every I/O callback in the first lane
             self.quota = (first, bulk - 1)
             handle = super().popleft()
-        self.in_io = _is_io(handle._callback)  # type: ignore[attr-defined]
+            self.in_io = False
         return handle
 
     def __len__(self) -> int:
