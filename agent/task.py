@@ -180,16 +180,17 @@ _versions: dict[str, str] | None = None
 
 def package_versions() -> dict[str, str]:
     """The versions this process trains with (recorded with every task and every registered model). Read once per
-    process: the metadata lookups cost 10-15 ms on a loaded box, which every trial of a bundle would pay again."""
-    import contextlib
-    from importlib import metadata
+    process (the fork server reads it before it forks: every task's worker has it): the metadata lookups cost 10-15
+    ms on a loaded box, which every trial of a bundle would pay again."""
+    from tensorfleet_agent.core.version import installed_version
 
     global _versions
     if _versions is None:
         out = {"python": sys.version.split()[0]}
         for dist in ("tensorfleet", "numpy", "scikit-learn", "torch", "skops", "safetensors"):
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                out[dist] = metadata.version(dist)
+            version = installed_version(dist)
+            if version is not None:
+                out[dist] = version
         _versions = out
     return dict(_versions)
 

@@ -26,6 +26,7 @@ import socket
 import sys
 from typing import Any
 
+from tensorfleet_agent import task as task_api
 from tensorfleet_agent.runtime import worker
 
 #: Imported before the fork server says ready: every task's runtime, and numpy (with one BLAS thread, see _caps).
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctl = socket.socket(fileno=args.ctl_fd)
     _import(list(BASE_MODULES))
-    worker.package_versions()  # read once here: every child has it (the reproducibility record of each task)
+    task_api.package_versions()  # read once here: every child has it (the reproducibility record of each task)
     _pools.refresh()
     return _Server(ctl).run()
 

@@ -122,18 +122,6 @@ def _resolve(entry: str) -> Any:
     return getattr(importlib.import_module(module), func)
 
 
-_versions: dict[str, str] | None = None  # package_versions(), read once per worker (a spare reads it ahead)
-
-
-def package_versions() -> dict[str, str]:
-    """The reproducibility record of this process's packages: its metadata lookups cost 10-15 ms on a loaded box,
-    on every task's path unless a spare has read them while it waited."""
-    global _versions
-    if _versions is None:
-        _versions = task_api.package_versions()
-    return _versions
-
-
 _busy = threading.Event()  # a task has come: a spare's preload stops at its next module
 
 
@@ -154,7 +142,7 @@ def _preload(modules: list[str]) -> None:
                 importlib.import_module(module)
     if not _busy.is_set():
         with contextlib.suppress(Exception):
-            package_versions()  # after the imports: the versions of what this process has loaded
+            task_api.package_versions()  # after the imports: the versions of what this process has loaded
 
 
 def _disk_full_note(exc: BaseException, task_dir: Path) -> str:
@@ -278,7 +266,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     out, err = _LogStream(channel, "stdout"), _LogStream(channel, "stderr")
     sys.stdout, sys.stderr = out, err
     try:
-        channel.send({"t": "started", "pid": os.getpid(), "versions": package_versions()})
+        channel.send({"t": "started", "pid": os.getpid(), "versions": task_api.package_versions()})
         entry = _resolve(command["entry"])
         trials = spec.get("trials") or ()
         if trials:
