@@ -246,7 +246,7 @@ class ForkServer:
         request = {
             "op": "fork",
             "id": request_id,
-            "env": worker_environment(env),
+            "env": env,  # scrubbed by fork(), the one caller (its spares too)
             "cwd": cwd,
             "warm": list(warm),
             "parent_pid": self.pid,
