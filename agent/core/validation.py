@@ -36,6 +36,10 @@ _RESERVED_ENV = (
 )
 
 
+MAX_TRIALS_PER_TASK = 256  # bundled trials in one task (TaskSpec.trials); the controller's limit too
+TRIAL_CATEGORIES = ("sklearn", "diagnostic")  # workloads short enough to bundle, one process for all
+
+
 def check_id(value: str, field: str, *, required: bool = True) -> str:
     if not value:
         if required:
@@ -131,7 +135,38 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
             raise ValidationError(
                 "spec.rendezvous.master_port", f"must be a port number, got {spec.rendezvous.master_port}"
             )
-    return dataclasses.replace(spec, params=params, world_size=world, dataset_params=dataset_params)
+    spec = dataclasses.replace(spec, params=params, world_size=world, dataset_params=dataset_params)
+    return check_trials(spec) if spec.trials else spec
+
+
+def check_trials(spec: TaskSpec) -> TaskSpec:
+    """A bundle's trials (issue 21), checked as its params are: the spec with each trial's defaults filled in. Only
+    short, single-process workloads are bundled: a torch or script task runs one trial per task."""
+    from tensorfleet_agent.workloads.registry import get_workload
+
+    workload = get_workload(spec.workload)
+    if workload.category not in TRIAL_CATEGORIES or spec.partition:  # a sweep's trial is a whole job's run
+        raise ValidationError(
+            "spec.trials",
+            f"trials are bundled only for a whole-job scikit-learn or diagnostic workload; {spec.workload!r} is "
+            + (
+                f"a {workload.category} workload"
+                if workload.category not in TRIAL_CATEGORIES
+                else f"a {spec.partition} partition's task"
+            ),
+        )
+    if len(spec.trials) > MAX_TRIALS_PER_TASK:
+        raise ValidationError("spec.trials", f"has {len(spec.trials)} trials; at most {MAX_TRIALS_PER_TASK} allowed")
+    seen: set[int] = set()
+    trials = []
+    for k, trial in enumerate(spec.trials):
+        if trial.index < 0 or trial.index in seen:
+            problem = "is negative" if trial.index < 0 else "is used by another trial"
+            raise ValidationError(f"spec.trials[{k}].index", f"{problem}: {trial.index}")
+        seen.add(trial.index)
+        params = workload.schema.validate(trial.params, prefix=f"spec.trials[{k}].params_json")
+        trials.append(dataclasses.replace(trial, params=params))
+    return dataclasses.replace(spec, trials=tuple(trials))
 
 
 def _check_layout(spec: TaskSpec, world: int) -> None:

@@ -24,7 +24,7 @@ from tensorfleet_agent.core.errors import (
     Unavailable,
     ValidationError,
 )
-from tensorfleet_agent.core.types import NodeInfo, TaskSpec
+from tensorfleet_agent.core.types import NodeInfo
 from tensorfleet_agent.core.validation import MAX_CHECKPOINT_GRACE, MAX_REASON, check_id, check_text, validate_task_spec
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.desk.monitor import DeskMonitor
@@ -57,38 +57,7 @@ MAX_HAS_BLOBS = 10_000
 INCOMING_WAIT = 20.0  # seconds a peer asked for a blob it is receiving waits for it (less than a reader's deadline)
 MOUNT_GRACE = 3.0  # ... asked for a blob of a version it holds the manifest of, waits for it to be on its way
 
-MAX_TRIALS = 256  # bundled trials in one task (TaskSpec.trials)
-TRIAL_CATEGORIES = ("sklearn", "diagnostic")  # workloads short enough to bundle, one process for all
-
 R = TypeVar("R")
-
-
-def check_trials(spec: TaskSpec) -> TaskSpec:
-    """A bundle's trials (issue 21), checked as its params are: the spec with each trial's defaults filled in. Only
-    short, single-process workloads are bundled: a torch or script task runs one trial per task."""
-    workload = get_workload(spec.workload)
-    if workload.category not in TRIAL_CATEGORIES or spec.partition:  # a sweep's trial is a whole job's run
-        raise ValidationError(
-            "spec.trials",
-            f"trials are bundled only for a whole-job scikit-learn or diagnostic workload; {spec.workload!r} is "
-            + (
-                f"a {workload.category} workload"
-                if workload.category not in TRIAL_CATEGORIES
-                else f"a {spec.partition} partition's task"
-            ),
-        )
-    if len(spec.trials) > MAX_TRIALS:
-        raise ValidationError("spec.trials", f"has {len(spec.trials)} trials; at most {MAX_TRIALS} allowed")
-    seen: set[int] = set()
-    trials = []
-    for k, trial in enumerate(spec.trials):
-        if trial.index < 0 or trial.index in seen:
-            problem = "is negative" if trial.index < 0 else "is used by another trial"
-            raise ValidationError(f"spec.trials[{k}].index", f"{problem}: {trial.index}")
-        seen.add(trial.index)
-        params = workload.schema.validate(trial.params, prefix=f"spec.trials[{k}].params_json")
-        trials.append(dataclasses.replace(trial, params=params))
-    return dataclasses.replace(spec, trials=tuple(trials))
 
 
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
@@ -180,8 +149,6 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         if not request.HasField("spec"):
             raise ValidationError("spec", "is required")
         spec = validate_task_spec(convert.task_spec_from_pb(request.spec))
-        if spec.trials:
-            spec = check_trials(spec)
         if get_workload(spec.workload).category == "script" and not self.allow_scripts:
             raise ProtocolMismatch("this agent runs no user scripts (started with --no-scripts)")
         if self.desk is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.validation import MAX_TRIALS_PER_TASK
 from tensorfleet_agent.workloads.registry import WorkloadDef, all_workloads
 from tensorfleet_agent.workloads.schema import ParamSpec
 
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 SEARCHES = ("grid", "random", "tpe")
 _FIELDS = ("params", "search", "trials", "timeout", "metric", "direction", "prune", "trials_per_task")
 MAX_TRIALS = 10_000
-MAX_TRIALS_PER_TASK = 256  # an agent refuses a bundle of more (agent/rpc/service.py)
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,10 @@ from PySide6.QtWidgets import (
 )
 
 from tensorfleet_agent.core.errors import ValidationError
+from tensorfleet_agent.core.validation import MAX_TRIALS_PER_TASK
 from tensorfleet_agent.workloads.datasets import IMAGES
 from tensorfleet_desktop.controller.jobspec import KEEP_MODELS, parse_job_spec
-from tensorfleet_desktop.controller.sweep import MAX_TRIALS_PER_TASK, SEARCHES
+from tensorfleet_desktop.controller.sweep import SEARCHES
 from tensorfleet_desktop.ui import theme as themes
 from tensorfleet_desktop.ui.formatting import human_bytes
 from tensorfleet_desktop.ui.project_tab import ProjectTab, RunBlocking

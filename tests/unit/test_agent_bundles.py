@@ -20,8 +20,8 @@ import pytest
 from tensorfleet_agent import task as task_api
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import BundledTrial, Finished, LogLine, StateChanged, TaskSpec, TaskState, TrialEnded
-from tensorfleet_agent.core.validation import validate_task_spec
-from tensorfleet_agent.rpc.service import MAX_TRIALS, check_trials
+from tensorfleet_agent.core.validation import MAX_TRIALS_PER_TASK as MAX_TRIALS
+from tensorfleet_agent.core.validation import check_trials, validate_task_spec
 from tensorfleet_agent.runtime import worker
 from tensorfleet_agent.runtime.channel import EventChannel
 from tensorfleet_agent.runtime.journal import EVENTS_FILE, Journal, read_events
