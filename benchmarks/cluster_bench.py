@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +136,7 @@ def hop_summary(hops: list[dict[str, float]]) -> dict[str, float]:
         values = [h[name] for h in hops if name in h]
         if values:
             out[f"at_{name}"] = round(statistics.median(values), 2)
-    order = ["queued", "placed", "accepted", "running", "task_succeeded", "job_succeeded", "client_saw_end"]
+    order = [*HOPS, "client_saw_end"]
     for before, after in zip(["start", *order], order, strict=False):
         steps = [h[after] - h.get(before, 0.0) for h in hops if after in h and (before == "start" or before in h)]
         if steps:
@@ -326,36 +328,42 @@ def cold_only(repeat: int, load_before: dict[str, Any]) -> int:
     return 0
 
 
-def dispatch_only(jobs: int, sequential_jobs: int, load_before: dict[str, Any]) -> int:
-    """--only dispatch: the async rate and the sync latency with each hop's p50, no cold start, memory or Ray."""
-    with tempfile.TemporaryDirectory(prefix="tensorfleet-bench-") as tmp:
-        root = Path(tmp)
-        agents = [
-            AgentProcess(root / f"a{i}", name=f"bench-{i}", cpu_slots=1, spare_workers=1).start() for i in range(2)
-        ]
-        controller = ControllerProcess(root / "controller").start()
-        hops: list[dict[str, float]] = []
-        try:
-            with Client(controller.address) as client:
-                while sum(a["state"] == "ONLINE" for a in client.agents()) < 2:
-                    time.sleep(0.1)
-                client.wait(client.submit(NOOP)["id"], timeout=60)  # warm
-            latencies = asyncio.run(sequential(controller.address, sequential_jobs, hops))
-            rate = asyncio.run(throughput_async(controller.address, jobs)) if jobs else None
-            one_by_one = asyncio.run(throughput_one_by_one(controller.address, jobs)) if jobs else None
-        finally:
-            controller.stop()
-            for agent in agents:
-                agent.stop()
-    latencies.sort()
-    ours = {
+@contextlib.contextmanager
+def bench_cluster(root: Path) -> Iterator[tuple[ControllerProcess, list[AgentProcess]]]:
+    """A controller and 2 agents of 1 slot (2 CPUs, like Ray's num_cpus=2), online and warmed by one noop job."""
+    agents = [AgentProcess(root / f"a{i}", name=f"bench-{i}", cpu_slots=1, spare_workers=1).start() for i in range(2)]
+    controller = ControllerProcess(root / "controller").start()
+    try:
+        with Client(controller.address) as client:
+            while sum(a["state"] == "ONLINE" for a in client.agents()) < 2:
+                time.sleep(0.1)
+            client.wait(client.submit(NOOP)["id"], timeout=60)  # warm
+        yield controller, agents
+    finally:
+        controller.stop()
+        for agent in agents:
+            agent.stop()
+
+
+def dispatch_figures(rate: float | None, one_by_one: float | None, latencies: list[float]) -> dict[str, Any]:
+    latencies = sorted(latencies)
+    return {
         "tasks_per_s_async": round(rate, 1) if rate is not None else None,
         "tasks_per_s_async_one_call_each": round(one_by_one, 1) if one_by_one is not None else None,
         "tasks_per_s_sync": round(1000 / statistics.mean(latencies), 1),
         "latency_ms_p50": round(statistics.median(latencies), 2),
         "latency_ms_p99": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 2),
-        "sync_hops_p50_ms": hop_summary(hops),
     }
+
+
+def dispatch_only(jobs: int, sequential_jobs: int, load_before: dict[str, Any]) -> int:
+    """--only dispatch: the async rate and the sync latency with each hop's p50, no cold start, memory or Ray."""
+    hops: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="tensorfleet-bench-") as tmp, bench_cluster(Path(tmp)) as (controller, _):
+        latencies = asyncio.run(sequential(controller.address, sequential_jobs, hops))
+        rate = asyncio.run(throughput_async(controller.address, jobs)) if jobs else None
+        one_by_one = asyncio.run(throughput_one_by_one(controller.address, jobs)) if jobs else None
+    ours = {**dispatch_figures(rate, one_by_one, latencies), "sync_hops_p50_ms": hop_summary(hops)}
     print(json.dumps({"load_before": load_before, "load_after": load(), "tensorfleet": ours}, indent=2))
     return 0
 
@@ -380,35 +388,15 @@ def main() -> int:
         return dispatch_only(args.jobs, args.sequential, load_before)
     with tempfile.TemporaryDirectory(prefix="tensorfleet-bench-") as tmp:
         root = Path(tmp)
-        agents = [
-            AgentProcess(root / f"a{i}", name=f"bench-{i}", cpu_slots=1, spare_workers=1).start() for i in range(2)
-        ]
-        controller = ControllerProcess(root / "controller").start()
-        try:
-            with Client(controller.address) as client:
-                while sum(a["state"] == "ONLINE" for a in client.agents()) < 2:
-                    time.sleep(0.1)
-                client.wait(client.submit(NOOP)["id"], timeout=60)  # warm
+        with bench_cluster(root) as (controller, agents):
             assert controller.proc is not None and agents[0].proc is not None
             targets = {"controller": controller.proc.pid, "agent": agents[0].proc.pid}
             with Profiler(args.profile, targets) as profiler:
                 rate = asyncio.run(throughput_async(controller.address, args.jobs))
             one_by_one = asyncio.run(throughput_one_by_one(controller.address, args.jobs))
             latencies = asyncio.run(sequential(controller.address, args.sequential))
-        finally:
-            controller.stop()
-            for agent in agents:
-                agent.stop()
         startup = cold_start_and_idle_memory(root / "cold")
-    latencies.sort()
-    ours = {
-        "tasks_per_s_async": round(rate, 1),
-        "tasks_per_s_async_one_call_each": round(one_by_one, 1),
-        "tasks_per_s_sync": round(1000 / statistics.mean(latencies), 1),
-        "latency_ms_p50": round(statistics.median(latencies), 2),
-        "latency_ms_p99": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 2),
-        **startup,
-    }
+    ours = {**dispatch_figures(rate, one_by_one, latencies), **startup}
     ray = ray_side(args.jobs, args.sequential, args.sequential)
     report: dict[str, Any] = {"load_before": load_before, "load_after": load(), "tensorfleet": ours, "ray": ray}
     if args.profile is not None:
