@@ -17,10 +17,18 @@
   Finished: the task and its worker's cleanup), seen (Finished's time -> the watcher has it: journal commit and
   stream).
 
-Usage: python benchmarks/agent_bench.py [--points 20000] [--events-only] [--latency-only [--tasks 200]]. mDNS stays
-on 127.0.0.1. --events-only measures just the events/s from report() in a worker to an AgentClient watcher (the
-path of a metric point inside the agent), with the peer stream beside it. --latency-only measures just the task
-latency (with the load average before and after).
+- throughput (--throughput): noop tasks through an agent of 2 CPU slots, each sent as the controller does
+  (AgentClient.run_and_watch: started and followed in one call), at most --concurrency in flight and never more than
+  the agent's free slots; tasks/s and the agent's CPU per task (psutil user + system time, the daemon apart from its
+  fork server and workers), the figure the agent's per-task costs are cut against: CPU time barely moves with the
+  other load on a shared box, where a rate does.
+
+Usage: python benchmarks/agent_bench.py [--points 20000] [--events-only] [--latency-only [--tasks 200]]
+[--throughput [--tasks 1000] [--concurrency 8] [--profile DIR]]. mDNS stays on 127.0.0.1. --events-only measures
+just the events/s from report() in a worker to an AgentClient watcher (the path of a metric point inside the agent),
+with the peer stream beside it. --latency-only measures just the task latency (with the load average before and
+after). --profile samples the agent and its children with py-spy (PY_SPY) during the throughput run: raw stacks in
+DIR/agent.txt.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+from profiling import Profiler  # noqa: E402
 
 from helpers.agents import AgentProcess  # noqa: E402
 from helpers.processes import memory  # noqa: E402
@@ -125,7 +135,7 @@ class _Peer(pb_grpc.AgentServiceServicer):
 
 
 async def peer_rate(points: int) -> dict[str, float]:
-    peer = _Peer(points)
+    peer = _Peer(points)  # type: ignore[abstract]  # serves WatchTask only
     server, port = create_server([lambda s: pb_grpc.add_AgentServiceServicer_to_server(peer, s)], "127.0.0.1", 0)
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -240,14 +250,103 @@ async def events_only(tmp: Path, points: int, runs: int) -> dict[str, object]:
     }
 
 
+def _cpu_split(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of the daemon itself, and of everything under it: its fork server and workers,
+    alive (their own) or gone (what their parents collected when they were reaped)."""
+    daemon = psutil.Process(pid)
+    times = daemon.cpu_times()
+    below = times.children_user + times.children_system
+    for child in daemon.children(recursive=True):
+        try:
+            t = child.cpu_times()
+        except psutil.Error:  # gone meanwhile: its parent's children_* has it on the next reading
+            continue
+        below += t.user + t.system + t.children_user + t.children_system
+    return {"daemon": times.user + times.system, "workers": below}
+
+
+async def _run_noop(client: AgentClient, task_id: str) -> int:
+    """One noop task started and followed as the controller does; returns how often the agent said busy first."""
+    busy = 0
+    while True:
+        try:
+            _accepted, events = await client.run_and_watch(TaskSpec(task_id, f"job-{task_id}", "noop", {}))
+            break
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            busy += 1  # its slot is not free yet as the agent sees it: as the controller, try again shortly
+            await asyncio.sleep(0.001)
+    try:
+        async for event in events:
+            if isinstance(event.payload, Finished):
+                if event.payload.status.value != "SUCCEEDED":
+                    raise RuntimeError(f"task {task_id} ended {event.payload.status.value}: {event.payload.error}")
+                break
+    finally:
+        await events.aclose()
+    return busy
+
+
+async def throughput(tmp: Path, tasks: int, concurrency: int, profile: Path | None) -> dict[str, object]:
+    """Noop tasks through a 2-slot agent, at most min(concurrency, slots) in flight; rate and CPU per task."""
+    slots = 2
+    agent = AgentProcess(tmp / "throughput", cpu_slots=slots, spare_workers=1)
+    await asyncio.to_thread(agent.start)
+    try:
+        assert agent.proc is not None
+        pid = agent.proc.pid
+        async with agent.client() as client:
+            in_flight = asyncio.Semaphore(min(concurrency, slots))  # the agent refuses a task no slot is free for
+            busy = 0
+
+            async def one(task_id: str) -> None:
+                nonlocal busy
+                async with in_flight:
+                    busy += await _run_noop(client, task_id)
+
+            await asyncio.gather(*(one(f"warm{i}") for i in range(20)))  # fork server, warm workers, channel
+            await asyncio.sleep(0.5)
+            busy = 0
+            load_before = _load()
+            before = _cpu_split(pid)
+            with Profiler(profile, {"agent": pid}):
+                t0 = time.perf_counter()
+                await asyncio.gather(*(one(f"t{i}") for i in range(tasks)))
+                elapsed = time.perf_counter() - t0
+            await asyncio.sleep(0.2)  # the last workers parked
+            after = _cpu_split(pid)
+    finally:
+        agent.stop()
+    per_task = {k: round(1000 * (after[k] - before[k]) / tasks, 3) for k in before}
+    return {
+        "tasks": tasks,
+        "in_flight": min(concurrency, slots),
+        "tasks_per_s": round(tasks / elapsed, 1),
+        "agent_cpu_ms_per_task": {**per_task, "total": round(sum(per_task.values()), 3)},
+        "refused_busy": busy,
+        "load_before": load_before,
+        "load_after": _load(),
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--points", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--events-only", action="store_true", help="only the events/s figure")
     parser.add_argument("--latency-only", action="store_true", help="only the noop task latency")
-    parser.add_argument("--tasks", type=int, default=200, help="noop tasks for the latency figure")
+    parser.add_argument("--throughput", action="store_true", help="only the noop tasks/s and CPU per task")
+    parser.add_argument("--concurrency", type=int, default=8, help="tasks in flight at most (--throughput)")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy output dir (--throughput)")
+    parser.add_argument("--tasks", type=int, default=None, help="noop tasks (latency: 200, throughput: 1000)")
     args = parser.parse_args()
+    if args.throughput:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            result = await throughput(Path(tmpdir), args.tasks or 1000, args.concurrency, args.profile)
+        print(json.dumps({"machine": {"cpus": os.cpu_count()}, "throughput": result}, indent=2))
+        return
+    args.tasks = args.tasks or 200
     out: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
