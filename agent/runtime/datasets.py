@@ -285,6 +285,7 @@ class DatasetCache:
             tree = self._trees.get(key)
             if tree is not None:
                 tree.last_used = time.time()
+        self.blobs.released()  # its blobs may go if it is no longer used
         with contextlib.suppress(OSError):
             os.utime(self.root / f"{key}.json")
 
@@ -575,7 +576,7 @@ class DatasetCache:
         with self._lock:
             self._trees[key] = _Tree(blobs, result.files, result.bytes, time.time(), mount.name, mount.version)
             self._held.update(blobs)
-        self.blobs.evict()  # the new blobs count now; trees no task uses may go
+        self.blobs.evict_if_due()  # trees no task uses may go if space is short
         return HeldDataset(key, self.root / key, result.files, result.bytes, reused=False)
 
     def _delete(self, key: str) -> None:

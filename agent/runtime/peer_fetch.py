@@ -39,7 +39,6 @@ STREAMS_PER_PEER = 3
 MAX_STREAMS = 16
 MIN_RATE = 256 * 1024  # bytes/s: a blob slower than this from one peer (plus BASE_DEADLINE) is given to another
 BASE_DEADLINE = 30.0
-EVICT_EVERY = 256 << 20  # bytes fetched between two evictions (one lists the whole cache: not once per blob)
 _STOP_CHECK = 0.5  # seconds between checks of the task's stop flag while streams run
 RETRY_AFTER = 1.0  # seconds before a blob that every holder lacked (or had not yet: it is on its way) is asked again
 PATIENCE = 60.0  # ... as long as some blob of this download arrived within this many seconds
@@ -128,7 +127,6 @@ class PeerFetch:
         self._channels: dict[str, grpc.Channel] = {}
         self._calls: set[PeerBlobCall] = set()
         self._served: set[str] = set()
-        self._unevicted = 0  # bytes adopted since the cache was last brought within its limit
         # A holder the controller named may still be receiving the blob (its share from the controller, or its own
         # fetch): once every live holder lacked it, it is asked again after RETRY_AFTER while the download goes on.
         self._later: dict[str, float] = {}  # sha256 -> when to ask its holders again
@@ -180,8 +178,6 @@ class PeerFetch:
                 part.path.unlink(missing_ok=True)
             for channel in self._channels.values():
                 channel.close()
-            if self._unevicted:
-                self.store.evict()
         with self._cond:
             self.result.missing = sorted(set(self.wants) - set(self.result.fetched))
             self.result.peers_used = len(self._served)
@@ -367,16 +363,10 @@ class PeerFetch:
                 self._parts[sha] = _Part(part.path, tried=part.tried)
             part.path.unlink(missing_ok=True)
             raise _BlobFailed(f"{want.size} bytes hashing to {part.hasher.hexdigest()[:12]}: thrown away")
-        self.store.adopt(part.path, sha, evict=False)  # (the blobs wanted are pinned by the mount)
+        self.store.adopt(part.path, sha)  # evicted by the store's throttle (the blobs wanted are pinned by the mount)
         with self._cond:
             self._parts.pop(sha, None)
             self._progress = time.monotonic()
-            self._unevicted += want.size
-            evict = self._unevicted >= EVICT_EVERY
-            if evict:
-                self._unevicted = 0
-        if evict:
-            self.store.evict()
         log.debug(
             "blob %s (%d bytes) from peer %s in %.2fs", sha[:12], want.size, peer[:12], time.monotonic() - started
         )

@@ -82,3 +82,56 @@ def test_leftovers_of_interrupted_copies_are_reclaimed_at_start(tmp_path: Path) 
         os.utime(path, (hour_ago, hour_ago))
     BlobStore(root, 1 << 20)
     assert [p for p in old if p.exists()] == [] and recent.exists() and blob.exists()
+
+
+def test_blobs_coming_in_list_the_cache_only_when_space_is_short_or_a_pass_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One eviction pass lists the whole cache: a stream of blobs into a roomy cache pays one for the first, then
+    none within EVICT_PERIOD; once the running count goes over the limit a pass comes at once and frees some room
+    below it, so the next blobs do not each pay one, and the cache never stays over its limit."""
+    from tensorfleet_agent.runtime import blobs as blobs_mod
+
+    monkeypatch.setattr(blobs_mod, "EVICT_PERIOD", 3600.0)
+    store = BlobStore(tmp_path, limit_bytes=32 * 1000)
+    passes: list[int] = []
+    real = store._evict
+
+    def counting(keep: str | None, target: int) -> int:
+        passes.append(target)
+        return real(keep, target)
+
+    monkeypatch.setattr(store, "_evict", counting)
+    for i in range(32):
+        _put(store, bytes([i]) * 1000)
+    assert len(passes) == 1  # the first blob (the count starts from a listing); the rest fit
+    for i in range(32, 64):
+        _put(store, bytes([i]) * 1000)
+        assert store.usage()[1] <= store.limit_bytes
+    assert 1 < len(passes) <= 1 + 32 // 2  # a pass frees a 16th of the limit (2 blobs): at most one per 2 blobs
+    assert all(t == 30 * 1000 for t in passes[1:])
+    passes.clear()
+    store.evict()  # an explicit pass frees down to the limit only
+    assert passes == [32 * 1000]
+
+
+def test_a_pass_that_cannot_free_enough_is_not_repeated_for_every_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blobs pinned by a task (a dataset being mounted) can hold the cache over its limit: the passes then wait for
+    EVICT_PERIOD, or for an unpin, instead of listing the cache for every blob that comes."""
+    from tensorfleet_agent.runtime import blobs as blobs_mod
+
+    monkeypatch.setattr(blobs_mod, "EVICT_PERIOD", 3600.0)
+    store = BlobStore(tmp_path, limit_bytes=3000)
+    passes: list[int] = []
+    real = store._evict
+    monkeypatch.setattr(store, "_evict", lambda keep, target: passes.append(target) or real(keep, target))
+    pinned = [hashlib.sha256(bytes([i]) * 1000).hexdigest() for i in range(6)]
+    store.pin(pinned)
+    for i in range(6):
+        _put(store, bytes([i]) * 1000)
+    assert all(store.has(d) for d in pinned) and len(passes) <= 2  # the first, and the first over the limit
+    store.unpin(pinned)
+    _put(store, b"z" * 1000)  # at once after the unpin: back within the limit
+    assert store.usage()[1] <= store.limit_bytes
