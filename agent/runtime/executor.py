@@ -94,6 +94,9 @@ _CANCEL_GRACE = 1.0
 _SHARE_CHECK_PERIOD = 1.0
 # How long a worker killed by a SIGTERM the agent did not send waits to be marked preempted by the agent's own stop.
 _SIGTERM_SETTLE = 1.0
+# The blobs a worker writes (artifacts, checkpoints; a sweep's bundled trials write two each, ms apart) are counted
+# in the blob cache in one thread hop a second for all written meanwhile (BlobStore throttles eviction passes).
+_ADOPT_PERIOD = 1.0
 #: Workload categories that can save a checkpoint and stop when asked (SIGUSR1); the others are stopped at once.
 CHECKPOINTING = frozenset({"torch", "script"})
 #: Workload families whose warm worker serves the next task of any job (docs/architecture.md, "Warm workers").
@@ -734,7 +737,7 @@ class Executor:
 
     def _adopt(self, sha256: str) -> None:
         """A blob a worker wrote into the cache (an artifact, a checkpoint): counted in its LRU and the cache kept
-        in bounds in the background, one thread hop for all adopted meanwhile (the store throttles its passes)."""
+        in bounds in the background, one thread hop for all adopted meanwhile (see _ADOPT_PERIOD)."""
         self._adopted.pop(sha256, None)
         self._adopted[sha256] = None  # the latest last: the last the LRU evicts
         if self._adopting is None:
@@ -748,6 +751,7 @@ class Executor:
                     await asyncio.to_thread(self.blobs.adopt_written, batch)
                 except OSError as exc:  # the cache bookkeeping must never fail a task
                     log.warning("blob cache: could not account for %d new blob(s): %s", len(batch), exc)
+                await asyncio.sleep(_ADOPT_PERIOD)
         finally:
             self._adopting = None
 
