@@ -330,7 +330,7 @@ def _collect(blobs: BlobStore, workdir: Path, output_dir: Path, out: Collected, 
     finally:
         blobs.unpin(pinned)
     if out.artifacts:
-        blobs.evict()
+        blobs.adopt_written([a.sha256 for a in out.artifacts])  # counted in the cache's bytes; evicted when due
 
 
 def _store(blobs: BlobStore, path: Path, rel: str, budget: int, out: Collected) -> ArtifactReady | None:
