@@ -169,15 +169,21 @@ def _run_trials(
     is framed by a `trial` and a `trial_end` message (the agent tags what comes between with its index). One that
     raises ends as a failed trial and the next starts; Stopped, SystemExit and the like end the whole task, as
     they would its own run. Each starts where a task would: in the task's dir, and under fresh warning registries
-    (a warning is printed once per place per process: each trial's log says it, as its own task's would)."""
-    for trial in trials:
-        if context.stop:  # a pause asked between two trials: stop before the next one, as a workload would
-            raise task_api.Stopped(f"stopped on request before trial {trial['index']}")
-        index = int(trial["index"])
-        context.spec = {**spec, "params": trial["params"], "trial": index}
-        os.chdir(context.task_dir)
-        channel.send({"t": "trial", "index": index})  # at once: a long trial is seen running
-        with channel.held(TRIAL_HOLD):  # the rest of its lines in one write (one wake-up of the agent), trial_end too
+    (a warning is printed once per place per process: each trial's log says it, as its own task's would).
+
+    A trial's lines are held and written together with the next trial's `trial` line: one write, one wake-up of
+    the agent per trial (two before: its start, then its lines), and still each start goes out at once (a long trial
+    is seen running). The last trial's lines go when the loop ends, however it ends."""
+    with contextlib.ExitStack() as holding:  # the hold of the trial that ran last
+        for trial in trials:
+            if context.stop:  # a pause asked between two trials: stop before the next one, as a workload would
+                raise task_api.Stopped(f"stopped on request before trial {trial['index']}")
+            index = int(trial["index"])
+            context.spec = {**spec, "params": trial["params"], "trial": index}
+            os.chdir(context.task_dir)
+            channel.send({"t": "trial", "index": index})  # held behind the last trial's lines, if any
+            holding.close()  # written now, with them
+            holding.enter_context(channel.held(TRIAL_HOLD))  # its lines and its trial_end, until the next start
             start = time.perf_counter()
             try:
                 with warnings.catch_warnings():

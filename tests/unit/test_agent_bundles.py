@@ -106,6 +106,40 @@ def test_each_trial_is_framed_and_a_failing_one_does_not_stop_the_next(pipe: _Pi
     assert all(m["seconds"] >= 0 for m in messages if m["t"] == "trial_end")
 
 
+def test_each_trial_reaches_the_agent_in_one_write_with_the_next_ones_start(
+    pipe: _Pipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[list[str]] = []
+    write = pipe.channel._write
+
+    def counted(data: bytes) -> None:
+        writes.append([json.loads(line)["t"] for line in data.decode().splitlines()])
+        write(data)
+
+    monkeypatch.setattr(pipe.channel, "_write", counted)
+
+    def entry(params: dict[str, Any]) -> None:
+        print(f"fit {params['n']}")
+        task_api.report(step=0, n=float(params["n"]))
+
+    streams = (worker._LogStream(pipe.channel, "stdout"), worker._LogStream(pipe.channel, "stderr"))
+    saved = sys.stdout
+    sys.stdout = streams[0]
+    try:
+        _loop(pipe, tmp_path, entry, _trials({"n": 1}, {"n": 2}, {"n": 3}))
+    finally:
+        sys.stdout = saved
+    # the first start at once; each trial's lines with the next one's start (which goes at once too); the last's at
+    # the end: 4 writes for 3 trials, not 6
+    assert writes == [
+        ["trial"],
+        ["log", "metrics", "trial_end", "trial"],
+        ["log", "metrics", "trial_end", "trial"],
+        ["log", "metrics", "trial_end"],
+    ], writes
+    assert [m["t"] for m in pipe.messages()] == [t for w in writes for t in w]
+
+
 def test_a_trial_that_fills_the_disk_says_so(pipe: _Pipe, tmp_path: Path) -> None:
     def entry(params: dict[str, Any]) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
