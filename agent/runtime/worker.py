@@ -233,12 +233,13 @@ def _clean_slate() -> Iterator[None]:
 
 
 _last_job = ""  # the job of the previous task this worker ran
-_MEMOS = ("tensorfleet_agent.workloads.datasets", "tensorfleet_agent.workloads.sklearn_basic")
+_MEMOS = ("tensorfleet_agent.workloads.datasets",)
 
 
 def _forget_data() -> None:
-    """Drop the data the built-in workloads keep for a job's next task (datasets.load, sklearn_basic._split): the
-    next task is another job's, whose memory limit must not count it (nor its process hold it)."""
+    """Drop the data the built-in workloads keep for a job's next task (datasets.load and what is derived from it,
+    sklearn_basic's split): the next task is another job's, whose memory limit must not count it (nor its process
+    hold it)."""
     for name in _MEMOS:
         module = sys.modules.get(name)
         if module is not None:

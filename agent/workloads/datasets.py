@@ -7,8 +7,9 @@ can refuse one it cannot learn (a classifier on a regression target) before anyt
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.workloads.schema import ParamSpec, WorkloadSchema
@@ -200,7 +201,9 @@ def get_dataset(name: str) -> DatasetDef:
     return _BY_NAME[name]
 
 
-_last: tuple[str, Any, Any, list[str], list[str]] | None = None  # see load()
+_T = TypeVar("_T")
+# see load(); the dict: what was computed from those arrays (derived())
+_last: tuple[str, Any, Any, list[str], list[str], dict[str, Any]] | None = None
 
 
 def load(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[str]]:
@@ -226,13 +229,27 @@ def load(name: str, params: dict[str, Any]) -> tuple[Any, Any, list[str], list[s
         x, y, features, classes = load_user(path, params) if path is not None else _make(name, params)
         for array in (x, y):
             array.setflags(write=False)
-        last = _last = (key, x, y, features, classes)
-    _key, x, y, features, classes = last
+        last = _last = (key, x, y, features, classes, {})
+    _key, x, y, features, classes, _derived = last
     return x, y, list(features), list(classes)
 
 
+def derived(x: Any, y: Any, what: str, make: Callable[[], _T]) -> _T:
+    """`make()` once for the arrays load() handed out last, kept with them under `what` (a sweep's bundled trials
+    split and hash their data once: sklearn_basic._split) and dropped with them, by forget() or the next dataset;
+    made afresh for other arrays."""
+    last = _last  # read once (see load)
+    if last is None or last[1] is not x or last[2] is not y:
+        return make()
+    memo = last[5]
+    if what not in memo:
+        memo[what] = make()
+    value: _T = memo[what]
+    return value
+
+
 def forget() -> None:
-    """Drop the dataset load() keeps (the next task is another job's)."""
+    """Drop the dataset load() keeps and what was derived from it (the next task is another job's)."""
     global _last
     _last = None
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tensorfleet_agent import task
-from tensorfleet_agent.workloads.datasets import CLASSIFICATION, data_sha256, dataset_task, load
+from tensorfleet_agent.workloads.datasets import CLASSIFICATION, data_sha256, dataset_task, derived, load
 
 TEST_SIZE = 0.2
 SPLIT_SEED = 42
@@ -229,31 +229,21 @@ def _fit(make: Callable[[str], Any], iterative: Callable[..., int] | None = None
     task.progress(1.0)
 
 
-_last_split: tuple[Any, Any, tuple[Any, Any, Any, Any, str]] | None = None  # see _split
-
-
 def _split(x: Any, y: Any, kind: str) -> tuple[Any, Any, Any, Any, str]:
-    """The seeded train/test split (stratified for classification) and the data's sha256, both kept for the next
-    call on the same arrays (datasets.load hands out the same read-only ones): a sweep's bundled trials split and
-    hash their data once, not once each. The parts are read-only too."""
-    global _last_split
-    if _last_split is not None and _last_split[0] is x and _last_split[1] is y:
-        return _last_split[2]
-    from sklearn.model_selection import train_test_split
+    """The seeded train/test split (stratified for classification) and the data's sha256, both kept with the
+    arrays datasets.load hands out (datasets.derived, forgotten with them): a sweep's bundled trials split and hash
+    their data once, not once each. The parts are read-only too."""
 
-    stratify = y if kind == CLASSIFICATION else None
-    parts = train_test_split(x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=stratify)
-    out = (*parts, data_sha256(x, y))
-    for array in parts:
-        array.setflags(write=False)
-    _last_split = (x, y, out)
-    return out
+    def make() -> tuple[Any, Any, Any, Any, str]:
+        from sklearn.model_selection import train_test_split
 
+        stratify = y if kind == CLASSIFICATION else None
+        parts = train_test_split(x, y, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=stratify)
+        for array in parts:
+            array.setflags(write=False)
+        return (*parts, data_sha256(x, y))
 
-def forget() -> None:
-    """Drop the split _split keeps (the next task is another job's)."""
-    global _last_split
-    _last_split = None
+    return derived(x, y, f"split:{kind}", make)
 
 
 def _fold(x: Any, y: Any, kind: str, fold: int, folds: int) -> tuple[Any, Any, Any, Any]:
