@@ -4,7 +4,9 @@
 A real `tensorfleet serve` controller (no local agent) gets --jobs `sleep` jobs queued first, then
 --agents simulated agents (benchmarks/fake_agents.py: real daemons, real gRPC + TLS + pairing, tasks
 simulated without worker processes) are added by address. Reported:
-- submit rate of the queue, makespan and completed jobs/s against the ideal (jobs x seconds / slots);
+- submit rate of the queue (one SubmitJob per job, 32 at once; or --submit-batch N jobs per SubmitJobs call,
+  Client.submit_many, one call at a time: the report says which), makespan and completed jobs/s against the ideal
+  (jobs x seconds / slots);
 - scheduling decision latency as the agents see it: from a slot freeing (task finished) to the next
   task arriving on that agent, p50/p99 (event stream -> controller -> scheduler pass -> RunTask);
 - the controller's own scheduler pass durations (its `tensorfleet_schedule_pass_seconds` histogram);
@@ -19,7 +21,7 @@ the CPUs equally.
 
 With --profile DIR (py-spy), the controller is sampled while the queue drains.
 
-Usage: python benchmarks/scale_sim.py [--jobs 1000] [--agents 50] [--seconds 0.5] [--profile DIR]
+Usage: python benchmarks/scale_sim.py [--jobs 1000] [--agents 50] [--seconds 0.5] [--submit-batch 1000] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -212,8 +214,13 @@ def summary_ms(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def submit_all(address: str, spec: dict[str, Any], n: int, concurrency: int = 32) -> None:
+async def submit_all(address: str, spec: dict[str, Any], n: int, batch: int = 1, concurrency: int = 32) -> None:
+    """`batch` 1: one SubmitJob per job, `concurrency` at once; more: SubmitJobs calls of `batch` jobs, in turn."""
     async with AsyncClient(address, timeout=120) as client:
+        if batch > 1:
+            for start in range(0, n, batch):
+                await client.submit_many([spec] * min(batch, n - start))
+            return
         gate = asyncio.Semaphore(concurrency)
 
         async def one() -> None:
@@ -310,7 +317,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sampler.start()
             spec = {"algorithm": "sleep", "hyperparameters": {"seconds": seconds}, "max_retries": 0}
             t0 = time.monotonic()
-            asyncio.run(submit_all(controller.address, spec, jobs))
+            asyncio.run(submit_all(controller.address, spec, jobs, args.submit_batch))
             submit_s = time.monotonic() - t0
             rss_queued_mib = round(psutil.Process(controller.proc.pid).memory_info().rss / 2**20, 1)
             pages = PageTimer(controller.address, http, args.page)
@@ -385,6 +392,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "simulated_agents_ready_s": round(agents_start_s, 2),
         "submit_jobs_per_s": round(jobs / submit_s, 1),
+        "submit": "SubmitJob per job, 32 at once"
+        if args.submit_batch <= 1
+        else f"SubmitJobs of {args.submit_batch} jobs (Client.submit_many), one call at a time",
         "agents_added_to_online_s": round(online_s, 2),
         "makespan_s": round(makespan, 2),
         "ideal_makespan_s": round(ideal, 2),
@@ -476,6 +486,13 @@ def main() -> int:
     parser.add_argument(
         "--sim-nice", type=int, default=10, help="niceness of the simulated agents (0: they share the CPUs equally)"
     )
+    parser.add_argument(
+        "--submit-batch",
+        type=int,
+        default=1,
+        help="queue the jobs N per SubmitJobs call (Client.submit_many); 1 (default): one SubmitJob each, whose "
+        "rate the report prints",
+    )
     parser.add_argument("--page", type=int, default=50, help="jobs per ListJobs / GET /api/v1/jobs page")
     parser.add_argument("--page-samples", type=int, default=20, help="timed pages with the queue full, drained")
     parser.add_argument("--event-sample", type=int, default=100, help="jobs whose task state events are counted")
@@ -484,6 +501,8 @@ def main() -> int:
     parser.add_argument("--no-http", action="store_true", help="no --http-port: time the gRPC ListJobs only")
     parser.add_argument("--profile", type=Path, help="sample the controller with py-spy; raw stacks go here")
     args = parser.parse_args()
+    if not 1 <= args.submit_batch <= 1000:
+        parser.error("--submit-batch must be between 1 and 1000 (the controller's SubmitJobs limit)")
     load_before = load()
     report = run(args)
     out = {"load_before": load_before, "load_after": load(), "scale_simulation": report, "targets": targets(report)}
