@@ -13,6 +13,12 @@ their journal may have lost events a controller had seen (see load).
 An event is encoded once, when it is journaled: the file is a protobuf TaskEventBatch, and WatchTask sends
 runs of its records as they are (docs/architecture.md, 'The path of a metric point').
 
+A task's metadata (its spec, slots, creation time and boot id) heads its events file, in a field TaskEventBatch
+does not have (META_FIELD: a protobuf reader of the whole file skips it), written with the first event: one file
+per task, created once. Every new file is an inode to allocate, and on the dev box's ext4 that costs 0.3-1 ms of
+CPU each, most of a small task's agent time; a separate task.json (written to a temporary name, then renamed) was
+one more per task. Journals of older agents, with their task.json, are read as before.
+
 A full disk must not silence the agent: the journal keeps a small reserve file and
 gives back a little of it whenever a write fails for want of space, so the events
 that report the failure (a checkpoint that could not be written, the task's end)
@@ -46,7 +52,9 @@ from tensorfleet_agent.security.files import DIR_MODE, FILE_MODE, private_dir, p
 log = logging.getLogger(__name__)
 
 EVENTS_FILE = "events.pb"
-TASK_FILE = "task.json"
+TASK_FILE = "task.json"  # older agents' metadata file; a journal now carries its metadata in its events file
+# Field 15 of TaskEventBatch (length-delimited), unused by it: the journal's metadata, JSON, first in the file.
+META_FIELD = b"\x7a"
 _KEEP_IN_MEMORY = 64  # finished tasks whose events stay cached for fast replay
 BATCH_BYTES = 256 << 10  # at most this much in one WatchTask message (one record may be more)
 _RETRY_UNWRITTEN = 2.0  # seconds between attempts to write journals a full disk refused
@@ -102,12 +110,11 @@ class TaskLog:
 
 @dataclass
 class _Unwritten:
-    """A journal's lines not yet on disk (the disk was full), up to event `seq`, and its task.json if due."""
+    """A journal's bytes not yet on disk (the disk was full), up to event `seq` (its metadata first, if due)."""
 
     entry: TaskLog
     data: bytearray = field(default_factory=bytearray)
     seq: int = 0
-    meta: bool = False  # its task.json is still to be written (before its events)
 
 
 class Journal:
@@ -118,6 +125,7 @@ class Journal:
         self._queue: queue.SimpleQueue[tuple[TaskLog, bytes, int] | None] = queue.SimpleQueue()
         self._files: dict[str, IO[bytes]] = {}
         self._unwritten: dict[str, _Unwritten] = {}  # writer thread only
+        self._meta_due: set[str] = set()  # writer thread only: journals whose metadata goes with their first event
         self._write_errors: set[str] = set()
         self._reserve_retry_at = 0.0
         self._reserve_in_use = False
@@ -148,21 +156,26 @@ class Journal:
         loaded = []
         boot = boot_id()
         for directory in sorted(self.root.iterdir()):
-            meta_file = directory / TASK_FILE
-            if not meta_file.is_file():
-                if directory.is_dir():  # accepted, then the agent stopped before the writer wrote task.json (a
-                    # full disk holds it back): no journal to resume, and nothing else would ever remove it
-                    log.warning("removing task dir %s: the agent stopped before its task.json was written", directory)
-                    shutil.rmtree(directory, ignore_errors=True)
+            if not directory.is_dir():
                 continue
-            for path, mode in ((directory, DIR_MODE), (meta_file, FILE_MODE), (directory / EVENTS_FILE, FILE_MODE)):
-                tighten(path, mode)  # journals written by an older version were world-readable
+            meta_file = directory / TASK_FILE
             try:
-                meta = json.loads(meta_file.read_text())
-                records, events = _read_journal(directory / EVENTS_FILE, repair=True)
+                if meta_file.is_file():  # an older agent's journal
+                    tighten(meta_file, FILE_MODE)  # journals written by an older version were world-readable
+                    meta: dict[str, Any] | None = json.loads(meta_file.read_text())
+                    records, events = _read_journal(directory / EVENTS_FILE, repair=True)
+                else:
+                    meta, records, events = _read_task(directory / EVENTS_FILE, repair=True)
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("skipping unreadable journal %s: %s", directory, exc)
                 continue
+            if meta is None:  # accepted, then the agent stopped before the writer wrote the task's first event (a
+                # full disk holds it back): no journal to resume, and nothing else would ever remove it
+                log.warning("removing task dir %s: the agent stopped before its journal was written", directory)
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            for path, mode in ((directory, DIR_MODE), (directory / EVENTS_FILE, FILE_MODE)):
+                tighten(path, mode)
             entry = TaskLog(directory.name, directory, meta, float(meta.get("created_at", 0.0)), records=None)
             for event in events:
                 entry._observe(event)
@@ -195,17 +208,17 @@ class Journal:
     # ---- writing
 
     def create(self, task_id: str, meta: dict[str, Any]) -> TaskLog:
-        """Create the task's directory (one mkdir: called on the loop); its metadata file is written by the writer,
-        before its first event (ACCEPTED, right after), and its events file with that event. RunTask's answer waits
-        for no file: a thread hop and ~0.4 ms of file creations on the dev box's ext4 were on its path. Until the
-        writer has run, a crash forgets the task (a journal without task.json is no task), as it would its
-        unwritten events: its controller re-places it (TaskUnknown)."""
+        """Create the task's directory (one mkdir: called on the loop); its metadata is written by the writer at the
+        head of its events file, with its first event (ACCEPTED, right after). RunTask's answer waits for no file: a
+        thread hop and ~0.4 ms of file creations on the dev box's ext4 were on its path. Until the writer has run,
+        a crash forgets the task (a journal without its metadata is no task), as it would its unwritten events: its
+        controller re-places it (TaskUnknown)."""
         directory = private_dir(self.root / task_id)  # it keeps whatever the task printed: its user's only
         created_at = time.time()
         meta = {**meta, "created_at": created_at, "boot_id": self._boot_id}
         entry = TaskLog(task_id, directory, meta, created_at)
         self._logs[task_id] = entry
-        self._queue.put((entry, b"", 0))  # seq 0: its task.json
+        self._queue.put((entry, b"", 0))  # seq 0: its metadata
         return entry
 
     def append(self, task_id: str, payload: EventPayload, trial: int = -1) -> TaskEvent:
@@ -258,10 +271,15 @@ class Journal:
     def _commit(self, batch: list[tuple[TaskLog, bytes, int]]) -> None:
         """Append to each journal with lines waiting; tell watchers about what the kernel has."""
         for entry, line, seq in batch:
-            unwritten = self._unwritten.setdefault(entry.task_id, _Unwritten(entry))
             if seq == 0:
-                unwritten.meta = True
+                self._meta_due.add(entry.task_id)
                 continue
+            unwritten = self._unwritten.get(entry.task_id)
+            if unwritten is None:
+                unwritten = self._unwritten[entry.task_id] = _Unwritten(entry)
+                if entry.task_id in self._meta_due:  # its file starts with its metadata, in the same write
+                    self._meta_due.discard(entry.task_id)
+                    unwritten.data.extend(_meta_record(entry.meta))
             unwritten.data.extend(line)
             unwritten.seq = seq
         done: list[tuple[TaskLog, int]] = []
@@ -294,15 +312,8 @@ class Journal:
         return self._write(unwritten)
 
     def _write(self, unwritten: _Unwritten) -> IO[bytes] | None:
-        """Write the task's metadata file if it is due, then its events; their file (None: no event waited)."""
+        """Write the task's waiting bytes (its metadata first when due); their file (None: nothing waited)."""
         task_id, pending = unwritten.entry.task_id, unwritten.data
-        if unwritten.meta:
-            directory = unwritten.entry.directory
-            tmp = directory / (TASK_FILE + ".tmp")
-            with open(tmp, "w", opener=private_opener) as meta:
-                json.dump(unwritten.entry.meta, meta)  # not fsynced: see the module's docstring
-            os.replace(tmp, directory / TASK_FILE)
-            unwritten.meta = False
         if not pending:
             return self._files.get(task_id)
         fh = self._files.get(task_id)
@@ -435,13 +446,67 @@ def read_events(path: Path) -> list[TaskEvent]:
     return _read_journal(path)[1]
 
 
+def read_meta(directory: Path) -> dict[str, Any] | None:
+    """A task journal's metadata (spec, slot ids, created_at, boot_id), from its events file or an older agent's
+    task.json; None when it was never written."""
+    if (directory / TASK_FILE).is_file():
+        return dict(json.loads((directory / TASK_FILE).read_text()))
+    return _read_task(directory / EVENTS_FILE)[0]
+
+
+def _meta_record(meta: dict[str, Any]) -> bytes:
+    """The metadata at the head of a journal file: META_FIELD, its length (a varint), its JSON."""
+    body = json.dumps(meta, separators=(",", ":")).encode()
+    size, prefix = len(body), bytearray(META_FIELD)
+    while size > 0x7F:
+        prefix.append(0x80 | (size & 0x7F))
+        size >>= 7
+    prefix.append(size)
+    return bytes(prefix) + body
+
+
+def _split_meta(data: bytes) -> tuple[dict[str, Any] | None, int]:
+    """The metadata a journal file starts with and where its events start; (None, 0) when it has none whole."""
+    if data[:1] != META_FIELD:
+        return None, 0
+    size, shift, cursor = 0, 0, 1
+    while cursor < len(data) and shift < 64:
+        byte = data[cursor]
+        cursor += 1
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        return None, 0
+    if cursor + size > len(data):
+        return None, 0
+    return dict(json.loads(data[cursor : cursor + size])), cursor + size
+
+
+def _read_task(path: Path, repair: bool = False) -> tuple[dict[str, Any] | None, list[bytes], list[TaskEvent]]:
+    """A journal file's metadata, records and events (see _read_journal); no metadata: (None, [], [])."""
+    if not path.exists():
+        return None, [], []
+    data = path.read_bytes()
+    meta, start = _split_meta(data)
+    if meta is None:
+        return None, [], []
+    records, events = _records(path, data, start, repair)
+    return meta, records, events
+
+
 def _read_journal(path: Path, repair: bool = False) -> tuple[list[bytes], list[TaskEvent]]:
-    """A journal file's records and their events; a torn or unreadable tail (crash mid-write) is dropped (and
-    cut off if repair)."""
+    """A journal file's records and their events, after its metadata (none in an older agent's); a torn or
+    unreadable tail (crash mid-write) is dropped (and cut off if repair)."""
     if not path.exists():
         return [], []
     data = path.read_bytes()
-    records, good = split_records(data)
+    return _records(path, data, _split_meta(data)[1], repair)
+
+
+def _records(path: Path, data: bytes, start: int, repair: bool) -> tuple[list[bytes], list[TaskEvent]]:
+    records, good = split_records(data[start:] if start else data)
     events: list[TaskEvent] = []
     for record in records:
         try:
@@ -454,6 +519,7 @@ def _read_journal(path: Path, repair: bool = False) -> tuple[list[bytes], list[T
     if len(events) < len(records):
         records = records[: len(events)]
         good = sum(map(len, records))
+    good += start
     if repair and good < len(data):
         log.warning("journal %s: dropping %d torn bytes at the end", path, len(data) - good)
         with path.open("r+b") as fh:
