@@ -224,9 +224,13 @@ def _clean_slate() -> Iterator[None]:
         with warnings.catch_warnings():
             yield
     finally:
-        if dict(os.environ) != env:
-            os.environ.clear()
-            os.environ.update(env)
+        now = dict(os.environ)
+        if now != env:  # (a task sets TENSORFLEET_JOB_ID): only what changed is put back, not every variable
+            for name in now.keys() - env.keys():
+                del os.environ[name]
+            for name, value in env.items():
+                if now.get(name) != value:
+                    os.environ[name] = value
         sklearn = sys.modules.get("sklearn")
         if sklearn is not None:  # imported by the task: back to the defaults it started with
             sklearn.set_config(**(config or sys.modules["sklearn._config"]._global_config))
