@@ -159,6 +159,97 @@ class AgentTrust:
         return node_id_of_cert(self.agent_cert_pem)[1]
 
 
+_END_GRACE = 2.0  # seconds a WatchTask call its reader dropped may take to end before it is cancelled
+
+
+def _cancel_unless_done(call: Any) -> None:
+    if not call.done():
+        call.cancel()
+
+
+class TaskEvents(AsyncGenerator[TaskEvent, None]):
+    """A task's events from one WatchTask call, read with call.read(): an async generator a reader leaves early (the
+    controller stops at the task's end) is finalized by the event loop in a task of its own, with a wake-up of the
+    loop, for each layer of generators; this object is simply dropped with its call, which grpc then cancels.
+
+    Like a work RPC, a call the agent refuses for an expired session (an agent restart) before any answer is made
+    again once with a new session."""
+
+    def __init__(self, client: AgentClient, start: Callable[[tuple[tuple[str, str], ...]], Any]) -> None:
+        self._client = client
+        self._start = start
+        self._call: Any = None
+        self._renew = client.trust is not None  # a refused session may still be renewed (before any answer)
+        self._done = False
+        self._batch: Sequence[Any] = ()
+        self._next = 0
+
+    async def next_message(self) -> Any:
+        """The call's next message; None at its end."""
+        if self._done:
+            return None
+        try:
+            while True:
+                if self._call is None:
+                    self._call = self._start(await self._client.session_metadata())
+                try:
+                    msg = await self._call.read()
+                except grpc.aio.AioRpcError as exc:
+                    if not self._renew or exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                        raise
+                    self._client._session = ""
+                    self._renew, self._call = False, None
+                    continue
+                self._renew = False
+                if msg is grpc.aio.EOF:  # type: ignore[attr-defined]  # (missing from the stubs)
+                    self._done = True
+                    return None
+                return msg
+        except BaseException:  # the call's error, or its reader cancelled: the call ends with it
+            self._done = True
+            self._cancel()
+            raise
+
+    async def __anext__(self) -> TaskEvent:
+        while self._next >= len(self._batch):
+            msg = await self.next_message()
+            if msg is None:
+                raise StopAsyncIteration
+            self._batch, self._next = msg.events, 0
+        self._next += 1
+        return convert.event_from_pb(self._batch[self._next - 1])
+
+    async def asend(self, value: None) -> TaskEvent:
+        return await self.__anext__()
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> TaskEvent:
+        await self.aclose()
+        raise typ if val is None else val
+
+    async def aclose(self) -> None:
+        """Stop following: the call is cancelled (the task runs on)."""
+        self._done = True
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+    def __del__(self) -> None:
+        """Dropped by its reader while the call is open: the reader stopped at the task's end, which the agent's own
+        end of the call follows a moment later; cancelling it now would make both sides tear down a stream that is
+        ending anyway (a reset each), so it is cancelled only if still open after a grace period (a reader that left
+        a task still running)."""
+        call = self._call
+        if call is None or self._done or call.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # dropped off the loop (a collected cycle): grpc cancels the call it drops
+            return
+        loop.call_later(_END_GRACE, _cancel_unless_done, call)
+
+
 class PairingError(Exception):
     """Pairing failed: wrong or expired token, or the agent could not prove it knows the token."""
 
@@ -287,37 +378,30 @@ class AgentClient:
         reply = await self._call(lambda md: self.stub.RunTask(request, timeout=timeout, metadata=md))
         return convert.accepted_from_pb(reply)
 
-    def watch_task(self, task_id: str, after_seq: int = 0) -> AsyncGenerator[TaskEvent, None]:
+    def watch_task(self, task_id: str, after_seq: int = 0) -> TaskEvents:
         request = pb.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
-        return self._events_of(self._stream(lambda md: self.stub.WatchTask(request, metadata=md)))
+        return TaskEvents(self, lambda md: self.stub.WatchTask(request, metadata=md))
 
-    async def run_and_watch(
-        self, spec: TaskSpec, timeout: float = 30.0
-    ) -> tuple[convert.TaskAccepted, AsyncGenerator[TaskEvent, None]]:
+    async def run_and_watch(self, spec: TaskSpec, timeout: float = 30.0) -> tuple[convert.TaskAccepted, TaskEvents]:
         """Start the task and follow it in one call (WatchTaskRequest.run): its acceptance, then its events (close
-        the iterator to stop following; the task runs on). A refusal raises as RunTask's would; no answer within
-        `timeout` raises DEADLINE_EXCEEDED as RunTask's deadline would (the agent may have started the task)."""
+        the iterator, or drop it, to stop following; the task runs on). A refusal raises as RunTask's would; no
+        answer within `timeout` raises DEADLINE_EXCEEDED as RunTask's deadline would (the agent may have started
+        the task)."""
         run = pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION, spec=convert.task_spec_to_pb(spec))
         request = pb.WatchTaskRequest(task_id=spec.task_id, run=run)
-        batches = self._stream(lambda md: self.stub.WatchTask(request, metadata=md))
+        events = TaskEvents(self, lambda md: self.stub.WatchTask(request, metadata=md))
         try:
-            first = await asyncio.wait_for(anext(batches), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no task of its own per call
+                first = await events.next_message()
         except TimeoutError:
-            await batches.aclose()
+            await events.aclose()
             raise _deadline(f"no answer from the agent in {timeout:g}s to start task {spec.task_id}") from None
         except BaseException:
-            await batches.aclose()
+            await events.aclose()
             raise
-        return convert.accepted_from_pb(first.accepted), self._events_of(batches)
-
-    @staticmethod
-    async def _events_of(batches: AsyncGenerator[Any, None]) -> AsyncGenerator[TaskEvent, None]:
-        try:
-            async for batch in batches:
-                for msg in batch.events:
-                    yield convert.event_from_pb(msg)
-        finally:
-            await batches.aclose()  # its call is cancelled
+        if first is None:
+            raise _deadline(f"the agent ended the call to start task {spec.task_id} without an answer")
+        return convert.accepted_from_pb(first.accepted), events
 
     async def cancel_task(
         self,

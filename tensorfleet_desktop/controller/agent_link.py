@@ -4,7 +4,7 @@ core's own (errors.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,49 @@ def _core_errors() -> Iterator[None]:
         if code == grpc.StatusCode.NOT_FOUND:
             raise TaskUnknown(details) from None
         raise AgentCallError(details) from None
+
+
+class _Heard(AsyncGenerator[TaskEvent, None]):
+    """A task's events (the stream made when first read), each noting the agent heard from; agent errors as the
+    core's. Not an async generator: the controller stops reading at the task's end, and an async generator left so
+    is finalized by the event loop in a task of its own (client.TaskEvents says more)."""
+
+    def __init__(self, fleet: Fleet, node_id: str, stream: Callable[[], AsyncIterator[TaskEvent]]) -> None:
+        self._fleet = fleet
+        self._node_id = node_id
+        self._make: Callable[[], AsyncIterator[TaskEvent]] | None = stream
+        self._events: AsyncIterator[TaskEvent] | None = None
+        self._done = False
+
+    async def __anext__(self) -> TaskEvent:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            with _core_errors():
+                if self._events is None:
+                    assert self._make is not None
+                    self._events, self._make = self._make(), None
+                event = await anext(self._events)
+        except BaseException:  # its end, an error, or its reader cancelled: the stream is over
+            await self.aclose()
+            raise
+        self._fleet.heard_from(self._node_id)
+        return event
+
+    async def asend(self, value: None) -> TaskEvent:
+        return await self.__anext__()
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> TaskEvent:
+        await self.aclose()
+        raise typ if val is None else val
+
+    async def aclose(self) -> None:
+        self._done, self._make = True, None
+        events, self._events = self._events, None
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            with _core_errors():
+                await close()
 
 
 def view(record: AgentRecord) -> AgentView:
@@ -175,24 +218,10 @@ class FleetAgents:
         with _core_errors():
             accepted, events = await self._client(node_id).run_and_watch(spec, timeout=15)
         self.fleet.heard_from(node_id)
-        return accepted.shared_gpu, self._heard(node_id, lambda: events)
+        return accepted.shared_gpu, _Heard(self.fleet, node_id, lambda: events)
 
     def watch_task(self, node_id: str, attempt: str, after_seq: int) -> AsyncGenerator[TaskEvent, None]:
-        return self._heard(node_id, lambda: self._client(node_id).watch_task(attempt, after_seq=after_seq))
-
-    async def _heard(
-        self, node_id: str, stream: Callable[[], AsyncGenerator[TaskEvent, None]]
-    ) -> AsyncGenerator[TaskEvent, None]:
-        """A task's events (the stream made when first read), each noting the agent heard from; agent errors as
-        the core's."""
-        with _core_errors():
-            events = stream()
-            try:
-                async for event in events:
-                    self.fleet.heard_from(node_id)
-                    yield event
-            finally:
-                await events.aclose()
+        return _Heard(self.fleet, node_id, lambda: self._client(node_id).watch_task(attempt, after_seq=after_seq))
 
     async def cancel_task(self, node_id: str, attempt: str, reason: str, checkpoint_grace: float = 0.0) -> None:
         with _core_errors():

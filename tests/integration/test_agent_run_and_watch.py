@@ -3,6 +3,9 @@ to send a task (RunTask's checks and refusals unchanged)."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import sys
 from collections.abc import Iterator
 
 import grpc
@@ -70,3 +73,30 @@ async def test_closing_the_stream_leaves_the_task_running(agent: AgentProcess) -
         rest = [e async for e in client.watch_task("rw-sleep")]
         end = rest[-1].payload
         assert isinstance(end, Finished) and end.status is TaskState.SUCCEEDED
+
+
+async def test_a_stream_dropped_at_the_task_s_end_ends_by_itself_not_cancelled(agent: AgentProcess) -> None:
+    """The controller stops reading at a task's end event and drops the stream: the call is not torn down (a reset
+    on both sides) but allowed to end as the agent ends it, and nothing is left for the loop to finalize."""
+    loop = asyncio.get_running_loop()
+    finalized: list[object] = []
+    hooks = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(hooks.firstiter, lambda agen: (finalized.append(agen), loop.call_soon(agen.aclose)))
+    try:
+        async with agent.client() as client:
+            _, events = await client.run_and_watch(TaskSpec("rw-drop", "j", "noop"))
+            async for event in events:
+                if isinstance(event.payload, Finished):
+                    break
+            call = events._call
+            del events, event
+            gc.collect()
+            for _ in range(200):
+                if call.done():
+                    break
+                await asyncio.sleep(0.01)
+            assert call.done() and not call.cancelled()
+            assert await call.code() == grpc.StatusCode.OK
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
+    assert finalized == []
