@@ -522,7 +522,7 @@ class Executor:
                 {
                     "op": "run",
                     "entry": workload.entry,
-                    "spec": spec_to_dict(spec),
+                    "spec": running.entry.meta["spec"],  # spec_to_dict(spec), made once for its journal
                     "task_dir": str(running.entry.directory / "work"),
                     "blobs_dir": str(self.blobs.root),
                     "dataset_dir": str(running.dataset.path) if running.dataset is not None else "",
