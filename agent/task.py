@@ -146,9 +146,10 @@ def progress(fraction: float) -> None:
 def keeps_files(metrics: dict[str, float]) -> bool:
     """Whether this trial's model and report are worth writing, given its final metrics: a sweep under keep_models
     best (TaskSpec.trial_files) keeps only its best trial's, so a bundled trial that ranks behind one this task
-    already ran (a worse score of the sweep's metric, or the same and a higher index: core.ranking's order) can
-    never be kept and writes none, but the task's own run always does (after a controller restart it is the only
-    trial of the bundle followed); keep_models none writes no trial's. Anything not in a sweep writes them."""
+    already ran (a worse score of the sweep's metric, or the same and a higher index: core.ranking's order), or
+    behind the sweep's best when the task was sent (the rule's leader, whose files are kept), can never be kept and
+    writes none, but the task's own run always does (after a controller restart it is the only trial of the bundle
+    followed); keep_models none writes no trial's. Anything not in a sweep writes them."""
     ctx = _current()
     rule = ctx.spec.get("trial_files") or {}
     keep = str(rule.get("keep") or "all")
@@ -162,6 +163,8 @@ def keeps_files(metrics: dict[str, float]) -> bool:
     if not math.isfinite(value):
         return False  # no score: never the sweep's best
     mine, leader = (value, int(ctx.spec["trial"])), ctx.leader
+    if leader is None and int(rule.get("leader_index", -1)) >= 0:  # none of its own yet: the sweep's when sent
+        leader = (float(rule["leader_score"]), int(rule["leader_index"]))
     if leader is not None and not ranks_before(mine, leader, bool(rule.get("maximize"))):
         return False
     ctx.leader = mine

@@ -916,7 +916,8 @@ Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
 class TrialFiles(_message.Message):
     """A sweep's rule for its trials' files (TaskSpec.trial_files): under keep_models best the controller keeps only the
     best trial's model, so a bundled trial that ranks behind one its task already ran (a worse value of `metric`, or the
-    same and a higher index) writes none; the task's own run always writes them.
+    same and a higher index) writes none; the task's own run always writes them. Nor does one that ranks behind the
+    sweep's best trial when the task was sent (`leader_*`, which has its files): it can never be the sweep's best.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -924,24 +925,34 @@ class TrialFiles(_message.Message):
     KEEP_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
     MAXIMIZE_FIELD_NUMBER: _builtins.int
+    LEADER_INDEX_FIELD_NUMBER: _builtins.int
+    LEADER_SCORE_FIELD_NUMBER: _builtins.int
     keep: _builtins.str
     """"best"; "none": no trial writes them; "all" or "": every trial"""
     metric: _builtins.str
     """the sweep's metric, as the workload reports it"""
     maximize: _builtins.bool
     """the sweep's direction"""
+    leader_index: _builtins.int
+    """the sweep's best trial so far (unset: none succeeded yet; an older controller)"""
+    leader_score: _builtins.float
+    """and its value of `metric`"""
     def __init__(
         self,
         *,
         keep: _builtins.str = ...,
         metric: _builtins.str = ...,
         maximize: _builtins.bool = ...,
+        leader_index: _builtins.int | None = ...,
+        leader_score: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_leader_index", b"_leader_index", "leader_index", b"leader_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep", b"keep", "maximize", b"maximize", "metric", b"metric"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_leader_index", b"_leader_index", "keep", b"keep", "leader_index", b"leader_index", "leader_score", b"leader_score", "maximize", b"maximize", "metric", b"metric"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__leader_index: _TypeAlias = _typing.Literal["leader_index"]  # noqa: Y015
+    _WhichOneofArgType__leader_index: _TypeAlias = _typing.Literal["_leader_index", b"_leader_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__leader_index) -> _WhichOneofReturnType__leader_index | None: ...
 
 Global___TrialFiles: _TypeAlias = TrialFiles  # noqa: Y015
 

@@ -143,6 +143,8 @@ class TrialFiles:
     keep: str = ""  # "best" | "none" | "all" ("": all)
     metric: str = ""
     maximize: bool = False
+    leader_index: int = -1  # the sweep's best trial when the task was sent (-1: none yet), whose files are kept
+    leader_score: float = 0.0  # its value of `metric`: a trial ranking behind it writes none
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,8 @@ def task_spec_to_pb(spec: TaskSpec) -> pb.TaskSpec:
     if spec.trial_files is not None:
         files = spec.trial_files
         msg.trial_files.CopyFrom(pb.TrialFiles(keep=files.keep, metric=files.metric, maximize=files.maximize))
+        if files.leader_index >= 0:
+            msg.trial_files.leader_index, msg.trial_files.leader_score = files.leader_index, files.leader_score
     if spec.rendezvous is not None:
         msg.rendezvous.CopyFrom(
             pb.Rendezvous(master_addr=spec.rendezvous.master_addr, master_port=spec.rendezvous.master_port)
@@ -227,7 +229,13 @@ def task_spec_from_pb(msg: pb.TaskSpec) -> TaskSpec:
             for i, t in enumerate(msg.trials)
         ),
         trial_files=(
-            TrialFiles(msg.trial_files.keep, msg.trial_files.metric, msg.trial_files.maximize)
+            TrialFiles(
+                msg.trial_files.keep,
+                msg.trial_files.metric,
+                msg.trial_files.maximize,
+                msg.trial_files.leader_index if msg.trial_files.HasField("leader_index") else -1,
+                msg.trial_files.leader_score,
+            )
             if msg.HasField("trial_files")
             else None
         ),

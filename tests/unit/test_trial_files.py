@@ -75,7 +75,13 @@ def test_the_rule_crosses_the_wire_and_an_unset_one_stays_unset() -> None:
 
     spec = TaskSpec("t", "j", "decision_tree", trial_files=TrialFiles("best", "rmse", False))
     assert convert.task_spec_from_pb(convert.task_spec_to_pb(spec)) == spec
-    assert spec_to_dict(spec)["trial_files"] == {"keep": "best", "metric": "rmse", "maximize": False}  # the worker's
+    assert spec_to_dict(spec)["trial_files"] == {  # the worker's
+        "keep": "best",
+        "metric": "rmse",
+        "maximize": False,
+        "leader_index": -1,  # no trial of the sweep succeeded before it was sent
+        "leader_score": 0.0,
+    }
     plain = TaskSpec("t", "j", "decision_tree")
     assert convert.task_spec_from_pb(convert.task_spec_to_pb(plain)).trial_files is None
     assert "trial_files" not in spec_to_dict(plain)  # a journal of a task of no sweep reads as before
@@ -103,3 +109,74 @@ def test_the_sweeps_best_trial_always_wrote_its_files(context: task.TaskContext,
             best = best_trial(job)
             if best is not None and best.index in wrote:
                 assert wrote[best.index], (scores, bundle, wrote)
+
+
+def test_a_trial_behind_the_sweeps_best_when_its_task_was_sent_writes_none(context: task.TaskContext) -> None:
+    rule = {**BEST, "leader_index": 9, "leader_score": 0.9}  # trial 9 led the sweep when this bundle was sent
+    assert not trial(context, 20, rule, test_accuracy=0.85)
+    assert not trial(context, 21, rule, test_accuracy=0.9)  # a tie with a higher index: 9 stays ahead
+    assert trial(context, 4, rule, test_accuracy=0.9)  # a tie with a lower index: ahead of 9
+    assert trial(context, 22, rule, test_accuracy=0.95)  # better than both
+    assert not trial(context, 23, rule, test_accuracy=0.92)  # behind 22, which this task ran
+    context.spec = {k: v for k, v in context.spec.items() if k != "trial"}
+    assert task.keeps_files({"test_accuracy": 0.0})  # the task's own run still always writes
+
+
+def test_the_sweeps_best_so_far_goes_with_the_rule() -> None:
+    from tensorfleet_agent.core.codec import spec_to_dict
+    from tensorfleet_agent.core.types import TaskSpec, TrialFiles
+    from tensorfleet_agent.rpc import convert
+    from tensorfleet_desktop.controller.model import Job, JobTask, TaskRunState
+    from tensorfleet_desktop.controller.trials import trial_files
+
+    sweep = {"metric": "rmse", "direction": "minimize", "params": {}, "budget": 10}
+    job = Job("j", {"sweep": sweep, "algorithm": "decision_tree"}, "me", 1)
+    job.tasks = [JobTask(index=0, state=TaskRunState.PENDING)]
+    assert trial_files(job) == TrialFiles("best", "rmse", False)  # none succeeded yet: no leader (-1)
+    job.tasks += [
+        JobTask(index=1, state=TaskRunState.SUCCEEDED, metrics={"rmse": 2.5}),
+        JobTask(index=2, state=TaskRunState.SUCCEEDED, metrics={"rmse": 1.5}),
+        JobTask(index=3, state=TaskRunState.FAILED, metrics={"rmse": 0.1}),  # not a result
+    ]
+    files = trial_files(job)
+    assert files == TrialFiles("best", "rmse", False, leader_index=2, leader_score=1.5)
+    spec = TaskSpec("t", "j", "decision_tree", trial_files=files)
+    assert convert.task_spec_from_pb(convert.task_spec_to_pb(spec)) == spec
+    assert spec_to_dict(spec)["trial_files"]["leader_index"] == 2  # what the worker's keeps_files reads
+    job.spec["keep_models"] = "all"
+    assert trial_files(job) == TrialFiles("all", "rmse", False)  # every trial writes: no leader needed
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_the_sweeps_best_wrote_its_files_with_bundles_sent_after_others_ended(
+    context: task.TaskContext, maximize: bool
+) -> None:
+    """Bundles run one after another, each sent with the sweep's best so far (trials.trial_files): the trial the
+    controller picks in the end wrote its files, and bundles sent late write few."""
+    import random
+
+    from tensorfleet_desktop.controller.model import Job, JobTask, TaskRunState
+    from tensorfleet_desktop.controller.trials import best_trial, trial_files
+
+    rng = random.Random(11)
+    written = 0
+    for _ in range(100):
+        sweep = {"metric": "m", "direction": "maximize" if maximize else "minimize"}
+        job = Job("j", {"sweep": sweep}, "me", 1)
+        indices = rng.sample(range(60), 24)
+        job.tasks = [JobTask(index=i) for i in indices]
+        scores = {i: float(rng.choice([0.5, 0.8, 0.9, 1.0, math.nan])) for i in indices}
+        wrote: dict[int, bool] = {}
+        for start in range(0, 24, 6):
+            files = trial_files(job)
+            assert files is not None
+            rule = {"keep": files.keep, "metric": files.metric, "maximize": files.maximize}
+            rule |= {"leader_index": files.leader_index, "leader_score": files.leader_score}
+            context.leader = None  # a new task
+            for t in job.tasks[start : start + 6]:
+                wrote[t.index] = trial(context, t.index, rule, m=scores[t.index])
+                t.state, t.metrics = TaskRunState.SUCCEEDED, {"m": scores[t.index]}
+        best = best_trial(job)
+        assert best is None or wrote[best.index], (scores, wrote)
+        written += sum(wrote.values())
+    assert written < 100 * 24 / 4  # most trials wrote nothing
