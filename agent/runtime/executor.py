@@ -518,6 +518,9 @@ class Executor:
             running.worker = worker
             worker.on_output = lambda stream, line: self._output(running, stream, line)
             self._append(running, StateChanged(TaskState.RUNNING, f"worker pid {worker.pid}"))
+            if worker.versions is not None:  # said in its hello: the line goes with RUNNING (one commit, one
+                # message to the watcher), and the worker writes nothing to the agent as a task starts
+                self._append(running, LogLine("agent", _reproducibility(spec, {"versions": worker.versions})))
             worker.send(
                 {
                     "op": "run",
@@ -700,8 +703,9 @@ class Executor:
         while messages := await worker.next_messages():
             for message in messages:
                 kind = message.get("t")
-                if kind == "started":
-                    self._append(running, LogLine("agent", _reproducibility(running.spec, message)))
+                if kind == "started":  # a worker that did not say its versions in its hello
+                    if worker.versions is None:
+                        self._append(running, LogLine("agent", _reproducibility(running.spec, message)))
                     continue
                 if kind == "trial":  # a bundled trial starts: what follows is its, until its trial_end
                     running.trial = int(message["index"])

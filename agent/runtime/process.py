@@ -77,6 +77,8 @@ class WorkerProcess:
         self.returncode: int | None = None
         self.forked = False  # forked from the fork server (parked only for a built-in family's next task)
         self.first_rss = 0  # its resident bytes after its first task, once parked (executor._lean)
+        # The package versions it trains with, from its hello (None: a worker that says them as each task starts)
+        self.versions: dict[str, str] | None = None
         self._cmd = cmd
         self._events = events
         self._events_pipe = events_pipe
@@ -161,6 +163,9 @@ class WorkerProcess:
             self.kill()
             code = await self.wait()
             raise RuntimeError(f"worker process did not start (exit code {code})")
+        versions = hello[0].get("versions")
+        if isinstance(versions, dict):
+            self.versions = {str(k): str(v) for k, v in versions.items()}
 
     async def _pump(self, name: str, stream: asyncio.StreamReader) -> None:
         """Turn raw fd output (C extensions, subprocesses) into log lines."""

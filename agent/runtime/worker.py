@@ -279,8 +279,7 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     saved: tuple[TextIO, TextIO] = (sys.stdout, sys.stderr)
     out, err = _LogStream(channel, "stdout"), _LogStream(channel, "stderr")
     sys.stdout, sys.stderr = out, err
-    try:
-        channel.send({"t": "started", "pid": os.getpid(), "versions": task_api.package_versions()})
+    try:  # (its versions went with its hello: the agent logs them with RUNNING, nothing is written here)
         entry = _resolve(command["entry"])
         trials = spec.get("trials") or ()
         if trials:
@@ -346,7 +345,8 @@ def serve(cmd_fd: int, evt_fd: int, parent_pid: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the agent's terminal is the agent's business
     signal.signal(signal.SIGUSR1, lambda _sig, _frame: task_api._request_stop())  # pause: checkpoint, then stop
     channel = EventChannel(evt_fd)
-    channel.send({"t": "ready", "pid": os.getpid()})
+    # with the versions it trains with (read before the fork in a fork server's child): each task's reproducibility line
+    channel.send({"t": "ready", "pid": os.getpid(), "versions": task_api.package_versions()})
     with os.fdopen(cmd_fd, "r", encoding="utf-8") as commands:
         for line in commands:
             command = json.loads(line)
