@@ -241,8 +241,11 @@ class Placement:
             if job is not None:
                 yield job
 
-    def _requests(self, gate: Gate, held: dict[str, str], now: float) -> Iterator[Request]:
-        """The queue's requests in order; a queued job beyond its user's `queued` quota is held, not asked."""
+    def _requests(
+        self, gate: Gate, held: dict[str, str], now: float, sweeps: dict[str, tuple[int, ...]]
+    ) -> Iterator[Request]:
+        """The queue's requests in order; a queued job beyond its user's `queued` quota is held, not asked. A
+        sweep's pending trials go in `sweeps` (job id -> indexes) for _bundles: they are not scanned twice."""
         for job in self._queue(gate):
             if job.state is JobState.QUEUED:
                 reason = gate.queued_job(user_of(job))
@@ -251,6 +254,8 @@ class Placement:
                     continue
             request = self._request(job, now)
             if request is not None:
+                if job.mode == "sweep":
+                    sweeps[job.id] = request.ranks
                 yield request
 
     def _sharing_requests(self, gate: Gate, now: float) -> Iterator[Request]:
@@ -288,10 +293,11 @@ class Placement:
         self.usage.check(self.machine.jobs)  # what ended since the last pass holds nothing now
         # else nothing can be placed (no free slot, no shared GPU with memory left): spare the pass over the queue
         held: dict[str, str] = {}  # a pass that reads no request leaves no verdict (stale ones would outlive a quota)
+        pending: dict[str, tuple[int, ...]] = {}  # sweep job id -> its pending trials, as its request read them
         if any(c.free_slots > 0 for c in capacities) or shareable(capacities):
             gate = self.usage.gate(now)
             # plan() reads them in this order and stops once every free slot is taken: the rest are never built
-            requests = self._requests(gate, held, now)
+            requests = self._requests(gate, held, now, pending)
             rounds = self.preempter.reserved()  # the room preemption frees for a job is held for it
             placed = plan(
                 requests,
@@ -317,7 +323,7 @@ class Placement:
                 gangs.setdefault(p.job_id, {})[p.rank] = p.node_id
         layouts = {job_id: rank_layout(nodes) for job_id, nodes in gangs.items()}
         by_node = {a.node_id: a for a in views}
-        bundles = self._bundles(placements, sweep_slots, now)
+        bundles = self._bundles(placements, sweep_slots, now, pending)
         for placement in placements:
             job = jobs[placement.job_id]
             agent = by_node[placement.node_id]
@@ -335,10 +341,12 @@ class Placement:
             self.usage.placed(job, job.tasks[placement.rank], total)
 
     def _bundles(
-        self, placements: list[Placed], sweep_slots: dict[str, int], now: float
+        self, placements: list[Placed], sweep_slots: dict[str, int], now: float, pending: dict[str, tuple[int, ...]]
     ) -> dict[tuple[str, int], list[JobTask]]:
         """The trials that ride with each placed trial of a sweep (trials.bundle_size): the job's other pending
-        trials, shared out among its placements of this pass; its agent runs them one after another in one worker."""
+        trials, shared out among its placements of this pass; its agent runs them one after another in one worker.
+        `pending`: the sweeps' pending trials as this pass's requests found them (a sweep placed from elsewhere, the
+        queue's sharing requests, is scanned here)."""
         ranks: dict[str, list[int]] = {}
         for p in placements:
             if self.machine.jobs[p.job_id].mode == "sweep":
@@ -350,9 +358,15 @@ class Placement:
             if extra <= 0:
                 continue
             taken = set(placed)
-            spare = [
-                t for t in job.tasks if t.state is TaskRunState.PENDING and t.index not in taken and t.retry_at <= now
-            ]
+            indexes = pending.get(job_id)
+            if indexes is not None:
+                spare = [job.tasks[i] for i in indexes if i not in taken]
+            else:
+                spare = [
+                    t
+                    for t in job.tasks
+                    if t.state is TaskRunState.PENDING and t.index not in taken and t.retry_at <= now
+                ]
             for i, rank in enumerate(placed):  # dealt out in turn: at a sweep's tail every placed trial gets some
                 out[(job_id, rank)] = spare[i :: len(placed)][:extra]
         return out
