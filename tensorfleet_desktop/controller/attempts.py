@@ -965,7 +965,9 @@ class Attempts:
             self.holders.forget(node_id)
         if kind == "lost":
             name = agent.name if agent is not None else node_id
-            for job in list(self.machine.jobs.values()):
+            # the jobs with a live attempt there (a bundle's riders run in their lead's), not every job's every task
+            suspects = {job.id: job for _, (job, task) in self._live_attempts() if task.node_id == node_id}
+            for job in suspects.values():
                 on_it = [t for t in job.tasks if t.state.active and t.node_id == node_id]
                 waiting = [t for t in on_it if not t.agent_task_id and t.state is TaskRunState.DISPATCHED]
                 if waiting and not job.state.terminal:  # riders that never started there: queued, nothing spent
