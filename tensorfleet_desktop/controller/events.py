@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 JobListener = Callable[[Job], None]
 REPLAY_PAGE = 5000  # events a watcher's replay reads from the store at a time
+PROGRESS_EVERY = 0.25  # seconds: a job's "progress" job_state records, at most one per job this often (see progress)
 
 
 class EventLog:
@@ -27,6 +28,8 @@ class EventLog:
         self.gauges_stale = False  # a job changed state: the scheduler recounts the gauges on its next tick
         self._subscribers: dict[str, set[asyncio.Queue[JobEventRecord]]] = {}
         self._listeners: list[JobListener] = []
+        self._summary_at: dict[str, float] = {}  # job id -> loop time of its last job_state record (progress)
+        self._summary_due: dict[str, asyncio.TimerHandle] = {}  # job id -> its trailing "progress" record
 
     def add_job_listener(self, fn: JobListener) -> Callable[[], None]:
         """`fn(job)` runs on the loop after every change a job list shows; call the result to unsubscribe."""
@@ -50,11 +53,51 @@ class EventLog:
     ) -> None:
         """The job's state or summary changed; `tasks`: only these of its tasks did (None: any may have). `saved`:
         the store has the job as it is already (a submit's insert), only the event is new."""
-        self.record(job, "job_state", {}, state=job.state.value, message=message or job.error)
+        self._record_summary(job, message or job.error)
         if not saved:
             self.store.save_job(job, tasks)
         self.gauges_stale = True  # counted on the scheduler's next tick, not once per change
         self.touched(job)
+
+    def progress(self, job: Job, tasks: Sequence[JobTask]) -> None:
+        """One of the job's tasks (a trial) ended and the job goes on: saved and shown to job lists at once, as
+        job_changed does, but its "progress" job_state record (which carries the job's summary to its watchers,
+        wire.job_event_to_pb) at most once per PROGRESS_EVERY: a 200-trial sweep recorded 200, each a copy of the
+        whole job for every watcher. The one a burst holds back is recorded at the end of the period (the
+        trailing edge), unless another job_state (its end, say) has carried the summary meanwhile."""
+        self.store.save_job(job, tasks)
+        self.gauges_stale = True
+        self.touched(job)
+        if job.id in self._summary_due:
+            return  # the trailing record is on its way
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # off the loop: no timer to hold it back with
+            self._record_summary(job, "progress")
+            return
+        wait = self._summary_at.get(job.id, -PROGRESS_EVERY) + PROGRESS_EVERY - loop.time()
+        if wait <= 0:
+            self._record_summary(job, "progress")
+        else:
+            self._summary_due[job.id] = loop.call_later(wait, self._trailing_progress, job)
+
+    def _trailing_progress(self, job: Job) -> None:
+        self._summary_due.pop(job.id, None)
+        if not job.state.terminal:  # an ended job's last record said it all
+            self._record_summary(job, "progress")
+
+    def _record_summary(self, job: Job, message: str) -> None:
+        """A job_state record: the job's state and summary as they are now, which a held-back progress record
+        would only repeat."""
+        due = self._summary_due.pop(job.id, None)
+        if due is not None:
+            due.cancel()
+        self.record(job, "job_state", {}, state=job.state.value, message=message)
+        if job.state.terminal:
+            self._summary_at.pop(job.id, None)
+            return
+        with contextlib.suppress(RuntimeError):  # off the loop: nothing is held back
+            self._summary_at[job.id] = asyncio.get_running_loop().time()
 
     def task_event(self, job: Job, task: JobTask, message: str) -> None:
         self.record(job, "task_state", {"task_index": task.index}, state=task.state.value, message=message)

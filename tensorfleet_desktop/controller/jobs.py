@@ -234,7 +234,7 @@ class JobMachine:
             record(job, "task_state", base, state=task.state.value, message="succeeded")
             if job.mode == "sweep":
                 self.effects.trial_result(job, task, task.metrics.get(str(job.spec["sweep"]["metric"])))
-                self.events.job_changed(job, "progress", (task,))
+                self.events.progress(job, (task,))
                 self.wake.set()
                 return
             if all(t.state is TaskRunState.SUCCEEDED for t in job.tasks):
@@ -245,7 +245,7 @@ class JobMachine:
                     job.metrics = cv_summary([t.metrics for t in job.tasks])
                 self.succeed(job)
             else:
-                self.events.job_changed(job, "progress", (task,))
+                self.events.progress(job, (task,))
             self.wake.set()
             return
         task.state = TaskRunState.FAILED

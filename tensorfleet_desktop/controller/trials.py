@@ -108,7 +108,7 @@ class SweepRunner:
         )
         self.study(job).prune(task.index)
         self.events.task_event(job, task, f"trial {task.index} {task.error}")
-        self.events.job_changed(job, "progress")
+        self.events.progress(job, (task,))
         self.machine.wake.set()
 
 
