@@ -88,6 +88,10 @@ async def test_handshakes(agent_factory: type[AgentProcess], tmp_path: Path) -> 
         await client.pair(first_token)
         await client.run_task(TaskSpec("t1", "j", "noop"))
         assert [e async for e in client.watch_task("t1")][-1].payload.status.value == "SUCCEEDED"
+        # a session the agent does not know (as after its restart) is renewed once, for a stream too
+        client._session = "not-a-session"
+        assert [e async for e in client.watch_task("t1")][-1].payload.status.value == "SUCCEEDED"
+        assert client._session not in ("", "not-a-session")
     # a join token is single use
     async with fresh_client(agent, tmp_path / "ctl2") as other:
         with pytest.raises(PairingError):
