@@ -108,6 +108,16 @@ class TaskLog:
             self.exit_cause = payload.exit_cause
 
 
+_Item = tuple[TaskLog, bytes, int]  # a journal, an event's record and its seq (0: the journal's metadata)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 @dataclass
 class _Unwritten:
     """A journal's bytes not yet on disk (the disk was full), up to event `seq` (its metadata first, if due)."""
@@ -122,7 +132,8 @@ class Journal:
         self.root = root
         self._logs: dict[str, TaskLog] = {}
         self._cached_finished: OrderedDict[str, None] = OrderedDict()
-        self._queue: queue.SimpleQueue[tuple[TaskLog, bytes, int] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
+        self._turn: list[_Item] = []  # the loop's appends of this turn, handed to the writer together
         self._files: dict[str, IO[bytes]] = {}
         self._unwritten: dict[str, _Unwritten] = {}  # writer thread only
         self._meta_due: set[str] = set()  # writer thread only: journals whose metadata goes with their first event
@@ -142,6 +153,7 @@ class Journal:
 
     async def close(self) -> None:
         if self._thread is not None:
+            self._hand_over()
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
@@ -218,7 +230,7 @@ class Journal:
         meta = {**meta, "created_at": created_at, "boot_id": self._boot_id}
         entry = TaskLog(task_id, directory, meta, created_at)
         self._logs[task_id] = entry
-        self._queue.put((entry, b"", 0))  # seq 0: its metadata
+        self._enqueue((entry, b"", 0))  # seq 0: its metadata
         return entry
 
     def append(self, task_id: str, payload: EventPayload, trial: int = -1) -> TaskEvent:
@@ -233,8 +245,26 @@ class Journal:
         assert entry.records is not None
         record = event_record(event)
         entry.records.append(record)
-        self._queue.put((entry, record, event.seq))
+        self._enqueue((entry, record, event.seq))
         return event
+
+    def _enqueue(self, item: _Item) -> None:
+        """Hand the item to the writer with the others the loop queues meanwhile: at the end of the turn after this
+        one, so that what a task's next step journals right after (RUNNING after ACCEPTED: the task runner's first
+        step is scheduled then) goes in the same commit and the same message to its watchers, and the writer wakes
+        once for them. Off the loop (none running, or another thread): at once."""
+        loop = self._loop
+        if loop is None or self._thread is None or _running_loop() is not loop:
+            self._queue.put([item])
+            return
+        if not self._turn:
+            loop.call_soon(loop.call_soon, self._hand_over)
+        self._turn.append(item)
+
+    def _hand_over(self) -> None:
+        if self._turn:
+            items, self._turn = self._turn, []
+            self._queue.put(items)
 
     def _writer(self) -> None:
         self._make_reserve()
@@ -246,7 +276,7 @@ class Journal:
                 continue
             if item is None:
                 break
-            batch = [item]
+            batch = item
             stop = False
             while True:
                 try:
@@ -256,7 +286,7 @@ class Journal:
                 if more is None:
                     stop = True
                     break
-                batch.append(more)
+                batch.extend(more)
             self._commit(batch)
             if stop:
                 break
