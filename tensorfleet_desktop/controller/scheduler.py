@@ -164,7 +164,10 @@ def _take(request: Request, cap: Capacity, avoid: Collection[int] = ()) -> tuple
         room.free_memory -= need
         cap.gpu_free_memory -= need
         return room.index, need
-    cap.free_slots -= max(1, request.gpus)
+    if not request.gpus:
+        cap.free_slots -= 1
+        return -1, 0
+    cap.free_slots -= request.gpus
     cap.free_gpu_slots -= request.gpus
     for room in [g for g in cap.gpus if g.whole][: request.gpus]:  # the whole GPUs it takes: no share joins them
         room.whole, room.exclusive = False, True
@@ -258,42 +261,55 @@ def plan(
                 if allowed <= 0:
                     continue
                 ranks = ranks[:allowed]
-        if not request.gang and not shares(request) and request.gpus == 0:
-            # one slot per rank, what is chosen is kept: taken from the pass's room directly, no trial copies
-            chosen = _place_simple(request, ranks, caps, mine)
-            out.extend(chosen)
-            if gate is not None:
-                gate.took(request, len(chosen), None)
-            free -= len(chosen)
-            if len(chosen) < len(ranks) and rounds and request.job_id in rounds:
-                for node in rounds[request.job_id]:
-                    if node in caps:
-                        _reserve(mine(node))
-                free = sum(max(0, c.free_slots) for c in caps.values())
-            continue
-        candidates = [c for c in caps.values() if eligible(request, c)]
-        trial = {c.node_id: _copy(c) for c in candidates}
+        # A request that keeps what fits (no gang, no quota counted on the GPU it lands on) takes its room from the
+        # pass's own capacities; the others try copies first (a gang is placed whole or not at all). Only agents
+        # it fits now are looked at (most are full while a queue drains): taking room never makes it fit elsewhere.
+        direct = not request.gang and not by_room
+        sharer = shares(request)
+        slots = 0 if sharer else max(1, request.gpus)  # what a rank takes (one joining a shared GPU: maybe none)
+        room = {
+            c.node_id: c if direct else _copy(c)
+            for c in caps.values()
+            if c.free_slots >= slots
+            and (_fits(request, c) if sharer else c.free_gpu_slots >= request.gpus)
+            and eligible(request, c)
+        }
         chosen = []
         amounts: list[float] = []  # what each chosen rank counts for in quotas (a share: on its GPU)
-        apart = request.gang and shares(request)  # a gang's sharing ranks: one GPU each (NCCL)
+        apart = request.gang and sharer  # a gang's sharing ranks: one GPU each (NCCL)
         used: dict[str, set[int]] = {}  # node id -> GPUs this gang's ranks took
+        slots_taken = 0
         for rank in ranks:
-            fitting = sorted(
-                (c for c in trial.values() if _fits(request, c, used.get(c.node_id, ()))),
-                key=lambda c: (
-                    c.node_id in request.avoid,
-                    c.node_id not in request.prefer,
-                    _fit_order(request, c, used.get(c.node_id, ())),
-                ),
-            )
-            if not fitting:
+            if sharer:  # the agent whose best GPU is left fullest
+                fitting = [c for c in room.values() if _fits(request, c, used.get(c.node_id, ()))]
+                best = min(
+                    fitting,
+                    key=lambda c: (
+                        c.node_id in request.avoid,
+                        c.node_id not in request.prefer,
+                        _fit_order(request, c, used.get(c.node_id, ())),
+                    ),
+                    default=None,
+                )
+            else:
+                fitting = [c for c in room.values() if c.free_slots >= slots and c.free_gpu_slots >= request.gpus]
+                best = min(
+                    fitting,
+                    key=lambda c: (c.node_id in request.avoid, c.node_id not in request.prefer, _order(c)),
+                    default=None,
+                )
+            if best is None:
                 break
-            gpu, _ = _take(request, fitting[0], used.get(fitting[0].node_id, ()))
+            if direct:
+                best = room[best.node_id] = mine(best.node_id)
+            slots_before = best.free_slots
+            gpu, memory = _take(request, best, used.get(best.node_id, ()))
+            slots_taken += slots_before - best.free_slots
             if gpu >= 0:
-                amounts.append(rank_amount(request, next(g for g in fitting[0].gpus if g.index == gpu)))
+                amounts.append(rank_amount(request, next(g for g in best.gpus if g.index == gpu)))
                 if apart:
-                    used.setdefault(fitting[0].node_id, set()).add(gpu)
-            chosen.append(Placement(request.job_id, rank, fitting[0].node_id, gpu))
+                    used.setdefault(best.node_id, set()).add(gpu)
+            chosen.append(Placement(request.job_id, rank, best.node_id, gpu, memory if direct else 0))
         if gate is not None and by_room and (chosen or request.gang):
             # a gang not fitted whole counts its other ranks as UNKNOWN_SHARE each (held, or it may reserve)
             wanted = [*amounts, *[UNKNOWN_SHARE] * (len(ranks) - len(chosen) if request.gang else 0)]
@@ -305,18 +321,22 @@ def plan(
                     continue
                 chosen, amounts, ranks = chosen[:allowed], amounts[:allowed], ranks[:allowed]
         if len(chosen) == len(ranks) or (chosen and not request.gang):
-            for p in chosen:
-                mine(p.node_id)
-            chosen = _commit(request, caps, chosen, apart)
+            if direct:
+                free -= slots_taken  # (a rank joining a shared GPU takes no slot)
+            else:
+                for p in chosen:
+                    mine(p.node_id)
+                chosen = _commit(request, caps, chosen, apart)
+                free = sum(max(0, c.free_slots) for c in caps.values())
             out.extend(chosen)
             if gate is not None:
                 gate.took(request, len(chosen), amounts if by_room else None)
-            free = sum(max(0, c.free_slots) for c in caps.values())  # a rank joining a shared GPU takes no slot
         if len(chosen) < len(ranks):
             if (request.gang or request.gpus > 1) and now - request.waiting_since >= reserve_after:
                 # Reserve: nobody behind it may use the slots it could use, nor join the GPUs shared there.
-                for c in candidates:
+                for c in [c for c in caps.values() if eligible(request, c)]:
                     _reserve(mine(c.node_id))
+                free = sum(max(0, c.free_slots) for c in caps.values())
             elif rounds and request.job_id in rounds:
                 if request.gang and chosen:  # the room its ranks fit now, until its victims free the rest
                     for p in chosen:
@@ -325,25 +345,8 @@ def plan(
                 for node in rounds[request.job_id]:
                     if node in caps:
                         _reserve(mine(node))
-            free = sum(max(0, c.free_slots) for c in caps.values())
+                free = sum(max(0, c.free_slots) for c in caps.values())
     return out
-
-
-def _place_simple(
-    request: Request, ranks: Sequence[int], caps: dict[str, Capacity], mine: Callable[[str], Capacity]
-) -> list[Placement]:
-    """The ranks of a request that takes one slot each and keeps what fits (no gang, no GPU): each on the first
-    eligible agent with a free slot in the order plan() sorts them (avoided last, holders first, then _order)."""
-    ids = [c.node_id for c in caps.values() if c.free_slots >= 1 and eligible(request, c)]
-    chosen: list[Placement] = []
-    for rank in ranks:
-        fitting = [caps[i] for i in ids if caps[i].free_slots >= 1]
-        if not fitting:
-            break
-        best = min(fitting, key=lambda c: (c.node_id in request.avoid, c.node_id not in request.prefer, _order(c)))
-        mine(best.node_id).free_slots -= 1
-        chosen.append(Placement(request.job_id, rank, best.node_id))
-    return chosen
 
 
 def _commit(request: Request, caps: dict[str, Capacity], chosen: list[Placement], apart: bool) -> list[Placement]:

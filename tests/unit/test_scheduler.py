@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tensorfleet_desktop.controller.scheduler import Capacity, Request, plan
+from tensorfleet_desktop.controller.scheduler import Capacity, GpuRoom, Request, plan
 
 WL = frozenset({"noop", "sleep", "svm"})
 
@@ -109,3 +109,30 @@ def test_a_pass_leaves_the_callers_room_as_it_was_and_spreads_single_slot_work_b
         ("j2", 0, "busy"),
     ]
     assert [c.free_slots for c in caps] == [2, 2, 0]  # the caller's, untouched
+
+
+def test_gpu_and_gpu_sharing_ranks_that_keep_what_fits_leave_the_callers_room_as_it_was() -> None:
+    """Ranks that are not a gang take their room as they are placed (no trial first), from the pass's own copies:
+    whole GPUs and shares by memory are counted across requests, and the caller's capacities stay as they were."""
+    gib = 1 << 30
+
+    def gpu_cap(node: str, load: float) -> Capacity:
+        rooms = (GpuRoom(0, 16 * gib, 16 * gib, whole=True), GpuRoom(1, 16 * gib, 16 * gib, whole=True))
+        return cap(node, 4, free_gpu_slots=2, gpus=rooms, load=load)
+
+    caps = [gpu_cap("a", 5.0), gpu_cap("b", 50.0)]
+    requests = [
+        Request("whole", 0, 1, (0, 1, 2), workload="noop", gpus=1),
+        Request("share", 0, 2, (0, 1), workload="noop", gpu_memory=6 * gib),
+    ]
+    result = plan(requests, caps, 0, 60)
+    assert [(p.job_id, p.rank, p.node_id, p.gpu) for p in result] == [
+        ("whole", 0, "a", -1),
+        ("whole", 1, "a", -1),
+        ("whole", 2, "b", -1),
+        ("share", 0, "b", 1),  # the one GPU left whole takes both shares (best fit: the fullest after)
+        ("share", 1, "b", 1),
+    ]
+    assert [p.gpu_memory for p in result[3:]] == [6 * gib, 6 * gib]
+    assert [(c.free_slots, c.free_gpu_slots) for c in caps] == [(4, 2), (4, 2)]
+    assert all(g.whole and g.free_memory == 16 * gib for c in caps for g in c.gpus)
