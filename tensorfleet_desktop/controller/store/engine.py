@@ -212,9 +212,9 @@ class QueuedStore(JobStore, Generic[C]):
         """Delete the job's body, its events and the cursors of its attempts (safe to repeat)."""
 
     @abc.abstractmethod
-    def _write_events(self, conn: C, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
-        """Insert event rows, skipping those already stored (same attempt_id and agent_seq), and raise each
-        attempt's cursor to at least the given one."""
+    def _write_events(self, conn: C, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
+        """Insert the events (as rows: event_row), skipping those already stored (same attempt_id and agent_seq),
+        and raise each attempt's cursor to at least the given one."""
 
     @abc.abstractmethod
     def _write_body(self, conn: C, table: Table, key: str, body: dict[str, Any] | None) -> None:
@@ -579,7 +579,7 @@ class QueuedStore(JobStore, Generic[C]):
 
     def _apply(self, conn: C, item: _Item) -> None:
         if isinstance(item, _Events):
-            self._write_events(conn, [event_row(e) for e in item.events], item.cursors)
+            self._write_events(conn, item.events, item.cursors)
         elif isinstance(item, _Call):
             item.error = None  # a retried call starts over
             if item.fn is not None:

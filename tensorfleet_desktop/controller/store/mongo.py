@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
+from tensorfleet_desktop.controller.model import JobEventRecord
 from tensorfleet_desktop.controller.store.base import redact_uri
-from tensorfleet_desktop.controller.store.engine import JobWrite, QueuedStore, Table
+from tensorfleet_desktop.controller.store.engine import JobWrite, QueuedStore, Table, event_row
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +181,10 @@ class MongoJobStore(QueuedStore[Any]):  # the pymongo Database: pymongo ships no
         db.job_tasks.delete_many({"job_id": job_id})
         db.job_artifacts.delete_many({"job_id": job_id})
 
-    def _write_events(self, db: Any, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
+    def _write_events(self, db: Any, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
         pymongo = self._pymongo
-        if rows:
+        if events:
+            rows = [event_row(e) for e in events]
             try:
                 db.events.insert_many(rows, ordered=False)
             except pymongo.errors.BulkWriteError as exc:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import operator
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tensorfleet_desktop.controller.model import JobEventRecord
 from tensorfleet_desktop.controller.store.base import full_message
-from tensorfleet_desktop.controller.store.engine import JobWrite, QueuedStore, Table
+from tensorfleet_desktop.controller.store.engine import EVENT_FIELDS, JobWrite, QueuedStore, Table
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,21 @@ _KEYS: dict[Table, str] = {
 _NO_SPACE_CODES = ("SQLITE_FULL", "SQLITE_IOERR")
 
 
+_BODY_FIELDS = tuple(name for name in EVENT_FIELDS if name not in EVENT_COLUMNS)
+_columns_of, _body_of = operator.attrgetter(*EVENT_COLUMNS), operator.attrgetter(*_BODY_FIELDS)
+_encode = json.JSONEncoder().encode  # json.dumps's own default encoder, without its per-call checks
+
+
 def event_values(row: dict[str, Any]) -> tuple[Any, ...]:
     """An event row (engine.event_row) as the events table's values."""
     body = {k: v for k, v in row.items() if k not in EVENT_COLUMNS}
     return (*(row[k] for k in EVENT_COLUMNS), json.dumps(body))
+
+
+def record_values(event: JobEventRecord) -> tuple[Any, ...]:
+    """An event as the events table's values, what event_values(event_row(event)) gives, read straight from the
+    record: no row dict in between (half the writer's time per event)."""
+    return (*_columns_of(event), _encode(dict(zip(_BODY_FIELDS, _body_of(event), strict=True))))
 
 
 class SqliteJobStore(QueuedStore[sqlite3.Connection]):
@@ -194,8 +207,8 @@ class SqliteJobStore(QueuedStore[sqlite3.Connection]):
         conn.execute("DELETE FROM job_artifacts WHERE job_id = ?", (job_id,))
         conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    def _write_events(self, conn: sqlite3.Connection, rows: list[dict[str, Any]], cursors: dict[str, int]) -> None:
-        conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", map(event_values, rows))
+    def _write_events(self, conn: sqlite3.Connection, events: list[JobEventRecord], cursors: dict[str, int]) -> None:
+        conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", map(record_values, events))
         conn.executemany(
             "INSERT INTO cursors VALUES (?, ?) ON CONFLICT(attempt_id) DO UPDATE SET seq=max(seq, excluded.seq)",
             cursors.items(),
