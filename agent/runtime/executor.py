@@ -669,11 +669,14 @@ class Executor:
 
     async def _follow(self, running: _Running, worker: WorkerProcess) -> tuple[TaskState, str, str, bool]:
         """Relay the worker's messages until the task is done or the worker is gone."""
-        watchdog = asyncio.create_task(self._watchdog(running, worker))
+        spec = running.spec  # a watchdog only for a limit to watch (it wakes every _WATCHDOG_PERIOD while it runs)
+        limited = spec.timeout_seconds > 0 or spec.memory_limit_bytes > 0
+        watchdog = asyncio.create_task(self._watchdog(running, worker)) if limited else None
         try:
             outcome = await self._relay(running, worker)
         finally:
-            watchdog.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
         if outcome is not None:
             return outcome
         code = await worker.wait()
