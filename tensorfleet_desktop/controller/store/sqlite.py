@@ -82,6 +82,15 @@ _KEYS: dict[Table, str] = {
     "quotas": "user",
     "usage": "user",
 }
+# A job's row and its task rows are updated where they are (an upsert), not deleted and inserted again at a new rowid
+# as INSERT OR REPLACE did: a job saved 3 times in its life dirtied the pages of both places each time (and of the
+# table's end), pages every commit writes to the WAL
+_INSERT_JOB = "INSERT INTO jobs VALUES (?, ?, ?, ?)"
+_UPSERT_JOB = (
+    "INSERT INTO jobs VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
+    "SET state = excluded.state, created_at = excluded.created_at, body = excluded.body"
+)
+_UPSERT_TASK = "INSERT INTO job_tasks VALUES (?, ?, ?) ON CONFLICT(job_id, idx) DO UPDATE SET body = excluded.body"
 # SQLite's answers when a write cannot reach the disk (full, quota, or an I/O error writing the WAL or its index)
 _NO_SPACE_CODES = ("SQLITE_FULL", "SQLITE_IOERR")
 
@@ -177,15 +186,11 @@ class SqliteJobStore(QueuedStore[sqlite3.Connection]):
 
     def _write_job(self, conn: sqlite3.Connection, write: JobWrite, new: bool) -> None:
         body, job_id = write.summary, write.job_id
-        verb = "INSERT" if new else "INSERT OR REPLACE"
-        conn.execute(  # first: a new job's id already stored is refused before anything else is written
-            f"{verb} INTO jobs VALUES (?, ?, ?, ?)", (job_id, body["state"], body["created_at"], json.dumps(body))
-        )
+        # first: a new job's id already stored is refused before anything else is written
+        conn.execute(_INSERT_JOB if new else _UPSERT_JOB, (job_id, body["state"], body["created_at"], json.dumps(body)))
         if write.task_count is not None:
             conn.execute("DELETE FROM job_tasks WHERE job_id = ? AND idx >= ?", (job_id, write.task_count))
-        conn.executemany(
-            "INSERT OR REPLACE INTO job_tasks VALUES (?, ?, ?)", [(job_id, i, json.dumps(t)) for i, t in write.tasks]
-        )
+        conn.executemany(_UPSERT_TASK, [(job_id, i, json.dumps(t)) for i, t in write.tasks])
         start = write.artifacts_from
         if write.artifacts_all:
             conn.execute(
