@@ -145,27 +145,32 @@ def progress(fraction: float) -> None:
 
 def keeps_files(metrics: dict[str, float]) -> bool:
     """Whether this trial's model and report are worth writing, given its final metrics: a sweep under keep_models
-    best (TaskSpec.trial_files) keeps only its best trial's, so a bundled trial that ranks behind one this task
-    already ran (a worse score of the sweep's metric, or the same and a higher index: core.ranking's order), or
-    behind the sweep's best when the task was sent (the rule's leader, whose files are kept), can never be kept and
-    writes none, but the task's own run always does (after a controller restart it is the only trial of the bundle
-    followed); keep_models none writes no trial's. Anything not in a sweep writes them."""
+    best (TaskSpec.trial_files) keeps only its best trial's, so a trial that ranks behind the sweep's best when its
+    task was sent (the rule's leader, whose files are kept: a worse score of the sweep's metric, or the same and a
+    higher index, core.ranking's order) can never be kept and writes none, nor does a bundled trial that ranks
+    behind one this task already ran. The task's own run defers to that leader only, not to the trials before it: a
+    restarted controller follows the task for its own trial alone, forgetting the others, but still knows the
+    leader (stored before this task's dispatch, by the same in-order writer). keep_models none writes no trial's.
+    Anything not in a sweep writes them."""
     ctx = _current()
     rule = ctx.spec.get("trial_files") or {}
     keep = str(rule.get("keep") or "all")
     if keep != "best":
         return keep != "none"
-    if "trial" not in ctx.spec:
-        return True
+    own = "trial" not in ctx.spec  # the task's own run (its index is its rank), not one of its bundle's
     value = metrics.get(str(rule.get("metric", "")))
     if value is None:
         return True  # not among these metrics (reported along the way): the controller decides
     if not math.isfinite(value):
-        return False  # no score: never the sweep's best
-    mine, leader = (value, int(ctx.spec["trial"])), ctx.leader
-    if leader is None and int(rule.get("leader_index", -1)) >= 0:  # none of its own yet: the sweep's when sent
-        leader = (float(rule["leader_score"]), int(rule["leader_index"]))
-    if leader is not None and not ranks_before(mine, leader, bool(rule.get("maximize"))):
+        return own  # no score: never the sweep's best (the task's own run writes them as it always did)
+    maximize = bool(rule.get("maximize"))
+    mine = (value, int(ctx.spec["rank"] if own else ctx.spec["trial"]))
+    sent = (float(rule["leader_score"]), int(rule["leader_index"])) if int(rule.get("leader_index", -1)) >= 0 else None
+    if sent is not None and not ranks_before(mine, sent, maximize):
+        return False
+    if own:
+        return True
+    if ctx.leader is not None and not ranks_before(mine, ctx.leader, maximize):
         return False
     ctx.leader = mine
     return True

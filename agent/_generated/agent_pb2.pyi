@@ -916,8 +916,8 @@ Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
 class TrialFiles(_message.Message):
     """A sweep's rule for its trials' files (TaskSpec.trial_files): under keep_models best the controller keeps only the
     best trial's model, so a bundled trial that ranks behind one its task already ran (a worse value of `metric`, or the
-    same and a higher index) writes none; the task's own run always writes them. Nor does one that ranks behind the
-    sweep's best trial when the task was sent (`leader_*`, which has its files): it can never be the sweep's best.
+    same and a higher index) writes none. Nor does one, the task's own run included, that ranks behind the sweep's best
+    trial when the task was sent (`leader_*`, which has its files): it can never be the sweep's best.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

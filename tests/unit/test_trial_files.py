@@ -60,7 +60,7 @@ def test_all_none_unset_and_a_metric_reported_elsewhere(context: task.TaskContex
     assert trial(context, 4, {"keep": "best", "metric": "loss"}, test_accuracy=0.1)
 
 
-def test_the_tasks_own_run_always_writes(context: task.TaskContext) -> None:
+def test_the_tasks_own_run_does_not_defer_to_the_trials_before_it(context: task.TaskContext) -> None:
     assert trial(context, 1, BEST, test_accuracy=1.0)
     context.spec = {k: v for k, v in context.spec.items() if k != "trial"}  # the lead's own run (worker._run_one)
     assert task.keeps_files({"test_accuracy": 0.0})
@@ -118,8 +118,11 @@ def test_a_trial_behind_the_sweeps_best_when_its_task_was_sent_writes_none(conte
     assert trial(context, 4, rule, test_accuracy=0.9)  # a tie with a lower index: ahead of 9
     assert trial(context, 22, rule, test_accuracy=0.95)  # better than both
     assert not trial(context, 23, rule, test_accuracy=0.92)  # behind 22, which this task ran
-    context.spec = {k: v for k, v in context.spec.items() if k != "trial"}
-    assert task.keeps_files({"test_accuracy": 0.0})  # the task's own run still always writes
+    context.spec = {k: v for k, v in context.spec.items() if k != "trial"}  # the task's own run (rank 3)
+    assert task.keeps_files({"test_accuracy": 0.92})  # behind 22, which this task ran, but ahead of 9: it writes
+    assert not task.keeps_files({"test_accuracy": 0.85})  # behind the sweep's best when sent: it never can be
+    assert task.keeps_files({"test_accuracy": 0.9})  # a tie, with a lower index than 9
+    assert task.keeps_files({"test_accuracy": math.nan})  # no score: its own run writes them, as it always did
 
 
 def test_the_sweeps_best_so_far_goes_with_the_rule() -> None:
@@ -151,8 +154,9 @@ def test_the_sweeps_best_so_far_goes_with_the_rule() -> None:
 def test_the_sweeps_best_wrote_its_files_with_bundles_sent_after_others_ended(
     context: task.TaskContext, maximize: bool
 ) -> None:
-    """Bundles run one after another, each sent with the sweep's best so far (trials.trial_files): the trial the
-    controller picks in the end wrote its files, and bundles sent late write few."""
+    """Bundles run one after another, each sent with the sweep's best so far (trials.trial_files), its riders first
+    and its own run last: the trial the controller picks in the end wrote its files, and bundles sent late write
+    few."""
     import random
 
     from tensorfleet_desktop.controller.model import Job, JobTask, TaskRunState
@@ -173,8 +177,13 @@ def test_the_sweeps_best_wrote_its_files_with_bundles_sent_after_others_ended(
             rule = {"keep": files.keep, "metric": files.metric, "maximize": files.maximize}
             rule |= {"leader_index": files.leader_index, "leader_score": files.leader_score}
             context.leader = None  # a new task
-            for t in job.tasks[start : start + 6]:
+            bundle = job.tasks[start : start + 6]
+            for t in bundle[:-1]:
                 wrote[t.index] = trial(context, t.index, rule, m=scores[t.index])
+            lead = bundle[-1]  # the task's own run comes last (worker._run_one), as its rank
+            context.spec = {**{k: v for k, v in context.spec.items() if k != "trial"}, "rank": lead.index}
+            wrote[lead.index] = task.keeps_files({"m": scores[lead.index]})
+            for t in bundle:
                 t.state, t.metrics = TaskRunState.SUCCEEDED, {"m": scores[t.index]}
         best = best_trial(job)
         assert best is None or wrote[best.index], (scores, wrote)
