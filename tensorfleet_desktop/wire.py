@@ -8,7 +8,7 @@ from the proto enums themselves (tests/unit/test_convert.py checks them against 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tensorfleet_agent._generated import agent_pb2 as pb
@@ -433,13 +433,14 @@ def log_row_from_pb(r: cpb.LogRow) -> dict[str, Any]:
             "seq": r.seq}  # fmt: skip
 
 
-def _body(msg: cpb.JobEvent, record: JobEventRecord, job: Job | None, agent_names: dict[str, str]) -> None:
-    """Fill the event's one body from a stored record (the store keeps every kind in one flat shape)."""
+def _body(msg: cpb.JobEvent, record: JobEventRecord, job: Callable[[], cpb.Job] | None) -> None:
+    """Fill the event's one body from a stored record (the store keeps every kind in one flat shape); `job`: the job
+    as it is now, for job_state events."""
     if record.kind == "job_state":
         msg.job_state.state = JOB_STATE.to_pb(record.state, "job_state")
         msg.job_state.message = record.message
         if job is not None:
-            msg.job_state.job.CopyFrom(job_to_pb(job, agent_names))
+            msg.job_state.job.CopyFrom(job())
     elif record.kind == "task_state":
         msg.task_state.CopyFrom(
             cpb.JobTaskStateChanged(
@@ -485,6 +486,15 @@ def job_events_to_pb(
     to MAX_BATCH entries; every other record its own event. `job` (as it is now) rides on job_state events."""
     events: list[cpb.JobEvent] = []
     batch = 0
+    converted: list[cpb.Job] = []
+
+    def job_now() -> cpb.Job:  # converted once for all the job_state events of the call, and only if there is one
+        if not converted:
+            assert job is not None
+            converted.append(job_to_pb(job, agent_names))
+        return converted[0]
+
+    now = job_now if job is not None else None
     for record in records:
         last = events[-1] if events else None
         if (
@@ -493,12 +503,12 @@ def job_events_to_pb(
             and last.WhichOneof("body") == ("metrics" if record.kind == "metric" else "logs")
             and batch < MAX_BATCH
         ):
-            _body(last, record, job, agent_names)
+            _body(last, record, now)
             last.seq, last.time = record.seq, record.time
             batch += 1
             continue
         msg = cpb.JobEvent(job_id=record.job_id, seq=record.seq, time=record.time)
-        _body(msg, record, job, agent_names)
+        _body(msg, record, now)
         events.append(msg)
         batch = 1
     return events

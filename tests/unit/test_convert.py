@@ -359,3 +359,28 @@ def test_download_format_unset_is_the_stored_one_and_unspecified_is_refused() ->
         assert err.value.field == "format" and "MODEL_FORMAT_PICKLE" in err.value.message
     with pytest.raises(ValidationError, match="'zip'"):
         cconvert.download_format_to_pb("zip")
+
+
+def test_a_batch_s_job_state_events_carry_the_job_converted_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    job = Job("j1", {"name": "x", "algorithm": "noop"}, "me", 1, state=JobState.RUNNING, tasks=[JobTask(0)])
+    conversions: list[str] = []
+    real = cconvert.job_to_pb
+
+    def counted(j: Job, names: dict[str, str]) -> cpb.Job:
+        conversions.append(j.id)
+        return real(j, names)
+
+    monkeypatch.setattr(cconvert, "job_to_pb", counted)
+    records = [
+        JobEventRecord("j1", 1, 1.0, "job_state", state="RUNNING", message="started"),
+        JobEventRecord("j1", 2, 1.5, "log", 0, stream="stdout", message="hi"),
+        JobEventRecord("j1", 3, 2.0, "job_state", state="RUNNING", message="progress"),
+    ]
+    events = [cconvert.job_event_from_pb(m) for m in cconvert.job_events_to_pb(records, job, {})]
+    assert conversions == ["j1"]
+    assert [(e["kind"], e["job"]["state"], e["job"]["tasks"]["total"]) for e in events if e["kind"] == "job_state"] == [
+        ("job_state", "RUNNING", 1),
+        ("job_state", "RUNNING", 1),
+    ]
+    cconvert.job_events_to_pb(records[1:2], job, {})  # no job_state event: no conversion
+    assert conversions == ["j1"]
