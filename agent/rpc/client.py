@@ -240,7 +240,7 @@ class TaskEvents(AsyncGenerator[TaskEvent, None]):
         end of the call follows a moment later; cancelling it now would make both sides tear down a stream that is
         ending anyway (a reset each), so it is cancelled only if still open after a grace period (a reader that left
         a task still running)."""
-        call = self._call
+        call = getattr(self, "_call", None)  # None too when __init__ failed
         if call is None or self._done or call.done():
             return
         try:
