@@ -164,10 +164,10 @@ class Job:
         own, written when they change)."""
         body = {name: getattr(self, name) for name in _SUMMARY_FIELDS}
         body["state"] = self.state.value
-        body["spec"] = copy.deepcopy(self.spec)
+        body["spec"] = copy_json(self.spec)
         body["metrics"] = dict(self.metrics)
-        body["model"] = copy.deepcopy(self.model)
-        body["rendezvous"] = copy.deepcopy(self.rendezvous)
+        body["model"] = copy_json(self.model)
+        body["rendezvous"] = copy_json(self.rendezvous)
         return body
 
     @classmethod
@@ -176,6 +176,18 @@ class Job:
         tasks = [JobTask(**{**t, "state": TaskRunState(t["state"])}) for t in body.pop("tasks", [])]
         artifacts = [ArtifactInfo(**a) for a in body.pop("artifacts", [])]
         return cls(**{**body, "state": JobState(body["state"]), "tasks": tasks, "artifacts": artifacts})
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, scalars; anything else by copy.deepcopy): the store copies a job's
+    spec on every save, and deepcopy's generic machinery took ~8 us for a plain spec where this takes ~3."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) for v in value]
+    if value is None or isinstance(value, str | int | float):
+        return value
+    return copy.deepcopy(value)
 
 
 _SUMMARY_FIELDS = tuple(f.name for f in dataclasses.fields(Job) if f.name not in ("tasks", "artifacts"))
@@ -192,10 +204,10 @@ def task_dict(task: JobTask) -> dict[str, Any]:
     body["state"] = str(task.state)
     body["stale_attempts"] = list(task.stale_attempts)
     body["metrics"] = dict(task.metrics)
-    body["params"] = copy.deepcopy(task.params)
+    body["params"] = copy_json(task.params)
     body["failed_on"] = list(task.failed_on)
-    body["environment"] = copy.deepcopy(task.environment)
-    body["dataset_transfer"] = copy.deepcopy(task.dataset_transfer)
+    body["environment"] = copy_json(task.environment)
+    body["dataset_transfer"] = copy_json(task.dataset_transfer)
     return body
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState
+from tensorfleet_desktop.controller.model import Job, JobEventRecord, JobState, JobTask, TaskRunState, task_dict
 from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore
 
 
@@ -189,3 +189,15 @@ async def test_a_jobs_end_is_queued_before_the_save_returns(tmp_path: Path) -> N
     await store.close()
     stored = await _reopened(tmp_path / "tf.db")
     assert stored["j1"].state is JobState.SUCCEEDED and stored["j1"].last_event_seq == 1
+
+
+def test_a_saved_summary_is_a_deep_copy_the_job_cannot_change_afterwards() -> None:
+    spec = {"algorithm": "noop", "hyperparameters": {"depth": [1, 2, {"x": 1.5}]}, "cv": None, "tags": ("a",)}
+    job = Job(id="j1", spec=spec, submitter="u", seq_no=1, tasks=[JobTask(index=0, params={"depth": [3]})])
+    summary, row = job.summary_dict(), task_dict(job.tasks[0])
+    assert summary["spec"] == spec and summary["spec"]["tags"] == ("a",)
+    spec["hyperparameters"]["depth"][2]["x"] = 9.0  # the job's spec and params change after the save
+    assert job.tasks[0].params is not None
+    job.tasks[0].params["depth"].append(4)
+    assert summary["spec"]["hyperparameters"]["depth"][2] == {"x": 1.5}
+    assert row["params"] == {"depth": [3]}
