@@ -212,7 +212,10 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
                 else:
                     jobs = self.c.list_jobs()
                 jobs = jobs[: request.limit] if request.limit else jobs
-                yield cpb.JobsChange(snapshot=True, jobs=[self._job(j) for j in jobs], resume_token=feed.token())
+                names = self._names()  # once per change, not once per job
+                yield cpb.JobsChange(
+                    snapshot=True, jobs=[wire.job_to_pb(j, names) for j in jobs], resume_token=feed.token()
+                )
             else:
                 yield self._jobs_now(missed, only, feed.token())
             window = COALESCE_SECONDS
@@ -243,7 +246,10 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             except KeyError:
                 removed.append(job_id)
         ordered = sorted(jobs, key=lambda j: j.created_at, reverse=True)
-        return cpb.JobsChange(jobs=[self._job(j) for j in ordered], removed_job_ids=sorted(removed), resume_token=token)
+        names = self._names()  # once per change, not once per job
+        return cpb.JobsChange(
+            jobs=[wire.job_to_pb(j, names) for j in ordered], removed_job_ids=sorted(removed), resume_token=token
+        )
 
     @_unary
     async def CancelJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
