@@ -337,6 +337,7 @@ async def test_one_rank_alone_gets_a_free_loopback_port_and_no_resume_checkpoint
 
 LOOP = """
     import time
+    print("launched", flush=True)
     time.sleep(float(__import__("sys").argv[1]))  # before the SDK is imported: a pause now must not be lost
     import tensorfleet_task as task
     step = 0
@@ -356,7 +357,7 @@ async def test_a_pause_reaches_the_command_and_ends_the_task_as_stopped(make_tas
     task = make_task({"loop.py": LOOP})
     worker = await task.start(["python", "loop.py", str(import_delay)])
     if import_delay:
-        await task.until("started")
+        await wait_line(task, "launched")
         await asyncio.sleep(0.3)  # the command runs, SIGUSR1 ignored, the SDK not imported yet
     else:
         await wait_line(task, "looping")
