@@ -162,6 +162,7 @@ class Controller:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        self.events.record_held_progress()
         # Metric and progress events are stored as they come, but a job's summary (its latest metrics, its tasks'
         # states and progress) only on state changes: save it now, or a restart would resume from the agent's
         # cursor with what the events since the last save told it forgotten (a model registered without its score).

@@ -29,7 +29,7 @@ class EventLog:
         self._subscribers: dict[str, set[asyncio.Queue[JobEventRecord]]] = {}
         self._listeners: list[JobListener] = []
         self._summary_at: dict[str, float] = {}  # job id -> loop time of its last job_state record (progress)
-        self._summary_due: dict[str, asyncio.TimerHandle] = {}  # job id -> its trailing "progress" record
+        self._summary_due: dict[str, tuple[asyncio.TimerHandle, Job]] = {}  # job id -> its trailing "progress"
 
     def add_job_listener(self, fn: JobListener) -> Callable[[], None]:
         """`fn(job)` runs on the loop after every change a job list shows; call the result to unsubscribe."""
@@ -79,7 +79,13 @@ class EventLog:
         if wait <= 0:
             self._record_summary(job, "progress")
         else:
-            self._summary_due[job.id] = loop.call_later(wait, self._trailing_progress, job)
+            self._summary_due[job.id] = (loop.call_later(wait, self._trailing_progress, job), job)
+
+    def record_held_progress(self) -> None:
+        """Record the progress records held back now: the controller stops, and their timers would fire after the
+        store closed (a restart's replay would miss the summary after a job's last trials)."""
+        for _, job in list(self._summary_due.values()):
+            self._record_summary(job, "progress")
 
     def _trailing_progress(self, job: Job) -> None:
         self._summary_due.pop(job.id, None)
@@ -91,7 +97,7 @@ class EventLog:
         would only repeat."""
         due = self._summary_due.pop(job.id, None)
         if due is not None:
-            due.cancel()
+            due[0].cancel()
         self.record(job, "job_state", {}, state=job.state.value, message=message)
         if job.state.terminal:
             self._summary_at.pop(job.id, None)
