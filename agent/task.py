@@ -214,12 +214,20 @@ def stop_requested() -> bool:
 
 def resume_checkpoint() -> Path | None:
     """The checkpoint to continue from when this task is a retry, a re-placement or a resumed pause."""
-    path = inputs_dir() / RESUME_INPUT
+    path = _inputs() / RESUME_INPUT
     return path if path.exists() else None
 
 
 def inputs_dir() -> Path:
-    """Where the task's input blobs (datasets) are linked under their names."""
+    """Where the task's input blobs (datasets) are linked under their names; an empty folder when it has none (made
+    when asked for: most tasks never ask, and a folder per task costs an inode)."""
+    path = _inputs()
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _inputs() -> Path:
+    """The task's inputs folder, which exists only when it has inputs or inputs_dir() was asked for."""
     return _current().task_dir / "inputs"
 
 
@@ -231,7 +239,7 @@ def dataset_dir() -> Path | None:
 
 
 def input_path(name: str) -> Path:
-    path = inputs_dir() / name
+    path = _inputs() / name
     if not path.exists():
         raise FileNotFoundError(f"input {name!r} was not sent with this task")
     return path

@@ -269,9 +269,8 @@ def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
     else:
         os.environ.pop(GPU_MEMORY_FRACTION_ENV, None)
     task_dir = Path(command["task_dir"])
-    # Made with its inputs/ by the agent when it linked inputs there; a task with none gets no empty inputs/ (its
-    # lookups, input_path and resume_checkpoint, ask whether a name is there): each new dir is an inode, 0.3-1 ms
-    # of CPU on the dev box's ext4.
+    # Made with its inputs/ by the agent when it linked inputs there; a task with none gets an empty inputs/ only
+    # when its code asks for it (task.inputs_dir; a project's command is told of one): each new dir is an inode.
     task_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(task_dir)
     context = task_api.TaskContext(spec, task_dir, Path(command["blobs_dir"]), channel)

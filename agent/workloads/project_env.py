@@ -101,6 +101,7 @@ def child_environment(
     env.setdefault("PYTHONUNBUFFERED", "1")  # prints reach the logs as they happen
     env.update(torchrun_env(spec))
     inputs = task_dir / "inputs"
+    inputs.mkdir(exist_ok=True)  # TENSORFLEET_INPUTS_DIR names a folder, empty when the task has no inputs
     env.update(
         {
             "TENSORFLEET_TASK_ID": str(spec.get("task_id", "")),
