@@ -185,12 +185,14 @@ def _run_trials(
             holding.close()  # written now, with them
             holding.enter_context(channel.held(TRIAL_HOLD))  # its lines and its trial_end, until the next start
             start = time.perf_counter()
+            leader = context.leader  # a trial that fails is no result: it leads no one (task.keeps_files)
             try:
                 with warnings.catch_warnings():
                     entry(trial["params"])
             except task_api.Stopped:
                 raise
             except Exception as exc:
+                context.leader = leader
                 for stream in streams:
                     stream.flush()
                 channel.send(

@@ -281,3 +281,34 @@ def test_a_users_csv_is_read_once_per_process_while_the_task_has_it(tmp_path: Pa
             datasets.load(name, params)
     finally:
         task_api._install(None)
+
+
+def test_a_trial_that_fails_after_keeping_its_files_leads_no_later_trial(pipe: _Pipe, tmp_path: Path) -> None:
+    """Under keep_models best a trial that said it would write its files and then failed (its model's dump raised)
+    is no result for the controller, so a later trial that ranks behind it may be the sweep's best: it writes its
+    own."""
+    kept: dict[int, bool] = {}
+
+    def entry(params: dict[str, Any]) -> None:
+        index = int(task_api._current().spec["trial"])
+        kept[index] = task_api.keeps_files({"m": params["m"]})
+        if params.get("fail"):
+            raise OSError("the model's dump failed")
+
+    spec = {
+        "task_id": "t",
+        "job_id": "j",
+        "params": {},
+        "trial_files": {"keep": "best", "metric": "m", "maximize": True},
+    }
+    context = task_api.TaskContext(spec, tmp_path, None, pipe.channel)
+    task_api._install(context)
+    streams = (worker._LogStream(pipe.channel, "stdout"), worker._LogStream(pipe.channel, "stderr"))
+    try:
+        trials = _trials({"m": 0.9, "fail": True}, {"m": 0.8}, {"m": 0.7})
+        worker._run_trials(entry, spec, trials, context, pipe.channel, streams)
+    finally:
+        task_api._install(None)
+    assert kept == {5: True, 6: True, 7: False}
+    ends = [m for m in pipe.messages() if m["t"] == "trial_end"]
+    assert [m["ok"] for m in ends] == [False, True, True]
