@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tensorfleet_desktop.controller.model import ArtifactInfo, Job, JobEventRecord, JobTask, TaskRunState  # noqa: E402
-from tensorfleet_desktop.controller.store.engine import event_row  # noqa: E402
-from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore, event_values  # noqa: E402
+from tensorfleet_desktop.controller.store.sqlite import SqliteJobStore, record_values  # noqa: E402
 
 
 def _metric(seq: int) -> JobEventRecord:
@@ -77,7 +76,7 @@ def _rows(path: Path, n: int) -> tuple[sqlite3.Connection, str, list[tuple[Any, 
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    rows = [event_values(event_row(_metric(i))) for i in range(1, n + 1)]
+    rows = [record_values(_metric(i)) for i in range(1, n + 1)]
     return conn, "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
 
 

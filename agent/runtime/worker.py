@@ -140,9 +140,6 @@ def _preload(modules: list[str]) -> None:
                 skops_io()
             else:
                 importlib.import_module(module)
-    if not _busy.is_set():
-        with contextlib.suppress(Exception):
-            task_api.package_versions()  # after the imports: the versions of what this process has loaded
 
 
 def _disk_full_note(exc: BaseException, task_dir: Path) -> str:

@@ -100,15 +100,9 @@ _columns_of, _body_of = operator.attrgetter(*EVENT_COLUMNS), operator.attrgetter
 _encode = json.JSONEncoder().encode  # json.dumps's own default encoder, without its per-call checks
 
 
-def event_values(row: dict[str, Any]) -> tuple[Any, ...]:
-    """An event row (engine.event_row) as the events table's values."""
-    body = {k: v for k, v in row.items() if k not in EVENT_COLUMNS}
-    return (*(row[k] for k in EVENT_COLUMNS), json.dumps(body))
-
-
 def record_values(event: JobEventRecord) -> tuple[Any, ...]:
-    """An event as the events table's values, what event_values(event_row(event)) gives, read straight from the
-    record: no row dict in between (half the writer's time per event)."""
+    """An event as the events table's values: its columns, then the rest of engine.event_row's fields as the JSON
+    body, read straight from the record (a row dict in between was half the writer's time per event)."""
     return (*_columns_of(event), _encode(dict(zip(_BODY_FIELDS, _body_of(event), strict=True))))
 
 
