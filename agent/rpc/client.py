@@ -167,7 +167,19 @@ def _cancel_unless_done(call: Any) -> None:
         call.cancel()
 
 
-class TaskEvents(AsyncGenerator[TaskEvent, None]):
+class EventStream(AsyncGenerator[TaskEvent, None]):
+    """A hand-written stream of a task's events: __anext__ and aclose are its own; asend and athrow, which the
+    AsyncGenerator protocol asks for, follow from them."""
+
+    async def asend(self, value: None) -> TaskEvent:
+        return await self.__anext__()
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> TaskEvent:
+        await self.aclose()
+        raise typ if val is None else val
+
+
+class TaskEvents(EventStream):
     """A task's events from one WatchTask call, read with call.read(): an async generator a reader leaves early (the
     controller stops at the task's end) is finalized by the event loop in a task of its own, with a wake-up of the
     loop, for each layer of generators; this object is simply dropped with its call, which grpc then cancels.
@@ -218,13 +230,6 @@ class TaskEvents(AsyncGenerator[TaskEvent, None]):
             self._batch, self._next = msg.events, 0
         self._next += 1
         return convert.event_from_pb(self._batch[self._next - 1])
-
-    async def asend(self, value: None) -> TaskEvent:
-        return await self.__anext__()
-
-    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> TaskEvent:
-        await self.aclose()
-        raise typ if val is None else val
 
     async def aclose(self) -> None:
         """Stop following: the call is cancelled (the task runs on)."""

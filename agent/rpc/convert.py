@@ -602,8 +602,12 @@ _EVENTS_FIELD = b"\x0a"
 
 def event_record(event: TaskEvent) -> bytes:
     """The bytes the journal writes and WatchTask sends for one event (see _EVENTS_FIELD)."""
-    body = event_to_pb(event).SerializeToString()
-    size, prefix = len(body), bytearray(_EVENTS_FIELD)
+    return framed(_EVENTS_FIELD, event_to_pb(event).SerializeToString())
+
+
+def framed(tag: bytes, body: bytes) -> bytes:
+    """`body` as one length-delimited protobuf field: its tag byte, its length (a varint), the bytes."""
+    size, prefix = len(body), bytearray(tag)
     while size > 0x7F:
         prefix.append(0x80 | (size & 0x7F))
         size >>= 7
@@ -611,27 +615,34 @@ def event_record(event: TaskEvent) -> bytes:
     return bytes(prefix) + body
 
 
+def unframe(data: bytes, pos: int, tag: bytes) -> tuple[int, int] | None:
+    """Where the body of a field `framed` with `tag` at `pos` starts and ends; None when another field is there or
+    it is not whole (a torn tail)."""
+    end = len(data)
+    if data[pos : pos + 1] != tag:
+        return None
+    size, shift, cursor = 0, 0, pos + 1
+    while cursor < end and shift < 64:
+        byte = data[cursor]
+        cursor += 1
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        return None
+    if cursor + size > end:
+        return None
+    return cursor, cursor + size
+
+
 def split_records(data: bytes) -> tuple[list[bytes], int]:
     """Cut journal bytes into records; also how many bytes are whole records (a torn tail is not)."""
     records: list[bytes] = []
-    pos, end = 0, len(data)
-    while pos < end:
-        if data[pos : pos + 1] != _EVENTS_FIELD:
-            break
-        size, shift, cursor = 0, 0, pos + 1
-        while cursor < end and shift < 64:
-            byte = data[cursor]
-            cursor += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        else:
-            break
-        if cursor + size > end:
-            break
-        records.append(data[pos : cursor + size])
-        pos = cursor + size
+    pos = 0
+    while (body := unframe(data, pos, _EVENTS_FIELD)) is not None:
+        records.append(data[pos : body[1]])
+        pos = body[1]
     return records, pos
 
 

@@ -47,7 +47,7 @@ from typing import IO, Any
 
 from tensorfleet_agent.core.errors import NotFound
 from tensorfleet_agent.core.types import EventPayload, Finished, StateChanged, TaskEvent, TaskState
-from tensorfleet_agent.rpc.convert import event_record, events_from_batch, split_records
+from tensorfleet_agent.rpc.convert import event_record, events_from_batch, framed, split_records, unframe
 from tensorfleet_agent.security.files import DIR_MODE, FILE_MODE, private_dir, private_opener, tighten
 
 log = logging.getLogger(__name__)
@@ -486,33 +486,17 @@ def read_meta(directory: Path) -> dict[str, Any] | None:
 
 
 def _meta_record(meta: dict[str, Any]) -> bytes:
-    """The metadata at the head of a journal file: META_FIELD, its length (a varint), its JSON."""
-    body = json.dumps(meta, separators=(",", ":")).encode()
-    size, prefix = len(body), bytearray(META_FIELD)
-    while size > 0x7F:
-        prefix.append(0x80 | (size & 0x7F))
-        size >>= 7
-    prefix.append(size)
-    return bytes(prefix) + body
+    """The metadata at the head of a journal file: its JSON framed as field META_FIELD."""
+    return framed(META_FIELD, json.dumps(meta, separators=(",", ":")).encode())
 
 
 def _split_meta(data: bytes) -> tuple[dict[str, Any] | None, int]:
     """The metadata a journal file starts with and where its events start; (None, 0) when it has none whole."""
-    if data[:1] != META_FIELD:
+    body = unframe(data, 0, META_FIELD)
+    if body is None:
         return None, 0
-    size, shift, cursor = 0, 0, 1
-    while cursor < len(data) and shift < 64:
-        byte = data[cursor]
-        cursor += 1
-        size |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    else:
-        return None, 0
-    if cursor + size > len(data):
-        return None, 0
-    return dict(json.loads(data[cursor : cursor + size])), cursor + size
+    start, end = body
+    return dict(json.loads(data[start:end])), end
 
 
 def _read_task(path: Path, repair: bool = False) -> tuple[dict[str, Any] | None, list[bytes], list[TaskEvent]]:

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from tensorfleet_agent.core.types import TaskEvent, TaskSpec
-from tensorfleet_agent.rpc.client import AgentClient
+from tensorfleet_agent.rpc.client import AgentClient, EventStream
 from tensorfleet_desktop.controller.errors import AgentBusy, AgentCallError, TaskUnknown
 from tensorfleet_desktop.controller.fleet import AgentRecord, AgentState, Fleet
 from tensorfleet_desktop.controller.ports import AgentListener, AgentView, GpuView
@@ -33,7 +33,7 @@ def _core_errors() -> Iterator[None]:
         raise AgentCallError(details) from None
 
 
-class _Heard(AsyncGenerator[TaskEvent, None]):
+class _Heard(EventStream):
     """A task's events (the stream made when first read), each noting the agent heard from; agent errors as the
     core's. Not an async generator: the controller stops reading at the task's end, and an async generator left so
     is finalized by the event loop in a task of its own (client.TaskEvents says more)."""
@@ -59,13 +59,6 @@ class _Heard(AsyncGenerator[TaskEvent, None]):
             raise
         self._fleet.heard_from(self._node_id)
         return event
-
-    async def asend(self, value: None) -> TaskEvent:
-        return await self.__anext__()
-
-    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> TaskEvent:
-        await self.aclose()
-        raise typ if val is None else val
 
     async def aclose(self) -> None:
         self._done, self._make = True, None
