@@ -60,6 +60,10 @@ _KEEP_IN_MEMORY = 64  # finished tasks whose events stay cached for fast replay
 BATCH_BYTES = 256 << 10  # at most this much in one WatchTask message (one record may be more)
 _RETRY_UNWRITTEN = 2.0  # seconds between attempts to write journals a full disk refused
 RESERVE_FILE = ".reserve"
+# The journals' layout, in FORMAT_FILE beside them: 2, a task's metadata heads its events.pb; 1 (no file), task.json
+# beside it. An agent refuses a data dir whose journals are newer than it reads, rather than take them for broken.
+FORMAT_FILE = "FORMAT"
+JOURNAL_FORMAT = 2
 RESERVE_BYTES = 4 << 20  # about 40,000 events: enough to report the failures a full disk causes
 _RESERVE_STEP = 64 << 10
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -164,8 +168,10 @@ class Journal:
         the machine went down (its journal has no Finished and another boot id) is forgotten, its directory
         removed: its last events may not have reached the disk, while its controller may have seen them, so an
         end journaled now could get a sequence number the controller already holds and never be streamed to it.
-        Unknown, it is re-placed (the controller's TaskUnknown: worker_lost)."""
+        Unknown, it is re-placed (the controller's TaskUnknown: worker_lost). ValueError naming the problem when a
+        newer agent wrote them (FORMAT_FILE)."""
         private_dir(self.root)
+        self._claim_format()
         loaded = []
         boot = boot_id()
         for directory in sorted(self.root.iterdir()):
@@ -203,6 +209,27 @@ class Journal:
             self._logs[entry.task_id] = entry
             loaded.append(entry)
         return loaded
+
+    def _claim_format(self) -> None:
+        """Refuse journals of a newer layout; else say which layout is written from now on. (Agents older than the
+        file delete what this one writes: they take a task dir without task.json for one never written.)"""
+        path = self.root / FORMAT_FILE
+        try:
+            found = int(path.read_text().strip() or 0)
+        except FileNotFoundError:
+            found = 0
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: unreadable journal format ({exc}); remove the file if it is damaged") from None
+        if found > JOURNAL_FORMAT:
+            raise ValueError(
+                f"{self.root}: its task journals were written by a newer agent (journal format {found}; this agent "
+                f"reads up to {JOURNAL_FORMAT}): run the newer agent, or give this one another --data-dir"
+            )
+        if found < JOURNAL_FORMAT:
+            tmp = path.with_name(FORMAT_FILE + ".tmp")
+            with open(tmp, "w", opener=private_opener) as fh:
+                fh.write(f"{JOURNAL_FORMAT}\n")
+            os.replace(tmp, path)
 
     def prune(self, max_age_seconds: float, max_finished: int) -> int:
         """Delete finished journals older than the retention or beyond the count (blocking)."""
