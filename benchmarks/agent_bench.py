@@ -50,7 +50,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from profiling import Profiler  # noqa: E402
+from profiling import Profiler, tree_cpu  # noqa: E402
 
 from helpers.agents import AgentProcess  # noqa: E402
 from helpers.processes import memory  # noqa: E402
@@ -250,21 +250,6 @@ async def events_only(tmp: Path, points: int, runs: int) -> dict[str, object]:
     }
 
 
-def _cpu_split(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) of the daemon itself, and of everything under it: its fork server and workers,
-    alive (their own) or gone (what their parents collected when they were reaped)."""
-    daemon = psutil.Process(pid)
-    times = daemon.cpu_times()
-    below = times.children_user + times.children_system
-    for child in daemon.children(recursive=True):
-        try:
-            t = child.cpu_times()
-        except psutil.Error:  # gone meanwhile: its parent's children_* has it on the next reading
-            continue
-        below += t.user + t.system + t.children_user + t.children_system
-    return {"daemon": times.user + times.system, "workers": below}
-
-
 async def _run_noop(client: AgentClient, task_id: str) -> int:
     """One noop task started and followed as the controller does; returns how often the agent said busy first."""
     busy = 0
@@ -309,16 +294,18 @@ async def throughput(tmp: Path, tasks: int, concurrency: int, profile: Path | No
             await asyncio.sleep(0.5)
             busy = 0
             load_before = _load()
-            before = _cpu_split(pid)
+            before = tree_cpu(pid)
             with Profiler(profile, {"agent": pid}):
                 t0 = time.perf_counter()
                 await asyncio.gather(*(one(f"t{i}") for i in range(tasks)))
                 elapsed = time.perf_counter() - t0
             await asyncio.sleep(0.2)  # the last workers parked
-            after = _cpu_split(pid)
+            after = tree_cpu(pid)
     finally:
         agent.stop()
-    per_task = {k: round(1000 * (after[k] - before[k]) / tasks, 3) for k in before}
+    # the daemon itself, and its fork server and workers (alive, or reaped: their parents' children_* times)
+    roles = (("daemon", "self"), ("workers", "children"))
+    per_task = {role: round(1000 * (after[k] - before[k]) / tasks, 3) for role, k in roles}
     return {
         "tasks": tasks,
         "in_flight": min(concurrency, slots),

@@ -269,15 +269,8 @@ def target_rows(ours: dict[str, Any], ray: dict[str, Any]) -> list[dict[str, Any
             goal=">= 1x (stretch >= 3x) (TensorFleet / Ray)",
             at_least=1.0,
             ratio_value=ratio(ours["tasks_per_s_async"], ray.get("tasks_per_s_async")),
-            note=" ".join(
-                part
-                for part in (
-                    "submit_many + wait_all, as ray.get of a list;",
-                    f"one SubmitJob and one wait per job: {ours.get('tasks_per_s_async_one_call_each')} tasks/s.",
-                    skipped,
-                )
-                if part
-            ),
+            note="submit_many + wait_all, as ray.get of a list; one SubmitJob and one wait per job: "
+            f"{ours.get('tasks_per_s_async_one_call_each')} tasks/s. {skipped}".strip(),
         ),
         row(
             "sync submit->SUCCEEDED p50 of a no-op job",

@@ -1,13 +1,17 @@
-"""py-spy sampling for the benchmarks: where a process's time goes, as a small JSON summary."""
+"""py-spy sampling for the benchmarks: where a process's time goes, as a small JSON summary; and the CPU time of a
+process tree by role (tree_cpu)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 
 class Profiler:
@@ -22,17 +26,9 @@ class Profiler:
         if self.out_dir is None:
             return self
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        spy = os.environ.get("PY_SPY", "py-spy")
         for name, pid in self.targets.items():
-            cmd = [
-                os.environ.get("PY_SPY", "py-spy"),
-                "record",
-                "--format",
-                "raw",
-                "--rate",
-                "200",
-                "--subprocesses",
-                "--nonblocking",
-            ]
+            cmd = [spy, "record", "--format", "raw", "--rate", "200", "--subprocesses", "--nonblocking"]
             cmd += ["--pid", str(pid), "--output", str(self.out_dir / f"{name}.txt")]
             self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1.0)  # attached
@@ -109,3 +105,23 @@ def process_kind(first_frame: str) -> str:
     if "tensorfleet_desktop" in first_frame or "tensorfleet serve" in first_frame:
         return "controller"
     return first_frame.split(" ")[0][:60]
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """User+system CPU seconds of a process and of its descendants, by role: the process itself, and all below it
+    (a fork server's exited workers counted through its reaped children's times); NaN once the process is gone."""
+    try:
+        root = psutil.Process(pid)
+        own = root.cpu_times()
+        below = own.children_user + own.children_system
+        for child in root.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # gone meanwhile: its parent's children_* has it next time
+                t = child.cpu_times()
+                below += t.user + t.system + t.children_user + t.children_system
+        return {"self": own.user + own.system, "children": below}
+    except psutil.Error:
+        return {"self": float("nan"), "children": float("nan")}
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before[k], 3) for k in before}

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+SIM_NICE = 10  # the simulated agents' niceness: their CPU is not the controller's, as on a real LAN (--sim-nice)
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
 
@@ -424,7 +425,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 21's scale-simulation rows (no Ray figure: Ray has no such simulation)."""
     size = f"{report['jobs']:,} queued jobs on {report['agents']} simulated agents"
-    if report["simulated_agents_niceness"] != 10:
+    if report["simulated_agents_niceness"] != SIM_NICE:
         size += f" at niceness {report['simulated_agents_niceness']}"
     pages = report["list_jobs_page_ms"]
     rows = [
@@ -484,7 +485,7 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=1, help="slots per simulated agent")
     parser.add_argument("--sim-procs", type=int, default=2, help="processes the simulated agents share")
     parser.add_argument(
-        "--sim-nice", type=int, default=10, help="niceness of the simulated agents (0: they share the CPUs equally)"
+        "--sim-nice", type=int, default=SIM_NICE, help="niceness of the simulated agents (0: equal shares of the CPUs)"
     )
     parser.add_argument(
         "--submit-batch",

@@ -25,7 +25,6 @@ Usage: RAY_PYTHON=... python benchmarks/sweep_bench.py [--trials 200] [--forest-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -42,9 +41,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ["TENSORFLEET_MDNS_INTERFACES"] = "127.0.0.1"
 
-import psutil  # noqa: E402
 from bench_targets import load, ratio, row  # noqa: E402
-from profiling import Profiler  # noqa: E402
+from profiling import Profiler, cpu_delta, tree_cpu  # noqa: E402
 
 from helpers.agents import AgentProcess  # noqa: E402
 from helpers.controller import ControllerProcess  # noqa: E402
@@ -77,26 +75,6 @@ def timed_job(client: Client, spec: dict[str, Any], timeout: float) -> tuple[flo
     elapsed = time.perf_counter() - t0
     assert final["state"] == "SUCCEEDED", {k: final[k] for k in ("id", "state", "error")}
     return elapsed, final
-
-
-def tree_cpu(pid: int) -> dict[str, float]:
-    """User+system CPU seconds of a process and of its descendants, by role: the process itself, and all below it
-    (a fork server's exited workers counted through its reaped children's times)."""
-    try:
-        root = psutil.Process(pid)
-        own = root.cpu_times()
-        below = own.children_user + own.children_system
-        for child in root.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                t = child.cpu_times()
-                below += t.user + t.system + t.children_user + t.children_system
-        return {"self": own.user + own.system, "children": below}
-    except psutil.Error:
-        return {"self": float("nan"), "children": float("nan")}
-
-
-def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: round(after[k] - before[k], 3) for k in before}
 
 
 def tensorfleet_side(trials: int, forest_runs: int, profile: Path | None = None, per_task: int = 0) -> dict[str, Any]:
