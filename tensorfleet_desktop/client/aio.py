@@ -60,7 +60,7 @@ def _same(msg: T) -> T:
     return msg
 
 
-def _jobs(resp: cpb.ListJobsResponse) -> list[dict[str, Any]]:
+def _jobs(resp: cpb.ListJobsResponse | cpb.SubmitJobsResponse) -> list[dict[str, Any]]:
     return [wire.job_from_pb(j) for j in resp.jobs]
 
 
@@ -140,7 +140,7 @@ class AsyncClient:
         if not specs:
             return []
         request = cpb.SubmitJobsRequest(spec_json=[json.dumps(spec) for spec in specs], submitter=who or submitter())
-        return await self._call("SubmitJobs", request, lambda r: [wire.job_from_pb(j) for j in r.jobs])
+        return await self._call("SubmitJobs", request, _jobs)
 
     async def jobs(self, states: tuple[str, ...] = (), limit: int = 0, submitter: str = "") -> list[dict[str, Any]]:
         """Newest first; `submitter`: only that user's jobs (`whoami()["name"]`: yours)."""
