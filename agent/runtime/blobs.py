@@ -109,7 +109,7 @@ class BlobWriter:
             if digest != self.sha256:
                 self._tmp.unlink(missing_ok=True)
                 raise ValidationError("header.sha256", f"content hashes to {digest}, not {self.sha256}")
-            return self._store._adopt(self._tmp, digest)
+            return self._store.adopt(self._tmp, digest)
         finally:
             self._done()
 
@@ -312,9 +312,6 @@ class BlobStore:
     def adopt(self, tmp: Path, digest: str) -> Path:
         """A file the caller wrote under incoming/ and checked hashes to `digest`: rename it into the cache (then
         `evict_if_due`)."""
-        return self._adopt(tmp, digest)
-
-    def _adopt(self, tmp: Path, digest: str) -> Path:
         dest = self.path(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         size = tmp.stat().st_size

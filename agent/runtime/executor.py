@@ -518,9 +518,9 @@ class Executor:
             running.worker = worker
             worker.on_output = lambda stream, line: self._output(running, stream, line)
             self._append(running, StateChanged(TaskState.RUNNING, f"worker pid {worker.pid}"))
-            if worker.versions is not None:  # said in its hello: the line goes with RUNNING (one commit, one
-                # message to the watcher), and the worker writes nothing to the agent as a task starts
-                self._append(running, LogLine("agent", _reproducibility(spec, {"versions": worker.versions})))
+            # its versions came with its hello: the line goes with RUNNING (one commit, one message to the watcher),
+            # and the worker writes nothing to the agent as a task starts
+            self._append(running, LogLine("agent", _reproducibility(spec, worker.versions)))
             worker.send(
                 {
                     "op": "run",
@@ -706,10 +706,6 @@ class Executor:
         while messages := await worker.next_messages():
             for message in messages:
                 kind = message.get("t")
-                if kind == "started":  # a worker that did not say its versions in its hello
-                    if worker.versions is None:
-                        self._append(running, LogLine("agent", _reproducibility(running.spec, message)))
-                    continue
                 if kind == "trial":  # a bundled trial starts: what follows is its, until its trial_end
                     running.trial = int(message["index"])
                     self._append(running, StateChanged(TaskState.RUNNING, f"trial {running.trial}"))
@@ -1055,14 +1051,14 @@ def _payloads(message: dict[str, Any]) -> list[EventPayload]:
         return [
             CheckpointSaved(str(message["sha256"]), int(message["size"]), int(message["step"]), str(message["name"]))
         ]
-    return []  # "started" and unknown kinds are not task events
+    return []  # unknown kinds are not task events
 
 
-def _reproducibility(spec: TaskSpec, started: dict[str, Any]) -> str:
+def _reproducibility(spec: TaskSpec, versions: dict[str, str]) -> str:
     """The task's one reproducibility line: the worker's package versions, its seeds and, for a bundle, each trial's
     seeds by trial index (one line for the whole bundle: a line per trial would cost each trial a journal record)."""
     seeds = {k: v for k, v in spec.params.items() if k in _SEEDS}
-    line = f"reproducibility: versions {json.dumps(started.get('versions', {}))} seeds {json.dumps(seeds)}"
+    line = f"reproducibility: versions {json.dumps(versions)} seeds {json.dumps(seeds)}"
     if spec.trials:
         trial_seeds = {t.index: {k: v for k, v in t.params.items() if k in _SEEDS} for t in spec.trials}
         line += f" trial seeds {json.dumps({i: s for i, s in trial_seeds.items() if s}, separators=(',', ':'))}"

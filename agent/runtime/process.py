@@ -77,8 +77,7 @@ class WorkerProcess:
         self.returncode: int | None = None
         self.forked = False  # forked from the fork server (parked only for a built-in family's next task)
         self.first_rss = 0  # its resident bytes after its first task, once parked (executor._lean)
-        # The package versions it trains with, from its hello (None: a worker that says them as each task starts)
-        self.versions: dict[str, str] | None = None
+        self.versions: dict[str, str] = {}  # the package versions it trains with, from its hello
         self._cmd = cmd
         self._events = events
         self._events_pipe = events_pipe

@@ -236,17 +236,15 @@ def _clean_slate() -> Iterator[None]:
 
 
 _last_job = ""  # the job of the previous task this worker ran
-_MEMOS = ("tensorfleet_agent.workloads.datasets",)
 
 
 def _forget_data() -> None:
     """Drop the data the built-in workloads keep for a job's next task (datasets.load and what is derived from it,
     sklearn_basic's split): the next task is another job's, whose memory limit must not count it (nor its process
     hold it)."""
-    for name in _MEMOS:
-        module = sys.modules.get(name)
-        if module is not None:
-            module.forget()
+    datasets = sys.modules.get("tensorfleet_agent.workloads.datasets")  # imported only by a task that loaded data
+    if datasets is not None:
+        datasets.forget()
 
 
 def _run_one(command: dict[str, Any], channel: EventChannel) -> None:
