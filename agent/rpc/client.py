@@ -207,9 +207,8 @@ class TaskEvents(EventStream):
                 try:
                     msg = await self._call.read()
                 except grpc.aio.AioRpcError as exc:
-                    if not self._renew or exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                    if not self._renew or not self._client._renewed(exc):
                         raise
-                    self._client._session = ""
                     self._renew, self._call = False, None
                     continue
                 self._renew = False
@@ -348,10 +347,17 @@ class AgentClient:
         try:
             return await fn(await self.session_metadata())
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAUTHENTICATED or self.trust is None:
+            if not self._renewed(exc):
                 raise
-            self._session = ""
             return await fn(await self.session_metadata())
+
+    def _renewed(self, exc: grpc.aio.AioRpcError) -> bool:
+        """Whether a call refused for its session (an agent restart) may be made again once: the session is
+        dropped, so the next session_metadata authenticates anew. Asked only before the call had any answer."""
+        if exc.code() != grpc.StatusCode.UNAUTHENTICATED or self.trust is None:
+            return False
+        self._session = ""
+        return True
 
     async def _stream(self, start: Callable[[tuple[tuple[str, str], ...]], Any]) -> AsyncGenerator[Any, None]:
         first = True
@@ -362,9 +368,8 @@ class AgentClient:
                     yield item
                 return
             except grpc.aio.AioRpcError as exc:
-                if not first or exc.code() != grpc.StatusCode.UNAUTHENTICATED or self.trust is None:
+                if not first or not self._renewed(exc):
                     raise
-                self._session = ""
                 first = False
 
     # ---- AgentService

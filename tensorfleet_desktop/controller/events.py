@@ -54,6 +54,10 @@ class EventLog:
         """The job's state or summary changed; `tasks`: only these of its tasks did (None: any may have). `saved`:
         the store has the job as it is already (a submit's insert), only the event is new."""
         self._record_summary(job, message or job.error)
+        self._changed(job, tasks, saved)
+
+    def _changed(self, job: Job, tasks: Sequence[JobTask] | None, saved: bool = False) -> None:
+        """Saved (unless the store has it so already) and told to the job lists."""
         if not saved:
             self.store.save_job(job, tasks)
         self.gauges_stale = True  # counted on the scheduler's next tick, not once per change
@@ -65,9 +69,7 @@ class EventLog:
         wire.job_event_to_pb) at most once per PROGRESS_EVERY: a 200-trial sweep recorded 200, each a copy of the
         whole job for every watcher. The one a burst holds back is recorded at the end of the period (the
         trailing edge), unless another job_state (its end, say) has carried the summary meanwhile."""
-        self.store.save_job(job, tasks)
-        self.gauges_stale = True
-        self.touched(job)
+        self._changed(job, tasks)
         if job.id in self._summary_due:
             return  # the trailing record is on its way
         try:

@@ -362,11 +362,7 @@ class Placement:
             if indexes is not None:
                 spare = [job.tasks[i] for i in indexes if i not in taken]
             else:
-                spare = [
-                    t
-                    for t in job.tasks
-                    if t.state is TaskRunState.PENDING and t.index not in taken and t.retry_at <= now
-                ]
+                spare = [job.tasks[i] for i in _pending(job, now) if i not in taken]
             for i, rank in enumerate(placed):  # dealt out in turn: at a sweep's tail every placed trial gets some
                 out[(job_id, rank)] = spare[i :: len(placed)][:extra]
         return out
@@ -423,7 +419,7 @@ class Placement:
         """What the job asks of the scheduler now: its pending ranks; None when it asks nothing."""
         if job.state not in (JobState.QUEUED, JobState.RUNNING):
             return None
-        pending = tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING and t.retry_at <= now)
+        pending = _pending(job, now)
         if not pending:
             return None
         gang = job.mode == "gang"
@@ -443,7 +439,7 @@ class Placement:
             not_on=tuple(c.get("not_on", ())),
             labels=tuple(sorted(c.get("labels", {}).items())),
             waiting_since=job.queued_since,
-            avoid=tuple(sorted({n for t in job.tasks if t.index in pending for n in t.failed_on})),
+            avoid=tuple(sorted({n for i in pending for n in job.tasks[i].failed_on})),
             prefer=self._holding(job),
             gpu_memory=int(job.spec.get("gpu_memory") or 0),  # each rank shares one GPU (gpu_share.py)
             gpu_fraction=float(job.spec.get("gpu_fraction") or 0.0),
@@ -455,3 +451,8 @@ def slots_for(views: list[AgentView], workload: str) -> tuple[int, int]:
     and sizes its bundles by all of them (trials.bundle_size)."""
     able = [a for a in views if a.schedulable and workload in a.workloads]
     return sum(a.slots_free for a in able), sum(max(a.slots_total, a.slots_free) for a in able)
+
+
+def _pending(job: Job, now: float) -> tuple[int, ...]:
+    """The job's ranks waiting to be placed now (a task's index is its place in job.tasks)."""
+    return tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING and t.retry_at <= now)

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -152,6 +152,10 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     def _job(self, job: Any) -> cpb.Job:
         return wire.job_to_pb(job, self._names())
 
+    def _jobs(self, jobs: Iterable[Job]) -> list[cpb.Job]:
+        names = self._names()  # once per answer or change, not once per job
+        return [wire.job_to_pb(j, names) for j in jobs]
+
     @_unary
     async def GetInfo(self, request: cpb.ControllerInfoRequest, context: Any) -> cpb.ControllerInfo:
         info = self.info()
@@ -167,8 +171,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
     async def SubmitJobs(self, request: cpb.SubmitJobsRequest, context: Any) -> cpb.SubmitJobsResponse:
         bodies = [_json_object(text, f"spec_json[{i}]") for i, text in enumerate(request.spec_json)]
         who = principals.submitter_for(principals.current(), request.submitter)
-        names = self._names()
-        return cpb.SubmitJobsResponse(jobs=[wire.job_to_pb(j, names) for j in await self.c.submit_many(bodies, who)])
+        return cpb.SubmitJobsResponse(jobs=self._jobs(await self.c.submit_many(bodies, who)))
 
     @_unary
     async def ListJobs(self, request: cpb.ListJobsRequest, context: Any) -> cpb.ListJobsResponse:
@@ -181,8 +184,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
                 jobs = list(itertools.islice(theirs, request.limit) if request.limit else theirs)
         else:
             jobs = self.c.list_jobs(states, request.limit)  # from the index: the newest, no sort of every job
-        names = self._names()  # once per page, not once per job
-        return cpb.ListJobsResponse(jobs=[wire.job_to_pb(j, names) for j in jobs])
+        return cpb.ListJobsResponse(jobs=self._jobs(jobs))
 
     @_unary
     async def GetJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:
@@ -212,10 +214,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
                 else:
                     jobs = self.c.list_jobs()
                 jobs = jobs[: request.limit] if request.limit else jobs
-                names = self._names()  # once per change, not once per job
-                yield cpb.JobsChange(
-                    snapshot=True, jobs=[wire.job_to_pb(j, names) for j in jobs], resume_token=feed.token()
-                )
+                yield cpb.JobsChange(snapshot=True, jobs=self._jobs(jobs), resume_token=feed.token())
             else:
                 yield self._jobs_now(missed, only, feed.token())
             window = COALESCE_SECONDS
@@ -246,10 +245,7 @@ class ControllerServicer(cpb_grpc.ControllerServiceServicer):
             except KeyError:
                 removed.append(job_id)
         ordered = sorted(jobs, key=lambda j: j.created_at, reverse=True)
-        names = self._names()  # once per change, not once per job
-        return cpb.JobsChange(
-            jobs=[wire.job_to_pb(j, names) for j in ordered], removed_job_ids=sorted(removed), resume_token=token
-        )
+        return cpb.JobsChange(jobs=self._jobs(ordered), removed_job_ids=sorted(removed), resume_token=token)
 
     @_unary
     async def CancelJob(self, request: cpb.JobRef, context: Any) -> cpb.Job:

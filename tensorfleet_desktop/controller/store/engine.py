@@ -103,6 +103,12 @@ class _Events:
     events: list[JobEventRecord]
     cursors: dict[str, int]
 
+    def absorb(self, events: Sequence[JobEventRecord], cursors: dict[str, int]) -> None:
+        """Later events join these: one bulk insert, and each attempt's highest cursor."""
+        self.events += events
+        for attempt, seq in cursors.items():
+            self.cursors[attempt] = max(seq, self.cursors.get(attempt, 0))
+
 
 _Write = Callable[[Any], object]
 _Item = _Write | _Call | _Events
@@ -120,9 +126,7 @@ def _merge_events(batch: list[_Item]) -> list[_Item]:
             run = item
             out.append(run)
         else:
-            run.events += item.events
-            for attempt, seq in item.cursors.items():
-                run.cursors[attempt] = max(seq, run.cursors.get(attempt, 0))
+            run.absorb(item.events, item.cursors)
     return out
 
 
@@ -359,9 +363,7 @@ class QueuedStore(JobStore, Generic[C]):
             self._pending_events = _Events(list(events), dict(cursors))
             self._put_pending_soon(loop)
             return
-        pending.events += events
-        for attempt, seq in cursors.items():
-            pending.cursors[attempt] = max(seq, pending.cursors.get(attempt, 0))
+        pending.absorb(events, cursors)
 
     def save_agent(self, node_id: str, body: dict[str, Any]) -> None:
         self._put_body("agents", node_id, body)
