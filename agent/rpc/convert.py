@@ -636,10 +636,10 @@ def unframe(data: bytes, pos: int, tag: bytes) -> tuple[int, int] | None:
     return cursor, cursor + size
 
 
-def split_records(data: bytes) -> tuple[list[bytes], int]:
-    """Cut journal bytes into records; also how many bytes are whole records (a torn tail is not)."""
+def split_records(data: bytes, start: int = 0) -> tuple[list[bytes], int]:
+    """Cut journal bytes from `start` into records; also where the whole records end (a torn tail is not one)."""
     records: list[bytes] = []
-    pos = 0
+    pos = start
     while (body := unframe(data, pos, _EVENTS_FIELD)) is not None:
         records.append(data[pos : body[1]])
         pos = body[1]

@@ -544,11 +544,12 @@ def _read_journal(path: Path, repair: bool = False) -> tuple[list[bytes], list[T
     if not path.exists():
         return [], []
     data = path.read_bytes()
-    return _records(path, data, _split_meta(data)[1], repair)
+    meta = unframe(data, 0, META_FIELD)  # skipped, not read
+    return _records(path, data, meta[1] if meta is not None else 0, repair)
 
 
 def _records(path: Path, data: bytes, start: int, repair: bool) -> tuple[list[bytes], list[TaskEvent]]:
-    records, good = split_records(data[start:] if start else data)
+    records, good = split_records(data, start)
     events: list[TaskEvent] = []
     for record in records:
         try:
@@ -560,8 +561,7 @@ def _records(path: Path, data: bytes, start: int, repair: bool) -> tuple[list[by
         events.append(event)
     if len(events) < len(records):
         records = records[: len(events)]
-        good = sum(map(len, records))
-    good += start
+        good = start + sum(map(len, records))
     if repair and good < len(data):
         log.warning("journal %s: dropping %d torn bytes at the end", path, len(data) - good)
         with path.open("r+b") as fh:
