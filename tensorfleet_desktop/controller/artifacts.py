@@ -238,7 +238,29 @@ class Artifacts:
     # ---- a finished job's model
 
     def save_model(self, job: Job) -> None:
+        if pick_artifacts(job)[0] is None and not (job.mode == "sweep" and keep_models(job) == "all"):
+            self._done_saving(job)  # no model (a noop, cv folds): nothing to wait for, no task and no loop turn
+            self._saved(job, None, {})
+            return
         self.background.spawn(self._register(job))
+
+    def _done_saving(self, job: Job) -> None:
+        self.machine.registering.discard(job.id)
+        self.leaders.pop(job.id, None)
+
+    def _saved(self, job: Job, record: dict[str, Any] | None, registered: dict[int, dict[str, Any]]) -> None:
+        """The model is registered (`record`, None: the job has none; `registered`: a sweep's other trials): the job
+        SUCCEEDS, unless it was cancelled meanwhile."""
+        if record is not None:
+            job.model = {"name": record["name"], "version": record["version"], "sha256": record["sha256"]}
+            self.events.record(
+                job, "log", {}, stream="controller", message=f"registered as {record['name']}:{record['version']}"
+            )
+        if registered:
+            self.events.record(job, "log", {}, stream="controller", message=_trials_line(registered))
+        if not job.state.terminal:  # not cancelled meanwhile
+            job.error = ""
+            self.machine.finish(job, JobState.SUCCEEDED, "")
 
     async def _register(self, job: Job) -> None:
         """Save the job's model (its files in the blob store, its registry entry) before the job SUCCEEDs.
@@ -266,18 +288,8 @@ class Artifacts:
                 if job.state.terminal:  # cancelled meanwhile
                     return
         finally:
-            self.machine.registering.discard(job.id)
-            self.leaders.pop(job.id, None)
-        if record is not None:
-            job.model = {"name": record["name"], "version": record["version"], "sha256": record["sha256"]}
-            self.events.record(
-                job, "log", {}, stream="controller", message=f"registered as {record['name']}:{record['version']}"
-            )
-        if registered:
-            self.events.record(job, "log", {}, stream="controller", message=_trials_line(registered))
-        if not job.state.terminal:  # not cancelled meanwhile
-            job.error = ""
-            self.machine.finish(job, JobState.SUCCEEDED, "")
+            self._done_saving(job)
+        self._saved(job, record, registered)
 
     async def _save(self, job: Job, registered: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
         """The files registration needs, checked (fetched again from their agent when missing or damaged),

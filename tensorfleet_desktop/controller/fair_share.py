@@ -157,6 +157,23 @@ class FairQueue:
         for priority, user in touched:
             self._levels[priority][user].sort()
 
+    def _drop_ended_heads(self, alive: Container[str]) -> None:
+        where = self._where
+        for priority in list(self._levels):
+            users = self._levels[priority]
+            for user in list(users):
+                queue = users[user]
+                ended = 0
+                while ended < len(queue) and queue[ended][1] not in alive:
+                    where.pop(queue[ended][1], None)
+                    ended += 1
+                if ended == len(queue):
+                    del users[user]
+                elif ended:
+                    del queue[:ended]
+            if not users:
+                del self._levels[priority]
+
     def compact(self, alive: Container[str]) -> None:
         """Forget the jobs not `alive` (ended)."""
         where = self._where
@@ -176,9 +193,15 @@ class FairQueue:
             if not users:
                 del self._levels[priority]
 
-    def order(self, key: Callable[[str], float], cut: Container[str] = ()) -> Iterator[str]:
+    def order(
+        self, key: Callable[[str], float], cut: Container[str] = (), alive: Container[str] | None = None
+    ) -> Iterator[str]:
         """Job ids in scheduling order; `key(user)` is asked when a user's next job enters the merge. A user in
-        `cut` (read as the reader goes) has no more of their jobs handed out in this reading."""
+        `cut` (read as the reader goes) has no more of their jobs handed out in this reading. With `alive`, the
+        ended jobs at the head of each user's queue are dropped first: a FIFO that drains ends at its head, and a
+        pass read past all of them (~300 of a 1,000-job drain's, each pass) until `compact`."""
+        if alive is not None:
+            self._drop_ended_heads(alive)
         for priority in sorted(self._levels, reverse=True):
             users = self._levels[priority]
             if len(users) == 1:  # one user at this priority: their FIFO as it is, no key to ask (most passes)

@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 from tensorfleet_desktop.controller.attempts import Attempts
 from tensorfleet_desktop.controller.capacity import DEMAND_AFTER, DEMAND_SCAN, CapacitySource, Waiting, plain_reason
@@ -70,6 +71,7 @@ class Placement:
         self.usage = usage  # what each user runs and used lately (quotas, fair share); its queue holds the order
         self.held: dict[str, str] = {}  # job id -> why quota holds it back, as of the last pass (none if it read none)
         self._sweeps: set[str] = set()  # the sweeps among them
+        self._uploads: set[str] = set()  # those naming an upload dataset version (_stage_waiting), and some ended
         # the jobs sharing a GPU by memory, in the same order: with no slot free, only those can be placed
         self._sharing = FairQueue()
         self.sources: list[CapacitySource] = []  # who can bring capacity that is not online (capacity.py)
@@ -91,15 +93,18 @@ class Placement:
     def _stage_waiting(self, capacities: list[Capacity], placed: set[str], now: float) -> None:
         """The first queued jobs naming an upload dataset version that have waited STAGE_AFTER unplaced start
         getting it onto the agents they will likely use (those it may run on, holders first, one per rank). A job
-        placed within moments is not staged: its dispatch shares the copy among its readers better (_peer_plan)."""
+        placed within moments is not staged: its dispatch shares the copy among its readers better (_peer_plan). With
+        no open job naming one (most passes), the queue is not read."""
+        open_ = self.machine.open
+        self._uploads = {job_id for job_id in self._uploads if job_id in open_}
+        if not self._uploads:
+            return
         for job in itertools.islice(self._queue(), STAGE_SCAN):
-            version = job.spec.get("dataset_version")
             if (
                 job.state is not JobState.QUEUED
                 or job.id in placed
                 or job.id in self.attempts.staged
-                or not version
-                or version.get("source") != "upload"
+                or _upload_version(job) is None
                 or now - job.queued_since < STAGE_AFTER
             ):
                 continue
@@ -114,8 +119,8 @@ class Placement:
 
     def _holding(self, job: Job) -> tuple[str, ...]:
         """The agents holding the job's upload dataset version (placement tries them first)."""
-        version = job.spec.get("dataset_version")
-        if not version or version.get("source") != "upload":
+        version = _upload_version(job)
+        if version is None:
             return ()
         return tuple(sorted(self.attempts.holders.version_holders(str(version["content_id"]))))
 
@@ -223,6 +228,7 @@ class Placement:
         new = list({job.id: job for job in joined if open_.get(job.id) is job and job.id not in queue}.values())
         queue.add_many((job.id, job.priority, job.seq_no, user_of(job)) for job in new)
         self._sweeps.update(job.id for job in new if job.mode == "sweep")
+        self._uploads.update(job.id for job in new if _upload_version(job))
         self._sharing.add_many(
             (j.id, j.priority, j.seq_no, user_of(j)) for j in new if shares_gpu(j.spec) and j.id not in self._sharing
         )
@@ -236,7 +242,7 @@ class Placement:
         pass's gate sees what the pass placed)."""
         open_ = self.machine.open
         gate = gate or self.usage.gate(self.clock.time())
-        for job_id in self.usage.queue.order(gate.key, gate.cut):
+        for job_id in self.usage.queue.order(gate.key, gate.cut, open_):
             job = open_.get(job_id)
             if job is not None:
                 yield job
@@ -263,7 +269,7 @@ class Placement:
         queued one whose user has a `queued` quota is left for a pass that reads the whole queue's head: its place
         among its user's queued jobs is not known here."""
         open_ = self.machine.open
-        for job_id in self._sharing.order(gate.key, gate.cut):
+        for job_id in self._sharing.order(gate.key, gate.cut, open_):
             job = open_.get(job_id)
             if job is None:
                 continue
@@ -456,3 +462,9 @@ def slots_for(views: list[AgentView], workload: str) -> tuple[int, int]:
 def _pending(job: Job, now: float) -> tuple[int, ...]:
     """The job's ranks waiting to be placed now (a task's index is its place in job.tasks)."""
     return tuple(t.index for t in job.tasks if t.state is TaskRunState.PENDING and t.retry_at <= now)
+
+
+def _upload_version(job: Job) -> dict[str, Any] | None:
+    """The job's dataset version when it is an uploaded one (staged and peer-copied), else None."""
+    version = job.spec.get("dataset_version")
+    return version if version and version.get("source") == "upload" else None
