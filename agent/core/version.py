@@ -7,7 +7,7 @@ import re
 import sys
 
 #: Bumped on every incompatible change to proto/tensorfleet/v1.
-PROTOCOL_VERSION = 5  # 5: WatchTaskRequest.run (start a task and follow it in one call); 4: TaskSpec.trials
+PROTOCOL_VERSION = 6  # 6: WatchTask's acceptance carries the first events; 5: WatchTaskRequest.run (start a task and follow it in one call); 4: TaskSpec.trials
 
 
 class _Unsure(Exception):

@@ -221,6 +221,10 @@ class TaskEvents(EventStream):
             self._cancel()
             raise
 
+    def pending(self, events: Sequence[Any]) -> None:
+        """Events of a message read by next_message: the next ones __anext__ gives."""
+        self._batch, self._next = events, 0
+
     async def __anext__(self) -> TaskEvent:
         while self._next >= len(self._batch):
             msg = await self.next_message()
@@ -411,6 +415,7 @@ class AgentClient:
             raise
         if first is None:
             raise _deadline(f"the agent ended the call to start task {spec.task_id} without an answer")
+        events.pending(first.events)  # the events committed by the acceptance come in its message
         return convert.accepted_from_pb(first.accepted), events
 
     async def cancel_task(
