@@ -1945,7 +1945,9 @@ class TaskEventBatch(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskEvent]:
-        """in seq order, at least one (none in the acceptance of WatchTaskRequest.run)"""
+        """In seq order, at least one; the acceptance of WatchTaskRequest.run has those committed by then (none if the
+        journal could not commit them within a second).
+        """
 
     @_builtins.property
     def accepted(self) -> Global___RunTaskResponse:
