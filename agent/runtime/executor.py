@@ -51,7 +51,7 @@ from tensorfleet_agent.runtime.envs import DEFAULT_LIMIT_BYTES, EnvCache
 from tensorfleet_agent.runtime.forking import ForkServer
 from tensorfleet_agent.runtime.gpu_shares import others_by_gpu, ours_by_gpu, over_share_line, tree, used_by
 from tensorfleet_agent.runtime.gpus import Gpus
-from tensorfleet_agent.runtime.journal import Journal, TaskLog
+from tensorfleet_agent.runtime.journal import WORK_DIR, Journal, TaskLog
 from tensorfleet_agent.runtime.process import WorkerProcess
 from tensorfleet_agent.runtime.project_prepare import PreparedProject, PrepareFailed, collect_outputs, prepare_project
 from tensorfleet_agent.runtime.slots import GangSlots, Slot, SlotPool
@@ -526,7 +526,7 @@ class Executor:
                     "op": "run",
                     "entry": workload.entry,
                     "spec": running.entry.meta["spec"],  # spec_to_dict(spec), made once for its journal
-                    "task_dir": str(running.entry.directory / "work"),
+                    "task_dir": str(running.entry.directory / WORK_DIR),
                     "blobs_dir": str(self.blobs.root),
                     "dataset_dir": str(running.dataset.path) if running.dataset is not None else "",
                     # set by the worker itself: the environment a worker starts with has no TENSORFLEET_* name
@@ -567,7 +567,7 @@ class Executor:
             if spec.workload == project_layout.WORKLOAD:
                 # Its files are in the blob cache and its outputs are artifacts: a copy of the project per task
                 # kept for the journal's retention would fill the disk. Removed after Finished, off its path.
-                workdir = running.entry.directory / "work" / project_layout.WORKDIR
+                workdir = running.entry.directory / WORK_DIR / project_layout.WORKDIR
                 self._spawn(asyncio.to_thread(shutil.rmtree, workdir, True))
             running.going.set()
             self._running.pop(spec.task_id, None)
@@ -585,7 +585,7 @@ class Executor:
         """PREPARING: lay out the project and get its env, until done, killed (cancel, drain) or out of time."""
         spec = running.spec
         self._append(running, StateChanged(TaskState.PREPARING, "laying out the project and its environment"))
-        work = running.entry.directory / "work"
+        work = running.entry.directory / WORK_DIR
         preparing = asyncio.create_task(
             prepare_project(spec, work, self.blobs, self.envs, lambda p: self._append(running, p)),
             name=f"prepare-{spec.task_id}",
@@ -790,7 +790,7 @@ class Executor:
             self.journal.append(running.spec.task_id, payload, running.trial)
 
     def _link_inputs(self, running: _Running) -> None:
-        inputs = running.entry.directory / "work" / "inputs"
+        inputs = running.entry.directory / WORK_DIR / "inputs"
         inputs.mkdir(parents=True, exist_ok=True)
         for ref in running.spec.inputs:
             link = inputs / ref.name

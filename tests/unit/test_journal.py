@@ -14,7 +14,17 @@ from tensorfleet_agent.core.errors import NotFound
 from tensorfleet_agent.core.types import Finished, MetricPoint, StateChanged, TaskEvent, TaskState
 from tensorfleet_agent.rpc.convert import event_record, events_from_batch
 from tensorfleet_agent.runtime import journal as journal_module
-from tensorfleet_agent.runtime.journal import EVENTS_FILE, RESERVE_BYTES, RESERVE_FILE, Journal, read_events
+from tensorfleet_agent.runtime.journal import (
+    EVENTS_FILE,
+    RESERVE_BYTES,
+    RESERVE_FILE,
+    SPARE_DIRS,
+    SPARE_PREFIX,
+    WORK_DIR,
+    Journal,
+    read_events,
+    read_meta,
+)
 
 
 async def _collect(journal: Journal, task_id: str, after: int = 0) -> list[int]:
@@ -111,9 +121,13 @@ async def test_prune_by_age_and_count(tmp_path: Path) -> None:
     assert remaining == ["live", "t2", "t3", "t4"]
 
 
-async def test_a_full_disk_releases_the_reserve_then_waits_for_space(tmp_path: Path) -> None:
+async def test_a_full_disk_releases_the_reserve_then_waits_for_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Writes to /dev/full fail with ENOSPC, as on a full disk. Watchers only ever get what is on disk;
-    everything is written and streamed, in order, once there is space again."""
+    everything is written and streamed, in order, once there is space again. (No directories made ahead here: every
+    first write goes through the writer, whose commits this test orders by.)"""
+    monkeypatch.setattr(journal_module, "SPARE_DIRS", 0)
     journal = Journal(tmp_path)
     journal.start()
     journal.create("t", {})
@@ -194,3 +208,56 @@ async def test_a_task_running_when_the_machine_went_down_is_forgotten_not_ended(
     assert not (tmp_path / "ran").exists()
     with pytest.raises(NotFound):
         after_reboot.get("ran")
+
+
+def _spares(root: Path) -> set[Path]:
+    return set(root.glob(SPARE_PREFIX + "*"))
+
+
+async def _with_spares(tmp_path: Path) -> Journal:
+    journal = Journal(tmp_path)
+    journal.start()
+    await eventually(lambda: len(_spares(tmp_path)) == SPARE_DIRS, 10, "the spare directories")
+    return journal
+
+
+async def test_a_task_takes_a_directory_made_ahead_and_its_first_event_is_on_disk_at_once(tmp_path: Path) -> None:
+    """No inode is made on a task's path: its directory, events file and work dir were made ahead, and its first
+    event (with the metadata) is on disk, for watchers, as it is journaled."""
+    journal = await _with_spares(tmp_path)
+    spares = _spares(tmp_path)
+    entry = journal.create("t1", {"spec": {"x": 1}})
+    assert entry.directory == tmp_path / "t1" and (tmp_path / "t1" / WORK_DIR).is_dir()
+    assert len(spares - _spares(tmp_path)) == 1  # one of them, renamed
+    journal.append("t1", StateChanged(TaskState.ACCEPTED, "slots [0]"))
+    assert entry.committed_seq == 1 and _on_disk(tmp_path / "t1" / EVENTS_FILE) == [1]  # no writer turn awaited
+    assert read_meta(tmp_path / "t1") == entry.meta
+    journal.append("t1", StateChanged(TaskState.RUNNING))
+    journal.append("t1", Finished(TaskState.SUCCEEDED, "completed"))
+    assert await asyncio.wait_for(_collect(journal, "t1"), 5) == [1, 2, 3]
+    await eventually(lambda: len(_spares(tmp_path)) == SPARE_DIRS, 10, "another made ahead")
+    await journal.close()
+    assert _on_disk(tmp_path / "t1" / EVENTS_FILE) == [1, 2, 3]
+    assert not _spares(tmp_path)  # a stopping agent leaves none behind
+    (tmp_path / f"{SPARE_PREFIX}left-by-a-crash").mkdir()
+    assert [e.task_id for e in Journal(tmp_path).load()] == ["t1"]  # a spare is no task, and goes at load
+    assert not _spares(tmp_path)
+
+
+async def test_a_first_write_that_fails_is_left_to_the_writer(tmp_path: Path) -> None:
+    """A full disk at a task's first event: nothing half written; the writer writes it once there is room."""
+    journal = await _with_spares(tmp_path)
+    journal.create("t", {})
+    events = tmp_path / "t" / EVENTS_FILE
+    events.unlink()
+    events.symlink_to("/dev/full")
+    journal.append("t", StateChanged(TaskState.ACCEPTED, "slots [0]"))
+    journal.append("t", Finished(TaskState.SUCCEEDED, "completed"))
+    watcher = asyncio.create_task(_collect(journal, "t"))
+    await asyncio.sleep(0.2)
+    assert not watcher.done() and journal.get("t").committed_seq == 0
+    events.unlink()  # space again
+    events.touch()
+    assert await asyncio.wait_for(watcher, 10) == [1, 2]
+    await journal.close()
+    assert _on_disk(events) == [1, 2] and read_meta(tmp_path / "t") == journal.get("t").meta
