@@ -1459,10 +1459,15 @@ class WatchJobsRequest(_message.Message):
     JOB_IDS_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    ENDED_ONLY_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """a snapshot holds the newest this many; 0 = all"""
     resume_token: _builtins.str
     """the last JobsChange's resume_token: only what changed since; "" = snapshot"""
+    ended_only: _builtins.bool
+    """Only jobs that ended (SUCCEEDED, FAILED, CANCELLED), in the snapshot and the changes, and the deleted: for a
+    caller waiting for ends (Client.wait, wait_all), which would otherwise be sent each job at every state change.
+    """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """only these jobs (ids or unique prefixes); empty = every job"""
@@ -1473,10 +1478,11 @@ class WatchJobsRequest(_message.Message):
         job_ids: _abc.Iterable[_builtins.str] | None = ...,
         limit: _builtins.int = ...,
         resume_token: _builtins.str = ...,
+        ended_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_ids", b"job_ids", "limit", b"limit", "resume_token", b"resume_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_only", b"ended_only", "job_ids", b"job_ids", "limit", b"limit", "resume_token", b"resume_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -192,13 +192,15 @@ class AsyncClient:
         return self._stream("WatchJob", request, _same)
 
     def watch_jobs(
-        self, job_ids: Sequence[str] = (), limit: int = 0, resume_token: str = ""
+        self, job_ids: Sequence[str] = (), limit: int = 0, resume_token: str = "", ended_only: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
         """Job changes: {"snapshot", "jobs", "removed_job_ids", "resume_token"} (see JobsChange in
         controller.proto). First the matching jobs (snapshot True), then the jobs that changed, as they are now,
-        and the ids of those deleted. Pass the last resume_token to a new call after a disconnect to get what
-        changed meanwhile. It never ends on its own."""
-        request = cpb.WatchJobsRequest(job_ids=list(job_ids), limit=limit, resume_token=resume_token)
+        and the ids of those deleted; `ended_only`: only jobs that ended. Pass the last resume_token to a new call
+        after a disconnect to get what changed meanwhile. It never ends on its own."""
+        request = cpb.WatchJobsRequest(
+            job_ids=list(job_ids), limit=limit, resume_token=resume_token, ended_only=ended_only
+        )
         return self._stream("WatchJobs", request, wire.jobs_change_from_pb)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
@@ -231,7 +233,7 @@ class AsyncClient:
         waiting, token = set(job_ids), ""
         while True:
             try:
-                async for change in self.watch_jobs(tuple(waiting), resume_token=token):
+                async for change in self.watch_jobs(tuple(waiting), resume_token=token, ended_only=True):
                     token = change["resume_token"]
                     for job in change["jobs"]:
                         if job["state"] in TERMINAL and job["id"] in waiting:

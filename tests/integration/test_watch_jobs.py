@@ -70,3 +70,20 @@ def test_watch_sends_each_record_once_with_points_and_lines_in_batches(
     assert [p["step"] for p in points if p["name"] == "value"] == list(range(300))
     assert sum(e["kind"] == "metrics" for e in events) < 300  # stored history replays as batches
     assert events[-1]["kind"] == "job_state" and events[-1]["job"]["state"] == "SUCCEEDED"
+
+
+def test_watch_jobs_ended_only_sends_each_job_once_in_its_final_state(
+    cluster: tuple[ControllerProcess, list[AgentProcess]],
+) -> None:
+    """What Client.wait and wait_all follow: not every state a job passes through, only its end."""
+    controller, _ = cluster
+    with Client(controller.address) as client:
+        done = client.submit({"algorithm": "noop", "name": "ended-before"})
+        assert client.wait(done["id"], timeout=60)["state"] == "SUCCEEDED"
+        slow = client.submit({"algorithm": "sleep", "hyperparameters": {"seconds": 1.5}, "name": "slow"})
+        changes = client.watch_jobs([done["id"], slow["id"]], ended_only=True)
+        first = next(changes)
+        assert first["snapshot"] and [j["id"] for j in first["jobs"]] == [done["id"]]  # the running one is not sent
+        sent = [(j["id"], j["state"]) for change in itertools.islice(changes, 1) for j in change["jobs"]]
+        assert sent == [(slow["id"], "SUCCEEDED")]  # QUEUED and RUNNING never went out
+        changes.close()
