@@ -4,6 +4,7 @@ core's own (errors.py)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,8 @@ class _Made:
         self.name, self.address, self.fingerprint = record.name, record.address, record.fingerprint
 
     def fits(self, r: AgentRecord) -> bool:
-        """Whether the view still shows the agent as it is (the attempts held there included)."""
+        """Whether the view still shows the agent as it is, but for the attempts held there and so its free slots
+        (they change with every task: a new view then only copies the old one's other fields)."""
         return (
             self.record is r
             and self.tel is r.telemetry
@@ -155,7 +157,6 @@ class _Made:
             and self.name == r.name
             and self.address == r.address
             and self.fingerprint == r.fingerprint
-            and self.view.placed == r.placed
         )
 
 
@@ -171,6 +172,9 @@ class FleetAgents:
     def _view(self, record: AgentRecord) -> AgentView:
         made = self._views.get(record.node_id)
         if made is not None and made.fits(record):
+            if made.view.placed != record.placed:
+                placed = frozenset(record.placed)
+                made.view = dataclasses.replace(made.view, placed=placed, slots_free=record.slots_free)
             return made.view
         self._views[record.node_id] = made = _Made(record, view(record))
         return made.view
