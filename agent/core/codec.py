@@ -5,27 +5,74 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 from tensorfleet_agent.core.types import TaskSpec
 
+# Fields spec_to_dict converts itself; every other field is a plain value (str, int, float, bool) or a dict of JSON
+# values. A test checks this split against TaskSpec's fields, so a new field cannot be missed here.
+_NESTED = frozenset(
+    {"params", "inputs", "env", "rendezvous", "dataset_params", "dataset_mount", "trials", "trial_files"}
+)
+_FIELDS = tuple(f.name for f in dataclasses.fields(TaskSpec))
+
 
 def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
     """A dataset mount's peers and ticket are left out: they say how to fetch the version this time, not which task
     this is (a RunTask sent again with a fresh ticket is the same task), and the ticket is a credential the task's
-    code has no use for."""
-    body = dataclasses.asdict(spec)
-    body["inputs"] = [dataclasses.asdict(ref) for ref in spec.inputs]
-    if spec.dataset_mount is not None:
-        for transport in ("peers", "ticket", "ticket_signature"):
-            body["dataset_mount"].pop(transport, None)
+    code has no use for.
+
+    Written out rather than dataclasses.asdict (a fifth of the time, once per task), with the same dict: the same
+    keys in the same order (task.json's bytes) and copies of the spec's dicts, never the spec's own."""
+    body: dict[str, Any] = {}
+    for name in _FIELDS:
+        if name not in _NESTED:
+            body[name] = getattr(spec, name)
+            continue
+        value = getattr(spec, name)
+        if name == "inputs":
+            body[name] = [{"name": ref.name, "sha256": ref.sha256} for ref in value]
+        elif name == "rendezvous":
+            body[name] = None if value is None else {"master_addr": value.master_addr, "master_port": value.master_port}
+        elif name == "dataset_mount":
+            body[name] = (
+                None
+                if value is None
+                else {
+                    "name": value.name,
+                    "version": value.version,
+                    "manifest_id": value.manifest_id,
+                    "listing_id": value.listing_id,
+                }
+            )
+        elif name == "trials":
+            if value:  # a list, as task.json reads back (RunTask's idempotency compares the two)
+                body[name] = [{"index": trial.index, "params": _plain(trial.params)} for trial in value]
+            # else: the journals of tasks that bundle no trial read as before
+        elif name == "trial_files":
+            if value is not None:  # else: the journals of tasks of no sweep read as before
+                body[name] = dataclasses.asdict(value)
+        else:  # params, env, dataset_params
+            body[name] = _plain(value)
     if not spec.gpu_memory_bytes:  # the journals of tasks that share no GPU read as before
         del body["gpu_memory_bytes"]
-    if spec.trial_files is None:  # the journals of tasks of no sweep read as before
-        del body["trial_files"]
-    if spec.trials:  # a list, as task.json reads back (RunTask's idempotency compares the two)
-        body["trials"] = [dataclasses.asdict(trial) for trial in spec.trials]
-    else:  # the journals of tasks that bundle no trial read as before
-        del body["trials"]
     return body
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy of a JSON-like value, as dataclasses.asdict makes it (containers rebuilt, anything else
+    deep-copied); strings and numbers are immutable, so they are kept."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if kind is list:
+        return [_plain(v) for v in value]
+    if kind is tuple:
+        return tuple(_plain(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return copy.deepcopy(value)
