@@ -90,9 +90,11 @@ class WorkerProcess:
         # Its last task said it left no process and no other thread (worker.alone): nothing can have appeared under
         # it since, so ending it needs no search of the process table. Unknown (False) while a task runs.
         self.alone = False
+        self._statm = -1  # /proc/<pid>/statm, open while the worker lives (own_rss): -1 until then, or once gone
 
     def exited(self, code: int) -> None:
         """The worker process has exited with `code` (negative: killed by that signal)."""
+        self._close_statm()
         if self._exit.is_set():
             return
         self.returncode = code
@@ -295,7 +297,16 @@ class WorkerProcess:
 
     def own_rss(self) -> int:
         """Resident bytes of the worker process alone (0 once it is gone): one small read, where rss_bytes searches
-        the process table for what it started."""
+        the process table for what it started. Read again and again from one open file (the executor asks after
+        each task): a pread, no open and close; the file names the process itself, never one that took its pid."""
+        if self._statm < 0 and self.returncode is None:
+            with contextlib.suppress(OSError):
+                self._statm = os.open(f"/proc/{self.pid}/statm", os.O_RDONLY)
+        if self._statm >= 0:
+            try:
+                return int(os.pread(self._statm, 256, 0).split()[1]) * _PAGE
+            except (OSError, ValueError, IndexError):  # gone (ESRCH): read by its path as below, which says so
+                self._close_statm()
         try:
             with open(f"/proc/{self.pid}/statm", "rb") as fh:
                 return int(fh.read().split()[1]) * _PAGE
@@ -306,6 +317,11 @@ class WorkerProcess:
                 return int(psutil.Process(self.pid).memory_info().rss)
             except psutil.Error:
                 return 0
+
+    def _close_statm(self) -> None:
+        if self._statm >= 0:
+            fd, self._statm = self._statm, -1
+            os.close(fd)
 
     def rss_bytes(self) -> int:
         """Resident memory of the worker and every process it started."""
