@@ -94,17 +94,17 @@ class Authority:
         self._sessions: dict[str, Session] = {}
         self._authorized: dict[str, dict[str, Any]] = {}
         self._authorized_mtime = -1.0
+        self._authorized_path = str(directory / AUTHORIZED_FILE)  # stat'ed on every call that needs a session
 
     # ---- files
 
     def authorized(self) -> dict[str, dict[str, Any]]:
-        path = self.directory / AUTHORIZED_FILE
         try:
-            mtime = path.stat().st_mtime
+            mtime = os.stat(self._authorized_path).st_mtime
         except FileNotFoundError:
             mtime = 0.0
         if mtime != self._authorized_mtime:
-            self._authorized = _read_json(path) or {}
+            self._authorized = _read_json(self.directory / AUTHORIZED_FILE) or {}
             self._authorized_mtime = mtime
         return self._authorized
 
