@@ -308,7 +308,8 @@ class Executor:
                 spec.job_id, spec.attempt, spec.local_rank, spec.local_world_size, spec.gpus
             )
         try:
-            self.blobs.pin(ref.sha256 for ref in spec.inputs)
+            if spec.inputs:  # (most tasks have none: no lock, no pass over the pins)
+                self.blobs.pin(ref.sha256 for ref in spec.inputs)
             meta = {"spec": spec_to_dict(spec), "slot_ids": [s.id for s in slots]}
             entry = self.journal.create(spec.task_id, meta)  # a mkdir: its files are the journal writer's
         except BaseException:
@@ -573,7 +574,10 @@ class Executor:
             self._running.pop(spec.task_id, None)
             self._release(running.slots, running.gpu_share, spec.task_id)
             self.gangs.finished(spec.job_id, spec.attempt, spec.local_rank)
-            self.blobs.unpin(ref.sha256 for ref in spec.inputs)
+            if spec.inputs:
+                self.blobs.unpin(ref.sha256 for ref in spec.inputs)
+            else:  # nothing pinned: what an unpin of nothing did, without its pass over every pin
+                self.blobs.released()
             self._gauge()
             self.metrics.task_duration.labels(spec.workload, status.value).observe(duration)
             if status is TaskState.SUCCEEDED:
