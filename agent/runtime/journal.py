@@ -2,7 +2,8 @@
 
 Every task event gets a per-task sequence number and is appended to
 tasks/<task_id>/events.pb by one writer thread that group-commits (one write
-per task and batch). Watchers only ever see committed events: written to the
+per task and batch), but for a task's first AT_ONCE events, written on the loop
+as they come while nothing of the task waits for the writer (_at_once). Watchers only ever see committed events: written to the
 kernel, so anything a controller has received survives an agent crash or
 restart. Nothing is fsynced: that would only add a power loss or kernel crash,
 which takes the task's processes (and the agent's link to the controller) down
@@ -71,6 +72,7 @@ RESERVE_FILE = ".reserve"
 WORK_DIR = "work"  # a task's working directory, inside its task directory (the executor's; made with the spares)
 SPARE_PREFIX = ".spare-"  # task directories made ahead; removed at load, never a task's until renamed to its id
 SPARE_DIRS = 4
+AT_ONCE = 8  # a task's first events written on the loop at once (all of a short task's: its start, a line, its end)
 # The journals' layout, in FORMAT_FILE beside them: 2, a task's metadata heads its events.pb; 1 (no file), task.json
 # beside it. An agent refuses a data dir whose journals are newer than it reads, rather than take them for broken.
 FORMAT_FILE = "FORMAT"
@@ -106,6 +108,9 @@ class TaskLog:
     exit_cause: str = ""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     head_due: bool = False  # its metadata is not written yet: its events file, made ahead, waits for its first write
+    on_disk: bool = False  # its file holds its metadata (then events up to committed_seq)
+    writer_has_it: bool = False  # the writer thread has written to its file (and keeps it open until its end)
+    at_once_left: int = 0  # events it may still have written at once, on the loop (Journal._at_once)
 
     @property
     def finished(self) -> bool:
@@ -125,7 +130,8 @@ class TaskLog:
             self.exit_cause = payload.exit_cause
 
 
-_Item = tuple[TaskLog, bytes, int]  # a journal, an event's record and its seq (0: the journal's metadata)
+# a journal, an event's record and its seq (0: the journal's metadata; -1: its end was written on the loop, close it)
+_Item = tuple[TaskLog, bytes, int]
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -298,7 +304,7 @@ class Journal:
         directory = spare or private_dir(self.root / task_id)  # it keeps whatever the task printed: its user's only
         created_at = time.time()
         meta = {**meta, "created_at": created_at, "boot_id": self._boot_id}
-        entry = TaskLog(task_id, directory, meta, created_at, head_due=spare is not None)
+        entry = TaskLog(task_id, directory, meta, created_at, head_due=spare is not None, at_once_left=AT_ONCE)
         self._logs[task_id] = entry
         if spare is None:
             self._enqueue((entry, b"", 0))  # seq 0: its metadata, written by the writer with the first event
@@ -318,30 +324,53 @@ class Journal:
         entry.records.append(record)
         if entry.head_due:
             entry.head_due = False
-            if _running_loop() is self._loop is not None and self._write_head(entry, record):
+            if self._on_loop() and self._write_now(entry, _meta_record(entry.meta) + record):
+                entry.on_disk = True
+                entry.at_once_left -= 1
                 self._committed([(entry, event.seq)])
                 return event
             self._enqueue((entry, b"", 0))
+        elif self._at_once(entry, event) and self._write_now(entry, record):
+            entry.at_once_left -= 1
+            if entry.finished and entry.writer_has_it:
+                self._enqueue((entry, b"", -1))  # the writer's handle of its file: closed
+            self._committed([(entry, event.seq)])
+            return event
         self._enqueue((entry, record, event.seq))
         return event
 
-    def _write_head(self, entry: TaskLog, record: bytes) -> bool:
-        """The metadata and first event of a task whose events file was made ahead, written at once (one write of a
-        few hundred bytes to an existing file, ~15 us): its start (RunTask's acceptance, ACCEPTED) waits for no hop
-        to the writer thread and back, ~1 ms on a busy 2-core box. False (nothing written) when the write fails: the
-        writer then writes them, with its full-disk handling."""
-        data = _meta_record(entry.meta) + record
+    def _on_loop(self) -> bool:
+        return _running_loop() is self._loop is not None
+
+    def _at_once(self, entry: TaskLog, event: TaskEvent) -> bool:
+        """Whether the event is written at once, on the loop: one of the task's first AT_ONCE events (a small task's
+        start, its lines and its end: the path of every task, where each hop to the writer thread and back cost
+        ~0.5 ms) when everything before it is on disk, so it overtakes nothing waiting for the writer. The rest (a
+        long task's metrics and lines, in bursts) go to the writer, which writes each burst in one go; and all while
+        a full disk has the writer using its reserve."""
+        return (
+            entry.at_once_left > 0
+            and entry.on_disk
+            and entry.committed_seq == event.seq - 1
+            and not self._reserve_in_use
+            and self._on_loop()
+        )
+
+    def _write_now(self, entry: TaskLog, data: bytes) -> bool:
+        """Append to the task's events file at once (one write of a few hundred bytes to an existing file, ~15 us,
+        where the hop to the writer thread and back put ~0.5-1 ms before its watchers on a busy 2-core box). False,
+        and nothing written, when the write fails: the writer then writes it, with its full-disk handling."""
         try:
             fd = os.open(entry.directory / EVENTS_FILE, os.O_WRONLY | os.O_APPEND)
         except OSError:
             return False
         try:
-            if os.write(fd, data) == len(data):
+            size = os.lseek(fd, 0, os.SEEK_END)
+            if os.write(fd, data) == len(data):  # a write that fails writes nothing
                 return True
-            os.ftruncate(fd, 0)  # a short write (a full disk): the writer writes it whole
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+            os.ftruncate(fd, size)  # a short write (a full disk): the writer writes it whole
+        except OSError as exc:
+            log.debug("journal %s: written by the writer instead (%s)", entry.task_id, exc)
         finally:
             os.close(fd)
         return False
@@ -402,6 +431,11 @@ class Journal:
             if seq == 0:
                 self._meta_due.add(entry.task_id)
                 continue
+            if seq < 0:  # its end was written at once: nothing more comes from here
+                fh = self._files.pop(entry.task_id, None)
+                if fh is not None:
+                    fh.close()
+                continue
             unwritten = self._unwritten.get(entry.task_id)
             if unwritten is None:
                 unwritten = self._unwritten[entry.task_id] = _Unwritten(entry)
@@ -428,7 +462,7 @@ class Journal:
         if self._reserve_in_use and not self._unwritten:
             self._make_reserve()
         if self._loop is not None and done:
-            self._loop.call_soon_threadsafe(self._committed, done)
+            self._loop.call_soon_threadsafe(self._written, done)
 
     def _write_making_room(self, unwritten: _Unwritten) -> IO[bytes] | None:
         """Write; on a full disk give back some of the reserve and try once more."""
@@ -535,6 +569,12 @@ class Journal:
             log.error("disk full under %s: writing task events into the journal's reserve", self.root)
         self._reserve_in_use = True
         return True
+
+    def _written(self, updates: list[tuple[TaskLog, int]]) -> None:
+        """What the writer thread wrote (on the loop)."""
+        for entry, _ in updates:
+            entry.on_disk = entry.writer_has_it = True
+        self._committed(updates)
 
     def _committed(self, updates: list[tuple[TaskLog, int]]) -> None:
         for entry, seq in updates:

@@ -11,10 +11,11 @@ import pytest
 
 from helpers.waiting import eventually
 from tensorfleet_agent.core.errors import NotFound
-from tensorfleet_agent.core.types import Finished, MetricPoint, StateChanged, TaskEvent, TaskState
+from tensorfleet_agent.core.types import Finished, LogLine, MetricPoint, StateChanged, TaskEvent, TaskState
 from tensorfleet_agent.rpc.convert import event_record, events_from_batch
 from tensorfleet_agent.runtime import journal as journal_module
 from tensorfleet_agent.runtime.journal import (
+    AT_ONCE,
     EVENTS_FILE,
     RESERVE_BYTES,
     RESERVE_FILE,
@@ -261,3 +262,48 @@ async def test_a_first_write_that_fails_is_left_to_the_writer(tmp_path: Path) ->
     assert await asyncio.wait_for(watcher, 10) == [1, 2]
     await journal.close()
     assert _on_disk(events) == [1, 2] and read_meta(tmp_path / "t") == journal.get("t").meta
+
+
+async def test_a_short_task_is_written_at_once_and_a_long_one_s_bursts_by_the_writer(tmp_path: Path) -> None:
+    """A task's first events (a short task's start, its line and its end: the path of every task) reach the disk and
+    its watchers as they are journaled; later ones go to the writer, and nothing overtakes what it holds."""
+    journal = await _with_spares(tmp_path)
+    quick = journal.create("quick", {})
+    for payload in (
+        StateChanged(TaskState.ACCEPTED, ""),
+        StateChanged(TaskState.RUNNING),
+        LogLine("agent", "reproducibility: ..."),
+        Finished(TaskState.SUCCEEDED, "completed"),
+    ):
+        journal.append("quick", payload)
+    assert quick.committed_seq == 4 and _on_disk(tmp_path / "quick" / EVENTS_FILE) == [1, 2, 3, 4]
+
+    long = journal.create("long", {})
+    journal.append("long", StateChanged(TaskState.ACCEPTED, ""))
+    for step in range(AT_ONCE + 20):
+        journal.append("long", MetricPoint(step, "x", 1.0, 0.0))
+    assert long.committed_seq == AT_ONCE  # the rest waits for the writer, in one write
+    journal.append("long", Finished(TaskState.SUCCEEDED, "completed"))
+    assert long.committed_seq == AT_ONCE  # behind what the writer holds: not at once
+    assert await asyncio.wait_for(_collect(journal, "long"), 10) == list(range(1, AT_ONCE + 23))
+    await journal.close()
+    assert _on_disk(tmp_path / "long" / EVENTS_FILE) == list(range(1, AT_ONCE + 23))
+    assert {e.task_id: e.last_seq for e in Journal(tmp_path).load()} == {"quick": 4, "long": AT_ONCE + 22}
+
+
+async def test_an_end_written_at_once_closes_the_writer_s_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task whose first event the writer wrote (no directory made ahead) keeps its file open there; an end
+    written at once has it closed: no file handle is left behind per task."""
+    monkeypatch.setattr(journal_module, "SPARE_DIRS", 0)
+    journal = Journal(tmp_path)
+    journal.start()
+    entry = journal.create("t", {})
+    journal.append("t", StateChanged(TaskState.ACCEPTED, ""))
+    await eventually(lambda: entry.committed_seq == 1, 10, "the writer's commit")
+    assert "t" in journal._files
+    journal.append("t", StateChanged(TaskState.RUNNING))
+    journal.append("t", Finished(TaskState.SUCCEEDED, "completed"))
+    assert entry.committed_seq == 3  # at once
+    await eventually(lambda: "t" not in journal._files, 10, "the writer's handle closed")
+    await journal.close()
+    assert _on_disk(tmp_path / "t" / EVENTS_FILE) == [1, 2, 3]
