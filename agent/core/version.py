@@ -7,7 +7,9 @@ import re
 import sys
 
 #: Bumped on every incompatible change to proto/tensorfleet/v1.
-PROTOCOL_VERSION = 6  # 6: WatchTask's acceptance carries the first events; 5: WatchTaskRequest.run (start a task and follow it in one call); 4: TaskSpec.trials
+# 6: WatchTask's acceptance carries the first events; 5: WatchTaskRequest.run (start a task and follow it in one
+# call); 4: TaskSpec.trials
+PROTOCOL_VERSION = 6
 
 
 class _Unsure(Exception):

@@ -1,15 +1,13 @@
 """The on-disk task journal (docs/architecture.md, 'Nothing is lost').
 
-Every task event gets a per-task sequence number and is appended to
-tasks/<task_id>/events.pb by one writer thread that group-commits (one write
-per task and batch), but for a task's first AT_ONCE events, written on the loop
-as they come while nothing of the task waits for the writer (_at_once). Watchers only ever see committed events: written to the
-kernel, so anything a controller has received survives an agent crash or
-restart. Nothing is fsynced: that would only add a power loss or kernel crash,
-which takes the task's processes (and the agent's link to the controller) down
-with it, and cost ~7 ms per commit on the path of every task. After such a
-crash (a new boot id) the tasks that were running are forgotten, not reported:
-their journal may have lost events a controller had seen (see load).
+Every task event gets a per-task sequence number and is appended to tasks/<task_id>/events.pb by one writer thread
+that group-commits (one write per task and batch), but for a task's first AT_ONCE events, written on the loop as
+they come while nothing of the task waits for the writer (_at_once). Watchers only ever see committed events:
+written to the kernel, so anything a controller has received survives an agent crash or restart. Nothing is
+fsynced: that would only add a power loss or kernel crash, which takes the task's processes (and the agent's link to
+the controller) down with it, and cost ~7 ms per commit on the path of every task. After such a crash (a new boot
+id) the tasks that were running are forgotten, not reported: their journal may have lost events a controller had
+seen (see load).
 
 An event is encoded once, when it is journaled: the file is a protobuf TaskEventBatch, and WatchTask sends
 runs of its records as they are (docs/architecture.md, 'The path of a metric point').

@@ -57,7 +57,8 @@ def _servicer(executor: _Executor) -> AgentServicer:
 async def test_the_acceptance_carries_the_events_committed_with_it() -> None:
     executor = _Executor()
     executor.committed.set()
-    messages = [pb.TaskEventBatch.FromString(m) async for m in _servicer(executor).WatchTask(_request("t1"), _Context())]
+    stream = _servicer(executor).WatchTask(_request("t1"), _Context())
+    messages = [pb.TaskEventBatch.FromString(m) async for m in stream]
     first = messages[0]
     assert first.accepted.task_id == "t1" and list(first.accepted.slot_ids) == [0]
     assert [e.seq for e in first.events] == [1]  # ACCEPTED rides with the acceptance: no message of its own
