@@ -49,30 +49,29 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
             )
         elif name == "trials":
             if value:  # a list, as task.json reads back (RunTask's idempotency compares the two)
-                body[name] = [{"index": trial.index, "params": _plain(trial.params)} for trial in value]
+                body[name] = [{"index": trial.index, "params": copy_json(trial.params)} for trial in value]
             # else: the journals of tasks that bundle no trial read as before
         elif name == "trial_files":
             if value is not None:  # else: the journals of tasks of no sweep read as before
                 body[name] = dataclasses.asdict(value)
         else:  # params, env, dataset_params
-            body[name] = _plain(value)
+            body[name] = copy_json(value)
     if not spec.gpu_memory_bytes:  # the journals of tasks that share no GPU read as before
         del body["gpu_memory_bytes"]
     return body
 
 
-def _plain(value: Any) -> Any:
-    """A deep copy of a JSON-like value, as dataclasses.asdict makes it (containers rebuilt, anything else
-    deep-copied); strings and numbers are immutable, so they are kept."""
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, scalars; anything else by copy.deepcopy): what
+    dataclasses.asdict and copy.deepcopy make of it, at a fraction of their generic machinery's cost (a task's spec
+    once per task here, a job's on every store write in the controller)."""
     kind = type(value)
     if kind is str or kind is int or kind is float or kind is bool or value is None:
         return value
-    if kind is dict:
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if kind is list:
-        return [_plain(v) for v in value]
-    if kind is tuple:
-        return tuple(_plain(v) for v in value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) for v in value]
+    if isinstance(value, str | int | float):
+        return value
     return copy.deepcopy(value)

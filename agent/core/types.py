@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 
 class TaskState(enum.Enum):
@@ -368,3 +368,15 @@ class TaskSummary:
     last_seq: int
     exit_cause: str
     slot_ids: tuple[int, ...]
+
+
+_D = TypeVar("_D")
+
+
+def copied_with(obj: _D, **changes: Any) -> _D:
+    """dataclasses.replace(obj, **changes) for a frozen dataclass that __init__ only sets the fields of (no
+    __post_init__, no slots, every field in __init__): its fields copied, `changes` over them, without __init__'s
+    setattr through object per field (~6 us for a TaskSpec, ~20 us for the controller's AgentView; this is <1)."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__, **changes)
+    return new

@@ -10,6 +10,7 @@ from typing import Any
 
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.types import TaskSpec
+from tensorfleet_agent.core.types import copied_with as _replaced  # a validated spec's defaults, filled in
 
 MAX_ID = 128
 MAX_PARAMS_JSON = 1 << 20
@@ -137,17 +138,6 @@ def validate_task_spec(spec: TaskSpec) -> TaskSpec:
             )
     spec = _replaced(spec, params=params, world_size=world, dataset_params=dataset_params)
     return check_trials(spec) if spec.trials else spec
-
-
-def _replaced(spec: TaskSpec, **changes: Any) -> TaskSpec:
-    """dataclasses.replace(spec, **changes) without TaskSpec's __init__ (a frozen class's: a setattr through object
-    for each of its fields, half of validate_task_spec's time): its fields copied, `changes` over them. The same
-    spec, as TaskSpec has no __post_init__, no field outside __init__ and no slots (a test checks)."""
-    fields = spec.__dict__.copy()
-    fields.update(changes)
-    new = object.__new__(TaskSpec)
-    new.__dict__.update(fields)
-    return new
 
 
 def check_trials(spec: TaskSpec) -> TaskSpec:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from tensorfleet_agent.core.codec import copy_json
 from tensorfleet_agent.core.errors import ValidationError
 from tensorfleet_agent.core.manifest import MAX_FILES
 from tensorfleet_agent.core.project_layout import DEFAULT_OUTPUT_DIR
@@ -25,7 +26,6 @@ from tensorfleet_agent.core.sizes import parse_size
 from tensorfleet_agent.workloads.datasets import CLASSIFICATION, REGRESSION, check_dataset, dataset_task
 from tensorfleet_agent.workloads.registry import get_workload
 from tensorfleet_desktop.controller.dataset_versions import SOURCES
-from tensorfleet_desktop.controller.model import copy_json
 from tensorfleet_desktop.controller.sweep import budget, parse_sweep
 
 FIELDS = (
