@@ -170,9 +170,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         """Serialized TaskEventBatch messages: many events each, never decoded and encoded again here. With `run`,
         the task is started first and the acceptance is the first message: the controller's way to send a task
         without a second call (and a second round trip) before its events can flow. That message also carries the
-        events committed by then (the ACCEPTED at least, once the journal writer has it): one message less per
-        task, and a task's start heard ~0.8 ms sooner. A journal that cannot commit within FIRST_EVENTS_WAIT (a
-        full disk) lets the acceptance go alone."""
+        events committed by then (the ACCEPTED at least, written at once when the journal made the task's file
+        ahead): one message less per task. A journal that cannot commit within FIRST_EVENTS_WAIT (a full disk)
+        lets the acceptance go alone."""
         check_id(request.task_id, "task_id")
         if request.after_seq < 0:
             raise ValidationError("after_seq", f"must be >= 0, got {request.after_seq}")

@@ -20,8 +20,8 @@ crowded directory (the dev box's /tmp), where it was most of a small task's agen
 are read as before; an older agent removes these (no task.json: it takes them for never written).
 
 A task's directory is made ahead: a thread of its own (not the writer, which a task's first commit would wait
-behind) keeps SPARE_DIRS of them ready (.spare-*, each with its empty
-events file and its work dir), and a new task's is one renamed to its id (~16 us). Made on the task's path, the
+behind) keeps SPARE_DIRS of them ready (.spare-*, each with its empty events file and its work dir), and a new
+task's is one renamed to its id (~16 us). Made on the task's path, the
 directory, its events file and its work dir were three inode allocations, ~60 us of CPU on a quiet ext4 and over
 1.5 ms where the dev box's churned directories made each cost ~0.5 ms: the slowest part of a noop task's start.
 
@@ -279,8 +279,8 @@ class Journal:
     # ---- writing
 
     def _take_spare(self, task_id: str) -> Path | None:
-        """A directory the writer made ahead, now the task's (a rename); None when none is ready (the first tasks,
-        a burst, a full disk) or the name is taken."""
+        """A directory made ahead (_spare_maker), now the task's (a rename); None when none is ready (the first
+        tasks, a burst, a full disk) or the name is taken."""
         if not self._spares:
             return None
         spare, target = self._spares.popleft(), self.root / task_id
@@ -293,10 +293,9 @@ class Journal:
         return target
 
     def create(self, task_id: str, meta: dict[str, Any]) -> TaskLog:
-        """Make the task's directory its own (a spare renamed, else a mkdir: on the loop); its metadata is written by
-        the writer at the head of its events file, with its first event (ACCEPTED, right after). RunTask's answer
-        waits for no file: a thread hop and ~0.4 ms of file creations on the dev box's ext4 were on its path. Until
-        the writer has run, a crash forgets the task (a journal without its metadata is no task), as it would its
+        """Make the task's directory its own (a spare renamed, else a mkdir: on the loop); its metadata heads its
+        events file, written with its first event (ACCEPTED, right after): at once into a spare's file, else by the
+        writer. Until then a crash forgets the task (a journal without its metadata is no task), as it would its
         unwritten events: its controller re-places it (TaskUnknown)."""
         spare = self._take_spare(task_id)
         directory = spare or private_dir(self.root / task_id)  # it keeps whatever the task printed: its user's only
@@ -320,20 +319,17 @@ class Journal:
         assert entry.records is not None
         record = event_record(event)
         entry.records.append(record)
-        if entry.head_due:
-            entry.head_due = False
-            if self._on_loop() and self._write_now(entry, _meta_record(entry.meta) + record):
-                entry.on_disk = True
-                entry.at_once_left -= 1
-                self._committed([(entry, event.seq)])
-                return event
-            self._enqueue((entry, b"", 0))
-        elif self._at_once(entry, event) and self._write_now(entry, record):
+        head = _meta_record(entry.meta) if entry.head_due else b""  # its file was made ahead: the metadata first
+        if self._at_once(entry, event) and self._write_now(entry, head + record):
+            entry.head_due, entry.on_disk = False, True
             entry.at_once_left -= 1
             if entry.finished and entry.writer_has_it:
                 self._enqueue((entry, b"", -1))  # the writer's handle of its file: closed
             self._committed([(entry, event.seq)])
             return event
+        if entry.head_due:
+            entry.head_due = False
+            self._enqueue((entry, b"", 0))  # the writer writes the metadata with the event
         self._enqueue((entry, record, event.seq))
         return event
 
@@ -348,7 +344,7 @@ class Journal:
         a full disk has the writer using its reserve."""
         return (
             entry.at_once_left > 0
-            and entry.on_disk
+            and (entry.on_disk or entry.head_due)
             and entry.committed_seq == event.seq - 1
             and not self._reserve_in_use
             and self._on_loop()
