@@ -1379,6 +1379,126 @@ class WatchTaskRequest(_message.Message):
 Global___WatchTaskRequest: _TypeAlias = WatchTaskRequest  # noqa: Y015
 
 @_typing.final
+class TaskWatch(_message.Message):
+    """AgentService.Tasks: a controller's WatchTask calls on one stream it keeps open to the agent, each watch named by
+    an id of the caller's own; a task costs a message on it, not a call (its set-up, headers and session check).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """the caller's, unique on its stream; the agent's items for it carry it"""
+    @_builtins.property
+    def request(self) -> Global___WatchTaskRequest:
+        """as WatchTask's, its refusals as the watch's end"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        request: Global___WatchTaskRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskWatch: _TypeAlias = TaskWatch  # noqa: Y015
+
+@_typing.final
+class TasksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_FIELD_NUMBER: _builtins.int
+    UNWATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def watch(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskWatch]:
+        """start these watches (and with request.run, their tasks)"""
+
+    @_builtins.property
+    def unwatch(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """stop following these (their tasks run on); an unknown id is ignored"""
+
+    def __init__(
+        self,
+        *,
+        watch: _abc.Iterable[Global___TaskWatch] | None = ...,
+        unwatch: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["unwatch", b"unwatch", "watch", b"watch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TasksRequest: _TypeAlias = TasksRequest  # noqa: Y015
+
+@_typing.final
+class TaskWatchItem(_message.Message):
+    """One watch's share of a TasksResponse: a message WatchTask would have sent, its end, or both."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """TaskWatch.id"""
+    end: _builtins.bool
+    """the watch's last item: its task finished, or it failed (code)"""
+    code: _builtins.int
+    """with end: the grpc status code WatchTask would have ended with (0: OK)"""
+    details: _builtins.str
+    """... and its message"""
+    @_builtins.property
+    def batch(self) -> Global___TaskEventBatch:
+        """absent in an item that only ends the watch"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        batch: Global___TaskEventBatch | None = ...,
+        end: _builtins.bool = ...,
+        code: _builtins.int = ...,
+        details: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "code", b"code", "details", b"details", "end", b"end", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskWatchItem: _TypeAlias = TaskWatchItem  # noqa: Y015
+
+@_typing.final
+class TasksResponse(_message.Message):
+    """Items of many watches, in order per watch: what was ready when the agent wrote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskWatchItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___TaskWatchItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TasksResponse: _TypeAlias = TasksResponse  # noqa: Y015
+
+@_typing.final
 class CancelTaskRequest(_message.Message):
     """Cancel a task, or ask it to checkpoint and stop (a pause)."""
 

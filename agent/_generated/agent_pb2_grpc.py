@@ -55,6 +55,11 @@ class AgentServiceStub:
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.TaskEventBatch.FromString,
                 _registered_method=True)
+        self.Tasks = channel.stream_stream(
+                '/tensorfleet.v1.AgentService/Tasks',
+                request_serializer=tensorfleet_dot_v1_dot_agent__pb2.TasksRequest.SerializeToString,
+                response_deserializer=tensorfleet_dot_v1_dot_agent__pb2.TasksResponse.FromString,
+                _registered_method=True)
         self.CancelTask = channel.unary_unary(
                 '/tensorfleet.v1.AgentService/CancelTask',
                 request_serializer=tensorfleet_dot_v1_dot_agent__pb2.CancelTaskRequest.SerializeToString,
@@ -164,6 +169,14 @@ class AgentServiceServicer:
     def WatchTask(self, request, context):
         """Replays the journaled events after after_seq, then follows until Finished; many events per message. With
         `run`, starts the task first (RunTask in the same call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Tasks(self, request_iterator, context):
+        """Many WatchTask calls on one stream (a controller keeps one open per agent): watches in, their items out. The
+        stream ends when the caller has closed its side and every watch has ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,6 +316,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.WatchTaskRequest.FromString,
                     response_serializer=tensorfleet_dot_v1_dot_agent__pb2.TaskEventBatch.SerializeToString,
+            ),
+            'Tasks': grpc.stream_stream_rpc_method_handler(
+                    servicer.Tasks,
+                    request_deserializer=tensorfleet_dot_v1_dot_agent__pb2.TasksRequest.FromString,
+                    response_serializer=tensorfleet_dot_v1_dot_agent__pb2.TasksResponse.SerializeToString,
             ),
             'CancelTask': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelTask,
@@ -493,6 +511,33 @@ class AgentService:
             '/tensorfleet.v1.AgentService/WatchTask',
             tensorfleet_dot_v1_dot_agent__pb2.WatchTaskRequest.SerializeToString,
             tensorfleet_dot_v1_dot_agent__pb2.TaskEventBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tasks(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tensorfleet.v1.AgentService/Tasks',
+            tensorfleet_dot_v1_dot_agent__pb2.TasksRequest.SerializeToString,
+            tensorfleet_dot_v1_dot_agent__pb2.TasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,10 @@ class AgentServiceStub:
     """Replays the journaled events after after_seq, then follows until Finished; many events per message. With
     `run`, starts the task first (RunTask in the same call).
     """
+    Tasks: _grpc.StreamStreamMultiCallable[_agent_pb2.TasksRequest, _agent_pb2.TasksResponse]
+    """Many WatchTask calls on one stream (a controller keeps one open per agent): watches in, their items out. The
+    stream ends when the caller has closed its side and every watch has ended.
+    """
     CancelTask: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]
     """Cancel a task, or ask it to checkpoint and stop."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListTasksRequest, _agent_pb2.ListTasksResponse]
@@ -92,6 +96,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     WatchTask: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchTaskRequest, _agent_pb2.TaskEventBatch]  # type: ignore[assignment]
     """Replays the journaled events after after_seq, then follows until Finished; many events per message. With
     `run`, starts the task first (RunTask in the same call).
+    """
+    Tasks: _aio.StreamStreamMultiCallable[_agent_pb2.TasksRequest, _agent_pb2.TasksResponse]  # type: ignore[assignment]
+    """Many WatchTask calls on one stream (a controller keeps one open per agent): watches in, their items out. The
+    stream ends when the caller has closed its side and every watch has ended.
     """
     CancelTask: _aio.UnaryUnaryMultiCallable[_agent_pb2.CancelTaskRequest, _agent_pb2.CancelTaskResponse]  # type: ignore[assignment]
     """Cancel a task, or ask it to checkpoint and stop."""
@@ -159,6 +167,16 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.TaskEventBatch], _abc.AsyncIterator[_agent_pb2.TaskEventBatch]]:
         """Replays the journaled events after after_seq, then follows until Finished; many events per message. With
         `run`, starts the task first (RunTask in the same call).
+        """
+
+    @_abc_1.abstractmethod
+    def Tasks(
+        self,
+        request_iterator: _MaybeAsyncIterator[_agent_pb2.TasksRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.TasksResponse], _abc.AsyncIterator[_agent_pb2.TasksResponse]]:
+        """Many WatchTask calls on one stream (a controller keeps one open per agent): watches in, their items out. The
+        stream ends when the caller has closed its side and every watch has ended.
         """
 
     @_abc_1.abstractmethod

@@ -7,9 +7,9 @@ import re
 import sys
 
 #: Bumped on every incompatible change to proto/tensorfleet/v1.
-# 6: WatchTask's acceptance carries the first events; 5: WatchTaskRequest.run (start a task and follow it in one
-# call); 4: TaskSpec.trials
-PROTOCOL_VERSION = 6
+# 7: AgentService.Tasks (a controller's watches on one stream); 6: WatchTask's acceptance carries the first
+# events; 5: WatchTaskRequest.run (start a task and follow it in one call); 4: TaskSpec.trials
+PROTOCOL_VERSION = 7
 
 
 class _Unsure(Exception):

@@ -28,6 +28,7 @@ from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.identity import Identity, node_id_of_cert
 from tensorfleet_agent.rpc import convert
 from tensorfleet_agent.rpc.server import MAX_MESSAGE_BYTES
+from tensorfleet_agent.rpc.task_stream_caller import TaskStream, Watch
 from tensorfleet_agent.security.secrets import proof, token_key
 
 CHUNK_BYTES = 1 << 20
@@ -159,12 +160,7 @@ class AgentTrust:
         return node_id_of_cert(self.agent_cert_pem)[1]
 
 
-_END_GRACE = 2.0  # seconds a WatchTask call its reader dropped may take to end before it is cancelled
-
-
-def _cancel_unless_done(call: Any) -> None:
-    if not call.done():
-        call.cancel()
+_END_GRACE = 2.0  # seconds a watch its reader dropped may take to end before it is unwatched
 
 
 class EventStream(AsyncGenerator[TaskEvent, None]):
@@ -180,45 +176,22 @@ class EventStream(AsyncGenerator[TaskEvent, None]):
 
 
 class TaskEvents(EventStream):
-    """A task's events from one WatchTask call, read with call.read(): an async generator a reader leaves early (the
-    controller stops at the task's end) is finalized by the event loop in a task of its own, with a wake-up of the
-    loop, for each layer of generators; this object is simply dropped with its call, which grpc then cancels.
+    """A task's events from one watch on the client's Tasks stream (WatchTask's messages, rpc/task_stream_caller.py):
+    an async generator a reader leaves early (the controller stops at the task's end) is finalized by the event loop
+    in a task of its own, with a wake-up of the loop, for each layer of generators; this object is simply dropped,
+    and its watch left if its end has not come by then."""
 
-    Like a work RPC, a call the agent refuses for an expired session (an agent restart) before any answer is made
-    again once with a new session."""
-
-    def __init__(self, client: AgentClient, start: Callable[[tuple[tuple[str, str], ...]], Any]) -> None:
-        self._client = client
-        self._start = start
-        self._call: Any = None
-        self._renew = client.trust is not None  # a refused session may still be renewed (before any answer)
-        self._done = False
+    def __init__(self, watch: Watch) -> None:
+        self._watch = watch
         self._batch: Sequence[Any] = ()
         self._next = 0
 
     async def next_message(self) -> Any:
-        """The call's next message; None at its end."""
-        if self._done:
-            return None
+        """The watch's next message; None at its end."""
         try:
-            while True:
-                if self._call is None:
-                    self._call = self._start(await self._client.session_metadata())
-                try:
-                    msg = await self._call.read()
-                except grpc.aio.AioRpcError as exc:
-                    if not self._renew or not self._client._renewed(exc):
-                        raise
-                    self._renew, self._call = False, None
-                    continue
-                self._renew = False
-                if msg is grpc.aio.EOF:  # type: ignore[attr-defined]  # (missing from the stubs)
-                    self._done = True
-                    return None
-                return msg
-        except BaseException:  # the call's error, or its reader cancelled: the call ends with it
-            self._done = True
-            self._cancel()
+            return await self._watch.next_message()
+        except BaseException:  # its error, or its reader cancelled: the watch ends with it
+            self._watch.leave()
             raise
 
     def pending(self, events: Sequence[Any]) -> None:
@@ -235,27 +208,21 @@ class TaskEvents(EventStream):
         return convert.event_from_pb(self._batch[self._next - 1])
 
     async def aclose(self) -> None:
-        """Stop following: the call is cancelled (the task runs on)."""
-        self._done = True
-        self._cancel()
-
-    def _cancel(self) -> None:
-        if self._call is not None:
-            self._call.cancel()
+        """Stop following (the task runs on)."""
+        self._watch.leave()
 
     def __del__(self) -> None:
-        """Dropped by its reader while the call is open: the reader stopped at the task's end, which the agent's own
-        end of the call follows a moment later; cancelling it now would make both sides tear down a stream that is
-        ending anyway (a reset each), so it is cancelled only if still open after a grace period (a reader that left
-        a task still running)."""
-        call = getattr(self, "_call", None)  # None too when __init__ failed
-        if call is None or self._done or call.done():
+        """Dropped by its reader: at the task's end, whose end item is on its way (an unwatch now would be a
+        message for nothing), so the watch is left only if still open after a grace period (a reader that left a
+        task still running)."""
+        watch = getattr(self, "_watch", None)  # None too when __init__ failed
+        if watch is None or watch.ended:
             return
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # dropped off the loop (a collected cycle): grpc cancels the call it drops
+        except RuntimeError:  # dropped off the loop: its stream goes with the client
             return
-        loop.call_later(_END_GRACE, _cancel_unless_done, call)
+        loop.call_later(_END_GRACE, watch.leave)
 
 
 class PairingError(Exception):
@@ -275,8 +242,11 @@ class AgentClient:
         self.stub = pb_grpc.AgentServiceStub(self.channel)
         self._session = ""
         self._session_lock = asyncio.Lock()
+        self._tasks: TaskStream | None = None
 
     async def close(self) -> None:
+        if self._tasks is not None:
+            self._tasks.close()
         await self.channel.close(None)
 
     async def __aenter__(self) -> AgentClient:
@@ -393,8 +363,28 @@ class AgentClient:
         return convert.accepted_from_pb(reply)
 
     def watch_task(self, task_id: str, after_seq: int = 0) -> TaskEvents:
-        request = pb.WatchTaskRequest(task_id=task_id, after_seq=after_seq)
-        return TaskEvents(self, lambda md: self.stub.WatchTask(request, metadata=md))
+        return self._watch(pb.WatchTaskRequest(task_id=task_id, after_seq=after_seq))
+
+    def _watch(self, request: pb.WatchTaskRequest) -> TaskEvents:
+        """A WatchTask call's messages, sent as a watch on the client's one Tasks stream."""
+        watch = Watch(self._task_stream(), request)
+        watch.stream.watch(watch)
+        return TaskEvents(watch)
+
+    def _task_stream(self) -> TaskStream:
+        stream = self._tasks
+        if stream is None or stream.dead:
+            stream = self._tasks = TaskStream(self._open_tasks, self.session_metadata, self._renewed, self._moved)
+        return stream
+
+    def _open_tasks(self, metadata: tuple[tuple[str, str], ...]) -> Any:
+        # grpc.aio's request iterator is optional (the stubs say otherwise): the stream writes with write()
+        return self.stub.Tasks(metadata=metadata)  # type: ignore[call-arg]
+
+    def _moved(self, watches: list[Watch]) -> None:
+        """Watches a stream's refused session left unanswered, sent again on a new stream."""
+        for watch in watches:
+            self._task_stream().watch(watch)
 
     async def run_and_watch(self, spec: TaskSpec, timeout: float = 30.0) -> tuple[convert.TaskAccepted, TaskEvents]:
         """Start the task and follow it in one call (WatchTaskRequest.run): its acceptance, then its events (close
@@ -403,7 +393,7 @@ class AgentClient:
         the task)."""
         run = pb.RunTaskRequest(protocol_version=PROTOCOL_VERSION, spec=convert.task_spec_to_pb(spec))
         request = pb.WatchTaskRequest(task_id=spec.task_id, run=run)
-        events = TaskEvents(self, lambda md: self.stub.WatchTask(request, metadata=md))
+        events = self._watch(request)
         try:
             async with asyncio.timeout(timeout):  # not wait_for: no task of its own per call
                 first = await events.next_message()

@@ -29,6 +29,7 @@ from tensorfleet_agent.core.validation import MAX_CHECKPOINT_GRACE, MAX_REASON, 
 from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.desk.monitor import DeskMonitor
 from tensorfleet_agent.rpc import convert, handlers
+from tensorfleet_agent.rpc.task_stream_agent import TaskStream
 from tensorfleet_agent.runtime import transfer, wake_on_lan
 from tensorfleet_agent.runtime.blobs import CHUNK_BYTES, BlobStore, check_sha256
 from tensorfleet_agent.runtime.executor import Executor
@@ -103,7 +104,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         watch = grpc.unary_stream_rpc_method_handler(
             self.WatchTask, request_deserializer=pb.WatchTaskRequest.FromString, response_serializer=None
         )
-        server.add_registered_method_handlers(SERVICE, {"WatchTask": watch})  # type: ignore[attr-defined]  # (stubs lag)
+        tasks = grpc.stream_stream_rpc_method_handler(
+            self.Tasks, request_deserializer=pb.TasksRequest.FromString, response_serializer=None
+        )
+        handlers = {"WatchTask": watch, "Tasks": tasks}
+        server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]  # (stubs lag)
 
     @_unary
     async def GetInfo(self, request: pb.GetInfoRequest, context: Any) -> pb.NodeInfo:
@@ -173,6 +178,22 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         events committed by then (the ACCEPTED at least, written at once when the journal made the task's file
         ahead): one message less per task. A journal that cannot commit within FIRST_EVENTS_WAIT (a full disk)
         lets the acceptance go alone."""
+        async for batch in self._watch_batches(request):
+            yield batch
+
+    @_stream
+    async def Tasks(  # type: ignore[override]  # bytes on the wire: see register()
+        self, requests: AsyncIterator[pb.TasksRequest], context: Any
+    ) -> AsyncIterator[bytes]:
+        """WatchTask calls as watches on one stream (rpc/task_stream_agent.py)."""
+        session = bearer(context.invocation_metadata())
+        authority = self.authority
+        allowed = (lambda: True) if authority is None else (lambda: authority.check(session) is not None)
+        async for response in TaskStream(self._watch_batches, _status_of, allowed).serve(requests):
+            yield response
+
+    async def _watch_batches(self, request: pb.WatchTaskRequest) -> AsyncIterator[bytes]:
+        """WatchTask's messages, serialized; also each watch's of Tasks."""
         check_id(request.task_id, "task_id")
         if request.after_seq < 0:
             raise ValidationError("after_seq", f"must be >= 0, got {request.after_seq}")

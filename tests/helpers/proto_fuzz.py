@@ -176,7 +176,18 @@ def call(
     ser: Callable[[Any], bytes] = lambda m: m.SerializeToString()  # noqa: E731
     out_cls = message_factory.GetMessageClass(method.output_type)
     rule = "answer"
-    if method.client_streaming:
+    if method.client_streaming and method.server_streaming:  # Tasks: watches on a stream, each answered in time
+        bidi = channel.stream_stream(path, request_serializer=ser, response_deserializer=out_cls.FromString)
+        rule = "first message or end (watches on a stream)"
+
+        def target() -> None:
+            responses = bidi(iter(request), timeout=timeout, metadata=metadata)
+            try:
+                next(responses, None)  # the first watch's first item, or the end once the requests had none
+            finally:
+                responses.cancel()
+
+    elif method.client_streaming:
         rpc = channel.stream_unary(path, request_serializer=ser, response_deserializer=out_cls.FromString)
         target = lambda: rpc(iter(request), timeout=timeout, metadata=metadata)  # noqa: E731
     elif method.server_streaming:

@@ -57,6 +57,7 @@ class _Session(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
     grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
 ):
     """Adds a paired controller's session to every call, so the fuzzing reaches the handlers."""
 
@@ -70,6 +71,9 @@ class _Session(
         return continuation(_Details(details, self.metadata), request)
 
     def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(_Details(details, self.metadata), request_iterator)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return continuation(_Details(details, self.metadata), request_iterator)
 
 

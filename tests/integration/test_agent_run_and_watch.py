@@ -75,9 +75,9 @@ async def test_closing_the_stream_leaves_the_task_running(agent: AgentProcess) -
         assert isinstance(end, Finished) and end.status is TaskState.SUCCEEDED
 
 
-async def test_a_stream_dropped_at_the_task_s_end_ends_by_itself_not_cancelled(agent: AgentProcess) -> None:
-    """The controller stops reading at a task's end event and drops the stream: the call is not torn down (a reset
-    on both sides) but allowed to end as the agent ends it, and nothing is left for the loop to finalize."""
+async def test_a_stream_dropped_at_the_task_s_end_ends_by_itself_not_unwatched(agent: AgentProcess) -> None:
+    """The controller stops reading at a task's end event and drops its events: the watch is not left (an unwatch
+    message for nothing) but ends as the agent ends it, and nothing is left for the loop to finalize."""
     loop = asyncio.get_running_loop()
     finalized: list[object] = []
     hooks = sys.get_asyncgen_hooks()
@@ -88,15 +88,17 @@ async def test_a_stream_dropped_at_the_task_s_end_ends_by_itself_not_cancelled(a
             async for event in events:
                 if isinstance(event.payload, Finished):
                     break
-            call = events._call
+            watch = events._watch
+            unwatched: list[object] = []
+            watch.stream.unwatch = unwatched.append  # type: ignore[method-assign]
             del events, event
             gc.collect()
             for _ in range(200):
-                if call.done():
+                if watch.ended:
                     break
                 await asyncio.sleep(0.01)
-            assert call.done() and not call.cancelled()
-            assert await call.code() == grpc.StatusCode.OK
+            assert watch.ended and unwatched == []
+            assert not watch.stream.dead  # the stream stays open for the next task
     finally:
         sys.set_asyncgen_hooks(*hooks)
     assert finalized == []

@@ -88,8 +88,14 @@ async def test_handshakes(agent_factory: type[AgentProcess], tmp_path: Path) -> 
         await client.pair(first_token)
         await client.run_task(TaskSpec("t1", "j", "noop"))
         assert [e async for e in client.watch_task("t1")][-1].payload.status.value == "SUCCEEDED"
-        # a session the agent does not know (as after its restart) is renewed once, for a stream too
+        # a session the agent does not know (as after its restart) is renewed once, for a call
         client._session = "not-a-session"
+        await client.run_task(TaskSpec("t2", "j", "noop"))
+        assert client._session not in ("", "not-a-session")
+        # ... and for the task stream (a restart ends the one open: the next watch opens another)
+        client._session = "not-a-session"
+        assert client._tasks is not None
+        client._tasks.close()
         assert [e async for e in client.watch_task("t1")][-1].payload.status.value == "SUCCEEDED"
         assert client._session not in ("", "not-a-session")
     # a join token is single use
@@ -177,7 +183,10 @@ async def test_every_work_method_requires_a_session(agent_factory: type[AgentPro
         for method in service.methods:
             path = f"/{service.full_name}/{method.name}"
             ident = lambda b: b  # noqa: E731 - raw bytes in and out
-            if method.client_streaming:
+            if method.client_streaming and method.server_streaming:
+                bidi = channel.stream_stream(path, request_serializer=ident, response_deserializer=ident)
+                coro = bidi(iter([b""]), timeout=10).read()
+            elif method.client_streaming:
                 call = channel.stream_unary(path, request_serializer=ident, response_deserializer=ident)
                 coro = call(iter([b""]), timeout=10)
             elif method.server_streaming:

@@ -93,6 +93,8 @@ def test_generated_protobuf_stays_at_the_edge() -> None:
         "agent/rpc/convert.py",
         "agent/rpc/service.py",
         "agent/rpc/client.py",
+        "agent/rpc/task_stream_agent.py",  # AgentService.Tasks, both sides (the journal's bytes wrapped by hand)
+        "agent/rpc/task_stream_caller.py",
         "agent/rpc/join.py",  # the agent's one call to a controller (JoinCluster, issue 25)
         "agent/security/interceptor.py",
         "tensorfleet_desktop/controller/service.py",
