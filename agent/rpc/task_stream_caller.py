@@ -131,7 +131,16 @@ class TaskStream:
                 if self._outbox or self._unwatch:
                     request = pb.TasksRequest(watch=self._outbox, unwatch=self._unwatch)
                     self._outbox, self._unwatch = [], []
-                    await call.write(request)
+                    try:
+                        await call.write(request)
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() != grpc.StatusCode.INTERNAL:  # the call's own status (it had ended)
+                            raise
+                        # grpc's word for a send on a stream the transport dropped (an agent restarting): the
+                        # agent may or may not have had it, as a call that failed UNAVAILABLE
+                        raise rpc_error(
+                            grpc.StatusCode.UNAVAILABLE, f"the task stream to the agent broke: {exc.details()}"
+                        ) from None
                     continue
                 self._wake.clear()
                 waiter = asyncio.ensure_future(self._wake.wait())

@@ -1,9 +1,10 @@
 """The fork server: `python -m tensorfleet_agent.runtime.forkserver` (docs/architecture.md, 'Warm workers').
 
 Started by the agent like a worker (spawned, never forked from the daemon; its own session; PR_SET_PDEATHSIG), with
-the agent's secrets scrubbed from its environment and every thread cap at 1. It imports what most tasks need, then
-does nothing but fork: each task's worker is a child forked from it, so it starts warm (interpreter up, modules
-imported) yet fresh (nothing a previous task set, in any module, is there: that task ran in another child).
+the agent's secrets scrubbed from its environment and every thread cap at 1. It imports every task's runtime, says it
+is ready, then does nothing but fork (and, once idle, import numpy): each task's worker is a child forked from it, so
+it starts warm (interpreter up, modules imported) yet fresh (nothing a previous task set, in any module, is there:
+that task ran in another child).
 
 It has one thread and no gRPC, asyncio or BLAS thread pool, so fork() is safe. threadpoolctl's search of the loaded
 native pools is done here too, once per set of imports, not in each child (_Pools). The agent talks to it on a unix
@@ -29,7 +30,7 @@ from typing import Any
 from tensorfleet_agent import task as task_api
 from tensorfleet_agent.runtime import worker
 
-#: Imported before the fork server says ready: every task's runtime, and numpy (with one BLAS thread, see _caps).
+#: Imported before the fork server says ready: every task's runtime.
 BASE_MODULES = (
     "tensorfleet_agent.task",
     "tensorfleet_agent.workloads.registry",
@@ -37,8 +38,12 @@ BASE_MODULES = (
     "tensorfleet_agent.workloads.script",
     "tensorfleet_agent.workloads.project",
     "tensorfleet_agent.runtime.process",
-    "numpy",
 )
+#: Imported once the fork server is ready and has had no request for IDLE_BEFORE_LATER: numpy (with one BLAS thread,
+#: see _caps), which most tasks use. Before, the first task of a cold agent waited for it (~0.1 s of a 0.8 s cold
+#: start on a 2-core box); a child forked before it is imported imports it itself if its task needs it.
+LATER_MODULES = ("numpy",)
+IDLE_BEFORE_LATER = 0.25
 #: What must never be imported here: CUDA is initialised per task, after CUDA_VISIBLE_DEVICES is set.
 FORBIDDEN = ("torch", "tensorflow", "jax")
 _MAX_REQUEST = 1 << 20
@@ -184,8 +189,13 @@ class _Server:
         selector.register(self.ctl, selectors.EVENT_READ, "ctl")
         selector.register(self.wakeup[0], selectors.EVENT_READ, "child")
         self.send({"t": "ready", "pid": os.getpid()})
+        later = list(LATER_MODULES)
         while True:
-            for key, _ in selector.select():
+            ready = selector.select(IDLE_BEFORE_LATER if later else None)
+            if not ready and later:  # idle: the next deferred import, one module at a time
+                _import([later.pop(0)])
+                continue
+            for key, _ in ready:
                 if key.data == "child":
                     with contextlib.suppress(BlockingIOError):
                         while os.read(self.wakeup[0], 512):

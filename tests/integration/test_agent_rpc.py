@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from helpers.agents import AgentProcess
+from helpers.waiting import eventually
 from tensorfleet_agent._generated import agent_pb2 as pb
 from tensorfleet_agent.core.types import (
     ArtifactReady,
@@ -302,6 +303,22 @@ async def test_a_family_s_libraries_are_imported_once_in_the_fork_server(agent: 
     (server,) = [c for c in psutil.Process(agent.proc.pid).children() if "forkserver" in " ".join(c.cmdline())]
     maps = [m.path for m in server.memory_maps()]
     assert any("/sklearn/" in p for p in maps) and not any("/torch/" in p for p in maps)
+
+
+async def test_the_fork_server_imports_numpy_once_idle(tmp_path: Path) -> None:
+    """numpy, which most tasks use, is not among what the fork server imports before it says ready (a cold agent's
+    first task would wait ~0.1 s for it) but is imported once it is idle: the forks after have it loaded."""
+    import psutil
+
+    agent = AgentProcess(tmp_path / "agent", cpu_slots=1).start()
+    try:
+        async with agent.client() as client:
+            assert finished(await run(client, TaskSpec("first", "j", "noop"))).status is TaskState.SUCCEEDED
+        assert agent.proc is not None
+        (server,) = [c for c in psutil.Process(agent.proc.pid).children() if "forkserver" in " ".join(c.cmdline())]
+        await eventually(lambda: any("/numpy/" in m.path for m in server.memory_maps()), 30, "numpy in the server")
+    finally:
+        agent.stop()
 
 
 async def test_list_tasks(agent: AgentProcess) -> None:

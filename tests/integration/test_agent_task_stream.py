@@ -51,6 +51,7 @@ async def test_a_restarted_agent_fails_the_open_watches_and_the_next_task_takes_
                     pass
             assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
             agent.start()  # same port; its sessions are gone: the new stream renews ours
+            await asyncio.wait_for(client.channel.channel_ready(), 30)  # as the controller waits for it to be back
             _, events = await client.run_and_watch(TaskSpec("after", "j", "noop"), timeout=30)
             ends = [e.payload async for e in events if isinstance(e.payload, Finished)]
             assert [f.status for f in ends] == [TaskState.SUCCEEDED]

@@ -17,7 +17,10 @@ from tensorfleet_agent.rpc.task_stream_caller import rpc_error
 class FakeCall:
     """A Tasks call: records what is written, answers what a test puts, or fails as `error` when read."""
 
-    def __init__(self, error: grpc.aio.AioRpcError | None = None) -> None:
+    def __init__(
+        self, error: grpc.aio.AioRpcError | None = None, write_error: grpc.aio.AioRpcError | None = None
+    ) -> None:
+        self.write_error = write_error
         self.requests: list[pb.TasksRequest] = []
         self.responses: asyncio.Queue[Any] = asyncio.Queue()
         self.error = error
@@ -25,6 +28,8 @@ class FakeCall:
         self.cancelled = False
 
     async def write(self, request: pb.TasksRequest) -> None:
+        if self.write_error is not None:
+            raise self.write_error
         self.requests.append(request)
 
     async def read(self) -> Any:
@@ -160,3 +165,21 @@ async def test_a_broken_stream_fails_every_watch_on_it_and_the_next_goes_on_a_ne
     client.watch_task("c")
     await settle()
     assert [w.request.task_id for w in fresh.requests[0].watch] == ["c"]
+
+
+async def test_a_send_the_transport_dropped_fails_the_watches_as_unavailable_not_internal(client: Any) -> None:
+    """grpc says INTERNAL ("Internal error from Core") for a write on a stream whose connection went (an agent
+    restarting): the watches fail as calls on a broken connection would, UNAVAILABLE, which the controller takes as
+    "try again" (an INTERNAL is a refusal: the task would fail)."""
+    dropped = rpc_error(grpc.StatusCode.INTERNAL, "Internal error from Core")
+    denied = rpc_error(grpc.StatusCode.PERMISSION_DENIED, "this controller's session ended: it was unpaired")
+    client.calls.extend([FakeCall(write_error=dropped), FakeCall(write_error=denied)])
+    first, second = client.watch_task("a"), client.watch_task("b")
+    for events in (first, second):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await anext(events)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "broke" in str(err.value.details())
+    third = client.watch_task("c")  # a write refused with the call's own status keeps it
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await anext(third)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
