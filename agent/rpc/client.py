@@ -28,7 +28,7 @@ from tensorfleet_agent.core.version import PROTOCOL_VERSION
 from tensorfleet_agent.identity import Identity, node_id_of_cert
 from tensorfleet_agent.rpc import convert
 from tensorfleet_agent.rpc.server import MAX_MESSAGE_BYTES
-from tensorfleet_agent.rpc.task_stream_caller import TaskStream, Watch
+from tensorfleet_agent.rpc.task_stream_caller import TaskStream, Watch, rpc_error
 from tensorfleet_agent.security.secrets import proof, token_key
 
 CHUNK_BYTES = 1 << 20
@@ -138,9 +138,7 @@ class PeerBlobCall:
 
 def _deadline(details: str) -> grpc.aio.AioRpcError:
     """The error a call's own deadline raises, for a wait bounded by hand (a stream's first message)."""
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None
-    )
+    return rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, details)
 
 
 @dataclass(frozen=True)
@@ -367,8 +365,8 @@ class AgentClient:
 
     def _watch(self, request: pb.WatchTaskRequest) -> TaskEvents:
         """A WatchTask call's messages, sent as a watch on the client's one Tasks stream."""
-        watch = Watch(self._task_stream(), request)
-        watch.stream.watch(watch)
+        watch = Watch(request)
+        self._task_stream().watch(watch)
         return TaskEvents(watch)
 
     def _task_stream(self) -> TaskStream:

@@ -169,7 +169,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         )
 
     @_stream
-    async def WatchTask(  # type: ignore[override]  # bytes on the wire: see register()
+    def WatchTask(  # type: ignore[override]  # bytes on the wire: see register()
         self, request: pb.WatchTaskRequest, context: Any
     ) -> AsyncIterator[bytes]:
         """Serialized TaskEventBatch messages: many events each, never decoded and encoded again here. With `run`,
@@ -178,8 +178,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         events committed by then (the ACCEPTED at least, written at once when the journal made the task's file
         ahead): one message less per task. A journal that cannot commit within FIRST_EVENTS_WAIT (a full disk)
         lets the acceptance go alone."""
-        async for batch in self._watch_batches(request):
-            yield batch
+        return self._watch_batches(request)  # the same generator as each watch of Tasks, not one around it
 
     @_stream
     async def Tasks(  # type: ignore[override]  # bytes on the wire: see register()

@@ -20,15 +20,24 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """The error a call with this status raises, for a failure found by hand (a watch's end, a wait's deadline)."""
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
 
 
-class Watch:
-    """One watch's messages (TaskEventBatch) as they come; `next_message` as TaskEvents' own."""
+def _broke(reason: object) -> grpc.aio.AioRpcError:
+    """The stream broke under its watches: what a call on a dropped connection says, UNAVAILABLE (try again; the
+    agent may or may not have had what was sent)."""
+    return rpc_error(grpc.StatusCode.UNAVAILABLE, f"the task stream to the agent broke: {reason}")
 
-    def __init__(self, stream: TaskStream, request: pb.WatchTaskRequest) -> None:
+
+class Watch:
+    """One watch's messages (TaskEventBatch) as they come; `next_message` as TaskEvents' own. Its stream and id are
+    those of the stream it was last sent on (TaskStream.watch)."""
+
+    stream: TaskStream
+
+    def __init__(self, request: pb.WatchTaskRequest) -> None:
         self.request = request
-        self.stream = stream
         self.id = 0
         self.answered = False  # any item came: a session refusal is no longer renewed
         self.moved = False  # sent again on a new stream once already: a refusal now is its answer
@@ -136,11 +145,7 @@ class TaskStream:
                     except grpc.aio.AioRpcError as exc:
                         if exc.code() != grpc.StatusCode.INTERNAL:  # the call's own status (it had ended)
                             raise
-                        # grpc's word for a send on a stream the transport dropped (an agent restarting): the
-                        # agent may or may not have had it, as a call that failed UNAVAILABLE
-                        raise rpc_error(
-                            grpc.StatusCode.UNAVAILABLE, f"the task stream to the agent broke: {exc.details()}"
-                        ) from None
+                        raise _broke(exc.details()) from None  # grpc's word for a send the transport dropped
                     continue
                 self._wake.clear()
                 waiter = asyncio.ensure_future(self._wake.wait())
@@ -151,13 +156,9 @@ class TaskStream:
             self._failed(exc)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a write on a call that ended: its reader has the reason
-            if reader is not None and reader.done() and not reader.cancelled() and reader.exception() is not None:
-                error = reader.exception()
-                self._failed(error if isinstance(error, grpc.aio.AioRpcError) else rpc_error(
-                    grpc.StatusCode.UNAVAILABLE, f"the task stream to the agent broke: {error}"))  # fmt: skip
-            else:
-                self._failed(rpc_error(grpc.StatusCode.UNAVAILABLE, f"the task stream to the agent broke: {exc}"))
+        except Exception as exc:  # a write on a call that ended: its reader has the reason, where it has one
+            cause = reader.exception() if reader is not None and reader.done() and not reader.cancelled() else None
+            self._failed(cause if isinstance(cause, grpc.aio.AioRpcError) else _broke(cause or exc))
         finally:
             self.dead = True
             if reader is not None:
