@@ -96,7 +96,7 @@ class TaskStream:
         self._outbox: list[pb.TaskWatch] = []
         self._unwatch: list[int] = []
         self._next_id = 0
-        self._wake: asyncio.Event | None = None
+        self._wake: asyncio.Future[None] | None = None  # the writer's, while it waits for something to send
         self._runner: asyncio.Task[None] | None = None
         self.dead = False  # failed or closed: new watches go to a new stream
 
@@ -123,11 +123,17 @@ class TaskStream:
         self._fail(rpc_error(grpc.StatusCode.CANCELLED, "the agent's client closed"))
 
     def _kick(self) -> None:
-        if self._runner is None:
-            self._wake = asyncio.Event()
+        if self._runner is None:  # it sends what waits before it waits
             self._runner = asyncio.get_running_loop().create_task(self._run(), name="agent-tasks-stream")
-        assert self._wake is not None
-        self._wake.set()
+        else:
+            self._poke()
+
+    def _poke(self) -> None:
+        """Wake the writer: one future resolved, where an Event's waiter task and asyncio.wait took a task and
+        three loop turns per wake-up (a burst's watches each woke it)."""
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     async def _run(self) -> None:
         call: Any = None
@@ -135,7 +141,8 @@ class TaskStream:
         try:
             call = self._start(await self._metadata())
             reader = asyncio.create_task(self._read(call))
-            assert self._wake is not None
+            reader.add_done_callback(lambda _: self._poke())
+            loop = asyncio.get_running_loop()
             while not reader.done():
                 if self._outbox or self._unwatch:
                     request = pb.TasksRequest(watch=self._outbox, unwatch=self._unwatch)
@@ -147,10 +154,8 @@ class TaskStream:
                             raise
                         raise _broke(exc.details()) from None  # grpc's word for a send the transport dropped
                     continue
-                self._wake.clear()
-                waiter = asyncio.ensure_future(self._wake.wait())
-                await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
+                self._wake = loop.create_future()
+                await self._wake
             await reader
         except grpc.aio.AioRpcError as exc:
             self._failed(exc)
