@@ -12,7 +12,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +52,20 @@ DEFAULT_PORT = 50050
 
 
 _GRPC_SERVER_TASK = re.compile(r"AioServer\.")  # grpc.aio's server coroutines (_server_main_loop, _request_call)
+_GRPC_CALL_RELAY = "_schedule_rpc_coro"  # grpc.aio's task per call, which makes the call's own task
+
+
+def _coroutine_name(task: asyncio.Task[Any]) -> str:
+    return str(getattr(task.get_coro(), "__qualname__", ""))
+
+
+def clients_first(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Of the tasks made while the gRPC server started, grpc.aio's own take calls: marked as servers
+    (fair_loop.py), with its task per call as the relay, so a call's task is served first from its first step."""
+    servers(
+        (t for t in tasks if _GRPC_SERVER_TASK.match(_coroutine_name(t))),
+        lambda t: _coroutine_name(t) == _GRPC_CALL_RELAY,
+    )
 
 
 class ClientsFirst(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -230,11 +244,7 @@ class ControllerApp:
         await self._server.start()
         # The server's tasks that take each new call (and make the calls' tasks): grpc's own, by name; not the other
         # tasks (the fleet's, the scheduler's) created while start() yielded
-        servers(
-            t
-            for t in asyncio.all_tasks() - before
-            if _GRPC_SERVER_TASK.match(getattr(t.get_coro(), "__qualname__", ""))
-        )
+        clients_first(asyncio.all_tasks() - before)
         servicer.pools = self.pools = await start_pools(  # Slurm pools (issue 25): after the port is known
             self.controller,
             self.fleet,

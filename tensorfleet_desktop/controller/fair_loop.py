@@ -8,16 +8,18 @@ on a loaded 2-core box), a ListJobs call needs ~10 turns and an HTTP GET ~3, so 
 and 50-100 ms over HTTP for ~1 ms of its own work. Here the ready queue has two lanes:
 - first: the selector's events (a socket's bytes to read or room to write; the gRPC completion queue's callback,
   which hands finished operations to their futures), the steps of a client task (the task of a gRPC call, from its
-  first interceptor; of an HTTP request, which its bytes create; the tasks the gRPC server creates for a new
-  call), in their order;
+  first step; of an HTTP request, which its bytes create; the tasks the gRPC server creates for a new call), in
+  their order;
 - then bulk: every other callback, in its order, at most BULK_PER_TURN a turn, so the poll between two steps of a
   call comes soon.
 
 Nothing runs off the loop: a page is still read in one callback on the loop, as consistent as it ever was; only
 the order of ready callbacks changes, and none is dropped. Tasks a client task creates are bulk (the work a call
-starts is not the call). A gRPC server marks its calls with `serve_first` in an interceptor (app.py's
-`ClientsFirst`: the core imports no gRPC). On a loop this does not know (not CPython's `BaseEventLoop`: uvloop),
-`install` does nothing.
+starts is not the call), except a relay's: grpc.aio's server makes a task per call that makes the call's own task,
+which would otherwise wait in the bulk lane (64 callbacks a turn, behind hundreds while a queue drains) for its
+first step, its interceptors. A gRPC server marks its tasks and its relays by name (app.py's `clients_first`) and
+its calls with `serve_first` in an interceptor (`ClientsFirst`; the core imports no gRPC). On a loop this does not
+know (not CPython's `BaseEventLoop`: uvloop), `install` does nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import collections
 import functools
 import logging
 import weakref
-from collections.abc import Coroutine, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class _Ready(collections.deque):  # type: ignore[type-arg]
         super().__init__()
         self.clients: set[asyncio.Task[Any]] = set()  # tasks serving a client call, while they run
         self.spawners: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()  # their tasks serve clients (servers)
+        self.relay: Callable[[asyncio.Task[Any]], bool] = lambda task: False  # a spawner's task that spawns in turn
         self.lane: collections.deque[asyncio.Handle] = collections.deque()
         self.in_io = False  # the callback running now is an I/O one (the tasks it creates serve clients)
         self.quota = (0, 0)  # first-lane and bulk callbacks left to this turn
@@ -109,6 +112,8 @@ class _Ready(collections.deque):  # type: ignore[type-arg]
     def created(self, task: asyncio.Task[Any], by: asyncio.Task[Any] | None) -> None:
         if (by is None and self.in_io) or (by is not None and by in self.spawners):
             self.serve(task)
+            if by is not None and self.relay(task):  # it makes the call's own task: that one serves a client too
+                self.spawners.add(task)
 
 
 def _ready_of(loop: asyncio.AbstractEventLoop) -> _Ready | None:
@@ -158,13 +163,17 @@ def serve_first(task: asyncio.Task[Any] | None = None) -> None:
         ready.serve(task)
 
 
-def servers(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """These tasks accept calls (a gRPC server's): they, and each task they create (a call's), serve clients."""
+def servers(tasks: Iterable[asyncio.Task[Any]], relay: Callable[[asyncio.Task[Any]], bool] | None = None) -> None:
+    """These tasks accept calls (a gRPC server's): they, and each task they create (a call's), serve clients; so
+    do the tasks that a task they create and `relay` names creates in turn (grpc.aio's task per call, which makes
+    the call's own)."""
     for task in tasks:
         ready = _ready_of(task.get_loop())
         if ready is not None:
             ready.spawners.add(task)
             ready.serve(task)
+            if relay is not None:
+                ready.relay = relay
 
 
 def asgi_first(app: Any) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -173,3 +174,69 @@ async def test_the_grpc_server_s_own_tasks_are_the_ones_marked_as_servers() -> N
     finally:
         await server.stop(0)
         await other
+
+
+async def _first_steps_of_grpc_calls(relay: bool) -> list[bool]:
+    """Whether each call's task was served first when its first interceptor ran (before any serve_first), on a
+    loop kept busy by bulk tasks, with grpc.aio's tasks marked as app.py marks them (`relay`: its task per call
+    too)."""
+    import grpc
+
+    from tensorfleet_desktop.controller.app import _GRPC_SERVER_TASK, clients_first
+
+    assert fair_loop.install()
+    ready = fair_loop._ready_of(asyncio.get_running_loop())
+    assert ready is not None
+    seen: list[bool] = []
+
+    class Probe(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            seen.append(asyncio.current_task() in ready.clients)
+            return await continuation(details)
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler("e.E", {"U": grpc.unary_unary_rpc_method_handler(echo)})
+    server = grpc.aio.server(interceptors=[Probe()])
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    before = asyncio.all_tasks()
+    await server.start()
+    new = asyncio.all_tasks() - before
+    if relay:
+        clients_first(new)
+    else:
+        fair_loop.servers(t for t in new if _GRPC_SERVER_TASK.match(getattr(t.get_coro(), "__qualname__", "")))
+    stop = False
+    bulk_steps = 0
+
+    async def bulk() -> None:
+        nonlocal bulk_steps
+        while not stop:
+            bulk_steps += 1
+            await asyncio.sleep(0)
+
+    workers = [asyncio.create_task(bulk()) for _ in range(200)]
+
+    def calls() -> None:  # a client in another thread, as a client in another process would be
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/e.E/U")
+            for _ in range(5):
+                assert call(b"x", timeout=30) == b"x"
+
+    try:
+        await asyncio.to_thread(calls)
+    finally:
+        stop = True
+        await asyncio.gather(*workers)
+        await server.stop(0)
+    assert bulk_steps > 200 * 5, bulk_steps  # the calls went through a loop kept busy
+    return seen
+
+
+def test_a_grpc_call_s_task_is_served_first_from_its_first_step() -> None:
+    """grpc.aio makes each call's task from a task of its own per call: marked as a relay (app.clients_first),
+    the call's first step (its interceptors) does not wait in the bulk lane; without the relay it did."""
+    assert asyncio.run(_first_steps_of_grpc_calls(relay=True)) == [True] * 5
+    assert asyncio.run(_first_steps_of_grpc_calls(relay=False)) == [False] * 5
