@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tensorfleet_desktop.controller.scheduler import Capacity, GpuRoom, Request, plan
 
 WL = frozenset({"noop", "sleep", "svm"})
 
 
-def cap(node: str, slots: int = 1, **kw: object) -> Capacity:
-    return Capacity(node_id=node, name=f"name-{node}", free_slots=slots, workloads=WL, **kw)  # type: ignore[arg-type]
+def cap(node: str, slots: int = 1, **kw: Any) -> Capacity:
+    return Capacity(node_id=node, name=f"name-{node}", free_slots=slots, workloads=WL, **kw)
 
 
-def req(job: str, ranks: int = 1, priority: int = 0, seq: int = 0, **kw: object) -> Request:
+def req(job: str, ranks: int = 1, priority: int = 0, seq: int = 0, **kw: Any) -> Request:
     return Request(
         job_id=job, priority=priority, seq_no=seq, ranks=tuple(range(ranks)), gang=ranks > 1, workload="noop", **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def placed(placements: list) -> dict[str, list[str]]:  # type: ignore[type-arg]
