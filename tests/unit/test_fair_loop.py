@@ -160,7 +160,7 @@ async def test_the_grpc_server_s_own_tasks_are_the_ones_marked_as_servers() -> N
     """app.py marks grpc.aio's server tasks (not others created while it starts) by their coroutines' names."""
     import grpc
 
-    from tensorfleet_desktop.controller.app import _GRPC_SERVER_TASK
+    from tensorfleet_desktop.controller.app import _GRPC_SERVER_TASK, _coroutine_name
 
     server = grpc.aio.server()
     server.add_insecure_port("127.0.0.1:0")
@@ -169,7 +169,7 @@ async def test_the_grpc_server_s_own_tasks_are_the_ones_marked_as_servers() -> N
     await server.start()
     try:
         new = asyncio.all_tasks() - before
-        marked = {t.get_name() for t in new if _GRPC_SERVER_TASK.match(getattr(t.get_coro(), "__qualname__", ""))}
+        marked = {t.get_name() for t in new if _GRPC_SERVER_TASK.match(_coroutine_name(t))}
         assert marked and "not-a-server" not in marked and "not-a-server" in {t.get_name() for t in new}
     finally:
         await server.stop(0)
@@ -182,7 +182,7 @@ async def _first_steps_of_grpc_calls(relay: bool) -> list[bool]:
     too)."""
     import grpc
 
-    from tensorfleet_desktop.controller.app import _GRPC_SERVER_TASK, clients_first
+    from tensorfleet_desktop.controller.app import _GRPC_SERVER_TASK, _coroutine_name, clients_first
 
     assert fair_loop.install()
     ready = fair_loop._ready_of(asyncio.get_running_loop())
@@ -207,7 +207,7 @@ async def _first_steps_of_grpc_calls(relay: bool) -> list[bool]:
     if relay:
         clients_first(new)
     else:
-        fair_loop.servers(t for t in new if _GRPC_SERVER_TASK.match(getattr(t.get_coro(), "__qualname__", "")))
+        fair_loop.servers(t for t in new if _GRPC_SERVER_TASK.match(_coroutine_name(t)))
     stop = False
     bulk_steps = 0
 
