@@ -55,9 +55,11 @@ def test_versions_resend_only_what_changed(controller: ControllerProcess, tmp_pa
         assert (again["version"], again["unchanged"], again["uploaded_bytes"]) == (1, True, 0)
         assert again["content_id"] == first["content_id"] and again["hashed_files"] == 0  # the hash cache
 
-        with (root / "shards" / "train.bin").open("r+b") as fh:  # one byte of the second chunk
+        with (root / "shards" / "train.bin").open("r+b") as fh:  # one byte of the second chunk, changed
             fh.seek(CHUNK_BYTES + 7)
-            fh.write(b"\x00" if fh.read(1) != b"\x00" else b"\x01")
+            byte = fh.read(1)
+            fh.seek(CHUNK_BYTES + 7)  # back: the read moved on, where the byte written matched 1 time in 256
+            fh.write(bytes([byte[0] ^ 0xFF]))
         edited = client.upload_dataset_version(root, "pets")
         assert (edited["version"], edited["unchanged"], edited["uploaded_bytes"]) == (2, False, CHUNK_BYTES)
 
