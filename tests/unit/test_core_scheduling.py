@@ -119,6 +119,57 @@ async def test_a_job_past_its_wall_clock_timeout_fails_and_its_tasks_are_cancell
         await agents.wait(lambda: agents.task(attempt).cancelled == "job timeout")
 
 
+async def test_a_timeout_holds_for_a_retried_job_and_after_a_restart_and_ends_with_its_job(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=3)
+    async with core(tmp_path, agents, clock) as controller:
+        timed = await controller.submit({"algorithm": "noop", "timeout": 30}, "me")
+        untimed = await controller.submit({"algorithm": "noop"}, "me")
+        done = await controller.submit({"algorithm": "noop", "timeout": 30}, "me")
+        await agents.wait(lambda: len(agents.running()) == 3)
+        agents.finish(done.tasks[0].agent_task_id)
+        assert await ended(controller, done) is JobState.SUCCEEDED
+        clock.advance(31)
+        controller.placement.pass_once()  # a tick
+        assert timed.state is JobState.FAILED and timed.error == "timed out after 30s"
+        assert untimed.state is JobState.RUNNING, "no timeout: it runs on"
+        assert set(controller.machine.timed) == set(), "the ended jobs' timeouts are forgotten"
+        controller.retry(timed.id)  # a new run: its 30 s count from its start, not from the first run's
+        await until(controller, lambda: timed.state is JobState.RUNNING)
+        clock.advance(20)
+        controller.placement.pass_once()
+        assert timed.state is JobState.RUNNING, "retried: 20 s into its new run"
+        controller.pause(timed.id)
+    again = FakeAgents()
+    again.fleet = agents.fleet
+    async with core(tmp_path, again, clock) as controller:
+        job = controller.get(timed.id)
+        assert job.state is JobState.PAUSED
+        controller.resume(job.id)
+        again.back("a1")
+        await until(controller, lambda: job.state is JobState.RUNNING)
+        clock.advance(11)
+        controller.placement.pass_once()
+        assert job.state is JobState.FAILED and job.error == "timed out after 30s"
+
+
+async def test_a_sweep_past_its_timeout_starts_no_trial_and_its_retry_runs_anew(tmp_path: Path) -> None:
+    agents, clock = FakeAgents(), FakeClock()
+    agents.add("a1", slots=1).workloads = frozenset({"knn"})
+    async with core(tmp_path, agents, clock) as controller:
+        sweep = {"params": {"n_neighbors": "int:1:9"}, "search": "grid", "metric": "test_accuracy", "timeout": 60}
+        job = await controller.submit({"algorithm": "knn", "dataset": "iris", "sweep": sweep}, "me")
+        await agents.wait(lambda: len(agents.running()) == 1)
+        clock.advance(61)
+        agents.finish(agents.running()[0], TaskState.FAILED, "error", "boom")  # its retry would start past it
+        await until(controller, lambda: job.tasks[0].state is not TaskRunState.RUNNING)
+        controller.placement.pass_once()
+        assert job.state is JobState.FAILED and [t.error for t in job.tasks] == ["sweep timeout"]
+        controller.retry(job.id)  # its 60 s count from the retry
+        await until(controller, lambda: bool(job.tasks) and job.tasks[0].state is TaskRunState.RUNNING)
+        assert job.state is JobState.RUNNING and not job.error
+
+
 async def test_a_grid_sweep_runs_every_trial_and_keeps_the_best(tmp_path: Path) -> None:
     agents, clock = FakeAgents(), FakeClock()
     agents.add("a1", slots=2).workloads = frozenset({"knn"})
