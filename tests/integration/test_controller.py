@@ -239,3 +239,8 @@ def test_job_wall_clock_timeout(shared_cluster: tuple[ControllerProcess, list[Ag
         assert final["state"] == "FAILED" and final["error"] == "timed out after 1.5s"
         assert final["finished_at"] - final["started_at"] < 4
         wait_until(lambda: sum(a["slots_free"] for a in client.agents()) == 2, 10, "slots freed")
+        client.retry(job["id"])  # a new run, timed from its own start
+        again = client.wait(job["id"], timeout=30)
+        assert again["state"] == "FAILED" and again["error"] == "timed out after 1.5s"
+        assert again["started_at"] > final["finished_at"] and 1.5 <= again["finished_at"] - again["started_at"] < 4
+        wait_until(lambda: sum(a["slots_free"] for a in client.agents()) == 2, 10, "slots freed")
