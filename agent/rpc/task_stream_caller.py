@@ -30,6 +30,12 @@ def _broke(reason: object) -> grpc.aio.AioRpcError:
     return rpc_error(grpc.StatusCode.UNAVAILABLE, f"the task stream to the agent broke: {reason}")
 
 
+class _Dropped(Exception):
+    """A send the transport dropped (grpc's INTERNAL on a write): the call ended meanwhile, and grpc keeps no other
+    status for it. Its cause is unknown: an agent restart (its sessions gone with it) or the agent refusing the
+    stream's session as it opened, the refusal racing the first send (seen once in CI)."""
+
+
 class Watch:
     """One watch's messages (TaskEventBatch) as they come; `next_message` as TaskEvents' own. Its stream and id are
     those of the stream it was last sent on (TaskStream.watch)."""
@@ -152,13 +158,15 @@ class TaskStream:
                     except grpc.aio.AioRpcError as exc:
                         if exc.code() != grpc.StatusCode.INTERNAL:  # the call's own status (it had ended)
                             raise
-                        raise _broke(exc.details()) from None  # grpc's word for a send the transport dropped
+                        raise _Dropped(exc.details()) from None  # grpc's word for a send the transport dropped
                     continue
                 self._wake = loop.create_future()
                 await self._wake
             await reader
         except grpc.aio.AioRpcError as exc:
             self._failed(exc)
+        except _Dropped as exc:
+            self._failed(_broke(exc), dropped=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a write on a call that ended: its reader has the reason, where it has one
@@ -200,10 +208,12 @@ class TaskStream:
         self._reopen([watch])
         return True
 
-    def _failed(self, error: grpc.aio.AioRpcError) -> None:
+    def _failed(self, error: grpc.aio.AioRpcError, dropped: bool = False) -> None:
+        """The stream ended with `error`. Before any answer, a refused session (or a send dropped, which may have
+        been one: _Dropped) has its watches sent once more on a new stream, with a new session."""
         self.dead = True
         waiting = [w for w in self._watches.values() if not w.answered and not w.moved]
-        if waiting and len(waiting) == len(self._watches) and self._renew(error):
+        if waiting and len(waiting) == len(self._watches) and self._renew(_SESSION_GONE if dropped else error):
             self._watches.clear()
             for watch in waiting:
                 watch.moved = True
@@ -218,3 +228,4 @@ class TaskStream:
 
 
 _codes = {code.value[0]: code for code in grpc.StatusCode}
+_SESSION_GONE = rpc_error(grpc.StatusCode.UNAUTHENTICATED, "the task stream dropped before any answer")

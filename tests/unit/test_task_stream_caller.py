@@ -169,17 +169,32 @@ async def test_a_broken_stream_fails_every_watch_on_it_and_the_next_goes_on_a_ne
 
 async def test_a_send_the_transport_dropped_fails_the_watches_as_unavailable_not_internal(client: Any) -> None:
     """grpc says INTERNAL ("Internal error from Core") for a write on a stream whose connection went (an agent
-    restarting): the watches fail as calls on a broken connection would, UNAVAILABLE, which the controller takes as
-    "try again" (an INTERNAL is a refusal: the task would fail)."""
+    restarting) or that the agent refused as it opened: unanswered watches go once more on a new stream with a new
+    session; dropped again, they fail as calls on a broken connection would, UNAVAILABLE, which the controller takes
+    as "try again" (an INTERNAL is a refusal: the task would fail)."""
     dropped = rpc_error(grpc.StatusCode.INTERNAL, "Internal error from Core")
     denied = rpc_error(grpc.StatusCode.PERMISSION_DENIED, "this controller's session ended: it was unpaired")
-    client.calls.extend([FakeCall(write_error=dropped), FakeCall(write_error=denied)])
-    first, second = client.watch_task("a"), client.watch_task("b")
-    for events in (first, second):
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await anext(events)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "broke" in str(err.value.details())
+    client.calls.extend([FakeCall(write_error=dropped), FakeCall(write_error=dropped), FakeCall(write_error=denied)])
+    first = client.watch_task("a")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await anext(first)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "broke" in str(err.value.details())
+    assert len(client.opened) == 2 and client.opened[0].metadata != client.opened[1].metadata  # once, renewed
     third = client.watch_task("c")  # a write refused with the call's own status keeps it
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await anext(third)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_first_send_dropped_as_the_session_is_refused_goes_again_with_a_new_session(client: Any) -> None:
+    """The agent refusing a stream's session can end the call while its first request is being sent: grpc then
+    reports the send dropped (INTERNAL) and keeps no other status. The watch goes again on a new stream."""
+    dropped = rpc_error(grpc.StatusCode.INTERNAL, "Internal error from Core")
+    fresh = FakeCall()
+    client.calls.extend([FakeCall(write_error=dropped), fresh])
+    events = client.watch_task("t")
+    await settle()
+    assert len(client.opened) == 2 and client.opened[0].metadata != fresh.metadata
+    (watch,) = fresh.requests[0].watch
+    fresh.answer(watch.id, seq=1, end=True)
+    assert [e.seq for e in [e async for e in events]] == [1]
