@@ -190,7 +190,11 @@ def add_parsers(sub: Any) -> None:
         help="a preemptible task that has no checkpoint yet may be stopped too (it starts over)",
     )
     s.add_argument("--max-retries", type=int)
-    s.add_argument("--timeout", type=float, help="job wall-clock limit in seconds")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        help="job wall-clock limit in seconds, from its start (paused time not counted; a retry starts it anew)",
+    )
     s.add_argument("--on", action="append", default=[], metavar="AGENT")
     s.add_argument("--not-on", action="append", default=[], metavar="AGENT")
     s.add_argument("--label", action="append", default=[], metavar="K=V")

@@ -155,7 +155,7 @@ class JobMachine:
                 task.stopping = True
                 self.events.task_event(job, task, "pausing: saving a checkpoint, then stopping")
         self.stop_tasks(job, "paused by the user", TaskRunState.PENDING)
-        job.state = JobState.PAUSED
+        job.state, job.paused_at = JobState.PAUSED, self.clock.time()
         self.events.job_changed(job, "paused")
         return job
 
@@ -163,7 +163,10 @@ class JobMachine:
         job = self.get(job_id)
         if job.state is not JobState.PAUSED:
             raise JobError(f"only paused jobs can be resumed; {job.id} is {job.state.value}")
-        job.state, job.queued_since = JobState.QUEUED, self.clock.time()
+        now = self.clock.time()
+        if job.started_at and job.paused_at:  # a pause does not count toward its timeout (as Slurm's suspend)
+            job.paused_for += max(0.0, now - max(job.paused_at, job.started_at))
+        job.state, job.queued_since, job.paused_at = JobState.QUEUED, now, 0.0
         self.events.job_changed(job, "resumed")
         self.wake.set()
         return job
@@ -186,7 +189,7 @@ class JobMachine:
             job.tasks = []
             self.effects.restart_sweep(job)
         job.state, job.error, job.finished_at, job.queued_since = JobState.QUEUED, "", 0.0, self.clock.time()
-        job.started_at = 0.0  # a new run: its timeout counts from its start (with the old one, at the next tick)
+        job.started_at, job.paused_for = 0.0, 0.0  # a new run: its timeout counts from its start
         self._opened(job)
         self.events.job_changed(job, "retried")
         self.wake.set()
@@ -357,7 +360,7 @@ class JobMachine:
             if job.state is not JobState.RUNNING:
                 continue
             limit = job.spec["timeout"]
-            if job.started_at and now - job.started_at > float(limit):
+            if job.started_at and now - job.started_at - job.paused_for > float(limit):
                 self.stop_tasks(job, "job timeout", TaskRunState.CANCELLED)
                 self.finish(job, JobState.FAILED, f"timed out after {float(limit):g}s")
 

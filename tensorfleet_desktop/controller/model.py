@@ -103,6 +103,8 @@ class Job:
     started_at: float = 0.0
     finished_at: float = 0.0
     queued_since: float = 0.0
+    paused_at: float = 0.0  # when it was paused, while it is
+    paused_for: float = 0.0  # seconds paused since its run started: not counted toward its timeout
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[ArtifactInfo] = field(default_factory=list)

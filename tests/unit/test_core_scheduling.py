@@ -119,7 +119,7 @@ async def test_a_job_past_its_wall_clock_timeout_fails_and_its_tasks_are_cancell
         await agents.wait(lambda: agents.task(attempt).cancelled == "job timeout")
 
 
-async def test_a_timeout_holds_for_a_retried_job_and_after_a_restart_and_ends_with_its_job(tmp_path: Path) -> None:
+async def test_a_timeout_counts_a_retried_job_s_new_run_not_its_pauses_and_ends_with_its_job(tmp_path: Path) -> None:
     agents, clock = FakeAgents(), FakeClock()
     agents.add("a1", slots=3)
     async with core(tmp_path, agents, clock) as controller:
@@ -145,10 +145,14 @@ async def test_a_timeout_holds_for_a_retried_job_and_after_a_restart_and_ends_wi
     async with core(tmp_path, again, clock) as controller:
         job = controller.get(timed.id)
         assert job.state is JobState.PAUSED
+        clock.advance(100)  # paused time does not count toward its timeout
         controller.resume(job.id)
         again.back("a1")
         await until(controller, lambda: job.state is JobState.RUNNING)
-        clock.advance(11)
+        clock.advance(5)
+        controller.placement.pass_once()
+        assert job.state is JobState.RUNNING, "25 s run: 20 before its pause, 5 since"
+        clock.advance(6)
         controller.placement.pass_once()
         assert job.state is JobState.FAILED and job.error == "timed out after 30s"
 
