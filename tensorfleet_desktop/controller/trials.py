@@ -60,9 +60,9 @@ class SweepRunner:
         sweep = job.spec["sweep"]
         study = self.study(job)
         in_flight = [t for t in job.tasks if t.state in _IN_FLIGHT]  # one pass per scheduling pass: kept cheap
-        # from its first trial's start, else its queueing: a retried sweep's run is a new one
+        # from its first trial's start, else its queueing (a retried sweep's run is a new one), its pauses not counted
         start = job.started_at or job.queued_since or job.created_at
-        deadline = start + float(sweep["timeout"]) if sweep.get("timeout") else None
+        deadline = start + job.paused_for + float(sweep["timeout"]) if sweep.get("timeout") else None
         expired = deadline is not None and self.machine.clock.time() > deadline
         if expired:
             for task in [t for t in in_flight if t.state is TaskRunState.PENDING]:
