@@ -165,7 +165,7 @@ class JobMachine:
             raise JobError(f"only paused jobs can be resumed; {job.id} is {job.state.value}")
         now = self.clock.time()
         if job.started_at and job.paused_at:  # a pause does not count toward its timeout (as Slurm's suspend)
-            job.paused_for += max(0.0, now - max(job.paused_at, job.started_at))
+            job.paused_for += max(0.0, now - job.paused_at)  # (a job paused before its start has no started_at)
         job.state, job.queued_since, job.paused_at = JobState.QUEUED, now, 0.0
         self.events.job_changed(job, "resumed")
         self.wake.set()
@@ -189,7 +189,7 @@ class JobMachine:
             job.tasks = []
             self.effects.restart_sweep(job)
         job.state, job.error, job.finished_at, job.queued_since = JobState.QUEUED, "", 0.0, self.clock.time()
-        job.started_at, job.paused_for = 0.0, 0.0  # a new run: its timeout counts from its start
+        job.started_at, job.paused_at, job.paused_for = 0.0, 0.0, 0.0  # a new run: timed from its start
         self._opened(job)
         self.events.job_changed(job, "retried")
         self.wake.set()
