@@ -430,6 +430,9 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
 
 
 async def _serve(config: object, exit_with_pid: int | None = None, join: JoinSettings | None = None) -> int:
+    from tensorfleet_agent import collector
+
+    collector.pause()  # until its start is over (collector.py)
     from tensorfleet_agent.daemon import AgentConfig, AgentDaemon
     from tensorfleet_agent.datadir_lock import DataDirInUse
     from tensorfleet_agent.rpc.server import BindError
@@ -447,6 +450,7 @@ async def _serve(config: object, exit_with_pid: int | None = None, join: JoinSet
         log.error("cannot start: %s", exc)
         await daemon.stop(drain=False)
         return 1
+    collector.settle()  # its journal is loaded: what it holds now is not scanned again (collector.py)
     watcher = asyncio.create_task(_watch_parent(exit_with_pid, stop)) if exit_with_pid else None
     from tensorfleet_agent.pool_member import run as run_member
 

@@ -137,6 +137,9 @@ def add_gc_parser(sub: Any) -> None:
 def serve(args: argparse.Namespace) -> int:
     """Checks the flags, claims the data dir and starts the local agent, and only then imports the controller (its
     store, scheduler, gRPC services): the agent's own start-up runs meanwhile, in its process."""
+    from tensorfleet_agent import collector
+
+    collector.pause()  # until the controller has started (collector.py)
     from tensorfleet_agent.discovery.interfaces import parse_interfaces
     from tensorfleet_desktop.controller.settings import default_data_dir
 
@@ -249,6 +252,7 @@ def serve(args: argparse.Namespace) -> int:
         except (RuntimeError, OSError) as exc:  # the data dir in use, a port taken
             lock.release()
             return _cannot_start(exc, exit_codes.JOB_FAILED)
+        collector.settle()  # its jobs are loaded: what it holds now is not scanned again (collector.py)
         err = (await output).err
         http = f", HTTP API on {app.http_url}" if app.http_url else ""
         if app.http_pin:  # HTTPS with a self-signed certificate: what curl pins (see the log for --cacert)
