@@ -77,7 +77,11 @@ async def main(args: argparse.Namespace) -> None:
         agent = daemon_module.AgentDaemon(config)
         await agent.start()
         daemons.append(agent)
-    args.ready.write_text(json.dumps({"pid": os.getpid(), "addresses": [f"127.0.0.1:{d.port}" for d in daemons]}))
+    # written whole under another name, then renamed: the benchmark reads it as soon as the name exists (a direct
+    # write was once read empty, and the scale simulation failed)
+    partial = args.ready.with_name(args.ready.name + ".partial")
+    partial.write_text(json.dumps({"pid": os.getpid(), "addresses": [f"127.0.0.1:{d.port}" for d in daemons]}))
+    os.replace(partial, args.ready)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
