@@ -41,15 +41,15 @@ def _reporting(tmp_path: Path, name: str, env: dict[str, str]) -> tuple[dict[str
     return {**env, "PYTHONPATH": path, "TF_TEST_GC_REPORT": str(report)}, report
 
 
-def _controller_report(tmp_path: Path, name: str) -> dict[str, object]:
+def _controller_report(tmp_path: Path, name: str, submit: int = 0) -> dict[str, object]:
+    """Start the controller on tmp_path/c, submit `submit` noop jobs (no agent: they stay queued), stop it."""
     ctl = ControllerProcess(tmp_path / "c")
     ctl.env, report = _reporting(tmp_path, name, ctl.env)
     ctl.start()
     try:
         with Client(ctl.address) as client:
-            if name == "first":
-                for _ in range(4):
-                    client.submit_many([{"algorithm": "noop"}] * 500)  # no agent: they stay queued
+            for _ in range(submit // 500):
+                client.submit_many([{"algorithm": "noop"}] * 500)
             assert len(client.jobs(limit=0)) == 2000
     finally:
         ctl.stop()
@@ -58,7 +58,7 @@ def _controller_report(tmp_path: Path, name: str) -> dict[str, object]:
 
 
 def test_a_restarted_controller_freezes_the_jobs_it_loaded_and_collects_the_rest(tmp_path: Path) -> None:
-    first = _controller_report(tmp_path, "first")  # started empty, 2,000 jobs submitted since
+    first = _controller_report(tmp_path, "first", submit=2000)  # started empty, 2,000 jobs submitted since
     again = _controller_report(tmp_path, "again")  # restarted on them: loaded while it started
     for report in (first, again):
         assert report["enabled"] is True, report  # the start's pause is over: cycles are collected
